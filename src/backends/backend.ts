@@ -1,0 +1,428 @@
+// The Backend interface: the closed list of kernels every backend implements (CPU, CUDA).
+//
+// Conventions, shared by every kernel:
+// - Buffers are opaque device allocations owned by the backend. Kernels never allocate their
+//   outputs: the tensor layer allocates every output and passes it in, so memory stays in the
+//   tensor layer's scopes and a backend can be asynchronous (CUDA queues work on one stream).
+// - All tensors are dense row-major. Shapes are given as plain integers in the order written in
+//   each comment, e.g. `x is (B, T, H, P)` means the last index moves fastest.
+// - Compute dtypes are f32 (and f64 on the CPU, for gradient checks); bf16/f16 are storage
+//   dtypes converted with `cast` (the CUDA backend also takes bf16 operands in `matmul`).
+//   i32 holds token ids and targets.
+// - Kernels that accumulate say so (`accumulate` flags, `beta` in matmul); all others overwrite.
+// - Reading to the host (`read`) is the only way values leave a device.
+
+export type DType = 'f32' | 'f64' | 'i32' | 'bf16' | 'f16';
+
+export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f64: 8, i32: 4, bf16: 2, f16: 2 };
+
+/** A device allocation. Backends attach their own fields; above `tensor/` it is opaque. */
+export interface DeviceBuffer {
+  readonly dtype: DType;
+  /** number of elements */
+  readonly length: number;
+}
+
+export type HostArray = Float32Array | Float64Array | Int32Array | Uint16Array;
+
+export type UnaryOp =
+  | 'identity'
+  | 'neg'
+  | 'exp'
+  | 'log'
+  | 'sqrt'
+  | 'rsqrt'
+  | 'tanh'
+  | 'sigmoid'
+  | 'softplus'
+  | 'silu'
+  | 'relu'
+  | 'gelu'
+  | 'geluNew'
+  | 'square'
+  | 'abs'
+  | 'reciprocal';
+
+export type BinaryOp = 'add' | 'sub' | 'mul' | 'div' | 'maximum' | 'eq';
+
+export type ReduceOp = 'sum' | 'max';
+
+export interface MatmulParams {
+  /** number of independent products; stride 0 broadcasts an operand over the batch */
+  batch: number;
+  m: number;
+  n: number;
+  k: number;
+  /** op(A) is (m, k): A is stored (m, k), or (k, m) when transA */
+  transA: boolean;
+  /** op(B) is (k, n): B is stored (k, n), or (n, k) when transB */
+  transB: boolean;
+  /** element strides between batch entries */
+  strideA: number;
+  strideB: number;
+  strideC: number;
+  /** C = alpha * op(A) op(B) + beta * C */
+  alpha: number;
+  beta: number;
+}
+
+export interface AttentionParams {
+  batch: number;
+  /** query positions and key positions; query t sees keys s <= t + (tk - tq) when causal */
+  tq: number;
+  tk: number;
+  heads: number;
+  /** key/value heads; heads must be a multiple (grouped-query attention) */
+  kvHeads: number;
+  headDim: number;
+  scale: number;
+  causal: boolean;
+}
+
+export interface SsdParams {
+  batch: number;
+  seqLen: number;
+  /** value heads (H) of size headDim (P); B and C come in `groups` (G) heads of size dState (N) */
+  heads: number;
+  groups: number;
+  headDim: number;
+  dState: number;
+  chunkSize: number;
+}
+
+export interface RopeParams {
+  batch: number;
+  seqLen: number;
+  heads: number;
+  headDim: number;
+  /** leading dimensions of each head that rotate (a multiple of 2) */
+  rotaryDim: number;
+  theta: number;
+  /** llama2.c pairs adjacent dimensions (2i, 2i+1); HF rotates halves (i, i + rotaryDim/2) */
+  interleaved: boolean;
+  /** position of the first token (for cached decoding) */
+  positionOffset: number;
+  /** rotate by the negative angle (the backward pass) */
+  inverse: boolean;
+}
+
+export interface AdamWParams {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** 1-based step for bias correction */
+  step: number;
+}
+
+export interface MemoryStats {
+  liveBuffers: number;
+  liveBytes: number;
+  peakBytes: number;
+  /** bytes held by a caching allocator beyond the live ones */
+  cachedBytes: number;
+}
+
+export interface Backend {
+  readonly name: 'cpu' | 'cuda';
+  /** human-readable description, e.g. "cpu (OpenBLAS sgemm)" */
+  describe(): string;
+
+  // ---- memory -------------------------------------------------------------------------------
+  alloc(dtype: DType, length: number): DeviceBuffer;
+  free(buf: DeviceBuffer): void;
+  /** copy host data into buf starting at element `offset` */
+  write(buf: DeviceBuffer, data: HostArray, offset?: number): void;
+  /** copy buf to a new host array (Float32Array, Float64Array, Int32Array or Uint16Array by dtype) */
+  read(buf: DeviceBuffer): HostArray;
+  memoryStats(): MemoryStats;
+  /** wait until all queued work is done */
+  synchronize(): void;
+
+  // ---- elementwise --------------------------------------------------------------------------
+  fill(out: DeviceBuffer, value: number): void;
+  /** out = convert(x) elementwise, rounding to nearest even for bf16/f16 */
+  cast(x: DeviceBuffer, out: DeviceBuffer): void;
+  /** out = alpha * f(x) + beta, n elements */
+  unary(op: UnaryOp, x: DeviceBuffer, out: DeviceBuffer, alpha: number, beta: number): void;
+  /** gx = gy * f'(x) (gx may alias gy) */
+  unaryBackward(op: UnaryOp, x: DeviceBuffer, gy: DeviceBuffer, gx: DeviceBuffer): void;
+  /** out[i] = a[i·sa] op b[i·sb] over `shape`, strides 0 on broadcast axes; out is dense */
+  binary(
+    op: BinaryOp,
+    a: DeviceBuffer,
+    aStrides: number[],
+    b: DeviceBuffer,
+    bStrides: number[],
+    out: DeviceBuffer,
+    shape: number[],
+  ): void;
+  /** dst[dstOffset + idx·dstStrides] (+)= src[srcOffset + idx·srcStrides] over `shape` */
+  copyStrided(
+    src: DeviceBuffer,
+    srcOffset: number,
+    srcStrides: number[],
+    dst: DeviceBuffer,
+    dstOffset: number,
+    dstStrides: number[],
+    shape: number[],
+    accumulate: boolean,
+  ): void;
+  /** x is (outer, n, inner) -> out (outer, inner) */
+  reduce(op: ReduceOp, x: DeviceBuffer, out: DeviceBuffer, outer: number, n: number, inner: number): void;
+  /** x is (outer, n, inner): out[.., t, ..] = sum_{s<=t} x (or s>=t when reverse) */
+  cumsum(x: DeviceBuffer, out: DeviceBuffer, outer: number, n: number, inner: number, reverse: boolean): void;
+  /** x is (rows, T) -> out (rows, T, T): out[r,i,j] = sum_{k=j+1..i} x[r,k] for j <= i, -inf above */
+  segsum(x: DeviceBuffer, out: DeviceBuffer, rows: number, t: number): void;
+  /** gOut is (rows, T, T) -> gx (rows, T): the adjoint of segsum on its finite entries */
+  segsumBackward(gOut: DeviceBuffer, gx: DeviceBuffer, rows: number, t: number): void;
+  /** x is (rows, tq, tk): entries with key s > query t + (tk - tq) are set to `value` */
+  causalMask(x: DeviceBuffer, out: DeviceBuffer, rows: number, tq: number, tk: number, value: number): void;
+  /** out = x * keep / (1 - p), keep drawn from a counter-based hash of (seed, index) */
+  dropout(x: DeviceBuffer, out: DeviceBuffer, p: number, seed: number): void;
+
+  // ---- linear algebra -----------------------------------------------------------------------
+  matmul(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, p: MatmulParams): void;
+
+  // ---- rows ---------------------------------------------------------------------------------
+  /** x is (rows, cols); softmax or log-softmax over cols */
+  softmax(x: DeviceBuffer, out: DeviceBuffer, rows: number, cols: number, log: boolean): void;
+  /** y = forward output; gx from gy */
+  softmaxBackward(
+    y: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    rows: number,
+    cols: number,
+    log: boolean,
+  ): void;
+  /** x is (rows, cols); weight, bias (cols); mean, rstd (rows) saved for backward */
+  layerNorm(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    mean: DeviceBuffer,
+    rstd: DeviceBuffer,
+    rows: number,
+    cols: number,
+    eps: number,
+  ): void;
+  /** gWeight, gBias are overwritten (cols); gx (rows, cols) */
+  layerNormBackward(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    mean: DeviceBuffer,
+    rstd: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gWeight: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+  ): void;
+  rmsNorm(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    out: DeviceBuffer,
+    rstd: DeviceBuffer,
+    rows: number,
+    cols: number,
+    eps: number,
+  ): void;
+  rmsNormBackward(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    rstd: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gWeight: DeviceBuffer,
+    rows: number,
+    cols: number,
+  ): void;
+  /** table is (vocab, dim), ids (n) i32 -> out (n, dim); ids out of range throw or write zeros */
+  embedding(table: DeviceBuffer, ids: DeviceBuffer, out: DeviceBuffer, n: number, dim: number): void;
+  /** gTable[ids[i]] += gOut[i] */
+  embeddingBackward(
+    gOut: DeviceBuffer,
+    ids: DeviceBuffer,
+    gTable: DeviceBuffer,
+    n: number,
+    dim: number,
+  ): void;
+
+  // ---- sequence mixers ----------------------------------------------------------------------
+  /** x is (B, T, C), weight (C, K), bias (C) | null -> out (B, T, C); causal, zero left padding */
+  causalConv1d(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void;
+  /** gWeight, gBias overwritten */
+  causalConv1dBackward(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gWeight: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void;
+  /** x, out are (B, T, H, D) */
+  rope(x: DeviceBuffer, out: DeviceBuffer, p: RopeParams): void;
+  /**
+   * q (B, tq, H, D), k and v (B, tk, Hkv, D) -> out (B, tq, H, D), lse (B, H, tq) (the row
+   * log-sum-exp of the scaled scores, saved for backward), probs (B, H, tq, tk) when given.
+   */
+  attention(
+    q: DeviceBuffer,
+    k: DeviceBuffer,
+    v: DeviceBuffer,
+    out: DeviceBuffer,
+    lse: DeviceBuffer,
+    probs: DeviceBuffer | null,
+    p: AttentionParams,
+  ): void;
+  /** gq, gk, gv overwritten */
+  attentionBackward(
+    q: DeviceBuffer,
+    k: DeviceBuffer,
+    v: DeviceBuffer,
+    out: DeviceBuffer,
+    lse: DeviceBuffer,
+    gOut: DeviceBuffer,
+    gq: DeviceBuffer,
+    gk: DeviceBuffer,
+    gv: DeviceBuffer,
+    p: AttentionParams,
+  ): void;
+  /**
+   * The chunked SSD scan of the discrete Mamba-2 mixer (without D):
+   *   h_t = exp(logA_t) h_{t-1} + x_t B_t^T,  y_t = h_t C_t,  h_0 = 0
+   * x (B, T, H, P), logA (B, T, H), bm and cm (B, T, G, N) -> y (B, T, H, P);
+   * states (B, nChunks, H, P, N) receives the state entering each chunk (for backward);
+   * finalState (B, H, P, N) when given receives h_T.
+   */
+  ssdScan(
+    x: DeviceBuffer,
+    logA: DeviceBuffer,
+    bm: DeviceBuffer,
+    cm: DeviceBuffer,
+    y: DeviceBuffer,
+    states: DeviceBuffer,
+    finalState: DeviceBuffer | null,
+    p: SsdParams,
+  ): void;
+  /** gradients overwritten */
+  ssdScanBackward(
+    x: DeviceBuffer,
+    logA: DeviceBuffer,
+    bm: DeviceBuffer,
+    cm: DeviceBuffer,
+    states: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gLogA: DeviceBuffer,
+    gB: DeviceBuffer,
+    gC: DeviceBuffer,
+    p: SsdParams,
+  ): void;
+  /**
+   * The mixing matrix of the same SSM: logA (B, T, H), bm and cm (B, T, G, N) ->
+   * out (B, H, T, T) with out[t, s] = C_t . B_s * exp(sum_{k=s+1..t} logA_k) for s <= t, else 0.
+   */
+  materializeMixer(
+    logA: DeviceBuffer,
+    bm: DeviceBuffer,
+    cm: DeviceBuffer,
+    out: DeviceBuffer,
+    p: SsdParams,
+  ): void;
+  materializeMixerBackward(
+    logA: DeviceBuffer,
+    bm: DeviceBuffer,
+    cm: DeviceBuffer,
+    gOut: DeviceBuffer,
+    gLogA: DeviceBuffer,
+    gB: DeviceBuffer,
+    gC: DeviceBuffer,
+    p: SsdParams,
+  ): void;
+
+  // ---- losses -------------------------------------------------------------------------------
+  /**
+   * logits (rows, V), targets (rows) i32 -> losses (rows) = lse - logit[target], 0 where
+   * target == ignoreIndex; lse (rows) saved for backward.
+   */
+  crossEntropy(
+    logits: DeviceBuffer,
+    targets: DeviceBuffer,
+    losses: DeviceBuffer,
+    lse: DeviceBuffer,
+    rows: number,
+    vocab: number,
+    ignoreIndex: number,
+  ): void;
+  /** gLogits = gLoss[row] * (softmax - onehot) */
+  crossEntropyBackward(
+    logits: DeviceBuffer,
+    targets: DeviceBuffer,
+    lse: DeviceBuffer,
+    gLoss: DeviceBuffer,
+    gLogits: DeviceBuffer,
+    rows: number,
+    vocab: number,
+    ignoreIndex: number,
+  ): void;
+  /**
+   * KL(p || q) per row with p = softmax(teacher / tau), q = softmax(student / tau):
+   * teacher, student (rows, V) -> losses (rows).
+   */
+  klDivergence(
+    teacher: DeviceBuffer,
+    student: DeviceBuffer,
+    losses: DeviceBuffer,
+    rows: number,
+    vocab: number,
+    temperature: number,
+  ): void;
+  /** gradient with respect to the student logits: gLoss[row] * (q - p) / tau */
+  klDivergenceBackward(
+    teacher: DeviceBuffer,
+    student: DeviceBuffer,
+    gLoss: DeviceBuffer,
+    gStudent: DeviceBuffer,
+    rows: number,
+    vocab: number,
+    temperature: number,
+  ): void;
+
+  // ---- optimizer ----------------------------------------------------------------------------
+  /** one decoupled-weight-decay Adam step on f32 param, grad, m, v (all the same length) */
+  adamw(param: DeviceBuffer, grad: DeviceBuffer, m: DeviceBuffer, v: DeviceBuffer, p: AdamWParams): void;
+}
+
+/** The counter-based hash behind `dropout`, shared so every backend draws the same mask. */
+export function dropoutKeep(seed: number, index: number, p: number): boolean {
+  return hashUniform(seed, index) >= p;
+}
+
+/** A uniform number in [0, 1) from (seed, index): two rounds of a 32-bit integer mix. */
+export function hashUniform(seed: number, index: number): number {
+  let h = (Math.imul(index ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(seed | 0, 0xc2b2ae35)) >>> 0;
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x7feb352d);
+  h ^= h >>> 15;
+  h = Math.imul(h, 0x846ca68b);
+  h ^= h >>> 16;
+  return (h >>> 0) / 4294967296;
+}

@@ -1,0 +1,892 @@
+// The CPU backend: the reference implementation of every kernel, in TypeScript over typed
+// arrays (f32, and f64 for gradient checks), with matrix products through OpenBLAS when present.
+
+import type {
+  AdamWParams,
+  AttentionParams,
+  Backend,
+  BinaryOp,
+  DeviceBuffer,
+  DType,
+  HostArray,
+  MatmulParams,
+  MemoryStats,
+  ReduceOp,
+  RopeParams,
+  SsdParams,
+  UnaryOp,
+} from '../backend.js';
+import { DTYPE_BYTES, dropoutKeep } from '../backend.js';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../dtype.js';
+import { gemm, loadBlas, type FloatArray } from './blas.js';
+import { unaryDerivative, unaryFn } from './math.js';
+import * as rows from './rows.js';
+import * as seq from './sequence.js';
+import * as ssd from './ssd.js';
+
+export class CpuBuffer implements DeviceBuffer {
+  constructor(
+    readonly dtype: DType,
+    readonly data: HostArray,
+  ) {}
+  get length(): number {
+    return this.data.length;
+  }
+}
+
+function makeArray(dtype: DType, length: number): HostArray {
+  switch (dtype) {
+    case 'f32':
+      return new Float32Array(length);
+    case 'f64':
+      return new Float64Array(length);
+    case 'i32':
+      return new Int32Array(length);
+    case 'bf16':
+    case 'f16':
+      return new Uint16Array(length);
+  }
+}
+
+function fl(buf: DeviceBuffer, what: string): FloatArray {
+  const b = buf as CpuBuffer;
+  if (b.dtype !== 'f32' && b.dtype !== 'f64') {
+    throw new Error(`cpu backend: ${what} must be f32 or f64, got ${b.dtype}`);
+  }
+  return b.data as FloatArray;
+}
+
+function ints(buf: DeviceBuffer, what: string): Int32Array {
+  const b = buf as CpuBuffer;
+  if (b.dtype !== 'i32') throw new Error(`cpu backend: ${what} must be i32, got ${b.dtype}`);
+  return b.data as Int32Array;
+}
+
+/** Walk an n-d index space, calling `inner(offA, offB, offOut)` once per last-axis run. */
+function forEachRun(
+  shape: number[],
+  stridesA: number[],
+  stridesB: number[],
+  stridesOut: number[],
+  baseA: number,
+  baseB: number,
+  baseOut: number,
+  inner: (oa: number, ob: number, oo: number, len: number, sa: number, sb: number, so: number) => void,
+): void {
+  const nd = shape.length;
+  if (nd === 0) {
+    inner(baseA, baseB, baseOut, 1, 0, 0, 0);
+    return;
+  }
+  for (const s of shape) if (s === 0) return;
+  const last = nd - 1;
+  const len = shape[last];
+  const sa = stridesA[last];
+  const sb = stridesB[last];
+  const so = stridesOut[last];
+  const idx = new Array<number>(nd).fill(0);
+  let oa = baseA;
+  let ob = baseB;
+  let oo = baseOut;
+  while (true) {
+    inner(oa, ob, oo, len, sa, sb, so);
+    let d = last - 1;
+    while (d >= 0) {
+      idx[d]++;
+      oa += stridesA[d];
+      ob += stridesB[d];
+      oo += stridesOut[d];
+      if (idx[d] < shape[d]) break;
+      oa -= stridesA[d] * shape[d];
+      ob -= stridesB[d] * shape[d];
+      oo -= stridesOut[d] * shape[d];
+      idx[d] = 0;
+      d--;
+    }
+    if (d < 0) return;
+  }
+}
+
+function denseStrides(shape: number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    s[i] = acc;
+    acc *= shape[i];
+  }
+  return s;
+}
+
+export class CpuBackend implements Backend {
+  readonly name = 'cpu' as const;
+  private live = new Set<CpuBuffer>();
+  private liveBytes = 0;
+  private peakBytes = 0;
+  /** use OpenBLAS for matmul when it loaded (tests turn it off to compare) */
+  useBlas: boolean;
+
+  constructor(options: { blas?: boolean } = {}) {
+    this.useBlas = options.blas ?? loadBlas() !== null;
+    if (this.useBlas && loadBlas() === null) {
+      throw new Error('cpu backend: OpenBLAS was requested but libopenblas.so.0 could not be loaded');
+    }
+  }
+
+  describe(): string {
+    const lib = loadBlas();
+    return this.useBlas && lib ? `cpu (OpenBLAS ${lib.library})` : 'cpu (TypeScript matmul, no BLAS)';
+  }
+
+  // ---- memory -------------------------------------------------------------------------------
+
+  alloc(dtype: DType, length: number): DeviceBuffer {
+    if (!Number.isInteger(length) || length < 0) throw new Error(`cpu backend: bad buffer length ${length}`);
+    const buf = new CpuBuffer(dtype, makeArray(dtype, length));
+    this.live.add(buf);
+    this.liveBytes += length * DTYPE_BYTES[dtype];
+    if (this.liveBytes > this.peakBytes) this.peakBytes = this.liveBytes;
+    return buf;
+  }
+
+  free(buf: DeviceBuffer): void {
+    const b = buf as CpuBuffer;
+    if (!this.live.delete(b)) throw new Error('cpu backend: buffer freed twice or not from this backend');
+    this.liveBytes -= b.length * DTYPE_BYTES[b.dtype];
+  }
+
+  write(buf: DeviceBuffer, data: HostArray, offset = 0): void {
+    const b = buf as CpuBuffer;
+    if (offset + data.length > b.length) {
+      throw new Error(`cpu backend: write of ${data.length} at ${offset} overflows buffer of ${b.length}`);
+    }
+    (b.data as Float32Array).set(data as Float32Array, offset);
+  }
+
+  read(buf: DeviceBuffer): HostArray {
+    return (buf as CpuBuffer).data.slice();
+  }
+
+  memoryStats(): MemoryStats {
+    return {
+      liveBuffers: this.live.size,
+      liveBytes: this.liveBytes,
+      peakBytes: this.peakBytes,
+      cachedBytes: 0,
+    };
+  }
+
+  resetPeak(): void {
+    this.peakBytes = this.liveBytes;
+  }
+
+  synchronize(): void {}
+
+  // ---- elementwise --------------------------------------------------------------------------
+
+  fill(out: DeviceBuffer, value: number): void {
+    (out as CpuBuffer).data.fill(value);
+  }
+
+  cast(x: DeviceBuffer, out: DeviceBuffer): void {
+    const src = x as CpuBuffer;
+    const dst = out as CpuBuffer;
+    const n = src.length;
+    if (dst.length !== n) throw new Error(`cpu backend: cast of ${n} elements into ${dst.length}`);
+    const s = src.data;
+    const d = dst.data;
+    const read: (i: number) => number =
+      src.dtype === 'bf16'
+        ? (i) => bf16ToF32(s[i])
+        : src.dtype === 'f16'
+          ? (i) => f16ToF32(s[i])
+          : (i) => s[i];
+    if (dst.dtype === 'bf16') for (let i = 0; i < n; i++) d[i] = f32ToBf16(read(i));
+    else if (dst.dtype === 'f16') for (let i = 0; i < n; i++) d[i] = f32ToF16(read(i));
+    else if (dst.dtype === 'i32') for (let i = 0; i < n; i++) d[i] = Math.trunc(read(i));
+    else for (let i = 0; i < n; i++) d[i] = read(i);
+  }
+
+  unary(op: UnaryOp, x: DeviceBuffer, out: DeviceBuffer, alpha: number, beta: number): void {
+    const a = fl(x, `${op} input`);
+    const o = fl(out, `${op} output`);
+    const n = a.length;
+    switch (op) {
+      case 'identity':
+        for (let i = 0; i < n; i++) o[i] = alpha * a[i] + beta;
+        return;
+      case 'exp':
+        for (let i = 0; i < n; i++) o[i] = alpha * Math.exp(a[i]) + beta;
+        return;
+      default: {
+        const f = unaryFn(op);
+        for (let i = 0; i < n; i++) o[i] = alpha * f(a[i]) + beta;
+      }
+    }
+  }
+
+  unaryBackward(op: UnaryOp, x: DeviceBuffer, gy: DeviceBuffer, gx: DeviceBuffer): void {
+    const a = fl(x, `${op} input`);
+    const g = fl(gy, `${op} gradient`);
+    const o = fl(gx, `${op} input gradient`);
+    const d = unaryDerivative(op);
+    for (let i = 0; i < a.length; i++) o[i] = g[i] * d(a[i]);
+  }
+
+  binary(
+    op: BinaryOp,
+    a: DeviceBuffer,
+    aStrides: number[],
+    b: DeviceBuffer,
+    bStrides: number[],
+    out: DeviceBuffer,
+    shape: number[],
+  ): void {
+    const x = fl(a, `${op} left operand`);
+    const y = fl(b, `${op} right operand`);
+    const o = fl(out, `${op} output`);
+    const outStrides = denseStrides(shape);
+    const run = binaryRun(op, x, y, o);
+    forEachRun(shape, aStrides, bStrides, outStrides, 0, 0, 0, run);
+  }
+
+  copyStrided(
+    src: DeviceBuffer,
+    srcOffset: number,
+    srcStrides: number[],
+    dst: DeviceBuffer,
+    dstOffset: number,
+    dstStrides: number[],
+    shape: number[],
+    accumulate: boolean,
+  ): void {
+    const s = (src as CpuBuffer).data;
+    const d = (dst as CpuBuffer).data;
+    if ((src as CpuBuffer).dtype !== (dst as CpuBuffer).dtype) {
+      throw new Error(`cpu backend: copy from ${(src as CpuBuffer).dtype} to ${(dst as CpuBuffer).dtype}`);
+    }
+    forEachRun(
+      shape,
+      srcStrides,
+      dstStrides,
+      dstStrides,
+      srcOffset,
+      dstOffset,
+      dstOffset,
+      (os, od, _, len, ss, sd) => {
+        if (accumulate) for (let i = 0; i < len; i++) d[od + i * sd] += s[os + i * ss];
+        else if (ss === 1 && sd === 1)
+          (d as Float32Array).set((s as Float32Array).subarray(os, os + len), od);
+        else for (let i = 0; i < len; i++) d[od + i * sd] = s[os + i * ss];
+      },
+    );
+  }
+
+  reduce(op: ReduceOp, x: DeviceBuffer, out: DeviceBuffer, outer: number, n: number, inner: number): void {
+    const a = fl(x, `reduce ${op} input`);
+    const o = fl(out, `reduce ${op} output`);
+    const acc = new Float64Array(inner);
+    for (let p = 0; p < outer; p++) {
+      const base = p * n * inner;
+      if (op === 'sum') {
+        acc.fill(0);
+        for (let j = 0; j < n; j++) {
+          const row = base + j * inner;
+          for (let i = 0; i < inner; i++) acc[i] += a[row + i];
+        }
+      } else {
+        acc.fill(-Infinity);
+        for (let j = 0; j < n; j++) {
+          const row = base + j * inner;
+          for (let i = 0; i < inner; i++) {
+            const v = a[row + i];
+            if (v > acc[i] || Number.isNaN(v)) acc[i] = v;
+          }
+        }
+      }
+      for (let i = 0; i < inner; i++) o[p * inner + i] = acc[i];
+    }
+  }
+
+  cumsum(
+    x: DeviceBuffer,
+    out: DeviceBuffer,
+    outer: number,
+    n: number,
+    inner: number,
+    reverse: boolean,
+  ): void {
+    const a = fl(x, 'cumsum input');
+    const o = fl(out, 'cumsum output');
+    const acc = new Float64Array(inner);
+    for (let p = 0; p < outer; p++) {
+      acc.fill(0);
+      const base = p * n * inner;
+      for (let jj = 0; jj < n; jj++) {
+        const j = reverse ? n - 1 - jj : jj;
+        const row = base + j * inner;
+        for (let i = 0; i < inner; i++) {
+          acc[i] += a[row + i];
+          o[row + i] = acc[i];
+        }
+      }
+    }
+  }
+
+  segsum(x: DeviceBuffer, out: DeviceBuffer, nRows: number, t: number): void {
+    const a = fl(x, 'segsum input');
+    const o = fl(out, 'segsum output');
+    for (let r = 0; r < nRows; r++) {
+      for (let i = 0; i < t; i++) {
+        const row = (r * t + i) * t;
+        let acc = 0;
+        o[row + i] = 0;
+        for (let j = i - 1; j >= 0; j--) {
+          acc += a[r * t + j + 1];
+          o[row + j] = acc;
+        }
+        for (let j = i + 1; j < t; j++) o[row + j] = -Infinity;
+      }
+    }
+  }
+
+  segsumBackward(gOut: DeviceBuffer, gx: DeviceBuffer, nRows: number, t: number): void {
+    const g = fl(gOut, 'segsum gradient');
+    const o = fl(gx, 'segsum input gradient');
+    // out[i, j] depends on x[k] for j < k <= i: gx[k] = sum_{i >= k} sum_{j < k} g[i, j]
+    for (let r = 0; r < nRows; r++) {
+      for (let k = 0; k < t; k++) o[r * t + k] = 0;
+      for (let i = 0; i < t; i++) {
+        const row = (r * t + i) * t;
+        let prefix = 0; // sum_{j < k} g[i, j]
+        for (let k = 1; k <= i; k++) {
+          prefix += g[row + k - 1];
+          o[r * t + k] += prefix;
+        }
+      }
+    }
+  }
+
+  causalMask(x: DeviceBuffer, out: DeviceBuffer, nRows: number, tq: number, tk: number, value: number): void {
+    const a = fl(x, 'causal mask input');
+    const o = fl(out, 'causal mask output');
+    const shift = tk - tq;
+    for (let r = 0; r < nRows; r++) {
+      for (let i = 0; i < tq; i++) {
+        const row = (r * tq + i) * tk;
+        for (let j = 0; j < tk; j++) o[row + j] = j > i + shift ? value : a[row + j];
+      }
+    }
+  }
+
+  dropout(x: DeviceBuffer, out: DeviceBuffer, p: number, seed: number): void {
+    const a = fl(x, 'dropout input');
+    const o = fl(out, 'dropout output');
+    const scale = 1 / (1 - p);
+    for (let i = 0; i < a.length; i++) o[i] = dropoutKeep(seed, i, p) ? a[i] * scale : 0;
+  }
+
+  // ---- linear algebra -----------------------------------------------------------------------
+
+  matmul(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, p: MatmulParams): void {
+    const A = fl(a, 'matmul A');
+    const B = fl(b, 'matmul B');
+    const C = fl(c, 'matmul C');
+    if (A.constructor !== C.constructor || B.constructor !== C.constructor) {
+      throw new Error('cpu backend: matmul operands must share one dtype');
+    }
+    const lda = p.transA ? p.m : p.k;
+    const ldb = p.transB ? p.k : p.n;
+    for (let i = 0; i < p.batch; i++) {
+      gemm(
+        this.useBlas,
+        p.transA,
+        p.transB,
+        p.m,
+        p.n,
+        p.k,
+        p.alpha,
+        A,
+        i * p.strideA,
+        lda,
+        B,
+        i * p.strideB,
+        ldb,
+        p.beta,
+        C,
+        i * p.strideC,
+        p.n,
+      );
+    }
+  }
+
+  // ---- rows ---------------------------------------------------------------------------------
+
+  softmax(x: DeviceBuffer, out: DeviceBuffer, nRows: number, cols: number, log: boolean): void {
+    rows.softmax(fl(x, 'softmax input'), fl(out, 'softmax output'), nRows, cols, log);
+  }
+
+  softmaxBackward(
+    y: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    nRows: number,
+    cols: number,
+    log: boolean,
+  ): void {
+    rows.softmaxBackward(
+      fl(y, 'softmax output'),
+      fl(gy, 'softmax gradient'),
+      fl(gx, 'softmax input gradient'),
+      nRows,
+      cols,
+      log,
+    );
+  }
+
+  layerNorm(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    mean: DeviceBuffer,
+    rstd: DeviceBuffer,
+    nRows: number,
+    cols: number,
+    eps: number,
+  ): void {
+    rows.layerNorm(
+      fl(x, 'layerNorm input'),
+      fl(weight, 'layerNorm weight'),
+      bias ? fl(bias, 'layerNorm bias') : null,
+      fl(out, 'layerNorm output'),
+      fl(mean, 'layerNorm mean'),
+      fl(rstd, 'layerNorm rstd'),
+      nRows,
+      cols,
+      eps,
+    );
+  }
+
+  layerNormBackward(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    mean: DeviceBuffer,
+    rstd: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gWeight: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    nRows: number,
+    cols: number,
+  ): void {
+    rows.layerNormBackward(
+      fl(x, 'layerNorm input'),
+      fl(weight, 'layerNorm weight'),
+      fl(mean, 'layerNorm mean'),
+      fl(rstd, 'layerNorm rstd'),
+      fl(gy, 'layerNorm gradient'),
+      fl(gx, 'layerNorm input gradient'),
+      fl(gWeight, 'layerNorm weight gradient'),
+      gBias ? fl(gBias, 'layerNorm bias gradient') : null,
+      nRows,
+      cols,
+    );
+  }
+
+  rmsNorm(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    out: DeviceBuffer,
+    rstd: DeviceBuffer,
+    nRows: number,
+    cols: number,
+    eps: number,
+  ): void {
+    rows.rmsNorm(
+      fl(x, 'rmsNorm input'),
+      fl(weight, 'rmsNorm weight'),
+      fl(out, 'rmsNorm output'),
+      fl(rstd, 'rmsNorm rstd'),
+      nRows,
+      cols,
+      eps,
+    );
+  }
+
+  rmsNormBackward(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    rstd: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gWeight: DeviceBuffer,
+    nRows: number,
+    cols: number,
+  ): void {
+    rows.rmsNormBackward(
+      fl(x, 'rmsNorm input'),
+      fl(weight, 'rmsNorm weight'),
+      fl(rstd, 'rmsNorm rstd'),
+      fl(gy, 'rmsNorm gradient'),
+      fl(gx, 'rmsNorm input gradient'),
+      fl(gWeight, 'rmsNorm weight gradient'),
+      nRows,
+      cols,
+    );
+  }
+
+  embedding(table: DeviceBuffer, ids: DeviceBuffer, out: DeviceBuffer, n: number, dim: number): void {
+    const t = fl(table, 'embedding table');
+    const id = ints(ids, 'embedding ids');
+    const o = fl(out, 'embedding output');
+    const vocab = t.length / dim;
+    for (let i = 0; i < n; i++) {
+      const row = id[i];
+      if (row < 0 || row >= vocab)
+        throw new Error(`embedding: token id ${row} outside the vocabulary of ${vocab}`);
+      o.set(t.subarray(row * dim, row * dim + dim), i * dim);
+    }
+  }
+
+  embeddingBackward(
+    gOut: DeviceBuffer,
+    ids: DeviceBuffer,
+    gTable: DeviceBuffer,
+    n: number,
+    dim: number,
+  ): void {
+    const g = fl(gOut, 'embedding gradient');
+    const id = ints(ids, 'embedding ids');
+    const o = fl(gTable, 'embedding table gradient');
+    for (let i = 0; i < n; i++) {
+      const row = id[i] * dim;
+      for (let j = 0; j < dim; j++) o[row + j] += g[i * dim + j];
+    }
+  }
+
+  // ---- sequence mixers ----------------------------------------------------------------------
+
+  causalConv1d(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void {
+    seq.causalConv1d(
+      fl(x, 'conv1d input'),
+      fl(weight, 'conv1d weight'),
+      bias ? fl(bias, 'conv1d bias') : null,
+      fl(out, 'conv1d output'),
+      batch,
+      t,
+      channels,
+      kernel,
+    );
+  }
+
+  causalConv1dBackward(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gWeight: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void {
+    seq.causalConv1dBackward(
+      fl(x, 'conv1d input'),
+      fl(weight, 'conv1d weight'),
+      fl(gy, 'conv1d gradient'),
+      fl(gx, 'conv1d input gradient'),
+      fl(gWeight, 'conv1d weight gradient'),
+      gBias ? fl(gBias, 'conv1d bias gradient') : null,
+      batch,
+      t,
+      channels,
+      kernel,
+    );
+  }
+
+  rope(x: DeviceBuffer, out: DeviceBuffer, p: RopeParams): void {
+    seq.rope(fl(x, 'rope input'), fl(out, 'rope output'), p);
+  }
+
+  attention(
+    q: DeviceBuffer,
+    k: DeviceBuffer,
+    v: DeviceBuffer,
+    out: DeviceBuffer,
+    lse: DeviceBuffer,
+    probs: DeviceBuffer | null,
+    p: AttentionParams,
+  ): void {
+    seq.attention(
+      this.useBlas,
+      fl(q, 'attention q'),
+      fl(k, 'attention k'),
+      fl(v, 'attention v'),
+      fl(out, 'attention output'),
+      fl(lse, 'attention lse'),
+      probs ? fl(probs, 'attention probs') : null,
+      p,
+    );
+  }
+
+  attentionBackward(
+    q: DeviceBuffer,
+    k: DeviceBuffer,
+    v: DeviceBuffer,
+    out: DeviceBuffer,
+    lse: DeviceBuffer,
+    gOut: DeviceBuffer,
+    gq: DeviceBuffer,
+    gk: DeviceBuffer,
+    gv: DeviceBuffer,
+    p: AttentionParams,
+  ): void {
+    seq.attentionBackward(
+      this.useBlas,
+      fl(q, 'attention q'),
+      fl(k, 'attention k'),
+      fl(v, 'attention v'),
+      fl(out, 'attention output'),
+      fl(lse, 'attention lse'),
+      fl(gOut, 'attention gradient'),
+      fl(gq, 'attention q gradient'),
+      fl(gk, 'attention k gradient'),
+      fl(gv, 'attention v gradient'),
+      p,
+    );
+  }
+
+  ssdScan(
+    x: DeviceBuffer,
+    logA: DeviceBuffer,
+    bm: DeviceBuffer,
+    cm: DeviceBuffer,
+    y: DeviceBuffer,
+    states: DeviceBuffer,
+    finalState: DeviceBuffer | null,
+    p: SsdParams,
+  ): void {
+    ssd.ssdScan(
+      fl(x, 'ssd x'),
+      fl(logA, 'ssd logA'),
+      fl(bm, 'ssd B'),
+      fl(cm, 'ssd C'),
+      fl(y, 'ssd y'),
+      fl(states, 'ssd states'),
+      finalState ? fl(finalState, 'ssd final state') : null,
+      p,
+    );
+  }
+
+  ssdScanBackward(
+    x: DeviceBuffer,
+    logA: DeviceBuffer,
+    bm: DeviceBuffer,
+    cm: DeviceBuffer,
+    states: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gLogA: DeviceBuffer,
+    gB: DeviceBuffer,
+    gC: DeviceBuffer,
+    p: SsdParams,
+  ): void {
+    ssd.ssdScanBackward(
+      fl(x, 'ssd x'),
+      fl(logA, 'ssd logA'),
+      fl(bm, 'ssd B'),
+      fl(cm, 'ssd C'),
+      fl(states, 'ssd states'),
+      fl(gy, 'ssd gradient'),
+      fl(gx, 'ssd x gradient'),
+      fl(gLogA, 'ssd logA gradient'),
+      fl(gB, 'ssd B gradient'),
+      fl(gC, 'ssd C gradient'),
+      p,
+    );
+  }
+
+  materializeMixer(
+    logA: DeviceBuffer,
+    bm: DeviceBuffer,
+    cm: DeviceBuffer,
+    out: DeviceBuffer,
+    p: SsdParams,
+  ): void {
+    ssd.materializeMixer(
+      fl(logA, 'mixer logA'),
+      fl(bm, 'mixer B'),
+      fl(cm, 'mixer C'),
+      fl(out, 'mixer output'),
+      p,
+    );
+  }
+
+  materializeMixerBackward(
+    logA: DeviceBuffer,
+    bm: DeviceBuffer,
+    cm: DeviceBuffer,
+    gOut: DeviceBuffer,
+    gLogA: DeviceBuffer,
+    gB: DeviceBuffer,
+    gC: DeviceBuffer,
+    p: SsdParams,
+  ): void {
+    ssd.materializeMixerBackward(
+      fl(logA, 'mixer logA'),
+      fl(bm, 'mixer B'),
+      fl(cm, 'mixer C'),
+      fl(gOut, 'mixer gradient'),
+      fl(gLogA, 'mixer logA gradient'),
+      fl(gB, 'mixer B gradient'),
+      fl(gC, 'mixer C gradient'),
+      p,
+    );
+  }
+
+  // ---- losses -------------------------------------------------------------------------------
+
+  crossEntropy(
+    logits: DeviceBuffer,
+    targets: DeviceBuffer,
+    losses: DeviceBuffer,
+    lse: DeviceBuffer,
+    nRows: number,
+    vocab: number,
+    ignoreIndex: number,
+  ): void {
+    rows.crossEntropy(
+      fl(logits, 'cross-entropy logits'),
+      ints(targets, 'cross-entropy targets'),
+      fl(losses, 'cross-entropy losses'),
+      fl(lse, 'cross-entropy lse'),
+      nRows,
+      vocab,
+      ignoreIndex,
+    );
+  }
+
+  crossEntropyBackward(
+    logits: DeviceBuffer,
+    targets: DeviceBuffer,
+    lse: DeviceBuffer,
+    gLoss: DeviceBuffer,
+    gLogits: DeviceBuffer,
+    nRows: number,
+    vocab: number,
+    ignoreIndex: number,
+  ): void {
+    rows.crossEntropyBackward(
+      fl(logits, 'cross-entropy logits'),
+      ints(targets, 'cross-entropy targets'),
+      fl(lse, 'cross-entropy lse'),
+      fl(gLoss, 'cross-entropy gradient'),
+      fl(gLogits, 'cross-entropy logits gradient'),
+      nRows,
+      vocab,
+      ignoreIndex,
+    );
+  }
+
+  klDivergence(
+    teacher: DeviceBuffer,
+    student: DeviceBuffer,
+    losses: DeviceBuffer,
+    nRows: number,
+    vocab: number,
+    temperature: number,
+  ): void {
+    rows.klDivergence(
+      fl(teacher, 'KL teacher logits'),
+      fl(student, 'KL student logits'),
+      fl(losses, 'KL losses'),
+      nRows,
+      vocab,
+      temperature,
+    );
+  }
+
+  klDivergenceBackward(
+    teacher: DeviceBuffer,
+    student: DeviceBuffer,
+    gLoss: DeviceBuffer,
+    gStudent: DeviceBuffer,
+    nRows: number,
+    vocab: number,
+    temperature: number,
+  ): void {
+    rows.klDivergenceBackward(
+      fl(teacher, 'KL teacher logits'),
+      fl(student, 'KL student logits'),
+      fl(gLoss, 'KL gradient'),
+      fl(gStudent, 'KL student gradient'),
+      nRows,
+      vocab,
+      temperature,
+    );
+  }
+
+  // ---- optimizer ----------------------------------------------------------------------------
+
+  adamw(param: DeviceBuffer, grad: DeviceBuffer, m: DeviceBuffer, v: DeviceBuffer, p: AdamWParams): void {
+    const w = fl(param, 'adamw param');
+    const g = fl(grad, 'adamw grad');
+    const mm = fl(m, 'adamw m');
+    const vv = fl(v, 'adamw v');
+    const bc1 = 1 - p.beta1 ** p.step;
+    const bc2 = 1 - p.beta2 ** p.step;
+    const decay = 1 - p.lr * p.weightDecay;
+    for (let i = 0; i < w.length; i++) {
+      const gi = g[i];
+      const mi = p.beta1 * mm[i] + (1 - p.beta1) * gi;
+      const vi = p.beta2 * vv[i] + (1 - p.beta2) * gi * gi;
+      mm[i] = mi;
+      vv[i] = vi;
+      w[i] = w[i] * decay - (p.lr * (mi / bc1)) / (Math.sqrt(vi / bc2) + p.eps);
+    }
+  }
+}
+
+function binaryRun(
+  op: BinaryOp,
+  x: FloatArray,
+  y: FloatArray,
+  o: FloatArray,
+): (oa: number, ob: number, oo: number, len: number, sa: number, sb: number, so: number) => void {
+  switch (op) {
+    case 'add':
+      return (oa, ob, oo, len, sa, sb) => {
+        for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] + y[ob + i * sb];
+      };
+    case 'sub':
+      return (oa, ob, oo, len, sa, sb) => {
+        for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] - y[ob + i * sb];
+      };
+    case 'mul':
+      return (oa, ob, oo, len, sa, sb) => {
+        for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] * y[ob + i * sb];
+      };
+    case 'div':
+      return (oa, ob, oo, len, sa, sb) => {
+        for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] / y[ob + i * sb];
+      };
+    case 'maximum':
+      return (oa, ob, oo, len, sa, sb) => {
+        for (let i = 0; i < len; i++) o[oo + i] = Math.max(x[oa + i * sa], y[ob + i * sb]);
+      };
+    case 'eq':
+      return (oa, ob, oo, len, sa, sb) => {
+        for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] === y[ob + i * sb] ? 1 : 0;
+      };
+  }
+}

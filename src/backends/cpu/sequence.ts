@@ -1,0 +1,247 @@
+// Sequence kernels of the CPU backend: causal depthwise conv1d, rotary embedding, attention.
+
+import type { AttentionParams, RopeParams } from '../backend.js';
+import { gemm, type FloatArray } from './blas.js';
+
+/** x (B, T, C), w (C, K), bias (C) -> out (B, T, C): out[t] = bias + sum_j w[j] x[t - (K-1) + j] */
+export function causalConv1d(
+  x: FloatArray,
+  w: FloatArray,
+  bias: FloatArray | null,
+  out: FloatArray,
+  batch: number,
+  t: number,
+  c: number,
+  k: number,
+): void {
+  for (let b = 0; b < batch; b++) {
+    for (let s = 0; s < t; s++) {
+      const o = (b * t + s) * c;
+      for (let ch = 0; ch < c; ch++) {
+        let acc = bias ? bias[ch] : 0;
+        for (let j = 0; j < k; j++) {
+          const src = s - (k - 1) + j;
+          if (src >= 0) acc += w[ch * k + j] * x[(b * t + src) * c + ch];
+        }
+        out[o + ch] = acc;
+      }
+    }
+  }
+}
+
+export function causalConv1dBackward(
+  x: FloatArray,
+  w: FloatArray,
+  gy: FloatArray,
+  gx: FloatArray,
+  gw: FloatArray,
+  gb: FloatArray | null,
+  batch: number,
+  t: number,
+  c: number,
+  k: number,
+): void {
+  const accW = new Float64Array(c * k);
+  const accB = new Float64Array(c);
+  gx.fill(0);
+  for (let b = 0; b < batch; b++) {
+    for (let s = 0; s < t; s++) {
+      const o = (b * t + s) * c;
+      for (let ch = 0; ch < c; ch++) {
+        const g = gy[o + ch];
+        accB[ch] += g;
+        for (let j = 0; j < k; j++) {
+          const src = s - (k - 1) + j;
+          if (src < 0) continue;
+          const xi = (b * t + src) * c + ch;
+          accW[ch * k + j] += g * x[xi];
+          gx[xi] += g * w[ch * k + j];
+        }
+      }
+    }
+  }
+  for (let i = 0; i < c * k; i++) gw[i] = accW[i];
+  if (gb) for (let i = 0; i < c; i++) gb[i] = accB[i];
+}
+
+/**
+ * Rotary embedding on x (B, T, H, D). Angles follow the reference implementations, which
+ * compute inverse frequencies and position * frequency in float32 before cos/sin.
+ */
+export function rope(x: FloatArray, out: FloatArray, p: RopeParams): void {
+  const { batch, seqLen, heads, headDim, rotaryDim, theta, interleaved, positionOffset, inverse } = p;
+  const half = rotaryDim / 2;
+  const cos = new Float64Array(seqLen * half);
+  const sin = new Float64Array(seqLen * half);
+  for (let i = 0; i < half; i++) {
+    const invFreq = Math.fround(1 / Math.fround(theta ** Math.fround((2 * i) / rotaryDim)));
+    for (let s = 0; s < seqLen; s++) {
+      const angle = Math.fround((positionOffset + s) * invFreq);
+      cos[s * half + i] = Math.fround(Math.cos(angle));
+      sin[s * half + i] = inverse ? -Math.fround(Math.sin(angle)) : Math.fround(Math.sin(angle));
+    }
+  }
+  for (let b = 0; b < batch; b++) {
+    for (let s = 0; s < seqLen; s++) {
+      for (let h = 0; h < heads; h++) {
+        const base = ((b * seqLen + s) * heads + h) * headDim;
+        for (let i = 0; i < half; i++) {
+          const ia = interleaved ? base + 2 * i : base + i;
+          const ib = interleaved ? base + 2 * i + 1 : base + i + half;
+          const c = cos[s * half + i];
+          const sn = sin[s * half + i];
+          const a = x[ia];
+          const bb = x[ib];
+          out[ia] = a * c - bb * sn;
+          out[ib] = bb * c + a * sn;
+        }
+        for (let d = rotaryDim; d < headDim; d++) out[base + d] = x[base + d];
+      }
+    }
+  }
+}
+
+function newScratch(like: FloatArray, n: number): FloatArray {
+  return like instanceof Float64Array ? new Float64Array(n) : new Float32Array(n);
+}
+
+/** scores (tq, tk) = scale * q_h k_h^T, causal masked, turned into probabilities in place */
+function headProbs(
+  useBlas: boolean,
+  q: FloatArray,
+  k: FloatArray,
+  p: AttentionParams,
+  b: number,
+  h: number,
+  scores: FloatArray,
+  lseOut: FloatArray | null,
+  lseIn: FloatArray | null,
+): void {
+  const { tq, tk, heads, kvHeads, headDim, scale, causal } = p;
+  const kh = Math.floor(h / (heads / kvHeads));
+  gemm(
+    useBlas,
+    false,
+    true,
+    tq,
+    tk,
+    headDim,
+    scale,
+    q,
+    (b * tq * heads + h) * headDim,
+    heads * headDim,
+    k,
+    (b * tk * kvHeads + kh) * headDim,
+    kvHeads * headDim,
+    0,
+    scores,
+    0,
+    tk,
+  );
+  const shift = tk - tq;
+  for (let i = 0; i < tq; i++) {
+    const row = i * tk;
+    const last = causal ? Math.min(tk - 1, i + shift) : tk - 1;
+    const lseIdx = (b * heads + h) * tq + i;
+    let lse: number;
+    if (lseIn) {
+      lse = lseIn[lseIdx];
+    } else {
+      let max = -Infinity;
+      for (let j = 0; j <= last; j++) if (scores[row + j] > max) max = scores[row + j];
+      let sum = 0;
+      for (let j = 0; j <= last; j++) sum += Math.exp(scores[row + j] - max);
+      lse = max + Math.log(sum);
+      if (lseOut) lseOut[lseIdx] = lse;
+    }
+    for (let j = 0; j <= last; j++) scores[row + j] = Math.exp(scores[row + j] - lse);
+    for (let j = last + 1; j < tk; j++) scores[row + j] = 0;
+  }
+}
+
+export function attention(
+  useBlas: boolean,
+  q: FloatArray,
+  k: FloatArray,
+  v: FloatArray,
+  out: FloatArray,
+  lse: FloatArray,
+  probs: FloatArray | null,
+  p: AttentionParams,
+): void {
+  const { batch, tq, tk, heads, kvHeads, headDim } = p;
+  if (heads % kvHeads !== 0)
+    throw new Error(`attention: heads (${heads}) must be a multiple of kvHeads (${kvHeads})`);
+  const scores = newScratch(out, tq * tk);
+  for (let b = 0; b < batch; b++) {
+    for (let h = 0; h < heads; h++) {
+      headProbs(useBlas, q, k, p, b, h, scores, lse, null);
+      if (probs) probs.set(scores, (b * heads + h) * tq * tk);
+      const kh = Math.floor(h / (heads / kvHeads));
+      // out_h (tq, D) = P (tq, tk) v_h (tk, D)
+      gemm(
+        useBlas,
+        false,
+        false,
+        tq,
+        headDim,
+        tk,
+        1,
+        scores,
+        0,
+        tk,
+        v,
+        (b * tk * kvHeads + kh) * headDim,
+        kvHeads * headDim,
+        0,
+        out,
+        (b * tq * heads + h) * headDim,
+        heads * headDim,
+      );
+    }
+  }
+}
+
+export function attentionBackward(
+  useBlas: boolean,
+  q: FloatArray,
+  k: FloatArray,
+  v: FloatArray,
+  out: FloatArray,
+  lse: FloatArray,
+  gOut: FloatArray,
+  gq: FloatArray,
+  gk: FloatArray,
+  gv: FloatArray,
+  p: AttentionParams,
+): void {
+  const { batch, tq, tk, heads, kvHeads, headDim, scale } = p;
+  const probs = newScratch(out, tq * tk);
+  const dp = newScratch(out, tq * tk);
+  gk.fill(0);
+  gv.fill(0);
+  const ldq = heads * headDim;
+  const ldk = kvHeads * headDim;
+  for (let b = 0; b < batch; b++) {
+    for (let h = 0; h < heads; h++) {
+      const kh = Math.floor(h / (heads / kvHeads));
+      const qOff = (b * tq * heads + h) * headDim;
+      const kOff = (b * tk * kvHeads + kh) * headDim;
+      headProbs(useBlas, q, k, p, b, h, probs, null, lse);
+      // gv_h += P^T gOut_h
+      gemm(useBlas, true, false, tk, headDim, tq, 1, probs, 0, tk, gOut, qOff, ldq, 1, gv, kOff, ldk);
+      // dP = gOut_h v_h^T
+      gemm(useBlas, false, true, tq, tk, headDim, 1, gOut, qOff, ldq, v, kOff, ldk, 0, dp, 0, tk);
+      // dS = P * (dP - rowsum(gOut * out))
+      for (let i = 0; i < tq; i++) {
+        let d = 0;
+        for (let e = 0; e < headDim; e++) d += gOut[qOff + i * ldq + e] * out[qOff + i * ldq + e];
+        const row = i * tk;
+        for (let j = 0; j < tk; j++) dp[row + j] = probs[row + j] * (dp[row + j] - d);
+      }
+      // gq_h = scale * dS k_h ; gk_h += scale * dS^T q_h
+      gemm(useBlas, false, false, tq, headDim, tk, scale, dp, 0, tk, k, kOff, ldk, 0, gq, qOff, ldq);
+      gemm(useBlas, true, false, tk, headDim, tq, scale, dp, 0, tk, q, qOff, ldq, 1, gk, kOff, ldk);
+    }
+  }
+}

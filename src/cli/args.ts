@@ -1,0 +1,78 @@
+// Flag parsing shared by the commands: node's util.parseArgs with typed helpers and errors
+// that name the flag.
+
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+
+export class CliError extends Error {}
+
+export type Options = NonNullable<ParseArgsConfig['options']>;
+
+export interface Parsed {
+  values: Record<string, string | boolean | (string | boolean)[] | undefined>;
+  positionals: string[];
+}
+
+/** Parse argv; `--help` prints the help text and returns null. */
+export function parse(
+  argv: string[],
+  options: Options,
+  help: string,
+  allowPositionals = false,
+): Parsed | null {
+  let parsed: Parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: { ...options, help: { type: 'boolean', short: 'h' } },
+      allowPositionals,
+      strict: true,
+    }) as Parsed;
+  } catch (e) {
+    throw new CliError(`${(e as Error).message}\n\n${help}`);
+  }
+  if (parsed.values.help) {
+    console.log(help);
+    return null;
+  }
+  return parsed;
+}
+
+export function str(p: Parsed, name: string): string | undefined {
+  const v = p.values[name];
+  return typeof v === 'string' ? v : undefined;
+}
+
+export function required(p: Parsed, name: string, help: string): string {
+  const v = str(p, name);
+  if (v === undefined) throw new CliError(`--${name} is required\n\n${help}`);
+  return v;
+}
+
+export function num(
+  p: Parsed,
+  name: string,
+  fallback: number,
+  opts: { integer?: boolean; min?: number; max?: number } = {},
+): number {
+  const v = str(p, name);
+  if (v === undefined) return fallback;
+  const n = Number(v);
+  if (!Number.isFinite(n) || (opts.integer && !Number.isInteger(n))) {
+    throw new CliError(`--${name} expects ${opts.integer ? 'an integer' : 'a number'}, got "${v}"`);
+  }
+  if (opts.min !== undefined && n < opts.min)
+    throw new CliError(`--${name} must be at least ${opts.min}, got ${n}`);
+  if (opts.max !== undefined && n > opts.max)
+    throw new CliError(`--${name} must be at most ${opts.max}, got ${n}`);
+  return n;
+}
+
+export function flag(p: Parsed, name: string): boolean {
+  return p.values[name] === true;
+}
+
+export function list(p: Parsed, name: string): string[] {
+  const v = p.values[name];
+  if (v === undefined) return [];
+  return (Array.isArray(v) ? v : [v]).filter((x): x is string => typeof x === 'string');
+}

@@ -1,0 +1,998 @@
+// The op set, enumerated in one place. Each op checks shapes (errors name the op and the
+// shapes), allocates its outputs, calls one or a few backend kernels, and records its backward
+// pass beside the forward one.
+
+import type { BinaryOp, DType, UnaryOp } from '../backends/backend.js';
+import { empty, full, record, shapeStr, sizeOf, stridesOf, Tensor, zeros } from './tensor.js';
+
+// ---- helpers --------------------------------------------------------------------------------
+
+function fail(op: string, msg: string): never {
+  throw new Error(`${op}: ${msg}`);
+}
+
+function isFloat(dtype: DType): boolean {
+  return dtype === 'f32' || dtype === 'f64';
+}
+
+function checkFloat(op: string, ...ts: Tensor[]): void {
+  for (const t of ts)
+    if (!isFloat(t.dtype)) fail(op, `expected a float tensor, got ${t.dtype} ${shapeStr(t.shape)}`);
+}
+
+function sameBackend(op: string, ...ts: Tensor[]): void {
+  const b = ts[0].backend;
+  for (const t of ts) if (t.backend !== b) fail(op, 'tensors live on different backends');
+}
+
+function normAxis(op: string, axis: number, ndim: number): number {
+  const a = axis < 0 ? axis + ndim : axis;
+  if (a < 0 || a >= ndim) fail(op, `axis ${axis} out of range for ${ndim} dimensions`);
+  return a;
+}
+
+function like(t: Tensor, shape: readonly number[] = t.shape): Tensor {
+  return empty(shape, t.dtype, t.backend);
+}
+
+/** (outer, n, inner) around an axis */
+function around(shape: readonly number[], axis: number): [number, number, number] {
+  return [sizeOf(shape.slice(0, axis)), shape[axis], sizeOf(shape.slice(axis + 1))];
+}
+
+// ---- broadcasting ---------------------------------------------------------------------------
+
+export function broadcastShapes(op: string, a: readonly number[], b: readonly number[]): number[] {
+  const n = Math.max(a.length, b.length);
+  const out = new Array<number>(n);
+  for (let i = 0; i < n; i++) {
+    const da = a[a.length - n + i] ?? 1;
+    const db = b[b.length - n + i] ?? 1;
+    if (da !== db && da !== 1 && db !== 1)
+      fail(op, `shapes ${shapeStr(a)} and ${shapeStr(b)} do not broadcast`);
+    out[i] = da === 1 ? db : da;
+  }
+  return out;
+}
+
+function broadcastStrides(shape: readonly number[], target: readonly number[]): number[] {
+  const s = stridesOf(shape);
+  const off = target.length - shape.length;
+  return target.map((_, i) => (i < off || shape[i - off] === 1 ? 0 : s[i - off]));
+}
+
+/** Sum g over the axes along which `shape` was broadcast to g's shape. */
+export function sumToShape(g: Tensor, shape: readonly number[]): Tensor {
+  if (g.shape.length === shape.length && g.shape.every((d, i) => d === shape[i])) return g;
+  let cur = g;
+  const off = g.shape.length - shape.length;
+  for (let i = 0; i < g.shape.length; i++) {
+    const want = i < off ? 1 : shape[i - off];
+    if (cur.shape[i] !== want) {
+      const next = sum(cur, [i], true);
+      if (cur !== g) cur.dispose();
+      cur = next;
+    }
+  }
+  return cur.view(shape);
+}
+
+// ---- elementwise ----------------------------------------------------------------------------
+
+function binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
+  checkFloat(op, a, b);
+  sameBackend(op, a, b);
+  const shape = broadcastShapes(op, a.shape, b.shape);
+  const out = empty(shape, a.dtype, a.backend);
+  a.backend.binary(
+    op,
+    a.buffer,
+    broadcastStrides(a.shape, shape),
+    b.buffer,
+    broadcastStrides(b.shape, shape),
+    out.buffer,
+    shape,
+  );
+  return out;
+}
+
+export function add(a: Tensor, b: Tensor): Tensor {
+  return record(binary('add', a, b), 'add', [a, b], (g) => [sumToShape(g, a.shape), sumToShape(g, b.shape)]);
+}
+
+export function sub(a: Tensor, b: Tensor): Tensor {
+  return record(binary('sub', a, b), 'sub', [a, b], (g) => [
+    sumToShape(g, a.shape),
+    b.requiresGrad ? sumToShape(neg(g), b.shape) : null,
+  ]);
+}
+
+export function mul(a: Tensor, b: Tensor): Tensor {
+  return record(binary('mul', a, b), 'mul', [a, b], (g) => [
+    a.requiresGrad ? sumToShape(mul(g, b), a.shape) : null,
+    b.requiresGrad ? sumToShape(mul(g, a), b.shape) : null,
+  ]);
+}
+
+export function div(a: Tensor, b: Tensor): Tensor {
+  return record(binary('div', a, b), 'div', [a, b], (g) => [
+    a.requiresGrad ? sumToShape(div(g, b), a.shape) : null,
+    // d(a/b)/db = -a / b^2
+    b.requiresGrad ? sumToShape(neg(div(mul(g, a), square(b))), b.shape) : null,
+  ]);
+}
+
+/** Elementwise maximum (no gradient: used for masks and clamps). */
+export function maximum(a: Tensor, b: Tensor): Tensor {
+  return binary('maximum', a, b);
+}
+
+/** 1 where a == b, else 0 (no gradient). */
+export function equal(a: Tensor, b: Tensor): Tensor {
+  return binary('eq', a, b);
+}
+
+function unary(op: UnaryOp, x: Tensor, alpha = 1, beta = 0): Tensor {
+  checkFloat(op, x);
+  const out = like(x);
+  x.backend.unary(op, x.buffer, out.buffer, alpha, beta);
+  return record(out, op, [x], (g) => {
+    const gx = like(x);
+    x.backend.unaryBackward(op, x.buffer, g.buffer, gx.buffer);
+    if (alpha !== 1) {
+      x.backend.unary('identity', gx.buffer, gx.buffer, alpha, 0);
+    }
+    return [gx];
+  });
+}
+
+/** alpha * x + beta */
+export function affine(x: Tensor, alpha: number, beta = 0): Tensor {
+  return unary('identity', x, alpha, beta);
+}
+export const scale = (x: Tensor, alpha: number): Tensor => affine(x, alpha, 0);
+export const addScalar = (x: Tensor, beta: number): Tensor => affine(x, 1, beta);
+export const neg = (x: Tensor): Tensor => unary('neg', x);
+export const exp = (x: Tensor): Tensor => unary('exp', x);
+export const log = (x: Tensor): Tensor => unary('log', x);
+export const sqrt = (x: Tensor): Tensor => unary('sqrt', x);
+export const rsqrt = (x: Tensor): Tensor => unary('rsqrt', x);
+export const tanh = (x: Tensor): Tensor => unary('tanh', x);
+export const sigmoid = (x: Tensor): Tensor => unary('sigmoid', x);
+export const softplus = (x: Tensor): Tensor => unary('softplus', x);
+export const silu = (x: Tensor): Tensor => unary('silu', x);
+export const relu = (x: Tensor): Tensor => unary('relu', x);
+/** exact gelu, 0.5 x (1 + erf(x / sqrt 2)) */
+export const gelu = (x: Tensor): Tensor => unary('gelu', x);
+/** the tanh approximation (gelu_new in HF configs) */
+export const geluNew = (x: Tensor): Tensor => unary('geluNew', x);
+export const square = (x: Tensor): Tensor => unary('square', x);
+export const abs = (x: Tensor): Tensor => unary('abs', x);
+export const reciprocal = (x: Tensor): Tensor => unary('reciprocal', x);
+
+/** Convert to another dtype (gradient converted back). */
+export function cast(x: Tensor, dtype: DType): Tensor {
+  if (x.dtype === dtype) return x.view(x.shape);
+  const out = empty(x.shape, dtype, x.backend);
+  x.backend.cast(x.buffer, out.buffer);
+  return record(out, 'cast', [x], (g) => [cast(g, x.dtype)]);
+}
+
+// ---- reductions -----------------------------------------------------------------------------
+
+function reduceAxes(op: string, x: Tensor, axes: number[] | undefined): number[] {
+  const all = axes ?? x.shape.map((_, i) => i);
+  return [...new Set(all.map((a) => normAxis(op, a, x.ndim)))].sort((p, q) => p - q);
+}
+
+function reducedShape(shape: readonly number[], axes: number[], keepdim: boolean): number[] {
+  const out: number[] = [];
+  shape.forEach((d, i) => {
+    if (axes.includes(i)) {
+      if (keepdim) out.push(1);
+    } else out.push(d);
+  });
+  return out;
+}
+
+/** Sum over axes (all by default). */
+export function sum(x: Tensor, axes?: number[], keepdim = false): Tensor {
+  checkFloat('sum', x);
+  const ax = reduceAxes('sum', x, axes);
+  let cur = x;
+  const curShape = [...x.shape];
+  for (const a of ax) {
+    const [outer, n, inner] = around(curShape, a);
+    curShape[a] = 1;
+    const next = empty(curShape, x.dtype, x.backend);
+    x.backend.reduce('sum', cur.buffer, next.buffer, outer, n, inner);
+    if (cur !== x) cur.dispose();
+    cur = next;
+  }
+  const outShape = reducedShape(x.shape, ax, keepdim);
+  const out = cur === x ? x.view(outShape) : cur.view(outShape);
+  if (cur !== x) cur.dispose();
+  return record(out, 'sum', [x], (g) => [expand(g.view(reducedShape(x.shape, ax, true)), x.shape)]);
+}
+
+export function mean(x: Tensor, axes?: number[], keepdim = false): Tensor {
+  const ax = reduceAxes('mean', x, axes);
+  const n = ax.reduce((acc, a) => acc * x.shape[a], 1);
+  const s = sum(x, ax, keepdim);
+  const out = scale(s, 1 / n);
+  return out;
+}
+
+/** Max over one axis; the gradient goes to every position equal to the max. */
+export function max(x: Tensor, axis: number, keepdim = false): Tensor {
+  checkFloat('max', x);
+  const a = normAxis('max', axis, x.ndim);
+  const [outer, n, inner] = around(x.shape, a);
+  const keptShape = reducedShape(x.shape, [a], true);
+  const out = empty(keptShape, x.dtype, x.backend);
+  x.backend.reduce('max', x.buffer, out.buffer, outer, n, inner);
+  const result = out.view(reducedShape(x.shape, [a], keepdim));
+  out.dispose();
+  return record(result, 'max', [x], (g) => {
+    const mask = equal(x, result.view(keptShape));
+    return [mul(mask, g.view(keptShape))];
+  });
+}
+
+// ---- shape ----------------------------------------------------------------------------------
+
+export function reshape(x: Tensor, shape: readonly number[]): Tensor {
+  const s = [...shape];
+  const inferred = s.indexOf(-1);
+  if (inferred >= 0) {
+    const known = sizeOf(s.filter((d) => d !== -1));
+    s[inferred] = known === 0 ? 0 : x.size / known;
+  }
+  if (sizeOf(s) !== x.size || s.some((d) => !Number.isInteger(d))) {
+    fail('reshape', `cannot reshape ${shapeStr(x.shape)} to ${shapeStr(shape)}`);
+  }
+  return record(x.view(s), 'reshape', [x], (g) => [g.view(x.shape)]);
+}
+
+export function permute(x: Tensor, dims: number[]): Tensor {
+  if (dims.length !== x.ndim || new Set(dims).size !== dims.length) {
+    fail('permute', `dims [${dims}] for shape ${shapeStr(x.shape)}`);
+  }
+  const d = dims.map((a) => normAxis('permute', a, x.ndim));
+  const shape = d.map((a) => x.shape[a]);
+  const out = empty(shape, x.dtype, x.backend);
+  const srcStrides = stridesOf(x.shape);
+  x.backend.copyStrided(
+    x.buffer,
+    0,
+    d.map((a) => srcStrides[a]),
+    out.buffer,
+    0,
+    stridesOf(shape),
+    shape,
+    false,
+  );
+  const inverse = new Array<number>(d.length);
+  d.forEach((a, i) => (inverse[a] = i));
+  return record(out, 'permute', [x], (g) => [permute(g, inverse)]);
+}
+
+export function transpose(x: Tensor, a = -2, b = -1): Tensor {
+  const dims = x.shape.map((_, i) => i);
+  const i = normAxis('transpose', a, x.ndim);
+  const j = normAxis('transpose', b, x.ndim);
+  [dims[i], dims[j]] = [dims[j], dims[i]];
+  return permute(x, dims);
+}
+
+/** x[start:end] along one axis */
+export function slice(x: Tensor, axis: number, start: number, end: number): Tensor {
+  const a = normAxis('slice', axis, x.ndim);
+  if (!(0 <= start && start <= end && end <= x.shape[a])) {
+    fail('slice', `range [${start}, ${end}) outside axis ${a} of ${shapeStr(x.shape)}`);
+  }
+  const shape = [...x.shape];
+  shape[a] = end - start;
+  const out = empty(shape, x.dtype, x.backend);
+  const st = stridesOf(x.shape);
+  x.backend.copyStrided(x.buffer, start * st[a], st, out.buffer, 0, stridesOf(shape), shape, false);
+  return record(out, 'slice', [x], (g) => {
+    const gx = zeros(x.shape, g.dtype, g.backend);
+    g.backend.copyStrided(g.buffer, 0, stridesOf(shape), gx.buffer, start * st[a], st, shape, false);
+    return [gx];
+  });
+}
+
+export function concat(xs: Tensor[], axis: number): Tensor {
+  if (xs.length === 0) fail('concat', 'no tensors');
+  const a = normAxis('concat', axis, xs[0].ndim);
+  for (const t of xs) {
+    if (
+      t.ndim !== xs[0].ndim ||
+      t.shape.some((d, i) => i !== a && d !== xs[0].shape[i]) ||
+      t.dtype !== xs[0].dtype
+    ) {
+      fail('concat', `shapes ${xs.map((q) => shapeStr(q.shape)).join(', ')} differ off axis ${a}`);
+    }
+  }
+  sameBackend('concat', ...xs);
+  const shape = [...xs[0].shape];
+  shape[a] = xs.reduce((acc, t) => acc + t.shape[a], 0);
+  const out = empty(shape, xs[0].dtype, xs[0].backend);
+  const st = stridesOf(shape);
+  let off = 0;
+  const offsets: number[] = [];
+  for (const t of xs) {
+    offsets.push(off);
+    t.backend.copyStrided(t.buffer, 0, stridesOf(t.shape), out.buffer, off * st[a], st, [...t.shape], false);
+    off += t.shape[a];
+  }
+  return record(out, 'concat', xs, (g) =>
+    xs.map((t, i) => (t.requiresGrad ? slice(g, a, offsets[i], offsets[i] + t.shape[a]) : null)),
+  );
+}
+
+export function split(x: Tensor, sizes: number[], axis: number): Tensor[] {
+  const a = normAxis('split', axis, x.ndim);
+  const total = sizes.reduce((p, q) => p + q, 0);
+  if (total !== x.shape[a])
+    fail('split', `sizes [${sizes}] do not add up to ${x.shape[a]} (axis ${a} of ${shapeStr(x.shape)})`);
+  const out: Tensor[] = [];
+  let off = 0;
+  for (const s of sizes) {
+    out.push(slice(x, a, off, off + s));
+    off += s;
+  }
+  return out;
+}
+
+/** Broadcast to a larger shape (a copy; gradient summed back). */
+export function expand(x: Tensor, shape: readonly number[]): Tensor {
+  const target = broadcastShapes('expand', x.shape, shape);
+  if (target.length !== shape.length || target.some((d, i) => d !== shape[i])) {
+    fail('expand', `cannot expand ${shapeStr(x.shape)} to ${shapeStr(shape)}`);
+  }
+  const out = empty(shape, x.dtype, x.backend);
+  x.backend.copyStrided(
+    x.buffer,
+    0,
+    broadcastStrides(x.shape, shape),
+    out.buffer,
+    0,
+    stridesOf(shape),
+    [...shape],
+    false,
+  );
+  return record(out, 'expand', [x], (g) => [sumToShape(g, x.shape)]);
+}
+
+// ---- linear algebra -------------------------------------------------------------------------
+
+export interface MatmulOptions {
+  transA?: boolean;
+  transB?: boolean;
+}
+
+/**
+ * op(a) @ op(b) over the last two axes, with leading (batch) axes equal on both sides or absent
+ * on one (broadcast). a is (..., m, k) or (..., k, m) when transA; b is (..., k, n) or (..., n, k).
+ */
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  const transA = opts.transA ?? false;
+  const transB = opts.transB ?? false;
+  checkFloat('matmul', a, b);
+  sameBackend('matmul', a, b);
+  if (a.dtype !== b.dtype) fail('matmul', `dtypes ${a.dtype} and ${b.dtype} differ`);
+  if (a.ndim < 2 || b.ndim < 2)
+    fail('matmul', `operands need 2+ dimensions, got ${shapeStr(a.shape)} and ${shapeStr(b.shape)}`);
+  const [ar, ac] = a.shape.slice(-2);
+  const [br, bc] = b.shape.slice(-2);
+  const m = transA ? ac : ar;
+  const k = transA ? ar : ac;
+  const kb = transB ? bc : br;
+  const n = transB ? br : bc;
+  if (k !== kb) {
+    fail(
+      'matmul',
+      `inner dimensions differ: ${shapeStr(a.shape)}${transA ? 'ᵀ' : ''} @ ${shapeStr(b.shape)}${transB ? 'ᵀ' : ''}`,
+    );
+  }
+  const aBatch = a.shape.slice(0, -2);
+  const bBatch = b.shape.slice(0, -2);
+  let batchShape: number[];
+  let batch: number;
+  let mm = m;
+  let strideA = m * k;
+  let strideB = k * n;
+  if (bBatch.length === 0 && !transA) {
+    // fold a's batch axes into its rows: one large product
+    batchShape = aBatch;
+    batch = 1;
+    mm = m * sizeOf(aBatch);
+  } else if (bBatch.length === 0) {
+    batchShape = aBatch;
+    batch = sizeOf(aBatch);
+    strideB = 0;
+  } else if (aBatch.length === 0) {
+    batchShape = bBatch;
+    batch = sizeOf(bBatch);
+    strideA = 0;
+  } else {
+    if (aBatch.length !== bBatch.length || aBatch.some((d, i) => d !== bBatch[i])) {
+      fail('matmul', `batch axes differ: ${shapeStr(a.shape)} @ ${shapeStr(b.shape)}`);
+    }
+    batchShape = aBatch;
+    batch = sizeOf(aBatch);
+  }
+  const outShape = [...batchShape, m, n];
+  const out = empty(outShape, a.dtype, a.backend);
+  a.backend.matmul(a.buffer, b.buffer, out.buffer, {
+    batch,
+    m: mm,
+    n,
+    k,
+    transA,
+    transB,
+    strideA,
+    strideB,
+    strideC: mm * n,
+    alpha: 1,
+    beta: 0,
+  });
+  return record(out, 'matmul', [a, b], (g) => {
+    // C = op(A) op(B): dA from g op(B)^T, dB from op(A)^T g, then summed over broadcast batches
+    let ga: Tensor | null = null;
+    let gb: Tensor | null = null;
+    if (a.requiresGrad) {
+      const full = transA
+        ? matmul(b, g, { transA: transB, transB: true })
+        : matmul(g, b, { transB: !transB });
+      ga = sumToShape(full, a.shape);
+    }
+    if (b.requiresGrad) {
+      // with a's batch folded into rows, one product over all rows gives dB directly
+      const aa = batch === 1 && mm !== m ? a.view([mm, k]) : a;
+      const gg = batch === 1 && mm !== m ? g.view([mm, n]) : g;
+      const full = transB
+        ? matmul(gg, aa, { transA: true, transB: transA })
+        : matmul(aa, gg, { transA: !transA });
+      gb = sumToShape(full, b.shape);
+    }
+    return [ga, gb];
+  });
+}
+
+// ---- rows -----------------------------------------------------------------------------------
+
+function lastAxisRows(op: string, x: Tensor, axis: number): [number, number] {
+  if (normAxis(op, axis, x.ndim) !== x.ndim - 1) fail(op, 'only the last axis is supported');
+  const cols = x.shape[x.ndim - 1];
+  return [x.size / Math.max(cols, 1), cols];
+}
+
+export function softmax(x: Tensor, axis = -1): Tensor {
+  checkFloat('softmax', x);
+  const [rows, cols] = lastAxisRows('softmax', x, axis);
+  const out = like(x);
+  x.backend.softmax(x.buffer, out.buffer, rows, cols, false);
+  return record(out, 'softmax', [x], (g) => {
+    const gx = like(x);
+    x.backend.softmaxBackward(out.buffer, g.buffer, gx.buffer, rows, cols, false);
+    return [gx];
+  });
+}
+
+export function logSoftmax(x: Tensor, axis = -1): Tensor {
+  checkFloat('logSoftmax', x);
+  const [rows, cols] = lastAxisRows('logSoftmax', x, axis);
+  const out = like(x);
+  x.backend.softmax(x.buffer, out.buffer, rows, cols, true);
+  return record(out, 'logSoftmax', [x], (g) => {
+    const gx = like(x);
+    x.backend.softmaxBackward(out.buffer, g.buffer, gx.buffer, rows, cols, true);
+    return [gx];
+  });
+}
+
+function checkVector(op: string, v: Tensor, cols: number, what: string): void {
+  if (v.ndim !== 1 || v.shape[0] !== cols)
+    fail(op, `${what} has shape ${shapeStr(v.shape)}, expected [${cols}]`);
+}
+
+export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps: number): Tensor {
+  checkFloat('layerNorm', x, weight);
+  const cols = x.shape[x.ndim - 1];
+  const rows = x.size / cols;
+  checkVector('layerNorm', weight, cols, 'weight');
+  if (bias) checkVector('layerNorm', bias, cols, 'bias');
+  const out = like(x);
+  const meanT = empty([rows], x.dtype, x.backend);
+  const rstd = empty([rows], x.dtype, x.backend);
+  x.backend.layerNorm(
+    x.buffer,
+    weight.buffer,
+    bias?.buffer ?? null,
+    out.buffer,
+    meanT.buffer,
+    rstd.buffer,
+    rows,
+    cols,
+    eps,
+  );
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  return record(out, 'layerNorm', inputs, (g) => {
+    const gx = like(x);
+    const gw = like(weight);
+    const gb = bias ? like(bias) : null;
+    x.backend.layerNormBackward(
+      x.buffer,
+      weight.buffer,
+      meanT.buffer,
+      rstd.buffer,
+      g.buffer,
+      gx.buffer,
+      gw.buffer,
+      gb?.buffer ?? null,
+      rows,
+      cols,
+    );
+    return bias ? [gx, gw, gb] : [gx, gw];
+  });
+}
+
+export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
+  checkFloat('rmsNorm', x, weight);
+  const cols = x.shape[x.ndim - 1];
+  const rows = x.size / cols;
+  checkVector('rmsNorm', weight, cols, 'weight');
+  const out = like(x);
+  const rstd = empty([rows], x.dtype, x.backend);
+  x.backend.rmsNorm(x.buffer, weight.buffer, out.buffer, rstd.buffer, rows, cols, eps);
+  return record(out, 'rmsNorm', [x, weight], (g) => {
+    const gx = like(x);
+    const gw = like(weight);
+    x.backend.rmsNormBackward(
+      x.buffer,
+      weight.buffer,
+      rstd.buffer,
+      g.buffer,
+      gx.buffer,
+      gw.buffer,
+      rows,
+      cols,
+    );
+    return [gx, gw];
+  });
+}
+
+/** table (V, D), ids i32 of any shape -> (...ids.shape, D); backward scatter-adds into the table */
+export function embedding(table: Tensor, ids: Tensor): Tensor {
+  checkFloat('embedding', table);
+  if (ids.dtype !== 'i32') fail('embedding', `ids must be i32, got ${ids.dtype}`);
+  if (table.ndim !== 2) fail('embedding', `table must be (vocab, dim), got ${shapeStr(table.shape)}`);
+  const dim = table.shape[1];
+  const out = empty([...ids.shape, dim], table.dtype, table.backend);
+  table.backend.embedding(table.buffer, ids.buffer, out.buffer, ids.size, dim);
+  return record(out, 'embedding', [table], (g) => {
+    const gt = zeros(table.shape, table.dtype, table.backend);
+    table.backend.embeddingBackward(g.buffer, ids.buffer, gt.buffer, ids.size, dim);
+    return [gt];
+  });
+}
+
+// ---- sequence -------------------------------------------------------------------------------
+
+/** Over the last two axes (tq, tk): entries with key s > query t + (tk - tq) become `value`. */
+export function causalMask(x: Tensor, value = -Infinity): Tensor {
+  checkFloat('causalMask', x);
+  if (x.ndim < 2) fail('causalMask', `needs (..., tq, tk), got ${shapeStr(x.shape)}`);
+  const [tq, tk] = x.shape.slice(-2);
+  const rows = x.size / (tq * tk);
+  const out = like(x);
+  x.backend.causalMask(x.buffer, out.buffer, rows, tq, tk, value);
+  return record(out, 'causalMask', [x], (g) => {
+    const gx = like(g);
+    g.backend.causalMask(g.buffer, gx.buffer, rows, tq, tk, 0);
+    return [gx];
+  });
+}
+
+export function cumsum(x: Tensor, axis: number, reverse = false): Tensor {
+  checkFloat('cumsum', x);
+  const a = normAxis('cumsum', axis, x.ndim);
+  const [outer, n, inner] = around(x.shape, a);
+  const out = like(x);
+  x.backend.cumsum(x.buffer, out.buffer, outer, n, inner, reverse);
+  return record(out, 'cumsum', [x], (g) => {
+    const gx = like(g);
+    g.backend.cumsum(g.buffer, gx.buffer, outer, n, inner, !reverse);
+    return [gx];
+  });
+}
+
+/** Log-space segment sum over the last axis: (..., T) -> (..., T, T), -inf above the diagonal. */
+export function segsum(x: Tensor): Tensor {
+  checkFloat('segsum', x);
+  const t = x.shape[x.ndim - 1];
+  const rows = x.size / t;
+  const out = empty([...x.shape, t], x.dtype, x.backend);
+  x.backend.segsum(x.buffer, out.buffer, rows, t);
+  return record(out, 'segsum', [x], (g) => {
+    const gx = like(x);
+    x.backend.segsumBackward(g.buffer, gx.buffer, rows, t);
+    return [gx];
+  });
+}
+
+/** x (B, T, C), weight (C, K), bias (C) | null -> (B, T, C), causal depthwise. */
+export function causalConv1d(x: Tensor, weight: Tensor, bias: Tensor | null): Tensor {
+  checkFloat('causalConv1d', x, weight);
+  if (x.ndim !== 3) fail('causalConv1d', `x must be (B, T, C), got ${shapeStr(x.shape)}`);
+  const [batch, t, c] = x.shape;
+  if (weight.ndim !== 2 || weight.shape[0] !== c)
+    fail('causalConv1d', `weight ${shapeStr(weight.shape)} for ${c} channels, expected [${c}, K]`);
+  if (bias) checkVector('causalConv1d', bias, c, 'bias');
+  const k = weight.shape[1];
+  const out = like(x);
+  x.backend.causalConv1d(x.buffer, weight.buffer, bias?.buffer ?? null, out.buffer, batch, t, c, k);
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  return record(out, 'causalConv1d', inputs, (g) => {
+    const gx = like(x);
+    const gw = like(weight);
+    const gb = bias ? like(bias) : null;
+    x.backend.causalConv1dBackward(
+      x.buffer,
+      weight.buffer,
+      g.buffer,
+      gx.buffer,
+      gw.buffer,
+      gb?.buffer ?? null,
+      batch,
+      t,
+      c,
+      k,
+    );
+    return bias ? [gx, gw, gb] : [gx, gw];
+  });
+}
+
+export interface RopeOptions {
+  /** leading dimensions of each head that rotate; default the whole head */
+  rotaryDim?: number;
+  theta?: number;
+  /** adjacent pairs (llama2.c) instead of halves (HF) */
+  interleaved?: boolean;
+  positionOffset?: number;
+}
+
+/** Rotary embedding of x (B, T, H, D). */
+export function rope(x: Tensor, opts: RopeOptions = {}): Tensor {
+  checkFloat('rope', x);
+  if (x.ndim !== 4) fail('rope', `x must be (B, T, H, D), got ${shapeStr(x.shape)}`);
+  const [batch, seqLen, heads, headDim] = x.shape;
+  const rotaryDim = opts.rotaryDim ?? headDim;
+  if (rotaryDim % 2 !== 0 || rotaryDim > headDim)
+    fail('rope', `rotaryDim ${rotaryDim} must be even and at most ${headDim}`);
+  const params = {
+    batch,
+    seqLen,
+    heads,
+    headDim,
+    rotaryDim,
+    theta: opts.theta ?? 10000,
+    interleaved: opts.interleaved ?? false,
+    positionOffset: opts.positionOffset ?? 0,
+    inverse: false,
+  };
+  const out = like(x);
+  x.backend.rope(x.buffer, out.buffer, params);
+  return record(out, 'rope', [x], (g) => {
+    const gx = like(g);
+    g.backend.rope(g.buffer, gx.buffer, { ...params, inverse: true });
+    return [gx];
+  });
+}
+
+export interface AttentionOptions {
+  causal?: boolean;
+  /** default 1 / sqrt(headDim) */
+  scale?: number;
+  /** also return the (B, H, tq, tk) probability matrix (no gradient flows through it) */
+  returnProbs?: boolean;
+}
+
+/**
+ * Scaled-dot-product attention with grouped-query heads:
+ * q (B, tq, H, D), k and v (B, tk, Hkv, D) -> out (B, tq, H, D).
+ */
+export function attention(
+  q: Tensor,
+  k: Tensor,
+  v: Tensor,
+  opts: AttentionOptions = {},
+): { out: Tensor; probs: Tensor | null } {
+  checkFloat('attention', q, k, v);
+  sameBackend('attention', q, k, v);
+  if (q.ndim !== 4 || k.ndim !== 4 || v.ndim !== 4) {
+    fail(
+      'attention',
+      `expected 4-d q, k, v, got ${shapeStr(q.shape)}, ${shapeStr(k.shape)}, ${shapeStr(v.shape)}`,
+    );
+  }
+  const [batch, tq, heads, headDim] = q.shape;
+  const [kb, tk, kvHeads, kd] = k.shape;
+  if (kb !== batch || kd !== headDim || v.shape.some((d, i) => d !== k.shape[i]) || heads % kvHeads !== 0) {
+    fail(
+      'attention',
+      `q ${shapeStr(q.shape)}, k ${shapeStr(k.shape)}, v ${shapeStr(v.shape)} do not fit (heads must be a multiple of kv heads)`,
+    );
+  }
+  if ((opts.causal ?? true) && tk < tq) fail('attention', `causal attention needs tk (${tk}) >= tq (${tq})`);
+  const p = {
+    batch,
+    tq,
+    tk,
+    heads,
+    kvHeads,
+    headDim,
+    scale: opts.scale ?? 1 / Math.sqrt(headDim),
+    causal: opts.causal ?? true,
+  };
+  const out = like(q);
+  const lse = empty([batch, heads, tq], q.dtype, q.backend);
+  const probs = opts.returnProbs ? empty([batch, heads, tq, tk], q.dtype, q.backend) : null;
+  q.backend.attention(q.buffer, k.buffer, v.buffer, out.buffer, lse.buffer, probs?.buffer ?? null, p);
+  record(out, 'attention', [q, k, v], (g) => {
+    const gq = like(q);
+    const gk = like(k);
+    const gv = like(v);
+    q.backend.attentionBackward(
+      q.buffer,
+      k.buffer,
+      v.buffer,
+      out.buffer,
+      lse.buffer,
+      g.buffer,
+      gq.buffer,
+      gk.buffer,
+      gv.buffer,
+      p,
+    );
+    return [gq, gk, gv];
+  });
+  return { out, probs };
+}
+
+function ssdShapes(op: string, logA: Tensor, bm: Tensor, cm: Tensor, x: Tensor | null) {
+  if (logA.ndim !== 3 || bm.ndim !== 4 || cm.ndim !== 4) {
+    fail(
+      op,
+      `expected logA (B, T, H), B and C (B, T, G, N), got ${shapeStr(logA.shape)}, ${shapeStr(bm.shape)}, ${shapeStr(cm.shape)}`,
+    );
+  }
+  const [batch, seqLen, heads] = logA.shape;
+  const [bb, bt, groups, dState] = bm.shape;
+  if (bb !== batch || bt !== seqLen || cm.shape.some((d, i) => d !== bm.shape[i]) || heads % groups !== 0) {
+    fail(
+      op,
+      `logA ${shapeStr(logA.shape)}, B ${shapeStr(bm.shape)}, C ${shapeStr(cm.shape)} do not fit (heads must be a multiple of groups)`,
+    );
+  }
+  let headDim = 0;
+  if (x) {
+    if (x.ndim !== 4 || x.shape[0] !== batch || x.shape[1] !== seqLen || x.shape[2] !== heads) {
+      fail(op, `x ${shapeStr(x.shape)} does not fit logA ${shapeStr(logA.shape)} (expected (B, T, H, P))`);
+    }
+    headDim = x.shape[3];
+  }
+  return { batch, seqLen, heads, groups, dState, headDim };
+}
+
+export interface SsdOptions {
+  chunkSize?: number;
+  /** also return the state after the last token, (B, H, P, N), without gradient */
+  returnFinalState?: boolean;
+}
+
+/**
+ * The chunked SSD scan (discrete Mamba-2 without D): h_t = exp(logA_t) h_{t-1} + x_t B_t^T,
+ * y_t = h_t C_t. x (B, T, H, P), logA (B, T, H), B and C (B, T, G, N) -> y (B, T, H, P).
+ */
+export function ssdScan(
+  x: Tensor,
+  logA: Tensor,
+  bm: Tensor,
+  cm: Tensor,
+  opts: SsdOptions = {},
+): { y: Tensor; finalState: Tensor | null } {
+  checkFloat('ssdScan', x, logA, bm, cm);
+  sameBackend('ssdScan', x, logA, bm, cm);
+  const s = ssdShapes('ssdScan', logA, bm, cm, x);
+  const p = { ...s, chunkSize: opts.chunkSize ?? 64 };
+  const nChunks = Math.ceil(s.seqLen / p.chunkSize);
+  const y = like(x);
+  const states = empty([s.batch, nChunks, s.heads, s.headDim, s.dState], x.dtype, x.backend);
+  const finalState = opts.returnFinalState
+    ? empty([s.batch, s.heads, s.headDim, s.dState], x.dtype, x.backend)
+    : null;
+  x.backend.ssdScan(
+    x.buffer,
+    logA.buffer,
+    bm.buffer,
+    cm.buffer,
+    y.buffer,
+    states.buffer,
+    finalState?.buffer ?? null,
+    p,
+  );
+  record(y, 'ssdScan', [x, logA, bm, cm], (g) => {
+    const gx = like(x);
+    const gl = like(logA);
+    const gb = like(bm);
+    const gc = like(cm);
+    x.backend.ssdScanBackward(
+      x.buffer,
+      logA.buffer,
+      bm.buffer,
+      cm.buffer,
+      states.buffer,
+      g.buffer,
+      gx.buffer,
+      gl.buffer,
+      gb.buffer,
+      gc.buffer,
+      p,
+    );
+    return [gx, gl, gb, gc];
+  });
+  return { y, finalState };
+}
+
+/**
+ * The SSM's mixing matrix: logA (B, T, H), B and C (B, T, G, N) -> (B, H, T, T) with
+ * M[t, s] = C_t . B_s * exp(sum_{k=s+1..t} logA_k) for s <= t, 0 above the diagonal.
+ */
+export function materializeMixer(logA: Tensor, bm: Tensor, cm: Tensor): Tensor {
+  checkFloat('materializeMixer', logA, bm, cm);
+  const s = ssdShapes('materializeMixer', logA, bm, cm, null);
+  const p = { ...s, headDim: 1, chunkSize: s.seqLen || 1 };
+  const out = empty([s.batch, s.heads, s.seqLen, s.seqLen], logA.dtype, logA.backend);
+  logA.backend.materializeMixer(logA.buffer, bm.buffer, cm.buffer, out.buffer, p);
+  return record(out, 'materializeMixer', [logA, bm, cm], (g) => {
+    const gl = like(logA);
+    const gb = like(bm);
+    const gc = like(cm);
+    logA.backend.materializeMixerBackward(
+      logA.buffer,
+      bm.buffer,
+      cm.buffer,
+      g.buffer,
+      gl.buffer,
+      gb.buffer,
+      gc.buffer,
+      p,
+    );
+    return [gl, gb, gc];
+  });
+}
+
+// ---- losses ---------------------------------------------------------------------------------
+
+export interface CrossEntropyOptions {
+  ignoreIndex?: number;
+  /** 'mean' over rows whose target is not ignored (default), 'sum', or 'none' (per row) */
+  reduction?: 'mean' | 'sum' | 'none';
+}
+
+/** logits (..., V), targets i32 (...) -> the negative log-likelihood of the targets. */
+export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropyOptions = {}): Tensor {
+  checkFloat('crossEntropy', logits);
+  if (targets.dtype !== 'i32') fail('crossEntropy', `targets must be i32, got ${targets.dtype}`);
+  const vocab = logits.shape[logits.ndim - 1];
+  const rows = logits.size / vocab;
+  if (targets.size !== rows)
+    fail(
+      'crossEntropy',
+      `logits ${shapeStr(logits.shape)} and targets ${shapeStr(targets.shape)} do not fit`,
+    );
+  const ignoreIndex = opts.ignoreIndex ?? -100;
+  const losses = empty(targets.shape, logits.dtype, logits.backend);
+  const lse = empty([rows], logits.dtype, logits.backend);
+  logits.backend.crossEntropy(
+    logits.buffer,
+    targets.buffer,
+    losses.buffer,
+    lse.buffer,
+    rows,
+    vocab,
+    ignoreIndex,
+  );
+  record(losses, 'crossEntropy', [logits], (g) => {
+    const gl = like(logits);
+    logits.backend.crossEntropyBackward(
+      logits.buffer,
+      targets.buffer,
+      lse.buffer,
+      g.buffer,
+      gl.buffer,
+      rows,
+      vocab,
+      ignoreIndex,
+    );
+    return [gl];
+  });
+  const reduction = opts.reduction ?? 'mean';
+  if (reduction === 'none') return losses;
+  const total = sum(losses);
+  if (reduction === 'sum') return total;
+  // count the rows that are not ignored, on the host only when something is ignored
+  let count = rows;
+  if (opts.ignoreIndex !== undefined) {
+    const t = targets.toArray();
+    count = 0;
+    for (let i = 0; i < t.length; i++) if (t[i] !== ignoreIndex) count++;
+  }
+  return scale(total, 1 / Math.max(count, 1));
+}
+
+export interface KlOptions {
+  temperature?: number;
+  reduction?: 'mean' | 'sum' | 'none';
+}
+
+/**
+ * KL(p || q) per row with p = softmax(teacher / tau), q = softmax(student / tau); the gradient
+ * flows to the student logits only.
+ */
+export function klDivergence(teacher: Tensor, student: Tensor, opts: KlOptions = {}): Tensor {
+  checkFloat('klDivergence', teacher, student);
+  if (teacher.ndim !== student.ndim || teacher.shape.some((d, i) => d !== student.shape[i])) {
+    fail('klDivergence', `teacher ${shapeStr(teacher.shape)} and student ${shapeStr(student.shape)} differ`);
+  }
+  const tau = opts.temperature ?? 1;
+  const vocab = student.shape[student.ndim - 1];
+  const rows = student.size / vocab;
+  const losses = empty(student.shape.slice(0, -1), student.dtype, student.backend);
+  student.backend.klDivergence(teacher.buffer, student.buffer, losses.buffer, rows, vocab, tau);
+  record(losses, 'klDivergence', [student], (g) => {
+    const gs = like(student);
+    student.backend.klDivergenceBackward(
+      teacher.buffer,
+      student.buffer,
+      g.buffer,
+      gs.buffer,
+      rows,
+      vocab,
+      tau,
+    );
+    return [gs];
+  });
+  const reduction = opts.reduction ?? 'mean';
+  if (reduction === 'none') return losses;
+  return reduction === 'sum' ? sum(losses) : mean(losses);
+}
+
+/** Inverted dropout with a mask drawn from (seed, element index); identity when p = 0. */
+export function dropout(x: Tensor, p: number, seed: number): Tensor {
+  checkFloat('dropout', x);
+  if (!(p >= 0 && p < 1)) fail('dropout', `probability ${p} must be in [0, 1)`);
+  if (p === 0) return x;
+  const out = like(x);
+  x.backend.dropout(x.buffer, out.buffer, p, seed);
+  return record(out, 'dropout', [x], (g) => {
+    const gx = like(g);
+    g.backend.dropout(g.buffer, gx.buffer, p, seed);
+    return [gx];
+  });
+}
+
+// ---- creation helpers that depend on ops ----------------------------------------------------
+
+/** An identity-like (T, T) float tensor. */
+export function eye(t: number, dtype: DType = 'f32'): Tensor {
+  const data = new Float64Array(t * t);
+  for (let i = 0; i < t; i++) data[i * t + i] = 1;
+  const out = full([t, t], 0, dtype);
+  out.backend.write(out.buffer, dtype === 'f64' ? data : Float32Array.from(data));
+  return out;
+}

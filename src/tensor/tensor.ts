@@ -1,0 +1,393 @@
+// Tensor: shape, dtype, a device buffer owned by a backend, and the autograd bookkeeping.
+// Memory scopes free intermediates deterministically; reverse-mode autograd walks the graph
+// recorded by the ops in ops.ts.
+
+import type { Backend, DeviceBuffer, DType, HostArray } from '../backends/backend.js';
+import { bf16ToF32, f16ToF32 } from '../backends/dtype.js';
+import { getBackend } from './device.js';
+
+/** A device buffer shared by a tensor and its reshaped views; freed when the last one goes. */
+class Storage {
+  refs = 1;
+  constructor(
+    readonly backend: Backend,
+    readonly buffer: DeviceBuffer,
+  ) {}
+}
+
+export interface GradNode {
+  op: string;
+  inputs: Tensor[];
+  /** given the gradient of the output, the gradients of the inputs (null where none) */
+  backward: (g: Tensor) => (Tensor | null)[];
+}
+
+let nextId = 1;
+let gradEnabled = true;
+
+export function isGradEnabled(): boolean {
+  return gradEnabled;
+}
+
+/** Run fn without recording the graph. */
+export function noGrad<T>(fn: () => T): T {
+  const prev = gradEnabled;
+  gradEnabled = false;
+  try {
+    return fn();
+  } finally {
+    gradEnabled = prev;
+  }
+}
+
+// ---- scopes ---------------------------------------------------------------------------------
+
+const scopes: Set<Tensor>[] = [];
+
+function track(t: Tensor): void {
+  const top = scopes[scopes.length - 1];
+  if (top) top.add(t);
+}
+
+/** Remove t from every scope: the caller owns it now and must dispose it. */
+export function keep<T extends Tensor>(t: T): T {
+  for (const s of scopes) s.delete(t);
+  return t;
+}
+
+function collectTensors(value: unknown, out: Set<Tensor>, depth = 0): void {
+  if (value instanceof Tensor) out.add(value);
+  else if (depth < 4 && Array.isArray(value)) for (const v of value) collectTensors(v, out, depth + 1);
+  else if (depth < 4 && value instanceof Map)
+    for (const v of value.values()) collectTensors(v, out, depth + 1);
+  else if (
+    depth < 4 &&
+    value &&
+    typeof value === 'object' &&
+    Object.getPrototypeOf(value) === Object.prototype
+  ) {
+    for (const v of Object.values(value)) collectTensors(v, out, depth + 1);
+  }
+}
+
+/**
+ * Run fn in a memory scope: every tensor created inside is disposed when it returns, except
+ * those it returns (found in arrays, Maps and plain objects), which move to the enclosing scope.
+ */
+export function scope<T>(fn: () => T): T {
+  const mine = new Set<Tensor>();
+  scopes.push(mine);
+  let result: T;
+  try {
+    result = fn();
+    if (result instanceof Promise) throw new Error('scope: fn must be synchronous');
+  } catch (e) {
+    scopes.pop();
+    for (const t of mine) t.dispose();
+    throw e;
+  }
+  scopes.pop();
+  const kept = new Set<Tensor>();
+  collectTensors(result, kept);
+  for (const t of mine) {
+    if (kept.has(t)) track(t);
+    else t.dispose();
+  }
+  return result;
+}
+
+// ---- tensor ---------------------------------------------------------------------------------
+
+export function sizeOf(shape: readonly number[]): number {
+  let n = 1;
+  for (const s of shape) n *= s;
+  return n;
+}
+
+export function stridesOf(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    s[i] = acc;
+    acc *= shape[i];
+  }
+  return s;
+}
+
+export function shapeStr(shape: readonly number[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+export class Tensor {
+  readonly id = nextId++;
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  private storage: Storage | null;
+  requiresGrad: boolean;
+  grad: Tensor | null = null;
+  node: GradNode | null = null;
+  /** the parameter name, for error messages and checkpoints */
+  name: string | undefined;
+
+  /** Wrap a buffer already filled by a backend (used by ops; see `empty` to allocate). */
+  constructor(
+    backend: Backend,
+    buffer: DeviceBuffer,
+    shape: readonly number[],
+    dtype: DType,
+    storage?: Storage,
+  ) {
+    for (const s of shape) {
+      if (!Number.isInteger(s) || s < 0) throw new Error(`tensor: bad shape ${shapeStr(shape)}`);
+    }
+    if (!storage && buffer.length !== sizeOf(shape)) {
+      throw new Error(`tensor: buffer of ${buffer.length} elements for shape ${shapeStr(shape)}`);
+    }
+    this.shape = Object.freeze([...shape]);
+    this.dtype = dtype;
+    this.storage = storage ?? new Storage(backend, buffer);
+    this.requiresGrad = false;
+    track(this);
+  }
+
+  get size(): number {
+    return sizeOf(this.shape);
+  }
+
+  get ndim(): number {
+    return this.shape.length;
+  }
+
+  get disposed(): boolean {
+    return this.storage === null;
+  }
+
+  get backend(): Backend {
+    return this.live().backend;
+  }
+
+  /** The device buffer, for ops and backends only. */
+  get buffer(): DeviceBuffer {
+    return this.live().buffer;
+  }
+
+  private live(): Storage {
+    if (!this.storage)
+      throw new Error(`tensor${this.name ? ` ${this.name}` : ''} ${shapeStr(this.shape)} used after dispose`);
+    return this.storage;
+  }
+
+  /** A tensor of another shape over the same buffer (no copy, no graph). */
+  view(shape: readonly number[]): Tensor {
+    const st = this.live();
+    if (sizeOf(shape) !== this.size) {
+      throw new Error(`reshape: cannot view ${shapeStr(this.shape)} as ${shapeStr(shape)}`);
+    }
+    st.refs++;
+    return new Tensor(st.backend, st.buffer, shape, this.dtype, st);
+  }
+
+  /** Free the buffer (once the last view is gone). Safe to call twice. */
+  dispose(): void {
+    const st = this.storage;
+    if (!st) return;
+    this.storage = null;
+    this.node = null;
+    if (--st.refs === 0) st.backend.free(st.buffer);
+  }
+
+  /** The same values cut from the graph. */
+  detach(): Tensor {
+    return this.view(this.shape);
+  }
+
+  /** Copy the values to the host: the explicit, visible device read. */
+  read(): HostArray {
+    const st = this.live();
+    return st.backend.read(st.buffer);
+  }
+
+  /** Values as numbers on the host (bf16/f16 widened to Float32Array). */
+  toArray(): Float32Array | Float64Array | Int32Array {
+    const raw = this.read();
+    if (this.dtype === 'bf16' || this.dtype === 'f16') {
+      const conv = this.dtype === 'bf16' ? bf16ToF32 : f16ToF32;
+      const out = new Float32Array(raw.length);
+      for (let i = 0; i < raw.length; i++) out[i] = conv(raw[i]);
+      return out;
+    }
+    return raw as Float32Array | Float64Array | Int32Array;
+  }
+
+  /** The single value of a one-element tensor, read to the host. */
+  item(): number {
+    if (this.size !== 1) throw new Error(`item: tensor has shape ${shapeStr(this.shape)}, not one element`);
+    return this.toArray()[0];
+  }
+
+  /** Reverse-mode autograd from this scalar (or from `grad` of the same shape). */
+  backward(grad?: Tensor): void {
+    runBackward(this, grad);
+  }
+
+  toString(): string {
+    return `Tensor(${shapeStr(this.shape)}, ${this.dtype}${this.name ? `, ${this.name}` : ''})`;
+  }
+}
+
+// ---- creation -------------------------------------------------------------------------------
+
+export function empty(
+  shape: readonly number[],
+  dtype: DType = 'f32',
+  backend: Backend = getBackend(),
+): Tensor {
+  return new Tensor(backend, backend.alloc(dtype, sizeOf(shape)), shape, dtype);
+}
+
+export function full(
+  shape: readonly number[],
+  value: number,
+  dtype: DType = 'f32',
+  backend?: Backend,
+): Tensor {
+  const t = empty(shape, dtype, backend);
+  t.backend.fill(t.buffer, value);
+  return t;
+}
+
+export function zeros(shape: readonly number[], dtype: DType = 'f32', backend?: Backend): Tensor {
+  return full(shape, 0, dtype, backend);
+}
+
+export function ones(shape: readonly number[], dtype: DType = 'f32', backend?: Backend): Tensor {
+  return full(shape, 1, dtype, backend);
+}
+
+/** A tensor holding host data (numbers are converted to the dtype's array type). */
+export function tensor(
+  data: ArrayLike<number>,
+  shape: readonly number[] = [data.length],
+  dtype: DType = 'f32',
+  backend?: Backend,
+): Tensor {
+  if (data.length !== sizeOf(shape)) {
+    throw new Error(`tensor: ${data.length} values for shape ${shapeStr(shape)}`);
+  }
+  const t = empty(shape, dtype, backend);
+  let host: HostArray;
+  switch (dtype) {
+    case 'f32':
+      host = data instanceof Float32Array ? data : Float32Array.from(data);
+      break;
+    case 'f64':
+      host = data instanceof Float64Array ? data : Float64Array.from(data);
+      break;
+    case 'i32':
+      host = data instanceof Int32Array ? data : Int32Array.from(data);
+      break;
+    default:
+      host = data instanceof Uint16Array ? data : Uint16Array.from(data);
+  }
+  t.backend.write(t.buffer, host);
+  return t;
+}
+
+/** A scalar tensor. */
+export function scalar(value: number, dtype: DType = 'f32', backend?: Backend): Tensor {
+  return full([], value, dtype, backend);
+}
+
+// ---- autograd -------------------------------------------------------------------------------
+
+function accumulateInto(target: Tensor, g: Tensor): void {
+  target.backend.copyStrided(g.buffer, 0, [1], target.buffer, 0, [1], [g.size], true);
+}
+
+function runBackward(root: Tensor, seed?: Tensor): void {
+  if (!seed && root.size !== 1) {
+    throw new Error(
+      `backward: output has shape ${shapeStr(root.shape)}; give a gradient or reduce to a scalar`,
+    );
+  }
+  if (seed && sizeOf(seed.shape) !== root.size) {
+    throw new Error(
+      `backward: gradient shape ${shapeStr(seed.shape)} does not match ${shapeStr(root.shape)}`,
+    );
+  }
+  // topological order of the tensors that lead to root through recorded nodes
+  const order: Tensor[] = [];
+  const visited = new Set<Tensor>();
+  const stack: [Tensor, number][] = [[root, 0]];
+  visited.add(root);
+  while (stack.length) {
+    const top = stack[stack.length - 1];
+    const [t, i] = top;
+    const inputs = t.node?.inputs ?? [];
+    if (i < inputs.length) {
+      top[1]++;
+      const inp = inputs[i];
+      if (inp.requiresGrad && !visited.has(inp)) {
+        visited.add(inp);
+        stack.push([inp, 0]);
+      }
+    } else {
+      order.push(t);
+      stack.pop();
+    }
+  }
+  const grads = new Map<Tensor, Tensor>();
+  noGrad(() => {
+    const start = seed ? seed.view(root.shape) : full(root.shape, 1, root.dtype, root.backend);
+    grads.set(root, start);
+    for (let idx = order.length - 1; idx >= 0; idx--) {
+      const t = order[idx];
+      const g = grads.get(t);
+      if (!g) continue;
+      grads.delete(t);
+      if (t.node) {
+        const watermark = nextId;
+        const inGrads = t.node.backward(g);
+        const fresh = new Set<Tensor>();
+        t.node.inputs.forEach((inp, k) => {
+          const gi = inGrads[k];
+          if (!gi || !inp.requiresGrad) return;
+          if (gi.size !== inp.size) {
+            throw new Error(
+              `backward of ${t.node!.op}: gradient ${shapeStr(gi.shape)} for input ${shapeStr(inp.shape)}`,
+            );
+          }
+          if (gi.id >= watermark || gi === g) fresh.add(gi);
+          // entries may share buffers (views of one gradient), so they are never written in place
+          const prev = grads.get(inp);
+          if (prev) {
+            const sum = keep(empty(inp.shape, prev.dtype, prev.backend));
+            const ones = [1];
+            sum.backend.binary('add', prev.buffer, ones, gi.buffer, ones, sum.buffer, [sum.size]);
+            prev.dispose();
+            grads.set(inp, sum);
+          } else {
+            grads.set(inp, keep(gi.view(inp.shape)));
+          }
+        });
+        for (const f of fresh) f.dispose();
+      } else if (t.requiresGrad) {
+        if (!t.grad) {
+          t.grad = keep(zeros(t.shape, t.dtype, t.backend));
+        }
+        accumulateInto(t.grad, g);
+      }
+      g.dispose();
+    }
+  });
+  for (const g of grads.values()) g.dispose();
+}
+
+/** Record a node on `out` when any input needs a gradient and recording is on. */
+export function record(out: Tensor, op: string, inputs: Tensor[], backward: GradNode['backward']): Tensor {
+  if (gradEnabled && inputs.some((t) => t.requiresGrad)) {
+    out.requiresGrad = true;
+    out.node = { op, inputs, backward };
+  }
+  return out;
+}

@@ -1,0 +1,162 @@
+// The tape, scopes, the CPU backend's two matmul paths, and the seeded generator.
+
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { CpuBackend } from '../src/backends/cpu/index.js';
+import { loadBlas } from '../src/backends/cpu/blas.js';
+import * as T from '../src/tensor/index.js';
+import { getBackend, keep, noGrad, scope, setBackend, tensor } from '../src/tensor/index.js';
+import { Random } from '../src/util/random.js';
+import { assertClose, randn } from './helpers.js';
+
+const rng = new Random(5);
+const live = () => getBackend().memoryStats().liveBuffers;
+
+describe('autograd', () => {
+  it('accumulates into leaves across backward calls and through shared inputs', () => {
+    const x = randn(rng, [3]);
+    x.requiresGrad = true;
+    // y = sum(x * x + x): dy/dx = 2x + 1, twice
+    for (let i = 0; i < 2; i++) scope(() => T.sum(T.add(T.mul(x, x), x)).backward());
+    assertClose(
+      Array.from(x.grad!.toArray()),
+      Array.from(x.toArray()).map((v) => 2 * (2 * v + 1)),
+      1e-12,
+    );
+  });
+  it('records nothing under noGrad and for inputs that need no gradient', () => {
+    const x = randn(rng, [2]);
+    x.requiresGrad = true;
+    const y = noGrad(() => T.exp(x));
+    assert.equal(y.requiresGrad, false);
+    assert.equal(y.node, null);
+    const z = T.exp(randn(rng, [2]));
+    assert.equal(z.requiresGrad, false);
+  });
+  it('backward needs a scalar or an explicit gradient', () => {
+    const x = randn(rng, [2, 2]);
+    x.requiresGrad = true;
+    assert.throws(() => T.exp(x).backward(), /backward: output has shape \[2, 2\]/);
+    const y = T.scale(x, 3);
+    y.backward(T.ones([2, 2], 'f64'));
+    assertClose(Array.from(x.grad!.toArray()), [3, 3, 3, 3], 0);
+  });
+  it('a diamond graph (one tensor feeding two paths) gets both contributions', () => {
+    const x = randn(rng, [4]);
+    x.requiresGrad = true;
+    scope(() => {
+      const h = T.tanh(x);
+      T.sum(T.add(T.mul(h, h), T.scale(h, 2))).backward();
+    });
+    const xv = Array.from(x.toArray());
+    const expected = xv.map((v) => {
+      const t = Math.tanh(v);
+      return (2 * t + 2) * (1 - t * t);
+    });
+    assertClose(Array.from(x.grad!.toArray()), expected, 1e-12);
+  });
+});
+
+describe('memory scopes', () => {
+  it('free every intermediate, keep parameters, gradients and returned tensors', () => {
+    const w = randn(rng, [8, 8], 'f32');
+    w.requiresGrad = true;
+    const before = live();
+    const kept = scope(() => {
+      const x = randn(rng, [4, 8], 'f32');
+      const h = T.relu(T.matmul(x, w));
+      const loss = T.mean(T.square(h));
+      loss.backward();
+      return loss;
+    });
+    // the loss and the leaf gradient remain; nothing else
+    assert.equal(live(), before + 2);
+    assert.equal(kept.disposed, false);
+    kept.dispose();
+    w.grad!.dispose();
+    w.grad = null;
+    assert.equal(live(), before);
+  });
+  it('nested scopes move returned tensors outward, and errors still free', () => {
+    const before = live();
+    scope(() => {
+      const inner = scope(() => {
+        T.zeros([3]);
+        return T.ones([2]);
+      });
+      assert.equal(inner.disposed, false);
+    });
+    assert.equal(live(), before);
+    assert.throws(() =>
+      scope(() => {
+        T.zeros([10]);
+        throw new Error('boom');
+      }),
+    );
+    assert.equal(live(), before);
+  });
+  it('keep() takes a tensor out of the scope; views share a buffer until the last goes', () => {
+    const before = live();
+    const t = scope(() => keep(T.ones([3])));
+    assert.equal(live(), before + 1);
+    const v = t.view([3, 1]);
+    t.dispose();
+    assert.equal(live(), before + 1);
+    assert.deepEqual(Array.from(v.toArray()), [1, 1, 1]);
+    v.dispose();
+    assert.equal(live(), before);
+    assert.throws(() => t.toArray(), /used after dispose/);
+  });
+});
+
+describe('cpu backend matmul paths', () => {
+  it(
+    'OpenBLAS and the TypeScript fallback agree',
+    { skip: loadBlas() ? false : 'libopenblas.so.0 not installed' },
+    () => {
+      const prev = getBackend();
+      try {
+        const results: Float32Array[] = [];
+        for (const blas of [true, false]) {
+          setBackend(new CpuBackend({ blas }));
+          const r = new Random(3);
+          const a = tensor(r.normals(37 * 53), [37, 53]);
+          const b = tensor(r.normals(29 * 53), [29, 53]);
+          results.push(T.matmul(a, b, { transB: true }).toArray() as Float32Array);
+        }
+        assertClose(results[0], results[1], 2e-5, 'blas vs fallback', 1e-5);
+      } finally {
+        setBackend(prev);
+      }
+    },
+  );
+  it('reports which path it uses', () => {
+    assert.match(new CpuBackend({ blas: false }).describe(), /no BLAS/);
+  });
+});
+
+describe('random', () => {
+  it('repeats from a seed, restores state, and has the right moments', () => {
+    const a = new Random(42);
+    const b = new Random(42);
+    const xs = Array.from({ length: 5 }, () => a.uniform());
+    assert.deepEqual(
+      xs,
+      Array.from({ length: 5 }, () => b.uniform()),
+    );
+    const state = a.getState();
+    const next = [a.normal(), a.int(0, 10), a.uniform()];
+    a.setState(JSON.parse(JSON.stringify(state)));
+    assert.deepEqual([a.normal(), a.int(0, 10), a.uniform()], next);
+    const r = new Random(7);
+    const n = 20000;
+    const v = r.normals(n);
+    const m = v.reduce((p, q) => p + q, 0) / n;
+    const s = v.reduce((p, q) => p + q * q, 0) / n - m * m;
+    assert.ok(Math.abs(m) < 0.03 && Math.abs(s - 1) < 0.05, `mean ${m} var ${s}`);
+    const counts = new Array(5).fill(0);
+    for (let i = 0; i < 5000; i++) counts[r.int(0, 5)]++;
+    for (const c of counts) assert.ok(c > 900 && c < 1100, `int counts ${counts}`);
+    assert.notDeepEqual(new Random(1).uniforms(3), new Random(2).uniforms(3));
+  });
+});

@@ -1,0 +1,108 @@
+// Shared test helpers: random tensors, closeness checks, and central finite differences in f64.
+
+import assert from 'node:assert/strict';
+import type { DType } from '../src/backends/backend.js';
+import { noGrad, scope, sum, mul, tensor, Tensor } from '../src/tensor/index.js';
+import { Random } from '../src/util/random.js';
+
+export function randn(rng: Random, shape: number[], dtype: DType = 'f64', std = 1): Tensor {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const data = new Float64Array(n);
+  for (let i = 0; i < n; i++) data[i] = rng.normal(0, std);
+  return tensor(data, shape, dtype);
+}
+
+export function param(t: Tensor): Tensor {
+  t.requiresGrad = true;
+  return t;
+}
+
+/** max |a - b| <= atol + rtol * |b| elementwise */
+export function assertClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  atol: number,
+  what = 'values',
+  rtol = 0,
+): void {
+  assert.equal(actual.length, expected.length, `${what}: length ${actual.length} vs ${expected.length}`);
+  let worst = 0;
+  let at = -1;
+  for (let i = 0; i < actual.length; i++) {
+    const a = actual[i];
+    const e = expected[i];
+    if (Number.isNaN(a) !== Number.isNaN(e)) assert.fail(`${what}[${i}]: ${a} vs ${e}`);
+    if (a === e) continue;
+    const d = Math.abs(a - e) - rtol * Math.abs(e);
+    if (!(d <= worst)) {
+      worst = d;
+      at = i;
+    }
+  }
+  assert.ok(
+    worst <= atol,
+    `${what}: max error ${worst} at [${at}] (${actual[at]} vs ${expected[at]}) exceeds ${atol}`,
+  );
+}
+
+/**
+ * Compare the analytic gradients of sum(f(inputs) * W), W fixed random, with central
+ * differences. Inputs should be f64 tensors; `maxPoints` samples positions of large inputs.
+ */
+export function gradcheck(
+  f: (...xs: Tensor[]) => Tensor,
+  inputs: Tensor[],
+  opts: {
+    eps?: number;
+    atol?: number;
+    rtol?: number;
+    maxPoints?: number;
+    seed?: number;
+    only?: number[];
+  } = {},
+): void {
+  const eps = opts.eps ?? 1e-6;
+  const atol = opts.atol ?? 1e-7;
+  const rtol = opts.rtol ?? 1e-5;
+  const rng = new Random(opts.seed ?? 99);
+  const probe = noGrad(() => scope(() => f(...inputs)));
+  const weights = randn(rng, [...probe.shape], probe.dtype);
+  probe.dispose();
+  const objective = (): number => noGrad(() => scope(() => sum(mul(f(...inputs), weights)).item()));
+  for (const x of inputs) {
+    x.requiresGrad = true;
+    x.grad?.dispose();
+    x.grad = null;
+  }
+  scope(() => sum(mul(f(...inputs), weights)).backward());
+  const which = opts.only ?? inputs.map((_, i) => i);
+  for (const idx of which) {
+    const x = inputs[idx];
+    assert.ok(x.grad, `input ${idx} received no gradient`);
+    const analytic = x.grad.toArray();
+    const values = x.toArray() as Float64Array;
+    const n = values.length;
+    const maxPoints = opts.maxPoints ?? 40;
+    const points = n <= maxPoints ? [...Array(n).keys()] : [...Array(maxPoints)].map(() => rng.int(0, n));
+    for (const i of points) {
+      const orig = values[i];
+      values[i] = orig + eps;
+      x.backend.write(x.buffer, values);
+      const up = objective();
+      values[i] = orig - eps;
+      x.backend.write(x.buffer, values);
+      const down = objective();
+      values[i] = orig;
+      x.backend.write(x.buffer, values);
+      const numeric = (up - down) / (2 * eps);
+      const err = Math.abs(numeric - analytic[i]);
+      assert.ok(
+        err <= atol + rtol * Math.abs(numeric),
+        `gradient of input ${idx} at [${i}]: analytic ${analytic[i]} vs numeric ${numeric} (error ${err})`,
+      );
+    }
+    x.grad.dispose();
+    x.grad = null;
+  }
+  weights.dispose();
+}
