@@ -1,0 +1,52 @@
+// The forward pass shared by every family: embed -> blocks -> head, with captures and caches.
+
+import type { Tensor } from '../tensor/index.js';
+import type { Block, Captured, ForwardOptions, ForwardResult, ModelCache } from './types.js';
+
+export interface LMParts {
+  readonly blocks: Block[];
+  embed(ids: Tensor, position?: number): Tensor;
+  head(h: Tensor): Tensor;
+}
+
+export function forwardLM(model: LMParts, ids: Tensor, opts: ForwardOptions = {}): ForwardResult {
+  if (ids.ndim !== 2 || ids.dtype !== 'i32') {
+    throw new Error(`forward: ids must be (batch, tokens) i32, got [${ids.shape.join(', ')}] ${ids.dtype}`);
+  }
+  const cache = opts.cache;
+  if (cache && cache.layers.length !== model.blocks.length) {
+    throw new Error(`forward: cache has ${cache.layers.length} layers, model has ${model.blocks.length}`);
+  }
+  if (cache && opts.capture?.mixerMatrices)
+    throw new Error('forward: mixing matrices cannot be captured while decoding with a cache');
+  const cap = opts.capture ?? {};
+  const captured: Captured = {};
+  if (cap.layerInputs) captured.layerInputs = [];
+  if (cap.layerOutputs) captured.layerOutputs = [];
+  if (cap.mixerOutputs) captured.mixerOutputs = [];
+  if (cap.mixerMatrices) captured.mixerMatrices = [];
+  const position = cache?.position ?? 0;
+  let h = model.embed(ids, position);
+  model.blocks.forEach((block, i) => {
+    captured.layerInputs?.push(h);
+    const r = block.forward(h, { returnMatrix: cap.mixerMatrices, cache: cache?.layers[i], position });
+    captured.mixerOutputs?.push(r.mixerOut);
+    if (captured.mixerMatrices) captured.mixerMatrices.push(r.matrix!);
+    h = r.out;
+    captured.layerOutputs?.push(h);
+  });
+  const logits = model.head(h);
+  if (cache) cache.position += ids.shape[1];
+  return { logits, captured };
+}
+
+export function createModelCache(blocks: Block[], batch: number): ModelCache {
+  const layers = blocks.map((b) => b.createCache(batch));
+  return {
+    position: 0,
+    layers,
+    dispose() {
+      for (const l of layers) l.dispose();
+    },
+  };
+}

@@ -1,0 +1,106 @@
+// The contract every model family meets (teachers and students alike), so that distillation,
+// evaluation and generation never special-case a family.
+//
+// A causal LM is: embed(ids) -> blocks[0..L-1] -> head. Each block maps the residual stream
+// (B, T, D) to the next one and can report what distillation needs: its mixer's output and its
+// mixing matrix (attention probabilities for attention, the SSM's materialized matrix for SSM
+// mixers). Decoding state lives in a cache object owned by the caller.
+
+import type { Tensor } from '../tensor/index.js';
+import type { Module } from '../nn/module.js';
+
+/** What a forward pass should hand back besides logits. */
+export interface Capture {
+  /** per layer, the residual stream entering the block (B, T, D) */
+  layerInputs?: boolean;
+  /** per layer, the residual stream leaving the block (B, T, D) */
+  layerOutputs?: boolean;
+  /** per layer, the mixer's output before any residual add (B, T, D) */
+  mixerOutputs?: boolean;
+  /** per layer, the mixing matrix (B, H, T, T): attention probabilities or the SSM matrix */
+  mixerMatrices?: boolean;
+}
+
+export interface Captured {
+  layerInputs?: Tensor[];
+  layerOutputs?: Tensor[];
+  mixerOutputs?: Tensor[];
+  mixerMatrices?: Tensor[];
+}
+
+/** Per-layer decoding state: a KV cache for attention, conv + SSM state for SSM mixers. */
+export interface LayerCache {
+  kind: 'kv' | 'ssm';
+  /** free the state's buffers */
+  dispose(): void;
+}
+
+/** Decoding state for the whole model; `position` = tokens consumed so far. */
+export interface ModelCache {
+  position: number;
+  layers: LayerCache[];
+  dispose(): void;
+}
+
+export interface BlockOptions {
+  /** compute and return the mixing matrix (needs the full sequence; no cache) */
+  returnMatrix?: boolean;
+  /** decoding state to read and update in place; x holds only the new tokens */
+  cache?: LayerCache;
+  /** position of x's first token (with a cache) */
+  position?: number;
+}
+
+export interface BlockOutput {
+  /** the residual stream after the block (B, T, D) */
+  out: Tensor;
+  /** the mixer's output (B, T, D), before residual adds */
+  mixerOut: Tensor;
+  /** (B, H, T, T) when asked for */
+  matrix: Tensor | null;
+}
+
+export interface Block extends Module {
+  /** 'attention' for a Transformer layer, 'ssm' for a discrete Mamba-2 layer */
+  readonly mixerKind: 'attention' | 'ssm';
+  forward(x: Tensor, opts?: BlockOptions): BlockOutput;
+  /** a fresh, empty decoding state for `batch` sequences */
+  createCache(batch: number): LayerCache;
+}
+
+export interface ForwardOptions {
+  capture?: Capture;
+  cache?: ModelCache;
+}
+
+export interface ForwardResult {
+  /** (B, T, V) */
+  logits: Tensor;
+  captured: Captured;
+}
+
+/** Facts about a model that tools above the models layer need. */
+export interface ModelInfo {
+  /** 'llama' | 'phi' | 'gpt2' | 'phi-mamba' | 'llamba' ... */
+  family: string;
+  vocabSize: number;
+  dModel: number;
+  nLayers: number;
+  /** the longest context the model supports (positions), or Infinity for pure SSMs */
+  maxSeqLen: number;
+  bosTokenId: number | null;
+  eosTokenId: number | null;
+}
+
+export interface CausalLM extends Module {
+  readonly info: ModelInfo;
+  readonly blocks: Block[];
+  /** ids (B, T) i32 -> residual stream (B, T, D); `position` offsets learned positions */
+  embed(ids: Tensor, position?: number): Tensor;
+  /** final norm + lm_head: (B, T, D) -> (B, T, V) */
+  head(h: Tensor): Tensor;
+  forward(ids: Tensor, opts?: ForwardOptions): ForwardResult;
+  createCache(batch: number): ModelCache;
+  /** the config.json object describing this model (for saving) */
+  configJson(): Record<string, unknown>;
+}
