@@ -217,6 +217,18 @@ export class CpuBackend implements Backend {
       case 'exp':
         for (let i = 0; i < n; i++) o[i] = alpha * Math.exp(a[i]) + beta;
         return;
+      case 'relu':
+        for (let i = 0; i < n; i++) o[i] = alpha * (a[i] > 0 ? a[i] : 0) + beta;
+        return;
+      case 'silu':
+        for (let i = 0; i < n; i++) o[i] = (alpha * a[i]) / (1 + Math.exp(-a[i])) + beta;
+        return;
+      case 'geluNew':
+        for (let i = 0; i < n; i++) {
+          const x = a[i];
+          o[i] = alpha * 0.5 * x * (1 + Math.tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) + beta;
+        }
+        return;
       default: {
         const f = unaryFn(op);
         for (let i = 0; i < n; i++) o[i] = alpha * f(a[i]) + beta;
@@ -228,6 +240,17 @@ export class CpuBackend implements Backend {
     const a = fl(x, `${op} input`);
     const g = fl(gy, `${op} gradient`);
     const o = fl(gx, `${op} input gradient`);
+    if (op === 'relu') {
+      for (let i = 0; i < a.length; i++) o[i] = a[i] > 0 ? g[i] : 0;
+      return;
+    }
+    if (op === 'silu') {
+      for (let i = 0; i < a.length; i++) {
+        const s = 1 / (1 + Math.exp(-a[i]));
+        o[i] = g[i] * s * (1 + a[i] * (1 - s));
+      }
+      return;
+    }
     const d = unaryDerivative(op);
     for (let i = 0; i < a.length; i++) o[i] = g[i] * d(a[i]);
   }

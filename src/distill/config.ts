@@ -1,0 +1,365 @@
+// The distillation config: one YAML or JSON file, validated up front with errors that name the
+// field, overridable from the command line with `--set path.to.field=value`.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import YAML from 'yaml';
+
+export type StageKind = 1 | 2 | 3;
+
+export interface StageConfig {
+  /** 1 matrix orientation, 2 hidden-state alignment, 3 weight transfer + knowledge distillation */
+  stage: StageKind;
+  /** training budget in tokens (sequences x positions seen by the teacher) */
+  tokens: number;
+  /** tokens per optimizer step (gradient accumulation fills it with micro-batches) */
+  batchTokens: number;
+  /** sequences per forward pass */
+  microBatch: number;
+  /** positions per sequence */
+  seqLen: number;
+  lr: number;
+  /** final learning rate as a fraction of lr */
+  minLrRatio: number;
+  schedule: 'wsd' | 'cosine' | 'constant';
+  /** warmup as a fraction of the stage's steps */
+  warmup: number;
+  /** for wsd: the fraction of steps spent decaying at the end */
+  decay: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  /** global gradient-norm clip (0 = off) */
+  clip: number;
+  /** stage 2: align mixer outputs with a frozen MLP (true) or whole block outputs (false) */
+  mlpFrozen: boolean;
+  /** stage 3: KL temperature */
+  temperature: number;
+  /** stage 3: weight of cross-entropy on the data */
+  ceWeight: number;
+  /** parameter-name patterns (regular expressions) kept frozen in this stage */
+  freeze: string[];
+  /** checkpoint every N optimizer steps (0 = only at the end) */
+  checkpointEvery: number;
+}
+
+export interface StudentConfig {
+  /** layer indices that keep the teacher's attention (a hybrid) */
+  attentionLayers: number[];
+  /** SSM state size; default the teacher's head size */
+  dState: number | null;
+  chunkSize: number;
+  /** initial per-token decay alpha = sigmoid(-a) of the SSM */
+  alphaInit: number;
+  /** 'transfer' copies the teacher's weights and derives the mixer from attention; 'random' starts fresh */
+  init: 'transfer' | 'random';
+}
+
+export interface DataConfig {
+  /** a prepared token directory (mohawk data prepare), or text/JSONL files to tokenize */
+  train: string[];
+  /** held-out data: a prepared directory or files; default the prepared split of `train` */
+  val: string[];
+  /** tokens of held-out data scored after each stage */
+  valTokens: number;
+  /** JSONL field holding the text */
+  jsonlField: string;
+}
+
+export interface DistillConfig {
+  teacher: string;
+  out: string;
+  seed: number;
+  device: 'cpu' | 'cuda';
+  student: StudentConfig;
+  data: DataConfig;
+  stages: StageConfig[];
+  /** also train a same-size student from scratch on the same token budget, for comparison */
+  scratchBaseline: boolean;
+}
+
+export const STAGE_DEFAULTS: Omit<StageConfig, 'stage' | 'tokens'> = {
+  batchTokens: 8192,
+  microBatch: 8,
+  seqLen: 256,
+  lr: 1e-3,
+  minLrRatio: 0.1,
+  schedule: 'wsd',
+  warmup: 0.05,
+  decay: 0.2,
+  weightDecay: 0.0,
+  beta1: 0.9,
+  beta2: 0.95,
+  clip: 1.0,
+  mlpFrozen: true,
+  temperature: 1,
+  ceWeight: 0,
+  freeze: [],
+  checkpointEvery: 0,
+};
+
+export class ConfigError extends Error {}
+
+type Json = Record<string, unknown>;
+
+function err(file: string, field: string, msg: string): never {
+  throw new ConfigError(`${file}: ${field} ${msg}`);
+}
+
+function num(
+  file: string,
+  obj: Json,
+  key: string,
+  field: string,
+  fallback: number | undefined,
+  opts: { min?: number; max?: number; integer?: boolean; exclusiveMin?: boolean } = {},
+): number {
+  const v = obj[key];
+  if (v === undefined || v === null) {
+    if (fallback === undefined) err(file, field, 'is required');
+    return fallback;
+  }
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    err(file, field, `must be a number, got ${JSON.stringify(v)}`);
+  if (opts.integer && !Number.isInteger(v)) err(file, field, `must be an integer, got ${v}`);
+  if (opts.min !== undefined && (opts.exclusiveMin ? v <= opts.min : v < opts.min)) {
+    err(file, field, `must be ${opts.exclusiveMin ? 'greater than' : 'at least'} ${opts.min}, got ${v}`);
+  }
+  if (opts.max !== undefined && v > opts.max) err(file, field, `must be at most ${opts.max}, got ${v}`);
+  return v;
+}
+
+function str(file: string, obj: Json, key: string, field: string, fallback?: string): string {
+  const v = obj[key];
+  if (v === undefined || v === null) {
+    if (fallback === undefined) err(file, field, 'is required');
+    return fallback;
+  }
+  if (typeof v !== 'string' || v === '')
+    err(file, field, `must be a non-empty string, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function bool(file: string, obj: Json, key: string, field: string, fallback: boolean): boolean {
+  const v = obj[key];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'boolean') err(file, field, `must be true or false, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function strList(file: string, obj: Json, key: string, field: string, fallback: string[]): string[] {
+  const v = obj[key];
+  if (v === undefined || v === null) return fallback;
+  const list = typeof v === 'string' ? [v] : v;
+  if (!Array.isArray(list) || !list.every((x) => typeof x === 'string'))
+    err(file, field, `must be a string or a list of strings`);
+  return list as string[];
+}
+
+function oneOf<T extends string>(
+  file: string,
+  obj: Json,
+  key: string,
+  field: string,
+  allowed: readonly T[],
+  fallback: T,
+): T {
+  const v = obj[key] ?? fallback;
+  if (!allowed.includes(v as T))
+    err(file, field, `must be one of ${allowed.join(', ')}, got ${JSON.stringify(v)}`);
+  return v as T;
+}
+
+function object(file: string, v: unknown, field: string): Json {
+  if (v === undefined || v === null) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) err(file, field, 'must be a mapping');
+  return v as Json;
+}
+
+function checkKeys(file: string, obj: Json, field: string, allowed: string[]): void {
+  for (const k of Object.keys(obj)) {
+    if (!allowed.includes(k))
+      err(file, `${field ? `${field}.` : ''}${k}`, `is not a known setting (known: ${allowed.join(', ')})`);
+  }
+}
+
+const STAGE_KEYS = ['stage', 'tokens', ...Object.keys(STAGE_DEFAULTS)];
+
+function parseStage(file: string, raw: unknown, i: number, defaults: Json): StageConfig {
+  const field = `stages[${i}]`;
+  const o = { ...defaults, ...object(file, raw, field) };
+  checkKeys(file, object(file, raw, field), field, STAGE_KEYS);
+  const stage = num(file, o, 'stage', `${field}.stage`, undefined, {
+    integer: true,
+    min: 1,
+    max: 3,
+  }) as StageKind;
+  const d = STAGE_DEFAULTS;
+  const s: StageConfig = {
+    stage,
+    tokens: num(file, o, 'tokens', `${field}.tokens`, undefined, { min: 0, exclusiveMin: true }),
+    batchTokens: num(file, o, 'batchTokens', `${field}.batchTokens`, d.batchTokens, {
+      integer: true,
+      min: 1,
+    }),
+    microBatch: num(file, o, 'microBatch', `${field}.microBatch`, d.microBatch, { integer: true, min: 1 }),
+    seqLen: num(file, o, 'seqLen', `${field}.seqLen`, d.seqLen, { integer: true, min: 2 }),
+    lr: num(file, o, 'lr', `${field}.lr`, d.lr, { min: 0, exclusiveMin: true }),
+    minLrRatio: num(file, o, 'minLrRatio', `${field}.minLrRatio`, d.minLrRatio, { min: 0, max: 1 }),
+    schedule: oneOf(
+      file,
+      o,
+      'schedule',
+      `${field}.schedule`,
+      ['wsd', 'cosine', 'constant'] as const,
+      d.schedule,
+    ),
+    warmup: num(file, o, 'warmup', `${field}.warmup`, d.warmup, { min: 0, max: 1 }),
+    decay: num(file, o, 'decay', `${field}.decay`, d.decay, { min: 0, max: 1 }),
+    weightDecay: num(file, o, 'weightDecay', `${field}.weightDecay`, d.weightDecay, { min: 0 }),
+    beta1: num(file, o, 'beta1', `${field}.beta1`, d.beta1, { min: 0, max: 1 }),
+    beta2: num(file, o, 'beta2', `${field}.beta2`, d.beta2, { min: 0, max: 1 }),
+    clip: num(file, o, 'clip', `${field}.clip`, d.clip, { min: 0 }),
+    mlpFrozen: bool(file, o, 'mlpFrozen', `${field}.mlpFrozen`, d.mlpFrozen),
+    temperature: num(file, o, 'temperature', `${field}.temperature`, d.temperature, {
+      min: 0,
+      exclusiveMin: true,
+    }),
+    ceWeight: num(file, o, 'ceWeight', `${field}.ceWeight`, d.ceWeight, { min: 0 }),
+    freeze: strList(file, o, 'freeze', `${field}.freeze`, d.freeze),
+    checkpointEvery: num(file, o, 'checkpointEvery', `${field}.checkpointEvery`, d.checkpointEvery, {
+      integer: true,
+      min: 0,
+    }),
+  };
+  for (const p of s.freeze) {
+    try {
+      new RegExp(p);
+    } catch {
+      err(file, `${field}.freeze`, `holds an invalid regular expression ${JSON.stringify(p)}`);
+    }
+  }
+  if (s.warmup + (s.schedule === 'wsd' ? s.decay : 0) > 1)
+    err(file, `${field}.warmup`, `plus decay must not exceed 1`);
+  return s;
+}
+
+/** Validate a parsed config object; `file` names it in errors; relative paths resolve against `baseDir`. */
+export function validateConfig(raw: unknown, file: string, baseDir = '.'): DistillConfig {
+  const o = object(file, raw, '(top level)');
+  checkKeys(file, o, '', [
+    'teacher',
+    'out',
+    'seed',
+    'device',
+    'student',
+    'data',
+    'stages',
+    'stageDefaults',
+    'scratchBaseline',
+  ]);
+  const resolve = (p: string) => path.resolve(baseDir, p);
+  const st = object(file, o.student, 'student');
+  checkKeys(file, st, 'student', ['attentionLayers', 'dState', 'chunkSize', 'alphaInit', 'init']);
+  const attentionLayers = st.attentionLayers ?? [];
+  if (
+    !Array.isArray(attentionLayers) ||
+    !attentionLayers.every((x) => Number.isInteger(x) && (x as number) >= 0)
+  ) {
+    err(file, 'student.attentionLayers', 'must be a list of layer indices');
+  }
+  const student: StudentConfig = {
+    attentionLayers: attentionLayers as number[],
+    dState:
+      st.dState === undefined || st.dState === null
+        ? null
+        : num(file, st, 'dState', 'student.dState', undefined, { integer: true, min: 1 }),
+    chunkSize: num(file, st, 'chunkSize', 'student.chunkSize', 64, { integer: true, min: 1 }),
+    alphaInit: num(file, st, 'alphaInit', 'student.alphaInit', 0.99, { min: 0, max: 1, exclusiveMin: true }),
+    init: oneOf(file, st, 'init', 'student.init', ['transfer', 'random'] as const, 'transfer'),
+  };
+  const da = object(file, o.data, 'data');
+  checkKeys(file, da, 'data', ['train', 'val', 'valTokens', 'jsonlField']);
+  const data: DataConfig = {
+    train: strList(file, da, 'train', 'data.train', []).map(resolve),
+    val: strList(file, da, 'val', 'data.val', []).map(resolve),
+    valTokens: num(file, da, 'valTokens', 'data.valTokens', 65536, { integer: true, min: 1 }),
+    jsonlField: str(file, da, 'jsonlField', 'data.jsonlField', 'text'),
+  };
+  if (data.train.length === 0)
+    err(file, 'data.train', 'is required (a prepared token directory or text files)');
+  const stageDefaults = object(file, o.stageDefaults, 'stageDefaults');
+  checkKeys(file, stageDefaults, 'stageDefaults', Object.keys(STAGE_DEFAULTS));
+  if (!Array.isArray(o.stages) || o.stages.length === 0) err(file, 'stages', 'must be a non-empty list');
+  const stages = (o.stages as unknown[]).map((s, i) => parseStage(file, s, i, stageDefaults));
+  for (let i = 1; i < stages.length; i++) {
+    if (stages[i].stage < stages[i - 1].stage)
+      err(
+        file,
+        `stages[${i}].stage`,
+        `(${stages[i].stage}) must not come before stage ${stages[i - 1].stage}`,
+      );
+  }
+  return {
+    teacher: resolve(str(file, o, 'teacher', 'teacher')),
+    out: resolve(str(file, o, 'out', 'out', 'runs/distill')),
+    seed: num(file, o, 'seed', 'seed', 0, { integer: true, min: 0 }),
+    device: oneOf(file, o, 'device', 'device', ['cpu', 'cuda'] as const, 'cpu'),
+    student,
+    data,
+    stages,
+    scratchBaseline: bool(file, o, 'scratchBaseline', 'scratchBaseline', false),
+  };
+}
+
+/** Apply `a.b.0.c=value` overrides (values parsed as YAML scalars) to a raw config object. */
+export function applyOverrides(raw: Json, overrides: string[]): Json {
+  const out = structuredClone(raw);
+  for (const o of overrides) {
+    const eq = o.indexOf('=');
+    if (eq <= 0) throw new ConfigError(`--set ${o}: expected path=value`);
+    const keys = o.slice(0, eq).split('.');
+    const value = YAML.parse(o.slice(eq + 1)) as unknown;
+    let cur: Record<string, unknown> | unknown[] = out;
+    keys.forEach((k, i) => {
+      const last = i === keys.length - 1;
+      const key: string | number = Array.isArray(cur) ? Number(k) : k;
+      if (Array.isArray(cur) && !(Number.isInteger(key) && (key as number) >= 0)) {
+        throw new ConfigError(`--set ${o}: "${k}" is not a list index`);
+      }
+      const container = cur as Record<string | number, unknown>;
+      if (last) container[key] = value;
+      else {
+        if (container[key] === undefined || container[key] === null)
+          container[key] = /^\d+$/.test(keys[i + 1]) ? [] : {};
+        cur = container[key] as Record<string, unknown> | unknown[];
+        if (typeof cur !== 'object')
+          throw new ConfigError(`--set ${o}: ${keys.slice(0, i + 1).join('.')} is not a mapping`);
+      }
+    });
+  }
+  return out;
+}
+
+/** Read, override and validate a config file. */
+export function loadConfig(file: string, overrides: string[] = []): DistillConfig {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    throw new ConfigError(`${file}: cannot read the config file`);
+  }
+  let raw: unknown;
+  try {
+    raw = file.endsWith('.json') ? JSON.parse(text) : YAML.parse(text);
+  } catch (e) {
+    throw new ConfigError(
+      `${file}: not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'} (${(e as Error).message.split('\n')[0]})`,
+    );
+  }
+  return validateConfig(
+    applyOverrides(object(file, raw, '(top level)'), overrides),
+    file,
+    path.dirname(path.resolve(file)),
+  );
+}
