@@ -1,0 +1,204 @@
+// Kernel modules and launches. Each kernels/<module>.cu is compiled by NVRTC on first use (once
+// per set of -D defines) and loaded into the context. Each kernel owns a block of host memory
+// at a stable address holding its argument values and the void*[] that cuLaunchKernel reads,
+// so a launch writes the values with a DataView and makes one FFI call.
+
+import { existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import koffi from 'koffi';
+import { CudaError, type Driver } from './driver.js';
+import type { Nvrtc } from './nvrtc.js';
+
+/**
+ * Argument kinds of a kernel signature: p pointer, i int32, u uint32, f float, d double,
+ * l int64, D Dims8 (8 x int64), S SsdDims (8 x int32).
+ */
+export type ArgKind = 'p' | 'i' | 'u' | 'f' | 'd' | 'l' | 'D' | 'S';
+
+const ARG_BYTES: Record<ArgKind, number> = { p: 8, i: 4, u: 4, f: 4, d: 8, l: 8, D: 64, S: 32 };
+
+export type Arg = number | readonly number[];
+
+const TWO32 = 4294967296;
+
+/** The folder of the .cu sources: next to this file (src/ or a build that copied them), or src/ from dist/. */
+export function kernelsDir(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const candidates = [
+    process.env.MOHAWK_CUDA_KERNELS,
+    join(here, 'kernels'),
+    join(here, '..', '..', '..', 'src', 'backends', 'cuda', 'kernels'),
+  ].filter((d): d is string => !!d);
+  for (const d of candidates) if (existsSync(join(d, 'common.cuh'))) return d;
+  throw new CudaError(
+    `cuda backend: kernel sources not found (looked for common.cuh in ${candidates.join(', ')}; ` +
+      'set MOHAWK_CUDA_KERNELS to the folder src/backends/cuda/kernels)',
+  );
+}
+
+/** The source of a module with common.cuh pasted in (NVRTC gets no include paths of ours). */
+export function moduleSource(dir: string, module: string): string {
+  const common = readFileSync(join(dir, 'common.cuh'), 'utf8').replace('#pragma once', '');
+  const src = readFileSync(join(dir, `${module}.cu`), 'utf8');
+  if (!src.includes('#include "common.cuh"')) return src;
+  return src.replace('#include "common.cuh"', common);
+}
+
+export class Kernel {
+  private readonly mem: unknown;
+  private readonly view: DataView;
+  private readonly offsets: number[];
+  private readonly kinds: ArgKind[];
+  private readonly params: number;
+  launches = 0;
+  private dynamicShared = 0;
+
+  constructor(
+    private readonly driver: Driver,
+    private readonly fn: number,
+    readonly name: string,
+    signature: string,
+    private readonly syncEach: boolean,
+  ) {
+    this.kinds = [...signature] as ArgKind[];
+    for (const k of this.kinds) {
+      if (!(k in ARG_BYTES))
+        throw new Error(`cuda backend: bad argument kind "${k}" in the signature of ${name}`);
+    }
+    const n = this.kinds.length;
+    // [ void* params[n] | values, each 8-byte aligned ]
+    let off = n * 8;
+    this.offsets = this.kinds.map((k) => {
+      const at = off;
+      off += Math.ceil(ARG_BYTES[k] / 8) * 8;
+      return at;
+    });
+    const bytes = Math.max(off, 8);
+    this.mem = koffi.alloc('uint8_t', bytes);
+    this.view = new DataView(koffi.view(this.mem, bytes));
+    this.params = Number(koffi.address(this.mem));
+    for (let i = 0; i < n; i++) this.writeU64(i * 8, this.params + this.offsets[i]);
+  }
+
+  private writeU64(off: number, v: number): void {
+    if (v >= 0 && v < Number.MAX_SAFE_INTEGER) {
+      this.view.setUint32(off, v % TWO32, true);
+      this.view.setUint32(off + 4, Math.floor(v / TWO32), true);
+    } else {
+      this.view.setBigInt64(off, BigInt(Math.trunc(v)), true);
+    }
+  }
+
+  /** Raise the dynamic shared memory limit of this kernel (needed above 48 KiB). */
+  allowShared(bytes: number): void {
+    if (bytes > 48 * 1024 && bytes > this.dynamicShared) {
+      this.driver.setMaxDynamicShared(this.fn, bytes, this.name);
+      this.dynamicShared = bytes;
+    }
+  }
+
+  /** Queue one launch on the backend's stream; grid is (x, y, z), block is 1-D. */
+  launch(grid: readonly [number, number, number], block: number, shared: number, args: readonly Arg[]): void {
+    const kinds = this.kinds;
+    if (args.length !== kinds.length) {
+      throw new Error(`cuda backend: ${this.name} takes ${kinds.length} arguments, got ${args.length}`);
+    }
+    const v = this.view;
+    for (let i = 0; i < kinds.length; i++) {
+      const off = this.offsets[i];
+      const a = args[i];
+      switch (kinds[i]) {
+        case 'p':
+        case 'l':
+          this.writeU64(off, a as number);
+          break;
+        case 'i':
+          v.setInt32(off, a as number, true);
+          break;
+        case 'u':
+          v.setUint32(off, (a as number) >>> 0, true);
+          break;
+        case 'f':
+          v.setFloat32(off, a as number, true);
+          break;
+        case 'd':
+          v.setFloat64(off, a as number, true);
+          break;
+        case 'D': {
+          const arr = a as readonly number[];
+          for (let j = 0; j < 8; j++) this.writeU64(off + 8 * j, j < arr.length ? arr[j] : 0);
+          break;
+        }
+        case 'S': {
+          const arr = a as readonly number[];
+          for (let j = 0; j < 8; j++) v.setInt32(off + 4 * j, j < arr.length ? arr[j] : 0, true);
+          break;
+        }
+      }
+    }
+    const [gx, gy, gz] = grid;
+    if (gx === 0 || gy === 0 || gz === 0) return;
+    this.driver.launch(this.fn, gx, gy, gz, block, shared, this.params, this.name);
+    this.launches++;
+    if (this.syncEach) {
+      try {
+        this.driver.synchronize();
+      } catch (e) {
+        throw new CudaError(`${(e as Error).message} (in or before kernel ${this.name})`);
+      }
+    }
+  }
+}
+
+/** Compiles and loads modules on demand, and hands out their kernels. */
+export class KernelRegistry {
+  private readonly modules = new Map<string, number>();
+  private readonly kernels = new Map<string, Kernel>();
+  private readonly dir: string;
+  private readonly arch: string;
+  private readonly syncEach = process.env.MOHAWK_CUDA_SYNC === '1';
+
+  constructor(
+    private readonly driver: Driver,
+    private readonly nvrtc: Nvrtc,
+  ) {
+    this.dir = kernelsDir();
+    const [major, minor] = driver.info.computeCapability;
+    this.arch = `sm_${major}${minor}`;
+  }
+
+  get archName(): string {
+    return this.arch;
+  }
+
+  /** The kernel `name` of kernels/<module>.cu compiled with `defines`; `signature` lists its argument kinds. */
+  get(module: string, name: string, signature: string, defines: Record<string, number> = {}): Kernel {
+    const defs = Object.entries(defines)
+      .map(([k, v]) => `-D${k}=${v}`)
+      .sort();
+    const modKey = `${module}${defs.join(' ')}`;
+    const key = `${modKey}:${name}`;
+    let k = this.kernels.get(key);
+    if (k) return k;
+    let mod = this.modules.get(modKey);
+    if (mod === undefined) {
+      const source = moduleSource(this.dir, module);
+      const options = [`-arch=${this.arch}`, '-std=c++17', ...defs];
+      if (existsSync('/usr/local/cuda/include')) options.push('-I/usr/local/cuda/include');
+      const image = this.nvrtc.compile(source, `${module}.cu`, options);
+      mod = this.driver.loadModule(image, `${module}.cu ${defs.join(' ')}`.trim());
+      this.modules.set(modKey, mod);
+    }
+    k = new Kernel(this.driver, this.driver.getFunction(mod, name), name, signature, this.syncEach);
+    this.kernels.set(key, k);
+    return k;
+  }
+
+  /** launches per kernel name, for profiles */
+  launchCounts(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const k of this.kernels.values()) out[k.name] = (out[k.name] ?? 0) + k.launches;
+    return out;
+  }
+}

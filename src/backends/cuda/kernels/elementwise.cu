@@ -1,0 +1,304 @@
+// Elementwise kernels: fill, cast, unary ops and their derivatives, strided binary ops, strided
+// copies, the causal mask, dropout and the fused AdamW step. All f32 unless stated.
+#include "common.cuh"
+
+// Unary op codes, shared with src/backends/cuda/index.ts (UNARY_CODE).
+#define U_IDENTITY 0
+#define U_NEG 1
+#define U_EXP 2
+#define U_LOG 3
+#define U_SQRT 4
+#define U_RSQRT 5
+#define U_TANH 6
+#define U_SIGMOID 7
+#define U_SOFTPLUS 8
+#define U_SILU 9
+#define U_RELU 10
+#define U_GELU 11
+#define U_GELU_NEW 12
+#define U_SQUARE 13
+#define U_ABS 14
+#define U_RECIPROCAL 15
+
+#define SQRT_2_OVER_PI 0.7978845608028654f
+#define INV_SQRT_2 0.7071067811865476f
+#define INV_SQRT_2PI 0.3989422804014327f
+
+__device__ __forceinline__ float sigmoidf_(float x) {
+  if (x >= 0.f) return 1.f / (1.f + expf(-x));
+  const float e = expf(x);
+  return e / (1.f + e);
+}
+
+__device__ __forceinline__ float unary_f(int op, float x) {
+  switch (op) {
+    case U_IDENTITY: return x;
+    case U_NEG: return -x;
+    case U_EXP: return expf(x);
+    case U_LOG: return logf(x);
+    case U_SQRT: return sqrtf(x);
+    case U_RSQRT: return 1.f / sqrtf(x);
+    case U_TANH: return tanhf(x);
+    case U_SIGMOID: return sigmoidf_(x);
+    case U_SOFTPLUS: return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x)));
+    case U_SILU: return x * sigmoidf_(x);
+    case U_RELU: return x > 0.f ? x : 0.f;
+    case U_GELU: return 0.5f * x * (1.f + erff(x * INV_SQRT_2));
+    case U_GELU_NEW: return 0.5f * x * (1.f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x)));
+    case U_SQUARE: return x * x;
+    case U_ABS: return fabsf(x);
+    case U_RECIPROCAL: return 1.f / x;
+  }
+  return QNAN;
+}
+
+/** f'(x) */
+__device__ __forceinline__ float unary_df(int op, float x) {
+  switch (op) {
+    case U_IDENTITY: return 1.f;
+    case U_NEG: return -1.f;
+    case U_EXP: return expf(x);
+    case U_LOG: return 1.f / x;
+    case U_SQRT: return 0.5f / sqrtf(x);
+    case U_RSQRT: return -0.5f / (x * sqrtf(x));
+    case U_TANH: {
+      const float t = tanhf(x);
+      return 1.f - t * t;
+    }
+    case U_SIGMOID: {
+      const float s = sigmoidf_(x);
+      return s * (1.f - s);
+    }
+    case U_SOFTPLUS: return sigmoidf_(x);
+    case U_SILU: {
+      const float s = sigmoidf_(x);
+      return s * (1.f + x * (1.f - s));
+    }
+    case U_RELU: return x > 0.f ? 1.f : 0.f;
+    case U_GELU: return 0.5f * (1.f + erff(x * INV_SQRT_2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x);
+    case U_GELU_NEW: {
+      const float t = tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x));
+      return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * SQRT_2_OVER_PI * (1.f + 3.f * 0.044715f * x * x);
+    }
+    case U_SQUARE: return 2.f * x;
+    case U_ABS: return x > 0.f ? 1.f : (x < 0.f ? -1.f : 0.f);
+    case U_RECIPROCAL: return -1.f / (x * x);
+  }
+  return QNAN;
+}
+
+/** x, out (n): out = alpha * f(x) + beta */
+extern "C" __global__ void unary_f32(const float* x, float* out, int op, float alpha, float beta, i64 n) {
+  FOR_EACH(i, n) out[i] = alpha * unary_f(op, x[i]) + beta;
+}
+
+/** x, gy, gx (n): gx = gy * f'(x); gx may alias gy */
+extern "C" __global__ void unary_backward_f32(const float* x, const float* gy, float* gx, int op, i64 n) {
+  FOR_EACH(i, n) gx[i] = gy[i] * unary_df(op, x[i]);
+}
+
+// Binary op codes, shared with index.ts (BINARY_CODE).
+#define B_ADD 0
+#define B_SUB 1
+#define B_MUL 2
+#define B_DIV 3
+#define B_MAXIMUM 4
+#define B_EQ 5
+
+__device__ __forceinline__ float binary_f(int op, float x, float y) {
+  switch (op) {
+    case B_ADD: return x + y;
+    case B_SUB: return x - y;
+    case B_MUL: return x * y;
+    case B_DIV: return x / y;
+    case B_MAXIMUM: return max_nan(x, y);
+    case B_EQ: return x == y ? 1.f : 0.f;
+  }
+  return QNAN;
+}
+
+/**
+ * out[i] = a[i . sa] op b[i . sb] over `shape` (nd axes, at most 8), out dense (n elements).
+ * The host merges axes first, so nd is usually 1 or 2.
+ */
+extern "C" __global__ void binary_f32(const float* a, const float* b, float* out, int op, int nd, Dims8 shape,
+                                      Dims8 sa, Dims8 sb, i64 n) {
+  FOR_EACH(i, n) {
+    i64 rem = i, oa = 0, ob = 0;
+#pragma unroll
+    for (int d = 7; d >= 0; d--) {
+      if (d < nd) {
+        const i64 idx = rem % shape.v[d];
+        rem /= shape.v[d];
+        oa += idx * sa.v[d];
+        ob += idx * sb.v[d];
+      }
+    }
+    out[i] = binary_f(op, a[oa], b[ob]);
+  }
+}
+
+/** Offsets of element i of `shape` under two stride sets. */
+__device__ __forceinline__ void strided_offsets(i64 i, int nd, const Dims8& shape, const Dims8& ss,
+                                                const Dims8& ds, i64& os, i64& od) {
+  i64 rem = i;
+  os = 0;
+  od = 0;
+#pragma unroll
+  for (int d = 7; d >= 0; d--) {
+    if (d < nd) {
+      const i64 idx = rem % shape.v[d];
+      rem /= shape.v[d];
+      os += idx * ss.v[d];
+      od += idx * ds.v[d];
+    }
+  }
+}
+
+// dst[dOff + idx . ds] = src[sOff + idx . ss] over shape (n elements), by element size.
+extern "C" __global__ void copy_b4(const u32* src, i64 sOff, u32* dst, i64 dOff, int nd, Dims8 shape, Dims8 ss,
+                                   Dims8 ds, i64 n) {
+  FOR_EACH(i, n) {
+    i64 os, od;
+    strided_offsets(i, nd, shape, ss, ds, os, od);
+    dst[dOff + od] = src[sOff + os];
+  }
+}
+
+extern "C" __global__ void copy_b2(const u16* src, i64 sOff, u16* dst, i64 dOff, int nd, Dims8 shape, Dims8 ss,
+                                   Dims8 ds, i64 n) {
+  FOR_EACH(i, n) {
+    i64 os, od;
+    strided_offsets(i, nd, shape, ss, ds, os, od);
+    dst[dOff + od] = src[sOff + os];
+  }
+}
+
+extern "C" __global__ void copy_b8(const i64* src, i64 sOff, i64* dst, i64 dOff, int nd, Dims8 shape, Dims8 ss,
+                                   Dims8 ds, i64 n) {
+  FOR_EACH(i, n) {
+    i64 os, od;
+    strided_offsets(i, nd, shape, ss, ds, os, od);
+    dst[dOff + od] = src[sOff + os];
+  }
+}
+
+// dst[...] += src[...]; `atomic` when several indices land on one destination (a zero stride).
+extern "C" __global__ void accumulate_f32(const float* src, i64 sOff, float* dst, i64 dOff, int nd, Dims8 shape,
+                                          Dims8 ss, Dims8 ds, i64 n, int atomic) {
+  FOR_EACH(i, n) {
+    i64 os, od;
+    strided_offsets(i, nd, shape, ss, ds, os, od);
+    if (atomic)
+      atomicAdd(dst + dOff + od, src[sOff + os]);
+    else
+      dst[dOff + od] += src[sOff + os];
+  }
+}
+
+extern "C" __global__ void accumulate_f64(const double* src, i64 sOff, double* dst, i64 dOff, int nd, Dims8 shape,
+                                          Dims8 ss, Dims8 ds, i64 n, int atomic) {
+  FOR_EACH(i, n) {
+    i64 os, od;
+    strided_offsets(i, nd, shape, ss, ds, os, od);
+    if (atomic)
+      atomicAdd(dst + dOff + od, src[sOff + os]);
+    else
+      dst[dOff + od] += src[sOff + os];
+  }
+}
+
+extern "C" __global__ void accumulate_i32(const int* src, i64 sOff, int* dst, i64 dOff, int nd, Dims8 shape,
+                                          Dims8 ss, Dims8 ds, i64 n, int atomic) {
+  FOR_EACH(i, n) {
+    i64 os, od;
+    strided_offsets(i, nd, shape, ss, ds, os, od);
+    if (atomic)
+      atomicAdd(dst + dOff + od, src[sOff + os]);
+    else
+      dst[dOff + od] += src[sOff + os];
+  }
+}
+
+/** out (n) f64 = value */
+extern "C" __global__ void fill_f64(double* out, double value, i64 n) {
+  FOR_EACH(i, n) out[i] = value;
+}
+
+__device__ __forceinline__ double load_as_double(const void* x, int dt, i64 i) {
+  switch (dt) {
+    case DT_F32: return (double)((const float*)x)[i];
+    case DT_F64: return ((const double*)x)[i];
+    case DT_I32: return (double)((const int*)x)[i];
+    case DT_BF16: return (double)bf16_to_f32(((const u16*)x)[i]);
+    case DT_F16: return (double)f16_to_f32(((const u16*)x)[i]);
+  }
+  return 0.0;
+}
+
+/**
+ * x (n) of dtype xt -> out (n) of dtype ot. As on the CPU: values go through double, then f32
+ * before bf16/f16 (round to nearest even each time); i32 truncates toward zero and wraps (ToInt32).
+ */
+extern "C" __global__ void cast_any(const void* x, int xt, void* out, int ot, i64 n) {
+  FOR_EACH(i, n) {
+    const double v = load_as_double(x, xt, i);
+    switch (ot) {
+      case DT_F32: ((float*)out)[i] = (float)v; break;
+      case DT_F64: ((double*)out)[i] = v; break;
+      case DT_I32: {  // ToInt32: truncate, then modulo 2^32 (fmod is exact); NaN and infinities give 0
+        double r = fmod(trunc(v), 4294967296.0);
+        if (r != r || r == POS_INF || r == NEG_INF) r = 0.0;
+        if (r < 0.0) r += 4294967296.0;
+        ((int*)out)[i] = (int)(u32)r;
+        break;
+      }
+      case DT_BF16: ((u16*)out)[i] = f32_to_bf16((float)v); break;
+      case DT_F16: ((u16*)out)[i] = f32_to_f16((float)v); break;
+    }
+  }
+}
+
+/** x, out (rows, tq, tk): entries with key s > query t + (tk - tq) become `value` */
+extern "C" __global__ void causal_mask_f32(const float* x, float* out, i64 rows, int tq, int tk, float value) {
+  const i64 n = rows * tq * tk;
+  const int shift = tk - tq;
+  FOR_EACH(i, n) {
+    const int s = (int)(i % tk);
+    const int t = (int)((i / tk) % tq);
+    out[i] = s > t + shift ? value : x[i];
+  }
+}
+
+/** The counter-based hash of backend.ts (hashUniform), bit for bit. */
+__device__ __forceinline__ double hash_uniform(u32 seed, u32 index) {
+  u32 h = ((index ^ 0x9e3779b9u) * 0x85ebca6bu) ^ (seed * 0xc2b2ae35u);
+  h ^= h >> 16;
+  h *= 0x7feb352du;
+  h ^= h >> 15;
+  h *= 0x846ca68bu;
+  h ^= h >> 16;
+  return (double)h / 4294967296.0;
+}
+
+/** x, out (n): out = keep ? x / (1 - p) : 0, keep = hash(seed, i) >= p (computed in double as on the CPU) */
+extern "C" __global__ void dropout_f32(const float* x, float* out, double p, u32 seed, i64 n) {
+  const double scale = 1.0 / (1.0 - p);
+  FOR_EACH(i, n) out[i] = hash_uniform(seed, (u32)i) >= p ? (float)((double)x[i] * scale) : 0.f;
+}
+
+/**
+ * One decoupled-weight-decay Adam step; param, grad, m, v (n) f32. bc1 = 1 - beta1^step and
+ * bc2 = 1 - beta2^step come from the host (in double, then rounded).
+ */
+extern "C" __global__ void adamw_f32(float* param, const float* grad, float* m, float* v, float lr, float beta1,
+                                     float beta2, float eps, float decay, float bc1, float bc2, i64 n) {
+  FOR_EACH(i, n) {
+    const float g = grad[i];
+    const float mi = beta1 * m[i] + (1.f - beta1) * g;
+    const float vi = beta2 * v[i] + (1.f - beta2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    param[i] = param[i] * decay - (lr * (mi / bc1)) / (sqrtf(vi / bc2) + eps);
+  }
+}

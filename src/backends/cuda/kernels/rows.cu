@@ -1,0 +1,225 @@
+// Row kernels over (rows, cols): softmax, LayerNorm, RMSNorm, cross-entropy, KL divergence,
+// and the embedding lookup. One block per row (blockDim a multiple of 32); f32 accumulation.
+#include "common.cuh"
+
+/** x, out (rows, cols): softmax (or log-softmax) over cols. grid = rows */
+extern "C" __global__ void softmax_f32(const float* x, float* out, int cols, int log) {
+  __shared__ float sh[64];
+  const float* xr = x + (i64)blockIdx.x * cols;
+  float* o = out + (i64)blockIdx.x * cols;
+  float m = NEG_INF, s = 0.f;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) lse_add(m, s, xr[j]);
+  const float lse = block_lse(m, s, sh);
+  if (log)
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) o[j] = xr[j] - lse;
+  else
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) o[j] = expf(xr[j] - lse);
+}
+
+/** y (forward output), gy, gx (rows, cols). grid = rows */
+extern "C" __global__ void softmax_backward_f32(const float* y, const float* gy, float* gx, int cols, int log) {
+  __shared__ float sh[32];
+  const i64 base = (i64)blockIdx.x * cols;
+  float acc = 0.f;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) acc += log ? gy[base + j] : gy[base + j] * y[base + j];
+  const float s = block_sum(acc, sh);
+  if (log)  // y = x - lse: gx = gy - softmax * sum(gy)
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) gx[base + j] = gy[base + j] - expf(y[base + j]) * s;
+  else  // gx = y * (gy - sum(gy * y))
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) gx[base + j] = y[base + j] * (gy[base + j] - s);
+}
+
+/** x, out (rows, cols), weight, bias (cols) | null; mean, rstd (rows) saved. grid = rows */
+extern "C" __global__ void layernorm_f32(const float* x, const float* w, const float* b, float* out, float* mean,
+                                         float* rstd, int cols, float eps) {
+  __shared__ float sh[32];
+  const i64 base = (i64)blockIdx.x * cols;
+  float acc = 0.f;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) acc += x[base + j];
+  const float m = block_sum(acc, sh) / cols;
+  acc = 0.f;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float d = x[base + j] - m;
+    acc += d * d;
+  }
+  const float rs = 1.f / sqrtf(block_sum(acc, sh) / cols + eps);
+  if (threadIdx.x == 0) {
+    mean[blockIdx.x] = m;
+    rstd[blockIdx.x] = rs;
+  }
+  for (int j = threadIdx.x; j < cols; j += blockDim.x)
+    out[base + j] = (x[base + j] - m) * rs * w[j] + (b ? b[j] : 0.f);
+}
+
+/**
+ * LayerNorm backward: gx (rows, cols) and per-block partial sums pw, pb (gridDim.x, cols) of
+ * gy * xhat and gy (reduced over blocks on the host side). Each block takes rows
+ * blockIdx.x, blockIdx.x + gridDim.x, ...; pb may be null.
+ */
+extern "C" __global__ void layernorm_backward_f32(const float* x, const float* w, const float* mean,
+                                                  const float* rstd, const float* gy, float* gx, float* pw,
+                                                  float* pb, i64 rows, int cols) {
+  __shared__ float sh[32];
+  float* pwr = pw + (i64)blockIdx.x * cols;
+  float* pbr = pb ? pb + (i64)blockIdx.x * cols : 0;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    pwr[j] = 0.f;
+    if (pbr) pbr[j] = 0.f;
+  }
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const i64 base = r * cols;
+    const float m = mean[r], rs = rstd[r];
+    float sg = 0.f, sgx = 0.f;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+      const float xh = (x[base + j] - m) * rs;
+      const float g = gy[base + j] * w[j];
+      sg += g;
+      sgx += g * xh;
+    }
+    sg = block_sum(sg, sh) / cols;
+    sgx = block_sum(sgx, sh) / cols;
+    // gx = rs * (g - mean(g) - xhat * mean(g * xhat)), g = gy * w
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+      const float xh = (x[base + j] - m) * rs;
+      const float g = gy[base + j];
+      gx[base + j] = rs * (g * w[j] - sg - xh * sgx);
+      pwr[j] += g * xh;
+      if (pbr) pbr[j] += g;
+    }
+  }
+}
+
+/** x, out (rows, cols), weight (cols); rstd (rows) saved. grid = rows */
+extern "C" __global__ void rmsnorm_f32(const float* x, const float* w, float* out, float* rstd, int cols,
+                                       float eps) {
+  __shared__ float sh[32];
+  const i64 base = (i64)blockIdx.x * cols;
+  float acc = 0.f;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) acc += x[base + j] * x[base + j];
+  const float rs = 1.f / sqrtf(block_sum(acc, sh) / cols + eps);
+  if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) out[base + j] = x[base + j] * rs * w[j];
+}
+
+/** RMSNorm backward: gx (rows, cols), partial sums pw (gridDim.x, cols) of gy * xhat. */
+extern "C" __global__ void rmsnorm_backward_f32(const float* x, const float* w, const float* rstd,
+                                                const float* gy, float* gx, float* pw, i64 rows, int cols) {
+  __shared__ float sh[32];
+  float* pwr = pw + (i64)blockIdx.x * cols;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) pwr[j] = 0.f;
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const i64 base = r * cols;
+    const float rs = rstd[r];
+    float sgx = 0.f;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) sgx += gy[base + j] * w[j] * x[base + j] * rs;
+    sgx = block_sum(sgx, sh) / cols;
+    // gx = rs * (g - xhat * mean(g * xhat)), g = gy * w
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+      const float xv = x[base + j], g = gy[base + j];
+      gx[base + j] = rs * (g * w[j] - xv * rs * sgx);
+      pwr[j] += g * xv * rs;
+    }
+  }
+}
+
+/**
+ * logits (rows, V), targets (rows) i32 -> losses (rows) = lse - logit[target] (0 where target ==
+ * ignore, NaN where the target is outside the vocabulary), lse (rows). grid = rows
+ */
+extern "C" __global__ void cross_entropy_f32(const float* logits, const int* targets, float* losses, float* lse,
+                                             int vocab, int ignore) {
+  __shared__ float sh[64];
+  const float* xr = logits + (i64)blockIdx.x * vocab;
+  float m = NEG_INF, s = 0.f;
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) lse_add(m, s, xr[j]);
+  const float l = block_lse(m, s, sh);
+  if (threadIdx.x == 0) {
+    const int t = targets[blockIdx.x];
+    lse[blockIdx.x] = l;
+    losses[blockIdx.x] = t == ignore ? 0.f : (t < 0 || t >= vocab) ? QNAN : l - xr[t];
+  }
+}
+
+/** gLogits (rows, V) = gLoss[row] * (softmax - onehot(target)); zero rows where target == ignore */
+extern "C" __global__ void cross_entropy_backward_f32(const float* logits, const int* targets, const float* lse,
+                                                      const float* gLoss, float* gLogits, int vocab, int ignore) {
+  const i64 base = (i64)blockIdx.x * vocab;
+  const int t = targets[blockIdx.x];
+  const float g = gLoss[blockIdx.x], l = lse[blockIdx.x];
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+    float v = 0.f;
+    if (t != ignore) {
+      v = g * expf(logits[base + j] - l);
+      if (j == t) v -= g;
+    }
+    gLogits[base + j] = v;
+  }
+}
+
+/** Both row log-sum-exps of teacher / tau and student / tau. */
+__device__ void kl_lses(const float* tr, const float* sr, int vocab, float inv, float* sh, float& lt, float& ls) {
+  float mt = NEG_INF, st = 0.f, ms = NEG_INF, ss = 0.f;
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+    lse_add(mt, st, tr[j] * inv);
+    lse_add(ms, ss, sr[j] * inv);
+  }
+  lt = block_lse(mt, st, sh);
+  ls = block_lse(ms, ss, sh);
+}
+
+/** KL(p || q) per row, p = softmax(teacher / tau), q = softmax(student / tau); (rows, V) -> losses (rows) */
+extern "C" __global__ void kl_div_f32(const float* teacher, const float* student, float* losses, int vocab,
+                                      float inv) {
+  __shared__ float sh[64];
+  const i64 base = (i64)blockIdx.x * vocab;
+  float lt, ls;
+  kl_lses(teacher + base, student + base, vocab, inv, sh, lt, ls);
+  float acc = 0.f;
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const float logp = teacher[base + j] * inv - lt;
+    const float logq = student[base + j] * inv - ls;
+    const float p = expf(logp);
+    if (p > 0.f) acc += p * (logp - logq);
+  }
+  acc = block_sum(acc, sh);
+  if (threadIdx.x == 0) losses[blockIdx.x] = acc;
+}
+
+/** gStudent (rows, V) = gLoss[row] * (q - p) / tau */
+extern "C" __global__ void kl_div_backward_f32(const float* teacher, const float* student, const float* gLoss,
+                                               float* gStudent, int vocab, float inv) {
+  __shared__ float sh[64];
+  const i64 base = (i64)blockIdx.x * vocab;
+  float lt, ls;
+  kl_lses(teacher + base, student + base, vocab, inv, sh, lt, ls);
+  const float g = gLoss[blockIdx.x] * inv;
+  for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const float p = expf(teacher[base + j] * inv - lt);
+    const float q = expf(student[base + j] * inv - ls);
+    gStudent[base + j] = g * (q - p);
+  }
+}
+
+/** table (vocab, dim), ids (n) i32 -> out (n, dim); ids outside the vocabulary give zero rows */
+extern "C" __global__ void embedding_f32(const float* table, const int* ids, float* out, i64 n, int dim,
+                                         int vocab) {
+  const i64 total = n * dim;
+  FOR_EACH(i, total) {
+    const i64 r = i / dim;
+    const int j = (int)(i - r * dim);
+    const int id = ids[r];
+    out[i] = (id >= 0 && id < vocab) ? table[(i64)id * dim + j] : 0.f;
+  }
+}
+
+/** gTable[ids[i]] += gOut[i] (atomic: ids repeat) */
+extern "C" __global__ void embedding_backward_f32(const float* gOut, const int* ids, float* gTable, i64 n, int dim,
+                                                  int vocab) {
+  const i64 total = n * dim;
+  FOR_EACH(i, total) {
+    const i64 r = i / dim;
+    const int j = (int)(i - r * dim);
+    const int id = ids[r];
+    if (id >= 0 && id < vocab) atomicAdd(gTable + (i64)id * dim + j, gOut[i]);
+  }
+}

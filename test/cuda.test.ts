@@ -1,0 +1,1015 @@
+// The CUDA backend against the CPU reference backend: every kernel forward and backward, on
+// odd shapes (sizes 1, non-powers of two, T not a multiple of the chunk), f32 and the 16-bit
+// storage types where they apply, plus the caching allocator and tensor scopes.
+//
+// Without a GPU (no libcuda.so.1, or no device) the device suites skip with the reason; set
+// MOHAWK_REQUIRE_CUDA=1 to make that a failure instead (scripts/gpu-check.sh does). The
+// allocator, axis-merging and kernel-signature checks run everywhere.
+//
+// Tolerances: errors are measured against the largest magnitude of the reference tensor
+// (`tol * max|ref|`); f32 kernels that reduce in a different order than the CPU's f64 loops get
+// 1e-5 to 1e-4 by reduction length; products with bf16 operands are compared with the CPU
+// product of the same bf16-rounded values; 16-bit conversions and the dropout mask are exact.
+
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, afterEach, describe, it } from 'node:test';
+import type { Backend, DeviceBuffer, DType, HostArray, SsdParams } from '../src/backends/backend.js';
+import { CpuBackend } from '../src/backends/cpu/index.js';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/backends/dtype.js';
+import { CachingAllocator, sizeClass } from '../src/backends/cuda/allocator.js';
+import { CudaBackend, KERNEL_SIGNATURES, collapseAxes } from '../src/backends/cuda/index.js';
+import { kernelsDir } from '../src/backends/cuda/kernels.js';
+import * as T from '../src/tensor/index.js';
+import { Random } from '../src/util/random.js';
+import { assertClose } from './helpers.js';
+
+// ---- checks that need no GPU ------------------------------------------------------------------
+
+describe('cuda: caching allocator (no GPU needed)', () => {
+  it('rounds to size classes with at most 12.5% waste and reuses freed blocks', () => {
+    for (const n of [1, 511, 512, 513, 4000, 1 << 20, (1 << 20) + 1, 3e6, 1e9 + 7]) {
+      const c = sizeClass(n);
+      assert.ok(c >= n, `class ${c} < ${n}`);
+      assert.ok(c <= Math.max(512, n * 1.125 + 512), `class ${c} too large for ${n}`);
+    }
+    let next = 4096;
+    const freed: number[] = [];
+    const raw = { alloc: (b: number) => ((next += b + 4096), next), free: (p: number) => void freed.push(p) };
+    const a = new CachingAllocator(raw);
+    const x = a.allocate(1000);
+    const y = a.allocate(3000);
+    a.release(x.ptr, x.size);
+    const z = a.allocate(900); // same 1024-byte class: the block comes back
+    assert.equal(z.ptr, x.ptr);
+    assert.equal(a.getStats().cacheHits, 1);
+    assert.equal(a.getStats().driverAllocs, 2);
+    a.release(y.ptr, y.size);
+    a.release(z.ptr, z.size);
+    assert.equal(a.getStats().cachedBytes, x.size + y.size);
+    a.emptyCache();
+    assert.deepEqual(freed.sort(), [x.ptr, y.ptr].sort());
+    assert.equal(a.getStats().reservedBytes, 0);
+  });
+
+  it('frees its cache and retries once when the device is out of memory', () => {
+    let budget = 4096;
+    let next = 1;
+    const raw = {
+      alloc: (b: number) => (b <= budget ? ((budget -= b), (next += b)) : 0),
+      free: () => void (budget += 2048),
+    };
+    const a = new CachingAllocator(raw);
+    const x = a.allocate(2048);
+    a.release(x.ptr, x.size);
+    const y = a.allocate(4096); // needs the cached 2048 back
+    assert.equal(y.size, 4096);
+    assert.throws(() => a.allocate(8192), /out of device memory allocating 8.0 KiB/);
+  });
+
+  it('merges contiguous axes and drops size-1 axes', () => {
+    assert.deepEqual(collapseAxes([2, 3, 4], [[12, 4, 1]]), { shape: [24], strides: [[1]] });
+    assert.deepEqual(
+      collapseAxes(
+        [2, 1, 3],
+        [
+          [3, 3, 1],
+          [0, 0, 1],
+        ],
+      ),
+      {
+        shape: [2, 3],
+        strides: [
+          [3, 1],
+          [0, 1],
+        ],
+      },
+    );
+    assert.deepEqual(collapseAxes([4, 5], [[1, 4]]), { shape: [4, 5], strides: [[1, 4]] });
+    assert.deepEqual(collapseAxes([], [[]]), { shape: [], strides: [[]] });
+  });
+
+  it('declares every kernel with the argument kinds of its CUDA signature', () => {
+    const dir = kernelsDir();
+    const kind = (param: string): string => {
+      const p = param.trim();
+      if (p.includes('*')) return 'p';
+      const type = p.replace(/^const\s+/, '').split(/\s+/)[0];
+      const map: Record<string, string> = {
+        int: 'i',
+        u32: 'u',
+        float: 'f',
+        double: 'd',
+        i64: 'l',
+        Dims8: 'D',
+        SsdDims: 'S',
+      };
+      assert.ok(type in map, `unknown parameter type in "${p}"`);
+      return map[type];
+    };
+    for (const [module, kernels] of Object.entries(KERNEL_SIGNATURES)) {
+      const src = readFileSync(join(dir, `${module}.cu`), 'utf8');
+      const found = new Map<string, string>();
+      const re = /extern "C" __global__ void(?:\s+__launch_bounds__\([^)]*\))?\s+(\w+)\(([^)]*)\)/g;
+      for (const m of src.matchAll(re)) found.set(m[1], m[2].split(',').map(kind).join(''));
+      for (const [name, sig] of Object.entries(kernels)) {
+        assert.equal(found.get(name), sig, `${module}.cu: ${name}`);
+      }
+      assert.equal(found.size, Object.keys(kernels).length, `${module}.cu declares kernels not in the table`);
+    }
+  });
+});
+
+// ---- the device -------------------------------------------------------------------------------
+
+function openGpu(): { gpu: CudaBackend | null; skip: string | false } {
+  try {
+    return { gpu: new CudaBackend(), skip: false };
+  } catch (e) {
+    const msg = (e as Error).message.split('\n')[0];
+    if (process.env.MOHAWK_REQUIRE_CUDA === '1') throw e;
+    return { gpu: null, skip: `no CUDA device: ${msg}` };
+  }
+}
+
+const { gpu: maybeGpu, skip } = openGpu();
+const gpu = maybeGpu as CudaBackend;
+const cpu = new CpuBackend();
+const rng = new Random(20240607);
+
+interface Pair {
+  c: DeviceBuffer;
+  g: DeviceBuffer;
+}
+
+const held: [Backend, DeviceBuffer][] = [];
+
+function hold(be: Backend, b: DeviceBuffer): DeviceBuffer {
+  held.push([be, b]);
+  return b;
+}
+
+function host(dtype: DType, data: ArrayLike<number>): HostArray {
+  switch (dtype) {
+    case 'f32':
+      return Float32Array.from(data);
+    case 'f64':
+      return Float64Array.from(data);
+    case 'i32':
+      return Int32Array.from(data);
+    default:
+      return Uint16Array.from(data);
+  }
+}
+
+/** the same values on both backends */
+function pair(data: ArrayLike<number>, dtype: DType = 'f32'): Pair {
+  const h = host(dtype, data);
+  const c = hold(cpu, cpu.alloc(dtype, h.length));
+  const g = hold(gpu, gpu.alloc(dtype, h.length));
+  cpu.write(c, h);
+  gpu.write(g, h);
+  return { c, g };
+}
+
+/** an output: zeros on the CPU, NaN on the GPU, so unwritten elements fail the comparison */
+function out(n: number, dtype: DType = 'f32'): Pair {
+  const c = hold(cpu, cpu.alloc(dtype, n));
+  const g = hold(gpu, gpu.alloc(dtype, n));
+  cpu.fill(c, 0);
+  gpu.fill(g, dtype === 'i32' ? -12345 : NaN);
+  return { c, g };
+}
+
+function randn(n: number, std = 1): Float32Array {
+  return rng.normals(n, 0, std);
+}
+
+function uniform(n: number, lo: number, hi: number): Float32Array {
+  return rng.uniforms(n, lo, hi);
+}
+
+function numbers(a: HostArray, dtype: DType): Float64Array {
+  if (dtype === 'bf16') return Float64Array.from(a, bf16ToF32);
+  if (dtype === 'f16') return Float64Array.from(a, f16ToF32);
+  return Float64Array.from(a);
+}
+
+/** the largest finite magnitude */
+function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) if (Number.isFinite(a[i]) && Math.abs(a[i]) > m) m = Math.abs(a[i]);
+  return m;
+}
+
+/** GPU vs CPU with error at most tol * max|ref| (plus `floor`) */
+function check(p: Pair, tol: number, what: string, floor = 1e-30): void {
+  const buf = p.c as { dtype: DType };
+  const ref = numbers(cpu.read(p.c), buf.dtype);
+  const got = numbers(gpu.read(p.g), buf.dtype);
+  assertClose(got, ref, tol * maxAbs(ref) + floor, what);
+}
+
+/** bit-exact equality of the raw values */
+function checkExact(p: Pair, what: string): void {
+  const ref = cpu.read(p.c);
+  const got = gpu.read(p.g);
+  assert.equal(got.length, ref.length, `${what}: length`);
+  for (let i = 0; i < ref.length; i++) {
+    if (!(Object.is(got[i], ref[i]) || (Number.isNaN(got[i]) && Number.isNaN(ref[i])))) {
+      assert.fail(`${what}[${i}]: ${got[i]} vs ${ref[i]}`);
+    }
+  }
+}
+
+function both(fn: (be: Backend, side: 'c' | 'g') => void): void {
+  fn(cpu, 'c');
+  fn(gpu, 'g');
+}
+
+describe('cuda backend vs cpu backend', { skip }, () => {
+  const baseline = skip ? 0 : gpu.memoryStats().liveBuffers;
+
+  afterEach(() => {
+    for (const [be, b] of held.splice(0)) be.free(b);
+    if (!skip) assert.equal(gpu.memoryStats().liveBuffers, baseline, 'a test leaked device buffers');
+  });
+
+  after(() => {
+    if (skip) return;
+    console.log(`# ${gpu.describe()}`);
+    const a = gpu.allocatorStats();
+    console.log(`# allocator: ${a.driverAllocs} driver allocations, ${a.cacheHits} cache hits`);
+  });
+
+  // ---- memory ---------------------------------------------------------------------------------
+
+  it('writes and reads every dtype, at offsets and empty', () => {
+    for (const dtype of ['f32', 'f64', 'i32', 'bf16', 'f16'] as DType[]) {
+      const data = host(dtype, dtype === 'i32' ? [1, -2, 3, 2147483647, -2147483648] : [1, 2, 3, 4, 5]);
+      const b = hold(gpu, gpu.alloc(dtype, 7));
+      gpu.fill(b, 0);
+      gpu.write(b, data, 2);
+      const r = gpu.read(b);
+      assert.deepEqual(Array.from(r), [0, 0, ...Array.from(data)], dtype);
+    }
+    const e = hold(gpu, gpu.alloc('f32', 0));
+    gpu.write(e, new Float32Array(0));
+    assert.equal(gpu.read(e).length, 0);
+    // an f32 buffer takes f64 data converted like TypedArray.set
+    const f = hold(gpu, gpu.alloc('f32', 2));
+    gpu.write(f, new Float64Array([0.1, 1e40]));
+    assert.deepEqual(Array.from(gpu.read(f)), [Math.fround(0.1), Infinity]);
+  });
+
+  it('reuses freed blocks through the cache and reports live, peak and cached bytes', () => {
+    gpu.resetPeak();
+    const s0 = gpu.memoryStats();
+    const before = gpu.allocatorStats();
+    const a = gpu.alloc('f32', 1000);
+    const s1 = gpu.memoryStats();
+    assert.equal(s1.liveBuffers, s0.liveBuffers + 1);
+    assert.equal(s1.liveBytes, s0.liveBytes + 4000);
+    assert.ok(s1.peakBytes >= s1.liveBytes);
+    gpu.free(a);
+    const s2 = gpu.memoryStats();
+    assert.equal(s2.liveBytes, s0.liveBytes);
+    assert.ok(s2.cachedBytes >= 4000);
+    const b = gpu.alloc('f32', 990); // same size class
+    assert.equal((b as unknown as { ptr: number }).ptr, (a as unknown as { ptr: number }).ptr);
+    assert.ok(gpu.allocatorStats().cacheHits > before.cacheHits);
+    gpu.free(b);
+    assert.throws(() => gpu.free(b), /used after free/);
+    assert.equal(gpu.memoryStats().peakBytes, s0.liveBytes + 4000);
+  });
+
+  it('fills every dtype', () => {
+    for (const v of [0, -1.5, 3.3, 1e-3]) {
+      for (const dtype of ['f32', 'f64', 'i32'] as DType[]) {
+        const p = out(37, dtype);
+        both((be, s) => be.fill(p[s], v));
+        checkExact(p, `fill ${dtype} ${v}`);
+      }
+      // 16-bit buffers hold the rounded value (the CPU backend fills raw integer bits instead)
+      for (const [dtype, bits] of [
+        ['bf16', f32ToBf16(v)],
+        ['f16', f32ToF16(v)],
+      ] as const) {
+        const b = hold(gpu, gpu.alloc(dtype, 5));
+        gpu.fill(b, v);
+        assert.deepEqual(Array.from(gpu.read(b)), new Array(5).fill(bits), `fill ${dtype} ${v}`);
+      }
+    }
+  });
+
+  // ---- elementwise ----------------------------------------------------------------------------
+
+  it('casts between every pair of dtypes bit for bit', () => {
+    const specials = [
+      0,
+      -0,
+      1,
+      -1,
+      0.1,
+      65504,
+      65520,
+      1e-8,
+      6e-8,
+      3e38,
+      -3e38,
+      1e39,
+      Infinity,
+      -Infinity,
+      NaN,
+    ];
+    const values = [...specials, ...randn(200, 30)];
+    for (let i = 0; i < 40; i++) values.push(rng.normal() * 1e-6); // f16 subnormals
+    for (const v of [5e9, -7.5e12, 1e19, -3e17, 2147483648.5, -2147483649]) values.push(v); // i32 wrap-around
+    // ties of bf16 rounding: f32 values with the low 16 bits exactly 0x8000
+    const u = new Uint32Array(1);
+    const f = new Float32Array(u.buffer);
+    for (const hi of [0x3f80, 0x3f81, 0xc0a3]) {
+      u[0] = (hi << 16) | 0x8000;
+      values.push(f[0]);
+    }
+    const types: DType[] = ['f32', 'f64', 'i32', 'bf16', 'f16'];
+    for (const from of types) {
+      const src = out(values.length, from);
+      // make the source on the CPU from f64 values, then copy the same bits to the GPU
+      const f64 = hold(cpu, cpu.alloc('f64', values.length));
+      cpu.write(f64, Float64Array.from(values));
+      cpu.cast(f64, src.c);
+      gpu.write(src.g, cpu.read(src.c));
+      for (const to of types) {
+        const dst = out(values.length, to);
+        both((be, s) => be.cast(src[s], dst[s]));
+        checkExact(dst, `cast ${from} -> ${to}`);
+      }
+    }
+  });
+
+  it('unary ops and their derivatives', () => {
+    const ops = [
+      'identity',
+      'neg',
+      'exp',
+      'log',
+      'sqrt',
+      'rsqrt',
+      'tanh',
+      'sigmoid',
+      'softplus',
+      'silu',
+      'relu',
+      'gelu',
+      'geluNew',
+      'square',
+      'abs',
+      'reciprocal',
+    ] as const;
+    const positive = new Set(['log', 'sqrt', 'rsqrt', 'reciprocal']);
+    for (const op of ops) {
+      const n = 1001;
+      const data = positive.has(op) ? uniform(n, 0.05, 5) : randn(n, 3);
+      data[0] = positive.has(op) ? 1 : 0;
+      const x = pair(data);
+      const y = out(n);
+      both((be, s) => be.unary(op, x[s], y[s], 1.5, -0.25));
+      check(y, 2e-6, `${op} forward`, 1e-6);
+      const gy = pair(randn(n));
+      const gx = out(n);
+      both((be, s) => be.unaryBackward(op, x[s], gy[s], gx[s]));
+      check(gx, 2e-6, `${op} backward`, 1e-6);
+    }
+  });
+
+  it('binary ops with broadcasting and strided operands', () => {
+    const ops = ['add', 'sub', 'mul', 'div', 'maximum', 'eq'] as const;
+    const cases: { shape: number[]; as: number[]; bs: number[]; na: number; nb: number }[] = [
+      { shape: [1000], as: [1], bs: [1], na: 1000, nb: 1000 },
+      { shape: [3, 4, 5], as: [5, 0, 1], bs: [0, 5, 1], na: 15, nb: 20 }, // (3,1,5) op (1,4,5)
+      { shape: [7, 9], as: [1, 7], bs: [0, 0], na: 63, nb: 1 }, // transposed op scalar
+      { shape: [], as: [], bs: [], na: 1, nb: 1 },
+      { shape: [2, 1, 3, 1, 2, 2, 3], as: [36, 0, 12, 0, 6, 3, 1], bs: [0, 0, 1, 0, 0, 0, 0], na: 72, nb: 3 },
+    ];
+    for (const op of ops) {
+      for (const c of cases) {
+        const da = randn(c.na);
+        const db = op === 'div' ? uniform(c.nb, 0.5, 2) : randn(c.nb);
+        if (op === 'eq') db.set(da.subarray(0, Math.min(c.na, c.nb, 3)));
+        const a = pair(da);
+        const b = pair(db);
+        const n = c.shape.reduce((x, y) => x * y, 1);
+        const o = out(n);
+        both((be, s) => be.binary(op, a[s], c.as, b[s], c.bs, o[s], c.shape));
+        check(o, 1e-7, `${op} over [${c.shape}]`);
+      }
+    }
+    const nan = pair([NaN, 1, -Infinity]);
+    const one = pair([0, NaN, -5]);
+    const o = out(3);
+    both((be, s) => be.binary('maximum', nan[s], [1], one[s], [1], o[s], [3]));
+    checkExact(o, 'maximum propagates NaN');
+  });
+
+  it('strided copies: transposes, offsets, accumulation (with repeated destinations), 16/64-bit', () => {
+    for (const dtype of ['f32', 'bf16', 'f64', 'i32'] as DType[]) {
+      const src = pair(
+        Array.from({ length: 60 }, (_, i) => (dtype === 'bf16' ? f32ToBf16(i - 7.5) : i * 1.25 - 7)),
+        dtype,
+      );
+      const dst = pair(new Array(80).fill(dtype === 'bf16' ? f32ToBf16(1) : 1), dtype);
+      // (3, 4, 5) permuted to (5, 3, 4) into a (5, 16) buffer at offset 3
+      both((be, s) => be.copyStrided(src[s], 0, [1, 20, 5], dst[s], 3, [16, 4, 1], [5, 3, 4], false));
+      checkExact(dst, `permute copy ${dtype}`);
+      if (dtype !== 'bf16') {
+        both((be, s) => be.copyStrided(src[s], 10, [1, 7], dst[s], 1, [9, 1], [7, 5], true));
+        checkExact(dst, `accumulating copy ${dtype}`);
+      }
+    }
+    // sum 6 rows into one destination row through a zero stride (atomics on the GPU)
+    const src = pair(randn(6 * 33));
+    const dst = pair(randn(33));
+    both((be, s) => be.copyStrided(src[s], 0, [33, 1], dst[s], 0, [0, 1], [6, 33], true));
+    check(dst, 1e-6, 'broadcast accumulate');
+    // plain contiguous copy with offsets
+    const a = pair(randn(100));
+    const b = pair(randn(100));
+    both((be, s) => be.copyStrided(a[s], 17, [1], b[s], 5, [1], [60], false));
+    checkExact(b, 'contiguous copy');
+  });
+
+  it('reduce sum and max over (outer, n, inner), long and short', () => {
+    const cases = [
+      [1, 1, 1],
+      [1, 200003, 1],
+      [7, 3001, 1],
+      [3, 5, 7],
+      [1, 8192, 300],
+      [5, 33, 1],
+      [2, 1, 9],
+      [1000, 64, 3],
+      [70000, 70, 1],
+    ];
+    for (const [outer, n, inner] of cases) {
+      for (const op of ['sum', 'max'] as const) {
+        const x = pair(randn(outer * n * inner));
+        const o = out(outer * inner);
+        both((be, s) => be.reduce(op, x[s], o[s], outer, n, inner));
+        check(o, op === 'sum' ? 2e-6 * Math.sqrt(n) : 0, `${op} (${outer}, ${n}, ${inner})`, 1e-6);
+      }
+    }
+    const empty = out(6);
+    const none = pair([]);
+    both((be, s) => be.reduce('max', none[s], empty[s], 2, 0, 3));
+    checkExact(empty, 'max over an empty axis');
+    const nan = pair([1, NaN, 2, 3]);
+    const o = out(1);
+    both((be, s) => be.reduce('max', nan[s], o[s], 1, 4, 1));
+    checkExact(o, 'max propagates NaN');
+  });
+
+  it('cumsum forward and reverse, segsum and its adjoint', () => {
+    for (const [outer, n, inner] of [
+      [3, 17, 5],
+      [1, 1000, 1],
+      [4, 1, 3],
+    ]) {
+      for (const reverse of [false, true]) {
+        const x = pair(randn(outer * n * inner));
+        const o = out(outer * n * inner);
+        both((be, s) => be.cumsum(x[s], o[s], outer, n, inner, reverse));
+        check(o, 2e-6 * Math.sqrt(n), `cumsum (${outer}, ${n}, ${inner}) reverse ${reverse}`, 1e-6);
+      }
+    }
+    for (const [rows, t] of [
+      [3, 17],
+      [1, 1],
+      [2, 130],
+    ]) {
+      const x = pair(randn(rows * t, 0.5));
+      const o = out(rows * t * t);
+      both((be, s) => be.segsum(x[s], o[s], rows, t));
+      check(o, 1e-6 * Math.sqrt(t), `segsum (${rows}, ${t})`, 1e-6);
+      const g = pair(randn(rows * t * t));
+      const gx = out(rows * t);
+      both((be, s) => be.segsumBackward(g[s], gx[s], rows, t));
+      check(gx, 2e-6 * t, `segsum backward (${rows}, ${t})`, 1e-6);
+    }
+  });
+
+  it('causal mask and dropout (the same mask bit for bit)', () => {
+    for (const [rows, tq, tk] of [
+      [3, 5, 5],
+      [2, 3, 8],
+      [1, 6, 4],
+    ]) {
+      const x = pair(randn(rows * tq * tk));
+      const o = out(rows * tq * tk);
+      both((be, s) => be.causalMask(x[s], o[s], rows, tq, tk, -1e9));
+      checkExact(o, `causal mask (${rows}, ${tq}, ${tk})`);
+    }
+    for (const [p, seed] of [
+      [0.1, 7],
+      [0.5, -3],
+      [0.9, 123456789],
+    ]) {
+      const n = 100003;
+      const x = pair(randn(n));
+      const o = out(n);
+      both((be, s) => be.dropout(x[s], o[s], p, seed));
+      checkExact(o, `dropout p=${p} seed=${seed}`);
+    }
+  });
+
+  // ---- matmul ---------------------------------------------------------------------------------
+
+  it('f32 matmul: transposes, batches with broadcast strides, alpha/beta, sizes 1 and odd', () => {
+    const cases = [
+      { batch: 1, m: 1, n: 1, k: 1 },
+      { batch: 1, m: 17, n: 33, k: 65 },
+      { batch: 3, m: 5, n: 7, k: 300 },
+      { batch: 4, m: 64, n: 1, k: 48 },
+      { batch: 2, m: 129, n: 127, k: 3 },
+    ];
+    for (const c of cases) {
+      for (const transA of [false, true]) {
+        for (const transB of [false, true]) {
+          for (const bcast of ['none', 'A', 'B']) {
+            if (c.batch === 1 && bcast !== 'none') continue;
+            const sa = bcast === 'A' ? 0 : c.m * c.k;
+            const sb = bcast === 'B' ? 0 : c.k * c.n;
+            const a = pair(randn(bcast === 'A' ? c.m * c.k : c.batch * c.m * c.k));
+            const b = pair(randn(bcast === 'B' ? c.k * c.n : c.batch * c.k * c.n));
+            const cc = pair(randn(c.batch * c.m * c.n));
+            const p = {
+              ...c,
+              transA,
+              transB,
+              strideA: sa,
+              strideB: sb,
+              strideC: c.m * c.n,
+              alpha: 0.75,
+              beta: 0.5,
+            };
+            both((be, s) => be.matmul(a[s], b[s], cc[s], p));
+            check(cc, 2e-6 * Math.sqrt(c.k), `matmul ${JSON.stringify(p)}`, 1e-6);
+          }
+        }
+      }
+    }
+    // k = 0: C = beta C
+    const a = pair([]);
+    const c = pair(randn(6));
+    both((be, s) =>
+      be.matmul(a[s], a[s], c[s], {
+        batch: 1,
+        m: 2,
+        n: 3,
+        k: 0,
+        transA: false,
+        transB: false,
+        strideA: 0,
+        strideB: 0,
+        strideC: 6,
+        alpha: 1,
+        beta: 2,
+      }),
+    );
+    check(c, 1e-7, 'matmul k = 0');
+  });
+
+  it('bf16 matmul on the tensor cores into f32 and bf16', () => {
+    for (const c of [
+      { batch: 1, m: 96, n: 80, k: 257 },
+      { batch: 3, m: 1, n: 33, k: 64 },
+      { batch: 2, m: 31, n: 7, k: 1024 },
+    ]) {
+      for (const transB of [false, true]) {
+        // the same bf16 operands on both sides; the CPU multiplies their f32 values
+        const bits = (n: number) => Uint16Array.from(randn(n), f32ToBf16);
+        const ab = bits(c.batch * c.m * c.k);
+        const bb = bits(c.batch * c.k * c.n);
+        const ag = hold(gpu, gpu.alloc('bf16', ab.length));
+        const bg = hold(gpu, gpu.alloc('bf16', bb.length));
+        gpu.write(ag, ab);
+        gpu.write(bg, bb);
+        const ac = hold(cpu, cpu.alloc('f32', ab.length));
+        const bc = hold(cpu, cpu.alloc('f32', bb.length));
+        cpu.write(ac, Float32Array.from(ab, bf16ToF32));
+        cpu.write(bc, Float32Array.from(bb, bf16ToF32));
+        const p = {
+          ...c,
+          transA: false,
+          transB,
+          strideA: c.m * c.k,
+          strideB: c.k * c.n,
+          strideC: c.m * c.n,
+          alpha: 1,
+          beta: 0,
+        };
+        const o32 = out(c.batch * c.m * c.n);
+        cpu.matmul(ac, bc, o32.c, p);
+        gpu.matmul(ag, bg, o32.g, p);
+        check(o32, 2e-6 * Math.sqrt(c.k), `bf16 matmul into f32 ${JSON.stringify(c)}`, 1e-6);
+        const o16 = out(c.batch * c.m * c.n, 'bf16');
+        cpu.cast(o32.c, o16.c);
+        gpu.matmul(ag, bg, o16.g, p);
+        check(o16, 8e-3, `bf16 matmul into bf16 ${JSON.stringify(c)}`, 1e-6);
+      }
+    }
+  });
+
+  // ---- rows -----------------------------------------------------------------------------------
+
+  it('softmax and log-softmax with their backward passes', () => {
+    for (const [rows, cols] of [
+      [1, 1],
+      [37, 7],
+      [5, 1000],
+      [3, 51200],
+      [300, 64],
+    ]) {
+      for (const log of [false, true]) {
+        const x = pair(randn(rows * cols, 4));
+        const y = out(rows * cols);
+        both((be, s) => be.softmax(x[s], y[s], rows, cols, log));
+        check(y, 1e-5, `softmax (${rows}, ${cols}) log ${log}`, 1e-7);
+        const gy = pair(randn(rows * cols));
+        const gx = out(rows * cols);
+        both((be, s) => be.softmaxBackward(y[s], gy[s], gx[s], rows, cols, log));
+        check(gx, 2e-5, `softmax backward (${rows}, ${cols}) log ${log}`, 1e-7);
+      }
+    }
+  });
+
+  it('LayerNorm and RMSNorm, forward and backward', () => {
+    for (const [rows, cols] of [
+      [1, 1],
+      [37, 33],
+      [700, 384],
+      [3, 2048],
+    ]) {
+      const x = pair(randn(rows * cols, 2).map((v) => v + 0.5));
+      const w = pair(randn(cols));
+      const b = pair(randn(cols));
+      const gy = pair(randn(rows * cols));
+      for (const withBias of [true, false]) {
+        const y = out(rows * cols);
+        const mean = out(rows);
+        const rstd = out(rows);
+        both((be, s) =>
+          be.layerNorm(x[s], w[s], withBias ? b[s] : null, y[s], mean[s], rstd[s], rows, cols, 1e-5),
+        );
+        check(y, 1e-5, `layerNorm (${rows}, ${cols})`);
+        check(mean, 1e-5, 'layerNorm mean', 1e-6);
+        check(rstd, 1e-5, 'layerNorm rstd');
+        const gx = out(rows * cols);
+        const gw = out(cols);
+        const gb = out(cols);
+        both((be, s) =>
+          be.layerNormBackward(
+            x[s],
+            w[s],
+            mean[s],
+            rstd[s],
+            gy[s],
+            gx[s],
+            gw[s],
+            withBias ? gb[s] : null,
+            rows,
+            cols,
+          ),
+        );
+        check(gx, 2e-5, `layerNorm backward x (${rows}, ${cols})`);
+        check(gw, 1e-5 * Math.sqrt(rows), `layerNorm backward weight (${rows}, ${cols})`, 1e-6);
+        if (withBias) check(gb, 1e-5 * Math.sqrt(rows), `layerNorm backward bias (${rows}, ${cols})`, 1e-6);
+      }
+      const y = out(rows * cols);
+      const rstd = out(rows);
+      both((be, s) => be.rmsNorm(x[s], w[s], y[s], rstd[s], rows, cols, 1e-6));
+      check(y, 1e-5, `rmsNorm (${rows}, ${cols})`);
+      const gx = out(rows * cols);
+      const gw = out(cols);
+      both((be, s) => be.rmsNormBackward(x[s], w[s], rstd[s], gy[s], gx[s], gw[s], rows, cols));
+      check(gx, 2e-5, `rmsNorm backward x (${rows}, ${cols})`);
+      check(gw, 1e-5 * Math.sqrt(rows), `rmsNorm backward weight (${rows}, ${cols})`, 1e-6);
+    }
+  });
+
+  it('embedding lookup and its scatter-add backward (repeated ids)', () => {
+    const vocab = 50;
+    for (const [n, dim] of [
+      [1, 1],
+      [300, 17],
+      [64, 384],
+    ]) {
+      const table = pair(randn(vocab * dim));
+      const ids = pair(
+        Array.from({ length: n }, (_, i) => (i % 3 === 0 ? 7 : rng.int(0, vocab))),
+        'i32',
+      );
+      const o = out(n * dim);
+      both((be, s) => be.embedding(table[s], ids[s], o[s], n, dim));
+      checkExact(o, `embedding (${n}, ${dim})`);
+      const g = pair(randn(n * dim));
+      const gt = pair(randn(vocab * dim)); // accumulates into existing values
+      both((be, s) => be.embeddingBackward(g[s], ids[s], gt[s], n, dim));
+      check(gt, 1e-6, `embedding backward (${n}, ${dim})`);
+    }
+  });
+
+  it('cross-entropy with ignored targets, and KL divergence with temperature', () => {
+    for (const [rows, vocab] of [
+      [1, 1],
+      [37, 10],
+      [8, 51200],
+      [130, 1000],
+    ]) {
+      const logits = pair(randn(rows * vocab, 3));
+      const targets = pair(
+        Array.from({ length: rows }, (_, i) => (i % 5 === 4 ? -100 : rng.int(0, vocab))),
+        'i32',
+      );
+      const losses = out(rows);
+      const lse = out(rows);
+      both((be, s) => be.crossEntropy(logits[s], targets[s], losses[s], lse[s], rows, vocab, -100));
+      check(losses, 1e-5, `cross-entropy (${rows}, ${vocab})`, 1e-6);
+      check(lse, 1e-6, `cross-entropy lse (${rows}, ${vocab})`, 1e-6);
+      const gl = pair(randn(rows));
+      const g = out(rows * vocab);
+      both((be, s) => be.crossEntropyBackward(logits[s], targets[s], lse[s], gl[s], g[s], rows, vocab, -100));
+      check(g, 1e-5, `cross-entropy backward (${rows}, ${vocab})`, 1e-7);
+      for (const tau of [1, 2.5]) {
+        const teacher = pair(randn(rows * vocab, 3));
+        const kl = out(rows);
+        both((be, s) => be.klDivergence(teacher[s], logits[s], kl[s], rows, vocab, tau));
+        check(kl, 1e-5, `KL (${rows}, ${vocab}) tau ${tau}`, 1e-6);
+        const gs = out(rows * vocab);
+        both((be, s) => be.klDivergenceBackward(teacher[s], logits[s], gl[s], gs[s], rows, vocab, tau));
+        check(gs, 1e-5, `KL backward (${rows}, ${vocab}) tau ${tau}`, 1e-7);
+      }
+    }
+  });
+
+  // ---- sequence mixers ------------------------------------------------------------------------
+
+  it('causal conv1d forward and backward (kernel 4 and 1, T shorter than the kernel)', () => {
+    for (const [batch, t, ch, k] of [
+      [2, 37, 19, 4],
+      [1, 2, 5, 4],
+      [3, 9, 300, 1],
+      [1, 1000, 8, 3],
+    ]) {
+      const x = pair(randn(batch * t * ch));
+      const w = pair(randn(ch * k));
+      const b = pair(randn(ch));
+      const y = out(batch * t * ch);
+      both((be, s) => be.causalConv1d(x[s], w[s], b[s], y[s], batch, t, ch, k));
+      check(y, 1e-6, `conv1d (${batch}, ${t}, ${ch}, ${k})`);
+      const gy = pair(randn(batch * t * ch));
+      const gx = out(batch * t * ch);
+      const gw = out(ch * k);
+      const gb = out(ch);
+      both((be, s) => be.causalConv1dBackward(x[s], w[s], gy[s], gx[s], gw[s], gb[s], batch, t, ch, k));
+      check(gx, 1e-6, 'conv1d backward x');
+      check(gw, 2e-6 * Math.sqrt(batch * t), 'conv1d backward weight', 1e-6);
+      check(gb, 2e-6 * Math.sqrt(batch * t), 'conv1d backward bias', 1e-6);
+    }
+  });
+
+  it('rotary embedding: halves and interleaved, partial rotary, offsets, inverse', () => {
+    for (const c of [
+      { batch: 2, seqLen: 9, heads: 3, headDim: 8, rotaryDim: 8, interleaved: false, positionOffset: 0 },
+      { batch: 1, seqLen: 33, heads: 2, headDim: 64, rotaryDim: 32, interleaved: false, positionOffset: 5 },
+      { batch: 2, seqLen: 5, heads: 4, headDim: 6, rotaryDim: 6, interleaved: true, positionOffset: 4000 },
+    ]) {
+      for (const inverse of [false, true]) {
+        const p = { ...c, theta: 10000, inverse };
+        const n = c.batch * c.seqLen * c.heads * c.headDim;
+        const x = pair(randn(n));
+        const y = out(n);
+        both((be, s) => be.rope(x[s], y[s], p));
+        check(y, 2e-7, `rope ${JSON.stringify(p)}`);
+      }
+    }
+  });
+
+  it('attention forward, probabilities and backward: causal, GQA, decode shapes, head dims', () => {
+    const cases = [
+      { batch: 2, tq: 37, tk: 37, heads: 4, kvHeads: 2, headDim: 16, causal: true },
+      { batch: 1, tq: 1, tk: 9, heads: 2, kvHeads: 1, headDim: 8, causal: true },
+      { batch: 1, tq: 70, tk: 70, heads: 3, kvHeads: 3, headDim: 64, causal: true },
+      { batch: 2, tq: 5, tk: 130, heads: 2, kvHeads: 2, headDim: 80, causal: false },
+      { batch: 1, tq: 65, tk: 65, heads: 1, kvHeads: 1, headDim: 128, causal: true },
+      { batch: 1, tq: 6, tk: 4, heads: 2, kvHeads: 1, headDim: 5, causal: true }, // rows with no keys
+    ];
+    for (const c of cases) {
+      const p = { ...c, scale: 1 / Math.sqrt(c.headDim) };
+      const nq = c.batch * c.tq * c.heads * c.headDim;
+      const nk = c.batch * c.tk * c.kvHeads * c.headDim;
+      const q = pair(randn(nq));
+      const k = pair(randn(nk));
+      const v = pair(randn(nk));
+      const o = out(nq);
+      const lse = out(c.batch * c.heads * c.tq);
+      const probs = out(c.batch * c.heads * c.tq * c.tk);
+      both((be, s) => be.attention(q[s], k[s], v[s], o[s], lse[s], probs[s], p));
+      const what = JSON.stringify(c);
+      check(o, 1e-5, `attention ${what}`, 1e-7);
+      check(lse, 1e-6, `attention lse ${what}`, 1e-6);
+      check(probs, 1e-5, `attention probs ${what}`, 1e-7);
+      const g = pair(randn(nq));
+      const gq = out(nq);
+      const gk = out(nk);
+      const gv = out(nk);
+      both((be, s) => be.attentionBackward(q[s], k[s], v[s], o[s], lse[s], g[s], gq[s], gk[s], gv[s], p));
+      check(gq, 2e-5, `attention gq ${what}`, 1e-7);
+      check(gk, 2e-5, `attention gk ${what}`, 1e-7);
+      check(gv, 2e-5, `attention gv ${what}`, 1e-7);
+    }
+  });
+
+  const ssdCases: SsdParams[] = [
+    { batch: 2, seqLen: 37, heads: 4, groups: 2, headDim: 5, dState: 6, chunkSize: 8 },
+    { batch: 1, seqLen: 1, heads: 1, groups: 1, headDim: 1, dState: 1, chunkSize: 4 },
+    { batch: 1, seqLen: 100, heads: 2, groups: 1, headDim: 16, dState: 32, chunkSize: 32 },
+    { batch: 2, seqLen: 64, heads: 3, groups: 3, headDim: 8, dState: 4, chunkSize: 64 },
+    { batch: 1, seqLen: 260, heads: 2, groups: 2, headDim: 64, dState: 64, chunkSize: 128 },
+  ];
+
+  function ssdInputs(p: SsdParams) {
+    const { batch: B, seqLen: L, heads: H, groups: G, headDim: P, dState: N } = p;
+    return {
+      x: pair(randn(B * L * H * P)),
+      // logA = -softplus(a) like the mixer: decays in (0, 1)
+      logA: pair(uniform(B * L * H, -1.5, -0.01)),
+      bm: pair(randn(B * L * G * N, 0.5)),
+      cm: pair(randn(B * L * G * N, 0.5)),
+    };
+  }
+
+  it('SSD scan forward (states, final state) and backward', () => {
+    for (const p of ssdCases) {
+      const { batch: B, seqLen: L, heads: H, groups: G, headDim: P, dState: N, chunkSize: Q } = p;
+      const nC = Math.ceil(L / Q);
+      const { x, logA, bm, cm } = ssdInputs(p);
+      const y = out(B * L * H * P);
+      const states = out(B * nC * H * P * N);
+      const fin = out(B * H * P * N);
+      both((be, s) => be.ssdScan(x[s], logA[s], bm[s], cm[s], y[s], states[s], fin[s], p));
+      const what = JSON.stringify(p);
+      check(y, 2e-5, `ssd y ${what}`, 1e-6);
+      check(states, 2e-5, `ssd states ${what}`, 1e-6);
+      check(fin, 2e-5, `ssd final state ${what}`, 1e-6);
+      const gy = pair(randn(B * L * H * P));
+      const gx = out(B * L * H * P);
+      const gl = out(B * L * H);
+      const gb = out(B * L * G * N);
+      const gc = out(B * L * G * N);
+      both((be, s) =>
+        be.ssdScanBackward(x[s], logA[s], bm[s], cm[s], states[s], gy[s], gx[s], gl[s], gb[s], gc[s], p),
+      );
+      check(gx, 5e-5, `ssd gx ${what}`, 1e-6);
+      check(gl, 5e-5, `ssd glogA ${what}`, 1e-6);
+      check(gb, 5e-5, `ssd gB ${what}`, 1e-6);
+      check(gc, 5e-5, `ssd gC ${what}`, 1e-6);
+    }
+  });
+
+  it('materialized mixing matrix forward and backward', () => {
+    for (const p of ssdCases.slice(0, 4)) {
+      const { batch: B, seqLen: L, heads: H, groups: G, dState: N } = p;
+      const q = { ...p, headDim: 1, chunkSize: L };
+      const { logA, bm, cm } = ssdInputs(p);
+      const m = out(B * H * L * L);
+      both((be, s) => be.materializeMixer(logA[s], bm[s], cm[s], m[s], q));
+      const what = JSON.stringify(q);
+      check(m, 1e-5, `mixer ${what}`, 1e-7);
+      const g = pair(randn(B * H * L * L));
+      const gl = out(B * L * H);
+      const gb = out(B * L * G * N);
+      const gc = out(B * L * G * N);
+      both((be, s) => be.materializeMixerBackward(logA[s], bm[s], cm[s], g[s], gl[s], gb[s], gc[s], q));
+      check(gl, 5e-5, `mixer glogA ${what}`, 1e-6);
+      check(gb, 5e-5, `mixer gB ${what}`, 1e-6);
+      check(gc, 5e-5, `mixer gC ${what}`, 1e-6);
+    }
+  });
+
+  it('the SSD scan agrees with the materialized matrix on the GPU alone', () => {
+    const p = { batch: 1, seqLen: 150, heads: 2, groups: 1, headDim: 4, dState: 8, chunkSize: 64 };
+    const { x, logA, bm, cm } = ssdInputs(p);
+    const y = hold(gpu, gpu.alloc('f32', 150 * 2 * 4));
+    const st = hold(gpu, gpu.alloc('f32', 3 * 2 * 4 * 8));
+    gpu.ssdScan(x.g, logA.g, bm.g, cm.g, y, st, null, p);
+    const m = hold(gpu, gpu.alloc('f32', 2 * 150 * 150));
+    gpu.materializeMixer(logA.g, bm.g, cm.g, m, { ...p, headDim: 1, chunkSize: 150 });
+    const M = gpu.read(m);
+    const X = gpu.read(x.g);
+    const Y = gpu.read(y);
+    const ref = new Float64Array(Y.length);
+    for (let h = 0; h < 2; h++)
+      for (let t = 0; t < 150; t++)
+        for (let pp = 0; pp < 4; pp++) {
+          let acc = 0;
+          for (let s = 0; s <= t; s++) acc += M[(h * 150 + t) * 150 + s] * X[(s * 2 + h) * 4 + pp];
+          ref[(t * 2 + h) * 4 + pp] = acc;
+        }
+    assertClose(Float64Array.from(Y), ref, 2e-5 * maxAbs(ref), 'scan vs matrix');
+  });
+
+  it('fused AdamW step', () => {
+    const n = 10007;
+    const w = pair(randn(n));
+    const g = pair(randn(n, 0.1));
+    const m = pair(randn(n, 0.01));
+    const v = pair(uniform(n, 0, 0.01));
+    for (let step = 1; step <= 3; step++) {
+      both((be, s) =>
+        be.adamw(w[s], g[s], m[s], v[s], {
+          lr: 1e-3,
+          beta1: 0.9,
+          beta2: 0.95,
+          eps: 1e-8,
+          weightDecay: 0.1,
+          step,
+        }),
+      );
+    }
+    check(w, 1e-6, 'adamw param');
+    check(m, 1e-6, 'adamw m');
+    check(v, 1e-6, 'adamw v');
+  });
+
+  // ---- through the tensor layer ---------------------------------------------------------------
+
+  it('a small network through the tensor layer: same loss and gradients, scopes free everything', () => {
+    const run = (be: Backend) => {
+      T.setBackend(be);
+      const r = new Random(5);
+      const mk = (shape: number[], std = 0.3) => {
+        const t = T.tensor(
+          r.normals(
+            shape.reduce((a, b) => a * b, 1),
+            0,
+            std,
+          ),
+          shape,
+        );
+        t.requiresGrad = true;
+        return T.keep(t);
+      };
+      const emb = mk([40, 24]);
+      const wq = mk([24, 24]);
+      const wo = mk([24, 40]);
+      const ln = mk([24], 1);
+      const a = mk([2, 13, 3]);
+      const conv = mk([6, 4]);
+      const params = [emb, wq, wo, ln, a, conv];
+      const before = be.memoryStats().liveBuffers;
+      const loss = T.scope(() => {
+        const ids = T.tensor(
+          Int32Array.from({ length: 26 }, (_, i) => (i * 7) % 40),
+          [2, 13],
+          'i32',
+        );
+        let h = T.embedding(emb, ids); // (2, 13, 24)
+        h = T.layerNorm(h, ln, null, 1e-5);
+        const q = T.reshape(T.matmul(h, wq), [2, 13, 4, 6]);
+        const att = T.attention(q, q, q, { causal: true }).out;
+        const mixed = T.reshape(att, [2, 13, 24]);
+        const xs = T.reshape(T.causalConv1d(T.slice(mixed, 2, 0, 6), conv, null), [2, 13, 3, 2]);
+        const logA = T.neg(T.softplus(a));
+        const bc = T.reshape(T.slice(mixed, 2, 6, 18), [2, 13, 3, 4]);
+        const y = T.ssdScan(xs, logA, bc, bc, { chunkSize: 4 }).y; // (2, 13, 3, 2)
+        const z = T.add(T.slice(mixed, 2, 18, 24), T.reshape(y, [2, 13, 6]));
+        const logits = T.matmul(T.concat([z, T.slice(mixed, 2, 0, 18)], 2), wo);
+        const targets = T.tensor(
+          Int32Array.from({ length: 26 }, (_, i) => (i * 3) % 40),
+          [2, 13],
+          'i32',
+        );
+        const l = T.add(T.crossEntropy(logits, targets), T.mean(T.gelu(logits)));
+        l.backward();
+        return l.item();
+      });
+      assert.equal(be.memoryStats().liveBuffers, before + params.length, 'scope left tensors behind');
+      const grads = params.map((p) => Array.from(p.grad!.toArray()));
+      for (const p of params) {
+        p.grad!.dispose();
+        p.dispose();
+      }
+      return { loss, grads };
+    };
+    try {
+      const c = run(cpu);
+      const g = run(gpu);
+      assert.ok(Math.abs(c.loss - g.loss) <= 1e-5 * Math.abs(c.loss), `loss ${g.loss} vs ${c.loss}`);
+      c.grads.forEach((ref, i) => assertClose(g.grads[i], ref, 1e-4 * maxAbs(ref) + 1e-7, `gradient ${i}`));
+    } finally {
+      T.setBackend(cpu);
+    }
+  });
+});
