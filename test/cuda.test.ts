@@ -8,7 +8,7 @@
 //
 // Tolerances: errors are measured against the largest magnitude of the reference tensor
 // (`tol * max|ref|`); f32 kernels that reduce in a different order than the CPU's f64 loops get
-// 1e-5 to 1e-4 by reduction length; products with bf16 operands are compared with the CPU
+// 1e-5 to 1e-4 by reduction length (the SSD scan 1e-4 to 2e-4: its chunk cumsums are f32); products with bf16 operands are compared with the CPU
 // product of the same bf16-rounded values; 16-bit conversions and the dropout mask are exact.
 
 import assert from 'node:assert/strict';
@@ -860,9 +860,9 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       const fin = out(B * H * P * N);
       both((be, s) => be.ssdScan(x[s], logA[s], bm[s], cm[s], y[s], states[s], fin[s], p));
       const what = JSON.stringify(p);
-      check(y, 2e-5, `ssd y ${what}`, 1e-6);
-      check(states, 2e-5, `ssd states ${what}`, 1e-6);
-      check(fin, 2e-5, `ssd final state ${what}`, 1e-6);
+      check(y, 1e-4, `ssd y ${what}`, 1e-6);
+      check(states, 1e-4, `ssd states ${what}`, 1e-6);
+      check(fin, 1e-4, `ssd final state ${what}`, 1e-6);
       const gy = pair(randn(B * L * H * P));
       const gx = out(B * L * H * P);
       const gl = out(B * L * H);
@@ -871,10 +871,10 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       both((be, s) =>
         be.ssdScanBackward(x[s], logA[s], bm[s], cm[s], states[s], gy[s], gx[s], gl[s], gb[s], gc[s], p),
       );
-      check(gx, 5e-5, `ssd gx ${what}`, 1e-6);
-      check(gl, 5e-5, `ssd glogA ${what}`, 1e-6);
-      check(gb, 5e-5, `ssd gB ${what}`, 1e-6);
-      check(gc, 5e-5, `ssd gC ${what}`, 1e-6);
+      check(gx, 2e-4, `ssd gx ${what}`, 1e-6);
+      check(gl, 2e-4, `ssd glogA ${what}`, 1e-6);
+      check(gb, 2e-4, `ssd gB ${what}`, 1e-6);
+      check(gc, 2e-4, `ssd gC ${what}`, 1e-6);
     }
   });
 

@@ -9,7 +9,7 @@ typedef unsigned short u16;
 
 #define NEG_INF __int_as_float(0xff800000)
 #define POS_INF __int_as_float(0x7f800000)
-#define QNAN __int_as_float(0x7fffffff)
+#define QNAN __int_as_float(0x7fc00000)  // the canonical NaN, as JavaScript writes it
 
 // Storage dtype codes, shared with src/backends/cuda/index.ts (DTYPE_CODE).
 #define DT_F32 0

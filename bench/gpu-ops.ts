@@ -1,0 +1,165 @@
+// GPU kernels at the workload's shapes, as first figures for the speed work: the SSD scan at
+// batch 8, T 2048, 32 heads, P = N = 64, chunk 128 (reference: PyTorch + mamba_ssm, bf16,
+// 1.17 ms forward, 5.1 ms forward + backward), attention at the teacher's shape, LayerNorm,
+// cross-entropy and KL over a 51200-token vocabulary, and AdamW.
+// Run: node --import tsx bench/gpu-ops.ts [--quick]   (BENCH_OUT=dir also writes gpu-ops.{md,json})
+
+import type { DeviceBuffer, SsdParams } from '../src/backends/backend.js';
+import { openCuda, printTable, randomBuffer, timeMs, type Row } from './gpu-util.js';
+
+const gpu = openCuda();
+const rows: Row[] = [];
+const quick = process.argv.includes('--quick');
+const held: DeviceBuffer[] = [];
+const rnd = (n: number, std = 1) => {
+  const b = randomBuffer(gpu, n, 'f32', std);
+  held.push(b);
+  return b;
+};
+const buf = (n: number) => {
+  const b = gpu.alloc('f32', n);
+  held.push(b);
+  return b;
+};
+const release = () => {
+  for (const b of held.splice(0)) gpu.free(b);
+};
+const gbps = (bytes: number, ms: number) => `${(bytes / (ms / 1000) / 1e9).toFixed(0)} GB/s`;
+
+// ---- SSD scan ---------------------------------------------------------------------------------
+for (const groups of [32, 1]) {
+  const p: SsdParams = { batch: 8, seqLen: 2048, heads: 32, groups, headDim: 64, dState: 64, chunkSize: 128 };
+  const { batch: B, seqLen: L, heads: H, headDim: P, dState: N, chunkSize: Q } = p;
+  const nC = Math.ceil(L / Q);
+  const x = rnd(B * L * H * P);
+  // logA in (-1.5, 0): decays, as -softplus(a) gives
+  const logA = buf(B * L * H);
+  gpu.unary('softplus', rnd(B * L * H), logA, -1, 0);
+  const bm = rnd(B * L * groups * N, 0.5);
+  const cm = rnd(B * L * groups * N, 0.5);
+  const y = buf(B * L * H * P);
+  const states = buf(B * nC * H * P * N);
+  const gy = rnd(B * L * H * P);
+  const gx = buf(B * L * H * P);
+  const gl = buf(B * L * H);
+  const gb = buf(B * L * groups * N);
+  const gc = buf(B * L * groups * N);
+  const fwd = () => gpu.ssdScan(x, logA, bm, cm, y, states, null, p);
+  const bwd = () => gpu.ssdScanBackward(x, logA, bm, cm, states, gy, gx, gl, gb, gc, p);
+  const reps = quick ? 3 : 10;
+  const msF = timeMs(gpu, fwd, reps, 2);
+  const msFB = timeMs(gpu, () => (fwd(), bwd()), reps, 1);
+  // bytes of the f32 inputs and outputs, each once (the memory floor of an unfused f32 version)
+  const io = 4 * (2 * B * L * H * P + B * L * H + 2 * B * L * groups * N);
+  const shape = `B ${B}, T ${L}, H ${H}, G ${groups}, P ${P}, N ${N}, chunk ${Q}, f32`;
+  rows.push({
+    what: `SSD scan forward (${shape})`,
+    ms: msF,
+    rate: gbps(io, msF),
+    note: 'reference 1.17 ms (bf16)',
+  });
+  rows.push({ what: `SSD scan forward + backward (${shape})`, ms: msFB, note: 'reference 5.1 ms (bf16)' });
+  release();
+}
+
+// ---- attention ----------------------------------------------------------------------------------
+{
+  const p = { batch: 4, tq: 2048, tk: 2048, heads: 32, kvHeads: 32, headDim: 64, scale: 1 / 8, causal: true };
+  const n = p.batch * p.tq * p.heads * p.headDim;
+  const q = rnd(n);
+  const k = rnd(n);
+  const v = rnd(n);
+  const o = buf(n);
+  const lse = buf(p.batch * p.heads * p.tq);
+  const g = rnd(n);
+  const gq = buf(n);
+  const gk = buf(n);
+  const gv = buf(n);
+  const fwd = () => gpu.attention(q, k, v, o, lse, null, p);
+  const msF = timeMs(gpu, fwd, quick ? 3 : 10, 2);
+  const msFB = timeMs(
+    gpu,
+    () => (fwd(), gpu.attentionBackward(q, k, v, o, lse, g, gq, gk, gv, p)),
+    quick ? 3 : 10,
+    1,
+  );
+  const flops = 4 * p.batch * p.heads * p.tq * p.tk * p.headDim * 0.5; // causal: half the scores
+  const shape = 'B 4, T 2048, H 32, D 64, causal, f32';
+  rows.push({
+    what: `attention forward (${shape})`,
+    ms: msF,
+    rate: `${(flops / (msF / 1000) / 1e12).toFixed(1)} TFLOP/s`,
+  });
+  rows.push({
+    what: `attention forward + backward (${shape})`,
+    ms: msFB,
+    rate: `${((3.5 * flops) / (msFB / 1000) / 1e12).toFixed(1)} TFLOP/s`,
+  });
+  release();
+}
+
+// ---- rows ---------------------------------------------------------------------------------------
+{
+  const rowsN = 8192;
+  const cols = 2048;
+  const x = rnd(rowsN * cols);
+  const w = rnd(cols);
+  const b = rnd(cols);
+  const y = buf(rowsN * cols);
+  const mean = buf(rowsN);
+  const rstd = buf(rowsN);
+  const gy = rnd(rowsN * cols);
+  const gx = buf(rowsN * cols);
+  const gw = buf(cols);
+  const gb = buf(cols);
+  const ms = timeMs(gpu, () => gpu.layerNorm(x, w, b, y, mean, rstd, rowsN, cols, 1e-5));
+  rows.push({ what: 'LayerNorm forward (8192, 2048)', ms, rate: gbps(2 * rowsN * cols * 4, ms) });
+  const msB = timeMs(gpu, () => gpu.layerNormBackward(x, w, mean, rstd, gy, gx, gw, gb, rowsN, cols));
+  rows.push({ what: 'LayerNorm backward (8192, 2048)', ms: msB, rate: gbps(3 * rowsN * cols * 4, msB) });
+  release();
+}
+{
+  const rowsN = quick ? 2048 : 8192;
+  const vocab = 51200;
+  const logits = rnd(rowsN * vocab, 3);
+  const teacher = rnd(rowsN * vocab, 3);
+  const ids = gpu.alloc('i32', rowsN);
+  gpu.write(
+    ids,
+    Int32Array.from({ length: rowsN }, (_, i) => (i * 7919) % vocab),
+  );
+  const losses = buf(rowsN);
+  const lse = buf(rowsN);
+  const gl = rnd(rowsN);
+  const g = buf(rowsN * vocab);
+  const bytes = rowsN * vocab * 4;
+  const ms = timeMs(gpu, () => gpu.crossEntropy(logits, ids, losses, lse, rowsN, vocab, -100));
+  rows.push({ what: `cross-entropy forward (${rowsN}, ${vocab})`, ms, rate: gbps(bytes, ms) });
+  const msB = timeMs(gpu, () => gpu.crossEntropyBackward(logits, ids, lse, gl, g, rowsN, vocab, -100));
+  rows.push({ what: `cross-entropy backward (${rowsN}, ${vocab})`, ms: msB, rate: gbps(2 * bytes, msB) });
+  const msK = timeMs(gpu, () => gpu.klDivergence(teacher, logits, losses, rowsN, vocab, 1));
+  rows.push({ what: `KL divergence forward (${rowsN}, ${vocab})`, ms: msK, rate: gbps(2 * bytes, msK) });
+  const msKB = timeMs(gpu, () => gpu.klDivergenceBackward(teacher, logits, gl, g, rowsN, vocab, 1));
+  rows.push({ what: `KL divergence backward (${rowsN}, ${vocab})`, ms: msKB, rate: gbps(3 * bytes, msKB) });
+  gpu.free(ids);
+  release();
+}
+{
+  const n = 100_000_000;
+  const w = rnd(n);
+  const g = rnd(n, 0.01);
+  const m = buf(n);
+  const v = buf(n);
+  gpu.fill(m, 0);
+  gpu.fill(v, 0);
+  let step = 0;
+  const ms = timeMs(gpu, () =>
+    gpu.adamw(w, g, m, v, { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: ++step }),
+  );
+  rows.push({ what: 'AdamW step over 100M f32 parameters', ms, rate: gbps(7 * n * 4, ms) });
+  release();
+}
+
+printTable('GPU kernels at workload shapes', gpu, rows, 'gpu-ops');
+const launches = Object.entries(gpu.kernels.launchCounts()).sort((a, b) => b[1] - a[1]);
+console.log(`# launches per kernel: ${launches.map(([k, n]) => `${k} ${n}`).join(', ')}`);

@@ -1,0 +1,72 @@
+// Shared by the GPU benchmarks: open the CUDA backend, fill device buffers with random values
+// (never zeros), time queued work with CUDA events, and print/save a table.
+
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { DeviceBuffer, DType } from '../src/backends/backend.js';
+import { CudaBackend } from '../src/backends/cuda/index.js';
+import { Random } from '../src/util/random.js';
+
+export function openCuda(): CudaBackend {
+  return new CudaBackend();
+}
+
+const rng = new Random(1);
+let pool: Float32Array | null = null;
+
+/** A device buffer of `n` normal(0, std) values (a 4M-value random pool repeated), cast to dtype. */
+export function randomBuffer(gpu: CudaBackend, n: number, dtype: DType = 'f32', std = 1): DeviceBuffer {
+  pool ??= rng.normals(1 << 22);
+  const f = gpu.alloc('f32', n);
+  for (let off = 0; off < n; off += pool.length) {
+    const len = Math.min(pool.length, n - off);
+    // shift the pool by the offset so repeats are not aligned copies
+    const start = (off / pool.length) % 1024;
+    const chunk = pool.subarray(start, start + len);
+    gpu.write(f, std === 1 ? chunk : chunk.map((v) => v * std), off);
+    if (chunk.length < len) gpu.write(f, pool.subarray(0, len - chunk.length), off + chunk.length);
+  }
+  if (dtype === 'f32') return f;
+  const out = gpu.alloc(dtype, n);
+  gpu.cast(f, out);
+  gpu.free(f);
+  return out;
+}
+
+/** Median device time (ms) of `reps` runs of fn after `warmup` runs, each timed with events. */
+export function timeMs(gpu: CudaBackend, fn: () => void, reps = 10, warmup = 2): number {
+  for (let i = 0; i < warmup; i++) fn();
+  gpu.synchronize();
+  const times: number[] = [];
+  for (let i = 0; i < reps; i++) times.push(gpu.time(fn));
+  times.sort((a, b) => a - b);
+  return times[Math.floor(times.length / 2)];
+}
+
+export interface Row {
+  what: string;
+  ms: number;
+  /** e.g. "TFLOP/s" figures, with their unit */
+  rate?: string;
+  note?: string;
+}
+
+export function printTable(title: string, gpu: CudaBackend, rows: Row[], file: string): void {
+  const lines = [
+    `# ${title}: ${new Date().toISOString().slice(0, 10)}, ${gpu.describe()}, node ${process.version}`,
+    '| work | ms | rate | note |',
+    '| --- | ---: | ---: | --- |',
+    ...rows.map(
+      (r) =>
+        `| ${r.what} | ${r.ms < 0.1 ? r.ms.toFixed(4) : r.ms.toFixed(3)} | ${r.rate ?? ''} | ${r.note ?? ''} |`,
+    ),
+  ];
+  console.log(lines.join('\n'));
+  const out = process.env.BENCH_OUT;
+  if (out) {
+    writeFileSync(
+      join(out, `${file}.json`),
+      JSON.stringify({ title, device: gpu.describe(), rows }, null, 2),
+    );
+  }
+}

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The whole GPU check in one device call: the CUDA test suite against the CPU backend, then the
+# GPU benchmarks; logs and results under $OUT.
+#
+#   scripts/gpu-check.sh prepare   here: compile TypeScript to .device/build, and put a Node binary
+#                                  and the production node_modules in .device (git-ignored)
+#   scripts/gpu-check.sh           on the GPU machine (carry .device): unpack node, test, benchmark
+#
+# The device machine has CUDA but no Node.js and no devDependencies, hence the prepared .device.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+if [ "${1:-}" = prepare ]; then
+  set -e
+  rm -rf .device/build
+  npx tsc -p tsconfig.json --outDir .device/build --sourceMap false --declaration false
+  mkdir -p .device/build/src/backends/cuda/kernels
+  cp src/backends/cuda/kernels/*.cu src/backends/cuda/kernels/*.cuh .device/build/src/backends/cuda/kernels/
+  # ignore-scripts: the project's own "prepare" (a tsc build) cannot run there; koffi ships prebuilt
+  npm_config_ignore_scripts=true bash ../shared/tools/device-node.sh >/dev/null
+  # the GPU check needs koffi and yaml at most; the text datasets stay here
+  rm -rf .device/app/node_modules/@stdlib
+  du -sh .device .device/node.xz .device/app/node_modules .device/build
+  exit 0
+fi
+
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+xz -dc .device/node.xz >/tmp/node && chmod +x /tmp/node && export PATH=/tmp:$PATH
+ln -sfn .device/app/node_modules node_modules
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export MOHAWK_CACHE=/tmp/mohawk-cache
+export MOHAWK_CUDA_KERNELS=$root/src/backends/cuda/kernels
+export NCCL_NVLS_ENABLE=0
+
+{
+  date -u
+  node --version
+  nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used,clocks.sm,clocks.max.sm --format=csv
+  git log --oneline -1 2>/dev/null || true
+} >"$OUT/machine.txt" 2>&1
+cat "$OUT/machine.txt"
+
+status=0
+echo "== CUDA tests (every launch synchronized, so a fault names its kernel)"
+t0=$(date +%s)
+MOHAWK_REQUIRE_CUDA=1 MOHAWK_CUDA_SYNC=1 node --test --test-reporter=spec .device/build/test/cuda.test.js \
+  >"$OUT/tests.log" 2>&1 || status=1
+tail -n 40 "$OUT/tests.log"
+echo "tests: exit $status, $(($(date +%s) - t0)) s"
+if [ $status -ne 0 ] && command -v compute-sanitizer >/dev/null; then
+  echo "== tests failed: memcheck run (first 150 s)"
+  MOHAWK_REQUIRE_CUDA=1 timeout 150 compute-sanitizer --tool memcheck --print-limit 20 \
+    node --test --test-reporter=spec .device/build/test/cuda.test.js >"$OUT/sanitizer.log" 2>&1
+  grep -m 30 -E "Invalid|Error|ERROR|not ok" "$OUT/sanitizer.log"
+fi
+
+for b in gpu-gemm gpu-ops; do
+  echo "== bench $b"
+  BENCH_OUT=$OUT timeout 240 node ".device/build/bench/$b.js" >"$OUT/$b.log" 2>&1 || status=1
+  cat "$OUT/$b.log"
+done
+echo "gpu-check: exit $status"
+exit $status
