@@ -4,6 +4,7 @@
 // Run: node --import tsx bench/gpu-gemm.ts   (BENCH_OUT=dir also writes gpu-gemm.{md,json})
 
 import type { MatmulParams } from '../src/backends/backend.js';
+import { add, scope, setBackend, tensor } from '../src/tensor/index.js';
 import { openCuda, printTable, randomBuffer, timeMs, type Row } from './gpu-util.js';
 
 const gpu = openCuda();
@@ -96,6 +97,27 @@ gemm(4096, 'f32', 'f32', true);
   });
   gpu.free(x);
   gpu.free(y);
+}
+
+// one op through the tensor layer: allocation from the cache, the launch, the scope's free
+{
+  setBackend(gpu);
+  const a = tensor([1], [1]);
+  const b = tensor([2], [1]);
+  const n = 20000;
+  for (let i = 0; i < 100; i++) scope(() => void add(a, b));
+  gpu.synchronize();
+  const t0 = performance.now();
+  for (let i = 0; i < n; i++) scope(() => void add(a, b));
+  gpu.synchronize();
+  const us = ((performance.now() - t0) / n) * 1000;
+  rows.push({
+    what: 'tensor-layer add of two 1-element tensors in a scope',
+    ms: us / 1000,
+    rate: `${us.toFixed(2)} us/op`,
+  });
+  a.dispose();
+  b.dispose();
 }
 
 printTable('GPU GEMM and launch overhead', gpu, rows, 'gpu-gemm');

@@ -26,6 +26,19 @@ const release = () => {
 };
 const gbps = (bytes: number, ms: number) => `${(bytes / (ms / 1000) / 1e9).toFixed(0)} GB/s`;
 
+/** One profiled run: a row per kernel with its share of the time. */
+function profileRows(what: string, fn: () => void): void {
+  const { kernels } = gpu.profile(fn);
+  const total = kernels.reduce((a, k) => a + k.ms, 0);
+  for (const k of kernels) {
+    rows.push({
+      what: `&nbsp;&nbsp;${what}: ${k.name} (${k.calls} launch${k.calls > 1 ? 'es' : ''})`,
+      ms: k.ms,
+      note: `${((k.ms / total) * 100).toFixed(0)}% (profiled run)`,
+    });
+  }
+}
+
 // ---- SSD scan ---------------------------------------------------------------------------------
 for (const groups of [32, 1]) {
   const p: SsdParams = { batch: 8, seqLen: 2048, heads: 32, groups, headDim: 64, dState: 64, chunkSize: 128 };
@@ -59,6 +72,7 @@ for (const groups of [32, 1]) {
     note: 'reference 1.17 ms (bf16)',
   });
   rows.push({ what: `SSD scan forward + backward (${shape})`, ms: msFB, note: 'reference 5.1 ms (bf16)' });
+  if (groups === 32) profileRows('SSD forward + backward', () => (fwd(), bwd()));
   release();
 }
 
@@ -95,6 +109,10 @@ for (const groups of [32, 1]) {
     ms: msFB,
     rate: `${((3.5 * flops) / (msFB / 1000) / 1e12).toFixed(1)} TFLOP/s`,
   });
+  profileRows(
+    'attention forward + backward',
+    () => (fwd(), gpu.attentionBackward(q, k, v, o, lse, g, gq, gk, gv, p)),
+  );
   release();
 }
 

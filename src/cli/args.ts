@@ -2,6 +2,8 @@
 // that name the flag.
 
 import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { Backend } from '../backends/backend.js';
+import { useDevice } from '../tensor/device.js';
 
 export class CliError extends Error {}
 
@@ -75,4 +77,14 @@ export function list(p: Parsed, name: string): string[] {
   const v = p.values[name];
   if (v === undefined) return [];
   return (Array.isArray(v) ? v : [v]).filter((x): x is string => typeof x === 'string');
+}
+
+/** The --device option of every command: cpu (the default, or $MOHAWK_DEVICE) or cuda. */
+export const deviceOption: Options = { device: { type: 'string' } };
+
+/** Select the backend named by --device (else $MOHAWK_DEVICE, else cpu); CUDA errors name what is missing. */
+export async function selectDevice(p: Parsed): Promise<Backend> {
+  const name = str(p, 'device') ?? process.env.MOHAWK_DEVICE ?? 'cpu';
+  if (name !== 'cpu' && name !== 'cuda') throw new CliError(`--device expects cpu or cuda, got "${name}"`);
+  return useDevice(name);
 }

@@ -25,7 +25,7 @@ import { f32ToBf16, f32ToF16 } from '../dtype.js';
 import { CachingAllocator, formatBytes, type AllocatorStats } from './allocator.js';
 import { Cublas, type GemmDType } from './cublas.js';
 import { CudaError, Driver } from './driver.js';
-import { KernelRegistry, type Arg } from './kernels.js';
+import { KernelRegistry, Profiler, type Arg } from './kernels.js';
 import { Nvrtc } from './nvrtc.js';
 
 export { CudaError } from './driver.js';
@@ -375,6 +375,22 @@ export class CudaBackend implements Backend {
     }
   }
 
+  /**
+   * Run fn with every kernel launch and GEMM timed by events; returns fn's result and the device
+   * time per kernel (largest first). For profiles, not for production runs.
+   */
+  profile<R>(fn: () => R): { result: R; kernels: { name: string; calls: number; ms: number }[] } {
+    const prev = this.kernels.profiler;
+    const prof = new Profiler(this.driver);
+    this.kernels.profiler = prof;
+    try {
+      const result = fn();
+      return { result, kernels: prof.collect() };
+    } finally {
+      this.kernels.profiler = prev;
+    }
+  }
+
   // ---- elementwise --------------------------------------------------------------------------
 
   fill(out: DeviceBuffer, value: number): void {
@@ -656,24 +672,28 @@ export class CudaBackend implements Backend {
       }
       return;
     }
-    this.cublas.gemm({
-      a: A.ptr,
-      b: B.ptr,
-      c: C.ptr,
-      typeAB: ab as GemmDType,
-      typeC: cd as GemmDType,
-      transA: p.transA,
-      transB: p.transB,
-      m: p.m,
-      n: p.n,
-      k: p.k,
-      strideA: p.strideA,
-      strideB: p.strideB,
-      strideC: p.strideC,
-      batch: p.batch,
-      alpha: p.alpha,
-      beta: p.beta,
-    });
+    const gemm = () =>
+      this.cublas.gemm({
+        a: A.ptr,
+        b: B.ptr,
+        c: C.ptr,
+        typeAB: ab as GemmDType,
+        typeC: cd as GemmDType,
+        transA: p.transA,
+        transB: p.transB,
+        m: p.m,
+        n: p.n,
+        k: p.k,
+        strideA: p.strideA,
+        strideB: p.strideB,
+        strideC: p.strideC,
+        batch: p.batch,
+        alpha: p.alpha,
+        beta: p.beta,
+      });
+    const prof = this.kernels.profiler;
+    if (prof) prof.around(`cuBLAS GEMM ${ab} -> ${cd}`, gemm);
+    else gemm();
   }
 
   // ---- rows ---------------------------------------------------------------------------------

@@ -45,6 +45,38 @@ export function moduleSource(dir: string, module: string): string {
   return src.replace('#include "common.cuh"', common);
 }
 
+/** Per-kernel device times: while enabled, events are recorded around every launch. */
+export class Profiler {
+  private readonly pool: number[] = [];
+  private marks: { name: string; start: number; end: number }[] = [];
+
+  constructor(private readonly driver: Driver) {}
+
+  around(name: string, fn: () => void): void {
+    const start = this.pool.pop() ?? this.driver.createEvent();
+    const end = this.pool.pop() ?? this.driver.createEvent();
+    this.driver.record(start);
+    fn();
+    this.driver.record(end);
+    this.marks.push({ name, start, end });
+  }
+
+  /** Wait for the device; milliseconds and calls per name, largest first. */
+  collect(): { name: string; calls: number; ms: number }[] {
+    const acc = new Map<string, { calls: number; ms: number }>();
+    for (const m of this.marks) {
+      const ms = this.driver.elapsed(m.start, m.end);
+      const a = acc.get(m.name) ?? { calls: 0, ms: 0 };
+      a.calls++;
+      a.ms += ms;
+      acc.set(m.name, a);
+      this.pool.push(m.start, m.end);
+    }
+    this.marks = [];
+    return [...acc].map(([name, a]) => ({ name, ...a })).sort((x, y) => y.ms - x.ms);
+  }
+}
+
 export class Kernel {
   private readonly mem: unknown;
   private readonly view: DataView;
@@ -60,6 +92,7 @@ export class Kernel {
     readonly name: string,
     signature: string,
     private readonly syncEach: boolean,
+    private readonly profiler: () => Profiler | null,
   ) {
     this.kinds = [...signature] as ArgKind[];
     for (const k of this.kinds) {
@@ -139,7 +172,12 @@ export class Kernel {
     }
     const [gx, gy, gz] = grid;
     if (gx === 0 || gy === 0 || gz === 0) return;
-    this.driver.launch(this.fn, gx, gy, gz, block, shared, this.params, this.name);
+    const prof = this.profiler();
+    if (prof)
+      prof.around(this.name, () =>
+        this.driver.launch(this.fn, gx, gy, gz, block, shared, this.params, this.name),
+      );
+    else this.driver.launch(this.fn, gx, gy, gz, block, shared, this.params, this.name);
     this.launches++;
     if (this.syncEach) {
       try {
@@ -158,6 +196,8 @@ export class KernelRegistry {
   private readonly dir: string;
   private readonly arch: string;
   private readonly syncEach = process.env.MOHAWK_CUDA_SYNC === '1';
+  /** set to time every launch (CudaBackend.profile) */
+  profiler: Profiler | null = null;
 
   constructor(
     private readonly driver: Driver,
@@ -190,7 +230,14 @@ export class KernelRegistry {
       mod = this.driver.loadModule(image, `${module}.cu ${defs.join(' ')}`.trim());
       this.modules.set(modKey, mod);
     }
-    k = new Kernel(this.driver, this.driver.getFunction(mod, name), name, signature, this.syncEach);
+    k = new Kernel(
+      this.driver,
+      this.driver.getFunction(mod, name),
+      name,
+      signature,
+      this.syncEach,
+      () => this.profiler,
+    );
     this.kernels.set(key, k);
     return k;
   }

@@ -72,19 +72,20 @@ extern "C" __global__ void layernorm_backward_f32(const float* x, const float* w
     float sg = 0.f, sgx = 0.f;
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float xh = (x[base + j] - m) * rs;
-      const float g = gy[base + j] * w[j];
+      const float g = __fmul_rn(gy[base + j], w[j]);
       sg += g;
       sgx += g * xh;
     }
     sg = block_sum(sg, sh) / cols;
     sgx = block_sum(sgx, sh) / cols;
-    // gx = rs * (g - mean(g) - xhat * mean(g * xhat)), g = gy * w
+    // gx = rs * (g - mean(g) - xhat * mean(g * xhat)), g = gy * w rounded as in the sums above
+    // (__fmul_rn keeps the compiler from fusing it into g - mean(g), so one column gives exactly 0)
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float xh = (x[base + j] - m) * rs;
-      const float g = gy[base + j];
-      gx[base + j] = rs * (g * w[j] - sg - xh * sgx);
-      pwr[j] += g * xh;
-      if (pbr) pbr[j] += g;
+      const float gyj = gy[base + j];
+      gx[base + j] = rs * (__fmul_rn(gyj, w[j]) - sg - xh * sgx);
+      pwr[j] += gyj * xh;
+      if (pbr) pbr[j] += gyj;
     }
   }
 }
@@ -111,13 +112,13 @@ extern "C" __global__ void rmsnorm_backward_f32(const float* x, const float* w, 
     const i64 base = r * cols;
     const float rs = rstd[r];
     float sgx = 0.f;
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) sgx += gy[base + j] * w[j] * x[base + j] * rs;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) sgx += __fmul_rn(gy[base + j], w[j]) * (x[base + j] * rs);
     sgx = block_sum(sgx, sh) / cols;
     // gx = rs * (g - xhat * mean(g * xhat)), g = gy * w
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-      const float xv = x[base + j], g = gy[base + j];
-      gx[base + j] = rs * (g * w[j] - xv * rs * sgx);
-      pwr[j] += g * xv * rs;
+      const float xh = x[base + j] * rs, g = gy[base + j];
+      gx[base + j] = rs * (__fmul_rn(g, w[j]) - xh * sgx);
+      pwr[j] += g * xh;
     }
   }
 }
