@@ -205,7 +205,13 @@ export class Driver {
   }
 
   check(call: string, rc: number): void {
-    if (rc !== CUDA_SUCCESS) throw new CudaError(`cuda: ${call} failed: ${this.errorName(rc)}`);
+    if (rc === CUDA_SUCCESS) return;
+    // errors of queued kernels surface at the next call that waits for them
+    const hint =
+      process.env.MOHAWK_CUDA_SYNC === '1'
+        ? ''
+        : '; an error of an earlier kernel may surface here: rerun with MOHAWK_CUDA_SYNC=1 to name it';
+    throw new CudaError(`cuda: ${call} failed: ${this.errorName(rc)}${rc >= 700 && rc < 800 ? hint : ''}`);
   }
 
   // ---- memory ---------------------------------------------------------------------------------
