@@ -14,7 +14,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, afterEach, describe, it } from 'node:test';
+import { after, afterEach, before, describe, it } from 'node:test';
 import type { Backend, DeviceBuffer, DType, HostArray, SsdParams } from '../src/backends/backend.js';
 import { CpuBackend } from '../src/backends/cpu/index.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/backends/dtype.js';
@@ -237,6 +237,14 @@ describe('cuda: selection without a GPU', { skip: skip ? false : 'a CUDA device 
 
 describe('cuda backend vs cpu backend', { skip }, () => {
   const baseline = skip ? 0 : gpu.memoryStats().liveBuffers;
+
+  before(async () => {
+    if (skip) return;
+    // compile every module at once on worker threads (each would otherwise compile at first use)
+    const t0 = performance.now();
+    await gpu.warmup({ attentionHeadDims: [16, 8, 64, 80, 128, 5, 6] });
+    console.log(`# warm-up (NVRTC, concurrent): ${(performance.now() - t0).toFixed(0)} ms`);
+  });
 
   afterEach(() => {
     for (const [be, b] of held.splice(0)) be.free(b);

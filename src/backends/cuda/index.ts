@@ -376,6 +376,19 @@ export class CudaBackend implements Backend {
   }
 
   /**
+   * Compile (or load from the disk cache) every kernel module now, several at once, instead of
+   * one by one at first use; attention is compiled for each of `attentionHeadDims`.
+   */
+  async warmup(opts: { attentionHeadDims?: number[] } = {}): Promise<void> {
+    const modules: { module: string; defines?: Record<string, number> }[] = Object.keys(KERNEL_SIGNATURES)
+      .filter((m) => m !== 'attention')
+      .map((module) => ({ module }));
+    for (const d of opts.attentionHeadDims ?? [])
+      modules.push({ module: 'attention', defines: { HEAD_DIM: d } });
+    await this.kernels.prepare(modules);
+  }
+
+  /**
    * Run fn with every kernel launch and GEMM timed by events; returns fn's result and the device
    * time per kernel (largest first). For profiles, not for production runs.
    */

@@ -212,22 +212,38 @@ export class KernelRegistry {
     return this.arch;
   }
 
-  /** The kernel `name` of kernels/<module>.cu compiled with `defines`; `signature` lists its argument kinds. */
-  get(module: string, name: string, signature: string, defines: Record<string, number> = {}): Kernel {
+  private build(module: string, defines: Record<string, number>) {
     const defs = Object.entries(defines)
       .map(([k, v]) => `-D${k}=${v}`)
       .sort();
-    const modKey = `${module}${defs.join(' ')}`;
+    const options = [`-arch=${this.arch}`, '-std=c++17', ...defs];
+    if (existsSync('/usr/local/cuda/include')) options.push('-I/usr/local/cuda/include');
+    return { modKey: `${module}${defs.join(' ')}`, what: `${module}.cu ${defs.join(' ')}`.trim(), options };
+  }
+
+  /** Compile the given modules concurrently (NVRTC on worker threads) and load them. */
+  async prepare(list: { module: string; defines?: Record<string, number> }[]): Promise<void> {
+    const todo = list
+      .map((m) => ({ ...m, ...this.build(m.module, m.defines ?? {}) }))
+      .filter(
+        (m, i, all) => !this.modules.has(m.modKey) && all.findIndex((o) => o.modKey === m.modKey) === i,
+      );
+    const images = await Promise.all(
+      todo.map((m) => this.nvrtc.compileAsync(moduleSource(this.dir, m.module), `${m.module}.cu`, m.options)),
+    );
+    todo.forEach((m, i) => this.modules.set(m.modKey, this.driver.loadModule(images[i], m.what)));
+  }
+
+  /** The kernel `name` of kernels/<module>.cu compiled with `defines`; `signature` lists its argument kinds. */
+  get(module: string, name: string, signature: string, defines: Record<string, number> = {}): Kernel {
+    const { modKey, what, options } = this.build(module, defines);
     const key = `${modKey}:${name}`;
     let k = this.kernels.get(key);
     if (k) return k;
     let mod = this.modules.get(modKey);
     if (mod === undefined) {
-      const source = moduleSource(this.dir, module);
-      const options = [`-arch=${this.arch}`, '-std=c++17', ...defs];
-      if (existsSync('/usr/local/cuda/include')) options.push('-I/usr/local/cuda/include');
-      const image = this.nvrtc.compile(source, `${module}.cu`, options);
-      mod = this.driver.loadModule(image, `${module}.cu ${defs.join(' ')}`.trim());
+      const image = this.nvrtc.compile(moduleSource(this.dir, module), `${module}.cu`, options);
+      mod = this.driver.loadModule(image, what);
       this.modules.set(modKey, mod);
     }
     k = new Kernel(

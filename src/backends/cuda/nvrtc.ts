@@ -94,57 +94,104 @@ export class Nvrtc {
       throw new CudaError(`cuda: ${call} failed: ${this.raw.nvrtcGetErrorString(rc)} (nvrtcResult ${rc})`);
   }
 
-  /** Compile `source` to a CUBIN for the options' -arch (cached on disk). */
-  compile(source: string, name: string, options: string[]): Uint8Array {
+  private cacheFile(source: string, name: string, options: string[]): string | null {
+    if (!this.cacheDir) return null;
     const key = createHash('sha256')
       .update(`${this.version}\0${options.join('\0')}\0${source}`)
       .digest('hex')
       .slice(0, 24);
-    const file = this.cacheDir ? join(this.cacheDir, `${name.replace(/[^\w.-]/g, '_')}-${key}.cubin`) : null;
-    if (file && existsSync(file)) {
-      try {
-        const image = readFileSync(file);
-        this.cacheHits++;
-        return image;
-      } catch {
-        // unreadable cache entry: compile again
-      }
-    }
-    const t0 = performance.now();
-    const image = this.compileNow(source, name, options);
-    this.compileMs += performance.now() - t0;
-    this.compiled++;
-    if (file) {
-      try {
-        mkdirSync(this.cacheDir!, { recursive: true });
-        const tmp = `${file}.${process.pid}.tmp`;
-        writeFileSync(tmp, image);
-        renameSync(tmp, file);
-      } catch {
-        // a read-only cache folder only costs the next start a compile
-      }
-    }
-    return image;
+    return join(this.cacheDir, `${name.replace(/[^\w.-]/g, '_')}-${key}.cubin`);
   }
 
-  private compileNow(source: string, name: string, options: string[]): Uint8Array {
-    const prog = [0];
-    this.check(`nvrtcCreateProgram(${name})`, this.raw.nvrtcCreateProgram(prog, source, name, 0, null, null));
+  private cached(file: string | null): Uint8Array | null {
+    if (!file || !existsSync(file)) return null;
     try {
-      const rc = this.raw.nvrtcCompileProgram(prog[0], options.length, options);
-      if (rc !== 0) {
-        throw new CudaError(
-          `cuda: nvrtcCompileProgram(${name}, ${options.join(' ')}) failed: ${this.raw.nvrtcGetErrorString(rc)}\n${this.log(prog[0])}`,
-        );
-      }
-      const size = [0];
-      this.check(`nvrtcGetCUBINSize(${name})`, this.raw.nvrtcGetCUBINSize(prog[0], size));
-      const image = new Uint8Array(Number(size[0]));
-      this.check(`nvrtcGetCUBIN(${name})`, this.raw.nvrtcGetCUBIN(prog[0], image));
+      const image = readFileSync(file);
+      this.cacheHits++;
+      return image;
+    } catch {
+      return null; // unreadable cache entry: compile again
+    }
+  }
+
+  private store(file: string | null, image: Uint8Array): void {
+    if (!file) return;
+    try {
+      mkdirSync(this.cacheDir!, { recursive: true });
+      const tmp = `${file}.${process.pid}.tmp`;
+      writeFileSync(tmp, image);
+      renameSync(tmp, file);
+    } catch {
+      // a read-only cache folder only costs the next start a compile
+    }
+  }
+
+  /** Compile `source` to a CUBIN for the options' -arch (cached on disk). */
+  compile(source: string, name: string, options: string[]): Uint8Array {
+    const file = this.cacheFile(source, name, options);
+    const hit = this.cached(file);
+    if (hit) return hit;
+    const t0 = performance.now();
+    const prog = this.create(source, name);
+    try {
+      this.finish(prog, name, options, this.raw.nvrtcCompileProgram(prog, options.length, options));
+      const image = this.cubin(prog, name);
+      this.compileMs += performance.now() - t0;
+      this.compiled++;
+      this.store(file, image);
       return image;
     } finally {
-      this.raw.nvrtcDestroyProgram(prog);
+      this.raw.nvrtcDestroyProgram([prog]);
     }
+  }
+
+  /** The same, with the compilation on a worker thread, so several modules compile at once. */
+  async compileAsync(source: string, name: string, options: string[]): Promise<Uint8Array> {
+    const file = this.cacheFile(source, name, options);
+    const hit = this.cached(file);
+    if (hit) return hit;
+    const t0 = performance.now();
+    const prog = this.create(source, name);
+    try {
+      const compile = this.raw.nvrtcCompileProgram as unknown as {
+        async: (...args: unknown[]) => void;
+      };
+      const rc = await new Promise<number>((resolve, reject) =>
+        compile.async(prog, options.length, options, (err: unknown, res: number) =>
+          err ? reject(err) : resolve(res),
+        ),
+      );
+      this.finish(prog, name, options, rc);
+      const image = this.cubin(prog, name);
+      this.compileMs += performance.now() - t0;
+      this.compiled++;
+      this.store(file, image);
+      return image;
+    } finally {
+      this.raw.nvrtcDestroyProgram([prog]);
+    }
+  }
+
+  private create(source: string, name: string): number {
+    const prog = [0];
+    this.check(`nvrtcCreateProgram(${name})`, this.raw.nvrtcCreateProgram(prog, source, name, 0, null, null));
+    return prog[0];
+  }
+
+  private finish(prog: number, name: string, options: string[], rc: number): void {
+    if (rc !== 0) {
+      throw new CudaError(
+        `cuda: nvrtcCompileProgram(${name}, ${options.join(' ')}) failed: ${this.raw.nvrtcGetErrorString(rc)}\n${this.log(prog)}`,
+      );
+    }
+  }
+
+  private cubin(prog: number, name: string): Uint8Array {
+    const size = [0];
+    this.check(`nvrtcGetCUBINSize(${name})`, this.raw.nvrtcGetCUBINSize(prog, size));
+    const image = new Uint8Array(Number(size[0]));
+    this.check(`nvrtcGetCUBIN(${name})`, this.raw.nvrtcGetCUBIN(prog, image));
+    return image;
   }
 
   private log(prog: number): string {
