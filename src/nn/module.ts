@@ -9,7 +9,7 @@ export class Module {
   private readonly children = new Map<string, Module>();
 
   /** Register a parameter (requires grad, owned by the module, outside any memory scope). */
-  protected param(name: string, t: Tensor, trainable = true): Tensor {
+  param(name: string, t: Tensor, trainable = true): Tensor {
     keep(t);
     t.requiresGrad = trainable;
     this.ownParams.set(name, t);
@@ -17,7 +17,7 @@ export class Module {
   }
 
   /** Register a child module under a name (use numbers as strings for lists). */
-  protected child<M extends Module>(name: string, m: M): M {
+  child<M extends Module>(name: string, m: M): M {
     this.children.set(name, m);
     return m;
   }

@@ -2,7 +2,7 @@
 // shapes), allocates its outputs, calls one or a few backend kernels, and records its backward
 // pass beside the forward one.
 
-import type { BinaryOp, DType, UnaryOp } from '../backends/backend.js';
+import type { AdamWParams, BinaryOp, DType, UnaryOp } from '../backends/backend.js';
 import { empty, full, record, shapeStr, sizeOf, stridesOf, Tensor, zeros } from './tensor.js';
 
 // ---- helpers --------------------------------------------------------------------------------
@@ -995,4 +995,59 @@ export function eye(t: number, dtype: DType = 'f32'): Tensor {
   const out = full([t, t], 0, dtype);
   out.backend.write(out.buffer, dtype === 'f64' ? data : Float32Array.from(data));
   return out;
+}
+
+/** In place, outside the graph: dst[..., start:start+n, ...] = src along `axis` (caches). */
+export function writeSlice(dst: Tensor, src: Tensor, axis: number, start: number): void {
+  const a = normAxis('writeSlice', axis, dst.ndim);
+  if (
+    src.ndim !== dst.ndim ||
+    src.shape.some((d, i) => i !== a && d !== dst.shape[i]) ||
+    start + src.shape[a] > dst.shape[a]
+  ) {
+    fail(
+      'writeSlice',
+      `cannot write ${shapeStr(src.shape)} into ${shapeStr(dst.shape)} at ${start} on axis ${a}`,
+    );
+  }
+  if (src.dtype !== dst.dtype) fail('writeSlice', `dtypes ${src.dtype} and ${dst.dtype} differ`);
+  const st = stridesOf(dst.shape);
+  dst.backend.copyStrided(
+    src.buffer,
+    0,
+    stridesOf(src.shape),
+    dst.buffer,
+    start * st[a],
+    st,
+    [...src.shape],
+    false,
+  );
+}
+
+// ---- in-place updates outside the graph (optimizer steps, checkpoint restores) ---------------
+
+/** In place, outside the graph: dst = src (same number of elements; src converted to dst's dtype). */
+export function assign(dst: Tensor, src: Tensor): void {
+  if (dst.size !== src.size) fail('assign', `cannot assign ${shapeStr(src.shape)} to ${shapeStr(dst.shape)}`);
+  sameBackend('assign', dst, src);
+  const from = src.dtype === dst.dtype ? src : cast(src, dst.dtype);
+  dst.backend.copyStrided(from.buffer, 0, [1], dst.buffer, 0, [1], [dst.size], false);
+  if (from !== src) from.dispose();
+}
+
+/** One fused AdamW step in place (the backend's `adamw` kernel): param, grad, m, v are f32 of one size. */
+export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, p: AdamWParams): void {
+  for (const [what, t] of [
+    ['param', param],
+    ['grad', grad],
+    ['m', m],
+    ['v', v],
+  ] as const) {
+    if (t.dtype !== 'f32') fail('adamwStep', `${what} ${param.name ?? ''} must be f32, got ${t.dtype}`);
+    if (t.size !== param.size)
+      fail('adamwStep', `${what} has shape ${shapeStr(t.shape)}, param ${shapeStr(param.shape)}`);
+  }
+  sameBackend('adamwStep', param, grad, m, v);
+  if (!(Number.isInteger(p.step) && p.step >= 1)) fail('adamwStep', `step ${p.step} must be an integer >= 1`);
+  param.backend.adamw(param.buffer, grad.buffer, m.buffer, v.buffer, p);
 }

@@ -1,0 +1,86 @@
+// Autoregressive generation for any CausalLM: one prefill over the prompt fills the decoding
+// state (KV caches for attention layers, conv + SSM states for SSM layers), then each new token
+// costs one single-token forward.
+
+import type { Tokenizer } from '../io/tokenizer.js';
+import type { CausalLM } from '../models/types.js';
+import { noGrad, scope, slice, tensor } from '../tensor/index.js';
+import { Random } from '../util/random.js';
+import { sampleToken, type SamplingOptions } from './sampling.js';
+
+export interface GenerateOptions extends SamplingOptions {
+  maxNewTokens: number;
+  seed?: number;
+  /** stop at the model's EOS token (default true) */
+  stopAtEos?: boolean;
+  /** called with each newly decoded piece of text */
+  onText?: (text: string) => void;
+  /** called with each new token id */
+  onToken?: (id: number) => void;
+}
+
+/** New token ids after `promptIds`. */
+export function generateIds(model: CausalLM, promptIds: number[], opts: GenerateOptions): number[] {
+  if (promptIds.length === 0)
+    throw new Error('generate: the prompt is empty and the tokenizer adds no BOS; give a prompt');
+  const rng = new Random(opts.seed ?? 0);
+  const eos = opts.stopAtEos === false ? null : model.info.eosTokenId;
+  const maxLen = model.info.maxSeqLen;
+  const out: number[] = [];
+  const cache = model.createCache(1);
+  try {
+    let input = promptIds;
+    for (let i = 0; i < opts.maxNewTokens; i++) {
+      if (cache.position + input.length > maxLen) break;
+      const row = noGrad(() =>
+        scope(() => {
+          const logits = model.forward(tensor(input, [1, input.length], 'i32'), { cache }).logits;
+          const t = logits.shape[1];
+          return slice(logits, 1, t - 1, t).toArray();
+        }),
+      );
+      const next = sampleToken(row, rng, opts);
+      if (eos !== null && next === eos) break;
+      out.push(next);
+      opts.onToken?.(next);
+      input = [next];
+    }
+  } finally {
+    cache.dispose();
+  }
+  return out;
+}
+
+export interface GenerateResult {
+  prompt: string;
+  completion: string;
+  /** new tokens only */
+  ids: number[];
+}
+
+/** Generate text, streaming decoded pieces through onText. */
+export function generate(
+  model: CausalLM,
+  tokenizer: Tokenizer,
+  opts: GenerateOptions & { prompt: string; addBos?: boolean },
+): GenerateResult {
+  const promptIds = tokenizer.encode(opts.prompt, { addBos: opts.addBos });
+  let emitted = '';
+  const sofar: number[] = [];
+  const ids = generateIds(model, promptIds, {
+    ...opts,
+    onToken: (id) => {
+      opts.onToken?.(id);
+      sofar.push(id);
+      if (!opts.onText) return;
+      // decode the whole completion so multi-byte characters and leading-space rules come out right
+      const text = tokenizer.decode(sofar);
+      if (text.endsWith('\uFFFD')) return; // an incomplete UTF-8 sequence: wait for more bytes
+      opts.onText(text.slice(emitted.length));
+      emitted = text;
+    },
+  });
+  const completion = tokenizer.decode(ids);
+  if (opts.onText && completion.length > emitted.length) opts.onText(completion.slice(emitted.length));
+  return { prompt: opts.prompt, completion, ids };
+}

@@ -1,0 +1,231 @@
+// GPT-2 (HF GPT2LMHeadModel): learned positions, fused c_attn, Conv1D weights stored as
+// (in, out), pre-norm sequential blocks, gelu_new, head tied to the token embedding.
+
+import { add, matmul, reshape, split, tensor, type Tensor } from '../tensor/index.js';
+import { attendHeads } from '../nn/attention.js';
+import { KVCache } from '../nn/attention.js';
+import { Embedding, LayerNorm, normalTensor, type InitOptions } from '../nn/layers.js';
+import { activate, ACTIVATIONS, type Activation } from '../nn/mlp.js';
+import { Module } from '../nn/module.js';
+import { full } from '../tensor/index.js';
+import { Random } from '../util/random.js';
+import { createModelCache, forwardLM } from './causal-lm.js';
+import { Fields, type Json } from './hf.js';
+import type {
+  Block,
+  BlockOptions,
+  BlockOutput,
+  CausalLM,
+  ForwardOptions,
+  ForwardResult,
+  LayerCache,
+  ModelCache,
+  ModelInfo,
+} from './types.js';
+
+export interface Gpt2Config {
+  vocabSize: number;
+  nEmbd: number;
+  nLayer: number;
+  nHead: number;
+  nInner: number;
+  nPositions: number;
+  layerNormEpsilon: number;
+  activation: Activation;
+  bosTokenId: number | null;
+  eosTokenId: number | null;
+}
+
+export function gpt2ConfigFromJson(json: Json, file = 'config.json'): Gpt2Config {
+  const f = new Fields(json, file);
+  f.only('scale_attn_by_inverse_layer_idx', [false]);
+  f.only('scale_attn_weights', [true]);
+  f.only('add_cross_attention', [false]);
+  f.only('tie_word_embeddings', [true], 'must be true for gpt2');
+  f.only('activation_function', [...ACTIVATIONS], 'activation is not supported');
+  const nEmbd = f.int('n_embd', undefined, 1);
+  const nHead = f.int('n_head', undefined, 1);
+  if (nEmbd % nHead !== 0) f.fail('n_head', `(${nHead}) must divide n_embd (${nEmbd})`);
+  return {
+    vocabSize: f.int('vocab_size', undefined, 1),
+    nEmbd,
+    nLayer: f.int('n_layer', undefined, 1),
+    nHead,
+    nInner: f.int('n_inner', 4 * nEmbd, 1),
+    nPositions: f.int('n_positions', 1024, 1),
+    layerNormEpsilon: f.num('layer_norm_epsilon', 1e-5),
+    activation: f.str('activation_function', 'gelu_new') as Activation,
+    bosTokenId: f.tokenId('bos_token_id'),
+    eosTokenId: f.tokenId('eos_token_id'),
+  };
+}
+
+export function gpt2ConfigToJson(c: Gpt2Config): Json {
+  return {
+    architectures: ['GPT2LMHeadModel'],
+    model_type: 'gpt2',
+    vocab_size: c.vocabSize,
+    n_embd: c.nEmbd,
+    n_layer: c.nLayer,
+    n_head: c.nHead,
+    n_inner: c.nInner,
+    n_positions: c.nPositions,
+    layer_norm_epsilon: c.layerNormEpsilon,
+    activation_function: c.activation,
+    scale_attn_weights: true,
+    tie_word_embeddings: true,
+    bos_token_id: c.bosTokenId,
+    eos_token_id: c.eosTokenId,
+  };
+}
+
+/** GPT-2's Conv1D: y = x W + b with W stored (in, out) */
+export class Conv1D extends Module {
+  readonly weight: Tensor;
+  readonly bias: Tensor;
+
+  constructor(inFeatures: number, outFeatures: number, init: InitOptions) {
+    super();
+    this.weight = this.param('weight', normalTensor([inFeatures, outFeatures], 0.02, init));
+    this.bias = this.param('bias', full([outFeatures], 0));
+  }
+
+  forward(x: Tensor): Tensor {
+    return add(matmul(x, this.weight), this.bias);
+  }
+}
+
+class Gpt2Attention extends Module {
+  readonly c_attn: Conv1D;
+  readonly c_proj: Conv1D;
+
+  constructor(
+    readonly c: Gpt2Config,
+    init: InitOptions,
+  ) {
+    super();
+    this.c_attn = this.child('c_attn', new Conv1D(c.nEmbd, 3 * c.nEmbd, init));
+    this.c_proj = this.child('c_proj', new Conv1D(c.nEmbd, c.nEmbd, init));
+  }
+
+  forward(x: Tensor, opts: BlockOptions): { out: Tensor; matrix: Tensor | null } {
+    const [b, t] = x.shape;
+    const hd = this.c.nEmbd / this.c.nHead;
+    const [q, k, v] = split(this.c_attn.forward(x), [this.c.nEmbd, this.c.nEmbd, this.c.nEmbd], -1).map((p) =>
+      reshape(p, [b, t, this.c.nHead, hd]),
+    );
+    const r = attendHeads(q, k, v, { ...opts, rotaryDim: 0, ropeTheta: 10000, ropeInterleaved: false });
+    return { out: this.c_proj.forward(r.out), matrix: r.matrix };
+  }
+}
+
+class Gpt2Mlp extends Module {
+  readonly c_fc: Conv1D;
+  readonly c_proj: Conv1D;
+
+  constructor(
+    readonly c: Gpt2Config,
+    init: InitOptions,
+  ) {
+    super();
+    this.c_fc = this.child('c_fc', new Conv1D(c.nEmbd, c.nInner, init));
+    this.c_proj = this.child('c_proj', new Conv1D(c.nInner, c.nEmbd, init));
+  }
+
+  forward(x: Tensor): Tensor {
+    return this.c_proj.forward(activate(this.c_fc.forward(x), this.c.activation));
+  }
+}
+
+export class Gpt2Block extends Module implements Block {
+  readonly mixerKind = 'attention' as const;
+  readonly ln_1: LayerNorm;
+  readonly attn: Gpt2Attention;
+  readonly ln_2: LayerNorm;
+  readonly mlp: Gpt2Mlp;
+
+  constructor(
+    readonly c: Gpt2Config,
+    init: InitOptions,
+  ) {
+    super();
+    this.ln_1 = this.child('ln_1', new LayerNorm(c.nEmbd, c.layerNormEpsilon));
+    this.attn = this.child('attn', new Gpt2Attention(c, init));
+    this.ln_2 = this.child('ln_2', new LayerNorm(c.nEmbd, c.layerNormEpsilon));
+    this.mlp = this.child('mlp', new Gpt2Mlp(c, init));
+  }
+
+  forward(x: Tensor, opts: BlockOptions = {}): BlockOutput {
+    const a = this.attn.forward(this.ln_1.forward(x), opts);
+    const h = add(x, a.out);
+    const out = add(h, this.mlp.forward(this.ln_2.forward(h)));
+    return { out, mixerOut: a.out, matrix: a.matrix };
+  }
+
+  createCache(batch: number): LayerCache {
+    return new KVCache(batch, this.c.nHead, this.c.nEmbd / this.c.nHead);
+  }
+}
+
+export class Gpt2LMHeadModel extends Module implements CausalLM {
+  readonly info: ModelInfo;
+  readonly blocks: Gpt2Block[];
+  private readonly wte: Embedding;
+  private readonly wpe: Embedding;
+  private readonly lnF: LayerNorm;
+
+  constructor(
+    readonly config: Gpt2Config,
+    init: InitOptions = {},
+  ) {
+    super();
+    const c = config;
+    const opts = { ...init, rng: init.rng ?? new Random(0) };
+    const tr = this.child('transformer', new Module());
+    this.wte = tr.child('wte', new Embedding(c.vocabSize, c.nEmbd, opts));
+    this.wpe = tr.child('wpe', new Embedding(c.nPositions, c.nEmbd, { ...opts, std: 0.01 }));
+    const h = tr.child('h', new Module());
+    this.blocks = [];
+    for (let i = 0; i < c.nLayer; i++) this.blocks.push(h.child(String(i), new Gpt2Block(c, opts)));
+    this.lnF = tr.child('ln_f', new LayerNorm(c.nEmbd, c.layerNormEpsilon));
+    this.info = {
+      family: 'gpt2',
+      vocabSize: c.vocabSize,
+      dModel: c.nEmbd,
+      nLayers: c.nLayer,
+      maxSeqLen: c.nPositions,
+      bosTokenId: c.bosTokenId,
+      eosTokenId: c.eosTokenId,
+    };
+  }
+
+  embed(ids: Tensor, position = 0): Tensor {
+    const [b, t] = ids.shape;
+    if (position + t > this.config.nPositions) {
+      throw new Error(`gpt2: positions up to ${position + t} exceed n_positions (${this.config.nPositions})`);
+    }
+    const pos = tensor(
+      Int32Array.from({ length: t }, (_, i) => position + i),
+      [1, t],
+      'i32',
+    );
+    void b;
+    return add(this.wte.forward(ids), this.wpe.forward(pos));
+  }
+
+  head(h: Tensor): Tensor {
+    return matmul(this.lnF.forward(h), this.wte.weight, { transB: true });
+  }
+
+  forward(ids: Tensor, opts?: ForwardOptions): ForwardResult {
+    return forwardLM(this, ids, opts);
+  }
+
+  createCache(batch: number): ModelCache {
+    return createModelCache(this.blocks, batch);
+  }
+
+  configJson(): Json {
+    return gpt2ConfigToJson(this.config);
+  }
+}

@@ -1,0 +1,136 @@
+// Model directories in and out: config.json decides the family (a registry of formats, so the
+// student formats plug in beside the HF families), weights come from safetensors, and the
+// tokenizer from tokenizer.json.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { loadTensors, writeSafetensors } from '../io/safetensors.js';
+import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
+import { noGrad, type Tensor } from '../tensor/index.js';
+import type { Module } from '../nn/module.js';
+import { gpt2ConfigFromJson, Gpt2LMHeadModel } from './gpt2.js';
+import type { Json } from './hf.js';
+import { llamaConfigFromJson, LlamaForCausalLM } from './llama.js';
+import { phiConfigFromJson, PhiForCausalLM } from './phi.js';
+import type { CausalLM } from './types.js';
+
+export interface ModelFormat {
+  name: string;
+  /** whether this format reads the given config.json */
+  detect(config: Json): boolean;
+  /** build the model (random weights) from its config; `file` names config.json in errors */
+  build(config: Json, file: string): CausalLM;
+  /** checkpoint tensors that are not parameters and may be ignored (buffers, tied copies) */
+  ignorable?(name: string, model: CausalLM): boolean;
+}
+
+const formats: ModelFormat[] = [];
+
+export function registerFormat(f: ModelFormat): void {
+  if (!formats.some((g) => g.name === f.name)) formats.unshift(f);
+}
+
+const hfFamilies: Record<string, (json: Json, file: string) => CausalLM> = {
+  llama: (j, f) => new LlamaForCausalLM(llamaConfigFromJson(j, f)),
+  phi: (j, f) => new PhiForCausalLM(phiConfigFromJson(j, f)),
+  gpt2: (j, f) => new Gpt2LMHeadModel(gpt2ConfigFromJson(j, f)),
+};
+
+registerFormat({
+  name: 'huggingface',
+  detect: (c) => typeof c.model_type === 'string',
+  build(config, file) {
+    const type = config.model_type as string;
+    const make = hfFamilies[type];
+    if (!make)
+      throw new Error(
+        `${file}: model_type "${type}" is not supported (supported: ${Object.keys(hfFamilies).join(', ')})`,
+      );
+    return make(config, file);
+  },
+  ignorable: (name, model) =>
+    /\.(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)$/.test(name) ||
+    (name === 'lm_head.weight' && !model.stateDict().has('lm_head.weight')),
+});
+
+export function readConfig(dir: string): { json: Json; file: string } {
+  const file = path.join(dir, 'config.json');
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    throw new Error(`${dir}: config.json not found (is this a model directory?)`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${file}: not valid JSON (${(e as Error).message})`, { cause: e });
+  }
+  if (!json || typeof json !== 'object' || Array.isArray(json)) throw new Error(`${file}: not a JSON object`);
+  return { json: json as Json, file };
+}
+
+/** The model described by a config.json, with random weights. */
+export function buildModel(config: Json, file = 'config.json'): CausalLM {
+  const format = formats.find((f) => f.detect(config));
+  if (!format)
+    throw new Error(`${file}: unknown model format (no model_type, and no known student sections)`);
+  return format.build(config, file);
+}
+
+/** Load weights into a model by name; ignorable extras are dropped, anything else must match. */
+export function loadWeights(
+  model: CausalLM,
+  tensors: Map<string, Tensor>,
+  source: string,
+  config: Json,
+): void {
+  const format = formats.find((f) => f.detect(config));
+  for (const name of [...tensors.keys()]) {
+    if (format?.ignorable?.(name, model)) {
+      tensors.get(name)!.dispose();
+      tensors.delete(name);
+    }
+  }
+  try {
+    model.loadStateDict(tensors, { source });
+  } finally {
+    for (const t of tensors.values()) t.dispose();
+  }
+}
+
+export interface LoadedModel {
+  model: CausalLM;
+  tokenizer: Tokenizer | null;
+  config: Json;
+  dir: string;
+}
+
+/** Load a model directory: config.json, model.safetensors (or shards), tokenizer.json if present. */
+export function loadModel(dir: string, opts: { tokenizer?: boolean } = {}): LoadedModel {
+  const { json, file } = readConfig(dir);
+  const model = buildModel(json, file);
+  const tensors = noGrad(() => loadTensors(dir));
+  const weightsName = fs.existsSync(path.join(dir, 'model.safetensors'))
+    ? path.join(dir, 'model.safetensors')
+    : path.join(dir, 'model.safetensors.index.json');
+  loadWeights(model, tensors, weightsName, json);
+  const wantTok = opts.tokenizer ?? true;
+  const tokenizer = wantTok && fs.existsSync(path.join(dir, 'tokenizer.json')) ? loadTokenizer(dir) : null;
+  return { model, tokenizer, config: json, dir };
+}
+
+/** Write config.json, model.safetensors and (when given) the tokenizer into dir. */
+export function saveModel(
+  dir: string,
+  model: CausalLM,
+  tokenizer?: Tokenizer | null,
+  extraFiles: Record<string, string> = {},
+): void {
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(model.configJson(), null, 2) + '\n');
+  writeSafetensors(path.join(dir, 'model.safetensors'), (model as Module).stateDict());
+  tokenizer?.save(dir);
+  for (const [name, text] of Object.entries(extraFiles)) fs.writeFileSync(path.join(dir, name), text);
+}
