@@ -15,4 +15,16 @@ export const commands: Record<string, Command> = {
     summary: 'pretrain a tiny teacher, distill it through the three MOHAWK stages, compare',
     load: () => import('./commands/demo.js'),
   },
+  score: {
+    summary: 'per-token log-probabilities, NLL and perplexity of a text under a model',
+    load: () => import('./commands/score.js'),
+  },
+  generate: {
+    summary: 'generate text (KV cache for attention, recurrent state for SSM layers)',
+    load: () => import('./commands/generate.js'),
+  },
+  convert: {
+    summary: 'convert a llama2.c checkpoint into a Hugging Face style directory',
+    load: () => import('./commands/convert.js'),
+  },
 };
