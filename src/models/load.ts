@@ -12,6 +12,7 @@ import { gpt2ConfigFromJson, Gpt2LMHeadModel } from './gpt2.js';
 import type { Json } from './hf.js';
 import { llamaConfigFromJson, LlamaForCausalLM } from './llama.js';
 import { phiConfigFromJson, PhiForCausalLM } from './phi.js';
+import { isStudentConfig, studentConfigFromJson, StudentLM } from './phi-mamba.js';
 import type { CausalLM } from './types.js';
 
 export interface ModelFormat {
@@ -51,6 +52,12 @@ registerFormat({
   ignorable: (name, model) =>
     /\.(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)$/.test(name) ||
     (name === 'lm_head.weight' && !model.stateDict().has('lm_head.weight')),
+});
+
+registerFormat({
+  name: 'phi-mamba',
+  detect: isStudentConfig,
+  build: (config, file) => new StudentLM(studentConfigFromJson(config, file)),
 });
 
 export function readConfig(dir: string): { json: Json; file: string } {

@@ -1,0 +1,488 @@
+// Students: Phi-Mamba (parallel Phi blocks with the discrete Mamba-2 mixer), Llama-style and
+// GPT-2-style sequential blocks, and hybrids that keep attention in listed layers. Loads and
+// saves the published Phi-Mamba layout (config.json with LanguageModel / MixerModel / Block*
+// sections, parameters backbone.* and lm_head.*); docs/student-format.md documents the
+// extensions for the other block styles and for hybrids.
+
+import { add, matmul, slice, tensor, type Tensor } from '../tensor/index.js';
+import { Attention, type AttentionConfig } from '../nn/attention.js';
+import { checkMixerConfig, DiscreteMamba2, type DiscreteMamba2Config } from '../nn/discrete-mamba2.js';
+import { Embedding, LayerNorm, Linear, RMSNorm, type InitOptions } from '../nn/layers.js';
+import { ACTIVATIONS, GatedMLP, MLP, type Activation } from '../nn/mlp.js';
+import { Module } from '../nn/module.js';
+import { Random } from '../util/random.js';
+import { createModelCache, forwardLM } from './causal-lm.js';
+import type { Json } from './hf.js';
+import type {
+  Block,
+  BlockOptions,
+  BlockOutput,
+  CausalLM,
+  ForwardOptions,
+  ForwardResult,
+  LayerCache,
+  ModelCache,
+  ModelInfo,
+} from './types.js';
+
+/** phi: LN -> mixer + MLP in parallel; llama: RMSNorm, sequential, SwiGLU; gpt2: LN, sequential, fc MLP */
+export type BlockStyle = 'phi' | 'llama' | 'gpt2';
+
+export const BLOCK_TYPES: Record<string, BlockStyle> = {
+  'modules.phi_block': 'phi',
+  'modules.llama_block': 'llama',
+  'modules.gpt2_block': 'gpt2',
+};
+
+export interface AttentionCore {
+  nHeads: number;
+  nKvHeads: number;
+  headDim: number;
+  rotaryDim: number;
+  ropeTheta: number;
+  qkvBias: boolean;
+  outBias: boolean;
+}
+
+export interface StudentConfig {
+  vocabSize: number;
+  padVocabSizeMultiple: number;
+  dModel: number;
+  nLayer: number;
+  style: BlockStyle;
+  normEps: number;
+  /** MLP hidden size and activation (gated SwiGLU for llama style) */
+  intermediateSize: number;
+  activation: Activation;
+  mlpBias: boolean;
+  lmHeadBias: boolean;
+  tieEmbeddings: boolean;
+  /** learned position embeddings (GPT-2 students), 0 = none */
+  maxPositionEmbeddings: number;
+  mixer: Omit<DiscreteMamba2Config, 'dModel'>;
+  /** layer index -> attention settings for the layers of a hybrid that keep attention */
+  attentionLayers: Map<number, AttentionCore>;
+  bosTokenId: number | null;
+  eosTokenId: number | null;
+}
+
+export function paddedVocab(c: Pick<StudentConfig, 'vocabSize' | 'padVocabSizeMultiple'>): number {
+  const m = c.padVocabSizeMultiple;
+  return Math.ceil(c.vocabSize / m) * m;
+}
+
+// ---- blocks -----------------------------------------------------------------------------------
+
+export class StudentBlock extends Module implements Block {
+  readonly mixerKind: 'attention' | 'ssm';
+  readonly input_layernorm: LayerNorm | RMSNorm;
+  readonly post_attention_layernorm: LayerNorm | RMSNorm | null;
+  readonly mixer: DiscreteMamba2 | null;
+  readonly self_attn: Attention | null;
+  readonly mlp: MLP | GatedMLP;
+
+  constructor(
+    readonly c: StudentConfig,
+    readonly index: number,
+    init: InitOptions,
+  ) {
+    super();
+    const norm = () =>
+      c.style === 'llama' ? new RMSNorm(c.dModel, c.normEps) : new LayerNorm(c.dModel, c.normEps);
+    this.input_layernorm = this.child('input_layernorm', norm());
+    const att = c.attentionLayers.get(index);
+    this.mixerKind = att ? 'attention' : 'ssm';
+    if (att) {
+      const ac: AttentionConfig = {
+        dModel: c.dModel,
+        ...att,
+        ropeInterleaved: false,
+        outName: c.style === 'phi' ? 'dense' : 'o_proj',
+      };
+      this.self_attn = this.child('self_attn', new Attention(ac, init));
+      this.mixer = null;
+    } else {
+      this.mixer = this.child('mixer', new DiscreteMamba2({ dModel: c.dModel, ...c.mixer }, init));
+      this.self_attn = null;
+    }
+    this.post_attention_layernorm = c.style === 'phi' ? null : this.child('post_attention_layernorm', norm());
+    this.mlp = this.child(
+      'mlp',
+      c.style === 'llama'
+        ? new GatedMLP(c.dModel, c.intermediateSize, { ...init, bias: c.mlpBias })
+        : new MLP(c.dModel, c.intermediateSize, c.activation, init),
+    );
+  }
+
+  private mix(x: Tensor, opts: BlockOptions): { out: Tensor; matrix: Tensor | null } {
+    return this.mixer ? this.mixer.forward(x, opts) : this.self_attn!.forward(x, opts);
+  }
+
+  forward(x: Tensor, opts: BlockOptions = {}): BlockOutput {
+    const n = this.input_layernorm.forward(x);
+    const m = this.mix(n, opts);
+    if (this.c.style === 'phi') {
+      return { out: add(add(x, m.out), this.mlp.forward(n)), mixerOut: m.out, matrix: m.matrix };
+    }
+    const h = add(x, m.out);
+    return {
+      out: add(h, this.mlp.forward(this.post_attention_layernorm!.forward(h))),
+      mixerOut: m.out,
+      matrix: m.matrix,
+    };
+  }
+
+  createCache(batch: number): LayerCache {
+    return this.mixer ? this.mixer.createCache() : this.self_attn!.createCache(batch);
+  }
+}
+
+// ---- the language model -----------------------------------------------------------------------
+
+export class StudentLM extends Module implements CausalLM {
+  readonly info: ModelInfo;
+  readonly blocks: StudentBlock[];
+  readonly embedding: Embedding;
+  readonly positionEmbedding: Embedding | null;
+  readonly finalNorm: LayerNorm | RMSNorm;
+  readonly lmHead: Linear | null;
+  readonly paddedVocab: number;
+
+  constructor(
+    readonly config: StudentConfig,
+    init: InitOptions = {},
+  ) {
+    super();
+    const c = config;
+    checkMixerConfig({ dModel: c.dModel, ...c.mixer }, 'Block1.core_input');
+    const opts = { ...init, rng: init.rng ?? new Random(0) };
+    this.paddedVocab = paddedVocab(c);
+    const backbone = this.child('backbone', new Module());
+    this.embedding = backbone.child('embedding', new Embedding(this.paddedVocab, c.dModel, opts));
+    this.positionEmbedding =
+      c.maxPositionEmbeddings > 0
+        ? backbone.child('position_embedding', new Embedding(c.maxPositionEmbeddings, c.dModel, opts))
+        : null;
+    const layers = backbone.child('layers', new Module());
+    this.blocks = [];
+    for (let i = 0; i < c.nLayer; i++)
+      this.blocks.push(layers.child(String(i), new StudentBlock(c, i, opts)));
+    this.finalNorm = backbone.child(
+      'final_layernorm',
+      c.style === 'llama' ? new RMSNorm(c.dModel, c.normEps) : new LayerNorm(c.dModel, c.normEps),
+    );
+    this.lmHead = c.tieEmbeddings
+      ? null
+      : this.child('lm_head', new Linear(c.dModel, this.paddedVocab, { ...opts, bias: c.lmHeadBias }));
+    const hasAttention = c.attentionLayers.size > 0;
+    this.info = {
+      family: c.style === 'phi' ? 'phi-mamba' : c.style === 'llama' ? 'llamba' : 'gpt2-mamba',
+      vocabSize: c.vocabSize,
+      dModel: c.dModel,
+      nLayers: c.nLayer,
+      maxSeqLen: c.maxPositionEmbeddings > 0 ? c.maxPositionEmbeddings : hasAttention ? 1 << 20 : Infinity,
+      bosTokenId: c.bosTokenId,
+      eosTokenId: c.eosTokenId,
+    };
+  }
+
+  embed(ids: Tensor, position = 0): Tensor {
+    const e = this.embedding.forward(ids);
+    if (!this.positionEmbedding) return e;
+    const t = ids.shape[1];
+    if (position + t > this.config.maxPositionEmbeddings) {
+      throw new Error(
+        `student: positions up to ${position + t} exceed max_position_embeddings (${this.config.maxPositionEmbeddings})`,
+      );
+    }
+    const pos = tensor(
+      Int32Array.from({ length: t }, (_, i) => position + i),
+      [1, t],
+      'i32',
+    );
+    return add(e, this.positionEmbedding.forward(pos));
+  }
+
+  /** final norm + lm_head; logits of the padding rows of the vocabulary are cut off */
+  head(h: Tensor): Tensor {
+    const n = this.finalNorm.forward(h);
+    const logits = this.lmHead ? this.lmHead.forward(n) : matmul(n, this.embedding.weight, { transB: true });
+    return this.paddedVocab === this.config.vocabSize ? logits : slice(logits, -1, 0, this.config.vocabSize);
+  }
+
+  forward(ids: Tensor, opts?: ForwardOptions): ForwardResult {
+    return forwardLM(this, ids, opts);
+  }
+
+  createCache(batch: number): ModelCache {
+    return createModelCache(this.blocks, batch);
+  }
+
+  configJson(): Json {
+    return studentConfigToJson(this.config);
+  }
+}
+
+// ---- config.json ------------------------------------------------------------------------------
+
+function section(json: Json, key: string, file: string): Json {
+  const v = json[key];
+  if (v === undefined || v === null) return {};
+  if (typeof v !== 'object' || Array.isArray(v)) throw new Error(`${file}: ${key} must be an object`);
+  return v as Json;
+}
+
+function int(o: Json, key: string, where: string, fallback?: number): number {
+  const v = o[key];
+  if (v === undefined || v === null) {
+    if (fallback === undefined) throw new Error(`${where}.${key} is required`);
+    return fallback;
+  }
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
+    throw new Error(`${where}.${key} must be a non-negative integer, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function numField(o: Json, key: string, where: string, fallback: number): number {
+  const v = o[key];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'number' || !Number.isFinite(v))
+    throw new Error(`${where}.${key} must be a number, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function boolField(o: Json, key: string, where: string, fallback: boolean): boolean {
+  const v = o[key];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'boolean')
+    throw new Error(`${where}.${key} must be true or false, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+export function isStudentConfig(json: Json): boolean {
+  return (
+    typeof json.LanguageModel === 'object' &&
+    json.LanguageModel !== null &&
+    typeof json.MixerModel === 'object'
+  );
+}
+
+export function studentConfigFromJson(json: Json, file = 'config.json'): StudentConfig {
+  const lm = section(section(json, 'LanguageModel', file), 'input', file);
+  const mm = section(section(json, 'MixerModel', file), 'input', file);
+  const where = (s: string) => `${file}: ${s}`;
+  const nLayer = int(mm, 'n_layer', where('MixerModel.input'));
+  const dModel = int(mm, 'd_model', where('MixerModel.input'));
+  if (dModel < 1 || nLayer < 1)
+    throw new Error(`${file}: MixerModel.input.d_model and n_layer must be positive`);
+  const blockKeys = Object.keys(json)
+    .filter((k) => /^Block\d+$/.test(k))
+    .sort();
+  if (blockKeys.length === 0) throw new Error(`${file}: no Block1 section`);
+  let style: BlockStyle | null = null;
+  let mixer: StudentConfig['mixer'] | null = null;
+  const attentionLayers = new Map<number, AttentionCore>();
+  const claimed = new Set<number>();
+  let mixerLayers: number[] | null = null;
+  let mlpIn: Json = {};
+  for (const key of blockKeys) {
+    const b = section(json, key, file);
+    const w = where(key);
+    const bt = b.BlockType;
+    const st = typeof bt === 'string' ? BLOCK_TYPES[bt] : undefined;
+    if (!st)
+      throw new Error(
+        `${w}.BlockType ${JSON.stringify(bt)} is not supported (supported: ${Object.keys(BLOCK_TYPES).join(', ')})`,
+      );
+    if (style && st !== style)
+      throw new Error(`${w}.BlockType: all blocks must share one style (${style} vs ${st})`);
+    style = st;
+    const core = section(b, 'core_input', file);
+    const layersRaw = b.layers;
+    let layers: number[] | null = null;
+    if (layersRaw !== undefined) {
+      if (!Array.isArray(layersRaw) || !layersRaw.every((x) => Number.isInteger(x) && x >= 0 && x < nLayer)) {
+        throw new Error(`${w}.layers must be a list of layer indices below n_layer (${nLayer})`);
+      }
+      layers = layersRaw as number[];
+      for (const l of layers) {
+        if (claimed.has(l)) throw new Error(`${w}.layers: layer ${l} is listed in two blocks`);
+        claimed.add(l);
+      }
+    }
+    if (Object.keys(section(b, 'mlp_input', file)).length) mlpIn = section(b, 'mlp_input', file);
+    if (b.CoreType === 'modules.mixers.discrete_mamba2') {
+      if (mixer) throw new Error(`${w}: only one discrete_mamba2 block section is supported`);
+      const cw = `${w}.core_input`;
+      const act = core.activation ?? 'identity';
+      mixer = {
+        dState: int(core, 'd_state', cw, 64),
+        nQkHeads: int(core, 'n_qk_heads', cw, 32),
+        nVHeads: int(core, 'n_v_heads', cw, 32),
+        dConv: int(core, 'd_conv', cw, 4),
+        convBias: boolField(core, 'conv_bias', cw, true),
+        expand: int(core, 'expand', cw, 1),
+        chunkSize: int(core, 'chunk_size', cw, 128),
+        activation: act as 'identity' | 'silu',
+        bias: boolField(core, 'bias', cw, false),
+      };
+      checkMixerConfig({ dModel, ...mixer }, cw);
+      mixerLayers = layers;
+      if (
+        layers === null &&
+        b.n_layers !== undefined &&
+        int(b, 'n_layers', w) !== nLayer - attentionCount(json, file)
+      ) {
+        throw new Error(
+          `${w}.n_layers (${String(b.n_layers)}) does not match MixerModel.input.n_layer (${nLayer}) minus the attention layers`,
+        );
+      }
+    } else if (b.CoreType === 'modules.mixers.attention') {
+      if (!layers)
+        throw new Error(`${w}.layers is required for attention blocks (which layers keep attention)`);
+      const cw = `${w}.core_input`;
+      const nHeads = int(core, 'n_heads', cw);
+      const nKvHeads = int(core, 'n_kv_heads', cw, nHeads);
+      const headDim = int(core, 'head_dim', cw, Math.floor(dModel / Math.max(nHeads, 1)));
+      if (nHeads < 1 || nKvHeads < 1 || nHeads % nKvHeads !== 0)
+        throw new Error(`${cw}.n_kv_heads (${nKvHeads}) must divide n_heads (${nHeads})`);
+      const a: AttentionCore = {
+        nHeads,
+        nKvHeads,
+        headDim,
+        rotaryDim: int(core, 'rotary_dim', cw, headDim),
+        ropeTheta: numField(core, 'rope_theta', cw, 10000),
+        qkvBias: boolField(core, 'qkv_bias', cw, false),
+        outBias: boolField(core, 'out_bias', cw, false),
+      };
+      if (a.rotaryDim % 2 !== 0 || a.rotaryDim > headDim)
+        throw new Error(`${cw}.rotary_dim (${a.rotaryDim}) must be even and at most head_dim (${headDim})`);
+      for (const l of layers) attentionLayers.set(l, a);
+    } else {
+      throw new Error(
+        `${w}.CoreType ${JSON.stringify(b.CoreType)} is not supported (supported: modules.mixers.discrete_mamba2, modules.mixers.attention)`,
+      );
+    }
+  }
+  if (!mixer) throw new Error(`${file}: no Block section with CoreType modules.mixers.discrete_mamba2`);
+  if (mixerLayers) {
+    for (let l = 0; l < nLayer; l++)
+      if (!claimed.has(l)) throw new Error(`${file}: layer ${l} is in no Block section`);
+  }
+  const s = style!;
+  const mw = where('mlp_input');
+  const act = (mlpIn.activation ?? (s === 'llama' ? 'silu' : 'gelu_new')) as Activation;
+  if (!ACTIVATIONS.includes(act)) throw new Error(`${mw}.activation ${JSON.stringify(act)} is not supported`);
+  const lmw = where('LanguageModel.input');
+  const headPrenorm = mm.lm_head_prenorm ?? (s === 'llama' ? 'rms' : 'layer');
+  if (headPrenorm !== (s === 'llama' ? 'rms' : 'layer')) {
+    throw new Error(
+      `${file}: MixerModel.input.lm_head_prenorm ${JSON.stringify(headPrenorm)} does not fit the ${s} block style`,
+    );
+  }
+  return {
+    vocabSize: int(lm, 'vocab_size', lmw),
+    padVocabSizeMultiple: Math.max(1, int(lm, 'pad_vocab_size_multiple', lmw, 8)),
+    dModel,
+    nLayer,
+    style: s,
+    normEps: numField(mm, 'norm_eps', where('MixerModel.input'), 1e-5),
+    intermediateSize: int(mlpIn, 'intermediate_size', mw, 4 * dModel),
+    activation: act,
+    mlpBias: boolField(mlpIn, 'bias', mw, s !== 'llama'),
+    lmHeadBias: boolField(lm, 'lm_head_bias', lmw, s === 'phi'),
+    tieEmbeddings: boolField(lm, 'tie_embeddings', lmw, false),
+    maxPositionEmbeddings: int(mm, 'max_position_embeddings', where('MixerModel.input'), 0),
+    mixer,
+    attentionLayers,
+    bosTokenId: lm.bos_token_id === undefined ? null : (lm.bos_token_id as number | null),
+    eosTokenId: lm.eos_token_id === undefined ? null : (lm.eos_token_id as number | null),
+  };
+}
+
+function attentionCount(json: Json, file: string): number {
+  let n = 0;
+  for (const k of Object.keys(json)) {
+    if (!/^Block\d+$/.test(k)) continue;
+    const b = section(json, k, file);
+    if (b.CoreType === 'modules.mixers.attention' && Array.isArray(b.layers)) n += b.layers.length;
+  }
+  return n;
+}
+
+const STYLE_BLOCK: Record<BlockStyle, string> = {
+  phi: 'modules.phi_block',
+  llama: 'modules.llama_block',
+  gpt2: 'modules.gpt2_block',
+};
+
+export function studentConfigToJson(c: StudentConfig): Json {
+  const ssmLayers = [...Array(c.nLayer).keys()].filter((l) => !c.attentionLayers.has(l));
+  const m = c.mixer;
+  const json: Json = {
+    LanguageModel: {
+      input: {
+        vocab_size: c.vocabSize,
+        pad_vocab_size_multiple: c.padVocabSizeMultiple,
+        lm_head_bias: c.lmHeadBias,
+        tie_embeddings: c.tieEmbeddings,
+        bos_token_id: c.bosTokenId,
+        eos_token_id: c.eosTokenId,
+      },
+    },
+    MixerModel: {
+      input: {
+        d_model: c.dModel,
+        n_layer: c.nLayer,
+        lm_head_prenorm: c.style === 'llama' ? 'rms' : 'layer',
+        norm_eps: c.normEps,
+        max_position_embeddings: c.maxPositionEmbeddings,
+      },
+    },
+    Block1: {
+      n_layers: ssmLayers.length,
+      ...(c.attentionLayers.size ? { layers: ssmLayers } : {}),
+      BlockType: STYLE_BLOCK[c.style],
+      block_input: { resid_dropout: 0.0 },
+      CoreType: 'modules.mixers.discrete_mamba2',
+      core_input: {
+        d_state: m.dState,
+        n_v_heads: m.nVHeads,
+        n_qk_heads: m.nQkHeads,
+        d_conv: m.dConv,
+        conv_bias: m.convBias,
+        expand: m.expand,
+        chunk_size: m.chunkSize,
+        activation: m.activation,
+        bias: m.bias,
+      },
+      mlp_input: { intermediate_size: c.intermediateSize, activation: c.activation, bias: c.mlpBias },
+    },
+  };
+  // one attention section per distinct attention setting
+  const groups = new Map<string, { core: AttentionCore; layers: number[] }>();
+  for (const [l, a] of [...c.attentionLayers.entries()].sort((x, y) => x[0] - y[0])) {
+    const key = JSON.stringify(a);
+    if (!groups.has(key)) groups.set(key, { core: a, layers: [] });
+    groups.get(key)!.layers.push(l);
+  }
+  let i = 2;
+  for (const { core, layers } of groups.values()) {
+    json[`Block${i++}`] = {
+      n_layers: layers.length,
+      layers,
+      BlockType: STYLE_BLOCK[c.style],
+      CoreType: 'modules.mixers.attention',
+      core_input: {
+        n_heads: core.nHeads,
+        n_kv_heads: core.nKvHeads,
+        head_dim: core.headDim,
+        rotary_dim: core.rotaryDim,
+        rope_theta: core.ropeTheta,
+        qkv_bias: core.qkvBias,
+        out_bias: core.outBias,
+      },
+    };
+  }
+  return json;
+}
