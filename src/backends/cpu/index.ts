@@ -184,7 +184,10 @@ export class CpuBackend implements Backend {
   // ---- elementwise --------------------------------------------------------------------------
 
   fill(out: DeviceBuffer, value: number): void {
-    (out as CpuBuffer).data.fill(value);
+    const b = out as CpuBuffer;
+    // 16-bit storage holds bit patterns: store the rounded value's bits
+    const v = b.dtype === 'bf16' ? f32ToBf16(value) : b.dtype === 'f16' ? f32ToF16(value) : value;
+    b.data.fill(v);
   }
 
   cast(x: DeviceBuffer, out: DeviceBuffer): void {
