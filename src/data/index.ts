@@ -1,0 +1,3 @@
+export * from './shards.js';
+export * from './prepare.js';
+export * from './batches.js';

@@ -1,0 +1,346 @@
+// Text and JSONL -> token shards: stream each input, tokenize it in pieces, append EOS after
+// every document, and write the train and held-out ("val") splits with their index.json.
+//
+// Documents: a text file is one document; a JSONL file holds one document per line (the string
+// in a configurable field, "text" by default).
+// Held-out split, by fraction: the last `valFraction` of every source's bytes (cut at a line
+// boundary, so a text file becomes a train document and a val document; JSONL lines starting
+// past the cut go to val). This keeps val contiguous, so no training window overlaps it.
+// Or explicit: `valInputs` go wholly to val.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  INDEX_FILE,
+  INDEX_FORMAT,
+  ShardWriter,
+  tokenDTypeFor,
+  writeFileAtomicSync,
+  type SourceInfo,
+  type TokenIndex,
+} from './shards.js';
+
+/** What tokenization needs: any tokenizer with these three members (encode adds no BOS/EOS). */
+export interface TokenEncoder {
+  encode(text: string): ArrayLike<number>;
+  readonly eosTokenId: number | null;
+  readonly vocabSize: number;
+}
+
+export interface PrepareProgress {
+  file: string;
+  bytesDone: number;
+  bytesTotal: number;
+  tokens: number;
+  documents: number;
+  elapsedSec: number;
+}
+
+export interface PrepareOptions {
+  /** files or directories (walked recursively, sorted; hidden files skipped) */
+  inputs: string[];
+  /** files or directories that go wholly to the held-out split */
+  valInputs?: string[];
+  /** output directory (created; earlier shards and index there are replaced) */
+  out: string;
+  /** fraction of each input's bytes held out (default 0.01, or 0 when valInputs are given) */
+  valFraction?: number;
+  /** the JSONL field holding each document's text */
+  jsonlField?: string;
+  /** tokens per shard file */
+  maxShardTokens?: number;
+  /**
+   * Text is tokenized in pieces of about this many bytes (default 1 MiB), cut before the last
+   * space or newline of a whitespace run followed by printable ASCII, where GPT-2-style
+   * byte-level BPE splits the same way as on the whole text. 0 tokenizes each document whole: exact for any tokenizer (use it for
+   * SentencePiece, which marks the start of every piece).
+   */
+  chunkBytes?: number;
+  /** recorded in index.json */
+  tokenizerName?: string;
+  /** overrides the tokenizer's EOS id */
+  eosTokenId?: number;
+  onProgress?: (p: PrepareProgress) => void;
+}
+
+export interface PrepareResult {
+  index: TokenIndex;
+  bytes: number;
+  seconds: number;
+}
+
+const SHARD_RE = /^(train|val)-\d{5}\.bin$/;
+
+/** Expand files and directories into a sorted list of files. */
+export function listInputFiles(inputs: string[]): string[] {
+  const out: string[] = [];
+  const walk = (p: string): void => {
+    let st: fs.Stats;
+    try {
+      st = fs.statSync(p);
+    } catch {
+      throw new Error(`${p}: no such file or directory`);
+    }
+    if (st.isDirectory()) {
+      for (const name of fs.readdirSync(p).sort()) if (!name.startsWith('.')) walk(path.join(p, name));
+    } else if (st.isFile()) {
+      out.push(p);
+    }
+  };
+  for (const p of inputs) walk(p);
+  return out;
+}
+
+function isJsonl(file: string): boolean {
+  return /\.jsonl$/i.test(file);
+}
+
+export function prepareTokens(encoder: TokenEncoder, opts: PrepareOptions): PrepareResult {
+  const t0 = performance.now();
+  const valInputs = opts.valInputs ?? [];
+  const valFraction = opts.valFraction ?? (valInputs.length ? 0 : 0.01);
+  if (!(valFraction >= 0 && valFraction < 1))
+    throw new Error(`prepare: valFraction ${valFraction} must be in [0, 1)`);
+  const eos = opts.eosTokenId ?? encoder.eosTokenId;
+  if (eos === null || eos === undefined)
+    throw new Error('prepare: the tokenizer has no EOS token; give eosTokenId to separate documents');
+  const vocab = encoder.vocabSize;
+  if (!(eos >= 0 && eos < vocab))
+    throw new Error(`prepare: EOS id ${eos} outside the vocabulary [0, ${vocab})`);
+  const field = opts.jsonlField ?? 'text';
+  const chunkBytes = opts.chunkBytes ?? 1 << 20;
+  const trainFiles = listInputFiles(opts.inputs);
+  const valFiles = listInputFiles(valInputs);
+  if (!trainFiles.length) throw new Error('prepare: no input files');
+
+  fs.mkdirSync(opts.out, { recursive: true });
+  // a half-written directory must never look valid: drop the old index first, then old shards
+  fs.rmSync(path.join(opts.out, INDEX_FILE), { force: true });
+  for (const name of fs.readdirSync(opts.out)) if (SHARD_RE.test(name)) fs.rmSync(path.join(opts.out, name));
+
+  const dtype = tokenDTypeFor(vocab);
+  const writers = {
+    train: new ShardWriter(opts.out, 'train', dtype, vocab, opts.maxShardTokens),
+    val: new ShardWriter(opts.out, 'val', dtype, vocab, opts.maxShardTokens),
+  };
+  const all = [...trainFiles.map((f) => ({ f, val: false })), ...valFiles.map((f) => ({ f, val: true }))];
+  const bytesTotal = all.reduce((a, x) => a + fs.statSync(x.f).size, 0);
+  let bytesDone = 0;
+  const sources: SourceInfo[] = [];
+
+  for (const { f, val } of all) {
+    const kind = isJsonl(f) ? 'jsonl' : 'text';
+    const info: SourceInfo = { path: f, kind, splits: {} };
+    const size = fs.statSync(f).size;
+    const fd = fs.openSync(f, 'r');
+    try {
+      const cut = val ? 0 : valFraction > 0 ? lineCut(fd, size, Math.floor(size * (1 - valFraction))) : size;
+      const report = (bytes: number): void => {
+        opts.onProgress?.({
+          file: f,
+          bytesDone: bytesDone + bytes,
+          bytesTotal,
+          tokens: writers.train.tokens + writers.val.tokens,
+          documents: writers.train.documents + writers.val.documents,
+          elapsedSec: (performance.now() - t0) / 1000,
+        });
+      };
+      const parts: [string, number, number][] = [
+        ['train', 0, cut],
+        ['val', cut, size],
+      ];
+      for (const [split, from, to] of parts) {
+        if (to <= from) continue;
+        const w = writers[split as 'train' | 'val'];
+        const before = { tokens: w.tokens, documents: w.documents };
+        if (kind === 'text') {
+          let any = false;
+          forEachPiece(fd, from, to, chunkBytes, 'text', (text, _line, end) => {
+            const ids = encoder.encode(text);
+            w.append(ids, f);
+            any ||= ids.length > 0;
+            report(from + end);
+          });
+          if (any) {
+            w.append([eos]);
+            w.endDocument();
+          }
+        } else {
+          forEachPiece(fd, from, to, 0, 'lines', (line, lineNo, end) => {
+            if (!line.trim()) return;
+            let obj: unknown;
+            try {
+              obj = JSON.parse(line);
+            } catch (e) {
+              throw new Error(`${f}:${lineNo}: not valid JSON (${(e as Error).message})`, { cause: e });
+            }
+            const text = obj && typeof obj === 'object' ? (obj as Record<string, unknown>)[field] : undefined;
+            if (typeof text !== 'string') {
+              throw new Error(
+                `${f}:${lineNo}: field "${field}" missing or not a string (set the JSONL field)`,
+              );
+            }
+            if (text.length) {
+              w.append(encoder.encode(text), `${f}:${lineNo}`);
+              w.append([eos]);
+              w.endDocument();
+            }
+            report(from + end);
+          });
+        }
+        info.splits[split] = {
+          bytes: to - from,
+          documents: w.documents - before.documents,
+          tokens: w.tokens - before.tokens,
+        };
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+    bytesDone += size;
+    sources.push(info);
+  }
+
+  const index: TokenIndex = {
+    format: INDEX_FORMAT,
+    version: 1,
+    vocab_size: vocab,
+    dtype,
+    eos_token_id: eos,
+    tokenizer: opts.tokenizerName,
+    split_rule: valFiles.length
+      ? `val = ${valFiles.length} explicit file(s)${valFraction > 0 ? ` + last ${valFraction} of each input` : ''}`
+      : `val = last ${valFraction} of each input's bytes, cut at a line boundary`,
+    splits: {},
+    sources,
+  };
+  const train = writers.train.finish();
+  const valSplit = writers.val.finish();
+  index.splits.train = train;
+  if (valSplit.tokens > 0) index.splits.val = valSplit;
+  writeFileAtomicSync(path.join(opts.out, INDEX_FILE), JSON.stringify(index, null, 2) + '\n');
+  return { index, bytes: bytesTotal, seconds: (performance.now() - t0) / 1000 };
+}
+
+// ---- streaming ------------------------------------------------------------------------------
+
+const NL = 0x0a;
+
+/** The byte offset where the held-out tail starts: just after the first newline at or after `at`. */
+function lineCut(fd: number, size: number, at: number): number {
+  if (at >= size) return size;
+  const buf = Buffer.alloc(1 << 16);
+  for (let pos = at; pos < size; pos += buf.length) {
+    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, size - pos), pos);
+    const i = buf.subarray(0, n).indexOf(NL);
+    if (i >= 0) return pos + i + 1;
+  }
+  // no newline after the cut: back up to a UTF-8 character boundary
+  const one = Buffer.alloc(1);
+  let pos = at;
+  while (pos > 0) {
+    fs.readSync(fd, one, 0, 1, pos);
+    if ((one[0] & 0xc0) !== 0x80) break;
+    pos--;
+  }
+  return pos;
+}
+
+/**
+ * Where to end a piece of text (exclusive), or -1: just before the last space, tab or newline
+ * that ends a whitespace run and precedes printable ASCII. GPT-2-style byte-level BPE splits
+ * there anyway (the run but its last character; then the last character, alone or leading the
+ * next word), so the pieces tokenize exactly as the whole text. `desperate`: any newline or
+ * character boundary.
+ */
+function pieceCut(data: Buffer, desperate: boolean): number {
+  for (let i = data.length - 2; i >= 1; i--) {
+    const c = data[i];
+    if ((c === 0x20 || c === NL || c === 0x09) && data[i + 1] >= 0x21 && data[i + 1] <= 0x7e) return i;
+  }
+  if (!desperate) return -1;
+  const nl = data.lastIndexOf(NL);
+  if (nl > 0) return nl + 1;
+  let i = data.length - 1;
+  while (i > 0 && (data[i] & 0xc0) === 0x80) i--;
+  return i > 0 ? i : -1;
+}
+
+/**
+ * Stream bytes [from, to) of a file as 'lines' (each line, without its newline) or as 'text'
+ * pieces of about chunkBytes (0 = the whole range at once). fn gets the piece, its 1-based line
+ * number (lines mode) and the byte offset (relative to `from`) where it ends.
+ */
+function forEachPiece(
+  fd: number,
+  from: number,
+  to: number,
+  chunkBytes: number,
+  mode: 'lines' | 'text',
+  fn: (piece: string, lineNo: number, end: number) => void,
+): void {
+  const decoder = new TextDecoder('utf-8');
+  const block = mode === 'lines' ? 1 << 22 : chunkBytes <= 0 ? Math.max(1, to - from) : chunkBytes;
+  let carry: Buffer = Buffer.alloc(0);
+  let pos = from;
+  let lineNo = 0;
+  let consumed = 0;
+  // lines before `from` (for JSONL error messages) are counted cheaply only when from > 0
+  if (mode === 'lines' && from > 0) lineNo = countNewlines(fd, from);
+  while (pos < to) {
+    const n = Math.min(block, to - pos);
+    const buf = Buffer.alloc(n);
+    let got = 0;
+    while (got < n) {
+      const r = fs.readSync(fd, buf, got, n - got, pos + got);
+      if (r === 0) throw new Error(`read: unexpected end of file at byte ${pos + got}`);
+      got += r;
+    }
+    pos += n;
+    const data = carry.length ? Buffer.concat([carry, buf]) : buf;
+    const last = pos >= to;
+    if (mode === 'lines') {
+      let start = 0;
+      for (let i = data.indexOf(NL); i >= 0; i = data.indexOf(NL, start)) {
+        lineNo++;
+        consumed += i + 1 - start;
+        fn(decoder.decode(data.subarray(start, i)), lineNo, consumed);
+        start = i + 1;
+      }
+      carry = data.subarray(start);
+      if (last && carry.length) {
+        lineNo++;
+        consumed += carry.length;
+        fn(decoder.decode(carry), lineNo, consumed);
+        carry = Buffer.alloc(0);
+      }
+    } else if (chunkBytes <= 0 || last) {
+      if (last) {
+        consumed += data.length;
+        fn(decoder.decode(data), 0, consumed);
+        carry = Buffer.alloc(0);
+      } else {
+        carry = data;
+      }
+    } else {
+      const cut = pieceCut(data, data.length > 8 * chunkBytes);
+      if (cut < 0) {
+        carry = data;
+      } else {
+        consumed += cut;
+        fn(decoder.decode(data.subarray(0, cut)), 0, consumed);
+        carry = data.subarray(cut);
+      }
+    }
+  }
+}
+
+function countNewlines(fd: number, upto: number): number {
+  const buf = Buffer.alloc(1 << 20);
+  let count = 0;
+  for (let pos = 0; pos < upto; pos += buf.length) {
+    const n = fs.readSync(fd, buf, 0, Math.min(buf.length, upto - pos), pos);
+    for (let i = 0; i < n; i++) if (buf[i] === NL) count++;
+  }
+  return count;
+}
