@@ -1,0 +1,168 @@
+// Training checkpoints, each a directory committed atomically:
+//
+//   DIR/step-00000100/model.safetensors      the parameters under their checkpoint names
+//   DIR/step-00000100/optimizer.safetensors  NAME.exp_avg, NAME.exp_avg_sq (+ step counts in metadata)
+//   DIR/step-00000100/state.json             step, tokens, data position, RNG state, schedule ...
+//   DIR/latest.json                          {"step": 100, "dir": "step-00000100"}
+//
+// A checkpoint is written into a temporary directory and renamed into place, then latest.json is
+// replaced (temp file + rename). A crash at any point leaves latest.json naming a complete
+// checkpoint; readers only follow latest.json.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import {
+  entryToTensor,
+  loadTensors,
+  readSafetensors,
+  writeFileAtomic,
+  writeSafetensors,
+} from '../io/safetensors.js';
+import { assign, type Tensor } from '../tensor/index.js';
+import type { NamedParams } from './params.js';
+import type { AdamW } from './optimizer.js';
+
+export const LATEST_FILE = 'latest.json';
+export const MODEL_FILE = 'model.safetensors';
+export const OPTIMIZER_FILE = 'optimizer.safetensors';
+export const STATE_FILE = 'state.json';
+
+const TMP_RE = /^step-\d+\.tmp-\d+$/;
+
+export function stepDirName(step: number): string {
+  return `step-${String(step).padStart(8, '0')}`;
+}
+
+export interface Latest {
+  step: number;
+  dir: string;
+}
+
+/** The checkpoint latest.json points at, or null when there is none. */
+export function readLatest(dir: string): (Latest & { path: string }) | null {
+  const file = path.join(dir, LATEST_FILE);
+  if (!fs.existsSync(file)) return null;
+  let latest: Latest;
+  try {
+    latest = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new Error(`${file}: not valid JSON (${(e as Error).message})`, { cause: e });
+  }
+  if (!Number.isInteger(latest.step) || typeof latest.dir !== 'string' || latest.dir.includes('/'))
+    throw new Error(`${file}: expected {"step": N, "dir": "step-..."}`);
+  const p = path.join(dir, latest.dir);
+  if (!fs.existsSync(path.join(p, STATE_FILE))) throw new Error(`${file}: checkpoint ${p} is missing`);
+  return { ...latest, path: p };
+}
+
+export function readState<S>(checkpoint: string): S {
+  const file = path.join(checkpoint, STATE_FILE);
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8')) as S;
+  } catch (e) {
+    throw new Error(`${file}: cannot read (${(e as Error).message})`, { cause: e });
+  }
+}
+
+export interface WriteCheckpointOptions {
+  params: NamedParams;
+  optimizer?: AdamW;
+  step: number;
+  state: object;
+  /** called with the temporary directory before it is committed (e.g. to add config.json) */
+  beforeCommit?: (tmpDir: string) => void;
+  /** keep this many most recent step directories (default 2; 0 keeps all) */
+  keep?: number;
+}
+
+/** Write a checkpoint atomically; returns its directory. */
+export function writeCheckpoint(dir: string, o: WriteCheckpointOptions): string {
+  fs.mkdirSync(dir, { recursive: true });
+  const name = stepDirName(o.step);
+  const final = path.join(dir, name);
+  const tmp = `${final}.tmp-${process.pid}`;
+  fs.rmSync(tmp, { recursive: true, force: true });
+  fs.mkdirSync(tmp);
+  try {
+    writeSafetensors(path.join(tmp, MODEL_FILE), new Map(o.params), { format: 'pt' });
+    if (o.optimizer) {
+      const { tensors, steps } = o.optimizer.stateDict();
+      writeSafetensors(path.join(tmp, OPTIMIZER_FILE), tensors, {
+        format: 'pt',
+        steps: JSON.stringify(steps),
+      });
+    }
+    fs.writeFileSync(path.join(tmp, STATE_FILE), JSON.stringify(o.state, null, 2) + '\n');
+    o.beforeCommit?.(tmp);
+  } catch (e) {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    throw e;
+  }
+  const latest = readLatestQuiet(dir);
+  if (fs.existsSync(final)) {
+    // left by a run that crashed before updating latest.json (same step, same contents when resumed exactly)
+    if (latest?.dir === name) throw new Error(`${final}: refusing to replace the latest checkpoint`);
+    fs.rmSync(final, { recursive: true, force: true });
+  }
+  fs.renameSync(tmp, final);
+  writeFileAtomic(path.join(dir, LATEST_FILE), JSON.stringify({ step: o.step, dir: name }) + '\n');
+  prune(dir, name, o.keep ?? 2);
+  return final;
+}
+
+function readLatestQuiet(dir: string): Latest | null {
+  try {
+    return readLatest(dir);
+  } catch {
+    return null;
+  }
+}
+
+/** Remove older step directories beyond `keep`, and temporaries of crashed writers. */
+function prune(dir: string, current: string, keep: number): void {
+  const names = fs.readdirSync(dir);
+  for (const n of names) {
+    if (TMP_RE.test(n) && !n.endsWith(`.tmp-${process.pid}`))
+      fs.rmSync(path.join(dir, n), { recursive: true, force: true });
+  }
+  if (keep <= 0) return;
+  const steps = names.filter((n) => /^step-\d+$/.test(n) && n <= current).sort();
+  for (const n of steps.slice(0, Math.max(0, steps.length - keep)))
+    fs.rmSync(path.join(dir, n), { recursive: true, force: true });
+}
+
+/** Copy a checkpoint's weights into params (every trained name must be present) and the optimizer state. */
+export function loadCheckpoint(checkpoint: string, params: NamedParams, optimizer?: AdamW): void {
+  const modelFile = path.join(checkpoint, MODEL_FILE);
+  const weights = loadTensors(modelFile);
+  try {
+    for (const [name, p] of params) {
+      const src = weights.get(name);
+      if (!src) throw new Error(`${modelFile}: missing tensor ${name}`);
+      if (src.size !== p.size || src.shape.some((d, i) => d !== p.shape[i]))
+        throw new Error(`${modelFile}: tensor ${name} has shape [${src.shape}], expected [${p.shape}]`);
+      assign(p, src);
+    }
+  } finally {
+    disposeAll(weights);
+  }
+  if (!optimizer) return;
+  const optFile = path.join(checkpoint, OPTIMIZER_FILE);
+  const sf = readSafetensors(optFile);
+  let steps: Record<string, number>;
+  try {
+    steps = JSON.parse(sf.metadata.steps ?? '');
+  } catch {
+    throw new Error(`${optFile}: metadata "steps" missing or not JSON`);
+  }
+  const stateTensors = new Map([...sf.entries].map(([n, e]) => [n, entryToTensor(e, 'f32', optFile)]));
+  try {
+    optimizer.loadStateDict(stateTensors, steps, optFile);
+  } finally {
+    disposeAll(stateTensors);
+  }
+}
+
+function disposeAll(m: Map<string, Tensor>): void {
+  for (const t of m.values()) t.dispose();
+}

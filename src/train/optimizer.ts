@@ -1,0 +1,142 @@
+// AdamW (Loshchilov & Hutter) with PyTorch's update, through the backend's fused kernel:
+//   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+//   p = p (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+// t counts the steps this parameter was updated (as PyTorch's per-parameter `step`). Weight decay
+// is decoupled and skipped for norms, biases, D and z_bias (see params.ts).
+// State: exp_avg and exp_avg_sq per parameter, f32, outside every memory scope.
+
+import { adamwStep, assign, keep, zeros, type Tensor } from '../tensor/index.js';
+import { defaultNoDecay, type NamedParams } from './params.js';
+
+export interface AdamWConfig {
+  /** peak learning rate (the schedule multiplies it) */
+  lr: number;
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  weightDecay?: number;
+  /** parameters without weight decay; default: norms, biases, D, z_bias, vectors */
+  noDecay?: (name: string, t: Tensor) => boolean;
+}
+
+export function checkAdamWConfig(c: AdamWConfig, where = 'optimizer'): void {
+  const bad = (f: string, v: unknown, want: string): never => {
+    throw new Error(`${where}: ${f} (${v}) must be ${want}`);
+  };
+  if (!(c.lr >= 0 && Number.isFinite(c.lr))) bad('lr', c.lr, 'a finite number >= 0');
+  if (c.beta1 !== undefined && !(c.beta1 >= 0 && c.beta1 < 1)) bad('beta1', c.beta1, 'in [0, 1)');
+  if (c.beta2 !== undefined && !(c.beta2 >= 0 && c.beta2 < 1)) bad('beta2', c.beta2, 'in [0, 1)');
+  if (c.eps !== undefined && !(c.eps > 0)) bad('eps', c.eps, '> 0');
+  if (c.weightDecay !== undefined && !(c.weightDecay >= 0)) bad('weightDecay', c.weightDecay, '>= 0');
+}
+
+interface Slot {
+  name: string;
+  param: Tensor;
+  m: Tensor;
+  v: Tensor;
+  decay: boolean;
+  step: number;
+}
+
+export class AdamW {
+  readonly beta1: number;
+  readonly beta2: number;
+  readonly eps: number;
+  readonly weightDecay: number;
+  private readonly slots: Slot[];
+
+  constructor(
+    params: NamedParams,
+    readonly config: AdamWConfig,
+  ) {
+    checkAdamWConfig(config);
+    this.beta1 = config.beta1 ?? 0.9;
+    this.beta2 = config.beta2 ?? 0.999;
+    this.eps = config.eps ?? 1e-8;
+    this.weightDecay = config.weightDecay ?? 0.01;
+    const noDecay = config.noDecay ?? defaultNoDecay;
+    this.slots = params.map(([name, param]) => {
+      if (param.dtype !== 'f32')
+        throw new Error(`optimizer: parameter ${name} is ${param.dtype}; AdamW keeps f32 weights`);
+      return {
+        name,
+        param,
+        m: keep(zeros(param.shape, 'f32', param.backend)),
+        v: keep(zeros(param.shape, 'f32', param.backend)),
+        decay: !noDecay(name, param),
+        step: 0,
+      };
+    });
+  }
+
+  /** names of the parameters with weight decay */
+  decayed(): string[] {
+    return this.slots.filter((s) => s.decay).map((s) => s.name);
+  }
+
+  /** One update at learning rate lr from each parameter's .grad (parameters without a grad are skipped). */
+  step(lr: number): void {
+    for (const s of this.slots) {
+      const g = s.param.grad;
+      if (!g) continue;
+      s.step++;
+      adamwStep(s.param, g, s.m, s.v, {
+        lr,
+        beta1: this.beta1,
+        beta2: this.beta2,
+        eps: this.eps,
+        weightDecay: s.decay ? this.weightDecay : 0,
+        step: s.step,
+      });
+    }
+  }
+
+  /** The state as named tensors (`NAME.exp_avg`, `NAME.exp_avg_sq`) and per-parameter step counts. */
+  stateDict(): { tensors: Map<string, Tensor>; steps: Record<string, number> } {
+    const tensors = new Map<string, Tensor>();
+    const steps: Record<string, number> = {};
+    for (const s of this.slots) {
+      tensors.set(`${s.name}.exp_avg`, s.m);
+      tensors.set(`${s.name}.exp_avg_sq`, s.v);
+      steps[s.name] = s.step;
+    }
+    return { tensors, steps };
+  }
+
+  /** Restore from `stateDict()`'s form; `source` names the file in errors. */
+  loadStateDict(
+    tensors: Map<string, Tensor>,
+    steps: Record<string, number>,
+    source = 'optimizer state',
+  ): void {
+    for (const s of this.slots) {
+      for (const [suffix, dst] of [
+        ['exp_avg', s.m],
+        ['exp_avg_sq', s.v],
+      ] as const) {
+        const src = tensors.get(`${s.name}.${suffix}`);
+        if (!src) throw new Error(`${source}: missing tensor ${s.name}.${suffix}`);
+        if (src.size !== dst.size)
+          throw new Error(
+            `${source}: tensor ${s.name}.${suffix} has ${src.size} elements, expected ${dst.size}`,
+          );
+        assign(dst, src);
+      }
+      const st = steps[s.name];
+      if (!Number.isInteger(st) || st < 0) throw new Error(`${source}: no step count for ${s.name}`);
+      s.step = st;
+    }
+    const known = new Set(this.slots.map((s) => s.name));
+    for (const name of Object.keys(steps)) {
+      if (!known.has(name)) throw new Error(`${source}: state for ${name}, which is not trained in this run`);
+    }
+  }
+
+  dispose(): void {
+    for (const s of this.slots) {
+      s.m.dispose();
+      s.v.dispose();
+    }
+  }
+}

@@ -1,0 +1,365 @@
+// The training loop shared by every MOHAWK stage and the from-scratch baseline.
+//
+// One optimizer step = `accum` micro-batches (batchTokens / tokens per micro-batch). Each
+// micro-batch's loss runs in its own memory scope and is back-propagated with weight 1/accum, so
+// the gradient is that of the mean loss over the step's batch. Then: the global gradient norm
+// (one host read), a skip when the loss or gradient is not finite, clipping, the scheduled lr,
+// the fused AdamW update. Checkpoints carry everything a resumed run needs to continue exactly:
+// weights, optimizer moments, step and token counts, the data position and the caller's RNG.
+
+import { add, keep, noGrad, scale, scope, square, sum, type Tensor } from '../tensor/index.js';
+import type { BatchSource, TokenBatch } from '../data/batches.js';
+import type { Random, RandomState } from '../util/random.js';
+import { AdamW, type AdamWConfig } from './optimizer.js';
+import { applyFreezing, namedParams, type NamedParams, type ParamsLike } from './params.js';
+import { checkSchedule, lrFactor, type ScheduleConfig } from './schedule.js';
+import { loadCheckpoint, readLatest, readState, writeCheckpoint } from './checkpoint.js';
+import { MetricsLog, Progress, fmtCount, type ProgressOptions, type StepMetrics } from './metrics.js';
+
+export interface LossContext {
+  /** 0-based index of the optimizer step */
+  step: number;
+  /** 0-based micro-batch within the step, of `accum` */
+  micro: number;
+  accum: number;
+}
+
+export interface TrainOptions<B extends TokenBatch> {
+  /** every parameter of the model (all are saved in checkpoints); which ones train is decided below */
+  params: ParamsLike;
+  /** a scalar loss (mean over the micro-batch's tokens), computed inside a scope per micro-batch */
+  lossFn: (batch: B, ctx: LossContext) => Tensor;
+  data: BatchSource<B>;
+  /** tokens to train on; steps = floor(budgetTokens / batchTokens) */
+  budgetTokens: number;
+  /** tokens per optimizer step, a multiple of the micro-batch's batch * seqLen (default: one micro-batch) */
+  batchTokens?: number;
+  optimizer: AdamWConfig;
+  schedule: ScheduleConfig;
+  /** clip the global gradient norm to this (default 1; 0 turns clipping off) */
+  maxGradNorm?: number;
+  /** parameter-name patterns (globs or /regex/, see params.ts) that do not train */
+  freeze?: string[];
+  /** when given, only parameters matching one of these train */
+  trainable?: string[];
+  /** skipped steps (non-finite loss or gradient) tolerated; the next one stops the run (default 10) */
+  maxNonFinite?: number;
+  /** where checkpoints go; none are written without it */
+  checkpointDir?: string;
+  /** steps between checkpoints (default: only at the end) */
+  checkpointEvery?: number;
+  /** step directories kept (default 2) */
+  keepCheckpoints?: number;
+  /** continue from checkpointDir's latest checkpoint when there is one (default true) */
+  resume?: boolean;
+  /** add files (config.json ...) to each checkpoint directory before it is committed */
+  beforeCommit?: (tmpDir: string, step: number) => void;
+  /** JSONL metrics, one line per step */
+  metricsFile?: string;
+  /** the caller's generator (dropout seeds ...), saved in checkpoints and restored on resume */
+  rng?: Random;
+  /** run evalFn every evalEvery steps and at the end; its figures join that step's metrics */
+  evalEvery?: number;
+  evalFn?: (step: number) => Record<string, number>;
+  onStep?: (m: StepMetrics) => void;
+  /** checked after every step: true writes a checkpoint and returns (stopped: true) */
+  shouldStop?: () => boolean;
+  /** the status line on stderr (default on) */
+  progress?: boolean | ProgressOptions;
+  /** names this run in messages and checkpoints (e.g. "stage1") */
+  label?: string;
+}
+
+export interface TrainResult {
+  /** steps completed, including those of earlier sessions */
+  steps: number;
+  totalSteps: number;
+  tokens: number;
+  skipped: number;
+  /** the last finite step loss */
+  loss: number;
+  elapsedSec: number;
+  /** the last checkpoint written or resumed from */
+  checkpoint: string | null;
+  /** the step this session resumed from */
+  resumedFrom: number | null;
+  /** stopped early by shouldStop */
+  stopped: boolean;
+  /** this session's metrics */
+  history: StepMetrics[];
+}
+
+/** What state.json holds besides the tensors. */
+export interface TrainState {
+  version: 1;
+  label?: string;
+  step: number;
+  total_steps: number;
+  tokens: number;
+  batch_tokens: number;
+  micro_tokens: number;
+  skipped: number;
+  elapsed_s: number;
+  last_loss: number | null;
+  schedule: ScheduleConfig;
+  lr: number;
+  data: unknown;
+  rng: RandomState | null;
+}
+
+export class NonFiniteError extends Error {}
+
+function checkPositiveInt(v: number | undefined, what: string): void {
+  if (v !== undefined && !(Number.isInteger(v) && v > 0))
+    throw new Error(`train: ${what} (${v}) must be a positive integer`);
+}
+
+/** Sum of squares of every gradient, as one host read; per parameter on request. */
+function gradSquares(params: NamedParams, each: boolean): { total: number; per: [string, number][] } {
+  return noGrad(() =>
+    scope(() => {
+      let acc: Tensor | null = null;
+      const per: [string, number][] = [];
+      for (const [name, p] of params) {
+        if (!p.grad) continue;
+        const s = sum(square(p.grad));
+        if (each) per.push([name, s.item()]);
+        acc = acc ? add(acc, s) : s;
+      }
+      return { total: acc ? acc.item() : 0, per };
+    }),
+  );
+}
+
+function zeroGrads(params: NamedParams): void {
+  for (const [, p] of params) {
+    p.grad?.dispose();
+    p.grad = null;
+  }
+}
+
+export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
+  const label = o.label ?? 'train';
+  const fail = (msg: string): never => {
+    throw new Error(`${label}: ${msg}`);
+  };
+  if (!(Number.isFinite(o.budgetTokens) && o.budgetTokens > 0))
+    fail(`budgetTokens (${o.budgetTokens}) must be > 0`);
+  checkPositiveInt(o.batchTokens, 'batchTokens');
+  checkPositiveInt(o.checkpointEvery, 'checkpointEvery');
+  checkPositiveInt(o.evalEvery, 'evalEvery');
+  checkSchedule(o.schedule, `${label}: schedule`);
+  const maxGradNorm = o.maxGradNorm ?? 1;
+  if (!(maxGradNorm >= 0)) fail(`maxGradNorm (${maxGradNorm}) must be >= 0`);
+  const maxNonFinite = o.maxNonFinite ?? 10;
+
+  const all = namedParams(o.params);
+  const wasTrainable = all.map(([, t]) => t.requiresGrad);
+  const trained = applyFreezing(all, { freeze: o.freeze, trainable: o.trainable });
+  if (!trained.length) fail('no parameter is trainable (check freeze / trainable patterns)');
+  zeroGrads(all);
+  const optimizer = new AdamW(trained, o.optimizer);
+  let metrics: MetricsLog | null = null;
+  let progress: Progress | null = null;
+  try {
+    // ---- resume ----
+    let step = 0;
+    let tokens = 0;
+    let skipped = 0;
+    let elapsedBase = 0;
+    let lastLoss = NaN;
+    let resumedFrom: number | null = null;
+    let checkpoint: string | null = null;
+    let saved: TrainState | null = null;
+    const latest = o.checkpointDir && o.resume !== false ? readLatest(o.checkpointDir) : null;
+    if (latest) {
+      saved = readState<TrainState>(latest.path);
+      loadCheckpoint(latest.path, all, optimizer);
+      o.data.restore(saved.data);
+      if (o.rng && saved.rng) o.rng.setState(saved.rng);
+      step = saved.step;
+      tokens = saved.tokens;
+      skipped = saved.skipped;
+      elapsedBase = saved.elapsed_s;
+      lastLoss = saved.last_loss ?? NaN;
+      resumedFrom = step;
+      checkpoint = latest.path;
+    }
+
+    // the first micro-batch sets the tokens per micro-batch
+    let pending: B | null = o.data.next();
+    const microTokens = pending.batch * pending.seqLen;
+    const batchTokens = o.batchTokens ?? microTokens;
+    if (batchTokens % microTokens !== 0)
+      fail(
+        `batchTokens (${batchTokens}) must be a multiple of the micro-batch's ${pending.batch} x ${pending.seqLen} tokens`,
+      );
+    const accum = batchTokens / microTokens;
+    const totalSteps = Math.floor(o.budgetTokens / batchTokens);
+    if (totalSteps < 1)
+      fail(`budgetTokens (${o.budgetTokens}) is less than one step of ${batchTokens} tokens`);
+    if (saved) {
+      const same = (what: string, a: unknown, b: unknown): void => {
+        if (JSON.stringify(a) !== JSON.stringify(b))
+          fail(
+            `${checkpoint}: made with ${what} ${JSON.stringify(a)}, this run has ${JSON.stringify(b)}; use a new checkpoint directory`,
+          );
+      };
+      same('total_steps', saved.total_steps, totalSteps);
+      same('batch_tokens', saved.batch_tokens, batchTokens);
+      same('micro_tokens', saved.micro_tokens, microTokens);
+      same('schedule', saved.schedule, o.schedule);
+    }
+
+    if (o.metricsFile) metrics = new MetricsLog(o.metricsFile, resumedFrom ?? null);
+    if (o.progress !== false) {
+      progress = new Progress(totalSteps, totalSteps * batchTokens, {
+        label,
+        ...(typeof o.progress === 'object' ? o.progress : {}),
+      });
+      progress.note(
+        `${label}: ${trained.length}/${all.length} parameter tensors train, ${totalSteps} steps of ${fmtCount(batchTokens)} tokens` +
+          ` (${accum} x ${pending.batch} x ${pending.seqLen})` +
+          (resumedFrom !== null ? `, resumed at step ${resumedFrom} from ${checkpoint}` : ''),
+      );
+    }
+
+    const save = (): void => {
+      if (!o.checkpointDir) return;
+      const state: TrainState = {
+        version: 1,
+        label: o.label,
+        step,
+        total_steps: totalSteps,
+        tokens,
+        batch_tokens: batchTokens,
+        micro_tokens: microTokens,
+        skipped,
+        elapsed_s: elapsedBase + (performance.now() - t0) / 1000,
+        last_loss: Number.isFinite(lastLoss) ? lastLoss : null,
+        schedule: o.schedule,
+        lr: o.optimizer.lr,
+        data: o.data.state(),
+        rng: o.rng ? o.rng.getState() : null,
+      };
+      checkpoint = writeCheckpoint(o.checkpointDir, {
+        params: all,
+        optimizer,
+        step,
+        state,
+        keep: o.keepCheckpoints,
+        beforeCommit: o.beforeCommit ? (dir) => o.beforeCommit!(dir, step) : undefined,
+      });
+    };
+
+    const t0 = performance.now();
+    const history: StepMetrics[] = [];
+    let stopped = false;
+    while (step < totalSteps) {
+      const ts = performance.now();
+      let lossSum = 0;
+      let bad: string | null = null;
+      for (let micro = 0; micro < accum; micro++) {
+        const batch: B = pending ?? o.data.next();
+        pending = null;
+        if (bad) continue; // the step is lost; keep the data position in step with an unbroken run
+        const v = scope(() => {
+          const loss = o.lossFn(batch, { step, micro, accum });
+          if (loss.size !== 1) fail(`lossFn returned shape [${loss.shape}], expected a scalar`);
+          const val = loss.item();
+          if (Number.isFinite(val)) {
+            if (!loss.requiresGrad) fail('the loss does not depend on any trainable parameter');
+            (accum === 1 ? loss : scale(loss, 1 / accum)).backward();
+          }
+          return val;
+        });
+        if (Number.isFinite(v)) lossSum += v;
+        else bad = `loss is ${v} (micro-batch ${micro})`;
+      }
+      let gradNorm = NaN;
+      if (!bad) {
+        gradNorm = Math.sqrt(gradSquares(trained, false).total);
+        if (!Number.isFinite(gradNorm)) {
+          const first = gradSquares(trained, true).per.find(([, s]) => !Number.isFinite(s));
+          bad = `gradient norm is ${gradNorm}${first ? ` (first in ${first[0]})` : ''}`;
+        }
+      }
+      const lr = o.optimizer.lr * lrFactor(o.schedule, step, totalSteps);
+      if (bad) {
+        skipped++;
+        zeroGrads(trained);
+        progress?.note(`${label}: step ${step + 1} skipped: ${bad}`);
+        if (skipped > maxNonFinite) {
+          throw new NonFiniteError(
+            `${label}: stopping at step ${step + 1}: ${skipped} steps had a non-finite loss or gradient ` +
+              `(limit ${maxNonFinite}); last: ${bad}. Lower the learning rate or check the data` +
+              (checkpoint ? `; the last checkpoint is ${checkpoint}` : ''),
+          );
+        }
+      } else {
+        if (maxGradNorm > 0 && gradNorm > maxGradNorm) {
+          const coef = maxGradNorm / (gradNorm + 1e-6);
+          noGrad(() => {
+            for (const [, p] of trained) {
+              if (!p.grad) continue;
+              const g = p.grad;
+              p.grad = keep(scale(g, coef));
+              g.dispose();
+            }
+          });
+        }
+        optimizer.step(lr);
+        zeroGrads(trained);
+        lastLoss = lossSum / accum;
+      }
+      step++;
+      tokens += batchTokens;
+      const stepSec = (performance.now() - ts) / 1000;
+      const m: StepMetrics = {
+        step,
+        loss: bad ? NaN : lossSum / accum,
+        lr,
+        grad_norm: gradNorm,
+        tokens,
+        tokens_per_s: batchTokens / Math.max(stepSec, 1e-9),
+        elapsed_s: elapsedBase + (performance.now() - t0) / 1000,
+      };
+      if (bad) m.skipped = true;
+      if (o.evalFn && ((o.evalEvery && step % o.evalEvery === 0) || step === totalSteps)) {
+        Object.assign(
+          m,
+          noGrad(() => scope(() => o.evalFn!(step))),
+        );
+      }
+      history.push(m);
+      metrics?.write(m);
+      progress?.update(m, batchTokens, stepSec, skipped);
+      o.onStep?.(m);
+      if (o.shouldStop?.() && step < totalSteps) {
+        stopped = true;
+        save();
+        break;
+      }
+      if (step === totalSteps || (o.checkpointEvery && step % o.checkpointEvery === 0)) save();
+    }
+    progress?.done();
+    return {
+      steps: step,
+      totalSteps,
+      tokens,
+      skipped,
+      loss: lastLoss,
+      elapsedSec: elapsedBase + (performance.now() - t0) / 1000,
+      checkpoint,
+      resumedFrom,
+      stopped,
+      history,
+    };
+  } finally {
+    progress?.done();
+    metrics?.close();
+    optimizer.dispose();
+    zeroGrads(all);
+    all.forEach(([, t], i) => (t.requiresGrad = wasTrainable[i]));
+  }
+}
