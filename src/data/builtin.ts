@@ -15,6 +15,7 @@ export function mobyDick(): string {
   }
   const file = path.join(dir, 'data', 'data.txt');
   const text = fs.readFileSync(file, 'utf8');
-  if (text.length < 100_000) throw new Error(`${file}: expected the whole book, got ${text.length} characters`);
+  if (text.length < 100_000)
+    throw new Error(`${file}: expected the whole book, got ${text.length} characters`);
   return text;
 }

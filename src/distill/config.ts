@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import YAML from 'yaml';
+import { compilePattern } from '../train/params.js';
 
 export type StageKind = 1 | 2 | 3;
 
@@ -37,7 +38,7 @@ export interface StageConfig {
   temperature: number;
   /** stage 3: weight of cross-entropy on the data */
   ceWeight: number;
-  /** parameter-name patterns (regular expressions) kept frozen in this stage */
+  /** parameter-name patterns kept frozen in this stage: globs over dotted names or /regex/ */
   freeze: string[];
   /** checkpoint every N optimizer steps (0 = only at the end) */
   checkpointEvery: number;
@@ -234,9 +235,9 @@ function parseStage(file: string, raw: unknown, i: number, defaults: Json): Stag
   };
   for (const p of s.freeze) {
     try {
-      new RegExp(p);
-    } catch {
-      err(file, `${field}.freeze`, `holds an invalid regular expression ${JSON.stringify(p)}`);
+      compilePattern(p);
+    } catch (e) {
+      err(file, `${field}.freeze`, `holds an invalid pattern ${JSON.stringify(p)} (${(e as Error).message})`);
     }
   }
   if (s.warmup + (s.schedule === 'wsd' ? s.decay : 0) > 1)

@@ -122,6 +122,10 @@ export class CpuBackend implements Backend {
   private live = new Set<CpuBuffer>();
   private liveBytes = 0;
   private peakBytes = 0;
+  /** freed arrays by dtype and length, reused by alloc (bounded by POOL_BYTES) */
+  private pool = new Map<string, HostArray[]>();
+  private pooledBytes = 0;
+  static POOL_BYTES = 1 << 30;
   /** use OpenBLAS for matmul when it loaded (tests turn it off to compare) */
   useBlas: boolean;
 
@@ -141,7 +145,10 @@ export class CpuBackend implements Backend {
 
   alloc(dtype: DType, length: number): DeviceBuffer {
     if (!Number.isInteger(length) || length < 0) throw new Error(`cpu backend: bad buffer length ${length}`);
-    const buf = new CpuBuffer(dtype, makeArray(dtype, length));
+    // reuse a freed array of the same dtype and length (kernels overwrite their outputs)
+    const pooled = this.pool.get(`${dtype}:${length}`)?.pop();
+    if (pooled) this.pooledBytes -= pooled.byteLength;
+    const buf = new CpuBuffer(dtype, pooled ?? makeArray(dtype, length));
     this.live.add(buf);
     this.liveBytes += length * DTYPE_BYTES[dtype];
     if (this.liveBytes > this.peakBytes) this.peakBytes = this.liveBytes;
@@ -152,6 +159,13 @@ export class CpuBackend implements Backend {
     const b = buf as CpuBuffer;
     if (!this.live.delete(b)) throw new Error('cpu backend: buffer freed twice or not from this backend');
     this.liveBytes -= b.length * DTYPE_BYTES[b.dtype];
+    if (b.data.byteLength >= 1024 && this.pooledBytes + b.data.byteLength <= CpuBackend.POOL_BYTES) {
+      const key = `${b.dtype}:${b.length}`;
+      let list = this.pool.get(key);
+      if (!list) this.pool.set(key, (list = []));
+      list.push(b.data);
+      this.pooledBytes += b.data.byteLength;
+    }
   }
 
   write(buf: DeviceBuffer, data: HostArray, offset = 0): void {
@@ -711,6 +725,7 @@ export class CpuBackend implements Backend {
       fl(states, 'ssd states'),
       finalState ? fl(finalState, 'ssd final state') : null,
       p,
+      this.useBlas,
     );
   }
 
@@ -739,6 +754,7 @@ export class CpuBackend implements Backend {
       fl(gB, 'ssd B gradient'),
       fl(gC, 'ssd C gradient'),
       p,
+      this.useBlas,
     );
   }
 
@@ -777,6 +793,7 @@ export class CpuBackend implements Backend {
       fl(gB, 'mixer B gradient'),
       fl(gC, 'mixer C gradient'),
       p,
+      this.useBlas,
     );
   }
 

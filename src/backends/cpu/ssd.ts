@@ -1,13 +1,15 @@
 // The discrete Mamba-2 SSM on the CPU: the chunked SSD scan with its backward pass, and the
-// materialized mixing matrix with its backward pass.
+// materialized mixing matrix with its backward pass. Every product goes through gemm (OpenBLAS
+// when present), on strided views of the (B, T, H, P) / (B, T, G, N) layouts.
 //
 // Per batch b and head h (group g = h / (H / G)), within a chunk of L positions starting at t0,
-// with cum[i] = sum_{k<=i} logA[t0 + k] and S0 the state entering the chunk (P x N):
-//   y_i   = sum_{j<=i} exp(cum[i] - cum[j]) (C_i . B_j) x_j  +  exp(cum[i]) S0 C_i
-//   S_end = exp(cum[L-1]) S0 + sum_j exp(cum[L-1] - cum[j]) x_j B_j^T
+// with cum[i] = sum_{k<=i} logA[t0 + k], W[i, j] = exp(cum[i] - cum[j]) for j <= i (else 0) and
+// S0 the state entering the chunk (P x N):
+//   Y     = (C B^T o W) X  +  diag(exp(cum)) C S0^T                       (L x P)
+//   S_end = exp(cum[L-1]) S0 + X^T diag(w) B,  w[j] = exp(cum[L-1] - cum[j])  (P x N)
 
 import type { SsdParams } from '../backend.js';
-import type { FloatArray } from './blas.js';
+import { gemm, type FloatArray } from './blas.js';
 
 interface Layout {
   H: number;
@@ -27,6 +29,28 @@ function layout(p: SsdParams): Layout {
   return { H, G, P, N, T, Q, nChunks: Math.ceil(T / Q), headsPerGroup: H / G };
 }
 
+function scratch(like: FloatArray, n: number): FloatArray {
+  return like instanceof Float64Array ? new Float64Array(n) : new Float32Array(n);
+}
+
+/** cum[i] = sum_{k <= i} logA[(b, t0 + k, h)] */
+function chunkCum(
+  logA: FloatArray,
+  cum: Float64Array,
+  b: number,
+  t0: number,
+  L: number,
+  T: number,
+  H: number,
+  h: number,
+): void {
+  let acc = 0;
+  for (let i = 0; i < L; i++) {
+    acc += logA[(b * T + t0 + i) * H + h];
+    cum[i] = acc;
+  }
+}
+
 export function ssdScan(
   x: FloatArray,
   logA: FloatArray,
@@ -36,11 +60,15 @@ export function ssdScan(
   states: FloatArray,
   finalState: FloatArray | null,
   p: SsdParams,
+  useBlas = true,
 ): void {
   const { H, G, P, N, T, Q, nChunks, headsPerGroup } = layout(p);
-  const S = new Float64Array(P * N);
+  const S = scratch(x, P * N);
   const cum = new Float64Array(Q);
-  const cb = new Float64Array(Q * Q);
+  const cb = scratch(x, Q * Q);
+  const cs = scratch(x, Q * N);
+  const ldx = H * P;
+  const ldb = G * N;
   for (let b = 0; b < p.batch; b++) {
     for (let h = 0; h < H; h++) {
       const g = Math.floor(h / headsPerGroup);
@@ -48,53 +76,37 @@ export function ssdScan(
       for (let c = 0; c < nChunks; c++) {
         const t0 = c * Q;
         const L = Math.min(Q, T - t0);
-        const stBase = ((b * nChunks + c) * H + h) * P * N;
-        for (let e = 0; e < P * N; e++) states[stBase + e] = S[e];
-        let acc = 0;
+        states.set(S, ((b * nChunks + c) * H + h) * P * N);
+        chunkCum(logA, cum, b, t0, L, T, H, h);
+        const xOff = ((b * T + t0) * H + h) * P;
+        const bOff = ((b * T + t0) * G + g) * N;
+        // CB = C B^T (L x L), masked with the decays
+        gemm(useBlas, false, true, L, L, N, 1, cm, bOff, ldb, bm, bOff, ldb, 0, cb, 0, L);
         for (let i = 0; i < L; i++) {
-          acc += logA[(b * T + t0 + i) * H + h];
-          cum[i] = acc;
+          for (let j = 0; j <= i; j++) cb[i * L + j] *= Math.exp(cum[i] - cum[j]);
+          for (let j = i + 1; j < L; j++) cb[i * L + j] = 0;
         }
-        // C_i . B_j for j <= i
-        for (let i = 0; i < L; i++) {
-          const ci = ((b * T + t0 + i) * G + g) * N;
-          for (let j = 0; j <= i; j++) {
-            const bj = ((b * T + t0 + j) * G + g) * N;
-            let d = 0;
-            for (let n = 0; n < N; n++) d += cm[ci + n] * bm[bj + n];
-            cb[i * Q + j] = d * Math.exp(cum[i] - cum[j]);
+        // Y = (CB o W) X
+        gemm(useBlas, false, false, L, P, L, 1, cb, 0, L, x, xOff, ldx, 0, y, xOff, ldx);
+        // Y += diag(exp(cum)) C S0^T
+        if (c > 0) {
+          for (let i = 0; i < L; i++) {
+            const e = Math.exp(cum[i]);
+            for (let n = 0; n < N; n++) cs[i * N + n] = e * cm[bOff + i * ldb + n];
           }
+          gemm(useBlas, false, true, L, P, N, 1, cs, 0, N, S, 0, N, 1, y, xOff, ldx);
         }
-        for (let i = 0; i < L; i++) {
-          const yi = ((b * T + t0 + i) * H + h) * P;
-          const ci = ((b * T + t0 + i) * G + g) * N;
-          const decay = Math.exp(cum[i]);
-          for (let pp = 0; pp < P; pp++) {
-            let v = 0;
-            for (let j = 0; j <= i; j++) v += cb[i * Q + j] * x[((b * T + t0 + j) * H + h) * P + pp];
-            let inter = 0;
-            for (let n = 0; n < N; n++) inter += S[pp * N + n] * cm[ci + n];
-            y[yi + pp] = v + decay * inter;
-          }
-        }
-        // state passing
-        const total = Math.exp(cum[L - 1]);
-        for (let e = 0; e < P * N; e++) S[e] *= total;
+        // S = exp(cum[L-1]) S + X^T diag(w) B
+        const last = cum[L - 1];
         for (let j = 0; j < L; j++) {
-          const w = Math.exp(cum[L - 1] - cum[j]);
-          const xj = ((b * T + t0 + j) * H + h) * P;
-          const bj = ((b * T + t0 + j) * G + g) * N;
-          for (let pp = 0; pp < P; pp++) {
-            const xv = w * x[xj + pp];
-            if (xv === 0) continue;
-            for (let n = 0; n < N; n++) S[pp * N + n] += xv * bm[bj + n];
-          }
+          const w = Math.exp(last - cum[j]);
+          for (let n = 0; n < N; n++) cs[j * N + n] = w * bm[bOff + j * ldb + n];
         }
+        const decay = Math.exp(last);
+        for (let e = 0; e < P * N; e++) S[e] *= decay;
+        gemm(useBlas, true, false, P, N, L, 1, x, xOff, ldx, cs, 0, N, 1, S, 0, N);
       }
-      if (finalState) {
-        const fb = (b * H + h) * P * N;
-        for (let e = 0; e < P * N; e++) finalState[fb + e] = S[e];
-      }
+      if (finalState) finalState.set(S, (b * H + h) * P * N);
     }
   }
 }
@@ -111,17 +123,22 @@ export function ssdScanBackward(
   gB: FloatArray,
   gC: FloatArray,
   p: SsdParams,
+  useBlas = true,
 ): void {
   const { H, G, P, N, T, Q, nChunks, headsPerGroup } = layout(p);
   gB.fill(0);
   gC.fill(0);
-  const S0 = new Float64Array(P * N);
-  const gS = new Float64Array(P * N); // gradient of the state leaving the current chunk
-  const gS0 = new Float64Array(P * N);
+  const S0 = scratch(x, P * N);
+  const gS = scratch(x, P * N); // gradient of the state leaving the current chunk
+  const gS0 = scratch(x, P * N);
   const cum = new Float64Array(Q);
   const gcum = new Float64Array(Q);
-  const gxl = new Float64Array(Q * P);
-  const u = new Float64Array(P);
+  const a = scratch(x, Q * Q); // CB o W
+  const ds = scratch(x, Q * Q); // gY X^T, then dS o W
+  const u = scratch(x, Q * Math.max(P, N));
+  const v = scratch(x, Q * Math.max(P, N));
+  const ldx = H * P;
+  const ldb = G * N;
   for (let b = 0; b < p.batch; b++) {
     for (let h = 0; h < H; h++) {
       const g = Math.floor(h / headsPerGroup);
@@ -129,94 +146,79 @@ export function ssdScanBackward(
       for (let c = nChunks - 1; c >= 0; c--) {
         const t0 = c * Q;
         const L = Math.min(Q, T - t0);
-        const stBase = ((b * nChunks + c) * H + h) * P * N;
-        for (let e = 0; e < P * N; e++) S0[e] = states[stBase + e];
-        let acc = 0;
+        S0.set(states.subarray(((b * nChunks + c) * H + h) * P * N, ((b * nChunks + c) * H + h + 1) * P * N));
+        chunkCum(logA, cum, b, t0, L, T, H, h);
+        gcum.fill(0, 0, L);
+        const xOff = ((b * T + t0) * H + h) * P;
+        const bOff = ((b * T + t0) * G + g) * N;
+        // A = CB o W, dS = gY X^T
+        gemm(useBlas, false, true, L, L, N, 1, cm, bOff, ldb, bm, bOff, ldb, 0, a, 0, L);
+        gemm(useBlas, false, true, L, L, P, 1, gy, xOff, ldx, x, xOff, ldx, 0, ds, 0, L);
         for (let i = 0; i < L; i++) {
-          acc += logA[(b * T + t0 + i) * H + h];
-          cum[i] = acc;
-        }
-        gcum.fill(0);
-        gxl.fill(0);
-        gS0.fill(0);
-        const xi = (i: number) => ((b * T + t0 + i) * H + h) * P;
-        const bi = (i: number) => ((b * T + t0 + i) * G + g) * N;
-        // intra-chunk part
-        for (let i = 0; i < L; i++) {
-          const gyi = xi(i);
-          const ci = bi(i);
           for (let j = 0; j <= i; j++) {
             const w = Math.exp(cum[i] - cum[j]);
-            const bj = bi(j);
-            const xj = xi(j);
-            let cbv = 0;
-            for (let n = 0; n < N; n++) cbv += cm[ci + n] * bm[bj + n];
-            let dS = 0;
-            for (let pp = 0; pp < P; pp++) dS += gy[gyi + pp] * x[xj + pp];
-            const wcb = w * cbv;
-            for (let pp = 0; pp < P; pp++) gxl[j * P + pp] += wcb * gy[gyi + pp];
-            const wd = w * dS;
-            for (let n = 0; n < N; n++) {
-              gC[ci + n] += wd * bm[bj + n];
-              gB[bj + n] += wd * cm[ci + n];
-            }
-            const gl = dS * wcb;
-            gcum[i] += gl;
-            gcum[j] -= gl;
+            const av = a[i * L + j] * w;
+            a[i * L + j] = av;
+            const r = ds[i * L + j] * av; // dS o CB o W: the decays' gradient
+            gcum[i] += r;
+            gcum[j] -= r;
+            ds[i * L + j] *= w;
+          }
+          for (let j = i + 1; j < L; j++) {
+            a[i * L + j] = 0;
+            ds[i * L + j] = 0;
           }
         }
-        // contribution of the entering state to the outputs
-        for (let i = 0; i < L; i++) {
-          const e = Math.exp(cum[i]);
-          const gyi = xi(i);
-          const ci = bi(i);
-          let dot = 0;
-          for (let pp = 0; pp < P; pp++) {
-            let s = 0;
-            for (let n = 0; n < N; n++) s += S0[pp * N + n] * cm[ci + n];
-            u[pp] = s;
-            dot += gy[gyi + pp] * s;
-          }
-          gcum[i] += e * dot;
-          for (let pp = 0; pp < P; pp++) {
-            const gv = e * gy[gyi + pp];
-            if (gv === 0) continue;
-            for (let n = 0; n < N; n++) {
-              gC[ci + n] += gv * S0[pp * N + n];
-              gS0[pp * N + n] += gv * cm[ci + n];
+        // gX = A^T gY ; gC += (dS o W) B ; gB += (dS o W)^T C
+        gemm(useBlas, true, false, L, P, L, 1, a, 0, L, gy, xOff, ldx, 0, gx, xOff, ldx);
+        gemm(useBlas, false, false, L, N, L, 1, ds, 0, L, bm, bOff, ldb, 1, gC, bOff, ldb);
+        gemm(useBlas, true, false, L, N, L, 1, ds, 0, L, cm, bOff, ldb, 1, gB, bOff, ldb);
+        // the entering state's part of Y: diag(e^cum) C S0^T
+        if (c > 0) {
+          // U = C S0^T (L x P): gcum_i += e^cum_i <gY_i, U_i>
+          gemm(useBlas, false, true, L, P, N, 1, cm, bOff, ldb, S0, 0, N, 0, u, 0, P);
+          for (let i = 0; i < L; i++) {
+            const e = Math.exp(cum[i]);
+            let d = 0;
+            for (let q = 0; q < P; q++) {
+              const gyv = e * gy[xOff + i * ldx + q];
+              v[i * P + q] = gyv; // diag(e^cum) gY
+              d += gyv * u[i * P + q];
             }
+            gcum[i] += d;
           }
+          // gC += diag(e^cum) gY S0 ; gS0 = (diag(e^cum) gY)^T C
+          gemm(useBlas, false, false, L, N, P, 1, v, 0, P, S0, 0, N, 1, gC, bOff, ldb);
+          gemm(useBlas, true, false, P, N, L, 1, v, 0, P, cm, bOff, ldb, 0, gS0, 0, N);
+        } else {
+          gS0.fill(0);
         }
-        // the state leaving the chunk
-        const last = L - 1;
-        const eTotal = Math.exp(cum[last]);
+        // the state leaving the chunk: S_end = e^last S0 + X^T diag(w) B
+        const last = cum[L - 1];
+        const eLast = Math.exp(last);
         let inner = 0;
         for (let e = 0; e < P * N; e++) {
-          gS0[e] += eTotal * gS[e];
+          gS0[e] += eLast * gS[e];
           inner += gS[e] * S0[e];
         }
-        gcum[last] += eTotal * inner;
+        gcum[L - 1] += eLast * inner;
+        // XgS = X gS (L x N)
+        gemm(useBlas, false, false, L, N, P, 1, x, xOff, ldx, gS, 0, N, 0, u, 0, N);
         for (let j = 0; j < L; j++) {
-          const w = Math.exp(cum[last] - cum[j]);
-          const xj = xi(j);
-          const bj = bi(j);
-          let v = 0;
-          for (let pp = 0; pp < P; pp++) {
-            let s = 0; // (gS B_j)_p
-            for (let n = 0; n < N; n++) s += gS[pp * N + n] * bm[bj + n];
-            gxl[j * P + pp] += w * s;
-            v += x[xj + pp] * s;
-          }
+          const w = Math.exp(last - cum[j]);
+          let d = 0;
           for (let n = 0; n < N; n++) {
-            let s = 0; // (gS^T x_j)_n
-            for (let pp = 0; pp < P; pp++) s += gS[pp * N + n] * x[xj + pp];
-            gB[bj + n] += w * s;
+            const bv = bm[bOff + j * ldb + n];
+            d += u[j * N + n] * bv;
+            gB[bOff + j * ldb + n] += w * u[j * N + n];
+            v[j * N + n] = w * bv; // diag(w) B
           }
-          gcum[last] += w * v;
-          gcum[j] -= w * v;
+          gcum[L - 1] += w * d;
+          gcum[j] -= w * d;
         }
-        // write gx and turn gcum into glogA (reverse cumulative sum)
-        for (let j = 0; j < L; j++) for (let pp = 0; pp < P; pp++) gx[xi(j) + pp] = gxl[j * P + pp];
+        // gX += diag(w) B gS^T
+        gemm(useBlas, false, true, L, P, N, 1, v, 0, N, gS, 0, N, 1, gx, xOff, ldx);
+        // glogA = reverse cumulative sum of gcum
         let rev = 0;
         for (let i = L - 1; i >= 0; i--) {
           rev += gcum[i];
@@ -228,28 +230,35 @@ export function ssdScanBackward(
   }
 }
 
+/** cum over the whole sequence of (b, h), in float64 */
+function seqCum(logA: FloatArray, cum: Float64Array, b: number, T: number, H: number, h: number): void {
+  let acc = 0;
+  for (let t = 0; t < T; t++) {
+    acc += logA[(b * T + t) * H + h];
+    cum[t] = acc;
+  }
+}
+
 export function materializeMixer(
   logA: FloatArray,
   bm: FloatArray,
   cm: FloatArray,
   out: FloatArray,
   p: SsdParams,
+  useBlas = true,
 ): void {
   const { H, G, N, T, headsPerGroup } = layout(p);
+  const cum = new Float64Array(T);
+  const ldb = G * N;
   for (let b = 0; b < p.batch; b++) {
     for (let h = 0; h < H; h++) {
       const g = Math.floor(h / headsPerGroup);
       const base = (b * H + h) * T * T;
+      const bOff = (b * T * G + g) * N;
+      seqCum(logA, cum, b, T, H, h);
+      gemm(useBlas, false, true, T, T, N, 1, cm, bOff, ldb, bm, bOff, ldb, 0, out, base, T);
       for (let t = 0; t < T; t++) {
-        const ci = ((b * T + t) * G + g) * N;
-        let seg = 0; // sum_{k=s+1..t} logA_k
-        for (let s = t; s >= 0; s--) {
-          const bs = ((b * T + s) * G + g) * N;
-          let d = 0;
-          for (let n = 0; n < N; n++) d += cm[ci + n] * bm[bs + n];
-          out[base + t * T + s] = d * Math.exp(seg);
-          seg += logA[(b * T + s) * H + h];
-        }
+        for (let s = 0; s <= t; s++) out[base + t * T + s] *= Math.exp(cum[t] - cum[s]);
         for (let s = t + 1; s < T; s++) out[base + t * T + s] = 0;
       }
     }
@@ -265,39 +274,42 @@ export function materializeMixerBackward(
   gB: FloatArray,
   gC: FloatArray,
   p: SsdParams,
+  useBlas = true,
 ): void {
   const { H, G, N, T, headsPerGroup } = layout(p);
   gB.fill(0);
   gC.fill(0);
-  const r = new Float64Array(T);
+  const cum = new Float64Array(T);
+  const gcum = new Float64Array(T);
+  const m = scratch(gOut, T * T);
+  const gw = scratch(gOut, T * T);
+  const ldb = G * N;
   for (let b = 0; b < p.batch; b++) {
     for (let h = 0; h < H; h++) {
       const g = Math.floor(h / headsPerGroup);
       const base = (b * H + h) * T * T;
-      for (let t = 0; t < T; t++) gLogA[(b * T + t) * H + h] = 0;
+      const bOff = (b * T * G + g) * N;
+      seqCum(logA, cum, b, T, H, h);
+      gemm(useBlas, false, true, T, T, N, 1, cm, bOff, ldb, bm, bOff, ldb, 0, m, 0, T);
+      gcum.fill(0);
       for (let t = 0; t < T; t++) {
-        const ci = ((b * T + t) * G + g) * N;
-        let seg = 0;
-        for (let s = t; s >= 0; s--) {
-          const bs = ((b * T + s) * G + g) * N;
-          const w = Math.exp(seg);
-          const gm = gOut[base + t * T + s];
-          let d = 0;
-          for (let n = 0; n < N; n++) d += cm[ci + n] * bm[bs + n];
-          r[s] = gm * d * w; // g * M[t, s]
-          const gw = gm * w;
-          for (let n = 0; n < N; n++) {
-            gC[ci + n] += gw * bm[bs + n];
-            gB[bs + n] += gw * cm[ci + n];
-          }
-          seg += logA[(b * T + s) * H + h];
+        for (let s = 0; s <= t; s++) {
+          const w = Math.exp(cum[t] - cum[s]);
+          const go = gOut[base + t * T + s];
+          const r = go * m[t * T + s] * w; // g * M[t, s]: dM/dcum_t = M, dM/dcum_s = -M
+          gcum[t] += r;
+          gcum[s] -= r;
+          gw[t * T + s] = go * w;
         }
-        // dM[t,s]/dlogA_k = M[t,s] for s < k <= t
-        let prefix = 0;
-        for (let k = 1; k <= t; k++) {
-          prefix += r[k - 1];
-          gLogA[(b * T + k) * H + h] += prefix;
-        }
+        for (let s = t + 1; s < T; s++) gw[t * T + s] = 0;
+      }
+      // gC += (g o W) B ; gB += (g o W)^T C
+      gemm(useBlas, false, false, T, N, T, 1, gw, 0, T, bm, bOff, ldb, 1, gC, bOff, ldb);
+      gemm(useBlas, true, false, T, N, T, 1, gw, 0, T, cm, bOff, ldb, 1, gB, bOff, ldb);
+      let rev = 0;
+      for (let t = T - 1; t >= 0; t--) {
+        rev += gcum[t];
+        gLogA[(b * T + t) * H + h] = rev;
       }
     }
   }
