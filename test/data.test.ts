@@ -10,6 +10,7 @@ import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import {
   evalBatches,
+  piecesAreExact,
   prepareTokens,
   RandomWindows,
   SequentialWindows,
@@ -262,6 +263,38 @@ describe('prepare', () => {
       readAll(TokenDataset.open(path.join(dir, 'whole')), 'train'),
     );
   });
+  it('detects tokenizers that cannot be cut into pieces (SentencePiece) and then encodes whole documents', async (t) => {
+    const bin = path.join(shared, 'data/stories260K/stories260K.bin');
+    if (!fs.existsSync(bin)) {
+      t.skip(`${shared} is missing`);
+      return;
+    }
+    const { convertLlama2c } = await import('../src/io/llama2c.js');
+    const { loadTokenizer } = await import('../src/io/tokenizer.js');
+    const dir = tmpDir('sp');
+    convertLlama2c(bin, path.join(shared, 'data/stories260K/tok512.model'), path.join(dir, 'model'));
+    const tok = loadTokenizer(path.join(dir, 'model'));
+    const enc: TokenEncoder = {
+      encode: (x) => tok.encode(x, { addBos: false }),
+      eosTokenId: tok.eosTokenId,
+      vocabSize: tok.vocabSize,
+    };
+    assert.equal(piecesAreExact(enc), false);
+    assert.equal(piecesAreExact(byteTokenizer), true);
+    const text =
+      Array.from({ length: 300 }, (_, i) => `Once upon a time, story ${i} had a cat.`).join(' ') + '\n';
+    fs.writeFileSync(path.join(dir, 'story.txt'), text);
+    const r = prepareTokens(enc, {
+      inputs: [path.join(dir, 'story.txt')],
+      out: path.join(dir, 'out'),
+      valFraction: 0,
+    });
+    assert.deepEqual(readAll(TokenDataset.open(path.join(dir, 'out')), 'train'), [
+      ...Array.from(enc.encode(text)),
+      tok.eosTokenId,
+    ]);
+    assert.equal(r.index.eos_token_id, 2);
+  });
 });
 
 describe('batch samplers', () => {
@@ -395,5 +428,89 @@ describe('batch samplers', () => {
     assert.deepEqual(input.shape, [last!.batch, T]);
     assert.equal(target.dtype, 'i32');
     assert.deepEqual(Array.from(target.toArray()), Array.from(last!.target));
+  });
+});
+
+describe('commands and teacher samples', () => {
+  const capture = async (fn: () => Promise<number>): Promise<{ code: number; out: string }> => {
+    const orig = console.log;
+    const err = process.stderr.write.bind(process.stderr);
+    let out = '';
+    console.log = (...a: unknown[]) => void (out += a.join(' ') + '\n');
+    process.stderr.write = (() => true) as typeof process.stderr.write;
+    try {
+      return { code: await fn(), out };
+    } finally {
+      console.log = orig;
+      process.stderr.write = err;
+    }
+  };
+
+  it('mohawk data prepare / info with a tokenizer directory', async () => {
+    const { byteTokenizer: makeByteTokenizer } = await import('../src/io/tokenizer.js');
+    const cmd = await import('../src/cli/commands/data.js');
+    const dir = tmpDir('cli');
+    makeByteTokenizer().save(path.join(dir, 'tok'));
+    fs.writeFileSync(path.join(dir, 'a.txt'), 'hello world\n'.repeat(50));
+    fs.writeFileSync(path.join(dir, 'b.jsonl'), '{"t": "one"}\n{"t": "two"}\n');
+    const out = path.join(dir, 'out');
+    const r = await capture(() =>
+      cmd.run([
+        'prepare',
+        '--tokenizer',
+        path.join(dir, 'tok'),
+        '--input',
+        path.join(dir, 'a.txt'),
+        '--val',
+        path.join(dir, 'b.jsonl'),
+        '--jsonl-field',
+        't',
+        '--out',
+        out,
+      ]),
+    );
+    assert.equal(r.code, 0);
+    assert.match(r.out, /a\.txt\s+train\s+600 B\s+1\s+601/);
+    assert.match(r.out, /total val\s+val\s+2\s+8/);
+    const ds = TokenDataset.open(out);
+    assert.deepEqual(readAll(ds, 'val'), [...Buffer.from('one'), 256, ...Buffer.from('two'), 256]);
+    const info = await capture(() => cmd.run(['info', out, '--json']));
+    assert.equal(JSON.parse(info.out).splits.train.tokens, 601);
+    await assert.rejects(
+      cmd.run(['prepare', '--tokenizer', path.join(dir, 'tok'), '--out', out]),
+      /--input is required/,
+    );
+  });
+
+  it('batched teacher sampling: greedy rows equal batch-1 greedy decoding, seeded runs repeat', async (t) => {
+    const modelDir = path.join(shared, 'fixtures/reference/llama-tied');
+    if (!fs.existsSync(modelDir)) {
+      t.skip(`${shared} is missing`);
+      return;
+    }
+    const { loadModel } = await import('../src/models/load.js');
+    const { generateIds } = await import('../src/generate/generate.js');
+    const { sampleDocuments } = await import('../src/generate/sample-data.js');
+    const { model } = loadModel(modelDir, { tokenizer: false });
+    // separators none, so each row is one document of seqLen - 1 tokens
+    const greedy = sampleDocuments(model, {
+      tokens: 3 * 11,
+      batch: 3,
+      seqLen: 12,
+      temperature: 0,
+      separators: [],
+    });
+    const single = generateIds(model, [1], { maxNewTokens: 11, temperature: 0, stopAtEos: false });
+    assert.deepEqual(greedy, [single, single, single]);
+    const a = sampleDocuments(model, { tokens: 60, batch: 4, seqLen: 16, seed: 3 });
+    const b = sampleDocuments(model, { tokens: 60, batch: 4, seqLen: 16, seed: 3 });
+    const c = sampleDocuments(model, { tokens: 60, batch: 4, seqLen: 16, seed: 4 });
+    assert.deepEqual(a, b);
+    assert.notDeepEqual(a, c);
+    assert.ok(
+      a.flat().every((id) => id !== 1 && id !== 2),
+      'separators removed',
+    );
+    assert.ok(a.flat().length >= 50 && a.flat().length <= 60);
   });
 });

@@ -27,4 +27,12 @@ export const commands: Record<string, Command> = {
     summary: 'convert a llama2.c checkpoint into a Hugging Face style directory',
     load: () => import('./commands/convert.js'),
   },
+  data: {
+    summary: 'tokenize text and JSONL into token shards (prepare), or describe them (info)',
+    load: () => import('./commands/data.js'),
+  },
+  'sample-data': {
+    summary: 'sample training text from a teacher model into token shards or JSONL',
+    load: () => import('./commands/sample-data.js'),
+  },
 };

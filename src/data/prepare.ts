@@ -108,7 +108,7 @@ export function prepareTokens(encoder: TokenEncoder, opts: PrepareOptions): Prep
   if (!(eos >= 0 && eos < vocab))
     throw new Error(`prepare: EOS id ${eos} outside the vocabulary [0, ${vocab})`);
   const field = opts.jsonlField ?? 'text';
-  const chunkBytes = opts.chunkBytes ?? 1 << 20;
+  const chunkBytes = opts.chunkBytes ?? (piecesAreExact(encoder) ? 1 << 20 : 0);
   const trainFiles = listInputFiles(opts.inputs);
   const valFiles = listInputFiles(valInputs);
   if (!trainFiles.length) throw new Error('prepare: no input files');
@@ -220,6 +220,24 @@ export function prepareTokens(encoder: TokenEncoder, opts: PrepareOptions): Prep
   if (valSplit.tokens > 0) index.splits.val = valSplit;
   writeFileAtomicSync(path.join(opts.out, INDEX_FILE), JSON.stringify(index, null, 2) + '\n');
   return { index, bytes: bytesTotal, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** Cut points of the kind `chunkBytes` uses, as (before, after) pairs. */
+const PROBES: [string, string][] = [
+  ['The cat sat on the mat.', '\nThe dog ran.'],
+  ['It was the best of times,', ' it was the worst of times'],
+  ['end of a paragraph.\n', '\nNext one, 42 times'],
+  ['trailing spaces  ', " 'quoted' words"],
+  ['über naïve', ' café\n\tindented'],
+];
+
+/** Whether this tokenizer encodes text cut the way `chunkBytes` cuts it exactly as the whole text. */
+export function piecesAreExact(encoder: TokenEncoder): boolean {
+  const same = (a: ArrayLike<number>, b: ArrayLike<number>): boolean =>
+    a.length === b.length && Array.prototype.every.call(a, (v: number, i: number) => v === b[i]);
+  return PROBES.every(([x, y]) =>
+    same(encoder.encode(x + y), [...Array.from(encoder.encode(x)), ...Array.from(encoder.encode(y))]),
+  );
 }
 
 // ---- streaming ------------------------------------------------------------------------------
