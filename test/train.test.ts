@@ -10,12 +10,13 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { readSafetensors } from '../src/io/safetensors.js';
-import { keep, mul, scalar, sqrt, sum, tensor, type Tensor } from '../src/tensor/index.js';
+import { getBackend, keep, mul, scalar, sqrt, sum, tensor, type Tensor } from '../src/tensor/index.js';
 import {
   AdamW,
   compilePattern,
   lrFactor,
   NonFiniteError,
+  Progress,
   readLatest,
   readMetrics,
   train,
@@ -249,6 +250,22 @@ describe('train loop', () => {
     );
   });
 
+  it('frees everything it allocates: only the model weights outlive a run; flat across steps', () => {
+    const backend = getBackend();
+    const before = backend.memoryStats().liveBuffers;
+    const perStep: number[] = [];
+    const { model } = runTiny(
+      { data: dataDir, steps: 8, batchTokens: 64 },
+      { onStep: () => perStep.push(backend.memoryStats().liveBuffers) },
+    );
+    assert.ok(
+      perStep.every((n) => n === perStep[0]),
+      `live buffers per step: ${perStep}`,
+    );
+    model.dispose();
+    assert.equal(backend.memoryStats().liveBuffers, before);
+  });
+
   it('gradient accumulation: 2 x half batch equals 1 x full batch', () => {
     const base: RunConfig = { data: dataDir, sampler: 'sequential', steps: 6, dropout: false };
     const full = runTiny({ ...base, batch: 4, batchTokens: 32 });
@@ -269,6 +286,45 @@ describe('train loop', () => {
     for (const [n, t] of half.model.namedParameters()) assertClose(values(t), values(fp.get(n)!), 1e-5, n);
     // and it did train
     assert.ok(full.result.history[5].loss < full.result.history[0].loss);
+  });
+});
+
+describe('progress line', () => {
+  const fake = (isTTY: boolean) => {
+    const chunks: string[] = [];
+    return {
+      chunks,
+      stream: { isTTY, write: (c: string) => chunks.push(c) > 0 } as unknown as NodeJS.WritableStream,
+    };
+  };
+  const m = (step: number): StepMetrics => ({
+    step,
+    loss: 2.5,
+    lr: 1e-3,
+    grad_norm: 1,
+    tokens: step * 1000,
+    tokens_per_s: 1000,
+    elapsed_s: step,
+  });
+  it('rewrites one line on a terminal and prints plain lines otherwise, with loss, tokens/s and ETA', () => {
+    const tty = fake(true);
+    const p = new Progress(4, 4000, { stream: tty.stream, label: 'stage1' });
+    for (let s = 1; s <= 4; s++) p.update(m(s), 1000, 0.5, 0);
+    p.done();
+    assert.ok(tty.chunks[0].startsWith('\r\x1b[K'), 'carriage return + clear line');
+    assert.match(
+      tty.chunks[0],
+      /stage1: +step 1\/4 \(25\.0%\) +loss 2\.5000 +lr 1\.00e-3 +2\.0k tok\/s +ETA 2s/,
+    );
+    assert.ok(tty.chunks.at(-2)!.includes('step 4/4'), 'the last step is always shown');
+    assert.equal(tty.chunks.at(-1), '\n');
+    const plain = fake(false);
+    const q = new Progress(4, 4000, { stream: plain.stream, intervalSec: 3600 });
+    for (let s = 1; s <= 4; s++) q.update(m(s), 1000, 0.5, 1);
+    // the first and the last step, each a full line
+    assert.equal(plain.chunks.length, 2);
+    assert.ok(plain.chunks.every((c) => c.endsWith('\n') && !c.includes('\r')));
+    assert.match(plain.chunks[1], /step 4\/4 \(100\.0%\).*ETA 0s +skipped 1/);
   });
 });
 
@@ -380,10 +436,14 @@ describe('checkpoints and resume', () => {
     assert.deepEqual(fs.readdirSync(path.join(dir2, 'ckpt')).sort(), ['latest.json', 'step-00000003']);
   });
 
-  it('refuses to resume with a different batch or budget', () => {
+  it('refuses to resume with a different batch or budget, or to overwrite without resuming', () => {
     assert.throws(
       () => runTiny({ ...common, steps: 12, checkpointDir: path.join(refDir, 'ckpt') }),
       /made with total_steps 10, this run has 12/,
+    );
+    assert.throws(
+      () => runTiny({ ...common, checkpointDir: path.join(refDir, 'ckpt') }, { resume: false }),
+      /already holds a checkpoint \(step 10\); resume, or remove the directory/,
     );
   });
 });

@@ -171,7 +171,11 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
     let resumedFrom: number | null = null;
     let checkpoint: string | null = null;
     let saved: TrainState | null = null;
-    const latest = o.checkpointDir && o.resume !== false ? readLatest(o.checkpointDir) : null;
+    const latest = o.checkpointDir ? readLatest(o.checkpointDir) : null;
+    if (latest && o.resume === false)
+      fail(
+        `${o.checkpointDir} already holds a checkpoint (step ${latest.step}); resume, or remove the directory`,
+      );
     if (latest) {
       saved = readState<TrainState>(latest.path);
       loadCheckpoint(latest.path, all, optimizer);
