@@ -210,7 +210,9 @@ export function prepareTokens(encoder: TokenEncoder, opts: PrepareOptions): Prep
     tokenizer: opts.tokenizerName,
     split_rule: valFiles.length
       ? `val = ${valFiles.length} explicit file(s)${valFraction > 0 ? ` + last ${valFraction} of each input` : ''}`
-      : `val = last ${valFraction} of each input's bytes, cut at a line boundary`,
+      : valFraction > 0
+        ? `val = last ${valFraction} of each input's bytes, cut at a line boundary`
+        : 'no held-out split',
     splits: {},
     sources,
   };
