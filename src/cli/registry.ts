@@ -35,4 +35,16 @@ export const commands: Record<string, Command> = {
     summary: 'sample training text from a teacher model into token shards or JSONL',
     load: () => import('./commands/sample-data.js'),
   },
+  eval: {
+    summary: 'zero-shot tasks (LAMBADA, HellaSwag, PIQA, ARC, WinoGrande), lm-evaluation-harness style',
+    load: () => import('./commands/eval.js'),
+  },
+  perplexity: {
+    summary: 'sliding-window perplexity of text files',
+    load: () => import('./commands/perplexity.js'),
+  },
+  diagnose: {
+    summary: 'per-layer MOHAWK distances between a teacher and its student, with a picture',
+    load: () => import('./commands/diagnose.js'),
+  },
 };

@@ -1,0 +1,174 @@
+// mohawk perplexity: sliding-window perplexity of text files under a model.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { loadModel } from '../../models/load.js';
+import { perplexity, type PerplexityResult } from '../../eval/perplexity.js';
+import { CliError, deviceOption, flag, list, num, parse, required, selectDevice, str } from '../args.js';
+import { progressLine } from '../progress.js';
+
+const HELP = `usage: mohawk perplexity --model DIR --file PATH [--file PATH ...] [options]
+
+Sliding-window perplexity (the Hugging Face recipe): each file is one token sequence (BOS in front
+when the tokenizer adds it); windows of T tokens start every S tokens and each scores only the
+tokens no earlier window scored, so every token after the first is scored once, with up to T - 1
+tokens of context. Reports per file and overall: tokens, nats/token, perplexity and bits per byte.
+
+  --model DIR      a model directory (config.json, model.safetensors, tokenizer.json)
+  --file PATH      a text file (repeat the flag for several)
+  --context T      tokens per window (default: the model's length + 1, at most 2049)
+  --stride S       windows advance by S tokens (default T/2; at most T - 1)
+  --batch-size B   windows per forward (default 8)
+  --doc-separator STR  split each file into documents at STR (e.g. '<|endoftext|>'), score each
+                   document on its own (BOS in front of each when the tokenizer adds it), pool them
+  --no-bos         do not prepend BOS
+  --json           print the results as JSON
+  --device D       cpu (default) or cuda`;
+
+interface FileResult {
+  file: string;
+  bytes: number;
+  tokens: number;
+  nll: number;
+  ppl: number;
+  bits_per_byte: number;
+  windows: number;
+  documents: number;
+}
+
+function summarize(file: string, bytes: number, r: PerplexityResult): FileResult {
+  return {
+    file,
+    bytes,
+    tokens: r.tokens,
+    nll: r.nll,
+    ppl: r.ppl,
+    bits_per_byte: r.nllSum / Math.LN2 / bytes,
+    windows: r.windows,
+    documents: r.documents,
+  };
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const p = parse(
+    argv,
+    {
+      model: { type: 'string' },
+      file: { type: 'string', multiple: true },
+      context: { type: 'string' },
+      stride: { type: 'string' },
+      'batch-size': { type: 'string' },
+      'doc-separator': { type: 'string' },
+      'no-bos': { type: 'boolean' },
+      json: { type: 'boolean' },
+      ...deviceOption,
+    },
+    HELP,
+  );
+  if (!p) return 0;
+  const dir = required(p, 'model', HELP);
+  const files = list(p, 'file');
+  if (files.length === 0) throw new CliError(`--file is required\n\n${HELP}`);
+  const texts = files.map((f) => {
+    try {
+      return fs.readFileSync(f, 'utf8');
+    } catch {
+      throw new CliError(`--file: cannot read ${f}`);
+    }
+  });
+  await selectDevice(p);
+  const { model, tokenizer } = loadModel(dir);
+  if (!tokenizer) throw new CliError(`--model: ${dir} has no tokenizer.json (perplexity needs text)`);
+  const maxInput = Number.isFinite(model.info.maxSeqLen) ? model.info.maxSeqLen : 2048;
+  const context = num(p, 'context', Math.min(maxInput, 2048) + 1, {
+    integer: true,
+    min: 2,
+    max: maxInput + 1,
+  });
+  const stride = num(p, 'stride', Math.max(1, Math.floor(context / 2)), {
+    integer: true,
+    min: 1,
+    max: context - 1,
+  });
+  const batchSize = num(p, 'batch-size', 8, { integer: true, min: 1 });
+  const addBos = flag(p, 'no-bos') ? false : undefined;
+  const separator = str(p, 'doc-separator');
+  if (separator === '') throw new CliError('--doc-separator: empty');
+  const results: FileResult[] = [];
+  let nllSum = 0;
+  let tokens = 0;
+  let bytes = 0;
+  files.forEach((f, i) => {
+    const parts = (separator === undefined ? [texts[i]] : texts[i].split(separator).map((d) => d.trim()))
+      .map((text) => ({ text, ids: tokenizer.encode(text, addBos === undefined ? {} : { addBos }) }))
+      .filter((d) => d.ids.length >= 2);
+    const ids = parts.map((d) => d.ids);
+    if (ids.length === 0) throw new CliError(`--file: ${f} has no document of 2 or more tokens`);
+    const t0 = Date.now();
+    const label = path.basename(f);
+    const r = perplexity(model, ids, {
+      context,
+      stride,
+      batchSize,
+      onProgress: (done, total, tok) => progressLine(label, done, total, tok, t0, 'windows'),
+    });
+    progressLine(label, 1, 1, 0, t0, 'windows', true);
+    // bits per byte over the text of the documents scored (separators left out)
+    const b = parts.reduce((a, d) => a + Buffer.byteLength(d.text, 'utf8'), 0);
+    results.push(summarize(f, b, r));
+    nllSum += r.nllSum;
+    tokens += r.tokens;
+    bytes += b;
+  });
+  const overall = {
+    tokens,
+    bytes,
+    nll: nllSum / tokens,
+    ppl: Math.exp(nllSum / tokens),
+    bits_per_byte: nllSum / Math.LN2 / bytes,
+    mean_file_nll: results.reduce((a, r) => a + r.nll, 0) / results.length,
+  };
+  if (flag(p, 'json')) {
+    console.log(
+      JSON.stringify(
+        {
+          files: results,
+          overall,
+          config: {
+            model: dir,
+            context,
+            stride,
+            add_bos: addBos ?? tokenizer.addBos,
+            doc_separator: separator ?? null,
+          },
+        },
+        null,
+        2,
+      ),
+    );
+    return 0;
+  }
+  const rows = [
+    ['file', 'tokens', 'nll', 'ppl', 'bits/byte'],
+    ...results.map((r) => [
+      path.basename(r.file),
+      String(r.tokens),
+      r.nll.toFixed(4),
+      r.ppl.toFixed(3),
+      r.bits_per_byte.toFixed(4),
+    ]),
+    [
+      'overall',
+      String(tokens),
+      overall.nll.toFixed(4),
+      overall.ppl.toFixed(3),
+      overall.bits_per_byte.toFixed(4),
+    ],
+  ];
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  for (const r of rows)
+    console.log(r.map((x, c) => (c === 0 ? x.padEnd(widths[c]) : x.padStart(widths[c]))).join('  '));
+  if (results.length > 1) console.log(`mean nll over files ${overall.mean_file_nll.toFixed(4)} nats/token`);
+  console.log(`context ${context} tokens, stride ${stride}`);
+  return 0;
+}
