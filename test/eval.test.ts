@@ -512,6 +512,129 @@ describe('diagnostics', { skip }, () => {
   });
 });
 
+describe('commands', { skip }, () => {
+  /** run a command module, capturing what it prints on stdout */
+  async function capture(fn: () => Promise<number>): Promise<string> {
+    const lines: string[] = [];
+    const orig = console.log;
+    const origErr = process.stderr.write;
+    console.log = (...a: unknown[]) => void lines.push(a.join(' '));
+    process.stderr.write = (() => true) as typeof process.stderr.write;
+    try {
+      assert.equal(await fn(), 0);
+    } finally {
+      console.log = orig;
+      process.stderr.write = origErr;
+    }
+    return lines.join('\n');
+  }
+
+  it('eval writes harness-shaped JSON and one sample line per example; perplexity and diagnose run', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mohawk-eval-cli-'));
+    const { model } = loadModel(FIXTURE);
+    const { saveModel } = await import('../src/models/load.js');
+    saveModel(path.join(dir, 'teacher'), model, byteTokenizer());
+    saveModel(path.join(dir, 'student'), transferStudent(model, { alphaInit: 0.9 }), byteTokenizer());
+    const data = path.join(dir, 'data');
+    fs.mkdirSync(data);
+    fs.writeFileSync(
+      path.join(data, 'piqa.jsonl'),
+      [
+        { query: 'Question: How to open a jar?\n', choices: ['Twist the lid.', 'Hit it.'], gold: 0 },
+        { query: 'Question: Dry shoes\n', choices: ['Use paper.', 'Use an oven.'], gold: 0 },
+        { query: 'Question: Boil an egg\n', choices: ['Use water.', 'Use sand.'], gold: 0 },
+      ]
+        .map((o) => JSON.stringify(o))
+        .join('\n') + '\n',
+    );
+    fs.writeFileSync(
+      path.join(data, 'lambada_openai.jsonl'),
+      JSON.stringify({ context: 'She opened the door and saw', continuation: 'nobody' }) + '\n',
+    );
+    const samples = path.join(dir, 'samples.jsonl');
+    const evalCmd = await import('../src/cli/commands/eval.js');
+    const out = await capture(() =>
+      evalCmd.run([
+        ...['--model', path.join(dir, 'teacher'), '--tasks', 'piqa,lambada_openai', '--data-dir', data],
+        ...['--limit', '2', '--batch-size', '3', '--log-samples', samples, '--json'],
+      ]),
+    );
+    const j = JSON.parse(out) as {
+      results: Record<string, Record<string, number>>;
+      rows: { task: string; metric: string; value: number; stderr: number | null }[];
+    };
+    assert.deepEqual(Object.keys(j.results), ['piqa', 'lambada_openai']);
+    assert.ok('acc,none' in j.results.piqa && 'acc_norm_stderr,none' in j.results.piqa);
+    assert.ok('perplexity,none' in j.results.lambada_openai);
+    assert.deepEqual(
+      j.rows.map((r) => `${r.task} ${r.metric}`),
+      ['piqa acc', 'piqa acc_norm', 'lambada_openai perplexity', 'lambada_openai acc'],
+    );
+    const lines = fs
+      .readFileSync(samples, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.equal(lines.length, 3); // --limit 2 of piqa, the one LAMBADA example
+    assert.deepEqual(Object.keys(lines[0]), ['task', 'index', 'loglikelihoods', 'pred', 'gold']);
+    assert.equal((lines[0].loglikelihoods as number[]).length, 2);
+    assert.equal(lines[2].task, 'lambada_openai');
+    assert.equal(typeof lines[2].greedy_match, 'boolean');
+    // the table's mean acc equals the samples' mean
+    const piqa = lines.filter((l) => l.task === 'piqa');
+    const acc = piqa.filter((l) => l.pred === l.gold).length / piqa.length;
+    assert.equal(j.results.piqa['acc,none'], acc);
+
+    const text = path.join(dir, 'text.txt');
+    fs.writeFileSync(text, 'Once upon a time there was a river. '.repeat(12));
+    const ppl = await import('../src/cli/commands/perplexity.js');
+    const pj = JSON.parse(
+      await capture(() =>
+        ppl.run([
+          '--model',
+          path.join(dir, 'teacher'),
+          '--file',
+          text,
+          '--context',
+          '64',
+          '--stride',
+          '20',
+          '--json',
+        ]),
+      ),
+    ) as { files: { tokens: number; nll: number }[] };
+    const direct = perplexity(model, byteTokenizer().encode(fs.readFileSync(text, 'utf8')), {
+      context: 64,
+      stride: 20,
+    });
+    assert.equal(pj.files[0].tokens, direct.tokens);
+    assertClose([pj.files[0].nll], [direct.nll], 1e-9, 'perplexity command');
+
+    const diag = await import('../src/cli/commands/diagnose.js');
+    const image = path.join(dir, 'm.png');
+    const dj = JSON.parse(
+      await capture(() =>
+        diag.run([
+          ...['--teacher', path.join(dir, 'teacher'), '--student', path.join(dir, 'student'), '--file', text],
+          ...['--tokens', '32', '--layer', '1', '--head', '2', '--out-image', image, '--json'],
+        ]),
+      ),
+    ) as { layers: unknown[]; kl: number };
+    assert.equal(dj.layers.length, 2);
+    assert.ok(dj.kl > 0);
+    assert.deepEqual([...fs.readFileSync(image).subarray(1, 4)], [0x50, 0x4e, 0x47]);
+    fs.rmSync(dir, { recursive: true });
+  });
+
+  it('--data-dir: a missing directory is named', async () => {
+    const evalCmd = await import('../src/cli/commands/eval.js');
+    await assert.rejects(
+      evalCmd.run(['--model', FIXTURE, '--data-dir', '/nonexistent/eval']),
+      /--data-dir: \/nonexistent\/eval does not exist/,
+    );
+  });
+});
+
 describe('PNG', () => {
   it('round-trips pixels through zlib with valid chunk CRCs', () => {
     // CRC-32 check value of "123456789"
