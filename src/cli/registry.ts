@@ -15,6 +15,10 @@ export const commands: Record<string, Command> = {
     summary: 'pretrain a tiny teacher, distill it through the three MOHAWK stages, compare',
     load: () => import('./commands/demo.js'),
   },
+  distill: {
+    summary: 'distill a Transformer into a Mamba-2 student with the MOHAWK stages (config file)',
+    load: () => import('./commands/distill.js'),
+  },
   score: {
     summary: 'per-token log-probabilities, NLL and perplexity of a text under a model',
     load: () => import('./commands/score.js'),

@@ -10,7 +10,7 @@ import { loadModel, saveModel } from '../models/load.js';
 import type { CausalLM } from '../models/types.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { StudentLM } from '../models/phi-mamba.js';
-import { crossEntropy, noGrad, scope } from '../tensor/index.js';
+import { crossEntropy, klDivergence, noGrad, scope } from '../tensor/index.js';
 import { INDEX_FILE, TokenDataset, type TokenSplit } from '../data/shards.js';
 import { prepareTokens } from '../data/prepare.js';
 import { evalBatches, RandomWindows, toTensors, type Batch } from '../data/batches.js';
@@ -27,12 +27,15 @@ export interface StageResult {
   steps: number;
   loss: number;
   valPpl: number;
+  /** KL(teacher || student) per token on the validation windows */
+  valKl: number;
   seconds: number;
 }
 
 export interface DistillResult {
   teacherPpl: number;
   initialPpl: number;
+  initialKl: number;
   stages: StageResult[];
   scratch: { tokens: number; valPpl: number } | null;
   tokens: number;
@@ -82,6 +85,32 @@ export function openData(
   }
   const ds = TokenDataset.open(dir);
   return { train: ds.split('train'), val: ds.split('val') };
+}
+
+/** Mean KL(teacher || student) per token over back-to-back validation windows. */
+export function validationKl(
+  teacher: CausalLM,
+  student: CausalLM,
+  val: TokenSplit,
+  seqLen: number,
+  maxTokens: number,
+  batch = 8,
+): number {
+  let total = 0;
+  let count = 0;
+  const windows = Math.max(1, Math.floor(maxTokens / seqLen));
+  for (const b of evalBatches(val, batch, Math.min(seqLen, val.length - 1), windows)) {
+    total += noGrad(() =>
+      scope(() => {
+        const { input } = toTensors(b);
+        return klDivergence(teacher.forward(input).logits, student.forward(input).logits, {
+          reduction: 'sum',
+        }).item();
+      }),
+    );
+    count += b.batch * b.seqLen;
+  }
+  return total / count;
 }
 
 /** Mean cross-entropy (nats/token) over back-to-back validation windows, as a perplexity. */
@@ -174,6 +203,7 @@ export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume
   const { train: trainSplit, val } = hooks.data ?? openData(cfg, tokenizer, log);
   const evalLen = Math.min(cfg.stages[cfg.stages.length - 1].seqLen, teacher.info.maxSeqLen);
   const ppl = (m: CausalLM) => validationPerplexity(m, val, evalLen, cfg.data.valTokens);
+  const kl = (m: CausalLM) => validationKl(teacher, m, val, evalLen, cfg.data.valTokens);
   const teacherPpl = ppl(teacher);
   log(
     `teacher validation perplexity ${teacherPpl.toFixed(3)} (${Math.min(cfg.data.valTokens, val.length)} tokens)`,
@@ -188,6 +218,7 @@ export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume
     seed: cfg.seed,
   });
   const initialPpl = ppl(student);
+  const initialKl = kl(student);
   log(`student after weight transfer: validation perplexity ${initialPpl.toFixed(3)}`);
   const stages: StageResult[] = [];
   cfg.stages.forEach((s, i) => {
@@ -214,6 +245,7 @@ export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume
       steps: r.steps,
       loss: r.loss,
       valPpl: ppl(student),
+      valKl: kl(student),
       seconds: r.elapsedSec,
     };
     fs.writeFileSync(path.join(dir, 'done.json'), JSON.stringify(result, null, 2) + '\n');
@@ -227,7 +259,7 @@ export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume
   const tokens = stages.reduce((a, s) => a + s.tokens, 0);
   let scratch: DistillResult['scratch'] = null;
   if (cfg.scratchBaseline) scratch = trainScratch(cfg, teacher, trainSplit, tokens, ppl, hooks, resume, log);
-  const result: DistillResult = { teacherPpl, initialPpl, stages, scratch, tokens, studentDir };
+  const result: DistillResult = { teacherPpl, initialPpl, initialKl, stages, scratch, tokens, studentDir };
   fs.writeFileSync(path.join(cfg.out, 'results.json'), JSON.stringify(result, null, 2) + '\n');
   student.dispose();
   return result;
@@ -289,6 +321,7 @@ function trainScratch(
   const res: StageResult = {
     stage: 0,
     name: 'from scratch',
+    valKl: NaN,
     tokens: r.tokens,
     steps: r.steps,
     loss: r.loss,
@@ -303,26 +336,34 @@ function trainScratch(
 
 /** The results as a readable table. */
 export function resultsTable(r: DistillResult): string {
-  const rows: [string, string, string][] = [
-    ['teacher', '', r.teacherPpl.toFixed(3)],
-    ['student after weight transfer', '0', r.initialPpl.toFixed(3)],
+  const rows: string[][] = [
+    ['teacher', '', r.teacherPpl.toFixed(3), ''],
+    ['student after weight transfer', '0', r.initialPpl.toFixed(3), r.initialKl.toFixed(4)],
   ];
   let acc = 0;
   for (const s of r.stages) {
     acc += s.tokens;
-    rows.push([`student after stage ${s.stage} (${s.name})`, String(acc), s.valPpl.toFixed(3)]);
+    rows.push([
+      `student after stage ${s.stage} (${s.name})`,
+      String(acc),
+      s.valPpl.toFixed(3),
+      s.valKl.toFixed(4),
+    ]);
   }
   if (r.scratch)
     rows.push([
       'student from scratch (cross-entropy)',
       String(r.scratch.tokens),
       r.scratch.valPpl.toFixed(3),
+      '',
     ]);
   const w0 = Math.max(...rows.map((x) => x[0].length), 5);
+  const fmt = (x: string[]) =>
+    `${x[0].padEnd(w0)}  ${x[1].padStart(10)}  ${x[2].padStart(9)}  ${x[3].padStart(13)}`;
   const lines = [
-    `${'model'.padEnd(w0)}  ${'tokens'.padStart(10)}  ${'val ppl'.padStart(9)}`,
-    `${'-'.repeat(w0)}  ${'-'.repeat(10)}  ${'-'.repeat(9)}`,
+    fmt(['model', 'tokens', 'val ppl', 'KL to teacher']),
+    fmt(['-'.repeat(w0), '-'.repeat(10), '-'.repeat(9), '-'.repeat(13)]),
   ];
-  for (const [a, b, c] of rows) lines.push(`${a.padEnd(w0)}  ${b.padStart(10)}  ${c.padStart(9)}`);
+  for (const x of rows) lines.push(fmt(x));
   return lines.join('\n');
 }
