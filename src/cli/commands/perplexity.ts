@@ -7,7 +7,7 @@ import { perplexity, type PerplexityResult } from '../../eval/perplexity.js';
 import { CliError, deviceOption, flag, list, num, parse, required, selectDevice, str } from '../args.js';
 import { progressLine } from '../progress.js';
 
-const HELP = `usage: mohawk perplexity --model DIR --file PATH [--file PATH ...] [options]
+const HELP = `usage: mohawk perplexity --model DIR --file PATH... [options]
 
 Sliding-window perplexity (the Hugging Face recipe): each file is one token sequence (BOS in front
 when the tokenizer adds it); windows of T tokens start every S tokens and each scores only the
@@ -15,7 +15,7 @@ tokens no earlier window scored, so every token after the first is scored once, 
 tokens of context. Reports per file and overall: tokens, nats/token, perplexity and bits per byte.
 
   --model DIR      a model directory (config.json, model.safetensors, tokenizer.json)
-  --file PATH      a text file (repeat the flag for several)
+  --file PATH...   one or more text files (or repeat the flag)
   --context T      tokens per window (default: the model's length + 1, at most 2049)
   --stride S       windows advance by S tokens (default T/2; at most T - 1)
   --batch-size B   windows per forward (default 8)
@@ -64,10 +64,14 @@ export async function run(argv: string[]): Promise<number> {
       ...deviceOption,
     },
     HELP,
+    true,
   );
   if (!p) return 0;
   const dir = required(p, 'model', HELP);
-  const files = list(p, 'file');
+  // `--file a b c` (a shell glob) as well as `--file a --file b`
+  const files = [...list(p, 'file'), ...p.positionals];
+  if (p.positionals.length > 0 && list(p, 'file').length === 0)
+    throw new CliError(`unexpected argument "${p.positionals[0]}" (files follow --file)\n\n${HELP}`);
   if (files.length === 0) throw new CliError(`--file is required\n\n${HELP}`);
   const texts = files.map((f) => {
     try {
