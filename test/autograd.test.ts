@@ -160,3 +160,25 @@ describe('random', () => {
     assert.notDeepEqual(new Random(1).uniforms(3), new Random(2).uniforms(3));
   });
 });
+
+describe('mixed precision', () => {
+  it('autocast matmul equals the f32 product of bf16-rounded operands, with gradients', () => {
+    const a = tensor(new Random(1).normals(12), [3, 4]);
+    const b = tensor(new Random(2).normals(20), [5, 4]);
+    a.requiresGrad = true;
+    b.requiresGrad = true;
+    const round = (t: T.Tensor) => T.cast(T.cast(t.detach(), 'bf16'), 'f32');
+    const expected = T.matmul(round(a), round(b), { transB: true });
+    const got = T.autocast('bf16', () => {
+      const y = T.matmul(a, b, { transB: true });
+      T.sum(y).backward();
+      return y;
+    });
+    assert.equal(got.dtype, 'f32');
+    assertClose(Array.from(got.toArray()), Array.from(expected.toArray()), 1e-5);
+    // dL/da = ones @ bf16(b), rounded to bf16 on the way (the gradient runs in bf16 too)
+    const ga = T.matmul(T.ones([3, 5]), round(b));
+    assertClose(Array.from(a.grad!.toArray()), Array.from(ga.toArray()), 2e-2, 'grad a', 1e-2);
+    assert.equal(a.grad!.dtype, 'f32');
+  });
+});

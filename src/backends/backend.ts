@@ -7,7 +7,8 @@
 // - All tensors are dense row-major. Shapes are given as plain integers in the order written in
 //   each comment, e.g. `x is (B, T, H, P)` means the last index moves fastest.
 // - Compute dtypes are f32 (and f64 on the CPU, for gradient checks); bf16/f16 are storage
-//   dtypes converted with `cast` (the CUDA backend also takes bf16 operands in `matmul`).
+//   dtypes converted with `cast`, and `matmul` takes bf16/f16 operands (both the same) with an
+//   f32 (or same-dtype) product: mixed precision, f32 accumulation.
 //   i32 holds token ids and targets.
 // - Kernels that accumulate say so (`accumulate` flags, `beta` in matmul); all others overwrite.
 // - Reading to the host (`read`) is the only way values leave a device.

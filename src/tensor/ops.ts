@@ -378,9 +378,54 @@ export interface MatmulOptions {
  * on one (broadcast). a is (..., m, k) or (..., k, m) when transA; b is (..., k, n) or (..., n, k).
  */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  // mixed precision: f32 operands become bf16 (through the graph), the product accumulates in f32
+  const lowA = a.dtype === 'bf16' || a.dtype === 'f16';
+  const lowB = b.dtype === 'bf16' || b.dtype === 'f16';
+  if (
+    autocastDtype &&
+    (a.dtype === 'f32' || b.dtype === 'f32') &&
+    (a.dtype === 'f32' || lowA) &&
+    (b.dtype === 'f32' || lowB)
+  ) {
+    return matmul16(
+      a.dtype === 'f32' ? cast(a, autocastDtype) : a,
+      b.dtype === 'f32' ? cast(b, autocastDtype) : b,
+      opts,
+    );
+  }
+  if (lowA || lowB) {
+    if (a.dtype !== b.dtype)
+      fail('matmul', `dtypes ${a.dtype} and ${b.dtype} differ (16-bit operands need autocast)`);
+    return matmul16(a, b, opts);
+  }
+  return matmulImpl(a, b, opts, a.dtype);
+}
+
+let autocastDtype: 'bf16' | 'f16' | null = null;
+
+/** Run fn with matmuls in 16-bit operands and f32 accumulation (mixed precision). */
+export function autocast<T>(dtype: 'bf16' | 'f16' | null, fn: () => T): T {
+  const prev = autocastDtype;
+  autocastDtype = dtype;
+  try {
+    return fn();
+  } finally {
+    autocastDtype = prev;
+  }
+}
+
+/** Set mixed precision for every matmul from now on (null turns it off). */
+export function setAutocast(dtype: 'bf16' | 'f16' | null): void {
+  autocastDtype = dtype;
+}
+
+function matmul16(a: Tensor, b: Tensor, opts: MatmulOptions): Tensor {
+  return matmulImpl(a, b, opts, 'f32');
+}
+
+function matmulImpl(a: Tensor, b: Tensor, opts: MatmulOptions, outDtype: DType): Tensor {
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
-  checkFloat('matmul', a, b);
   sameBackend('matmul', a, b);
   if (a.dtype !== b.dtype) fail('matmul', `dtypes ${a.dtype} and ${b.dtype} differ`);
   if (a.ndim < 2 || b.ndim < 2)
@@ -425,7 +470,7 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     batch = sizeOf(aBatch);
   }
   const outShape = [...batchShape, m, n];
-  const out = empty(outShape, a.dtype, a.backend);
+  const out = empty(outShape, outDtype, a.backend);
   a.backend.matmul(a.buffer, b.buffer, out.buffer, {
     batch,
     m: mm,

@@ -428,8 +428,17 @@ export class CpuBackend implements Backend {
   // ---- linear algebra -----------------------------------------------------------------------
 
   matmul(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, p: MatmulParams): void {
-    const A = fl(a, 'matmul A');
-    const B = fl(b, 'matmul B');
+    // 16-bit operands (mixed precision) are widened to f32; the product is f32
+    const widen = (x: DeviceBuffer, what: string): FloatArray => {
+      const xb = x as CpuBuffer;
+      if (xb.dtype !== 'bf16' && xb.dtype !== 'f16') return fl(x, what);
+      const conv = xb.dtype === 'bf16' ? bf16ToF32 : f16ToF32;
+      const out = new Float32Array(xb.length);
+      for (let i = 0; i < out.length; i++) out[i] = conv(xb.data[i]);
+      return out;
+    };
+    const A = widen(a, 'matmul A');
+    const B = widen(b, 'matmul B');
     const C = fl(c, 'matmul C');
     if (A.constructor !== C.constructor || B.constructor !== C.constructor) {
       throw new Error('cpu backend: matmul operands must share one dtype');
