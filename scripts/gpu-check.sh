@@ -4,7 +4,8 @@
 #
 #   scripts/gpu-check.sh prepare   here: compile TypeScript to .device/build, and put a Node binary
 #                                  and the production node_modules in .device (git-ignored)
-#   scripts/gpu-check.sh           on the GPU machine (carry .device): unpack node, test, benchmark
+#   scripts/gpu-check.sh [PART...] on the GPU machine (carry .device): unpack node, then the parts
+#                                  (default: tests gpu-gemm gpu-ops stage3-step; any subset, in order)
 #
 # The device machine has CUDA but no Node.js and no devDependencies, hence the prepared .device.
 set -uo pipefail
@@ -48,24 +49,35 @@ export NCCL_NVLS_ENABLE=0
 cat "$OUT/machine.txt"
 
 status=0
-echo "== CUDA tests (every launch synchronized, so a fault names its kernel)"
-t0=$(date +%s)
-MOHAWK_REQUIRE_CUDA=1 MOHAWK_CUDA_SYNC=1 node --test --test-reporter=spec --test-concurrency=1 \
-  .device/build/test/cuda.test.js .device/build/test/cuda-models.test.js >"$OUT/tests.log" 2>&1 || status=1
-tail -n 40 "$OUT/tests.log"
-echo "tests: exit $status, $(($(date +%s) - t0)) s"
-if [ $status -ne 0 ] && command -v compute-sanitizer >/dev/null; then
-  echo "== tests failed: memcheck run (first 150 s)"
-  MOHAWK_REQUIRE_CUDA=1 timeout 150 compute-sanitizer --tool memcheck --print-limit 20 \
-    node --test --test-reporter=spec --test-concurrency=1 .device/build/test/cuda.test.js \
-    .device/build/test/cuda-models.test.js >"$OUT/sanitizer.log" 2>&1
-  grep -m 30 -E "Invalid|Error|ERROR|not ok" "$OUT/sanitizer.log"
-fi
-
-for b in gpu-gemm gpu-ops; do
-  echo "== bench $b"
-  BENCH_OUT=$OUT timeout 240 node ".device/build/bench/$b.js" >"$OUT/$b.log" 2>&1 || status=1
-  cat "$OUT/$b.log"
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(tests gpu-gemm gpu-ops stage3-step)
+for part in "${parts[@]}"; do
+  if [ "$part" = tests ]; then
+    echo "== CUDA tests (every launch synchronized, so a fault names its kernel)"
+    t0=$(date +%s)
+    st=0
+    MOHAWK_REQUIRE_CUDA=1 MOHAWK_CUDA_SYNC=1 node --test --test-reporter=spec --test-concurrency=1 \
+      .device/build/test/cuda.test.js .device/build/test/cuda-models.test.js .device/build/test/cuda-distill.test.js \
+      >"$OUT/tests.log" 2>&1 || st=1
+    tail -n 40 "$OUT/tests.log"
+    echo "tests: exit $st, $(($(date +%s) - t0)) s"
+    if [ $st -ne 0 ]; then
+      status=1
+      if command -v compute-sanitizer >/dev/null; then
+        echo "== tests failed: memcheck run (first 150 s)"
+        MOHAWK_REQUIRE_CUDA=1 timeout 150 compute-sanitizer --tool memcheck --print-limit 20 \
+          node --test --test-reporter=spec --test-concurrency=1 .device/build/test/cuda.test.js \
+          .device/build/test/cuda-models.test.js >"$OUT/sanitizer.log" 2>&1
+        grep -m 30 -E "Invalid|Error|ERROR|not ok" "$OUT/sanitizer.log"
+      fi
+    fi
+  else
+    echo "== bench $part"
+    t0=$(date +%s)
+    BENCH_OUT=$OUT timeout "${BENCH_TIMEOUT:-300}" node ".device/build/bench/$part.js" >"$OUT/$part.log" 2>&1 || status=1
+    cat "$OUT/$part.log"
+    echo "$part: $(($(date +%s) - t0)) s"
+  fi
 done
 echo "gpu-check: exit $status"
 exit $status

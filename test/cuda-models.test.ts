@@ -47,6 +47,7 @@ const FAMILIES: Family[] = [
   { fixture: 'llama-tied', module: 'llama', model: 'LlamaForCausalLM', config: 'llamaConfigFromJson' },
   { fixture: 'phi', module: 'phi', model: 'PhiForCausalLM', config: 'phiConfigFromJson' },
   { fixture: 'gpt2', module: 'gpt2', model: 'Gpt2LMHeadModel', config: 'gpt2ConfigFromJson' },
+  { fixture: 'phi-mamba', module: 'phi-mamba', model: 'StudentLM', config: 'studentConfigFromJson' },
 ];
 
 interface Expected {

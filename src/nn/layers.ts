@@ -8,10 +8,13 @@ import { Module } from './module.js';
 export interface InitOptions {
   rng?: Random;
   dtype?: DType;
+  /** skip the random draws (parameters start at zero; the caller fills them, e.g. from a checkpoint) */
+  deferInit?: boolean;
 }
 
 /** normal(0, std) values as a tensor */
 export function normalTensor(shape: number[], std: number, opts: InitOptions = {}): Tensor {
+  if (opts.deferInit) return full(shape, 0, opts.dtype ?? 'f32');
   const rng = opts.rng ?? new Random(0);
   const n = shape.reduce((a, b) => a * b, 1);
   const data = new Float64Array(n);

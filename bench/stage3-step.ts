@@ -1,0 +1,185 @@
+// A MOHAWK stage-3 step at the performance issue's shapes: teacher Phi-1.5 (24 layers, d 2048,
+// 32 heads, vocab 51200, partial rotary 0.5), student Phi-Mamba 1.5B (the same blocks with the
+// discrete Mamba-2 mixer, d_state 64, chunk 128), batch 4 x 2048 tokens, KL loss, AdamW, bf16
+// matmuls with f32 accumulation. Random weights. Prints tokens/s, MFU (matmul FLOPs of the
+// teacher forward and the student forward + backward over 790 TFLOP/s), step time, peak memory,
+// and the time per kernel family of one profiled step.
+// Run: node --import tsx bench/stage3-step.ts [--layers N] [--batch B] [--seq T] [--steps S]
+//      (BENCH_OUT=dir also writes stage3-step.{md,json})
+
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { CudaBackend } from '../src/backends/cuda/index.js';
+import { stage3Loss } from '../src/distill/stages.js';
+import { studentConfigFor } from '../src/distill/transfer.js';
+import { PhiForCausalLM } from '../src/models/phi.js';
+import { StudentLM } from '../src/models/phi-mamba.js';
+import type { Module } from '../src/nn/module.js';
+import { scope, setAutocast, setBackend, tensor } from '../src/tensor/index.js';
+import { AdamW } from '../src/train/optimizer.js';
+import { Random } from '../src/util/random.js';
+import { randomBuffer } from './gpu-util.js';
+
+const { values } = parseArgs({
+  options: {
+    layers: { type: 'string', default: '24' },
+    batch: { type: 'string', default: '4' },
+    seq: { type: 'string', default: '2048' },
+    steps: { type: 'string', default: '4' },
+    d: { type: 'string', default: '2048' },
+    vocab: { type: 'string', default: '51200' },
+    fp32: { type: 'boolean', default: false },
+  },
+});
+const L = Number(values.layers);
+const B = Number(values.batch);
+const T = Number(values.seq);
+const D = Number(values.d);
+const V = Number(values.vocab);
+const H = 32;
+const steps = Number(values.steps);
+
+const gpu = new CudaBackend();
+setBackend(gpu);
+await gpu.warmup({ attentionHeadDims: [D / H] });
+if (!values.fp32) setAutocast('bf16');
+
+function randomize(m: Module, std: number): void {
+  for (const [name, p] of m.namedParameters()) {
+    if (name.endsWith('norm.weight') || name.endsWith('layernorm.weight')) continue; // stay 1
+    const r = randomBuffer(gpu, p.size, 'f32', std);
+    gpu.copyStrided(r, 0, [1], p.buffer, 0, [1], [p.size], false);
+    gpu.free(r);
+  }
+}
+
+const t0 = performance.now();
+const teacher = new PhiForCausalLM(
+  {
+    vocabSize: V,
+    hiddenSize: D,
+    intermediateSize: 4 * D,
+    numLayers: L,
+    numHeads: H,
+    numKvHeads: H,
+    headDim: D / H,
+    rotaryDim: D / H / 2,
+    partialRotaryFactor: 0.5,
+    ropeTheta: 10000,
+    layerNormEps: 1e-5,
+    hiddenAct: 'gelu_new',
+    maxPositionEmbeddings: T,
+    tieWordEmbeddings: false,
+    bosTokenId: 0,
+    eosTokenId: 0,
+  },
+  { deferInit: true },
+);
+randomize(teacher, 0.02);
+teacher.setTrainable(() => true, false);
+const scfg = studentConfigFor(teacher, { chunkSize: 128 });
+const student = new StudentLM(scfg, { deferInit: true });
+randomize(student, 0.02);
+const opt = new AdamW(student.namedParameters(), {
+  lr: 1e-4,
+  beta1: 0.9,
+  beta2: 0.95,
+  eps: 1e-8,
+  weightDecay: 0.1,
+});
+gpu.synchronize();
+const buildS = (performance.now() - t0) / 1000;
+
+// matmul FLOPs per token: the linear layers (2 per multiply-add), teacher forward once, student 3x
+const tParams = L * (4 * D * D + 8 * D * D) + D * V;
+const m = scfg.mixer;
+const dInner = m.expand * D;
+const sParams =
+  L * (D * (2 * dInner + 2 * m.nQkHeads * m.dState + m.nVHeads) + dInner * D + 8 * D * D) + D * V;
+const flopsPerToken = 2 * tParams + 6 * sParams;
+const rng = new Random(5);
+const ids = () =>
+  tensor(
+    Int32Array.from({ length: B * T }, () => rng.int(0, V)),
+    [B, T],
+    'i32',
+  );
+
+function step(): number {
+  const loss = scope(() => {
+    const input = ids();
+    const target = ids();
+    const r = stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 });
+    r.loss.backward();
+    return r.loss.item();
+  });
+  opt.step(1e-4);
+  student.zeroGrad();
+  return loss;
+}
+
+const rows: { what: string; value: string }[] = [];
+step(); // warm-up: kernels, allocator
+gpu.synchronize();
+gpu.resetPeak();
+const times: number[] = [];
+let loss = 0;
+for (let i = 0; i < steps; i++) {
+  const s = performance.now();
+  loss = step();
+  gpu.synchronize();
+  times.push(performance.now() - s);
+}
+times.sort((a, b) => a - b);
+const ms = times[Math.floor(times.length / 2)];
+const tokS = (B * T) / (ms / 1000);
+const mfu = (flopsPerToken * tokS) / 790e12;
+const peak = gpu.memoryStats().peakBytes / 2 ** 30;
+rows.push(
+  {
+    what: 'shape',
+    value: `teacher Phi ${L} x d${D}, student Phi-Mamba (d_state ${m.dState}, chunk ${m.chunkSize}), batch ${B} x ${T}, ${values.fp32 ? 'f32' : 'bf16 autocast'}`,
+  },
+  {
+    what: 'parameters',
+    value: `teacher ${(teacher.numParameters() / 1e9).toFixed(2)}B, student ${(student.numParameters() / 1e9).toFixed(2)}B`,
+  },
+  {
+    what: 'step time (median)',
+    value: `${ms.toFixed(0)} ms (of ${steps}; all: ${times.map((t) => t.toFixed(0)).join(', ')})`,
+  },
+  { what: 'tokens/s', value: tokS.toFixed(0) },
+  { what: 'MFU (linear-layer matmul FLOPs / 790 TFLOP/s)', value: `${(mfu * 100).toFixed(1)}%` },
+  { what: 'peak memory', value: `${peak.toFixed(1)} GiB` },
+  { what: 'loss (random weights)', value: loss.toFixed(3) },
+  { what: 'build time', value: `${buildS.toFixed(1)} s` },
+);
+// where the time goes: kernel families of one profiled step
+const { kernels } = gpu.profile(() => step());
+const fam = new Map<string, number>();
+for (const k of kernels) {
+  const f = k.name.replace(/_(f32|bf16|f16).*$/, '');
+  fam.set(f, (fam.get(f) ?? 0) + k.ms);
+}
+const total = [...fam.values()].reduce((a, b) => a + b, 0);
+const prof = [...fam.entries()].sort((a, b) => b[1] - a[1]).slice(0, 16);
+const lines = [
+  `# stage-3 step: ${new Date().toISOString().slice(0, 10)}, ${gpu.describe()}`,
+  '| what | value |',
+  '| --- | --- |',
+  ...rows.map((r) => `| ${r.what} | ${r.value} |`),
+  '',
+  `profile of one step (events around every launch; total ${total.toFixed(0)} ms of kernel time):`,
+  '| kernel family | ms | share |',
+  '| --- | ---: | ---: |',
+  ...prof.map(([n, t]) => `| ${n} | ${t.toFixed(1)} | ${((t / total) * 100).toFixed(0)}% |`),
+];
+console.log(lines.join('\n'));
+if (process.env.BENCH_OUT) {
+  writeFileSync(join(process.env.BENCH_OUT, 'stage3-step.md'), lines.join('\n') + '\n');
+  writeFileSync(
+    join(process.env.BENCH_OUT, 'stage3-step.json'),
+    JSON.stringify({ ms, times, tokS, mfu, peakGiB: peak, flopsPerToken, profile: prof }, null, 2),
+  );
+}
