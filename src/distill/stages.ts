@@ -2,7 +2,7 @@
 // parameters each stage trains. In stages 1 and 2 every student layer sees the teacher's own
 // input to that layer (captured from one teacher forward), so layers are independent.
 
-import { add, noGrad, scale, type Tensor } from '../tensor/index.js';
+import { add, noGrad, scale, scope, type Tensor } from '../tensor/index.js';
 import type { CausalLM } from '../models/types.js';
 import { distillationLoss, hiddenStateAlignmentLoss, matrixOrientationLoss } from './losses.js';
 import type { StageConfig, StageKind } from './config.js';
@@ -27,12 +27,14 @@ export function ssmLayers(student: CausalLM): number[] {
 /** Stage 1: mean over SSM layers of the matrix-orientation loss on the teacher's inputs. */
 export function stage1Loss(teacher: CausalLM, student: CausalLM, ids: Tensor): StageLoss {
   const layers = ssmLayers(student);
-  const t = noGrad(() => teacher.forward(ids, { capture: { layerInputs: true, mixerMatrices: true } }));
+  const t = noGrad(() =>
+    scope(() => teacher.forward(ids, { capture: { layerInputs: true, mixerMatrices: true } }).captured),
+  );
   let total: Tensor | null = null;
   const parts: Record<string, Tensor> = {};
   for (const l of layers) {
-    const r = student.blocks[l].forward(t.captured.layerInputs![l], { returnMatrix: true });
-    const loss = matrixOrientationLoss(r.matrix!, t.captured.mixerMatrices![l]);
+    const r = student.blocks[l].forward(t.layerInputs![l], { returnMatrix: true });
+    const loss = matrixOrientationLoss(r.matrix!, t.mixerMatrices![l]);
     parts[`layer${l}`] = loss;
     total = total ? add(total, loss) : loss;
   }
@@ -49,14 +51,14 @@ export function stage2Loss(teacher: CausalLM, student: CausalLM, ids: Tensor, ml
   const capture = mlpFrozen
     ? { layerInputs: true, mixerOutputs: true }
     : { layerInputs: true, layerOutputs: true };
-  const t = noGrad(() => teacher.forward(ids, { capture }));
+  const t = noGrad(() => scope(() => teacher.forward(ids, { capture }).captured));
   let total: Tensor | null = null;
   const parts: Record<string, Tensor> = {};
   for (const l of layers) {
-    const r = student.blocks[l].forward(t.captured.layerInputs![l]);
+    const r = student.blocks[l].forward(t.layerInputs![l]);
     const loss = mlpFrozen
-      ? hiddenStateAlignmentLoss(r.mixerOut, t.captured.mixerOutputs![l])
-      : hiddenStateAlignmentLoss(r.out, t.captured.layerOutputs![l]);
+      ? hiddenStateAlignmentLoss(r.mixerOut, t.mixerOutputs![l])
+      : hiddenStateAlignmentLoss(r.out, t.layerOutputs![l]);
     parts[`layer${l}`] = loss;
     total = total ? add(total, loss) : loss;
   }
@@ -72,7 +74,8 @@ export function stage3Loss(
   target: Tensor,
   cfg: Pick<StageConfig, 'temperature' | 'ceWeight'>,
 ): StageLoss {
-  const teacherLogits = noGrad(() => teacher.forward(input).logits);
+  // the teacher's intermediates are freed at once; only its logits stay for the loss
+  const teacherLogits = noGrad(() => scope(() => teacher.forward(input).logits));
   const studentLogits = student.forward(input).logits;
   const r = distillationLoss(studentLogits, teacherLogits, target, {
     temperature: cfg.temperature,
