@@ -111,8 +111,9 @@ function step(): number {
     const input = ids();
     const target = ids();
     const r = stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 });
-    r.loss.backward();
-    return r.loss.item();
+    const value = r.loss.item();
+    r.loss.backward(undefined, { freeGraph: true });
+    return value;
   });
   opt.step(1e-4);
   student.zeroGrad();

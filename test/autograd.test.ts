@@ -182,3 +182,28 @@ describe('mixed precision', () => {
     assert.equal(a.grad!.dtype, 'f32');
   });
 });
+
+describe('backward with freeGraph', () => {
+  it('gives the same gradients and frees every intermediate during the pass', () => {
+    const w = randn(new Random(8), [6, 6], 'f32');
+    w.requiresGrad = true;
+    const x = randn(new Random(9), [5, 6], 'f32');
+    const grads: number[][] = [];
+    for (const free of [false, true]) {
+      const before = live();
+      scope(() => {
+        const h = T.tanh(T.matmul(x, w));
+        const loss = T.mean(T.square(T.softmax(h)));
+        loss.backward(undefined, { freeGraph: free });
+        if (free) assert.equal(h.disposed, true);
+        // after a freeing backward only the loss, the gradient and non-graph buffers remain
+        return null;
+      });
+      grads.push(Array.from(w.grad!.toArray()));
+      w.grad!.dispose();
+      w.grad = null;
+      assert.equal(live(), before);
+    }
+    assert.deepEqual(grads[1], grads[0]);
+  });
+});

@@ -225,9 +225,14 @@ export class Tensor {
     return this.toArray()[0];
   }
 
-  /** Reverse-mode autograd from this scalar (or from `grad` of the same shape). */
-  backward(grad?: Tensor): void {
-    runBackward(this, grad);
+  /**
+   * Reverse-mode autograd from this scalar (or from `grad` of the same shape). With `freeGraph`,
+   * every intermediate of the graph (not leaves, not this tensor) is disposed as soon as its own
+   * backward has run, since nothing later in the backward pass reads it: peak memory falls to
+   * what training needs. Do not read intermediates after such a backward.
+   */
+  backward(grad?: Tensor, opts: { freeGraph?: boolean } = {}): void {
+    runBackward(this, grad, opts.freeGraph ?? false);
   }
 
   toString(): string {
@@ -304,7 +309,7 @@ function accumulateInto(target: Tensor, g: Tensor): void {
   target.backend.copyStrided(g.buffer, 0, [1], target.buffer, 0, [1], [g.size], true);
 }
 
-function runBackward(root: Tensor, seed?: Tensor): void {
+function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean): void {
   if (!seed && root.size !== 1) {
     throw new Error(
       `backward: output has shape ${shapeStr(root.shape)}; give a gradient or reduce to a scalar`,
@@ -371,6 +376,8 @@ function runBackward(root: Tensor, seed?: Tensor): void {
           }
         });
         for (const f of fresh) f.dispose();
+        // every consumer of t ran its backward before t (reverse topological order)
+        if (freeGraph && t !== root) t.dispose();
       } else if (t.requiresGrad) {
         if (!t.grad) {
           t.grad = keep(zeros(t.shape, t.dtype, t.backend));

@@ -273,7 +273,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
           const val = loss.item();
           if (Number.isFinite(val)) {
             if (!loss.requiresGrad) fail('the loss does not depend on any trainable parameter');
-            (accum === 1 ? loss : scale(loss, 1 / accum)).backward();
+            (accum === 1 ? loss : scale(loss, 1 / accum)).backward(undefined, { freeGraph: true });
           }
           return val;
         });
