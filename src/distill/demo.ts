@@ -76,7 +76,7 @@ export function runDemo(o: DemoOptions): DemoResult {
     { ...DEMO_TEACHER, vocabSize: tok.vocabSize, bosTokenId: tok.bosTokenId, eosTokenId: tok.eosTokenId },
     { rng: new Random(seed) },
   );
-  const teacherTokens = budget(400_000);
+  const teacherTokens = budget(1_000_000);
   log(`pretraining the teacher (${teacher.numParameters()} parameters) on ${teacherTokens} tokens`);
   train({
     params: teacher,
@@ -120,7 +120,7 @@ export function runDemo(o: DemoOptions): DemoResult {
         schedule: 'wsd',
         clip: 1,
       },
-      stages: [stage(1, 40_000, 3e-3), stage(2, 40_000, 2e-3), stage(3, 200_000, 2e-3, { temperature: 1 })],
+      stages: [stage(1, 16_000, 2e-3), stage(2, 16_000, 2e-3), stage(3, 96_000, 2e-3, { temperature: 1 })],
       scratchBaseline: true,
     },
     '(demo config)',

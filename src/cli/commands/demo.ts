@@ -58,6 +58,12 @@ export async function run(argv: string[]): Promise<number> {
   );
   console.log(resultsTable(r));
   console.log(
+    "\nStages 1 and 2 train each layer alone on the teacher's own inputs (matrix orientation, then\n" +
+      'hidden-state alignment), so the end-to-end perplexity after them is not what they optimize;\n' +
+      'stage 3 trains the whole student against the teacher. The from-scratch student sees the same\n' +
+      'number of tokens with cross-entropy on the data.',
+  );
+  console.log(
     `\nstudent: ${r.studentDir}  (try: mohawk generate --model ${path.relative(process.cwd(), r.studentDir)} --prompt "Call me" --max-new-tokens 80)`,
   );
   console.log(`done in ${r.seconds.toFixed(0)} s`);

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# MOHAWK on the two real teachers, every variant at equal total tokens (docs/results.md):
+#   phi-17m  -> Phi-Mamba on corpus/train, validated on corpus/val
+#   stories260K (llama2.c) -> Llama-style Phi-Mamba on text sampled from the teacher
+# Variants: stage 3 alone, stages 2+3, stages 1+2+3 (+ a from-scratch student at the same tokens).
+#
+#   scripts/real-teachers.sh prepare      here: .device (see gpu-check.sh) plus the teachers and
+#                                         the corpus, compressed, in .device/real
+#   scripts/real-teachers.sh run          on the GPU machine (carry .device), or here with
+#                                         DEVICE=cpu MOHAWK="node --import tsx src/cli/main.ts"
+# Environment: TOKENS_PHI, TOKENS_STORIES (total tokens per variant), OUT (results folder).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+if [ "${1:-}" = prepare ]; then
+  bash scripts/gpu-check.sh prepare >/dev/null
+  rm -rf .device/fixtures .device/app/node_modules/koffi/{src,vendor,doc}
+  mkdir -p .device/real
+  tar -C ../shared/data -cf - teachers/phi-17m corpus/train corpus/val stories260K | xz -T2 -6 >.device/real/shared.tar.xz
+  du -sh .device .device/real/shared.tar.xz
+  exit 0
+fi
+
+OUT=${OUT:-/tmp/real}
+DEVICE=${DEVICE:-cuda}
+TOKENS_PHI=${TOKENS_PHI:-2097152}
+TOKENS_STORIES=${TOKENS_STORIES:-1048576}
+mkdir -p "$OUT"
+if [ -z "${MOHAWK:-}" ]; then
+  xz -dc .device/node.xz >/tmp/node && chmod +x /tmp/node && export PATH=/tmp:$PATH
+  ln -sfn .device/app/node_modules node_modules
+  export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+  export MOHAWK_CACHE=/tmp/mohawk-cache MOHAWK_CUDA_KERNELS=$root/src/backends/cuda/kernels NCCL_NVLS_ENABLE=0
+  MOHAWK="node .device/build/src/cli/main.js"
+  SHARED=/tmp/shared
+  mkdir -p $SHARED && xz -dc .device/real/shared.tar.xz | tar -C $SHARED -xf -
+else
+  SHARED=$(cd ../shared/data && pwd)
+fi
+W=$OUT/work
+mkdir -p "$W"
+log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+# stage splits of a total T: 3 alone; 2+3 = T/5 + 4T/5; 1+2+3 = T/10 + T/10 + 8T/10
+variants() {
+  local T=$1 lr3=$2
+  echo "3|[{stage: 3, tokens: $T, lr: $lr3}]"
+  echo "23|[{stage: 2, tokens: $((T / 5))}, {stage: 3, tokens: $((T - T / 5)), lr: $lr3}]"
+  echo "123|[{stage: 1, tokens: $((T / 10)), seqLen: 128, microBatch: 16}, {stage: 2, tokens: $((T / 10))}, {stage: 3, tokens: $((T - 2 * (T / 10))), lr: $lr3}]"
+}
+
+run_variants() {
+  local name=$1 config=$2 teacher=$3 data=$4 T=$5 lr3=$6
+  while IFS='|' read -r v stages; do
+    local scratch=false
+    [ "$v" = 123 ] && scratch=true
+    log "$name: stages $v ($T tokens)"
+    $MOHAWK distill --config "$config" --device "$DEVICE" --out "$W/$name-$v" \
+      --set "teacher=$teacher" --set "data.train=[$data]" --set "data.val=[]" \
+      --set "stages=$stages" --set "scratchBaseline=$scratch" --json >"$OUT/$name-$v.json" 2>"$OUT/$name-$v.log" ||
+      { tail -20 "$OUT/$name-$v.log"; return 1; }
+    tail -1 "$OUT/$name-$v.log"
+  done < <(variants "$T" "$lr3")
+}
+
+# ---- phi-17m --------------------------------------------------------------------------------
+log "phi-17m: tokenizing corpus/train (held out: corpus/val)"
+$MOHAWK data prepare --tokenizer "$SHARED/teachers/phi-17m" --input "$SHARED/corpus/train" \
+  --val "$SHARED/corpus/val" --out "$W/data-phi17m" >"$OUT/data-phi17m.log" 2>&1
+tail -3 "$OUT/data-phi17m.log"
+run_variants phi17m configs/phi-17m.yaml "$SHARED/teachers/phi-17m" "$W/data-phi17m" "$TOKENS_PHI" 5.0e-4
+
+# ---- stories260K ----------------------------------------------------------------------------
+log "stories260K: convert and sample"
+$MOHAWK convert llama2c --checkpoint "$SHARED/stories260K/stories260K.bin" \
+  --tokenizer "$SHARED/stories260K/tok512.bin" --out "$W/stories260K"
+$MOHAWK sample-data --model "$W/stories260K" --tokens $((TOKENS_STORIES * 2)) --out "$W/data-stories" \
+  --batch 64 --seq-len 256 --device "$DEVICE" >"$OUT/sample-stories.log" 2>&1
+tail -3 "$OUT/sample-stories.log"
+run_variants stories260K configs/stories260k.yaml "$W/stories260K" "$W/data-stories" "$TOKENS_STORIES" 1.0e-3
+
+# teacher validation perplexities on the same held-out windows, and the scored val files
+log "done"
+ls "$OUT"
