@@ -8,7 +8,8 @@
 #                                         the corpus, compressed, in .device/real
 #   scripts/real-teachers.sh run          on the GPU machine (carry .device), or here with
 #                                         DEVICE=cpu MOHAWK="node --import tsx src/cli/main.ts"
-# Environment: TOKENS_PHI, TOKENS_STORIES (total tokens per variant), OUT (results folder).
+# Environment: TOKENS_PHI, TOKENS_STORIES (total tokens per variant), OUT (results folder),
+# EXTRA_SET (more --set options for every run, e.g. "--set data.valTokens=4096").
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -58,7 +59,7 @@ run_variants() {
     log "$name: stages $v ($T tokens)"
     $MOHAWK distill --config "$config" --device "$DEVICE" --out "$W/$name-$v" \
       --set "teacher=$teacher" --set "data.train=[$data]" --set "data.val=[]" \
-      --set "stages=$stages" --set "scratchBaseline=$scratch" --json >"$OUT/$name-$v.json" 2>"$OUT/$name-$v.log" ||
+      --set "stages=$stages" --set "scratchBaseline=$scratch" ${EXTRA_SET:-} --json >"$OUT/$name-$v.json" 2>"$OUT/$name-$v.log" ||
       { tail -20 "$OUT/$name-$v.log"; return 1; }
     tail -1 "$OUT/$name-$v.log"
   done < <(variants "$T" "$lr3")
@@ -66,7 +67,7 @@ run_variants() {
 
 # ---- phi-17m --------------------------------------------------------------------------------
 log "phi-17m: tokenizing corpus/train (held out: corpus/val)"
-$MOHAWK data prepare --tokenizer "$SHARED/teachers/phi-17m" --input "$SHARED/corpus/train" \
+[ -f "$W/data-phi17m/index.json" ] || $MOHAWK data prepare --tokenizer "$SHARED/teachers/phi-17m" --input "$SHARED/corpus/train" \
   --val "$SHARED/corpus/val" --out "$W/data-phi17m" >"$OUT/data-phi17m.log" 2>&1
 tail -3 "$OUT/data-phi17m.log"
 run_variants phi17m configs/phi-17m.yaml "$SHARED/teachers/phi-17m" "$W/data-phi17m" "$TOKENS_PHI" 5.0e-4

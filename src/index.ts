@@ -3,3 +3,22 @@
 export * from './tensor/index.js';
 export type { Backend, DType } from './backends/backend.js';
 export { Random } from './util/random.js';
+export { loadModel, saveModel, buildModel, registerFormat, type LoadedModel } from './models/load.js';
+export type { CausalLM, ModelCache, Capture, ForwardResult } from './models/types.js';
+export { StudentLM, studentConfigFromJson, studentConfigToJson } from './models/phi-mamba.js';
+export { loadTokenizer, byteTokenizer, type Tokenizer } from './io/tokenizer.js';
+export { readSafetensors, writeSafetensors, loadTensors } from './io/safetensors.js';
+export { convertLlama2c } from './io/llama2c.js';
+export { tokenLogprobs } from './eval/score.js';
+export { generate, generateIds, type GenerateOptions } from './generate/generate.js';
+export { transferStudent, studentConfigFor, type TransferOptions } from './distill/transfer.js';
+export { matrixOrientationLoss, hiddenStateAlignmentLoss, distillationLoss } from './distill/losses.js';
+export { loadConfig, validateConfig, type DistillConfig } from './distill/config.js';
+export {
+  runDistill,
+  resultsTable,
+  validationPerplexity,
+  validationKl,
+  type DistillResult,
+} from './distill/pipeline.js';
+export { train, type TrainOptions } from './train/index.js';
