@@ -181,8 +181,11 @@ export function scoreRows(model: CausalLM, rows: ScoreRow[], opts: ScoreOptions 
   return out;
 }
 
-/** The largest context length the harness would use for a model (positions, capped). */
+/**
+ * The context the harness would truncate to: the model's positions, or `cap` (the harness's
+ * default of 2048) for models without a position limit (pure SSMs, hybrids without one).
+ */
 export function evalMaxLength(model: CausalLM, cap = 2048): number {
   const m = model.info.maxSeqLen;
-  return Number.isFinite(m) ? m : cap;
+  return Number.isFinite(m) && m < 1 << 20 ? m : cap;
 }
