@@ -1,6 +1,7 @@
 // Shared test helpers: random tensors, closeness checks, and central finite differences in f64.
 
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import type { DType } from '../src/backends/backend.js';
 import { noGrad, scope, sum, mul, tensor, Tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
@@ -106,3 +107,6 @@ export function gradcheck(
   }
   weights.dispose();
 }
+
+/** ../shared beside the repository: read-only data and reference fixtures (tests skip without it) */
+export const SHARED = path.resolve(import.meta.dirname, '../../shared');

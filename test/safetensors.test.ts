@@ -22,7 +22,7 @@ import {
 import { loadModel } from '../src/models/load.js';
 import { tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
-import { SHARED } from './teachers.test.js';
+import { SHARED } from './helpers.js';
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'mohawk-st-'));
 const rng = new Random(3);

@@ -14,8 +14,7 @@ import { tokenLogprobs } from '../src/eval/score.js';
 import * as T from '../src/tensor/index.js';
 import { noGrad, scope, tensor, type Tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
-import { assertClose, randn } from './helpers.js';
-import { SHARED } from './teachers.test.js';
+import { assertClose, randn, SHARED } from './helpers.js';
 
 const haveShared = fs.existsSync(SHARED);
 const skip = haveShared ? false : `${SHARED} not found`;

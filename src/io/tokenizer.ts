@@ -105,6 +105,7 @@ export class HuggingFaceTokenizer implements Tokenizer {
   }
 
   decode(ids: number[]): string {
+    if (ids.length === 0) return ''; // the package rejects an empty list
     return this.tok.decode(ids, { skip_special_tokens: true, clean_up_tokenization_spaces: false });
   }
 

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { loadTensors, writeSafetensors } from '../io/safetensors.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import { noGrad, type Tensor } from '../tensor/index.js';
+import type { InitOptions } from '../nn/layers.js';
 import type { Module } from '../nn/module.js';
 import { gpt2ConfigFromJson, Gpt2LMHeadModel } from './gpt2.js';
 import type { Json } from './hf.js';
@@ -19,8 +20,11 @@ export interface ModelFormat {
   name: string;
   /** whether this format reads the given config.json */
   detect(config: Json): boolean;
-  /** build the model (random weights) from its config; `file` names config.json in errors */
-  build(config: Json, file: string): CausalLM;
+  /**
+   * build the model from its config; `file` names config.json in errors. Weights are random, or
+   * zeros with `init.deferInit` (when a checkpoint fills them right after).
+   */
+  build(config: Json, file: string, init?: InitOptions): CausalLM;
   /** checkpoint tensors that are not parameters and may be ignored (buffers, tied copies) */
   ignorable?(name: string, model: CausalLM): boolean;
 }
@@ -31,23 +35,23 @@ export function registerFormat(f: ModelFormat): void {
   if (!formats.some((g) => g.name === f.name)) formats.unshift(f);
 }
 
-const hfFamilies: Record<string, (json: Json, file: string) => CausalLM> = {
-  llama: (j, f) => new LlamaForCausalLM(llamaConfigFromJson(j, f)),
-  phi: (j, f) => new PhiForCausalLM(phiConfigFromJson(j, f)),
-  gpt2: (j, f) => new Gpt2LMHeadModel(gpt2ConfigFromJson(j, f)),
+const hfFamilies: Record<string, (json: Json, file: string, init?: InitOptions) => CausalLM> = {
+  llama: (j, f, i) => new LlamaForCausalLM(llamaConfigFromJson(j, f), i),
+  phi: (j, f, i) => new PhiForCausalLM(phiConfigFromJson(j, f), i),
+  gpt2: (j, f, i) => new Gpt2LMHeadModel(gpt2ConfigFromJson(j, f), i),
 };
 
 registerFormat({
   name: 'huggingface',
   detect: (c) => typeof c.model_type === 'string',
-  build(config, file) {
+  build(config, file, init) {
     const type = config.model_type as string;
     const make = hfFamilies[type];
     if (!make)
       throw new Error(
         `${file}: model_type "${type}" is not supported (supported: ${Object.keys(hfFamilies).join(', ')})`,
       );
-    return make(config, file);
+    return make(config, file, init);
   },
   ignorable: (name, model) =>
     /\.(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)$/.test(name) ||
@@ -57,7 +61,7 @@ registerFormat({
 registerFormat({
   name: 'phi-mamba',
   detect: isStudentConfig,
-  build: (config, file) => new StudentLM(studentConfigFromJson(config, file)),
+  build: (config, file, init) => new StudentLM(studentConfigFromJson(config, file), init),
 });
 
 export function readConfig(dir: string): { json: Json; file: string } {
@@ -79,11 +83,11 @@ export function readConfig(dir: string): { json: Json; file: string } {
 }
 
 /** The model described by a config.json, with random weights. */
-export function buildModel(config: Json, file = 'config.json'): CausalLM {
+export function buildModel(config: Json, file = 'config.json', init?: InitOptions): CausalLM {
   const format = formats.find((f) => f.detect(config));
   if (!format)
     throw new Error(`${file}: unknown model format (no model_type, and no known student sections)`);
-  return format.build(config, file);
+  return format.build(config, file, init);
 }
 
 /** Load weights into a model by name; ignorable extras are dropped, anything else must match. */
@@ -117,7 +121,8 @@ export interface LoadedModel {
 /** Load a model directory: config.json, model.safetensors (or shards), tokenizer.json if present. */
 export function loadModel(dir: string, opts: { tokenizer?: boolean } = {}): LoadedModel {
   const { json, file } = readConfig(dir);
-  const model = buildModel(json, file);
+  // no random draws: every parameter is overwritten by the checkpoint (or loading fails)
+  const model = buildModel(json, file, { deferInit: true });
   const tensors = noGrad(() => loadTensors(dir));
   const weightsName = fs.existsSync(path.join(dir, 'model.safetensors'))
     ? path.join(dir, 'model.safetensors')
