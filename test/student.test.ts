@@ -144,7 +144,7 @@ describe('DiscreteMamba2: three forms, one set of weights', () => {
 describe('teacher -> student transfer', { skip }, () => {
   const fixtures = ['llama-tied', 'llama-untied', 'phi', 'gpt2'];
   for (const name of fixtures) {
-    it(`${name}: shapes, bit-identical copies, and M = causal Q K^T at alpha = 1, D = 0`, () => {
+    it(`${name}: shapes, bit-identical copies, and M = causal Q K^T / sqrt(d) at alpha = 1, D = 0`, () => {
       const { model: teacher } = loadModel(path.join(SHARED, 'fixtures/reference', name));
       const student = transferStudent(teacher, { alphaInit: 1, dInit: 0 });
       const tp = teacher.stateDict();
@@ -190,7 +190,7 @@ describe('teacher -> student transfer', { skip }, () => {
           const hd = q.shape[2] / H;
           const qh = T.permute(T.reshape(q, [1, 8, H, hd]), [0, 2, 1, 3]);
           const kh = T.permute(T.reshape(k, [1, 8, H, hd]), [0, 2, 1, 3]);
-          const qk = T.causalMask(T.matmul(qh, kh, { transB: true }), 0);
+          const qk = T.causalMask(T.scale(T.matmul(qh, kh, { transB: true }), 1 / Math.sqrt(hd)), 0);
           assertClose(arr(M), arr(qk), 2e-4, `${name} mixing matrix vs QK^T`, 1e-4);
         }),
       );

@@ -4,8 +4,8 @@
 // the conv as identity, the gate open, the decay set through the bias of the `a` rows.
 //
 // The identity this init guarantees (tested): with alpha = 1 and D = 0 the student's mixing
-// matrix of a layer equals the teacher's causal Q K^T of that layer before the softmax, the
-// 1/sqrt(d) scale and the rotary embedding, computed on the same normalized input.
+// matrix of a layer equals the teacher's causal scaled scores Q K^T / sqrt(d) of that layer
+// before the softmax and without the rotary embedding, computed on the same normalized input.
 
 import { cast, noGrad, tensor, type Tensor } from '../tensor/index.js';
 import type { CausalLM } from '../models/types.js';
@@ -27,6 +27,8 @@ export interface TransferOptions {
   dInit?: number;
   /** 'attention' derives the mixer from attention; 'random' leaves it at random init */
   mixerInit?: 'attention' | 'random';
+  /** factor on C (default 1/sqrt(head size), so that M equals the attention's scaled scores) */
+  scoreScale?: number;
   /** copy the teacher's embeddings, norms, MLPs and head (default true) */
   copyWeights?: boolean;
   seed?: number;
@@ -440,7 +442,13 @@ function initMixer(
     const expandBias = (b: Tensor | null, kv: number) => (b ? expandHeads(b.toArray(), kv, H, hd, 1) : null);
     put(xOff, expandHeads(a.v.toArray(), v.nKvHeads, H, hd, D), expandBias(a.vb, v.nKvHeads));
     put(bOff, expandHeads(a.k.toArray(), v.nKvHeads, H, hd, D), expandBias(a.kb, v.nKvHeads));
-    put(cOff, Float32Array.from(a.q.toArray()), a.qb ? Float32Array.from(a.qb.toArray()) : null);
+    // C carries the attention's 1/sqrt(head size) scale: M = the teacher's pre-softmax scores
+    const sc = opts.scoreScale ?? 1 / Math.sqrt(hd);
+    put(
+      cOff,
+      Float32Array.from(a.q.toArray(), (x) => x * sc),
+      a.qb ? Float32Array.from(a.qb.toArray(), (x) => x * sc) : null,
+    );
     setParam(prefix + 'out_proj.weight', a.o.toArray());
     const ob = params.get(prefix + 'out_proj.bias');
     if (ob) setParam(prefix + 'out_proj.bias', a.ob ? a.ob.toArray() : new Float32Array(D));
