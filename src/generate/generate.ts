@@ -65,6 +65,14 @@ export function generate(
   opts: GenerateOptions & { prompt: string; addBos?: boolean },
 ): GenerateResult {
   const promptIds = tokenizer.encode(opts.prompt, { addBos: opts.addBos });
+  // New text = decode(tail of prompt + new ids) minus decode(tail of prompt): decoding the new ids
+  // alone would drop a leading space (SentencePiece strips the first one) or split a character.
+  const anchor = promptIds.slice(-8);
+  const anchorText = tokenizer.decode(anchor);
+  const textOf = (ids: number[]): string => {
+    const full = tokenizer.decode([...anchor, ...ids]);
+    return full.startsWith(anchorText) ? full.slice(anchorText.length) : tokenizer.decode(ids);
+  };
   let emitted = '';
   const sofar: number[] = [];
   const ids = generateIds(model, promptIds, {
@@ -74,13 +82,13 @@ export function generate(
       sofar.push(id);
       if (!opts.onText) return;
       // decode the whole completion so multi-byte characters and leading-space rules come out right
-      const text = tokenizer.decode(sofar);
+      const text = textOf(sofar);
       if (text.endsWith('\uFFFD')) return; // an incomplete UTF-8 sequence: wait for more bytes
       opts.onText(text.slice(emitted.length));
       emitted = text;
     },
   });
-  const completion = tokenizer.decode(ids);
+  const completion = textOf(ids);
   if (opts.onText && completion.length > emitted.length) opts.onText(completion.slice(emitted.length));
   return { prompt: opts.prompt, completion, ids };
 }

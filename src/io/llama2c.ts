@@ -151,7 +151,8 @@ export function readLlama2cTokenizerBin(file: string, vocabSize: number): Senten
     scores.push(dv.getFloat32(off, true));
     const len = dv.getInt32(off + 4, true);
     off += 8;
-    if (len < 0 || off + len > buf.length) fail(file, `token ${i} has a bad length ${len}`);
+    if (len < 0 || len > 1 << 16) fail(file, `token ${i} has a bad length ${len}`);
+    if (off + len > buf.length) fail(file, `ends inside token ${i} of ${vocabSize}`);
     let s = dec.decode(buf.subarray(off, off + len));
     off += len;
     // llama2.c wrote BOS/EOS as "\n<s>\n" and replaced the SentencePiece space marker by ' '

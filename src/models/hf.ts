@@ -88,8 +88,17 @@ export class Fields {
       const type = p.rope_type ?? p.type ?? 'default';
       if (type !== 'default')
         this.fail('rope_parameters.rope_type', `"${String(type)}" is not supported (only "default")`);
+      // transformers 5 reads rope_parameters; a top-level copy (older writers) must agree with it
+      for (const key of ['rope_theta', 'partial_rotary_factor']) {
+        const top = this.json[key];
+        if (top !== undefined && top !== null && p[key] !== undefined && p[key] !== null && top !== p[key])
+          this.fail(
+            key,
+            `(${JSON.stringify(top)}) disagrees with rope_parameters.${key} (${JSON.stringify(p[key])})`,
+          );
+      }
       return {
-        theta: this.num('rope_theta', defaultTheta, p, 'rope_parameters.'),
+        theta: this.num('rope_theta', this.num('rope_theta', defaultTheta), p, 'rope_parameters.'),
         partialRotaryFactor: this.num(
           'partial_rotary_factor',
           this.num('partial_rotary_factor', defaultPartial),

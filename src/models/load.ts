@@ -41,6 +41,13 @@ const hfFamilies: Record<string, (json: Json, file: string, init?: InitOptions) 
   gpt2: (j, f, i) => new Gpt2LMHeadModel(gpt2ConfigFromJson(j, f), i),
 };
 
+/** the head class each family's checkpoints are saved from; others carry other heads or none */
+const hfArchitectures: Record<string, string> = {
+  llama: 'LlamaForCausalLM',
+  phi: 'PhiForCausalLM',
+  gpt2: 'GPT2LMHeadModel',
+};
+
 registerFormat({
   name: 'huggingface',
   detect: (c) => typeof c.model_type === 'string',
@@ -51,6 +58,14 @@ registerFormat({
       throw new Error(
         `${file}: model_type "${type}" is not supported (supported: ${Object.keys(hfFamilies).join(', ')})`,
       );
+    const arch = config.architectures;
+    if (arch !== undefined && arch !== null) {
+      const want = hfArchitectures[type];
+      if (!Array.isArray(arch) || arch.length !== 1 || arch[0] !== want)
+        throw new Error(
+          `${file}: architectures ${JSON.stringify(arch)} is not supported for model_type "${type}" (expected ["${want}"])`,
+        );
+    }
     return make(config, file, init);
   },
   ignorable: (name, model) =>
