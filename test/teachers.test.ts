@@ -31,11 +31,13 @@ const fixture = (name: string) => path.join(SHARED, 'fixtures/reference', name);
 const expected = (name: string) =>
   JSON.parse(fs.readFileSync(path.join(fixture(name), 'expected.json'), 'utf8')) as Expected;
 
-function logitsOf(model: CausalLM, ids: number[]): Float32Array | Float64Array {
-  return noGrad(() => scope(() => model.forward(tensor(ids, [1, ids.length], 'i32')).logits.toArray()));
+function logitsOf(model: CausalLM, ids: number[]): Float64Array {
+  return Float64Array.from(
+    noGrad(() => scope(() => model.forward(tensor(ids, [1, ids.length], 'i32')).logits.toArray())),
+  );
 }
 
-function lastLogits(model: CausalLM, ids: number[]): Float32Array | Float64Array {
+function lastLogits(model: CausalLM, ids: number[]): Float64Array {
   const v = model.info.vocabSize;
   return logitsOf(model, ids).slice((ids.length - 1) * v);
 }
