@@ -16,7 +16,7 @@ cd "$root"
 
 if [ "${1:-}" = prepare ]; then
   bash scripts/gpu-check.sh prepare >/dev/null
-  rm -rf .device/fixtures .device/app/node_modules/koffi/{src,vendor,doc}
+  rm -rf .device/fixtures .device/app/node_modules/koffi/doc
   mkdir -p .device/real
   tar -C ../shared/data -cf - teachers/phi-17m corpus/train corpus/val stories260K | xz -T2 -6 >.device/real/shared.tar.xz
   du -sh .device .device/real/shared.tar.xz
