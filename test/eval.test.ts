@@ -126,9 +126,10 @@ describe('harness tokenization', () => {
 
   it('truncates from the left to the last maxLength + 1 tokens', () => {
     const row = rowFor([1, 2, 3, 4, 5, 6], [7, 8], 5);
-    assert.deepEqual(row, { input: [3, 4, 5, 6, 7], targets: [7, 8] });
-    assert.deepEqual(rowFor([1, 2], [3], 5), { input: [1, 2], targets: [3] });
-    assert.throws(() => rowFor([1], [2, 3, 4], 2), /continuation of 3 tokens does not fit/);
+    assert.deepEqual(row, { input: [3, 4, 5, 6, 7], targets: [7, 8], truncated: false });
+    assert.deepEqual(rowFor([1, 2], [3], 5), { input: [1, 2], targets: [3], truncated: false });
+    // a continuation longer than the model: only its last maxLength tokens are scored
+    assert.deepEqual(rowFor([1], [2, 3, 4, 5], 2), { input: [3, 4], targets: [4, 5], truncated: true });
   });
 });
 

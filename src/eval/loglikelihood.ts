@@ -66,18 +66,23 @@ export interface ScoreRow {
 
 /**
  * The harness's model input for (context, continuation) tokens: the last maxLength + 1 tokens of
- * context + continuation, without the last one (left truncation).
+ * context + continuation, without the last one (left truncation). A continuation longer than
+ * maxLength cannot be scored whole: only its last maxLength tokens are scored (`truncated`).
  */
-export function rowFor(context: number[], continuation: number[], maxLength: number): ScoreRow {
+export function rowFor(
+  context: number[],
+  continuation: number[],
+  maxLength: number,
+): ScoreRow & { truncated: boolean } {
   if (continuation.length === 0) throw new Error('eval: the continuation encodes to no tokens');
-  if (continuation.length > maxLength) {
-    throw new Error(
-      `eval: a continuation of ${continuation.length} tokens does not fit the model's ${maxLength} positions`,
-    );
-  }
   const all = [...context, ...continuation];
   const kept = all.length > maxLength + 1 ? all.slice(all.length - maxLength - 1) : all;
-  return { input: kept.slice(0, -1), targets: continuation };
+  const truncated = continuation.length > maxLength;
+  return {
+    input: kept.slice(0, -1),
+    targets: truncated ? continuation.slice(continuation.length - maxLength) : continuation,
+    truncated,
+  };
 }
 
 export interface ScoreOptions {

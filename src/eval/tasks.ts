@@ -199,6 +199,8 @@ export interface Sample {
 export interface TaskResult {
   task: TaskName;
   n: number;
+  /** requests whose continuation exceeded the model's length (only its last tokens scored) */
+  truncatedContinuations?: number;
   metrics: Metric[];
   samples: Sample[];
 }
@@ -287,6 +289,7 @@ export function evaluateTask(
       return rowFor(e.context, e.continuation, maxLength);
     }),
   );
+  const truncated = rows.filter((r) => r.truncated).length;
   const total = rows.length;
   const flat = scoreRows(model, rows, {
     batchSize: opts.batchSize,
@@ -300,7 +303,9 @@ export function evaluateTask(
     k += d.requests.length;
   }
   const decode = tok.decode?.bind(tok);
-  return taskMetrics(task, docs, scores, { normBy: opts.normBy, decode });
+  const result = taskMetrics(task, docs, scores, { normBy: opts.normBy, decode });
+  if (truncated > 0) result.truncatedContinuations = truncated;
+  return result;
 }
 
 /**
@@ -330,10 +335,10 @@ export function paperAverage(results: TaskResult[]): number | null {
 /** The harness's results JSON: { results: { task: { "acc,none": v, "acc_stderr,none": s } } }. */
 export function harnessJson(results: TaskResult[]): {
   results: Record<string, Record<string, string | number | null>>;
-  'n-samples': Record<string, { effective: number }>;
+  'n-samples': Record<string, { effective: number; truncated_continuations?: number }>;
 } {
   const out: Record<string, Record<string, string | number | null>> = {};
-  const ns: Record<string, { effective: number }> = {};
+  const ns: Record<string, { effective: number; truncated_continuations?: number }> = {};
   for (const r of results) {
     const o: Record<string, string | number | null> = { alias: r.task };
     for (const m of r.metrics) {
@@ -342,6 +347,7 @@ export function harnessJson(results: TaskResult[]): {
     }
     out[r.task] = o;
     ns[r.task] = { effective: r.n };
+    if (r.truncatedContinuations) ns[r.task].truncated_continuations = r.truncatedContinuations;
   }
   return { results: out, 'n-samples': ns };
 }

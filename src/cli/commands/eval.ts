@@ -134,6 +134,10 @@ export async function run(argv: string[]): Promise<number> {
         onProgress: (done, total, tokens) => progressLine(task, done, total, tokens, t0, 'requests'),
       });
       progressLine(task, 1, 1, 0, t0, 'requests', true);
+      if (r.truncatedContinuations)
+        process.stderr.write(
+          `${task}: warning: ${r.truncatedContinuations} continuation(s) longer than ${maxLength} tokens; only their last ${maxLength} tokens were scored\n`,
+        );
       results.push(r);
       if (log !== null) for (const s of r.samples) fs.writeSync(log, JSON.stringify(s) + '\n');
     }
