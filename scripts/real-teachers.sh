@@ -59,17 +59,18 @@ run_variants() {
     log "$name: stages $v ($T tokens)"
     $MOHAWK distill --config "$config" --device "$DEVICE" --out "$W/$name-$v" \
       --set "teacher=$teacher" --set "data.train=[$data]" --set "data.val=[]" \
-      --set "stages=$stages" --set "scratchBaseline=$scratch" ${EXTRA_SET:-} --json >"$OUT/$name-$v.json" 2>"$OUT/$name-$v.log" ||
-      { tail -20 "$OUT/$name-$v.log"; return 1; }
-    tail -1 "$OUT/$name-$v.log"
+      --set "stages=$stages" --set "scratchBaseline=$scratch" ${EXTRA_SET:-} --json >"$W/$name-$v.json" 2>"$W/$name-$v.log" ||
+      { tail -20 "$W/$name-$v.log"; return 1; }
+    grep -v "step " "$W/$name-$v.log" >>"$OUT/runs.log"
+    tail -1 "$W/$name-$v.log"
   done < <(variants "$T" "$lr3")
 }
 
 # ---- phi-17m --------------------------------------------------------------------------------
 log "phi-17m: tokenizing corpus/train (held out: corpus/val)"
 [ -f "$W/data-phi17m/index.json" ] || $MOHAWK data prepare --tokenizer "$SHARED/teachers/phi-17m" --input "$SHARED/corpus/train" \
-  --val "$SHARED/corpus/val" --out "$W/data-phi17m" >"$OUT/data-phi17m.log" 2>&1
-tail -3 "$OUT/data-phi17m.log"
+  --val "$SHARED/corpus/val" --out "$W/data-phi17m" >"$W/data-phi17m.log" 2>&1
+tail -3 "$W/data-phi17m.log"
 run_variants phi17m configs/phi-17m.yaml "$SHARED/teachers/phi-17m" "$W/data-phi17m" "$TOKENS_PHI" 5.0e-4
 
 # ---- stories260K ----------------------------------------------------------------------------
@@ -77,10 +78,15 @@ log "stories260K: convert and sample"
 $MOHAWK convert llama2c --checkpoint "$SHARED/stories260K/stories260K.bin" \
   --tokenizer "$SHARED/stories260K/tok512.bin" --out "$W/stories260K"
 $MOHAWK sample-data --model "$W/stories260K" --tokens $((TOKENS_STORIES * 2)) --out "$W/data-stories" \
-  --batch 64 --seq-len 256 --device "$DEVICE" >"$OUT/sample-stories.log" 2>&1
-tail -3 "$OUT/sample-stories.log"
+  --batch 64 --seq-len 256 --device "$DEVICE" >"$W/sample-stories.log" 2>&1
+tail -3 "$W/sample-stories.log"
 run_variants stories260K configs/stories260k.yaml "$W/stories260K" "$W/data-stories" "$TOKENS_STORIES" 1.0e-3
 
-# teacher validation perplexities on the same held-out windows, and the scored val files
-log "done"
-ls "$OUT"
+# one file with every run's results
+node -e '
+const fs = require("fs"), path = require("path");
+const w = process.argv[1], out = {};
+for (const f of fs.readdirSync(w).filter((f) => f.endsWith(".json")).sort()) out[f.replace(/\.json$/, "")] = JSON.parse(fs.readFileSync(path.join(w, f), "utf8"));
+fs.writeFileSync(process.argv[2], JSON.stringify(out, null, 2));
+' "$W" "$OUT/summary.json"
+log "done: $OUT/summary.json"
