@@ -1,0 +1,153 @@
+// Decoding speed at the performance issue's shapes: the Phi-Mamba 1.5B student (recurrent state,
+// constant memory per token) against the Phi-1.5-shaped teacher (KV cache), batch 1 at context
+// 2k, 8k and 32k and batch 64 at 2k. Random weights. Time per new token after a prefill.
+// Run: node --import tsx bench/decode.ts [--layers N] [--contexts 2048,8192,32768] [--tokens 16]
+//      (BENCH_OUT=dir also writes decode.{md,json})
+
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { CudaBackend } from '../src/backends/cuda/index.js';
+import { studentConfigFor } from '../src/distill/transfer.js';
+import { PhiForCausalLM } from '../src/models/phi.js';
+import { StudentLM } from '../src/models/phi-mamba.js';
+import type { CausalLM } from '../src/models/types.js';
+import type { Module } from '../src/nn/module.js';
+import { noGrad, scope, setAutocast, setBackend, slice, tensor } from '../src/tensor/index.js';
+import { Random } from '../src/util/random.js';
+import { randomBuffer } from './gpu-util.js';
+
+const { values } = parseArgs({
+  options: {
+    layers: { type: 'string', default: '24' },
+    contexts: { type: 'string', default: '2048,8192,32768' },
+    tokens: { type: 'string', default: '16' },
+    'batch-large': { type: 'string', default: '64' },
+  },
+});
+const L = Number(values.layers);
+const D = 2048;
+const H = 32;
+const V = 51200;
+const contexts = values.contexts!.split(',').map(Number);
+const newTokens = Number(values.tokens);
+const gpu = new CudaBackend();
+setBackend(gpu);
+await gpu.warmup({ attentionHeadDims: [D / H] });
+setAutocast('bf16');
+
+/** random parameters from one device buffer of random values, copied device to device */
+const pool = randomBuffer(gpu, 1 << 24, 'f32', 0.02);
+function randomize(m: Module): void {
+  for (const [name, p] of m.namedParameters()) {
+    if (name.endsWith('norm.weight') || name.endsWith('layernorm.weight')) continue;
+    for (let off = 0; off < p.size; off += 1 << 24) {
+      const len = Math.min(1 << 24, p.size - off);
+      // start short copies at a parameter-dependent place in the pool so tensors differ
+      const src = len <= (1 << 24) - 1024 ? p.size % 1024 : 0;
+      gpu.copyStrided(pool, src, [1], p.buffer, off, [1], [len], false);
+    }
+  }
+}
+
+const maxCtx = Math.max(...contexts) + newTokens + 1;
+const teacher = new PhiForCausalLM(
+  {
+    vocabSize: V,
+    hiddenSize: D,
+    intermediateSize: 4 * D,
+    numLayers: L,
+    numHeads: H,
+    numKvHeads: H,
+    headDim: D / H,
+    rotaryDim: D / H / 2,
+    partialRotaryFactor: 0.5,
+    ropeTheta: 10000,
+    layerNormEps: 1e-5,
+    hiddenAct: 'gelu_new',
+    maxPositionEmbeddings: maxCtx,
+    tieWordEmbeddings: false,
+    bosTokenId: 0,
+    eosTokenId: 0,
+  },
+  { deferInit: true },
+);
+randomize(teacher);
+const student = new StudentLM(studentConfigFor(teacher, { chunkSize: 128 }), { deferInit: true });
+randomize(student);
+gpu.synchronize();
+
+const rng = new Random(3);
+function decodeMs(model: CausalLM, batch: number, ctx: number): { ms: number; memGiB: number } {
+  return noGrad(() => {
+    const cache = model.createCache(batch);
+    try {
+      // prefill in pieces of at most 8192 tokens (bounded logits memory)
+      for (let done = 0; done < ctx;) {
+        const n = Math.min(8192, ctx - done);
+        scope(() => {
+          const ids = tensor(
+            Int32Array.from({ length: batch * n }, () => rng.int(0, V)),
+            [batch, n],
+            'i32',
+          );
+          void slice(model.forward(ids, { cache }).logits, 1, n - 1, n);
+        });
+        done += n;
+      }
+      gpu.synchronize();
+      gpu.resetPeak();
+      const step = () =>
+        scope(() => {
+          const ids = tensor(
+            Int32Array.from({ length: batch }, () => rng.int(0, V)),
+            [batch, 1],
+            'i32',
+          );
+          model.forward(ids, { cache }).logits.read(); // the host read a sampler needs
+        });
+      step();
+      const t0 = performance.now();
+      for (let i = 0; i < newTokens; i++) step();
+      const ms = (performance.now() - t0) / newTokens;
+      return { ms, memGiB: gpu.memoryStats().peakBytes / 2 ** 30 };
+    } finally {
+      cache.dispose();
+    }
+  });
+}
+
+const cases: [number, number][] = [
+  ...contexts.map((c) => [1, c] as [number, number]),
+  [Number(values['batch-large']), 2048],
+];
+const rows: string[] = [];
+const json: unknown[] = [];
+for (const [batch, ctx] of cases) {
+  for (const [name, model] of [
+    ['student (recurrent)', student],
+    ['teacher (KV cache)', teacher],
+  ] as const) {
+    let cell: string;
+    try {
+      const r = decodeMs(model, batch, ctx);
+      cell = `| ${name} | ${batch} | ${ctx} | ${r.ms.toFixed(2)} | ${((batch * 1000) / r.ms).toFixed(0)} | ${r.memGiB.toFixed(1)} |`;
+      json.push({ model: name, batch, ctx, ...r });
+    } catch (e) {
+      cell = `| ${name} | ${batch} | ${ctx} | failed: ${(e as Error).message.split('\n')[0].slice(0, 80)} | | |`;
+    }
+    rows.push(cell);
+    console.log(cell);
+  }
+}
+const lines = [
+  `# decode: ${new Date().toISOString().slice(0, 10)}, ${gpu.describe()}, ${L} layers, d ${D}, bf16 autocast`,
+  '| model | batch | context | ms per step | tokens/s | peak GiB during decode |',
+  '| --- | ---: | ---: | ---: | ---: | ---: |',
+  ...rows,
+];
+console.log(lines.join('\n'));
+if (process.env.BENCH_OUT) {
+  writeFileSync(join(process.env.BENCH_OUT, 'decode.md'), lines.join('\n') + '\n');
+  writeFileSync(join(process.env.BENCH_OUT, 'decode.json'), JSON.stringify(json, null, 2));
+}
