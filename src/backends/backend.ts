@@ -78,6 +78,11 @@ export interface AttentionParams {
   headDim: number;
   scale: number;
   causal: boolean;
+  /**
+   * true under bf16/f16 autocast: the backend may compute the products in 16-bit on tensor cores
+   * (fp32 accumulation; inputs and outputs stay f32). Backends may ignore it (the CPU does).
+   */
+  lowPrecision?: boolean;
 }
 
 export interface SsdParams {
@@ -89,6 +94,8 @@ export interface SsdParams {
   headDim: number;
   dState: number;
   chunkSize: number;
+  /** as for attention: under autocast the chunk products may run in 16-bit, fp32 accumulation */
+  lowPrecision?: boolean;
 }
 
 export interface RopeParams {

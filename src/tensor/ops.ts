@@ -782,6 +782,7 @@ export function attention(
     headDim,
     scale: opts.scale ?? 1 / Math.sqrt(headDim),
     causal: opts.causal ?? true,
+    lowPrecision: autocastDtype !== null,
   };
   const out = like(q);
   const lse = empty([batch, heads, tq], q.dtype, q.backend);
@@ -853,7 +854,7 @@ export function ssdScan(
   checkFloat('ssdScan', x, logA, bm, cm);
   sameBackend('ssdScan', x, logA, bm, cm);
   const s = ssdShapes('ssdScan', logA, bm, cm, x);
-  const p = { ...s, chunkSize: opts.chunkSize ?? 64 };
+  const p = { ...s, chunkSize: opts.chunkSize ?? 64, lowPrecision: autocastDtype !== null };
   const nChunks = Math.ceil(s.seqLen / p.chunkSize);
   const y = like(x);
   const states = empty([s.batch, nChunks, s.heads, s.headDim, s.dState], x.dtype, x.backend);
