@@ -8,36 +8,45 @@
 #                                  (default: tests gpu-gemm gpu-ops stage3-step; any subset, in order)
 #
 # The device machine has CUDA but no Node.js and no devDependencies, hence the prepared .device.
+# DEVICE_DIR=.device-x (git-ignored) keeps a second prepared copy apart, e.g. for two engineers;
+# give the same DEVICE_DIR on the GPU machine and carry that folder.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+D=${DEVICE_DIR:-.device}
 
 if [ "${1:-}" = prepare ]; then
   set -e
-  rm -rf .device/build
+  rm -rf $D/build
   # other engineers' files in progress may not typecheck; tsc still writes the build
-  npx tsc -p tsconfig.json --outDir .device/build --sourceMap false --declaration false ||
+  npx tsc -p tsconfig.json --outDir $D/build --sourceMap false --declaration false ||
     echo "gpu-check: tsc reported errors (see above); the build was written anyway"
-  mkdir -p .device/build/src/backends/cuda/kernels
-  cp src/backends/cuda/kernels/*.cu src/backends/cuda/kernels/*.cuh .device/build/src/backends/cuda/kernels/
+  mkdir -p $D/build/src/backends/cuda/kernels
+  cp src/backends/cuda/kernels/*.cu src/backends/cuda/kernels/*.cuh $D/build/src/backends/cuda/kernels/
   # the reference checkpoints for the whole-model test (../shared does not travel)
-  rm -rf .device/fixtures && cp -r ../shared/fixtures/reference .device/fixtures
+  rm -rf $D/fixtures && cp -r ../shared/fixtures/reference $D/fixtures
   # ignore-scripts: the project's own "prepare" (a tsc build) cannot run there; koffi ships prebuilt
-  npm_config_ignore_scripts=true bash ../shared/tools/device-node.sh >/dev/null
+  if [ "$D" = .device ] || [ ! -d .device/app ]; then
+    npm_config_ignore_scripts=true bash ../shared/tools/device-node.sh >/dev/null
+  fi
+  if [ "$D" != .device ]; then
+    rm -rf "$D/app" && cp -r .device/node.xz .device/app "$D/"
+    grep -qxF "/$D/" .git/info/exclude || echo "/$D/" >>.git/info/exclude
+  fi
   # the GPU check needs koffi and yaml at most; the text datasets stay here
-  rm -rf .device/app/node_modules/@stdlib
-  du -sh .device .device/node.xz .device/app/node_modules .device/build
+  rm -rf $D/app/node_modules/@stdlib
+  du -sh $D $D/node.xz $D/app/node_modules $D/build
   exit 0
 fi
 
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
-xz -dc .device/node.xz >/tmp/node && chmod +x /tmp/node && export PATH=/tmp:$PATH
-ln -sfn .device/app/node_modules node_modules
+xz -dc $D/node.xz >/tmp/node && chmod +x /tmp/node && export PATH=/tmp:$PATH
+ln -sfn $D/app/node_modules node_modules
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export MOHAWK_CACHE=/tmp/mohawk-cache
 export MOHAWK_CUDA_KERNELS=$root/src/backends/cuda/kernels
-export MOHAWK_FIXTURES=$root/.device/fixtures
+export MOHAWK_FIXTURES=$root/$D/fixtures
 export NCCL_NVLS_ENABLE=0
 
 {
@@ -57,7 +66,7 @@ for part in "${parts[@]}"; do
     t0=$(date +%s)
     st=0
     MOHAWK_REQUIRE_CUDA=1 MOHAWK_CUDA_SYNC=1 node --test --test-reporter=spec --test-concurrency=1 \
-      .device/build/test/cuda.test.js .device/build/test/cuda-models.test.js .device/build/test/cuda-distill.test.js \
+      $D/build/test/cuda.test.js $D/build/test/cuda-models.test.js $D/build/test/cuda-distill.test.js \
       >"$OUT/tests.log" 2>&1 || st=1
     tail -n 40 "$OUT/tests.log"
     echo "tests: exit $st, $(($(date +%s) - t0)) s"
@@ -66,15 +75,15 @@ for part in "${parts[@]}"; do
       if command -v compute-sanitizer >/dev/null; then
         echo "== tests failed: memcheck run (first 150 s)"
         MOHAWK_REQUIRE_CUDA=1 timeout 150 compute-sanitizer --tool memcheck --print-limit 20 \
-          node --test --test-reporter=spec --test-concurrency=1 .device/build/test/cuda.test.js \
-          .device/build/test/cuda-models.test.js >"$OUT/sanitizer.log" 2>&1
+          node --test --test-reporter=spec --test-concurrency=1 $D/build/test/cuda.test.js \
+          $D/build/test/cuda-models.test.js >"$OUT/sanitizer.log" 2>&1
         grep -m 30 -E "Invalid|Error|ERROR|not ok" "$OUT/sanitizer.log"
       fi
     fi
   else
     echo "== bench $part"
     t0=$(date +%s)
-    BENCH_OUT=$OUT timeout "${BENCH_TIMEOUT:-300}" node ".device/build/bench/$part.js" >"$OUT/$part.log" 2>&1 || status=1
+    BENCH_OUT=$OUT timeout "${BENCH_TIMEOUT:-300}" node "$D/build/bench/$part.js" >"$OUT/$part.log" 2>&1 || status=1
     cat "$OUT/$part.log"
     echo "$part: $(($(date +%s) - t0)) s"
   fi
