@@ -5,6 +5,7 @@
 #   scripts/gpu-check.sh prepare   here: compile TypeScript to .device/build, and put a Node binary
 #                                  and the production node_modules in .device (git-ignored)
 #   scripts/gpu-check.sh [PART...] on the GPU machine (carry .device): unpack node, then the parts
+#                                  (tests:PATTERN: only the CUDA unit tests whose names match)
 #                                  (default: tests gpu-gemm gpu-ops stage3-step; any subset, in order)
 #
 # The device machine has CUDA but no Node.js and no devDependencies, hence the prepared .device.
@@ -80,6 +81,12 @@ for part in "${parts[@]}"; do
         grep -m 30 -E "Invalid|Error|ERROR|not ok" "$OUT/sanitizer.log"
       fi
     fi
+  elif [ "${part%%:*}" = tests ]; then
+    # tests:PATTERN runs only the CUDA unit tests whose names match PATTERN (a regular expression)
+    echo "== CUDA tests matching ${part#tests:}"
+    MOHAWK_REQUIRE_CUDA=1 MOHAWK_CUDA_SYNC=1 node --test --test-reporter=spec --test-concurrency=1 \
+      --test-name-pattern="${part#tests:}" $D/build/test/cuda.test.js >"$OUT/tests-pattern.log" 2>&1 || status=1
+    tail -n 60 "$OUT/tests-pattern.log"
   else
     echo "== bench $part"
     t0=$(date +%s)
