@@ -4,7 +4,7 @@
 
 import type { Tokenizer } from '../io/tokenizer.js';
 import type { CausalLM } from '../models/types.js';
-import { noGrad, scope, slice, tensor } from '../tensor/index.js';
+import { noGrad, scope, tensor } from '../tensor/index.js';
 import { Random } from '../util/random.js';
 import { sampleToken, type SamplingOptions } from './sampling.js';
 
@@ -34,9 +34,8 @@ export function generateIds(model: CausalLM, promptIds: number[], opts: Generate
       if (cache.position + input.length > maxLen) break;
       const row = noGrad(() =>
         scope(() => {
-          const logits = model.forward(tensor(input, [1, input.length], 'i32'), { cache }).logits;
-          const t = logits.shape[1];
-          return slice(logits, 1, t - 1, t).toArray();
+          const ids = tensor(input, [1, input.length], 'i32');
+          return model.forward(ids, { cache, lastLogitsOnly: true }).logits.toArray();
         }),
       );
       const next = sampleToken(row, rng, opts);

@@ -1,6 +1,6 @@
 // The forward pass shared by every family: embed -> blocks -> head, with captures and caches.
 
-import type { Tensor } from '../tensor/index.js';
+import { slice, type Tensor } from '../tensor/index.js';
 import type { Block, Captured, ForwardOptions, ForwardResult, ModelCache } from './types.js';
 
 export interface LMParts {
@@ -35,7 +35,8 @@ export function forwardLM(model: LMParts, ids: Tensor, opts: ForwardOptions = {}
     h = r.out;
     captured.layerOutputs?.push(h);
   });
-  const logits = model.head(h);
+  const t = h.shape[1];
+  const logits = model.head(opts.lastLogitsOnly && t > 1 ? slice(h, 1, t - 1, t) : h);
   if (cache) cache.position += ids.shape[1];
   return { logits, captured };
 }

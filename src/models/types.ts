@@ -71,6 +71,11 @@ export interface Block extends Module {
 export interface ForwardOptions {
   capture?: Capture;
   cache?: ModelCache;
+  /**
+   * logits (B, 1, V) of the last position only: a prefill that feeds a sampler needs no more,
+   * and (B, T, V) at a 51200-token vocabulary is the largest tensor of a long prefill
+   */
+  lastLogitsOnly?: boolean;
 }
 
 export interface ForwardResult {

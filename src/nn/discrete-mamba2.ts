@@ -13,6 +13,7 @@ import {
   add,
   causalConv1d,
   concat,
+  cumsum,
   empty,
   expand,
   eye,
@@ -201,7 +202,12 @@ export class DiscreteMamba2 extends Module {
     if (opts.cache) {
       if (!(opts.cache instanceof SsmCache)) throw new Error('mixer: the layer cache is not an SSM cache');
       return {
-        out: opts.cache.length === 0 ? this.prefill(u, opts.cache) : this.steps(u, opts.cache),
+        out:
+          opts.cache.length === 0
+            ? this.prefill(u, opts.cache)
+            : u.shape[1] === 1
+              ? this.steps(u, opts.cache)
+              : this.continueChunked(u, opts.cache),
         matrix: null,
       };
     }
@@ -267,6 +273,47 @@ export class DiscreteMamba2 extends Module {
       cache.set(conv, finalState!);
     });
     cache.length = t;
+    return out;
+  }
+
+  /**
+   * Several new tokens after a non-empty cache, through the chunked scan (a long prompt prefilled
+   * in pieces). The scan starts from a zero state; the cached state h0 adds, by linearity,
+   *   y_t += exp(cum_t) C_t h0^T per head, and h_T += exp(cum_T) h0,
+   * with cum_t the sum of logA over the new tokens up to t. The conv runs over the cached k-1
+   * inputs followed by the new ones, and only the new positions are kept.
+   */
+  private continueChunked(u: Tensor, cache: SsmCache): Tensor {
+    const [b, t] = u.shape;
+    const { nQkHeads: G, nVHeads: H, dState: N } = this.cfg;
+    const k = this.cfg.dConv - 1;
+    const { xBC, z, a } = this.project(u);
+    const window = concat([cache.conv!, xBC], 1); // (B, k + t, C)
+    const { x, bm, cm } = this.heads(slice(this.conv(window), 1, k, k + t));
+    const logA = this.logA(a); // (B, t, H)
+    const { y, finalState } = ssdScan(x, logA, bm, cm, {
+      chunkSize: this.cfg.chunkSize,
+      returnFinalState: true,
+    });
+    const h0 = cache.ssm!; // (B, H, P, N)
+    const decay = exp(cumsum(logA, 1)); // (B, t, H)
+    // C per value head, (B, H, t, N), times h0^T (B, H, N, P) -> (B, H, t, P)
+    const cH = reshape(expand(reshape(permute(cm, [0, 2, 1, 3]), [b, G, 1, t, N]), [b, G, H / G, t, N]), [
+      b,
+      H,
+      t,
+      N,
+    ]);
+    const fromH0 = permute(matmul(cH, h0, { transB: true }), [0, 2, 1, 3]); // (B, t, H, P)
+    const yAll = add(add(y, mul(fromH0, reshape(decay, [b, t, H, 1]))), mul(x, this.dPerHead()));
+    const out = this.output(yAll, z);
+    noGrad(() => {
+      const last = reshape(slice(decay, 1, t - 1, t), [b, H, 1, 1]);
+      const state = add(finalState!, mul(h0, last));
+      const conv = slice(window, 1, t, t + k);
+      cache.set(conv.detach(), state.detach());
+    });
+    cache.length += t;
     return out;
   }
 
