@@ -13,7 +13,7 @@ import { PhiForCausalLM } from '../src/models/phi.js';
 import { StudentLM } from '../src/models/phi-mamba.js';
 import type { CausalLM } from '../src/models/types.js';
 import type { Module } from '../src/nn/module.js';
-import { noGrad, scope, setAutocast, setBackend, slice, tensor } from '../src/tensor/index.js';
+import { noGrad, scope, setAutocast, setBackend, tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { randomBuffer } from './gpu-util.js';
 
@@ -82,7 +82,8 @@ function decodeMs(model: CausalLM, batch: number, ctx: number): { ms: number; me
   return noGrad(() => {
     const cache = model.createCache(batch);
     try {
-      // prefill in pieces of at most 8192 tokens (bounded logits memory)
+      // prefill in pieces of at most 8192 tokens per sequence, logits of the last position only
+      // (a student cache continued by a piece runs the chunked scan from its state)
       for (let done = 0; done < ctx;) {
         const n = Math.min(8192, ctx - done);
         scope(() => {
@@ -91,7 +92,7 @@ function decodeMs(model: CausalLM, batch: number, ctx: number): { ms: number; me
             [batch, n],
             'i32',
           );
-          void slice(model.forward(ids, { cache }).logits, 1, n - 1, n);
+          model.forward(ids, { cache, lastLogitsOnly: true });
         });
         done += n;
       }
