@@ -65,6 +65,11 @@ export const KERNEL_SIGNATURES = {
     accumulate_f32: 'plpliDDDli',
     accumulate_f64: 'plpliDDDli',
     accumulate_i32: 'plpliDDDli',
+    binary_f32_i32: 'pppiiDDDl',
+    copy_b4_i32: 'plpliDDDl',
+    copy_b2_i32: 'plpliDDDl',
+    copy_b8_i32: 'plpliDDDl',
+    accumulate_f32_i32: 'plpliDDDli',
     fill_f64: 'pdl',
     cast_any: 'pipil',
     causal_mask_f32: 'ppliif',
@@ -190,6 +195,13 @@ export function collapseAxes(
     }
   }
   return { shape: outShape, strides: outStrides };
+}
+
+/** whether a strided loop over `shape` fits the kernels' 32-bit index arithmetic */
+function fits32(n: number, shape: readonly number[], strides: readonly (readonly number[])[]): boolean {
+  const LIMIT = 2 ** 31 - 1;
+  if (n > LIMIT) return false;
+  return strides.every((s) => shape.reduce((acc, len, d) => acc + (len - 1) * Math.abs(s[d]), 0) <= LIMIT);
 }
 
 function denseStrides(shape: readonly number[]): number[] {
@@ -479,7 +491,8 @@ export class CudaBackend implements Backend {
     if (n === 0) return;
     const c = collapseAxes(shape, [aStrides, bStrides, denseStrides(shape)]);
     if (c.shape.length > 8) throw new Error(`cuda backend: ${op} over ${c.shape.length} axes (at most 8)`);
-    this.run1('elementwise', 'binary_f32', n, [
+    const small = fits32(n, c.shape, c.strides);
+    this.run1('elementwise', small ? 'binary_f32_i32' : 'binary_f32', n, [
       this.f(a, `${op} left operand`),
       this.f(b, `${op} right operand`),
       this.f(out, `${op} output`),
@@ -516,8 +529,19 @@ export class CudaBackend implements Backend {
       return;
     }
     const common: Arg[] = [s.ptr, srcOffset, d.ptr, dstOffset, c.shape.length, c.shape, ss, ds, n];
+    const small = fits32(n, c.shape, [ss, ds]);
     if (!accumulate) {
-      const name = es === 4 ? 'copy_b4' : es === 2 ? 'copy_b2' : 'copy_b8';
+      const name = small
+        ? es === 4
+          ? 'copy_b4_i32'
+          : es === 2
+            ? 'copy_b2_i32'
+            : 'copy_b8_i32'
+        : es === 4
+          ? 'copy_b4'
+          : es === 2
+            ? 'copy_b2'
+            : 'copy_b8';
       this.run1('elementwise', name, n, common);
       return;
     }
@@ -525,7 +549,9 @@ export class CudaBackend implements Backend {
     const atomic = c.shape.some((len, i) => len > 1 && ds[i] === 0) ? 1 : 0;
     const name =
       s.dtype === 'f32'
-        ? 'accumulate_f32'
+        ? small
+          ? 'accumulate_f32_i32'
+          : 'accumulate_f32'
         : s.dtype === 'f64'
           ? 'accumulate_f64'
           : s.dtype === 'i32'

@@ -302,3 +302,77 @@ extern "C" __global__ void adamw_f32(float* param, const float* grad, float* m, 
     param[i] = param[i] * decay - (lr * (mi / bc1)) / (sqrtf(vi / bc2) + eps);
   }
 }
+
+// ---- 32-bit index variants ----------------------------------------------------------------------
+// The same strided loops with 32-bit index arithmetic, for the common case (the host checks) of
+// fewer than 2^31 elements and every offset below 2^31: 64-bit division costs tens of
+// instructions per axis and makes the i64 versions compute-bound. The outermost axis needs no
+// division at all, so a merged (one-axis) loop does none.
+
+/** offsets of element i under two stride sets; axis 0 is the outermost */
+__device__ __forceinline__ void offsets32(unsigned i, int nd, const Dims8& shape, const Dims8& s1, const Dims8& s2,
+                                          int& o1, int& o2) {
+  unsigned rem = i;
+  o1 = 0;
+  o2 = 0;
+#pragma unroll
+  for (int d = 7; d >= 1; d--) {
+    if (d < nd) {
+      const unsigned len = (unsigned)shape.v[d];
+      const unsigned q = rem / len;
+      const int idx = (int)(rem - q * len);
+      rem = q;
+      o1 += idx * (int)s1.v[d];
+      o2 += idx * (int)s2.v[d];
+    }
+  }
+  if (nd > 0) {
+    o1 += (int)rem * (int)s1.v[0];
+    o2 += (int)rem * (int)s2.v[0];
+  }
+}
+
+#define FOR_EACH32(i, n) \
+  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)(n); i += gridDim.x * blockDim.x)
+
+extern "C" __global__ void binary_f32_i32(const float* a, const float* b, float* out, int op, int nd, Dims8 shape,
+                                          Dims8 sa, Dims8 sb, i64 n) {
+  if (nd == 1 && sa.v[0] == 1 && sb.v[0] == 1) {
+    FOR_EACH32(i, n) out[i] = binary_f(op, a[i], b[i]);
+    return;
+  }
+  FOR_EACH32(i, n) {
+    int oa, ob;
+    offsets32(i, nd, shape, sa, sb, oa, ob);
+    out[i] = binary_f(op, a[oa], b[ob]);
+  }
+}
+
+#define COPY32(NAME, T)                                                                                      \
+  extern "C" __global__ void NAME(const T* src, i64 sOff, T* dst, i64 dOff, int nd, Dims8 shape, Dims8 ss, \
+                                  Dims8 ds, i64 n) {                                                         \
+    src += sOff;                                                                                             \
+    dst += dOff;                                                                                             \
+    FOR_EACH32(i, n) {                                                                                       \
+      int os, od;                                                                                            \
+      offsets32(i, nd, shape, ss, ds, os, od);                                                               \
+      dst[od] = src[os];                                                                                     \
+    }                                                                                                        \
+  }
+COPY32(copy_b4_i32, u32)
+COPY32(copy_b2_i32, u16)
+COPY32(copy_b8_i32, i64)
+
+extern "C" __global__ void accumulate_f32_i32(const float* src, i64 sOff, float* dst, i64 dOff, int nd,
+                                              Dims8 shape, Dims8 ss, Dims8 ds, i64 n, int atomic) {
+  src += sOff;
+  dst += dOff;
+  FOR_EACH32(i, n) {
+    int os, od;
+    offsets32(i, nd, shape, ss, ds, os, od);
+    if (atomic)
+      atomicAdd(dst + od, src[os]);
+    else
+      dst[od] += src[os];
+  }
+}
