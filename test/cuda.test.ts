@@ -366,6 +366,20 @@ describe('cuda backend vs cpu backend', { skip }, () => {
         checkExact(dst, `cast ${from} -> ${to}`);
       }
     }
+    // the paired f32 <-> bf16 kernels: odd lengths (the last element alone), one element
+    for (const len of [values.length - 1 + (values.length % 2), 1]) {
+      const vals = values.slice(0, len);
+      assert.equal(vals.length % 2, 1);
+      const src = out(vals.length, 'f32');
+      cpu.write(src.c, Float32Array.from(vals));
+      gpu.write(src.g, Float32Array.from(vals));
+      const mid = out(vals.length, 'bf16');
+      both((be, s) => be.cast(src[s], mid[s]));
+      checkExact(mid, `cast f32 -> bf16, ${vals.length} elements`);
+      const back = out(vals.length, 'f32');
+      both((be, s) => be.cast(mid[s], back[s]));
+      checkExact(back, `cast bf16 -> f32, ${vals.length} elements`);
+    }
   });
 
   it('unary ops and their derivatives', () => {

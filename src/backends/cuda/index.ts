@@ -66,6 +66,8 @@ export const KERNEL_SIGNATURES = {
     accumulate_f64: 'plpliDDDli',
     accumulate_i32: 'plpliDDDli',
     binary_f32_i32: 'pppiiDDDl',
+    cast_f32_bf16: 'ppl',
+    cast_bf16_f32: 'ppl',
     copy_b4_i32: 'plpliDDDl',
     copy_b2_i32: 'plpliDDDl',
     copy_b8_i32: 'plpliDDDl',
@@ -446,6 +448,16 @@ export class CudaBackend implements Backend {
     if (dst.length !== src.length)
       throw new Error(`cuda backend: cast of ${src.length} elements into ${dst.length}`);
     const n = src.length;
+    // paired accesses need 8-byte-aligned starts (allocator blocks are 256-byte aligned)
+    const aligned = src.ptr % 8 === 0 && dst.ptr % 8 === 0;
+    if (aligned && src.dtype === 'f32' && dst.dtype === 'bf16') {
+      this.run1('elementwise', 'cast_f32_bf16', Math.max(1, n >> 1), [src.ptr, dst.ptr, n]);
+      return;
+    }
+    if (aligned && src.dtype === 'bf16' && dst.dtype === 'f32') {
+      this.run1('elementwise', 'cast_bf16_f32', Math.max(1, n >> 1), [src.ptr, dst.ptr, n]);
+      return;
+    }
     this.run1('elementwise', 'cast_any', n, [
       src.ptr,
       DTYPE_CODE[src.dtype],

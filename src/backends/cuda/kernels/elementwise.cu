@@ -376,3 +376,30 @@ extern "C" __global__ void accumulate_f32_i32(const float* src, i64 sOff, float*
       dst[od] += src[os];
   }
 }
+
+// ---- the autocast casts ------------------------------------------------------------------------
+// f32 <-> bf16, the casts mixed precision does around every matmul: the same values as cast_any
+// (f32 -> double -> f32 is exact), without the per-element type switches and the double round
+// trip; two elements per thread per iteration through 64-bit / 32-bit accesses when aligned.
+
+extern "C" __global__ void cast_f32_bf16(const float* x, u16* out, i64 n) {
+  const i64 pairs = n / 2;
+  const float2* x2 = (const float2*)x;
+  u32* o2 = (u32*)out;
+  FOR_EACH(i, pairs) {
+    const float2 v = x2[i];
+    o2[i] = (u32)f32_to_bf16(v.x) | ((u32)f32_to_bf16(v.y) << 16);
+  }
+  if (n % 2 && blockIdx.x == 0 && threadIdx.x == 0) out[n - 1] = f32_to_bf16(x[n - 1]);
+}
+
+extern "C" __global__ void cast_bf16_f32(const u16* x, float* out, i64 n) {
+  const i64 pairs = n / 2;
+  const u32* x2 = (const u32*)x;
+  float2* o2 = (float2*)out;
+  FOR_EACH(i, pairs) {
+    const u32 v = x2[i];
+    o2[i] = make_float2(bf16_to_f32((u16)(v & 0xffff)), bf16_to_f32((u16)(v >> 16)));
+  }
+  if (n % 2 && blockIdx.x == 0 && threadIdx.x == 0) out[n - 1] = bf16_to_f32(x[n - 1]);
+}
