@@ -13,13 +13,15 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export DEVICE_DIR=${DEVICE_DIR:-.device-eval}
 D=$DEVICE_DIR
+# teachers/phi-17m, stories260K and eval/ from ../shared/data, packed here, unpacked there
+DATA_TAR=${DATA_TAR:-$D/eval-data.tar.xz}
 
 if [ "${1:-}" = prepare ]; then
   set -e
   bash scripts/gpu-check.sh prepare >/dev/null
   rm -rf "$D/fixtures" "$D/app/node_modules/koffi/doc"
-  tar -C ../shared/data -cf - teachers/phi-17m stories260K eval | xz -T2 -6 >"$D/eval-data.tar.xz"
-  du -sh "$D" "$D/eval-data.tar.xz"
+  tar -C ../shared/data -cf - teachers/phi-17m stories260K eval | xz -T2 -6 >"$DATA_TAR"
+  du -sh "$D" "$DATA_TAR"
   exit 0
 fi
 [ "${1:-}" = run ] || { echo "usage: scripts/eval-figures.sh prepare | run [MODEL:TASKS]..." >&2; exit 2; }
@@ -33,7 +35,7 @@ ln -sfn "$D/app/node_modules" node_modules
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export MOHAWK_CACHE=/tmp/mohawk-cache MOHAWK_CUDA_KERNELS=$root/src/backends/cuda/kernels
 DATA=/tmp/eval-data
-mkdir -p $DATA && xz -dc "$D/eval-data.tar.xz" | tar -C $DATA -xf -
+mkdir -p $DATA && xz -dc "$DATA_TAR" | tar -C $DATA -xf -
 MOHAWK="node $D/build/src/cli/main.js"
 $MOHAWK convert llama2c --checkpoint $DATA/stories260K/stories260K.bin \
   --tokenizer $DATA/stories260K/tok512.model --out $DATA/stories260K-hf >"$R/convert.log" 2>&1 ||

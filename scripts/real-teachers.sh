@@ -9,17 +9,23 @@
 #   scripts/real-teachers.sh run          on the GPU machine (carry .device), or here with
 #                                         DEVICE=cpu MOHAWK="node --import tsx src/cli/main.ts"
 # Environment: TOKENS_PHI, TOKENS_STORIES (total tokens per variant), OUT (results folder),
-# EXTRA_SET (more --set options for every run, e.g. "--set data.valTokens=4096").
+# EXTRA_SET (more --set options for every run, e.g. "--set data.valTokens=4096"),
+# TEACHERS (default "phi17m stories260K"), VARIANTS (default "3 23 123"; e.g. VARIANTS=3
+# TEACHERS=phi17m for a quick check that a speed change leaves the result alone).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+export DEVICE_DIR=${DEVICE_DIR:-.device}
+D=$DEVICE_DIR
+# the teachers and the corpus, packed here and unpacked on the GPU machine
+DATA_TAR=${DATA_TAR:-$D/real/shared.tar.xz}
 
 if [ "${1:-}" = prepare ]; then
   bash scripts/gpu-check.sh prepare >/dev/null
-  rm -rf .device/fixtures .device/app/node_modules/koffi/doc
-  mkdir -p .device/real
-  tar -C ../shared/data -cf - teachers/phi-17m corpus/train corpus/val stories260K | xz -T2 -6 >.device/real/shared.tar.xz
-  du -sh .device .device/real/shared.tar.xz
+  rm -rf "$D/fixtures" "$D/app/node_modules/koffi/doc"
+  mkdir -p "$(dirname "$DATA_TAR")"
+  tar -C ../shared/data -cf - teachers/phi-17m corpus/train corpus/val stories260K | xz -T2 -6 >"$DATA_TAR"
+  du -sh "$D" "$DATA_TAR"
   exit 0
 fi
 
@@ -29,13 +35,13 @@ TOKENS_PHI=${TOKENS_PHI:-2097152}
 TOKENS_STORIES=${TOKENS_STORIES:-1048576}
 mkdir -p "$OUT"
 if [ -z "${MOHAWK:-}" ]; then
-  xz -dc .device/node.xz >/tmp/node && chmod +x /tmp/node && export PATH=/tmp:$PATH
-  ln -sfn .device/app/node_modules node_modules
+  xz -dc "$D/node.xz" >/tmp/node && chmod +x /tmp/node && export PATH=/tmp:$PATH
+  ln -sfn "$D/app/node_modules" node_modules
   export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
   export MOHAWK_CACHE=/tmp/mohawk-cache MOHAWK_CUDA_KERNELS=$root/src/backends/cuda/kernels NCCL_NVLS_ENABLE=0
-  MOHAWK="node .device/build/src/cli/main.js"
+  MOHAWK="node $D/build/src/cli/main.js"
   SHARED=/tmp/shared
-  mkdir -p $SHARED && xz -dc .device/real/shared.tar.xz | tar -C $SHARED -xf -
+  mkdir -p $SHARED && xz -dc "$DATA_TAR" | tar -C $SHARED -xf -
 else
   SHARED=$(cd ../shared/data && pwd)
 fi
@@ -54,6 +60,7 @@ variants() {
 run_variants() {
   local name=$1 config=$2 teacher=$3 data=$4 T=$5 lr3=$6
   while IFS='|' read -r v stages; do
+    [[ " ${VARIANTS:-3 23 123} " == *" $v "* ]] || continue
     local scratch=false
     [ "$v" = 123 ] && scratch=true
     log "$name: stages $v ($T tokens)"
@@ -67,13 +74,16 @@ run_variants() {
 }
 
 # ---- phi-17m --------------------------------------------------------------------------------
+if [[ " ${TEACHERS:-phi17m stories260K} " == *" phi17m "* ]]; then
 log "phi-17m: tokenizing corpus/train (held out: corpus/val)"
 [ -f "$W/data-phi17m/index.json" ] || $MOHAWK data prepare --tokenizer "$SHARED/teachers/phi-17m" --input "$SHARED/corpus/train" \
   --val "$SHARED/corpus/val" --out "$W/data-phi17m" >"$W/data-phi17m.log" 2>&1
 tail -3 "$W/data-phi17m.log"
 run_variants phi17m configs/phi-17m.yaml "$SHARED/teachers/phi-17m" "$W/data-phi17m" "$TOKENS_PHI" 5.0e-4
+fi
 
 # ---- stories260K ----------------------------------------------------------------------------
+if [[ " ${TEACHERS:-phi17m stories260K} " == *" stories260K "* ]]; then
 log "stories260K: convert and sample"
 $MOHAWK convert llama2c --checkpoint "$SHARED/stories260K/stories260K.bin" \
   --tokenizer "$SHARED/stories260K/tok512.bin" --out "$W/stories260K"
@@ -81,6 +91,7 @@ $MOHAWK sample-data --model "$W/stories260K" --tokens $((TOKENS_STORIES * 2)) --
   --batch 64 --seq-len 256 --device "$DEVICE" >"$W/sample-stories.log" 2>&1
 tail -3 "$W/sample-stories.log"
 run_variants stories260K configs/stories260k.yaml "$W/stories260K" "$W/data-stories" "$TOKENS_STORIES" 1.0e-3
+fi
 
 # one file with every run's results
 node -e '
