@@ -9,7 +9,7 @@ import { openCuda, printTable, randomBuffer, timeMs, type Row } from './gpu-util
 
 const gpu = openCuda();
 const rows: Row[] = [];
-const quick = process.argv.includes('--quick');
+const quick = process.argv.includes('--quick') || process.env.GPU_OPS_QUICK === '1';
 const held: DeviceBuffer[] = [];
 const rnd = (n: number, std = 1) => {
   const b = randomBuffer(gpu, n, 'f32', std);
@@ -39,7 +39,12 @@ function profileRows(what: string, fn: () => void): void {
   }
 }
 
-// ---- SSD scan ---------------------------------------------------------------------------------
+// ---- SSD scan ----------------------------------------------------------------------------------
+// The fast kernels (kernels/ssd_fast.cu, the default) with f32 products (3xTF32) and with bf16
+// products (lowPrecision, as under autocast), and the simple oracle kernels (ssd.cu) once.
+// TFLOP/s count the chunk products once, dense: forward 2Q^2 N + 2Q^2 P + 4QPN per chunk
+// (C B^T, its product with X, the chunk state, the inter-chunk output), backward
+// 6Q^2 N + 4Q^2 P + 8QPN (C B^T, gY X^T, dC, dX, dB and the four state products).
 for (const groups of [32, 1]) {
   const p: SsdParams = { batch: 8, seqLen: 2048, heads: 32, groups, headDim: 64, dState: 64, chunkSize: 128 };
   const { batch: B, seqLen: L, heads: H, headDim: P, dState: N, chunkSize: Q } = p;
@@ -57,22 +62,47 @@ for (const groups of [32, 1]) {
   const gl = buf(B * L * H);
   const gb = buf(B * L * groups * N);
   const gc = buf(B * L * groups * N);
-  const fwd = () => gpu.ssdScan(x, logA, bm, cm, y, states, null, p);
-  const bwd = () => gpu.ssdScanBackward(x, logA, bm, cm, states, gy, gx, gl, gb, gc, p);
-  const reps = quick ? 3 : 10;
-  const msF = timeMs(gpu, fwd, reps, 2);
-  const msFB = timeMs(gpu, () => (fwd(), bwd()), reps, 1);
-  // bytes of the f32 inputs and outputs, each once (the memory floor of an unfused f32 version)
-  const io = 4 * (2 * B * L * H * P + B * L * H + 2 * B * L * groups * N);
-  const shape = `B ${B}, T ${L}, H ${H}, G ${groups}, P ${P}, N ${N}, chunk ${Q}, f32`;
-  rows.push({
-    what: `SSD scan forward (${shape})`,
-    ms: msF,
-    rate: gbps(io, msF),
-    note: 'reference 1.17 ms (bf16)',
-  });
-  rows.push({ what: `SSD scan forward + backward (${shape})`, ms: msFB, note: 'reference 5.1 ms (bf16)' });
-  if (groups === 32) profileRows('SSD forward + backward', () => (fwd(), bwd()));
+  const chunks = B * H * nC;
+  const flopsF = chunks * (2 * Q * Q * N + 2 * Q * Q * P + 4 * Q * P * N);
+  const flopsB = chunks * (6 * Q * Q * N + 4 * Q * Q * P + 8 * Q * P * N);
+  const tflops = (f: number, ms: number) => `${(f / (ms / 1000) / 1e12).toFixed(1)} TFLOP/s`;
+  // pipe: the persistent pipelined state/output kernels (MOHAWK_SSD_PIPELINE=1), else one block
+  // per chunk (the default)
+  const variants: { impl: 'fast' | 'oracle'; lp: boolean; pipe: boolean; label: string }[] = [
+    { impl: 'fast', lp: true, pipe: false, label: 'fast, bf16 products' },
+    { impl: 'fast', lp: false, pipe: false, label: 'fast, f32 (3xTF32) products' },
+    { impl: 'fast', lp: true, pipe: true, label: 'fast pipelined, bf16 products' },
+    { impl: 'fast', lp: false, pipe: true, label: 'fast pipelined, f32 (3xTF32) products' },
+  ];
+  if (groups === 32) variants.push({ impl: 'oracle', lp: false, pipe: false, label: 'oracle, f32' });
+  for (const { impl, lp, pipe, label } of variants) {
+    gpu.ssdImpl = impl;
+    if (pipe) process.env.MOHAWK_SSD_PIPELINE = '1';
+    else delete process.env.MOHAWK_SSD_PIPELINE;
+    const q = { ...p, lowPrecision: lp };
+    const fwd = () => gpu.ssdScan(x, logA, bm, cm, y, states, null, q);
+    const bwd = () => gpu.ssdScanBackward(x, logA, bm, cm, states, gy, gx, gl, gb, gc, q);
+    const reps = quick ? 3 : impl === 'oracle' ? 5 : 20;
+    const msF = timeMs(gpu, fwd, reps, 2);
+    const msFB = timeMs(gpu, () => (fwd(), bwd()), reps, 1);
+    const shape = `B ${B}, T ${L}, H ${H}, G ${groups}, P ${P}, N ${N}, chunk ${Q}, ${label}`;
+    rows.push({
+      what: `SSD scan forward (${shape})`,
+      ms: msF,
+      rate: tflops(flopsF, msF),
+      note: 'reference 1.17 ms (bf16); target <= 0.6 ms',
+    });
+    rows.push({
+      what: `SSD scan forward + backward (${shape})`,
+      ms: msFB,
+      rate: tflops(flopsF + flopsB, msFB),
+      note: 'reference 5.1 ms (bf16); target <= 2.5 ms',
+    });
+    if (groups === 32 && impl === 'fast')
+      profileRows(`SSD forward + backward, ${label}`, () => (fwd(), bwd()));
+  }
+  gpu.ssdImpl = 'fast';
+  delete process.env.MOHAWK_SSD_PIPELINE;
   release();
 }
 

@@ -916,6 +916,95 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     }
   });
 
+  it('fast SSD scan (f32 and bf16 products) and the oracle against the CPU', () => {
+    // the shared cases, the benchmark shape's small cousins (P = N = 64, chunk 128, T not a
+    // multiple, one group), N != P, an odd chunk, P = 128, a chunk the fast kernels do not take
+    // (the oracle runs instead), and shapes with hundreds of chunks
+    const cases: SsdParams[] = [
+      ...ssdCases,
+      { batch: 2, seqLen: 300, heads: 4, groups: 4, headDim: 64, dState: 64, chunkSize: 128 },
+      { batch: 1, seqLen: 256, heads: 4, groups: 1, headDim: 64, dState: 64, chunkSize: 128 },
+      { batch: 1, seqLen: 200, heads: 2, groups: 2, headDim: 32, dState: 64, chunkSize: 64 },
+      { batch: 1, seqLen: 77, heads: 3, groups: 1, headDim: 64, dState: 16, chunkSize: 21 },
+      { batch: 1, seqLen: 70, heads: 2, groups: 2, headDim: 128, dState: 96, chunkSize: 32 },
+      { batch: 1, seqLen: 40, heads: 1, groups: 1, headDim: 4, dState: 4, chunkSize: 300 },
+      // more chunks than SMs: the persistent kernels walk several each (prefetching the next)
+      { batch: 3, seqLen: 1003, heads: 8, groups: 2, headDim: 64, dState: 32, chunkSize: 50 },
+      { batch: 2, seqLen: 700, heads: 6, groups: 3, headDim: 40, dState: 24, chunkSize: 40 },
+      { batch: 2, seqLen: 500, heads: 10, groups: 5, headDim: 7, dState: 5, chunkSize: 16 },
+    ];
+    // relative to max|ref|: f32 as the oracle; bf16 operands (about 3 significant digits)
+    const tolF32 = { y: 1e-4, states: 1e-4, fin: 1e-4, gx: 2e-4, gl: 2e-4, gb: 2e-4, gc: 2e-4 };
+    const tolBf16 = { y: 2e-2, states: 2e-2, fin: 2e-2, gx: 3e-2, gl: 5e-2, gb: 3e-2, gc: 3e-2 };
+    const failures: string[] = [];
+    const prev = gpu.ssdImpl;
+    const pipeEnv = process.env.MOHAWK_SSD_PIPELINE;
+    try {
+      for (const p of cases) {
+        const { batch: B, seqLen: L, heads: H, groups: G, headDim: P, dState: N, chunkSize: Q } = p;
+        const nC = Math.ceil(L / Q);
+        const { x, logA, bm, cm } = ssdInputs(p);
+        const gy = pair(randn(B * L * H * P));
+        const sizes = { y: B * L * H * P, states: B * nC * H * P * N, fin: B * H * P * N };
+        const gsizes = { gx: B * L * H * P, gl: B * L * H, gb: B * L * G * N, gc: B * L * G * N };
+        const ref: Record<string, Float64Array> = {};
+        {
+          const c = Object.fromEntries(
+            Object.entries({ ...sizes, ...gsizes }).map(([k, n]) => [k, hold(cpu, cpu.alloc('f32', n))]),
+          );
+          cpu.ssdScan(x.c, logA.c, bm.c, cm.c, c.y, c.states, c.fin, p);
+          cpu.ssdScanBackward(x.c, logA.c, bm.c, cm.c, c.states, gy.c, c.gx, c.gl, c.gb, c.gc, p);
+          for (const k of Object.keys(c)) ref[k] = Float64Array.from(cpu.read(c[k]));
+        }
+        // fast: one block per chunk (default) and the persistent pipelined kernels
+        const variants: { impl: 'fast' | 'oracle'; lp: boolean; pipe: boolean }[] = [
+          { impl: 'fast', lp: false, pipe: false },
+          { impl: 'fast', lp: true, pipe: false },
+          { impl: 'fast', lp: false, pipe: true },
+          { impl: 'fast', lp: true, pipe: true },
+          { impl: 'oracle', lp: false, pipe: false },
+        ];
+        for (const { impl, lp, pipe } of variants) {
+          gpu.ssdImpl = impl;
+          if (pipe) process.env.MOHAWK_SSD_PIPELINE = '1';
+          else delete process.env.MOHAWK_SSD_PIPELINE;
+          const q = { ...p, lowPrecision: lp };
+          const g = Object.fromEntries(
+            Object.entries({ ...sizes, ...gsizes }).map(([k, n]) => {
+              const b = hold(gpu, gpu.alloc('f32', n));
+              gpu.fill(b, NaN);
+              return [k, b];
+            }),
+          );
+          gpu.ssdScan(x.g, logA.g, bm.g, cm.g, g.y, g.states, g.fin, q);
+          gpu.ssdScanBackward(x.g, logA.g, bm.g, cm.g, g.states, gy.g, g.gx, g.gl, g.gb, g.gc, q);
+          const tol = lp ? tolBf16 : tolF32;
+          const what = `${impl} ${lp ? 'bf16' : 'f32'}${pipe ? ' pipelined' : ''}`;
+          const errs: string[] = [];
+          for (const k of Object.keys(tol) as (keyof typeof tol)[]) {
+            const got = gpu.read(g[k]);
+            const r = ref[k];
+            const scale = maxAbs(r) || 1;
+            let worst = 0;
+            for (let i = 0; i < r.length; i++) {
+              const e = Math.abs(got[i] - r[i]) / scale;
+              if (!(e <= worst)) worst = e; // NaN sticks
+            }
+            errs.push(`${k} ${worst.toExponential(1)}`);
+            if (!(worst <= tol[k])) failures.push(`${what} ${k} ${worst} > ${tol[k]} ${JSON.stringify(p)}`);
+          }
+          console.log(`# ssd ${what} ${JSON.stringify(p)}: ${errs.join(', ')}`);
+        }
+        for (const [be, b] of held.splice(0)) be.free(b);
+      }
+    } finally {
+      gpu.ssdImpl = prev;
+      if (pipeEnv === undefined) delete process.env.MOHAWK_SSD_PIPELINE;
+      else process.env.MOHAWK_SSD_PIPELINE = pipeEnv;
+    }
+    assert.deepEqual(failures, []);
+  });
+
   it('materialized mixing matrix forward and backward', () => {
     for (const p of ssdCases.slice(0, 4)) {
       const { batch: B, seqLen: L, heads: H, groups: G, dState: N } = p;

@@ -27,6 +27,13 @@ import { Cublas, type GemmDType } from './cublas.js';
 import { CudaError, Driver } from './driver.js';
 import { KernelRegistry, Profiler, type Arg } from './kernels.js';
 import { Nvrtc } from './nvrtc.js';
+import {
+  SSD_FAST_SIGNATURES,
+  ssdFastBackward,
+  ssdFastForward,
+  ssdFastPlan,
+  type SsdFastHost,
+} from './ssd-fast.js';
 
 export { CudaError } from './driver.js';
 
@@ -128,6 +135,7 @@ export const KERNEL_SIGNATURES = {
     mixer_bwd_r: 'ppppppS',
     mixer_bwd_dbc: 'pppppS',
   },
+  ssd_fast: SSD_FAST_SIGNATURES,
 } as const;
 
 type Module = keyof typeof KERNEL_SIGNATURES;
@@ -228,6 +236,15 @@ export class CudaBackend implements Backend {
   private peakBytes = 0;
   private readonly sms: number;
   private readonly workspaceBytes = 32 << 20;
+  /** the SSD scan: 'fast' (kernels/ssd_fast.cu, the default) or 'oracle' (ssd.cu; MOHAWK_SSD=oracle) */
+  ssdImpl: 'fast' | 'oracle' = process.env.MOHAWK_SSD === 'oracle' ? 'oracle' : 'fast';
+  private readonly ssdFastHost: SsdFastHost<CudaBuffer> = {
+    kernel: (name, defines) => this.k('ssd_fast', name, defines),
+    scratch: (n) => this.scratch(n),
+    release: (b) => this.free(b),
+    sumInto: (x, out, outer, n, inner) => this.reduceInto(0, x, out, outer, n, inner),
+    multiprocessors: () => this.sms,
+  };
 
   constructor(options: CudaBackendOptions = {}) {
     const ordinal = options.device ?? Number(process.env.MOHAWK_CUDA_DEVICE ?? 0);
@@ -1174,6 +1191,8 @@ export class CudaBackend implements Backend {
       if (finalState) this.fill(finalState, 0);
       return;
     }
+    const plan = this.ssdImpl === 'fast' ? ssdFastPlan(p, this.driver.info.maxSharedPerBlockOptin) : null;
+    if (plan) return ssdFastForward(this.ssdFastHost, plan, p, xp, la, bp, cp, yp, sp, fp);
     const cum = this.scratch(B * H * T);
     const M = this.scratch(B * H * nC * Q * Q);
     this.run1('ssd', 'ssd_cumsum', B * nC * H, [la, cum.ptr, d]);
@@ -1217,6 +1236,8 @@ export class CudaBackend implements Backend {
       this.fill(gC, 0);
       return;
     }
+    const plan = this.ssdImpl === 'fast' ? ssdFastPlan(p, this.driver.info.maxSharedPerBlockOptin) : null;
+    if (plan) return ssdFastBackward(this.ssdFastHost, plan, p, xp, la, bp, cp, sp, gyp, gxp, glp, gbp, gcp);
     const cum = this.scratch(B * H * T);
     const mat = B * H * nC * Q * Q;
     const M = this.scratch(mat);

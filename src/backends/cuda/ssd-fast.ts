@@ -1,0 +1,226 @@
+// Host side of the tensor-core SSD scan (kernels/ssd_fast.cu): shape checks, shared-memory sizes,
+// scratch and launches for the forward and backward passes. The CUDA backend calls it from
+// ssdScan/ssdScanBackward and falls back to the simple kernels of ssd.cu (the oracle) for shapes
+// it does not take (chunk > 256, P or N > 128, tiles beyond the shared memory of a block).
+
+import type { SsdParams } from '../backend.js';
+import type { Arg, Kernel } from './kernels.js';
+
+/** Kernel signatures of kernels/ssd_fast.cu (argument kinds, see kernels.ts). */
+export const SSD_FAST_SIGNATURES = {
+  ssdf_state_bf16: 'pppppSi',
+  ssdf_state_f32: 'pppppSi',
+  ssdf_pass: 'pppSi',
+  ssdf_out_bf16: 'ppppppS',
+  ssdf_out_f32: 'ppppppS',
+  ssdf_state_p_bf16: 'pppppSi',
+  ssdf_state_p_f32: 'pppppSi',
+  ssdf_out_p_bf16: 'ppppppS',
+  ssdf_out_p_f32: 'ppppppS',
+  ssdf_bwd_bf16: 'pppppppppppS',
+  ssdf_bwd_f32: 'pppppppppppS',
+} as const;
+
+export type SsdFastKernel = keyof typeof SSD_FAST_SIGNATURES;
+
+/** What the fast scan needs from the backend. */
+export interface SsdFastHost<Buf extends { ptr: number }> {
+  kernel(name: SsdFastKernel, defines: Record<string, number>): Kernel;
+  scratch(length: number): Buf;
+  release(buf: Buf): void;
+  /** (outer, n, inner) -> (outer, inner) sums, device addresses */
+  sumInto(x: number, out: number, outer: number, n: number, inner: number): void;
+  multiprocessors(): number;
+}
+
+const THREADS = 256;
+const round16 = (v: number) => Math.max(16, Math.ceil(v / 16) * 16);
+
+export interface SsdFastPlan {
+  defines: { SSD_P: number; SSD_N: number };
+  /** dynamic shared memory in bytes per kernel family */
+  shared: { state: number; out: number; bwd: number };
+  /**
+   * shared memory of the persistent, pipelined state and output kernels (two buffers each) when
+   * MOHAWK_SSD_PIPELINE=1 and they fit, else null: one block per chunk (the default; on the H200
+   * the pipelined kernels measured slower, 0.70 against 0.58 ms forward at the benchmark shape)
+   */
+  pipelined: { state: number; out: number } | null;
+  nChunks: number;
+}
+
+/** The launch plan for p, or null when the fast kernels do not take this shape. */
+export function ssdFastPlan(p: SsdParams, maxShared: number): SsdFastPlan | null {
+  const { batch: B, seqLen: T, heads: H, headDim: P, dState: N, chunkSize: Q } = p;
+  if (P < 1 || N < 1 || Q < 1 || Q > 256 || P > 128 || N > 128) return null;
+  const nC = Math.ceil(T / Q);
+  if (B > 65535 || B * H * nC > 2 ** 31 - 1) return null;
+  const Pp = round16(P);
+  const Np = round16(N);
+  const QA = Math.ceil(Q / 16) * 16;
+  const ldp = Pp + 4;
+  const ldn = Np + 4;
+  const shared = {
+    state: 4 * (2 * QA + QA * ldp + QA * ldn),
+    // S0 is read from global memory when P and N need no padding (see ssdf_out_*)
+    out: 4 * (QA + 2 * QA * ldn + QA * ldp + (P === Pp && N === Np ? 0 : Pp * ldn)),
+    bwd: 4 * (4 * QA + 2 * QA * ldn + 2 * QA * ldp + 2 * Pp * ldn + 32),
+  };
+  if (Math.max(shared.state, shared.out, shared.bwd) > maxShared) return null;
+  // persistent kernels: two buffers, each with room for the raw logA of a chunk
+  const pipelined = { state: 2 * (shared.state + 4 * QA), out: 2 * (shared.out + 4 * QA) };
+  const pipe =
+    process.env.MOHAWK_SSD_PIPELINE === '1' && Math.max(pipelined.state, pipelined.out) <= maxShared;
+  return { defines: { SSD_P: Pp, SSD_N: Np }, shared, pipelined: pipe ? pipelined : null, nChunks: nC };
+}
+
+function dims(p: SsdParams, nC: number): number[] {
+  return [p.batch, p.seqLen, p.heads, p.groups, p.headDim, p.dState, p.chunkSize, nC];
+}
+
+function launch<Buf extends { ptr: number }>(
+  host: SsdFastHost<Buf>,
+  plan: SsdFastPlan,
+  name: SsdFastKernel,
+  grid: [number, number, number],
+  shared: number,
+  args: Arg[],
+): void {
+  const k = host.kernel(name, plan.defines);
+  k.allowShared(shared);
+  k.launch(grid, THREADS, shared, args);
+}
+
+function pass<Buf extends { ptr: number }>(
+  host: SsdFastHost<Buf>,
+  plan: SsdFastPlan,
+  p: SsdParams,
+  st: number,
+  cl: number,
+  fin: number,
+  reverse: boolean,
+): void {
+  const n = p.batch * p.heads * p.headDim * p.dState;
+  const blocks = Math.max(1, Math.min(Math.ceil(n / THREADS), host.multiprocessors() * 32));
+  launch(host, plan, 'ssdf_pass', [blocks, 1, 1], 0, [st, cl, fin, dims(p, plan.nChunks), reverse ? 1 : 0]);
+}
+
+/** one block per SM (the persistent kernels walk the chunks) */
+function persistentGrid<Buf extends { ptr: number }>(
+  host: SsdFastHost<Buf>,
+  p: SsdParams,
+  plan: SsdFastPlan,
+): [number, number, number] {
+  return [Math.max(1, Math.min(p.batch * p.heads * plan.nChunks, host.multiprocessors())), 1, 1];
+}
+
+/** the state kernel: mode 0 the local chunk states X^T diag(w) B, mode 1 gY^T diag(exp(cum)) C */
+function chunkStates<Buf extends { ptr: number }>(
+  host: SsdFastHost<Buf>,
+  plan: SsdFastPlan,
+  p: SsdParams,
+  xs: number,
+  bs: number,
+  logA: number,
+  out: number,
+  cl: number,
+  mode: 0 | 1,
+): void {
+  const lp = p.lowPrecision === true;
+  const args = [xs, bs, logA, out, cl, dims(p, plan.nChunks), mode];
+  if (plan.pipelined) {
+    const name = lp ? 'ssdf_state_p_bf16' : 'ssdf_state_p_f32';
+    launch(host, plan, name, persistentGrid(host, p, plan), plan.pipelined.state, args);
+  } else {
+    const grid: [number, number, number] = [p.heads * plan.nChunks, p.batch, 1];
+    launch(host, plan, lp ? 'ssdf_state_bf16' : 'ssdf_state_f32', grid, plan.shared.state, args);
+  }
+}
+
+/** y and states (and the final state when fin != 0) for x, logA, bm, cm (device addresses). */
+export function ssdFastForward<Buf extends { ptr: number }>(
+  host: SsdFastHost<Buf>,
+  plan: SsdFastPlan,
+  p: SsdParams,
+  x: number,
+  logA: number,
+  bm: number,
+  cm: number,
+  y: number,
+  states: number,
+  fin: number,
+): void {
+  const lp = p.lowPrecision === true;
+  const d = dims(p, plan.nChunks);
+  const cl = host.scratch(p.batch * p.heads * plan.nChunks);
+  chunkStates(host, plan, p, x, bm, logA, states, cl.ptr, 0);
+  pass(host, plan, p, states, cl.ptr, fin, false);
+  const args = [x, bm, cm, logA, states, y, d];
+  if (plan.pipelined) {
+    launch(
+      host,
+      plan,
+      lp ? 'ssdf_out_p_bf16' : 'ssdf_out_p_f32',
+      persistentGrid(host, p, plan),
+      plan.pipelined.out,
+      args,
+    );
+  } else {
+    const grid: [number, number, number] = [p.heads * plan.nChunks, p.batch, 1];
+    launch(host, plan, lp ? 'ssdf_out_bf16' : 'ssdf_out_f32', grid, plan.shared.out, args);
+  }
+  host.release(cl);
+}
+
+/** gx, gLogA, gB, gC (overwritten) from the forward inputs, its states and gy. */
+export function ssdFastBackward<Buf extends { ptr: number }>(
+  host: SsdFastHost<Buf>,
+  plan: SsdFastPlan,
+  p: SsdParams,
+  x: number,
+  logA: number,
+  bm: number,
+  cm: number,
+  states: number,
+  gy: number,
+  gx: number,
+  gLogA: number,
+  gB: number,
+  gC: number,
+): void {
+  const lp = p.lowPrecision === true;
+  const { batch: B, seqLen: T, heads: H, groups: G, headDim: P, dState: N } = p;
+  const nC = plan.nChunks;
+  const d = dims(p, nC);
+  const grid: [number, number, number] = [H * nC, B, 1];
+  const cl = host.scratch(B * H * nC);
+  const gS = host.scratch(B * nC * H * P * N);
+  chunkStates(host, plan, p, gy, cm, logA, gS.ptr, cl.ptr, 1);
+  pass(host, plan, p, gS.ptr, cl.ptr, 0, true);
+  // per-head gradients of B and C when a group has several heads, summed afterwards
+  const perHead = G !== H;
+  const gBh = perHead ? host.scratch(B * T * H * N) : null;
+  const gCh = perHead ? host.scratch(B * T * H * N) : null;
+  launch(host, plan, lp ? 'ssdf_bwd_bf16' : 'ssdf_bwd_f32', grid, plan.shared.bwd, [
+    x,
+    bm,
+    cm,
+    logA,
+    states,
+    gS.ptr,
+    gy,
+    gx,
+    gBh ? gBh.ptr : gB,
+    gCh ? gCh.ptr : gC,
+    gLogA,
+    d,
+  ]);
+  if (gBh && gCh) {
+    host.sumInto(gBh.ptr, gB, B * T * G, H / G, N);
+    host.sumInto(gCh.ptr, gC, B * T * G, H / G, N);
+    host.release(gBh);
+    host.release(gCh);
+  }
+  host.release(gS);
+  host.release(cl);
+}
