@@ -107,8 +107,20 @@ for (const groups of [32, 1]) {
 }
 
 // ---- attention ----------------------------------------------------------------------------------
-{
-  const p = { batch: 4, tq: 2048, tk: 2048, heads: 32, kvHeads: 32, headDim: 64, scale: 1 / 8, causal: true };
+// f32 on the CUDA cores (attention.cu, the oracle) and, under lowPrecision (bf16 autocast), the
+// tensor-core kernels (attention_tc.cu); TFLOP/s count the causal half of the score matrix
+for (const lowPrecision of [false, true]) {
+  const p = {
+    batch: 4,
+    tq: 2048,
+    tk: 2048,
+    heads: 32,
+    kvHeads: 32,
+    headDim: 64,
+    scale: 1 / 8,
+    causal: true,
+    lowPrecision,
+  };
   const n = p.batch * p.tq * p.heads * p.headDim;
   const q = rnd(n);
   const k = rnd(n);
@@ -128,19 +140,21 @@ for (const groups of [32, 1]) {
     1,
   );
   const flops = 4 * p.batch * p.heads * p.tq * p.tk * p.headDim * 0.5; // causal: half the scores
-  const shape = 'B 4, T 2048, H 32, D 64, causal, f32';
+  const shape = `B 4, T 2048, H 32, D 64, causal, ${lowPrecision ? 'bf16 tensor cores' : 'f32'}`;
   rows.push({
     what: `attention forward (${shape})`,
     ms: msF,
     rate: `${(flops / (msF / 1000) / 1e12).toFixed(1)} TFLOP/s`,
   });
+  // backward counted as 2.5x the forward (five products: S again, dP, dV, dQ, dK), whatever more
+  // a kernel recomputes
   rows.push({
     what: `attention forward + backward (${shape})`,
     ms: msFB,
     rate: `${((3.5 * flops) / (msFB / 1000) / 1e12).toFixed(1)} TFLOP/s`,
   });
   profileRows(
-    'attention forward + backward',
+    `attention forward + backward (${lowPrecision ? 'bf16' : 'f32'})`,
     () => (fwd(), gpu.attentionBackward(q, k, v, o, lse, g, gq, gk, gv, p)),
   );
   release();

@@ -93,7 +93,7 @@ describe('cuda: caching allocator (no GPU needed)', () => {
   it('declares every kernel with the argument kinds of its CUDA signature', () => {
     const dir = kernelsDir();
     const kind = (param: string): string => {
-      const p = param.trim();
+      const p = param.replace(/\\/g, ' ').trim(); // a kernel declared in a macro continues lines with a backslash
       if (p.includes('*')) return 'p';
       const type = p.replace(/^const\s+/, '').split(/\s+/)[0];
       const map: Record<string, string> = {
@@ -113,6 +113,12 @@ describe('cuda: caching allocator (no GPU needed)', () => {
       const found = new Map<string, string>();
       const re = /extern "C" __global__ void(?:\s+__launch_bounds__\([^)]*\))?\s+(\w+)\(([^)]*)\)/g;
       for (const m of src.matchAll(re)) found.set(m[1], m[2].split(',').map(kind).join(''));
+      // kernels stamped out by a macro: #define M(NAME, ...) ... void NAME(...), then lines M(name, ...)
+      for (const m of src.matchAll(/#define (\w+)\(NAME\b[^)]*\)[\s\S]*?__global__ void NAME\(([^)]*)\)/g)) {
+        found.delete('NAME');
+        const sig = m[2].split(',').map(kind).join('');
+        for (const use of src.matchAll(new RegExp(`^${m[1]}\\((\\w+)`, 'gm'))) found.set(use[1], sig);
+      }
       for (const [name, sig] of Object.entries(kernels)) {
         assert.equal(found.get(name), sig, `${module}.cu: ${name}`);
       }
@@ -242,7 +248,7 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     if (skip) return;
     // compile every module at once on worker threads (each would otherwise compile at first use)
     const t0 = performance.now();
-    await gpu.warmup({ attentionHeadDims: [16, 8, 64, 80, 128, 5, 6] });
+    await gpu.warmup({ attentionHeadDims: [16, 8, 32, 64, 80, 128, 5, 6] });
     console.log(`# warm-up (NVRTC, concurrent): ${(performance.now() - t0).toFixed(0)} ms`);
   });
 
@@ -867,6 +873,78 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       check(gk, 2e-5, `attention gk ${what}`, 1e-7);
       check(gv, 2e-5, `attention gv ${what}`, 1e-7);
     }
+  });
+
+  it('tensor-core attention (lowPrecision): causal, GQA, tq < tk, odd lengths, head dims 32/64/80/128', async () => {
+    // bf16 products with f32 accumulation against the CPU in f64 on the same bf16-rounded inputs:
+    // what differs is the bf16 rounding of the probabilities and dS before their products. Twice:
+    // the default tiling, and 4-warp forward blocks without prefetching (MOHAWK_ATTENTION_TC_DEFINES)
+    const configs = ['', 'FWD_WARPS=4,FWD_PREFETCH=0,BWD_PREFETCH=0,DKDV_MINB=2'];
+    const tuned = (spec: string) =>
+      Object.fromEntries(spec.split(',').map((kv) => [kv.split('=')[0], Number(kv.split('=')[1])]));
+    await gpu.kernels.prepare(
+      [32, 64, 80, 128].map((d) => ({
+        module: 'attention_tc',
+        defines: { HEAD_DIM: d, ...tuned(configs[1]) },
+      })),
+    );
+    const cases = [
+      { batch: 2, tq: 100, tk: 100, heads: 4, kvHeads: 2, headDim: 64, causal: true },
+      { batch: 1, tq: 37, tk: 165, heads: 3, kvHeads: 1, headDim: 64, causal: true },
+      { batch: 1, tq: 1, tk: 77, heads: 4, kvHeads: 2, headDim: 128, causal: true },
+      { batch: 2, tq: 70, tk: 130, heads: 2, kvHeads: 2, headDim: 80, causal: false },
+      { batch: 1, tq: 130, tk: 130, heads: 2, kvHeads: 1, headDim: 128, causal: true },
+      { batch: 1, tq: 200, tk: 200, heads: 2, kvHeads: 2, headDim: 80, causal: true },
+      { batch: 1, tq: 48, tk: 33, heads: 2, kvHeads: 2, headDim: 32, causal: false },
+      { batch: 1, tq: 256, tk: 256, heads: 1, kvHeads: 1, headDim: 64, causal: true },
+      { batch: 1, tq: 40, tk: 20, heads: 2, kvHeads: 1, headDim: 64, causal: true }, // rows with no keys
+    ];
+    const tol = { o: 1e-2, lse: 2e-3, probs: 1e-2, gq: 2e-2, gk: 2e-2, gv: 2e-2 };
+    const bf = (x: Float32Array) => x.map((v) => bf16ToF32(f32ToBf16(v)));
+    const failures: string[] = [];
+    for (const spec of configs) {
+      if (spec) process.env.MOHAWK_ATTENTION_TC_DEFINES = spec;
+      else delete process.env.MOHAWK_ATTENTION_TC_DEFINES;
+      for (const c of cases) {
+        const p = { ...c, scale: 1 / Math.sqrt(c.headDim) };
+        const nq = c.batch * c.tq * c.heads * c.headDim;
+        const nk = c.batch * c.tk * c.kvHeads * c.headDim;
+        const q = pair(bf(randn(nq, 1.5)));
+        const k = pair(bf(randn(nk)));
+        const v = pair(bf(randn(nk)));
+        const g = pair(bf(randn(nq)));
+        const o = out(nq);
+        const lse = out(c.batch * c.heads * c.tq);
+        const probs = out(c.batch * c.heads * c.tq * c.tk);
+        const gq = out(nq);
+        const gk = out(nk);
+        const gv = out(nk);
+        both((be, s) => {
+          const ps = { ...p, lowPrecision: s === 'g' };
+          be.attention(q[s], k[s], v[s], o[s], lse[s], probs[s], ps);
+          be.attentionBackward(q[s], k[s], v[s], o[s], lse[s], g[s], gq[s], gk[s], gv[s], ps);
+        });
+        const errs: string[] = [];
+        for (const [name, x] of Object.entries({ o, lse, probs, gq, gk, gv })) {
+          const ref = cpu.read(x.c);
+          const got = gpu.read(x.g);
+          const scale = maxAbs(ref) || 1;
+          let worst = 0;
+          for (let i = 0; i < ref.length; i++) {
+            // lse of a row without keys is -inf on both
+            const e = ref[i] === got[i] ? 0 : Math.abs(got[i] - ref[i]) / scale;
+            if (!(e <= worst)) worst = e; // NaN sticks
+          }
+          errs.push(`${name} ${worst.toExponential(1)}`);
+          const t = tol[name as keyof typeof tol];
+          if (!(worst <= t)) failures.push(`[${spec}] ${name} ${worst} > ${t} ${JSON.stringify(c)}`);
+        }
+        console.log(`# attention tc [${spec}] ${JSON.stringify(c)}: ${errs.join(', ')}`);
+        for (const [be, b] of held.splice(0)) be.free(b);
+      }
+    }
+    delete process.env.MOHAWK_ATTENTION_TC_DEFINES;
+    assert.deepEqual(failures, []);
   });
 
   const ssdCases: SsdParams[] = [

@@ -28,6 +28,14 @@ import { CudaError, Driver } from './driver.js';
 import { KernelRegistry, Profiler, type Arg } from './kernels.js';
 import { Nvrtc } from './nvrtc.js';
 import {
+  ATTENTION_TC_SIGNATURES,
+  attentionTcBackward,
+  attentionTcForward,
+  attentionTcHeadDim,
+  attentionTcPlan,
+  type AttentionTcHost,
+} from './attention-tc.js';
+import {
   SSD_FAST_SIGNATURES,
   ssdFastBackward,
   ssdFastForward,
@@ -120,6 +128,7 @@ export const KERNEL_SIGNATURES = {
     attention_bwd_dq: 'pppppppiiiifi',
     attention_bwd_dkdv: 'ppppppppiiiifi',
   },
+  attention_tc: ATTENTION_TC_SIGNATURES,
   ssd: {
     ssd_cumsum: 'ppS',
     ssd_chunk_matrices: 'ppppppppS',
@@ -244,6 +253,13 @@ export class CudaBackend implements Backend {
     release: (b) => this.free(b),
     sumInto: (x, out, outer, n, inner) => this.reduceInto(0, x, out, outer, n, inner),
     multiprocessors: () => this.sms,
+  };
+
+  /** tensor-core attention under lowPrecision (kernels/attention_tc.cu; MOHAWK_ATTENTION=oracle: attention.cu) */
+  private readonly attentionTcHost: AttentionTcHost<CudaBuffer> = {
+    kernel: (name, defines) => this.k('attention_tc', name, defines),
+    scratch: (n) => this.scratch(n),
+    release: (b) => this.free(b),
   };
 
   constructor(options: CudaBackendOptions = {}) {
@@ -408,14 +424,17 @@ export class CudaBackend implements Backend {
 
   /**
    * Compile (or load from the disk cache) every kernel module now, several at once, instead of
-   * one by one at first use; attention is compiled for each of `attentionHeadDims`.
+   * one by one at first use; attention is compiled for each of `attentionHeadDims` (the
+   * tensor-core attention for those of them it takes).
    */
   async warmup(opts: { attentionHeadDims?: number[] } = {}): Promise<void> {
     const modules: { module: string; defines?: Record<string, number> }[] = Object.keys(KERNEL_SIGNATURES)
-      .filter((m) => m !== 'attention')
+      .filter((m) => m !== 'attention' && m !== 'attention_tc')
       .map((module) => ({ module }));
-    for (const d of opts.attentionHeadDims ?? [])
+    for (const d of opts.attentionHeadDims ?? []) {
       modules.push({ module: 'attention', defines: { HEAD_DIM: d } });
+      if (attentionTcHeadDim(d)) modules.push({ module: 'attention_tc', defines: { HEAD_DIM: d } });
+    }
     await this.kernels.prepare(modules);
   }
 
@@ -1062,6 +1081,12 @@ export class CudaBackend implements Backend {
       throw new Error('cuda backend: attention with more than 65535 heads or sequences');
   }
 
+  /** the tensor-core plan for p (lowPrecision, a head dimension it takes), or null for attention.cu */
+  private attentionPlan(p: AttentionParams, pointers: number[]) {
+    const { computeCapability, maxSharedPerBlockOptin } = this.driver.info;
+    return attentionTcPlan(p, computeCapability, maxSharedPerBlockOptin, pointers);
+  }
+
   attention(
     q: DeviceBuffer,
     k: DeviceBuffer,
@@ -1078,13 +1103,15 @@ export class CudaBackend implements Backend {
     const args = [qp, kp, this.f(v, 'attention v'), this.f(out, 'attention output'), lp];
     if (p.batch * p.heads * p.tq === 0) return;
     const hd = { HEAD_DIM: p.headDim };
-    const threads = ATTN_ROWS * threadsPerRow(p.headDim);
-    this.k('attention', 'attention_fwd', hd).launch(
-      [Math.ceil(p.tq / ATTN_ROWS), p.heads, p.batch],
-      threads,
-      0,
-      [...args, p.tq, p.tk, p.heads, p.kvHeads, p.scale, p.causal ? 1 : 0],
-    );
+    const tc = this.attentionPlan(p, args);
+    if (tc) attentionTcForward(this.attentionTcHost, tc, p, args[0], args[1], args[2], args[3], args[4]);
+    else
+      this.k('attention', 'attention_fwd', hd).launch(
+        [Math.ceil(p.tq / ATTN_ROWS), p.heads, p.batch],
+        ATTN_ROWS * threadsPerRow(p.headDim),
+        0,
+        [...args, p.tq, p.tk, p.heads, p.kvHeads, p.scale, p.causal ? 1 : 0],
+      );
     if (probs) {
       const n = p.batch * p.heads * p.tq * p.tk;
       if (n === 0) return;
@@ -1127,6 +1154,8 @@ export class CudaBackend implements Backend {
     const gkp = this.f(gk, 'attention k gradient');
     const gvp = this.f(gv, 'attention v gradient');
     if (p.batch * p.kvHeads * p.tk === 0 && p.batch * p.heads * p.tq === 0) return;
+    const tc = this.attentionPlan(p, [qp, kp, vp, op, gop, gqp, gkp, gvp]);
+    if (tc) return attentionTcBackward(this.attentionTcHost, tc, p, qp, kp, vp, op, lp, gop, gqp, gkp, gvp);
     const hd = { HEAD_DIM: p.headDim };
     const threads = ATTN_ROWS * threadsPerRow(p.headDim);
     const flags = [p.tq, p.tk, p.heads, p.kvHeads, p.scale, p.causal ? 1 : 0];

@@ -1,0 +1,143 @@
+// The tensor-core attention (kernels/attention_tc.cu, lowPrecision) at the teacher's shape and
+// a few others, with a per-kernel profile, its largest difference from the f32 oracle at full
+// size, and optional tuning variants (ATTN_VARIANTS="BKF=32;FWD_MINB=1", see attention-tc.ts).
+// Run: node --import tsx bench/attention.ts   (BENCH_OUT=dir also writes attention.json)
+
+import type { AttentionParams, DeviceBuffer } from '../src/backends/backend.js';
+import { openCuda, printTable, randomBuffer, timeMs, type Row } from './gpu-util.js';
+
+const gpu = openCuda();
+const rows: Row[] = [];
+const held: DeviceBuffer[] = [];
+const rnd = (n: number) => {
+  const b = randomBuffer(gpu, n, 'f32');
+  held.push(b);
+  return b;
+};
+const buf = (n: number) => {
+  const b = gpu.alloc('f32', n);
+  held.push(b);
+  return b;
+};
+const release = () => {
+  for (const b of held.splice(0)) gpu.free(b);
+};
+
+/** forward FLOPs: two products over the visible half (causal) or all of the score matrix */
+const fwdFlops = (p: AttentionParams) =>
+  4 * p.batch * p.heads * p.tq * p.tk * p.headDim * (p.causal ? 0.5 : 1);
+
+function setup(p: AttentionParams) {
+  const nq = p.batch * p.tq * p.heads * p.headDim;
+  const nk = p.batch * p.tk * p.kvHeads * p.headDim;
+  const t = {
+    q: rnd(nq),
+    k: rnd(nk),
+    v: rnd(nk),
+    g: rnd(nq),
+    o: buf(nq),
+    lse: buf(p.batch * p.heads * p.tq),
+    gq: buf(nq),
+    gk: buf(nk),
+    gv: buf(nk),
+  };
+  const fwd = (pp: AttentionParams) => gpu.attention(t.q, t.k, t.v, t.o, t.lse, null, pp);
+  const bwd = (pp: AttentionParams) =>
+    gpu.attentionBackward(t.q, t.k, t.v, t.o, t.lse, t.g, t.gq, t.gk, t.gv, pp);
+  return { t, fwd, bwd };
+}
+
+function measure(label: string, p: AttentionParams, profile: boolean): void {
+  const { fwd, bwd } = setup(p);
+  const msF = timeMs(gpu, () => fwd(p), 10, 2);
+  const msFB = timeMs(gpu, () => (fwd(p), bwd(p)), 10, 1);
+  const f = fwdFlops(p);
+  rows.push({ what: `${label} forward`, ms: msF, rate: `${(f / msF / 1e9).toFixed(1)} TFLOP/s` });
+  rows.push({
+    what: `${label} forward + backward`,
+    ms: msFB,
+    rate: `${((3.5 * f) / msFB / 1e9).toFixed(1)} TFLOP/s`,
+  });
+  if (profile) {
+    const { kernels } = gpu.profile(() => (fwd(p), bwd(p)));
+    for (const k of kernels) rows.push({ what: `&nbsp;&nbsp;${label}: ${k.name}`, ms: k.ms });
+  }
+  release();
+}
+
+const base: AttentionParams = {
+  batch: 4,
+  tq: 2048,
+  tk: 2048,
+  heads: 32,
+  kvHeads: 32,
+  headDim: 64,
+  scale: 1 / 8,
+  causal: true,
+  lowPrecision: true,
+};
+
+// each variant: its largest differences from the f32 oracle at the teacher's shape (relative to
+// max |oracle|), its times and a per-kernel profile
+{
+  const { t, fwd, bwd } = setup(base);
+  const outs = { o: t.o, lse: t.lse, gq: t.gq, gk: t.gk, gv: t.gv };
+  const f32 = { ...base, lowPrecision: false };
+  fwd(f32);
+  bwd(f32);
+  const ref = Object.fromEntries(Object.entries(outs).map(([k, b]) => [k, gpu.read(b) as Float32Array]));
+  const specs = ['', ...(process.env.ATTN_VARIANTS ?? '').split(';').filter((x) => x.trim())];
+  for (const spec of specs) {
+    if (spec) process.env.MOHAWK_ATTENTION_TC_DEFINES = spec;
+    fwd(base);
+    bwd(base);
+    const errs: string[] = [];
+    for (const [k, b] of Object.entries(outs)) {
+      const got = gpu.read(b) as Float32Array;
+      const r = ref[k];
+      let m = 0;
+      let worst = 0;
+      for (let i = 0; i < r.length; i++) m = Math.max(m, Math.abs(r[i]));
+      for (let i = 0; i < r.length; i++) {
+        const e = Math.abs(got[i] - r[i]);
+        if (!(e <= worst)) worst = e;
+      }
+      errs.push(`${k} ${(worst / (m || 1)).toExponential(1)}`);
+    }
+    const label = `bf16 tc${spec ? ` [${spec}]` : ''}, B 4, T 2048, H 32, D 64, causal`;
+    const msF = timeMs(gpu, () => fwd(base), 10, 2);
+    const msFB = timeMs(gpu, () => (fwd(base), bwd(base)), 10, 1);
+    const f = fwdFlops(base);
+    rows.push({ what: `${label} forward`, ms: msF, rate: `${(f / msF / 1e9).toFixed(1)} TFLOP/s` });
+    rows.push({
+      what: `${label} forward + backward`,
+      ms: msFB,
+      rate: `${((3.5 * f) / msFB / 1e9).toFixed(1)} TFLOP/s`,
+      note: `vs f32 oracle: ${errs.join(', ')}`,
+    });
+    const { kernels } = gpu.profile(() => (fwd(base), bwd(base)));
+    for (const k of kernels) rows.push({ what: `&nbsp;&nbsp;${label}: ${k.name}`, ms: k.ms });
+    delete process.env.MOHAWK_ATTENTION_TC_DEFINES;
+  }
+  release();
+}
+
+measure(
+  'bf16 tc, B 4, T 2048, H 16, D 128, causal',
+  { ...base, heads: 16, kvHeads: 16, headDim: 128, scale: 1 / Math.sqrt(128) },
+  true,
+);
+measure(
+  'bf16 tc, B 4, T 2048, H 32, D 80, causal',
+  { ...base, headDim: 80, scale: 1 / Math.sqrt(80) },
+  false,
+);
+measure('bf16 tc, B 4, T 2048, H 32, kv 8, D 64, causal', { ...base, kvHeads: 8 }, false);
+measure('bf16 tc, B 4, T 2048, H 32, D 64, not causal', { ...base, causal: false }, false);
+measure(
+  'bf16 tc, decode B 1, tq 1, tk 8192, H 32, D 64 (one row sees all keys)',
+  { ...base, batch: 1, tq: 1, tk: 8192, causal: false },
+  false,
+);
+
+printTable('tensor-core attention', gpu, rows, 'attention');
