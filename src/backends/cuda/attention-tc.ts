@@ -59,7 +59,7 @@ export function attentionTcPlan(
   const tuning = tuningDefines();
   // the defaults of attention_tc.cu
   const fwdWarps = tuning.FWD_WARPS ?? 8;
-  const bkf = tuning.BKF ?? (D <= 64 ? 64 : 32);
+  const bkf = tuning.BKF ?? 32;
   const bwdPrefetch = tuning.BWD_PREFETCH ?? (D <= 64 ? 1 : 0);
   const bqt = tuning.BQT ?? (bwdPrefetch || D > 64 ? 32 : 64); // query rows per tile (dk, dv)
   const bkt = tuning.BKT ?? (bwdPrefetch || D > 64 ? 32 : 64); // key rows per tile (dq)
