@@ -42,7 +42,7 @@ fi
 
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
-xz -dc $D/node.xz >/tmp/node && chmod +x /tmp/node && export PATH=/tmp:$PATH
+{ [ -x /tmp/node ] || { xz -dc $D/node.xz >/tmp/node.part && chmod +x /tmp/node.part && mv /tmp/node.part /tmp/node; }; } && export PATH=/tmp:$PATH
 ln -sfn $D/app/node_modules node_modules
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export MOHAWK_CACHE=/tmp/mohawk-cache
