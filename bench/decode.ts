@@ -82,10 +82,12 @@ function decodeMs(model: CausalLM, batch: number, ctx: number): { ms: number; me
   return noGrad(() => {
     const cache = model.createCache(batch);
     try {
-      // prefill in pieces of at most 8192 tokens per sequence, logits of the last position only
-      // (a student cache continued by a piece runs the chunked scan from its state)
+      // prefill in pieces of at most 16384 tokens over the batch (8192 per sequence at most),
+      // logits of the last position only; a student cache continued by a piece runs the
+      // chunked scan from its state, a KV cache appends
+      const piece = Math.max(1, Math.min(8192, Math.floor(16384 / batch)));
       for (let done = 0; done < ctx;) {
-        const n = Math.min(8192, ctx - done);
+        const n = Math.min(piece, ctx - done);
         scope(() => {
           const ids = tensor(
             Int32Array.from({ length: batch * n }, () => rng.int(0, V)),
