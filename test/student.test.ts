@@ -316,6 +316,34 @@ function teacherQK(
   return [q, k];
 }
 
+describe('no-grad forward memory', { skip }, () => {
+  it('holds one block of intermediates at a time: the peak does not grow with depth', () => {
+    const { model: teacher } = loadModel(path.join(SHARED, 'fixtures/reference/llama-tied'));
+    const peakOf = (layers: number) => {
+      const s = transferStudent(teacher, { alphaInit: 0.9 });
+      const m = new StudentLM({ ...s.config, nLayer: layers });
+      const be = T.getBackend();
+      return noGrad(() =>
+        scope(() => {
+          const ids = tensor(
+            Int32Array.from({ length: 4 * 64 }, (_, i) => (i * 7) % 100),
+            [4, 64],
+            'i32',
+          );
+          const base = be.memoryStats().liveBytes;
+          be.resetPeak();
+          scope(() => void m.forward(ids, { lastLogitsOnly: true }));
+          return be.memoryStats().peakBytes - base;
+        }),
+      );
+    };
+    const p2 = peakOf(2);
+    const p8 = peakOf(8);
+    // every block's intermediates held until the end would make p8 about 4x p2
+    assert.ok(p8 < 1.3 * p2, `peak with 8 blocks ${p8} bytes vs 2 blocks ${p2}`);
+  });
+});
+
 describe('student configs and checkpoints: bad input', { skip }, () => {
   const base = () =>
     JSON.parse(fs.readFileSync(path.join(SHARED, 'fixtures/reference/phi-mamba/config.json'), 'utf8'));

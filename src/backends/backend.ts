@@ -145,6 +145,8 @@ export interface Backend {
   /** copy buf to a new host array (Float32Array, Float64Array, Int32Array or Uint16Array by dtype) */
   read(buf: DeviceBuffer): HostArray;
   memoryStats(): MemoryStats;
+  /** start peak tracking afresh from the bytes live now */
+  resetPeak(): void;
   /** wait until all queued work is done */
   synchronize(): void;
 
