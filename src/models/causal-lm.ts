@@ -27,24 +27,20 @@ export function forwardLM(model: LMParts, ids: Tensor, opts: ForwardOptions = {}
   if (cap.mixerMatrices) captured.mixerMatrices = [];
   const position = cache?.position ?? 0;
   let h = model.embed(ids, position);
-  // Without gradients or captures nothing of a block is needed after it: run each block in its
+  // Without gradients or captures nothing of a block is needed after it: each block runs in its
   // own memory scope, so a long no-grad forward (a prefill, scoring) holds one block's
   // intermediates at a time instead of every block's until the caller's scope ends.
   const capturing = cap.layerInputs || cap.layerOutputs || cap.mixerOutputs || cap.mixerMatrices;
-  if (!isGradEnabled() && !capturing) {
-    model.blocks.forEach((block, i) => {
-      const prev = h;
+  const blockScopes = !isGradEnabled() && !capturing;
+  model.blocks.forEach((block, i) => {
+    const prev = h;
+    if (blockScopes) {
       h = scope(() => block.forward(prev, { cache: cache?.layers[i], position }).out);
       if (i > 0) prev.dispose(); // the previous block's output, ours alone
-    });
-    const t = h.shape[1];
-    const logits = model.head(opts.lastLogitsOnly && t > 1 ? slice(h, 1, t - 1, t) : h);
-    if (cache) cache.position += ids.shape[1];
-    return { logits, captured };
-  }
-  model.blocks.forEach((block, i) => {
-    captured.layerInputs?.push(h);
-    const r = block.forward(h, { returnMatrix: cap.mixerMatrices, cache: cache?.layers[i], position });
+      return;
+    }
+    captured.layerInputs?.push(prev);
+    const r = block.forward(prev, { returnMatrix: cap.mixerMatrices, cache: cache?.layers[i], position });
     captured.mixerOutputs?.push(r.mixerOut);
     if (captured.mixerMatrices) captured.mixerMatrices.push(r.matrix!);
     h = r.out;

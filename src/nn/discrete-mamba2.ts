@@ -276,6 +276,14 @@ export class DiscreteMamba2 extends Module {
     return out;
   }
 
+  /** B or C (B, T, G, N) -> (B, H, T, N): each group's row repeated for its value heads */
+  private perValueHead(m: Tensor): Tensor {
+    const [b, t, g, n] = m.shape;
+    const h = this.cfg.nVHeads;
+    const grouped = reshape(permute(m, [0, 2, 1, 3]), [b, g, 1, t, n]);
+    return reshape(expand(grouped, [b, g, h / g, t, n]), [b, h, t, n]);
+  }
+
   /**
    * Several new tokens after a non-empty cache, through the chunked scan (a long prompt prefilled
    * in pieces). The scan starts from a zero state; the cached state h0 adds, by linearity,
@@ -285,7 +293,7 @@ export class DiscreteMamba2 extends Module {
    */
   private continueChunked(u: Tensor, cache: SsmCache): Tensor {
     const [b, t] = u.shape;
-    const { nQkHeads: G, nVHeads: H, dState: N } = this.cfg;
+    const H = this.cfg.nVHeads;
     const k = this.cfg.dConv - 1;
     const { xBC, z, a } = this.project(u);
     const window = concat([cache.conv!, xBC], 1); // (B, k + t, C)
@@ -298,12 +306,7 @@ export class DiscreteMamba2 extends Module {
     const h0 = cache.ssm!; // (B, H, P, N)
     const decay = exp(cumsum(logA, 1)); // (B, t, H)
     // C per value head, (B, H, t, N), times h0^T (B, H, N, P) -> (B, H, t, P)
-    const cH = reshape(expand(reshape(permute(cm, [0, 2, 1, 3]), [b, G, 1, t, N]), [b, G, H / G, t, N]), [
-      b,
-      H,
-      t,
-      N,
-    ]);
+    const cH = this.perValueHead(cm); // (B, H, t, N)
     const fromH0 = permute(matmul(cH, h0, { transB: true }), [0, 2, 1, 3]); // (B, t, H, P)
     const yAll = add(add(y, mul(fromH0, reshape(decay, [b, t, H, 1]))), mul(x, this.dPerHead()));
     const out = this.output(yAll, z);
@@ -323,7 +326,7 @@ export class DiscreteMamba2 extends Module {
    */
   private steps(u: Tensor, cache: SsmCache, differentiable = false): Tensor {
     const [b, t] = u.shape;
-    const { nQkHeads: G, nVHeads: H, dState: N, dConv: K } = this.cfg;
+    const { nVHeads: H, dConv: K } = this.cfg;
     const P = this.headDim;
     const { xBC, z, a } = this.project(u);
     const w = transpose(reshape(this.convWeight, [this.convDim, K])); // (K, C)
@@ -338,10 +341,8 @@ export class DiscreteMamba2 extends Module {
       conv = this.activate(conv);
       const { x, bm, cm } = this.heads(conv); // x (B,1,H,P), B C (B,1,G,N)
       const alpha = exp(this.logA(slice(a, 1, i, i + 1))); // (B, 1, H)
-      const perHead = (m: Tensor) =>
-        reshape(expand(reshape(m, [b, G, 1, N]), [b, G, H / G, N]), [b, H, 1, N]);
-      const bH = perHead(bm);
-      const cH = perHead(cm);
+      const bH = this.perValueHead(bm);
+      const cH = this.perValueHead(cm);
       const xH = reshape(x, [b, H, P, 1]);
       // h = alpha h + x B^T ; y = h C + D x
       state = add(mul(state, reshape(alpha, [b, H, 1, 1])), mul(xH, bH));
