@@ -5,7 +5,7 @@
 // not a multiple of 16 or above 128, and with MOHAWK_ATTENTION=oracle.
 
 import type { AttentionParams } from '../backend.js';
-import type { Arg, Kernel } from './kernels.js';
+import type { Arg, KernelHost } from './kernels.js';
 
 /** Kernel signatures of kernels/attention_tc.cu (argument kinds, see kernels.ts). */
 export const ATTENTION_TC_SIGNATURES = {
@@ -17,11 +17,7 @@ export const ATTENTION_TC_SIGNATURES = {
 export type AttentionTcKernel = keyof typeof ATTENTION_TC_SIGNATURES;
 
 /** What the tensor-core attention needs from the backend. */
-export interface AttentionTcHost<Buf extends { ptr: number }> {
-  kernel(name: AttentionTcKernel, defines: Record<string, number>): Kernel;
-  scratch(length: number): Buf;
-  release(buf: Buf): void;
-}
+export type AttentionTcHost<Buf extends { ptr: number }> = KernelHost<AttentionTcKernel, Buf>;
 
 /** as in attention_tc.cu: threads per block and query rows per block (dq), key rows per block (dk, dv) */
 const THREADS = 128;

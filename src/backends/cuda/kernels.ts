@@ -190,6 +190,16 @@ export class Kernel {
 }
 
 /** Compiles and loads modules on demand, and hands out their kernels. */
+/**
+ * What a module's launch code (attention-tc.ts, ssd-fast.ts) needs from the backend: its kernels
+ * compiled with given defines, and device scratch buffers.
+ */
+export interface KernelHost<Name extends string, Buf extends { ptr: number }> {
+  kernel(name: Name, defines: Record<string, number>): Kernel;
+  scratch(length: number): Buf;
+  release(buf: Buf): void;
+}
+
 export class KernelRegistry {
   private readonly modules = new Map<string, number>();
   private readonly kernels = new Map<string, Kernel>();

@@ -4,7 +4,7 @@
 // it does not take (chunk > 256, P or N > 128, tiles beyond the shared memory of a block).
 
 import type { SsdParams } from '../backend.js';
-import type { Arg, Kernel } from './kernels.js';
+import type { Arg, KernelHost } from './kernels.js';
 
 /** Kernel signatures of kernels/ssd_fast.cu (argument kinds, see kernels.ts). */
 export const SSD_FAST_SIGNATURES = {
@@ -24,10 +24,7 @@ export const SSD_FAST_SIGNATURES = {
 export type SsdFastKernel = keyof typeof SSD_FAST_SIGNATURES;
 
 /** What the fast scan needs from the backend. */
-export interface SsdFastHost<Buf extends { ptr: number }> {
-  kernel(name: SsdFastKernel, defines: Record<string, number>): Kernel;
-  scratch(length: number): Buf;
-  release(buf: Buf): void;
+export interface SsdFastHost<Buf extends { ptr: number }> extends KernelHost<SsdFastKernel, Buf> {
   /** (outer, n, inner) -> (outer, inner) sums, device addresses */
   sumInto(x: number, out: number, outer: number, n: number, inner: number): void;
   multiprocessors(): number;
