@@ -109,10 +109,11 @@ function launch<Buf extends { ptr: number }>(
   grid: [number, number, number],
   shared: number,
   args: Arg[],
+  threads = THREADS,
 ): void {
   const k = host.kernel(name, plan.defines);
   k.allowShared(shared);
-  k.launch(grid, THREADS, shared, args);
+  k.launch(grid, threads, shared, args);
 }
 
 function flags(p: AttentionParams): number[] {
@@ -131,14 +132,9 @@ export function attentionTcForward<Buf extends { ptr: number }>(
   lse: number,
 ): void {
   if (p.batch * p.heads * p.tq === 0) return;
-  const kern = host.kernel('attn_tc_fwd', plan.defines);
-  kern.allowShared(plan.shared.fwd);
-  kern.launch(
-    [Math.ceil(p.tq / (16 * plan.fwdWarps)), p.heads, p.batch],
-    32 * plan.fwdWarps,
-    plan.shared.fwd,
-    [q, k, v, out, lse, ...flags(p)],
-  );
+  const grid: [number, number, number] = [Math.ceil(p.tq / (16 * plan.fwdWarps)), p.heads, p.batch];
+  const args = [q, k, v, out, lse, ...flags(p)];
+  launch(host, plan, 'attn_tc_fwd', grid, plan.shared.fwd, args, 32 * plan.fwdWarps);
 }
 
 /** gq, gk, gv (overwritten) from the forward's inputs, out, lse and the output gradient. */
