@@ -66,19 +66,13 @@ for (const groups of [32, 1]) {
   const flopsF = chunks * (2 * Q * Q * N + 2 * Q * Q * P + 4 * Q * P * N);
   const flopsB = chunks * (6 * Q * Q * N + 4 * Q * Q * P + 8 * Q * P * N);
   const tflops = (f: number, ms: number) => `${(f / (ms / 1000) / 1e12).toFixed(1)} TFLOP/s`;
-  // pipe: the persistent pipelined state/output kernels (MOHAWK_SSD_PIPELINE=1), else one block
-  // per chunk (the default)
-  const variants: { impl: 'fast' | 'oracle'; lp: boolean; pipe: boolean; label: string }[] = [
-    { impl: 'fast', lp: true, pipe: false, label: 'fast, bf16 products' },
-    { impl: 'fast', lp: false, pipe: false, label: 'fast, f32 (3xTF32) products' },
-    { impl: 'fast', lp: true, pipe: true, label: 'fast pipelined, bf16 products' },
-    { impl: 'fast', lp: false, pipe: true, label: 'fast pipelined, f32 (3xTF32) products' },
+  const variants: { impl: 'fast' | 'oracle'; lp: boolean; label: string }[] = [
+    { impl: 'fast', lp: true, label: 'fast, bf16 products' },
+    { impl: 'fast', lp: false, label: 'fast, f32 (3xTF32) products' },
   ];
-  if (groups === 32) variants.push({ impl: 'oracle', lp: false, pipe: false, label: 'oracle, f32' });
-  for (const { impl, lp, pipe, label } of variants) {
+  if (groups === 32) variants.push({ impl: 'oracle', lp: false, label: 'oracle, f32' });
+  for (const { impl, lp, label } of variants) {
     gpu.ssdImpl = impl;
-    if (pipe) process.env.MOHAWK_SSD_PIPELINE = '1';
-    else delete process.env.MOHAWK_SSD_PIPELINE;
     const q = { ...p, lowPrecision: lp };
     const fwd = () => gpu.ssdScan(x, logA, bm, cm, y, states, null, q);
     const bwd = () => gpu.ssdScanBackward(x, logA, bm, cm, states, gy, gx, gl, gb, gc, q);
@@ -102,7 +96,6 @@ for (const groups of [32, 1]) {
       profileRows(`SSD forward + backward, ${label}`, () => (fwd(), bwd()));
   }
   gpu.ssdImpl = 'fast';
-  delete process.env.MOHAWK_SSD_PIPELINE;
   release();
 }
 

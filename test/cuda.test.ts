@@ -1016,7 +1016,6 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     const tolBf16 = { y: 2e-2, states: 2e-2, fin: 2e-2, gx: 3e-2, gl: 5e-2, gb: 3e-2, gc: 3e-2 };
     const failures: string[] = [];
     const prev = gpu.ssdImpl;
-    const pipeEnv = process.env.MOHAWK_SSD_PIPELINE;
     try {
       for (const p of cases) {
         const { batch: B, seqLen: L, heads: H, groups: G, headDim: P, dState: N, chunkSize: Q } = p;
@@ -1034,18 +1033,13 @@ describe('cuda backend vs cpu backend', { skip }, () => {
           cpu.ssdScanBackward(x.c, logA.c, bm.c, cm.c, c.states, gy.c, c.gx, c.gl, c.gb, c.gc, p);
           for (const k of Object.keys(c)) ref[k] = Float64Array.from(cpu.read(c[k]));
         }
-        // fast: one block per chunk (default) and the persistent pipelined kernels
-        const variants: { impl: 'fast' | 'oracle'; lp: boolean; pipe: boolean }[] = [
-          { impl: 'fast', lp: false, pipe: false },
-          { impl: 'fast', lp: true, pipe: false },
-          { impl: 'fast', lp: false, pipe: true },
-          { impl: 'fast', lp: true, pipe: true },
-          { impl: 'oracle', lp: false, pipe: false },
+        const variants: { impl: 'fast' | 'oracle'; lp: boolean }[] = [
+          { impl: 'fast', lp: false },
+          { impl: 'fast', lp: true },
+          { impl: 'oracle', lp: false },
         ];
-        for (const { impl, lp, pipe } of variants) {
+        for (const { impl, lp } of variants) {
           gpu.ssdImpl = impl;
-          if (pipe) process.env.MOHAWK_SSD_PIPELINE = '1';
-          else delete process.env.MOHAWK_SSD_PIPELINE;
           const q = { ...p, lowPrecision: lp };
           const g = Object.fromEntries(
             Object.entries({ ...sizes, ...gsizes }).map(([k, n]) => {
@@ -1057,7 +1051,7 @@ describe('cuda backend vs cpu backend', { skip }, () => {
           gpu.ssdScan(x.g, logA.g, bm.g, cm.g, g.y, g.states, g.fin, q);
           gpu.ssdScanBackward(x.g, logA.g, bm.g, cm.g, g.states, gy.g, g.gx, g.gl, g.gb, g.gc, q);
           const tol = lp ? tolBf16 : tolF32;
-          const what = `${impl} ${lp ? 'bf16' : 'f32'}${pipe ? ' pipelined' : ''}`;
+          const what = `${impl} ${lp ? 'bf16' : 'f32'}`;
           const errs: string[] = [];
           for (const k of Object.keys(tol) as (keyof typeof tol)[]) {
             const got = gpu.read(g[k]);
@@ -1077,8 +1071,6 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       }
     } finally {
       gpu.ssdImpl = prev;
-      if (pipeEnv === undefined) delete process.env.MOHAWK_SSD_PIPELINE;
-      else process.env.MOHAWK_SSD_PIPELINE = pipeEnv;
     }
     assert.deepEqual(failures, []);
   });

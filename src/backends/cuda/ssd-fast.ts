@@ -13,10 +13,6 @@ export const SSD_FAST_SIGNATURES = {
   ssdf_pass: 'pppSi',
   ssdf_out_bf16: 'ppppppS',
   ssdf_out_f32: 'ppppppS',
-  ssdf_state_p_bf16: 'pppppSi',
-  ssdf_state_p_f32: 'pppppSi',
-  ssdf_out_p_bf16: 'ppppppS',
-  ssdf_out_p_f32: 'ppppppS',
   ssdf_bwd_bf16: 'pppppppppppS',
   ssdf_bwd_f32: 'pppppppppppS',
 } as const;
@@ -37,12 +33,6 @@ export interface SsdFastPlan {
   defines: { SSD_P: number; SSD_N: number };
   /** dynamic shared memory in bytes per kernel family */
   shared: { state: number; out: number; bwd: number };
-  /**
-   * shared memory of the persistent, pipelined state and output kernels (two buffers each) when
-   * MOHAWK_SSD_PIPELINE=1 and they fit, else null: one block per chunk (the default; on the H200
-   * the pipelined kernels measured slower, 0.70 against 0.58 ms forward at the benchmark shape)
-   */
-  pipelined: { state: number; out: number } | null;
   nChunks: number;
 }
 
@@ -64,11 +54,7 @@ export function ssdFastPlan(p: SsdParams, maxShared: number): SsdFastPlan | null
     bwd: 4 * (4 * QA + 2 * QA * ldn + 2 * QA * ldp + 2 * Pp * ldn + 32),
   };
   if (Math.max(shared.state, shared.out, shared.bwd) > maxShared) return null;
-  // persistent kernels: two buffers, each with room for the raw logA of a chunk
-  const pipelined = { state: 2 * (shared.state + 4 * QA), out: 2 * (shared.out + 4 * QA) };
-  const pipe =
-    process.env.MOHAWK_SSD_PIPELINE === '1' && Math.max(pipelined.state, pipelined.out) <= maxShared;
-  return { defines: { SSD_P: Pp, SSD_N: Np }, shared, pipelined: pipe ? pipelined : null, nChunks: nC };
+  return { defines: { SSD_P: Pp, SSD_N: Np }, shared, nChunks: nC };
 }
 
 function dims(p: SsdParams, nC: number): number[] {
@@ -102,15 +88,6 @@ function pass<Buf extends { ptr: number }>(
   launch(host, plan, 'ssdf_pass', [blocks, 1, 1], 0, [st, cl, fin, dims(p, plan.nChunks), reverse ? 1 : 0]);
 }
 
-/** one block per SM (the persistent kernels walk the chunks) */
-function persistentGrid<Buf extends { ptr: number }>(
-  host: SsdFastHost<Buf>,
-  p: SsdParams,
-  plan: SsdFastPlan,
-): [number, number, number] {
-  return [Math.max(1, Math.min(p.batch * p.heads * plan.nChunks, host.multiprocessors())), 1, 1];
-}
-
 /** the state kernel: mode 0 the local chunk states X^T diag(w) B, mode 1 gY^T diag(exp(cum)) C */
 function chunkStates<Buf extends { ptr: number }>(
   host: SsdFastHost<Buf>,
@@ -125,13 +102,8 @@ function chunkStates<Buf extends { ptr: number }>(
 ): void {
   const lp = p.lowPrecision === true;
   const args = [xs, bs, logA, out, cl, dims(p, plan.nChunks), mode];
-  if (plan.pipelined) {
-    const name = lp ? 'ssdf_state_p_bf16' : 'ssdf_state_p_f32';
-    launch(host, plan, name, persistentGrid(host, p, plan), plan.pipelined.state, args);
-  } else {
-    const grid: [number, number, number] = [p.heads * plan.nChunks, p.batch, 1];
-    launch(host, plan, lp ? 'ssdf_state_bf16' : 'ssdf_state_f32', grid, plan.shared.state, args);
-  }
+  const grid: [number, number, number] = [p.heads * plan.nChunks, p.batch, 1];
+  launch(host, plan, lp ? 'ssdf_state_bf16' : 'ssdf_state_f32', grid, plan.shared.state, args);
 }
 
 /** y and states (and the final state when fin != 0) for x, logA, bm, cm (device addresses). */
@@ -153,19 +125,8 @@ export function ssdFastForward<Buf extends { ptr: number }>(
   chunkStates(host, plan, p, x, bm, logA, states, cl.ptr, 0);
   pass(host, plan, p, states, cl.ptr, fin, false);
   const args = [x, bm, cm, logA, states, y, d];
-  if (plan.pipelined) {
-    launch(
-      host,
-      plan,
-      lp ? 'ssdf_out_p_bf16' : 'ssdf_out_p_f32',
-      persistentGrid(host, p, plan),
-      plan.pipelined.out,
-      args,
-    );
-  } else {
-    const grid: [number, number, number] = [p.heads * plan.nChunks, p.batch, 1];
-    launch(host, plan, lp ? 'ssdf_out_bf16' : 'ssdf_out_f32', grid, plan.shared.out, args);
-  }
+  const grid: [number, number, number] = [p.heads * plan.nChunks, p.batch, 1];
+  launch(host, plan, lp ? 'ssdf_out_bf16' : 'ssdf_out_f32', grid, plan.shared.out, args);
   host.release(cl);
 }
 
