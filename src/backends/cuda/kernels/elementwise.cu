@@ -117,108 +117,113 @@ __device__ __forceinline__ float binary_f(int op, float x, float y) {
   return QNAN;
 }
 
-/**
- * out[i] = a[i . sa] op b[i . sb] over `shape` (nd axes, at most 8), out dense (n elements).
- * The host merges axes first, so nd is usually 1 or 2.
- */
-extern "C" __global__ void binary_f32(const float* a, const float* b, float* out, int op, int nd, Dims8 shape,
-                                      Dims8 sa, Dims8 sb, i64 n) {
-  FOR_EACH(i, n) {
-    i64 rem = i, oa = 0, ob = 0;
+// ---- strided loops ------------------------------------------------------------------------------
+// Every strided kernel comes in two index widths: 64-bit (any size) and 32-bit (`_i32`), which the
+// host picks when the element count and every offset stay below 2^31 (64-bit division costs tens
+// of instructions per axis and makes these loops compute-bound). The host merges axes first, so
+// nd is usually 1 or 2; the outermost axis needs no division at all.
+
+#define FOR_EACH_T(U, i, n) \
+  for (U i = (U)blockIdx.x * blockDim.x + threadIdx.x; i < (U)(n); i += (U)gridDim.x * blockDim.x)
+
+/** Offsets of element i of `shape` under two stride sets; axis 0 is the outermost. */
+template <typename U, typename S>
+__device__ __forceinline__ void strided_offsets(U i, int nd, const Dims8& shape, const Dims8& s1, const Dims8& s2,
+                                                S& o1, S& o2) {
+  U rem = i;
+  o1 = 0;
+  o2 = 0;
 #pragma unroll
-    for (int d = 7; d >= 0; d--) {
-      if (d < nd) {
-        const i64 idx = rem % shape.v[d];
-        rem /= shape.v[d];
-        oa += idx * sa.v[d];
-        ob += idx * sb.v[d];
-      }
+  for (int d = 7; d >= 1; d--) {
+    if (d < nd) {
+      const U len = (U)shape.v[d];
+      const U q = rem / len;
+      const S idx = (S)(rem - q * len);
+      rem = q;
+      o1 += idx * (S)s1.v[d];
+      o2 += idx * (S)s2.v[d];
     }
+  }
+  if (nd > 0) {
+    o1 += (S)rem * (S)s1.v[0];
+    o2 += (S)rem * (S)s2.v[0];
+  }
+}
+
+/** out[i] = a[i . sa] op b[i . sb] over `shape` (nd axes, at most 8), out dense (n elements). */
+template <typename U, typename S>
+__device__ __forceinline__ void binary_strided(const float* a, const float* b, float* out, int op, int nd,
+                                               const Dims8& shape, const Dims8& sa, const Dims8& sb, i64 n) {
+  if (nd == 1 && sa.v[0] == 1 && sb.v[0] == 1) {
+    FOR_EACH_T(U, i, n) out[i] = binary_f(op, a[i], b[i]);
+    return;
+  }
+  FOR_EACH_T(U, i, n) {
+    S oa, ob;
+    strided_offsets<U, S>(i, nd, shape, sa, sb, oa, ob);
     out[i] = binary_f(op, a[oa], b[ob]);
   }
 }
 
-/** Offsets of element i of `shape` under two stride sets. */
-__device__ __forceinline__ void strided_offsets(i64 i, int nd, const Dims8& shape, const Dims8& ss,
-                                                const Dims8& ds, i64& os, i64& od) {
-  i64 rem = i;
-  os = 0;
-  od = 0;
-#pragma unroll
-  for (int d = 7; d >= 0; d--) {
-    if (d < nd) {
-      const i64 idx = rem % shape.v[d];
-      rem /= shape.v[d];
-      os += idx * ss.v[d];
-      od += idx * ds.v[d];
-    }
+/** dst[dOff + idx . ds] = src[sOff + idx . ss] over shape (n elements) */
+template <typename U, typename S, typename T>
+__device__ __forceinline__ void copy_strided(const T* src, i64 sOff, T* dst, i64 dOff, int nd, const Dims8& shape,
+                                             const Dims8& ss, const Dims8& ds, i64 n) {
+  src += sOff;
+  dst += dOff;
+  FOR_EACH_T(U, i, n) {
+    S os, od;
+    strided_offsets<U, S>(i, nd, shape, ss, ds, os, od);
+    dst[od] = src[os];
   }
 }
 
-// dst[dOff + idx . ds] = src[sOff + idx . ss] over shape (n elements), by element size.
-extern "C" __global__ void copy_b4(const u32* src, i64 sOff, u32* dst, i64 dOff, int nd, Dims8 shape, Dims8 ss,
-                                   Dims8 ds, i64 n) {
-  FOR_EACH(i, n) {
-    i64 os, od;
-    strided_offsets(i, nd, shape, ss, ds, os, od);
-    dst[dOff + od] = src[sOff + os];
-  }
-}
-
-extern "C" __global__ void copy_b2(const u16* src, i64 sOff, u16* dst, i64 dOff, int nd, Dims8 shape, Dims8 ss,
-                                   Dims8 ds, i64 n) {
-  FOR_EACH(i, n) {
-    i64 os, od;
-    strided_offsets(i, nd, shape, ss, ds, os, od);
-    dst[dOff + od] = src[sOff + os];
-  }
-}
-
-extern "C" __global__ void copy_b8(const i64* src, i64 sOff, i64* dst, i64 dOff, int nd, Dims8 shape, Dims8 ss,
-                                   Dims8 ds, i64 n) {
-  FOR_EACH(i, n) {
-    i64 os, od;
-    strided_offsets(i, nd, shape, ss, ds, os, od);
-    dst[dOff + od] = src[sOff + os];
-  }
-}
-
-// dst[...] += src[...]; `atomic` when several indices land on one destination (a zero stride).
-extern "C" __global__ void accumulate_f32(const float* src, i64 sOff, float* dst, i64 dOff, int nd, Dims8 shape,
-                                          Dims8 ss, Dims8 ds, i64 n, int atomic) {
-  FOR_EACH(i, n) {
-    i64 os, od;
-    strided_offsets(i, nd, shape, ss, ds, os, od);
+/** dst[...] += src[...]; `atomic` when several indices land on one destination (a zero stride) */
+template <typename U, typename S, typename T>
+__device__ __forceinline__ void accumulate_strided(const T* src, i64 sOff, T* dst, i64 dOff, int nd,
+                                                   const Dims8& shape, const Dims8& ss, const Dims8& ds, i64 n,
+                                                   int atomic) {
+  src += sOff;
+  dst += dOff;
+  FOR_EACH_T(U, i, n) {
+    S os, od;
+    strided_offsets<U, S>(i, nd, shape, ss, ds, os, od);
     if (atomic)
-      atomicAdd(dst + dOff + od, src[sOff + os]);
+      atomicAdd(dst + od, src[os]);
     else
-      dst[dOff + od] += src[sOff + os];
+      dst[od] += src[os];
   }
 }
 
-extern "C" __global__ void accumulate_f64(const double* src, i64 sOff, double* dst, i64 dOff, int nd, Dims8 shape,
-                                          Dims8 ss, Dims8 ds, i64 n, int atomic) {
-  FOR_EACH(i, n) {
-    i64 os, od;
-    strided_offsets(i, nd, shape, ss, ds, os, od);
-    if (atomic)
-      atomicAdd(dst + dOff + od, src[sOff + os]);
-    else
-      dst[dOff + od] += src[sOff + os];
+#define BINARY_KERNEL(NAME, U, S)                                                                      \
+  extern "C" __global__ void NAME(const float* a, const float* b, float* out, int op, int nd, Dims8 shape, \
+                                  Dims8 sa, Dims8 sb, i64 n) {                                         \
+    binary_strided<U, S>(a, b, out, op, nd, shape, sa, sb, n);                                         \
   }
-}
+BINARY_KERNEL(binary_f32, i64, i64)
+BINARY_KERNEL(binary_f32_i32, unsigned, int)
 
-extern "C" __global__ void accumulate_i32(const int* src, i64 sOff, int* dst, i64 dOff, int nd, Dims8 shape,
-                                          Dims8 ss, Dims8 ds, i64 n, int atomic) {
-  FOR_EACH(i, n) {
-    i64 os, od;
-    strided_offsets(i, nd, shape, ss, ds, os, od);
-    if (atomic)
-      atomicAdd(dst + dOff + od, src[sOff + os]);
-    else
-      dst[dOff + od] += src[sOff + os];
+#define COPY_KERNEL(NAME, T, U, S)                                                                    \
+  extern "C" __global__ void NAME(const T* src, i64 sOff, T* dst, i64 dOff, int nd, Dims8 shape, Dims8 ss, \
+                                  Dims8 ds, i64 n) {                                                  \
+    copy_strided<U, S, T>(src, sOff, dst, dOff, nd, shape, ss, ds, n);                                 \
   }
-}
+COPY_KERNEL(copy_b4, u32, i64, i64)
+COPY_KERNEL(copy_b2, u16, i64, i64)
+COPY_KERNEL(copy_b8, i64, i64, i64)
+COPY_KERNEL(copy_b4_i32, u32, unsigned, int)
+COPY_KERNEL(copy_b2_i32, u16, unsigned, int)
+COPY_KERNEL(copy_b8_i32, i64, unsigned, int)
+
+#define ACCUMULATE_KERNEL(NAME, T, U, S)                                                              \
+  extern "C" __global__ void NAME(const T* src, i64 sOff, T* dst, i64 dOff, int nd, Dims8 shape, Dims8 ss, \
+                                  Dims8 ds, i64 n, int atomic) {                                      \
+    accumulate_strided<U, S, T>(src, sOff, dst, dOff, nd, shape, ss, ds, n, atomic);                  \
+  }
+ACCUMULATE_KERNEL(accumulate_f32, float, i64, i64)
+ACCUMULATE_KERNEL(accumulate_f64, double, i64, i64)
+ACCUMULATE_KERNEL(accumulate_i32, int, i64, i64)
+ACCUMULATE_KERNEL(accumulate_f32_i32, float, unsigned, int)
 
 /** out (n) f64 = value */
 extern "C" __global__ void fill_f64(double* out, double value, i64 n) {
@@ -300,80 +305,6 @@ extern "C" __global__ void adamw_f32(float* param, const float* grad, float* m, 
     m[i] = mi;
     v[i] = vi;
     param[i] = param[i] * decay - (lr * (mi / bc1)) / (sqrtf(vi / bc2) + eps);
-  }
-}
-
-// ---- 32-bit index variants ----------------------------------------------------------------------
-// The same strided loops with 32-bit index arithmetic, for the common case (the host checks) of
-// fewer than 2^31 elements and every offset below 2^31: 64-bit division costs tens of
-// instructions per axis and makes the i64 versions compute-bound. The outermost axis needs no
-// division at all, so a merged (one-axis) loop does none.
-
-/** offsets of element i under two stride sets; axis 0 is the outermost */
-__device__ __forceinline__ void offsets32(unsigned i, int nd, const Dims8& shape, const Dims8& s1, const Dims8& s2,
-                                          int& o1, int& o2) {
-  unsigned rem = i;
-  o1 = 0;
-  o2 = 0;
-#pragma unroll
-  for (int d = 7; d >= 1; d--) {
-    if (d < nd) {
-      const unsigned len = (unsigned)shape.v[d];
-      const unsigned q = rem / len;
-      const int idx = (int)(rem - q * len);
-      rem = q;
-      o1 += idx * (int)s1.v[d];
-      o2 += idx * (int)s2.v[d];
-    }
-  }
-  if (nd > 0) {
-    o1 += (int)rem * (int)s1.v[0];
-    o2 += (int)rem * (int)s2.v[0];
-  }
-}
-
-#define FOR_EACH32(i, n) \
-  for (unsigned i = blockIdx.x * blockDim.x + threadIdx.x; i < (unsigned)(n); i += gridDim.x * blockDim.x)
-
-extern "C" __global__ void binary_f32_i32(const float* a, const float* b, float* out, int op, int nd, Dims8 shape,
-                                          Dims8 sa, Dims8 sb, i64 n) {
-  if (nd == 1 && sa.v[0] == 1 && sb.v[0] == 1) {
-    FOR_EACH32(i, n) out[i] = binary_f(op, a[i], b[i]);
-    return;
-  }
-  FOR_EACH32(i, n) {
-    int oa, ob;
-    offsets32(i, nd, shape, sa, sb, oa, ob);
-    out[i] = binary_f(op, a[oa], b[ob]);
-  }
-}
-
-#define COPY32(NAME, T)                                                                                      \
-  extern "C" __global__ void NAME(const T* src, i64 sOff, T* dst, i64 dOff, int nd, Dims8 shape, Dims8 ss, \
-                                  Dims8 ds, i64 n) {                                                         \
-    src += sOff;                                                                                             \
-    dst += dOff;                                                                                             \
-    FOR_EACH32(i, n) {                                                                                       \
-      int os, od;                                                                                            \
-      offsets32(i, nd, shape, ss, ds, os, od);                                                               \
-      dst[od] = src[os];                                                                                     \
-    }                                                                                                        \
-  }
-COPY32(copy_b4_i32, u32)
-COPY32(copy_b2_i32, u16)
-COPY32(copy_b8_i32, i64)
-
-extern "C" __global__ void accumulate_f32_i32(const float* src, i64 sOff, float* dst, i64 dOff, int nd,
-                                              Dims8 shape, Dims8 ss, Dims8 ds, i64 n, int atomic) {
-  src += sOff;
-  dst += dOff;
-  FOR_EACH32(i, n) {
-    int os, od;
-    offsets32(i, nd, shape, ss, ds, os, od);
-    if (atomic)
-      atomicAdd(dst + od, src[os]);
-    else
-      dst[od] += src[os];
   }
 }
 
