@@ -3,25 +3,12 @@
 // size, and optional tuning variants (ATTN_VARIANTS="BKF=32;FWD_MINB=1", see attention-tc.ts).
 // Run: node --import tsx bench/attention.ts   (BENCH_OUT=dir also writes attention.json)
 
-import type { AttentionParams, DeviceBuffer } from '../src/backends/backend.js';
-import { openCuda, printTable, randomBuffer, timeMs, type Row } from './gpu-util.js';
+import type { AttentionParams } from '../src/backends/backend.js';
+import { heldBuffers, openCuda, printTable, timeMs, type Row } from './gpu-util.js';
 
 const gpu = openCuda();
 const rows: Row[] = [];
-const held: DeviceBuffer[] = [];
-const rnd = (n: number) => {
-  const b = randomBuffer(gpu, n, 'f32');
-  held.push(b);
-  return b;
-};
-const buf = (n: number) => {
-  const b = gpu.alloc('f32', n);
-  held.push(b);
-  return b;
-};
-const release = () => {
-  for (const b of held.splice(0)) gpu.free(b);
-};
+const { rnd, buf, release } = heldBuffers(gpu);
 
 /** forward FLOPs: two products over the visible half (causal) or all of the score matrix */
 const fwdFlops = (p: AttentionParams) =>

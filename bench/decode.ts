@@ -9,13 +9,11 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { CudaBackend } from '../src/backends/cuda/index.js';
 import { studentConfigFor } from '../src/distill/transfer.js';
-import { PhiForCausalLM } from '../src/models/phi.js';
 import { StudentLM } from '../src/models/phi-mamba.js';
 import type { CausalLM } from '../src/models/types.js';
-import type { Module } from '../src/nn/module.js';
 import { noGrad, scope, setAutocast, setBackend, tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
-import { randomBuffer } from './gpu-util.js';
+import { phiTeacher, randomizeParameters } from './gpu-util.js';
 
 const { values } = parseArgs({
   options: {
@@ -36,45 +34,10 @@ setBackend(gpu);
 await gpu.warmup({ attentionHeadDims: [D / H] });
 setAutocast('bf16');
 
-/** random parameters from one device buffer of random values, copied device to device */
-const pool = randomBuffer(gpu, 1 << 24, 'f32', 0.02);
-function randomize(m: Module): void {
-  for (const [name, p] of m.namedParameters()) {
-    if (name.endsWith('norm.weight') || name.endsWith('layernorm.weight')) continue;
-    for (let off = 0; off < p.size; off += 1 << 24) {
-      const len = Math.min(1 << 24, p.size - off);
-      // start short copies at a parameter-dependent place in the pool so tensors differ
-      const src = len <= (1 << 24) - 1024 ? p.size % 1024 : 0;
-      gpu.copyStrided(pool, src, [1], p.buffer, off, [1], [len], false);
-    }
-  }
-}
-
 const maxCtx = Math.max(...contexts) + newTokens + 1;
-const teacher = new PhiForCausalLM(
-  {
-    vocabSize: V,
-    hiddenSize: D,
-    intermediateSize: 4 * D,
-    numLayers: L,
-    numHeads: H,
-    numKvHeads: H,
-    headDim: D / H,
-    rotaryDim: D / H / 2,
-    partialRotaryFactor: 0.5,
-    ropeTheta: 10000,
-    layerNormEps: 1e-5,
-    hiddenAct: 'gelu_new',
-    maxPositionEmbeddings: maxCtx,
-    tieWordEmbeddings: false,
-    bosTokenId: 0,
-    eosTokenId: 0,
-  },
-  { deferInit: true },
-);
-randomize(teacher);
+const teacher = phiTeacher(gpu, { layers: L, d: D, heads: H, vocab: V, maxPositions: maxCtx });
 const student = new StudentLM(studentConfigFor(teacher, { chunkSize: 128 }), { deferInit: true });
-randomize(student);
+randomizeParameters(gpu, student);
 gpu.synchronize();
 
 const rng = new Random(3);

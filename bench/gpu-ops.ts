@@ -4,26 +4,13 @@
 // cross-entropy and KL over a 51200-token vocabulary, and AdamW.
 // Run: node --import tsx bench/gpu-ops.ts [--quick]   (BENCH_OUT=dir also writes gpu-ops.{md,json})
 
-import type { DeviceBuffer, SsdParams } from '../src/backends/backend.js';
-import { openCuda, printTable, randomBuffer, timeMs, type Row } from './gpu-util.js';
+import type { SsdParams } from '../src/backends/backend.js';
+import { heldBuffers, openCuda, printTable, timeMs, type Row } from './gpu-util.js';
 
 const gpu = openCuda();
 const rows: Row[] = [];
 const quick = process.argv.includes('--quick') || process.env.GPU_OPS_QUICK === '1';
-const held: DeviceBuffer[] = [];
-const rnd = (n: number, std = 1) => {
-  const b = randomBuffer(gpu, n, 'f32', std);
-  held.push(b);
-  return b;
-};
-const buf = (n: number) => {
-  const b = gpu.alloc('f32', n);
-  held.push(b);
-  return b;
-};
-const release = () => {
-  for (const b of held.splice(0)) gpu.free(b);
-};
+const { rnd, buf, release } = heldBuffers(gpu);
 const gbps = (bytes: number, ms: number) => `${(bytes / (ms / 1000) / 1e9).toFixed(0)} GB/s`;
 
 /** One profiled run: a row per kernel with its share of the time. */

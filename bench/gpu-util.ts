@@ -1,10 +1,13 @@
 // Shared by the GPU benchmarks: open the CUDA backend, fill device buffers with random values
-// (never zeros), time queued work with CUDA events, and print/save a table.
+// (never zeros), the Phi-1.5-shaped teacher with random weights, time queued work with CUDA
+// events, and print/save a table.
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { DeviceBuffer, DType } from '../src/backends/backend.js';
 import { CudaBackend } from '../src/backends/cuda/index.js';
+import { PhiForCausalLM } from '../src/models/phi.js';
+import type { Module } from '../src/nn/module.js';
 import { Random } from '../src/util/random.js';
 
 export function openCuda(): CudaBackend {
@@ -31,6 +34,69 @@ export function randomBuffer(gpu: CudaBackend, n: number, dtype: DType = 'f32', 
   gpu.cast(f, out);
   gpu.free(f);
   return out;
+}
+
+/** Buffers that live until `release()`: random (`rnd`) or uninitialized (`buf`), f32. */
+export function heldBuffers(gpu: CudaBackend) {
+  const held: DeviceBuffer[] = [];
+  const keep = (b: DeviceBuffer) => (held.push(b), b);
+  return {
+    rnd: (n: number, std = 1) => keep(randomBuffer(gpu, n, 'f32', std)),
+    buf: (n: number) => keep(gpu.alloc('f32', n)),
+    release: () => {
+      for (const b of held.splice(0)) gpu.free(b);
+    },
+  };
+}
+
+/**
+ * normal(0, std) parameters for m, norm weights left at 1: device-to-device copies out of one
+ * random pool, each parameter from a different place in it (fast for billions of values).
+ */
+export function randomizeParameters(gpu: CudaBackend, m: Module, std = 0.02): void {
+  const POOL = 1 << 24;
+  const pool = randomBuffer(gpu, POOL, 'f32', std);
+  for (const [name, p] of m.namedParameters()) {
+    if (name.endsWith('norm.weight') || name.endsWith('layernorm.weight')) continue;
+    for (let off = 0; off < p.size; off += POOL) {
+      const len = Math.min(POOL, p.size - off);
+      const src = len <= POOL - 1024 ? p.size % 1024 : 0;
+      gpu.copyStrided(pool, src, [1], p.buffer, off, [1], [len], false);
+    }
+  }
+  gpu.free(pool);
+}
+
+/** The performance issue's teacher shape (Phi-1.5: d 2048, 32 heads, partial rotary 0.5, vocab 51200), random weights. */
+export function phiTeacher(
+  gpu: CudaBackend,
+  o: { layers: number; d?: number; heads?: number; vocab?: number; maxPositions: number },
+): PhiForCausalLM {
+  const d = o.d ?? 2048;
+  const heads = o.heads ?? 32;
+  const teacher = new PhiForCausalLM(
+    {
+      vocabSize: o.vocab ?? 51200,
+      hiddenSize: d,
+      intermediateSize: 4 * d,
+      numLayers: o.layers,
+      numHeads: heads,
+      numKvHeads: heads,
+      headDim: d / heads,
+      rotaryDim: d / heads / 2,
+      partialRotaryFactor: 0.5,
+      ropeTheta: 10000,
+      layerNormEps: 1e-5,
+      hiddenAct: 'gelu_new',
+      maxPositionEmbeddings: o.maxPositions,
+      tieWordEmbeddings: false,
+      bosTokenId: 0,
+      eosTokenId: 0,
+    },
+    { deferInit: true },
+  );
+  randomizeParameters(gpu, teacher);
+  return teacher;
 }
 
 /** Median device time (ms) of `reps` runs of fn after `warmup` runs, each timed with events. */

@@ -13,13 +13,11 @@ import { parseArgs } from 'node:util';
 import { CudaBackend } from '../src/backends/cuda/index.js';
 import { stage3Loss } from '../src/distill/stages.js';
 import { studentConfigFor } from '../src/distill/transfer.js';
-import { PhiForCausalLM } from '../src/models/phi.js';
 import { StudentLM } from '../src/models/phi-mamba.js';
-import type { Module } from '../src/nn/module.js';
 import { scope, setAutocast, setBackend, tensor } from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optimizer.js';
 import { Random } from '../src/util/random.js';
-import { randomBuffer } from './gpu-util.js';
+import { phiTeacher, randomizeParameters } from './gpu-util.js';
 
 const { values } = parseArgs({
   options: {
@@ -45,42 +43,12 @@ setBackend(gpu);
 await gpu.warmup({ attentionHeadDims: [D / H] });
 if (!values.fp32) setAutocast('bf16');
 
-function randomize(m: Module, std: number): void {
-  for (const [name, p] of m.namedParameters()) {
-    if (name.endsWith('norm.weight') || name.endsWith('layernorm.weight')) continue; // stay 1
-    const r = randomBuffer(gpu, p.size, 'f32', std);
-    gpu.copyStrided(r, 0, [1], p.buffer, 0, [1], [p.size], false);
-    gpu.free(r);
-  }
-}
-
 const t0 = performance.now();
-const teacher = new PhiForCausalLM(
-  {
-    vocabSize: V,
-    hiddenSize: D,
-    intermediateSize: 4 * D,
-    numLayers: L,
-    numHeads: H,
-    numKvHeads: H,
-    headDim: D / H,
-    rotaryDim: D / H / 2,
-    partialRotaryFactor: 0.5,
-    ropeTheta: 10000,
-    layerNormEps: 1e-5,
-    hiddenAct: 'gelu_new',
-    maxPositionEmbeddings: T,
-    tieWordEmbeddings: false,
-    bosTokenId: 0,
-    eosTokenId: 0,
-  },
-  { deferInit: true },
-);
-randomize(teacher, 0.02);
+const teacher = phiTeacher(gpu, { layers: L, d: D, heads: H, vocab: V, maxPositions: T });
 teacher.setTrainable(() => true, false);
 const scfg = studentConfigFor(teacher, { chunkSize: 128 });
 const student = new StudentLM(scfg, { deferInit: true });
-randomize(student, 0.02);
+randomizeParameters(gpu, student);
 const opt = new AdamW(student.namedParameters(), {
   lr: 1e-4,
   beta1: 0.9,
