@@ -10,7 +10,7 @@ import { loadModel, saveModel } from '../models/load.js';
 import type { CausalLM } from '../models/types.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { StudentLM } from '../models/phi-mamba.js';
-import { crossEntropy, klDivergence, noGrad, scope } from '../tensor/index.js';
+import { crossEntropy, klDivergence, noGrad, scope, type Tensor } from '../tensor/index.js';
 import { INDEX_FILE, TokenDataset, type TokenSplit } from '../data/shards.js';
 import { prepareTokens } from '../data/prepare.js';
 import { evalBatches, RandomWindows, toTensors, type Batch } from '../data/batches.js';
@@ -87,6 +87,32 @@ export function openData(
   return { train: ds.split('train'), val: ds.split('val') };
 }
 
+/**
+ * Mean per token of a summed loss over back-to-back validation windows (no gradients, one memory
+ * scope per batch). `lossSum` gets a batch's input and target ids and returns the batch's sum.
+ */
+function validationMean(
+  val: TokenSplit,
+  seqLen: number,
+  maxTokens: number,
+  batch: number,
+  lossSum: (input: Tensor, target: Tensor) => Tensor,
+): number {
+  let total = 0;
+  let count = 0;
+  const windows = Math.max(1, Math.floor(maxTokens / seqLen));
+  for (const b of evalBatches(val, batch, Math.min(seqLen, val.length - 1), windows)) {
+    total += noGrad(() =>
+      scope(() => {
+        const { input, target } = toTensors(b);
+        return lossSum(input, target).item();
+      }),
+    );
+    count += b.batch * b.seqLen;
+  }
+  return total / count;
+}
+
 /** Mean KL(teacher || student) per token over back-to-back validation windows. */
 export function validationKl(
   teacher: CausalLM,
@@ -96,21 +122,9 @@ export function validationKl(
   maxTokens: number,
   batch = 8,
 ): number {
-  let total = 0;
-  let count = 0;
-  const windows = Math.max(1, Math.floor(maxTokens / seqLen));
-  for (const b of evalBatches(val, batch, Math.min(seqLen, val.length - 1), windows)) {
-    total += noGrad(() =>
-      scope(() => {
-        const { input } = toTensors(b);
-        return klDivergence(teacher.forward(input).logits, student.forward(input).logits, {
-          reduction: 'sum',
-        }).item();
-      }),
-    );
-    count += b.batch * b.seqLen;
-  }
-  return total / count;
+  return validationMean(val, seqLen, maxTokens, batch, (input) =>
+    klDivergence(teacher.forward(input).logits, student.forward(input).logits, { reduction: 'sum' }),
+  );
 }
 
 /** Mean cross-entropy (nats/token) over back-to-back validation windows, as a perplexity. */
@@ -121,19 +135,10 @@ export function validationPerplexity(
   maxTokens: number,
   batch = 8,
 ): number {
-  let total = 0;
-  let count = 0;
-  const windows = Math.max(1, Math.floor(maxTokens / seqLen));
-  for (const b of evalBatches(val, batch, Math.min(seqLen, val.length - 1), windows)) {
-    total += noGrad(() =>
-      scope(() => {
-        const { input, target } = toTensors(b);
-        return crossEntropy(model.forward(input).logits, target, { reduction: 'sum' }).item();
-      }),
-    );
-    count += b.batch * b.seqLen;
-  }
-  return Math.exp(total / count);
+  const nll = validationMean(val, seqLen, maxTokens, batch, (input, target) =>
+    crossEntropy(model.forward(input).logits, target, { reduction: 'sum' }),
+  );
+  return Math.exp(nll);
 }
 
 function stageDir(cfg: DistillConfig, i: number, s: StageConfig): string {
