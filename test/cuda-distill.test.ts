@@ -3,34 +3,20 @@
 // the held-out figures must track each other. Skips without a GPU or the reference fixtures.
 
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import type { Backend } from '../src/backends/backend.js';
 import { CpuBackend } from '../src/backends/cpu/index.js';
-import { CudaBackend } from '../src/backends/cuda/index.js';
 import { validateConfig } from '../src/distill/config.js';
 import { runDistill } from '../src/distill/pipeline.js';
 import { writeTokenSplits } from '../src/data/shards.js';
 import { setBackend } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
+import { fixtures, openGpuWithFixtures } from './gpu-helpers.js';
 
-const repoRoot = resolve(fileURLToPath(import.meta.url), '..', '..');
-const fixtures = process.env.MOHAWK_FIXTURES ?? resolve(repoRoot, '..', 'shared', 'fixtures', 'reference');
-
-function openGpu(): { gpu: CudaBackend | null; skip: string | false } {
-  if (!existsSync(fixtures)) return { gpu: null, skip: `no fixtures at ${fixtures}` };
-  try {
-    return { gpu: new CudaBackend(), skip: false };
-  } catch (e) {
-    if (process.env.MOHAWK_REQUIRE_CUDA === '1') throw e;
-    return { gpu: null, skip: `no CUDA device: ${(e as Error).message.split('\n')[0]}` };
-  }
-}
-
-const { gpu, skip } = openGpu();
+const { gpu, skip } = openGpuWithFixtures();
 
 describe('cuda: mohawk distill end to end tracks the CPU run', { skip }, () => {
   it('stages 1-3 into a hybrid student: per-step losses and held-out figures agree', () => {

@@ -8,31 +8,16 @@
 
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import type { Backend } from '../src/backends/backend.js';
 import { CpuBackend } from '../src/backends/cpu/index.js';
-import { CudaBackend } from '../src/backends/cuda/index.js';
 import { loadTensors } from '../src/io/safetensors.js';
 import * as T from '../src/tensor/index.js';
 import { assertClose } from './helpers.js';
+import { fixtures, openGpuWithFixtures, repoRoot } from './gpu-helpers.js';
 
-const repoRoot = resolve(fileURLToPath(import.meta.url), '..', '..');
-// $MOHAWK_FIXTURES for the GPU machine, where ../shared is not available (scripts/gpu-check.sh copies it)
-const fixtures = process.env.MOHAWK_FIXTURES ?? resolve(repoRoot, '..', 'shared', 'fixtures', 'reference');
-
-function openGpu(): { gpu: CudaBackend | null; skip: string | false } {
-  if (!existsSync(fixtures)) return { gpu: null, skip: `no fixtures at ${fixtures}` };
-  try {
-    return { gpu: new CudaBackend(), skip: false };
-  } catch (e) {
-    if (process.env.MOHAWK_REQUIRE_CUDA === '1') throw e;
-    return { gpu: null, skip: `no CUDA device: ${(e as Error).message.split('\n')[0]}` };
-  }
-}
-
-const { gpu, skip } = openGpu();
+const { gpu, skip } = openGpuWithFixtures();
 const cpu = new CpuBackend();
 
 interface Family {
