@@ -17,6 +17,17 @@ export type DType = 'f32' | 'f64' | 'i32' | 'bf16' | 'f16';
 
 export const DTYPE_BYTES: Record<DType, number> = { f32: 4, f64: 8, i32: 4, bf16: 2, f16: 2 };
 
+/** Row-major (dense) element strides of a shape: the last axis has stride 1. */
+export function denseStrides(shape: readonly number[]): number[] {
+  const s = new Array<number>(shape.length);
+  let acc = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    s[i] = acc;
+    acc *= shape[i];
+  }
+  return s;
+}
+
 /** A device allocation. Backends attach their own fields; above `tensor/` it is opaque. */
 export interface DeviceBuffer {
   readonly dtype: DType;

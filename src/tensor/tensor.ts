@@ -2,7 +2,13 @@
 // Memory scopes free intermediates deterministically; reverse-mode autograd walks the graph
 // recorded by the ops in ops.ts.
 
-import type { Backend, DeviceBuffer, DType, HostArray } from '../backends/backend.js';
+import {
+  denseStrides,
+  type Backend,
+  type DeviceBuffer,
+  type DType,
+  type HostArray,
+} from '../backends/backend.js';
 import { bf16ToF32, f16ToF32 } from '../backends/dtype.js';
 import { getBackend } from './device.js';
 
@@ -104,15 +110,8 @@ export function sizeOf(shape: readonly number[]): number {
   return n;
 }
 
-export function stridesOf(shape: readonly number[]): number[] {
-  const s = new Array<number>(shape.length);
-  let acc = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    s[i] = acc;
-    acc *= shape[i];
-  }
-  return s;
-}
+/** Row-major strides of a shape (the backend layer's denseStrides). */
+export const stridesOf = denseStrides;
 
 export function shapeStr(shape: readonly number[]): string {
   return `[${shape.join(', ')}]`;

@@ -16,7 +16,7 @@ import type {
   SsdParams,
   UnaryOp,
 } from '../backend.js';
-import { DTYPE_BYTES, dropoutKeep } from '../backend.js';
+import { denseStrides, DTYPE_BYTES, dropoutKeep } from '../backend.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../dtype.js';
 import { gemm, loadBlas, type FloatArray } from './blas.js';
 import { unaryDerivative, unaryFn } from './math.js';
@@ -105,16 +105,6 @@ function forEachRun(
     }
     if (d < 0) return;
   }
-}
-
-function denseStrides(shape: number[]): number[] {
-  const s = new Array<number>(shape.length);
-  let acc = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    s[i] = acc;
-    acc *= shape[i];
-  }
-  return s;
 }
 
 export class CpuBackend implements Backend {

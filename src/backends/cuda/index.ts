@@ -20,7 +20,7 @@ import type {
   SsdParams,
   UnaryOp,
 } from '../backend.js';
-import { DTYPE_BYTES } from '../backend.js';
+import { denseStrides, DTYPE_BYTES } from '../backend.js';
 import { f32ToBf16, f32ToF16 } from '../dtype.js';
 import { CachingAllocator, formatBytes, type AllocatorStats } from './allocator.js';
 import { Cublas, type GemmDType } from './cublas.js';
@@ -221,16 +221,6 @@ function fits32(n: number, shape: readonly number[], strides: readonly (readonly
   const LIMIT = 2 ** 31 - 1;
   if (n > LIMIT) return false;
   return strides.every((s) => shape.reduce((acc, len, d) => acc + (len - 1) * Math.abs(s[d]), 0) <= LIMIT);
-}
-
-function denseStrides(shape: readonly number[]): number[] {
-  const s = new Array<number>(shape.length);
-  let acc = 1;
-  for (let i = shape.length - 1; i >= 0; i--) {
-    s[i] = acc;
-    acc *= shape[i];
-  }
-  return s;
 }
 
 export class CudaBackend implements Backend {
