@@ -37,23 +37,27 @@ export interface DeviceBuffer {
 
 export type HostArray = Float32Array | Float64Array | Int32Array | Uint16Array;
 
-export type UnaryOp =
-  | 'identity'
-  | 'neg'
-  | 'exp'
-  | 'log'
-  | 'sqrt'
-  | 'rsqrt'
-  | 'tanh'
-  | 'sigmoid'
-  | 'softplus'
-  | 'silu'
-  | 'relu'
-  | 'gelu'
-  | 'geluNew'
-  | 'square'
-  | 'abs'
-  | 'reciprocal';
+/** The elementwise unary kernels (each with its derivative), enumerated once. */
+export const UNARY_OPS = [
+  'identity',
+  'neg',
+  'exp',
+  'log',
+  'sqrt',
+  'rsqrt',
+  'tanh',
+  'sigmoid',
+  'softplus',
+  'silu',
+  'relu',
+  'gelu',
+  'geluNew',
+  'square',
+  'abs',
+  'reciprocal',
+] as const;
+
+export type UnaryOp = (typeof UNARY_OPS)[number];
 
 export type BinaryOp = 'add' | 'sub' | 'mul' | 'div' | 'maximum' | 'eq';
 
