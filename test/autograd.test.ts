@@ -207,3 +207,94 @@ describe('backward with freeGraph', () => {
     assert.deepEqual(grads[1], grads[0]);
   });
 });
+
+describe('gradient accumulation', () => {
+  it('slices of one tensor (split) add into one buffer, with a direct use and an unused piece', () => {
+    const x = randn(new Random(11), [3, 7]);
+    x.requiresGrad = true;
+    const w = randn(new Random(12), [3, 7]);
+    scope(() => {
+      const [p, q, r] = T.split(x, [2, 4, 1], -1);
+      void r; // unused: its columns get only the direct term
+      // L = sum(p^2) + 3 sum(q) + sum(w * x)
+      const loss = T.add(T.add(T.sum(T.square(p)), T.scale(T.sum(q), 3)), T.sum(T.mul(w, x)));
+      loss.backward(undefined, { freeGraph: true });
+      return null;
+    });
+    const xv = x.toArray();
+    const wv = w.toArray();
+    const expected = Array.from(xv, (v, i) => {
+      const c = i % 7;
+      return wv[i] + (c < 2 ? 2 * v : c < 6 ? 3 : 0);
+    });
+    assertClose(Array.from(x.grad!.toArray()), expected, 1e-12);
+  });
+  it('sums a broadcast gradient over merged runs of axes', () => {
+    const g = randn(new Random(13), [2, 3, 4, 5]);
+    const got = T.sumToShape(g, [3, 1, 5]); // sums axes 0 and 2
+    const gv = g.toArray();
+    const expected: number[] = [];
+    for (let b = 0; b < 3; b++)
+      for (let d = 0; d < 5; d++) {
+        let acc = 0;
+        for (let a = 0; a < 2; a++) for (let c = 0; c < 4; c++) acc += gv[((a * 3 + b) * 4 + c) * 5 + d];
+        expected.push(acc);
+      }
+    assert.deepEqual(got.shape, [3, 1, 5]);
+    assertClose(Array.from(got.toArray()), expected, 1e-12);
+    const bias = T.sumToShape(g, [5]); // axes 0..2 as one reduction
+    const bv = Array.from({ length: 5 }, (_, d) => {
+      let acc = 0;
+      for (let i = 0; i < 24; i++) acc += gv[i * 5 + d];
+      return acc;
+    });
+    assertClose(Array.from(bias.toArray()), bv, 1e-12);
+    assert.throws(() => T.sumToShape(g, [4, 4]), /sumToShape: cannot sum \[2, 3, 4, 5\] to \[4, 4\]/);
+  });
+  it('under autocast an activation read by two products is rounded once; parameters every time', () => {
+    const be = getBackend();
+    const x = tensor(new Random(14).normals(12), [3, 4]);
+    x.requiresGrad = true;
+    const w1 = tensor(new Random(15).normals(8), [2, 4]);
+    const w2 = tensor(new Random(16).normals(8), [2, 4]);
+    w1.name = 'w1';
+    w2.name = 'w2';
+    w1.requiresGrad = true;
+    // x's gradient: both products' contributions (bf16-rounded weights, bf16-rounded ones)
+    const round = (t: T.Tensor) => T.cast(T.cast(t.detach(), 'bf16'), 'f32');
+    const expected = T.add(T.matmul(T.ones([3, 2]), round(w1)), T.matmul(T.ones([3, 2]), round(w2)));
+    let casts = 0;
+    const orig = be.cast.bind(be);
+    be.cast = (a, b) => {
+      casts++;
+      orig(a, b);
+    };
+    try {
+      scope(() =>
+        T.autocast('bf16', () => {
+          const loss = T.add(
+            T.sum(T.matmul(x, w1, { transB: true })),
+            T.sum(T.matmul(x, w2, { transB: true })),
+          );
+          assert.equal(casts, 3); // x once, w1 and w2
+          loss.backward();
+          return null;
+        }),
+      );
+      // backward: each product's f32 gradient once (2), and nothing else
+      assert.equal(casts, 5);
+      // a parameter changed in place is read afresh by the next product
+      const before = scope(() => T.autocast('bf16', () => T.matmul(x, w1, { transB: true }).toArray()));
+      T.assign(w1, T.scale(w1, 2));
+      const after = scope(() => T.autocast('bf16', () => T.matmul(x, w1, { transB: true }).toArray()));
+      assertClose(
+        Array.from(after),
+        Array.from(before, (v) => 2 * v),
+        1e-6,
+      );
+    } finally {
+      be.cast = orig;
+    }
+    assertClose(Array.from(x.grad!.toArray()), Array.from(expected.toArray()), 2e-2, 'grad x', 1e-2);
+  });
+});

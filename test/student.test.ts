@@ -344,6 +344,46 @@ describe('no-grad forward memory', { skip }, () => {
   });
 });
 
+describe('training forward memory', { skip }, () => {
+  it('graph scopes free what backward does not read: same gradients, lower peak', () => {
+    const { model: teacher } = loadModel(path.join(SHARED, 'fixtures/reference/llama-tied'));
+    const s = transferStudent(teacher, { alphaInit: 0.9 });
+    const m = new StudentLM({ ...s.config, nLayer: 6 }, { rng: new Random(3) });
+    const be = T.getBackend();
+    const ids = tensor(
+      Int32Array.from({ length: 4 * 64 }, (_, i) => (i * 7) % 100),
+      [4, 64],
+      'i32',
+    );
+    const run = (graphScopes: boolean) => {
+      m.zeroGrad();
+      const peak = scope(() => {
+        const base = be.memoryStats().liveBytes;
+        be.resetPeak();
+        let logits: Tensor;
+        if (graphScopes) logits = m.forward(ids).logits;
+        else {
+          // the same blocks called one after another in one scope: every intermediate stays
+          let h = m.embed(ids);
+          for (const b of m.blocks) h = b.forward(h).out;
+          logits = m.head(h);
+        }
+        T.mean(T.square(logits)).backward(undefined, { freeGraph: true });
+        return be.memoryStats().peakBytes - base;
+      });
+      const grads = m.namedParameters().map(([, p]) => arr(p.grad!));
+      return { peak, grads };
+    };
+    const plain = run(false);
+    const scoped = run(true);
+    assert.deepEqual(scoped.grads, plain.grads);
+    assert.ok(
+      scoped.peak < 0.75 * plain.peak,
+      `peak ${scoped.peak} bytes with graph scopes vs ${plain.peak}`,
+    );
+  });
+});
+
 describe('student configs and checkpoints: bad input', { skip }, () => {
   const base = () =>
     JSON.parse(fs.readFileSync(path.join(SHARED, 'fixtures/reference/phi-mamba/config.json'), 'utf8'));

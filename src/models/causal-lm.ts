@@ -1,6 +1,6 @@
 // The forward pass shared by every family: embed -> blocks -> head, with captures and caches.
 
-import { isGradEnabled, scope, slice, type Tensor } from '../tensor/index.js';
+import { graphScope, isGradEnabled, scope, slice, type Tensor } from '../tensor/index.js';
 import type { Block, Captured, ForwardOptions, ForwardResult, ModelCache } from './types.js';
 
 export interface LMParts {
@@ -32,6 +32,10 @@ export function forwardLM(model: LMParts, ids: Tensor, opts: ForwardOptions = {}
   // intermediates at a time instead of every block's until the caller's scope ends.
   const capturing = cap.layerInputs || cap.layerOutputs || cap.mixerOutputs || cap.mixerMatrices;
   const blockScopes = !isGradEnabled() && !capturing;
+  // With gradients each block (and the head) runs in a graph scope: what its backward reads
+  // stays, every other intermediate is freed as soon as the block returns.
+  const graphScopes = isGradEnabled() && !cache;
+  const inGraphScope = <T>(fn: () => T): T => (graphScopes ? graphScope(fn) : fn());
   model.blocks.forEach((block, i) => {
     const prev = h;
     if (blockScopes) {
@@ -40,14 +44,19 @@ export function forwardLM(model: LMParts, ids: Tensor, opts: ForwardOptions = {}
       return;
     }
     captured.layerInputs?.push(prev);
-    const r = block.forward(prev, { returnMatrix: cap.mixerMatrices, cache: cache?.layers[i], position });
+    const r = inGraphScope(() =>
+      block.forward(prev, { returnMatrix: cap.mixerMatrices, cache: cache?.layers[i], position }),
+    );
     captured.mixerOutputs?.push(r.mixerOut);
     if (captured.mixerMatrices) captured.mixerMatrices.push(r.matrix!);
     h = r.out;
     captured.layerOutputs?.push(h);
   });
   const t = h.shape[1];
-  const logits = model.head(opts.lastLogitsOnly && t > 1 ? slice(h, 1, t - 1, t) : h);
+  const last = h;
+  const logits = inGraphScope(() =>
+    model.head(opts.lastLogitsOnly && t > 1 ? slice(last, 1, t - 1, t) : last),
+  );
   if (cache) cache.position += ids.shape[1];
   return { logits, captured };
 }

@@ -3,7 +3,7 @@
 // pass beside the forward one.
 
 import type { AdamWParams, BinaryOp, DType, UnaryOp } from '../backends/backend.js';
-import { empty, full, record, shapeStr, sizeOf, stridesOf, Tensor, zeros } from './tensor.js';
+import { empty, full, isGradEnabled, record, shapeStr, sizeOf, stridesOf, Tensor, zeros } from './tensor.js';
 
 // ---- helpers --------------------------------------------------------------------------------
 
@@ -35,6 +35,11 @@ function like(t: Tensor, shape: readonly number[] = t.shape): Tensor {
   return empty(shape, t.dtype, t.backend);
 }
 
+/** What the backward of a product reads: b for a's gradient, a for b's. */
+function crossSaves(a: Tensor, b: Tensor): Tensor[] {
+  return [...(a.requiresGrad ? [b] : []), ...(b.requiresGrad ? [a] : [])];
+}
+
 /** (outer, n, inner) around an axis */
 function around(shape: readonly number[], axis: number): [number, number, number] {
   return [sizeOf(shape.slice(0, axis)), shape[axis], sizeOf(shape.slice(axis + 1))];
@@ -61,20 +66,32 @@ function broadcastStrides(shape: readonly number[], target: readonly number[]): 
   return target.map((_, i) => (i < off || shape[i - off] === 1 ? 0 : s[i - off]));
 }
 
-/** Sum g over the axes along which `shape` was broadcast to g's shape. */
+/**
+ * Sum g over the axes along which `shape` was broadcast to g's shape. Adjacent broadcast axes
+ * are summed in one pass (a bias's gradient over (B, T, C) is one reduction over B * T rows).
+ */
 export function sumToShape(g: Tensor, shape: readonly number[]): Tensor {
   if (g.shape.length === shape.length && g.shape.every((d, i) => d === shape[i])) return g;
-  let cur = g;
   const off = g.shape.length - shape.length;
-  for (let i = 0; i < g.shape.length; i++) {
-    const want = i < off ? 1 : shape[i - off];
-    if (cur.shape[i] !== want) {
-      const next = sum(cur, [i], true);
-      if (cur !== g) cur.dispose();
-      cur = next;
+  const want = g.shape.map((_, i) => (i < off ? 1 : shape[i - off]));
+  for (let i = 0; i < g.ndim; i++)
+    if (want[i] !== 1 && want[i] !== g.shape[i])
+      fail('sumToShape', `cannot sum ${shapeStr(g.shape)} to ${shapeStr(shape)}`);
+  // merge runs of axes that sum away (size-1 axes join them freely)
+  const merged: number[] = [];
+  const axes: number[] = [];
+  for (let i = 0; i < g.ndim;) {
+    if (want[i] !== 1) {
+      merged.push(g.shape[i++]);
+      continue;
     }
+    let n = 1;
+    while (i < g.ndim && want[i] === 1) n *= g.shape[i++];
+    if (n > 1) axes.push(merged.length);
+    merged.push(n);
   }
-  return cur.view(shape);
+  if (axes.length === 0) return reshape(g, shape);
+  return reshape(sum(reshape(g, merged), axes, true), shape);
 }
 
 // ---- elementwise ----------------------------------------------------------------------------
@@ -97,25 +114,28 @@ function binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
 }
 
 export function add(a: Tensor, b: Tensor): Tensor {
-  return record(binary('add', a, b), 'add', [a, b], (g) => [sumToShape(g, a.shape), sumToShape(g, b.shape)]);
+  return record(binary('add', a, b), 'add', [a, b], [], (g) => [
+    sumToShape(g, a.shape),
+    sumToShape(g, b.shape),
+  ]);
 }
 
 export function sub(a: Tensor, b: Tensor): Tensor {
-  return record(binary('sub', a, b), 'sub', [a, b], (g) => [
+  return record(binary('sub', a, b), 'sub', [a, b], [], (g) => [
     sumToShape(g, a.shape),
     b.requiresGrad ? sumToShape(neg(g), b.shape) : null,
   ]);
 }
 
 export function mul(a: Tensor, b: Tensor): Tensor {
-  return record(binary('mul', a, b), 'mul', [a, b], (g) => [
+  return record(binary('mul', a, b), 'mul', [a, b], crossSaves(a, b), (g) => [
     a.requiresGrad ? sumToShape(mul(g, b), a.shape) : null,
     b.requiresGrad ? sumToShape(mul(g, a), b.shape) : null,
   ]);
 }
 
 export function div(a: Tensor, b: Tensor): Tensor {
-  return record(binary('div', a, b), 'div', [a, b], (g) => [
+  return record(binary('div', a, b), 'div', [a, b], [a, b], (g) => [
     a.requiresGrad ? sumToShape(div(g, b), a.shape) : null,
     // d(a/b)/db = -a / b^2
     b.requiresGrad ? sumToShape(neg(div(mul(g, a), square(b))), b.shape) : null,
@@ -136,7 +156,16 @@ function unary(op: UnaryOp, x: Tensor, alpha = 1, beta = 0): Tensor {
   checkFloat(op, x);
   const out = like(x);
   x.backend.unary(op, x.buffer, out.buffer, alpha, beta);
-  return record(out, op, [x], (g) => {
+  if (op === 'identity' || op === 'neg') {
+    // constant derivative: the gradient is a scaled copy, and x need not be kept
+    const factor = op === 'neg' ? -alpha : alpha;
+    return record(out, op, [x], [], (g) => {
+      const gx = like(g);
+      g.backend.unary('identity', g.buffer, gx.buffer, factor, 0);
+      return [gx];
+    });
+  }
+  return record(out, op, [x], [x], (g) => {
     const gx = like(x);
     x.backend.unaryBackward(op, x.buffer, g.buffer, gx.buffer);
     if (alpha !== 1) {
@@ -175,7 +204,7 @@ export function cast(x: Tensor, dtype: DType): Tensor {
   if (x.dtype === dtype) return x.view(x.shape);
   const out = empty(x.shape, dtype, x.backend);
   x.backend.cast(x.buffer, out.buffer);
-  return record(out, 'cast', [x], (g) => [cast(g, x.dtype)]);
+  return record(out, 'cast', [x], [], (g) => [cast(g, x.dtype)]);
 }
 
 // ---- reductions -----------------------------------------------------------------------------
@@ -212,7 +241,7 @@ export function sum(x: Tensor, axes?: number[], keepdim = false): Tensor {
   const outShape = reducedShape(x.shape, ax, keepdim);
   const out = cur === x ? x.view(outShape) : cur.view(outShape);
   if (cur !== x) cur.dispose();
-  return record(out, 'sum', [x], (g) => [expand(g.view(reducedShape(x.shape, ax, true)), x.shape)]);
+  return record(out, 'sum', [x], [], (g) => [expand(g.view(reducedShape(x.shape, ax, true)), x.shape)]);
 }
 
 export function mean(x: Tensor, axes?: number[], keepdim = false): Tensor {
@@ -233,7 +262,7 @@ export function max(x: Tensor, axis: number, keepdim = false): Tensor {
   x.backend.reduce('max', x.buffer, out.buffer, outer, n, inner);
   const result = out.view(reducedShape(x.shape, [a], keepdim));
   out.dispose();
-  return record(result, 'max', [x], (g) => {
+  return record(result, 'max', [x], [x, result], (g) => {
     const mask = equal(x, result.view(keptShape));
     return [mul(mask, g.view(keptShape))];
   });
@@ -251,7 +280,7 @@ export function reshape(x: Tensor, shape: readonly number[]): Tensor {
   if (sizeOf(s) !== x.size || s.some((d) => !Number.isInteger(d))) {
     fail('reshape', `cannot reshape ${shapeStr(x.shape)} to ${shapeStr(shape)}`);
   }
-  return record(x.view(s), 'reshape', [x], (g) => [g.view(x.shape)]);
+  return record(x.view(s), 'reshape', [x], [], (g) => [g.view(x.shape)]);
 }
 
 export function permute(x: Tensor, dims: number[]): Tensor {
@@ -274,7 +303,7 @@ export function permute(x: Tensor, dims: number[]): Tensor {
   );
   const inverse = new Array<number>(d.length);
   d.forEach((a, i) => (inverse[a] = i));
-  return record(out, 'permute', [x], (g) => [permute(g, inverse)]);
+  return record(out, 'permute', [x], [], (g) => [permute(g, inverse)]);
 }
 
 export function transpose(x: Tensor, a = -2, b = -1): Tensor {
@@ -296,11 +325,20 @@ export function slice(x: Tensor, axis: number, start: number, end: number): Tens
   const out = empty(shape, x.dtype, x.backend);
   const st = stridesOf(x.shape);
   x.backend.copyStrided(x.buffer, start * st[a], st, out.buffer, 0, stridesOf(shape), shape, false);
-  return record(out, 'slice', [x], (g) => {
-    const gx = zeros(x.shape, g.dtype, g.backend);
-    g.backend.copyStrided(g.buffer, 0, stridesOf(shape), gx.buffer, start * st[a], st, shape, false);
-    return [gx];
-  });
+  return record(
+    out,
+    'slice',
+    [x],
+    [],
+    (g) => {
+      const gx = zeros(x.shape, g.dtype, g.backend);
+      g.backend.copyStrided(g.buffer, 0, stridesOf(shape), gx.buffer, start * st[a], st, shape, false);
+      return [gx];
+    },
+    // several slices of one tensor (split) add into one gradient buffer
+    (g, into) =>
+      g.backend.copyStrided(g.buffer, 0, stridesOf(shape), into.buffer, start * st[a], st, shape, true),
+  );
 }
 
 export function concat(xs: Tensor[], axis: number): Tensor {
@@ -327,7 +365,7 @@ export function concat(xs: Tensor[], axis: number): Tensor {
     t.backend.copyStrided(t.buffer, 0, stridesOf(t.shape), out.buffer, off * st[a], st, [...t.shape], false);
     off += t.shape[a];
   }
-  return record(out, 'concat', xs, (g) =>
+  return record(out, 'concat', xs, [], (g) =>
     xs.map((t, i) => (t.requiresGrad ? slice(g, a, offsets[i], offsets[i] + t.shape[a]) : null)),
   );
 }
@@ -363,7 +401,7 @@ export function expand(x: Tensor, shape: readonly number[]): Tensor {
     [...shape],
     false,
   );
-  return record(out, 'expand', [x], (g) => [sumToShape(g, x.shape)]);
+  return record(out, 'expand', [x], [], (g) => [sumToShape(g, x.shape)]);
 }
 
 // ---- linear algebra -------------------------------------------------------------------------
@@ -388,8 +426,8 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     (b.dtype === 'f32' || lowB)
   ) {
     return matmul16(
-      a.dtype === 'f32' ? cast(a, autocastDtype) : a,
-      b.dtype === 'f32' ? cast(b, autocastDtype) : b,
+      a.dtype === 'f32' ? autocastOperand(a, autocastDtype) : a,
+      b.dtype === 'f32' ? autocastOperand(b, autocastDtype) : b,
       opts,
     );
   }
@@ -402,6 +440,21 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
 }
 
 let autocastDtype: 'bf16' | 'f16' | null = null;
+
+// The 16-bit copy of an activation that feeds several products (a LayerNorm output read by
+// q, k, v and the MLP) is made once. Parameters (named tensors) are cast afresh each time,
+// since optimizers change them in place.
+const castMemo = new WeakMap<Tensor, Tensor>();
+
+function autocastOperand(x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
+  if (x.name !== undefined) return cast(x, dtype);
+  const c = castMemo.get(x);
+  const recording = isGradEnabled() && x.requiresGrad;
+  if (c && !c.disposed && c.dtype === dtype && (c.node !== null) === recording) return c;
+  const out = cast(x, dtype);
+  castMemo.set(x, out);
+  return out;
+}
 
 /** Run fn with matmuls in 16-bit operands and f32 accumulation (mixed precision). */
 export function autocast<T>(dtype: 'bf16' | 'f16' | null, fn: () => T): T {
@@ -484,20 +537,22 @@ function matmulImpl(a: Tensor, b: Tensor, opts: MatmulOptions, outDtype: DType):
     alpha: 1,
     beta: 0,
   });
-  return record(out, 'matmul', [a, b], (g) => {
-    // C = op(A) op(B): dA from g op(B)^T, dB from op(A)^T g, then summed over broadcast batches
+  return record(out, 'matmul', [a, b], crossSaves(a, b), (g) => {
+    // C = op(A) op(B): dA from g op(B)^T, dB from op(A)^T g, then summed over broadcast batches.
+    // With 16-bit operands the f32 gradient is rounded once for both products.
+    const g16 = a.dtype !== g.dtype && (a.dtype === 'bf16' || a.dtype === 'f16') ? cast(g, a.dtype) : g;
     let ga: Tensor | null = null;
     let gb: Tensor | null = null;
     if (a.requiresGrad) {
       const full = transA
-        ? matmul(b, g, { transA: transB, transB: true })
-        : matmul(g, b, { transB: !transB });
+        ? matmul(b, g16, { transA: transB, transB: true })
+        : matmul(g16, b, { transB: !transB });
       ga = sumToShape(full, a.shape);
     }
     if (b.requiresGrad) {
       // with a's batch folded into rows, one product over all rows gives dB directly
       const aa = batch === 1 && mm !== m ? a.view([mm, k]) : a;
-      const gg = batch === 1 && mm !== m ? g.view([mm, n]) : g;
+      const gg = batch === 1 && mm !== m ? g16.view([mm, n]) : g16;
       const full = transB
         ? matmul(gg, aa, { transA: true, transB: transA })
         : matmul(aa, gg, { transA: !transA });
@@ -520,7 +575,7 @@ export function softmax(x: Tensor, axis = -1): Tensor {
   const [rows, cols] = lastAxisRows('softmax', x, axis);
   const out = like(x);
   x.backend.softmax(x.buffer, out.buffer, rows, cols, false);
-  return record(out, 'softmax', [x], (g) => {
+  return record(out, 'softmax', [x], [out], (g) => {
     const gx = like(x);
     x.backend.softmaxBackward(out.buffer, g.buffer, gx.buffer, rows, cols, false);
     return [gx];
@@ -532,7 +587,7 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
   const [rows, cols] = lastAxisRows('logSoftmax', x, axis);
   const out = like(x);
   x.backend.softmax(x.buffer, out.buffer, rows, cols, true);
-  return record(out, 'logSoftmax', [x], (g) => {
+  return record(out, 'logSoftmax', [x], [out], (g) => {
     const gx = like(x);
     x.backend.softmaxBackward(out.buffer, g.buffer, gx.buffer, rows, cols, true);
     return [gx];
@@ -565,7 +620,7 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps: n
     eps,
   );
   const inputs = bias ? [x, weight, bias] : [x, weight];
-  return record(out, 'layerNorm', inputs, (g) => {
+  return record(out, 'layerNorm', inputs, [x, weight, meanT, rstd], (g) => {
     const gx = like(x);
     const gw = like(weight);
     const gb = bias ? like(bias) : null;
@@ -593,7 +648,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   const out = like(x);
   const rstd = empty([rows], x.dtype, x.backend);
   x.backend.rmsNorm(x.buffer, weight.buffer, out.buffer, rstd.buffer, rows, cols, eps);
-  return record(out, 'rmsNorm', [x, weight], (g) => {
+  return record(out, 'rmsNorm', [x, weight], [x, weight, rstd], (g) => {
     const gx = like(x);
     const gw = like(weight);
     x.backend.rmsNormBackward(
@@ -618,7 +673,7 @@ export function embedding(table: Tensor, ids: Tensor): Tensor {
   const dim = table.shape[1];
   const out = empty([...ids.shape, dim], table.dtype, table.backend);
   table.backend.embedding(table.buffer, ids.buffer, out.buffer, ids.size, dim);
-  return record(out, 'embedding', [table], (g) => {
+  return record(out, 'embedding', [table], [ids], (g) => {
     const gt = zeros(table.shape, table.dtype, table.backend);
     table.backend.embeddingBackward(g.buffer, ids.buffer, gt.buffer, ids.size, dim);
     return [gt];
@@ -635,7 +690,7 @@ export function causalMask(x: Tensor, value = -Infinity): Tensor {
   const rows = x.size / (tq * tk);
   const out = like(x);
   x.backend.causalMask(x.buffer, out.buffer, rows, tq, tk, value);
-  return record(out, 'causalMask', [x], (g) => {
+  return record(out, 'causalMask', [x], [], (g) => {
     const gx = like(g);
     g.backend.causalMask(g.buffer, gx.buffer, rows, tq, tk, 0);
     return [gx];
@@ -648,7 +703,7 @@ export function cumsum(x: Tensor, axis: number, reverse = false): Tensor {
   const [outer, n, inner] = around(x.shape, a);
   const out = like(x);
   x.backend.cumsum(x.buffer, out.buffer, outer, n, inner, reverse);
-  return record(out, 'cumsum', [x], (g) => {
+  return record(out, 'cumsum', [x], [], (g) => {
     const gx = like(g);
     g.backend.cumsum(g.buffer, gx.buffer, outer, n, inner, !reverse);
     return [gx];
@@ -662,7 +717,7 @@ export function segsum(x: Tensor): Tensor {
   const rows = x.size / t;
   const out = empty([...x.shape, t], x.dtype, x.backend);
   x.backend.segsum(x.buffer, out.buffer, rows, t);
-  return record(out, 'segsum', [x], (g) => {
+  return record(out, 'segsum', [x], [], (g) => {
     const gx = like(x);
     x.backend.segsumBackward(g.buffer, gx.buffer, rows, t);
     return [gx];
@@ -681,7 +736,7 @@ export function causalConv1d(x: Tensor, weight: Tensor, bias: Tensor | null): Te
   const out = like(x);
   x.backend.causalConv1d(x.buffer, weight.buffer, bias?.buffer ?? null, out.buffer, batch, t, c, k);
   const inputs = bias ? [x, weight, bias] : [x, weight];
-  return record(out, 'causalConv1d', inputs, (g) => {
+  return record(out, 'causalConv1d', inputs, [x, weight], (g) => {
     const gx = like(x);
     const gw = like(weight);
     const gb = bias ? like(bias) : null;
@@ -731,7 +786,7 @@ export function rope(x: Tensor, opts: RopeOptions = {}): Tensor {
   };
   const out = like(x);
   x.backend.rope(x.buffer, out.buffer, params);
-  return record(out, 'rope', [x], (g) => {
+  return record(out, 'rope', [x], [], (g) => {
     const gx = like(g);
     g.backend.rope(g.buffer, gx.buffer, { ...params, inverse: true });
     return [gx];
@@ -788,7 +843,7 @@ export function attention(
   const lse = empty([batch, heads, tq], q.dtype, q.backend);
   const probs = opts.returnProbs ? empty([batch, heads, tq, tk], q.dtype, q.backend) : null;
   q.backend.attention(q.buffer, k.buffer, v.buffer, out.buffer, lse.buffer, probs?.buffer ?? null, p);
-  record(out, 'attention', [q, k, v], (g) => {
+  record(out, 'attention', [q, k, v], [q, k, v, out, lse], (g) => {
     const gq = like(q);
     const gk = like(k);
     const gv = like(v);
@@ -871,7 +926,7 @@ export function ssdScan(
     finalState?.buffer ?? null,
     p,
   );
-  record(y, 'ssdScan', [x, logA, bm, cm], (g) => {
+  record(y, 'ssdScan', [x, logA, bm, cm], [x, logA, bm, cm, states], (g) => {
     const gx = like(x);
     const gl = like(logA);
     const gb = like(bm);
@@ -904,7 +959,7 @@ export function materializeMixer(logA: Tensor, bm: Tensor, cm: Tensor): Tensor {
   const p = { ...s, headDim: 1, chunkSize: s.seqLen || 1 };
   const out = empty([s.batch, s.heads, s.seqLen, s.seqLen], logA.dtype, logA.backend);
   logA.backend.materializeMixer(logA.buffer, bm.buffer, cm.buffer, out.buffer, p);
-  return record(out, 'materializeMixer', [logA, bm, cm], (g) => {
+  return record(out, 'materializeMixer', [logA, bm, cm], [logA, bm, cm], (g) => {
     const gl = like(logA);
     const gb = like(bm);
     const gc = like(cm);
@@ -953,7 +1008,7 @@ export function crossEntropy(logits: Tensor, targets: Tensor, opts: CrossEntropy
     vocab,
     ignoreIndex,
   );
-  record(losses, 'crossEntropy', [logits], (g) => {
+  record(losses, 'crossEntropy', [logits], [logits, targets, lse], (g) => {
     const gl = like(logits);
     logits.backend.crossEntropyBackward(
       logits.buffer,
@@ -1000,7 +1055,7 @@ export function klDivergence(teacher: Tensor, student: Tensor, opts: KlOptions =
   const rows = student.size / vocab;
   const losses = empty(student.shape.slice(0, -1), student.dtype, student.backend);
   student.backend.klDivergence(teacher.buffer, student.buffer, losses.buffer, rows, vocab, tau);
-  record(losses, 'klDivergence', [student], (g) => {
+  record(losses, 'klDivergence', [student], [teacher, student], (g) => {
     const gs = like(student);
     student.backend.klDivergenceBackward(
       teacher.buffer,
@@ -1025,7 +1080,7 @@ export function dropout(x: Tensor, p: number, seed: number): Tensor {
   if (p === 0) return x;
   const out = like(x);
   x.backend.dropout(x.buffer, out.buffer, p, seed);
-  return record(out, 'dropout', [x], (g) => {
+  return record(out, 'dropout', [x], [], (g) => {
     const gx = like(g);
     g.backend.dropout(g.buffer, gx.buffer, p, seed);
     return [gx];

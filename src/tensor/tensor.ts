@@ -26,6 +26,12 @@ export interface GradNode {
   inputs: Tensor[];
   /** given the gradient of the output, the gradients of the inputs (null where none) */
   backward: (g: Tensor) => (Tensor | null)[];
+  /**
+   * Optional, for single-input nodes that touch part of their input (slices): add the input's
+   * gradient into `into`, a full-size gradient buffer owned by autograd, in place. Several
+   * slices of one tensor then fill one buffer instead of each allocating a full-size gradient.
+   */
+  accumulateInto?: (g: Tensor, into: Tensor) => void;
 }
 
 let nextId = 1;
@@ -81,6 +87,24 @@ function collectTensors(value: unknown, out: Set<Tensor>, depth = 0): void {
  * those it returns (found in arrays, Maps and plain objects), which move to the enclosing scope.
  */
 export function scope<T>(fn: () => T): T {
+  return scopeWith(fn, (t) => t.dispose());
+}
+
+/**
+ * A memory scope for a forward pass that records a graph (one block of a model): of the tensors
+ * created inside and not returned, those a recorded backward reads (see `record`'s `saves`) move
+ * to the enclosing scope, and all others are released at once: their buffers are freed while
+ * their graph nodes stay, so backward still walks through them. Peak memory then holds what
+ * backward needs instead of every intermediate of the forward pass.
+ */
+export function graphScope<T>(fn: () => T): T {
+  return scopeWith(fn, (t) => {
+    if (t.saved) track(t);
+    else t.release();
+  });
+}
+
+function scopeWith<T>(fn: () => T, leave: (t: Tensor) => void): T {
   const mine = new Set<Tensor>();
   scopes.push(mine);
   let result: T;
@@ -97,7 +121,7 @@ export function scope<T>(fn: () => T): T {
   collectTensors(result, kept);
   for (const t of mine) {
     if (kept.has(t)) track(t);
-    else t.dispose();
+    else leave(t);
   }
   return result;
 }
@@ -122,9 +146,12 @@ export class Tensor {
   readonly shape: readonly number[];
   readonly dtype: DType;
   private storage: Storage | null;
+  private readonly home: Backend;
   requiresGrad: boolean;
   grad: Tensor | null = null;
   node: GradNode | null = null;
+  /** a recorded backward reads this tensor's values (set by `record`; see `graphScope`) */
+  saved = false;
   /** the parameter name, for error messages and checkpoints */
   name: string | undefined;
 
@@ -145,6 +172,7 @@ export class Tensor {
     this.shape = Object.freeze([...shape]);
     this.dtype = dtype;
     this.storage = storage ?? new Storage(backend, buffer);
+    this.home = backend;
     this.requiresGrad = false;
     track(this);
   }
@@ -161,8 +189,9 @@ export class Tensor {
     return this.storage === null;
   }
 
+  /** The backend the tensor lives on (known after dispose, for shapes of gradients). */
   get backend(): Backend {
-    return this.live().backend;
+    return this.home;
   }
 
   /** The device buffer, for ops and backends only. */
@@ -188,10 +217,18 @@ export class Tensor {
 
   /** Free the buffer (once the last view is gone). Safe to call twice. */
   dispose(): void {
+    this.release();
+    this.node = null;
+  }
+
+  /**
+   * Free the buffer but keep the graph node: backward walks through this tensor without reading
+   * it (see `graphScope`). Reading it afterwards throws as after dispose.
+   */
+  release(): void {
     const st = this.storage;
     if (!st) return;
     this.storage = null;
-    this.node = null;
     if (--st.refs === 0) st.backend.free(st.buffer);
   }
 
@@ -341,6 +378,22 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
     }
   }
   const grads = new Map<Tensor, Tensor>();
+  // gradients allocated here and shared with nobody: later contributions add into them in place
+  const owned = new Set<Tensor>();
+  const ownedGrad = (inp: Tensor, like: Tensor): Tensor => {
+    const prev = grads.get(inp);
+    if (prev && owned.has(prev)) return prev;
+    const acc = keep(empty(inp.shape, like.dtype, like.backend));
+    if (prev) {
+      acc.backend.copyStrided(prev.buffer, 0, [1], acc.buffer, 0, [1], [acc.size], false);
+      prev.dispose();
+    } else {
+      acc.backend.fill(acc.buffer, 0);
+    }
+    grads.set(inp, acc);
+    owned.add(acc);
+    return acc;
+  };
   noGrad(() => {
     const start = seed ? seed.view(root.shape) : full(root.shape, 1, root.dtype, root.backend);
     grads.set(root, start);
@@ -349,27 +402,31 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
       const g = grads.get(t);
       if (!g) continue;
       grads.delete(t);
-      if (t.node) {
+      owned.delete(g);
+      const node = t.node;
+      if (node?.accumulateInto && node.inputs.length === 1) {
+        if (node.inputs[0].requiresGrad) node.accumulateInto(g, ownedGrad(node.inputs[0], g));
+        if (freeGraph && t !== root) t.dispose();
+      } else if (node) {
         const watermark = nextId;
-        const inGrads = t.node.backward(g);
+        // temporaries of the backward are freed with it; the returned gradients move out
+        const inGrads = scope(() => node.backward(g));
         const fresh = new Set<Tensor>();
-        t.node.inputs.forEach((inp, k) => {
+        node.inputs.forEach((inp, k) => {
           const gi = inGrads[k];
           if (!gi || !inp.requiresGrad) return;
           if (gi.size !== inp.size) {
             throw new Error(
-              `backward of ${t.node!.op}: gradient ${shapeStr(gi.shape)} for input ${shapeStr(inp.shape)}`,
+              `backward of ${node.op}: gradient ${shapeStr(gi.shape)} for input ${shapeStr(inp.shape)}`,
             );
           }
           if (gi.id >= watermark || gi === g) fresh.add(gi);
-          // entries may share buffers (views of one gradient), so they are never written in place
+          // entries may share buffers (views of one gradient): only owned ones are added into
           const prev = grads.get(inp);
           if (prev) {
-            const sum = keep(empty(inp.shape, prev.dtype, prev.backend));
+            const acc = ownedGrad(inp, prev);
             const ones = [1];
-            sum.backend.binary('add', prev.buffer, ones, gi.buffer, ones, sum.buffer, [sum.size]);
-            prev.dispose();
-            grads.set(inp, sum);
+            acc.backend.binary('add', acc.buffer, ones, gi.buffer, ones, acc.buffer, [acc.size]);
           } else {
             grads.set(inp, keep(gi.view(inp.shape)));
           }
@@ -389,11 +446,23 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
   for (const g of grads.values()) g.dispose();
 }
 
-/** Record a node on `out` when any input needs a gradient and recording is on. */
-export function record(out: Tensor, op: string, inputs: Tensor[], backward: GradNode['backward']): Tensor {
+/**
+ * Record a node on `out` when any input needs a gradient and recording is on. `saves` lists
+ * every tensor whose values `backward` reads (inputs, the output, or buffers the op made for
+ * it); `graphScope` keeps those and frees the rest.
+ */
+export function record(
+  out: Tensor,
+  op: string,
+  inputs: Tensor[],
+  saves: Tensor[],
+  backward: GradNode['backward'],
+  accumulateInto?: GradNode['accumulateInto'],
+): Tensor {
   if (gradEnabled && inputs.some((t) => t.requiresGrad)) {
     out.requiresGrad = true;
-    out.node = { op, inputs, backward };
+    out.node = accumulateInto ? { op, inputs, backward, accumulateInto } : { op, inputs, backward };
+    for (const t of saves) t.saved = true;
   }
   return out;
 }
