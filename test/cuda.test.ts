@@ -795,6 +795,7 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       [1, 2, 5, 4],
       [3, 9, 300, 1],
       [1, 1000, 8, 3],
+      [2, 300, 40, 4],
     ]) {
       const x = pair(randn(batch * t * ch));
       const w = pair(randn(ch * k));

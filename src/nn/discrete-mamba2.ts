@@ -155,6 +155,27 @@ export class DiscreteMamba2 extends Module {
     return { xBC, z, a };
   }
 
+  /**
+   * in_proj, then the depthwise conv on x, B and C separately (the same as convolving [x, B, C]
+   * and splitting, since each channel convolves alone): the conv outputs need no further copy.
+   */
+  private projectConvolved(u: Tensor): { x: Tensor; bm: Tensor; cm: Tensor; z: Tensor; a: Tensor } {
+    const [b, t] = u.shape;
+    const { nQkHeads: G, nVHeads: H, dState: N, dConv: K } = this.cfg;
+    const widths = [this.dInner, G * N, G * N];
+    const [xPre, bPre, cPre, z, a] = split(this.in_proj.forward(u), [...widths, this.dInner, H], -1);
+    const w = split(reshape(this.convWeight, [this.convDim, K]), widths, 0);
+    const bias = this.convBias ? split(this.convBias, widths, 0) : [null, null, null];
+    const conv = (v: Tensor, i: number) => this.activate(causalConv1d(v, w[i], bias[i]));
+    return {
+      x: reshape(conv(xPre, 0), [b, t, H, this.headDim]),
+      bm: reshape(conv(bPre, 1), [b, t, G, N]),
+      cm: reshape(conv(cPre, 2), [b, t, G, N]),
+      z,
+      a,
+    };
+  }
+
   private activate(x: Tensor): Tensor {
     return this.cfg.activation === 'silu' ? silu(x) : x;
   }
@@ -211,8 +232,7 @@ export class DiscreteMamba2 extends Module {
         matrix: null,
       };
     }
-    const { xBC, z, a } = this.project(u);
-    const { x, bm, cm } = this.heads(this.conv(xBC));
+    const { x, bm, cm, z, a } = this.projectConvolved(u);
     const logA = this.logA(a);
     const { y } = ssdScan(x, logA, bm, cm, { chunkSize: this.cfg.chunkSize });
     const out = this.output(add(y, mul(x, this.dPerHead())), z);

@@ -205,6 +205,11 @@ export class Tensor {
     return this.storage;
   }
 
+  /** true when no other tensor (view) shares this one's buffer */
+  get exclusive(): boolean {
+    return this.storage !== null && this.storage.refs === 1;
+  }
+
   /** A tensor of another shape over the same buffer (no copy, no graph). */
   view(shape: readonly number[]): Tensor {
     const st = this.live();
@@ -435,10 +440,13 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
         // every consumer of t ran its backward before t (reverse topological order)
         if (freeGraph && t !== root) t.dispose();
       } else if (t.requiresGrad) {
-        if (!t.grad) {
-          t.grad = keep(zeros(t.shape, t.dtype, t.backend));
+        if (!t.grad && g.dtype === t.dtype && g.exclusive) {
+          // the first gradient of a leaf, held by nothing else: it becomes the leaf's .grad
+          t.grad = keep(g.view(t.shape));
+        } else {
+          if (!t.grad) t.grad = keep(zeros(t.shape, t.dtype, t.backend));
+          accumulateInto(t.grad, g);
         }
-        accumulateInto(t.grad, g);
       }
       g.dispose();
     }

@@ -119,6 +119,9 @@ export const KERNEL_SIGNATURES = {
     conv1d_f32: 'pppplii' + 'i',
     conv1d_backward_x_f32: 'ppplii' + 'i',
     conv1d_backward_w_f32: 'pppplii' + 'il',
+    conv1d_k4_f32: 'pppplii' + 'i',
+    conv1d_backward_x_k4_f32: 'ppplii' + 'i',
+    conv1d_backward_w_k4_f32: 'pppplii' + 'il',
     rope_f32: 'pplii' + 'iidiii',
   },
   attention: {
@@ -174,6 +177,9 @@ const THREADS = 256;
 const ATTN_ROWS = 64;
 const MAX_HEAD_DIM = 256;
 const MAX_CONV_K = 16;
+/** time steps each conv thread walks (CONV_RUN in sequence.cu) */
+const CONV_RUN = 32;
+const convRuns = (t: number): number => Math.ceil(t / CONV_RUN);
 
 function threadsPerRow(headDim: number): number {
   return headDim <= 32 ? 1 : headDim <= 64 ? 2 : headDim <= 128 ? 4 : 8;
@@ -976,7 +982,9 @@ export class CudaBackend implements Backend {
     channels: number,
     kernel: number,
   ): void {
-    this.run1('sequence', 'conv1d_f32', batch * t * channels, [
+    if (kernel > MAX_CONV_K)
+      throw new Error(`cuda backend: conv1d kernel size ${kernel} (at most ${MAX_CONV_K})`);
+    this.run1('sequence', kernel === 4 ? 'conv1d_k4_f32' : 'conv1d_f32', batch * convRuns(t) * channels, [
       this.f(x, 'conv1d input'),
       this.f(weight, 'conv1d weight'),
       bias ? this.f(bias, 'conv1d bias') : 0,
@@ -1007,15 +1015,12 @@ export class CudaBackend implements Backend {
     const gyp = this.f(gy, 'conv1d gradient');
     const gw = this.f(gWeight, 'conv1d weight gradient');
     const gb = gBias ? this.f(gBias, 'conv1d bias gradient') : 0;
-    this.run1('sequence', 'conv1d_backward_x_f32', batch * t * channels, [
-      wp,
-      gyp,
-      this.f(gx, 'conv1d input gradient'),
-      batch,
-      t,
-      channels,
-      kernel,
-    ]);
+    this.run1(
+      'sequence',
+      kernel === 4 ? 'conv1d_backward_x_k4_f32' : 'conv1d_backward_x_f32',
+      batch * convRuns(t) * channels,
+      [wp, gyp, this.f(gx, 'conv1d input gradient'), batch, t, channels, kernel],
+    );
     if (channels * kernel === 0) return;
     const rows = batch * t;
     if (rows === 0) {
@@ -1028,7 +1033,7 @@ export class CudaBackend implements Backend {
     const nb = Math.ceil(rows / perBlock);
     const pw = this.scratch(nb * channels * kernel);
     const pb = gBias ? this.scratch(nb * channels) : null;
-    this.k('sequence', 'conv1d_backward_w_f32').launch(
+    this.k('sequence', kernel === 4 ? 'conv1d_backward_w_k4_f32' : 'conv1d_backward_w_f32').launch(
       [nb, 1, 1],
       Math.min(THREADS, roundUp(channels, 32)),
       0,

@@ -4,72 +4,159 @@
 
 #define MAX_CONV_K 16
 
+// The three conv kernels walk runs of CONV_RUN time steps per (batch, channel) with the last K
+// inputs in registers, so each value is read from memory once; neighbouring threads take
+// neighbouring channels (coalesced). Each comes as a template over the kernel size: KC = 4 (the
+// Mamba default) is fully unrolled in registers, KC = MAX_CONV_K takes any k <= 16 at run time.
+#define CONV_RUN 32
+
 /** x, out (B, T, C), weight (C, K), bias (C) | null: out[t] = bias + sum_j w[j] x[t - (K-1) + j] */
-extern "C" __global__ void conv1d_f32(const float* x, const float* w, const float* bias, float* out, i64 batch,
-                                      int t, int c, int k) {
-  const i64 n = batch * t * c;
+template <int KC>
+__device__ void conv1d_fwd(const float* x, const float* w, const float* bias, float* out, i64 batch, int t, int c,
+                           int kRun) {
+  const int k = KC == MAX_CONV_K ? kRun : KC;
+  const int runs = (t + CONV_RUN - 1) / CONV_RUN;
+  const i64 n = batch * runs * c;
   FOR_EACH(i, n) {
     const int ch = (int)(i % c);
-    const i64 bt = i / c;
-    const int s = (int)(bt % t);
-    const i64 rowBase = (bt - s) * c + ch;  // (b, 0, ch)
-    float acc = bias ? bias[ch] : 0.f;
-    for (int j = 0; j < k; j++) {
-      const int src = s - (k - 1) + j;
-      if (src >= 0) acc += w[ch * k + j] * x[rowBase + (i64)src * c];
+    const i64 br = i / c;
+    const int s0 = (int)(br % runs) * CONV_RUN;
+    const i64 base = (br / runs) * t * c + ch;  // (b, 0, ch)
+    float wr[KC], win[KC];
+#pragma unroll
+    for (int j = 0; j < KC; j++) {
+      wr[j] = j < k ? w[ch * k + j] : 0.f;
+      const int src = s0 - (k - 1) + j;
+      win[j] = j < k - 1 && src >= 0 ? x[base + (i64)src * c] : 0.f;
     }
-    out[i] = acc;
+    const float b0 = bias ? bias[ch] : 0.f;
+    const int s1 = s0 + CONV_RUN < t ? s0 + CONV_RUN : t;
+    for (int s = s0; s < s1; s++) {
+      const float xs = x[base + (i64)s * c];
+      float acc = b0;
+#pragma unroll
+      for (int j = 0; j < KC; j++) {
+        if (j == k - 1) win[j] = xs;
+        if (j < k) acc += wr[j] * win[j];
+      }
+      out[base + (i64)s * c] = acc;
+#pragma unroll
+      for (int j = 0; j + 1 < KC; j++)
+        if (j < k - 1) win[j] = win[j + 1];
+    }
   }
 }
 
 /** gx (B, T, C): gx[s] = sum_j gy[s + (K-1) - j] w[j] over the outputs that read x[s] */
-extern "C" __global__ void conv1d_backward_x_f32(const float* w, const float* gy, float* gx, i64 batch, int t,
-                                                 int c, int k) {
-  const i64 n = batch * t * c;
+template <int KC>
+__device__ void conv1d_bwd_x(const float* w, const float* gy, float* gx, i64 batch, int t, int c, int kRun) {
+  const int k = KC == MAX_CONV_K ? kRun : KC;
+  const int runs = (t + CONV_RUN - 1) / CONV_RUN;
+  const i64 n = batch * runs * c;
   FOR_EACH(i, n) {
     const int ch = (int)(i % c);
-    const i64 bt = i / c;
-    const int s = (int)(bt % t);
-    const i64 rowBase = (bt - s) * c + ch;
-    float acc = 0.f;
-    for (int j = 0; j < k; j++) {
-      const int dst = s + (k - 1) - j;
-      if (dst < t) acc += gy[rowBase + (i64)dst * c] * w[ch * k + j];
+    const i64 br = i / c;
+    const int s0 = (int)(br % runs) * CONV_RUN;
+    const i64 base = (br / runs) * t * c + ch;
+    // ahead[j] = gy[s + j]; output s + j reads x[s] through weight k - 1 - j, kept as wrev[j]
+    float wrev[KC], ahead[KC];
+#pragma unroll
+    for (int j = 0; j < KC; j++) {
+      wrev[j] = j < k ? w[ch * k + (k - 1 - j)] : 0.f;
+      const int dst = s0 + j;
+      ahead[j] = j < k - 1 && dst < t ? gy[base + (i64)dst * c] : 0.f;
     }
-    gx[i] = acc;
+    const int s1 = s0 + CONV_RUN < t ? s0 + CONV_RUN : t;
+    for (int s = s0; s < s1; s++) {
+      const int far = s + k - 1;
+      const float g = far < t ? gy[base + (i64)far * c] : 0.f;
+      float acc = 0.f;
+#pragma unroll
+      for (int j = 0; j < KC; j++) {
+        if (j == k - 1) ahead[j] = g;
+        if (j < k) acc += ahead[j] * wrev[j];
+      }
+      gx[base + (i64)s * c] = acc;
+#pragma unroll
+      for (int j = 0; j + 1 < KC; j++)
+        if (j < k - 1) ahead[j] = ahead[j + 1];
+    }
   }
 }
 
 /**
  * Partial weight and bias gradients: block b of the grid takes the (batch * T) rows
  * [b * rowsPerBlock, ...) and writes pw (gridDim.x, C, K) and pb (gridDim.x, C) | null;
- * the host sums them over blocks. Threads loop over channels. K <= MAX_CONV_K.
+ * the host sums them over blocks. Threads loop over channels.
  */
-extern "C" __global__ void conv1d_backward_w_f32(const float* x, const float* gy, float* pw, float* pb, i64 batch,
-                                                 int t, int c, int k, i64 rowsPerBlock) {
+template <int KC>
+__device__ void conv1d_bwd_w(const float* x, const float* gy, float* pw, float* pb, i64 batch, int t, int c,
+                             int kRun, i64 rowsPerBlock) {
+  const int k = KC == MAX_CONV_K ? kRun : KC;
   const i64 rows = batch * t;
   const i64 r0 = (i64)blockIdx.x * rowsPerBlock;
   const i64 r1 = r0 + rowsPerBlock < rows ? r0 + rowsPerBlock : rows;
+  const int sStart = (int)(r0 % t);
   for (int ch = threadIdx.x; ch < c; ch += blockDim.x) {
-    float accW[MAX_CONV_K];
+    float accW[KC], win[KC];
 #pragma unroll
-    for (int j = 0; j < MAX_CONV_K; j++) accW[j] = 0.f;
+    for (int j = 0; j < KC; j++) {
+      accW[j] = 0.f;
+      // the inputs before the first row, within its sequence
+      const int back = (k - 1) - j;
+      win[j] = j < k - 1 && sStart - back >= 0 ? x[(r0 - back) * c + ch] : 0.f;
+    }
     float accB = 0.f;
-    for (i64 r = r0; r < r1; r++) {
-      const int s = (int)(r % t);
+    int s = sStart;
+    for (i64 r = r0; r < r1; r++, s++) {
+      if (s == t) {  // a new sequence: nothing before it
+        s = 0;
+#pragma unroll
+        for (int j = 0; j < KC; j++) win[j] = 0.f;
+      }
       const float g = gy[r * c + ch];
+      const float xr = x[r * c + ch];
       accB += g;
 #pragma unroll
-      for (int j = 0; j < MAX_CONV_K; j++) {
-        const int src = s - (k - 1) + j;
-        if (j < k && src >= 0) accW[j] += g * x[(r - s + src) * c + ch];
+      for (int j = 0; j < KC; j++) {
+        if (j == k - 1) win[j] = xr;
+        if (j < k) accW[j] += g * win[j];
       }
+#pragma unroll
+      for (int j = 0; j + 1 < KC; j++)
+        if (j < k - 1) win[j] = win[j + 1];
     }
 #pragma unroll
-    for (int j = 0; j < MAX_CONV_K; j++)
+    for (int j = 0; j < KC; j++)
       if (j < k) pw[((i64)blockIdx.x * c + ch) * k + j] = accW[j];
     if (pb) pb[(i64)blockIdx.x * c + ch] = accB;
   }
+}
+
+// any kernel size up to MAX_CONV_K, and the unrolled kernel size 4
+extern "C" __global__ void conv1d_f32(const float* x, const float* w, const float* bias, float* out, i64 batch,
+                                      int t, int c, int k) {
+  conv1d_fwd<MAX_CONV_K>(x, w, bias, out, batch, t, c, k);
+}
+extern "C" __global__ void conv1d_backward_x_f32(const float* w, const float* gy, float* gx, i64 batch, int t,
+                                                 int c, int k) {
+  conv1d_bwd_x<MAX_CONV_K>(w, gy, gx, batch, t, c, k);
+}
+extern "C" __global__ void conv1d_backward_w_f32(const float* x, const float* gy, float* pw, float* pb, i64 batch,
+                                                 int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_w<MAX_CONV_K>(x, gy, pw, pb, batch, t, c, k, rowsPerBlock);
+}
+extern "C" __global__ void conv1d_k4_f32(const float* x, const float* w, const float* bias, float* out, i64 batch,
+                                      int t, int c, int k) {
+  conv1d_fwd<4>(x, w, bias, out, batch, t, c, k);
+}
+extern "C" __global__ void conv1d_backward_x_k4_f32(const float* w, const float* gy, float* gx, i64 batch, int t,
+                                                 int c, int k) {
+  conv1d_bwd_x<4>(w, gy, gx, batch, t, c, k);
+}
+extern "C" __global__ void conv1d_backward_w_k4_f32(const float* x, const float* gy, float* pw, float* pb, i64 batch,
+                                                 int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_w<4>(x, gy, pw, pb, batch, t, c, k, rowsPerBlock);
 }
 
 /**
