@@ -650,6 +650,50 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     }
   });
 
+  it('matmul with a bias: the cuBLASLt epilogue (one product) and the broadcast kernel (batches)', (t) => {
+    for (const c of [
+      { batch: 1, m: 96, n: 80, k: 257, typ: 'bf16' },
+      { batch: 1, m: 33, n: 17, k: 40, typ: 'f32' },
+      { batch: 3, m: 5, n: 33, k: 64, typ: 'bf16' },
+    ] as const) {
+      for (const transB of [false, true]) {
+        const n16 = (n: number) => Uint16Array.from(randn(n), f32ToBf16);
+        const [na, nb] = [c.batch * c.m * c.k, c.k * c.n];
+        const ah = c.typ === 'bf16' ? n16(na) : Float32Array.from(randn(na));
+        const bh = c.typ === 'bf16' ? n16(nb) : Float32Array.from(randn(nb));
+        const ag = hold(gpu, gpu.alloc(c.typ, na));
+        const bg = hold(gpu, gpu.alloc(c.typ, nb));
+        gpu.write(ag, ah);
+        gpu.write(bg, bh);
+        const widen = (h: Uint16Array | Float32Array) =>
+          h instanceof Uint16Array ? Float32Array.from(h, bf16ToF32) : h;
+        const ac = hold(cpu, cpu.alloc('f32', na));
+        const bc = hold(cpu, cpu.alloc('f32', nb));
+        cpu.write(ac, widen(ah));
+        cpu.write(bc, widen(bh));
+        const bias = pair(randn(c.n));
+        const o = pair(randn(c.batch * c.m * c.n));
+        const p = {
+          batch: c.batch,
+          m: c.m,
+          n: c.n,
+          k: c.k,
+          transA: false,
+          transB,
+          strideA: c.m * c.k,
+          strideB: 0,
+          strideC: c.m * c.n,
+          alpha: 0.75,
+          beta: c.typ === 'f32' ? 0.5 : 0,
+        };
+        cpu.matmul(ac, bc, o.c, p, bias.c);
+        const { kernels } = gpu.profile(() => gpu.matmul(ag, bg, o.g, p, bias.g));
+        t.diagnostic(`bias ${JSON.stringify(c)} transB ${transB}: ${kernels.map((x) => x.name).join(', ')}`);
+        check(o, 2e-6 * Math.sqrt(c.k), `matmul + bias ${JSON.stringify(p)}`, 1e-6);
+      }
+    }
+  });
+
   // ---- rows -----------------------------------------------------------------------------------
 
   it('softmax and log-softmax with their backward passes', () => {

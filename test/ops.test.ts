@@ -183,6 +183,35 @@ describe('matmul', () => {
   });
 });
 
+describe('linear', () => {
+  it('x W^T + b with the bias in the product: values and gradients of x, W and b', () => {
+    const x = randn(rng, [2, 3, 4]);
+    const w = randn(rng, [5, 4]);
+    const b = randn(rng, [5]);
+    const out = T.linear(x, w, b);
+    const xv = arr(x);
+    const wv = arr(w);
+    const bv = arr(b);
+    const expected: number[] = [];
+    for (let r = 0; r < 6; r++)
+      for (let o = 0; o < 5; o++) {
+        let acc = bv[o];
+        for (let i = 0; i < 4; i++) acc += xv[r * 4 + i] * wv[o * 4 + i];
+        expected.push(acc);
+      }
+    assert.deepEqual(out.shape, [2, 3, 5]);
+    assertClose(arr(out), expected, 1e-12, 'linear');
+    gradcheck((p, q, c) => T.linear(p, q, c), [x, w, b]);
+    assertClose(arr(T.linear(x, w, null)), arr(T.matmul(x, w, { transB: true })), 0, 'no bias');
+  });
+  it('names a bias of the wrong length', () => {
+    assert.throws(
+      () => T.linear(randn(rng, [3, 4]), randn(rng, [5, 4]), randn(rng, [4])),
+      /linear: bias has shape \[4\], expected \[5\]/,
+    );
+  });
+});
+
 describe('reductions', () => {
   it('sum over axes, keepdim or not', () => {
     const x = randn(rng, [2, 3, 4]);

@@ -208,7 +208,17 @@ export interface Backend {
   dropout(x: DeviceBuffer, out: DeviceBuffer, p: number, seed: number): void;
 
   // ---- linear algebra -----------------------------------------------------------------------
-  matmul(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, p: MatmulParams): void;
+  /**
+   * C = alpha op(A) op(B) + beta C, plus `bias` (n, C's dtype) added to every row of every batch
+   * entry when given (a linear layer's bias, fused where the backend can).
+   */
+  matmul(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    p: MatmulParams,
+    bias?: DeviceBuffer | null,
+  ): void;
 
   // ---- rows ---------------------------------------------------------------------------------
   /** x is (rows, cols); softmax or log-softmax over cols */

@@ -1,6 +1,6 @@
 // Basic layers with PyTorch's parameter layouts and names (weight (out, in) for Linear).
 
-import { add, embedding, full, layerNorm, matmul, rmsNorm, tensor, type Tensor } from '../tensor/index.js';
+import { embedding, full, layerNorm, linear, rmsNorm, tensor, type Tensor } from '../tensor/index.js';
 import type { DType } from '../backends/backend.js';
 import { Random } from '../util/random.js';
 import { Module } from './module.js';
@@ -39,8 +39,7 @@ export class Linear extends Module {
 
   /** x (..., in) -> (..., out) */
   forward(x: Tensor): Tensor {
-    const y = matmul(x, this.weight, { transB: true });
-    return this.bias ? add(y, this.bias) : y;
+    return linear(x, this.weight, this.bias);
   }
 }
 

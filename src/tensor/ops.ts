@@ -416,6 +416,23 @@ export interface MatmulOptions {
  * on one (broadcast). a is (..., m, k) or (..., k, m) when transA; b is (..., k, n) or (..., n, k).
  */
 export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
+  return product(a, b, opts, null);
+}
+
+/**
+ * A linear layer: x (..., in) @ weight (out, in)^T + bias (out), the bias added by the product
+ * itself where the backend can (a GEMM epilogue) instead of by a separate pass.
+ */
+export function linear(x: Tensor, weight: Tensor, bias: Tensor | null): Tensor {
+  if (weight.ndim !== 2) fail('linear', `weight must be (out, in), got ${shapeStr(weight.shape)}`);
+  if (bias) {
+    checkFloat('linear', bias);
+    checkVector('linear', bias, weight.shape[0], 'bias');
+  }
+  return product(x, weight, { transB: true }, bias);
+}
+
+function product(a: Tensor, b: Tensor, opts: MatmulOptions, bias: Tensor | null): Tensor {
   // mixed precision: f32 operands become bf16 (through the graph), the product accumulates in f32
   const lowA = a.dtype === 'bf16' || a.dtype === 'f16';
   const lowB = b.dtype === 'bf16' || b.dtype === 'f16';
@@ -425,18 +442,20 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     (a.dtype === 'f32' || lowA) &&
     (b.dtype === 'f32' || lowB)
   ) {
-    return matmul16(
+    return matmulImpl(
       a.dtype === 'f32' ? autocastOperand(a, autocastDtype) : a,
       b.dtype === 'f32' ? autocastOperand(b, autocastDtype) : b,
       opts,
+      'f32',
+      bias,
     );
   }
   if (lowA || lowB) {
     if (a.dtype !== b.dtype)
       fail('matmul', `dtypes ${a.dtype} and ${b.dtype} differ (16-bit operands need autocast)`);
-    return matmul16(a, b, opts);
+    return matmulImpl(a, b, opts, 'f32', bias);
   }
-  return matmulImpl(a, b, opts, a.dtype);
+  return matmulImpl(a, b, opts, a.dtype, bias);
 }
 
 let autocastDtype: 'bf16' | 'f16' | null = null;
@@ -472,11 +491,14 @@ export function setAutocast(dtype: 'bf16' | 'f16' | null): void {
   autocastDtype = dtype;
 }
 
-function matmul16(a: Tensor, b: Tensor, opts: MatmulOptions): Tensor {
-  return matmulImpl(a, b, opts, 'f32');
-}
-
-function matmulImpl(a: Tensor, b: Tensor, opts: MatmulOptions, outDtype: DType): Tensor {
+/** The product; a 16-bit product has an f32 result. `bias` (n) needs b without batch axes. */
+function matmulImpl(
+  a: Tensor,
+  b: Tensor,
+  opts: MatmulOptions,
+  outDtype: DType,
+  bias: Tensor | null = null,
+): Tensor {
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
   sameBackend('matmul', a, b);
@@ -522,22 +544,34 @@ function matmulImpl(a: Tensor, b: Tensor, opts: MatmulOptions, outDtype: DType):
     batchShape = aBatch;
     batch = sizeOf(aBatch);
   }
+  if (bias) {
+    sameBackend('linear', a, bias);
+    if (bias.dtype !== outDtype) fail('linear', `bias is ${bias.dtype}, the product ${outDtype}`);
+    if (bBatch.length !== 0) fail('linear', `weight ${shapeStr(b.shape)} has batch axes`);
+  }
   const outShape = [...batchShape, m, n];
   const out = empty(outShape, outDtype, a.backend);
-  a.backend.matmul(a.buffer, b.buffer, out.buffer, {
-    batch,
-    m: mm,
-    n,
-    k,
-    transA,
-    transB,
-    strideA,
-    strideB,
-    strideC: mm * n,
-    alpha: 1,
-    beta: 0,
-  });
-  return record(out, 'matmul', [a, b], crossSaves(a, b), (g) => {
+  a.backend.matmul(
+    a.buffer,
+    b.buffer,
+    out.buffer,
+    {
+      batch,
+      m: mm,
+      n,
+      k,
+      transA,
+      transB,
+      strideA,
+      strideB,
+      strideC: mm * n,
+      alpha: 1,
+      beta: 0,
+    },
+    bias?.buffer ?? null,
+  );
+  const inputs = bias ? [a, b, bias] : [a, b];
+  return record(out, bias ? 'linear' : 'matmul', inputs, crossSaves(a, b), (g) => {
     // C = op(A) op(B): dA from g op(B)^T, dB from op(A)^T g, then summed over broadcast batches.
     // With 16-bit operands the f32 gradient is rounded once for both products.
     const g16 = a.dtype !== g.dtype && (a.dtype === 'bf16' || a.dtype === 'f16') ? cast(g, a.dtype) : g;
@@ -558,7 +592,8 @@ function matmulImpl(a: Tensor, b: Tensor, opts: MatmulOptions, outDtype: DType):
         : matmul(aa, gg, { transA: !transA });
       gb = sumToShape(full, b.shape);
     }
-    return [ga, gb];
+    // the bias's gradient sums the f32 gradient over every row
+    return bias ? [ga, gb, bias.requiresGrad ? sumToShape(g, bias.shape) : null] : [ga, gb];
   });
 }
 

@@ -417,7 +417,13 @@ export class CpuBackend implements Backend {
 
   // ---- linear algebra -----------------------------------------------------------------------
 
-  matmul(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, p: MatmulParams): void {
+  matmul(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    p: MatmulParams,
+    bias?: DeviceBuffer | null,
+  ): void {
     // 16-bit operands (mixed precision) are widened to f32; the product is f32
     const widen = (x: DeviceBuffer, what: string): FloatArray => {
       const xb = x as CpuBuffer;
@@ -455,6 +461,16 @@ export class CpuBackend implements Backend {
         i * p.strideC,
         p.n,
       );
+    }
+    if (bias) {
+      const bv = fl(bias, 'matmul bias');
+      if (bv.constructor !== C.constructor || bv.length !== p.n)
+        throw new Error(`cpu backend: matmul bias must be ${p.n} values of C's dtype`);
+      for (let i = 0; i < p.batch; i++)
+        for (let r = 0; r < p.m; r++) {
+          const o = i * p.strideC + r * p.n;
+          for (let j = 0; j < p.n; j++) C[o + j] += bv[j];
+        }
     }
   }
 

@@ -1,8 +1,9 @@
 // Matrix products through cuBLAS (libcublas.so.13, which brings cuBLASLt): strided batched
 // GEMMs on row-major data, f32 (exact f32 by default, TF32 when asked) and bf16/f16 operands
-// with f32 accumulation on the tensor cores.
+// with f32 accumulation on the tensor cores. Products with a bias go through cuBLASLt
+// (libcublasLt.so.13) and its BIAS epilogue, when it is there and has an algorithm for them.
 
-import koffi from 'koffi';
+import koffi, { type LibraryHandle } from 'koffi';
 import { CudaError, type Driver } from './driver.js';
 import { loadCudaLibrary } from './nvrtc.js';
 
@@ -19,10 +20,39 @@ const CUBLAS_COMPUTE_32F_FAST_TF32 = 77;
 const CUBLAS_OP_N = 0;
 const CUBLAS_OP_T = 1;
 const CUBLAS_GEMM_DEFAULT = -1;
+// cublasStatus_t
+const CUBLAS_STATUS_NOT_SUPPORTED = 15;
+
+// cuBLASLt, values from cublasLt.h (CUDA 12.6 header text; same numbers in CUDA 13):
+// cublasLtMatmulDescAttributes_t
+const LT_DESC_TRANSA = 3; // int32_t cublasOperation_t, default CUBLAS_OP_N
+const LT_DESC_TRANSB = 4; // int32_t cublasOperation_t, default CUBLAS_OP_N
+const LT_DESC_EPILOGUE = 7; // uint32_t cublasLtEpilogue_t, default CUBLASLT_EPILOGUE_DEFAULT (1)
+const LT_DESC_BIAS_POINTER = 8; // const void * (device), length = rows of D
+const LT_DESC_BIAS_DATA_TYPE = 26; // int32_t cudaDataType, default -1 (the type of D)
+// cublasLtEpilogue_t
+const LT_EPILOGUE_BIAS = 4; // bias vector broadcast to every column of D
+// cublasLtMatmulPreferenceAttributes_t
+const LT_PREF_MAX_WORKSPACE_BYTES = 1; // uint64_t, default 0
+const LT_PREF_MIN_ALIGNMENT_A_BYTES = 5; // uint32_t, default 256; B, C, D follow as 6, 7, 8
+// Layouts keep their default order, CUBLASLT_ORDER_COL (0): column-major, ld = column stride.
+// cublasLtMatmulHeuristicResult_t = { cublasLtMatmulAlgo_t algo (uint64_t data[8]) @0;
+// size_t workspaceSize @64; cublasStatus_t state @72; float wavesCount @76; int reserved[4] @80 }
+// = 96 bytes; the block is larger in case a later library writes a longer struct.
+const LT_RESULT_BYTES = 256;
+const LT_RESULT_WORKSPACE = 64;
+const LT_RESULT_STATE = 72;
 
 export type GemmDType = 'f32' | 'bf16' | 'f16';
 
 const DATA_TYPE: Record<GemmDType, number> = { f32: CUDA_R_32F, bf16: CUDA_R_16BF, f16: CUDA_R_16F };
+
+/** The largest power of two up to 256 that divides a device address (cuBLASLt's alignment preferences). */
+function alignment(ptr: number): number {
+  let a = 1;
+  while (a < 256 && ptr % (a * 2) === 0) a *= 2;
+  return a;
+}
 
 /** One row-major product C = alpha op(A) op(B) + beta C, batched with element strides. */
 export interface Gemm {
@@ -56,6 +86,8 @@ export class Cublas {
   private readonly alphaPtr: number;
   /** allow TF32 tensor cores for f32 products (about 1e-3 relative error instead of 1e-6) */
   tf32 = false;
+  /** cuBLASLt for products with a bias epilogue, null where it did not load */
+  private readonly lt: CublasLt | null;
 
   constructor(driver: Driver, workspace: number, workspaceBytes: number) {
     const { lib, path } = loadCudaLibrary(['libcublas.so.13', 'libcublas.so.12', 'libcublas.so'], 'cuBLAS');
@@ -81,6 +113,12 @@ export class Cublas {
     this.scalars = koffi.alloc('float', 2);
     this.scalarView = new Float32Array(koffi.view(this.scalars, 8));
     this.alphaPtr = Number(koffi.address(this.scalars));
+    this.lt = CublasLt.open(driver.stream, workspace, workspaceBytes, this.statusName);
+  }
+
+  /** where cuBLASLt was loaded from, null when it is not available (gemmBias then returns false) */
+  get ltPath(): string | null {
+    return this.lt?.path ?? null;
   }
 
   private check(call: string, status: number): void {
@@ -130,5 +168,276 @@ export class Cublas {
           `transA ${g.transA}, transB ${g.transB}) failed: ${this.statusName(status)} (cublasStatus ${status})`,
       );
     }
+  }
+
+  /**
+   * Row-major C (m, n) = alpha op(A) op(B) + beta C + bias, bias (n) added to every row, through
+   * cuBLASLt's BIAS epilogue (g.batch must be 1). The bias holds `biasType` values: by default
+   * the type of C (f32 for an f32 C, as cuBLASLt defaults to); 'f32' with a bf16/f16 C asks for
+   * an f32 bias, which cuBLASLt may not offer. Returns false (and does nothing) when cuBLASLt is
+   * not loaded or offers no algorithm for this case, so the caller can fall back to gemm + a bias
+   * kernel.
+   */
+  gemmBias(g: Gemm, bias: number, biasType: GemmDType = g.typeC): boolean {
+    if (!this.lt || g.batch !== 1 || g.m === 0 || g.n === 0 || g.k === 0) return false;
+    if (g.typeC !== g.typeAB && g.typeC !== 'f32') return false;
+    if (biasType !== g.typeC && biasType !== 'f32') return false;
+    this.scalarView[0] = g.alpha;
+    this.scalarView[1] = g.beta;
+    return this.lt.matmul(g, bias, biasType, this.tf32, this.alphaPtr);
+  }
+}
+
+/** A cached cuBLASLt product: descriptor, layouts and the heuristic's algorithm. */
+interface LtPlan {
+  desc: number;
+  /** A' = our B, B' = our A, and C = D (one layout for both) */
+  layoutA: number;
+  layoutB: number;
+  layoutC: number;
+  /** the heuristic result, its algo first (kept alive: cublasLtMatmul reads it on every call) */
+  result: unknown;
+  algo: number;
+  /** whether cublasLtMatmul has accepted this plan once */
+  ran: boolean;
+}
+
+/**
+ * cuBLASLt (libcublasLt.so.13) for single products with a bias epilogue, on cuBLAS's stream and
+ * workspace. Plans are cached per types, transposes, shape, compute type and pointer alignments;
+ * cases without an algorithm are cached as false.
+ */
+class CublasLt {
+  private readonly handle: number;
+  private readonly pref: number;
+  private readonly fn: Record<
+    | 'descCreate'
+    | 'descDestroy'
+    | 'descSet'
+    | 'layoutCreate'
+    | 'layoutDestroy'
+    | 'prefSet'
+    | 'heuristic'
+    | 'matmul',
+    Fn
+  >;
+  /** 8 bytes of host memory at a stable address for attribute values */
+  private readonly scratch: unknown;
+  private readonly scratchView: DataView;
+  private readonly scratchPtr: number;
+  private readonly plans = new Map<string, LtPlan | false>();
+
+  private constructor(
+    readonly path: string,
+    lib: LibraryHandle,
+    private readonly stream: number,
+    private readonly workspace: number,
+    private readonly workspaceBytes: number,
+    private readonly statusName: (s: number) => string,
+  ) {
+    const f = (decl: string): Fn => lib.func(decl) as Fn;
+    // handles and descriptors are opaque pointers, passed as uint64_t like device pointers
+    const create = f('int cublasLtCreate(_Out_ uint64_t *handle)');
+    const prefCreate = f('int cublasLtMatmulPreferenceCreate(_Out_ uint64_t *pref)');
+    this.fn = {
+      descCreate: f('int cublasLtMatmulDescCreate(_Out_ uint64_t *desc, int computeType, int scaleType)'),
+      descDestroy: f('int cublasLtMatmulDescDestroy(uint64_t desc)'),
+      descSet: f('int cublasLtMatmulDescSetAttribute(uint64_t desc, int attr, uint64_t buf, size_t bytes)'),
+      layoutCreate: f(
+        'int cublasLtMatrixLayoutCreate(_Out_ uint64_t *layout, int type, uint64_t rows, uint64_t cols, int64_t ld)',
+      ),
+      layoutDestroy: f('int cublasLtMatrixLayoutDestroy(uint64_t layout)'),
+      prefSet: f(
+        'int cublasLtMatmulPreferenceSetAttribute(uint64_t pref, int attr, uint64_t buf, size_t bytes)',
+      ),
+      heuristic: f(
+        'int cublasLtMatmulAlgoGetHeuristic(uint64_t handle, uint64_t desc, uint64_t Adesc, uint64_t Bdesc, ' +
+          'uint64_t Cdesc, uint64_t Ddesc, uint64_t pref, int requestedAlgoCount, uint64_t results, ' +
+          '_Out_ int *returnAlgoCount)',
+      ),
+      matmul: f(
+        'int cublasLtMatmul(uint64_t handle, uint64_t desc, uint64_t alpha, uint64_t A, uint64_t Adesc, ' +
+          'uint64_t B, uint64_t Bdesc, uint64_t beta, uint64_t C, uint64_t Cdesc, uint64_t D, uint64_t Ddesc, ' +
+          'uint64_t algo, uint64_t workspace, size_t workspaceBytes, uint64_t stream)',
+      ),
+    };
+    this.scratch = koffi.alloc('uint64_t', 1);
+    this.scratchView = new DataView(koffi.view(this.scratch, 8));
+    this.scratchPtr = Number(koffi.address(this.scratch));
+    const out = [0];
+    this.check('cublasLtCreate', create(out));
+    this.handle = Number(out[0]);
+    this.check('cublasLtMatmulPreferenceCreate', prefCreate(out));
+    this.pref = Number(out[0]);
+    this.scratchView.setBigUint64(0, BigInt(workspace ? workspaceBytes : 0), true);
+    this.check(
+      'cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)',
+      this.fn.prefSet(this.pref, LT_PREF_MAX_WORKSPACE_BYTES, this.scratchPtr, 8),
+    );
+  }
+
+  /** cuBLASLt on `stream`, or null when the library is missing or does not start */
+  static open(
+    stream: number,
+    workspace: number,
+    workspaceBytes: number,
+    statusName: (s: number) => string,
+  ): CublasLt | null {
+    try {
+      const { lib, path } = loadCudaLibrary(
+        ['libcublasLt.so.13', 'libcublasLt.so.12', 'libcublasLt.so'],
+        'cuBLASLt',
+      );
+      return new CublasLt(path, lib, stream, workspace, workspaceBytes, statusName);
+    } catch {
+      return null; // products with a bias fall back to gemm + a bias kernel
+    }
+  }
+
+  private check(call: string, status: number): void {
+    if (status !== 0)
+      throw new CudaError(`cuda: ${call} failed: ${this.statusName(status)} (cublasStatus ${status})`);
+  }
+
+  private setDesc(desc: number, attr: number, value: number, bytes: 4 | 8): void {
+    if (bytes === 4) this.scratchView.setInt32(0, value, true);
+    else this.scratchView.setBigUint64(0, BigInt(value), true);
+    this.check(
+      `cublasLtMatmulDescSetAttribute(${attr})`,
+      this.fn.descSet(desc, attr, this.scratchPtr, bytes),
+    );
+  }
+
+  private setPref(attr: number, value: number): void {
+    this.scratchView.setUint32(0, value, true);
+    this.check(
+      `cublasLtMatmulPreferenceSetAttribute(${attr})`,
+      this.fn.prefSet(this.pref, attr, this.scratchPtr, 4),
+    );
+  }
+
+  private layout(type: GemmDType, rows: number, cols: number, ld: number): number {
+    const out = [0];
+    this.check('cublasLtMatrixLayoutCreate', this.fn.layoutCreate(out, DATA_TYPE[type], rows, cols, ld));
+    return Number(out[0]);
+  }
+
+  private destroy(plan: LtPlan): void {
+    this.fn.descDestroy(plan.desc);
+    for (const l of [plan.layoutA, plan.layoutB, plan.layoutC]) this.fn.layoutDestroy(l);
+  }
+
+  /**
+   * The row-major product as cuBLASLt's column-major one, as in Cublas.gemm: D' (n x m, ld n) =
+   * op(A') op(B') with m' = n, n' = m, A' = B (transB), B' = A (transA). The epilogue adds a bias of
+   * length m' = n to every column of D', that is to every row of our C.
+   */
+  private plan(g: Gemm, bias: number, biasType: GemmDType, compute: number): LtPlan | false {
+    const { m, n, k } = g;
+    const out = [0];
+    this.check('cublasLtMatmulDescCreate', this.fn.descCreate(out, compute, CUDA_R_32F));
+    const plan: LtPlan = {
+      desc: Number(out[0]),
+      // A' stored as our B: (k, n) row-major = n x k column-major, or (n, k) = k x n when transposed
+      layoutA: g.transB ? this.layout(g.typeAB, k, n, k) : this.layout(g.typeAB, n, k, n),
+      // B' stored as our A: (m, k) row-major = k x m column-major, or (k, m) = m x k when transposed
+      layoutB: g.transA ? this.layout(g.typeAB, m, k, m) : this.layout(g.typeAB, k, m, k),
+      layoutC: this.layout(g.typeC, n, m, n),
+      result: koffi.alloc('uint64_t', LT_RESULT_BYTES / 8),
+      algo: 0,
+      ran: false,
+    };
+    plan.algo = Number(koffi.address(plan.result));
+    this.setDesc(plan.desc, LT_DESC_TRANSA, g.transB ? CUBLAS_OP_T : CUBLAS_OP_N, 4);
+    this.setDesc(plan.desc, LT_DESC_TRANSB, g.transA ? CUBLAS_OP_T : CUBLAS_OP_N, 4);
+    this.setDesc(plan.desc, LT_DESC_EPILOGUE, LT_EPILOGUE_BIAS, 4);
+    this.setDesc(plan.desc, LT_DESC_BIAS_DATA_TYPE, DATA_TYPE[biasType], 4);
+    // the heuristic judges the bias alignment from this pointer (part of the plan key)
+    this.setDesc(plan.desc, LT_DESC_BIAS_POINTER, bias, 8);
+    // alignments of A' (our B), B' (our A), C and D (one pointer)
+    const aligns = [alignment(g.b), alignment(g.a), alignment(g.c), alignment(g.c)];
+    aligns.forEach((a, i) => this.setPref(LT_PREF_MIN_ALIGNMENT_A_BYTES + i, a));
+    const results = new Uint8Array(koffi.view(plan.result, LT_RESULT_BYTES));
+    results.fill(0);
+    const count = [0];
+    const status = this.fn.heuristic(
+      this.handle,
+      plan.desc,
+      plan.layoutA,
+      plan.layoutB,
+      plan.layoutC,
+      plan.layoutC,
+      this.pref,
+      1,
+      plan.algo,
+      count,
+    );
+    const view = new DataView(results.buffer, results.byteOffset, LT_RESULT_BYTES);
+    const needs = Number(view.getBigUint64(LT_RESULT_WORKSPACE, true));
+    const state = view.getInt32(LT_RESULT_STATE, true);
+    const usable = status === 0 && Number(count[0]) >= 1 && state === 0;
+    if (!usable || needs > (this.workspace ? this.workspaceBytes : 0)) {
+      this.destroy(plan);
+      return false;
+    }
+    return plan;
+  }
+
+  matmul(g: Gemm, bias: number, biasType: GemmDType, tf32: boolean, alphaPtr: number): boolean {
+    const compute = g.typeAB === 'f32' && tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    const key = [
+      g.typeAB,
+      g.typeC,
+      biasType,
+      g.transA ? 'T' : 'N',
+      g.transB ? 'T' : 'N',
+      g.m,
+      g.n,
+      g.k,
+      compute,
+      alignment(g.a),
+      alignment(g.b),
+      alignment(g.c),
+      alignment(bias),
+    ].join(' ');
+    let plan = this.plans.get(key);
+    if (plan === undefined) {
+      plan = this.plan(g, bias, biasType, compute);
+      this.plans.set(key, plan);
+    }
+    if (!plan) return false;
+    this.setDesc(plan.desc, LT_DESC_BIAS_POINTER, bias, 8);
+    const status = this.fn.matmul(
+      this.handle,
+      plan.desc,
+      alphaPtr,
+      g.b,
+      plan.layoutA,
+      g.a,
+      plan.layoutB,
+      alphaPtr + 4,
+      g.c,
+      plan.layoutC,
+      g.c,
+      plan.layoutC,
+      plan.algo,
+      this.workspace,
+      this.workspace ? this.workspaceBytes : 0,
+      this.stream,
+    );
+    if (status === CUBLAS_STATUS_NOT_SUPPORTED && !plan.ran) {
+      // refused before launching anything: treat as a case without an algorithm
+      this.destroy(plan);
+      this.plans.set(key, false);
+      return false;
+    }
+    if (status !== 0) {
+      throw new CudaError(
+        `cuda: cublasLtMatmul(${g.typeAB}->${g.typeC}, bias ${biasType}, m ${g.m}, n ${g.n}, k ${g.k}, ` +
+          `transA ${g.transA}, transB ${g.transB}) failed: ${this.statusName(status)} (cublasStatus ${status})`,
+      );
+    }
+    plan.ran = true;
+    return true;
   }
 }

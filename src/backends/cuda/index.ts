@@ -122,7 +122,8 @@ export const KERNEL_SIGNATURES = {
     conv1d_k4_f32: 'pppplii' + 'i',
     conv1d_backward_x_k4_f32: 'ppplii' + 'i',
     conv1d_backward_w_k4_f32: 'pppplii' + 'il',
-    rope_f32: 'pplii' + 'iidiii',
+    rope_table_f32: 'piidi',
+    rope_f32: 'ppplii' + 'iiii',
   },
   attention: {
     attention_fwd: 'pppppiiiifi',
@@ -234,6 +235,8 @@ export class CudaBackend implements Backend {
   readonly driver: Driver;
   readonly nvrtc: Nvrtc;
   readonly cublas: Cublas;
+  /** linear-layer biases in cuBLASLt's GEMM epilogue (MOHAWK_FUSED_BIAS=0: a separate kernel) */
+  readonly fusedBias = process.env.MOHAWK_FUSED_BIAS !== '0';
   readonly kernels: KernelRegistry;
   private readonly allocator: CachingAllocator;
   private liveBuffers = 0;
@@ -729,7 +732,13 @@ export class CudaBackend implements Backend {
 
   // ---- linear algebra -----------------------------------------------------------------------
 
-  matmul(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, p: MatmulParams): void {
+  matmul(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    p: MatmulParams,
+    bias?: DeviceBuffer | null,
+  ): void {
     const A = this.buf(a, 'matmul A');
     const B = this.buf(b, 'matmul B');
     const C = this.buf(c, 'matmul C');
@@ -743,7 +752,16 @@ export class CudaBackend implements Backend {
     if (!(cd === ab || (cd === 'f32' && ab !== 'f32'))) {
       throw new Error(`cuda backend: matmul of ${ab} operands into ${cd} (expected ${ab} or f32)`);
     }
+    const BIAS = bias ? this.buf(bias, 'matmul bias') : null;
+    if (BIAS && (BIAS.dtype !== cd || BIAS.length !== p.n))
+      throw new Error(
+        `cuda backend: matmul bias must be ${p.n} values of ${cd}, got ${BIAS.length} ${BIAS.dtype}`,
+      );
+    if (BIAS && p.batch > 1 && p.strideC !== p.m * p.n)
+      throw new Error('cuda backend: a matmul bias needs dense batch entries of C');
     if (p.batch === 0 || p.m === 0 || p.n === 0) return;
+    // the bias added by a broadcast kernel in place, where cuBLASLt does not fuse it
+    const addBias = () => this.binary('add', c, [p.n, 1], bias!, [0, 1], c, [p.batch * p.m, p.n]);
     if (p.k === 0) {
       // C = beta C
       if (p.beta === 0 || cd !== 'f32') {
@@ -753,30 +771,37 @@ export class CudaBackend implements Backend {
         const n = C.length;
         this.run1('elementwise', 'unary_f32', n, [C.ptr, C.ptr, UNARY_CODE.identity, p.beta, 0, n]);
       }
+      if (BIAS) addBias();
       return;
     }
-    const gemm = () =>
-      this.cublas.gemm({
-        a: A.ptr,
-        b: B.ptr,
-        c: C.ptr,
-        typeAB: ab as GemmDType,
-        typeC: cd as GemmDType,
-        transA: p.transA,
-        transB: p.transB,
-        m: p.m,
-        n: p.n,
-        k: p.k,
-        strideA: p.strideA,
-        strideB: p.strideB,
-        strideC: p.strideC,
-        batch: p.batch,
-        alpha: p.alpha,
-        beta: p.beta,
-      });
+    const gemmArgs = () => ({
+      a: A.ptr,
+      b: B.ptr,
+      c: C.ptr,
+      typeAB: ab as GemmDType,
+      typeC: cd as GemmDType,
+      transA: p.transA,
+      transB: p.transB,
+      m: p.m,
+      n: p.n,
+      k: p.k,
+      strideA: p.strideA,
+      strideB: p.strideB,
+      strideC: p.strideC,
+      batch: p.batch,
+      alpha: p.alpha,
+      beta: p.beta,
+    });
     const prof = this.kernels.profiler;
+    if (BIAS && p.batch === 1 && this.fusedBias) {
+      // cuBLASLt's bias epilogue: no extra pass over C (false: no algorithm for this case)
+      const fused = () => this.cublas.gemmBias(gemmArgs(), BIAS.ptr);
+      if (prof ? prof.around(`cuBLASLt GEMM+bias ${ab} -> ${cd}`, fused) : fused()) return;
+    }
+    const gemm = () => this.cublas.gemm(gemmArgs());
     if (prof) prof.around(`cuBLAS GEMM ${ab} -> ${cd}`, gemm);
     else gemm();
+    if (BIAS) addBias();
   }
 
   // ---- rows ---------------------------------------------------------------------------------
@@ -1049,20 +1074,30 @@ export class CudaBackend implements Backend {
     if (p.rotaryDim % 2 !== 0 || p.rotaryDim > p.headDim) {
       throw new Error(`rope: rotaryDim (${p.rotaryDim}) must be even and at most headDim (${p.headDim})`);
     }
-    const per = p.rotaryDim / 2 + p.headDim - p.rotaryDim;
+    const half = p.rotaryDim / 2;
+    const per = half + p.headDim - p.rotaryDim;
+    const table = this.scratch(Math.max(1, p.seqLen * half * 2));
+    if (half > 0)
+      this.run1('sequence', 'rope_table_f32', p.seqLen * half, [
+        table.ptr,
+        p.seqLen,
+        p.rotaryDim,
+        p.theta,
+        p.positionOffset,
+      ]);
     this.run1('sequence', 'rope_f32', p.batch * p.seqLen * p.heads * per, [
       this.f(x, 'rope input'),
       this.f(out, 'rope output'),
+      table.ptr,
       p.batch,
       p.seqLen,
       p.heads,
       p.headDim,
       p.rotaryDim,
-      p.theta,
       p.interleaved ? 1 : 0,
-      p.positionOffset,
       p.inverse ? 1 : 0,
     ]);
+    this.free(table);
   }
 
   private checkAttention(p: AttentionParams): void {
@@ -1451,7 +1486,8 @@ export class CudaBackend implements Backend {
 
   adamw(param: DeviceBuffer, grad: DeviceBuffer, m: DeviceBuffer, v: DeviceBuffer, p: AdamWParams): void {
     const n = this.buf(param, 'adamw param').length;
-    this.run1('elementwise', 'adamw_f32', n, [
+    // four elements per thread (the buffers are 256-byte aligned allocations)
+    this.run1('elementwise', 'adamw_f32', Math.max(1, Math.ceil(n / 4)), [
       this.f(param, 'adamw param'),
       this.f(grad, 'adamw grad'),
       this.f(m, 'adamw m'),

@@ -52,13 +52,14 @@ export class Profiler {
 
   constructor(private readonly driver: Driver) {}
 
-  around(name: string, fn: () => void): void {
+  around<T>(name: string, fn: () => T): T {
     const start = this.pool.pop() ?? this.driver.createEvent();
     const end = this.pool.pop() ?? this.driver.createEvent();
     this.driver.record(start);
-    fn();
+    const r = fn();
     this.driver.record(end);
     this.marks.push({ name, start, end });
+    return r;
   }
 
   /** Wait for the device; milliseconds and calls per name, largest first. */

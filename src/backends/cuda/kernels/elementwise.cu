@@ -296,15 +296,35 @@ extern "C" __global__ void dropout_f32(const float* x, float* out, double p, u32
  * One decoupled-weight-decay Adam step; param, grad, m, v (n) f32. bc1 = 1 - beta1^step and
  * bc2 = 1 - beta2^step come from the host (in double, then rounded).
  */
+__device__ __forceinline__ void adamw_one(float& p, float g, float& m, float& v, float lr, float beta1, float beta2,
+                                          float eps, float decay, float bc1, float bc2) {
+  m = beta1 * m + (1.f - beta1) * g;
+  v = beta2 * v + (1.f - beta2) * g * g;
+  p = p * decay - (lr * (m / bc1)) / (sqrtf(v / bc2) + eps);
+}
+
+/** One AdamW step in place; four elements per thread per iteration (128-bit accesses), then the tail. */
 extern "C" __global__ void adamw_f32(float* param, const float* grad, float* m, float* v, float lr, float beta1,
                                      float beta2, float eps, float decay, float bc1, float bc2, i64 n) {
-  FOR_EACH(i, n) {
-    const float g = grad[i];
-    const float mi = beta1 * m[i] + (1.f - beta1) * g;
-    const float vi = beta2 * v[i] + (1.f - beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    param[i] = param[i] * decay - (lr * (mi / bc1)) / (sqrtf(vi / bc2) + eps);
+  const i64 quads = n / 4;
+  float4* p4 = (float4*)param;
+  const float4* g4 = (const float4*)grad;
+  float4* m4 = (float4*)m;
+  float4* v4 = (float4*)v;
+  FOR_EACH(i, quads) {
+    float4 p = p4[i], mm = m4[i], vv = v4[i];
+    const float4 g = g4[i];
+    adamw_one(p.x, g.x, mm.x, vv.x, lr, beta1, beta2, eps, decay, bc1, bc2);
+    adamw_one(p.y, g.y, mm.y, vv.y, lr, beta1, beta2, eps, decay, bc1, bc2);
+    adamw_one(p.z, g.z, mm.z, vv.z, lr, beta1, beta2, eps, decay, bc1, bc2);
+    adamw_one(p.w, g.w, mm.w, vv.w, lr, beta1, beta2, eps, decay, bc1, bc2);
+    p4[i] = p;
+    m4[i] = mm;
+    v4[i] = vv;
+  }
+  if (blockIdx.x == 0 && threadIdx.x < n - quads * 4) {
+    const i64 i = quads * 4 + threadIdx.x;
+    adamw_one(param[i], grad[i], m[i], v[i], lr, beta1, beta2, eps, decay, bc1, bc2);
   }
 }
 

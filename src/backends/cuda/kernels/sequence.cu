@@ -160,14 +160,32 @@ extern "C" __global__ void conv1d_backward_w_k4_f32(const float* x, const float*
 }
 
 /**
- * Rotary embedding on x, out (B, T, H, D) (out may alias x). Angles are computed as the CPU
- * backend does (inverse frequency and position * frequency rounded to f32, cos/sin of that in
- * double rounded to f32), and the rotation in double, so results match it to the last bit up to
- * the libm's cos/sin/pow. One thread per rotated pair or pass-through dimension.
+ * The rotation angles of rope as (cos, sin) pairs, table (seqLen, rotaryDim / 2, 2), computed as
+ * the CPU backend does (inverse frequency and position * frequency rounded to f32, cos/sin of
+ * that in double rounded to f32), so results match it to the last bit up to the libm's
+ * cos/sin/pow. One thread per (position, pair); rope_f32 then only reads the table.
  */
-extern "C" __global__ void rope_f32(const float* x, float* out, i64 batch, int seqLen, int heads, int headDim,
-                                    int rotaryDim, double theta, int interleaved, int positionOffset,
-                                    int inverse) {
+extern "C" __global__ void rope_table_f32(float* table, int seqLen, int rotaryDim, double theta,
+                                          int positionOffset) {
+  const int half = rotaryDim / 2;
+  const i64 n = (i64)seqLen * half;
+  FOR_EACH(i, n) {
+    const int s = (int)(i / half);
+    const int kk = (int)(i - (i64)s * half);
+    const float f = (float)((double)(2 * kk) / (double)rotaryDim);
+    const float invFreq = (float)(1.0 / (double)(float)pow(theta, (double)f));
+    const float angle = (float)((double)(positionOffset + s) * (double)invFreq);
+    table[2 * i] = (float)cos((double)angle);
+    table[2 * i + 1] = (float)sin((double)angle);
+  }
+}
+
+/**
+ * Rotary embedding on x, out (B, T, H, D) (out may alias x) with the angles of rope_table_f32;
+ * the rotation runs in double. One thread per rotated pair or pass-through dimension.
+ */
+extern "C" __global__ void rope_f32(const float* x, float* out, const float* table, i64 batch, int seqLen,
+                                    int heads, int headDim, int rotaryDim, int interleaved, int inverse) {
   const int half = rotaryDim / 2;
   const int per = half + headDim - rotaryDim;
   const i64 n = batch * seqLen * heads * per;
@@ -177,12 +195,9 @@ extern "C" __global__ void rope_f32(const float* x, float* out, i64 batch, int s
     const int s = (int)((row / heads) % seqLen);
     const i64 base = row * headDim;
     if (kk < half) {
-      const float f = (float)((double)(2 * kk) / (double)rotaryDim);
-      const float invFreq = (float)(1.0 / (double)(float)pow(theta, (double)f));
-      const float angle = (float)((double)(positionOffset + s) * (double)invFreq);
-      const double c = (double)(float)cos((double)angle);
-      double sn = (double)(float)sin((double)angle);
-      if (inverse) sn = -sn;
+      const float2 cs = ((const float2*)table)[(i64)s * half + kk];
+      const double c = (double)cs.x;
+      const double sn = inverse ? -(double)cs.y : (double)cs.y;
       const i64 ia = interleaved ? base + 2 * kk : base + kk;
       const i64 ib = interleaved ? base + 2 * kk + 1 : base + kk + half;
       const double a = x[ia], b = x[ib];
