@@ -552,6 +552,25 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     }
   });
 
+  it('the mixer output gate y * silu(z + bias) and its backward', () => {
+    for (const [rows, cols] of [
+      [1, 1],
+      [37, 19],
+      [300, 256],
+    ]) {
+      const n = rows * cols;
+      const [y, z, g] = [pair(randn(n)), pair(randn(n)), pair(randn(n))];
+      const b = pair(randn(cols));
+      const o = out(n);
+      both((be, s) => be.siluGate(y[s], z[s], b[s], o[s], rows, cols));
+      check(o, 1e-6, `siluGate (${rows}, ${cols})`);
+      const [gy, gz] = [out(n), out(n)];
+      both((be, s) => be.siluGateBackward(y[s], z[s], b[s], g[s], gy[s], gz[s], rows, cols));
+      check(gy, 1e-6, 'siluGate backward y');
+      check(gz, 1e-6, 'siluGate backward z');
+    }
+  });
+
   // ---- matmul ---------------------------------------------------------------------------------
 
   it('f32 matmul: transposes, batches with broadcast strides, alpha/beta, sizes 1 and odd', () => {

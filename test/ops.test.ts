@@ -511,6 +511,18 @@ describe('losses', () => {
     assert.notDeepEqual(arr(T.dropout(x, 0.25, 8)), a);
     gradcheck((q) => T.dropout(q, 0.3, 11), [randn(rng, [20])]);
   });
+  it('siluGate equals y * silu(z + bias), with the gradients of y, z and bias', () => {
+    const y = randn(rng, [2, 3, 5]);
+    const z = randn(rng, [2, 3, 5]);
+    const b = randn(rng, [5]);
+    const composed = T.mul(y, T.silu(T.add(z, b)));
+    assertClose(arr(T.siluGate(y, z, b)), arr(composed), 1e-14);
+    gradcheck((p, q, c) => T.siluGate(p, q, c), [y, z, b]);
+    assert.throws(
+      () => T.siluGate(y, randn(rng, [2, 5]), b),
+      /siluGate: y \[2, 3, 5\] and z \[2, 5\] differ/,
+    );
+  });
 });
 
 describe('cast and 16-bit storage', () => {

@@ -206,6 +206,26 @@ export interface Backend {
   causalMask(x: DeviceBuffer, out: DeviceBuffer, rows: number, tq: number, tk: number, value: number): void;
   /** out = x * keep / (1 - p), keep drawn from a counter-based hash of (seed, index) */
   dropout(x: DeviceBuffer, out: DeviceBuffer, p: number, seed: number): void;
+  /** y, z, out (rows, cols), bias (cols): out = y * silu(z + bias), the Mamba mixer's output gate */
+  siluGate(
+    y: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+  ): void;
+  /** with u = z + bias: gy = g silu(u), gz = g y silu'(u) (overwritten) */
+  siluGateBackward(
+    y: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gz: DeviceBuffer,
+    rows: number,
+    cols: number,
+  ): void;
 
   // ---- linear algebra -----------------------------------------------------------------------
   /**

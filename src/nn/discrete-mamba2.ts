@@ -27,6 +27,7 @@ import {
   permute,
   reshape,
   silu,
+  siluGate,
   slice,
   softplus,
   split,
@@ -200,7 +201,7 @@ export class DiscreteMamba2 extends Module {
   /** y (B, T, H, P) -> out_proj(y * silu(z + z_bias)) */
   private output(y: Tensor, z: Tensor): Tensor {
     const [b, t] = z.shape;
-    return this.out_proj.forward(mul(reshape(y, [b, t, this.dInner]), silu(add(z, this.z_bias))));
+    return this.out_proj.forward(siluGate(reshape(y, [b, t, this.dInner]), z, this.z_bias));
   }
 
   private logA(a: Tensor): Tensor {

@@ -1108,6 +1108,25 @@ export function klDivergence(teacher: Tensor, student: Tensor, opts: KlOptions =
   return reduction === 'sum' ? sum(losses) : mean(losses);
 }
 
+/** y * silu(z + bias) with y, z (..., C) and bias (C): the Mamba mixer's output gate, one kernel each way. */
+export function siluGate(y: Tensor, z: Tensor, bias: Tensor): Tensor {
+  checkFloat('siluGate', y, z, bias);
+  sameBackend('siluGate', y, z, bias);
+  if (y.ndim !== z.ndim || y.shape.some((d, i) => d !== z.shape[i]))
+    fail('siluGate', `y ${shapeStr(y.shape)} and z ${shapeStr(z.shape)} differ`);
+  const cols = y.shape[y.ndim - 1] ?? 1;
+  checkVector('siluGate', bias, cols, 'bias');
+  const rows = y.size / Math.max(cols, 1);
+  const out = like(y);
+  y.backend.siluGate(y.buffer, z.buffer, bias.buffer, out.buffer, rows, cols);
+  return record(out, 'siluGate', [y, z, bias], [y, z, bias], (g) => {
+    const gy = like(y);
+    const gz = like(z);
+    y.backend.siluGateBackward(y.buffer, z.buffer, bias.buffer, g.buffer, gy.buffer, gz.buffer, rows, cols);
+    return [gy, gz, bias.requiresGrad ? sumToShape(gz, bias.shape) : null];
+  });
+}
+
 /** Inverted dropout with a mask drawn from (seed, element index); identity when p = 0. */
 export function dropout(x: Tensor, p: number, seed: number): Tensor {
   checkFloat('dropout', x);

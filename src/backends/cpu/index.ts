@@ -415,6 +415,52 @@ export class CpuBackend implements Backend {
     for (let i = 0; i < a.length; i++) o[i] = dropoutKeep(seed, i, p) ? a[i] * scale : 0;
   }
 
+  siluGate(
+    y: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+  ): void {
+    const yv = fl(y, 'siluGate y');
+    const zv = fl(z, 'siluGate z');
+    const bv = fl(bias, 'siluGate bias');
+    const o = fl(out, 'siluGate output');
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols; c++) {
+        const i = r * cols + c;
+        const u = zv[i] + bv[c];
+        o[i] = (yv[i] * u) / (1 + Math.exp(-u));
+      }
+  }
+
+  siluGateBackward(
+    y: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gz: DeviceBuffer,
+    rows: number,
+    cols: number,
+  ): void {
+    const yv = fl(y, 'siluGate y');
+    const zv = fl(z, 'siluGate z');
+    const bv = fl(bias, 'siluGate bias');
+    const gv = fl(g, 'siluGate gradient');
+    const oy = fl(gy, 'siluGate y gradient');
+    const oz = fl(gz, 'siluGate z gradient');
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols; c++) {
+        const i = r * cols + c;
+        const u = zv[i] + bv[c];
+        const s = 1 / (1 + Math.exp(-u));
+        oy[i] = gv[i] * u * s;
+        oz[i] = gv[i] * yv[i] * s * (1 + u * (1 - s));
+      }
+  }
+
   // ---- linear algebra -----------------------------------------------------------------------
 
   matmul(

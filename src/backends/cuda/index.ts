@@ -91,6 +91,8 @@ export const KERNEL_SIGNATURES = {
     cast_any: 'pipil',
     causal_mask_f32: 'ppliif',
     dropout_f32: 'ppdul',
+    silu_gate_f32: 'ppppli',
+    silu_gate_backward_f32: 'pppppp' + 'li',
     adamw_f32: 'ppppfffffffl',
   },
   reduce: {
@@ -715,6 +717,46 @@ export class CudaBackend implements Backend {
       tq,
       tk,
       value,
+    ]);
+  }
+
+  siluGate(
+    y: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+  ): void {
+    this.run1('elementwise', 'silu_gate_f32', rows * cols, [
+      this.f(y, 'siluGate y'),
+      this.f(z, 'siluGate z'),
+      this.f(bias, 'siluGate bias'),
+      this.f(out, 'siluGate output'),
+      rows,
+      cols,
+    ]);
+  }
+
+  siluGateBackward(
+    y: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gz: DeviceBuffer,
+    rows: number,
+    cols: number,
+  ): void {
+    this.run1('elementwise', 'silu_gate_backward_f32', rows * cols, [
+      this.f(y, 'siluGate y'),
+      this.f(z, 'siluGate z'),
+      this.f(bias, 'siluGate bias'),
+      this.f(g, 'siluGate gradient'),
+      this.f(gy, 'siluGate y gradient'),
+      this.f(gz, 'siluGate z gradient'),
+      rows,
+      cols,
     ]);
   }
 

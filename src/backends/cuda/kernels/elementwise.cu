@@ -328,6 +328,29 @@ extern "C" __global__ void adamw_f32(float* param, const float* grad, float* m, 
   }
 }
 
+/** out = y * silu(z + bias[col]) over (rows, cols): the Mamba mixer's output gate in one pass */
+extern "C" __global__ void silu_gate_f32(const float* y, const float* z, const float* bias, float* out, i64 rows,
+                                         int cols) {
+  const i64 n = rows * cols;
+  FOR_EACH(i, n) {
+    const float u = z[i] + bias[i % cols];
+    out[i] = y[i] * u * sigmoidf_(u);
+  }
+}
+
+/** gy = g silu(u), gz = g y silu'(u), u = z + bias[col] */
+extern "C" __global__ void silu_gate_backward_f32(const float* y, const float* z, const float* bias, const float* g,
+                                                  float* gy, float* gz, i64 rows, int cols) {
+  const i64 n = rows * cols;
+  FOR_EACH(i, n) {
+    const float u = z[i] + bias[i % cols];
+    const float s = sigmoidf_(u);
+    const float gi = g[i];
+    gy[i] = gi * u * s;
+    gz[i] = gi * y[i] * s * (1.f + u * (1.f - s));
+  }
+}
+
 // ---- the autocast casts ------------------------------------------------------------------------
 // f32 <-> bf16, the casts mixed precision does around every matmul: the same values as cast_any
 // (f32 -> double -> f32 is exact), without the per-element type switches and the double round
