@@ -1129,6 +1129,33 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     assert.deepEqual(failures, []);
   });
 
+  it('the fused decoding step of the mixer (conv, state update, output; caches in place)', () => {
+    for (const [batch, H, G, P, N, K, silu, bias] of [
+      [2, 4, 2, 16, 8, 4, true, true],
+      [3, 3, 1, 64, 64, 4, false, false],
+      [1, 2, 2, 40, 24, 3, true, true],
+      [1, 1, 1, 7, 5, 1, false, true],
+    ] as const) {
+      const C = H * P + 2 * G * N;
+      const xbc = pair(randn(batch * C));
+      const conv = pair(randn(batch * (K - 1) * C));
+      const w = pair(randn(C * K));
+      const cb = bias ? pair(randn(C)) : null;
+      const a = pair(randn(batch * H));
+      const D = pair(randn(H));
+      const ssm = pair(randn(batch * H * P * N));
+      const y = out(batch * H * P);
+      const p = { batch, heads: H, groups: G, headDim: P, dState: N, kernel: K, silu };
+      // two steps, so the pushed conv state and the updated SSM state are read back in
+      for (let step = 0; step < 2; step++) {
+        both((be, s) => be.ssmStep(xbc[s], conv[s], w[s], cb ? cb[s] : null, a[s], D[s], ssm[s], y[s], p));
+        check(y, 1e-5, `ssmStep y ${JSON.stringify(p)} step ${step}`, 1e-5);
+        check(ssm, 1e-5, `ssmStep state ${JSON.stringify(p)} step ${step}`, 1e-5);
+        check(conv, 0, `ssmStep conv state ${JSON.stringify(p)} step ${step}`);
+      }
+    }
+  });
+
   it('materialized mixing matrix forward and backward', () => {
     for (const p of ssdCases.slice(0, 4)) {
       const { batch: B, seqLen: L, heads: H, groups: G, dState: N } = p;

@@ -511,6 +511,30 @@ describe('losses', () => {
     assert.notDeepEqual(arr(T.dropout(x, 0.25, 8)), a);
     gradcheck((q) => T.dropout(q, 0.3, 11), [randn(rng, [20])]);
   });
+  it('ssmStep has no backward and names a tensor of the wrong shape', () => {
+    const [B, H, G, P, N, K] = [1, 2, 1, 3, 2, 4];
+    const C = H * P + 2 * G * N;
+    const args = () => ({
+      xbc: randn(rng, [B, C]),
+      conv: randn(rng, [B, K - 1, C]),
+      w: randn(rng, [C, K]),
+      a: randn(rng, [B, H]),
+      D: randn(rng, [H]),
+      ssm: randn(rng, [B, H, P, N]),
+    });
+    const v = args();
+    v.w.requiresGrad = true;
+    assert.throws(
+      () => T.ssmStep(v.xbc, v.conv, v.w, null, v.a, v.D, v.ssm, { groups: G, silu: false }),
+      /ssmStep: has no backward; run it under noGrad/,
+    );
+    const u = args();
+    assert.throws(
+      () =>
+        T.ssmStep(u.xbc, u.conv, u.w, null, randn(rng, [B, H + 1]), u.D, u.ssm, { groups: G, silu: false }),
+      /ssmStep: a has shape \[1, 3\], expected \[1, 2\]/,
+    );
+  });
   it('siluGate equals y * silu(z + bias), with the gradients of y, z and bias', () => {
     const y = randn(rng, [2, 3, 5]);
     const z = randn(rng, [2, 3, 5]);

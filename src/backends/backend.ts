@@ -113,6 +113,19 @@ export interface SsdParams {
   lowPrecision?: boolean;
 }
 
+export interface SsmStepParams {
+  batch: number;
+  /** value heads (H) of size headDim (P); B and C in `groups` (G) of size dState (N) */
+  heads: number;
+  groups: number;
+  headDim: number;
+  dState: number;
+  /** conv kernel size K (the conv state holds K - 1 inputs) */
+  kernel: number;
+  /** silu after the conv (else identity) */
+  silu: boolean;
+}
+
 export interface RopeParams {
   batch: number;
   seqLen: number;
@@ -390,6 +403,25 @@ export interface Backend {
     gB: DeviceBuffer,
     gC: DeviceBuffer,
     p: SsdParams,
+  ): void;
+  /**
+   * One decoding step (one token) of the discrete Mamba-2 mixer, its caches updated in place.
+   * xbc (B, Cc) the new conv inputs [x (H P), B (G N), C (G N)]; convState (B, K - 1, Cc) the last
+   * K - 1 inputs, oldest first; convWeight (Cc, K), convBias (Cc) | null; a (B, H) the raw decay
+   * inputs (log alpha = -softplus(a)); D (H); ssm (B, H, P, N). With x, B, C the conv outputs:
+   *   h = alpha h + x B^T (into ssm),  y (B, H, P) = h C + D x,
+   * then xbc is pushed into convState (the oldest input drops out).
+   */
+  ssmStep(
+    xbc: DeviceBuffer,
+    convState: DeviceBuffer,
+    convWeight: DeviceBuffer,
+    convBias: DeviceBuffer | null,
+    a: DeviceBuffer,
+    D: DeviceBuffer,
+    ssm: DeviceBuffer,
+    y: DeviceBuffer,
+    p: SsmStepParams,
   ): void;
   /**
    * The mixing matrix of the same SSM: logA (B, T, H), bm and cm (B, T, G, N) ->

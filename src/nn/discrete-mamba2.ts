@@ -26,9 +26,11 @@ import {
   noGrad,
   permute,
   reshape,
+  isGradEnabled,
   silu,
   siluGate,
   slice,
+  ssmStep,
   softplus,
   split,
   ssdScan,
@@ -342,10 +344,40 @@ export class DiscreteMamba2 extends Module {
   }
 
   /**
+   * Decoding: tokens one at a time, each through one fused step (`ssmStep`: conv, state update
+   * and output for every head in one kernel) that updates the cache in place.
+   */
+  private stepsFused(u: Tensor, cache: SsmCache): Tensor {
+    const [b, t] = u.shape;
+    const { nVHeads: H, nQkHeads: G, dConv: K } = this.cfg;
+    const P = this.headDim;
+    const { xBC, z, a } = this.project(u);
+    const w = reshape(this.convWeight, [this.convDim, K]);
+    const at = (x: Tensor, i: number) => (t === 1 ? x : slice(x, 1, i, i + 1));
+    const outs: Tensor[] = [];
+    for (let i = 0; i < t; i++) {
+      const y = ssmStep(
+        reshape(at(xBC, i), [b, this.convDim]),
+        cache.conv!,
+        w,
+        this.convBias,
+        reshape(at(a, i), [b, H]),
+        this.D,
+        cache.ssm!,
+        { groups: G, silu: this.cfg.activation === 'silu' },
+      );
+      outs.push(this.output(reshape(y, [b, 1, H, P]), at(z, i)));
+    }
+    cache.length += t;
+    return t === 1 ? outs[0] : concat(outs, 1);
+  }
+
+  /**
    * Tokens one at a time through the recurrence, updating the cache (form (c)).
    * With `differentiable` the state updates stay in the graph (for gradient tests).
    */
   private steps(u: Tensor, cache: SsmCache, differentiable = false): Tensor {
+    if (!differentiable && !isGradEnabled()) return this.stepsFused(u, cache);
     const [b, t] = u.shape;
     const { nVHeads: H, dConv: K } = this.cfg;
     const P = this.headDim;

@@ -984,6 +984,68 @@ export function ssdScan(
   return { y, finalState };
 }
 
+export interface SsmStepOptions {
+  /** B and C groups (G) */
+  groups: number;
+  /** silu after the conv */
+  silu: boolean;
+}
+
+/**
+ * One decoding step of the discrete Mamba-2 mixer, the caches updated in place (see
+ * `Backend.ssmStep`): xbc (B, Cc) the new conv inputs [x, B, C]; convState (B, K - 1, Cc);
+ * convWeight (Cc, K); convBias (Cc) | null; a (B, H) raw decay inputs; D (H); ssm (B, H, P, N).
+ * Returns y (B, H, P). No gradient: it is for decoding, under noGrad.
+ */
+export function ssmStep(
+  xbc: Tensor,
+  convState: Tensor,
+  convWeight: Tensor,
+  convBias: Tensor | null,
+  a: Tensor,
+  D: Tensor,
+  ssm: Tensor,
+  opts: SsmStepOptions,
+): Tensor {
+  const all = [xbc, convState, convWeight, a, D, ssm, ...(convBias ? [convBias] : [])];
+  checkFloat('ssmStep', ...all);
+  sameBackend('ssmStep', ...all);
+  if (all.some((t) => t.dtype !== xbc.dtype)) fail('ssmStep', 'tensors of different dtypes');
+  if (isGradEnabled() && all.some((t) => t.requiresGrad))
+    fail('ssmStep', 'has no backward; run it under noGrad (decoding)');
+  if (ssm.ndim !== 4) fail('ssmStep', `ssm must be (B, H, P, N), got ${shapeStr(ssm.shape)}`);
+  const [batch, heads, headDim, dState] = ssm.shape;
+  const groups = opts.groups;
+  const cc = heads * headDim + 2 * groups * dState;
+  if (!(groups > 0 && heads % groups === 0)) fail('ssmStep', `groups ${groups} must divide heads ${heads}`);
+  if (convWeight.ndim !== 2 || convWeight.shape[0] !== cc)
+    fail('ssmStep', `conv weight ${shapeStr(convWeight.shape)}, expected [${cc}, K]`);
+  const kernel = convWeight.shape[1];
+  const want: [string, Tensor, number[]][] = [
+    ['xbc', xbc, [batch, cc]],
+    ['conv state', convState, [batch, kernel - 1, cc]],
+    ['a', a, [batch, heads]],
+    ['D', D, [heads]],
+  ];
+  if (convBias) want.push(['conv bias', convBias, [cc]]);
+  for (const [what, t, shape] of want)
+    if (t.ndim !== shape.length || t.shape.some((d, i) => d !== shape[i]))
+      fail('ssmStep', `${what} has shape ${shapeStr(t.shape)}, expected ${shapeStr(shape)}`);
+  const y = empty([batch, heads, headDim], xbc.dtype, xbc.backend);
+  xbc.backend.ssmStep(
+    xbc.buffer,
+    convState.buffer,
+    convWeight.buffer,
+    convBias?.buffer ?? null,
+    a.buffer,
+    D.buffer,
+    ssm.buffer,
+    y.buffer,
+    { batch, heads, groups, headDim, dState, kernel, silu: opts.silu },
+  );
+  return y;
+}
+
 /**
  * The SSM's mixing matrix: logA (B, T, H), B and C (B, T, G, N) -> (B, H, T, T) with
  * M[t, s] = C_t . B_s * exp(sum_{k=s+1..t} logA_k) for s <= t, 0 above the diagonal.

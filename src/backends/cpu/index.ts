@@ -14,12 +14,13 @@ import type {
   ReduceOp,
   RopeParams,
   SsdParams,
+  SsmStepParams,
   UnaryOp,
 } from '../backend.js';
 import { denseStrides, DTYPE_BYTES, dropoutKeep } from '../backend.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../dtype.js';
 import { gemm, loadBlas, type FloatArray } from './blas.js';
-import { unaryDerivative, unaryFn } from './math.js';
+import { sigmoid, softplus, unaryDerivative, unaryFn } from './math.js';
 import * as rows from './rows.js';
 import * as seq from './sequence.js';
 import * as ssd from './ssd.js';
@@ -459,6 +460,58 @@ export class CpuBackend implements Backend {
         oy[i] = gv[i] * u * s;
         oz[i] = gv[i] * yv[i] * s * (1 + u * (1 - s));
       }
+  }
+
+  ssmStep(
+    xbc: DeviceBuffer,
+    convState: DeviceBuffer,
+    convWeight: DeviceBuffer,
+    convBias: DeviceBuffer | null,
+    a: DeviceBuffer,
+    D: DeviceBuffer,
+    ssm: DeviceBuffer,
+    y: DeviceBuffer,
+    p: SsmStepParams,
+  ): void {
+    const { batch, heads: H, groups: G, headDim: P, dState: N, kernel: K } = p;
+    const xv = fl(xbc, 'ssmStep xbc');
+    const st = fl(convState, 'ssmStep conv state');
+    const w = fl(convWeight, 'ssmStep conv weight');
+    const cb = convBias ? fl(convBias, 'ssmStep conv bias') : null;
+    const av = fl(a, 'ssmStep a');
+    const dv = fl(D, 'ssmStep D');
+    const h = fl(ssm, 'ssmStep state');
+    const yv = fl(y, 'ssmStep output');
+    const C = H * P + 2 * G * N;
+    const conv = new Float64Array(C);
+    for (let b = 0; b < batch; b++) {
+      for (let ch = 0; ch < C; ch++) {
+        let acc = cb ? cb[ch] : 0;
+        for (let j = 0; j < K - 1; j++) acc += w[ch * K + j] * st[(b * (K - 1) + j) * C + ch];
+        acc += w[ch * K + K - 1] * xv[b * C + ch];
+        conv[ch] = p.silu ? acc * sigmoid(acc) : acc;
+      }
+      for (let hh = 0; hh < H; hh++) {
+        const g = Math.floor(hh / (H / G));
+        const alpha = Math.exp(-softplus(av[b * H + hh]));
+        for (let pp = 0; pp < P; pp++) {
+          const x = conv[hh * P + pp];
+          let acc = 0;
+          const base = ((b * H + hh) * P + pp) * N;
+          for (let n = 0; n < N; n++) {
+            const v = alpha * h[base + n] + x * conv[H * P + g * N + n];
+            h[base + n] = v;
+            acc += v * conv[H * P + G * N + g * N + n];
+          }
+          yv[(b * H + hh) * P + pp] = acc + dv[hh] * x;
+        }
+      }
+      // push the new inputs into the conv state
+      for (let ch = 0; ch < C; ch++) {
+        for (let j = 0; j < K - 2; j++) st[(b * (K - 1) + j) * C + ch] = st[(b * (K - 1) + j + 1) * C + ch];
+        if (K > 1) st[(b * (K - 1) + K - 2) * C + ch] = xv[b * C + ch];
+      }
+    }
   }
 
   // ---- linear algebra -----------------------------------------------------------------------

@@ -18,6 +18,7 @@ import type {
   ReduceOp,
   RopeParams,
   SsdParams,
+  SsmStepParams,
   UnaryOp,
 } from '../backend.js';
 import { denseStrides, DTYPE_BYTES } from '../backend.js';
@@ -125,6 +126,8 @@ export const KERNEL_SIGNATURES = {
     conv1d_backward_x_k4_f32: 'ppplii' + 'i',
     conv1d_backward_w_k4_f32: 'pppplii' + 'il',
     rope_table_f32: 'piidi',
+    ssm_step_f32: 'pppppppp' + 'iiiiii',
+    conv_state_push_f32: 'ppl' + 'ii',
     rope_f32: 'ppplii' + 'iiii',
   },
   attention: {
@@ -1140,6 +1143,43 @@ export class CudaBackend implements Backend {
       p.inverse ? 1 : 0,
     ]);
     this.free(table);
+  }
+
+  ssmStep(
+    xbc: DeviceBuffer,
+    convState: DeviceBuffer,
+    convWeight: DeviceBuffer,
+    convBias: DeviceBuffer | null,
+    a: DeviceBuffer,
+    D: DeviceBuffer,
+    ssm: DeviceBuffer,
+    y: DeviceBuffer,
+    p: SsmStepParams,
+  ): void {
+    const { batch, heads: H, groups: G, headDim: P, dState: N, kernel: K } = p;
+    if (batch === 0 || H === 0) return;
+    if (H > 65535 || batch > 65535)
+      throw new Error('cuda backend: ssmStep with more than 65535 heads or sequences');
+    const C = H * P + 2 * G * N;
+    const xp = this.f(xbc, 'ssmStep xbc');
+    const sp = this.f(convState, 'ssmStep conv state');
+    this.k('sequence', 'ssm_step_f32').launch([H, batch, 1], 128, (P + 2 * N) * 4, [
+      xp,
+      sp,
+      this.f(convWeight, 'ssmStep conv weight'),
+      convBias ? this.f(convBias, 'ssmStep conv bias') : 0,
+      this.f(a, 'ssmStep a'),
+      this.f(D, 'ssmStep D'),
+      this.f(ssm, 'ssmStep state'),
+      this.f(y, 'ssmStep output'),
+      H,
+      G,
+      P,
+      N,
+      K,
+      p.silu ? 1 : 0,
+    ]);
+    if (K > 1) this.run1('sequence', 'conv_state_push_f32', batch * C, [sp, xp, batch, K, C]);
   }
 
   private checkAttention(p: AttentionParams): void {

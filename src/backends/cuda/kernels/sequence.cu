@@ -160,6 +160,64 @@ extern "C" __global__ void conv1d_backward_w_k4_f32(const float* x, const float*
 }
 
 /**
+ * One decoding step of the discrete Mamba-2 mixer for block (h, b): the conv outputs of head h's
+ * x channels and of its group's B and C channels (from the conv state and the new inputs xbc,
+ * into shared memory), then h = alpha h + x B^T in place on ssm and y = h C + D x, one warp per
+ * row p of the state. The conv state is read here and pushed by conv_state_push_f32 afterwards
+ * (the groups' B and C channels are read by several blocks).
+ */
+extern "C" __global__ void ssm_step_f32(const float* xbc, const float* convState, const float* convW,
+                                        const float* convBias, const float* a, const float* D, float* ssm, float* y,
+                                        int heads, int groups, int P, int N, int K, int act) {
+  extern __shared__ float sh[];  // x (P), B (N), C (N)
+  const int h = blockIdx.x;
+  const i64 b = blockIdx.y;
+  const int C = heads * P + 2 * groups * N;
+  const int g = h / (heads / groups);
+  const float* st = convState + b * (K - 1) * C;
+  for (int i = threadIdx.x; i < P + 2 * N; i += blockDim.x) {
+    const int ch = i < P ? h * P + i : i < P + N ? heads * P + g * N + (i - P) : heads * P + groups * N + g * N + (i - P - N);
+    float acc = convBias ? convBias[ch] : 0.f;
+    for (int j = 0; j < K - 1; j++) acc += convW[ch * K + j] * st[(i64)j * C + ch];
+    acc += convW[ch * K + K - 1] * xbc[b * C + ch];
+    if (act) acc = acc / (1.f + expf(-acc));
+    sh[i] = acc;
+  }
+  __syncthreads();
+  const float av = a[b * heads + h];
+  // log alpha = -softplus(a)
+  const float alpha = expf(-(fmaxf(av, 0.f) + log1pf(expf(-fabsf(av)))));
+  const float d = D[h];
+  float* hs = ssm + (b * heads + h) * (i64)P * N;
+  const float* bs = sh + P;
+  const float* cs = sh + P + N;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int p = warp; p < P; p += warps) {
+    const float xp = sh[p];
+    float acc = 0.f;
+    for (int n = lane; n < N; n += 32) {
+      const float v = alpha * hs[(i64)p * N + n] + xp * bs[n];
+      hs[(i64)p * N + n] = v;
+      acc += v * cs[n];
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[(b * heads + h) * (i64)P + p] = acc + d * xp;
+  }
+}
+
+/** convState (B, K - 1, C): drop the oldest input of every channel and append xbc (B, C) */
+extern "C" __global__ void conv_state_push_f32(float* convState, const float* xbc, i64 batch, int K, int C) {
+  const i64 n = batch * C;
+  FOR_EACH(i, n) {
+    const i64 b = i / C;
+    const int ch = (int)(i - b * C);
+    float* s = convState + b * (K - 1) * C + ch;
+    for (int j = 0; j + 1 < K - 1; j++) s[(i64)j * C] = s[(i64)(j + 1) * C];
+    if (K > 1) s[(i64)(K - 2) * C] = xbc[i];
+  }
+}
+
+/**
  * The rotation angles of rope as (cos, sin) pairs, table (seqLen, rotaryDim / 2, 2), computed as
  * the CPU backend does (inverse frequency and position * frequency rounded to f32, cos/sin of
  * that in double rounded to f32), so results match it to the last bit up to the libm's
