@@ -410,6 +410,12 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       const gx = out(n);
       both((be, s) => be.unaryBackward(op, x[s], gy[s], gx[s]));
       check(gx, 2e-6, `${op} backward`, 1e-6);
+      // written to 16-bit storage in the same pass (activations feeding 16-bit products)
+      for (const dt of ['bf16', 'f16'] as const) {
+        const y16 = out(n, dt);
+        both((be, s) => be.unary(op, x[s], y16[s], 1.5, -0.25));
+        check(y16, dt === 'bf16' ? 8e-3 : 1e-3, `${op} forward into ${dt}`, 1e-6);
+      }
     }
   });
 

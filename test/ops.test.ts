@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { UNARY_OPS } from '../src/backends/backend.js';
 import * as T from '../src/tensor/index.js';
-import { tensor, type Tensor } from '../src/tensor/index.js';
+import { scope, tensor, type Tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { assertClose, gradcheck, randn } from './helpers.js';
 import * as ref from './reference.js';
@@ -533,6 +533,29 @@ describe('losses', () => {
       () =>
         T.ssmStep(u.xbc, u.conv, u.w, null, randn(rng, [B, H + 1]), u.D, u.ssm, { groups: G, silu: false }),
       /ssmStep: a has shape \[1, 3\], expected \[1, 2\]/,
+    );
+  });
+  it('unaryTo rounds f(x) to 16 bits in one pass, like cast(f(x)), with the same gradient', () => {
+    const x = tensor(new Random(31).normals(50, 0, 2), [5, 10], 'f32');
+    for (const dt of ['bf16', 'f16'] as const) {
+      const fused = T.unaryTo('geluNew', x, dt);
+      assert.equal(fused.dtype, dt);
+      assert.deepEqual(Array.from(fused.read()), Array.from(T.cast(T.geluNew(x), dt).read()));
+    }
+    const w = tensor(new Random(32).normals(50), [5, 10], 'f32');
+    const grad = (f: (v: Tensor) => Tensor) => {
+      const v = x.detach();
+      v.requiresGrad = true;
+      scope(() => T.sum(T.mul(T.cast(f(v), 'f32'), w)).backward());
+      return arr(v.grad!);
+    };
+    assert.deepEqual(
+      grad((v) => T.unaryTo('geluNew', v, 'bf16')),
+      grad((v) => T.cast(T.geluNew(v), 'bf16')),
+    );
+    assert.throws(
+      () => T.unaryTo('gelu', randn(rng, [2]), 'bf16'),
+      /gelu: a 16-bit result needs an f32 input/,
     );
   });
   it('siluGate equals y * silu(z + bias), with the gradients of y, z and bias', () => {

@@ -182,7 +182,10 @@ export interface Backend {
   fill(out: DeviceBuffer, value: number): void;
   /** out = convert(x) elementwise, rounding to nearest even for bf16/f16 */
   cast(x: DeviceBuffer, out: DeviceBuffer): void;
-  /** out = alpha * f(x) + beta, n elements */
+  /**
+   * out = alpha * f(x) + beta, n elements. out may be bf16/f16 for an f32 x: the result rounded
+   * to nearest even in the same pass (an activation that feeds a 16-bit product).
+   */
   unary(op: UnaryOp, x: DeviceBuffer, out: DeviceBuffer, alpha: number, beta: number): void;
   /** gx = gy * f'(x) (gx may alias gy) */
   unaryBackward(op: UnaryOp, x: DeviceBuffer, gy: DeviceBuffer, gx: DeviceBuffer): void;

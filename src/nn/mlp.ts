@@ -1,6 +1,7 @@
 // The two MLPs of the supported families, with their checkpoint names.
 
-import { geluNew, gelu, mul, relu, silu, type Tensor } from '../tensor/index.js';
+import { geluNew, gelu, getAutocast, mul, relu, silu, unaryTo, type Tensor } from '../tensor/index.js';
+import type { UnaryOp } from '../backends/backend.js';
 import { Linear, type InitOptions } from './layers.js';
 import { Module } from './module.js';
 
@@ -21,6 +22,14 @@ export function activate(x: Tensor, act: Activation): Tensor {
 }
 
 export const ACTIVATIONS: readonly Activation[] = ['gelu_new', 'gelu', 'gelu_pytorch_tanh', 'relu', 'silu'];
+
+const ACTIVATION_OP: Record<Activation, UnaryOp> = {
+  gelu_new: 'geluNew',
+  gelu_pytorch_tanh: 'geluNew',
+  gelu: 'gelu',
+  relu: 'relu',
+  silu: 'silu',
+};
 
 /** SwiGLU: down_proj(silu(gate_proj x) * up_proj x) (Llama) */
 export class GatedMLP extends Module {
@@ -57,6 +66,11 @@ export class MLP extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return this.fc2.forward(activate(this.fc1.forward(x), this.act));
+    const h = this.fc1.forward(x);
+    // under autocast fc2 reads a 16-bit copy anyway: the activation writes it directly
+    const dt = getAutocast();
+    return this.fc2.forward(
+      dt && h.dtype === 'f32' ? unaryTo(ACTIVATION_OP[this.act], h, dt) : activate(h, this.act),
+    );
   }
 }

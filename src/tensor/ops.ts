@@ -175,6 +175,22 @@ function unary(op: UnaryOp, x: Tensor, alpha = 1, beta = 0): Tensor {
   });
 }
 
+/**
+ * f(x) stored in 16 bits, rounded in the same pass: an activation that feeds a 16-bit product
+ * (the MLP under autocast). The gradient flows back in x's dtype.
+ */
+export function unaryTo(op: UnaryOp, x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
+  if (x.dtype !== 'f32') fail(op, `a 16-bit result needs an f32 input, got ${x.dtype}`);
+  const out = empty(x.shape, dtype, x.backend);
+  x.backend.unary(op, x.buffer, out.buffer, 1, 0);
+  return record(out, op, [x], [x], (g) => {
+    const gg = g.dtype === x.dtype ? g : cast(g, x.dtype);
+    const gx = like(x);
+    x.backend.unaryBackward(op, x.buffer, gg.buffer, gx.buffer);
+    return [gx];
+  });
+}
+
 /** alpha * x + beta */
 export function affine(x: Tensor, alpha: number, beta = 0): Tensor {
   return unary('identity', x, alpha, beta);
@@ -335,9 +351,21 @@ export function slice(x: Tensor, axis: number, start: number, end: number): Tens
       g.backend.copyStrided(g.buffer, 0, stridesOf(shape), gx.buffer, start * st[a], st, shape, false);
       return [gx];
     },
-    // several slices of one tensor (split) add into one gradient buffer
-    (g, into) =>
-      g.backend.copyStrided(g.buffer, 0, stridesOf(shape), into.buffer, start * st[a], st, shape, true),
+    // several slices of one tensor (split) write into one gradient buffer
+    {
+      accumulateInto: (g, into, accumulate) =>
+        g.backend.copyStrided(
+          g.buffer,
+          0,
+          stridesOf(shape),
+          into.buffer,
+          start * st[a],
+          st,
+          shape,
+          accumulate,
+        ),
+      region: { axis: a, start, end },
+    },
   );
 }
 
@@ -484,6 +512,11 @@ export function autocast<T>(dtype: 'bf16' | 'f16' | null, fn: () => T): T {
   } finally {
     autocastDtype = prev;
   }
+}
+
+/** The 16-bit dtype of autocast now, or null. */
+export function getAutocast(): 'bf16' | 'f16' | null {
+  return autocastDtype;
 }
 
 /** Set mixed precision for every matmul from now on (null turns it off). */

@@ -27,11 +27,20 @@ export interface GradNode {
   /** given the gradient of the output, the gradients of the inputs (null where none) */
   backward: (g: Tensor) => (Tensor | null)[];
   /**
-   * Optional, for single-input nodes that touch part of their input (slices): add the input's
-   * gradient into `into`, a full-size gradient buffer owned by autograd, in place. Several
-   * slices of one tensor then fill one buffer instead of each allocating a full-size gradient.
+   * Optional, for single-input nodes that cover part of their input (slices): write the input's
+   * gradient into that part of `into`, a full-size gradient buffer owned by autograd, adding to
+   * what is there when `accumulate`. Several slices of one tensor then fill one buffer instead
+   * of each allocating a full-size gradient.
    */
-  accumulateInto?: (g: Tensor, into: Tensor) => void;
+  accumulateInto?: (g: Tensor, into: Tensor, accumulate: boolean) => void;
+  /** the part accumulateInto covers, [start, end) on one axis: a first write there needs no zeros */
+  region?: Region;
+}
+
+export interface Region {
+  axis: number;
+  start: number;
+  end: number;
 }
 
 let nextId = 1;
@@ -385,19 +394,59 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
   const grads = new Map<Tensor, Tensor>();
   // gradients allocated here and shared with nobody: later contributions add into them in place
   const owned = new Set<Tensor>();
-  const ownedGrad = (inp: Tensor, like: Tensor): Tensor => {
+  // owned gradients written only on some intervals of one axis so far (slices); the rest of the
+  // buffer is garbage until `complete` zero-fills it
+  const partial = new Map<Tensor, { axis: number; done: [number, number][] }>();
+  const zeroOf = new Map<DType, Tensor>();
+  const complete = (acc: Tensor): void => {
+    const p = partial.get(acc);
+    if (!p) return;
+    partial.delete(acc);
+    let zero = zeroOf.get(acc.dtype);
+    if (!zero) zeroOf.set(acc.dtype, (zero = keep(zeros([1], acc.dtype, acc.backend))));
+    const st = denseStrides(acc.shape);
+    const gaps: [number, number][] = [];
+    let at = 0;
+    for (const [s, e] of [...p.done].sort((x, y) => x[0] - y[0])) {
+      if (s > at) gaps.push([at, s]);
+      at = Math.max(at, e);
+    }
+    if (at < acc.shape[p.axis]) gaps.push([at, acc.shape[p.axis]]);
+    for (const [s, e] of gaps) {
+      const shape = [...acc.shape];
+      shape[p.axis] = e - s;
+      const none = shape.map(() => 0);
+      acc.backend.copyStrided(zero.buffer, 0, none, acc.buffer, s * st[p.axis], st, shape, false);
+    }
+  };
+  const ownedGrad = (inp: Tensor, like: Tensor, region?: Region): Tensor => {
     const prev = grads.get(inp);
     if (prev && owned.has(prev)) return prev;
     const acc = keep(empty(inp.shape, like.dtype, like.backend));
     if (prev) {
       acc.backend.copyStrided(prev.buffer, 0, [1], acc.buffer, 0, [1], [acc.size], false);
       prev.dispose();
+    } else if (region) {
+      partial.set(acc, { axis: region.axis, done: [] });
     } else {
       acc.backend.fill(acc.buffer, 0);
     }
     grads.set(inp, acc);
     owned.add(acc);
     return acc;
+  };
+  /** write a slice's gradient: a plain copy into a part not written yet, else an addition */
+  const intoRegion = (node: GradNode, g: Tensor): void => {
+    const acc = ownedGrad(node.inputs[0], g, node.region);
+    const p = partial.get(acc);
+    const r = node.region;
+    if (p && r && r.axis === p.axis && p.done.every(([s, e]) => r.end <= s || r.start >= e)) {
+      p.done.push([r.start, r.end]);
+      node.accumulateInto!(g, acc, false);
+      return;
+    }
+    complete(acc);
+    node.accumulateInto!(g, acc, true);
   };
   noGrad(() => {
     const start = seed ? seed.view(root.shape) : full(root.shape, 1, root.dtype, root.backend);
@@ -408,9 +457,10 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
       if (!g) continue;
       grads.delete(t);
       owned.delete(g);
+      complete(g);
       const node = t.node;
       if (node?.accumulateInto && node.inputs.length === 1) {
-        if (node.inputs[0].requiresGrad) node.accumulateInto(g, ownedGrad(node.inputs[0], g));
+        if (node.inputs[0].requiresGrad) intoRegion(node, g);
         if (freeGraph && t !== root) t.dispose();
       } else if (node) {
         const watermark = nextId;
@@ -430,6 +480,7 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
           const prev = grads.get(inp);
           if (prev) {
             const acc = ownedGrad(inp, prev);
+            complete(acc);
             const ones = [1];
             acc.backend.binary('add', acc.buffer, ones, gi.buffer, ones, acc.buffer, [acc.size]);
           } else {
@@ -452,6 +503,7 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
     }
   });
   for (const g of grads.values()) g.dispose();
+  for (const z of zeroOf.values()) z.dispose();
 }
 
 /**
@@ -465,11 +517,11 @@ export function record(
   inputs: Tensor[],
   saves: Tensor[],
   backward: GradNode['backward'],
-  accumulateInto?: GradNode['accumulateInto'],
+  into?: { accumulateInto: NonNullable<GradNode['accumulateInto']>; region: Region },
 ): Tensor {
   if (gradEnabled && inputs.some((t) => t.requiresGrad)) {
     out.requiresGrad = true;
-    out.node = accumulateInto ? { op, inputs, backward, accumulateInto } : { op, inputs, backward };
+    out.node = into ? { op, inputs, backward, ...into } : { op, inputs, backward };
     for (const t of saves) t.saved = true;
   }
   return out;

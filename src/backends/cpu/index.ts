@@ -215,6 +215,15 @@ export class CpuBackend implements Backend {
   }
 
   unary(op: UnaryOp, x: DeviceBuffer, out: DeviceBuffer, alpha: number, beta: number): void {
+    const od = (out as CpuBuffer).dtype;
+    if (od === 'bf16' || od === 'f16') {
+      // through an f32 buffer, rounded like cast
+      const tmp = this.alloc('f32', out.length);
+      this.unary(op, x, tmp, alpha, beta);
+      this.cast(tmp, out);
+      this.free(tmp);
+      return;
+    }
     const a = fl(x, `${op} input`);
     const o = fl(out, `${op} output`);
     const n = a.length;

@@ -73,6 +73,7 @@ const BINARY_CODE: Record<BinaryOp, number> = { add: 0, sub: 1, mul: 2, div: 3, 
 export const KERNEL_SIGNATURES = {
   elementwise: {
     unary_f32: 'ppiffl',
+    unary_f32_to16: 'ppiffil',
     unary_backward_f32: 'pppil',
     binary_f32: 'pppiiDDDl',
     copy_b4: 'plpliDDDl',
@@ -509,6 +510,19 @@ export class CudaBackend implements Backend {
 
   unary(op: UnaryOp, x: DeviceBuffer, out: DeviceBuffer, alpha: number, beta: number): void {
     const n = this.buf(x, op).length;
+    const o = this.buf(out, `${op} output`);
+    if (o.dtype === 'bf16' || o.dtype === 'f16') {
+      this.run1('elementwise', 'unary_f32_to16', n, [
+        this.f(x, `${op} input`),
+        o.ptr,
+        UNARY_CODE[op],
+        alpha,
+        beta,
+        o.dtype === 'bf16' ? 1 : 0,
+        n,
+      ]);
+      return;
+    }
     this.run1('elementwise', 'unary_f32', n, [
       this.f(x, `${op} input`),
       this.f(out, `${op} output`),

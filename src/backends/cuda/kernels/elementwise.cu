@@ -92,6 +92,14 @@ extern "C" __global__ void unary_f32(const float* x, float* out, int op, float a
   FOR_EACH(i, n) out[i] = alpha * unary_f(op, x[i]) + beta;
 }
 
+/** the same into 16-bit storage (bf16 when bf16 != 0, else f16), rounded to nearest even */
+extern "C" __global__ void unary_f32_to16(const float* x, u16* out, int op, float alpha, float beta, int bf16, i64 n) {
+  FOR_EACH(i, n) {
+    const float v = alpha * unary_f(op, x[i]) + beta;
+    out[i] = bf16 ? f32_to_bf16(v) : f32_to_f16(v);
+  }
+}
+
 /** x, gy, gx (n): gx = gy * f'(x); gx may alias gy */
 extern "C" __global__ void unary_backward_f32(const float* x, const float* gy, float* gx, int op, i64 n) {
   FOR_EACH(i, n) gx[i] = gy[i] * unary_df(op, x[i]);
