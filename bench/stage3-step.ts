@@ -14,7 +14,14 @@ import { CudaBackend } from '../src/backends/cuda/index.js';
 import { stage3Loss } from '../src/distill/stages.js';
 import { studentConfigFor } from '../src/distill/transfer.js';
 import { StudentLM } from '../src/models/phi-mamba.js';
-import { scope, setAutocast, setBackend, tensor } from '../src/tensor/index.js';
+import {
+  castParameters,
+  scope,
+  setAutocast,
+  setBackend,
+  tensor,
+  withCastParameters,
+} from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optimizer.js';
 import { Random } from '../src/util/random.js';
 import { phiTeacher, randomizeParameters } from './gpu-util.js';
@@ -74,11 +81,16 @@ const ids = () =>
     'i32',
   );
 
+// as the pipeline does under bf16: the frozen teacher's matrices rounded once
+const teacherCasts = values.fp32 ? null : castParameters(teacher.parameters(), 'bf16');
+
 function step(): number {
   const loss = scope(() => {
     const input = ids();
     const target = ids();
-    const r = stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 });
+    const r = withCastParameters(teacherCasts, () =>
+      stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }),
+    );
     const value = r.loss.item();
     r.loss.backward(undefined, { freeGraph: true });
     return value;

@@ -277,6 +277,42 @@ describe('gradient accumulation', () => {
       be.alloc = alloc;
     }
   });
+  it('withCastParameters: products read the 16-bit copies, except a parameter being trained', () => {
+    const be = getBackend();
+    const x = tensor(new Random(41).normals(12), [3, 4]);
+    const w = tensor(new Random(42).normals(8), [2, 4]);
+    w.name = 'w';
+    const casts = T.castParameters([w, tensor([1, 2, 3])], 'bf16');
+    assert.deepEqual([...casts.keys()], [w], 'only f32 matrices');
+    let count = 0;
+    const orig = be.cast.bind(be);
+    be.cast = (a, b) => {
+      count++;
+      orig(a, b);
+    };
+    try {
+      const plain = scope(() => T.autocast('bf16', () => T.matmul(x, w, { transB: true }).toArray()));
+      const n0 = count; // x and w
+      const cached = scope(() =>
+        T.withCastParameters(casts, () =>
+          T.autocast('bf16', () => T.matmul(x, w, { transB: true }).toArray()),
+        ),
+      );
+      assert.equal(count - n0, n0 - 1, 'w is not cast again');
+      assert.deepEqual(Array.from(cached), Array.from(plain));
+      // trained: the product casts w itself so that the gradient reaches it
+      w.requiresGrad = true;
+      scope(() =>
+        T.withCastParameters(casts, () =>
+          T.autocast('bf16', () => T.sum(T.matmul(x, w, { transB: true })).backward()),
+        ),
+      );
+      assert.ok(w.grad, 'w received its gradient');
+    } finally {
+      be.cast = orig;
+      for (const c of casts.values()) c.dispose();
+    }
+  });
   it('sums a broadcast gradient over merged runs of axes', () => {
     const g = randn(new Random(13), [2, 3, 4, 5]);
     const got = T.sumToShape(g, [3, 1, 5]); // sums axes 0 and 2

@@ -18,7 +18,15 @@ import { byteTokenizer } from '../src/io/tokenizer.js';
 import { TokenDataset, writeTokenSplits } from '../src/data/shards.js';
 import { RandomWindows, toTensors } from '../src/data/batches.js';
 import { train } from '../src/train/index.js';
-import { crossEntropy, noGrad, scope, tensor, type Tensor } from '../src/tensor/index.js';
+import {
+  crossEntropy,
+  getAutocast,
+  getBackend,
+  noGrad,
+  scope,
+  tensor,
+  type Tensor,
+} from '../src/tensor/index.js';
 import { mobyDick } from '../src/data/builtin.js';
 import { Random } from '../src/util/random.js';
 import { assertClose, randn } from './helpers.js';
@@ -292,6 +300,41 @@ describe('distill config and resume', () => {
     assert.equal(c.stages[0].tokens, 5000);
     assert.deepEqual(c.student.attentionLayers, [1]);
     assert.equal(c.teacher, path.join(dir, 't'));
+  });
+
+  it('precision bf16: autocast with the teacher rounded once, restored after; close to f32', () => {
+    const dir = tmp();
+    const { teacher, tok, train: tr, val } = tinySetup(dir);
+    const hooks = {
+      teacher: { model: teacher, tokenizer: tok },
+      data: { train: tr, val },
+      progress: false,
+      log: () => {},
+    };
+    const cfg = (precision: string) =>
+      validateConfig(
+        {
+          teacher: 'in memory',
+          out: path.join(dir, precision),
+          seed: 2,
+          precision,
+          student: { chunkSize: 16 },
+          data: { train: ['in memory'], valTokens: 1024 },
+          stageDefaults: { batchTokens: 256, microBatch: 8, seqLen: 32 },
+          stages: [{ stage: 3, tokens: 2048, lr: 2e-3 }],
+        },
+        'test',
+      );
+    const live = () => getBackend().memoryStats().liveBuffers;
+    const before = live();
+    const f32 = runDistill(cfg('f32'), hooks);
+    const bf16 = runDistill(cfg('bf16'), hooks);
+    assert.equal(getAutocast(), null);
+    assert.equal(live(), before, 'the teacher copies are freed after the run');
+    const [p32, p16] = [f32.stages[0].valPpl, bf16.stages[0].valPpl];
+    assert.ok(p16 !== p32, 'bf16 products round differently');
+    assert.ok(Math.abs(p16 - p32) / p32 < 0.05, `bf16 ${p16} vs f32 ${p32}`);
+    assert.throws(() => cfg('fp8'), /test: precision must be one of f32, bf16, got "fp8"/);
   });
 
   it('a run killed mid-stage and resumed reproduces the uninterrupted run', async () => {

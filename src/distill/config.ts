@@ -72,6 +72,11 @@ export interface DistillConfig {
   out: string;
   seed: number;
   device: 'cpu' | 'cuda';
+  /**
+   * 'bf16': matmul operands (and the SSD and attention products) in bf16 with f32 accumulation,
+   * everything else f32 (autocast); 'f32': all f32
+   */
+  precision: 'f32' | 'bf16';
   student: StudentConfig;
   data: DataConfig;
   stages: StageConfig[];
@@ -253,6 +258,7 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
     'out',
     'seed',
     'device',
+    'precision',
     'student',
     'data',
     'stages',
@@ -306,6 +312,7 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
     out: resolve(str(file, o, 'out', 'out', 'runs/distill')),
     seed: num(file, o, 'seed', 'seed', 0, { integer: true, min: 0 }),
     device: oneOf(file, o, 'device', 'device', ['cpu', 'cuda'] as const, 'cpu'),
+    precision: oneOf(file, o, 'precision', 'precision', ['f32', 'bf16'] as const, 'f32'),
     student,
     data,
     stages,

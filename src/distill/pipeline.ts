@@ -10,7 +10,17 @@ import { loadModel, saveModel } from '../models/load.js';
 import type { CausalLM } from '../models/types.js';
 import type { Tokenizer } from '../io/tokenizer.js';
 import { StudentLM } from '../models/phi-mamba.js';
-import { crossEntropy, klDivergence, noGrad, scope, type Tensor } from '../tensor/index.js';
+import {
+  castParameters,
+  crossEntropy,
+  getAutocast,
+  klDivergence,
+  noGrad,
+  scope,
+  setAutocast,
+  withCastParameters,
+  type Tensor,
+} from '../tensor/index.js';
 import { INDEX_FILE, TokenDataset, type TokenSplit } from '../data/shards.js';
 import { prepareTokens } from '../data/prepare.js';
 import { evalBatches, RandomWindows, toTensors, type Batch } from '../data/batches.js';
@@ -205,6 +215,27 @@ export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume
   fs.mkdirSync(cfg.out, { recursive: true });
   const { model: teacher, tokenizer } = hooks.teacher ?? loadModel(cfg.teacher);
   teacher.setTrainable(() => true, false);
+  if (cfg.precision === 'f32') return distillWith(cfg, hooks, resume, log, teacher, tokenizer);
+  // bf16 autocast; the frozen teacher's matrices are rounded once for the whole run
+  const prev = getAutocast();
+  const casts = castParameters(teacher.parameters(), 'bf16');
+  setAutocast('bf16');
+  try {
+    return withCastParameters(casts, () => distillWith(cfg, hooks, resume, log, teacher, tokenizer));
+  } finally {
+    setAutocast(prev);
+    for (const c of casts.values()) c.dispose();
+  }
+}
+
+function distillWith(
+  cfg: DistillConfig,
+  hooks: PipelineHooks,
+  resume: boolean,
+  log: (l: string) => void,
+  teacher: CausalLM,
+  tokenizer: Tokenizer | null,
+): DistillResult {
   const { train: trainSplit, val } = hooks.data ?? openData(cfg, tokenizer, log);
   const evalLen = Math.min(cfg.stages[cfg.stages.length - 1].seqLen, teacher.info.maxSeqLen);
   const ppl = (m: CausalLM) => validationPerplexity(m, val, evalLen, cfg.data.valTokens);

@@ -4,7 +4,7 @@
 
 import type { Tokenizer } from '../io/tokenizer.js';
 import type { CausalLM } from '../models/types.js';
-import { noGrad, scope, tensor } from '../tensor/index.js';
+import { castParameters, getAutocast, noGrad, scope, tensor, withCastParameters } from '../tensor/index.js';
 import { Random } from '../util/random.js';
 import { sampleToken, type SamplingOptions } from './sampling.js';
 
@@ -28,7 +28,18 @@ export function generateIds(model: CausalLM, promptIds: number[], opts: Generate
   const maxLen = model.info.maxSeqLen;
   const out: number[] = [];
   const cache = model.createCache(1);
+  // under autocast the weights are rounded to 16 bits once for the whole generation
+  const dt = getAutocast();
+  const casts = dt ? castParameters(model.parameters(), dt) : null;
   try {
+    withCastParameters(casts, () => decodeLoop());
+  } finally {
+    cache.dispose();
+    for (const c of casts?.values() ?? []) c.dispose();
+  }
+  return out;
+
+  function decodeLoop(): void {
     let input = promptIds;
     for (let i = 0; i < opts.maxNewTokens; i++) {
       if (cache.position + input.length > maxLen) break;
@@ -44,10 +55,7 @@ export function generateIds(model: CausalLM, promptIds: number[], opts: Generate
       opts.onToken?.(next);
       input = [next];
     }
-  } finally {
-    cache.dispose();
   }
-  return out;
 }
 
 export interface GenerateResult {

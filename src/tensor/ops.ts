@@ -3,7 +3,19 @@
 // pass beside the forward one.
 
 import type { AdamWParams, BinaryOp, DType, UnaryOp } from '../backends/backend.js';
-import { empty, full, isGradEnabled, record, shapeStr, sizeOf, stridesOf, Tensor, zeros } from './tensor.js';
+import {
+  empty,
+  full,
+  isGradEnabled,
+  keep,
+  noGrad,
+  record,
+  shapeStr,
+  sizeOf,
+  stridesOf,
+  Tensor,
+  zeros,
+} from './tensor.js';
 
 // ---- helpers --------------------------------------------------------------------------------
 
@@ -493,7 +505,40 @@ let autocastDtype: 'bf16' | 'f16' | null = null;
 // since optimizers change them in place.
 const castMemo = new WeakMap<Tensor, Tensor>();
 
+// 16-bit copies of parameters that products read instead of casting them (withCastParameters)
+let castParams: ReadonlyMap<Tensor, Tensor> | null = null;
+
+/**
+ * 16-bit copies of the f32 matrices among `params`, made once: for parameters that do not change
+ * while they are used (a frozen teacher, a model generating text). The caller disposes them.
+ */
+export function castParameters(params: Iterable<Tensor>, dtype: 'bf16' | 'f16'): Map<Tensor, Tensor> {
+  return noGrad(() => {
+    const out = new Map<Tensor, Tensor>();
+    for (const p of params) if (p.dtype === 'f32' && p.ndim === 2) out.set(p, keep(cast(p, dtype)));
+    return out;
+  });
+}
+
+/**
+ * Run fn with autocast products reading the given 16-bit copies instead of casting those
+ * parameters on every call (not for a parameter that fn trains: its gradient needs the cast).
+ */
+export function withCastParameters<T>(casts: ReadonlyMap<Tensor, Tensor> | null, fn: () => T): T {
+  const prev = castParams;
+  castParams = casts;
+  try {
+    return fn();
+  } finally {
+    castParams = prev;
+  }
+}
+
 function autocastOperand(x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
+  if (castParams && !(isGradEnabled() && x.requiresGrad)) {
+    const c = castParams.get(x);
+    if (c && c.dtype === dtype && !c.disposed) return c;
+  }
   if (x.name !== undefined) return cast(x, dtype);
   const c = castMemo.get(x);
   const recording = isGradEnabled() && x.requiresGrad;
