@@ -50,13 +50,24 @@ randomizeParameters(gpu, student);
 gpu.synchronize();
 
 const rng = new Random(3);
-// as generate does under autocast: the weights rounded to bf16 once, not on every token
-const casts = new Map<CausalLM, Map<Tensor, Tensor>>(
-  [student, teacher].map((m) => [m, castParameters(m.parameters(), 'bf16')]),
-);
-
 function decodeMs(model: CausalLM, batch: number, ctx: number): { ms: number; memGiB: number } {
-  return withCastParameters(casts.get(model)!, () =>
+  // as generate does under autocast: the model's weights rounded to bf16 once, not on every
+  // token (the copies count in the peak)
+  const casts = castParameters(model.parameters(), 'bf16');
+  try {
+    return decodeWith(casts, model, batch, ctx);
+  } finally {
+    for (const c of casts.values()) c.dispose();
+  }
+}
+
+function decodeWith(
+  casts: Map<Tensor, Tensor>,
+  model: CausalLM,
+  batch: number,
+  ctx: number,
+): { ms: number; memGiB: number } {
+  return withCastParameters(casts, () =>
     noGrad(() => {
       const cache = model.createCache(batch);
       try {
