@@ -19,7 +19,7 @@ import {
   setBackend,
   tensor,
   withCastParameters,
-  type Tensor,
+  type ParameterCasts,
 } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { phiTeacher, randomizeParameters } from './gpu-util.js';
@@ -57,12 +57,12 @@ function decodeMs(model: CausalLM, batch: number, ctx: number): { ms: number; me
   try {
     return decodeWith(casts, model, batch, ctx);
   } finally {
-    for (const c of casts.values()) c.dispose();
+    casts.dispose();
   }
 }
 
 function decodeWith(
-  casts: Map<Tensor, Tensor>,
+  casts: ParameterCasts,
   model: CausalLM,
   batch: number,
   ctx: number,

@@ -208,6 +208,24 @@ describe('backward with freeGraph', () => {
   });
 });
 
+describe('backward frees what it makes', () => {
+  it('no buffer is left behind outside any scope, also for inputs that need no gradient', () => {
+    const x = randn(new Random(51), [4, 10]);
+    x.requiresGrad = true;
+    const c = randn(new Random(52), [10]); // broadcast, no gradient wanted
+    const loss = T.sum(T.mul(T.add(x, c), T.sub(x, c)));
+    const before = live();
+    loss.backward(undefined, { freeGraph: true });
+    // the add, sub and mul outputs are freed and x.grad is new: nothing else stays
+    assert.equal(live(), before - 2);
+    assertClose(
+      Array.from(x.grad!.toArray()),
+      Array.from(x.toArray(), (v) => 2 * v),
+      1e-12,
+    );
+  });
+});
+
 describe('gradient accumulation', () => {
   it('slices of one tensor (split) add into one buffer, with a direct use and an unused piece', () => {
     const x = randn(new Random(11), [3, 7]);
@@ -282,8 +300,7 @@ describe('gradient accumulation', () => {
     const x = tensor(new Random(41).normals(12), [3, 4]);
     const w = tensor(new Random(42).normals(8), [2, 4]);
     w.name = 'w';
-    const casts = T.castParameters([w, tensor([1, 2, 3])], 'bf16');
-    assert.deepEqual([...casts.keys()], [w], 'only f32 matrices');
+    const casts = T.castParameters([w, tensor([1, 2, 3], [3], 'f64')], 'bf16');
     let count = 0;
     const orig = be.cast.bind(be);
     be.cast = (a, b) => {
@@ -298,7 +315,15 @@ describe('gradient accumulation', () => {
           T.autocast('bf16', () => T.matmul(x, w, { transB: true }).toArray()),
         ),
       );
-      assert.equal(count - n0, n0 - 1, 'w is not cast again');
+      assert.equal(count - n0, n0, 'x cast, and w once into its copy');
+      assert.equal(casts.size, 1, 'one copy, made on first use');
+      const again = scope(() =>
+        T.withCastParameters(casts, () =>
+          T.autocast('bf16', () => T.matmul(x, w, { transB: true }).toArray()),
+        ),
+      );
+      assert.equal(count - n0, n0 + 1, 'then only x');
+      assert.deepEqual(Array.from(again), Array.from(plain));
       assert.deepEqual(Array.from(cached), Array.from(plain));
       // trained: the product casts w itself so that the gradient reaches it
       w.requiresGrad = true;
@@ -310,8 +335,28 @@ describe('gradient accumulation', () => {
       assert.ok(w.grad, 'w received its gradient');
     } finally {
       be.cast = orig;
-      for (const c of casts.values()) c.dispose();
+      casts.dispose();
     }
+  });
+  it('the cast memo never returns a stale copy of a tensor written in place', () => {
+    const x = tensor(new Random(43).normals(6), [2, 3]);
+    const w = tensor(new Random(44).normals(6), [2, 3]); // unnamed, written in place below
+    const prod = () => Array.from(T.matmul(x, w, { transB: true }).toArray());
+    T.autocast('bf16', () => {
+      const before = prod();
+      T.assign(w, T.scale(w, 2));
+      assertClose(
+        prod(),
+        before.map((v) => 2 * v),
+        1e-6,
+      );
+      const z = T.zeros([2, 3]);
+      const p0 = Array.from(T.matmul(x, z, { transB: true }).toArray());
+      T.writeSlice(z, T.ones([1, 3]), 0, 0);
+      const p1 = Array.from(T.matmul(x, z, { transB: true }).toArray());
+      assert.deepEqual(p0, [0, 0, 0, 0]);
+      assert.notDeepEqual(p1, p0);
+    });
   });
   it('sums a broadcast gradient over merged runs of axes', () => {
     const g = randn(new Random(13), [2, 3, 4, 5]);
@@ -335,7 +380,7 @@ describe('gradient accumulation', () => {
     assertClose(Array.from(bias.toArray()), bv, 1e-12);
     assert.throws(() => T.sumToShape(g, [4, 4]), /sumToShape: cannot sum \[2, 3, 4, 5\] to \[4, 4\]/);
   });
-  it('under autocast an activation read by two products is rounded once; parameters every time', () => {
+  it('under autocast an activation read by two products is rounded once; leaves every time', () => {
     const be = getBackend();
     const x = tensor(new Random(14).normals(12), [3, 4]);
     x.requiresGrad = true;
@@ -356,11 +401,12 @@ describe('gradient accumulation', () => {
     try {
       scope(() =>
         T.autocast('bf16', () => {
+          const h = T.scale(x, 1); // an activation: the output of an op
           const loss = T.add(
-            T.sum(T.matmul(x, w1, { transB: true })),
-            T.sum(T.matmul(x, w2, { transB: true })),
+            T.sum(T.matmul(h, w1, { transB: true })),
+            T.sum(T.matmul(h, w2, { transB: true })),
           );
-          assert.equal(casts, 3); // x once, w1 and w2
+          assert.equal(casts, 3); // h once, w1 and w2
           loss.backward();
           return null;
         }),

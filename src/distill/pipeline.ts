@@ -224,7 +224,7 @@ export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume
     return withCastParameters(casts, () => distillWith(cfg, hooks, resume, log, teacher, tokenizer));
   } finally {
     setAutocast(prev);
-    for (const c of casts.values()) c.dispose();
+    casts.dispose();
   }
 }
 

@@ -35,7 +35,7 @@ export function generateIds(model: CausalLM, promptIds: number[], opts: Generate
     withCastParameters(casts, () => decodeLoop());
   } finally {
     cache.dispose();
-    for (const c of casts?.values() ?? []) c.dispose();
+    casts?.dispose();
   }
   return out;
 

@@ -127,14 +127,14 @@ function binary(op: BinaryOp, a: Tensor, b: Tensor): Tensor {
 
 export function add(a: Tensor, b: Tensor): Tensor {
   return record(binary('add', a, b), 'add', [a, b], [], (g) => [
-    sumToShape(g, a.shape),
-    sumToShape(g, b.shape),
+    a.requiresGrad ? sumToShape(g, a.shape) : null,
+    b.requiresGrad ? sumToShape(g, b.shape) : null,
   ]);
 }
 
 export function sub(a: Tensor, b: Tensor): Tensor {
   return record(binary('sub', a, b), 'sub', [a, b], [], (g) => [
-    sumToShape(g, a.shape),
+    a.requiresGrad ? sumToShape(g, a.shape) : null,
     b.requiresGrad ? sumToShape(neg(g), b.shape) : null,
   ]);
 }
@@ -501,30 +501,59 @@ function product(a: Tensor, b: Tensor, opts: MatmulOptions, bias: Tensor | null)
 let autocastDtype: 'bf16' | 'f16' | null = null;
 
 // The 16-bit copy of an activation that feeds several products (a LayerNorm output read by
-// q, k, v and the MLP) is made once. Parameters (named tensors) are cast afresh each time,
-// since optimizers change them in place.
+// q, k, v and the MLP) is made once. Only outputs of ops are memoized (`derived`), never
+// parameters, caches or other tensors that are written in place.
 const castMemo = new WeakMap<Tensor, Tensor>();
 
-// 16-bit copies of parameters that products read instead of casting them (withCastParameters)
-let castParams: ReadonlyMap<Tensor, Tensor> | null = null;
-
 /**
- * 16-bit copies of the f32 matrices among `params`, made once: for parameters that do not change
- * while they are used (a frozen teacher, a model generating text). The caller disposes them.
+ * 16-bit copies of parameters that do not change while they are used (a frozen teacher, a model
+ * generating text): each is made the first time an autocast product reads it, then reused, so
+ * tables that never enter a product (embeddings) are not copied. `dispose` frees them.
  */
-export function castParameters(params: Iterable<Tensor>, dtype: 'bf16' | 'f16'): Map<Tensor, Tensor> {
-  return noGrad(() => {
-    const out = new Map<Tensor, Tensor>();
-    for (const p of params) if (p.dtype === 'f32' && p.ndim === 2) out.set(p, keep(cast(p, dtype)));
-    return out;
-  });
+export class ParameterCasts {
+  private readonly candidates: Set<Tensor>;
+  private readonly made = new Map<Tensor, Tensor>();
+
+  constructor(
+    params: Iterable<Tensor>,
+    readonly dtype: 'bf16' | 'f16',
+  ) {
+    this.candidates = new Set([...params].filter((p) => p.dtype === 'f32'));
+  }
+
+  /** the copy of p (made now if needed), or undefined when p is not one of the parameters */
+  get(p: Tensor): Tensor | undefined {
+    if (!this.candidates.has(p)) return undefined;
+    let c = this.made.get(p);
+    if (!c) {
+      c = noGrad(() => keep(cast(p, this.dtype)));
+      this.made.set(p, c);
+    }
+    return c;
+  }
+
+  /** how many copies exist */
+  get size(): number {
+    return this.made.size;
+  }
+
+  dispose(): void {
+    for (const c of this.made.values()) c.dispose();
+    this.made.clear();
+  }
+}
+
+let castParams: ParameterCasts | null = null;
+
+export function castParameters(params: Iterable<Tensor>, dtype: 'bf16' | 'f16'): ParameterCasts {
+  return new ParameterCasts(params, dtype);
 }
 
 /**
- * Run fn with autocast products reading the given 16-bit copies instead of casting those
+ * Run fn with autocast products reading the 16-bit copies of `casts` instead of casting those
  * parameters on every call (not for a parameter that fn trains: its gradient needs the cast).
  */
-export function withCastParameters<T>(casts: ReadonlyMap<Tensor, Tensor> | null, fn: () => T): T {
+export function withCastParameters<T>(casts: ParameterCasts | null, fn: () => T): T {
   const prev = castParams;
   castParams = casts;
   try {
@@ -535,11 +564,12 @@ export function withCastParameters<T>(casts: ReadonlyMap<Tensor, Tensor> | null,
 }
 
 function autocastOperand(x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
-  if (castParams && !(isGradEnabled() && x.requiresGrad)) {
+  if (castParams && castParams.dtype === dtype && !(isGradEnabled() && x.requiresGrad)) {
     const c = castParams.get(x);
-    if (c && c.dtype === dtype && !c.disposed) return c;
+    if (c) return c;
   }
-  if (x.name !== undefined) return cast(x, dtype);
+  // only op outputs are memoized: parameters, caches and optimizer state change in place
+  if (!x.derived) return cast(x, dtype);
   const c = castMemo.get(x);
   const recording = isGradEnabled() && x.requiresGrad;
   if (c && !c.disposed && c.dtype === dtype && (c.node !== null) === recording) return c;

@@ -161,6 +161,8 @@ export class Tensor {
   node: GradNode | null = null;
   /** a recorded backward reads this tensor's values (set by `record`; see `graphScope`) */
   saved = false;
+  /** the output of an op (set by `record`, with or without gradients), not a leaf or a buffer */
+  derived = false;
   /** the parameter name, for error messages and checkpoints */
   name: string | undefined;
 
@@ -469,7 +471,12 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
         const fresh = new Set<Tensor>();
         node.inputs.forEach((inp, k) => {
           const gi = inGrads[k];
-          if (!gi || !inp.requiresGrad) return;
+          if (!gi) return;
+          if (!inp.requiresGrad) {
+            // computed but not needed: freed like the others
+            if (gi.id >= watermark && gi !== g) fresh.add(gi);
+            return;
+          }
           if (gi.size !== inp.size) {
             throw new Error(
               `backward of ${node.op}: gradient ${shapeStr(gi.shape)} for input ${shapeStr(inp.shape)}`,
@@ -519,6 +526,7 @@ export function record(
   backward: GradNode['backward'],
   into?: { accumulateInto: NonNullable<GradNode['accumulateInto']>; region: Region },
 ): Tensor {
+  out.derived = true;
   if (gradEnabled && inputs.some((t) => t.requiresGrad)) {
     out.requiresGrad = true;
     out.node = into ? { op, inputs, backward, ...into } : { op, inputs, backward };
