@@ -189,6 +189,25 @@ describe('commands', { skip }, () => {
     assert.ok(Math.abs(out.ppl - Math.exp(out.nll)) < 1e-9 * out.ppl, 'ppl = exp(nll)');
   });
 
+  it('--precision bf16 scores close to f32 (bf16 products); a bad precision names the flag', () => {
+    const exp = JSON.parse(fs.readFileSync(path.join(fixture('gpt2'), 'expected.json'), 'utf8')) as {
+      ids: number[][];
+      logprobs: number[][];
+    };
+    const args = ['score', '--model', fixture('gpt2'), '--ids', exp.ids[0].join(','), '--json'];
+    const r = mohawk([...args, '--precision', 'bf16']);
+    assert.equal(r.code, 0, r.stderr);
+    const got = (JSON.parse(r.stdout) as { logprobs: number[] }).logprobs;
+    assertClose(got, exp.logprobs[0], 0.1, 'bf16 log-probs');
+    assert.ok(
+      got.some((v, i) => Math.abs(v - exp.logprobs[0][i]) > 1e-6),
+      'bf16 rounding shows',
+    );
+    const bad = mohawk([...args, '--precision', 'fp8']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--precision expects f32 or bf16, got "fp8"/);
+  });
+
   it('convert llama2c, then score --text (BOS prepended) and generate --json from the result', () => {
     const base = path.join(SHARED, 'data/stories260K');
     const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mohawk-cli-')), 'stories260K');

@@ -4,6 +4,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { Backend } from '../backends/backend.js';
 import { useDevice } from '../tensor/device.js';
+import { setAutocast } from '../tensor/ops.js';
 
 export class CliError extends Error {}
 
@@ -82,9 +83,25 @@ export function list(p: Parsed, name: string): string[] {
 /** The --device option of every command: cpu (the default, or $MOHAWK_DEVICE) or cuda. */
 export const deviceOption: Options = { device: { type: 'string' } };
 
-/** Select the backend named by --device (else $MOHAWK_DEVICE, else cpu); CUDA errors name what is missing. */
+/** --precision of the commands that run a model: f32 (the default, or $MOHAWK_PRECISION) or bf16. */
+export const precisionOption: Options = { precision: { type: 'string' } };
+
+/** The help line of --precision, aligned at `column`. */
+export function precisionHelp(column: number): string {
+  return `  ${'--precision P'.padEnd(column - 2)}f32 (default) or bf16 (bf16 products with f32 accumulation, for GPUs)`;
+}
+
+/**
+ * Select the backend named by --device (else $MOHAWK_DEVICE, else cpu); CUDA errors name what is
+ * missing. With --precision bf16 (else $MOHAWK_PRECISION) products run under bf16 autocast.
+ */
 export async function selectDevice(p: Parsed): Promise<Backend> {
   const name = str(p, 'device') ?? process.env.MOHAWK_DEVICE ?? 'cpu';
   if (name !== 'cpu' && name !== 'cuda') throw new CliError(`--device expects cpu or cuda, got "${name}"`);
-  return useDevice(name);
+  const precision = str(p, 'precision') ?? process.env.MOHAWK_PRECISION ?? 'f32';
+  if (precision !== 'f32' && precision !== 'bf16')
+    throw new CliError(`--precision expects f32 or bf16, got "${precision}"`);
+  const backend = await useDevice(name);
+  setAutocast(precision === 'bf16' ? 'bf16' : null);
+  return backend;
 }

@@ -6,7 +6,7 @@ import { resultsTable, runDistill } from '../../distill/pipeline.js';
 import { useDevice } from '../../tensor/device.js';
 import { CliError, flag, list, parse, str } from '../args.js';
 
-const HELP = `usage: mohawk distill --config FILE [--out DIR] [--resume] [--set path=value ...] [--device D] [--json]
+const HELP = `usage: mohawk distill --config FILE [--out DIR] [--resume] [--set path=value ...] [--device D] [--precision P] [--json]
 
 Distill a Transformer teacher into a Mamba-2 student with the MOHAWK stages the config lists:
 1 matrix orientation, 2 hidden-state alignment, 3 weight transfer + knowledge distillation.
@@ -18,6 +18,7 @@ OUT/results.json. See configs/ for examples and docs/distill.md for every field.
   --resume           continue a killed run from its checkpoints (finished stages are skipped)
   --set path=value   override any config field, e.g. --set stages.2.tokens=2e6 (repeatable)
   --device D         cpu or cuda (overrides the config's device)
+  --precision P      f32 or bf16 (overrides the config's precision; bf16 is the fast path on GPUs)
   --json             print the results as JSON`;
 
 export async function run(argv: string[]): Promise<number> {
@@ -29,6 +30,7 @@ export async function run(argv: string[]): Promise<number> {
       resume: { type: 'boolean' },
       set: { type: 'string', multiple: true },
       device: { type: 'string' },
+      precision: { type: 'string' },
       json: { type: 'boolean' },
     },
     HELP,
@@ -41,6 +43,8 @@ export async function run(argv: string[]): Promise<number> {
   if (out) overrides.push(`out=${JSON.stringify(path.resolve(out))}`);
   const device = str(p, 'device');
   if (device) overrides.push(`device=${device}`);
+  const precision = str(p, 'precision');
+  if (precision) overrides.push(`precision=${precision}`);
   const cfg = loadConfig(file, overrides);
   await useDevice(cfg.device);
   const r = runDistill(cfg, { progress: !flag(p, 'json') }, flag(p, 'resume'));

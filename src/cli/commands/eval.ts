@@ -16,7 +16,18 @@ import {
   type TaskName,
   type TaskResult,
 } from '../../eval/tasks.js';
-import { CliError, deviceOption, flag, num, parse, required, selectDevice, str } from '../args.js';
+import {
+  CliError,
+  deviceOption,
+  flag,
+  num,
+  parse,
+  required,
+  selectDevice,
+  str,
+  precisionHelp,
+  precisionOption,
+} from '../args.js';
 import { progressLine } from '../progress.js';
 
 const HELP = `usage: mohawk eval --model DIR [--tasks LIST] [options]
@@ -36,7 +47,8 @@ acc and perplexity, with standard errors.
   --acc-norm-length U  bytes (default) or chars (Python len, as lm-eval 0.4 divides by)
   --log-samples PATH   write one JSON line per example {task, index, loglikelihoods, pred, gold}
   --json               print the results as JSON (harness-shaped)
-  --device D           cpu (default) or cuda`;
+  --device D           cpu (default) or cuda
+${precisionHelp(23)}`;
 
 function fmt(v: number | null, digits = 4): string {
   return v === null || !Number.isFinite(v) ? 'N/A' : v.toFixed(digits);
@@ -92,6 +104,7 @@ export async function run(argv: string[]): Promise<number> {
       'log-samples': { type: 'string' },
       json: { type: 'boolean' },
       ...deviceOption,
+      ...precisionOption,
     },
     HELP,
   );

@@ -2,7 +2,18 @@
 
 import { loadModel } from '../../models/load.js';
 import { generate } from '../../generate/generate.js';
-import { CliError, deviceOption, flag, num, parse, required, selectDevice, str } from '../args.js';
+import {
+  CliError,
+  deviceOption,
+  flag,
+  num,
+  parse,
+  required,
+  selectDevice,
+  str,
+  precisionHelp,
+  precisionOption,
+} from '../args.js';
 
 const HELP = `usage: mohawk generate --model DIR --prompt STR --max-new-tokens N [options]
 
@@ -12,7 +23,8 @@ const HELP = `usage: mohawk generate --model DIR --prompt STR --max-new-tokens N
   --seed S          random seed (default 0)
   --no-bos          do not prepend BOS to the prompt
   --json            print {"prompt", "completion", "ids"} (ids: new tokens only) instead of streaming
-  --device D        cpu (default) or cuda`;
+  --device D        cpu (default) or cuda
+${precisionHelp(20)}`;
 
 export async function run(argv: string[]): Promise<number> {
   const p = parse(
@@ -28,6 +40,7 @@ export async function run(argv: string[]): Promise<number> {
       'no-bos': { type: 'boolean' },
       json: { type: 'boolean' },
       ...deviceOption,
+      ...precisionOption,
     },
     HELP,
   );

@@ -4,7 +4,19 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { loadModel } from '../../models/load.js';
 import { perplexity, type PerplexityResult } from '../../eval/perplexity.js';
-import { CliError, deviceOption, flag, list, num, parse, required, selectDevice, str } from '../args.js';
+import {
+  CliError,
+  deviceOption,
+  flag,
+  list,
+  num,
+  parse,
+  required,
+  selectDevice,
+  str,
+  precisionHelp,
+  precisionOption,
+} from '../args.js';
 import { progressLine } from '../progress.js';
 
 const HELP = `usage: mohawk perplexity --model DIR --file PATH... [options]
@@ -23,7 +35,8 @@ tokens of context. Reports per file and overall: tokens, nats/token, perplexity 
                    document on its own (BOS in front of each when the tokenizer adds it), pool them
   --no-bos         do not prepend BOS
   --json           print the results as JSON
-  --device D       cpu (default) or cuda`;
+  --device D       cpu (default) or cuda
+${precisionHelp(19)}`;
 
 interface FileResult {
   file: string;
@@ -62,6 +75,7 @@ export async function run(argv: string[]): Promise<number> {
       'no-bos': { type: 'boolean' },
       json: { type: 'boolean' },
       ...deviceOption,
+      ...precisionOption,
     },
     HELP,
     true,

@@ -6,7 +6,16 @@ import { loadModel } from '../../models/load.js';
 import { sampleDocuments } from '../../generate/sample-data.js';
 import { writeTokenSplits } from '../../data/index.js';
 import { fmtCount } from '../../train/metrics.js';
-import { CliError, deviceOption, num, parse, required, selectDevice } from '../args.js';
+import {
+  CliError,
+  deviceOption,
+  num,
+  parse,
+  required,
+  selectDevice,
+  precisionHelp,
+  precisionOption,
+} from '../args.js';
 import { summaryTable } from './data.js';
 
 const HELP = `usage: mohawk sample-data --model DIR --tokens N --out PATH [options]
@@ -25,7 +34,8 @@ Sequences start from BOS (else EOS) and are cut into documents where the model e
   --top-k K, --top-p P restrict sampling
   --batch B            sequences decoded together (default 8)
   --seq-len L          tokens per sequence (default min(256, the model's max length))
-  --device D           cpu (default) or cuda`;
+  --device D           cpu (default) or cuda
+${precisionHelp(23)}`;
 
 export async function run(argv: string[]): Promise<number> {
   const p = parse(
@@ -42,6 +52,7 @@ export async function run(argv: string[]): Promise<number> {
       batch: { type: 'string' },
       'seq-len': { type: 'string' },
       ...deviceOption,
+      ...precisionOption,
     },
     HELP,
   );
