@@ -208,6 +208,22 @@ describe('backward with freeGraph', () => {
   });
 });
 
+/** Count the backend's cast calls until restore(). */
+function countCasts(be: ReturnType<typeof getBackend>): { count: number; restore(): void } {
+  const orig = be.cast.bind(be);
+  const spy = {
+    count: 0,
+    restore: () => {
+      be.cast = orig;
+    },
+  };
+  be.cast = (a, b) => {
+    spy.count++;
+    orig(a, b);
+  };
+  return spy;
+}
+
 describe('backward frees what it makes', () => {
   it('no buffer is left behind outside any scope, also for inputs that need no gradient', () => {
     const x = randn(new Random(51), [4, 10]);
@@ -301,28 +317,23 @@ describe('gradient accumulation', () => {
     const w = tensor(new Random(42).normals(8), [2, 4]);
     w.name = 'w';
     const casts = T.castParameters([w, tensor([1, 2, 3], [3], 'f64')], 'bf16');
-    let count = 0;
-    const orig = be.cast.bind(be);
-    be.cast = (a, b) => {
-      count++;
-      orig(a, b);
-    };
+    const spy = countCasts(be);
     try {
       const plain = scope(() => T.autocast('bf16', () => T.matmul(x, w, { transB: true }).toArray()));
-      const n0 = count; // x and w
+      const n0 = spy.count; // x and w
       const cached = scope(() =>
         T.withCastParameters(casts, () =>
           T.autocast('bf16', () => T.matmul(x, w, { transB: true }).toArray()),
         ),
       );
-      assert.equal(count - n0, n0, 'x cast, and w once into its copy');
+      assert.equal(spy.count - n0, n0, 'x cast, and w once into its copy');
       assert.equal(casts.size, 1, 'one copy, made on first use');
       const again = scope(() =>
         T.withCastParameters(casts, () =>
           T.autocast('bf16', () => T.matmul(x, w, { transB: true }).toArray()),
         ),
       );
-      assert.equal(count - n0, n0 + 1, 'then only x');
+      assert.equal(spy.count - n0, n0 + 1, 'then only x');
       assert.deepEqual(Array.from(again), Array.from(plain));
       assert.deepEqual(Array.from(cached), Array.from(plain));
       // trained: the product casts w itself so that the gradient reaches it
@@ -334,7 +345,7 @@ describe('gradient accumulation', () => {
       );
       assert.ok(w.grad, 'w received its gradient');
     } finally {
-      be.cast = orig;
+      spy.restore();
       casts.dispose();
     }
   });
@@ -392,12 +403,7 @@ describe('gradient accumulation', () => {
     // x's gradient: both products' contributions (bf16-rounded weights, bf16-rounded ones)
     const round = (t: T.Tensor) => T.cast(T.cast(t.detach(), 'bf16'), 'f32');
     const expected = T.add(T.matmul(T.ones([3, 2]), round(w1)), T.matmul(T.ones([3, 2]), round(w2)));
-    let casts = 0;
-    const orig = be.cast.bind(be);
-    be.cast = (a, b) => {
-      casts++;
-      orig(a, b);
-    };
+    const spy = countCasts(be);
     try {
       scope(() =>
         T.autocast('bf16', () => {
@@ -406,13 +412,13 @@ describe('gradient accumulation', () => {
             T.sum(T.matmul(h, w1, { transB: true })),
             T.sum(T.matmul(h, w2, { transB: true })),
           );
-          assert.equal(casts, 3); // h once, w1 and w2
+          assert.equal(spy.count, 3); // h once, w1 and w2
           loss.backward();
           return null;
         }),
       );
       // backward: each product's f32 gradient once (2), and nothing else
-      assert.equal(casts, 5);
+      assert.equal(spy.count, 5);
       // a parameter changed in place is read afresh by the next product
       const before = scope(() => T.autocast('bf16', () => T.matmul(x, w1, { transB: true }).toArray()));
       T.assign(w1, T.scale(w1, 2));
@@ -423,7 +429,7 @@ describe('gradient accumulation', () => {
         1e-6,
       );
     } finally {
-      be.cast = orig;
+      spy.restore();
     }
     assertClose(Array.from(x.grad!.toArray()), Array.from(expected.toArray()), 2e-2, 'grad x', 1e-2);
   });

@@ -83,12 +83,16 @@ export function list(p: Parsed, name: string): string[] {
 /** The --device option of every command: cpu (the default, or $MOHAWK_DEVICE) or cuda. */
 export const deviceOption: Options = { device: { type: 'string' } };
 
-/** --precision of the commands that run a model: f32 (the default, or $MOHAWK_PRECISION) or bf16. */
-export const precisionOption: Options = { precision: { type: 'string' } };
+/** --device and --precision: the options of every command that runs a model (selectDevice reads them). */
+export const runOptions: Options = { device: { type: 'string' }, precision: { type: 'string' } };
 
-/** The help line of --precision, aligned at `column`. */
-export function precisionHelp(column: number): string {
-  return `  ${'--precision P'.padEnd(column - 2)}f32 (default) or bf16 (bf16 products with f32 accumulation, for GPUs)`;
+/** The help lines of --device and --precision, their text starting at `column`. */
+export function runHelp(column: number): string {
+  const flag = (name: string) => `  ${name.padEnd(column - 2)}`;
+  return (
+    `${flag('--device D')}cpu (default) or cuda\n` +
+    `${flag('--precision P')}f32 (default) or bf16 (bf16 products with f32 accumulation, for GPUs)`
+  );
 }
 
 /**

@@ -434,15 +434,8 @@ export class CpuBackend implements Backend {
     cols: number,
   ): void {
     const yv = fl(y, 'siluGate y');
-    const zv = fl(z, 'siluGate z');
-    const bv = fl(bias, 'siluGate bias');
     const o = fl(out, 'siluGate output');
-    for (let r = 0; r < rows; r++)
-      for (let c = 0; c < cols; c++) {
-        const i = r * cols + c;
-        const u = zv[i] + bv[c];
-        o[i] = (yv[i] * u) / (1 + Math.exp(-u));
-      }
+    eachGate(z, bias, rows, cols, (i, u) => (o[i] = (yv[i] * u) / (1 + Math.exp(-u))));
   }
 
   siluGateBackward(
@@ -456,19 +449,14 @@ export class CpuBackend implements Backend {
     cols: number,
   ): void {
     const yv = fl(y, 'siluGate y');
-    const zv = fl(z, 'siluGate z');
-    const bv = fl(bias, 'siluGate bias');
     const gv = fl(g, 'siluGate gradient');
     const oy = fl(gy, 'siluGate y gradient');
     const oz = fl(gz, 'siluGate z gradient');
-    for (let r = 0; r < rows; r++)
-      for (let c = 0; c < cols; c++) {
-        const i = r * cols + c;
-        const u = zv[i] + bv[c];
-        const s = 1 / (1 + Math.exp(-u));
-        oy[i] = gv[i] * u * s;
-        oz[i] = gv[i] * yv[i] * s * (1 + u * (1 - s));
-      }
+    eachGate(z, bias, rows, cols, (i, u) => {
+      const s = 1 / (1 + Math.exp(-u));
+      oy[i] = gv[i] * u * s;
+      oz[i] = gv[i] * yv[i] * s * (1 + u * (1 - s));
+    });
   }
 
   ssmStep(
@@ -1055,4 +1043,17 @@ function binaryRun(
         for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] === y[ob + i * sb] ? 1 : 0;
       };
   }
+}
+
+/** f(i, u) for every element i of the (rows, cols) gate input, u = z[i] + bias[col] */
+function eachGate(
+  z: DeviceBuffer,
+  bias: DeviceBuffer,
+  rows: number,
+  cols: number,
+  f: (i: number, u: number) => void,
+): void {
+  const zv = fl(z, 'siluGate z');
+  const bv = fl(bias, 'siluGate bias');
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) f(r * cols + c, zv[r * cols + c] + bv[c]);
 }

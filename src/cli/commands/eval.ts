@@ -16,18 +16,7 @@ import {
   type TaskName,
   type TaskResult,
 } from '../../eval/tasks.js';
-import {
-  CliError,
-  deviceOption,
-  flag,
-  num,
-  parse,
-  required,
-  selectDevice,
-  str,
-  precisionHelp,
-  precisionOption,
-} from '../args.js';
+import { CliError, flag, num, parse, required, runHelp, runOptions, selectDevice, str } from '../args.js';
 import { progressLine } from '../progress.js';
 
 const HELP = `usage: mohawk eval --model DIR [--tasks LIST] [options]
@@ -47,8 +36,7 @@ acc and perplexity, with standard errors.
   --acc-norm-length U  bytes (default) or chars (Python len, as lm-eval 0.4 divides by)
   --log-samples PATH   write one JSON line per example {task, index, loglikelihoods, pred, gold}
   --json               print the results as JSON (harness-shaped)
-  --device D           cpu (default) or cuda
-${precisionHelp(23)}`;
+${runHelp(23)}`;
 
 function fmt(v: number | null, digits = 4): string {
   return v === null || !Number.isFinite(v) ? 'N/A' : v.toFixed(digits);
@@ -103,8 +91,7 @@ export async function run(argv: string[]): Promise<number> {
       'acc-norm-length': { type: 'string' },
       'log-samples': { type: 'string' },
       json: { type: 'boolean' },
-      ...deviceOption,
-      ...precisionOption,
+      ...runOptions,
     },
     HELP,
   );

@@ -2,18 +2,7 @@
 
 import { loadModel } from '../../models/load.js';
 import { generate } from '../../generate/generate.js';
-import {
-  CliError,
-  deviceOption,
-  flag,
-  num,
-  parse,
-  required,
-  selectDevice,
-  str,
-  precisionHelp,
-  precisionOption,
-} from '../args.js';
+import { CliError, flag, num, parse, required, runHelp, runOptions, selectDevice, str } from '../args.js';
 
 const HELP = `usage: mohawk generate --model DIR --prompt STR --max-new-tokens N [options]
 
@@ -23,8 +12,7 @@ const HELP = `usage: mohawk generate --model DIR --prompt STR --max-new-tokens N
   --seed S          random seed (default 0)
   --no-bos          do not prepend BOS to the prompt
   --json            print {"prompt", "completion", "ids"} (ids: new tokens only) instead of streaming
-  --device D        cpu (default) or cuda
-${precisionHelp(20)}`;
+${runHelp(20)}`;
 
 export async function run(argv: string[]): Promise<number> {
   const p = parse(
@@ -39,8 +27,7 @@ export async function run(argv: string[]): Promise<number> {
       seed: { type: 'string' },
       'no-bos': { type: 'boolean' },
       json: { type: 'boolean' },
-      ...deviceOption,
-      ...precisionOption,
+      ...runOptions,
     },
     HELP,
   );

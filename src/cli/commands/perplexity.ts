@@ -6,16 +6,15 @@ import { loadModel } from '../../models/load.js';
 import { perplexity, type PerplexityResult } from '../../eval/perplexity.js';
 import {
   CliError,
-  deviceOption,
   flag,
   list,
   num,
   parse,
   required,
+  runHelp,
+  runOptions,
   selectDevice,
   str,
-  precisionHelp,
-  precisionOption,
 } from '../args.js';
 import { progressLine } from '../progress.js';
 
@@ -35,8 +34,7 @@ tokens of context. Reports per file and overall: tokens, nats/token, perplexity 
                    document on its own (BOS in front of each when the tokenizer adds it), pool them
   --no-bos         do not prepend BOS
   --json           print the results as JSON
-  --device D       cpu (default) or cuda
-${precisionHelp(19)}`;
+${runHelp(19)}`;
 
 interface FileResult {
   file: string;
@@ -74,8 +72,7 @@ export async function run(argv: string[]): Promise<number> {
       'doc-separator': { type: 'string' },
       'no-bos': { type: 'boolean' },
       json: { type: 'boolean' },
-      ...deviceOption,
-      ...precisionOption,
+      ...runOptions,
     },
     HELP,
     true,

@@ -6,16 +6,7 @@ import { loadModel } from '../../models/load.js';
 import { sampleDocuments } from '../../generate/sample-data.js';
 import { writeTokenSplits } from '../../data/index.js';
 import { fmtCount } from '../../train/metrics.js';
-import {
-  CliError,
-  deviceOption,
-  num,
-  parse,
-  required,
-  selectDevice,
-  precisionHelp,
-  precisionOption,
-} from '../args.js';
+import { CliError, num, parse, required, runHelp, runOptions, selectDevice } from '../args.js';
 import { summaryTable } from './data.js';
 
 const HELP = `usage: mohawk sample-data --model DIR --tokens N --out PATH [options]
@@ -34,8 +25,7 @@ Sequences start from BOS (else EOS) and are cut into documents where the model e
   --top-k K, --top-p P restrict sampling
   --batch B            sequences decoded together (default 8)
   --seq-len L          tokens per sequence (default min(256, the model's max length))
-  --device D           cpu (default) or cuda
-${precisionHelp(23)}`;
+${runHelp(23)}`;
 
 export async function run(argv: string[]): Promise<number> {
   const p = parse(
@@ -51,8 +41,7 @@ export async function run(argv: string[]): Promise<number> {
       'top-p': { type: 'string' },
       batch: { type: 'string' },
       'seq-len': { type: 'string' },
-      ...deviceOption,
-      ...precisionOption,
+      ...runOptions,
     },
     HELP,
   );

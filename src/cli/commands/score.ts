@@ -3,18 +3,7 @@
 import fs from 'node:fs';
 import { loadModel } from '../../models/load.js';
 import { tokenLogprobs } from '../../eval/score.js';
-import {
-  CliError,
-  deviceOption,
-  flag,
-  num,
-  parse,
-  required,
-  selectDevice,
-  str,
-  precisionHelp,
-  precisionOption,
-} from '../args.js';
+import { CliError, flag, num, parse, required, runHelp, runOptions, selectDevice, str } from '../args.js';
 
 const HELP = `usage: mohawk score --model DIR (--text STR | --file PATH | --ids 1,2,3) [options]
 
@@ -29,8 +18,7 @@ negative log-likelihood (nats/token) and the perplexity exp(nll).
   --window N       score long inputs in windows of N tokens (default: the model's max length)
   --stride S       windows advance by S tokens (default N/2); each token is scored once
   --json           print {"tokens", "logprobs", "nll", "ppl"}
-  --device D       cpu (default) or cuda
-${precisionHelp(19)}`;
+${runHelp(19)}`;
 
 export async function run(argv: string[]): Promise<number> {
   const p = parse(
@@ -44,8 +32,7 @@ export async function run(argv: string[]): Promise<number> {
       window: { type: 'string' },
       stride: { type: 'string' },
       json: { type: 'boolean' },
-      ...deviceOption,
-      ...precisionOption,
+      ...runOptions,
     },
     HELP,
   );
