@@ -4,7 +4,7 @@
 // Run: node --import tsx bench/attention.ts   (BENCH_OUT=dir also writes attention.json)
 
 import type { AttentionParams } from '../src/backends/backend.js';
-import { heldBuffers, openCuda, printTable, timeMs, type Row } from './gpu-util.js';
+import { heldBuffers, openCuda, printTable, TEACHER_ATTENTION, timeMs, type Row } from './gpu-util.js';
 
 const gpu = openCuda();
 const rows: Row[] = [];
@@ -52,17 +52,7 @@ function measure(label: string, p: AttentionParams, profile: boolean): void {
   release();
 }
 
-const base: AttentionParams = {
-  batch: 4,
-  tq: 2048,
-  tk: 2048,
-  heads: 32,
-  kvHeads: 32,
-  headDim: 64,
-  scale: 1 / 8,
-  causal: true,
-  lowPrecision: true,
-};
+const base: AttentionParams = { ...TEACHER_ATTENTION, lowPrecision: true };
 
 // each variant: its largest differences from the f32 oracle at the teacher's shape (relative to
 // max |oracle|), its times and a per-kernel profile

@@ -19,7 +19,6 @@ import {
   setBackend,
   tensor,
   withCastParameters,
-  type ParameterCasts,
 } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { phiTeacher, randomizeParameters } from './gpu-util.js';
@@ -55,59 +54,50 @@ function decodeMs(model: CausalLM, batch: number, ctx: number): { ms: number; me
   // token (the copies count in the peak)
   const casts = castParameters(model.parameters(), 'bf16');
   try {
-    return decodeWith(casts, model, batch, ctx);
+    return withCastParameters(casts, () =>
+      noGrad(() => {
+        const cache = model.createCache(batch);
+        try {
+          // prefill in pieces of at most 16384 tokens over the batch (8192 per sequence at most),
+          // logits of the last position only; a student cache continued by a piece runs the
+          // chunked scan from its state, a KV cache appends
+          const piece = Math.max(1, Math.min(8192, Math.floor(16384 / batch)));
+          for (let done = 0; done < ctx;) {
+            const n = Math.min(piece, ctx - done);
+            scope(() => {
+              const ids = tensor(
+                Int32Array.from({ length: batch * n }, () => rng.int(0, V)),
+                [batch, n],
+                'i32',
+              );
+              model.forward(ids, { cache, lastLogitsOnly: true });
+            });
+            done += n;
+          }
+          gpu.synchronize();
+          gpu.resetPeak();
+          const step = () =>
+            scope(() => {
+              const ids = tensor(
+                Int32Array.from({ length: batch }, () => rng.int(0, V)),
+                [batch, 1],
+                'i32',
+              );
+              model.forward(ids, { cache }).logits.read(); // the host read a sampler needs
+            });
+          step();
+          const t0 = performance.now();
+          for (let i = 0; i < newTokens; i++) step();
+          const ms = (performance.now() - t0) / newTokens;
+          return { ms, memGiB: gpu.memoryStats().peakBytes / 2 ** 30 };
+        } finally {
+          cache.dispose();
+        }
+      }),
+    );
   } finally {
     casts.dispose();
   }
-}
-
-function decodeWith(
-  casts: ParameterCasts,
-  model: CausalLM,
-  batch: number,
-  ctx: number,
-): { ms: number; memGiB: number } {
-  return withCastParameters(casts, () =>
-    noGrad(() => {
-      const cache = model.createCache(batch);
-      try {
-        // prefill in pieces of at most 16384 tokens over the batch (8192 per sequence at most),
-        // logits of the last position only; a student cache continued by a piece runs the
-        // chunked scan from its state, a KV cache appends
-        const piece = Math.max(1, Math.min(8192, Math.floor(16384 / batch)));
-        for (let done = 0; done < ctx;) {
-          const n = Math.min(piece, ctx - done);
-          scope(() => {
-            const ids = tensor(
-              Int32Array.from({ length: batch * n }, () => rng.int(0, V)),
-              [batch, n],
-              'i32',
-            );
-            model.forward(ids, { cache, lastLogitsOnly: true });
-          });
-          done += n;
-        }
-        gpu.synchronize();
-        gpu.resetPeak();
-        const step = () =>
-          scope(() => {
-            const ids = tensor(
-              Int32Array.from({ length: batch }, () => rng.int(0, V)),
-              [batch, 1],
-              'i32',
-            );
-            model.forward(ids, { cache }).logits.read(); // the host read a sampler needs
-          });
-        step();
-        const t0 = performance.now();
-        for (let i = 0; i < newTokens; i++) step();
-        const ms = (performance.now() - t0) / newTokens;
-        return { ms, memGiB: gpu.memoryStats().peakBytes / 2 ** 30 };
-      } finally {
-        cache.dispose();
-      }
-    }),
-  );
 }
 
 const cases: [number, number][] = [

@@ -5,7 +5,7 @@
 // Run: node --import tsx bench/gpu-ops.ts [--quick]   (BENCH_OUT=dir also writes gpu-ops.{md,json})
 
 import type { SsdParams } from '../src/backends/backend.js';
-import { heldBuffers, openCuda, printTable, timeMs, type Row } from './gpu-util.js';
+import { heldBuffers, openCuda, printTable, TEACHER_ATTENTION, timeMs, type Row } from './gpu-util.js';
 
 const gpu = openCuda();
 const rows: Row[] = [];
@@ -90,17 +90,7 @@ for (const groups of [32, 1]) {
 // f32 on the CUDA cores (attention.cu, the oracle) and, under lowPrecision (bf16 autocast), the
 // tensor-core kernels (attention_tc.cu); TFLOP/s count the causal half of the score matrix
 for (const lowPrecision of [false, true]) {
-  const p = {
-    batch: 4,
-    tq: 2048,
-    tk: 2048,
-    heads: 32,
-    kvHeads: 32,
-    headDim: 64,
-    scale: 1 / 8,
-    causal: true,
-    lowPrecision,
-  };
+  const p = { ...TEACHER_ATTENTION, lowPrecision };
   const n = p.batch * p.tq * p.heads * p.headDim;
   const q = rnd(n);
   const k = rnd(n);

@@ -4,7 +4,7 @@
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { DeviceBuffer, DType } from '../src/backends/backend.js';
+import type { AttentionParams, DeviceBuffer, DType } from '../src/backends/backend.js';
 import { CudaBackend } from '../src/backends/cuda/index.js';
 import { PhiForCausalLM } from '../src/models/phi.js';
 import type { Module } from '../src/nn/module.js';
@@ -100,6 +100,18 @@ export function phiTeacher(
 }
 
 /** Median device time (ms) of `reps` runs of fn after `warmup` runs, each timed with events. */
+/** The teacher's attention at the performance issue's shape: B 4, T 2048, 32 heads of 64, causal. */
+export const TEACHER_ATTENTION: AttentionParams = {
+  batch: 4,
+  tq: 2048,
+  tk: 2048,
+  heads: 32,
+  kvHeads: 32,
+  headDim: 64,
+  scale: 1 / 8,
+  causal: true,
+};
+
 export function timeMs(gpu: CudaBackend, fn: () => void, reps = 10, warmup = 2): number {
   for (let i = 0; i < warmup; i++) fn();
   gpu.synchronize();

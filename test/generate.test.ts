@@ -231,18 +231,8 @@ describe('commands', { skip }, () => {
     assert.equal(ids[0], 1);
     assert.equal(sc.tokens, ids.length);
     assertClose(sc.logprobs, tokenLogprobs(model, ids), 1e-6, 'score --text');
-    const g = mohawk([
-      'generate',
-      '--model',
-      out,
-      '--prompt',
-      'Once upon a time',
-      '--max-new-tokens',
-      '25',
-      '--temperature',
-      '0',
-      '--json',
-    ]);
+    const greedy = ['generate', '--model', out, '--prompt', 'Once upon a time', '--max-new-tokens', '25'];
+    const g = mohawk([...greedy, '--temperature', '0', '--json']);
     assert.equal(g.code, 0, g.stderr);
     const gen = JSON.parse(g.stdout) as { prompt: string; completion: string; ids: number[] };
     assert.deepEqual(Object.keys(gen), ['prompt', 'completion', 'ids']);
@@ -264,17 +254,7 @@ describe('commands', { skip }, () => {
       assert.equal(streamed, r.completion);
     }
     // streaming prints the prompt, then the completion
-    const st = mohawk([
-      'generate',
-      '--model',
-      out,
-      '--prompt',
-      'Once upon a time',
-      '--max-new-tokens',
-      '25',
-      '--temperature',
-      '0',
-    ]);
+    const st = mohawk([...greedy, '--temperature', '0']);
     assert.equal(st.stdout, `Once upon a time${lib.completion}\n`);
   });
 

@@ -32,30 +32,28 @@ export function generateIds(model: CausalLM, promptIds: number[], opts: Generate
   const dt = getAutocast();
   const casts = dt ? castParameters(model.parameters(), dt) : null;
   try {
-    withCastParameters(casts, () => decodeLoop());
+    withCastParameters(casts, () => {
+      let input = promptIds;
+      for (let i = 0; i < opts.maxNewTokens; i++) {
+        if (cache.position + input.length > maxLen) break;
+        const row = noGrad(() =>
+          scope(() => {
+            const ids = tensor(input, [1, input.length], 'i32');
+            return model.forward(ids, { cache, lastLogitsOnly: true }).logits.toArray();
+          }),
+        );
+        const next = sampleToken(row, rng, opts);
+        if (eos !== null && next === eos) break;
+        out.push(next);
+        opts.onToken?.(next);
+        input = [next];
+      }
+    });
   } finally {
     cache.dispose();
     casts?.dispose();
   }
   return out;
-
-  function decodeLoop(): void {
-    let input = promptIds;
-    for (let i = 0; i < opts.maxNewTokens; i++) {
-      if (cache.position + input.length > maxLen) break;
-      const row = noGrad(() =>
-        scope(() => {
-          const ids = tensor(input, [1, input.length], 'i32');
-          return model.forward(ids, { cache, lastLogitsOnly: true }).logits.toArray();
-        }),
-      );
-      const next = sampleToken(row, rng, opts);
-      if (eos !== null && next === eos) break;
-      out.push(next);
-      opts.onToken?.(next);
-      input = [next];
-    }
-  }
 }
 
 export interface GenerateResult {

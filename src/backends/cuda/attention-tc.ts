@@ -5,7 +5,7 @@
 // not a multiple of 16 or above 128, and with MOHAWK_ATTENTION=oracle.
 
 import type { AttentionParams } from '../backend.js';
-import type { Arg, KernelHost } from './kernels.js';
+import { launchShared, type Arg, type KernelHost } from './kernels.js';
 
 /** Kernel signatures of kernels/attention_tc.cu (argument kinds, see kernels.ts). */
 export const ATTENTION_TC_SIGNATURES = {
@@ -111,9 +111,7 @@ function launch<Buf extends { ptr: number }>(
   args: Arg[],
   threads = THREADS,
 ): void {
-  const k = host.kernel(name, plan.defines);
-  k.allowShared(shared);
-  k.launch(grid, threads, shared, args);
+  launchShared(host, name, plan.defines, grid, threads, shared, args);
 }
 
 function flags(p: AttentionParams): number[] {

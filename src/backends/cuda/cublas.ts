@@ -172,19 +172,16 @@ export class Cublas {
 
   /**
    * Row-major C (m, n) = alpha op(A) op(B) + beta C + bias, bias (n) added to every row, through
-   * cuBLASLt's BIAS epilogue (g.batch must be 1). The bias holds `biasType` values: by default
-   * the type of C (f32 for an f32 C, as cuBLASLt defaults to); 'f32' with a bf16/f16 C asks for
-   * an f32 bias, which cuBLASLt may not offer. Returns false (and does nothing) when cuBLASLt is
-   * not loaded or offers no algorithm for this case, so the caller can fall back to gemm + a bias
-   * kernel.
+   * cuBLASLt's BIAS epilogue (g.batch must be 1); the bias has C's type. Returns false (and does
+   * nothing) when cuBLASLt is not loaded or offers no algorithm for this case, so the caller can
+   * fall back to gemm + a bias kernel.
    */
-  gemmBias(g: Gemm, bias: number, biasType: GemmDType = g.typeC): boolean {
+  gemmBias(g: Gemm, bias: number): boolean {
     if (!this.lt || g.batch !== 1 || g.m === 0 || g.n === 0 || g.k === 0) return false;
     if (g.typeC !== g.typeAB && g.typeC !== 'f32') return false;
-    if (biasType !== g.typeC && biasType !== 'f32') return false;
     this.scalarView[0] = g.alpha;
     this.scalarView[1] = g.beta;
-    return this.lt.matmul(g, bias, biasType, this.tf32, this.alphaPtr);
+    return this.lt.matmul(g, bias, this.tf32, this.alphaPtr);
   }
 }
 
@@ -332,7 +329,7 @@ class CublasLt {
    * op(A') op(B') with m' = n, n' = m, A' = B (transB), B' = A (transA). The epilogue adds a bias of
    * length m' = n to every column of D', that is to every row of our C.
    */
-  private plan(g: Gemm, bias: number, biasType: GemmDType, compute: number): LtPlan | false {
+  private plan(g: Gemm, bias: number, compute: number): LtPlan | false {
     const { m, n, k } = g;
     const out = [0];
     this.check('cublasLtMatmulDescCreate', this.fn.descCreate(out, compute, CUDA_R_32F));
@@ -351,7 +348,7 @@ class CublasLt {
     this.setDesc(plan.desc, LT_DESC_TRANSA, g.transB ? CUBLAS_OP_T : CUBLAS_OP_N, 4);
     this.setDesc(plan.desc, LT_DESC_TRANSB, g.transA ? CUBLAS_OP_T : CUBLAS_OP_N, 4);
     this.setDesc(plan.desc, LT_DESC_EPILOGUE, LT_EPILOGUE_BIAS, 4);
-    this.setDesc(plan.desc, LT_DESC_BIAS_DATA_TYPE, DATA_TYPE[biasType], 4);
+    this.setDesc(plan.desc, LT_DESC_BIAS_DATA_TYPE, DATA_TYPE[g.typeC], 4);
     // the heuristic judges the bias alignment from this pointer (part of the plan key)
     this.setDesc(plan.desc, LT_DESC_BIAS_POINTER, bias, 8);
     // alignments of A' (our B), B' (our A), C and D (one pointer)
@@ -383,12 +380,11 @@ class CublasLt {
     return plan;
   }
 
-  matmul(g: Gemm, bias: number, biasType: GemmDType, tf32: boolean, alphaPtr: number): boolean {
+  matmul(g: Gemm, bias: number, tf32: boolean, alphaPtr: number): boolean {
     const compute = g.typeAB === 'f32' && tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     const key = [
       g.typeAB,
       g.typeC,
-      biasType,
       g.transA ? 'T' : 'N',
       g.transB ? 'T' : 'N',
       g.m,
@@ -402,7 +398,7 @@ class CublasLt {
     ].join(' ');
     let plan = this.plans.get(key);
     if (plan === undefined) {
-      plan = this.plan(g, bias, biasType, compute);
+      plan = this.plan(g, bias, compute);
       this.plans.set(key, plan);
     }
     if (!plan) return false;
@@ -433,7 +429,7 @@ class CublasLt {
     }
     if (status !== 0) {
       throw new CudaError(
-        `cuda: cublasLtMatmul(${g.typeAB}->${g.typeC}, bias ${biasType}, m ${g.m}, n ${g.n}, k ${g.k}, ` +
+        `cuda: cublasLtMatmul(${g.typeAB}->${g.typeC} with bias, m ${g.m}, n ${g.n}, k ${g.k}, ` +
           `transA ${g.transA}, transB ${g.transB}) failed: ${this.statusName(status)} (cublasStatus ${status})`,
       );
     }

@@ -201,6 +201,21 @@ export interface KernelHost<Name extends string, Buf extends { ptr: number }> {
   release(buf: Buf): void;
 }
 
+/** Launch a module's kernel compiled with `defines`, allowing it `shared` bytes of dynamic shared memory. */
+export function launchShared<Name extends string, Buf extends { ptr: number }>(
+  host: KernelHost<Name, Buf>,
+  name: Name,
+  defines: Record<string, number>,
+  grid: readonly [number, number, number],
+  threads: number,
+  shared: number,
+  args: readonly Arg[],
+): void {
+  const k = host.kernel(name, defines);
+  k.allowShared(shared);
+  k.launch(grid, threads, shared, args);
+}
+
 export class KernelRegistry {
   private readonly modules = new Map<string, number>();
   private readonly kernels = new Map<string, Kernel>();

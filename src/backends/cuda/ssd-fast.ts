@@ -4,7 +4,7 @@
 // it does not take (chunk > 256, P or N > 128, tiles beyond the shared memory of a block).
 
 import type { SsdParams } from '../backend.js';
-import type { Arg, KernelHost } from './kernels.js';
+import { launchShared, type Arg, type KernelHost } from './kernels.js';
 
 /** Kernel signatures of kernels/ssd_fast.cu (argument kinds, see kernels.ts). */
 export const SSD_FAST_SIGNATURES = {
@@ -69,9 +69,7 @@ function launch<Buf extends { ptr: number }>(
   shared: number,
   args: Arg[],
 ): void {
-  const k = host.kernel(name, plan.defines);
-  k.allowShared(shared);
-  k.launch(grid, THREADS, shared, args);
+  launchShared(host, name, plan.defines, grid, THREADS, shared, args);
 }
 
 function pass<Buf extends { ptr: number }>(

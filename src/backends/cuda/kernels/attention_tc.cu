@@ -138,6 +138,24 @@ __device__ __forceinline__ void acc_to_a(u32* a, const float* lo, const float* h
   a[3] = pack_bf16(hi[2], hi[3]);
 }
 
+/** acc (16 x HD) += S t: S (16 x BK) in score accumulators, t (BK x HD) a bf16 tile in shared */
+template <int BK>
+__device__ __forceinline__ void acc_mma_tile(float (&acc)[NT][4], const float (&s)[BK / 8][4], const u16* t,
+                                             int lane) {
+#pragma unroll
+  for (int kk = 0; kk < BK / 16; kk++) {
+    u32 a[4];
+    acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+      u32 bf[4];
+      ldsm4t(bf, bk_addr(t, kk * 16, np * 16, lane));
+      mma(acc[2 * np], a, bf[0], bf[1]);
+      mma(acc[2 * np + 1], a, bf[2], bf[3]);
+    }
+  }
+}
+
 /** float4 registers per thread that hold ROWS rows of HD floats spread over THREADS threads */
 template <int ROWS, int THREADS>
 struct TileRegs {
@@ -322,18 +340,7 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
         l1 += s[n][2] + s[n][3];
       }
       // o += p v
-#pragma unroll
-      for (int kk = 0; kk < BKF / 16; kk++) {
-        u32 a[4];
-        acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-        for (int np = 0; np < NT / 2; np++) {
-          u32 bf[4];
-          ldsm4t(bf, bk_addr(Vs, kk * 16, np * 16, lane));
-          mma(o[2 * np], a, bf[0], bf[1]);
-          mma(o[2 * np + 1], a, bf[2], bf[3]);
-        }
-      }
+      acc_mma_tile<BKF>(o, s, Vs, lane);
     }
     if (more) {
       __syncthreads();  // every warp is done with this tile
@@ -478,18 +485,7 @@ extern "C" __global__ void __launch_bounds__(NTHR, DQ_MINB)
         }
       }
       // dq += dS k
-#pragma unroll
-      for (int kk = 0; kk < BKT / 16; kk++) {
-        u32 a[4];
-        acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-        for (int np = 0; np < NT / 2; np++) {
-          u32 bf[4];
-          ldsm4t(bf, bk_addr(Ks, kk * 16, np * 16, lane));
-          mma(dq[2 * np], a, bf[0], bf[1]);
-          mma(dq[2 * np + 1], a, bf[2], bf[3]);
-        }
-      }
+      acc_mma_tile<BKT>(dq, s, Ks, lane);
     }
     if (more) {
       __syncthreads();  // every warp is done with this tile

@@ -201,6 +201,20 @@ __device__ __forceinline__ FB<LP> ldB_nk(const float* s, int ld, int k0, int n0)
   return b;
 }
 
+/**
+ * One 16 x 16 tile of a strip product: acc[q] += A B^T over K (a multiple of 16), A's 16-row
+ * fragments from frag(k), B^T's 16 columns from rows 16 kk.. of s (two 8-column halves, q).
+ */
+template <bool LP, int K, typename Frag>
+__device__ __forceinline__ void strip_mma(float (&acc)[2][4], Frag frag, const float* s, int ld, int kk) {
+#pragma unroll
+  for (int k = 0; k < K / 16; k++) {
+    const FA<LP> a = frag(k);
+#pragma unroll
+    for (int q = 0; q < 2; q++) mma16(acc[q], a, ldB_nk<LP>(s, ld, 16 * k, 16 * kk + 8 * q));
+  }
+}
+
 /** B(k, n) = s[(k0 + k) ld + n0 + n] */
 template <bool LP>
 __device__ __forceinline__ FB<LP> ldB_kn(const float* s, int ld, int k0, int n0) {
@@ -614,12 +628,7 @@ __device__ __forceinline__ void out_compute(const float* cum, const float* Cs, c
     // intra-chunk, 16 columns j at a time
     for (int kk = 0; kk <= s; kk++) {
       float sc[2][4] = {};
-#pragma unroll
-      for (int k = 0; k < NP / 16; k++) {
-        const FA<LP> a = cfrag(k);
-#pragma unroll
-        for (int q = 0; q < 2; q++) mma16(sc[q], a, ldB_nk<LP>(Bs, LDN, 16 * k, 16 * kk + 8 * q));
-      }
+      strip_mma<LP, NP>(sc, cfrag, Bs, LDN, kk);
 #pragma unroll
       for (int q = 0; q < 2; q++) {
         const int j0 = 16 * kk + 8 * q + 2 * t, j1 = j0 + 1;
@@ -739,18 +748,8 @@ __device__ void chunk_bwd(const float* __restrict__ x, const float* __restrict__
     }
     for (int kk = 0; kk <= s; kk++) {
       float cb[2][4] = {}, dg[2][4] = {};
-#pragma unroll
-      for (int k = 0; k < NP / 16; k++) {
-        const FA<LP> a = cfrag(k);
-#pragma unroll
-        for (int q = 0; q < 2; q++) mma16(cb[q], a, ldB_nk<LP>(Bs, LDN, 16 * k, 16 * kk + 8 * q));
-      }
-#pragma unroll
-      for (int k = 0; k < PP / 16; k++) {
-        const FA<LP> a = yfrag(k);
-#pragma unroll
-        for (int q = 0; q < 2; q++) mma16(dg[q], a, ldB_nk<LP>(Xs, LDP, 16 * k, 16 * kk + 8 * q));
-      }
+      strip_mma<LP, NP>(cb, cfrag, Bs, LDN, kk);
+      strip_mma<LP, PP>(dg, yfrag, Xs, LDP, kk);
 #pragma unroll
       for (int q = 0; q < 2; q++) {
         const int j0 = 16 * kk + 8 * q + 2 * t, j1 = j0 + 1;
@@ -833,18 +832,8 @@ __device__ void chunk_bwd(const float* __restrict__ x, const float* __restrict__
     col0 = col1 = 0.f;
     for (int kk = s; kk < strips; kk++) {
       float cb[2][4] = {}, dg[2][4] = {};
-#pragma unroll
-      for (int k = 0; k < NP / 16; k++) {
-        const FA<LP> a = bfrag(k);
-#pragma unroll
-        for (int q = 0; q < 2; q++) mma16(cb[q], a, ldB_nk<LP>(Cs, LDN, 16 * k, 16 * kk + 8 * q));
-      }
-#pragma unroll
-      for (int k = 0; k < PP / 16; k++) {
-        const FA<LP> a = xfrag(k);
-#pragma unroll
-        for (int q = 0; q < 2; q++) mma16(dg[q], a, ldB_nk<LP>(Ys, LDP, 16 * k, 16 * kk + 8 * q));
-      }
+      strip_mma<LP, NP>(cb, bfrag, Cs, LDN, kk);
+      strip_mma<LP, PP>(dg, xfrag, Ys, LDP, kk);
 #pragma unroll
       for (int q = 0; q < 2; q++) {
         const int i0 = 16 * kk + 8 * q + 2 * t, i1 = i0 + 1;
