@@ -202,11 +202,32 @@ __device__ __forceinline__ FB<LP> ldB_nk(const float* s, int ld, int k0, int n0)
 }
 
 /**
+ * The A operands of rows r0..r0+15 of a shared tile, K columns in 16-wide steps: frag(k). With
+ * 16-bit products they are converted once and kept in registers; in f32 they are loaded when used.
+ */
+template <bool LP, int K>
+struct RowFrags {
+  FA<LP> f[LP ? K / 16 : 1];
+  const float* s;
+  int ld, r0;
+  __device__ __forceinline__ RowFrags(const float* s_, int ld_, int r0_) : s(s_), ld(ld_), r0(r0_) {
+    if constexpr (LP) {
+#pragma unroll
+      for (int k = 0; k < K / 16; k++) f[k] = ldA_rk<LP>(s, ld, r0, 16 * k);
+    }
+  }
+  __device__ __forceinline__ FA<LP> operator()(int k) const {
+    if constexpr (LP) return f[k];
+    else return ldA_rk<LP>(s, ld, r0, 16 * k);
+  }
+};
+
+/**
  * One 16 x 16 tile of a strip product: acc[q] += A B^T over K (a multiple of 16), A's 16-row
  * fragments from frag(k), B^T's 16 columns from rows 16 kk.. of s (two 8-column halves, q).
  */
 template <bool LP, int K, typename Frag>
-__device__ __forceinline__ void strip_mma(float (&acc)[2][4], Frag frag, const float* s, int ld, int kk) {
+__device__ __forceinline__ void strip_mma(float (&acc)[2][4], const Frag& frag, const float* s, int ld, int kk) {
 #pragma unroll
   for (int k = 0; k < K / 16; k++) {
     const FA<LP> a = frag(k);
@@ -599,15 +620,7 @@ __device__ __forceinline__ void out_compute(const float* cum, const float* Cs, c
   const int warp = threadIdx.x >> 5, gq = lane_g(), t = lane_t(), P = d.headDim;
   for (int s = warp; s < Qp / 16; s += WARPS) {
     const int r0 = 16 * s, i0 = r0 + gq, i1 = i0 + 8;
-    FA<LP> cf[LP ? NP / 16 : 1];
-    if constexpr (LP) {
-#pragma unroll
-      for (int k = 0; k < NP / 16; k++) cf[k] = ldA_rk<LP>(Cs, LDN, r0, 16 * k);
-    }
-    auto cfrag = [&](int k) {
-      if constexpr (LP) return cf[k];
-      else return ldA_rk<LP>(Cs, LDN, r0, 16 * k);
-    };
+    const RowFrags<LP, NP> cfrag(Cs, LDN, r0);
     float acc[PP / 8][4] = {};
     // inter-chunk: exp(cum_i) C_i S0^T
 #pragma unroll
@@ -710,21 +723,8 @@ __device__ void chunk_bwd(const float* __restrict__ x, const float* __restrict__
   // phase A: rows i
   for (int s = warp; s < strips; s += WARPS) {
     const int r0 = 16 * s, i0 = r0 + gq, i1 = i0 + 8;
-    FA<LP> cf[LP ? NP / 16 : 1], yf[LP ? PP / 16 : 1];
-    if constexpr (LP) {
-#pragma unroll
-      for (int k = 0; k < NP / 16; k++) cf[k] = ldA_rk<LP>(Cs, LDN, r0, 16 * k);
-#pragma unroll
-      for (int k = 0; k < PP / 16; k++) yf[k] = ldA_rk<LP>(Ys, LDP, r0, 16 * k);
-    }
-    auto cfrag = [&](int k) {
-      if constexpr (LP) return cf[k];
-      else return ldA_rk<LP>(Cs, LDN, r0, 16 * k);
-    };
-    auto yfrag = [&](int k) {
-      if constexpr (LP) return yf[k];
-      else return ldA_rk<LP>(Ys, LDP, r0, 16 * k);
-    };
+    const RowFrags<LP, NP> cfrag(Cs, LDN, r0);
+    const RowFrags<LP, PP> yfrag(Ys, LDP, r0);
     float acc[NP / 8][4] = {};
     // dC inter: exp(cum_i) gY_i S0
 #pragma unroll
@@ -781,21 +781,8 @@ __device__ void chunk_bwd(const float* __restrict__ x, const float* __restrict__
   // phase B: rows j
   for (int s = warp; s < strips; s += WARPS) {
     const int r0 = 16 * s, j0 = r0 + gq, j1 = j0 + 8;
-    FA<LP> bf[LP ? NP / 16 : 1], xf[LP ? PP / 16 : 1];
-    if constexpr (LP) {
-#pragma unroll
-      for (int k = 0; k < NP / 16; k++) bf[k] = ldA_rk<LP>(Bs, LDN, r0, 16 * k);
-#pragma unroll
-      for (int k = 0; k < PP / 16; k++) xf[k] = ldA_rk<LP>(Xs, LDP, r0, 16 * k);
-    }
-    auto bfrag = [&](int k) {
-      if constexpr (LP) return bf[k];
-      else return ldA_rk<LP>(Bs, LDN, r0, 16 * k);
-    };
-    auto xfrag = [&](int k) {
-      if constexpr (LP) return xf[k];
-      else return ldA_rk<LP>(Xs, LDP, r0, 16 * k);
-    };
+    const RowFrags<LP, NP> bfrag(Bs, LDN, r0);
+    const RowFrags<LP, PP> xfrag(Xs, LDP, r0);
     float ax[PP / 8][4] = {}, ab[NP / 8][4] = {};
     // dX inter: w_j B_j G^T; dB inter: w_j X_j G
 #pragma unroll
