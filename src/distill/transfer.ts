@@ -7,12 +7,10 @@
 // matrix of a layer equals the teacher's causal scaled scores Q K^T / sqrt(d) of that layer
 // before the softmax and without the rotary embedding, computed on the same normalized input.
 
-import { cast, noGrad, tensor, type Tensor } from '../tensor/index.js';
+import { cast, noGrad, type Tensor } from '../tensor/index.js';
+import type { AttentionWeights, DistillContract, StudentShape } from '../models/family.js';
 import type { CausalLM } from '../models/types.js';
-import { Gpt2LMHeadModel } from '../models/gpt2.js';
-import { LlamaForCausalLM } from '../models/llama.js';
-import { PhiForCausalLM } from '../models/phi.js';
-import { StudentLM, type AttentionCore, type BlockStyle, type StudentConfig } from '../models/phi-mamba.js';
+import { StudentLM, type AttentionCore, type StudentConfig } from '../models/phi-mamba.js';
 import { Random } from '../util/random.js';
 
 export interface TransferOptions {
@@ -37,293 +35,43 @@ export interface TransferOptions {
 /** silu(Z_BIAS_OPEN) = 1 to float precision: the gate starts open */
 export const Z_BIAS_OPEN = 1.2784645427610737;
 
-interface TeacherView {
-  style: BlockStyle;
-  dModel: number;
-  nLayer: number;
-  vocabSize: number;
-  nHeads: number;
-  nKvHeads: number;
-  headDim: number;
-  rotaryDim: number;
-  ropeTheta: number;
-  qkvBias: boolean;
-  outBias: boolean;
-  intermediateSize: number;
-  activation: StudentConfig['activation'];
-  mlpBias: boolean;
-  normEps: number;
-  lmHeadBias: boolean;
-  tie: boolean;
-  positions: number;
-  /** student parameter name -> teacher tensor (already in the student's layout) */
-  copies: (layer: number | null) => [string, Tensor][];
-  /** per layer: q, k, v weights (rows = heads * headDim) and biases, o weight (out, in) and bias */
-  attention: (layer: number) => {
-    q: Tensor;
-    k: Tensor;
-    v: Tensor;
-    qb: Tensor | null;
-    kb: Tensor | null;
-    vb: Tensor | null;
-    o: Tensor;
-    ob: Tensor | null;
-  };
-}
-
-function sd(m: CausalLM): Map<string, Tensor> {
-  return m.stateDict();
-}
-
-/** Conv1D (in, out) -> Linear (out, in) */
-function transposed(t: Tensor): Tensor {
-  const [r, c] = t.shape;
-  const src = t.toArray();
-  const out = new Float32Array(r * c);
-  for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) out[j * r + i] = src[i * c + j];
-  return tensor(out, [c, r], t.dtype);
-}
-
-function rows(t: Tensor, start: number, end: number): Tensor {
-  const [, c] = t.shape;
-  const src = t.toArray();
-  return t.ndim === 1
-    ? tensor(src.slice(start, end), [end - start], t.dtype)
-    : tensor(src.slice(start * c, end * c), [end - start, c], t.dtype);
-}
-
-function view(teacher: CausalLM): TeacherView {
-  const p = sd(teacher);
-  const get = (n: string) => {
-    const t = p.get(n);
-    if (!t) throw new Error(`transfer: teacher has no tensor ${n}`);
-    return t;
-  };
-  if (teacher instanceof LlamaForCausalLM) {
-    const c = teacher.config;
-    return {
-      style: 'llama',
-      dModel: c.hiddenSize,
-      nLayer: c.numLayers,
-      vocabSize: c.vocabSize,
-      nHeads: c.numHeads,
-      nKvHeads: c.numKvHeads,
-      headDim: c.headDim,
-      rotaryDim: c.headDim,
-      ropeTheta: c.ropeTheta,
-      qkvBias: c.attentionBias,
-      outBias: c.attentionBias,
-      intermediateSize: c.intermediateSize,
-      activation: 'silu',
-      mlpBias: c.mlpBias,
-      normEps: c.rmsNormEps,
-      lmHeadBias: false,
-      tie: c.tieWordEmbeddings,
-      positions: 0,
-      copies: (l) => {
-        if (l === null) {
-          const out: [string, Tensor][] = [
-            ['backbone.embedding.weight', get('model.embed_tokens.weight')],
-            ['backbone.final_layernorm.weight', get('model.norm.weight')],
-          ];
-          if (!c.tieWordEmbeddings) out.push(['lm_head.weight', get('lm_head.weight')]);
-          return out;
-        }
-        const t = `model.layers.${l}.`;
-        const s = `backbone.layers.${l}.`;
-        const names = [
-          'input_layernorm.weight',
-          'post_attention_layernorm.weight',
-          'mlp.gate_proj.weight',
-          'mlp.up_proj.weight',
-          'mlp.down_proj.weight',
-        ];
-        if (c.mlpBias) names.push('mlp.gate_proj.bias', 'mlp.up_proj.bias', 'mlp.down_proj.bias');
-        return names.map((n) => [s + n, get(t + n)]);
-      },
-      attention: (l) => {
-        const a = `model.layers.${l}.self_attn.`;
-        const b = c.attentionBias;
-        return {
-          q: get(a + 'q_proj.weight'),
-          k: get(a + 'k_proj.weight'),
-          v: get(a + 'v_proj.weight'),
-          qb: b ? get(a + 'q_proj.bias') : null,
-          kb: b ? get(a + 'k_proj.bias') : null,
-          vb: b ? get(a + 'v_proj.bias') : null,
-          o: get(a + 'o_proj.weight'),
-          ob: b ? get(a + 'o_proj.bias') : null,
-        };
-      },
-    };
-  }
-  if (teacher instanceof PhiForCausalLM) {
-    const c = teacher.config;
-    return {
-      style: 'phi',
-      dModel: c.hiddenSize,
-      nLayer: c.numLayers,
-      vocabSize: c.vocabSize,
-      nHeads: c.numHeads,
-      nKvHeads: c.numKvHeads,
-      headDim: c.headDim,
-      rotaryDim: c.rotaryDim,
-      ropeTheta: c.ropeTheta,
-      qkvBias: true,
-      outBias: true,
-      intermediateSize: c.intermediateSize,
-      activation: c.hiddenAct,
-      mlpBias: true,
-      normEps: c.layerNormEps,
-      lmHeadBias: true,
-      tie: false,
-      positions: 0,
-      copies: (l) => {
-        if (l === null) {
-          return [
-            ['backbone.embedding.weight', get('model.embed_tokens.weight')],
-            ['backbone.final_layernorm.weight', get('model.final_layernorm.weight')],
-            ['backbone.final_layernorm.bias', get('model.final_layernorm.bias')],
-            ['lm_head.weight', get('lm_head.weight')],
-            ['lm_head.bias', get('lm_head.bias')],
-          ];
-        }
-        const t = `model.layers.${l}.`;
-        const s = `backbone.layers.${l}.`;
-        return [
-          'input_layernorm.weight',
-          'input_layernorm.bias',
-          'mlp.fc1.weight',
-          'mlp.fc1.bias',
-          'mlp.fc2.weight',
-          'mlp.fc2.bias',
-        ].map((n) => [s + n, get(t + n)]);
-      },
-      attention: (l) => {
-        const a = `model.layers.${l}.self_attn.`;
-        return {
-          q: get(a + 'q_proj.weight'),
-          k: get(a + 'k_proj.weight'),
-          v: get(a + 'v_proj.weight'),
-          qb: get(a + 'q_proj.bias'),
-          kb: get(a + 'k_proj.bias'),
-          vb: get(a + 'v_proj.bias'),
-          o: get(a + 'dense.weight'),
-          ob: get(a + 'dense.bias'),
-        };
-      },
-    };
-  }
-  if (teacher instanceof Gpt2LMHeadModel) {
-    const c = teacher.config;
-    const hd = c.nEmbd / c.nHead;
-    return {
-      style: 'gpt2',
-      dModel: c.nEmbd,
-      nLayer: c.nLayer,
-      vocabSize: c.vocabSize,
-      nHeads: c.nHead,
-      nKvHeads: c.nHead,
-      headDim: hd,
-      rotaryDim: 0,
-      ropeTheta: 10000,
-      qkvBias: true,
-      outBias: true,
-      intermediateSize: c.nInner,
-      activation: c.activation,
-      mlpBias: true,
-      normEps: c.layerNormEpsilon,
-      lmHeadBias: false,
-      tie: true,
-      positions: c.nPositions,
-      copies: (l) => {
-        if (l === null) {
-          return [
-            ['backbone.embedding.weight', get('transformer.wte.weight')],
-            ['backbone.position_embedding.weight', get('transformer.wpe.weight')],
-            ['backbone.final_layernorm.weight', get('transformer.ln_f.weight')],
-            ['backbone.final_layernorm.bias', get('transformer.ln_f.bias')],
-          ];
-        }
-        const t = `transformer.h.${l}.`;
-        const s = `backbone.layers.${l}.`;
-        return [
-          [s + 'input_layernorm.weight', get(t + 'ln_1.weight')],
-          [s + 'input_layernorm.bias', get(t + 'ln_1.bias')],
-          [s + 'post_attention_layernorm.weight', get(t + 'ln_2.weight')],
-          [s + 'post_attention_layernorm.bias', get(t + 'ln_2.bias')],
-          [s + 'mlp.fc1.weight', transposed(get(t + 'mlp.c_fc.weight'))],
-          [s + 'mlp.fc1.bias', get(t + 'mlp.c_fc.bias')],
-          [s + 'mlp.fc2.weight', transposed(get(t + 'mlp.c_proj.weight'))],
-          [s + 'mlp.fc2.bias', get(t + 'mlp.c_proj.bias')],
-        ];
-      },
-      attention: (l) => {
-        const t = `transformer.h.${l}.attn.`;
-        const w = transposed(get(t + 'c_attn.weight')); // (3D, D)
-        const b = get(t + 'c_attn.bias');
-        const D = c.nEmbd;
-        return {
-          q: rows(w, 0, D),
-          k: rows(w, D, 2 * D),
-          v: rows(w, 2 * D, 3 * D),
-          qb: rows(b, 0, D),
-          kb: rows(b, D, 2 * D),
-          vb: rows(b, 2 * D, 3 * D),
-          o: transposed(get(t + 'c_proj.weight')),
-          ob: get(t + 'c_proj.bias'),
-        };
-      },
-    };
-  }
-  throw new Error(`transfer: teacher family "${teacher.info.family}" is not supported (llama, phi, gpt2)`);
+/** The teacher's side of the distillation contract, or an error naming the family. */
+export function teacherContract(teacher: CausalLM): DistillContract {
+  if (!teacher.distillContract)
+    throw new Error(
+      `transfer: model family "${teacher.info.family}" cannot be a teacher (no distillation contract)`,
+    );
+  return teacher.distillContract();
 }
 
 /** The student config that follows a teacher's shape. */
 export function studentConfigFor(teacher: CausalLM, opts: TransferOptions = {}): StudentConfig {
-  const v = view(teacher);
+  const { attention, nHeads, nKvHeads, headDim, ...shape } = teacherContract(teacher).studentShape();
+  void nKvHeads;
   const attentionLayers = new Map<number, AttentionCore>();
   for (const l of opts.attentionLayers ?? []) {
-    if (!(Number.isInteger(l) && l >= 0 && l < v.nLayer))
-      throw new Error(`transfer: attention layer ${l} is not a layer of the teacher (0..${v.nLayer - 1})`);
-    attentionLayers.set(l, {
-      nHeads: v.nHeads,
-      nKvHeads: v.nKvHeads,
-      headDim: v.headDim,
-      rotaryDim: v.rotaryDim,
-      ropeTheta: v.ropeTheta,
-      qkvBias: v.qkvBias,
-      outBias: v.outBias,
-    });
+    if (!(Number.isInteger(l) && l >= 0 && l < shape.nLayer))
+      throw new Error(
+        `transfer: attention layer ${l} is not a layer of the teacher (0..${shape.nLayer - 1})`,
+      );
+    attentionLayers.set(l, attention(l));
   }
   return {
-    vocabSize: v.vocabSize,
+    ...shape,
     padVocabSizeMultiple: 8,
-    dModel: v.dModel,
-    nLayer: v.nLayer,
-    style: v.style,
-    normEps: v.normEps,
-    intermediateSize: v.intermediateSize,
-    activation: v.activation,
-    mlpBias: v.mlpBias,
-    lmHeadBias: v.lmHeadBias,
-    tieEmbeddings: v.tie,
-    maxPositionEmbeddings: v.positions,
     mixer: {
-      dState: opts.dState ?? v.headDim,
-      nQkHeads: v.nHeads,
-      nVHeads: v.nHeads,
+      dState: opts.dState ?? headDim,
+      nQkHeads: nHeads,
+      nVHeads: nHeads,
       dConv: 4,
       convBias: true,
-      expand: (v.nHeads * v.headDim) / v.dModel,
+      expand: (nHeads * headDim) / shape.dModel,
       chunkSize: opts.chunkSize ?? 64,
       activation: 'identity',
       // the a rows need a bias to set the decay; q/k/v biases of the teacher land there too
       bias: true,
     },
     attentionLayers,
-    bosTokenId: teacher.info.bosTokenId,
-    eosTokenId: teacher.info.eosTokenId,
   };
 }
 
@@ -346,7 +94,8 @@ function expandHeads(
 
 /** Build a student from a teacher (see the file comment). */
 export function transferStudent(teacher: CausalLM, opts: TransferOptions = {}): StudentLM {
-  const v = view(teacher);
+  const contract = teacherContract(teacher);
+  const shape = contract.studentShape();
   const cfg = studentConfigFor(teacher, opts);
   const student = new StudentLM(cfg, { rng: new Random(opts.seed ?? 0) });
   const params = student.stateDict();
@@ -360,6 +109,9 @@ export function transferStudent(teacher: CausalLM, opts: TransferOptions = {}): 
   const copy = (name: string, src: Tensor) => {
     const p = params.get(name);
     if (!p) throw new Error(`transfer: student has no parameter ${name}`);
+    copyInto(p, src, name);
+  };
+  const copyInto = (p: Tensor, src: Tensor, name: string) => {
     if (p.size === src.size) {
       noGrad(() => {
         const c = cast(src, p.dtype);
@@ -369,33 +121,38 @@ export function transferStudent(teacher: CausalLM, opts: TransferOptions = {}): 
       return;
     }
     // padded vocabulary rows: copy the teacher's rows, leave the padding at zero
+    if (src.size > p.size)
+      throw new Error(`transfer: ${name} holds ${p.size} values, the teacher's ${src.size}`);
     const data = new Float32Array(p.size);
     data.set(src.toArray());
-    setParam(name, data);
+    p.backend.write(p.buffer, p.dtype === 'f64' ? Float64Array.from(data) : data);
   };
   noGrad(() => {
     if (opts.copyWeights ?? true) {
-      for (const [n, t] of v.copies(null)) copy(n, t);
-      for (let l = 0; l < v.nLayer; l++) for (const [n, t] of v.copies(l)) copy(n, t);
+      for (const [n, t] of contract.sharedWeights(null)) copy(n, t);
+      for (let l = 0; l < cfg.nLayer; l++) for (const [n, t] of contract.sharedWeights(l)) copy(n, t);
     }
-    for (let l = 0; l < v.nLayer; l++) {
-      const s = `backbone.layers.${l}.`;
-      const a = v.attention(l);
-      if (cfg.attentionLayers.has(l)) {
-        const on = v.style === 'phi' ? 'dense' : 'o_proj';
-        copy(s + 'self_attn.q_proj.weight', a.q);
-        copy(s + 'self_attn.k_proj.weight', a.k);
-        copy(s + 'self_attn.v_proj.weight', a.v);
-        copy(s + `self_attn.${on}.weight`, a.o);
-        if (cfg.attentionLayers.get(l)!.qkvBias) {
-          copy(s + 'self_attn.q_proj.bias', a.qb!);
-          copy(s + 'self_attn.k_proj.bias', a.kb!);
-          copy(s + 'self_attn.v_proj.bias', a.vb!);
-        }
-        if (cfg.attentionLayers.get(l)!.outBias) copy(s + `self_attn.${on}.bias`, a.ob!);
+    for (let l = 0; l < cfg.nLayer; l++) {
+      const a = contract.attentionWeights(l);
+      const attn = student.blocks[l].self_attn;
+      if (attn) {
+        // a hybrid layer keeps the teacher's attention: the same projections, bit for bit
+        const put = (p: Tensor | null | undefined, src: Tensor | null | undefined, what: string) => {
+          if (!p) return;
+          if (!src) throw new Error(`transfer: the teacher's layer ${l} has no ${what}`);
+          copyInto(p, src, `layer ${l} ${what}`);
+        };
+        put(attn.q_proj.weight, a.q, 'q weight');
+        put(attn.k_proj.weight, a.k, 'k weight');
+        put(attn.v_proj.weight, a.v, 'v weight');
+        put(attn.o_proj.weight, a.o, 'output weight');
+        put(attn.q_proj.bias, a.qBias, 'q bias');
+        put(attn.k_proj.bias, a.kBias, 'k bias');
+        put(attn.v_proj.bias, a.vBias, 'v bias');
+        put(attn.o_proj.bias, a.oBias, 'output bias');
         continue;
       }
-      initMixer(s + 'mixer.', cfg, v, a, opts, setParam, params);
+      initMixer(`backbone.layers.${l}.mixer.`, cfg, shape, a, opts, setParam, params);
     }
   });
   return student;
@@ -404,8 +161,8 @@ export function transferStudent(teacher: CausalLM, opts: TransferOptions = {}): 
 function initMixer(
   prefix: string,
   cfg: StudentConfig,
-  v: TeacherView,
-  a: ReturnType<TeacherView['attention']>,
+  v: StudentShape,
+  a: AttentionWeights,
   opts: TransferOptions,
   setParam: (name: string, data: ArrayLike<number>) => void,
   params: Map<string, Tensor>,
@@ -440,18 +197,18 @@ function initMixer(
       if (biasData) bias.set(biasData, off);
     };
     const expandBias = (b: Tensor | null, kv: number) => (b ? expandHeads(b.toArray(), kv, H, hd, 1) : null);
-    put(xOff, expandHeads(a.v.toArray(), v.nKvHeads, H, hd, D), expandBias(a.vb, v.nKvHeads));
-    put(bOff, expandHeads(a.k.toArray(), v.nKvHeads, H, hd, D), expandBias(a.kb, v.nKvHeads));
+    put(xOff, expandHeads(a.v.toArray(), v.nKvHeads, H, hd, D), expandBias(a.vBias, v.nKvHeads));
+    put(bOff, expandHeads(a.k.toArray(), v.nKvHeads, H, hd, D), expandBias(a.kBias, v.nKvHeads));
     // C carries the attention's 1/sqrt(head size) scale: M = the teacher's pre-softmax scores
     const sc = opts.scoreScale ?? 1 / Math.sqrt(hd);
     put(
       cOff,
       Float32Array.from(a.q.toArray(), (x) => x * sc),
-      a.qb ? Float32Array.from(a.qb.toArray(), (x) => x * sc) : null,
+      a.qBias ? Float32Array.from(a.qBias.toArray(), (x) => x * sc) : null,
     );
     setParam(prefix + 'out_proj.weight', a.o.toArray());
     const ob = params.get(prefix + 'out_proj.bias');
-    if (ob) setParam(prefix + 'out_proj.bias', a.ob ? a.ob.toArray() : new Float32Array(D));
+    if (ob) setParam(prefix + 'out_proj.bias', a.oBias ? a.oBias.toArray() : new Float32Array(D));
   }
   // gate open: z rows zero, z_bias = Z_BIAS_OPEN; decay through the a rows' bias
   w.fill(0, zOff * D, aOff * D);

@@ -10,6 +10,7 @@ import { Module } from '../nn/module.js';
 import { full } from '../tensor/index.js';
 import { Random } from '../util/random.js';
 import { createModelCache, forwardLM } from './causal-lm.js';
+import { tensorGetter, type DistillContract, type Family } from './family.js';
 import { Fields, type Json } from './hf.js';
 import type {
   Block,
@@ -228,4 +229,104 @@ export class Gpt2LMHeadModel extends Module implements CausalLM {
   configJson(): Json {
     return gpt2ConfigToJson(this.config);
   }
+
+  distillContract(): DistillContract {
+    const c = this.config;
+    const get = tensorGetter(this);
+    const hd = c.nEmbd / c.nHead;
+    const D = c.nEmbd;
+    const attention = {
+      nHeads: c.nHead,
+      nKvHeads: c.nHead,
+      headDim: hd,
+      rotaryDim: 0,
+      ropeTheta: 10000,
+      qkvBias: true,
+      outBias: true,
+    };
+    return {
+      studentShape: () => ({
+        vocabSize: c.vocabSize,
+        dModel: D,
+        nLayer: c.nLayer,
+        style: 'gpt2',
+        normEps: c.layerNormEpsilon,
+        intermediateSize: c.nInner,
+        activation: c.activation,
+        mlpBias: true,
+        lmHeadBias: false,
+        tieEmbeddings: true,
+        maxPositionEmbeddings: c.nPositions,
+        bosTokenId: c.bosTokenId,
+        eosTokenId: c.eosTokenId,
+        nHeads: c.nHead,
+        nKvHeads: c.nHead,
+        headDim: hd,
+        attention: () => attention,
+      }),
+      sharedWeights: (l) => {
+        if (l === null) {
+          return [
+            ['backbone.embedding.weight', get('transformer.wte.weight')],
+            ['backbone.position_embedding.weight', get('transformer.wpe.weight')],
+            ['backbone.final_layernorm.weight', get('transformer.ln_f.weight')],
+            ['backbone.final_layernorm.bias', get('transformer.ln_f.bias')],
+          ];
+        }
+        const t = `transformer.h.${l}.`;
+        const s = `backbone.layers.${l}.`;
+        // Conv1D stores (in, out); the student's Linear wants (out, in)
+        return [
+          [s + 'input_layernorm.weight', get(t + 'ln_1.weight')],
+          [s + 'input_layernorm.bias', get(t + 'ln_1.bias')],
+          [s + 'post_attention_layernorm.weight', get(t + 'ln_2.weight')],
+          [s + 'post_attention_layernorm.bias', get(t + 'ln_2.bias')],
+          [s + 'mlp.fc1.weight', transposed(get(t + 'mlp.c_fc.weight'))],
+          [s + 'mlp.fc1.bias', get(t + 'mlp.c_fc.bias')],
+          [s + 'mlp.fc2.weight', transposed(get(t + 'mlp.c_proj.weight'))],
+          [s + 'mlp.fc2.bias', get(t + 'mlp.c_proj.bias')],
+        ];
+      },
+      attentionWeights: (l) => {
+        const t = `transformer.h.${l}.attn.`;
+        const w = transposed(get(t + 'c_attn.weight')); // (3D, D)
+        const b = get(t + 'c_attn.bias');
+        return {
+          q: rows(w, 0, D),
+          k: rows(w, D, 2 * D),
+          v: rows(w, 2 * D, 3 * D),
+          qBias: rows(b, 0, D),
+          kBias: rows(b, D, 2 * D),
+          vBias: rows(b, 2 * D, 3 * D),
+          o: transposed(get(t + 'c_proj.weight')),
+          oBias: get(t + 'c_proj.bias'),
+        };
+      },
+    };
+  }
 }
+
+/** Conv1D (in, out) -> Linear (out, in), as a new host-built tensor */
+function transposed(t: Tensor): Tensor {
+  const [r, c] = t.shape;
+  const src = t.toArray();
+  const out = new Float32Array(r * c);
+  for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) out[j * r + i] = src[i * c + j];
+  return tensor(out, [c, r], t.dtype);
+}
+
+/** rows [start, end) of a matrix, or elements of a vector */
+function rows(t: Tensor, start: number, end: number): Tensor {
+  const [, c] = t.shape;
+  const src = t.toArray();
+  return t.ndim === 1
+    ? tensor(src.slice(start, end), [end - start], t.dtype)
+    : tensor(src.slice(start * c, end * c), [end - start, c], t.dtype);
+}
+
+export const gpt2Family: Family = {
+  name: 'gpt2',
+  modelTypes: ['gpt2'],
+  architectures: ['GPT2LMHeadModel'],
+  build: (json, file, init) => new Gpt2LMHeadModel(gpt2ConfigFromJson(json, file), init),
+};

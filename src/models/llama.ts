@@ -8,6 +8,7 @@ import { GatedMLP } from '../nn/mlp.js';
 import { Module } from '../nn/module.js';
 import { Random } from '../util/random.js';
 import { createModelCache, forwardLM } from './causal-lm.js';
+import { tensorGetter, type DistillContract, type Family } from './family.js';
 import { Fields, type Json } from './hf.js';
 import type {
   Block,
@@ -205,4 +206,79 @@ export class LlamaForCausalLM extends Module implements CausalLM {
   configJson(): Json {
     return llamaConfigToJson(this.config);
   }
+
+  distillContract(): DistillContract {
+    const c = this.config;
+    const get = tensorGetter(this);
+    const attention = {
+      nHeads: c.numHeads,
+      nKvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      rotaryDim: c.headDim,
+      ropeTheta: c.ropeTheta,
+      qkvBias: c.attentionBias,
+      outBias: c.attentionBias,
+    };
+    return {
+      studentShape: () => ({
+        vocabSize: c.vocabSize,
+        dModel: c.hiddenSize,
+        nLayer: c.numLayers,
+        style: 'llama',
+        normEps: c.rmsNormEps,
+        intermediateSize: c.intermediateSize,
+        activation: 'silu',
+        mlpBias: c.mlpBias,
+        lmHeadBias: false,
+        tieEmbeddings: c.tieWordEmbeddings,
+        maxPositionEmbeddings: 0,
+        bosTokenId: c.bosTokenId,
+        eosTokenId: c.eosTokenId,
+        nHeads: c.numHeads,
+        nKvHeads: c.numKvHeads,
+        headDim: c.headDim,
+        attention: () => attention,
+      }),
+      sharedWeights: (l) => {
+        if (l === null) {
+          const out: [string, Tensor][] = [
+            ['backbone.embedding.weight', get('model.embed_tokens.weight')],
+            ['backbone.final_layernorm.weight', get('model.norm.weight')],
+          ];
+          if (!c.tieWordEmbeddings) out.push(['lm_head.weight', get('lm_head.weight')]);
+          return out;
+        }
+        const names = [
+          'input_layernorm.weight',
+          'post_attention_layernorm.weight',
+          'mlp.gate_proj.weight',
+          'mlp.up_proj.weight',
+          'mlp.down_proj.weight',
+        ];
+        if (c.mlpBias) names.push('mlp.gate_proj.bias', 'mlp.up_proj.bias', 'mlp.down_proj.bias');
+        return names.map((n) => [`backbone.layers.${l}.${n}`, get(`model.layers.${l}.${n}`)]);
+      },
+      attentionWeights: (l) => {
+        const a = `model.layers.${l}.self_attn.`;
+        const b = c.attentionBias;
+        return {
+          q: get(a + 'q_proj.weight'),
+          k: get(a + 'k_proj.weight'),
+          v: get(a + 'v_proj.weight'),
+          qBias: b ? get(a + 'q_proj.bias') : null,
+          kBias: b ? get(a + 'k_proj.bias') : null,
+          vBias: b ? get(a + 'v_proj.bias') : null,
+          o: get(a + 'o_proj.weight'),
+          oBias: b ? get(a + 'o_proj.bias') : null,
+        };
+      },
+    };
+  }
 }
+
+export const llamaFamily: Family = {
+  name: 'llama',
+  modelTypes: ['llama'],
+  architectures: ['LlamaForCausalLM'],
+  build: (json, file, init) => new LlamaForCausalLM(llamaConfigFromJson(json, file), init),
+};

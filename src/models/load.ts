@@ -1,5 +1,5 @@
-// Model directories in and out: config.json decides the family (a registry of formats, so the
-// student formats plug in beside the HF families), weights come from safetensors, and the
+// Model directories in and out: config.json decides the format (Hugging Face families through
+// registry.ts, the student formats beside them), weights come from safetensors, and the
 // tokenizer from tokenizer.json.
 
 import fs from 'node:fs';
@@ -9,11 +9,9 @@ import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import { noGrad, type Tensor } from '../tensor/index.js';
 import type { InitOptions } from '../nn/layers.js';
 import type { Module } from '../nn/module.js';
-import { gpt2ConfigFromJson, Gpt2LMHeadModel } from './gpt2.js';
 import type { Json } from './hf.js';
-import { llamaConfigFromJson, LlamaForCausalLM } from './llama.js';
-import { phiConfigFromJson, PhiForCausalLM } from './phi.js';
 import { isStudentConfig, studentConfigFromJson, StudentLM } from './phi-mamba.js';
+import { buildFamilyModel } from './registry.js';
 import type { CausalLM } from './types.js';
 
 export interface ModelFormat {
@@ -35,39 +33,10 @@ export function registerFormat(f: ModelFormat): void {
   if (!formats.some((g) => g.name === f.name)) formats.unshift(f);
 }
 
-const hfFamilies: Record<string, (json: Json, file: string, init?: InitOptions) => CausalLM> = {
-  llama: (j, f, i) => new LlamaForCausalLM(llamaConfigFromJson(j, f), i),
-  phi: (j, f, i) => new PhiForCausalLM(phiConfigFromJson(j, f), i),
-  gpt2: (j, f, i) => new Gpt2LMHeadModel(gpt2ConfigFromJson(j, f), i),
-};
-
-/** the head class each family's checkpoints are saved from; others carry other heads or none */
-const hfArchitectures: Record<string, string> = {
-  llama: 'LlamaForCausalLM',
-  phi: 'PhiForCausalLM',
-  gpt2: 'GPT2LMHeadModel',
-};
-
 registerFormat({
   name: 'huggingface',
   detect: (c) => typeof c.model_type === 'string',
-  build(config, file, init) {
-    const type = config.model_type as string;
-    const make = hfFamilies[type];
-    if (!make)
-      throw new Error(
-        `${file}: model_type "${type}" is not supported (supported: ${Object.keys(hfFamilies).join(', ')})`,
-      );
-    const arch = config.architectures;
-    if (arch !== undefined && arch !== null) {
-      const want = hfArchitectures[type];
-      if (!Array.isArray(arch) || arch.length !== 1 || arch[0] !== want)
-        throw new Error(
-          `${file}: architectures ${JSON.stringify(arch)} is not supported for model_type "${type}" (expected ["${want}"])`,
-        );
-    }
-    return make(config, file, init);
-  },
+  build: buildFamilyModel,
   ignorable: (name, model) =>
     /\.(rotary_emb\.inv_freq|attn\.bias|attn\.masked_bias)$/.test(name) ||
     (name === 'lm_head.weight' && !model.stateDict().has('lm_head.weight')),

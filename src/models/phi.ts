@@ -8,6 +8,7 @@ import { ACTIVATIONS, MLP, type Activation } from '../nn/mlp.js';
 import { Module } from '../nn/module.js';
 import { Random } from '../util/random.js';
 import { createModelCache, forwardLM } from './causal-lm.js';
+import { tensorGetter, type DistillContract, type Family } from './family.js';
 import { Fields, type Json } from './hf.js';
 import type {
   Block,
@@ -198,4 +199,78 @@ export class PhiForCausalLM extends Module implements CausalLM {
   configJson(): Json {
     return phiConfigToJson(this.config);
   }
+
+  distillContract(): DistillContract {
+    const c = this.config;
+    const get = tensorGetter(this);
+    const attention = {
+      nHeads: c.numHeads,
+      nKvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      rotaryDim: c.rotaryDim,
+      ropeTheta: c.ropeTheta,
+      qkvBias: true,
+      outBias: true,
+    };
+    return {
+      studentShape: () => ({
+        vocabSize: c.vocabSize,
+        dModel: c.hiddenSize,
+        nLayer: c.numLayers,
+        style: 'phi',
+        normEps: c.layerNormEps,
+        intermediateSize: c.intermediateSize,
+        activation: c.hiddenAct,
+        mlpBias: true,
+        lmHeadBias: true,
+        tieEmbeddings: false,
+        maxPositionEmbeddings: 0,
+        bosTokenId: c.bosTokenId,
+        eosTokenId: c.eosTokenId,
+        nHeads: c.numHeads,
+        nKvHeads: c.numKvHeads,
+        headDim: c.headDim,
+        attention: () => attention,
+      }),
+      sharedWeights: (l) => {
+        if (l === null) {
+          return [
+            ['backbone.embedding.weight', get('model.embed_tokens.weight')],
+            ['backbone.final_layernorm.weight', get('model.final_layernorm.weight')],
+            ['backbone.final_layernorm.bias', get('model.final_layernorm.bias')],
+            ['lm_head.weight', get('lm_head.weight')],
+            ['lm_head.bias', get('lm_head.bias')],
+          ];
+        }
+        return [
+          'input_layernorm.weight',
+          'input_layernorm.bias',
+          'mlp.fc1.weight',
+          'mlp.fc1.bias',
+          'mlp.fc2.weight',
+          'mlp.fc2.bias',
+        ].map((n) => [`backbone.layers.${l}.${n}`, get(`model.layers.${l}.${n}`)]);
+      },
+      attentionWeights: (l) => {
+        const a = `model.layers.${l}.self_attn.`;
+        return {
+          q: get(a + 'q_proj.weight'),
+          k: get(a + 'k_proj.weight'),
+          v: get(a + 'v_proj.weight'),
+          qBias: get(a + 'q_proj.bias'),
+          kBias: get(a + 'k_proj.bias'),
+          vBias: get(a + 'v_proj.bias'),
+          o: get(a + 'dense.weight'),
+          oBias: get(a + 'dense.bias'),
+        };
+      },
+    };
+  }
 }
+
+export const phiFamily: Family = {
+  name: 'phi',
+  modelTypes: ['phi'],
+  architectures: ['PhiForCausalLM'],
+  build: (json, file, init) => new PhiForCausalLM(phiConfigFromJson(json, file), init),
+};

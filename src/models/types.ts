@@ -8,6 +8,8 @@
 
 import type { Tensor } from '../tensor/index.js';
 import type { Module } from '../nn/module.js';
+import type { LayerCache } from '../nn/cache.js';
+import type { DistillContract } from './family.js';
 
 /** What a forward pass should hand back besides logits. */
 export interface Capture {
@@ -28,12 +30,7 @@ export interface Captured {
   mixerMatrices?: Tensor[];
 }
 
-/** Per-layer decoding state: a KV cache for attention, conv + SSM state for SSM mixers. */
-export interface LayerCache {
-  kind: 'kv' | 'ssm';
-  /** free the state's buffers */
-  dispose(): void;
-}
+export type { LayerCache };
 
 /** Decoding state for the whole model; `position` = tokens consumed so far. */
 export interface ModelCache {
@@ -108,4 +105,6 @@ export interface CausalLM extends Module {
   createCache(batch: number): ModelCache;
   /** the config.json object describing this model (for saving) */
   configJson(): Record<string, unknown>;
+  /** what distillation needs from this model as a teacher (absent: it cannot teach) */
+  distillContract?(): DistillContract;
 }
