@@ -32,8 +32,13 @@ export interface StageConfig {
   beta2: number;
   /** global gradient-norm clip (0 = off) */
   clip: number;
-  /** stage 2: align mixer outputs with a frozen MLP (true) or whole block outputs (false) */
+  /**
+   * stage 2: align the mixer outputs (true, the MLP is not run) or the whole block outputs
+   * (false: the teacher's MLP runs in the student's block and stays frozen, as in the reference)
+   */
   mlpFrozen: boolean;
+  /** stage 2 with mlpFrozen false: also train the MLPs of the SSM layers (not the reference's recipe) */
+  trainMlp: boolean;
   /** stage 3: KL temperature */
   temperature: number;
   /** stage 3: weight of cross-entropy on the data */
@@ -52,8 +57,14 @@ export interface StudentConfig {
   chunkSize: number;
   /** initial per-token decay alpha = sigmoid(-a) of the SSM */
   alphaInit: number;
-  /** 'transfer' copies the teacher's weights and derives the mixer from attention; 'random' starts fresh */
-  init: 'transfer' | 'random';
+  /**
+   * The mixer before stage 1 (the teacher's embeddings, norms, MLPs and head are copied either
+   * way; stages 1-2 train only the mixer, so copying them up front equals the paper's transfer
+   * at stage 3). 'paper': the reference's fresh mixer, conv as identity; 'attention': derived
+   * from the teacher's Q/K/V/O (C <- Q, B <- K, x <- V, out_proj <- O). Old names: 'transfer' =
+   * 'attention', 'random' = 'paper'.
+   */
+  init: 'paper' | 'attention';
 }
 
 export interface DataConfig {
@@ -98,6 +109,7 @@ export const STAGE_DEFAULTS: Omit<StageConfig, 'stage' | 'tokens'> = {
   beta2: 0.95,
   clip: 1.0,
   mlpFrozen: true,
+  trainMlp: false,
   temperature: 1,
   ceWeight: 0,
   freeze: [],
@@ -105,6 +117,13 @@ export const STAGE_DEFAULTS: Omit<StageConfig, 'stage' | 'tokens'> = {
 };
 
 export class ConfigError extends Error {}
+
+const INIT_ALIASES = {
+  paper: 'paper',
+  attention: 'attention',
+  transfer: 'attention',
+  random: 'paper',
+} as const;
 
 type Json = Record<string, unknown>;
 
@@ -227,6 +246,7 @@ function parseStage(file: string, raw: unknown, i: number, defaults: Json): Stag
     beta2: num(file, o, 'beta2', `${field}.beta2`, d.beta2, { min: 0, max: 1 }),
     clip: num(file, o, 'clip', `${field}.clip`, d.clip, { min: 0 }),
     mlpFrozen: bool(file, o, 'mlpFrozen', `${field}.mlpFrozen`, d.mlpFrozen),
+    trainMlp: bool(file, o, 'trainMlp', `${field}.trainMlp`, d.trainMlp),
     temperature: num(file, o, 'temperature', `${field}.temperature`, d.temperature, {
       min: 0,
       exclusiveMin: true,
@@ -245,6 +265,12 @@ function parseStage(file: string, raw: unknown, i: number, defaults: Json): Stag
       err(file, `${field}.freeze`, `holds an invalid pattern ${JSON.stringify(p)} (${(e as Error).message})`);
     }
   }
+  if (s.trainMlp && (s.stage !== 2 || s.mlpFrozen))
+    err(
+      file,
+      `${field}.trainMlp`,
+      `needs stage 2 with mlpFrozen: false (the MLP's output must be in the loss)`,
+    );
   if (s.warmup + (s.schedule === 'wsd' ? s.decay : 0) > 1)
     err(file, `${field}.warmup`, `plus decay must not exceed 1`);
   return s;
@@ -283,7 +309,16 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
         : num(file, st, 'dState', 'student.dState', undefined, { integer: true, min: 1 }),
     chunkSize: num(file, st, 'chunkSize', 'student.chunkSize', 64, { integer: true, min: 1 }),
     alphaInit: num(file, st, 'alphaInit', 'student.alphaInit', 0.99, { min: 0, max: 1, exclusiveMin: true }),
-    init: oneOf(file, st, 'init', 'student.init', ['transfer', 'random'] as const, 'transfer'),
+    init: INIT_ALIASES[
+      oneOf(
+        file,
+        st,
+        'init',
+        'student.init',
+        ['paper', 'attention', 'transfer', 'random'] as const,
+        'attention',
+      )
+    ],
   };
   const da = object(file, o.data, 'data');
   checkKeys(file, da, 'data', ['train', 'val', 'valTokens', 'jsonlField']);

@@ -24,10 +24,16 @@ import {
 import { INDEX_FILE, TokenDataset, type TokenSplit } from '../data/shards.js';
 import { prepareTokens } from '../data/prepare.js';
 import { evalBatches, RandomWindows, toTensors, type Batch } from '../data/batches.js';
-import { loadCheckpoint, readLatest, train, type TrainResult } from '../train/index.js';
+import { loadCheckpoint, readLatest, train, type LossContext, type TrainResult } from '../train/index.js';
 import { Random } from '../util/random.js';
 import type { DistillConfig, StageConfig } from './config.js';
-import { STAGE_NAMES, stage1Loss, stage2Loss, stage3Loss, trainableIn } from './stages.js';
+import {
+  hiddenStateAlignmentStep,
+  matrixOrientationStep,
+  STAGE_NAMES,
+  stage3Loss,
+  stageTrainable,
+} from './stages.js';
 import { studentConfigFor, transferStudent } from './transfer.js';
 
 export interface StageResult {
@@ -166,20 +172,24 @@ function runStage(
   i: number,
   s: StageConfig,
   teacher: CausalLM,
-  student: CausalLM,
+  student: StudentLM,
   trainSplit: TokenSplit,
   hooks: PipelineHooks,
   resume: boolean,
 ): TrainResult {
   const data = new RandomWindows(trainSplit, s.microBatch, s.seqLen, cfg.seed * 1000 + i + 1);
-  const trainable = student
-    .namedParameters()
-    .filter(([n]) => trainableIn(s.stage, n, student, s))
-    .map(([n]) => n);
-  const lossFn = (b: Batch) => {
+  const trainable = stageTrainable(
+    s.stage,
+    student.namedParameters().map(([n]) => n),
+    student,
+    s,
+    `stages[${i}].freeze`,
+  );
+  // stages 1 and 2 back-propagate layer by layer (see stages.ts)
+  const lossFn = (b: Batch, ctx: LossContext) => {
     const { input, target } = toTensors(b);
-    if (s.stage === 1) return stage1Loss(teacher, student, input).loss;
-    if (s.stage === 2) return stage2Loss(teacher, student, input, s.mlpFrozen).loss;
+    if (s.stage === 1) return matrixOrientationStep(teacher, student, input, 1 / ctx.accum);
+    if (s.stage === 2) return hiddenStateAlignmentStep(teacher, student, input, s.mlpFrozen, 1 / ctx.accum);
     return stage3Loss(teacher, student, input, target, s).loss;
   };
   const dir = stageDir(cfg, i, s);
@@ -198,7 +208,6 @@ function runStage(
     },
     maxGradNorm: s.clip,
     trainable,
-    freeze: s.freeze,
     checkpointDir: dir,
     checkpointEvery: s.checkpointEvery || undefined,
     resume,
@@ -249,7 +258,7 @@ function distillWith(
     dState: cfg.student.dState ?? undefined,
     chunkSize: cfg.student.chunkSize,
     alphaInit: cfg.student.alphaInit,
-    mixerInit: cfg.student.init === 'transfer' ? 'attention' : 'random',
+    mixerInit: cfg.student.init,
     copyWeights: true,
     seed: cfg.seed,
   });

@@ -7,7 +7,7 @@
 // the fused AdamW update. Checkpoints carry everything a resumed run needs to continue exactly:
 // weights, optimizer moments, step and token counts, the data position and the caller's RNG.
 
-import { add, keep, noGrad, scale, scope, square, sum, type Tensor } from '../tensor/index.js';
+import { add, keep, noGrad, scale, scope, square, sum, Tensor } from '../tensor/index.js';
 import type { BatchSource, TokenBatch } from '../data/batches.js';
 import type { Random, RandomState } from '../util/random.js';
 import { AdamW, type AdamWConfig } from './optimizer.js';
@@ -24,11 +24,20 @@ export interface LossContext {
   accum: number;
 }
 
+/**
+ * A loss whose gradients the loss function has already accumulated into the parameters' .grad,
+ * weighted by 1 / accum (a loss that back-propagates piece by piece, e.g. one layer at a time,
+ * so that the pieces' activations are never held together); `value` is the scalar loss.
+ */
+export interface BackpropagatedLoss {
+  value: number;
+}
+
 export interface TrainOptions<B extends TokenBatch> {
   /** every parameter of the model (all are saved in checkpoints); which ones train is decided below */
   params: ParamsLike;
   /** a scalar loss (mean over the micro-batch's tokens), computed inside a scope per micro-batch */
-  lossFn: (batch: B, ctx: LossContext) => Tensor;
+  lossFn: (batch: B, ctx: LossContext) => Tensor | BackpropagatedLoss;
   data: BatchSource<B>;
   /** tokens to train on; steps = floor(budgetTokens / batchTokens) */
   budgetTokens: number;
@@ -269,6 +278,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         if (bad) continue; // the step is lost; keep the data position in step with an unbroken run
         const v = scope(() => {
           const loss = o.lossFn(batch, { step, micro, accum });
+          if (!(loss instanceof Tensor)) return loss.value;
           if (loss.size !== 1) fail(`lossFn returned shape [${loss.shape}], expected a scalar`);
           const val = loss.item();
           if (Number.isFinite(val)) {
