@@ -155,7 +155,7 @@ export function loadCheckpoint(checkpoint: string, params: NamedParams, optimize
   } catch {
     throw new Error(`${optFile}: metadata "steps" missing or not JSON`);
   }
-  const stateTensors = new Map([...sf.entries].map(([n, e]) => [n, entryToTensor(e, 'f32', optFile)]));
+  const stateTensors = new Map([...sf.entries].map(([n, e]) => [n, entryToTensor(e, 'f32')]));
   try {
     optimizer.loadStateDict(stateTensors, steps, optFile);
   } finally {
