@@ -91,7 +91,6 @@ export interface JoinOptions {
   abortGraceMs?: number;
 }
 
-type Dtype = 'f32' | 'f64';
 type Reply = { ok: true; data?: Uint8Array; blob?: Uint8Array } | { ok: false; error: string };
 
 function envSeconds(name: string, fallback: number): number {

@@ -24,7 +24,8 @@ const NCCL_AVG = 4;
 const NCCL_SUCCESS = 0;
 const NCCL_IN_PROGRESS = 7;
 
-const UniqueId = koffi.struct('mohawk_ncclUniqueId', {
+// the id is passed by value to ncclCommInitRank: a named struct type koffi knows by that name
+koffi.struct('mohawk_ncclUniqueId', {
   internal: koffi.array('uint8_t', NCCL_UNIQUE_ID_BYTES),
 });
 
