@@ -3,17 +3,25 @@
 //   collectives  every CPU collective on known values; prints what this rank got
 //   train        test/train-fixture.ts's tiny run, data parallel (optionally ZeRO-1); prints the
 //                per-step losses and the final weights
-//   die          joins, then exits with code 3 before the first collective
+//   die          joins; rank dieRank exits with code 3, the others wait at a barrier
 import { CpuCollective } from '../src/backends/cpu/collective.js';
 import { ProcessGroup, readDistEnv } from '../src/backends/group.js';
 import { getBackend, noGrad, tensor } from '../src/tensor/index.js';
 import { runTiny, type RunConfig } from './train-fixture.js';
 
-const args = JSON.parse(process.argv[2]) as { mode: string; run?: RunConfig; zero?: boolean };
+const args = JSON.parse(process.argv[2]) as {
+  mode: string;
+  run?: RunConfig;
+  zero?: boolean;
+  dieRank?: number;
+};
 const env = readDistEnv()!;
 const group = ProcessGroup.join({ ...env, rendezvousTimeoutSec: 20, callTimeoutSec: 60 });
 const c = new CpuCollective(group, getBackend());
-if (args.mode === 'die') process.exit(3);
+if (args.mode === 'die') {
+  if (c.rank === args.dieRank) process.exit(3);
+  c.barrier();
+}
 if (args.mode === 'collectives') {
   const r = c.rank;
   const out = noGrad(() => {
