@@ -7,13 +7,31 @@
 // the fused AdamW update. Checkpoints carry everything a resumed run needs to continue exactly:
 // weights, optimizer moments, step and token counts, the data position and the caller's RNG.
 
-import { add, keep, noGrad, scale, scope, square, sum, Tensor } from '../tensor/index.js';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Collective } from '../backends/collective.js';
+import { add, keep, noGrad, scale, scope, square, sum, tensor, Tensor } from '../tensor/index.js';
 import type { BatchSource, TokenBatch } from '../data/batches.js';
 import type { Random, RandomState } from '../util/random.js';
 import { AdamW, type AdamWConfig } from './optimizer.js';
 import { applyFreezing, namedParams, type NamedParams, type ParamsLike } from './params.js';
 import { checkSchedule, lrFactor, type ScheduleConfig } from './schedule.js';
-import { loadCheckpoint, readLatest, readState, writeCheckpoint } from './checkpoint.js';
+import {
+  loadCheckpoint,
+  OPTIMIZER_FILE,
+  readLatest,
+  readState,
+  stepDirName,
+  writeCheckpoint,
+} from './checkpoint.js';
+import {
+  allReduceGrads,
+  broadcastParams,
+  rankMicroBatches,
+  reduceStepStats,
+  type DataParallel,
+} from './distributed.js';
+import { fullOptimizerState, optimizerShardName, ShardedAdamW } from './zero.js';
 import { MetricsLog, Progress, fmtCount, type ProgressOptions, type StepMetrics } from './metrics.js';
 
 export interface LossContext {
@@ -77,6 +95,11 @@ export interface TrainOptions<B extends TokenBatch> {
   progress?: boolean | ProgressOptions;
   /** names this run in messages and checkpoints (e.g. "stage1") */
   label?: string;
+  /**
+   * data parallel over the collective's ranks (distributed.ts): each rank computes its block of
+   * every step's micro-batches; metrics, progress and the model checkpoint come from rank 0
+   */
+  dataParallel?: DataParallel;
 }
 
 export interface TrainResult {
@@ -140,6 +163,18 @@ function gradSquares(params: NamedParams, each: boolean): { total: number; per: 
   );
 }
 
+/** true when any rank says so (every rank gets the same answer) */
+function agree(c: Collective | null, flag: boolean): boolean {
+  if (!c) return flag;
+  return noGrad(() =>
+    scope(() => {
+      const t = tensor(Float32Array.of(flag ? 1 : 0), [1], 'f32');
+      c.allReduce(t.buffer, 'sum');
+      return t.item() > 0;
+    }),
+  );
+}
+
 function zeroGrads(params: NamedParams): void {
   for (const [, p] of params) {
     p.grad?.dispose();
@@ -167,7 +202,13 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
   const trained = applyFreezing(all, { freeze: o.freeze, trainable: o.trainable });
   if (!trained.length) fail('no parameter is trainable (check freeze / trainable patterns)');
   zeroGrads(all);
-  const optimizer = new AdamW(trained, o.optimizer);
+  const dp = o.dataParallel && o.dataParallel.collective.worldSize > 1 ? o.dataParallel : null;
+  const coll = dp?.collective ?? null;
+  const isRoot = !coll || coll.rank === 0;
+  const sharded = o.dataParallel?.zero
+    ? new ShardedAdamW(trained, o.optimizer, o.dataParallel.collective)
+    : null;
+  const optimizer = sharded ?? new AdamW(trained, o.optimizer);
   let metrics: MetricsLog | null = null;
   let progress: Progress | null = null;
   try {
@@ -187,7 +228,19 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       );
     if (latest) {
       saved = readState<TrainState>(latest.path);
-      loadCheckpoint(latest.path, all, optimizer);
+      if (sharded) {
+        loadCheckpoint(latest.path, all);
+        sharded.load(latest.path);
+      } else if (optimizer instanceof AdamW && !fs.existsSync(path.join(latest.path, OPTIMIZER_FILE))) {
+        // written by a sharded (ZeRO-1) run: assemble the full moments
+        loadCheckpoint(latest.path, all);
+        const st = fullOptimizerState(latest.path, trained);
+        try {
+          optimizer.loadStateDict(st.tensors, st.steps, st.source);
+        } finally {
+          for (const t of st.tensors.values()) t.dispose();
+        }
+      } else loadCheckpoint(latest.path, all, optimizer as AdamW);
       o.data.restore(saved.data);
       if (o.rng && saved.rng) o.rng.setState(saved.rng);
       step = saved.step;
@@ -208,6 +261,8 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         `batchTokens (${batchTokens}) must be a multiple of the micro-batch's ${pending.batch} x ${pending.seqLen} tokens`,
       );
     const accum = batchTokens / microTokens;
+    const [myFirst, myEnd] = coll ? rankMicroBatches(accum, coll.rank, coll.worldSize, label) : [0, accum];
+    if (coll) broadcastParams(coll, all);
     const totalSteps = Math.floor(o.budgetTokens / batchTokens);
     if (totalSteps < 1)
       fail(`budgetTokens (${o.budgetTokens}) is less than one step of ${batchTokens} tokens`);
@@ -224,8 +279,8 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       same('schedule', saved.schedule, o.schedule);
     }
 
-    if (o.metricsFile) metrics = new MetricsLog(o.metricsFile, resumedFrom ?? null);
-    if (o.progress !== false) {
+    if (o.metricsFile && isRoot) metrics = new MetricsLog(o.metricsFile, resumedFrom ?? null);
+    if (o.progress !== false && isRoot) {
       progress = new Progress(totalSteps, totalSteps * batchTokens, {
         label,
         ...(typeof o.progress === 'object' ? o.progress : {}),
@@ -233,6 +288,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       progress.note(
         `${label}: ${trained.length}/${all.length} parameter tensors train, ${totalSteps} steps of ${fmtCount(batchTokens)} tokens` +
           ` (${accum} x ${pending.batch} x ${pending.seqLen})` +
+          (coll ? ` over ${coll.worldSize} ranks (${coll.kind}${sharded ? ', ZeRO-1' : ''})` : '') +
           (resumedFrom !== null ? `, resumed at step ${resumedFrom} from ${checkpoint}` : ''),
       );
     }
@@ -255,14 +311,46 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         data: o.data.state(),
         rng: o.rng ? o.rng.getState() : null,
       };
-      checkpoint = writeCheckpoint(o.checkpointDir, {
-        params: all,
-        optimizer,
-        step,
-        state,
-        keep: o.keepCheckpoints,
-        beforeCommit: o.beforeCommit ? (dir) => o.beforeCommit!(dir, step) : undefined,
-      });
+      if (!coll) {
+        checkpoint = writeCheckpoint(o.checkpointDir, {
+          params: all,
+          optimizer: optimizer as AdamW,
+          step,
+          state,
+          keep: o.keepCheckpoints,
+          beforeCommit: o.beforeCommit ? (dir) => o.beforeCommit!(dir, step) : undefined,
+        });
+        return;
+      }
+      // data parallel: optimizer shards from their owners (into a side directory), rank 0
+      // moves them into its temporary checkpoint and commits it; the barriers keep every rank
+      // in step with the commit
+      const side = path.join(o.checkpointDir, `${stepDirName(step)}.shards`);
+      const shardName = optimizerShardName(coll.rank, coll.worldSize);
+      if (sharded && !isRoot) {
+        fs.mkdirSync(side, { recursive: true });
+        sharded.saveShard(path.join(side, shardName));
+      }
+      coll.barrier();
+      if (isRoot)
+        writeCheckpoint(o.checkpointDir, {
+          params: all,
+          optimizer: sharded ? undefined : (optimizer as AdamW),
+          step,
+          state,
+          keep: o.keepCheckpoints,
+          beforeCommit: (dir) => {
+            if (sharded) {
+              sharded.saveShard(path.join(dir, shardName));
+              for (const n of fs.existsSync(side) ? fs.readdirSync(side) : [])
+                fs.renameSync(path.join(side, n), path.join(dir, n));
+              fs.rmSync(side, { recursive: true, force: true });
+            }
+            o.beforeCommit?.(dir, step);
+          },
+        });
+      coll.barrier();
+      checkpoint = path.join(o.checkpointDir, stepDirName(step));
     };
 
     const t0 = performance.now();
@@ -276,6 +364,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         const batch: B = pending ?? o.data.next();
         pending = null;
         if (bad) continue; // the step is lost; keep the data position in step with an unbroken run
+        if (micro < myFirst || micro >= myEnd) continue; // another rank's micro-batch
         const v = scope(() => {
           const loss = o.lossFn(batch, { step, micro, accum });
           if (!(loss instanceof Tensor)) return loss.value;
@@ -291,7 +380,18 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         else bad = `loss is ${v} (micro-batch ${micro})`;
       }
       let gradNorm = NaN;
-      if (!bad) {
+      let hasGrad: boolean[] = [];
+      if (coll || sharded) {
+        const st = reduceStepStats(o.dataParallel!.collective, lossSum, bad !== null, trained);
+        lossSum = st.lossSum;
+        hasGrad = st.hasGrad;
+        if (st.anyBad && !bad) bad = 'non-finite loss on another rank';
+      }
+      if (!bad && sharded) {
+        gradNorm = Math.sqrt(sharded.reduceGrads());
+        if (!Number.isFinite(gradNorm)) bad = `gradient norm is ${gradNorm}`;
+      } else if (!bad) {
+        if (coll) allReduceGrads(coll, trained, hasGrad, dp!.bucketBytes);
         gradNorm = Math.sqrt(gradSquares(trained, false).total);
         if (!Number.isFinite(gradNorm)) {
           const first = gradSquares(trained, true).per.find(([, s]) => !Number.isFinite(s));
@@ -302,6 +402,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       if (bad) {
         skipped++;
         zeroGrads(trained);
+        sharded?.dropGradShard();
         progress?.note(`${label}: step ${step + 1} skipped: ${bad}`);
         if (skipped > maxNonFinite) {
           throw new NonFiniteError(
@@ -311,7 +412,9 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
           );
         }
       } else {
-        if (maxGradNorm > 0 && gradNorm > maxGradNorm) {
+        if (maxGradNorm > 0 && gradNorm > maxGradNorm && sharded) {
+          sharded.scaleGrads(maxGradNorm / (gradNorm + 1e-6));
+        } else if (maxGradNorm > 0 && gradNorm > maxGradNorm) {
           const coef = maxGradNorm / (gradNorm + 1e-6);
           noGrad(() => {
             for (const [, p] of trained) {
@@ -322,7 +425,8 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
             }
           });
         }
-        optimizer.step(lr);
+        if (sharded) sharded.step(lr, hasGrad);
+        else (optimizer as AdamW).step(lr);
         zeroGrads(trained);
         lastLoss = lossSum / accum;
       }
@@ -349,7 +453,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       metrics?.write(m);
       progress?.update(m, batchTokens, stepSec, skipped);
       o.onStep?.(m);
-      if (o.shouldStop?.() && step < totalSteps) {
+      if (agree(coll, o.shouldStop?.() ?? false) && step < totalSteps) {
         stopped = true;
         save();
         break;
