@@ -116,6 +116,25 @@ export const STAGE_DEFAULTS: Omit<StageConfig, 'stage' | 'tokens'> = {
   checkpointEvery: 0,
 };
 
+/**
+ * Upper bounds that keep a typo from exhausting memory or running for ever; far above any real
+ * run (the paper's largest stage is 2.76e9 tokens in steps of 0.5M).
+ */
+export const LIMITS = {
+  /** tokens of one stage */
+  tokens: 1e15,
+  /** tokens per optimizer step */
+  batchTokens: 2 ** 32,
+  microBatch: 65536,
+  seqLen: 1 << 20,
+  /** microBatch x seqLen: the positions of one forward pass */
+  microTokens: 1 << 24,
+  /** the SSM state size and the scan's chunk length */
+  dState: 4096,
+  chunkSize: 65536,
+  valTokens: 1e12,
+} as const;
+
 export class ConfigError extends Error {}
 
 const INIT_ALIASES = {
@@ -222,13 +241,26 @@ function parseStage(file: string, raw: unknown, i: number, defaults: Json): Stag
   const d = STAGE_DEFAULTS;
   const s: StageConfig = {
     stage,
-    tokens: num(file, o, 'tokens', `${field}.tokens`, undefined, { min: 0, exclusiveMin: true }),
+    tokens: num(file, o, 'tokens', `${field}.tokens`, undefined, {
+      min: 0,
+      exclusiveMin: true,
+      max: LIMITS.tokens,
+    }),
     batchTokens: num(file, o, 'batchTokens', `${field}.batchTokens`, d.batchTokens, {
       integer: true,
       min: 1,
+      max: LIMITS.batchTokens,
     }),
-    microBatch: num(file, o, 'microBatch', `${field}.microBatch`, d.microBatch, { integer: true, min: 1 }),
-    seqLen: num(file, o, 'seqLen', `${field}.seqLen`, d.seqLen, { integer: true, min: 2 }),
+    microBatch: num(file, o, 'microBatch', `${field}.microBatch`, d.microBatch, {
+      integer: true,
+      min: 1,
+      max: LIMITS.microBatch,
+    }),
+    seqLen: num(file, o, 'seqLen', `${field}.seqLen`, d.seqLen, {
+      integer: true,
+      min: 2,
+      max: LIMITS.seqLen,
+    }),
     lr: num(file, o, 'lr', `${field}.lr`, d.lr, { min: 0, exclusiveMin: true }),
     minLrRatio: num(file, o, 'minLrRatio', `${field}.minLrRatio`, d.minLrRatio, { min: 0, max: 1 }),
     schedule: oneOf(
@@ -273,6 +305,21 @@ function parseStage(file: string, raw: unknown, i: number, defaults: Json): Stag
     );
   if (s.warmup + (s.schedule === 'wsd' ? s.decay : 0) > 1)
     err(file, `${field}.warmup`, `plus decay must not exceed 1`);
+  const micro = s.microBatch * s.seqLen;
+  if (micro > LIMITS.microTokens)
+    err(
+      file,
+      `${field}.microBatch`,
+      `x seqLen (${s.microBatch} x ${s.seqLen} = ${micro}) must be at most ${LIMITS.microTokens} tokens per forward pass`,
+    );
+  if (s.batchTokens % micro !== 0)
+    err(
+      file,
+      `${field}.batchTokens`,
+      `(${s.batchTokens}) must be a multiple of microBatch x seqLen (${s.microBatch} x ${s.seqLen} = ${micro})`,
+    );
+  if (s.tokens < s.batchTokens)
+    err(file, `${field}.tokens`, `(${s.tokens}) is less than one step of batchTokens (${s.batchTokens})`);
   return s;
 }
 
@@ -306,8 +353,12 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
     dState:
       st.dState === undefined || st.dState === null
         ? null
-        : num(file, st, 'dState', 'student.dState', undefined, { integer: true, min: 1 }),
-    chunkSize: num(file, st, 'chunkSize', 'student.chunkSize', 64, { integer: true, min: 1 }),
+        : num(file, st, 'dState', 'student.dState', undefined, { integer: true, min: 1, max: LIMITS.dState }),
+    chunkSize: num(file, st, 'chunkSize', 'student.chunkSize', 64, {
+      integer: true,
+      min: 1,
+      max: LIMITS.chunkSize,
+    }),
     alphaInit: num(file, st, 'alphaInit', 'student.alphaInit', 0.99, { min: 0, max: 1, exclusiveMin: true }),
     init: INIT_ALIASES[
       oneOf(
@@ -325,7 +376,11 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
   const data: DataConfig = {
     train: strList(file, da, 'train', 'data.train', []).map(resolve),
     val: strList(file, da, 'val', 'data.val', []).map(resolve),
-    valTokens: num(file, da, 'valTokens', 'data.valTokens', 65536, { integer: true, min: 1 }),
+    valTokens: num(file, da, 'valTokens', 'data.valTokens', 65536, {
+      integer: true,
+      min: 1,
+      max: LIMITS.valTokens,
+    }),
     jsonlField: str(file, da, 'jsonlField', 'data.jsonlField', 'text'),
   };
   if (data.train.length === 0)
@@ -355,6 +410,9 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
   };
 }
 
+/** Keys that would reach Object.prototype (or a constructor) instead of the config. */
+const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+
 /** Apply `a.b.0.c=value` overrides (values parsed as YAML scalars) to a raw config object. */
 export function applyOverrides(raw: Json, overrides: string[]): Json {
   const out = structuredClone(raw);
@@ -362,7 +420,18 @@ export function applyOverrides(raw: Json, overrides: string[]): Json {
     const eq = o.indexOf('=');
     if (eq <= 0) throw new ConfigError(`--set ${o}: expected path=value`);
     const keys = o.slice(0, eq).split('.');
-    const value = YAML.parse(o.slice(eq + 1)) as unknown;
+    for (const k of keys) {
+      if (k === '') throw new ConfigError(`--set ${o}: empty name in the path`);
+      if (FORBIDDEN_KEYS.has(k)) throw new ConfigError(`--set ${o}: "${k}" is not a config field`);
+    }
+    let value: unknown;
+    try {
+      value = YAML.parse(o.slice(eq + 1)) as unknown;
+    } catch (e) {
+      throw new ConfigError(
+        `--set ${o}: the value is not valid YAML (${(e as Error).message.split('\n')[0]})`,
+      );
+    }
     let cur: Record<string, unknown> | unknown[] = out;
     keys.forEach((k, i) => {
       const last = i === keys.length - 1;
@@ -373,15 +442,34 @@ export function applyOverrides(raw: Json, overrides: string[]): Json {
       const container = cur as Record<string | number, unknown>;
       if (last) container[key] = value;
       else {
-        if (container[key] === undefined || container[key] === null)
-          container[key] = /^\d+$/.test(keys[i + 1]) ? [] : {};
+        const own = Object.hasOwn(container, key) ? container[key] : undefined;
+        if (own === undefined || own === null) container[key] = /^\d+$/.test(keys[i + 1]) ? [] : {};
         cur = container[key] as Record<string, unknown> | unknown[];
-        if (typeof cur !== 'object')
+        if (typeof cur !== 'object' || cur === null)
           throw new ConfigError(`--set ${o}: ${keys.slice(0, i + 1).join('.')} is not a mapping`);
       }
     });
   }
   return out;
+}
+
+/**
+ * Checks that need the teacher: every stage's seqLen within the positions the teacher was built
+ * for (learned position tables end there; rotary teachers were never trained past it).
+ */
+export function checkAgainstTeacher(
+  cfg: DistillConfig,
+  teacher: { maxSeqLen: number },
+  file = 'config',
+): void {
+  cfg.stages.forEach((s, i) => {
+    if (s.seqLen > teacher.maxSeqLen)
+      err(
+        file,
+        `stages[${i}].seqLen`,
+        `(${s.seqLen}) exceeds the teacher's ${teacher.maxSeqLen} positions (${cfg.teacher})`,
+      );
+  });
 }
 
 /** Read, override and validate a config file. */

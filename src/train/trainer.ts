@@ -14,7 +14,7 @@ import { add, keep, noGrad, scale, scope, square, sum, tensor, Tensor } from '..
 import type { BatchSource, TokenBatch } from '../data/batches.js';
 import type { Random, RandomState } from '../util/random.js';
 import { AdamW, type AdamWConfig } from './optimizer.js';
-import { applyFreezing, namedParams, type NamedParams, type ParamsLike } from './params.js';
+import { applyFreezing, firstNonFinite, namedParams, type NamedParams, type ParamsLike } from './params.js';
 import { checkSchedule, lrFactor, type ScheduleConfig } from './schedule.js';
 import {
   loadCheckpoint,
@@ -91,6 +91,10 @@ export interface TrainOptions<B extends TokenBatch> {
   onStep?: (m: StepMetrics) => void;
   /** checked after every step: true writes a checkpoint and returns (stopped: true) */
   shouldStop?: () => boolean;
+  /** a loss above max(riseFactor x its first value, first + 1) is warned about once (default 3) */
+  riseFactor?: number;
+  /** where warnings go (default: the progress stream, else stderr) */
+  warn?: (line: string) => void;
   /** the status line on stderr (default on) */
   progress?: boolean | ProgressOptions;
   /** names this run in messages and checkpoints (e.g. "stage1") */
@@ -133,6 +137,8 @@ export interface TrainState {
   skipped: number;
   elapsed_s: number;
   last_loss: number | null;
+  /** the first finite step loss of the run (for the rising-loss warning) */
+  first_loss?: number | null;
   schedule: ScheduleConfig;
   lr: number;
   data: unknown;
@@ -140,6 +146,9 @@ export interface TrainState {
 }
 
 export class NonFiniteError extends Error {}
+
+/** The weights left the finite numbers: the run stops before anything is saved. */
+export class DivergenceError extends NonFiniteError {}
 
 function checkPositiveInt(v: number | undefined, what: string): void {
   if (v !== undefined && !(Number.isInteger(v) && v > 0))
@@ -218,10 +227,12 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
     let skipped = 0;
     let elapsedBase = 0;
     let lastLoss = NaN;
+    let firstLoss = NaN;
+    let riseWarned = false;
     let resumedFrom: number | null = null;
     let checkpoint: string | null = null;
     let saved: TrainState | null = null;
-    const latest = o.checkpointDir ? readLatest(o.checkpointDir) : null;
+    const latest = o.checkpointDir ? readLatest(o.checkpointDir, o.warn) : null;
     if (latest && o.resume === false)
       fail(
         `${o.checkpointDir} already holds a checkpoint (step ${latest.step}); resume, or remove the directory`,
@@ -248,6 +259,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       skipped = saved.skipped;
       elapsedBase = saved.elapsed_s;
       lastLoss = saved.last_loss ?? NaN;
+      firstLoss = saved.first_loss ?? NaN;
       resumedFrom = step;
       checkpoint = latest.path;
     }
@@ -306,6 +318,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         skipped,
         elapsed_s: elapsedBase + (performance.now() - t0) / 1000,
         last_loss: Number.isFinite(lastLoss) ? lastLoss : null,
+        first_loss: Number.isFinite(firstLoss) ? firstLoss : null,
         schedule: o.schedule,
         lr: o.optimizer.lr,
         data: o.data.state(),
@@ -353,6 +366,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       checkpoint = path.join(o.checkpointDir, stepDirName(step));
     };
 
+    const warn = o.warn ?? ((line: string) => (progress ? progress.note(line) : console.error(line)));
     const t0 = performance.now();
     const history: StepMetrics[] = [];
     let stopped = false;
@@ -429,6 +443,28 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         else (optimizer as AdamW).step(lr);
         zeroGrads(trained);
         lastLoss = lossSum / accum;
+        if (!Number.isFinite(firstLoss)) firstLoss = lastLoss;
+        const rise = o.riseFactor ?? 3;
+        if (!riseWarned && firstLoss >= 0 && lastLoss > Math.max(rise * firstLoss, firstLoss + 1)) {
+          riseWarned = true;
+          warn(
+            `${label}: warning: loss ${lastLoss.toPrecision(4)} at step ${step + 1} is far above its start ` +
+              `(${firstLoss.toPrecision(4)}); the run may be diverging (lr ${lr.toExponential(2)})`,
+          );
+        }
+      }
+      // non-finite weights never recover: stop before anything (metrics, a checkpoint) records them
+      const broken = firstNonFinite(trained);
+      if (broken) {
+        throw new DivergenceError(
+          `${label}: diverged at step ${step + 1}: ${broken} is not finite ` +
+            (bad ? `(the step was skipped: ${bad})` : `after the update (lr ${lr.toExponential(2)})`) +
+            '; nothing was saved from this step. ' +
+            (checkpoint
+              ? `The last good checkpoint is ${checkpoint}.`
+              : 'No checkpoint was written in this run.') +
+            ' Lower the learning rate or tighten the gradient clip.',
+        );
       }
       step++;
       tokens += batchTokens;
