@@ -355,7 +355,7 @@ describe('stage recipes (the reference trainable sets, layer-wise backward)', ()
       {
         teacher: 't',
         data: { train: ['x'] },
-        stages: [{ stage: 3, tokens: 8, freeze: ['**.mlp', '/mixer\\.D$/'] }],
+        stages: [{ stage: 3, tokens: 8192, freeze: ['**.mlp', '/mixer\\.D$/'] }],
       },
       'c.yaml',
     );
@@ -442,17 +442,17 @@ describe('stage recipes (the reference trainable sets, layer-wise backward)', ()
 
 describe('distill config and resume', () => {
   it('bad configs name the field', () => {
-    const ok = { teacher: 't', data: { train: ['x'] }, stages: [{ stage: 3, tokens: 100 }] };
+    const ok = { teacher: 't', data: { train: ['x'] }, stages: [{ stage: 3, tokens: 8192 }] };
     assert.throws(
-      () => validateConfig({ ...ok, stages: [{ stage: 4, tokens: 100 }] }, 'c.yaml'),
+      () => validateConfig({ ...ok, stages: [{ stage: 4, tokens: 8192 }] }, 'c.yaml'),
       /c\.yaml: stages\[0\]\.stage must be at most 3, got 4/,
     );
     assert.throws(
-      () => validateConfig({ ...ok, stages: [{ stage: 3, tokens: 100, lr: 'fast' }] }, 'c.yaml'),
+      () => validateConfig({ ...ok, stages: [{ stage: 3, tokens: 8192, lr: 'fast' }] }, 'c.yaml'),
       /c\.yaml: stages\[0\]\.lr must be a number, got "fast"/,
     );
     assert.throws(
-      () => validateConfig({ ...ok, stages: [{ stage: 3, tokens: 100, lrr: 1 }] }, 'c.yaml'),
+      () => validateConfig({ ...ok, stages: [{ stage: 3, tokens: 8192, lrr: 1 }] }, 'c.yaml'),
       /c\.yaml: stages\[0\]\.lrr is not a known setting/,
     );
     assert.throws(
@@ -461,8 +461,8 @@ describe('distill config and resume', () => {
           {
             ...ok,
             stages: [
-              { stage: 3, tokens: 1 },
-              { stage: 1, tokens: 1 },
+              { stage: 3, tokens: 8192 },
+              { stage: 1, tokens: 8192 },
             ],
           },
           'c.yaml',
@@ -484,10 +484,10 @@ describe('distill config and resume', () => {
     assert.throws(() => loadConfig(path.join(dir, 'c.yaml')), /c\.yaml: not valid YAML/);
     fs.writeFileSync(
       path.join(dir, 'c.yaml'),
-      'teacher: t\ndata: {train: [x]}\nstages: [{stage: 3, tokens: 100}]\n',
+      'teacher: t\ndata: {train: [x]}\nstages: [{stage: 3, tokens: 8192}]\n',
     );
-    const c = loadConfig(path.join(dir, 'c.yaml'), ['stages.0.tokens=5e3', 'student.attentionLayers=[1]']);
-    assert.equal(c.stages[0].tokens, 5000);
+    const c = loadConfig(path.join(dir, 'c.yaml'), ['stages.0.tokens=9e3', 'student.attentionLayers=[1]']);
+    assert.equal(c.stages[0].tokens, 9000);
     assert.deepEqual(c.student.attentionLayers, [1]);
     assert.equal(c.teacher, path.join(dir, 't'));
   });
