@@ -3,7 +3,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { CpuBackend } from '../src/backends/cpu/index.js';
-import { loadBlas } from '../src/backends/cpu/blas.js';
+import { blasHint, loadBlas } from '../src/backends/cpu/blas.js';
+import { sgemmWasm, wasmGemm } from '../src/backends/cpu/wasm-gemm.js';
 import * as T from '../src/tensor/index.js';
 import { getBackend, keep, noGrad, scope, setBackend, tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
@@ -132,6 +133,64 @@ describe('cpu backend matmul paths', () => {
   );
   it('reports which path it uses', () => {
     assert.match(new CpuBackend({ blas: false }).describe(), /no BLAS/);
+    // the start-up hint names the package exactly when OpenBLAS is missing
+    const hint = blasHint();
+    if (loadBlas()) assert.equal(hint, null);
+    else if (process.env.MOHAWK_BLAS !== 'off') assert.match(hint ?? '', /libopenblas0-pthread/);
+  });
+  it('the WebAssembly kernel equals a float64 product (transposes, offsets, alpha, beta, ragged tiles)', () => {
+    assert.ok(wasmGemm(), 'WebAssembly SIMD is available in Node >= 20');
+    const r = new Random(11);
+    // shapes around the 4 x 8 register tile and the 256-deep k block
+    for (const [m, n, k] of [
+      [1, 1, 1],
+      [5, 9, 3],
+      [4, 8, 256],
+      [37, 29, 300],
+      [70, 17, 513],
+    ])
+      for (const transA of [false, true])
+        for (const transB of [false, true]) {
+          const lda = (transA ? m : k) + 2;
+          const ldb = (transB ? k : n) + 1;
+          const ldc = n + 3;
+          const [aOff, bOff, cOff] = [5, 7, 2];
+          const a = Float32Array.from(r.normals(aOff + (transA ? k : m) * lda));
+          const b = Float32Array.from(r.normals(bOff + (transB ? n : k) * ldb));
+          const c = Float32Array.from(r.normals(cOff + m * ldc));
+          const expected = Float64Array.from(c);
+          for (let i = 0; i < m; i++)
+            for (let j = 0; j < n; j++) {
+              let s = 0;
+              for (let p = 0; p < k; p++) {
+                const av = transA ? a[aOff + p * lda + i] : a[aOff + i * lda + p];
+                const bv = transB ? b[bOff + j * ldb + p] : b[bOff + p * ldb + j];
+                s += av * bv;
+              }
+              expected[cOff + i * ldc + j] = 0.5 * s - 1.5 * c[cOff + i * ldc + j];
+            }
+          const done = sgemmWasm(
+            transA,
+            transB,
+            m,
+            n,
+            k,
+            0.5,
+            a,
+            aOff,
+            lda,
+            b,
+            bOff,
+            ldb,
+            -1.5,
+            c,
+            cOff,
+            ldc,
+          );
+          assert.ok(done);
+          // f32 accumulation over k terms of unit variance: error grows like sqrt(k) * 2^-24
+          assertClose(c, expected, 2e-5 * Math.sqrt(k), `sgemm ${m}x${n}x${k} tA=${transA} tB=${transB}`);
+        }
   });
 });
 

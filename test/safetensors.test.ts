@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import {
+  entryBytes,
   entryValues,
   loadTensors,
   parseSafetensors,
@@ -20,7 +21,7 @@ import {
   type WriteEntry,
 } from '../src/io/safetensors.js';
 import { loadModel } from '../src/models/load.js';
-import { tensor } from '../src/tensor/index.js';
+import { getBackend, tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { SHARED } from './helpers.js';
 
@@ -53,7 +54,7 @@ describe('safetensors round trip', () => {
       const got = f.entries.get(n)!;
       assert.equal(got.dtype, e.dtype);
       assert.deepEqual(got.shape, e.shape);
-      assert.deepEqual(Buffer.from(got.bytes), Buffer.from(e.bytes), n);
+      assert.deepEqual(Buffer.from(entryBytes(got)), Buffer.from(e.bytes), n);
     }
   });
   it('tensors of f32, f64, i32, bf16, f16 load back with their values', () => {
@@ -129,7 +130,7 @@ describe('safetensors validation', () => {
     ],
     [
       'not JSON',
-      build({}, new Uint8Array(0)).map((v, i) => (i === 8 ? 0x41 : v)),
+      build({}, new Uint8Array(0)).map((v, i) => (i === 9 ? 0x41 : v)),
       /header is not valid UTF-8 JSON/,
     ],
     [
@@ -292,3 +293,129 @@ describe('mutated checkpoints', { skip: fs.existsSync(SHARED) ? false : `${SHARE
     assert.throws(() => loadModel(dir), /tokenizer\.json: model\.type "Unigram" is not supported/);
   });
 });
+
+describe('safetensors validation as the reference library does it', () => {
+  // a valid file: two F32 tensors, header padded to 8 bytes with spaces
+  const good = serializeSafetensors(
+    new Map<string, WriteEntry>([
+      ['a', { dtype: 'F32', shape: [2], bytes: new Uint8Array(new Float32Array([1, 2]).buffer) }],
+      ['b', { dtype: 'F32', shape: [1], bytes: new Uint8Array(new Float32Array([3]).buffer) }],
+    ]),
+  );
+  const rejects = (buf: Uint8Array, re: RegExp) =>
+    assert.throws(
+      () => parseSafetensors(buf, 'bad.safetensors'),
+      (e: Error) =>
+        e instanceof SafetensorsError && /^bad\.safetensors: /.test(e.message) && re.test(e.message),
+    );
+  it('a header length shortened into its padding (1-7 bytes) is refused, not read off by those bytes', () => {
+    const n = Number(new DataView(good.buffer).getBigUint64(0, true));
+    const json = Buffer.from(good.subarray(8, 8 + n)).toString('utf8');
+    const pad = json.length - json.trimEnd().length;
+    assert.ok(pad >= 1, 'the fixture header has padding to cut into');
+    for (let k = 1; k <= pad; k++) {
+      const m = good.slice();
+      new DataView(m.buffer).setBigUint64(0, BigInt(n - k), true);
+      rejects(m, /the tensors cover 12 bytes of the data region, but it holds \d+/);
+    }
+    assert.deepEqual(Array.from(entryValues(parseSafetensors(good, 'ok').entries.get('b')!)), [3]);
+  });
+  it('a gap between tensors, bytes after the last one, and a header not starting with { are refused', () => {
+    rejects(
+      build(
+        {
+          a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] },
+          b: { dtype: 'F32', shape: [1], data_offsets: [8, 12] },
+        },
+        new Uint8Array(12),
+      ),
+      /tensor b: data_offsets start at 8, but the previous tensor ends at 4/,
+    );
+    rejects(
+      build({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, new Uint8Array(8)),
+      /the tensors cover 4 bytes of the data region, but it holds 8/,
+    );
+    rejects(
+      build({ a: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, new Uint8Array(8)),
+      /tensor a: data_offsets start at 4, but the previous tensor ends at 0/,
+    );
+    const spaced = new Uint8Array([...good.subarray(0, 8), 0x20, ...good.subarray(9)]);
+    rejects(spaced, /header does not start with '\{'/);
+  });
+});
+
+describe(
+  'loading checks the header before allocating',
+  { skip: fs.existsSync(SHARED) ? false : `${SHARED} not found` },
+  () => {
+    const src = path.join(SHARED, 'fixtures/reference/llama-tied');
+    const copyFixture = () => {
+      const dir = tmp();
+      for (const f of ['config.json', 'model.safetensors'])
+        fs.copyFileSync(path.join(src, f), path.join(dir, f));
+      return dir;
+    };
+    it('an F32 weight relabelled I32 is refused, naming the file and the tensor', () => {
+      const dir = copyFixture();
+      const file = path.join(dir, 'model.safetensors');
+      const buf = fs.readFileSync(file);
+      const n = Number(buf.readBigUInt64LE(0));
+      const h = buf.subarray(8, 8 + n).toString('utf8');
+      const i = h.indexOf('"F32"');
+      buf.write('"I32"', 8 + i, 'utf8');
+      fs.writeFileSync(file, buf);
+      assert.throws(
+        () => loadModel(dir),
+        /model\.safetensors: tensor \S+ has dtype I32, expected a floating-point dtype/,
+      );
+    });
+    it('a config far larger than its file fails at the header check, with nothing allocated', () => {
+      const dir = copyFixture();
+      const cfg = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8'));
+      const backend = getBackend();
+      for (const [field, value, re] of [
+        [
+          'num_hidden_layers',
+          100_000,
+          /config\.json: describes a model larger than \S+model\.safetensors holds/,
+        ],
+        ['num_hidden_layers', 2 ** 53, /config\.json: describes a model larger than/],
+        ['num_hidden_layers', 3, /model\.safetensors: missing tensor model\.layers\.2\./],
+        ['hidden_size', 1e9, /config\.json: describes a model larger than/],
+        ['vocab_size', 3e7, /config\.json: describes a model larger than/],
+        [
+          'vocab_size',
+          1000,
+          /model\.safetensors: tensor model\.embed_tokens\.weight has shape \[512, 64\], expected \[1000, 64\]/,
+        ],
+      ] as const) {
+        fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, [field]: value }));
+        backend.resetPeak();
+        const before = backend.memoryStats().liveBytes;
+        const t0 = Date.now();
+        assert.throws(() => loadModel(dir), re);
+        assert.ok(Date.now() - t0 < 5000, `${field}: took ${Date.now() - t0} ms`);
+        assert.ok(backend.memoryStats().peakBytes - before < 1 << 20, `${field}: allocated before failing`);
+      }
+    });
+    it('a load that fails frees what it built: 2000 failed loads leak nothing', () => {
+      const dir = copyFixture();
+      const backend = getBackend();
+      const before = backend.memoryStats();
+      // fails after the weights are in (the tokenizer is read last): the model must be freed
+      fs.writeFileSync(
+        path.join(dir, 'tokenizer.json'),
+        JSON.stringify({ model: { type: 'Unigram', vocab: [] } }),
+      );
+      for (let k = 0; k < 100; k++)
+        assert.throws(() => loadModel(dir), /tokenizer\.json: model\.type "Unigram"/);
+      // fails at the header check
+      const cfg = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8'));
+      fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, intermediate_size: 100 }));
+      for (let k = 0; k < 2000; k++) assert.throws(() => loadModel(dir), /has shape/);
+      const after = backend.memoryStats();
+      assert.equal(after.liveBuffers, before.liveBuffers);
+      assert.equal(after.liveBytes, before.liveBytes);
+    });
+  },
+);

@@ -103,6 +103,31 @@ describe('AdamW', () => {
   });
 });
 
+describe('AdamW weight decay', () => {
+  it('decays only the rows that receive a gradient (rows without one keep their values)', () => {
+    const rng = new Random(5);
+    const w = keep(tensor(rng.normals(12), [4, 3]));
+    w.requiresGrad = true;
+    const before = values(w);
+    const opt = new AdamW([['mixer.in_proj.weight', w]], { lr: 0.1, weightDecay: 0.5 });
+    // rows 1 and 3 get a gradient, rows 0 and 2 none (the x / z rows of in_proj in stage 1)
+    const g = [0, 0, 0, 1, -2, 3, 0, 0, 0, 0.5, 0, -1];
+    w.grad = keep(tensor(g, [4, 3]));
+    opt.step(0.1);
+    const after = values(w);
+    for (const r of [0, 2])
+      assert.deepEqual(after.slice(r * 3, r * 3 + 3), before.slice(r * 3, r * 3 + 3), `row ${r} untouched`);
+    // trained rows: p (1 - lr wd) - lr m^ / (sqrt(v^) + eps); at step 1 m^ / sqrt(v^) = sign(g)
+    for (const r of [1, 3])
+      for (let c = 0; c < 3; c++) {
+        const k = r * 3 + c;
+        const expect = before[k] * (1 - 0.1 * 0.5) - (g[k] === 0 ? 0 : 0.1 * Math.sign(g[k]));
+        assertClose([after[k]], [expect], 1e-6, `row ${r} col ${c}`);
+      }
+    opt.dispose();
+  });
+});
+
 describe('schedules', () => {
   const f = (c: ScheduleConfig, s: number, total: number) => lrFactor(c, s, total);
   it('warmup-stable-decay: linear warmup, flat, decay over the last fraction to the floor', () => {

@@ -3,7 +3,7 @@
 
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { Backend } from '../backends/backend.js';
-import { useDevice } from '../tensor/device.js';
+import { deviceHint, useDevice } from '../tensor/device.js';
 import { setAutocast } from '../tensor/ops.js';
 
 export class CliError extends Error {}
@@ -106,6 +106,8 @@ export async function selectDevice(p: Parsed): Promise<Backend> {
   if (precision !== 'f32' && precision !== 'bf16')
     throw new CliError(`--precision expects f32 or bf16, got "${precision}"`);
   const backend = await useDevice(name);
+  const hint = deviceHint(backend);
+  if (hint) console.error(hint);
   setAutocast(precision === 'bf16' ? 'bf16' : null);
   return backend;
 }

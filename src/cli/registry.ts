@@ -47,6 +47,10 @@ export const commands: Record<string, Command> = {
     summary: 'sliding-window perplexity of text files',
     load: () => import('./commands/perplexity.js'),
   },
+  serve: {
+    summary: 'an OpenAI-compatible HTTP server (completions, chat, streaming), continuous batching',
+    load: () => import('./commands/serve.js'),
+  },
   diagnose: {
     summary: 'per-layer MOHAWK distances between a teacher and its student, with a picture',
     load: () => import('./commands/diagnose.js'),

@@ -169,9 +169,17 @@ export function checkIndex(raw: unknown, file: string): TokenIndex {
     bad(`vocab_size ${idx.vocab_size} does not fit uint16`);
   if (!(Number.isInteger(idx.eos_token_id) && idx.eos_token_id >= 0))
     bad('eos_token_id must be an integer >= 0');
-  if (!idx.splits || typeof idx.splits !== 'object') bad('splits missing');
+  if (!idx.splits || typeof idx.splits !== 'object' || Array.isArray(idx.splits))
+    bad('splits must be a mapping from split names to {tokens, documents, shards}');
   for (const [name, s] of Object.entries(idx.splits)) {
+    if (!s || typeof s !== 'object' || Array.isArray(s))
+      bad(`splits.${name} must be {tokens, documents, shards}, got ${JSON.stringify(s)}`);
     if (!Array.isArray(s.shards)) bad(`splits.${name}.shards must be a list`);
+    for (const sh of s.shards) {
+      if (!sh || typeof sh !== 'object' || !(Number.isInteger(sh.tokens) && sh.tokens >= 0))
+        bad(`splits.${name}.shards: each must be {file, tokens} with tokens an integer >= 0`);
+    }
+    if (!(Number.isInteger(s.tokens) && s.tokens >= 0)) bad(`splits.${name}.tokens must be an integer >= 0`);
     const sum = s.shards.reduce((a, sh) => a + sh.tokens, 0);
     if (sum !== s.tokens) bad(`splits.${name}.tokens is ${s.tokens} but its shards hold ${sum}`);
     for (const sh of s.shards) {
@@ -302,6 +310,31 @@ export class TokenSplit {
     // skip empty shards
     while (lo < this.counts.length - 1 && pos >= this.starts[lo] + this.counts[lo]) lo++;
     return lo;
+  }
+
+  /**
+   * The first token id >= `limit` (a model's vocabulary), as the shard file, the token's position
+   * in it and the id; null when every id is below the limit. One pass over the split.
+   */
+  firstOutOfRange(limit: number): { file: string; position: number; id: number } | null {
+    const chunk = 1 << 20;
+    const buf = new Int32Array(chunk);
+    for (let shard = 0; shard < this.files.length; shard++) {
+      const count = this.counts[shard];
+      for (let at = 0; at < count; at += chunk) {
+        const n = Math.min(chunk, count - at);
+        let view: ArrayLike<number>;
+        if (this.loaded) view = this.loaded[shard].subarray(at, at + n);
+        else {
+          this.readFromFile(shard, at, n, buf, 0);
+          view = buf;
+        }
+        for (let i = 0; i < n; i++) {
+          if (view[i] >= limit) return { file: this.files[shard], position: at + i, id: view[i] };
+        }
+      }
+    }
+    return null;
   }
 
   close(): void {

@@ -32,8 +32,13 @@ export interface StageConfig {
   beta2: number;
   /** global gradient-norm clip (0 = off) */
   clip: number;
-  /** stage 2: align mixer outputs with a frozen MLP (true) or whole block outputs (false) */
+  /**
+   * stage 2: align the mixer outputs (true, the MLP is not run) or the whole block outputs
+   * (false: the teacher's MLP runs in the student's block and stays frozen, as in the reference)
+   */
   mlpFrozen: boolean;
+  /** stage 2 with mlpFrozen false: also train the MLPs of the SSM layers (not the reference's recipe) */
+  trainMlp: boolean;
   /** stage 3: KL temperature */
   temperature: number;
   /** stage 3: weight of cross-entropy on the data */
@@ -52,8 +57,14 @@ export interface StudentConfig {
   chunkSize: number;
   /** initial per-token decay alpha = sigmoid(-a) of the SSM */
   alphaInit: number;
-  /** 'transfer' copies the teacher's weights and derives the mixer from attention; 'random' starts fresh */
-  init: 'transfer' | 'random';
+  /**
+   * The mixer before stage 1 (the teacher's embeddings, norms, MLPs and head are copied either
+   * way; stages 1-2 train only the mixer, so copying them up front equals the paper's transfer
+   * at stage 3). 'paper': the reference's fresh mixer, conv as identity; 'attention': derived
+   * from the teacher's Q/K/V/O (C <- Q, B <- K, x <- V, out_proj <- O). Old names: 'transfer' =
+   * 'attention', 'random' = 'paper'.
+   */
+  init: 'paper' | 'attention';
 }
 
 export interface DataConfig {
@@ -98,13 +109,40 @@ export const STAGE_DEFAULTS: Omit<StageConfig, 'stage' | 'tokens'> = {
   beta2: 0.95,
   clip: 1.0,
   mlpFrozen: true,
+  trainMlp: false,
   temperature: 1,
   ceWeight: 0,
   freeze: [],
   checkpointEvery: 0,
 };
 
+/**
+ * Upper bounds that keep a typo from exhausting memory or running for ever; far above any real
+ * run (the paper's largest stage is 2.76e9 tokens in steps of 0.5M).
+ */
+export const LIMITS = {
+  /** tokens of one stage */
+  tokens: 1e15,
+  /** tokens per optimizer step */
+  batchTokens: 2 ** 32,
+  microBatch: 65536,
+  seqLen: 1 << 20,
+  /** microBatch x seqLen: the positions of one forward pass */
+  microTokens: 1 << 24,
+  /** the SSM state size and the scan's chunk length */
+  dState: 4096,
+  chunkSize: 65536,
+  valTokens: 1e12,
+} as const;
+
 export class ConfigError extends Error {}
+
+const INIT_ALIASES = {
+  paper: 'paper',
+  attention: 'attention',
+  transfer: 'attention',
+  random: 'paper',
+} as const;
 
 type Json = Record<string, unknown>;
 
@@ -203,13 +241,26 @@ function parseStage(file: string, raw: unknown, i: number, defaults: Json): Stag
   const d = STAGE_DEFAULTS;
   const s: StageConfig = {
     stage,
-    tokens: num(file, o, 'tokens', `${field}.tokens`, undefined, { min: 0, exclusiveMin: true }),
+    tokens: num(file, o, 'tokens', `${field}.tokens`, undefined, {
+      min: 0,
+      exclusiveMin: true,
+      max: LIMITS.tokens,
+    }),
     batchTokens: num(file, o, 'batchTokens', `${field}.batchTokens`, d.batchTokens, {
       integer: true,
       min: 1,
+      max: LIMITS.batchTokens,
     }),
-    microBatch: num(file, o, 'microBatch', `${field}.microBatch`, d.microBatch, { integer: true, min: 1 }),
-    seqLen: num(file, o, 'seqLen', `${field}.seqLen`, d.seqLen, { integer: true, min: 2 }),
+    microBatch: num(file, o, 'microBatch', `${field}.microBatch`, d.microBatch, {
+      integer: true,
+      min: 1,
+      max: LIMITS.microBatch,
+    }),
+    seqLen: num(file, o, 'seqLen', `${field}.seqLen`, d.seqLen, {
+      integer: true,
+      min: 2,
+      max: LIMITS.seqLen,
+    }),
     lr: num(file, o, 'lr', `${field}.lr`, d.lr, { min: 0, exclusiveMin: true }),
     minLrRatio: num(file, o, 'minLrRatio', `${field}.minLrRatio`, d.minLrRatio, { min: 0, max: 1 }),
     schedule: oneOf(
@@ -227,6 +278,7 @@ function parseStage(file: string, raw: unknown, i: number, defaults: Json): Stag
     beta2: num(file, o, 'beta2', `${field}.beta2`, d.beta2, { min: 0, max: 1 }),
     clip: num(file, o, 'clip', `${field}.clip`, d.clip, { min: 0 }),
     mlpFrozen: bool(file, o, 'mlpFrozen', `${field}.mlpFrozen`, d.mlpFrozen),
+    trainMlp: bool(file, o, 'trainMlp', `${field}.trainMlp`, d.trainMlp),
     temperature: num(file, o, 'temperature', `${field}.temperature`, d.temperature, {
       min: 0,
       exclusiveMin: true,
@@ -245,8 +297,29 @@ function parseStage(file: string, raw: unknown, i: number, defaults: Json): Stag
       err(file, `${field}.freeze`, `holds an invalid pattern ${JSON.stringify(p)} (${(e as Error).message})`);
     }
   }
+  if (s.trainMlp && (s.stage !== 2 || s.mlpFrozen))
+    err(
+      file,
+      `${field}.trainMlp`,
+      `needs stage 2 with mlpFrozen: false (the MLP's output must be in the loss)`,
+    );
   if (s.warmup + (s.schedule === 'wsd' ? s.decay : 0) > 1)
     err(file, `${field}.warmup`, `plus decay must not exceed 1`);
+  const micro = s.microBatch * s.seqLen;
+  if (micro > LIMITS.microTokens)
+    err(
+      file,
+      `${field}.microBatch`,
+      `x seqLen (${s.microBatch} x ${s.seqLen} = ${micro}) must be at most ${LIMITS.microTokens} tokens per forward pass`,
+    );
+  if (s.batchTokens % micro !== 0)
+    err(
+      file,
+      `${field}.batchTokens`,
+      `(${s.batchTokens}) must be a multiple of microBatch x seqLen (${s.microBatch} x ${s.seqLen} = ${micro})`,
+    );
+  if (s.tokens < s.batchTokens)
+    err(file, `${field}.tokens`, `(${s.tokens}) is less than one step of batchTokens (${s.batchTokens})`);
   return s;
 }
 
@@ -280,17 +353,34 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
     dState:
       st.dState === undefined || st.dState === null
         ? null
-        : num(file, st, 'dState', 'student.dState', undefined, { integer: true, min: 1 }),
-    chunkSize: num(file, st, 'chunkSize', 'student.chunkSize', 64, { integer: true, min: 1 }),
+        : num(file, st, 'dState', 'student.dState', undefined, { integer: true, min: 1, max: LIMITS.dState }),
+    chunkSize: num(file, st, 'chunkSize', 'student.chunkSize', 64, {
+      integer: true,
+      min: 1,
+      max: LIMITS.chunkSize,
+    }),
     alphaInit: num(file, st, 'alphaInit', 'student.alphaInit', 0.99, { min: 0, max: 1, exclusiveMin: true }),
-    init: oneOf(file, st, 'init', 'student.init', ['transfer', 'random'] as const, 'transfer'),
+    init: INIT_ALIASES[
+      oneOf(
+        file,
+        st,
+        'init',
+        'student.init',
+        ['paper', 'attention', 'transfer', 'random'] as const,
+        'attention',
+      )
+    ],
   };
   const da = object(file, o.data, 'data');
   checkKeys(file, da, 'data', ['train', 'val', 'valTokens', 'jsonlField']);
   const data: DataConfig = {
     train: strList(file, da, 'train', 'data.train', []).map(resolve),
     val: strList(file, da, 'val', 'data.val', []).map(resolve),
-    valTokens: num(file, da, 'valTokens', 'data.valTokens', 65536, { integer: true, min: 1 }),
+    valTokens: num(file, da, 'valTokens', 'data.valTokens', 65536, {
+      integer: true,
+      min: 1,
+      max: LIMITS.valTokens,
+    }),
     jsonlField: str(file, da, 'jsonlField', 'data.jsonlField', 'text'),
   };
   if (data.train.length === 0)
@@ -320,6 +410,9 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
   };
 }
 
+/** Keys that would reach Object.prototype (or a constructor) instead of the config. */
+const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+
 /** Apply `a.b.0.c=value` overrides (values parsed as YAML scalars) to a raw config object. */
 export function applyOverrides(raw: Json, overrides: string[]): Json {
   const out = structuredClone(raw);
@@ -327,7 +420,18 @@ export function applyOverrides(raw: Json, overrides: string[]): Json {
     const eq = o.indexOf('=');
     if (eq <= 0) throw new ConfigError(`--set ${o}: expected path=value`);
     const keys = o.slice(0, eq).split('.');
-    const value = YAML.parse(o.slice(eq + 1)) as unknown;
+    for (const k of keys) {
+      if (k === '') throw new ConfigError(`--set ${o}: empty name in the path`);
+      if (FORBIDDEN_KEYS.has(k)) throw new ConfigError(`--set ${o}: "${k}" is not a config field`);
+    }
+    let value: unknown;
+    try {
+      value = YAML.parse(o.slice(eq + 1)) as unknown;
+    } catch (e) {
+      throw new ConfigError(
+        `--set ${o}: the value is not valid YAML (${(e as Error).message.split('\n')[0]})`,
+      );
+    }
     let cur: Record<string, unknown> | unknown[] = out;
     keys.forEach((k, i) => {
       const last = i === keys.length - 1;
@@ -338,15 +442,34 @@ export function applyOverrides(raw: Json, overrides: string[]): Json {
       const container = cur as Record<string | number, unknown>;
       if (last) container[key] = value;
       else {
-        if (container[key] === undefined || container[key] === null)
-          container[key] = /^\d+$/.test(keys[i + 1]) ? [] : {};
+        const own = Object.hasOwn(container, key) ? container[key] : undefined;
+        if (own === undefined || own === null) container[key] = /^\d+$/.test(keys[i + 1]) ? [] : {};
         cur = container[key] as Record<string, unknown> | unknown[];
-        if (typeof cur !== 'object')
+        if (typeof cur !== 'object' || cur === null)
           throw new ConfigError(`--set ${o}: ${keys.slice(0, i + 1).join('.')} is not a mapping`);
       }
     });
   }
   return out;
+}
+
+/**
+ * Checks that need the teacher: every stage's seqLen within the positions the teacher was built
+ * for (learned position tables end there; rotary teachers were never trained past it).
+ */
+export function checkAgainstTeacher(
+  cfg: DistillConfig,
+  teacher: { maxSeqLen: number },
+  file = 'config',
+): void {
+  cfg.stages.forEach((s, i) => {
+    if (s.seqLen > teacher.maxSeqLen)
+      err(
+        file,
+        `stages[${i}].seqLen`,
+        `(${s.seqLen}) exceeds the teacher's ${teacher.maxSeqLen} positions (${cfg.teacher})`,
+      );
+  });
 }
 
 /** Read, override and validate a config file. */

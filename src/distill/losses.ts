@@ -47,13 +47,16 @@ export interface DistillationLossOptions {
   temperature?: number;
   /** weight of cross-entropy on the data's next tokens (0 = pure distillation) */
   ceWeight?: number;
-  /** multiply the KL term by tau^2 (Hinton et al.) so gradients keep their scale */
+  /**
+   * multiply the KL term by tau^2 (Hinton et al., 2015) so that its gradients keep their scale
+   * as tau changes (default true; the reported `kl` part stays unscaled)
+   */
   scaleByTemperatureSquared?: boolean;
 }
 
 /**
- * Stage 3, knowledge distillation: KL(teacher || student) of the next-token distributions at
- * temperature tau, averaged over tokens, plus ceWeight * cross-entropy on `targets` when given.
+ * Stage 3, knowledge distillation: tau^2 KL(teacher || student) of the next-token distributions
+ * at temperature tau, averaged over tokens, plus ceWeight * cross-entropy on `targets` when given.
  * Logits (B, T, V); targets (B, T) i32. Returns the total and its parts.
  */
 export function distillationLoss(
@@ -65,7 +68,7 @@ export function distillationLoss(
   sameShape('distillationLoss', studentLogits, teacherLogits);
   const tau = opts.temperature ?? 1;
   const kl = klDivergence(teacherLogits, studentLogits, { temperature: tau });
-  let loss = opts.scaleByTemperatureSquared && tau !== 1 ? scale(kl, tau * tau) : kl;
+  let loss = (opts.scaleByTemperatureSquared ?? true) && tau !== 1 ? scale(kl, tau * tau) : kl;
   let ce: Tensor | null = null;
   const w = opts.ceWeight ?? 0;
   if (w > 0) {

@@ -22,12 +22,20 @@ import {
   type Tensor,
 } from '../tensor/index.js';
 import { INDEX_FILE, TokenDataset, type TokenSplit } from '../data/shards.js';
-import { prepareTokens } from '../data/prepare.js';
+import { listInputFiles, prepareTokens } from '../data/prepare.js';
 import { evalBatches, RandomWindows, toTensors, type Batch } from '../data/batches.js';
-import { loadCheckpoint, readLatest, train, type TrainResult } from '../train/index.js';
+import { loadCheckpoint, readLatest, train, type LossContext, type TrainResult } from '../train/index.js';
+import { firstNonFinite } from '../train/params.js';
+import { readJsonFile, writeJsonAtomic } from '../util/fs.js';
 import { Random } from '../util/random.js';
-import type { DistillConfig, StageConfig } from './config.js';
-import { STAGE_NAMES, stage1Loss, stage2Loss, stage3Loss, trainableIn } from './stages.js';
+import { checkAgainstTeacher, type DistillConfig, type StageConfig } from './config.js';
+import {
+  hiddenStateAlignmentStep,
+  matrixOrientationStep,
+  STAGE_NAMES,
+  stage3Loss,
+  stageTrainable,
+} from './stages.js';
 import { studentConfigFor, transferStudent } from './transfer.js';
 
 export interface StageResult {
@@ -62,27 +70,93 @@ export interface PipelineHooks {
   data?: { train: TokenSplit; val: TokenSplit };
 }
 
-/** Open the config's data: a prepared token directory, or text files tokenized into out/data. */
+/** Written beside OUT/data's index.json: the data configuration that produced it. */
+export const DATA_RECORD_FILE = 'mohawk-data.json';
+
+/** A sentence whose token ids fingerprint a tokenizer (a changed tokenizer changes them). */
+const FINGERPRINT_TEXT =
+  'The quick brown fox jumps over the lazy dog. 1234 \u00e9t\u00e9 \u4e2d\u6587\n\tend';
+
+/** What produced OUT/data: the inputs (with sizes and times), the field, and the tokenizer. */
+function dataRecord(cfg: DistillConfig, tokenizer: Tokenizer | null): Record<string, unknown> {
+  const files = (inputs: string[]) =>
+    listInputFiles(inputs).map((f) => {
+      const st = fs.statSync(f);
+      return { path: f, bytes: st.size, mtimeMs: Math.floor(st.mtimeMs) };
+    });
+  return {
+    version: 1,
+    train: cfg.data.train,
+    val: cfg.data.val,
+    jsonlField: cfg.data.jsonlField,
+    files: { train: files(cfg.data.train), val: files(cfg.data.val) },
+    tokenizer: tokenizer
+      ? {
+          vocabSize: tokenizer.vocabSize,
+          eosTokenId: tokenizer.eosTokenId,
+          fingerprint: tokenizer.encode(FINGERPRINT_TEXT, { addBos: false }),
+        }
+      : null,
+  };
+}
+
+/** Why the recorded data configuration differs from this one (the first difference), or null. */
+function recordDiffers(dir: string, want: Record<string, unknown>): string | null {
+  const file = path.join(dir, DATA_RECORD_FILE);
+  let have: Record<string, unknown> | null;
+  try {
+    have = readJsonFile<Record<string, unknown>>(file);
+  } catch (e) {
+    return (e as Error).message;
+  }
+  if (!have) return `${file} is missing (made by an older mohawk or by hand)`;
+  for (const key of Object.keys(want)) {
+    if (JSON.stringify(have[key]) !== JSON.stringify(want[key]))
+      return key === 'files'
+        ? 'an input file changed (size or modification time)'
+        : `data.${key === 'tokenizer' ? "tokenizer (the teacher's)" : key} differs`;
+  }
+  return null;
+}
+
+/**
+ * Open the config's data: a prepared token directory, or text files tokenized into out/data.
+ * OUT/data is reused only when the data configuration recorded beside it is this one; every token
+ * id is checked against the model's vocabulary (`vocabSize`, default the tokenizer's).
+ */
 export function openData(
   cfg: DistillConfig,
   tokenizer: Tokenizer | null,
   log: (l: string) => void,
+  vocabSize?: number,
 ): { train: TokenSplit; val: TokenSplit } {
   const first = cfg.data.train[0];
   let dir: string;
+  const limit = vocabSize ?? tokenizer?.vocabSize ?? Infinity;
   if (cfg.data.train.length === 1 && fs.existsSync(path.join(first, INDEX_FILE))) {
     dir = first;
   } else {
     dir = path.join(cfg.out, 'data');
-    if (!fs.existsSync(path.join(dir, INDEX_FILE))) {
+    const record = dataRecord(cfg, tokenizer);
+    const prepared = fs.existsSync(path.join(dir, INDEX_FILE));
+    const why = prepared ? recordDiffers(dir, record) : 'not prepared yet';
+    if (why === null) log(`reusing ${dir} (same data configuration)`);
+    else {
       if (!tokenizer)
         throw new Error(`${cfg.teacher}: the teacher has no tokenizer.json, needed to tokenize data.train`);
+      if (tokenizer.vocabSize > limit)
+        log(
+          `warning: the tokenizer has ${tokenizer.vocabSize} tokens but the model only ${limit}; ` +
+            'data with ids beyond the model stops the preparation',
+        );
+      if (prepared) log(`re-tokenizing ${dir}: ${why}`);
       log(`tokenizing ${cfg.data.train.length} input(s) into ${dir}`);
+      fs.rmSync(path.join(dir, DATA_RECORD_FILE), { force: true });
       prepareTokens(
         {
           encode: (t) => tokenizer.encode(t, { addBos: false }),
           eosTokenId: tokenizer.eosTokenId,
-          vocabSize: tokenizer.vocabSize,
+          vocabSize: Math.min(tokenizer.vocabSize, limit),
         },
         {
           inputs: cfg.data.train,
@@ -91,10 +165,22 @@ export function openData(
           jsonlField: cfg.data.jsonlField,
         },
       );
+      writeJsonAtomic(path.join(dir, DATA_RECORD_FILE), record);
     }
   }
   const ds = TokenDataset.open(dir);
-  return { train: ds.split('train'), val: ds.split('val') };
+  const splits = { train: ds.split('train'), val: ds.split('val') };
+  if (Number.isFinite(limit)) {
+    for (const split of Object.values(splits)) {
+      const bad = split.firstOutOfRange(limit);
+      if (bad)
+        throw new Error(
+          `${bad.file}: token ${bad.position} is id ${bad.id}, outside the model's vocabulary of ${limit} ` +
+            `(prepared with another tokenizer?)`,
+        );
+    }
+  }
+  return splits;
 }
 
 /**
@@ -155,9 +241,73 @@ function stageDir(cfg: DistillConfig, i: number, s: StageConfig): string {
   return path.join(cfg.out, `stage${i + 1}-${s.stage === 1 ? 'matrix' : s.stage === 2 ? 'hidden' : 'kd'}`);
 }
 
-function readDone(dir: string): StageResult | null {
+/**
+ * A finished stage's done.json, or null. A damaged one (cut short by a kill or a full disk) is
+ * reported in one line and the stage is finished again from its last checkpoint.
+ */
+function readDone(dir: string, log: (l: string) => void): StageResult | null {
   const f = path.join(dir, 'done.json');
-  return fs.existsSync(f) ? (JSON.parse(fs.readFileSync(f, 'utf8')) as StageResult) : null;
+  let done: StageResult | null;
+  try {
+    done = readJsonFile<StageResult>(f);
+  } catch (e) {
+    log(`warning: ${(e as Error).message}; finishing the stage again from its last checkpoint`);
+    return null;
+  }
+  if (done === null) return null;
+  if (!done || typeof done !== 'object' || !Number.isInteger(done.stage) || typeof done.valPpl !== 'number') {
+    log(`warning: ${f}: not a stage result; finishing the stage again from its last checkpoint`);
+    return null;
+  }
+  return done;
+}
+
+/** Files and directories of a stage directory that mohawk writes (a fresh run removes only these). */
+const STAGE_ENTRY = /^(done\.json|metrics\.jsonl|latest\.json|step-\d+|step-\d+\.tmp-\d+|.*\.tmp-\d+)$/;
+
+/**
+ * Empty a stage directory of what mohawk wrote there, keeping anything else (a user's notes, ...);
+ * returns the names kept.
+ */
+function clearStageDir(dir: string, log: (l: string) => void): string[] {
+  if (!fs.existsSync(dir)) return [];
+  const kept: string[] = [];
+  for (const name of fs.readdirSync(dir)) {
+    if (STAGE_ENTRY.test(name)) fs.rmSync(path.join(dir, name), { recursive: true, force: true });
+    else kept.push(name);
+  }
+  if (kept.length) log(`kept ${kept.length} file(s) mohawk did not write in ${dir}: ${kept.join(', ')}`);
+  else fs.rmdirSync(dir);
+  return kept;
+}
+
+/** What a fresh (not resumed) run in cfg.out will replace, as one line, or null when nothing. */
+export function overwriteNotice(cfg: DistillConfig): string | null {
+  const items: string[] = [];
+  const dirs = cfg.stages.map((s, i) => stageDir(cfg, i, s));
+  if (cfg.scratchBaseline) dirs.push(path.join(cfg.out, 'scratch'));
+  for (const d of dirs) {
+    if (!fs.existsSync(d)) continue;
+    let latest: { step: number } | null = null;
+    try {
+      latest = readLatest(d, () => {});
+    } catch {
+      // a damaged latest.json: still replaced
+    }
+    const done = fs.existsSync(path.join(d, 'done.json'));
+    items.push(
+      `${path.basename(d)}/ (${done ? 'finished' : latest ? `checkpoint at step ${latest.step}` : 'partial'})`,
+    );
+  }
+  for (const f of ['student', 'results.json']) if (fs.existsSync(path.join(cfg.out, f))) items.push(f);
+  if (!items.length) return null;
+  return `fresh run in ${cfg.out}: replacing ${items.join(', ')} (--resume continues the run instead)`;
+}
+
+/** Refuse to write a student with a NaN or an infinity in its weights. */
+function checkFinite(model: CausalLM, what: string): void {
+  const bad = firstNonFinite(model.namedParameters());
+  if (bad) throw new Error(`${what}: ${bad} is not finite; the student is not written`);
 }
 
 /** Train `model` with one stage's loss; returns the trainer's result. */
@@ -166,20 +316,24 @@ function runStage(
   i: number,
   s: StageConfig,
   teacher: CausalLM,
-  student: CausalLM,
+  student: StudentLM,
   trainSplit: TokenSplit,
   hooks: PipelineHooks,
   resume: boolean,
 ): TrainResult {
   const data = new RandomWindows(trainSplit, s.microBatch, s.seqLen, cfg.seed * 1000 + i + 1);
-  const trainable = student
-    .namedParameters()
-    .filter(([n]) => trainableIn(s.stage, n, student, s))
-    .map(([n]) => n);
-  const lossFn = (b: Batch) => {
+  const trainable = stageTrainable(
+    s.stage,
+    student.namedParameters().map(([n]) => n),
+    student,
+    s,
+    `stages[${i}].freeze`,
+  );
+  // stages 1 and 2 back-propagate layer by layer (see stages.ts)
+  const lossFn = (b: Batch, ctx: LossContext) => {
     const { input, target } = toTensors(b);
-    if (s.stage === 1) return stage1Loss(teacher, student, input).loss;
-    if (s.stage === 2) return stage2Loss(teacher, student, input, s.mlpFrozen).loss;
+    if (s.stage === 1) return matrixOrientationStep(teacher, student, input, 1 / ctx.accum);
+    if (s.stage === 2) return hiddenStateAlignmentStep(teacher, student, input, s.mlpFrozen, 1 / ctx.accum);
     return stage3Loss(teacher, student, input, target, s).loss;
   };
   const dir = stageDir(cfg, i, s);
@@ -198,7 +352,6 @@ function runStage(
     },
     maxGradNorm: s.clip,
     trainable,
-    freeze: s.freeze,
     checkpointDir: dir,
     checkpointEvery: s.checkpointEvery || undefined,
     resume,
@@ -214,6 +367,11 @@ export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume
   const log = hooks.log ?? ((l: string) => console.error(l));
   fs.mkdirSync(cfg.out, { recursive: true });
   const { model: teacher, tokenizer } = hooks.teacher ?? loadModel(cfg.teacher);
+  checkAgainstTeacher(cfg, teacher.info);
+  if (!resume) {
+    const notice = overwriteNotice(cfg);
+    if (notice) log(notice);
+  }
   teacher.setTrainable(() => true, false);
   if (cfg.precision === 'f32') return distillWith(cfg, hooks, resume, log, teacher, tokenizer);
   // bf16 autocast; the frozen teacher's matrices are rounded once for the whole run
@@ -236,7 +394,7 @@ function distillWith(
   teacher: CausalLM,
   tokenizer: Tokenizer | null,
 ): DistillResult {
-  const { train: trainSplit, val } = hooks.data ?? openData(cfg, tokenizer, log);
+  const { train: trainSplit, val } = hooks.data ?? openData(cfg, tokenizer, log, teacher.info.vocabSize);
   const evalLen = Math.min(cfg.stages[cfg.stages.length - 1].seqLen, teacher.info.maxSeqLen);
   const ppl = (m: CausalLM) => validationPerplexity(m, val, evalLen, cfg.data.valTokens);
   const kl = (m: CausalLM) => validationKl(teacher, m, val, evalLen, cfg.data.valTokens);
@@ -249,7 +407,7 @@ function distillWith(
     dState: cfg.student.dState ?? undefined,
     chunkSize: cfg.student.chunkSize,
     alphaInit: cfg.student.alphaInit,
-    mixerInit: cfg.student.init === 'transfer' ? 'attention' : 'random',
+    mixerInit: cfg.student.init,
     copyWeights: true,
     seed: cfg.seed,
   });
@@ -259,9 +417,9 @@ function distillWith(
   const stages: StageResult[] = [];
   cfg.stages.forEach((s, i) => {
     const dir = stageDir(cfg, i, s);
-    const done = resume ? readDone(dir) : null;
+    const done = resume ? readDone(dir, log) : null;
     if (done) {
-      const latest = readLatest(dir);
+      const latest = readLatest(dir, log);
       if (!latest)
         throw new Error(`${dir}: done.json without a checkpoint; remove the directory to rerun the stage`);
       loadCheckpoint(latest.path, student.namedParameters());
@@ -271,7 +429,7 @@ function distillWith(
       stages.push(done);
       return;
     }
-    if (!resume && fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
+    if (!resume) clearStageDir(dir, log);
     log(`stage ${s.stage} (${STAGE_NAMES[s.stage]}): ${s.tokens} tokens`);
     const r = runStage(cfg, i, s, teacher, student, trainSplit, hooks, resume);
     const result: StageResult = {
@@ -284,19 +442,25 @@ function distillWith(
       valKl: kl(student),
       seconds: r.elapsedSec,
     };
-    fs.writeFileSync(path.join(dir, 'done.json'), JSON.stringify(result, null, 2) + '\n');
+    checkFinite(student, `${dir}`);
+    if (!Number.isFinite(result.valPpl))
+      log(
+        `warning: stage ${s.stage} ends with validation perplexity ${result.valPpl} (loss ${r.loss}); the run may have diverged`,
+      );
+    writeJsonAtomic(path.join(dir, 'done.json'), result);
     log(
       `stage ${s.stage} done: loss ${r.loss.toFixed(4)}, validation perplexity ${result.valPpl.toFixed(3)}`,
     );
     stages.push(result);
   });
   const studentDir = path.join(cfg.out, 'student');
+  checkFinite(student, studentDir);
   saveModel(studentDir, student, tokenizer);
   const tokens = stages.reduce((a, s) => a + s.tokens, 0);
   let scratch: DistillResult['scratch'] = null;
   if (cfg.scratchBaseline) scratch = trainScratch(cfg, teacher, trainSplit, tokens, ppl, hooks, resume, log);
   const result: DistillResult = { teacherPpl, initialPpl, initialKl, stages, scratch, tokens, studentDir };
-  fs.writeFileSync(path.join(cfg.out, 'results.json'), JSON.stringify(result, null, 2) + '\n');
+  writeJsonAtomic(path.join(cfg.out, 'results.json'), result);
   student.dispose();
   return result;
 }
@@ -314,9 +478,9 @@ function trainScratch(
 ): { tokens: number; valPpl: number } {
   const last = cfg.stages[cfg.stages.length - 1];
   const dir = path.join(cfg.out, 'scratch');
-  const done = resume ? readDone(dir) : null;
+  const done = resume ? readDone(dir, log) : null;
   if (done) return { tokens: done.tokens, valPpl: done.valPpl };
-  if (!resume && fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
+  if (!resume) clearStageDir(dir, log);
   const scfg = studentConfigFor(teacher, {
     attentionLayers: cfg.student.attentionLayers,
     dState: cfg.student.dState ?? undefined,
@@ -364,7 +528,7 @@ function trainScratch(
     valPpl,
     seconds: r.elapsedSec,
   };
-  fs.writeFileSync(path.join(dir, 'done.json'), JSON.stringify(res, null, 2) + '\n');
+  writeJsonAtomic(path.join(dir, 'done.json'), res);
   log(`from scratch done: validation perplexity ${valPpl.toFixed(3)}`);
   model.dispose();
   return { tokens: r.tokens, valPpl };

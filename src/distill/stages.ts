@@ -1,9 +1,13 @@
 // The three MOHAWK stages as loss functions over a batch of token ids, plus which student
 // parameters each stage trains. In stages 1 and 2 every student layer sees the teacher's own
-// input to that layer (captured from one teacher forward), so layers are independent.
+// input to that layer (captured from one teacher forward), so layers are independent: each
+// layer's loss is computed and back-propagated on its own (as the reference does), so the
+// (B, H, T, T) matrices and activations of one layer are freed before the next one starts.
 
 import { add, noGrad, scale, scope, type Tensor } from '../tensor/index.js';
 import type { CausalLM } from '../models/types.js';
+import type { StudentBlock, StudentLM } from '../models/phi-mamba.js';
+import { compilePattern } from '../train/params.js';
 import { distillationLoss, hiddenStateAlignmentLoss, matrixOrientationLoss } from './losses.js';
 import type { StageConfig, StageKind } from './config.js';
 
@@ -24,49 +28,150 @@ export function ssmLayers(student: CausalLM): number[] {
   return student.blocks.flatMap((b, i) => (b.mixerKind === 'ssm' ? [i] : []));
 }
 
-/** Stage 1: mean over SSM layers of the matrix-orientation loss on the teacher's inputs. */
-export function stage1Loss(teacher: CausalLM, student: CausalLM, ids: Tensor): StageLoss {
-  const layers = ssmLayers(student);
-  const t = noGrad(() =>
-    scope(() => teacher.forward(ids, { capture: { layerInputs: true, mixerMatrices: true } }).captured),
-  );
-  let total: Tensor | null = null;
-  const parts: Record<string, Tensor> = {};
-  for (const l of layers) {
-    const r = student.blocks[l].forward(t.layerInputs![l], { returnMatrix: true });
-    const loss = matrixOrientationLoss(r.matrix!, t.mixerMatrices![l]);
-    parts[`layer${l}`] = loss;
-    total = total ? add(total, loss) : loss;
-  }
-  if (!total) throw new Error('stage 1: the student has no SSM layers to orient');
-  return { loss: scale(total, 1 / layers.length), parts };
+function mixerOf(block: StudentBlock, l: number) {
+  if (!block.mixer) throw new Error(`stages: student layer ${l} has no SSM mixer`);
+  return block.mixer;
+}
+
+/** The student's mixing matrix of layer l on the teacher's input x: norm + mixer only, no MLP. */
+function studentMatrix(student: StudentLM, l: number, x: Tensor): Tensor {
+  const b = student.blocks[l];
+  return mixerOf(b, l).materialize(b.input_layernorm.forward(x));
 }
 
 /**
- * Stage 2: mean over SSM layers of the hidden-state alignment loss on the teacher's inputs;
- * the target is the mixer output when the MLP is frozen, the whole block output otherwise.
+ * The student's stage-2 output of layer l on the teacher's input x: the mixer output (norm +
+ * mixer, no MLP) when aligning mixer outputs, else the whole block's output.
  */
-export function stage2Loss(teacher: CausalLM, student: CausalLM, ids: Tensor, mlpFrozen: boolean): StageLoss {
-  const layers = ssmLayers(student);
+function studentOutput(student: StudentLM, l: number, x: Tensor, blockOutput: boolean): Tensor {
+  const b = student.blocks[l];
+  if (blockOutput) return b.forward(x).out;
+  return mixerOf(b, l).forward(b.input_layernorm.forward(x)).out;
+}
+
+/**
+ * One stage-1/2 pass over the SSM layers: `layerLoss(l)` builds layer l's loss in its own scope;
+ * with `backward` (a weight, 1 / accumulation steps) the mean over layers is back-propagated one
+ * layer at a time. Returns the mean loss and the per-layer values.
+ */
+function perLayer(
+  layers: number[],
+  what: string,
+  layerLoss: (l: number) => Tensor,
+  backward: number | null,
+): { value: number; parts: Record<string, number> } {
+  if (!layers.length) throw new Error(`${what}: the student has no SSM layers`);
+  let total = 0;
+  const parts: Record<string, number> = {};
+  for (const l of layers) {
+    const v = scope(() => {
+      const loss = layerLoss(l);
+      const val = loss.item();
+      if (backward !== null && Number.isFinite(val))
+        scale(loss, backward / layers.length).backward(undefined, { freeGraph: true });
+      return val;
+    });
+    parts[`layer${l}`] = v;
+    total += v;
+  }
+  return { value: total / layers.length, parts };
+}
+
+/**
+ * Stage 1, matrix orientation: mean over SSM layers of the Frobenius distance between the
+ * student's mixing matrix and the teacher's attention matrix on the teacher's input to the
+ * layer. The teacher's matrix of a layer is computed when that layer's turn comes (one T x T
+ * set at a time). With `backward` the gradients accumulate into the student (see perLayer).
+ */
+export function matrixOrientationStep(
+  teacher: CausalLM,
+  student: StudentLM,
+  ids: Tensor,
+  backward: number | null = null,
+): { value: number; parts: Record<string, number> } {
+  const inputs = noGrad(() =>
+    scope(() => teacher.forward(ids, { capture: { layerInputs: true } }).captured),
+  ).layerInputs!;
+  return perLayer(
+    ssmLayers(student),
+    'stage 1',
+    (l) => {
+      const target = noGrad(() => teacher.blocks[l].forward(inputs[l], { returnMatrix: true }).matrix!);
+      return matrixOrientationLoss(studentMatrix(student, l, inputs[l]), target);
+    },
+    backward,
+  );
+}
+
+/**
+ * Stage 2, hidden-state alignment: mean over SSM layers of the per-token L2 distance on the
+ * teacher's input to the layer. `mlpFrozen` true: the target is the teacher's mixer output and
+ * the student's MLP is not run; false: the target is the teacher's block output and the student
+ * block runs whole (its MLP is the teacher's; whether it trains is the stage's `trainMlp`).
+ */
+export function hiddenStateAlignmentStep(
+  teacher: CausalLM,
+  student: StudentLM,
+  ids: Tensor,
+  mlpFrozen: boolean,
+  backward: number | null = null,
+): { value: number; parts: Record<string, number> } {
   const capture = mlpFrozen
     ? { layerInputs: true, mixerOutputs: true }
     : { layerInputs: true, layerOutputs: true };
   const t = noGrad(() => scope(() => teacher.forward(ids, { capture }).captured));
-  let total: Tensor | null = null;
+  return perLayer(
+    ssmLayers(student),
+    'stage 2',
+    (l) => {
+      const target = mlpFrozen ? t.mixerOutputs![l] : t.layerOutputs![l];
+      return hiddenStateAlignmentLoss(studentOutput(student, l, t.layerInputs![l], !mlpFrozen), target);
+    },
+    backward,
+  );
+}
+
+/** Stage 1 as a loss tensor (mean over SSM layers), for evaluation and tests. */
+export function stage1Loss(teacher: CausalLM, student: StudentLM, ids: Tensor): StageLoss {
+  const inputs = noGrad(() =>
+    scope(() => teacher.forward(ids, { capture: { layerInputs: true } }).captured),
+  ).layerInputs!;
+  return meanOver(ssmLayers(student), 'stage 1', (l) => {
+    const target = noGrad(() => teacher.blocks[l].forward(inputs[l], { returnMatrix: true }).matrix!);
+    return matrixOrientationLoss(studentMatrix(student, l, inputs[l]), target);
+  });
+}
+
+/** Stage 2 as a loss tensor (mean over SSM layers), for evaluation and tests. */
+export function stage2Loss(
+  teacher: CausalLM,
+  student: StudentLM,
+  ids: Tensor,
+  mlpFrozen: boolean,
+): StageLoss {
+  const capture = mlpFrozen
+    ? { layerInputs: true, mixerOutputs: true }
+    : { layerInputs: true, layerOutputs: true };
+  const t = noGrad(() => scope(() => teacher.forward(ids, { capture }).captured));
+  return meanOver(ssmLayers(student), 'stage 2', (l) => {
+    const target = mlpFrozen ? t.mixerOutputs![l] : t.layerOutputs![l];
+    return hiddenStateAlignmentLoss(studentOutput(student, l, t.layerInputs![l], !mlpFrozen), target);
+  });
+}
+
+function meanOver(layers: number[], what: string, layerLoss: (l: number) => Tensor): StageLoss {
+  if (!layers.length) throw new Error(`${what}: the student has no SSM layers`);
   const parts: Record<string, Tensor> = {};
+  let total: Tensor | null = null;
   for (const l of layers) {
-    const r = student.blocks[l].forward(t.layerInputs![l]);
-    const loss = mlpFrozen
-      ? hiddenStateAlignmentLoss(r.mixerOut, t.mixerOutputs![l])
-      : hiddenStateAlignmentLoss(r.out, t.layerOutputs![l]);
+    const loss = layerLoss(l);
     parts[`layer${l}`] = loss;
     total = total ? add(total, loss) : loss;
   }
-  if (!total) throw new Error('stage 2: the student has no SSM layers to align');
-  return { loss: scale(total, 1 / layers.length), parts };
+  return { loss: scale(total!, 1 / layers.length), parts };
 }
 
-/** Stage 3: KL(teacher || student) on next-token distributions, optionally plus cross-entropy. */
+/** Stage 3: tau^2 KL(teacher || student) on next-token distributions, optionally plus cross-entropy. */
 export function stage3Loss(
   teacher: CausalLM,
   student: CausalLM,
@@ -87,25 +192,38 @@ export function stage3Loss(
 }
 
 /**
- * Which student parameters a stage trains, by name: stages 1-2 train each SSM layer's mixer and
- * the norm in front of it (stage 2 also the MLP and its norm unless frozen); stage 3 trains
- * everything. `freeze` patterns then remove parameters.
+ * Which student parameters a stage trains, as the reference does: stages 1 and 2 train each SSM
+ * layer's mixer only (the norms, MLPs, embeddings and head are the teacher's and stay frozen;
+ * stage 2 with `trainMlp` also trains the MLPs of the SSM layers and, in sequential blocks, the
+ * norm in front of them); stage 3 trains everything. The stage's `freeze` patterns (globs or
+ * /regex/, compiled once with params.ts's grammar) then remove parameters; a pattern that
+ * matches no parameter of the student is an error (usually a typo).
  */
-export function trainableIn(
+export function stageTrainable(
   stage: StageKind,
-  name: string,
-  student: CausalLM,
-  cfg: Pick<StageConfig, 'mlpFrozen' | 'freeze'>,
-): boolean {
-  if (cfg.freeze.some((p) => new RegExp(p).test(name))) return false;
-  if (stage === 3) return true;
-  const m = /\blayers\.(\d+)\.(.+)$/.exec(name);
-  if (!m) return false;
-  const layer = Number(m[1]);
-  if (student.blocks[layer]?.mixerKind !== 'ssm') return false;
-  const rest = m[2];
-  if (rest.startsWith('mixer.') || rest.startsWith('input_layernorm.')) return true;
-  if (stage === 2 && !cfg.mlpFrozen)
-    return !rest.startsWith('mixer.') && !rest.startsWith('input_layernorm.');
-  return false;
+  names: readonly string[],
+  student: Pick<CausalLM, 'blocks'>,
+  cfg: Pick<StageConfig, 'trainMlp' | 'freeze'>,
+  where = 'freeze',
+): string[] {
+  const preds = cfg.freeze.map(compilePattern);
+  preds.forEach((pred, i) => {
+    if (!names.some(pred))
+      throw new Error(
+        `${where}: pattern "${cfg.freeze[i]}" matches no parameter (names look like: ${names[0] ?? ''})`,
+      );
+  });
+  const frozen = (name: string) => preds.some((p) => p(name));
+  return names.filter((name) => {
+    if (frozen(name)) return false;
+    if (stage === 3) return true;
+    const m = /(?:^|\.)layers\.(\d+)\.(.+)$/.exec(name);
+    if (!m) return false;
+    if (student.blocks[Number(m[1])]?.mixerKind !== 'ssm') return false;
+    const rest = m[2];
+    if (rest.startsWith('mixer.')) return true;
+    return (
+      stage === 2 && cfg.trainMlp && (rest.startsWith('mlp.') || rest.startsWith('post_attention_layernorm.'))
+    );
+  });
 }

@@ -23,8 +23,13 @@ export interface TransferOptions {
   alphaInit?: number;
   /** D, the skip connection per head */
   dInit?: number;
-  /** 'attention' derives the mixer from attention; 'random' leaves it at random init */
-  mixerInit?: 'attention' | 'random';
+  /**
+   * 'attention' derives the mixer from attention; 'random' leaves in_proj/out_proj random with
+   * the gate open and the decay set; 'paper' builds the reference's fresh mixer (PyTorch's
+   * nn.Linear init U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for in_proj and out_proj, no projection
+   * biases, z_bias 0, D 1) with the conv as identity (the paper's Section 5 / Appendix A)
+   */
+  mixerInit?: 'attention' | 'random' | 'paper';
   /** factor on C (default 1/sqrt(head size), so that M equals the attention's scaled scores) */
   scoreScale?: number;
   /** copy the teacher's embeddings, norms, MLPs and head (default true) */
@@ -68,8 +73,9 @@ export function studentConfigFor(teacher: CausalLM, opts: TransferOptions = {}):
       expand: (nHeads * headDim) / shape.dModel,
       chunkSize: opts.chunkSize ?? 64,
       activation: 'identity',
-      // the a rows need a bias to set the decay; q/k/v biases of the teacher land there too
-      bias: true,
+      // the a rows need a bias to set the decay; q/k/v biases of the teacher land there too;
+      // the paper's mixer has none (the reference's config: bias false)
+      bias: opts.mixerInit !== 'paper',
     },
     attentionLayers,
   };
@@ -173,6 +179,10 @@ function initMixer(
   const dInner = m.expand * cfg.dModel;
   const D = cfg.dModel;
   const convDim = dInner + 2 * m.nQkHeads * N;
+  if (opts.mixerInit === 'paper') {
+    initPaperMixer(prefix, convDim, m.dConv, params, setParam, opts);
+    return;
+  }
   const alpha = opts.alphaInit ?? 1;
   // a = -logit(alpha) so that sigmoid(-a) = alpha; alpha = 1 -> a very negative constant
   const aBias = alpha >= 1 ? -40 : Math.log((1 - alpha) / alpha);
@@ -221,6 +231,35 @@ function initMixer(
   // conv as identity: the last tap 1, the others 0, bias 0
   const conv = new Float32Array(convDim * m.dConv);
   for (let c = 0; c < convDim; c++) conv[c * m.dConv + m.dConv - 1] = 1;
+  setParam(prefix + 'conv1d.weight', conv);
+  if (params.has(prefix + 'conv1d.bias')) setParam(prefix + 'conv1d.bias', new Float32Array(convDim));
+}
+
+/** The reference's fresh mixer (see TransferOptions.mixerInit 'paper'); the conv as identity. */
+function initPaperMixer(
+  prefix: string,
+  convDim: number,
+  dConv: number,
+  params: Map<string, Tensor>,
+  setParam: (name: string, data: ArrayLike<number>) => void,
+  opts: TransferOptions,
+): void {
+  // one generator per layer, so that a layer's init does not depend on the others
+  const layer = Number(/layers\.(\d+)\./.exec(prefix)?.[1] ?? 0);
+  const rng = new Random((opts.seed ?? 0) * 7919 + layer + 1);
+  for (const n of ['in_proj.weight', 'out_proj.weight']) {
+    const [rowsN, fanIn] = params.get(prefix + n)!.shape;
+    const bound = 1 / Math.sqrt(fanIn);
+    setParam(
+      prefix + n,
+      Float32Array.from({ length: rowsN * fanIn }, () => (2 * rng.uniform() - 1) * bound),
+    );
+  }
+  const dim = params.get(prefix + 'z_bias')!.size;
+  setParam(prefix + 'z_bias', new Float32Array(dim));
+  setParam(prefix + 'D', new Float32Array(params.get(prefix + 'D')!.size).fill(1));
+  const conv = new Float32Array(convDim * dConv);
+  for (let c = 0; c < convDim; c++) conv[c * dConv + dConv - 1] = 1;
   setParam(prefix + 'conv1d.weight', conv);
   if (params.has(prefix + 'conv1d.bias')) setParam(prefix + 'conv1d.bias', new Float32Array(convDim));
 }

@@ -4,9 +4,18 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { loadTensors, writeSafetensors } from '../io/safetensors.js';
+import {
+  FLOAT_DTYPES,
+  readCheckpoint,
+  readEntryInto,
+  saveTensors,
+  writeFileAtomic,
+  type SafeEntry,
+  type SaveDType,
+} from '../io/safetensors.js';
+import type { Backend, DType } from '../backends/backend.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
-import { noGrad, type Tensor } from '../tensor/index.js';
+import { getBackend, noGrad, setBackend, shapeStr, type Tensor } from '../tensor/index.js';
 import type { InitOptions } from '../nn/layers.js';
 import type { Module } from '../nn/module.js';
 import type { Json } from './hf.js';
@@ -102,31 +111,150 @@ export interface LoadedModel {
   dir: string;
 }
 
-/** Load a model directory: config.json, model.safetensors (or shards), tokenizer.json if present. */
-export function loadModel(dir: string, opts: { tokenizer?: boolean } = {}): LoadedModel {
-  const { json, file } = readConfig(dir);
-  // no random draws: every parameter is overwritten by the checkpoint (or loading fails)
-  const model = buildModel(json, file, { deferInit: true });
-  const tensors = noGrad(() => loadTensors(dir));
-  const weightsName = fs.existsSync(path.join(dir, 'model.safetensors'))
-    ? path.join(dir, 'model.safetensors')
-    : path.join(dir, 'model.safetensors.index.json');
-  loadWeights(model, tensors, weightsName, json);
-  const wantTok = opts.tokenizer ?? true;
-  const tokenizer = wantTok && fs.existsSync(path.join(dir, 'tokenizer.json')) ? loadTokenizer(dir) : null;
-  return { model, tokenizer, config: json, dir };
+export interface LoadOptions {
+  /** read tokenizer.json when present (default true) */
+  tokenizer?: boolean;
+  /**
+   * hold the weights of linear layers in this dtype, read straight from the file (a frozen model
+   * under bf16 autocast: 2 bytes per matmul weight, no f32 copy); everything else stays f32
+   */
+  linearDtype?: 'bf16';
 }
 
-/** Write config.json, model.safetensors and (when given) the tokenizer into dir. */
+// A backend that allocates nothing: the model a config describes, built on it, has every
+// parameter's name and shape but no memory, so a checkpoint can be checked against it first.
+// A budget of buffers and elements stops the build of a config far larger than its checkpoint
+// (1e5 layers, hidden_size 1e9) as soon as it is exceeded.
+class ShapeBudgetExceeded extends Error {}
+
+function shapesOnlyBackend(budget: { buffers: number; elements: number }): Backend {
+  return new Proxy({} as Backend, {
+    get(_, key) {
+      if (key === 'alloc')
+        return (dtype: DType, length: number) => {
+          budget.buffers--;
+          budget.elements -= length;
+          if (budget.buffers < 0 || budget.elements < 0) throw new ShapeBudgetExceeded();
+          return { dtype, length };
+        };
+      if (key === 'free' || key === 'fill' || key === 'write') return () => {};
+      if (key === 'name') return 'cpu';
+      return () => {
+        throw new Error(`building a model's shapes: backend.${String(key)} needs memory`);
+      };
+    },
+  });
+}
+
+/**
+ * The model a config describes with every parameter's name and shape, and no memory; null when it
+ * would need more than `budget` buffers or elements.
+ */
+export function shapeModel(
+  config: Json,
+  file = 'config.json',
+  budget = { buffers: Infinity, elements: Infinity },
+): CausalLM | null {
+  const prev = getBackend();
+  setBackend(shapesOnlyBackend({ ...budget }));
+  try {
+    return buildModel(config, file, { deferInit: true });
+  } catch (e) {
+    if (e instanceof ShapeBudgetExceeded) return null;
+    throw e;
+  } finally {
+    setBackend(prev);
+  }
+}
+
+/**
+ * Check a checkpoint's tensors (headers only) against the parameters a config describes, before
+ * anything is allocated: every parameter present with its shape and a floating-point dtype, no
+ * tensor left over but the format's ignorable ones. Errors name the file and the tensor.
+ */
+export function checkWeights(
+  config: Json,
+  file: string,
+  entries: Map<string, SafeEntry>,
+  source: string,
+): void {
+  // room for buffers that are not parameters (rotary tables, masks) beside the checkpoint's tensors
+  let elements = 1 << 28;
+  for (const e of entries.values()) elements += e.shape.reduce((a, b) => a * b, 1);
+  const model = shapeModel(config, file, { buffers: entries.size + 4096, elements });
+  if (!model)
+    throw new Error(
+      `${file}: describes a model larger than ${source} holds (${entries.size} tensors); check num_hidden_layers, hidden_size, intermediate_size and vocab_size`,
+    );
+  const format = formats.find((f) => f.detect(config));
+  const params = new Map(model.namedParameters());
+  const missing = [...params.keys()].filter((n) => !entries.has(n));
+  if (missing.length)
+    throw new Error(
+      `${source}: missing tensor ${missing[0]}${missing.length > 1 ? ` (and ${missing.length - 1} more)` : ''}`,
+    );
+  const extra = [...entries.keys()].filter((n) => !params.has(n) && !format?.ignorable?.(n, model));
+  if (extra.length)
+    throw new Error(
+      `${source}: unexpected tensor ${extra[0]}${extra.length > 1 ? ` (and ${extra.length - 1} more)` : ''}`,
+    );
+  for (const [name, p] of params) {
+    const e = entries.get(name)!;
+    if (e.shape.length !== p.shape.length || e.shape.some((d, i) => d !== p.shape[i]))
+      throw new Error(
+        `${e.file}: tensor ${name} has shape ${shapeStr(e.shape)}, expected ${shapeStr(p.shape)}`,
+      );
+    const wantFloat = p.dtype !== 'i32';
+    if (FLOAT_DTYPES.has(e.dtype) !== wantFloat)
+      throw new Error(
+        `${e.file}: tensor ${name} has dtype ${e.dtype}, expected ${wantFloat ? 'a floating-point dtype (F32, BF16, F16)' : 'an integer dtype'}`,
+      );
+  }
+}
+
+/**
+ * Load a model directory: config.json, the weights (model.safetensors, or its shards through
+ * model.safetensors.index.json), tokenizer.json if present. The checkpoint's headers are checked
+ * against the config before the model is allocated; the weights then stream tensor by tensor into
+ * the parameters (no whole-file buffers). A load that fails frees what it built.
+ */
+export function loadModel(dir: string, opts: LoadOptions = {}): LoadedModel {
+  const { json, file } = readConfig(dir);
+  const ckpt = readCheckpoint(dir);
+  checkWeights(json, file, ckpt.entries, ckpt.source);
+  // no random draws: every parameter is overwritten by the checkpoint
+  const model = buildModel(json, file, { deferInit: true, linearDtype: opts.linearDtype });
+  try {
+    noGrad(() => {
+      for (const [name, p] of model.namedParameters()) readEntryInto(ckpt.entries.get(name)!, p);
+    });
+    const wantTok = opts.tokenizer ?? true;
+    const tokenizer = wantTok && fs.existsSync(path.join(dir, 'tokenizer.json')) ? loadTokenizer(dir) : null;
+    return { model, tokenizer, config: json, dir };
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+}
+
+export interface SaveOptions {
+  /** convert floating-point weights to this dtype (default: as the parameters are) */
+  dtype?: SaveDType;
+  /** the largest weight file in bytes (default 5GB); larger models are sharded with an index */
+  shardSize?: number;
+}
+
+/** Write config.json, model.safetensors (sharded past `opts.shardSize`) and (when given) the tokenizer into dir. */
 export function saveModel(
   dir: string,
   model: CausalLM,
   tokenizer?: Tokenizer | null,
   extraFiles: Record<string, string> = {},
+  opts: SaveOptions = {},
 ): void {
   fs.mkdirSync(dir, { recursive: true });
-  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(model.configJson(), null, 2) + '\n');
-  writeSafetensors(path.join(dir, 'model.safetensors'), (model as Module).stateDict());
+  writeFileAtomic(path.join(dir, 'config.json'), JSON.stringify(model.configJson(), null, 2) + '\n');
+  saveTensors(dir, (model as Module).stateDict(), { dtype: opts.dtype, shardSize: opts.shardSize });
   tokenizer?.save(dir);
   for (const [name, text] of Object.entries(extraFiles)) fs.writeFileSync(path.join(dir, name), text);
 }

@@ -10,6 +10,8 @@ export interface InitOptions {
   dtype?: DType;
   /** skip the random draws (parameters start at zero; the caller fills them, e.g. from a checkpoint) */
   deferInit?: boolean;
+  /** the dtype of Linear weights when it differs (a frozen model held in bf16 for its products) */
+  linearDtype?: DType;
 }
 
 /** normal(0, std) values as a tensor */
@@ -33,7 +35,10 @@ export class Linear extends Module {
   ) {
     super();
     const std = opts.std ?? 1 / Math.sqrt(inFeatures);
-    this.weight = this.param('weight', normalTensor([outFeatures, inFeatures], std, opts));
+    this.weight = this.param(
+      'weight',
+      normalTensor([outFeatures, inFeatures], std, { ...opts, dtype: opts.linearDtype ?? opts.dtype }),
+    );
     this.bias = opts.bias ? this.param('bias', full([outFeatures], 0, opts.dtype ?? 'f32')) : null;
   }
 

@@ -29,7 +29,8 @@ export class Module {
       t.name = prefix + n;
       out.push([prefix + n, t]);
     }
-    for (const [n, m] of this.children) out.push(...m.namedParameters(`${prefix}${n}.`));
+    // (a loop, not push(...): a model of 1e5 layers has more parameters than a call has arguments)
+    for (const [n, m] of this.children) for (const p of m.namedParameters(`${prefix}${n}.`)) out.push(p);
     return out;
   }
 

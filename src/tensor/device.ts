@@ -2,6 +2,7 @@
 // MOHAWK_DEVICE=cuda), loaded on demand so that CPU runs never touch the CUDA libraries.
 
 import type { Backend } from '../backends/backend.js';
+import { blasHint } from '../backends/cpu/blas.js';
 import { CpuBackend } from '../backends/cpu/index.js';
 
 export type DeviceName = 'cpu' | 'cuda';
@@ -32,4 +33,9 @@ export async function useDevice(
     return current;
   }
   throw new Error(`device: unknown device "${name}" (expected cpu or cuda)`);
+}
+
+/** A one-line hint for the start of a run on this backend (CPU without OpenBLAS), or null. */
+export function deviceHint(backend: Backend): string | null {
+  return backend.name === 'cpu' ? blasHint() : null;
 }

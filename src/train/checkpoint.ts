@@ -11,15 +11,10 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import {
-  entryToTensor,
-  loadTensors,
-  readSafetensors,
-  writeFileAtomic,
-  writeSafetensors,
-} from '../io/safetensors.js';
+import { entryToTensor, loadTensors, readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import { fsyncDir, fsyncFile, writeFileAtomic } from '../util/fs.js';
 import { assign, type Tensor } from '../tensor/index.js';
-import type { NamedParams } from './params.js';
+import { firstNonFinite, type NamedParams } from './params.js';
 import type { AdamW } from './optimizer.js';
 
 export const LATEST_FILE = 'latest.json';
@@ -38,21 +33,79 @@ export interface Latest {
   dir: string;
 }
 
-/** The checkpoint latest.json points at, or null when there is none. */
-export function readLatest(dir: string): (Latest & { path: string }) | null {
+/** Where a damaged or missing latest.json is reported (one line); tests replace it. */
+export type Warn = (line: string) => void;
+
+const defaultWarn: Warn = (line) => console.error(line);
+
+/**
+ * The checkpoint latest.json points at, or null when there is none. When latest.json is damaged
+ * (cut short, not JSON, naming a missing directory) or missing beside complete step directories,
+ * falls back to the newest complete step directory with a one-line warning.
+ */
+export function readLatest(dir: string, warn: Warn = defaultWarn): (Latest & { path: string }) | null {
   const file = path.join(dir, LATEST_FILE);
-  if (!fs.existsSync(file)) return null;
+  let problem: string | null = null;
+  if (fs.existsSync(file)) {
+    try {
+      return parseLatest(dir, file);
+    } catch (e) {
+      problem = (e as Error).message;
+    }
+  }
+  const found = newestComplete(dir);
+  if (!found) {
+    if (problem) throw new Error(`${problem}; no complete checkpoint in ${dir} to fall back to`);
+    return null;
+  }
+  warn(
+    `warning: ${problem ?? `${file}: missing`}; resuming from the newest complete checkpoint ${found.path}`,
+  );
+  return found;
+}
+
+function parseLatest(dir: string, file: string): Latest & { path: string } {
   let latest: Latest;
   try {
     latest = JSON.parse(fs.readFileSync(file, 'utf8'));
   } catch (e) {
     throw new Error(`${file}: not valid JSON (${(e as Error).message})`, { cause: e });
   }
-  if (!Number.isInteger(latest.step) || typeof latest.dir !== 'string' || latest.dir.includes('/'))
+  if (
+    !latest ||
+    !Number.isInteger(latest.step) ||
+    typeof latest.dir !== 'string' ||
+    !/^step-\d+$/.test(latest.dir)
+  )
     throw new Error(`${file}: expected {"step": N, "dir": "step-..."}`);
   const p = path.join(dir, latest.dir);
-  if (!fs.existsSync(path.join(p, STATE_FILE))) throw new Error(`${file}: checkpoint ${p} is missing`);
+  if (!isComplete(p)) throw new Error(`${file}: checkpoint ${p} is missing or incomplete`);
   return { ...latest, path: p };
+}
+
+/** A committed step directory: its state.json parses and names its step, its weights are there. */
+function isComplete(p: string): boolean {
+  try {
+    const state = JSON.parse(fs.readFileSync(path.join(p, STATE_FILE), 'utf8')) as { step?: unknown };
+    return Number.isInteger(state.step) && fs.statSync(path.join(p, MODEL_FILE)).size > 8;
+  } catch {
+    return false;
+  }
+}
+
+function newestComplete(dir: string): (Latest & { path: string }) | null {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return null;
+  }
+  const steps = names.filter((n) => /^step-\d+$/.test(n)).sort();
+  for (let i = steps.length - 1; i >= 0; i--) {
+    const p = path.join(dir, steps[i]);
+    if (isComplete(p)) return { step: Number(steps[i].slice(5)), dir: steps[i], path: p };
+  }
+  return null;
 }
 
 export function readState<S>(checkpoint: string): S {
@@ -77,6 +130,9 @@ export interface WriteCheckpointOptions {
 
 /** Write a checkpoint atomically; returns its directory. */
 export function writeCheckpoint(dir: string, o: WriteCheckpointOptions): string {
+  const bad = firstNonFinite(o.params);
+  if (bad)
+    throw new Error(`${dir}: refusing to write the checkpoint of step ${o.step}: ${bad} is not finite`);
   fs.mkdirSync(dir, { recursive: true });
   const name = stepDirName(o.step);
   const final = path.join(dir, name);
@@ -94,6 +150,9 @@ export function writeCheckpoint(dir: string, o: WriteCheckpointOptions): string 
     }
     fs.writeFileSync(path.join(tmp, STATE_FILE), JSON.stringify(o.state, null, 2) + '\n');
     o.beforeCommit?.(tmp);
+    // the directory is renamed into place only once every file in it is on the disk
+    for (const n of fs.readdirSync(tmp)) fsyncFile(path.join(tmp, n));
+    fsyncDir(tmp);
   } catch (e) {
     fs.rmSync(tmp, { recursive: true, force: true });
     throw e;
@@ -105,6 +164,7 @@ export function writeCheckpoint(dir: string, o: WriteCheckpointOptions): string 
     fs.rmSync(final, { recursive: true, force: true });
   }
   fs.renameSync(tmp, final);
+  fsyncDir(dir);
   writeFileAtomic(path.join(dir, LATEST_FILE), JSON.stringify({ step: o.step, dir: name }) + '\n');
   prune(dir, name, o.keep ?? 2);
   return final;
@@ -112,7 +172,7 @@ export function writeCheckpoint(dir: string, o: WriteCheckpointOptions): string 
 
 function readLatestQuiet(dir: string): Latest | null {
   try {
-    return readLatest(dir);
+    return readLatest(dir, () => {});
   } catch {
     return null;
   }
@@ -155,7 +215,7 @@ export function loadCheckpoint(checkpoint: string, params: NamedParams, optimize
   } catch {
     throw new Error(`${optFile}: metadata "steps" missing or not JSON`);
   }
-  const stateTensors = new Map([...sf.entries].map(([n, e]) => [n, entryToTensor(e, 'f32', optFile)]));
+  const stateTensors = new Map([...sf.entries].map(([n, e]) => [n, entryToTensor(e, 'f32')]));
   try {
     optimizer.loadStateDict(stateTensors, steps, optFile);
   } finally {

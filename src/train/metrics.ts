@@ -2,7 +2,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { writeFileAtomic } from '../io/safetensors.js';
+import { writeFileAtomic } from '../util/fs.js';
 
 export interface StepMetrics {
   /** optimizer steps completed (1-based) */

@@ -2,10 +2,27 @@
 //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
 //   p = p (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 // t counts the steps this parameter was updated (as PyTorch's per-parameter `step`). Weight decay
-// is decoupled and skipped for norms, biases, D and z_bias (see params.ts).
+// is decoupled and skipped for norms, biases, D and z_bias (see params.ts). Decay only touches
+// what trains in the step: a parameter without a gradient is skipped altogether, and the rows
+// (first axis) of a decayed matrix whose gradient is exactly zero keep their values (the x and z
+// rows of in_proj in stage 1, whose loss never reads them; embedding rows of absent tokens).
 // State: exp_avg and exp_avg_sq per parameter, f32, outside every memory scope.
 
-import { adamwStep, assign, keep, zeros, type Tensor } from '../tensor/index.js';
+import {
+  abs,
+  adamwStep,
+  affine,
+  assign,
+  equal,
+  keep,
+  mul,
+  noGrad,
+  reshape,
+  scope,
+  sum,
+  zeros,
+  type Tensor,
+} from '../tensor/index.js';
 import { defaultNoDecay, type NamedParams } from './params.js';
 
 export interface AdamWConfig {
@@ -37,6 +54,23 @@ interface Slot {
   v: Tensor;
   decay: boolean;
   step: number;
+}
+
+/**
+ * Decoupled decay of the rows that receive a gradient: p[r] *= 1 - lrWd where any element of
+ * g[r] is non-zero, unchanged elsewhere. The same as PyTorch's p.mul_(1 - lr wd) before the
+ * update (the Adam update does not read p) restricted to the trained rows.
+ */
+function decayTrainedRows(p: Tensor, g: Tensor, lrWd: number): void {
+  noGrad(() =>
+    scope(() => {
+      const rows = p.ndim === 0 ? 1 : p.shape[0];
+      const perRow = sum(abs(reshape(g, [rows, p.size / rows])), [1], true); // (rows, 1)
+      // 1 - lrWd where the row has a gradient, 1 where it has none
+      const factor = affine(equal(perRow, zeros([rows, 1], perRow.dtype, perRow.backend)), lrWd, 1 - lrWd);
+      assign(p, mul(reshape(p, [rows, p.size / rows]), factor));
+    }),
+  );
 }
 
 export class AdamW {
@@ -81,12 +115,14 @@ export class AdamW {
       const g = s.param.grad;
       if (!g) continue;
       s.step++;
+      const decay = s.decay ? this.weightDecay : 0;
+      if (decay > 0 && lr > 0) decayTrainedRows(s.param, g, lr * decay);
       adamwStep(s.param, g, s.m, s.v, {
         lr,
         beta1: this.beta1,
         beta2: this.beta2,
         eps: this.eps,
-        weightDecay: s.decay ? this.weightDecay : 0,
+        weightDecay: 0,
         step: s.step,
       });
     }

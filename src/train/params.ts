@@ -5,7 +5,7 @@
 // segments, `?` one character. A glob matches a parameter when it matches the whole name or a
 // dotted prefix of it, so "model.layers.*.mlp" freezes every MLP parameter.
 
-import type { Tensor } from '../tensor/index.js';
+import { add, noGrad, scale, scope, sum, type Tensor } from '../tensor/index.js';
 
 export type NamedParams = [string, Tensor][];
 
@@ -96,4 +96,30 @@ export function applyFreezing(
  */
 export function defaultNoDecay(name: string, t: Tensor): boolean {
   return t.ndim < 2 || /(^|\.)(bias|D|z_bias)$/.test(name) || /norm|(^|\.)ln_/i.test(name);
+}
+
+/**
+ * The name of the first parameter holding a NaN or an infinity, or null when all are finite:
+ * sum(0 * p) is 0 exactly when every element is finite (NaN * 0 and inf * 0 are NaN), so the whole
+ * check costs one pass per tensor and one host read.
+ */
+export function firstNonFinite(params: NamedParams): string | null {
+  const zeroSum = (t: Tensor): Tensor => sum(scale(t, 0));
+  const total = noGrad(() =>
+    scope(() => {
+      let acc: Tensor | null = null;
+      for (const [, p] of params) {
+        if (p.dtype === 'i32' || p.size === 0) continue;
+        const z = zeroSum(p);
+        acc = acc ? add(acc, z) : z;
+      }
+      return acc ? acc.item() : 0;
+    }),
+  );
+  if (total === 0) return null;
+  for (const [name, p] of params) {
+    if (p.dtype === 'i32' || p.size === 0) continue;
+    if (noGrad(() => scope(() => zeroSum(p).item())) !== 0) return name;
+  }
+  return null;
 }

@@ -7,13 +7,31 @@
 // the fused AdamW update. Checkpoints carry everything a resumed run needs to continue exactly:
 // weights, optimizer moments, step and token counts, the data position and the caller's RNG.
 
-import { add, keep, noGrad, scale, scope, square, sum, type Tensor } from '../tensor/index.js';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Collective } from '../backends/collective.js';
+import { add, keep, noGrad, scale, scope, square, sum, tensor, Tensor } from '../tensor/index.js';
 import type { BatchSource, TokenBatch } from '../data/batches.js';
 import type { Random, RandomState } from '../util/random.js';
 import { AdamW, type AdamWConfig } from './optimizer.js';
-import { applyFreezing, namedParams, type NamedParams, type ParamsLike } from './params.js';
+import { applyFreezing, firstNonFinite, namedParams, type NamedParams, type ParamsLike } from './params.js';
 import { checkSchedule, lrFactor, type ScheduleConfig } from './schedule.js';
-import { loadCheckpoint, readLatest, readState, writeCheckpoint } from './checkpoint.js';
+import {
+  loadCheckpoint,
+  OPTIMIZER_FILE,
+  readLatest,
+  readState,
+  stepDirName,
+  writeCheckpoint,
+} from './checkpoint.js';
+import {
+  allReduceGrads,
+  broadcastParams,
+  rankMicroBatches,
+  reduceStepStats,
+  type DataParallel,
+} from './distributed.js';
+import { fullOptimizerState, optimizerShardName, ShardedAdamW } from './zero.js';
 import { MetricsLog, Progress, fmtCount, type ProgressOptions, type StepMetrics } from './metrics.js';
 
 export interface LossContext {
@@ -24,11 +42,20 @@ export interface LossContext {
   accum: number;
 }
 
+/**
+ * A loss whose gradients the loss function has already accumulated into the parameters' .grad,
+ * weighted by 1 / accum (a loss that back-propagates piece by piece, e.g. one layer at a time,
+ * so that the pieces' activations are never held together); `value` is the scalar loss.
+ */
+export interface BackpropagatedLoss {
+  value: number;
+}
+
 export interface TrainOptions<B extends TokenBatch> {
   /** every parameter of the model (all are saved in checkpoints); which ones train is decided below */
   params: ParamsLike;
   /** a scalar loss (mean over the micro-batch's tokens), computed inside a scope per micro-batch */
-  lossFn: (batch: B, ctx: LossContext) => Tensor;
+  lossFn: (batch: B, ctx: LossContext) => Tensor | BackpropagatedLoss;
   data: BatchSource<B>;
   /** tokens to train on; steps = floor(budgetTokens / batchTokens) */
   budgetTokens: number;
@@ -64,10 +91,19 @@ export interface TrainOptions<B extends TokenBatch> {
   onStep?: (m: StepMetrics) => void;
   /** checked after every step: true writes a checkpoint and returns (stopped: true) */
   shouldStop?: () => boolean;
+  /** a loss above max(riseFactor x its first value, first + 1) is warned about once (default 3) */
+  riseFactor?: number;
+  /** where warnings go (default: the progress stream, else stderr) */
+  warn?: (line: string) => void;
   /** the status line on stderr (default on) */
   progress?: boolean | ProgressOptions;
   /** names this run in messages and checkpoints (e.g. "stage1") */
   label?: string;
+  /**
+   * data parallel over the collective's ranks (distributed.ts): each rank computes its block of
+   * every step's micro-batches; metrics, progress and the model checkpoint come from rank 0
+   */
+  dataParallel?: DataParallel;
 }
 
 export interface TrainResult {
@@ -101,6 +137,8 @@ export interface TrainState {
   skipped: number;
   elapsed_s: number;
   last_loss: number | null;
+  /** the first finite step loss of the run (for the rising-loss warning) */
+  first_loss?: number | null;
   schedule: ScheduleConfig;
   lr: number;
   data: unknown;
@@ -108,6 +146,9 @@ export interface TrainState {
 }
 
 export class NonFiniteError extends Error {}
+
+/** The weights left the finite numbers: the run stops before anything is saved. */
+export class DivergenceError extends NonFiniteError {}
 
 function checkPositiveInt(v: number | undefined, what: string): void {
   if (v !== undefined && !(Number.isInteger(v) && v > 0))
@@ -127,6 +168,18 @@ function gradSquares(params: NamedParams, each: boolean): { total: number; per: 
         acc = acc ? add(acc, s) : s;
       }
       return { total: acc ? acc.item() : 0, per };
+    }),
+  );
+}
+
+/** true when any rank says so (every rank gets the same answer) */
+function agree(c: Collective | null, flag: boolean): boolean {
+  if (!c) return flag;
+  return noGrad(() =>
+    scope(() => {
+      const t = tensor(Float32Array.of(flag ? 1 : 0), [1], 'f32');
+      c.allReduce(t.buffer, 'sum');
+      return t.item() > 0;
     }),
   );
 }
@@ -158,7 +211,13 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
   const trained = applyFreezing(all, { freeze: o.freeze, trainable: o.trainable });
   if (!trained.length) fail('no parameter is trainable (check freeze / trainable patterns)');
   zeroGrads(all);
-  const optimizer = new AdamW(trained, o.optimizer);
+  const dp = o.dataParallel && o.dataParallel.collective.worldSize > 1 ? o.dataParallel : null;
+  const coll = dp?.collective ?? null;
+  const isRoot = !coll || coll.rank === 0;
+  const sharded = o.dataParallel?.zero
+    ? new ShardedAdamW(trained, o.optimizer, o.dataParallel.collective)
+    : null;
+  const optimizer = sharded ?? new AdamW(trained, o.optimizer);
   let metrics: MetricsLog | null = null;
   let progress: Progress | null = null;
   try {
@@ -168,17 +227,31 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
     let skipped = 0;
     let elapsedBase = 0;
     let lastLoss = NaN;
+    let firstLoss = NaN;
+    let riseWarned = false;
     let resumedFrom: number | null = null;
     let checkpoint: string | null = null;
     let saved: TrainState | null = null;
-    const latest = o.checkpointDir ? readLatest(o.checkpointDir) : null;
+    const latest = o.checkpointDir ? readLatest(o.checkpointDir, o.warn) : null;
     if (latest && o.resume === false)
       fail(
         `${o.checkpointDir} already holds a checkpoint (step ${latest.step}); resume, or remove the directory`,
       );
     if (latest) {
       saved = readState<TrainState>(latest.path);
-      loadCheckpoint(latest.path, all, optimizer);
+      if (sharded) {
+        loadCheckpoint(latest.path, all);
+        sharded.load(latest.path);
+      } else if (optimizer instanceof AdamW && !fs.existsSync(path.join(latest.path, OPTIMIZER_FILE))) {
+        // written by a sharded (ZeRO-1) run: assemble the full moments
+        loadCheckpoint(latest.path, all);
+        const st = fullOptimizerState(latest.path, trained);
+        try {
+          optimizer.loadStateDict(st.tensors, st.steps, st.source);
+        } finally {
+          for (const t of st.tensors.values()) t.dispose();
+        }
+      } else loadCheckpoint(latest.path, all, optimizer as AdamW);
       o.data.restore(saved.data);
       if (o.rng && saved.rng) o.rng.setState(saved.rng);
       step = saved.step;
@@ -186,6 +259,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       skipped = saved.skipped;
       elapsedBase = saved.elapsed_s;
       lastLoss = saved.last_loss ?? NaN;
+      firstLoss = saved.first_loss ?? NaN;
       resumedFrom = step;
       checkpoint = latest.path;
     }
@@ -199,6 +273,8 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         `batchTokens (${batchTokens}) must be a multiple of the micro-batch's ${pending.batch} x ${pending.seqLen} tokens`,
       );
     const accum = batchTokens / microTokens;
+    const [myFirst, myEnd] = coll ? rankMicroBatches(accum, coll.rank, coll.worldSize, label) : [0, accum];
+    if (coll) broadcastParams(coll, all);
     const totalSteps = Math.floor(o.budgetTokens / batchTokens);
     if (totalSteps < 1)
       fail(`budgetTokens (${o.budgetTokens}) is less than one step of ${batchTokens} tokens`);
@@ -215,8 +291,8 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       same('schedule', saved.schedule, o.schedule);
     }
 
-    if (o.metricsFile) metrics = new MetricsLog(o.metricsFile, resumedFrom ?? null);
-    if (o.progress !== false) {
+    if (o.metricsFile && isRoot) metrics = new MetricsLog(o.metricsFile, resumedFrom ?? null);
+    if (o.progress !== false && isRoot) {
       progress = new Progress(totalSteps, totalSteps * batchTokens, {
         label,
         ...(typeof o.progress === 'object' ? o.progress : {}),
@@ -224,6 +300,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       progress.note(
         `${label}: ${trained.length}/${all.length} parameter tensors train, ${totalSteps} steps of ${fmtCount(batchTokens)} tokens` +
           ` (${accum} x ${pending.batch} x ${pending.seqLen})` +
+          (coll ? ` over ${coll.worldSize} ranks (${coll.kind}${sharded ? ', ZeRO-1' : ''})` : '') +
           (resumedFrom !== null ? `, resumed at step ${resumedFrom} from ${checkpoint}` : ''),
       );
     }
@@ -241,21 +318,55 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         skipped,
         elapsed_s: elapsedBase + (performance.now() - t0) / 1000,
         last_loss: Number.isFinite(lastLoss) ? lastLoss : null,
+        first_loss: Number.isFinite(firstLoss) ? firstLoss : null,
         schedule: o.schedule,
         lr: o.optimizer.lr,
         data: o.data.state(),
         rng: o.rng ? o.rng.getState() : null,
       };
-      checkpoint = writeCheckpoint(o.checkpointDir, {
-        params: all,
-        optimizer,
-        step,
-        state,
-        keep: o.keepCheckpoints,
-        beforeCommit: o.beforeCommit ? (dir) => o.beforeCommit!(dir, step) : undefined,
-      });
+      if (!coll) {
+        checkpoint = writeCheckpoint(o.checkpointDir, {
+          params: all,
+          optimizer: optimizer as AdamW,
+          step,
+          state,
+          keep: o.keepCheckpoints,
+          beforeCommit: o.beforeCommit ? (dir) => o.beforeCommit!(dir, step) : undefined,
+        });
+        return;
+      }
+      // data parallel: optimizer shards from their owners (into a side directory), rank 0
+      // moves them into its temporary checkpoint and commits it; the barriers keep every rank
+      // in step with the commit
+      const side = path.join(o.checkpointDir, `${stepDirName(step)}.shards`);
+      const shardName = optimizerShardName(coll.rank, coll.worldSize);
+      if (sharded && !isRoot) {
+        fs.mkdirSync(side, { recursive: true });
+        sharded.saveShard(path.join(side, shardName));
+      }
+      coll.barrier();
+      if (isRoot)
+        writeCheckpoint(o.checkpointDir, {
+          params: all,
+          optimizer: sharded ? undefined : (optimizer as AdamW),
+          step,
+          state,
+          keep: o.keepCheckpoints,
+          beforeCommit: (dir) => {
+            if (sharded) {
+              sharded.saveShard(path.join(dir, shardName));
+              for (const n of fs.existsSync(side) ? fs.readdirSync(side) : [])
+                fs.renameSync(path.join(side, n), path.join(dir, n));
+              fs.rmSync(side, { recursive: true, force: true });
+            }
+            o.beforeCommit?.(dir, step);
+          },
+        });
+      coll.barrier();
+      checkpoint = path.join(o.checkpointDir, stepDirName(step));
     };
 
+    const warn = o.warn ?? ((line: string) => (progress ? progress.note(line) : console.error(line)));
     const t0 = performance.now();
     const history: StepMetrics[] = [];
     let stopped = false;
@@ -267,8 +378,10 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         const batch: B = pending ?? o.data.next();
         pending = null;
         if (bad) continue; // the step is lost; keep the data position in step with an unbroken run
+        if (micro < myFirst || micro >= myEnd) continue; // another rank's micro-batch
         const v = scope(() => {
           const loss = o.lossFn(batch, { step, micro, accum });
+          if (!(loss instanceof Tensor)) return loss.value;
           if (loss.size !== 1) fail(`lossFn returned shape [${loss.shape}], expected a scalar`);
           const val = loss.item();
           if (Number.isFinite(val)) {
@@ -281,7 +394,18 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         else bad = `loss is ${v} (micro-batch ${micro})`;
       }
       let gradNorm = NaN;
-      if (!bad) {
+      let hasGrad: boolean[] = [];
+      if (coll || sharded) {
+        const st = reduceStepStats(o.dataParallel!.collective, lossSum, bad !== null, trained);
+        lossSum = st.lossSum;
+        hasGrad = st.hasGrad;
+        if (st.anyBad && !bad) bad = 'non-finite loss on another rank';
+      }
+      if (!bad && sharded) {
+        gradNorm = Math.sqrt(sharded.reduceGrads());
+        if (!Number.isFinite(gradNorm)) bad = `gradient norm is ${gradNorm}`;
+      } else if (!bad) {
+        if (coll) allReduceGrads(coll, trained, hasGrad, dp!.bucketBytes);
         gradNorm = Math.sqrt(gradSquares(trained, false).total);
         if (!Number.isFinite(gradNorm)) {
           const first = gradSquares(trained, true).per.find(([, s]) => !Number.isFinite(s));
@@ -292,6 +416,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       if (bad) {
         skipped++;
         zeroGrads(trained);
+        sharded?.dropGradShard();
         progress?.note(`${label}: step ${step + 1} skipped: ${bad}`);
         if (skipped > maxNonFinite) {
           throw new NonFiniteError(
@@ -301,7 +426,9 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
           );
         }
       } else {
-        if (maxGradNorm > 0 && gradNorm > maxGradNorm) {
+        if (maxGradNorm > 0 && gradNorm > maxGradNorm && sharded) {
+          sharded.scaleGrads(maxGradNorm / (gradNorm + 1e-6));
+        } else if (maxGradNorm > 0 && gradNorm > maxGradNorm) {
           const coef = maxGradNorm / (gradNorm + 1e-6);
           noGrad(() => {
             for (const [, p] of trained) {
@@ -312,9 +439,32 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
             }
           });
         }
-        optimizer.step(lr);
+        if (sharded) sharded.step(lr, hasGrad);
+        else (optimizer as AdamW).step(lr);
         zeroGrads(trained);
         lastLoss = lossSum / accum;
+        if (!Number.isFinite(firstLoss)) firstLoss = lastLoss;
+        const rise = o.riseFactor ?? 3;
+        if (!riseWarned && firstLoss >= 0 && lastLoss > Math.max(rise * firstLoss, firstLoss + 1)) {
+          riseWarned = true;
+          warn(
+            `${label}: warning: loss ${lastLoss.toPrecision(4)} at step ${step + 1} is far above its start ` +
+              `(${firstLoss.toPrecision(4)}); the run may be diverging (lr ${lr.toExponential(2)})`,
+          );
+        }
+      }
+      // non-finite weights never recover: stop before anything (metrics, a checkpoint) records them
+      const broken = firstNonFinite(trained);
+      if (broken) {
+        throw new DivergenceError(
+          `${label}: diverged at step ${step + 1}: ${broken} is not finite ` +
+            (bad ? `(the step was skipped: ${bad})` : `after the update (lr ${lr.toExponential(2)})`) +
+            '; nothing was saved from this step. ' +
+            (checkpoint
+              ? `The last good checkpoint is ${checkpoint}.`
+              : 'No checkpoint was written in this run.') +
+            ' Lower the learning rate or tighten the gradient clip.',
+        );
       }
       step++;
       tokens += batchTokens;
@@ -339,7 +489,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       metrics?.write(m);
       progress?.update(m, batchTokens, stepSec, skipped);
       o.onStep?.(m);
-      if (o.shouldStop?.() && step < totalSteps) {
+      if (agree(coll, o.shouldStop?.() ?? false) && step < totalSteps) {
         stopped = true;
         save();
         break;

@@ -1,7 +1,9 @@
 // General matrix products for the CPU backend: OpenBLAS through koffi when libopenblas.so.0 is
-// present, otherwise plain loops with the same results within float rounding.
+// present, otherwise a WebAssembly SIMD kernel for f32 (wasm-gemm.ts) and plain loops for f64 and
+// tiny products, with the same results within float rounding.
 
 import koffi from 'koffi';
+import { sgemmWasm } from './wasm-gemm.js';
 
 export type FloatArray = Float32Array | Float64Array;
 
@@ -98,7 +100,27 @@ export function gemm(
     );
     return;
   }
+  if (
+    c instanceof Float32Array &&
+    a instanceof Float32Array &&
+    b instanceof Float32Array &&
+    sgemmWasm(transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc)
+  )
+    return;
   gemmLoops(transA, transB, m, n, k, alpha, a, aOff, lda, b, bOff, ldb, beta, c, cOff, ldc);
+}
+
+/**
+ * The one line to print when a CPU run starts without OpenBLAS (null when it loaded, or when
+ * MOHAWK_BLAS=off asked for the fallback on purpose).
+ */
+export function blasHint(): string | null {
+  if (loadBlas() || process.env.MOHAWK_BLAS === 'off') return null;
+  return (
+    'mohawk: OpenBLAS not found (libopenblas.so.0), so matrix products run in WebAssembly, 2-4x ' +
+    'slower; install it for the speed: apt-get install libopenblas0-pthread (Debian/Ubuntu), ' +
+    'dnf install openblas-threads (Fedora), brew install openblas (macOS)'
+  );
 }
 
 /** The fallback: a row of C at a time, accumulating in a float64 scratch row. */

@@ -129,7 +129,7 @@ export class CpuBackend implements Backend {
 
   describe(): string {
     const lib = loadBlas();
-    return this.useBlas && lib ? `cpu (OpenBLAS ${lib.library})` : 'cpu (TypeScript matmul, no BLAS)';
+    return this.useBlas && lib ? `cpu (OpenBLAS ${lib.library})` : 'cpu (WebAssembly SIMD matmul, no BLAS)';
   }
 
   // ---- memory -------------------------------------------------------------------------------

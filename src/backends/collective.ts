@@ -1,0 +1,47 @@
+// Collectives across processes (ranks) for data parallelism: NCCL on GPUs
+// (cuda/nccl.ts), a TCP star through rank 0 on CPUs (cpu/collective.ts), and a world of one.
+//
+// Every call is collective: all ranks make the same calls in the same order with the same sizes.
+// Calls are in place or into a caller-allocated output and, as kernels, are queued on the
+// backend's stream where there is one (NCCL); the CPU collective returns when the result is there.
+//
+// Shapes (n = elements per rank, W = world size):
+//   allReduce(x)              x is (n) on every rank; afterwards every rank holds the sum (or mean)
+//   reduceScatter(x, out)     x is (W * n); out (n) on rank r = reduction of chunk r of every x
+//   allGather(x, out)         x is (n); out (W * n) = every rank's x in rank order
+//   broadcast(x, root)        x is (n); afterwards every rank holds root's x
+
+import type { DeviceBuffer } from './backend.js';
+
+export type ReduceKind = 'sum' | 'avg';
+
+export interface Collective {
+  /** 'nccl', 'cpu' or 'single' */
+  readonly kind: string;
+  readonly rank: number;
+  readonly worldSize: number;
+  allReduce(x: DeviceBuffer, op: ReduceKind): void;
+  reduceScatter(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): void;
+  allGather(x: DeviceBuffer, out: DeviceBuffer): void;
+  broadcast(x: DeviceBuffer, root: number): void;
+  /** returns once every rank has called it */
+  barrier(): void;
+  /** leave the group (every rank at the end; a peer that leaves without it is reported as lost) */
+  close(): void;
+}
+
+/** Size checks shared by the implementations; `who` names the collective in messages. */
+export function checkCollectiveSizes(
+  who: string,
+  op: 'reduceScatter' | 'allGather',
+  x: DeviceBuffer,
+  out: DeviceBuffer,
+  world: number,
+): void {
+  const [big, small] = op === 'reduceScatter' ? [x, out] : [out, x];
+  if (big.length !== small.length * world)
+    throw new Error(
+      `${who}: ${op}: the full buffer has ${big.length} elements, expected world size ${world} x ${small.length}`,
+    );
+  if (x.dtype !== out.dtype) throw new Error(`${who}: ${op}: dtypes differ (${x.dtype}, ${out.dtype})`);
+}

@@ -1,0 +1,68 @@
+// A rank of a small data-parallel job, for test/distributed.test.ts (run as a script:
+// `RANK=r WORLD_SIZE=w MASTER_PORT=p node --import tsx test/dist-child.ts JSON`). Modes:
+//   collectives  every CPU collective on known values; prints what this rank got
+//   train        test/train-fixture.ts's tiny run, data parallel (optionally ZeRO-1); prints the
+//                per-step losses and the final weights
+//   die          joins; rank dieRank exits with code 3, the others wait at a barrier
+import { CpuCollective } from '../src/backends/cpu/collective.js';
+import { ProcessGroup, readDistEnv } from '../src/backends/group.js';
+import { getBackend, noGrad, tensor } from '../src/tensor/index.js';
+import { runTiny, type RunConfig } from './train-fixture.js';
+
+const args = JSON.parse(process.argv[2]) as {
+  mode: string;
+  run?: RunConfig;
+  zero?: boolean;
+  dieRank?: number;
+};
+const env = readDistEnv()!;
+const group = ProcessGroup.join({ ...env, rendezvousTimeoutSec: 20, callTimeoutSec: 60 });
+const c = new CpuCollective(group, getBackend());
+if (args.mode === 'die') {
+  if (c.rank === args.dieRank) process.exit(3);
+  c.barrier();
+}
+if (args.mode === 'collectives') {
+  const r = c.rank;
+  const out = noGrad(() => {
+    const x = tensor(Float32Array.of(r + 1, 0.5 * r, -r), [3], 'f32');
+    c.allReduce(x.buffer, 'sum');
+    const a = tensor(Float32Array.of(r + 1, 2 * r), [2], 'f32');
+    c.allReduce(a.buffer, 'avg');
+    const full = tensor(
+      Float32Array.from({ length: 2 * c.worldSize }, (_, i) => i + 10 * r),
+      [2 * c.worldSize],
+      'f32',
+    );
+    const part = tensor(new Float32Array(2), [2], 'f32');
+    c.reduceScatter(full.buffer, part.buffer, 'sum');
+    const g = tensor(new Float32Array(2 * c.worldSize), [2 * c.worldSize], 'f32');
+    c.allGather(tensor(Float32Array.of(r, -r), [2], 'f32').buffer, g.buffer);
+    const b = tensor(Float32Array.of(r * 7), [1], 'f32');
+    c.broadcast(b.buffer, c.worldSize - 1);
+    c.barrier();
+    return {
+      sum: [...x.toArray()],
+      avg: [...a.toArray()],
+      rs: [...part.toArray()],
+      ag: [...g.toArray()],
+      bc: [...b.toArray()],
+    };
+  });
+  console.log(JSON.stringify(out));
+}
+if (args.mode === 'train') {
+  const { result, model } = runTiny(args.run!, {
+    dataParallel: { collective: c, zero: args.zero, bucketBytes: 64 },
+  });
+  const weights = Object.fromEntries(model.namedParameters().map(([n, t]) => [n, [...t.toArray()]]));
+  console.log(
+    JSON.stringify({
+      losses: result.history.map((m) => m.loss),
+      norms: result.history.map((m) => m.grad_norm),
+      weights,
+      steps: result.steps,
+    }),
+  );
+}
+c.close();
