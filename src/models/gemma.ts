@@ -16,6 +16,7 @@ export function gemmaActivation(f: Fields): Activation {
 
 export function gemmaConfigFromJson(json: Json, file = 'config.json'): LlamaConfig {
   const f = new Fields(json, file);
+  f.only('use_bidirectional_attention', [false]);
   const s = readDecoderSizes(f, { headDim: 256 });
   const rope = f.ropeConfig(s.headDim, s.maxPositionEmbeddings, 10000);
   if (rope.rotaryDim !== s.headDim) f.fail('partial_rotary_factor', 'must be 1 for gemma');

@@ -4,6 +4,42 @@ import { ROPE_TYPES, type RopeConfig, type RopeType } from '../nn/rope.js';
 
 export type Json = Record<string, unknown>;
 
+/** Upper bounds on config sizes: a config may not ask for more (no V8 abort, no hour-long zero fill). */
+export const MAX = {
+  vocab: 1 << 22,
+  hidden: 1 << 16,
+  intermediate: 1 << 20,
+  layers: 1024,
+  heads: 1024,
+  headDim: 4096,
+  /** a number only (rotary positions are computed, not stored) */
+  positions: 1 << 24,
+  /** learned position tables (GPT-2) hold one row per position */
+  learnedPositions: 1 << 20,
+  /** elements of the largest matrix */
+  tensor: 2 ** 32,
+};
+
+/** the embedding and MLP matrices must each fit MAX.tensor elements */
+export function checkTensorSizes(
+  f: Fields,
+  hidden: number,
+  vocab: number,
+  inner: number,
+  hiddenKey = 'hidden_size',
+): void {
+  if (vocab * hidden > MAX.tensor)
+    f.fail(
+      'vocab_size',
+      `(${vocab}) times ${hiddenKey} (${hidden}) is more than ${MAX.tensor} elements in one tensor`,
+    );
+  if (inner * hidden > MAX.tensor)
+    f.fail(
+      'intermediate_size',
+      `(${inner}) times ${hiddenKey} (${hidden}) is more than ${MAX.tensor} elements in one tensor`,
+    );
+}
+
 export class ConfigFieldError extends Error {}
 
 export class Fields {
@@ -95,15 +131,22 @@ export class Fields {
     return v;
   }
 
-  /** a token id (or the first of a list; every one of a list is checked) below `vocab`; null when absent */
-  vocabTokenId(key: string, vocab: number): number | null {
+  /**
+   * a token id (or the first of a list; every one of a list is checked) below `vocab`; null when
+   * absent. `outside: 'drop'` turns an id outside the vocabulary into null instead of an error
+   * (GPT-2 configs carry transformers' default 50256 whatever their vocabulary).
+   */
+  vocabTokenId(key: string, vocab: number, outside: 'error' | 'drop' = 'error'): number | null {
     const v = this.json[key];
     if (v === undefined || v === null) return null;
     const ids = Array.isArray(v) ? v : [v];
     for (const id of ids) {
       if (typeof id !== 'number' || !Number.isInteger(id))
         this.fail(key, `must be a token id, got ${JSON.stringify(v)}`);
-      if (id < 0 || id >= vocab) this.fail(key, `(${id}) is outside the vocabulary (vocab_size ${vocab})`);
+      if (id < 0 || id >= vocab) {
+        if (outside === 'drop' && id >= vocab) return null;
+        this.fail(key, `(${id}) is outside the vocabulary (vocab_size ${vocab})`);
+      }
     }
     return ids.length ? (ids[0] as number) : null;
   }
@@ -165,8 +208,8 @@ export class Fields {
           const pv = pk === 'rope_type' ? typeRaw : p[pk];
           if (JSON.stringify(pv) !== JSON.stringify(val))
             this.fail(
-              'rope_scaling',
-              `.${k} (${JSON.stringify(val)}) disagrees with rope_parameters.${pk} (${JSON.stringify(pv)}); keep one of them`,
+              `rope_scaling.${k}`,
+              `(${JSON.stringify(val)}) disagrees with rope_parameters.${pk} (${JSON.stringify(pv)}); keep one of them`,
             );
         }
       }

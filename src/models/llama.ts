@@ -14,7 +14,7 @@ import type { RopeConfig } from '../nn/rope.js';
 import { Random } from '../util/random.js';
 import { createModelCache, forwardLM } from './causal-lm.js';
 import { tensorGetter, type AttentionWeights, type DistillContract, type Family } from './family.js';
-import { Fields, type Json } from './hf.js';
+import { checkTensorSizes, Fields, MAX, type Json } from './hf.js';
 import type { AttentionCore } from './phi-mamba.js';
 import type {
   Block,
@@ -74,19 +74,6 @@ export interface LlamaConfig {
   sourceJson?: Json;
 }
 
-/** Upper bounds on config sizes: a config may not ask for more than this (no V8 crash, no hours). */
-export const MAX = {
-  vocab: 1 << 22,
-  hidden: 1 << 16,
-  intermediate: 1 << 20,
-  layers: 1024,
-  heads: 1024,
-  headDim: 4096,
-  positions: 1 << 24,
-  /** elements of the largest matrix */
-  tensor: 2 ** 32,
-};
-
 /** The fields every Llama-like config shares, with their range checks. */
 export function readDecoderSizes(
   f: Fields,
@@ -108,16 +95,7 @@ export function readDecoderSizes(
   if (headDim % 2 !== 0) f.fail('head_dim', `(${headDim}) must be even for rotary embeddings`);
   const intermediateSize = f.size('intermediate_size', undefined, 1, MAX.intermediate);
   const numLayers = f.size('num_hidden_layers', undefined, 1, MAX.layers);
-  if (vocabSize * hiddenSize > MAX.tensor)
-    f.fail(
-      'vocab_size',
-      `(${vocabSize}) times hidden_size (${hiddenSize}) is more than ${MAX.tensor} elements in one tensor`,
-    );
-  if (intermediateSize * hiddenSize > MAX.tensor)
-    f.fail(
-      'intermediate_size',
-      `(${intermediateSize}) times hidden_size (${hiddenSize}) is more than ${MAX.tensor} elements in one tensor`,
-    );
+  checkTensorSizes(f, hiddenSize, vocabSize, intermediateSize);
   if (numHeads * headDim * hiddenSize > MAX.tensor)
     f.fail(
       'num_attention_heads',
@@ -390,7 +368,11 @@ export class LlamaForCausalLM extends Module implements CausalLM {
       vocabSize: c.vocabSize,
       dModel: c.hiddenSize,
       nLayers: c.numLayers,
-      maxSeqLen: c.maxPositionEmbeddings,
+      // dynamic NTK scaling stretches the trained context by its factor
+      maxSeqLen:
+        c.rope?.type === 'dynamic'
+          ? Math.floor(c.maxPositionEmbeddings * c.rope.factor!)
+          : c.maxPositionEmbeddings,
       bosTokenId: c.bosTokenId,
       eosTokenId: c.eosTokenId,
     };
