@@ -194,27 +194,23 @@ describe('config.json', { skip }, () => {
       ['phi', (c) => (c.qk_layernorm = true), /config\.json: qk_layernorm is not supported \(got true/],
       [
         'llama-tied',
-        (c) => (c.rope_parameters = { rope_type: 'linear', factor: 2, rope_theta: 1e4 }),
-        /config\.json: rope_parameters\.rope_type "linear" is not supported/,
+        (c) => (c.rope_parameters = { rope_type: 'mrope', factor: 2, rope_theta: 1e4 }),
+        /config\.json: rope_parameters\.rope_type "mrope" is not supported/,
       ],
       [
         'llama-tied',
         (c) => {
           delete c.rope_parameters;
-          c.rope_scaling = { type: 'dynamic', factor: 2 };
+          c.rope_scaling = { type: 'ntk-by-parts', factor: 2 };
         },
-        /config\.json: rope_scaling type "dynamic" is not supported/,
+        /config\.json: rope_scaling\.rope_type "ntk-by-parts" is not supported/,
       ],
       [
         'llama-tied',
         (c) => (c.architectures = ['LlamaForSequenceClassification']),
         /config\.json: architectures \["LlamaForSequenceClassification"\] is not supported for model_type "llama"/,
       ],
-      [
-        'llama-tied',
-        (c) => (c.model_type = 'mistral'),
-        /config\.json: model_type "mistral" is not supported/,
-      ],
+      ['llama-tied', (c) => (c.model_type = 'falcon'), /config\.json: model_type "falcon" is not supported/],
       ['llama-tied', (c) => (c.hidden_act = 'gelu'), /config\.json: hidden_act activation is not supported/],
       [
         'llama-tied',

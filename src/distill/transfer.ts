@@ -11,6 +11,7 @@ import { cast, noGrad, type Tensor } from '../tensor/index.js';
 import type { AttentionWeights, DistillContract, StudentShape } from '../models/family.js';
 import type { CausalLM } from '../models/types.js';
 import { StudentLM, type AttentionCore, type StudentConfig } from '../models/phi-mamba.js';
+import { innerDim } from '../nn/discrete-mamba2.js';
 import { Random } from '../util/random.js';
 
 export interface TransferOptions {
@@ -156,6 +157,8 @@ export function transferStudent(teacher: CausalLM, opts: TransferOptions = {}): 
         put(attn.k_proj.bias, a.kBias, 'k bias');
         put(attn.v_proj.bias, a.vBias, 'v bias');
         put(attn.o_proj.bias, a.oBias, 'output bias');
+        put(attn.q_norm?.weight, a.qNorm, 'q norm');
+        put(attn.k_norm?.weight, a.kNorm, 'k norm');
         continue;
       }
       initMixer(`backbone.layers.${l}.mixer.`, cfg, shape, a, opts, setParam, params);
@@ -176,7 +179,7 @@ function initMixer(
   const m = cfg.mixer;
   const H = m.nVHeads;
   const N = m.dState;
-  const dInner = m.expand * cfg.dModel;
+  const dInner = innerDim({ expand: m.expand, dModel: cfg.dModel });
   const D = cfg.dModel;
   const convDim = dInner + 2 * m.nQkHeads * N;
   if (opts.mixerInit === 'paper') {

@@ -11,7 +11,7 @@ import { full } from '../tensor/index.js';
 import { Random } from '../util/random.js';
 import { createModelCache, forwardLM } from './causal-lm.js';
 import { tensorGetter, type DistillContract, type Family } from './family.js';
-import { Fields, type Json } from './hf.js';
+import { checkTensorSizes, Fields, MAX, type Json } from './hf.js';
 import type {
   Block,
   BlockOptions,
@@ -44,20 +44,25 @@ export function gpt2ConfigFromJson(json: Json, file = 'config.json'): Gpt2Config
   f.only('add_cross_attention', [false]);
   f.only('tie_word_embeddings', [true], 'must be true for gpt2');
   f.only('activation_function', [...ACTIVATIONS], 'activation is not supported');
-  const nEmbd = f.int('n_embd', undefined, 1);
-  const nHead = f.int('n_head', undefined, 1);
+  const nEmbd = f.size('n_embd', undefined, 1, MAX.hidden);
+  const nHead = f.size('n_head', undefined, 1, MAX.heads);
   if (nEmbd % nHead !== 0) f.fail('n_head', `(${nHead}) must divide n_embd (${nEmbd})`);
+  const vocabSize = f.size('vocab_size', undefined, 1, MAX.vocab);
+  const nInner = f.size('n_inner', 4 * nEmbd, 1, MAX.intermediate);
+  checkTensorSizes(f, nEmbd, vocabSize, nInner, 'n_embd');
+  // the learned positions are a table of n_positions rows
+  const nPositions = f.size('n_positions', 1024, 1, MAX.learnedPositions);
   return {
-    vocabSize: f.int('vocab_size', undefined, 1),
+    vocabSize,
     nEmbd,
-    nLayer: f.int('n_layer', undefined, 1),
+    nLayer: f.size('n_layer', undefined, 1, MAX.layers),
     nHead,
-    nInner: f.int('n_inner', 4 * nEmbd, 1),
-    nPositions: f.int('n_positions', 1024, 1),
-    layerNormEpsilon: f.num('layer_norm_epsilon', 1e-5),
+    nInner,
+    nPositions,
+    layerNormEpsilon: f.eps('layer_norm_epsilon', 1e-5),
     activation: f.str('activation_function', 'gelu_new') as Activation,
-    bosTokenId: f.tokenId('bos_token_id'),
-    eosTokenId: f.tokenId('eos_token_id'),
+    bosTokenId: f.vocabTokenId('bos_token_id', vocabSize, 'drop'),
+    eosTokenId: f.vocabTokenId('eos_token_id', vocabSize, 'drop'),
   };
 }
 

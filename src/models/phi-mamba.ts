@@ -4,15 +4,16 @@
 // sections, parameters backbone.* and lm_head.*); docs/student-format.md documents the
 // extensions for the other block styles and for hybrids.
 
-import { add, matmul, slice, tensor, type Tensor } from '../tensor/index.js';
+import { add, matmul, scale, slice, tanh, tensor, type Tensor } from '../tensor/index.js';
 import { Attention, type AttentionConfig } from '../nn/attention.js';
 import { checkMixerConfig, DiscreteMamba2, type DiscreteMamba2Config } from '../nn/discrete-mamba2.js';
 import { Embedding, LayerNorm, Linear, RMSNorm, type InitOptions } from '../nn/layers.js';
 import { ACTIVATIONS, GatedMLP, MLP, type Activation } from '../nn/mlp.js';
 import { Module } from '../nn/module.js';
+import type { RopeConfig } from '../nn/rope.js';
 import { Random } from '../util/random.js';
 import { createModelCache, forwardLM } from './causal-lm.js';
-import type { Json } from './hf.js';
+import { Fields, type Json } from './hf.js';
 import type {
   Block,
   BlockOptions,
@@ -42,6 +43,17 @@ export interface AttentionCore {
   ropeTheta: number;
   qkvBias: boolean;
   outBias: boolean;
+  // what a hybrid keeps of its teacher family's attention (absent: plain)
+  /** a scaled rotary embedding */
+  rope?: RopeConfig;
+  /** sliding window (Mistral, Qwen2, Gemma 2) */
+  window?: number;
+  /** score soft-capping (Gemma 2) */
+  softcap?: number;
+  /** factor on q k^T (default 1 / sqrt(head_dim)) */
+  scale?: number;
+  /** per-head q/k RMSNorm epsilon (Qwen3) */
+  qkNormEps?: number;
 }
 
 export interface StudentConfig {
@@ -64,6 +76,15 @@ export interface StudentConfig {
   attentionLayers: Map<number, AttentionCore>;
   bosTokenId: number | null;
   eosTokenId: number | null;
+  // what a Llama-style student keeps of its teacher family (absent: Llama's behavior)
+  /** RMSNorms scale by (normOffset + w) (Gemma: 1) */
+  normOffset?: number;
+  /** embeddings times sqrt(d_model), a float32 constant (Gemma) */
+  embedScale?: boolean;
+  /** a norm after the mixer and around the MLP (Gemma 2) */
+  sandwichNorms?: boolean;
+  /** final logits -> cap * tanh(logits / cap) (Gemma 2) */
+  finalSoftcap?: number;
 }
 
 export function paddedVocab(c: Pick<StudentConfig, 'vocabSize' | 'padVocabSizeMultiple'>): number {
@@ -77,6 +98,8 @@ export class StudentBlock extends Module implements Block {
   readonly mixerKind: 'attention' | 'ssm';
   readonly input_layernorm: LayerNorm | RMSNorm;
   readonly post_attention_layernorm: LayerNorm | RMSNorm | null;
+  readonly pre_feedforward_layernorm: RMSNorm | null;
+  readonly post_feedforward_layernorm: RMSNorm | null;
   readonly mixer: DiscreteMamba2 | null;
   readonly self_attn: Attention | null;
   readonly mlp: MLP | GatedMLP;
@@ -88,16 +111,29 @@ export class StudentBlock extends Module implements Block {
   ) {
     super();
     const norm = () =>
-      c.style === 'llama' ? new RMSNorm(c.dModel, c.normEps) : new LayerNorm(c.dModel, c.normEps);
+      c.style === 'llama'
+        ? new RMSNorm(c.dModel, c.normEps, { offset: c.normOffset ?? 0 })
+        : new LayerNorm(c.dModel, c.normEps);
     this.input_layernorm = this.child('input_layernorm', norm());
     const att = c.attentionLayers.get(index);
     this.mixerKind = att ? 'attention' : 'ssm';
     if (att) {
       const ac: AttentionConfig = {
         dModel: c.dModel,
-        ...att,
+        nHeads: att.nHeads,
+        nKvHeads: att.nKvHeads,
+        headDim: att.headDim,
+        rotaryDim: att.rotaryDim,
+        ropeTheta: att.ropeTheta,
+        qkvBias: att.qkvBias,
+        outBias: att.outBias,
         ropeInterleaved: false,
         outName: c.style === 'phi' ? 'dense' : 'o_proj',
+        rope: att.rope ?? null,
+        window: att.window ?? null,
+        softcap: att.softcap ?? null,
+        scale: att.scale ?? null,
+        qkNormEps: att.qkNormEps ?? null,
       };
       this.self_attn = this.child('self_attn', new Attention(ac, init));
       this.mixer = null;
@@ -106,10 +142,17 @@ export class StudentBlock extends Module implements Block {
       this.self_attn = null;
     }
     this.post_attention_layernorm = c.style === 'phi' ? null : this.child('post_attention_layernorm', norm());
+    const sandwich = c.style === 'llama' && c.sandwichNorms;
+    this.pre_feedforward_layernorm = sandwich
+      ? this.child('pre_feedforward_layernorm', norm() as RMSNorm)
+      : null;
+    this.post_feedforward_layernorm = sandwich
+      ? this.child('post_feedforward_layernorm', norm() as RMSNorm)
+      : null;
     this.mlp = this.child(
       'mlp',
       c.style === 'llama'
-        ? new GatedMLP(c.dModel, c.intermediateSize, { ...init, bias: c.mlpBias })
+        ? new GatedMLP(c.dModel, c.intermediateSize, { ...init, bias: c.mlpBias, act: c.activation })
         : new MLP(c.dModel, c.intermediateSize, c.activation, init),
     );
   }
@@ -123,6 +166,12 @@ export class StudentBlock extends Module implements Block {
     const m = this.mix(n, opts);
     if (this.c.style === 'phi') {
       return { out: add(add(x, m.out), this.mlp.forward(n)), mixerOut: m.out, matrix: m.matrix };
+    }
+    if (this.pre_feedforward_layernorm && this.post_feedforward_layernorm) {
+      // Gemma 2: h = x + norm(mixer(norm(x))); out = h + norm(mlp(norm(h)))
+      const h = add(x, this.post_attention_layernorm!.forward(m.out));
+      const f = this.mlp.forward(this.pre_feedforward_layernorm.forward(h));
+      return { out: add(h, this.post_feedforward_layernorm.forward(f)), mixerOut: m.out, matrix: m.matrix };
     }
     const h = add(x, m.out);
     return {
@@ -169,7 +218,9 @@ export class StudentLM extends Module implements CausalLM {
       this.blocks.push(layers.child(String(i), new StudentBlock(c, i, opts)));
     this.finalNorm = backbone.child(
       'final_layernorm',
-      c.style === 'llama' ? new RMSNorm(c.dModel, c.normEps) : new LayerNorm(c.dModel, c.normEps),
+      c.style === 'llama'
+        ? new RMSNorm(c.dModel, c.normEps, { offset: c.normOffset ?? 0 })
+        : new LayerNorm(c.dModel, c.normEps),
     );
     this.lmHead = c.tieEmbeddings
       ? null
@@ -187,7 +238,8 @@ export class StudentLM extends Module implements CausalLM {
   }
 
   embed(ids: Tensor, position = 0): Tensor {
-    const e = this.embedding.forward(ids);
+    const e0 = this.embedding.forward(ids);
+    const e = this.config.embedScale ? scale(e0, Math.fround(Math.sqrt(this.config.dModel))) : e0;
     if (!this.positionEmbedding) return e;
     const t = ids.shape[1];
     if (position + t > this.config.maxPositionEmbeddings) {
@@ -206,7 +258,9 @@ export class StudentLM extends Module implements CausalLM {
   /** final norm + lm_head; logits of the padding rows of the vocabulary are cut off */
   head(h: Tensor): Tensor {
     const n = this.finalNorm.forward(h);
-    const logits = this.lmHead ? this.lmHead.forward(n) : matmul(n, this.embedding.weight, { transB: true });
+    const raw = this.lmHead ? this.lmHead.forward(n) : matmul(n, this.embedding.weight, { transB: true });
+    const cap = this.config.finalSoftcap;
+    const logits = cap ? scale(tanh(scale(raw, 1 / cap)), cap) : raw;
     return this.paddedVocab === this.config.vocabSize ? logits : slice(logits, -1, 0, this.config.vocabSize);
   }
 
@@ -321,7 +375,7 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
         nVHeads: int(core, 'n_v_heads', cw, 32),
         dConv: int(core, 'd_conv', cw, 4),
         convBias: boolField(core, 'conv_bias', cw, true),
-        expand: int(core, 'expand', cw, 1),
+        expand: numField(core, 'expand', cw, 1),
         chunkSize: int(core, 'chunk_size', cw, 128),
         activation: act as 'identity' | 'silu',
         bias: boolField(core, 'bias', cw, false),
@@ -354,6 +408,7 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
         ropeTheta: numField(core, 'rope_theta', cw, 10000),
         qkvBias: boolField(core, 'qkv_bias', cw, false),
         outBias: boolField(core, 'out_bias', cw, false),
+        ...familyAttentionFromJson(core, cw, headDim),
       };
       if (a.rotaryDim % 2 !== 0 || a.rotaryDim > headDim)
         throw new Error(`${cw}.rotary_dim (${a.rotaryDim}) must be even and at most head_dim (${headDim})`);
@@ -397,6 +452,7 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
     attentionLayers,
     bosTokenId: lm.bos_token_id === undefined ? null : (lm.bos_token_id as number | null),
     eosTokenId: lm.eos_token_id === undefined ? null : (lm.eos_token_id as number | null),
+    ...familyBlockFromJson(mm, where('MixerModel.input')),
   };
 }
 
@@ -437,6 +493,10 @@ export function studentConfigToJson(c: StudentConfig): Json {
         lm_head_prenorm: c.style === 'llama' ? 'rms' : 'layer',
         norm_eps: c.normEps,
         max_position_embeddings: c.maxPositionEmbeddings,
+        ...(c.normOffset ? { norm_offset: c.normOffset } : {}),
+        ...(c.embedScale ? { embed_scale: true } : {}),
+        ...(c.sandwichNorms ? { sandwich_norms: true } : {}),
+        ...(c.finalSoftcap ? { final_logit_softcapping: c.finalSoftcap } : {}),
       },
     },
     Block1: {
@@ -481,8 +541,85 @@ export function studentConfigToJson(c: StudentConfig): Json {
         rope_theta: core.ropeTheta,
         qkv_bias: core.qkvBias,
         out_bias: core.outBias,
+        ...familyAttentionToJson(core),
       },
     };
   }
   return json;
+}
+
+// ---- what a student keeps of its teacher family (docs/student-format.md) ----------------------
+
+function familyBlockFromJson(mm: Json, where: string): Partial<StudentConfig> {
+  const out: Partial<StudentConfig> = {};
+  const offset = numField(mm, 'norm_offset', where, 0);
+  if (offset) out.normOffset = offset;
+  if (boolField(mm, 'embed_scale', where, false)) out.embedScale = true;
+  if (boolField(mm, 'sandwich_norms', where, false)) out.sandwichNorms = true;
+  const cap = numField(mm, 'final_logit_softcapping', where, 0);
+  if (cap < 0) throw new Error(`${where}.final_logit_softcapping must be positive, got ${cap}`);
+  if (cap) out.finalSoftcap = cap;
+  return out;
+}
+
+const ROPE_KEYS: [keyof RopeConfig, string][] = [
+  ['factor', 'factor'],
+  ['originalMaxPositionEmbeddings', 'original_max_position_embeddings'],
+  ['lowFreqFactor', 'low_freq_factor'],
+  ['highFreqFactor', 'high_freq_factor'],
+  ['attentionFactor', 'attention_factor'],
+  ['betaFast', 'beta_fast'],
+  ['betaSlow', 'beta_slow'],
+  ['mscale', 'mscale'],
+  ['mscaleAllDim', 'mscale_all_dim'],
+  ['truncate', 'truncate'],
+  ['shortFactor', 'short_factor'],
+  ['longFactor', 'long_factor'],
+];
+
+function familyAttentionToJson(a: AttentionCore): Json {
+  const out: Json = {};
+  if (a.rope && a.rope.type !== 'default') {
+    const r: Json = { rope_type: a.rope.type, max_position_embeddings: a.rope.maxPositionEmbeddings };
+    for (const [k, j] of ROPE_KEYS) if (a.rope[k] !== undefined) r[j] = a.rope[k];
+    out.rope_scaling = r;
+  }
+  if (a.window) out.sliding_window = a.window;
+  if (a.softcap) out.attn_logit_softcapping = a.softcap;
+  if (a.scale) out.scale = a.scale;
+  if (a.qkNormEps !== undefined) out.qk_norm_eps = a.qkNormEps;
+  return out;
+}
+
+function familyAttentionFromJson(core: Json, where: string, headDim: number): Partial<AttentionCore> {
+  const out: Partial<AttentionCore> = {};
+  const rs = core.rope_scaling;
+  if (rs !== undefined && rs !== null) {
+    if (typeof rs !== 'object' || Array.isArray(rs))
+      throw new Error(`${where}.rope_scaling must be an object`);
+    const r = rs as Json;
+    const rotaryDim = int(core, 'rotary_dim', where, headDim);
+    // read with the same checks as a Hugging Face config
+    const fake: Json = {
+      rope_theta: numField(core, 'rope_theta', where, 10000),
+      partial_rotary_factor: rotaryDim / headDim,
+      rope_scaling: Object.fromEntries(Object.entries(r).filter(([k]) => k !== 'max_position_embeddings')),
+    };
+    const maxPos = int(r, 'max_position_embeddings', `${where}.rope_scaling`);
+    out.rope = new Fields(fake, where).ropeConfig(headDim, maxPos);
+  }
+  const window = int(core, 'sliding_window', where, 0);
+  if (window) out.window = window;
+  const softcap = numField(core, 'attn_logit_softcapping', where, 0);
+  if (softcap < 0) throw new Error(`${where}.attn_logit_softcapping must be positive, got ${softcap}`);
+  if (softcap) out.softcap = softcap;
+  const sc = numField(core, 'scale', where, 0);
+  if (sc < 0) throw new Error(`${where}.scale must be positive, got ${sc}`);
+  if (sc) out.scale = sc;
+  if (core.qk_norm_eps !== undefined && core.qk_norm_eps !== null) {
+    const eps = numField(core, 'qk_norm_eps', where, 0);
+    if (eps < 0) throw new Error(`${where}.qk_norm_eps must not be negative, got ${eps}`);
+    out.qkNormEps = eps;
+  }
+  return out;
 }

@@ -9,7 +9,7 @@ import { Module } from '../nn/module.js';
 import { Random } from '../util/random.js';
 import { createModelCache, forwardLM } from './causal-lm.js';
 import { tensorGetter, type DistillContract, type Family } from './family.js';
-import { Fields, type Json } from './hf.js';
+import { checkTensorSizes, Fields, MAX, type Json } from './hf.js';
 import type {
   Block,
   BlockOptions,
@@ -45,9 +45,9 @@ export function phiConfigFromJson(json: Json, file = 'config.json'): PhiConfig {
   const f = new Fields(json, file);
   f.only('qk_layernorm', [false]);
   f.only('hidden_act', [...ACTIVATIONS], 'activation is not supported');
-  const hiddenSize = f.int('hidden_size', undefined, 1);
-  const numHeads = f.int('num_attention_heads', undefined, 1);
-  const numKvHeads = f.int('num_key_value_heads', numHeads, 1);
+  const hiddenSize = f.size('hidden_size', undefined, 1, MAX.hidden);
+  const numHeads = f.size('num_attention_heads', undefined, 1, MAX.heads);
+  const numKvHeads = f.size('num_key_value_heads', numHeads, 1, MAX.heads);
   if (hiddenSize % numHeads !== 0)
     f.fail('num_attention_heads', `(${numHeads}) must divide hidden_size (${hiddenSize})`);
   if (numHeads % numKvHeads !== 0)
@@ -57,23 +57,26 @@ export function phiConfigFromJson(json: Json, file = 'config.json'): PhiConfig {
   const rotaryDim = Math.floor(rope.partialRotaryFactor * headDim);
   if (rotaryDim % 2 !== 0 || rotaryDim > headDim)
     f.fail('partial_rotary_factor', `gives ${rotaryDim} rotary dimensions of ${headDim}; must be even`);
+  const vocabSize = f.size('vocab_size', undefined, 1, MAX.vocab);
+  const intermediateSize = f.size('intermediate_size', undefined, 1, MAX.intermediate);
+  checkTensorSizes(f, hiddenSize, vocabSize, intermediateSize);
   return {
-    vocabSize: f.int('vocab_size', undefined, 1),
+    vocabSize,
     hiddenSize,
-    intermediateSize: f.int('intermediate_size', undefined, 1),
-    numLayers: f.int('num_hidden_layers', undefined, 1),
+    intermediateSize,
+    numLayers: f.size('num_hidden_layers', undefined, 1, MAX.layers),
     numHeads,
     numKvHeads,
     headDim,
     rotaryDim,
     partialRotaryFactor: rope.partialRotaryFactor,
     ropeTheta: rope.theta,
-    layerNormEps: f.num('layer_norm_eps', 1e-5),
+    layerNormEps: f.eps('layer_norm_eps', 1e-5),
     hiddenAct: f.str('hidden_act', 'gelu_new') as Activation,
-    maxPositionEmbeddings: f.int('max_position_embeddings', 2048, 1),
+    maxPositionEmbeddings: f.size('max_position_embeddings', 2048, 1, MAX.positions),
     tieWordEmbeddings: f.bool('tie_word_embeddings', false),
-    bosTokenId: f.tokenId('bos_token_id'),
-    eosTokenId: f.tokenId('eos_token_id'),
+    bosTokenId: f.vocabTokenId('bos_token_id', vocabSize),
+    eosTokenId: f.vocabTokenId('eos_token_id', vocabSize),
   };
 }
 

@@ -2,14 +2,30 @@
 // Adding a family = its file in src/models/ + one line here + its fixtures.
 
 import type { Family } from './family.js';
+import { gemmaFamily } from './gemma.js';
+import { gemma2Family } from './gemma2.js';
 import { gpt2Family } from './gpt2.js';
 import type { Json } from './hf.js';
 import { llamaFamily } from './llama.js';
+import { mistralFamily } from './mistral.js';
 import { phiFamily } from './phi.js';
+import { phi3Family } from './phi3.js';
+import { qwen2Family } from './qwen2.js';
+import { qwen3Family } from './qwen3.js';
 import type { InitOptions } from '../nn/layers.js';
 import type { CausalLM } from './types.js';
 
-export const FAMILIES: readonly Family[] = [llamaFamily, phiFamily, gpt2Family];
+export const FAMILIES: readonly Family[] = [
+  llamaFamily,
+  mistralFamily,
+  qwen2Family,
+  qwen3Family,
+  phiFamily,
+  phi3Family,
+  gemmaFamily,
+  gemma2Family,
+  gpt2Family,
+];
 
 const byModelType = new Map<string, Family>();
 for (const f of FAMILIES) for (const t of f.modelTypes) byModelType.set(t, f);

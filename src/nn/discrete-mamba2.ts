@@ -59,20 +59,28 @@ export interface DiscreteMamba2Config {
   bias: boolean;
 }
 
+/** d_inner = expand x d_model (rounded: expand may be a fraction such as 4/3) */
+export function innerDim(c: Pick<DiscreteMamba2Config, 'expand' | 'dModel'>): number {
+  return Math.round(c.expand * c.dModel);
+}
+
 /** Check the dimensions; `where` names the config section in errors. */
 export function checkMixerConfig(c: DiscreteMamba2Config, where: string): void {
-  const dInner = c.expand * c.dModel;
+  const dInner = innerDim(c);
   const fields: [string, number][] = [
     ['d_state', c.dState],
     ['n_qk_heads', c.nQkHeads],
     ['n_v_heads', c.nVHeads],
     ['d_conv', c.dConv],
-    ['expand', c.expand],
     ['chunk_size', c.chunkSize],
   ];
   for (const [k, v] of fields)
     if (!(Number.isInteger(v) && v > 0))
       throw new Error(`${where}.${k} must be a positive integer, got ${v}`);
+  // a teacher whose heads * head size is not a multiple of d_model (Gemma, Qwen3) gives a
+  // fractional expand; d_inner itself must be a whole number
+  if (!(c.expand > 0 && dInner > 0 && Math.abs(c.expand * c.dModel - dInner) < 1e-6))
+    throw new Error(`${where}.expand (${c.expand}) times d_model (${c.dModel}) must be a positive integer`);
   if (dInner % c.nVHeads !== 0)
     throw new Error(`${where}.n_v_heads (${c.nVHeads}) must divide d_inner (${dInner} = expand x d_model)`);
   if (c.nVHeads % c.nQkHeads !== 0)
@@ -127,7 +135,7 @@ export class DiscreteMamba2 extends Module {
     super();
     checkMixerConfig(cfg, 'mixer');
     const c = cfg;
-    this.dInner = c.expand * c.dModel;
+    this.dInner = innerDim(c);
     this.headDim = this.dInner / c.nVHeads;
     this.convDim = this.dInner + 2 * c.nQkHeads * c.dState;
     const projOut = 2 * this.dInner + 2 * c.nQkHeads * c.dState + c.nVHeads;

@@ -1,6 +1,6 @@
 // Basic layers with PyTorch's parameter layouts and names (weight (out, in) for Linear).
 
-import { embedding, full, layerNorm, linear, rmsNorm, tensor, type Tensor } from '../tensor/index.js';
+import { affine, embedding, full, layerNorm, linear, rmsNorm, tensor, type Tensor } from '../tensor/index.js';
 import type { DType } from '../backends/backend.js';
 import { Random } from '../util/random.js';
 import { Module } from './module.js';
@@ -87,17 +87,20 @@ export class LayerNorm extends Module {
 
 export class RMSNorm extends Module {
   readonly weight: Tensor;
+  /** the scale is (offset + weight): 0 for Llama, 1 for Gemma (whose weights start at zero) */
+  readonly offset: number;
 
   constructor(
     readonly dim: number,
     readonly eps = 1e-6,
-    opts: InitOptions = {},
+    opts: InitOptions & { offset?: number } = {},
   ) {
     super();
-    this.weight = this.param('weight', full([dim], 1, opts.dtype ?? 'f32'));
+    this.offset = opts.offset ?? 0;
+    this.weight = this.param('weight', full([dim], this.offset ? 0 : 1, opts.dtype ?? 'f32'));
   }
 
   forward(x: Tensor): Tensor {
-    return rmsNorm(x, this.weight, this.eps);
+    return rmsNorm(x, this.offset ? affine(this.weight, 1, this.offset) : this.weight, this.eps);
   }
 }

@@ -31,21 +31,26 @@ const ACTIVATION_OP: Record<Activation, UnaryOp> = {
   silu: 'silu',
 };
 
-/** SwiGLU: down_proj(silu(gate_proj x) * up_proj x) (Llama) */
+/** Gated MLP: down_proj(act(gate_proj x) * up_proj x); SwiGLU (Llama) or GeGLU (Gemma) */
 export class GatedMLP extends Module {
   readonly gate_proj: Linear;
   readonly up_proj: Linear;
   readonly down_proj: Linear;
+  readonly act: Activation;
 
-  constructor(dModel: number, hidden: number, opts: InitOptions & { bias?: boolean } = {}) {
+  constructor(dModel: number, hidden: number, opts: InitOptions & { bias?: boolean; act?: Activation } = {}) {
     super();
+    this.act = opts.act ?? 'silu';
     this.gate_proj = this.child('gate_proj', new Linear(dModel, hidden, opts));
     this.up_proj = this.child('up_proj', new Linear(dModel, hidden, opts));
     this.down_proj = this.child('down_proj', new Linear(hidden, dModel, opts));
   }
 
   forward(x: Tensor): Tensor {
-    return this.down_proj.forward(mul(silu(this.gate_proj.forward(x)), this.up_proj.forward(x)));
+    const g = this.gate_proj.forward(x);
+    return this.down_proj.forward(
+      mul(this.act === 'silu' ? silu(g) : activate(g, this.act), this.up_proj.forward(x)),
+    );
   }
 }
 
