@@ -47,6 +47,10 @@ export const commands: Record<string, Command> = {
     summary: 'sliding-window perplexity of text files',
     load: () => import('./commands/perplexity.js'),
   },
+  approx: {
+    summary: 'how close Toeplitz, low-rank, SSD and semiseparable matrices get to attention',
+    load: () => import('./commands/approx.js'),
+  },
   diagnose: {
     summary: 'per-layer MOHAWK distances between a teacher and its student, with a picture',
     load: () => import('./commands/diagnose.js'),
