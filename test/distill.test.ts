@@ -621,14 +621,33 @@ describe('distill --check', () => {
     for (const name of ['phi', 'llama-untied', 'gpt2']) {
       const { json, file } = readConfig(path.join(fixtures, name));
       const teacher = buildModel(json, file);
-      for (const init of ['paper', 'attention'] as const) {
-        const studentCfg = { attentionLayers: [1], dState: null, chunkSize: 16, alphaInit: 0.9, init };
-        const built = transferStudent(teacher, { attentionLayers: [1], chunkSize: 16, mixerInit: init });
+      for (const [init, mixer] of [
+        ['paper', 'ssd'],
+        ['attention', 'ssd'],
+        ['paper', 'toeplitz'],
+        ['paper', 'linear-attention'],
+      ] as const) {
+        const studentCfg = {
+          attentionLayers: [1],
+          dState: null,
+          chunkSize: 16,
+          alphaInit: 0.9,
+          init,
+          mixer,
+          kernelLength: 24,
+        };
+        const built = transferStudent(teacher, {
+          attentionLayers: [1],
+          chunkSize: 16,
+          mixerInit: init,
+          mixerClass: mixer,
+          kernelLength: 24,
+        });
         const want = built.namedParameters().map(([n, t]) => `${n} ${t.shape.join('x')}`);
         const got = studentParameterShapes(studentShapeFromTeacherJson(json, file, studentCfg)).map(
           ([n, s]) => `${n} ${s.join('x')}`,
         );
-        assert.deepEqual(got.sort(), want.sort(), `${name} ${init}`);
+        assert.deepEqual(got.sort(), want.sort(), `${name} ${init} ${mixer}`);
         built.dispose();
       }
       teacher.dispose();

@@ -14,6 +14,7 @@ import { paddedVocab, type AttentionCore, type StudentConfig as StudentShape } f
 import { warmupSteps } from '../train/schedule.js';
 import type { DistillConfig, StageConfig } from './config.js';
 import { STAGE_NAMES, stageTrainable } from './stages.js';
+import { kernelLengthOf } from './pipeline.js';
 
 /**
  * The student's shape from a teacher's config.json, as transfer.ts's studentConfigFor derives it
@@ -158,6 +159,9 @@ export function studentShapeFromTeacherJson(
       activation: 'identity',
       bias: student.init !== 'paper',
     },
+    ...(student.mixer === 'ssd'
+      ? {}
+      : { mixerClass: student.mixer, kernelLength: student.kernelLength ?? 2048 }),
     attentionLayers,
     bosTokenId: t.bos,
     eosTokenId: t.eos,
@@ -190,6 +194,15 @@ export function studentParameterShapes(c: StudentShape): [string, number[]][] {
       linear(p + 'self_attn.k_proj', D, a.nKvHeads * a.headDim, a.qkvBias);
       linear(p + 'self_attn.v_proj', D, a.nKvHeads * a.headDim, a.qkvBias);
       linear(p + `self_attn.${c.style === 'phi' ? 'dense' : 'o_proj'}`, a.nHeads * a.headDim, D, a.outBias);
+    } else if (c.mixerClass === 'toeplitz') {
+      linear(p + 'mixer.in_proj', D, 2 * D, m.bias);
+      out.push([p + 'mixer.kernel', [c.kernelLength ?? 2048, m.nVHeads]]);
+      out.push([p + 'mixer.z_bias', [D]]);
+      linear(p + 'mixer.out_proj', D, D, m.bias);
+    } else if (c.mixerClass === 'linear-attention') {
+      linear(p + 'mixer.in_proj', D, 2 * D + 2 * m.nVHeads * m.dState, m.bias);
+      out.push([p + 'mixer.z_bias', [D]]);
+      linear(p + 'mixer.out_proj', D, D, m.bias);
     } else {
       const dInner = m.expand * D;
       const convDim = dInner + 2 * m.nQkHeads * m.dState;
@@ -244,7 +257,10 @@ export function checkConfig(cfg: DistillConfig): CheckedConfig {
   let shapeFrom = '';
   if (fs.existsSync(path.join(cfg.teacher, 'config.json'))) {
     const { json, file } = readConfig(cfg.teacher);
-    const shape = studentShapeFromTeacherJson(json, file, cfg.student);
+    const shape = studentShapeFromTeacherJson(json, file, {
+      ...cfg.student,
+      kernelLength: kernelLengthOf(cfg),
+    });
     shapes = studentParameterShapes(shape);
     blocks = Array.from({ length: shape.nLayer }, (_, l) => ({
       mixerKind: shape.attentionLayers.has(l) ? 'attention' : 'ssm',

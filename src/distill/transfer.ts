@@ -34,6 +34,10 @@ export interface TransferOptions {
   mixerInit?: 'attention' | 'random' | 'paper';
   /** factor on C (default 1/sqrt(head size), so that M equals the attention's scaled scores) */
   scoreScale?: number;
+  /** the class of the student's mixers (default 'ssd'); other classes keep their own init */
+  mixerClass?: StudentConfig['mixerClass'];
+  /** taps of the Toeplitz mixer's kernels */
+  kernelLength?: number;
   /** copy the teacher's embeddings, norms, MLPs and head (default true) */
   copyWeights?: boolean;
   seed?: number;
@@ -327,6 +331,9 @@ export function studentConfigFor(teacher: CausalLM, opts: TransferOptions = {}):
       // the paper's mixer has none (the reference's config: bias false)
       bias: opts.mixerInit !== 'paper',
     },
+    ...(opts.mixerClass && opts.mixerClass !== 'ssd'
+      ? { mixerClass: opts.mixerClass, kernelLength: opts.kernelLength }
+      : {}),
     attentionLayers,
     bosTokenId: teacher.info.bosTokenId,
     eosTokenId: teacher.info.eosTokenId,
@@ -401,7 +408,7 @@ export function transferStudent(teacher: CausalLM, opts: TransferOptions = {}): 
         if (cfg.attentionLayers.get(l)!.outBias) copy(s + `self_attn.${on}.bias`, a.ob!);
         continue;
       }
-      initMixer(s + 'mixer.', cfg, v, a, opts, setParam, params);
+      if ((cfg.mixerClass ?? 'ssd') === 'ssd') initMixer(s + 'mixer.', cfg, v, a, opts, setParam, params);
     }
   });
   return student;
