@@ -65,6 +65,14 @@ export interface StudentConfig {
    * 'attention', 'random' = 'paper'.
    */
   init: 'paper' | 'attention';
+  /**
+   * the student's mixer class: 'ssd' (discrete Mamba-2, default), or the paper's ablations
+   * 'toeplitz' (long convolution) and 'linear-attention' (causal low rank); these two start from
+   * their own fresh init whatever `init` says
+   */
+  mixer: 'ssd' | 'toeplitz' | 'linear-attention';
+  /** taps of the Toeplitz mixer's kernels; default the longest stage seqLen */
+  kernelLength: number | null;
 }
 
 export interface DataConfig {
@@ -340,7 +348,15 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
   ]);
   const resolve = (p: string) => path.resolve(baseDir, p);
   const st = object(file, o.student, 'student');
-  checkKeys(file, st, 'student', ['attentionLayers', 'dState', 'chunkSize', 'alphaInit', 'init']);
+  checkKeys(file, st, 'student', [
+    'attentionLayers',
+    'dState',
+    'chunkSize',
+    'alphaInit',
+    'init',
+    'mixer',
+    'kernelLength',
+  ]);
   const attentionLayers = st.attentionLayers ?? [];
   if (
     !Array.isArray(attentionLayers) ||
@@ -370,6 +386,11 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
         'attention',
       )
     ],
+    mixer: oneOf(file, st, 'mixer', 'student.mixer', ['ssd', 'toeplitz', 'linear-attention'] as const, 'ssd'),
+    kernelLength:
+      st.kernelLength === undefined || st.kernelLength === null
+        ? null
+        : num(file, st, 'kernelLength', 'student.kernelLength', undefined, { integer: true, min: 1 }),
   };
   const da = object(file, o.data, 'data');
   checkKeys(file, da, 'data', ['train', 'val', 'valTokens', 'jsonlField']);

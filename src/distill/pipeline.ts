@@ -237,6 +237,11 @@ export function validationPerplexity(
   return Math.exp(nll);
 }
 
+/** The Toeplitz mixer's kernel taps: the config's, else the longest stage sequence. */
+export function kernelLengthOf(cfg: DistillConfig): number {
+  return cfg.student.kernelLength ?? Math.max(...cfg.stages.map((s) => s.seqLen));
+}
+
 function stageDir(cfg: DistillConfig, i: number, s: StageConfig): string {
   return path.join(cfg.out, `stage${i + 1}-${s.stage === 1 ? 'matrix' : s.stage === 2 ? 'hidden' : 'kd'}`);
 }
@@ -408,6 +413,8 @@ function distillWith(
     chunkSize: cfg.student.chunkSize,
     alphaInit: cfg.student.alphaInit,
     mixerInit: cfg.student.init,
+    mixerClass: cfg.student.mixer,
+    kernelLength: kernelLengthOf(cfg),
     copyWeights: true,
     seed: cfg.seed,
   });
@@ -485,6 +492,8 @@ function trainScratch(
     attentionLayers: cfg.student.attentionLayers,
     dState: cfg.student.dState ?? undefined,
     chunkSize: cfg.student.chunkSize,
+    mixerClass: cfg.student.mixer,
+    kernelLength: kernelLengthOf(cfg),
   });
   const model = new StudentLM(scfg, { rng: new Random(cfg.seed + 7) });
   log(`from scratch: ${tokens} tokens of cross-entropy`);

@@ -202,7 +202,7 @@ export function stage3Loss(
 export function stageTrainable(
   stage: StageKind,
   names: readonly string[],
-  student: Pick<CausalLM, 'blocks'>,
+  student: { readonly blocks: readonly { readonly mixerKind: string }[] },
   cfg: Pick<StageConfig, 'trainMlp' | 'freeze'>,
   where = 'freeze',
 ): string[] {

@@ -8,6 +8,8 @@ import { add, matmul, scale, slice, tanh, tensor, type Tensor } from '../tensor/
 import { Attention, type AttentionConfig } from '../nn/attention.js';
 import { checkMixerConfig, DiscreteMamba2, type DiscreteMamba2Config } from '../nn/discrete-mamba2.js';
 import { Embedding, LayerNorm, Linear, RMSNorm, type InitOptions } from '../nn/layers.js';
+import { LinearAttentionMixer } from '../nn/linear-attention-mixer.js';
+import { ToeplitzMixer } from '../nn/toeplitz-mixer.js';
 import { ACTIVATIONS, GatedMLP, MLP, type Activation } from '../nn/mlp.js';
 import { Module } from '../nn/module.js';
 import type { RopeConfig } from '../nn/rope.js';
@@ -72,6 +74,15 @@ export interface StudentConfig {
   /** learned position embeddings (GPT-2 students), 0 = none */
   maxPositionEmbeddings: number;
   mixer: Omit<DiscreteMamba2Config, 'dModel'>;
+  /**
+   * the class of the non-attention mixers (default 'ssd', the discrete Mamba-2): 'toeplitz' (a
+   * long convolution, nn/toeplitz-mixer.ts) and 'linear-attention' (causal low rank,
+   * nn/linear-attention-mixer.ts) are the paper's mixer ablations; they read n_v_heads, d_state
+   * and bias from `mixer`
+   */
+  mixerClass?: MixerClass;
+  /** taps of the Toeplitz mixer's kernels */
+  kernelLength?: number;
   /** layer index -> attention settings for the layers of a hybrid that keep attention */
   attentionLayers: Map<number, AttentionCore>;
   bosTokenId: number | null;
@@ -87,6 +98,15 @@ export interface StudentConfig {
   finalSoftcap?: number;
 }
 
+export type MixerClass = 'ssd' | 'toeplitz' | 'linear-attention';
+
+/** config.json CoreType of each mixer class */
+export const MIXER_CORE_TYPES: Record<MixerClass, string> = {
+  ssd: 'modules.mixers.discrete_mamba2',
+  toeplitz: 'modules.mixers.toeplitz',
+  'linear-attention': 'modules.mixers.linear_attention',
+};
+
 export function paddedVocab(c: Pick<StudentConfig, 'vocabSize' | 'padVocabSizeMultiple'>): number {
   const m = c.padVocabSizeMultiple;
   return Math.ceil(c.vocabSize / m) * m;
@@ -100,7 +120,7 @@ export class StudentBlock extends Module implements Block {
   readonly post_attention_layernorm: LayerNorm | RMSNorm | null;
   readonly pre_feedforward_layernorm: RMSNorm | null;
   readonly post_feedforward_layernorm: RMSNorm | null;
-  readonly mixer: DiscreteMamba2 | null;
+  readonly mixer: DiscreteMamba2 | ToeplitzMixer | LinearAttentionMixer | null;
   readonly self_attn: Attention | null;
   readonly mlp: MLP | GatedMLP;
 
@@ -138,7 +158,22 @@ export class StudentBlock extends Module implements Block {
       this.self_attn = this.child('self_attn', new Attention(ac, init));
       this.mixer = null;
     } else {
-      this.mixer = this.child('mixer', new DiscreteMamba2({ dModel: c.dModel, ...c.mixer }, init));
+      const cls = c.mixerClass ?? 'ssd';
+      const bias = c.mixer.bias;
+      this.mixer = this.child(
+        'mixer',
+        cls === 'toeplitz'
+          ? new ToeplitzMixer(
+              { dModel: c.dModel, nHeads: c.mixer.nVHeads, kernelLength: c.kernelLength ?? 2048, bias },
+              init,
+            )
+          : cls === 'linear-attention'
+            ? new LinearAttentionMixer(
+                { dModel: c.dModel, nHeads: c.mixer.nVHeads, dState: c.mixer.dState, bias },
+                init,
+              )
+            : new DiscreteMamba2({ dModel: c.dModel, ...c.mixer }, init),
+      );
       this.self_attn = null;
     }
     this.post_attention_layernorm = c.style === 'phi' ? null : this.child('post_attention_layernorm', norm());
@@ -339,6 +374,8 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
   const claimed = new Set<number>();
   let mixerLayers: number[] | null = null;
   let mlpIn: Json = {};
+  let cls: MixerClass = 'ssd';
+  let kernelLength: number | undefined;
   for (const key of blockKeys) {
     const b = section(json, key, file);
     const w = where(key);
@@ -365,8 +402,13 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
       }
     }
     if (Object.keys(section(b, 'mlp_input', file)).length) mlpIn = section(b, 'mlp_input', file);
-    if (b.CoreType === 'modules.mixers.discrete_mamba2') {
-      if (mixer) throw new Error(`${w}: only one discrete_mamba2 block section is supported`);
+    const mixerClass = (Object.keys(MIXER_CORE_TYPES) as MixerClass[]).find(
+      (k) => MIXER_CORE_TYPES[k] === b.CoreType,
+    );
+    if (mixerClass) {
+      if (mixer) throw new Error(`${w}: only one mixer block section is supported`);
+      cls = mixerClass;
+      if (mixerClass === 'toeplitz') kernelLength = int(core, 'kernel_length', `${w}.core_input`);
       const cw = `${w}.core_input`;
       const act = core.activation ?? 'identity';
       mixer = {
@@ -415,7 +457,7 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
       for (const l of layers) attentionLayers.set(l, a);
     } else {
       throw new Error(
-        `${w}.CoreType ${JSON.stringify(b.CoreType)} is not supported (supported: modules.mixers.discrete_mamba2, modules.mixers.attention)`,
+        `${w}.CoreType ${JSON.stringify(b.CoreType)} is not supported (supported: ${Object.values(MIXER_CORE_TYPES).join(', ')}, modules.mixers.attention)`,
       );
     }
   }
@@ -449,6 +491,8 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
     tieEmbeddings: boolField(lm, 'tie_embeddings', lmw, false),
     maxPositionEmbeddings: int(mm, 'max_position_embeddings', where('MixerModel.input'), 0),
     mixer,
+    ...(cls === 'ssd' ? {} : { mixerClass: cls }),
+    ...(kernelLength === undefined ? {} : { kernelLength }),
     attentionLayers,
     bosTokenId: lm.bos_token_id === undefined ? null : (lm.bos_token_id as number | null),
     eosTokenId: lm.eos_token_id === undefined ? null : (lm.eos_token_id as number | null),
@@ -504,8 +548,9 @@ export function studentConfigToJson(c: StudentConfig): Json {
       ...(c.attentionLayers.size ? { layers: ssmLayers } : {}),
       BlockType: STYLE_BLOCK[c.style],
       block_input: { resid_dropout: 0.0 },
-      CoreType: 'modules.mixers.discrete_mamba2',
+      CoreType: MIXER_CORE_TYPES[c.mixerClass ?? 'ssd'],
       core_input: {
+        ...(c.mixerClass === 'toeplitz' ? { kernel_length: c.kernelLength ?? 2048 } : {}),
         d_state: m.dState,
         n_v_heads: m.nVHeads,
         n_qk_heads: m.nQkHeads,

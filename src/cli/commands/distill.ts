@@ -1,12 +1,13 @@
 // mohawk distill: run the MOHAWK stages from a config file.
 
 import path from 'node:path';
+import { checkConfig, checkTable } from '../../distill/check.js';
 import { loadConfig } from '../../distill/config.js';
 import { resultsTable, runDistill } from '../../distill/pipeline.js';
 import { useDevice } from '../../tensor/device.js';
 import { CliError, flag, list, parse, str } from '../args.js';
 
-const HELP = `usage: mohawk distill --config FILE [--out DIR] [--resume] [--set path=value ...] [--device D] [--precision P] [--json]
+const HELP = `usage: mohawk distill --config FILE [--out DIR] [--resume] [--set path=value ...] [--device D] [--precision P] [--check] [--json]
 
 Distill a Transformer teacher into a Mamba-2 student with the MOHAWK stages the config lists:
 1 matrix orientation, 2 hidden-state alignment, 3 weight transfer + knowledge distillation.
@@ -19,7 +20,10 @@ OUT/results.json. See configs/ for examples and docs/distill.md for every field.
   --set path=value   override any config field, e.g. --set stages.2.tokens=2e6 (repeatable)
   --device D         cpu or cuda (overrides the config's device)
   --precision P      f32 or bf16 (overrides the config's precision; bf16 is the fast path on GPUs)
-  --json             print the results as JSON`;
+  --check            validate the config and print it fully resolved (defaults filled in, paths
+                     absolute, per stage: tokens, steps, batch, schedule, trainable parameters)
+                     from the config files alone, without loading weights or data; then exit
+  --json             print the results (or the --check resolution) as JSON`;
 
 export async function run(argv: string[]): Promise<number> {
   const p = parse(
@@ -32,6 +36,7 @@ export async function run(argv: string[]): Promise<number> {
       device: { type: 'string' },
       precision: { type: 'string' },
       json: { type: 'boolean' },
+      check: { type: 'boolean' },
     },
     HELP,
   );
@@ -46,6 +51,11 @@ export async function run(argv: string[]): Promise<number> {
   const precision = str(p, 'precision');
   if (precision) overrides.push(`precision=${precision}`);
   const cfg = loadConfig(file, overrides);
+  if (flag(p, 'check')) {
+    const c = checkConfig(cfg);
+    console.log(flag(p, 'json') ? JSON.stringify(c, null, 2) : checkTable(c));
+    return 0;
+  }
   await useDevice(cfg.device);
   const r = runDistill(cfg, { progress: !flag(p, 'json') }, flag(p, 'resume'));
   if (flag(p, 'json')) {
