@@ -636,6 +636,16 @@ function headerFor(
   return { header: out, dataBytes: off };
 }
 
+const ZEROS = new Uint8Array(1 << 20);
+
+function isZero(b: Uint8Array): boolean {
+  for (let at = 0; at < b.length; at += ZEROS.length) {
+    const part = b.subarray(at, Math.min(b.length, at + ZEROS.length));
+    if (Buffer.compare(part, ZEROS.subarray(0, part.length)) !== 0) return false;
+  }
+  return true;
+}
+
 function writeAll(fd: number, bytes: Uint8Array, position: number): void {
   let done = 0;
   while (done < bytes.length) done += fs.writeSync(fd, bytes, done, bytes.length - done, position + done);
@@ -663,10 +673,12 @@ export function writeSafetensors(
     for (const n of names) {
       const s = tensors.get(n)!;
       for (const chunk of sourceChunks(n, s, outDType(s, o.dtype))) {
-        writeAll(fd, chunk, pos);
+        // runs of zeros are skipped (the file is extended below): they stay holes, not disk blocks
+        if (!isZero(chunk)) writeAll(fd, chunk, pos);
         pos += chunk.length;
       }
     }
+    fs.ftruncateSync(fd, pos);
     if (pos !== header.length + dataBytes)
       throw new SafetensorsError(`${file}: wrote ${pos} bytes, expected ${header.length + dataBytes}`);
     fs.fsyncSync(fd);
