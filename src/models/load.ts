@@ -6,13 +6,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   FLOAT_DTYPES,
-  readCheckpoint,
   readEntryInto,
   saveTensors,
   writeFileAtomic,
   type SafeEntry,
   type SaveDType,
 } from '../io/safetensors.js';
+import { readWeights } from '../io/weights.js';
 import type { Backend, DType } from '../backends/backend.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import { getBackend, noGrad, setBackend, shapeStr, type Tensor } from '../tensor/index.js';
@@ -245,13 +245,13 @@ export function checkWeights(
 
 /**
  * Load a model directory: config.json, the weights (model.safetensors, or its shards through
- * model.safetensors.index.json), tokenizer.json if present. The checkpoint's headers are checked
+ * model.safetensors.index.json; else pytorch_model.bin, read safely), tokenizer.json if present. The checkpoint's headers are checked
  * against the config before the model is allocated; the weights then stream tensor by tensor into
  * the parameters (no whole-file buffers). A load that fails frees what it built.
  */
 export function loadModel(dir: string, opts: LoadOptions = {}): LoadedModel {
   const { json, file } = readConfig(dir);
-  const ckpt = readCheckpoint(dir);
+  const ckpt = readWeights(dir);
   checkWeights(json, file, ckpt.entries, ckpt.source);
   // no random draws: every parameter is overwritten by the checkpoint
   const model = buildModel(json, file, { deferInit: true, linearDtype: opts.linearDtype });
