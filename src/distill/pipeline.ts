@@ -371,7 +371,9 @@ function runStage(
 export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume = false): DistillResult {
   const log = hooks.log ?? ((l: string) => console.error(l));
   fs.mkdirSync(cfg.out, { recursive: true });
-  const { model: teacher, tokenizer } = hooks.teacher ?? loadModel(cfg.teacher);
+  // under bf16 the frozen teacher's linear weights are held once, in bf16, read straight from the file
+  const { model: teacher, tokenizer } =
+    hooks.teacher ?? loadModel(cfg.teacher, cfg.precision === 'bf16' ? { linearDtype: 'bf16' } : {});
   checkAgainstTeacher(cfg, teacher.info);
   if (!resume) {
     const notice = overwriteNotice(cfg);
@@ -379,7 +381,7 @@ export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume
   }
   teacher.setTrainable(() => true, false);
   if (cfg.precision === 'f32') return distillWith(cfg, hooks, resume, log, teacher, tokenizer);
-  // bf16 autocast; the frozen teacher's matrices are rounded once for the whole run
+  // bf16 autocast; the frozen teacher's other matrices (a tied head) are rounded once for the run
   const prev = getAutocast();
   const casts = castParameters(teacher.parameters(), 'bf16');
   setAutocast('bf16');

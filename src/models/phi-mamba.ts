@@ -37,6 +37,9 @@ export const BLOCK_TYPES: Record<string, BlockStyle> = {
   'modules.gpt2_block': 'gpt2',
 };
 
+/** the published hybrid's attention mixer (transformers' PhiAttention under mixer.self_attn) */
+export const PHI_ATTENTION = 'modules.mixers.phi_attention';
+
 export interface AttentionCore {
   nHeads: number;
   nKvHeads: number;
@@ -310,6 +313,52 @@ export class StudentLM extends Module implements CausalLM {
   configJson(): Json {
     return studentConfigToJson(this.config);
   }
+
+  // ---- the published checkpoint layout (see docs/student-format.md) ----
+
+  /**
+   * A parameter's name in a saved checkpoint: the attention layers of a published hybrid hold
+   * their weights under mixer.self_attn.* (the reference wraps PhiAttention in a mixer module).
+   */
+  checkpointName(param: string): string {
+    if (!publishedHybrid(this.config)) return param;
+    const m = /^backbone\.layers\.(\d+)\.self_attn\.(.+)$/.exec(param);
+    return m && this.config.attentionLayers.has(Number(m[1]))
+      ? `backbone.layers.${m[1]}.mixer.self_attn.${m[2]}`
+      : param;
+  }
+
+  /**
+   * Parameters a checkpoint may leave out. The reference has mixer.z_bias exactly when bias is
+   * false (with bias, z's offset is in_proj's bias); a checkpoint without it loads a zero z_bias.
+   */
+  optionalParameter(param: string): boolean {
+    return this.config.mixer.bias && /^backbone\.layers\.\d+\.mixer\.z_bias$/.test(param);
+  }
+
+  /**
+   * The tensors to save, under their checkpoint names, so that the reference PyTorch code loads
+   * them with strict=True: with bias, z_bias is folded into the z rows of in_proj.bias (the same
+   * function: z + z_bias = W_z u + (b_z + z_bias)) and not written.
+   */
+  checkpointState(): Map<string, Tensor | { dtype: 'F32'; shape: number[]; bytes: Uint8Array }> {
+    const out = new Map<string, Tensor | { dtype: 'F32'; shape: number[]; bytes: Uint8Array }>();
+    for (const [name, t] of this.namedParameters()) {
+      if (this.optionalParameter(name)) continue;
+      const layer = /^backbone\.layers\.(\d+)\.mixer\.in_proj\.bias$/.exec(name);
+      const mixer = layer ? this.blocks[Number(layer[1])].mixer : null;
+      if (mixer instanceof DiscreteMamba2 && this.config.mixer.bias) {
+        const bias = Float32Array.from(t.toArray());
+        const zb = mixer.z_bias.toArray();
+        const zStart = mixer.convDim;
+        for (let i = 0; i < zb.length; i++) bias[zStart + i] += zb[i];
+        out.set(name, { dtype: 'F32', shape: [...t.shape], bytes: new Uint8Array(bias.buffer) });
+        continue;
+      }
+      out.set(this.checkpointName(name), t);
+    }
+    return out;
+  }
 }
 
 // ---- config.json ------------------------------------------------------------------------------
@@ -364,10 +413,15 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
   const dModel = int(mm, 'd_model', where('MixerModel.input'));
   if (dModel < 1 || nLayer < 1)
     throw new Error(`${file}: MixerModel.input.d_model and n_layer must be positive`);
+  // Block sections in numeric order (Block10 after Block2), as their layers follow each other
   const blockKeys = Object.keys(json)
     .filter((k) => /^Block\d+$/.test(k))
-    .sort();
+    .sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
   if (blockKeys.length === 0) throw new Error(`${file}: no Block1 section`);
+  // the published layout gives each section n_layers consecutive layers; mohawk's extension
+  // lists them (`layers`), the mixer section then covering the layers no other section lists
+  const listed = blockKeys.some((k) => section(json, k, file).layers !== undefined);
+  let next = 0;
   let style: BlockStyle | null = null;
   let mixer: StudentConfig['mixer'] | null = null;
   const attentionLayers = new Map<number, AttentionCore>();
@@ -396,22 +450,31 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
         throw new Error(`${w}.layers must be a list of layer indices below n_layer (${nLayer})`);
       }
       layers = layersRaw as number[];
-      for (const l of layers) {
-        if (claimed.has(l)) throw new Error(`${w}.layers: layer ${l} is listed in two blocks`);
-        claimed.add(l);
-      }
+    } else if (!listed) {
+      const n = b.n_layers === undefined && blockKeys.length === 1 ? nLayer : int(b, 'n_layers', w);
+      if (next + n > nLayer)
+        throw new Error(
+          `${w}.n_layers (${n}): the Block sections hold more than MixerModel.input.n_layer (${nLayer}) layers`,
+        );
+      layers = Array.from({ length: n }, (_, i) => next + i);
+      next += n;
+    }
+    for (const l of layers ?? []) {
+      if (claimed.has(l)) throw new Error(`${w}.layers: layer ${l} is listed in two blocks`);
+      claimed.add(l);
     }
     if (Object.keys(section(b, 'mlp_input', file)).length) mlpIn = section(b, 'mlp_input', file);
     const mixerClass = (Object.keys(MIXER_CORE_TYPES) as MixerClass[]).find(
       (k) => MIXER_CORE_TYPES[k] === b.CoreType,
     );
     if (mixerClass) {
-      if (mixer) throw new Error(`${w}: only one mixer block section is supported`);
+      if (mixer && mixerClass !== cls)
+        throw new Error(`${w}.CoreType: all mixer blocks must share one class`);
       cls = mixerClass;
       if (mixerClass === 'toeplitz') kernelLength = int(core, 'kernel_length', `${w}.core_input`);
       const cw = `${w}.core_input`;
       const act = core.activation ?? 'identity';
-      mixer = {
+      const m: StudentConfig['mixer'] = {
         dState: int(core, 'd_state', cw, 64),
         nQkHeads: int(core, 'n_qk_heads', cw, 32),
         nVHeads: int(core, 'n_v_heads', cw, 32),
@@ -422,17 +485,57 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
         activation: act as 'identity' | 'silu',
         bias: boolField(core, 'bias', cw, false),
       };
-      checkMixerConfig({ dModel, ...mixer }, cw);
-      mixerLayers = layers;
-      if (
-        layers === null &&
-        b.n_layers !== undefined &&
-        int(b, 'n_layers', w) !== nLayer - attentionCount(json, file)
-      ) {
+      checkMixerConfig({ dModel, ...m }, cw);
+      if (mixer && (listed || JSON.stringify(mixer) !== JSON.stringify(m)))
         throw new Error(
-          `${w}.n_layers (${String(b.n_layers)}) does not match MixerModel.input.n_layer (${nLayer}) minus the attention layers`,
+          `${w}: only one discrete_mamba2 setting is supported (this section's core_input differs from an earlier one)`,
         );
+      mixer = m;
+      if (listed) {
+        mixerLayers = layers;
+        if (
+          layers === null &&
+          b.n_layers !== undefined &&
+          int(b, 'n_layers', w) !== nLayer - attentionCount(json, file)
+        ) {
+          throw new Error(
+            `${w}.n_layers (${String(b.n_layers)}) does not match MixerModel.input.n_layer (${nLayer}) minus the attention layers`,
+          );
+        }
       }
+    } else if (b.CoreType === PHI_ATTENTION) {
+      // the published hybrid: the reference builds transformers' PhiAttention from a PhiConfig
+      // (q_proj, k_proj, v_proj, dense, all with bias; weights under mixer.self_attn.*)
+      if (st !== 'phi') throw new Error(`${w}.CoreType ${PHI_ATTENTION} needs BlockType modules.phi_block`);
+      if (!layers)
+        throw new Error(`${w}.layers is required for attention blocks (which layers keep attention)`);
+      const cw = `${w}.core_input`;
+      const hidden = int(core, 'hidden_size', cw, dModel);
+      const nHeads = int(core, 'num_attention_heads', cw, 32);
+      const nKvHeads = int(core, 'num_key_value_heads', cw, nHeads);
+      if (hidden !== dModel)
+        throw new Error(`${cw}.hidden_size (${hidden}) must equal MixerModel.input.d_model (${dModel})`);
+      if (nHeads < 1 || dModel % nHeads !== 0 || nKvHeads < 1 || nHeads % nKvHeads !== 0)
+        throw new Error(
+          `${cw}: num_attention_heads (${nHeads}) must divide hidden_size (${dModel}) and be divided by num_key_value_heads (${nKvHeads})`,
+        );
+      if (core.qk_layernorm === true) throw new Error(`${cw}.qk_layernorm true is not supported`);
+      const headDim = dModel / nHeads;
+      const partial = numField(core, 'partial_rotary_factor', cw, 0.5);
+      const rotaryDim = Math.floor(headDim * partial);
+      if (!(partial > 0 && partial <= 1) || rotaryDim % 2 !== 0)
+        throw new Error(`${cw}.partial_rotary_factor (${partial}) must give an even rotary dimension`);
+      const a: AttentionCore = {
+        nHeads,
+        nKvHeads,
+        headDim,
+        rotaryDim,
+        ropeTheta: numField(core, 'rope_theta', cw, 10000),
+        qkvBias: true,
+        outBias: true,
+      };
+      if (!(a.ropeTheta > 0)) throw new Error(`${cw}.rope_theta must be positive, got ${a.ropeTheta}`);
+      for (const l of layers) attentionLayers.set(l, a);
     } else if (b.CoreType === 'modules.mixers.attention') {
       if (!layers)
         throw new Error(`${w}.layers is required for attention blocks (which layers keep attention)`);
@@ -457,10 +560,12 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
       for (const l of layers) attentionLayers.set(l, a);
     } else {
       throw new Error(
-        `${w}.CoreType ${JSON.stringify(b.CoreType)} is not supported (supported: ${Object.values(MIXER_CORE_TYPES).join(', ')}, modules.mixers.attention)`,
+        `${w}.CoreType ${JSON.stringify(b.CoreType)} is not supported (supported: ${Object.values(MIXER_CORE_TYPES).join(', ')}, ${PHI_ATTENTION}, modules.mixers.attention)`,
       );
     }
   }
+  if (!listed && next !== nLayer)
+    throw new Error(`${file}: the Block sections hold ${next} layers, MixerModel.input.n_layer is ${nLayer}`);
   if (!mixer) throw new Error(`${file}: no Block section with CoreType modules.mixers.discrete_mamba2`);
   if (mixerLayers) {
     for (let l = 0; l < nLayer; l++)
@@ -505,7 +610,11 @@ function attentionCount(json: Json, file: string): number {
   for (const k of Object.keys(json)) {
     if (!/^Block\d+$/.test(k)) continue;
     const b = section(json, k, file);
-    if (b.CoreType === 'modules.mixers.attention' && Array.isArray(b.layers)) n += b.layers.length;
+    if (
+      (b.CoreType === 'modules.mixers.attention' || b.CoreType === PHI_ATTENTION) &&
+      Array.isArray(b.layers)
+    )
+      n += b.layers.length;
   }
   return n;
 }
@@ -516,9 +625,44 @@ const STYLE_BLOCK: Record<BlockStyle, string> = {
   gpt2: 'modules.gpt2_block',
 };
 
+/**
+ * The published hybrid layout fits a phi-style student whose attention layers are PhiAttention
+ * as the reference builds it: heads x head_dim = d_model, biases on q, k, v and dense.
+ */
+export function publishedHybrid(c: StudentConfig): boolean {
+  return (
+    c.style === 'phi' &&
+    [...c.attentionLayers.values()].every((a) => a.qkvBias && a.outBias && a.nHeads * a.headDim === c.dModel)
+  );
+}
+
+function phiAttentionInput(c: StudentConfig, a: AttentionCore): Json {
+  return {
+    hidden_size: c.dModel,
+    num_attention_heads: a.nHeads,
+    num_key_value_heads: a.nKvHeads,
+    partial_rotary_factor: a.rotaryDim / a.headDim,
+    rope_theta: a.ropeTheta,
+  };
+}
+
 export function studentConfigToJson(c: StudentConfig): Json {
   const ssmLayers = [...Array(c.nLayer).keys()].filter((l) => !c.attentionLayers.has(l));
   const m = c.mixer;
+  const mixerCore = MIXER_CORE_TYPES[c.mixerClass ?? 'ssd'];
+  const mixerInput = {
+    ...(c.mixerClass === 'toeplitz' ? { kernel_length: c.kernelLength ?? 2048 } : {}),
+    d_state: m.dState,
+    n_v_heads: m.nVHeads,
+    n_qk_heads: m.nQkHeads,
+    d_conv: m.dConv,
+    conv_bias: m.convBias,
+    expand: m.expand,
+    chunk_size: m.chunkSize,
+    activation: m.activation,
+    bias: m.bias,
+  };
+  const mlpInput = { intermediate_size: c.intermediateSize, activation: c.activation, bias: c.mlpBias };
   const json: Json = {
     LanguageModel: {
       input: {
@@ -543,26 +687,39 @@ export function studentConfigToJson(c: StudentConfig): Json {
         ...(c.finalSoftcap ? { final_logit_softcapping: c.finalSoftcap } : {}),
       },
     },
-    Block1: {
-      n_layers: ssmLayers.length,
-      ...(c.attentionLayers.size ? { layers: ssmLayers } : {}),
-      BlockType: STYLE_BLOCK[c.style],
-      block_input: { resid_dropout: 0.0 },
-      CoreType: MIXER_CORE_TYPES[c.mixerClass ?? 'ssd'],
-      core_input: {
-        ...(c.mixerClass === 'toeplitz' ? { kernel_length: c.kernelLength ?? 2048 } : {}),
-        d_state: m.dState,
-        n_v_heads: m.nVHeads,
-        n_qk_heads: m.nQkHeads,
-        d_conv: m.dConv,
-        conv_bias: m.convBias,
-        expand: m.expand,
-        chunk_size: m.chunkSize,
-        activation: m.activation,
-        bias: m.bias,
-      },
-      mlp_input: { intermediate_size: c.intermediateSize, activation: c.activation, bias: c.mlpBias },
-    },
+  };
+  if (c.attentionLayers.size === 0 || publishedHybrid(c)) {
+    // the published layout: one section per run of consecutive layers of one kind, in order
+    let k = 1;
+    for (let l = 0; l < c.nLayer;) {
+      const a = c.attentionLayers.get(l);
+      let n = 1;
+      while (
+        l + n < c.nLayer &&
+        JSON.stringify(c.attentionLayers.get(l + n) ?? null) === JSON.stringify(a ?? null)
+      )
+        n++;
+      json[`Block${k++}`] = {
+        n_layers: n,
+        BlockType: STYLE_BLOCK[c.style],
+        block_input: { resid_dropout: 0.0 },
+        ...(a
+          ? { CoreType: PHI_ATTENTION, core_input: phiAttentionInput(c, a) }
+          : { CoreType: mixerCore, core_input: mixerInput, mlp_input: mlpInput }),
+      };
+      l += n;
+    }
+    return json;
+  }
+  // mohawk's extension for the other block styles: sections list their layers
+  json.Block1 = {
+    n_layers: ssmLayers.length,
+    layers: ssmLayers,
+    BlockType: STYLE_BLOCK[c.style],
+    block_input: { resid_dropout: 0.0 },
+    CoreType: mixerCore,
+    core_input: mixerInput,
+    mlp_input: mlpInput,
   };
   // one attention section per distinct attention setting
   const groups = new Map<string, { core: AttentionCore; layers: number[] }>();
