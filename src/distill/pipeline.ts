@@ -25,6 +25,7 @@ import { INDEX_FILE, TokenDataset, type TokenSplit } from '../data/shards.js';
 import { prepareTokens } from '../data/prepare.js';
 import { evalBatches, RandomWindows, toTensors, type Batch } from '../data/batches.js';
 import { loadCheckpoint, readLatest, train, type TrainResult } from '../train/index.js';
+import type { DataParallel } from '../train/distributed.js';
 import { Random } from '../util/random.js';
 import type { DistillConfig, StageConfig } from './config.js';
 import { STAGE_NAMES, stage1Loss, stage2Loss, stage3Loss, trainableIn } from './stages.js';
@@ -60,6 +61,22 @@ export interface PipelineHooks {
   teacher?: { model: CausalLM; tokenizer: Tokenizer | null };
   /** prepared data already on disk or in memory */
   data?: { train: TokenSplit; val: TokenSplit };
+  /**
+   * run every stage data parallel over these ranks (see docs/distributed.md): all ranks run
+   * this pipeline; rank 0 alone logs and writes files (results, student, done.json, the
+   * model in checkpoints), the others only their optimizer shards under ZeRO-1
+   */
+  dataParallel?: DataParallel;
+}
+
+/** rank 0 (or no data parallelism) */
+function isRoot(hooks: PipelineHooks): boolean {
+  return (hooks.dataParallel?.collective.rank ?? 0) === 0;
+}
+
+/** every rank here before any goes on (no-op in one process) */
+function barrier(hooks: PipelineHooks): void {
+  hooks.dataParallel?.collective.barrier();
 }
 
 /** Open the config's data: a prepared token directory, or text files tokenized into out/data. */
@@ -206,12 +223,13 @@ function runStage(
     rng: new Random(cfg.seed + i),
     progress: hooks.progress ?? true,
     label: `stage ${s.stage} (${STAGE_NAMES[s.stage]})`,
+    dataParallel: hooks.dataParallel,
   });
 }
 
 /** Run the configured stages; resumes completed or partial stages from cfg.out when `resume`. */
 export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume = false): DistillResult {
-  const log = hooks.log ?? ((l: string) => console.error(l));
+  const log = !isRoot(hooks) ? () => {} : (hooks.log ?? ((l: string) => console.error(l)));
   fs.mkdirSync(cfg.out, { recursive: true });
   const { model: teacher, tokenizer } = hooks.teacher ?? loadModel(cfg.teacher);
   teacher.setTrainable(() => true, false);
@@ -236,6 +254,9 @@ function distillWith(
   teacher: CausalLM,
   tokenizer: Tokenizer | null,
 ): DistillResult {
+  // rank 0 tokenizes (when needed) before the others open the data
+  if (!hooks.data && isRoot(hooks)) openData(cfg, tokenizer, log);
+  barrier(hooks);
   const { train: trainSplit, val } = hooks.data ?? openData(cfg, tokenizer, log);
   const evalLen = Math.min(cfg.stages[cfg.stages.length - 1].seqLen, teacher.info.maxSeqLen);
   const ppl = (m: CausalLM) => validationPerplexity(m, val, evalLen, cfg.data.valTokens);
@@ -271,7 +292,8 @@ function distillWith(
       stages.push(done);
       return;
     }
-    if (!resume && fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
+    if (!resume && fs.existsSync(dir) && isRoot(hooks)) fs.rmSync(dir, { recursive: true, force: true });
+    barrier(hooks);
     log(`stage ${s.stage} (${STAGE_NAMES[s.stage]}): ${s.tokens} tokens`);
     const r = runStage(cfg, i, s, teacher, student, trainSplit, hooks, resume);
     const result: StageResult = {
@@ -284,19 +306,21 @@ function distillWith(
       valKl: kl(student),
       seconds: r.elapsedSec,
     };
-    fs.writeFileSync(path.join(dir, 'done.json'), JSON.stringify(result, null, 2) + '\n');
+    if (isRoot(hooks)) fs.writeFileSync(path.join(dir, 'done.json'), JSON.stringify(result, null, 2) + '\n');
     log(
       `stage ${s.stage} done: loss ${r.loss.toFixed(4)}, validation perplexity ${result.valPpl.toFixed(3)}`,
     );
     stages.push(result);
   });
   const studentDir = path.join(cfg.out, 'student');
-  saveModel(studentDir, student, tokenizer);
+  if (isRoot(hooks)) saveModel(studentDir, student, tokenizer);
   const tokens = stages.reduce((a, s) => a + s.tokens, 0);
   let scratch: DistillResult['scratch'] = null;
   if (cfg.scratchBaseline) scratch = trainScratch(cfg, teacher, trainSplit, tokens, ppl, hooks, resume, log);
   const result: DistillResult = { teacherPpl, initialPpl, initialKl, stages, scratch, tokens, studentDir };
-  fs.writeFileSync(path.join(cfg.out, 'results.json'), JSON.stringify(result, null, 2) + '\n');
+  if (isRoot(hooks))
+    fs.writeFileSync(path.join(cfg.out, 'results.json'), JSON.stringify(result, null, 2) + '\n');
+  barrier(hooks);
   student.dispose();
   return result;
 }
@@ -316,7 +340,8 @@ function trainScratch(
   const dir = path.join(cfg.out, 'scratch');
   const done = resume ? readDone(dir) : null;
   if (done) return { tokens: done.tokens, valPpl: done.valPpl };
-  if (!resume && fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
+  if (!resume && fs.existsSync(dir) && isRoot(hooks)) fs.rmSync(dir, { recursive: true, force: true });
+  barrier(hooks);
   const scfg = studentConfigFor(teacher, {
     attentionLayers: cfg.student.attentionLayers,
     dState: cfg.student.dState ?? undefined,
@@ -352,6 +377,7 @@ function trainScratch(
     metricsFile: path.join(dir, 'metrics.jsonl'),
     progress: hooks.progress ?? true,
     label: 'from scratch',
+    dataParallel: hooks.dataParallel,
   });
   const valPpl = ppl(model);
   const res: StageResult = {
@@ -364,7 +390,7 @@ function trainScratch(
     valPpl,
     seconds: r.elapsedSec,
   };
-  fs.writeFileSync(path.join(dir, 'done.json'), JSON.stringify(res, null, 2) + '\n');
+  if (isRoot(hooks)) fs.writeFileSync(path.join(dir, 'done.json'), JSON.stringify(res, null, 2) + '\n');
   log(`from scratch done: validation perplexity ${valPpl.toFixed(3)}`);
   model.dispose();
   return { tokens: r.tokens, valPpl };

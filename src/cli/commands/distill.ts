@@ -4,9 +4,13 @@ import path from 'node:path';
 import { loadConfig } from '../../distill/config.js';
 import { resultsTable, runDistill } from '../../distill/pipeline.js';
 import { useDevice } from '../../tensor/device.js';
-import { CliError, flag, list, parse, str } from '../args.js';
+import { readDistEnv } from '../../backends/group.js';
+import { openCollective } from '../../train/distributed.js';
+import { CliError, flag, list, num, parse, str } from '../args.js';
+import { launchWorkers } from '../launch.js';
 
 const HELP = `usage: mohawk distill --config FILE [--out DIR] [--resume] [--set path=value ...] [--device D] [--precision P] [--json]
+                      [--gpus N | --nproc N] [--zero]
 
 Distill a Transformer teacher into a Mamba-2 student with the MOHAWK stages the config lists:
 1 matrix orientation, 2 hidden-state alignment, 3 weight transfer + knowledge distillation.
@@ -19,7 +23,22 @@ OUT/results.json. See configs/ for examples and docs/distill.md for every field.
   --set path=value   override any config field, e.g. --set stages.2.tokens=2e6 (repeatable)
   --device D         cpu or cuda (overrides the config's device)
   --precision P      f32 or bf16 (overrides the config's precision; bf16 is the fast path on GPUs)
-  --json             print the results as JSON`;
+  --json             print the results as JSON
+  --gpus N           data parallel over N local GPUs: one worker process per GPU, supervised
+  --nproc N          data parallel over N local worker processes (with --device cpu: CPU processes)
+  --zero             shard the AdamW moments across the ranks (ZeRO-1)
+Under torchrun-style launchers or srun, each process reads RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT (or SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID); see docs/distributed.md.`;
+
+/** argv without the launcher's own flags (`--gpus N`, `--nproc=N` ...) */
+function workerArgv(argv: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--gpus' || argv[i] === '--nproc') i++;
+    else if (!argv[i].startsWith('--gpus=') && !argv[i].startsWith('--nproc=')) out.push(argv[i]);
+  }
+  return out;
+}
 
 export async function run(argv: string[]): Promise<number> {
   const p = parse(
@@ -32,12 +51,23 @@ export async function run(argv: string[]): Promise<number> {
       device: { type: 'string' },
       precision: { type: 'string' },
       json: { type: 'boolean' },
+      gpus: { type: 'string' },
+      nproc: { type: 'string' },
+      zero: { type: 'boolean' },
     },
     HELP,
   );
   if (!p) return 0;
   const file = str(p, 'config');
   if (!file) throw new CliError(`--config is required\n\n${HELP}`);
+  const gpus = str(p, 'gpus') !== undefined ? num(p, 'gpus', 1, { integer: true, min: 1 }) : undefined;
+  const nproc = str(p, 'nproc') !== undefined ? num(p, 'nproc', 1, { integer: true, min: 1 }) : undefined;
+  if (gpus !== undefined && nproc !== undefined) throw new CliError('give --gpus or --nproc, not both');
+  if (gpus !== undefined || nproc !== undefined) {
+    const args = ['distill', ...workerArgv(argv)];
+    if (gpus !== undefined) args.push('--device', 'cuda');
+    return launchWorkers({ nproc: (gpus ?? nproc)!, argv: args });
+  }
   const overrides = list(p, 'set');
   const out = str(p, 'out');
   if (out) overrides.push(`out=${JSON.stringify(path.resolve(out))}`);
@@ -46,8 +76,28 @@ export async function run(argv: string[]): Promise<number> {
   const precision = str(p, 'precision');
   if (precision) overrides.push(`precision=${precision}`);
   const cfg = loadConfig(file, overrides);
-  await useDevice(cfg.device);
-  const r = runDistill(cfg, { progress: !flag(p, 'json') }, flag(p, 'resume'));
+  const env = readDistEnv();
+  if (env && env.worldSize > 1 && cfg.device === 'cuda' && process.env.MOHAWK_CUDA_DEVICE === undefined) {
+    // one GPU per process: the local rank's, or the only one a launcher left visible
+    const visible = process.env.CUDA_VISIBLE_DEVICES?.split(',').filter((d) => d.trim() !== '');
+    process.env.MOHAWK_CUDA_DEVICE = String(visible?.length === 1 ? 0 : env.localRank);
+  }
+  const backend = await useDevice(cfg.device);
+  const collective = env && env.worldSize > 1 ? await openCollective(env, backend) : null;
+  let r;
+  try {
+    r = runDistill(
+      cfg,
+      {
+        progress: !flag(p, 'json'),
+        dataParallel: collective ? { collective, zero: flag(p, 'zero') } : undefined,
+      },
+      flag(p, 'resume'),
+    );
+  } finally {
+    collective?.close();
+  }
+  if (collective && collective.rank !== 0) return 0;
   if (flag(p, 'json')) {
     console.log(JSON.stringify(r));
     return 0;
