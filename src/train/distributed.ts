@@ -90,7 +90,6 @@ export function allReduceGrads(
   hasGrad: boolean[],
   bucketBytes = DEFAULT_BUCKET_BYTES,
 ): void {
-  if (c.worldSize === 1) return;
   const limit = Math.max(1, Math.floor(bucketBytes / 4));
   let bucket: Tensor[] = [];
   let elems = 0;
