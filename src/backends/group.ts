@@ -476,6 +476,7 @@ async function main() {
         // wait until what is written has left (a large last result may still be queued)
         await Promise.all([...peers.values()].map((p) => new Promise((resolve) => {
           setTimeout(resolve, 10000).unref();
+          if (failed || p.sock.destroyed) { p.sock.destroy(); return resolve(); }
           try { send(p, { t: 'bye' }); p.sock.end(resolve); } catch { resolve(); }
         })));
         reply({ ok: true });
