@@ -111,10 +111,17 @@ describe('nccl at world size 1', { skip }, () => {
   });
 
   it('ZeRO-1 over NCCL trains as the unsharded optimizer', () => {
-    const data = makeData(path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mohawk-nccl-')), 'data'));
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mohawk-nccl-'));
+    const data = makeData(path.join(dir, 'data'));
     const run = { data, batchTokens: 64, steps: 5, dropout: false };
     const plain = runTiny(run);
-    const zero = runTiny(run, { dataParallel: { collective: c, zero: true } });
+    const zero = runTiny(
+      { ...run, checkpointDir: path.join(dir, 'ck') },
+      { dataParallel: { collective: c, zero: true } },
+    );
+    assert.ok(
+      fs.existsSync(path.join(dir, 'ck', 'step-00000005', 'optimizer-shard-00000-of-00001.safetensors')),
+    );
     const a = plain.result.history.map((m) => m.loss);
     const b = zero.result.history.map((m) => m.loss);
     a.forEach((v, i) => assert.ok(Math.abs(v - b[i]) <= 1e-5 * Math.abs(v), `loss ${i}: ${b[i]} vs ${v}`));

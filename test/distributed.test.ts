@@ -14,7 +14,9 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { CpuCollective } from '../src/backends/cpu/collective.js';
 import { ProcessGroup, readDistEnv } from '../src/backends/group.js';
+import { getBackend } from '../src/tensor/index.js';
 import { rankMicroBatches } from '../src/train/distributed.js';
 import { shardRange } from '../src/train/zero.js';
 import { makeData, runTiny, type RunConfig } from './train-fixture.js';
@@ -208,6 +210,24 @@ describe('distributed: data-parallel training on CPU processes', () => {
       assert.deepEqual(rs[0].weights, rs[1].weights, 'the ranks hold the same weights');
     });
   }
+
+  it('ZeRO-1 at world size 1 (one-rank collective, in this process) trains as one process and writes its shard', () => {
+    const group = ProcessGroup.join({ rank: 0, worldSize: 1, masterAddr: '127.0.0.1', masterPort: 0 });
+    const c = new CpuCollective(group, getBackend());
+    try {
+      const ck = path.join(dir, 'ck-w1');
+      const r = runTiny({ ...run, checkpointDir: ck }, { dataParallel: { collective: c, zero: true } });
+      close(
+        r.result.history.map((m) => m.loss),
+        ref.losses,
+        1e-6,
+        'loss',
+      );
+      assert.ok(fs.existsSync(path.join(ck, 'step-00000006', 'optimizer-shard-00000-of-00001.safetensors')));
+    } finally {
+      c.close();
+    }
+  });
 
   it('an unsharded checkpoint of one process resumes with ZeRO-1 at world size 2', async () => {
     const ck = path.join(dir, 'ck-one');

@@ -83,7 +83,9 @@ export async function run(argv: string[]): Promise<number> {
     process.env.MOHAWK_CUDA_DEVICE = String(visible?.length === 1 ? 0 : env.localRank);
   }
   const backend = await useDevice(cfg.device);
-  const collective = env && env.worldSize > 1 ? await openCollective(env, backend) : null;
+  // a job of one rank opens its collective only for --zero (it then runs the sharded path, e.g. on NCCL)
+  const collective =
+    env && (env.worldSize > 1 || flag(p, 'zero')) ? await openCollective(env, backend) : null;
   let r;
   try {
     r = runDistill(
