@@ -25,6 +25,7 @@ import { INDEX_FILE, TokenDataset, type TokenSplit } from '../data/shards.js';
 import { listInputFiles, prepareTokens } from '../data/prepare.js';
 import { evalBatches, RandomWindows, toTensors, type Batch } from '../data/batches.js';
 import { loadCheckpoint, readLatest, train, type LossContext, type TrainResult } from '../train/index.js';
+import type { DataParallel } from '../train/distributed.js';
 import { firstNonFinite } from '../train/params.js';
 import { readJsonFile, writeJsonAtomic } from '../util/fs.js';
 import { Random } from '../util/random.js';
@@ -68,6 +69,22 @@ export interface PipelineHooks {
   teacher?: { model: CausalLM; tokenizer: Tokenizer | null };
   /** prepared data already on disk or in memory */
   data?: { train: TokenSplit; val: TokenSplit };
+  /**
+   * run every stage data parallel over these ranks (see docs/distributed.md): all ranks run
+   * this pipeline; rank 0 alone logs and writes files (results, student, done.json, the
+   * model in checkpoints), the others only their optimizer shards under ZeRO-1
+   */
+  dataParallel?: DataParallel;
+}
+
+/** rank 0 (or no data parallelism) */
+function isRoot(hooks: PipelineHooks): boolean {
+  return (hooks.dataParallel?.collective.rank ?? 0) === 0;
+}
+
+/** every rank here before any goes on (no-op in one process) */
+function barrier(hooks: PipelineHooks): void {
+  hooks.dataParallel?.collective.barrier();
 }
 
 /** Written beside OUT/data's index.json: the data configuration that produced it. */
@@ -364,12 +381,13 @@ function runStage(
     rng: new Random(cfg.seed + i),
     progress: hooks.progress ?? true,
     label: `stage ${s.stage} (${STAGE_NAMES[s.stage]})`,
+    dataParallel: hooks.dataParallel,
   });
 }
 
 /** Run the configured stages; resumes completed or partial stages from cfg.out when `resume`. */
 export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume = false): DistillResult {
-  const log = hooks.log ?? ((l: string) => console.error(l));
+  const log = !isRoot(hooks) ? () => {} : (hooks.log ?? ((l: string) => console.error(l)));
   fs.mkdirSync(cfg.out, { recursive: true });
   // under bf16 the frozen teacher's linear weights are held once, in bf16, read straight from the file
   const { model: teacher, tokenizer } =
@@ -401,6 +419,9 @@ function distillWith(
   teacher: CausalLM,
   tokenizer: Tokenizer | null,
 ): DistillResult {
+  // rank 0 tokenizes (when needed) before the others open the data
+  if (!hooks.data && isRoot(hooks)) openData(cfg, tokenizer, log, teacher.info.vocabSize);
+  barrier(hooks);
   const { train: trainSplit, val } = hooks.data ?? openData(cfg, tokenizer, log, teacher.info.vocabSize);
   const evalLen = Math.min(cfg.stages[cfg.stages.length - 1].seqLen, teacher.info.maxSeqLen);
   const ppl = (m: CausalLM) => validationPerplexity(m, val, evalLen, cfg.data.valTokens);
@@ -438,7 +459,8 @@ function distillWith(
       stages.push(done);
       return;
     }
-    if (!resume) clearStageDir(dir, log);
+    if (!resume && isRoot(hooks)) clearStageDir(dir, log);
+    barrier(hooks);
     log(`stage ${s.stage} (${STAGE_NAMES[s.stage]}): ${s.tokens} tokens`);
     const r = runStage(cfg, i, s, teacher, student, trainSplit, hooks, resume);
     const result: StageResult = {
@@ -456,7 +478,7 @@ function distillWith(
       log(
         `warning: stage ${s.stage} ends with validation perplexity ${result.valPpl} (loss ${r.loss}); the run may have diverged`,
       );
-    writeJsonAtomic(path.join(dir, 'done.json'), result);
+    if (isRoot(hooks)) writeJsonAtomic(path.join(dir, 'done.json'), result);
     log(
       `stage ${s.stage} done: loss ${r.loss.toFixed(4)}, validation perplexity ${result.valPpl.toFixed(3)}`,
     );
@@ -464,12 +486,13 @@ function distillWith(
   });
   const studentDir = path.join(cfg.out, 'student');
   checkFinite(student, studentDir);
-  saveModel(studentDir, student, tokenizer);
+  if (isRoot(hooks)) saveModel(studentDir, student, tokenizer);
   const tokens = stages.reduce((a, s) => a + s.tokens, 0);
   let scratch: DistillResult['scratch'] = null;
   if (cfg.scratchBaseline) scratch = trainScratch(cfg, teacher, trainSplit, tokens, ppl, hooks, resume, log);
   const result: DistillResult = { teacherPpl, initialPpl, initialKl, stages, scratch, tokens, studentDir };
-  writeJsonAtomic(path.join(cfg.out, 'results.json'), result);
+  if (isRoot(hooks)) writeJsonAtomic(path.join(cfg.out, 'results.json'), result);
+  barrier(hooks);
   student.dispose();
   return result;
 }
@@ -489,7 +512,8 @@ function trainScratch(
   const dir = path.join(cfg.out, 'scratch');
   const done = resume ? readDone(dir, log) : null;
   if (done) return { tokens: done.tokens, valPpl: done.valPpl };
-  if (!resume) clearStageDir(dir, log);
+  if (!resume && isRoot(hooks)) clearStageDir(dir, log);
+  barrier(hooks);
   const scfg = studentConfigFor(teacher, {
     attentionLayers: cfg.student.attentionLayers,
     dState: cfg.student.dState ?? undefined,
@@ -527,6 +551,7 @@ function trainScratch(
     metricsFile: path.join(dir, 'metrics.jsonl'),
     progress: hooks.progress ?? true,
     label: 'from scratch',
+    dataParallel: hooks.dataParallel,
   });
   const valPpl = ppl(model);
   const res: StageResult = {
@@ -539,7 +564,7 @@ function trainScratch(
     valPpl,
     seconds: r.elapsedSec,
   };
-  writeJsonAtomic(path.join(dir, 'done.json'), res);
+  if (isRoot(hooks)) writeJsonAtomic(path.join(dir, 'done.json'), res);
   log(`from scratch done: validation perplexity ${valPpl.toFixed(3)}`);
   model.dispose();
   return { tokens: r.tokens, valPpl };
