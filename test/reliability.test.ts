@@ -18,6 +18,7 @@ import { CudaBackend } from '../src/backends/cuda/index.js';
 import { spawnSync } from 'node:child_process';
 import { TokenDataset, writeTokenSplits } from '../src/data/shards.js';
 import { readLatest, writeCheckpoint } from '../src/train/checkpoint.js';
+import { readMetrics } from '../src/train/metrics.js';
 import { DivergenceError } from '../src/train/trainer.js';
 import { firstNonFinite } from '../src/train/params.js';
 import { writeFileAtomic } from '../src/util/fs.js';
@@ -539,3 +540,16 @@ function cudaSkip(): string | false {
     return `no CUDA device: ${(e as Error).message.split('\n')[0]}`;
   }
 }
+
+describe('metrics', () => {
+  it('a last line cut short by a kill is skipped; damage elsewhere names the line', () => {
+    const f = path.join(tmp('metrics'), 'metrics.jsonl');
+    fs.writeFileSync(f, '{"step": 1, "loss": 2}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo');
+    assert.deepEqual(
+      readMetrics(f).map((m) => m.step),
+      [1, 2],
+    );
+    fs.writeFileSync(f, '{"step": 1, "loss": 2}\n{"st\n{"step": 3, "loss": 1}\n');
+    assert.throws(() => readMetrics(f), /metrics\.jsonl:2: not valid JSON/);
+  });
+});

@@ -669,7 +669,18 @@ function caseYaml(r: Random, dir: string): Outcome {
     notes.push(`insert ${JSON.stringify(piece)} at ${at}`);
   }
   const overrides: string[] = [];
-  if (u >= 0.6 || r.uniform() < 0.3)
+  if (u >= 0.85)
+    // benign overrides: the accepted path must give exactly these values
+    overrides.push(
+      pick(r, [
+        'seed=5',
+        'stages.0.tokens=16384',
+        'student.dState=32',
+        'stages.1.lr=1e-4',
+        'data.valTokens=512',
+      ]),
+    );
+  else if (u >= 0.6 || r.uniform() < 0.3)
     for (let i = 0; i < 1 + r.int(0, 2); i++) overrides.push(`${pick(r, SET_PATHS)}=${pick(r, SET_VALUES)}`);
   if (overrides.length) notes.push(`--set ${overrides.join(' ')}`);
   const note = notes.join('; ') || 'unchanged';
@@ -698,6 +709,14 @@ function caseYaml(r: Random, dir: string): Outcome {
       s.batchTokens % (s.microBatch * s.seqLen)
     )
       return { cls: 'quiet-wrong', detail: `${note}: stage sizes beyond the limits accepted` };
+  }
+  if (u >= 0.85) {
+    const [p, v] = overrides[0].split('=');
+    const got = getAt(
+      { ...cfg, stages: cfg.stages },
+      p.split('.').map((k) => (/^\d+$/.test(k) ? Number(k) : k)),
+    );
+    if (got !== Number(v)) return { cls: 'quiet-wrong', detail: `${note}: ${p} is ${JSON.stringify(got)}` };
   }
   if (cfg.student.dState !== null && !(cfg.student.dState >= 1 && cfg.student.dState <= LIMITS.dState))
     return { cls: 'quiet-wrong', detail: `${note}: dState ${cfg.student.dState} accepted` };
