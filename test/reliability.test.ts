@@ -553,3 +553,33 @@ describe('metrics', () => {
     assert.throws(() => readMetrics(f), /metrics\.jsonl:2: not valid JSON/);
   });
 });
+
+describe('a diverging distill run', () => {
+  it('lr 1e39 in stage 3: stops with the stage, the step and the last good checkpoint; no student written', () => {
+    const dir = tmp('diverge');
+    const { hooks } = tinyRun(dir);
+    const c = validateConfig(
+      {
+        teacher: 'in memory',
+        out: path.join(dir, 'out'),
+        student: { chunkSize: 16 },
+        data: { train: [path.join(dir, 'a.txt')], valTokens: 256 },
+        stageDefaults: { batchTokens: 128, microBatch: 4, seqLen: 32, clip: 0 },
+        stages: [
+          { stage: 2, tokens: 256, lr: 1e-3 },
+          { stage: 3, tokens: 1024, lr: 1e39 },
+        ],
+      },
+      'test',
+    );
+    assert.throws(
+      () => runDistill(c, hooks([])),
+      (e: Error) =>
+        e instanceof DivergenceError &&
+        /^stage 3 \(knowledge distillation\): diverged at step 1: \S+ is not finite/.test(e.message) &&
+        /the last good checkpoint is .*stage1-hidden\/step-00000002 \(the end of stage 2\)/.test(e.message),
+    );
+    assert.ok(!fs.existsSync(path.join(dir, 'out', 'student')), 'no student written');
+    assert.ok(!fs.existsSync(path.join(dir, 'out', 'stage2-kd', 'done.json')));
+  });
+});
