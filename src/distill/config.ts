@@ -326,8 +326,6 @@ function parseStage(file: string, raw: unknown, i: number, defaults: Json): Stag
       `${field}.batchTokens`,
       `(${s.batchTokens}) must be a multiple of microBatch x seqLen (${s.microBatch} x ${s.seqLen} = ${micro})`,
     );
-  if (s.tokens < s.batchTokens)
-    err(file, `${field}.tokens`, `(${s.tokens}) is less than one step of batchTokens (${s.batchTokens})`);
   return s;
 }
 

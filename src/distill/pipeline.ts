@@ -24,7 +24,14 @@ import {
 import { INDEX_FILE, TokenDataset, type TokenSplit } from '../data/shards.js';
 import { listInputFiles, prepareTokens } from '../data/prepare.js';
 import { evalBatches, RandomWindows, toTensors, type Batch } from '../data/batches.js';
-import { loadCheckpoint, readLatest, train, type LossContext, type TrainResult } from '../train/index.js';
+import {
+  DivergenceError,
+  loadCheckpoint,
+  readLatest,
+  train,
+  type LossContext,
+  type TrainResult,
+} from '../train/index.js';
 import type { DataParallel } from '../train/distributed.js';
 import { firstNonFinite } from '../train/params.js';
 import { readJsonFile, writeJsonAtomic } from '../util/fs.js';
@@ -462,7 +469,25 @@ function distillWith(
     if (!resume && isRoot(hooks)) clearStageDir(dir, log);
     barrier(hooks);
     log(`stage ${s.stage} (${STAGE_NAMES[s.stage]}): ${s.tokens} tokens`);
-    const r = runStage(cfg, i, s, teacher, student, trainSplit, hooks, resume);
+    let r: TrainResult;
+    try {
+      r = runStage(cfg, i, s, teacher, student, trainSplit, hooks, resume);
+    } catch (e) {
+      // a stage that diverges before its first checkpoint: the last good one is the previous stage's
+      if (e instanceof DivergenceError && /No checkpoint was written/.test(e.message)) {
+        const prev = i > 0 ? readLatest(stageDir(cfg, i - 1, cfg.stages[i - 1]), () => {}) : null;
+        throw new DivergenceError(
+          e.message.replace(
+            'No checkpoint was written in this run.',
+            prev
+              ? `No checkpoint was written in this stage; the last good checkpoint is ${prev.path} (the end of stage ${cfg.stages[i - 1].stage}).`
+              : 'No checkpoint was written in this stage (it is the first).',
+          ),
+          { cause: e },
+        );
+      }
+      throw e;
+    }
     const result: StageResult = {
       stage: s.stage,
       name: STAGE_NAMES[s.stage],

@@ -27,6 +27,21 @@ Sequences start from BOS (else EOS) and are cut into documents where the model e
   --seq-len L          tokens per sequence (default min(256, the model's max length))
 ${runHelp(23)}`;
 
+/** Fail before any sampling when the output cannot be written (a probe file, removed at once). */
+function checkWritable(out: string): void {
+  const dir = out.endsWith('.jsonl') ? path.dirname(path.resolve(out)) : path.resolve(out);
+  const probe = path.join(dir, `.mohawk-write-test-${process.pid}`);
+  try {
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(probe, '');
+    fs.rmSync(probe);
+  } catch (e) {
+    throw new CliError(
+      `--out ${out}: cannot write there (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`,
+    );
+  }
+}
+
 export async function run(argv: string[]): Promise<number> {
   const p = parse(
     argv,
@@ -51,6 +66,7 @@ export async function run(argv: string[]): Promise<number> {
   const tokens = num(p, 'tokens', NaN, { integer: true, min: 1 });
   if (Number.isNaN(tokens)) throw new CliError(`--tokens is required\n\n${HELP}`);
   const valFraction = num(p, 'val-fraction', 0.01, { min: 0, max: 0.99 });
+  checkWritable(out);
   await selectDevice(p);
   const { model, tokenizer } = loadModel(dir);
   const jsonl = out.endsWith('.jsonl');
