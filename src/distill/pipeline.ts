@@ -9,6 +9,7 @@ import path from 'node:path';
 import { loadModel, saveModel } from '../models/load.js';
 import type { CausalLM } from '../models/types.js';
 import type { Tokenizer } from '../io/tokenizer.js';
+import { loadChatTemplate } from '../io/chat-template.js';
 import { StudentLM } from '../models/phi-mamba.js';
 import {
   castParameters,
@@ -23,7 +24,7 @@ import {
 } from '../tensor/index.js';
 import { INDEX_FILE, TokenDataset, type TokenSplit } from '../data/shards.js';
 import { prepareTokens } from '../data/prepare.js';
-import { evalBatches, RandomWindows, toTensors, type Batch } from '../data/batches.js';
+import { evalBatches, maskTensor, RandomWindows, toTensors, type Batch } from '../data/batches.js';
 import { loadCheckpoint, readLatest, train, type TrainResult } from '../train/index.js';
 import { Random } from '../util/random.js';
 import type { DistillConfig, StageConfig } from './config.js';
@@ -89,12 +90,19 @@ export function openData(
           valInputs: cfg.data.val.length ? cfg.data.val : undefined,
           out: dir,
           jsonlField: cfg.data.jsonlField,
+          chat: loadChatTemplate(cfg.teacher) ?? undefined,
+          maskPrompt: cfg.data.maskPrompt,
         },
       );
     }
   }
   const ds = TokenDataset.open(dir);
-  return { train: ds.split('train'), val: ds.split('val') };
+  const train = ds.split('train');
+  if (cfg.data.maskPrompt && !train.hasMask)
+    throw new Error(
+      `${dir}: data.maskPrompt is set but the prepared data has no mask (prepare it with --mask-prompt)`,
+    );
+  return { train, val: ds.split('val') };
 }
 
 /**
@@ -180,7 +188,7 @@ function runStage(
     const { input, target } = toTensors(b);
     if (s.stage === 1) return stage1Loss(teacher, student, input).loss;
     if (s.stage === 2) return stage2Loss(teacher, student, input, s.mlpFrozen).loss;
-    return stage3Loss(teacher, student, input, target, s).loss;
+    return stage3Loss(teacher, student, input, target, s, maskTensor(b)).loss;
   };
   const dir = stageDir(cfg, i, s);
   return train({

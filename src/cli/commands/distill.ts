@@ -1,6 +1,7 @@
 // mohawk distill: run the MOHAWK stages from a config file.
 
 import path from 'node:path';
+import { expandParquetInputs } from '../../data/parquet.js';
 import { loadConfig } from '../../distill/config.js';
 import { resultsTable, runDistill } from '../../distill/pipeline.js';
 import { useDevice } from '../../tensor/device.js';
@@ -47,6 +48,11 @@ export async function run(argv: string[]): Promise<number> {
   if (precision) overrides.push(`precision=${precision}`);
   const cfg = loadConfig(file, overrides);
   await useDevice(cfg.device);
+  // Parquet inputs become JSONL first (hyparquet reads asynchronously)
+  const sources = path.join(cfg.out, 'data-sources');
+  const log = (l: string) => console.error(l);
+  cfg.data.train = await expandParquetInputs(cfg.data.train, sources, { text: cfg.data.jsonlField }, log);
+  cfg.data.val = await expandParquetInputs(cfg.data.val, sources, { text: cfg.data.jsonlField }, log);
   const r = runDistill(cfg, { progress: !flag(p, 'json') }, flag(p, 'resume'));
   if (flag(p, 'json')) {
     console.log(JSON.stringify(r));
