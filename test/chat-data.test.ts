@@ -3,6 +3,7 @@
 // Parquet inputs (written here with hyparquet-writer) read into the same tokens as JSONL.
 
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -17,7 +18,12 @@ import {
   type TokenEncoder,
 } from '../src/data/index.js';
 import { distillationLoss } from '../src/distill/losses.js';
+import { generateIds } from '../src/generate/generate.js';
+import { samplePromptCompletions } from '../src/generate/sample-data.js';
 import { ChatTemplate, loadChatTemplate } from '../src/io/chat-template.js';
+import { byteTokenizer } from '../src/io/tokenizer.js';
+import { saveModel } from '../src/models/load.js';
+import { LlamaForCausalLM } from '../src/models/llama.js';
 import { tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { assertClose, randn } from './helpers.js';
@@ -281,5 +287,115 @@ describe('Parquet inputs', () => {
       expandParquetInputs([path.join(src, 'b.parquet')], path.join(dir, 'cache2')),
       /no "text" or "messages" column \(columns: body\)/,
     );
+  });
+});
+
+function tinyTeacher(): LlamaForCausalLM {
+  const m = new LlamaForCausalLM(
+    {
+      vocabSize: 257,
+      hiddenSize: 32,
+      intermediateSize: 64,
+      numLayers: 2,
+      numHeads: 4,
+      numKvHeads: 2,
+      headDim: 8,
+      rmsNormEps: 1e-5,
+      ropeTheta: 10000,
+      maxPositionEmbeddings: 512,
+      tieWordEmbeddings: false,
+      attentionBias: false,
+      mlpBias: false,
+      bosTokenId: 256,
+      eosTokenId: 256,
+    },
+    { rng: new Random(1) },
+  );
+  for (const [n, p] of m.namedParameters())
+    if (n.endsWith('proj.weight') || n === 'lm_head.weight')
+      p.backend.write(
+        p.buffer,
+        Float32Array.from(p.toArray(), (v) => v * 3),
+      );
+  return m;
+}
+
+describe('sample-data from prompts', () => {
+  const teacher = tinyTeacher();
+  const tok = byteTokenizer();
+
+  it('each prompt is continued as generate() continues it (seed + i), batched', () => {
+    const prompts = ['The whale', 'a', 'Call me Ishmael', 'x', 'sea'].map((t) => tok.encode(t));
+    for (const temperature of [0, 0.9]) {
+      const got = samplePromptCompletions(teacher, prompts, {
+        maxNewTokens: 9,
+        batch: 2,
+        seed: 5,
+        temperature,
+      });
+      const want = prompts.map((p, i) =>
+        generateIds(teacher, p, { maxNewTokens: 9, seed: 5 + i, temperature }),
+      );
+      assert.deepEqual(got, want, `temperature ${temperature}`);
+    }
+    const some = samplePromptCompletions(teacher, prompts, {
+      maxNewTokens: 9,
+      batch: 1,
+      tokens: 10,
+      temperature: 0,
+    });
+    assert.ok(some.length < prompts.length, 'the token budget stops taking prompts');
+  });
+
+  it('mohawk sample-data --prompts FILE.parquet answers the conversations through the chat template', () => {
+    const dir = tmpDir();
+    const model = path.join(dir, 'teacher');
+    saveModel(model, teacher, tok);
+    const cfgFile = path.join(model, 'tokenizer_config.json');
+    const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as Record<string, unknown>;
+    fs.writeFileSync(cfgFile, JSON.stringify({ ...cfg, chat_template: CHAT }));
+    const convs = [conv2, conv1.slice(0, 2)];
+    fs.writeFileSync(
+      path.join(dir, 'prompts.parquet'),
+      new Uint8Array(parquetWriteBuffer({ columnData: [{ name: 'messages', data: convs }] })),
+    );
+    const out = path.join(dir, 'answers.jsonl');
+    const root = path.resolve(import.meta.dirname, '..');
+    const run = spawnSync(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        path.join(root, 'src/cli/main.ts'),
+        'sample-data',
+        '--model',
+        model,
+        '--prompts',
+        path.join(dir, 'prompts.parquet'),
+        '--out',
+        out,
+        '--max-new-tokens',
+        '12',
+        '--temperature',
+        '0',
+      ],
+      { encoding: 'utf8', cwd: root },
+    );
+    assert.equal(run.status, 0, run.stderr);
+    const lines = fs
+      .readFileSync(out, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { messages: { role: string; content: string }[] });
+    assert.equal(lines.length, 2);
+    const tpl = new ChatTemplate(CHAT, { bos_token: '<|endoftext|>' });
+    lines.forEach((l, i) => {
+      // the trailing assistant turn of a prompt is dropped and answered anew
+      const prompt = convs[i].at(-1)!.role === 'assistant' ? convs[i].slice(0, -1) : convs[i];
+      assert.deepEqual(l.messages.slice(0, -1), prompt);
+      const ids = tok.encode(tpl.render(prompt, { addGenerationPrompt: true }), { addBos: false });
+      const want = tok.decode(generateIds(teacher, ids, { maxNewTokens: 12, temperature: 0 }));
+      assert.deepEqual(l.messages.at(-1), { role: 'assistant', content: want });
+    });
   });
 });
