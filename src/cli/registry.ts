@@ -51,6 +51,10 @@ export const commands: Record<string, Command> = {
     summary: 'an OpenAI-compatible HTTP server (completions, chat, streaming), continuous batching',
     load: () => import('./commands/serve.js'),
   },
+  plot: {
+    summary: "a run's metrics as CSV and a report with charts (loss, lr, grad norm, tokens/s, validation)",
+    load: () => import('./commands/plot.js'),
+  },
   diagnose: {
     summary: 'per-layer MOHAWK distances between a teacher and its student, with a picture',
     load: () => import('./commands/diagnose.js'),

@@ -30,6 +30,7 @@ import { Random } from '../util/random.js';
 import type { DistillConfig, StageConfig } from './config.js';
 import { STAGE_NAMES, stage1Loss, stage2Loss, stage3Loss, trainableIn } from './stages.js';
 import { studentConfigFor, transferStudent } from './transfer.js';
+import { RunReporter } from './report.js';
 
 export interface StageResult {
   stage: number;
@@ -178,6 +179,7 @@ function runStage(
   trainSplit: TokenSplit,
   hooks: PipelineHooks,
   resume: boolean,
+  onStep?: () => void,
 ): TrainResult {
   const data = new RandomWindows(trainSplit, s.microBatch, s.seqLen, cfg.seed * 1000 + i + 1);
   const trainable = student
@@ -214,6 +216,7 @@ function runStage(
     rng: new Random(cfg.seed + i),
     progress: hooks.progress ?? true,
     label: `stage ${s.stage} (${STAGE_NAMES[s.stage]})`,
+    onStep,
   });
 }
 
@@ -265,6 +268,8 @@ function distillWith(
   const initialKl = kl(student);
   log(`student after weight transfer: validation perplexity ${initialPpl.toFixed(3)}`);
   const stages: StageResult[] = [];
+  // metrics.csv and report.html beside the metrics, rewritten as the run goes
+  const reporter = new RunReporter(cfg.out, 30, log);
   cfg.stages.forEach((s, i) => {
     const dir = stageDir(cfg, i, s);
     const done = resume ? readDone(dir) : null;
@@ -281,7 +286,7 @@ function distillWith(
     }
     if (!resume && fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true });
     log(`stage ${s.stage} (${STAGE_NAMES[s.stage]}): ${s.tokens} tokens`);
-    const r = runStage(cfg, i, s, teacher, student, trainSplit, hooks, resume);
+    const r = runStage(cfg, i, s, teacher, student, trainSplit, hooks, resume, () => reporter.tick());
     const result: StageResult = {
       stage: s.stage,
       name: STAGE_NAMES[s.stage],
@@ -293,6 +298,7 @@ function distillWith(
       seconds: r.elapsedSec,
     };
     fs.writeFileSync(path.join(dir, 'done.json'), JSON.stringify(result, null, 2) + '\n');
+    reporter.flush();
     log(
       `stage ${s.stage} done: loss ${r.loss.toFixed(4)}, validation perplexity ${result.valPpl.toFixed(3)}`,
     );
@@ -305,6 +311,7 @@ function distillWith(
   if (cfg.scratchBaseline) scratch = trainScratch(cfg, teacher, trainSplit, tokens, ppl, hooks, resume, log);
   const result: DistillResult = { teacherPpl, initialPpl, initialKl, stages, scratch, tokens, studentDir };
   fs.writeFileSync(path.join(cfg.out, 'results.json'), JSON.stringify(result, null, 2) + '\n');
+  reporter.flush();
   student.dispose();
   return result;
 }
