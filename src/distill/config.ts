@@ -84,6 +84,11 @@ export interface DataConfig {
   valTokens: number;
   /** JSONL field holding the text */
   jsonlField: string;
+  /**
+   * chat data (JSONL/Parquet with `messages`): the losses count only the assistant's tokens
+   * (stage 3's KL and cross-entropy; stages 1-2 align on every position)
+   */
+  maskPrompt: boolean;
 }
 
 export interface DistillConfig {
@@ -391,7 +396,7 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
         : num(file, st, 'kernelLength', 'student.kernelLength', undefined, { integer: true, min: 1 }),
   };
   const da = object(file, o.data, 'data');
-  checkKeys(file, da, 'data', ['train', 'val', 'valTokens', 'jsonlField']);
+  checkKeys(file, da, 'data', ['train', 'val', 'valTokens', 'jsonlField', 'maskPrompt']);
   const data: DataConfig = {
     train: strList(file, da, 'train', 'data.train', []).map(resolve),
     val: strList(file, da, 'val', 'data.val', []).map(resolve),
@@ -401,6 +406,7 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
       max: LIMITS.valTokens,
     }),
     jsonlField: str(file, da, 'jsonlField', 'data.jsonlField', 'text'),
+    maskPrompt: bool(file, da, 'maskPrompt', 'data.maskPrompt', false),
   };
   if (data.train.length === 0)
     err(file, 'data.train', 'is required (a prepared token directory or text files)');

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { loadModel, saveModel } from '../models/load.js';
 import type { CausalLM } from '../models/types.js';
 import type { Tokenizer } from '../io/tokenizer.js';
+import { loadChatTemplate } from '../io/chat-template.js';
 import { StudentLM } from '../models/phi-mamba.js';
 import {
   castParameters,
@@ -23,7 +24,7 @@ import {
 } from '../tensor/index.js';
 import { INDEX_FILE, TokenDataset, type TokenSplit } from '../data/shards.js';
 import { listInputFiles, prepareTokens } from '../data/prepare.js';
-import { evalBatches, RandomWindows, toTensors, type Batch } from '../data/batches.js';
+import { evalBatches, maskTensor, RandomWindows, toTensors, type Batch } from '../data/batches.js';
 import {
   DivergenceError,
   loadCheckpoint,
@@ -45,6 +46,7 @@ import {
   stageTrainable,
 } from './stages.js';
 import { studentConfigFor, transferStudent } from './transfer.js';
+import { RunReporter } from './report.js';
 
 export interface StageResult {
   stage: number;
@@ -187,6 +189,8 @@ export function openData(
           valInputs: cfg.data.val.length ? cfg.data.val : undefined,
           out: dir,
           jsonlField: cfg.data.jsonlField,
+          chat: loadChatTemplate(cfg.teacher) ?? undefined,
+          maskPrompt: cfg.data.maskPrompt,
         },
       );
       writeJsonAtomic(path.join(dir, DATA_RECORD_FILE), record);
@@ -194,6 +198,10 @@ export function openData(
   }
   const ds = TokenDataset.open(dir);
   const splits = { train: ds.split('train'), val: ds.split('val') };
+  if (cfg.data.maskPrompt && !splits.train.hasMask)
+    throw new Error(
+      `${dir}: data.maskPrompt is set but the prepared data has no mask (prepare it with --mask-prompt)`,
+    );
   if (Number.isFinite(limit)) {
     for (const split of Object.values(splits)) {
       const bad = split.firstOutOfRange(limit);
@@ -349,6 +357,7 @@ function runStage(
   trainSplit: TokenSplit,
   hooks: PipelineHooks,
   resume: boolean,
+  onStep?: () => void,
 ): TrainResult {
   const data = new RandomWindows(trainSplit, s.microBatch, s.seqLen, cfg.seed * 1000 + i + 1);
   const trainable = stageTrainable(
@@ -363,7 +372,7 @@ function runStage(
     const { input, target } = toTensors(b);
     if (s.stage === 1) return matrixOrientationStep(teacher, student, input, 1 / ctx.accum);
     if (s.stage === 2) return hiddenStateAlignmentStep(teacher, student, input, s.mlpFrozen, 1 / ctx.accum);
-    return stage3Loss(teacher, student, input, target, s).loss;
+    return stage3Loss(teacher, student, input, target, s, maskTensor(b)).loss;
   };
   const dir = stageDir(cfg, i, s);
   return train({
@@ -389,6 +398,7 @@ function runStage(
     progress: hooks.progress ?? true,
     label: `stage ${s.stage} (${STAGE_NAMES[s.stage]})`,
     dataParallel: hooks.dataParallel,
+    onStep,
   });
 }
 
@@ -452,6 +462,8 @@ function distillWith(
   const initialKl = kl(student);
   log(`student after weight transfer: validation perplexity ${initialPpl.toFixed(3)}`);
   const stages: StageResult[] = [];
+  // metrics.csv and report.html beside the metrics, rewritten as the run goes
+  const reporter = isRoot(hooks) ? new RunReporter(cfg.out, 30, log) : null;
   cfg.stages.forEach((s, i) => {
     const dir = stageDir(cfg, i, s);
     const done = resume ? readDone(dir, log) : null;
@@ -471,7 +483,7 @@ function distillWith(
     log(`stage ${s.stage} (${STAGE_NAMES[s.stage]}): ${s.tokens} tokens`);
     let r: TrainResult;
     try {
-      r = runStage(cfg, i, s, teacher, student, trainSplit, hooks, resume);
+      r = runStage(cfg, i, s, teacher, student, trainSplit, hooks, resume, () => reporter?.tick());
     } catch (e) {
       // a stage that diverges before its first checkpoint: the last good one is the previous stage's
       if (e instanceof DivergenceError && /No checkpoint was written/.test(e.message)) {
@@ -504,6 +516,7 @@ function distillWith(
         `warning: stage ${s.stage} ends with validation perplexity ${result.valPpl} (loss ${r.loss}); the run may have diverged`,
       );
     if (isRoot(hooks)) writeJsonAtomic(path.join(dir, 'done.json'), result);
+    reporter?.flush();
     log(
       `stage ${s.stage} done: loss ${r.loss.toFixed(4)}, validation perplexity ${result.valPpl.toFixed(3)}`,
     );
@@ -517,6 +530,7 @@ function distillWith(
   if (cfg.scratchBaseline) scratch = trainScratch(cfg, teacher, trainSplit, tokens, ppl, hooks, resume, log);
   const result: DistillResult = { teacherPpl, initialPpl, initialKl, stages, scratch, tokens, studentDir };
   if (isRoot(hooks)) writeJsonAtomic(path.join(cfg.out, 'results.json'), result);
+  reporter?.flush();
   barrier(hooks);
   student.dispose();
   return result;

@@ -178,6 +178,8 @@ export function stage3Loss(
   input: Tensor,
   target: Tensor,
   cfg: Pick<StageConfig, 'temperature' | 'ceWeight'>,
+  /** (B, T) 0/1: which targets count (chat data with the prompt masked); null = all */
+  mask: Tensor | null = null,
 ): StageLoss {
   // the teacher's intermediates are freed at once; only its logits stay for the loss
   const teacherLogits = noGrad(() => scope(() => teacher.forward(input).logits));
@@ -185,6 +187,7 @@ export function stage3Loss(
   const r = distillationLoss(studentLogits, teacherLogits, target, {
     temperature: cfg.temperature,
     ceWeight: cfg.ceWeight,
+    mask,
   });
   const parts: Record<string, Tensor> = { kl: r.kl };
   if (r.ce) parts.ce = r.ce;

@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Random } from '../../src/util/random.js';
-import { parseSafetensors } from '../../src/io/safetensors.js';
+import { entryBytes, parseSafetensors } from '../../src/io/safetensors.js';
 import { loadModel, saveModel } from '../../src/models/load.js';
 import { LlamaForCausalLM } from '../../src/models/llama.js';
 import { byteTokenizer, HuggingFaceTokenizer } from '../../src/io/tokenizer.js';
@@ -381,7 +381,7 @@ function caseSafetensors(r: Random, fx: Fixtures, dir: string): Outcome {
   if (!ref) return { cls: 'quiet-wrong', detail: `${note}: accepted a file the reference rejects` };
   for (const [name, e] of parsed.entries) {
     const x = ref.get(name);
-    if (!x || x.dtype !== e.dtype || x.shape.join() !== e.shape.join() || !sameBytes(x.bytes, e.bytes))
+    if (!x || x.dtype !== e.dtype || x.shape.join() !== e.shape.join() || !sameBytes(x.bytes, entryBytes(e)))
       return { cls: 'quiet-wrong', detail: `${note}: tensor ${name} read differently from the reference` };
   }
   // and as model weights: every parameter is the reference's float tensor of that name

@@ -2,6 +2,7 @@
 
 import path from 'node:path';
 import { checkConfig, checkTable } from '../../distill/check.js';
+import { expandParquetInputs } from '../../data/parquet.js';
 import { loadConfig } from '../../distill/config.js';
 import { resultsTable, runDistill } from '../../distill/pipeline.js';
 import { useDevice } from '../../tensor/device.js';
@@ -93,6 +94,11 @@ export async function run(argv: string[]): Promise<number> {
     process.env.MOHAWK_CUDA_DEVICE = String(visible?.length === 1 ? 0 : env.localRank);
   }
   const backend = await useDevice(cfg.device);
+  // Parquet inputs become JSONL first (hyparquet reads asynchronously)
+  const sources = path.join(cfg.out, 'data-sources');
+  const log = (l: string) => console.error(l);
+  cfg.data.train = await expandParquetInputs(cfg.data.train, sources, { text: cfg.data.jsonlField }, log);
+  cfg.data.val = await expandParquetInputs(cfg.data.val, sources, { text: cfg.data.jsonlField }, log);
   // a job of one rank opens its collective only for --zero (it then runs the sharded path, e.g. on NCCL)
   const collective =
     env && (env.worldSize > 1 || flag(p, 'zero')) ? await openCollective(env, backend) : null;
