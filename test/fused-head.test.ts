@@ -4,6 +4,10 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { stage3Loss } from '../src/distill/stages.js';
+import { studentConfigFor } from '../src/distill/transfer.js';
+import { LlamaForCausalLM } from '../src/models/llama.js';
+import { StudentLM } from '../src/models/phi-mamba.js';
 import * as T from '../src/tensor/index.js';
 import { linearKLDivergence, noGrad, scope, type Tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
@@ -115,5 +119,65 @@ describe('linearKLDivergence (fused, chunked head + KL + CE)', () => {
       () => linearKLDivergence({ x, weight: w, bias: null }, { x, weight: w, bias: null }, { ceWeight: 1 }),
       /needs 4 i32 targets/,
     );
+  });
+});
+
+describe('stage 3 with the fused head', () => {
+  it('gives the unfused loss and student gradients (Llama teacher, Llamba student with a padded vocabulary)', () => {
+    const teacher = new LlamaForCausalLM(
+      {
+        vocabSize: 50,
+        hiddenSize: 16,
+        intermediateSize: 24,
+        numLayers: 1,
+        numHeads: 2,
+        numKvHeads: 1,
+        headDim: 8,
+        rmsNormEps: 1e-5,
+        ropeTheta: 10000,
+        maxPositionEmbeddings: 32,
+        tieWordEmbeddings: true,
+        attentionBias: false,
+        mlpBias: false,
+        bosTokenId: null,
+        eosTokenId: null,
+      },
+      { rng: new Random(3) },
+    );
+    teacher.setTrainable(() => true, false);
+    const cfg = { ...studentConfigFor(teacher, { chunkSize: 4 }), padVocabSizeMultiple: 16 };
+    const student = new StudentLM(cfg, { rng: new Random(4) });
+    assert.equal(student.paddedVocab, 64);
+    const rng = new Random(5);
+    const ids = T.tensor(
+      Int32Array.from({ length: 2 * 8 }, () => rng.int(0, 50)),
+      [2, 8],
+      'i32',
+    );
+    const target = T.tensor(
+      Int32Array.from({ length: 2 * 8 }, () => rng.int(0, 50)),
+      [2, 8],
+      'i32',
+    );
+    const run = (fusedHead: boolean) =>
+      scope(() => {
+        const r = stage3Loss(
+          teacher,
+          student,
+          ids,
+          target,
+          { temperature: 1.5, ceWeight: 0.3 },
+          { fusedHead, chunkRows: 5 },
+        );
+        r.loss.backward();
+        const grads = student.namedParameters().map(([n, p]) => [n, Array.from(p.grad!.toArray())] as const);
+        student.zeroGrad();
+        return { loss: r.loss.item(), kl: r.parts.kl.item(), ce: r.parts.ce.item(), grads };
+      });
+    const ref = run(false);
+    const fused = run(true);
+    assertClose([fused.loss, fused.kl, fused.ce], [ref.loss, ref.kl, ref.ce], 1e-5, 'loss, kl, ce', 1e-5);
+    for (let i = 0; i < ref.grads.length; i++)
+      assertClose(fused.grads[i][1], ref.grads[i][1], 1e-6, `gradient of ${ref.grads[i][0]}`, 1e-3);
   });
 });

@@ -2,7 +2,7 @@
 // parameters each stage trains. In stages 1 and 2 every student layer sees the teacher's own
 // input to that layer (captured from one teacher forward), so layers are independent.
 
-import { add, noGrad, scale, scope, type Tensor } from '../tensor/index.js';
+import { add, linearKLDivergence, noGrad, reshape, scale, scope, type Tensor } from '../tensor/index.js';
 import type { CausalLM } from '../models/types.js';
 import { distillationLoss, hiddenStateAlignmentLoss, matrixOrientationLoss } from './losses.js';
 import type { StageConfig, StageKind } from './config.js';
@@ -66,6 +66,16 @@ export function stage2Loss(teacher: CausalLM, student: CausalLM, ids: Tensor, ml
   return { loss: scale(total, 1 / layers.length), parts };
 }
 
+export interface Stage3Options {
+  /**
+   * the loss fused with both lm_heads (`linearKLDivergence`): never the full logits of both models
+   * at once (default: $MOHAWK_FUSED_HEAD=1); models without `headParts` keep the unfused path
+   */
+  fusedHead?: boolean;
+  /** tokens per chunk of the fused loss (default: about 256 MiB of logits per model) */
+  chunkRows?: number;
+}
+
 /** Stage 3: KL(teacher || student) on next-token distributions, optionally plus cross-entropy. */
 export function stage3Loss(
   teacher: CausalLM,
@@ -73,7 +83,31 @@ export function stage3Loss(
   input: Tensor,
   target: Tensor,
   cfg: Pick<StageConfig, 'temperature' | 'ceWeight'>,
+  opts: Stage3Options = {},
 ): StageLoss {
+  const fused = opts.fusedHead ?? process.env.MOHAWK_FUSED_HEAD === '1';
+  if (fused && teacher.headParts && student.headParts && teacher.info.vocabSize === student.info.vocabSize) {
+    // the loss fused with both heads: the (tokens x vocab) logits exist one chunk at a time
+    const identity = { head: (h: Tensor) => h };
+    const flat = (x: Tensor) => reshape(x, [x.size / x.shape[x.ndim - 1], x.shape[x.ndim - 1]]);
+    const t = noGrad(() =>
+      scope(() => {
+        const p = teacher.headParts!(teacher.forward(input, identity).logits);
+        return { ...p, x: flat(p.x) };
+      }),
+    );
+    const s = student.headParts(student.forward(input, identity).logits);
+    const r = linearKLDivergence({ ...s, x: flat(s.x) }, t, {
+      vocab: student.info.vocabSize,
+      temperature: cfg.temperature,
+      targets: cfg.ceWeight > 0 ? reshape(target, [target.size]) : null,
+      ceWeight: cfg.ceWeight,
+      chunkRows: opts.chunkRows,
+    });
+    const parts: Record<string, Tensor> = { kl: r.kl };
+    if (r.ce) parts.ce = r.ce;
+    return { loss: r.loss, parts };
+  }
   // the teacher's intermediates are freed at once; only its logits stay for the loss
   const teacherLogits = noGrad(() => scope(() => teacher.forward(input).logits));
   const studentLogits = student.forward(input).logits;

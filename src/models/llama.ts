@@ -16,6 +16,7 @@ import type {
   CausalLM,
   ForwardOptions,
   ForwardResult,
+  HeadParts,
   LayerCache,
   ModelCache,
   ModelInfo,
@@ -192,6 +193,13 @@ export class LlamaForCausalLM extends Module implements CausalLM {
   head(h: Tensor): Tensor {
     const n = this.norm.forward(h);
     return this.lmHead ? this.lmHead.forward(n) : matmul(n, this.embedTokens.weight, { transB: true });
+  }
+
+  headParts(h: Tensor): HeadParts {
+    const x = this.norm.forward(h);
+    return this.lmHead
+      ? { x, weight: this.lmHead.weight, bias: this.lmHead.bias }
+      : { x, weight: this.embedTokens.weight, bias: null };
   }
 
   forward(ids: Tensor, opts?: ForwardOptions): ForwardResult {

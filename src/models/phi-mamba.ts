@@ -20,6 +20,7 @@ import type {
   CausalLM,
   ForwardOptions,
   ForwardResult,
+  HeadParts,
   LayerCache,
   ModelCache,
   ModelInfo,
@@ -208,6 +209,13 @@ export class StudentLM extends Module implements CausalLM {
     const n = this.finalNorm.forward(h);
     const logits = this.lmHead ? this.lmHead.forward(n) : matmul(n, this.embedding.weight, { transB: true });
     return this.paddedVocab === this.config.vocabSize ? logits : slice(logits, -1, 0, this.config.vocabSize);
+  }
+
+  headParts(h: Tensor): HeadParts {
+    const x = this.finalNorm.forward(h);
+    return this.lmHead
+      ? { x, weight: this.lmHead.weight, bias: this.lmHead.bias }
+      : { x, weight: this.embedding.weight, bias: null };
   }
 
   forward(ids: Tensor, opts?: ForwardOptions): ForwardResult {
