@@ -23,6 +23,7 @@ import type {
   CausalLM,
   ForwardOptions,
   ForwardResult,
+  HeadParts,
   LayerCache,
   ModelCache,
   ModelInfo,
@@ -391,6 +392,13 @@ export class LlamaForCausalLM extends Module implements CausalLM {
       : matmul(n, this.embedTokens.weight, { transB: true });
     const cap = this.config.finalSoftcap;
     return cap ? scale(tanh(scale(logits, 1 / cap)), cap) : logits;
+  }
+
+  headParts(h: Tensor): HeadParts {
+    const x = this.norm.forward(h);
+    return this.lmHead
+      ? { x, weight: this.lmHead.weight, bias: this.lmHead.bias }
+      : { x, weight: this.embedTokens.weight, bias: null };
   }
 
   forward(ids: Tensor, opts?: ForwardOptions): ForwardResult {

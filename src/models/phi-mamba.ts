@@ -23,6 +23,7 @@ import type {
   CausalLM,
   ForwardOptions,
   ForwardResult,
+  HeadParts,
   LayerCache,
   ModelCache,
   ModelInfo,
@@ -300,6 +301,13 @@ export class StudentLM extends Module implements CausalLM {
     const cap = this.config.finalSoftcap;
     const logits = cap ? scale(tanh(scale(raw, 1 / cap)), cap) : raw;
     return this.paddedVocab === this.config.vocabSize ? logits : slice(logits, -1, 0, this.config.vocabSize);
+  }
+
+  headParts(h: Tensor): HeadParts {
+    const x = this.finalNorm.forward(h);
+    return this.lmHead
+      ? { x, weight: this.lmHead.weight, bias: this.lmHead.bias }
+      : { x, weight: this.embedding.weight, bias: null };
   }
 
   forward(ids: Tensor, opts?: ForwardOptions): ForwardResult {
