@@ -300,7 +300,8 @@ function readDone(dir: string, log: (l: string) => void): StageResult | null {
 }
 
 /** Files and directories of a stage directory that mohawk writes (a fresh run removes only these). */
-const STAGE_ENTRY = /^(done\.json|metrics\.jsonl|latest\.json|step-\d+|step-\d+\.tmp-\d+|.*\.tmp-\d+)$/;
+const STAGE_ENTRY =
+  /^(done\.json|metrics\.jsonl|metrics\.csv|latest\.json|step-\d+|step-\d+\.tmp-\d+|.*\.tmp-\d+)$/;
 
 /**
  * Empty a stage directory of what mohawk wrote there, keeping anything else (a user's notes, ...);
@@ -436,9 +437,11 @@ function distillWith(
   teacher: CausalLM,
   tokenizer: Tokenizer | null,
 ): DistillResult {
-  // rank 0 tokenizes (when needed) before the others open the data
-  if (!hooks.data && isRoot(hooks)) openData(cfg, tokenizer, log, teacher.info.vocabSize);
-  barrier(hooks);
+  // data parallel: rank 0 tokenizes (when needed) before the others open the data
+  if (!hooks.data && hooks.dataParallel) {
+    if (isRoot(hooks)) openData(cfg, tokenizer, log, teacher.info.vocabSize);
+    barrier(hooks);
+  }
   const { train: trainSplit, val } = hooks.data ?? openData(cfg, tokenizer, log, teacher.info.vocabSize);
   const evalLen = Math.min(cfg.stages[cfg.stages.length - 1].seqLen, teacher.info.maxSeqLen);
   const ppl = (m: CausalLM) => validationPerplexity(m, val, evalLen, cfg.data.valTokens);
