@@ -16,6 +16,7 @@ import { TokenDataset, writeTokenSplits } from '../src/data/shards.js';
 import { validateConfig } from '../src/distill/config.js';
 import { runDistill } from '../src/distill/pipeline.js';
 import { tokenLogprobs } from '../src/eval/score.js';
+import { loadTokenizer } from '../src/io/tokenizer.js';
 import { generateIds } from '../src/generate/generate.js';
 import { buildModel, loadModel } from '../src/models/load.js';
 import type { CausalLM } from '../src/models/types.js';
@@ -505,6 +506,27 @@ describe('distillation from every family', { skip }, () => {
       // (longrope switches factors past its original context of 16: compare within it)
       const c = name.includes('longrope') ? ids.slice(0, 16) : ids;
       assertClose(cachedLogits(student, c), logitsOf(student, c), 1e-4, `${name} student cache`);
+    });
+  }
+});
+
+// ---- tokenizers of the families (test/fixtures/tokenizers, encodings from AutoTokenizer) ----
+
+describe('family tokenizers (Llama 3, Qwen2, Gemma layouts)', () => {
+  const TOK = path.join(HERE, 'fixtures/tokenizers');
+  for (const name of ['llama3', 'qwen2', 'gemma']) {
+    it(`${name}: ids with special tokens and BOS as transformers; decode with and without specials`, () => {
+      const dir = path.join(TOK, name);
+      const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as {
+        cases: { text: string; ids: number[]; decoded: string; decoded_skip_special: string }[];
+      };
+      const tok = loadTokenizer(dir);
+      assert.ok(exp.cases.length >= 5);
+      for (const c of exp.cases) {
+        assert.deepEqual(tok.encode(c.text), c.ids, `${name}: ${JSON.stringify(c.text)}`);
+        assert.equal(tok.decode(c.ids, { skipSpecialTokens: false }), c.decoded, `${name} decode`);
+        assert.equal(tok.decode(c.ids), c.decoded_skip_special, `${name} decode (skip special)`);
+      }
     });
   }
 });
