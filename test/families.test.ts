@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { TokenDataset, writeTokenSplits } from '../src/data/shards.js';
 import { validateConfig } from '../src/distill/config.js';
 import { runDistill } from '../src/distill/pipeline.js';
+import { transferStudent } from '../src/distill/transfer.js';
 import { tokenLogprobs } from '../src/eval/score.js';
 import { loadTokenizer } from '../src/io/tokenizer.js';
 import { generateIds } from '../src/generate/generate.js';
@@ -529,4 +530,49 @@ describe('family tokenizers (Llama 3, Qwen2, Gemma layouts)', () => {
       }
     });
   }
+});
+
+describe('student config ranges', () => {
+  it('absurd sizes, negative eps and token ids outside the vocabulary are refused naming the field', () => {
+    const teacher = buildModel({ ...SMALL, model_type: 'llama', num_hidden_layers: 2 });
+    const base = transferStudent(teacher, { attentionLayers: [1] }).configJson();
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- nested config sections
+    type J = Record<string, any>;
+    const edit = (fn: (j: J) => void) => {
+      const j = structuredClone(base) as J;
+      fn(j);
+      return j;
+    };
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [
+        edit((j) => (j.MixerModel.input.n_layer = 1e5)),
+        /MixerModel\.input\.n_layer \(100000\) is larger than mohawk accepts/,
+      ],
+      [
+        edit((j) => (j.MixerModel.input.d_model = 1e9)),
+        /MixerModel\.input\.d_model \(1000000000\) is larger/,
+      ],
+      [
+        edit((j) => (j.LanguageModel.input.vocab_size = 3e7)),
+        /LanguageModel\.input\.vocab_size \(30000000\) is larger/,
+      ],
+      [edit((j) => (j.Block1.core_input.d_conv = 4e6)), /Block1\.core_input\.d_conv \(4000000\) is larger/],
+      [edit((j) => (j.Block1.core_input.expand = 1e6)), /Block1\.core_input\.expand \(1000000\) is larger/],
+      [
+        edit((j) => (j.Block1.core_input.expand = 1.01)),
+        /expand \(1\.01\) times d_model \(32\) must be a positive integer/,
+      ],
+      [edit((j) => (j.MixerModel.input.norm_eps = -1)), /MixerModel\.input\.norm_eps must not be negative/],
+      [
+        edit((j) => (j.LanguageModel.input.bos_token_id = 40)),
+        /LanguageModel\.input\.bos_token_id \(40\) is outside the vocabulary/,
+      ],
+      [
+        edit((j) => (j.Block2.core_input.sliding_window = 1e9)),
+        /Block2\.core_input\.sliding_window \(1000000000\) is larger/,
+      ],
+    ];
+    for (const [cfg, re] of cases)
+      assert.throws(() => buildModel(cfg, 'student/config.json', { deferInit: true }), re);
+  });
 });
