@@ -278,8 +278,8 @@ describe('mutated checkpoints', { skip: fs.existsSync(SHARED) ? false : `${SHARE
       () => loadModel(dir),
       /config\.json: num_key_value_heads \(3\) must divide num_attention_heads \(8\)/,
     );
-    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, model_type: 'mistral' }));
-    assert.throws(() => loadModel(dir), /config\.json: model_type "mistral" is not supported/);
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, model_type: 'falcon' }));
+    assert.throws(() => loadModel(dir), /config\.json: model_type "falcon" is not supported/);
     fs.writeFileSync(
       path.join(dir, 'config.json'),
       JSON.stringify({ ...cfg, rope_parameters: { rope_type: 'yarn', rope_theta: 1e4 } }),
