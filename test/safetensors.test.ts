@@ -282,9 +282,9 @@ describe('mutated checkpoints', { skip: fs.existsSync(SHARED) ? false : `${SHARE
     assert.throws(() => loadModel(dir), /config\.json: model_type "falcon" is not supported/);
     fs.writeFileSync(
       path.join(dir, 'config.json'),
-      JSON.stringify({ ...cfg, rope_parameters: { rope_type: 'yarn', rope_theta: 1e4 } }),
+      JSON.stringify({ ...cfg, rope_parameters: { rope_type: 'mrope', rope_theta: 1e4 } }),
     );
-    assert.throws(() => loadModel(dir), /config\.json: rope_parameters\.rope_type "yarn" is not supported/);
+    assert.throws(() => loadModel(dir), /config\.json: rope_parameters\.rope_type "mrope" is not supported/);
     fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(cfg));
     fs.writeFileSync(
       path.join(dir, 'tokenizer.json'),
