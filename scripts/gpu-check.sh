@@ -68,6 +68,7 @@ for part in "${parts[@]}"; do
     st=0
     MOHAWK_REQUIRE_CUDA=1 MOHAWK_CUDA_SYNC=1 node --test --test-reporter=spec --test-concurrency=1 \
       $D/build/test/cuda.test.js $D/build/test/cuda-models.test.js $D/build/test/cuda-distill.test.js \
+      $D/build/test/cuda-nccl.test.js \
       >"$OUT/tests.log" 2>&1 || st=1
     tail -n 40 "$OUT/tests.log"
     echo "tests: exit $st, $(($(date +%s) - t0)) s"

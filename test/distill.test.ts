@@ -19,7 +19,13 @@ import {
 import { transferStudent } from '../src/distill/transfer.js';
 import { runDistill } from '../src/distill/pipeline.js';
 import { LlamaForCausalLM } from '../src/models/llama.js';
-import { saveModel } from '../src/models/load.js';
+import { buildModel, readConfig, saveModel } from '../src/models/load.js';
+import {
+  checkConfig,
+  checkTable,
+  studentParameterShapes,
+  studentShapeFromTeacherJson,
+} from '../src/distill/check.js';
 import { byteTokenizer } from '../src/io/tokenizer.js';
 import { TokenDataset, writeTokenSplits } from '../src/data/shards.js';
 import { RandomWindows, toTensors } from '../src/data/batches.js';
@@ -355,7 +361,7 @@ describe('stage recipes (the reference trainable sets, layer-wise backward)', ()
       {
         teacher: 't',
         data: { train: ['x'] },
-        stages: [{ stage: 3, tokens: 8, freeze: ['**.mlp', '/mixer\\.D$/'] }],
+        stages: [{ stage: 3, tokens: 8192, freeze: ['**.mlp', '/mixer\\.D$/'] }],
       },
       'c.yaml',
     );
@@ -442,17 +448,17 @@ describe('stage recipes (the reference trainable sets, layer-wise backward)', ()
 
 describe('distill config and resume', () => {
   it('bad configs name the field', () => {
-    const ok = { teacher: 't', data: { train: ['x'] }, stages: [{ stage: 3, tokens: 100 }] };
+    const ok = { teacher: 't', data: { train: ['x'] }, stages: [{ stage: 3, tokens: 8192 }] };
     assert.throws(
-      () => validateConfig({ ...ok, stages: [{ stage: 4, tokens: 100 }] }, 'c.yaml'),
+      () => validateConfig({ ...ok, stages: [{ stage: 4, tokens: 8192 }] }, 'c.yaml'),
       /c\.yaml: stages\[0\]\.stage must be at most 3, got 4/,
     );
     assert.throws(
-      () => validateConfig({ ...ok, stages: [{ stage: 3, tokens: 100, lr: 'fast' }] }, 'c.yaml'),
+      () => validateConfig({ ...ok, stages: [{ stage: 3, tokens: 8192, lr: 'fast' }] }, 'c.yaml'),
       /c\.yaml: stages\[0\]\.lr must be a number, got "fast"/,
     );
     assert.throws(
-      () => validateConfig({ ...ok, stages: [{ stage: 3, tokens: 100, lrr: 1 }] }, 'c.yaml'),
+      () => validateConfig({ ...ok, stages: [{ stage: 3, tokens: 8192, lrr: 1 }] }, 'c.yaml'),
       /c\.yaml: stages\[0\]\.lrr is not a known setting/,
     );
     assert.throws(
@@ -461,8 +467,8 @@ describe('distill config and resume', () => {
           {
             ...ok,
             stages: [
-              { stage: 3, tokens: 1 },
-              { stage: 1, tokens: 1 },
+              { stage: 3, tokens: 8192 },
+              { stage: 1, tokens: 8192 },
             ],
           },
           'c.yaml',
@@ -484,10 +490,10 @@ describe('distill config and resume', () => {
     assert.throws(() => loadConfig(path.join(dir, 'c.yaml')), /c\.yaml: not valid YAML/);
     fs.writeFileSync(
       path.join(dir, 'c.yaml'),
-      'teacher: t\ndata: {train: [x]}\nstages: [{stage: 3, tokens: 100}]\n',
+      'teacher: t\ndata: {train: [x]}\nstages: [{stage: 3, tokens: 8192}]\n',
     );
-    const c = loadConfig(path.join(dir, 'c.yaml'), ['stages.0.tokens=5e3', 'student.attentionLayers=[1]']);
-    assert.equal(c.stages[0].tokens, 5000);
+    const c = loadConfig(path.join(dir, 'c.yaml'), ['stages.0.tokens=9e3', 'student.attentionLayers=[1]']);
+    assert.equal(c.stages[0].tokens, 9000);
     assert.deepEqual(c.student.attentionLayers, [1]);
     assert.equal(c.teacher, path.join(dir, 't'));
   });
@@ -606,5 +612,104 @@ describe('distill config and resume', () => {
         .split('\n')
         .map((l) => JSON.parse(l).loss);
     assert.deepEqual(metrics('killed').slice(-4), metrics('whole').slice(-4));
+  });
+});
+
+describe('distill --check', () => {
+  const fixtures = path.join(import.meta.dirname, '..', '..', 'shared', 'fixtures', 'reference');
+  it('student shapes from config.json alone equal the built student, for phi, llama and gpt2, both inits and a hybrid', () => {
+    for (const name of ['phi', 'llama-untied', 'gpt2']) {
+      const { json, file } = readConfig(path.join(fixtures, name));
+      const teacher = buildModel(json, file);
+      for (const [init, mixer] of [
+        ['paper', 'ssd'],
+        ['attention', 'ssd'],
+        ['paper', 'toeplitz'],
+        ['paper', 'linear-attention'],
+      ] as const) {
+        const studentCfg = {
+          attentionLayers: [1],
+          dState: null,
+          chunkSize: 16,
+          alphaInit: 0.9,
+          init,
+          mixer,
+          kernelLength: 24,
+        };
+        const built = transferStudent(teacher, {
+          attentionLayers: [1],
+          chunkSize: 16,
+          mixerInit: init,
+          mixerClass: mixer,
+          kernelLength: 24,
+        });
+        const want = built.namedParameters().map(([n, t]) => `${n} ${t.shape.join('x')}`);
+        const got = studentParameterShapes(studentShapeFromTeacherJson(json, file, studentCfg)).map(
+          ([n, s]) => `${n} ${s.join('x')}`,
+        );
+        assert.deepEqual(got.sort(), want.sort(), `${name} ${init} ${mixer}`);
+        built.dispose();
+      }
+      teacher.dispose();
+    }
+  });
+
+  it('resolves every stage (steps, accumulation, schedule, trainable count) without loading weights', () => {
+    const dir = tmp();
+    fs.copyFileSync(path.join(fixtures, 'phi', 'config.json'), path.join(dir, 'config.json'));
+    const cfg = validateConfig(
+      {
+        teacher: '.',
+        data: { train: ['data'] },
+        student: { init: 'paper' },
+        stageDefaults: { batchTokens: 4096, microBatch: 4, seqLen: 256 },
+        stages: [
+          { stage: 1, tokens: 40960, warmup: 0.1, decay: 0.1 },
+          { stage: 2, tokens: 8192, mlpFrozen: false, trainMlp: true },
+          { stage: 3, tokens: 1e5, schedule: 'cosine', freeze: ['**.mlp'] },
+        ],
+      },
+      path.join(dir, 'c.yaml'),
+      dir,
+    );
+    const c = checkConfig(cfg);
+    const { json, file } = readConfig(path.join(fixtures, 'phi'));
+    const teacher = buildModel(json, file);
+    const student = transferStudent(teacher, { mixerInit: 'paper' });
+    const count = (pred: (n: string) => boolean) =>
+      student.namedParameters().reduce((a, [n, t]) => a + (pred(n) ? t.size : 0), 0);
+    assert.equal(c.config.teacher, dir);
+    assert.equal(c.config.data.train[0], path.join(dir, 'data'));
+    assert.deepEqual(
+      c.stages.map((s) => [s.steps, s.accumulation, s.warmupSteps, s.decaySteps]),
+      [
+        [10, 4, 1, 1],
+        [2, 4, 0, 0],
+        [24, 4, 1, 0],
+      ],
+    );
+    assert.equal(c.totalTokens, 36 * 4096);
+    assert.equal(
+      c.stages[0].trainableParameters,
+      count((n) => n.includes('.mixer.')),
+    );
+    assert.equal(
+      c.stages[1].trainableParameters,
+      count((n) => n.includes('.mixer.') || n.includes('.mlp.')),
+    );
+    assert.equal(
+      c.stages[2].trainableParameters,
+      count((n) => !n.includes('.mlp.')),
+    );
+    assert.equal(
+      c.student!.parameters,
+      count(() => true),
+    );
+    assert.match(checkTable(c), /wsd 1\/8\/1/);
+    assert.ok(c.warnings.some((w) => w.includes('does not exist')));
+    assert.throws(
+      () => checkConfig({ ...cfg, stages: [{ ...cfg.stages[0], batchTokens: 1000 }] }),
+      /stages\[0\]\.batchTokens \(1000\) must be a multiple of microBatch x seqLen \(4 x 256\)/,
+    );
   });
 });

@@ -1,7 +1,8 @@
 // Data parallelism on CPU processes: the launcher's environment, the TCP rendezvous (and its
 // timeout), every CPU collective against hand-computed values, a lost rank named by the others,
 // and training at world size 2 (plain and ZeRO-1) giving the per-step losses and weights of one
-// process; a ZeRO-1 checkpoint resumed at world sizes 1 and 3 continues as the unbroken run.
+// process; a ZeRO-1 checkpoint resumed at world sizes 1 and 3, and an unsharded one resumed with
+// ZeRO-1 at world size 2, continue as the unbroken run.
 //
 // Tolerances: per-step losses and gradient norms 1e-5 relative, weights 1e-5 absolute (the
 // ranks sum gradients in another order than one process accumulating micro-batches; f32).
@@ -13,7 +14,9 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
+import { CpuCollective } from '../src/backends/cpu/collective.js';
 import { ProcessGroup, readDistEnv } from '../src/backends/group.js';
+import { getBackend } from '../src/tensor/index.js';
 import { rankMicroBatches } from '../src/train/distributed.js';
 import { shardRange } from '../src/train/zero.js';
 import { makeData, runTiny, type RunConfig } from './train-fixture.js';
@@ -207,6 +210,37 @@ describe('distributed: data-parallel training on CPU processes', () => {
       assert.deepEqual(rs[0].weights, rs[1].weights, 'the ranks hold the same weights');
     });
   }
+
+  it('ZeRO-1 at world size 1 (one-rank collective, in this process) trains as one process and writes its shard', () => {
+    const group = ProcessGroup.join({ rank: 0, worldSize: 1, masterAddr: '127.0.0.1', masterPort: 0 });
+    const c = new CpuCollective(group, getBackend());
+    try {
+      const ck = path.join(dir, 'ck-w1');
+      const r = runTiny({ ...run, checkpointDir: ck }, { dataParallel: { collective: c, zero: true } });
+      close(
+        r.result.history.map((m) => m.loss),
+        ref.losses,
+        1e-6,
+        'loss',
+      );
+      assert.ok(fs.existsSync(path.join(ck, 'step-00000006', 'optimizer-shard-00000-of-00001.safetensors')));
+    } finally {
+      c.close();
+    }
+  });
+
+  it('an unsharded checkpoint of one process resumes with ZeRO-1 at world size 2', async () => {
+    const ck = path.join(dir, 'ck-one');
+    const killed = await job(1, {
+      mode: 'train',
+      run: { ...run, checkpointDir: ck, checkpointEvery: 3, killAtStep: 4 },
+    });
+    assert.notEqual(killed[0].code, 0);
+    assert.ok(fs.existsSync(path.join(ck, 'step-00000003', 'optimizer.safetensors')));
+    const two = parsed(await job(2, { mode: 'train', zero: true, run: { ...run, checkpointDir: ck } }));
+    close(two[0].losses, ref.losses.slice(3), 1e-5, 'loss after resume at world size 2');
+    for (const [n, w] of Object.entries(ref.weights)) close(two[1].weights[n], w, 1e-5, n, false);
+  });
 
   it('a ZeRO-1 checkpoint at world size 2 resumes at world sizes 1 and 3 as the unbroken run', async () => {
     const ck = path.join(dir, 'ck');

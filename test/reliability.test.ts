@@ -10,9 +10,15 @@ import { describe, it } from 'node:test';
 import { ConfigError, applyOverrides, checkAgainstTeacher, validateConfig } from '../src/distill/config.js';
 import { DATA_RECORD_FILE, openData, runDistill } from '../src/distill/pipeline.js';
 import { LlamaForCausalLM } from '../src/models/llama.js';
-import { byteTokenizer } from '../src/io/tokenizer.js';
+import { byteTokenizer, HuggingFaceTokenizer } from '../src/io/tokenizer.js';
+import { regexHazard } from '../src/io/tokenizer-checks.js';
+import { chooseCut, encodeInPieces } from '../src/io/long-text.js';
+import { readSentencePieceModel } from '../src/io/llama2c.js';
+import { CudaBackend } from '../src/backends/cuda/index.js';
+import { spawnSync } from 'node:child_process';
 import { TokenDataset, writeTokenSplits } from '../src/data/shards.js';
 import { readLatest, writeCheckpoint } from '../src/train/checkpoint.js';
+import { readMetrics } from '../src/train/metrics.js';
 import { DivergenceError } from '../src/train/trainer.js';
 import { firstNonFinite } from '../src/train/params.js';
 import { writeFileAtomic } from '../src/util/fs.js';
@@ -52,10 +58,6 @@ describe('distill config ranges', () => {
     assert.throws(
       () => validateConfig(stage({ microBatch: 3, seqLen: 100, batchTokens: 1000 }), 'c.yaml'),
       /stages\[0\]\.batchTokens \(1000\) must be a multiple of microBatch x seqLen \(3 x 100 = 300\)/,
-    );
-    assert.throws(
-      () => validateConfig(stage({ tokens: 100 }), 'c.yaml'),
-      /stages\[0\]\.tokens \(100\) is less than one step of batchTokens \(8192\)/,
     );
     assert.throws(
       () => validateConfig({ ...OK, student: { dState: 1e6 } }, 'c.yaml'),
@@ -375,5 +377,209 @@ describe('output directories and resume of a distill run', () => {
     );
     assert.deepEqual([r3.stages[0].loss, r3.stages[0].valPpl], [r1.stages[0].loss, r1.stages[0].valPpl]);
     assert.ok(JSON.parse(fs.readFileSync(path.join(stage, 'done.json'), 'utf8')).valPpl > 0);
+  });
+});
+
+describe('tokenizer safety', () => {
+  const base = () => structuredClone((byteTokenizer() as unknown as { json: Record<string, unknown> }).json);
+  const build = (json: Record<string, unknown>) =>
+    new HuggingFaceTokenizer(json, { bos_token: '<|endoftext|>', eos_token: '<|endoftext|>' }, 'tok.json');
+
+  it('refuses regular expressions that backtrack exponentially, accepts the published ones', () => {
+    for (const p of ['(a+)+$', '(a|a)*b', '(\\w+\\s?)*$', '(.*){1,32}x', '(a)\\1'])
+      assert.ok(regexHazard(p), p);
+    for (const p of [
+      "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re)?",
+      '[()+*]+',
+      '(ab)+',
+    ])
+      assert.equal(regexHazard(p), null, p);
+    const json = base();
+    json.pre_tokenizer = {
+      type: 'Sequence',
+      pretokenizers: [
+        { type: 'Split', pattern: { Regex: '(a+)+$' }, behavior: 'Isolated', invert: false },
+        json.pre_tokenizer,
+      ],
+    };
+    const t0 = performance.now();
+    assert.throws(
+      () => build(json),
+      /tok\.json: pre_tokenizer\.pretokenizers\[0\]\.pattern has an unsafe regular expression "\(a\+\)\+\$": a repeated group that itself repeats/,
+    );
+    assert.ok(performance.now() - t0 < 1000);
+  });
+
+  it('ids beyond the vocabulary and malformed post-processors fail at load, naming the field', () => {
+    const json = base();
+    (json.added_tokens as Record<string, unknown>[])[0].id = 1e9;
+    const t0 = performance.now();
+    assert.throws(
+      () => build(json),
+      /tok\.json: added_tokens\[0\]\.id \(1000000000\) must be an integer id below 258/,
+    );
+    assert.ok(performance.now() - t0 < 1000, 'refused at once');
+    const cases: [unknown, RegExp][] = [
+      [{ type: 'TemplateProcessing', single: 'x' }, /post_processor\.single must be a list of pieces/],
+      [
+        {
+          type: 'TemplateProcessing',
+          single: [{ SpecialToken: { id: '<s>', type_id: 0 } }],
+          special_tokens: {},
+        },
+        /post_processor\.single\[0\] names the special token "<s>", missing from special_tokens/,
+      ],
+      [
+        {
+          type: 'TemplateProcessing',
+          single: [{ SpecialToken: { id: 'E', type_id: 0 } }],
+          special_tokens: { E: { id: 'E', ids: [256], tokens: ['E'] } },
+        },
+        /post_processor\.single must place the text \(Sequence A\)/,
+      ],
+      [{ type: 'Sequence', processors: 'nope' }, /post_processor\.processors must be a list/],
+      [{ type: 'BertProcessing', sep: 5 }, /post_processor\.sep must be \["token", id\], got 5/],
+      [{ type: 'Bogus' }, /post_processor\.type "Bogus" is not a known post-processor/],
+    ];
+    for (const [pp, re] of cases) {
+      const j = base();
+      j.post_processor = pp;
+      assert.throws(() => build(j), re);
+    }
+  });
+
+  it('a truncated SentencePiece .model names the file and what is cut', () => {
+    const src = path.resolve(import.meta.dirname, '../../shared/data/stories260K/tok512.model');
+    if (!fs.existsSync(src)) return;
+    const bytes = fs.readFileSync(src);
+    const dir = tmp('spm');
+    for (const n of [4, 100, 1000, bytes.length - 40]) {
+      const f = path.join(dir, `t${n}.model`);
+      fs.writeFileSync(f, bytes.subarray(0, n));
+      assert.throws(
+        () => readSentencePieceModel(f),
+        (e: Error) => e.message.startsWith(`${f}: `) && /truncated|trainer_spec/.test(e.message),
+      );
+    }
+    assert.equal(readSentencePieceModel(src).pieces.length, 512);
+  });
+
+  it('long texts are encoded in bounded pieces, with the same ids as whole', () => {
+    const tok = byteTokenizer();
+    const r = new Random(3);
+    const words = ['the', 'cat', 'über', 'naïve', '42', 'end.\n', '  spaced', '\tx'];
+    const text = Array.from({ length: 4000 }, () => words[r.int(0, words.length)]).join(' ');
+    const raw = (t: string) => Array.from(tok.encode(t, { addBos: false }));
+    let longest = 0;
+    const spy = (t: string) => {
+      longest = Math.max(longest, t.length);
+      return raw(t);
+    };
+    const kind = chooseCut(raw);
+    assert.equal(kind, 'before-space');
+    const pieces = encodeInPieces(text, spy, kind, 512);
+    assert.ok(longest <= 513 && longest > 100, `longest piece ${longest}`);
+    assert.deepEqual(
+      pieces,
+      Array.from(new TextEncoder().encode(text)),
+      'the byte tokenizer: ids are the bytes',
+    );
+    // the tokenizer itself never hands the library more than a piece of a long text
+    const inner = (tok as unknown as { tok: { encode: (t: string, o: object) => { ids: number[] } } }).tok;
+    const orig = inner.encode.bind(inner);
+    let biggest = 0;
+    inner.encode = (t: string, o: object) => {
+      biggest = Math.max(biggest, t.length);
+      return orig(t, o);
+    };
+    const ids = tok.encode(text.repeat(5), { addBos: false });
+    assert.equal(ids.length, new TextEncoder().encode(text.repeat(5)).length);
+    assert.ok(biggest < 4096, `the library saw ${biggest} characters at once`);
+  });
+});
+
+describe('commands', () => {
+  it('sample-data checks that the output is writable before loading or sampling anything', async () => {
+    const dir = tmp('cli');
+    const file = path.join(dir, 'a-file');
+    fs.writeFileSync(file, '');
+    const { run } = await import('../src/cli/commands/sample-data.js');
+    await assert.rejects(
+      run(['--model', path.join(dir, 'no-model'), '--tokens', '10', '--out', path.join(file, 'out.jsonl')]),
+      /--out .*a-file\/out\.jsonl: cannot write there \(E[A-Z]+\)/,
+    );
+  });
+});
+
+describe('cuda embedding: an id outside the vocabulary is an error', { skip: cudaSkip() }, () => {
+  it('the launch fails instead of returning a zero row', () => {
+    const root = path.resolve(import.meta.dirname, '..');
+    const script = `
+      const { useDevice } = await import('./src/tensor/device.ts');
+      await useDevice('cuda');
+      const { tensor, embedding } = await import('./src/tensor/index.ts');
+      const table = tensor(new Float32Array(8).fill(1), [4, 2]);
+      const out = embedding(table, tensor([0, 9], [2], 'i32')).toArray();
+      console.log('no error', Array.from(out));`;
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      cwd: root,
+      encoding: 'utf8',
+    });
+    assert.notEqual(r.status, 0, r.stdout);
+    assert.doesNotMatch(r.stdout, /no error/);
+  });
+});
+
+function cudaSkip(): string | false {
+  try {
+    new CudaBackend();
+    return false;
+  } catch (e) {
+    return `no CUDA device: ${(e as Error).message.split('\n')[0]}`;
+  }
+}
+
+describe('metrics', () => {
+  it('a last line cut short by a kill is skipped; damage elsewhere names the line', () => {
+    const f = path.join(tmp('metrics'), 'metrics.jsonl');
+    fs.writeFileSync(f, '{"step": 1, "loss": 2}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo');
+    assert.deepEqual(
+      readMetrics(f).map((m) => m.step),
+      [1, 2],
+    );
+    fs.writeFileSync(f, '{"step": 1, "loss": 2}\n{"st\n{"step": 3, "loss": 1}\n');
+    assert.throws(() => readMetrics(f), /metrics\.jsonl:2: not valid JSON/);
+  });
+});
+
+describe('a diverging distill run', () => {
+  it('lr 1e39 in stage 3: stops with the stage, the step and the last good checkpoint; no student written', () => {
+    const dir = tmp('diverge');
+    const { hooks } = tinyRun(dir);
+    const c = validateConfig(
+      {
+        teacher: 'in memory',
+        out: path.join(dir, 'out'),
+        student: { chunkSize: 16 },
+        data: { train: [path.join(dir, 'a.txt')], valTokens: 256 },
+        stageDefaults: { batchTokens: 128, microBatch: 4, seqLen: 32, clip: 0 },
+        stages: [
+          { stage: 2, tokens: 256, lr: 1e-3 },
+          { stage: 3, tokens: 1024, lr: 1e39 },
+        ],
+      },
+      'test',
+    );
+    assert.throws(
+      () => runDistill(c, hooks([])),
+      (e: Error) =>
+        e instanceof DivergenceError &&
+        /^stage 3 \(knowledge distillation\): diverged at step 1: \S+ is not finite/.test(e.message) &&
+        /the last good checkpoint is .*stage1-hidden\/step-00000002 \(the end of stage 2\)/.test(e.message),
+    );
+    assert.ok(!fs.existsSync(path.join(dir, 'out', 'student')), 'no student written');
+    assert.ok(!fs.existsSync(path.join(dir, 'out', 'stage2-kd', 'done.json')));
   });
 });

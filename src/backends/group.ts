@@ -224,7 +224,7 @@ export class ProcessGroup {
     if (this.closed) return;
     this.closed = true;
     this.port.postMessage({ type: 'close' });
-    this.wait(5000, 'close');
+    this.wait(15000, 'close');
     this.shutdown();
   }
 
@@ -473,7 +473,12 @@ async function main() {
     chain = chain.then(async () => {
       if (m.type === 'close') {
         closing = true;
-        for (const p of peers.values()) { try { send(p, { t: 'bye' }); p.sock.end(); } catch {} }
+        // wait until what is written has left (a large last result may still be queued)
+        await Promise.all([...peers.values()].map((p) => new Promise((resolve) => {
+          setTimeout(resolve, 10000).unref();
+          if (failed || p.sock.destroyed) { p.sock.destroy(); return resolve(); }
+          try { send(p, { t: 'bye' }); p.sock.end(resolve); } catch { resolve(); }
+        })));
         reply({ ok: true });
         return;
       }

@@ -51,6 +51,14 @@ export const commands: Record<string, Command> = {
     summary: 'an OpenAI-compatible HTTP server (completions, chat, streaming), continuous batching',
     load: () => import('./commands/serve.js'),
   },
+  approx: {
+    summary: 'how close Toeplitz, low-rank, SSD and semiseparable matrices get to attention',
+    load: () => import('./commands/approx.js'),
+  },
+  plot: {
+    summary: "a run's metrics as CSV and a report with charts (loss, lr, grad norm, tokens/s, validation)",
+    load: () => import('./commands/plot.js'),
+  },
   diagnose: {
     summary: 'per-layer MOHAWK distances between a teacher and its student, with a picture',
     load: () => import('./commands/diagnose.js'),

@@ -21,6 +21,11 @@ export interface Batch extends TokenBatch {
   input: Int32Array;
   /** (batch, seqLen): the next token of each input position */
   target: Int32Array;
+  /**
+   * (batch, seqLen), when the split has a mask (chat data, `data.maskPrompt`): 1 where the
+   * target counts in the loss (an assistant's token), 0 where it does not
+   */
+  targetMask?: Uint8Array;
 }
 
 /** An endless source of batches whose position can be saved to JSON and restored. */
@@ -71,12 +76,16 @@ function readRows(split: TokenSplit, batch: number, seqLen: number, start: (r: n
   const input = new Int32Array(batch * seqLen);
   const target = new Int32Array(batch * seqLen);
   const row = new Int32Array(seqLen + 1);
+  const targetMask = split.hasMask ? new Uint8Array(batch * seqLen) : undefined;
   for (let r = 0; r < batch; r++) {
-    split.read(start(r), seqLen + 1, row);
+    const s = start(r);
+    split.read(s, seqLen + 1, row);
     input.set(row.subarray(0, seqLen), r * seqLen);
     target.set(row.subarray(1), r * seqLen);
+    // the mask of the targets: tokens s + 1 .. s + seqLen
+    if (targetMask) split.readMask(s + 1, seqLen, targetMask, r * seqLen);
   }
-  return { input, target, batch, seqLen };
+  return targetMask ? { input, target, targetMask, batch, seqLen } : { input, target, batch, seqLen };
 }
 
 /** Windows starting at uniformly random token positions, from a seeded generator. */
@@ -225,6 +234,11 @@ export function* evalBatches(
     const rows = Math.min(batchSize, windows - w);
     yield readRows(split, rows, seqLen, (r) => (w + r) * seqLen);
   }
+}
+
+/** The batch's target mask as a (batch, seqLen) f32 tensor of 0/1 (null when it has none). */
+export function maskTensor(b: Batch): Tensor | null {
+  return b.targetMask ? tensor(Float32Array.from(b.targetMask), [b.batch, b.seqLen], 'f32') : null;
 }
 
 /** A batch as (batch, seqLen) i32 tensors on the current device (in the caller's scope). */

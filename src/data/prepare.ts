@@ -2,7 +2,13 @@
 // every document, and write the train and held-out ("val") splits with their index.json.
 //
 // Documents: a text file is one document; a JSONL file holds one document per line (the string
-// in a configurable field, "text" by default).
+// in a configurable field, "text" by default), or one conversation per line: a `messages` list of
+// {role, content}, rendered through the tokenizer's chat template. With `maskPrompt` a mask file
+// beside the shards marks which tokens count as training targets: an assistant message's tokens
+// (as the template renders them, its end marker included) count, the rest of a conversation
+// (system and user turns, the markup that opens the assistant's turn) does not; plain text counts
+// everywhere. Each rendered piece is tokenized on its own (templates put special tokens at the
+// boundaries, where a tokenizer splits anyway).
 // Held-out split, by fraction: the last `valFraction` of every source's bytes (cut at a line
 // boundary, so a text file becomes a train document and a val document; JSONL lines starting
 // past the cut go to val). This keeps val contiguous, so no training window overlaps it.
@@ -15,6 +21,7 @@ import {
   INDEX_FORMAT,
   ShardWriter,
   tokenDTypeFor,
+  MaskWriter,
   writeFileAtomicSync,
   type SourceInfo,
   type TokenIndex,
@@ -25,6 +32,12 @@ export interface TokenEncoder {
   encode(text: string): ArrayLike<number>;
   readonly eosTokenId: number | null;
   readonly vocabSize: number;
+}
+
+/** A chat template as prepare needs it (io/chat-template's ChatTemplate is one). */
+export interface ChatRenderer {
+  /** the rendered conversation in pieces, each marked whether it is an assistant's own text */
+  segments(messages: { role: string; content: string }[]): { text: string; assistant: boolean }[];
 }
 
 export interface PrepareProgress {
@@ -47,6 +60,12 @@ export interface PrepareOptions {
   valFraction?: number;
   /** the JSONL field holding each document's text */
   jsonlField?: string;
+  /** the JSONL field holding a conversation (default "messages") */
+  messagesField?: string;
+  /** renders conversations; needed when a JSONL line holds `messages` */
+  chat?: ChatRenderer;
+  /** write a target mask: only assistant tokens of conversations count (plain text counts whole) */
+  maskPrompt?: boolean;
   /** tokens per shard file */
   maxShardTokens?: number;
   /**
@@ -119,9 +138,20 @@ export function prepareTokens(encoder: TokenEncoder, opts: PrepareOptions): Prep
   for (const name of fs.readdirSync(opts.out)) if (SHARD_RE.test(name)) fs.rmSync(path.join(opts.out, name));
 
   const dtype = tokenDTypeFor(vocab);
+  for (const name of ['train.mask', 'val.mask']) fs.rmSync(path.join(opts.out, name), { force: true });
   const writers = {
     train: new ShardWriter(opts.out, 'train', dtype, vocab, opts.maxShardTokens),
     val: new ShardWriter(opts.out, 'val', dtype, vocab, opts.maxShardTokens),
+  };
+  const masks = opts.maskPrompt
+    ? { train: new MaskWriter(opts.out, 'train'), val: new MaskWriter(opts.out, 'val') }
+    : null;
+  const messagesField = opts.messagesField ?? 'messages';
+  let conversations = 0;
+  /** ids into a split, with their mask bit when masks are written */
+  const put = (split: 'train' | 'val', ids: ArrayLike<number>, counts: boolean, where?: string): void => {
+    writers[split].append(ids, where);
+    masks?.[split].append(ids.length, counts);
   };
   const all = [...trainFiles.map((f) => ({ f, val: false })), ...valFiles.map((f) => ({ f, val: true }))];
   const bytesTotal = all.reduce((a, x) => a + fs.statSync(x.f).size, 0);
@@ -151,18 +181,19 @@ export function prepareTokens(encoder: TokenEncoder, opts: PrepareOptions): Prep
       ];
       for (const [split, from, to] of parts) {
         if (to <= from) continue;
-        const w = writers[split as 'train' | 'val'];
+        const sp = split as 'train' | 'val';
+        const w = writers[sp];
         const before = { tokens: w.tokens, documents: w.documents };
         if (kind === 'text') {
           let any = false;
           forEachPiece(fd, from, to, chunkBytes, 'text', (text, _line, end) => {
             const ids = encoder.encode(text);
-            w.append(ids, f);
+            put(sp, ids, true, f);
             any ||= ids.length > 0;
             report(from + end);
           });
           if (any) {
-            w.append([eos]);
+            put(sp, [eos], true);
             w.endDocument();
           }
         } else {
@@ -174,15 +205,28 @@ export function prepareTokens(encoder: TokenEncoder, opts: PrepareOptions): Prep
             } catch (e) {
               throw new Error(`${f}:${lineNo}: not valid JSON (${(e as Error).message})`, { cause: e });
             }
-            const text = obj && typeof obj === 'object' ? (obj as Record<string, unknown>)[field] : undefined;
-            if (typeof text !== 'string') {
+            const rec = obj && typeof obj === 'object' ? (obj as Record<string, unknown>) : {};
+            const text = rec[field];
+            const where = `${f}:${lineNo}`;
+            if (typeof text !== 'string' && Array.isArray(rec[messagesField])) {
+              // a conversation through the chat template; EOS after it separates documents
+              if (!opts.chat)
+                throw new Error(
+                  `${where}: a "${messagesField}" line needs a chat template (tokenizer_config.json: chat_template)`,
+                );
+              const messages = checkMessages(rec[messagesField] as unknown[], `${where}: ${messagesField}`);
+              for (const seg of opts.chat.segments(messages))
+                put(sp, encoder.encode(seg.text), seg.assistant, where);
+              put(sp, [eos], false);
+              w.endDocument();
+              conversations++;
+            } else if (typeof text !== 'string') {
               throw new Error(
-                `${f}:${lineNo}: field "${field}" missing or not a string (set the JSONL field)`,
+                `${where}: field "${field}" missing or not a string (set the JSONL field, or give a "${messagesField}" list)`,
               );
-            }
-            if (text.length) {
-              w.append(encoder.encode(text), `${f}:${lineNo}`);
-              w.append([eos]);
+            } else if (text.length) {
+              put(sp, encoder.encode(text), true, where);
+              put(sp, [eos], true);
               w.endDocument();
             }
             report(from + end);
@@ -218,10 +262,31 @@ export function prepareTokens(encoder: TokenEncoder, opts: PrepareOptions): Prep
   };
   const train = writers.train.finish();
   const valSplit = writers.val.finish();
+  if (masks) {
+    const counted = masks.train.counted;
+    train.mask = masks.train.finish();
+    const valMask = masks.val.finish();
+    if (valSplit.tokens > 0) valSplit.mask = valMask;
+    else fs.rmSync(path.join(opts.out, valMask), { force: true });
+    if (counted === 0) throw new Error('prepare: maskPrompt leaves no training target (no assistant tokens)');
+  }
+  if (conversations > 0)
+    index.split_rule = `${index.split_rule}; ${conversations} conversation(s) through the chat template${masks ? ', loss on assistant tokens only' : ''}`;
   index.splits.train = train;
   if (valSplit.tokens > 0) index.splits.val = valSplit;
   writeFileAtomicSync(path.join(opts.out, INDEX_FILE), JSON.stringify(index, null, 2) + '\n');
   return { index, bytes: bytesTotal, seconds: (performance.now() - t0) / 1000 };
+}
+
+/** A JSONL `messages` list checked: objects with a string role and string content. */
+function checkMessages(list: unknown[], where: string): { role: string; content: string }[] {
+  if (list.length === 0) throw new Error(`${where} is empty`);
+  return list.map((m, i) => {
+    const { role, content } = (m ?? {}) as { role?: unknown; content?: unknown };
+    if (typeof role !== 'string' || typeof content !== 'string')
+      throw new Error(`${where}[${i}] must be {role: string, content: string}`);
+    return { role, content };
+  });
 }
 
 /** Cut points of the kind `chunkBytes` uses, as (before, after) pairs. */

@@ -6,6 +6,9 @@
 //   index.json            TokenIndex (below)
 //   train-00000.bin ...   the train split's tokens, in order
 //   val-00000.bin ...     the held-out split's tokens
+//   train.mask, val.mask  optional (chat data with the prompt masked): one byte per token of the
+//                         split, 1 when the token counts as a training target (an assistant's
+//                         token), 0 when it does not (system and user turns, template markup)
 
 import fs from 'node:fs';
 import path from 'node:path';
@@ -25,6 +28,8 @@ export interface SplitInfo {
   tokens: number;
   documents: number;
   shards: ShardInfo[];
+  /** file name of the split's target mask (one byte per token), when the data has one */
+  mask?: string;
 }
 
 export interface SourceInfo {
@@ -151,6 +156,55 @@ export class ShardWriter {
   }
 }
 
+/** Appends one byte per token (the target mask of a split) to `<split>.mask`, buffered. */
+export class MaskWriter {
+  readonly file: string;
+  private readonly fd: number;
+  private readonly buf = new Uint8Array(1 << 20);
+  private fill = 0;
+  private total = 0;
+  private ones = 0;
+
+  constructor(
+    readonly dir: string,
+    readonly split: string,
+  ) {
+    this.file = `${split}.mask`;
+    this.fd = fs.openSync(path.join(dir, this.file), 'w');
+  }
+
+  get length(): number {
+    return this.total + this.fill;
+  }
+
+  /** tokens marked 1 so far */
+  get counted(): number {
+    return this.ones;
+  }
+
+  /** `n` tokens, all counted (1) or all not (0) */
+  append(n: number, counts: boolean): void {
+    const v = counts ? 1 : 0;
+    if (counts) this.ones += n;
+    for (let i = 0; i < n; i++) {
+      this.buf[this.fill++] = v;
+      if (this.fill === this.buf.length) this.flush();
+    }
+  }
+
+  private flush(): void {
+    fs.writeSync(this.fd, this.buf.subarray(0, this.fill));
+    this.total += this.fill;
+    this.fill = 0;
+  }
+
+  finish(): string {
+    this.flush();
+    fs.closeSync(this.fd);
+    return this.file;
+  }
+}
+
 // ---- reading --------------------------------------------------------------------------------
 
 /** Validate a parsed index.json; errors name the file and the field. */
@@ -186,6 +240,8 @@ export function checkIndex(raw: unknown, file: string): TokenIndex {
       if (typeof sh.file !== 'string' || sh.file.includes('/') || sh.file.includes('\\'))
         bad(`splits.${name}: bad shard file name ${JSON.stringify(sh.file)}`);
     }
+    if (s.mask !== undefined && (typeof s.mask !== 'string' || s.mask.includes('/') || s.mask.includes('\\')))
+      bad(`splits.${name}.mask: bad file name ${JSON.stringify(s.mask)}`);
   }
   return idx;
 }
@@ -204,6 +260,8 @@ export class TokenSplit {
   private loaded: (Uint16Array | Uint32Array)[] | null = null;
   private fds: (number | null)[] = [];
   private scratch: Buffer = Buffer.alloc(0);
+  private readonly maskFile: string | null;
+  private maskFd: number | null = null;
 
   constructor(
     readonly dir: string,
@@ -237,6 +295,17 @@ export class TokenSplit {
         );
       }
     });
+    this.maskFile = info.mask ? path.join(dir, info.mask) : null;
+    if (this.maskFile) {
+      let size: number;
+      try {
+        size = fs.statSync(this.maskFile).size;
+      } catch {
+        throw new Error(`${path.join(dir, INDEX_FILE)}: mask ${info.mask} of split ${name} is missing`);
+      }
+      if (size !== this.length)
+        throw new Error(`${this.maskFile}: ${size} bytes, expected one per token (${this.length})`);
+    }
     const inMemory = mode === 'memory' || (mode === 'auto' && this.length * this.bpt <= 512 * 1024 * 1024);
     if (inMemory) {
       // one copy at open time, aligned for the typed array; batches then copy only their windows
@@ -285,6 +354,22 @@ export class TokenSplit {
       left -= take;
       shard++;
     }
+  }
+
+  /** Whether the split has a target mask (chat data with the prompt masked). */
+  get hasMask(): boolean {
+    return this.maskFile !== null;
+  }
+
+  /** Copy the mask bytes of tokens [start, start + n) into out[outOffset ..] (1 = counts). */
+  readMask(start: number, n: number, out: Uint8Array, outOffset = 0): void {
+    if (!this.maskFile) throw new Error(`tokens: split ${this.name} has no mask`);
+    if (!(Number.isInteger(start) && Number.isInteger(n) && start >= 0 && n >= 0 && start + n <= this.length))
+      throw new Error(
+        `tokens: mask read [${start}, ${start + n}) outside split ${this.name} of ${this.length} tokens`,
+      );
+    this.maskFd ??= fs.openSync(this.maskFile, 'r');
+    readFully(this.maskFd, out.subarray(outOffset, outOffset + n), start, this.maskFile);
   }
 
   private readFromFile(shard: number, at: number, n: number, out: Int32Array, o: number): void {
@@ -338,6 +423,8 @@ export class TokenSplit {
   }
 
   close(): void {
+    if (this.maskFd !== null) fs.closeSync(this.maskFd);
+    this.maskFd = null;
     for (const fd of this.fds) if (fd !== null) fs.closeSync(fd);
     this.fds = this.fds.map(() => null);
     this.loaded = null;

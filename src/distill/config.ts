@@ -65,6 +65,14 @@ export interface StudentConfig {
    * 'attention', 'random' = 'paper'.
    */
   init: 'paper' | 'attention';
+  /**
+   * the student's mixer class: 'ssd' (discrete Mamba-2, default), or the paper's ablations
+   * 'toeplitz' (long convolution) and 'linear-attention' (causal low rank); these two start from
+   * their own fresh init whatever `init` says
+   */
+  mixer: 'ssd' | 'toeplitz' | 'linear-attention';
+  /** taps of the Toeplitz mixer's kernels; default the longest stage seqLen */
+  kernelLength: number | null;
 }
 
 export interface DataConfig {
@@ -76,6 +84,11 @@ export interface DataConfig {
   valTokens: number;
   /** JSONL field holding the text */
   jsonlField: string;
+  /**
+   * chat data (JSONL/Parquet with `messages`): the losses count only the assistant's tokens
+   * (stage 3's KL and cross-entropy; stages 1-2 align on every position)
+   */
+  maskPrompt: boolean;
 }
 
 export interface DistillConfig {
@@ -318,8 +331,6 @@ function parseStage(file: string, raw: unknown, i: number, defaults: Json): Stag
       `${field}.batchTokens`,
       `(${s.batchTokens}) must be a multiple of microBatch x seqLen (${s.microBatch} x ${s.seqLen} = ${micro})`,
     );
-  if (s.tokens < s.batchTokens)
-    err(file, `${field}.tokens`, `(${s.tokens}) is less than one step of batchTokens (${s.batchTokens})`);
   return s;
 }
 
@@ -340,7 +351,15 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
   ]);
   const resolve = (p: string) => path.resolve(baseDir, p);
   const st = object(file, o.student, 'student');
-  checkKeys(file, st, 'student', ['attentionLayers', 'dState', 'chunkSize', 'alphaInit', 'init']);
+  checkKeys(file, st, 'student', [
+    'attentionLayers',
+    'dState',
+    'chunkSize',
+    'alphaInit',
+    'init',
+    'mixer',
+    'kernelLength',
+  ]);
   const attentionLayers = st.attentionLayers ?? [];
   if (
     !Array.isArray(attentionLayers) ||
@@ -370,9 +389,14 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
         'attention',
       )
     ],
+    mixer: oneOf(file, st, 'mixer', 'student.mixer', ['ssd', 'toeplitz', 'linear-attention'] as const, 'ssd'),
+    kernelLength:
+      st.kernelLength === undefined || st.kernelLength === null
+        ? null
+        : num(file, st, 'kernelLength', 'student.kernelLength', undefined, { integer: true, min: 1 }),
   };
   const da = object(file, o.data, 'data');
-  checkKeys(file, da, 'data', ['train', 'val', 'valTokens', 'jsonlField']);
+  checkKeys(file, da, 'data', ['train', 'val', 'valTokens', 'jsonlField', 'maskPrompt']);
   const data: DataConfig = {
     train: strList(file, da, 'train', 'data.train', []).map(resolve),
     val: strList(file, da, 'val', 'data.val', []).map(resolve),
@@ -382,6 +406,7 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
       max: LIMITS.valTokens,
     }),
     jsonlField: str(file, da, 'jsonlField', 'data.jsonlField', 'text'),
+    maskPrompt: bool(file, da, 'maskPrompt', 'data.maskPrompt', false),
   };
   if (data.train.length === 0)
     err(file, 'data.train', 'is required (a prepared token directory or text files)');

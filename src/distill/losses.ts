@@ -6,7 +6,9 @@ import {
   crossEntropy,
   klDivergence,
   mean,
+  mul,
   scale,
+  tensor,
   shapeStr,
   sqrt,
   square,
@@ -52,6 +54,11 @@ export interface DistillationLossOptions {
    * as tau changes (default true; the reported `kl` part stays unscaled)
    */
   scaleByTemperatureSquared?: boolean;
+  /**
+   * (B, T) of 0/1: the positions whose next token counts (chat data, `data.maskPrompt`); both
+   * terms then average over the counted positions only
+   */
+  mask?: Tensor | null;
 }
 
 /**
@@ -67,14 +74,35 @@ export function distillationLoss(
 ): { loss: Tensor; kl: Tensor; ce: Tensor | null } {
   sameShape('distillationLoss', studentLogits, teacherLogits);
   const tau = opts.temperature ?? 1;
-  const kl = klDivergence(teacherLogits, studentLogits, { temperature: tau });
+  const mask = opts.mask ?? null;
+  let kl: Tensor;
+  if (mask) {
+    // masked: the per-position KL times the mask, summed, over the counted positions
+    if (mask.size !== studentLogits.size / studentLogits.shape[studentLogits.ndim - 1])
+      throw new Error(
+        `distillationLoss: mask ${shapeStr(mask.shape)} does not fit logits ${shapeStr(studentLogits.shape)}`,
+      );
+    const m = Float64Array.from(mask.toArray());
+    const counted = m.reduce((a, v) => a + v, 0);
+    const perPosition = klDivergence(teacherLogits, studentLogits, { temperature: tau, reduction: 'none' });
+    const w = tensor(m, perPosition.shape, perPosition.dtype);
+    kl = scale(sum(mul(perPosition, w)), 1 / Math.max(counted, 1));
+  } else kl = klDivergence(teacherLogits, studentLogits, { temperature: tau });
   let loss = (opts.scaleByTemperatureSquared ?? true) && tau !== 1 ? scale(kl, tau * tau) : kl;
   let ce: Tensor | null = null;
   const w = opts.ceWeight ?? 0;
   if (w > 0) {
     if (!targets) throw new Error('distillationLoss: ceWeight > 0 needs targets');
-    ce = crossEntropy(studentLogits, targets);
+    ce = mask ? maskedCrossEntropy(studentLogits, targets, mask) : crossEntropy(studentLogits, targets);
     loss = add(loss, scale(ce, w));
   }
   return { loss, kl, ce };
+}
+
+/** Cross-entropy over the positions the mask counts: the others get the ignored target -100. */
+function maskedCrossEntropy(logits: Tensor, targets: Tensor, mask: Tensor): Tensor {
+  const t = targets.toArray();
+  const m = mask.toArray();
+  const kept = Int32Array.from(t, (v, i) => (m[i] > 0 ? v : -100));
+  return crossEntropy(logits, tensor(kept, targets.shape, 'i32'), { ignoreIndex: -100 });
 }

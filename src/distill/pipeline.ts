@@ -9,6 +9,7 @@ import path from 'node:path';
 import { loadModel, saveModel } from '../models/load.js';
 import type { CausalLM } from '../models/types.js';
 import type { Tokenizer } from '../io/tokenizer.js';
+import { loadChatTemplate } from '../io/chat-template.js';
 import { StudentLM } from '../models/phi-mamba.js';
 import {
   castParameters,
@@ -23,8 +24,16 @@ import {
 } from '../tensor/index.js';
 import { INDEX_FILE, TokenDataset, type TokenSplit } from '../data/shards.js';
 import { listInputFiles, prepareTokens } from '../data/prepare.js';
-import { evalBatches, RandomWindows, toTensors, type Batch } from '../data/batches.js';
-import { loadCheckpoint, readLatest, train, type LossContext, type TrainResult } from '../train/index.js';
+import { evalBatches, maskTensor, RandomWindows, toTensors, type Batch } from '../data/batches.js';
+import {
+  DivergenceError,
+  loadCheckpoint,
+  readLatest,
+  train,
+  type LossContext,
+  type TrainResult,
+} from '../train/index.js';
+import type { DataParallel } from '../train/distributed.js';
 import { firstNonFinite } from '../train/params.js';
 import { readJsonFile, writeJsonAtomic } from '../util/fs.js';
 import { Random } from '../util/random.js';
@@ -37,6 +46,7 @@ import {
   stageTrainable,
 } from './stages.js';
 import { studentConfigFor, transferStudent } from './transfer.js';
+import { RunReporter } from './report.js';
 
 export interface StageResult {
   stage: number;
@@ -68,6 +78,22 @@ export interface PipelineHooks {
   teacher?: { model: CausalLM; tokenizer: Tokenizer | null };
   /** prepared data already on disk or in memory */
   data?: { train: TokenSplit; val: TokenSplit };
+  /**
+   * run every stage data parallel over these ranks (see docs/distributed.md): all ranks run
+   * this pipeline; rank 0 alone logs and writes files (results, student, done.json, the
+   * model in checkpoints), the others only their optimizer shards under ZeRO-1
+   */
+  dataParallel?: DataParallel;
+}
+
+/** rank 0 (or no data parallelism) */
+function isRoot(hooks: PipelineHooks): boolean {
+  return (hooks.dataParallel?.collective.rank ?? 0) === 0;
+}
+
+/** every rank here before any goes on (no-op in one process) */
+function barrier(hooks: PipelineHooks): void {
+  hooks.dataParallel?.collective.barrier();
 }
 
 /** Written beside OUT/data's index.json: the data configuration that produced it. */
@@ -163,6 +189,8 @@ export function openData(
           valInputs: cfg.data.val.length ? cfg.data.val : undefined,
           out: dir,
           jsonlField: cfg.data.jsonlField,
+          chat: loadChatTemplate(cfg.teacher) ?? undefined,
+          maskPrompt: cfg.data.maskPrompt,
         },
       );
       writeJsonAtomic(path.join(dir, DATA_RECORD_FILE), record);
@@ -170,6 +198,10 @@ export function openData(
   }
   const ds = TokenDataset.open(dir);
   const splits = { train: ds.split('train'), val: ds.split('val') };
+  if (cfg.data.maskPrompt && !splits.train.hasMask)
+    throw new Error(
+      `${dir}: data.maskPrompt is set but the prepared data has no mask (prepare it with --mask-prompt)`,
+    );
   if (Number.isFinite(limit)) {
     for (const split of Object.values(splits)) {
       const bad = split.firstOutOfRange(limit);
@@ -235,6 +267,11 @@ export function validationPerplexity(
     crossEntropy(model.forward(input).logits, target, { reduction: 'sum' }),
   );
   return Math.exp(nll);
+}
+
+/** The Toeplitz mixer's kernel taps: the config's, else the longest stage sequence. */
+export function kernelLengthOf(cfg: DistillConfig): number {
+  return cfg.student.kernelLength ?? Math.max(...cfg.stages.map((s) => s.seqLen));
 }
 
 function stageDir(cfg: DistillConfig, i: number, s: StageConfig): string {
@@ -320,6 +357,7 @@ function runStage(
   trainSplit: TokenSplit,
   hooks: PipelineHooks,
   resume: boolean,
+  onStep?: () => void,
 ): TrainResult {
   const data = new RandomWindows(trainSplit, s.microBatch, s.seqLen, cfg.seed * 1000 + i + 1);
   const trainable = stageTrainable(
@@ -334,7 +372,7 @@ function runStage(
     const { input, target } = toTensors(b);
     if (s.stage === 1) return matrixOrientationStep(teacher, student, input, 1 / ctx.accum);
     if (s.stage === 2) return hiddenStateAlignmentStep(teacher, student, input, s.mlpFrozen, 1 / ctx.accum);
-    return stage3Loss(teacher, student, input, target, s).loss;
+    return stage3Loss(teacher, student, input, target, s, maskTensor(b)).loss;
   };
   const dir = stageDir(cfg, i, s);
   return train({
@@ -359,14 +397,18 @@ function runStage(
     rng: new Random(cfg.seed + i),
     progress: hooks.progress ?? true,
     label: `stage ${s.stage} (${STAGE_NAMES[s.stage]})`,
+    dataParallel: hooks.dataParallel,
+    onStep,
   });
 }
 
 /** Run the configured stages; resumes completed or partial stages from cfg.out when `resume`. */
 export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume = false): DistillResult {
-  const log = hooks.log ?? ((l: string) => console.error(l));
+  const log = !isRoot(hooks) ? () => {} : (hooks.log ?? ((l: string) => console.error(l)));
   fs.mkdirSync(cfg.out, { recursive: true });
-  const { model: teacher, tokenizer } = hooks.teacher ?? loadModel(cfg.teacher);
+  // under bf16 the frozen teacher's linear weights are held once, in bf16, read straight from the file
+  const { model: teacher, tokenizer } =
+    hooks.teacher ?? loadModel(cfg.teacher, cfg.precision === 'bf16' ? { linearDtype: 'bf16' } : {});
   checkAgainstTeacher(cfg, teacher.info);
   if (!resume) {
     const notice = overwriteNotice(cfg);
@@ -374,7 +416,7 @@ export function runDistill(cfg: DistillConfig, hooks: PipelineHooks = {}, resume
   }
   teacher.setTrainable(() => true, false);
   if (cfg.precision === 'f32') return distillWith(cfg, hooks, resume, log, teacher, tokenizer);
-  // bf16 autocast; the frozen teacher's matrices are rounded once for the whole run
+  // bf16 autocast; the frozen teacher's other matrices (a tied head) are rounded once for the run
   const prev = getAutocast();
   const casts = castParameters(teacher.parameters(), 'bf16');
   setAutocast('bf16');
@@ -394,6 +436,9 @@ function distillWith(
   teacher: CausalLM,
   tokenizer: Tokenizer | null,
 ): DistillResult {
+  // rank 0 tokenizes (when needed) before the others open the data
+  if (!hooks.data && isRoot(hooks)) openData(cfg, tokenizer, log, teacher.info.vocabSize);
+  barrier(hooks);
   const { train: trainSplit, val } = hooks.data ?? openData(cfg, tokenizer, log, teacher.info.vocabSize);
   const evalLen = Math.min(cfg.stages[cfg.stages.length - 1].seqLen, teacher.info.maxSeqLen);
   const ppl = (m: CausalLM) => validationPerplexity(m, val, evalLen, cfg.data.valTokens);
@@ -408,6 +453,8 @@ function distillWith(
     chunkSize: cfg.student.chunkSize,
     alphaInit: cfg.student.alphaInit,
     mixerInit: cfg.student.init,
+    mixerClass: cfg.student.mixer,
+    kernelLength: kernelLengthOf(cfg),
     copyWeights: true,
     seed: cfg.seed,
   });
@@ -415,6 +462,8 @@ function distillWith(
   const initialKl = kl(student);
   log(`student after weight transfer: validation perplexity ${initialPpl.toFixed(3)}`);
   const stages: StageResult[] = [];
+  // metrics.csv and report.html beside the metrics, rewritten as the run goes
+  const reporter = isRoot(hooks) ? new RunReporter(cfg.out, 30, log) : null;
   cfg.stages.forEach((s, i) => {
     const dir = stageDir(cfg, i, s);
     const done = resume ? readDone(dir, log) : null;
@@ -429,9 +478,28 @@ function distillWith(
       stages.push(done);
       return;
     }
-    if (!resume) clearStageDir(dir, log);
+    if (!resume && isRoot(hooks)) clearStageDir(dir, log);
+    barrier(hooks);
     log(`stage ${s.stage} (${STAGE_NAMES[s.stage]}): ${s.tokens} tokens`);
-    const r = runStage(cfg, i, s, teacher, student, trainSplit, hooks, resume);
+    let r: TrainResult;
+    try {
+      r = runStage(cfg, i, s, teacher, student, trainSplit, hooks, resume, () => reporter?.tick());
+    } catch (e) {
+      // a stage that diverges before its first checkpoint: the last good one is the previous stage's
+      if (e instanceof DivergenceError && /No checkpoint was written/.test(e.message)) {
+        const prev = i > 0 ? readLatest(stageDir(cfg, i - 1, cfg.stages[i - 1]), () => {}) : null;
+        throw new DivergenceError(
+          e.message.replace(
+            'No checkpoint was written in this run.',
+            prev
+              ? `No checkpoint was written in this stage; the last good checkpoint is ${prev.path} (the end of stage ${cfg.stages[i - 1].stage}).`
+              : 'No checkpoint was written in this stage (it is the first).',
+          ),
+          { cause: e },
+        );
+      }
+      throw e;
+    }
     const result: StageResult = {
       stage: s.stage,
       name: STAGE_NAMES[s.stage],
@@ -447,7 +515,8 @@ function distillWith(
       log(
         `warning: stage ${s.stage} ends with validation perplexity ${result.valPpl} (loss ${r.loss}); the run may have diverged`,
       );
-    writeJsonAtomic(path.join(dir, 'done.json'), result);
+    if (isRoot(hooks)) writeJsonAtomic(path.join(dir, 'done.json'), result);
+    reporter?.flush();
     log(
       `stage ${s.stage} done: loss ${r.loss.toFixed(4)}, validation perplexity ${result.valPpl.toFixed(3)}`,
     );
@@ -455,12 +524,14 @@ function distillWith(
   });
   const studentDir = path.join(cfg.out, 'student');
   checkFinite(student, studentDir);
-  saveModel(studentDir, student, tokenizer);
+  if (isRoot(hooks)) saveModel(studentDir, student, tokenizer);
   const tokens = stages.reduce((a, s) => a + s.tokens, 0);
   let scratch: DistillResult['scratch'] = null;
   if (cfg.scratchBaseline) scratch = trainScratch(cfg, teacher, trainSplit, tokens, ppl, hooks, resume, log);
   const result: DistillResult = { teacherPpl, initialPpl, initialKl, stages, scratch, tokens, studentDir };
-  writeJsonAtomic(path.join(cfg.out, 'results.json'), result);
+  if (isRoot(hooks)) writeJsonAtomic(path.join(cfg.out, 'results.json'), result);
+  reporter?.flush();
+  barrier(hooks);
   student.dispose();
   return result;
 }
@@ -480,11 +551,14 @@ function trainScratch(
   const dir = path.join(cfg.out, 'scratch');
   const done = resume ? readDone(dir, log) : null;
   if (done) return { tokens: done.tokens, valPpl: done.valPpl };
-  if (!resume) clearStageDir(dir, log);
+  if (!resume && isRoot(hooks)) clearStageDir(dir, log);
+  barrier(hooks);
   const scfg = studentConfigFor(teacher, {
     attentionLayers: cfg.student.attentionLayers,
     dState: cfg.student.dState ?? undefined,
     chunkSize: cfg.student.chunkSize,
+    mixerClass: cfg.student.mixer,
+    kernelLength: kernelLengthOf(cfg),
   });
   const model = new StudentLM(scfg, { rng: new Random(cfg.seed + 7) });
   log(`from scratch: ${tokens} tokens of cross-entropy`);
@@ -516,6 +590,7 @@ function trainScratch(
     metricsFile: path.join(dir, 'metrics.jsonl'),
     progress: hooks.progress ?? true,
     label: 'from scratch',
+    dataParallel: hooks.dataParallel,
   });
   const valPpl = ppl(model);
   const res: StageResult = {
@@ -528,7 +603,7 @@ function trainScratch(
     valPpl,
     seconds: r.elapsedSec,
   };
-  writeJsonAtomic(path.join(dir, 'done.json'), res);
+  if (isRoot(hooks)) writeJsonAtomic(path.join(dir, 'done.json'), res);
   log(`from scratch done: validation perplexity ${valPpl.toFixed(3)}`);
   model.dispose();
   return { tokens: r.tokens, valPpl };

@@ -4,7 +4,7 @@
 // layer's loss is computed and back-propagated on its own (as the reference does), so the
 // (B, H, T, T) matrices and activations of one layer are freed before the next one starts.
 
-import { add, noGrad, scale, scope, type Tensor } from '../tensor/index.js';
+import { add, linearKLDivergence, noGrad, reshape, scale, scope, type Tensor } from '../tensor/index.js';
 import type { CausalLM } from '../models/types.js';
 import type { StudentBlock, StudentLM } from '../models/phi-mamba.js';
 import { compilePattern } from '../train/params.js';
@@ -171,6 +171,16 @@ function meanOver(layers: number[], what: string, layerLoss: (l: number) => Tens
   return { loss: scale(total!, 1 / layers.length), parts };
 }
 
+export interface Stage3Options {
+  /**
+   * the loss fused with both lm_heads (`linearKLDivergence`): never the full logits of both models
+   * at once (default: $MOHAWK_FUSED_HEAD=1); models without `headParts` keep the unfused path
+   */
+  fusedHead?: boolean;
+  /** tokens per chunk of the fused loss (default: about 256 MiB of logits per model) */
+  chunkRows?: number;
+}
+
 /** Stage 3: tau^2 KL(teacher || student) on next-token distributions, optionally plus cross-entropy. */
 export function stage3Loss(
   teacher: CausalLM,
@@ -178,13 +188,47 @@ export function stage3Loss(
   input: Tensor,
   target: Tensor,
   cfg: Pick<StageConfig, 'temperature' | 'ceWeight'>,
+  /** (B, T) 0/1: which targets count (chat data with the prompt masked); null = all */
+  mask: Tensor | null = null,
+  opts: Stage3Options = {},
 ): StageLoss {
+  const fused = opts.fusedHead ?? process.env.MOHAWK_FUSED_HEAD === '1';
+  if (
+    fused &&
+    !mask &&
+    teacher.headParts &&
+    student.headParts &&
+    teacher.info.vocabSize === student.info.vocabSize
+  ) {
+    // the loss fused with both heads: the (tokens x vocab) logits exist one chunk at a time
+    const identity = { head: (h: Tensor) => h };
+    const flat = (x: Tensor) => reshape(x, [x.size / x.shape[x.ndim - 1], x.shape[x.ndim - 1]]);
+    const t = noGrad(() =>
+      scope(() => {
+        const p = teacher.headParts!(teacher.forward(input, identity).logits);
+        return { ...p, x: flat(p.x) };
+      }),
+    );
+    const s = student.headParts(student.forward(input, identity).logits);
+    const r = linearKLDivergence({ ...s, x: flat(s.x) }, t, {
+      vocab: student.info.vocabSize,
+      temperature: cfg.temperature,
+      targets: cfg.ceWeight > 0 ? reshape(target, [target.size]) : null,
+      ceWeight: cfg.ceWeight,
+      scaleByTemperatureSquared: true,
+      chunkRows: opts.chunkRows,
+    });
+    const parts: Record<string, Tensor> = { kl: r.kl };
+    if (r.ce) parts.ce = r.ce;
+    return { loss: r.loss, parts };
+  }
   // the teacher's intermediates are freed at once; only its logits stay for the loss
   const teacherLogits = noGrad(() => scope(() => teacher.forward(input).logits));
   const studentLogits = student.forward(input).logits;
   const r = distillationLoss(studentLogits, teacherLogits, target, {
     temperature: cfg.temperature,
     ceWeight: cfg.ceWeight,
+    mask,
   });
   const parts: Record<string, Tensor> = { kl: r.kl };
   if (r.ce) parts.ce = r.ce;
@@ -202,7 +246,7 @@ export function stage3Loss(
 export function stageTrainable(
   stage: StageKind,
   names: readonly string[],
-  student: Pick<CausalLM, 'blocks'>,
+  student: { readonly blocks: readonly { readonly mixerKind: string }[] },
   cfg: Pick<StageConfig, 'trainMlp' | 'freeze'>,
   where = 'freeze',
 ): string[] {

@@ -38,6 +38,10 @@ export interface TransferOptions {
   mixerInit?: 'attention' | 'random' | 'paper';
   /** factor on C (default the teacher's score scale, 1/sqrt(head size) for most, so that M equals its scaled scores) */
   scoreScale?: number;
+  /** the class of the student's mixers (default 'ssd'); other classes keep their own init */
+  mixerClass?: StudentConfig['mixerClass'];
+  /** taps of the Toeplitz mixer's kernels */
+  kernelLength?: number;
   /** copy the teacher's embeddings, norms, MLPs and head (default true) */
   copyWeights?: boolean;
   seed?: number;
@@ -83,6 +87,9 @@ export function studentConfigFor(teacher: CausalLM, opts: TransferOptions = {}):
       // the paper's mixer has none (the reference's config: bias false)
       bias: opts.mixerInit !== 'paper',
     },
+    ...(opts.mixerClass && opts.mixerClass !== 'ssd'
+      ? { mixerClass: opts.mixerClass, kernelLength: opts.kernelLength }
+      : {}),
     attentionLayers,
   };
 }
@@ -166,16 +173,17 @@ export function transferStudent(teacher: CausalLM, opts: TransferOptions = {}): 
         put(attn.k_norm?.weight, a.kNorm, 'k norm');
         continue;
       }
-      initMixer(
-        `backbone.layers.${l}.mixer.`,
-        cfg,
-        shape,
-        a,
-        shape.attention(l).scale,
-        opts,
-        setParam,
-        params,
-      );
+      if ((cfg.mixerClass ?? 'ssd') === 'ssd')
+        initMixer(
+          `backbone.layers.${l}.mixer.`,
+          cfg,
+          shape,
+          a,
+          shape.attention(l).scale,
+          opts,
+          setParam,
+          params,
+        );
     }
   });
   return student;

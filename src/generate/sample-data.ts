@@ -2,10 +2,12 @@
 // hand: `batch` sequences decoded together (one KV cache / recurrent state for the batch), each
 // from the start token for seqLen - 1 steps, then cut into documents at the separator tokens
 // (BOS and EOS: llama2.c models end a story by emitting BOS, HF models by emitting EOS).
+// Or from prompts (samplePromptCompletions): the teacher's continuation of each prompt of a file.
 
 import type { CausalLM } from '../models/types.js';
 import { noGrad, scope, slice, tensor } from '../tensor/index.js';
 import { Random } from '../util/random.js';
+import { BatchEngine } from './batch.js';
 import { sampleToken, type SamplingOptions } from './sampling.js';
 
 export interface SampleDataOptions extends SamplingOptions {
@@ -78,4 +80,65 @@ export function sampleDocuments(model: CausalLM, o: SampleDataOptions): number[]
     }
   }
   return docs;
+}
+
+export interface PromptSampleOptions extends SamplingOptions {
+  /** new tokens per prompt at most (the teacher may end earlier with EOS) */
+  maxNewTokens: number;
+  /** stop taking prompts once this many new tokens have been generated (default: all prompts) */
+  tokens?: number;
+  /** sequences decoded together (default 8) */
+  batch?: number;
+  /** prompt i samples with seed + i (default 0) */
+  seed?: number;
+  onProgress?: (generated: number, prompts: number) => void;
+}
+
+/**
+ * The teacher's continuation of each prompt (token ids, EOS not included), decoded with
+ * continuous batching: `batch` prompts at a time, a new one joining as soon as one ends. Returns
+ * one completion per prompt taken (fewer than the prompts when `tokens` ran out first).
+ */
+export function samplePromptCompletions(
+  model: CausalLM,
+  prompts: number[][],
+  o: PromptSampleOptions,
+): number[][] {
+  if (!(Number.isInteger(o.maxNewTokens) && o.maxNewTokens >= 1))
+    throw new Error(`sample-data: maxNewTokens (${o.maxNewTokens}) must be >= 1`);
+  const engine = new BatchEngine(model, { maxBatch: o.batch ?? 8 });
+  const out: number[][] = [];
+  const budget = o.tokens ?? Infinity;
+  let generated = 0;
+  let next = 0;
+  let running = 0;
+  try {
+    const submit = () => {
+      const i = next++;
+      out.push([]);
+      running++;
+      engine.submit({
+        promptIds: prompts[i],
+        maxNewTokens: o.maxNewTokens,
+        temperature: o.temperature,
+        topK: o.topK,
+        topP: o.topP,
+        seed: (o.seed ?? 0) + i,
+        onToken: (id) => {
+          out[i].push(id);
+          generated++;
+        },
+        onDone: () => running--,
+      });
+    };
+    while (next < prompts.length || running > 0) {
+      while (next < prompts.length && running < (o.batch ?? 8) && generated < budget) submit();
+      if (running === 0) break;
+      engine.step();
+      o.onProgress?.(generated, next);
+    }
+  } finally {
+    engine.close();
+  }
+  return out;
 }

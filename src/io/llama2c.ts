@@ -180,22 +180,37 @@ export function readSentencePieceModel(file: string): SentencePieceVocab {
       shift += 7;
     }
   };
+  // every length is checked against the bytes left, so a cut or corrupted file names itself
+  const need = (b: Uint8Array, p: { i: number }, n: number, what: string) => {
+    if (p.i + n > b.length)
+      fail(
+        file,
+        `truncated or corrupt: ${what} of ${n} bytes at byte ${p.i} runs past the end (${b.length})`,
+      );
+  };
   const skip = (b: Uint8Array, p: { i: number }, wire: number) => {
     if (wire === 0) varint(b, p);
-    else if (wire === 1) p.i += 8;
-    else if (wire === 2) {
+    else if (wire === 1) {
+      need(b, p, 8, 'a fixed64 field');
+      p.i += 8;
+    } else if (wire === 2) {
       const len = varint(b, p);
+      need(b, p, len, 'a length-delimited field');
       p.i += len;
-    } else if (wire === 5) p.i += 4;
-    else fail(file, `unsupported protobuf wire type ${wire}`);
+    } else if (wire === 5) {
+      need(b, p, 4, 'a fixed32 field');
+      p.i += 4;
+    } else fail(file, `unsupported protobuf wire type ${wire} at byte ${p.i}`);
   };
   const p = { i: 0 };
+  let trainerVocab: number | null = null;
   while (p.i < buf.length) {
     const key = varint(buf, p);
     const field = Math.floor(key / 8);
     const wire = key & 7;
     if (field === 1 && wire === 2) {
       const len = varint(buf, p);
+      need(buf, p, len, `piece ${pieces.length}`);
       const sub = buf.subarray(p.i, p.i + len);
       p.i += len;
       const q = { i: 0 };
@@ -207,17 +222,41 @@ export function readSentencePieceModel(file: string): SentencePieceVocab {
         const w = k & 7;
         if (f === 1 && w === 2) {
           const l = varint(sub, q);
+          need(sub, q, l, `the text of piece ${pieces.length}`);
           piece = dec.decode(sub.subarray(q.i, q.i + l));
           q.i += l;
         } else if (f === 2 && w === 5) {
+          need(sub, q, 4, `the score of piece ${pieces.length}`);
           score = new DataView(sub.buffer, sub.byteOffset + q.i, 4).getFloat32(0, true);
           q.i += 4;
         } else skip(sub, q, w);
       }
       pieces.push(piece);
       scores.push(score);
+    } else if (field === 2 && wire === 2) {
+      // trainer_spec: its vocab_size (field 4) says how many pieces a whole file holds
+      const len = varint(buf, p);
+      need(buf, p, len, 'trainer_spec');
+      const sub = buf.subarray(p.i, p.i + len);
+      p.i += len;
+      const q = { i: 0 };
+      while (q.i < sub.length) {
+        const k = varint(sub, q);
+        if (k === 4 << 3) trainerVocab = varint(sub, q);
+        else skip(sub, q, k & 7);
+      }
     } else skip(buf, p, wire);
   }
+  if (trainerVocab === null)
+    fail(
+      file,
+      `no trainer_spec after ${pieces.length} pieces: the file is truncated or not a SentencePiece model`,
+    );
+  if (trainerVocab !== pieces.length)
+    fail(
+      file,
+      `holds ${pieces.length} pieces but its trainer_spec.vocab_size is ${trainerVocab} (truncated?)`,
+    );
   if (pieces.length === 0) fail(file, 'holds no SentencePiece pieces');
   return { pieces, scores };
 }

@@ -449,17 +449,52 @@ function readIndex(indexFile: string): Record<string, string> {
   return map as Record<string, string>;
 }
 
-/**
- * The tensors of a checkpoint, located (headers only): a safetensors file, or a directory with
- * model.safetensors or model.safetensors.index.json and its shards. `source` names the file to
- * cite in errors about the whole checkpoint.
- */
-export function readCheckpoint(fileOrDir: string): {
+export interface CheckpointTensors {
   entries: Map<string, SafeEntry>;
+  /** the weight files read */
   files: string[];
+  /** the file to name in errors about the whole checkpoint (the single file or the index) */
   source: string;
   metadata: Record<string, string>;
-} {
+}
+
+/**
+ * The tensors of a sharded checkpoint through its index ({"weight_map": {name: shard}}), each
+ * shard located with `readFile`: every tensor in exactly the shard the index names.
+ */
+export function readIndexed(
+  dir: string,
+  indexFile: string,
+  readFile: (file: string) => { entries: Map<string, SafeEntry>; metadata?: Record<string, string> },
+): CheckpointTensors {
+  const map = readIndex(indexFile);
+  const shards = [...new Set(Object.values(map))].sort();
+  const entries = new Map<string, SafeEntry>();
+  const files = shards.map((f) => path.join(dir, f));
+  let metadata: Record<string, string> = {};
+  for (const f of files) {
+    if (!fs.existsSync(f)) throw new SafetensorsError(`${indexFile}: shard ${path.basename(f)} not found`);
+    const sf = readFile(f);
+    metadata = { ...sf.metadata, ...metadata };
+    for (const [name, e] of sf.entries) {
+      if (entries.has(name)) throw new SafetensorsError(`${f}: tensor ${name} appears in two shards`);
+      if (map[name] !== path.basename(f))
+        throw new SafetensorsError(
+          `${indexFile}: tensor ${name} is in shard ${path.basename(f)}, the index names ${map[name] ?? 'no shard'}`,
+        );
+      entries.set(name, e);
+    }
+  }
+  for (const [name, f] of Object.entries(map))
+    if (!entries.has(name)) throw new SafetensorsError(`${indexFile}: tensor ${name} is not in shard ${f}`);
+  return { entries, files, source: indexFile, metadata };
+}
+
+/**
+ * The tensors of a safetensors checkpoint, located (headers only): a file, or a directory with
+ * model.safetensors or model.safetensors.index.json and its shards.
+ */
+export function readCheckpoint(fileOrDir: string): CheckpointTensors {
   let stat: fs.Stats;
   try {
     stat = fs.statSync(fileOrDir);
@@ -477,26 +512,7 @@ export function readCheckpoint(fileOrDir: string): {
     throw new SafetensorsError(
       `${fileOrDir}: neither model.safetensors nor model.safetensors.index.json found`,
     );
-  const map = readIndex(indexFile);
-  const shards = [...new Set(Object.values(map))].sort();
-  const entries = new Map<string, SafeEntry>();
-  const files = shards.map((f) => path.join(fileOrDir, f));
-  let metadata: Record<string, string> = {};
-  for (const f of files) {
-    const sf = readSafetensors(f);
-    metadata = { ...sf.metadata, ...metadata };
-    for (const [name, e] of sf.entries) {
-      if (entries.has(name)) throw new SafetensorsError(`${f}: tensor ${name} appears in two shards`);
-      if (map[name] !== path.basename(f))
-        throw new SafetensorsError(
-          `${indexFile}: tensor ${name} is in shard ${path.basename(f)}, the index names ${map[name] ?? 'no shard'}`,
-        );
-      entries.set(name, e);
-    }
-  }
-  for (const [name, f] of Object.entries(map))
-    if (!entries.has(name)) throw new SafetensorsError(`${indexFile}: tensor ${name} is not in shard ${f}`);
-  return { entries, files, source: indexFile, metadata };
+  return readIndexed(fileOrDir, indexFile, readSafetensors);
 }
 
 /** Load every tensor of a file (or a directory with model.safetensors[.index.json]). */
@@ -636,6 +652,16 @@ function headerFor(
   return { header: out, dataBytes: off };
 }
 
+const ZEROS = new Uint8Array(1 << 20);
+
+function isZero(b: Uint8Array): boolean {
+  for (let at = 0; at < b.length; at += ZEROS.length) {
+    const part = b.subarray(at, Math.min(b.length, at + ZEROS.length));
+    if (Buffer.compare(part, ZEROS.subarray(0, part.length)) !== 0) return false;
+  }
+  return true;
+}
+
 function writeAll(fd: number, bytes: Uint8Array, position: number): void {
   let done = 0;
   while (done < bytes.length) done += fs.writeSync(fd, bytes, done, bytes.length - done, position + done);
@@ -663,10 +689,12 @@ export function writeSafetensors(
     for (const n of names) {
       const s = tensors.get(n)!;
       for (const chunk of sourceChunks(n, s, outDType(s, o.dtype))) {
-        writeAll(fd, chunk, pos);
+        // runs of zeros are skipped (the file is extended below): they stay holes, not disk blocks
+        if (!isZero(chunk)) writeAll(fd, chunk, pos);
         pos += chunk.length;
       }
     }
+    fs.ftruncateSync(fd, pos);
     if (pos !== header.length + dataBytes)
       throw new SafetensorsError(`${file}: wrote ${pos} bytes, expected ${header.length + dataBytes}`);
     fs.fsyncSync(fd);

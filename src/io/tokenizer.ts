@@ -5,6 +5,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { checkTokenizerJson } from './tokenizer-checks.js';
+import { chooseCut, encodeInPieces, LONG_TEXT, type CutKind } from './long-text.js';
 
 export interface Tokenizer {
   /** token ids of `text`; BOS prepended when `addBos` (default: the tokenizer's own setting) */
@@ -66,8 +68,12 @@ export class HuggingFaceTokenizer implements Tokenizer {
         `${file}: model.type ${JSON.stringify(model.type)} is not supported (supported: ${SUPPORTED_MODELS.join(', ')})`,
       );
     }
+    checkTokenizerJson(json, file);
     try {
       this.tok = new HfTokenizer(json, config);
+      // the post-processor runs on every encode: a broken one fails here, naming the file
+      this.tok.encode('a b', { add_special_tokens: true });
+      this.tok.encode('a b', { add_special_tokens: false });
     } catch (e) {
       throw new Error(`${file}: cannot build the tokenizer (${(e as Error).message})`, { cause: e });
     }
@@ -100,8 +106,17 @@ export class HuggingFaceTokenizer implements Tokenizer {
     return new HuggingFaceTokenizer(readJson(file), config, file);
   }
 
+  /** how long texts are cut into pieces (chosen on the first long text; see long-text.ts) */
+  private cut: CutKind | undefined;
+
   encode(text: string, opts: { addBos?: boolean } = {}): number[] {
-    const ids = this.tok.encode(text, { add_special_tokens: false }).ids;
+    const raw = (t: string): number[] => this.tok.encode(t, { add_special_tokens: false }).ids;
+    let ids: number[];
+    if (text.length <= LONG_TEXT) ids = raw(text);
+    else {
+      if (this.cut === undefined) this.cut = chooseCut(raw);
+      ids = encodeInPieces(text, raw, this.cut);
+    }
     return (opts.addBos ?? this.addBos) && this.bosTokenId !== null ? [this.bosTokenId, ...ids] : ids;
   }
 

@@ -54,9 +54,8 @@ export function forwardLM(model: LMParts, ids: Tensor, opts: ForwardOptions = {}
   });
   const t = h.shape[1];
   const last = h;
-  const logits = inGraphScope(() =>
-    model.head(opts.lastLogitsOnly && t > 1 ? slice(last, 1, t - 1, t) : last),
-  );
+  const head = opts.head ?? ((x: Tensor) => model.head(x));
+  const logits = inGraphScope(() => head(opts.lastLogitsOnly && t > 1 ? slice(last, 1, t - 1, t) : last));
   if (cache) cache.position += ids.shape[1];
   return { logits, captured };
 }

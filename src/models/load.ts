@@ -6,13 +6,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   FLOAT_DTYPES,
-  readCheckpoint,
   readEntryInto,
   saveTensors,
   writeFileAtomic,
   type SafeEntry,
   type SaveDType,
+  type WriteSource,
 } from '../io/safetensors.js';
+import { readWeights } from '../io/weights.js';
 import type { Backend, DType } from '../backends/backend.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import { getBackend, noGrad, setBackend, shapeStr, type Tensor } from '../tensor/index.js';
@@ -168,16 +169,39 @@ export function shapeModel(
 }
 
 /**
+ * What a model whose checkpoint names or contents differ from its parameters provides (the
+ * published Phi-Mamba layout); models without it save and load their parameters as they are.
+ */
+export interface CheckpointLayout {
+  /** a parameter's name in the checkpoint */
+  checkpointName(param: string): string;
+  /** parameters a checkpoint may leave out (they keep their initial value) */
+  optionalParameter(param: string): boolean;
+  /** the tensors to save, under their checkpoint names */
+  checkpointState(): Map<string, WriteSource>;
+}
+
+function layoutOf(model: CausalLM): CheckpointLayout | null {
+  const m = model as unknown as Partial<CheckpointLayout>;
+  return typeof m.checkpointName === 'function' &&
+    typeof m.optionalParameter === 'function' &&
+    typeof m.checkpointState === 'function'
+    ? (m as CheckpointLayout)
+    : null;
+}
+
+/**
  * Check a checkpoint's tensors (headers only) against the parameters a config describes, before
  * anything is allocated: every parameter present with its shape and a floating-point dtype, no
- * tensor left over but the format's ignorable ones. Errors name the file and the tensor.
+ * tensor left over but the format's ignorable ones. Returns each parameter's tensor (null for an
+ * optional one the checkpoint leaves out). Errors name the file and the tensor.
  */
 export function checkWeights(
   config: Json,
   file: string,
   entries: Map<string, SafeEntry>,
   source: string,
-): void {
+): Map<string, SafeEntry | null> {
   // room for buffers that are not parameters (rotary tables, masks) beside the checkpoint's tensors
   let elements = 1 << 28;
   for (const e of entries.values()) elements += e.shape.reduce((a, b) => a * b, 1);
@@ -187,46 +211,64 @@ export function checkWeights(
       `${file}: describes a model larger than ${source} holds (${entries.size} tensors); check num_hidden_layers, hidden_size, intermediate_size and vocab_size`,
     );
   const format = formats.find((f) => f.detect(config));
-  const params = new Map(model.namedParameters());
-  const missing = [...params.keys()].filter((n) => !entries.has(n));
+  const layout = layoutOf(model);
+  const found = new Map<string, SafeEntry | null>();
+  const used = new Set<string>();
+  const missing: string[] = [];
+  for (const [name] of model.namedParameters()) {
+    // the checkpoint's name for it, or the parameter's own (files written before the layout)
+    const ck = layout?.checkpointName(name) ?? name;
+    const key = entries.has(ck) ? ck : entries.has(name) ? name : null;
+    if (key) {
+      found.set(name, entries.get(key)!);
+      used.add(key);
+    } else if (layout?.optionalParameter(name)) found.set(name, null);
+    else missing.push(ck);
+  }
   if (missing.length)
     throw new Error(
       `${source}: missing tensor ${missing[0]}${missing.length > 1 ? ` (and ${missing.length - 1} more)` : ''}`,
     );
-  const extra = [...entries.keys()].filter((n) => !params.has(n) && !format?.ignorable?.(n, model));
+  const extra = [...entries.keys()].filter((n) => !used.has(n) && !format?.ignorable?.(n, model));
   if (extra.length)
     throw new Error(
       `${source}: unexpected tensor ${extra[0]}${extra.length > 1 ? ` (and ${extra.length - 1} more)` : ''}`,
     );
-  for (const [name, p] of params) {
-    const e = entries.get(name)!;
+  const params = new Map(model.namedParameters());
+  for (const [name, e] of found) {
+    if (!e) continue;
+    const p = params.get(name)!;
     if (e.shape.length !== p.shape.length || e.shape.some((d, i) => d !== p.shape[i]))
       throw new Error(
-        `${e.file}: tensor ${name} has shape ${shapeStr(e.shape)}, expected ${shapeStr(p.shape)}`,
+        `${e.file}: tensor ${e.name} has shape ${shapeStr(e.shape)}, expected ${shapeStr(p.shape)}`,
       );
     const wantFloat = p.dtype !== 'i32';
     if (FLOAT_DTYPES.has(e.dtype) !== wantFloat)
       throw new Error(
-        `${e.file}: tensor ${name} has dtype ${e.dtype}, expected ${wantFloat ? 'a floating-point dtype (F32, BF16, F16)' : 'an integer dtype'}`,
+        `${e.file}: tensor ${e.name} has dtype ${e.dtype}, expected ${wantFloat ? 'a floating-point dtype (F32, BF16, F16)' : 'an integer dtype'}`,
       );
   }
+  return found;
 }
 
 /**
  * Load a model directory: config.json, the weights (model.safetensors, or its shards through
- * model.safetensors.index.json), tokenizer.json if present. The checkpoint's headers are checked
+ * model.safetensors.index.json; else pytorch_model.bin, read safely), tokenizer.json if present. The checkpoint's headers are checked
  * against the config before the model is allocated; the weights then stream tensor by tensor into
  * the parameters (no whole-file buffers). A load that fails frees what it built.
  */
 export function loadModel(dir: string, opts: LoadOptions = {}): LoadedModel {
   const { json, file } = readConfig(dir);
-  const ckpt = readCheckpoint(dir);
-  checkWeights(json, file, ckpt.entries, ckpt.source);
+  const ckpt = readWeights(dir);
+  const weights = checkWeights(json, file, ckpt.entries, ckpt.source);
   // no random draws: every parameter is overwritten by the checkpoint
   const model = buildModel(json, file, { deferInit: true, linearDtype: opts.linearDtype });
   try {
     noGrad(() => {
-      for (const [name, p] of model.namedParameters()) readEntryInto(ckpt.entries.get(name)!, p);
+      for (const [name, p] of model.namedParameters()) {
+        const e = weights.get(name);
+        if (e) readEntryInto(e, p);
+      }
     });
     const wantTok = opts.tokenizer ?? true;
     const tokenizer = wantTok && fs.existsSync(path.join(dir, 'tokenizer.json')) ? loadTokenizer(dir) : null;
@@ -254,7 +296,8 @@ export function saveModel(
 ): void {
   fs.mkdirSync(dir, { recursive: true });
   writeFileAtomic(path.join(dir, 'config.json'), JSON.stringify(model.configJson(), null, 2) + '\n');
-  saveTensors(dir, (model as Module).stateDict(), { dtype: opts.dtype, shardSize: opts.shardSize });
+  const state = layoutOf(model)?.checkpointState() ?? (model as Module).stateDict();
+  saveTensors(dir, state, { dtype: opts.dtype, shardSize: opts.shardSize });
   tokenizer?.save(dir);
   for (const [name, text] of Object.entries(extraFiles)) fs.writeFileSync(path.join(dir, name), text);
 }

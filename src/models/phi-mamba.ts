@@ -8,6 +8,8 @@ import { add, matmul, scale, slice, tanh, tensor, type Tensor } from '../tensor/
 import { Attention, type AttentionConfig } from '../nn/attention.js';
 import { checkMixerConfig, DiscreteMamba2, type DiscreteMamba2Config } from '../nn/discrete-mamba2.js';
 import { Embedding, LayerNorm, Linear, RMSNorm, type InitOptions } from '../nn/layers.js';
+import { LinearAttentionMixer } from '../nn/linear-attention-mixer.js';
+import { ToeplitzMixer } from '../nn/toeplitz-mixer.js';
 import { ACTIVATIONS, GatedMLP, MLP, type Activation } from '../nn/mlp.js';
 import { Module } from '../nn/module.js';
 import type { RopeConfig } from '../nn/rope.js';
@@ -21,6 +23,7 @@ import type {
   CausalLM,
   ForwardOptions,
   ForwardResult,
+  HeadParts,
   LayerCache,
   ModelCache,
   ModelInfo,
@@ -34,6 +37,9 @@ export const BLOCK_TYPES: Record<string, BlockStyle> = {
   'modules.llama_block': 'llama',
   'modules.gpt2_block': 'gpt2',
 };
+
+/** the published hybrid's attention mixer (transformers' PhiAttention under mixer.self_attn) */
+export const PHI_ATTENTION = 'modules.mixers.phi_attention';
 
 export interface AttentionCore {
   nHeads: number;
@@ -72,6 +78,15 @@ export interface StudentConfig {
   /** learned position embeddings (GPT-2 students), 0 = none */
   maxPositionEmbeddings: number;
   mixer: Omit<DiscreteMamba2Config, 'dModel'>;
+  /**
+   * the class of the non-attention mixers (default 'ssd', the discrete Mamba-2): 'toeplitz' (a
+   * long convolution, nn/toeplitz-mixer.ts) and 'linear-attention' (causal low rank,
+   * nn/linear-attention-mixer.ts) are the paper's mixer ablations; they read n_v_heads, d_state
+   * and bias from `mixer`
+   */
+  mixerClass?: MixerClass;
+  /** taps of the Toeplitz mixer's kernels */
+  kernelLength?: number;
   /** layer index -> attention settings for the layers of a hybrid that keep attention */
   attentionLayers: Map<number, AttentionCore>;
   bosTokenId: number | null;
@@ -87,6 +102,15 @@ export interface StudentConfig {
   finalSoftcap?: number;
 }
 
+export type MixerClass = 'ssd' | 'toeplitz' | 'linear-attention';
+
+/** config.json CoreType of each mixer class */
+export const MIXER_CORE_TYPES: Record<MixerClass, string> = {
+  ssd: 'modules.mixers.discrete_mamba2',
+  toeplitz: 'modules.mixers.toeplitz',
+  'linear-attention': 'modules.mixers.linear_attention',
+};
+
 export function paddedVocab(c: Pick<StudentConfig, 'vocabSize' | 'padVocabSizeMultiple'>): number {
   const m = c.padVocabSizeMultiple;
   return Math.ceil(c.vocabSize / m) * m;
@@ -100,7 +124,7 @@ export class StudentBlock extends Module implements Block {
   readonly post_attention_layernorm: LayerNorm | RMSNorm | null;
   readonly pre_feedforward_layernorm: RMSNorm | null;
   readonly post_feedforward_layernorm: RMSNorm | null;
-  readonly mixer: DiscreteMamba2 | null;
+  readonly mixer: DiscreteMamba2 | ToeplitzMixer | LinearAttentionMixer | null;
   readonly self_attn: Attention | null;
   readonly mlp: MLP | GatedMLP;
 
@@ -138,7 +162,22 @@ export class StudentBlock extends Module implements Block {
       this.self_attn = this.child('self_attn', new Attention(ac, init));
       this.mixer = null;
     } else {
-      this.mixer = this.child('mixer', new DiscreteMamba2({ dModel: c.dModel, ...c.mixer }, init));
+      const cls = c.mixerClass ?? 'ssd';
+      const bias = c.mixer.bias;
+      this.mixer = this.child(
+        'mixer',
+        cls === 'toeplitz'
+          ? new ToeplitzMixer(
+              { dModel: c.dModel, nHeads: c.mixer.nVHeads, kernelLength: c.kernelLength ?? 2048, bias },
+              init,
+            )
+          : cls === 'linear-attention'
+            ? new LinearAttentionMixer(
+                { dModel: c.dModel, nHeads: c.mixer.nVHeads, dState: c.mixer.dState, bias },
+                init,
+              )
+            : new DiscreteMamba2({ dModel: c.dModel, ...c.mixer }, init),
+      );
       this.self_attn = null;
     }
     this.post_attention_layernorm = c.style === 'phi' ? null : this.child('post_attention_layernorm', norm());
@@ -235,6 +274,14 @@ export class StudentLM extends Module implements CausalLM {
       bosTokenId: c.bosTokenId,
       eosTokenId: c.eosTokenId,
     };
+    // a final soft-cap (Gemma 2) cannot be applied by a loss fused with the head: no parts then
+    if (!c.finalSoftcap)
+      this.headParts = (h: Tensor): HeadParts => {
+        const x = this.finalNorm.forward(h);
+        return this.lmHead
+          ? { x, weight: this.lmHead.weight, bias: this.lmHead.bias }
+          : { x, weight: this.embedding.weight, bias: null };
+      };
   }
 
   embed(ids: Tensor, position = 0): Tensor {
@@ -264,6 +311,12 @@ export class StudentLM extends Module implements CausalLM {
     return this.paddedVocab === this.config.vocabSize ? logits : slice(logits, -1, 0, this.config.vocabSize);
   }
 
+  /**
+   * the head's pieces for a loss fused with it; absent with a final soft-cap (Gemma 2), which a
+   * fused linear + softmax cannot apply
+   */
+  readonly headParts?: (h: Tensor) => HeadParts;
+
   forward(ids: Tensor, opts?: ForwardOptions): ForwardResult {
     return forwardLM(this, ids, opts);
   }
@@ -274,6 +327,52 @@ export class StudentLM extends Module implements CausalLM {
 
   configJson(): Json {
     return studentConfigToJson(this.config);
+  }
+
+  // ---- the published checkpoint layout (see docs/student-format.md) ----
+
+  /**
+   * A parameter's name in a saved checkpoint: the attention layers of a published hybrid hold
+   * their weights under mixer.self_attn.* (the reference wraps PhiAttention in a mixer module).
+   */
+  checkpointName(param: string): string {
+    if (!publishedHybrid(this.config)) return param;
+    const m = /^backbone\.layers\.(\d+)\.self_attn\.(.+)$/.exec(param);
+    return m && this.config.attentionLayers.has(Number(m[1]))
+      ? `backbone.layers.${m[1]}.mixer.self_attn.${m[2]}`
+      : param;
+  }
+
+  /**
+   * Parameters a checkpoint may leave out. The reference has mixer.z_bias exactly when bias is
+   * false (with bias, z's offset is in_proj's bias); a checkpoint without it loads a zero z_bias.
+   */
+  optionalParameter(param: string): boolean {
+    return this.config.mixer.bias && /^backbone\.layers\.\d+\.mixer\.z_bias$/.test(param);
+  }
+
+  /**
+   * The tensors to save, under their checkpoint names, so that the reference PyTorch code loads
+   * them with strict=True: with bias, z_bias is folded into the z rows of in_proj.bias (the same
+   * function: z + z_bias = W_z u + (b_z + z_bias)) and not written.
+   */
+  checkpointState(): Map<string, Tensor | { dtype: 'F32'; shape: number[]; bytes: Uint8Array }> {
+    const out = new Map<string, Tensor | { dtype: 'F32'; shape: number[]; bytes: Uint8Array }>();
+    for (const [name, t] of this.namedParameters()) {
+      if (this.optionalParameter(name)) continue;
+      const layer = /^backbone\.layers\.(\d+)\.mixer\.in_proj\.bias$/.exec(name);
+      const mixer = layer ? this.blocks[Number(layer[1])].mixer : null;
+      if (mixer instanceof DiscreteMamba2 && this.config.mixer.bias) {
+        const bias = Float32Array.from(t.toArray());
+        const zb = mixer.z_bias.toArray();
+        const zStart = mixer.convDim;
+        for (let i = 0; i < zb.length; i++) bias[zStart + i] += zb[i];
+        out.set(name, { dtype: 'F32', shape: [...t.shape], bytes: new Uint8Array(bias.buffer) });
+        continue;
+      }
+      out.set(this.checkpointName(name), t);
+    }
+    return out;
   }
 }
 
@@ -368,16 +467,23 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
   const dModel = int(mm, 'd_model', where('MixerModel.input'));
   if (dModel < 1 || nLayer < 1)
     throw new Error(`${file}: MixerModel.input.d_model and n_layer must be positive`);
+  // Block sections in numeric order (Block10 after Block2), as their layers follow each other
   const blockKeys = Object.keys(json)
     .filter((k) => /^Block\d+$/.test(k))
-    .sort();
+    .sort((a, b) => Number(a.slice(5)) - Number(b.slice(5)));
   if (blockKeys.length === 0) throw new Error(`${file}: no Block1 section`);
+  // the published layout gives each section n_layers consecutive layers; mohawk's extension
+  // lists them (`layers`), the mixer section then covering the layers no other section lists
+  const listed = blockKeys.some((k) => section(json, k, file).layers !== undefined);
+  let next = 0;
   let style: BlockStyle | null = null;
   let mixer: StudentConfig['mixer'] | null = null;
   const attentionLayers = new Map<number, AttentionCore>();
   const claimed = new Set<number>();
   let mixerLayers: number[] | null = null;
   let mlpIn: Json = {};
+  let cls: MixerClass = 'ssd';
+  let kernelLength: number | undefined;
   for (const key of blockKeys) {
     const b = section(json, key, file);
     const w = where(key);
@@ -398,17 +504,31 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
         throw new Error(`${w}.layers must be a list of layer indices below n_layer (${nLayer})`);
       }
       layers = layersRaw as number[];
-      for (const l of layers) {
-        if (claimed.has(l)) throw new Error(`${w}.layers: layer ${l} is listed in two blocks`);
-        claimed.add(l);
-      }
+    } else if (!listed) {
+      const n = b.n_layers === undefined && blockKeys.length === 1 ? nLayer : int(b, 'n_layers', w);
+      if (next + n > nLayer)
+        throw new Error(
+          `${w}.n_layers (${n}): the Block sections hold more than MixerModel.input.n_layer (${nLayer}) layers`,
+        );
+      layers = Array.from({ length: n }, (_, i) => next + i);
+      next += n;
+    }
+    for (const l of layers ?? []) {
+      if (claimed.has(l)) throw new Error(`${w}.layers: layer ${l} is listed in two blocks`);
+      claimed.add(l);
     }
     if (Object.keys(section(b, 'mlp_input', file)).length) mlpIn = section(b, 'mlp_input', file);
-    if (b.CoreType === 'modules.mixers.discrete_mamba2') {
-      if (mixer) throw new Error(`${w}: only one discrete_mamba2 block section is supported`);
+    const mixerClass = (Object.keys(MIXER_CORE_TYPES) as MixerClass[]).find(
+      (k) => MIXER_CORE_TYPES[k] === b.CoreType,
+    );
+    if (mixerClass) {
+      if (mixer && mixerClass !== cls)
+        throw new Error(`${w}.CoreType: all mixer blocks must share one class`);
+      cls = mixerClass;
+      if (mixerClass === 'toeplitz') kernelLength = int(core, 'kernel_length', `${w}.core_input`);
       const cw = `${w}.core_input`;
       const act = core.activation ?? 'identity';
-      mixer = {
+      const m: StudentConfig['mixer'] = {
         dState: int(core, 'd_state', cw, 64),
         nQkHeads: int(core, 'n_qk_heads', cw, 32),
         nVHeads: int(core, 'n_v_heads', cw, 32),
@@ -420,17 +540,57 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
         activation: act as 'identity' | 'silu',
         bias: boolField(core, 'bias', cw, false),
       };
-      checkMixerConfig({ dModel, ...mixer }, cw);
-      mixerLayers = layers;
-      if (
-        layers === null &&
-        b.n_layers !== undefined &&
-        int(b, 'n_layers', w) !== nLayer - attentionCount(json, file)
-      ) {
+      checkMixerConfig({ dModel, ...m }, cw);
+      if (mixer && (listed || JSON.stringify(mixer) !== JSON.stringify(m)))
         throw new Error(
-          `${w}.n_layers (${String(b.n_layers)}) does not match MixerModel.input.n_layer (${nLayer}) minus the attention layers`,
+          `${w}: only one discrete_mamba2 setting is supported (this section's core_input differs from an earlier one)`,
         );
+      mixer = m;
+      if (listed) {
+        mixerLayers = layers;
+        if (
+          layers === null &&
+          b.n_layers !== undefined &&
+          int(b, 'n_layers', w) !== nLayer - attentionCount(json, file)
+        ) {
+          throw new Error(
+            `${w}.n_layers (${String(b.n_layers)}) does not match MixerModel.input.n_layer (${nLayer}) minus the attention layers`,
+          );
+        }
       }
+    } else if (b.CoreType === PHI_ATTENTION) {
+      // the published hybrid: the reference builds transformers' PhiAttention from a PhiConfig
+      // (q_proj, k_proj, v_proj, dense, all with bias; weights under mixer.self_attn.*)
+      if (st !== 'phi') throw new Error(`${w}.CoreType ${PHI_ATTENTION} needs BlockType modules.phi_block`);
+      if (!layers)
+        throw new Error(`${w}.layers is required for attention blocks (which layers keep attention)`);
+      const cw = `${w}.core_input`;
+      const hidden = int(core, 'hidden_size', cw, dModel);
+      const nHeads = int(core, 'num_attention_heads', cw, 32);
+      const nKvHeads = int(core, 'num_key_value_heads', cw, nHeads);
+      if (hidden !== dModel)
+        throw new Error(`${cw}.hidden_size (${hidden}) must equal MixerModel.input.d_model (${dModel})`);
+      if (nHeads < 1 || dModel % nHeads !== 0 || nKvHeads < 1 || nHeads % nKvHeads !== 0)
+        throw new Error(
+          `${cw}: num_attention_heads (${nHeads}) must divide hidden_size (${dModel}) and be divided by num_key_value_heads (${nKvHeads})`,
+        );
+      if (core.qk_layernorm === true) throw new Error(`${cw}.qk_layernorm true is not supported`);
+      const headDim = dModel / nHeads;
+      const partial = numField(core, 'partial_rotary_factor', cw, 0.5);
+      const rotaryDim = Math.floor(headDim * partial);
+      if (!(partial > 0 && partial <= 1) || rotaryDim % 2 !== 0)
+        throw new Error(`${cw}.partial_rotary_factor (${partial}) must give an even rotary dimension`);
+      const a: AttentionCore = {
+        nHeads,
+        nKvHeads,
+        headDim,
+        rotaryDim,
+        ropeTheta: numField(core, 'rope_theta', cw, 10000),
+        qkvBias: true,
+        outBias: true,
+      };
+      if (!(a.ropeTheta > 0)) throw new Error(`${cw}.rope_theta must be positive, got ${a.ropeTheta}`);
+      for (const l of layers) attentionLayers.set(l, a);
     } else if (b.CoreType === 'modules.mixers.attention') {
       if (!layers)
         throw new Error(`${w}.layers is required for attention blocks (which layers keep attention)`);
@@ -455,10 +615,12 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
       for (const l of layers) attentionLayers.set(l, a);
     } else {
       throw new Error(
-        `${w}.CoreType ${JSON.stringify(b.CoreType)} is not supported (supported: modules.mixers.discrete_mamba2, modules.mixers.attention)`,
+        `${w}.CoreType ${JSON.stringify(b.CoreType)} is not supported (supported: ${Object.values(MIXER_CORE_TYPES).join(', ')}, ${PHI_ATTENTION}, modules.mixers.attention)`,
       );
     }
   }
+  if (!listed && next !== nLayer)
+    throw new Error(`${file}: the Block sections hold ${next} layers, MixerModel.input.n_layer is ${nLayer}`);
   if (!mixer) throw new Error(`${file}: no Block section with CoreType modules.mixers.discrete_mamba2`);
   if (mixerLayers) {
     for (let l = 0; l < nLayer; l++)
@@ -489,6 +651,8 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
     tieEmbeddings: boolField(lm, 'tie_embeddings', lmw, false),
     maxPositionEmbeddings: int(mm, 'max_position_embeddings', where('MixerModel.input'), 0),
     mixer,
+    ...(cls === 'ssd' ? {} : { mixerClass: cls }),
+    ...(kernelLength === undefined ? {} : { kernelLength }),
     attentionLayers,
     bosTokenId: tokenIdField(lm, 'bos_token_id', lmw, int(lm, 'vocab_size', lmw)),
     eosTokenId: tokenIdField(lm, 'eos_token_id', lmw, int(lm, 'vocab_size', lmw)),
@@ -501,7 +665,11 @@ function attentionCount(json: Json, file: string): number {
   for (const k of Object.keys(json)) {
     if (!/^Block\d+$/.test(k)) continue;
     const b = section(json, k, file);
-    if (b.CoreType === 'modules.mixers.attention' && Array.isArray(b.layers)) n += b.layers.length;
+    if (
+      (b.CoreType === 'modules.mixers.attention' || b.CoreType === PHI_ATTENTION) &&
+      Array.isArray(b.layers)
+    )
+      n += b.layers.length;
   }
   return n;
 }
@@ -512,9 +680,44 @@ const STYLE_BLOCK: Record<BlockStyle, string> = {
   gpt2: 'modules.gpt2_block',
 };
 
+/**
+ * The published hybrid layout fits a phi-style student whose attention layers are PhiAttention
+ * as the reference builds it: heads x head_dim = d_model, biases on q, k, v and dense.
+ */
+export function publishedHybrid(c: StudentConfig): boolean {
+  return (
+    c.style === 'phi' &&
+    [...c.attentionLayers.values()].every((a) => a.qkvBias && a.outBias && a.nHeads * a.headDim === c.dModel)
+  );
+}
+
+function phiAttentionInput(c: StudentConfig, a: AttentionCore): Json {
+  return {
+    hidden_size: c.dModel,
+    num_attention_heads: a.nHeads,
+    num_key_value_heads: a.nKvHeads,
+    partial_rotary_factor: a.rotaryDim / a.headDim,
+    rope_theta: a.ropeTheta,
+  };
+}
+
 export function studentConfigToJson(c: StudentConfig): Json {
   const ssmLayers = [...Array(c.nLayer).keys()].filter((l) => !c.attentionLayers.has(l));
   const m = c.mixer;
+  const mixerCore = MIXER_CORE_TYPES[c.mixerClass ?? 'ssd'];
+  const mixerInput = {
+    ...(c.mixerClass === 'toeplitz' ? { kernel_length: c.kernelLength ?? 2048 } : {}),
+    d_state: m.dState,
+    n_v_heads: m.nVHeads,
+    n_qk_heads: m.nQkHeads,
+    d_conv: m.dConv,
+    conv_bias: m.convBias,
+    expand: m.expand,
+    chunk_size: m.chunkSize,
+    activation: m.activation,
+    bias: m.bias,
+  };
+  const mlpInput = { intermediate_size: c.intermediateSize, activation: c.activation, bias: c.mlpBias };
   const json: Json = {
     LanguageModel: {
       input: {
@@ -539,25 +742,39 @@ export function studentConfigToJson(c: StudentConfig): Json {
         ...(c.finalSoftcap ? { final_logit_softcapping: c.finalSoftcap } : {}),
       },
     },
-    Block1: {
-      n_layers: ssmLayers.length,
-      ...(c.attentionLayers.size ? { layers: ssmLayers } : {}),
-      BlockType: STYLE_BLOCK[c.style],
-      block_input: { resid_dropout: 0.0 },
-      CoreType: 'modules.mixers.discrete_mamba2',
-      core_input: {
-        d_state: m.dState,
-        n_v_heads: m.nVHeads,
-        n_qk_heads: m.nQkHeads,
-        d_conv: m.dConv,
-        conv_bias: m.convBias,
-        expand: m.expand,
-        chunk_size: m.chunkSize,
-        activation: m.activation,
-        bias: m.bias,
-      },
-      mlp_input: { intermediate_size: c.intermediateSize, activation: c.activation, bias: c.mlpBias },
-    },
+  };
+  if (c.attentionLayers.size === 0 || publishedHybrid(c)) {
+    // the published layout: one section per run of consecutive layers of one kind, in order
+    let k = 1;
+    for (let l = 0; l < c.nLayer;) {
+      const a = c.attentionLayers.get(l);
+      let n = 1;
+      while (
+        l + n < c.nLayer &&
+        JSON.stringify(c.attentionLayers.get(l + n) ?? null) === JSON.stringify(a ?? null)
+      )
+        n++;
+      json[`Block${k++}`] = {
+        n_layers: n,
+        BlockType: STYLE_BLOCK[c.style],
+        block_input: { resid_dropout: 0.0 },
+        ...(a
+          ? { CoreType: PHI_ATTENTION, core_input: phiAttentionInput(c, a) }
+          : { CoreType: mixerCore, core_input: mixerInput, mlp_input: mlpInput }),
+      };
+      l += n;
+    }
+    return json;
+  }
+  // mohawk's extension for the other block styles: sections list their layers
+  json.Block1 = {
+    n_layers: ssmLayers.length,
+    layers: ssmLayers,
+    BlockType: STYLE_BLOCK[c.style],
+    block_input: { resid_dropout: 0.0 },
+    CoreType: mixerCore,
+    core_input: mixerInput,
+    mlp_input: mlpInput,
   };
   // one attention section per distinct attention setting
   const groups = new Map<string, { core: AttentionCore; layers: number[] }>();

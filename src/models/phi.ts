@@ -17,6 +17,7 @@ import type {
   CausalLM,
   ForwardOptions,
   ForwardResult,
+  HeadParts,
   LayerCache,
   ModelCache,
   ModelInfo,
@@ -189,6 +190,10 @@ export class PhiForCausalLM extends Module implements CausalLM {
 
   head(h: Tensor): Tensor {
     return this.lmHead.forward(this.finalNorm.forward(h));
+  }
+
+  headParts(h: Tensor): HeadParts {
+    return { x: this.finalNorm.forward(h), weight: this.lmHead.weight, bias: this.lmHead.bias };
   }
 
   forward(ids: Tensor, opts?: ForwardOptions): ForwardResult {

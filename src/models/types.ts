@@ -67,6 +67,11 @@ export interface Block extends Module {
 
 export interface ForwardOptions {
   capture?: Capture;
+  /**
+   * in place of the model's head: `(h) => h` returns the residual stream after the last block as
+   * `logits`, for a loss fused with the head (`headParts`, `linearKLDivergence`)
+   */
+  head?: (h: Tensor) => Tensor;
   cache?: ModelCache;
   /**
    * logits (B, 1, V) of the last position only: a prefill that feeds a sampler needs no more,
@@ -94,6 +99,15 @@ export interface ModelInfo {
   eosTokenId: number | null;
 }
 
+/** The head as a linear map: logits = x weight[:vocab]^T (+ bias[:vocab]). */
+export interface HeadParts {
+  /** the final norm's output (B, T, D) */
+  x: Tensor;
+  /** (V', D) with V' >= vocabSize (padded vocabularies use the first vocabSize rows) */
+  weight: Tensor;
+  bias: Tensor | null;
+}
+
 export interface CausalLM extends Module {
   readonly info: ModelInfo;
   readonly blocks: Block[];
@@ -101,6 +115,8 @@ export interface CausalLM extends Module {
   embed(ids: Tensor, position?: number): Tensor;
   /** final norm + lm_head: (B, T, D) -> (B, T, V) */
   head(h: Tensor): Tensor;
+  /** the final norm applied and the lm_head's weights, for losses fused with the head */
+  headParts?(h: Tensor): HeadParts;
   forward(ids: Tensor, opts?: ForwardOptions): ForwardResult;
   createCache(batch: number): ModelCache;
   /** the config.json object describing this model (for saving) */

@@ -11,9 +11,15 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { entryToTensor, loadTensors, readSafetensors, writeSafetensors } from '../io/safetensors.js';
+import {
+  entryToTensor,
+  readCheckpoint,
+  readEntryInto,
+  readSafetensors,
+  writeSafetensors,
+} from '../io/safetensors.js';
 import { fsyncDir, fsyncFile, writeFileAtomic } from '../util/fs.js';
-import { assign, type Tensor } from '../tensor/index.js';
+import type { Tensor } from '../tensor/index.js';
 import { firstNonFinite, type NamedParams } from './params.js';
 import type { AdamW } from './optimizer.js';
 
@@ -194,17 +200,14 @@ function prune(dir: string, current: string, keep: number): void {
 /** Copy a checkpoint's weights into params (every trained name must be present) and the optimizer state. */
 export function loadCheckpoint(checkpoint: string, params: NamedParams, optimizer?: AdamW): void {
   const modelFile = path.join(checkpoint, MODEL_FILE);
-  const weights = loadTensors(modelFile);
-  try {
-    for (const [name, p] of params) {
-      const src = weights.get(name);
-      if (!src) throw new Error(`${modelFile}: missing tensor ${name}`);
-      if (src.size !== p.size || src.shape.some((d, i) => d !== p.shape[i]))
-        throw new Error(`${modelFile}: tensor ${name} has shape [${src.shape}], expected [${p.shape}]`);
-      assign(p, src);
-    }
-  } finally {
-    disposeAll(weights);
+  // streamed tensor by tensor into the parameters: no second copy of the model
+  const weights = readCheckpoint(modelFile).entries;
+  for (const [name, p] of params) {
+    const src = weights.get(name);
+    if (!src) throw new Error(`${modelFile}: missing tensor ${name}`);
+    if (src.shape.length !== p.shape.length || src.shape.some((d, i) => d !== p.shape[i]))
+      throw new Error(`${modelFile}: tensor ${name} has shape [${src.shape}], expected [${p.shape}]`);
+    readEntryInto(src, p);
   }
   if (!optimizer) return;
   const optFile = path.join(checkpoint, OPTIMIZER_FILE);

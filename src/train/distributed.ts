@@ -10,7 +10,11 @@
 // autograd has no per-parameter completion hook yet, and on one CUDA stream NCCL would queue
 // behind the backward kernels anyway (overlap needs a second stream and events).
 
+import type { Backend } from '../backends/backend.js';
 import type { Collective } from '../backends/collective.js';
+import { CpuCollective } from '../backends/cpu/collective.js';
+import type { CudaBackend } from '../backends/cuda/index.js';
+import { ProcessGroup, type DistEnv } from '../backends/group.js';
 import { concat, keep, noGrad, reshape, scope, slice, tensor, zeros, type Tensor } from '../tensor/index.js';
 import type { NamedParams } from './params.js';
 
@@ -86,7 +90,6 @@ export function allReduceGrads(
   hasGrad: boolean[],
   bucketBytes = DEFAULT_BUCKET_BYTES,
 ): void {
-  if (c.worldSize === 1) return;
   const limit = Math.max(1, Math.floor(bucketBytes / 4));
   let bucket: Tensor[] = [];
   let elems = 0;
@@ -120,4 +123,29 @@ export function allReduceGrads(
     elems += p.size;
   }
   flush();
+}
+
+/**
+ * Join the job `env` describes and open its collective on `backend`: NCCL on CUDA (rank 0 makes
+ * the unique id, the rendezvous hands it out), the TCP star on the CPU.
+ */
+export async function openCollective(env: DistEnv, backend: Backend): Promise<Collective> {
+  const where = {
+    rank: env.rank,
+    worldSize: env.worldSize,
+    masterAddr: env.masterAddr,
+    masterPort: env.masterPort,
+  };
+  if (backend.name === 'cuda') {
+    const nccl = await import('../backends/cuda/nccl.js');
+    const blob = env.rank === 0 ? nccl.ncclUniqueId() : undefined;
+    const group = ProcessGroup.join({ ...where, blob });
+    try {
+      return new nccl.NcclCollective(backend as CudaBackend, group);
+    } catch (e) {
+      group.close();
+      throw e;
+    }
+  }
+  return new CpuCollective(ProcessGroup.join(where), backend);
 }

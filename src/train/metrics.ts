@@ -61,13 +61,23 @@ export class MetricsLog {
   }
 }
 
-/** Read a metrics file back (tests, reports). */
+/**
+ * Read a metrics file back (tests, reports). Lines are appended one per step, so a kill can cut
+ * the last one short: it is skipped; a damaged line elsewhere is an error naming the file and line.
+ */
 export function readMetrics(file: string): StepMetrics[] {
-  return fs
-    .readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((l) => l.trim())
-    .map((l) => JSON.parse(l) as StepMetrics);
+  const lines = fs.readFileSync(file, 'utf8').split('\n');
+  const out: StepMetrics[] = [];
+  lines.forEach((l, i) => {
+    if (!l.trim()) return;
+    try {
+      out.push(JSON.parse(l) as StepMetrics);
+    } catch (e) {
+      const last = lines.slice(i + 1).every((x) => !x.trim());
+      if (!last) throw new Error(`${file}:${i + 1}: not valid JSON (${(e as Error).message})`, { cause: e });
+    }
+  });
+  return out;
 }
 
 export interface ProgressOptions {

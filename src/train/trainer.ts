@@ -324,7 +324,9 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         data: o.data.state(),
         rng: o.rng ? o.rng.getState() : null,
       };
-      if (!coll) {
+      // a sharded optimizer writes shards, also at world size 1
+      const group = coll ?? (sharded ? o.dataParallel!.collective : null);
+      if (!group) {
         checkpoint = writeCheckpoint(o.checkpointDir, {
           params: all,
           optimizer: optimizer as AdamW,
@@ -339,12 +341,12 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       // moves them into its temporary checkpoint and commits it; the barriers keep every rank
       // in step with the commit
       const side = path.join(o.checkpointDir, `${stepDirName(step)}.shards`);
-      const shardName = optimizerShardName(coll.rank, coll.worldSize);
+      const shardName = optimizerShardName(group.rank, group.worldSize);
       if (sharded && !isRoot) {
         fs.mkdirSync(side, { recursive: true });
         sharded.saveShard(path.join(side, shardName));
       }
-      coll.barrier();
+      group.barrier();
       if (isRoot)
         writeCheckpoint(o.checkpointDir, {
           params: all,
@@ -362,7 +364,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
             o.beforeCommit?.(dir, step);
           },
         });
-      coll.barrier();
+      group.barrier();
       checkpoint = path.join(o.checkpointDir, stepDirName(step));
     };
 

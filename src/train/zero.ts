@@ -322,7 +322,7 @@ export function readOptimizerState(checkpoint: string): OptimizerState {
         const e = sf.entries.get(`${name}.${suffix}`);
         if (!e) continue;
         const [s0, s1] = ranges ? (ranges[name] ?? [0, 0]) : [0, size];
-        const vals = entryValues(e, file);
+        const vals = entryValues(e);
         if (!(vals instanceof Float32Array) || vals.length !== s1 - s0)
           throw new Error(
             `${file}: tensor ${name}.${suffix} has ${vals.length} values, expected ${s1 - s0} f32`,

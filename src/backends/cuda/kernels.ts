@@ -18,7 +18,31 @@ export type ArgKind = 'p' | 'i' | 'u' | 'f' | 'd' | 'l' | 'D' | 'S';
 
 const ARG_BYTES: Record<ArgKind, number> = { p: 8, i: 4, u: 4, f: 4, d: 8, l: 8, D: 64, S: 32 };
 
-export type Arg = number | readonly number[];
+/** struct SsdDims of kernels/ssd.cu and kernels/ssd_fast.cu, field by field (the 'S' argument) */
+export interface SsdDims {
+  batch: number;
+  seqLen: number;
+  heads: number;
+  groups: number;
+  headDim: number;
+  dState: number;
+  chunk: number;
+  nChunks: number;
+}
+
+/** the fields of SsdDims in the order of the CUDA struct */
+const SSD_DIMS_FIELDS = [
+  'batch',
+  'seqLen',
+  'heads',
+  'groups',
+  'headDim',
+  'dState',
+  'chunk',
+  'nChunks',
+] as const;
+
+export type Arg = number | readonly number[] | SsdDims;
 
 const TWO32 = 4294967296;
 
@@ -165,8 +189,8 @@ export class Kernel {
           break;
         }
         case 'S': {
-          const arr = a as readonly number[];
-          for (let j = 0; j < 8; j++) v.setInt32(off + 4 * j, j < arr.length ? arr[j] : 0, true);
+          const d = a as SsdDims;
+          for (let j = 0; j < 8; j++) v.setInt32(off + 4 * j, d[SSD_DIMS_FIELDS[j]], true);
           break;
         }
       }

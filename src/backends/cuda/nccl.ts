@@ -48,7 +48,9 @@ let lib: { raw: Raw; path: string; version: number } | null = null;
 /** Load libnccl once; the error names what was looked for. */
 export function loadNccl(): { raw: Raw; path: string; version: number } {
   if (lib) return lib;
-  const { lib: l, path } = loadCudaLibrary(['libnccl.so.2', 'libnccl.so'], 'NCCL (libnccl.so.2)');
+  // $MOHAWK_NCCL: a path to the library (e.g. pip's nvidia/nccl/lib/libnccl.so.2)
+  const names = [...(process.env.MOHAWK_NCCL ? [process.env.MOHAWK_NCCL] : []), 'libnccl.so.2', 'libnccl.so'];
+  const { lib: l, path } = loadCudaLibrary(names, 'NCCL (libnccl.so.2; or set MOHAWK_NCCL to its path)');
   const f = (decl: string): Fn => l.func(decl) as Fn;
   const raw: Raw = {
     ncclGetVersion: f('int ncclGetVersion(_Out_ int *version)'),

@@ -4,7 +4,7 @@
 // it does not take (chunk > 256, P or N > 128, tiles beyond the shared memory of a block).
 
 import type { SsdParams } from '../backend.js';
-import { launchShared, type Arg, type KernelHost } from './kernels.js';
+import { launchShared, type Arg, type KernelHost, type SsdDims } from './kernels.js';
 
 /** Kernel signatures of kernels/ssd_fast.cu (argument kinds, see kernels.ts). */
 export const SSD_FAST_SIGNATURES = {
@@ -57,8 +57,9 @@ export function ssdFastPlan(p: SsdParams, maxShared: number): SsdFastPlan | null
   return { defines: { SSD_P: Pp, SSD_N: Np }, shared, nChunks: nC };
 }
 
-function dims(p: SsdParams, nC: number): number[] {
-  return [p.batch, p.seqLen, p.heads, p.groups, p.headDim, p.dState, p.chunkSize, nC];
+function dims(p: SsdParams, nC: number): SsdDims {
+  const { batch, seqLen, heads, groups, headDim, dState, chunkSize: chunk } = p;
+  return { batch, seqLen, heads, groups, headDim, dState, chunk, nChunks: nC };
 }
 
 function launch<Buf extends { ptr: number }>(

@@ -2,13 +2,21 @@
 
 import path from 'node:path';
 import { loadTokenizer } from '../../io/tokenizer.js';
-import { prepareTokens, TokenDataset, type PrepareProgress, type TokenIndex } from '../../data/index.js';
+import { loadChatTemplate, readChatTemplateFile } from '../../io/chat-template.js';
+import {
+  expandParquetInputs,
+  prepareTokens,
+  TokenDataset,
+  type PrepareProgress,
+  type TokenIndex,
+} from '../../data/index.js';
 import { CliError, flag, list, num, parse, required, str } from '../args.js';
 
 const HELP = `usage: mohawk data <prepare|info> [options]
 
 mohawk data prepare --tokenizer DIR --input PATH... --out DIR [options]
-  Tokenize text files (one document each) and JSONL files (one document per line) into token
+  Tokenize text files (one document each), JSONL files (one document or conversation per line)
+  and Parquet files (a text or messages column) into token
   shards (uint16 when the vocabulary fits, else uint32) with index.json; EOS ends every document.
   --tokenizer DIR      a directory with tokenizer.json (a model directory works)
   --input PATH         a file or directory (walked recursively); repeat for several
@@ -16,7 +24,12 @@ mohawk data prepare --tokenizer DIR --input PATH... --out DIR [options]
   --val-fraction F     hold out the last F of every input's bytes, cut at a line (default 0.01,
                        or 0 when --val is given)
   --val PATH           files or directories that go wholly to the held-out split; repeatable
-  --jsonl-field NAME   the JSONL field holding the text (default "text")
+  --jsonl-field NAME   the JSONL field (or Parquet column) holding the text (default "text")
+  --messages-field N   the JSONL field (or Parquet column) holding a conversation, a list of
+                       {role, content} rendered through the chat template (default "messages")
+  --mask-prompt        write a target mask: only the assistant's tokens of conversations count
+                       in the loss (distill with data.maskPrompt: true)
+  --chat-template F    a Jinja chat template (default: the tokenizer's tokenizer_config.json)
   --shard-tokens N     tokens per shard file (default 134217728)
   --chunk-bytes N      tokenize text in pieces of about N bytes (default: 1 MiB when the
                        tokenizer allows exact pieces, else whole documents); 0 = whole documents
@@ -100,6 +113,9 @@ async function prepare(argv: string[]): Promise<number> {
       'val-fraction': { type: 'string' },
       val: { type: 'string', multiple: true },
       'jsonl-field': { type: 'string' },
+      'messages-field': { type: 'string' },
+      'mask-prompt': { type: 'boolean' },
+      'chat-template': { type: 'string' },
       'shard-tokens': { type: 'string' },
       'chunk-bytes': { type: 'string' },
       json: { type: 'boolean' },
@@ -108,11 +124,18 @@ async function prepare(argv: string[]): Promise<number> {
     true,
   );
   if (!p) return 0;
-  const inputs = [...list(p, 'input'), ...p.positionals];
-  if (!inputs.length) throw new CliError(`--input is required\n\n${HELP}`);
+  const rawInputs = [...list(p, 'input'), ...p.positionals];
+  if (!rawInputs.length) throw new CliError(`--input is required\n\n${HELP}`);
   const tokDir = required(p, 'tokenizer', HELP);
   const out = required(p, 'out', HELP);
-  const valInputs = list(p, 'val');
+  // Parquet files become JSONL first (hyparquet reads asynchronously)
+  const columns = { text: str(p, 'jsonl-field'), messages: str(p, 'messages-field') };
+  const log = (l: string) => console.error(l);
+  const cache = path.join(out, 'parquet-jsonl');
+  const inputs = await expandParquetInputs(rawInputs, cache, columns, log);
+  const valInputs = await expandParquetInputs(list(p, 'val'), cache, columns, log);
+  const templateFile = str(p, 'chat-template');
+  const chat = templateFile ? readChatTemplateFile(templateFile) : loadChatTemplate(tokDir);
   const tok = loadTokenizer(tokDir);
   const encoder = {
     encode: (text: string) => tok.encode(text, { addBos: false }),
@@ -127,6 +150,9 @@ async function prepare(argv: string[]): Promise<number> {
     valFraction:
       str(p, 'val-fraction') === undefined ? undefined : num(p, 'val-fraction', 0, { min: 0, max: 0.99 }),
     jsonlField: str(p, 'jsonl-field'),
+    messagesField: str(p, 'messages-field'),
+    chat: chat ?? undefined,
+    maskPrompt: flag(p, 'mask-prompt'),
     maxShardTokens: num(p, 'shard-tokens', 1 << 27, { integer: true, min: 1 }),
     chunkBytes: chunk === undefined ? undefined : num(p, 'chunk-bytes', 0, { integer: true, min: 0 }),
     tokenizerName: path.resolve(tokDir),

@@ -201,7 +201,10 @@ extern "C" __global__ void kl_div_backward_f32(const float* teacher, const float
   }
 }
 
-/** table (vocab, dim), ids (n) i32 -> out (n, dim); ids outside the vocabulary give zero rows */
+/**
+ * table (vocab, dim), ids (n) i32 -> out (n, dim). An id outside the vocabulary is an error, not
+ * a zero row: the kernel traps, and the next synchronization reports the failed launch.
+ */
 extern "C" __global__ void embedding_f32(const float* table, const int* ids, float* out, i64 n, int dim,
                                          int vocab) {
   const i64 total = n * dim;
@@ -209,7 +212,8 @@ extern "C" __global__ void embedding_f32(const float* table, const int* ids, flo
     const i64 r = i / dim;
     const int j = (int)(i - r * dim);
     const int id = ids[r];
-    out[i] = (id >= 0 && id < vocab) ? table[(i64)id * dim + j] : 0.f;
+    if (id < 0 || id >= vocab) __trap();
+    out[i] = table[(i64)id * dim + j];
   }
 }
 

@@ -1,0 +1,294 @@
+// Launchers of kernels/rows.cu: one block per row of softmax, LayerNorm, RMSNorm, cross-entropy
+// and KL divergence (forward and backward), and the embedding gather/scatter.
+
+import type { DeviceBuffer } from '../backend.js';
+import { moduleKernels, partialBlocks, rowThreads, type Host } from './host.js';
+
+/** Kernel signatures of kernels/rows.cu (argument kinds, see kernels.ts). */
+export const ROWS_SIGNATURES = {
+  softmax_f32: 'ppii',
+  softmax_backward_f32: 'pppii',
+  layernorm_f32: 'ppppppif',
+  layernorm_backward_f32: 'ppppppppli',
+  rmsnorm_f32: 'ppppif',
+  rmsnorm_backward_f32: 'ppppppli',
+  cross_entropy_f32: 'ppppii',
+  cross_entropy_backward_f32: 'pppppii',
+  kl_div_f32: 'pppif',
+  kl_div_backward_f32: 'ppppif',
+  embedding_f32: 'ppplii',
+  embedding_backward_f32: 'ppplii',
+} as const;
+
+const { k, run1 } = moduleKernels('rows', ROWS_SIGNATURES);
+
+export function softmax(
+  h: Host,
+  x: DeviceBuffer,
+  out: DeviceBuffer,
+  rows: number,
+  cols: number,
+  log: boolean,
+): void {
+  const xp = h.f(x, 'softmax input');
+  const op = h.f(out, 'softmax output');
+  if (rows * cols === 0) return;
+  k(h, 'softmax_f32').launch([rows, 1, 1], rowThreads(cols), 0, [xp, op, cols, log ? 1 : 0]);
+}
+
+export function softmaxBackward(
+  h: Host,
+  y: DeviceBuffer,
+  gy: DeviceBuffer,
+  gx: DeviceBuffer,
+  rows: number,
+  cols: number,
+  log: boolean,
+): void {
+  const args = [h.f(y, 'softmax output'), h.f(gy, 'softmax gradient'), h.f(gx, 'softmax input gradient')];
+  if (rows * cols === 0) return;
+  k(h, 'softmax_backward_f32').launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, log ? 1 : 0]);
+}
+
+export function layerNorm(
+  h: Host,
+  x: DeviceBuffer,
+  weight: DeviceBuffer,
+  bias: DeviceBuffer | null,
+  out: DeviceBuffer,
+  mean: DeviceBuffer,
+  rstd: DeviceBuffer,
+  rows: number,
+  cols: number,
+  eps: number,
+): void {
+  const args = [
+    h.f(x, 'layerNorm input'),
+    h.f(weight, 'layerNorm weight'),
+    bias ? h.f(bias, 'layerNorm bias') : 0,
+    h.f(out, 'layerNorm output'),
+    h.f(mean, 'layerNorm mean'),
+    h.f(rstd, 'layerNorm rstd'),
+  ];
+  if (rows === 0) return;
+  k(h, 'layernorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, eps]);
+}
+
+export function layerNormBackward(
+  h: Host,
+  x: DeviceBuffer,
+  weight: DeviceBuffer,
+  mean: DeviceBuffer,
+  rstd: DeviceBuffer,
+  gy: DeviceBuffer,
+  gx: DeviceBuffer,
+  gWeight: DeviceBuffer,
+  gBias: DeviceBuffer | null,
+  rows: number,
+  cols: number,
+): void {
+  const gw = h.f(gWeight, 'layerNorm weight gradient');
+  const gb = gBias ? h.f(gBias, 'layerNorm bias gradient') : 0;
+  const args = [
+    h.f(x, 'layerNorm input'),
+    h.f(weight, 'layerNorm weight'),
+    h.f(mean, 'layerNorm mean'),
+    h.f(rstd, 'layerNorm rstd'),
+    h.f(gy, 'layerNorm gradient'),
+    h.f(gx, 'layerNorm input gradient'),
+  ];
+  if (cols === 0) return;
+  if (rows === 0) {
+    h.fill(gWeight, 0);
+    if (gBias) h.fill(gBias, 0);
+    return;
+  }
+  const blocks = partialBlocks(h, rows);
+  const pw = h.scratch(blocks * cols);
+  const pb = gBias ? h.scratch(blocks * cols) : null;
+  k(h, 'layernorm_backward_f32').launch([blocks, 1, 1], rowThreads(cols), 0, [
+    ...args,
+    pw.ptr,
+    pb ? pb.ptr : 0,
+    rows,
+    cols,
+  ]);
+  h.sumInto(pw.ptr, gw, 1, blocks, cols);
+  if (pb) h.sumInto(pb.ptr, gb, 1, blocks, cols);
+  h.free(pw);
+  if (pb) h.free(pb);
+}
+
+export function rmsNorm(
+  h: Host,
+  x: DeviceBuffer,
+  weight: DeviceBuffer,
+  out: DeviceBuffer,
+  rstd: DeviceBuffer,
+  rows: number,
+  cols: number,
+  eps: number,
+): void {
+  const args = [
+    h.f(x, 'rmsNorm input'),
+    h.f(weight, 'rmsNorm weight'),
+    h.f(out, 'rmsNorm output'),
+    h.f(rstd, 'rmsNorm rstd'),
+  ];
+  if (rows === 0) return;
+  k(h, 'rmsnorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, eps]);
+}
+
+export function rmsNormBackward(
+  h: Host,
+  x: DeviceBuffer,
+  weight: DeviceBuffer,
+  rstd: DeviceBuffer,
+  gy: DeviceBuffer,
+  gx: DeviceBuffer,
+  gWeight: DeviceBuffer,
+  rows: number,
+  cols: number,
+): void {
+  const gw = h.f(gWeight, 'rmsNorm weight gradient');
+  const args = [
+    h.f(x, 'rmsNorm input'),
+    h.f(weight, 'rmsNorm weight'),
+    h.f(rstd, 'rmsNorm rstd'),
+    h.f(gy, 'rmsNorm gradient'),
+    h.f(gx, 'rmsNorm input gradient'),
+  ];
+  if (cols === 0) return;
+  if (rows === 0) {
+    h.fill(gWeight, 0);
+    return;
+  }
+  const blocks = partialBlocks(h, rows);
+  const pw = h.scratch(blocks * cols);
+  k(h, 'rmsnorm_backward_f32').launch([blocks, 1, 1], rowThreads(cols), 0, [...args, pw.ptr, rows, cols]);
+  h.sumInto(pw.ptr, gw, 1, blocks, cols);
+  h.free(pw);
+}
+
+export function embedding(
+  h: Host,
+  table: DeviceBuffer,
+  ids: DeviceBuffer,
+  out: DeviceBuffer,
+  n: number,
+  dim: number,
+): void {
+  const t = h.f(table, 'embedding table');
+  const vocab = dim > 0 ? h.buf(table, 'embedding table').length / dim : 0;
+  run1(h, 'embedding_f32', n * dim, [
+    t,
+    h.i32(ids, 'embedding ids'),
+    h.f(out, 'embedding output'),
+    n,
+    dim,
+    vocab,
+  ]);
+}
+
+export function embeddingBackward(
+  h: Host,
+  gOut: DeviceBuffer,
+  ids: DeviceBuffer,
+  gTable: DeviceBuffer,
+  n: number,
+  dim: number,
+): void {
+  const vocab = dim > 0 ? h.buf(gTable, 'embedding table gradient').length / dim : 0;
+  run1(h, 'embedding_backward_f32', n * dim, [
+    h.f(gOut, 'embedding gradient'),
+    h.i32(ids, 'embedding ids'),
+    h.f(gTable, 'embedding table gradient'),
+    n,
+    dim,
+    vocab,
+  ]);
+}
+
+export function crossEntropy(
+  h: Host,
+  logits: DeviceBuffer,
+  targets: DeviceBuffer,
+  losses: DeviceBuffer,
+  lse: DeviceBuffer,
+  rows: number,
+  vocab: number,
+  ignoreIndex: number,
+): void {
+  const args = [
+    h.f(logits, 'cross-entropy logits'),
+    h.i32(targets, 'cross-entropy targets'),
+    h.f(losses, 'cross-entropy losses'),
+    h.f(lse, 'cross-entropy lse'),
+  ];
+  if (rows === 0) return;
+  k(h, 'cross_entropy_f32').launch([rows, 1, 1], rowThreads(vocab), 0, [...args, vocab, ignoreIndex]);
+}
+
+export function crossEntropyBackward(
+  h: Host,
+  logits: DeviceBuffer,
+  targets: DeviceBuffer,
+  lse: DeviceBuffer,
+  gLoss: DeviceBuffer,
+  gLogits: DeviceBuffer,
+  rows: number,
+  vocab: number,
+  ignoreIndex: number,
+): void {
+  const args = [
+    h.f(logits, 'cross-entropy logits'),
+    h.i32(targets, 'cross-entropy targets'),
+    h.f(lse, 'cross-entropy lse'),
+    h.f(gLoss, 'cross-entropy gradient'),
+    h.f(gLogits, 'cross-entropy logits gradient'),
+  ];
+  if (rows * vocab === 0) return;
+  k(h, 'cross_entropy_backward_f32').launch([rows, 1, 1], rowThreads(vocab), 0, [
+    ...args,
+    vocab,
+    ignoreIndex,
+  ]);
+}
+
+export function klDivergence(
+  h: Host,
+  teacher: DeviceBuffer,
+  student: DeviceBuffer,
+  losses: DeviceBuffer,
+  rows: number,
+  vocab: number,
+  temperature: number,
+): void {
+  const args = [
+    h.f(teacher, 'KL teacher logits'),
+    h.f(student, 'KL student logits'),
+    h.f(losses, 'KL losses'),
+  ];
+  if (rows === 0) return;
+  k(h, 'kl_div_f32').launch([rows, 1, 1], rowThreads(vocab), 0, [...args, vocab, 1 / temperature]);
+}
+
+export function klDivergenceBackward(
+  h: Host,
+  teacher: DeviceBuffer,
+  student: DeviceBuffer,
+  gLoss: DeviceBuffer,
+  gStudent: DeviceBuffer,
+  rows: number,
+  vocab: number,
+  temperature: number,
+): void {
+  const args = [
+    h.f(teacher, 'KL teacher logits'),
+    h.f(student, 'KL student logits'),
+    h.f(gLoss, 'KL gradient'),
+    h.f(gStudent, 'KL student gradient'),
+  ];
+  if (rows * vocab === 0) return;
+  k(h, 'kl_div_backward_f32').launch([rows, 1, 1], rowThreads(vocab), 0, [...args, vocab, 1 / temperature]);
+}

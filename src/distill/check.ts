@@ -1,0 +1,377 @@
+// `mohawk distill --check`: a config resolved in full (every default filled in, paths absolute)
+// with what each stage will do (steps, accumulation, schedule, trainable parameters), computed
+// from the config files alone: the teacher's config.json gives the student's shapes, no weight
+// is read and no model is built.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { readConfig } from '../models/load.js';
+import type { Json } from '../models/hf.js';
+import { gpt2ConfigFromJson } from '../models/gpt2.js';
+import { llamaConfigFromJson } from '../models/llama.js';
+import { phiConfigFromJson } from '../models/phi.js';
+import { paddedVocab, type AttentionCore, type StudentConfig as StudentShape } from '../models/phi-mamba.js';
+import { warmupSteps } from '../train/schedule.js';
+import type { DistillConfig, StageConfig } from './config.js';
+import { STAGE_NAMES, stageTrainable } from './stages.js';
+import { kernelLengthOf } from './pipeline.js';
+
+/**
+ * The student's shape from a teacher's config.json, as transfer.ts's studentConfigFor derives it
+ * from a loaded teacher (test/distill.test.ts checks that both agree parameter for parameter).
+ */
+export function studentShapeFromTeacherJson(
+  json: Json,
+  file: string,
+  student: DistillConfig['student'],
+): StudentShape {
+  const type = json.model_type;
+  let t: {
+    style: StudentShape['style'];
+    d: number;
+    layers: number;
+    vocab: number;
+    heads: number;
+    kvHeads: number;
+    hd: number;
+    rotary: number;
+    theta: number;
+    bias: boolean;
+    inter: number;
+    act: StudentShape['activation'];
+    mlpBias: boolean;
+    eps: number;
+    headBias: boolean;
+    tie: boolean;
+    positions: number;
+    bos: number | null;
+    eos: number | null;
+  };
+  if (type === 'phi') {
+    const c = phiConfigFromJson(json, file);
+    t = {
+      style: 'phi',
+      d: c.hiddenSize,
+      layers: c.numLayers,
+      vocab: c.vocabSize,
+      heads: c.numHeads,
+      kvHeads: c.numKvHeads,
+      hd: c.headDim,
+      rotary: c.rotaryDim,
+      theta: c.ropeTheta,
+      bias: true,
+      inter: c.intermediateSize,
+      act: c.hiddenAct,
+      mlpBias: true,
+      eps: c.layerNormEps,
+      headBias: true,
+      tie: false,
+      positions: 0,
+      bos: c.bosTokenId,
+      eos: c.eosTokenId,
+    };
+  } else if (type === 'llama') {
+    const c = llamaConfigFromJson(json, file);
+    t = {
+      style: 'llama',
+      d: c.hiddenSize,
+      layers: c.numLayers,
+      vocab: c.vocabSize,
+      heads: c.numHeads,
+      kvHeads: c.numKvHeads,
+      hd: c.headDim,
+      rotary: c.headDim,
+      theta: c.ropeTheta,
+      bias: c.attentionBias,
+      inter: c.intermediateSize,
+      act: 'silu',
+      mlpBias: c.mlpBias,
+      eps: c.rmsNormEps,
+      headBias: false,
+      tie: c.tieWordEmbeddings,
+      positions: 0,
+      bos: c.bosTokenId,
+      eos: c.eosTokenId,
+    };
+  } else if (type === 'gpt2') {
+    const c = gpt2ConfigFromJson(json, file);
+    t = {
+      style: 'gpt2',
+      d: c.nEmbd,
+      layers: c.nLayer,
+      vocab: c.vocabSize,
+      heads: c.nHead,
+      kvHeads: c.nHead,
+      hd: c.nEmbd / c.nHead,
+      rotary: 0,
+      theta: 10000,
+      bias: true,
+      inter: c.nInner,
+      act: c.activation,
+      mlpBias: true,
+      eps: c.layerNormEpsilon,
+      headBias: false,
+      tie: true,
+      positions: c.nPositions,
+      bos: c.bosTokenId,
+      eos: c.eosTokenId,
+    };
+  } else {
+    throw new Error(
+      `${file}: model_type ${JSON.stringify(type)}: --check knows phi, llama and gpt2 teachers`,
+    );
+  }
+  const attentionLayers = new Map<number, AttentionCore>();
+  for (const l of student.attentionLayers) {
+    if (l >= t.layers)
+      throw new Error(`student.attentionLayers: ${l} is not a layer of the teacher (0..${t.layers - 1})`);
+    attentionLayers.set(l, {
+      nHeads: t.heads,
+      nKvHeads: t.kvHeads,
+      headDim: t.hd,
+      rotaryDim: t.rotary,
+      ropeTheta: t.theta,
+      qkvBias: t.bias,
+      outBias: t.bias,
+    });
+  }
+  return {
+    vocabSize: t.vocab,
+    padVocabSizeMultiple: 8,
+    dModel: t.d,
+    nLayer: t.layers,
+    style: t.style,
+    normEps: t.eps,
+    intermediateSize: t.inter,
+    activation: t.act,
+    mlpBias: t.mlpBias,
+    lmHeadBias: t.headBias,
+    tieEmbeddings: t.tie,
+    maxPositionEmbeddings: t.positions,
+    mixer: {
+      dState: student.dState ?? t.hd,
+      nQkHeads: t.heads,
+      nVHeads: t.heads,
+      dConv: 4,
+      convBias: true,
+      expand: (t.heads * t.hd) / t.d,
+      chunkSize: student.chunkSize,
+      activation: 'identity',
+      bias: student.init !== 'paper',
+    },
+    ...(student.mixer === 'ssd'
+      ? {}
+      : { mixerClass: student.mixer, kernelLength: student.kernelLength ?? 2048 }),
+    attentionLayers,
+    bosTokenId: t.bos,
+    eosTokenId: t.eos,
+  };
+}
+
+/** Every parameter of a student (name, shape) in StudentLM's layout, without allocating it. */
+export function studentParameterShapes(c: StudentShape): [string, number[]][] {
+  const out: [string, number[]][] = [];
+  const D = c.dModel;
+  const V = paddedVocab(c);
+  const linear = (name: string, i: number, o: number, bias: boolean) => {
+    out.push([`${name}.weight`, [o, i]]);
+    if (bias) out.push([`${name}.bias`, [o]]);
+  };
+  const norm = (name: string) => {
+    out.push([`${name}.weight`, [D]]);
+    if (c.style !== 'llama') out.push([`${name}.bias`, [D]]);
+  };
+  out.push(['backbone.embedding.weight', [V, D]]);
+  if (c.maxPositionEmbeddings > 0)
+    out.push(['backbone.position_embedding.weight', [c.maxPositionEmbeddings, D]]);
+  const m = c.mixer;
+  for (let l = 0; l < c.nLayer; l++) {
+    const p = `backbone.layers.${l}.`;
+    norm(p + 'input_layernorm');
+    const a = c.attentionLayers.get(l);
+    if (a) {
+      linear(p + 'self_attn.q_proj', D, a.nHeads * a.headDim, a.qkvBias);
+      linear(p + 'self_attn.k_proj', D, a.nKvHeads * a.headDim, a.qkvBias);
+      linear(p + 'self_attn.v_proj', D, a.nKvHeads * a.headDim, a.qkvBias);
+      linear(p + `self_attn.${c.style === 'phi' ? 'dense' : 'o_proj'}`, a.nHeads * a.headDim, D, a.outBias);
+    } else if (c.mixerClass === 'toeplitz') {
+      linear(p + 'mixer.in_proj', D, 2 * D, m.bias);
+      out.push([p + 'mixer.kernel', [c.kernelLength ?? 2048, m.nVHeads]]);
+      out.push([p + 'mixer.z_bias', [D]]);
+      linear(p + 'mixer.out_proj', D, D, m.bias);
+    } else if (c.mixerClass === 'linear-attention') {
+      linear(p + 'mixer.in_proj', D, 2 * D + 2 * m.nVHeads * m.dState, m.bias);
+      out.push([p + 'mixer.z_bias', [D]]);
+      linear(p + 'mixer.out_proj', D, D, m.bias);
+    } else {
+      const dInner = m.expand * D;
+      const convDim = dInner + 2 * m.nQkHeads * m.dState;
+      linear(p + 'mixer.in_proj', D, 2 * dInner + 2 * m.nQkHeads * m.dState + m.nVHeads, m.bias);
+      out.push([p + 'mixer.conv1d.weight', [convDim, 1, m.dConv]]);
+      if (m.convBias) out.push([p + 'mixer.conv1d.bias', [convDim]]);
+      out.push([p + 'mixer.z_bias', [dInner]]);
+      out.push([p + 'mixer.D', [m.nVHeads]]);
+      linear(p + 'mixer.out_proj', dInner, D, m.bias);
+    }
+    if (c.style !== 'phi') norm(p + 'post_attention_layernorm');
+    if (c.style === 'llama') {
+      linear(p + 'mlp.gate_proj', D, c.intermediateSize, c.mlpBias);
+      linear(p + 'mlp.up_proj', D, c.intermediateSize, c.mlpBias);
+      linear(p + 'mlp.down_proj', c.intermediateSize, D, c.mlpBias);
+    } else {
+      linear(p + 'mlp.fc1', D, c.intermediateSize, true);
+      linear(p + 'mlp.fc2', c.intermediateSize, D, true);
+    }
+  }
+  norm('backbone.final_layernorm');
+  if (!c.tieEmbeddings) linear('lm_head', D, V, c.lmHeadBias);
+  return out;
+}
+
+export interface ResolvedStage extends StageConfig {
+  name: string;
+  steps: number;
+  /** micro-batches per optimizer step */
+  accumulation: number;
+  warmupSteps: number;
+  decaySteps: number;
+  minLr: number;
+  /** trainable parameters (elements) and tensors; null when the teacher's shape is unknown */
+  trainableParameters: number | null;
+  trainableTensors: number | null;
+}
+
+export interface CheckedConfig {
+  config: Omit<DistillConfig, 'stages'>;
+  student: { parameters: number; shapeFrom: string } | null;
+  stages: ResolvedStage[];
+  totalTokens: number;
+  warnings: string[];
+}
+
+/** Resolve a validated config (see the file comment); throws on what a run would refuse. */
+export function checkConfig(cfg: DistillConfig): CheckedConfig {
+  const warnings: string[] = [];
+  let shapes: [string, number[]][] | null = null;
+  let blocks: { mixerKind: 'attention' | 'ssm' }[] = [];
+  let shapeFrom = '';
+  if (fs.existsSync(path.join(cfg.teacher, 'config.json'))) {
+    const { json, file } = readConfig(cfg.teacher);
+    const shape = studentShapeFromTeacherJson(json, file, {
+      ...cfg.student,
+      kernelLength: kernelLengthOf(cfg),
+    });
+    shapes = studentParameterShapes(shape);
+    blocks = Array.from({ length: shape.nLayer }, (_, l) => ({
+      mixerKind: shape.attentionLayers.has(l) ? 'attention' : 'ssm',
+    }));
+    shapeFrom = file;
+  } else {
+    warnings.push(`teacher: ${cfg.teacher} has no config.json (trainable counts unknown)`);
+  }
+  for (const d of [...cfg.data.train, ...cfg.data.val])
+    if (!fs.existsSync(d)) warnings.push(`data: ${d} does not exist (yet)`);
+  const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
+  const names = shapes?.map(([n]) => n) ?? [];
+  const sizes = new Map(shapes?.map(([n, s]) => [n, size(s)]) ?? []);
+  const stages = cfg.stages.map((s, i): ResolvedStage => {
+    const micro = s.microBatch * s.seqLen;
+    if (s.batchTokens % micro !== 0)
+      throw new Error(
+        `stages[${i}].batchTokens (${s.batchTokens}) must be a multiple of microBatch x seqLen (${s.microBatch} x ${s.seqLen})`,
+      );
+    const steps = Math.floor(s.tokens / s.batchTokens);
+    if (steps < 1)
+      throw new Error(`stages[${i}].tokens (${s.tokens}) is less than one step of ${s.batchTokens} tokens`);
+    const warmup = warmupSteps({ kind: s.schedule, warmupFraction: s.warmup }, steps);
+    const decaySteps = s.schedule === 'wsd' ? Math.min(steps - warmup, Math.round(s.decay * steps)) : 0;
+    let count: number | null = null;
+    let tensors: number | null = null;
+    if (shapes) {
+      const trained = stageTrainable(s.stage, names, { blocks }, s, `stages[${i}].freeze`);
+      count = trained.reduce((a, n) => a + sizes.get(n)!, 0);
+      tensors = trained.length;
+    }
+    return {
+      ...s,
+      name: STAGE_NAMES[s.stage],
+      steps,
+      accumulation: s.batchTokens / micro,
+      warmupSteps: warmup,
+      decaySteps,
+      minLr: s.schedule === 'constant' ? s.lr : s.lr * s.minLrRatio,
+      trainableParameters: count,
+      trainableTensors: tensors,
+    };
+  });
+  const { stages: _drop, ...rest } = cfg;
+  void _drop;
+  return {
+    config: rest,
+    student: shapes ? { parameters: shapes.reduce((a, [, s]) => a + size(s), 0), shapeFrom } : null,
+    stages,
+    totalTokens: stages.reduce((a, s) => a + s.steps * s.batchTokens, 0),
+    warnings,
+  };
+}
+
+const fmt = (n: number) => n.toLocaleString('en-US');
+
+/** The resolved config as text: the settings, then one line per stage. */
+export function checkTable(c: CheckedConfig): string {
+  const cfg = c.config;
+  const lines = [
+    `teacher           ${cfg.teacher}`,
+    `out               ${cfg.out}`,
+    `seed, device      ${cfg.seed}, ${cfg.device} (${cfg.precision})`,
+    `student           init ${cfg.student.init}, attention layers [${cfg.student.attentionLayers.join(', ')}], ` +
+      `d_state ${cfg.student.dState ?? 'head size'}, chunk ${cfg.student.chunkSize}, alpha ${cfg.student.alphaInit}` +
+      (c.student ? `, ${fmt(c.student.parameters)} parameters` : ''),
+    `data.train        ${cfg.data.train.join(', ')}`,
+    `data.val          ${cfg.data.val.length ? cfg.data.val.join(', ') : '(the prepared val split)'}, ${fmt(cfg.data.valTokens)} tokens`,
+    `scratchBaseline   ${cfg.scratchBaseline}`,
+    '',
+  ];
+  const head = [
+    '#',
+    'stage',
+    'tokens',
+    'steps',
+    'batch (accum x micro x seq)',
+    'lr',
+    'schedule',
+    'trainable',
+  ];
+  const rows = c.stages.map((s, i) => [
+    String(i),
+    `${s.stage} ${s.name}`,
+    fmt(s.steps * s.batchTokens),
+    fmt(s.steps),
+    `${fmt(s.batchTokens)} (${s.accumulation} x ${s.microBatch} x ${s.seqLen})`,
+    `${s.lr} -> ${Number(s.minLr.toPrecision(3))}`,
+    s.schedule === 'wsd'
+      ? `wsd ${s.warmupSteps}/${s.steps - s.warmupSteps - s.decaySteps}/${s.decaySteps}`
+      : s.schedule === 'cosine'
+        ? `cosine, warmup ${s.warmupSteps}`
+        : `constant, warmup ${s.warmupSteps}`,
+    s.trainableParameters === null ? '?' : `${fmt(s.trainableParameters)} (${s.trainableTensors} tensors)`,
+  ]);
+  const w = head.map((h, j) => Math.max(h.length, ...rows.map((r) => r[j].length)));
+  const line = (r: string[]) =>
+    r.map((x, j) => (j === 1 || j === 6 ? x.padEnd(w[j]) : x.padStart(w[j]))).join('  ');
+  lines.push(line(head), line(w.map((n) => '-'.repeat(n))), ...rows.map(line));
+  lines.push('', `total ${fmt(c.totalTokens)} tokens`);
+  for (const s of c.stages) {
+    const extra: string[] = [];
+    if (s.stage === 2) extra.push(`mlpFrozen ${s.mlpFrozen}`, `trainMlp ${s.trainMlp}`);
+    if (s.stage === 3) extra.push(`temperature ${s.temperature}`, `ceWeight ${s.ceWeight}`);
+    extra.push(
+      `AdamW betas (${s.beta1}, ${s.beta2}), weight decay ${s.weightDecay}, clip ${s.clip}`,
+      `freeze [${s.freeze.join(', ')}]`,
+      `checkpointEvery ${s.checkpointEvery}`,
+    );
+    lines.push(`stage ${s.stage}: ${extra.join('; ')}`);
+  }
+  for (const warn of c.warnings) lines.push(`warning: ${warn}`);
+  return lines.join('\n');
+}

@@ -1,0 +1,137 @@
+// The NCCL path at world size 1 on one GPU: the communicator from a unique id handed out by the
+// process group, every collective on the backend's stream (exact: one rank), NCCL's own error
+// for a bad root, the bucketed gradient all-reduce, and ZeRO-1 over NCCL training exactly as the
+// unsharded optimizer (1e-5: the same kernels on the same values, in other groupings).
+//
+// Without a GPU (or without libnccl.so.2) the suite skips with the reason; MOHAWK_REQUIRE_CUDA=1
+// (scripts/gpu-check.sh) makes either a failure.
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { CpuBackend } from '../src/backends/cpu/index.js';
+import { CudaBackend } from '../src/backends/cuda/index.js';
+import { f32ToBf16 } from '../src/backends/dtype.js';
+import { loadNccl, NcclCollective, ncclUniqueId } from '../src/backends/cuda/nccl.js';
+import { ProcessGroup } from '../src/backends/group.js';
+import { setBackend, tensor } from '../src/tensor/index.js';
+import { allReduceGrads } from '../src/train/distributed.js';
+import { makeData, runTiny } from './train-fixture.js';
+
+function open(): { gpu: CudaBackend | null; skip: string | false } {
+  try {
+    const gpu = new CudaBackend();
+    loadNccl();
+    return { gpu, skip: false };
+  } catch (e) {
+    if (process.env.MOHAWK_REQUIRE_CUDA === '1') throw e;
+    return { gpu: null, skip: `no CUDA device or NCCL: ${(e as Error).message.split('\n')[0]}` };
+  }
+}
+
+const { gpu: maybeGpu, skip } = open();
+const gpu = maybeGpu as CudaBackend;
+
+describe('nccl at world size 1', { skip }, () => {
+  let c: NcclCollective;
+  before(() => {
+    setBackend(gpu);
+    const group = ProcessGroup.join({
+      rank: 0,
+      worldSize: 1,
+      masterAddr: '127.0.0.1',
+      masterPort: 0,
+      blob: ncclUniqueId(),
+    });
+    c = new NcclCollective(gpu, group);
+    console.log(`# NCCL ${c.version} from ${loadNccl().path}`);
+  });
+  after(() => {
+    c?.close();
+    setBackend(new CpuBackend());
+  });
+
+  it('all-reduce (sum, avg), reduce-scatter, all-gather, broadcast, barrier', () => {
+    const n = (1 << 20) + 3;
+    const vals = Float32Array.from({ length: n }, (_, i) => Math.sin(i) * 100);
+    const x = tensor(vals, [n], 'f32');
+    c.allReduce(x.buffer, 'sum');
+    c.allReduce(x.buffer, 'avg');
+    assert.deepEqual(x.toArray(), vals);
+    const out = tensor(new Float32Array(n), [n], 'f32');
+    c.reduceScatter(x.buffer, out.buffer, 'sum');
+    assert.deepEqual(out.toArray(), vals);
+    const g = tensor(new Float32Array(n), [n], 'f32');
+    c.allGather(x.buffer, g.buffer);
+    assert.deepEqual(g.toArray(), vals);
+    // bf16 travels as its bits
+    const bits = Uint16Array.of(f32ToBf16(1.5), f32ToBf16(-2), f32ToBf16(3e-3));
+    const b = tensor(bits, [3], 'bf16');
+    c.broadcast(b.buffer, 0);
+    assert.deepEqual(b.read(), bits);
+    c.barrier();
+    c.checkAsync();
+    for (const t of [x, out, g, b]) t.dispose();
+  });
+
+  it('size errors name the sizes; NCCL errors come with its message', () => {
+    const x = tensor(new Float32Array(4), [4], 'f32');
+    const y = tensor(new Float32Array(3), [3], 'f32');
+    assert.throws(
+      () => c.reduceScatter(x.buffer, y.buffer, 'sum'),
+      /reduceScatter: the full buffer has 4 elements, expected world size 1 x 3/,
+    );
+    assert.throws(() => c.broadcast(x.buffer, 1), /nccl: rank 0: ncclBroadcast: .*\(\d+\)/);
+    x.dispose();
+    y.dispose();
+  });
+
+  it('bucketed gradient all-reduce leaves one rank gradients as they were', () => {
+    const ps = [3, 5, 7].map((n, i) => {
+      const p = tensor(new Float32Array(n), [n], 'f32');
+      p.grad = tensor(
+        Float32Array.from({ length: n }, (_, j) => i * 10 + j),
+        [n],
+        'f32',
+      );
+      return [`p${i}`, p] as [string, typeof p];
+    });
+    const before = ps.map(([, p]) => [...p.grad!.toArray()]);
+    allReduceGrads(c, ps, [true, false, true], 32);
+    assert.deepEqual(
+      ps.map(([, p]) => [...p.grad!.toArray()]),
+      before,
+    );
+    for (const [, p] of ps) {
+      p.grad?.dispose();
+      p.dispose();
+    }
+  });
+
+  it('ZeRO-1 over NCCL trains as the unsharded optimizer', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mohawk-nccl-'));
+    const data = makeData(path.join(dir, 'data'));
+    const run = { data, batchTokens: 64, steps: 5, dropout: false };
+    const plain = runTiny(run);
+    const zero = runTiny(
+      { ...run, checkpointDir: path.join(dir, 'ck') },
+      { dataParallel: { collective: c, zero: true } },
+    );
+    assert.ok(
+      fs.existsSync(path.join(dir, 'ck', 'step-00000005', 'optimizer-shard-00000-of-00001.safetensors')),
+    );
+    const a = plain.result.history.map((m) => m.loss);
+    const b = zero.result.history.map((m) => m.loss);
+    a.forEach((v, i) => assert.ok(Math.abs(v - b[i]) <= 1e-5 * Math.abs(v), `loss ${i}: ${b[i]} vs ${v}`));
+    const wz = new Map(zero.model.namedParameters());
+    for (const [n, p] of plain.model.namedParameters()) {
+      const u = p.toArray();
+      const v = wz.get(n)!.toArray();
+      u.forEach((x, i) => assert.ok(Math.abs(x - v[i]) <= 1e-5, `${n}[${i}]: ${v[i]} vs ${x}`));
+    }
+    plain.model.dispose();
+    zero.model.dispose();
+  });
+});
