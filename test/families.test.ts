@@ -15,9 +15,11 @@ import { fileURLToPath } from 'node:url';
 import { TokenDataset, writeTokenSplits } from '../src/data/shards.js';
 import { validateConfig } from '../src/distill/config.js';
 import { runDistill } from '../src/distill/pipeline.js';
+import { transferStudent } from '../src/distill/transfer.js';
 import { tokenLogprobs } from '../src/eval/score.js';
+import { loadTokenizer } from '../src/io/tokenizer.js';
 import { generateIds } from '../src/generate/generate.js';
-import { buildModel, loadModel } from '../src/models/load.js';
+import { buildModel, loadModel, saveModel } from '../src/models/load.js';
 import type { CausalLM } from '../src/models/types.js';
 import { applyRopeTables, ropeFrequencies, ropeTables, type RopeConfig } from '../src/nn/rope.js';
 import { noGrad, rope, scope, tensor } from '../src/tensor/index.js';
@@ -460,6 +462,25 @@ describe('distillation from every family', { skip }, () => {
     ['gemma', []],
     ['gemma2', [0]],
   ];
+  it('a student keeping every attention layer reproduces its teacher (shared weights bit for bit, the family attention kept); save -> load is exact', () => {
+    for (const name of NAMES) {
+      const { model: teacher } = loadModel(path.join(FIX, name));
+      const all = [...Array(teacher.info.nLayers).keys()];
+      const student = transferStudent(teacher, { attentionLayers: all });
+      const sd = student.stateDict();
+      const contract = teacher.distillContract!();
+      for (const l of [null, ...all])
+        for (const [n, t] of contract.sharedWeights(l))
+          assertClose(sd.get(n)!.toArray(), t.toArray(), 0, `${name}: ${n}`);
+      const ids = expected(name).ids[0].slice(0, 24);
+      // Phi-3's fused projections split in the student: the same numbers, another summation order
+      assertClose(logitsOf(student, ids), logitsOf(teacher, ids), 1e-5, `${name}: all-attention student`);
+      const d = path.join(dir, `saved-${name}`);
+      saveModel(d, student);
+      assertClose(logitsOf(loadModel(d).model, ids), logitsOf(student, ids), 0, `${name}: save -> load`);
+    }
+  });
+
   for (const [name, attentionLayers] of cases) {
     it(`${name}: stages 1-3 run; the saved student reloads and scores like the trained one${attentionLayers.length ? ' (hybrid)' : ''}`, () => {
       const { model: teacher } = loadModel(path.join(FIX, name));
@@ -471,12 +492,12 @@ describe('distillation from every family', { skip }, () => {
             out,
             seed: 3,
             student: { chunkSize: 8, alphaInit: 0.9, attentionLayers },
-            data: { train: ['in memory'], valTokens: 512 },
-            stageDefaults: { batchTokens: 192, microBatch: 8, seqLen: 24, lr: 3e-3 },
+            data: { train: ['in memory'], valTokens: 96 },
+            stageDefaults: { batchTokens: 96, microBatch: 4, seqLen: 24, lr: 3e-3 },
             stages: [
-              { stage: 1, tokens: 192 },
-              { stage: 2, tokens: 192 },
-              { stage: 3, tokens: 384 },
+              { stage: 1, tokens: 96 },
+              { stage: 2, tokens: 96 },
+              { stage: 3, tokens: 192 },
             ],
           },
           'test',
@@ -507,4 +528,70 @@ describe('distillation from every family', { skip }, () => {
       assertClose(cachedLogits(student, c), logitsOf(student, c), 1e-4, `${name} student cache`);
     });
   }
+});
+
+// ---- tokenizers of the families (test/fixtures/tokenizers, encodings from AutoTokenizer) ----
+
+describe('family tokenizers (Llama 3, Qwen2, Gemma layouts)', () => {
+  const TOK = path.join(HERE, 'fixtures/tokenizers');
+  for (const name of ['llama3', 'qwen2', 'gemma']) {
+    it(`${name}: ids with special tokens and BOS as transformers; decode with and without specials`, () => {
+      const dir = path.join(TOK, name);
+      const exp = JSON.parse(fs.readFileSync(path.join(dir, 'expected.json'), 'utf8')) as {
+        cases: { text: string; ids: number[]; decoded: string; decoded_skip_special: string }[];
+      };
+      const tok = loadTokenizer(dir);
+      assert.ok(exp.cases.length >= 5);
+      for (const c of exp.cases) {
+        assert.deepEqual(tok.encode(c.text), c.ids, `${name}: ${JSON.stringify(c.text)}`);
+        assert.equal(tok.decode(c.ids, { skipSpecialTokens: false }), c.decoded, `${name} decode`);
+        assert.equal(tok.decode(c.ids), c.decoded_skip_special, `${name} decode (skip special)`);
+      }
+    });
+  }
+});
+
+describe('student config ranges', () => {
+  it('absurd sizes, negative eps and token ids outside the vocabulary are refused naming the field', () => {
+    const teacher = buildModel({ ...SMALL, model_type: 'llama', num_hidden_layers: 2 });
+    const base = transferStudent(teacher, { attentionLayers: [1] }).configJson();
+    // eslint-disable-next-line @typescript-eslint/no-explicit-any -- nested config sections
+    type J = Record<string, any>;
+    const edit = (fn: (j: J) => void) => {
+      const j = structuredClone(base) as J;
+      fn(j);
+      return j;
+    };
+    const cases: [Record<string, unknown>, RegExp][] = [
+      [
+        edit((j) => (j.MixerModel.input.n_layer = 1e5)),
+        /MixerModel\.input\.n_layer \(100000\) is larger than mohawk accepts/,
+      ],
+      [
+        edit((j) => (j.MixerModel.input.d_model = 1e9)),
+        /MixerModel\.input\.d_model \(1000000000\) is larger/,
+      ],
+      [
+        edit((j) => (j.LanguageModel.input.vocab_size = 3e7)),
+        /LanguageModel\.input\.vocab_size \(30000000\) is larger/,
+      ],
+      [edit((j) => (j.Block1.core_input.d_conv = 4e6)), /Block1\.core_input\.d_conv \(4000000\) is larger/],
+      [edit((j) => (j.Block1.core_input.expand = 1e6)), /Block1\.core_input\.expand \(1000000\) is larger/],
+      [
+        edit((j) => (j.Block1.core_input.expand = 1.01)),
+        /expand \(1\.01\) times d_model \(32\) must be a positive integer/,
+      ],
+      [edit((j) => (j.MixerModel.input.norm_eps = -1)), /MixerModel\.input\.norm_eps must not be negative/],
+      [
+        edit((j) => (j.LanguageModel.input.bos_token_id = 40)),
+        /LanguageModel\.input\.bos_token_id \(40\) is outside the vocabulary/,
+      ],
+      [
+        edit((j) => (j.Block2.core_input.sliding_window = 1e9)),
+        /Block2\.core_input\.sliding_window \(1000000000\) is larger/,
+      ],
+    ];
+    for (const [cfg, re] of cases)
+      assert.throws(() => buildModel(cfg, 'student/config.json', { deferInit: true }), re);
+  });
 });

@@ -5,7 +5,12 @@
 //
 // The identity this init guarantees (tested): with alpha = 1 and D = 0 the student's mixing
 // matrix of a layer equals the teacher's causal scaled scores Q K^T / sqrt(d) of that layer
-// before the softmax and without the rotary embedding, computed on the same normalized input.
+// before the softmax and without the rotary embedding, computed on the same normalized input
+// (Gemma 2's query_pre_attn_scalar replaces d; Qwen3's q/k norms and soft-capping have no
+// counterpart in the mixer and are left to stages 1-2).
+//
+// Everything family-specific comes through the teacher's distillation contract
+// (models/family.ts): the student's shape, the weights it shares, the attention weights.
 
 import { cast, noGrad, type Tensor } from '../tensor/index.js';
 import type { AttentionWeights, DistillContract, StudentShape } from '../models/family.js';
@@ -31,7 +36,7 @@ export interface TransferOptions {
    * biases, z_bias 0, D 1) with the conv as identity (the paper's Section 5 / Appendix A)
    */
   mixerInit?: 'attention' | 'random' | 'paper';
-  /** factor on C (default 1/sqrt(head size), so that M equals the attention's scaled scores) */
+  /** factor on C (default the teacher's score scale, 1/sqrt(head size) for most, so that M equals its scaled scores) */
   scoreScale?: number;
   /** the class of the student's mixers (default 'ssd'); other classes keep their own init */
   mixerClass?: StudentConfig['mixerClass'];
@@ -169,7 +174,16 @@ export function transferStudent(teacher: CausalLM, opts: TransferOptions = {}): 
         continue;
       }
       if ((cfg.mixerClass ?? 'ssd') === 'ssd')
-        initMixer(`backbone.layers.${l}.mixer.`, cfg, shape, a, opts, setParam, params);
+        initMixer(
+          `backbone.layers.${l}.mixer.`,
+          cfg,
+          shape,
+          a,
+          shape.attention(l).scale,
+          opts,
+          setParam,
+          params,
+        );
     }
   });
   return student;
@@ -180,6 +194,8 @@ function initMixer(
   cfg: StudentConfig,
   v: StudentShape,
   a: AttentionWeights,
+  /** the teacher layer's factor on q k^T (Gemma 2: query_pre_attn_scalar^-1/2), else 1/sqrt(d) */
+  attnScale: number | undefined,
   opts: TransferOptions,
   setParam: (name: string, data: ArrayLike<number>) => void,
   params: Map<string, Tensor>,
@@ -221,7 +237,7 @@ function initMixer(
     put(xOff, expandHeads(a.v.toArray(), v.nKvHeads, H, hd, D), expandBias(a.vBias, v.nKvHeads));
     put(bOff, expandHeads(a.k.toArray(), v.nKvHeads, H, hd, D), expandBias(a.kBias, v.nKvHeads));
     // C carries the attention's 1/sqrt(head size) scale: M = the teacher's pre-softmax scores
-    const sc = opts.scoreScale ?? 1 / Math.sqrt(hd);
+    const sc = opts.scoreScale ?? attnScale ?? 1 / Math.sqrt(hd);
     put(
       cOff,
       Float32Array.from(a.q.toArray(), (x) => x * sc),

@@ -11,7 +11,8 @@ import { chooseCut, encodeInPieces, LONG_TEXT, type CutKind } from './long-text.
 export interface Tokenizer {
   /** token ids of `text`; BOS prepended when `addBos` (default: the tokenizer's own setting) */
   encode(text: string, opts?: { addBos?: boolean }): number[];
-  decode(ids: number[]): string;
+  /** text of `ids`; special tokens left out unless `skipSpecialTokens: false` (as transformers' decode) */
+  decode(ids: number[], opts?: { skipSpecialTokens?: boolean }): string;
   readonly vocabSize: number;
   readonly bosTokenId: number | null;
   readonly eosTokenId: number | null;
@@ -119,9 +120,12 @@ export class HuggingFaceTokenizer implements Tokenizer {
     return (opts.addBos ?? this.addBos) && this.bosTokenId !== null ? [this.bosTokenId, ...ids] : ids;
   }
 
-  decode(ids: number[]): string {
+  decode(ids: number[], opts: { skipSpecialTokens?: boolean } = {}): string {
     if (ids.length === 0) return ''; // the package rejects an empty list
-    return this.tok.decode(ids, { skip_special_tokens: true, clean_up_tokenization_spaces: false });
+    return this.tok.decode(ids, {
+      skip_special_tokens: opts.skipSpecialTokens ?? true,
+      clean_up_tokenization_spaces: false,
+    });
   }
 
   save(dir: string): void {

@@ -377,6 +377,14 @@ export class LlamaForCausalLM extends Module implements CausalLM {
       bosTokenId: c.bosTokenId,
       eosTokenId: c.eosTokenId,
     };
+    // a final soft-cap (Gemma 2) cannot be applied by a loss fused with the head: no parts then
+    if (!c.finalSoftcap)
+      this.headParts = (h: Tensor): HeadParts => {
+        const x = this.norm.forward(h);
+        return this.lmHead
+          ? { x, weight: this.lmHead.weight, bias: this.lmHead.bias }
+          : { x, weight: this.embedTokens.weight, bias: null };
+      };
   }
 
   embed(ids: Tensor): Tensor {
@@ -394,12 +402,11 @@ export class LlamaForCausalLM extends Module implements CausalLM {
     return cap ? scale(tanh(scale(logits, 1 / cap)), cap) : logits;
   }
 
-  headParts(h: Tensor): HeadParts {
-    const x = this.norm.forward(h);
-    return this.lmHead
-      ? { x, weight: this.lmHead.weight, bias: this.lmHead.bias }
-      : { x, weight: this.embedTokens.weight, bias: null };
-  }
+  /**
+   * the head's pieces for a loss fused with it; absent with a final soft-cap (Gemma 2), which a
+   * fused linear + softmax cannot apply
+   */
+  readonly headParts?: (h: Tensor) => HeadParts;
 
   forward(ids: Tensor, opts?: ForwardOptions): ForwardResult {
     return forwardLM(this, ids, opts);

@@ -15,7 +15,7 @@ import { Module } from '../nn/module.js';
 import type { RopeConfig } from '../nn/rope.js';
 import { Random } from '../util/random.js';
 import { createModelCache, forwardLM } from './causal-lm.js';
-import { Fields, type Json } from './hf.js';
+import { Fields, MAX, type Json } from './hf.js';
 import type {
   Block,
   BlockOptions,
@@ -274,6 +274,14 @@ export class StudentLM extends Module implements CausalLM {
       bosTokenId: c.bosTokenId,
       eosTokenId: c.eosTokenId,
     };
+    // a final soft-cap (Gemma 2) cannot be applied by a loss fused with the head: no parts then
+    if (!c.finalSoftcap)
+      this.headParts = (h: Tensor): HeadParts => {
+        const x = this.finalNorm.forward(h);
+        return this.lmHead
+          ? { x, weight: this.lmHead.weight, bias: this.lmHead.bias }
+          : { x, weight: this.embedding.weight, bias: null };
+      };
   }
 
   embed(ids: Tensor, position = 0): Tensor {
@@ -303,12 +311,11 @@ export class StudentLM extends Module implements CausalLM {
     return this.paddedVocab === this.config.vocabSize ? logits : slice(logits, -1, 0, this.config.vocabSize);
   }
 
-  headParts(h: Tensor): HeadParts {
-    const x = this.finalNorm.forward(h);
-    return this.lmHead
-      ? { x, weight: this.lmHead.weight, bias: this.lmHead.bias }
-      : { x, weight: this.embedding.weight, bias: null };
-  }
+  /**
+   * the head's pieces for a loss fused with it; absent with a final soft-cap (Gemma 2), which a
+   * fused linear + softmax cannot apply
+   */
+  readonly headParts?: (h: Tensor) => HeadParts;
 
   forward(ids: Tensor, opts?: ForwardOptions): ForwardResult {
     return forwardLM(this, ids, opts);
@@ -386,6 +393,45 @@ function int(o: Json, key: string, where: string, fallback?: number): number {
   }
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 0)
     throw new Error(`${where}.${key} must be a non-negative integer, got ${JSON.stringify(v)}`);
+  const max = STUDENT_MAX[key];
+  if (max !== undefined && v > max)
+    throw new Error(`${where}.${key} (${v}) is larger than mohawk accepts (at most ${max})`);
+  return v;
+}
+
+/** upper bounds on the student's sizes: a config may not ask for absurd allocations */
+const STUDENT_MAX: Record<string, number> = {
+  vocab_size: MAX.vocab,
+  pad_vocab_size_multiple: 1 << 16,
+  d_model: MAX.hidden,
+  n_layer: MAX.layers,
+  n_layers: MAX.layers,
+  d_state: MAX.headDim,
+  n_qk_heads: MAX.heads,
+  n_v_heads: MAX.heads,
+  d_conv: 64,
+  chunk_size: 1 << 16,
+  intermediate_size: MAX.intermediate,
+  max_position_embeddings: MAX.learnedPositions,
+  n_heads: MAX.heads,
+  n_kv_heads: MAX.heads,
+  head_dim: MAX.headDim,
+  rotary_dim: MAX.headDim,
+  sliding_window: MAX.positions,
+};
+
+/** a token id below the vocabulary, or null */
+function tokenIdField(o: Json, key: string, where: string, vocab: number): number | null {
+  const v = o[key];
+  if (v === undefined || v === null) return null;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v >= vocab)
+    throw new Error(`${where}.${key} (${JSON.stringify(v)}) is outside the vocabulary (vocab_size ${vocab})`);
+  return v;
+}
+
+function nonNegative(o: Json, key: string, where: string, fallback: number): number {
+  const v = numField(o, key, where, fallback);
+  if (v < 0) throw new Error(`${where}.${key} must not be negative, got ${v}`);
   return v;
 }
 
@@ -489,6 +535,7 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
         dConv: int(core, 'd_conv', cw, 4),
         convBias: boolField(core, 'conv_bias', cw, true),
         expand: numField(core, 'expand', cw, 1),
+        // (checkMixerConfig bounds expand x d_model below)
         chunkSize: int(core, 'chunk_size', cw, 128),
         activation: act as 'identity' | 'silu',
         bias: boolField(core, 'bias', cw, false),
@@ -596,7 +643,7 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
     dModel,
     nLayer,
     style: s,
-    normEps: numField(mm, 'norm_eps', where('MixerModel.input'), 1e-5),
+    normEps: nonNegative(mm, 'norm_eps', where('MixerModel.input'), 1e-5),
     intermediateSize: int(mlpIn, 'intermediate_size', mw, 4 * dModel),
     activation: act,
     mlpBias: boolField(mlpIn, 'bias', mw, s !== 'llama'),
@@ -607,8 +654,8 @@ export function studentConfigFromJson(json: Json, file = 'config.json'): Student
     ...(cls === 'ssd' ? {} : { mixerClass: cls }),
     ...(kernelLength === undefined ? {} : { kernelLength }),
     attentionLayers,
-    bosTokenId: lm.bos_token_id === undefined ? null : (lm.bos_token_id as number | null),
-    eosTokenId: lm.eos_token_id === undefined ? null : (lm.eos_token_id as number | null),
+    bosTokenId: tokenIdField(lm, 'bos_token_id', lmw, int(lm, 'vocab_size', lmw)),
+    eosTokenId: tokenIdField(lm, 'eos_token_id', lmw, int(lm, 'vocab_size', lmw)),
     ...familyBlockFromJson(mm, where('MixerModel.input')),
   };
 }

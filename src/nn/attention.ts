@@ -7,6 +7,7 @@
 import {
   add,
   attention,
+  causalMask,
   empty,
   expand,
   keep,
@@ -224,16 +225,23 @@ export function maskedAttention(
   const vh = permute(heads(v), [0, 2, 1, 3]);
   let scores = scaleOp(matmul(qh, kh, { transB: true }), o.scale); // (B, H, tq, tk)
   if (o.softcap) scores = scaleOp(tanh(scaleOp(scores, 1 / o.softcap)), o.softcap);
-  const mask = new Float32Array(tq * tk);
-  for (let i = 0; i < tq; i++) {
-    const qp = o.queryStart + i;
-    for (let j = 0; j < tk; j++) {
-      const kp = o.keyStart + j;
-      const seen = kp <= qp && (o.window === null || qp - kp < o.window);
-      mask[i * tk + j] = seen ? 0 : -Infinity;
+  let masked: Tensor;
+  if (o.window === null && o.keyStart + tk === o.queryStart + tq) {
+    // keys end at the last query: the plain causal mask, on the device
+    masked = causalMask(scores);
+  } else {
+    const mask = new Float32Array(tq * tk);
+    for (let i = 0; i < tq; i++) {
+      const qp = o.queryStart + i;
+      for (let j = 0; j < tk; j++) {
+        const kp = o.keyStart + j;
+        const seen = kp <= qp && (o.window === null || qp - kp < o.window);
+        mask[i * tk + j] = seen ? 0 : -Infinity;
+      }
     }
+    masked = add(scores, tensor(mask, [1, 1, tq, tk], scores.dtype, scores.backend));
   }
-  const probs = softmax(add(scores, tensor(mask, [1, 1, tq, tk], scores.dtype, scores.backend)), -1);
+  const probs = softmax(masked, -1);
   const out = permute(matmul(probs, vh), [0, 2, 1, 3]); // (B, tq, H, Dh)
   return { out, probs };
 }

@@ -81,6 +81,8 @@ export function checkMixerConfig(c: DiscreteMamba2Config, where: string): void {
   // fractional expand; d_inner itself must be a whole number
   if (!(c.expand > 0 && dInner > 0 && Math.abs(c.expand * c.dModel - dInner) < 1e-6))
     throw new Error(`${where}.expand (${c.expand}) times d_model (${c.dModel}) must be a positive integer`);
+  if (c.expand > 64)
+    throw new Error(`${where}.expand (${c.expand}) is larger than mohawk accepts (at most 64)`);
   if (dInner % c.nVHeads !== 0)
     throw new Error(`${where}.n_v_heads (${c.nVHeads}) must divide d_inner (${dInner} = expand x d_model)`);
   if (c.nVHeads % c.nQkHeads !== 0)
