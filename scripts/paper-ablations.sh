@@ -12,7 +12,9 @@
 #   DEVICE=cpu MOHAWK="node --import tsx src/cli/main.ts" SHARED=../shared/data \
 #     BUDGETS_STORIES="32768" PARTS=init TEACHERS=stories260K scripts/paper-ablations.sh   # here
 # Environment: OUT (results folder, default /tmp/paper), PARTS (default "init hybrid mixer"),
-# TEACHERS (default "phi17m stories260K"), EXTRA_SET (more --set options for every run).
+# TEACHERS (default "phi17m stories260K"), EXTRA_SET (more --set options for every run), S1_MICRO
+# (stage 1's sequences of 128 tokens per micro-batch, default 16), INITS (default "paper
+# attention") and VARIANTS (default "3 23 123") to run part of the init part.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -57,7 +59,7 @@ stages_of() {
   case $v in
     3) echo "[{stage: 3, tokens: $T, lr: $lr3}]" ;;
     23) echo "[{stage: 2, tokens: $((T / 5))}, {stage: 3, tokens: $((T - T / 5)), lr: $lr3}]" ;;
-    123) echo "[{stage: 1, tokens: $((T / 10)), seqLen: 128, microBatch: 16}, {stage: 2, tokens: $((T / 10))}, {stage: 3, tokens: $((T - 2 * (T / 10))), lr: $lr3}]" ;;
+    123) echo "[{stage: 1, tokens: $((T / 10)), seqLen: 128, microBatch: ${S1_MICRO:-16}}, {stage: 2, tokens: $((T / 10))}, {stage: 3, tokens: $((T - 2 * (T / 10))), lr: $lr3}]" ;;
   esac
 }
 
@@ -65,8 +67,8 @@ teacher_runs() {
   local t=$1 config=$2 teacher=$3 data=$4 budgets=$5 lr3=$6 layers=$7
   if [[ " $PARTS " == *" init "* ]]; then
     for T in $budgets; do
-      for init in paper attention; do
-        for v in 3 23 123; do
+      for init in ${INITS:-paper attention}; do
+        for v in ${VARIANTS:-3 23 123}; do
           local scratch=false
           [ "$v" = 123 ] && [ "$init" = paper ] && scratch=true
           one "$t-$init-$v-$T" "$config" "$teacher" "$data" "$(stages_of $v "$T" "$lr3")" \

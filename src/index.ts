@@ -22,3 +22,7 @@ export {
   type DistillResult,
 } from './distill/pipeline.js';
 export { train, type TrainOptions } from './train/index.js';
+export { checkConfig, checkTable, type CheckedConfig } from './distill/check.js';
+export { approximateAttention, MATRIX_CLASSES, type ApproxResult, type MatrixClass } from './eval/approx.js';
+export { ToeplitzMixer } from './nn/toeplitz-mixer.js';
+export { LinearAttentionMixer } from './nn/linear-attention-mixer.js';

@@ -23,7 +23,10 @@ export interface StageLoss {
   parts: Record<string, Tensor>;
 }
 
-/** Student layers that have an SSM mixer (the ones stages 1 and 2 train). */
+/**
+ * Student layers with a non-attention mixer (mixerKind 'ssm': the discrete Mamba-2, or the
+ * Toeplitz and linear-attention ablations), the ones stages 1 and 2 train.
+ */
 export function ssmLayers(student: CausalLM): number[] {
   return student.blocks.flatMap((b, i) => (b.mixerKind === 'ssm' ? [i] : []));
 }
