@@ -15,6 +15,7 @@ import {
   writeSafetensors,
   type SafeEntry,
 } from '../src/io/safetensors.js';
+import { inspectWeights } from '../src/io/weights.js';
 import { loadModel, saveModel } from '../src/models/load.js';
 import {
   autocast,
@@ -79,6 +80,11 @@ describe('a checkpoint with tensors past 4 GiB (a sparse file)', { skip }, () =>
     const embed = sf.entries.get('model.embed_tokens.weight')!;
     assert.ok(embed.offset > 2 ** 32, `offset ${embed.offset}`);
     assert.deepEqual(Array.from(entryValues(embed)), want.get('model.embed_tokens.weight'));
+    // inspect: offsets past 4 GiB listed, values read at them
+    const seen = inspectWeights(path.join(dir, 'model.safetensors'), ['model.norm.weight']);
+    assert.equal(seen.tensors.find((t) => t.name === hole)!.bytes, HOLE);
+    assert.ok(seen.tensors.find((t) => t.name === 'model.norm.weight')!.offset > 2 ** 32);
+    assert.deepEqual(seen.values['model.norm.weight'], want.get('model.norm.weight')!.slice(0, 64));
     // single file: the hole is ignorable, everything after it loads exactly
     let m = loadModel(dir).model;
     assert.deepEqual(values(m.stateDict()), want);

@@ -28,8 +28,12 @@ export const commands: Record<string, Command> = {
     load: () => import('./commands/generate.js'),
   },
   convert: {
-    summary: 'convert a llama2.c checkpoint into a Hugging Face style directory',
+    summary: 'convert a llama2.c checkpoint, or re-save a model as safetensors (dtype, shards)',
     load: () => import('./commands/convert.js'),
+  },
+  inspect: {
+    summary: 'list the tensors of a weights file or model directory, print some values',
+    load: () => import('./commands/inspect.js'),
   },
   data: {
     summary: 'tokenize text and JSONL into token shards (prepare), or describe them (info)',

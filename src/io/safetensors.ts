@@ -407,6 +407,19 @@ export function readEntryInto(e: SafeEntry, t: Tensor): void {
   });
 }
 
+/** The first `n` values of an entry, row-major, as numbers (only those bytes are read when dense). */
+export function entryHead(e: SafeEntry, n: number): number[] {
+  const count = Math.min(n, numelOf(e.shape));
+  const bytes = withFd(e, (fd) =>
+    isDense(e)
+      ? denseBytes(e, 0, count, fd)
+      : gatherBytes(e, fd).subarray(0, count * SAFE_DTYPE_BYTES[e.dtype]),
+  );
+  if (e.dtype.startsWith('F8')) bad(e.file, `tensor ${e.name}: ${e.dtype} values cannot be shown`);
+  const aligned = bytes.byteOffset === 0 ? bytes : bytes.slice();
+  return Array.from(convert(aligned, e.dtype, defaultDType(e.dtype), e));
+}
+
 /** The entry's values as numbers (floats widened to Float32Array, F64 kept, integers as Int32Array). */
 export function entryValues(e: SafeEntry): Float32Array | Float64Array | Int32Array {
   return convert(entryBytes(e), e.dtype, defaultDType(e.dtype), e) as

@@ -5,7 +5,13 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { readCheckpoint, readIndexed, SafetensorsError, type CheckpointTensors } from './safetensors.js';
+import {
+  entryHead,
+  readCheckpoint,
+  readIndexed,
+  SafetensorsError,
+  type CheckpointTensors,
+} from './safetensors.js';
 import { readTorch } from './torch.js';
 
 /** true for a file name PyTorch checkpoints use */
@@ -45,4 +51,44 @@ export function readWeights(fileOrDir: string): CheckpointTensors & { format: 's
   throw new SafetensorsError(
     `${fileOrDir}: no weights found (model.safetensors, model.safetensors.index.json, pytorch_model.bin or pytorch_model.bin.index.json)`,
   );
+}
+
+export interface InspectedTensor {
+  name: string;
+  dtype: string;
+  shape: number[];
+  /** byte offset of the tensor's first element in its file */
+  offset: number;
+  bytes: number;
+}
+
+export interface Inspection {
+  tensors: InspectedTensor[];
+  values: Record<string, number[]>;
+}
+
+/**
+ * Every tensor of a weights file or model directory (name, dtype, shape, byte offset, bytes),
+ * from the headers alone, and the first `maxValues` values of the named tensors.
+ */
+export function inspectWeights(
+  fileOrDir: string,
+  names: string[] = [],
+  maxValues = 64,
+): Inspection & { files: string[] } {
+  const w = readWeights(fileOrDir);
+  const tensors = [...w.entries.values()].map((e) => ({
+    name: e.name,
+    dtype: e.dtype,
+    shape: [...e.shape],
+    offset: e.offset,
+    bytes: e.byteLength,
+  }));
+  const values: Record<string, number[]> = {};
+  for (const n of names) {
+    const e = w.entries.get(n);
+    if (!e) throw new SafetensorsError(`${w.source}: no tensor named ${n}`);
+    values[n] = entryHead(e, maxValues);
+  }
+  return { tensors, values, files: w.files };
 }

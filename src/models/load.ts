@@ -301,3 +301,43 @@ export function saveModel(
   tokenizer?.save(dir);
   for (const [name, text] of Object.entries(extraFiles)) fs.writeFileSync(path.join(dir, name), text);
 }
+
+export interface ConvertOptions extends SaveOptions {
+  /** called with each weight file as it is written */
+  onFile?: (file: string) => void;
+}
+
+/** the files of a model directory that hold weights (not copied by convertModel) */
+const WEIGHT_FILE = /(\.safetensors|\.bin|\.pt|\.pth|\.ckpt|\.safetensors\.index\.json|\.bin\.index\.json)$/;
+
+/**
+ * Re-save a model directory that mohawk reads (safetensors or PyTorch .bin, sharded or not) as
+ * safetensors, tensor by tensor (no model is built: the headers are checked against config.json,
+ * then every tensor streams from the source file to the output), keeping the source's tensor
+ * names; `dtype` converts floating-point tensors, `shardSize` shards as Hugging Face does. The
+ * other files (config.json, tokenizer files) are copied as they are.
+ */
+export function convertModel(
+  dir: string,
+  out: string,
+  opts: ConvertOptions = {},
+): { tensors: number; bytes: number; files: string[]; format: string } {
+  if (path.resolve(dir) === path.resolve(out))
+    throw new Error(`${out}: the output directory must differ from the model directory`);
+  const { json, file } = readConfig(dir);
+  const w = readWeights(dir);
+  checkWeights(json, file, w.entries, w.source);
+  fs.mkdirSync(out, { recursive: true });
+  for (const f of fs.readdirSync(dir)) {
+    const src = path.join(dir, f);
+    if (WEIGHT_FILE.test(f) || !fs.statSync(src).isFile()) continue;
+    writeFileAtomic(path.join(out, f), fs.readFileSync(src));
+  }
+  const files = saveTensors(out, w.entries, { dtype: opts.dtype, shardSize: opts.shardSize });
+  let bytes = 0;
+  for (const f of files) {
+    bytes += fs.statSync(f).size;
+    opts.onFile?.(f);
+  }
+  return { tensors: w.entries.size, bytes, files, format: w.format };
+}
