@@ -175,10 +175,16 @@ describe('distributed: rendezvous and CPU collectives', () => {
     });
   });
 
-  it('a rank that dies is named by the others, which stop instead of waiting', async () => {
+  it('a rank that fails mid-training is named by the others, which stop instead of waiting', async () => {
     const t0 = Date.now();
-    const rs = await job(3, { mode: 'die', dieRank: 1 });
-    assert.equal(rs[1].code, 3);
+    const data = makeData(path.join(tmp(), 'data'));
+    const rs = await job(3, {
+      mode: 'die',
+      dieRank: 1,
+      run: { data, batchTokens: 96, steps: 6, dropout: false },
+    });
+    assert.equal(rs[1].code, 1);
+    assert.match(rs[1].err, /injected failure/);
     for (const r of [rs[0], rs[2]]) {
       assert.notEqual(r.code, 0);
       assert.match(r.err, /lost rank 1: connection closed \(the process stopped or crashed\)/);
