@@ -18,7 +18,7 @@ import { CpuCollective } from '../src/backends/cpu/collective.js';
 import { ProcessGroup, readDistEnv } from '../src/backends/group.js';
 import { getBackend } from '../src/tensor/index.js';
 import { rankMicroBatches } from '../src/train/distributed.js';
-import { shardRange } from '../src/train/zero.js';
+import { paramBuckets, shardRange } from '../src/train/zero.js';
 import { makeData, runTiny, type RunConfig } from './train-fixture.js';
 
 const root = path.resolve(import.meta.dirname, '..');
@@ -124,6 +124,12 @@ describe('distributed: launcher environment', () => {
     assert.deepEqual(rankMicroBatches(6, 1, 3), [2, 4]);
     assert.throws(() => rankMicroBatches(3, 0, 2), /do not split over 2 ranks/);
     assert.deepEqual(shardRange(10, 2, 3), { size: 4, begin: 8, end: 12 });
+    // whole parameters per bucket; a parameter larger than the limit is a bucket alone
+    assert.deepEqual(paramBuckets([3, 4, 10, 2, 2, 1], 8), [
+      { first: 0, end: 2, elems: 7 },
+      { first: 2, end: 3, elems: 10 },
+      { first: 3, end: 6, elems: 5 },
+    ]);
   });
 });
 

@@ -197,7 +197,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
   const coll = dp?.collective ?? null;
   const isRoot = !coll || coll.rank === 0;
   const sharded = o.dataParallel?.zero
-    ? new ShardedAdamW(trained, o.optimizer, o.dataParallel.collective)
+    ? new ShardedAdamW(trained, o.optimizer, o.dataParallel.collective, o.dataParallel.bucketBytes)
     : null;
   const optimizer = sharded ?? new AdamW(trained, o.optimizer);
   let metrics: MetricsLog | null = null;

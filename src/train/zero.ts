@@ -1,6 +1,8 @@
 // ZeRO-1 (Rajbhandari et al. 2020): AdamW with its moments sharded across the ranks of a data
-// parallel job. The trained parameters, in order, are laid end to end in one flat vector of N
-// elements, padded to W * S (S = ceil(N / W)); rank r owns elements [r S, (r + 1) S). A step:
+// parallel job. The trained parameters, in order, are grouped into buckets of whole parameters
+// (about 25 MiB each); a bucket of E elements is padded to W * S (S = ceil(E / W)) and rank r
+// owns its elements [r S, (r + 1) S), so each rank holds at most one piece of each parameter.
+// A step, bucket by bucket where it moves data:
 //
 //   reduce-scatter   every rank's full gradient (N) -> the summed gradient of its shard (S)
 //   norm             sum of squares of the shard, all-reduced (the global norm, for clipping)
@@ -9,8 +11,8 @@
 //
 // Moments are 8 bytes per parameter in one process and 8 / W here. Parameters stay f32 and
 // replicated: they are the master weights (bf16 exists only as the autocast copies the matmuls
-// read), so sharding them too would be ZeRO-3. The full gradients are freed as soon as the
-// reduce-scatter has read them.
+// read), so sharding them too would be ZeRO-3. Each bucket's full gradients are freed as soon as
+// its reduce-scatter has read them; the temporaries are a bucket, not the model.
 //
 // Checkpoints: each rank writes its pieces (`optimizer-shard-RRRRR-of-WWWWW.safetensors`, tensors
 // NAME.exp_avg / NAME.exp_avg_sq over [start, end) of NAME, ranges and step counts in metadata);
@@ -71,22 +73,61 @@ export function shardRange(
   return { size, begin: rank * size, end: (rank + 1) * size };
 }
 
+/**
+ * Consecutive parameters grouped into buckets of about `limit` elements (a larger parameter is
+ * a bucket alone): [first, end) parameter indices and the bucket's element count.
+ */
+export function paramBuckets(
+  sizes: number[],
+  limit: number,
+): { first: number; end: number; elems: number }[] {
+  const out: { first: number; end: number; elems: number }[] = [];
+  let first = 0;
+  let elems = 0;
+  sizes.forEach((n, i) => {
+    if (elems > 0 && elems + n > limit) {
+      out.push({ first, end: i, elems });
+      first = i;
+      elems = 0;
+    }
+    elems += n;
+  });
+  if (elems > 0 || first < sizes.length) out.push({ first, end: sizes.length, elems });
+  return out;
+}
+
+/** One bucket: parameters [first, end), E elements padded to W x S; this rank's S at shardOffset. */
+interface Bucket {
+  first: number;
+  end: number;
+  elems: number;
+  size: number;
+  shardOffset: number;
+}
+
 export class ShardedAdamW {
   readonly beta1: number;
   readonly beta2: number;
   readonly eps: number;
   readonly weightDecay: number;
-  /** elements of the flat vector (N) and of one shard (S) */
+  /** elements of all trained parameters (N) and of this rank's shard (the sum of S over buckets) */
   readonly total: number;
   readonly shardSize: number;
+  /** each parameter's offset within its bucket */
   private readonly offsets: number[];
+  private readonly buckets: Bucket[];
   private readonly pieces: Piece[];
   private gradShard: Tensor | null = null;
 
+  /**
+   * `bucketBytes` (default 25 MiB of f32): the reduce-scatter and all-gather run per bucket of
+   * whole parameters, each split W ways, so their temporaries are a bucket, not the model.
+   */
   constructor(
     readonly params: NamedParams,
     readonly config: AdamWConfig,
     readonly collective: Collective,
+    bucketBytes = 25 << 20,
   ) {
     checkAdamWConfig(config);
     this.beta1 = config.beta1 ?? 0.9;
@@ -94,35 +135,47 @@ export class ShardedAdamW {
     this.eps = config.eps ?? 1e-8;
     this.weightDecay = config.weightDecay ?? 0.01;
     const noDecay = config.noDecay ?? defaultNoDecay;
-    this.offsets = [];
-    let off = 0;
-    for (const [name, p] of params) {
+    for (const [name, p] of params)
       if (p.dtype !== 'f32')
         throw new Error(`optimizer: parameter ${name} is ${p.dtype}; AdamW keeps f32 weights`);
-      this.offsets.push(off);
-      off += p.size;
-    }
-    this.total = off;
-    const { size, begin, end } = shardRange(off, collective.rank, collective.worldSize);
-    this.shardSize = size;
+    const W = collective.worldSize;
+    const r = collective.rank;
+    this.total = params.reduce((a, [, p]) => a + p.size, 0);
+    this.offsets = new Array<number>(params.length);
+    this.buckets = [];
     this.pieces = [];
-    params.forEach(([name, p], index) => {
-      const a = Math.max(begin, this.offsets[index]);
-      const b = Math.min(end, this.offsets[index] + p.size);
-      if (a >= b) return;
-      this.pieces.push({
-        index,
-        name,
-        param: p,
-        start: a - this.offsets[index],
-        end: b - this.offsets[index],
-        shardOffset: a - begin,
-        m: keep(zeros([b - a], 'f32', p.backend)),
-        v: keep(zeros([b - a], 'f32', p.backend)),
-        decay: !noDecay(name, p),
-        step: 0,
-      });
-    });
+    let shardOffset = 0;
+    const limit = Math.max(1, Math.floor(bucketBytes / 4));
+    for (const b of paramBuckets(
+      params.map(([, p]) => p.size),
+      limit,
+    )) {
+      const { size, begin, end } = shardRange(b.elems, r, W);
+      this.buckets.push({ ...b, size, shardOffset });
+      let off = 0;
+      for (let index = b.first; index < b.end; index++) {
+        const [name, p] = params[index];
+        this.offsets[index] = off;
+        const lo = Math.max(begin, off);
+        const hi = Math.min(end, off + p.size);
+        if (lo < hi)
+          this.pieces.push({
+            index,
+            name,
+            param: p,
+            start: lo - off,
+            end: hi - off,
+            shardOffset: shardOffset + lo - begin,
+            m: keep(zeros([hi - lo], 'f32', p.backend)),
+            v: keep(zeros([hi - lo], 'f32', p.backend)),
+            decay: !noDecay(name, p),
+            step: 0,
+          });
+        off += p.size;
+      }
+      shardOffset += size;
+    }
+    this.shardSize = shardOffset;
   }
 
   /** elements of moments this rank holds */
@@ -131,34 +184,37 @@ export class ShardedAdamW {
   }
 
   /**
-   * Reduce-scatter the full gradients (p.grad; zeros where a rank has none) into this rank's
-   * shard of the summed gradient, and free the full ones. Returns the global sum of squares.
+   * Reduce-scatter the full gradients (p.grad; zeros where a rank has none), bucket by bucket,
+   * into this rank's shard of the summed gradient, freeing each bucket's full gradients as it
+   * goes. Returns the global sum of squares.
    */
   reduceGrads(): number {
     const c = this.collective;
-    const pad = this.shardSize * c.worldSize - this.total;
+    const backend = this.params[0][1].backend;
     this.dropGradShard();
-    this.gradShard = noGrad(() =>
-      keep(
+    const shard = keep(zeros([this.shardSize], 'f32', backend));
+    this.gradShard = shard;
+    for (const b of this.buckets) {
+      const ps = this.params.slice(b.first, b.end).map(([, p]) => p);
+      noGrad(() =>
         scope(() => {
-          const parts = this.params.map(([, p]) =>
-            p.grad ? reshape(p.grad, [p.size]) : zeros([p.size], 'f32', p.backend),
-          );
-          if (pad > 0) parts.push(zeros([pad], 'f32', this.params[0][1].backend));
-          const flat = concat(parts, 0);
-          const out = zeros([this.shardSize], 'f32', flat.backend);
+          const parts = ps.map((p) => (p.grad ? reshape(p.grad, [p.size]) : zeros([p.size], 'f32', backend)));
+          const pad = b.size * c.worldSize - b.elems;
+          if (pad > 0) parts.push(zeros([pad], 'f32', backend));
+          const flat = parts.length === 1 ? parts[0] : concat(parts, 0);
+          const out = zeros([b.size], 'f32', backend);
           c.reduceScatter(flat.buffer, out.buffer, 'sum');
-          return out;
+          writeSlice(shard, out, 0, b.shardOffset);
         }),
-      ),
-    );
-    for (const [, p] of this.params) {
-      p.grad?.dispose();
-      p.grad = null;
+      );
+      for (const p of ps) {
+        p.grad?.dispose();
+        p.grad = null;
+      }
     }
     return noGrad(() =>
       scope(() => {
-        const s = reshape(sum(square(this.gradShard!)), [1]);
+        const s = reshape(sum(square(shard)), [1]);
         c.allReduce(s.buffer, 'sum');
         return s.item();
       }),
@@ -174,9 +230,10 @@ export class ShardedAdamW {
   }
 
   /**
-   * One AdamW update of this rank's pieces at learning rate lr, then the all-gather of every
-   * rank's shard into the parameters. `hasGrad[i]`: some rank had a gradient for parameter i
-   * (the others are skipped, as the unsharded optimizer skips a parameter without a grad).
+   * One AdamW update of this rank's pieces at learning rate lr, then the all-gather, bucket by
+   * bucket, of every rank's shard into the parameters. `hasGrad[i]`: some rank had a gradient
+   * for parameter i (the others are skipped, as the unsharded optimizer skips a parameter
+   * without a grad).
    */
   step(lr: number, hasGrad: boolean[]): void {
     const c = this.collective;
@@ -201,11 +258,16 @@ export class ShardedAdamW {
           }
           writeSlice(shard, p, 0, s.shardOffset);
         }
-        const full = zeros([this.shardSize * c.worldSize], 'f32', g.backend);
-        c.allGather(shard.buffer, full.buffer);
-        this.params.forEach(([, p], i) => {
-          if (hasGrad[i]) assign(p, slice(full, 0, this.offsets[i], this.offsets[i] + p.size));
-        });
+        for (const b of this.buckets) {
+          scope(() => {
+            const full = zeros([b.size * c.worldSize], 'f32', g.backend);
+            c.allGather(slice(shard, 0, b.shardOffset, b.shardOffset + b.size).buffer, full.buffer);
+            for (let i = b.first; i < b.end; i++) {
+              const p = this.params[i][1];
+              if (hasGrad[i]) assign(p, slice(full, 0, this.offsets[i], this.offsets[i] + p.size));
+            }
+          });
+        }
       }),
     );
     this.dropGradShard();
