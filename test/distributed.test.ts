@@ -18,7 +18,7 @@ import { CpuCollective } from '../src/backends/cpu/collective.js';
 import { ProcessGroup, readDistEnv } from '../src/backends/group.js';
 import { getBackend } from '../src/tensor/index.js';
 import { rankMicroBatches } from '../src/train/distributed.js';
-import { paramBuckets, shardRange } from '../src/train/zero.js';
+import { paramBuckets, rowCuts, shardRange } from '../src/train/zero.js';
 import { makeData, runTiny, type RunConfig } from './train-fixture.js';
 
 const root = path.resolve(import.meta.dirname, '..');
@@ -130,6 +130,10 @@ describe('distributed: launcher environment', () => {
       { first: 2, end: 3, elems: 10 },
       { first: 3, end: 6, elems: 5 },
     ]);
+    // cuts at row boundaries nearest equal shares: a (2 x 3) matrix then a vector of 6 (rows of 1)
+    assert.deepEqual(rowCuts([6, 6], [3, 1], 3), [0, 3, 8, 12]);
+    assert.deepEqual(rowCuts([6, 6], [3, 1], 2), [0, 6, 12]);
+    assert.deepEqual(rowCuts([4], [4], 3), [0, 0, 4, 4]);
   });
 });
 

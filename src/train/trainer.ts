@@ -380,7 +380,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         if (st.anyBad && !bad) bad = 'non-finite loss on another rank';
       }
       if (!bad && sharded) {
-        gradNorm = Math.sqrt(sharded.reduceGrads());
+        gradNorm = Math.sqrt(sharded.reduceGrads(hasGrad));
         if (!Number.isFinite(gradNorm)) bad = `gradient norm is ${gradNorm}`;
       } else if (!bad) {
         if (coll) allReduceGrads(coll, trained, hasGrad, dp!.bucketBytes);
@@ -394,7 +394,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       if (bad) {
         skipped++;
         zeroGrads(trained);
-        sharded?.dropGradShard();
+        sharded?.dropGrads();
         progress?.note(`${label}: step ${step + 1} skipped: ${bad}`);
         if (skipped > maxNonFinite) {
           throw new NonFiniteError(
@@ -417,7 +417,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
             }
           });
         }
-        if (sharded) sharded.step(lr, hasGrad);
+        if (sharded) sharded.step(lr);
         else (optimizer as AdamW).step(lr);
         zeroGrads(trained);
         lastLoss = lossSum / accum;
