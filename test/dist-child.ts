@@ -3,7 +3,7 @@
 //   collectives  every CPU collective on known values; prints what this rank got
 //   train        test/train-fixture.ts's tiny run, data parallel (optionally ZeRO-1); prints the
 //                per-step losses and the final weights
-//   die          joins; rank dieRank exits with code 3, the others wait at a barrier
+//   die          trains; rank dieRank throws after step 2, the others must stop naming it
 import { CpuCollective } from '../src/backends/cpu/collective.js';
 import { ProcessGroup, readDistEnv } from '../src/backends/group.js';
 import { getBackend, noGrad, tensor } from '../src/tensor/index.js';
@@ -19,8 +19,13 @@ const env = readDistEnv()!;
 const group = ProcessGroup.join({ ...env, rendezvousTimeoutSec: 20, callTimeoutSec: 60 });
 const c = new CpuCollective(group, getBackend());
 if (args.mode === 'die') {
-  if (c.rank === args.dieRank) process.exit(3);
-  c.barrier();
+  // rank dieRank throws after step 2 (an error mid-training, not a clean exit)
+  runTiny(args.run!, {
+    dataParallel: { collective: c },
+    onStep: (m) => {
+      if (c.rank === args.dieRank && m.step === 2) throw new Error('injected failure');
+    },
+  });
 }
 if (args.mode === 'collectives') {
   const r = c.rank;

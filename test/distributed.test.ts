@@ -18,7 +18,7 @@ import { CpuCollective } from '../src/backends/cpu/collective.js';
 import { ProcessGroup, readDistEnv } from '../src/backends/group.js';
 import { getBackend } from '../src/tensor/index.js';
 import { rankMicroBatches } from '../src/train/distributed.js';
-import { shardRange } from '../src/train/zero.js';
+import { paramBuckets, rowCuts, shardRange } from '../src/train/zero.js';
 import { makeData, runTiny, type RunConfig } from './train-fixture.js';
 
 const root = path.resolve(import.meta.dirname, '..');
@@ -124,6 +124,16 @@ describe('distributed: launcher environment', () => {
     assert.deepEqual(rankMicroBatches(6, 1, 3), [2, 4]);
     assert.throws(() => rankMicroBatches(3, 0, 2), /do not split over 2 ranks/);
     assert.deepEqual(shardRange(10, 2, 3), { size: 4, begin: 8, end: 12 });
+    // whole parameters per bucket; a parameter larger than the limit is a bucket alone
+    assert.deepEqual(paramBuckets([3, 4, 10, 2, 2, 1], 8), [
+      { first: 0, end: 2, elems: 7 },
+      { first: 2, end: 3, elems: 10 },
+      { first: 3, end: 6, elems: 5 },
+    ]);
+    // cuts at row boundaries nearest equal shares: a (2 x 3) matrix then a vector of 6 (rows of 1)
+    assert.deepEqual(rowCuts([6, 6], [3, 1], 3), [0, 3, 8, 12]);
+    assert.deepEqual(rowCuts([6, 6], [3, 1], 2), [0, 6, 12]);
+    assert.deepEqual(rowCuts([4], [4], 3), [0, 0, 4, 4]);
   });
 });
 
@@ -175,10 +185,16 @@ describe('distributed: rendezvous and CPU collectives', () => {
     });
   });
 
-  it('a rank that dies is named by the others, which stop instead of waiting', async () => {
+  it('a rank that fails mid-training is named by the others, which stop instead of waiting', async () => {
     const t0 = Date.now();
-    const rs = await job(3, { mode: 'die', dieRank: 1 });
-    assert.equal(rs[1].code, 3);
+    const data = makeData(path.join(tmp(), 'data'));
+    const rs = await job(3, {
+      mode: 'die',
+      dieRank: 1,
+      run: { data, batchTokens: 96, steps: 6, dropout: false },
+    });
+    assert.equal(rs[1].code, 1);
+    assert.match(rs[1].err, /injected failure/);
     for (const r of [rs[0], rs[2]]) {
       assert.notEqual(r.code, 0);
       assert.match(r.err, /lost rank 1: connection closed \(the process stopped or crashed\)/);

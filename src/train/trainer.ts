@@ -215,7 +215,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
   const coll = dp?.collective ?? null;
   const isRoot = !coll || coll.rank === 0;
   const sharded = o.dataParallel?.zero
-    ? new ShardedAdamW(trained, o.optimizer, o.dataParallel.collective)
+    ? new ShardedAdamW(trained, o.optimizer, o.dataParallel.collective, o.dataParallel.bucketBytes)
     : null;
   const optimizer = sharded ?? new AdamW(trained, o.optimizer);
   let metrics: MetricsLog | null = null;
@@ -404,7 +404,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         if (st.anyBad && !bad) bad = 'non-finite loss on another rank';
       }
       if (!bad && sharded) {
-        gradNorm = Math.sqrt(sharded.reduceGrads());
+        gradNorm = Math.sqrt(sharded.reduceGrads(hasGrad));
         if (!Number.isFinite(gradNorm)) bad = `gradient norm is ${gradNorm}`;
       } else if (!bad) {
         if (coll) allReduceGrads(coll, trained, hasGrad, dp!.bucketBytes);
@@ -418,7 +418,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       if (bad) {
         skipped++;
         zeroGrads(trained);
-        sharded?.dropGradShard();
+        sharded?.dropGrads();
         progress?.note(`${label}: step ${step + 1} skipped: ${bad}`);
         if (skipped > maxNonFinite) {
           throw new NonFiniteError(
@@ -441,7 +441,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
             }
           });
         }
-        if (sharded) sharded.step(lr, hasGrad);
+        if (sharded) sharded.step(lr);
         else (optimizer as AdamW).step(lr);
         zeroGrads(trained);
         lastLoss = lossSum / accum;

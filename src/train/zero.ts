@@ -1,28 +1,34 @@
 // ZeRO-1 (Rajbhandari et al. 2020): AdamW with its moments sharded across the ranks of a data
-// parallel job. The trained parameters, in order, are laid end to end in one flat vector of N
-// elements, padded to W * S (S = ceil(N / W)); rank r owns elements [r S, (r + 1) S). A step:
+// parallel job. The trained parameters, in order, are grouped into buckets of whole parameters
+// (about 25 MiB each); each bucket is cut into W chunks at row boundaries (a row: one index of a
+// parameter's first axis), rank r owning chunk r, padded to the largest chunk for the
+// collectives. So a rank holds whole rows, at most one run of them per parameter, and the
+// update is the unsharded AdamW itself run on those rows: its rules (weight decay by name, decay
+// only of rows with a gradient, per-parameter step counts) apply unchanged. A step, bucket by
+// bucket where it moves data:
 //
-//   reduce-scatter   every rank's full gradient (N) -> the summed gradient of its shard (S)
-//   norm             sum of squares of the shard, all-reduced (the global norm, for clipping)
-//   update           AdamW on the shard's pieces of each parameter, with their own moments
-//   all-gather       every rank's updated shard -> the full parameters on every rank
+//   reduce-scatter   every rank's full gradient -> the summed gradient of its rows
+//   norm             sum of squares over the rows, all-reduced (the global norm, for clipping)
+//   update           AdamW on the rows (an AdamW over this rank's pieces, with their moments)
+//   all-gather       every rank's updated rows -> the full parameters on every rank
 //
-// Moments are 8 bytes per parameter in one process and 8 / W here. Parameters stay f32 and
-// replicated: they are the master weights (bf16 exists only as the autocast copies the matmuls
-// read), so sharding them too would be ZeRO-3. The full gradients are freed as soon as the
-// reduce-scatter has read them.
+// Moments are 8 bytes per parameter in one process and 8 / W here, plus the rows' own f32 copy
+// (4 / W) that the update runs on. Parameters stay f32 and replicated: they are the master
+// weights (bf16 exists only as the autocast copies the matmuls read), so sharding them too would
+// be ZeRO-3. Each bucket's full gradients are freed as soon as its reduce-scatter has read them;
+// the temporaries are a bucket, not the model.
 //
 // Checkpoints: each rank writes its pieces (`optimizer-shard-RRRRR-of-WWWWW.safetensors`, tensors
-// NAME.exp_avg / NAME.exp_avg_sq over [start, end) of NAME, ranges and step counts in metadata);
-// readOptimizerState reads those or an unsharded optimizer.safetensors by element range, so a
-// run resumes at any world size, sharded or not.
+// NAME.exp_avg / NAME.exp_avg_sq over the element range [start, end) of NAME, ranges and step
+// counts in metadata); readOptimizerState reads those or an unsharded optimizer.safetensors by
+// element range, so a run resumes at any world size, sharded or not.
 
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Collective } from '../backends/collective.js';
 import { entryValues, readSafetensors, writeSafetensors, type SafeFile } from '../io/safetensors.js';
 import {
-  adamwStep,
+  add,
   assign,
   concat,
   keep,
@@ -34,31 +40,16 @@ import {
   square,
   sum,
   tensor,
-  writeSlice,
   zeros,
   type Tensor,
 } from '../tensor/index.js';
-import { checkAdamWConfig, type AdamWConfig } from './optimizer.js';
-import { defaultNoDecay, type NamedParams } from './params.js';
+import { AdamW, checkAdamWConfig, type AdamWConfig } from './optimizer.js';
+import type { NamedParams } from './params.js';
 
 export const OPTIMIZER_SHARD_RE = /^optimizer-shard-(\d{5})-of-(\d{5})\.safetensors$/;
 
 export function optimizerShardName(rank: number, world: number): string {
   return `optimizer-shard-${String(rank).padStart(5, '0')}-of-${String(world).padStart(5, '0')}.safetensors`;
-}
-
-/** This rank's piece [start, end) of one parameter, at `shardOffset` in the local shard. */
-interface Piece {
-  index: number;
-  name: string;
-  param: Tensor;
-  start: number;
-  end: number;
-  shardOffset: number;
-  m: Tensor;
-  v: Tensor;
-  decay: boolean;
-  step: number;
 }
 
 /** The element range [rank S, (rank + 1) S) of a flat vector of `total` elements over `world` ranks. */
@@ -71,162 +62,279 @@ export function shardRange(
   return { size, begin: rank * size, end: (rank + 1) * size };
 }
 
-export class ShardedAdamW {
-  readonly beta1: number;
-  readonly beta2: number;
-  readonly eps: number;
-  readonly weightDecay: number;
-  /** elements of the flat vector (N) and of one shard (S) */
-  readonly total: number;
-  readonly shardSize: number;
-  private readonly offsets: number[];
-  private readonly pieces: Piece[];
-  private gradShard: Tensor | null = null;
+/**
+ * Consecutive parameters grouped into buckets of about `limit` elements (a larger parameter is
+ * a bucket alone): [first, end) parameter indices and the bucket's element count.
+ */
+export function paramBuckets(
+  sizes: number[],
+  limit: number,
+): { first: number; end: number; elems: number }[] {
+  const out: { first: number; end: number; elems: number }[] = [];
+  let first = 0;
+  let elems = 0;
+  sizes.forEach((n, i) => {
+    if (elems > 0 && elems + n > limit) {
+      out.push({ first, end: i, elems });
+      first = i;
+      elems = 0;
+    }
+    elems += n;
+  });
+  if (first < sizes.length) out.push({ first, end: sizes.length, elems });
+  return out;
+}
 
+/**
+ * Cut a run of parameters (element counts and row lengths: a row is one index of the first axis)
+ * into `world` chunks at row boundaries, each close to an equal share: the world + 1 element
+ * offsets of the cuts, from 0 to the total.
+ */
+export function rowCuts(sizes: number[], rowLens: number[], world: number): number[] {
+  const starts: number[] = [];
+  let total = 0;
+  for (const n of sizes) {
+    starts.push(total);
+    total += n;
+  }
+  const cuts = [0];
+  for (let k = 1; k < world; k++) {
+    const target = Math.round((k * total) / world);
+    // the parameter holding the target, then its row boundary nearest to it
+    let i = 0;
+    while (i + 1 < sizes.length && starts[i + 1] <= target) i++;
+    const rows = sizes.length ? sizes[i] / rowLens[i] : 0;
+    const j = sizes.length ? Math.min(Math.max(Math.round((target - starts[i]) / rowLens[i]), 0), rows) : 0;
+    const cut = sizes.length ? starts[i] + j * rowLens[i] : 0;
+    cuts.push(Math.max(cut, cuts[cuts.length - 1]));
+  }
+  cuts.push(total);
+  return cuts;
+}
+
+/** This rank's rows [start, end) (as elements) of one parameter, a tensor of those rows for AdamW. */
+interface Piece {
+  index: number;
+  name: string;
+  param: Tensor;
+  start: number;
+  end: number;
+  /** offset of the piece in this rank's chunk of its bucket */
+  chunkOffset: number;
+  /** the rows' values, (rows, ...rest of the parameter's shape); AdamW updates them */
+  values: Tensor;
+}
+
+/** One bucket: parameters [first, end) at `offsets` within it, cut at row boundaries `cuts`. */
+interface Bucket {
+  first: number;
+  end: number;
+  elems: number;
+  cuts: number[];
+  /** the largest chunk: every rank's chunk is padded to it for the collectives */
+  chunk: number;
+}
+
+export class ShardedAdamW {
+  /** elements of all trained parameters (N) and of this rank's pieces */
+  readonly total: number;
+  readonly localElements: number;
+  /** each parameter's element offset within its bucket */
+  private readonly offsets: number[];
+  private readonly buckets: Bucket[];
+  private readonly pieces: Piece[];
+  /** the unsharded optimizer over this rank's pieces: its update rules apply row for row */
+  private readonly inner: AdamW;
+
+  /**
+   * `bucketBytes` (default 25 MiB of f32): the reduce-scatter and all-gather run per bucket of
+   * whole parameters, so their temporaries are a bucket, not the model.
+   */
   constructor(
     readonly params: NamedParams,
     readonly config: AdamWConfig,
     readonly collective: Collective,
+    bucketBytes = 25 << 20,
   ) {
     checkAdamWConfig(config);
-    this.beta1 = config.beta1 ?? 0.9;
-    this.beta2 = config.beta2 ?? 0.999;
-    this.eps = config.eps ?? 1e-8;
-    this.weightDecay = config.weightDecay ?? 0.01;
-    const noDecay = config.noDecay ?? defaultNoDecay;
-    this.offsets = [];
-    let off = 0;
-    for (const [name, p] of params) {
+    for (const [name, p] of params)
       if (p.dtype !== 'f32')
         throw new Error(`optimizer: parameter ${name} is ${p.dtype}; AdamW keeps f32 weights`);
-      this.offsets.push(off);
-      off += p.size;
-    }
-    this.total = off;
-    const { size, begin, end } = shardRange(off, collective.rank, collective.worldSize);
-    this.shardSize = size;
+    const W = collective.worldSize;
+    const r = collective.rank;
+    this.total = params.reduce((a, [, p]) => a + p.size, 0);
+    this.offsets = new Array<number>(params.length);
+    this.buckets = [];
     this.pieces = [];
-    params.forEach(([name, p], index) => {
-      const a = Math.max(begin, this.offsets[index]);
-      const b = Math.min(end, this.offsets[index] + p.size);
-      if (a >= b) return;
-      this.pieces.push({
-        index,
-        name,
-        param: p,
-        start: a - this.offsets[index],
-        end: b - this.offsets[index],
-        shardOffset: a - begin,
-        m: keep(zeros([b - a], 'f32', p.backend)),
-        v: keep(zeros([b - a], 'f32', p.backend)),
-        decay: !noDecay(name, p),
-        step: 0,
-      });
-    });
+    const rowLen = (t: Tensor): number =>
+      t.ndim === 0 || t.shape[0] === 0 ? Math.max(1, t.size) : t.size / t.shape[0];
+    const limit = Math.max(1, Math.floor(bucketBytes / 4));
+    for (const b of paramBuckets(
+      params.map(([, p]) => p.size),
+      limit,
+    )) {
+      const ps = params.slice(b.first, b.end).map(([, p]) => p);
+      const cuts = rowCuts(
+        ps.map((p) => p.size),
+        ps.map(rowLen),
+        W,
+      );
+      let chunk = 0;
+      for (let k = 0; k < W; k++) chunk = Math.max(chunk, cuts[k + 1] - cuts[k]);
+      this.buckets.push({ ...b, cuts, chunk });
+      const [begin, end] = [cuts[r], cuts[r + 1]];
+      let off = 0;
+      for (let index = b.first; index < b.end; index++) {
+        const [name, p] = params[index];
+        this.offsets[index] = off;
+        const lo = Math.max(begin, off);
+        const hi = Math.min(end, off + p.size);
+        if (lo < hi) {
+          const rows = (hi - lo) / rowLen(p);
+          const shape = p.ndim === 0 ? [1] : [rows, ...p.shape.slice(1)];
+          this.pieces.push({
+            index,
+            name,
+            param: p,
+            start: lo - off,
+            end: hi - off,
+            chunkOffset: lo - begin,
+            values: keep(zeros(shape, 'f32', p.backend)),
+          });
+        }
+        off += p.size;
+      }
+    }
+    this.localElements = this.pieces.reduce((a, s) => a + (s.end - s.start), 0);
+    this.inner = new AdamW(
+      this.pieces.map((s) => [s.name, s.values]),
+      config,
+    );
   }
 
-  /** elements of moments this rank holds */
-  get localElements(): number {
-    return this.pieces.reduce((a, s) => a + (s.end - s.start), 0);
+  /** names of the parameters with weight decay (this rank's pieces) */
+  decayed(): string[] {
+    return this.inner.decayed();
   }
 
   /**
-   * Reduce-scatter the full gradients (p.grad; zeros where a rank has none) into this rank's
-   * shard of the summed gradient, and free the full ones. Returns the global sum of squares.
+   * Reduce-scatter the full gradients (p.grad; zeros where a rank has none), bucket by bucket,
+   * into this rank's pieces, freeing each bucket's full gradients as it goes. Pieces of a
+   * parameter no rank has a gradient for (`hasGrad[i]` false) get none, so the update skips them
+   * as the unsharded optimizer does. Returns the global sum of squares of the gradient.
    */
-  reduceGrads(): number {
+  reduceGrads(hasGrad: boolean[]): number {
     const c = this.collective;
-    const pad = this.shardSize * c.worldSize - this.total;
-    this.dropGradShard();
-    this.gradShard = noGrad(() =>
-      keep(
+    const W = c.worldSize;
+    this.dropGrads();
+    for (const b of this.buckets) {
+      const ps = this.params.slice(b.first, b.end).map(([, p]) => p);
+      const backend = ps[0].backend;
+      noGrad(() =>
         scope(() => {
-          const parts = this.params.map(([, p]) =>
-            p.grad ? reshape(p.grad, [p.size]) : zeros([p.size], 'f32', p.backend),
+          const flat = concat(
+            ps.map((p) => (p.grad ? reshape(p.grad, [p.size]) : zeros([p.size], 'f32', backend))),
+            0,
           );
-          if (pad > 0) parts.push(zeros([pad], 'f32', this.params[0][1].backend));
-          const flat = concat(parts, 0);
-          const out = zeros([this.shardSize], 'f32', flat.backend);
-          c.reduceScatter(flat.buffer, out.buffer, 'sum');
-          return out;
+          // rank k's rows, padded to the largest chunk, in rank order
+          const parts: Tensor[] = [];
+          for (let k = 0; k < W; k++) {
+            const len = b.cuts[k + 1] - b.cuts[k];
+            if (len > 0) parts.push(slice(flat, 0, b.cuts[k], b.cuts[k + 1]));
+            if (len < b.chunk) parts.push(zeros([b.chunk - len], 'f32', backend));
+          }
+          const send = concat(parts, 0);
+          const out = zeros([b.chunk], 'f32', backend);
+          c.reduceScatter(send.buffer, out.buffer, 'sum');
+          for (const s of this.pieces) {
+            if (s.index < b.first || s.index >= b.end || !hasGrad[s.index]) continue;
+            s.values.grad = keep(
+              reshape(slice(out, 0, s.chunkOffset, s.chunkOffset + (s.end - s.start)), s.values.shape),
+            );
+          }
         }),
-      ),
-    );
-    for (const [, p] of this.params) {
-      p.grad?.dispose();
-      p.grad = null;
+      );
+      for (const p of ps) {
+        p.grad?.dispose();
+        p.grad = null;
+      }
     }
     return noGrad(() =>
       scope(() => {
-        const s = reshape(sum(square(this.gradShard!)), [1]);
-        c.allReduce(s.buffer, 'sum');
-        return s.item();
+        let acc = zeros([1], 'f32', this.params[0][1].backend);
+        for (const s of this.pieces)
+          if (s.values.grad) acc = add(acc, reshape(sum(square(s.values.grad)), [1]));
+        c.allReduce(acc.buffer, 'sum');
+        return acc.item();
       }),
     );
   }
 
-  /** Multiply the gradient shard by coef (clipping). */
+  /** Multiply the gradients of the pieces by coef (clipping). */
   scaleGrads(coef: number): void {
-    if (!this.gradShard) return;
-    const g = this.gradShard;
-    this.gradShard = noGrad(() => keep(scale(g, coef)));
-    g.dispose();
+    noGrad(() => {
+      for (const s of this.pieces) {
+        const g = s.values.grad;
+        if (!g) continue;
+        s.values.grad = keep(scale(g, coef));
+        g.dispose();
+      }
+    });
   }
 
   /**
-   * One AdamW update of this rank's pieces at learning rate lr, then the all-gather of every
-   * rank's shard into the parameters. `hasGrad[i]`: some rank had a gradient for parameter i
-   * (the others are skipped, as the unsharded optimizer skips a parameter without a grad).
+   * One AdamW update of this rank's pieces at learning rate lr (the unsharded optimizer's rules,
+   * on the pieces' rows), then the all-gather, bucket by bucket, of every rank's rows into the
+   * parameters.
    */
-  step(lr: number, hasGrad: boolean[]): void {
+  step(lr: number): void {
     const c = this.collective;
-    const g = this.gradShard;
-    if (!g) throw new Error('optimizer: step before reduceGrads');
-    noGrad(() =>
-      scope(() => {
-        const shard = zeros([this.shardSize], 'f32', g.backend);
-        for (const s of this.pieces) {
-          const p = slice(reshape(s.param, [s.param.size]), 0, s.start, s.end);
-          if (hasGrad[s.index]) {
-            s.step++;
-            const gs = slice(g, 0, s.shardOffset, s.shardOffset + (s.end - s.start));
-            adamwStep(p, gs, s.m, s.v, {
-              lr,
-              beta1: this.beta1,
-              beta2: this.beta2,
-              eps: this.eps,
-              weightDecay: s.decay ? this.weightDecay : 0,
-              step: s.step,
-            });
+    const W = c.worldSize;
+    noGrad(() => {
+      // the pieces start from the parameters' current values (a resume or broadcast may have set them)
+      for (const s of this.pieces)
+        scope(() => assign(s.values, slice(reshape(s.param, [s.param.size]), 0, s.start, s.end)));
+      this.inner.step(lr);
+      for (const b of this.buckets) {
+        scope(() => {
+          const backend = this.params[b.first][1].backend;
+          const mine = this.pieces.filter((s) => s.index >= b.first && s.index < b.end);
+          const len = b.cuts[c.rank + 1] - b.cuts[c.rank];
+          const parts = mine.map((s) => reshape(s.values, [s.end - s.start]));
+          if (len < b.chunk) parts.push(zeros([b.chunk - len], 'f32', backend));
+          const chunk = parts.length ? concat(parts, 0) : zeros([b.chunk], 'f32', backend);
+          const full = zeros([b.chunk * W], 'f32', backend);
+          c.allGather(chunk.buffer, full.buffer);
+          // drop each rank's padding: the bucket's parameters end to end
+          const rowsOf: Tensor[] = [];
+          for (let k = 0; k < W; k++) {
+            const n = b.cuts[k + 1] - b.cuts[k];
+            if (n > 0) rowsOf.push(slice(full, 0, k * b.chunk, k * b.chunk + n));
           }
-          writeSlice(shard, p, 0, s.shardOffset);
-        }
-        const full = zeros([this.shardSize * c.worldSize], 'f32', g.backend);
-        c.allGather(shard.buffer, full.buffer);
-        this.params.forEach(([, p], i) => {
-          if (hasGrad[i]) assign(p, slice(full, 0, this.offsets[i], this.offsets[i] + p.size));
+          const flat = rowsOf.length === 1 ? rowsOf[0] : concat(rowsOf, 0);
+          for (let i = b.first; i < b.end; i++) {
+            const p = this.params[i][1];
+            assign(p, slice(flat, 0, this.offsets[i], this.offsets[i] + p.size));
+          }
         });
-      }),
-    );
-    this.dropGradShard();
+      }
+    });
+    this.dropGrads();
   }
 
-  dropGradShard(): void {
-    this.gradShard?.dispose();
-    this.gradShard = null;
+  /** Forget the pieces' gradients (after a step, or a skipped one). */
+  dropGrads(): void {
+    for (const s of this.pieces) {
+      s.values.grad?.dispose();
+      s.values.grad = null;
+    }
   }
 
   /** Write this rank's pieces (see the header) to `file`. */
   saveShard(file: string): void {
-    const tensors = new Map<string, Tensor>();
+    const { tensors, steps } = this.inner.stateDict();
     const ranges: Record<string, [number, number]> = {};
-    const steps: Record<string, number> = {};
-    for (const s of this.pieces) {
-      tensors.set(`${s.name}.exp_avg`, s.m);
-      tensors.set(`${s.name}.exp_avg_sq`, s.v);
-      ranges[s.name] = [s.start, s.end];
-      steps[s.name] = s.step;
-    }
+    for (const s of this.pieces) ranges[s.name] = [s.start, s.end];
     writeSafetensors(file, tensors, {
       format: 'pt',
       zero: JSON.stringify({ rank: this.collective.rank, world: this.collective.worldSize, ranges }),
@@ -241,28 +349,28 @@ export class ShardedAdamW {
     for (const name of Object.keys(st.steps))
       if (!known.has(name))
         throw new Error(`${st.source}: state for ${name}, which is not trained in this run`);
-    noGrad(() => {
+    const tensors = new Map<string, Tensor>();
+    const steps: Record<string, number> = {};
+    try {
       for (const s of this.pieces) {
-        const step = st.steps[s.name];
-        if (!Number.isInteger(step) || step < 0) throw new Error(`${st.source}: no step count for ${s.name}`);
-        s.step = step;
-        for (const [suffix, dst] of [
-          ['exp_avg', s.m],
-          ['exp_avg_sq', s.v],
-        ] as const) {
-          const vals = st.read(s.name, suffix, s.param.size, s.start, s.end);
-          s.m.backend.write(dst.buffer, vals);
-        }
+        if (!(s.name in st.steps)) throw new Error(`${st.source}: no step count for ${s.name}`);
+        steps[s.name] = st.steps[s.name];
+        for (const suffix of ['exp_avg', 'exp_avg_sq'] as const)
+          tensors.set(
+            `${s.name}.${suffix}`,
+            keep(tensor(st.read(s.name, suffix, s.param.size, s.start, s.end), s.values.shape, 'f32')),
+          );
       }
-    });
+      this.inner.loadStateDict(tensors, steps, st.source);
+    } finally {
+      for (const t of tensors.values()) t.dispose();
+    }
   }
 
   dispose(): void {
-    this.dropGradShard();
-    for (const s of this.pieces) {
-      s.m.dispose();
-      s.v.dispose();
-    }
+    this.dropGrads();
+    this.inner.dispose();
+    for (const s of this.pieces) s.values.dispose();
   }
 }
 

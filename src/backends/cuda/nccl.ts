@@ -3,6 +3,8 @@
 // backend's stream (the same stream as every kernel, so they are ordered with the compute).
 // Values from nccl.h (NCCL 2.x): ncclDataType_t, ncclRedOp_t, ncclResult_t.
 
+import fs from 'node:fs';
+import path from 'node:path';
 import koffi from 'koffi';
 import type { DeviceBuffer, DType } from '../backend.js';
 import { checkCollectiveSizes, type Collective, type ReduceKind } from '../collective.js';
@@ -45,11 +47,36 @@ interface Raw {
 
 let lib: { raw: Raw; path: string; version: number } | null = null;
 
+/** libnccl.so.2 under the usual Python package folders (nvidia-nccl-cu12/13 wheels). */
+function pipNccl(): string[] {
+  const out: string[] = [];
+  for (const root of ['/usr/local/lib', '/usr/lib', '/opt/conda/lib']) {
+    let entries: string[];
+    try {
+      entries = fs.readdirSync(root).filter((n) => /^python3\.\d+$/.test(n));
+    } catch {
+      continue;
+    }
+    for (const py of entries)
+      for (const pk of ['dist-packages', 'site-packages']) {
+        const f = path.join(root, py, pk, 'nvidia', 'nccl', 'lib', 'libnccl.so.2');
+        if (fs.existsSync(f)) out.push(f);
+      }
+  }
+  return out;
+}
+
 /** Load libnccl once; the error names what was looked for. */
 export function loadNccl(): { raw: Raw; path: string; version: number } {
   if (lib) return lib;
-  // $MOHAWK_NCCL: a path to the library (e.g. pip's nvidia/nccl/lib/libnccl.so.2)
-  const names = [...(process.env.MOHAWK_NCCL ? [process.env.MOHAWK_NCCL] : []), 'libnccl.so.2', 'libnccl.so'];
+  // $MOHAWK_NCCL: a path to the library; then the loader path, the CUDA folders, and the copy a
+  // pip-installed PyTorch brings (site-packages/nvidia/nccl/lib)
+  const names = [
+    ...(process.env.MOHAWK_NCCL ? [process.env.MOHAWK_NCCL] : []),
+    'libnccl.so.2',
+    'libnccl.so',
+    ...pipNccl(),
+  ];
   const { lib: l, path } = loadCudaLibrary(names, 'NCCL (libnccl.so.2; or set MOHAWK_NCCL to its path)');
   const f = (decl: string): Fn => l.func(decl) as Fn;
   const raw: Raw = {

@@ -102,19 +102,17 @@ export async function run(argv: string[]): Promise<number> {
   // a job of one rank opens its collective only for --zero (it then runs the sharded path, e.g. on NCCL)
   const collective =
     env && (env.worldSize > 1 || flag(p, 'zero')) ? await openCollective(env, backend) : null;
-  let r;
-  try {
-    r = runDistill(
-      cfg,
-      {
-        progress: !flag(p, 'json'),
-        dataParallel: collective ? { collective, zero: flag(p, 'zero') } : undefined,
-      },
-      flag(p, 'resume'),
-    );
-  } finally {
-    collective?.close();
-  }
+  const r = runDistill(
+    cfg,
+    {
+      progress: !flag(p, 'json'),
+      dataParallel: collective ? { collective, zero: flag(p, 'zero') } : undefined,
+    },
+    flag(p, 'resume'),
+  );
+  // leave the group only after success: a rank that fails goes without a goodbye, so the
+  // others see it as lost and stop instead of waiting for it
+  collective?.close();
   if (collective && collective.rank !== 0) return 0;
   if (flag(p, 'json')) {
     console.log(JSON.stringify(r));
