@@ -206,6 +206,33 @@ describe('divergence', () => {
     assert.equal(readLatest(ckpt, () => {})?.step, 4);
   });
 
+  it('after a loss that rose far above its start, the message names the last checkpoint of a sane loss', () => {
+    const ckpt = path.join(dir, 'rise');
+    const m = new TinyLM(1);
+    assert.throws(
+      () =>
+        runTiny(
+          { data, steps: 8, checkpointEvery: 1, checkpointDir: ckpt },
+          {
+            params: m,
+            keepCheckpoints: 0,
+            warn: () => {},
+            lossFn: (b, ctx) => {
+              if (ctx.step === 5) {
+                const [, p] = m.namedParameters()[0];
+                p.backend.write(p.buffer, new Float32Array(p.size).fill(NaN));
+              }
+              return scale(m.loss(b, null), ctx.step < 3 ? 1 : 100);
+            },
+          },
+        ),
+      (e: Error) =>
+        /diverged at step 6: .* The last checkpoint, .*step-00000005, was written with the loss far above its start and may be damaged; the last good checkpoint is .*step-00000003\./.test(
+          e.message,
+        ),
+    );
+  });
+
   it('a checkpoint with a non-finite weight is never written', () => {
     const m = new TinyLM(1);
     const [, p] = m.namedParameters()[1];

@@ -7,6 +7,7 @@
 // the fused AdamW update. Checkpoints carry everything a resumed run needs to continue exactly:
 // weights, optimizer moments, step and token counts, the data position and the caller's RNG.
 
+import fs from 'node:fs';
 import { add, keep, noGrad, scale, scope, square, sum, type Tensor } from '../tensor/index.js';
 import type { BatchSource, TokenBatch } from '../data/batches.js';
 import type { Random, RandomState } from '../util/random.js';
@@ -267,6 +268,22 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         keep: o.keepCheckpoints,
         beforeCommit: o.beforeCommit ? (dir) => o.beforeCommit!(dir, step) : undefined,
       });
+      if (!risen()) goodCheckpoint = checkpoint;
+    };
+    // whether the loss now stands far above its start (a checkpoint written then may be poisoned)
+    const rise = o.riseFactor ?? 3;
+    const risen = (): boolean =>
+      firstLoss >= 0 && Number.isFinite(lastLoss) && lastLoss > Math.max(rise * firstLoss, firstLoss + 1);
+    // the last checkpoint written while the loss was sane (kept on disk), for divergence messages
+    let goodCheckpoint: string | null = checkpoint;
+    const lastGood = (): string => {
+      if (!checkpoint) return 'No checkpoint was written in this run.';
+      if (goodCheckpoint === checkpoint) return `The last good checkpoint is ${checkpoint}.`;
+      const kept = goodCheckpoint && fs.existsSync(goodCheckpoint);
+      return (
+        `The last checkpoint, ${checkpoint}, was written with the loss far above its start and may be damaged` +
+        (kept ? `; the last good checkpoint is ${goodCheckpoint}.` : '; no earlier one is kept.')
+      );
     };
 
     const warn = o.warn ?? ((line: string) => (progress ? progress.note(line) : console.error(line)));
@@ -330,8 +347,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         zeroGrads(trained);
         lastLoss = lossSum / accum;
         if (!Number.isFinite(firstLoss)) firstLoss = lastLoss;
-        const rise = o.riseFactor ?? 3;
-        if (!riseWarned && firstLoss >= 0 && lastLoss > Math.max(rise * firstLoss, firstLoss + 1)) {
+        if (!riseWarned && risen()) {
           riseWarned = true;
           warn(
             `${label}: warning: loss ${lastLoss.toPrecision(4)} at step ${step + 1} is far above its start ` +
@@ -345,10 +361,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         throw new DivergenceError(
           `${label}: diverged at step ${step + 1}: ${broken} is not finite ` +
             (bad ? `(the step was skipped: ${bad})` : `after the update (lr ${lr.toExponential(2)})`) +
-            '; nothing was saved from this step. ' +
-            (checkpoint
-              ? `The last good checkpoint is ${checkpoint}.`
-              : 'No checkpoint was written in this run.') +
+            `; nothing was saved from this step. ${lastGood()}` +
             ' Lower the learning rate or tighten the gradient clip.',
         );
       }
