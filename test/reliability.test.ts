@@ -10,10 +10,10 @@ import { describe, it } from 'node:test';
 import { ConfigError, applyOverrides, checkAgainstTeacher, validateConfig } from '../src/distill/config.js';
 import { DATA_RECORD_FILE, openData, runDistill } from '../src/distill/pipeline.js';
 import { LlamaForCausalLM } from '../src/models/llama.js';
-import { byteTokenizer, HuggingFaceTokenizer } from '../src/io/tokenizer.js';
+import { byteTokenizer, HuggingFaceTokenizer, loadTokenizer } from '../src/io/tokenizer.js';
 import { regexHazard } from '../src/io/tokenizer-checks.js';
 import { chooseCut, encodeInPieces } from '../src/io/long-text.js';
-import { readSentencePieceModel } from '../src/io/llama2c.js';
+import { readSentencePieceModel, sentencePieceTokenizerJson } from '../src/io/llama2c.js';
 import { CudaBackend } from '../src/backends/cuda/index.js';
 import { spawnSync } from 'node:child_process';
 import { TokenDataset, writeTokenSplits } from '../src/data/shards.js';
@@ -204,6 +204,33 @@ describe('divergence', () => {
       /stage 2 \(hidden\): diverged at step 5: .* The last good checkpoint is .*step-00000004\./,
     );
     assert.equal(readLatest(ckpt, () => {})?.step, 4);
+  });
+
+  it('after a loss that rose far above its start, the message names the last checkpoint of a sane loss', () => {
+    const ckpt = path.join(dir, 'rise');
+    const m = new TinyLM(1);
+    assert.throws(
+      () =>
+        runTiny(
+          { data, steps: 8, checkpointEvery: 1, checkpointDir: ckpt },
+          {
+            params: m,
+            keepCheckpoints: 0,
+            warn: () => {},
+            lossFn: (b, ctx) => {
+              if (ctx.step === 5) {
+                const [, p] = m.namedParameters()[0];
+                p.backend.write(p.buffer, new Float32Array(p.size).fill(NaN));
+              }
+              return scale(m.loss(b, null), ctx.step < 3 ? 1 : 100);
+            },
+          },
+        ),
+      (e: Error) =>
+        /diverged at step 6: .* The last checkpoint, .*step-00000005, was written with the loss far above its start and may be damaged; the last good checkpoint is .*step-00000003\./.test(
+          e.message,
+        ),
+    );
   });
 
   it('a checkpoint with a non-finite weight is never written', () => {
@@ -497,6 +524,45 @@ describe('tokenizer safety', () => {
     const ids = tok.encode(text.repeat(5), { addBos: false });
     assert.equal(ids.length, new TextEncoder().encode(text.repeat(5)).length);
     assert.ok(biggest < 4096, `the library saw ${biggest} characters at once`);
+  });
+
+  it('a SentencePiece-style tokenizer (tok512) gives the same ids in pieces as whole', (t) => {
+    const src = path.resolve(import.meta.dirname, '../../shared/data/stories260K/tok512.model');
+    if (!fs.existsSync(src)) return t.skip('no tok512.model');
+    const sp = new HuggingFaceTokenizer(sentencePieceTokenizerJson(readSentencePieceModel(src)), {}, src);
+    const r = new Random(4);
+    const words = ['Once', 'upon', 'a', 'time,', 'Lily', 'saw', '42', 'cats.\n', '"Hi!"', 'über', '<s>'];
+    const text = Array.from({ length: 1500 }, () => words[r.int(0, words.length)]).join(' ');
+    assert.ok(text.length > 6000);
+    const inner = (sp as unknown as { tok: { encode: (t: string, o: object) => { ids: number[] } } }).tok;
+    const whole = inner.encode(text, { add_special_tokens: false }).ids;
+    assert.deepEqual(sp.encode(text, { addBos: false }), whole);
+  });
+
+  it('a byte-level BPE tokenizer (phi-17m) gives the same ids in pieces as whole', (t) => {
+    const dir = path.resolve(import.meta.dirname, '../../shared/data/teachers/phi-17m');
+    if (!fs.existsSync(path.join(dir, 'tokenizer.json'))) return t.skip('no phi-17m');
+    const tok = loadTokenizer(dir);
+    const r = new Random(5);
+    const words = [
+      'Once',
+      'upon',
+      'a',
+      'time,',
+      '  two',
+      '42',
+      'cats.\n',
+      '\tTab',
+      'über',
+      '<|endoftext|>',
+      '\n\n',
+    ];
+    const text = Array.from({ length: 1500 }, () => words[r.int(0, words.length)]).join(' ');
+    const inner = (tok as unknown as { tok: { encode: (t: string, o: object) => { ids: number[] } } }).tok;
+    assert.deepEqual(
+      tok.encode(text, { addBos: false }),
+      inner.encode(text, { add_special_tokens: false }).ids,
+    );
   });
 });
 

@@ -341,7 +341,10 @@ function lineCut(fd: number, size: number, at: number): number {
 function pieceCut(data: Buffer, desperate: boolean): number {
   for (let i = data.length - 2; i >= 1; i--) {
     const c = data[i];
-    if ((c === 0x20 || c === NL || c === 0x09) && data[i + 1] >= 0x21 && data[i + 1] <= 0x7e) return i;
+    const n = data[i + 1];
+    // a letter or digit next: never a special token such as <|endoftext|> (its segment ends there)
+    const word = (n >= 0x30 && n <= 0x39) || (n >= 0x41 && n <= 0x5a) || (n >= 0x61 && n <= 0x7a);
+    if ((c === 0x20 || c === NL || c === 0x09) && word) return i;
   }
   if (!desperate) return -1;
   const nl = data.lastIndexOf(NL);

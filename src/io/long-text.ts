@@ -3,10 +3,12 @@
 // document took 2.6 GB), so a long text is cut at points where the tokenizer splits anyway and
 // the pieces' ids are concatenated. Two kinds of cut, chosen per tokenizer by probing that pieces
 // encode exactly as the whole:
-//   'before-space' (GPT-2-style byte-level BPE): before a space, tab or newline that precedes
-//      printable ASCII; the pre-tokenizer's regex splits there.
-//   'drop-space' (SentencePiece-style, "▁" prepended to the text): at a single space between two
-//      words; the space is dropped and the next piece's prepended "▁" stands for it.
+//   'before-space' (GPT-2-style byte-level BPE): before a space, tab or newline that precedes a
+//      letter or digit; the pre-tokenizer's regex splits there (not before a special token such
+//      as <|endoftext|>, which ends the regex's segment and so changes how the run splits).
+//   'drop-space' (SentencePiece-style, "▁" prepended to the text): at a single space between the
+//      end of a word and a letter or digit (never next to a special token such as <s>); the space
+//      is dropped and the next piece's prepended "▁" stands for it.
 // A tokenizer for which neither is exact encodes every text whole.
 
 export type CutKind = 'before-space' | 'drop-space' | null;
@@ -28,8 +30,12 @@ const PROBES: [string, string][] = [
   ['Once upon a time', ' there was a girl.'],
 ];
 
-const printable = (c: number): boolean => c >= 0x21 && c <= 0x7e;
 const space = (c: number): boolean => c === 0x20 || c === 0x0a || c === 0x09;
+/** the end of a word: never the end of a special token like <s> or [SEP] */
+const wordEnd = (c: number): boolean => alnum(c) || '.,;:!?\'")'.includes(String.fromCharCode(c));
+/** a letter or digit: never the start of a special token like <|endoftext|> or [SEP] */
+const alnum = (c: number): boolean =>
+  (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a);
 
 /** The kind of cut under which this encoder gives the same ids in pieces as whole, or null. */
 export function chooseCut(encode: (text: string) => number[]): CutKind {
@@ -37,7 +43,7 @@ export function chooseCut(encode: (text: string) => number[]): CutKind {
   const beforeSpace = PROBES.every(([x, y]) => same(encode(x + y), [...encode(x), ...encode(y)]));
   if (beforeSpace) return 'before-space';
   const words = PROBES.map(([x, y]) => [x.trimEnd(), y.trim()] as const).filter(
-    ([x, y]) => x.length > 0 && printable(y.charCodeAt(0)) && !space(x.charCodeAt(x.length - 1)),
+    ([x, y]) => x.length > 0 && alnum(y.charCodeAt(0)) && wordEnd(x.charCodeAt(x.length - 1)),
   );
   const dropSpace = words.every(([x, y]) => same(encode(`${x} ${y}`), [...encode(x), ...encode(y)]));
   return dropSpace ? 'drop-space' : null;
@@ -49,12 +55,12 @@ function findCut(text: string, start: number, size: number, kind: Exclude<CutKin
   for (let i = hi; i > start; i--) {
     const c = text.charCodeAt(i);
     const next = text.charCodeAt(i + 1);
-    if (kind === 'before-space' && space(c) && printable(next)) return i;
+    if (kind === 'before-space' && space(c) && alnum(next)) return i;
     if (
       kind === 'drop-space' &&
       c === 0x20 &&
-      printable(next) &&
-      !space(text.charCodeAt(i - 1)) &&
+      alnum(next) &&
+      wordEnd(text.charCodeAt(i - 1)) &&
       i - 1 > start
     )
       return i;

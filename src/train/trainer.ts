@@ -335,37 +335,53 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
           keep: o.keepCheckpoints,
           beforeCommit: o.beforeCommit ? (dir) => o.beforeCommit!(dir, step) : undefined,
         });
-        return;
+      } else {
+        // data parallel: optimizer shards from their owners (into a side directory), rank 0
+        // moves them into its temporary checkpoint and commits it; the barriers keep every rank
+        // in step with the commit
+        const side = path.join(o.checkpointDir, `${stepDirName(step)}.shards`);
+        const shardName = optimizerShardName(group.rank, group.worldSize);
+        if (sharded && !isRoot) {
+          fs.mkdirSync(side, { recursive: true });
+          sharded.saveShard(path.join(side, shardName));
+        }
+        group.barrier();
+        if (isRoot)
+          writeCheckpoint(o.checkpointDir, {
+            params: all,
+            optimizer: sharded ? undefined : (optimizer as AdamW),
+            step,
+            state,
+            keep: o.keepCheckpoints,
+            beforeCommit: (dir) => {
+              if (sharded) {
+                sharded.saveShard(path.join(dir, shardName));
+                for (const n of fs.existsSync(side) ? fs.readdirSync(side) : [])
+                  fs.renameSync(path.join(side, n), path.join(dir, n));
+                fs.rmSync(side, { recursive: true, force: true });
+              }
+              o.beforeCommit?.(dir, step);
+            },
+          });
+        group.barrier();
+        checkpoint = path.join(o.checkpointDir, stepDirName(step));
       }
-      // data parallel: optimizer shards from their owners (into a side directory), rank 0
-      // moves them into its temporary checkpoint and commits it; the barriers keep every rank
-      // in step with the commit
-      const side = path.join(o.checkpointDir, `${stepDirName(step)}.shards`);
-      const shardName = optimizerShardName(group.rank, group.worldSize);
-      if (sharded && !isRoot) {
-        fs.mkdirSync(side, { recursive: true });
-        sharded.saveShard(path.join(side, shardName));
-      }
-      group.barrier();
-      if (isRoot)
-        writeCheckpoint(o.checkpointDir, {
-          params: all,
-          optimizer: sharded ? undefined : (optimizer as AdamW),
-          step,
-          state,
-          keep: o.keepCheckpoints,
-          beforeCommit: (dir) => {
-            if (sharded) {
-              sharded.saveShard(path.join(dir, shardName));
-              for (const n of fs.existsSync(side) ? fs.readdirSync(side) : [])
-                fs.renameSync(path.join(side, n), path.join(dir, n));
-              fs.rmSync(side, { recursive: true, force: true });
-            }
-            o.beforeCommit?.(dir, step);
-          },
-        });
-      group.barrier();
-      checkpoint = path.join(o.checkpointDir, stepDirName(step));
+      if (!risen()) goodCheckpoint = checkpoint;
+    };
+    // whether the loss now stands far above its start (a checkpoint written then may be poisoned)
+    const rise = o.riseFactor ?? 3;
+    const risen = (): boolean =>
+      firstLoss >= 0 && Number.isFinite(lastLoss) && lastLoss > Math.max(rise * firstLoss, firstLoss + 1);
+    // the last checkpoint written while the loss was sane (kept on disk), for divergence messages
+    let goodCheckpoint: string | null = checkpoint;
+    const lastGood = (): string => {
+      if (!checkpoint) return 'No checkpoint was written in this run.';
+      if (goodCheckpoint === checkpoint) return `The last good checkpoint is ${checkpoint}.`;
+      const kept = goodCheckpoint && fs.existsSync(goodCheckpoint);
+      return (
+        `The last checkpoint, ${checkpoint}, was written with the loss far above its start and may be damaged` +
+        (kept ? `; the last good checkpoint is ${goodCheckpoint}.` : '; no earlier one is kept.')
+      );
     };
 
     const warn = o.warn ?? ((line: string) => (progress ? progress.note(line) : console.error(line)));
@@ -446,8 +462,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         zeroGrads(trained);
         lastLoss = lossSum / accum;
         if (!Number.isFinite(firstLoss)) firstLoss = lastLoss;
-        const rise = o.riseFactor ?? 3;
-        if (!riseWarned && firstLoss >= 0 && lastLoss > Math.max(rise * firstLoss, firstLoss + 1)) {
+        if (!riseWarned && risen()) {
           riseWarned = true;
           warn(
             `${label}: warning: loss ${lastLoss.toPrecision(4)} at step ${step + 1} is far above its start ` +
@@ -461,10 +476,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         throw new DivergenceError(
           `${label}: diverged at step ${step + 1}: ${broken} is not finite ` +
             (bad ? `(the step was skipped: ${bad})` : `after the update (lr ${lr.toExponential(2)})`) +
-            '; nothing was saved from this step. ' +
-            (checkpoint
-              ? `The last good checkpoint is ${checkpoint}.`
-              : 'No checkpoint was written in this run.') +
+            `; nothing was saved from this step. ${lastGood()}` +
             ' Lower the learning rate or tighten the gradient clip.',
         );
       }

@@ -13,7 +13,7 @@ import { Random } from '../../src/util/random.js';
 import { entryBytes, parseSafetensors } from '../../src/io/safetensors.js';
 import { loadModel, saveModel } from '../../src/models/load.js';
 import { LlamaForCausalLM } from '../../src/models/llama.js';
-import { byteTokenizer, HuggingFaceTokenizer } from '../../src/io/tokenizer.js';
+import { byteTokenizer, HuggingFaceTokenizer, loadTokenizer } from '../../src/io/tokenizer.js';
 import {
   readLlama2cCheckpoint,
   readLlama2cTokenizerBin,
@@ -166,6 +166,8 @@ interface Fixtures {
   spModel: Uint8Array | null;
   spBin: Uint8Array | null;
   llama2c: Uint8Array;
+  /** real tokenizers for the long-text check */
+  longTokenizers: [string, HuggingFaceTokenizer][];
 }
 
 let fixtures: Fixtures | null = null;
@@ -224,7 +226,19 @@ export function setupFixtures(root: string): Fixtures {
     spModel: spModel ? new Uint8Array(spModel) : null,
     spBin: spBin ? new Uint8Array(spBin) : null,
     llama2c: llama2cFile(new Random(5)),
+    longTokenizers: [['byte', byteTokenizer()]],
   };
+  if (spModel)
+    fixtures.longTokenizers.push([
+      'tok512',
+      new HuggingFaceTokenizer(
+        sentencePieceTokenizerJson(readSentencePieceModel(path.join(sp, 'tok512.model'))),
+        {},
+      ),
+    ]);
+  const phi = path.resolve(import.meta.dirname, '../../../shared/data/teachers/phi-17m');
+  if (fs.existsSync(path.join(phi, 'tokenizer.json')))
+    fixtures.longTokenizers.push(['phi-17m', loadTokenizer(phi) as HuggingFaceTokenizer]);
   return fixtures;
 }
 
@@ -456,7 +470,53 @@ const EVIL_REGEXES = [
   '(a)\\1',
 ];
 
+/** Long random texts through real tokenizers: pieces (long-text.ts) must give the whole text's ids. */
+function caseLongText(r: Random, fx: Fixtures): Outcome {
+  const toks = fx.longTokenizers;
+  const [name, tok] = pick(r, toks);
+  const atoms = [
+    'the',
+    'Cat',
+    '42',
+    ' ',
+    '  ',
+    '\n',
+    '\n\n',
+    '\t',
+    '.',
+    ',',
+    '"',
+    "'s",
+    'über',
+    '日本',
+    '😀',
+    '<s>',
+    '</s>',
+    '<|endoftext|>',
+    '[SEP]',
+    '-',
+    '_x',
+  ];
+  let text = '';
+  while (text.length < 4200 + r.int(0, 2000)) text += pick(r, atoms) + (r.uniform() < 0.6 ? ' ' : '');
+  const inner = (tok as unknown as { tok: { encode: (t: string, o: object) => { ids: number[] } } }).tok;
+  try {
+    const whole = inner.encode(text, { add_special_tokens: false }).ids;
+    const got = tok.encode(text, { addBos: false });
+    const i = got.findIndex((v, k) => v !== whole[k]);
+    if (i >= 0 || got.length !== whole.length)
+      return {
+        cls: 'quiet-wrong',
+        detail: `${name}: long text encoded in pieces differs from whole at id ${i}`,
+      };
+    return { cls: 'success', detail: `${name}: ${text.length} characters` };
+  } catch (e) {
+    return classifyError(e);
+  }
+}
+
 function caseTokenizer(r: Random, fx: Fixtures): Outcome {
+  if (r.uniform() < 0.15) return caseLongText(r, fx);
   const json = structuredClone(fx.tokJson);
   let note: string;
   const u = r.uniform();
