@@ -68,7 +68,7 @@ describe('passkey prompts', () => {
     assert.equal(r.samples.length, 8);
     assert.deepEqual(r.skipped, []);
     for (const s of r.samples.slice(0, 3)) {
-      const text = needlePromptText(tok, s.length, s.depth, s.key);
+      const text = needlePromptText(tok, s.length - 8, s.depth, s.key);
       const ids = tok.encode(text);
       assert.equal(s.answer, tok.decode(generateIds(student, ids, { maxNewTokens: 8, temperature: 0 })));
       assert.equal(s.correct, answerDigits(s.answer).startsWith(s.key));

@@ -19,9 +19,11 @@ const INTRO =
 const FILLER = ' The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.';
 const needleText = (key: string) => ` The pass key is ${key}. Remember it. ${key} is the pass key.`;
 const QUESTION = ' What is the pass key? The pass key is';
+/** tokens of the greedy answer; a context length holds the prompt and the answer */
+const ANSWER_TOKENS = 8;
 
 export interface NeedleOptions {
-  /** context lengths in tokens (the whole prompt), e.g. 1024, 2048, 4096 */
+  /** context lengths in tokens (the prompt and the 8-token answer), e.g. 1024, 2048, 4096 */
   lengths: number[];
   /** where the key sits, as a fraction of the filler (0 = right after the intro, 1 = just before the question) */
   depths: number[];
@@ -111,8 +113,8 @@ export function evaluateNeedle(model: CausalLM, tokenizer: Tokenizer, o: NeedleO
   const rng = new Random(o.seed ?? 1234);
   const maxLen = model.info.maxSeqLen;
   const lengths = [...o.lengths].sort((a, b) => a - b);
-  const runnable = lengths.filter((l) => l + 8 <= maxLen);
-  const skipped = lengths.filter((l) => l + 8 > maxLen);
+  const runnable = lengths.filter((l) => l <= maxLen);
+  const skipped = lengths.filter((l) => l > maxLen);
   const total = runnable.length * o.depths.length * o.trials;
   const samples: NeedleTrial[] = [];
   const cells: NeedleCell[] = [];
@@ -121,9 +123,9 @@ export function evaluateNeedle(model: CausalLM, tokenizer: Tokenizer, o: NeedleO
       let right = 0;
       for (let t = 0; t < o.trials; t++) {
         const key = String(rng.int(10000, 99999));
-        const text = needlePromptText(tokenizer, length, depth, key);
+        const text = needlePromptText(tokenizer, length - ANSWER_TOKENS, depth, key);
         const ids = tokenizer.encode(text);
-        const out = generateIds(model, ids, { maxNewTokens: 8, temperature: 0 });
+        const out = generateIds(model, ids, { maxNewTokens: ANSWER_TOKENS, temperature: 0 });
         const answer = tokenizer.decode(out);
         const correct = answerDigits(answer).startsWith(key);
         if (correct) right++;
