@@ -22,3 +22,10 @@ export {
   type DistillResult,
 } from './distill/pipeline.js';
 export { train, type TrainOptions } from './train/index.js';
+export { BatchEngine, type SequenceRequest, type FinishReason } from './generate/batch.js';
+export { createServer, type ServeOptions } from './serve/server.js';
+export { ChatTemplate, loadChatTemplate, type ChatMessage } from './io/chat-template.js';
+export { expandParquetInputs, parquetToJsonl } from './data/parquet.js';
+export { readRun, writeRunReport } from './distill/report.js';
+export { evaluateNeedle, type NeedleResult } from './eval/needle.js';
+export { perplexityByPosition, type PositionResult } from './eval/position.js';
