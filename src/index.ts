@@ -26,3 +26,10 @@ export { checkConfig, checkTable, type CheckedConfig } from './distill/check.js'
 export { approximateAttention, MATRIX_CLASSES, type ApproxResult, type MatrixClass } from './eval/approx.js';
 export { ToeplitzMixer } from './nn/toeplitz-mixer.js';
 export { LinearAttentionMixer } from './nn/linear-attention-mixer.js';
+export { BatchEngine, type SequenceRequest, type FinishReason } from './generate/batch.js';
+export { createServer, type ServeOptions } from './serve/server.js';
+export { ChatTemplate, loadChatTemplate, type ChatMessage } from './io/chat-template.js';
+export { expandParquetInputs, parquetToJsonl } from './data/parquet.js';
+export { readRun, writeRunReport } from './distill/report.js';
+export { evaluateNeedle, type NeedleResult } from './eval/needle.js';
+export { perplexityByPosition, type PositionResult } from './eval/position.js';

@@ -17,7 +17,9 @@ import {
   TokenDataset,
   type TokenEncoder,
 } from '../src/data/index.js';
+import { validateConfig } from '../src/distill/config.js';
 import { distillationLoss } from '../src/distill/losses.js';
+import { runDistill } from '../src/distill/pipeline.js';
 import { generateIds } from '../src/generate/generate.js';
 import { samplePromptCompletions } from '../src/generate/sample-data.js';
 import { ChatTemplate, loadChatTemplate } from '../src/io/chat-template.js';
@@ -397,5 +399,65 @@ describe('sample-data from prompts', () => {
       const want = tok.decode(generateIds(teacher, ids, { maxNewTokens: 12, temperature: 0 }));
       assert.deepEqual(l.messages.at(-1), { role: 'assistant', content: want });
     });
+  });
+});
+
+describe('distill on chat data', () => {
+  it('data.maskPrompt: the run tokenizes conversations with a mask, trains stage 3 on it, and keeps its report', () => {
+    const dir = tmpDir();
+    const teacherDir = path.join(dir, 'teacher');
+    const tok = byteTokenizer();
+    saveModel(teacherDir, tinyTeacher(), tok);
+    const cfgFile = path.join(teacherDir, 'tokenizer_config.json');
+    const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as Record<string, unknown>;
+    fs.writeFileSync(cfgFile, JSON.stringify({ ...cfg, chat_template: CHAT }));
+    const lines = (n: number) =>
+      Array.from({ length: n }, (_, i) => JSON.stringify({ messages: i % 2 ? conv1 : conv2 })).join('\n') +
+      '\n';
+    fs.writeFileSync(path.join(dir, 'train.jsonl'), lines(12));
+    fs.writeFileSync(path.join(dir, 'val.jsonl'), lines(2));
+    const out = path.join(dir, 'run');
+    const config = {
+      teacher: teacherDir,
+      out,
+      student: { chunkSize: 16 },
+      data: {
+        train: [path.join(dir, 'train.jsonl')],
+        val: [path.join(dir, 'val.jsonl')],
+        valTokens: 128,
+        maskPrompt: true,
+      },
+      stages: [{ stage: 3, tokens: 512, batchTokens: 128, microBatch: 4, seqLen: 32 }],
+    };
+    const r = runDistill(validateConfig(config, 'test'), { progress: false, log: () => {} });
+    assert.equal(r.stages[0].steps, 4);
+    const ds = TokenDataset.open(path.join(out, 'data'));
+    assert.equal(ds.split('train').hasMask, true);
+    const csv = fs.readFileSync(path.join(out, 'metrics.csv'), 'utf8').trim().split('\n');
+    assert.equal(csv.length, 1 + 4);
+    assert.ok(fs.existsSync(path.join(out, 'stage1-kd', 'metrics.csv')));
+    assert.match(fs.readFileSync(path.join(out, 'report.html'), 'utf8'), /validation perplexity/);
+    // a prepared directory without a mask is refused under maskPrompt
+    const plain = path.join(dir, 'plain');
+    prepareTokens(bytes, {
+      inputs: [path.join(dir, 'train.jsonl')],
+      out: plain,
+      valFraction: 0.2,
+      chat: template,
+    });
+    assert.throws(
+      () =>
+        runDistill(
+          validateConfig(
+            { ...config, out: path.join(dir, 'run2'), data: { train: [plain], maskPrompt: true } },
+            'test',
+          ),
+          {
+            progress: false,
+            log: () => {},
+          },
+        ),
+      /maskPrompt is set but the prepared data has no mask/,
+    );
   });
 });

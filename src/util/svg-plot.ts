@@ -183,3 +183,55 @@ export function stackCharts(svgs: string[], width = 640, height = 300): string {
     `viewBox="0 0 ${width} ${height * svgs.length}" font-family="sans-serif" font-size="11">\n${body.join('\n')}\n</svg>\n`
   );
 }
+
+/** A grid of cells colored from red (0) to green (1), value printed in each: rows x columns. */
+export function heatmap(o: {
+  title: string;
+  rows: string[];
+  cols: string[];
+  /** values[r][c] in [0, 1], or null for a cell not measured */
+  values: (number | null)[][];
+  rowLabel?: string;
+  colLabel?: string;
+}): string {
+  const cw = 64;
+  const ch = 28;
+  const m = { l: 90, t: 40, r: 16, b: 40 };
+  const W = m.l + cw * o.cols.length + m.r;
+  const H = m.t + ch * o.rows.length + m.b;
+  const out = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="11">`,
+    `<rect width="${W}" height="${H}" fill="white"/>`,
+    `<text x="${W / 2}" y="17" text-anchor="middle" font-size="13" font-weight="bold">${esc(o.title)}</text>`,
+  ];
+  const color = (v: number) => {
+    const r = Math.round(215 - 170 * v);
+    const g = Math.round(60 + 140 * v);
+    return `rgb(${r},${g},80)`;
+  };
+  o.rows.forEach((row, r) => {
+    out.push(`<text x="${m.l - 6}" y="${m.t + r * ch + ch / 2 + 4}" text-anchor="end">${esc(row)}</text>`);
+    o.cols.forEach((_, c) => {
+      const v = o.values[r]?.[c] ?? null;
+      const x = m.l + c * cw;
+      const y = m.t + r * ch;
+      out.push(
+        `<rect x="${x}" y="${y}" width="${cw - 2}" height="${ch - 2}" fill="${v === null ? '#ddd' : color(v)}"/>`,
+        `<text x="${x + cw / 2 - 1}" y="${y + ch / 2 + 4}" text-anchor="middle">${v === null ? 'n/a' : v.toFixed(2)}</text>`,
+      );
+    });
+  });
+  o.cols.forEach((col, c) =>
+    out.push(`<text x="${m.l + c * cw + cw / 2 - 1}" y="${m.t - 6}" text-anchor="middle">${esc(col)}</text>`),
+  );
+  if (o.colLabel)
+    out.push(
+      `<text x="${m.l + (cw * o.cols.length) / 2}" y="${H - 12}" text-anchor="middle">${esc(o.colLabel)}</text>`,
+    );
+  if (o.rowLabel)
+    out.push(
+      `<text transform="translate(14 ${m.t + (ch * o.rows.length) / 2}) rotate(-90)" text-anchor="middle">${esc(o.rowLabel)}</text>`,
+    );
+  out.push('</svg>');
+  return out.join('\n') + '\n';
+}

@@ -18,6 +18,7 @@ import {
 } from '../../eval/tasks.js';
 import { CliError, flag, num, parse, required, runHelp, runOptions, selectDevice, str } from '../args.js';
 import { progressLine } from '../progress.js';
+import { runNeedle, needleHelp, needleOptions } from './needle.js';
 
 const HELP = `usage: mohawk eval --model DIR [--tasks LIST] [options]
 
@@ -27,7 +28,8 @@ model's length), acc, acc_norm (log-likelihood / length of the choice in bytes),
 acc and perplexity, with standard errors.
 
   --model DIR          a model directory (config.json, model.safetensors, tokenizer.json)
-  --tasks LIST         comma-separated, default all: ${TASK_NAMES.join(',')}
+  --tasks LIST         comma-separated, default all: ${TASK_NAMES.join(',')};
+                       or needle (synthetic passkey retrieval, below)
   --data-dir DIR       the task JSONL files (default ../shared/data/eval when it exists)
   --limit N            only the first N examples of each task
   --batch-size B       requests per forward (default 16)
@@ -36,6 +38,7 @@ acc and perplexity, with standard errors.
   --acc-norm-length U  bytes (default) or chars (Python len, as lm-eval 0.4 divides by)
   --log-samples PATH   write one JSON line per example {task, index, loglikelihoods, pred, gold}
   --json               print the results as JSON (harness-shaped)
+${needleHelp}
 ${runHelp(23)}`;
 
 function fmt(v: number | null, digits = 4): string {
@@ -91,6 +94,7 @@ export async function run(argv: string[]): Promise<number> {
       'acc-norm-length': { type: 'string' },
       'log-samples': { type: 'string' },
       json: { type: 'boolean' },
+      ...needleOptions,
       ...runOptions,
     },
     HELP,
@@ -101,6 +105,10 @@ export async function run(argv: string[]): Promise<number> {
     .split(',')
     .map((s) => s.trim())
     .filter((s) => s !== '');
+  if (tasks.includes('needle')) {
+    if (tasks.length > 1) throw new CliError('--tasks: run needle on its own (--tasks needle)');
+    return runNeedle(p, dir);
+  }
   for (const t of tasks)
     if (!isTaskName(t)) throw new CliError(`--tasks: unknown task "${t}" (known: ${TASK_NAMES.join(', ')})`);
   if (tasks.length === 0) throw new CliError('--tasks: no task given');

@@ -4,6 +4,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { loadModel } from '../../models/load.js';
 import { perplexity, type PerplexityResult } from '../../eval/perplexity.js';
+import { perplexityByPosition, type PositionResult } from '../../eval/position.js';
+import { lineChart, PALETTE } from '../../util/svg-plot.js';
 import {
   CliError,
   flag,
@@ -34,6 +36,13 @@ tokens of context. Reports per file and overall: tokens, nats/token, perplexity 
                    document on its own (BOS in front of each when the tokenizer adds it), pool them
   --no-bos         do not prepend BOS
   --json           print the results as JSON
+
+  --by-position    perplexity against position in the context instead: each document cut into
+                   pieces of T tokens (--context, default min(model length + 1, 4097)), each
+                   scored from its start, the NLL pooled per position and bucketed
+  --bucket N       positions per bucket (default T/16)
+  --compare DIR    another model on the same pieces (repeatable): one curve each
+  --plot FILE.svg  the curves as a picture
 ${runHelp(19)}`;
 
 interface FileResult {
@@ -72,6 +81,10 @@ export async function run(argv: string[]): Promise<number> {
       'doc-separator': { type: 'string' },
       'no-bos': { type: 'boolean' },
       json: { type: 'boolean' },
+      'by-position': { type: 'boolean' },
+      bucket: { type: 'string' },
+      compare: { type: 'string', multiple: true },
+      plot: { type: 'string' },
       ...runOptions,
     },
     HELP,
@@ -92,6 +105,7 @@ export async function run(argv: string[]): Promise<number> {
     }
   });
   await selectDevice(p);
+  if (flag(p, 'by-position')) return byPosition(p, dir, files, texts);
   const { model, tokenizer } = loadModel(dir);
   if (!tokenizer) throw new CliError(`--model: ${dir} has no tokenizer.json (perplexity needs text)`);
   const maxInput = Number.isFinite(model.info.maxSeqLen) ? model.info.maxSeqLen : 2048;
@@ -185,5 +199,102 @@ export async function run(argv: string[]): Promise<number> {
     console.log(r.map((x, c) => (c === 0 ? x.padEnd(widths[c]) : x.padStart(widths[c]))).join('  '));
   if (results.length > 1) console.log(`mean nll over files ${overall.mean_file_nll.toFixed(4)} nats/token`);
   console.log(`context ${context} tokens, stride ${stride}`);
+  return 0;
+}
+
+/** --by-position: the NLL per position in the context, for one model or several on the same pieces. */
+function byPosition(
+  p: NonNullable<ReturnType<typeof parse>>,
+  dir: string,
+  files: string[],
+  texts: string[],
+): number {
+  const dirs = [dir, ...list(p, 'compare')];
+  const plot = str(p, 'plot');
+  if (plot !== undefined && !plot.endsWith('.svg')) throw new CliError(`--plot: an .svg file, got "${plot}"`);
+  const models = dirs.map((d) => {
+    const m = loadModel(d);
+    if (!m.tokenizer) throw new CliError(`${d}: no tokenizer.json (perplexity needs text)`);
+    return { ...m, dir: d };
+  });
+  const tokenizer = models[0].tokenizer!;
+  const maxInput = Math.min(...models.map((m) => m.model.info.maxSeqLen));
+  const context = num(p, 'context', Math.min(Number.isFinite(maxInput) ? maxInput : 4096, 4096) + 1, {
+    integer: true,
+    min: 2,
+    max: Number.isFinite(maxInput) ? maxInput + 1 : Infinity,
+  });
+  const bucket = num(p, 'bucket', Math.ceil(context / 16), { integer: true, min: 1 });
+  const batchSize = num(p, 'batch-size', 4, { integer: true, min: 1 });
+  const addBos = flag(p, 'no-bos') ? false : undefined;
+  const separator = str(p, 'doc-separator');
+  const docs = files.flatMap((_, i) =>
+    (separator === undefined ? [texts[i]] : texts[i].split(separator).map((d) => d.trim()))
+      .map((t) => tokenizer.encode(t, addBos === undefined ? {} : { addBos }))
+      .filter((ids) => ids.length >= 2),
+  );
+  const results: { model: string; r: PositionResult }[] = models.map((m) => {
+    const t0 = Date.now();
+    const label = path.basename(m.dir);
+    const r = perplexityByPosition(m.model, docs, {
+      context,
+      bucket,
+      batchSize,
+      onProgress: (done, total, tok) => progressLine(label, done, total, tok, t0, 'pieces'),
+    });
+    progressLine(label, 1, 1, 0, t0, 'pieces', true);
+    return { model: m.dir, r };
+  });
+  if (plot) {
+    fs.writeFileSync(
+      plot,
+      lineChart({
+        title: `perplexity by position (${results[0].r.pieces} pieces of ${context} tokens)`,
+        xLabel: 'position in the context (tokens before the target)',
+        yLabel: 'perplexity',
+        logY: true,
+        width: 720,
+        series: results.map((x, i) => ({
+          name: path.basename(x.model),
+          points: x.r.buckets.map((b): [number, number] => [(b.from + b.to - 1) / 2, b.ppl]),
+          color: PALETTE[i % PALETTE.length],
+          dots: true,
+        })),
+      }) + '\n',
+    );
+  }
+  if (flag(p, 'json')) {
+    console.log(
+      JSON.stringify(
+        {
+          context,
+          bucket,
+          files,
+          models: results.map((x) => ({
+            model: x.model,
+            pieces: x.r.pieces,
+            tokens: x.r.tokens,
+            nll: x.r.nll,
+            ppl: Math.exp(x.r.nll),
+            buckets: x.r.buckets,
+          })),
+        },
+        null,
+        2,
+      ),
+    );
+    return 0;
+  }
+  const head = ['positions', ...results.map((x) => path.basename(x.model))];
+  const rows = results[0].r.buckets.map((b, k) => [
+    `${b.from}-${b.to - 1}`,
+    ...results.map((x) => x.r.buckets[k]?.ppl.toFixed(3) ?? ''),
+  ]);
+  rows.push(['all', ...results.map((x) => Math.exp(x.r.nll).toFixed(3))]);
+  const widths = head.map((_, c) => Math.max(...[head, ...rows].map((r) => r[c].length)));
+  for (const r of [head, ...rows])
+    console.log(r.map((x, c) => (c === 0 ? x.padEnd(widths[c]) : x.padStart(widths[c]))).join('  '));
+  console.log(`perplexity per position bucket; ${results[0].r.pieces} pieces of up to ${context} tokens`);
+  if (plot) console.log(`picture: ${plot}`);
   return 0;
 }
