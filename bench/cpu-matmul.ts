@@ -1,5 +1,7 @@
-// CPU backend benchmark: matmul GFLOP/s with OpenBLAS and the TypeScript fallback, and the
-// forward+backward of a small MLP. Run: npx tsx bench/cpu-matmul.ts [--quick]
+// CPU backend benchmark: matmul GFLOP/s with OpenBLAS and the WebAssembly fallback (MOHAWK_WASM=off:
+// the plain TypeScript loops), and the forward+backward of a small MLP. Wall time, and CPU time
+// (user + system of all threads: the steadier figure on a shared machine; compare at
+// OPENBLAS_NUM_THREADS=1). Run: npx tsx bench/cpu-matmul.ts [--quick]
 
 import os from 'node:os';
 import { CpuBackend } from '../src/backends/cpu/index.js';
@@ -9,18 +11,25 @@ import { Random } from '../src/util/random.js';
 
 const quick = process.argv.includes('--quick');
 
-function timeIt(fn: () => void, minMs = 300, maxReps = 50): number {
+/** median wall and CPU milliseconds of repeated runs after a warm-up */
+function timeIt(fn: () => void, minMs = 300, maxReps = 50): { wall: number; cpu: number } {
   fn(); // warm up
   const times: number[] = [];
+  const cpus: number[] = [];
   const start = performance.now();
   while (times.length < maxReps && (performance.now() - start < minMs || times.length < 3)) {
     const t0 = performance.now();
+    const c0 = process.cpuUsage();
     fn();
     times.push(performance.now() - t0);
+    const c = process.cpuUsage(c0);
+    cpus.push((c.user + c.system) / 1000);
   }
-  times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)];
+  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  return { wall: med(times), cpu: med(cpus) };
 }
+
+const gflops = (flop: number, ms: number) => (flop / (ms / 1000) / 1e9).toFixed(1);
 
 const rng = new Random(0);
 const rows: string[][] = [];
@@ -32,12 +41,14 @@ for (const blas of paths) {
     if (!blas && n > 1024 && quick) continue;
     const a = tensor(rng.normals(n * n), [n, n]);
     const b = tensor(rng.normals(n * n), [n, n]);
-    const ms = timeIt(() => scope(() => void matmul(a, b)), blas ? 300 : 100, blas ? 50 : 3);
+    const t = timeIt(() => scope(() => void matmul(a, b)), 300, blas ? 50 : 10);
     rows.push([
       backend.describe(),
       `matmul ${n}^3`,
-      ms.toFixed(2),
-      ((2 * n ** 3) / (ms / 1000) / 1e9).toFixed(1),
+      t.wall.toFixed(2),
+      gflops(2 * n ** 3, t.wall),
+      t.cpu.toFixed(2),
+      gflops(2 * n ** 3, t.cpu),
     ]);
     a.dispose();
     b.dispose();
@@ -51,7 +62,7 @@ for (const blas of paths) {
   const w2 = tensor(rng.normals(d * h, 0, 0.05), [d, h]);
   w1.requiresGrad = true;
   w2.requiresGrad = true;
-  const ms = timeIt(
+  const t = timeIt(
     () =>
       scope(() => {
         const y = matmul(relu(matmul(x, w1, { transB: true })), w2, { transB: true });
@@ -62,14 +73,16 @@ for (const blas of paths) {
         w2.grad = null;
       }),
     300,
-    blas ? 20 : 2,
+    blas ? 20 : 5,
   );
   const flops = 3 * 2 * tokens * d * h * 2; // forward 2 GEMMs, backward 4
   rows.push([
     backend.describe(),
     `MLP fwd+bwd ${tokens}x${d}->${h}->${d}`,
-    ms.toFixed(1),
-    (flops / (ms / 1000) / 1e9).toFixed(1),
+    t.wall.toFixed(1),
+    gflops(flops, t.wall),
+    t.cpu.toFixed(1),
+    gflops(flops, t.cpu),
   ]);
 }
 
@@ -77,6 +90,9 @@ const cpu = os.cpus()[0]?.model ?? 'unknown cpu';
 console.log(
   `# ${new Date().toISOString().slice(0, 10)}, ${os.cpus().length} x ${cpu}, node ${process.version}`,
 );
-console.log('| backend | work | ms | GFLOP/s |');
-console.log('| --- | --- | ---: | ---: |');
+console.log(
+  `# threads: OPENBLAS_NUM_THREADS=${process.env.OPENBLAS_NUM_THREADS ?? '(default)'}, load ${os.loadavg()[0].toFixed(1)}`,
+);
+console.log('| backend | work | wall ms | GFLOP/s (wall) | CPU ms | GFLOP per CPU-second |');
+console.log('| --- | --- | ---: | ---: | ---: | ---: |');
 for (const r of rows) console.log(`| ${r.join(' | ')} |`);

@@ -6,6 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AttentionParams, DeviceBuffer, DType } from '../src/backends/backend.js';
 import { CudaBackend } from '../src/backends/cuda/index.js';
+import { LlamaForCausalLM } from '../src/models/llama.js';
 import { PhiForCausalLM } from '../src/models/phi.js';
 import type { Module } from '../src/nn/module.js';
 import { Random } from '../src/util/random.js';
@@ -92,6 +93,39 @@ export function phiTeacher(
       tieWordEmbeddings: false,
       bosTokenId: 0,
       eosTokenId: 0,
+    },
+    { deferInit: true },
+  );
+  randomizeParameters(gpu, teacher);
+  return teacher;
+}
+
+/**
+ * A Llama-3.2-1B-shaped teacher (d 2048, 16 layers, 32 query / 8 KV heads of 64, SwiGLU 8192,
+ * vocab 128256, tied embeddings, rope theta 500000), random weights.
+ */
+export function llama3Teacher(
+  gpu: CudaBackend,
+  o: { layers: number; d?: number; vocab?: number; maxPositions: number },
+): LlamaForCausalLM {
+  const d = o.d ?? 2048;
+  const teacher = new LlamaForCausalLM(
+    {
+      vocabSize: o.vocab ?? 128256,
+      hiddenSize: d,
+      intermediateSize: 4 * d,
+      numLayers: o.layers,
+      numHeads: d / 64,
+      numKvHeads: d / 256,
+      headDim: 64,
+      rmsNormEps: 1e-5,
+      ropeTheta: 500000,
+      maxPositionEmbeddings: o.maxPositions,
+      tieWordEmbeddings: true,
+      attentionBias: false,
+      mlpBias: false,
+      bosTokenId: null,
+      eosTokenId: null,
     },
     { deferInit: true },
   );

@@ -4,8 +4,12 @@
 // matmuls with f32 accumulation. Random weights. Prints tokens/s, MFU (matmul FLOPs of the
 // teacher forward and the student forward + backward over 790 TFLOP/s), step time, peak memory,
 // and the time per kernel family of one profiled step.
-// Run: node --import tsx bench/stage3-step.ts [--layers N] [--batch B] [--seq T] [--steps S]
-//      (BENCH_OUT=dir also writes stage3-step.{md,json})
+// --model llama3: a Llama-3.2-1B-shaped teacher (d 2048, 16 layers, 32 / 8 heads, SwiGLU 8192, vocab
+// 128256, tied) into its Llamba student (the same blocks with the mixer); MFU counts the tied head's
+// matmul once per model. --fused: the loss fused with both heads (linearKLDivergence), chunked so the
+// full (tokens x vocab) logits never exist.
+// Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
+//      [--seq T] [--steps S] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,24 +28,29 @@ import {
 } from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optimizer.js';
 import { Random } from '../src/util/random.js';
-import { phiTeacher, randomizeParameters } from './gpu-util.js';
+import { llama3Teacher, phiTeacher, randomizeParameters } from './gpu-util.js';
 
 const { values } = parseArgs({
   options: {
-    layers: { type: 'string', default: '24' },
+    model: { type: 'string', default: 'phi' },
+    fused: { type: 'boolean', default: false },
+    name: { type: 'string', default: '' },
+    layers: { type: 'string' },
     batch: { type: 'string', default: '4' },
     seq: { type: 'string', default: '2048' },
     steps: { type: 'string', default: '4' },
     d: { type: 'string', default: '2048' },
-    vocab: { type: 'string', default: '51200' },
+    vocab: { type: 'string' },
     fp32: { type: 'boolean', default: false },
   },
 });
-const L = Number(values.layers);
+const llama = values.model === 'llama3';
+if (!llama && values.model !== 'phi') throw new Error(`--model expects phi or llama3, got ${values.model}`);
+const L = Number(values.layers ?? (llama ? 16 : 24));
 const B = Number(values.batch);
 const T = Number(values.seq);
 const D = Number(values.d);
-const V = Number(values.vocab);
+const V = Number(values.vocab ?? (llama ? 128256 : 51200));
 const H = 32;
 const steps = Number(values.steps);
 
@@ -51,7 +60,9 @@ await gpu.warmup({ attentionHeadDims: [D / H] });
 if (!values.fp32) setAutocast('bf16');
 
 const t0 = performance.now();
-const teacher = phiTeacher(gpu, { layers: L, d: D, heads: H, vocab: V, maxPositions: T });
+const teacher = llama
+  ? llama3Teacher(gpu, { layers: L, d: D, vocab: V, maxPositions: T })
+  : phiTeacher(gpu, { layers: L, d: D, heads: H, vocab: V, maxPositions: T });
 teacher.setTrainable(() => true, false);
 const scfg = studentConfigFor(teacher, { chunkSize: 128 });
 const student = new StudentLM(scfg, { deferInit: true });
@@ -66,12 +77,14 @@ const opt = new AdamW(student.namedParameters(), {
 gpu.synchronize();
 const buildS = (performance.now() - t0) / 1000;
 
-// matmul FLOPs per token: the linear layers (2 per multiply-add), teacher forward once, student 3x
-const tParams = L * (4 * D * D + 8 * D * D) + D * V;
+// matmul FLOPs per token: the linear layers (2 per multiply-add), teacher forward once, student 3x;
+// Phi: attention 4 d^2 + MLP 8 d^2; Llama-3: q, o d^2 each, k, v d^2/4 each, SwiGLU 3 x 4 d^2
+const tParams = L * (llama ? 2.5 * D * D + 12 * D * D : 4 * D * D + 8 * D * D) + D * V;
 const m = scfg.mixer;
 const dInner = m.expand * D;
 const sParams =
-  L * (D * (2 * dInner + 2 * m.nQkHeads * m.dState + m.nVHeads) + dInner * D + 8 * D * D) + D * V;
+  L * (D * (2 * dInner + 2 * m.nQkHeads * m.dState + m.nVHeads) + dInner * D + (llama ? 12 : 8) * D * D) +
+  D * V;
 const flopsPerToken = 2 * tParams + 6 * sParams;
 const rng = new Random(5);
 const ids = () =>
@@ -89,7 +102,14 @@ function step(): number {
     const input = ids();
     const target = ids();
     const r = withCastParameters(teacherCasts, () =>
-      stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }),
+      stage3Loss(
+        teacher,
+        student,
+        input,
+        target,
+        { temperature: 1, ceWeight: 0 },
+        { fusedHead: values.fused },
+      ),
     );
     const value = r.loss.item();
     r.loss.backward(undefined, { freeGraph: true });
@@ -120,7 +140,10 @@ const peak = gpu.memoryStats().peakBytes / 2 ** 30;
 rows.push(
   {
     what: 'shape',
-    value: `teacher Phi ${L} x d${D}, student Phi-Mamba (d_state ${m.dState}, chunk ${m.chunkSize}), batch ${B} x ${T}, ${values.fp32 ? 'f32' : 'bf16 autocast'}`,
+    value:
+      `teacher ${llama ? 'Llama-3' : 'Phi'} ${L} x d${D} vocab ${V}, student ${llama ? 'Llamba' : 'Phi-Mamba'} ` +
+      `(d_state ${m.dState}, chunk ${m.chunkSize}), batch ${B} x ${T}, ${values.fp32 ? 'f32' : 'bf16 autocast'}, ` +
+      `${values.fused ? 'fused chunked head + KL' : 'full logits + KL'}`,
   },
   {
     what: 'parameters',
@@ -158,9 +181,10 @@ const lines = [
 ];
 console.log(lines.join('\n'));
 if (process.env.BENCH_OUT) {
-  writeFileSync(join(process.env.BENCH_OUT, 'stage3-step.md'), lines.join('\n') + '\n');
+  const file = `stage3-step${values.name ? `-${values.name}` : ''}`;
+  writeFileSync(join(process.env.BENCH_OUT, `${file}.md`), lines.join('\n') + '\n');
   writeFileSync(
-    join(process.env.BENCH_OUT, 'stage3-step.json'),
+    join(process.env.BENCH_OUT, `${file}.json`),
     JSON.stringify({ ms, times, tokS, mfu, peakGiB: peak, flopsPerToken, profile: prof }, null, 2),
   );
 }

@@ -6,7 +6,9 @@
 #                                  and the production node_modules in .device (git-ignored)
 #   scripts/gpu-check.sh [PART...] on the GPU machine (carry .device): unpack node, then the parts
 #                                  (tests:PATTERN: only the CUDA unit tests whose names match)
-#                                  (default: tests gpu-gemm gpu-ops stage3-step; any subset, in order)
+#                                  (default: tests gpu-gemm gpu-ops stage3-step; any subset, in order;
+#                                  a benchmark with arguments: NAME@ARG,ARG,... e.g.
+#                                  stage3-step@--model,llama3,--fused,--name,llama3-fused)
 #
 # The device machine has CUDA but no Node.js and no devDependencies, hence the prepared .device.
 # DEVICE_DIR=.device-x (git-ignored) keeps a second prepared copy apart, e.g. for two engineers;
@@ -89,10 +91,17 @@ for part in "${parts[@]}"; do
       --test-name-pattern="${part#tests:}" $D/build/test/cuda.test.js >"$OUT/tests-pattern.log" 2>&1 || status=1
     tail -n 60 "$OUT/tests-pattern.log"
   else
-    echo "== bench $part"
+    bench=${part%%@*}
+    args=()
+    log=$bench
+    if [ "$bench" != "$part" ]; then
+      IFS=, read -r -a args <<<"${part#*@}"
+      log=$bench-$(echo "${part#*@}" | tr -c 'A-Za-z0-9\n' '-' | sed 's/--*/-/g; s/^-//; s/-$//')
+    fi
+    echo "== bench $bench ${args[*]}"
     t0=$(date +%s)
-    BENCH_OUT=$OUT timeout "${BENCH_TIMEOUT:-300}" node "$D/build/bench/$part.js" >"$OUT/$part.log" 2>&1 || status=1
-    cat "$OUT/$part.log"
+    BENCH_OUT=$OUT timeout "${BENCH_TIMEOUT:-300}" node "$D/build/bench/$bench.js" "${args[@]}" >"$OUT/$log.log" 2>&1 || status=1
+    cat "$OUT/$log.log"
     echo "$part: $(($(date +%s) - t0)) s"
   fi
 done

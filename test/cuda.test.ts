@@ -1229,6 +1229,74 @@ describe('cuda backend vs cpu backend', { skip }, () => {
 
   // ---- through the tensor layer ---------------------------------------------------------------
 
+  it('the fused chunked head + KL + CE loss (f32 and bf16 autocast) against the unfused path on the CPU', () => {
+    const [n, ds, dt, vocab] = [300, 48, 64, 1000];
+    const run = (be: Backend, fused: boolean, autocast: 'bf16' | null) => {
+      T.setBackend(be);
+      T.setAutocast(autocast);
+      const r = new Random(9);
+      const mk = (shape: number[], std: number, grad: boolean) => {
+        const t = T.tensor(r.normals(shape[0] * (shape[1] ?? 1), 0, std), shape);
+        t.requiresGrad = grad;
+        return T.keep(t);
+      };
+      const xs = mk([n, ds], 1, true);
+      const ws = mk([vocab + 24, ds], 0.2, true);
+      const bs = mk([vocab + 24], 0.2, true);
+      const xt = mk([n, dt], 1, false);
+      const wt = mk([vocab, dt], 0.2, false);
+      const leaves = [xs, ws, bs];
+      const targets = T.keep(
+        T.tensor(
+          Int32Array.from({ length: n }, (_, i) => (i * 37) % vocab),
+          [n],
+          'i32',
+        ),
+      );
+      const loss = T.scope(() => {
+        let l: T.Tensor;
+        if (fused)
+          l = T.linearKLDivergence(
+            { x: xs, weight: ws, bias: bs },
+            { x: xt, weight: wt, bias: null },
+            { vocab, temperature: 1.3, targets, ceWeight: 0.4, chunkRows: 128 },
+          ).loss;
+        else {
+          const zs = T.slice(T.linear(xs, ws, bs), -1, 0, vocab);
+          const zt = T.noGrad(() => T.linear(xt, wt, null));
+          l = T.add(T.klDivergence(zt, zs, { temperature: 1.3 }), T.scale(T.crossEntropy(zs, targets), 0.4));
+        }
+        l.backward();
+        return l.item();
+      });
+      const grads = leaves.map((p) => Array.from(p.grad!.toArray()));
+      for (const t of [...leaves, xt, wt, targets]) {
+        t.grad?.dispose();
+        t.dispose();
+      }
+      T.setAutocast(null);
+      return { loss, grads };
+    };
+    try {
+      const ref = run(cpu, false, null);
+      for (const autocast of [null, 'bf16'] as const) {
+        const g = run(gpu, true, autocast);
+        // bf16 products: relative error about 2^-8 per operand
+        const tol = autocast ? 2e-2 : 1e-4;
+        assert.ok(
+          Math.abs(g.loss - ref.loss) <= tol * Math.abs(ref.loss),
+          `${autocast} loss ${g.loss} vs ${ref.loss}`,
+        );
+        ref.grads.forEach((r, i) =>
+          assertClose(g.grads[i], r, tol * maxAbs(r) + 1e-7, `${autocast} gradient ${i}`),
+        );
+      }
+    } finally {
+      T.setBackend(cpu);
+      T.setAutocast(null);
+    }
+  });
+
   it('a small network through the tensor layer: same loss and gradients, scopes free everything', () => {
     const run = (be: Backend) => {
       T.setBackend(be);

@@ -180,7 +180,7 @@ export interface Stage3Options {
    * at once (default: $MOHAWK_FUSED_HEAD=1); models without `headParts` keep the unfused path
    */
   fusedHead?: boolean;
-  /** tokens per chunk of the fused loss (default: about 256 MiB of logits per model) */
+  /** tokens per chunk of the fused loss (default: about 512 MiB of logits per model) */
   chunkRows?: number;
 }
 

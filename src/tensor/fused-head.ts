@@ -32,7 +32,7 @@ export interface FusedHeadOptions {
   ceWeight?: number;
   /** multiply the KL term by temperature^2 (Hinton et al.) */
   scaleByTemperatureSquared?: boolean;
-  /** tokens per chunk (default: about 256 MiB of f32 logits per model) */
+  /** tokens per chunk (default: about 512 MiB of f32 logits per model) */
   chunkRows?: number;
 }
 
@@ -45,9 +45,9 @@ export interface FusedHeadResult {
   ce: Tensor | null;
 }
 
-/** Default chunk: about 2^26 logits (256 MiB in f32) per model. */
+/** Default chunk: about 2^27 logits (512 MiB in f32) per model. */
 export function defaultChunkRows(vocab: number): number {
-  return Math.max(1, Math.floor(2 ** 26 / vocab));
+  return Math.max(1, Math.floor(2 ** 27 / vocab));
 }
 
 /**
@@ -162,9 +162,24 @@ export function linearKLDivergence(
             backend.copyStrided(g.buffer, 0, [1], gx.buffer, r0 * xs.shape[1], [1], [g.size], false);
           }
           if (gw) {
-            // gW[:vocab] += gZ^T X  (vocab, rows) x (rows, d)
-            const g = matmul(gz, xc, { transA: true });
-            backend.copyStrided(g.buffer, 0, [1], gw.buffer, 0, [1], [g.size], true);
+            // gW[:vocab] += gZ^T X  (vocab, rows) x (rows, d): one accumulating product (beta 1)
+            // in the autocast dtype, as the tensor-level matmul would run it
+            const a = low && gz.dtype === 'f32' ? cast(gz, low) : gz;
+            const b = low && xc.dtype === 'f32' ? cast(xc, low) : xc;
+            const d = xs.shape[1];
+            backend.matmul(a.buffer, b.buffer, gw.buffer, {
+              batch: 1,
+              m: vocab,
+              n: d,
+              k: rows,
+              transA: true,
+              transB: false,
+              strideA: 0,
+              strideB: 0,
+              strideC: 0,
+              alpha: 1,
+              beta: 1,
+            });
           }
           if (gb) {
             const g = sum(gz, [0]);
