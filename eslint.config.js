@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', '.device*/', 'runs/', 'coverage/'] },
+  { ignores: ['dist/', 'node_modules/', '.device*/', '.speed/', '.fixgen/', 'runs/', 'coverage/'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

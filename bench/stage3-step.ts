@@ -108,6 +108,7 @@ function step(): number {
         input,
         target,
         { temperature: 1, ceWeight: 0 },
+        null,
         { fusedHead: values.fused },
       ),
     );
