@@ -102,15 +102,9 @@ function step(): number {
     const input = ids();
     const target = ids();
     const r = withCastParameters(teacherCasts, () =>
-      stage3Loss(
-        teacher,
-        student,
-        input,
-        target,
-        { temperature: 1, ceWeight: 0 },
-        null,
-        { fusedHead: values.fused },
-      ),
+      stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
+        fusedHead: values.fused,
+      }),
     );
     const value = r.loss.item();
     r.loss.backward(undefined, { freeGraph: true });
