@@ -595,3 +595,14 @@ describe('student config ranges', () => {
       assert.throws(() => buildModel(cfg, 'student/config.json', { deferInit: true }), re);
   });
 });
+
+describe('fused head', () => {
+  it('a model with a final soft-cap offers no head parts (a fused linear + softmax cannot cap); others do', () => {
+    const g2 = buildModel({ ...SMALL, model_type: 'gemma2', num_hidden_layers: 1 });
+    const g = buildModel({ ...SMALL, model_type: 'gemma', num_hidden_layers: 1 });
+    assert.equal(g2.headParts, undefined);
+    assert.equal(typeof g.headParts, 'function');
+    assert.equal(transferStudent(g2).headParts, undefined);
+    assert.equal(typeof transferStudent(g).headParts, 'function');
+  });
+});
