@@ -133,7 +133,7 @@ if (positionals[0] === 'write') {
   const gb = (b: number) => (b / 2 ** 30).toFixed(2);
   console.log(`Phi-1.5 shape, ${params} parameters; written (f32 + bf16) in ${writeSeconds.toFixed(1)} s`);
   console.log(
-    'case                                                file GiB  load s  peak RSS GiB  model GiB',
+    'case                                                file GiB  load s  CPU s  peak RSS GiB  model GiB',
   );
   for (const r of rows)
     console.log(
