@@ -7,14 +7,19 @@
 // the fused AdamW update. Checkpoints carry everything a resumed run needs to continue exactly:
 // weights, optimizer moments, step and token counts, the data position and the caller's RNG.
 
-import fs from 'node:fs';
 import { add, keep, noGrad, scale, scope, square, sum, type Tensor } from '../tensor/index.js';
 import type { BatchSource, TokenBatch } from '../data/batches.js';
 import type { Random, RandomState } from '../util/random.js';
 import { AdamW, type AdamWConfig } from './optimizer.js';
 import { applyFreezing, firstNonFinite, namedParams, type NamedParams, type ParamsLike } from './params.js';
 import { checkSchedule, lrFactor, type ScheduleConfig } from './schedule.js';
-import { loadCheckpoint, readLatest, readState, writeCheckpoint } from './checkpoint.js';
+import {
+  isCompleteCheckpoint,
+  loadCheckpoint,
+  readLatest,
+  readState,
+  writeCheckpoint,
+} from './checkpoint.js';
 import { MetricsLog, Progress, fmtCount, type ProgressOptions, type StepMetrics } from './metrics.js';
 
 export interface LossContext {
@@ -268,8 +273,8 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         keep: o.keepCheckpoints,
         beforeCommit: o.beforeCommit ? (dir) => o.beforeCommit!(dir, step) : undefined,
       });
-      if (!risen()) goodCheckpoint = checkpoint;
     };
+    const warn = o.warn ?? ((line: string) => (progress ? progress.note(line) : console.error(line)));
     // whether the loss now stands far above its start (a checkpoint written then may be poisoned)
     const rise = o.riseFactor ?? 3;
     const risen = (): boolean =>
@@ -279,14 +284,13 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
     const lastGood = (): string => {
       if (!checkpoint) return 'No checkpoint was written in this run.';
       if (goodCheckpoint === checkpoint) return `The last good checkpoint is ${checkpoint}.`;
-      const kept = goodCheckpoint && fs.existsSync(goodCheckpoint);
+      const kept = goodCheckpoint && isCompleteCheckpoint(goodCheckpoint);
       return (
         `The last checkpoint, ${checkpoint}, was written with the loss far above its start and may be damaged` +
         (kept ? `; the last good checkpoint is ${goodCheckpoint}.` : '; no earlier one is kept.')
       );
     };
 
-    const warn = o.warn ?? ((line: string) => (progress ? progress.note(line) : console.error(line)));
     const t0 = performance.now();
     const history: StepMetrics[] = [];
     let stopped = false;
@@ -393,7 +397,10 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         save();
         break;
       }
-      if (step === totalSteps || (o.checkpointEvery && step % o.checkpointEvery === 0)) save();
+      if (step === totalSteps || (o.checkpointEvery && step % o.checkpointEvery === 0)) {
+        save();
+        if (!risen()) goodCheckpoint = checkpoint;
+      }
     }
     progress?.done();
     return {
