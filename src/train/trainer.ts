@@ -13,14 +13,9 @@ import type { Random, RandomState } from '../util/random.js';
 import { AdamW, type AdamWConfig } from './optimizer.js';
 import { applyFreezing, firstNonFinite, namedParams, type NamedParams, type ParamsLike } from './params.js';
 import { checkSchedule, lrFactor, type ScheduleConfig } from './schedule.js';
-import {
-  isCompleteCheckpoint,
-  loadCheckpoint,
-  readLatest,
-  readState,
-  writeCheckpoint,
-} from './checkpoint.js';
+import { loadCheckpoint, readLatest, readState, writeCheckpoint } from './checkpoint.js';
 import { MetricsLog, Progress, fmtCount, type ProgressOptions, type StepMetrics } from './metrics.js';
+import { isCompleteCheckpoint } from './checkpoint.js';
 
 export interface LossContext {
   /** 0-based index of the optimizer step */
