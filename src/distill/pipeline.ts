@@ -301,7 +301,7 @@ function readDone(dir: string, log: (l: string) => void): StageResult | null {
 
 /** Files and directories of a stage directory that mohawk writes (a fresh run removes only these). */
 const STAGE_ENTRY =
-  /^(done\.json|metrics\.jsonl|metrics\.csv|latest\.json|step-\d+|step-\d+\.tmp-\d+|.*\.tmp-\d+)$/;
+  /^(done\.json|metrics\.jsonl|metrics\.csv|latest\.json|step-\d+|step-\d+\.tmp-\d+|step-\d+\.shards|.*\.tmp-\d+)$/;
 
 /**
  * Empty a stage directory of what mohawk wrote there, keeping anything else (a user's notes, ...);
@@ -337,7 +337,8 @@ export function overwriteNotice(cfg: DistillConfig): string | null {
       `${path.basename(d)}/ (${done ? 'finished' : latest ? `checkpoint at step ${latest.step}` : 'partial'})`,
     );
   }
-  for (const f of ['student', 'results.json']) if (fs.existsSync(path.join(cfg.out, f))) items.push(f);
+  for (const f of ['student', 'results.json', 'report.html', 'metrics.csv'])
+    if (fs.existsSync(path.join(cfg.out, f))) items.push(f);
   if (!items.length) return null;
   return `fresh run in ${cfg.out}: replacing ${items.join(', ')} (--resume continues the run instead)`;
 }

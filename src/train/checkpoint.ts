@@ -85,12 +85,12 @@ function parseLatest(dir: string, file: string): Latest & { path: string } {
   )
     throw new Error(`${file}: expected {"step": N, "dir": "step-..."}`);
   const p = path.join(dir, latest.dir);
-  if (!isComplete(p)) throw new Error(`${file}: checkpoint ${p} is missing or incomplete`);
+  if (!isCompleteCheckpoint(p)) throw new Error(`${file}: checkpoint ${p} is missing or incomplete`);
   return { ...latest, path: p };
 }
 
 /** A committed step directory: its state.json parses and names its step, its weights are there. */
-function isComplete(p: string): boolean {
+export function isCompleteCheckpoint(p: string): boolean {
   try {
     const state = JSON.parse(fs.readFileSync(path.join(p, STATE_FILE), 'utf8')) as { step?: unknown };
     return Number.isInteger(state.step) && fs.statSync(path.join(p, MODEL_FILE)).size > 8;
@@ -109,7 +109,7 @@ function newestComplete(dir: string): (Latest & { path: string }) | null {
   const steps = names.filter((n) => /^step-\d+$/.test(n)).sort();
   for (let i = steps.length - 1; i >= 0; i--) {
     const p = path.join(dir, steps[i]);
-    if (isComplete(p)) return { step: Number(steps[i].slice(5)), dir: steps[i], path: p };
+    if (isCompleteCheckpoint(p)) return { step: Number(steps[i].slice(5)), dir: steps[i], path: p };
   }
   return null;
 }

@@ -33,6 +33,7 @@ import {
 } from './distributed.js';
 import { fullOptimizerState, optimizerShardName, ShardedAdamW } from './zero.js';
 import { MetricsLog, Progress, fmtCount, type ProgressOptions, type StepMetrics } from './metrics.js';
+import { isCompleteCheckpoint } from './checkpoint.js';
 
 export interface LossContext {
   /** 0-based index of the optimizer step */
@@ -366,8 +367,8 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         group.barrier();
         checkpoint = path.join(o.checkpointDir, stepDirName(step));
       }
-      if (!risen()) goodCheckpoint = checkpoint;
     };
+    const warn = o.warn ?? ((line: string) => (progress ? progress.note(line) : console.error(line)));
     // whether the loss now stands far above its start (a checkpoint written then may be poisoned)
     const rise = o.riseFactor ?? 3;
     const risen = (): boolean =>
@@ -377,14 +378,13 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
     const lastGood = (): string => {
       if (!checkpoint) return 'No checkpoint was written in this run.';
       if (goodCheckpoint === checkpoint) return `The last good checkpoint is ${checkpoint}.`;
-      const kept = goodCheckpoint && fs.existsSync(goodCheckpoint);
+      const kept = goodCheckpoint && isCompleteCheckpoint(goodCheckpoint);
       return (
         `The last checkpoint, ${checkpoint}, was written with the loss far above its start and may be damaged` +
         (kept ? `; the last good checkpoint is ${goodCheckpoint}.` : '; no earlier one is kept.')
       );
     };
 
-    const warn = o.warn ?? ((line: string) => (progress ? progress.note(line) : console.error(line)));
     const t0 = performance.now();
     const history: StepMetrics[] = [];
     let stopped = false;
@@ -508,7 +508,10 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         save();
         break;
       }
-      if (step === totalSteps || (o.checkpointEvery && step % o.checkpointEvery === 0)) save();
+      if (step === totalSteps || (o.checkpointEvery && step % o.checkpointEvery === 0)) {
+        save();
+        if (!risen()) goodCheckpoint = checkpoint;
+      }
     }
     progress?.done();
     return {
