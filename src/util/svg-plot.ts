@@ -197,7 +197,7 @@ export function heatmap(o: {
   const cw = 64;
   const ch = 28;
   const m = { l: 90, t: 40, r: 16, b: 40 };
-  const W = m.l + cw * o.cols.length + m.r;
+  const W = Math.max(m.l + cw * o.cols.length + m.r, 40 + 7.5 * o.title.length);
   const H = m.t + ch * o.rows.length + m.b;
   const out = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="11">`,

@@ -1,6 +1,7 @@
 // mohawk eval --tasks needle: passkey retrieval at growing context lengths and several depths.
 
 import fs from 'node:fs';
+import path from 'node:path';
 import { evaluateNeedle, needleLengths } from '../../eval/needle.js';
 import { loadModel } from '../../models/load.js';
 import { heatmap } from '../../util/svg-plot.js';
@@ -49,7 +50,7 @@ export async function runNeedle(p: Parsed, dir: string): Promise<number> {
     fs.writeFileSync(
       plot,
       heatmap({
-        title: `passkey retrieval: ${dir}`,
+        title: `passkey retrieval: ${path.basename(path.resolve(dir))}`,
         rows: lengths.map(String),
         cols: depths.map((d) => `${Math.round(d * 100)}%`),
         values: lengths.map((l) => depths.map((d) => cell(l, d))),
