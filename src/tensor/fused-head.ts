@@ -156,18 +156,19 @@ export function linearKLDivergence(
             );
             backend.binary('add', gz.buffer, [vocab, 1], gce.buffer, [vocab, 1], gz.buffer, [rows, vocab]);
           }
+          // gZ in the autocast dtype once, for both products
+          const gzLow = low && gz.dtype === 'f32' ? cast(gz, low) : gz;
           if (gx) {
             // gX rows = gZ W  (rows, vocab) x (vocab, d)
-            const g = matmul(gz, hs.w);
+            const g = matmul(gzLow, hs.w);
             backend.copyStrided(g.buffer, 0, [1], gx.buffer, r0 * xs.shape[1], [1], [g.size], false);
           }
           if (gw) {
             // gW[:vocab] += gZ^T X  (vocab, rows) x (rows, d): one accumulating product (beta 1)
             // in the autocast dtype, as the tensor-level matmul would run it
-            const a = low && gz.dtype === 'f32' ? cast(gz, low) : gz;
             const b = low && xc.dtype === 'f32' ? cast(xc, low) : xc;
             const d = xs.shape[1];
-            backend.matmul(a.buffer, b.buffer, gw.buffer, {
+            backend.matmul(gzLow.buffer, b.buffer, gw.buffer, {
               batch: 1,
               m: vocab,
               n: d,
