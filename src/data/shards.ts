@@ -12,6 +12,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
+import { writeFileAtomic } from '../util/fs.js';
 
 export type TokenDType = 'uint16' | 'uint32';
 
@@ -65,11 +66,9 @@ export function bytesPerToken(dtype: TokenDType): number {
   return dtype === 'uint16' ? 2 : 4;
 }
 
-/** Write a file atomically: a temporary file in the same directory, renamed into place. */
+/** Write a file atomically: a temporary file in the same directory, fsynced, renamed into place. */
 export function writeFileAtomicSync(file: string, data: string | Uint8Array): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, data);
-  fs.renameSync(tmp, file);
+  writeFileAtomic(file, data);
 }
 
 // ---- writing --------------------------------------------------------------------------------
