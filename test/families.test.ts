@@ -13,13 +13,14 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { TokenDataset, writeTokenSplits } from '../src/data/shards.js';
+import { studentParameterShapes, studentShapeFromTeacherJson } from '../src/distill/check.js';
 import { validateConfig } from '../src/distill/config.js';
 import { runDistill } from '../src/distill/pipeline.js';
 import { transferStudent } from '../src/distill/transfer.js';
 import { tokenLogprobs } from '../src/eval/score.js';
 import { loadTokenizer } from '../src/io/tokenizer.js';
 import { generateIds } from '../src/generate/generate.js';
-import { buildModel, loadModel, saveModel } from '../src/models/load.js';
+import { buildModel, loadModel, readConfig, saveModel } from '../src/models/load.js';
 import type { CausalLM } from '../src/models/types.js';
 import { applyRopeTables, ropeFrequencies, ropeTables, type RopeConfig } from '../src/nn/rope.js';
 import { noGrad, rope, scope, tensor } from '../src/tensor/index.js';
@@ -604,5 +605,31 @@ describe('fused head', () => {
     assert.equal(typeof g.headParts, 'function');
     assert.equal(transferStudent(g2).headParts, undefined);
     assert.equal(typeof transferStudent(g).headParts, 'function');
+  });
+});
+
+describe('distill --check from config.json alone', { skip }, () => {
+  it("every family's student parameters, as transfer builds them (hybrid layer 1 kept)", () => {
+    for (const name of NAMES) {
+      const { json, file } = readConfig(path.join(FIX, name));
+      const teacher = buildModel(json, file);
+      for (const init of ['paper', 'attention'] as const) {
+        const built = transferStudent(teacher, { attentionLayers: [1], chunkSize: 16, mixerInit: init });
+        const want = built.namedParameters().map(([n, t]) => `${n} ${t.shape.join('x')}`);
+        const shape = studentShapeFromTeacherJson(json, file, {
+          attentionLayers: [1],
+          dState: null,
+          chunkSize: 16,
+          alphaInit: 0.9,
+          init,
+          mixer: 'ssd',
+          kernelLength: null,
+        } as unknown as Parameters<typeof studentShapeFromTeacherJson>[2]);
+        const got = studentParameterShapes(shape).map(([n, s]) => `${n} ${s.join('x')}`);
+        assert.deepEqual(got.sort(), want.sort(), `${name} ${init}`);
+        built.dispose();
+      }
+      teacher.dispose();
+    }
   });
 });

@@ -7,14 +7,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { readConfig } from '../models/load.js';
 import type { Json } from '../models/hf.js';
-import { gpt2ConfigFromJson } from '../models/gpt2.js';
-import { llamaConfigFromJson } from '../models/llama.js';
-import { phiConfigFromJson } from '../models/phi.js';
-import { paddedVocab, type AttentionCore, type StudentConfig as StudentShape } from '../models/phi-mamba.js';
+import { paddedVocab, type StudentConfig as StudentShape } from '../models/phi-mamba.js';
+import { familyFor } from '../models/registry.js';
 import { warmupSteps } from '../train/schedule.js';
 import type { DistillConfig, StageConfig } from './config.js';
 import { STAGE_NAMES, stageTrainable } from './stages.js';
 import { kernelLengthOf } from './pipeline.js';
+import { studentConfigFromShape } from './transfer.js';
 
 /**
  * The student's shape from a teacher's config.json, as transfer.ts's studentConfigFor derives it
@@ -25,147 +24,22 @@ export function studentShapeFromTeacherJson(
   file: string,
   student: DistillConfig['student'],
 ): StudentShape {
-  const type = json.model_type;
-  let t: {
-    style: StudentShape['style'];
-    d: number;
-    layers: number;
-    vocab: number;
-    heads: number;
-    kvHeads: number;
-    hd: number;
-    rotary: number;
-    theta: number;
-    bias: boolean;
-    inter: number;
-    act: StudentShape['activation'];
-    mlpBias: boolean;
-    eps: number;
-    headBias: boolean;
-    tie: boolean;
-    positions: number;
-    bos: number | null;
-    eos: number | null;
-  };
-  if (type === 'phi') {
-    const c = phiConfigFromJson(json, file);
-    t = {
-      style: 'phi',
-      d: c.hiddenSize,
-      layers: c.numLayers,
-      vocab: c.vocabSize,
-      heads: c.numHeads,
-      kvHeads: c.numKvHeads,
-      hd: c.headDim,
-      rotary: c.rotaryDim,
-      theta: c.ropeTheta,
-      bias: true,
-      inter: c.intermediateSize,
-      act: c.hiddenAct,
-      mlpBias: true,
-      eps: c.layerNormEps,
-      headBias: true,
-      tie: false,
-      positions: 0,
-      bos: c.bosTokenId,
-      eos: c.eosTokenId,
-    };
-  } else if (type === 'llama') {
-    const c = llamaConfigFromJson(json, file);
-    t = {
-      style: 'llama',
-      d: c.hiddenSize,
-      layers: c.numLayers,
-      vocab: c.vocabSize,
-      heads: c.numHeads,
-      kvHeads: c.numKvHeads,
-      hd: c.headDim,
-      rotary: c.headDim,
-      theta: c.ropeTheta,
-      bias: c.attentionBias,
-      inter: c.intermediateSize,
-      act: 'silu',
-      mlpBias: c.mlpBias,
-      eps: c.rmsNormEps,
-      headBias: false,
-      tie: c.tieWordEmbeddings,
-      positions: 0,
-      bos: c.bosTokenId,
-      eos: c.eosTokenId,
-    };
-  } else if (type === 'gpt2') {
-    const c = gpt2ConfigFromJson(json, file);
-    t = {
-      style: 'gpt2',
-      d: c.nEmbd,
-      layers: c.nLayer,
-      vocab: c.vocabSize,
-      heads: c.nHead,
-      kvHeads: c.nHead,
-      hd: c.nEmbd / c.nHead,
-      rotary: 0,
-      theta: 10000,
-      bias: true,
-      inter: c.nInner,
-      act: c.activation,
-      mlpBias: true,
-      eps: c.layerNormEpsilon,
-      headBias: false,
-      tie: true,
-      positions: c.nPositions,
-      bos: c.bosTokenId,
-      eos: c.eosTokenId,
-    };
-  } else {
-    throw new Error(
-      `${file}: model_type ${JSON.stringify(type)}: --check knows phi, llama and gpt2 teachers`,
-    );
-  }
-  const attentionLayers = new Map<number, AttentionCore>();
-  for (const l of student.attentionLayers) {
-    if (l >= t.layers)
-      throw new Error(`student.attentionLayers: ${l} is not a layer of the teacher (0..${t.layers - 1})`);
-    attentionLayers.set(l, {
-      nHeads: t.heads,
-      nKvHeads: t.kvHeads,
-      headDim: t.hd,
-      rotaryDim: t.rotary,
-      ropeTheta: t.theta,
-      qkvBias: t.bias,
-      outBias: t.bias,
-    });
-  }
-  return {
-    vocabSize: t.vocab,
-    padVocabSizeMultiple: 8,
-    dModel: t.d,
-    nLayer: t.layers,
-    style: t.style,
-    normEps: t.eps,
-    intermediateSize: t.inter,
-    activation: t.act,
-    mlpBias: t.mlpBias,
-    lmHeadBias: t.headBias,
-    tieEmbeddings: t.tie,
-    maxPositionEmbeddings: t.positions,
-    mixer: {
-      dState: student.dState ?? t.hd,
-      nQkHeads: t.heads,
-      nVHeads: t.heads,
-      dConv: 4,
-      convBias: true,
-      expand: (t.heads * t.hd) / t.d,
-      chunkSize: student.chunkSize,
-      activation: 'identity',
-      bias: student.init !== 'paper',
-    },
+  // the family's own reading of its config.json (models/registry.ts), no weights
+  const teacher = familyFor(json, file).studentShape(json, file);
+  for (const l of student.attentionLayers)
+    if (l >= teacher.nLayer)
+      throw new Error(
+        `student.attentionLayers: ${l} is not a layer of the teacher (0..${teacher.nLayer - 1})`,
+      );
+  return studentConfigFromShape(teacher, {
+    attentionLayers: student.attentionLayers,
+    dState: student.dState ?? undefined,
+    chunkSize: student.chunkSize,
+    mixerInit: student.init === 'paper' ? 'paper' : 'attention',
     ...(student.mixer === 'ssd'
       ? {}
       : { mixerClass: student.mixer, kernelLength: student.kernelLength ?? 2048 }),
-    attentionLayers,
-    bosTokenId: t.bos,
-    eosTokenId: t.eos,
-  };
+  });
 }
 
 /** Every parameter of a student (name, shape) in StudentLM's layout, without allocating it. */
@@ -194,6 +68,10 @@ export function studentParameterShapes(c: StudentShape): [string, number[]][] {
       linear(p + 'self_attn.k_proj', D, a.nKvHeads * a.headDim, a.qkvBias);
       linear(p + 'self_attn.v_proj', D, a.nKvHeads * a.headDim, a.qkvBias);
       linear(p + `self_attn.${c.style === 'phi' ? 'dense' : 'o_proj'}`, a.nHeads * a.headDim, D, a.outBias);
+      if (a.qkNormEps !== undefined) {
+        out.push([p + 'self_attn.q_norm.weight', [a.headDim]]);
+        out.push([p + 'self_attn.k_norm.weight', [a.headDim]]);
+      }
     } else if (c.mixerClass === 'toeplitz') {
       linear(p + 'mixer.in_proj', D, 2 * D, m.bias);
       out.push([p + 'mixer.kernel', [c.kernelLength ?? 2048, m.nVHeads]]);
@@ -204,7 +82,7 @@ export function studentParameterShapes(c: StudentShape): [string, number[]][] {
       out.push([p + 'mixer.z_bias', [D]]);
       linear(p + 'mixer.out_proj', D, D, m.bias);
     } else {
-      const dInner = m.expand * D;
+      const dInner = Math.round(m.expand * D);
       const convDim = dInner + 2 * m.nQkHeads * m.dState;
       linear(p + 'mixer.in_proj', D, 2 * dInner + 2 * m.nQkHeads * m.dState + m.nVHeads, m.bias);
       out.push([p + 'mixer.conv1d.weight', [convDim, 1, m.dConv]]);
@@ -214,6 +92,10 @@ export function studentParameterShapes(c: StudentShape): [string, number[]][] {
       linear(p + 'mixer.out_proj', dInner, D, m.bias);
     }
     if (c.style !== 'phi') norm(p + 'post_attention_layernorm');
+    if (c.style === 'llama' && c.sandwichNorms) {
+      norm(p + 'pre_feedforward_layernorm');
+      norm(p + 'post_feedforward_layernorm');
+    }
     if (c.style === 'llama') {
       linear(p + 'mlp.gate_proj', D, c.intermediateSize, c.mlpBias);
       linear(p + 'mlp.up_proj', D, c.intermediateSize, c.mlpBias);

@@ -61,7 +61,15 @@ export function teacherContract(teacher: CausalLM): DistillContract {
 
 /** The student config that follows a teacher's shape. */
 export function studentConfigFor(teacher: CausalLM, opts: TransferOptions = {}): StudentConfig {
-  const { attention, nHeads, nKvHeads, headDim, ...shape } = teacherContract(teacher).studentShape();
+  return studentConfigFromShape(teacherContract(teacher).studentShape(), opts);
+}
+
+/** The student config of a teacher's student shape (a family's, from a model or a config.json). */
+export function studentConfigFromShape(
+  teacherShape: StudentShape,
+  opts: TransferOptions = {},
+): StudentConfig {
+  const { attention, nHeads, nKvHeads, headDim, ...shape } = teacherShape;
   void nKvHeads;
   const attentionLayers = new Map<number, AttentionCore>();
   for (const l of opts.attentionLayers ?? []) {

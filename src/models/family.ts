@@ -27,6 +27,8 @@ export interface Family {
    * or zeros with `init.deferInit` (a checkpoint fills them right after).
    */
   build(config: Json, file: string, init?: InitOptions): CausalLM;
+  /** the student that mirrors the model a config.json describes (no weights read or built) */
+  studentShape(config: Json, file: string): StudentShape;
 }
 
 /** A teacher layer's attention projections, Linear layout (out, in); rows = heads * head size. */

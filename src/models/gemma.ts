@@ -6,7 +6,7 @@
 import { ACTIVATIONS, type Activation } from '../nn/mlp.js';
 import type { Family } from './family.js';
 import { Fields, type Json } from './hf.js';
-import { LlamaForCausalLM, readDecoderSizes, type LlamaConfig } from './llama.js';
+import { decoderStudentShape, LlamaForCausalLM, readDecoderSizes, type LlamaConfig } from './llama.js';
 
 /** Gemma's MLP activation: `hidden_activation` (transformers ignores `hidden_act` for Gemma) */
 export function gemmaActivation(f: Fields): Activation {
@@ -43,5 +43,6 @@ export const gemmaFamily: Family = {
   name: 'gemma',
   modelTypes: ['gemma'],
   architectures: ['GemmaForCausalLM'],
+  studentShape: (json, file) => decoderStudentShape(gemmaConfigFromJson(json, file)),
   build: (json, file, init) => new LlamaForCausalLM(gemmaConfigFromJson(json, file), init),
 };

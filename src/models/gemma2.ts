@@ -7,6 +7,7 @@ import type { Family } from './family.js';
 import { gemmaActivation } from './gemma.js';
 import { Fields, type Json } from './hf.js';
 import {
+  decoderStudentShape,
   LlamaForCausalLM,
   readDecoderSizes,
   readLayerWindows,
@@ -57,5 +58,6 @@ export const gemma2Family: Family = {
   name: 'gemma2',
   modelTypes: ['gemma2'],
   architectures: ['Gemma2ForCausalLM'],
+  studentShape: (json, file) => decoderStudentShape(gemma2ConfigFromJson(json, file)),
   build: (json, file, init) => new LlamaForCausalLM(gemma2ConfigFromJson(json, file), init),
 };

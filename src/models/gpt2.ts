@@ -10,7 +10,7 @@ import { Module } from '../nn/module.js';
 import { full } from '../tensor/index.js';
 import { Random } from '../util/random.js';
 import { createModelCache, forwardLM } from './causal-lm.js';
-import { tensorGetter, type DistillContract, type Family } from './family.js';
+import { tensorGetter, type DistillContract, type Family, type StudentShape } from './family.js';
 import { checkTensorSizes, Fields, MAX, type Json } from './hf.js';
 import type {
   Block,
@@ -238,37 +238,9 @@ export class Gpt2LMHeadModel extends Module implements CausalLM {
   distillContract(): DistillContract {
     const c = this.config;
     const get = tensorGetter(this);
-    const hd = c.nEmbd / c.nHead;
     const D = c.nEmbd;
-    const attention = {
-      nHeads: c.nHead,
-      nKvHeads: c.nHead,
-      headDim: hd,
-      rotaryDim: 0,
-      ropeTheta: 10000,
-      qkvBias: true,
-      outBias: true,
-    };
     return {
-      studentShape: () => ({
-        vocabSize: c.vocabSize,
-        dModel: D,
-        nLayer: c.nLayer,
-        style: 'gpt2',
-        normEps: c.layerNormEpsilon,
-        intermediateSize: c.nInner,
-        activation: c.activation,
-        mlpBias: true,
-        lmHeadBias: false,
-        tieEmbeddings: true,
-        maxPositionEmbeddings: c.nPositions,
-        bosTokenId: c.bosTokenId,
-        eosTokenId: c.eosTokenId,
-        nHeads: c.nHead,
-        nKvHeads: c.nHead,
-        headDim: hd,
-        attention: () => attention,
-      }),
+      studentShape: () => gpt2StudentShape(c),
       sharedWeights: (l) => {
         if (l === null) {
           return [
@@ -329,9 +301,42 @@ function rows(t: Tensor, start: number, end: number): Tensor {
     : tensor(src.slice(start * c, end * c), [end - start, c], t.dtype);
 }
 
+/** The student that mirrors this teacher (from its config alone: no weights needed). */
+export function gpt2StudentShape(c: Gpt2Config): StudentShape {
+  const hd = c.nEmbd / c.nHead;
+  return {
+    vocabSize: c.vocabSize,
+    dModel: c.nEmbd,
+    nLayer: c.nLayer,
+    style: 'gpt2',
+    normEps: c.layerNormEpsilon,
+    intermediateSize: c.nInner,
+    activation: c.activation,
+    mlpBias: true,
+    lmHeadBias: false,
+    tieEmbeddings: true,
+    maxPositionEmbeddings: c.nPositions,
+    bosTokenId: c.bosTokenId,
+    eosTokenId: c.eosTokenId,
+    nHeads: c.nHead,
+    nKvHeads: c.nHead,
+    headDim: hd,
+    attention: () => ({
+      nHeads: c.nHead,
+      nKvHeads: c.nHead,
+      headDim: hd,
+      rotaryDim: 0,
+      ropeTheta: 10000,
+      qkvBias: true,
+      outBias: true,
+    }),
+  };
+}
+
 export const gpt2Family: Family = {
   name: 'gpt2',
   modelTypes: ['gpt2'],
   architectures: ['GPT2LMHeadModel'],
+  studentShape: (json, file) => gpt2StudentShape(gpt2ConfigFromJson(json, file)),
   build: (json, file, init) => new Gpt2LMHeadModel(gpt2ConfigFromJson(json, file), init),
 };

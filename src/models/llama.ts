@@ -13,7 +13,13 @@ import { Module } from '../nn/module.js';
 import type { RopeConfig } from '../nn/rope.js';
 import { Random } from '../util/random.js';
 import { createModelCache, forwardLM } from './causal-lm.js';
-import { tensorGetter, type AttentionWeights, type DistillContract, type Family } from './family.js';
+import {
+  tensorGetter,
+  type AttentionWeights,
+  type DistillContract,
+  type Family,
+  type StudentShape,
+} from './family.js';
 import { checkTensorSizes, Fields, MAX, type Json } from './hf.js';
 import type { AttentionCore } from './phi-mamba.js';
 import type {
@@ -456,29 +462,7 @@ function decoderContract(model: LlamaForCausalLM): DistillContract {
   const opt = (n: string) => model.stateDict().get(n) ?? null;
   const hd = c.headDim;
   return {
-    studentShape: () => ({
-      vocabSize: c.vocabSize,
-      dModel: c.hiddenSize,
-      nLayer: c.numLayers,
-      style: 'llama',
-      normEps: c.rmsNormEps,
-      intermediateSize: c.intermediateSize,
-      activation: c.hiddenAct ?? 'silu',
-      mlpBias: c.mlpBias,
-      lmHeadBias: false,
-      tieEmbeddings: c.tieWordEmbeddings,
-      maxPositionEmbeddings: 0,
-      bosTokenId: c.bosTokenId,
-      eosTokenId: c.eosTokenId,
-      ...(c.normOffset ? { normOffset: c.normOffset } : {}),
-      ...(c.embedScale ? { embedScale: true } : {}),
-      ...(c.sandwichNorms ? { sandwichNorms: true } : {}),
-      ...(c.finalSoftcap ? { finalSoftcap: c.finalSoftcap } : {}),
-      nHeads: c.numHeads,
-      nKvHeads: c.numKvHeads,
-      headDim: hd,
-      attention: (l) => attentionCore(c, l),
-    }),
+    studentShape: () => decoderStudentShape(c),
     sharedWeights: (l) => {
       if (l === null) {
         const out: [string, Tensor][] = [
@@ -551,9 +535,37 @@ function decoderContract(model: LlamaForCausalLM): DistillContract {
   };
 }
 
+/** The student that mirrors this teacher (from its config alone: no weights needed). */
+export function decoderStudentShape(c: LlamaConfig): StudentShape {
+  return {
+    vocabSize: c.vocabSize,
+    dModel: c.hiddenSize,
+    nLayer: c.numLayers,
+    style: 'llama',
+    normEps: c.rmsNormEps,
+    intermediateSize: c.intermediateSize,
+    activation: c.hiddenAct ?? 'silu',
+    mlpBias: c.mlpBias,
+    lmHeadBias: false,
+    tieEmbeddings: c.tieWordEmbeddings,
+    maxPositionEmbeddings: 0,
+    bosTokenId: c.bosTokenId,
+    eosTokenId: c.eosTokenId,
+    ...(c.normOffset ? { normOffset: c.normOffset } : {}),
+    ...(c.embedScale ? { embedScale: true } : {}),
+    ...(c.sandwichNorms ? { sandwichNorms: true } : {}),
+    ...(c.finalSoftcap ? { finalSoftcap: c.finalSoftcap } : {}),
+    nHeads: c.numHeads,
+    nKvHeads: c.numKvHeads,
+    headDim: c.headDim,
+    attention: (l: number) => attentionCore(c, l),
+  };
+}
+
 export const llamaFamily: Family = {
   name: 'llama',
   modelTypes: ['llama'],
   architectures: ['LlamaForCausalLM'],
+  studentShape: (json, file) => decoderStudentShape(llamaConfigFromJson(json, file)),
   build: (json, file, init) => new LlamaForCausalLM(llamaConfigFromJson(json, file), init),
 };

@@ -4,6 +4,7 @@
 import type { Family } from './family.js';
 import { Fields, type Json } from './hf.js';
 import {
+  decoderStudentShape,
   LlamaForCausalLM,
   readDecoderSizes,
   readLayerWindows,
@@ -38,5 +39,6 @@ export const mistralFamily: Family = {
   name: 'mistral',
   modelTypes: ['mistral'],
   architectures: ['MistralForCausalLM'],
+  studentShape: (json, file) => decoderStudentShape(mistralConfigFromJson(json, file)),
   build: (json, file, init) => new LlamaForCausalLM(mistralConfigFromJson(json, file), init),
 };

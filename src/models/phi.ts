@@ -8,7 +8,7 @@ import { ACTIVATIONS, MLP, type Activation } from '../nn/mlp.js';
 import { Module } from '../nn/module.js';
 import { Random } from '../util/random.js';
 import { createModelCache, forwardLM } from './causal-lm.js';
-import { tensorGetter, type DistillContract, type Family } from './family.js';
+import { tensorGetter, type DistillContract, type Family, type StudentShape } from './family.js';
 import { checkTensorSizes, Fields, MAX, type Json } from './hf.js';
 import type {
   Block,
@@ -211,35 +211,8 @@ export class PhiForCausalLM extends Module implements CausalLM {
   distillContract(): DistillContract {
     const c = this.config;
     const get = tensorGetter(this);
-    const attention = {
-      nHeads: c.numHeads,
-      nKvHeads: c.numKvHeads,
-      headDim: c.headDim,
-      rotaryDim: c.rotaryDim,
-      ropeTheta: c.ropeTheta,
-      qkvBias: true,
-      outBias: true,
-    };
     return {
-      studentShape: () => ({
-        vocabSize: c.vocabSize,
-        dModel: c.hiddenSize,
-        nLayer: c.numLayers,
-        style: 'phi',
-        normEps: c.layerNormEps,
-        intermediateSize: c.intermediateSize,
-        activation: c.hiddenAct,
-        mlpBias: true,
-        lmHeadBias: true,
-        tieEmbeddings: false,
-        maxPositionEmbeddings: 0,
-        bosTokenId: c.bosTokenId,
-        eosTokenId: c.eosTokenId,
-        nHeads: c.numHeads,
-        nKvHeads: c.numKvHeads,
-        headDim: c.headDim,
-        attention: () => attention,
-      }),
+      studentShape: () => phiStudentShape(c),
       sharedWeights: (l) => {
         if (l === null) {
           return [
@@ -276,9 +249,41 @@ export class PhiForCausalLM extends Module implements CausalLM {
   }
 }
 
+/** The student that mirrors this teacher (from its config alone: no weights needed). */
+export function phiStudentShape(c: PhiConfig): StudentShape {
+  return {
+    vocabSize: c.vocabSize,
+    dModel: c.hiddenSize,
+    nLayer: c.numLayers,
+    style: 'phi',
+    normEps: c.layerNormEps,
+    intermediateSize: c.intermediateSize,
+    activation: c.hiddenAct,
+    mlpBias: true,
+    lmHeadBias: true,
+    tieEmbeddings: false,
+    maxPositionEmbeddings: 0,
+    bosTokenId: c.bosTokenId,
+    eosTokenId: c.eosTokenId,
+    nHeads: c.numHeads,
+    nKvHeads: c.numKvHeads,
+    headDim: c.headDim,
+    attention: () => ({
+      nHeads: c.numHeads,
+      nKvHeads: c.numKvHeads,
+      headDim: c.headDim,
+      rotaryDim: c.rotaryDim,
+      ropeTheta: c.ropeTheta,
+      qkvBias: true,
+      outBias: true,
+    }),
+  };
+}
+
 export const phiFamily: Family = {
   name: 'phi',
   modelTypes: ['phi'],
   architectures: ['PhiForCausalLM'],
+  studentShape: (json, file) => phiStudentShape(phiConfigFromJson(json, file)),
   build: (json, file, init) => new PhiForCausalLM(phiConfigFromJson(json, file), init),
 };

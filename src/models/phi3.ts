@@ -5,6 +5,7 @@
 import type { Family } from './family.js';
 import { Fields, type Json } from './hf.js';
 import {
+  decoderStudentShape,
   LlamaForCausalLM,
   readDecoderSizes,
   readLayerWindows,
@@ -39,5 +40,6 @@ export const phi3Family: Family = {
   name: 'phi3',
   modelTypes: ['phi3'],
   architectures: ['Phi3ForCausalLM'],
+  studentShape: (json, file) => decoderStudentShape(phi3ConfigFromJson(json, file)),
   build: (json, file, init) => new LlamaForCausalLM(phi3ConfigFromJson(json, file), init),
 };

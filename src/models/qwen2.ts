@@ -5,6 +5,7 @@
 import type { Family } from './family.js';
 import { Fields, type Json } from './hf.js';
 import {
+  decoderStudentShape,
   LlamaForCausalLM,
   readDecoderSizes,
   readLayerWindows,
@@ -47,5 +48,6 @@ export const qwen2Family: Family = {
   name: 'qwen2',
   modelTypes: ['qwen2'],
   architectures: ['Qwen2ForCausalLM'],
+  studentShape: (json, file) => decoderStudentShape(qwen2ConfigFromJson(json, file)),
   build: (json, file, init) => new LlamaForCausalLM(qwen2ConfigFromJson(json, file), init),
 };

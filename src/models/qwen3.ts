@@ -4,7 +4,7 @@
 
 import type { Family } from './family.js';
 import { Fields, type Json } from './hf.js';
-import { LlamaForCausalLM, readDecoderSizes, type LlamaConfig } from './llama.js';
+import { decoderStudentShape, LlamaForCausalLM, readDecoderSizes, type LlamaConfig } from './llama.js';
 import { qwenWindows } from './qwen2.js';
 
 export function qwen3ConfigFromJson(json: Json, file = 'config.json'): LlamaConfig {
@@ -34,5 +34,6 @@ export const qwen3Family: Family = {
   name: 'qwen3',
   modelTypes: ['qwen3'],
   architectures: ['Qwen3ForCausalLM'],
+  studentShape: (json, file) => decoderStudentShape(qwen3ConfigFromJson(json, file)),
   build: (json, file, init) => new LlamaForCausalLM(qwen3ConfigFromJson(json, file), init),
 };
