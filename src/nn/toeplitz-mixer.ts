@@ -22,7 +22,7 @@ import {
   zeros,
   type Tensor,
 } from '../tensor/index.js';
-import type { LayerCache } from '../models/types.js';
+import type { LayerCache } from './cache.js';
 import { Linear, type InitOptions } from './layers.js';
 import { Module } from './module.js';
 
