@@ -13,11 +13,10 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { LlamaForCausalLM } from '../src/models/llama.js';
 import { saveModel } from '../src/models/load.js';
 import { byteTokenizer } from '../src/io/tokenizer.js';
-import { writeTokenSplits } from '../src/data/shards.js';
 import { Random } from '../src/util/random.js';
+import { tinyLlama, writePatternedSplits } from '../test/helpers.js';
 
 const { values } = parseArgs({
   options: {
@@ -35,34 +34,8 @@ const log = (l: string) => process.stderr.write(l + '\n');
 
 function setup(): void {
   const tok = byteTokenizer();
-  const teacher = new LlamaForCausalLM(
-    {
-      vocabSize: tok.vocabSize,
-      hiddenSize: 32,
-      intermediateSize: 64,
-      numLayers: 2,
-      numHeads: 4,
-      numKvHeads: 2,
-      headDim: 8,
-      rmsNormEps: 1e-5,
-      ropeTheta: 10000,
-      maxPositionEmbeddings: 256,
-      tieWordEmbeddings: false,
-      attentionBias: false,
-      mlpBias: false,
-      bosTokenId: 256,
-      eosTokenId: 256,
-    },
-    { rng: new Random(1) },
-  );
-  saveModel(path.join(root, 'teacher'), teacher, tok);
-  const r = new Random(9);
-  const doc = Array.from({ length: 30000 }, (_, i) => (i % 7 === 0 ? 32 : 97 + ((r.int(0, 5) + i) % 26)));
-  writeTokenSplits(
-    path.join(root, 'data'),
-    { train: { documents: [doc.slice(0, 26000)] }, val: { documents: [doc.slice(26000)] } },
-    { vocabSize: tok.vocabSize, eosTokenId: 256 },
-  );
+  saveModel(path.join(root, 'teacher'), tinyLlama(), tok);
+  writePatternedSplits(root, 30000, 26000);
 }
 
 function config(name: string): string {

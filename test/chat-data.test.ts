@@ -28,7 +28,7 @@ import { saveModel } from '../src/models/load.js';
 import { LlamaForCausalLM } from '../src/models/llama.js';
 import { tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
-import { assertClose, randn } from './helpers.js';
+import { assertClose, randn, tinyLlama } from './helpers.js';
 
 /** Tokens = UTF-8 bytes, EOS = 256: the stream and its mask can be read back as text. */
 const bytes: TokenEncoder = {
@@ -293,33 +293,7 @@ describe('Parquet inputs', () => {
 });
 
 function tinyTeacher(): LlamaForCausalLM {
-  const m = new LlamaForCausalLM(
-    {
-      vocabSize: 257,
-      hiddenSize: 32,
-      intermediateSize: 64,
-      numLayers: 2,
-      numHeads: 4,
-      numKvHeads: 2,
-      headDim: 8,
-      rmsNormEps: 1e-5,
-      ropeTheta: 10000,
-      maxPositionEmbeddings: 512,
-      tieWordEmbeddings: false,
-      attentionBias: false,
-      mlpBias: false,
-      bosTokenId: 256,
-      eosTokenId: 256,
-    },
-    { rng: new Random(1) },
-  );
-  for (const [n, p] of m.namedParameters())
-    if (n.endsWith('proj.weight') || n === 'lm_head.weight')
-      p.backend.write(
-        p.buffer,
-        Float32Array.from(p.toArray(), (v) => v * 3),
-      );
-  return m;
+  return tinyLlama({ maxPositionEmbeddings: 512 }, true);
 }
 
 describe('sample-data from prompts', () => {

@@ -41,7 +41,7 @@ import {
 } from '../src/tensor/index.js';
 import { mobyDick } from '../src/data/builtin.js';
 import { Random } from '../src/util/random.js';
-import { assertClose, randn } from './helpers.js';
+import { assertClose, randn, tinyLlama, writePatternedSplits } from './helpers.js';
 
 const rng = new Random(2024);
 const arr = (t: Tensor) => Array.from(t.toArray());
@@ -108,65 +108,14 @@ describe('MOHAWK losses against direct computations', () => {
 
 /** A tiny Llama teacher (random weights, clearly non-uniform logits) and byte-token data. */
 function tinyTeacher(numLayers: number) {
-  return new LlamaForCausalLM(
-    {
-      vocabSize: 257,
-      hiddenSize: 32,
-      intermediateSize: 64,
-      numLayers,
-      numHeads: 4,
-      numKvHeads: 2,
-      headDim: 8,
-      rmsNormEps: 1e-5,
-      ropeTheta: 10000,
-      maxPositionEmbeddings: 256,
-      tieWordEmbeddings: false,
-      attentionBias: false,
-      mlpBias: false,
-      bosTokenId: 256,
-      eosTokenId: 256,
-    },
-    { rng: new Random(1) },
-  );
+  return tinyLlama({ numLayers });
 }
 
 function tinySetup(dir: string) {
   const tok = byteTokenizer();
-  const teacher = new LlamaForCausalLM(
-    {
-      vocabSize: tok.vocabSize,
-      hiddenSize: 32,
-      intermediateSize: 64,
-      numLayers: 2,
-      numHeads: 4,
-      numKvHeads: 2,
-      headDim: 8,
-      rmsNormEps: 1e-5,
-      ropeTheta: 10000,
-      maxPositionEmbeddings: 256,
-      tieWordEmbeddings: false,
-      attentionBias: false,
-      mlpBias: false,
-      bosTokenId: 256,
-      eosTokenId: 256,
-    },
-    { rng: new Random(1) },
-  );
   // sharpen the teacher so that its distributions carry structure
-  for (const [n, p] of teacher.namedParameters()) {
-    if (n.endsWith('proj.weight') || n === 'lm_head.weight')
-      p.backend.write(
-        p.buffer,
-        Float32Array.from(p.toArray(), (v) => v * 3),
-      );
-  }
-  const r = new Random(9);
-  const doc = Array.from({ length: 30000 }, (_, i) => (i % 7 === 0 ? 32 : 97 + ((r.int(0, 5) + i) % 26)));
-  writeTokenSplits(
-    path.join(dir, 'data'),
-    { train: { documents: [doc.slice(0, 26000)] }, val: { documents: [doc.slice(26000)] } },
-    { vocabSize: tok.vocabSize, eosTokenId: 256 },
-  );
+  const teacher = tinyLlama({}, true);
+  writePatternedSplits(dir, 30000, 26000);
   const ds = TokenDataset.open(path.join(dir, 'data'));
   saveModel(path.join(dir, 'teacher'), teacher, tok);
   return { teacher, tok, train: ds.split('train'), val: ds.split('val') };

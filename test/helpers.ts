@@ -5,6 +5,8 @@ import path from 'node:path';
 import type { DType } from '../src/backends/backend.js';
 import { noGrad, scope, sum, mul, tensor, Tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
+import { LlamaForCausalLM, type LlamaConfig } from '../src/models/llama.js';
+import { writeTokenSplits } from '../src/data/shards.js';
 
 export function randn(rng: Random, shape: number[], dtype: DType = 'f64', std = 1): Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
@@ -110,3 +112,49 @@ export function gradcheck(
 
 /** ../shared beside the repository: read-only data and reference fixtures (tests skip without it) */
 export const SHARED = path.resolve(import.meta.dirname, '../../shared');
+
+/** The tiny Llama teacher of the distill, mixer, serve and chat-data tests (byte vocabulary). */
+export const TINY_LLAMA: LlamaConfig = {
+  vocabSize: 257,
+  hiddenSize: 32,
+  intermediateSize: 64,
+  numLayers: 2,
+  numHeads: 4,
+  numKvHeads: 2,
+  headDim: 8,
+  rmsNormEps: 1e-5,
+  ropeTheta: 10000,
+  maxPositionEmbeddings: 256,
+  tieWordEmbeddings: false,
+  attentionBias: false,
+  mlpBias: false,
+  bosTokenId: 256,
+  eosTokenId: 256,
+};
+
+/**
+ * A tiny random Llama (seed 1) from TINY_LLAMA with `overrides`; `sharpen` scales the projection
+ * and lm_head weights by 3 so that its distributions carry structure (clear greedy winners).
+ */
+export function tinyLlama(overrides: Partial<LlamaConfig> = {}, sharpen = false): LlamaForCausalLM {
+  const m = new LlamaForCausalLM({ ...TINY_LLAMA, ...overrides }, { rng: new Random(1) });
+  if (sharpen)
+    for (const [n, p] of m.namedParameters())
+      if (n.endsWith('proj.weight') || n === 'lm_head.weight')
+        p.backend.write(
+          p.buffer,
+          Float32Array.from(p.toArray(), (v) => v * 3),
+        );
+  return m;
+}
+
+/** Byte-like token splits of a patterned text (seed 9) in DIR/data: `trainTokens` train, the rest val. */
+export function writePatternedSplits(dir: string, tokens: number, trainTokens: number): void {
+  const r = new Random(9);
+  const doc = Array.from({ length: tokens }, (_, i) => (i % 7 === 0 ? 32 : 97 + ((r.int(0, 5) + i) % 26)));
+  writeTokenSplits(
+    path.join(dir, 'data'),
+    { train: { documents: [doc.slice(0, trainTokens)] }, val: { documents: [doc.slice(trainTokens)] } },
+    { vocabSize: TINY_LLAMA.vocabSize, eosTokenId: 256 },
+  );
+}

@@ -15,50 +15,25 @@ import { transferStudent } from '../src/distill/transfer.js';
 import { matrixOrientationStep, stage1Loss } from '../src/distill/stages.js';
 import { validateConfig } from '../src/distill/config.js';
 import { runDistill } from '../src/distill/pipeline.js';
-import { TokenDataset, writeTokenSplits } from '../src/data/shards.js';
+import { TokenDataset } from '../src/data/shards.js';
 import { RandomWindows, toTensors } from '../src/data/batches.js';
 import { train } from '../src/train/index.js';
 import { noGrad, scope, split, tensor, type Tensor } from '../src/tensor/index.js';
 import { byteTokenizer } from '../src/io/tokenizer.js';
 import { Random } from '../src/util/random.js';
-import { assertClose, randn } from './helpers.js';
+import { assertClose, randn, tinyLlama, writePatternedSplits } from './helpers.js';
 
 const rng = new Random(31);
 const arr = (t: Tensor) => Array.from(t.toArray());
 
 function teacher(): LlamaForCausalLM {
-  return new LlamaForCausalLM(
-    {
-      vocabSize: 257,
-      hiddenSize: 32,
-      intermediateSize: 64,
-      numLayers: 2,
-      numHeads: 4,
-      numKvHeads: 2,
-      headDim: 8,
-      rmsNormEps: 1e-5,
-      ropeTheta: 10000,
-      maxPositionEmbeddings: 256,
-      tieWordEmbeddings: false,
-      attentionBias: false,
-      mlpBias: false,
-      bosTokenId: 256,
-      eosTokenId: 256,
-    },
-    { rng: new Random(1) },
-  );
+  return tinyLlama();
 }
 
 /** byte-like token splits of a patterned text */
 function bytes() {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mohawk-mixers-'));
-  const r = new Random(9);
-  const doc = Array.from({ length: 12000 }, (_, i) => (i % 7 === 0 ? 32 : 97 + ((r.int(0, 5) + i) % 26)));
-  writeTokenSplits(
-    path.join(dir, 'data'),
-    { train: { documents: [doc.slice(0, 10000)] }, val: { documents: [doc.slice(10000)] } },
-    { vocabSize: 257, eosTokenId: 256 },
-  );
+  writePatternedSplits(dir, 12000, 10000);
   const ds = TokenDataset.open(path.join(dir, 'data'));
   return { dir, train: ds.split('train'), val: ds.split('val') };
 }

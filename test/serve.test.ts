@@ -13,7 +13,7 @@ import { byteTokenizer } from '../src/io/tokenizer.js';
 import { LlamaForCausalLM } from '../src/models/llama.js';
 import type { CausalLM } from '../src/models/types.js';
 import { createServer, type Server } from '../src/serve/server.js';
-import { Random } from '../src/util/random.js';
+import { tinyLlama } from './helpers.js';
 
 // response bodies are read field by field, as a client would
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -21,35 +21,9 @@ type Json = Record<string, any>;
 
 const CHAT = `{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{{ eos_token }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}`;
 
+// sharpened so that greedy decoding has clear winners and sampling has structure
 function tinyTeacher(): LlamaForCausalLM {
-  const teacher = new LlamaForCausalLM(
-    {
-      vocabSize: 257,
-      hiddenSize: 32,
-      intermediateSize: 64,
-      numLayers: 2,
-      numHeads: 4,
-      numKvHeads: 2,
-      headDim: 8,
-      rmsNormEps: 1e-5,
-      ropeTheta: 10000,
-      maxPositionEmbeddings: 256,
-      tieWordEmbeddings: false,
-      attentionBias: false,
-      mlpBias: false,
-      bosTokenId: 256,
-      eosTokenId: 256,
-    },
-    { rng: new Random(1) },
-  );
-  // sharpen it so that greedy decoding has clear winners and sampling has structure
-  for (const [n, p] of teacher.namedParameters())
-    if (n.endsWith('proj.weight') || n === 'lm_head.weight')
-      p.backend.write(
-        p.buffer,
-        Float32Array.from(p.toArray(), (v) => v * 3),
-      );
-  return teacher;
+  return tinyLlama({}, true);
 }
 
 const tok = byteTokenizer();
