@@ -6,7 +6,7 @@
 import { ACTIVATIONS, type Activation } from '../nn/mlp.js';
 import type { Family } from './family.js';
 import { Fields, type Json } from './hf.js';
-import { decoderStudentShape, LlamaForCausalLM, readDecoderSizes, type LlamaConfig } from './llama.js';
+import { decoderFamily, readDecoderSizes, readFullRope, type LlamaConfig } from './llama.js';
 
 /** Gemma's MLP activation: `hidden_activation` (transformers ignores `hidden_act` for Gemma) */
 export function gemmaActivation(f: Fields): Activation {
@@ -14,12 +14,16 @@ export function gemmaActivation(f: Fields): Activation {
   return f.str('hidden_activation', 'gelu_pytorch_tanh') as Activation;
 }
 
-export function gemmaConfigFromJson(json: Json, file = 'config.json'): LlamaConfig {
-  const f = new Fields(json, file);
+/** What Gemma and Gemma 2 read first: causal attention only, the sizes (head_dim 256) and the rope. */
+export function readGemmaDecoder(f: Fields, family: string) {
   f.only('use_bidirectional_attention', [false]);
   const s = readDecoderSizes(f, { headDim: 256 });
-  const rope = f.ropeConfig(s.headDim, s.maxPositionEmbeddings, 10000);
-  if (rope.rotaryDim !== s.headDim) f.fail('partial_rotary_factor', 'must be 1 for gemma');
+  return { s, rope: readFullRope(f, s, family) };
+}
+
+export function gemmaConfigFromJson(json: Json, file = 'config.json'): LlamaConfig {
+  const f = new Fields(json, file);
+  const { s, rope } = readGemmaDecoder(f, 'gemma');
   const bias = f.bool('attention_bias', false);
   return {
     ...s,
@@ -39,10 +43,9 @@ export function gemmaConfigFromJson(json: Json, file = 'config.json'): LlamaConf
   };
 }
 
-export const gemmaFamily: Family = {
-  name: 'gemma',
-  modelTypes: ['gemma'],
-  architectures: ['GemmaForCausalLM'],
-  studentShape: (json, file) => decoderStudentShape(gemmaConfigFromJson(json, file)),
-  build: (json, file, init) => new LlamaForCausalLM(gemmaConfigFromJson(json, file), init),
-};
+export const gemmaFamily: Family = decoderFamily(
+  'gemma',
+  ['gemma'],
+  ['GemmaForCausalLM'],
+  gemmaConfigFromJson,
+);

@@ -4,23 +4,13 @@
 // layernorm), and sliding-window attention on every other layer (0, 2, 4, ... or `layer_types`).
 
 import type { Family } from './family.js';
-import { gemmaActivation } from './gemma.js';
+import { gemmaActivation, readGemmaDecoder } from './gemma.js';
 import { Fields, type Json } from './hf.js';
-import {
-  decoderStudentShape,
-  LlamaForCausalLM,
-  readDecoderSizes,
-  readLayerWindows,
-  readWindow,
-  type LlamaConfig,
-} from './llama.js';
+import { decoderFamily, readLayerWindows, readWindow, type LlamaConfig } from './llama.js';
 
 export function gemma2ConfigFromJson(json: Json, file = 'config.json'): LlamaConfig {
   const f = new Fields(json, file);
-  f.only('use_bidirectional_attention', [false]);
-  const s = readDecoderSizes(f, { headDim: 256 });
-  const rope = f.ropeConfig(s.headDim, s.maxPositionEmbeddings, 10000);
-  if (rope.rotaryDim !== s.headDim) f.fail('partial_rotary_factor', 'must be 1 for gemma2');
+  const { s, rope } = readGemmaDecoder(f, 'gemma2');
   const softcap = (key: string, fallback: number): number | null => {
     if (json[key] === null) return null;
     const v = f.num(key, fallback);
@@ -54,10 +44,9 @@ export function gemma2ConfigFromJson(json: Json, file = 'config.json'): LlamaCon
   };
 }
 
-export const gemma2Family: Family = {
-  name: 'gemma2',
-  modelTypes: ['gemma2'],
-  architectures: ['Gemma2ForCausalLM'],
-  studentShape: (json, file) => decoderStudentShape(gemma2ConfigFromJson(json, file)),
-  build: (json, file, init) => new LlamaForCausalLM(gemma2ConfigFromJson(json, file), init),
-};
+export const gemma2Family: Family = decoderFamily(
+  'gemma2',
+  ['gemma2'],
+  ['Gemma2ForCausalLM'],
+  gemma2ConfigFromJson,
+);

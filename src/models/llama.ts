@@ -569,3 +569,33 @@ export const llamaFamily: Family = {
   studentShape: (json, file) => decoderStudentShape(llamaConfigFromJson(json, file)),
   build: (json, file, init) => new LlamaForCausalLM(llamaConfigFromJson(json, file), init),
 };
+
+/**
+ * The rope of a family whose rotary embedding covers the whole head: `partial_rotary_factor` other
+ * than 1 is an error naming the family.
+ */
+export function readFullRope(
+  f: Fields,
+  s: { headDim: number; maxPositionEmbeddings: number },
+  family: string,
+): RopeConfig {
+  const rope = f.ropeConfig(s.headDim, s.maxPositionEmbeddings, 10000);
+  if (rope.rotaryDim !== s.headDim) f.fail('partial_rotary_factor', `must be 1 for ${family}`);
+  return rope;
+}
+
+/** A family whose models are this decoder, built from the LlamaConfig that `read` makes of config.json. */
+export function decoderFamily(
+  name: string,
+  modelTypes: readonly string[],
+  architectures: readonly string[],
+  read: (json: Json, file: string) => LlamaConfig,
+): Family {
+  return {
+    name,
+    modelTypes,
+    architectures,
+    studentShape: (json, file) => decoderStudentShape(read(json, file)),
+    build: (json, file, init) => new LlamaForCausalLM(read(json, file), init),
+  };
+}

@@ -4,9 +4,9 @@
 import type { Family } from './family.js';
 import { Fields, type Json } from './hf.js';
 import {
-  decoderStudentShape,
-  LlamaForCausalLM,
+  decoderFamily,
   readDecoderSizes,
+  readFullRope,
   readLayerWindows,
   readWindow,
   type LlamaConfig,
@@ -16,8 +16,7 @@ export function mistralConfigFromJson(json: Json, file = 'config.json'): LlamaCo
   const f = new Fields(json, file);
   f.only('hidden_act', ['silu'], 'activation is not supported');
   const s = readDecoderSizes(f);
-  const rope = f.ropeConfig(s.headDim, s.maxPositionEmbeddings, 10000);
-  if (rope.rotaryDim !== s.headDim) f.fail('partial_rotary_factor', 'must be 1 for mistral');
+  const rope = readFullRope(f, s, 'mistral');
   const window = readWindow(f);
   return {
     ...s,
@@ -35,10 +34,9 @@ export function mistralConfigFromJson(json: Json, file = 'config.json'): LlamaCo
   };
 }
 
-export const mistralFamily: Family = {
-  name: 'mistral',
-  modelTypes: ['mistral'],
-  architectures: ['MistralForCausalLM'],
-  studentShape: (json, file) => decoderStudentShape(mistralConfigFromJson(json, file)),
-  build: (json, file, init) => new LlamaForCausalLM(mistralConfigFromJson(json, file), init),
-};
+export const mistralFamily: Family = decoderFamily(
+  'mistral',
+  ['mistral'],
+  ['MistralForCausalLM'],
+  mistralConfigFromJson,
+);

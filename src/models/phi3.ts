@@ -4,14 +4,7 @@
 
 import type { Family } from './family.js';
 import { Fields, type Json } from './hf.js';
-import {
-  decoderStudentShape,
-  LlamaForCausalLM,
-  readDecoderSizes,
-  readLayerWindows,
-  readWindow,
-  type LlamaConfig,
-} from './llama.js';
+import { decoderFamily, readDecoderSizes, readLayerWindows, readWindow, type LlamaConfig } from './llama.js';
 
 export function phi3ConfigFromJson(json: Json, file = 'config.json'): LlamaConfig {
   const f = new Fields(json, file);
@@ -36,10 +29,4 @@ export function phi3ConfigFromJson(json: Json, file = 'config.json'): LlamaConfi
   };
 }
 
-export const phi3Family: Family = {
-  name: 'phi3',
-  modelTypes: ['phi3'],
-  architectures: ['Phi3ForCausalLM'],
-  studentShape: (json, file) => decoderStudentShape(phi3ConfigFromJson(json, file)),
-  build: (json, file, init) => new LlamaForCausalLM(phi3ConfigFromJson(json, file), init),
-};
+export const phi3Family: Family = decoderFamily('phi3', ['phi3'], ['Phi3ForCausalLM'], phi3ConfigFromJson);
