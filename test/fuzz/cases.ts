@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Random } from '../../src/util/random.js';
-import { entryBytes, parseSafetensors } from '../../src/io/safetensors.js';
+import { entryBytes, parseSafetensors, SAFE_DTYPE_BYTES } from '../../src/io/safetensors.js';
 import { loadModel, saveModel } from '../../src/models/load.js';
 import { LlamaForCausalLM } from '../../src/models/llama.js';
 import { byteTokenizer, HuggingFaceTokenizer, loadTokenizer } from '../../src/io/tokenizer.js';
@@ -244,23 +244,8 @@ export function setupFixtures(root: string): Fixtures {
 
 // ---- an independent strict safetensors reader (the reference library's rules) --------------
 
-const REF_BYTES: Record<string, number> = {
-  BOOL: 1,
-  U8: 1,
-  I8: 1,
-  F8_E4M3: 1,
-  F8_E5M2: 1,
-  U16: 2,
-  I16: 2,
-  F16: 2,
-  BF16: 2,
-  U32: 4,
-  I32: 4,
-  F32: 4,
-  U64: 8,
-  I64: 8,
-  F64: 8,
-};
+// the element sizes are the format's facts, shared with the product; the rules below are not
+const REF_BYTES: Record<string, number> = SAFE_DTYPE_BYTES;
 
 interface RefEntry {
   dtype: string;
