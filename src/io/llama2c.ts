@@ -12,7 +12,8 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { writeFileAtomic, writeSafetensors, type WriteEntry } from './safetensors.js';
+import { writeFileAtomic } from '../util/fs.js';
+import { writeSafetensors, type WriteEntry } from './safetensors.js';
 
 export interface Llama2cHeader {
   dim: number;

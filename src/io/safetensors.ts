@@ -11,6 +11,7 @@ import path from 'node:path';
 import type { DType, HostArray } from '../backends/backend.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../backends/dtype.js';
 import { empty, type Tensor } from '../tensor/index.js';
+import { writeFileAtomic } from '../util/fs.js';
 
 export type SafeDType =
   | 'BOOL'
@@ -748,19 +749,6 @@ export function tensorEntry(t: Tensor): WriteEntry {
     shape: [...t.shape],
     bytes: new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength),
   };
-}
-
-/** Write a file atomically (a temporary file, synced, renamed into place). */
-export function writeFileAtomic(file: string, data: Uint8Array | string): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    fs.writeFileSync(fd, data);
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
 }
 
 /** Parse a size: a number of bytes, or with a unit (5GB, 500MB, 2GiB, as Hugging Face writes them). */

@@ -8,12 +8,12 @@ import {
   FLOAT_DTYPES,
   readEntryInto,
   saveTensors,
-  writeFileAtomic,
   type SafeEntry,
   type SaveDType,
   type WriteSource,
 } from '../io/safetensors.js';
 import { readWeights } from '../io/weights.js';
+import { writeFileAtomic } from '../util/fs.js';
 import type { Backend, DType } from '../backends/backend.js';
 import { loadTokenizer, type Tokenizer } from '../io/tokenizer.js';
 import { getBackend, noGrad, setBackend, shapeStr, type Tensor } from '../tensor/index.js';
