@@ -18,7 +18,6 @@ import {
 } from '../src/distill/stages.js';
 import { transferStudent } from '../src/distill/transfer.js';
 import { runDistill } from '../src/distill/pipeline.js';
-import { LlamaForCausalLM } from '../src/models/llama.js';
 import { buildModel, readConfig, saveModel } from '../src/models/load.js';
 import {
   checkConfig,
@@ -160,26 +159,7 @@ describe('MOHAWK stages on a tiny teacher', () => {
       { vocabSize: 257, eosTokenId: 256 },
     );
     const ds = TokenDataset.open(path.join(dir, 'data'));
-    const teacher = new LlamaForCausalLM(
-      {
-        vocabSize: 257,
-        hiddenSize: 32,
-        intermediateSize: 96,
-        numLayers: 2,
-        numHeads: 4,
-        numKvHeads: 2,
-        headDim: 8,
-        rmsNormEps: 1e-5,
-        ropeTheta: 10000,
-        maxPositionEmbeddings: 256,
-        tieWordEmbeddings: true,
-        attentionBias: false,
-        mlpBias: false,
-        bosTokenId: 256,
-        eosTokenId: 256,
-      },
-      { rng: new Random(1) },
-    );
+    const teacher = tinyLlama({ intermediateSize: 96, tieWordEmbeddings: true });
     train({
       params: teacher,
       lossFn: (b) => {

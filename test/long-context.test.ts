@@ -14,32 +14,12 @@ import { perplexityByPosition } from '../src/eval/position.js';
 import { tokenLogprobs } from '../src/eval/score.js';
 import { generateIds } from '../src/generate/generate.js';
 import { byteTokenizer } from '../src/io/tokenizer.js';
-import { LlamaForCausalLM } from '../src/models/llama.js';
 import { saveModel } from '../src/models/load.js';
 import { Random } from '../src/util/random.js';
-import { assertClose } from './helpers.js';
+import { assertClose, tinyLlama } from './helpers.js';
 
 const tok = byteTokenizer();
-const teacher = new LlamaForCausalLM(
-  {
-    vocabSize: 257,
-    hiddenSize: 32,
-    intermediateSize: 64,
-    numLayers: 2,
-    numHeads: 4,
-    numKvHeads: 2,
-    headDim: 8,
-    rmsNormEps: 1e-5,
-    ropeTheta: 10000,
-    maxPositionEmbeddings: 400,
-    tieWordEmbeddings: false,
-    attentionBias: false,
-    mlpBias: false,
-    bosTokenId: 256,
-    eosTokenId: 256,
-  },
-  { rng: new Random(1) },
-);
+const teacher = tinyLlama({ maxPositionEmbeddings: 400 });
 const student = transferStudent(teacher, { alphaInit: 0.9, chunkSize: 16 });
 
 describe('passkey prompts', () => {
