@@ -35,7 +35,7 @@ for v in student hybrid; do
   [ $v = hybrid ] && layers="[3]"
   log "distill $v ($TOKENS tokens)"
   [ -f "$OUT/$v/results.json" ] || $MOHAWK distill --config configs/phi-17m.yaml --device "$DEVICE" --out "$OUT/$v" \
-    --set "teacher=$T" --set "data.train=[$OUT/data]" --set "data.val=[]" --set "student.attentionLayers=$layers" \
+    --set "teacher=$T" --set "data.train=[$OUT/data]" --set "data.val=[]" --set scratchBaseline=false --set "student.attentionLayers=$layers" \
     --set "stages=[{stage: 3, tokens: $TOKENS, lr: 0.001}]" --json >"$OUT/$v.json" 2>"$OUT/$v.log"
 done
 VAL=$(ls "$SHARED"/corpus/val/*.txt)
