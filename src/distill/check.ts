@@ -5,9 +5,9 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { readConfig } from '../models/load.js';
+import { readConfig, withShapesOnly } from '../models/load.js';
 import type { Json } from '../models/hf.js';
-import { paddedVocab, type StudentConfig as StudentShape } from '../models/phi-mamba.js';
+import { StudentLM, type StudentConfig as StudentShape } from '../models/phi-mamba.js';
 import { familyFor } from '../models/registry.js';
 import { warmupSteps } from '../train/schedule.js';
 import type { DistillConfig, StageConfig } from './config.js';
@@ -42,72 +42,10 @@ export function studentShapeFromTeacherJson(
   });
 }
 
-/** Every parameter of a student (name, shape) in StudentLM's layout, without allocating it. */
+/** Every parameter of a student (name, shape): StudentLM built on a backend that allocates nothing. */
 export function studentParameterShapes(c: StudentShape): [string, number[]][] {
-  const out: [string, number[]][] = [];
-  const D = c.dModel;
-  const V = paddedVocab(c);
-  const linear = (name: string, i: number, o: number, bias: boolean) => {
-    out.push([`${name}.weight`, [o, i]]);
-    if (bias) out.push([`${name}.bias`, [o]]);
-  };
-  const norm = (name: string) => {
-    out.push([`${name}.weight`, [D]]);
-    if (c.style !== 'llama') out.push([`${name}.bias`, [D]]);
-  };
-  out.push(['backbone.embedding.weight', [V, D]]);
-  if (c.maxPositionEmbeddings > 0)
-    out.push(['backbone.position_embedding.weight', [c.maxPositionEmbeddings, D]]);
-  const m = c.mixer;
-  for (let l = 0; l < c.nLayer; l++) {
-    const p = `backbone.layers.${l}.`;
-    norm(p + 'input_layernorm');
-    const a = c.attentionLayers.get(l);
-    if (a) {
-      linear(p + 'self_attn.q_proj', D, a.nHeads * a.headDim, a.qkvBias);
-      linear(p + 'self_attn.k_proj', D, a.nKvHeads * a.headDim, a.qkvBias);
-      linear(p + 'self_attn.v_proj', D, a.nKvHeads * a.headDim, a.qkvBias);
-      linear(p + `self_attn.${c.style === 'phi' ? 'dense' : 'o_proj'}`, a.nHeads * a.headDim, D, a.outBias);
-      if (a.qkNormEps !== undefined) {
-        out.push([p + 'self_attn.q_norm.weight', [a.headDim]]);
-        out.push([p + 'self_attn.k_norm.weight', [a.headDim]]);
-      }
-    } else if (c.mixerClass === 'toeplitz') {
-      linear(p + 'mixer.in_proj', D, 2 * D, m.bias);
-      out.push([p + 'mixer.kernel', [c.kernelLength ?? 2048, m.nVHeads]]);
-      out.push([p + 'mixer.z_bias', [D]]);
-      linear(p + 'mixer.out_proj', D, D, m.bias);
-    } else if (c.mixerClass === 'linear-attention') {
-      linear(p + 'mixer.in_proj', D, 2 * D + 2 * m.nVHeads * m.dState, m.bias);
-      out.push([p + 'mixer.z_bias', [D]]);
-      linear(p + 'mixer.out_proj', D, D, m.bias);
-    } else {
-      const dInner = Math.round(m.expand * D);
-      const convDim = dInner + 2 * m.nQkHeads * m.dState;
-      linear(p + 'mixer.in_proj', D, 2 * dInner + 2 * m.nQkHeads * m.dState + m.nVHeads, m.bias);
-      out.push([p + 'mixer.conv1d.weight', [convDim, 1, m.dConv]]);
-      if (m.convBias) out.push([p + 'mixer.conv1d.bias', [convDim]]);
-      out.push([p + 'mixer.z_bias', [dInner]]);
-      out.push([p + 'mixer.D', [m.nVHeads]]);
-      linear(p + 'mixer.out_proj', dInner, D, m.bias);
-    }
-    if (c.style !== 'phi') norm(p + 'post_attention_layernorm');
-    if (c.style === 'llama' && c.sandwichNorms) {
-      norm(p + 'pre_feedforward_layernorm');
-      norm(p + 'post_feedforward_layernorm');
-    }
-    if (c.style === 'llama') {
-      linear(p + 'mlp.gate_proj', D, c.intermediateSize, c.mlpBias);
-      linear(p + 'mlp.up_proj', D, c.intermediateSize, c.mlpBias);
-      linear(p + 'mlp.down_proj', c.intermediateSize, D, c.mlpBias);
-    } else {
-      linear(p + 'mlp.fc1', D, c.intermediateSize, true);
-      linear(p + 'mlp.fc2', c.intermediateSize, D, true);
-    }
-  }
-  norm('backbone.final_layernorm');
-  if (!c.tieEmbeddings) linear('lm_head', D, V, c.lmHeadBias);
-  return out;
+  const model = withShapesOnly(() => new StudentLM(c, { deferInit: true }))!;
+  return model.namedParameters().map(([n, p]) => [n, [...p.shape]]);
 }
 
 export interface ResolvedStage extends StageConfig {

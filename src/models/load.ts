@@ -156,10 +156,21 @@ export function shapeModel(
   file = 'config.json',
   budget = { buffers: Infinity, elements: Infinity },
 ): CausalLM | null {
+  return withShapesOnly(() => buildModel(config, file, { deferInit: true }), budget);
+}
+
+/**
+ * Run `build` (which makes modules with deferred init) on a backend that allocates nothing: what
+ * it returns has every parameter's name and shape, and no memory. Null past the budget.
+ */
+export function withShapesOnly<T>(
+  build: () => T,
+  budget = { buffers: Infinity, elements: Infinity },
+): T | null {
   const prev = getBackend();
   setBackend(shapesOnlyBackend({ ...budget }));
   try {
-    return buildModel(config, file, { deferInit: true });
+    return build();
   } catch (e) {
     if (e instanceof ShapeBudgetExceeded) return null;
     throw e;
