@@ -30,6 +30,7 @@ import { CudaBackend, KERNEL_SIGNATURES, collapseAxes } from '../src/backends/cu
 import { kernelsDir } from '../src/backends/cuda/kernels.js';
 import * as T from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
+import { decodeGreedy, tinyStudent } from './decode-helpers.js';
 import { assertClose } from './helpers.js';
 
 // ---- checks that need no GPU ------------------------------------------------------------------
@@ -1435,6 +1436,58 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       check(o, 1e-5, 'attention replayed');
     } finally {
       graph.destroy();
+    }
+  });
+
+  it('graph decode: a student decoded through the replayed step gives the eager tokens (f32 and bf16), near the CPU', () => {
+    try {
+      T.setBackend(cpu);
+      const cpuRun = decodeGreedy(tinyStudent(), 2, 6, false);
+      T.setBackend(gpu);
+      const model = tinyStudent(); // the same seeded weights, on the GPU
+      const live = gpu.memoryStats().liveBuffers;
+      const eager = decodeGreedy(model, 2, 6, false);
+      const graph = decodeGreedy(model, 2, 6, true);
+      assert.equal(graph.mode, 'graph', `not captured: ${graph.reason}`);
+      console.log(`# decode step graph: ${graph.nodes} nodes`);
+      assert.deepEqual(graph.tokens, eager.tokens, 'greedy tokens, graph vs eager');
+      graph.logits.forEach((l, i) =>
+        assertClose(
+          l,
+          eager.logits[i],
+          1e-6 * maxAbs(eager.logits[i]),
+          `logits of step ${i}, graph vs eager`,
+        ),
+      );
+      // the first step's input is the same token on both backends
+      assertClose(
+        graph.logits[0],
+        cpuRun.logits[0],
+        1e-4 * maxAbs(cpuRun.logits[0]),
+        'first step vs the CPU',
+      );
+      // under bf16 autocast with the weights cast once, as generate and bench/decode run it
+      const bf16 = (g: boolean) =>
+        T.autocast('bf16', () => {
+          const casts = T.castParameters(model.parameters(), 'bf16');
+          try {
+            return T.withCastParameters(casts, () => decodeGreedy(model, 2, 6, g));
+          } finally {
+            casts.dispose();
+          }
+        });
+      const e16 = bf16(false);
+      const g16 = bf16(true);
+      assert.equal(g16.mode, 'graph', `bf16 not captured: ${g16.reason}`);
+      assert.deepEqual(g16.tokens, e16.tokens, 'bf16 greedy tokens, graph vs eager');
+      model.dispose();
+      assert.equal(
+        gpu.memoryStats().liveBuffers,
+        live - model.parameters().length,
+        'the decoders freed everything',
+      );
+    } finally {
+      T.setBackend(cpu);
     }
   });
 
