@@ -1451,6 +1451,9 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       assert.equal(graph.mode, 'graph', `not captured: ${graph.reason}`);
       console.log(`# decode step graph: ${graph.nodes} nodes`);
       assert.deepEqual(graph.tokens, eager.tokens, 'greedy tokens, graph vs eager');
+      const onDevice = decodeGreedy(model, 2, 6, true, true); // the argmax inside the graph
+      assert.equal(onDevice.mode, 'graph');
+      assert.deepEqual(onDevice.tokens, eager.tokens, 'greedy tokens chosen on the device');
       graph.logits.forEach((l, i) =>
         assertClose(
           l,

@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { CpuBackend } from '../src/backends/cpu/index.js';
 import { generateIds } from '../src/generate/generate.js';
-import { setBackend } from '../src/tensor/index.js';
+import { greedyIds, greedyScores } from '../src/generate/decode-graph.js';
+import { scope, setBackend, tensor } from '../src/tensor/index.js';
 import { decodeGreedy as decode, tinyStudent } from './decode-helpers.js';
 
 describe('decode graph (CPU recorder)', () => {
@@ -31,6 +32,22 @@ describe('decode graph (CPU recorder)', () => {
       assert.ok(new Set(eager.tokens.map((t) => t.join())).size > 1, 'greedy tokens never changed');
       assert.equal(backend.memoryStats().liveBuffers, live, 'the decoder freed its graph and buffers');
     }
+  });
+
+  it('greedy on the device (graph and eager) picks the host argmax tokens', () => {
+    const model = tinyStudent();
+    const host = decode(model, 3, 8, false);
+    for (const graph of [false, true]) {
+      const device = decode(model, 3, 8, graph, true);
+      assert.equal(device.mode, graph ? 'graph' : 'eager');
+      assert.deepEqual(device.tokens, host.tokens, `graph ${graph}`);
+    }
+    // ties: the first maximum, as the host argmax
+    const scores = scope(() => {
+      const logits = tensor(Float32Array.from([1, 3, 3, 0, 2, 2, 2, 1]), [2, 1, 4]);
+      return greedyScores(logits, tensor(Float32Array.from([4, 3, 2, 1]), [4])).toArray();
+    });
+    assert.deepEqual(greedyIds(scores, 4), [1, 0]);
   });
 
   it('generate: the same tokens with the graph on and off', () => {

@@ -45,9 +45,16 @@ export function tinyStudent(attentionLayers: number[] = []): StudentLM {
 }
 
 /** greedy decoding through a Decoder after a 5-token prefill: the tokens and every step's logits */
-export function decodeGreedy(model: StudentLM, batch: number, steps: number, graph: boolean) {
+export function decodeGreedy(
+  model: StudentLM,
+  batch: number,
+  steps: number,
+  graph: boolean,
+  /** choose each token on the device (Decoder output 'greedy'; no logits returned) */
+  onDevice = false,
+) {
   const cache = model.createCache(batch);
-  const decoder = new Decoder(model, cache, batch, { graph });
+  const decoder = new Decoder(model, cache, batch, { graph, output: onDevice ? 'greedy' : 'logits' });
   const logits: Float32Array[] = [];
   const tokens: number[][] = [];
   try {
@@ -63,16 +70,26 @@ export function decodeGreedy(model: StudentLM, batch: number, steps: number, gra
       }),
     );
     const vocab = row.length / batch;
+    let next = Array.from({ length: batch }, (_, b) => {
+      let best = 0;
+      for (let v = 1; v < vocab; v++) if (row[b * vocab + v] > row[b * vocab + best]) best = v;
+      return best;
+    });
     for (let s = 0; s < steps; s++) {
-      const next = Array.from({ length: batch }, (_, b) => {
+      tokens.push(next);
+      if (onDevice) {
+        next = decoder.next(next);
+        continue;
+      }
+      row = decoder.step(next);
+      logits.push(row);
+      next = Array.from({ length: batch }, (_, b) => {
         let best = 0;
         for (let v = 1; v < vocab; v++) if (row[b * vocab + v] > row[b * vocab + best]) best = v;
         return best;
       });
-      tokens.push(next);
-      row = decoder.step(next);
-      logits.push(row);
     }
+    tokens.push(next);
     return { tokens, logits, mode: decoder.mode, nodes: decoder.nodes, reason: decoder.reason };
   } finally {
     decoder.dispose();
