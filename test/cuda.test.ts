@@ -25,7 +25,7 @@ import {
 } from '../src/backends/backend.js';
 import { CpuBackend } from '../src/backends/cpu/index.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/backends/dtype.js';
-import { CachingAllocator, sizeClass } from '../src/backends/cuda/allocator.js';
+import { CachingAllocator, GraphPool, sizeClass } from '../src/backends/cuda/allocator.js';
 import { CudaBackend, KERNEL_SIGNATURES, collapseAxes } from '../src/backends/cuda/index.js';
 import { kernelsDir } from '../src/backends/cuda/kernels.js';
 import * as T from '../src/tensor/index.js';
@@ -74,6 +74,30 @@ describe('cuda: caching allocator (no GPU needed)', () => {
     const y = a.allocate(4096); // needs the cached 2048 back
     assert.equal(y.size, 4096);
     assert.throws(() => a.allocate(8192), /out of device memory allocating 8.0 KiB/);
+  });
+
+  it('a graph pool hands freed blocks out only inside its open capture, and drains to the allocator', () => {
+    const pool = new GraphPool();
+    pool.put(4096, 1024);
+    pool.put(8192, 1024);
+    pool.put(12288, 2048);
+    assert.equal(pool.heldBytes, 4096);
+    assert.equal(pool.take(1024), 8192); // last freed first
+    assert.equal(pool.take(512), 0); // no block of that class
+    pool.put(8192, 1024);
+    pool.open = false; // the capture ended: its blocks stay with the graph
+    assert.equal(pool.take(1024), 0);
+    const back: [number, number][] = [];
+    pool.drain((ptr, size) => back.push([ptr, size]));
+    assert.deepEqual(
+      back.sort((x, y) => x[0] - y[0]),
+      [
+        [4096, 1024],
+        [8192, 1024],
+        [12288, 2048],
+      ],
+    );
+    assert.equal(pool.heldBytes, 0);
   });
 
   it('merges contiguous axes and drops size-1 axes', () => {
