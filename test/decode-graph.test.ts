@@ -8,7 +8,14 @@ import { describe, it } from 'node:test';
 import { CpuBackend } from '../src/backends/cpu/index.js';
 import { generateIds } from '../src/generate/generate.js';
 import { greedyIds, greedyScores } from '../src/generate/decode-graph.js';
-import { scope, setBackend, tensor } from '../src/tensor/index.js';
+import {
+  autocast,
+  castParameters,
+  scope,
+  setBackend,
+  tensor,
+  withCastParameters,
+} from '../src/tensor/index.js';
 import { decodeGreedy as decode, tinyStudent } from './decode-helpers.js';
 
 describe('decode graph (CPU recorder)', () => {
@@ -32,6 +39,24 @@ describe('decode graph (CPU recorder)', () => {
       assert.ok(new Set(eager.tokens.map((t) => t.join())).size > 1, 'greedy tokens never changed');
       assert.equal(backend.memoryStats().liveBuffers, live, 'the decoder freed its graph and buffers');
     }
+  });
+
+  it('under bf16 autocast with the weights cast once (as generate runs it): the same tokens and logits', () => {
+    const model = tinyStudent();
+    const run = (graph: boolean) =>
+      autocast('bf16', () => {
+        const casts = castParameters(model.parameters(), 'bf16');
+        try {
+          return withCastParameters(casts, () => decode(model, 2, 6, graph));
+        } finally {
+          casts.dispose();
+        }
+      });
+    const eager = run(false);
+    const graph = run(true);
+    assert.equal(graph.mode, 'graph', `not captured: ${graph.reason}`);
+    assert.deepEqual(graph.tokens, eager.tokens);
+    graph.logits.forEach((l, i) => assert.deepEqual(l, eager.logits[i], `logits of step ${i}`));
   });
 
   it('greedy on the device (graph and eager) picks the host argmax tokens', () => {
