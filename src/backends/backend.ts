@@ -177,6 +177,22 @@ export interface MemoryStats {
   cachedBytes: number;
 }
 
+/**
+ * A recorded sequence of kernels (a CUDA graph on the GPU, a call list on the CPU) that runs again
+ * on the same buffers with the same scalar arguments: one launch instead of one per kernel.
+ */
+export interface GraphCapture {
+  /**
+   * Run what was captured again: same kernels, same buffers, same scalar arguments. The inputs
+   * registered at capture are re-read (their current host contents are uploaded) first.
+   */
+  replay(): void;
+  /** Free the graph and the buffers only it holds (its private pool). Safe to call twice. */
+  destroy(): void;
+  /** kernels / nodes recorded (for reports and tests) */
+  readonly nodes: number;
+}
+
 export interface Backend {
   readonly name: 'cpu' | 'cuda';
   /** human-readable description, e.g. "cpu (OpenBLAS sgemm)" */
@@ -194,6 +210,23 @@ export interface Backend {
   resetPeak(): void;
   /** wait until all queued work is done */
   synchronize(): void;
+  /**
+   * Record everything fn queues, without running it, as a graph to replay (see GraphCapture).
+   * Rules:
+   * - fn must not read to the host or synchronize: `read`/`synchronize` inside it throw, naming
+   *   the call. Run the same work once eagerly first (warm-up): kernels are compiled, GEMM plans
+   *   chosen and caches filled there, not during capture.
+   * - `write(buf, arr)` inside fn with `arr` one of `inputs` (the same array object) is re-read
+   *   at every replay; every other write inside fn is a constant, snapshotted at capture.
+   * - Buffers allocated inside fn come from a private pool that lives as long as the graph (an
+   *   output kept after fn is refilled by every replay; freeing it later returns it to that
+   *   pool). Buffers freed inside fn are reused only inside the same capture. Every buffer
+   *   allocated before fn and used inside it must stay alive while the graph is replayed.
+   * - When capture fails (an unsupported call), everything it took is freed and the error is
+   *   thrown: callers fall back to eager.
+   * Optional: backends without it run eagerly only.
+   */
+  capture?(fn: () => void, inputs?: readonly HostArray[]): GraphCapture;
 
   // ---- elementwise --------------------------------------------------------------------------
   fill(out: DeviceBuffer, value: number): void;

@@ -2,3 +2,4 @@ export * from './tensor.js';
 export * from './ops.js';
 export * from './device.js';
 export * from './fused-head.js';
+export * from './graph.js';

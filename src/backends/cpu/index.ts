@@ -7,6 +7,7 @@ import type {
   AttentionParams,
   Backend,
   BinaryOp,
+  GraphCapture,
   DeviceBuffer,
   DType,
   HostArray,
@@ -22,11 +23,14 @@ import { denseStrides, DTYPE_BYTES, dropoutKeep } from '../backend.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../dtype.js';
 import { gemm, loadBlas, type FloatArray } from './blas.js';
 import { sigmoid, softplus, unaryDerivative, unaryFn } from './math.js';
+import { CpuGraph, GraphPool, Recorder } from './graph.js';
 import * as rows from './rows.js';
 import * as seq from './sequence.js';
 import * as ssd from './ssd.js';
 
 export class CpuBuffer implements DeviceBuffer {
+  /** the graph whose capture allocated or freed it: its array goes back to that graph's pool */
+  owner: GraphPool | null = null;
   constructor(
     readonly dtype: DType,
     readonly data: HostArray,
@@ -34,6 +38,25 @@ export class CpuBuffer implements DeviceBuffer {
   get length(): number {
     return this.data.length;
   }
+}
+
+/** CpuBackend methods that are not kernels: they run (or refuse) during a capture, never recorded */
+const NOT_KERNELS = new Set([
+  'constructor',
+  'describe',
+  'alloc',
+  'free',
+  'write',
+  'read',
+  'memoryStats',
+  'resetPeak',
+  'synchronize',
+  'capture',
+  'returnToPool',
+]);
+
+function writeData(b: CpuBuffer, data: HostArray, offset: number): void {
+  (b.data as Float32Array).set(data as Float32Array, offset);
 }
 
 function makeArray(dtype: DType, length: number): HostArray {
@@ -120,11 +143,25 @@ export class CpuBackend implements Backend {
   static POOL_BYTES = 1 << 30;
   /** use OpenBLAS for matmul when it loaded (tests turn it off to compare) */
   useBlas: boolean;
+  /** the open graph capture (see capture) */
+  private recording: Recorder | null = null;
 
   constructor(options: { blas?: boolean } = {}) {
     this.useBlas = options.blas ?? loadBlas() !== null;
     if (this.useBlas && loadBlas() === null) {
       throw new Error('cpu backend: OpenBLAS was requested but libopenblas.so.0 could not be loaded');
+    }
+    // every kernel (each method but the memory ones) is recorded instead of run while a capture is open
+    const self = this as unknown as Record<string, (...args: unknown[]) => void>;
+    for (const name of Object.getOwnPropertyNames(CpuBackend.prototype)) {
+      if (NOT_KERNELS.has(name)) continue;
+      const run = self[name];
+      if (typeof run !== 'function') continue;
+      self[name] = (...args: unknown[]) => {
+        const rec = this.recording;
+        if (rec) rec.record(name, run, args);
+        else run.apply(this, args);
+      };
     }
   }
 
@@ -137,10 +174,17 @@ export class CpuBackend implements Backend {
 
   alloc(dtype: DType, length: number): DeviceBuffer {
     if (!Number.isInteger(length) || length < 0) throw new Error(`cpu backend: bad buffer length ${length}`);
-    // reuse a freed array of the same dtype and length (kernels overwrite their outputs)
-    const pooled = this.pool.get(`${dtype}:${length}`)?.pop();
-    if (pooled) this.pooledBytes -= pooled.byteLength;
+    // reuse a freed array of the same dtype and length (kernels overwrite their outputs); inside a
+    // capture, first one freed in the same capture
+    const key = `${dtype}:${length}`;
+    const rec = this.recording;
+    let pooled = rec?.pool.take(key);
+    if (!pooled) {
+      pooled = this.pool.get(key)?.pop();
+      if (pooled) this.pooledBytes -= pooled.byteLength;
+    }
     const buf = new CpuBuffer(dtype, pooled ?? makeArray(dtype, length));
+    if (rec) buf.owner = rec.pool;
     this.live.add(buf);
     this.liveBytes += length * DTYPE_BYTES[dtype];
     if (this.liveBytes > this.peakBytes) this.peakBytes = this.liveBytes;
@@ -151,13 +195,13 @@ export class CpuBackend implements Backend {
     const b = buf as CpuBuffer;
     if (!this.live.delete(b)) throw new Error('cpu backend: buffer freed twice or not from this backend');
     this.liveBytes -= b.length * DTYPE_BYTES[b.dtype];
-    if (b.data.byteLength >= 1024 && this.pooledBytes + b.data.byteLength <= CpuBackend.POOL_BYTES) {
-      const key = `${b.dtype}:${b.length}`;
-      let list = this.pool.get(key);
-      if (!list) this.pool.set(key, (list = []));
-      list.push(b.data);
-      this.pooledBytes += b.data.byteLength;
+    // recorded calls may touch it: it stays with the graph (freed in its capture, or allocated there)
+    const owner = this.recording?.pool ?? (b.owner && !b.owner.destroyed ? b.owner : null);
+    if (owner) {
+      owner.put(`${b.dtype}:${b.length}`, b.data);
+      return;
     }
+    this.returnToPool(`${b.dtype}:${b.length}`, b.data);
   }
 
   write(buf: DeviceBuffer, data: HostArray, offset = 0): void {
@@ -165,10 +209,15 @@ export class CpuBackend implements Backend {
     if (offset + data.length > b.length) {
       throw new Error(`cpu backend: write of ${data.length} at ${offset} overflows buffer of ${b.length}`);
     }
-    (b.data as Float32Array).set(data as Float32Array, offset);
+    if (this.recording) {
+      this.recording.recordWrite(writeData, b, data, offset);
+      return;
+    }
+    writeData(b, data, offset);
   }
 
   read(buf: DeviceBuffer): HostArray {
+    if (this.recording) throw Recorder.refuse('read');
     return (buf as CpuBuffer).data.slice();
   }
 
@@ -185,7 +234,39 @@ export class CpuBackend implements Backend {
     this.peakBytes = this.liveBytes;
   }
 
-  synchronize(): void {}
+  synchronize(): void {
+    if (this.recording) throw Recorder.refuse('synchronize');
+  }
+
+  capture(fn: () => void, inputs: readonly HostArray[] = []): GraphCapture {
+    if (this.recording) throw new Error('cpu backend: graph capture inside another capture');
+    const rec = new Recorder(inputs, (x) => x instanceof CpuBuffer);
+    this.recording = rec;
+    const release = (pool: GraphPool) => {
+      for (const [key, list] of pool.free) for (const data of list) this.returnToPool(key, data);
+      pool.free.clear();
+    };
+    try {
+      fn();
+    } catch (e) {
+      this.recording = null;
+      rec.pool.open = false;
+      rec.pool.destroyed = true;
+      release(rec.pool);
+      throw e;
+    }
+    this.recording = null;
+    return new CpuGraph(rec.calls, rec.pool, this, () => this.recording !== null, release);
+  }
+
+  /** keep a freed array for reuse by alloc (bounded by POOL_BYTES) */
+  private returnToPool(key: string, data: HostArray): void {
+    if (data.byteLength < 1024 || this.pooledBytes + data.byteLength > CpuBackend.POOL_BYTES) return;
+    let list = this.pool.get(key);
+    if (!list) this.pool.set(key, (list = []));
+    list.push(data);
+    this.pooledBytes += data.byteLength;
+  }
 
   // ---- elementwise --------------------------------------------------------------------------
 
