@@ -1433,12 +1433,6 @@ export function adamwStepDevice(
   );
 }
 
-/** In place, outside the graph: dst's elements = host data of its dtype (a step's static inputs). */
-export function writeHost(dst: Tensor, data: HostArray): void {
-  if (data.length !== dst.size) fail('writeHost', `${data.length} values for ${shapeStr(dst.shape)}`);
-  dst.backend.write(dst.buffer, data);
-}
-
 /** In place, outside the graph: every element of t = value (gradients zeroed for the next step). */
 export function fillInPlace(t: Tensor, value: number): void {
   t.backend.fill(t.buffer, value);

@@ -26,7 +26,7 @@ import {
   reshape,
   scope,
   sum,
-  writeHost,
+  upload,
   zeros,
   type Tensor,
 } from '../tensor/index.js';
@@ -166,7 +166,7 @@ export class AdamW {
     const scalars = this.scalars;
     noGrad(() =>
       scope(() => {
-        writeHost(scalars, h);
+        upload(scalars, h);
         this.slots.forEach((s, i) => {
           const g = s.param.grad;
           if (!g) return;
