@@ -2,14 +2,7 @@
 // shapes), allocates its outputs, calls one or a few backend kernels, and records its backward
 // pass beside the forward one.
 
-import type {
-  AdamWDeviceParams,
-  AdamWParams,
-  BinaryOp,
-  DType,
-  HostArray,
-  UnaryOp,
-} from '../backends/backend.js';
+import type { AdamWDeviceParams, AdamWParams, BinaryOp, DType, UnaryOp } from '../backends/backend.js';
 import {
   empty,
   full,

@@ -132,6 +132,8 @@ export interface TrainResult {
   stopped: boolean;
   /** this session's metrics */
   history: StepMetrics[];
+  /** kernels (nodes) of the captured step's two graphs when steps replayed them, else null */
+  graphs: { gradients: number; update: number } | null;
 }
 
 /** What state.json holds besides the tensors. */
@@ -575,6 +577,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       resumedFrom,
       stopped,
       history,
+      graphs: deviceStep?.graphs ? deviceStep.nodes : null,
     };
   } finally {
     deviceStep?.dispose();
