@@ -1,14 +1,21 @@
 // Decoding speed at the performance issue's shapes: the Phi-Mamba 1.5B student (recurrent state,
 // constant memory per token) against the Phi-1.5-shaped teacher (KV cache), batch 1 at context
-// 2k, 8k and 32k and batch 64 at 2k. Random weights. Time per new token after a prefill.
+// 2k, 8k and 32k and batch 64 at 2k. Random weights. Time per new token after a prefill, greedy
+// tokens fed back. The student decodes with its step replayed as one CUDA graph (generate's
+// default) and eagerly (--graph on,off picks); both from the same prefill, and the greedy tokens
+// of the two must agree (column "same tokens"). The teacher (a growing KV cache) is eager.
 // Run: node --import tsx bench/decode.ts [--layers N] [--contexts 2048,8192,32768] [--tokens 16]
-//      (BENCH_OUT=dir also writes decode.{md,json})
+//      [--graph on,off] [--teacher on|off] (BENCH_OUT=dir also writes decode.{md,json})
+//      --device cpu --d 64 --heads 4 --vocab 500: a small smoke run of the same code on the CPU
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import type { Backend } from '../src/backends/backend.js';
+import { CpuBackend } from '../src/backends/cpu/index.js';
 import { CudaBackend } from '../src/backends/cuda/index.js';
 import { studentConfigFor } from '../src/distill/transfer.js';
+import { Decoder } from '../src/generate/decode-graph.js';
 import { StudentLM } from '../src/models/phi-mamba.js';
 import type { CausalLM } from '../src/models/types.js';
 import {
@@ -29,30 +36,64 @@ const { values } = parseArgs({
     contexts: { type: 'string', default: '2048,8192,32768' },
     tokens: { type: 'string', default: '16' },
     'batch-large': { type: 'string', default: '64' },
+    graph: { type: 'string', default: 'on,off' },
+    teacher: { type: 'string', default: 'on' },
+    device: { type: 'string', default: 'cuda' },
+    d: { type: 'string', default: '2048' },
+    heads: { type: 'string', default: '32' },
+    vocab: { type: 'string', default: '51200' },
   },
 });
+const graphModes = values.graph!.split(',').map((g) => g === 'on');
 const L = Number(values.layers);
-const D = 2048;
-const H = 32;
-const V = 51200;
+const D = Number(values.d);
+const H = Number(values.heads);
+const V = Number(values.vocab);
 const contexts = values.contexts!.split(',').map(Number);
 const newTokens = Number(values.tokens);
-const gpu = new CudaBackend();
+const cuda = values.device === 'cuda' ? new CudaBackend() : null;
+const gpu: Backend = cuda ?? new CpuBackend();
 setBackend(gpu);
-await gpu.warmup({ attentionHeadDims: [D / H] });
-setAutocast('bf16');
+if (cuda) {
+  await cuda.warmup({ attentionHeadDims: [D / H] });
+  setAutocast('bf16');
+}
 
-const maxCtx = Math.max(...contexts) + newTokens + 1;
-const teacher = phiTeacher(gpu, { layers: L, d: D, heads: H, vocab: V, maxPositions: maxCtx });
+const maxCtx = Math.max(...contexts) + newTokens + 3;
+// (the random-weight helpers take the CUDA backend; they use only Backend methods, so the CPU
+// smoke run passes its backend)
+const dev = gpu as CudaBackend;
+const teacher = phiTeacher(dev, { layers: L, d: D, heads: H, vocab: V, maxPositions: maxCtx });
 const student = new StudentLM(studentConfigFor(teacher, { chunkSize: 128 }), { deferInit: true });
-randomizeParameters(gpu, student);
+randomizeParameters(dev, student);
 gpu.synchronize();
 
-const rng = new Random(3);
-function decodeMs(model: CausalLM, batch: number, ctx: number): { ms: number; memGiB: number } {
+interface DecodeRun {
+  ms: number;
+  memGiB: number;
+  /** greedy tokens per step (batch entries joined) */
+  tokens: string[];
+  graph: boolean;
+  nodes: number;
+  /** why the run was eager when a graph was asked for */
+  reason: string | null;
+}
+
+/** the index of the largest of each batch row of (B, V) logits */
+function greedy(logits: Float32Array, batch: number): number[] {
+  const v = logits.length / batch;
+  return Array.from({ length: batch }, (_, b) => {
+    let best = 0;
+    for (let i = 1; i < v; i++) if (logits[b * v + i] > logits[b * v + best]) best = i;
+    return best;
+  });
+}
+
+function decodeRun(model: CausalLM, batch: number, ctx: number, graph: boolean): DecodeRun {
+  const rng = new Random(3); // the same prompt for every mode
   // as generate does under autocast: the model's weights rounded to bf16 once, not on every
   // token (the copies count in the peak)
-  const casts = castParameters(model.parameters(), 'bf16');
+  const casts = cuda ? castParameters(model.parameters(), 'bf16') : null;
   try {
     return withCastParameters(casts, () =>
       noGrad(() => {
@@ -76,27 +117,39 @@ function decodeMs(model: CausalLM, batch: number, ctx: number): { ms: number; me
           }
           gpu.synchronize();
           gpu.resetPeak();
-          const step = () =>
-            scope(() => {
-              const ids = tensor(
-                Int32Array.from({ length: batch }, () => rng.int(0, V)),
-                [batch, 1],
-                'i32',
-              );
-              model.forward(ids, { cache }).logits.read(); // the host read a sampler needs
-            });
-          step();
-          const t0 = performance.now();
-          for (let i = 0; i < newTokens; i++) step();
-          const ms = (performance.now() - t0) / newTokens;
-          return { ms, memGiB: gpu.memoryStats().peakBytes / 2 ** 30 };
+          // one token per sequence per step, the greedy choice fed back; the step includes the
+          // host read of the logits a sampler needs (the argmax on the host is not timed)
+          const decoder = new Decoder(model, cache, batch, { graph });
+          try {
+            let next = Array.from({ length: batch }, () => rng.int(0, V));
+            const tokens: string[] = [];
+            const warm = 2; // an eager warm-up step, then the capture and its first replay
+            let ms = 0;
+            for (let i = 0; i < warm + newTokens; i++) {
+              const t0 = performance.now();
+              const logits = decoder.step(next);
+              if (i >= warm) ms += performance.now() - t0;
+              next = greedy(logits, batch);
+              tokens.push(next.join(' '));
+            }
+            return {
+              ms: ms / newTokens,
+              memGiB: gpu.memoryStats().peakBytes / 2 ** 30,
+              tokens,
+              graph: decoder.mode === 'graph',
+              nodes: decoder.nodes,
+              reason: graph ? decoder.reason : null,
+            };
+          } finally {
+            decoder.dispose();
+          }
         } finally {
           cache.dispose();
         }
       }),
     );
   } finally {
-    casts.dispose();
+    casts?.dispose();
   }
 }
 
@@ -106,27 +159,55 @@ const cases: [number, number][] = [
 ];
 const rows: string[] = [];
 const json: unknown[] = [];
+const runs: [string, CausalLM, boolean][] = [
+  ...graphModes.map((g) => ['student (recurrent)', student, g] as [string, CausalLM, boolean]),
+  ...(values.teacher === 'on' ? [['teacher (KV cache)', teacher, false] as [string, CausalLM, boolean]] : []),
+];
 for (const [batch, ctx] of cases) {
-  for (const [name, model] of [
-    ['student (recurrent)', student],
-    ['teacher (KV cache)', teacher],
-  ] as const) {
+  let reference: string[] | null = null; // the student's greedy tokens of the first mode
+  for (const [name, model, graph] of runs) {
     let cell: string;
     try {
-      const r = decodeMs(model, batch, ctx);
-      cell = `| ${name} | ${batch} | ${ctx} | ${r.ms.toFixed(2)} | ${((batch * 1000) / r.ms).toFixed(0)} | ${r.memGiB.toFixed(1)} |`;
-      json.push({ model: name, batch, ctx, ...r });
+      const r = decodeRun(model, batch, ctx, graph);
+      let same = '';
+      if (model === student) {
+        if (!reference) reference = r.tokens;
+        else {
+          const agree = r.tokens.filter((t, i) => t === reference![i]).length;
+          same = agree === r.tokens.length ? 'yes' : `no (${agree}/${r.tokens.length} steps)`;
+        }
+      }
+      const mode = r.graph
+        ? `graph (${r.nodes} nodes)`
+        : r.reason
+          ? `eager: ${r.reason.slice(0, 60)}`
+          : 'eager';
+      cell =
+        `| ${name} | ${mode} | ${batch} | ${ctx} | ${r.ms.toFixed(2)} | ${((batch * 1000) / r.ms).toFixed(0)} | ` +
+        `${r.memGiB.toFixed(1)} | ${same} |`;
+      json.push({
+        model: name,
+        graph: r.graph,
+        nodes: r.nodes,
+        batch,
+        ctx,
+        ms: r.ms,
+        tokensPerSecond: (batch * 1000) / r.ms,
+        memGiB: r.memGiB,
+        sameTokens: same === '' ? null : same === 'yes',
+        reason: r.reason,
+      });
     } catch (e) {
-      cell = `| ${name} | ${batch} | ${ctx} | failed: ${(e as Error).message.split('\n')[0].slice(0, 80)} | | |`;
+      cell = `| ${name} | ${graph ? 'graph' : 'eager'} | ${batch} | ${ctx} | failed: ${(e as Error).message.split('\n')[0].slice(0, 80)} | | | |`;
     }
     rows.push(cell);
     console.log(cell);
   }
 }
 const lines = [
-  `# decode: ${new Date().toISOString().slice(0, 10)}, ${gpu.describe()}, ${L} layers, d ${D}, bf16 autocast`,
-  '| model | batch | context | ms per step | tokens/s | peak GiB during decode |',
-  '| --- | ---: | ---: | ---: | ---: | ---: |',
+  `# decode: ${new Date().toISOString().slice(0, 10)}, ${gpu.describe()}, ${L} layers, d ${D}${cuda ? ', bf16 autocast' : ''}`,
+  '| model | step | batch | context | ms per step | tokens/s | peak GiB during decode | same greedy tokens as the first student row |',
+  '| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |',
   ...rows,
 ];
 console.log(lines.join('\n'));

@@ -1302,6 +1302,147 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     }
   });
 
+  it('graph capture: ops, a bias GEMM and written inputs replay like eager runs; reads refused; a private pool', () => {
+    // (under MOHAWK_CUDA_SYNC=1 in the GPU check: launches inside the capture skip the per-launch wait)
+    const rows = 16;
+    const dim = 32;
+    const width = 24;
+    const vocab = 50;
+    const r = new Random(11);
+    const xh = r.normals(rows * dim, 0, 1);
+    const idsH = Int32Array.from({ length: rows }, (_, i) => (i * 7) % vocab);
+    const scaleH = Float32Array.from({ length: width }, (_, i) => 1 + i / width);
+    const params = {
+      w: r.normals(dim * width, 0, 0.3),
+      bias: r.normals(width, 0, 0.1),
+      table: r.normals(vocab * dim, 0, 1),
+    };
+    /** the computation: a linear layer with a bias (the cuBLASLt epilogue), unary ops, a sum, an embedding */
+    const compute = (
+      x: T.Tensor,
+      ids: T.Tensor,
+      scale: T.Tensor,
+      w: T.Tensor,
+      bias: T.Tensor,
+      table: T.Tensor,
+    ) => {
+      const h = T.mul(T.silu(T.linear(x, w, bias)), scale); // (rows, width)
+      const e = T.exp(T.scale(x, 0.1)); // freed, then its block reused by tanh inside the capture
+      const es = T.sum(e, [1], true);
+      e.dispose();
+      const ts = T.sum(T.tanh(x), [1], true);
+      const emb = T.sum(T.embedding(table, ids), [1], true);
+      return T.add(h, T.add(T.add(es, ts), emb));
+    };
+    const eager = (be: Backend): Float32Array => {
+      T.setBackend(be);
+      return T.noGrad(() =>
+        T.scope(() => {
+          const w = T.tensor(params.w, [width, dim]);
+          const bias = T.tensor(params.bias, [width]);
+          const table = T.tensor(params.table, [vocab, dim]);
+          const x = T.tensor(xh, [rows, dim]);
+          const ids = T.tensor(idsH, [rows], 'i32');
+          const scale = T.tensor(scaleH, [width]);
+          return compute(x, ids, scale, w, bias, table).toArray() as Float32Array;
+        }),
+      );
+    };
+    T.setBackend(gpu);
+    const w = T.keep(T.tensor(params.w, [width, dim]));
+    const bias = T.keep(T.tensor(params.bias, [width]));
+    const table = T.keep(T.tensor(params.table, [vocab, dim]));
+    const x = T.keep(T.zeros([rows, dim]));
+    const ids = T.keep(T.zeros([rows], 'i32'));
+    const scale = T.keep(T.zeros([width]));
+    let graph: T.GraphCapture | null = null;
+    let y: T.Tensor | null = null;
+    try {
+      const step = () =>
+        T.noGrad(() =>
+          T.scope(() => {
+            T.upload(x, xh);
+            T.upload(ids, idsH);
+            T.upload(scale, scaleH); // not registered: a constant of the graph
+            return compute(x, ids, scale, w, bias, table);
+          }),
+        );
+      step().dispose(); // warm-up: kernels compiled, the cuBLASLt plan chosen
+      graph = T.captureGraph(() => {
+        y = step();
+      }, [xh, idsH]);
+      console.log(`# graph capture: ${graph.nodes} nodes`);
+      assert.ok(graph.nodes >= 10, `nodes: ${graph.nodes}`);
+      const out = y as unknown as T.Tensor;
+      // eager buffers allocated after the capture must not share its blocks
+      const others = [T.keep(T.full([rows, dim], 9)), T.keep(T.full([rows, width], 9))];
+      const scaleAtCapture = scaleH.slice();
+      for (let round = 0; round < 3; round++) {
+        xh.set(r.normals(rows * dim, 0, 1));
+        for (let i = 0; i < rows; i++) idsH[i] = (i * 5 + round * 11 + 2) % vocab;
+        scaleH.fill(7); // changes nothing: the graph keeps its snapshot
+        T.setBackend(gpu);
+        graph.replay();
+        const got = out.toArray() as Float32Array;
+        scaleH.set(scaleAtCapture);
+        const ref = eager(cpu);
+        const gEager = eager(gpu);
+        assertClose(got, ref, 1e-5 * maxAbs(ref) + 1e-6, `replay ${round} vs the CPU`);
+        assertClose(got, gEager, 1e-6 * maxAbs(ref), `replay ${round} vs an eager GPU run`);
+        T.setBackend(gpu);
+      }
+      for (const o of others) {
+        assert.ok(
+          (o.toArray() as Float32Array).every((v) => v === 9),
+          'a replay wrote an eager buffer',
+        );
+        o.dispose();
+      }
+      // a host read inside a capture is refused, and the stream is usable afterwards
+      assert.throws(
+        () => T.captureGraph(() => void T.scope(() => T.exp(x).toArray())),
+        /read inside a graph capture/,
+      );
+      assert.throws(() => T.captureGraph(() => gpu.synchronize()), /synchronize inside a graph capture/);
+      assert.equal(gpu.driver.isCapturing(), false);
+      const z = T.scope(() => T.exp(T.full([3], 0)).toArray());
+      assert.deepEqual(Array.from(z), [1, 1, 1]);
+    } finally {
+      (y as T.Tensor | null)?.dispose();
+      graph?.destroy();
+      for (const t of [w, bias, table, x, ids, scale]) t.dispose();
+      T.setBackend(cpu);
+    }
+  });
+
+  it('graph capture of a kernel module never compiled before: works, or throws naming the fix', () => {
+    // attention with head dim 24 is not in the warm-up list: its module is first needed inside the capture
+    const p = { batch: 1, tq: 3, tk: 3, heads: 2, kvHeads: 2, headDim: 24, scale: 0.2, causal: true };
+    const n = 3 * 2 * 24;
+    const qh = randn(n);
+    const q = pair(qh);
+    const o = out(n);
+    const lse = out(6);
+    cpu.attention(q.c, q.c, q.c, o.c, lse.c, null, p);
+    let graph: ReturnType<NonNullable<Backend['capture']>>;
+    try {
+      graph = gpu.capture(() => gpu.attention(q.g, q.g, q.g, o.g, lse.g, null, p));
+    } catch (e) {
+      assert.match(
+        (e as Error).message,
+        /first used inside a graph capture|run the captured work once eagerly/,
+      );
+      assert.equal(gpu.driver.isCapturing(), false);
+      return;
+    }
+    try {
+      graph.replay();
+      check(o, 1e-5, 'attention replayed');
+    } finally {
+      graph.destroy();
+    }
+  });
+
   it('a small network through the tensor layer: same loss and gradients, scopes free everything', () => {
     const run = (be: Backend) => {
       T.setBackend(be);

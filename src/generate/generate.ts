@@ -6,6 +6,7 @@ import type { Tokenizer } from '../io/tokenizer.js';
 import type { CausalLM } from '../models/types.js';
 import { castParameters, getAutocast, noGrad, scope, tensor, withCastParameters } from '../tensor/index.js';
 import { Random } from '../util/random.js';
+import { Decoder } from './decode-graph.js';
 import { sampleToken, type SamplingOptions } from './sampling.js';
 
 export interface GenerateOptions extends SamplingOptions {
@@ -17,6 +18,11 @@ export interface GenerateOptions extends SamplingOptions {
   onText?: (text: string) => void;
   /** called with each new token id */
   onToken?: (id: number) => void;
+  /**
+   * decode each token as one replayed graph where the model allows it (recurrent students):
+   * default 'auto', on for CUDA; MOHAWK_CUDA_GRAPH=0 turns graphs off (see decode-graph.ts)
+   */
+  graph?: boolean | 'auto';
 }
 
 /** New token ids after `promptIds`. */
@@ -31,17 +37,22 @@ export function generateIds(model: CausalLM, promptIds: number[], opts: Generate
   // under autocast the weights are rounded to 16 bits once for the whole generation
   const dt = getAutocast();
   const casts = dt ? castParameters(model.parameters(), dt) : null;
+  let decoder: Decoder | null = null;
   try {
     withCastParameters(casts, () => {
       let input = promptIds;
       for (let i = 0; i < opts.maxNewTokens; i++) {
         if (cache.position + input.length > maxLen) break;
-        const row = noGrad(() =>
-          scope(() => {
-            const ids = tensor(input, [1, input.length], 'i32');
-            return model.forward(ids, { cache, lastLogitsOnly: true }).logits.toArray();
-          }),
-        );
+        // the prompt's prefill eagerly, then one token at a time through the decoder
+        const row =
+          i > 0
+            ? (decoder ??= new Decoder(model, cache, 1, { graph: opts.graph })).step(input)
+            : noGrad(() =>
+                scope(() => {
+                  const ids = tensor(input, [1, input.length], 'i32');
+                  return model.forward(ids, { cache, lastLogitsOnly: true }).logits.toArray();
+                }),
+              );
         const next = sampleToken(row, rng, opts);
         if (eos !== null && next === eos) break;
         out.push(next);
@@ -50,6 +61,8 @@ export function generateIds(model: CausalLM, promptIds: number[], opts: Generate
       }
     });
   } finally {
+    // the graph reads the cache and the cast weights: it goes first
+    (decoder as Decoder | null)?.dispose();
     cache.dispose();
     casts?.dispose();
   }

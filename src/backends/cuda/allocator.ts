@@ -40,6 +40,8 @@ export function sizeClass(bytes: number): number {
 
 export class CachingAllocator {
   private readonly free = new Map<number, number[]>();
+  /** while a graph capture is open: never give the cache back to the driver (that synchronizes) */
+  holdCache = false;
   private stats: AllocatorStats = {
     reservedBytes: 0,
     peakReservedBytes: 0,
@@ -67,7 +69,7 @@ export class CachingAllocator {
       return { ptr, size };
     }
     let ptr = this.raw.alloc(size);
-    if (!ptr && this.stats.cachedBlocks > 0) {
+    if (!ptr && this.stats.cachedBlocks > 0 && !this.holdCache) {
       // out of memory: give the cache back to the driver and try once more
       this.emptyCache();
       ptr = this.raw.alloc(size);
@@ -127,4 +129,43 @@ export function formatBytes(n: number): string {
   if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
   if (n >= 2 ** 10) return `${(n / 2 ** 10).toFixed(1)} KiB`;
   return `${n} B`;
+}
+
+/**
+ * The private pool of one CUDA graph: blocks freed while its capture is open (or freed later,
+ * when they were allocated during it). Its kernels may touch them at every replay, so they are
+ * never handed to anyone else while the graph lives; inside the open capture they are reused
+ * (the captured kernels run in stream order, so a reuse is as safe as in eager mode).
+ */
+export class GraphPool {
+  private readonly free = new Map<number, number[]>();
+  /** true while the capture is open: only then are freed blocks handed out again */
+  open = true;
+  /** set by the graph's destroy: later frees of its blocks go back to the allocator */
+  destroyed = false;
+  /** bytes held in the free lists */
+  heldBytes = 0;
+
+  /** a freed block of class `size` for an allocation inside the open capture, or 0 */
+  take(size: number): number {
+    if (!this.open) return 0;
+    const ptr = this.free.get(size)?.pop();
+    if (!ptr) return 0;
+    this.heldBytes -= size;
+    return ptr;
+  }
+
+  put(ptr: number, size: number): void {
+    let list = this.free.get(size);
+    if (!list) this.free.set(size, (list = []));
+    list.push(ptr);
+    this.heldBytes += size;
+  }
+
+  /** Hand every held block to `release` (the caching allocator) and forget them. */
+  drain(release: (ptr: number, size: number) => void): void {
+    for (const [size, list] of this.free) for (const ptr of list) release(ptr, size);
+    this.free.clear();
+    this.heldBytes = 0;
+  }
 }

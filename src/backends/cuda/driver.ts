@@ -54,6 +54,53 @@ interface Raw {
   cuEventDestroy: Fn;
   cuGetErrorName: Fn;
   cuGetErrorString: Fn;
+  /** graphs and pinned host memory (null when this driver lacks them: capture then throws) */
+  graph: GraphRaw | null;
+}
+
+/** The driver calls of stream capture, CUDA graphs and pinned host staging. */
+interface GraphRaw {
+  cuStreamBeginCapture: Fn;
+  cuStreamEndCapture: Fn;
+  cuStreamIsCapturing: Fn;
+  cuGraphInstantiateWithFlags: Fn;
+  cuGraphGetNodes: Fn;
+  cuGraphLaunch: Fn;
+  cuGraphExecDestroy: Fn;
+  cuGraphDestroy: Fn;
+  cuMemHostAlloc: Fn;
+  cuMemFreeHost: Fn;
+  cuMemcpyHtoDAsyncFrom: Fn;
+}
+
+// CUstreamCaptureMode: relaxed lets the thread call cuMemAlloc and load modules while capturing
+const CU_STREAM_CAPTURE_MODE_RELAXED = 2;
+// CUstreamCaptureStatus
+export const CU_STREAM_CAPTURE_STATUS_ACTIVE = 1;
+
+function bindGraph(f: (decl: string) => Fn): GraphRaw | null {
+  try {
+    return {
+      cuStreamBeginCapture: f('int cuStreamBeginCapture_v2(uint64_t stream, int mode)'),
+      cuStreamEndCapture: f('int cuStreamEndCapture(uint64_t stream, _Out_ uint64_t *graph)'),
+      cuStreamIsCapturing: f('int cuStreamIsCapturing(uint64_t stream, _Out_ int *status)'),
+      cuGraphInstantiateWithFlags: f(
+        'int cuGraphInstantiateWithFlags(_Out_ uint64_t *exec, uint64_t graph, unsigned long long flags)',
+      ),
+      cuGraphGetNodes: f('int cuGraphGetNodes(uint64_t graph, uint64_t nodes, _Out_ size_t *count)'),
+      cuGraphLaunch: f('int cuGraphLaunch(uint64_t exec, uint64_t stream)'),
+      cuGraphExecDestroy: f('int cuGraphExecDestroy(uint64_t exec)'),
+      cuGraphDestroy: f('int cuGraphDestroy(uint64_t graph)'),
+      cuMemHostAlloc: f('int cuMemHostAlloc(_Out_ uint64_t *ptr, size_t bytes, unsigned int flags)'),
+      cuMemFreeHost: f('int cuMemFreeHost(uint64_t ptr)'),
+      // the same copy as cuMemcpyHtoDAsync_v2, from a host address (pinned staging) instead of an array
+      cuMemcpyHtoDAsyncFrom: f(
+        'int cuMemcpyHtoDAsync_v2(uint64_t dst, uint64_t src, size_t bytes, uint64_t stream)',
+      ),
+    };
+  } catch {
+    return null;
+  }
 }
 
 const LIBRARIES = ['libcuda.so.1', 'libcuda.so'];
@@ -107,6 +154,7 @@ function bind(lib: LibraryHandle): Raw {
     cuEventDestroy: f('int cuEventDestroy_v2(uint64_t event)'),
     cuGetErrorName: f('int cuGetErrorName(int error, _Out_ const char **name)'),
     cuGetErrorString: f('int cuGetErrorString(int error, _Out_ const char **text)'),
+    graph: bindGraph(f),
   };
 }
 
@@ -323,5 +371,83 @@ export class Driver {
 
   destroyEvent(event: number): void {
     this.check('cuEventDestroy', this.raw.cuEventDestroy(event));
+  }
+
+  /** wait until the work queued before the event's record is done */
+  waitEvent(event: number): void {
+    this.check('cuEventSynchronize', this.raw.cuEventSynchronize(event));
+  }
+
+  // ---- graphs (stream capture) and pinned host memory ----------------------------------------
+
+  private graphApi(call: string): GraphRaw {
+    if (!this.raw.graph)
+      throw new CudaError(`cuda: ${call}: this driver (${this.info.driverVersion}) lacks the CUDA graph API`);
+    return this.raw.graph;
+  }
+
+  /** Start recording the stream's work into a graph instead of running it (relaxed mode). */
+  beginCapture(): void {
+    const g = this.graphApi('cuStreamBeginCapture');
+    this.check('cuStreamBeginCapture', g.cuStreamBeginCapture(this.stream, CU_STREAM_CAPTURE_MODE_RELAXED));
+  }
+
+  /** End the capture: the recorded graph's handle; throws when the capture was invalidated. */
+  endCapture(): number {
+    const g = this.graphApi('cuStreamEndCapture');
+    this.out[0] = 0;
+    const rc = g.cuStreamEndCapture(this.stream, this.out);
+    const graph = Number(this.out[0]);
+    if (rc !== CUDA_SUCCESS) {
+      if (graph) g.cuGraphDestroy(graph);
+      this.check('cuStreamEndCapture', rc);
+    }
+    return graph;
+  }
+
+  /** whether the stream is capturing now */
+  isCapturing(): boolean {
+    const g = this.graphApi('cuStreamIsCapturing');
+    this.check('cuStreamIsCapturing', g.cuStreamIsCapturing(this.stream, this.out));
+    return this.out[0] === CU_STREAM_CAPTURE_STATUS_ACTIVE;
+  }
+
+  instantiateGraph(graph: number): number {
+    const g = this.graphApi('cuGraphInstantiateWithFlags');
+    this.check('cuGraphInstantiateWithFlags', g.cuGraphInstantiateWithFlags(this.out, graph, 0));
+    return Number(this.out[0]);
+  }
+
+  graphNodeCount(graph: number): number {
+    const g = this.graphApi('cuGraphGetNodes');
+    this.check('cuGraphGetNodes', g.cuGraphGetNodes(graph, 0, this.out));
+    return Number(this.out[0]);
+  }
+
+  launchGraph(exec: number): void {
+    this.check('cuGraphLaunch', this.graphApi('cuGraphLaunch').cuGraphLaunch(exec, this.stream));
+  }
+
+  destroyGraph(graph: number, exec: number): void {
+    const g = this.graphApi('cuGraphDestroy');
+    if (exec) this.check('cuGraphExecDestroy', g.cuGraphExecDestroy(exec));
+    if (graph) this.check('cuGraphDestroy', g.cuGraphDestroy(graph));
+  }
+
+  /** Page-locked host memory (a legal source for a copy captured into a graph): its address. */
+  hostAlloc(bytes: number): number {
+    const g = this.graphApi('cuMemHostAlloc');
+    this.check(`cuMemHostAlloc(${bytes} bytes)`, g.cuMemHostAlloc(this.out, bytes, 0));
+    return Number(this.out[0]);
+  }
+
+  freeHost(ptr: number): void {
+    this.check('cuMemFreeHost', this.graphApi('cuMemFreeHost').cuMemFreeHost(ptr));
+  }
+
+  /** cuMemcpyHtoDAsync from a host address (pinned staging from hostAlloc) */
+  copyToDeviceFrom(dst: number, src: number, bytes: number): void {
+    const g = this.graphApi('cuMemcpyHtoDAsync');
+    this.check('cuMemcpyHtoDAsync', g.cuMemcpyHtoDAsyncFrom(dst, src, bytes, this.stream));
   }
 }

@@ -4,12 +4,15 @@
 // file holds its kernel signature table beside the launchers that use it.
 
 import type { DeviceBuffer, DType } from '../backend.js';
+import type { GraphPool } from './allocator.js';
 import type { Driver } from './driver.js';
 import type { Arg, Kernel } from './kernels.js';
 
 export class CudaBuffer implements DeviceBuffer {
   /** false once freed */
   live = true;
+  /** the graph whose capture allocated it: its block goes back to that graph's pool */
+  owner: GraphPool | null = null;
   constructor(
     readonly dtype: DType,
     readonly length: number,

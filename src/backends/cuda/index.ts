@@ -11,6 +11,7 @@ import type {
   AttentionParams,
   Backend,
   BinaryOp,
+  GraphCapture,
   DeviceBuffer,
   DType,
   HostArray,
@@ -24,13 +25,14 @@ import type {
 } from '../backend.js';
 import { DTYPE_BYTES } from '../backend.js';
 import { f32ToBf16, f32ToF16 } from '../dtype.js';
-import { CachingAllocator, formatBytes, type AllocatorStats } from './allocator.js';
+import { CachingAllocator, formatBytes, sizeClass, type AllocatorStats } from './allocator.js';
 import * as attention from './attention.js';
 import { ATTENTION_SIGNATURES } from './attention.js';
 import { ATTENTION_TC_SIGNATURES, attentionTcHeadDim } from './attention-tc.js';
 import { Cublas, type GemmDType } from './cublas.js';
 import { CudaError, Driver } from './driver.js';
 import * as elementwise from './elementwise.js';
+import { CaptureState, CudaGraph } from './graph.js';
 import { ELEMENTWISE_SIGNATURES } from './elementwise.js';
 import { CudaBuffer, type Host } from './host.js';
 import { KernelRegistry, Profiler } from './kernels.js';
@@ -86,6 +88,8 @@ export class CudaBackend implements Backend {
   ssdImpl: 'fast' | 'oracle' = process.env.MOHAWK_SSD === 'oracle' ? 'oracle' : 'fast';
   /** what the kernel modules' launchers use (host.ts) */
   readonly host: Host;
+  /** the open graph capture (see capture) */
+  private capturing: CaptureState | null = null;
 
   constructor(options: CudaBackendOptions = {}) {
     const ordinal = options.device ?? Number(process.env.MOHAWK_CUDA_DEVICE ?? 0);
@@ -130,17 +134,31 @@ export class CudaBackend implements Backend {
   alloc(dtype: DType, length: number): DeviceBuffer {
     if (!Number.isInteger(length) || length < 0) throw new Error(`cuda backend: bad buffer length ${length}`);
     const bytes = length * DTYPE_BYTES[dtype];
-    const block = bytes > 0 ? this.allocator.allocate(bytes) : { ptr: 0, size: 0 };
+    const cap = this.capturing;
+    // inside a capture: first a block freed in the same capture
+    const reused = cap && bytes > 0 ? cap.pool.take(sizeClass(bytes)) : 0;
+    const block = reused
+      ? { ptr: reused, size: sizeClass(bytes) }
+      : bytes > 0
+        ? this.allocator.allocate(bytes)
+        : { ptr: 0, size: 0 };
     this.liveBuffers++;
     this.liveBytes += bytes;
     if (this.liveBytes > this.peakBytes) this.peakBytes = this.liveBytes;
-    return new CudaBuffer(dtype, length, block.ptr, block.size);
+    const out = new CudaBuffer(dtype, length, block.ptr, block.size);
+    if (cap) out.owner = cap.pool;
+    return out;
   }
 
   free(buf: DeviceBuffer): void {
     const b = this.buf(buf, 'free');
     b.live = false;
-    if (b.ptr) this.allocator.release(b.ptr, b.blockSize);
+    // a block a graph's kernels may touch stays with that graph (freed in its capture, or allocated there)
+    const owner = this.capturing?.pool ?? (b.owner && !b.owner.destroyed ? b.owner : null);
+    if (b.ptr) {
+      if (owner) owner.put(b.ptr, b.blockSize);
+      else this.allocator.release(b.ptr, b.blockSize);
+    }
     this.liveBuffers--;
     this.liveBytes -= b.length * DTYPE_BYTES[b.dtype];
   }
@@ -176,12 +194,17 @@ export class CudaBackend implements Backend {
       throw new Error(`cuda backend: write of ${data.length} at ${offset} overflows buffer of ${b.length}`);
     }
     if (data.length === 0) return;
-    const host = hostArrayFor(b.dtype, data);
     const es = DTYPE_BYTES[b.dtype];
+    if (this.capturing) {
+      this.capturing.stageWrite(this.driver, b.ptr + offset * es, b.dtype, data);
+      return;
+    }
+    const host = hostArrayFor(b.dtype, data);
     this.driver.copyToDevice(b.ptr + offset * es, host, data.length * es);
   }
 
   read(buf: DeviceBuffer): HostArray {
+    if (this.capturing) throw refuseInCapture('read');
     const b = this.buf(buf, 'read');
     const out = newHostArray(b.dtype, b.length);
     if (b.length === 0) return out;
@@ -211,15 +234,68 @@ export class CudaBackend implements Backend {
 
   /** Return every cached block to the driver. */
   emptyCache(): void {
+    if (this.capturing) throw refuseInCapture('emptyCache');
     this.allocator.emptyCache();
   }
 
   synchronize(): void {
+    if (this.capturing) throw refuseInCapture('synchronize');
     this.driver.synchronize();
+  }
+
+  /**
+   * Capture fn's work on the stream as a CUDA graph (see Backend.capture for the rules). Run the
+   * same work once eagerly first: kernels compile, cuBLASLt picks its plans and the allocator's
+   * cache fills there. Not under the kernel profiler or MOHAWK_CUDA_SYNC=1 per-launch checks
+   * (those are skipped while capturing).
+   */
+  capture(fn: () => void, inputs: readonly HostArray[] = []): GraphCapture {
+    if (this.capturing) throw new Error('cuda backend: graph capture inside another capture');
+    if (this.kernels.profiler)
+      throw new Error(
+        'cuda backend: graph capture under the kernel profiler (its events cannot be captured)',
+      );
+    const state = new CaptureState(inputs);
+    const release = (ptr: number, size: number) => this.allocator.release(ptr, size);
+    const close = () => {
+      this.capturing = null;
+      this.kernels.capturing = false;
+      this.allocator.holdCache = false;
+    };
+    this.driver.beginCapture();
+    this.capturing = state;
+    this.kernels.capturing = true;
+    this.allocator.holdCache = true;
+    try {
+      fn();
+    } catch (e) {
+      close();
+      try {
+        this.driver.destroyGraph(this.driver.endCapture(), 0);
+      } catch {
+        // the capture was invalidated by the failing call: nothing to destroy
+      }
+      state.release(this.driver, release);
+      throw e;
+    }
+    close();
+    let graph = 0;
+    let exec = 0;
+    try {
+      graph = this.driver.endCapture();
+      exec = this.driver.instantiateGraph(graph);
+      const nodes = this.driver.graphNodeCount(graph);
+      return new CudaGraph(this.driver, graph, exec, nodes, state, release, () => this.capturing !== null);
+    } catch (e) {
+      if (graph) this.driver.destroyGraph(graph, exec);
+      state.release(this.driver, release);
+      throw new CudaError(`cuda backend: graph capture failed: ${(e as Error).message}`);
+    }
   }
 
   /** Time fn on the device with events (ms); fn queues work, the call waits for it. */
   time(fn: () => void): number {
+    if (this.capturing) throw refuseInCapture('time');
     const a = this.driver.createEvent();
     const b = this.driver.createEvent();
     try {
@@ -254,6 +330,7 @@ export class CudaBackend implements Backend {
    * time per kernel (largest first). For profiles, not for production runs.
    */
   profile<R>(fn: () => R): { result: R; kernels: { name: string; calls: number; ms: number }[] } {
+    if (this.capturing) throw refuseInCapture('profile');
     const prev = this.kernels.profiler;
     const prof = new Profiler(this.driver);
     this.kernels.profiler = prof;
@@ -754,6 +831,14 @@ export class CudaBackend implements Backend {
   ): void {
     elementwise.adamwDevice(this.host, param, grad, m, v, scalars, rowAbs, p);
   }
+}
+
+/** The error of a host read or wait inside a capture: the call named, the way out said. */
+function refuseInCapture(call: string): Error {
+  return new CudaError(
+    `cuda backend: ${call} inside a graph capture (a capture records kernels without running ` +
+      `them: read results after replay(), outside the captured function)`,
+  );
 }
 
 const F32 = new Float32Array(1);

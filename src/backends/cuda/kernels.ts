@@ -118,6 +118,8 @@ export class Kernel {
     signature: string,
     private readonly syncEach: boolean,
     private readonly profiler: () => Profiler | null,
+    /** true while a graph capture is open: launches are recorded, so nothing waits for them */
+    private readonly capturing: () => boolean = () => false,
   ) {
     this.kinds = [...signature] as ArgKind[];
     for (const k of this.kinds) {
@@ -204,7 +206,7 @@ export class Kernel {
       );
     else this.driver.launch(this.fn, gx, gy, gz, block, shared, this.params, this.name);
     this.launches++;
-    if (this.syncEach) {
+    if (this.syncEach && !this.capturing()) {
       try {
         this.driver.synchronize();
       } catch (e) {
@@ -248,6 +250,8 @@ export class KernelRegistry {
   private readonly syncEach = process.env.MOHAWK_CUDA_SYNC === '1';
   /** set to time every launch (CudaBackend.profile) */
   profiler: Profiler | null = null;
+  /** set while a graph capture is open (CudaBackend.capture) */
+  capturing = false;
 
   constructor(
     private readonly driver: Driver,
@@ -293,7 +297,15 @@ export class KernelRegistry {
     let mod = this.modules.get(modKey);
     if (mod === undefined) {
       const image = this.nvrtc.compile(moduleSource(this.dir, module), `${module}.cu`, options);
-      mod = this.driver.loadModule(image, what);
+      try {
+        mod = this.driver.loadModule(image, what);
+      } catch (e) {
+        if (!this.capturing) throw e;
+        throw new CudaError(
+          `cuda backend: kernel module ${what} was first used inside a graph capture and could not be ` +
+            `loaded there (${(e as Error).message}); run the captured work once eagerly first`,
+        );
+      }
       this.modules.set(modKey, mod);
     }
     k = new Kernel(
@@ -303,6 +315,7 @@ export class KernelRegistry {
       signature,
       this.syncEach,
       () => this.profiler,
+      () => this.capturing,
     );
     this.kernels.set(key, k);
     return k;
