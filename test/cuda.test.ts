@@ -1598,7 +1598,11 @@ describe('cuda: the training step as a CUDA graph', { skip }, () => {
         const eager = run('off');
         const graph = run('on');
         const what = precision ?? 'f32';
-        assert.deepEqual(graph.notes, [], `${what}: no fallback`);
+        assert.deepEqual(
+          graph.notes.filter((l) => /graphs off/.test(l)),
+          [],
+          `${what}: no fallback`,
+        );
         assert.ok(graph.r.graphs && graph.r.graphs.gradients > 100, `${what}: steps replayed graphs`);
         // the same kernels on the same data: only atomics' order may differ
         const el = eager.r.history.map((m) => m.loss);

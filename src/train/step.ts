@@ -349,6 +349,9 @@ export class DeviceStep<B extends TokenBatch> {
           [this.o.optimizer.stepScalars],
           this.o.backend,
         );
+        this.o.note(
+          `${this.o.label}: the step replays as CUDA graphs (${this.gradGraph.nodes} + ${this.updateGraph.nodes} kernels)`,
+        );
       } catch (e) {
         this.off(`capture of the update failed: ${(e as Error).message}`);
       }
