@@ -396,8 +396,8 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       );
     };
 
-    // one process, one optimizer: the step runs on the device, eagerly or as captured graphs
-    if (!coll && !sharded) {
+    // without data parallelism the step runs on the device, eagerly or as captured graphs
+    if (!o.dataParallel) {
       deviceStep = new DeviceStep<B>({
         lossFn: o.lossFn,
         trained,
