@@ -31,7 +31,12 @@ import { kernelsDir } from '../src/backends/cuda/kernels.js';
 import * as T from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { decodeGreedy, tinyStudent } from './decode-helpers.js';
-import { assertClose } from './helpers.js';
+import type { Batch, BatchSource } from '../src/data/index.js';
+import { toTensors } from '../src/data/index.js';
+import { stage3Loss } from '../src/distill/stages.js';
+import { transferStudent } from '../src/distill/transfer.js';
+import { train } from '../src/train/index.js';
+import { assertClose, tinyLlama } from './helpers.js';
 
 // ---- checks that need no GPU ------------------------------------------------------------------
 
@@ -1586,3 +1591,133 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     }
   });
 });
+
+// ---- the training step captured as CUDA graphs (src/train/step.ts) ----------------------------
+
+describe('cuda: the training step as a CUDA graph', { skip }, () => {
+  it('AdamW from device scalars (gradient scale, bias corrections, decay of the rows with a gradient) vs the CPU', () => {
+    const rows = 37;
+    const rowLen = 7; // rows straddle the kernel's element quads
+    const n = rows * rowLen;
+    const gData = randn(n, 0.1);
+    for (const r of [0, 5, 36]) gData.fill(0, r * rowLen, (r + 1) * rowLen); // rows without a gradient
+    const w = pair(randn(n));
+    const g = pair(gData);
+    const m = pair(randn(n, 0.01));
+    const v = pair(uniform(n, 0, 0.01));
+    const rowAbs = pair(
+      Float32Array.from({ length: rows }, (_, r) =>
+        gData.subarray(r * rowLen, (r + 1) * rowLen).reduce((a, x) => a + Math.abs(x), 0),
+      ),
+    );
+    const s = { c: hold(cpu, cpu.alloc('f64', 6)), g: hold(gpu, gpu.alloc('f64', 6)) };
+    for (let step = 1; step <= 3; step++) {
+      // lr, gradient scale, an unused slot, then this parameter's bias corrections at 4, 5
+      const scalars = Float64Array.of(
+        1e-3 * step,
+        0.5 + 0.2 * step,
+        NaN,
+        NaN,
+        1 - 0.9 ** step,
+        1 - 0.95 ** step,
+      );
+      both((be, side) => {
+        be.write(s[side], scalars);
+        be.adamwDevice(w[side], g[side], m[side], v[side], s[side], rowAbs[side], {
+          beta1: 0.9,
+          beta2: 0.95,
+          eps: 1e-8,
+          weightDecay: 0.1,
+          biasAt: 4,
+          rowLen,
+        });
+      });
+    }
+    check(w, 1e-6, 'adamwDevice param');
+    check(m, 1e-6, 'adamwDevice m');
+    check(v, 1e-6, 'adamwDevice v');
+    for (const [be, b] of held.splice(0)) be.free(b);
+  });
+
+  it('stage 3 steps (accumulation 2, clipping) replayed as graphs track the eager CUDA steps (f32 and bf16 autocast)', () => {
+    const baseline = gpu.memoryStats().liveBuffers;
+    T.setBackend(gpu);
+    try {
+      for (const precision of [null, 'bf16'] as const) {
+        const run = (mode: 'on' | 'off') => {
+          const teacher = tinyLlama({}, true);
+          teacher.setTrainable(() => true, false);
+          const student = transferStudent(teacher, { chunkSize: 8, alphaInit: 0.9 });
+          const notes: string[] = [];
+          T.setAutocast(precision);
+          try {
+            const r = train<Batch>({
+              params: student,
+              lossFn: (b) => {
+                const { input, target } = toTensors(b);
+                return stage3Loss(teacher, student, input, target, { temperature: 2, ceWeight: 0.3 }).loss;
+              },
+              data: counterBatches(4, 16, 257),
+              budgetTokens: 7 * 128,
+              batchTokens: 128,
+              optimizer: { lr: 3e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 },
+              schedule: { kind: 'wsd', warmupSteps: 2, decayFraction: 0.5 },
+              maxGradNorm: 0.5,
+              cudaGraph: mode,
+              progress: false,
+              warn: (l) => notes.push(l),
+            });
+            const weights = student.namedParameters().map(([, t]) => Float64Array.from(t.toArray()));
+            return { r, weights, notes };
+          } finally {
+            T.setAutocast(null);
+            student.dispose();
+            teacher.dispose();
+          }
+        };
+        const eager = run('off');
+        const graph = run('on');
+        const what = precision ?? 'f32';
+        assert.deepEqual(
+          graph.notes.filter((l) => /graphs off/.test(l)),
+          [],
+          `${what}: no fallback`,
+        );
+        assert.ok(graph.r.graphs && graph.r.graphs.gradients > 100, `${what}: steps replayed graphs`);
+        // the same kernels on the same data: only atomics' order may differ
+        const el = eager.r.history.map((m) => m.loss);
+        const gl = graph.r.history.map((m) => m.loss);
+        assertClose(gl, el, 1e-5 * maxAbs(el), `${what}: step losses`);
+        assertClose(
+          graph.r.history.map((m) => m.grad_norm),
+          eager.r.history.map((m) => m.grad_norm),
+          1e-4 * maxAbs(eager.r.history.map((m) => m.grad_norm)),
+          `${what}: gradient norms`,
+        );
+        eager.weights.forEach((ref, i) =>
+          assertClose(graph.weights[i], ref, 1e-5 * maxAbs(ref) + 1e-7, `${what}: weight ${i}`),
+        );
+      }
+    } finally {
+      T.setBackend(cpu);
+    }
+    assert.equal(gpu.memoryStats().liveBuffers, baseline, 'graphs and their pools freed with the run');
+  });
+});
+
+/** token windows from a counter: the same stream for every run */
+function counterBatches(batch: number, seqLen: number, vocab: number): BatchSource<Batch> {
+  let i = 0;
+  return {
+    next: () => {
+      const r = new Random(77 + i++);
+      const input = Int32Array.from({ length: batch * seqLen }, () => r.int(0, vocab));
+      const target = Int32Array.from({ length: batch * seqLen }, () => r.int(0, vocab));
+      return { batch, seqLen, input, target };
+    },
+    state: () => ({ i }),
+    restore: (st) => {
+      i = (st as { i: number }).i;
+    },
+  };
+}

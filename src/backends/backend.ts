@@ -152,6 +152,23 @@ export interface AdamWParams {
   step: number;
 }
 
+/**
+ * AdamW whose per-step numbers come from a device buffer, so that a captured training step
+ * replays with this step's values: `scalars` (f64) holds lr at 0, the gradient's scale (the
+ * clipping coefficient, 1 without clipping) at 1, and this parameter's bias corrections
+ * 1 - beta1^t and 1 - beta2^t at biasAt and biasAt + 1.
+ */
+export interface AdamWDeviceParams {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** decoupled decay: p *= 1 - lr weightDecay (see rowAbs) */
+  weightDecay: number;
+  biasAt: number;
+  /** elements per row of the parameter for rowAbs (its first axis) */
+  rowLen: number;
+}
+
 export interface MemoryStats {
   liveBuffers: number;
   liveBytes: number;
@@ -532,6 +549,21 @@ export interface Backend {
   // ---- optimizer ----------------------------------------------------------------------------
   /** one decoupled-weight-decay Adam step on f32 param, grad, m, v (all the same length) */
   adamw(param: DeviceBuffer, grad: DeviceBuffer, m: DeviceBuffer, v: DeviceBuffer, p: AdamWParams): void;
+  /**
+   * The same step with lr, the gradient's scale and the bias corrections read from `scalars`
+   * (AdamWDeviceParams): g' = scale g, then the update of `adamw` with g'. The decay applies to
+   * the rows (rowLen elements each) whose rowAbs (f32, one per row) is non-zero, to every element
+   * when rowAbs is null.
+   */
+  adamwDevice(
+    param: DeviceBuffer,
+    grad: DeviceBuffer,
+    m: DeviceBuffer,
+    v: DeviceBuffer,
+    scalars: DeviceBuffer,
+    rowAbs: DeviceBuffer | null,
+    p: AdamWDeviceParams,
+  ): void;
 }
 
 /** The counter-based hash behind `dropout`, shared so every backend draws the same mask. */

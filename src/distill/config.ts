@@ -106,6 +106,17 @@ export interface DistillConfig {
   stages: StageConfig[];
   /** also train a same-size student from scratch on the same token budget, for comparison */
   scratchBaseline: boolean;
+  /** the trainer's settings shared by every stage */
+  train: TrainSettings;
+}
+
+export interface TrainSettings {
+  /**
+   * the training step captured as CUDA graphs and replayed (src/train/step.ts): 'auto' on the
+   * CUDA backend when the stage's loss is graph-safe (stage 3 and the scratch baseline; stages 1
+   * and 2 back-propagate layer by layer and stay eager), 'on' also on the CPU, 'off' never
+   */
+  cudaGraph: 'auto' | 'on' | 'off';
 }
 
 export const STAGE_DEFAULTS: Omit<StageConfig, 'stage' | 'tokens'> = {
@@ -348,6 +359,7 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
     'stages',
     'stageDefaults',
     'scratchBaseline',
+    'train',
   ]);
   const resolve = (p: string) => path.resolve(baseDir, p);
   const st = object(file, o.student, 'student');
@@ -432,6 +444,14 @@ export function validateConfig(raw: unknown, file: string, baseDir = '.'): Disti
     data,
     stages,
     scratchBaseline: bool(file, o, 'scratchBaseline', 'scratchBaseline', false),
+    train: parseTrain(file, object(file, o.train, 'train')),
+  };
+}
+
+function parseTrain(file: string, tr: Json): TrainSettings {
+  checkKeys(file, tr, 'train', ['cudaGraph']);
+  return {
+    cudaGraph: oneOf(file, tr, 'cudaGraph', 'train.cudaGraph', ['auto', 'on', 'off'] as const, 'auto'),
   };
 }
 

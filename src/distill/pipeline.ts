@@ -401,6 +401,7 @@ function runStage(
     label: `stage ${s.stage} (${STAGE_NAMES[s.stage]})`,
     dataParallel: hooks.dataParallel,
     onStep,
+    cudaGraph: cfg.train.cudaGraph,
   });
 }
 
@@ -595,6 +596,7 @@ function trainScratch(
     progress: hooks.progress ?? true,
     label: 'from scratch',
     dataParallel: hooks.dataParallel,
+    cudaGraph: cfg.train.cudaGraph,
   });
   const valPpl = ppl(model);
   const res: StageResult = {

@@ -2,7 +2,7 @@
 // shapes), allocates its outputs, calls one or a few backend kernels, and records its backward
 // pass beside the forward one.
 
-import type { AdamWParams, BinaryOp, DType, UnaryOp } from '../backends/backend.js';
+import type { AdamWDeviceParams, AdamWParams, BinaryOp, DType, UnaryOp } from '../backends/backend.js';
 import {
   empty,
   full,
@@ -1375,4 +1375,58 @@ export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, p: 
   sameBackend('adamwStep', param, grad, m, v);
   if (!(Number.isInteger(p.step) && p.step >= 1)) fail('adamwStep', `step ${p.step} must be an integer >= 1`);
   param.backend.adamw(param.buffer, grad.buffer, m.buffer, v.buffer, p);
+}
+
+/**
+ * The AdamW step with its per-step numbers read from `scalars` (f64, see AdamWDeviceParams):
+ * nothing is baked into the launch, so a captured training step replays with new values. rowAbs
+ * (f32, one entry per row of param's first axis) limits the decay to rows with a gradient.
+ */
+export function adamwStepDevice(
+  param: Tensor,
+  grad: Tensor,
+  m: Tensor,
+  v: Tensor,
+  scalars: Tensor,
+  rowAbs: Tensor | null,
+  p: AdamWDeviceParams,
+): void {
+  for (const [what, t] of [
+    ['param', param],
+    ['grad', grad],
+    ['m', m],
+    ['v', v],
+  ] as const) {
+    if (t.dtype !== 'f32') fail('adamwStepDevice', `${what} ${param.name ?? ''} must be f32, got ${t.dtype}`);
+    if (t.size !== param.size)
+      fail('adamwStepDevice', `${what} has shape ${shapeStr(t.shape)}, param ${shapeStr(param.shape)}`);
+  }
+  sameBackend('adamwStepDevice', param, grad, m, v, scalars);
+  if (
+    scalars.dtype !== 'f64' ||
+    !(Number.isInteger(p.biasAt) && p.biasAt >= 2 && p.biasAt + 2 <= scalars.size)
+  )
+    fail(
+      'adamwStepDevice',
+      `scalars ${shapeStr(scalars.shape)} ${scalars.dtype} must be f64 with bias corrections at ${p.biasAt}`,
+    );
+  if (rowAbs && (rowAbs.dtype !== 'f32' || rowAbs.size * p.rowLen !== param.size))
+    fail(
+      'adamwStepDevice',
+      `rowAbs ${shapeStr(rowAbs.shape)} does not give one f32 per row of ${p.rowLen} elements`,
+    );
+  param.backend.adamwDevice(
+    param.buffer,
+    grad.buffer,
+    m.buffer,
+    v.buffer,
+    scalars.buffer,
+    rowAbs?.buffer ?? null,
+    p,
+  );
+}
+
+/** In place, outside the graph: every element of t = value (gradients zeroed for the next step). */
+export function fillInPlace(t: Tensor, value: number): void {
+  t.backend.fill(t.buffer, value);
 }

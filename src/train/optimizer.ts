@@ -7,10 +7,16 @@
 // (first axis) of a decayed matrix whose gradient is exactly zero keep their values (the x and z
 // rows of in_proj in stage 1, whose loss never reads them; embedding rows of absent tokens).
 // State: exp_avg and exp_avg_sq per parameter, f32, outside every memory scope.
+//
+// Two ways to run a step: `step(lr)` passes the numbers to the kernel; `prepareDeviceStep` +
+// `deviceStep` put lr, the clipping coefficient and the bias corrections in a small f64 device
+// buffer that the kernels read, so a captured training step (a CUDA graph) replays with each
+// step's values. The trainer uses the second in every mode, so graph and eager runs agree exactly.
 
 import {
   abs,
   adamwStep,
+  adamwStepDevice,
   affine,
   assign,
   equal,
@@ -20,6 +26,7 @@ import {
   reshape,
   scope,
   sum,
+  upload,
   zeros,
   type Tensor,
 } from '../tensor/index.js';
@@ -79,6 +86,9 @@ export class AdamW {
   readonly eps: number;
   readonly weightDecay: number;
   private readonly slots: Slot[];
+  /** [lr, gradient scale, then per slot 1 - beta1^t, 1 - beta2^t] (see deviceStep) */
+  private scalarsHost: Float64Array | null = null;
+  private scalars: Tensor | null = null;
 
   constructor(
     params: NamedParams,
@@ -128,6 +138,65 @@ export class AdamW {
     }
   }
 
+  /**
+   * Host half of a device step: lr, the gradient's scale (the clipping coefficient) and the bias
+   * corrections of every parameter with a gradient (whose step count advances) into the host
+   * array that `deviceStep` uploads. Touches nothing on the device.
+   */
+  prepareDeviceStep(lr: number, gradScale: number): void {
+    const h = this.scalarHost();
+    h[0] = lr;
+    h[1] = gradScale;
+    this.slots.forEach((s, i) => {
+      if (!s.param.grad) return;
+      s.step++;
+      h[2 + 2 * i] = 1 - this.beta1 ** s.step;
+      h[3 + 2 * i] = 1 - this.beta2 ** s.step;
+    });
+  }
+
+  /**
+   * Device half: upload the scalars (from the same host array every step: a capture input, see
+   * `stepScalars`), then update each parameter that has a gradient, the decay limited to its rows
+   * with a gradient. Reads nothing back, so a graph can capture it.
+   */
+  deviceStep(): void {
+    const h = this.scalarHost();
+    if (!this.scalars) this.scalars = keep(zeros([h.length], 'f64', this.slots[0].param.backend));
+    const scalars = this.scalars;
+    noGrad(() =>
+      scope(() => {
+        upload(scalars, h);
+        this.slots.forEach((s, i) => {
+          const g = s.param.grad;
+          if (!g) return;
+          const decay = s.decay ? this.weightDecay : 0;
+          const rows = s.param.ndim === 0 ? 1 : s.param.shape[0];
+          const rowLen = s.param.size / Math.max(rows, 1);
+          const rowAbs = decay > 0 ? sum(abs(reshape(g, [rows, rowLen])), [1]) : null;
+          adamwStepDevice(s.param, g, s.m, s.v, scalars, rowAbs, {
+            beta1: this.beta1,
+            beta2: this.beta2,
+            eps: this.eps,
+            weightDecay: decay,
+            biasAt: 2 + 2 * i,
+            rowLen,
+          });
+        });
+      }),
+    );
+  }
+
+  /** the host array of the device step's scalars (register it as a capture input) */
+  get stepScalars(): Float64Array {
+    return this.scalarHost();
+  }
+
+  private scalarHost(): Float64Array {
+    if (!this.scalarsHost) this.scalarsHost = new Float64Array(2 + 2 * this.slots.length);
+    return this.scalarsHost;
+  }
+
   /** The state as named tensors (`NAME.exp_avg`, `NAME.exp_avg_sq`) and per-parameter step counts. */
   stateDict(): { tensors: Map<string, Tensor>; steps: Record<string, number> } {
     const tensors = new Map<string, Tensor>();
@@ -170,6 +239,8 @@ export class AdamW {
   }
 
   dispose(): void {
+    this.scalars?.dispose();
+    this.scalars = null;
     for (const s of this.slots) {
       s.m.dispose();
       s.v.dispose();

@@ -33,6 +33,7 @@ import {
 } from './distributed.js';
 import { fullOptimizerState, optimizerShardName, ShardedAdamW } from './zero.js';
 import { MetricsLog, Progress, fmtCount, type ProgressOptions, type StepMetrics } from './metrics.js';
+import { DeviceStep, type CudaGraphMode } from './step.js';
 import { isCompleteCheckpoint } from './checkpoint.js';
 
 export interface LossContext {
@@ -105,6 +106,13 @@ export interface TrainOptions<B extends TokenBatch> {
    * every step's micro-batches; metrics, progress and the model checkpoint come from rank 0
    */
   dataParallel?: DataParallel;
+  /**
+   * capture the step as graphs and replay them (step.ts): 'auto' (default) on the CUDA backend
+   * when the loss is graph-safe, 'on' also on the CPU (its recorder), 'off' never. The first step
+   * of a session runs eagerly, the second captures; a loss that cannot be captured falls back to
+   * eager with one progress note. Data-parallel runs stay eager.
+   */
+  cudaGraph?: CudaGraphMode;
 }
 
 export interface TrainResult {
@@ -124,6 +132,8 @@ export interface TrainResult {
   stopped: boolean;
   /** this session's metrics */
   history: StepMetrics[];
+  /** kernels (nodes) of the captured step's two graphs when steps replayed them, else null */
+  graphs: { gradients: number; update: number } | null;
 }
 
 /** What state.json holds besides the tensors. */
@@ -221,6 +231,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
   const optimizer = sharded ?? new AdamW(trained, o.optimizer);
   let metrics: MetricsLog | null = null;
   let progress: Progress | null = null;
+  let deviceStep: DeviceStep<B> | null = null;
   try {
     // ---- resume ----
     let step = 0;
@@ -385,6 +396,21 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       );
     };
 
+    // without data parallelism the step runs on the device, eagerly or as captured graphs
+    if (!o.dataParallel) {
+      deviceStep = new DeviceStep<B>({
+        lossFn: o.lossFn,
+        trained,
+        optimizer: optimizer as AdamW,
+        accum,
+        backend: trained[0][1].backend,
+        mode: o.cudaGraph ?? 'auto',
+        rng: o.rng,
+        note: warn,
+        label,
+      });
+    } else if (o.cudaGraph === 'on') warn(`${label}: CUDA graphs off: data-parallel steps run eagerly`);
+
     const t0 = performance.now();
     const history: StepMetrics[] = [];
     let stopped = false;
@@ -392,7 +418,9 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       const ts = performance.now();
       let lossSum = 0;
       let bad: string | null = null;
-      for (let micro = 0; micro < accum; micro++) {
+      // the divergence check's answer when the device step gave it
+      let broken: string | null | undefined;
+      for (let micro = 0; micro < accum && !deviceStep; micro++) {
         const batch: B = pending ?? o.data.next();
         pending = null;
         if (bad) continue; // the step is lost; keep the data position in step with an unbroken run
@@ -413,7 +441,26 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       }
       let gradNorm = NaN;
       let hasGrad: boolean[] = [];
-      if (coll || sharded) {
+      if (deviceStep) {
+        const batches: B[] = [];
+        for (let micro = 0; micro < accum; micro++) {
+          batches.push(pending ?? o.data.next());
+          pending = null;
+        }
+        const st = deviceStep.gradients(batches, step);
+        st.losses.forEach((v, micro) => {
+          if (bad) return;
+          if (Number.isFinite(v)) lossSum += v;
+          else bad = `loss is ${v} (micro-batch ${micro})`;
+        });
+        if (!bad) {
+          gradNorm = Math.sqrt(st.sumSquares);
+          if (!Number.isFinite(gradNorm)) {
+            const first = gradSquares(trained, true).per.find(([, sq]) => !Number.isFinite(sq));
+            bad = `gradient norm is ${gradNorm}${first ? ` (first in ${first[0]})` : ''}`;
+          }
+        }
+      } else if (coll || sharded) {
         const st = reduceStepStats(o.dataParallel!.collective, lossSum, bad !== null, trained);
         lossSum = st.lossSum;
         hasGrad = st.hasGrad;
@@ -422,7 +469,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       if (!bad && sharded) {
         gradNorm = Math.sqrt(sharded.reduceGrads(hasGrad));
         if (!Number.isFinite(gradNorm)) bad = `gradient norm is ${gradNorm}`;
-      } else if (!bad) {
+      } else if (!bad && !deviceStep) {
         if (coll) allReduceGrads(coll, trained, hasGrad, dp!.bucketBytes);
         gradNorm = Math.sqrt(gradSquares(trained, false).total);
         if (!Number.isFinite(gradNorm)) {
@@ -433,7 +480,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       const lr = o.optimizer.lr * lrFactor(o.schedule, step, totalSteps);
       if (bad) {
         skipped++;
-        zeroGrads(trained);
+        if (!deviceStep) zeroGrads(trained); // the device step zeroes them in place at its start
         sharded?.dropGrads();
         progress?.note(`${label}: step ${step + 1} skipped: ${bad}`);
         if (skipped > maxNonFinite) {
@@ -443,6 +490,9 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
               (checkpoint ? `; the last checkpoint is ${checkpoint}` : ''),
           );
         }
+      } else if (deviceStep) {
+        const coef = maxGradNorm > 0 && gradNorm > maxGradNorm ? maxGradNorm / (gradNorm + 1e-6) : 1;
+        broken = deviceStep.update(lr, coef) ? firstNonFinite(trained) : null;
       } else {
         if (maxGradNorm > 0 && gradNorm > maxGradNorm && sharded) {
           sharded.scaleGrads(maxGradNorm / (gradNorm + 1e-6));
@@ -460,6 +510,8 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         if (sharded) sharded.step(lr);
         else (optimizer as AdamW).step(lr);
         zeroGrads(trained);
+      }
+      if (!bad) {
         lastLoss = lossSum / accum;
         if (!Number.isFinite(firstLoss)) firstLoss = lastLoss;
         if (!riseWarned && risen()) {
@@ -471,7 +523,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         }
       }
       // non-finite weights never recover: stop before anything (metrics, a checkpoint) records them
-      const broken = firstNonFinite(trained);
+      if (broken === undefined) broken = firstNonFinite(trained);
       if (broken) {
         throw new DivergenceError(
           `${label}: diverged at step ${step + 1}: ${broken} is not finite ` +
@@ -525,8 +577,10 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       resumedFrom,
       stopped,
       history,
+      graphs: deviceStep?.graphs ? deviceStep.nodes : null,
     };
   } finally {
+    deviceStep?.dispose();
     progress?.done();
     metrics?.close();
     optimizer.dispose();

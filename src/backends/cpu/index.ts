@@ -2,6 +2,7 @@
 // arrays (f32, and f64 for gradient checks), with matrix products through OpenBLAS when present.
 
 import type {
+  AdamWDeviceParams,
   AdamWParams,
   AttentionParams,
   Backend,
@@ -1071,6 +1072,38 @@ export class CpuBackend implements Backend {
       mm[i] = mi;
       vv[i] = vi;
       w[i] = w[i] * decay - (p.lr * (mi / bc1)) / (Math.sqrt(vi / bc2) + p.eps);
+    }
+  }
+
+  adamwDevice(
+    param: DeviceBuffer,
+    grad: DeviceBuffer,
+    m: DeviceBuffer,
+    v: DeviceBuffer,
+    scalars: DeviceBuffer,
+    rowAbs: DeviceBuffer | null,
+    p: AdamWDeviceParams,
+  ): void {
+    const w = fl(param, 'adamwDevice param');
+    const g = fl(grad, 'adamwDevice grad');
+    const mm = fl(m, 'adamwDevice m');
+    const vv = fl(v, 'adamwDevice v');
+    const s = fl(scalars, 'adamwDevice scalars');
+    const ra = rowAbs ? fl(rowAbs, 'adamwDevice rowAbs') : null;
+    const [lr, scale] = [s[0], s[1]];
+    const [bc1, bc2] = [s[p.biasAt], s[p.biasAt + 1]];
+    const decayAll = 1 - lr * p.weightDecay;
+    const rowLen = Math.max(1, p.rowLen);
+    for (let r = 0, i = 0; i < w.length; r++) {
+      const decay = ra === null || ra[r] !== 0 ? decayAll : 1;
+      for (const end = Math.min(i + rowLen, w.length); i < end; i++) {
+        const gi = g[i] * scale;
+        const mi = p.beta1 * mm[i] + (1 - p.beta1) * gi;
+        const vi = p.beta2 * vv[i] + (1 - p.beta2) * gi * gi;
+        mm[i] = mi;
+        vv[i] = vi;
+        w[i] = w[i] * decay - (lr * (mi / bc1)) / (Math.sqrt(vi / bc2) + p.eps);
+      }
     }
   }
 }

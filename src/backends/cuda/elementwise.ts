@@ -5,6 +5,7 @@ import {
   denseStrides,
   DTYPE_BYTES,
   UNARY_OPS,
+  type AdamWDeviceParams,
   type AdamWParams,
   type BinaryOp,
   type DeviceBuffer,
@@ -40,6 +41,7 @@ export const ELEMENTWISE_SIGNATURES = {
   silu_gate_f32: 'ppppli',
   silu_gate_backward_f32: 'ppppppli',
   adamw_f32: 'ppppfffffffl',
+  adamw_device_f32: 'pppppplifffdl',
 } as const;
 
 const { run1 } = moduleKernels('elementwise', ELEMENTWISE_SIGNATURES);
@@ -331,6 +333,39 @@ export function adamw(
     1 - p.lr * p.weightDecay,
     1 - p.beta1 ** p.step,
     1 - p.beta2 ** p.step,
+    n,
+  ]);
+}
+
+export function adamwDevice(
+  h: Host,
+  param: DeviceBuffer,
+  grad: DeviceBuffer,
+  m: DeviceBuffer,
+  v: DeviceBuffer,
+  scalars: DeviceBuffer,
+  rowAbs: DeviceBuffer | null,
+  p: AdamWDeviceParams,
+): void {
+  const n = h.buf(param, 'adamwDevice param').length;
+  const s = h.buf(scalars, 'adamwDevice scalars');
+  if (s.dtype !== 'f64' || s.length < p.biasAt + 2)
+    throw new Error(
+      `cuda backend: adamwDevice scalars must be f64 with ${p.biasAt + 2} entries, got ${s.dtype} (${s.length})`,
+    );
+  run1(h, 'adamw_device_f32', n, [
+    h.f(param, 'adamwDevice param'),
+    h.f(grad, 'adamwDevice grad'),
+    h.f(m, 'adamwDevice m'),
+    h.f(v, 'adamwDevice v'),
+    s.ptr,
+    rowAbs ? h.f(rowAbs, 'adamwDevice rowAbs') : 0,
+    Math.max(1, p.rowLen),
+    p.biasAt,
+    p.beta1,
+    p.beta2,
+    p.eps,
+    p.weightDecay,
     n,
   ]);
 }

@@ -6,6 +6,7 @@
 // norms and losses accumulate in f32) where the CPU accumulates in f64.
 
 import type {
+  AdamWDeviceParams,
   AdamWParams,
   AttentionParams,
   Backend,
@@ -822,6 +823,18 @@ export class CudaBackend implements Backend {
 
   adamw(param: DeviceBuffer, grad: DeviceBuffer, m: DeviceBuffer, v: DeviceBuffer, p: AdamWParams): void {
     elementwise.adamw(this.host, param, grad, m, v, p);
+  }
+
+  adamwDevice(
+    param: DeviceBuffer,
+    grad: DeviceBuffer,
+    m: DeviceBuffer,
+    v: DeviceBuffer,
+    scalars: DeviceBuffer,
+    rowAbs: DeviceBuffer | null,
+    p: AdamWDeviceParams,
+  ): void {
+    elementwise.adamwDevice(this.host, param, grad, m, v, scalars, rowAbs, p);
   }
 }
 

@@ -336,6 +336,31 @@ extern "C" __global__ void adamw_f32(float* param, const float* grad, float* m, 
   }
 }
 
+/**
+ * adamw_f32 with the step's numbers read from a device buffer (a captured step replays with new
+ * values): scalars (f64) = [lr, grad scale, ..., 1 - beta1^t at bias_at, 1 - beta2^t at bias_at + 1].
+ * param, grad, m, v (n) f32; row_abs (n / row_len) f32 or null: the decay 1 - lr wd applies to the
+ * rows whose entry is non-zero (every element when null). The same float arithmetic as adamw_f32,
+ * with g' = scale g.
+ */
+extern "C" __global__ void adamw_device_f32(float* param, const float* grad, float* m, float* v,
+                                            const double* scalars, const float* row_abs, i64 row_len, int bias_at,
+                                            float beta1, float beta2, float eps, double wd, i64 n) {
+  const float lr = (float)scalars[0];
+  const float scale = (float)scalars[1];
+  const float bc1 = (float)scalars[bias_at];
+  const float bc2 = (float)scalars[bias_at + 1];
+  const float decay_all = (float)(1.0 - scalars[0] * wd);
+  FOR_EACH(i, n) {
+    const float decay = row_abs == nullptr || row_abs[i / row_len] != 0.f ? decay_all : 1.f;
+    float p = param[i], mm = m[i], vv = v[i];
+    adamw_one(p, grad[i] * scale, mm, vv, lr, beta1, beta2, eps, decay, bc1, bc2);
+    param[i] = p;
+    m[i] = mm;
+    v[i] = vv;
+  }
+}
+
 /** out = y * silu(z + bias[col]) over (rows, cols): the Mamba mixer's output gate in one pass */
 extern "C" __global__ void silu_gate_f32(const float* y, const float* z, const float* bias, float* out, i64 rows,
                                          int cols) {
