@@ -1297,6 +1297,101 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     }
   });
 
+  it('the fused glue (gate with the D term, gated MLP product, 16-bit kept activation input) against the composed ops on the CPU', () => {
+    // the CPU backend has none of the fused methods: ops.ts composes the same from its ops there
+    assert.equal((cpu as Backend).siluGateD, undefined);
+    const r0 = new Random(21);
+    const cases: { what: string; shapes: number[][]; fn: (ts: T.Tensor[], dt: 'bf16' | null) => T.Tensor }[] =
+      [
+        {
+          what: 'siluGateD (2, 37, 12), 3 heads',
+          shapes: [[2, 37, 12], [2, 37, 12], [3], [2, 37, 12], [12]],
+          fn: ([y, x, d, z, b], dt) => T.siluGateD(y, x, d, z, b, dt),
+        },
+        {
+          what: 'siluGateD (1, 300, 256), 4 heads',
+          shapes: [[1, 300, 256], [1, 300, 256], [4], [1, 300, 256], [256]],
+          fn: ([y, x, d, z, b], dt) => T.siluGateD(y, x, d, z, b, dt),
+        },
+        {
+          what: 'gated silu (3, 50, 40)',
+          shapes: [
+            [3, 50, 40],
+            [3, 50, 40],
+          ],
+          fn: ([g, u], dt) => T.gatedActivation('silu', g, u, dt),
+        },
+        {
+          what: 'gated geluNew (3, 50, 40)',
+          shapes: [
+            [3, 50, 40],
+            [3, 50, 40],
+          ],
+          fn: ([g, u], dt) => T.gatedActivation('geluNew', g, u, dt),
+        },
+        {
+          what: 'geluNew into 16 bits, its input kept in 16 bits (3, 50, 40)',
+          shapes: [[3, 50, 40]],
+          fn: ([x], dt) => (dt ? T.unaryTo('geluNew', x, dt) : T.geluNew(x)),
+        },
+      ];
+    const run = (be: Backend, c: (typeof cases)[number], dt: 'bf16' | null, seed: number) => {
+      T.setBackend(be);
+      T.setAutocast(dt);
+      const r = new Random(seed);
+      const inputs = c.shapes.map((shape) => {
+        const t = T.tensor(
+          r.normals(
+            shape.reduce((a, b) => a * b, 1),
+            0,
+            1,
+          ),
+          shape,
+        );
+        t.requiresGrad = true;
+        return T.keep(t);
+      });
+      const cols = c.shapes[0][c.shapes[0].length - 1];
+      const w = T.keep(T.tensor(r.normals(7 * cols, 0, 0.3), [7, cols]));
+      const loss = T.scope(() => {
+        // a product reads the result (in 16 bits under autocast), then a weighted sum
+        const o = T.linear(c.fn(inputs, dt), w, null);
+        const l = T.sum(T.mul(o, T.tensor(r.normals(o.size, 0, 1), o.shape)));
+        l.backward();
+        return l.item();
+      });
+      const grads = inputs.map((p) => Array.from(p.grad!.toArray()));
+      for (const t of [...inputs, w]) {
+        t.grad?.dispose();
+        t.dispose();
+      }
+      T.setAutocast(null);
+      return { loss, grads };
+    };
+    try {
+      for (const c of cases) {
+        for (const dt of [null, 'bf16'] as const) {
+          const seed = r0.int(1, 1000);
+          const ref = run(cpu, c, dt, seed);
+          const g = run(gpu, c, dt, seed);
+          // f32: different summation orders only (the D gradient sums 300 x 64 products);
+          // bf16: the same values rounded on both sides, then bf16 products (2^-8 per operand)
+          const tol = dt ? 2e-2 : 1e-4;
+          assert.ok(
+            Math.abs(g.loss - ref.loss) <= tol * Math.abs(ref.loss) + 1e-4,
+            `${c.what} ${dt}: loss ${g.loss} vs ${ref.loss}`,
+          );
+          ref.grads.forEach((rg, i) =>
+            assertClose(g.grads[i], rg, tol * maxAbs(rg) + 1e-6, `${c.what} ${dt}: gradient ${i}`),
+          );
+        }
+      }
+    } finally {
+      T.setBackend(cpu);
+      T.setAutocast(null);
+    }
+  });
+
   it('a small network through the tensor layer: same loss and gradients, scopes free everything', () => {
     const run = (be: Backend) => {
       T.setBackend(be);

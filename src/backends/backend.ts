@@ -243,6 +243,66 @@ export interface Backend {
     cols: number,
   ): void;
 
+  // ---- fused glue (optional: ops.ts composes the same from the ops above where it is absent) --
+  /**
+   * out = f(x) and xOut = x, both rounded to one 16-bit dtype in one pass (x f32): an activation
+   * feeding a 16-bit product keeps the 16-bit copy of its input for backward. A backend with this
+   * method accepts such a 16-bit x in `unaryBackward`.
+   */
+  unaryKeep16?(op: UnaryOp, x: DeviceBuffer, out: DeviceBuffer, xOut: DeviceBuffer): void;
+  /**
+   * The gated MLP's product, g, u, out (n): out = f(g) * u, out f32 or 16 bits (rounded in the
+   * same pass); with gKeep and uKeep (out's 16-bit dtype) also g and u rounded, for the backward.
+   */
+  gatedAct?(
+    op: UnaryOp,
+    g: DeviceBuffer,
+    u: DeviceBuffer,
+    out: DeviceBuffer,
+    gKeep: DeviceBuffer | null,
+    uKeep: DeviceBuffer | null,
+  ): void;
+  /** gg = go u f'(g), gu = go f(g); g and u f32, or both in the 16-bit dtype gatedAct kept */
+  gatedActBackward?(
+    op: UnaryOp,
+    g: DeviceBuffer,
+    u: DeviceBuffer,
+    go: DeviceBuffer,
+    gg: DeviceBuffer,
+    gu: DeviceBuffer,
+  ): void;
+  /**
+   * The mixer's output gate with its D term, y, x, z, out (rows, cols), D (cols / headDim), bias
+   * (cols): v = y + D[col / headDim] x, out = v * silu(z + bias); out f32 or 16 bits.
+   */
+  siluGateD?(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+  ): void;
+  /** gy = g silu(u), gx = gy D[col / headDim], gz = g v silu'(u), gD = sum of gy x per head */
+  siluGateDBackward?(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gz: DeviceBuffer,
+    gD: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+  ): void;
+
   // ---- linear algebra -----------------------------------------------------------------------
   /**
    * C = alpha op(A) op(B) + beta C, plus `bias` (n, C's dtype) added to every row of every batch

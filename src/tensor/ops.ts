@@ -194,12 +194,74 @@ function unary(op: UnaryOp, x: Tensor, alpha = 1, beta = 0): Tensor {
 export function unaryTo(op: UnaryOp, x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
   if (x.dtype !== 'f32') fail(op, `a 16-bit result needs an f32 input, got ${x.dtype}`);
   const out = empty(x.shape, dtype, x.backend);
+  if (x.backend.unaryKeep16 && fusedGlue('MOHAWK_FUSED_MLP') && isGradEnabled() && x.requiresGrad) {
+    // the backward reads a 16-bit copy of x written in the same pass: x itself is not kept
+    const xk = empty(x.shape, dtype, x.backend);
+    x.backend.unaryKeep16(op, x.buffer, out.buffer, xk.buffer);
+    return record(out, op, [x], [xk], (g) => {
+      const gg = g.dtype === 'f32' ? g : cast(g, 'f32');
+      const gx = like(x);
+      x.backend.unaryBackward(op, xk.buffer, gg.buffer, gx.buffer);
+      return [gx];
+    });
+  }
   x.backend.unary(op, x.buffer, out.buffer, 1, 0);
   return record(out, op, [x], [x], (g) => {
     const gg = g.dtype === x.dtype ? g : cast(g, x.dtype);
     const gx = like(x);
     x.backend.unaryBackward(op, x.buffer, gg.buffer, gx.buffer);
     return [gx];
+  });
+}
+
+/**
+ * Whether a fused glue kernel may be used (the backend must also have it): on unless
+ * MOHAWK_FUSED_GLUE=0 (all of them) or its own switch (MOHAWK_FUSED_GATE, MOHAWK_FUSED_MLP) is 0,
+ * so one run can measure before and after.
+ */
+export function fusedGlue(name: 'MOHAWK_FUSED_GATE' | 'MOHAWK_FUSED_MLP'): boolean {
+  return process.env.MOHAWK_FUSED_GLUE !== '0' && process.env[name] !== '0';
+}
+
+/**
+ * The gated MLP's product f(g) * u (SwiGLU with silu), g and u of one shape. With `dtype` (under
+ * autocast, feeding down_proj) the result is stored in 16 bits; where the backend fuses it, one
+ * kernel each way, and the backward reads 16-bit copies of g and u written in the same pass.
+ * Otherwise the composed ops.
+ */
+export function gatedActivation(
+  op: UnaryOp,
+  g: Tensor,
+  u: Tensor,
+  dtype: 'bf16' | 'f16' | null = null,
+): Tensor {
+  checkFloat(op, g, u);
+  sameBackend(op, g, u);
+  if (g.ndim !== u.ndim || g.shape.some((d, i) => d !== u.shape[i]))
+    fail(op, `gate ${shapeStr(g.shape)} and up ${shapeStr(u.shape)} differ`);
+  const be = g.backend;
+  if (!(
+    be.gatedAct &&
+    be.gatedActBackward &&
+    g.dtype === 'f32' &&
+    u.dtype === 'f32' &&
+    fusedGlue('MOHAWK_FUSED_MLP')
+  ))
+    return mul(unary(op, g), u);
+  const out = empty(g.shape, dtype ?? 'f32', be);
+  const recording = isGradEnabled() && (g.requiresGrad || u.requiresGrad);
+  const keep16 = recording && dtype !== null;
+  const gk = keep16 ? empty(g.shape, dtype, be) : null;
+  const uk = keep16 ? empty(u.shape, dtype, be) : null;
+  be.gatedAct(op, g.buffer, u.buffer, out.buffer, gk?.buffer ?? null, uk?.buffer ?? null);
+  const gs = gk ?? g;
+  const us = uk ?? u;
+  return record(out, op === 'silu' ? 'swiglu' : `gated ${op}`, [g, u], [gs, us], (go) => {
+    const o = go.dtype === 'f32' ? go : cast(go, 'f32');
+    const gg = like(g);
+    const gu = like(u);
+    be.gatedActBackward!(op, gs.buffer, us.buffer, o.buffer, gg.buffer, gu.buffer);
+    return [g.requiresGrad ? gg : null, u.requiresGrad ? gu : null];
   });
 }
 
@@ -1294,6 +1356,82 @@ export function siluGate(y: Tensor, z: Tensor, bias: Tensor): Tensor {
     const gz = like(z);
     y.backend.siluGateBackward(y.buffer, z.buffer, bias.buffer, g.buffer, gy.buffer, gz.buffer, rows, cols);
     return [gy, gz, bias.requiresGrad ? sumToShape(gz, bias.shape) : null];
+  });
+}
+
+/**
+ * The discrete Mamba-2 mixer's gated output with its D term: (y + D_h x) * silu(z + bias), y, x, z
+ * (..., C), D (H) per head of C / H columns, bias (C). Where the backend fuses it, one kernel each
+ * way, the result stored in `dtype` when given (under autocast, feeding out_proj); otherwise the
+ * composed ops (the D term, then siluGate), with an f32 result.
+ */
+export function siluGateD(
+  y: Tensor,
+  x: Tensor,
+  D: Tensor,
+  z: Tensor,
+  bias: Tensor,
+  dtype: 'bf16' | 'f16' | null = null,
+): Tensor {
+  checkFloat('siluGateD', y, x, D, z, bias);
+  sameBackend('siluGateD', y, x, D, z, bias);
+  for (const [what, t] of [
+    ['x', x],
+    ['z', z],
+  ] as const)
+    if (t.ndim !== y.ndim || t.shape.some((d, i) => d !== y.shape[i]))
+      fail('siluGateD', `${what} ${shapeStr(t.shape)} and y ${shapeStr(y.shape)} differ`);
+  const cols = y.shape[y.ndim - 1] ?? 1;
+  checkVector('siluGateD', bias, cols, 'bias');
+  if (D.ndim !== 1 || D.shape[0] < 1 || cols % D.shape[0] !== 0)
+    fail('siluGateD', `D ${shapeStr(D.shape)} must have one value per head of ${cols} columns`);
+  const heads = D.shape[0];
+  const headDim = cols / heads;
+  const be = y.backend;
+  const all = [y, x, D, z, bias];
+  if (!(
+    be.siluGateD &&
+    be.siluGateDBackward &&
+    all.every((t) => t.dtype === 'f32') &&
+    fusedGlue('MOHAWK_FUSED_GATE')
+  )) {
+    // as the mixer composed it before: D as (1, .., 1, H, 1) against x as (..., H, P)
+    const lead = y.shape.slice(0, -1);
+    const perHead = (t: Tensor) => reshape(t, [...lead, heads, headDim]);
+    const dPerHead = reshape(D, [...lead.map(() => 1), heads, 1]);
+    return siluGate(reshape(add(perHead(y), mul(perHead(x), dPerHead)), y.shape), z, bias);
+  }
+  const rows = y.size / Math.max(cols, 1);
+  const out = empty(y.shape, dtype ?? 'f32', be);
+  be.siluGateD(y.buffer, x.buffer, D.buffer, z.buffer, bias.buffer, out.buffer, rows, cols, headDim);
+  return record(out, 'siluGateD', all, all, (g) => {
+    const gf = g.dtype === 'f32' ? g : cast(g, 'f32');
+    const gy = like(y);
+    const gx = like(x);
+    const gz = like(z);
+    const gD = like(D);
+    be.siluGateDBackward!(
+      y.buffer,
+      x.buffer,
+      D.buffer,
+      z.buffer,
+      bias.buffer,
+      gf.buffer,
+      gy.buffer,
+      gx.buffer,
+      gz.buffer,
+      gD.buffer,
+      rows,
+      cols,
+      headDim,
+    );
+    return [
+      y.requiresGrad ? gy : null,
+      x.requiresGrad ? gx : null,
+      D.requiresGrad ? gD : null,
+      z.requiresGrad ? gz : null,
+      bias.requiresGrad ? sumToShape(gz, bias.shape) : null,
+    ];
   });
 }
 

@@ -386,6 +386,66 @@ export class CudaBackend implements Backend {
     elementwise.siluGateBackward(this.host, y, z, bias, g, gy, gz, rows, cols);
   }
 
+  // the fused glue of the training step (optional Backend methods; see backend.ts)
+
+  unaryKeep16(op: UnaryOp, x: DeviceBuffer, out: DeviceBuffer, xOut: DeviceBuffer): void {
+    elementwise.unaryKeep16(this.host, op, x, out, xOut);
+  }
+
+  gatedAct(
+    op: UnaryOp,
+    g: DeviceBuffer,
+    u: DeviceBuffer,
+    out: DeviceBuffer,
+    gKeep: DeviceBuffer | null,
+    uKeep: DeviceBuffer | null,
+  ): void {
+    elementwise.gatedAct(this.host, op, g, u, out, gKeep, uKeep);
+  }
+
+  gatedActBackward(
+    op: UnaryOp,
+    g: DeviceBuffer,
+    u: DeviceBuffer,
+    go: DeviceBuffer,
+    gg: DeviceBuffer,
+    gu: DeviceBuffer,
+  ): void {
+    elementwise.gatedActBackward(this.host, op, g, u, go, gg, gu);
+  }
+
+  siluGateD(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+  ): void {
+    elementwise.siluGateD(this.host, y, x, D, z, bias, out, rows, cols, headDim);
+  }
+
+  siluGateDBackward(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gz: DeviceBuffer,
+    gD: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+  ): void {
+    elementwise.siluGateDBackward(this.host, y, x, D, z, bias, g, gy, gx, gz, gD, rows, cols, headDim);
+  }
+
   dropout(x: DeviceBuffer, out: DeviceBuffer, p: number, seed: number): void {
     elementwise.dropout(this.host, x, out, p, seed);
   }
