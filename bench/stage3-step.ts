@@ -13,7 +13,7 @@
 // memory breakdown of one more step: the bytes live at each phase and, at the end of the forward
 // pass, the tensors the student's graph keeps for backward, grouped by the op that made them.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
-//      [--seq T] [--steps S] [--teacher-f32] [--unfused] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -51,9 +51,12 @@ const { values } = parseArgs({
     'teacher-f32': { type: 'boolean', default: false },
     // the glue fusions off (MOHAWK_FUSED_GLUE=0): the gate with its D term, the MLP products
     unfused: { type: 'boolean', default: false },
+    // the Phi MLP's tanh GELU in cuBLASLt's epilogues (MOHAWK_GELU_EPILOGUE=1; off by default)
+    'gelu-epilogue': { type: 'boolean', default: false },
   },
 });
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';
+if (values['gelu-epilogue']) process.env.MOHAWK_GELU_EPILOGUE = '1';
 const llama = values.model === 'llama3';
 if (!llama && values.model !== 'phi') throw new Error(`--model expects phi or llama3, got ${values.model}`);
 const L = Number(values.layers ?? (llama ? 16 : 24));
@@ -247,7 +250,8 @@ rows.push(
       `teacher ${llama ? 'Llama-3' : 'Phi'} ${L} x d${D} vocab ${V}, student ${llama ? 'Llamba' : 'Phi-Mamba'} ` +
       `(d_state ${m.dState}, chunk ${m.chunkSize}), batch ${B} x ${T}, ${values.fp32 ? 'f32' : 'bf16 autocast'}, ` +
       `${values.fused ? 'fused chunked head + KL' : 'full logits + KL'}, teacher linear weights ${linearDtype ?? 'f32'}, ` +
-      `glue fusions ${process.env.MOHAWK_FUSED_GLUE === '0' ? 'off' : 'on'}`,
+      `glue fusions ${process.env.MOHAWK_FUSED_GLUE === '0' ? 'off' : 'on'}, ` +
+      `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}`,
   },
   {
     what: 'parameters',

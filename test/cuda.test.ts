@@ -1392,6 +1392,78 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     }
   });
 
+  it('the Phi MLP with the tanh GELU in cuBLASLt epilogues (MOHAWK_GELU_EPILOGUE=1) against the composed MLP on the CPU, bf16 autocast', (t) => {
+    const [rows, d, h, d2] = [96, 64, 256, 48];
+    const run = (be: Backend, fused: boolean, grad: boolean) => {
+      T.setBackend(be);
+      T.setAutocast('bf16');
+      const r = new Random(31);
+      const mk = (shape: number[], std: number) => {
+        const v = T.tensor(
+          r.normals(
+            shape.reduce((a, b) => a * b, 1),
+            0,
+            std,
+          ),
+          shape,
+        );
+        v.requiresGrad = grad;
+        return T.keep(v);
+      };
+      const leaves = [
+        mk([2, rows / 2, d], 1),
+        mk([h, d], 0.2),
+        mk([h], 0.5),
+        mk([d2, h], 0.1),
+        mk([d2], 0.5),
+      ];
+      const [x, w1, b1, w2, b2] = leaves;
+      const weights = T.keep(T.tensor(r.normals(rows * d2, 0, 1), [2, rows / 2, d2]));
+      let used = false;
+      const res = T.scope(() => {
+        const body = () => {
+          let y: T.Tensor | null = fused ? T.geluMlp(x, w1, b1, w2, b2) : null;
+          used = y !== null;
+          y ??= T.linear(T.geluNew(T.linear(x, w1, b1)), w2, b2);
+          return T.sum(T.mul(y, weights));
+        };
+        const l = grad ? body() : T.noGrad(body);
+        if (grad) l.backward();
+        return l.item();
+      });
+      const grads = grad ? leaves.map((p) => Array.from(p.grad!.toArray())) : [];
+      for (const v of [...leaves, weights]) {
+        v.grad?.dispose();
+        v.dispose();
+      }
+      T.setAutocast(null);
+      return { loss: res, grads, used };
+    };
+    const prev = process.env.MOHAWK_GELU_EPILOGUE;
+    process.env.MOHAWK_GELU_EPILOGUE = '1';
+    try {
+      for (const grad of [false, true]) {
+        const ref = run(cpu, false, grad);
+        const g = run(gpu, true, grad);
+        t.diagnostic(
+          `grad ${grad}: the epilogue product ${g.used ? 'ran' : 'was not available (composed ops ran)'}`,
+        );
+        // bf16 products and a bf16 activation on both sides (the CPU rounds the same f32 values)
+        const tol = 2e-2;
+        assert.ok(
+          Math.abs(g.loss - ref.loss) <= tol * Math.abs(ref.loss) + 1e-3,
+          `loss ${g.loss} vs ${ref.loss}`,
+        );
+        ref.grads.forEach((rg, i) => assertClose(g.grads[i], rg, tol * maxAbs(rg) + 1e-6, `gradient ${i}`));
+      }
+    } finally {
+      if (prev === undefined) delete process.env.MOHAWK_GELU_EPILOGUE;
+      else process.env.MOHAWK_GELU_EPILOGUE = prev;
+      T.setBackend(cpu);
+      T.setAutocast(null);
+    }
+  });
+
   it('a small network through the tensor layer: same loss and gradients, scopes free everything', () => {
     const run = (be: Backend) => {
       T.setBackend(be);

@@ -303,6 +303,23 @@ export interface Backend {
     headDim: number,
   ): void;
 
+  /**
+   * Optional: a product (batch 1, 16-bit A, B and C) with a GELU (tanh approximation) epilogue.
+   * 'gelu': C = gelu(op(A) op(B) + bias), and aux (C's dtype and shape) = the GELU input when
+   * given; 'dgelu': C = (op(A) op(B)) * gelu'(aux), and bias = the sums of C over its rows when
+   * given (the bias's gradient). bias is f32 (n). Returns false, doing nothing, where the backend
+   * has no such product for this case (the caller then composes it).
+   */
+  matmulGelu?(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    p: MatmulParams,
+    mode: 'gelu' | 'dgelu',
+    bias: DeviceBuffer | null,
+    aux: DeviceBuffer | null,
+  ): boolean;
+
   // ---- linear algebra -----------------------------------------------------------------------
   /**
    * C = alpha op(A) op(B) + beta C, plus `bias` (n, C's dtype) added to every row of every batch

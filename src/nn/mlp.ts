@@ -2,6 +2,7 @@
 
 import {
   gatedActivation,
+  geluMlp,
   geluNew,
   gelu,
   getAutocast,
@@ -81,6 +82,11 @@ export class MLP extends Module {
   }
 
   forward(x: Tensor): Tensor {
+    if (this.act === 'gelu_new' || this.act === 'gelu_pytorch_tanh') {
+      // the tanh GELU in the products' epilogues where the backend has them (MOHAWK_GELU_EPILOGUE=1)
+      const fused = geluMlp(x, this.fc1.weight, this.fc1.bias!, this.fc2.weight, this.fc2.bias!);
+      if (fused) return fused;
+    }
     const h = this.fc1.forward(x);
     // under autocast fc2 reads a 16-bit copy anyway: the activation writes it directly
     const dt = getAutocast();

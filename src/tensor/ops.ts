@@ -767,6 +767,109 @@ function matmulImpl(
   });
 }
 
+/**
+ * The Phi MLP, fc2(gelu_new(fc1 x)), under autocast with the tanh GELU in cuBLASLt's epilogues:
+ * fc1's product writes the 16-bit activation and its 16-bit input (forward), fc2's backward
+ * product applies the GELU derivative and sums fc1's bias gradient (backward), so no separate
+ * activation, cast or bias-reduction pass runs. x (..., d), w1 (h, d), b1 (h), w2 (d2, h), b2
+ * (d2), all f32. Returns null where it does not apply (no autocast, a backend without
+ * `matmulGelu`, MOHAWK_GELU_EPILOGUE not 1, no algorithm): the caller composes the ops then.
+ */
+export function geluMlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor): Tensor | null {
+  const dt = autocastDtype;
+  const be = x.backend;
+  if (!dt || !be.matmulGelu || process.env.MOHAWK_GELU_EPILOGUE !== '1') return null;
+  const all = [x, w1, b1, w2, b2];
+  // the weights may be held in 16 bits already (a frozen teacher under precision bf16)
+  if (all.some((t) => (t.dtype !== 'f32' && !((t === w1 || t === w2) && t.dtype === dt)) || t.backend !== be))
+    return null;
+  const as16 = (t: Tensor) => (t.dtype === dt ? t : autocastOperand(t, dt));
+  const d = x.shape[x.ndim - 1];
+  const [h, d1] = w1.shape;
+  const [d2, h2] = w2.shape;
+  if (w1.ndim !== 2 || w2.ndim !== 2 || d1 !== d || h2 !== h)
+    fail(
+      'geluMlp',
+      `x ${shapeStr(x.shape)}, fc1 ${shapeStr(w1.shape)}, fc2 ${shapeStr(w2.shape)} do not fit`,
+    );
+  checkVector('geluMlp', b1, h, 'fc1 bias');
+  checkVector('geluMlp', b2, d2, 'fc2 bias');
+  const lead = x.shape.slice(0, -1);
+  const rows = sizeOf(lead);
+  if (rows === 0) return null;
+  const recording = isGradEnabled() && all.some((t) => t.requiresGrad);
+  const x16 = autocastOperand(x, dt);
+  const w116 = as16(w1);
+  const act = empty([...lead, h], dt, be);
+  const pre = recording ? empty([...lead, h], dt, be) : null;
+  const dense = (m: number, n: number, k: number, transA: boolean, transB: boolean) => ({
+    batch: 1,
+    m,
+    n,
+    k,
+    transA,
+    transB,
+    strideA: m * k,
+    strideB: k * n,
+    strideC: m * n,
+    alpha: 1,
+    beta: 0,
+  });
+  // act = gelu(x16 w1^T + b1), pre = x16 w1^T + b1, both 16-bit
+  if (
+    !be.matmulGelu(
+      x16.buffer,
+      w116.buffer,
+      act.buffer,
+      dense(rows, h, d, false, true),
+      'gelu',
+      b1.buffer,
+      pre?.buffer ?? null,
+    )
+  ) {
+    act.dispose();
+    pre?.dispose();
+    return null;
+  }
+  const w216 = as16(w2);
+  const out = empty([...lead, d2], 'f32', be);
+  be.matmul(act.buffer, w216.buffer, out.buffer, dense(rows, d2, h, false, true), b2.buffer);
+  if (!recording) {
+    act.dispose();
+    return out;
+  }
+  const inputs = [x16, w116, b1, w216, b2];
+  return record(out, 'geluMlp', inputs, [x16, w116, w216, act, pre!], (g) => {
+    const g16 = cast(g, dt);
+    const flat = (t: Tensor, cols: number) => t.view([rows, cols]);
+    // fc2: its weight's gradient from the 16-bit activation, its bias's from the f32 gradient
+    const gw2 = w216.requiresGrad ? matmul(flat(g16, d2), flat(act, h), { transA: true }) : null;
+    const gb2 = b2.requiresGrad ? sumToShape(g, b2.shape) : null;
+    // fc2's input gradient times gelu'(pre), in 16 bits, with fc1's bias gradient
+    const gPre = empty([rows, h], dt, be);
+    const gb1 = b1.requiresGrad ? empty([h], 'f32', be) : null;
+    const fused = be.matmulGelu!(
+      g16.buffer,
+      w216.buffer,
+      gPre.buffer,
+      dense(rows, h, d2, false, false),
+      'dgelu',
+      gb1?.buffer ?? null,
+      pre!.buffer,
+    );
+    let gb1Out: Tensor | null = gb1;
+    if (!fused) {
+      const gAct = matmul(flat(g16, d2), w216);
+      be.unaryBackward('geluNew', pre!.buffer, gAct.buffer, gAct.buffer);
+      gb1Out = b1.requiresGrad ? sumToShape(gAct, b1.shape) : null;
+      be.cast(gAct.buffer, gPre.buffer);
+    }
+    const gx = x16.requiresGrad ? matmul(gPre, w116).view(x16.shape) : null;
+    const gw1 = w116.requiresGrad ? matmul(gPre, flat(x16, d), { transA: true }) : null;
+    return [gx, gw1, gb1Out, gw2, gb2];
+  });
+}
+
 // ---- rows -----------------------------------------------------------------------------------
 
 function lastAxisRows(op: string, x: Tensor, axis: number): [number, number] {

@@ -524,6 +524,58 @@ export class CudaBackend implements Backend {
     if (BIAS) addBias();
   }
 
+  matmulGelu(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    p: MatmulParams,
+    mode: 'gelu' | 'dgelu',
+    bias: DeviceBuffer | null,
+    aux: DeviceBuffer | null,
+  ): boolean {
+    const A = this.buf(a, 'matmulGelu A');
+    const B = this.buf(b, 'matmulGelu B');
+    const C = this.buf(c, 'matmulGelu C');
+    const ab = A.dtype;
+    if (B.dtype !== ab || C.dtype !== ab || (ab !== 'bf16' && ab !== 'f16'))
+      throw new Error(
+        `cuda backend: matmulGelu needs one 16-bit dtype for A, B, C, got ${ab}, ${B.dtype}, ${C.dtype}`,
+      );
+    if (p.batch !== 1) throw new Error(`cuda backend: matmulGelu of batch ${p.batch} (1 only)`);
+    const BIAS = bias ? this.buf(bias, 'matmulGelu bias') : null;
+    if (BIAS && (BIAS.dtype !== 'f32' || BIAS.length !== p.n))
+      throw new Error(
+        `cuda backend: matmulGelu bias must be ${p.n} values of f32, got ${BIAS.length} ${BIAS.dtype}`,
+      );
+    const AUX = aux ? this.buf(aux, 'matmulGelu aux') : null;
+    if (AUX && (AUX.dtype !== ab || AUX.length !== p.m * p.n))
+      throw new Error(
+        `cuda backend: matmulGelu aux must be ${p.m * p.n} values of ${ab}, got ${AUX.length} ${AUX.dtype}`,
+      );
+    if (p.m === 0 || p.n === 0 || p.k === 0) return false;
+    const g = {
+      a: A.ptr,
+      b: B.ptr,
+      c: C.ptr,
+      typeAB: ab as GemmDType,
+      typeC: ab as GemmDType,
+      transA: p.transA,
+      transB: p.transB,
+      m: p.m,
+      n: p.n,
+      k: p.k,
+      strideA: p.strideA,
+      strideB: p.strideB,
+      strideC: p.strideC,
+      batch: 1,
+      alpha: p.alpha,
+      beta: p.beta,
+    };
+    const run = () => this.cublas.gemmGelu(g, mode, BIAS?.ptr ?? 0, AUX?.ptr ?? 0);
+    const prof = this.kernels.profiler;
+    return prof ? prof.around(`cuBLASLt GEMM+${mode} ${ab}`, run) : run();
+  }
+
   // ---- rows ---------------------------------------------------------------------------------
 
   softmax(x: DeviceBuffer, out: DeviceBuffer, rows: number, cols: number, log: boolean): void {
