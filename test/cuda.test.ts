@@ -30,7 +30,11 @@ import { CudaBackend, KERNEL_SIGNATURES, collapseAxes } from '../src/backends/cu
 import { kernelsDir } from '../src/backends/cuda/kernels.js';
 import * as T from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
-import { assertClose } from './helpers.js';
+import { studentConfigFor } from '../src/distill/transfer.js';
+import { PhiForCausalLM } from '../src/models/phi.js';
+import { StudentLM } from '../src/models/phi-mamba.js';
+import type { CausalLM } from '../src/models/types.js';
+import { assertClose, tinyLlama } from './helpers.js';
 
 // ---- checks that need no GPU ------------------------------------------------------------------
 
@@ -1459,6 +1463,96 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     } finally {
       if (prev === undefined) delete process.env.MOHAWK_GELU_EPILOGUE;
       else process.env.MOHAWK_GELU_EPILOGUE = prev;
+      T.setBackend(cpu);
+      T.setAutocast(null);
+    }
+  });
+
+  it('students (Phi-Mamba, Llamba) with the fused glue: loss and every gradient against the CPU, f32 and bf16 autocast', () => {
+    const teachers: [string, () => CausalLM][] = [
+      [
+        'phi',
+        () =>
+          new PhiForCausalLM(
+            {
+              vocabSize: 97,
+              hiddenSize: 32,
+              intermediateSize: 128,
+              numLayers: 2,
+              numHeads: 4,
+              numKvHeads: 4,
+              headDim: 8,
+              rotaryDim: 4,
+              partialRotaryFactor: 0.5,
+              ropeTheta: 10000,
+              layerNormEps: 1e-5,
+              hiddenAct: 'gelu_new',
+              maxPositionEmbeddings: 64,
+              tieWordEmbeddings: false,
+              bosTokenId: 0,
+              eosTokenId: 0,
+            },
+            { rng: new Random(1) },
+          ),
+      ],
+      ['llama', () => tinyLlama()],
+    ];
+    const run = (be: Backend, make: () => CausalLM, dt: 'bf16' | null) => {
+      T.setBackend(be);
+      const teacher = make();
+      const student = new StudentLM(studentConfigFor(teacher, { chunkSize: 8 }), { rng: new Random(3) });
+      T.setAutocast(dt);
+      const vocab = student.info.vocabSize;
+      const ids = T.keep(
+        T.tensor(
+          Int32Array.from({ length: 2 * 21 }, (_, i) => (i * 29 + 3) % vocab),
+          [2, 21],
+          'i32',
+        ),
+      );
+      const targets = T.keep(
+        T.tensor(
+          Int32Array.from({ length: 2 * 21 }, (_, i) => (i * 7 + 1) % vocab),
+          [2, 21],
+          'i32',
+        ),
+      );
+      const loss = T.scope(() => {
+        const l = T.crossEntropy(student.forward(ids).logits, targets);
+        l.backward(undefined, { freeGraph: true });
+        return l.item();
+      });
+      T.setAutocast(null);
+      const grads = student
+        .namedParameters()
+        .map(([n, p]) => [n, Array.from(p.grad?.toArray() ?? [])] as const);
+      for (const m of [teacher, student])
+        for (const p of m.parameters()) {
+          p.grad?.dispose();
+          p.dispose();
+        }
+      ids.dispose();
+      targets.dispose();
+      return { loss, grads };
+    };
+    try {
+      for (const [name, make] of teachers) {
+        for (const dt of [null, 'bf16'] as const) {
+          const ref = run(cpu, make, dt);
+          const g = run(gpu, make, dt);
+          // f32: summation orders (the SSD scan's f32 chunk sums); bf16: 16-bit products and
+          // activations, and the GPU's bf16 SSD scan against the CPU's f32 one
+          const tol = dt ? 1e-1 : 2e-3;
+          assert.ok(
+            Math.abs(g.loss - ref.loss) <= (dt ? 2e-2 : 1e-4) * Math.abs(ref.loss),
+            `${name} ${dt}: loss ${g.loss} vs ${ref.loss}`,
+          );
+          ref.grads.forEach(([n, rg], i) =>
+            assertClose(g.grads[i][1], rg, tol * maxAbs(rg) + 1e-6, `${name} ${dt}: ${n}`),
+          );
+        }
+      }
+    } finally {
       T.setBackend(cpu);
       T.setAutocast(null);
     }
