@@ -273,7 +273,8 @@ export interface Backend {
   ): void;
   /**
    * The mixer's output gate with its D term, y, x, z, out (rows, cols), D (cols / headDim), bias
-   * (cols): v = y + D[col / headDim] x, out = v * silu(z + bias); out f32 or 16 bits.
+   * (cols): v = y + D[col / headDim] x, out = v * silu(z + bias); out f32 or 16 bits. With yKeep
+   * and zKeep (out's 16-bit dtype) also y and z rounded, which the backward may then read instead.
    */
   siluGateD?(
     y: DeviceBuffer,
@@ -285,8 +286,13 @@ export interface Backend {
     rows: number,
     cols: number,
     headDim: number,
+    yKeep?: DeviceBuffer | null,
+    zKeep?: DeviceBuffer | null,
   ): void;
-  /** gy = g silu(u), gx = gy D[col / headDim], gz = g v silu'(u), gD = sum of gy x per head */
+  /**
+   * gy = g silu(u), gx = gy D[col / headDim], gz = g v silu'(u), gD = sum of gy x per head; y and
+   * z f32 or both the 16-bit copies siluGateD kept
+   */
   siluGateDBackward?(
     y: DeviceBuffer,
     x: DeviceBuffer,

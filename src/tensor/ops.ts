@@ -1506,18 +1506,37 @@ export function siluGateD(
   }
   const rows = y.size / Math.max(cols, 1);
   const out = empty(y.shape, dtype ?? 'f32', be);
-  be.siluGateD(y.buffer, x.buffer, D.buffer, z.buffer, bias.buffer, out.buffer, rows, cols, headDim);
-  return record(out, 'siluGateD', all, all, (g) => {
+  // under autocast the backward reads 16-bit copies of y and z, written in the same pass: the f32
+  // ones are not kept (x is, for the scan's backward anyway)
+  const keep16 = dtype !== null && isGradEnabled() && all.some((t) => t.requiresGrad);
+  const yk = keep16 ? empty(y.shape, dtype, be) : null;
+  const zk = keep16 ? empty(z.shape, dtype, be) : null;
+  be.siluGateD(
+    y.buffer,
+    x.buffer,
+    D.buffer,
+    z.buffer,
+    bias.buffer,
+    out.buffer,
+    rows,
+    cols,
+    headDim,
+    yk?.buffer,
+    zk?.buffer,
+  );
+  const ys = yk ?? y;
+  const zs = zk ?? z;
+  return record(out, 'siluGateD', all, [ys, x, D, zs, bias], (g) => {
     const gf = g.dtype === 'f32' ? g : cast(g, 'f32');
     const gy = like(y);
     const gx = like(x);
     const gz = like(z);
     const gD = like(D);
     be.siluGateDBackward!(
-      y.buffer,
+      ys.buffer,
       x.buffer,
       D.buffer,
-      z.buffer,
+      zs.buffer,
       bias.buffer,
       gf.buffer,
       gy.buffer,

@@ -44,8 +44,8 @@ export const ELEMENTWISE_SIGNATURES = {
   unary_backward_from16: 'pppiil',
   gated_act_f32: 'pppippiil',
   gated_act_backward_f32: 'ppipppil',
-  silu_gate_d_f32: 'ppppppilii',
-  silu_gate_d_backward_f32: 'ppppppppppliii',
+  silu_gate_d_f32: 'ppppppippilii',
+  silu_gate_d_backward_f32: 'ppppippppppliii',
 } as const;
 
 const { k, run1 } = moduleKernels('elementwise', ELEMENTWISE_SIGNATURES);
@@ -466,8 +466,17 @@ export function siluGateD(
   rows: number,
   cols: number,
   headDim: number,
+  yKeep: DeviceBuffer | null = null,
+  zKeep: DeviceBuffer | null = null,
 ): void {
   const o = h.buf(out, 'siluGateD output');
+  const ot = storage(o.dtype, 'siluGateD output');
+  const keep = yKeep !== null && zKeep !== null;
+  if (
+    keep &&
+    (ot === 0 || h.buf(yKeep, 'kept y').dtype !== o.dtype || h.buf(zKeep, 'kept z').dtype !== o.dtype)
+  )
+    throw new Error('cuda backend: siluGateD keeps y and z in the 16-bit dtype of its output');
   run1(h, 'silu_gate_d_f32', rows * cols, [
     h.f(y, 'siluGateD y'),
     h.f(x, 'siluGateD x'),
@@ -475,7 +484,10 @@ export function siluGateD(
     h.f(z, 'siluGateD z'),
     h.f(bias, 'siluGateD bias'),
     o.ptr,
-    storage(o.dtype, 'siluGateD output'),
+    ot,
+    keep ? h.buf(yKeep, 'kept y').ptr : 0,
+    keep ? h.buf(zKeep, 'kept z').ptr : 0,
+    keep ? 1 : 0,
     rows,
     cols,
     headDim,
@@ -513,12 +525,17 @@ export function siluGateDBackward(
   const bands0 = Math.max(1, Math.min(rows, Math.ceil((h.sms * 8) / colBlocks), 65535));
   const rowsPerBlock = Math.ceil(rows / bands0);
   const bands = Math.ceil(rows / rowsPerBlock);
+  const yb = h.buf(y, 'siluGateD y');
+  const zb = h.buf(z, 'siluGateD z');
+  if (yb.dtype !== zb.dtype)
+    throw new Error(`cuda backend: siluGateD y ${yb.dtype} and z ${zb.dtype} differ`);
   const partial = h.scratch(bands * cols);
   k(h, 'silu_gate_d_backward_f32').launch([colBlocks, bands, 1], threads, 0, [
-    h.f(y, 'siluGateD y'),
+    yb.ptr,
     h.f(x, 'siluGateD x'),
     h.f(D, 'siluGateD D'),
-    h.f(z, 'siluGateD z'),
+    zb.ptr,
+    storage(yb.dtype, 'siluGateD y'),
     h.f(bias, 'siluGateD bias'),
     h.f(g, 'siluGateD gradient'),
     h.f(gy, 'siluGateD y gradient'),

@@ -424,8 +424,23 @@ export class CudaBackend implements Backend {
     rows: number,
     cols: number,
     headDim: number,
+    yKeep?: DeviceBuffer | null,
+    zKeep?: DeviceBuffer | null,
   ): void {
-    elementwise.siluGateD(this.host, y, x, D, z, bias, out, rows, cols, headDim);
+    elementwise.siluGateD(
+      this.host,
+      y,
+      x,
+      D,
+      z,
+      bias,
+      out,
+      rows,
+      cols,
+      headDim,
+      yKeep ?? null,
+      zKeep ?? null,
+    );
   }
 
   siluGateDBackward(

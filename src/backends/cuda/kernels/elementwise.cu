@@ -449,16 +449,24 @@ extern "C" __global__ void gated_act_backward_f32(const void* g, const void* u, 
 
 /**
  * The mixer's output with its D term: y, x, z (rows, cols) f32, D (cols / headDim), bias (cols):
- * v = y + D[col / headDim] x, out = v * silu(z + bias[col]) in storage ot.
+ * v = y + D[col / headDim] x, out = v * silu(z + bias[col]) in storage ot; with keep != 0 also y
+ * and z rounded to out's 16-bit storage (yk, zk) for the backward.
  */
 extern "C" __global__ void silu_gate_d_f32(const float* y, const float* x, const float* D, const float* z,
-                                           const float* bias, void* out, int ot, i64 rows, int cols, int headDim) {
+                                           const float* bias, void* out, int ot, u16* yk, u16* zk, int keep,
+                                           i64 rows, int cols, int headDim) {
   const i64 n = rows * cols;
   FOR_EACH(i, n) {
     const int c = (int)(i % cols);
-    const float u = z[i] + bias[c];
-    const float v = y[i] + D[c / headDim] * x[i];
+    const float zi = z[i];
+    const float yi = y[i];
+    const float u = zi + bias[c];
+    const float v = yi + D[c / headDim] * x[i];
     store_any(out, ot, i, v * u * sigmoidf_(u));
+    if (keep) {
+      store_any(yk, ot, i, yi);
+      store_any(zk, ot, i, zi);
+    }
   }
 }
 
@@ -466,12 +474,12 @@ extern "C" __global__ void silu_gate_d_f32(const float* y, const float* x, const
  * Its backward, one thread per column over a band of rowsPerBlock rows (blockIdx.y), so the D
  * gradient's column sums need no atomics: gy = g silu(u), gx = gy D, gz = g v silu'(u), and
  * partial[blockIdx.y, col] = sum over the band of gy x (then summed over bands and each head's
- * columns by the caller).
+ * columns by the caller). y and z in storage st (f32, or the 16-bit copies the forward kept).
  */
-extern "C" __global__ void silu_gate_d_backward_f32(const float* y, const float* x, const float* D, const float* z,
-                                                    const float* bias, const float* g, float* gy, float* gx,
-                                                    float* gz, float* partial, i64 rows, int cols, int headDim,
-                                                    int rowsPerBlock) {
+extern "C" __global__ void silu_gate_d_backward_f32(const void* y, const float* x, const float* D, const void* z,
+                                                    int st, const float* bias, const float* g, float* gy,
+                                                    float* gx, float* gz, float* partial, i64 rows, int cols,
+                                                    int headDim, int rowsPerBlock) {
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= cols) return;
   const float b = bias[c];
@@ -481,10 +489,10 @@ extern "C" __global__ void silu_gate_d_backward_f32(const float* y, const float*
   float acc = 0.f;
   for (i64 r = r0; r < r1; r++) {
     const i64 i = r * cols + c;
-    const float u = z[i] + b;
+    const float u = load_any(z, st, i) + b;
     const float s = sigmoidf_(u);
     const float xi = x[i];
-    const float v = y[i] + d * xi;
+    const float v = load_any(y, st, i) + d * xi;
     const float gi = g[i];
     const float gyi = gi * u * s;
     gy[i] = gyi;
