@@ -1334,6 +1334,16 @@ describe('cuda backend vs cpu backend', { skip }, () => {
           fn: ([g, u], dt) => T.gatedActivation('geluNew', g, u, dt),
         },
         {
+          what: 'causalConv1d (2, 77, 12), kernel 4 (a bf16 copy of x kept for the weight gradient)',
+          shapes: [[2, 77, 12], [12, 4], [12]],
+          fn: ([x, w, b]) => T.causalConv1d(x, w, b),
+        },
+        {
+          what: 'causalConv1d (1, 40, 20), kernel 3',
+          shapes: [[1, 40, 20], [20, 3], [20]],
+          fn: ([x, w, b]) => T.causalConv1d(x, w, b),
+        },
+        {
           what: 'geluNew into 16 bits, its input kept in 16 bits (3, 50, 40)',
           shapes: [[3, 50, 40]],
           fn: ([x], dt) => (dt ? T.unaryTo('geluNew', x, dt) : T.geluNew(x)),

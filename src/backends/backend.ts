@@ -310,6 +310,22 @@ export interface Backend {
   ): void;
 
   /**
+   * Optional: causalConv1d that also writes xKeep, a bf16 copy of x (B, T, C), in the same pass;
+   * a backend with this method accepts that bf16 x in causalConv1dBackward (its weight gradient
+   * then reads the copy, and the f32 input need not be kept).
+   */
+  causalConv1dKeep16?(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    xKeep: DeviceBuffer,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void;
+  /**
    * Optional: a product (batch 1, 16-bit A, B and C) with a GELU (tanh approximation) epilogue.
    * 'gelu': C = gelu(op(A) op(B) + bias), and aux (C's dtype and shape) = the GELU input when
    * given; 'dgelu': C = (op(A) op(B)) * gelu'(aux), and bias = the sums of C over its rows when

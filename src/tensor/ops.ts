@@ -216,10 +216,11 @@ export function unaryTo(op: UnaryOp, x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
 
 /**
  * Whether a fused glue kernel may be used (the backend must also have it): on unless
- * MOHAWK_FUSED_GLUE=0 (all of them) or its own switch (MOHAWK_FUSED_GATE, MOHAWK_FUSED_MLP) is 0,
+ * MOHAWK_FUSED_GLUE=0 (all of them) or its own switch (MOHAWK_FUSED_GATE, MOHAWK_FUSED_MLP,
+ * MOHAWK_FUSED_CONV) is 0,
  * so one run can measure before and after.
  */
-export function fusedGlue(name: 'MOHAWK_FUSED_GATE' | 'MOHAWK_FUSED_MLP'): boolean {
+export function fusedGlue(name: 'MOHAWK_FUSED_GATE' | 'MOHAWK_FUSED_MLP' | 'MOHAWK_FUSED_CONV'): boolean {
   return process.env.MOHAWK_FUSED_GLUE !== '0' && process.env[name] !== '0';
 }
 
@@ -1042,14 +1043,37 @@ export function causalConv1d(x: Tensor, weight: Tensor, bias: Tensor | null): Te
   if (bias) checkVector('causalConv1d', bias, c, 'bias');
   const k = weight.shape[1];
   const out = like(x);
-  x.backend.causalConv1d(x.buffer, weight.buffer, bias?.buffer ?? null, out.buffer, batch, t, c, k);
+  const be = x.backend;
   const inputs = bias ? [x, weight, bias] : [x, weight];
-  return record(out, 'causalConv1d', inputs, [x, weight], (g) => {
+  // under bf16 autocast the weight gradient reads a bf16 copy of x written by the forward pass
+  const keep16 =
+    autocastDtype === 'bf16' &&
+    x.dtype === 'f32' &&
+    be.causalConv1dKeep16 !== undefined &&
+    isGradEnabled() &&
+    (weight.requiresGrad || bias?.requiresGrad === true) &&
+    fusedGlue('MOHAWK_FUSED_CONV');
+  const xk = keep16 ? empty(x.shape, 'bf16', be) : null;
+  if (xk)
+    be.causalConv1dKeep16!(
+      x.buffer,
+      weight.buffer,
+      bias?.buffer ?? null,
+      out.buffer,
+      xk.buffer,
+      batch,
+      t,
+      c,
+      k,
+    );
+  else be.causalConv1d(x.buffer, weight.buffer, bias?.buffer ?? null, out.buffer, batch, t, c, k);
+  const xs = xk ?? x;
+  return record(out, 'causalConv1d', inputs, [xs, weight], (g) => {
     const gx = like(x);
     const gw = like(weight);
     const gb = bias ? like(bias) : null;
     x.backend.causalConv1dBackward(
-      x.buffer,
+      xs.buffer,
       weight.buffer,
       g.buffer,
       gx.buffer,

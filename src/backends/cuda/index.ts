@@ -691,6 +691,20 @@ export class CudaBackend implements Backend {
     sequence.causalConv1d(this.host, x, weight, bias, out, batch, t, channels, kernel);
   }
 
+  causalConv1dKeep16(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    xKeep: DeviceBuffer,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void {
+    sequence.causalConv1d(this.host, x, weight, bias, out, batch, t, channels, kernel, xKeep);
+  }
+
   causalConv1dBackward(
     x: DeviceBuffer,
     weight: DeviceBuffer,
