@@ -56,22 +56,32 @@ export function heldBuffers(gpu: CudaBackend) {
  */
 export function randomizeParameters(gpu: CudaBackend, m: Module, std = 0.02): void {
   const POOL = 1 << 24;
-  const pool = randomBuffer(gpu, POOL, 'f32', std);
+  // one pool per parameter dtype (a teacher held in bf16 has bf16 linear weights)
+  const pools = new Map<DType, DeviceBuffer>();
   for (const [name, p] of m.namedParameters()) {
     if (name.endsWith('norm.weight') || name.endsWith('layernorm.weight')) continue;
+    let pool = pools.get(p.dtype);
+    if (!pool) pools.set(p.dtype, (pool = randomBuffer(gpu, POOL, p.dtype, std)));
     for (let off = 0; off < p.size; off += POOL) {
       const len = Math.min(POOL, p.size - off);
       const src = len <= POOL - 1024 ? p.size % 1024 : 0;
       gpu.copyStrided(pool, src, [1], p.buffer, off, [1], [len], false);
     }
   }
-  gpu.free(pool);
+  for (const pool of pools.values()) gpu.free(pool);
 }
 
 /** The performance issue's teacher shape (Phi-1.5: d 2048, 32 heads, partial rotary 0.5, vocab 51200), random weights. */
 export function phiTeacher(
   gpu: CudaBackend,
-  o: { layers: number; d?: number; heads?: number; vocab?: number; maxPositions: number },
+  o: {
+    layers: number;
+    d?: number;
+    heads?: number;
+    vocab?: number;
+    maxPositions: number;
+    linearDtype?: DType;
+  },
 ): PhiForCausalLM {
   const d = o.d ?? 2048;
   const heads = o.heads ?? 32;
@@ -94,7 +104,7 @@ export function phiTeacher(
       bosTokenId: 0,
       eosTokenId: 0,
     },
-    { deferInit: true },
+    { deferInit: true, linearDtype: o.linearDtype },
   );
   randomizeParameters(gpu, teacher);
   return teacher;
@@ -106,7 +116,7 @@ export function phiTeacher(
  */
 export function llama3Teacher(
   gpu: CudaBackend,
-  o: { layers: number; d?: number; vocab?: number; maxPositions: number },
+  o: { layers: number; d?: number; vocab?: number; maxPositions: number; linearDtype?: DType },
 ): LlamaForCausalLM {
   const d = o.d ?? 2048;
   const teacher = new LlamaForCausalLM(
@@ -127,7 +137,7 @@ export function llama3Teacher(
       bosTokenId: null,
       eosTokenId: null,
     },
-    { deferInit: true },
+    { deferInit: true, linearDtype: o.linearDtype },
   );
   randomizeParameters(gpu, teacher);
   return teacher;

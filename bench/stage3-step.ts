@@ -8,12 +8,17 @@
 // 128256, tied) into its Llamba student (the same blocks with the mixer); MFU counts the tied head's
 // matmul once per model. --fused: the loss fused with both heads (linearKLDivergence), chunked so the
 // full (tokens x vocab) logits never exist.
+// The frozen teacher holds its linear weights in bf16, as `mohawk distill` does under precision bf16
+// (--teacher-f32: f32 weights plus bf16 copies made once, the earlier setup). After the profile, a
+// memory breakdown of one more step: the bytes live at each phase and, at the end of the forward
+// pass, the tensors the student's graph keeps for backward, grouped by the op that made them.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
-//      [--seq T] [--steps S] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { DTYPE_BYTES } from '../src/backends/backend.js';
 import { CudaBackend } from '../src/backends/cuda/index.js';
 import { stage3Loss } from '../src/distill/stages.js';
 import { studentConfigFor } from '../src/distill/transfer.js';
@@ -25,6 +30,7 @@ import {
   setBackend,
   tensor,
   withCastParameters,
+  type Tensor,
 } from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optimizer.js';
 import { Random } from '../src/util/random.js';
@@ -42,8 +48,15 @@ const { values } = parseArgs({
     d: { type: 'string', default: '2048' },
     vocab: { type: 'string' },
     fp32: { type: 'boolean', default: false },
+    'teacher-f32': { type: 'boolean', default: false },
+    // the glue fusions off (MOHAWK_FUSED_GLUE=0): the gate with its D term, the MLP products
+    unfused: { type: 'boolean', default: false },
+    // the Phi MLP's tanh GELU in cuBLASLt's epilogues (MOHAWK_GELU_EPILOGUE=1; off by default)
+    'gelu-epilogue': { type: 'boolean', default: false },
   },
 });
+if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';
+if (values['gelu-epilogue']) process.env.MOHAWK_GELU_EPILOGUE = '1';
 const llama = values.model === 'llama3';
 if (!llama && values.model !== 'phi') throw new Error(`--model expects phi or llama3, got ${values.model}`);
 const L = Number(values.layers ?? (llama ? 16 : 24));
@@ -60,9 +73,11 @@ await gpu.warmup({ attentionHeadDims: [D / H] });
 if (!values.fp32) setAutocast('bf16');
 
 const t0 = performance.now();
+// as the pipeline loads the teacher under precision bf16: linear weights held in bf16 only
+const linearDtype = values.fp32 || values['teacher-f32'] ? undefined : ('bf16' as const);
 const teacher = llama
-  ? llama3Teacher(gpu, { layers: L, d: D, vocab: V, maxPositions: T })
-  : phiTeacher(gpu, { layers: L, d: D, heads: H, vocab: V, maxPositions: T });
+  ? llama3Teacher(gpu, { layers: L, d: D, vocab: V, maxPositions: T, linearDtype })
+  : phiTeacher(gpu, { layers: L, d: D, heads: H, vocab: V, maxPositions: T, linearDtype });
 teacher.setTrainable(() => true, false);
 const scfg = studentConfigFor(teacher, { chunkSize: 128 });
 const student = new StudentLM(scfg, { deferInit: true });
@@ -94,10 +109,17 @@ const ids = () =>
     'i32',
   );
 
-// as the pipeline does under bf16: the frozen teacher's matrices rounded once
+// as the pipeline does under bf16: the frozen teacher's other f32 matrices (a tied head) rounded once
 const teacherCasts = values.fp32 ? null : castParameters(teacher.parameters(), 'bf16');
 
-function step(): number {
+interface Probe {
+  /** after the forward pass (teacher and student), before backward */
+  forward(loss: Tensor): void;
+  backward(): void;
+  optimizer(): void;
+}
+
+function step(probe?: Probe): number {
   const loss = scope(() => {
     const input = ids();
     const target = ids();
@@ -107,12 +129,101 @@ function step(): number {
       }),
     );
     const value = r.loss.item();
+    probe?.forward(r.loss);
     r.loss.backward(undefined, { freeGraph: true });
+    probe?.backward();
     return value;
   });
   opt.step(1e-4);
+  probe?.optimizer();
   student.zeroGrad();
   return loss;
+}
+
+const GiB = 2 ** 30;
+const bytesOf = (ts: Iterable<Tensor>) => {
+  let n = 0;
+  for (const t of ts) n += t.disposed ? 0 : t.size * DTYPE_BYTES[t.dtype];
+  return n;
+};
+
+/**
+ * Tensors reachable from the loss through recorded graph inputs, live, grouped by the op that made
+ * them and their dtype ("parameter" for leaves); one entry per buffer (views share one).
+ */
+function graphBreakdown(root: Tensor): Map<string, number> {
+  const seen = new Set<Tensor>();
+  const buffers = new Set<unknown>();
+  const groups = new Map<string, number>();
+  const stack = [root];
+  const params = new Set(student.parameters());
+  while (stack.length) {
+    const t = stack.pop()!;
+    if (seen.has(t)) continue;
+    seen.add(t);
+    for (const i of t.node?.inputs ?? []) stack.push(i);
+    if (t.disposed || params.has(t) || buffers.has(t.buffer)) continue;
+    buffers.add(t.buffer);
+    const weight = t.node?.op === 'cast' && params.has(t.node.inputs[0]);
+    const key = `${t.node ? t.node.op : 'leaf'}${weight ? ' (weights)' : ''} ${t.dtype}`;
+    groups.set(key, (groups.get(key) ?? 0) + t.size * DTYPE_BYTES[t.dtype]);
+  }
+  return groups;
+}
+
+/** one more step with probes: bytes live at each phase and what the student's graph holds */
+function memoryBreakdown(): string[] {
+  gpu.synchronize();
+  const live = () => gpu.memoryStats().liveBytes;
+  const studentParams = bytesOf(student.parameters());
+  const teacherParams = bytesOf(teacher.parameters());
+  const start = live();
+  gpu.resetPeak();
+  const phase: { what: string; bytes: number }[] = [];
+  let graph = new Map<string, number>();
+  let graphTotal = 0;
+  step({
+    forward(loss) {
+      const now = live();
+      graph = graphBreakdown(loss);
+      graphTotal = [...graph.values()].reduce((a, b) => a + b, 0);
+      phase.push({ what: 'after the forward pass (teacher + student), before backward', bytes: now });
+      phase.push({ what: `peak so far`, bytes: gpu.memoryStats().peakBytes });
+    },
+    backward() {
+      phase.push({ what: 'after backward (gradients live)', bytes: live() });
+      phase.push({ what: 'peak so far', bytes: gpu.memoryStats().peakBytes });
+    },
+    optimizer() {
+      phase.push({ what: 'after the optimizer step', bytes: live() });
+    },
+  });
+  const fwd = phase[0].bytes;
+  const rows = [
+    ['student parameters (f32)', studentParams],
+    ['AdamW moments (f32, 2 per parameter)', 2 * studentParams],
+    [`teacher parameters (${linearDtype ? 'bf16 linear weights' : 'f32'})`, teacherParams],
+    ['at the start of a step (the above + cast copies of the teacher + caches)', start],
+    ...phase.map((p) => [p.what, p.bytes] as [string, number]),
+    ['forward: graph tensors reachable from the loss (below)', graphTotal],
+    [
+      'forward: other new bytes (saved by closures: scan states, norm statistics; teacher logits)',
+      fwd - start - graphTotal,
+    ],
+  ] as [string, number][];
+  const sorted = [...graph.entries()].sort((a, b) => b[1] - a[1]);
+  return [
+    '',
+    'memory of one step (live bytes, GiB):',
+    '| what | GiB |',
+    '| --- | ---: |',
+    ...rows.map(([w, b]) => `| ${w} | ${(b / GiB).toFixed(2)} |`),
+    '',
+    'the student graph at the end of the forward pass, by producing op and dtype:',
+    '| op dtype | GiB |',
+    '| --- | ---: |',
+    ...sorted.map(([k, b]) => `| ${k} | ${(b / GiB).toFixed(2)} |`),
+  ];
 }
 
 const rows: { what: string; value: string }[] = [];
@@ -138,7 +249,9 @@ rows.push(
     value:
       `teacher ${llama ? 'Llama-3' : 'Phi'} ${L} x d${D} vocab ${V}, student ${llama ? 'Llamba' : 'Phi-Mamba'} ` +
       `(d_state ${m.dState}, chunk ${m.chunkSize}), batch ${B} x ${T}, ${values.fp32 ? 'f32' : 'bf16 autocast'}, ` +
-      `${values.fused ? 'fused chunked head + KL' : 'full logits + KL'}`,
+      `${values.fused ? 'fused chunked head + KL' : 'full logits + KL'}, teacher linear weights ${linearDtype ?? 'f32'}, ` +
+      `glue fusions ${process.env.MOHAWK_FUSED_GLUE === '0' ? 'off' : 'on'}, ` +
+      `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}`,
   },
   {
     what: 'parameters',
@@ -156,13 +269,23 @@ rows.push(
 );
 // where the time goes: kernel families of one profiled step
 const { kernels } = gpu.profile(() => step());
-const fam = new Map<string, number>();
+const fam = new Map<string, { ms: number; calls: number }>();
 for (const k of kernels) {
   const f = k.name.replace(/_(f32|bf16|f16).*$/, '');
-  fam.set(f, (fam.get(f) ?? 0) + k.ms);
+  const e = fam.get(f) ?? { ms: 0, calls: 0 };
+  e.ms += k.ms;
+  e.calls += k.calls;
+  fam.set(f, e);
 }
-const total = [...fam.values()].reduce((a, b) => a + b, 0);
-const prof = [...fam.entries()].sort((a, b) => b[1] - a[1]).slice(0, 16);
+const total = [...fam.values()].reduce((a, b) => a + b.ms, 0);
+const prof = [...fam.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 28);
+// a failure here must not lose the figures above
+let memory: string[];
+try {
+  memory = memoryBreakdown();
+} catch (e) {
+  memory = ['', `memory breakdown failed: ${(e as Error).message}`];
+}
 const lines = [
   `# stage-3 step: ${new Date().toISOString().slice(0, 10)}, ${gpu.describe()}`,
   '| what | value |',
@@ -170,9 +293,12 @@ const lines = [
   ...rows.map((r) => `| ${r.what} | ${r.value} |`),
   '',
   `profile of one step (events around every launch; total ${total.toFixed(0)} ms of kernel time):`,
-  '| kernel family | ms | share |',
-  '| --- | ---: | ---: |',
-  ...prof.map(([n, t]) => `| ${n} | ${t.toFixed(1)} | ${((t / total) * 100).toFixed(0)}% |`),
+  '| kernel family | launches | ms | share |',
+  '| --- | ---: | ---: | ---: |',
+  ...prof.map(
+    ([n, e]) => `| ${n} | ${e.calls} | ${e.ms.toFixed(1)} | ${((e.ms / total) * 100).toFixed(0)}% |`,
+  ),
+  ...memory,
 ];
 console.log(lines.join('\n'));
 if (process.env.BENCH_OUT) {
@@ -180,6 +306,6 @@ if (process.env.BENCH_OUT) {
   writeFileSync(join(process.env.BENCH_OUT, `${file}.md`), lines.join('\n') + '\n');
   writeFileSync(
     join(process.env.BENCH_OUT, `${file}.json`),
-    JSON.stringify({ ms, times, tokS, mfu, peakGiB: peak, flopsPerToken, profile: prof }, null, 2),
+    JSON.stringify({ ms, times, tokS, mfu, peakGiB: peak, flopsPerToken, profile: prof, memory }, null, 2),
   );
 }

@@ -36,6 +36,10 @@ import { toTensors } from '../src/data/index.js';
 import { stage3Loss } from '../src/distill/stages.js';
 import { transferStudent } from '../src/distill/transfer.js';
 import { train } from '../src/train/index.js';
+import { studentConfigFor } from '../src/distill/transfer.js';
+import { PhiForCausalLM } from '../src/models/phi.js';
+import { StudentLM } from '../src/models/phi-mamba.js';
+import type { CausalLM } from '../src/models/types.js';
 import { assertClose, tinyLlama } from './helpers.js';
 
 // ---- checks that need no GPU ------------------------------------------------------------------
@@ -1520,6 +1524,270 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       );
     } finally {
       T.setBackend(cpu);
+  it('the fused glue (gate with the D term, gated MLP product, 16-bit kept activation input) against the composed ops on the CPU', () => {
+    // the CPU backend has none of the fused methods: ops.ts composes the same from its ops there
+    assert.equal((cpu as Backend).siluGateD, undefined);
+    const r0 = new Random(21);
+    const cases: { what: string; shapes: number[][]; fn: (ts: T.Tensor[], dt: 'bf16' | null) => T.Tensor }[] =
+      [
+        {
+          what: 'siluGateD (2, 37, 12), 3 heads',
+          shapes: [[2, 37, 12], [2, 37, 12], [3], [2, 37, 12], [12]],
+          fn: ([y, x, d, z, b], dt) => T.siluGateD(y, x, d, z, b, dt),
+        },
+        {
+          what: 'siluGateD (1, 300, 256), 4 heads',
+          shapes: [[1, 300, 256], [1, 300, 256], [4], [1, 300, 256], [256]],
+          fn: ([y, x, d, z, b], dt) => T.siluGateD(y, x, d, z, b, dt),
+        },
+        {
+          what: 'gated silu (3, 50, 40)',
+          shapes: [
+            [3, 50, 40],
+            [3, 50, 40],
+          ],
+          fn: ([g, u], dt) => T.gatedActivation('silu', g, u, dt),
+        },
+        {
+          what: 'gated geluNew (3, 50, 40)',
+          shapes: [
+            [3, 50, 40],
+            [3, 50, 40],
+          ],
+          fn: ([g, u], dt) => T.gatedActivation('geluNew', g, u, dt),
+        },
+        {
+          what: 'causalConv1d (2, 77, 12), kernel 4 (a bf16 copy of x kept for the weight gradient)',
+          shapes: [[2, 77, 12], [12, 4], [12]],
+          fn: ([x, w, b]) => T.causalConv1d(x, w, b),
+        },
+        {
+          what: 'causalConv1d (1, 40, 20), kernel 3',
+          shapes: [[1, 40, 20], [20, 3], [20]],
+          fn: ([x, w, b]) => T.causalConv1d(x, w, b),
+        },
+        {
+          what: 'geluNew into 16 bits, its input kept in 16 bits (3, 50, 40)',
+          shapes: [[3, 50, 40]],
+          fn: ([x], dt) => (dt ? T.unaryTo('geluNew', x, dt) : T.geluNew(x)),
+        },
+      ];
+    const run = (be: Backend, c: (typeof cases)[number], dt: 'bf16' | null, seed: number) => {
+      T.setBackend(be);
+      T.setAutocast(dt);
+      const r = new Random(seed);
+      const inputs = c.shapes.map((shape) => {
+        const t = T.tensor(
+          r.normals(
+            shape.reduce((a, b) => a * b, 1),
+            0,
+            1,
+          ),
+          shape,
+        );
+        t.requiresGrad = true;
+        return T.keep(t);
+      });
+      const cols = c.shapes[0][c.shapes[0].length - 1];
+      const w = T.keep(T.tensor(r.normals(7 * cols, 0, 0.3), [7, cols]));
+      const loss = T.scope(() => {
+        // a product reads the result (in 16 bits under autocast), then a weighted sum
+        const o = T.linear(c.fn(inputs, dt), w, null);
+        const l = T.sum(T.mul(o, T.tensor(r.normals(o.size, 0, 1), o.shape)));
+        l.backward();
+        return l.item();
+      });
+      const grads = inputs.map((p) => Array.from(p.grad!.toArray()));
+      for (const t of [...inputs, w]) {
+        t.grad?.dispose();
+        t.dispose();
+      }
+      T.setAutocast(null);
+      return { loss, grads };
+    };
+    try {
+      for (const c of cases) {
+        for (const dt of [null, 'bf16'] as const) {
+          const seed = r0.int(1, 1000);
+          const ref = run(cpu, c, dt, seed);
+          const g = run(gpu, c, dt, seed);
+          // f32: different summation orders only (the D gradient sums 300 x 64 products);
+          // bf16: the same values rounded on both sides, then bf16 products (2^-8 per operand)
+          const tol = dt ? 2e-2 : 1e-4;
+          assert.ok(
+            Math.abs(g.loss - ref.loss) <= tol * Math.abs(ref.loss) + 1e-4,
+            `${c.what} ${dt}: loss ${g.loss} vs ${ref.loss}`,
+          );
+          ref.grads.forEach((rg, i) =>
+            assertClose(g.grads[i], rg, tol * maxAbs(rg) + 1e-6, `${c.what} ${dt}: gradient ${i}`),
+          );
+        }
+      }
+    } finally {
+      T.setBackend(cpu);
+      T.setAutocast(null);
+    }
+  });
+
+  it('the Phi MLP with the tanh GELU in cuBLASLt epilogues (MOHAWK_GELU_EPILOGUE=1) against the composed MLP on the CPU, bf16 autocast', (t) => {
+    const [rows, d, h, d2] = [96, 64, 256, 48];
+    const run = (be: Backend, fused: boolean, grad: boolean) => {
+      T.setBackend(be);
+      T.setAutocast('bf16');
+      const r = new Random(31);
+      const mk = (shape: number[], std: number) => {
+        const v = T.tensor(
+          r.normals(
+            shape.reduce((a, b) => a * b, 1),
+            0,
+            std,
+          ),
+          shape,
+        );
+        v.requiresGrad = grad;
+        return T.keep(v);
+      };
+      const leaves = [
+        mk([2, rows / 2, d], 1),
+        mk([h, d], 0.2),
+        mk([h], 0.5),
+        mk([d2, h], 0.1),
+        mk([d2], 0.5),
+      ];
+      const [x, w1, b1, w2, b2] = leaves;
+      const weights = T.keep(T.tensor(r.normals(rows * d2, 0, 1), [2, rows / 2, d2]));
+      let used = false;
+      const res = T.scope(() => {
+        const body = () => {
+          let y: T.Tensor | null = fused ? T.geluMlp(x, w1, b1, w2, b2) : null;
+          used = y !== null;
+          y ??= T.linear(T.geluNew(T.linear(x, w1, b1)), w2, b2);
+          return T.sum(T.mul(y, weights));
+        };
+        const l = grad ? body() : T.noGrad(body);
+        if (grad) l.backward();
+        return l.item();
+      });
+      const grads = grad ? leaves.map((p) => Array.from(p.grad!.toArray())) : [];
+      for (const v of [...leaves, weights]) {
+        v.grad?.dispose();
+        v.dispose();
+      }
+      T.setAutocast(null);
+      return { loss: res, grads, used };
+    };
+    const prev = process.env.MOHAWK_GELU_EPILOGUE;
+    process.env.MOHAWK_GELU_EPILOGUE = '1';
+    try {
+      for (const grad of [false, true]) {
+        const ref = run(cpu, false, grad);
+        const g = run(gpu, true, grad);
+        t.diagnostic(
+          `grad ${grad}: the epilogue product ${g.used ? 'ran' : 'was not available (composed ops ran)'}`,
+        );
+        // bf16 products and a bf16 activation on both sides (the CPU rounds the same f32 values)
+        const tol = 2e-2;
+        assert.ok(
+          Math.abs(g.loss - ref.loss) <= tol * Math.abs(ref.loss) + 1e-3,
+          `loss ${g.loss} vs ${ref.loss}`,
+        );
+        ref.grads.forEach((rg, i) => assertClose(g.grads[i], rg, tol * maxAbs(rg) + 1e-6, `gradient ${i}`));
+      }
+    } finally {
+      if (prev === undefined) delete process.env.MOHAWK_GELU_EPILOGUE;
+      else process.env.MOHAWK_GELU_EPILOGUE = prev;
+      T.setBackend(cpu);
+      T.setAutocast(null);
+    }
+  });
+
+  it('students (Phi-Mamba, Llamba) with the fused glue: loss and every gradient against the CPU, f32 and bf16 autocast', () => {
+    const teachers: [string, () => CausalLM][] = [
+      [
+        'phi',
+        () =>
+          new PhiForCausalLM(
+            {
+              vocabSize: 97,
+              hiddenSize: 32,
+              intermediateSize: 128,
+              numLayers: 2,
+              numHeads: 4,
+              numKvHeads: 4,
+              headDim: 8,
+              rotaryDim: 4,
+              partialRotaryFactor: 0.5,
+              ropeTheta: 10000,
+              layerNormEps: 1e-5,
+              hiddenAct: 'gelu_new',
+              maxPositionEmbeddings: 64,
+              tieWordEmbeddings: false,
+              bosTokenId: 0,
+              eosTokenId: 0,
+            },
+            { rng: new Random(1) },
+          ),
+      ],
+      ['llama', () => tinyLlama()],
+    ];
+    const run = (be: Backend, make: () => CausalLM, dt: 'bf16' | null) => {
+      T.setBackend(be);
+      const teacher = make();
+      const student = new StudentLM(studentConfigFor(teacher, { chunkSize: 8 }), { rng: new Random(3) });
+      T.setAutocast(dt);
+      const vocab = student.info.vocabSize;
+      const ids = T.keep(
+        T.tensor(
+          Int32Array.from({ length: 2 * 21 }, (_, i) => (i * 29 + 3) % vocab),
+          [2, 21],
+          'i32',
+        ),
+      );
+      const targets = T.keep(
+        T.tensor(
+          Int32Array.from({ length: 2 * 21 }, (_, i) => (i * 7 + 1) % vocab),
+          [2, 21],
+          'i32',
+        ),
+      );
+      const loss = T.scope(() => {
+        const l = T.crossEntropy(student.forward(ids).logits, targets);
+        l.backward(undefined, { freeGraph: true });
+        return l.item();
+      });
+      T.setAutocast(null);
+      const grads = student
+        .namedParameters()
+        .map(([n, p]) => [n, Array.from(p.grad?.toArray() ?? [])] as const);
+      for (const m of [teacher, student])
+        for (const p of m.parameters()) {
+          p.grad?.dispose();
+          p.dispose();
+        }
+      ids.dispose();
+      targets.dispose();
+      return { loss, grads };
+    };
+    try {
+      for (const [name, make] of teachers) {
+        for (const dt of [null, 'bf16'] as const) {
+          const ref = run(cpu, make, dt);
+          const g = run(gpu, make, dt);
+          // f32: summation orders (the SSD scan's f32 chunk sums); bf16: 16-bit products and
+          // activations, and the GPU's bf16 SSD scan against the CPU's f32 one
+          const tol = dt ? 1e-1 : 2e-3;
+          assert.ok(
+            Math.abs(g.loss - ref.loss) <= (dt ? 2e-2 : 1e-4) * Math.abs(ref.loss),
+            `${name} ${dt}: loss ${g.loss} vs ${ref.loss}`,
+          );
+          ref.grads.forEach(([n, rg], i) =>
+            assertClose(g.grads[i][1], rg, tol * maxAbs(rg) + 1e-6, `${name} ${dt}: ${n}`),
+          );
+        }
+      }
+    } finally {
+      T.setBackend(cpu);
+      T.setAutocast(null);
     }
   });
 

@@ -293,6 +293,105 @@ export interface Backend {
     cols: number,
   ): void;
 
+  // ---- fused glue (optional: ops.ts composes the same from the ops above where it is absent) --
+  /**
+   * out = f(x) and xOut = x, both rounded to one 16-bit dtype in one pass (x f32): an activation
+   * feeding a 16-bit product keeps the 16-bit copy of its input for backward. A backend with this
+   * method accepts such a 16-bit x in `unaryBackward`.
+   */
+  unaryKeep16?(op: UnaryOp, x: DeviceBuffer, out: DeviceBuffer, xOut: DeviceBuffer): void;
+  /**
+   * The gated MLP's product, g, u, out (n): out = f(g) * u, out f32 or 16 bits (rounded in the
+   * same pass); with gKeep and uKeep (out's 16-bit dtype) also g and u rounded, for the backward.
+   */
+  gatedAct?(
+    op: UnaryOp,
+    g: DeviceBuffer,
+    u: DeviceBuffer,
+    out: DeviceBuffer,
+    gKeep: DeviceBuffer | null,
+    uKeep: DeviceBuffer | null,
+  ): void;
+  /** gg = go u f'(g), gu = go f(g); g and u f32, or both in the 16-bit dtype gatedAct kept */
+  gatedActBackward?(
+    op: UnaryOp,
+    g: DeviceBuffer,
+    u: DeviceBuffer,
+    go: DeviceBuffer,
+    gg: DeviceBuffer,
+    gu: DeviceBuffer,
+  ): void;
+  /**
+   * The mixer's output gate with its D term, y, x, z, out (rows, cols), D (cols / headDim), bias
+   * (cols): v = y + D[col / headDim] x, out = v * silu(z + bias); out f32 or 16 bits. With yKeep
+   * and zKeep (out's 16-bit dtype) also y and z rounded, which the backward may then read instead.
+   */
+  siluGateD?(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+    yKeep?: DeviceBuffer | null,
+    zKeep?: DeviceBuffer | null,
+  ): void;
+  /**
+   * gy = g silu(u), gx = gy D[col / headDim], gz = g v silu'(u), gD = sum of gy x per head; y and
+   * z f32 or both the 16-bit copies siluGateD kept
+   */
+  siluGateDBackward?(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gz: DeviceBuffer,
+    gD: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+  ): void;
+
+  /**
+   * Optional: causalConv1d that also writes xKeep, a bf16 copy of x (B, T, C), in the same pass;
+   * a backend with this method accepts that bf16 x in causalConv1dBackward (its weight gradient
+   * then reads the copy, and the f32 input need not be kept).
+   */
+  causalConv1dKeep16?(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    xKeep: DeviceBuffer,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void;
+  /**
+   * Optional: a product (batch 1, 16-bit A, B and C) with a GELU (tanh approximation) epilogue.
+   * 'gelu': C = gelu(op(A) op(B) + bias), and aux (C's dtype and shape) = the GELU input when
+   * given; 'dgelu': C = (op(A) op(B)) * gelu'(aux), and bias = the sums of C over its rows when
+   * given (the bias's gradient). bias is f32 (n). Returns false, doing nothing, where the backend
+   * has no such product for this case (the caller then composes it).
+   */
+  matmulGelu?(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    p: MatmulParams,
+    mode: 'gelu' | 'dgelu',
+    bias: DeviceBuffer | null,
+    aux: DeviceBuffer | null,
+  ): boolean;
+
   // ---- linear algebra -----------------------------------------------------------------------
   /**
    * C = alpha op(A) op(B) + beta C, plus `bias` (n, C's dtype) added to every row of every batch

@@ -29,6 +29,8 @@ import {
   isGradEnabled,
   silu,
   siluGate,
+  siluGateD,
+  getAutocast,
   slice,
   ssmStep,
   softplus,
@@ -248,7 +250,12 @@ export class DiscreteMamba2 extends Module {
     const { x, bm, cm, z, a } = this.projectConvolved(u);
     const logA = this.logA(a);
     const { y } = ssdScan(x, logA, bm, cm, { chunkSize: this.cfg.chunkSize });
-    const out = this.output(add(y, mul(x, this.dPerHead())), z);
+    // (y + D x) * silu(z + z_bias) in one kernel each way where the backend has it, stored in 16
+    // bits under autocast (out_proj reads it so)
+    const [b, t] = z.shape;
+    const flat = (v: Tensor) => reshape(v, [b, t, this.dInner]);
+    const gated = siluGateD(flat(y), flat(x), this.D, z, this.z_bias, getAutocast());
+    const out = this.out_proj.forward(gated);
     return { out, matrix: opts.returnMatrix ? this.matrixOf(logA, bm, cm) : null };
   }
 

@@ -1,6 +1,16 @@
 // The two MLPs of the supported families, with their checkpoint names.
 
-import { geluNew, gelu, getAutocast, mul, relu, silu, unaryTo, type Tensor } from '../tensor/index.js';
+import {
+  gatedActivation,
+  geluMlp,
+  geluNew,
+  gelu,
+  getAutocast,
+  relu,
+  silu,
+  unaryTo,
+  type Tensor,
+} from '../tensor/index.js';
 import type { UnaryOp } from '../backends/backend.js';
 import { Linear, type InitOptions } from './layers.js';
 import { Module } from './module.js';
@@ -48,9 +58,10 @@ export class GatedMLP extends Module {
 
   forward(x: Tensor): Tensor {
     const g = this.gate_proj.forward(x);
-    return this.down_proj.forward(
-      mul(this.act === 'silu' ? silu(g) : activate(g, this.act), this.up_proj.forward(x)),
-    );
+    const u = this.up_proj.forward(x);
+    // act(g) * u in one kernel each way where the backend has it, stored in 16 bits under autocast
+    // (down_proj reads it so); composed otherwise
+    return this.down_proj.forward(gatedActivation(ACTIVATION_OP[this.act], g, u, getAutocast()));
   }
 }
 
@@ -71,6 +82,11 @@ export class MLP extends Module {
   }
 
   forward(x: Tensor): Tensor {
+    if (this.act === 'gelu_new' || this.act === 'gelu_pytorch_tanh') {
+      // the tanh GELU in the products' epilogues where the backend has them (MOHAWK_GELU_EPILOGUE=1)
+      const fused = geluMlp(x, this.fc1.weight, this.fc1.bias!, this.fc2.weight, this.fc2.bias!);
+      if (fused) return fused;
+    }
     const h = this.fc1.forward(x);
     // under autocast fc2 reads a 16-bit copy anyway: the activation writes it directly
     const dt = getAutocast();

@@ -194,12 +194,75 @@ function unary(op: UnaryOp, x: Tensor, alpha = 1, beta = 0): Tensor {
 export function unaryTo(op: UnaryOp, x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
   if (x.dtype !== 'f32') fail(op, `a 16-bit result needs an f32 input, got ${x.dtype}`);
   const out = empty(x.shape, dtype, x.backend);
+  if (x.backend.unaryKeep16 && fusedGlue('MOHAWK_FUSED_MLP') && isGradEnabled() && x.requiresGrad) {
+    // the backward reads a 16-bit copy of x written in the same pass: x itself is not kept
+    const xk = empty(x.shape, dtype, x.backend);
+    x.backend.unaryKeep16(op, x.buffer, out.buffer, xk.buffer);
+    return record(out, op, [x], [xk], (g) => {
+      const gg = g.dtype === 'f32' ? g : cast(g, 'f32');
+      const gx = like(x);
+      x.backend.unaryBackward(op, xk.buffer, gg.buffer, gx.buffer);
+      return [gx];
+    });
+  }
   x.backend.unary(op, x.buffer, out.buffer, 1, 0);
   return record(out, op, [x], [x], (g) => {
     const gg = g.dtype === x.dtype ? g : cast(g, x.dtype);
     const gx = like(x);
     x.backend.unaryBackward(op, x.buffer, gg.buffer, gx.buffer);
     return [gx];
+  });
+}
+
+/**
+ * Whether a fused glue kernel may be used (the backend must also have it): on unless
+ * MOHAWK_FUSED_GLUE=0 (all of them) or its own switch (MOHAWK_FUSED_GATE, MOHAWK_FUSED_MLP,
+ * MOHAWK_FUSED_CONV) is 0,
+ * so one run can measure before and after.
+ */
+export function fusedGlue(name: 'MOHAWK_FUSED_GATE' | 'MOHAWK_FUSED_MLP' | 'MOHAWK_FUSED_CONV'): boolean {
+  return process.env.MOHAWK_FUSED_GLUE !== '0' && process.env[name] !== '0';
+}
+
+/**
+ * The gated MLP's product f(g) * u (SwiGLU with silu), g and u of one shape. With `dtype` (under
+ * autocast, feeding down_proj) the result is stored in 16 bits; where the backend fuses it, one
+ * kernel each way, and the backward reads 16-bit copies of g and u written in the same pass.
+ * Otherwise the composed ops.
+ */
+export function gatedActivation(
+  op: UnaryOp,
+  g: Tensor,
+  u: Tensor,
+  dtype: 'bf16' | 'f16' | null = null,
+): Tensor {
+  checkFloat(op, g, u);
+  sameBackend(op, g, u);
+  if (g.ndim !== u.ndim || g.shape.some((d, i) => d !== u.shape[i]))
+    fail(op, `gate ${shapeStr(g.shape)} and up ${shapeStr(u.shape)} differ`);
+  const be = g.backend;
+  if (!(
+    be.gatedAct &&
+    be.gatedActBackward &&
+    g.dtype === 'f32' &&
+    u.dtype === 'f32' &&
+    fusedGlue('MOHAWK_FUSED_MLP')
+  ))
+    return mul(unary(op, g), u);
+  const out = empty(g.shape, dtype ?? 'f32', be);
+  const recording = isGradEnabled() && (g.requiresGrad || u.requiresGrad);
+  const keep16 = recording && dtype !== null;
+  const gk = keep16 ? empty(g.shape, dtype, be) : null;
+  const uk = keep16 ? empty(u.shape, dtype, be) : null;
+  be.gatedAct(op, g.buffer, u.buffer, out.buffer, gk?.buffer ?? null, uk?.buffer ?? null);
+  const gs = gk ?? g;
+  const us = uk ?? u;
+  return record(out, op === 'silu' ? 'swiglu' : `gated ${op}`, [g, u], [gs, us], (go) => {
+    const o = go.dtype === 'f32' ? go : cast(go, 'f32');
+    const gg = like(g);
+    const gu = like(u);
+    be.gatedActBackward!(op, gs.buffer, us.buffer, o.buffer, gg.buffer, gu.buffer);
+    return [g.requiresGrad ? gg : null, u.requiresGrad ? gu : null];
   });
 }
 
@@ -705,6 +768,109 @@ function matmulImpl(
   });
 }
 
+/**
+ * The Phi MLP, fc2(gelu_new(fc1 x)), under autocast with the tanh GELU in cuBLASLt's epilogues:
+ * fc1's product writes the 16-bit activation and its 16-bit input (forward), fc2's backward
+ * product applies the GELU derivative and sums fc1's bias gradient (backward), so no separate
+ * activation, cast or bias-reduction pass runs. x (..., d), w1 (h, d), b1 (h), w2 (d2, h), b2
+ * (d2), all f32. Returns null where it does not apply (no autocast, a backend without
+ * `matmulGelu`, MOHAWK_GELU_EPILOGUE not 1, no algorithm): the caller composes the ops then.
+ */
+export function geluMlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor): Tensor | null {
+  const dt = autocastDtype;
+  const be = x.backend;
+  if (!dt || !be.matmulGelu || process.env.MOHAWK_GELU_EPILOGUE !== '1') return null;
+  const all = [x, w1, b1, w2, b2];
+  // the weights may be held in 16 bits already (a frozen teacher under precision bf16)
+  if (all.some((t) => (t.dtype !== 'f32' && !((t === w1 || t === w2) && t.dtype === dt)) || t.backend !== be))
+    return null;
+  const as16 = (t: Tensor) => (t.dtype === dt ? t : autocastOperand(t, dt));
+  const d = x.shape[x.ndim - 1];
+  const [h, d1] = w1.shape;
+  const [d2, h2] = w2.shape;
+  if (w1.ndim !== 2 || w2.ndim !== 2 || d1 !== d || h2 !== h)
+    fail(
+      'geluMlp',
+      `x ${shapeStr(x.shape)}, fc1 ${shapeStr(w1.shape)}, fc2 ${shapeStr(w2.shape)} do not fit`,
+    );
+  checkVector('geluMlp', b1, h, 'fc1 bias');
+  checkVector('geluMlp', b2, d2, 'fc2 bias');
+  const lead = x.shape.slice(0, -1);
+  const rows = sizeOf(lead);
+  if (rows === 0) return null;
+  const recording = isGradEnabled() && all.some((t) => t.requiresGrad);
+  const x16 = autocastOperand(x, dt);
+  const w116 = as16(w1);
+  const act = empty([...lead, h], dt, be);
+  const pre = recording ? empty([...lead, h], dt, be) : null;
+  const dense = (m: number, n: number, k: number, transA: boolean, transB: boolean) => ({
+    batch: 1,
+    m,
+    n,
+    k,
+    transA,
+    transB,
+    strideA: m * k,
+    strideB: k * n,
+    strideC: m * n,
+    alpha: 1,
+    beta: 0,
+  });
+  // act = gelu(x16 w1^T + b1), pre = x16 w1^T + b1, both 16-bit
+  if (
+    !be.matmulGelu(
+      x16.buffer,
+      w116.buffer,
+      act.buffer,
+      dense(rows, h, d, false, true),
+      'gelu',
+      b1.buffer,
+      pre?.buffer ?? null,
+    )
+  ) {
+    act.dispose();
+    pre?.dispose();
+    return null;
+  }
+  const w216 = as16(w2);
+  const out = empty([...lead, d2], 'f32', be);
+  be.matmul(act.buffer, w216.buffer, out.buffer, dense(rows, d2, h, false, true), b2.buffer);
+  if (!recording) {
+    act.dispose();
+    return out;
+  }
+  const inputs = [x16, w116, b1, w216, b2];
+  return record(out, 'geluMlp', inputs, [x16, w116, w216, act, pre!], (g) => {
+    const g16 = cast(g, dt);
+    const flat = (t: Tensor, cols: number) => t.view([rows, cols]);
+    // fc2: its weight's gradient from the 16-bit activation, its bias's from the f32 gradient
+    const gw2 = w216.requiresGrad ? matmul(flat(g16, d2), flat(act, h), { transA: true }) : null;
+    const gb2 = b2.requiresGrad ? sumToShape(g, b2.shape) : null;
+    // fc2's input gradient times gelu'(pre), in 16 bits, with fc1's bias gradient
+    const gPre = empty([rows, h], dt, be);
+    const gb1 = b1.requiresGrad ? empty([h], 'f32', be) : null;
+    const fused = be.matmulGelu!(
+      g16.buffer,
+      w216.buffer,
+      gPre.buffer,
+      dense(rows, h, d2, false, false),
+      'dgelu',
+      gb1?.buffer ?? null,
+      pre!.buffer,
+    );
+    let gb1Out: Tensor | null = gb1;
+    if (!fused) {
+      const gAct = matmul(flat(g16, d2), w216);
+      be.unaryBackward('geluNew', pre!.buffer, gAct.buffer, gAct.buffer);
+      gb1Out = b1.requiresGrad ? sumToShape(gAct, b1.shape) : null;
+      be.cast(gAct.buffer, gPre.buffer);
+    }
+    const gx = x16.requiresGrad ? matmul(gPre, w116).view(x16.shape) : null;
+    const gw1 = w116.requiresGrad ? matmul(gPre, flat(x16, d), { transA: true }) : null;
+    return [gx, gw1, gb1Out, gw2, gb2];
+  });
+}
+
 // ---- rows -----------------------------------------------------------------------------------
 
 function lastAxisRows(op: string, x: Tensor, axis: number): [number, number] {
@@ -877,14 +1043,37 @@ export function causalConv1d(x: Tensor, weight: Tensor, bias: Tensor | null): Te
   if (bias) checkVector('causalConv1d', bias, c, 'bias');
   const k = weight.shape[1];
   const out = like(x);
-  x.backend.causalConv1d(x.buffer, weight.buffer, bias?.buffer ?? null, out.buffer, batch, t, c, k);
+  const be = x.backend;
   const inputs = bias ? [x, weight, bias] : [x, weight];
-  return record(out, 'causalConv1d', inputs, [x, weight], (g) => {
+  // under bf16 autocast the weight gradient reads a bf16 copy of x written by the forward pass
+  const keep16 =
+    autocastDtype === 'bf16' &&
+    x.dtype === 'f32' &&
+    be.causalConv1dKeep16 !== undefined &&
+    isGradEnabled() &&
+    (weight.requiresGrad || bias?.requiresGrad === true) &&
+    fusedGlue('MOHAWK_FUSED_CONV');
+  const xk = keep16 ? empty(x.shape, 'bf16', be) : null;
+  if (xk)
+    be.causalConv1dKeep16!(
+      x.buffer,
+      weight.buffer,
+      bias?.buffer ?? null,
+      out.buffer,
+      xk.buffer,
+      batch,
+      t,
+      c,
+      k,
+    );
+  else be.causalConv1d(x.buffer, weight.buffer, bias?.buffer ?? null, out.buffer, batch, t, c, k);
+  const xs = xk ?? x;
+  return record(out, 'causalConv1d', inputs, [xs, weight], (g) => {
     const gx = like(x);
     const gw = like(weight);
     const gb = bias ? like(bias) : null;
     x.backend.causalConv1dBackward(
-      x.buffer,
+      xs.buffer,
       weight.buffer,
       g.buffer,
       gx.buffer,
@@ -1294,6 +1483,101 @@ export function siluGate(y: Tensor, z: Tensor, bias: Tensor): Tensor {
     const gz = like(z);
     y.backend.siluGateBackward(y.buffer, z.buffer, bias.buffer, g.buffer, gy.buffer, gz.buffer, rows, cols);
     return [gy, gz, bias.requiresGrad ? sumToShape(gz, bias.shape) : null];
+  });
+}
+
+/**
+ * The discrete Mamba-2 mixer's gated output with its D term: (y + D_h x) * silu(z + bias), y, x, z
+ * (..., C), D (H) per head of C / H columns, bias (C). Where the backend fuses it, one kernel each
+ * way, the result stored in `dtype` when given (under autocast, feeding out_proj); otherwise the
+ * composed ops (the D term, then siluGate), with an f32 result.
+ */
+export function siluGateD(
+  y: Tensor,
+  x: Tensor,
+  D: Tensor,
+  z: Tensor,
+  bias: Tensor,
+  dtype: 'bf16' | 'f16' | null = null,
+): Tensor {
+  checkFloat('siluGateD', y, x, D, z, bias);
+  sameBackend('siluGateD', y, x, D, z, bias);
+  for (const [what, t] of [
+    ['x', x],
+    ['z', z],
+  ] as const)
+    if (t.ndim !== y.ndim || t.shape.some((d, i) => d !== y.shape[i]))
+      fail('siluGateD', `${what} ${shapeStr(t.shape)} and y ${shapeStr(y.shape)} differ`);
+  const cols = y.shape[y.ndim - 1] ?? 1;
+  checkVector('siluGateD', bias, cols, 'bias');
+  if (D.ndim !== 1 || D.shape[0] < 1 || cols % D.shape[0] !== 0)
+    fail('siluGateD', `D ${shapeStr(D.shape)} must have one value per head of ${cols} columns`);
+  const heads = D.shape[0];
+  const headDim = cols / heads;
+  const be = y.backend;
+  const all = [y, x, D, z, bias];
+  if (!(
+    be.siluGateD &&
+    be.siluGateDBackward &&
+    all.every((t) => t.dtype === 'f32') &&
+    fusedGlue('MOHAWK_FUSED_GATE')
+  )) {
+    // as the mixer composed it before: D as (1, .., 1, H, 1) against x as (..., H, P)
+    const lead = y.shape.slice(0, -1);
+    const perHead = (t: Tensor) => reshape(t, [...lead, heads, headDim]);
+    const dPerHead = reshape(D, [...lead.map(() => 1), heads, 1]);
+    return siluGate(reshape(add(perHead(y), mul(perHead(x), dPerHead)), y.shape), z, bias);
+  }
+  const rows = y.size / Math.max(cols, 1);
+  const out = empty(y.shape, dtype ?? 'f32', be);
+  // under autocast the backward reads 16-bit copies of y and z, written in the same pass: the f32
+  // ones are not kept (x is, for the scan's backward anyway)
+  const keep16 = dtype !== null && isGradEnabled() && all.some((t) => t.requiresGrad);
+  const yk = keep16 ? empty(y.shape, dtype, be) : null;
+  const zk = keep16 ? empty(z.shape, dtype, be) : null;
+  be.siluGateD(
+    y.buffer,
+    x.buffer,
+    D.buffer,
+    z.buffer,
+    bias.buffer,
+    out.buffer,
+    rows,
+    cols,
+    headDim,
+    yk?.buffer,
+    zk?.buffer,
+  );
+  const ys = yk ?? y;
+  const zs = zk ?? z;
+  return record(out, 'siluGateD', all, [ys, x, D, zs, bias], (g) => {
+    const gf = g.dtype === 'f32' ? g : cast(g, 'f32');
+    const gy = like(y);
+    const gx = like(x);
+    const gz = like(z);
+    const gD = like(D);
+    be.siluGateDBackward!(
+      ys.buffer,
+      x.buffer,
+      D.buffer,
+      zs.buffer,
+      bias.buffer,
+      gf.buffer,
+      gy.buffer,
+      gx.buffer,
+      gz.buffer,
+      gD.buffer,
+      rows,
+      cols,
+      headDim,
+    );
+    return [
+      y.requiresGrad ? gy : null,
+      x.requiresGrad ? gx : null,
+      D.requiresGrad ? gD : null,
+      z.requiresGrad ? gz : null,
+      bias.requiresGrad ? sumToShape(gz, bias.shape) : null,
+    ];
   });
 }
 

@@ -424,6 +424,12 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
   const ownedGrad = (inp: Tensor, like: Tensor, region?: Region): Tensor => {
     const prev = grads.get(inp);
     if (prev && owned.has(prev)) return prev;
+    if (prev && prev.exclusive && prev.dtype === like.dtype && prev.backend === like.backend) {
+      // a gradient no other tensor shares (a backward's fresh result, or a view of an upstream
+      // gradient that is gone): add into it in place instead of copying it first
+      owned.add(prev);
+      return prev;
+    }
     const acc = keep(empty(inp.shape, like.dtype, like.backend));
     if (prev) {
       acc.backend.copyStrided(prev.buffer, 0, [1], acc.buffer, 0, [1], [acc.size], false);

@@ -29,9 +29,18 @@ const LT_DESC_TRANSA = 3; // int32_t cublasOperation_t, default CUBLAS_OP_N
 const LT_DESC_TRANSB = 4; // int32_t cublasOperation_t, default CUBLAS_OP_N
 const LT_DESC_EPILOGUE = 7; // uint32_t cublasLtEpilogue_t, default CUBLASLT_EPILOGUE_DEFAULT (1)
 const LT_DESC_BIAS_POINTER = 8; // const void * (device), length = rows of D
+const LT_DESC_EPILOGUE_AUX_POINTER = 11; // void * (device): the GELU input, written or read
+const LT_DESC_EPILOGUE_AUX_LD = 12; // int64_t, leading dimension of the aux matrix
 const LT_DESC_BIAS_DATA_TYPE = 26; // int32_t cudaDataType, default -1 (the type of D)
 // cublasLtEpilogue_t
 const LT_EPILOGUE_BIAS = 4; // bias vector broadcast to every column of D
+// GELU here is the tanh approximation (gelu_new), as cuBLASLt documents it
+const LT_EPILOGUE_GELU_AUX = 160; // D = gelu(AB), aux = AB
+const LT_EPILOGUE_GELU_AUX_BIAS = 164; // D = gelu(AB + bias), aux = AB + bias
+const LT_EPILOGUE_GELU = 32; // D = gelu(AB)
+const LT_EPILOGUE_GELU_BIAS = 36; // D = gelu(AB + bias)
+const LT_EPILOGUE_DGELU = 192; // D = AB * gelu'(aux)
+const LT_EPILOGUE_DGELU_BGRAD = 208; // the same, and bias = the sums of D over its columns
 // cublasLtMatmulPreferenceAttributes_t
 const LT_PREF_MAX_WORKSPACE_BYTES = 1; // uint64_t, default 0
 const LT_PREF_MIN_ALIGNMENT_A_BYTES = 5; // uint32_t, default 256; B, C, D follow as 6, 7, 8
@@ -44,6 +53,16 @@ const LT_RESULT_WORKSPACE = 64;
 const LT_RESULT_STATE = 72;
 
 export type GemmDType = 'f32' | 'bf16' | 'f16';
+
+/** A cuBLASLt epilogue: its code, the bias vector (0: none) and its type, the aux matrix (0: none) */
+export interface Epilogue {
+  epilogue: number;
+  bias: number;
+  biasType: GemmDType;
+  aux: number;
+  /** leading dimension of aux in elements (n for a row-major (m, n) C) */
+  auxLd: number;
+}
 
 const DATA_TYPE: Record<GemmDType, number> = { f32: CUDA_R_32F, bf16: CUDA_R_16BF, f16: CUDA_R_16F };
 
@@ -181,7 +200,35 @@ export class Cublas {
     if (g.typeC !== g.typeAB && g.typeC !== 'f32') return false;
     this.scalarView[0] = g.alpha;
     this.scalarView[1] = g.beta;
-    return this.lt.matmul(g, bias, this.tf32, this.alphaPtr);
+    const e = { epilogue: LT_EPILOGUE_BIAS, bias, biasType: g.typeC, aux: 0, auxLd: 0 };
+    return this.lt.matmul(g, e, this.tf32, this.alphaPtr);
+  }
+
+  /**
+   * A product with a GELU (tanh) epilogue, through cuBLASLt (g.batch 1, 16-bit operands and C):
+   * 'gelu': C = gelu(op(A) op(B) + bias) with aux = the GELU input (both in C's type) when aux is
+   * given; 'dgelu': C = (op(A) op(B)) * gelu'(aux), and bias = the sums of C over its rows when
+   * given. bias is f32. Returns false (doing nothing) where cuBLASLt has no algorithm for it.
+   */
+  gemmGelu(g: Gemm, mode: 'gelu' | 'dgelu', bias: number, aux: number): boolean {
+    if (!this.lt || g.batch !== 1 || g.m === 0 || g.n === 0 || g.k === 0) return false;
+    if (g.typeAB === 'f32' || g.typeC !== g.typeAB) return false;
+    if (mode === 'dgelu' && !aux) return false;
+    const epilogue =
+      mode === 'gelu'
+        ? aux
+          ? bias
+            ? LT_EPILOGUE_GELU_AUX_BIAS
+            : LT_EPILOGUE_GELU_AUX
+          : bias
+            ? LT_EPILOGUE_GELU_BIAS
+            : LT_EPILOGUE_GELU
+        : bias
+          ? LT_EPILOGUE_DGELU_BGRAD
+          : LT_EPILOGUE_DGELU;
+    this.scalarView[0] = g.alpha;
+    this.scalarView[1] = g.beta;
+    return this.lt.matmul(g, { epilogue, bias, biasType: 'f32', aux, auxLd: g.n }, this.tf32, this.alphaPtr);
   }
 }
 
@@ -329,7 +376,7 @@ class CublasLt {
    * op(A') op(B') with m' = n, n' = m, A' = B (transB), B' = A (transA). The epilogue adds a bias of
    * length m' = n to every column of D', that is to every row of our C.
    */
-  private plan(g: Gemm, bias: number, compute: number): LtPlan | false {
+  private plan(g: Gemm, e: Epilogue, compute: number): LtPlan | false {
     const { m, n, k } = g;
     const out = [0];
     this.check('cublasLtMatmulDescCreate', this.fn.descCreate(out, compute, CUDA_R_32F));
@@ -347,10 +394,16 @@ class CublasLt {
     plan.algo = Number(koffi.address(plan.result));
     this.setDesc(plan.desc, LT_DESC_TRANSA, g.transB ? CUBLAS_OP_T : CUBLAS_OP_N, 4);
     this.setDesc(plan.desc, LT_DESC_TRANSB, g.transA ? CUBLAS_OP_T : CUBLAS_OP_N, 4);
-    this.setDesc(plan.desc, LT_DESC_EPILOGUE, LT_EPILOGUE_BIAS, 4);
-    this.setDesc(plan.desc, LT_DESC_BIAS_DATA_TYPE, DATA_TYPE[g.typeC], 4);
-    // the heuristic judges the bias alignment from this pointer (part of the plan key)
-    this.setDesc(plan.desc, LT_DESC_BIAS_POINTER, bias, 8);
+    this.setDesc(plan.desc, LT_DESC_EPILOGUE, e.epilogue, 4);
+    if (e.bias) {
+      this.setDesc(plan.desc, LT_DESC_BIAS_DATA_TYPE, DATA_TYPE[e.biasType], 4);
+      // the heuristic judges the bias alignment from this pointer (part of the plan key)
+      this.setDesc(plan.desc, LT_DESC_BIAS_POINTER, e.bias, 8);
+    }
+    if (e.aux) {
+      this.setDesc(plan.desc, LT_DESC_EPILOGUE_AUX_POINTER, e.aux, 8);
+      this.setDesc(plan.desc, LT_DESC_EPILOGUE_AUX_LD, e.auxLd, 8);
+    }
     // alignments of A' (our B), B' (our A), C and D (one pointer)
     const aligns = [alignment(g.b), alignment(g.a), alignment(g.c), alignment(g.c)];
     aligns.forEach((a, i) => this.setPref(LT_PREF_MIN_ALIGNMENT_A_BYTES + i, a));
@@ -380,7 +433,7 @@ class CublasLt {
     return plan;
   }
 
-  matmul(g: Gemm, bias: number, tf32: boolean, alphaPtr: number): boolean {
+  matmul(g: Gemm, e: Epilogue, tf32: boolean, alphaPtr: number): boolean {
     const compute = g.typeAB === 'f32' && tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     const key = [
       g.typeAB,
@@ -394,15 +447,18 @@ class CublasLt {
       alignment(g.a),
       alignment(g.b),
       alignment(g.c),
-      alignment(bias),
+      e.epilogue,
+      e.bias ? `${e.biasType}@${alignment(e.bias)}` : '-',
+      e.aux ? `${e.auxLd}@${alignment(e.aux)}` : '-',
     ].join(' ');
     let plan = this.plans.get(key);
     if (plan === undefined) {
-      plan = this.plan(g, bias, compute);
+      plan = this.plan(g, e, compute);
       this.plans.set(key, plan);
     }
     if (!plan) return false;
-    this.setDesc(plan.desc, LT_DESC_BIAS_POINTER, bias, 8);
+    if (e.bias) this.setDesc(plan.desc, LT_DESC_BIAS_POINTER, e.bias, 8);
+    if (e.aux) this.setDesc(plan.desc, LT_DESC_EPILOGUE_AUX_POINTER, e.aux, 8);
     const status = this.fn.matmul(
       this.handle,
       plan.desc,
@@ -429,7 +485,7 @@ class CublasLt {
     }
     if (status !== 0) {
       throw new CudaError(
-        `cuda: cublasLtMatmul(${g.typeAB}->${g.typeC} with bias, m ${g.m}, n ${g.n}, k ${g.k}, ` +
+        `cuda: cublasLtMatmul(${g.typeAB}->${g.typeC} with epilogue ${e.epilogue}, m ${g.m}, n ${g.n}, k ${g.k}, ` +
           `transA ${g.transA}, transB ${g.transB}) failed: ${this.statusName(status)} (cublasStatus ${status})`,
       );
     }

@@ -42,9 +42,31 @@ export const ELEMENTWISE_SIGNATURES = {
   silu_gate_backward_f32: 'ppppppli',
   adamw_f32: 'ppppfffffffl',
   adamw_device_f32: 'pppppplifffdl',
+  unary_f32_to16_keep: 'pppiil',
+  unary_backward_from16: 'pppiil',
+  gated_act_f32: 'pppippiil',
+  gated_act_backward_f32: 'ppipppil',
+  silu_gate_d_f32: 'ppppppippilii',
+  silu_gate_d_backward_f32: 'ppppippppppliii',
 } as const;
 
-const { run1 } = moduleKernels('elementwise', ELEMENTWISE_SIGNATURES);
+const { k, run1 } = moduleKernels('elementwise', ELEMENTWISE_SIGNATURES);
+
+/** storage codes of the fused glue kernels: 0 f32, 1 bf16, 2 f16 */
+function storage(dtype: DType, what: string): number {
+  if (dtype === 'f32') return 0;
+  if (dtype === 'bf16') return 1;
+  if (dtype === 'f16') return 2;
+  throw new Error(`cuda backend: ${what} must be f32, bf16 or f16, got ${dtype}`);
+}
+
+/** the 16-bit storage code of a buffer (bf16 1, f16 2) */
+function storage16(h: Host, buf: DeviceBuffer, what: string): number {
+  const b = h.buf(buf, what);
+  if (b.dtype !== 'bf16' && b.dtype !== 'f16')
+    throw new Error(`cuda backend: ${what} must be bf16 or f16, got ${b.dtype}`);
+  return storage(b.dtype, what);
+}
 
 /** dtype codes of cast_any (elementwise.cu) */
 const DTYPE_CODE: Record<DType, number> = { f32: 0, f64: 1, i32: 2, bf16: 3, f16: 4 };
@@ -142,6 +164,32 @@ export function unary(
   run1(h, 'unary_f32', n, [h.f(x, `${op} input`), h.f(out, `${op} output`), UNARY_CODE[op], alpha, beta, n]);
 }
 
+/** out = f(x) and xOut = x, both rounded to 16 bits in one pass (x f32) */
+export function unaryKeep16(
+  h: Host,
+  op: UnaryOp,
+  x: DeviceBuffer,
+  out: DeviceBuffer,
+  xOut: DeviceBuffer,
+): void {
+  const n = h.buf(x, op).length;
+  const ot = storage16(h, out, `${op} output`);
+  if (
+    storage16(h, xOut, `${op} kept input`) !== ot ||
+    h.buf(out, op).length !== n ||
+    h.buf(xOut, op).length !== n
+  )
+    throw new Error(`cuda backend: ${op} with a kept input: outputs of one 16-bit dtype and ${n} elements`);
+  run1(h, 'unary_f32_to16_keep', n, [
+    h.f(x, `${op} input`),
+    h.buf(out, op).ptr,
+    h.buf(xOut, op).ptr,
+    UNARY_CODE[op],
+    ot === 1 ? 1 : 0,
+    n,
+  ]);
+}
+
 export function unaryBackward(
   h: Host,
   op: UnaryOp,
@@ -150,6 +198,19 @@ export function unaryBackward(
   gx: DeviceBuffer,
 ): void {
   const n = h.buf(x, op).length;
+  const xb = h.buf(x, `${op} input`);
+  if (xb.dtype === 'bf16' || xb.dtype === 'f16') {
+    // the 16-bit copy an activation kept of its input (unaryKeep16)
+    run1(h, 'unary_backward_from16', n, [
+      xb.ptr,
+      h.f(gy, `${op} gradient`),
+      h.f(gx, `${op} input gradient`),
+      UNARY_CODE[op],
+      storage(xb.dtype, op),
+      n,
+    ]);
+    return;
+  }
   run1(h, 'unary_backward_f32', n, [
     h.f(x, `${op} input`),
     h.f(gy, `${op} gradient`),
@@ -368,4 +429,161 @@ export function adamwDevice(
     p.weightDecay,
     n,
   ]);
+}
+/** out = f(g) * u (out f32 or 16 bits); with gKeep, uKeep (out's 16-bit dtype) also g and u rounded */
+export function gatedAct(
+  h: Host,
+  op: UnaryOp,
+  g: DeviceBuffer,
+  u: DeviceBuffer,
+  out: DeviceBuffer,
+  gKeep: DeviceBuffer | null,
+  uKeep: DeviceBuffer | null,
+): void {
+  const n = h.buf(g, 'gated activation').length;
+  const o = h.buf(out, 'gated activation output');
+  const ot = storage(o.dtype, 'gated activation output');
+  const keep = gKeep !== null && uKeep !== null;
+  if (
+    keep &&
+    (ot === 0 || h.buf(gKeep, 'kept g').dtype !== o.dtype || h.buf(uKeep, 'kept u').dtype !== o.dtype)
+  )
+    throw new Error('cuda backend: a gated activation keeps its inputs in the 16-bit dtype of its output');
+  run1(h, 'gated_act_f32', n, [
+    h.f(g, 'gated activation g'),
+    h.f(u, 'gated activation u'),
+    o.ptr,
+    ot,
+    keep ? h.buf(gKeep, 'kept g').ptr : 0,
+    keep ? h.buf(uKeep, 'kept u').ptr : 0,
+    keep ? 1 : 0,
+    UNARY_CODE[op],
+    n,
+  ]);
+}
+
+/** gg = go u f'(g), gu = go f(g); g and u f32 or both in one 16-bit dtype (kept by gatedAct) */
+export function gatedActBackward(
+  h: Host,
+  op: UnaryOp,
+  g: DeviceBuffer,
+  u: DeviceBuffer,
+  go: DeviceBuffer,
+  gg: DeviceBuffer,
+  gu: DeviceBuffer,
+): void {
+  const gb = h.buf(g, 'gated activation g');
+  const ub = h.buf(u, 'gated activation u');
+  if (gb.dtype !== ub.dtype)
+    throw new Error(`cuda backend: gated activation g ${gb.dtype} and u ${ub.dtype} differ`);
+  run1(h, 'gated_act_backward_f32', gb.length, [
+    gb.ptr,
+    ub.ptr,
+    storage(gb.dtype, 'gated activation g'),
+    h.f(go, 'gated activation gradient'),
+    h.f(gg, 'gated activation g gradient'),
+    h.f(gu, 'gated activation u gradient'),
+    UNARY_CODE[op],
+    gb.length,
+  ]);
+}
+
+/** v = y + D[col / headDim] x, out = v silu(z + bias) (out f32 or 16 bits); y, x, z (rows, cols) */
+export function siluGateD(
+  h: Host,
+  y: DeviceBuffer,
+  x: DeviceBuffer,
+  D: DeviceBuffer,
+  z: DeviceBuffer,
+  bias: DeviceBuffer,
+  out: DeviceBuffer,
+  rows: number,
+  cols: number,
+  headDim: number,
+  yKeep: DeviceBuffer | null = null,
+  zKeep: DeviceBuffer | null = null,
+): void {
+  const o = h.buf(out, 'siluGateD output');
+  const ot = storage(o.dtype, 'siluGateD output');
+  const keep = yKeep !== null && zKeep !== null;
+  if (
+    keep &&
+    (ot === 0 || h.buf(yKeep, 'kept y').dtype !== o.dtype || h.buf(zKeep, 'kept z').dtype !== o.dtype)
+  )
+    throw new Error('cuda backend: siluGateD keeps y and z in the 16-bit dtype of its output');
+  run1(h, 'silu_gate_d_f32', rows * cols, [
+    h.f(y, 'siluGateD y'),
+    h.f(x, 'siluGateD x'),
+    h.f(D, 'siluGateD D'),
+    h.f(z, 'siluGateD z'),
+    h.f(bias, 'siluGateD bias'),
+    o.ptr,
+    ot,
+    keep ? h.buf(yKeep, 'kept y').ptr : 0,
+    keep ? h.buf(zKeep, 'kept z').ptr : 0,
+    keep ? 1 : 0,
+    rows,
+    cols,
+    headDim,
+  ]);
+}
+
+/**
+ * gy = g silu(u), gx = gy D (the D term's part of x's gradient), gz = g v silu'(u), gD (cols /
+ * headDim) = sum of gy x over rows and each head's columns: column sums per band of rows, then
+ * summed over bands and heads (no atomics, the same result every run).
+ */
+export function siluGateDBackward(
+  h: Host,
+  y: DeviceBuffer,
+  x: DeviceBuffer,
+  D: DeviceBuffer,
+  z: DeviceBuffer,
+  bias: DeviceBuffer,
+  g: DeviceBuffer,
+  gy: DeviceBuffer,
+  gx: DeviceBuffer,
+  gz: DeviceBuffer,
+  gD: DeviceBuffer,
+  rows: number,
+  cols: number,
+  headDim: number,
+): void {
+  if (rows === 0 || cols === 0) {
+    h.fill(gD, 0);
+    return;
+  }
+  const threads = 256;
+  const colBlocks = Math.ceil(cols / threads);
+  // enough bands for about 8 blocks per multiprocessor
+  const bands0 = Math.max(1, Math.min(rows, Math.ceil((h.sms * 8) / colBlocks), 65535));
+  const rowsPerBlock = Math.ceil(rows / bands0);
+  const bands = Math.ceil(rows / rowsPerBlock);
+  const yb = h.buf(y, 'siluGateD y');
+  const zb = h.buf(z, 'siluGateD z');
+  if (yb.dtype !== zb.dtype)
+    throw new Error(`cuda backend: siluGateD y ${yb.dtype} and z ${zb.dtype} differ`);
+  const partial = h.scratch(bands * cols);
+  k(h, 'silu_gate_d_backward_f32').launch([colBlocks, bands, 1], threads, 0, [
+    yb.ptr,
+    h.f(x, 'siluGateD x'),
+    h.f(D, 'siluGateD D'),
+    zb.ptr,
+    storage(yb.dtype, 'siluGateD y'),
+    h.f(bias, 'siluGateD bias'),
+    h.f(g, 'siluGateD gradient'),
+    h.f(gy, 'siluGateD y gradient'),
+    h.f(gx, 'siluGateD x gradient'),
+    h.f(gz, 'siluGateD z gradient'),
+    partial.ptr,
+    rows,
+    cols,
+    headDim,
+    rowsPerBlock,
+  ]);
+  const colSums = h.scratch(cols);
+  h.sumInto(partial.ptr, colSums.ptr, 1, bands, cols);
+  h.sumInto(colSums.ptr, h.f(gD, 'siluGateD D gradient'), cols / headDim, headDim, 1);
+  h.free(partial);
+  h.free(colSums);
 }

@@ -469,6 +469,81 @@ export class CudaBackend implements Backend {
     elementwise.siluGateBackward(this.host, y, z, bias, g, gy, gz, rows, cols);
   }
 
+  // the fused glue of the training step (optional Backend methods; see backend.ts)
+
+  unaryKeep16(op: UnaryOp, x: DeviceBuffer, out: DeviceBuffer, xOut: DeviceBuffer): void {
+    elementwise.unaryKeep16(this.host, op, x, out, xOut);
+  }
+
+  gatedAct(
+    op: UnaryOp,
+    g: DeviceBuffer,
+    u: DeviceBuffer,
+    out: DeviceBuffer,
+    gKeep: DeviceBuffer | null,
+    uKeep: DeviceBuffer | null,
+  ): void {
+    elementwise.gatedAct(this.host, op, g, u, out, gKeep, uKeep);
+  }
+
+  gatedActBackward(
+    op: UnaryOp,
+    g: DeviceBuffer,
+    u: DeviceBuffer,
+    go: DeviceBuffer,
+    gg: DeviceBuffer,
+    gu: DeviceBuffer,
+  ): void {
+    elementwise.gatedActBackward(this.host, op, g, u, go, gg, gu);
+  }
+
+  siluGateD(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+    yKeep?: DeviceBuffer | null,
+    zKeep?: DeviceBuffer | null,
+  ): void {
+    elementwise.siluGateD(
+      this.host,
+      y,
+      x,
+      D,
+      z,
+      bias,
+      out,
+      rows,
+      cols,
+      headDim,
+      yKeep ?? null,
+      zKeep ?? null,
+    );
+  }
+
+  siluGateDBackward(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gz: DeviceBuffer,
+    gD: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+  ): void {
+    elementwise.siluGateDBackward(this.host, y, x, D, z, bias, g, gy, gx, gz, gD, rows, cols, headDim);
+  }
+
   dropout(x: DeviceBuffer, out: DeviceBuffer, p: number, seed: number): void {
     elementwise.dropout(this.host, x, out, p, seed);
   }
@@ -545,6 +620,58 @@ export class CudaBackend implements Backend {
     if (prof) prof.around(`cuBLAS GEMM ${ab} -> ${cd}`, gemm);
     else gemm();
     if (BIAS) addBias();
+  }
+
+  matmulGelu(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    p: MatmulParams,
+    mode: 'gelu' | 'dgelu',
+    bias: DeviceBuffer | null,
+    aux: DeviceBuffer | null,
+  ): boolean {
+    const A = this.buf(a, 'matmulGelu A');
+    const B = this.buf(b, 'matmulGelu B');
+    const C = this.buf(c, 'matmulGelu C');
+    const ab = A.dtype;
+    if (B.dtype !== ab || C.dtype !== ab || (ab !== 'bf16' && ab !== 'f16'))
+      throw new Error(
+        `cuda backend: matmulGelu needs one 16-bit dtype for A, B, C, got ${ab}, ${B.dtype}, ${C.dtype}`,
+      );
+    if (p.batch !== 1) throw new Error(`cuda backend: matmulGelu of batch ${p.batch} (1 only)`);
+    const BIAS = bias ? this.buf(bias, 'matmulGelu bias') : null;
+    if (BIAS && (BIAS.dtype !== 'f32' || BIAS.length !== p.n))
+      throw new Error(
+        `cuda backend: matmulGelu bias must be ${p.n} values of f32, got ${BIAS.length} ${BIAS.dtype}`,
+      );
+    const AUX = aux ? this.buf(aux, 'matmulGelu aux') : null;
+    if (AUX && (AUX.dtype !== ab || AUX.length !== p.m * p.n))
+      throw new Error(
+        `cuda backend: matmulGelu aux must be ${p.m * p.n} values of ${ab}, got ${AUX.length} ${AUX.dtype}`,
+      );
+    if (p.m === 0 || p.n === 0 || p.k === 0) return false;
+    const g = {
+      a: A.ptr,
+      b: B.ptr,
+      c: C.ptr,
+      typeAB: ab as GemmDType,
+      typeC: ab as GemmDType,
+      transA: p.transA,
+      transB: p.transB,
+      m: p.m,
+      n: p.n,
+      k: p.k,
+      strideA: p.strideA,
+      strideB: p.strideB,
+      strideC: p.strideC,
+      batch: 1,
+      alpha: p.alpha,
+      beta: p.beta,
+    };
+    const run = () => this.cublas.gemmGelu(g, mode, BIAS?.ptr ?? 0, AUX?.ptr ?? 0);
+    const prof = this.kernels.profiler;
+    return prof ? prof.around(`cuBLASLt GEMM+${mode} ${ab}`, run) : run();
   }
 
   // ---- rows ---------------------------------------------------------------------------------
@@ -645,6 +772,20 @@ export class CudaBackend implements Backend {
     kernel: number,
   ): void {
     sequence.causalConv1d(this.host, x, weight, bias, out, batch, t, channels, kernel);
+  }
+
+  causalConv1dKeep16(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    xKeep: DeviceBuffer,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void {
+    sequence.causalConv1d(this.host, x, weight, bias, out, batch, t, channels, kernel, xKeep);
   }
 
   causalConv1dBackward(

@@ -16,6 +16,10 @@ export const SEQUENCE_SIGNATURES = {
   ssm_step_f32: 'ppppppppiiiiii',
   conv_state_push_f32: 'pplii',
   rope_f32: 'pppliiiiii',
+  conv1d_keep_f32: 'pppppliii',
+  conv1d_k4_keep_f32: 'pppppliii',
+  conv1d_backward_w_bf16x: 'ppppliiil',
+  conv1d_backward_w_k4_bf16x: 'ppppliiil',
 } as const;
 
 const { k, run1 } = moduleKernels('sequence', SEQUENCE_SIGNATURES);
@@ -35,19 +39,35 @@ export function causalConv1d(
   t: number,
   channels: number,
   kernel: number,
+  xKeep: DeviceBuffer | null = null,
 ): void {
   if (kernel > MAX_CONV_K)
     throw new Error(`cuda backend: conv1d kernel size ${kernel} (at most ${MAX_CONV_K})`);
-  run1(h, kernel === 4 ? 'conv1d_k4_f32' : 'conv1d_f32', batch * convRuns(t) * channels, [
+  const n = batch * convRuns(t) * channels;
+  const common = [
     h.f(x, 'conv1d input'),
     h.f(weight, 'conv1d weight'),
     bias ? h.f(bias, 'conv1d bias') : 0,
     h.f(out, 'conv1d output'),
-    batch,
-    t,
-    channels,
-    kernel,
-  ]);
+  ];
+  if (xKeep) {
+    // also the bf16 copy of x that the weight gradient reads (causalConv1dBackward with a bf16 x)
+    const kb = h.buf(xKeep, 'conv1d kept input');
+    if (kb.dtype !== 'bf16' || kb.length !== batch * t * channels)
+      throw new Error(
+        `cuda backend: conv1d kept input must be ${batch * t * channels} bf16, got ${kb.length} ${kb.dtype}`,
+      );
+    run1(h, kernel === 4 ? 'conv1d_k4_keep_f32' : 'conv1d_keep_f32', n, [
+      ...common,
+      kb.ptr,
+      batch,
+      t,
+      channels,
+      kernel,
+    ]);
+    return;
+  }
+  run1(h, kernel === 4 ? 'conv1d_k4_f32' : 'conv1d_f32', n, [...common, batch, t, channels, kernel]);
 }
 
 export function causalConv1dBackward(
@@ -65,7 +85,12 @@ export function causalConv1dBackward(
 ): void {
   if (kernel > MAX_CONV_K)
     throw new Error(`cuda backend: conv1d kernel size ${kernel} (at most ${MAX_CONV_K})`);
-  const xp = h.f(x, 'conv1d input');
+  // x is f32, or the bf16 copy the forward kept (causalConv1d with xKeep)
+  const xb = h.buf(x, 'conv1d input');
+  if (xb.dtype !== 'f32' && xb.dtype !== 'bf16')
+    throw new Error(`cuda backend: conv1d input must be f32 or bf16, got ${xb.dtype}`);
+  const xp = xb.ptr;
+  const x16 = xb.dtype === 'bf16';
   const wp = h.f(weight, 'conv1d weight');
   const gyp = h.f(gy, 'conv1d gradient');
   const gw = h.f(gWeight, 'conv1d weight gradient');
@@ -88,12 +113,24 @@ export function causalConv1dBackward(
   const nb = Math.ceil(rows / perBlock);
   const pw = h.scratch(nb * channels * kernel);
   const pb = gBias ? h.scratch(nb * channels) : null;
-  k(h, kernel === 4 ? 'conv1d_backward_w_k4_f32' : 'conv1d_backward_w_f32').launch(
-    [nb, 1, 1],
-    Math.min(THREADS, roundUp(channels, 32)),
-    0,
-    [xp, gyp, pw.ptr, pb ? pb.ptr : 0, batch, t, channels, kernel, perBlock],
-  );
+  const name = x16
+    ? kernel === 4
+      ? 'conv1d_backward_w_k4_bf16x'
+      : 'conv1d_backward_w_bf16x'
+    : kernel === 4
+      ? 'conv1d_backward_w_k4_f32'
+      : 'conv1d_backward_w_f32';
+  k(h, name).launch([nb, 1, 1], Math.min(THREADS, roundUp(channels, 32)), 0, [
+    xp,
+    gyp,
+    pw.ptr,
+    pb ? pb.ptr : 0,
+    batch,
+    t,
+    channels,
+    kernel,
+    perBlock,
+  ]);
   h.sumInto(pw.ptr, gw, 1, nb, channels * kernel);
   if (pb) h.sumInto(pb.ptr, gb, 1, nb, channels);
   h.free(pw);

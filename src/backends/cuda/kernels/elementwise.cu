@@ -410,3 +410,120 @@ extern "C" __global__ void cast_bf16_f32(const u16* x, float* out, i64 n) {
   }
   if (n % 2 && blockIdx.x == 0 && threadIdx.x == 0) out[n - 1] = bf16_to_f32(x[n - 1]);
 }
+
+// ---- fused glue of the training step (issue 18) --------------------------------------------------
+// 16-bit storage codes of these kernels: 0 = f32, 1 = bf16, 2 = f16.
+
+__device__ __forceinline__ float load_any(const void* p, int t, i64 i) {
+  if (t == 1) return bf16_to_f32(((const u16*)p)[i]);
+  if (t == 2) return f16_to_f32(((const u16*)p)[i]);
+  return ((const float*)p)[i];
+}
+
+__device__ __forceinline__ void store_any(void* p, int t, i64 i, float v) {
+  if (t == 1) ((u16*)p)[i] = f32_to_bf16(v);
+  else if (t == 2) ((u16*)p)[i] = f32_to_f16(v);
+  else ((float*)p)[i] = v;
+}
+
+/**
+ * x (n) f32 -> out = f(x) and xk = x, both in 16 bits (bf16 when bf16 != 0, else f16): an
+ * activation feeding a 16-bit product whose backward then reads the 16-bit copy of its input.
+ */
+extern "C" __global__ void unary_f32_to16_keep(const float* x, u16* out, u16* xk, int op, int bf16, i64 n) {
+  FOR_EACH(i, n) {
+    const float v = x[i];
+    out[i] = bf16 ? f32_to_bf16(unary_f(op, v)) : f32_to_f16(unary_f(op, v));
+    xk[i] = bf16 ? f32_to_bf16(v) : f32_to_f16(v);
+  }
+}
+
+/** x (n) in 16 bits (xt 1 = bf16, 2 = f16), gy, gx (n) f32: gx = gy * f'(x); gx may alias gy */
+extern "C" __global__ void unary_backward_from16(const u16* x, const float* gy, float* gx, int op, int xt, i64 n) {
+  FOR_EACH(i, n) gx[i] = gy[i] * unary_df(op, load_any(x, xt, i));
+}
+
+/**
+ * The gated MLP's product: g, u (n) f32 -> out = f(g) * u in storage ot; with keep != 0 also g and
+ * u rounded to the same 16-bit storage (gk, uk) for the backward.
+ */
+extern "C" __global__ void gated_act_f32(const float* g, const float* u, void* out, int ot, u16* gk, u16* uk,
+                                         int keep, int op, i64 n) {
+  FOR_EACH(i, n) {
+    const float a = g[i];
+    const float b = u[i];
+    store_any(out, ot, i, unary_f(op, a) * b);
+    if (keep) {
+      store_any(gk, ot, i, a);
+      store_any(uk, ot, i, b);
+    }
+  }
+}
+
+/** g, u (n) in storage st (f32 or 16 bits), go (n) f32 -> gg = go * u * f'(g), gu = go * f(g) */
+extern "C" __global__ void gated_act_backward_f32(const void* g, const void* u, int st, const float* go, float* gg,
+                                                  float* gu, int op, i64 n) {
+  FOR_EACH(i, n) {
+    const float a = load_any(g, st, i);
+    const float b = load_any(u, st, i);
+    const float o = go[i];
+    gg[i] = o * b * unary_df(op, a);
+    gu[i] = o * unary_f(op, a);
+  }
+}
+
+/**
+ * The mixer's output with its D term: y, x, z (rows, cols) f32, D (cols / headDim), bias (cols):
+ * v = y + D[col / headDim] x, out = v * silu(z + bias[col]) in storage ot; with keep != 0 also y
+ * and z rounded to out's 16-bit storage (yk, zk) for the backward.
+ */
+extern "C" __global__ void silu_gate_d_f32(const float* y, const float* x, const float* D, const float* z,
+                                           const float* bias, void* out, int ot, u16* yk, u16* zk, int keep,
+                                           i64 rows, int cols, int headDim) {
+  const i64 n = rows * cols;
+  FOR_EACH(i, n) {
+    const int c = (int)(i % cols);
+    const float zi = z[i];
+    const float yi = y[i];
+    const float u = zi + bias[c];
+    const float v = yi + D[c / headDim] * x[i];
+    store_any(out, ot, i, v * u * sigmoidf_(u));
+    if (keep) {
+      store_any(yk, ot, i, yi);
+      store_any(zk, ot, i, zi);
+    }
+  }
+}
+
+/**
+ * Its backward, one thread per column over a band of rowsPerBlock rows (blockIdx.y), so the D
+ * gradient's column sums need no atomics: gy = g silu(u), gx = gy D, gz = g v silu'(u), and
+ * partial[blockIdx.y, col] = sum over the band of gy x (then summed over bands and each head's
+ * columns by the caller). y and z in storage st (f32, or the 16-bit copies the forward kept).
+ */
+extern "C" __global__ void silu_gate_d_backward_f32(const void* y, const float* x, const float* D, const void* z,
+                                                    int st, const float* bias, const float* g, float* gy,
+                                                    float* gx, float* gz, float* partial, i64 rows, int cols,
+                                                    int headDim, int rowsPerBlock) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  const float b = bias[c];
+  const float d = D[c / headDim];
+  const i64 r0 = (i64)blockIdx.y * rowsPerBlock;
+  const i64 r1 = min(rows, r0 + rowsPerBlock);
+  float acc = 0.f;
+  for (i64 r = r0; r < r1; r++) {
+    const i64 i = r * cols + c;
+    const float u = load_any(z, st, i) + b;
+    const float s = sigmoidf_(u);
+    const float xi = x[i];
+    const float v = load_any(y, st, i) + d * xi;
+    const float gi = g[i];
+    const float gyi = gi * u * s;
+    gy[i] = gyi;
+    gx[i] = gyi * d;
+    gz[i] = gi * v * s * (1.f + u * (1.f - s));
+    acc += gyi * xi;
+  }
+  partial[(i64)blockIdx.y * cols + c] = acc;
+}

@@ -13,7 +13,7 @@
 /** x, out (B, T, C), weight (C, K), bias (C) | null: out[t] = bias + sum_j w[j] x[t - (K-1) + j] */
 template <int KC>
 __device__ void conv1d_fwd(const float* x, const float* w, const float* bias, float* out, i64 batch, int t, int c,
-                           int kRun) {
+                           int kRun, u16* xk = nullptr) {
   const int k = KC == MAX_CONV_K ? kRun : KC;
   const int runs = (t + CONV_RUN - 1) / CONV_RUN;
   const i64 n = batch * runs * c;
@@ -33,6 +33,7 @@ __device__ void conv1d_fwd(const float* x, const float* w, const float* bias, fl
     const int s1 = s0 + CONV_RUN < t ? s0 + CONV_RUN : t;
     for (int s = s0; s < s1; s++) {
       const float xs = x[base + (i64)s * c];
+      if (xk) xk[base + (i64)s * c] = f32_to_bf16(xs);  // the bf16 copy the backward reads
       float acc = b0;
 #pragma unroll
       for (int j = 0; j < KC; j++) {
@@ -89,8 +90,11 @@ __device__ void conv1d_bwd_x(const float* w, const float* gy, float* gx, i64 bat
  * [b * rowsPerBlock, ...) and writes pw (gridDim.x, C, K) and pb (gridDim.x, C) | null;
  * the host sums them over blocks. Threads loop over channels.
  */
-template <int KC>
-__device__ void conv1d_bwd_w(const float* x, const float* gy, float* pw, float* pb, i64 batch, int t, int c,
+__device__ __forceinline__ float conv_x(const float* x, i64 i) { return x[i]; }
+__device__ __forceinline__ float conv_x(const u16* x, i64 i) { return bf16_to_f32(x[i]); }
+
+template <int KC, typename TX>
+__device__ void conv1d_bwd_w(const TX* x, const float* gy, float* pw, float* pb, i64 batch, int t, int c,
                              int kRun, i64 rowsPerBlock) {
   const int k = KC == MAX_CONV_K ? kRun : KC;
   const i64 rows = batch * t;
@@ -104,7 +108,7 @@ __device__ void conv1d_bwd_w(const float* x, const float* gy, float* pw, float* 
       accW[j] = 0.f;
       // the inputs before the first row, within its sequence
       const int back = (k - 1) - j;
-      win[j] = j < k - 1 && sStart - back >= 0 ? x[(r0 - back) * c + ch] : 0.f;
+      win[j] = j < k - 1 && sStart - back >= 0 ? conv_x(x, (r0 - back) * c + ch) : 0.f;
     }
     float accB = 0.f;
     int s = sStart;
@@ -115,7 +119,7 @@ __device__ void conv1d_bwd_w(const float* x, const float* gy, float* pw, float* 
         for (int j = 0; j < KC; j++) win[j] = 0.f;
       }
       const float g = gy[r * c + ch];
-      const float xr = x[r * c + ch];
+      const float xr = conv_x(x, r * c + ch);
       accB += g;
 #pragma unroll
       for (int j = 0; j < KC; j++) {
@@ -156,6 +160,25 @@ extern "C" __global__ void conv1d_backward_x_k4_f32(const float* w, const float*
 }
 extern "C" __global__ void conv1d_backward_w_k4_f32(const float* x, const float* gy, float* pw, float* pb, i64 batch,
                                                  int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_w<4>(x, gy, pw, pb, batch, t, c, k, rowsPerBlock);
+}
+
+// under autocast: the forward also writes a bf16 copy of x (xk), which the weight gradient then
+// reads instead of the f32 input (half the bytes kept for backward)
+extern "C" __global__ void conv1d_keep_f32(const float* x, const float* w, const float* bias, float* out, u16* xk,
+                                           i64 batch, int t, int c, int k) {
+  conv1d_fwd<MAX_CONV_K>(x, w, bias, out, batch, t, c, k, xk);
+}
+extern "C" __global__ void conv1d_k4_keep_f32(const float* x, const float* w, const float* bias, float* out, u16* xk,
+                                              i64 batch, int t, int c, int k) {
+  conv1d_fwd<4>(x, w, bias, out, batch, t, c, k, xk);
+}
+extern "C" __global__ void conv1d_backward_w_bf16x(const u16* x, const float* gy, float* pw, float* pb, i64 batch,
+                                                   int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_w<MAX_CONV_K>(x, gy, pw, pb, batch, t, c, k, rowsPerBlock);
+}
+extern "C" __global__ void conv1d_backward_w_k4_bf16x(const u16* x, const float* gy, float* pw, float* pb, i64 batch,
+                                                      int t, int c, int k, i64 rowsPerBlock) {
   conv1d_bwd_w<4>(x, gy, pw, pb, batch, t, c, k, rowsPerBlock);
 }
 
