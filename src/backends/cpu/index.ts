@@ -24,6 +24,14 @@ import { sigmoid, softplus, unaryDerivative, unaryFn } from './math.js';
 import * as rows from './rows.js';
 import * as seq from './sequence.js';
 import * as ssd from './ssd.js';
+import {
+  siluGateF32,
+  siluGateGradF32,
+  unaryF32,
+  unaryGradF32,
+  WASM_UNARY,
+  WASM_UNARY_GRAD,
+} from './wasm-math.js';
 
 export class CpuBuffer implements DeviceBuffer {
   constructor(
@@ -227,6 +235,13 @@ export class CpuBackend implements Backend {
     const a = fl(x, `${op} input`);
     const o = fl(out, `${op} output`);
     const n = a.length;
+    if (
+      a instanceof Float32Array &&
+      o instanceof Float32Array &&
+      (WASM_UNARY as readonly string[]).includes(op) &&
+      unaryF32(op as (typeof WASM_UNARY)[number], a, o, alpha, beta)
+    )
+      return;
     switch (op) {
       case 'identity':
         for (let i = 0; i < n; i++) o[i] = alpha * a[i] + beta;
@@ -257,6 +272,14 @@ export class CpuBackend implements Backend {
     const a = fl(x, `${op} input`);
     const g = fl(gy, `${op} gradient`);
     const o = fl(gx, `${op} input gradient`);
+    if (
+      a instanceof Float32Array &&
+      g instanceof Float32Array &&
+      o instanceof Float32Array &&
+      (WASM_UNARY_GRAD as readonly string[]).includes(op) &&
+      unaryGradF32(op as (typeof WASM_UNARY_GRAD)[number], a, g, o)
+    )
+      return;
     if (op === 'relu') {
       for (let i = 0; i < a.length; i++) o[i] = a[i] > 0 ? g[i] : 0;
       return;
@@ -435,6 +458,16 @@ export class CpuBackend implements Backend {
   ): void {
     const yv = fl(y, 'siluGate y');
     const o = fl(out, 'siluGate output');
+    const zv = fl(z, 'siluGate z');
+    const bv = fl(bias, 'siluGate bias');
+    if (
+      yv instanceof Float32Array &&
+      zv instanceof Float32Array &&
+      bv instanceof Float32Array &&
+      o instanceof Float32Array &&
+      siluGateF32(yv, zv, bv, o, cols)
+    )
+      return;
     eachGate(z, bias, rows, cols, (i, u) => (o[i] = (yv[i] * u) / (1 + Math.exp(-u))));
   }
 
@@ -452,6 +485,18 @@ export class CpuBackend implements Backend {
     const gv = fl(g, 'siluGate gradient');
     const oy = fl(gy, 'siluGate y gradient');
     const oz = fl(gz, 'siluGate z gradient');
+    const zv = fl(z, 'siluGate z');
+    const bv = fl(bias, 'siluGate bias');
+    if (
+      yv instanceof Float32Array &&
+      zv instanceof Float32Array &&
+      bv instanceof Float32Array &&
+      gv instanceof Float32Array &&
+      oy instanceof Float32Array &&
+      oz instanceof Float32Array &&
+      siluGateGradF32(yv, zv, bv, gv, oy, oz, cols)
+    )
+      return;
     eachGate(z, bias, rows, cols, (i, u) => {
       const s = 1 / (1 + Math.exp(-u));
       oy[i] = gv[i] * u * s;

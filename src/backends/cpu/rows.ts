@@ -1,9 +1,20 @@
 // Row-wise kernels of the CPU backend: softmax, norms and losses over (rows, cols).
-// Every row accumulates in float64.
+// Every row accumulates in float64. f32 rows with exp in them run in WebAssembly SIMD
+// (wasm-math.ts) when it is available; these loops are the reference and the f64 path.
 
 import type { FloatArray } from './blas.js';
+import {
+  crossEntropyF32,
+  crossEntropyGradF32,
+  klDivergenceF32,
+  klDivergenceGradF32,
+  softmaxF32,
+} from './wasm-math.js';
+
+const f32 = (...xs: FloatArray[]) => xs.every((x) => x instanceof Float32Array);
 
 export function softmax(x: FloatArray, out: FloatArray, rows: number, cols: number, log: boolean): void {
+  if (f32(x, out) && softmaxF32(x as Float32Array, out as Float32Array, rows, cols, log)) return;
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     let max = -Infinity;
@@ -177,6 +188,8 @@ export function crossEntropy(
   vocab: number,
   ignoreIndex: number,
 ): void {
+  if (f32(logits) && crossEntropyF32(logits as Float32Array, targets, losses, lse, rows, vocab, ignoreIndex))
+    return;
   for (let r = 0; r < rows; r++) {
     const t = targets[r];
     const base = r * vocab;
@@ -201,6 +214,20 @@ export function crossEntropyBackward(
   vocab: number,
   ignoreIndex: number,
 ): void {
+  if (
+    f32(logits, gLogits) &&
+    crossEntropyGradF32(
+      logits as Float32Array,
+      targets,
+      lse,
+      gLoss,
+      gLogits as Float32Array,
+      rows,
+      vocab,
+      ignoreIndex,
+    )
+  )
+    return;
   for (let r = 0; r < rows; r++) {
     const t = targets[r];
     const base = r * vocab;
@@ -223,6 +250,11 @@ export function klDivergence(
   vocab: number,
   tau: number,
 ): void {
+  if (
+    f32(teacher, student) &&
+    klDivergenceF32(teacher as Float32Array, student as Float32Array, losses, rows, vocab, tau)
+  )
+    return;
   const inv = 1 / tau;
   for (let r = 0; r < rows; r++) {
     const base = r * vocab;
@@ -248,6 +280,19 @@ export function klDivergenceBackward(
   vocab: number,
   tau: number,
 ): void {
+  if (
+    f32(teacher, student, gStudent) &&
+    klDivergenceGradF32(
+      teacher as Float32Array,
+      student as Float32Array,
+      gLoss,
+      gStudent as Float32Array,
+      rows,
+      vocab,
+      tau,
+    )
+  )
+    return;
   const inv = 1 / tau;
   for (let r = 0; r < rows; r++) {
     const base = r * vocab;
