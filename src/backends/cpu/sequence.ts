@@ -2,6 +2,7 @@
 
 import type { AttentionParams, RopeParams } from '../backend.js';
 import { gemm, type FloatArray } from './blas.js';
+import { wasmMath, type WasmMath } from './wasm-math.js';
 
 /** w (C, K) -> (K, C), so each tap's weights run along the channels like x's rows */
 function tapsByChannel(w: FloatArray, c: number, k: number): Float64Array {
@@ -125,6 +126,17 @@ function newScratch(like: FloatArray, n: number): FloatArray {
   return like instanceof Float64Array ? new Float64Array(n) : new Float32Array(n);
 }
 
+/**
+ * The (tq, tk) probabilities of one head: for f32 with tk a multiple of 4, a view of the
+ * WebAssembly memory at byte 0, so the softmax rows run there in SIMD without a copy (the products
+ * write and read the view directly); otherwise a plain scratch array.
+ */
+function probsScratch(like: FloatArray, tq: number, tk: number): { scores: FloatArray; w: WasmMath | null } {
+  const w = like instanceof Float32Array && tk % 4 === 0 ? wasmMath() : null;
+  if (!w) return { scores: newScratch(like, tq * tk), w: null };
+  return { scores: w.reserve(tq * tk).subarray(0, tq * tk), w };
+}
+
 /** scores (tq, tk) = scale * q_h k_h^T, causal masked, turned into probabilities in place */
 function headProbs(
   useBlas: boolean,
@@ -136,6 +148,7 @@ function headProbs(
   scores: FloatArray,
   lseOut: FloatArray | null,
   lseIn: FloatArray | null,
+  w: WasmMath | null,
 ): void {
   const { tq, tk, heads, kvHeads, headDim, scale, causal } = p;
   const kh = Math.floor(h / (heads / kvHeads));
@@ -159,6 +172,26 @@ function headProbs(
     tk,
   );
   const shift = tk - tq;
+  if (w) {
+    // scores is the wasm memory from byte 0: masked entries become -inf, which exp maps to 0
+    const bytes = tk * 4;
+    for (let i = 0; i < tq; i++) {
+      const row = i * tk;
+      const last = causal ? Math.min(tk - 1, i + shift) : tk - 1;
+      if (last < tk - 1) scores.fill(-Infinity, row + Math.max(last + 1, 0), row + tk);
+      const lseIdx = (b * heads + h) * tq + i;
+      if (lseIn) {
+        w.expSum(row * 4, row * 4, bytes, 1, -lseIn[lseIdx], 1);
+        continue;
+      }
+      let max = w.rowMax(row * 4, bytes);
+      if (max === -Infinity) max = 0;
+      const sum = w.expSum(row * 4, row * 4, bytes, 1, -max, 1);
+      if (lseOut) lseOut[lseIdx] = max + Math.log(sum);
+      w.unary.identity(row * 4, row * 4, bytes, 1 / sum, 0);
+    }
+    return;
+  }
   for (let i = 0; i < tq; i++) {
     const row = i * tk;
     const last = causal ? Math.min(tk - 1, i + shift) : tk - 1;
@@ -192,10 +225,10 @@ export function attention(
   const { batch, tq, tk, heads, kvHeads, headDim } = p;
   if (heads % kvHeads !== 0)
     throw new Error(`attention: heads (${heads}) must be a multiple of kvHeads (${kvHeads})`);
-  const scores = newScratch(out, tq * tk);
+  const { scores, w } = probsScratch(out, tq, tk);
   for (let b = 0; b < batch; b++) {
     for (let h = 0; h < heads; h++) {
-      headProbs(useBlas, q, k, p, b, h, scores, lse, null);
+      headProbs(useBlas, q, k, p, b, h, scores, lse, null, w);
       if (probs) probs.set(scores, (b * heads + h) * tq * tk);
       const kh = Math.floor(h / (heads / kvHeads));
       // out_h (tq, D) = P (tq, tk) v_h (tk, D)
@@ -236,7 +269,7 @@ export function attentionBackward(
   p: AttentionParams,
 ): void {
   const { batch, tq, tk, heads, kvHeads, headDim, scale } = p;
-  const probs = newScratch(out, tq * tk);
+  const { scores: probs, w } = probsScratch(out, tq, tk);
   const dp = newScratch(out, tq * tk);
   gk.fill(0);
   gv.fill(0);
@@ -247,7 +280,7 @@ export function attentionBackward(
       const kh = Math.floor(h / (heads / kvHeads));
       const qOff = (b * tq * heads + h) * headDim;
       const kOff = (b * tk * kvHeads + kh) * headDim;
-      headProbs(useBlas, q, k, p, b, h, probs, null, lse);
+      headProbs(useBlas, q, k, p, b, h, probs, null, lse, w);
       // gv_h += P^T gOut_h
       gemm(useBlas, true, false, tk, headDim, tq, 1, probs, 0, tk, gOut, qOff, ldq, 1, gv, kOff, ldk);
       // dP = gOut_h v_h^T
