@@ -243,4 +243,38 @@ describe('WebAssembly SIMD kernels for f32', () => {
         for (let j = (row % p.tq) + shift + 1; j < p.tk; j++) assert.equal(a.probs[row * p.tk + j], 0);
     }
   });
+
+  it('causal depthwise conv1d and its gradients (channels a multiple of 4) match float64', () => {
+    for (const [B, T, Cc, K] of [
+      [3, 9, 12, 4],
+      [2, 2, 8, 4],
+    ]) {
+      const [x64, x32] = pair(B * T * Cc);
+      const [w64, w32] = pair(Cc * K);
+      const [b64, b32] = pair(Cc);
+      const [g64, g32] = pair(B * T * Cc);
+      for (const withBias of [true, false]) {
+        const o32 = new Float32Array(B * T * Cc);
+        const o64 = new Float64Array(B * T * Cc);
+        seq.causalConv1d(x32, w32, withBias ? b32 : null, o32, B, T, Cc, K);
+        seq.causalConv1d(x64, w64, withBias ? b64 : null, o64, B, T, Cc, K);
+        assertClose(o32, o64, 1e-6, `conv1d T=${T}`, 2e-6);
+      }
+      const [gx32, gw32, gb32] = [
+        new Float32Array(x32.length),
+        new Float32Array(w32.length),
+        new Float32Array(Cc),
+      ];
+      const [gx64, gw64, gb64] = [
+        new Float64Array(x32.length),
+        new Float64Array(w32.length),
+        new Float64Array(Cc),
+      ];
+      seq.causalConv1dBackward(x32, w32, g32, gx32, gw32, gb32, B, T, Cc, K);
+      seq.causalConv1dBackward(x64, w64, g64, gx64, gw64, gb64, B, T, Cc, K);
+      assertClose(gx32, gx64, 1e-6, 'conv1d input gradient', 2e-6);
+      assertClose(gw32, gw64, 1e-5, 'conv1d weight gradient', 2e-6);
+      assertClose(gb32, gb64, 1e-5, 'conv1d bias gradient', 2e-6);
+    }
+  });
 });

@@ -2,14 +2,7 @@
 
 import type { AttentionParams, RopeParams } from '../backend.js';
 import { gemm, type FloatArray } from './blas.js';
-import { wasmMath, type WasmMath } from './wasm-math.js';
-
-/** w (C, K) -> (K, C), so each tap's weights run along the channels like x's rows */
-function tapsByChannel(w: FloatArray, c: number, k: number): Float64Array {
-  const wt = new Float64Array(k * c);
-  for (let ch = 0; ch < c; ch++) for (let j = 0; j < k; j++) wt[j * c + ch] = w[ch * k + j];
-  return wt;
-}
+import { causalConv1dF32, causalConv1dGradF32, wasmMath, type WasmMath } from './wasm-math.js';
 
 /** x (B, T, C), w (C, K), bias (C) -> out (B, T, C): out[t] = bias + sum_j w[j] x[t - (K-1) + j] */
 export function causalConv1d(
@@ -22,20 +15,25 @@ export function causalConv1d(
   c: number,
   k: number,
 ): void {
-  // row by row: a float64 accumulator row, each tap adding its (shifted) input row
-  const wt = tapsByChannel(w, c, k);
-  const acc = new Float64Array(c);
+  if (
+    x instanceof Float32Array &&
+    w instanceof Float32Array &&
+    (bias === null || bias instanceof Float32Array) &&
+    out instanceof Float32Array &&
+    causalConv1dF32(x, w, bias, out, batch, t, c, k)
+  )
+    return;
   for (let b = 0; b < batch; b++) {
     for (let s = 0; s < t; s++) {
-      if (bias) for (let ch = 0; ch < c; ch++) acc[ch] = bias[ch];
-      else acc.fill(0);
-      for (let j = Math.max(0, k - 1 - s); j < k; j++) {
-        const src = (b * t + s - (k - 1) + j) * c;
-        const wj = j * c;
-        for (let ch = 0; ch < c; ch++) acc[ch] += wt[wj + ch] * x[src + ch];
-      }
       const o = (b * t + s) * c;
-      for (let ch = 0; ch < c; ch++) out[o + ch] = acc[ch];
+      for (let ch = 0; ch < c; ch++) {
+        let acc = bias ? bias[ch] : 0;
+        for (let j = 0; j < k; j++) {
+          const src = s - (k - 1) + j;
+          if (src >= 0) acc += w[ch * k + j] * x[(b * t + src) * c + ch];
+        }
+        out[o + ch] = acc;
+      }
     }
   }
 }
@@ -52,36 +50,36 @@ export function causalConv1dBackward(
   c: number,
   k: number,
 ): void {
-  const wt = tapsByChannel(w, c, k);
-  const accW = new Float64Array(k * c); // (K, C)
+  if (
+    x instanceof Float32Array &&
+    w instanceof Float32Array &&
+    gy instanceof Float32Array &&
+    gx instanceof Float32Array &&
+    gw instanceof Float32Array &&
+    (gb === null || gb instanceof Float32Array) &&
+    causalConv1dGradF32(x, w, gy, gx, gw, gb, batch, t, c, k)
+  )
+    return;
+  const accW = new Float64Array(c * k);
   const accB = new Float64Array(c);
-  const acc = new Float64Array(c);
+  gx.fill(0);
   for (let b = 0; b < batch; b++) {
     for (let s = 0; s < t; s++) {
-      // gx[s] = sum_j w[j] gy[s + (K-1) - j]; gw[j] += gy[s] x[s - (K-1) + j]
-      acc.fill(0);
       const o = (b * t + s) * c;
-      for (let j = 0; j < k; j++) {
-        const out = s + (k - 1) - j;
-        if (out < t) {
-          const go = (b * t + out) * c;
-          const wj = j * c;
-          for (let ch = 0; ch < c; ch++) acc[ch] += wt[wj + ch] * gy[go + ch];
-        }
-        const src = s - (k - 1) + j;
-        if (src >= 0) {
-          const xi = (b * t + src) * c;
-          const wj = j * c;
-          for (let ch = 0; ch < c; ch++) accW[wj + ch] += gy[o + ch] * x[xi + ch];
-        }
-      }
       for (let ch = 0; ch < c; ch++) {
-        gx[o + ch] = acc[ch];
-        accB[ch] += gy[o + ch];
+        const g = gy[o + ch];
+        accB[ch] += g;
+        for (let j = 0; j < k; j++) {
+          const src = s - (k - 1) + j;
+          if (src < 0) continue;
+          const xi = (b * t + src) * c + ch;
+          accW[ch * k + j] += g * x[xi];
+          gx[xi] += g * w[ch * k + j];
+        }
       }
     }
   }
-  for (let ch = 0; ch < c; ch++) for (let j = 0; j < k; j++) gw[ch * k + j] = accW[j * c + ch];
+  for (let i = 0; i < c * k; i++) gw[i] = accW[i];
   if (gb) for (let i = 0; i < c; i++) gb[i] = accB[i];
 }
 

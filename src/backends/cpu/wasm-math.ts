@@ -432,6 +432,112 @@ function klGradFunc(): FuncDef {
   };
 }
 
+/** for (i = start; i < end; i += step) body, signed i32 */
+function forRange(i: number, start: Code, end: Code, step: number, body: Code): Code {
+  return [
+    ...set(i, start),
+    0x02,
+    0x40, // block
+    0x03,
+    0x40, // loop
+    ...get(i),
+    ...end,
+    0x4e,
+    0x0d,
+    1, // br_if 1 when i >= end
+    ...body,
+    ...set(i, [...get(i), ...i32(step), 0x6a]),
+    0x0c,
+    0, // br 0
+    0x0b,
+    0x0b,
+  ];
+}
+const iadd = (a: Code, b: Code): Code => [...a, ...b, 0x6a];
+const isub = (a: Code, b: Code): Code => [...a, ...b, 0x6b];
+const imul = (a: Code, b: Code): Code => [...a, ...b, 0x6c];
+const iflt = (a: Code, b: Code, body: Code): Code => [...a, ...b, 0x48, 0x04, 0x40, ...body, 0x0b];
+const ifge = (a: Code, b: Code, body: Code): Code => [...a, ...b, 0x4e, 0x04, 0x40, ...body, 0x0b];
+
+/**
+ * conv(x, wt, bias, out, T, rowBytes, K): the causal depthwise conv of one sequence, x and out
+ * (T, C), wt the taps (K, C), rowBytes = 4 C (a multiple of 16):
+ * out[s] = bias + sum_{j >= K-1-s} wt[j] x[s - (K-1) + j]
+ */
+function convFunc(): FuncDef {
+  const [x, wt, bias, out, T, rb, K] = [0, 1, 2, 3, 4, 5, 6];
+  const b = new Builder(7);
+  const [sI, o, j] = [b.local(I32), b.local(I32), b.local(I32)];
+  const acc = b.local(V128);
+  // j0 = max(0, K - 1 - s): select(K-1-s, 0, 0 < K-1-s)
+  const back = isub(isub(get(K), i32(1)), get(sI));
+  const j0 = [...back, ...i32(0), ...i32(0), ...back, 0x48, 0x1b];
+  const tap = set(
+    acc,
+    v.add(
+      get(acc),
+      v.mul(
+        v.load(iadd(iadd(get(wt), imul(get(j), get(rb))), get(o))),
+        v.load(iadd(iadd(get(x), imul(iadd(isub(get(sI), isub(get(K), i32(1))), get(j)), get(rb))), get(o))),
+      ),
+    ),
+  );
+  const code = forRange(
+    sI,
+    i32(0),
+    get(T),
+    1,
+    forRange(o, i32(0), get(rb), 16, [
+      ...set(acc, v.load(addr(bias, o))),
+      ...forRange(j, j0, get(K), 1, tap),
+      ...v.store(iadd(iadd(get(out), imul(get(sI), get(rb))), get(o)), get(acc)),
+    ]),
+  );
+  return { name: 'conv', params: [I32, I32, I32, I32, I32, I32, I32], results: [], locals: b.locals, code };
+}
+
+/**
+ * convGrad(x, wt, gy, gx, gwt, gb, T, rowBytes, K) for one sequence: gx[s] = sum_j wt[j] gy[s + K-1-j]
+ * (written), gwt[j] += sum_s gy[s] x[s - (K-1) + j] and gb += sum_s gy[s] (accumulated, f32)
+ */
+function convGradFunc(): FuncDef {
+  const [x, wt, gy, gx, gwt, gb, T, rb, K] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+  const b = new Builder(9);
+  const [sI, o, j, r] = [b.local(I32), b.local(I32), b.local(I32), b.local(I32)];
+  const [acc, g] = [b.local(V128), b.local(V128)];
+  const at = (base: number, row: Code): Code => iadd(iadd(get(base), imul(row, get(rb))), get(o));
+  const body = [
+    ...set(acc, cf(0)),
+    ...set(g, v.load(at(gy, get(sI)))),
+    ...v.store(addr(gb, o), v.add(v.load(addr(gb, o)), get(g))),
+    ...forRange(j, i32(0), get(K), 1, [
+      // the output row this tap of x[s] feeds: s + K-1-j
+      ...set(r, isub(iadd(get(sI), isub(get(K), i32(1))), get(j))),
+      ...iflt(
+        get(r),
+        get(T),
+        set(acc, v.add(get(acc), v.mul(v.load(at(wt, get(j))), v.load(at(gy, get(r)))))),
+      ),
+      // the input row tap j reads for output s: s - (K-1) + j
+      ...set(r, iadd(isub(get(sI), isub(get(K), i32(1))), get(j))),
+      ...ifge(
+        get(r),
+        i32(0),
+        v.store(at(gwt, get(j)), v.add(v.load(at(gwt, get(j))), v.mul(get(g), v.load(at(x, get(r)))))),
+      ),
+    ]),
+    ...v.store(at(gx, get(sI)), get(acc)),
+  ];
+  const code = forRange(sI, i32(0), get(T), 1, forRange(o, i32(0), get(rb), 16, body));
+  return {
+    name: 'convGrad',
+    params: [I32, I32, I32, I32, I32, I32, I32, I32, I32],
+    results: [],
+    locals: b.locals,
+    code,
+  };
+}
+
 export function mathModuleBytes(): Uint8Array {
   return moduleBytes([
     ...WASM_UNARY.map(unaryFunc),
@@ -442,6 +548,8 @@ export function mathModuleBytes(): Uint8Array {
     expSumFunc(),
     klDotFunc(),
     klGradFunc(),
+    convFunc(),
+    convGradFunc(),
   ]);
 }
 
@@ -470,6 +578,18 @@ export interface WasmMath {
     cT: number,
     cS: number,
   ) => void;
+  conv: (x: Ptr, wt: Ptr, bias: Ptr, out: Ptr, T: number, rowBytes: number, K: number) => void;
+  convGrad: (
+    x: Ptr,
+    wt: Ptr,
+    gy: Ptr,
+    gx: Ptr,
+    gwt: Ptr,
+    gb: Ptr,
+    T: number,
+    rowBytes: number,
+    K: number,
+  ) => void;
   /** make the memory hold at least `floats` f32 (renews f32); returns the view */
   reserve(floats: number): Float32Array;
 }
@@ -495,6 +615,8 @@ export function wasmMath(): WasmMath | null {
       expSum: fn('expSum'),
       klDot: fn('klDot'),
       klGrad: fn('klGrad'),
+      conv: fn('conv'),
+      convGrad: fn('convGrad'),
       reserve(floats: number): Float32Array {
         const need = floats * 4;
         if (memory.buffer.byteLength < need) {
@@ -838,5 +960,78 @@ export function klDivergenceGradF32(
     }
     st.store(2, gStudent, r0, n);
   }
+  return true;
+}
+
+/** x (B, T, C), w (C, K), bias (C) -> out (B, T, C), one sequence at a time; false without WebAssembly or when C % 4 != 0 */
+export function causalConv1dF32(
+  x: Float32Array,
+  w: Float32Array,
+  bias: Float32Array | null,
+  out: Float32Array,
+  batch: number,
+  t: number,
+  c: number,
+  k: number,
+): boolean {
+  const wm = c % 4 === 0 ? wasmMath() : null;
+  if (!wm) return false;
+  // layout (floats): taps (K, C), bias (C), x (T, C), out (T, C)
+  const [wtAt, biasAt, xAt, outAt] = [0, k * c, (k + 1) * c, (k + 1 + t) * c];
+  const mem = wm.reserve((k + 1 + 2 * t) * c);
+  for (let ch = 0; ch < c; ch++) {
+    for (let j = 0; j < k; j++) mem[wtAt + j * c + ch] = w[ch * k + j];
+    mem[biasAt + ch] = bias ? bias[ch] : 0;
+  }
+  const n = t * c;
+  for (let b = 0; b < batch; b++) {
+    mem.set(x.subarray(b * n, (b + 1) * n), xAt);
+    wm.conv(xAt * 4, wtAt * 4, biasAt * 4, outAt * 4, t, c * 4, k);
+    out.set(mem.subarray(outAt, outAt + n), b * n);
+  }
+  return true;
+}
+
+/** the gradients of causalConv1dF32; weight and bias gradients summed over the batch in float64 */
+export function causalConv1dGradF32(
+  x: Float32Array,
+  w: Float32Array,
+  gy: Float32Array,
+  gx: Float32Array,
+  gw: Float32Array,
+  gb: Float32Array | null,
+  batch: number,
+  t: number,
+  c: number,
+  k: number,
+): boolean {
+  const wm = c % 4 === 0 ? wasmMath() : null;
+  if (!wm) return false;
+  // layout (floats): taps (K, C), their gradient (K, C), bias gradient (C), x, gy, gx (T, C)
+  const kc = k * c;
+  const [wtAt, gwAt, gbAt, xAt, gyAt, gxAt] = [
+    0,
+    kc,
+    2 * kc,
+    2 * kc + c,
+    2 * kc + c + t * c,
+    2 * kc + c + 2 * t * c,
+  ];
+  const mem = wm.reserve(2 * kc + c + 3 * t * c);
+  for (let ch = 0; ch < c; ch++) for (let j = 0; j < k; j++) mem[wtAt + j * c + ch] = w[ch * k + j];
+  const accW = new Float64Array(kc);
+  const accB = new Float64Array(c);
+  const n = t * c;
+  for (let b = 0; b < batch; b++) {
+    mem.fill(0, gwAt, gbAt + c);
+    mem.set(x.subarray(b * n, (b + 1) * n), xAt);
+    mem.set(gy.subarray(b * n, (b + 1) * n), gyAt);
+    wm.convGrad(xAt * 4, wtAt * 4, gyAt * 4, gxAt * 4, gwAt * 4, gbAt * 4, t, c * 4, k);
+    gx.set(mem.subarray(gxAt, gxAt + n), b * n);
+    for (let i = 0; i < kc; i++) accW[i] += mem[gwAt + i];
+    for (let i = 0; i < c; i++) accB[i] += mem[gbAt + i];
+  }
+  for (let ch = 0; ch < c; ch++) for (let j = 0; j < k; j++) gw[ch * k + j] = accW[j * c + ch];
+  if (gb) for (let i = 0; i < c; i++) gb[i] = accB[i];
   return true;
 }
