@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { AttentionParams } from '../src/backends/backend.js';
 import { loadBlas } from '../src/backends/cpu/blas.js';
+import { CpuBackend } from '../src/backends/cpu/index.js';
 import * as rows from '../src/backends/cpu/rows.js';
 import * as seq from '../src/backends/cpu/sequence.js';
 import {
@@ -275,6 +276,53 @@ describe('WebAssembly SIMD kernels for f32', () => {
       assertClose(gx32, gx64, 1e-6, 'conv1d input gradient', 2e-6);
       assertClose(gw32, gw64, 1e-5, 'conv1d weight gradient', 2e-6);
       assertClose(gb32, gb64, 1e-5, 'conv1d bias gradient', 2e-6);
+    }
+  });
+
+  it('binary ops over long f32 runs: dense, a broadcast row, a broadcast scalar on either side', () => {
+    const be = new CpuBackend();
+    const cases: [number[], number[]][] = [
+      [
+        [3, 1000],
+        [3, 1000],
+      ],
+      [[3, 100], [100]],
+      [
+        [3, 100],
+        [3, 1],
+      ],
+      [
+        [3, 1],
+        [3, 100],
+      ],
+      [[20000], [1]],
+    ];
+    for (const [sa, sb] of cases) {
+      const shape = sa.map((d, i) => Math.max(d, sb[i - (sa.length - sb.length)] ?? 1));
+      const bStrides = sb.map((d, i) => (d === 1 ? 0 : sb.slice(i + 1).reduce((p, q) => p * q, 1)));
+      const aStrides = sa.map((d, i) => (d === 1 ? 0 : sa.slice(i + 1).reduce((p, q) => p * q, 1)));
+      while (bStrides.length < shape.length) bStrides.unshift(0);
+      const [a64, a32] = pair(sa.reduce((p, q) => p * q, 1));
+      const [b64, b32] = pair(sb.reduce((p, q) => p * q, 1));
+      for (let i = 0; i < b64.length; i++) if (Math.abs(b64[i]) < 0.1) b64[i] = b32[i] = 0.5;
+      const n = shape.reduce((p, q) => p * q, 1);
+      for (const op of ['add', 'sub', 'mul', 'div'] as const) {
+        const out = (x: Float32Array | Float64Array, y: Float32Array | Float64Array, dt: 'f32' | 'f64') => {
+          const [bx, by, bo] = [be.alloc(dt, x.length), be.alloc(dt, y.length), be.alloc(dt, n)];
+          be.write(bx, x);
+          be.write(by, y);
+          be.binary(op, bx, aStrides, by, bStrides, bo, shape);
+          return be.read(bo) as Float32Array | Float64Array;
+        };
+        // f32 results are the f64 ones rounded once (each element is a single operation)
+        const got = out(a32, b32, 'f32');
+        const expected = Float32Array.from(out(a64, b64, 'f64'));
+        assert.deepEqual(
+          Array.from(got),
+          Array.from(expected),
+          `${op} ${JSON.stringify(sa)} ${JSON.stringify(sb)}`,
+        );
+      }
     }
   });
 });

@@ -25,6 +25,7 @@ import * as rows from './rows.js';
 import * as seq from './sequence.js';
 import * as ssd from './ssd.js';
 import {
+  binaryRunF32,
   siluGateF32,
   siluGateGradF32,
   unaryF32,
@@ -1079,6 +1080,9 @@ export class CpuBackend implements Backend {
   }
 }
 
+/** runs at least this long go through WebAssembly (f32); shorter ones cost less in the loops */
+const WASM_RUN = 64;
+
 /** one last-axis run of a binary op; unit and zero (broadcast) strides get their own loops */
 function binaryRun(
   op: BinaryOp,
@@ -1086,9 +1090,16 @@ function binaryRun(
   y: FloatArray,
   o: FloatArray,
 ): (oa: number, ob: number, oo: number, len: number, sa: number, sb: number, so: number) => void {
+  const wasm = x instanceof Float32Array && y instanceof Float32Array && o instanceof Float32Array;
   switch (op) {
     case 'add':
       return (oa, ob, oo, len, sa, sb) => {
+        if (wasm && len >= WASM_RUN) {
+          const [x32, y32, o32] = [x as Float32Array, y as Float32Array, o as Float32Array];
+          if (sa === 1 && (sb === 1 || sb === 0) && binaryRunF32('add', x32, oa, y32, ob, sb, o32, oo, len))
+            return;
+          if (sa === 0 && sb === 1 && binaryRunF32('add', y32, ob, x32, oa, 0, o32, oo, len)) return;
+        }
         if (sa === 1 && sb === 1) for (let i = 0; i < len; i++) o[oo + i] = x[oa + i] + y[ob + i];
         else if (sa === 1 && sb === 0) {
           const v = y[ob];
@@ -1100,6 +1111,11 @@ function binaryRun(
       };
     case 'sub':
       return (oa, ob, oo, len, sa, sb) => {
+        if (wasm && len >= WASM_RUN) {
+          const [x32, y32, o32] = [x as Float32Array, y as Float32Array, o as Float32Array];
+          if (sa === 1 && (sb === 1 || sb === 0) && binaryRunF32('sub', x32, oa, y32, ob, sb, o32, oo, len))
+            return;
+        }
         if (sa === 1 && sb === 1) for (let i = 0; i < len; i++) o[oo + i] = x[oa + i] - y[ob + i];
         else if (sa === 1 && sb === 0) {
           const v = y[ob];
@@ -1111,6 +1127,12 @@ function binaryRun(
       };
     case 'mul':
       return (oa, ob, oo, len, sa, sb) => {
+        if (wasm && len >= WASM_RUN) {
+          const [x32, y32, o32] = [x as Float32Array, y as Float32Array, o as Float32Array];
+          if (sa === 1 && (sb === 1 || sb === 0) && binaryRunF32('mul', x32, oa, y32, ob, sb, o32, oo, len))
+            return;
+          if (sa === 0 && sb === 1 && binaryRunF32('mul', y32, ob, x32, oa, 0, o32, oo, len)) return;
+        }
         if (sa === 1 && sb === 1) for (let i = 0; i < len; i++) o[oo + i] = x[oa + i] * y[ob + i];
         else if (sa === 1 && sb === 0) {
           const v = y[ob];
@@ -1122,6 +1144,11 @@ function binaryRun(
       };
     case 'div':
       return (oa, ob, oo, len, sa, sb) => {
+        if (wasm && len >= WASM_RUN) {
+          const [x32, y32, o32] = [x as Float32Array, y as Float32Array, o as Float32Array];
+          if (sa === 1 && (sb === 1 || sb === 0) && binaryRunF32('div', x32, oa, y32, ob, sb, o32, oo, len))
+            return;
+        }
         if (sa === 1 && sb === 1) for (let i = 0; i < len; i++) o[oo + i] = x[oa + i] / y[ob + i];
         else if (sa === 1 && sb === 0) {
           const v = y[ob];

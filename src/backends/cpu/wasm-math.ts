@@ -538,6 +538,42 @@ function convGradFunc(): FuncDef {
   };
 }
 
+type BinaryKind = 'add' | 'sub' | 'mul' | 'div';
+export const WASM_BINARY: readonly BinaryKind[] = ['add', 'sub', 'mul', 'div'];
+const BINARY_OP: Record<BinaryKind, (a: Code, b: Code) => Code> = {
+  add: v.add,
+  sub: v.sub,
+  mul: v.mul,
+  div: v.div,
+};
+
+/** binary_<op>(a, b, out, bytes): out = a op b; binary_<op>_s(a, s, out, bytes): out = a op s */
+function binaryFuncs(op: BinaryKind): FuncDef[] {
+  const vv = new Builder(4);
+  const o = vv.local(I32);
+  const both: FuncDef = {
+    name: `binary_${op}`,
+    params: [I32, I32, I32, I32],
+    results: [],
+    locals: vv.locals,
+    code: eachVector(o, 3, v.store(addr(2, o), BINARY_OP[op](v.load(addr(0, o)), v.load(addr(1, o))))),
+  };
+  const vs = new Builder(4);
+  const os = vs.local(I32);
+  const sv = vs.local(V128);
+  const scalar: FuncDef = {
+    name: `binary_${op}_s`,
+    params: [I32, F32, I32, I32],
+    results: [],
+    locals: vs.locals,
+    code: [
+      ...set(sv, v.splat(get(1))),
+      ...eachVector(os, 3, v.store(addr(2, os), BINARY_OP[op](v.load(addr(0, os)), get(sv)))),
+    ],
+  };
+  return [both, scalar];
+}
+
 export function mathModuleBytes(): Uint8Array {
   return moduleBytes([
     ...WASM_UNARY.map(unaryFunc),
@@ -550,6 +586,7 @@ export function mathModuleBytes(): Uint8Array {
     klGradFunc(),
     convFunc(),
     convGradFunc(),
+    ...WASM_BINARY.flatMap(binaryFuncs),
   ]);
 }
 
@@ -590,6 +627,8 @@ export interface WasmMath {
     rowBytes: number,
     K: number,
   ) => void;
+  binary: Record<BinaryKind, (a: Ptr, b: Ptr, out: Ptr, bytes: number) => void>;
+  binaryScalar: Record<BinaryKind, (a: Ptr, s: number, out: Ptr, bytes: number) => void>;
   /** make the memory hold at least `floats` f32 (renews f32); returns the view */
   reserve(floats: number): Float32Array;
 }
@@ -616,6 +655,10 @@ export function wasmMath(): WasmMath | null {
       klDot: fn('klDot'),
       klGrad: fn('klGrad'),
       conv: fn('conv'),
+      binary: Object.fromEntries(WASM_BINARY.map((op) => [op, fn(`binary_${op}`)])) as WasmMath['binary'],
+      binaryScalar: Object.fromEntries(
+        WASM_BINARY.map((op) => [op, fn(`binary_${op}_s`)]),
+      ) as WasmMath['binaryScalar'],
       convGrad: fn('convGrad'),
       reserve(floats: number): Float32Array {
         const need = floats * 4;
@@ -1033,5 +1076,35 @@ export function causalConv1dGradF32(
   }
   for (let ch = 0; ch < c; ch++) for (let j = 0; j < k; j++) gw[ch * k + j] = accW[j * c + ch];
   if (gb) for (let i = 0; i < c; i++) gb[i] = accB[i];
+  return true;
+}
+
+/**
+ * o[oo + i] = x[oa + i] op y[ob + i] (yStride 1) or op y[ob] (yStride 0) for i < len; false
+ * without WebAssembly
+ */
+export function binaryRunF32(
+  op: BinaryKind,
+  x: Float32Array,
+  oa: number,
+  y: Float32Array,
+  ob: number,
+  yStride: 0 | 1,
+  o: Float32Array,
+  oo: number,
+  len: number,
+): boolean {
+  const w = wasmMath();
+  if (!w) return false;
+  const mem = w.reserve(3 * BLOCK);
+  for (let s = 0; s < len; s += BLOCK) {
+    const n = Math.min(BLOCK, len - s);
+    mem.set(x.subarray(oa + s, oa + s + n), 0);
+    if (yStride === 1) {
+      mem.set(y.subarray(ob + s, ob + s + n), BLOCK);
+      w.binary[op](0, BLOCK * 4, 2 * BLOCK * 4, pad4(n) * 4);
+    } else w.binaryScalar[op](0, y[ob], 2 * BLOCK * 4, pad4(n) * 4);
+    o.set(mem.subarray(2 * BLOCK, 2 * BLOCK + n), oo + s);
+  }
   return true;
 }
