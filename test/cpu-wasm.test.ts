@@ -35,6 +35,10 @@ const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
 const C = Math.sqrt(2 / Math.PI);
 const ref: Record<string, { f: (x: number) => number; d: (x: number) => number }> = {
   identity: { f: (x) => x, d: () => 1 },
+  neg: { f: (x) => -x, d: () => -1 },
+  abs: { f: Math.abs, d: Math.sign },
+  square: { f: (x) => x * x, d: (x) => 2 * x },
+  relu: { f: (x) => (x > 0 ? x : 0), d: (x) => (x > 0 ? 1 : 0) },
   exp: { f: Math.exp, d: Math.exp },
   sigmoid: { f: sigmoid, d: (x) => sigmoid(x) * (1 - sigmoid(x)) },
   silu: { f: (x) => x * sigmoid(x), d: (x) => sigmoid(x) * (1 + x * (1 - sigmoid(x))) },

@@ -606,7 +606,13 @@ export class CpuBackend implements Backend {
     }
     const lda = p.transA ? p.m : p.k;
     const ldb = p.transB ? p.k : p.n;
+    const bv = bias ? fl(bias, 'matmul bias') : null;
+    if (bv && (bv.constructor !== C.constructor || bv.length !== p.n))
+      throw new Error(`cpu backend: matmul bias must be ${p.n} values of C's dtype`);
+    // a bias into an overwritten C: C's rows start as the bias and the product accumulates onto them
+    const biasFirst = bv !== null && p.beta === 0;
     for (let i = 0; i < p.batch; i++) {
+      if (biasFirst) for (let r = 0; r < p.m; r++) C.set(bv, i * p.strideC + r * p.n);
       gemm(
         this.useBlas,
         p.transA,
@@ -621,16 +627,13 @@ export class CpuBackend implements Backend {
         B,
         i * p.strideB,
         ldb,
-        p.beta,
+        biasFirst ? 1 : p.beta,
         C,
         i * p.strideC,
         p.n,
       );
     }
-    if (bias) {
-      const bv = fl(bias, 'matmul bias');
-      if (bv.constructor !== C.constructor || bv.length !== p.n)
-        throw new Error(`cpu backend: matmul bias must be ${p.n} values of C's dtype`);
+    if (bv && !biasFirst) {
       for (let i = 0; i < p.batch; i++)
         for (let r = 0; r < p.m; r++) {
           const o = i * p.strideC + r * p.n;

@@ -52,6 +52,8 @@ const v = {
   load: (addr: Code): Code => [...addr, ...simd(0x00), 4, 0],
   store: (addr: Code, val: Code): Code => [...addr, ...val, ...simd(0x0b), 4, 0],
   splat: un(0x13),
+  abs: un(0xe0),
+  neg: un(0xe1),
   add: bin(0xe4),
   sub: bin(0xe5),
   mul: bin(0xe6),
@@ -189,8 +191,18 @@ function geluSigmoid(out: number, x: number, t: ExpTemps): Code {
   return sigmoid4(out, twoU, t);
 }
 
-type UnaryKind = 'identity' | 'exp' | 'sigmoid' | 'silu' | 'geluNew';
-export const WASM_UNARY: readonly UnaryKind[] = ['identity', 'exp', 'sigmoid', 'silu', 'geluNew'];
+type UnaryKind = 'identity' | 'neg' | 'abs' | 'square' | 'relu' | 'exp' | 'sigmoid' | 'silu' | 'geluNew';
+export const WASM_UNARY: readonly UnaryKind[] = [
+  'identity',
+  'neg',
+  'abs',
+  'square',
+  'relu',
+  'exp',
+  'sigmoid',
+  'silu',
+  'geluNew',
+];
 type GradKind = 'exp' | 'sigmoid' | 'silu' | 'geluNew';
 export const WASM_UNARY_GRAD: readonly GradKind[] = ['exp', 'sigmoid', 'silu', 'geluNew'];
 
@@ -206,6 +218,19 @@ function unaryFunc(op: UnaryKind): FuncDef {
   switch (op) {
     case 'identity':
       f = set(y, get(x));
+      break;
+    case 'neg':
+      f = set(y, v.neg(get(x)));
+      break;
+    case 'abs':
+      f = set(y, v.abs(get(x)));
+      break;
+    case 'square':
+      f = set(y, v.mul(get(x), get(x)));
+      break;
+    case 'relu':
+      // pmax(0, x) = 0 < x ? x : 0, the loop's x > 0 ? x : 0 (NaN and -0 give 0)
+      f = set(y, v.pmax(cf(0), get(x)));
       break;
     case 'exp':
       f = exp4(y, get(x), t);
