@@ -329,4 +329,35 @@ describe('WebAssembly SIMD kernels for f32', () => {
       }
     }
   });
+
+  it('RMSNorm forward and backward match float64 (padded and unpadded widths, many blocks)', () => {
+    for (const [r, cols] of [
+      [5, 7],
+      [300, 64],
+    ]) {
+      const [x64, x32] = pair(r * cols, 2);
+      const [w64, w32] = pair(cols);
+      const [g64, g32] = pair(r * cols);
+      const [o32, s32, o64, s64] = [
+        new Float32Array(r * cols),
+        new Float32Array(r),
+        new Float64Array(r * cols),
+        new Float64Array(r),
+      ];
+      rows.rmsNorm(x32, w32, o32, s32, r, cols, 1e-5);
+      rows.rmsNorm(x64, w64, o64, s64, r, cols, 1e-5);
+      assertClose(o32, o64, 1e-6, `rmsNorm ${r}x${cols}`, 2e-6);
+      assertClose(s32, s64, 1e-7, 'rstd', 2e-6);
+      const [gx32, gw32, gx64, gw64] = [
+        new Float32Array(r * cols),
+        new Float32Array(cols),
+        new Float64Array(r * cols),
+        new Float64Array(cols),
+      ];
+      rows.rmsNormBackward(x32, w32, s32, g32, gx32, gw32, r, cols);
+      rows.rmsNormBackward(x64, w64, s64, g64, gx64, gw64, r, cols);
+      assertClose(gx32, gx64, 1e-6, 'rmsNorm input gradient', 2e-6);
+      assertClose(gw32, gw64, 1e-5, 'rmsNorm weight gradient', 1e-5);
+    }
+  });
 });

@@ -8,6 +8,8 @@ import {
   crossEntropyGradF32,
   klDivergenceF32,
   klDivergenceGradF32,
+  rmsNormF32,
+  rmsNormGradF32,
   softmaxF32,
 } from './wasm-math.js';
 
@@ -134,6 +136,11 @@ export function rmsNorm(
   cols: number,
   eps: number,
 ): void {
+  if (
+    f32(x, w, out) &&
+    rmsNormF32(x as Float32Array, w as Float32Array, out as Float32Array, rstd, rows, cols, eps)
+  )
+    return;
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     let ss = 0;
@@ -154,6 +161,20 @@ export function rmsNormBackward(
   rows: number,
   cols: number,
 ): void {
+  if (
+    f32(x, w, gy, gx) &&
+    rmsNormGradF32(
+      x as Float32Array,
+      w as Float32Array,
+      rstd,
+      gy as Float32Array,
+      gx as Float32Array,
+      gw,
+      rows,
+      cols,
+    )
+  )
+    return;
   const accW = new Float64Array(cols);
   for (let r = 0; r < rows; r++) {
     const base = r * cols;

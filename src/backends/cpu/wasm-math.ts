@@ -599,6 +599,74 @@ function binaryFuncs(op: BinaryKind): FuncDef[] {
   return [both, scalar];
 }
 
+/** sumSq(x, bytes) -> sum of x^2 in f64 */
+function sumSqFunc(): FuncDef {
+  const b = new Builder(2);
+  const o = b.local(I32);
+  const [x, a0, a1] = [b.local(V128), b.local(V128), b.local(V128)];
+  const body = [...set(x, v.load(addr(0, o))), ...accumulate(a0, a1, v.mul(get(x), get(x)))];
+  return {
+    name: 'sumSq',
+    params: [I32, I32],
+    results: [F64],
+    locals: b.locals,
+    code: [...eachVector(o, 1, body), ...hsum(a0, a1)],
+  };
+}
+
+/** rmsScale(x, w, out, bytes, rs): out = x rs w */
+function rmsScaleFunc(): FuncDef {
+  const b = new Builder(5);
+  const o = b.local(I32);
+  const body = v.store(addr(2, o), v.mul(v.mul(v.load(addr(0, o)), v.splat(get(4))), v.load(addr(1, o))));
+  return {
+    name: 'rmsScale',
+    params: [I32, I32, I32, I32, F32],
+    results: [],
+    locals: b.locals,
+    code: eachVector(o, 3, body),
+  };
+}
+
+/**
+ * rmsGradRow(x, w, gy, gx, gw, bytes, rs, c): the part of the RMSNorm backward for one row after
+ * its dot product: gx = rs gy w - c x, gw += rs gy x (f32, the caller sums blocks in f64)
+ */
+function rmsGradRowFunc(): FuncDef {
+  const [x, w, gy, gx, gw, n, rs, c] = [0, 1, 2, 3, 4, 5, 6, 7];
+  const b = new Builder(8);
+  const o = b.local(I32);
+  const [xv, g] = [b.local(V128), b.local(V128)];
+  const body = [
+    ...set(xv, v.load(addr(x, o))),
+    ...set(g, v.mul(v.load(addr(gy, o)), v.splat(get(rs)))),
+    ...v.store(addr(gx, o), v.sub(v.mul(get(g), v.load(addr(w, o))), v.mul(get(xv), v.splat(get(c))))),
+    ...v.store(addr(gw, o), v.add(v.load(addr(gw, o)), v.mul(get(g), get(xv)))),
+  ];
+  return {
+    name: 'rmsGradRow',
+    params: [I32, I32, I32, I32, I32, I32, F32, F32],
+    results: [],
+    locals: b.locals,
+    code: eachVector(o, n, body),
+  };
+}
+
+/** dot3(a, b, c, bytes) -> sum of a b c in f64 */
+function dot3Func(): FuncDef {
+  const b = new Builder(4);
+  const o = b.local(I32);
+  const [a0, a1] = [b.local(V128), b.local(V128)];
+  const body = accumulate(a0, a1, v.mul(v.mul(v.load(addr(0, o)), v.load(addr(1, o))), v.load(addr(2, o))));
+  return {
+    name: 'dot3',
+    params: [I32, I32, I32, I32],
+    results: [F64],
+    locals: b.locals,
+    code: [...eachVector(o, 3, body), ...hsum(a0, a1)],
+  };
+}
+
 export function mathModuleBytes(): Uint8Array {
   return moduleBytes([
     ...WASM_UNARY.map(unaryFunc),
@@ -612,6 +680,10 @@ export function mathModuleBytes(): Uint8Array {
     convFunc(),
     convGradFunc(),
     ...WASM_BINARY.flatMap(binaryFuncs),
+    sumSqFunc(),
+    rmsScaleFunc(),
+    rmsGradRowFunc(),
+    dot3Func(),
   ]);
 }
 
@@ -654,6 +726,10 @@ export interface WasmMath {
   ) => void;
   binary: Record<BinaryKind, (a: Ptr, b: Ptr, out: Ptr, bytes: number) => void>;
   binaryScalar: Record<BinaryKind, (a: Ptr, s: number, out: Ptr, bytes: number) => void>;
+  sumSq: (x: Ptr, bytes: number) => number;
+  rmsScale: (x: Ptr, w: Ptr, out: Ptr, bytes: number, rs: number) => void;
+  rmsGradRow: (x: Ptr, w: Ptr, gy: Ptr, gx: Ptr, gw: Ptr, bytes: number, rs: number, c: number) => void;
+  dot3: (a: Ptr, b: Ptr, c: Ptr, bytes: number) => number;
   /** make the memory hold at least `floats` f32 (renews f32); returns the view */
   reserve(floats: number): Float32Array;
 }
@@ -680,6 +756,10 @@ export function wasmMath(): WasmMath | null {
       klDot: fn('klDot'),
       klGrad: fn('klGrad'),
       conv: fn('conv'),
+      sumSq: fn('sumSq'),
+      rmsScale: fn('rmsScale'),
+      rmsGradRow: fn('rmsGradRow'),
+      dot3: fn('dot3'),
       binary: Object.fromEntries(WASM_BINARY.map((op) => [op, fn(`binary_${op}`)])) as WasmMath['binary'],
       binaryScalar: Object.fromEntries(
         WASM_BINARY.map((op) => [op, fn(`binary_${op}_s`)]),
@@ -825,6 +905,7 @@ class RowStage {
     readonly w: WasmMath,
     readonly cols: number,
     operands: number,
+    readonly padValue = -Infinity,
   ) {
     this.pitch = pad4(cols);
     this.count = Math.max(1, Math.floor(BLOCK / this.pitch));
@@ -842,7 +923,7 @@ class RowStage {
     for (let r = 0; r < n; r++) {
       const at = base + r * pitch;
       mem.set(src.subarray((r0 + r) * cols, (r0 + r + 1) * cols), at);
-      mem.fill(-Infinity, at + cols, at + pitch);
+      mem.fill(this.padValue, at + cols, at + pitch);
     }
   }
   /** copy operand k's rows back into dst rows r0 .. r0 + n */
@@ -1131,5 +1212,79 @@ export function binaryRunF32(
     } else w.binaryScalar[op](0, y[ob], 2 * BLOCK * 4, pad4(n) * 4);
     o.set(mem.subarray(2 * BLOCK, 2 * BLOCK + n), oo + s);
   }
+  return true;
+}
+
+/** RMSNorm rows: out = x / rms(x) w, rstd[r] = 1 / rms; false without WebAssembly */
+export function rmsNormF32(
+  x: Float32Array,
+  w: Float32Array,
+  out: Float32Array,
+  rstd: Float32Array | Float64Array,
+  rows: number,
+  cols: number,
+  eps: number,
+): boolean {
+  const wm = wasmMath();
+  if (!wm) return false;
+  // operands: x rows, out rows, then the weight row
+  const st = new RowStage(wm, cols, 3, 0);
+  const bytes = st.pitch * 4;
+  const wAt = 2 * st.stride;
+  st.mem.set(w, wAt);
+  st.mem.fill(0, wAt + cols, wAt + st.pitch);
+  for (let r0 = 0; r0 < rows; r0 += st.count) {
+    const n = Math.min(st.count, rows - r0);
+    st.load(0, x, r0, n);
+    for (let r = 0; r < n; r++) {
+      const rs = 1 / Math.sqrt(wm.sumSq(r * bytes, bytes) / cols + eps);
+      rstd[r0 + r] = rs;
+      wm.rmsScale(r * bytes, wAt * 4, (st.stride + r * st.pitch) * 4, bytes, rs);
+    }
+    st.store(1, out, r0, n);
+  }
+  return true;
+}
+
+/** the RMSNorm backward: gx overwritten, gw = sum over rows (float64 across blocks); false without WebAssembly */
+export function rmsNormGradF32(
+  x: Float32Array,
+  w: Float32Array,
+  rstd: Float32Array | Float64Array,
+  gy: Float32Array,
+  gx: Float32Array,
+  gw: Float32Array | Float64Array,
+  rows: number,
+  cols: number,
+): boolean {
+  const wm = wasmMath();
+  if (!wm) return false;
+  // operands: x, gy, gx rows; then the weight row and its per-block gradient
+  const st = new RowStage(wm, cols, 4, 0);
+  const bytes = st.pitch * 4;
+  const [wAt, gwAt] = [3 * st.stride, 3 * st.stride + st.pitch];
+  st.mem.set(w, wAt);
+  st.mem.fill(0, wAt + cols, wAt + st.pitch);
+  const accW = new Float64Array(cols);
+  for (let r0 = 0; r0 < rows; r0 += st.count) {
+    const n = Math.min(st.count, rows - r0);
+    st.load(0, x, r0, n);
+    st.load(1, gy, r0, n);
+    st.mem.fill(0, gwAt, gwAt + st.pitch);
+    for (let r = 0; r < n; r++) {
+      const [xAt, gyAt, gxAt] = [
+        r * bytes,
+        (st.stride + r * st.pitch) * 4,
+        (2 * st.stride + r * st.pitch) * 4,
+      ];
+      const rs = rstd[r0 + r];
+      // gx = rs (gy w - xhat mean(gy w xhat)), xhat = x rs
+      const c = (rs * rs * rs * wm.dot3(xAt, gyAt, wAt * 4, bytes)) / cols;
+      wm.rmsGradRow(xAt, wAt * 4, gyAt, gxAt, gwAt * 4, bytes, rs, c);
+    }
+    st.store(2, gx, r0, n);
+    for (let j = 0; j < cols; j++) accW[j] += st.mem[gwAt + j];
+  }
+  for (let j = 0; j < cols; j++) gw[j] = accW[j];
   return true;
 }
