@@ -140,6 +140,38 @@ function forEachRun(
   }
 }
 
+/**
+ * A fresh object of one fixed shape for the kernels' parameters: the callers build theirs in
+ * varying ways, and every new hidden class reaching a hot kernel deoptimized its loops back to the
+ * interpreter (30x slower for the rest of the call) until it was compiled again.
+ */
+function ssdParams(p: SsdParams): SsdParams {
+  return {
+    batch: p.batch,
+    seqLen: p.seqLen,
+    heads: p.heads,
+    groups: p.groups,
+    headDim: p.headDim,
+    dState: p.dState,
+    chunkSize: p.chunkSize,
+    lowPrecision: p.lowPrecision === true,
+  };
+}
+
+function attentionParams(p: AttentionParams): AttentionParams {
+  return {
+    batch: p.batch,
+    tq: p.tq,
+    tk: p.tk,
+    heads: p.heads,
+    kvHeads: p.kvHeads,
+    headDim: p.headDim,
+    scale: p.scale,
+    causal: p.causal,
+    lowPrecision: p.lowPrecision === true,
+  };
+}
+
 export class CpuBackend implements Backend {
   readonly name = 'cpu' as const;
   private live = new Set<CpuBuffer>();
@@ -858,7 +890,7 @@ export class CpuBackend implements Backend {
       fl(out, 'attention output'),
       fl(lse, 'attention lse'),
       probs ? fl(probs, 'attention probs') : null,
-      p,
+      attentionParams(p),
     );
   }
 
@@ -885,7 +917,7 @@ export class CpuBackend implements Backend {
       fl(gq, 'attention q gradient'),
       fl(gk, 'attention k gradient'),
       fl(gv, 'attention v gradient'),
-      p,
+      attentionParams(p),
     );
   }
 
@@ -907,7 +939,7 @@ export class CpuBackend implements Backend {
       fl(y, 'ssd y'),
       fl(states, 'ssd states'),
       finalState ? fl(finalState, 'ssd final state') : null,
-      p,
+      ssdParams(p),
       this.useBlas,
     );
   }
@@ -936,7 +968,7 @@ export class CpuBackend implements Backend {
       fl(gLogA, 'ssd logA gradient'),
       fl(gB, 'ssd B gradient'),
       fl(gC, 'ssd C gradient'),
-      p,
+      ssdParams(p),
       this.useBlas,
     );
   }
@@ -953,7 +985,7 @@ export class CpuBackend implements Backend {
       fl(bm, 'mixer B'),
       fl(cm, 'mixer C'),
       fl(out, 'mixer output'),
-      p,
+      ssdParams(p),
     );
   }
 
@@ -975,7 +1007,7 @@ export class CpuBackend implements Backend {
       fl(gLogA, 'mixer logA gradient'),
       fl(gB, 'mixer B gradient'),
       fl(gC, 'mixer C gradient'),
-      p,
+      ssdParams(p),
       this.useBlas,
     );
   }

@@ -11,22 +11,15 @@
 import type { SsdParams } from '../backend.js';
 import { gemm, type FloatArray } from './blas.js';
 
-interface Layout {
-  H: number;
-  G: number;
-  P: number;
-  N: number;
-  T: number;
-  Q: number;
-  nChunks: number;
-  headsPerGroup: number;
-}
-
-function layout(p: SsdParams): Layout {
-  const { heads: H, groups: G, headDim: P, dState: N, seqLen: T, chunkSize: Q } = p;
-  if (H % G !== 0) throw new Error(`ssd: heads (${H}) must be a multiple of groups (${G})`);
-  if (!(Q > 0)) throw new Error(`ssd: chunk size must be positive, got ${Q}`);
-  return { H, G, P, N, T, Q, nChunks: Math.ceil(T / Q), headsPerGroup: H / G };
+/**
+ * Checks the parameters. (The kernels read p's fields into locals themselves: an object literal of
+ * derived sizes changed its map as fields went from small integers to doubles, and each change
+ * deoptimized the hot loops around it back to the interpreter.)
+ */
+function checkParams(p: SsdParams): void {
+  if (p.heads % p.groups !== 0)
+    throw new Error(`ssd: heads (${p.heads}) must be a multiple of groups (${p.groups})`);
+  if (!(p.chunkSize > 0)) throw new Error(`ssd: chunk size must be positive, got ${p.chunkSize}`);
 }
 
 function scratch(like: FloatArray, n: number): FloatArray {
@@ -80,7 +73,10 @@ export function ssdScan(
   p: SsdParams,
   useBlas = true,
 ): void {
-  const { H, G, P, N, T, Q, nChunks, headsPerGroup } = layout(p);
+  checkParams(p);
+  const { heads: H, groups: G, headDim: P, dState: N, seqLen: T, chunkSize: Q } = p;
+  const nChunks = Math.ceil(T / Q);
+  const headsPerGroup = H / G;
   const S = scratch(x, P * N);
   const cum = new Float64Array(Q);
   const step = new Float64Array(Q);
@@ -145,7 +141,10 @@ export function ssdScanBackward(
   p: SsdParams,
   useBlas = true,
 ): void {
-  const { H, G, P, N, T, Q, nChunks, headsPerGroup } = layout(p);
+  checkParams(p);
+  const { heads: H, groups: G, headDim: P, dState: N, seqLen: T, chunkSize: Q } = p;
+  const nChunks = Math.ceil(T / Q);
+  const headsPerGroup = H / G;
   gB.fill(0);
   gC.fill(0);
   const S0 = scratch(x, P * N);
@@ -270,7 +269,9 @@ export function materializeMixer(
   p: SsdParams,
   useBlas = true,
 ): void {
-  const { H, G, N, T, headsPerGroup } = layout(p);
+  checkParams(p);
+  const { heads: H, groups: G, dState: N, seqLen: T } = p;
+  const headsPerGroup = H / G;
   const cum = new Float64Array(T);
   const ldb = G * N;
   for (let b = 0; b < p.batch; b++) {
@@ -299,7 +300,9 @@ export function materializeMixerBackward(
   p: SsdParams,
   useBlas = true,
 ): void {
-  const { H, G, N, T, headsPerGroup } = layout(p);
+  checkParams(p);
+  const { heads: H, groups: G, dState: N, seqLen: T } = p;
+  const headsPerGroup = H / G;
   gB.fill(0);
   gC.fill(0);
   const cum = new Float64Array(T);
