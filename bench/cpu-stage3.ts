@@ -30,6 +30,7 @@ const { values } = parseArgs({
     steps: { type: 'string', default: '5' },
     only: { type: 'string' },
     python: { type: 'string', default: '/usr/bin/python3' },
+    json: { type: 'boolean', default: false },
   },
 });
 const steps = Number(values.steps);
@@ -240,4 +241,4 @@ console.log(
 );
 console.log('| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |');
 for (const r of rows) console.log(r);
-if (process.argv.includes('--json')) console.log(JSON.stringify(json));
+if (values.json) console.log(JSON.stringify(json));

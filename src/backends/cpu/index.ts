@@ -27,6 +27,15 @@ import { CpuGraph, GraphPool, Recorder } from './graph.js';
 import * as rows from './rows.js';
 import * as seq from './sequence.js';
 import * as ssd from './ssd.js';
+import {
+  binaryRunF32,
+  siluGateF32,
+  siluGateGradF32,
+  unaryF32,
+  unaryGradF32,
+  WASM_UNARY,
+  WASM_UNARY_GRAD,
+} from './wasm-math.js';
 
 export class CpuBuffer implements DeviceBuffer {
   /** the graph whose capture allocated or freed it: its array goes back to that graph's pool */
@@ -72,23 +81,46 @@ function ints(buf: DeviceBuffer, what: string): Int32Array {
   return b.data as Int32Array;
 }
 
+/**
+ * Merge the axes of an n-d index space that are contiguous in every operand (and drop axes of
+ * size 1), so the runs of the last axis are as long as they can be: [32, 64, 192] over dense
+ * operands is one run of 393216, [32, 64, 192] + [192] stays 2048 runs of 192.
+ */
+function mergeAxes(shape: number[], strides: number[][]): [number[], number[][]] {
+  const outShape: number[] = [];
+  const outStrides: number[][] = strides.map(() => []);
+  for (let d = 0; d < shape.length; d++) {
+    if (shape[d] === 1) continue;
+    const last = outShape.length - 1;
+    if (last >= 0 && strides.every((s, i) => outStrides[i][last] === s[d] * shape[d])) {
+      outShape[last] *= shape[d];
+      strides.forEach((s, i) => (outStrides[i][last] = s[d]));
+    } else {
+      outShape.push(shape[d]);
+      strides.forEach((s, i) => outStrides[i].push(s[d]));
+    }
+  }
+  return [outShape, outStrides];
+}
+
 /** Walk an n-d index space, calling `inner(offA, offB, offOut)` once per last-axis run. */
 function forEachRun(
-  shape: number[],
-  stridesA: number[],
-  stridesB: number[],
-  stridesOut: number[],
+  fullShape: number[],
+  fullA: number[],
+  fullB: number[],
+  fullOut: number[],
   baseA: number,
   baseB: number,
   baseOut: number,
   inner: (oa: number, ob: number, oo: number, len: number, sa: number, sb: number, so: number) => void,
 ): void {
+  for (const s of fullShape) if (s === 0) return;
+  const [shape, [stridesA, stridesB, stridesOut]] = mergeAxes(fullShape, [fullA, fullB, fullOut]);
   const nd = shape.length;
   if (nd === 0) {
     inner(baseA, baseB, baseOut, 1, 0, 0, 0);
     return;
   }
-  for (const s of shape) if (s === 0) return;
   const last = nd - 1;
   const len = shape[last];
   const sa = stridesA[last];
@@ -115,6 +147,38 @@ function forEachRun(
     }
     if (d < 0) return;
   }
+}
+
+/**
+ * A fresh object of one fixed shape for the kernels' parameters: the callers build theirs in
+ * varying ways, and every new hidden class reaching a hot kernel deoptimized its loops back to the
+ * interpreter (30x slower for the rest of the call) until it was compiled again.
+ */
+function ssdParams(p: SsdParams): SsdParams {
+  return {
+    batch: p.batch,
+    seqLen: p.seqLen,
+    heads: p.heads,
+    groups: p.groups,
+    headDim: p.headDim,
+    dState: p.dState,
+    chunkSize: p.chunkSize,
+    lowPrecision: p.lowPrecision === true,
+  };
+}
+
+function attentionParams(p: AttentionParams): AttentionParams {
+  return {
+    batch: p.batch,
+    tq: p.tq,
+    tk: p.tk,
+    heads: p.heads,
+    kvHeads: p.kvHeads,
+    headDim: p.headDim,
+    scale: p.scale,
+    causal: p.causal,
+    lowPrecision: p.lowPrecision === true,
+  };
 }
 
 export class CpuBackend implements Backend {
@@ -292,6 +356,13 @@ export class CpuBackend implements Backend {
     const a = fl(x, `${op} input`);
     const o = fl(out, `${op} output`);
     const n = a.length;
+    if (
+      a instanceof Float32Array &&
+      o instanceof Float32Array &&
+      (WASM_UNARY as readonly string[]).includes(op) &&
+      unaryF32(op as (typeof WASM_UNARY)[number], a, o, alpha, beta)
+    )
+      return;
     switch (op) {
       case 'identity':
         for (let i = 0; i < n; i++) o[i] = alpha * a[i] + beta;
@@ -322,6 +393,14 @@ export class CpuBackend implements Backend {
     const a = fl(x, `${op} input`);
     const g = fl(gy, `${op} gradient`);
     const o = fl(gx, `${op} input gradient`);
+    if (
+      a instanceof Float32Array &&
+      g instanceof Float32Array &&
+      o instanceof Float32Array &&
+      (WASM_UNARY_GRAD as readonly string[]).includes(op) &&
+      unaryGradF32(op as (typeof WASM_UNARY_GRAD)[number], a, g, o)
+    )
+      return;
     if (op === 'relu') {
       for (let i = 0; i < a.length; i++) o[i] = a[i] > 0 ? g[i] : 0;
       return;
@@ -500,6 +579,16 @@ export class CpuBackend implements Backend {
   ): void {
     const yv = fl(y, 'siluGate y');
     const o = fl(out, 'siluGate output');
+    const zv = fl(z, 'siluGate z');
+    const bv = fl(bias, 'siluGate bias');
+    if (
+      yv instanceof Float32Array &&
+      zv instanceof Float32Array &&
+      bv instanceof Float32Array &&
+      o instanceof Float32Array &&
+      siluGateF32(yv, zv, bv, o, cols)
+    )
+      return;
     eachGate(z, bias, rows, cols, (i, u) => (o[i] = (yv[i] * u) / (1 + Math.exp(-u))));
   }
 
@@ -517,6 +606,18 @@ export class CpuBackend implements Backend {
     const gv = fl(g, 'siluGate gradient');
     const oy = fl(gy, 'siluGate y gradient');
     const oz = fl(gz, 'siluGate z gradient');
+    const zv = fl(z, 'siluGate z');
+    const bv = fl(bias, 'siluGate bias');
+    if (
+      yv instanceof Float32Array &&
+      zv instanceof Float32Array &&
+      bv instanceof Float32Array &&
+      gv instanceof Float32Array &&
+      oy instanceof Float32Array &&
+      oz instanceof Float32Array &&
+      siluGateGradF32(yv, zv, bv, gv, oy, oz, cols)
+    )
+      return;
     eachGate(z, bias, rows, cols, (i, u) => {
       const s = 1 / (1 + Math.exp(-u));
       oy[i] = gv[i] * u * s;
@@ -602,7 +703,13 @@ export class CpuBackend implements Backend {
     }
     const lda = p.transA ? p.m : p.k;
     const ldb = p.transB ? p.k : p.n;
+    const bv = bias ? fl(bias, 'matmul bias') : null;
+    if (bv && (bv.constructor !== C.constructor || bv.length !== p.n))
+      throw new Error(`cpu backend: matmul bias must be ${p.n} values of C's dtype`);
+    // a bias into an overwritten C: C's rows start as the bias and the product accumulates onto them
+    const biasFirst = bv !== null && p.beta === 0;
     for (let i = 0; i < p.batch; i++) {
+      if (biasFirst) for (let r = 0; r < p.m; r++) C.set(bv, i * p.strideC + r * p.n);
       gemm(
         this.useBlas,
         p.transA,
@@ -617,16 +724,13 @@ export class CpuBackend implements Backend {
         B,
         i * p.strideB,
         ldb,
-        p.beta,
+        biasFirst ? 1 : p.beta,
         C,
         i * p.strideC,
         p.n,
       );
     }
-    if (bias) {
-      const bv = fl(bias, 'matmul bias');
-      if (bv.constructor !== C.constructor || bv.length !== p.n)
-        throw new Error(`cpu backend: matmul bias must be ${p.n} values of C's dtype`);
+    if (bv && !biasFirst) {
       for (let i = 0; i < p.batch; i++)
         for (let r = 0; r < p.m; r++) {
           const o = i * p.strideC + r * p.n;
@@ -851,7 +955,7 @@ export class CpuBackend implements Backend {
       fl(out, 'attention output'),
       fl(lse, 'attention lse'),
       probs ? fl(probs, 'attention probs') : null,
-      p,
+      attentionParams(p),
     );
   }
 
@@ -878,7 +982,7 @@ export class CpuBackend implements Backend {
       fl(gq, 'attention q gradient'),
       fl(gk, 'attention k gradient'),
       fl(gv, 'attention v gradient'),
-      p,
+      attentionParams(p),
     );
   }
 
@@ -900,7 +1004,7 @@ export class CpuBackend implements Backend {
       fl(y, 'ssd y'),
       fl(states, 'ssd states'),
       finalState ? fl(finalState, 'ssd final state') : null,
-      p,
+      ssdParams(p),
       this.useBlas,
     );
   }
@@ -929,7 +1033,7 @@ export class CpuBackend implements Backend {
       fl(gLogA, 'ssd logA gradient'),
       fl(gB, 'ssd B gradient'),
       fl(gC, 'ssd C gradient'),
-      p,
+      ssdParams(p),
       this.useBlas,
     );
   }
@@ -946,7 +1050,7 @@ export class CpuBackend implements Backend {
       fl(bm, 'mixer B'),
       fl(cm, 'mixer C'),
       fl(out, 'mixer output'),
-      p,
+      ssdParams(p),
     );
   }
 
@@ -968,7 +1072,7 @@ export class CpuBackend implements Backend {
       fl(gLogA, 'mixer logA gradient'),
       fl(gB, 'mixer B gradient'),
       fl(gC, 'mixer C gradient'),
-      p,
+      ssdParams(p),
       this.useBlas,
     );
   }
@@ -1108,28 +1212,83 @@ export class CpuBackend implements Backend {
   }
 }
 
+/** runs at least this long go through WebAssembly (f32); shorter ones cost less in the loops */
+const WASM_RUN = 64;
+
+/** one last-axis run of a binary op; unit and zero (broadcast) strides get their own loops */
 function binaryRun(
   op: BinaryOp,
   x: FloatArray,
   y: FloatArray,
   o: FloatArray,
 ): (oa: number, ob: number, oo: number, len: number, sa: number, sb: number, so: number) => void {
+  const wasm = x instanceof Float32Array && y instanceof Float32Array && o instanceof Float32Array;
   switch (op) {
     case 'add':
       return (oa, ob, oo, len, sa, sb) => {
-        for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] + y[ob + i * sb];
+        if (wasm && len >= WASM_RUN) {
+          const [x32, y32, o32] = [x as Float32Array, y as Float32Array, o as Float32Array];
+          if (sa === 1 && (sb === 1 || sb === 0) && binaryRunF32('add', x32, oa, y32, ob, sb, o32, oo, len))
+            return;
+          if (sa === 0 && sb === 1 && binaryRunF32('add', y32, ob, x32, oa, 0, o32, oo, len)) return;
+        }
+        if (sa === 1 && sb === 1) for (let i = 0; i < len; i++) o[oo + i] = x[oa + i] + y[ob + i];
+        else if (sa === 1 && sb === 0) {
+          const v = y[ob];
+          for (let i = 0; i < len; i++) o[oo + i] = x[oa + i] + v;
+        } else if (sa === 0 && sb === 1) {
+          const u = x[oa];
+          for (let i = 0; i < len; i++) o[oo + i] = u + y[ob + i];
+        } else for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] + y[ob + i * sb];
       };
     case 'sub':
       return (oa, ob, oo, len, sa, sb) => {
-        for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] - y[ob + i * sb];
+        if (wasm && len >= WASM_RUN) {
+          const [x32, y32, o32] = [x as Float32Array, y as Float32Array, o as Float32Array];
+          if (sa === 1 && (sb === 1 || sb === 0) && binaryRunF32('sub', x32, oa, y32, ob, sb, o32, oo, len))
+            return;
+        }
+        if (sa === 1 && sb === 1) for (let i = 0; i < len; i++) o[oo + i] = x[oa + i] - y[ob + i];
+        else if (sa === 1 && sb === 0) {
+          const v = y[ob];
+          for (let i = 0; i < len; i++) o[oo + i] = x[oa + i] - v;
+        } else if (sa === 0 && sb === 1) {
+          const u = x[oa];
+          for (let i = 0; i < len; i++) o[oo + i] = u - y[ob + i];
+        } else for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] - y[ob + i * sb];
       };
     case 'mul':
       return (oa, ob, oo, len, sa, sb) => {
-        for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] * y[ob + i * sb];
+        if (wasm && len >= WASM_RUN) {
+          const [x32, y32, o32] = [x as Float32Array, y as Float32Array, o as Float32Array];
+          if (sa === 1 && (sb === 1 || sb === 0) && binaryRunF32('mul', x32, oa, y32, ob, sb, o32, oo, len))
+            return;
+          if (sa === 0 && sb === 1 && binaryRunF32('mul', y32, ob, x32, oa, 0, o32, oo, len)) return;
+        }
+        if (sa === 1 && sb === 1) for (let i = 0; i < len; i++) o[oo + i] = x[oa + i] * y[ob + i];
+        else if (sa === 1 && sb === 0) {
+          const v = y[ob];
+          for (let i = 0; i < len; i++) o[oo + i] = x[oa + i] * v;
+        } else if (sa === 0 && sb === 1) {
+          const u = x[oa];
+          for (let i = 0; i < len; i++) o[oo + i] = u * y[ob + i];
+        } else for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] * y[ob + i * sb];
       };
     case 'div':
       return (oa, ob, oo, len, sa, sb) => {
-        for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] / y[ob + i * sb];
+        if (wasm && len >= WASM_RUN) {
+          const [x32, y32, o32] = [x as Float32Array, y as Float32Array, o as Float32Array];
+          if (sa === 1 && (sb === 1 || sb === 0) && binaryRunF32('div', x32, oa, y32, ob, sb, o32, oo, len))
+            return;
+        }
+        if (sa === 1 && sb === 1) for (let i = 0; i < len; i++) o[oo + i] = x[oa + i] / y[ob + i];
+        else if (sa === 1 && sb === 0) {
+          const v = y[ob];
+          for (let i = 0; i < len; i++) o[oo + i] = x[oa + i] / v;
+        } else if (sa === 0 && sb === 1) {
+          const u = x[oa];
+          for (let i = 0; i < len; i++) o[oo + i] = u / y[ob + i];
+        } else for (let i = 0; i < len; i++) o[oo + i] = x[oa + i * sa] / y[ob + i * sb];
       };
     case 'maximum':
       return (oa, ob, oo, len, sa, sb) => {

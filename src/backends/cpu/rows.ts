@@ -1,9 +1,22 @@
 // Row-wise kernels of the CPU backend: softmax, norms and losses over (rows, cols).
-// Every row accumulates in float64.
+// Every row accumulates in float64. f32 rows with exp in them run in WebAssembly SIMD
+// (wasm-math.ts) when it is available; these loops are the reference and the f64 path.
 
 import type { FloatArray } from './blas.js';
+import {
+  crossEntropyF32,
+  crossEntropyGradF32,
+  klDivergenceF32,
+  klDivergenceGradF32,
+  rmsNormF32,
+  rmsNormGradF32,
+  softmaxF32,
+} from './wasm-math.js';
+
+const f32 = (...xs: FloatArray[]) => xs.every((x) => x instanceof Float32Array);
 
 export function softmax(x: FloatArray, out: FloatArray, rows: number, cols: number, log: boolean): void {
+  if (f32(x, out) && softmaxF32(x as Float32Array, out as Float32Array, rows, cols, log)) return;
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     let max = -Infinity;
@@ -123,6 +136,11 @@ export function rmsNorm(
   cols: number,
   eps: number,
 ): void {
+  if (
+    f32(x, w, out) &&
+    rmsNormF32(x as Float32Array, w as Float32Array, out as Float32Array, rstd, rows, cols, eps)
+  )
+    return;
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
     let ss = 0;
@@ -143,6 +161,20 @@ export function rmsNormBackward(
   rows: number,
   cols: number,
 ): void {
+  if (
+    f32(x, w, gy, gx) &&
+    rmsNormGradF32(
+      x as Float32Array,
+      w as Float32Array,
+      rstd,
+      gy as Float32Array,
+      gx as Float32Array,
+      gw,
+      rows,
+      cols,
+    )
+  )
+    return;
   const accW = new Float64Array(cols);
   for (let r = 0; r < rows; r++) {
     const base = r * cols;
@@ -177,6 +209,8 @@ export function crossEntropy(
   vocab: number,
   ignoreIndex: number,
 ): void {
+  if (f32(logits) && crossEntropyF32(logits as Float32Array, targets, losses, lse, rows, vocab, ignoreIndex))
+    return;
   for (let r = 0; r < rows; r++) {
     const t = targets[r];
     const base = r * vocab;
@@ -201,6 +235,20 @@ export function crossEntropyBackward(
   vocab: number,
   ignoreIndex: number,
 ): void {
+  if (
+    f32(logits, gLogits) &&
+    crossEntropyGradF32(
+      logits as Float32Array,
+      targets,
+      lse,
+      gLoss,
+      gLogits as Float32Array,
+      rows,
+      vocab,
+      ignoreIndex,
+    )
+  )
+    return;
   for (let r = 0; r < rows; r++) {
     const t = targets[r];
     const base = r * vocab;
@@ -223,6 +271,11 @@ export function klDivergence(
   vocab: number,
   tau: number,
 ): void {
+  if (
+    f32(teacher, student) &&
+    klDivergenceF32(teacher as Float32Array, student as Float32Array, losses, rows, vocab, tau)
+  )
+    return;
   const inv = 1 / tau;
   for (let r = 0; r < rows; r++) {
     const base = r * vocab;
@@ -248,6 +301,19 @@ export function klDivergenceBackward(
   vocab: number,
   tau: number,
 ): void {
+  if (
+    f32(teacher, student, gStudent) &&
+    klDivergenceGradF32(
+      teacher as Float32Array,
+      student as Float32Array,
+      gLoss,
+      gStudent as Float32Array,
+      rows,
+      vocab,
+      tau,
+    )
+  )
+    return;
   const inv = 1 / tau;
   for (let r = 0; r < rows; r++) {
     const base = r * vocab;

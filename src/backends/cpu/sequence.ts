@@ -2,6 +2,7 @@
 
 import type { AttentionParams, RopeParams } from '../backend.js';
 import { gemm, type FloatArray } from './blas.js';
+import { causalConv1dF32, causalConv1dGradF32, wasmMath, type WasmMath } from './wasm-math.js';
 
 /** x (B, T, C), w (C, K), bias (C) -> out (B, T, C): out[t] = bias + sum_j w[j] x[t - (K-1) + j] */
 export function causalConv1d(
@@ -14,6 +15,14 @@ export function causalConv1d(
   c: number,
   k: number,
 ): void {
+  if (
+    x instanceof Float32Array &&
+    w instanceof Float32Array &&
+    (bias === null || bias instanceof Float32Array) &&
+    out instanceof Float32Array &&
+    causalConv1dF32(x, w, bias, out, batch, t, c, k)
+  )
+    return;
   for (let b = 0; b < batch; b++) {
     for (let s = 0; s < t; s++) {
       const o = (b * t + s) * c;
@@ -41,6 +50,16 @@ export function causalConv1dBackward(
   c: number,
   k: number,
 ): void {
+  if (
+    x instanceof Float32Array &&
+    w instanceof Float32Array &&
+    gy instanceof Float32Array &&
+    gx instanceof Float32Array &&
+    gw instanceof Float32Array &&
+    (gb === null || gb instanceof Float32Array) &&
+    causalConv1dGradF32(x, w, gy, gx, gw, gb, batch, t, c, k)
+  )
+    return;
   const accW = new Float64Array(c * k);
   const accB = new Float64Array(c);
   gx.fill(0);
@@ -105,6 +124,17 @@ function newScratch(like: FloatArray, n: number): FloatArray {
   return like instanceof Float64Array ? new Float64Array(n) : new Float32Array(n);
 }
 
+/**
+ * The (tq, tk) probabilities of one head: for f32 with tk a multiple of 4, a view of the
+ * WebAssembly memory at byte 0, so the softmax rows run there in SIMD without a copy (the products
+ * write and read the view directly); otherwise a plain scratch array.
+ */
+function probsScratch(like: FloatArray, tq: number, tk: number): { scores: FloatArray; w: WasmMath | null } {
+  const w = like instanceof Float32Array && tk % 4 === 0 ? wasmMath() : null;
+  if (!w) return { scores: newScratch(like, tq * tk), w: null };
+  return { scores: w.reserve(tq * tk).subarray(0, tq * tk), w };
+}
+
 /** scores (tq, tk) = scale * q_h k_h^T, causal masked, turned into probabilities in place */
 function headProbs(
   useBlas: boolean,
@@ -116,6 +146,7 @@ function headProbs(
   scores: FloatArray,
   lseOut: FloatArray | null,
   lseIn: FloatArray | null,
+  w: WasmMath | null,
 ): void {
   const { tq, tk, heads, kvHeads, headDim, scale, causal } = p;
   const kh = Math.floor(h / (heads / kvHeads));
@@ -139,6 +170,26 @@ function headProbs(
     tk,
   );
   const shift = tk - tq;
+  if (w) {
+    // scores is the wasm memory from byte 0: masked entries become -inf, which exp maps to 0
+    const bytes = tk * 4;
+    for (let i = 0; i < tq; i++) {
+      const row = i * tk;
+      const last = causal ? Math.min(tk - 1, i + shift) : tk - 1;
+      if (last < tk - 1) scores.fill(-Infinity, row + Math.max(last + 1, 0), row + tk);
+      const lseIdx = (b * heads + h) * tq + i;
+      if (lseIn) {
+        w.expSum(row * 4, row * 4, bytes, 1, -lseIn[lseIdx], 1);
+        continue;
+      }
+      let max = w.rowMax(row * 4, bytes);
+      if (max === -Infinity) max = 0;
+      const sum = w.expSum(row * 4, row * 4, bytes, 1, -max, 1);
+      if (lseOut) lseOut[lseIdx] = max + Math.log(sum);
+      w.unary.identity(row * 4, row * 4, bytes, 1 / sum, 0);
+    }
+    return;
+  }
   for (let i = 0; i < tq; i++) {
     const row = i * tk;
     const last = causal ? Math.min(tk - 1, i + shift) : tk - 1;
@@ -172,10 +223,10 @@ export function attention(
   const { batch, tq, tk, heads, kvHeads, headDim } = p;
   if (heads % kvHeads !== 0)
     throw new Error(`attention: heads (${heads}) must be a multiple of kvHeads (${kvHeads})`);
-  const scores = newScratch(out, tq * tk);
+  const { scores, w } = probsScratch(out, tq, tk);
   for (let b = 0; b < batch; b++) {
     for (let h = 0; h < heads; h++) {
-      headProbs(useBlas, q, k, p, b, h, scores, lse, null);
+      headProbs(useBlas, q, k, p, b, h, scores, lse, null, w);
       if (probs) probs.set(scores, (b * heads + h) * tq * tk);
       const kh = Math.floor(h / (heads / kvHeads));
       // out_h (tq, D) = P (tq, tk) v_h (tk, D)
@@ -216,7 +267,7 @@ export function attentionBackward(
   p: AttentionParams,
 ): void {
   const { batch, tq, tk, heads, kvHeads, headDim, scale } = p;
-  const probs = newScratch(out, tq * tk);
+  const { scores: probs, w } = probsScratch(out, tq, tk);
   const dp = newScratch(out, tq * tk);
   gk.fill(0);
   gv.fill(0);
@@ -227,7 +278,7 @@ export function attentionBackward(
       const kh = Math.floor(h / (heads / kvHeads));
       const qOff = (b * tq * heads + h) * headDim;
       const kOff = (b * tk * kvHeads + kh) * headDim;
-      headProbs(useBlas, q, k, p, b, h, probs, null, lse);
+      headProbs(useBlas, q, k, p, b, h, probs, null, lse, w);
       // gv_h += P^T gOut_h
       gemm(useBlas, true, false, tk, headDim, tq, 1, probs, 0, tk, gOut, qOff, ldq, 1, gv, kOff, ldk);
       // dP = gOut_h v_h^T

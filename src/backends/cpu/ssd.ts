@@ -11,22 +11,15 @@
 import type { SsdParams } from '../backend.js';
 import { gemm, type FloatArray } from './blas.js';
 
-interface Layout {
-  H: number;
-  G: number;
-  P: number;
-  N: number;
-  T: number;
-  Q: number;
-  nChunks: number;
-  headsPerGroup: number;
-}
-
-function layout(p: SsdParams): Layout {
-  const { heads: H, groups: G, headDim: P, dState: N, seqLen: T, chunkSize: Q } = p;
-  if (H % G !== 0) throw new Error(`ssd: heads (${H}) must be a multiple of groups (${G})`);
-  if (!(Q > 0)) throw new Error(`ssd: chunk size must be positive, got ${Q}`);
-  return { H, G, P, N, T, Q, nChunks: Math.ceil(T / Q), headsPerGroup: H / G };
+/**
+ * Checks the parameters. (The kernels read p's fields into locals themselves: an object literal of
+ * derived sizes changed its map as fields went from small integers to doubles, and each change
+ * deoptimized the hot loops around it back to the interpreter.)
+ */
+function checkParams(p: SsdParams): void {
+  if (p.heads % p.groups !== 0)
+    throw new Error(`ssd: heads (${p.heads}) must be a multiple of groups (${p.groups})`);
+  if (!(p.chunkSize > 0)) throw new Error(`ssd: chunk size must be positive, got ${p.chunkSize}`);
 }
 
 function scratch(like: FloatArray, n: number): FloatArray {
@@ -51,6 +44,24 @@ function chunkCum(
   }
 }
 
+/**
+ * decay[k] = exp(logA[(b, t0 + k, h)]) = exp(cum[k] - cum[k-1]), so that row i of W is walked from
+ * the diagonal down with one multiply a step: W[i, j] = W[i, j+1] decay[j+1] (L exps a chunk, not
+ * L^2 / 2; float64, so the products agree with exp(cum[i] - cum[j]) to a few ulps)
+ */
+function chunkDecay(
+  logA: FloatArray,
+  decay: Float64Array,
+  b: number,
+  t0: number,
+  L: number,
+  T: number,
+  H: number,
+  h: number,
+): void {
+  for (let k = 0; k < L; k++) decay[k] = Math.exp(logA[(b * T + t0 + k) * H + h]);
+}
+
 export function ssdScan(
   x: FloatArray,
   logA: FloatArray,
@@ -62,9 +73,13 @@ export function ssdScan(
   p: SsdParams,
   useBlas = true,
 ): void {
-  const { H, G, P, N, T, Q, nChunks, headsPerGroup } = layout(p);
+  checkParams(p);
+  const { heads: H, groups: G, headDim: P, dState: N, seqLen: T, chunkSize: Q } = p;
+  const nChunks = Math.ceil(T / Q);
+  const headsPerGroup = H / G;
   const S = scratch(x, P * N);
   const cum = new Float64Array(Q);
+  const step = new Float64Array(Q);
   const cb = scratch(x, Q * Q);
   const cs = scratch(x, Q * N);
   const ldx = H * P;
@@ -78,12 +93,13 @@ export function ssdScan(
         const L = Math.min(Q, T - t0);
         states.set(S, ((b * nChunks + c) * H + h) * P * N);
         chunkCum(logA, cum, b, t0, L, T, H, h);
+        chunkDecay(logA, step, b, t0, L, T, H, h);
         const xOff = ((b * T + t0) * H + h) * P;
         const bOff = ((b * T + t0) * G + g) * N;
         // CB = C B^T (L x L), masked with the decays
         gemm(useBlas, false, true, L, L, N, 1, cm, bOff, ldb, bm, bOff, ldb, 0, cb, 0, L);
         for (let i = 0; i < L; i++) {
-          for (let j = 0; j <= i; j++) cb[i * L + j] *= Math.exp(cum[i] - cum[j]);
+          for (let j = i, w = 1; j >= 0; w *= step[j], j--) cb[i * L + j] *= w;
           for (let j = i + 1; j < L; j++) cb[i * L + j] = 0;
         }
         // Y = (CB o W) X
@@ -125,13 +141,17 @@ export function ssdScanBackward(
   p: SsdParams,
   useBlas = true,
 ): void {
-  const { H, G, P, N, T, Q, nChunks, headsPerGroup } = layout(p);
+  checkParams(p);
+  const { heads: H, groups: G, headDim: P, dState: N, seqLen: T, chunkSize: Q } = p;
+  const nChunks = Math.ceil(T / Q);
+  const headsPerGroup = H / G;
   gB.fill(0);
   gC.fill(0);
   const S0 = scratch(x, P * N);
   const gS = scratch(x, P * N); // gradient of the state leaving the current chunk
   const gS0 = scratch(x, P * N);
   const cum = new Float64Array(Q);
+  const step = new Float64Array(Q);
   const gcum = new Float64Array(Q);
   const a = scratch(x, Q * Q); // CB o W
   const ds = scratch(x, Q * Q); // gY X^T, then dS o W
@@ -148,6 +168,7 @@ export function ssdScanBackward(
         const L = Math.min(Q, T - t0);
         S0.set(states.subarray(((b * nChunks + c) * H + h) * P * N, ((b * nChunks + c) * H + h + 1) * P * N));
         chunkCum(logA, cum, b, t0, L, T, H, h);
+        chunkDecay(logA, step, b, t0, L, T, H, h);
         gcum.fill(0, 0, L);
         const xOff = ((b * T + t0) * H + h) * P;
         const bOff = ((b * T + t0) * G + g) * N;
@@ -155,15 +176,16 @@ export function ssdScanBackward(
         gemm(useBlas, false, true, L, L, N, 1, cm, bOff, ldb, bm, bOff, ldb, 0, a, 0, L);
         gemm(useBlas, false, true, L, L, P, 1, gy, xOff, ldx, x, xOff, ldx, 0, ds, 0, L);
         for (let i = 0; i < L; i++) {
-          for (let j = 0; j <= i; j++) {
-            const w = Math.exp(cum[i] - cum[j]);
+          let gi = 0;
+          for (let j = i, w = 1; j >= 0; w *= step[j], j--) {
             const av = a[i * L + j] * w;
             a[i * L + j] = av;
             const r = ds[i * L + j] * av; // dS o CB o W: the decays' gradient
-            gcum[i] += r;
+            gi += r;
             gcum[j] -= r;
             ds[i * L + j] *= w;
           }
+          gcum[i] += gi;
           for (let j = i + 1; j < L; j++) {
             a[i * L + j] = 0;
             ds[i * L + j] = 0;
@@ -247,7 +269,9 @@ export function materializeMixer(
   p: SsdParams,
   useBlas = true,
 ): void {
-  const { H, G, N, T, headsPerGroup } = layout(p);
+  checkParams(p);
+  const { heads: H, groups: G, dState: N, seqLen: T } = p;
+  const headsPerGroup = H / G;
   const cum = new Float64Array(T);
   const ldb = G * N;
   for (let b = 0; b < p.batch; b++) {
@@ -276,7 +300,9 @@ export function materializeMixerBackward(
   p: SsdParams,
   useBlas = true,
 ): void {
-  const { H, G, N, T, headsPerGroup } = layout(p);
+  checkParams(p);
+  const { heads: H, groups: G, dState: N, seqLen: T } = p;
+  const headsPerGroup = H / G;
   gB.fill(0);
   gC.fill(0);
   const cum = new Float64Array(T);

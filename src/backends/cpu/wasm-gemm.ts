@@ -9,6 +9,8 @@
 // m and n are padded with zero rows/columns to MR and 8; k is blocked by KC so a B panel block stays
 // in L1 and the product of an A block stays in L2. f32 accumulation, as OpenBLAS's sgemm.
 
+import { I32, instantiate, PAGE, section, sleb, str, uleb, V128, vec, type WasmMemory } from './wasm-asm.js';
+
 /** rows of the register tile (MR x 8 floats = MR * 2 accumulators; 4 x 8: 8 accumulators + 3 more of the 16 xmm registers; 6 x 8 spilled and ran at half the speed) */
 export const MR = 4;
 /** columns of the register tile */
@@ -17,39 +19,6 @@ export const NR = 8;
 const KC = 256;
 /** A panels per block: MC_PANELS * MR * KC * 4 bytes (96 KiB) */
 const MC_PANELS = 16;
-
-// ---- a tiny WebAssembly assembler: just the instructions the kernel needs ------------------------
-
-const I32 = 0x7f;
-const V128 = 0x7b;
-
-function uleb(n: number): number[] {
-  const out: number[] = [];
-  do {
-    let byte = n & 0x7f;
-    n >>>= 7;
-    if (n !== 0) byte |= 0x80;
-    out.push(byte);
-  } while (n !== 0);
-  return out;
-}
-
-function sleb(n: number): number[] {
-  const out: number[] = [];
-  for (;;) {
-    const byte = n & 0x7f;
-    n >>= 7;
-    if ((n === 0 && (byte & 0x40) === 0) || (n === -1 && (byte & 0x40) !== 0)) {
-      out.push(byte);
-      return out;
-    }
-    out.push(byte | 0x80);
-  }
-}
-
-const str = (s: string) => [...uleb(s.length), ...Buffer.from(s, 'utf8')];
-const section = (id: number, body: number[]) => [id, ...uleb(body.length), ...body];
-const vec = (items: number[][]) => [...uleb(items.length), ...items.flat()];
 
 /** instruction emitters (each returns bytes) */
 const op = {
@@ -249,17 +218,6 @@ export function gemmModuleBytes(): Uint8Array {
   return Uint8Array.from(bytes);
 }
 
-// Node has WebAssembly; the project's TypeScript libs (ES2022, no DOM) do not declare it
-interface WasmMemory {
-  readonly buffer: ArrayBuffer;
-  grow(pages: number): number;
-}
-declare const WebAssembly: {
-  Memory: new (d: { initial: number }) => WasmMemory;
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (m: object, imports: object) => { exports: Record<string, unknown> };
-};
-
 // ---- the host side: copy in, call, copy out -------------------------------------------------------
 
 type Kernel = (
@@ -293,17 +251,14 @@ export function wasmGemm(): Instance | null {
   instance = null;
   if (process.env.MOHAWK_WASM === 'off') return instance;
   try {
-    const memory = new WebAssembly.Memory({ initial: 1 });
-    const mod = new WebAssembly.Module(gemmModuleBytes());
-    const inst = new WebAssembly.Instance(mod, { env: { memory } });
-    instance = { memory, kernel: inst.exports.kernel as Kernel, view: new Float32Array(memory.buffer) };
+    const { memory, exports } = instantiate(gemmModuleBytes());
+    instance = { memory, kernel: exports.kernel as Kernel, view: new Float32Array(memory.buffer) };
   } catch {
     instance = null;
   }
   return instance;
 }
 
-const PAGE = 65536;
 /** floats of zeros after each operand (B's padded columns read up to 7 past its end) */
 const SLACK = 16;
 

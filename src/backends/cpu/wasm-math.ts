@@ -1,0 +1,1290 @@
+// The CPU backend's exp-bound f32 loops in WebAssembly SIMD: the unary ops built on exp (exp,
+// sigmoid, silu, gelu_new) with their derivatives, the silu gate, and the row pieces of softmax,
+// log-sum-exp and the KL divergence. Math.exp costs ~13 ns an element in V8; the SIMD exp below
+// does four in about a nanosecond. Float64 arrays (the gradient checks) keep the plain loops.
+//
+// exp(x), four lanes at once: k = round(x / ln 2), r = x - k ln 2 (ln 2 split in two so k ln 2 is
+// exact), exp(r) by its Taylor polynomial to r^7 (|r| <= ln2/2: truncation 5e-9, below f32's
+// 6e-8), times 2^k built in the exponent bits. x below -87.34 gives 0 (no subnormals), above
+// 88.72 +Infinity; in between x is clamped to 88.37 so 2^k stays finite (exp(88.37) = 2.5e38).
+// Sums accumulate in float64 (two f64x2 lanes), like the plain loops.
+
+import {
+  F32,
+  F64,
+  I32,
+  instantiate,
+  moduleBytes,
+  PAGE,
+  sleb,
+  uleb,
+  V128,
+  type Code,
+  type FuncDef,
+  type ValType,
+  type WasmMemory,
+} from './wasm-asm.js';
+
+// ---- instructions -----------------------------------------------------------------------------
+
+const get = (i: number): Code => [0x20, ...uleb(i)];
+const set = (i: number, e: Code): Code => [...e, 0x21, ...uleb(i)];
+const i32 = (v: number): Code => [0x41, ...sleb(v)];
+const simd = (code: number): Code => [0xfd, ...uleb(code)];
+const bin =
+  (code: number) =>
+  (a: Code, b: Code): Code => [...a, ...b, ...simd(code)];
+const un =
+  (code: number) =>
+  (a: Code): Code => [...a, ...simd(code)];
+
+function lanes(bytes: ArrayBuffer): Code {
+  return [...simd(0x0c), ...new Uint8Array(bytes)];
+}
+/** v128.const of four f32 */
+const cf = (x: number): Code => lanes(new Float32Array([x, x, x, x]).buffer);
+/** v128.const of four i32 */
+const ci = (x: number): Code => lanes(new Int32Array([x, x, x, x]).buffer);
+
+/** f32x4 and friends */
+const v = {
+  /** v128.load at address expression + offset (align hint 16 bytes) */
+  load: (addr: Code): Code => [...addr, ...simd(0x00), 4, 0],
+  store: (addr: Code, val: Code): Code => [...addr, ...val, ...simd(0x0b), 4, 0],
+  splat: un(0x13),
+  abs: un(0xe0),
+  neg: un(0xe1),
+  add: bin(0xe4),
+  sub: bin(0xe5),
+  mul: bin(0xe6),
+  div: bin(0xe7),
+  min: bin(0xe8),
+  max: bin(0xe9),
+  /** b < a ? b : a (one instruction; a NaN a passes) */
+  pmin: bin(0xea),
+  /** a < b ? b : a */
+  pmax: bin(0xeb),
+  lt: bin(0x43),
+  gt: bin(0x44),
+  and: bin(0x4e),
+  /** a & ~b */
+  andnot: bin(0x4f),
+  /** (a & c) | (b & ~c) */
+  bitselect: (a: Code, b: Code, c: Code): Code => [...a, ...b, ...c, ...simd(0x52)],
+  iadd: bin(0xae),
+  shl: (a: Code, bits: number): Code => [...a, ...i32(bits), ...simd(0xab)],
+  /** f64x2 of lanes 0, 1 */
+  promoteLow: un(0x5f),
+  /** lanes 2, 3 moved to 0, 1 */
+  high: (a: Code): Code => [
+    ...a,
+    ...a,
+    ...simd(0x0d),
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+  ],
+  dadd: bin(0xf0),
+  extractF32: (a: Code, lane: number): Code => [...a, ...simd(0x1f), lane],
+  extractF64: (a: Code, lane: number): Code => [...a, ...simd(0x21), lane],
+};
+const addr = (base: number, off: number): Code => [...get(base), ...get(off), 0x6a];
+const f32max = (a: Code, b: Code): Code => [...a, ...b, 0x97];
+const f64add = (a: Code, b: Code): Code => [...a, ...b, 0xa0];
+
+/** for (o = 0; o < n; o += 16) body: o and n are byte counts */
+function eachVector(o: number, n: number, body: Code): Code {
+  return [
+    ...set(o, i32(0)),
+    0x02,
+    0x40, // block
+    0x03,
+    0x40, // loop
+    ...get(o),
+    ...get(n),
+    0x4f,
+    0x0d,
+    1, // br_if 1 when o >= n (unsigned)
+    ...body,
+    ...set(o, [...get(o), ...i32(16), 0x6a]),
+    0x0c,
+    0, // br 0
+    0x0b,
+    0x0b,
+  ];
+}
+
+// ---- functions ----------------------------------------------------------------------------------
+
+class Builder {
+  readonly locals: [number, ValType][] = [];
+  constructor(private next: number) {}
+  local(t: ValType): number {
+    this.locals.push([1, t]);
+    return this.next++;
+  }
+  /** the v128 temporaries of one exp */
+  expTemps(): ExpTemps {
+    return { x: this.local(V128), k: this.local(V128), r: this.local(V128), p: this.local(V128) };
+  }
+}
+
+interface ExpTemps {
+  x: number;
+  k: number;
+  r: number;
+  p: number;
+}
+
+const LN2_HI = 0.693359375; // 8 significant bits: k * LN2_HI is exact for |k| < 2^16
+const LN2_LO = -2.1219444e-4;
+const EXP_LO = -87.33654; // ln of the smallest normal f32
+const EXP_CLAMP = 88.37; // k <= 127
+const EXP_OVER = 88.72284; // ln of the largest f32
+
+/** 1.5 * 2^23: y + MAGIC rounds y to an integer k held in the low mantissa bits */
+const MAGIC = 12582912;
+
+/** out = exp(x) for the f32x4 expression x (evaluated once) */
+function exp4(out: number, x: Code, t: ExpTemps): Code {
+  let poly = cf(1 / 5040);
+  for (const c of [1 / 720, 1 / 120, 1 / 24, 1 / 6, 1 / 2, 1, 1]) poly = v.add(v.mul(poly, get(t.r)), cf(c));
+  return [
+    ...set(t.x, x),
+    // clamp with x first so a NaN passes through
+    ...set(t.p, v.pmin(v.pmax(get(t.x), cf(EXP_LO)), cf(EXP_CLAMP))),
+    ...set(t.k, v.add(v.mul(get(t.p), cf(Math.LOG2E)), cf(MAGIC))),
+    ...set(t.r, v.sub(get(t.k), cf(MAGIC))),
+    ...set(t.r, v.sub(v.sub(get(t.p), v.mul(get(t.r), cf(LN2_HI))), v.mul(get(t.r), cf(LN2_LO)))),
+    // 2^k: the bits of k + MAGIC plus 127, shifted into the exponent (MAGIC's own bits shift out)
+    ...set(out, v.mul(poly, v.shl(v.iadd(get(t.k), ci(127)), 23))),
+    ...set(out, v.andnot(get(out), v.lt(get(t.x), cf(EXP_LO)))),
+    ...set(out, v.bitselect(cf(Infinity), get(out), v.gt(get(t.x), cf(EXP_OVER)))),
+  ];
+}
+
+/** out = 1 / (1 + exp(-x)) */
+function sigmoid4(out: number, x: Code, t: ExpTemps): Code {
+  return [...exp4(out, v.sub(cf(0), x), t), ...set(out, v.div(cf(1), v.add(cf(1), get(out))))];
+}
+
+const SQRT_2_OVER_PI = 0.7978845608028654;
+const GELU_A = 0.044715;
+
+/** gelu_new(x) = 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3) */
+function geluSigmoid(out: number, x: number, t: ExpTemps): Code {
+  const x2 = v.mul(get(x), get(x));
+  const twoU = v.mul(v.mul(get(x), v.add(cf(1), v.mul(cf(GELU_A), x2))), cf(2 * SQRT_2_OVER_PI));
+  return sigmoid4(out, twoU, t);
+}
+
+type UnaryKind = 'identity' | 'neg' | 'abs' | 'square' | 'relu' | 'exp' | 'sigmoid' | 'silu' | 'geluNew';
+export const WASM_UNARY: readonly UnaryKind[] = [
+  'identity',
+  'neg',
+  'abs',
+  'square',
+  'relu',
+  'exp',
+  'sigmoid',
+  'silu',
+  'geluNew',
+];
+type GradKind = 'exp' | 'sigmoid' | 'silu' | 'geluNew';
+export const WASM_UNARY_GRAD: readonly GradKind[] = ['exp', 'sigmoid', 'silu', 'geluNew'];
+
+/** unary_<op>(src, dst, bytes, alpha, beta): dst = alpha f(src) + beta */
+function unaryFunc(op: UnaryKind): FuncDef {
+  const [src, dst, n, alpha, beta] = [0, 1, 2, 3, 4];
+  const b = new Builder(5);
+  const o = b.local(I32);
+  const x = b.local(V128);
+  const y = b.local(V128);
+  const t = b.expTemps();
+  let f: Code;
+  switch (op) {
+    case 'identity':
+      f = set(y, get(x));
+      break;
+    case 'neg':
+      f = set(y, v.neg(get(x)));
+      break;
+    case 'abs':
+      f = set(y, v.abs(get(x)));
+      break;
+    case 'square':
+      f = set(y, v.mul(get(x), get(x)));
+      break;
+    case 'relu':
+      // pmax(0, x) = 0 < x ? x : 0, the loop's x > 0 ? x : 0 (NaN and -0 give 0)
+      f = set(y, v.pmax(cf(0), get(x)));
+      break;
+    case 'exp':
+      f = exp4(y, get(x), t);
+      break;
+    case 'sigmoid':
+      f = sigmoid4(y, get(x), t);
+      break;
+    case 'silu':
+      f = [...sigmoid4(y, get(x), t), ...set(y, v.mul(get(y), get(x)))];
+      break;
+    case 'geluNew':
+      f = [...geluSigmoid(y, x, t), ...set(y, v.mul(get(y), get(x)))];
+      break;
+  }
+  const body = [
+    ...set(x, v.load(addr(src, o))),
+    ...f,
+    ...v.store(addr(dst, o), v.add(v.mul(get(y), v.splat(get(alpha))), v.splat(get(beta)))),
+  ];
+  return {
+    name: `unary_${op}`,
+    params: [I32, I32, I32, F32, F32],
+    results: [],
+    locals: b.locals,
+    code: eachVector(o, n, body),
+  };
+}
+
+/** grad_<op>(x, gy, gx, bytes): gx = gy f'(x) */
+function gradFunc(op: GradKind): FuncDef {
+  const [xp, gyp, gxp, n] = [0, 1, 2, 3];
+  const b = new Builder(4);
+  const o = b.local(I32);
+  const x = b.local(V128);
+  const s = b.local(V128);
+  const t = b.expTemps();
+  let d: Code;
+  switch (op) {
+    case 'exp':
+      d = exp4(s, get(x), t);
+      break;
+    case 'sigmoid':
+      d = [...sigmoid4(s, get(x), t), ...set(s, v.mul(get(s), v.sub(cf(1), get(s))))];
+      break;
+    case 'silu':
+      // s (1 + x (1 - s))
+      d = [
+        ...sigmoid4(s, get(x), t),
+        ...set(s, v.mul(get(s), v.add(cf(1), v.mul(get(x), v.sub(cf(1), get(s)))))),
+      ];
+      break;
+    case 'geluNew': {
+      // s + 2 x s (1 - s) sqrt(2/pi) (1 + 3 a x^2), s = sigmoid(2u)
+      const du = v.mul(cf(2 * SQRT_2_OVER_PI), v.add(cf(1), v.mul(cf(3 * GELU_A), v.mul(get(x), get(x)))));
+      d = [
+        ...geluSigmoid(s, x, t),
+        ...set(s, v.add(get(s), v.mul(v.mul(get(x), v.mul(get(s), v.sub(cf(1), get(s)))), du))),
+      ];
+      break;
+    }
+  }
+  const body = [
+    ...set(x, v.load(addr(xp, o))),
+    ...d,
+    ...v.store(addr(gxp, o), v.mul(get(s), v.load(addr(gyp, o)))),
+  ];
+  return {
+    name: `grad_${op}`,
+    params: [I32, I32, I32, I32],
+    results: [],
+    locals: b.locals,
+    code: eachVector(o, n, body),
+  };
+}
+
+/** siluGate(y, u, out, bytes): out = y u sigmoid(u) */
+function siluGateFunc(): FuncDef {
+  const [yp, up, outp, n] = [0, 1, 2, 3];
+  const b = new Builder(4);
+  const o = b.local(I32);
+  const u = b.local(V128);
+  const s = b.local(V128);
+  const t = b.expTemps();
+  const body = [
+    ...set(u, v.load(addr(up, o))),
+    ...sigmoid4(s, get(u), t),
+    ...v.store(addr(outp, o), v.mul(v.load(addr(yp, o)), v.mul(get(u), get(s)))),
+  ];
+  return {
+    name: 'siluGate',
+    params: [I32, I32, I32, I32],
+    results: [],
+    locals: b.locals,
+    code: eachVector(o, n, body),
+  };
+}
+
+/** siluGateGrad(y, u, g, gy, gz, bytes): gy = g u s, gz = g y s (1 + u (1 - s)), s = sigmoid(u) */
+function siluGateGradFunc(): FuncDef {
+  const [yp, up, gp, gyp, gzp, n] = [0, 1, 2, 3, 4, 5];
+  const b = new Builder(6);
+  const o = b.local(I32);
+  const u = b.local(V128);
+  const s = b.local(V128);
+  const g = b.local(V128);
+  const t = b.expTemps();
+  const body = [
+    ...set(u, v.load(addr(up, o))),
+    ...set(g, v.load(addr(gp, o))),
+    ...sigmoid4(s, get(u), t),
+    ...v.store(addr(gyp, o), v.mul(get(g), v.mul(get(u), get(s)))),
+    ...v.store(
+      addr(gzp, o),
+      v.mul(
+        v.mul(get(g), v.load(addr(yp, o))),
+        v.mul(get(s), v.add(cf(1), v.mul(get(u), v.sub(cf(1), get(s))))),
+      ),
+    ),
+  ];
+  return {
+    name: 'siluGateGrad',
+    params: [I32, I32, I32, I32, I32, I32],
+    results: [],
+    locals: b.locals,
+    code: eachVector(o, n, body),
+  };
+}
+
+/** rowMax(src, bytes) -> the largest value (NaN if any is NaN) */
+function rowMaxFunc(): FuncDef {
+  const [src, n] = [0, 1];
+  const b = new Builder(2);
+  const o = b.local(I32);
+  const m = b.local(V128);
+  const code = [
+    ...set(m, cf(-Infinity)),
+    ...eachVector(o, n, set(m, v.max(get(m), v.load(addr(src, o))))),
+    ...f32max(
+      f32max(v.extractF32(get(m), 0), v.extractF32(get(m), 1)),
+      f32max(v.extractF32(get(m), 2), v.extractF32(get(m), 3)),
+    ),
+  ];
+  return { name: 'rowMax', params: [I32, I32], results: [F32], locals: b.locals, code };
+}
+
+/** the f64 sum of the two f64x2 accumulators a and b */
+const hsum = (a: number, b: number): Code => {
+  const s = v.dadd(get(a), get(b));
+  return f64add(v.extractF64(s, 0), v.extractF64(s, 1));
+};
+/** a += lanes 0, 1 of e; b += lanes 2, 3 (in f64) */
+const accumulate = (a: number, b: number, e: Code): Code => [
+  ...set(a, v.dadd(get(a), v.promoteLow(e))),
+  ...set(b, v.dadd(get(b), v.promoteLow(v.high(e)))),
+];
+
+/** expSum(src, dst, bytes, scale, shift, mult) -> sum of e: e = exp(scale src + shift), dst = mult e */
+function expSumFunc(): FuncDef {
+  const [src, dst, n, scale, shift, mult] = [0, 1, 2, 3, 4, 5];
+  const b = new Builder(6);
+  const o = b.local(I32);
+  const e = b.local(V128);
+  const a0 = b.local(V128);
+  const a1 = b.local(V128);
+  const t = b.expTemps();
+  const body = [
+    ...exp4(e, v.add(v.mul(v.load(addr(src, o)), v.splat(get(scale))), v.splat(get(shift))), t),
+    ...accumulate(a0, a1, get(e)),
+    ...v.store(addr(dst, o), v.mul(get(e), v.splat(get(mult)))),
+  ];
+  return {
+    name: 'expSum',
+    params: [I32, I32, I32, F32, F32, F32],
+    results: [F64],
+    locals: b.locals,
+    code: [...eachVector(o, n, body), ...hsum(a0, a1)],
+  };
+}
+
+/** klDot(t, s, bytes, inv, shift) -> sum of e (t - s), e = exp(inv t + shift), terms with e = 0 left out */
+function klDotFunc(): FuncDef {
+  const [tp, sp, n, inv, shift] = [0, 1, 2, 3, 4];
+  const b = new Builder(5);
+  const o = b.local(I32);
+  const e = b.local(V128);
+  const tv = b.local(V128);
+  const a0 = b.local(V128);
+  const a1 = b.local(V128);
+  const t = b.expTemps();
+  const body = [
+    ...set(tv, v.load(addr(tp, o))),
+    ...exp4(e, v.add(v.mul(get(tv), v.splat(get(inv))), v.splat(get(shift))), t),
+    // where e is 0, t - s may be NaN (-inf - -inf): masked out
+    ...accumulate(a0, a1, v.and(v.mul(get(e), v.sub(get(tv), v.load(addr(sp, o)))), v.gt(get(e), cf(0)))),
+  ];
+  return {
+    name: 'klDot',
+    params: [I32, I32, I32, F32, F32],
+    results: [F64],
+    locals: b.locals,
+    code: [...eachVector(o, n, body), ...hsum(a0, a1)],
+  };
+}
+
+/** klGrad(t, s, gs, bytes, inv, shiftT, shiftS, cT, cS): gs = cS exp(inv s + shiftS) - cT exp(inv t + shiftT) */
+function klGradFunc(): FuncDef {
+  const [tp, sp, gp, n, inv, shiftT, shiftS, cT, cS] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+  const b = new Builder(9);
+  const o = b.local(I32);
+  const p = b.local(V128);
+  const q = b.local(V128);
+  const t = b.expTemps();
+  const body = [
+    ...exp4(p, v.add(v.mul(v.load(addr(tp, o)), v.splat(get(inv))), v.splat(get(shiftT))), t),
+    ...exp4(q, v.add(v.mul(v.load(addr(sp, o)), v.splat(get(inv))), v.splat(get(shiftS))), t),
+    ...v.store(addr(gp, o), v.sub(v.mul(get(q), v.splat(get(cS))), v.mul(get(p), v.splat(get(cT))))),
+  ];
+  return {
+    name: 'klGrad',
+    params: [I32, I32, I32, I32, F32, F32, F32, F32, F32],
+    results: [],
+    locals: b.locals,
+    code: eachVector(o, n, body),
+  };
+}
+
+/** for (i = start; i < end; i += step) body, signed i32 */
+function forRange(i: number, start: Code, end: Code, step: number, body: Code): Code {
+  return [
+    ...set(i, start),
+    0x02,
+    0x40, // block
+    0x03,
+    0x40, // loop
+    ...get(i),
+    ...end,
+    0x4e,
+    0x0d,
+    1, // br_if 1 when i >= end
+    ...body,
+    ...set(i, [...get(i), ...i32(step), 0x6a]),
+    0x0c,
+    0, // br 0
+    0x0b,
+    0x0b,
+  ];
+}
+const iadd = (a: Code, b: Code): Code => [...a, ...b, 0x6a];
+const isub = (a: Code, b: Code): Code => [...a, ...b, 0x6b];
+const imul = (a: Code, b: Code): Code => [...a, ...b, 0x6c];
+const iflt = (a: Code, b: Code, body: Code): Code => [...a, ...b, 0x48, 0x04, 0x40, ...body, 0x0b];
+const ifge = (a: Code, b: Code, body: Code): Code => [...a, ...b, 0x4e, 0x04, 0x40, ...body, 0x0b];
+
+/**
+ * conv(x, wt, bias, out, T, rowBytes, K): the causal depthwise conv of one sequence, x and out
+ * (T, C), wt the taps (K, C), rowBytes = 4 C (a multiple of 16):
+ * out[s] = bias + sum_{j >= K-1-s} wt[j] x[s - (K-1) + j]
+ */
+function convFunc(): FuncDef {
+  const [x, wt, bias, out, T, rb, K] = [0, 1, 2, 3, 4, 5, 6];
+  const b = new Builder(7);
+  const [sI, o, j] = [b.local(I32), b.local(I32), b.local(I32)];
+  const acc = b.local(V128);
+  // j0 = max(0, K - 1 - s): select(K-1-s, 0, 0 < K-1-s)
+  const back = isub(isub(get(K), i32(1)), get(sI));
+  const j0 = [...back, ...i32(0), ...i32(0), ...back, 0x48, 0x1b];
+  const tap = set(
+    acc,
+    v.add(
+      get(acc),
+      v.mul(
+        v.load(iadd(iadd(get(wt), imul(get(j), get(rb))), get(o))),
+        v.load(iadd(iadd(get(x), imul(iadd(isub(get(sI), isub(get(K), i32(1))), get(j)), get(rb))), get(o))),
+      ),
+    ),
+  );
+  const code = forRange(
+    sI,
+    i32(0),
+    get(T),
+    1,
+    forRange(o, i32(0), get(rb), 16, [
+      ...set(acc, v.load(addr(bias, o))),
+      ...forRange(j, j0, get(K), 1, tap),
+      ...v.store(iadd(iadd(get(out), imul(get(sI), get(rb))), get(o)), get(acc)),
+    ]),
+  );
+  return { name: 'conv', params: [I32, I32, I32, I32, I32, I32, I32], results: [], locals: b.locals, code };
+}
+
+/**
+ * convGrad(x, wt, gy, gx, gwt, gb, T, rowBytes, K) for one sequence: gx[s] = sum_j wt[j] gy[s + K-1-j]
+ * (written), gwt[j] += sum_s gy[s] x[s - (K-1) + j] and gb += sum_s gy[s] (accumulated, f32)
+ */
+function convGradFunc(): FuncDef {
+  const [x, wt, gy, gx, gwt, gb, T, rb, K] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
+  const b = new Builder(9);
+  const [sI, o, j, r] = [b.local(I32), b.local(I32), b.local(I32), b.local(I32)];
+  const [acc, g] = [b.local(V128), b.local(V128)];
+  const at = (base: number, row: Code): Code => iadd(iadd(get(base), imul(row, get(rb))), get(o));
+  const body = [
+    ...set(acc, cf(0)),
+    ...set(g, v.load(at(gy, get(sI)))),
+    ...v.store(addr(gb, o), v.add(v.load(addr(gb, o)), get(g))),
+    ...forRange(j, i32(0), get(K), 1, [
+      // the output row this tap of x[s] feeds: s + K-1-j
+      ...set(r, isub(iadd(get(sI), isub(get(K), i32(1))), get(j))),
+      ...iflt(
+        get(r),
+        get(T),
+        set(acc, v.add(get(acc), v.mul(v.load(at(wt, get(j))), v.load(at(gy, get(r)))))),
+      ),
+      // the input row tap j reads for output s: s - (K-1) + j
+      ...set(r, iadd(isub(get(sI), isub(get(K), i32(1))), get(j))),
+      ...ifge(
+        get(r),
+        i32(0),
+        v.store(at(gwt, get(j)), v.add(v.load(at(gwt, get(j))), v.mul(get(g), v.load(at(x, get(r)))))),
+      ),
+    ]),
+    ...v.store(at(gx, get(sI)), get(acc)),
+  ];
+  const code = forRange(sI, i32(0), get(T), 1, forRange(o, i32(0), get(rb), 16, body));
+  return {
+    name: 'convGrad',
+    params: [I32, I32, I32, I32, I32, I32, I32, I32, I32],
+    results: [],
+    locals: b.locals,
+    code,
+  };
+}
+
+type BinaryKind = 'add' | 'sub' | 'mul' | 'div';
+export const WASM_BINARY: readonly BinaryKind[] = ['add', 'sub', 'mul', 'div'];
+const BINARY_OP: Record<BinaryKind, (a: Code, b: Code) => Code> = {
+  add: v.add,
+  sub: v.sub,
+  mul: v.mul,
+  div: v.div,
+};
+
+/** binary_<op>(a, b, out, bytes): out = a op b; binary_<op>_s(a, s, out, bytes): out = a op s */
+function binaryFuncs(op: BinaryKind): FuncDef[] {
+  const vv = new Builder(4);
+  const o = vv.local(I32);
+  const both: FuncDef = {
+    name: `binary_${op}`,
+    params: [I32, I32, I32, I32],
+    results: [],
+    locals: vv.locals,
+    code: eachVector(o, 3, v.store(addr(2, o), BINARY_OP[op](v.load(addr(0, o)), v.load(addr(1, o))))),
+  };
+  const vs = new Builder(4);
+  const os = vs.local(I32);
+  const sv = vs.local(V128);
+  const scalar: FuncDef = {
+    name: `binary_${op}_s`,
+    params: [I32, F32, I32, I32],
+    results: [],
+    locals: vs.locals,
+    code: [
+      ...set(sv, v.splat(get(1))),
+      ...eachVector(os, 3, v.store(addr(2, os), BINARY_OP[op](v.load(addr(0, os)), get(sv)))),
+    ],
+  };
+  return [both, scalar];
+}
+
+/** sumSq(x, bytes) -> sum of x^2 in f64 */
+function sumSqFunc(): FuncDef {
+  const b = new Builder(2);
+  const o = b.local(I32);
+  const [x, a0, a1] = [b.local(V128), b.local(V128), b.local(V128)];
+  const body = [...set(x, v.load(addr(0, o))), ...accumulate(a0, a1, v.mul(get(x), get(x)))];
+  return {
+    name: 'sumSq',
+    params: [I32, I32],
+    results: [F64],
+    locals: b.locals,
+    code: [...eachVector(o, 1, body), ...hsum(a0, a1)],
+  };
+}
+
+/** rmsScale(x, w, out, bytes, rs): out = x rs w */
+function rmsScaleFunc(): FuncDef {
+  const b = new Builder(5);
+  const o = b.local(I32);
+  const body = v.store(addr(2, o), v.mul(v.mul(v.load(addr(0, o)), v.splat(get(4))), v.load(addr(1, o))));
+  return {
+    name: 'rmsScale',
+    params: [I32, I32, I32, I32, F32],
+    results: [],
+    locals: b.locals,
+    code: eachVector(o, 3, body),
+  };
+}
+
+/**
+ * rmsGradRow(x, w, gy, gx, gw, bytes, rs, c): the part of the RMSNorm backward for one row after
+ * its dot product: gx = rs gy w - c x, gw += rs gy x (f32, the caller sums blocks in f64)
+ */
+function rmsGradRowFunc(): FuncDef {
+  const [x, w, gy, gx, gw, n, rs, c] = [0, 1, 2, 3, 4, 5, 6, 7];
+  const b = new Builder(8);
+  const o = b.local(I32);
+  const [xv, g] = [b.local(V128), b.local(V128)];
+  const body = [
+    ...set(xv, v.load(addr(x, o))),
+    ...set(g, v.mul(v.load(addr(gy, o)), v.splat(get(rs)))),
+    ...v.store(addr(gx, o), v.sub(v.mul(get(g), v.load(addr(w, o))), v.mul(get(xv), v.splat(get(c))))),
+    ...v.store(addr(gw, o), v.add(v.load(addr(gw, o)), v.mul(get(g), get(xv)))),
+  ];
+  return {
+    name: 'rmsGradRow',
+    params: [I32, I32, I32, I32, I32, I32, F32, F32],
+    results: [],
+    locals: b.locals,
+    code: eachVector(o, n, body),
+  };
+}
+
+/** dot3(a, b, c, bytes) -> sum of a b c in f64 */
+function dot3Func(): FuncDef {
+  const b = new Builder(4);
+  const o = b.local(I32);
+  const [a0, a1] = [b.local(V128), b.local(V128)];
+  const body = accumulate(a0, a1, v.mul(v.mul(v.load(addr(0, o)), v.load(addr(1, o))), v.load(addr(2, o))));
+  return {
+    name: 'dot3',
+    params: [I32, I32, I32, I32],
+    results: [F64],
+    locals: b.locals,
+    code: [...eachVector(o, 3, body), ...hsum(a0, a1)],
+  };
+}
+
+export function mathModuleBytes(): Uint8Array {
+  return moduleBytes([
+    ...WASM_UNARY.map(unaryFunc),
+    ...WASM_UNARY_GRAD.map(gradFunc),
+    siluGateFunc(),
+    siluGateGradFunc(),
+    rowMaxFunc(),
+    expSumFunc(),
+    klDotFunc(),
+    klGradFunc(),
+    convFunc(),
+    convGradFunc(),
+    ...WASM_BINARY.flatMap(binaryFuncs),
+    sumSqFunc(),
+    rmsScaleFunc(),
+    rmsGradRowFunc(),
+    dot3Func(),
+  ]);
+}
+
+// ---- the host side ------------------------------------------------------------------------------
+
+type Ptr = number;
+export interface WasmMath {
+  memory: WasmMemory;
+  /** a view of the whole memory, renewed by reserve() when it grows */
+  f32: Float32Array;
+  unary: Record<UnaryKind, (src: Ptr, dst: Ptr, bytes: number, alpha: number, beta: number) => void>;
+  grad: Record<GradKind, (x: Ptr, gy: Ptr, gx: Ptr, bytes: number) => void>;
+  siluGate: (y: Ptr, u: Ptr, out: Ptr, bytes: number) => void;
+  siluGateGrad: (y: Ptr, u: Ptr, g: Ptr, gy: Ptr, gz: Ptr, bytes: number) => void;
+  rowMax: (src: Ptr, bytes: number) => number;
+  expSum: (src: Ptr, dst: Ptr, bytes: number, scale: number, shift: number, mult: number) => number;
+  klDot: (t: Ptr, s: Ptr, bytes: number, inv: number, shift: number) => number;
+  klGrad: (
+    t: Ptr,
+    s: Ptr,
+    gs: Ptr,
+    bytes: number,
+    inv: number,
+    shiftT: number,
+    shiftS: number,
+    cT: number,
+    cS: number,
+  ) => void;
+  conv: (x: Ptr, wt: Ptr, bias: Ptr, out: Ptr, T: number, rowBytes: number, K: number) => void;
+  convGrad: (
+    x: Ptr,
+    wt: Ptr,
+    gy: Ptr,
+    gx: Ptr,
+    gwt: Ptr,
+    gb: Ptr,
+    T: number,
+    rowBytes: number,
+    K: number,
+  ) => void;
+  binary: Record<BinaryKind, (a: Ptr, b: Ptr, out: Ptr, bytes: number) => void>;
+  binaryScalar: Record<BinaryKind, (a: Ptr, s: number, out: Ptr, bytes: number) => void>;
+  sumSq: (x: Ptr, bytes: number) => number;
+  rmsScale: (x: Ptr, w: Ptr, out: Ptr, bytes: number, rs: number) => void;
+  rmsGradRow: (x: Ptr, w: Ptr, gy: Ptr, gx: Ptr, gw: Ptr, bytes: number, rs: number, c: number) => void;
+  dot3: (a: Ptr, b: Ptr, c: Ptr, bytes: number) => number;
+  /** make the memory hold at least `floats` f32 (renews f32); returns the view */
+  reserve(floats: number): Float32Array;
+}
+
+let instance: WasmMath | null | undefined;
+
+/** The compiled kernels, or null where WebAssembly SIMD is unavailable or MOHAWK_WASM=off. */
+export function wasmMath(): WasmMath | null {
+  if (instance !== undefined) return instance;
+  instance = null;
+  if (process.env.MOHAWK_WASM === 'off') return instance;
+  try {
+    const { memory, exports: x } = instantiate(mathModuleBytes());
+    const fn = <F>(name: string) => x[name] as F;
+    const w: WasmMath = {
+      memory,
+      f32: new Float32Array(memory.buffer),
+      unary: Object.fromEntries(WASM_UNARY.map((op) => [op, fn(`unary_${op}`)])) as WasmMath['unary'],
+      grad: Object.fromEntries(WASM_UNARY_GRAD.map((op) => [op, fn(`grad_${op}`)])) as WasmMath['grad'],
+      siluGate: fn('siluGate'),
+      siluGateGrad: fn('siluGateGrad'),
+      rowMax: fn('rowMax'),
+      expSum: fn('expSum'),
+      klDot: fn('klDot'),
+      klGrad: fn('klGrad'),
+      conv: fn('conv'),
+      sumSq: fn('sumSq'),
+      rmsScale: fn('rmsScale'),
+      rmsGradRow: fn('rmsGradRow'),
+      dot3: fn('dot3'),
+      binary: Object.fromEntries(WASM_BINARY.map((op) => [op, fn(`binary_${op}`)])) as WasmMath['binary'],
+      binaryScalar: Object.fromEntries(
+        WASM_BINARY.map((op) => [op, fn(`binary_${op}_s`)]),
+      ) as WasmMath['binaryScalar'],
+      convGrad: fn('convGrad'),
+      reserve(floats: number): Float32Array {
+        const need = floats * 4;
+        if (memory.buffer.byteLength < need) {
+          memory.grow(Math.ceil((need - memory.buffer.byteLength) / PAGE));
+          w.f32 = new Float32Array(memory.buffer);
+        }
+        return w.f32;
+      },
+    };
+    instance = w;
+  } catch {
+    instance = null;
+  }
+  return instance;
+}
+
+/** n rounded up to a multiple of 4 (one f32x4) */
+export const pad4 = (n: number): number => (n + 3) & ~3;
+
+// ---- drivers over Float32Arrays: copy a block in, run, copy out --------------------------------
+
+/** floats per operand per pass: 64 KiB, so a pass's operands stay in L2 */
+const BLOCK = 16384;
+
+/** o = alpha f(a) + beta elementwise; false (nothing done) without WebAssembly */
+export function unaryF32(
+  op: UnaryKind,
+  a: Float32Array,
+  o: Float32Array,
+  alpha: number,
+  beta: number,
+): boolean {
+  const w = wasmMath();
+  if (!w) return false;
+  const mem = w.reserve(2 * BLOCK);
+  const n = a.length;
+  for (let s = 0; s < n; s += BLOCK) {
+    const len = Math.min(BLOCK, n - s);
+    mem.set(a.subarray(s, s + len), 0);
+    w.unary[op](0, BLOCK * 4, pad4(len) * 4, alpha, beta);
+    o.set(mem.subarray(BLOCK, BLOCK + len), s);
+  }
+  return true;
+}
+
+/** gx = gy f'(x) elementwise; false without WebAssembly */
+export function unaryGradF32(op: GradKind, x: Float32Array, gy: Float32Array, gx: Float32Array): boolean {
+  const w = wasmMath();
+  if (!w) return false;
+  const mem = w.reserve(3 * BLOCK);
+  const n = x.length;
+  for (let s = 0; s < n; s += BLOCK) {
+    const len = Math.min(BLOCK, n - s);
+    mem.set(x.subarray(s, s + len), 0);
+    mem.set(gy.subarray(s, s + len), BLOCK);
+    w.grad[op](0, BLOCK * 4, 2 * BLOCK * 4, pad4(len) * 4);
+    gx.set(mem.subarray(2 * BLOCK, 2 * BLOCK + len), s);
+  }
+  return true;
+}
+
+/** u = z + bias[col] for the rows' elements s .. s + len of a (rows, cols) gate input, into mem[at..] */
+function gateInput(
+  mem: Float32Array,
+  at: number,
+  z: Float32Array,
+  bias: Float32Array,
+  s: number,
+  len: number,
+  cols: number,
+) {
+  let c = s % cols;
+  for (let i = 0; i < len; i++) {
+    mem[at + i] = z[s + i] + bias[c];
+    if (++c === cols) c = 0;
+  }
+}
+
+/** out = y silu(z + bias) over (rows, cols); false without WebAssembly */
+export function siluGateF32(
+  y: Float32Array,
+  z: Float32Array,
+  bias: Float32Array,
+  out: Float32Array,
+  cols: number,
+): boolean {
+  const w = wasmMath();
+  if (!w) return false;
+  const mem = w.reserve(3 * BLOCK);
+  const n = out.length;
+  for (let s = 0; s < n; s += BLOCK) {
+    const len = Math.min(BLOCK, n - s);
+    mem.set(y.subarray(s, s + len), 0);
+    gateInput(mem, BLOCK, z, bias, s, len, cols);
+    w.siluGate(0, BLOCK * 4, 2 * BLOCK * 4, pad4(len) * 4);
+    out.set(mem.subarray(2 * BLOCK, 2 * BLOCK + len), s);
+  }
+  return true;
+}
+
+/** the gradients of siluGate with respect to y and z; false without WebAssembly */
+export function siluGateGradF32(
+  y: Float32Array,
+  z: Float32Array,
+  bias: Float32Array,
+  g: Float32Array,
+  gy: Float32Array,
+  gz: Float32Array,
+  cols: number,
+): boolean {
+  const w = wasmMath();
+  if (!w) return false;
+  const mem = w.reserve(5 * BLOCK);
+  const n = g.length;
+  for (let s = 0; s < n; s += BLOCK) {
+    const len = Math.min(BLOCK, n - s);
+    mem.set(y.subarray(s, s + len), 0);
+    gateInput(mem, BLOCK, z, bias, s, len, cols);
+    mem.set(g.subarray(s, s + len), 2 * BLOCK);
+    w.siluGateGrad(0, BLOCK * 4, 2 * BLOCK * 4, 3 * BLOCK * 4, 4 * BLOCK * 4, pad4(len) * 4);
+    gy.set(mem.subarray(3 * BLOCK, 3 * BLOCK + len), s);
+    gz.set(mem.subarray(4 * BLOCK, 4 * BLOCK + len), s);
+  }
+  return true;
+}
+
+/**
+ * Rows of `cols` floats staged in wasm memory `count` rows at a time with a pitch of pad4(cols),
+ * the padding set to -Infinity (which exp maps to 0 and max ignores): `each(r, at)` runs for every
+ * row r with the row's float offset `at` in each staged operand k at base + k * stride.
+ */
+class RowStage {
+  readonly pitch: number;
+  readonly count: number;
+  readonly stride: number;
+  readonly mem: Float32Array;
+  constructor(
+    readonly w: WasmMath,
+    readonly cols: number,
+    operands: number,
+    readonly padValue = -Infinity,
+  ) {
+    this.pitch = pad4(cols);
+    this.count = Math.max(1, Math.floor(BLOCK / this.pitch));
+    this.stride = this.count * this.pitch;
+    this.mem = w.reserve(operands * this.stride);
+  }
+  /** copy rows r0 .. r0 + n of src into operand k */
+  load(k: number, src: Float32Array, r0: number, n: number): void {
+    const { mem, pitch, cols } = this;
+    const base = k * this.stride;
+    if (pitch === cols) {
+      mem.set(src.subarray(r0 * cols, (r0 + n) * cols), base);
+      return;
+    }
+    for (let r = 0; r < n; r++) {
+      const at = base + r * pitch;
+      mem.set(src.subarray((r0 + r) * cols, (r0 + r + 1) * cols), at);
+      mem.fill(this.padValue, at + cols, at + pitch);
+    }
+  }
+  /** copy operand k's rows back into dst rows r0 .. r0 + n */
+  store(k: number, dst: Float32Array, r0: number, n: number): void {
+    const { mem, pitch, cols } = this;
+    const base = k * this.stride;
+    if (pitch === cols) {
+      dst.set(mem.subarray(base, base + n * cols), r0 * cols);
+      return;
+    }
+    for (let r = 0; r < n; r++)
+      dst.set(mem.subarray(base + r * pitch, base + r * pitch + cols), (r0 + r) * cols);
+  }
+}
+
+/** softmax (or log-softmax) of each row; false without WebAssembly */
+export function softmaxF32(
+  x: Float32Array,
+  out: Float32Array,
+  rows: number,
+  cols: number,
+  log: boolean,
+): boolean {
+  const w = wasmMath();
+  if (!w) return false;
+  const st = new RowStage(w, cols, 2);
+  const bytes = st.pitch * 4;
+  for (let r0 = 0; r0 < rows; r0 += st.count) {
+    const n = Math.min(st.count, rows - r0);
+    st.load(0, x, r0, n);
+    for (let r = 0; r < n; r++) {
+      const src = r * bytes;
+      const dst = (st.stride + r * st.pitch) * 4;
+      let max = w.rowMax(src, bytes);
+      if (max === -Infinity) max = 0; // a fully masked row: stay finite
+      const sum = w.expSum(src, dst, bytes, 1, -max, 1);
+      if (log) w.unary.identity(src, dst, bytes, 1, -(max + Math.log(sum)));
+      else w.unary.identity(dst, dst, bytes, 1 / sum, 0);
+    }
+    st.store(1, out, r0, n);
+  }
+  return true;
+}
+
+/** lse[r] = log sum_j exp(x[r, j]) and, with targets, losses[r] = lse[r] - x[r, target]; false without WebAssembly */
+export function crossEntropyF32(
+  logits: Float32Array,
+  targets: Int32Array,
+  losses: Float32Array | Float64Array,
+  lse: Float32Array | Float64Array,
+  rows: number,
+  vocab: number,
+  ignoreIndex: number,
+): boolean {
+  const w = wasmMath();
+  if (!w) return false;
+  const st = new RowStage(w, vocab, 2);
+  const bytes = st.pitch * 4;
+  for (let r0 = 0; r0 < rows; r0 += st.count) {
+    const n = Math.min(st.count, rows - r0);
+    st.load(0, logits, r0, n);
+    for (let r = 0; r < n; r++) {
+      const row = r0 + r;
+      const max = w.rowMax(r * bytes, bytes);
+      const l = max + Math.log(w.expSum(r * bytes, st.stride * 4, bytes, 1, -max, 1));
+      lse[row] = l;
+      const t = targets[row];
+      if (t === ignoreIndex) {
+        losses[row] = 0;
+        continue;
+      }
+      if (t < 0 || t >= vocab)
+        throw new Error(`cross-entropy: target ${t} outside the vocabulary of ${vocab}`);
+      losses[row] = l - logits[row * vocab + t];
+    }
+  }
+  return true;
+}
+
+/** gLogits = gLoss softmax(logits) - gLoss at the target; false without WebAssembly */
+export function crossEntropyGradF32(
+  logits: Float32Array,
+  targets: Int32Array,
+  lse: Float32Array | Float64Array,
+  gLoss: Float32Array | Float64Array,
+  gLogits: Float32Array,
+  rows: number,
+  vocab: number,
+  ignoreIndex: number,
+): boolean {
+  const w = wasmMath();
+  if (!w) return false;
+  const st = new RowStage(w, vocab, 2);
+  const bytes = st.pitch * 4;
+  for (let r0 = 0; r0 < rows; r0 += st.count) {
+    const n = Math.min(st.count, rows - r0);
+    st.load(0, logits, r0, n);
+    for (let r = 0; r < n; r++) {
+      const row = r0 + r;
+      const dst = (st.stride + r * st.pitch) * 4;
+      if (targets[row] === ignoreIndex) {
+        w.unary.identity(r * bytes, dst, bytes, 0, 0);
+        continue;
+      }
+      // g exp(x - lse) as g exp(max - lse) exp(x - max): the shift stays an exact f32
+      const max = w.rowMax(r * bytes, bytes);
+      w.expSum(r * bytes, dst, bytes, 1, -max, gLoss[row] * Math.exp(max - lse[row]));
+    }
+    st.store(1, gLogits, r0, n);
+    for (let r = r0; r < r0 + n; r++) {
+      const t = targets[r];
+      if (t !== ignoreIndex) gLogits[r * vocab + t] -= gLoss[r];
+    }
+  }
+  return true;
+}
+
+/** the shift -max(x) / tau as an f32 (exact in the kernel) and the row's sum of exp(x / tau + shift) */
+function scaledRow(w: WasmMath, at: number, scratch: number, bytes: number, inv: number): [number, number] {
+  const shift = Math.fround(-w.rowMax(at, bytes) * inv);
+  return [shift, w.expSum(at, scratch, bytes, inv, shift, 1)];
+}
+
+/** losses[r] = KL(softmax(teacher / tau) || softmax(student / tau)) per row; false without WebAssembly */
+export function klDivergenceF32(
+  teacher: Float32Array,
+  student: Float32Array,
+  losses: Float32Array | Float64Array,
+  rows: number,
+  vocab: number,
+  tau: number,
+): boolean {
+  const w = wasmMath();
+  if (!w) return false;
+  const inv = 1 / tau;
+  const st = new RowStage(w, vocab, 3);
+  const bytes = st.pitch * 4;
+  const scratch = 2 * st.stride * 4;
+  for (let r0 = 0; r0 < rows; r0 += st.count) {
+    const n = Math.min(st.count, rows - r0);
+    st.load(0, teacher, r0, n);
+    st.load(1, student, r0, n);
+    for (let r = 0; r < n; r++) {
+      const t = r * bytes;
+      const s = (st.stride + r * st.pitch) * 4;
+      const [shiftT, sumT] = scaledRow(w, t, scratch, bytes, inv);
+      const [shiftS, sumS] = scaledRow(w, s, scratch, bytes, inv);
+      // sum p (log p - log q) = sum p (t - s) / tau - (lse_t - lse_s), p = exp(t / tau + shiftT) / sumT
+      const lseGap = Math.log(sumT) - shiftT - (Math.log(sumS) - shiftS);
+      losses[r0 + r] = (inv * w.klDot(t, s, bytes, inv, shiftT)) / sumT - lseGap;
+    }
+  }
+  return true;
+}
+
+/** gStudent = gLoss / tau (softmax(student / tau) - softmax(teacher / tau)); false without WebAssembly */
+export function klDivergenceGradF32(
+  teacher: Float32Array,
+  student: Float32Array,
+  gLoss: Float32Array | Float64Array,
+  gStudent: Float32Array,
+  rows: number,
+  vocab: number,
+  tau: number,
+): boolean {
+  const w = wasmMath();
+  if (!w) return false;
+  const inv = 1 / tau;
+  const st = new RowStage(w, vocab, 3);
+  const bytes = st.pitch * 4;
+  for (let r0 = 0; r0 < rows; r0 += st.count) {
+    const n = Math.min(st.count, rows - r0);
+    st.load(0, teacher, r0, n);
+    st.load(1, student, r0, n);
+    for (let r = 0; r < n; r++) {
+      const t = r * bytes;
+      const s = (st.stride + r * st.pitch) * 4;
+      const g = (2 * st.stride + r * st.pitch) * 4;
+      const [shiftT, sumT] = scaledRow(w, t, g, bytes, inv);
+      const [shiftS, sumS] = scaledRow(w, s, g, bytes, inv);
+      const c = gLoss[r0 + r] * inv;
+      w.klGrad(t, s, g, bytes, inv, shiftT, shiftS, c / sumT, c / sumS);
+    }
+    st.store(2, gStudent, r0, n);
+  }
+  return true;
+}
+
+/** x (B, T, C), w (C, K), bias (C) -> out (B, T, C), one sequence at a time; false without WebAssembly or when C % 4 != 0 */
+export function causalConv1dF32(
+  x: Float32Array,
+  w: Float32Array,
+  bias: Float32Array | null,
+  out: Float32Array,
+  batch: number,
+  t: number,
+  c: number,
+  k: number,
+): boolean {
+  const wm = c % 4 === 0 ? wasmMath() : null;
+  if (!wm) return false;
+  // layout (floats): taps (K, C), bias (C), x (T, C), out (T, C)
+  const [wtAt, biasAt, xAt, outAt] = [0, k * c, (k + 1) * c, (k + 1 + t) * c];
+  const mem = wm.reserve((k + 1 + 2 * t) * c);
+  for (let ch = 0; ch < c; ch++) {
+    for (let j = 0; j < k; j++) mem[wtAt + j * c + ch] = w[ch * k + j];
+    mem[biasAt + ch] = bias ? bias[ch] : 0;
+  }
+  const n = t * c;
+  for (let b = 0; b < batch; b++) {
+    mem.set(x.subarray(b * n, (b + 1) * n), xAt);
+    wm.conv(xAt * 4, wtAt * 4, biasAt * 4, outAt * 4, t, c * 4, k);
+    out.set(mem.subarray(outAt, outAt + n), b * n);
+  }
+  return true;
+}
+
+/** the gradients of causalConv1dF32; weight and bias gradients summed over the batch in float64 */
+export function causalConv1dGradF32(
+  x: Float32Array,
+  w: Float32Array,
+  gy: Float32Array,
+  gx: Float32Array,
+  gw: Float32Array,
+  gb: Float32Array | null,
+  batch: number,
+  t: number,
+  c: number,
+  k: number,
+): boolean {
+  const wm = c % 4 === 0 ? wasmMath() : null;
+  if (!wm) return false;
+  // layout (floats): taps (K, C), their gradient (K, C), bias gradient (C), x, gy, gx (T, C)
+  const kc = k * c;
+  const [wtAt, gwAt, gbAt, xAt, gyAt, gxAt] = [
+    0,
+    kc,
+    2 * kc,
+    2 * kc + c,
+    2 * kc + c + t * c,
+    2 * kc + c + 2 * t * c,
+  ];
+  const mem = wm.reserve(2 * kc + c + 3 * t * c);
+  for (let ch = 0; ch < c; ch++) for (let j = 0; j < k; j++) mem[wtAt + j * c + ch] = w[ch * k + j];
+  const accW = new Float64Array(kc);
+  const accB = new Float64Array(c);
+  const n = t * c;
+  for (let b = 0; b < batch; b++) {
+    mem.fill(0, gwAt, gbAt + c);
+    mem.set(x.subarray(b * n, (b + 1) * n), xAt);
+    mem.set(gy.subarray(b * n, (b + 1) * n), gyAt);
+    wm.convGrad(xAt * 4, wtAt * 4, gyAt * 4, gxAt * 4, gwAt * 4, gbAt * 4, t, c * 4, k);
+    gx.set(mem.subarray(gxAt, gxAt + n), b * n);
+    for (let i = 0; i < kc; i++) accW[i] += mem[gwAt + i];
+    for (let i = 0; i < c; i++) accB[i] += mem[gbAt + i];
+  }
+  for (let ch = 0; ch < c; ch++) for (let j = 0; j < k; j++) gw[ch * k + j] = accW[j * c + ch];
+  if (gb) for (let i = 0; i < c; i++) gb[i] = accB[i];
+  return true;
+}
+
+/**
+ * o[oo + i] = x[oa + i] op y[ob + i] (yStride 1) or op y[ob] (yStride 0) for i < len; false
+ * without WebAssembly
+ */
+export function binaryRunF32(
+  op: BinaryKind,
+  x: Float32Array,
+  oa: number,
+  y: Float32Array,
+  ob: number,
+  yStride: 0 | 1,
+  o: Float32Array,
+  oo: number,
+  len: number,
+): boolean {
+  const w = wasmMath();
+  if (!w) return false;
+  const mem = w.reserve(3 * BLOCK);
+  for (let s = 0; s < len; s += BLOCK) {
+    const n = Math.min(BLOCK, len - s);
+    mem.set(x.subarray(oa + s, oa + s + n), 0);
+    if (yStride === 1) {
+      mem.set(y.subarray(ob + s, ob + s + n), BLOCK);
+      w.binary[op](0, BLOCK * 4, 2 * BLOCK * 4, pad4(n) * 4);
+    } else w.binaryScalar[op](0, y[ob], 2 * BLOCK * 4, pad4(n) * 4);
+    o.set(mem.subarray(2 * BLOCK, 2 * BLOCK + n), oo + s);
+  }
+  return true;
+}
+
+/** RMSNorm rows: out = x / rms(x) w, rstd[r] = 1 / rms; false without WebAssembly */
+export function rmsNormF32(
+  x: Float32Array,
+  w: Float32Array,
+  out: Float32Array,
+  rstd: Float32Array | Float64Array,
+  rows: number,
+  cols: number,
+  eps: number,
+): boolean {
+  const wm = wasmMath();
+  if (!wm) return false;
+  // operands: x rows, out rows, then the weight row
+  const st = new RowStage(wm, cols, 3, 0);
+  const bytes = st.pitch * 4;
+  const wAt = 2 * st.stride;
+  st.mem.set(w, wAt);
+  st.mem.fill(0, wAt + cols, wAt + st.pitch);
+  for (let r0 = 0; r0 < rows; r0 += st.count) {
+    const n = Math.min(st.count, rows - r0);
+    st.load(0, x, r0, n);
+    for (let r = 0; r < n; r++) {
+      const rs = 1 / Math.sqrt(wm.sumSq(r * bytes, bytes) / cols + eps);
+      rstd[r0 + r] = rs;
+      wm.rmsScale(r * bytes, wAt * 4, (st.stride + r * st.pitch) * 4, bytes, rs);
+    }
+    st.store(1, out, r0, n);
+  }
+  return true;
+}
+
+/** the RMSNorm backward: gx overwritten, gw = sum over rows (float64 across blocks); false without WebAssembly */
+export function rmsNormGradF32(
+  x: Float32Array,
+  w: Float32Array,
+  rstd: Float32Array | Float64Array,
+  gy: Float32Array,
+  gx: Float32Array,
+  gw: Float32Array | Float64Array,
+  rows: number,
+  cols: number,
+): boolean {
+  const wm = wasmMath();
+  if (!wm) return false;
+  // operands: x, gy, gx rows; then the weight row and its per-block gradient
+  const st = new RowStage(wm, cols, 4, 0);
+  const bytes = st.pitch * 4;
+  const [wAt, gwAt] = [3 * st.stride, 3 * st.stride + st.pitch];
+  st.mem.set(w, wAt);
+  st.mem.fill(0, wAt + cols, wAt + st.pitch);
+  const accW = new Float64Array(cols);
+  for (let r0 = 0; r0 < rows; r0 += st.count) {
+    const n = Math.min(st.count, rows - r0);
+    st.load(0, x, r0, n);
+    st.load(1, gy, r0, n);
+    st.mem.fill(0, gwAt, gwAt + st.pitch);
+    for (let r = 0; r < n; r++) {
+      const [xAt, gyAt, gxAt] = [
+        r * bytes,
+        (st.stride + r * st.pitch) * 4,
+        (2 * st.stride + r * st.pitch) * 4,
+      ];
+      const rs = rstd[r0 + r];
+      // gx = rs (gy w - xhat mean(gy w xhat)), xhat = x rs
+      const c = (rs * rs * rs * wm.dot3(xAt, gyAt, wAt * 4, bytes)) / cols;
+      wm.rmsGradRow(xAt, wAt * 4, gyAt, gxAt, gwAt * 4, bytes, rs, c);
+    }
+    st.store(2, gx, r0, n);
+    for (let j = 0; j < cols; j++) accW[j] += st.mem[gwAt + j];
+  }
+  for (let j = 0; j < cols; j++) gw[j] = accW[j];
+  return true;
+}
