@@ -25,8 +25,8 @@ import {
   writeCheckpoint,
 } from './checkpoint.js';
 import {
-  allReduceGrads,
   broadcastParams,
+  GradReducer,
   rankMicroBatches,
   reduceStepStats,
   type DataParallel,
@@ -219,6 +219,12 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
     ? new ShardedAdamW(trained, o.optimizer, o.dataParallel.collective, o.dataParallel.bucketBytes)
     : null;
   const optimizer = sharded ?? new AdamW(trained, o.optimizer);
+  // unsharded data parallel: the gradients are summed while the step's last backward runs
+  // (also at world size 1 when a collective is given: the same path, for tests)
+  const reducer =
+    o.dataParallel && !sharded
+      ? new GradReducer(o.dataParallel.collective, trained, o.dataParallel.bucketBytes)
+      : null;
   let metrics: MetricsLog | null = null;
   let progress: Progress | null = null;
   try {
@@ -397,24 +403,30 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         pending = null;
         if (bad) continue; // the step is lost; keep the data position in step with an unbroken run
         if (micro < myFirst || micro >= myEnd) continue; // another rank's micro-batch
-        const v = scope(() => {
-          const loss = o.lossFn(batch, { step, micro, accum });
-          if (!(loss instanceof Tensor)) return loss.value;
-          if (loss.size !== 1) fail(`lossFn returned shape [${loss.shape}], expected a scalar`);
-          const val = loss.item();
-          if (Number.isFinite(val)) {
-            if (!loss.requiresGrad) fail('the loss does not depend on any trainable parameter');
-            (accum === 1 ? loss : scale(loss, 1 / accum)).backward(undefined, { freeGraph: true });
-          }
-          return val;
-        });
+        // this rank's last micro-batch sends the gradients as its backward finishes them
+        const overlap = reducer && micro === myEnd - 1 ? reducer : null;
+        const body = (): number =>
+          scope(() => {
+            const loss = o.lossFn(batch, { step, micro, accum });
+            if (!(loss instanceof Tensor)) return loss.value;
+            if (loss.size !== 1) fail(`lossFn returned shape [${loss.shape}], expected a scalar`);
+            const val = loss.item();
+            if (Number.isFinite(val)) {
+              if (!loss.requiresGrad) fail('the loss does not depend on any trainable parameter');
+              (accum === 1 ? loss : scale(loss, 1 / accum)).backward(undefined, { freeGraph: true });
+            }
+            return val;
+          });
+        const v = overlap ? overlap.during(body) : body();
         if (Number.isFinite(v)) lossSum += v;
         else bad = `loss is ${v} (micro-batch ${micro})`;
       }
       let gradNorm = NaN;
       let hasGrad: boolean[] = [];
-      if (coll || sharded) {
-        const st = reduceStepStats(o.dataParallel!.collective, lossSum, bad !== null, trained);
+      // every rank starts all buckets, also in a step it cannot use (the others wait for them)
+      const hadGrad = reducer?.finish();
+      if (o.dataParallel) {
+        const st = reduceStepStats(o.dataParallel.collective, lossSum, bad !== null, trained, hadGrad);
         lossSum = st.lossSum;
         hasGrad = st.hasGrad;
         if (st.anyBad && !bad) bad = 'non-finite loss on another rank';
@@ -423,7 +435,13 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         gradNorm = Math.sqrt(sharded.reduceGrads(hasGrad));
         if (!Number.isFinite(gradNorm)) bad = `gradient norm is ${gradNorm}`;
       } else if (!bad) {
-        if (coll) allReduceGrads(coll, trained, hasGrad, dp!.bucketBytes);
+        if (reducer)
+          // a parameter no rank has a gradient for keeps none (the optimizer skips it)
+          trained.forEach(([, p], i) => {
+            if (hasGrad[i]) return;
+            p.grad?.dispose();
+            p.grad = null;
+          });
         gradNorm = Math.sqrt(gradSquares(trained, false).total);
         if (!Number.isFinite(gradNorm)) {
           const first = gradSquares(trained, true).per.find(([, s]) => !Number.isFinite(s));
@@ -530,6 +548,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
     progress?.done();
     metrics?.close();
     optimizer.dispose();
+    reducer?.dispose();
     zeroGrads(all);
     all.forEach(([, t], i) => (t.requiresGrad = wasTrainable[i]));
   }
