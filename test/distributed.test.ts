@@ -2,7 +2,8 @@
 // timeout), every CPU collective against hand-computed values, a lost rank named by the others,
 // and training at world size 2 (plain and ZeRO-1) giving the per-step losses and weights of one
 // process; a ZeRO-1 checkpoint resumed at world sizes 1 and 3, and an unsharded one resumed with
-// ZeRO-1 at world size 2, continue as the unbroken run.
+// ZeRO-1 at world size 2, continue as the unbroken run. The validation perplexity and KL computed
+// over 2 and 3 ranks (each its share of the batches) equal one process's exactly.
 //
 // Tolerances: per-step losses and gradient norms 1e-5 relative, weights 1e-5 absolute (the
 // ranks sum gradients in another order than one process accumulating micro-batches; f32).
@@ -16,9 +17,12 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { CpuCollective } from '../src/backends/cpu/collective.js';
 import { ProcessGroup, readDistEnv } from '../src/backends/group.js';
+import { TokenDataset } from '../src/data/index.js';
+import { validationKl, validationPerplexity } from '../src/distill/pipeline.js';
 import { getBackend } from '../src/tensor/index.js';
 import { rankMicroBatches } from '../src/train/distributed.js';
 import { paramBuckets, rowCuts, shardRange } from '../src/train/zero.js';
+import { tinyLlama, writePatternedSplits } from './helpers.js';
 import { makeData, runTiny, type RunConfig } from './train-fixture.js';
 
 const root = path.resolve(import.meta.dirname, '..');
@@ -200,6 +204,30 @@ describe('distributed: rendezvous and CPU collectives', () => {
       assert.match(r.err, /lost rank 1: connection closed \(the process stopped or crashed\)/);
     }
     assert.ok(Date.now() - t0 < 30000);
+  });
+});
+
+describe('distributed: validation over ranks', () => {
+  it("each rank evaluates its share of the batches; every rank gets one process's figures exactly", async () => {
+    const dir = tmp();
+    // 10 windows of 16 tokens in batches of 2: 5 batches, uneven over 2 and 3 ranks
+    writePatternedSplits(dir, 400, 200);
+    const val = TokenDataset.open(path.join(dir, 'data')).split('val');
+    const one = {
+      ppl: validationPerplexity(tinyLlama(), val, 16, 160, 2),
+      kl: validationKl(tinyLlama({}, true), tinyLlama(), val, 16, 160, 2),
+    };
+    assert.ok(one.ppl > 1 && one.kl > 0);
+    for (const world of [2, 3]) {
+      const rs = await job(world, { mode: 'val', dir });
+      rs.forEach((r, rank) => {
+        assert.equal(r.code, 0, r.err);
+        const { batches, ...figures } = JSON.parse(r.out.trim()) as { batches: number };
+        assert.deepEqual(figures, one, `world size ${world}, rank ${rank}`);
+        // batches r, r + W, ... of the 5
+        assert.equal(batches, Math.ceil((5 - rank) / world), `world size ${world}, rank ${rank}: batches`);
+      });
+    }
   });
 });
 

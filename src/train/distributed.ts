@@ -144,6 +144,29 @@ export function allReduceGrads(
 }
 
 /**
+ * n figures (validation batches, say) computed over the ranks: rank r computes items r, r + W,
+ * r + 2W ... and every rank gets all n values, in item order (an all-reduce of an f64 vector in
+ * which each item is non-zero on one rank only, so the sums are exact). A sum taken over them in
+ * order is then one process's, bit for bit. Without a collective every item is computed here.
+ */
+export function computeOverRanks(
+  c: Collective | null | undefined,
+  n: number,
+  compute: (i: number) => number,
+): number[] {
+  if (!c || c.worldSize === 1) return Array.from({ length: n }, (_, i) => compute(i));
+  const v = new Float64Array(n);
+  for (let i = c.rank; i < n; i += c.worldSize) v[i] = compute(i);
+  return noGrad(() =>
+    scope(() => {
+      const t = tensor(v, [n], 'f64');
+      c.allReduce(t.buffer, 'sum');
+      return Array.from(t.toArray());
+    }),
+  );
+}
+
+/**
  * Cut parameters (indices into `sizes`, in the order given) into buckets of whole parameters of
  * at most `limit` elements; a larger parameter is a bucket alone.
  */
