@@ -25,7 +25,7 @@ import { crossEntropy, scope, setAutocast, setBackend, tensor } from '../src/ten
 import { allReduceGrads, GradReducer, openCollective } from '../src/train/distributed.js';
 import type { NamedParams } from '../src/train/params.js';
 import { Random } from '../src/util/random.js';
-import { phiTeacher, randomizeParameters } from './gpu-util.js';
+import { phiTeacher } from './gpu-util.js';
 
 const { values } = parseArgs({
   options: {
@@ -100,7 +100,6 @@ await gpu.warmup({ attentionHeadDims: [D / 32] });
 setAutocast('bf16');
 
 const model = phiTeacher(gpu, { layers: L, d: D, vocab: V, maxPositions: T });
-randomizeParameters(gpu, model);
 model.setTrainable(() => true, true);
 const params: NamedParams = model.namedParameters();
 const nParams = params.reduce((s, [, p]) => s + p.size, 0);
