@@ -17,7 +17,7 @@ import { runTiny, type RunConfig } from './train-fixture.js';
 const args = JSON.parse(process.argv[2]) as {
   mode: string;
   run?: RunConfig;
-  zero?: boolean;
+  zero?: boolean | 2;
   dieRank?: number;
   dir?: string;
 };

@@ -243,8 +243,9 @@ describe('distributed: data-parallel training on CPU processes', () => {
     weights: Object.fromEntries(single.model.namedParameters().map(([n, t]) => [n, [...t.toArray()]])),
   };
 
-  for (const zero of [false, true]) {
-    it(`world size 2${zero ? ' with ZeRO-1' : ''}: the losses, norms and weights of one process`, async () => {
+  for (const zero of [false, true, 2] as const) {
+    const what = zero === 2 ? ' with ZeRO-2' : zero ? ' with ZeRO-1' : '';
+    it(`world size 2${what}: the losses, norms and weights of one process`, async () => {
       const rs = parsed(await job(2, { mode: 'train', zero, run }));
       for (const r of rs) {
         close(r.losses, ref.losses, 1e-5, 'loss');
@@ -254,6 +255,33 @@ describe('distributed: data-parallel training on CPU processes', () => {
       assert.deepEqual(rs[0].weights, rs[1].weights, 'the ranks hold the same weights');
     });
   }
+
+  it('ZeRO-2 at world size 1 (one-rank collective, in this process) trains as one process', () => {
+    const group = ProcessGroup.join({ rank: 0, worldSize: 1, masterAddr: '127.0.0.1', masterPort: 0 });
+    let scatters = 0;
+    const c = new (class extends CpuCollective {
+      override reduceScatter(...a: Parameters<CpuCollective['reduceScatter']>): void {
+        scatters++;
+        super.reduceScatter(...a);
+      }
+    })(group, getBackend());
+    try {
+      const r = runTiny(run, { dataParallel: { collective: c, zero: 2, bucketBytes: 64 } });
+      // every micro-batch sends every bucket: 6 steps x 6 micro-batches x 4 buckets of 16
+      // elements or one parameter (emb 192, norm 8 + 8, out.weight 192, out.bias 24)
+      assert.equal(scatters, 6 * 6 * 4);
+      close(
+        r.result.history.map((m) => m.loss),
+        ref.losses,
+        1e-6,
+        'loss',
+      );
+      for (const [n, w] of Object.entries(ref.weights))
+        close([...new Map(r.model.namedParameters()).get(n)!.toArray()], w, 1e-5, n, false);
+    } finally {
+      c.close();
+    }
+  });
 
   it('ZeRO-1 at world size 1 (one-rank collective, in this process) trains as one process and writes its shard', () => {
     const group = ProcessGroup.join({ rank: 0, worldSize: 1, masterAddr: '127.0.0.1', masterPort: 0 });

@@ -31,6 +31,8 @@ export interface Collective {
    * Optional: `startAllReduce` runs the plain all-reduce where it is missing.
    */
   allReduceAsync?(x: DeviceBuffer, op: ReduceKind): PendingCollective;
+  /** reduceScatter as allReduceAsync starts an all-reduce (x and out stay allocated until `wait()`) */
+  reduceScatterAsync?(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): PendingCollective;
   /** returns once every rank has called it */
   barrier(): void;
   /** leave the group (every rank at the end; a peer that leaves without it is reported as lost) */
@@ -49,6 +51,18 @@ const DONE: PendingCollective = { wait: () => {} };
 export function startAllReduce(c: Collective, x: DeviceBuffer, op: ReduceKind): PendingCollective {
   if (c.allReduceAsync) return c.allReduceAsync(x, op);
   c.allReduce(x, op);
+  return DONE;
+}
+
+/** `c.reduceScatterAsync` where the collective has it, else the reduce-scatter at once. */
+export function startReduceScatter(
+  c: Collective,
+  x: DeviceBuffer,
+  out: DeviceBuffer,
+  op: ReduceKind,
+): PendingCollective {
+  if (c.reduceScatterAsync) return c.reduceScatterAsync(x, out, op);
+  c.reduceScatter(x, out, op);
   return DONE;
 }
 

@@ -38,8 +38,11 @@ export const DEFAULT_BUCKET_BYTES = 25 << 20;
 /** What the trainer needs to run data parallel. */
 export interface DataParallel {
   collective: Collective;
-  /** shard the AdamW moments across ranks (ZeRO-1, see zero.ts) */
-  zero?: boolean;
+  /**
+   * shard the AdamW moments across ranks (true or 1: ZeRO-1, see zero.ts); 2: the gradients too
+   * (ZeRO-2: reduce-scattered per bucket during every micro-batch's backward)
+   */
+  zero?: boolean | 1 | 2;
   bucketBytes?: number;
 }
 
@@ -195,6 +198,18 @@ interface InFlight {
   params: number[];
   flat: Tensor;
   pending: PendingCollective;
+  /** where the sums go once there (default: back into the parameters' .grad) */
+  done?: () => void;
+}
+
+/**
+ * A bucket layout the reducer must keep (ZeRO-2: the sharded optimizer's buckets) and how each
+ * bucket travels: `send(k, flat)` starts bucket k's collective from its flat gradients (the
+ * parameters of plan[k] end to end) and says what to do once it has arrived.
+ */
+export interface FixedBuckets {
+  plan: number[][];
+  send: (k: number, flat: Tensor) => { pending: PendingCollective; done: () => void };
 }
 
 /**
@@ -223,7 +238,7 @@ export class GradReducer {
   private inFlight: InFlight[] = [];
   /** parameters in the order they were marked this step */
   private seen: number[] = [];
-  private replanned = false;
+  private replanned: boolean;
   private readonly index = new Map<Tensor, number>();
   private readonly limit: number;
   private readonly hook = (leaf: Tensor): void => this.ready(leaf);
@@ -235,15 +250,19 @@ export class GradReducer {
     private readonly c: Collective,
     private readonly params: NamedParams,
     bucketBytes = DEFAULT_BUCKET_BYTES,
+    private readonly fixed: FixedBuckets | null = null,
   ) {
     this.limit = Math.max(1, Math.floor(bucketBytes / 4));
     params.forEach(([, p], i) => this.index.set(p, i));
     const reverse = params.map((_, i) => params.length - 1 - i);
-    this.plan = orderedBuckets(
-      reverse,
-      params.map(([, p]) => p.size),
-      this.limit,
-    );
+    this.replanned = fixed !== null;
+    this.plan = fixed
+      ? fixed.plan
+      : orderedBuckets(
+          reverse,
+          params.map(([, p]) => p.size),
+          this.limit,
+        );
     this.bucketOf = new Int32Array(params.length);
     this.marked = new Uint8Array(params.length);
     this.had = params.map(() => false);
@@ -315,18 +334,24 @@ export class GradReducer {
       p.grad?.dispose();
       p.grad = null;
     }
-    this.inFlight.push({ params: ids, flat, pending: startAllReduce(this.c, flat.buffer, 'sum') });
+    if (this.fixed) this.inFlight.push({ params: ids, flat, ...this.fixed.send(k, flat) });
+    else this.inFlight.push({ params: ids, flat, pending: startAllReduce(this.c, flat.buffer, 'sum') });
   }
 
   /**
    * Start the buckets not started yet, wait for every one and put the sums in the parameters'
-   * .grad. Returns which parameters had a gradient on this rank.
+   * .grad (or where FixedBuckets says). Returns which parameters had a gradient on this rank.
    */
   finish(): boolean[] {
     while (this.next < this.plan.length) this.start(this.next++);
     noGrad(() => {
-      for (const { params, flat, pending } of this.inFlight.splice(0)) {
+      for (const { params, flat, pending, done } of this.inFlight.splice(0)) {
         pending.wait();
+        if (done) {
+          done();
+          flat.dispose();
+          continue;
+        }
         scope(() => {
           let off = 0;
           for (const i of params) {

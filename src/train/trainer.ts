@@ -221,10 +221,23 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
   const optimizer = sharded ?? new AdamW(trained, o.optimizer);
   // unsharded data parallel: the gradients are summed while the step's last backward runs
   // (also at world size 1 when a collective is given: the same path, for tests)
-  const reducer =
-    o.dataParallel && !sharded
+  // ZeRO-2: every micro-batch's gradients reduce-scattered into the owners' rows as they are final
+  const zero2 = sharded !== null && o.dataParallel?.zero === 2;
+  const reducer = !o.dataParallel
+    ? null
+    : !sharded
       ? new GradReducer(o.dataParallel.collective, trained, o.dataParallel.bucketBytes)
-      : null;
+      : zero2
+        ? new GradReducer(
+            o.dataParallel.collective,
+            trained,
+            o.dataParallel.bucketBytes,
+            sharded.gradientBuckets(),
+          )
+        : null;
+  // which parameters got a gradient on this rank this step (ZeRO-2: over its micro-batches)
+  const orInto = (acc: boolean[] | undefined, had: boolean[]): boolean[] =>
+    acc ? acc.map((h, i) => h || had[i]) : had;
   let metrics: MetricsLog | null = null;
   let progress: Progress | null = null;
   try {
@@ -307,7 +320,9 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       progress.note(
         `${label}: ${trained.length}/${all.length} parameter tensors train, ${totalSteps} steps of ${fmtCount(batchTokens)} tokens` +
           ` (${accum} x ${pending.batch} x ${pending.seqLen})` +
-          (coll ? ` over ${coll.worldSize} ranks (${coll.kind}${sharded ? ', ZeRO-1' : ''})` : '') +
+          (coll
+            ? ` over ${coll.worldSize} ranks (${coll.kind}${sharded ? `, ZeRO-${zero2 ? 2 : 1}` : ''})`
+            : '') +
           (resumedFrom !== null ? `, resumed at step ${resumedFrom} from ${checkpoint}` : ''),
       );
     }
@@ -398,13 +413,17 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       const ts = performance.now();
       let lossSum = 0;
       let bad: string | null = null;
+      let hadGrad: boolean[] | undefined;
       for (let micro = 0; micro < accum; micro++) {
         const batch: B = pending ?? o.data.next();
         pending = null;
+        const mine = micro >= myFirst && micro < myEnd;
+        // ZeRO-2 communicates every micro-batch: also a lost one (zeros), as the other ranks do
+        if (bad && mine && zero2) hadGrad = orInto(hadGrad, reducer!.finish());
         if (bad) continue; // the step is lost; keep the data position in step with an unbroken run
-        if (micro < myFirst || micro >= myEnd) continue; // another rank's micro-batch
-        // this rank's last micro-batch sends the gradients as its backward finishes them
-        const overlap = reducer && micro === myEnd - 1 ? reducer : null;
+        if (!mine) continue; // another rank's micro-batch
+        // this rank's last micro-batch (ZeRO-2: each) sends the gradients as its backward finishes them
+        const overlap = reducer && (zero2 || micro === myEnd - 1) ? reducer : null;
         const body = (): number =>
           scope(() => {
             const loss = o.lossFn(batch, { step, micro, accum });
@@ -418,13 +437,14 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
             return val;
           });
         const v = overlap ? overlap.during(body) : body();
+        if (zero2) hadGrad = orInto(hadGrad, reducer!.finish());
         if (Number.isFinite(v)) lossSum += v;
         else bad = `loss is ${v} (micro-batch ${micro})`;
       }
       let gradNorm = NaN;
       let hasGrad: boolean[] = [];
       // every rank starts all buckets, also in a step it cannot use (the others wait for them)
-      const hadGrad = reducer?.finish();
+      if (reducer && !zero2) hadGrad = reducer.finish();
       if (o.dataParallel) {
         const st = reduceStepStats(o.dataParallel.collective, lossSum, bad !== null, trained, hadGrad);
         lossSum = st.lossSum;
@@ -432,7 +452,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         if (st.anyBad && !bad) bad = 'non-finite loss on another rank';
       }
       if (!bad && sharded) {
-        gradNorm = Math.sqrt(sharded.reduceGrads(hasGrad));
+        gradNorm = Math.sqrt(zero2 ? sharded.finishGrads(hasGrad) : sharded.reduceGrads(hasGrad));
         if (!Number.isFinite(gradNorm)) bad = `gradient norm is ${gradNorm}`;
       } else if (!bad) {
         if (reducer)

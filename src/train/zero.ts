@@ -25,7 +25,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Collective } from '../backends/collective.js';
+import { startReduceScatter, type Collective, type PendingCollective } from '../backends/collective.js';
 import { entryValues, readSafetensors, writeSafetensors, type SafeFile } from '../io/safetensors.js';
 import {
   add,
@@ -44,6 +44,7 @@ import {
   type Tensor,
 } from '../tensor/index.js';
 import { AdamW, checkAdamWConfig, type AdamWConfig } from './optimizer.js';
+import type { FixedBuckets } from './distributed.js';
 import type { NamedParams } from './params.js';
 
 export const OPTIMIZER_SHARD_RE = /^optimizer-shard-(\d{5})-of-(\d{5})\.safetensors$/;
@@ -259,6 +260,79 @@ export class ShardedAdamW {
         p.grad = null;
       }
     }
+    return this.sumOfSquares();
+  }
+
+  /**
+   * ZeRO-2: the buckets for GradReducer (train/distributed.ts), last bucket first (the order a
+   * backward finishes them), each reduce-scattered as soon as its gradients are final, the rank's
+   * rows added to its pieces' gradients and the full gradients freed: between micro-batches a rank
+   * holds only its rows' gradients. Every micro-batch communicates (its backward runs with the
+   * reducer), unlike the all-reduce path, which sends once per step.
+   */
+  gradientBuckets(): FixedBuckets {
+    const order = [...this.buckets].reverse();
+    return {
+      plan: order.map((b) => Array.from({ length: b.end - b.first }, (_, i) => b.first + i)),
+      send: (k, flat) => this.scatterBucket(order[k], flat),
+    };
+  }
+
+  private scatterBucket(b: Bucket, flat: Tensor): { pending: PendingCollective; done: () => void } {
+    const W = this.collective.worldSize;
+    const backend = flat.backend;
+    const { send, out } = noGrad(() =>
+      scope(() => {
+        // rank k's rows, padded to the largest chunk, in rank order
+        const parts: Tensor[] = [];
+        for (let k = 0; k < W; k++) {
+          const len = b.cuts[k + 1] - b.cuts[k];
+          if (len > 0) parts.push(slice(flat, 0, b.cuts[k], b.cuts[k + 1]));
+          if (len < b.chunk) parts.push(zeros([b.chunk - len], 'f32', backend));
+        }
+        return {
+          send: keep(parts.length === 1 ? parts[0] : concat(parts, 0)),
+          out: keep(zeros([b.chunk], 'f32', backend)),
+        };
+      }),
+    );
+    const pending = startReduceScatter(this.collective, send.buffer, out.buffer, 'sum');
+    const done = (): void => {
+      noGrad(() =>
+        scope(() => {
+          for (const s of this.pieces) {
+            if (s.index < b.first || s.index >= b.end) continue;
+            const g = reshape(
+              slice(out, 0, s.chunkOffset, s.chunkOffset + (s.end - s.start)),
+              s.values.shape,
+            );
+            const prev = s.values.grad;
+            s.values.grad = keep(prev ? add(prev, g) : g);
+            prev?.dispose();
+          }
+        }),
+      );
+      send.dispose();
+      out.dispose();
+    };
+    return { pending, done };
+  }
+
+  /**
+   * ZeRO-2, after the step's micro-batches: the pieces of parameters no rank has a gradient for
+   * lose theirs; returns the global sum of squares of the gradient.
+   */
+  finishGrads(hasGrad: boolean[]): number {
+    for (const s of this.pieces)
+      if (!hasGrad[s.index]) {
+        s.values.grad?.dispose();
+        s.values.grad = null;
+      }
+    return this.sumOfSquares();
+  }
+
+  private sumOfSquares(): number {
+    const c = this.collective;
     return noGrad(() =>
       scope(() => {
         let acc = zeros([1], 'f32', this.params[0][1].backend);

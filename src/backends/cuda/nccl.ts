@@ -295,7 +295,14 @@ export class NcclCollective implements Collective {
   }
 
   allReduceAsync(x: DeviceBuffer, op: ReduceKind): PendingCollective {
-    const e = this.allReduceQueued(x, op);
+    return this.pending(this.allReduceQueued(x, op));
+  }
+
+  reduceScatterAsync(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): PendingCollective {
+    return this.pending(this.reduceScatterQueued(x, out, op));
+  }
+
+  private pending(e: number): PendingCollective {
     let done = false;
     return {
       wait: () => {
@@ -325,6 +332,10 @@ export class NcclCollective implements Collective {
   }
 
   reduceScatter(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): void {
+    this.join(this.reduceScatterQueued(x, out, op));
+  }
+
+  private reduceScatterQueued(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): number {
     checkCollectiveSizes('nccl', 'reduceScatter', x, out, this.worldSize);
     this.enter();
     this.check(
@@ -339,7 +350,7 @@ export class NcclCollective implements Collective {
         this.stream,
       ),
     );
-    this.join(this.leave());
+    return this.leave();
   }
 
   allGather(x: DeviceBuffer, out: DeviceBuffer): void {
