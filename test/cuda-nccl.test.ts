@@ -4,7 +4,7 @@
 // wrote, and the kernels queued after it read its result), the bucketed gradient all-reduce, the
 // overlapped one (buckets sent on the communication stream while the backward runs) giving the
 // gradients of the synchronous one and of no communication (1e-6 of the largest), training
-// through it as without it (1e-6), and ZeRO-1 over NCCL training exactly as the unsharded
+// through it as without it (1e-6), and ZeRO-1 and ZeRO-2 over NCCL training as the unsharded
 // optimizer (1e-5: the same kernels on the same values, in other groupings).
 //
 // Without a GPU (or without libnccl.so.2) the suite skips with the reason; MOHAWK_REQUIRE_CUDA=1
@@ -128,6 +128,10 @@ describe('nccl at world size 1', { skip }, () => {
       const pending = c.allReduceAsync(d.buffer, 'sum');
       pending.wait();
       check(T.affine(d, 2, 0), 80, 'allReduceAsync, wait, then a kernel');
+      const e = queued();
+      const part = T.empty([n]);
+      c.reduceScatterAsync(e.buffer, part.buffer, 'sum').wait();
+      check(T.affine(part, 2, 0), 80, 'reduceScatterAsync, wait, then a kernel');
     });
   });
 
@@ -223,6 +227,25 @@ describe('nccl at world size 1', { skip }, () => {
       p.grad?.dispose();
       p.dispose();
     }
+  });
+
+  it('ZeRO-2 over NCCL (buckets reduce-scattered during each backward) trains as the unsharded optimizer', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mohawk-nccl-'));
+    const data = makeData(path.join(dir, 'data'));
+    const run = { data, batchTokens: 64, steps: 5, dropout: false };
+    const plain = runTiny(run);
+    const zero = runTiny(run, { dataParallel: { collective: c, zero: 2, bucketBytes: 64 } });
+    const a = plain.result.history.map((m) => m.loss);
+    const b = zero.result.history.map((m) => m.loss);
+    a.forEach((v, i) => assert.ok(Math.abs(v - b[i]) <= 1e-5 * Math.abs(v), `loss ${i}: ${b[i]} vs ${v}`));
+    const wz = new Map(zero.model.namedParameters());
+    for (const [n, p] of plain.model.namedParameters()) {
+      const u = p.toArray();
+      const v = wz.get(n)!.toArray();
+      u.forEach((x, i) => assert.ok(Math.abs(x - v[i]) <= 1e-5, `${n}[${i}]: ${v[i]} vs ${x}`));
+    }
+    plain.model.dispose();
+    zero.model.dispose();
   });
 
   it('ZeRO-1 over NCCL trains as the unsharded optimizer', () => {
