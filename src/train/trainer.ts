@@ -221,20 +221,18 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
   const optimizer = sharded ?? new AdamW(trained, o.optimizer);
   // unsharded data parallel: the gradients are summed while the step's last backward runs
   // (also at world size 1 when a collective is given: the same path, for tests)
-  // ZeRO-2: every micro-batch's gradients reduce-scattered into the owners' rows as they are final
+  // the gradients leave in buckets as the backward finishes them: all-reduced (plain), or
+  // reduce-scattered into the owners' rows (ZeRO); in the step's last micro-batch, or in every
+  // one under ZeRO-2 (its full gradients never outlive a micro-batch)
   const zero2 = sharded !== null && o.dataParallel?.zero === 2;
-  const reducer = !o.dataParallel
-    ? null
-    : !sharded
-      ? new GradReducer(o.dataParallel.collective, trained, o.dataParallel.bucketBytes)
-      : zero2
-        ? new GradReducer(
-            o.dataParallel.collective,
-            trained,
-            o.dataParallel.bucketBytes,
-            sharded.gradientBuckets(),
-          )
-        : null;
+  const reducer = o.dataParallel
+    ? new GradReducer(
+        o.dataParallel.collective,
+        trained,
+        o.dataParallel.bucketBytes,
+        sharded?.gradientBuckets() ?? null,
+      )
+    : null;
   // which parameters got a gradient on this rank this step (ZeRO-2: over its micro-batches)
   const orInto = (acc: boolean[] | undefined, had: boolean[]): boolean[] =>
     acc ? acc.map((h, i) => h || had[i]) : had;
@@ -452,7 +450,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         if (st.anyBad && !bad) bad = 'non-finite loss on another rank';
       }
       if (!bad && sharded) {
-        gradNorm = Math.sqrt(zero2 ? sharded.finishGrads(hasGrad) : sharded.reduceGrads(hasGrad));
+        gradNorm = Math.sqrt(sharded.finishGrads(hasGrad));
         if (!Number.isFinite(gradNorm)) bad = `gradient norm is ${gradNorm}`;
       } else if (!bad) {
         if (reducer)
