@@ -1,7 +1,8 @@
 // Data-parallel `mohawk distill` end to end: a small random Llama teacher and byte data made
-// here, the same stage-3 config run on each number of ranks (plain and --zero), the per-step
-// losses compared with the first run and the tokens/s of each. On the GPU machine (ranks = GPUs):
-//   node bench/dist-distill.js                 one GPU: plain, and --zero over a one-rank NCCL
+// here, the same stage-3 config run on each number of ranks (plain, --zero and --zero-stage 2), the
+// per-step losses compared with the first run and the tokens/s of each. On the GPU machine (ranks =
+// GPUs):
+//   node bench/dist-distill.js                 one GPU: plain, and ZeRO-1 / ZeRO-2 over a one-rank NCCL
 //   node bench/dist-distill.js --ranks 1,2,8   a machine with 8 GPUs
 // (`scripts/gpu-check.sh dist-distill` runs the first; BENCH_OUT=dir writes dist-distill.{md,json})
 // Here, on CPU processes: node --import tsx bench/dist-distill.ts --device cpu --ranks 1,2 --d 32
@@ -93,7 +94,8 @@ fs.writeFileSync(
 
 interface Row {
   ranks: number;
-  zero: boolean;
+  /** ZeRO stage: 0 (plain data parallel), 1 (--zero), 2 (--zero-stage 2) */
+  zero: number;
   seconds: number;
   tokensPerS: number;
   maxLossDiff: number;
@@ -103,15 +105,16 @@ const rows: Row[] = [];
 let ref: number[] | null = null;
 for (const r of ranks) {
   // --zero at 1 rank runs the sharded optimizer over a one-rank collective (NCCL on a GPU)
-  for (const zero of [false, true]) {
-    const out = path.join(dir, `out-${r}${zero ? '-zero' : ''}`);
+  for (const zero of [0, 1, 2]) {
+    const out = path.join(dir, `out-${r}${zero ? `-zero${zero}` : ''}`);
     const args = [...process.execArgv, main, 'distill', '--config', cfg, '--json', '--out', out];
     args.push(...(cpu ? ['--device', 'cpu', '--nproc', String(r)] : ['--gpus', String(r)]));
-    if (zero) args.push('--zero');
+    if (zero === 1) args.push('--zero');
+    if (zero === 2) args.push('--zero-stage', '2');
     const t0 = performance.now();
     const p = spawnSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 26 });
     const seconds = (performance.now() - t0) / 1000;
-    if (p.status !== 0) throw new Error(`ranks ${r}${zero ? ' --zero' : ''} failed:\n${p.stderr}`);
+    if (p.status !== 0) throw new Error(`ranks ${r}${zero ? ` ZeRO-${zero}` : ''} failed:\n${p.stderr}`);
     const res = JSON.parse(p.stdout) as { stages: { valPpl: number }[] };
     const metrics = fs
       .readFileSync(path.join(out, 'stage1-kd', 'metrics.jsonl'), 'utf8')
@@ -137,11 +140,11 @@ for (const r of ranks) {
 const lines = [
   `d ${D}, ${L} layers, ${micro} x ${T} tokens per micro-batch per rank, ${batchTokens} tokens per step, ${steps} steps, ${values.device}`,
   '',
-  '| ranks | ZeRO-1 | tokens/s (median step) | speedup | max relative loss difference vs 1 rank | val ppl | wall s |',
+  '| ranks | ZeRO | tokens/s (median step) | speedup | max relative loss difference vs 1 rank | val ppl | wall s |',
   '| ---: | --- | ---: | ---: | ---: | ---: | ---: |',
   ...rows.map(
     (x) =>
-      `| ${x.ranks} | ${x.zero ? 'yes' : 'no'} | ${x.tokensPerS.toFixed(0)} | ${(x.tokensPerS / rows[0].tokensPerS).toFixed(2)} | ${x.maxLossDiff.toExponential(2)} | ${x.valPpl.toFixed(4)} | ${x.seconds.toFixed(1)} |`,
+      `| ${x.ranks} | ${x.zero || 'no'} | ${x.tokensPerS.toFixed(0)} | ${(x.tokensPerS / rows[0].tokensPerS).toFixed(2)} | ${x.maxLossDiff.toExponential(2)} | ${x.valPpl.toFixed(4)} | ${x.seconds.toFixed(1)} |`,
   ),
 ];
 console.log(lines.join('\n'));

@@ -5,7 +5,8 @@
 #   scripts/gpu-check.sh prepare   here: compile TypeScript to .device/build, and put a Node binary
 #                                  and the production node_modules in .device (git-ignored)
 #   scripts/gpu-check.sh [PART...] on the GPU machine (carry .device): unpack node, then the parts
-#                                  (tests:PATTERN: only the CUDA unit tests whose names match)
+#                                  (tests:PATTERN: only the CUDA unit tests whose names match, in
+#                                  cuda.test and cuda-nccl.test; tests:nccl runs the NCCL suite)
 #                                  (default: tests gpu-gemm gpu-ops stage3-step; any subset, in order;
 #                                  a benchmark with arguments: NAME@ARG,ARG,... e.g.
 #                                  stage3-step@--model,llama3,--fused,--name,llama3-fused)
@@ -91,7 +92,8 @@ for part in "${parts[@]}"; do
     # tests:PATTERN runs only the CUDA unit tests whose names match PATTERN (a regular expression)
     echo "== CUDA tests matching ${part#tests:}"
     MOHAWK_REQUIRE_CUDA=1 MOHAWK_CUDA_SYNC=1 node --test --test-reporter=spec --test-concurrency=1 \
-      --test-name-pattern="${part#tests:}" $D/build/test/cuda.test.js >"$OUT/tests-pattern.log" 2>&1 || status=1
+      --test-name-pattern="${part#tests:}" $D/build/test/cuda.test.js $D/build/test/cuda-nccl.test.js \
+      >"$OUT/tests-pattern.log" 2>&1 || status=1
     tail -n 60 "$OUT/tests-pattern.log"
   else
     bench=${part%%@*}

@@ -4,16 +4,22 @@
 //   train        test/train-fixture.ts's tiny run, data parallel (optionally ZeRO-1); prints the
 //                per-step losses and the final weights
 //   die          trains; rank dieRank throws after step 2, the others must stop naming it
+//   val          the tiny Llama's validation perplexity and KL (against itself sharpened) on
+//                DIR/data's val split, each rank computing its share of the batches; prints them
 import { CpuCollective } from '../src/backends/cpu/collective.js';
 import { ProcessGroup, readDistEnv } from '../src/backends/group.js';
 import { getBackend, noGrad, tensor } from '../src/tensor/index.js';
+import { TokenDataset } from '../src/data/index.js';
+import { validationKl, validationPerplexity } from '../src/distill/pipeline.js';
+import { tinyLlama } from './helpers.js';
 import { runTiny, type RunConfig } from './train-fixture.js';
 
 const args = JSON.parse(process.argv[2]) as {
   mode: string;
   run?: RunConfig;
-  zero?: boolean;
+  zero?: boolean | 2;
   dieRank?: number;
+  dir?: string;
 };
 const env = readDistEnv()!;
 const group = ProcessGroup.join({ ...env, rendezvousTimeoutSec: 20, callTimeoutSec: 60 });
@@ -69,5 +75,16 @@ if (args.mode === 'train') {
       steps: result.steps,
     }),
   );
+}
+if (args.mode === 'val') {
+  const val = TokenDataset.open(`${args.dir}/data`).split('val');
+  const model = tinyLlama();
+  // the batches this rank evaluates: one forward each
+  let batches = 0;
+  const forward = model.forward.bind(model);
+  model.forward = (...a) => (batches++, forward(...a));
+  const ppl = validationPerplexity(model, val, 16, 160, 2, c);
+  const kl = validationKl(tinyLlama({}, true), tinyLlama(), val, 16, 160, 2, c);
+  console.log(JSON.stringify({ ppl, kl, batches }));
 }
 c.close();

@@ -1,7 +1,7 @@
 // `mohawk distill --device cpu --nproc 2` against one process on a tiny teacher: the same
 // per-step losses in every stage (1, 2, 3 and the scratch baseline), the same validation
-// perplexities, with and without ZeRO-1; and a worker killed mid-run stops the job within
-// seconds with the rank named.
+// perplexities, plain, with ZeRO-1 (--zero) and with ZeRO-2 (--zero-stage 2); and a worker
+// killed mid-run stops the job within seconds with the rank named.
 //
 // Tolerance 1e-4 relative: two ranks sum the step's gradients in another order than one process
 // accumulating its micro-batches (f32), and the difference compounds over the steps.
@@ -117,17 +117,29 @@ describe('mohawk distill --nproc (CPU processes)', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mohawk-dp-'));
   setup(dir);
 
-  it('2 processes, plain and ZeRO-1, give the losses and validation figures of one', async () => {
+  it('2 processes, plain, ZeRO-1 and ZeRO-2, give the losses and validation figures of one', async () => {
     const runs = await Promise.all([
       cli(['--config', config(dir, 'one'), '--json']).done,
       cli(['--config', config(dir, 'two'), '--json', '--device', 'cpu', '--nproc', '2']).done,
       cli(['--config', config(dir, 'zero'), '--json', '--device', 'cpu', '--nproc', '2', '--zero']).done,
+      cli([
+        '--config',
+        config(dir, 'zero2'),
+        '--json',
+        '--device',
+        'cpu',
+        '--nproc',
+        '2',
+        '--zero-stage',
+        '2',
+      ]).done,
     ]);
     for (const r of runs) assert.equal(r.code, 0, r.err);
-    const [one, two, zero] = runs.map((r) => JSON.parse(r.out) as Result);
+    const [one, two, zero, zero2] = runs.map((r) => JSON.parse(r.out) as Result);
     for (const [name, r] of [
       ['two', two],
       ['zero', zero],
+      ['zero2', zero2],
     ] as const) {
       close(
         r.stages.map((s) => s.valPpl),

@@ -2,7 +2,8 @@
 // timeout), every CPU collective against hand-computed values, a lost rank named by the others,
 // and training at world size 2 (plain and ZeRO-1) giving the per-step losses and weights of one
 // process; a ZeRO-1 checkpoint resumed at world sizes 1 and 3, and an unsharded one resumed with
-// ZeRO-1 at world size 2, continue as the unbroken run.
+// ZeRO-1 at world size 2, continue as the unbroken run. The validation perplexity and KL computed
+// over 2 and 3 ranks (each its share of the batches) equal one process's exactly.
 //
 // Tolerances: per-step losses and gradient norms 1e-5 relative, weights 1e-5 absolute (the
 // ranks sum gradients in another order than one process accumulating micro-batches; f32).
@@ -16,9 +17,12 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { CpuCollective } from '../src/backends/cpu/collective.js';
 import { ProcessGroup, readDistEnv } from '../src/backends/group.js';
+import { TokenDataset } from '../src/data/index.js';
+import { validationKl, validationPerplexity } from '../src/distill/pipeline.js';
 import { getBackend } from '../src/tensor/index.js';
 import { rankMicroBatches } from '../src/train/distributed.js';
 import { paramBuckets, rowCuts, shardRange } from '../src/train/zero.js';
+import { tinyLlama, writePatternedSplits } from './helpers.js';
 import { makeData, runTiny, type RunConfig } from './train-fixture.js';
 
 const root = path.resolve(import.meta.dirname, '..');
@@ -203,6 +207,30 @@ describe('distributed: rendezvous and CPU collectives', () => {
   });
 });
 
+describe('distributed: validation over ranks', () => {
+  it("each rank evaluates its share of the batches; every rank gets one process's figures exactly", async () => {
+    const dir = tmp();
+    // 10 windows of 16 tokens in batches of 2: 5 batches, uneven over 2 and 3 ranks
+    writePatternedSplits(dir, 400, 200);
+    const val = TokenDataset.open(path.join(dir, 'data')).split('val');
+    const one = {
+      ppl: validationPerplexity(tinyLlama(), val, 16, 160, 2),
+      kl: validationKl(tinyLlama({}, true), tinyLlama(), val, 16, 160, 2),
+    };
+    assert.ok(one.ppl > 1 && one.kl > 0);
+    for (const world of [2, 3]) {
+      const rs = await job(world, { mode: 'val', dir });
+      rs.forEach((r, rank) => {
+        assert.equal(r.code, 0, r.err);
+        const { batches, ...figures } = JSON.parse(r.out.trim()) as { batches: number };
+        assert.deepEqual(figures, one, `world size ${world}, rank ${rank}`);
+        // batches r, r + W, ... of the 5
+        assert.equal(batches, Math.ceil((5 - rank) / world), `world size ${world}, rank ${rank}: batches`);
+      });
+    }
+  });
+});
+
 describe('distributed: data-parallel training on CPU processes', () => {
   const dir = tmp();
   const data = makeData(path.join(dir, 'data'));
@@ -215,8 +243,9 @@ describe('distributed: data-parallel training on CPU processes', () => {
     weights: Object.fromEntries(single.model.namedParameters().map(([n, t]) => [n, [...t.toArray()]])),
   };
 
-  for (const zero of [false, true]) {
-    it(`world size 2${zero ? ' with ZeRO-1' : ''}: the losses, norms and weights of one process`, async () => {
+  for (const zero of [false, true, 2] as const) {
+    const what = zero === 2 ? ' with ZeRO-2' : zero ? ' with ZeRO-1' : '';
+    it(`world size 2${what}: the losses, norms and weights of one process`, async () => {
       const rs = parsed(await job(2, { mode: 'train', zero, run }));
       for (const r of rs) {
         close(r.losses, ref.losses, 1e-5, 'loss');
@@ -226,6 +255,33 @@ describe('distributed: data-parallel training on CPU processes', () => {
       assert.deepEqual(rs[0].weights, rs[1].weights, 'the ranks hold the same weights');
     });
   }
+
+  it('ZeRO-2 at world size 1 (one-rank collective, in this process) trains as one process', () => {
+    const group = ProcessGroup.join({ rank: 0, worldSize: 1, masterAddr: '127.0.0.1', masterPort: 0 });
+    let scatters = 0;
+    const c = new (class extends CpuCollective {
+      override reduceScatter(...a: Parameters<CpuCollective['reduceScatter']>): void {
+        scatters++;
+        super.reduceScatter(...a);
+      }
+    })(group, getBackend());
+    try {
+      const r = runTiny(run, { dataParallel: { collective: c, zero: 2, bucketBytes: 64 } });
+      // every micro-batch sends every bucket: 6 steps x 6 micro-batches x 4 buckets of 16
+      // elements or one parameter (emb 192, norm 8 + 8, out.weight 192, out.bias 24)
+      assert.equal(scatters, 6 * 6 * 4);
+      close(
+        r.result.history.map((m) => m.loss),
+        ref.losses,
+        1e-6,
+        'loss',
+      );
+      for (const [n, w] of Object.entries(ref.weights))
+        close([...new Map(r.model.namedParameters()).get(n)!.toArray()], w, 1e-5, n, false);
+    } finally {
+      c.close();
+    }
+  });
 
   it('ZeRO-1 at world size 1 (one-rank collective, in this process) trains as one process and writes its shard', () => {
     const group = ProcessGroup.join({ rank: 0, worldSize: 1, masterAddr: '127.0.0.1', masterPort: 0 });

@@ -24,10 +24,46 @@ export interface Collective {
   reduceScatter(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): void;
   allGather(x: DeviceBuffer, out: DeviceBuffer): void;
   broadcast(x: DeviceBuffer, root: number): void;
+  /**
+   * Start an all-reduce that may overlap with the work queued after it (NCCL: on its own stream,
+   * ordered after the work queued before it by an event); the buffer must stay allocated and
+   * unchanged until `wait()`, which orders the work queued after that call behind the result.
+   * Optional: `startAllReduce` runs the plain all-reduce where it is missing.
+   */
+  allReduceAsync?(x: DeviceBuffer, op: ReduceKind): PendingCollective;
+  /** reduceScatter as allReduceAsync starts an all-reduce (x and out stay allocated until `wait()`) */
+  reduceScatterAsync?(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): PendingCollective;
   /** returns once every rank has called it */
   barrier(): void;
   /** leave the group (every rank at the end; a peer that leaves without it is reported as lost) */
   close(): void;
+}
+
+/** An all-reduce started by `allReduceAsync`. */
+export interface PendingCollective {
+  /** order the work queued from now on behind the result (at most once) */
+  wait(): void;
+}
+
+const DONE: PendingCollective = { wait: () => {} };
+
+/** `c.allReduceAsync` where the collective has it, else the all-reduce at once. */
+export function startAllReduce(c: Collective, x: DeviceBuffer, op: ReduceKind): PendingCollective {
+  if (c.allReduceAsync) return c.allReduceAsync(x, op);
+  c.allReduce(x, op);
+  return DONE;
+}
+
+/** `c.reduceScatterAsync` where the collective has it, else the reduce-scatter at once. */
+export function startReduceScatter(
+  c: Collective,
+  x: DeviceBuffer,
+  out: DeviceBuffer,
+  op: ReduceKind,
+): PendingCollective {
+  if (c.reduceScatterAsync) return c.reduceScatterAsync(x, out, op);
+  c.reduceScatter(x, out, op);
+  return DONE;
 }
 
 /** Size checks shared by the implementations; `who` names the collective in messages. */

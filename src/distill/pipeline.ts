@@ -33,7 +33,8 @@ import {
   type LossContext,
   type TrainResult,
 } from '../train/index.js';
-import type { DataParallel } from '../train/distributed.js';
+import type { Collective } from '../backends/collective.js';
+import { computeOverRanks, type DataParallel } from '../train/distributed.js';
 import { firstNonFinite } from '../train/params.js';
 import { readJsonFile, writeJsonAtomic } from '../util/fs.js';
 import { Random } from '../util/random.js';
@@ -218,6 +219,8 @@ export function openData(
 /**
  * Mean per token of a summed loss over back-to-back validation windows (no gradients, one memory
  * scope per batch). `lossSum` gets a batch's input and target ids and returns the batch's sum.
+ * With a collective each rank computes its share of the batches and every rank gets the figure
+ * one process would (train/distributed.ts computeOverRanks).
  */
 function validationMean(
   val: TokenSplit,
@@ -225,19 +228,24 @@ function validationMean(
   maxTokens: number,
   batch: number,
   lossSum: (input: Tensor, target: Tensor) => Tensor,
+  collective?: Collective | null,
 ): number {
-  let total = 0;
-  let count = 0;
   const windows = Math.max(1, Math.floor(maxTokens / seqLen));
-  for (const b of evalBatches(val, batch, Math.min(seqLen, val.length - 1), windows)) {
-    total += noGrad(() =>
+  const batches = [...evalBatches(val, batch, Math.min(seqLen, val.length - 1), windows)];
+  const sums = computeOverRanks(collective, batches.length, (i) =>
+    noGrad(() =>
       scope(() => {
-        const { input, target } = toTensors(b);
+        const { input, target } = toTensors(batches[i]);
         return lossSum(input, target).item();
       }),
-    );
+    ),
+  );
+  let total = 0;
+  let count = 0;
+  batches.forEach((b, i) => {
+    total += sums[i];
     count += b.batch * b.seqLen;
-  }
+  });
   return total / count;
 }
 
@@ -249,9 +257,16 @@ export function validationKl(
   seqLen: number,
   maxTokens: number,
   batch = 8,
+  collective?: Collective | null,
 ): number {
-  return validationMean(val, seqLen, maxTokens, batch, (input) =>
-    klDivergence(teacher.forward(input).logits, student.forward(input).logits, { reduction: 'sum' }),
+  return validationMean(
+    val,
+    seqLen,
+    maxTokens,
+    batch,
+    (input) =>
+      klDivergence(teacher.forward(input).logits, student.forward(input).logits, { reduction: 'sum' }),
+    collective,
   );
 }
 
@@ -262,9 +277,15 @@ export function validationPerplexity(
   seqLen: number,
   maxTokens: number,
   batch = 8,
+  collective?: Collective | null,
 ): number {
-  const nll = validationMean(val, seqLen, maxTokens, batch, (input, target) =>
-    crossEntropy(model.forward(input).logits, target, { reduction: 'sum' }),
+  const nll = validationMean(
+    val,
+    seqLen,
+    maxTokens,
+    batch,
+    (input, target) => crossEntropy(model.forward(input).logits, target, { reduction: 'sum' }),
+    collective,
   );
   return Math.exp(nll);
 }
@@ -446,8 +467,10 @@ function distillWith(
   }
   const { train: trainSplit, val } = hooks.data ?? openData(cfg, tokenizer, log, teacher.info.vocabSize);
   const evalLen = Math.min(cfg.stages[cfg.stages.length - 1].seqLen, teacher.info.maxSeqLen);
-  const ppl = (m: CausalLM) => validationPerplexity(m, val, evalLen, cfg.data.valTokens);
-  const kl = (m: CausalLM) => validationKl(teacher, m, val, evalLen, cfg.data.valTokens);
+  // data parallel: each rank evaluates its share of the validation batches
+  const dpc = hooks.dataParallel?.collective;
+  const ppl = (m: CausalLM) => validationPerplexity(m, val, evalLen, cfg.data.valTokens, 8, dpc);
+  const kl = (m: CausalLM) => validationKl(teacher, m, val, evalLen, cfg.data.valTokens, 8, dpc);
   const teacherPpl = ppl(teacher);
   log(
     `teacher validation perplexity ${teacherPpl.toFixed(3)} (${Math.min(cfg.data.valTokens, val.length)} tokens)`,

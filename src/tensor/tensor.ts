@@ -357,6 +357,24 @@ export function scalar(value: number, dtype: DType = 'f32', backend?: Backend): 
 
 // ---- autograd -------------------------------------------------------------------------------
 
+const gradReadyHooks: ((leaf: Tensor) => void)[] = [];
+
+/**
+ * Run fn with `hook` called for every leaf (a tensor that needs a gradient and has no node) as
+ * soon as its .grad is final for a backward run inside fn: after its last contribution in that
+ * backward, once per leaf and backward. Data parallelism uses it to send gradients while the
+ * backward pass goes on (train/distributed.ts). The hook runs with recording off.
+ */
+export function withGradReadyHook<T>(hook: ((leaf: Tensor) => void) | null, fn: () => T): T {
+  if (!hook) return fn();
+  gradReadyHooks.push(hook);
+  try {
+    return fn();
+  } finally {
+    gradReadyHooks.splice(gradReadyHooks.lastIndexOf(hook), 1);
+  }
+}
+
 function accumulateInto(target: Tensor, g: Tensor): void {
   target.backend.copyStrided(g.buffer, 0, [1], target.buffer, 0, [1], [g.size], true);
 }
@@ -511,6 +529,8 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
           if (!t.grad) t.grad = keep(zeros(t.shape, t.dtype, t.backend));
           accumulateInto(t.grad, g);
         }
+        // reverse topological order: every consumer of the leaf has added its part by now
+        for (const h of gradReadyHooks) h(t);
       }
       g.dispose();
     }

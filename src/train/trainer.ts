@@ -25,8 +25,8 @@ import {
   writeCheckpoint,
 } from './checkpoint.js';
 import {
-  allReduceGrads,
   broadcastParams,
+  GradReducer,
   rankMicroBatches,
   reduceStepStats,
   type DataParallel,
@@ -229,6 +229,23 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
     ? new ShardedAdamW(trained, o.optimizer, o.dataParallel.collective, o.dataParallel.bucketBytes)
     : null;
   const optimizer = sharded ?? new AdamW(trained, o.optimizer);
+  // unsharded data parallel: the gradients are summed while the step's last backward runs
+  // (also at world size 1 when a collective is given: the same path, for tests)
+  // the gradients leave in buckets as the backward finishes them: all-reduced (plain), or
+  // reduce-scattered into the owners' rows (ZeRO); in the step's last micro-batch, or in every
+  // one under ZeRO-2 (its full gradients never outlive a micro-batch)
+  const zero2 = sharded !== null && o.dataParallel?.zero === 2;
+  const reducer = o.dataParallel
+    ? new GradReducer(
+        o.dataParallel.collective,
+        trained,
+        o.dataParallel.bucketBytes,
+        sharded?.gradientBuckets() ?? null,
+      )
+    : null;
+  // which parameters got a gradient on this rank this step (ZeRO-2: over its micro-batches)
+  const orInto = (acc: boolean[] | undefined, had: boolean[]): boolean[] =>
+    acc ? acc.map((h, i) => h || had[i]) : had;
   let metrics: MetricsLog | null = null;
   let progress: Progress | null = null;
   let deviceStep: DeviceStep<B> | null = null;
@@ -312,7 +329,9 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       progress.note(
         `${label}: ${trained.length}/${all.length} parameter tensors train, ${totalSteps} steps of ${fmtCount(batchTokens)} tokens` +
           ` (${accum} x ${pending.batch} x ${pending.seqLen})` +
-          (coll ? ` over ${coll.worldSize} ranks (${coll.kind}${sharded ? ', ZeRO-1' : ''})` : '') +
+          (coll
+            ? ` over ${coll.worldSize} ranks (${coll.kind}${sharded ? `, ZeRO-${zero2 ? 2 : 1}` : ''})`
+            : '') +
           (resumedFrom !== null ? `, resumed at step ${resumedFrom} from ${checkpoint}` : ''),
       );
     }
@@ -420,22 +439,31 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
       let bad: string | null = null;
       // the divergence check's answer when the device step gave it
       let broken: string | null | undefined;
+      let hadGrad: boolean[] | undefined;
       for (let micro = 0; micro < accum && !deviceStep; micro++) {
         const batch: B = pending ?? o.data.next();
         pending = null;
+        const mine = micro >= myFirst && micro < myEnd;
+        // ZeRO-2 communicates every micro-batch: also a lost one (zeros), as the other ranks do
+        if (bad && mine && zero2) hadGrad = orInto(hadGrad, reducer!.finish());
         if (bad) continue; // the step is lost; keep the data position in step with an unbroken run
-        if (micro < myFirst || micro >= myEnd) continue; // another rank's micro-batch
-        const v = scope(() => {
-          const loss = o.lossFn(batch, { step, micro, accum });
-          if (!(loss instanceof Tensor)) return loss.value;
-          if (loss.size !== 1) fail(`lossFn returned shape [${loss.shape}], expected a scalar`);
-          const val = loss.item();
-          if (Number.isFinite(val)) {
-            if (!loss.requiresGrad) fail('the loss does not depend on any trainable parameter');
-            (accum === 1 ? loss : scale(loss, 1 / accum)).backward(undefined, { freeGraph: true });
-          }
-          return val;
-        });
+        if (!mine) continue; // another rank's micro-batch
+        // this rank's last micro-batch (ZeRO-2: each) sends the gradients as its backward finishes them
+        const overlap = reducer && (zero2 || micro === myEnd - 1) ? reducer : null;
+        const body = (): number =>
+          scope(() => {
+            const loss = o.lossFn(batch, { step, micro, accum });
+            if (!(loss instanceof Tensor)) return loss.value;
+            if (loss.size !== 1) fail(`lossFn returned shape [${loss.shape}], expected a scalar`);
+            const val = loss.item();
+            if (Number.isFinite(val)) {
+              if (!loss.requiresGrad) fail('the loss does not depend on any trainable parameter');
+              (accum === 1 ? loss : scale(loss, 1 / accum)).backward(undefined, { freeGraph: true });
+            }
+            return val;
+          });
+        const v = overlap ? overlap.during(body) : body();
+        if (zero2) hadGrad = orInto(hadGrad, reducer!.finish());
         if (Number.isFinite(v)) lossSum += v;
         else bad = `loss is ${v} (micro-batch ${micro})`;
       }
@@ -460,17 +488,25 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
             bad = `gradient norm is ${gradNorm}${first ? ` (first in ${first[0]})` : ''}`;
           }
         }
-      } else if (coll || sharded) {
-        const st = reduceStepStats(o.dataParallel!.collective, lossSum, bad !== null, trained);
+      } else if (o.dataParallel) {
+        // every rank starts all buckets, also in a step it cannot use (the others wait for them)
+        if (reducer && !zero2) hadGrad = reducer.finish();
+        const st = reduceStepStats(o.dataParallel.collective, lossSum, bad !== null, trained, hadGrad);
         lossSum = st.lossSum;
         hasGrad = st.hasGrad;
         if (st.anyBad && !bad) bad = 'non-finite loss on another rank';
       }
       if (!bad && sharded) {
-        gradNorm = Math.sqrt(sharded.reduceGrads(hasGrad));
+        gradNorm = Math.sqrt(sharded.finishGrads(hasGrad));
         if (!Number.isFinite(gradNorm)) bad = `gradient norm is ${gradNorm}`;
       } else if (!bad && !deviceStep) {
-        if (coll) allReduceGrads(coll, trained, hasGrad, dp!.bucketBytes);
+        if (reducer)
+          // a parameter no rank has a gradient for keeps none (the optimizer skips it)
+          trained.forEach(([, p], i) => {
+            if (hasGrad[i]) return;
+            p.grad?.dispose();
+            p.grad = null;
+          });
         gradNorm = Math.sqrt(gradSquares(trained, false).total);
         if (!Number.isFinite(gradNorm)) {
           const first = gradSquares(trained, true).per.find(([, s]) => !Number.isFinite(s));
@@ -584,6 +620,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
     progress?.done();
     metrics?.close();
     optimizer.dispose();
+    reducer?.dispose();
     zeroGrads(all);
     all.forEach(([, t], i) => (t.requiresGrad = wasTrainable[i]));
   }

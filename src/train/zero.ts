@@ -1,4 +1,4 @@
-// ZeRO-1 (Rajbhandari et al. 2020): AdamW with its moments sharded across the ranks of a data
+// ZeRO-1 and 2 (Rajbhandari et al. 2020): AdamW with its moments sharded across the ranks of a data
 // parallel job. The trained parameters, in order, are grouped into buckets of whole parameters
 // (about 25 MiB each); each bucket is cut into W chunks at row boundaries (a row: one index of a
 // parameter's first axis), rank r owning chunk r, padded to the largest chunk for the
@@ -7,7 +7,8 @@
 // only of rows with a gradient, per-parameter step counts) apply unchanged. A step, bucket by
 // bucket where it moves data:
 //
-//   reduce-scatter   every rank's full gradient -> the summed gradient of its rows
+//   reduce-scatter   every rank's full gradient -> the summed gradient of its rows, bucket by
+//                    bucket as the backward finishes them (gradientBuckets, with GradReducer)
 //   norm             sum of squares over the rows, all-reduced (the global norm, for clipping)
 //   update           AdamW on the rows (an AdamW over this rank's pieces, with their moments)
 //   all-gather       every rank's updated rows -> the full parameters on every rank
@@ -15,8 +16,10 @@
 // Moments are 8 bytes per parameter in one process and 8 / W here, plus the rows' own f32 copy
 // (4 / W) that the update runs on. Parameters stay f32 and replicated: they are the master
 // weights (bf16 exists only as the autocast copies the matmuls read), so sharding them too would
-// be ZeRO-3. Each bucket's full gradients are freed as soon as its reduce-scatter has read them;
-// the temporaries are a bucket, not the model.
+// be ZeRO-3. Each bucket's full gradients are freed as soon as it is sent; the temporaries are
+// the buckets in flight, not the model. ZeRO-2 sends every micro-batch's buckets (the full
+// gradients then never outlive a micro-batch); ZeRO-1 only the step's last, after the earlier
+// micro-batches have accumulated into the full gradients.
 //
 // Checkpoints: each rank writes its pieces (`optimizer-shard-RRRRR-of-WWWWW.safetensors`, tensors
 // NAME.exp_avg / NAME.exp_avg_sq over the element range [start, end) of NAME, ranges and step
@@ -25,7 +28,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Collective } from '../backends/collective.js';
+import { startReduceScatter, type Collective, type PendingCollective } from '../backends/collective.js';
 import { entryValues, readSafetensors, writeSafetensors, type SafeFile } from '../io/safetensors.js';
 import {
   add,
@@ -44,6 +47,7 @@ import {
   type Tensor,
 } from '../tensor/index.js';
 import { AdamW, checkAdamWConfig, type AdamWConfig } from './optimizer.js';
+import type { FixedBuckets } from './distributed.js';
 import type { NamedParams } from './params.js';
 
 export const OPTIMIZER_SHARD_RE = /^optimizer-shard-(\d{5})-of-(\d{5})\.safetensors$/;
@@ -218,47 +222,76 @@ export class ShardedAdamW {
   }
 
   /**
-   * Reduce-scatter the full gradients (p.grad; zeros where a rank has none), bucket by bucket,
-   * into this rank's pieces, freeing each bucket's full gradients as it goes. Pieces of a
-   * parameter no rank has a gradient for (`hasGrad[i]` false) get none, so the update skips them
-   * as the unsharded optimizer does. Returns the global sum of squares of the gradient.
+   * The buckets for GradReducer (train/distributed.ts), last bucket first (the order a backward
+   * usually finishes them), each reduce-scattered as soon as its gradients are final (zeros where
+   * this rank has none), the rank's rows added to its pieces' gradients and the bucket's full
+   * gradients freed. ZeRO-1 runs it in the step's last backward; ZeRO-2 in every micro-batch's,
+   * so that between micro-batches a rank holds only its rows' gradients.
    */
-  reduceGrads(hasGrad: boolean[]): number {
-    const c = this.collective;
-    const W = c.worldSize;
-    this.dropGrads();
-    for (const b of this.buckets) {
-      const ps = this.params.slice(b.first, b.end).map(([, p]) => p);
-      const backend = ps[0].backend;
+  gradientBuckets(): FixedBuckets {
+    const order = [...this.buckets].reverse();
+    return {
+      plan: order.map((b) => Array.from({ length: b.end - b.first }, (_, i) => b.first + i)),
+      send: (k, flat) => this.scatterBucket(order[k], flat),
+    };
+  }
+
+  private scatterBucket(b: Bucket, flat: Tensor): { pending: PendingCollective; done: () => void } {
+    const W = this.collective.worldSize;
+    const backend = flat.backend;
+    const { send, out } = noGrad(() =>
+      scope(() => {
+        // rank k's rows, padded to the largest chunk, in rank order
+        const parts: Tensor[] = [];
+        for (let k = 0; k < W; k++) {
+          const len = b.cuts[k + 1] - b.cuts[k];
+          if (len > 0) parts.push(slice(flat, 0, b.cuts[k], b.cuts[k + 1]));
+          if (len < b.chunk) parts.push(zeros([b.chunk - len], 'f32', backend));
+        }
+        return {
+          send: keep(parts.length === 1 ? parts[0] : concat(parts, 0)),
+          out: keep(zeros([b.chunk], 'f32', backend)),
+        };
+      }),
+    );
+    const pending = startReduceScatter(this.collective, send.buffer, out.buffer, 'sum');
+    const done = (): void => {
       noGrad(() =>
         scope(() => {
-          const flat = concat(
-            ps.map((p) => (p.grad ? reshape(p.grad, [p.size]) : zeros([p.size], 'f32', backend))),
-            0,
-          );
-          // rank k's rows, padded to the largest chunk, in rank order
-          const parts: Tensor[] = [];
-          for (let k = 0; k < W; k++) {
-            const len = b.cuts[k + 1] - b.cuts[k];
-            if (len > 0) parts.push(slice(flat, 0, b.cuts[k], b.cuts[k + 1]));
-            if (len < b.chunk) parts.push(zeros([b.chunk - len], 'f32', backend));
-          }
-          const send = concat(parts, 0);
-          const out = zeros([b.chunk], 'f32', backend);
-          c.reduceScatter(send.buffer, out.buffer, 'sum');
           for (const s of this.pieces) {
-            if (s.index < b.first || s.index >= b.end || !hasGrad[s.index]) continue;
-            s.values.grad = keep(
-              reshape(slice(out, 0, s.chunkOffset, s.chunkOffset + (s.end - s.start)), s.values.shape),
+            if (s.index < b.first || s.index >= b.end) continue;
+            const g = reshape(
+              slice(out, 0, s.chunkOffset, s.chunkOffset + (s.end - s.start)),
+              s.values.shape,
             );
+            const prev = s.values.grad;
+            s.values.grad = keep(prev ? add(prev, g) : g);
+            prev?.dispose();
           }
         }),
       );
-      for (const p of ps) {
-        p.grad?.dispose();
-        p.grad = null;
+      send.dispose();
+      out.dispose();
+    };
+    return { pending, done };
+  }
+
+  /**
+   * After the step's buckets have arrived: the pieces of parameters no rank has a gradient for
+   * lose theirs (so the update skips them as the unsharded optimizer does); returns the global
+   * sum of squares of the gradient (the rows' sums, all-reduced).
+   */
+  finishGrads(hasGrad: boolean[]): number {
+    for (const s of this.pieces)
+      if (!hasGrad[s.index]) {
+        s.values.grad?.dispose();
+        s.values.grad = null;
       }
-    }
+    return this.sumOfSquares();
+  }
+
+  private sumOfSquares(): number {
+    const c = this.collective;
     return noGrad(() =>
       scope(() => {
         let acc = zeros([1], 'f32', this.params[0][1].backend);

@@ -1,13 +1,24 @@
 // NCCL (libnccl.so.2) through koffi: one communicator per process from a unique id that rank 0
-// makes and the process group hands out at the rendezvous, and the collectives queued on the
-// backend's stream (the same stream as every kernel, so they are ordered with the compute).
+// makes and the process group hands out at the rendezvous, and the collectives queued on a
+// communication stream of their own, ordered with the backend's (compute) stream by events:
+// an event recorded on the compute stream is waited for by the communication stream before each
+// collective, and the compute stream waits for the collective's event where the result is needed
+// (at once for the plain calls, at `wait()` for allReduceAsync). So an all-reduce of gradients can
+// run while the backward pass's kernels go on. Every collective of one communicator is on that one
+// stream, in the order the ranks issue them. MOHAWK_NCCL_OVERLAP=0 queues them on the compute
+// stream instead (no events).
 // Values from nccl.h (NCCL 2.x): ncclDataType_t, ncclRedOp_t, ncclResult_t.
 
 import fs from 'node:fs';
 import path from 'node:path';
 import koffi from 'koffi';
 import type { DeviceBuffer, DType } from '../backend.js';
-import { checkCollectiveSizes, type Collective, type ReduceKind } from '../collective.js';
+import {
+  checkCollectiveSizes,
+  type Collective,
+  type PendingCollective,
+  type ReduceKind,
+} from '../collective.js';
 import type { ProcessGroup } from '../group.js';
 import { CudaError } from './driver.js';
 import type { CudaBackend, CudaBuffer } from './index.js';
@@ -46,6 +57,48 @@ interface Raw {
 }
 
 let lib: { raw: Raw; path: string; version: number } | null = null;
+
+/** The driver calls for a second stream and the events between streams (bound here, beside their one user). */
+interface StreamRaw {
+  cuStreamCreate: Fn;
+  cuStreamDestroy: Fn;
+  cuStreamSynchronize: Fn;
+  cuStreamWaitEvent: Fn;
+  cuEventCreate: Fn;
+  cuEventRecord: Fn;
+  cuEventDestroy: Fn;
+}
+
+let streamLib: StreamRaw | null = null;
+
+function streamCalls(): StreamRaw {
+  if (streamLib) return streamLib;
+  let l: ReturnType<typeof koffi.load> | null = null;
+  for (const name of ['libcuda.so.1', 'libcuda.so']) {
+    try {
+      l = koffi.load(name);
+      break;
+    } catch {
+      // the backend already opened one of them; try the other name
+    }
+  }
+  if (!l) throw new CudaError('nccl: libcuda.so.1 could not be loaded for the communication stream');
+  const f = (decl: string): Fn => l.func(decl) as Fn;
+  streamLib = {
+    cuStreamCreate: f('int cuStreamCreate(_Out_ uint64_t *stream, unsigned int flags)'),
+    cuStreamDestroy: f('int cuStreamDestroy_v2(uint64_t stream)'),
+    cuStreamSynchronize: f('int cuStreamSynchronize(uint64_t stream)'),
+    cuStreamWaitEvent: f('int cuStreamWaitEvent(uint64_t stream, uint64_t event, unsigned int flags)'),
+    cuEventCreate: f('int cuEventCreate(_Out_ uint64_t *event, unsigned int flags)'),
+    cuEventRecord: f('int cuEventRecord(uint64_t event, uint64_t stream)'),
+    cuEventDestroy: f('int cuEventDestroy_v2(uint64_t event)'),
+  };
+  return streamLib;
+}
+
+// cuStreamCreate / cuEventCreate flags
+const CU_STREAM_NON_BLOCKING = 1;
+const CU_EVENT_DISABLE_TIMING = 2;
 
 /** libnccl.so.2 under the usual Python package folders (nvidia-nccl-cu12/13 wheels). */
 function pipNccl(): string[] {
@@ -132,7 +185,16 @@ export class NcclCollective implements Collective {
   readonly version: string;
   private readonly raw: Raw;
   private comm: number;
-  private readonly stream: number;
+  /** the backend's stream (kernels) */
+  private readonly compute: number;
+  /** where the collectives run: a stream of their own, or `compute` with MOHAWK_NCCL_OVERLAP=0 */
+  readonly stream: number;
+  private readonly streams: StreamRaw | null;
+  /** recorded on the compute stream before each collective */
+  private readonly before: number = 0;
+  /** events recorded after collectives, free for reuse */
+  private readonly spare: number[] = [];
+  private readonly events: number[] = [];
 
   /**
    * The communicator of `group` on `backend`'s device: rank 0 made `id` (ncclUniqueId()) and
@@ -148,7 +210,14 @@ export class NcclCollective implements Collective {
     this.version = ncclVersionString(l.version);
     this.rank = group.rank;
     this.worldSize = group.worldSize;
-    this.stream = backend.driver.stream;
+    this.compute = backend.driver.stream;
+    this.streams = process.env.MOHAWK_NCCL_OVERLAP === '0' ? null : streamCalls();
+    if (this.streams) {
+      const out = [0];
+      this.cu('cuStreamCreate', this.streams.cuStreamCreate(out, CU_STREAM_NON_BLOCKING));
+      this.stream = Number(out[0]);
+      this.before = this.newEvent();
+    } else this.stream = this.compute;
     if (id.length !== NCCL_UNIQUE_ID_BYTES)
       throw new CudaError(`nccl: the unique id has ${id.length} bytes, expected ${NCCL_UNIQUE_ID_BYTES}`);
     const out = [0];
@@ -157,6 +226,43 @@ export class NcclCollective implements Collective {
       this.raw.ncclCommInitRank(out, this.worldSize, { internal: id }, this.rank),
     );
     this.comm = Number(out[0]);
+  }
+
+  private cu(call: string, rc: number): void {
+    this.backend.driver.check(call, rc);
+  }
+
+  private newEvent(): number {
+    const out = [0];
+    this.cu('cuEventCreate', this.streams!.cuEventCreate(out, CU_EVENT_DISABLE_TIMING));
+    const e = Number(out[0]);
+    this.events.push(e);
+    return e;
+  }
+
+  /** the communication stream waits for the work queued so far on the compute stream */
+  private enter(): void {
+    const s = this.streams;
+    if (!s) return;
+    this.cu('cuEventRecord', s.cuEventRecord(this.before, this.compute));
+    this.cu('cuStreamWaitEvent', s.cuStreamWaitEvent(this.stream, this.before, 0));
+  }
+
+  /** an event after the collectives queued so far on the communication stream */
+  private leave(): number {
+    const s = this.streams;
+    if (!s) return 0;
+    const e = this.spare.pop() ?? this.newEvent();
+    this.cu('cuEventRecord', s.cuEventRecord(e, this.stream));
+    return e;
+  }
+
+  /** the compute stream waits for event e (from leave); e is free again afterwards */
+  private join(e: number): void {
+    const s = this.streams;
+    if (!s) return;
+    this.cu('cuStreamWaitEvent', s.cuStreamWaitEvent(this.compute, e, 0));
+    this.spare.push(e);
   }
 
   private check(what: string, rc: number): void {
@@ -185,7 +291,31 @@ export class NcclCollective implements Collective {
   }
 
   allReduce(x: DeviceBuffer, op: ReduceKind): void {
+    this.join(this.allReduceQueued(x, op));
+  }
+
+  allReduceAsync(x: DeviceBuffer, op: ReduceKind): PendingCollective {
+    return this.pending(this.allReduceQueued(x, op));
+  }
+
+  reduceScatterAsync(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): PendingCollective {
+    return this.pending(this.reduceScatterQueued(x, out, op));
+  }
+
+  private pending(e: number): PendingCollective {
+    let done = false;
+    return {
+      wait: () => {
+        if (done) return;
+        done = true;
+        this.join(e);
+      },
+    };
+  }
+
+  private allReduceQueued(x: DeviceBuffer, op: ReduceKind): number {
     const p = this.ptr(x);
+    this.enter();
     this.check(
       'ncclAllReduce',
       this.raw.ncclAllReduce(
@@ -198,10 +328,16 @@ export class NcclCollective implements Collective {
         this.stream,
       ),
     );
+    return this.leave();
   }
 
   reduceScatter(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): void {
+    this.join(this.reduceScatterQueued(x, out, op));
+  }
+
+  private reduceScatterQueued(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): number {
     checkCollectiveSizes('nccl', 'reduceScatter', x, out, this.worldSize);
+    this.enter();
     this.check(
       'ncclReduceScatter',
       this.raw.ncclReduceScatter(
@@ -214,10 +350,12 @@ export class NcclCollective implements Collective {
         this.stream,
       ),
     );
+    return this.leave();
   }
 
   allGather(x: DeviceBuffer, out: DeviceBuffer): void {
     checkCollectiveSizes('nccl', 'allGather', x, out, this.worldSize);
+    this.enter();
     this.check(
       'ncclAllGather',
       this.raw.ncclAllGather(
@@ -229,14 +367,17 @@ export class NcclCollective implements Collective {
         this.stream,
       ),
     );
+    this.join(this.leave());
   }
 
   broadcast(x: DeviceBuffer, root: number): void {
     const p = this.ptr(x);
+    this.enter();
     this.check(
       'ncclBroadcast',
       this.raw.ncclBroadcast(p, p, x.length, this.dt(x, 'broadcast'), root, this.comm, this.stream),
     );
+    this.join(this.leave());
   }
 
   /** Every rank's queued work done (a one-element all-reduce, then the stream). */
@@ -255,8 +396,14 @@ export class NcclCollective implements Collective {
   close(): void {
     if (!this.comm) return;
     this.backend.synchronize();
+    const s = this.streams;
+    if (s) this.cu('cuStreamSynchronize', s.cuStreamSynchronize(this.stream));
     this.check('ncclCommDestroy', this.raw.ncclCommDestroy(this.comm));
     this.comm = 0;
+    if (s) {
+      for (const e of this.events.splice(0)) this.cu('cuEventDestroy', s.cuEventDestroy(e));
+      this.cu('cuStreamDestroy', s.cuStreamDestroy(this.stream));
+    }
     this.group.close();
   }
 }

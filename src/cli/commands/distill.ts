@@ -12,7 +12,7 @@ import { CliError, flag, list, num, parse, str } from '../args.js';
 import { launchWorkers } from '../launch.js';
 
 const HELP = `usage: mohawk distill --config FILE [--out DIR] [--resume] [--set path=value ...] [--device D] [--precision P] [--check] [--json]
-                       [--gpus N | --nproc N] [--zero]
+                       [--gpus N | --nproc N] [--zero] [--zero-stage 1|2]
 
 Distill a Transformer teacher into a Mamba-2 student with the MOHAWK stages the config lists:
 1 matrix orientation, 2 hidden-state alignment, 3 weight transfer + knowledge distillation.
@@ -32,6 +32,8 @@ OUT/results.json. See configs/ for examples and docs/distill.md for every field.
   --gpus N           data parallel over N local GPUs: one worker process per GPU, supervised
   --nproc N          data parallel over N local worker processes (with --device cpu: CPU processes)
   --zero             shard the AdamW moments across the ranks (ZeRO-1)
+  --zero-stage S     1 (as --zero) or 2: the gradients sharded too, reduce-scattered during every
+                     micro-batch's backward (ZeRO-2; implies --zero)
 Under torchrun-style launchers or srun, each process reads RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT (or SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID); see docs/distributed.md.`;
 
@@ -60,6 +62,7 @@ export async function run(argv: string[]): Promise<number> {
       gpus: { type: 'string' },
       nproc: { type: 'string' },
       zero: { type: 'boolean' },
+      'zero-stage': { type: 'string' },
     },
     HELP,
   );
@@ -99,14 +102,16 @@ export async function run(argv: string[]): Promise<number> {
   const log = (l: string) => console.error(l);
   cfg.data.train = await expandParquetInputs(cfg.data.train, sources, { text: cfg.data.jsonlField }, log);
   cfg.data.val = await expandParquetInputs(cfg.data.val, sources, { text: cfg.data.jsonlField }, log);
+  const stage = str(p, 'zero-stage') !== undefined ? num(p, 'zero-stage', 1, { integer: true, min: 1 }) : 0;
+  if (stage > 2) throw new CliError(`--zero-stage (${stage}) must be 1 or 2`);
+  const zero = stage === 2 ? 2 : stage === 1 || flag(p, 'zero');
   // a job of one rank opens its collective only for --zero (it then runs the sharded path, e.g. on NCCL)
-  const collective =
-    env && (env.worldSize > 1 || flag(p, 'zero')) ? await openCollective(env, backend) : null;
+  const collective = env && (env.worldSize > 1 || zero) ? await openCollective(env, backend) : null;
   const r = runDistill(
     cfg,
     {
       progress: !flag(p, 'json'),
-      dataParallel: collective ? { collective, zero: flag(p, 'zero') } : undefined,
+      dataParallel: collective ? { collective, zero } : undefined,
     },
     flag(p, 'resume'),
   );
