@@ -12,6 +12,7 @@
 #   scripts/paper-ablations.sh               on the GPU machine, carrying .device-paper (phi-17m)
 #                                            or .device (scripts/real-teachers.sh prepare)
 #   scripts/paper-ablations.sh summary       gather the finished runs into $OUT/summary.json
+#   scripts/paper-ablations.sh tables [F]    that summary (or F) as the docs' markdown tables
 #   DEVICE=cpu MOHAWK="node --import tsx src/cli/main.ts" SHARED=../shared/data \
 #     BUDGETS_STORIES="32768" PARTS=init TEACHERS=stories260K scripts/paper-ablations.sh   # here
 #
@@ -93,6 +94,41 @@ for (const f of fs.readdirSync(src).sort()) {
   echo "travels: $D $carried + tracked files $tracked + untracked files $untracked = $total bytes" \
     "($((total / 1048576)) MiB of 64)"
   [ "$total" -le $((64 * 1048576)) ] || { echo "paper-ablations: over the 64 MiB a device call carries" >&2; exit 1; }
+  exit 0
+fi
+if [ "${1:-}" = tables ]; then # markdown tables of a summary.json: tables [FILE] (default $OUT/summary.json)
+  node -e '
+const s = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+const cell = (r) => (r ? `${r.valPpl.toFixed(2)} / ${r.valKl.toFixed(3)}` : "-");
+const last = (r) => (r ? r.stages[r.stages.length - 1] : null);
+const secs = (r) => (r ? r.stages.reduce((a, x) => a + x.seconds, 0) : 0);
+for (const t of [...new Set(Object.keys(s).map((k) => k.split("-")[0]))]) {
+  const runs = Object.keys(s).filter((k) => k.startsWith(t + "-"));
+  const any = s[runs[0]];
+  console.log(`\n${t}: teacher perplexity ${any.teacherPpl.toFixed(3)}; cells: validation perplexity / KL(teacher || student) per token\n`);
+  console.log("| init | budget (tokens) | after transfer | 3 | 2+3 | 1+2+3 | from scratch (ppl) |");
+  console.log("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+  const budgets = [...new Set(runs.filter((k) => /-(paper|attention)-/.test(k)).map((k) => Number(k.split("-").pop())))].sort((a, b) => a - b);
+  for (const init of ["paper", "attention"])
+    for (const T of budgets) {
+      const r = (v) => s[`${t}-${init}-${v}-${T}`];
+      const some = r(3) ?? r(23) ?? r(123);
+      if (!some) continue;
+      const init0 = `${some.initialPpl.toFixed(1)} / ${some.initialKl.toFixed(3)}`;
+      const sc = r(123)?.scratch ? r(123).scratch.valPpl.toFixed(2) : "-";
+      console.log(`| ${init} | ${T} | ${init0} | ${cell(last(r(3)))} | ${cell(last(r(23)))} | ${cell(last(r(123)))} | ${sc} |`);
+    }
+  const other = runs.filter((k) => /-(hybrid|mixer)-/.test(k));
+  if (other.length) {
+    console.log("\n| run (init paper, 1+2+3) | after stage 1 | after stage 2 | after stage 3 | stage-1 loss (end) | seconds (stages) |");
+    console.log("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (const k of other) {
+      const st = s[k].stages, at = (n) => st.find((x) => x.stage === n);
+      console.log(`| ${k} | ${cell(at(1))} | ${cell(at(2))} | ${cell(at(3))} | ${at(1) ? at(1).loss.toFixed(3) : "-"} | ${secs(s[k]).toFixed(0)} |`);
+    }
+  }
+  console.log("\nstage seconds per run: " + runs.map((k) => `${k} ${secs(s[k]).toFixed(0)}`).join(", "));
+}' "${2:-$OUT/summary.json}"
   exit 0
 fi
 if [ "${1:-}" = summary ]; then
