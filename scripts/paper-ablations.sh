@@ -29,7 +29,8 @@
 # attention") and VARIANTS (default "3 23 123") to run part of the init part; JOBS (runs at once
 # as separate processes, default 1: several share one GPU well for students this small);
 # DEVICE_DIR (default .device-paper where it holds app.tar.xz, else .device); SLICE_TOKENS
-# (prepare: default 4194304).
+# (prepare: default 4194304); REUSE (prepare: a prepared folder whose node.xz and phi17m.tar.xz,
+# which do not depend on the code, are copied instead of made again; the app is always rebuilt).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -57,8 +58,12 @@ if [ "${1:-}" = prepare ]; then
   mkdir -p "$D"
   T=$(mktemp -d)
   trap 'rm -rf "$T"' EXIT
+  # REUSE=DIR: take node.xz and phi17m.tar.xz (code-independent) from another prepared folder
+  if [ -n "${REUSE:-}" ]; then
+    for f in node.xz phi17m.tar.xz; do [ -f "$REUSE/$f" ] && cp "$REUSE/$f" "$D/$f"; done
+  fi
   if [ ! -f "$D/node.xz" ]; then
-    log "node: strip + xz -9e (about a minute)"
+    log "node: strip + xz -9e (a few minutes)"
     cp "$(command -v node)" "$T/node" && strip "$T/node" && xz -T2 -9e "$T/node" && mv "$T/node.xz" "$D/node.xz"
   fi
   log "app: compiled CLI + distill's runtime packages"
@@ -70,21 +75,25 @@ if [ "${1:-}" = prepare ]; then
   done
   rm -rf "$T/app/node_modules/koffi/doc"
   tar -C "$T" -cf - app | xz -T2 -9 >"$D/app.tar.xz"
-  log "phi-17m: the teacher and the first $SLICE_TOKENS tokens of corpus/train"
-  mkdir -p "$T/real/teachers" "$T/slice"
-  cp -r "$SHARED/teachers/phi-17m" "$T/real/teachers/phi-17m"
-  # the same leading fraction of every source (cut at a line), so the slice keeps the corpus's mix
-  node -e '
-const fs = require("fs"), path = require("path");
-const [src, dst, frac] = [process.argv[1], process.argv[2], Number(process.argv[3])];
-for (const f of fs.readdirSync(src).sort()) {
-  const b = fs.readFileSync(path.join(src, f));
-  const cut = b.lastIndexOf(10, Math.floor(b.length * frac));
-  fs.writeFileSync(path.join(dst, f), b.subarray(0, cut + 1));
-}' "$SHARED/corpus/train" "$T/slice" "$(node -e "console.log(Math.min(1, $SLICE_TOKENS / 5841676 * 1.005))")"
-  node "$T/app/build/cli/main.js" data prepare --tokenizer "$SHARED/teachers/phi-17m" --input "$T/slice" \
-    --val "$SHARED/corpus/val" --out "$T/real/data-phi17m" | tail -4
-  tar -C "$T/real" -cf - teachers/phi-17m data-phi17m | xz -T2 -9 >"$D/phi17m.tar.xz"
+  if [ -n "${REUSE:-}" ] && [ -f "$REUSE/phi17m.tar.xz" ]; then
+    log "phi-17m: teacher and tokens from $REUSE"
+  else
+    log "phi-17m: the teacher and the first $SLICE_TOKENS tokens of corpus/train"
+    mkdir -p "$T/real/teachers" "$T/slice"
+    cp -r "$SHARED/teachers/phi-17m" "$T/real/teachers/phi-17m"
+    # the same leading fraction of every source (cut at a line), so the slice keeps the corpus's mix
+    node -e '
+  const fs = require("fs"), path = require("path");
+  const [src, dst, frac] = [process.argv[1], process.argv[2], Number(process.argv[3])];
+  for (const f of fs.readdirSync(src).sort()) {
+    const b = fs.readFileSync(path.join(src, f));
+    const cut = b.lastIndexOf(10, Math.floor(b.length * frac));
+    fs.writeFileSync(path.join(dst, f), b.subarray(0, cut + 1));
+  }' "$SHARED/corpus/train" "$T/slice" "$(node -e "console.log(Math.min(1, $SLICE_TOKENS / 5841676 * 1.005))")"
+    node "$T/app/build/cli/main.js" data prepare --tokenizer "$SHARED/teachers/phi-17m" --input "$T/slice" \
+      --val "$SHARED/corpus/val" --out "$T/real/data-phi17m" | tail -4
+    tar -C "$T/real" -cf - teachers/phi-17m data-phi17m | xz -T2 -9 >"$D/phi17m.tar.xz"
+  fi
   carried=$(du -cb "$D"/node.xz "$D"/app.tar.xz "$D"/phi17m.tar.xz | tail -1 | cut -f1)
   tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
   untracked=$( (git ls-files -z -o --exclude-standard | xargs -0 -r du -cb 2>/dev/null || true) | tail -1 | cut -f1)
