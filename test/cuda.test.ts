@@ -1524,6 +1524,9 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       );
     } finally {
       T.setBackend(cpu);
+    }
+  });
+
   it('the fused glue (gate with the D term, gated MLP product, 16-bit kept activation input) against the composed ops on the CPU', () => {
     // the CPU backend has none of the fused methods: ops.ts composes the same from its ops there
     assert.equal((cpu as Backend).siluGateD, undefined);

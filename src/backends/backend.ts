@@ -740,6 +740,15 @@ export const KERNEL_NAMES = [
   'klDivergence',
   'klDivergenceBackward',
   'adamw',
+  'adamwDevice',
+  // optional: the fused kernels of some backends (a backend without one composes it in ops.ts)
+  'unaryKeep16',
+  'gatedAct',
+  'gatedActBackward',
+  'siluGateD',
+  'siluGateDBackward',
+  'causalConv1dKeep16',
+  'matmulGelu',
 ] as const satisfies readonly KernelName[];
 
 /** compile-time check that KERNEL_NAMES lists every kernel: names the missing ones in the error */
