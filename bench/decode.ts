@@ -85,6 +85,8 @@ interface DecodeRun {
   nodes: number;
   /** why the run was eager when a graph was asked for */
   reason: string | null;
+  /** an eager run on CUDA: the kernels of one more step, timed one by one (the graph's floor) */
+  profile: { name: string; calls: number; ms: number }[] | null;
 }
 
 /** the index of the largest of each batch row of (B, V) logits */
@@ -146,7 +148,13 @@ function decodeRun(model: CausalLM, batch: number, ctx: number, graph: boolean, 
               }
               tokens.push(next.join(' '));
             }
+            // one more eager step with every kernel timed: the device time a graph cannot go below
+            const profile =
+              cuda && decoder.mode !== 'graph'
+                ? cuda.profile(() => (device ? decoder.next(next) : decoder.step(next))).kernels
+                : null;
             return {
+              profile,
               ms: ms / newTokens,
               memGiB: gpu.memoryStats().peakBytes / 2 ** 30,
               tokens,
@@ -216,6 +224,7 @@ for (const [batch, ctx] of cases) {
         memGiB: r.memGiB,
         sameTokens: same === '' ? null : same === 'yes',
         reason: r.reason,
+        profile: r.profile,
       });
     } catch (e) {
       cell = `| ${name} | ${graph ? 'graph' : 'eager'} | ${sampler} | ${batch} | ${ctx} | failed: ${(e as Error).message.split('\n')[0].slice(0, 80)} | | | |`;
@@ -224,11 +233,33 @@ for (const [batch, ctx] of cases) {
     console.log(cell);
   }
 }
+// where an eager student step's device time goes (the first eager run of each case)
+const profiles: string[] = [];
+for (const j of json as { model: string; graph: boolean; batch: number; ctx: number; sampler: string }[]) {
+  const p = (j as unknown as { profile?: DecodeRun['profile'] }).profile;
+  if (
+    !p ||
+    j.model !== 'student (recurrent)' ||
+    profiles.some((l) => l.includes(`batch ${j.batch}, context ${j.ctx}`))
+  )
+    continue;
+  const total = p.reduce((a, k) => a + k.ms, 0);
+  const calls = p.reduce((a, k) => a + k.calls, 0);
+  profiles.push(
+    '',
+    `profile of one eager student step (batch ${j.batch}, context ${j.ctx}, greedy on the ${j.sampler}): ` +
+      `${calls} kernels, ${total.toFixed(3)} ms of kernel time (events around every launch)`,
+    '| kernel | calls | ms |',
+    '| --- | ---: | ---: |',
+    ...p.slice(0, 12).map((k) => `| ${k.name} | ${k.calls} | ${k.ms.toFixed(3)} |`),
+  );
+}
 const lines = [
   `# decode: ${new Date().toISOString().slice(0, 10)}, ${gpu.describe()}, ${L} layers, d ${D}${cuda ? ', bf16 autocast' : ''}`,
   '| model | step | greedy choice | batch | context | ms per step | tokens/s | peak GiB during decode | same greedy tokens as the first student row |',
   '| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |',
   ...rows,
+  ...profiles,
 ];
 console.log(lines.join('\n'));
 if (process.env.BENCH_OUT) {

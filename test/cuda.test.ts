@@ -30,6 +30,8 @@ import { CudaBackend, KERNEL_SIGNATURES, collapseAxes } from '../src/backends/cu
 import { kernelsDir } from '../src/backends/cuda/kernels.js';
 import * as T from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
+import { BatchEngine } from '../src/generate/batch.js';
+import { generateIds } from '../src/generate/generate.js';
 import { decodeGreedy, tinyStudent } from './decode-helpers.js';
 import type { Batch, BatchSource } from '../src/data/index.js';
 import { toTensors } from '../src/data/index.js';
@@ -1791,6 +1793,47 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     } finally {
       T.setBackend(cpu);
       T.setAutocast(null);
+    }
+  });
+
+  it('graph decode: the batch engine replays its batched step and gives each sequence its generate tokens', () => {
+    try {
+      T.setBackend(gpu);
+      const model = tinyStudent();
+      const prompts = [
+        [1, 2, 3, 4, 5],
+        [7, 8],
+        [60, 61, 62, 63, 64, 65, 66],
+      ];
+      const want = prompts.map((p, i) =>
+        generateIds(model, p, { maxNewTokens: 8 + i, temperature: 0, stopAtEos: false, graph: false }),
+      );
+      const eng = new BatchEngine(model, { maxBatch: 3, graph: true });
+      const got: number[][] = prompts.map(() => []);
+      const submit = (i: number) =>
+        eng.submit({
+          promptIds: prompts[i],
+          maxNewTokens: 8 + i,
+          temperature: 0,
+          stopAtEos: false,
+          onToken: (t) => got[i].push(t),
+        });
+      submit(0);
+      submit(1);
+      let replays = 0;
+      const step = () => {
+        eng.step();
+        if ((eng as unknown as { decoder: { mode: string } | null }).decoder?.mode === 'graph') replays++;
+      };
+      for (let k = 0; k < 4; k++) step();
+      submit(2);
+      for (let k = 0; k < 30 && eng.stats.active > 0; k++) step();
+      assert.deepEqual(got, want);
+      assert.ok(replays >= 4, `steps replayed: ${replays}`);
+      eng.close();
+      model.dispose();
+    } finally {
+      T.setBackend(cpu);
     }
   });
 

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { CpuBackend } from '../src/backends/cpu/index.js';
+import { BatchEngine } from '../src/generate/batch.js';
 import { generateIds } from '../src/generate/generate.js';
 import { greedyIds, greedyScores } from '../src/generate/decode-graph.js';
 import {
@@ -82,6 +83,47 @@ describe('decode graph (CPU recorder)', () => {
     const on = generateIds(model, prompt, { maxNewTokens: 10, temperature: 0, graph: true });
     assert.equal(on.length, 10);
     assert.deepEqual(on, off);
+  });
+
+  it('continuous batching: the batched step as a graph gives each sequence its generate tokens', () => {
+    const model = tinyStudent();
+    const prompts = [[1, 2, 3, 4, 5], [7, 8], [60, 61, 62, 63, 64, 65, 66], [50]];
+    const want = prompts.map((p, i) =>
+      generateIds(model, p, {
+        maxNewTokens: 9 + i,
+        temperature: i === 3 ? 0.8 : 0,
+        seed: 4,
+        stopAtEos: false,
+      }),
+    );
+    const live = backend.memoryStats().liveBuffers;
+    const eng = new BatchEngine(model, { maxBatch: 3, graph: true });
+    const got: number[][] = prompts.map(() => []);
+    const submit = (i: number) =>
+      eng.submit({
+        promptIds: prompts[i],
+        maxNewTokens: 9 + i,
+        temperature: i === 3 ? 0.8 : 0,
+        seed: 4,
+        stopAtEos: false,
+        onToken: (t) => got[i].push(t),
+      });
+    submit(0);
+    submit(1);
+    let replays = 0;
+    const step = () => {
+      eng.step();
+      const d = (eng as unknown as { decoder: { mode: string } | null }).decoder;
+      if (d?.mode === 'graph') replays++;
+    };
+    for (let k = 0; k < 4; k++) step(); // the pair decodes as a graph
+    submit(2); // joins: the stack is rebuilt, warmed up and captured again
+    submit(3); // waits for a free slot
+    for (let k = 0; k < 40 && (eng.stats.active > 0 || eng.stats.waiting > 0); k++) step();
+    assert.deepEqual(got, want);
+    assert.ok(replays >= 6, `steps replayed as a graph: ${replays}`);
+    eng.close();
+    assert.equal(backend.memoryStats().liveBuffers, live, 'the engine freed its graphs and stacks');
   });
 
   it('keeps hybrids (attention layers) and graphs turned off eager', () => {
