@@ -312,12 +312,11 @@ export class DeviceStep<B extends TokenBatch> {
   private verify(batches: readonly B[], stats: GradientStats, step: number): string | null {
     const { accum, lossFn } = this.o;
     for (let micro = 0; micro < accum; micro++) {
-      const eager = noGrad(() =>
-        scope(() => {
-          const loss = lossFn(batches[micro], { step, micro, accum });
-          return loss instanceof Tensor ? loss.item() : loss.value;
-        }),
-      );
+      // with gradients recorded (not run), so every op takes the path it takes in the step
+      const eager = scope(() => {
+        const loss = lossFn(batches[micro], { step, micro, accum });
+        return loss instanceof Tensor ? loss.item() : loss.value;
+      });
       const got = stats.losses[micro];
       const same = got === eager || Math.abs(got - eager) <= 1e-4 * Math.max(1, Math.abs(eager));
       if (!same && (Number.isFinite(got) || Number.isFinite(eager)))
