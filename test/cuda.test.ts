@@ -1562,6 +1562,15 @@ describe('cuda backend vs cpu backend', { skip }, () => {
           fn: ([g, u], dt) => T.gatedActivation('geluNew', g, u, dt),
         },
         {
+          what: 'add3 (3, 50, 40)',
+          shapes: [
+            [3, 50, 40],
+            [3, 50, 40],
+            [3, 50, 40],
+          ],
+          fn: ([a, b, c]) => T.add3(a, b, c),
+        },
+        {
           what: 'causalConv1d (2, 77, 12), kernel 4 (a bf16 copy of x kept for the weight gradient)',
           shapes: [[2, 77, 12], [12, 4], [12]],
           fn: ([x, w, b]) => T.causalConv1d(x, w, b),

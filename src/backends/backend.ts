@@ -359,6 +359,8 @@ export interface Backend {
     headDim: number,
   ): void;
 
+  /** Optional: out = (a + b) + c, dense f32 buffers of one length (two residual adds in one pass) */
+  add3?(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, out: DeviceBuffer): void;
   /**
    * Optional: causalConv1d that also writes xKeep, a bf16 copy of x (B, T, C), in the same pass;
    * a backend with this method accepts that bf16 x in causalConv1dBackward (its weight gradient

@@ -4,7 +4,7 @@
 // sections, parameters backbone.* and lm_head.*); docs/student-format.md documents the
 // extensions for the other block styles and for hybrids.
 
-import { add, matmul, scale, slice, tanh, tensor, type Tensor } from '../tensor/index.js';
+import { add, add3, matmul, scale, slice, tanh, tensor, type Tensor } from '../tensor/index.js';
 import { Attention, type AttentionConfig } from '../nn/attention.js';
 import { checkMixerConfig, DiscreteMamba2, type DiscreteMamba2Config } from '../nn/discrete-mamba2.js';
 import { Embedding, LayerNorm, Linear, RMSNorm, type InitOptions } from '../nn/layers.js';
@@ -204,7 +204,7 @@ export class StudentBlock extends Module implements Block {
     const n = this.input_layernorm.forward(x);
     const m = this.mix(n, opts);
     if (this.c.style === 'phi') {
-      return { out: add(add(x, m.out), this.mlp.forward(n)), mixerOut: m.out, matrix: m.matrix };
+      return { out: add3(x, m.out, this.mlp.forward(n)), mixerOut: m.out, matrix: m.matrix };
     }
     if (this.pre_feedforward_layernorm && this.post_feedforward_layernorm) {
       // Gemma 2: h = x + norm(mixer(norm(x))); out = h + norm(mlp(norm(h)))

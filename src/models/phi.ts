@@ -1,7 +1,7 @@
 // Phi (HF PhiForCausalLM, Phi-1/1.5/2): attention and MLP in parallel on one shared LayerNorm,
 // partial rotary embeddings, gelu_new, biases everywhere, final LayerNorm, lm_head with bias.
 
-import { add, type Tensor } from '../tensor/index.js';
+import { add3, type Tensor } from '../tensor/index.js';
 import { Attention } from '../nn/attention.js';
 import { Embedding, LayerNorm, Linear, type InitOptions } from '../nn/layers.js';
 import { ACTIVATIONS, MLP, type Activation } from '../nn/mlp.js';
@@ -142,7 +142,7 @@ export class PhiBlock extends Module implements Block {
   forward(x: Tensor, opts: BlockOptions = {}): BlockOutput {
     const n = this.input_layernorm.forward(x);
     const a = this.self_attn.forward(n, opts);
-    const out = add(add(x, a.out), this.mlp.forward(n));
+    const out = add3(x, a.out, this.mlp.forward(n));
     return { out, mixerOut: a.out, matrix: a.matrix };
   }
 

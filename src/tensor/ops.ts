@@ -132,6 +132,20 @@ export function add(a: Tensor, b: Tensor): Tensor {
   ]);
 }
 
+/**
+ * (a + b) + c for three tensors of one shape (a block's two residual adds): one pass where the
+ * backend has it, the same values as add(add(a, b), c).
+ */
+export function add3(a: Tensor, b: Tensor, c: Tensor): Tensor {
+  const be = a.backend;
+  const same = (t: Tensor) =>
+    t.dtype === 'f32' && t.backend === be && t.ndim === a.ndim && t.shape.every((d, i) => d === a.shape[i]);
+  if (!(be.add3 && same(a) && same(b) && same(c) && fusedGlue('MOHAWK_FUSED_ADD'))) return add(add(a, b), c);
+  const out = like(a);
+  be.add3(a.buffer, b.buffer, c.buffer, out.buffer);
+  return record(out, 'add3', [a, b, c], [], (g) => [g, g, g]);
+}
+
 export function sub(a: Tensor, b: Tensor): Tensor {
   return record(binary('sub', a, b), 'sub', [a, b], [], (g) => [
     a.requiresGrad ? sumToShape(g, a.shape) : null,
@@ -217,10 +231,12 @@ export function unaryTo(op: UnaryOp, x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
 /**
  * Whether a fused glue kernel may be used (the backend must also have it): on unless
  * MOHAWK_FUSED_GLUE=0 (all of them) or its own switch (MOHAWK_FUSED_GATE, MOHAWK_FUSED_MLP,
- * MOHAWK_FUSED_CONV) is 0,
+ * MOHAWK_FUSED_CONV, MOHAWK_FUSED_ADD) is 0,
  * so one run can measure before and after.
  */
-export function fusedGlue(name: 'MOHAWK_FUSED_GATE' | 'MOHAWK_FUSED_MLP' | 'MOHAWK_FUSED_CONV'): boolean {
+export function fusedGlue(
+  name: 'MOHAWK_FUSED_GATE' | 'MOHAWK_FUSED_MLP' | 'MOHAWK_FUSED_CONV' | 'MOHAWK_FUSED_ADD',
+): boolean {
   return process.env.MOHAWK_FUSED_GLUE !== '0' && process.env[name] !== '0';
 }
 

@@ -48,6 +48,7 @@ export const ELEMENTWISE_SIGNATURES = {
   gated_act_backward_f32: 'ppipppil',
   silu_gate_d_f32: 'ppppppippilii',
   silu_gate_d_backward_f32: 'ppppippppppliii',
+  add3_f32: 'ppppl',
 } as const;
 
 const { k, run1 } = moduleKernels('elementwise', ELEMENTWISE_SIGNATURES);
@@ -586,4 +587,17 @@ export function siluGateDBackward(
   h.sumInto(colSums.ptr, h.f(gD, 'siluGateD D gradient'), cols / headDim, headDim, 1);
   h.free(partial);
   h.free(colSums);
+}
+
+/** out = (a + b) + c, dense f32 of n elements */
+export function add3(h: Host, a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, out: DeviceBuffer): void {
+  const n = h.buf(out, 'add3 output').length;
+  for (const [what, t] of [
+    ['a', a],
+    ['b', b],
+    ['c', c],
+  ] as const)
+    if (h.buf(t, `add3 ${what}`).length !== n)
+      throw new Error(`cuda backend: add3 ${what} is not ${n} elements`);
+  run1(h, 'add3_f32', n, [h.f(a, 'add3 a'), h.f(b, 'add3 b'), h.f(c, 'add3 c'), h.f(out, 'add3 output'), n]);
 }

@@ -622,6 +622,10 @@ export class CudaBackend implements Backend {
     if (BIAS) addBias();
   }
 
+  add3(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, out: DeviceBuffer): void {
+    elementwise.add3(this.host, a, b, c, out);
+  }
+
   matmulGelu(
     a: DeviceBuffer,
     b: DeviceBuffer,

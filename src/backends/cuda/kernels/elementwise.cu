@@ -527,3 +527,8 @@ extern "C" __global__ void silu_gate_d_backward_f32(const void* y, const float* 
   }
   partial[(i64)blockIdx.y * cols + c] = acc;
 }
+
+/** a, b, c, out (n) f32: out = a + b + c (the Phi block's two residual adds in one pass) */
+extern "C" __global__ void add3_f32(const float* a, const float* b, const float* c, float* out, i64 n) {
+  FOR_EACH(i, n) out[i] = (a[i] + b[i]) + c[i];
+}
