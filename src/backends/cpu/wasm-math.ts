@@ -410,50 +410,48 @@ function expSumFunc(): FuncDef {
   };
 }
 
-/** klDot(t, s, bytes, inv, shift) -> sum of e (t - s), e = exp(inv t + shift), terms with e = 0 left out */
+/**
+ * klDot(t, s, bytes, inv, shift, sumAt) -> sum of e (t - s), e = exp(inv t + shift), terms with
+ * e = 0 left out; the sum of e itself is stored as an f64 at sumAt
+ */
 function klDotFunc(): FuncDef {
-  const [tp, sp, n, inv, shift] = [0, 1, 2, 3, 4];
-  const b = new Builder(5);
+  const [tp, sp, n, inv, shift, sumAt] = [0, 1, 2, 3, 4, 5];
+  const b = new Builder(6);
   const o = b.local(I32);
   const e = b.local(V128);
   const tv = b.local(V128);
-  const a0 = b.local(V128);
-  const a1 = b.local(V128);
+  const [a0, a1, e0, e1] = [b.local(V128), b.local(V128), b.local(V128), b.local(V128)];
   const t = b.expTemps();
   const body = [
     ...set(tv, v.load(addr(tp, o))),
     ...exp4(e, v.add(v.mul(get(tv), v.splat(get(inv))), v.splat(get(shift))), t),
+    ...accumulate(e0, e1, get(e)),
     // where e is 0, t - s may be NaN (-inf - -inf): masked out
     ...accumulate(a0, a1, v.and(v.mul(get(e), v.sub(get(tv), v.load(addr(sp, o)))), v.gt(get(e), cf(0)))),
   ];
   return {
     name: 'klDot',
-    params: [I32, I32, I32, F32, F32],
+    params: [I32, I32, I32, F32, F32, I32],
     results: [F64],
     locals: b.locals,
-    code: [...eachVector(o, n, body), ...hsum(a0, a1)],
+    code: [...eachVector(o, n, body), ...get(sumAt), ...hsum(e0, e1), 0x39, 3, 0, ...hsum(a0, a1)],
   };
 }
 
-/** klGrad(t, s, gs, bytes, inv, shiftT, shiftS, cT, cS): gs = cS exp(inv s + shiftS) - cT exp(inv t + shiftT) */
-function klGradFunc(): FuncDef {
-  const [tp, sp, gp, n, inv, shiftT, shiftS, cT, cS] = [0, 1, 2, 3, 4, 5, 6, 7, 8];
-  const b = new Builder(9);
+/** axpby(x, y, out, bytes, a, b): out = a x + b y */
+function axpbyFunc(): FuncDef {
+  const b = new Builder(6);
   const o = b.local(I32);
-  const p = b.local(V128);
-  const q = b.local(V128);
-  const t = b.expTemps();
-  const body = [
-    ...exp4(p, v.add(v.mul(v.load(addr(tp, o)), v.splat(get(inv))), v.splat(get(shiftT))), t),
-    ...exp4(q, v.add(v.mul(v.load(addr(sp, o)), v.splat(get(inv))), v.splat(get(shiftS))), t),
-    ...v.store(addr(gp, o), v.sub(v.mul(get(q), v.splat(get(cS))), v.mul(get(p), v.splat(get(cT))))),
-  ];
+  const body = v.store(
+    addr(2, o),
+    v.add(v.mul(v.load(addr(0, o)), v.splat(get(4))), v.mul(v.load(addr(1, o)), v.splat(get(5)))),
+  );
   return {
-    name: 'klGrad',
-    params: [I32, I32, I32, I32, F32, F32, F32, F32, F32],
+    name: 'axpby',
+    params: [I32, I32, I32, I32, F32, F32],
     results: [],
     locals: b.locals,
-    code: eachVector(o, n, body),
+    code: eachVector(o, 3, body),
   };
 }
 
@@ -676,7 +674,7 @@ export function mathModuleBytes(): Uint8Array {
     rowMaxFunc(),
     expSumFunc(),
     klDotFunc(),
-    klGradFunc(),
+    axpbyFunc(),
     convFunc(),
     convGradFunc(),
     ...WASM_BINARY.flatMap(binaryFuncs),
@@ -700,18 +698,8 @@ export interface WasmMath {
   siluGateGrad: (y: Ptr, u: Ptr, g: Ptr, gy: Ptr, gz: Ptr, bytes: number) => void;
   rowMax: (src: Ptr, bytes: number) => number;
   expSum: (src: Ptr, dst: Ptr, bytes: number, scale: number, shift: number, mult: number) => number;
-  klDot: (t: Ptr, s: Ptr, bytes: number, inv: number, shift: number) => number;
-  klGrad: (
-    t: Ptr,
-    s: Ptr,
-    gs: Ptr,
-    bytes: number,
-    inv: number,
-    shiftT: number,
-    shiftS: number,
-    cT: number,
-    cS: number,
-  ) => void;
+  klDot: (t: Ptr, s: Ptr, bytes: number, inv: number, shift: number, sumAt: Ptr) => number;
+  axpby: (x: Ptr, y: Ptr, out: Ptr, bytes: number, a: number, b: number) => void;
   conv: (x: Ptr, wt: Ptr, bias: Ptr, out: Ptr, T: number, rowBytes: number, K: number) => void;
   convGrad: (
     x: Ptr,
@@ -754,7 +742,7 @@ export function wasmMath(): WasmMath | null {
       rowMax: fn('rowMax'),
       expSum: fn('expSum'),
       klDot: fn('klDot'),
-      klGrad: fn('klGrad'),
+      axpby: fn('axpby'),
       conv: fn('conv'),
       sumSq: fn('sumSq'),
       rmsScale: fn('rmsScale'),
@@ -906,11 +894,13 @@ class RowStage {
     readonly cols: number,
     operands: number,
     readonly padValue = -Infinity,
+    /** floats to keep after the operands (one more row and a few scalars) */
+    extra = 0,
   ) {
     this.pitch = pad4(cols);
     this.count = Math.max(1, Math.floor(BLOCK / this.pitch));
     this.stride = this.count * this.pitch;
-    this.mem = w.reserve(operands * this.stride);
+    this.mem = w.reserve(operands * this.stride + extra);
   }
   /** copy rows r0 .. r0 + n of src into operand k */
   load(k: number, src: Float32Array, r0: number, n: number): void {
@@ -1059,9 +1049,12 @@ export function klDivergenceF32(
   const w = wasmMath();
   if (!w) return false;
   const inv = 1 / tau;
-  const st = new RowStage(w, vocab, 3);
+  // operands: teacher rows, student rows; then a scratch row and one f64 for klDot's second sum
+  const st = new RowStage(w, vocab, 2, -Infinity, vocab + 8);
   const bytes = st.pitch * 4;
   const scratch = 2 * st.stride * 4;
+  const sumAt = (2 * st.stride + st.pitch) * 4; // 16-byte aligned: pitch is a multiple of 4
+  const sumT = new Float64Array(w.memory.buffer, sumAt, 1);
   for (let r0 = 0; r0 < rows; r0 += st.count) {
     const n = Math.min(st.count, rows - r0);
     st.load(0, teacher, r0, n);
@@ -1069,11 +1062,12 @@ export function klDivergenceF32(
     for (let r = 0; r < n; r++) {
       const t = r * bytes;
       const s = (st.stride + r * st.pitch) * 4;
-      const [shiftT, sumT] = scaledRow(w, t, scratch, bytes, inv);
       const [shiftS, sumS] = scaledRow(w, s, scratch, bytes, inv);
+      const shiftT = Math.fround(-w.rowMax(t, bytes) * inv);
       // sum p (log p - log q) = sum p (t - s) / tau - (lse_t - lse_s), p = exp(t / tau + shiftT) / sumT
-      const lseGap = Math.log(sumT) - shiftT - (Math.log(sumS) - shiftS);
-      losses[r0 + r] = (inv * w.klDot(t, s, bytes, inv, shiftT)) / sumT - lseGap;
+      const dot = w.klDot(t, s, bytes, inv, shiftT, sumAt);
+      const lseGap = Math.log(sumT[0]) - shiftT - (Math.log(sumS) - shiftS);
+      losses[r0 + r] = (inv * dot) / sumT[0] - lseGap;
     }
   }
   return true;
@@ -1102,10 +1096,11 @@ export function klDivergenceGradF32(
       const t = r * bytes;
       const s = (st.stride + r * st.pitch) * 4;
       const g = (2 * st.stride + r * st.pitch) * 4;
-      const [shiftT, sumT] = scaledRow(w, t, g, bytes, inv);
-      const [shiftS, sumS] = scaledRow(w, s, g, bytes, inv);
+      // the unnormalized probabilities in place of the logits, then one combination
+      const [, sumT] = scaledRow(w, t, t, bytes, inv);
+      const [, sumS] = scaledRow(w, s, s, bytes, inv);
       const c = gLoss[r0 + r] * inv;
-      w.klGrad(t, s, g, bytes, inv, shiftT, shiftS, c / sumT, c / sumS);
+      w.axpby(s, t, g, bytes, c / sumS, -c / sumT);
     }
     st.store(2, gStudent, r0, n);
   }
