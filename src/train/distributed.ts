@@ -242,9 +242,6 @@ export class GradReducer {
   private readonly index = new Map<Tensor, number>();
   private readonly limit: number;
   private readonly hook = (leaf: Tensor): void => this.ready(leaf);
-  /** every bucket started, in order, with whether it started during the backward (for tests) */
-  readonly log: { params: string[]; duringBackward: boolean }[] = [];
-  private inBackward = false;
 
   constructor(
     private readonly c: Collective,
@@ -285,12 +282,7 @@ export class GradReducer {
 
   /** Run fn (the step's last backward) with the buckets starting as gradients become final. */
   during<T>(fn: () => T): T {
-    this.inBackward = true;
-    try {
-      return withGradReadyHook(this.hook, fn);
-    } finally {
-      this.inBackward = false;
-    }
+    return withGradReadyHook(this.hook, fn);
   }
 
   private ready(leaf: Tensor): void {
@@ -313,7 +305,6 @@ export class GradReducer {
 
   private start(k: number): void {
     const ids = this.plan[k];
-    this.log.push({ params: ids.map((i) => this.params[i][0]), duringBackward: this.inBackward });
     const flat = noGrad(() =>
       scope(() =>
         keep(
