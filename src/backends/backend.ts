@@ -751,6 +751,7 @@ export const KERNEL_NAMES = [
   'siluGateDBackward',
   'causalConv1dKeep16',
   'matmulGelu',
+  'add3',
 ] as const satisfies readonly KernelName[];
 
 /** compile-time check that KERNEL_NAMES lists every kernel: names the missing ones in the error */
