@@ -360,4 +360,19 @@ describe('WebAssembly SIMD kernels for f32', () => {
       assertClose(gw32, gw64, 1e-5, 'rmsNorm weight gradient', 1e-5);
     }
   });
+
+  it('strided copies that accumulate into long f32 runs match float64', () => {
+    const be = new CpuBackend();
+    // src (3, 100) into columns 5..104 of dst (3, 120), adding
+    const [s64, s32] = pair(300);
+    const [d64, d32] = pair(360);
+    const run = (src: Float32Array | Float64Array, dst: Float32Array | Float64Array, dt: 'f32' | 'f64') => {
+      const [bs, bd] = [be.alloc(dt, src.length), be.alloc(dt, dst.length)];
+      be.write(bs, src);
+      be.write(bd, dst);
+      be.copyStrided(bs, 0, [100, 1], bd, 5, [120, 1], [3, 100], true);
+      return be.read(bd);
+    };
+    assert.deepEqual(Array.from(run(s32, d32, 'f32')), Array.from(Float32Array.from(run(s64, d64, 'f64'))));
+  });
 });
