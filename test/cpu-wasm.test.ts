@@ -375,4 +375,22 @@ describe('WebAssembly SIMD kernels for f32', () => {
     };
     assert.deepEqual(Array.from(run(s32, d32, 'f32')), Array.from(Float32Array.from(run(s64, d64, 'f64'))));
   });
+
+  it('column sums (reduce over a middle axis) of f32 match float64 to one rounding', () => {
+    const be = new CpuBackend();
+    for (const [outer, n, inner] of [
+      [2, 300, 64],
+      [1, 2048, 260],
+    ]) {
+      const [x64, x32] = pair(outer * n * inner);
+      const run = (x: Float32Array | Float64Array, dt: 'f32' | 'f64') => {
+        const [bx, bo] = [be.alloc(dt, x.length), be.alloc(dt, outer * inner)];
+        be.write(bx, x);
+        be.reduce('sum', bx, bo, outer, n, inner);
+        return be.read(bo);
+      };
+      // float64 accumulation of the same f32 inputs: the f32 result is the f64 sum rounded once
+      assert.deepEqual(Array.from(run(x32, 'f32')), Array.from(Float32Array.from(run(x64, 'f64'))));
+    }
+  });
 });

@@ -26,6 +26,7 @@ import * as seq from './sequence.js';
 import * as ssd from './ssd.js';
 import {
   binaryRunF32,
+  columnSumF32,
   siluGateF32,
   siluGateGradF32,
   unaryF32,
@@ -421,6 +422,8 @@ export class CpuBackend implements Backend {
   reduce(op: ReduceOp, x: DeviceBuffer, out: DeviceBuffer, outer: number, n: number, inner: number): void {
     const a = fl(x, `reduce ${op} input`);
     const o = fl(out, `reduce ${op} output`);
+    if (op === 'sum' && inner >= 16 && a instanceof Float32Array && columnSumF32(a, o, outer, n, inner))
+      return;
     const acc = new Float64Array(inner);
     for (let p = 0; p < outer; p++) {
       const base = p * n * inner;

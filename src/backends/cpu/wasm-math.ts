@@ -665,6 +665,27 @@ function dot3Func(): FuncDef {
   };
 }
 
+/** colSum(src, acc, rows, rowBytes): acc[j] += sum_r src[r, j] with acc f64 (rowBytes a multiple of 16) */
+function colSumFunc(): FuncDef {
+  const [src, acc, rows, rb] = [0, 1, 2, 3];
+  const b = new Builder(4);
+  const [r, o, row, at] = [b.local(I32), b.local(I32), b.local(I32), b.local(I32)];
+  const x = b.local(V128);
+  const f64x2 = (addrCode: Code): Code => [...addrCode, ...simd(0x00), 4, 0];
+  const body = [
+    ...set(x, v.load(iadd(get(row), get(o)))),
+    // acc + 2 o: the f64 pairs of lanes 0-1 and 2-3
+    ...set(at, iadd(get(acc), iadd(get(o), get(o)))),
+    ...v.store(get(at), v.dadd(f64x2(get(at)), v.promoteLow(get(x)))),
+    ...v.store(iadd(get(at), i32(16)), v.dadd(f64x2(iadd(get(at), i32(16))), v.promoteLow(v.high(get(x))))),
+  ];
+  const code = forRange(r, i32(0), get(rows), 1, [
+    ...set(row, iadd(get(src), imul(get(r), get(rb)))),
+    ...forRange(o, i32(0), get(rb), 16, body),
+  ]);
+  return { name: 'colSum', params: [I32, I32, I32, I32], results: [], locals: b.locals, code };
+}
+
 export function mathModuleBytes(): Uint8Array {
   return moduleBytes([
     ...WASM_UNARY.map(unaryFunc),
@@ -682,6 +703,7 @@ export function mathModuleBytes(): Uint8Array {
     rmsScaleFunc(),
     rmsGradRowFunc(),
     dot3Func(),
+    colSumFunc(),
   ]);
 }
 
@@ -718,6 +740,7 @@ export interface WasmMath {
   rmsScale: (x: Ptr, w: Ptr, out: Ptr, bytes: number, rs: number) => void;
   rmsGradRow: (x: Ptr, w: Ptr, gy: Ptr, gx: Ptr, gw: Ptr, bytes: number, rs: number, c: number) => void;
   dot3: (a: Ptr, b: Ptr, c: Ptr, bytes: number) => number;
+  colSum: (src: Ptr, acc: Ptr, rows: number, rowBytes: number) => void;
   /** make the memory hold at least `floats` f32 (renews f32); returns the view */
   reserve(floats: number): Float32Array;
 }
@@ -748,6 +771,7 @@ export function wasmMath(): WasmMath | null {
       rmsScale: fn('rmsScale'),
       rmsGradRow: fn('rmsGradRow'),
       dot3: fn('dot3'),
+      colSum: fn('colSum'),
       binary: Object.fromEntries(WASM_BINARY.map((op) => [op, fn(`binary_${op}`)])) as WasmMath['binary'],
       binaryScalar: Object.fromEntries(
         WASM_BINARY.map((op) => [op, fn(`binary_${op}_s`)]),
@@ -1281,5 +1305,37 @@ export function rmsNormGradF32(
     for (let j = 0; j < cols; j++) accW[j] += st.mem[gwAt + j];
   }
   for (let j = 0; j < cols; j++) gw[j] = accW[j];
+  return true;
+}
+
+/**
+ * out[p, i] = sum_j x[p, j, i] for x (outer, n, inner), inner a multiple of 4, summed in float64;
+ * false without WebAssembly or for other widths
+ */
+export function columnSumF32(
+  x: Float32Array,
+  out: Float32Array | Float64Array,
+  outer: number,
+  n: number,
+  inner: number,
+): boolean {
+  const w = inner % 4 === 0 && inner <= BLOCK ? wasmMath() : null;
+  if (!w) return false;
+  const rowsPer = Math.max(1, Math.floor(BLOCK / inner));
+  // layout (floats): the f64 accumulators (2 inner), then a block of rows
+  const accAt = 0;
+  const blockAt = 2 * inner;
+  const mem = w.reserve(blockAt + rowsPer * inner);
+  const acc = new Float64Array(w.memory.buffer, 0, inner);
+  for (let p = 0; p < outer; p++) {
+    acc.fill(0);
+    for (let j0 = 0; j0 < n; j0 += rowsPer) {
+      const rows = Math.min(rowsPer, n - j0);
+      const from = (p * n + j0) * inner;
+      mem.set(x.subarray(from, from + rows * inner), blockAt);
+      w.colSum(blockAt * 4, accAt, rows, inner * 4);
+    }
+    for (let i = 0; i < inner; i++) out[p * inner + i] = acc[i];
+  }
   return true;
 }
