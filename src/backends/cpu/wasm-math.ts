@@ -686,8 +686,143 @@ function colSumFunc(): FuncDef {
   return { name: 'colSum', params: [I32, I32, I32, I32], results: [], locals: b.locals, code };
 }
 
+// ---- row loops: one call a block of rows, each row through the functions above ----------------
+
+const call = (index: number): Code => [0x10, ...uleb(index)];
+const f32c = (x: number): Code => [0x43, ...new Uint8Array(new Float32Array([x]).buffer)];
+const f64store = (at: Code, val: Code): Code => [...at, ...val, 0x39, 3, 0];
+const f64load = (at: Code): Code => [...at, 0x2b, 3, 0];
+/** -(max of the row) * inv, in f32 */
+const negScaledMax = (rowMax: number, row: Code, pitch: number, inv: number): Code => [
+  ...row,
+  ...get(pitch),
+  ...call(rowMax),
+  ...get(inv),
+  0x94, // f32.mul
+  0x8c, // f32.neg
+];
+
+/**
+ * klRows(t, s, rows, pitch, inv, scratch, stats): per row r of teacher and student logits (pitch
+ * bytes apart), stats[r] = f64 x 5: shiftT, shiftS, sumT, sumS and sum e_t (t - s), where
+ * shift = -max / tau and sum = sum exp(x / tau + shift); scratch takes one row of exps
+ */
+function klRowsFunc(at: (name: string) => number): FuncDef {
+  const [t, s, rows, pitch, inv, scratch, stats] = [0, 1, 2, 3, 4, 5, 6];
+  const b = new Builder(7);
+  const [r, tp, sp, st] = [b.local(I32), b.local(I32), b.local(I32), b.local(I32)];
+  const [shiftT, shiftS] = [b.local(F32), b.local(F32)];
+  const body = [
+    ...set(tp, iadd(get(t), imul(get(r), get(pitch)))),
+    ...set(sp, iadd(get(s), imul(get(r), get(pitch)))),
+    ...set(st, iadd(get(stats), imul(get(r), i32(40)))),
+    ...set(shiftT, negScaledMax(at('rowMax'), get(tp), pitch, inv)),
+    ...set(shiftS, negScaledMax(at('rowMax'), get(sp), pitch, inv)),
+    ...f64store(get(st), [...get(shiftT), 0xbb]),
+    ...f64store(iadd(get(st), i32(8)), [...get(shiftS), 0xbb]),
+    ...f64store(iadd(get(st), i32(24)), [
+      ...[...get(sp), ...get(scratch), ...get(pitch), ...get(inv), ...get(shiftS), ...f32c(1)],
+      ...call(at('expSum')),
+    ]),
+    ...f64store(iadd(get(st), i32(32)), [
+      ...[...get(tp), ...get(sp), ...get(pitch), ...get(inv), ...get(shiftT), ...iadd(get(st), i32(16))],
+      ...call(at('klDot')),
+    ]),
+  ];
+  return {
+    name: 'klRows',
+    params: [I32, I32, I32, I32, F32, I32, I32],
+    results: [],
+    locals: b.locals,
+    code: forRange(r, i32(0), get(rows), 1, body),
+  };
+}
+
+/**
+ * klGradRows(t, s, g, rows, pitch, inv, cs): per row, t and s become their unnormalized
+ * probabilities exp(x / tau + shift) in place and g = c (q - p), c = cs[r] (f64) = gLoss / tau
+ */
+function klGradRowsFunc(at: (name: string) => number): FuncDef {
+  const [t, s, g, rows, pitch, inv, cs] = [0, 1, 2, 3, 4, 5, 6];
+  const b = new Builder(7);
+  const [r, tp, sp] = [b.local(I32), b.local(I32), b.local(I32)];
+  const [sumT, sumS, c] = [b.local(F64), b.local(F64), b.local(F64)];
+  const expInPlace = (row: number): Code => [
+    ...get(row),
+    ...get(row),
+    ...get(pitch),
+    ...get(inv),
+    ...negScaledMax(at('rowMax'), get(row), pitch, inv),
+    ...f32c(1),
+    ...call(at('expSum')),
+  ];
+  const body = [
+    ...set(tp, iadd(get(t), imul(get(r), get(pitch)))),
+    ...set(sp, iadd(get(s), imul(get(r), get(pitch)))),
+    ...set(sumT, expInPlace(tp)),
+    ...set(sumS, expInPlace(sp)),
+    ...set(c, f64load(iadd(get(cs), imul(get(r), i32(8))))),
+    ...get(sp),
+    ...get(tp),
+    ...iadd(get(g), imul(get(r), get(pitch))),
+    ...get(pitch),
+    ...[...get(c), ...get(sumS), 0xa3, 0xb6], // f32(c / sumS)
+    ...[...get(c), ...get(sumT), 0xa3, 0x9a, 0xb6], // f32(-(c / sumT))
+    ...call(at('axpby')),
+  ];
+  return {
+    name: 'klGradRows',
+    params: [I32, I32, I32, I32, I32, F32, I32],
+    results: [],
+    locals: b.locals,
+    code: forRange(r, i32(0), get(rows), 1, body),
+  };
+}
+
+/**
+ * softmaxRows(src, dst, rows, pitch, stats): dst rows = softmax of src rows (a row of -inf gives
+ * NaN, as 0 / 0); stats[r] = f64 x 2: the max used (0 for a row of -inf) and the sum of exps
+ */
+function softmaxRowsFunc(at: (name: string) => number): FuncDef {
+  const [src, dst, rows, pitch, stats] = [0, 1, 2, 3, 4];
+  const b = new Builder(5);
+  const [r, sp, dp, st] = [b.local(I32), b.local(I32), b.local(I32), b.local(I32)];
+  const m = b.local(F32);
+  const sum = b.local(F64);
+  const body = [
+    ...set(sp, iadd(get(src), imul(get(r), get(pitch)))),
+    ...set(dp, iadd(get(dst), imul(get(r), get(pitch)))),
+    ...set(st, iadd(get(stats), imul(get(r), i32(16)))),
+    ...set(m, [...get(sp), ...get(pitch), ...call(at('rowMax'))]),
+    // a fully masked row: max 0, stay finite
+    ...set(m, [...f32c(0), ...get(m), ...get(m), ...f32c(-Infinity), 0x5b, 0x1b]),
+    ...set(sum, [
+      ...get(sp),
+      ...get(dp),
+      ...get(pitch),
+      ...f32c(1),
+      ...get(m),
+      0x8c,
+      ...f32c(1),
+      ...call(at('expSum')),
+    ]),
+    ...f64store(get(st), [...get(m), 0xbb]),
+    ...f64store(iadd(get(st), i32(8)), get(sum)),
+    ...[...get(dp), ...get(dp), ...get(pitch), ...[...f64c(1), ...get(sum), 0xa3, 0xb6], ...f32c(0)],
+    ...call(at('unary_identity')),
+  ];
+  return {
+    name: 'softmaxRows',
+    params: [I32, I32, I32, I32, I32],
+    results: [],
+    locals: b.locals,
+    code: forRange(r, i32(0), get(rows), 1, body),
+  };
+}
+const f64c = (x: number): Code => [0x44, ...new Uint8Array(new Float64Array([x]).buffer)];
+
 export function mathModuleBytes(): Uint8Array {
-  return moduleBytes([
+  const base: FuncDef[] = [
     ...WASM_UNARY.map(unaryFunc),
     ...WASM_UNARY_GRAD.map(gradFunc),
     siluGateFunc(),
@@ -704,7 +839,13 @@ export function mathModuleBytes(): Uint8Array {
     rmsGradRowFunc(),
     dot3Func(),
     colSumFunc(),
-  ]);
+  ];
+  const at = (name: string) => {
+    const i = base.findIndex((f) => f.name === name);
+    if (i < 0) throw new Error(`wasm-math: no function ${name}`);
+    return i;
+  };
+  return moduleBytes([...base, klRowsFunc(at), klGradRowsFunc(at), softmaxRowsFunc(at)]);
 }
 
 // ---- the host side ------------------------------------------------------------------------------
@@ -741,6 +882,9 @@ export interface WasmMath {
   rmsGradRow: (x: Ptr, w: Ptr, gy: Ptr, gx: Ptr, gw: Ptr, bytes: number, rs: number, c: number) => void;
   dot3: (a: Ptr, b: Ptr, c: Ptr, bytes: number) => number;
   colSum: (src: Ptr, acc: Ptr, rows: number, rowBytes: number) => void;
+  klRows: (t: Ptr, s: Ptr, rows: number, pitch: number, inv: number, scratch: Ptr, stats: Ptr) => void;
+  klGradRows: (t: Ptr, s: Ptr, g: Ptr, rows: number, pitch: number, inv: number, cs: Ptr) => void;
+  softmaxRows: (src: Ptr, dst: Ptr, rows: number, pitch: number, stats: Ptr) => void;
   /** make the memory hold at least `floats` f32 (renews f32); returns the view */
   reserve(floats: number): Float32Array;
 }
@@ -772,6 +916,9 @@ export function wasmMath(): WasmMath | null {
       rmsGradRow: fn('rmsGradRow'),
       dot3: fn('dot3'),
       colSum: fn('colSum'),
+      klRows: fn('klRows'),
+      klGradRows: fn('klGradRows'),
+      softmaxRows: fn('softmaxRows'),
       binary: Object.fromEntries(WASM_BINARY.map((op) => [op, fn(`binary_${op}`)])) as WasmMath['binary'],
       binaryScalar: Object.fromEntries(
         WASM_BINARY.map((op) => [op, fn(`binary_${op}_s`)]),
@@ -963,20 +1110,21 @@ export function softmaxF32(
 ): boolean {
   const w = wasmMath();
   if (!w) return false;
-  const st = new RowStage(w, cols, 2);
+  const probe = new RowStage(w, cols, 2);
+  // after the two operands: per row the max and the sum of exps (f64 x 2)
+  const st = new RowStage(w, cols, 2, -Infinity, 4 * probe.count);
   const bytes = st.pitch * 4;
+  const statsAt = 2 * st.stride * 4;
+  const stats = new Float64Array(w.memory.buffer, statsAt, 2 * st.count);
   for (let r0 = 0; r0 < rows; r0 += st.count) {
     const n = Math.min(st.count, rows - r0);
     st.load(0, x, r0, n);
-    for (let r = 0; r < n; r++) {
-      const src = r * bytes;
-      const dst = (st.stride + r * st.pitch) * 4;
-      let max = w.rowMax(src, bytes);
-      if (max === -Infinity) max = 0; // a fully masked row: stay finite
-      const sum = w.expSum(src, dst, bytes, 1, -max, 1);
-      if (log) w.unary.identity(src, dst, bytes, 1, -(max + Math.log(sum)));
-      else w.unary.identity(dst, dst, bytes, 1 / sum, 0);
-    }
+    w.softmaxRows(0, st.stride * 4, n, bytes, statsAt);
+    if (log)
+      for (let r = 0; r < n; r++) {
+        const lse = stats[2 * r] + Math.log(stats[2 * r + 1]);
+        w.unary.identity(r * bytes, (st.stride + r * st.pitch) * 4, bytes, 1, -lse);
+      }
     st.store(1, out, r0, n);
   }
   return true;
@@ -1055,12 +1203,6 @@ export function crossEntropyGradF32(
   return true;
 }
 
-/** the shift -max(x) / tau as an f32 (exact in the kernel) and the row's sum of exp(x / tau + shift) */
-function scaledRow(w: WasmMath, at: number, scratch: number, bytes: number, inv: number): [number, number] {
-  const shift = Math.fround(-w.rowMax(at, bytes) * inv);
-  return [shift, w.expSum(at, scratch, bytes, inv, shift, 1)];
-}
-
 /** losses[r] = KL(softmax(teacher / tau) || softmax(student / tau)) per row; false without WebAssembly */
 export function klDivergenceF32(
   teacher: Float32Array,
@@ -1073,25 +1215,30 @@ export function klDivergenceF32(
   const w = wasmMath();
   if (!w) return false;
   const inv = 1 / tau;
-  // operands: teacher rows, student rows; then a scratch row and one f64 for klDot's second sum
-  const st = new RowStage(w, vocab, 2, -Infinity, vocab + 8);
+  const probe = new RowStage(w, vocab, 2);
+  // after teacher and student rows: a scratch row, then per row f64 x 5 (see klRows)
+  const st = new RowStage(w, vocab, 2, -Infinity, probe.pitch + 10 * probe.count);
   const bytes = st.pitch * 4;
   const scratch = 2 * st.stride * 4;
-  const sumAt = (2 * st.stride + st.pitch) * 4; // 16-byte aligned: pitch is a multiple of 4
-  const sumT = new Float64Array(w.memory.buffer, sumAt, 1);
+  const statsAt = scratch + bytes;
+  const stats = new Float64Array(w.memory.buffer, statsAt, 5 * st.count);
   for (let r0 = 0; r0 < rows; r0 += st.count) {
     const n = Math.min(st.count, rows - r0);
     st.load(0, teacher, r0, n);
     st.load(1, student, r0, n);
+    w.klRows(0, st.stride * 4, n, bytes, inv, scratch, statsAt);
     for (let r = 0; r < n; r++) {
-      const t = r * bytes;
-      const s = (st.stride + r * st.pitch) * 4;
-      const [shiftS, sumS] = scaledRow(w, s, scratch, bytes, inv);
-      const shiftT = Math.fround(-w.rowMax(t, bytes) * inv);
+      const at = 5 * r;
+      const [shiftT, shiftS, sumT, sumS, dot] = [
+        stats[at],
+        stats[at + 1],
+        stats[at + 2],
+        stats[at + 3],
+        stats[at + 4],
+      ];
       // sum p (log p - log q) = sum p (t - s) / tau - (lse_t - lse_s), p = exp(t / tau + shiftT) / sumT
-      const dot = w.klDot(t, s, bytes, inv, shiftT, sumAt);
-      const lseGap = Math.log(sumT[0]) - shiftT - (Math.log(sumS) - shiftS);
-      losses[r0 + r] = (inv * dot) / sumT[0] - lseGap;
+      const lseGap = Math.log(sumT) - shiftT - (Math.log(sumS) - shiftS);
+      losses[r0 + r] = (inv * dot) / sumT - lseGap;
     }
   }
   return true;
@@ -1110,22 +1257,18 @@ export function klDivergenceGradF32(
   const w = wasmMath();
   if (!w) return false;
   const inv = 1 / tau;
-  const st = new RowStage(w, vocab, 3);
+  const probe = new RowStage(w, vocab, 3);
+  // after teacher, student and gradient rows: per row the gradient's scale gLoss / tau (f64)
+  const st = new RowStage(w, vocab, 3, -Infinity, 2 * probe.count);
   const bytes = st.pitch * 4;
+  const csAt = 3 * st.stride * 4;
+  const cs = new Float64Array(w.memory.buffer, csAt, st.count);
   for (let r0 = 0; r0 < rows; r0 += st.count) {
     const n = Math.min(st.count, rows - r0);
     st.load(0, teacher, r0, n);
     st.load(1, student, r0, n);
-    for (let r = 0; r < n; r++) {
-      const t = r * bytes;
-      const s = (st.stride + r * st.pitch) * 4;
-      const g = (2 * st.stride + r * st.pitch) * 4;
-      // the unnormalized probabilities in place of the logits, then one combination
-      const [, sumT] = scaledRow(w, t, t, bytes, inv);
-      const [, sumS] = scaledRow(w, s, s, bytes, inv);
-      const c = gLoss[r0 + r] * inv;
-      w.axpby(s, t, g, bytes, c / sumS, -c / sumT);
-    }
+    for (let r = 0; r < n; r++) cs[r] = gLoss[r0 + r] * inv;
+    w.klGradRows(0, st.stride * 4, 2 * st.stride * 4, n, bytes, inv, csAt);
     st.store(2, gStudent, r0, n);
   }
   return true;
