@@ -2,7 +2,7 @@
 
 import type { AttentionParams, RopeParams } from '../backend.js';
 import { gemm, type FloatArray } from './blas.js';
-import { causalConv1dF32, causalConv1dGradF32, wasmMath, type WasmMath } from './wasm-math.js';
+import { causalConv1dF32, causalConv1dGradF32, MAX_STAGED, wasmMath, type WasmMath } from './wasm-math.js';
 
 /** x (B, T, C), w (C, K), bias (C) -> out (B, T, C): out[t] = bias + sum_j w[j] x[t - (K-1) + j] */
 export function causalConv1d(
@@ -130,7 +130,8 @@ function newScratch(like: FloatArray, n: number): FloatArray {
  * write and read the view directly); otherwise a plain scratch array.
  */
 function probsScratch(like: FloatArray, tq: number, tk: number): { scores: FloatArray; w: WasmMath | null } {
-  const w = like instanceof Float32Array && tk % 4 === 0 ? wasmMath() : null;
+  const w =
+    like instanceof Float32Array && tk % 4 === 0 && tq * tk + 4 * tq <= MAX_STAGED ? wasmMath() : null;
   if (!w) return { scores: newScratch(like, tq * tk), w: null };
   // after the scores: room for softmaxRows' per-row stats (f64 x 2)
   return { scores: w.reserve(tq * tk + 4 * tq).subarray(0, tq * tk), w };

@@ -947,6 +947,11 @@ export const pad4 = (n: number): number => (n + 3) & ~3;
 
 /** floats per operand per pass: 64 KiB, so a pass's operands stay in L2 */
 const BLOCK = 16384;
+/**
+ * The most floats a kernel stages at once (64 MiB). WebAssembly memory never shrinks, so larger
+ * work (attention scores at long context, a long sequence's conv) takes the plain loops instead.
+ */
+export const MAX_STAGED = 1 << 24;
 
 /** o = alpha f(a) + beta elementwise; false (nothing done) without WebAssembly */
 export function unaryF32(
@@ -1285,7 +1290,7 @@ export function causalConv1dF32(
   c: number,
   k: number,
 ): boolean {
-  const wm = c % 4 === 0 ? wasmMath() : null;
+  const wm = c % 4 === 0 && (k + 1 + 2 * t) * c <= MAX_STAGED ? wasmMath() : null;
   if (!wm) return false;
   // layout (floats): taps (K, C), bias (C), x (T, C), out (T, C)
   const [wtAt, biasAt, xAt, outAt] = [0, k * c, (k + 1) * c, (k + 1 + t) * c];
@@ -1316,7 +1321,7 @@ export function causalConv1dGradF32(
   c: number,
   k: number,
 ): boolean {
-  const wm = c % 4 === 0 ? wasmMath() : null;
+  const wm = c % 4 === 0 && (2 * k + 1 + 3 * t) * c <= MAX_STAGED ? wasmMath() : null;
   if (!wm) return false;
   // layout (floats): taps (K, C), their gradient (K, C), bias gradient (C), x, gy, gx (T, C)
   const kc = k * c;
