@@ -46,6 +46,9 @@ const cf = (x: number): Code => lanes(new Float32Array([x, x, x, x]).buffer);
 /** v128.const of four i32 */
 const ci = (x: number): Code => lanes(new Int32Array([x, x, x, x]).buffer);
 
+/** i8x16.shuffle lanes: bytes 8-15 (f32 lanes 2, 3) to the low half, twice */
+const HIGH_TO_LOW = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+
 /** f32x4 and friends */
 const v = {
   /** v128.load at address expression + offset (align hint 16 bytes) */
@@ -76,27 +79,7 @@ const v = {
   /** f64x2 of lanes 0, 1 */
   promoteLow: un(0x5f),
   /** lanes 2, 3 moved to 0, 1 */
-  high: (a: Code): Code => [
-    ...a,
-    ...a,
-    ...simd(0x0d),
-    8,
-    9,
-    10,
-    11,
-    12,
-    13,
-    14,
-    15,
-    8,
-    9,
-    10,
-    11,
-    12,
-    13,
-    14,
-    15,
-  ],
+  high: (a: Code): Code => [...a, ...a, ...simd(0x0d), ...HIGH_TO_LOW],
   dadd: bin(0xf0),
   extractF32: (a: Code, lane: number): Code => [...a, ...simd(0x1f), lane],
   extractF64: (a: Code, lane: number): Code => [...a, ...simd(0x21), lane],
@@ -105,26 +88,33 @@ const addr = (base: number, off: number): Code => [...get(base), ...get(off), 0x
 const f32max = (a: Code, b: Code): Code => [...a, ...b, 0x97];
 const f64add = (a: Code, b: Code): Code => [...a, ...b, 0xa0];
 
+// structured control: block, loop, br_if, br, end; i32 comparisons
+const BLOCK_START = [0x02, 0x40];
+const LOOP = [0x03, 0x40];
+const END = [0x0b];
+const brIf = (depth: number): Code => [0x0d, depth];
+const br = (depth: number): Code => [0x0c, depth];
+const I32_GE_U = [0x4f];
+const I32_GE_S = [0x4e];
+
+/** for (i = start; !(i >= end); i += step) body, the comparison given (signed or unsigned) */
+function loopUpTo(i: number, start: Code, end: Code, step: number, geOp: Code, body: Code): Code {
+  return [
+    ...set(i, start),
+    ...BLOCK_START,
+    ...LOOP,
+    ...[...get(i), ...end, ...geOp, ...brIf(1)], // leave when i >= end
+    ...body,
+    ...set(i, [...get(i), ...i32(step), 0x6a]),
+    ...br(0),
+    ...END,
+    ...END,
+  ];
+}
+
 /** for (o = 0; o < n; o += 16) body: o and n are byte counts */
 function eachVector(o: number, n: number, body: Code): Code {
-  return [
-    ...set(o, i32(0)),
-    0x02,
-    0x40, // block
-    0x03,
-    0x40, // loop
-    ...get(o),
-    ...get(n),
-    0x4f,
-    0x0d,
-    1, // br_if 1 when o >= n (unsigned)
-    ...body,
-    ...set(o, [...get(o), ...i32(16), 0x6a]),
-    0x0c,
-    0, // br 0
-    0x0b,
-    0x0b,
-  ];
+  return loopUpTo(o, i32(0), get(n), 16, I32_GE_U, body);
 }
 
 // ---- functions ----------------------------------------------------------------------------------
@@ -457,24 +447,7 @@ function axpbyFunc(): FuncDef {
 
 /** for (i = start; i < end; i += step) body, signed i32 */
 function forRange(i: number, start: Code, end: Code, step: number, body: Code): Code {
-  return [
-    ...set(i, start),
-    0x02,
-    0x40, // block
-    0x03,
-    0x40, // loop
-    ...get(i),
-    ...end,
-    0x4e,
-    0x0d,
-    1, // br_if 1 when i >= end
-    ...body,
-    ...set(i, [...get(i), ...i32(step), 0x6a]),
-    0x0c,
-    0, // br 0
-    0x0b,
-    0x0b,
-  ];
+  return loopUpTo(i, start, end, step, I32_GE_S, body);
 }
 const iadd = (a: Code, b: Code): Code => [...a, ...b, 0x6a];
 const isub = (a: Code, b: Code): Code => [...a, ...b, 0x6b];
