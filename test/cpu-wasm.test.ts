@@ -1,6 +1,7 @@
-// The CPU backend's WebAssembly SIMD row and elementwise kernels (src/backends/cpu/wasm-math.ts)
-// against the plain float64 loops they replace for f32: unary ops and their gradients, the silu
-// gate, softmax, cross-entropy, KL and attention. f32 results must agree with the float64 loops to
+// The CPU backend's WebAssembly SIMD kernels (src/backends/cpu/wasm-math.ts, run through
+// wasm-ops.ts) against the plain float64 loops they replace for f32: unary ops and their gradients,
+// the silu gate, softmax, cross-entropy, KL, attention, conv1d, binary ops, RMSNorm, strided
+// accumulation and column sums. f32 results must agree with the float64 loops to
 // f32 precision: 2e-6 relative (a few ulps: the SIMD exp is within 2 ulps, and sums of f32 terms
 // add their roundings) plus a small absolute floor for values near 0.
 
@@ -11,15 +12,8 @@ import { loadBlas } from '../src/backends/cpu/blas.js';
 import { CpuBackend } from '../src/backends/cpu/index.js';
 import * as rows from '../src/backends/cpu/rows.js';
 import * as seq from '../src/backends/cpu/sequence.js';
-import {
-  siluGateF32,
-  siluGateGradF32,
-  unaryF32,
-  unaryGradF32,
-  wasmMath,
-  WASM_UNARY,
-  WASM_UNARY_GRAD,
-} from '../src/backends/cpu/wasm-math.js';
+import { wasmMath, WASM_UNARY, WASM_UNARY_GRAD } from '../src/backends/cpu/wasm-math.js';
+import { siluGateF32, siluGateGradF32, unaryF32, unaryGradF32 } from '../src/backends/cpu/wasm-ops.js';
 import { Random } from '../src/util/random.js';
 import { assertClose } from './helpers.js';
 

@@ -31,9 +31,8 @@ import {
   siluGateGradF32,
   unaryF32,
   unaryGradF32,
-  WASM_UNARY,
-  WASM_UNARY_GRAD,
-} from './wasm-math.js';
+} from './wasm-ops.js';
+import { WASM_UNARY, WASM_UNARY_GRAD } from './wasm-math.js';
 
 export class CpuBuffer implements DeviceBuffer {
   constructor(

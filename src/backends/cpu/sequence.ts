@@ -2,7 +2,8 @@
 
 import type { AttentionParams, RopeParams } from '../backend.js';
 import { gemm, type FloatArray } from './blas.js';
-import { causalConv1dF32, causalConv1dGradF32, MAX_STAGED, wasmMath, type WasmMath } from './wasm-math.js';
+import { wasmMath, type WasmMath } from './wasm-math.js';
+import { causalConv1dF32, causalConv1dGradF32, MAX_STAGED } from './wasm-ops.js';
 
 /** x (B, T, C), w (C, K), bias (C) -> out (B, T, C): out[t] = bias + sum_j w[j] x[t - (K-1) + j] */
 export function causalConv1d(
