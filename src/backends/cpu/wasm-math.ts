@@ -795,6 +795,55 @@ function softmaxRowsFunc(at: (name: string) => number): FuncDef {
 }
 const f64c = (x: number): Code => [0x44, ...new Uint8Array(new Float64Array([x]).buffer)];
 
+/**
+ * spread(base, rows, colBytes, pitchBytes, pad): rows stored back to back at base moved apart to
+ * the pitch (last row first, so the moves never overwrite a row not yet moved), each row's tail
+ * up to the pitch set to pad; gather(base, rows, colBytes, pitchBytes) undoes it
+ */
+function spreadFuncs(): FuncDef[] {
+  const memoryCopy = [0xfc, ...uleb(10), 0, 0];
+  const sb = new Builder(5);
+  const [r, q, tail] = [sb.local(I32), sb.local(I32), sb.local(I32)];
+  const [base, rows, cb, pb, pad] = [0, 1, 2, 3, 4];
+  const spreadBody = [
+    // r counts down: row = rows - 1 - q
+    ...set(r, isub(isub(get(rows), i32(1)), get(q))),
+    ...iadd(get(base), imul(get(r), get(pb))),
+    ...iadd(get(base), imul(get(r), get(cb))),
+    ...get(cb),
+    ...memoryCopy,
+    ...forRange(tail, get(cb), get(pb), 4, [
+      ...iadd(iadd(get(base), imul(get(r), get(pb))), get(tail)),
+      ...get(pad),
+      0x38, // f32.store
+      2,
+      0,
+    ]),
+  ];
+  const spread: FuncDef = {
+    name: 'spread',
+    params: [I32, I32, I32, I32, F32],
+    results: [],
+    locals: sb.locals,
+    code: forRange(q, i32(0), get(rows), 1, spreadBody),
+  };
+  const gb = new Builder(4);
+  const gr = gb.local(I32);
+  const gather: FuncDef = {
+    name: 'gather',
+    params: [I32, I32, I32, I32],
+    results: [],
+    locals: gb.locals,
+    code: forRange(gr, i32(0), get(rows), 1, [
+      ...iadd(get(base), imul(get(gr), get(cb))),
+      ...iadd(get(base), imul(get(gr), get(pb))),
+      ...get(cb),
+      ...memoryCopy,
+    ]),
+  };
+  return [spread, gather];
+}
+
 export function mathModuleBytes(): Uint8Array {
   const base: FuncDef[] = [
     ...WASM_UNARY.map(unaryFunc),
@@ -813,6 +862,7 @@ export function mathModuleBytes(): Uint8Array {
     rmsGradRowFunc(),
     dot3Func(),
     colSumFunc(),
+    ...spreadFuncs(),
   ];
   const at = (name: string) => {
     const i = base.findIndex((f) => f.name === name);
@@ -856,6 +906,8 @@ export interface WasmMath {
   rmsGradRow: (x: Ptr, w: Ptr, gy: Ptr, gx: Ptr, gw: Ptr, bytes: number, rs: number, c: number) => void;
   dot3: (a: Ptr, b: Ptr, c: Ptr, bytes: number) => number;
   colSum: (src: Ptr, acc: Ptr, rows: number, rowBytes: number) => void;
+  spread: (base: Ptr, rows: number, colBytes: number, pitchBytes: number, pad: number) => void;
+  gather: (base: Ptr, rows: number, colBytes: number, pitchBytes: number) => void;
   klRows: (t: Ptr, s: Ptr, rows: number, pitch: number, inv: number, scratch: Ptr, stats: Ptr) => void;
   klGradRows: (t: Ptr, s: Ptr, g: Ptr, rows: number, pitch: number, inv: number, cs: Ptr) => void;
   softmaxRows: (src: Ptr, dst: Ptr, rows: number, pitch: number, stats: Ptr) => void;
@@ -890,6 +942,8 @@ export function wasmMath(): WasmMath | null {
       rmsGradRow: fn('rmsGradRow'),
       dot3: fn('dot3'),
       colSum: fn('colSum'),
+      spread: fn('spread'),
+      gather: fn('gather'),
       klRows: fn('klRows'),
       klGradRows: fn('klGradRows'),
       softmaxRows: fn('softmaxRows'),

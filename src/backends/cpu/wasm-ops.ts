@@ -146,30 +146,19 @@ class RowStage {
     this.stride = this.count * this.pitch;
     this.mem = w.reserve(operands * this.stride + extra);
   }
-  /** copy rows r0 .. r0 + n of src into operand k */
+  /** copy rows r0 .. r0 + n of src into operand k (one copy; the kernel spreads them to the pitch) */
   load(k: number, src: Float32Array, r0: number, n: number): void {
     const { mem, pitch, cols } = this;
     const base = k * this.stride;
-    if (pitch === cols) {
-      mem.set(src.subarray(r0 * cols, (r0 + n) * cols), base);
-      return;
-    }
-    for (let r = 0; r < n; r++) {
-      const at = base + r * pitch;
-      mem.set(src.subarray((r0 + r) * cols, (r0 + r + 1) * cols), at);
-      mem.fill(this.padValue, at + cols, at + pitch);
-    }
+    mem.set(src.subarray(r0 * cols, (r0 + n) * cols), base);
+    if (pitch !== cols) this.w.spread(base * 4, n, cols * 4, pitch * 4, this.padValue);
   }
-  /** copy operand k's rows back into dst rows r0 .. r0 + n */
+  /** copy operand k's rows back into dst rows r0 .. r0 + n (gathered back to back first) */
   store(k: number, dst: Float32Array, r0: number, n: number): void {
     const { mem, pitch, cols } = this;
     const base = k * this.stride;
-    if (pitch === cols) {
-      dst.set(mem.subarray(base, base + n * cols), r0 * cols);
-      return;
-    }
-    for (let r = 0; r < n; r++)
-      dst.set(mem.subarray(base + r * pitch, base + r * pitch + cols), (r0 + r) * cols);
+    if (pitch !== cols) this.w.gather(base * 4, n, cols * 4, pitch * 4);
+    dst.set(mem.subarray(base, base + n * cols), r0 * cols);
   }
 }
 
