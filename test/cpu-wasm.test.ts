@@ -201,17 +201,16 @@ describe('WebAssembly SIMD kernels for f32', () => {
   });
 
   it('attention forward and backward in f32 (probabilities in the wasm memory) match float64', () => {
-    const p: AttentionParams = {
-      batch: 2,
-      tq: 12,
-      tk: 16,
-      heads: 4,
-      kvHeads: 2,
-      headDim: 8,
-      scale: 1 / Math.sqrt(8),
-      causal: true,
-      lowPrecision: false,
-    } as AttentionParams;
+    const base = { batch: 2, heads: 4, kvHeads: 2, headDim: 8, scale: 1 / Math.sqrt(8), causal: true };
+    // tq > tk: the first rows see no key (their output, probabilities and gradients are 0)
+    for (const [tq, tk] of [
+      [12, 16],
+      [6, 4],
+    ])
+      attentionCase({ ...base, tq, tk, lowPrecision: false } as AttentionParams);
+  });
+
+  const attentionCase = (p: AttentionParams): void => {
     const [q64, q32] = pair(p.batch * p.tq * p.heads * p.headDim, 2);
     const [k64, k32] = pair(p.batch * p.tk * p.kvHeads * p.headDim, 2);
     const [v64, v32] = pair(p.batch * p.tk * p.kvHeads * p.headDim);
@@ -234,14 +233,18 @@ describe('WebAssembly SIMD kernels for f32', () => {
       };
       const a = run((n) => new Float32Array(n), q32, k32, v32, go32);
       const b = run((n) => new Float64Array(n), q64, k64, v64, go64);
+      // an empty row's log-sum-exp is -inf on both sides
+      for (const r of [a, b]) r.lse.forEach((x, i) => (r.lse[i] = x === -Infinity ? -1e30 : x));
+      // f32 against float64 (sums over up to 16 keys of values of order 1)
       for (const key of ['out', 'lse', 'probs', 'gq', 'gk', 'gv'] as const)
-        assertClose(a[key], b[key], 2e-6, `attention ${key} (blas ${useBlas})`, 1e-5);
+        assertClose(a[key], b[key], 5e-6, `attention ${key} (blas ${useBlas}, tq ${p.tq}, tk ${p.tk})`, 1e-5);
       // causal: every probability past the diagonal (shift tk - tq) is exactly 0
       const shift = p.tk - p.tq;
       for (let row = 0; row < p.batch * p.heads * p.tq; row++)
-        for (let j = (row % p.tq) + shift + 1; j < p.tk; j++) assert.equal(a.probs[row * p.tk + j], 0);
+        for (let j = Math.max(0, (row % p.tq) + shift + 1); j < p.tk; j++)
+          assert.equal(a.probs[row * p.tk + j], 0);
     }
-  });
+  };
 
   it('causal depthwise conv1d and its gradients (channels a multiple of 4) match float64', () => {
     for (const [B, T, Cc, K] of [

@@ -182,13 +182,17 @@ function headProbs(
         if (last < tk - 1) scores.fill(-Infinity, i * tk + Math.max(last + 1, 0), (i + 1) * tk);
       }
     const lseBase = (b * heads + h) * tq;
+    // rows that see no key at all (causal, tq > tk) attend to nothing: probabilities 0
+    const empty = causal ? Math.min(tq, Math.max(0, -shift)) : 0;
     if (lseIn) {
       for (let i = 0; i < tq; i++) w.expSum(i * bytes, i * bytes, bytes, 1, -lseIn[lseBase + i], 1);
+      scores.fill(0, 0, empty * tk);
       return;
     }
     // the rows' max and sum of exps (f64 pairs) after the scores
     const statsAt = tq * bytes;
     w.softmaxRows(0, 0, tq, bytes, statsAt);
+    scores.fill(0, 0, empty * tk);
     if (lseOut) {
       const stats = new Float64Array(w.memory.buffer, statsAt, 2 * tq);
       for (let i = 0; i < tq; i++) lseOut[lseBase + i] = stats[2 * i] + Math.log(stats[2 * i + 1]);
