@@ -276,8 +276,10 @@ describe('sliding windows', () => {
     assertClose(logitsOf(wide, ids), f, 0, 'window = T');
     const n = logitsOf(narrow, ids);
     const V = 40;
-    // positions before the window fills agree; later ones do not
-    assertClose(n.slice(0, 4 * V), f.slice(0, 4 * V), 1e-6, 'first window');
+    // positions before the window fills agree; later ones do not. (3e-6: the windowed model's
+    // masked softmax runs on the CPU's SIMD exp, within 2 ulps, the full one in the attention
+    // kernel's rows; f32 noise on logits ~1.3 is ~1e-6, a window that leaked would be ~1e-1)
+    assertClose(n.slice(0, 4 * V), f.slice(0, 4 * V), 3e-6, 'first window');
     assert.ok(Math.max(...n.slice(13 * V).map((v, i) => Math.abs(v - f[13 * V + i]))) > 1e-4);
   });
 

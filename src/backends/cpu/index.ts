@@ -29,13 +29,13 @@ import * as seq from './sequence.js';
 import * as ssd from './ssd.js';
 import {
   binaryRunF32,
+  columnSumF32,
   siluGateF32,
   siluGateGradF32,
   unaryF32,
   unaryGradF32,
-  WASM_UNARY,
-  WASM_UNARY_GRAD,
-} from './wasm-math.js';
+} from './wasm-ops.js';
+import { WASM_UNARY, WASM_UNARY_GRAD } from './wasm-math.js';
 
 export class CpuBuffer implements DeviceBuffer {
   /** the graph whose capture allocated or freed it: its array goes back to that graph's pool */
@@ -179,6 +179,14 @@ function attentionParams(p: AttentionParams): AttentionParams {
     causal: p.causal,
     lowPrecision: p.lowPrecision === true,
   };
+}
+
+/** rows r = 0 .. m-1 of c from `at` (pitch row.length) = row: one copy, then doubling copies */
+function fillRows(c: FloatArray, row: FloatArray, at: number, m: number): void {
+  const n = row.length;
+  if (m === 0) return;
+  c.set(row, at);
+  for (let done = 1; done < m; done *= 2) c.copyWithin(at + done * n, at, at + Math.min(done, m - done) * n);
 }
 
 export class CpuBackend implements Backend {
@@ -458,8 +466,18 @@ export class CpuBackend implements Backend {
       dstOffset,
       dstOffset,
       (os, od, _, len, ss, sd) => {
-        if (accumulate) for (let i = 0; i < len; i++) d[od + i * sd] += s[os + i * ss];
-        else if (ss === 1 && sd === 1)
+        if (accumulate) {
+          if (
+            len >= WASM_RUN &&
+            ss === 1 &&
+            sd === 1 &&
+            d instanceof Float32Array &&
+            s instanceof Float32Array &&
+            binaryRunF32('add', d, od, s, os, 1, d, od, len)
+          )
+            return;
+          for (let i = 0; i < len; i++) d[od + i * sd] += s[os + i * ss];
+        } else if (ss === 1 && sd === 1)
           (d as Float32Array).set((s as Float32Array).subarray(os, os + len), od);
         else for (let i = 0; i < len; i++) d[od + i * sd] = s[os + i * ss];
       },
@@ -469,6 +487,8 @@ export class CpuBackend implements Backend {
   reduce(op: ReduceOp, x: DeviceBuffer, out: DeviceBuffer, outer: number, n: number, inner: number): void {
     const a = fl(x, `reduce ${op} input`);
     const o = fl(out, `reduce ${op} output`);
+    if (op === 'sum' && inner >= 16 && a instanceof Float32Array && columnSumF32(a, o, outer, n, inner))
+      return;
     const acc = new Float64Array(inner);
     for (let p = 0; p < outer; p++) {
       const base = p * n * inner;
@@ -710,7 +730,7 @@ export class CpuBackend implements Backend {
     // a bias into an overwritten C: C's rows start as the bias and the product accumulates onto them
     const biasFirst = bv !== null && p.beta === 0;
     for (let i = 0; i < p.batch; i++) {
-      if (biasFirst) for (let r = 0; r < p.m; r++) C.set(bv, i * p.strideC + r * p.n);
+      if (biasFirst) fillRows(C, bv, i * p.strideC, p.m);
       gemm(
         this.useBlas,
         p.transA,

@@ -1,6 +1,6 @@
 // Row-wise kernels of the CPU backend: softmax, norms and losses over (rows, cols).
 // Every row accumulates in float64. f32 rows with exp in them run in WebAssembly SIMD
-// (wasm-math.ts) when it is available; these loops are the reference and the f64 path.
+// (wasm-ops.ts) when it is available; these loops are the reference and the f64 path.
 
 import type { FloatArray } from './blas.js';
 import {
@@ -11,7 +11,7 @@ import {
   rmsNormF32,
   rmsNormGradF32,
   softmaxF32,
-} from './wasm-math.js';
+} from './wasm-ops.js';
 
 const f32 = (...xs: FloatArray[]) => xs.every((x) => x instanceof Float32Array);
 

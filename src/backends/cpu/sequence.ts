@@ -2,7 +2,8 @@
 
 import type { AttentionParams, RopeParams } from '../backend.js';
 import { gemm, type FloatArray } from './blas.js';
-import { causalConv1dF32, causalConv1dGradF32, wasmMath, type WasmMath } from './wasm-math.js';
+import { wasmMath, type WasmMath } from './wasm-math.js';
+import { causalConv1dF32, causalConv1dGradF32, MAX_STAGED } from './wasm-ops.js';
 
 /** x (B, T, C), w (C, K), bias (C) -> out (B, T, C): out[t] = bias + sum_j w[j] x[t - (K-1) + j] */
 export function causalConv1d(
@@ -130,9 +131,11 @@ function newScratch(like: FloatArray, n: number): FloatArray {
  * write and read the view directly); otherwise a plain scratch array.
  */
 function probsScratch(like: FloatArray, tq: number, tk: number): { scores: FloatArray; w: WasmMath | null } {
-  const w = like instanceof Float32Array && tk % 4 === 0 ? wasmMath() : null;
+  const w =
+    like instanceof Float32Array && tk % 4 === 0 && tq * tk + 4 * tq <= MAX_STAGED ? wasmMath() : null;
   if (!w) return { scores: newScratch(like, tq * tk), w: null };
-  return { scores: w.reserve(tq * tk).subarray(0, tq * tk), w };
+  // after the scores: room for softmaxRows' per-row stats (f64 x 2)
+  return { scores: w.reserve(tq * tk + 4 * tq).subarray(0, tq * tk), w };
 }
 
 /** scores (tq, tk) = scale * q_h k_h^T, causal masked, turned into probabilities in place */
@@ -173,20 +176,26 @@ function headProbs(
   if (w) {
     // scores is the wasm memory from byte 0: masked entries become -inf, which exp maps to 0
     const bytes = tk * 4;
-    for (let i = 0; i < tq; i++) {
-      const row = i * tk;
-      const last = causal ? Math.min(tk - 1, i + shift) : tk - 1;
-      if (last < tk - 1) scores.fill(-Infinity, row + Math.max(last + 1, 0), row + tk);
-      const lseIdx = (b * heads + h) * tq + i;
-      if (lseIn) {
-        w.expSum(row * 4, row * 4, bytes, 1, -lseIn[lseIdx], 1);
-        continue;
+    if (causal)
+      for (let i = 0; i < tq; i++) {
+        const last = Math.min(tk - 1, i + shift);
+        if (last < tk - 1) scores.fill(-Infinity, i * tk + Math.max(last + 1, 0), (i + 1) * tk);
       }
-      let max = w.rowMax(row * 4, bytes);
-      if (max === -Infinity) max = 0;
-      const sum = w.expSum(row * 4, row * 4, bytes, 1, -max, 1);
-      if (lseOut) lseOut[lseIdx] = max + Math.log(sum);
-      w.unary.identity(row * 4, row * 4, bytes, 1 / sum, 0);
+    const lseBase = (b * heads + h) * tq;
+    // rows that see no key at all (causal, tq > tk) attend to nothing: probabilities 0
+    const empty = causal ? Math.min(tq, Math.max(0, -shift)) : 0;
+    if (lseIn) {
+      for (let i = 0; i < tq; i++) w.expSum(i * bytes, i * bytes, bytes, 1, -lseIn[lseBase + i], 1);
+      scores.fill(0, 0, empty * tk);
+      return;
+    }
+    // the rows' max and sum of exps (f64 pairs) after the scores
+    const statsAt = tq * bytes;
+    w.softmaxRows(0, 0, tq, bytes, statsAt);
+    scores.fill(0, 0, empty * tk);
+    if (lseOut) {
+      const stats = new Float64Array(w.memory.buffer, statsAt, 2 * tq);
+      for (let i = 0; i < tq; i++) lseOut[lseBase + i] = stats[2 * i] + Math.log(stats[2 * i + 1]);
     }
     return;
   }

@@ -46,6 +46,9 @@ const cf = (x: number): Code => lanes(new Float32Array([x, x, x, x]).buffer);
 /** v128.const of four i32 */
 const ci = (x: number): Code => lanes(new Int32Array([x, x, x, x]).buffer);
 
+/** i8x16.shuffle lanes: bytes 8-15 (f32 lanes 2, 3) to the low half, twice */
+const HIGH_TO_LOW = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+
 /** f32x4 and friends */
 const v = {
   /** v128.load at address expression + offset (align hint 16 bytes) */
@@ -76,27 +79,7 @@ const v = {
   /** f64x2 of lanes 0, 1 */
   promoteLow: un(0x5f),
   /** lanes 2, 3 moved to 0, 1 */
-  high: (a: Code): Code => [
-    ...a,
-    ...a,
-    ...simd(0x0d),
-    8,
-    9,
-    10,
-    11,
-    12,
-    13,
-    14,
-    15,
-    8,
-    9,
-    10,
-    11,
-    12,
-    13,
-    14,
-    15,
-  ],
+  high: (a: Code): Code => [...a, ...a, ...simd(0x0d), ...HIGH_TO_LOW],
   dadd: bin(0xf0),
   extractF32: (a: Code, lane: number): Code => [...a, ...simd(0x1f), lane],
   extractF64: (a: Code, lane: number): Code => [...a, ...simd(0x21), lane],
@@ -105,26 +88,33 @@ const addr = (base: number, off: number): Code => [...get(base), ...get(off), 0x
 const f32max = (a: Code, b: Code): Code => [...a, ...b, 0x97];
 const f64add = (a: Code, b: Code): Code => [...a, ...b, 0xa0];
 
+// structured control: block, loop, br_if, br, end; i32 comparisons
+const BLOCK_START = [0x02, 0x40];
+const LOOP = [0x03, 0x40];
+const END = [0x0b];
+const brIf = (depth: number): Code => [0x0d, depth];
+const br = (depth: number): Code => [0x0c, depth];
+const I32_GE_U = [0x4f];
+const I32_GE_S = [0x4e];
+
+/** for (i = start; !(i >= end); i += step) body, the comparison given (signed or unsigned) */
+function loopUpTo(i: number, start: Code, end: Code, step: number, geOp: Code, body: Code): Code {
+  return [
+    ...set(i, start),
+    ...BLOCK_START,
+    ...LOOP,
+    ...[...get(i), ...end, ...geOp, ...brIf(1)], // leave when i >= end
+    ...body,
+    ...set(i, [...get(i), ...i32(step), 0x6a]),
+    ...br(0),
+    ...END,
+    ...END,
+  ];
+}
+
 /** for (o = 0; o < n; o += 16) body: o and n are byte counts */
 function eachVector(o: number, n: number, body: Code): Code {
-  return [
-    ...set(o, i32(0)),
-    0x02,
-    0x40, // block
-    0x03,
-    0x40, // loop
-    ...get(o),
-    ...get(n),
-    0x4f,
-    0x0d,
-    1, // br_if 1 when o >= n (unsigned)
-    ...body,
-    ...set(o, [...get(o), ...i32(16), 0x6a]),
-    0x0c,
-    0, // br 0
-    0x0b,
-    0x0b,
-  ];
+  return loopUpTo(o, i32(0), get(n), 16, I32_GE_U, body);
 }
 
 // ---- functions ----------------------------------------------------------------------------------
@@ -191,7 +181,8 @@ function geluSigmoid(out: number, x: number, t: ExpTemps): Code {
   return sigmoid4(out, twoU, t);
 }
 
-type UnaryKind = 'identity' | 'neg' | 'abs' | 'square' | 'relu' | 'exp' | 'sigmoid' | 'silu' | 'geluNew';
+export type UnaryKind =
+  'identity' | 'neg' | 'abs' | 'square' | 'relu' | 'exp' | 'sigmoid' | 'silu' | 'geluNew';
 export const WASM_UNARY: readonly UnaryKind[] = [
   'identity',
   'neg',
@@ -203,7 +194,7 @@ export const WASM_UNARY: readonly UnaryKind[] = [
   'silu',
   'geluNew',
 ];
-type GradKind = 'exp' | 'sigmoid' | 'silu' | 'geluNew';
+export type GradKind = 'exp' | 'sigmoid' | 'silu' | 'geluNew';
 export const WASM_UNARY_GRAD: readonly GradKind[] = ['exp', 'sigmoid', 'silu', 'geluNew'];
 
 /** unary_<op>(src, dst, bytes, alpha, beta): dst = alpha f(src) + beta */
@@ -457,24 +448,7 @@ function axpbyFunc(): FuncDef {
 
 /** for (i = start; i < end; i += step) body, signed i32 */
 function forRange(i: number, start: Code, end: Code, step: number, body: Code): Code {
-  return [
-    ...set(i, start),
-    0x02,
-    0x40, // block
-    0x03,
-    0x40, // loop
-    ...get(i),
-    ...end,
-    0x4e,
-    0x0d,
-    1, // br_if 1 when i >= end
-    ...body,
-    ...set(i, [...get(i), ...i32(step), 0x6a]),
-    0x0c,
-    0, // br 0
-    0x0b,
-    0x0b,
-  ];
+  return loopUpTo(i, start, end, step, I32_GE_S, body);
 }
 const iadd = (a: Code, b: Code): Code => [...a, ...b, 0x6a];
 const isub = (a: Code, b: Code): Code => [...a, ...b, 0x6b];
@@ -561,7 +535,7 @@ function convGradFunc(): FuncDef {
   };
 }
 
-type BinaryKind = 'add' | 'sub' | 'mul' | 'div';
+export type BinaryKind = 'add' | 'sub' | 'mul' | 'div';
 export const WASM_BINARY: readonly BinaryKind[] = ['add', 'sub', 'mul', 'div'];
 const BINARY_OP: Record<BinaryKind, (a: Code, b: Code) => Code> = {
   add: v.add,
@@ -665,8 +639,213 @@ function dot3Func(): FuncDef {
   };
 }
 
+/** colSum(src, acc, rows, rowBytes): acc[j] += sum_r src[r, j] with acc f64 (rowBytes a multiple of 16) */
+function colSumFunc(): FuncDef {
+  const [src, acc, rows, rb] = [0, 1, 2, 3];
+  const b = new Builder(4);
+  const [r, o, row, at] = [b.local(I32), b.local(I32), b.local(I32), b.local(I32)];
+  const x = b.local(V128);
+  const f64x2 = (addrCode: Code): Code => [...addrCode, ...simd(0x00), 4, 0];
+  const body = [
+    ...set(x, v.load(iadd(get(row), get(o)))),
+    // acc + 2 o: the f64 pairs of lanes 0-1 and 2-3
+    ...set(at, iadd(get(acc), iadd(get(o), get(o)))),
+    ...v.store(get(at), v.dadd(f64x2(get(at)), v.promoteLow(get(x)))),
+    ...v.store(iadd(get(at), i32(16)), v.dadd(f64x2(iadd(get(at), i32(16))), v.promoteLow(v.high(get(x))))),
+  ];
+  const code = forRange(r, i32(0), get(rows), 1, [
+    ...set(row, iadd(get(src), imul(get(r), get(rb)))),
+    ...forRange(o, i32(0), get(rb), 16, body),
+  ]);
+  return { name: 'colSum', params: [I32, I32, I32, I32], results: [], locals: b.locals, code };
+}
+
+// ---- row loops: one call a block of rows, each row through the functions above ----------------
+
+const call = (index: number): Code => [0x10, ...uleb(index)];
+const f32c = (x: number): Code => [0x43, ...new Uint8Array(new Float32Array([x]).buffer)];
+const f64store = (at: Code, val: Code): Code => [...at, ...val, 0x39, 3, 0];
+const f64load = (at: Code): Code => [...at, 0x2b, 3, 0];
+/** -(max of the row) * inv, in f32 */
+const negScaledMax = (rowMax: number, row: Code, pitch: number, inv: number): Code => [
+  ...row,
+  ...get(pitch),
+  ...call(rowMax),
+  ...get(inv),
+  0x94, // f32.mul
+  0x8c, // f32.neg
+];
+
+/**
+ * klRows(t, s, rows, pitch, inv, scratch, stats): per row r of teacher and student logits (pitch
+ * bytes apart), stats[r] = f64 x 5: shiftT, shiftS, sumT, sumS and sum e_t (t - s), where
+ * shift = -max / tau and sum = sum exp(x / tau + shift); scratch takes one row of exps
+ */
+function klRowsFunc(at: (name: string) => number): FuncDef {
+  const [t, s, rows, pitch, inv, scratch, stats] = [0, 1, 2, 3, 4, 5, 6];
+  const b = new Builder(7);
+  const [r, tp, sp, st] = [b.local(I32), b.local(I32), b.local(I32), b.local(I32)];
+  const [shiftT, shiftS] = [b.local(F32), b.local(F32)];
+  const body = [
+    ...set(tp, iadd(get(t), imul(get(r), get(pitch)))),
+    ...set(sp, iadd(get(s), imul(get(r), get(pitch)))),
+    ...set(st, iadd(get(stats), imul(get(r), i32(40)))),
+    ...set(shiftT, negScaledMax(at('rowMax'), get(tp), pitch, inv)),
+    ...set(shiftS, negScaledMax(at('rowMax'), get(sp), pitch, inv)),
+    ...f64store(get(st), [...get(shiftT), 0xbb]),
+    ...f64store(iadd(get(st), i32(8)), [...get(shiftS), 0xbb]),
+    ...f64store(iadd(get(st), i32(24)), [
+      ...[...get(sp), ...get(scratch), ...get(pitch), ...get(inv), ...get(shiftS), ...f32c(1)],
+      ...call(at('expSum')),
+    ]),
+    ...f64store(iadd(get(st), i32(32)), [
+      ...[...get(tp), ...get(sp), ...get(pitch), ...get(inv), ...get(shiftT), ...iadd(get(st), i32(16))],
+      ...call(at('klDot')),
+    ]),
+  ];
+  return {
+    name: 'klRows',
+    params: [I32, I32, I32, I32, F32, I32, I32],
+    results: [],
+    locals: b.locals,
+    code: forRange(r, i32(0), get(rows), 1, body),
+  };
+}
+
+/**
+ * klGradRows(t, s, g, rows, pitch, inv, cs): per row, t and s become their unnormalized
+ * probabilities exp(x / tau + shift) in place and g = c (q - p), c = cs[r] (f64) = gLoss / tau
+ */
+function klGradRowsFunc(at: (name: string) => number): FuncDef {
+  const [t, s, g, rows, pitch, inv, cs] = [0, 1, 2, 3, 4, 5, 6];
+  const b = new Builder(7);
+  const [r, tp, sp] = [b.local(I32), b.local(I32), b.local(I32)];
+  const [sumT, sumS, c] = [b.local(F64), b.local(F64), b.local(F64)];
+  const expInPlace = (row: number): Code => [
+    ...get(row),
+    ...get(row),
+    ...get(pitch),
+    ...get(inv),
+    ...negScaledMax(at('rowMax'), get(row), pitch, inv),
+    ...f32c(1),
+    ...call(at('expSum')),
+  ];
+  const body = [
+    ...set(tp, iadd(get(t), imul(get(r), get(pitch)))),
+    ...set(sp, iadd(get(s), imul(get(r), get(pitch)))),
+    ...set(sumT, expInPlace(tp)),
+    ...set(sumS, expInPlace(sp)),
+    ...set(c, f64load(iadd(get(cs), imul(get(r), i32(8))))),
+    ...get(sp),
+    ...get(tp),
+    ...iadd(get(g), imul(get(r), get(pitch))),
+    ...get(pitch),
+    ...[...get(c), ...get(sumS), 0xa3, 0xb6], // f32(c / sumS)
+    ...[...get(c), ...get(sumT), 0xa3, 0x9a, 0xb6], // f32(-(c / sumT))
+    ...call(at('axpby')),
+  ];
+  return {
+    name: 'klGradRows',
+    params: [I32, I32, I32, I32, I32, F32, I32],
+    results: [],
+    locals: b.locals,
+    code: forRange(r, i32(0), get(rows), 1, body),
+  };
+}
+
+/**
+ * softmaxRows(src, dst, rows, pitch, stats): dst rows = softmax of src rows (a row of -inf gives
+ * NaN, as 0 / 0); stats[r] = f64 x 2: the max used (0 for a row of -inf) and the sum of exps
+ */
+function softmaxRowsFunc(at: (name: string) => number): FuncDef {
+  const [src, dst, rows, pitch, stats] = [0, 1, 2, 3, 4];
+  const b = new Builder(5);
+  const [r, sp, dp, st] = [b.local(I32), b.local(I32), b.local(I32), b.local(I32)];
+  const m = b.local(F32);
+  const sum = b.local(F64);
+  const body = [
+    ...set(sp, iadd(get(src), imul(get(r), get(pitch)))),
+    ...set(dp, iadd(get(dst), imul(get(r), get(pitch)))),
+    ...set(st, iadd(get(stats), imul(get(r), i32(16)))),
+    ...set(m, [...get(sp), ...get(pitch), ...call(at('rowMax'))]),
+    // a fully masked row: max 0, stay finite
+    ...set(m, [...f32c(0), ...get(m), ...get(m), ...f32c(-Infinity), 0x5b, 0x1b]),
+    ...set(sum, [
+      ...get(sp),
+      ...get(dp),
+      ...get(pitch),
+      ...f32c(1),
+      ...get(m),
+      0x8c,
+      ...f32c(1),
+      ...call(at('expSum')),
+    ]),
+    ...f64store(get(st), [...get(m), 0xbb]),
+    ...f64store(iadd(get(st), i32(8)), get(sum)),
+    ...[...get(dp), ...get(dp), ...get(pitch), ...[...f64c(1), ...get(sum), 0xa3, 0xb6], ...f32c(0)],
+    ...call(at('unary_identity')),
+  ];
+  return {
+    name: 'softmaxRows',
+    params: [I32, I32, I32, I32, I32],
+    results: [],
+    locals: b.locals,
+    code: forRange(r, i32(0), get(rows), 1, body),
+  };
+}
+const f64c = (x: number): Code => [0x44, ...new Uint8Array(new Float64Array([x]).buffer)];
+
+/**
+ * spread(base, rows, colBytes, pitchBytes, pad): rows stored back to back at base moved apart to
+ * the pitch (last row first, so the moves never overwrite a row not yet moved), each row's tail
+ * up to the pitch set to pad; gather(base, rows, colBytes, pitchBytes) undoes it
+ */
+function spreadFuncs(): FuncDef[] {
+  const memoryCopy = [0xfc, ...uleb(10), 0, 0];
+  const sb = new Builder(5);
+  const [r, q, tail] = [sb.local(I32), sb.local(I32), sb.local(I32)];
+  const [base, rows, cb, pb, pad] = [0, 1, 2, 3, 4];
+  const spreadBody = [
+    // r counts down: row = rows - 1 - q
+    ...set(r, isub(isub(get(rows), i32(1)), get(q))),
+    ...iadd(get(base), imul(get(r), get(pb))),
+    ...iadd(get(base), imul(get(r), get(cb))),
+    ...get(cb),
+    ...memoryCopy,
+    ...forRange(tail, get(cb), get(pb), 4, [
+      ...iadd(iadd(get(base), imul(get(r), get(pb))), get(tail)),
+      ...get(pad),
+      0x38, // f32.store
+      2,
+      0,
+    ]),
+  ];
+  const spread: FuncDef = {
+    name: 'spread',
+    params: [I32, I32, I32, I32, F32],
+    results: [],
+    locals: sb.locals,
+    code: forRange(q, i32(0), get(rows), 1, spreadBody),
+  };
+  const gb = new Builder(4);
+  const gr = gb.local(I32);
+  const gather: FuncDef = {
+    name: 'gather',
+    params: [I32, I32, I32, I32],
+    results: [],
+    locals: gb.locals,
+    code: forRange(gr, i32(0), get(rows), 1, [
+      ...iadd(get(base), imul(get(gr), get(cb))),
+      ...iadd(get(base), imul(get(gr), get(pb))),
+      ...get(cb),
+      ...memoryCopy,
+    ]),
+  };
+  return [spread, gather];
+}
+
 export function mathModuleBytes(): Uint8Array {
-  return moduleBytes([
+  const base: FuncDef[] = [
     ...WASM_UNARY.map(unaryFunc),
     ...WASM_UNARY_GRAD.map(gradFunc),
     siluGateFunc(),
@@ -682,7 +861,15 @@ export function mathModuleBytes(): Uint8Array {
     rmsScaleFunc(),
     rmsGradRowFunc(),
     dot3Func(),
-  ]);
+    colSumFunc(),
+    ...spreadFuncs(),
+  ];
+  const at = (name: string) => {
+    const i = base.findIndex((f) => f.name === name);
+    if (i < 0) throw new Error(`wasm-math: no function ${name}`);
+    return i;
+  };
+  return moduleBytes([...base, klRowsFunc(at), klGradRowsFunc(at), softmaxRowsFunc(at)]);
 }
 
 // ---- the host side ------------------------------------------------------------------------------
@@ -718,6 +905,12 @@ export interface WasmMath {
   rmsScale: (x: Ptr, w: Ptr, out: Ptr, bytes: number, rs: number) => void;
   rmsGradRow: (x: Ptr, w: Ptr, gy: Ptr, gx: Ptr, gw: Ptr, bytes: number, rs: number, c: number) => void;
   dot3: (a: Ptr, b: Ptr, c: Ptr, bytes: number) => number;
+  colSum: (src: Ptr, acc: Ptr, rows: number, rowBytes: number) => void;
+  spread: (base: Ptr, rows: number, colBytes: number, pitchBytes: number, pad: number) => void;
+  gather: (base: Ptr, rows: number, colBytes: number, pitchBytes: number) => void;
+  klRows: (t: Ptr, s: Ptr, rows: number, pitch: number, inv: number, scratch: Ptr, stats: Ptr) => void;
+  klGradRows: (t: Ptr, s: Ptr, g: Ptr, rows: number, pitch: number, inv: number, cs: Ptr) => void;
+  softmaxRows: (src: Ptr, dst: Ptr, rows: number, pitch: number, stats: Ptr) => void;
   /** make the memory hold at least `floats` f32 (renews f32); returns the view */
   reserve(floats: number): Float32Array;
 }
@@ -748,6 +941,12 @@ export function wasmMath(): WasmMath | null {
       rmsScale: fn('rmsScale'),
       rmsGradRow: fn('rmsGradRow'),
       dot3: fn('dot3'),
+      colSum: fn('colSum'),
+      spread: fn('spread'),
+      gather: fn('gather'),
+      klRows: fn('klRows'),
+      klGradRows: fn('klGradRows'),
+      softmaxRows: fn('softmaxRows'),
       binary: Object.fromEntries(WASM_BINARY.map((op) => [op, fn(`binary_${op}`)])) as WasmMath['binary'],
       binaryScalar: Object.fromEntries(
         WASM_BINARY.map((op) => [op, fn(`binary_${op}_s`)]),
@@ -771,515 +970,3 @@ export function wasmMath(): WasmMath | null {
 
 /** n rounded up to a multiple of 4 (one f32x4) */
 export const pad4 = (n: number): number => (n + 3) & ~3;
-
-// ---- drivers over Float32Arrays: copy a block in, run, copy out --------------------------------
-
-/** floats per operand per pass: 64 KiB, so a pass's operands stay in L2 */
-const BLOCK = 16384;
-
-/** o = alpha f(a) + beta elementwise; false (nothing done) without WebAssembly */
-export function unaryF32(
-  op: UnaryKind,
-  a: Float32Array,
-  o: Float32Array,
-  alpha: number,
-  beta: number,
-): boolean {
-  const w = wasmMath();
-  if (!w) return false;
-  const mem = w.reserve(2 * BLOCK);
-  const n = a.length;
-  for (let s = 0; s < n; s += BLOCK) {
-    const len = Math.min(BLOCK, n - s);
-    mem.set(a.subarray(s, s + len), 0);
-    w.unary[op](0, BLOCK * 4, pad4(len) * 4, alpha, beta);
-    o.set(mem.subarray(BLOCK, BLOCK + len), s);
-  }
-  return true;
-}
-
-/** gx = gy f'(x) elementwise; false without WebAssembly */
-export function unaryGradF32(op: GradKind, x: Float32Array, gy: Float32Array, gx: Float32Array): boolean {
-  const w = wasmMath();
-  if (!w) return false;
-  const mem = w.reserve(3 * BLOCK);
-  const n = x.length;
-  for (let s = 0; s < n; s += BLOCK) {
-    const len = Math.min(BLOCK, n - s);
-    mem.set(x.subarray(s, s + len), 0);
-    mem.set(gy.subarray(s, s + len), BLOCK);
-    w.grad[op](0, BLOCK * 4, 2 * BLOCK * 4, pad4(len) * 4);
-    gx.set(mem.subarray(2 * BLOCK, 2 * BLOCK + len), s);
-  }
-  return true;
-}
-
-/** u = z + bias[col] for the rows' elements s .. s + len of a (rows, cols) gate input, into mem[at..] */
-function gateInput(
-  mem: Float32Array,
-  at: number,
-  z: Float32Array,
-  bias: Float32Array,
-  s: number,
-  len: number,
-  cols: number,
-) {
-  let c = s % cols;
-  for (let i = 0; i < len; i++) {
-    mem[at + i] = z[s + i] + bias[c];
-    if (++c === cols) c = 0;
-  }
-}
-
-/** out = y silu(z + bias) over (rows, cols); false without WebAssembly */
-export function siluGateF32(
-  y: Float32Array,
-  z: Float32Array,
-  bias: Float32Array,
-  out: Float32Array,
-  cols: number,
-): boolean {
-  const w = wasmMath();
-  if (!w) return false;
-  const mem = w.reserve(3 * BLOCK);
-  const n = out.length;
-  for (let s = 0; s < n; s += BLOCK) {
-    const len = Math.min(BLOCK, n - s);
-    mem.set(y.subarray(s, s + len), 0);
-    gateInput(mem, BLOCK, z, bias, s, len, cols);
-    w.siluGate(0, BLOCK * 4, 2 * BLOCK * 4, pad4(len) * 4);
-    out.set(mem.subarray(2 * BLOCK, 2 * BLOCK + len), s);
-  }
-  return true;
-}
-
-/** the gradients of siluGate with respect to y and z; false without WebAssembly */
-export function siluGateGradF32(
-  y: Float32Array,
-  z: Float32Array,
-  bias: Float32Array,
-  g: Float32Array,
-  gy: Float32Array,
-  gz: Float32Array,
-  cols: number,
-): boolean {
-  const w = wasmMath();
-  if (!w) return false;
-  const mem = w.reserve(5 * BLOCK);
-  const n = g.length;
-  for (let s = 0; s < n; s += BLOCK) {
-    const len = Math.min(BLOCK, n - s);
-    mem.set(y.subarray(s, s + len), 0);
-    gateInput(mem, BLOCK, z, bias, s, len, cols);
-    mem.set(g.subarray(s, s + len), 2 * BLOCK);
-    w.siluGateGrad(0, BLOCK * 4, 2 * BLOCK * 4, 3 * BLOCK * 4, 4 * BLOCK * 4, pad4(len) * 4);
-    gy.set(mem.subarray(3 * BLOCK, 3 * BLOCK + len), s);
-    gz.set(mem.subarray(4 * BLOCK, 4 * BLOCK + len), s);
-  }
-  return true;
-}
-
-/**
- * Rows of `cols` floats staged in wasm memory `count` rows at a time with a pitch of pad4(cols),
- * the padding set to -Infinity (which exp maps to 0 and max ignores): `each(r, at)` runs for every
- * row r with the row's float offset `at` in each staged operand k at base + k * stride.
- */
-class RowStage {
-  readonly pitch: number;
-  readonly count: number;
-  readonly stride: number;
-  readonly mem: Float32Array;
-  constructor(
-    readonly w: WasmMath,
-    readonly cols: number,
-    operands: number,
-    readonly padValue = -Infinity,
-    /** floats to keep after the operands (one more row and a few scalars) */
-    extra = 0,
-  ) {
-    this.pitch = pad4(cols);
-    this.count = Math.max(1, Math.floor(BLOCK / this.pitch));
-    this.stride = this.count * this.pitch;
-    this.mem = w.reserve(operands * this.stride + extra);
-  }
-  /** copy rows r0 .. r0 + n of src into operand k */
-  load(k: number, src: Float32Array, r0: number, n: number): void {
-    const { mem, pitch, cols } = this;
-    const base = k * this.stride;
-    if (pitch === cols) {
-      mem.set(src.subarray(r0 * cols, (r0 + n) * cols), base);
-      return;
-    }
-    for (let r = 0; r < n; r++) {
-      const at = base + r * pitch;
-      mem.set(src.subarray((r0 + r) * cols, (r0 + r + 1) * cols), at);
-      mem.fill(this.padValue, at + cols, at + pitch);
-    }
-  }
-  /** copy operand k's rows back into dst rows r0 .. r0 + n */
-  store(k: number, dst: Float32Array, r0: number, n: number): void {
-    const { mem, pitch, cols } = this;
-    const base = k * this.stride;
-    if (pitch === cols) {
-      dst.set(mem.subarray(base, base + n * cols), r0 * cols);
-      return;
-    }
-    for (let r = 0; r < n; r++)
-      dst.set(mem.subarray(base + r * pitch, base + r * pitch + cols), (r0 + r) * cols);
-  }
-}
-
-/** softmax (or log-softmax) of each row; false without WebAssembly */
-export function softmaxF32(
-  x: Float32Array,
-  out: Float32Array,
-  rows: number,
-  cols: number,
-  log: boolean,
-): boolean {
-  const w = wasmMath();
-  if (!w) return false;
-  const st = new RowStage(w, cols, 2);
-  const bytes = st.pitch * 4;
-  for (let r0 = 0; r0 < rows; r0 += st.count) {
-    const n = Math.min(st.count, rows - r0);
-    st.load(0, x, r0, n);
-    for (let r = 0; r < n; r++) {
-      const src = r * bytes;
-      const dst = (st.stride + r * st.pitch) * 4;
-      let max = w.rowMax(src, bytes);
-      if (max === -Infinity) max = 0; // a fully masked row: stay finite
-      const sum = w.expSum(src, dst, bytes, 1, -max, 1);
-      if (log) w.unary.identity(src, dst, bytes, 1, -(max + Math.log(sum)));
-      else w.unary.identity(dst, dst, bytes, 1 / sum, 0);
-    }
-    st.store(1, out, r0, n);
-  }
-  return true;
-}
-
-/** lse[r] = log sum_j exp(x[r, j]) and, with targets, losses[r] = lse[r] - x[r, target]; false without WebAssembly */
-export function crossEntropyF32(
-  logits: Float32Array,
-  targets: Int32Array,
-  losses: Float32Array | Float64Array,
-  lse: Float32Array | Float64Array,
-  rows: number,
-  vocab: number,
-  ignoreIndex: number,
-): boolean {
-  const w = wasmMath();
-  if (!w) return false;
-  const st = new RowStage(w, vocab, 2);
-  const bytes = st.pitch * 4;
-  for (let r0 = 0; r0 < rows; r0 += st.count) {
-    const n = Math.min(st.count, rows - r0);
-    st.load(0, logits, r0, n);
-    for (let r = 0; r < n; r++) {
-      const row = r0 + r;
-      const max = w.rowMax(r * bytes, bytes);
-      const l = max + Math.log(w.expSum(r * bytes, st.stride * 4, bytes, 1, -max, 1));
-      lse[row] = l;
-      const t = targets[row];
-      if (t === ignoreIndex) {
-        losses[row] = 0;
-        continue;
-      }
-      if (t < 0 || t >= vocab)
-        throw new Error(`cross-entropy: target ${t} outside the vocabulary of ${vocab}`);
-      losses[row] = l - logits[row * vocab + t];
-    }
-  }
-  return true;
-}
-
-/** gLogits = gLoss softmax(logits) - gLoss at the target; false without WebAssembly */
-export function crossEntropyGradF32(
-  logits: Float32Array,
-  targets: Int32Array,
-  lse: Float32Array | Float64Array,
-  gLoss: Float32Array | Float64Array,
-  gLogits: Float32Array,
-  rows: number,
-  vocab: number,
-  ignoreIndex: number,
-): boolean {
-  const w = wasmMath();
-  if (!w) return false;
-  const st = new RowStage(w, vocab, 2);
-  const bytes = st.pitch * 4;
-  for (let r0 = 0; r0 < rows; r0 += st.count) {
-    const n = Math.min(st.count, rows - r0);
-    st.load(0, logits, r0, n);
-    for (let r = 0; r < n; r++) {
-      const row = r0 + r;
-      const dst = (st.stride + r * st.pitch) * 4;
-      if (targets[row] === ignoreIndex) {
-        w.unary.identity(r * bytes, dst, bytes, 0, 0);
-        continue;
-      }
-      // g exp(x - lse) as g exp(max - lse) exp(x - max): the shift stays an exact f32
-      const max = w.rowMax(r * bytes, bytes);
-      w.expSum(r * bytes, dst, bytes, 1, -max, gLoss[row] * Math.exp(max - lse[row]));
-    }
-    st.store(1, gLogits, r0, n);
-    for (let r = r0; r < r0 + n; r++) {
-      const t = targets[r];
-      if (t !== ignoreIndex) gLogits[r * vocab + t] -= gLoss[r];
-    }
-  }
-  return true;
-}
-
-/** the shift -max(x) / tau as an f32 (exact in the kernel) and the row's sum of exp(x / tau + shift) */
-function scaledRow(w: WasmMath, at: number, scratch: number, bytes: number, inv: number): [number, number] {
-  const shift = Math.fround(-w.rowMax(at, bytes) * inv);
-  return [shift, w.expSum(at, scratch, bytes, inv, shift, 1)];
-}
-
-/** losses[r] = KL(softmax(teacher / tau) || softmax(student / tau)) per row; false without WebAssembly */
-export function klDivergenceF32(
-  teacher: Float32Array,
-  student: Float32Array,
-  losses: Float32Array | Float64Array,
-  rows: number,
-  vocab: number,
-  tau: number,
-): boolean {
-  const w = wasmMath();
-  if (!w) return false;
-  const inv = 1 / tau;
-  // operands: teacher rows, student rows; then a scratch row and one f64 for klDot's second sum
-  const st = new RowStage(w, vocab, 2, -Infinity, vocab + 8);
-  const bytes = st.pitch * 4;
-  const scratch = 2 * st.stride * 4;
-  const sumAt = (2 * st.stride + st.pitch) * 4; // 16-byte aligned: pitch is a multiple of 4
-  const sumT = new Float64Array(w.memory.buffer, sumAt, 1);
-  for (let r0 = 0; r0 < rows; r0 += st.count) {
-    const n = Math.min(st.count, rows - r0);
-    st.load(0, teacher, r0, n);
-    st.load(1, student, r0, n);
-    for (let r = 0; r < n; r++) {
-      const t = r * bytes;
-      const s = (st.stride + r * st.pitch) * 4;
-      const [shiftS, sumS] = scaledRow(w, s, scratch, bytes, inv);
-      const shiftT = Math.fround(-w.rowMax(t, bytes) * inv);
-      // sum p (log p - log q) = sum p (t - s) / tau - (lse_t - lse_s), p = exp(t / tau + shiftT) / sumT
-      const dot = w.klDot(t, s, bytes, inv, shiftT, sumAt);
-      const lseGap = Math.log(sumT[0]) - shiftT - (Math.log(sumS) - shiftS);
-      losses[r0 + r] = (inv * dot) / sumT[0] - lseGap;
-    }
-  }
-  return true;
-}
-
-/** gStudent = gLoss / tau (softmax(student / tau) - softmax(teacher / tau)); false without WebAssembly */
-export function klDivergenceGradF32(
-  teacher: Float32Array,
-  student: Float32Array,
-  gLoss: Float32Array | Float64Array,
-  gStudent: Float32Array,
-  rows: number,
-  vocab: number,
-  tau: number,
-): boolean {
-  const w = wasmMath();
-  if (!w) return false;
-  const inv = 1 / tau;
-  const st = new RowStage(w, vocab, 3);
-  const bytes = st.pitch * 4;
-  for (let r0 = 0; r0 < rows; r0 += st.count) {
-    const n = Math.min(st.count, rows - r0);
-    st.load(0, teacher, r0, n);
-    st.load(1, student, r0, n);
-    for (let r = 0; r < n; r++) {
-      const t = r * bytes;
-      const s = (st.stride + r * st.pitch) * 4;
-      const g = (2 * st.stride + r * st.pitch) * 4;
-      // the unnormalized probabilities in place of the logits, then one combination
-      const [, sumT] = scaledRow(w, t, t, bytes, inv);
-      const [, sumS] = scaledRow(w, s, s, bytes, inv);
-      const c = gLoss[r0 + r] * inv;
-      w.axpby(s, t, g, bytes, c / sumS, -c / sumT);
-    }
-    st.store(2, gStudent, r0, n);
-  }
-  return true;
-}
-
-/** x (B, T, C), w (C, K), bias (C) -> out (B, T, C), one sequence at a time; false without WebAssembly or when C % 4 != 0 */
-export function causalConv1dF32(
-  x: Float32Array,
-  w: Float32Array,
-  bias: Float32Array | null,
-  out: Float32Array,
-  batch: number,
-  t: number,
-  c: number,
-  k: number,
-): boolean {
-  const wm = c % 4 === 0 ? wasmMath() : null;
-  if (!wm) return false;
-  // layout (floats): taps (K, C), bias (C), x (T, C), out (T, C)
-  const [wtAt, biasAt, xAt, outAt] = [0, k * c, (k + 1) * c, (k + 1 + t) * c];
-  const mem = wm.reserve((k + 1 + 2 * t) * c);
-  for (let ch = 0; ch < c; ch++) {
-    for (let j = 0; j < k; j++) mem[wtAt + j * c + ch] = w[ch * k + j];
-    mem[biasAt + ch] = bias ? bias[ch] : 0;
-  }
-  const n = t * c;
-  for (let b = 0; b < batch; b++) {
-    mem.set(x.subarray(b * n, (b + 1) * n), xAt);
-    wm.conv(xAt * 4, wtAt * 4, biasAt * 4, outAt * 4, t, c * 4, k);
-    out.set(mem.subarray(outAt, outAt + n), b * n);
-  }
-  return true;
-}
-
-/** the gradients of causalConv1dF32; weight and bias gradients summed over the batch in float64 */
-export function causalConv1dGradF32(
-  x: Float32Array,
-  w: Float32Array,
-  gy: Float32Array,
-  gx: Float32Array,
-  gw: Float32Array,
-  gb: Float32Array | null,
-  batch: number,
-  t: number,
-  c: number,
-  k: number,
-): boolean {
-  const wm = c % 4 === 0 ? wasmMath() : null;
-  if (!wm) return false;
-  // layout (floats): taps (K, C), their gradient (K, C), bias gradient (C), x, gy, gx (T, C)
-  const kc = k * c;
-  const [wtAt, gwAt, gbAt, xAt, gyAt, gxAt] = [
-    0,
-    kc,
-    2 * kc,
-    2 * kc + c,
-    2 * kc + c + t * c,
-    2 * kc + c + 2 * t * c,
-  ];
-  const mem = wm.reserve(2 * kc + c + 3 * t * c);
-  for (let ch = 0; ch < c; ch++) for (let j = 0; j < k; j++) mem[wtAt + j * c + ch] = w[ch * k + j];
-  const accW = new Float64Array(kc);
-  const accB = new Float64Array(c);
-  const n = t * c;
-  for (let b = 0; b < batch; b++) {
-    mem.fill(0, gwAt, gbAt + c);
-    mem.set(x.subarray(b * n, (b + 1) * n), xAt);
-    mem.set(gy.subarray(b * n, (b + 1) * n), gyAt);
-    wm.convGrad(xAt * 4, wtAt * 4, gyAt * 4, gxAt * 4, gwAt * 4, gbAt * 4, t, c * 4, k);
-    gx.set(mem.subarray(gxAt, gxAt + n), b * n);
-    for (let i = 0; i < kc; i++) accW[i] += mem[gwAt + i];
-    for (let i = 0; i < c; i++) accB[i] += mem[gbAt + i];
-  }
-  for (let ch = 0; ch < c; ch++) for (let j = 0; j < k; j++) gw[ch * k + j] = accW[j * c + ch];
-  if (gb) for (let i = 0; i < c; i++) gb[i] = accB[i];
-  return true;
-}
-
-/**
- * o[oo + i] = x[oa + i] op y[ob + i] (yStride 1) or op y[ob] (yStride 0) for i < len; false
- * without WebAssembly
- */
-export function binaryRunF32(
-  op: BinaryKind,
-  x: Float32Array,
-  oa: number,
-  y: Float32Array,
-  ob: number,
-  yStride: 0 | 1,
-  o: Float32Array,
-  oo: number,
-  len: number,
-): boolean {
-  const w = wasmMath();
-  if (!w) return false;
-  const mem = w.reserve(3 * BLOCK);
-  for (let s = 0; s < len; s += BLOCK) {
-    const n = Math.min(BLOCK, len - s);
-    mem.set(x.subarray(oa + s, oa + s + n), 0);
-    if (yStride === 1) {
-      mem.set(y.subarray(ob + s, ob + s + n), BLOCK);
-      w.binary[op](0, BLOCK * 4, 2 * BLOCK * 4, pad4(n) * 4);
-    } else w.binaryScalar[op](0, y[ob], 2 * BLOCK * 4, pad4(n) * 4);
-    o.set(mem.subarray(2 * BLOCK, 2 * BLOCK + n), oo + s);
-  }
-  return true;
-}
-
-/** RMSNorm rows: out = x / rms(x) w, rstd[r] = 1 / rms; false without WebAssembly */
-export function rmsNormF32(
-  x: Float32Array,
-  w: Float32Array,
-  out: Float32Array,
-  rstd: Float32Array | Float64Array,
-  rows: number,
-  cols: number,
-  eps: number,
-): boolean {
-  const wm = wasmMath();
-  if (!wm) return false;
-  // operands: x rows, out rows, then the weight row
-  const st = new RowStage(wm, cols, 3, 0);
-  const bytes = st.pitch * 4;
-  const wAt = 2 * st.stride;
-  st.mem.set(w, wAt);
-  st.mem.fill(0, wAt + cols, wAt + st.pitch);
-  for (let r0 = 0; r0 < rows; r0 += st.count) {
-    const n = Math.min(st.count, rows - r0);
-    st.load(0, x, r0, n);
-    for (let r = 0; r < n; r++) {
-      const rs = 1 / Math.sqrt(wm.sumSq(r * bytes, bytes) / cols + eps);
-      rstd[r0 + r] = rs;
-      wm.rmsScale(r * bytes, wAt * 4, (st.stride + r * st.pitch) * 4, bytes, rs);
-    }
-    st.store(1, out, r0, n);
-  }
-  return true;
-}
-
-/** the RMSNorm backward: gx overwritten, gw = sum over rows (float64 across blocks); false without WebAssembly */
-export function rmsNormGradF32(
-  x: Float32Array,
-  w: Float32Array,
-  rstd: Float32Array | Float64Array,
-  gy: Float32Array,
-  gx: Float32Array,
-  gw: Float32Array | Float64Array,
-  rows: number,
-  cols: number,
-): boolean {
-  const wm = wasmMath();
-  if (!wm) return false;
-  // operands: x, gy, gx rows; then the weight row and its per-block gradient
-  const st = new RowStage(wm, cols, 4, 0);
-  const bytes = st.pitch * 4;
-  const [wAt, gwAt] = [3 * st.stride, 3 * st.stride + st.pitch];
-  st.mem.set(w, wAt);
-  st.mem.fill(0, wAt + cols, wAt + st.pitch);
-  const accW = new Float64Array(cols);
-  for (let r0 = 0; r0 < rows; r0 += st.count) {
-    const n = Math.min(st.count, rows - r0);
-    st.load(0, x, r0, n);
-    st.load(1, gy, r0, n);
-    st.mem.fill(0, gwAt, gwAt + st.pitch);
-    for (let r = 0; r < n; r++) {
-      const [xAt, gyAt, gxAt] = [
-        r * bytes,
-        (st.stride + r * st.pitch) * 4,
-        (2 * st.stride + r * st.pitch) * 4,
-      ];
-      const rs = rstd[r0 + r];
-      // gx = rs (gy w - xhat mean(gy w xhat)), xhat = x rs
-      const c = (rs * rs * rs * wm.dot3(xAt, gyAt, wAt * 4, bytes)) / cols;
-      wm.rmsGradRow(xAt, wAt * 4, gyAt, gxAt, gwAt * 4, bytes, rs, c);
-    }
-    st.store(2, gx, r0, n);
-    for (let j = 0; j < cols; j++) accW[j] += st.mem[gwAt + j];
-  }
-  for (let j = 0; j < cols; j++) gw[j] = accW[j];
-  return true;
-}
