@@ -11,8 +11,8 @@
 // follow the order in which the gradients became ready and each bucket starts right after its
 // last gradient is final, before the next backward; a parameter without a gradient gets zeros
 // and is reported; a late contribution to a sent bucket is an error naming the parameter. In
-// train(), accumulation over 2 micro-batches communicates only during the last one (no_sync), and
-// the losses equal those of a run without the collective.
+// train(), accumulation over 2 micro-batches communicates only during the last one (no_sync; under
+// ZeRO-2 during each), and the losses equal those of a run without the collective.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -49,11 +49,14 @@ class Recording implements Collective {
       Float32Array.from(b.read(x) as Float32Array, (v) => v * this.factor),
     );
   }
-  reduceScatter(): void {
-    throw new Error('not used');
+  // one rank: out = x
+  reduceScatter(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): void {
+    this.calls.push({ op: `reduceScatter ${op}`, n: x.length, tag: this.tag });
+    getBackend().write(out, getBackend().read(x));
   }
-  allGather(): void {
-    throw new Error('not used');
+  allGather(x: DeviceBuffer, out: DeviceBuffer): void {
+    this.calls.push({ op: 'allGather', n: x.length, tag: this.tag });
+    getBackend().write(out, getBackend().read(x));
   }
   broadcast(x: DeviceBuffer): void {
     this.calls.push({ op: 'broadcast', n: x.length, tag: this.tag });
@@ -304,10 +307,10 @@ describe('overlapped gradient buckets (GradReducer)', () => {
     r.dispose();
   });
 
-  it('train(): only the last micro-batch of a step communicates; the losses are those without it', () => {
+  it('train(): only the last micro-batch of a step communicates (ZeRO-2: each); the losses are those without it', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mohawk-overlap-'));
     const split = TokenDataset.open(makeData(path.join(dir, 'data'))).split('train');
-    const run = (c: Recording | null) => {
+    const run = (c: Recording | null, zero: 0 | 1 | 2 = 0) => {
       const model = new TinyLM(1);
       const result = train<Batch>({
         params: model,
@@ -327,7 +330,7 @@ describe('overlapped gradient buckets (GradReducer)', () => {
         optimizer: { lr: 0.05, weightDecay: 0.1 },
         schedule: { kind: 'wsd', warmupSteps: 2, decayFraction: 0.3 },
         progress: false,
-        dataParallel: c ? { collective: c, bucketBytes: 64 } : undefined,
+        dataParallel: c ? { collective: c, bucketBytes: 64, zero: zero || undefined } : undefined,
       });
       const sizes = model.namedParameters().map(([, p]) => p.size);
       model.dispose();
@@ -344,5 +347,20 @@ describe('overlapped gradient buckets (GradReducer)', () => {
       c.calls.map((x) => `${x.tag}: ${x.n}`),
       Array.from({ length: 4 }, () => ['micro 1: 24', 'micro 1: 192', 'micro 1: 16', 'micro 1: 192']).flat(),
     );
+    // ZeRO: the sharded optimizer's buckets (parameter order, last first; the same four here),
+    // reduce-scattered during the last micro-batch's backward (ZeRO-1) or during each (ZeRO-2)
+    for (const zero of [1, 2] as const) {
+      const cz = new Recording();
+      const z = run(cz, zero);
+      z.losses.forEach((l, i) =>
+        assert.ok(Math.abs(l - plain.losses[i]) <= 1e-6 * plain.losses[i], `ZeRO-${zero} loss ${i}`),
+      );
+      const micro = (m: number) => [`micro ${m}: 24`, `micro ${m}: 192`, `micro ${m}: 16`, `micro ${m}: 192`];
+      assert.deepEqual(
+        cz.calls.filter((x) => x.op === 'reduceScatter sum').map((x) => `${x.tag}: ${x.n}`),
+        Array.from({ length: 4 }, () => (zero === 1 ? micro(1) : [...micro(0), ...micro(1)])).flat(),
+        `ZeRO-${zero}`,
+      );
+    }
   });
 });
