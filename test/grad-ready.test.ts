@@ -20,7 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import type { DeviceBuffer } from '../src/backends/backend.js';
-import type { Collective, ReduceKind } from '../src/backends/collective.js';
+import type { Collective, PendingCollective, ReduceKind } from '../src/backends/collective.js';
 import { Linear } from '../src/nn/layers.js';
 import * as T from '../src/tensor/index.js';
 import { getBackend, keep, scope, withGradReadyHook, type Tensor } from '../src/tensor/index.js';
@@ -39,7 +39,7 @@ class Recording implements Collective {
   readonly worldSize = 1;
   readonly calls: { op: string; n: number; tag: string }[] = [];
   tag = '';
-  constructor(private readonly factor = 1) {}
+  constructor(protected readonly factor = 1) {}
   allReduce(x: DeviceBuffer, op: ReduceKind): void {
     this.calls.push({ op: `allReduce ${op}`, n: x.length, tag: this.tag });
     if (this.factor === 1) return;
@@ -63,6 +63,20 @@ class Recording implements Collective {
   }
   barrier(): void {}
   close(): void {}
+}
+
+/** The same with allReduceManyAsync: the reducer then sends the gradients in place (no flat copy). */
+class RecordingMany extends Recording {
+  allReduceManyAsync(xs: DeviceBuffer[], op: ReduceKind): PendingCollective {
+    this.calls.push({ op: `allReduce ${op}`, n: xs.reduce((a, x) => a + x.length, 0), tag: this.tag });
+    const b = getBackend();
+    for (const x of xs)
+      b.write(
+        x,
+        Float32Array.from(b.read(x) as Float32Array, (v) => v * this.factor),
+      );
+    return { wait: () => {} };
+  }
 }
 
 const values = (t: Tensor | null): number[] => (t ? Array.from(t.toArray()) : []);
@@ -199,97 +213,98 @@ describe('overlapped gradient buckets (GradReducer)', () => {
     });
   };
 
-  it('sums every gradient into its place; buckets follow the order gradients become ready', () => {
-    const ref = layers();
-    perLayer(ref.ls);
-    const want = new Map(ref.params.map(([n, p]) => [n, values(p.grad).map((v) => 2 * v)]));
-    const { ls, params } = layers();
-    const c = new Recording(2);
-    // a bucket: one layer's weight and bias (20 elements)
-    const r = new GradReducer(c, params, 20 * 4);
-    assert.deepEqual(r.buckets, [
-      ['l2.bias', 'l2.weight'],
-      ['l1.bias', 'l1.weight'],
-      ['l0.bias', 'l0.weight'],
-      ['spare'],
-    ]);
-    for (let step = 0; step < 2; step++) {
-      const events: string[] = [];
-      // the collective's calls since the last look, in the event list
-      const sends = (suffix = ''): void => {
-        for (const x of c.calls.splice(0)) events.push(`send ${x.n}${suffix}`);
-      };
-      // this hook runs before the reducer's (hooks run in the order they were installed)
-      withGradReadyHook(
-        (leaf) => {
-          sends();
-          events.push(`ready ${params.find(([, p]) => p === leaf)![0]}`);
-        },
-        () =>
-          r.during(() =>
-            perLayer(ls, (i) => {
-              sends();
-              events.push(`backward l${i}`);
-            }),
-          ),
-      );
-      sends();
-      const had = r.finish();
-      sends(' (finish)');
-      assert.deepEqual(
-        had,
-        params.map(([n]) => n !== 'spare'),
-      );
-      for (const [n, p] of params)
-        assert.deepEqual(values(p.grad), n === 'spare' ? [0, 0, 0] : want.get(n), `step ${step}: ${n}`);
-      if (step === 0)
-        // the first bucket holds layer 2, ready last: nothing is sent until its backward, then the
-        // three layers' buckets in order; 'spare' (never ready) at finish
-        assert.deepEqual(events, [
-          'backward l0',
-          'ready l0.bias',
-          'ready l0.weight',
-          'backward l1',
-          'ready l1.bias',
-          'ready l1.weight',
-          'backward l2',
-          'ready l2.bias',
-          'ready l2.weight',
-          'send 20',
-          'send 20',
-          'send 20',
-          'send 3 (finish)',
-        ]);
-      else {
-        assert.deepEqual(r.buckets, [
-          ['l0.bias', 'l0.weight'],
-          ['l1.bias', 'l1.weight'],
-          ['l2.bias', 'l2.weight'],
-          ['spare'],
-        ]);
-        // each layer's bucket leaves as soon as its backward is done, before the next one
-        assert.deepEqual(events, [
-          'backward l0',
-          'ready l0.bias',
-          'ready l0.weight',
-          'send 20',
-          'backward l1',
-          'ready l1.bias',
-          'ready l1.weight',
-          'send 20',
-          'backward l2',
-          'ready l2.bias',
-          'ready l2.weight',
-          'send 20',
-          'send 3 (finish)',
-        ]);
+  for (const Kind of [Recording, RecordingMany])
+    it(`sums every gradient into its place; buckets follow the order gradients become ready (${Kind === Recording ? 'flat buckets' : 'in place'})`, () => {
+      const ref = layers();
+      perLayer(ref.ls);
+      const want = new Map(ref.params.map(([n, p]) => [n, values(p.grad).map((v) => 2 * v)]));
+      const { ls, params } = layers();
+      const c = new Kind(2);
+      // a bucket: one layer's weight and bias (20 elements)
+      const r = new GradReducer(c, params, 20 * 4);
+      assert.deepEqual(r.buckets, [
+        ['l2.bias', 'l2.weight'],
+        ['l1.bias', 'l1.weight'],
+        ['l0.bias', 'l0.weight'],
+        ['spare'],
+      ]);
+      for (let step = 0; step < 2; step++) {
+        const events: string[] = [];
+        // the collective's calls since the last look, in the event list
+        const sends = (suffix = ''): void => {
+          for (const x of c.calls.splice(0)) events.push(`send ${x.n}${suffix}`);
+        };
+        // this hook runs before the reducer's (hooks run in the order they were installed)
+        withGradReadyHook(
+          (leaf) => {
+            sends();
+            events.push(`ready ${params.find(([, p]) => p === leaf)![0]}`);
+          },
+          () =>
+            r.during(() =>
+              perLayer(ls, (i) => {
+                sends();
+                events.push(`backward l${i}`);
+              }),
+            ),
+        );
+        sends();
+        const had = r.finish();
+        sends(' (finish)');
+        assert.deepEqual(
+          had,
+          params.map(([n]) => n !== 'spare'),
+        );
+        for (const [n, p] of params)
+          assert.deepEqual(values(p.grad), n === 'spare' ? [0, 0, 0] : want.get(n), `step ${step}: ${n}`);
+        if (step === 0)
+          // the first bucket holds layer 2, ready last: nothing is sent until its backward, then the
+          // three layers' buckets in order; 'spare' (never ready) at finish
+          assert.deepEqual(events, [
+            'backward l0',
+            'ready l0.bias',
+            'ready l0.weight',
+            'backward l1',
+            'ready l1.bias',
+            'ready l1.weight',
+            'backward l2',
+            'ready l2.bias',
+            'ready l2.weight',
+            'send 20',
+            'send 20',
+            'send 20',
+            'send 3 (finish)',
+          ]);
+        else {
+          assert.deepEqual(r.buckets, [
+            ['l0.bias', 'l0.weight'],
+            ['l1.bias', 'l1.weight'],
+            ['l2.bias', 'l2.weight'],
+            ['spare'],
+          ]);
+          // each layer's bucket leaves as soon as its backward is done, before the next one
+          assert.deepEqual(events, [
+            'backward l0',
+            'ready l0.bias',
+            'ready l0.weight',
+            'send 20',
+            'backward l1',
+            'ready l1.bias',
+            'ready l1.weight',
+            'send 20',
+            'backward l2',
+            'ready l2.bias',
+            'ready l2.weight',
+            'send 20',
+            'send 3 (finish)',
+          ]);
+        }
+        for (const [, p] of params) {
+          p.grad?.dispose();
+          p.grad = null;
+        }
       }
-      for (const [, p] of params) {
-        p.grad?.dispose();
-        p.grad = null;
-      }
-    }
-  });
+    });
 
   it('a contribution after its bucket was sent is an error naming the parameter', () => {
     const { ls, params } = layers();

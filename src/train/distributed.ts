@@ -196,7 +196,8 @@ export function orderedBuckets(
 
 interface InFlight {
   params: number[];
-  flat: Tensor;
+  /** the bucket's gradients end to end; null when they travel in place (allReduceManyAsync) */
+  flat: Tensor | null;
   pending: PendingCollective;
   /** where the sums go once there (default: back into the parameters' .grad) */
   done?: () => void;
@@ -305,6 +306,17 @@ export class GradReducer {
 
   private start(k: number): void {
     const ids = this.plan[k];
+    if (!this.fixed && this.c.allReduceManyAsync) {
+      // in place: the gradients themselves travel (zeros where this rank has none), no copies
+      const grads = ids.map((i) => {
+        const p = this.params[i][1];
+        this.had[i] = !!p.grad;
+        p.grad ??= noGrad(() => keep(zeros(p.shape, 'f32', p.backend)));
+        return p.grad.buffer;
+      });
+      this.inFlight.push({ params: ids, flat: null, pending: this.c.allReduceManyAsync(grads, 'sum') });
+      return;
+    }
     const flat = noGrad(() =>
       scope(() =>
         keep(
@@ -338,6 +350,7 @@ export class GradReducer {
     noGrad(() => {
       for (const { params, flat, pending, done } of this.inFlight.splice(0)) {
         pending.wait();
+        if (!flat) continue; // summed in place
         if (done) {
           done();
           flat.dispose();
@@ -390,7 +403,7 @@ export class GradReducer {
   dispose(): void {
     for (const f of this.inFlight.splice(0)) {
       f.pending.wait();
-      f.flat.dispose();
+      f.flat?.dispose();
     }
   }
 }
