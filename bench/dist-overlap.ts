@@ -2,11 +2,12 @@
 // it, on NCCL: one training step's forward + backward of a Phi-shaped model (random weights,
 // cross-entropy, bf16 autocast) timed three ways:
 //   none      no communication (the single-GPU step)
-//   after     the buckets all-reduced after the backward (allReduceGrads: what mohawk did before)
-//   overlap   the buckets sent on NCCL's own stream as the backward finishes their gradients
-//             (GradReducer, what the trainer does now)
+//   after     the buckets all-reduced after the backward (allReduceGrads: each bucket copied into
+//             one flat buffer and back; what mohawk did before)
+//   overlap   the buckets sent on NCCL's own stream as the backward finishes their gradients, each
+//             a group of in-place all-reduces (GradReducer, what the trainer does now)
 // At one rank NCCL's all-reduce moves nothing, so the difference to `none` is what the buckets
-// cost (a copy into each bucket and back, the events); the gain of the overlap needs several GPUs:
+// cost (copies, launches, events); the gain of the overlap itself needs several GPUs:
 //   node bench/dist-overlap.js                    one GPU (`scripts/gpu-check.sh dist-overlap`)
 //   node bench/dist-overlap.js --gpus 8           one process per GPU, rank 0 prints
 // Options: --layers 8 --d 2048 --vocab 51200 --batch 4 --seq 1024 --steps 6 --bucket-mb 25

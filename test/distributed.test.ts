@@ -1,7 +1,7 @@
 // Data parallelism on CPU processes: the launcher's environment, the TCP rendezvous (and its
 // timeout), every CPU collective against hand-computed values, a lost rank named by the others,
-// and training at world size 2 (plain and ZeRO-1) giving the per-step losses and weights of one
-// process; a ZeRO-1 checkpoint resumed at world sizes 1 and 3, and an unsharded one resumed with
+// and training at world size 2 (plain, ZeRO-1 and ZeRO-2) giving the per-step losses and weights
+// of one process, ZeRO-2 at world size 1 sending every micro-batch's buckets; a ZeRO-1 checkpoint resumed at world sizes 1 and 3, and an unsharded one resumed with
 // ZeRO-1 at world size 2, continue as the unbroken run. The validation perplexity and KL computed
 // over 2 and 3 ranks (each its share of the batches) equal one process's exactly.
 //

@@ -11,8 +11,8 @@
 // follow the order in which the gradients became ready and each bucket starts right after its
 // last gradient is final, before the next backward; a parameter without a gradient gets zeros
 // and is reported; a late contribution to a sent bucket is an error naming the parameter. In
-// train(), accumulation over 2 micro-batches communicates only during the last one (no_sync), and
-// the losses equal those of a run without the collective.
+// train(), accumulation over 2 micro-batches communicates only during the last one (no_sync; under
+// ZeRO-2 during each), and the losses equal those of a run without the collective.
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -20,7 +20,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import type { DeviceBuffer } from '../src/backends/backend.js';
-import type { Collective, ReduceKind } from '../src/backends/collective.js';
+import type { Collective, PendingCollective, ReduceKind } from '../src/backends/collective.js';
 import { Linear } from '../src/nn/layers.js';
 import * as T from '../src/tensor/index.js';
 import { getBackend, keep, scope, withGradReadyHook, type Tensor } from '../src/tensor/index.js';
@@ -39,7 +39,7 @@ class Recording implements Collective {
   readonly worldSize = 1;
   readonly calls: { op: string; n: number; tag: string }[] = [];
   tag = '';
-  constructor(private readonly factor = 1) {}
+  constructor(protected readonly factor = 1) {}
   allReduce(x: DeviceBuffer, op: ReduceKind): void {
     this.calls.push({ op: `allReduce ${op}`, n: x.length, tag: this.tag });
     if (this.factor === 1) return;
@@ -49,17 +49,34 @@ class Recording implements Collective {
       Float32Array.from(b.read(x) as Float32Array, (v) => v * this.factor),
     );
   }
-  reduceScatter(): void {
-    throw new Error('not used');
+  // one rank: out = x
+  reduceScatter(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): void {
+    this.calls.push({ op: `reduceScatter ${op}`, n: x.length, tag: this.tag });
+    getBackend().write(out, getBackend().read(x));
   }
-  allGather(): void {
-    throw new Error('not used');
+  allGather(x: DeviceBuffer, out: DeviceBuffer): void {
+    this.calls.push({ op: 'allGather', n: x.length, tag: this.tag });
+    getBackend().write(out, getBackend().read(x));
   }
   broadcast(x: DeviceBuffer): void {
     this.calls.push({ op: 'broadcast', n: x.length, tag: this.tag });
   }
   barrier(): void {}
   close(): void {}
+}
+
+/** The same with allReduceManyAsync: the reducer then sends the gradients in place (no flat copy). */
+class RecordingMany extends Recording {
+  allReduceManyAsync(xs: DeviceBuffer[], op: ReduceKind): PendingCollective {
+    this.calls.push({ op: `allReduce ${op}`, n: xs.reduce((a, x) => a + x.length, 0), tag: this.tag });
+    const b = getBackend();
+    for (const x of xs)
+      b.write(
+        x,
+        Float32Array.from(b.read(x) as Float32Array, (v) => v * this.factor),
+      );
+    return { wait: () => {} };
+  }
 }
 
 const values = (t: Tensor | null): number[] => (t ? Array.from(t.toArray()) : []);
@@ -196,97 +213,98 @@ describe('overlapped gradient buckets (GradReducer)', () => {
     });
   };
 
-  it('sums every gradient into its place; buckets follow the order gradients become ready', () => {
-    const ref = layers();
-    perLayer(ref.ls);
-    const want = new Map(ref.params.map(([n, p]) => [n, values(p.grad).map((v) => 2 * v)]));
-    const { ls, params } = layers();
-    const c = new Recording(2);
-    // a bucket: one layer's weight and bias (20 elements)
-    const r = new GradReducer(c, params, 20 * 4);
-    assert.deepEqual(r.buckets, [
-      ['l2.bias', 'l2.weight'],
-      ['l1.bias', 'l1.weight'],
-      ['l0.bias', 'l0.weight'],
-      ['spare'],
-    ]);
-    for (let step = 0; step < 2; step++) {
-      const events: string[] = [];
-      // the collective's calls since the last look, in the event list
-      const sends = (suffix = ''): void => {
-        for (const x of c.calls.splice(0)) events.push(`send ${x.n}${suffix}`);
-      };
-      // this hook runs before the reducer's (hooks run in the order they were installed)
-      withGradReadyHook(
-        (leaf) => {
-          sends();
-          events.push(`ready ${params.find(([, p]) => p === leaf)![0]}`);
-        },
-        () =>
-          r.during(() =>
-            perLayer(ls, (i) => {
-              sends();
-              events.push(`backward l${i}`);
-            }),
-          ),
-      );
-      sends();
-      const had = r.finish();
-      sends(' (finish)');
-      assert.deepEqual(
-        had,
-        params.map(([n]) => n !== 'spare'),
-      );
-      for (const [n, p] of params)
-        assert.deepEqual(values(p.grad), n === 'spare' ? [0, 0, 0] : want.get(n), `step ${step}: ${n}`);
-      if (step === 0)
-        // the first bucket holds layer 2, ready last: nothing is sent until its backward, then the
-        // three layers' buckets in order; 'spare' (never ready) at finish
-        assert.deepEqual(events, [
-          'backward l0',
-          'ready l0.bias',
-          'ready l0.weight',
-          'backward l1',
-          'ready l1.bias',
-          'ready l1.weight',
-          'backward l2',
-          'ready l2.bias',
-          'ready l2.weight',
-          'send 20',
-          'send 20',
-          'send 20',
-          'send 3 (finish)',
-        ]);
-      else {
-        assert.deepEqual(r.buckets, [
-          ['l0.bias', 'l0.weight'],
-          ['l1.bias', 'l1.weight'],
-          ['l2.bias', 'l2.weight'],
-          ['spare'],
-        ]);
-        // each layer's bucket leaves as soon as its backward is done, before the next one
-        assert.deepEqual(events, [
-          'backward l0',
-          'ready l0.bias',
-          'ready l0.weight',
-          'send 20',
-          'backward l1',
-          'ready l1.bias',
-          'ready l1.weight',
-          'send 20',
-          'backward l2',
-          'ready l2.bias',
-          'ready l2.weight',
-          'send 20',
-          'send 3 (finish)',
-        ]);
+  for (const Kind of [Recording, RecordingMany])
+    it(`sums every gradient into its place; buckets follow the order gradients become ready (${Kind === Recording ? 'flat buckets' : 'in place'})`, () => {
+      const ref = layers();
+      perLayer(ref.ls);
+      const want = new Map(ref.params.map(([n, p]) => [n, values(p.grad).map((v) => 2 * v)]));
+      const { ls, params } = layers();
+      const c = new Kind(2);
+      // a bucket: one layer's weight and bias (20 elements)
+      const r = new GradReducer(c, params, 20 * 4);
+      assert.deepEqual(r.buckets, [
+        ['l2.bias', 'l2.weight'],
+        ['l1.bias', 'l1.weight'],
+        ['l0.bias', 'l0.weight'],
+        ['spare'],
+      ]);
+      for (let step = 0; step < 2; step++) {
+        const events: string[] = [];
+        // the collective's calls since the last look, in the event list
+        const sends = (suffix = ''): void => {
+          for (const x of c.calls.splice(0)) events.push(`send ${x.n}${suffix}`);
+        };
+        // this hook runs before the reducer's (hooks run in the order they were installed)
+        withGradReadyHook(
+          (leaf) => {
+            sends();
+            events.push(`ready ${params.find(([, p]) => p === leaf)![0]}`);
+          },
+          () =>
+            r.during(() =>
+              perLayer(ls, (i) => {
+                sends();
+                events.push(`backward l${i}`);
+              }),
+            ),
+        );
+        sends();
+        const had = r.finish();
+        sends(' (finish)');
+        assert.deepEqual(
+          had,
+          params.map(([n]) => n !== 'spare'),
+        );
+        for (const [n, p] of params)
+          assert.deepEqual(values(p.grad), n === 'spare' ? [0, 0, 0] : want.get(n), `step ${step}: ${n}`);
+        if (step === 0)
+          // the first bucket holds layer 2, ready last: nothing is sent until its backward, then the
+          // three layers' buckets in order; 'spare' (never ready) at finish
+          assert.deepEqual(events, [
+            'backward l0',
+            'ready l0.bias',
+            'ready l0.weight',
+            'backward l1',
+            'ready l1.bias',
+            'ready l1.weight',
+            'backward l2',
+            'ready l2.bias',
+            'ready l2.weight',
+            'send 20',
+            'send 20',
+            'send 20',
+            'send 3 (finish)',
+          ]);
+        else {
+          assert.deepEqual(r.buckets, [
+            ['l0.bias', 'l0.weight'],
+            ['l1.bias', 'l1.weight'],
+            ['l2.bias', 'l2.weight'],
+            ['spare'],
+          ]);
+          // each layer's bucket leaves as soon as its backward is done, before the next one
+          assert.deepEqual(events, [
+            'backward l0',
+            'ready l0.bias',
+            'ready l0.weight',
+            'send 20',
+            'backward l1',
+            'ready l1.bias',
+            'ready l1.weight',
+            'send 20',
+            'backward l2',
+            'ready l2.bias',
+            'ready l2.weight',
+            'send 20',
+            'send 3 (finish)',
+          ]);
+        }
+        for (const [, p] of params) {
+          p.grad?.dispose();
+          p.grad = null;
+        }
       }
-      for (const [, p] of params) {
-        p.grad?.dispose();
-        p.grad = null;
-      }
-    }
-  });
+    });
 
   it('a contribution after its bucket was sent is an error naming the parameter', () => {
     const { ls, params } = layers();
@@ -304,10 +322,10 @@ describe('overlapped gradient buckets (GradReducer)', () => {
     r.dispose();
   });
 
-  it('train(): only the last micro-batch of a step communicates; the losses are those without it', () => {
+  it('train(): only the last micro-batch of a step communicates (ZeRO-2: each); the losses are those without it', () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mohawk-overlap-'));
     const split = TokenDataset.open(makeData(path.join(dir, 'data'))).split('train');
-    const run = (c: Recording | null) => {
+    const run = (c: Recording | null, zero: 0 | 1 | 2 = 0) => {
       const model = new TinyLM(1);
       const result = train<Batch>({
         params: model,
@@ -327,7 +345,7 @@ describe('overlapped gradient buckets (GradReducer)', () => {
         optimizer: { lr: 0.05, weightDecay: 0.1 },
         schedule: { kind: 'wsd', warmupSteps: 2, decayFraction: 0.3 },
         progress: false,
-        dataParallel: c ? { collective: c, bucketBytes: 64 } : undefined,
+        dataParallel: c ? { collective: c, bucketBytes: 64, zero: zero || undefined } : undefined,
       });
       const sizes = model.namedParameters().map(([, p]) => p.size);
       model.dispose();
@@ -344,5 +362,20 @@ describe('overlapped gradient buckets (GradReducer)', () => {
       c.calls.map((x) => `${x.tag}: ${x.n}`),
       Array.from({ length: 4 }, () => ['micro 1: 24', 'micro 1: 192', 'micro 1: 16', 'micro 1: 192']).flat(),
     );
+    // ZeRO: the sharded optimizer's buckets (parameter order, last first; the same four here),
+    // reduce-scattered during the last micro-batch's backward (ZeRO-1) or during each (ZeRO-2)
+    for (const zero of [1, 2] as const) {
+      const cz = new Recording();
+      const z = run(cz, zero);
+      z.losses.forEach((l, i) =>
+        assert.ok(Math.abs(l - plain.losses[i]) <= 1e-6 * plain.losses[i], `ZeRO-${zero} loss ${i}`),
+      );
+      const micro = (m: number) => [`micro ${m}: 24`, `micro ${m}: 192`, `micro ${m}: 16`, `micro ${m}: 192`];
+      assert.deepEqual(
+        cz.calls.filter((x) => x.op === 'reduceScatter sum').map((x) => `${x.tag}: ${x.n}`),
+        Array.from({ length: 4 }, () => (zero === 1 ? micro(1) : [...micro(0), ...micro(1)])).flat(),
+        `ZeRO-${zero}`,
+      );
+    }
   });
 });

@@ -31,6 +31,11 @@ export interface Collective {
    * Optional: `startAllReduce` runs the plain all-reduce where it is missing.
    */
   allReduceAsync?(x: DeviceBuffer, op: ReduceKind): PendingCollective;
+  /**
+   * All-reduce several buffers in place as one collective (NCCL: a group of all-reduces, one
+   * launch), started as allReduceAsync starts one: no copy into one flat buffer. Optional.
+   */
+  allReduceManyAsync?(xs: DeviceBuffer[], op: ReduceKind): PendingCollective;
   /** reduceScatter as allReduceAsync starts an all-reduce (x and out stay allocated until `wait()`) */
   reduceScatterAsync?(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): PendingCollective;
   /** returns once every rank has called it */

@@ -196,20 +196,22 @@ export function orderedBuckets(
 
 interface InFlight {
   params: number[];
-  flat: Tensor;
+  /** the bucket's gradients end to end; null when they travel in place (allReduceManyAsync) */
+  flat: Tensor | null;
   pending: PendingCollective;
   /** where the sums go once there (default: back into the parameters' .grad) */
   done?: () => void;
 }
 
 /**
- * A bucket layout the reducer must keep (ZeRO-2: the sharded optimizer's buckets) and how each
- * bucket travels: `send(k, flat)` starts bucket k's collective from its flat gradients (the
- * parameters of plan[k] end to end) and says what to do once it has arrived.
+ * A bucket layout the reducer must keep (ZeRO: the sharded optimizer's buckets) and how each
+ * bucket travels: `send(k, grads)` starts bucket k's collective from the gradients of plan[k]'s
+ * parameters (flat, 1-D; zeros where this rank has none), copying what it needs before it returns
+ * (the gradients are freed then), and says what to do once it has arrived.
  */
 export interface FixedBuckets {
   plan: number[][];
-  send: (k: number, flat: Tensor) => { pending: PendingCollective; done: () => void };
+  send: (k: number, grads: Tensor[]) => { pending: PendingCollective; done: () => void };
 }
 
 /**
@@ -305,6 +307,35 @@ export class GradReducer {
 
   private start(k: number): void {
     const ids = this.plan[k];
+    if (this.fixed) {
+      const fixed = this.fixed;
+      const sent = noGrad(() =>
+        scope(() =>
+          fixed.send(
+            k,
+            ids.map((i) => {
+              const p = this.params[i][1];
+              this.had[i] = !!p.grad;
+              return p.grad ? reshape(p.grad, [p.size]) : zeros([p.size], 'f32', p.backend);
+            }),
+          ),
+        ),
+      );
+      this.freeGrads(ids);
+      this.inFlight.push({ params: ids, flat: null, ...sent });
+      return;
+    }
+    if (this.c.allReduceManyAsync) {
+      // in place: the gradients themselves travel (zeros where this rank has none), no copies
+      const grads = ids.map((i) => {
+        const p = this.params[i][1];
+        this.had[i] = !!p.grad;
+        p.grad ??= noGrad(() => keep(zeros(p.shape, 'f32', p.backend)));
+        return p.grad.buffer;
+      });
+      this.inFlight.push({ params: ids, flat: null, pending: this.c.allReduceManyAsync(grads, 'sum') });
+      return;
+    }
     const flat = noGrad(() =>
       scope(() =>
         keep(
@@ -320,13 +351,16 @@ export class GradReducer {
       ),
     );
     // the flat copy travels; the gradients themselves are freed now
+    this.freeGrads(ids);
+    this.inFlight.push({ params: ids, flat, pending: startAllReduce(this.c, flat.buffer, 'sum') });
+  }
+
+  private freeGrads(ids: number[]): void {
     for (const i of ids) {
       const p = this.params[i][1];
       p.grad?.dispose();
       p.grad = null;
     }
-    if (this.fixed) this.inFlight.push({ params: ids, flat, ...this.fixed.send(k, flat) });
-    else this.inFlight.push({ params: ids, flat, pending: startAllReduce(this.c, flat.buffer, 'sum') });
   }
 
   /**
@@ -338,11 +372,8 @@ export class GradReducer {
     noGrad(() => {
       for (const { params, flat, pending, done } of this.inFlight.splice(0)) {
         pending.wait();
-        if (done) {
-          done();
-          flat.dispose();
-          continue;
-        }
+        done?.();
+        if (!flat) continue; // summed in place, or sent by FixedBuckets
         scope(() => {
           let off = 0;
           for (const i of params) {
@@ -390,7 +421,7 @@ export class GradReducer {
   dispose(): void {
     for (const f of this.inFlight.splice(0)) {
       f.pending.wait();
-      f.flat.dispose();
+      f.flat?.dispose();
     }
   }
 }

@@ -232,21 +232,28 @@ export class ShardedAdamW {
     const order = [...this.buckets].reverse();
     return {
       plan: order.map((b) => Array.from({ length: b.end - b.first }, (_, i) => b.first + i)),
-      send: (k, flat) => this.scatterBucket(order[k], flat),
+      send: (k, grads) => this.scatterBucket(order[k], grads),
     };
   }
 
-  private scatterBucket(b: Bucket, flat: Tensor): { pending: PendingCollective; done: () => void } {
+  /** grads: the bucket's parameters' gradients, flat (1-D), in parameter order */
+  private scatterBucket(b: Bucket, grads: Tensor[]): { pending: PendingCollective; done: () => void } {
     const W = this.collective.worldSize;
-    const backend = flat.backend;
+    const backend = grads[0].backend;
     const { send, out } = noGrad(() =>
       scope(() => {
-        // rank k's rows, padded to the largest chunk, in rank order
+        // rank k's rows [cuts[k], cuts[k + 1]) of the bucket (pieces of its parameters), padded to
+        // the largest chunk, in rank order: one copy of the gradients
         const parts: Tensor[] = [];
         for (let k = 0; k < W; k++) {
-          const len = b.cuts[k + 1] - b.cuts[k];
-          if (len > 0) parts.push(slice(flat, 0, b.cuts[k], b.cuts[k + 1]));
-          if (len < b.chunk) parts.push(zeros([b.chunk - len], 'f32', backend));
+          const [lo, hi] = [b.cuts[k], b.cuts[k + 1]];
+          grads.forEach((g, j) => {
+            const off = this.offsets[b.first + j];
+            const a = Math.max(lo, off);
+            const e = Math.min(hi, off + g.size);
+            if (a < e) parts.push(a === off && e === off + g.size ? g : slice(g, 0, a - off, e - off));
+          });
+          if (hi - lo < b.chunk) parts.push(zeros([b.chunk - (hi - lo)], 'f32', backend));
         }
         return {
           send: keep(parts.length === 1 ? parts[0] : concat(parts, 0)),

@@ -4,7 +4,12 @@
 // reduceScatter is an all-reduce followed by this rank's chunk: simple, and CPU jobs are small.
 
 import type { Backend, DeviceBuffer } from '../backend.js';
-import { checkCollectiveSizes, type Collective, type ReduceKind } from '../collective.js';
+import {
+  checkCollectiveSizes,
+  type Collective,
+  type PendingCollective,
+  type ReduceKind,
+} from '../collective.js';
 import type { ProcessGroup } from '../group.js';
 
 function floats(b: Backend, x: DeviceBuffer, what: string): Float32Array | Float64Array {
@@ -30,6 +35,32 @@ export class CpuCollective implements Collective {
   allReduce(x: DeviceBuffer, op: ReduceKind): void {
     if (this.worldSize === 1) return;
     this.backend.write(x, this.group.allReduce(floats(this.backend, x, 'allReduce'), op));
+  }
+
+  /** The buffers end to end in one message (the star's cost is per message), then back in place. */
+  allReduceManyAsync(xs: DeviceBuffer[], op: ReduceKind): PendingCollective {
+    if (this.worldSize === 1) return { wait: () => {} };
+    const parts = xs.map((x) => floats(this.backend, x, 'allReduceMany'));
+    const f64 = parts.some((p) => p instanceof Float64Array);
+    const all = new (f64 ? Float64Array : Float32Array)(parts.reduce((a, p) => a + p.length, 0));
+    let off = 0;
+    for (const p of parts) {
+      all.set(p, off);
+      off += p.length;
+    }
+    const sum = this.group.allReduce(all, op);
+    off = 0;
+    xs.forEach((x, i) => {
+      const n = parts[i].length;
+      this.backend.write(
+        x,
+        parts[i] instanceof Float64Array
+          ? sum.subarray(off, off + n)
+          : Float32Array.from(sum.subarray(off, off + n)),
+      );
+      off += n;
+    });
+    return { wait: () => {} };
   }
 
   reduceScatter(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): void {

@@ -53,6 +53,8 @@ interface Raw {
   ncclReduceScatter: Fn;
   ncclAllGather: Fn;
   ncclBroadcast: Fn;
+  ncclGroupStart: Fn;
+  ncclGroupEnd: Fn;
   ncclGetErrorString: (rc: number) => string;
 }
 
@@ -153,6 +155,8 @@ export function loadNccl(): { raw: Raw; path: string; version: number } {
     ncclBroadcast: f(
       'int ncclBroadcast(uint64_t sendbuff, uint64_t recvbuff, size_t count, int datatype, int root, uint64_t comm, uint64_t stream)',
     ),
+    ncclGroupStart: f('int ncclGroupStart()'),
+    ncclGroupEnd: f('int ncclGroupEnd()'),
     ncclGetErrorString: l.func('const char *ncclGetErrorString(int result)') as (rc: number) => string,
   };
   const out = [0];
@@ -296,6 +300,31 @@ export class NcclCollective implements Collective {
 
   allReduceAsync(x: DeviceBuffer, op: ReduceKind): PendingCollective {
     return this.pending(this.allReduceQueued(x, op));
+  }
+
+  allReduceManyAsync(xs: DeviceBuffer[], op: ReduceKind): PendingCollective {
+    this.enter();
+    this.check('ncclGroupStart', this.raw.ncclGroupStart());
+    try {
+      for (const x of xs) {
+        const p = this.ptr(x);
+        this.check(
+          'ncclAllReduce',
+          this.raw.ncclAllReduce(
+            p,
+            p,
+            x.length,
+            this.dt(x, 'allReduceMany'),
+            op === 'avg' ? NCCL_AVG : NCCL_SUM,
+            this.comm,
+            this.stream,
+          ),
+        );
+      }
+    } finally {
+      this.check('ncclGroupEnd', this.raw.ncclGroupEnd());
+    }
+    return this.pending(this.leave());
   }
 
   reduceScatterAsync(x: DeviceBuffer, out: DeviceBuffer, op: ReduceKind): PendingCollective {
