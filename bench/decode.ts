@@ -1,11 +1,13 @@
 // Decoding speed at the performance issue's shapes: the Phi-Mamba 1.5B student (recurrent state,
 // constant memory per token) against the Phi-1.5-shaped teacher (KV cache), batch 1 at context
 // 2k, 8k and 32k and batch 64 at 2k. Random weights. Time per new token after a prefill, greedy
-// tokens fed back. The student decodes with its step replayed as one CUDA graph (generate's
-// default) and eagerly (--graph on,off picks); both from the same prefill, and the greedy tokens
-// of the two must agree (column "same tokens"). The teacher (a growing KV cache) is eager.
+// tokens fed back. The student decodes from the same prefill in up to four ways (--student):
+// its step eager or replayed as one CUDA graph (generate's default), the greedy choice on the
+// host from the logits read back (as a sampler needs) or on the device (B numbers read back);
+// all must give the same greedy tokens (last column). The teacher (a growing KV cache) is eager.
 // Run: node --import tsx bench/decode.ts [--layers N] [--contexts 2048,8192,32768] [--tokens 16]
-//      [--graph on,off] [--teacher on|off] (BENCH_OUT=dir also writes decode.{md,json})
+//      [--student eager-host,graph-host,graph-device,eager-device] [--teacher on|off]
+//      (BENCH_OUT=dir also writes decode.{md,json})
 //      --device cpu --d 64 --heads 4 --vocab 500: a small smoke run of the same code on the CPU
 
 import { writeFileSync } from 'node:fs';
@@ -36,7 +38,7 @@ const { values } = parseArgs({
     contexts: { type: 'string', default: '2048,8192,32768' },
     tokens: { type: 'string', default: '16' },
     'batch-large': { type: 'string', default: '64' },
-    graph: { type: 'string', default: 'on,off' },
+    student: { type: 'string', default: 'eager-host,graph-host,graph-device,eager-device' },
     teacher: { type: 'string', default: 'on' },
     device: { type: 'string', default: 'cuda' },
     d: { type: 'string', default: '2048' },
@@ -44,7 +46,13 @@ const { values } = parseArgs({
     vocab: { type: 'string', default: '51200' },
   },
 });
-const graphModes = values.graph!.split(',').map((g) => g === 'on');
+/** the student's runs: the step as a graph or eager, the greedy choice on the host (logits read) or the device */
+const studentModes = values.student!.split(',').map((m) => {
+  const [step, sampler] = m.split('-');
+  if (!['graph', 'eager'].includes(step) || !['host', 'device'].includes(sampler))
+    throw new Error(`decode bench: --student takes graph|eager-host|device items, got "${m}"`);
+  return { graph: step === 'graph', device: sampler === 'device' };
+});
 const L = Number(values.layers);
 const D = Number(values.d);
 const H = Number(values.heads);
@@ -77,6 +85,8 @@ interface DecodeRun {
   nodes: number;
   /** why the run was eager when a graph was asked for */
   reason: string | null;
+  /** an eager run on CUDA: the kernels of one more step, timed one by one (the graph's floor) */
+  profile: { name: string; calls: number; ms: number }[] | null;
 }
 
 /** the index of the largest of each batch row of (B, V) logits */
@@ -89,7 +99,7 @@ function greedy(logits: Float32Array, batch: number): number[] {
   });
 }
 
-function decodeRun(model: CausalLM, batch: number, ctx: number, graph: boolean): DecodeRun {
+function decodeRun(model: CausalLM, batch: number, ctx: number, graph: boolean, device: boolean): DecodeRun {
   const rng = new Random(3); // the same prompt for every mode
   // as generate does under autocast: the model's weights rounded to bf16 once, not on every
   // token (the copies count in the peak)
@@ -118,8 +128,9 @@ function decodeRun(model: CausalLM, batch: number, ctx: number, graph: boolean):
           gpu.synchronize();
           gpu.resetPeak();
           // one token per sequence per step, the greedy choice fed back; the step includes the
-          // host read of the logits a sampler needs (the argmax on the host is not timed)
-          const decoder = new Decoder(model, cache, batch, { graph });
+          // host read of the logits a sampler needs (the argmax on the host is not timed), or
+          // the argmax on the device and the read of B numbers
+          const decoder = new Decoder(model, cache, batch, { graph, output: device ? 'greedy' : 'logits' });
           try {
             let next = Array.from({ length: batch }, () => rng.int(0, V));
             const tokens: string[] = [];
@@ -127,12 +138,23 @@ function decodeRun(model: CausalLM, batch: number, ctx: number, graph: boolean):
             let ms = 0;
             for (let i = 0; i < warm + newTokens; i++) {
               const t0 = performance.now();
-              const logits = decoder.step(next);
-              if (i >= warm) ms += performance.now() - t0;
-              next = greedy(logits, batch);
+              if (device) {
+                next = decoder.next(next);
+                if (i >= warm) ms += performance.now() - t0;
+              } else {
+                const logits = decoder.step(next);
+                if (i >= warm) ms += performance.now() - t0;
+                next = greedy(logits, batch);
+              }
               tokens.push(next.join(' '));
             }
+            // one more eager step with every kernel timed: the device time a graph cannot go below
+            const profile =
+              cuda && decoder.mode !== 'graph'
+                ? cuda.profile(() => (device ? decoder.next(next) : decoder.step(next))).kernels
+                : null;
             return {
+              profile,
               ms: ms / newTokens,
               memGiB: gpu.memoryStats().peakBytes / 2 ** 30,
               tokens,
@@ -159,16 +181,21 @@ const cases: [number, number][] = [
 ];
 const rows: string[] = [];
 const json: unknown[] = [];
-const runs: [string, CausalLM, boolean][] = [
-  ...graphModes.map((g) => ['student (recurrent)', student, g] as [string, CausalLM, boolean]),
-  ...(values.teacher === 'on' ? [['teacher (KV cache)', teacher, false] as [string, CausalLM, boolean]] : []),
+const runs: [string, CausalLM, boolean, boolean][] = [
+  ...studentModes.map(
+    (m) => ['student (recurrent)', student, m.graph, m.device] as [string, CausalLM, boolean, boolean],
+  ),
+  ...(values.teacher === 'on'
+    ? [['teacher (KV cache)', teacher, false, false] as [string, CausalLM, boolean, boolean]]
+    : []),
 ];
 for (const [batch, ctx] of cases) {
   let reference: string[] | null = null; // the student's greedy tokens of the first mode
-  for (const [name, model, graph] of runs) {
+  for (const [name, model, graph, device] of runs) {
     let cell: string;
+    const sampler = device ? 'argmax on the device' : 'logits to the host';
     try {
-      const r = decodeRun(model, batch, ctx, graph);
+      const r = decodeRun(model, batch, ctx, graph, device);
       let same = '';
       if (model === student) {
         if (!reference) reference = r.tokens;
@@ -183,12 +210,13 @@ for (const [batch, ctx] of cases) {
           ? `eager: ${r.reason.slice(0, 60)}`
           : 'eager';
       cell =
-        `| ${name} | ${mode} | ${batch} | ${ctx} | ${r.ms.toFixed(2)} | ${((batch * 1000) / r.ms).toFixed(0)} | ` +
+        `| ${name} | ${mode} | ${sampler} | ${batch} | ${ctx} | ${r.ms.toFixed(2)} | ${((batch * 1000) / r.ms).toFixed(0)} | ` +
         `${r.memGiB.toFixed(1)} | ${same} |`;
       json.push({
         model: name,
         graph: r.graph,
         nodes: r.nodes,
+        sampler: device ? 'device' : 'host',
         batch,
         ctx,
         ms: r.ms,
@@ -196,19 +224,42 @@ for (const [batch, ctx] of cases) {
         memGiB: r.memGiB,
         sameTokens: same === '' ? null : same === 'yes',
         reason: r.reason,
+        profile: r.profile,
       });
     } catch (e) {
-      cell = `| ${name} | ${graph ? 'graph' : 'eager'} | ${batch} | ${ctx} | failed: ${(e as Error).message.split('\n')[0].slice(0, 80)} | | | |`;
+      cell = `| ${name} | ${graph ? 'graph' : 'eager'} | ${sampler} | ${batch} | ${ctx} | failed: ${(e as Error).message.split('\n')[0].slice(0, 80)} | | | |`;
     }
     rows.push(cell);
     console.log(cell);
   }
 }
+// where an eager student step's device time goes (the first eager run of each case)
+const profiles: string[] = [];
+for (const j of json as { model: string; graph: boolean; batch: number; ctx: number; sampler: string }[]) {
+  const p = (j as unknown as { profile?: DecodeRun['profile'] }).profile;
+  if (
+    !p ||
+    j.model !== 'student (recurrent)' ||
+    profiles.some((l) => l.includes(`batch ${j.batch}, context ${j.ctx}`))
+  )
+    continue;
+  const total = p.reduce((a, k) => a + k.ms, 0);
+  const calls = p.reduce((a, k) => a + k.calls, 0);
+  profiles.push(
+    '',
+    `profile of one eager student step (batch ${j.batch}, context ${j.ctx}, greedy on the ${j.sampler}): ` +
+      `${calls} kernels, ${total.toFixed(3)} ms of kernel time (events around every launch)`,
+    '| kernel | calls | ms |',
+    '| --- | ---: | ---: |',
+    ...p.slice(0, 12).map((k) => `| ${k.name} | ${k.calls} | ${k.ms.toFixed(3)} |`),
+  );
+}
 const lines = [
   `# decode: ${new Date().toISOString().slice(0, 10)}, ${gpu.describe()}, ${L} layers, d ${D}${cuda ? ', bf16 autocast' : ''}`,
-  '| model | step | batch | context | ms per step | tokens/s | peak GiB during decode | same greedy tokens as the first student row |',
-  '| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |',
+  '| model | step | greedy choice | batch | context | ms per step | tokens/s | peak GiB during decode | same greedy tokens as the first student row |',
+  '| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |',
   ...rows,
+  ...profiles,
 ];
 console.log(lines.join('\n'));
 if (process.env.BENCH_OUT) {

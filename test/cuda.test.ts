@@ -25,7 +25,7 @@ import {
 } from '../src/backends/backend.js';
 import { CpuBackend } from '../src/backends/cpu/index.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/backends/dtype.js';
-import { CachingAllocator, sizeClass } from '../src/backends/cuda/allocator.js';
+import { CachingAllocator, GraphPool, sizeClass } from '../src/backends/cuda/allocator.js';
 import { CudaBackend, KERNEL_SIGNATURES, collapseAxes } from '../src/backends/cuda/index.js';
 import { kernelsDir } from '../src/backends/cuda/kernels.js';
 import * as T from '../src/tensor/index.js';
@@ -35,6 +35,9 @@ import { toTensors } from '../src/data/index.js';
 import { stage3Loss } from '../src/distill/stages.js';
 import { transferStudent } from '../src/distill/transfer.js';
 import { train } from '../src/train/index.js';
+import { BatchEngine } from '../src/generate/batch.js';
+import { generateIds } from '../src/generate/generate.js';
+import { decodeGreedy, tinyStudent } from './decode-helpers.js';
 import { assertClose, tinyLlama } from './helpers.js';
 
 // ---- checks that need no GPU ------------------------------------------------------------------
@@ -78,6 +81,30 @@ describe('cuda: caching allocator (no GPU needed)', () => {
     const y = a.allocate(4096); // needs the cached 2048 back
     assert.equal(y.size, 4096);
     assert.throws(() => a.allocate(8192), /out of device memory allocating 8.0 KiB/);
+  });
+
+  it('a graph pool hands freed blocks out only inside its open capture, and drains to the allocator', () => {
+    const pool = new GraphPool();
+    pool.put(4096, 1024);
+    pool.put(8192, 1024);
+    pool.put(12288, 2048);
+    assert.equal(pool.heldBytes, 4096);
+    assert.equal(pool.take(1024), 8192); // last freed first
+    assert.equal(pool.take(512), 0); // no block of that class
+    pool.put(8192, 1024);
+    pool.open = false; // the capture ended: its blocks stay with the graph
+    assert.equal(pool.take(1024), 0);
+    const back: [number, number][] = [];
+    pool.drain((ptr, size) => back.push([ptr, size]));
+    assert.deepEqual(
+      back.sort((x, y) => x[0] - y[0]),
+      [
+        [4096, 1024],
+        [8192, 1024],
+        [12288, 2048],
+      ],
+    );
+    assert.equal(pool.heldBytes, 0);
   });
 
   it('merges contiguous axes and drops size-1 axes', () => {
@@ -1440,6 +1467,102 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       check(o, 1e-5, 'attention replayed');
     } finally {
       graph.destroy();
+    }
+  });
+
+  it('graph decode: a student decoded through the replayed step gives the eager tokens (f32 and bf16), near the CPU', () => {
+    try {
+      T.setBackend(cpu);
+      const cpuRun = decodeGreedy(tinyStudent(), 2, 6, false);
+      T.setBackend(gpu);
+      const model = tinyStudent(); // the same seeded weights, on the GPU
+      const live = gpu.memoryStats().liveBuffers;
+      const eager = decodeGreedy(model, 2, 6, false);
+      const graph = decodeGreedy(model, 2, 6, true);
+      assert.equal(graph.mode, 'graph', `not captured: ${graph.reason}`);
+      console.log(`# decode step graph: ${graph.nodes} nodes`);
+      assert.deepEqual(graph.tokens, eager.tokens, 'greedy tokens, graph vs eager');
+      const onDevice = decodeGreedy(model, 2, 6, true, true); // the argmax inside the graph
+      assert.equal(onDevice.mode, 'graph');
+      assert.deepEqual(onDevice.tokens, eager.tokens, 'greedy tokens chosen on the device');
+      graph.logits.forEach((l, i) =>
+        assertClose(
+          l,
+          eager.logits[i],
+          1e-6 * maxAbs(eager.logits[i]),
+          `logits of step ${i}, graph vs eager`,
+        ),
+      );
+      // the first step's input is the same token on both backends
+      assertClose(
+        graph.logits[0],
+        cpuRun.logits[0],
+        1e-4 * maxAbs(cpuRun.logits[0]),
+        'first step vs the CPU',
+      );
+      // under bf16 autocast with the weights cast once, as generate and bench/decode run it
+      const bf16 = (g: boolean) =>
+        T.autocast('bf16', () => {
+          const casts = T.castParameters(model.parameters(), 'bf16');
+          try {
+            return T.withCastParameters(casts, () => decodeGreedy(model, 2, 6, g));
+          } finally {
+            casts.dispose();
+          }
+        });
+      const e16 = bf16(false);
+      const g16 = bf16(true);
+      assert.equal(g16.mode, 'graph', `bf16 not captured: ${g16.reason}`);
+      assert.deepEqual(g16.tokens, e16.tokens, 'bf16 greedy tokens, graph vs eager');
+      model.dispose();
+      assert.equal(
+        gpu.memoryStats().liveBuffers,
+        live - model.parameters().length,
+        'the decoders freed everything',
+      );
+    } finally {
+      T.setBackend(cpu);
+    }
+  });
+
+  it('graph decode: the batch engine replays its batched step and gives each sequence its generate tokens', () => {
+    try {
+      T.setBackend(gpu);
+      const model = tinyStudent();
+      const prompts = [
+        [1, 2, 3, 4, 5],
+        [7, 8],
+        [60, 61, 62, 63, 64, 65, 66],
+      ];
+      const want = prompts.map((p, i) =>
+        generateIds(model, p, { maxNewTokens: 8 + i, temperature: 0, stopAtEos: false, graph: false }),
+      );
+      const eng = new BatchEngine(model, { maxBatch: 3, graph: true });
+      const got: number[][] = prompts.map(() => []);
+      const submit = (i: number) =>
+        eng.submit({
+          promptIds: prompts[i],
+          maxNewTokens: 8 + i,
+          temperature: 0,
+          stopAtEos: false,
+          onToken: (t) => got[i].push(t),
+        });
+      submit(0);
+      submit(1);
+      let replays = 0;
+      const step = () => {
+        eng.step();
+        if ((eng as unknown as { decoder: { mode: string } | null }).decoder?.mode === 'graph') replays++;
+      };
+      for (let k = 0; k < 4; k++) step();
+      submit(2);
+      for (let k = 0; k < 30 && eng.stats.active > 0; k++) step();
+      assert.deepEqual(got, want);
+      assert.ok(replays >= 4, `steps replayed: ${replays}`);
+      eng.close();
+      model.dispose();
+    } finally {
+      T.setBackend(cpu);
     }
   });
 

@@ -6,84 +6,18 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { CpuBackend } from '../src/backends/cpu/index.js';
-import { Decoder } from '../src/generate/decode-graph.js';
+import { BatchEngine } from '../src/generate/batch.js';
 import { generateIds } from '../src/generate/generate.js';
-import { StudentLM, type StudentConfig } from '../src/models/phi-mamba.js';
-import { noGrad, scope, setBackend, tensor } from '../src/tensor/index.js';
-import { Random } from '../src/util/random.js';
-
-function tinyStudent(attentionLayers: number[] = []): StudentLM {
-  const config: StudentConfig = {
-    vocabSize: 97,
-    padVocabSizeMultiple: 8,
-    dModel: 32,
-    nLayer: 3,
-    style: 'phi',
-    normEps: 1e-5,
-    intermediateSize: 64,
-    activation: 'gelu_new',
-    mlpBias: true,
-    lmHeadBias: true,
-    tieEmbeddings: false,
-    maxPositionEmbeddings: 0,
-    mixer: {
-      dState: 8,
-      nQkHeads: 2,
-      nVHeads: 4,
-      dConv: 4,
-      convBias: true,
-      expand: 1,
-      chunkSize: 4,
-      activation: 'identity',
-      bias: false,
-    },
-    attentionLayers: new Map(
-      attentionLayers.map((i) => [
-        i,
-        { nHeads: 4, nKvHeads: 4, headDim: 8, rotaryDim: 8, ropeTheta: 10000, qkvBias: true, outBias: true },
-      ]),
-    ),
-    bosTokenId: null,
-    eosTokenId: null,
-  };
-  return new StudentLM(config, { rng: new Random(5) });
-}
-
-/** greedy decoding through a Decoder: the tokens and every step's logits */
-function decode(model: StudentLM, batch: number, steps: number, graph: boolean) {
-  const cache = model.createCache(batch);
-  const decoder = new Decoder(model, cache, batch, { graph });
-  const logits: Float32Array[] = [];
-  const tokens: number[][] = [];
-  try {
-    // a prefill of 5 tokens per sequence, eager as in generate
-    let row = noGrad(() =>
-      scope(() => {
-        const ids = tensor(
-          Int32Array.from({ length: batch * 5 }, (_, i) => (i * 13 + 3) % 97),
-          [batch, 5],
-          'i32',
-        );
-        return model.forward(ids, { cache, lastLogitsOnly: true }).logits.toArray() as Float32Array;
-      }),
-    );
-    const vocab = row.length / batch;
-    for (let s = 0; s < steps; s++) {
-      const next = Array.from({ length: batch }, (_, b) => {
-        let best = 0;
-        for (let v = 1; v < vocab; v++) if (row[b * vocab + v] > row[b * vocab + best]) best = v;
-        return best;
-      });
-      tokens.push(next);
-      row = decoder.step(next);
-      logits.push(row);
-    }
-    return { tokens, logits, mode: decoder.mode, nodes: decoder.nodes, reason: decoder.reason };
-  } finally {
-    decoder.dispose();
-    cache.dispose();
-  }
-}
+import { greedyIds, greedyScores } from '../src/generate/decode-graph.js';
+import {
+  autocast,
+  castParameters,
+  scope,
+  setBackend,
+  tensor,
+  withCastParameters,
+} from '../src/tensor/index.js';
+import { decodeGreedy as decode, tinyStudent } from './decode-helpers.js';
 
 describe('decode graph (CPU recorder)', () => {
   const backend = new CpuBackend();
@@ -108,6 +42,40 @@ describe('decode graph (CPU recorder)', () => {
     }
   });
 
+  it('under bf16 autocast with the weights cast once (as generate runs it): the same tokens and logits', () => {
+    const model = tinyStudent();
+    const run = (graph: boolean) =>
+      autocast('bf16', () => {
+        const casts = castParameters(model.parameters(), 'bf16');
+        try {
+          return withCastParameters(casts, () => decode(model, 2, 6, graph));
+        } finally {
+          casts.dispose();
+        }
+      });
+    const eager = run(false);
+    const graph = run(true);
+    assert.equal(graph.mode, 'graph', `not captured: ${graph.reason}`);
+    assert.deepEqual(graph.tokens, eager.tokens);
+    graph.logits.forEach((l, i) => assert.deepEqual(l, eager.logits[i], `logits of step ${i}`));
+  });
+
+  it('greedy on the device (graph and eager) picks the host argmax tokens', () => {
+    const model = tinyStudent();
+    const host = decode(model, 3, 8, false);
+    for (const graph of [false, true]) {
+      const device = decode(model, 3, 8, graph, true);
+      assert.equal(device.mode, graph ? 'graph' : 'eager');
+      assert.deepEqual(device.tokens, host.tokens, `graph ${graph}`);
+    }
+    // ties: the first maximum, as the host argmax
+    const scores = scope(() => {
+      const logits = tensor(Float32Array.from([1, 3, 3, 0, 2, 2, 2, 1]), [2, 1, 4]);
+      return greedyScores(logits, tensor(Float32Array.from([4, 3, 2, 1]), [4])).toArray();
+    });
+    assert.deepEqual(greedyIds(scores, 4), [1, 0]);
+  });
+
   it('generate: the same tokens with the graph on and off', () => {
     const model = tinyStudent();
     const prompt = [5, 9, 33, 2];
@@ -115,6 +83,47 @@ describe('decode graph (CPU recorder)', () => {
     const on = generateIds(model, prompt, { maxNewTokens: 10, temperature: 0, graph: true });
     assert.equal(on.length, 10);
     assert.deepEqual(on, off);
+  });
+
+  it('continuous batching: the batched step as a graph gives each sequence its generate tokens', () => {
+    const model = tinyStudent();
+    const prompts = [[1, 2, 3, 4, 5], [7, 8], [60, 61, 62, 63, 64, 65, 66], [50]];
+    const want = prompts.map((p, i) =>
+      generateIds(model, p, {
+        maxNewTokens: 9 + i,
+        temperature: i === 3 ? 0.8 : 0,
+        seed: 4,
+        stopAtEos: false,
+      }),
+    );
+    const live = backend.memoryStats().liveBuffers;
+    const eng = new BatchEngine(model, { maxBatch: 3, graph: true });
+    const got: number[][] = prompts.map(() => []);
+    const submit = (i: number) =>
+      eng.submit({
+        promptIds: prompts[i],
+        maxNewTokens: 9 + i,
+        temperature: i === 3 ? 0.8 : 0,
+        seed: 4,
+        stopAtEos: false,
+        onToken: (t) => got[i].push(t),
+      });
+    submit(0);
+    submit(1);
+    let replays = 0;
+    const step = () => {
+      eng.step();
+      const d = (eng as unknown as { decoder: { mode: string } | null }).decoder;
+      if (d?.mode === 'graph') replays++;
+    };
+    for (let k = 0; k < 4; k++) step(); // the pair decodes as a graph
+    submit(2); // joins: the stack is rebuilt, warmed up and captured again
+    submit(3); // waits for a free slot
+    for (let k = 0; k < 40 && (eng.stats.active > 0 || eng.stats.waiting > 0); k++) step();
+    assert.deepEqual(got, want);
+    assert.ok(replays >= 6, `steps replayed as a graph: ${replays}`);
+    eng.close();
+    assert.equal(backend.memoryStats().liveBuffers, live, 'the engine freed its graphs and stacks');
   });
 
   it('keeps hybrids (attention layers) and graphs turned off eager', () => {

@@ -581,3 +581,70 @@ export function hashUniform(seed: number, index: number): number {
   h ^= h >>> 16;
   return (h >>> 0) / 4294967296;
 }
+
+/** Backend members that are not kernels: description, memory, waits and capture. */
+type NotKernel =
+  | 'name'
+  | 'describe'
+  | 'alloc'
+  | 'free'
+  | 'write'
+  | 'read'
+  | 'memoryStats'
+  | 'resetPeak'
+  | 'synchronize'
+  | 'capture';
+
+export type KernelName = Exclude<keyof Backend, NotKernel>;
+
+/**
+ * Every kernel of the Backend interface, enumerated once (the CPU recorder records exactly these
+ * during a capture). A kernel added to the interface must be added here: the check below fails
+ * to compile until it is.
+ */
+export const KERNEL_NAMES = [
+  'fill',
+  'cast',
+  'unary',
+  'unaryBackward',
+  'binary',
+  'copyStrided',
+  'reduce',
+  'cumsum',
+  'segsum',
+  'segsumBackward',
+  'causalMask',
+  'dropout',
+  'siluGate',
+  'siluGateBackward',
+  'matmul',
+  'softmax',
+  'softmaxBackward',
+  'layerNorm',
+  'layerNormBackward',
+  'rmsNorm',
+  'rmsNormBackward',
+  'embedding',
+  'embeddingBackward',
+  'causalConv1d',
+  'causalConv1dBackward',
+  'rope',
+  'attention',
+  'attentionBackward',
+  'ssdScan',
+  'ssdScanBackward',
+  'ssmStep',
+  'materializeMixer',
+  'materializeMixerBackward',
+  'crossEntropy',
+  'crossEntropyBackward',
+  'klDivergence',
+  'klDivergenceBackward',
+  'adamw',
+  'adamwDevice',
+] as const satisfies readonly KernelName[];
+
+/** compile-time check that KERNEL_NAMES lists every kernel: names the missing ones in the error */
+export const KERNEL_NAMES_COMPLETE: [Exclude<KernelName, (typeof KERNEL_NAMES)[number]>] extends [never]
+  ? true
+  : Exclude<KernelName, (typeof KERNEL_NAMES)[number]> = true;

@@ -11,9 +11,13 @@
 //   - The embedding runs per sequence (learned positions differ), the final norm + LM head once.
 // Per sequence the arithmetic is that of `generateIds` (same prefill, same step, same sampler
 // with the same seeded generator), so greedy output equals `mohawk generate` token for token.
+// For a pure recurrent student the batched step runs through a Decoder (decode-graph.ts): while
+// the batch stays the same, the step is one replayed graph (on CUDA by default); a join or a
+// leave rebuilds the stack, and the next step warms up and captures again.
 
 import type { CausalLM, ModelCache } from '../models/types.js';
 import { SsmCache } from '../nn/discrete-mamba2.js';
+import { Decoder } from './decode-graph.js';
 import {
   castParameters,
   concat,
@@ -76,6 +80,10 @@ export class BatchEngine {
   private active: Slot[] = [];
   /** per layer, the stacked SSM state of `active` (null for layers that run per sequence) */
   private stacked: (SsmCache | null)[] | null = null;
+  /** the batched step of the current stack as a graph (pure SSM models with graphs on) */
+  private decoder: Decoder | null = null;
+  /** false once the model or the backend turned out not to take graphs */
+  private graphs = true;
   private readonly eos: number | null;
   private readonly casts;
   private running = false;
@@ -85,7 +93,11 @@ export class BatchEngine {
 
   constructor(
     readonly model: CausalLM,
-    readonly opts: { maxBatch: number } = { maxBatch: 8 },
+    readonly opts: {
+      maxBatch: number;
+      /** the decoding step as a replayed graph: default 'auto' (on for CUDA); see decode-graph.ts */
+      graph?: boolean | 'auto';
+    } = { maxBatch: 8 },
   ) {
     if (!(Number.isInteger(opts.maxBatch) && opts.maxBatch >= 1))
       throw new Error(`batch engine: maxBatch must be an integer >= 1, got ${opts.maxBatch}`);
@@ -158,6 +170,8 @@ export class BatchEngine {
 
   private failAll(e: Error): void {
     this.lastError = e;
+    this.decoder?.dispose();
+    this.decoder = null;
     // the stack may be half-updated; the sequences end anyway
     for (const st of this.stacked ?? []) st?.dispose();
     this.stacked = null;
@@ -267,6 +281,9 @@ export class BatchEngine {
 
   /** Write the stacked SSM rows back into the sequences' own caches and drop the stack. */
   private unstack(): void {
+    // the graph reads the stack: it goes first
+    this.decoder?.dispose();
+    this.decoder = null;
     if (!this.stacked) return;
     const stacked = this.stacked;
     this.stacked = null;
@@ -321,7 +338,44 @@ export class BatchEngine {
     this.stats.peakActive = Math.max(this.stats.peakActive, batch.length);
     const stacked = this.stack();
     const model = this.model;
-    const rows = noGrad(() =>
+    const rows = this.graphStep(batch, stacked) ?? this.eagerStep(batch, stacked);
+    const v = model.info.vocabSize;
+    const width = rows.length / batch.length;
+    batch.forEach((s, j) => {
+      s.cache!.position += 1;
+      const logits = rows.subarray(j * width, j * width + v);
+      this.accept(s, sampleToken(logits, s.rng, s.req));
+    });
+  }
+
+  /**
+   * The batched step through a Decoder when every layer is stacked and graphs are on: the same
+   * forward as eagerStep (one embedding of the B ids equals the per-sequence ones without
+   * learned positions), replayed as a graph while the stack lives. Null: run eagerStep.
+   */
+  private graphStep(batch: Slot[], stacked: (SsmCache | null)[]): Float32Array | Float64Array | null {
+    if (!this.graphs) return null;
+    if (!this.decoder) {
+      const layers = stacked.filter((st): st is SsmCache => st !== null);
+      if (layers.length !== stacked.length) {
+        this.graphs = false;
+        return null;
+      }
+      const cache = { position: batch[0].cache!.position, layers, dispose() {} };
+      const decoder = new Decoder(this.model, cache, batch.length, { graph: this.opts.graph });
+      if (decoder.mode === 'eager') {
+        this.graphs = false; // graphs off, or a model whose step changes per token
+        decoder.dispose();
+        return null;
+      }
+      this.decoder = decoder;
+    }
+    return this.decoder.step(batch.map((s) => s.next));
+  }
+
+  private eagerStep(batch: Slot[], stacked: (SsmCache | null)[]): Float32Array | Float64Array {
+    const model = this.model;
+    return noGrad(() =>
       scope(() => {
         const embedded = batch.map((s) => model.embed(tensor([s.next], [1, 1], 'i32'), s.cache!.position));
         let h: Tensor = embedded.length === 1 ? embedded[0] : concat(embedded, 0);
@@ -337,15 +391,8 @@ export class BatchEngine {
             return outs.length === 1 ? outs[0] : concat(outs, 0);
           });
         });
-        return model.head(h).toArray();
+        return model.head(h).toArray() as Float32Array | Float64Array;
       }),
     );
-    const v = model.info.vocabSize;
-    const width = rows.length / batch.length;
-    batch.forEach((s, j) => {
-      s.cache!.position += 1;
-      const logits = rows.subarray(j * width, j * width + v);
-      this.accept(s, sampleToken(logits, s.rng, s.req));
-    });
   }
 }

@@ -11,10 +11,15 @@ import type { CausalLM, ModelCache } from '../models/types.js';
 import { SsmCache } from '../nn/discrete-mamba2.js';
 import {
   captureGraph,
+  cast,
+  equal,
   getBackend,
   graphsAvailable,
   keep,
+  max,
+  mul,
   noGrad,
+  reshape,
   scope,
   tensor,
   upload,
@@ -29,6 +34,27 @@ export interface DecoderOptions {
    * default): on for CUDA, off on the CPU (no launch overhead to save there)
    */
   graph?: boolean | 'auto';
+  /**
+   * what a step returns: 'logits' (B, V) for a sampler on the host, or 'greedy': the index of
+   * each row's largest logit chosen on the device (B numbers read back instead of B x V)
+   */
+  output?: 'logits' | 'greedy';
+}
+
+/**
+ * logits (B, 1, V) -> (B) f32 scores V - i*, i* the first index of each row's largest value: the
+ * greedy choice on the device from existing ops (max, eq, a product with V..1, max). Equal to the
+ * host's first-maximum argmax; a row with a NaN has no maximum and scores 0 (token 0).
+ */
+export function greedyScores(logits: Tensor, descending: Tensor): Tensor {
+  const [b, , v] = logits.shape;
+  const x = reshape(logits.dtype === 'f32' ? logits : cast(logits, 'f32'), [b, v]);
+  return max(mul(equal(x, max(x, 1, true)), descending), 1);
+}
+
+/** Token ids from greedyScores read to the host. */
+export function greedyIds(scores: ArrayLike<number>, vocab: number): number[] {
+  return Array.from(scores, (s) => (s > 0 ? vocab - s : 0));
 }
 
 /** Why a model decodes eagerly, or null when its step can be captured. */
@@ -47,7 +73,12 @@ export class Decoder {
   private graph: GraphCapture | null = null;
   private ids: Tensor | null = null;
   private idsHost: Int32Array;
-  private logits: Tensor | null = null;
+  /** the graph's output: logits (B, 1, V) or greedy scores (B) */
+  private out: Tensor | null = null;
+  /** V, V - 1, ..., 1 (f32) for greedyScores */
+  private descending: Tensor | null = null;
+  private vocab = 0;
+  readonly output: 'logits' | 'greedy';
   /** an eager step has run on a filled cache and kept its state buffers: capture may follow */
   private warm = false;
   /** how much a step advances the host counters (see counters) */
@@ -60,6 +91,7 @@ export class Decoder {
     opts: DecoderOptions = {},
   ) {
     this.idsHost = new Int32Array(batch);
+    this.output = opts.output ?? 'logits';
     const want = opts.graph ?? 'auto';
     const backend = getBackend();
     const on = want === 'auto' ? backend.name === 'cuda' : want;
@@ -79,22 +111,42 @@ export class Decoder {
 
   /** Feed one token per sequence (B ids); the logits of the next position, (B, V) flattened on the host. */
   step(ids: ArrayLike<number>): Float32Array {
+    if (this.output !== 'logits') throw new Error("decoder: step() needs output 'logits'; use next()");
+    return this.run(ids);
+  }
+
+  /** Feed one token per sequence (B ids); each sequence's greedy next token, chosen on the device. */
+  next(ids: ArrayLike<number>): number[] {
+    if (this.output !== 'greedy') throw new Error("decoder: next() needs output 'greedy'; use step()");
+    return greedyIds(this.run(ids), this.vocab);
+  }
+
+  private run(ids: ArrayLike<number>): Float32Array {
     if (ids.length !== this.batch) throw new Error(`decoder: ${ids.length} ids for a batch of ${this.batch}`);
     if (this.mode === 'pending' && this.warm) this.capture();
     if (this.mode !== 'graph') return this.eagerStep(ids);
     this.idsHost.set(ids);
     this.graph!.replay();
     this.advance();
-    return this.logits!.toArray() as Float32Array;
+    return this.out!.toArray() as Float32Array;
+  }
+
+  /** the step's output from the token ids (B, 1): logits, or greedy scores */
+  private forward(ids: Tensor): Tensor {
+    const logits = this.model.forward(ids, { cache: this.cache, lastLogitsOnly: true }).logits;
+    if (this.output === 'logits') return logits;
+    if (!this.descending) {
+      this.vocab = logits.shape[2];
+      const d = Float32Array.from({ length: this.vocab }, (_, i) => this.vocab - i);
+      this.descending = keep(tensor(d, [this.vocab]));
+    }
+    return greedyScores(logits, this.descending);
   }
 
   private eagerStep(ids: ArrayLike<number>): Float32Array {
     const before = this.states();
     const row = noGrad(() =>
-      scope(() => {
-        const t = tensor(Int32Array.from(ids), [this.batch, 1], 'i32');
-        return this.model.forward(t, { cache: this.cache, lastLogitsOnly: true }).logits.toArray();
-      }),
+      scope(() => this.forward(tensor(Int32Array.from(ids), [this.batch, 1], 'i32')).toArray()),
     ) as Float32Array;
     if (this.mode === 'pending' && before.every((s) => s !== null)) {
       // a step on a filled cache must update the states in place (the same buffers serve every
@@ -133,13 +185,13 @@ export class Decoder {
   private capture(): void {
     const before = this.counters();
     const ids = keep(zeros([this.batch, 1], 'i32'));
-    let logits: Tensor | null = null;
+    let out: Tensor | null = null;
     try {
       this.graph = captureGraph(() => {
-        logits = noGrad(() =>
+        out = noGrad(() =>
           scope(() => {
             upload(ids, this.idsHost);
-            return this.model.forward(ids, { cache: this.cache, lastLogitsOnly: true }).logits;
+            return this.forward(ids);
           }),
         );
       }, [this.idsHost]);
@@ -149,11 +201,11 @@ export class Decoder {
       this.deltas = after.map((v, i) => v - before[i]);
       this.setCounters(before);
       this.ids = ids;
-      this.logits = keep(logits!);
+      this.out = keep(out!);
       this.mode = 'graph';
     } catch (e) {
       this.setCounters(before);
-      (logits as Tensor | null)?.dispose();
+      (out as Tensor | null)?.dispose();
       ids.dispose();
       this.mode = 'eager';
       this.reason = `capture failed: ${(e as Error).message.split('\n')[0]}`;
@@ -162,10 +214,12 @@ export class Decoder {
 
   /** Free the graph and its buffers (before the cache and the cast weights it reads). */
   dispose(): void {
-    this.logits?.dispose();
+    this.out?.dispose();
     this.ids?.dispose();
     this.graph?.destroy();
-    this.logits = null;
+    this.descending?.dispose();
+    this.descending = null;
+    this.out = null;
     this.ids = null;
     this.graph = null;
   }

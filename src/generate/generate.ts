@@ -38,22 +38,30 @@ export function generateIds(model: CausalLM, promptIds: number[], opts: Generate
   const dt = getAutocast();
   const casts = dt ? castParameters(model.parameters(), dt) : null;
   let decoder: Decoder | null = null;
+  const greedy = (opts.temperature ?? 1) <= 0;
   try {
     withCastParameters(casts, () => {
       let input = promptIds;
       for (let i = 0; i < opts.maxNewTokens; i++) {
         if (cache.position + input.length > maxLen) break;
-        // the prompt's prefill eagerly, then one token at a time through the decoder
-        const row =
-          i > 0
-            ? (decoder ??= new Decoder(model, cache, 1, { graph: opts.graph })).step(input)
-            : noGrad(() =>
-                scope(() => {
-                  const ids = tensor(input, [1, input.length], 'i32');
-                  return model.forward(ids, { cache, lastLogitsOnly: true }).logits.toArray();
-                }),
-              );
-        const next = sampleToken(row, rng, opts);
+        // the prompt's prefill eagerly, then one token at a time through the decoder (greedy:
+        // the argmax on the device, one number read back instead of the logits)
+        let next: number;
+        if (i > 0) {
+          decoder ??= new Decoder(model, cache, 1, {
+            graph: opts.graph,
+            output: greedy ? 'greedy' : 'logits',
+          });
+          next = greedy ? decoder.next(input)[0] : sampleToken(decoder.step(input), rng, opts);
+        } else {
+          const row = noGrad(() =>
+            scope(() => {
+              const ids = tensor(input, [1, input.length], 'i32');
+              return model.forward(ids, { cache, lastLogitsOnly: true }).logits.toArray();
+            }),
+          );
+          next = sampleToken(row, rng, opts);
+        }
         if (eos !== null && next === eos) break;
         out.push(next);
         opts.onToken?.(next);

@@ -19,7 +19,7 @@ import type {
   SsmStepParams,
   UnaryOp,
 } from '../backend.js';
-import { denseStrides, DTYPE_BYTES, dropoutKeep } from '../backend.js';
+import { denseStrides, DTYPE_BYTES, dropoutKeep, KERNEL_NAMES } from '../backend.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../dtype.js';
 import { gemm, loadBlas, type FloatArray } from './blas.js';
 import { sigmoid, softplus, unaryDerivative, unaryFn } from './math.js';
@@ -39,21 +39,6 @@ export class CpuBuffer implements DeviceBuffer {
     return this.data.length;
   }
 }
-
-/** CpuBackend methods that are not kernels: they run (or refuse) during a capture, never recorded */
-const NOT_KERNELS = new Set([
-  'constructor',
-  'describe',
-  'alloc',
-  'free',
-  'write',
-  'read',
-  'memoryStats',
-  'resetPeak',
-  'synchronize',
-  'capture',
-  'returnToPool',
-]);
 
 function writeData(b: CpuBuffer, data: HostArray, offset: number): void {
   (b.data as Float32Array).set(data as Float32Array, offset);
@@ -151,12 +136,10 @@ export class CpuBackend implements Backend {
     if (this.useBlas && loadBlas() === null) {
       throw new Error('cpu backend: OpenBLAS was requested but libopenblas.so.0 could not be loaded');
     }
-    // every kernel (each method but the memory ones) is recorded instead of run while a capture is open
+    // every kernel is recorded instead of run while a capture is open
     const self = this as unknown as Record<string, (...args: unknown[]) => void>;
-    for (const name of Object.getOwnPropertyNames(CpuBackend.prototype)) {
-      if (NOT_KERNELS.has(name)) continue;
+    for (const name of KERNEL_NAMES) {
       const run = self[name];
-      if (typeof run !== 'function') continue;
       self[name] = (...args: unknown[]) => {
         const rec = this.recording;
         if (rec) rec.record(name, run, args);

@@ -24,20 +24,45 @@ interface Staging {
   source: HostArray | null;
 }
 
+/** Page-locked bytes taken before the capture begins, for its small writes (token ids, constants). */
+const ARENA_BYTES = 256 << 10;
+
 /** What an open capture collects: its pool, its staged writes and the registered inputs. */
 export class CaptureState {
   readonly pool = new GraphPool();
   readonly staging: Staging[] = [];
   private readonly inputs: Set<HostArray>;
+  /** page-locked blocks to free with the graph */
+  private readonly hostBlocks: number[] = [];
+  private arena = 0;
+  private arenaUsed = 0;
 
-  constructor(inputs: readonly HostArray[]) {
+  /** Takes the staging arena (before cuStreamBeginCapture: no host allocation in most captures). */
+  constructor(
+    private readonly driver: Driver,
+    inputs: readonly HostArray[],
+  ) {
     this.inputs = new Set(inputs);
+    this.arena = driver.hostAlloc(ARENA_BYTES);
+    this.hostBlocks.push(this.arena);
+  }
+
+  /** page-locked room for `bytes`: from the arena, else a block of its own (allocated during the capture) */
+  private room(bytes: number): number {
+    const at = Math.ceil(this.arenaUsed / 64) * 64;
+    if (at + bytes <= ARENA_BYTES) {
+      this.arenaUsed = at + bytes;
+      return this.arena + at;
+    }
+    const ptr = this.driver.hostAlloc(bytes);
+    this.hostBlocks.push(ptr);
+    return ptr;
   }
 
   /** Queue (record) the copy of `data` into device address `dst` of a `dtype` buffer through staging. */
   stageWrite(driver: Driver, dst: number, dtype: DType, data: HostArray): void {
     const bytes = data.length * DTYPE_BYTES[dtype];
-    const ptr = driver.hostAlloc(bytes);
+    const ptr = this.room(bytes);
     const view = hostView(dtype, ptr, data.length);
     this.staging.push({ ptr, view, source: this.inputs.has(data) ? data : null });
     view.set(data as Float32Array); // converted as the eager write converts (TypedArray.set)
@@ -49,8 +74,8 @@ export class CaptureState {
     this.pool.open = false;
     this.pool.destroyed = true;
     this.pool.drain(releaseBlock);
-    for (const s of this.staging) driver.freeHost(s.ptr);
     this.staging.length = 0;
+    for (const p of this.hostBlocks.splice(0)) driver.freeHost(p);
   }
 }
 

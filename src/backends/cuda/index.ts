@@ -255,14 +255,19 @@ export class CudaBackend implements Backend {
       throw new Error(
         'cuda backend: graph capture under the kernel profiler (its events cannot be captured)',
       );
-    const state = new CaptureState(inputs);
+    const state = new CaptureState(this.driver, inputs);
     const release = (ptr: number, size: number) => this.allocator.release(ptr, size);
     const close = () => {
       this.capturing = null;
       this.kernels.capturing = false;
       this.allocator.holdCache = false;
     };
-    this.driver.beginCapture();
+    try {
+      this.driver.beginCapture();
+    } catch (e) {
+      state.release(this.driver, release);
+      throw e;
+    }
     this.capturing = state;
     this.kernels.capturing = true;
     this.allocator.holdCache = true;
