@@ -11,10 +11,13 @@
 //                8192 tokens per step (2 micro-batches)
 //
 // Prints tokens/s with graphs off and on (the median step after warm-up and capture), the
-// speed-up, the captured graphs' node counts, and the largest relative difference between the
-// two runs' step losses (the same kernels run either way: expect ~0).
+// speed-up, the captured graphs' node counts, the largest relative difference between the two
+// runs' step losses (the same kernels run either way: expect ~0), and the kernel time of one
+// eager step measured launch by launch (events around each kernel): with graphs the step cannot
+// be faster than that, so graph ms close to it means the GPU's work, not the host, is the limit.
 // Run: node --import tsx bench/small-train.ts [--model phi-17m|stories260k|both] [--steps N]
-//      [--bf16] [--micro B] [--seq T] [--accum A] [--cpu]  (BENCH_OUT=dir writes small-train.{md,json})
+//      [--bf16] [--micro B] [--seq T] [--accum A] [--cpu] [--name N]
+//      (BENCH_OUT=dir writes small-train-NAME.md, NAME from the options unless given)
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -27,8 +30,15 @@ import { stage3Loss } from '../src/distill/stages.js';
 import { transferStudent } from '../src/distill/transfer.js';
 import { LlamaForCausalLM } from '../src/models/llama.js';
 import type { CausalLM } from '../src/models/types.js';
-import { castParameters, setAutocast, setBackend, withCastParameters } from '../src/tensor/index.js';
-import { train, type TrainResult } from '../src/train/index.js';
+import {
+  castParameters,
+  setAutocast,
+  setBackend,
+  withCastParameters,
+  type Tensor,
+} from '../src/tensor/index.js';
+import { AdamW, train, type TrainResult } from '../src/train/index.js';
+import { DeviceStep } from '../src/train/step.js';
 import { Random } from '../src/util/random.js';
 import { openCuda, phiTeacher, randomizeParameters } from './gpu-util.js';
 
@@ -40,6 +50,8 @@ const { values } = parseArgs({
     micro: { type: 'string' },
     seq: { type: 'string' },
     accum: { type: 'string' },
+    // names the written file: small-train-NAME.md (default from the options, so runs do not overwrite)
+    name: { type: 'string' },
     // a smoke test of this script on the CPU backend (its graph recorder), at small --micro/--seq
     cpu: { type: 'boolean', default: false },
   },
@@ -137,39 +149,33 @@ interface Row {
   maxLossRelDiff: number;
   eagerMs: number;
   graphMs: number;
+  /** one eager step under the kernel profiler */
+  kernelMs: number;
+  launches: number;
+  topKernels: [string, number][];
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-function runOne(shape: Shape, mode: 'on' | 'off'): TrainResult {
-  const micro = Number(values.micro ?? shape.micro);
-  const seq = Number(values.seq ?? shape.seq);
-  const accum = Number(values.accum ?? shape.accum);
+function dims(shape: Shape): { micro: number; seq: number; accum: number } {
+  return {
+    micro: Number(values.micro ?? shape.micro),
+    seq: Number(values.seq ?? shape.seq),
+    accum: Number(values.accum ?? shape.accum),
+  };
+}
+
+/** teacher, student and the stage-3 loss at this shape; fn's result, everything disposed after */
+function withModels<R>(shape: Shape, fn: (student: CausalLM, loss: (b: Batch) => Tensor) => R): R {
   const teacher = shape.build(gpu);
   teacher.setTrainable(() => true, false);
   const student = transferStudent(teacher, { chunkSize: 64, alphaInit: 0.9 });
   const casts = values.bf16 ? castParameters(teacher.parameters(), 'bf16') : null;
-  const notes: string[] = [];
   try {
     return withCastParameters(casts, () =>
-      train<Batch>({
-        params: student,
-        lossFn: (b) => {
-          const { input, target } = toTensors(b);
-          return stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }).loss;
-        },
-        data: randomBatches(micro, seq, shape.vocab),
-        budgetTokens: steps * micro * seq * accum,
-        batchTokens: micro * seq * accum,
-        optimizer: { lr: 5e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 },
-        schedule: { kind: 'wsd', warmupFraction: 0.05, decayFraction: 0.3 },
-        maxGradNorm: 1,
-        cudaGraph: mode,
-        progress: false,
-        warn: (l) => {
-          notes.push(l);
-          console.error(l);
-        },
+      fn(student, (b) => {
+        const { input, target } = toTensors(b);
+        return stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }).loss;
       }),
     );
   } finally {
@@ -177,6 +183,75 @@ function runOne(shape: Shape, mode: 'on' | 'off'): TrainResult {
     student.dispose();
     teacher.dispose();
   }
+}
+
+const adamw = { lr: 5e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
+
+function runOne(shape: Shape, mode: 'on' | 'off'): TrainResult {
+  const { micro, seq, accum } = dims(shape);
+  return withModels(shape, (student, lossFn) =>
+    train<Batch>({
+      params: student,
+      lossFn,
+      data: randomBatches(micro, seq, shape.vocab),
+      budgetTokens: steps * micro * seq * accum,
+      batchTokens: micro * seq * accum,
+      optimizer: adamw,
+      schedule: { kind: 'wsd', warmupFraction: 0.05, decayFraction: 0.3 },
+      maxGradNorm: 1,
+      cudaGraph: mode,
+      progress: false,
+      warn: (l) => console.error(l),
+    }),
+  );
+}
+
+/**
+ * One eager step (the trainer's device step: gradients, then the update) under the kernel
+ * profiler, after a warm-up step: kernel time (the sum of the launches' event times), launches,
+ * and the largest kernel families.
+ */
+function profileStep(shape: Shape): { ms: number; launches: number; top: [string, number][] } {
+  const { micro, seq, accum } = dims(shape);
+  return withModels(shape, (student, lossFn) => {
+    const trained = student.namedParameters();
+    const optimizer = new AdamW(trained, adamw);
+    const step = new DeviceStep<Batch>({
+      lossFn,
+      trained,
+      optimizer,
+      accum,
+      backend: gpu,
+      mode: 'off',
+      note: () => {},
+      label: 'profile',
+    });
+    const data = randomBatches(micro, seq, shape.vocab);
+    const batches = () => Array.from({ length: accum }, () => data.next());
+    try {
+      step.gradients(batches(), 0);
+      step.update(adamw.lr, 1);
+      if (values.cpu) return { ms: NaN, launches: NaN, top: [] };
+      const { kernels } = gpu.profile(() => {
+        step.gradients(batches(), 1);
+        step.update(adamw.lr, 1);
+      });
+      const fam = new Map<string, number>();
+      for (const k of kernels) {
+        const f = k.name.replace(/_(f32|bf16|f16).*$/, '');
+        fam.set(f, (fam.get(f) ?? 0) + k.ms);
+      }
+      return {
+        ms: kernels.reduce((a, k) => a + k.ms, 0),
+        launches: kernels.reduce((a, k) => a + k.calls, 0),
+        top: [...fam.entries()].sort((a, b) => b[1] - a[1]).slice(0, 8),
+      };
+    } finally {
+      step.dispose();
+      optimizer.dispose();
+      student.zeroGrad();
+    }
+  });
 }
 
 const rows: Row[] = [];
@@ -193,6 +268,7 @@ for (const shape of which) {
     maxLossRelDiff = Math.max(maxLossRelDiff, Math.abs(g - m.loss) / Math.max(1e-12, Math.abs(m.loss)));
   });
   const tokensPerStep = eager.tokens / eager.steps;
+  const prof = profileStep(shape);
   rows.push({
     model: shape.name,
     tokensPerStep,
@@ -203,25 +279,43 @@ for (const shape of which) {
     maxLossRelDiff,
     eagerMs: (tokensPerStep / eagerTokS) * 1000,
     graphMs: (tokensPerStep / graphTokS) * 1000,
+    kernelMs: prof.ms,
+    launches: prof.launches,
+    topKernels: prof.top,
   });
 }
 
 const lines = [
   `# small-model stage-3 training steps, CUDA graphs off / on: ${new Date().toISOString().slice(0, 10)}, ${gpu.describe()}`,
-  `${steps} steps per run, median of steps 4..${steps}; ${values.bf16 ? 'bf16 autocast' : 'f32'}; random weights`,
+  `${steps} steps per run, median of steps 4..${steps}; ${values.bf16 ? 'bf16 autocast' : 'f32'}; random weights; ` +
+    `micro-batch x accumulation: ${which.map((s) => `${s.name} ${dims(s).micro} x ${dims(s).seq} x ${dims(s).accum}`).join(', ')}`,
   '',
-  '| model | tokens/step | eager tok/s | graph tok/s | speed-up | eager ms/step | graph ms/step | graph nodes (grad + update) | max rel. loss diff |',
-  '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  '| model | tokens/step | eager tok/s | graph tok/s | speed-up | eager ms/step | graph ms/step | kernel ms/step (launches) | graph nodes (grad + update) | max rel. loss diff |',
+  '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ...rows.map(
     (r) =>
       `| ${r.model} | ${r.tokensPerStep} | ${r.eagerTokS.toFixed(0)} | ${r.graphTokS.toFixed(0)} | ${r.speedup.toFixed(2)}x | ` +
-      `${r.eagerMs.toFixed(2)} | ${r.graphMs.toFixed(2)} | ${r.nodes ? `${r.nodes.gradients} + ${r.nodes.update}` : 'not captured'} | ` +
-      `${r.maxLossRelDiff.toExponential(1)} |`,
+      `${r.eagerMs.toFixed(2)} | ${r.graphMs.toFixed(2)} | ${r.kernelMs.toFixed(2)} (${r.launches}) | ` +
+      `${r.nodes ? `${r.nodes.gradients} + ${r.nodes.update}` : 'not captured'} | ${r.maxLossRelDiff.toExponential(1)} |`,
   ),
+  '',
+  'kernel time of the eager step by family (ms):',
+  ...rows.map((r) => `- ${r.model}: ${r.topKernels.map(([n, ms]) => `${n} ${ms.toFixed(2)}`).join(', ')}`),
 ];
 console.log(lines.join('\n'));
 console.log(JSON.stringify({ rows }));
 if (process.env.BENCH_OUT) {
-  writeFileSync(join(process.env.BENCH_OUT, 'small-train.md'), lines.join('\n') + '\n');
-  writeFileSync(join(process.env.BENCH_OUT, 'small-train.json'), JSON.stringify({ rows }, null, 2));
+  const name =
+    values.name ??
+    [
+      values.model !== 'both' ? values.model : '',
+      values.micro ? `m${values.micro}` : '',
+      values.seq ? `t${values.seq}` : '',
+      values.accum ? `a${values.accum}` : '',
+      values.bf16 ? 'bf16' : 'f32',
+    ]
+      .filter((x) => x)
+      .join('-');
+  // one file per run (the JSON is in the log): device calls bring back a limited number of files
+  writeFileSync(join(process.env.BENCH_OUT, `small-train-${name}.md`), lines.join('\n') + '\n');
 }

@@ -35,7 +35,7 @@ import { generateIds } from '../src/generate/generate.js';
 import { decodeGreedy, tinyStudent } from './decode-helpers.js';
 import type { Batch, BatchSource } from '../src/data/index.js';
 import { toTensors } from '../src/data/index.js';
-import { stage3Loss } from '../src/distill/stages.js';
+import { hiddenStateAlignmentStep, matrixOrientationStep, stage3Loss } from '../src/distill/stages.js';
 import { transferStudent } from '../src/distill/transfer.js';
 import { train } from '../src/train/index.js';
 import { studentConfigFor } from '../src/distill/transfer.js';
@@ -1962,11 +1962,17 @@ describe('cuda: the training step as a CUDA graph', { skip }, () => {
     for (const [be, b] of held.splice(0)) be.free(b);
   });
 
-  it('stage 3 steps (accumulation 2, clipping) replayed as graphs track the eager CUDA steps (f32 and bf16 autocast)', () => {
+  it('stage 3 (f32, bf16 autocast), 1 and 2 steps (accumulation 2, clipping) replayed as graphs track the eager CUDA steps', () => {
     const baseline = gpu.memoryStats().liveBuffers;
     T.setBackend(gpu);
     try {
-      for (const precision of [null, 'bf16'] as const) {
+      const cases = [
+        [3, null],
+        [3, 'bf16'],
+        [1, null],
+        [2, null],
+      ] as const;
+      for (const [stage, precision] of cases) {
         const run = (mode: 'on' | 'off') => {
           const teacher = tinyLlama({}, true);
           teacher.setTrainable(() => true, false);
@@ -1976,10 +1982,15 @@ describe('cuda: the training step as a CUDA graph', { skip }, () => {
           try {
             const r = train<Batch>({
               params: student,
-              lossFn: (b) => {
+              lossFn: (b, ctx) => {
                 const { input, target } = toTensors(b);
+                // stages 1 and 2 back-propagate layer by layer, their value left on the device
+                if (stage === 1) return matrixOrientationStep(teacher, student, input, 1 / ctx.accum, true);
+                if (stage === 2)
+                  return hiddenStateAlignmentStep(teacher, student, input, false, 1 / ctx.accum, true);
                 return stage3Loss(teacher, student, input, target, { temperature: 2, ceWeight: 0.3 }).loss;
               },
+              trainable: stage === 3 ? undefined : ['**.mixer.**'],
               data: counterBatches(4, 16, 257),
               budgetTokens: 7 * 128,
               batchTokens: 128,
@@ -2000,7 +2011,7 @@ describe('cuda: the training step as a CUDA graph', { skip }, () => {
         };
         const eager = run('off');
         const graph = run('on');
-        const what = precision ?? 'f32';
+        const what = `stage ${stage} ${precision ?? 'f32'}`;
         assert.deepEqual(
           graph.notes.filter((l) => /graphs off/.test(l)),
           [],

@@ -12,10 +12,10 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import type { Batch, BatchSource } from '../src/data/index.js';
 import { toTensors } from '../src/data/index.js';
-import { stage3Loss } from '../src/distill/stages.js';
+import { hiddenStateAlignmentStep, matrixOrientationStep, stage3Loss } from '../src/distill/stages.js';
 import { studentConfigFor, transferStudent } from '../src/distill/transfer.js';
 import { StudentLM } from '../src/models/phi-mamba.js';
-import { crossEntropy, tensor, type Tensor } from '../src/tensor/index.js';
+import { crossEntropy, scope, tensor, type Tensor } from '../src/tensor/index.js';
 import { train, type TrainOptions, type TrainResult } from '../src/train/index.js';
 import { Random } from '../src/util/random.js';
 import { tinyLlama } from './helpers.js';
@@ -108,6 +108,63 @@ describe('training step as a graph (CPU recorder)', () => {
       'clipping was exercised',
     );
     assert.deepEqual(r.graphW, r.eagerW);
+    teacher.dispose();
+  });
+
+  it('stages 1 and 2 (layer-wise backward, the value on the device), 2 micro-batches: graphs equal eager', () => {
+    const teacher = tinyLlama({}, true);
+    teacher.setTrainable(() => true, false);
+    for (const stage of [1, 2] as const) {
+      const r = both(() => {
+        const student = transferStudent(teacher, { chunkSize: 8, alphaInit: 0.9 });
+        return {
+          params: student.namedParameters(),
+          opts: {
+            params: student,
+            lossFn: (b: Batch, ctx: { accum: number }) => {
+              const { input } = toTensors(b);
+              return stage === 1
+                ? matrixOrientationStep(teacher, student, input, 1 / ctx.accum, true)
+                : hiddenStateAlignmentStep(teacher, student, input, false, 1 / ctx.accum, true);
+            },
+            data: randomBatches(2, 16, 257, 5 + stage),
+            budgetTokens: 4 * 64,
+            batchTokens: 64,
+            optimizer,
+            schedule,
+            trainable: ['**.mixer.**', ...(stage === 2 ? ['**.mlp.**'] : [])],
+          },
+        };
+      });
+      assert.deepEqual(
+        r.notes.filter((l) => /graphs off/.test(l)),
+        [],
+        `stage ${stage}: no fallback`,
+      );
+      assert.ok(r.graph.graphs, `stage ${stage}: replayed graphs`);
+      assert.deepEqual(curve(r.graph), curve(r.eager), `stage ${stage}: metrics`);
+      assert.deepEqual(r.graphW, r.eagerW, `stage ${stage}: weights`);
+    }
+    // the device form against the host-read form: the same gradients, the value to f32 rounding
+    const student = transferStudent(teacher, { chunkSize: 8, alphaInit: 0.9 });
+    const ids = toTensors(randomBatches(2, 16, 257, 9).next()).input;
+    const run = (onDevice: boolean) => {
+      for (const [, p] of student.namedParameters()) p.grad = null;
+      const value = scope(() =>
+        onDevice
+          ? hiddenStateAlignmentStep(teacher, student, ids, false, 0.5, true).value.item()
+          : hiddenStateAlignmentStep(teacher, student, ids, false, 0.5).value,
+      );
+      const grads = student.namedParameters().map(([, p]) => (p.grad ? Array.from(p.grad.toArray()) : null));
+      for (const [, p] of student.namedParameters()) p.grad?.dispose();
+      return { value, grads };
+    };
+    const host = run(false);
+    const device = run(true);
+    assert.ok(Math.abs(device.value - host.value) <= 1e-6 * host.value, `${device.value} vs ${host.value}`);
+    assert.deepEqual(device.grads, host.grads);
+    assert.ok(host.grads.some((g) => g !== null));
+    student.dispose();
     teacher.dispose();
   });
 

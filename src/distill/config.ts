@@ -113,8 +113,8 @@ export interface DistillConfig {
 export interface TrainSettings {
   /**
    * the training step captured as CUDA graphs and replayed (src/train/step.ts): 'auto' on the
-   * CUDA backend when the stage's loss is graph-safe (stage 3 and the scratch baseline; stages 1
-   * and 2 back-propagate layer by layer and stay eager), 'on' also on the CPU, 'off' never
+   * CUDA backend when the stage's loss is graph-safe (every stage and the scratch baseline; masked
+   * chat data and data-parallel runs stay eager), 'on' also on the CPU, 'off' never
    */
   cudaGraph: 'auto' | 'on' | 'off';
 }

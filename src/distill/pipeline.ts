@@ -393,8 +393,10 @@ function runStage(
   // stages 1 and 2 back-propagate layer by layer (see stages.ts)
   const lossFn = (b: Batch, ctx: LossContext) => {
     const { input, target } = toTensors(b);
-    if (s.stage === 1) return matrixOrientationStep(teacher, student, input, 1 / ctx.accum);
-    if (s.stage === 2) return hiddenStateAlignmentStep(teacher, student, input, s.mlpFrozen, 1 / ctx.accum);
+    // the value stays on the device: the step can replay as a CUDA graph
+    if (s.stage === 1) return matrixOrientationStep(teacher, student, input, 1 / ctx.accum, true);
+    if (s.stage === 2)
+      return hiddenStateAlignmentStep(teacher, student, input, s.mlpFrozen, 1 / ctx.accum, true);
     return stage3Loss(teacher, student, input, target, s, maskTensor(b)).loss;
   };
   const dir = stageDir(cfg, i, s);

@@ -81,6 +81,32 @@ function perLayer(
 }
 
 /**
+ * perLayer with the value left on the device (a one-element tensor, the mean over layers) and
+ * every layer back-propagated: nothing is read to the host, so the trainer can capture the step
+ * as a graph. A non-finite value makes the trainer skip the step, as with perLayer.
+ */
+function perLayerOnDevice(
+  layers: number[],
+  what: string,
+  layerLoss: (l: number) => Tensor,
+  backward: number,
+): { value: Tensor; parts: Record<string, number> } {
+  if (!layers.length) throw new Error(`${what}: the student has no SSM layers`);
+  let total: Tensor | null = null;
+  for (const l of layers) {
+    const v = scope(() => {
+      const loss = layerLoss(l);
+      // a view that outlives the backward, which frees the loss with the rest of the graph
+      const value = loss.detach();
+      scale(loss, backward / layers.length).backward(undefined, { freeGraph: true });
+      return value;
+    });
+    total = total ? noGrad(() => add(total!, v)) : v;
+  }
+  return { value: noGrad(() => scale(total!, 1 / layers.length)), parts: {} };
+}
+
+/**
  * Stage 1, matrix orientation: mean over SSM layers of the Frobenius distance between the
  * student's mixing matrix and the teacher's attention matrix on the teacher's input to the
  * layer. The teacher's matrix of a layer is computed when that layer's turn comes (one T x T
@@ -90,20 +116,33 @@ export function matrixOrientationStep(
   teacher: CausalLM,
   student: StudentLM,
   ids: Tensor,
+  backward?: number | null,
+): { value: number; parts: Record<string, number> };
+/** the same with the value left on the device (see perLayerOnDevice) */
+export function matrixOrientationStep(
+  teacher: CausalLM,
+  student: StudentLM,
+  ids: Tensor,
+  backward: number,
+  onDevice: true,
+): { value: Tensor; parts: Record<string, number> };
+export function matrixOrientationStep(
+  teacher: CausalLM,
+  student: StudentLM,
+  ids: Tensor,
   backward: number | null = null,
-): { value: number; parts: Record<string, number> } {
+  onDevice = false,
+): { value: number | Tensor; parts: Record<string, number> } {
   const inputs = noGrad(() =>
     scope(() => teacher.forward(ids, { capture: { layerInputs: true } }).captured),
   ).layerInputs!;
-  return perLayer(
-    ssmLayers(student),
-    'stage 1',
-    (l) => {
-      const target = noGrad(() => teacher.blocks[l].forward(inputs[l], { returnMatrix: true }).matrix!);
-      return matrixOrientationLoss(studentMatrix(student, l, inputs[l]), target);
-    },
-    backward,
-  );
+  const layerLoss = (l: number) => {
+    const target = noGrad(() => teacher.blocks[l].forward(inputs[l], { returnMatrix: true }).matrix!);
+    return matrixOrientationLoss(studentMatrix(student, l, inputs[l]), target);
+  };
+  return onDevice && backward !== null
+    ? perLayerOnDevice(ssmLayers(student), 'stage 1', layerLoss, backward)
+    : perLayer(ssmLayers(student), 'stage 1', layerLoss, backward);
 }
 
 /**
@@ -117,21 +156,36 @@ export function hiddenStateAlignmentStep(
   student: StudentLM,
   ids: Tensor,
   mlpFrozen: boolean,
+  backward?: number | null,
+): { value: number; parts: Record<string, number> };
+/** the same with the value left on the device (see perLayerOnDevice) */
+export function hiddenStateAlignmentStep(
+  teacher: CausalLM,
+  student: StudentLM,
+  ids: Tensor,
+  mlpFrozen: boolean,
+  backward: number,
+  onDevice: true,
+): { value: Tensor; parts: Record<string, number> };
+export function hiddenStateAlignmentStep(
+  teacher: CausalLM,
+  student: StudentLM,
+  ids: Tensor,
+  mlpFrozen: boolean,
   backward: number | null = null,
-): { value: number; parts: Record<string, number> } {
+  onDevice = false,
+): { value: number | Tensor; parts: Record<string, number> } {
   const capture = mlpFrozen
     ? { layerInputs: true, mixerOutputs: true }
     : { layerInputs: true, layerOutputs: true };
   const t = noGrad(() => scope(() => teacher.forward(ids, { capture }).captured));
-  return perLayer(
-    ssmLayers(student),
-    'stage 2',
-    (l) => {
-      const target = mlpFrozen ? t.mixerOutputs![l] : t.layerOutputs![l];
-      return hiddenStateAlignmentLoss(studentOutput(student, l, t.layerInputs![l], !mlpFrozen), target);
-    },
-    backward,
-  );
+  const layerLoss = (l: number) => {
+    const target = mlpFrozen ? t.mixerOutputs![l] : t.layerOutputs![l];
+    return hiddenStateAlignmentLoss(studentOutput(student, l, t.layerInputs![l], !mlpFrozen), target);
+  };
+  return onDevice && backward !== null
+    ? perLayerOnDevice(ssmLayers(student), 'stage 2', layerLoss, backward)
+    : perLayer(ssmLayers(student), 'stage 2', layerLoss, backward);
 }
 
 /** Stage 1 as a loss tensor (mean over SSM layers), for evaluation and tests. */

@@ -56,7 +56,7 @@ export interface StepContext {
 }
 
 /** what a loss function returns (trainer.ts's BackpropagatedLoss is the second form) */
-export type StepLoss = Tensor | { value: number };
+export type StepLoss = Tensor | { value: number | Tensor };
 
 export interface DeviceStepOptions<B extends TokenBatch> {
   lossFn: (batch: B, ctx: StepContext) => StepLoss;
@@ -164,6 +164,8 @@ export class DeviceStep<B extends TokenBatch> {
   /** the captured gradients have been checked against an eager forward on new data */
   private verified = false;
   private capturedStep = -1;
+  /** the loss function runs its own backward (see BackpropagatedLoss) */
+  private selfBackprop = false;
   /** why graphs are off (once a fallback happened) */
   offReason: string | null = null;
 
@@ -213,7 +215,10 @@ export class DeviceStep<B extends TokenBatch> {
       scope(() => {
         const loss = lossFn(batches[micro], { step, micro, accum });
         if (!(loss instanceof Tensor)) {
-          this.hostLoss[micro] = loss.value;
+          // back-propagated by the loss function; its value a host number or a device scalar
+          this.selfBackprop = true;
+          if (typeof loss.value === 'number') this.hostLoss[micro] = loss.value;
+          else noGrad(() => writeSlice(this.stats, asF32(loss.value as Tensor).view([1]), 0, micro));
           return;
         }
         if (loss.size !== 1)
@@ -243,9 +248,9 @@ export class DeviceStep<B extends TokenBatch> {
     if (!this.useGraphs || !this.gradWarm) {
       this.runGradients(batches, step);
       this.gradWarm = true;
-      // a loss that back-propagates itself reads its value on the host: never captured
+      // a loss that reads its value to the host: never captured
       if (this.useGraphs && this.hostLoss.some((h) => h !== null))
-        this.off('the loss back-propagates piece by piece and reads its value on the host');
+        this.off('the loss reads its value on the host (a back-propagated loss with a number value)');
       return this.readStats();
     }
     if (!this.gradGraph && !this.capture(batches, step)) {
@@ -263,8 +268,9 @@ export class DeviceStep<B extends TokenBatch> {
     if (!this.verified && step !== this.capturedStep) {
       this.verified = true;
       const why = this.verify(batches, stats, step);
-      if (why) {
-        this.off(why);
+      if (why) this.off(why);
+      // a loss that back-propagates itself added its gradients again in the check: redo the step
+      if (why || this.selfBackprop) {
         this.runGradients(batches, step);
         return this.readStats();
       }
@@ -315,7 +321,8 @@ export class DeviceStep<B extends TokenBatch> {
       // with gradients recorded (not run), so every op takes the path it takes in the step
       const eager = scope(() => {
         const loss = lossFn(batches[micro], { step, micro, accum });
-        return loss instanceof Tensor ? loss.item() : loss.value;
+        if (loss instanceof Tensor) return loss.item();
+        return typeof loss.value === 'number' ? loss.value : loss.value.item();
       });
       const got = stats.losses[micro];
       const same = got === eager || Math.abs(got - eager) <= 1e-4 * Math.max(1, Math.abs(eager));

@@ -50,7 +50,11 @@ export interface LossContext {
  * so that the pieces' activations are never held together); `value` is the scalar loss.
  */
 export interface BackpropagatedLoss {
-  value: number;
+  /**
+   * the loss value: a number, or a one-element tensor left on the device (nothing is read to the
+   * host, so the step can be captured as a graph)
+   */
+  value: number | Tensor;
 }
 
 export interface TrainOptions<B extends TokenBatch> {
@@ -453,7 +457,8 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         const body = (): number =>
           scope(() => {
             const loss = o.lossFn(batch, { step, micro, accum });
-            if (!(loss instanceof Tensor)) return loss.value;
+            if (!(loss instanceof Tensor))
+              return typeof loss.value === 'number' ? loss.value : loss.value.item();
             if (loss.size !== 1) fail(`lossFn returned shape [${loss.shape}], expected a scalar`);
             const val = loss.item();
             if (Number.isFinite(val)) {
