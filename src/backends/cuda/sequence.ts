@@ -143,7 +143,11 @@ export function ssmStep(
   const C = H * P + 2 * G * N;
   const xp = h.f(xbc, 'ssmStep xbc');
   const sp = h.f(convState, 'ssmStep conv state');
-  k(h, 'ssm_step_f32').launch([H, batch, 1], 128, (P + 2 * N) * 4, [
+  // rows of each head's state split over blocks until about two blocks per multiprocessor
+  // (at least 8 rows a block): batch 1 has only H (head, sequence) pairs
+  const splits = Math.max(1, Math.min(Math.ceil((2 * h.sms) / (H * batch)), Math.ceil(P / 8), 65535));
+  const rowsPer = Math.ceil(P / splits);
+  k(h, 'ssm_step_f32').launch([H, batch, Math.ceil(P / rowsPer)], 256, (rowsPer + 2 * N) * 4, [
     xp,
     sp,
     h.f(convWeight, 'ssmStep conv weight'),
