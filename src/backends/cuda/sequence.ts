@@ -145,7 +145,11 @@ export function ssmStep(
   const sp = h.f(convState, 'ssmStep conv state');
   // rows of each head's state split over blocks until about two blocks per multiprocessor
   // (at least 8 rows a block): batch 1 has only H (head, sequence) pairs
-  const splits = Math.max(1, Math.min(Math.ceil((2 * h.sms) / (H * batch)), Math.ceil(P / 8), 65535));
+  // (MOHAWK_SSM_SPLIT=0: one block per head and sequence, as before)
+  const splits =
+    process.env.MOHAWK_SSM_SPLIT === '0'
+      ? 1
+      : Math.max(1, Math.min(Math.ceil((2 * h.sms) / (H * batch)), Math.ceil(P / 8), 65535));
   const rowsPer = Math.ceil(P / splits);
   k(h, 'ssm_step_f32').launch([H, batch, Math.ceil(P / rowsPer)], 256, (rowsPer + 2 * N) * 4, [
     xp,
