@@ -566,9 +566,17 @@ type NotKernel =
 export type KernelName = Exclude<keyof Backend, NotKernel>;
 
 /**
+ * Kernels that other branches of this session add to the interface (trainstep: adamwDevice; fuse:
+ * the optional gated/GELU ones), listed ahead so the merged tree compiles; a backend without one
+ * of them simply has nothing to record. Drop this once they are merged.
+ */
+type PendingKernel =
+  'adamwDevice' | 'gatedAct' | 'gatedActBackward' | 'siluGateD' | 'siluGateDBackward' | 'matmulGelu';
+
+/**
  * Every kernel of the Backend interface, enumerated once (the CPU recorder records exactly these
- * during a capture). A kernel added to the interface must be added here: the check below fails
- * to compile until it is.
+ * during a capture; optional ones a backend lacks are skipped). A kernel added to the interface
+ * must be added here: the check below fails to compile, naming it, until it is.
  */
 export const KERNEL_NAMES = [
   'fill',
@@ -609,7 +617,13 @@ export const KERNEL_NAMES = [
   'klDivergence',
   'klDivergenceBackward',
   'adamw',
-] as const satisfies readonly KernelName[];
+  'adamwDevice',
+  'gatedAct',
+  'gatedActBackward',
+  'siluGateD',
+  'siluGateDBackward',
+  'matmulGelu',
+] as const satisfies readonly (KernelName | PendingKernel)[];
 
 /** compile-time check that KERNEL_NAMES lists every kernel: names the missing ones in the error */
 export const KERNEL_NAMES_COMPLETE: [Exclude<KernelName, (typeof KERNEL_NAMES)[number]>] extends [never]

@@ -139,6 +139,7 @@ export class CpuBackend implements Backend {
     const self = this as unknown as Record<string, (...args: unknown[]) => void>;
     for (const name of KERNEL_NAMES) {
       const run = self[name];
+      if (typeof run !== 'function') continue; // an optional kernel this backend lacks
       self[name] = (...args: unknown[]) => {
         const rec = this.recording;
         if (rec) rec.record(name, run, args);
