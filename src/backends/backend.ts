@@ -612,8 +612,8 @@ export const KERNEL_NAMES = [
 ] as const satisfies readonly KernelName[];
 
 /**
- * Kernels that another branch of this session adds to the interface (fuse's optional gated and
- * GELU ones), listed ahead so the merged tree compiles; a backend without them has nothing to
+ * Kernels that another branch of this session adds to the interface (fuse's gated, GELU,
+ * add3 and keep-16 ones), listed ahead so the merged tree compiles; a backend without them has nothing to
  * record. Move them into KERNEL_NAMES once merged.
  */
 export const PENDING_KERNEL_NAMES = [
@@ -622,6 +622,9 @@ export const PENDING_KERNEL_NAMES = [
   'siluGateD',
   'siluGateDBackward',
   'matmulGelu',
+  'unaryKeep16',
+  'add3',
+  'causalConv1dKeep16',
 ] as const;
 
 /** compile-time check that KERNEL_NAMES lists every kernel: names the missing ones in the error */
