@@ -137,7 +137,7 @@ export class CpuBackend implements Backend {
     }
     // every kernel is recorded instead of run while a capture is open
     const self = this as unknown as Record<string, (...args: unknown[]) => void>;
-    for (const name of [...KERNEL_NAMES, ...PENDING_KERNEL_NAMES]) {
+    for (const name of new Set<string>([...KERNEL_NAMES, ...PENDING_KERNEL_NAMES])) {
       const run = self[name];
       if (typeof run !== 'function') continue; // an optional kernel this backend lacks
       self[name] = (...args: unknown[]) => {
