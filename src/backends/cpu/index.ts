@@ -18,7 +18,7 @@ import type {
   SsmStepParams,
   UnaryOp,
 } from '../backend.js';
-import { denseStrides, DTYPE_BYTES, dropoutKeep, KERNEL_NAMES, PENDING_KERNEL_NAMES } from '../backend.js';
+import { denseStrides, DTYPE_BYTES, dropoutKeep, KERNEL_NAMES } from '../backend.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../dtype.js';
 import { gemm, loadBlas, type FloatArray } from './blas.js';
 import { sigmoid, softplus, unaryDerivative, unaryFn } from './math.js';
@@ -137,9 +137,9 @@ export class CpuBackend implements Backend {
     }
     // every kernel is recorded instead of run while a capture is open
     const self = this as unknown as Record<string, (...args: unknown[]) => void>;
-    for (const name of new Set<string>([...KERNEL_NAMES, ...PENDING_KERNEL_NAMES])) {
+    for (const name of KERNEL_NAMES) {
       const run = self[name];
-      if (typeof run !== 'function') continue; // an optional kernel this backend lacks
+      if (typeof run !== 'function') continue; // an optional kernel this backend does not have
       self[name] = (...args: unknown[]) => {
         const rec = this.recording;
         if (rec) rec.record(name, run, args);
