@@ -7,7 +7,7 @@
 // all must give the same greedy tokens (last column). The teacher (a growing KV cache) is eager.
 // Run: node --import tsx bench/decode.ts [--layers N] [--contexts 2048,8192,32768] [--tokens 16]
 //      [--student eager-host,graph-host,graph-device,eager-device] [--teacher on|off]
-//      (BENCH_OUT=dir also writes decode.{md,json})
+//      (BENCH_OUT=dir also writes decode.{md,json}, or decode-NAME.{md,json} with --name NAME)
 //      --device cpu --d 64 --heads 4 --vocab 500: a small smoke run of the same code on the CPU
 
 import { writeFileSync } from 'node:fs';
@@ -41,6 +41,8 @@ const { values } = parseArgs({
     student: { type: 'string', default: 'eager-host,graph-host,graph-device,eager-device' },
     teacher: { type: 'string', default: 'on' },
     device: { type: 'string', default: 'cuda' },
+    /** suffix of the result files: decode-NAME.{md,json} */
+    name: { type: 'string' },
     d: { type: 'string', default: '2048' },
     heads: { type: 'string', default: '32' },
     vocab: { type: 'string', default: '51200' },
@@ -263,6 +265,7 @@ const lines = [
 ];
 console.log(lines.join('\n'));
 if (process.env.BENCH_OUT) {
-  writeFileSync(join(process.env.BENCH_OUT, 'decode.md'), lines.join('\n') + '\n');
-  writeFileSync(join(process.env.BENCH_OUT, 'decode.json'), JSON.stringify(json, null, 2));
+  const file = `decode${values.name ? `-${values.name}` : ''}`;
+  writeFileSync(join(process.env.BENCH_OUT, `${file}.md`), lines.join('\n') + '\n');
+  writeFileSync(join(process.env.BENCH_OUT, `${file}.json`), JSON.stringify(json, null, 2));
 }

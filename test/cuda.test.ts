@@ -711,6 +711,53 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     }
   });
 
+  it('gemv: decoding products (m <= 8 rows, bf16 weight transposed, f32 out) with bias, alpha and beta', () => {
+    const launches = () => gpu.kernels.launchCounts().gemv_bf16_f32 ?? 0;
+    const before = launches();
+    for (const c of [
+      { m: 1, n: 37, k: 8 },
+      { m: 1, n: 300, k: 2056 },
+      { m: 3, n: 129, k: 64 },
+      { m: 8, n: 70, k: 520 },
+    ]) {
+      for (const withBias of [false, true]) {
+        const bits = (n: number) => Uint16Array.from(randn(n), f32ToBf16);
+        const ab = bits(c.m * c.k);
+        const wb = bits(c.n * c.k); // (n, k): a Linear weight
+        const ag = hold(gpu, gpu.alloc('bf16', ab.length));
+        const wg = hold(gpu, gpu.alloc('bf16', wb.length));
+        gpu.write(ag, ab);
+        gpu.write(wg, wb);
+        const ac = hold(cpu, cpu.alloc('f32', ab.length));
+        const wc = hold(cpu, cpu.alloc('f32', wb.length));
+        cpu.write(ac, Float32Array.from(ab, bf16ToF32));
+        cpu.write(wc, Float32Array.from(wb, bf16ToF32));
+        const bias = withBias ? pair(randn(c.n)) : null;
+        for (const [alpha, beta] of [
+          [1, 0],
+          [0.5, 1],
+        ]) {
+          const p = {
+            batch: 1,
+            ...c,
+            transA: false,
+            transB: true,
+            strideA: c.m * c.k,
+            strideB: c.n * c.k,
+            strideC: c.m * c.n,
+            alpha,
+            beta,
+          };
+          const o = pair(randn(c.m * c.n)); // beta reads it
+          cpu.matmul(ac, wc, o.c, p, bias?.c ?? null);
+          gpu.matmul(ag, wg, o.g, p, bias?.g ?? null);
+          check(o, 2e-6 * Math.sqrt(c.k), `gemv ${JSON.stringify({ ...c, withBias, alpha, beta })}`, 1e-6);
+        }
+      }
+    }
+    assert.equal(launches() - before, 16, 'every product above ran in gemv.cu (MOHAWK_GEMV=0 turns it off)');
+  });
+
   it('matmul with a bias: the cuBLASLt epilogue (one product) and the broadcast kernel (batches)', (t) => {
     for (const c of [
       { batch: 1, m: 96, n: 80, k: 257, typ: 'bf16' },

@@ -32,6 +32,7 @@ import { ATTENTION_TC_SIGNATURES, attentionTcHeadDim } from './attention-tc.js';
 import { Cublas, type GemmDType } from './cublas.js';
 import { CudaError, Driver } from './driver.js';
 import * as elementwise from './elementwise.js';
+import { GEMV_SIGNATURES, gemv, gemvTakes } from './gemv.js';
 import { CaptureState, CudaGraph } from './graph.js';
 import { ELEMENTWISE_SIGNATURES } from './elementwise.js';
 import { CudaBuffer, type Host } from './host.js';
@@ -61,6 +62,7 @@ export const KERNEL_SIGNATURES = {
   attention_tc: ATTENTION_TC_SIGNATURES,
   ssd: SSD_SIGNATURES,
   ssd_fast: SSD_FAST_SIGNATURES,
+  gemv: GEMV_SIGNATURES,
 } as const;
 
 export interface CudaBackendOptions {
@@ -590,6 +592,11 @@ export class CudaBackend implements Backend {
         elementwise.scaleInPlace(this.host, C.ptr, p.beta, n);
       }
       if (BIAS) addBias();
+      return;
+    }
+    if (gemvTakes(A, B, C, p) && (!BIAS || BIAS.dtype === 'f32')) {
+      // decoding's few-row products with a bf16 weight: one pass over the weight (gemv.cu)
+      gemv(this.host, A, B, C, BIAS, p);
       return;
     }
     const gemmArgs = () => ({

@@ -180,7 +180,15 @@ export function ssmStep(
   const C = H * P + 2 * G * N;
   const xp = h.f(xbc, 'ssmStep xbc');
   const sp = h.f(convState, 'ssmStep conv state');
-  k(h, 'ssm_step_f32').launch([H, batch, 1], 128, (P + 2 * N) * 4, [
+  // rows of each head's state split over blocks until about two blocks per multiprocessor
+  // (at least 8 rows a block): batch 1 has only H (head, sequence) pairs
+  // (MOHAWK_SSM_SPLIT=0: one block per head and sequence, as before)
+  const splits =
+    process.env.MOHAWK_SSM_SPLIT === '0'
+      ? 1
+      : Math.max(1, Math.min(Math.ceil((2 * h.sms) / (H * batch)), Math.ceil(P / 8), 65535));
+  const rowsPer = Math.ceil(P / splits);
+  k(h, 'ssm_step_f32').launch([H, batch, Math.ceil(P / rowsPer)], 256, (rowsPer + 2 * N) * 4, [
     xp,
     sp,
     h.f(convWeight, 'ssmStep conv weight'),

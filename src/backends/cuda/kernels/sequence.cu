@@ -192,14 +192,22 @@ extern "C" __global__ void conv1d_backward_w_k4_bf16x(const u16* x, const float*
 extern "C" __global__ void ssm_step_f32(const float* xbc, const float* convState, const float* convW,
                                         const float* convBias, const float* a, const float* D, float* ssm, float* y,
                                         int heads, int groups, int P, int N, int K, int act) {
-  extern __shared__ float sh[];  // x (P), B (N), C (N)
+  // block (h, b, z) takes rows [p0, p0 + pn) of head h's state: gridDim.z splits the rows so a
+  // step of few sequences still fills the device (decoding at batch 1 is otherwise 32 blocks)
+  extern __shared__ float sh[];  // x (pn), B (N), C (N)
   const int h = blockIdx.x;
   const i64 b = blockIdx.y;
+  const int rowsPer = (P + gridDim.z - 1) / gridDim.z;
+  const int p0 = blockIdx.z * rowsPer;
+  const int pn = min(rowsPer, P - p0);
+  if (pn <= 0) return;
   const int C = heads * P + 2 * groups * N;
   const int g = h / (heads / groups);
   const float* st = convState + b * (K - 1) * C;
-  for (int i = threadIdx.x; i < P + 2 * N; i += blockDim.x) {
-    const int ch = i < P ? h * P + i : i < P + N ? heads * P + g * N + (i - P) : heads * P + groups * N + g * N + (i - P - N);
+  for (int i = threadIdx.x; i < pn + 2 * N; i += blockDim.x) {
+    const int ch = i < pn       ? h * P + p0 + i
+                   : i < pn + N ? heads * P + g * N + (i - pn)
+                                : heads * P + groups * N + g * N + (i - pn - N);
     float acc = convBias ? convBias[ch] : 0.f;
     for (int j = 0; j < K - 1; j++) acc += convW[ch * K + j] * st[(i64)j * C + ch];
     acc += convW[ch * K + K - 1] * xbc[b * C + ch];
@@ -211,11 +219,11 @@ extern "C" __global__ void ssm_step_f32(const float* xbc, const float* convState
   // log alpha = -softplus(a)
   const float alpha = expf(-(fmaxf(av, 0.f) + log1pf(expf(-fabsf(av)))));
   const float d = D[h];
-  float* hs = ssm + (b * heads + h) * (i64)P * N;
-  const float* bs = sh + P;
-  const float* cs = sh + P + N;
+  float* hs = ssm + ((b * heads + h) * (i64)P + p0) * N;
+  const float* bs = sh + pn;
+  const float* cs = sh + pn + N;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  for (int p = warp; p < P; p += warps) {
+  for (int p = warp; p < pn; p += warps) {
     const float xp = sh[p];
     float acc = 0.f;
     for (int n = lane; n < N; n += 32) {
@@ -224,7 +232,7 @@ extern "C" __global__ void ssm_step_f32(const float* xbc, const float* convState
       acc += v * cs[n];
     }
     acc = warp_sum(acc);
-    if (lane == 0) y[(b * heads + h) * (i64)P + p] = acc + d * xp;
+    if (lane == 0) y[(b * heads + h) * (i64)P + p0 + p] = acc + d * xp;
   }
 }
 
