@@ -1462,6 +1462,8 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       T.setAutocast(null);
       return { loss: res, grads, used };
     };
+    // which GELU epilogue products cuBLASLt offers here (diagnostics for the record)
+    for (const line of gpu.probeGeluEpilogues()) t.diagnostic(`cuBLASLt ${line}`);
     const prev = process.env.MOHAWK_GELU_EPILOGUE;
     process.env.MOHAWK_GELU_EPILOGUE = '1';
     try {
@@ -1556,20 +1558,35 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     };
     try {
       for (const [name, make] of teachers) {
-        for (const dt of [null, 'bf16'] as const) {
-          const ref = run(cpu, make, dt);
-          const g = run(gpu, make, dt);
-          // f32: summation orders (the SSD scan's f32 chunk sums); bf16: 16-bit products and
-          // activations, and the GPU's bf16 SSD scan against the CPU's f32 one
-          const tol = dt ? 1e-1 : 2e-3;
+        // f32: summation orders only (the SSD scan's f32 chunk sums)
+        const ref = run(cpu, make, null);
+        const g32 = run(gpu, make, null);
+        assert.ok(
+          Math.abs(g32.loss - ref.loss) <= 1e-4 * Math.abs(ref.loss),
+          `${name} f32: loss ${g32.loss} vs ${ref.loss}`,
+        );
+        ref.grads.forEach(([n, rg], i) =>
+          assertClose(g32.grads[i][1], rg, 2e-3 * maxAbs(rg) + 1e-6, `${name} f32: ${n}`),
+        );
+        // bf16 autocast: these tiny random students are sensitive to bf16 rounding (the CPU's own
+        // bf16 run is up to ~25% of the largest gradient off its f32 run in layer 0), so the GPU's
+        // bf16 run must be about as close to the f32 reference as the CPU's bf16 run is: within 3x
+        // its error, per tensor, plus 2% of the tensor's largest gradient
+        const cpu16 = run(cpu, make, 'bf16');
+        const g16 = run(gpu, make, 'bf16');
+        assert.ok(
+          Math.abs(g16.loss - ref.loss) <= 2e-2 * Math.abs(ref.loss),
+          `${name} bf16: loss ${g16.loss} vs ${ref.loss}`,
+        );
+        ref.grads.forEach(([n, rg], i) => {
+          const maxErr = (a: readonly number[]) => a.reduce((m, v, j) => Math.max(m, Math.abs(v - rg[j])), 0);
+          const bound = 3 * maxErr(cpu16.grads[i][1]) + 2e-2 * maxAbs(rg) + 1e-6;
+          const err = maxErr(g16.grads[i][1]);
           assert.ok(
-            Math.abs(g.loss - ref.loss) <= (dt ? 2e-2 : 1e-4) * Math.abs(ref.loss),
-            `${name} ${dt}: loss ${g.loss} vs ${ref.loss}`,
+            err <= bound,
+            `${name} bf16: ${n}: max error ${err} against f32 exceeds ${bound} (the CPU's bf16 run: ${maxErr(cpu16.grads[i][1])})`,
           );
-          ref.grads.forEach(([n, rg], i) =>
-            assertClose(g.grads[i][1], rg, tol * maxAbs(rg) + 1e-6, `${name} ${dt}: ${n}`),
-          );
-        }
+        });
       }
     } finally {
       T.setBackend(cpu);
