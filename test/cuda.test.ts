@@ -477,6 +477,35 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     const b = pair(randn(100));
     both((be, s) => be.copyStrided(a[s], 17, [1], b[s], 5, [1], [60], false));
     checkExact(b, 'contiguous copy');
+    // blocks of columns (the in_proj split and its gradient): 16 bytes per thread where widths,
+    // pitches and offsets are multiples of 4 elements, the general kernel otherwise
+    for (const [rows, pitch, start, width] of [
+      [37, 84, 8, 32],
+      [5, 84, 80, 4],
+      [9, 84, 3, 20],
+      [3, 82, 4, 12],
+    ]) {
+      const m = pair(randn(rows * pitch));
+      const col = pair(randn(rows * width));
+      both((be, s) =>
+        be.copyStrided(
+          m[s],
+          start,
+          [2 * pitch, pitch, 1],
+          col[s],
+          0,
+          [2 * width, width, 1],
+          [rows >> 1, 2, width],
+          false,
+        ),
+      );
+      checkExact(col, `column block ${rows} x ${width} of pitch ${pitch} at ${start}`);
+      const back = pair(randn(rows * pitch));
+      both((be, s) =>
+        be.copyStrided(col[s], 0, [width, 1], back[s], start, [pitch, 1], [rows, width], false),
+      );
+      checkExact(back, `column block written back ${rows} x ${width}`);
+    }
   });
 
   it('reduce sum and max over (outer, n, inner), long and short', () => {

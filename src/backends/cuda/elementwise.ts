@@ -47,6 +47,7 @@ export const ELEMENTWISE_SIGNATURES = {
   silu_gate_d_f32: 'ppppppippilii',
   silu_gate_d_backward_f32: 'ppppippppppliii',
   add3_f32: 'ppppl',
+  copy2d_b4x4: 'pllpllli',
 } as const;
 
 const { k, run1 } = moduleKernels('elementwise', ELEMENTWISE_SIGNATURES);
@@ -269,6 +270,21 @@ export function copyStrided(
   const [ss, ds] = c.strides;
   if (!accumulate && (c.shape.length === 0 || (c.shape.length === 1 && ss[0] === 1 && ds[0] === 1))) {
     h.driver.copyOnDevice(d.ptr + dstOffset * es, s.ptr + srcOffset * es, n * es);
+    return;
+  }
+  if (
+    !accumulate &&
+    es === 4 &&
+    c.shape.length === 2 &&
+    ss[1] === 1 &&
+    ds[1] === 1 &&
+    [c.shape[1], ss[0], ds[0], srcOffset, dstOffset].every((v) => v % 4 === 0) &&
+    s.ptr % 16 === 0 &&
+    d.ptr % 16 === 0 &&
+    c.shape[1] < 2 ** 31
+  ) {
+    // a block of columns (a slice of the last axis): 16 bytes per thread
+    run1(h, 'copy2d_b4x4', n / 4, [s.ptr, srcOffset, ss[0], d.ptr, dstOffset, ds[0], c.shape[0], c.shape[1]]);
     return;
   }
   const common: Arg[] = [s.ptr, srcOffset, d.ptr, dstOffset, c.shape.length, c.shape, ss, ds, n];

@@ -507,3 +507,19 @@ extern "C" __global__ void silu_gate_d_backward_f32(const void* y, const float* 
 extern "C" __global__ void add3_f32(const float* a, const float* b, const float* c, float* out, i64 n) {
   FOR_EACH(i, n) out[i] = (a[i] + b[i]) + c[i];
 }
+
+/**
+ * A 2-d copy of 4-byte elements, 16 bytes per thread: dst[dOff + r dPitch + j] = src[sOff + r sPitch
+ * + j] for r < rows, j < width (width, pitches and offsets multiples of 4 elements, 16-byte aligned
+ * bases): a column block of a matrix (the in_proj split and its gradient) at full bandwidth.
+ */
+extern "C" __global__ void copy2d_b4x4(const u32* src, i64 sOff, i64 sPitch, u32* dst, i64 dOff, i64 dPitch,
+                                       i64 rows, int width) {
+  const int w4 = width >> 2;
+  const i64 n = rows * w4;
+  FOR_EACH(i, n) {
+    const i64 r = i / w4;
+    const i64 j = (i - r * w4) * 4;
+    *(uint4*)(dst + dOff + r * dPitch + j) = *(const uint4*)(src + sOff + r * sPitch + j);
+  }
+}
