@@ -1363,6 +1363,24 @@ describe('cuda backend vs cpu backend', { skip }, () => {
           fn: ([g, u], dt) => T.gatedActivation('geluNew', g, u, dt),
         },
         {
+          what: 'siluGateD (1, 7, 6), 2 heads: an odd size, one element per thread',
+          shapes: [[1, 7, 6], [1, 7, 6], [2], [1, 7, 6], [6]],
+          fn: ([y, x, d, z, b], dt) => T.siluGateD(y, x, d, z, b, dt),
+        },
+        {
+          what: 'gated silu (3, 7, 5): an odd size, one element per thread',
+          shapes: [
+            [3, 7, 5],
+            [3, 7, 5],
+          ],
+          fn: ([g, u], dt) => T.gatedActivation('silu', g, u, dt),
+        },
+        {
+          what: 'geluNew into 16 bits (3, 7, 5), its input kept: an odd size',
+          shapes: [[3, 7, 5]],
+          fn: ([x], dt) => (dt ? T.unaryTo('geluNew', x, dt) : T.geluNew(x)),
+        },
+        {
           what: 'add3 (3, 50, 40)',
           shapes: [
             [3, 50, 40],

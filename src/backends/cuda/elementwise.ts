@@ -48,6 +48,11 @@ export const ELEMENTWISE_SIGNATURES = {
   silu_gate_d_backward_f32: 'ppppippppppliii',
   add3_f32: 'ppppl',
   copy2d_b4x4: 'pllpllli',
+  unary_f32_to16_keep_x4: 'pppiil',
+  unary_backward_from16_x4: 'pppiil',
+  gated_act_x4: 'pppippiil',
+  gated_act_backward_x4: 'ppipppil',
+  silu_gate_d_x4: 'ppppppippilii',
 } as const;
 
 const { k, run1 } = moduleKernels('elementwise', ELEMENTWISE_SIGNATURES);
@@ -180,7 +185,8 @@ export function unaryKeep16(
     h.buf(xOut, op).length !== n
   )
     throw new Error(`cuda backend: ${op} with a kept input: outputs of one 16-bit dtype and ${n} elements`);
-  run1(h, 'unary_f32_to16_keep', n, [
+  const x4 = n % 4 === 0;
+  run1(h, x4 ? 'unary_f32_to16_keep_x4' : 'unary_f32_to16_keep', x4 ? n / 4 : n, [
     h.f(x, `${op} input`),
     h.buf(out, op).ptr,
     h.buf(xOut, op).ptr,
@@ -201,7 +207,8 @@ export function unaryBackward(
   const xb = h.buf(x, `${op} input`);
   if (xb.dtype === 'bf16' || xb.dtype === 'f16') {
     // the 16-bit copy an activation kept of its input (unaryKeep16)
-    run1(h, 'unary_backward_from16', n, [
+    const x4 = n % 4 === 0;
+    run1(h, x4 ? 'unary_backward_from16_x4' : 'unary_backward_from16', x4 ? n / 4 : n, [
       xb.ptr,
       h.f(gy, `${op} gradient`),
       h.f(gx, `${op} input gradient`),
@@ -432,7 +439,8 @@ export function gatedAct(
     (ot === 0 || h.buf(gKeep, 'kept g').dtype !== o.dtype || h.buf(uKeep, 'kept u').dtype !== o.dtype)
   )
     throw new Error('cuda backend: a gated activation keeps its inputs in the 16-bit dtype of its output');
-  run1(h, 'gated_act_f32', n, [
+  const x4 = n % 4 === 0;
+  run1(h, x4 ? 'gated_act_x4' : 'gated_act_f32', x4 ? n / 4 : n, [
     h.f(g, 'gated activation g'),
     h.f(u, 'gated activation u'),
     o.ptr,
@@ -459,7 +467,8 @@ export function gatedActBackward(
   const ub = h.buf(u, 'gated activation u');
   if (gb.dtype !== ub.dtype)
     throw new Error(`cuda backend: gated activation g ${gb.dtype} and u ${ub.dtype} differ`);
-  run1(h, 'gated_act_backward_f32', gb.length, [
+  const x4 = gb.length % 4 === 0;
+  run1(h, x4 ? 'gated_act_backward_x4' : 'gated_act_backward_f32', x4 ? gb.length / 4 : gb.length, [
     gb.ptr,
     ub.ptr,
     storage(gb.dtype, 'gated activation g'),
@@ -494,7 +503,8 @@ export function siluGateD(
     (ot === 0 || h.buf(yKeep, 'kept y').dtype !== o.dtype || h.buf(zKeep, 'kept z').dtype !== o.dtype)
   )
     throw new Error('cuda backend: siluGateD keeps y and z in the 16-bit dtype of its output');
-  run1(h, 'silu_gate_d_f32', rows * cols, [
+  const x4 = (rows * cols) % 4 === 0;
+  run1(h, x4 ? 'silu_gate_d_x4' : 'silu_gate_d_f32', x4 ? (rows * cols) / 4 : rows * cols, [
     h.f(y, 'siluGateD y'),
     h.f(x, 'siluGateD x'),
     h.f(D, 'siluGateD D'),
