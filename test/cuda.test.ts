@@ -415,10 +415,15 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       both((be, s) => be.unaryBackward(op, x[s], gy[s], gx[s]));
       check(gx, 2e-6, `${op} backward`, 1e-6);
       // written to 16-bit storage in the same pass (activations feeding 16-bit products)
+      // (1000 elements: four per thread on the GPU)
+      const x4 = pair(data.slice(0, 1000));
       for (const dt of ['bf16', 'f16'] as const) {
         const y16 = out(n, dt);
         both((be, s) => be.unary(op, x[s], y16[s], 1.5, -0.25));
         check(y16, dt === 'bf16' ? 8e-3 : 1e-3, `${op} forward into ${dt}`, 1e-6);
+        const y16x4 = out(1000, dt);
+        both((be, s) => be.unary(op, x4[s], y16x4[s], 1.5, -0.25));
+        check(y16x4, dt === 'bf16' ? 8e-3 : 1e-3, `${op} forward into ${dt}, 1000 elements`, 1e-6);
       }
     }
   });

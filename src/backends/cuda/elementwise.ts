@@ -53,6 +53,7 @@ export const ELEMENTWISE_SIGNATURES = {
   gated_act_x4: 'pppippiil',
   gated_act_backward_x4: 'ppipppil',
   silu_gate_d_x4: 'ppppppippilii',
+  unary_f32_to16_x4: 'ppiffil',
 } as const;
 
 const { k, run1 } = moduleKernels('elementwise', ELEMENTWISE_SIGNATURES);
@@ -155,7 +156,8 @@ export function unary(
   const n = h.buf(x, op).length;
   const o = h.buf(out, `${op} output`);
   if (o.dtype === 'bf16' || o.dtype === 'f16') {
-    run1(h, 'unary_f32_to16', n, [
+    const x4 = n % 4 === 0;
+    run1(h, x4 ? 'unary_f32_to16_x4' : 'unary_f32_to16', x4 ? n / 4 : n, [
       h.f(x, `${op} input`),
       o.ptr,
       UNARY_CODE[op],

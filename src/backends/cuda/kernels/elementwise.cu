@@ -641,3 +641,15 @@ extern "C" __global__ void silu_gate_d_x4(const float* y, const float* x, const 
     }
   }
 }
+
+extern "C" __global__ void unary_f32_to16_x4(const float* x, u16* out, int op, float alpha, float beta, int bf16,
+                                             i64 n) {
+  const int t = bf16 ? 1 : 2;
+  FOR_EACH(q, n / 4) {
+    const float4 v = ((const float4*)x)[q];
+    const float* a = (const float*)&v;
+    float4 o;
+    MAP4(o, alpha * unary_f(op, a[k]) + beta);
+    store4(out, t, q, o);
+  }
+}
