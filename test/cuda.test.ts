@@ -1386,6 +1386,16 @@ describe('cuda backend vs cpu backend', { skip }, () => {
           fn: ([x], dt) => (dt ? T.unaryTo('geluNew', x, dt) : T.geluNew(x)),
         },
         {
+          what: 'SwiGLU after bias-free products, its gradients back in 16 bits under autocast',
+          shapes: [
+            [3, 50, 40],
+            [40, 40],
+            [40, 40],
+          ],
+          fn: ([x, wg, wu], dt) =>
+            T.gatedActivation('silu', T.linear(x, wg, null), T.linear(x, wu, null), dt, true),
+        },
+        {
           what: 'add3 (3, 50, 40)',
           shapes: [
             [3, 50, 40],

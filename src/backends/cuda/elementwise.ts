@@ -43,7 +43,7 @@ export const ELEMENTWISE_SIGNATURES = {
   unary_f32_to16_keep: 'pppiil',
   unary_backward_from16: 'pppiil',
   gated_act_f32: 'pppippiil',
-  gated_act_backward_f32: 'ppipppil',
+  gated_act_backward_f32: 'ppipppiil',
   silu_gate_d_f32: 'ppppppippilii',
   silu_gate_d_backward_f32: 'ppppippppppliii',
   add3_f32: 'ppppl',
@@ -51,7 +51,7 @@ export const ELEMENTWISE_SIGNATURES = {
   unary_f32_to16_keep_x4: 'pppiil',
   unary_backward_from16_x4: 'pppiil',
   gated_act_x4: 'pppippiil',
-  gated_act_backward_x4: 'ppipppil',
+  gated_act_backward_x4: 'ppipppiil',
   silu_gate_d_x4: 'ppppppippilii',
   unary_f32_to16_x4: 'ppiffil',
 } as const;
@@ -455,7 +455,10 @@ export function gatedAct(
   ]);
 }
 
-/** gg = go u f'(g), gu = go f(g); g and u f32 or both in one 16-bit dtype (kept by gatedAct) */
+/**
+ * gg = go u f'(g), gu = go f(g); g and u f32 or both in one 16-bit dtype (kept by gatedAct); gg and
+ * gu f32 or both in one 16-bit dtype
+ */
 export function gatedActBackward(
   h: Host,
   op: UnaryOp,
@@ -469,14 +472,18 @@ export function gatedActBackward(
   const ub = h.buf(u, 'gated activation u');
   if (gb.dtype !== ub.dtype)
     throw new Error(`cuda backend: gated activation g ${gb.dtype} and u ${ub.dtype} differ`);
+  const ggb = h.buf(gg, 'gated activation g gradient');
+  if (h.buf(gu, 'gated activation u gradient').dtype !== ggb.dtype)
+    throw new Error('cuda backend: the gated activation gradients must share one dtype');
   const x4 = gb.length % 4 === 0;
   run1(h, x4 ? 'gated_act_backward_x4' : 'gated_act_backward_f32', x4 ? gb.length / 4 : gb.length, [
     gb.ptr,
     ub.ptr,
     storage(gb.dtype, 'gated activation g'),
     h.f(go, 'gated activation gradient'),
-    h.f(gg, 'gated activation g gradient'),
-    h.f(gu, 'gated activation u gradient'),
+    ggb.ptr,
+    h.buf(gu, 'gated activation u gradient').ptr,
+    storage(ggb.dtype, 'gated activation g gradient'),
     UNARY_CODE[op],
     gb.length,
   ]);

@@ -435,15 +435,18 @@ extern "C" __global__ void gated_act_f32(const float* g, const float* u, void* o
   }
 }
 
-/** g, u (n) in storage st (f32 or 16 bits), go (n) f32 -> gg = go * u * f'(g), gu = go * f(g) */
-extern "C" __global__ void gated_act_backward_f32(const void* g, const void* u, int st, const float* go, float* gg,
-                                                  float* gu, int op, i64 n) {
+/**
+ * g, u (n) in storage st (f32 or 16 bits), go (n) f32 -> gg = go * u * f'(g), gu = go * f(g) in
+ * storage gt (16 bits where they only feed 16-bit products)
+ */
+extern "C" __global__ void gated_act_backward_f32(const void* g, const void* u, int st, const float* go, void* gg,
+                                                  void* gu, int gt, int op, i64 n) {
   FOR_EACH(i, n) {
     const float a = load_any(g, st, i);
     const float b = load_any(u, st, i);
     const float o = go[i];
-    gg[i] = o * b * unary_df(op, a);
-    gu[i] = o * unary_f(op, a);
+    store_any(gg, gt, i, o * b * unary_df(op, a));
+    store_any(gu, gt, i, o * unary_f(op, a));
   }
 }
 
@@ -597,8 +600,8 @@ extern "C" __global__ void gated_act_x4(const float* g, const float* u, void* ou
   }
 }
 
-extern "C" __global__ void gated_act_backward_x4(const void* g, const void* u, int st, const float* go, float* gg,
-                                                 float* gu, int op, i64 n) {
+extern "C" __global__ void gated_act_backward_x4(const void* g, const void* u, int st, const float* go, void* gg,
+                                                 void* gu, int gt, int op, i64 n) {
   FOR_EACH(q, n / 4) {
     const float4 gv = load4(g, st, q);
     const float4 uv = load4(u, st, q);
@@ -609,8 +612,8 @@ extern "C" __global__ void gated_act_backward_x4(const void* g, const void* u, i
     float4 r1, r2;
     MAP4(r1, o[k] * b[k] * unary_df(op, a[k]));
     MAP4(r2, o[k] * unary_f(op, a[k]));
-    ((float4*)gg)[q] = r1;
-    ((float4*)gu)[q] = r2;
+    store4(gg, gt, q, r1);
+    store4(gu, gt, q, r2);
   }
 }
 
