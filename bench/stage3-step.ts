@@ -18,7 +18,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { DTYPE_BYTES } from '../src/backends/backend.js';
+import { DTYPE_BYTES, type DeviceBuffer } from '../src/backends/backend.js';
 import { CudaBackend } from '../src/backends/cuda/index.js';
 import { stage3Loss } from '../src/distill/stages.js';
 import { studentConfigFor } from '../src/distill/transfer.js';
@@ -267,11 +267,47 @@ rows.push(
   { what: 'loss (random weights)', value: loss.toFixed(3) },
   { what: 'build time', value: `${buildS.toFixed(1)} s` },
 );
-// where the time goes: kernel families of one profiled step
-const { kernels } = gpu.profile(() => step());
+// where the time goes: kernel families of one profiled step, and (host side) the elementwise,
+// cast, copy and reduction calls of that step by op and size, since one kernel serves many ops
+const calls = new Map<string, { calls: number; elements: number }>();
+const tally = (key: string, elements: number) => {
+  const e = calls.get(key) ?? { calls: 0, elements: 0 };
+  e.calls++;
+  e.elements += elements;
+  calls.set(key, e);
+};
+const be = gpu as unknown as Record<string, (...args: unknown[]) => unknown>;
+const len = (b: unknown) => (b as DeviceBuffer).length;
+const dt = (b: unknown) => (b as DeviceBuffer).dtype;
+const probes: Record<string, (a: unknown[]) => [string, number]> = {
+  binary: (a) => [`binary ${a[0]}`, (a[6] as number[]).reduce((p, q) => p * q, 1)],
+  unary: (a) => [`unary ${a[0]} -> ${dt(a[2])}`, len(a[1])],
+  unaryBackward: (a) => [`unary backward ${a[0]} (x ${dt(a[1])})`, len(a[1])],
+  cast: (a) => [`cast ${dt(a[0])} -> ${dt(a[1])}`, len(a[0])],
+  copyStrided: (a) => [
+    `copy ${(a[7] as boolean) ? 'accumulate' : 'plain'} ${(a[2] as number[]).length}-d ${dt(a[0])}`,
+    (a[6] as number[]).reduce((p, q) => p * q, 1),
+  ],
+  reduce: (a) => [`reduce ${a[0]} (inner ${a[5] === 1 ? '1' : '> 1'})`, len(a[1])],
+  fill: (a) => [`fill ${dt(a[0])}`, len(a[0])],
+};
+const originals = Object.keys(probes).map((name) => [name, be[name]] as const);
+for (const [name, fn] of originals)
+  be[name] = (...args: unknown[]) => {
+    const [key, n] = probes[name](args);
+    tally(key, n);
+    return fn.apply(gpu, args);
+  };
+let kernels: { name: string; calls: number; ms: number }[];
+try {
+  kernels = gpu.profile(() => step()).kernels;
+} finally {
+  for (const [name, fn] of originals) be[name] = fn;
+}
 const fam = new Map<string, { ms: number; calls: number }>();
 for (const k of kernels) {
-  const f = k.name.replace(/_(f32|bf16|f16).*$/, '');
+  // the dtype suffixes only (unary_f32_to16_keep stays apart from unary_f32)
+  const f = k.name.replace(/(_(f32|bf16|f16|i32))+$/, '');
   const e = fam.get(f) ?? { ms: 0, calls: 0 };
   e.ms += k.ms;
   e.calls += k.calls;
@@ -298,6 +334,14 @@ const lines = [
   ...prof.map(
     ([n, e]) => `| ${n} | ${e.calls} | ${e.ms.toFixed(1)} | ${((e.ms / total) * 100).toFixed(0)}% |`,
   ),
+  '',
+  'elementwise, cast, copy and reduction calls of that step (host side; largest by elements moved):',
+  '| call | calls | M elements |',
+  '| --- | ---: | ---: |',
+  ...[...calls.entries()]
+    .sort((a, b) => b[1].elements - a[1].elements)
+    .slice(0, 30)
+    .map(([k, e]) => `| ${k} | ${e.calls} | ${(e.elements / 1e6).toFixed(1)} |`),
   ...memory,
 ];
 console.log(lines.join('\n'));

@@ -312,7 +312,10 @@ export interface Backend {
     gKeep: DeviceBuffer | null,
     uKeep: DeviceBuffer | null,
   ): void;
-  /** gg = go u f'(g), gu = go f(g); g and u f32, or both in the 16-bit dtype gatedAct kept */
+  /**
+   * gg = go u f'(g), gu = go f(g); g and u f32, or both in the 16-bit dtype gatedAct kept; gg and
+   * gu f32, or both 16-bit (gradients that only feed 16-bit products)
+   */
   gatedActBackward?(
     op: UnaryOp,
     g: DeviceBuffer,

@@ -61,7 +61,9 @@ export class GatedMLP extends Module {
     const u = this.up_proj.forward(x);
     // act(g) * u in one kernel each way where the backend has it, stored in 16 bits under autocast
     // (down_proj reads it so); composed otherwise
-    return this.down_proj.forward(gatedActivation(ACTIVATION_OP[this.act], g, u, getAutocast()));
+    // without biases the gradients of gate and up only feed 16-bit products: they come back in 16 bits
+    const noBias = !this.gate_proj.bias && !this.up_proj.bias;
+    return this.down_proj.forward(gatedActivation(ACTIVATION_OP[this.act], g, u, getAutocast(), noBias));
   }
 }
 

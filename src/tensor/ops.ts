@@ -251,6 +251,12 @@ export function gatedActivation(
   g: Tensor,
   u: Tensor,
   dtype: 'bf16' | 'f16' | null = null,
+  /**
+   * the gradients of g and u in `dtype` too, where the backend fuses the product: only for g and u
+   * that nothing reads but this op and that come from products without a bias (the gradients then
+   * only feed 16-bit products, which would round them anyway)
+   */
+  gradsInDtype = false,
 ): Tensor {
   checkFloat(op, g, u);
   sameBackend(op, g, u);
@@ -275,8 +281,9 @@ export function gatedActivation(
   const us = uk ?? u;
   return record(out, op === 'silu' ? 'swiglu' : `gated ${op}`, [g, u], [gs, us], (go) => {
     const o = go.dtype === 'f32' ? go : cast(go, 'f32');
-    const gg = like(g);
-    const gu = like(u);
+    const gdt = gradsInDtype && dtype ? dtype : g.dtype;
+    const gg = empty(g.shape, gdt, be);
+    const gu = empty(u.shape, gdt, be);
     be.gatedActBackward!(op, gs.buffer, us.buffer, o.buffer, gg.buffer, gu.buffer);
     return [g.requiresGrad ? gg : null, u.requiresGrad ? gu : null];
   });

@@ -208,9 +208,10 @@ export class Cublas {
    * A product with a GELU (tanh) epilogue, through cuBLASLt (g.batch 1, 16-bit operands and C):
    * 'gelu': C = gelu(op(A) op(B) + bias) with aux = the GELU input (both in C's type) when aux is
    * given; 'dgelu': C = (op(A) op(B)) * gelu'(aux), and bias = the sums of C over its rows when
-   * given. bias is f32. Returns false (doing nothing) where cuBLASLt has no algorithm for it.
+   * given. bias is f32 (or biasType). Returns false (doing nothing) where cuBLASLt has no
+   * algorithm for it.
    */
-  gemmGelu(g: Gemm, mode: 'gelu' | 'dgelu', bias: number, aux: number): boolean {
+  gemmGelu(g: Gemm, mode: 'gelu' | 'dgelu', bias: number, aux: number, biasType: GemmDType = 'f32'): boolean {
     if (!this.lt || g.batch !== 1 || g.m === 0 || g.n === 0 || g.k === 0) return false;
     if (g.typeAB === 'f32' || g.typeC !== g.typeAB) return false;
     if (mode === 'dgelu' && !aux) return false;
@@ -228,7 +229,7 @@ export class Cublas {
           : LT_EPILOGUE_DGELU;
     this.scalarView[0] = g.alpha;
     this.scalarView[1] = g.beta;
-    return this.lt.matmul(g, { epilogue, bias, biasType: 'f32', aux, auxLd: g.n }, this.tf32, this.alphaPtr);
+    return this.lt.matmul(g, { epilogue, bias, biasType, aux, auxLd: g.n }, this.tf32, this.alphaPtr);
   }
 }
 

@@ -45,10 +45,17 @@ export const ELEMENTWISE_SIGNATURES = {
   unary_f32_to16_keep: 'pppiil',
   unary_backward_from16: 'pppiil',
   gated_act_f32: 'pppippiil',
-  gated_act_backward_f32: 'ppipppil',
+  gated_act_backward_f32: 'ppipppiil',
   silu_gate_d_f32: 'ppppppippilii',
   silu_gate_d_backward_f32: 'ppppippppppliii',
   add3_f32: 'ppppl',
+  copy2d_b4x4: 'pllpllli',
+  unary_f32_to16_keep_x4: 'pppiil',
+  unary_backward_from16_x4: 'pppiil',
+  gated_act_x4: 'pppippiil',
+  gated_act_backward_x4: 'ppipppiil',
+  silu_gate_d_x4: 'ppppppippilii',
+  unary_f32_to16_x4: 'ppiffil',
 } as const;
 
 const { k, run1 } = moduleKernels('elementwise', ELEMENTWISE_SIGNATURES);
@@ -151,7 +158,8 @@ export function unary(
   const n = h.buf(x, op).length;
   const o = h.buf(out, `${op} output`);
   if (o.dtype === 'bf16' || o.dtype === 'f16') {
-    run1(h, 'unary_f32_to16', n, [
+    const x4 = n % 4 === 0;
+    run1(h, x4 ? 'unary_f32_to16_x4' : 'unary_f32_to16', x4 ? n / 4 : n, [
       h.f(x, `${op} input`),
       o.ptr,
       UNARY_CODE[op],
@@ -181,7 +189,8 @@ export function unaryKeep16(
     h.buf(xOut, op).length !== n
   )
     throw new Error(`cuda backend: ${op} with a kept input: outputs of one 16-bit dtype and ${n} elements`);
-  run1(h, 'unary_f32_to16_keep', n, [
+  const x4 = n % 4 === 0;
+  run1(h, x4 ? 'unary_f32_to16_keep_x4' : 'unary_f32_to16_keep', x4 ? n / 4 : n, [
     h.f(x, `${op} input`),
     h.buf(out, op).ptr,
     h.buf(xOut, op).ptr,
@@ -202,7 +211,8 @@ export function unaryBackward(
   const xb = h.buf(x, `${op} input`);
   if (xb.dtype === 'bf16' || xb.dtype === 'f16') {
     // the 16-bit copy an activation kept of its input (unaryKeep16)
-    run1(h, 'unary_backward_from16', n, [
+    const x4 = n % 4 === 0;
+    run1(h, x4 ? 'unary_backward_from16_x4' : 'unary_backward_from16', x4 ? n / 4 : n, [
       xb.ptr,
       h.f(gy, `${op} gradient`),
       h.f(gx, `${op} input gradient`),
@@ -271,6 +281,21 @@ export function copyStrided(
   const [ss, ds] = c.strides;
   if (!accumulate && (c.shape.length === 0 || (c.shape.length === 1 && ss[0] === 1 && ds[0] === 1))) {
     h.driver.copyOnDevice(d.ptr + dstOffset * es, s.ptr + srcOffset * es, n * es);
+    return;
+  }
+  if (
+    !accumulate &&
+    es === 4 &&
+    c.shape.length === 2 &&
+    ss[1] === 1 &&
+    ds[1] === 1 &&
+    [c.shape[1], ss[0], ds[0], srcOffset, dstOffset].every((v) => v % 4 === 0) &&
+    s.ptr % 16 === 0 &&
+    d.ptr % 16 === 0 &&
+    c.shape[1] < 2 ** 31
+  ) {
+    // a block of columns (a slice of the last axis): 16 bytes per thread
+    run1(h, 'copy2d_b4x4', n / 4, [s.ptr, srcOffset, ss[0], d.ptr, dstOffset, ds[0], c.shape[0], c.shape[1]]);
     return;
   }
   const common: Arg[] = [s.ptr, srcOffset, d.ptr, dstOffset, c.shape.length, c.shape, ss, ds, n];
@@ -450,7 +475,8 @@ export function gatedAct(
     (ot === 0 || h.buf(gKeep, 'kept g').dtype !== o.dtype || h.buf(uKeep, 'kept u').dtype !== o.dtype)
   )
     throw new Error('cuda backend: a gated activation keeps its inputs in the 16-bit dtype of its output');
-  run1(h, 'gated_act_f32', n, [
+  const x4 = n % 4 === 0;
+  run1(h, x4 ? 'gated_act_x4' : 'gated_act_f32', x4 ? n / 4 : n, [
     h.f(g, 'gated activation g'),
     h.f(u, 'gated activation u'),
     o.ptr,
@@ -463,7 +489,10 @@ export function gatedAct(
   ]);
 }
 
-/** gg = go u f'(g), gu = go f(g); g and u f32 or both in one 16-bit dtype (kept by gatedAct) */
+/**
+ * gg = go u f'(g), gu = go f(g); g and u f32 or both in one 16-bit dtype (kept by gatedAct); gg and
+ * gu f32 or both in one 16-bit dtype
+ */
 export function gatedActBackward(
   h: Host,
   op: UnaryOp,
@@ -477,13 +506,18 @@ export function gatedActBackward(
   const ub = h.buf(u, 'gated activation u');
   if (gb.dtype !== ub.dtype)
     throw new Error(`cuda backend: gated activation g ${gb.dtype} and u ${ub.dtype} differ`);
-  run1(h, 'gated_act_backward_f32', gb.length, [
+  const ggb = h.buf(gg, 'gated activation g gradient');
+  if (h.buf(gu, 'gated activation u gradient').dtype !== ggb.dtype)
+    throw new Error('cuda backend: the gated activation gradients must share one dtype');
+  const x4 = gb.length % 4 === 0;
+  run1(h, x4 ? 'gated_act_backward_x4' : 'gated_act_backward_f32', x4 ? gb.length / 4 : gb.length, [
     gb.ptr,
     ub.ptr,
     storage(gb.dtype, 'gated activation g'),
     h.f(go, 'gated activation gradient'),
-    h.f(gg, 'gated activation g gradient'),
-    h.f(gu, 'gated activation u gradient'),
+    ggb.ptr,
+    h.buf(gu, 'gated activation u gradient').ptr,
+    storage(ggb.dtype, 'gated activation g gradient'),
     UNARY_CODE[op],
     gb.length,
   ]);
@@ -512,7 +546,8 @@ export function siluGateD(
     (ot === 0 || h.buf(yKeep, 'kept y').dtype !== o.dtype || h.buf(zKeep, 'kept z').dtype !== o.dtype)
   )
     throw new Error('cuda backend: siluGateD keeps y and z in the 16-bit dtype of its output');
-  run1(h, 'silu_gate_d_f32', rows * cols, [
+  const x4 = (rows * cols) % 4 === 0;
+  run1(h, x4 ? 'silu_gate_d_x4' : 'silu_gate_d_f32', x4 ? (rows * cols) / 4 : rows * cols, [
     h.f(y, 'siluGateD y'),
     h.f(x, 'siluGateD x'),
     h.f(D, 'siluGateD D'),

@@ -680,9 +680,76 @@ export class CudaBackend implements Backend {
       alpha: p.alpha,
       beta: p.beta,
     };
-    const run = () => this.cublas.gemmGelu(g, mode, BIAS?.ptr ?? 0, AUX?.ptr ?? 0);
     const prof = this.kernels.profiler;
-    return prof ? prof.around(`cuBLASLt GEMM+${mode} ${ab}`, run) : run();
+    const attempt = (bias: number, biasType: GemmDType) => {
+      const run = () => this.cublas.gemmGelu(g, mode, bias, AUX?.ptr ?? 0, biasType);
+      return prof ? prof.around(`cuBLASLt GEMM+${mode} ${ab}`, run) : run();
+    };
+    if (attempt(BIAS?.ptr ?? 0, 'f32')) return true;
+    if (!BIAS) return false;
+    // no algorithm with an f32 bias: cuBLASLt may want it in C's dtype (rounded, as PyTorch's
+    // autocast rounds a bias); the bias gradient then comes back in that dtype and is widened
+    const b16 = this.scratch(p.n, ab);
+    try {
+      if (mode === 'gelu') {
+        this.cast(bias!, b16);
+        return attempt(b16.ptr, ab as GemmDType);
+      }
+      if (!attempt(b16.ptr, ab as GemmDType)) return false;
+      this.cast(b16, bias!);
+      return true;
+    } finally {
+      this.free(b16);
+    }
+  }
+
+  /**
+   * Which cuBLASLt GELU epilogue products this device offers for a small bf16 case (test
+   * diagnostics): each mode with and without a bias / aux, the bias in f32 and in bf16.
+   */
+  probeGeluEpilogues(): string[] {
+    const found: string[] = [];
+    const [m, n, k] = [64, 128, 64];
+    const a = this.alloc('bf16', m * k);
+    const b = this.alloc('bf16', k * n);
+    const c = this.alloc('bf16', m * n);
+    const aux = this.alloc('bf16', m * n);
+    const bias32 = this.alloc('f32', n);
+    const bias16 = this.alloc('bf16', n);
+    for (const buf of [a, b, c, aux, bias32, bias16]) this.fill(buf, 0);
+    const bufOf = (x: DeviceBuffer) => this.buf(x, 'probe');
+    const g = (transB: boolean) => ({
+      a: bufOf(a).ptr,
+      b: bufOf(b).ptr,
+      c: bufOf(c).ptr,
+      typeAB: 'bf16' as GemmDType,
+      typeC: 'bf16' as GemmDType,
+      transA: false,
+      transB,
+      m,
+      n,
+      k,
+      strideA: m * k,
+      strideB: k * n,
+      strideC: m * n,
+      batch: 1,
+      alpha: 1,
+      beta: 0,
+    });
+    for (const mode of ['gelu', 'dgelu'] as const)
+      for (const transB of [true, false])
+        for (const [bname, bptr, btype] of [
+          ['no bias', 0, 'f32'],
+          ['f32 bias', bufOf(bias32).ptr, 'f32'],
+          ['bf16 bias', bufOf(bias16).ptr, 'bf16'],
+        ] as const)
+          for (const withAux of mode === 'gelu' ? [false, true] : [true]) {
+            const ok = this.cublas.gemmGelu(g(transB), mode, bptr, withAux ? bufOf(aux).ptr : 0, btype);
+            found.push(`${mode} transB ${transB} ${bname}${withAux ? ' aux' : ''}: ${ok ? 'yes' : 'no'}`);
+          }
+    this.synchronize();
+    for (const buf of [a, b, c, aux, bias32, bias16]) this.free(buf);
+    return found;
   }
 
   // ---- rows ---------------------------------------------------------------------------------

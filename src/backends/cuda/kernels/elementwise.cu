@@ -460,15 +460,18 @@ extern "C" __global__ void gated_act_f32(const float* g, const float* u, void* o
   }
 }
 
-/** g, u (n) in storage st (f32 or 16 bits), go (n) f32 -> gg = go * u * f'(g), gu = go * f(g) */
-extern "C" __global__ void gated_act_backward_f32(const void* g, const void* u, int st, const float* go, float* gg,
-                                                  float* gu, int op, i64 n) {
+/**
+ * g, u (n) in storage st (f32 or 16 bits), go (n) f32 -> gg = go * u * f'(g), gu = go * f(g) in
+ * storage gt (16 bits where they only feed 16-bit products)
+ */
+extern "C" __global__ void gated_act_backward_f32(const void* g, const void* u, int st, const float* go, void* gg,
+                                                  void* gu, int gt, int op, i64 n) {
   FOR_EACH(i, n) {
     const float a = load_any(g, st, i);
     const float b = load_any(u, st, i);
     const float o = go[i];
-    gg[i] = o * b * unary_df(op, a);
-    gu[i] = o * unary_f(op, a);
+    store_any(gg, gt, i, o * b * unary_df(op, a));
+    store_any(gu, gt, i, o * unary_f(op, a));
   }
 }
 
@@ -531,4 +534,150 @@ extern "C" __global__ void silu_gate_d_backward_f32(const void* y, const float* 
 /** a, b, c, out (n) f32: out = a + b + c (the Phi block's two residual adds in one pass) */
 extern "C" __global__ void add3_f32(const float* a, const float* b, const float* c, float* out, i64 n) {
   FOR_EACH(i, n) out[i] = (a[i] + b[i]) + c[i];
+}
+
+/**
+ * A 2-d copy of 4-byte elements, 16 bytes per thread: dst[dOff + r dPitch + j] = src[sOff + r sPitch
+ * + j] for r < rows, j < width (width, pitches and offsets multiples of 4 elements, 16-byte aligned
+ * bases): a column block of a matrix (the in_proj split and its gradient) at full bandwidth.
+ */
+extern "C" __global__ void copy2d_b4x4(const u32* src, i64 sOff, i64 sPitch, u32* dst, i64 dOff, i64 dPitch,
+                                       i64 rows, int width) {
+  const int w4 = width >> 2;
+  const i64 n = rows * w4;
+  FOR_EACH(i, n) {
+    const i64 r = i / w4;
+    const i64 j = (i - r * w4) * 4;
+    *(uint4*)(dst + dOff + r * dPitch + j) = *(const uint4*)(src + sOff + r * sPitch + j);
+  }
+}
+
+// ---- four elements per thread (n % 4 == 0; device buffers are 256-byte aligned) -----------------
+// The same per-element arithmetic as the kernels above, with 16-byte (f32) and 8-byte (16-bit)
+// accesses: these passes are bandwidth-bound and the 2-byte accesses left half of it unused.
+
+__device__ __forceinline__ float4 load4(const void* p, int t, i64 q) {
+  if (t == 0) return ((const float4*)p)[q];
+  const uint2 v = ((const uint2*)p)[q];
+  const u16 h[4] = {(u16)(v.x & 0xffffu), (u16)(v.x >> 16), (u16)(v.y & 0xffffu), (u16)(v.y >> 16)};
+  float f[4];
+#pragma unroll
+  for (int k = 0; k < 4; k++) f[k] = t == 1 ? bf16_to_f32(h[k]) : f16_to_f32(h[k]);
+  return make_float4(f[0], f[1], f[2], f[3]);
+}
+
+__device__ __forceinline__ void store4(void* p, int t, i64 q, float4 v) {
+  if (t == 0) {
+    ((float4*)p)[q] = v;
+    return;
+  }
+  const float f[4] = {v.x, v.y, v.z, v.w};
+  u32 h[4];
+#pragma unroll
+  for (int k = 0; k < 4; k++) h[k] = t == 1 ? f32_to_bf16(f[k]) : f32_to_f16(f[k]);
+  ((uint2*)p)[q] = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
+}
+
+#define MAP4(v, expr)       \
+  do {                      \
+    float* _v = (float*)&v; \
+    for (int k = 0; k < 4; k++) _v[k] = (expr); \
+  } while (0)
+
+extern "C" __global__ void unary_f32_to16_keep_x4(const float* x, u16* out, u16* xk, int op, int bf16, i64 n) {
+  const int t = bf16 ? 1 : 2;
+  FOR_EACH(q, n / 4) {
+    const float4 v = ((const float4*)x)[q];
+    const float* a = (const float*)&v;
+    float4 o;
+    MAP4(o, unary_f(op, a[k]));
+    store4(out, t, q, o);
+    store4(xk, t, q, v);
+  }
+}
+
+extern "C" __global__ void unary_backward_from16_x4(const u16* x, const float* gy, float* gx, int op, int xt, i64 n) {
+  FOR_EACH(q, n / 4) {
+    const float4 xv = load4(x, xt, q);
+    const float4 g = ((const float4*)gy)[q];
+    const float* a = (const float*)&xv;
+    const float* b = (const float*)&g;
+    float4 o;
+    MAP4(o, b[k] * unary_df(op, a[k]));
+    ((float4*)gx)[q] = o;
+  }
+}
+
+extern "C" __global__ void gated_act_x4(const float* g, const float* u, void* out, int ot, u16* gk, u16* uk, int keep,
+                                        int op, i64 n) {
+  FOR_EACH(q, n / 4) {
+    const float4 gv = ((const float4*)g)[q];
+    const float4 uv = ((const float4*)u)[q];
+    const float* a = (const float*)&gv;
+    const float* b = (const float*)&uv;
+    float4 o;
+    MAP4(o, unary_f(op, a[k]) * b[k]);
+    store4(out, ot, q, o);
+    if (keep) {
+      store4(gk, ot, q, gv);
+      store4(uk, ot, q, uv);
+    }
+  }
+}
+
+extern "C" __global__ void gated_act_backward_x4(const void* g, const void* u, int st, const float* go, void* gg,
+                                                 void* gu, int gt, int op, i64 n) {
+  FOR_EACH(q, n / 4) {
+    const float4 gv = load4(g, st, q);
+    const float4 uv = load4(u, st, q);
+    const float4 ov = ((const float4*)go)[q];
+    const float* a = (const float*)&gv;
+    const float* b = (const float*)&uv;
+    const float* o = (const float*)&ov;
+    float4 r1, r2;
+    MAP4(r1, o[k] * b[k] * unary_df(op, a[k]));
+    MAP4(r2, o[k] * unary_f(op, a[k]));
+    store4(gg, gt, q, r1);
+    store4(gu, gt, q, r2);
+  }
+}
+
+extern "C" __global__ void silu_gate_d_x4(const float* y, const float* x, const float* D, const float* z,
+                                          const float* bias, void* out, int ot, u16* yk, u16* zk, int keep, i64 rows,
+                                          int cols, int headDim) {
+  const i64 n = rows * cols;
+  FOR_EACH(q, n / 4) {
+    const float4 yv = ((const float4*)y)[q];
+    const float4 xv = ((const float4*)x)[q];
+    const float4 zv = ((const float4*)z)[q];
+    const float* ya = (const float*)&yv;
+    const float* xa = (const float*)&xv;
+    const float* za = (const float*)&zv;
+    float4 o;
+    float* oa = (float*)&o;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const int c = (int)((q * 4 + k) % cols);
+      const float u = za[k] + bias[c];
+      const float v = ya[k] + D[c / headDim] * xa[k];
+      oa[k] = v * u * sigmoidf_(u);
+    }
+    store4(out, ot, q, o);
+    if (keep) {
+      store4(yk, ot, q, yv);
+      store4(zk, ot, q, zv);
+    }
+  }
+}
+
+extern "C" __global__ void unary_f32_to16_x4(const float* x, u16* out, int op, float alpha, float beta, int bf16,
+                                             i64 n) {
+  const int t = bf16 ? 1 : 2;
+  FOR_EACH(q, n / 4) {
+    const float4 v = ((const float4*)x)[q];
+    const float* a = (const float*)&v;
+    float4 o;
+    MAP4(o, alpha * unary_f(op, a[k]) + beta);
+    store4(out, t, q, o);
+  }
 }
