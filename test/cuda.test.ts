@@ -28,6 +28,7 @@ import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/backends/dtype.
 import { CachingAllocator, GraphPool, sizeClass } from '../src/backends/cuda/allocator.js';
 import { CudaBackend, KERNEL_SIGNATURES, collapseAxes } from '../src/backends/cuda/index.js';
 import { kernelsDir } from '../src/backends/cuda/kernels.js';
+import { gemvSplits } from '../src/backends/cuda/gemv.js';
 import * as T from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { BatchEngine } from '../src/generate/batch.js';
@@ -753,6 +754,10 @@ describe('cuda backend vs cpu backend', { skip }, () => {
       { m: 1, n: 300, k: 2056 },
       { m: 3, n: 129, k: 64 },
       { m: 8, n: 70, k: 520 },
+      // split-K (2, 4 and 8 warps per column), n not a multiple of the block's columns, k not of 256
+      { m: 1, n: 50, k: 8200 },
+      { m: 3, n: 7, k: 16392 },
+      { m: 8, n: 5, k: 32776 },
     ]) {
       for (const withBias of [false, true]) {
         const bits = (n: number) => Uint16Array.from(randn(n), f32ToBf16);
@@ -789,7 +794,19 @@ describe('cuda backend vs cpu backend', { skip }, () => {
         }
       }
     }
-    assert.equal(launches() - before, 16, 'every product above ran in gemv.cu (MOHAWK_GEMV=0 turns it off)');
+    assert.equal(launches() - before, 28, 'every product above ran in gemv.cu (MOHAWK_GEMV=0 turns it off)');
+    assert.deepEqual(
+      [
+        [300, 2056],
+        [50, 8200],
+        [7, 16392],
+        [5, 32776],
+        [2048, 8192],
+        [8192, 2048],
+      ].map(([n, k]) => gemvSplits(n, k)),
+      [1, 2, 4, 8, 2, 1],
+      'warps per column (split-K) of the cases above and of the 1.5B decode shapes',
+    );
   });
 
   it('matmul with a bias: the cuBLASLt epilogue (one product) and the broadcast kernel (batches)', (t) => {

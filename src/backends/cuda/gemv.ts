@@ -8,14 +8,34 @@ import type { CudaBuffer } from './host.js';
 
 /** Kernel signatures of kernels/gemv.cu (argument kinds, see kernels.ts). */
 export const GEMV_SIGNATURES = {
-  gemv_bf16_f32: 'ppppillff',
+  gemv_bf16_f32: 'ppppillffi',
 } as const;
 
 const { k } = moduleKernels('gemv', GEMV_SIGNATURES);
 
-/** rows of x per launch and output columns per block, as in gemv.cu */
+/** rows of x per launch, warps per block and 16-byte loads in flight per lane, as in gemv.cu */
 export const GEMV_MAX_M = 8;
 const GEMV_WARPS = 8;
+const GEMV_UNROLL = 8;
+/** warps wanted in flight: 132 SMs x 16 resident warps (two blocks of 8 each) on the H200, x 2 */
+const GEMV_TARGET_WARPS = 4096;
+
+/**
+ * Warps per output column (split-K: 1, 2, 4 or 8): doubled while the grid has fewer warps than
+ * GEMV_TARGET_WARPS and each split keeps at least two full rounds of loads (32 lanes x GEMV_UNROLL
+ * chunks of 8) per lane.
+ */
+export function gemvSplits(n: number, k: number): number {
+  const chunks = Math.floor(k / 8);
+  let splits = 1;
+  while (
+    splits < GEMV_WARPS &&
+    n * splits < GEMV_TARGET_WARPS &&
+    chunks / (2 * splits) >= 2 * 32 * GEMV_UNROLL
+  )
+    splits *= 2;
+  return splits;
+}
 
 const enabled = process.env.MOHAWK_GEMV !== '0';
 
@@ -47,7 +67,8 @@ export function gemv(
   bias: CudaBuffer | null,
   p: MatmulParams,
 ): void {
-  const blocks = Math.ceil(p.n / GEMV_WARPS);
+  const splits = gemvSplits(p.n, p.k);
+  const blocks = Math.ceil(p.n / (GEMV_WARPS / splits));
   k(h, 'gemv_bf16_f32').launch([blocks, 1, 1], GEMV_WARPS * 32, 0, [
     a.ptr,
     b.ptr,
@@ -58,5 +79,6 @@ export function gemv(
     p.k,
     p.alpha,
     p.beta,
+    splits,
   ]);
 }
