@@ -37,12 +37,13 @@ export function gemvSplits(n: number, k: number): number {
   return splits;
 }
 
-const enabled = process.env.MOHAWK_GEMV !== '0';
+/** MOHAWK_GEMV=0 turns gemv.cu off; benchmarks flip `enabled` to time cuBLASLt on the same shapes */
+export const gemvSwitch = { enabled: process.env.MOHAWK_GEMV !== '0' };
 
 /** Whether gemv.cu takes this product: bf16 x (m, k) times a bf16 weight (n, k) transposed into f32. */
 export function gemvTakes(a: CudaBuffer, b: CudaBuffer, c: CudaBuffer, p: MatmulParams): boolean {
   return (
-    enabled &&
+    gemvSwitch.enabled &&
     a.dtype === 'bf16' &&
     b.dtype === 'bf16' &&
     c.dtype === 'f32' &&
