@@ -23,7 +23,14 @@ const on = gemvSwitch.enabled;
 for (const [n, k] of shapes) {
   const bytes = n * k * 2;
   const copies = Math.max(2, Math.ceil((512 << 20) / bytes));
-  const ws = Array.from({ length: copies }, () => randomBuffer(gpu, n * k, 'bf16', 0.02));
+  // one random weight, copied on the device (host-side random data for 512 MiB would be slow)
+  const w0 = randomBuffer(gpu, n * k, 'bf16', 0.02);
+  const ws = [w0];
+  for (let i = 1; i < copies; i++) {
+    const w = gpu.alloc('bf16', n * k);
+    gpu.copyStrided(w0, 0, [1], w, 0, [1], [n * k], false);
+    ws.push(w);
+  }
   const bias = randomBuffer(gpu, n);
   for (const m of [1, 4, 8]) {
     const x = randomBuffer(gpu, m * k, 'bf16');
