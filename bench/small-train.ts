@@ -153,6 +153,8 @@ interface Row {
   kernelMs: number;
   launches: number;
   topKernels: [string, number][];
+  /** the step losses of both runs, for a look at where they part */
+  losses: { eager: number[]; graph: number[] };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -282,6 +284,7 @@ for (const shape of which) {
     kernelMs: prof.ms,
     launches: prof.launches,
     topKernels: prof.top,
+    losses: { eager: eager.history.map((m) => m.loss), graph: graph.history.map((m) => m.loss) },
   });
 }
 

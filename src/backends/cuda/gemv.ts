@@ -37,8 +37,12 @@ export function gemvSplits(n: number, k: number): number {
   return splits;
 }
 
-/** MOHAWK_GEMV=0 turns gemv.cu off; benchmarks flip `enabled` to time cuBLASLt on the same shapes */
-export const gemvSwitch = { enabled: process.env.MOHAWK_GEMV !== '0' };
+/**
+ * MOHAWK_GEMV=0 turns gemv.cu off; benchmarks flip `enabled` to time cuBLASLt on the same shapes.
+ * `maxWeight` (elements of W): above it cuBLASLt is faster on the H200 (bench/gpu-gemv.ts,
+ * 2026-12-02: gemv.cu 1.04-1.47x at 2048 x 2048 and 4096 x 2048, 0.5-0.94x from 8192 x 2048 up).
+ */
+export const gemvSwitch = { enabled: process.env.MOHAWK_GEMV !== '0', maxWeight: 4096 * 2048 };
 
 /** Whether gemv.cu takes this product: bf16 x (m, k) times a bf16 weight (n, k) transposed into f32. */
 export function gemvTakes(a: CudaBuffer, b: CudaBuffer, c: CudaBuffer, p: MatmulParams): boolean {
@@ -54,6 +58,7 @@ export function gemvTakes(a: CudaBuffer, b: CudaBuffer, c: CudaBuffer, p: Matmul
     p.transB &&
     p.k % 8 === 0 &&
     p.n > 0 &&
+    p.n * p.k <= gemvSwitch.maxWeight &&
     a.ptr % 16 === 0 &&
     b.ptr % 16 === 0
   );
