@@ -11,7 +11,8 @@
 // Two ways to run a step: `step(lr)` passes the numbers to the kernel; `prepareDeviceStep` +
 // `deviceStep` put lr, the clipping coefficient and the bias corrections in a small f64 device
 // buffer that the kernels read, so a captured training step (a CUDA graph) replays with each
-// step's values. The trainer uses the second in every mode, so graph and eager runs agree exactly.
+// step's values. The trainer uses the second in every mode but ZeRO (whose sharded pieces use
+// `step`), so graph, eager and unsharded data-parallel runs agree exactly.
 
 import {
   abs,

@@ -10,7 +10,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Collective } from '../backends/collective.js';
-import { add, keep, noGrad, scale, scope, square, sum, tensor, Tensor } from '../tensor/index.js';
+import { add, noGrad, scale, scope, square, sum, tensor, Tensor } from '../tensor/index.js';
 import type { BatchSource, TokenBatch } from '../data/batches.js';
 import type { Random, RandomState } from '../util/random.js';
 import { AdamW, type AdamWConfig } from './optimizer.js';
@@ -535,21 +535,15 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         const coef = maxGradNorm > 0 && gradNorm > maxGradNorm ? maxGradNorm / (gradNorm + 1e-6) : 1;
         broken = deviceStep.update(lr, coef) ? firstNonFinite(trained) : null;
       } else {
-        if (maxGradNorm > 0 && gradNorm > maxGradNorm && sharded) {
-          sharded.scaleGrads(maxGradNorm / (gradNorm + 1e-6));
-        } else if (maxGradNorm > 0 && gradNorm > maxGradNorm) {
-          const coef = maxGradNorm / (gradNorm + 1e-6);
-          noGrad(() => {
-            for (const [, p] of trained) {
-              if (!p.grad) continue;
-              const g = p.grad;
-              p.grad = keep(scale(g, coef));
-              g.dispose();
-            }
-          });
+        const coef = maxGradNorm > 0 && gradNorm > maxGradNorm ? maxGradNorm / (gradNorm + 1e-6) : 1;
+        if (sharded) {
+          if (coef !== 1) sharded.scaleGrads(coef);
+          sharded.step(lr);
+        } else {
+          // the one-process step's update (step.ts): the same arithmetic, the scale in the kernel
+          (optimizer as AdamW).prepareDeviceStep(lr, coef);
+          (optimizer as AdamW).deviceStep();
         }
-        if (sharded) sharded.step(lr);
-        else (optimizer as AdamW).step(lr);
         zeroGrads(trained);
       }
       if (!bad) {
