@@ -1667,18 +1667,23 @@ export function assign(dst: Tensor, src: Tensor): void {
   if (from !== src) from.dispose();
 }
 
-/** One fused AdamW step in place (the backend's `adamw` kernel): param, grad, m, v are f32 of one size. */
-export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, p: AdamWParams): void {
+/** An AdamW step's operands: param, grad, m, v f32 of one size, on one backend. */
+function checkAdamwOperands(op: string, param: Tensor, grad: Tensor, m: Tensor, v: Tensor): void {
   for (const [what, t] of [
     ['param', param],
     ['grad', grad],
     ['m', m],
     ['v', v],
   ] as const) {
-    if (t.dtype !== 'f32') fail('adamwStep', `${what} ${param.name ?? ''} must be f32, got ${t.dtype}`);
+    if (t.dtype !== 'f32') fail(op, `${what} ${param.name ?? ''} must be f32, got ${t.dtype}`);
     if (t.size !== param.size)
-      fail('adamwStep', `${what} has shape ${shapeStr(t.shape)}, param ${shapeStr(param.shape)}`);
+      fail(op, `${what} has shape ${shapeStr(t.shape)}, param ${shapeStr(param.shape)}`);
   }
+}
+
+/** One fused AdamW step in place (the backend's `adamw` kernel): param, grad, m, v are f32 of one size. */
+export function adamwStep(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, p: AdamWParams): void {
+  checkAdamwOperands('adamwStep', param, grad, m, v);
   sameBackend('adamwStep', param, grad, m, v);
   if (!(Number.isInteger(p.step) && p.step >= 1)) fail('adamwStep', `step ${p.step} must be an integer >= 1`);
   param.backend.adamw(param.buffer, grad.buffer, m.buffer, v.buffer, p);
@@ -1698,16 +1703,7 @@ export function adamwStepDevice(
   rowAbs: Tensor | null,
   p: AdamWDeviceParams,
 ): void {
-  for (const [what, t] of [
-    ['param', param],
-    ['grad', grad],
-    ['m', m],
-    ['v', v],
-  ] as const) {
-    if (t.dtype !== 'f32') fail('adamwStepDevice', `${what} ${param.name ?? ''} must be f32, got ${t.dtype}`);
-    if (t.size !== param.size)
-      fail('adamwStepDevice', `${what} has shape ${shapeStr(t.shape)}, param ${shapeStr(param.shape)}`);
-  }
+  checkAdamwOperands('adamwStepDevice', param, grad, m, v);
   sameBackend('adamwStepDevice', param, grad, m, v, scalars);
   if (
     scalars.dtype !== 'f64' ||
