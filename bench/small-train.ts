@@ -16,7 +16,7 @@
 // eager step measured launch by launch (events around each kernel): with graphs the step cannot
 // be faster than that, so graph ms close to it means the GPU's work, not the host, is the limit.
 // Run: node --import tsx bench/small-train.ts [--model phi-17m|stories260k|both] [--steps N]
-//      [--bf16] [--micro B] [--seq T] [--accum A] [--cpu] [--name N]
+//      [--bf16] [--micro B] [--seq T] [--accum A] [--cpu] [--name N] [--repeat off+on]
 //      (BENCH_OUT=dir writes small-train-NAME.md, NAME from the options unless given)
 
 import { writeFileSync } from 'node:fs';
@@ -54,6 +54,9 @@ const { values } = parseArgs({
     name: { type: 'string' },
     // a smoke test of this script on the CPU backend (its graph recorder), at small --micro/--seq
     cpu: { type: 'boolean', default: false },
+    // extra runs, each compared step by step with the first eager run: e.g. off,on for a second
+    // eager and a second graph run (tells run-to-run differences from a replay fault)
+    repeat: { type: 'string', default: '' },
   },
 });
 
@@ -111,6 +114,12 @@ const SHAPES: Shape[] = [
 const which = values.model === 'both' ? SHAPES : SHAPES.filter((s) => s.name === values.model);
 if (!which.length) throw new Error(`--model expects phi-17m, stories260k or both, got ${values.model}`);
 const steps = Number(values.steps);
+const repeatModes = values.repeat
+  ? values.repeat.split(/[,+]/).map((m) => {
+      if (m !== 'on' && m !== 'off') throw new Error(`--repeat expects on/off modes joined by + or ,, got ${values.repeat}`);
+      return m as 'on' | 'off';
+    })
+  : [];
 if (!(Number.isInteger(steps) && steps >= 4))
   throw new Error(`--steps (${values.steps}) must be an integer >= 4`);
 
@@ -155,6 +164,8 @@ interface Row {
   topKernels: [string, number][];
   /** the step losses of both runs, for a look at where they part */
   losses: { eager: number[]; graph: number[] };
+  /** --repeat: each extra run's mode, its largest relative loss difference to the eager run, its losses */
+  repeats: { mode: 'on' | 'off'; maxLossRelDiff: number; losses: number[] }[];
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -264,10 +275,18 @@ for (const shape of which) {
   const tail = (r: TrainResult) => r.history.slice(3).map((m) => m.tokens_per_s);
   const eagerTokS = median(tail(eager));
   const graphTokS = median(tail(graph));
-  let maxLossRelDiff = 0;
-  eager.history.forEach((m, i) => {
-    const g = graph.history[i].loss;
-    maxLossRelDiff = Math.max(maxLossRelDiff, Math.abs(g - m.loss) / Math.max(1e-12, Math.abs(m.loss)));
+  const relDiff = (other: TrainResult) => {
+    let d = 0;
+    eager.history.forEach((m, i) => {
+      const g = other.history[i].loss;
+      d = Math.max(d, Math.abs(g - m.loss) / Math.max(1e-12, Math.abs(m.loss)));
+    });
+    return d;
+  };
+  const maxLossRelDiff = relDiff(graph);
+  const repeats = repeatModes.map((mode) => {
+    const r = runOne(shape, mode);
+    return { mode, maxLossRelDiff: relDiff(r), losses: r.history.map((m) => m.loss) };
   });
   const tokensPerStep = eager.tokens / eager.steps;
   const prof = profileStep(shape);
@@ -285,6 +304,7 @@ for (const shape of which) {
     launches: prof.launches,
     topKernels: prof.top,
     losses: { eager: eager.history.map((m) => m.loss), graph: graph.history.map((m) => m.loss) },
+    repeats,
   });
 }
 
@@ -300,6 +320,12 @@ const lines = [
       `| ${r.model} | ${r.tokensPerStep} | ${r.eagerTokS.toFixed(0)} | ${r.graphTokS.toFixed(0)} | ${r.speedup.toFixed(2)}x | ` +
       `${r.eagerMs.toFixed(2)} | ${r.graphMs.toFixed(2)} | ${r.kernelMs.toFixed(2)} (${r.launches}) | ` +
       `${r.nodes ? `${r.nodes.gradients} + ${r.nodes.update}` : 'not captured'} | ${r.maxLossRelDiff.toExponential(1)} |`,
+  ),
+  '',
+  ...rows.flatMap((r) =>
+    r.repeats.map(
+      (x, i) => `- ${r.model}, repeat ${i + 1} (graphs ${x.mode}): max rel. loss diff to the first eager run ${x.maxLossRelDiff.toExponential(1)}`,
+    ),
   ),
   '',
   'kernel time of the eager step by family (ms):',
