@@ -17,7 +17,7 @@ export const ROWS_SIGNATURES = {
   kl_div_f32: 'pppif',
   kl_div_backward_f32: 'ppppif',
   embedding_f32: 'ppplii',
-  embedding_backward_f32: 'ppplii',
+  embedding_backward_f32: 'pppliii',
 } as const;
 
 const { k, run1 } = moduleKernels('rows', ROWS_SIGNATURES);
@@ -199,13 +199,21 @@ export function embeddingBackward(
   dim: number,
 ): void {
   const vocab = dim > 0 ? h.buf(gTable, 'embedding table gradient').length / dim : 0;
-  run1(h, 'embedding_backward_f32', n * dim, [
+  const args = [
     h.f(gOut, 'embedding gradient'),
     h.i32(ids, 'embedding ids'),
     h.f(gTable, 'embedding table gradient'),
+  ];
+  if (n * dim === 0) return;
+  // rows per block: enough blocks to fill the GPU twice over, each scanning all n ids
+  const rowsPer = Math.max(1, Math.ceil(vocab / (2 * h.sms)));
+  const threads = Math.min(1024, Math.max(32, Math.ceil(Math.min(dim, 256) / 32) * 32));
+  k(h, 'embedding_backward_f32').launch([Math.ceil(vocab / rowsPer), 1, 1], threads, 0, [
+    ...args,
     n,
     dim,
     vocab,
+    rowsPer,
   ]);
 }
 

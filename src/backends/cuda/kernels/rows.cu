@@ -217,14 +217,40 @@ extern "C" __global__ void embedding_f32(const float* table, const int* ids, flo
   }
 }
 
-/** gTable[ids[i]] += gOut[i] (atomic: ids repeat) */
+/**
+ * gTable[ids[i]] += gOut[i], gOut (n, dim), gTable (vocab, dim). Deterministic: block b owns the
+ * table rows [b * rowsPer, (b + 1) * rowsPer) and adds the tokens that land there in token order,
+ * so a repeated id sums in the same order every run (atomics would not, and training runs that
+ * should repeat would drift apart). Each block scans all ids a tile at a time: a warp ballot marks
+ * the tile's tokens in its rows, then the block walks the marks in order, its threads over dim.
+ * Launch: blockDim.x a multiple of 32, at most 1024.
+ */
 extern "C" __global__ void embedding_backward_f32(const float* gOut, const int* ids, float* gTable, i64 n, int dim,
-                                                  int vocab) {
-  const i64 total = n * dim;
-  FOR_EACH(i, total) {
-    const i64 r = i / dim;
-    const int j = (int)(i - r * dim);
-    const int id = ids[r];
-    if (id >= 0 && id < vocab) atomicAdd(gTable + (i64)id * dim + j, gOut[i]);
+                                                  int vocab, int rowsPer) {
+  __shared__ unsigned marks[32];
+  const int lo = blockIdx.x * rowsPer;
+  const int hi = min(vocab, lo + rowsPer);
+  const int warps = blockDim.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  for (i64 base = 0; base < n; base += blockDim.x) {
+    const i64 i = base + threadIdx.x;
+    const int id = i < n ? ids[i] : -1;
+    const unsigned m = __ballot_sync(0xffffffffu, id >= lo && id < hi);
+    if (lane == 0) marks[warp] = m;
+    __syncthreads();
+    for (int w = 0; w < warps; w++) {
+      unsigned mw = marks[w];
+      while (mw) {
+        const int bit = __ffs(mw) - 1;
+        mw &= mw - 1;
+        const i64 t = base + (w << 5) + bit;
+        const int row = ids[t];
+        const float* g = gOut + t * dim;
+        float* dst = gTable + (i64)row * dim;
+        for (int j = threadIdx.x; j < dim; j += blockDim.x) dst[j] += g[j];
+      }
+    }
+    __syncthreads();
   }
 }
