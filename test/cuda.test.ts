@@ -988,6 +988,24 @@ describe('cuda backend vs cpu backend', { skip }, () => {
         const gs = out(rows * vocab);
         both((be, s) => be.klDivergenceBackward(teacher[s], logits[s], gl[s], gs[s], rows, vocab, tau));
         check(gs, 1e-5, `KL backward (${rows}, ${vocab}) tau ${tau}`, 1e-7);
+        // the forward's cache of log-sum-exps (CUDA fills it, the CPU ignores it), then the
+        // backward from the cache, and the loss from the backward's own launch
+        const cache = out(rows * 2);
+        const kl2 = out(rows);
+        both((be, s) => be.klDivergence(teacher[s], logits[s], kl2[s], rows, vocab, tau, cache[s]));
+        check(kl2, 1e-5, `KL with the cache (${rows}, ${vocab}) tau ${tau}`, 1e-6);
+        const gs2 = out(rows * vocab);
+        both((be, s) =>
+          be.klDivergenceBackward(teacher[s], logits[s], gl[s], gs2[s], rows, vocab, tau, cache[s]),
+        );
+        check(gs2, 1e-5, `KL backward from the cache (${rows}, ${vocab}) tau ${tau}`, 1e-7);
+        const kl3 = out(rows);
+        const gs3 = out(rows * vocab);
+        both((be, s) =>
+          be.klDivergenceBackward(teacher[s], logits[s], gl[s], gs3[s], rows, vocab, tau, null, kl3[s]),
+        );
+        check(kl3, 1e-5, `KL from the backward's launch (${rows}, ${vocab}) tau ${tau}`, 1e-6);
+        check(gs3, 1e-5, `KL backward with the loss (${rows}, ${vocab}) tau ${tau}`, 1e-7);
       }
     }
   });

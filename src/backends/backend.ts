@@ -629,7 +629,9 @@ export interface Backend {
   ): void;
   /**
    * KL(p || q) per row with p = softmax(teacher / tau), q = softmax(student / tau):
-   * teacher, student (rows, V) -> losses (rows).
+   * teacher, student (rows, V) -> losses (rows). `lse` (f32, rows x 2), when given, is a cache for
+   * the backward of the same rows: the backend may store there what lets klDivergenceBackward skip
+   * a pass (the CUDA backend: both rows' log-sum-exps), or leave it alone.
    */
   klDivergence(
     teacher: DeviceBuffer,
@@ -638,8 +640,13 @@ export interface Backend {
     rows: number,
     vocab: number,
     temperature: number,
+    lse?: DeviceBuffer | null,
   ): void;
-  /** gradient with respect to the student logits: gLoss[row] * (q - p) / tau */
+  /**
+   * gradient with respect to the student logits: gLoss[row] * (q - p) / tau. `lse`: the cache a
+   * klDivergence of the same logits filled. `losses` (rows), when given: also the rows' KL, as
+   * klDivergence computes it (the loss and its gradient from one pass where the backend can).
+   */
   klDivergenceBackward(
     teacher: DeviceBuffer,
     student: DeviceBuffer,
@@ -648,6 +655,8 @@ export interface Backend {
     rows: number,
     vocab: number,
     temperature: number,
+    lse?: DeviceBuffer | null,
+    losses?: DeviceBuffer | null,
   ): void;
 
   // ---- optimizer ----------------------------------------------------------------------------

@@ -123,9 +123,28 @@ export function linearKLDivergence(
           const xc = rows === N ? xs : slice(xs, 0, r0, r1);
           const zs = linear(xc, hs.w, hs.b);
           const zt = linear(rows === N ? xt : slice(xt, 0, r0, r1), ht.w, ht.b);
-          // per-row KL and CE, summed into the totals
+          // per-row KL and CE, summed into the totals; with gradients, the KL comes from the
+          // gradient's launch (one pass over both chunks' logits less)
           const kl = empty([rows], dt, backend);
-          backend.klDivergence(zt.buffer, zs.buffer, kl.buffer, rows, vocab, tau);
+          let gz: Tensor | null = null;
+          if (wantGrad) {
+            // gZ = d loss / d student logits for these rows
+            gz = empty([rows, vocab], dt, backend);
+            const g1 = rows === chunk ? rowGradKL : slice(rowGradKL, 0, 0, rows);
+            backend.klDivergenceBackward(
+              zt.buffer,
+              zs.buffer,
+              g1.buffer,
+              gz.buffer,
+              rows,
+              vocab,
+              tau,
+              null,
+              kl.buffer,
+            );
+          } else {
+            backend.klDivergence(zt.buffer, zs.buffer, kl.buffer, rows, vocab, tau);
+          }
           backend.copyStrided(sum(kl).buffer, 0, [], klSum.buffer, 0, [], [], true);
           let tc: Tensor | null = null;
           let lse: Tensor | null = null;
@@ -136,11 +155,7 @@ export function linearKLDivergence(
             backend.crossEntropy(zs.buffer, tc.buffer, ce.buffer, lse.buffer, rows, vocab, -100);
             backend.copyStrided(sum(ce).buffer, 0, [], ceSum.buffer, 0, [], [], true);
           }
-          if (!wantGrad) return;
-          // gZ = d loss / d student logits for these rows
-          const gz = empty([rows, vocab], dt, backend);
-          const g1 = rows === chunk ? rowGradKL : slice(rowGradKL, 0, 0, rows);
-          backend.klDivergenceBackward(zt.buffer, zs.buffer, g1.buffer, gz.buffer, rows, vocab, tau);
+          if (!gz) return;
           if (rowGradCE && tc && lse) {
             const gce = empty([rows, vocab], dt, backend);
             const g2 = rows === chunk ? rowGradCE : slice(rowGradCE, 0, 0, rows);

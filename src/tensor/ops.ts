@@ -1471,8 +1471,10 @@ export function klDivergence(teacher: Tensor, student: Tensor, opts: KlOptions =
   const vocab = student.shape[student.ndim - 1];
   const rows = student.size / vocab;
   const losses = empty(student.shape.slice(0, -1), student.dtype, student.backend);
-  student.backend.klDivergence(teacher.buffer, student.buffer, losses.buffer, rows, vocab, tau);
-  record(losses, 'klDivergence', [student], [teacher, student], (g) => {
+  // the backward's cache (both rows' log-sum-exps on CUDA), only when a backward can come
+  const lse = student.requiresGrad && isGradEnabled() ? empty([rows, 2], 'f32', student.backend) : null;
+  student.backend.klDivergence(teacher.buffer, student.buffer, losses.buffer, rows, vocab, tau, lse?.buffer);
+  record(losses, 'klDivergence', [student], [teacher, student, ...(lse ? [lse] : [])], (g) => {
     const gs = like(student);
     student.backend.klDivergenceBackward(
       teacher.buffer,
@@ -1482,6 +1484,7 @@ export function klDivergence(teacher: Tensor, student: Tensor, opts: KlOptions =
       rows,
       vocab,
       tau,
+      lse?.buffer,
     );
     return [gs];
   });

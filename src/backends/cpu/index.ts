@@ -1168,7 +1168,10 @@ export class CpuBackend implements Backend {
     nRows: number,
     vocab: number,
     temperature: number,
+    _lse: DeviceBuffer | null = null, // no cache on the CPU: the backward recomputes
+    losses: DeviceBuffer | null = null,
   ): void {
+    if (losses) this.klDivergence(teacher, student, losses, nRows, vocab, temperature);
     rows.klDivergenceBackward(
       fl(teacher, 'KL teacher logits'),
       fl(student, 'KL student logits'),

@@ -1022,8 +1022,9 @@ export class CudaBackend implements Backend {
     rows: number,
     vocab: number,
     temperature: number,
+    lse: DeviceBuffer | null = null,
   ): void {
-    rowKernels.klDivergence(this.host, teacher, student, losses, rows, vocab, temperature);
+    rowKernels.klDivergence(this.host, teacher, student, losses, rows, vocab, temperature, lse);
   }
 
   klDivergenceBackward(
@@ -1034,8 +1035,21 @@ export class CudaBackend implements Backend {
     rows: number,
     vocab: number,
     temperature: number,
+    lse: DeviceBuffer | null = null,
+    losses: DeviceBuffer | null = null,
   ): void {
-    rowKernels.klDivergenceBackward(this.host, teacher, student, gLoss, gStudent, rows, vocab, temperature);
+    rowKernels.klDivergenceBackward(
+      this.host,
+      teacher,
+      student,
+      gLoss,
+      gStudent,
+      rows,
+      vocab,
+      temperature,
+      lse,
+      losses,
+    );
   }
 
   // ---- optimizer ----------------------------------------------------------------------------

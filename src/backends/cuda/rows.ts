@@ -14,8 +14,8 @@ export const ROWS_SIGNATURES = {
   rmsnorm_backward_f32: 'ppppppli',
   cross_entropy_f32: 'ppppii',
   cross_entropy_backward_f32: 'pppppii',
-  kl_div_f32: 'pppif',
-  kl_div_backward_f32: 'ppppif',
+  kl_div_f32: 'ppppif',
+  kl_div_backward_f32: 'ppppppif',
   embedding_f32: 'ppplii',
   embedding_backward_f32: 'pppliii',
 } as const;
@@ -271,15 +271,20 @@ export function klDivergence(
   rows: number,
   vocab: number,
   temperature: number,
+  lse: DeviceBuffer | null = null,
 ): void {
   const args = [
     h.f(teacher, 'KL teacher logits'),
     h.f(student, 'KL student logits'),
     h.f(losses, 'KL losses'),
+    lse && klLseOn() ? h.f(lse, 'KL log-sum-exps') : 0,
   ];
   if (rows === 0) return;
   k(h, 'kl_div_f32').launch([rows, 1, 1], rowThreads(vocab), 0, [...args, vocab, 1 / temperature]);
 }
+
+/** MOHAWK_KL_LSE=0: the KL backward recomputes the log-sum-exps and the loss is its own pass (A/B runs) */
+const klLseOn = () => process.env.MOHAWK_KL_LSE !== '0';
 
 export function klDivergenceBackward(
   h: Host,
@@ -290,12 +295,20 @@ export function klDivergenceBackward(
   rows: number,
   vocab: number,
   temperature: number,
+  lse: DeviceBuffer | null = null,
+  losses: DeviceBuffer | null = null,
 ): void {
+  if (losses && !klLseOn()) {
+    klDivergence(h, teacher, student, losses, rows, vocab, temperature);
+    losses = null;
+  }
   const args = [
     h.f(teacher, 'KL teacher logits'),
     h.f(student, 'KL student logits'),
     h.f(gLoss, 'KL gradient'),
     h.f(gStudent, 'KL student gradient'),
+    lse && klLseOn() ? h.f(lse, 'KL log-sum-exps') : 0,
+    losses ? h.f(losses, 'KL losses') : 0,
   ];
   if (rows * vocab === 0) return;
   k(h, 'kl_div_backward_f32').launch([rows, 1, 1], rowThreads(vocab), 0, [...args, vocab, 1 / temperature]);

@@ -168,9 +168,13 @@ __device__ void kl_lses(const float* tr, const float* sr, int vocab, float inv, 
   ls = block_lse(ms, ss, sh);
 }
 
-/** KL(p || q) per row, p = softmax(teacher / tau), q = softmax(student / tau); (rows, V) -> losses (rows) */
-extern "C" __global__ void kl_div_f32(const float* teacher, const float* student, float* losses, int vocab,
-                                      float inv) {
+/**
+ * KL(p || q) per row, p = softmax(teacher / tau), q = softmax(student / tau); (rows, V) -> losses
+ * (rows). lse (rows, 2), when not null, receives both log-sum-exps of the row (teacher, student)
+ * for kl_div_backward_f32 to skip its first pass. grid = rows
+ */
+extern "C" __global__ void kl_div_f32(const float* teacher, const float* student, float* losses, float* lse,
+                                      int vocab, float inv) {
   __shared__ float sh[64];
   const i64 base = (i64)blockIdx.x * vocab;
   float lt, ls;
@@ -183,21 +187,46 @@ extern "C" __global__ void kl_div_f32(const float* teacher, const float* student
     if (p > 0.f) acc += p * (logp - logq);
   }
   acc = block_sum(acc, sh);
-  if (threadIdx.x == 0) losses[blockIdx.x] = acc;
+  if (threadIdx.x == 0) {
+    losses[blockIdx.x] = acc;
+    if (lse) {
+      lse[2 * blockIdx.x] = lt;
+      lse[2 * blockIdx.x + 1] = ls;
+    }
+  }
 }
 
-/** gStudent (rows, V) = gLoss[row] * (q - p) / tau */
+/**
+ * gStudent (rows, V) = gLoss[row] * (q - p) / tau. lse (rows, 2) not null: the log-sum-exps that
+ * kl_div_f32 wrote (one pass over the rows instead of two). losses not null: also the rows' KL,
+ * as kl_div_f32 computes it, from the same pass (the loss and its gradient in one launch).
+ * grid = rows
+ */
 extern "C" __global__ void kl_div_backward_f32(const float* teacher, const float* student, const float* gLoss,
-                                               float* gStudent, int vocab, float inv) {
+                                               float* gStudent, const float* lse, float* losses, int vocab,
+                                               float inv) {
   __shared__ float sh[64];
   const i64 base = (i64)blockIdx.x * vocab;
   float lt, ls;
-  kl_lses(teacher + base, student + base, vocab, inv, sh, lt, ls);
+  if (lse) {
+    lt = lse[2 * blockIdx.x];
+    ls = lse[2 * blockIdx.x + 1];
+  } else {
+    kl_lses(teacher + base, student + base, vocab, inv, sh, lt, ls);
+  }
   const float g = gLoss[blockIdx.x] * inv;
+  float acc = 0.f;
   for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const float p = expf(teacher[base + j] * inv - lt);
-    const float q = expf(student[base + j] * inv - ls);
+    const float logp = teacher[base + j] * inv - lt;
+    const float logq = student[base + j] * inv - ls;
+    const float p = expf(logp);
+    const float q = expf(logq);
     gStudent[base + j] = g * (q - p);
+    if (losses && p > 0.f) acc += p * (logp - logq);
+  }
+  if (losses) {
+    acc = block_sum(acc, sh);
+    if (threadIdx.x == 0) losses[blockIdx.x] = acc;
   }
 }
 
