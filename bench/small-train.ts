@@ -116,7 +116,8 @@ if (!which.length) throw new Error(`--model expects phi-17m, stories260k or both
 const steps = Number(values.steps);
 const repeatModes = values.repeat
   ? values.repeat.split(/[,+]/).map((m) => {
-      if (m !== 'on' && m !== 'off') throw new Error(`--repeat expects on/off modes joined by + or ,, got ${values.repeat}`);
+      if (m !== 'on' && m !== 'off')
+        throw new Error(`--repeat expects on/off modes joined by + or ,, got ${values.repeat}`);
       return m as 'on' | 'off';
     })
   : [];
@@ -324,7 +325,8 @@ const lines = [
   '',
   ...rows.flatMap((r) =>
     r.repeats.map(
-      (x, i) => `- ${r.model}, repeat ${i + 1} (graphs ${x.mode}): max rel. loss diff to the first eager run ${x.maxLossRelDiff.toExponential(1)}`,
+      (x, i) =>
+        `- ${r.model}, repeat ${i + 1} (graphs ${x.mode}): max rel. loss diff to the first eager run ${x.maxLossRelDiff.toExponential(1)}`,
     ),
   ),
   '',
