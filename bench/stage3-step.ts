@@ -12,8 +12,14 @@
 // (--teacher-f32: f32 weights plus bf16 copies made once, the earlier setup). After the profile, a
 // memory breakdown of one more step: the bytes live at each phase and, at the end of the forward
 // pass, the tensors the student's graph keeps for backward, grouped by the op that made them.
+// --trainer: the timed steps are the trainer's (src/train/step.ts, what `mohawk distill` runs): the
+// gradients and the update (global norm, clipping at 1, AdamW from device scalars) captured as two
+// CUDA graphs after a warm-up step and replayed; the loss read once per step. Without it the step
+// is the eager loop below (item() after the forward, AdamW.step), as in the earlier figures. The
+// profile and the memory breakdown always come from the eager loop.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
-//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--trainer]
+//      (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -32,7 +38,10 @@ import {
   withCastParameters,
   type Tensor,
 } from '../src/tensor/index.js';
+import type { Batch } from '../src/data/batches.js';
+import { toTensors } from '../src/data/batches.js';
 import { AdamW } from '../src/train/optimizer.js';
+import { DeviceStep } from '../src/train/step.js';
 import { Random } from '../src/util/random.js';
 import { llama3Teacher, phiTeacher, randomizeParameters } from './gpu-util.js';
 
@@ -53,6 +62,8 @@ const { values } = parseArgs({
     unfused: { type: 'boolean', default: false },
     // the Phi MLP's tanh GELU in cuBLASLt's epilogues (MOHAWK_GELU_EPILOGUE=1; off by default)
     'gelu-epilogue': { type: 'boolean', default: false },
+    // the timed steps through the trainer's device step with CUDA graphs
+    trainer: { type: 'boolean', default: false },
   },
 });
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';
@@ -102,12 +113,8 @@ const sParams =
   D * V;
 const flopsPerToken = 2 * tParams + 6 * sParams;
 const rng = new Random(5);
-const ids = () =>
-  tensor(
-    Int32Array.from({ length: B * T }, () => rng.int(0, V)),
-    [B, T],
-    'i32',
-  );
+const hostIds = () => Int32Array.from({ length: B * T }, () => rng.int(0, V));
+const ids = () => tensor(hostIds(), [B, T], 'i32');
 
 // as the pipeline does under bf16: the frozen teacher's other f32 matrices (a tied head) rounded once
 const teacherCasts = values.fp32 ? null : castParameters(teacher.parameters(), 'bf16');
@@ -138,6 +145,41 @@ function step(probe?: Probe): number {
   probe?.optimizer();
   student.zeroGrad();
   return loss;
+}
+
+/** --trainer: the trainer's step, captured as graphs on its second call, replayed after */
+const deviceStep = values.trainer
+  ? new DeviceStep<Batch>({
+      lossFn: (b) => {
+        const { input, target } = toTensors(b);
+        return withCastParameters(teacherCasts, () =>
+          stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
+            fusedHead: values.fused,
+          }),
+        ).loss;
+      },
+      trained: student.namedParameters(),
+      optimizer: opt,
+      accum: 1,
+      backend: gpu,
+      mode: 'on',
+      note: (l) => console.error(l),
+      label: 'stage3-step',
+    })
+  : null;
+let trainerStepIndex = 0;
+
+function trainerStep(): number {
+  const batch: Batch = {
+    batch: B,
+    seqLen: T,
+    input: hostIds(),
+    target: hostIds(),
+  };
+  const stats = deviceStep!.gradients([batch], trainerStepIndex++);
+  const norm = Math.sqrt(stats.sumSquares);
+  deviceStep!.update(1e-4, norm > 1 ? 1 / norm : 1);
+  return stats.losses[0];
 }
 
 const GiB = 2 ** 30;
@@ -227,14 +269,16 @@ function memoryBreakdown(): string[] {
 }
 
 const rows: { what: string; value: string }[] = [];
-step(); // warm-up: kernels, allocator
+const timed = deviceStep ? trainerStep : () => step();
+timed(); // warm-up: kernels, allocator
+if (deviceStep) timed(); // the capture
 gpu.synchronize();
 gpu.resetPeak();
 const times: number[] = [];
 let loss = 0;
 for (let i = 0; i < steps; i++) {
   const s = performance.now();
-  loss = step();
+  loss = timed();
   gpu.synchronize();
   times.push(performance.now() - s);
 }
@@ -251,7 +295,10 @@ rows.push(
       `(d_state ${m.dState}, chunk ${m.chunkSize}), batch ${B} x ${T}, ${values.fp32 ? 'f32' : 'bf16 autocast'}, ` +
       `${values.fused ? 'fused chunked head + KL' : 'full logits + KL'}, teacher linear weights ${linearDtype ?? 'f32'}, ` +
       `glue fusions ${process.env.MOHAWK_FUSED_GLUE === '0' ? 'off' : 'on'}, ` +
-      `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}`,
+      `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}, ` +
+      (deviceStep
+        ? `the trainer's step (${deviceStep.graphs ? `CUDA graphs, ${deviceStep.nodes.gradients} + ${deviceStep.nodes.update} kernels` : `eager: ${deviceStep.offReason}`}, clipping at 1)`
+        : 'the eager loop (AdamW.step, no clipping)'),
   },
   {
     what: 'parameters',
