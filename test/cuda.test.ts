@@ -1451,6 +1451,50 @@ describe('cuda backend vs cpu backend', { skip }, () => {
     }
   });
 
+  it('the fused head under bf16 autocast without bias and CE: the KL backward writes the bf16 gradient (GPU vs CPU)', () => {
+    const [n, d, vocab] = [260, 64, 3000];
+    const run = (be: Backend) => {
+      T.setBackend(be);
+      T.setAutocast('bf16');
+      const r = new Random(12);
+      const mk = (shape: number[], std: number, grad: boolean) => {
+        const t = T.tensor(r.normals(shape[0] * shape[1], 0, std), shape);
+        t.requiresGrad = grad;
+        return T.keep(t);
+      };
+      const xs = mk([n, d], 1, true);
+      const ws = mk([vocab, d], 0.2, true);
+      const xt = mk([n, d], 1, false);
+      const wt = mk([vocab, d], 0.2, false);
+      const loss = T.scope(() => {
+        const l = T.linearKLDivergence(
+          { x: xs, weight: ws, bias: null },
+          { x: xt, weight: wt, bias: null },
+          { vocab, temperature: 1, chunkRows: 100 },
+        ).loss;
+        l.backward();
+        return l.item();
+      });
+      const grads = [xs, ws].map((p) => Array.from(p.grad!.toArray()));
+      for (const t of [xs, ws, xt, wt]) {
+        t.grad?.dispose();
+        t.dispose();
+      }
+      T.setAutocast(null);
+      return { loss, grads };
+    };
+    try {
+      const ref = run(cpu);
+      const g = run(gpu);
+      // both round the same f32 gradient to bf16 (one ulp apart at most where the f32 sums differ)
+      assert.ok(Math.abs(g.loss - ref.loss) <= 1e-4 * Math.abs(ref.loss), `loss ${g.loss} vs ${ref.loss}`);
+      ref.grads.forEach((r, i) => assertClose(g.grads[i], r, 1e-2 * maxAbs(r), `gradient ${i}`));
+    } finally {
+      T.setBackend(cpu);
+      T.setAutocast(null);
+    }
+  });
+
   it('graph capture: ops, a bias GEMM and written inputs replay like eager runs; reads refused; a private pool', () => {
     // (under MOHAWK_CUDA_SYNC=1 in the GPU check: launches inside the capture skip the per-launch wait)
     const rows = 16;

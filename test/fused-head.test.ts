@@ -107,6 +107,30 @@ describe('linearKLDivergence (fused, chunked head + KL + CE)', () => {
     assertClose([fused.loss], [ref.loss], 1e-5, 'loss', 1e-5);
     ref.grads.forEach((g, i) => assertClose(fused.grads[i], g, 1e-6, `gradient ${i}`, 1e-4));
   });
+  it('bf16 autocast, KL only, no bias: the gradient rounded by the KL backward equals the composed cast (MOHAWK_FUSED_KL=0) bit for bit', () => {
+    const c: Case = { ...base, dtype: 'f32', n: 40, vocab: 300, chunkRows: 16 };
+    const under = (env: string | undefined) => {
+      const prev = process.env.MOHAWK_FUSED_KL;
+      if (env === undefined) delete process.env.MOHAWK_FUSED_KL;
+      else process.env.MOHAWK_FUSED_KL = env;
+      T.setAutocast('bf16');
+      try {
+        return run(c);
+      } finally {
+        T.setAutocast(null);
+        if (prev === undefined) delete process.env.MOHAWK_FUSED_KL;
+        else process.env.MOHAWK_FUSED_KL = prev;
+      }
+    };
+    const direct = under(undefined);
+    const composed = under('0');
+    assert.equal(direct.fused.loss, composed.fused.loss);
+    direct.fused.grads.forEach((g, i) => assert.deepEqual(g, composed.fused.grads[i], `gradient ${i}`));
+    // and within bf16 rounding of the unfused path
+    direct.ref.grads.forEach((g, i) =>
+      assertClose(direct.fused.grads[i], g, 2e-2 * Math.max(...g.map(Math.abs)), `gradient ${i}`),
+    );
+  });
   it('checks shapes and targets', () => {
     const r = new Random(1);
     const x = randn(r, [4, 3]);

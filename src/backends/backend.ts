@@ -643,7 +643,8 @@ export interface Backend {
     lse?: DeviceBuffer | null,
   ): void;
   /**
-   * gradient with respect to the student logits: gLoss[row] * (q - p) / tau. `lse`: the cache a
+   * gradient with respect to the student logits: gLoss[row] * (q - p) / tau, into an f32 gStudent
+   * or rounded once into a bf16 / f16 one (for products that read it in 16 bits). `lse`: the cache a
    * klDivergence of the same logits filled. `losses` (rows), when given: also the rows' KL, as
    * klDivergence computes it (the loss and its gradient from one pass where the backend can).
    */

@@ -128,8 +128,10 @@ export function linearKLDivergence(
           const kl = empty([rows], dt, backend);
           let gz: Tensor | null = null;
           if (wantGrad) {
-            // gZ = d loss / d student logits for these rows
-            gz = empty([rows, vocab], dt, backend);
+            // gZ = d loss / d student logits for these rows: rounded to the autocast dtype by the
+            // kernel when only the two products read it (no cross-entropy term, no bias)
+            const direct16 = low && !rowGradCE && !gb && dt === 'f32' && process.env.MOHAWK_FUSED_KL !== '0';
+            gz = empty([rows, vocab], direct16 ? low : dt, backend);
             const g1 = rows === chunk ? rowGradKL : slice(rowGradKL, 0, 0, rows);
             backend.klDivergenceBackward(
               zt.buffer,

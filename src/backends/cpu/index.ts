@@ -1172,6 +1172,14 @@ export class CpuBackend implements Backend {
     losses: DeviceBuffer | null = null,
   ): void {
     if (losses) this.klDivergence(teacher, student, losses, nRows, vocab, temperature);
+    if (gStudent.dtype === 'bf16' || gStudent.dtype === 'f16') {
+      // through an f32 buffer, rounded like cast
+      const tmp = this.alloc('f32', gStudent.length);
+      this.klDivergenceBackward(teacher, student, gLoss, tmp, nRows, vocab, temperature);
+      this.cast(tmp, gStudent);
+      this.free(tmp);
+      return;
+    }
     rows.klDivergenceBackward(
       fl(teacher, 'KL teacher logits'),
       fl(student, 'KL student logits'),

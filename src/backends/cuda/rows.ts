@@ -15,7 +15,7 @@ export const ROWS_SIGNATURES = {
   cross_entropy_f32: 'ppppii',
   cross_entropy_backward_f32: 'pppppii',
   kl_div_f32: 'ppppif',
-  kl_div_backward_f32: 'ppppppif',
+  kl_div_backward_f32: 'ppppppifi',
   embedding_f32: 'ppplii',
   embedding_backward_f32: 'pppliii',
 } as const;
@@ -283,8 +283,8 @@ export function klDivergence(
   k(h, 'kl_div_f32').launch([rows, 1, 1], rowThreads(vocab), 0, [...args, vocab, 1 / temperature]);
 }
 
-/** MOHAWK_KL_LSE=0: the KL backward recomputes the log-sum-exps and the loss is its own pass (A/B runs) */
-const klLseOn = () => process.env.MOHAWK_KL_LSE !== '0';
+/** MOHAWK_FUSED_KL=0: the KL backward recomputes the log-sum-exps and the loss is its own pass (A/B runs) */
+const klLseOn = () => process.env.MOHAWK_FUSED_KL !== '0';
 
 export function klDivergenceBackward(
   h: Host,
@@ -306,10 +306,20 @@ export function klDivergenceBackward(
     h.f(teacher, 'KL teacher logits'),
     h.f(student, 'KL student logits'),
     h.f(gLoss, 'KL gradient'),
-    h.f(gStudent, 'KL student gradient'),
+    h.buf(gStudent, 'KL student gradient').ptr,
     lse && klLseOn() ? h.f(lse, 'KL log-sum-exps') : 0,
     losses ? h.f(losses, 'KL losses') : 0,
   ];
+  const out16 = { f32: 0, bf16: 1, f16: 2 }[gStudent.dtype as 'f32' | 'bf16' | 'f16'];
+  if (out16 === undefined)
+    throw new Error(
+      `cuda klDivergenceBackward: the student gradient is ${gStudent.dtype}, expected f32, bf16 or f16`,
+    );
   if (rows * vocab === 0) return;
-  k(h, 'kl_div_backward_f32').launch([rows, 1, 1], rowThreads(vocab), 0, [...args, vocab, 1 / temperature]);
+  k(h, 'kl_div_backward_f32').launch([rows, 1, 1], rowThreads(vocab), 0, [
+    ...args,
+    vocab,
+    1 / temperature,
+    out16,
+  ]);
 }

@@ -197,14 +197,14 @@ extern "C" __global__ void kl_div_f32(const float* teacher, const float* student
 }
 
 /**
- * gStudent (rows, V) = gLoss[row] * (q - p) / tau. lse (rows, 2) not null: the log-sum-exps that
+ * gStudent (rows, V; f32, or bf16 / f16 by out16) = gLoss[row] * (q - p) / tau. lse (rows, 2) not null: the log-sum-exps that
  * kl_div_f32 wrote (one pass over the rows instead of two). losses not null: also the rows' KL,
  * as kl_div_f32 computes it, from the same pass (the loss and its gradient in one launch).
  * grid = rows
  */
 extern "C" __global__ void kl_div_backward_f32(const float* teacher, const float* student, const float* gLoss,
-                                               float* gStudent, const float* lse, float* losses, int vocab,
-                                               float inv) {
+                                               void* gStudent, const float* lse, float* losses, int vocab,
+                                               float inv, int out16) {
   __shared__ float sh[64];
   const i64 base = (i64)blockIdx.x * vocab;
   float lt, ls;
@@ -221,7 +221,12 @@ extern "C" __global__ void kl_div_backward_f32(const float* teacher, const float
     const float logq = student[base + j] * inv - ls;
     const float p = expf(logp);
     const float q = expf(logq);
-    gStudent[base + j] = g * (q - p);
+    const float v = g * (q - p);
+    // out16: 0 f32, 1 bf16, 2 f16 (the gradient rounded once, for the products that read it)
+    if (out16 == 0)
+      ((float*)gStudent)[base + j] = v;
+    else
+      ((u16*)gStudent)[base + j] = out16 == 1 ? f32_to_bf16(v) : f32_to_f16(v);
     if (losses && p > 0.f) acc += p * (logp - logq);
   }
   if (losses) {
