@@ -2,7 +2,14 @@
 // shapes), allocates its outputs, calls one or a few backend kernels, and records its backward
 // pass beside the forward one.
 
-import type { AdamWDeviceParams, AdamWParams, BinaryOp, DType, UnaryOp } from '../backends/backend.js';
+import type {
+  AdamWDeviceParams,
+  AdamWFusedParams,
+  AdamWParams,
+  BinaryOp,
+  DType,
+  UnaryOp,
+} from '../backends/backend.js';
 import {
   empty,
   full,
@@ -1725,6 +1732,83 @@ export function adamwStepDevice(
     v.buffer,
     scalars.buffer,
     rowAbs?.buffer ?? null,
+    p,
+  );
+}
+
+/**
+ * One read of grad (f32) seen as (rows, size / rows): rowSquares[at + r] (f64) = the sum of the
+ * squares of row r, in f64 (exactly 0 when the row is all zeros; NaN / infinity propagate).
+ */
+export function gradRowSquares(grad: Tensor, rowSquares: Tensor, at: number, rows: number): void {
+  sameBackend('gradRowSquares', grad, rowSquares);
+  if (grad.dtype !== 'f32') fail('gradRowSquares', `grad must be f32, got ${grad.dtype}`);
+  if (!(Number.isInteger(rows) && rows >= 1 && grad.size % rows === 0))
+    fail('gradRowSquares', `${rows} rows do not divide ${shapeStr(grad.shape)}`);
+  if (rowSquares.dtype !== 'f64' || !(Number.isInteger(at) && at >= 0 && at + rows <= rowSquares.size))
+    fail(
+      'gradRowSquares',
+      `rowSquares ${shapeStr(rowSquares.shape)} ${rowSquares.dtype} has no f64 rows ${at}..${at + rows}`,
+    );
+  grad.backend.gradRowSquares(grad.buffer, rowSquares.buffer, at, rows, grad.size / rows);
+}
+
+/** out[at] (f32) = the sum of x's first n entries (f64), in f64 and rounded once. */
+export function sumF64Into(x: Tensor, n: number, out: Tensor, at: number): void {
+  sameBackend('sumF64Into', x, out);
+  if (x.dtype !== 'f64' || n > x.size) fail('sumF64Into', `x must be f64 with ${n} entries`);
+  if (out.dtype !== 'f32' || !(at >= 0 && at < out.size))
+    fail('sumF64Into', `out must be f32 with an entry ${at}`);
+  x.backend.sumF64(x.buffer, n, out.buffer, at);
+}
+
+/**
+ * The device AdamW step (adamwStepDevice's arithmetic) with, in the same pass: the decay limited
+ * to the rows whose entry of rowSquares (f64, from p.rowAt; see gradRowSquares) is non-zero,
+ * nonFinite[0] (f32) set to 1 when an updated weight is not finite, and param16 (bf16 or f16,
+ * param's size) = the updated weights rounded (the copy autocast products read).
+ */
+export function adamwStepFused(
+  param: Tensor,
+  grad: Tensor,
+  m: Tensor,
+  v: Tensor,
+  scalars: Tensor,
+  rowSquares: Tensor | null,
+  nonFinite: Tensor | null,
+  param16: Tensor | null,
+  p: AdamWFusedParams,
+): void {
+  checkAdamwOperands('adamwStepFused', param, grad, m, v);
+  sameBackend('adamwStepFused', param, grad, m, v, scalars);
+  if (
+    scalars.dtype !== 'f64' ||
+    !(Number.isInteger(p.biasAt) && p.biasAt >= 2 && p.biasAt + 2 <= scalars.size)
+  )
+    fail(
+      'adamwStepFused',
+      `scalars ${shapeStr(scalars.shape)} ${scalars.dtype} must be f64 with bias corrections at ${p.biasAt}`,
+    );
+  const rows = Math.ceil(param.size / Math.max(1, p.rowLen));
+  if (rowSquares && (rowSquares.dtype !== 'f64' || p.rowAt + rows > rowSquares.size))
+    fail(
+      'adamwStepFused',
+      `rowSquares ${shapeStr(rowSquares.shape)} has no f64 rows ${p.rowAt}..${p.rowAt + rows}`,
+    );
+  if (nonFinite && (nonFinite.dtype !== 'f32' || nonFinite.size < 1))
+    fail('adamwStepFused', 'nonFinite must be an f32 tensor');
+  if (param16 && ((param16.dtype !== 'bf16' && param16.dtype !== 'f16') || param16.size !== param.size))
+    fail('adamwStepFused', `param16 must be bf16 or f16 of ${param.size} elements`);
+  for (const t of [rowSquares, nonFinite, param16]) if (t) sameBackend('adamwStepFused', param, t);
+  param.backend.adamwFused(
+    param.buffer,
+    grad.buffer,
+    m.buffer,
+    v.buffer,
+    scalars.buffer,
+    rowSquares?.buffer ?? null,
+    nonFinite?.buffer ?? null,
+    param16?.buffer ?? null,
     p,
   );
 }

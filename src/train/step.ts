@@ -229,12 +229,15 @@ export class DeviceStep<B extends TokenBatch> {
         (accum === 1 ? loss : scale(loss, 1 / accum)).backward(undefined, { freeGraph: true });
       });
     }
-    noGrad(() =>
-      scope(() => {
-        const sq = gradSquareSum(trained);
-        if (sq) writeSlice(this.stats, asF32(sq).view([1]), 0, accum);
-      }),
-    );
+    // fused: one read per gradient (the optimizer keeps its rows' flags for the update)
+    if (this.o.optimizer.fused) this.o.optimizer.gradSquares(this.stats, accum);
+    else
+      noGrad(() =>
+        scope(() => {
+          const sq = gradSquareSum(trained);
+          if (sq) writeSlice(this.stats, asF32(sq).view([1]), 0, accum);
+        }),
+      );
   }
 
   private readStats(): GradientStats {
@@ -333,10 +336,23 @@ export class DeviceStep<B extends TokenBatch> {
   }
 
   private runUpdate(): void {
-    this.o.optimizer.deviceStep();
+    const { optimizer, trained } = this.o;
+    if (optimizer.fused) {
+      // the update flags its own non-finite weights; the probe covers the parameters it skips
+      noGrad(() => fillInPlace(this.probe, 0));
+      optimizer.deviceStep({ squaresReady: true, nonFinite: this.probe });
+      noGrad(() =>
+        scope(() => {
+          const z = nonFiniteProbe(trained.filter(([, p]) => !p.grad));
+          if (z) writeSlice(this.probe, add(this.probe, asF32(z).view([1])), 0, 0);
+        }),
+      );
+      return;
+    }
+    optimizer.deviceStep();
     noGrad(() =>
       scope(() => {
-        const z = nonFiniteProbe(this.o.trained);
+        const z = nonFiniteProbe(trained);
         if (z) writeSlice(this.probe, asF32(z).view([1]), 0, 0);
       }),
     );
