@@ -13,7 +13,7 @@
 // memory breakdown of one more step: the bytes live at each phase and, at the end of the forward
 // pass, the tensors the student's graph keeps for backward, grouped by the op that made them.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
-//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--unfused-optim] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -53,10 +53,13 @@ const { values } = parseArgs({
     unfused: { type: 'boolean', default: false },
     // the Phi MLP's tanh GELU in cuBLASLt's epilogues (MOHAWK_GELU_EPILOGUE=1; off by default)
     'gelu-epilogue': { type: 'boolean', default: false },
+    // the optimizer's separate passes (MOHAWK_FUSED_OPTIM=0): abs, row sums, mul and a copy per matrix
+    'unfused-optim': { type: 'boolean', default: false },
   },
 });
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';
 if (values['gelu-epilogue']) process.env.MOHAWK_GELU_EPILOGUE = '1';
+if (values['unfused-optim']) process.env.MOHAWK_FUSED_OPTIM = '0';
 const llama = values.model === 'llama3';
 if (!llama && values.model !== 'phi') throw new Error(`--model expects phi or llama3, got ${values.model}`);
 const L = Number(values.layers ?? (llama ? 16 : 24));
@@ -251,7 +254,8 @@ rows.push(
       `(d_state ${m.dState}, chunk ${m.chunkSize}), batch ${B} x ${T}, ${values.fp32 ? 'f32' : 'bf16 autocast'}, ` +
       `${values.fused ? 'fused chunked head + KL' : 'full logits + KL'}, teacher linear weights ${linearDtype ?? 'f32'}, ` +
       `glue fusions ${process.env.MOHAWK_FUSED_GLUE === '0' ? 'off' : 'on'}, ` +
-      `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}`,
+      `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}, ` +
+      `optimizer passes ${opt.fused ? 'fused' : 'separate'}`,
   },
   {
     what: 'parameters',

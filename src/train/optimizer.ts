@@ -193,8 +193,18 @@ export class AdamW {
     return this.slots.filter((s) => s.decay).map((s) => s.name);
   }
 
-  /** One update at learning rate lr from each parameter's .grad (parameters without a grad are skipped). */
+  /**
+   * One update at learning rate lr from each parameter's .grad (parameters without a grad are
+   * skipped). Fused (the default): the device step with lr and scale 1.
+   */
   step(lr: number): void {
+    if (this.fused) {
+      // the device step's kernels with this lr and no gradient scale: one pass per gradient for
+      // the decayed rows and one for the update, instead of abs, sum, mul and a copy per matrix
+      this.prepareDeviceStep(lr, 1);
+      this.deviceStep();
+      return;
+    }
     for (const s of this.slots) {
       const g = s.param.grad;
       if (!g) continue;
