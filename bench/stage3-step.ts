@@ -30,6 +30,7 @@ import {
   setBackend,
   tensor,
   withCastParameters,
+  withWeightCopies,
   type Tensor,
 } from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optimizer.js';
@@ -114,6 +115,7 @@ const ids = () =>
 
 // as the pipeline does under bf16: the frozen teacher's other f32 matrices (a tied head) rounded once
 const teacherCasts = values.fp32 ? null : castParameters(teacher.parameters(), 'bf16');
+const studentCopies = values.fp32 ? null : opt.weightCopies('bf16');
 
 interface Probe {
   /** after the forward pass (teacher and student), before backward */
@@ -126,10 +128,14 @@ function step(probe?: Probe): number {
   const loss = scope(() => {
     const input = ids();
     const target = ids();
-    const r = withCastParameters(teacherCasts, () =>
-      stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
-        fusedHead: values.fused,
-      }),
+    // as the trainer's device step does: the student's products read the bf16 weight copies
+    // that the fused AdamW writes (none with --unfused-optim: a cast per weight per step)
+    const r = withWeightCopies(studentCopies, () =>
+      withCastParameters(teacherCasts, () =>
+        stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
+          fusedHead: values.fused,
+        }),
+      ),
     );
     const value = r.loss.item();
     probe?.forward(r.loss);
@@ -255,7 +261,7 @@ rows.push(
       `${values.fused ? 'fused chunked head + KL' : 'full logits + KL'}, teacher linear weights ${linearDtype ?? 'f32'}, ` +
       `glue fusions ${process.env.MOHAWK_FUSED_GLUE === '0' ? 'off' : 'on'}, ` +
       `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}, ` +
-      `optimizer passes ${opt.fused ? 'fused' : 'separate'}`,
+      `optimizer passes ${opt.fused ? `fused${studentCopies ? ' (bf16 weight copies)' : ''}` : 'separate'}`,
   },
   {
     what: 'parameters',

@@ -14,11 +14,19 @@ import { matrixOrientationStep, stage3Loss } from '../src/distill/stages.js';
 import { transferStudent } from '../src/distill/transfer.js';
 import {
   adamwStepFused,
+  autocast,
   cast,
+  getBackend,
   gradRowSquares,
   keep,
+  linear,
+  mul,
+  scope,
+  sum,
   sumF64Into,
   tensor,
+  WeightCopies,
+  withWeightCopies,
   zeros,
   type Tensor,
 } from '../src/tensor/index.js';
@@ -323,5 +331,95 @@ describe('fused optimizer: training runs with and without it (CPU)', () => {
         teacher.dispose();
       });
     }
+  }
+});
+
+describe('fused optimizer: the bf16 weight copies AdamW writes (CPU)', () => {
+  it('a product reads the copy, records the cast (same gradient), and seal / clear behave', () => {
+    const rng = new Random(8);
+    const w = keep(tensor(rng.normals(12), [4, 3]));
+    w.requiresGrad = true;
+    const x = keep(tensor(rng.normals(6), [2, 3]));
+    const copies = new WeightCopies([w], 'bf16');
+    const run = (c: WeightCopies | null) =>
+      scope(() =>
+        autocast('bf16', () => {
+          const y = withWeightCopies(c, () => linear(x, w, null));
+          sum(mul(y, y)).backward();
+          const g = values(w.grad!);
+          w.grad!.dispose();
+          w.grad = null;
+          return { y: values(y), g };
+        }),
+      );
+    const plain = run(null);
+    assert.equal(copies.size, 0);
+    const viaCopy = run(copies);
+    assert.equal(copies.size, 1, 'the copy was made by the first product');
+    assert.deepEqual(viaCopy, plain, 'same product and gradient as a cast');
+    assert.deepEqual(values(copies.get(w)!), values(cast(w, 'bf16')));
+    copies.clear();
+    copies.seal();
+    assert.equal(copies.take(w), undefined, 'sealed: no new copy');
+    assert.deepEqual(run(copies), plain, 'no copy: the product casts');
+    copies.dispose();
+    w.dispose();
+    x.dispose();
+  });
+
+  for (const mode of ['off', 'on'] as const) {
+    it(`stage 3 under bf16 autocast, graphs ${mode}: with the copies equal to casting every step, bit for bit, and fewer casts`, () => {
+      const teacher = tinyLlama({}, true);
+      teacher.setTrainable(() => true, false);
+      const be = getBackend() as unknown as Record<string, (...a: unknown[]) => void>;
+      const run = (copies: boolean) => {
+        const prev = process.env.MOHAWK_WEIGHT_COPIES;
+        process.env.MOHAWK_WEIGHT_COPIES = copies ? '1' : '0';
+        const realCast = be.cast;
+        let casts = 0;
+        be.cast = (...a: unknown[]) => {
+          casts++;
+          realCast(...a);
+        };
+        try {
+          return withFused(true, () =>
+            autocast('bf16', () => {
+              const student = transferStudent(teacher, { chunkSize: 8, alphaInit: 0.9 });
+              const r = train<Batch>({
+                params: student,
+                lossFn: (b: Batch) => {
+                  const { input, target } = toTensors(b);
+                  return stage3Loss(teacher, student, input, target, { temperature: 2, ceWeight: 0.5 }).loss;
+                },
+                data: randomBatches(2, 16, 257, 4),
+                budgetTokens: 5 * 64,
+                batchTokens: 64,
+                optimizer: { lr: 3e-3, weightDecay: 0.1 },
+                schedule: { kind: 'wsd', warmupSteps: 2, decayFraction: 0.5 },
+                maxGradNorm: 0.5,
+                cudaGraph: mode,
+                progress: false,
+              });
+              const w = student.namedParameters().map(([, t]) => values(t));
+              student.dispose();
+              return { curve: r.history.map((m) => [m.loss, m.grad_norm]), w, casts };
+            }),
+          );
+        } finally {
+          be.cast = realCast;
+          if (prev === undefined) delete process.env.MOHAWK_WEIGHT_COPIES;
+          else process.env.MOHAWK_WEIGHT_COPIES = prev;
+        }
+      };
+      const withCopies = run(true);
+      const casting = run(false);
+      assert.deepEqual(withCopies.curve, casting.curve);
+      assert.deepEqual(withCopies.w, casting.w);
+      assert.ok(
+        withCopies.casts < casting.casts,
+        `fewer casts with the copies (${withCopies.casts} vs ${casting.casts})`,
+      );
+      teacher.dispose();
+    });
   }
 });

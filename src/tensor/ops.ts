@@ -656,7 +656,89 @@ export function withCastParameters<T>(casts: ParameterCasts | null, fn: () => T)
   }
 }
 
+/**
+ * 16-bit copies of trained f32 parameters, kept equal to their rounding by the optimizer that
+ * updates them (AdamW's fused step writes each updated weight's copy in the same pass, see
+ * src/train/optimizer.ts): an autocast product reads the copy instead of casting the parameter
+ * every step, and records the cast's backward, so the gradient reaches the f32 parameter as
+ * through `cast`. A copy is made (a cast) the first time a product reads its parameter, unless
+ * the set is sealed (a captured update writes only the copies that existed when it was
+ * captured). Anything else that writes a parameter must `clear()` the copies.
+ */
+export class WeightCopies {
+  private readonly made = new Map<Tensor, Tensor>();
+  private sealed = false;
+
+  constructor(
+    params: Iterable<Tensor>,
+    readonly dtype: 'bf16' | 'f16',
+    private readonly candidates = new Set([...params].filter((p) => p.dtype === 'f32')),
+  ) {}
+
+  /** p's copy (made now when p is one of the parameters and the set is not sealed), else undefined */
+  take(p: Tensor): Tensor | undefined {
+    let c = this.made.get(p);
+    if (!c && !this.sealed && this.candidates.has(p)) {
+      c = noGrad(() => keep(cast(p, this.dtype)));
+      this.made.set(p, c);
+    }
+    return c;
+  }
+
+  /** p's copy if one exists (what the optimizer writes) */
+  get(p: Tensor): Tensor | undefined {
+    return this.made.get(p);
+  }
+
+  /** no new copies from now on (products of other parameters cast as before) */
+  seal(): void {
+    this.sealed = true;
+  }
+
+  /** how many copies exist */
+  get size(): number {
+    return this.made.size;
+  }
+
+  /** drop every copy (the parameters were written by something other than the optimizer) */
+  clear(): void {
+    for (const c of this.made.values()) c.dispose();
+    this.made.clear();
+    this.sealed = false;
+  }
+
+  dispose(): void {
+    this.clear();
+  }
+}
+
+let weightCopies: WeightCopies | null = null;
+
+/** Run fn with autocast products of the parameters of `copies` reading their 16-bit copies. */
+export function withWeightCopies<T>(copies: WeightCopies | null, fn: () => T): T {
+  const prev = weightCopies;
+  weightCopies = copies;
+  try {
+    return fn();
+  } finally {
+    weightCopies = prev;
+  }
+}
+
+/**
+ * x in 16 bits from the weight copies of `withWeightCopies` (a view that records the cast's
+ * backward), or null when x has none.
+ */
+export function weightCopy(x: Tensor, dtype: 'bf16' | 'f16'): Tensor | null {
+  if (!weightCopies || weightCopies.dtype !== dtype || x.dtype !== 'f32') return null;
+  const c = weightCopies.take(x);
+  if (!c) return null;
+  return record(c.view(c.shape), 'cast', [x], [], (g) => [cast(g, x.dtype)]);
+}
+
 function autocastOperand(x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
+  const copy = weightCopy(x, dtype);
+  if (copy) return copy;
   if (castParams && castParams.dtype === dtype && !(isGradEnabled() && x.requiresGrad)) {
     const c = castParams.get(x);
     if (c) return c;

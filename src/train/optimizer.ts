@@ -38,6 +38,7 @@ import {
   sum,
   sumF64Into,
   upload,
+  WeightCopies,
   zeros,
   type Tensor,
 } from '../tensor/index.js';
@@ -121,6 +122,8 @@ export class AdamW {
   /** fused path: f64, one sum of squares per row of every slot's gradient (stable address) */
   private rowSquares: Tensor | null = null;
   private readonly totalRows: number;
+  /** fused path: the 16-bit copies of the weights that the update writes (see weightCopies) */
+  private copies: WeightCopies | null = null;
 
   constructor(
     params: NamedParams,
@@ -180,6 +183,26 @@ export class AdamW {
         return out.toArray()[0];
       }),
     );
+  }
+
+  /**
+   * Fused path: the 16-bit copies of the trained weights for autocast products (run the loss
+   * inside `withWeightCopies(opt.weightCopies(dtype), ...)`); each update writes the copy of every
+   * weight it changes in the same pass, so no step casts them again. Null when the passes are
+   * not fused. `loadStateDict` and anything that writes the weights otherwise clears them.
+   */
+  weightCopies(dtype: 'bf16' | 'f16'): WeightCopies | null {
+    if (!this.fused || process.env.MOHAWK_WEIGHT_COPIES === '0') return null;
+    if (this.copies && this.copies.dtype !== dtype) {
+      this.copies.dispose();
+      this.copies = null;
+    }
+    if (!this.copies)
+      this.copies = new WeightCopies(
+        this.slots.map((s) => s.param),
+        dtype,
+      );
+    return this.copies;
   }
 
   private rowSquareBuffer(): Tensor {
@@ -272,7 +295,7 @@ export class AdamW {
               scalars,
               decay > 0 ? rs : null,
               extras.nonFinite ?? null,
-              null,
+              this.copies?.get(s.param) ?? null,
               {
                 beta1: this.beta1,
                 beta2: this.beta2,
@@ -334,6 +357,8 @@ export class AdamW {
     steps: Record<string, number>,
     source = 'optimizer state',
   ): void {
+    // a resume writes the weights too: their 16-bit copies are made again from them
+    this.copies?.clear();
     for (const s of this.slots) {
       for (const [suffix, dst] of [
         ['exp_avg', s.m],
@@ -358,6 +383,8 @@ export class AdamW {
   }
 
   dispose(): void {
+    this.copies?.dispose();
+    this.copies = null;
     this.scalars?.dispose();
     this.scalars = null;
     this.rowSquares?.dispose();

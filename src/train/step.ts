@@ -26,6 +26,7 @@ import {
   captureGraph,
   cast,
   fillInPlace,
+  getAutocast,
   graphsAvailable,
   keep,
   noGrad,
@@ -34,9 +35,11 @@ import {
   square,
   sum,
   Tensor,
+  withWeightCopies,
   writeSlice,
   zeros,
   type GraphCapture,
+  type WeightCopies,
 } from '../tensor/index.js';
 import type { Backend, HostArray } from '../backends/backend.js';
 import type { TokenBatch } from '../data/batches.js';
@@ -210,10 +213,11 @@ export class DeviceStep<B extends TokenBatch> {
       fillInPlace(this.stats, 0);
       for (const [, p] of trained) if (p.grad) fillInPlace(p.grad, 0);
     });
+    const copies = this.weightCopies();
     for (let micro = 0; micro < accum; micro++) {
       this.hostLoss[micro] = null;
       scope(() => {
-        const loss = lossFn(batches[micro], { step, micro, accum });
+        const loss = withWeightCopies(copies, () => lossFn(batches[micro], { step, micro, accum }));
         if (!(loss instanceof Tensor)) {
           // back-propagated by the loss function; its value a host number or a device scalar
           this.selfBackprop = true;
@@ -238,6 +242,12 @@ export class DeviceStep<B extends TokenBatch> {
           if (sq) writeSlice(this.stats, asF32(sq).view([1]), 0, accum);
         }),
       );
+  }
+
+  /** the optimizer's 16-bit weight copies under autocast (fused passes), else null */
+  private weightCopies(): WeightCopies | null {
+    const dt = getAutocast();
+    return dt ? this.o.optimizer.weightCopies(dt) : null;
   }
 
   private readStats(): GradientStats {
@@ -323,7 +333,9 @@ export class DeviceStep<B extends TokenBatch> {
     for (let micro = 0; micro < accum; micro++) {
       // with gradients recorded (not run), so every op takes the path it takes in the step
       const eager = scope(() => {
-        const loss = lossFn(batches[micro], { step, micro, accum });
+        const loss = withWeightCopies(this.weightCopies(), () =>
+          lossFn(batches[micro], { step, micro, accum }),
+        );
         if (loss instanceof Tensor) return loss.item();
         return typeof loss.value === 'number' ? loss.value : loss.value.item();
       });
@@ -365,6 +377,8 @@ export class DeviceStep<B extends TokenBatch> {
   update(lr: number, gradScale: number): boolean {
     this.o.optimizer.prepareDeviceStep(lr, gradScale);
     if (this.useGraphs && this.updateWarm && this.gradGraph && !this.updateGraph) {
+      // the captured update writes the copies that exist now: no new ones after it
+      this.weightCopies()?.seal();
       try {
         this.updateGraph = captureGraph(
           () => this.runUpdate(),
