@@ -13,6 +13,7 @@ import { toTensors } from '../src/data/index.js';
 import { matrixOrientationStep, stage3Loss } from '../src/distill/stages.js';
 import { transferStudent } from '../src/distill/transfer.js';
 import {
+  add,
   adamwStepFused,
   autocast,
   cast,
@@ -422,4 +423,59 @@ describe('fused optimizer: the bf16 weight copies AdamW writes (CPU)', () => {
       teacher.dispose();
     });
   }
+});
+
+describe('fused optimizer: gradient buffers written by copy (gradUnwritten)', () => {
+  it('the first gradient overwrites a buffer that stands for zeros, later ones add', () => {
+    const w = keep(tensor([1, 2, 3], [3]));
+    w.requiresGrad = true;
+    w.grad = keep(tensor([100, 100, 100], [3])); // garbage standing for zeros
+    w.gradUnwritten = true;
+    scope(() => sum(mul(w, w)).backward());
+    assert.deepEqual(values(w.grad), [2, 4, 6]);
+    assert.equal(w.gradUnwritten, false);
+    scope(() => sum(w).backward());
+    assert.deepEqual(values(w.grad), [3, 5, 7], 'the second contribution adds');
+    w.grad.dispose();
+    w.grad = null;
+    w.gradUnwritten = true;
+    scope(() => sum(w).backward());
+    assert.equal(w.gradUnwritten, false, 'a leaf without a buffer forgets the flag');
+    scope(() => sum(w).backward());
+    assert.deepEqual(values(w.grad!), [2, 2, 2]);
+    w.grad!.dispose();
+    w.dispose();
+  });
+
+  it('a parameter that gets no gradient in a step has zeros, as with the fill (trainer, eager)', () => {
+    const run = (fused: boolean) =>
+      withFused(fused, () => {
+        const a = keep(tensor([0.5, -1, 2], [3]));
+        const b = keep(tensor([1, 1, -3], [3]));
+        a.requiresGrad = b.requiresGrad = true;
+        const x = keep(tensor([1, 2, 3], [3]));
+        const params: [string, Tensor][] = [
+          ['a.weight', a],
+          ['b.weight', b],
+        ];
+        const r = train<Batch>({
+          params,
+          // b only in odd steps: its buffer exists from step 1 and must read as zeros in step 2
+          lossFn: (_batch, ctx) =>
+            ctx.step % 2 === 1 ? add(sum(mul(mul(a, x), a)), sum(mul(b, b))) : sum(mul(mul(a, x), a)),
+          data: randomBatches(1, 4, 10, 1),
+          budgetTokens: 6 * 4,
+          batchTokens: 4,
+          optimizer: { lr: 0.1, weightDecay: 0.1 },
+          schedule: { kind: 'wsd', warmupSteps: 1, decayFraction: 0.5 },
+          maxGradNorm: 0,
+          cudaGraph: 'off',
+          progress: false,
+        });
+        const out = { w: [values(a), values(b)], loss: r.history.map((m) => m.loss) };
+        for (const t of [a, b, x]) t.dispose();
+        return out;
+      });
+    assert.deepEqual(run(true), run(false));
+  });
 });

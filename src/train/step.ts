@@ -208,11 +208,44 @@ export class DeviceStep<B extends TokenBatch> {
 
   /** The micro-batches' losses and backward into the gradients, the squared norm: device work only. */
   private runGradients(batches: readonly B[], step: number): void {
-    const { accum, trained, lossFn } = this.o;
+    const { accum, trained } = this.o;
+    // fused: the first gradient of the step is copied into each buffer (no zero fill, no add)
+    const unwritten = this.o.optimizer.fused;
     noGrad(() => {
       fillInPlace(this.stats, 0);
-      for (const [, p] of trained) if (p.grad) fillInPlace(p.grad, 0);
+      for (const [, p] of trained)
+        if (p.grad) {
+          if (unwritten) p.gradUnwritten = true;
+          else fillInPlace(p.grad, 0);
+        }
     });
+    try {
+      this.backwardAll(batches, step);
+    } catch (e) {
+      // a failed step leaves no buffer that a later backward would overwrite instead of add to
+      for (const [, p] of trained) p.gradUnwritten = false;
+      throw e;
+    }
+    // the buffers of parameters no backward reached: zeros
+    for (const [, p] of trained)
+      if (p.gradUnwritten) {
+        if (p.grad) noGrad(() => fillInPlace(p.grad!, 0));
+        p.gradUnwritten = false;
+      }
+    // fused: one read per gradient (the optimizer keeps its rows' flags for the update)
+    if (this.o.optimizer.fused) this.o.optimizer.gradSquares(this.stats, accum);
+    else
+      noGrad(() =>
+        scope(() => {
+          const sq = gradSquareSum(trained);
+          if (sq) writeSlice(this.stats, asF32(sq).view([1]), 0, accum);
+        }),
+      );
+  }
+
+  /** each micro-batch's loss into stats and its backward into the gradients */
+  private backwardAll(batches: readonly B[], step: number): void {
+    const { accum, lossFn } = this.o;
     const copies = this.weightCopies();
     for (let micro = 0; micro < accum; micro++) {
       this.hostLoss[micro] = null;
@@ -233,15 +266,6 @@ export class DeviceStep<B extends TokenBatch> {
         (accum === 1 ? loss : scale(loss, 1 / accum)).backward(undefined, { freeGraph: true });
       });
     }
-    // fused: one read per gradient (the optimizer keeps its rows' flags for the update)
-    if (this.o.optimizer.fused) this.o.optimizer.gradSquares(this.stats, accum);
-    else
-      noGrad(() =>
-        scope(() => {
-          const sq = gradSquareSum(trained);
-          if (sq) writeSlice(this.stats, asF32(sq).view([1]), 0, accum);
-        }),
-      );
   }
 
   /** the optimizer's 16-bit weight copies under autocast (fused passes), else null */
