@@ -13,7 +13,7 @@
 // memory breakdown of one more step: the bytes live at each phase and, at the end of the forward
 // pass, the tensors the student's graph keeps for backward, grouped by the op that made them.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
-//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--unfused-optim] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--unfused-optim] [--device-step] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -34,6 +34,8 @@ import {
   type Tensor,
 } from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optimizer.js';
+import { DeviceStep } from '../src/train/step.js';
+import { toTensors, type Batch } from '../src/data/batches.js';
 import { Random } from '../src/util/random.js';
 import { llama3Teacher, phiTeacher, randomizeParameters } from './gpu-util.js';
 
@@ -56,6 +58,9 @@ const { values } = parseArgs({
     'gelu-epilogue': { type: 'boolean', default: false },
     // the optimizer's separate passes (MOHAWK_FUSED_OPTIM=0): abs, row sums, mul and a copy per matrix
     'unfused-optim': { type: 'boolean', default: false },
+    // the trainer's step (src/train/step.ts, eager): persistent gradient buffers, the global norm
+    // read and clipping at 1, AdamW from device scalars, the non-finite probe
+    'device-step': { type: 'boolean', default: false },
   },
 });
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';
@@ -124,7 +129,41 @@ interface Probe {
   optimizer(): void;
 }
 
+const deviceStep = values['device-step']
+  ? new DeviceStep<Batch>({
+      lossFn: (b) => {
+        const { input, target } = toTensors(b);
+        return withCastParameters(
+          teacherCasts,
+          () =>
+            stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
+              fusedHead: values.fused,
+            }).loss,
+        );
+      },
+      trained: student.namedParameters(),
+      optimizer: opt,
+      accum: 1,
+      backend: gpu,
+      mode: 'off',
+      note: (l) => console.error(l),
+      label: 'stage3-step',
+    })
+  : null;
+let deviceSteps = 0;
+
+/** the trainer's step: gradients, the norm read, clipping at 1, the update and its probe read */
+function trainerStep(ds: DeviceStep<Batch>): number {
+  const tokens = () => Int32Array.from({ length: B * T }, () => rng.int(0, V));
+  const st = ds.gradients([{ batch: B, seqLen: T, input: tokens(), target: tokens() }], deviceSteps++);
+  const norm = Math.sqrt(st.sumSquares);
+  if (ds.update(1e-4, norm > 1 ? 1 / (norm + 1e-6) : 1))
+    throw new Error('stage3-step: a weight is not finite');
+  return st.losses[0];
+}
+
 function step(probe?: Probe): number {
+  if (deviceStep) return trainerStep(deviceStep);
   const loss = scope(() => {
     const input = ids();
     const target = ids();
@@ -261,7 +300,8 @@ rows.push(
       `${values.fused ? 'fused chunked head + KL' : 'full logits + KL'}, teacher linear weights ${linearDtype ?? 'f32'}, ` +
       `glue fusions ${process.env.MOHAWK_FUSED_GLUE === '0' ? 'off' : 'on'}, ` +
       `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}, ` +
-      `optimizer passes ${opt.fused ? `fused${studentCopies ? ' (bf16 weight copies)' : ''}` : 'separate'}`,
+      `optimizer passes ${opt.fused ? `fused${studentCopies ? ' (bf16 weight copies)' : ''}` : 'separate'}, ` +
+      `${deviceStep ? "the trainer's device step (norm, clipping, probe)" : 'loss, backward, AdamW.step'}`,
   },
   {
     what: 'parameters',
@@ -328,7 +368,7 @@ const prof = [...fam.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 28);
 // a failure here must not lose the figures above
 let memory: string[];
 try {
-  memory = memoryBreakdown();
+  memory = deviceStep ? ['', 'memory breakdown: not measured with --device-step'] : memoryBreakdown();
 } catch (e) {
   memory = ['', `memory breakdown failed: ${(e as Error).message}`];
 }
