@@ -88,8 +88,10 @@ extern "C" __global__ void adamw_fused_f32(float* param, const float* grad, floa
     float4* m4 = (float4*)m;
     float4* v4 = (float4*)v;
     const i64 quads = n >> 2, row_quads = row_len >> 2;
+    const bool narrow = quads <= 0xffffffffLL;  // a 32-bit division for the row (all real sizes)
     FOR_EACH(i, quads) {
-      const float decay = row_sq == nullptr || row_sq[i / row_quads] != 0.0 ? decay_all : 1.f;
+      const i64 row = narrow ? (i64)((u32)i / (u32)row_quads) : i / row_quads;
+      const float decay = row_sq == nullptr || row_sq[row] != 0.0 ? decay_all : 1.f;
       float4 p = p4[i], mm = m4[i], vv = v4[i];
       const float4 g = g4[i];
       adamw_fused_one(p.x, g.x * scale, mm.x, vv.x, lr, beta1, beta2, eps, decay, bc1, bc2);
