@@ -16,7 +16,7 @@
 // eager step measured launch by launch (events around each kernel): with graphs the step cannot
 // be faster than that, so graph ms close to it means the GPU's work, not the host, is the limit.
 // Run: node --import tsx bench/small-train.ts [--model phi-17m|stories260k|both] [--steps N]
-//      [--bf16] [--micro B] [--seq T] [--accum A] [--cpu] [--name N] [--repeat off+on] [--unfused-optim]
+//      [--bf16] [--micro B] [--seq T] [--accum A] [--cpu] [--name N] [--repeat off+on]
 //      (BENCH_OUT=dir writes small-train-NAME.md, NAME from the options unless given)
 
 import { writeFileSync } from 'node:fs';
@@ -57,11 +57,8 @@ const { values } = parseArgs({
     // extra runs, each compared step by step with the first eager run: e.g. off,on for a second
     // eager and a second graph run (tells run-to-run differences from a replay fault)
     repeat: { type: 'string', default: '' },
-    // the optimizer's separate passes (MOHAWK_FUSED_OPTIM=0), for an A/B of the fused ones
-    'unfused-optim': { type: 'boolean', default: false },
   },
 });
-if (values['unfused-optim']) process.env.MOHAWK_FUSED_OPTIM = '0';
 
 interface Shape {
   name: string;
@@ -119,8 +116,7 @@ if (!which.length) throw new Error(`--model expects phi-17m, stories260k or both
 const steps = Number(values.steps);
 const repeatModes = values.repeat
   ? values.repeat.split(/[,+]/).map((m) => {
-      if (m !== 'on' && m !== 'off')
-        throw new Error(`--repeat expects on/off modes joined by + or ,, got ${values.repeat}`);
+      if (m !== 'on' && m !== 'off') throw new Error(`--repeat expects on/off modes joined by + or ,, got ${values.repeat}`);
       return m as 'on' | 'off';
     })
   : [];
@@ -315,7 +311,6 @@ for (const shape of which) {
 const lines = [
   `# small-model stage-3 training steps, CUDA graphs off / on: ${new Date().toISOString().slice(0, 10)}, ${gpu.describe()}`,
   `${steps} steps per run, median of steps 4..${steps}; ${values.bf16 ? 'bf16 autocast' : 'f32'}; random weights; ` +
-    `optimizer passes ${values['unfused-optim'] ? 'separate' : 'fused'}; ` +
     `micro-batch x accumulation: ${which.map((s) => `${s.name} ${dims(s).micro} x ${dims(s).seq} x ${dims(s).accum}`).join(', ')}`,
   '',
   '| model | tokens/step | eager tok/s | graph tok/s | speed-up | eager ms/step | graph ms/step | kernel ms/step (launches) | graph nodes (grad + update) | max rel. loss diff |',
@@ -329,8 +324,7 @@ const lines = [
   '',
   ...rows.flatMap((r) =>
     r.repeats.map(
-      (x, i) =>
-        `- ${r.model}, repeat ${i + 1} (graphs ${x.mode}): max rel. loss diff to the first eager run ${x.maxLossRelDiff.toExponential(1)}`,
+      (x, i) => `- ${r.model}, repeat ${i + 1} (graphs ${x.mode}): max rel. loss diff to the first eager run ${x.maxLossRelDiff.toExponential(1)}`,
     ),
   ),
   '',
@@ -348,7 +342,6 @@ if (process.env.BENCH_OUT) {
       values.seq ? `t${values.seq}` : '',
       values.accum ? `a${values.accum}` : '',
       values.bf16 ? 'bf16' : 'f32',
-      values['unfused-optim'] ? 'unfused-optim' : '',
     ]
       .filter((x) => x)
       .join('-');

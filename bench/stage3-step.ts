@@ -13,7 +13,7 @@
 // memory breakdown of one more step: the bytes live at each phase and, at the end of the forward
 // pass, the tensors the student's graph keeps for backward, grouped by the op that made them.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
-//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--unfused-optim] [--device-step] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -30,9 +30,9 @@ import {
   setBackend,
   tensor,
   withCastParameters,
-  withWeightCopies,
   type Tensor,
 } from '../src/tensor/index.js';
+import { setWeightCopies } from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optimizer.js';
 import { DeviceStep } from '../src/train/step.js';
 import { toTensors, type Batch } from '../src/data/batches.js';
@@ -56,16 +56,10 @@ const { values } = parseArgs({
     unfused: { type: 'boolean', default: false },
     // the Phi MLP's tanh GELU in cuBLASLt's epilogues (MOHAWK_GELU_EPILOGUE=1; off by default)
     'gelu-epilogue': { type: 'boolean', default: false },
-    // the optimizer's separate passes (MOHAWK_FUSED_OPTIM=0): abs, row sums, mul and a copy per matrix
-    'unfused-optim': { type: 'boolean', default: false },
-    // the trainer's step (src/train/step.ts, eager): persistent gradient buffers, the global norm
-    // read and clipping at 1, AdamW from device scalars, the non-finite probe
-    'device-step': { type: 'boolean', default: false },
   },
 });
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';
 if (values['gelu-epilogue']) process.env.MOHAWK_GELU_EPILOGUE = '1';
-if (values['unfused-optim']) process.env.MOHAWK_FUSED_OPTIM = '0';
 const llama = values.model === 'llama3';
 if (!llama && values.model !== 'phi') throw new Error(`--model expects phi or llama3, got ${values.model}`);
 const L = Number(values.layers ?? (llama ? 16 : 24));
@@ -120,36 +114,35 @@ const ids = () =>
 
 // as the pipeline does under bf16: the frozen teacher's other f32 matrices (a tied head) rounded once
 const teacherCasts = values.fp32 ? null : castParameters(teacher.parameters(), 'bf16');
+// optim: as the trainer's device step does, the student's products read the bf16 weight copies
+// that the fused AdamW writes (none with MOHAWK_FUSED_OPTIM=0 or MOHAWK_WEIGHT_COPIES=0: a cast
+// per weight per step). BENCH_DEVICE_STEP=1: each step is the trainer's (src/train/step.ts,
+// eager): persistent gradient buffers, the global norm read and clipping at 1, AdamW from device
+// scalars, the non-finite probe read; the memory breakdown is then skipped.
 const studentCopies = values.fp32 ? null : opt.weightCopies('bf16');
-
-interface Probe {
-  /** after the forward pass (teacher and student), before backward */
-  forward(loss: Tensor): void;
-  backward(): void;
-  optimizer(): void;
-}
-
-const deviceStep = values['device-step']
-  ? new DeviceStep<Batch>({
-      lossFn: (b) => {
-        const { input, target } = toTensors(b);
-        return withCastParameters(
-          teacherCasts,
-          () =>
-            stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
-              fusedHead: values.fused,
-            }).loss,
-        );
-      },
-      trained: student.namedParameters(),
-      optimizer: opt,
-      accum: 1,
-      backend: gpu,
-      mode: 'off',
-      note: (l) => console.error(l),
-      label: 'stage3-step',
-    })
-  : null;
+setWeightCopies(studentCopies);
+const deviceStep =
+  process.env.BENCH_DEVICE_STEP === '1'
+    ? new DeviceStep<Batch>({
+        lossFn: (b) => {
+          const { input, target } = toTensors(b);
+          return withCastParameters(
+            teacherCasts,
+            () =>
+              stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
+                fusedHead: values.fused,
+              }).loss,
+          );
+        },
+        trained: student.namedParameters(),
+        optimizer: opt,
+        accum: 1,
+        backend: gpu,
+        mode: 'off',
+        note: (l) => console.error(l),
+        label: 'stage3-step',
+      })
+    : null;
 let deviceSteps = 0;
 
 /** the trainer's step: gradients, the norm read, clipping at 1, the update and its probe read */
@@ -162,19 +155,22 @@ function trainerStep(ds: DeviceStep<Batch>): number {
   return st.losses[0];
 }
 
+interface Probe {
+  /** after the forward pass (teacher and student), before backward */
+  forward(loss: Tensor): void;
+  backward(): void;
+  optimizer(): void;
+}
+
 function step(probe?: Probe): number {
   if (deviceStep) return trainerStep(deviceStep);
   const loss = scope(() => {
     const input = ids();
     const target = ids();
-    // as the trainer's device step does: the student's products read the bf16 weight copies
-    // that the fused AdamW writes (none with --unfused-optim: a cast per weight per step)
-    const r = withWeightCopies(studentCopies, () =>
-      withCastParameters(teacherCasts, () =>
-        stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
-          fusedHead: values.fused,
-        }),
-      ),
+    const r = withCastParameters(teacherCasts, () =>
+      stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
+        fusedHead: values.fused,
+      }),
     );
     const value = r.loss.item();
     probe?.forward(r.loss);
@@ -299,9 +295,7 @@ rows.push(
       `(d_state ${m.dState}, chunk ${m.chunkSize}), batch ${B} x ${T}, ${values.fp32 ? 'f32' : 'bf16 autocast'}, ` +
       `${values.fused ? 'fused chunked head + KL' : 'full logits + KL'}, teacher linear weights ${linearDtype ?? 'f32'}, ` +
       `glue fusions ${process.env.MOHAWK_FUSED_GLUE === '0' ? 'off' : 'on'}, ` +
-      `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}, ` +
-      `optimizer passes ${opt.fused ? `fused${studentCopies ? ' (bf16 weight copies)' : ''}` : 'separate'}, ` +
-      `${deviceStep ? "the trainer's device step (norm, clipping, probe)" : 'loss, backward, AdamW.step'}`,
+      `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}`,
   },
   {
     what: 'parameters',
@@ -317,6 +311,12 @@ rows.push(
   { what: 'loss (random weights)', value: loss.toFixed(3) },
   { what: 'build time', value: `${buildS.toFixed(1)} s` },
 );
+rows.push({
+  what: 'optimizer (optim)',
+  value:
+    `${opt.fused ? `fused passes${studentCopies ? ', bf16 weight copies' : ''}` : 'separate passes'}; ` +
+    `${deviceStep ? "the trainer's device step (norm, clipping, probe)" : 'loss, backward, AdamW.step(lr)'}`,
+});
 // where the time goes: kernel families of one profiled step, and (host side) the elementwise,
 // cast, copy and reduction calls of that step by op and size, since one kernel serves many ops
 const calls = new Map<string, { calls: number; elements: number }>();
@@ -368,7 +368,7 @@ const prof = [...fam.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 28);
 // a failure here must not lose the figures above
 let memory: string[];
 try {
-  memory = deviceStep ? ['', 'memory breakdown: not measured with --device-step'] : memoryBreakdown();
+  memory = memoryBreakdown();
 } catch (e) {
   memory = ['', `memory breakdown failed: ${(e as Error).message}`];
 }

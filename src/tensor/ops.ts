@@ -725,6 +725,11 @@ export function withWeightCopies<T>(copies: WeightCopies | null, fn: () => T): T
   }
 }
 
+/** Set the weight copies for every product from now on (null: none), as setAutocast. */
+export function setWeightCopies(copies: WeightCopies | null): void {
+  weightCopies = copies;
+}
+
 /**
  * x in 16 bits from the weight copies of `withWeightCopies` (a view that records the cast's
  * backward), or null when x has none.
