@@ -479,3 +479,53 @@ describe('fused optimizer: gradient buffers written by copy (gradUnwritten)', ()
     assert.deepEqual(run(true), run(false));
   });
 });
+
+describe('fused optimizer: weight gradients written straight into unwritten buffers', () => {
+  for (const precision of ['f32', 'bf16'] as const)
+    for (const copies of precision === 'bf16' ? [false, true] : [false])
+      it(`${precision}${copies ? ' with weight copies' : ''}: dW lands in .grad with no copy, equal to the usual path`, () => {
+        const rng = new Random(12);
+        const x = keep(tensor(rng.normals(2 * 5 * 4), [2, 5, 4]));
+        const data = rng.normals(12);
+        const be = getBackend() as unknown as Record<string, (...a: unknown[]) => void>;
+        const run = (direct: boolean) => {
+          const w = keep(tensor(data, [3, 4]));
+          w.requiresGrad = true;
+          w.grad = keep(tensor(new Float32Array(12).fill(100), [3, 4]));
+          w.gradUnwritten = true;
+          const wc = copies ? new WeightCopies([w], 'bf16') : null;
+          const prev = process.env.MOHAWK_GRAD_INTO;
+          process.env.MOHAWK_GRAD_INTO = direct ? '1' : '0';
+          const realCopy = be.copyStrided;
+          let copiesIntoGrad = 0;
+          be.copyStrided = (...a: unknown[]) => {
+            if (a[3] === w.grad!.buffer) copiesIntoGrad++;
+            realCopy(...a);
+          };
+          try {
+            scope(() =>
+              autocast(precision === 'bf16' ? 'bf16' : null, () => {
+                const y = withWeightCopies(wc, () => linear(x, w, null));
+                sum(mul(y, y)).backward();
+              }),
+            );
+          } finally {
+            be.copyStrided = realCopy;
+            if (prev === undefined) delete process.env.MOHAWK_GRAD_INTO;
+            else process.env.MOHAWK_GRAD_INTO = prev;
+          }
+          const out = { g: values(w.grad), flag: w.gradUnwritten, copiesIntoGrad };
+          wc?.dispose();
+          w.grad.dispose();
+          w.dispose();
+          return out;
+        };
+        const direct = run(true);
+        const usual = run(false);
+        assert.deepEqual(direct.g, usual.g);
+        assert.equal(direct.flag, false);
+        assert.equal(direct.copiesIntoGrad, 0, 'the product wrote the gradient itself');
+        assert.equal(usual.copiesIntoGrad, 1, 'the usual path copies the fresh gradient in');
+        x.dispose();
+      });
+});

@@ -13,6 +13,7 @@ import type {
 import {
   empty,
   full,
+  gradHooksActive,
   isGradEnabled,
   keep,
   noGrad,
@@ -786,6 +787,7 @@ function matmulImpl(
   opts: MatmulOptions,
   outDtype: DType,
   bias: Tensor | null = null,
+  into: Tensor | null = null,
 ): Tensor {
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
@@ -838,7 +840,12 @@ function matmulImpl(
     if (bBatch.length !== 0) fail('linear', `weight ${shapeStr(b.shape)} has batch axes`);
   }
   const outShape = [...batchShape, m, n];
-  const out = empty(outShape, outDtype, a.backend);
+  if (into && (into.dtype !== outDtype || into.size !== sizeOf(outShape)))
+    fail(
+      'matmul',
+      `cannot write ${shapeStr(outShape)} ${outDtype} into ${shapeStr(into.shape)} ${into.dtype}`,
+    );
+  const out = into ?? empty(outShape, outDtype, a.backend);
   a.backend.matmul(
     a.buffer,
     b.buffer,
@@ -858,6 +865,7 @@ function matmulImpl(
     },
     bias?.buffer ?? null,
   );
+  if (into) return into; // a gradient written in place (weightGradInto): no graph
   const inputs = bias ? [a, b, bias] : [a, b];
   return record(out, bias ? 'linear' : 'matmul', inputs, crossSaves(a, b), (g) => {
     // C = op(A) op(B): dA from g op(B)^T, dB from op(A)^T g, then summed over broadcast batches.
@@ -875,14 +883,42 @@ function matmulImpl(
       // with a's batch folded into rows, one product over all rows gives dB directly
       const aa = batch === 1 && mm !== m ? a.view([mm, k]) : a;
       const gg = batch === 1 && mm !== m ? g16.view([mm, n]) : g16;
-      const full = transB
-        ? matmul(gg, aa, { transA: true, transB: transA })
-        : matmul(aa, gg, { transA: !transA });
-      gb = sumToShape(full, b.shape);
+      // optim: straight into the parameter's gradient buffer where the training step left it unwritten
+      if (!weightGradInto(b, gg, aa, transA, transB)) {
+        const full = transB
+          ? matmul(gg, aa, { transA: true, transB: transA })
+          : matmul(aa, gg, { transA: !transA });
+        gb = sumToShape(full, b.shape);
+      }
     }
     // the bias's gradient sums the f32 gradient over every row
     return bias ? [ga, gb, bias.requiresGrad ? sumToShape(g, bias.shape) : null] : [ga, gb];
   });
+}
+
+/**
+ * A product's dB written straight into its parameter's gradient buffer, when the training step
+ * left that buffer unwritten (Tensor.gradUnwritten: it stands for zeros): b is the f32 parameter
+ * or its 16-bit cast (whose backward passes the f32 gradient through unchanged), without batch
+ * axes. The GEMM then writes the gradient there (beta 0): no fresh buffer, no copy; later
+ * contributions add as usual. False where it does not apply (gradient-ready hooks listening, a
+ * product that would run otherwise, MOHAWK_GRAD_INTO=0): the caller computes dB itself.
+ */
+function weightGradInto(b: Tensor, gg: Tensor, aa: Tensor, transA: boolean, transB: boolean): boolean {
+  const p =
+    b.node === null ? b : b.node.op === 'cast' && b.node.inputs.length === 1 ? b.node.inputs[0] : null;
+  if (!p || p.node !== null || !p.requiresGrad || !p.gradUnwritten || !p.grad || p.grad.dtype !== 'f32')
+    return false;
+  if (b.ndim !== 2 || gg.ndim !== 2 || aa.ndim !== 2 || gg.dtype !== aa.dtype || p.grad.size !== b.size)
+    return false;
+  // as matmul() would run it: 16-bit operands, or f32 ones without autocast; both give f32
+  const low = gg.dtype === 'bf16' || gg.dtype === 'f16';
+  if (!(low || (gg.dtype === 'f32' && !autocastDtype))) return false;
+  if (gradHooksActive() || process.env.MOHAWK_GRAD_INTO === '0') return false;
+  if (transB) matmulImpl(gg, aa, { transA: true, transB: transA }, 'f32', null, p.grad);
+  else matmulImpl(aa, gg, { transA: !transA }, 'f32', null, p.grad);
+  p.gradUnwritten = false;
+  return true;
 }
 
 /**

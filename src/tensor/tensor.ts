@@ -366,6 +366,11 @@ export function scalar(value: number, dtype: DType = 'f32', backend?: Backend): 
 
 const gradReadyHooks: ((leaf: Tensor) => void)[] = [];
 
+/** whether a gradient-ready hook listens (then every gradient reaches its leaf through backward) */
+export function gradHooksActive(): boolean {
+  return gradReadyHooks.length > 0;
+}
+
 /**
  * Run fn with `hook` called for every leaf (a tensor that needs a gradient and has no node) as
  * soon as its .grad is final for a backward run inside fn: after its last contribution in that
