@@ -25,6 +25,8 @@ extern "C" __global__ void grad_row_squares_f32(const float* g, double* row_sq, 
     if (vec) {
       const float4* p4 = (const float4*)p;
       const i64 q = row_len >> 2;
+      // several 16-byte loads in flight per lane (a 2048-wide row is 16 per lane)
+#pragma unroll 4
       for (i64 j = lane; j < q; j += 32) {
         const float4 v = p4[j];
         acc += (double)v.x * v.x + (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
