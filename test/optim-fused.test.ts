@@ -491,7 +491,7 @@ describe('fused optimizer: weight gradients written straight into unwritten buff
         const run = (direct: boolean) => {
           const w = keep(tensor(data, [3, 4]));
           w.requiresGrad = true;
-          w.grad = keep(tensor(new Float32Array(12).fill(100), [3, 4]));
+          w.grad = keep(tensor(new Float32Array(12).fill(NaN), [3, 4])); // garbage: never read
           w.gradUnwritten = true;
           const wc = copies ? new WeightCopies([w], 'bf16') : null;
           const prev = process.env.MOHAWK_GRAD_INTO;
