@@ -2366,4 +2366,41 @@ describe('cuda: fused optimizer passes vs the CPU', { skip }, () => {
       T.setBackend(cpu);
     }
   });
+
+  it('fused optimizer: a weight gradient written straight into the unwritten .grad (f32, bf16 with weight copies) vs the CPU', () => {
+    const r = new Random(21);
+    const xData = r.normals(3 * 40 * 24);
+    const wData = r.normals(33 * 24);
+    const run = (be: Backend, precision: 'f32' | 'bf16') => {
+      T.setBackend(be);
+      try {
+        const x = T.keep(T.tensor(xData, [3, 40, 24]));
+        const w = T.keep(T.tensor(wData, [33, 24]));
+        w.requiresGrad = true;
+        w.grad = T.keep(T.tensor(new Float32Array(33 * 24).fill(NaN), [33, 24]));
+        w.gradUnwritten = true; // the GPU writes dW into it; the CPU too (same path)
+        const copies = precision === 'bf16' ? new T.WeightCopies([w], 'bf16') : null;
+        T.scope(() =>
+          T.autocast(precision === 'bf16' ? 'bf16' : null, () => {
+            const y = T.withWeightCopies(copies, () => T.linear(x, w, null));
+            T.sum(T.mul(y, y)).backward();
+          }),
+        );
+        const g = Array.from(w.grad.toArray());
+        assert.equal(w.gradUnwritten, false, 'the product wrote the gradient');
+        copies?.dispose();
+        w.grad.dispose();
+        w.dispose();
+        x.dispose();
+        return g;
+      } finally {
+        T.setBackend(cpu);
+      }
+    };
+    for (const precision of ['f32', 'bf16'] as const) {
+      const ref = run(cpu, precision);
+      const got = run(gpu, precision);
+      assertClose(got, ref, (precision === 'f32' ? 1e-5 : 1e-2) * maxAbs(ref), `dW ${precision}`);
+    }
+  });
 });
