@@ -38,10 +38,10 @@ import {
   withCastParameters,
   type Tensor,
 } from '../src/tensor/index.js';
-import type { Batch } from '../src/data/batches.js';
-import { toTensors } from '../src/data/batches.js';
+import { setWeightCopies } from '../src/tensor/index.js';
 import { AdamW } from '../src/train/optimizer.js';
 import { DeviceStep } from '../src/train/step.js';
+import { toTensors, type Batch } from '../src/data/batches.js';
 import { Random } from '../src/util/random.js';
 import { llama3Teacher, phiTeacher, randomizeParameters } from './gpu-util.js';
 
@@ -118,6 +118,46 @@ const ids = () => tensor(hostIds(), [B, T], 'i32');
 
 // as the pipeline does under bf16: the frozen teacher's other f32 matrices (a tied head) rounded once
 const teacherCasts = values.fp32 ? null : castParameters(teacher.parameters(), 'bf16');
+// optim: as the trainer's device step does, the student's products read the bf16 weight copies
+// that the fused AdamW writes (none with MOHAWK_FUSED_OPTIM=0 or MOHAWK_WEIGHT_COPIES=0: a cast
+// per weight per step). BENCH_DEVICE_STEP=1: each step is the trainer's (src/train/step.ts,
+// eager): persistent gradient buffers, the global norm read and clipping at 1, AdamW from device
+// scalars, the non-finite probe read; the memory breakdown is then skipped.
+const studentCopies = values.fp32 ? null : opt.weightCopies('bf16');
+setWeightCopies(studentCopies);
+const deviceStep =
+  process.env.BENCH_DEVICE_STEP === '1'
+    ? new DeviceStep<Batch>({
+        lossFn: (b) => {
+          const { input, target } = toTensors(b);
+          return withCastParameters(
+            teacherCasts,
+            () =>
+              stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
+                fusedHead: values.fused,
+              }).loss,
+          );
+        },
+        trained: student.namedParameters(),
+        optimizer: opt,
+        accum: 1,
+        backend: gpu,
+        mode: 'off',
+        note: (l) => console.error(l),
+        label: 'stage3-step',
+      })
+    : null;
+let deviceSteps = 0;
+
+/** the trainer's step: gradients, the norm read, clipping at 1, the update and its probe read */
+function trainerStep(ds: DeviceStep<Batch>): number {
+  const tokens = () => Int32Array.from({ length: B * T }, () => rng.int(0, V));
+  const st = ds.gradients([{ batch: B, seqLen: T, input: tokens(), target: tokens() }], deviceSteps++);
+  const norm = Math.sqrt(st.sumSquares);
+  if (ds.update(1e-4, norm > 1 ? 1 / (norm + 1e-6) : 1))
+    throw new Error('stage3-step: a weight is not finite');
+  return st.losses[0];
+}
 
 interface Probe {
   /** after the forward pass (teacher and student), before backward */
@@ -127,6 +167,7 @@ interface Probe {
 }
 
 function step(probe?: Probe): number {
+  if (deviceStep) return trainerStep(deviceStep);
   const loss = scope(() => {
     const input = ids();
     const target = ids();
@@ -148,7 +189,7 @@ function step(probe?: Probe): number {
 }
 
 /** --trainer: the trainer's step, captured as graphs on its second call, replayed after */
-const deviceStep = values.trainer
+const graphStep = values.trainer
   ? new DeviceStep<Batch>({
       lossFn: (b) => {
         const { input, target } = toTensors(b);
@@ -169,16 +210,16 @@ const deviceStep = values.trainer
   : null;
 let trainerStepIndex = 0;
 
-function trainerStep(): number {
+function graphTrainerStep(): number {
   const batch: Batch = {
     batch: B,
     seqLen: T,
     input: hostIds(),
     target: hostIds(),
   };
-  const stats = deviceStep!.gradients([batch], trainerStepIndex++);
+  const stats = graphStep!.gradients([batch], trainerStepIndex++);
   const norm = Math.sqrt(stats.sumSquares);
-  deviceStep!.update(1e-4, norm > 1 ? 1 / norm : 1);
+  graphStep!.update(1e-4, norm > 1 ? 1 / norm : 1);
   return stats.losses[0];
 }
 
@@ -269,9 +310,9 @@ function memoryBreakdown(): string[] {
 }
 
 const rows: { what: string; value: string }[] = [];
-const timed = deviceStep ? trainerStep : () => step();
+const timed = graphStep ? graphTrainerStep : () => step();
 timed(); // warm-up: kernels, allocator
-if (deviceStep) timed(); // the capture
+if (graphStep) timed(); // the capture
 gpu.synchronize();
 gpu.resetPeak();
 const times: number[] = [];
@@ -296,8 +337,8 @@ rows.push(
       `${values.fused ? 'fused chunked head + KL' : 'full logits + KL'}, teacher linear weights ${linearDtype ?? 'f32'}, ` +
       `glue fusions ${process.env.MOHAWK_FUSED_GLUE === '0' ? 'off' : 'on'}, ` +
       `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}, ` +
-      (deviceStep
-        ? `the trainer's step (${deviceStep.graphs ? `CUDA graphs, ${deviceStep.nodes.gradients} + ${deviceStep.nodes.update} kernels` : `eager: ${deviceStep.offReason}`}, clipping at 1)`
+      (graphStep
+        ? `the trainer's step (${graphStep.graphs ? `CUDA graphs, ${graphStep.nodes.gradients} + ${graphStep.nodes.update} kernels` : `eager: ${graphStep.offReason}`}, clipping at 1)`
         : 'the eager loop (AdamW.step, no clipping)'),
   },
   {
@@ -314,6 +355,12 @@ rows.push(
   { what: 'loss (random weights)', value: loss.toFixed(3) },
   { what: 'build time', value: `${buildS.toFixed(1)} s` },
 );
+rows.push({
+  what: 'optimizer (optim)',
+  value:
+    `${opt.fused ? `fused passes${studentCopies ? ', bf16 weight copies' : ''}` : 'separate passes'}; ` +
+    `${deviceStep ? "the trainer's device step (norm, clipping, probe)" : 'loss, backward, AdamW.step(lr)'}`,
+});
 // where the time goes: kernel families of one profiled step, and (host side) the elementwise,
 // cast, copy and reduction calls of that step by op and size, since one kernel serves many ops
 const calls = new Map<string, { calls: number; elements: number }>();

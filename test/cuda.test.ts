@@ -2262,3 +2262,209 @@ function counterBatches(batch: number, seqLen: number, vocab: number): BatchSour
     },
   };
 }
+
+// ---- optim: the fused optimizer passes (kernels/optim.cu, src/train/optimizer.ts) -------------
+// GPU vs CPU: row sums of squares (f64, both orders exact to 1e-12 relative; zero rows exactly 0),
+// their total rounded to f32, AdamW with the fused flags (1e-6 as adamwDevice), the non-finite flag
+// exact, the bf16 copy equal to the cast of the GPU's own updated weights; and the whole AdamW with
+// and without MOHAWK_FUSED_OPTIM on the GPU.
+
+describe('cuda: fused optimizer passes vs the CPU', { skip }, () => {
+  it('fused optimizer: gradRowSquares (16-byte and scalar rows) and sumF64 vs the CPU', () => {
+    for (const [rows, rowLen] of [
+      [37, 7],
+      [29, 64],
+      [3, 2052],
+      [1, 1],
+    ]) {
+      const n = rows * rowLen;
+      const gData = randn(n, 0.1);
+      if (rows > 5) {
+        gData.fill(0, 0, rowLen); // no gradient
+        gData.fill(1e-30, 2 * rowLen, 3 * rowLen); // f32 squares would underflow
+      }
+      const g = pair(gData);
+      const sq = out(rows + 3, 'f64');
+      const tot = out(2);
+      both((be, side) => {
+        be.fill(sq[side], 0);
+        be.gradRowSquares(g[side], sq[side], 2, rows, rowLen);
+        be.fill(tot[side], 0);
+        be.sumF64(sq[side], rows + 3, tot[side], 1);
+      });
+      check(sq, 1e-12, `row squares ${rows} x ${rowLen}`, 0);
+      const got = gpu.read(sq.g);
+      if (rows > 5) {
+        assert.equal(got[2], 0, 'an all-zero row is exactly 0');
+        assert.ok(got[4] > 0, 'a row of 1e-30 is not 0');
+      }
+      assert.equal(got[0], 0, 'entries before at untouched');
+      check(tot, 1e-6, `total ${rows} x ${rowLen}`);
+    }
+    for (const [be, b] of held.splice(0)) be.free(b);
+  });
+
+  it('fused optimizer: adamwFused (quads and scalars) vs the CPU: weights, moments, flag, bf16 copy', () => {
+    for (const [rows, rowLen] of [
+      [37, 7],
+      [33, 8],
+    ]) {
+      const n = rows * rowLen;
+      const gData = randn(n, 0.1);
+      for (const r of [0, 5, rows - 1]) gData.fill(0, r * rowLen, (r + 1) * rowLen);
+      const w = pair(randn(n));
+      const g = pair(gData);
+      const m = pair(randn(n, 0.01));
+      const v = pair(uniform(n, 0, 0.01));
+      const sq = pair(
+        Float64Array.from({ length: rows + 1 }, (_, r) =>
+          r === 0 ? NaN : gData.subarray((r - 1) * rowLen, r * rowLen).reduce((a, x) => a + x * x, 0),
+        ),
+        'f64',
+      );
+      const flag = pair([0]);
+      const w16 = out(n, 'bf16');
+      const s = { c: hold(cpu, cpu.alloc('f64', 6)), g: hold(gpu, gpu.alloc('f64', 6)) };
+      for (let step = 1; step <= 3; step++) {
+        const scalars = Float64Array.of(
+          1e-3 * step,
+          0.5 + 0.2 * step,
+          NaN,
+          NaN,
+          1 - 0.9 ** step,
+          1 - 0.95 ** step,
+        );
+        both((be, side) => {
+          be.write(s[side], scalars);
+          be.adamwFused(w[side], g[side], m[side], v[side], s[side], sq[side], flag[side], w16[side], {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weightDecay: 0.1,
+            biasAt: 4,
+            rowLen,
+            rowAt: 1,
+          });
+        });
+      }
+      check(w, 1e-6, `adamwFused param ${rowLen}`);
+      check(m, 1e-6, `adamwFused m ${rowLen}`);
+      check(v, 1e-6, `adamwFused v ${rowLen}`);
+      checkExact(flag, 'finite: the flag stays 0');
+      const mine = gpu.read(w.g);
+      const copy = gpu.read(w16.g);
+      for (let i = 0; i < n; i++) assert.equal(copy[i], f32ToBf16(mine[i]), `bf16 copy [${i}]`);
+      // rows without a gradient kept their decay-free values on both (the flags agree)
+      // a NaN gradient: the flag goes to 1 on both
+      const bad = Float32Array.from(gData);
+      bad[n - 3] = NaN;
+      both((be, side) => {
+        be.write(g[side], bad);
+        be.adamwFused(w[side], g[side], m[side], v[side], s[side], null, flag[side], null, {
+          beta1: 0.9,
+          beta2: 0.95,
+          eps: 1e-8,
+          weightDecay: 0.1,
+          biasAt: 4,
+          rowLen,
+          rowAt: 0,
+        });
+      });
+      checkExact(flag, 'a NaN weight: the flag is 1');
+      assert.equal(gpu.read(flag.g)[0], 1);
+    }
+    for (const [be, b] of held.splice(0)) be.free(b);
+  });
+
+  it('fused optimizer: AdamW on the GPU with and without MOHAWK_FUSED_OPTIM (device step, clipping scale, rows without gradients)', async () => {
+    const { AdamW } = await import('../src/train/optimizer.js');
+    const prev = process.env.MOHAWK_FUSED_OPTIM;
+    T.setBackend(gpu);
+    try {
+      const run = (fused: boolean) => {
+        process.env.MOHAWK_FUSED_OPTIM = fused ? '1' : '0';
+        const r = new Random(11);
+        const shapes: [string, number[]][] = [
+          ['layers.0.mixer.in_proj.weight', [40, 24]],
+          ['layers.0.mixer.D', [5]],
+          ['lm_head.weight', [33, 24]],
+          ['layers.0.mlp.fc1.bias', [9]],
+        ];
+        const params = shapes.map(([name, s]): [string, T.Tensor] => {
+          const t = T.keep(T.tensor(r.normals(s.reduce((a, b) => a * b, 1)), s));
+          t.requiresGrad = true;
+          return [name, t];
+        });
+        const opt = new AdamW(params, { lr: 1e-2, weightDecay: 0.2 });
+        assert.equal(opt.fused, fused);
+        const norms: number[] = [];
+        for (let step = 0; step < 4; step++) {
+          params.forEach(([, t], i) => {
+            t.grad?.dispose();
+            const g = r.normals(t.size, 0, 1);
+            if (i === 0) g.fill(0, 24 * 3, 24 * 9); // in_proj rows 3..8 without a gradient
+            t.grad = T.keep(T.tensor(g, t.shape));
+          });
+          let sq = 0;
+          if (fused) sq = opt.gradSquaresHost();
+          else for (const [, t] of params) sq += T.sum(T.square(t.grad!)).item();
+          norms.push(Math.sqrt(sq));
+          opt.prepareDeviceStep(1e-2, 0.8);
+          opt.deviceStep({ squaresReady: fused });
+        }
+        const weights = params.map(([, t]) => Array.from(t.toArray()));
+        opt.dispose();
+        for (const [, t] of params) {
+          t.grad?.dispose();
+          t.dispose();
+        }
+        return { weights, norms };
+      };
+      const f = run(true);
+      const u = run(false);
+      assertClose(f.norms, u.norms, 0, 'gradient norms', 1e-5);
+      f.weights.forEach((w, i) => assertClose(w, u.weights[i], 1e-6 * maxAbs(u.weights[i]), `weight ${i}`));
+    } finally {
+      if (prev === undefined) delete process.env.MOHAWK_FUSED_OPTIM;
+      else process.env.MOHAWK_FUSED_OPTIM = prev;
+      T.setBackend(cpu);
+    }
+  });
+
+  it('fused optimizer: a weight gradient written straight into the unwritten .grad (f32, bf16 with weight copies) vs the CPU', () => {
+    const r = new Random(21);
+    const xData = r.normals(3 * 40 * 24);
+    const wData = r.normals(33 * 24);
+    const run = (be: Backend, precision: 'f32' | 'bf16') => {
+      T.setBackend(be);
+      try {
+        const x = T.keep(T.tensor(xData, [3, 40, 24]));
+        const w = T.keep(T.tensor(wData, [33, 24]));
+        w.requiresGrad = true;
+        w.grad = T.keep(T.tensor(new Float32Array(33 * 24).fill(NaN), [33, 24]));
+        w.gradUnwritten = true; // the GPU writes dW into it; the CPU too (same path)
+        const copies = precision === 'bf16' ? new T.WeightCopies([w], 'bf16') : null;
+        T.scope(() =>
+          T.autocast(precision === 'bf16' ? 'bf16' : null, () => {
+            const y = T.withWeightCopies(copies, () => T.linear(x, w, null));
+            T.sum(T.mul(y, y)).backward();
+          }),
+        );
+        const g = Array.from(w.grad.toArray());
+        assert.equal(w.gradUnwritten, false, 'the product wrote the gradient');
+        copies?.dispose();
+        w.grad.dispose();
+        w.dispose();
+        x.dispose();
+        return g;
+      } finally {
+        T.setBackend(cpu);
+      }
+    };
+    for (const precision of ['f32', 'bf16'] as const) {
+      const ref = run(cpu, precision);
+      const got = run(gpu, precision);
+      assertClose(got, ref, (precision === 'f32' ? 1e-5 : 1e-2) * maxAbs(ref), `dW ${precision}`);
+    }
+  });
+});

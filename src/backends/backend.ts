@@ -169,6 +169,12 @@ export interface AdamWDeviceParams {
   rowLen: number;
 }
 
+/** `adamwFused`'s numbers: those of the device step, and where the parameter's rows start in rowSquares */
+export interface AdamWFusedParams extends AdamWDeviceParams {
+  /** index of the parameter's first row in rowSquares */
+  rowAt: number;
+}
+
 export interface MemoryStats {
   liveBuffers: number;
   liveBytes: number;
@@ -678,6 +684,36 @@ export interface Backend {
     rowAbs: DeviceBuffer | null,
     p: AdamWDeviceParams,
   ): void;
+  /**
+   * One read of a gradient seen as (rows, rowLen) f32: rowSquares[at + r] (f64) = the sum of the
+   * squares of row r, each square exact and the sum in f64 (0 exactly when the row is all zeros).
+   */
+  gradRowSquares(
+    grad: DeviceBuffer,
+    rowSquares: DeviceBuffer,
+    at: number,
+    rows: number,
+    rowLen: number,
+  ): void;
+  /** out[at] (f32) = the sum of the first n entries of x (f64), summed in f64 and rounded once */
+  sumF64(x: DeviceBuffer, n: number, out: DeviceBuffer, at: number): void;
+  /**
+   * `adamwDevice` (the same arithmetic) whose decay applies to the rows with a non-zero entry of
+   * rowSquares (f64, from rowSquares[p.rowAt]; every row when null), and which in the same pass
+   * sets nonFinite[0] (f32) to 1 when an updated weight is NaN or infinite (leaves it otherwise)
+   * and writes the updated weights rounded to param16's dtype (bf16 or f16; null for none).
+   */
+  adamwFused(
+    param: DeviceBuffer,
+    grad: DeviceBuffer,
+    m: DeviceBuffer,
+    v: DeviceBuffer,
+    scalars: DeviceBuffer,
+    rowSquares: DeviceBuffer | null,
+    nonFinite: DeviceBuffer | null,
+    param16: DeviceBuffer | null,
+    p: AdamWFusedParams,
+  ): void;
 }
 
 /** The counter-based hash behind `dropout`, shared so every backend draws the same mask. */
@@ -756,6 +792,9 @@ export const KERNEL_NAMES = [
   'klDivergenceBackward',
   'adamw',
   'adamwDevice',
+  'gradRowSquares',
+  'sumF64',
+  'adamwFused',
   // optional: the fused kernels of some backends (a backend without one composes it in ops.ts)
   'unaryKeep16',
   'gatedAct',

@@ -11,7 +11,7 @@
 // gradient (the loss is a scalar at the end of the graph). Reference: the unfused path,
 // klDivergence(linear(...), linear(...)) + crossEntropy, in test/fused-head.test.ts.
 
-import { add, cast, getAutocast, linear, matmul, mul, scale, slice, sum } from './ops.js';
+import { add, cast, getAutocast, linear, matmul, mul, scale, slice, sum, weightCopy } from './ops.js';
 import { empty, full, noGrad, record, scope, zeros, type Tensor } from './tensor.js';
 
 /** One model's head input: the normed hidden states (N, d) and lm_head (vocab rows used, d). */
@@ -107,7 +107,7 @@ export function linearKLDivergence(
       const low = getAutocast();
       const head = (h: HeadInput) => {
         let w = h.weight.shape[0] === vocab ? h.weight : slice(h.weight, 0, 0, vocab);
-        if (low && w.dtype === 'f32') w = cast(w, low);
+        if (low && w.dtype === 'f32') w = (w === h.weight ? weightCopy(w, low) : null) ?? cast(w, low);
         const b = h.bias ? (h.bias.size === vocab ? h.bias : slice(h.bias, 0, 0, vocab)) : null;
         return { w, b };
       };

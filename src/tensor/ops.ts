@@ -2,10 +2,18 @@
 // shapes), allocates its outputs, calls one or a few backend kernels, and records its backward
 // pass beside the forward one.
 
-import type { AdamWDeviceParams, AdamWParams, BinaryOp, DType, UnaryOp } from '../backends/backend.js';
+import type {
+  AdamWDeviceParams,
+  AdamWFusedParams,
+  AdamWParams,
+  BinaryOp,
+  DType,
+  UnaryOp,
+} from '../backends/backend.js';
 import {
   empty,
   full,
+  gradHooksActive,
   isGradEnabled,
   keep,
   noGrad,
@@ -649,7 +657,94 @@ export function withCastParameters<T>(casts: ParameterCasts | null, fn: () => T)
   }
 }
 
+/**
+ * 16-bit copies of trained f32 parameters, kept equal to their rounding by the optimizer that
+ * updates them (AdamW's fused step writes each updated weight's copy in the same pass, see
+ * src/train/optimizer.ts): an autocast product reads the copy instead of casting the parameter
+ * every step, and records the cast's backward, so the gradient reaches the f32 parameter as
+ * through `cast`. A copy is made (a cast) the first time a product reads its parameter, unless
+ * the set is sealed (a captured update writes only the copies that existed when it was
+ * captured). Anything else that writes a parameter must `clear()` the copies.
+ */
+export class WeightCopies {
+  private readonly made = new Map<Tensor, Tensor>();
+  private sealed = false;
+
+  constructor(
+    params: Iterable<Tensor>,
+    readonly dtype: 'bf16' | 'f16',
+    private readonly candidates = new Set([...params].filter((p) => p.dtype === 'f32')),
+  ) {}
+
+  /** p's copy (made now when p is one of the parameters and the set is not sealed), else undefined */
+  take(p: Tensor): Tensor | undefined {
+    let c = this.made.get(p);
+    if (!c && !this.sealed && this.candidates.has(p)) {
+      c = noGrad(() => keep(cast(p, this.dtype)));
+      this.made.set(p, c);
+    }
+    return c;
+  }
+
+  /** p's copy if one exists (what the optimizer writes) */
+  get(p: Tensor): Tensor | undefined {
+    return this.made.get(p);
+  }
+
+  /** no new copies from now on (products of other parameters cast as before) */
+  seal(): void {
+    this.sealed = true;
+  }
+
+  /** how many copies exist */
+  get size(): number {
+    return this.made.size;
+  }
+
+  /** drop every copy (the parameters were written by something other than the optimizer) */
+  clear(): void {
+    for (const c of this.made.values()) c.dispose();
+    this.made.clear();
+    this.sealed = false;
+  }
+
+  dispose(): void {
+    this.clear();
+  }
+}
+
+let weightCopies: WeightCopies | null = null;
+
+/** Run fn with autocast products of the parameters of `copies` reading their 16-bit copies. */
+export function withWeightCopies<T>(copies: WeightCopies | null, fn: () => T): T {
+  const prev = weightCopies;
+  weightCopies = copies;
+  try {
+    return fn();
+  } finally {
+    weightCopies = prev;
+  }
+}
+
+/** Set the weight copies for every product from now on (null: none), as setAutocast. */
+export function setWeightCopies(copies: WeightCopies | null): void {
+  weightCopies = copies;
+}
+
+/**
+ * x in 16 bits from the weight copies of `withWeightCopies` (a view that records the cast's
+ * backward), or null when x has none.
+ */
+export function weightCopy(x: Tensor, dtype: 'bf16' | 'f16'): Tensor | null {
+  if (!weightCopies || weightCopies.dtype !== dtype || x.dtype !== 'f32') return null;
+  const c = weightCopies.take(x);
+  if (!c) return null;
+  return record(c.view(c.shape), 'cast', [x], [], (g) => [cast(g, x.dtype)]);
+}
+
 function autocastOperand(x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
+  const copy = weightCopy(x, dtype);
+  if (copy) return copy;
   if (castParams && castParams.dtype === dtype && !(isGradEnabled() && x.requiresGrad)) {
     const c = castParams.get(x);
     if (c) return c;
@@ -692,6 +787,7 @@ function matmulImpl(
   opts: MatmulOptions,
   outDtype: DType,
   bias: Tensor | null = null,
+  into: Tensor | null = null,
 ): Tensor {
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
@@ -744,7 +840,12 @@ function matmulImpl(
     if (bBatch.length !== 0) fail('linear', `weight ${shapeStr(b.shape)} has batch axes`);
   }
   const outShape = [...batchShape, m, n];
-  const out = empty(outShape, outDtype, a.backend);
+  if (into && (into.dtype !== outDtype || into.size !== sizeOf(outShape)))
+    fail(
+      'matmul',
+      `cannot write ${shapeStr(outShape)} ${outDtype} into ${shapeStr(into.shape)} ${into.dtype}`,
+    );
+  const out = into ?? empty(outShape, outDtype, a.backend);
   a.backend.matmul(
     a.buffer,
     b.buffer,
@@ -764,6 +865,7 @@ function matmulImpl(
     },
     bias?.buffer ?? null,
   );
+  if (into) return into; // a gradient written in place (weightGradInto): no graph
   const inputs = bias ? [a, b, bias] : [a, b];
   return record(out, bias ? 'linear' : 'matmul', inputs, crossSaves(a, b), (g) => {
     // C = op(A) op(B): dA from g op(B)^T, dB from op(A)^T g, then summed over broadcast batches.
@@ -781,14 +883,42 @@ function matmulImpl(
       // with a's batch folded into rows, one product over all rows gives dB directly
       const aa = batch === 1 && mm !== m ? a.view([mm, k]) : a;
       const gg = batch === 1 && mm !== m ? g16.view([mm, n]) : g16;
-      const full = transB
-        ? matmul(gg, aa, { transA: true, transB: transA })
-        : matmul(aa, gg, { transA: !transA });
-      gb = sumToShape(full, b.shape);
+      // optim: straight into the parameter's gradient buffer where the training step left it unwritten
+      if (!weightGradInto(b, gg, aa, transA, transB)) {
+        const full = transB
+          ? matmul(gg, aa, { transA: true, transB: transA })
+          : matmul(aa, gg, { transA: !transA });
+        gb = sumToShape(full, b.shape);
+      }
     }
     // the bias's gradient sums the f32 gradient over every row
     return bias ? [ga, gb, bias.requiresGrad ? sumToShape(g, bias.shape) : null] : [ga, gb];
   });
+}
+
+/**
+ * A product's dB written straight into its parameter's gradient buffer, when the training step
+ * left that buffer unwritten (Tensor.gradUnwritten: it stands for zeros): b is the f32 parameter
+ * or its 16-bit cast (whose backward passes the f32 gradient through unchanged), without batch
+ * axes. The GEMM then writes the gradient there (beta 0): no fresh buffer, no copy; later
+ * contributions add as usual. False where it does not apply (gradient-ready hooks listening, a
+ * product that would run otherwise, MOHAWK_GRAD_INTO=0): the caller computes dB itself.
+ */
+function weightGradInto(b: Tensor, gg: Tensor, aa: Tensor, transA: boolean, transB: boolean): boolean {
+  const p =
+    b.node === null ? b : b.node.op === 'cast' && b.node.inputs.length === 1 ? b.node.inputs[0] : null;
+  if (!p || p.node !== null || !p.requiresGrad || !p.gradUnwritten || !p.grad || p.grad.dtype !== 'f32')
+    return false;
+  if (b.ndim !== 2 || gg.ndim !== 2 || aa.ndim !== 2 || gg.dtype !== aa.dtype || p.grad.size !== b.size)
+    return false;
+  // as matmul() would run it: 16-bit operands, or f32 ones without autocast; both give f32
+  const low = gg.dtype === 'bf16' || gg.dtype === 'f16';
+  if (!(low || (gg.dtype === 'f32' && !autocastDtype))) return false;
+  if (gradHooksActive() || process.env.MOHAWK_GRAD_INTO === '0') return false;
+  if (transB) matmulImpl(gg, aa, { transA: true, transB: transA }, 'f32', null, p.grad);
+  else matmulImpl(aa, gg, { transA: !transA }, 'f32', null, p.grad);
+  p.gradUnwritten = false;
+  return true;
 }
 
 /**
@@ -1728,6 +1858,83 @@ export function adamwStepDevice(
     v.buffer,
     scalars.buffer,
     rowAbs?.buffer ?? null,
+    p,
+  );
+}
+
+/**
+ * One read of grad (f32) seen as (rows, size / rows): rowSquares[at + r] (f64) = the sum of the
+ * squares of row r, in f64 (exactly 0 when the row is all zeros; NaN / infinity propagate).
+ */
+export function gradRowSquares(grad: Tensor, rowSquares: Tensor, at: number, rows: number): void {
+  sameBackend('gradRowSquares', grad, rowSquares);
+  if (grad.dtype !== 'f32') fail('gradRowSquares', `grad must be f32, got ${grad.dtype}`);
+  if (!(Number.isInteger(rows) && rows >= 1 && grad.size % rows === 0))
+    fail('gradRowSquares', `${rows} rows do not divide ${shapeStr(grad.shape)}`);
+  if (rowSquares.dtype !== 'f64' || !(Number.isInteger(at) && at >= 0 && at + rows <= rowSquares.size))
+    fail(
+      'gradRowSquares',
+      `rowSquares ${shapeStr(rowSquares.shape)} ${rowSquares.dtype} has no f64 rows ${at}..${at + rows}`,
+    );
+  grad.backend.gradRowSquares(grad.buffer, rowSquares.buffer, at, rows, grad.size / rows);
+}
+
+/** out[at] (f32) = the sum of x's first n entries (f64), in f64 and rounded once. */
+export function sumF64Into(x: Tensor, n: number, out: Tensor, at: number): void {
+  sameBackend('sumF64Into', x, out);
+  if (x.dtype !== 'f64' || n > x.size) fail('sumF64Into', `x must be f64 with ${n} entries`);
+  if (out.dtype !== 'f32' || !(at >= 0 && at < out.size))
+    fail('sumF64Into', `out must be f32 with an entry ${at}`);
+  x.backend.sumF64(x.buffer, n, out.buffer, at);
+}
+
+/**
+ * The device AdamW step (adamwStepDevice's arithmetic) with, in the same pass: the decay limited
+ * to the rows whose entry of rowSquares (f64, from p.rowAt; see gradRowSquares) is non-zero,
+ * nonFinite[0] (f32) set to 1 when an updated weight is not finite, and param16 (bf16 or f16,
+ * param's size) = the updated weights rounded (the copy autocast products read).
+ */
+export function adamwStepFused(
+  param: Tensor,
+  grad: Tensor,
+  m: Tensor,
+  v: Tensor,
+  scalars: Tensor,
+  rowSquares: Tensor | null,
+  nonFinite: Tensor | null,
+  param16: Tensor | null,
+  p: AdamWFusedParams,
+): void {
+  checkAdamwOperands('adamwStepFused', param, grad, m, v);
+  sameBackend('adamwStepFused', param, grad, m, v, scalars);
+  if (
+    scalars.dtype !== 'f64' ||
+    !(Number.isInteger(p.biasAt) && p.biasAt >= 2 && p.biasAt + 2 <= scalars.size)
+  )
+    fail(
+      'adamwStepFused',
+      `scalars ${shapeStr(scalars.shape)} ${scalars.dtype} must be f64 with bias corrections at ${p.biasAt}`,
+    );
+  const rows = Math.ceil(param.size / Math.max(1, p.rowLen));
+  if (rowSquares && (rowSquares.dtype !== 'f64' || p.rowAt + rows > rowSquares.size))
+    fail(
+      'adamwStepFused',
+      `rowSquares ${shapeStr(rowSquares.shape)} has no f64 rows ${p.rowAt}..${p.rowAt + rows}`,
+    );
+  if (nonFinite && (nonFinite.dtype !== 'f32' || nonFinite.size < 1))
+    fail('adamwStepFused', 'nonFinite must be an f32 tensor');
+  if (param16 && ((param16.dtype !== 'bf16' && param16.dtype !== 'f16') || param16.size !== param.size))
+    fail('adamwStepFused', `param16 must be bf16 or f16 of ${param.size} elements`);
+  for (const t of [rowSquares, nonFinite, param16]) if (t) sameBackend('adamwStepFused', param, t);
+  param.backend.adamwFused(
+    param.buffer,
+    grad.buffer,
+    m.buffer,
+    v.buffer,
+    scalars.buffer,
+    rowSquares?.buffer ?? null,
+    nonFinite?.buffer ?? null,
+    param16?.buffer ?? null,
     p,
   );
 }

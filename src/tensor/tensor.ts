@@ -158,6 +158,13 @@ export class Tensor {
   private readonly home: Backend;
   requiresGrad: boolean;
   grad: Tensor | null = null;
+  /**
+   * .grad's values stand for zeros without having been written (a training step's gradient
+   * buffers, kept at fixed addresses for CUDA graphs): the next gradient a backward delivers is
+   * copied over them instead of added to them. Whoever sets it zero-fills the .grad of a leaf
+   * that got no gradient.
+   */
+  gradUnwritten = false;
   node: GradNode | null = null;
   /** a recorded backward reads this tensor's values (set by `record`; see `graphScope`) */
   saved = false;
@@ -359,6 +366,11 @@ export function scalar(value: number, dtype: DType = 'f32', backend?: Backend): 
 
 const gradReadyHooks: ((leaf: Tensor) => void)[] = [];
 
+/** whether a gradient-ready hook listens (then every gradient reaches its leaf through backward) */
+export function gradHooksActive(): boolean {
+  return gradReadyHooks.length > 0;
+}
+
 /**
  * Run fn with `hook` called for every leaf (a tensor that needs a gradient and has no node) as
  * soon as its .grad is final for a backward run inside fn: after its last contribution in that
@@ -522,11 +534,18 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
         // every consumer of t ran its backward before t (reverse topological order)
         if (freeGraph && t !== root) t.dispose();
       } else if (t.requiresGrad) {
+        if (!t.grad) t.gradUnwritten = false;
         if (!t.grad && g.dtype === t.dtype && g.exclusive) {
           // the first gradient of a leaf, held by nothing else: it becomes the leaf's .grad
           t.grad = keep(g.view(t.shape));
+        } else if (t.grad && t.gradUnwritten && g.dtype === t.grad.dtype && g.size === t.grad.size) {
+          // the first gradient into a buffer that stands for zeros: a copy, no fill and add
+          t.grad.backend.copyStrided(g.buffer, 0, [1], t.grad.buffer, 0, [1], [g.size], false);
+          t.gradUnwritten = false;
         } else {
           if (!t.grad) t.grad = keep(zeros(t.shape, t.dtype, t.backend));
+          else if (t.gradUnwritten) t.grad.backend.fill(t.grad.buffer, 0);
+          t.gradUnwritten = false;
           accumulateInto(t.grad, g);
         }
         // reverse topological order: every consumer of the leaf has added its part by now

@@ -13,21 +13,32 @@
 // buffer that the kernels read, so a captured training step (a CUDA graph) replays with each
 // step's values. The trainer uses the second in every mode but ZeRO (whose sharded pieces use
 // `step`), so graph, eager and unsharded data-parallel runs agree exactly.
+//
+// The fused device step (default; MOHAWK_FUSED_OPTIM=0 restores the separate passes): one read of
+// each gradient gives the sums of squares of its rows in f64 (`gradSquares`), whose total is the
+// global norm for clipping and whose non-zero rows are the rows that decay (the same rows as
+// sum(abs(g)) != 0: an f64 sum of exact squares is 0 only for an all-zero row); AdamW then reads
+// those flags, sets a non-finite flag and can write the 16-bit copy of each updated weight.
 
 import {
   abs,
   adamwStep,
   adamwStepDevice,
+  adamwStepFused,
   affine,
   assign,
   equal,
+  fillInPlace,
+  gradRowSquares,
   keep,
   mul,
   noGrad,
   reshape,
   scope,
   sum,
+  sumF64Into,
   upload,
+  WeightCopies,
   zeros,
   type Tensor,
 } from '../tensor/index.js';
@@ -62,6 +73,22 @@ interface Slot {
   v: Tensor;
   decay: boolean;
   step: number;
+  /** this parameter's rows in the fused path's rowSquares: the first, and how many */
+  rowAt: number;
+  rows: number;
+}
+
+/** whether the fused optimizer passes are on (MOHAWK_FUSED_OPTIM=0 turns them off) */
+export function fusedOptimizer(): boolean {
+  return process.env.MOHAWK_FUSED_OPTIM !== '0';
+}
+
+/** What the device step may take from the gradient part of the step (see AdamW.deviceStep). */
+export interface DeviceStepExtras {
+  /** `gradSquares` ran after the gradients' last change: the row flags need no new pass */
+  squaresReady?: boolean;
+  /** f32 [1]: set to 1 (fused path) when an updated weight is not finite, left alone otherwise */
+  nonFinite?: Tensor | null;
 }
 
 /**
@@ -90,6 +117,13 @@ export class AdamW {
   /** [lr, gradient scale, then per slot 1 - beta1^t, 1 - beta2^t] (see deviceStep) */
   private scalarsHost: Float64Array | null = null;
   private scalars: Tensor | null = null;
+  /** the fused passes (read once from MOHAWK_FUSED_OPTIM at construction) */
+  readonly fused = fusedOptimizer();
+  /** fused path: f64, one sum of squares per row of every slot's gradient (stable address) */
+  private rowSquares: Tensor | null = null;
+  private readonly totalRows: number;
+  /** fused path: the 16-bit copies of the weights that the update writes (see weightCopies) */
+  private copies: WeightCopies | null = null;
 
   constructor(
     params: NamedParams,
@@ -101,18 +135,80 @@ export class AdamW {
     this.eps = config.eps ?? 1e-8;
     this.weightDecay = config.weightDecay ?? 0.01;
     const noDecay = config.noDecay ?? defaultNoDecay;
+    let rowAt = 0;
     this.slots = params.map(([name, param]) => {
       if (param.dtype !== 'f32')
         throw new Error(`optimizer: parameter ${name} is ${param.dtype}; AdamW keeps f32 weights`);
-      return {
+      const decay = !noDecay(name, param);
+      // decayed: a flag per row of the first axis; otherwise only the sum counts (vectors: one row)
+      const rows =
+        param.size === 0 ? 0 : param.ndim === 0 || (!decay && param.ndim === 1) ? 1 : param.shape[0];
+      const slot = {
         name,
         param,
         m: keep(zeros(param.shape, 'f32', param.backend)),
         v: keep(zeros(param.shape, 'f32', param.backend)),
-        decay: !noDecay(name, param),
+        decay,
         step: 0,
+        rowAt,
+        rows,
       };
+      rowAt += rows;
+      return slot;
     });
+    this.totalRows = rowAt;
+  }
+
+  /**
+   * Fused path: the sums of squares of every gradient's rows in one read each, and their total
+   * (in f64, rounded to f32) into out[at]: the squared global gradient norm. A following
+   * `deviceStep({ squaresReady: true })` reads the rows' flags from this pass. Device work only.
+   */
+  gradSquares(out: Tensor, at: number): void {
+    const rs = this.rowSquareBuffer();
+    noGrad(() => {
+      fillInPlace(rs, 0);
+      for (const s of this.slots)
+        if (s.param.grad && s.rows > 0) gradRowSquares(s.param.grad, rs, s.rowAt, s.rows);
+      sumF64Into(rs, this.totalRows, out, at);
+    });
+  }
+
+  /** `gradSquares` read to the host (one read): the squared global gradient norm */
+  gradSquaresHost(): number {
+    return noGrad(() =>
+      scope(() => {
+        const out = zeros([1], 'f32', this.slots[0].param.backend);
+        this.gradSquares(out, 0);
+        return out.toArray()[0];
+      }),
+    );
+  }
+
+  /**
+   * Fused path: the 16-bit copies of the trained weights for autocast products (run the loss
+   * inside `withWeightCopies(opt.weightCopies(dtype), ...)`); each update writes the copy of every
+   * weight it changes in the same pass, so no step casts them again. Null when the passes are
+   * not fused. `loadStateDict` and anything that writes the weights otherwise clears them.
+   */
+  weightCopies(dtype: 'bf16' | 'f16'): WeightCopies | null {
+    if (!this.fused || process.env.MOHAWK_WEIGHT_COPIES === '0') return null;
+    if (this.copies && this.copies.dtype !== dtype) {
+      this.copies.dispose();
+      this.copies = null;
+    }
+    if (!this.copies)
+      this.copies = new WeightCopies(
+        this.slots.map((s) => s.param),
+        dtype,
+      );
+    return this.copies;
+  }
+
+  private rowSquareBuffer(): Tensor {
+    if (!this.rowSquares)
+      this.rowSquares = keep(zeros([Math.max(1, this.totalRows)], 'f64', this.slots[0].param.backend));
+    return this.rowSquares;
   }
 
   /** names of the parameters with weight decay */
@@ -120,8 +216,18 @@ export class AdamW {
     return this.slots.filter((s) => s.decay).map((s) => s.name);
   }
 
-  /** One update at learning rate lr from each parameter's .grad (parameters without a grad are skipped). */
+  /**
+   * One update at learning rate lr from each parameter's .grad (parameters without a grad are
+   * skipped). Fused (the default): the device step with lr and scale 1.
+   */
   step(lr: number): void {
+    if (this.fused) {
+      // the device step's kernels with this lr and no gradient scale: one pass per gradient for
+      // the decayed rows and one for the update, instead of abs, sum, mul and a copy per matrix
+      this.prepareDeviceStep(lr, 1);
+      this.deviceStep();
+      return;
+    }
     for (const s of this.slots) {
       const g = s.param.grad;
       if (!g) continue;
@@ -159,15 +265,50 @@ export class AdamW {
   /**
    * Device half: upload the scalars (from the same host array every step: a capture input, see
    * `stepScalars`), then update each parameter that has a gradient, the decay limited to its rows
-   * with a gradient. Reads nothing back, so a graph can capture it.
+   * with a gradient. Reads nothing back, so a graph can capture it. With the fused passes, the
+   * rows' flags come from `gradSquares` (run here unless extras.squaresReady) and
+   * extras.nonFinite is flagged by the update itself.
    */
-  deviceStep(): void {
+  deviceStep(extras: DeviceStepExtras = {}): void {
     const h = this.scalarHost();
     if (!this.scalars) this.scalars = keep(zeros([h.length], 'f64', this.slots[0].param.backend));
     const scalars = this.scalars;
     noGrad(() =>
       scope(() => {
         upload(scalars, h);
+        if (this.fused) {
+          const rs = this.rowSquareBuffer();
+          if (!extras.squaresReady) {
+            fillInPlace(rs, 0);
+            for (const s of this.slots)
+              if (s.param.grad && s.decay && s.rows > 0) gradRowSquares(s.param.grad, rs, s.rowAt, s.rows);
+          }
+          this.slots.forEach((s, i) => {
+            const g = s.param.grad;
+            if (!g) return;
+            const decay = s.decay ? this.weightDecay : 0;
+            adamwStepFused(
+              s.param,
+              g,
+              s.m,
+              s.v,
+              scalars,
+              decay > 0 ? rs : null,
+              extras.nonFinite ?? null,
+              this.copies?.get(s.param) ?? null,
+              {
+                beta1: this.beta1,
+                beta2: this.beta2,
+                eps: this.eps,
+                weightDecay: decay,
+                biasAt: 2 + 2 * i,
+                rowLen: s.param.size / Math.max(s.rows, 1),
+                rowAt: s.rowAt,
+              },
+            );
+          });
+          return;
+        }
         this.slots.forEach((s, i) => {
           const g = s.param.grad;
           if (!g) return;
@@ -216,6 +357,8 @@ export class AdamW {
     steps: Record<string, number>,
     source = 'optimizer state',
   ): void {
+    // a resume writes the weights too: their 16-bit copies are made again from them
+    this.copies?.clear();
     for (const s of this.slots) {
       for (const [suffix, dst] of [
         ['exp_avg', s.m],
@@ -240,8 +383,12 @@ export class AdamW {
   }
 
   dispose(): void {
+    this.copies?.dispose();
+    this.copies = null;
     this.scalars?.dispose();
     this.scalars = null;
+    this.rowSquares?.dispose();
+    this.rowSquares = null;
     for (const s of this.slots) {
       s.m.dispose();
       s.v.dispose();

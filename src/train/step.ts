@@ -26,6 +26,7 @@ import {
   captureGraph,
   cast,
   fillInPlace,
+  getAutocast,
   graphsAvailable,
   keep,
   noGrad,
@@ -34,9 +35,11 @@ import {
   square,
   sum,
   Tensor,
+  withWeightCopies,
   writeSlice,
   zeros,
   type GraphCapture,
+  type WeightCopies,
 } from '../tensor/index.js';
 import type { Backend, HostArray } from '../backends/backend.js';
 import type { TokenBatch } from '../data/batches.js';
@@ -205,15 +208,49 @@ export class DeviceStep<B extends TokenBatch> {
 
   /** The micro-batches' losses and backward into the gradients, the squared norm: device work only. */
   private runGradients(batches: readonly B[], step: number): void {
-    const { accum, trained, lossFn } = this.o;
+    const { accum, trained } = this.o;
+    // fused: the first gradient of the step is copied into each buffer (no zero fill, no add)
+    const unwritten = this.o.optimizer.fused;
     noGrad(() => {
       fillInPlace(this.stats, 0);
-      for (const [, p] of trained) if (p.grad) fillInPlace(p.grad, 0);
+      for (const [, p] of trained)
+        if (p.grad) {
+          if (unwritten) p.gradUnwritten = true;
+          else fillInPlace(p.grad, 0);
+        }
     });
+    try {
+      this.backwardAll(batches, step);
+    } catch (e) {
+      // a failed step leaves no buffer that a later backward would overwrite instead of add to
+      for (const [, p] of trained) p.gradUnwritten = false;
+      throw e;
+    }
+    // the buffers of parameters no backward reached: zeros
+    for (const [, p] of trained)
+      if (p.gradUnwritten) {
+        if (p.grad) noGrad(() => fillInPlace(p.grad!, 0));
+        p.gradUnwritten = false;
+      }
+    // fused: one read per gradient (the optimizer keeps its rows' flags for the update)
+    if (this.o.optimizer.fused) this.o.optimizer.gradSquares(this.stats, accum);
+    else
+      noGrad(() =>
+        scope(() => {
+          const sq = gradSquareSum(trained);
+          if (sq) writeSlice(this.stats, asF32(sq).view([1]), 0, accum);
+        }),
+      );
+  }
+
+  /** each micro-batch's loss into stats and its backward into the gradients */
+  private backwardAll(batches: readonly B[], step: number): void {
+    const { accum, lossFn } = this.o;
+    const copies = this.weightCopies();
     for (let micro = 0; micro < accum; micro++) {
       this.hostLoss[micro] = null;
       scope(() => {
-        const loss = lossFn(batches[micro], { step, micro, accum });
+        const loss = withWeightCopies(copies, () => lossFn(batches[micro], { step, micro, accum }));
         if (!(loss instanceof Tensor)) {
           // back-propagated by the loss function; its value a host number or a device scalar
           this.selfBackprop = true;
@@ -229,12 +266,12 @@ export class DeviceStep<B extends TokenBatch> {
         (accum === 1 ? loss : scale(loss, 1 / accum)).backward(undefined, { freeGraph: true });
       });
     }
-    noGrad(() =>
-      scope(() => {
-        const sq = gradSquareSum(trained);
-        if (sq) writeSlice(this.stats, asF32(sq).view([1]), 0, accum);
-      }),
-    );
+  }
+
+  /** the optimizer's 16-bit weight copies under autocast (fused passes), else null */
+  private weightCopies(): WeightCopies | null {
+    const dt = getAutocast();
+    return dt ? this.o.optimizer.weightCopies(dt) : null;
   }
 
   private readStats(): GradientStats {
@@ -320,7 +357,9 @@ export class DeviceStep<B extends TokenBatch> {
     for (let micro = 0; micro < accum; micro++) {
       // with gradients recorded (not run), so every op takes the path it takes in the step
       const eager = scope(() => {
-        const loss = lossFn(batches[micro], { step, micro, accum });
+        const loss = withWeightCopies(this.weightCopies(), () =>
+          lossFn(batches[micro], { step, micro, accum }),
+        );
         if (loss instanceof Tensor) return loss.item();
         return typeof loss.value === 'number' ? loss.value : loss.value.item();
       });
@@ -333,10 +372,23 @@ export class DeviceStep<B extends TokenBatch> {
   }
 
   private runUpdate(): void {
-    this.o.optimizer.deviceStep();
+    const { optimizer, trained } = this.o;
+    if (optimizer.fused) {
+      // the update flags its own non-finite weights; the probe covers the parameters it skips
+      noGrad(() => fillInPlace(this.probe, 0));
+      optimizer.deviceStep({ squaresReady: true, nonFinite: this.probe });
+      noGrad(() =>
+        scope(() => {
+          const z = nonFiniteProbe(trained.filter(([, p]) => !p.grad));
+          if (z) writeSlice(this.probe, add(this.probe, asF32(z).view([1])), 0, 0);
+        }),
+      );
+      return;
+    }
+    optimizer.deviceStep();
     noGrad(() =>
       scope(() => {
-        const z = nonFiniteProbe(this.o.trained);
+        const z = nonFiniteProbe(trained);
         if (z) writeSlice(this.probe, asF32(z).view([1]), 0, 0);
       }),
     );
@@ -349,6 +401,8 @@ export class DeviceStep<B extends TokenBatch> {
   update(lr: number, gradScale: number): boolean {
     this.o.optimizer.prepareDeviceStep(lr, gradScale);
     if (this.useGraphs && this.updateWarm && this.gradGraph && !this.updateGraph) {
+      // the captured update writes the copies that exist now: no new ones after it
+      this.weightCopies()?.seal();
       try {
         this.updateGraph = captureGraph(
           () => this.runUpdate(),

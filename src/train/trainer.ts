@@ -512,7 +512,9 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
             p.grad?.dispose();
             p.grad = null;
           });
-        gradNorm = Math.sqrt(gradSquares(trained, false).total);
+        // the one-process step's norm (fused: the optimizer's row sums, its decay flags too)
+        const adamW = optimizer as AdamW;
+        gradNorm = Math.sqrt(adamW.fused ? adamW.gradSquaresHost() : gradSquares(trained, false).total);
         if (!Number.isFinite(gradNorm)) {
           const first = gradSquares(trained, true).per.find(([, s]) => !Number.isFinite(s));
           bad = `gradient norm is ${gradNorm}${first ? ` (first in ${first[0]})` : ''}`;
@@ -542,7 +544,7 @@ export function train<B extends TokenBatch>(o: TrainOptions<B>): TrainResult {
         } else {
           // the one-process step's update (step.ts): the same arithmetic, the scale in the kernel
           (optimizer as AdamW).prepareDeviceStep(lr, coef);
-          (optimizer as AdamW).deviceStep();
+          (optimizer as AdamW).deviceStep({ squaresReady: true });
         }
         zeroGrads(trained);
       }

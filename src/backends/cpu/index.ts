@@ -3,6 +3,7 @@
 
 import type {
   AdamWDeviceParams,
+  AdamWFusedParams,
   AdamWParams,
   AttentionParams,
   Backend,
@@ -1220,26 +1221,108 @@ export class CpuBackend implements Backend {
     rowAbs: DeviceBuffer | null,
     p: AdamWDeviceParams,
   ): void {
-    const w = fl(param, 'adamwDevice param');
-    const g = fl(grad, 'adamwDevice grad');
-    const mm = fl(m, 'adamwDevice m');
-    const vv = fl(v, 'adamwDevice v');
-    const s = fl(scalars, 'adamwDevice scalars');
     const ra = rowAbs ? fl(rowAbs, 'adamwDevice rowAbs') : null;
-    const [lr, scale] = [s[0], s[1]];
-    const [bc1, bc2] = [s[p.biasAt], s[p.biasAt + 1]];
-    const decayAll = 1 - lr * p.weightDecay;
+    adamwRows(param, grad, m, v, scalars, ra ? (r) => ra[r] !== 0 : null, p, 'adamwDevice');
+  }
+
+  gradRowSquares(
+    grad: DeviceBuffer,
+    rowSquares: DeviceBuffer,
+    at: number,
+    rows: number,
+    rowLen: number,
+  ): void {
+    const g = fl(grad, 'gradRowSquares grad');
+    const out = rowSquares as CpuBuffer;
+    if (out.dtype !== 'f64' || out.length < at + rows)
+      throw new Error(`cpu backend: gradRowSquares rowSquares must be f64 with ${at + rows} entries`);
+    if (g.length !== rows * rowLen)
+      throw new Error(`cpu backend: gradRowSquares: the gradient is not ${rows} x ${rowLen}`);
+    const o = out.data as Float64Array;
+    for (let r = 0; r < rows; r++) {
+      let acc = 0;
+      for (let i = r * rowLen, end = i + rowLen; i < end; i++) acc += g[i] * g[i];
+      o[at + r] = acc;
+    }
+  }
+
+  sumF64(x: DeviceBuffer, n: number, out: DeviceBuffer, at: number): void {
+    const xs = x as CpuBuffer;
+    if (xs.dtype !== 'f64' || xs.length < n)
+      throw new Error(`cpu backend: sumF64 input must be f64 with ${n} entries`);
+    const o = fl(out, 'sumF64 output');
+    let acc = 0;
+    for (let i = 0; i < n; i++) acc += (xs.data as Float64Array)[i];
+    o[at] = acc;
+  }
+
+  adamwFused(
+    param: DeviceBuffer,
+    grad: DeviceBuffer,
+    m: DeviceBuffer,
+    v: DeviceBuffer,
+    scalars: DeviceBuffer,
+    rowSquares: DeviceBuffer | null,
+    nonFinite: DeviceBuffer | null,
+    param16: DeviceBuffer | null,
+    p: AdamWFusedParams,
+  ): void {
+    const w = fl(param, 'adamwFused param');
     const rowLen = Math.max(1, p.rowLen);
-    for (let r = 0, i = 0; i < w.length; r++) {
-      const decay = ra === null || ra[r] !== 0 ? decayAll : 1;
-      for (const end = Math.min(i + rowLen, w.length); i < end; i++) {
-        const gi = g[i] * scale;
-        const mi = p.beta1 * mm[i] + (1 - p.beta1) * gi;
-        const vi = p.beta2 * vv[i] + (1 - p.beta2) * gi * gi;
-        mm[i] = mi;
-        vv[i] = vi;
-        w[i] = w[i] * decay - (lr * (mi / bc1)) / (Math.sqrt(vi / bc2) + p.eps);
-      }
+    const rs = rowSquares ? (rowSquares as CpuBuffer) : null;
+    if (rs && (rs.dtype !== 'f64' || rs.length < p.rowAt + Math.ceil(w.length / rowLen)))
+      throw new Error('cpu backend: adamwFused rowSquares must be f64 with an entry per row from rowAt');
+    // the device step's arithmetic, with the rows' flags from their sums of squares
+    const sq = rs ? (rs.data as Float64Array) : null;
+    adamwRows(param, grad, m, v, scalars, sq ? (r) => sq[p.rowAt + r] !== 0 : null, p, 'adamwFused');
+    if (nonFinite) {
+      const nf = fl(nonFinite, 'adamwFused nonFinite');
+      for (let i = 0; i < w.length; i++)
+        if (!Number.isFinite(w[i])) {
+          nf[0] = 1;
+          break;
+        }
+    }
+    if (param16) {
+      const b = param16 as CpuBuffer;
+      if ((b.dtype !== 'bf16' && b.dtype !== 'f16') || b.length !== w.length)
+        throw new Error(`cpu backend: adamwFused param16 must be bf16 or f16 of ${w.length} elements`);
+      const d = b.data as Uint16Array;
+      const round = b.dtype === 'bf16' ? f32ToBf16 : f32ToF16;
+      for (let i = 0; i < w.length; i++) d[i] = round(w[i]);
+    }
+  }
+}
+
+/** adamwDevice's update; `decayRow(r)` says whether row r decays (every row when null) */
+function adamwRows(
+  param: DeviceBuffer,
+  grad: DeviceBuffer,
+  m: DeviceBuffer,
+  v: DeviceBuffer,
+  scalars: DeviceBuffer,
+  decayRow: ((row: number) => boolean) | null,
+  p: AdamWDeviceParams,
+  what: string,
+): void {
+  const w = fl(param, `${what} param`);
+  const g = fl(grad, `${what} grad`);
+  const mm = fl(m, `${what} m`);
+  const vv = fl(v, `${what} v`);
+  const s = fl(scalars, `${what} scalars`);
+  const [lr, scale] = [s[0], s[1]];
+  const [bc1, bc2] = [s[p.biasAt], s[p.biasAt + 1]];
+  const decayAll = 1 - lr * p.weightDecay;
+  const rowLen = Math.max(1, p.rowLen);
+  for (let r = 0, i = 0; i < w.length; r++) {
+    const decay = decayRow === null || decayRow(r) ? decayAll : 1;
+    for (const end = Math.min(i + rowLen, w.length); i < end; i++) {
+      const gi = g[i] * scale;
+      const mi = p.beta1 * mm[i] + (1 - p.beta1) * gi;
+      const vi = p.beta2 * vv[i] + (1 - p.beta2) * gi * gi;
+      mm[i] = mi;
+      vv[i] = vi;
+      w[i] = w[i] * decay - (lr * (mi / bc1)) / (Math.sqrt(vi / bc2) + p.eps);
     }
   }
 }

@@ -7,6 +7,7 @@
 
 import type {
   AdamWDeviceParams,
+  AdamWFusedParams,
   AdamWParams,
   AttentionParams,
   Backend,
@@ -38,6 +39,8 @@ import { ELEMENTWISE_SIGNATURES } from './elementwise.js';
 import { CudaBuffer, type Host } from './host.js';
 import { KernelRegistry, Profiler } from './kernels.js';
 import { Nvrtc } from './nvrtc.js';
+import * as optim from './optim.js';
+import { OPTIM_SIGNATURES } from './optim.js';
 import * as reduce from './reduce.js';
 import { REDUCE_SIGNATURES } from './reduce.js';
 import * as rowKernels from './rows.js';
@@ -63,6 +66,7 @@ export const KERNEL_SIGNATURES = {
   ssd: SSD_SIGNATURES,
   ssd_fast: SSD_FAST_SIGNATURES,
   gemv: GEMV_SIGNATURES,
+  optim: OPTIM_SIGNATURES,
 } as const;
 
 export interface CudaBackendOptions {
@@ -1068,6 +1072,34 @@ export class CudaBackend implements Backend {
     p: AdamWDeviceParams,
   ): void {
     elementwise.adamwDevice(this.host, param, grad, m, v, scalars, rowAbs, p);
+  }
+
+  gradRowSquares(
+    grad: DeviceBuffer,
+    rowSquares: DeviceBuffer,
+    at: number,
+    rows: number,
+    rowLen: number,
+  ): void {
+    optim.gradRowSquares(this.host, grad, rowSquares, at, rows, rowLen);
+  }
+
+  sumF64(x: DeviceBuffer, n: number, out: DeviceBuffer, at: number): void {
+    optim.sumF64(this.host, x, n, out, at);
+  }
+
+  adamwFused(
+    param: DeviceBuffer,
+    grad: DeviceBuffer,
+    m: DeviceBuffer,
+    v: DeviceBuffer,
+    scalars: DeviceBuffer,
+    rowSquares: DeviceBuffer | null,
+    nonFinite: DeviceBuffer | null,
+    param16: DeviceBuffer | null,
+    p: AdamWFusedParams,
+  ): void {
+    optim.adamwFused(this.host, param, grad, m, v, scalars, rowSquares, nonFinite, param16, p);
   }
 }
 
