@@ -2198,3 +2198,128 @@ function counterBatches(batch: number, seqLen: number, vocab: number): BatchSour
     },
   };
 }
+
+// ---- biasgrad (issue 18): the bias gradient from the pass that rounds the output gradient ------
+
+describe(
+  'cuda: castColumnSums and the linear backward under bf16 autocast (MOHAWK_FUSED_BIAS_GRAD)',
+  { skip },
+  () => {
+    const baseline = skip ? 0 : gpu.memoryStats().liveBuffers;
+    afterEach(() => {
+      for (const [be, b] of held.splice(0)) be.free(b);
+      if (!skip) assert.equal(gpu.memoryStats().liveBuffers, baseline, 'a test leaked device buffers');
+    });
+
+    it('castColumnSums against the CPU: plain and through the GELU derivative, bf16 and f16, x4 and odd widths, split rows', () => {
+      // (rows, cols): one block, widths not a multiple of 4 (the scalar kernel), many row splits
+      const shapes = [
+        [1, 4],
+        [3, 5],
+        [37, 128],
+        [513, 7],
+        [2048, 260],
+        [4100, 1024],
+        [300, 6000],
+      ];
+      for (const [rows, cols] of shapes)
+        for (const op of [null, 'geluNew'] as const)
+          for (const dt of ['bf16', 'f16'] as const) {
+            const what = `(${rows}, ${cols}) ${op ?? 'plain'} ${dt}`;
+            const n = rows * cols;
+            const g = pair(randn(n, 3));
+            const x = pair(Array.from(randn(n, 2), f32ToBf16), 'bf16');
+            const o = out(n, dt);
+            const s = out(cols);
+            both((be, k) => be.castColumnSums!(g[k], o[k], s[k], rows, cols, op, op ? x[k] : null));
+            if (op === null) checkExact(o, `${what}: rounded gradient`);
+            else {
+              // f32 derivative on the GPU, f64 on the CPU: at most one rounding step apart
+              const ref = numbers(cpu.read(o.c), dt);
+              const got = numbers(gpu.read(o.g), dt);
+              assertClose(got, ref, 1e-6, `${what}: rounded gradient`, dt === 'bf16' ? 2 ** -7 : 2 ** -10);
+            }
+            // f32 sums in another order than the CPU's: 1e-5 of the largest, relative to sqrt(rows)
+            check(s, 1e-5 * Math.max(1, Math.sqrt(rows / 64)), `${what}: column sums`, 1e-5);
+          }
+    });
+
+    it('a linear layer under bf16 autocast: fused against MOHAWK_FUSED_BIAS_GRAD=0 on the GPU and against the CPU', () => {
+      // (lead, in, out): rows folded from batch axes; an odd output width (the scalar kernel)
+      const cases: [number[], number, number][] = [
+        [[4, 333], 64, 256],
+        [[2, 96], 48, 37],
+      ];
+      const run = (be: Backend, lead: number[], inF: number, outF: number, fusedBias: boolean) =>
+        withEnv('MOHAWK_FUSED_BIAS_GRAD', fusedBias ? undefined : '0', () => {
+          T.setBackend(be);
+          const r = new Random(inF * 7 + outF);
+          const rows = lead.reduce((a, b) => a * b, 1);
+          const mk = (shape: number[], std: number) => {
+            const t = T.tensor(
+              r.normals(
+                shape.reduce((a, b) => a * b, 1),
+                0,
+                std,
+              ),
+              shape,
+            );
+            t.requiresGrad = true;
+            return T.keep(t);
+          };
+          const x = mk([...lead, inF], 1);
+          const w = mk([outF, inF], 0.2);
+          const b = mk([outF], 0.5);
+          const weights = T.keep(T.tensor(r.normals(rows * outF, 0, 1), [...lead, outF]));
+          T.scope(() => T.autocast('bf16', () => T.sum(T.mul(T.linear(x, w, b), weights)).backward()));
+          const grads = [x, w, b].map((t) => Array.from(t.grad!.toArray()));
+          for (const t of [x, w, b, weights]) {
+            t.grad?.dispose();
+            t.dispose();
+          }
+          return grads;
+        });
+      try {
+        for (const [lead, inF, outF] of cases) {
+          const what = `${JSON.stringify(lead)} x ${inF} -> ${outF}`;
+          const fused = run(gpu, lead, inF, outF, true);
+          const plain = run(gpu, lead, inF, outF, false);
+          const ref = run(cpu, lead, inF, outF, true);
+          // the same bf16 gradient feeds the same products: x's and w's gradients agree
+          for (const i of [0, 1])
+            assertClose(
+              fused[i],
+              plain[i],
+              1e-6 * maxAbs(plain[i]),
+              `${what}: gradient ${i}, fused vs unfused`,
+            );
+          assertClose(
+            fused[2],
+            plain[2],
+            1e-5 * maxAbs(plain[2]) + 1e-6,
+            `${what}: bias gradient, fused vs unfused`,
+          );
+          // against the CPU: bf16 products (2^-8 per operand), the bias's gradient in f32 on both sides
+          for (const i of [0, 1])
+            assertClose(fused[i], ref[i], 2e-2 * maxAbs(ref[i]) + 1e-6, `${what}: gradient ${i} vs cpu`);
+          assertClose(fused[2], ref[2], 1e-5 * maxAbs(ref[2]) + 1e-6, `${what}: bias gradient vs cpu`);
+        }
+      } finally {
+        T.setBackend(cpu);
+      }
+    });
+  },
+);
+
+/** run fn with env `name` set to `value` (undefined: unset), restored afterwards */
+function withEnv<R>(name: string, value: string | undefined, fn: () => R): R {
+  const prev = process.env[name];
+  if (value === undefined) delete process.env[name];
+  else process.env[name] = value;
+  try {
+    return fn();
+  } finally {
+    if (prev === undefined) delete process.env[name];
+    else process.env[name] = prev;
+  }
+}

@@ -767,8 +767,14 @@ function matmulImpl(
   const inputs = bias ? [a, b, bias] : [a, b];
   return record(out, bias ? 'linear' : 'matmul', inputs, crossSaves(a, b), (g) => {
     // C = op(A) op(B): dA from g op(B)^T, dB from op(A)^T g, then summed over broadcast batches.
-    // With 16-bit operands the f32 gradient is rounded once for both products.
-    const g16 = a.dtype !== g.dtype && (a.dtype === 'bf16' || a.dtype === 'f16') ? cast(g, a.dtype) : g;
+    // With 16-bit operands the f32 gradient is rounded once for both products; a bias's gradient
+    // (the f32 sums of g over its rows) then comes from the same pass where the backend fuses it.
+    const low = a.dtype !== g.dtype && (a.dtype === 'bf16' || a.dtype === 'f16');
+    let g16 = g;
+    let gBias: Tensor | null = null;
+    if (low && bias?.requiresGrad && (a.requiresGrad || b.requiresGrad) && fusedBiasGrad(g)) {
+      [g16, gBias] = castWithColumnSums(g, a.dtype as 'bf16' | 'f16');
+    } else if (low) g16 = cast(g, a.dtype);
     let ga: Tensor | null = null;
     let gb: Tensor | null = null;
     if (a.requiresGrad) {
@@ -787,8 +793,41 @@ function matmulImpl(
       gb = sumToShape(full, b.shape);
     }
     // the bias's gradient sums the f32 gradient over every row
-    return bias ? [ga, gb, bias.requiresGrad ? sumToShape(g, bias.shape) : null] : [ga, gb];
+    return bias ? [ga, gb, bias.requiresGrad ? (gBias ?? sumToShape(g, bias.shape)) : null] : [ga, gb];
   });
+}
+
+/**
+ * Whether a linear layer's bias gradient may come from the pass that rounds its f32 output
+ * gradient g (..., n) to 16 bits (`castColumnSums`): where the backend has it, unless
+ * MOHAWK_FUSED_BIAS_GRAD=0 (then a cast and a separate column sum, for A/B runs).
+ */
+function fusedBiasGrad(g: Tensor): boolean {
+  return (
+    !!g.backend.castColumnSums &&
+    g.dtype === 'f32' &&
+    g.ndim >= 1 &&
+    process.env.MOHAWK_FUSED_BIAS_GRAD !== '0'
+  );
+}
+
+/**
+ * g (..., n) f32 -> [v rounded to dtype (g's shape), the f32 sums of v over every axis but the
+ * last (n)], v = g, or g * f'(x) for `op` with x the 16-bit input an activation kept (g's shape):
+ * one pass over g (the backend's castColumnSums). Not recorded (a backward pass's helper).
+ */
+function castWithColumnSums(
+  g: Tensor,
+  dtype: 'bf16' | 'f16',
+  op: UnaryOp | null = null,
+  x: Tensor | null = null,
+): [Tensor, Tensor] {
+  const n = g.shape[g.ndim - 1];
+  const rows = n === 0 ? 0 : g.size / n;
+  const g16 = empty(g.shape, dtype, g.backend);
+  const sums = empty([n], 'f32', g.backend);
+  g.backend.castColumnSums!(g.buffer, g16.buffer, sums.buffer, rows, n, op, x?.buffer ?? null);
+  return [g16, sums];
 }
 
 /**
@@ -864,11 +903,14 @@ export function geluMlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tenso
   }
   const inputs = [x16, w116, b1, w216, b2];
   return record(out, 'geluMlp', inputs, [x16, w116, w216, act, pre!], (g) => {
-    const g16 = cast(g, dt);
+    let g16: Tensor;
+    let gb2: Tensor | null = null;
+    if (b2.requiresGrad && fusedBiasGrad(g)) [g16, gb2] = castWithColumnSums(g, dt);
+    else g16 = cast(g, dt);
     const flat = (t: Tensor, cols: number) => t.view([rows, cols]);
     // fc2: its weight's gradient from the 16-bit activation, its bias's from the f32 gradient
     const gw2 = w216.requiresGrad ? matmul(flat(g16, d2), flat(act, h), { transA: true }) : null;
-    const gb2 = b2.requiresGrad ? sumToShape(g, b2.shape) : null;
+    if (b2.requiresGrad) gb2 ??= sumToShape(g, b2.shape);
     // fc2's input gradient times gelu'(pre), in 16 bits, with fc1's bias gradient
     const gPre = empty([rows, h], dt, be);
     const gb1 = b1.requiresGrad ? empty([h], 'f32', be) : null;

@@ -633,6 +633,18 @@ export class CudaBackend implements Backend {
     elementwise.add3(this.host, a, b, c, out);
   }
 
+  castColumnSums(
+    g: DeviceBuffer,
+    g16: DeviceBuffer,
+    sums: DeviceBuffer,
+    rows: number,
+    cols: number,
+    op: UnaryOp | null,
+    x: DeviceBuffer | null,
+  ): void {
+    elementwise.castColumnSums(this.host, g, g16, sums, rows, cols, op, x);
+  }
+
   matmulGelu(
     a: DeviceBuffer,
     b: DeviceBuffer,
