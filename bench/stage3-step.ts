@@ -13,7 +13,7 @@
 // memory breakdown of one more step: the bytes live at each phase and, at the end of the forward
 // pass, the tensors the student's graph keeps for backward, grouped by the op that made them.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
-//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--unfused-bias-grad] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -53,8 +53,11 @@ const { values } = parseArgs({
     unfused: { type: 'boolean', default: false },
     // the Phi MLP's tanh GELU in cuBLASLt's epilogues (MOHAWK_GELU_EPILOGUE=1; off by default)
     'gelu-epilogue': { type: 'boolean', default: false },
+    // linear bias gradients by a separate column sum (MOHAWK_FUSED_BIAS_GRAD=0)
+    'unfused-bias-grad': { type: 'boolean', default: false },
   },
 });
+if (values['unfused-bias-grad']) process.env.MOHAWK_FUSED_BIAS_GRAD = '0';
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';
 if (values['gelu-epilogue']) process.env.MOHAWK_GELU_EPILOGUE = '1';
 const llama = values.model === 'llama3';
@@ -251,7 +254,8 @@ rows.push(
       `(d_state ${m.dState}, chunk ${m.chunkSize}), batch ${B} x ${T}, ${values.fp32 ? 'f32' : 'bf16 autocast'}, ` +
       `${values.fused ? 'fused chunked head + KL' : 'full logits + KL'}, teacher linear weights ${linearDtype ?? 'f32'}, ` +
       `glue fusions ${process.env.MOHAWK_FUSED_GLUE === '0' ? 'off' : 'on'}, ` +
-      `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}`,
+      `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}, ` +
+      `fused bias gradients ${process.env.MOHAWK_FUSED_BIAS_GRAD === '0' ? 'off' : 'on'}`,
   },
   {
     what: 'parameters',
@@ -284,6 +288,7 @@ const probes: Record<string, (a: unknown[]) => [string, number]> = {
   unary: (a) => [`unary ${a[0]} -> ${dt(a[2])}`, len(a[1])],
   unaryBackward: (a) => [`unary backward ${a[0]} (x ${dt(a[1])})`, len(a[1])],
   cast: (a) => [`cast ${dt(a[0])} -> ${dt(a[1])}`, len(a[0])],
+  castColumnSums: (a) => [`cast + column sums (${a[5] ?? 'plain'}) -> ${dt(a[1])}`, len(a[0])],
   copyStrided: (a) => [
     `copy ${(a[7] as boolean) ? 'accumulate' : 'plain'} ${(a[2] as number[]).length}-d ${dt(a[0])}`,
     (a[6] as number[]).reduce((p, q) => p * q, 1),
