@@ -4,8 +4,10 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import type { DeviceBuffer, UnaryOp } from '../src/backends/backend.js';
 import { CpuBackend } from '../src/backends/cpu/index.js';
 import { bf16ToF32, f16ToF32, f32ToBf16 } from '../src/backends/dtype.js';
+import { MLP } from '../src/nn/mlp.js';
 import * as T from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { assertClose } from './helpers.js';
@@ -133,5 +135,76 @@ describe('linear under bf16 autocast: the bias gradient from the cast pass', () 
       for (let i = 0; i < rows; i++)
         for (let j = 0; j < outF; j++) expected[j] += fused.weights[i * outF + j];
       assertClose(fused.grads[2], expected, 1e-5, 'bias gradient');
+    });
+});
+
+/** the CPU backend with unaryKeep16 composed from its kernels (and 16-bit inputs to unaryBackward) */
+class CpuKeep16 extends CpuBackend {
+  unaryKeep16(op: UnaryOp, x: DeviceBuffer, out: DeviceBuffer, xOut: DeviceBuffer): void {
+    this.unary(op, x, out, 1, 0);
+    this.cast(x, xOut);
+  }
+
+  override unaryBackward(op: UnaryOp, x: DeviceBuffer, gy: DeviceBuffer, gx: DeviceBuffer): void {
+    if (x.dtype === 'f32' || x.dtype === 'f64') return super.unaryBackward(op, x, gy, gx);
+    const xf = this.alloc('f32', x.length);
+    this.cast(x, xf);
+    super.unaryBackward(op, xf, gy, gx);
+    this.free(xf);
+  }
+}
+
+describe('linearActivation: fc1 and its activation as one op under bf16 autocast (MOHAWK_FUSED_LINEAR_ACT)', () => {
+  /** loss = sum(mlp(x) * weights) through the MLP module: gradients of x and every parameter */
+  const run = (be: CpuBackend, act: 'gelu_new' | 'silu', env: string | undefined) =>
+    withEnv('MOHAWK_FUSED_LINEAR_ACT', env, () => {
+      const prev = T.getBackend();
+      T.setBackend(be);
+      try {
+        const r = new Random(71);
+        const mlp = new MLP(12, 40, act, { rng: r });
+        const params = mlp.parameters();
+        const x = T.keep(T.tensor(r.normals(3 * 7 * 12, 0, 1), [3, 7, 12]));
+        x.requiresGrad = true;
+        const weights = T.keep(T.tensor(r.normals(3 * 7 * 12, 0, 1), [3, 7, 12]));
+        let ops: string[] = [];
+        const loss = T.scope(() =>
+          T.autocast('bf16', () => {
+            const y = mlp.forward(x);
+            ops = [y.node!.inputs[0].node!.op];
+            const l = T.sum(T.mul(y, weights));
+            l.backward();
+            return l.item();
+          }),
+        );
+        const grads = [x, ...params].map((t) => Array.from(t.grad!.toArray()));
+        for (const t of [x, weights, ...params]) {
+          t.grad?.dispose();
+          t.dispose();
+        }
+        return { loss, grads, ops };
+      } finally {
+        T.setBackend(prev);
+      }
+    });
+
+  for (const act of ['gelu_new', 'silu'] as const)
+    it(`${act}: the composed ops' gradients (same numbers), near the f32-kept-input path`, () => {
+      const keep16 = new CpuKeep16();
+      const fused = run(keep16, act, undefined);
+      const composed = run(keep16, act, '0');
+      const plain = run(new CpuBackend(), act, undefined);
+      assert.deepEqual(fused.ops, ['linearActivation']);
+      assert.notDeepEqual(composed.ops, ['linearActivation']);
+      assert.notDeepEqual(plain.ops, ['linearActivation']);
+      // the same kernels in the same order (the pre-activation's gradient rounded once, the bias's
+      // summed before rounding): equal
+      assert.equal(fused.loss, composed.loss);
+      assert.deepEqual(fused.grads, composed.grads);
+      // the plain CPU backend keeps the f32 pre-activation for the derivative: bf16 apart
+      assert.ok(Math.abs(fused.loss - plain.loss) <= 1e-2 * Math.abs(plain.loss) + 1e-3);
+      plain.grads.forEach((g, i) =>
+        assertClose(fused.grads[i], g, 2e-2 * Math.max(...g.map(Math.abs)) + 1e-6, `gradient ${i}`),
+      );
     });
 });

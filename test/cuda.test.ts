@@ -42,6 +42,7 @@ import { train } from '../src/train/index.js';
 import { studentConfigFor } from '../src/distill/transfer.js';
 import { PhiForCausalLM } from '../src/models/phi.js';
 import { StudentLM } from '../src/models/phi-mamba.js';
+import { MLP } from '../src/nn/mlp.js';
 import type { CausalLM } from '../src/models/types.js';
 import { assertClose, tinyLlama } from './helpers.js';
 
@@ -2304,6 +2305,62 @@ describe(
             assertClose(fused[i], ref[i], 2e-2 * maxAbs(ref[i]) + 1e-6, `${what}: gradient ${i} vs cpu`);
           assertClose(fused[2], ref[2], 1e-5 * maxAbs(ref[2]) + 1e-6, `${what}: bias gradient vs cpu`);
         }
+      } finally {
+        T.setBackend(cpu);
+      }
+    });
+
+    it('the Phi MLP with fc1 and its GELU as one op (linearActivation) against MOHAWK_FUSED_LINEAR_ACT=0 on the GPU and the CPU, bf16 autocast', () => {
+      const run = (be: Backend, linearAct: boolean) =>
+        withEnv('MOHAWK_FUSED_LINEAR_ACT', linearAct ? undefined : '0', () => {
+          T.setBackend(be);
+          const r = new Random(5);
+          const mlp = new MLP(64, 256, 'gelu_new', { rng: r });
+          const params = mlp.parameters();
+          const x = T.keep(T.tensor(r.normals(2 * 150 * 64, 0, 1), [2, 150, 64]));
+          x.requiresGrad = true;
+          const weights = T.keep(T.tensor(r.normals(2 * 150 * 64, 0, 1), [2, 150, 64]));
+          let op = '';
+          const loss = T.scope(() =>
+            T.autocast('bf16', () => {
+              const y = mlp.forward(x);
+              op = y.node!.inputs[0].node?.op ?? '';
+              const l = T.sum(T.mul(y, weights));
+              l.backward();
+              return l.item();
+            }),
+          );
+          const grads = [x, ...params].map((t) => Array.from(t.grad!.toArray()));
+          for (const t of [x, weights, ...params]) {
+            t.grad?.dispose();
+            t.dispose();
+          }
+          return { loss, grads, op };
+        });
+      try {
+        const fused = run(gpu, true);
+        const composed = run(gpu, false);
+        const ref = run(cpu, true);
+        assert.equal(fused.op, 'linearActivation');
+        assert.notEqual(composed.op, 'linearActivation');
+        // the same kernels' arithmetic on the GPU: the bias sums in another order only
+        assert.equal(fused.loss, composed.loss);
+        fused.grads.forEach((g, i) =>
+          assertClose(
+            g,
+            composed.grads[i],
+            1e-5 * maxAbs(composed.grads[i]) + 1e-6,
+            `gradient ${i} vs composed`,
+          ),
+        );
+        // the CPU keeps the f32 pre-activation for the derivative: bf16 apart
+        assert.ok(
+          Math.abs(fused.loss - ref.loss) <= 2e-2 * Math.abs(ref.loss) + 1e-3,
+          `loss ${fused.loss} vs ${ref.loss}`,
+        );
+        ref.grads.forEach((g, i) =>
+          assertClose(fused.grads[i], g, 2e-2 * maxAbs(g) + 1e-6, `gradient ${i} vs cpu`),
+        );
       } finally {
         T.setBackend(cpu);
       }

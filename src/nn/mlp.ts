@@ -6,6 +6,7 @@ import {
   geluNew,
   gelu,
   getAutocast,
+  linearActivation,
   relu,
   silu,
   unaryTo,
@@ -89,9 +90,12 @@ export class MLP extends Module {
       const fused = geluMlp(x, this.fc1.weight, this.fc1.bias!, this.fc2.weight, this.fc2.bias!);
       if (fused) return fused;
     }
+    const dt = getAutocast();
+    // fc1 and the activation as one op whose backward reads the activation's gradient once
+    const fused = dt && linearActivation(x, this.fc1.weight, this.fc1.bias, ACTIVATION_OP[this.act], dt);
+    if (fused) return this.fc2.forward(fused);
     const h = this.fc1.forward(x);
     // under autocast fc2 reads a 16-bit copy anyway: the activation writes it directly
-    const dt = getAutocast();
     return this.fc2.forward(
       dt && h.dtype === 'f32' ? unaryTo(ACTIVATION_OP[this.act], h, dt) : activate(h, this.act),
     );

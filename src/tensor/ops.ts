@@ -831,6 +831,61 @@ function castWithColumnSums(
 }
 
 /**
+ * f(linear(x, weight, bias)) stored in `dtype` (an MLP's first product and activation under
+ * autocast, feeding the second product) as one op, so its backward makes the pre-activation's
+ * gradient in one pass over the activation's f32 gradient: times f' at the kept 16-bit input,
+ * rounded to 16 bits for the two products, and summed over the rows for the bias
+ * (`castColumnSums`); the f32 pre-activation gradient never exists. The same numbers as
+ * `unaryTo(op, linear(x, weight, bias), dtype)` with the fused glue, up to the order of the bias
+ * sums. Returns null where it does not apply (no autocast in `dtype`, nothing to differentiate, no
+ * bias, a backend without unaryKeep16 or castColumnSums, MOHAWK_FUSED_MLP=0 or
+ * MOHAWK_FUSED_LINEAR_ACT=0): the caller composes the ops then.
+ */
+export function linearActivation(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  op: UnaryOp,
+  dtype: 'bf16' | 'f16',
+): Tensor | null {
+  const be = x.backend;
+  if (
+    !bias ||
+    autocastDtype !== dtype ||
+    !be.unaryKeep16 ||
+    !be.castColumnSums ||
+    !fusedGlue('MOHAWK_FUSED_MLP') ||
+    process.env.MOHAWK_FUSED_LINEAR_ACT === '0' ||
+    !isGradEnabled() ||
+    ![x, weight, bias].some((t) => t.requiresGrad)
+  )
+    return null;
+  if (weight.ndim !== 2) fail('linear', `weight must be (out, in), got ${shapeStr(weight.shape)}`);
+  checkVector('linear', bias, weight.shape[0], 'bias');
+  if (bias.dtype !== 'f32' || ![x, weight].every((t) => t.dtype === 'f32' || t.dtype === dtype)) return null;
+  const x16 = x.dtype === dtype ? x : autocastOperand(x, dtype);
+  const w16 = weight.dtype === dtype ? weight : autocastOperand(weight, dtype);
+  // the f32 pre-activation, not recorded: only its 16-bit copy is kept for the backward
+  const pre = noGrad(() => matmulImpl(x16, w16, { transB: true }, 'f32', bias));
+  const out = empty(pre.shape, dtype, be);
+  const preKeep = empty(pre.shape, dtype, be);
+  be.unaryKeep16(op, pre.buffer, out.buffer, preKeep.buffer);
+  pre.dispose();
+  const [n, k] = w16.shape;
+  const rows = out.size / n;
+  return record(out, 'linearActivation', [x16, w16, bias], [...crossSaves(x16, w16), preKeep], (g) => {
+    const gf = g.dtype === 'f32' ? g : cast(g, 'f32');
+    // the pre-activation's gradient g f'(pre), in 16 bits, and the bias's (its f32 column sums)
+    const [gPre16, gBias] = castWithColumnSums(gf, dtype, op, preKeep);
+    const gx = x16.requiresGrad ? matmul(gPre16, w16).view(x16.shape) : null;
+    const gw = w16.requiresGrad
+      ? matmul(gPre16.view([rows, n]), x16.view([rows, k]), { transA: true })
+      : null;
+    return [gx, gw, bias.requiresGrad ? gBias : null];
+  });
+}
+
+/**
  * The Phi MLP, fc2(gelu_new(fc1 x)), under autocast with the tanh GELU in cuBLASLt's epilogues:
  * fc1's product writes the 16-bit activation and its 16-bit input (forward), fc2's backward
  * product applies the GELU derivative and sums fc1's bias gradient (backward), so no separate
