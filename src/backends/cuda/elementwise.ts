@@ -57,7 +57,9 @@ export const ELEMENTWISE_SIGNATURES = {
   silu_gate_d_x4: 'ppppppippilii',
   unary_f32_to16_x4: 'ppiffil',
   cast_colsum_x4: 'ppiipiplll',
+  cast_colsum_act_x4: 'ppiipiplll',
   cast_colsum_x1: 'ppiipiplll',
+  cast_colsum_act_x1: 'ppiipiplll',
 } as const;
 
 const { k, run1 } = moduleKernels('elementwise', ELEMENTWISE_SIGNATURES);
@@ -691,7 +693,15 @@ export function castColumnSums(
   const chunk = Math.ceil(rows / splits);
   splits = Math.ceil(rows / chunk);
   const partial = splits === 1 ? null : h.scratch(splits * cols);
-  k(h, w === 4 ? 'cast_colsum_x4' : 'cast_colsum_x1').launch([tiles, splits, 1], COLSUM_TX * COLSUM_TY, 0, [
+  const name =
+    op === null
+      ? w === 4
+        ? 'cast_colsum_x4'
+        : 'cast_colsum_x1'
+      : w === 4
+        ? 'cast_colsum_act_x4'
+        : 'cast_colsum_act_x1';
+  k(h, name).launch([tiles, splits, 1], COLSUM_TX * COLSUM_TY, 0, [
     gp,
     xp,
     op === null ? -1 : UNARY_CODE[op],

@@ -697,7 +697,7 @@ extern "C" __global__ void unary_f32_to16_x4(const float* x, u16* out, int op, f
  * threads (COLSUM_TY rows of COLSUM_TX); blockIdx.x = a tile of COLSUM_TX * W columns (W = 4 needs
  * cols % 4 == 0: 16-byte rows), blockIdx.y = s.
  */
-template <int W>
+template <int W, bool ACT>
 __device__ __forceinline__ void cast_colsum(const float* __restrict__ g, const u16* __restrict__ x, int op, int xt,
                                             u16* __restrict__ g16, int ot, float* __restrict__ partial, i64 rows,
                                             i64 cols, i64 chunk) {
@@ -720,7 +720,7 @@ __device__ __forceinline__ void cast_colsum(const float* __restrict__ g, const u
         v[1] = gv.y;
         v[2] = gv.z;
         v[3] = gv.w;
-        if (op >= 0) {
+        if (ACT) {
           const float4 xv = load4(x, xt, i / 4);
           const float* a = (const float*)&xv;
 #pragma unroll
@@ -729,7 +729,7 @@ __device__ __forceinline__ void cast_colsum(const float* __restrict__ g, const u
         store4(g16, ot, i / 4, make_float4(v[0], v[1], v[2], v[3]));
       } else {
         v[0] = g[i];
-        if (op >= 0) v[0] *= unary_df(op, load_any(x, xt, i));
+        if (ACT) v[0] *= unary_df(op, load_any(x, xt, i));
         store_any(g16, ot, i, v[0]);
       }
 #pragma unroll
@@ -750,12 +750,14 @@ __device__ __forceinline__ void cast_colsum(const float* __restrict__ g, const u
   }
 }
 
-extern "C" __global__ void cast_colsum_x4(const float* g, const u16* x, int op, int xt, u16* g16, int ot,
-                                          float* partial, i64 rows, i64 cols, i64 chunk) {
-  cast_colsum<4>(g, x, op, xt, g16, ot, partial, rows, cols, chunk);
-}
-
-extern "C" __global__ void cast_colsum_x1(const float* g, const u16* x, int op, int xt, u16* g16, int ot,
-                                          float* partial, i64 rows, i64 cols, i64 chunk) {
-  cast_colsum<1>(g, x, op, xt, g16, ot, partial, rows, cols, chunk);
-}
+// a plain cast (op < 0) and through an activation's derivative (op >= 0) are separate kernels: the
+// derivative's registers would otherwise lower the plain pass's occupancy
+#define CAST_COLSUM(NAME, W, ACT)                                                                         \
+  extern "C" __global__ void NAME(const float* g, const u16* x, int op, int xt, u16* g16, int ot, float* partial, \
+                                  i64 rows, i64 cols, i64 chunk) {                                       \
+    cast_colsum<W, ACT>(g, x, op, xt, g16, ot, partial, rows, cols, chunk);                              \
+  }
+CAST_COLSUM(cast_colsum_x4, 4, false)
+CAST_COLSUM(cast_colsum_act_x4, 4, true)
+CAST_COLSUM(cast_colsum_x1, 1, false)
+CAST_COLSUM(cast_colsum_act_x1, 1, true)
