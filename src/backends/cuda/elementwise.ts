@@ -685,10 +685,11 @@ export function castColumnSums(
   }
   const w = cols % 4 === 0 ? 4 : 1;
   const tiles = Math.ceil(cols / (COLSUM_TX * w));
-  // about four resident blocks per multiprocessor, each thread walking at least 4 rows
+  // about 16 blocks per multiprocessor (5 are resident at a time: several short waves balance
+  // better than one or two long ones), each thread walking at least 4 rows
   let splits = Math.max(
     1,
-    Math.min(Math.ceil((h.sms * 4) / tiles), Math.ceil(rows / (COLSUM_TY * 4)), 65535),
+    Math.min(Math.ceil((h.sms * 16) / tiles), Math.ceil(rows / (COLSUM_TY * 4)), 65535),
   );
   const chunk = Math.ceil(rows / splits);
   splits = Math.ceil(rows / chunk);
