@@ -812,6 +812,15 @@ function fusedBiasGrad(g: Tensor): boolean {
 }
 
 /**
+ * g (..., n) f32 -> [g rounded to dtype, the f32 sums of g over every axis but the last (n)] in
+ * one pass (a linear layer's output gradient for its 16-bit products, and its bias's gradient),
+ * or null where that does not apply (see fusedBiasGrad): the caller casts and sums then.
+ */
+export function castWithBiasGrad(g: Tensor, dtype: 'bf16' | 'f16'): [Tensor, Tensor] | null {
+  return fusedBiasGrad(g) ? castWithColumnSums(g, dtype) : null;
+}
+
+/**
  * g (..., n) f32 -> [v rounded to dtype (g's shape), the f32 sums of v over every axis but the
  * last (n)], v = g, or g * f'(x) for `op` with x the 16-bit input an activation kept (g's shape):
  * one pass over g (the backend's castColumnSums). Not recorded (a backward pass's helper).
