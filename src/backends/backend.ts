@@ -769,9 +769,9 @@ export const KERNEL_NAMES = [
   'siluGateD',
   'siluGateDBackward',
   'causalConv1dKeep16',
+  'castColumnSums',
   'matmulGelu',
   'add3',
-  'castColumnSums',
 ] as const satisfies readonly KernelName[];
 
 /** compile-time check that KERNEL_NAMES lists every kernel: names the missing ones in the error */

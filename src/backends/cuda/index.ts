@@ -477,6 +477,18 @@ export class CudaBackend implements Backend {
     elementwise.unaryKeep16(this.host, op, x, out, xOut);
   }
 
+  castColumnSums(
+    g: DeviceBuffer,
+    g16: DeviceBuffer,
+    sums: DeviceBuffer,
+    rows: number,
+    cols: number,
+    op: UnaryOp | null,
+    x: DeviceBuffer | null,
+  ): void {
+    elementwise.castColumnSums(this.host, g, g16, sums, rows, cols, op, x);
+  }
+
   gatedAct(
     op: UnaryOp,
     g: DeviceBuffer,
@@ -631,18 +643,6 @@ export class CudaBackend implements Backend {
 
   add3(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, out: DeviceBuffer): void {
     elementwise.add3(this.host, a, b, c, out);
-  }
-
-  castColumnSums(
-    g: DeviceBuffer,
-    g16: DeviceBuffer,
-    sums: DeviceBuffer,
-    rows: number,
-    cols: number,
-    op: UnaryOp | null,
-    x: DeviceBuffer | null,
-  ): void {
-    elementwise.castColumnSums(this.host, g, g16, sums, rows, cols, op, x);
   }
 
   matmulGelu(

@@ -608,80 +608,6 @@ extern "C" __global__ void unary_backward_from16_x4(const u16* x, const float* g
   }
 }
 
-extern "C" __global__ void gated_act_x4(const float* g, const float* u, void* out, int ot, u16* gk, u16* uk, int keep,
-                                        int op, i64 n) {
-  FOR_EACH(q, n / 4) {
-    const float4 gv = ((const float4*)g)[q];
-    const float4 uv = ((const float4*)u)[q];
-    const float* a = (const float*)&gv;
-    const float* b = (const float*)&uv;
-    float4 o;
-    MAP4(o, unary_f(op, a[k]) * b[k]);
-    store4(out, ot, q, o);
-    if (keep) {
-      store4(gk, ot, q, gv);
-      store4(uk, ot, q, uv);
-    }
-  }
-}
-
-extern "C" __global__ void gated_act_backward_x4(const void* g, const void* u, int st, const float* go, void* gg,
-                                                 void* gu, int gt, int op, i64 n) {
-  FOR_EACH(q, n / 4) {
-    const float4 gv = load4(g, st, q);
-    const float4 uv = load4(u, st, q);
-    const float4 ov = ((const float4*)go)[q];
-    const float* a = (const float*)&gv;
-    const float* b = (const float*)&uv;
-    const float* o = (const float*)&ov;
-    float4 r1, r2;
-    MAP4(r1, o[k] * b[k] * unary_df(op, a[k]));
-    MAP4(r2, o[k] * unary_f(op, a[k]));
-    store4(gg, gt, q, r1);
-    store4(gu, gt, q, r2);
-  }
-}
-
-extern "C" __global__ void silu_gate_d_x4(const float* y, const float* x, const float* D, const float* z,
-                                          const float* bias, void* out, int ot, u16* yk, u16* zk, int keep, i64 rows,
-                                          int cols, int headDim) {
-  const i64 n = rows * cols;
-  FOR_EACH(q, n / 4) {
-    const float4 yv = ((const float4*)y)[q];
-    const float4 xv = ((const float4*)x)[q];
-    const float4 zv = ((const float4*)z)[q];
-    const float* ya = (const float*)&yv;
-    const float* xa = (const float*)&xv;
-    const float* za = (const float*)&zv;
-    float4 o;
-    float* oa = (float*)&o;
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-      const int c = (int)((q * 4 + k) % cols);
-      const float u = za[k] + bias[c];
-      const float v = ya[k] + D[c / headDim] * xa[k];
-      oa[k] = v * u * sigmoidf_(u);
-    }
-    store4(out, ot, q, o);
-    if (keep) {
-      store4(yk, ot, q, yv);
-      store4(zk, ot, q, zv);
-    }
-  }
-}
-
-extern "C" __global__ void unary_f32_to16_x4(const float* x, u16* out, int op, float alpha, float beta, int bf16,
-                                             i64 n) {
-  const int t = bf16 ? 1 : 2;
-  FOR_EACH(q, n / 4) {
-    const float4 v = ((const float4*)x)[q];
-    const float* a = (const float*)&v;
-    float4 o;
-    MAP4(o, alpha * unary_f(op, a[k]) + beta);
-    store4(out, t, q, o);
-  }
-}
-
 // ---- a linear layer's output gradient for its 16-bit products, with the bias gradient -----------
 // (biasgrad, issue 18) One read of the f32 gradient instead of two (the cast, then a column sum).
 // Rows of COLSUM_TY threads walk a block's rows; each thread holds four columns (x4) or one.
@@ -761,3 +687,77 @@ CAST_COLSUM(cast_colsum_x4, 4, false)
 CAST_COLSUM(cast_colsum_act_x4, 4, true)
 CAST_COLSUM(cast_colsum_x1, 1, false)
 CAST_COLSUM(cast_colsum_act_x1, 1, true)
+
+extern "C" __global__ void gated_act_x4(const float* g, const float* u, void* out, int ot, u16* gk, u16* uk, int keep,
+                                        int op, i64 n) {
+  FOR_EACH(q, n / 4) {
+    const float4 gv = ((const float4*)g)[q];
+    const float4 uv = ((const float4*)u)[q];
+    const float* a = (const float*)&gv;
+    const float* b = (const float*)&uv;
+    float4 o;
+    MAP4(o, unary_f(op, a[k]) * b[k]);
+    store4(out, ot, q, o);
+    if (keep) {
+      store4(gk, ot, q, gv);
+      store4(uk, ot, q, uv);
+    }
+  }
+}
+
+extern "C" __global__ void gated_act_backward_x4(const void* g, const void* u, int st, const float* go, void* gg,
+                                                 void* gu, int gt, int op, i64 n) {
+  FOR_EACH(q, n / 4) {
+    const float4 gv = load4(g, st, q);
+    const float4 uv = load4(u, st, q);
+    const float4 ov = ((const float4*)go)[q];
+    const float* a = (const float*)&gv;
+    const float* b = (const float*)&uv;
+    const float* o = (const float*)&ov;
+    float4 r1, r2;
+    MAP4(r1, o[k] * b[k] * unary_df(op, a[k]));
+    MAP4(r2, o[k] * unary_f(op, a[k]));
+    store4(gg, gt, q, r1);
+    store4(gu, gt, q, r2);
+  }
+}
+
+extern "C" __global__ void silu_gate_d_x4(const float* y, const float* x, const float* D, const float* z,
+                                          const float* bias, void* out, int ot, u16* yk, u16* zk, int keep, i64 rows,
+                                          int cols, int headDim) {
+  const i64 n = rows * cols;
+  FOR_EACH(q, n / 4) {
+    const float4 yv = ((const float4*)y)[q];
+    const float4 xv = ((const float4*)x)[q];
+    const float4 zv = ((const float4*)z)[q];
+    const float* ya = (const float*)&yv;
+    const float* xa = (const float*)&xv;
+    const float* za = (const float*)&zv;
+    float4 o;
+    float* oa = (float*)&o;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+      const int c = (int)((q * 4 + k) % cols);
+      const float u = za[k] + bias[c];
+      const float v = ya[k] + D[c / headDim] * xa[k];
+      oa[k] = v * u * sigmoidf_(u);
+    }
+    store4(out, ot, q, o);
+    if (keep) {
+      store4(yk, ot, q, yv);
+      store4(zk, ot, q, zv);
+    }
+  }
+}
+
+extern "C" __global__ void unary_f32_to16_x4(const float* x, u16* out, int op, float alpha, float beta, int bf16,
+                                             i64 n) {
+  const int t = bf16 ? 1 : 2;
+  FOR_EACH(q, n / 4) {
+    const float4 v = ((const float4*)x)[q];
+    const float* a = (const float*)&v;
+    float4 o;
+    MAP4(o, alpha * unary_f(op, a[k]) + beta);
+    store4(out, t, q, o);
+  }
+}
