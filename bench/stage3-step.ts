@@ -13,8 +13,7 @@
 // memory breakdown of one more step: the bytes live at each phase and, at the end of the forward
 // pass, the tensors the student's graph keeps for backward, grouped by the op that made them.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
-//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--unfused-bias-grad]
-//      [--unfused-linear-act] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -54,14 +53,8 @@ const { values } = parseArgs({
     unfused: { type: 'boolean', default: false },
     // the Phi MLP's tanh GELU in cuBLASLt's epilogues (MOHAWK_GELU_EPILOGUE=1; off by default)
     'gelu-epilogue': { type: 'boolean', default: false },
-    // linear bias gradients by a separate column sum (MOHAWK_FUSED_BIAS_GRAD=0)
-    'unfused-bias-grad': { type: 'boolean', default: false },
-    // the Phi MLP's fc1 and GELU as two ops (MOHAWK_FUSED_LINEAR_ACT=0)
-    'unfused-linear-act': { type: 'boolean', default: false },
   },
 });
-if (values['unfused-bias-grad']) process.env.MOHAWK_FUSED_BIAS_GRAD = '0';
-if (values['unfused-linear-act']) process.env.MOHAWK_FUSED_LINEAR_ACT = '0';
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';
 if (values['gelu-epilogue']) process.env.MOHAWK_GELU_EPILOGUE = '1';
 const llama = values.model === 'llama3';
@@ -258,9 +251,7 @@ rows.push(
       `(d_state ${m.dState}, chunk ${m.chunkSize}), batch ${B} x ${T}, ${values.fp32 ? 'f32' : 'bf16 autocast'}, ` +
       `${values.fused ? 'fused chunked head + KL' : 'full logits + KL'}, teacher linear weights ${linearDtype ?? 'f32'}, ` +
       `glue fusions ${process.env.MOHAWK_FUSED_GLUE === '0' ? 'off' : 'on'}, ` +
-      `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}, ` +
-      `fused bias gradients ${process.env.MOHAWK_FUSED_BIAS_GRAD === '0' ? 'off' : 'on'}, ` +
-      `fc1 + GELU as one op ${process.env.MOHAWK_FUSED_LINEAR_ACT === '0' ? 'off' : 'on'}`,
+      `GELU epilogue ${process.env.MOHAWK_GELU_EPILOGUE === '1' ? 'on' : 'off'}`,
   },
   {
     what: 'parameters',

@@ -6,13 +6,13 @@ import {
   geluNew,
   gelu,
   getAutocast,
-  linearActivation,
   relu,
   silu,
   unaryTo,
   type Tensor,
 } from '../tensor/index.js';
 import type { UnaryOp } from '../backends/backend.js';
+import { linearActivation } from '../tensor/ops.js';
 import { Linear, type InitOptions } from './layers.js';
 import { Module } from './module.js';
 
@@ -85,17 +85,18 @@ export class MLP extends Module {
   }
 
   forward(x: Tensor): Tensor {
+    // training under autocast: fc1 and its activation as one op whose backward reads the
+    // activation's gradient once (null where that does not apply)
+    const act = linearActivation(x, this.fc1.weight, this.fc1.bias, ACTIVATION_OP[this.act]);
+    if (act) return this.fc2.forward(act);
     if (this.act === 'gelu_new' || this.act === 'gelu_pytorch_tanh') {
       // the tanh GELU in the products' epilogues where the backend has them (MOHAWK_GELU_EPILOGUE=1)
       const fused = geluMlp(x, this.fc1.weight, this.fc1.bias!, this.fc2.weight, this.fc2.bias!);
       if (fused) return fused;
     }
-    const dt = getAutocast();
-    // fc1 and the activation as one op whose backward reads the activation's gradient once
-    const fused = dt && linearActivation(x, this.fc1.weight, this.fc1.bias, ACTIVATION_OP[this.act], dt);
-    if (fused) return this.fc2.forward(fused);
     const h = this.fc1.forward(x);
     // under autocast fc2 reads a 16-bit copy anyway: the activation writes it directly
+    const dt = getAutocast();
     return this.fc2.forward(
       dt && h.dtype === 'f32' ? unaryTo(ACTIVATION_OP[this.act], h, dt) : activate(h, this.act),
     );

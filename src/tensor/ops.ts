@@ -840,27 +840,23 @@ function castWithColumnSums(
 }
 
 /**
- * f(linear(x, weight, bias)) stored in `dtype` (an MLP's first product and activation under
- * autocast, feeding the second product) as one op, so its backward makes the pre-activation's
+ * f(linear(x, weight, bias)) stored in the autocast dtype (an MLP's first product and activation
+ * while training under autocast, feeding the second product) as one op, so its backward makes the pre-activation's
  * gradient in one pass over the activation's f32 gradient: times f' at the kept 16-bit input,
  * rounded to 16 bits for the two products, and summed over the rows for the bias
  * (`castColumnSums`); the f32 pre-activation gradient never exists. The same numbers as
  * `unaryTo(op, linear(x, weight, bias), dtype)` with the fused glue, up to the order of the bias
- * sums. Returns null where it does not apply (no autocast in `dtype`, nothing to differentiate, no
- * bias, a backend without unaryKeep16 or castColumnSums, MOHAWK_FUSED_MLP=0 or
- * MOHAWK_FUSED_LINEAR_ACT=0): the caller composes the ops then.
+ * sums. Returns null where it does not apply (no autocast, nothing to differentiate, no bias, a
+ * backend without unaryKeep16 or castColumnSums, MOHAWK_FUSED_MLP=0 or MOHAWK_FUSED_LINEAR_ACT=0,
+ * the tanh GELU under MOHAWK_GELU_EPILOGUE=1, which geluMlp runs): the caller composes the ops then.
  */
-export function linearActivation(
-  x: Tensor,
-  weight: Tensor,
-  bias: Tensor | null,
-  op: UnaryOp,
-  dtype: 'bf16' | 'f16',
-): Tensor | null {
+export function linearActivation(x: Tensor, weight: Tensor, bias: Tensor | null, op: UnaryOp): Tensor | null {
   const be = x.backend;
+  const dtype = autocastDtype;
   if (
     !bias ||
-    autocastDtype !== dtype ||
+    !dtype ||
+    (op === 'geluNew' && process.env.MOHAWK_GELU_EPILOGUE === '1') ||
     !be.unaryKeep16 ||
     !be.castColumnSums ||
     !fusedGlue('MOHAWK_FUSED_MLP') ||
