@@ -763,13 +763,13 @@ export const KERNEL_NAMES = [
   'adamw',
   'adamwDevice',
   // optional: the fused kernels of some backends (a backend without one composes it in ops.ts)
+  'castColumnSums',
   'unaryKeep16',
   'gatedAct',
   'gatedActBackward',
   'siluGateD',
   'siluGateDBackward',
   'causalConv1dKeep16',
-  'castColumnSums',
   'matmulGelu',
   'add3',
 ] as const satisfies readonly KernelName[];
