@@ -685,25 +685,26 @@ __device__ __forceinline__ void cast_colsum(const float* __restrict__ g, const u
 // a plain cast (op < 0) and through an activation's derivative (op >= 0) are separate kernels: the
 // derivative's registers would otherwise lower the plain pass's occupancy; the tanh GELU (the Phi
 // MLP's) gets its own inlined derivative
-#define CAST_COLSUM_ARGS                                                                                 \
-  const float *g, const u16 *x, int op, int xt, u16 *g16, int ot, float *partial, i64 rows, i64 cols, \
-      i64 chunk
-extern "C" __global__ void cast_colsum_x4(CAST_COLSUM_ARGS) {
+extern "C" __global__ void cast_colsum_x4(const float* g, const u16* x, int op, int xt, u16* g16, int ot,
+                                          float* partial, i64 rows, i64 cols, i64 chunk) {
   __shared__ float sh[COLSUM_TY * COLSUM_TX * 4];
   cast_colsum<4, COLSUM_PLAIN>(g, x, op, xt, g16, ot, partial, rows, cols, chunk, sh);
 }
-extern "C" __global__ void cast_colsum_act_x4(CAST_COLSUM_ARGS) {
+extern "C" __global__ void cast_colsum_act_x4(const float* g, const u16* x, int op, int xt, u16* g16, int ot,
+                                              float* partial, i64 rows, i64 cols, i64 chunk) {
   __shared__ float sh[COLSUM_TY * COLSUM_TX * 4];
   if (op == U_GELU_NEW)
     cast_colsum<4, U_GELU_NEW>(g, x, op, xt, g16, ot, partial, rows, cols, chunk, sh);
   else
     cast_colsum<4, COLSUM_ANY_OP>(g, x, op, xt, g16, ot, partial, rows, cols, chunk, sh);
 }
-extern "C" __global__ void cast_colsum_x1(CAST_COLSUM_ARGS) {
+extern "C" __global__ void cast_colsum_x1(const float* g, const u16* x, int op, int xt, u16* g16, int ot,
+                                          float* partial, i64 rows, i64 cols, i64 chunk) {
   __shared__ float sh[COLSUM_TY * COLSUM_TX];
   cast_colsum<1, COLSUM_PLAIN>(g, x, op, xt, g16, ot, partial, rows, cols, chunk, sh);
 }
-extern "C" __global__ void cast_colsum_act_x1(CAST_COLSUM_ARGS) {
+extern "C" __global__ void cast_colsum_act_x1(const float* g, const u16* x, int op, int xt, u16* g16, int ot,
+                                              float* partial, i64 rows, i64 cols, i64 chunk) {
   __shared__ float sh[COLSUM_TY * COLSUM_TX];
   cast_colsum<1, COLSUM_ANY_OP>(g, x, op, xt, g16, ot, partial, rows, cols, chunk, sh);
 }
