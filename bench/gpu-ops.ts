@@ -192,6 +192,49 @@ for (const lowPrecision of [false, true]) {
   release();
 }
 
+// ---- a linear layer's output gradient under bf16 autocast (biasgrad) -------------------------------
+// dY (8192 tokens, n) f32 -> its bf16 copy for the two products + the bias's column sums: the cast
+// and a column sum (two reads of dY) against castColumnSums (one), and fc1's (GELU) gradient through
+// unaryBackward first against castColumnSums with the op (no f32 pre-activation gradient).
+for (const n of quick ? [8192] : [2048, 8192, 51200]) {
+  const rowsN = 8192;
+  const g = rnd(rowsN * n);
+  const g16 = gpu.alloc('bf16', rowsN * n);
+  const x16 = gpu.alloc('bf16', rowsN * n);
+  gpu.cast(rnd(rowsN * n), x16);
+  const gPre = buf(rowsN * n);
+  const sums = buf(n);
+  const e = rowsN * n;
+  const msPlain = timeMs(gpu, () => (gpu.cast(g, g16), gpu.reduce('sum', g, sums, 1, rowsN, n)));
+  rows.push({ what: `dY (${rowsN}, ${n}): cast + column sum`, ms: msPlain, rate: gbps(e * 10, msPlain) });
+  const msFused = timeMs(gpu, () => gpu.castColumnSums(g, g16, sums, rowsN, n, null, null));
+  rows.push({ what: `dY (${rowsN}, ${n}): castColumnSums`, ms: msFused, rate: gbps(e * 6, msFused) });
+  if (n === 8192) {
+    const msAct = timeMs(
+      gpu,
+      () => (
+        gpu.unaryBackward('geluNew', x16, g, gPre),
+        gpu.cast(gPre, g16),
+        gpu.reduce('sum', gPre, sums, 1, rowsN, n)
+      ),
+    );
+    rows.push({
+      what: `fc1 dY (${rowsN}, ${n}): GELU backward + cast + column sum`,
+      ms: msAct,
+      rate: gbps(e * 20, msAct),
+    });
+    const msActF = timeMs(gpu, () => gpu.castColumnSums(g, g16, sums, rowsN, n, 'geluNew', x16));
+    rows.push({
+      what: `fc1 dY (${rowsN}, ${n}): castColumnSums with the GELU`,
+      ms: msActF,
+      rate: gbps(e * 8, msActF),
+    });
+  }
+  gpu.free(g16);
+  gpu.free(x16);
+  release();
+}
+
 printTable('GPU kernels at workload shapes', gpu, rows, 'gpu-ops');
 const launches = Object.entries(gpu.kernels.launchCounts()).sort((a, b) => b[1] - a[1]);
 console.log(`# launches per kernel: ${launches.map(([k, n]) => `${k} ${n}`).join(', ')}`);

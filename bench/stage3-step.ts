@@ -378,6 +378,7 @@ const probes: Record<string, (a: unknown[]) => [string, number]> = {
   unary: (a) => [`unary ${a[0]} -> ${dt(a[2])}`, len(a[1])],
   unaryBackward: (a) => [`unary backward ${a[0]} (x ${dt(a[1])})`, len(a[1])],
   cast: (a) => [`cast ${dt(a[0])} -> ${dt(a[1])}`, len(a[0])],
+  castColumnSums: (a) => [`cast + column sums (${a[5] ?? 'plain'}) -> ${dt(a[1])}`, len(a[0])],
   copyStrided: (a) => [
     `copy ${(a[7] as boolean) ? 'accumulate' : 'plain'} ${(a[2] as number[]).length}-d ${dt(a[0])}`,
     (a[6] as number[]).reduce((p, q) => p * q, 1),

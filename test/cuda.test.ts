@@ -14,7 +14,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, afterEach, before, describe, it } from 'node:test';
+import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import {
   UNARY_OPS,
   type Backend,
@@ -44,6 +44,7 @@ import { PhiForCausalLM } from '../src/models/phi.js';
 import { StudentLM } from '../src/models/phi-mamba.js';
 import type { CausalLM } from '../src/models/types.js';
 import { assertClose, tinyLlama } from './helpers.js';
+import { MLP } from '../src/nn/mlp.js';
 
 // ---- checks that need no GPU ------------------------------------------------------------------
 
@@ -2468,3 +2469,206 @@ describe('cuda: fused optimizer passes vs the CPU', { skip }, () => {
     }
   });
 });
+
+// ---- biasgrad (issue 18): the bias gradient from the pass that rounds the output gradient ------
+
+describe(
+  'cuda: castColumnSums and the linear backward under bf16 autocast (MOHAWK_FUSED_BIAS_GRAD)',
+  { skip },
+  () => {
+    // live buffers when each test starts (earlier suites may keep caches alive)
+    let baseline = 0;
+    beforeEach(() => {
+      if (!skip) baseline = gpu.memoryStats().liveBuffers;
+    });
+    afterEach(() => {
+      for (const [be, b] of held.splice(0)) be.free(b);
+      if (!skip) assert.equal(gpu.memoryStats().liveBuffers, baseline, 'a test leaked device buffers');
+    });
+
+    it('castColumnSums against the CPU: plain and through the GELU (inlined) and SiLU (any op) derivatives, bf16 and f16, x4 and odd widths, split rows', () => {
+      // (rows, cols): one block, widths not a multiple of 4 (the scalar kernel), many row splits
+      const shapes = [
+        [1, 4],
+        [3, 5],
+        [37, 128],
+        [513, 7],
+        [2048, 260],
+        [4100, 1024],
+        [300, 6000],
+      ];
+      for (const [rows, cols] of shapes)
+        for (const op of [null, 'geluNew', 'silu'] as const)
+          for (const dt of ['bf16', 'f16'] as const) {
+            const what = `(${rows}, ${cols}) ${op ?? 'plain'} ${dt}`;
+            const n = rows * cols;
+            const gHost = randn(n, 3);
+            const g = pair(gHost);
+            const x = pair(Array.from(randn(n, 2), f32ToBf16), 'bf16');
+            const o = out(n, dt);
+            const s = out(cols);
+            both((be, k) => be.castColumnSums!(g[k], o[k], s[k], rows, cols, op, op ? x[k] : null));
+            if (op === null) checkExact(o, `${what}: rounded gradient`);
+            else {
+              // the derivative in f32 on the GPU (tanhf; 0.5 (1 + t) cancels where t is near -1), in f64
+              // on the CPU: one 16-bit rounding step apart, or 4e-6 of the largest gradient where the
+              // derivative is tiny
+              const ref = numbers(cpu.read(o.c), dt);
+              const got = numbers(gpu.read(o.g), dt);
+              assertClose(
+                got,
+                ref,
+                4e-6 * maxAbs(gHost),
+                `${what}: rounded gradient`,
+                dt === 'bf16' ? 2 ** -7 : 2 ** -10,
+              );
+            }
+            // f32 sums in another order than the CPU's (and the f32 derivative): per column within
+            // 4e-6 of the sum of |g| down that column
+            const ref = numbers(cpu.read(s.c), 'f32');
+            const got = numbers(gpu.read(s.g), 'f32');
+            for (let c = 0; c < cols; c++) {
+              let absSum = 0;
+              for (let r = 0; r < rows; r++) absSum += Math.abs(gHost[r * cols + c]);
+              const err = Math.abs(got[c] - ref[c]);
+              if (!(err <= 4e-6 * absSum + 1e-6))
+                assert.fail(`${what}: column sum ${c}: ${got[c]} vs ${ref[c]} (sum of |g| ${absSum})`);
+            }
+          }
+    });
+
+    it('a linear layer under bf16 autocast: fused against MOHAWK_FUSED_BIAS_GRAD=0 on the GPU and against the CPU', () => {
+      // (lead, in, out): rows folded from batch axes; an odd output width (the scalar kernel)
+      const cases: [number[], number, number][] = [
+        [[4, 333], 64, 256],
+        [[2, 96], 48, 37],
+      ];
+      const run = (be: Backend, lead: number[], inF: number, outF: number, fusedBias: boolean) =>
+        withEnv('MOHAWK_FUSED_BIAS_GRAD', fusedBias ? undefined : '0', () => {
+          T.setBackend(be);
+          const r = new Random(inF * 7 + outF);
+          const rows = lead.reduce((a, b) => a * b, 1);
+          const mk = (shape: number[], std: number) => {
+            const t = T.tensor(
+              r.normals(
+                shape.reduce((a, b) => a * b, 1),
+                0,
+                std,
+              ),
+              shape,
+            );
+            t.requiresGrad = true;
+            return T.keep(t);
+          };
+          const x = mk([...lead, inF], 1);
+          const w = mk([outF, inF], 0.2);
+          const b = mk([outF], 0.5);
+          const weights = T.keep(T.tensor(r.normals(rows * outF, 0, 1), [...lead, outF]));
+          T.scope(() => T.autocast('bf16', () => T.sum(T.mul(T.linear(x, w, b), weights)).backward()));
+          const grads = [x, w, b].map((t) => Array.from(t.grad!.toArray()));
+          for (const t of [x, w, b, weights]) {
+            t.grad?.dispose();
+            t.dispose();
+          }
+          return grads;
+        });
+      try {
+        for (const [lead, inF, outF] of cases) {
+          const what = `${JSON.stringify(lead)} x ${inF} -> ${outF}`;
+          const fused = run(gpu, lead, inF, outF, true);
+          const plain = run(gpu, lead, inF, outF, false);
+          const ref = run(cpu, lead, inF, outF, true);
+          // the same bf16 gradient feeds the same products: x's and w's gradients agree
+          for (const i of [0, 1])
+            assertClose(
+              fused[i],
+              plain[i],
+              1e-5 * maxAbs(plain[i]),
+              `${what}: gradient ${i}, fused vs unfused`,
+            );
+          assertClose(
+            fused[2],
+            plain[2],
+            1e-5 * maxAbs(plain[2]) + 1e-6,
+            `${what}: bias gradient, fused vs unfused`,
+          );
+          // against the CPU: bf16 products (2^-8 per operand), the bias's gradient in f32 on both sides
+          for (const i of [0, 1])
+            assertClose(fused[i], ref[i], 2e-2 * maxAbs(ref[i]) + 1e-6, `${what}: gradient ${i} vs cpu`);
+          assertClose(fused[2], ref[2], 1e-5 * maxAbs(ref[2]) + 1e-6, `${what}: bias gradient vs cpu`);
+        }
+      } finally {
+        T.setBackend(cpu);
+      }
+    });
+
+    it('the Phi MLP with fc1 and its GELU as one op (linearActivation) against MOHAWK_FUSED_LINEAR_ACT=0 on the GPU and the CPU, bf16 autocast', () => {
+      const run = (be: Backend, linearAct: boolean) =>
+        withEnv('MOHAWK_FUSED_LINEAR_ACT', linearAct ? undefined : '0', () => {
+          T.setBackend(be);
+          const r = new Random(5);
+          const mlp = new MLP(64, 256, 'gelu_new', { rng: r });
+          const params = mlp.parameters();
+          const x = T.keep(T.tensor(r.normals(2 * 150 * 64, 0, 1), [2, 150, 64]));
+          x.requiresGrad = true;
+          const weights = T.keep(T.tensor(r.normals(2 * 150 * 64, 0, 1), [2, 150, 64]));
+          let op = '';
+          const loss = T.scope(() =>
+            T.autocast('bf16', () => {
+              const y = mlp.forward(x);
+              op = y.node!.inputs[0].node?.op ?? '';
+              const l = T.sum(T.mul(y, weights));
+              l.backward();
+              return l.item();
+            }),
+          );
+          const grads = [x, ...params].map((t) => Array.from(t.grad!.toArray()));
+          for (const t of [x, weights, ...params]) {
+            t.grad?.dispose();
+            t.dispose();
+          }
+          return { loss, grads, op };
+        });
+      try {
+        const fused = run(gpu, true);
+        const composed = run(gpu, false);
+        const ref = run(cpu, true);
+        assert.equal(fused.op, 'linearActivation');
+        assert.notEqual(composed.op, 'linearActivation');
+        // the same kernels' arithmetic on the GPU: the bias sums in another order only
+        assert.equal(fused.loss, composed.loss);
+        fused.grads.forEach((g, i) =>
+          assertClose(
+            g,
+            composed.grads[i],
+            1e-5 * maxAbs(composed.grads[i]) + 1e-6,
+            `gradient ${i} vs composed`,
+          ),
+        );
+        // the CPU keeps the f32 pre-activation for the derivative: bf16 apart
+        assert.ok(
+          Math.abs(fused.loss - ref.loss) <= 2e-2 * Math.abs(ref.loss) + 1e-3,
+          `loss ${fused.loss} vs ${ref.loss}`,
+        );
+        ref.grads.forEach((g, i) =>
+          assertClose(fused.grads[i], g, 2e-2 * maxAbs(g) + 1e-6, `gradient ${i} vs cpu`),
+        );
+      } finally {
+        T.setBackend(cpu);
+      }
+    });
+  },
+);
+
+/** run fn with env `name` set to `value` (undefined: unset), restored afterwards */
+function withEnv<R>(name: string, value: string | undefined, fn: () => R): R {
+  const prev = process.env[name];
+  if (value === undefined) delete process.env[name];
+  else process.env[name] = value;
+  try {
+    return fn();
+  } finally {
+    if (prev === undefined) delete process.env[name];
+    else process.env[name] = prev;
+  }
+}

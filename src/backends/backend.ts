@@ -403,6 +403,22 @@ export interface Backend {
     aux: DeviceBuffer | null,
   ): boolean;
 
+  /**
+   * Optional: a linear layer's output gradient made ready for its 16-bit products, read once. g
+   * (rows, cols) f32; v = g, or g * f'(x) with `op` (x (rows, cols) the 16-bit input the activation
+   * kept, see unaryKeep16); g16 (rows, cols, bf16 or f16) = v rounded; sums (cols, f32, overwritten)
+   * = the sums of v over its rows, before rounding (the bias's gradient).
+   */
+  castColumnSums?(
+    g: DeviceBuffer,
+    g16: DeviceBuffer,
+    sums: DeviceBuffer,
+    rows: number,
+    cols: number,
+    op: UnaryOp | null,
+    x: DeviceBuffer | null,
+  ): void;
+
   // ---- linear algebra -----------------------------------------------------------------------
   /**
    * C = alpha op(A) op(B) + beta C, plus `bias` (n, C's dtype) added to every row of every batch
@@ -796,6 +812,7 @@ export const KERNEL_NAMES = [
   'sumF64',
   'adamwFused',
   // optional: the fused kernels of some backends (a backend without one composes it in ops.ts)
+  'castColumnSums',
   'unaryKeep16',
   'gatedAct',
   'gatedActBackward',

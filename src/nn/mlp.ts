@@ -12,6 +12,7 @@ import {
   type Tensor,
 } from '../tensor/index.js';
 import type { UnaryOp } from '../backends/backend.js';
+import { linearActivation } from '../tensor/ops.js';
 import { Linear, type InitOptions } from './layers.js';
 import { Module } from './module.js';
 
@@ -84,6 +85,10 @@ export class MLP extends Module {
   }
 
   forward(x: Tensor): Tensor {
+    // training under autocast: fc1 and its activation as one op whose backward reads the
+    // activation's gradient once (null where that does not apply)
+    const act = linearActivation(x, this.fc1.weight, this.fc1.bias, ACTIVATION_OP[this.act]);
+    if (act) return this.fc2.forward(act);
     if (this.act === 'gelu_new' || this.act === 'gelu_pytorch_tanh') {
       // the tanh GELU in the products' epilogues where the backend has them (MOHAWK_GELU_EPILOGUE=1)
       const fused = geluMlp(x, this.fc1.weight, this.fc1.bias!, this.fc2.weight, this.fc2.bias!);

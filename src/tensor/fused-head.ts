@@ -11,7 +11,19 @@
 // gradient (the loss is a scalar at the end of the graph). Reference: the unfused path,
 // klDivergence(linear(...), linear(...)) + crossEntropy, in test/fused-head.test.ts.
 
-import { add, cast, getAutocast, linear, matmul, mul, scale, slice, sum, weightCopy } from './ops.js';
+import {
+  add,
+  cast,
+  castWithBiasGrad,
+  getAutocast,
+  linear,
+  matmul,
+  mul,
+  scale,
+  slice,
+  sum,
+  weightCopy,
+} from './ops.js';
 import { empty, full, noGrad, record, scope, zeros, type Tensor } from './tensor.js';
 
 /** One model's head input: the normed hidden states (N, d) and lm_head (vocab rows used, d). */
@@ -173,8 +185,11 @@ export function linearKLDivergence(
             );
             backend.binary('add', gz.buffer, [vocab, 1], gce.buffer, [vocab, 1], gz.buffer, [rows, vocab]);
           }
-          // gZ in the autocast dtype once, for both products
-          const gzLow = low && gz.dtype === 'f32' ? cast(gz, low) : gz;
+          // gZ in the autocast dtype once, for both products; the bias's column sums in the same
+          // pass where the backend fuses them (MOHAWK_FUSED_BIAS_GRAD)
+          const fused =
+            gb && gb.dtype === 'f32' && low && gz.dtype === 'f32' ? castWithBiasGrad(gz, low) : null;
+          const gzLow = fused ? fused[0] : low && gz.dtype === 'f32' ? cast(gz, low) : gz;
           if (gx) {
             // gX rows = gZ W  (rows, vocab) x (vocab, d)
             const g = matmul(gzLow, hs.w);
@@ -200,7 +215,7 @@ export function linearKLDivergence(
             });
           }
           if (gb) {
-            const g = sum(gz, [0]);
+            const g = fused ? fused[1] : sum(gz, [0]);
             backend.copyStrided(g.buffer, 0, [1], gb.buffer, 0, [1], [vocab], true);
           }
         });

@@ -869,8 +869,14 @@ function matmulImpl(
   const inputs = bias ? [a, b, bias] : [a, b];
   return record(out, bias ? 'linear' : 'matmul', inputs, crossSaves(a, b), (g) => {
     // C = op(A) op(B): dA from g op(B)^T, dB from op(A)^T g, then summed over broadcast batches.
-    // With 16-bit operands the f32 gradient is rounded once for both products.
-    const g16 = a.dtype !== g.dtype && (a.dtype === 'bf16' || a.dtype === 'f16') ? cast(g, a.dtype) : g;
+    // With 16-bit operands the f32 gradient is rounded once for both products; a bias's gradient
+    // (the f32 sums of g over its rows) then comes from the same pass where the backend fuses it.
+    const low = a.dtype !== g.dtype && (a.dtype === 'bf16' || a.dtype === 'f16');
+    let g16 = g;
+    let gBias: Tensor | null = null;
+    if (low && bias?.requiresGrad && (a.requiresGrad || b.requiresGrad) && fusedBiasGrad(g)) {
+      [g16, gBias] = castWithColumnSums(g, a.dtype as 'bf16' | 'f16');
+    } else if (low) g16 = cast(g, a.dtype);
     let ga: Tensor | null = null;
     let gb: Tensor | null = null;
     if (a.requiresGrad) {
@@ -892,7 +898,100 @@ function matmulImpl(
       }
     }
     // the bias's gradient sums the f32 gradient over every row
-    return bias ? [ga, gb, bias.requiresGrad ? sumToShape(g, bias.shape) : null] : [ga, gb];
+    return bias ? [ga, gb, bias.requiresGrad ? (gBias ?? sumToShape(g, bias.shape)) : null] : [ga, gb];
+  });
+}
+
+/**
+ * Whether a linear layer's bias gradient may come from the pass that rounds its f32 output
+ * gradient g (..., n) to 16 bits (`castColumnSums`): where the backend has it, unless
+ * MOHAWK_FUSED_BIAS_GRAD=0 (then a cast and a separate column sum, for A/B runs).
+ */
+function fusedBiasGrad(g: Tensor): boolean {
+  return (
+    !!g.backend.castColumnSums &&
+    g.dtype === 'f32' &&
+    g.ndim >= 1 &&
+    process.env.MOHAWK_FUSED_BIAS_GRAD !== '0'
+  );
+}
+
+/**
+ * g (..., n) f32 -> [g rounded to dtype, the f32 sums of g over every axis but the last (n)] in
+ * one pass (a linear layer's output gradient for its 16-bit products, and its bias's gradient),
+ * or null where that does not apply (see fusedBiasGrad): the caller casts and sums then.
+ */
+export function castWithBiasGrad(g: Tensor, dtype: 'bf16' | 'f16'): [Tensor, Tensor] | null {
+  return fusedBiasGrad(g) ? castWithColumnSums(g, dtype) : null;
+}
+
+/**
+ * g (..., n) f32 -> [v rounded to dtype (g's shape), the f32 sums of v over every axis but the
+ * last (n)], v = g, or g * f'(x) for `op` with x the 16-bit input an activation kept (g's shape):
+ * one pass over g (the backend's castColumnSums). Not recorded (a backward pass's helper).
+ */
+function castWithColumnSums(
+  g: Tensor,
+  dtype: 'bf16' | 'f16',
+  op: UnaryOp | null = null,
+  x: Tensor | null = null,
+): [Tensor, Tensor] {
+  const n = g.shape[g.ndim - 1];
+  const rows = n === 0 ? 0 : g.size / n;
+  const g16 = empty(g.shape, dtype, g.backend);
+  const sums = empty([n], 'f32', g.backend);
+  g.backend.castColumnSums!(g.buffer, g16.buffer, sums.buffer, rows, n, op, x?.buffer ?? null);
+  return [g16, sums];
+}
+
+/**
+ * f(linear(x, weight, bias)) stored in the autocast dtype (an MLP's first product and activation
+ * while training under autocast, feeding the second product) as one op, so its backward makes the pre-activation's
+ * gradient in one pass over the activation's f32 gradient: times f' at the kept 16-bit input,
+ * rounded to 16 bits for the two products, and summed over the rows for the bias
+ * (`castColumnSums`); the f32 pre-activation gradient never exists. The same numbers as
+ * `unaryTo(op, linear(x, weight, bias), dtype)` with the fused glue, up to the order of the bias
+ * sums. Returns null where it does not apply (no autocast, nothing to differentiate, no bias, a
+ * backend without unaryKeep16 or castColumnSums, MOHAWK_FUSED_MLP=0 or MOHAWK_FUSED_LINEAR_ACT=0,
+ * the tanh GELU under MOHAWK_GELU_EPILOGUE=1, which geluMlp runs): the caller composes the ops then.
+ */
+export function linearActivation(x: Tensor, weight: Tensor, bias: Tensor | null, op: UnaryOp): Tensor | null {
+  const be = x.backend;
+  const dtype = autocastDtype;
+  if (
+    !bias ||
+    !dtype ||
+    (op === 'geluNew' && process.env.MOHAWK_GELU_EPILOGUE === '1') ||
+    !be.unaryKeep16 ||
+    !be.castColumnSums ||
+    !fusedGlue('MOHAWK_FUSED_MLP') ||
+    process.env.MOHAWK_FUSED_LINEAR_ACT === '0' ||
+    !isGradEnabled() ||
+    ![x, weight, bias].some((t) => t.requiresGrad)
+  )
+    return null;
+  if (weight.ndim !== 2) fail('linear', `weight must be (out, in), got ${shapeStr(weight.shape)}`);
+  checkVector('linear', bias, weight.shape[0], 'bias');
+  if (bias.dtype !== 'f32' || ![x, weight].every((t) => t.dtype === 'f32' || t.dtype === dtype)) return null;
+  const x16 = x.dtype === dtype ? x : autocastOperand(x, dtype);
+  const w16 = weight.dtype === dtype ? weight : autocastOperand(weight, dtype);
+  // the f32 pre-activation, not recorded: only its 16-bit copy is kept for the backward
+  const pre = noGrad(() => matmulImpl(x16, w16, { transB: true }, 'f32', bias));
+  const out = empty(pre.shape, dtype, be);
+  const preKeep = empty(pre.shape, dtype, be);
+  be.unaryKeep16(op, pre.buffer, out.buffer, preKeep.buffer);
+  pre.dispose();
+  const [n, k] = w16.shape;
+  const rows = out.size / n;
+  return record(out, 'linearActivation', [x16, w16, bias], [...crossSaves(x16, w16), preKeep], (g) => {
+    const gf = g.dtype === 'f32' ? g : cast(g, 'f32');
+    // the pre-activation's gradient g f'(pre), in 16 bits, and the bias's (its f32 column sums)
+    const [gPre16, gBias] = castWithColumnSums(gf, dtype, op, preKeep);
+    const gx = x16.requiresGrad ? matmul(gPre16, w16).view(x16.shape) : null;
+    const gw = w16.requiresGrad
+      ? matmul(gPre16.view([rows, n]), x16.view([rows, k]), { transA: true })
+      : null;
+    return [gx, gw, bias.requiresGrad ? gBias : null];
   });
 }
 
@@ -994,11 +1093,14 @@ export function geluMlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tenso
   }
   const inputs = [x16, w116, b1, w216, b2];
   return record(out, 'geluMlp', inputs, [x16, w116, w216, act, pre!], (g) => {
-    const g16 = cast(g, dt);
+    let g16: Tensor;
+    let gb2: Tensor | null = null;
+    if (b2.requiresGrad && fusedBiasGrad(g)) [g16, gb2] = castWithColumnSums(g, dt);
+    else g16 = cast(g, dt);
     const flat = (t: Tensor, cols: number) => t.view([rows, cols]);
     // fc2: its weight's gradient from the 16-bit activation, its bias's from the f32 gradient
     const gw2 = w216.requiresGrad ? matmul(flat(g16, d2), flat(act, h), { transA: true }) : null;
-    const gb2 = b2.requiresGrad ? sumToShape(g, b2.shape) : null;
+    if (b2.requiresGrad) gb2 ??= sumToShape(g, b2.shape);
     // fc2's input gradient times gelu'(pre), in 16 bits, with fc1's bias gradient
     const gPre = empty([rows, h], dt, be);
     const gb1 = b1.requiresGrad ? empty([h], 'f32', be) : null;

@@ -353,6 +353,49 @@ export class CpuBackend implements Backend {
     else for (let i = 0; i < n; i++) d[i] = read(i);
   }
 
+  /**
+   * A linear layer's output gradient for its 16-bit products and its bias's gradient, composed
+   * from cast, unaryBackward and reduce (the same results as the unfused ops; the CUDA backend
+   * reads g once).
+   */
+  castColumnSums(
+    g: DeviceBuffer,
+    g16: DeviceBuffer,
+    sums: DeviceBuffer,
+    rows: number,
+    cols: number,
+    op: UnaryOp | null,
+    x: DeviceBuffer | null,
+  ): void {
+    const n = rows * cols;
+    const d16 = (g16 as CpuBuffer).dtype;
+    if (d16 !== 'bf16' && d16 !== 'f16')
+      throw new Error(`cpu backend: castColumnSums output must be bf16 or f16, got ${d16}`);
+    if (g.length !== n || g16.length !== n || sums.length !== cols)
+      throw new Error(
+        `cpu backend: castColumnSums of (${rows}, ${cols}): gradients of ${n}, sums of ${cols}`,
+      );
+    fl(g, 'castColumnSums gradient');
+    const temps: DeviceBuffer[] = [];
+    let v = g;
+    if (op !== null) {
+      if (!x || x.length !== n)
+        throw new Error(`cpu backend: castColumnSums with ${op} needs its ${n} inputs`);
+      let xf = x;
+      if (x.dtype !== 'f32' && x.dtype !== 'f64') {
+        xf = this.alloc('f32', n);
+        this.cast(x, xf);
+        temps.push(xf);
+      }
+      v = this.alloc(g.dtype, n);
+      temps.push(v);
+      this.unaryBackward(op, xf, g, v);
+    }
+    this.cast(v, g16);
+    this.reduce('sum', v, sums, 1, rows, cols);
+    for (const t of temps) this.free(t);
+  }
+
   unary(op: UnaryOp, x: DeviceBuffer, out: DeviceBuffer, alpha: number, beta: number): void {
     const od = (out as CpuBuffer).dtype;
     if (od === 'bf16' || od === 'f16') {

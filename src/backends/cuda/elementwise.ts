@@ -49,6 +49,10 @@ export const ELEMENTWISE_SIGNATURES = {
   silu_gate_d_f32: 'ppppppippilii',
   silu_gate_d_backward_f32: 'ppppippppppliii',
   add3_f32: 'ppppl',
+  cast_colsum_x4: 'ppiipiplll',
+  cast_colsum_act_x4: 'ppiipiplll',
+  cast_colsum_x1: 'ppiipiplll',
+  cast_colsum_act_x1: 'ppiipiplll',
   copy2d_b4x4: 'pllpllli',
   unary_f32_to16_keep_x4: 'pppiil',
   unary_backward_from16_x4: 'pppiil',
@@ -229,6 +233,85 @@ export function unaryBackward(
     UNARY_CODE[op],
     n,
   ]);
+}
+
+/** threads of cast_colsum (elementwise.cu COLSUM_TX x COLSUM_TY) */
+const COLSUM_TX = 32;
+const COLSUM_TY = 8;
+
+/**
+ * g (rows, cols) f32 -> g16 = v rounded to g16's 16-bit dtype and sums (cols) f32 = the sums of v
+ * over the rows, with v = g, or g * f'(x) for `op` (x the 16-bit input an activation kept): a
+ * linear layer's output gradient for its 16-bit products and its bias's gradient, g read once.
+ * Deterministic: per-split partial sums in a fixed order, then one fixed-order sum of those.
+ */
+export function castColumnSums(
+  h: Host,
+  g: DeviceBuffer,
+  g16: DeviceBuffer,
+  sums: DeviceBuffer,
+  rows: number,
+  cols: number,
+  op: UnaryOp | null,
+  x: DeviceBuffer | null,
+): void {
+  const n = rows * cols;
+  const gp = h.f(g, 'castColumnSums gradient');
+  const ot = storage16(h, g16, 'castColumnSums 16-bit gradient');
+  const sp = h.f(sums, 'castColumnSums sums');
+  if (h.buf(g, 'castColumnSums').length !== n || h.buf(g16, 'castColumnSums').length !== n)
+    throw new Error(`cuda backend: castColumnSums of (${rows}, ${cols}) needs ${n} gradient elements`);
+  if (h.buf(sums, 'castColumnSums').length !== cols)
+    throw new Error(`cuda backend: castColumnSums sums must be ${cols} values`);
+  let xp = 0;
+  let xt = 0;
+  if (op !== null) {
+    if (!x) throw new Error(`cuda backend: castColumnSums with ${op} needs its input`);
+    xt = storage16(h, x, `castColumnSums ${op} input`);
+    if (h.buf(x, 'castColumnSums').length !== n)
+      throw new Error(`cuda backend: castColumnSums ${op} input must be ${n} elements`);
+    xp = h.buf(x, 'castColumnSums').ptr;
+  }
+  if (cols === 0) return;
+  if (rows === 0) {
+    h.fill(sums, 0);
+    return;
+  }
+  const w = cols % 4 === 0 ? 4 : 1;
+  const tiles = Math.ceil(cols / (COLSUM_TX * w));
+  // about 16 blocks per multiprocessor (5 are resident at a time: several short waves balance
+  // better than one or two long ones), each thread walking at least 4 rows
+  let splits = Math.max(
+    1,
+    Math.min(Math.ceil((h.sms * 16) / tiles), Math.ceil(rows / (COLSUM_TY * 4)), 65535),
+  );
+  const chunk = Math.ceil(rows / splits);
+  splits = Math.ceil(rows / chunk);
+  const partial = splits === 1 ? null : h.scratch(splits * cols);
+  const name =
+    op === null
+      ? w === 4
+        ? 'cast_colsum_x4'
+        : 'cast_colsum_x1'
+      : w === 4
+        ? 'cast_colsum_act_x4'
+        : 'cast_colsum_act_x1';
+  k(h, name).launch([tiles, splits, 1], COLSUM_TX * COLSUM_TY, 0, [
+    gp,
+    xp,
+    op === null ? -1 : UNARY_CODE[op],
+    xt,
+    h.buf(g16, 'castColumnSums').ptr,
+    ot,
+    partial ? partial.ptr : sp,
+    rows,
+    cols,
+    chunk,
+  ]);
+  if (partial) {
+    h.sumInto(partial.ptr, sp, 1, splits, cols);
+    h.free(partial);
+  }
 }
 
 export function binary(

@@ -481,6 +481,18 @@ export class CudaBackend implements Backend {
     elementwise.unaryKeep16(this.host, op, x, out, xOut);
   }
 
+  castColumnSums(
+    g: DeviceBuffer,
+    g16: DeviceBuffer,
+    sums: DeviceBuffer,
+    rows: number,
+    cols: number,
+    op: UnaryOp | null,
+    x: DeviceBuffer | null,
+  ): void {
+    elementwise.castColumnSums(this.host, g, g16, sums, rows, cols, op, x);
+  }
+
   gatedAct(
     op: UnaryOp,
     g: DeviceBuffer,

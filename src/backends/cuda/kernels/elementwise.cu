@@ -608,6 +608,107 @@ extern "C" __global__ void unary_backward_from16_x4(const u16* x, const float* g
   }
 }
 
+// ---- a linear layer's output gradient for its 16-bit products, with the bias gradient -----------
+// (biasgrad, issue 18) One read of the f32 gradient instead of two (the cast, then a column sum).
+// Rows of COLSUM_TY threads walk a block's rows; each thread holds four columns (x4) or one.
+#define COLSUM_TX 32
+#define COLSUM_TY 8
+// OP of cast_colsum: a plain cast, or the derivative of the runtime op; others are the op itself
+#define COLSUM_PLAIN -1
+#define COLSUM_ANY_OP -2
+
+/**
+ * g (rows, cols) f32 -> v = g, or g * f'(x) for an op (x (rows, cols) in 16 bits, xt 1 = bf16,
+ * 2 = f16: the input an activation kept); g16 (rows, cols) = v rounded to ot (1 bf16, 2 f16);
+ * partial (gridDim.y, cols) f32: partial[s, c] = the sum of v over the rows [s chunk, (s + 1) chunk)
+ * of column c, in a fixed order (each thread its rows in turn, then the COLSUM_TY threads of a
+ * column in turn), so the result does not depend on scheduling. Blocks of COLSUM_TX * COLSUM_TY
+ * threads (COLSUM_TY rows of COLSUM_TX); blockIdx.x = a tile of COLSUM_TX * W columns (W = 4 needs
+ * cols % 4 == 0: 16-byte rows), blockIdx.y = s. OP: COLSUM_PLAIN, COLSUM_ANY_OP (f' of `op`, its
+ * switch inside the loop: not unrolled, to keep the code small) or a unary op code known at compile
+ * time (one derivative inlined, rows unrolled four times). sh holds COLSUM_TY * COLSUM_TX * W floats.
+ */
+template <int W, int OP>
+__device__ __forceinline__ void cast_colsum(const float* __restrict__ g, const u16* __restrict__ x, int op, int xt,
+                                            u16* __restrict__ g16, int ot, float* __restrict__ partial, i64 rows,
+                                            i64 cols, i64 chunk, float* sh) {
+  const int tx = threadIdx.x % COLSUM_TX, ty = threadIdx.x / COLSUM_TX;
+  const int dop = OP == COLSUM_ANY_OP ? op : OP;
+  const i64 c0 = ((i64)blockIdx.x * COLSUM_TX + tx) * W;
+  const i64 r0 = (i64)blockIdx.y * chunk;
+  const i64 r1 = r0 + chunk < rows ? r0 + chunk : rows;
+  float acc[W];
+#pragma unroll
+  for (int k = 0; k < W; k++) acc[k] = 0.f;
+  constexpr int unroll = OP == COLSUM_ANY_OP ? 1 : 4;
+  if (c0 < cols) {
+#pragma unroll(unroll)
+    for (i64 r = r0 + ty; r < r1; r += COLSUM_TY) {
+      const i64 i = r * cols + c0;
+      float v[W];
+      if constexpr (W == 4) {
+        const float4 gv = *(const float4*)(g + i);
+        v[0] = gv.x;
+        v[1] = gv.y;
+        v[2] = gv.z;
+        v[3] = gv.w;
+        if constexpr (OP != COLSUM_PLAIN) {
+          const float4 xv = load4(x, xt, i / 4);
+          const float* a = (const float*)&xv;
+#pragma unroll
+          for (int k = 0; k < W; k++) v[k] *= unary_df(dop, a[k]);
+        }
+        store4(g16, ot, i / 4, make_float4(v[0], v[1], v[2], v[3]));
+      } else {
+        v[0] = g[i];
+        if constexpr (OP != COLSUM_PLAIN) v[0] *= unary_df(dop, load_any(x, xt, i));
+        store_any(g16, ot, i, v[0]);
+      }
+#pragma unroll
+      for (int k = 0; k < W; k++) acc[k] += v[k];
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < W; k++) sh[ty * COLSUM_TX * W + tx * W + k] = acc[k];
+  __syncthreads();
+  if (ty == 0 && c0 < cols) {
+#pragma unroll
+    for (int k = 0; k < W; k++) {
+      float s = 0.f;
+#pragma unroll
+      for (int y = 0; y < COLSUM_TY; y++) s += sh[y * COLSUM_TX * W + tx * W + k];
+      partial[(i64)blockIdx.y * cols + c0 + k] = s;
+    }
+  }
+}
+
+// a plain cast (op < 0) and through an activation's derivative (op >= 0) are separate kernels: the
+// derivative's registers would otherwise lower the plain pass's occupancy; the tanh GELU (the Phi
+// MLP's) gets its own inlined derivative
+extern "C" __global__ void cast_colsum_x4(const float* g, const u16* x, int op, int xt, u16* g16, int ot,
+                                          float* partial, i64 rows, i64 cols, i64 chunk) {
+  __shared__ float sh[COLSUM_TY * COLSUM_TX * 4];
+  cast_colsum<4, COLSUM_PLAIN>(g, x, op, xt, g16, ot, partial, rows, cols, chunk, sh);
+}
+extern "C" __global__ void cast_colsum_act_x4(const float* g, const u16* x, int op, int xt, u16* g16, int ot,
+                                              float* partial, i64 rows, i64 cols, i64 chunk) {
+  __shared__ float sh[COLSUM_TY * COLSUM_TX * 4];
+  if (op == U_GELU_NEW)
+    cast_colsum<4, U_GELU_NEW>(g, x, op, xt, g16, ot, partial, rows, cols, chunk, sh);
+  else
+    cast_colsum<4, COLSUM_ANY_OP>(g, x, op, xt, g16, ot, partial, rows, cols, chunk, sh);
+}
+extern "C" __global__ void cast_colsum_x1(const float* g, const u16* x, int op, int xt, u16* g16, int ot,
+                                          float* partial, i64 rows, i64 cols, i64 chunk) {
+  __shared__ float sh[COLSUM_TY * COLSUM_TX];
+  cast_colsum<1, COLSUM_PLAIN>(g, x, op, xt, g16, ot, partial, rows, cols, chunk, sh);
+}
+extern "C" __global__ void cast_colsum_act_x1(const float* g, const u16* x, int op, int xt, u16* g16, int ot,
+                                              float* partial, i64 rows, i64 cols, i64 chunk) {
+  __shared__ float sh[COLSUM_TY * COLSUM_TX];
+  cast_colsum<1, COLSUM_ANY_OP>(g, x, op, xt, g16, ot, partial, rows, cols, chunk, sh);
+}
+
 extern "C" __global__ void gated_act_x4(const float* g, const float* u, void* out, int ot, u16* gk, u16* uk, int keep,
                                         int op, i64 n) {
   FOR_EACH(q, n / 4) {
