@@ -28,7 +28,7 @@ import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/backends/dtype.
 import { CachingAllocator, GraphPool, sizeClass } from '../src/backends/cuda/allocator.js';
 import { CudaBackend, KERNEL_SIGNATURES, collapseAxes } from '../src/backends/cuda/index.js';
 import { kernelsDir } from '../src/backends/cuda/kernels.js';
-import { gemvSplits } from '../src/backends/cuda/gemv.js';
+import { gemvSplits, gemvTuning } from '../src/backends/cuda/gemv.js';
 import * as T from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { BatchEngine } from '../src/generate/batch.js';
@@ -803,9 +803,9 @@ describe('cuda backend vs cpu backend', { skip }, () => {
         [5, 32776],
         [2048, 8192],
         [8192, 2048],
-      ].map(([n, k]) => gemvSplits(n, k)),
-      [1, 2, 4, 8, 2, 1],
-      'warps per column (split-K) of the cases above and of the 1.5B decode shapes',
+      ].map(([n, k]) => gemvSplits(n, k, 132, { warps: 4, rows: 2, unroll: 4, wavesWarps: 16 })),
+      [2, 4, 4, 4, 4, 1],
+      'warps per column group (split-K) of the cases above and of the 1.5B decode shapes (H200, default shape)',
     );
   });
 
@@ -2198,3 +2198,68 @@ function counterBatches(batch: number, seqLen: number, vocab: number): BatchSour
     },
   };
 }
+
+// ==== helper "decode" (issue 18, batch-1 decoding): gemv.cu's shapes and the fused decode-step kernels ====
+
+describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)', { skip }, () => {
+  afterEach(() => {
+    for (const [be, b] of held.splice(0)) be.free(b);
+  });
+
+  it('gemv: every compile-time shape the benchmark sweeps, at the 1.5B decode shapes, against the CPU', () => {
+    const saved = { ...gemvTuning };
+    const launches = () => gpu.kernels.launchCounts().gemv_bf16_f32 ?? 0;
+    const before = launches();
+    let runs = 0;
+    try {
+      for (const c of [
+        { m: 1, n: 8224, k: 2048 }, // in_proj
+        { m: 1, n: 2048, k: 8192 }, // fc2 (split-K)
+        { m: 4, n: 515, k: 2048 },
+        { m: 8, n: 33, k: 8200 },
+        { m: 2, n: 1, k: 8 },
+      ]) {
+        const bits = (n: number) => Uint16Array.from(randn(n), f32ToBf16);
+        const ab = bits(c.m * c.k);
+        const wb = bits(c.n * c.k);
+        const ag = hold(gpu, gpu.alloc('bf16', ab.length));
+        const wg = hold(gpu, gpu.alloc('bf16', wb.length));
+        gpu.write(ag, ab);
+        gpu.write(wg, wb);
+        const ac = hold(cpu, cpu.alloc('f32', ab.length));
+        const wc = hold(cpu, cpu.alloc('f32', wb.length));
+        cpu.write(ac, Float32Array.from(ab, bf16ToF32));
+        cpu.write(wc, Float32Array.from(wb, bf16ToF32));
+        const bias = pair(randn(c.n));
+        const p = {
+          batch: 1,
+          ...c,
+          transA: false,
+          transB: true,
+          strideA: c.m * c.k,
+          strideB: c.n * c.k,
+          strideC: c.m * c.n,
+          alpha: 0.5,
+          beta: 1,
+        };
+        const init = randn(c.m * c.n);
+        const ref = hold(cpu, cpu.alloc('f32', c.m * c.n));
+        cpu.write(ref, init);
+        cpu.matmul(ac, wc, ref, p, bias.c);
+        for (const warps of [4, 8])
+          for (const rows of [1, 2, 4])
+            for (const unroll of [2, 4, 8]) {
+              Object.assign(gemvTuning, { warps, rows, unroll, wavesWarps: 16 });
+              const o = { c: ref, g: hold(gpu, gpu.alloc('f32', c.m * c.n)) };
+              gpu.write(o.g, init);
+              gpu.matmul(ag, wg, o.g, p, bias.g);
+              runs++;
+              check(o, 2e-6 * Math.sqrt(c.k), `gemv ${JSON.stringify({ ...c, warps, rows, unroll })}`, 1e-6);
+            }
+      }
+    } finally {
+      Object.assign(gemvTuning, saved);
+    }
+    assert.equal(launches() - before, runs, 'every product above ran in gemv.cu');
+  });
+});

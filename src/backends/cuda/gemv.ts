@@ -13,25 +13,36 @@ export const GEMV_SIGNATURES = {
 
 const { k } = moduleKernels('gemv', GEMV_SIGNATURES);
 
-/** rows of x per launch, warps per block and 16-byte loads in flight per lane, as in gemv.cu */
+/** rows of x per launch */
 export const GEMV_MAX_M = 8;
-const GEMV_WARPS = 8;
-const GEMV_UNROLL = 8;
-/** warps wanted in flight: 132 SMs x 16 resident warps (two blocks of 8 each) on the H200, x 2 */
-const GEMV_TARGET_WARPS = 4096;
 
 /**
- * Warps per output column (split-K: 1, 2, 4 or 8): doubled while the grid has fewer warps than
- * GEMV_TARGET_WARPS and each split keeps at least two full rounds of loads (32 lanes x GEMV_UNROLL
- * chunks of 8) per lane.
+ * The compile-time shape of gemv.cu (its -D defines) and the split-K target. bench/gpu-gemv.ts
+ * sweeps them; the defaults are its pick for the H200.
+ * - warps: warps per block; rows: weight rows per warp (streamed together); unroll: 16-byte
+ *   loads per row and lane in one batch (two batches in flight)
+ * - wavesWarps: split K while the grid has fewer warps than this many per multiprocessor
  */
-export function gemvSplits(n: number, k: number): number {
+export const gemvTuning = { warps: 4, rows: 2, unroll: 4, wavesWarps: 16 };
+
+/** the build of gemv.cu for m rows: accumulators for 1, 2, 4 or 8 rows */
+export function gemvBuildM(m: number): number {
+  return m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8;
+}
+
+/**
+ * Warps per group of output columns (split-K: 1, 2, 4 or 8, at most the warps of a block):
+ * doubled while the grid has fewer warps than `sms` x wavesWarps and each split keeps at least
+ * one full batch of loads (32 lanes x unroll chunks of 8 elements) per row.
+ */
+export function gemvSplits(n: number, k: number, sms = 132, t = gemvTuning): number {
   const chunks = Math.floor(k / 8);
+  const groups = Math.ceil(n / t.rows);
   let splits = 1;
   while (
-    splits < GEMV_WARPS &&
-    n * splits < GEMV_TARGET_WARPS &&
-    chunks / (2 * splits) >= 2 * 32 * GEMV_UNROLL
+    splits < Math.min(8, t.warps) &&
+    groups * splits < sms * t.wavesWarps &&
+    chunks / (2 * splits) >= 32 * t.unroll
   )
     splits *= 2;
   return splits;
@@ -39,10 +50,10 @@ export function gemvSplits(n: number, k: number): number {
 
 /**
  * MOHAWK_GEMV=0 turns gemv.cu off; benchmarks flip `enabled` to time cuBLASLt on the same shapes.
- * `maxWeight` (elements of W): above it cuBLASLt is faster on the H200 (bench/gpu-gemv.ts,
- * 2026-12-02: gemv.cu 1.04-1.47x at 2048 x 2048 and 4096 x 2048, 0.5-0.94x from 8192 x 2048 up).
+ * `maxWeight` (elements of W): above it cuBLASLt would take the product (no limit now: the
+ * batched, double-buffered gemv.cu is meant to beat cuBLASLt at every decode shape; bench/gpu-gemv.ts).
  */
-export const gemvSwitch = { enabled: process.env.MOHAWK_GEMV !== '0', maxWeight: 4096 * 2048 };
+export const gemvSwitch = { enabled: process.env.MOHAWK_GEMV !== '0', maxWeight: Infinity };
 
 /** Whether gemv.cu takes this product: bf16 x (m, k) times a bf16 weight (n, k) transposed into f32. */
 export function gemvTakes(a: CudaBuffer, b: CudaBuffer, c: CudaBuffer, p: MatmulParams): boolean {
@@ -73,9 +84,12 @@ export function gemv(
   bias: CudaBuffer | null,
   p: MatmulParams,
 ): void {
-  const splits = gemvSplits(p.n, p.k);
-  const blocks = Math.ceil(p.n / (GEMV_WARPS / splits));
-  k(h, 'gemv_bf16_f32').launch([blocks, 1, 1], GEMV_WARPS * 32, 0, [
+  const t = gemvTuning;
+  const splits = gemvSplits(p.n, p.k, h.sms, t);
+  const groupsPerBlock = t.warps / splits;
+  const blocks = Math.ceil(p.n / (t.rows * groupsPerBlock));
+  const defines = { GEMV_M: gemvBuildM(p.m), GEMV_WARPS: t.warps, GEMV_ROWS: t.rows, GEMV_UNROLL: t.unroll };
+  k(h, 'gemv_bf16_f32', defines).launch([blocks, 1, 1], t.warps * 32, 0, [
     a.ptr,
     b.ptr,
     c.ptr,

@@ -1,26 +1,44 @@
 // Products of a few rows with a linear layer's weight: decoding's matrix products (M = batch, one
 // token each), where reading the bf16 weight once is the whole cost. cuBLASLt picks slow kernels
-// for M = 1 (about 1.1 TB/s on the H200); here warps stream whole weight rows with 16-byte loads,
-// GEMV_UNROLL of them outstanding per lane before the first FMA, so that enough bytes are in flight
-// to approach the memory bandwidth.
+// for M = 1 (2.3-2.8 TB/s on the H200 for the 1.5B student's big weights); here every warp streams
+// GEMV_ROWS whole weight rows at once with 16-byte loads, two batches of GEMV_UNROLL loads per row
+// in flight (the next batch is issued before the current one is used), so that enough bytes are in
+// flight per multiprocessor to approach the memory bandwidth.
 //
 //   out (M, N) = alpha * x (M, K) W^T + beta * out + bias (N)
 //
 // x is (M, K) bf16, W (N, K) bf16 row-major (a Linear weight, used transposed), out (M, N) f32,
-// bias (N) f32 or null; M <= GEMV_MAX_M, K % 8 == 0, x and W 16-byte aligned.
+// bias (N) f32 or null; M <= GEMV_M, K % 8 == 0, x and W 16-byte aligned.
 //
-// A block has GEMV_WARPS warps; `splits` (1, 2, 4 or 8, dividing GEMV_WARPS) consecutive warps share
-// one output column n and split its K (split-K, for small N where one warp per column leaves the
-// SMs idle). Warp s of a column, lane l, reads the 16-byte chunks s * 32 + l + j * 32 * splits of
-// W's row n and of each x row (coalesced 512-byte runs per warp), sums in f32; then a warp
-// reduction, and the splits' partial sums are added in order (s = 0, 1, ...) through shared memory.
+// Compile-time shape (-D defines, chosen by gemv.ts; bench/gpu-gemv.ts sweeps them):
+//   GEMV_M       largest M this build takes (1, 2, 4 or 8): accumulators per row
+//   GEMV_WARPS   warps per block
+//   GEMV_ROWS    weight rows (output columns) per warp, streamed together
+//   GEMV_UNROLL  16-byte chunks per row and lane in one batch of loads
+//
+// A group of `splits` consecutive warps (1, 2, 4 or 8, dividing GEMV_WARPS) shares GEMV_ROWS
+// output columns and splits their K (split-K, for small N where one warp per row group leaves
+// the multiprocessors idle). Warp s of a group, lane l, reads the 16-byte chunks
+// c = s * 32 + l + j * 32 * splits of its rows of W and of each x row (coalesced 512-byte runs per
+// warp), sums in f32; then a warp reduction, and the splits' partial sums are added in order
+// (s = 0, 1, ...) through shared memory: the result does not depend on timing.
 // W is read once, so its loads skip L1 (x stays there for the other warps).
 
 #include "common.cuh"
 
-#define GEMV_MAX_M 8
-#define GEMV_WARPS 8
-#define GEMV_UNROLL 8
+#ifndef GEMV_M
+#define GEMV_M 8
+#endif
+#ifndef GEMV_WARPS
+#define GEMV_WARPS 4
+#endif
+#ifndef GEMV_ROWS
+#define GEMV_ROWS 2
+#endif
+#ifndef GEMV_UNROLL
+#define GEMV_UNROLL 4
+#endif
+static_assert(GEMV_M * GEMV_ROWS <= 32, "gemv.cu: one lane writes each of a warp's GEMV_M x GEMV_ROWS outputs");
 
 /** the 8 bf16 of a 16-byte chunk as floats */
 __device__ __forceinline__ void unpack8(const uint4 v, float* f) {
@@ -41,80 +59,122 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   return v;
 }
 
-/** acc[r] += sum over this lane's chunks c = start + j * stride (< chunks) of W[c] . x_r[c], r < M */
-template <int M>
-__device__ __forceinline__ void gemv_lane(const uint4* __restrict__ wrow, const uint4* __restrict__ xrows, i64 chunks,
-                                          i64 start, i64 stride, float* acc) {
-  for (i64 base = start; base < chunks; base += stride * GEMV_UNROLL) {
-    uint4 wv[GEMV_UNROLL];
+/** one batch of loads: chunk c = start + (b * GEMV_UNROLL + u) * stride of each of the warp's rows */
+__device__ __forceinline__ void load_batch(uint4 (&buf)[GEMV_ROWS][GEMV_UNROLL], const uint4* (&wrow)[GEMV_ROWS],
+                                           i64 chunks, i64 start, i64 stride, i64 b) {
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
-      const i64 c = base + u * stride;
-      wv[u] = c < chunks ? load_stream(wrow + c) : make_uint4(0u, 0u, 0u, 0u);
-    }
+  for (int u = 0; u < GEMV_UNROLL; u++) {
+    const i64 c = start + (b * GEMV_UNROLL + u) * stride;
 #pragma unroll
-    for (int u = 0; u < GEMV_UNROLL; u++) {
-      const i64 c = base + u * stride;
-      if (c < chunks) {
-        float wf[8];
-        unpack8(wv[u], wf);
+    for (int r = 0; r < GEMV_ROWS; r++) buf[r][u] = c < chunks ? load_stream(wrow[r] + c) : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+/** acc[i][r] += W_r[c] . x_i[c] over the chunks of batch b (x rows i < m) */
+__device__ __forceinline__ void use_batch(const uint4 (&buf)[GEMV_ROWS][GEMV_UNROLL], const uint4* __restrict__ xrows,
+                                          int m, i64 chunks, i64 start, i64 stride, i64 b,
+                                          float (&acc)[GEMV_M][GEMV_ROWS]) {
 #pragma unroll
-        for (int r = 0; r < M; r++) {
+  for (int u = 0; u < GEMV_UNROLL; u++) {
+    const i64 c = start + (b * GEMV_UNROLL + u) * stride;
+    if (c < chunks) {
+      float wf[GEMV_ROWS][8];
+#pragma unroll
+      for (int r = 0; r < GEMV_ROWS; r++) unpack8(buf[r][u], wf[r]);
+#pragma unroll
+      for (int i = 0; i < GEMV_M; i++) {
+        if (i < m) {
           float xf[8];
-          unpack8(__ldg(xrows + r * chunks + c), xf);
+          unpack8(__ldg(xrows + i * chunks + c), xf);
 #pragma unroll
-          for (int i = 0; i < 8; i++) acc[r] = fmaf(wf[i], xf[i], acc[r]);
+          for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+            for (int e = 0; e < 8; e++) acc[i][r] = fmaf(wf[r][e], xf[e], acc[i][r]);
         }
       }
     }
   }
 }
 
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32, 2)
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv_bf16_f32(const u16* __restrict__ x, const u16* __restrict__ w, float* out, const float* bias, int m,
                   i64 n, i64 k, float alpha, float beta, int splits) {
-  __shared__ float partial[GEMV_WARPS][GEMV_MAX_M];
+  __shared__ float partial[GEMV_WARPS][GEMV_M * GEMV_ROWS];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int s = warp % splits;
-  const i64 col = (i64)blockIdx.x * (GEMV_WARPS / splits) + warp / splits;
-  float acc[GEMV_MAX_M];
+  // the first of this warp's GEMV_ROWS output columns
+  const i64 col0 = ((i64)blockIdx.x * (GEMV_WARPS / splits) + warp / splits) * GEMV_ROWS;
+  const i64 chunks = k >> 3;
+  const i64 start = (i64)s * 32 + lane;
+  const i64 stride = (i64)splits * 32;
+  const uint4* xrows = reinterpret_cast<const uint4*>(x);
+  const uint4* wrow[GEMV_ROWS];
 #pragma unroll
-  for (int r = 0; r < GEMV_MAX_M; r++) acc[r] = 0.f;
-  if (col < n) {
-    const uint4* wrow = reinterpret_cast<const uint4*>(w + col * k);
-    const uint4* xrows = reinterpret_cast<const uint4*>(x);
-    const i64 chunks = k >> 3;
-    const i64 start = (i64)s * 32 + lane;
-    const i64 stride = (i64)splits * 32;
-    switch (m) {
-      case 1: gemv_lane<1>(wrow, xrows, chunks, start, stride, acc); break;
-      case 2: gemv_lane<2>(wrow, xrows, chunks, start, stride, acc); break;
-      case 3: gemv_lane<3>(wrow, xrows, chunks, start, stride, acc); break;
-      case 4: gemv_lane<4>(wrow, xrows, chunks, start, stride, acc); break;
-      case 5: gemv_lane<5>(wrow, xrows, chunks, start, stride, acc); break;
-      case 6: gemv_lane<6>(wrow, xrows, chunks, start, stride, acc); break;
-      case 7: gemv_lane<7>(wrow, xrows, chunks, start, stride, acc); break;
-      default: gemv_lane<8>(wrow, xrows, chunks, start, stride, acc); break;
+  for (int r = 0; r < GEMV_ROWS; r++) {
+    // rows past N read row N - 1 (in bounds) and are not written
+    const i64 col = col0 + r < n ? col0 + r : n - 1;
+    wrow[r] = reinterpret_cast<const uint4*>(w + col * k);
+  }
+  float acc[GEMV_M][GEMV_ROWS];
+#pragma unroll
+  for (int i = 0; i < GEMV_M; i++)
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) acc[i][r] = 0.f;
+
+  if (col0 < n) {
+    // batches of GEMV_UNROLL chunks per lane and row, the same count for every lane of the warp;
+    // two buffers: batch b + 1 is in flight while batch b is used
+    const i64 perBatch = stride * GEMV_UNROLL;
+    const i64 batches = (chunks + perBatch - 1) / perBatch;
+    uint4 a[GEMV_ROWS][GEMV_UNROLL], bb[GEMV_ROWS][GEMV_UNROLL];
+    load_batch(a, wrow, chunks, start, stride, 0);
+    for (i64 b = 0; b < batches; b += 2) {
+      if (b + 1 < batches) load_batch(bb, wrow, chunks, start, stride, b + 1);
+      use_batch(a, xrows, m, chunks, start, stride, b, acc);
+      if (b + 1 < batches) {
+        if (b + 2 < batches) load_batch(a, wrow, chunks, start, stride, b + 2);
+        use_batch(bb, xrows, m, chunks, start, stride, b + 1, acc);
+      }
     }
   }
+  // warp sums; with split-K through shared memory, added in the order of the splits
 #pragma unroll
-  for (int r = 0; r < GEMV_MAX_M; r++) {
-    if (r < m) {
-      float v = acc[r];
+  for (int i = 0; i < GEMV_M; i++)
 #pragma unroll
-      for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-      if (lane == 0) partial[warp][r] = v;
+    for (int r = 0; r < GEMV_ROWS; r++)
+      if (i < m) acc[i][r] = warp_sum(acc[i][r]);
+  if (splits > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int i = 0; i < GEMV_M; i++)
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) partial[warp][i * GEMV_ROWS + r] = acc[i][r];
     }
+    __syncthreads();
   }
-  __syncthreads();
-  if (col < n && s == 0 && lane < m) {
-    float v = 0.f;
-    for (int j = 0; j < splits; j++) v += partial[warp + j][lane];
-    const i64 at = (i64)lane * n + col;
-    float y = alpha * v;
-    if (beta != 0.f) y += beta * out[at];
-    if (bias) y += bias[col];
-    out[at] = y;
+  // lane i * GEMV_ROWS + r writes x row i's column col0 + r
+  if (s == 0 && lane < GEMV_M * GEMV_ROWS) {
+    const int i = lane / GEMV_ROWS;
+    const int r = lane % GEMV_ROWS;
+    const i64 col = col0 + r;
+    if (i < m && col < n) {
+      float v = 0.f;
+      if (splits > 1) {
+        for (int j = 0; j < splits; j++) v += partial[warp + j][lane];
+      } else {
+        // every lane holds the warp sums: pick this lane's
+#pragma unroll
+        for (int ii = 0; ii < GEMV_M; ii++)
+#pragma unroll
+          for (int rr = 0; rr < GEMV_ROWS; rr++)
+            if (ii == i && rr == r) v = acc[ii][rr];
+      }
+      const i64 at = (i64)i * n + col;
+      float y = alpha * v;
+      if (beta != 0.f) y += beta * out[at];
+      if (bias) y += bias[col];
+      out[at] = y;
+    }
   }
 }
