@@ -2262,4 +2262,162 @@ describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)',
     }
     assert.equal(launches() - before, runs, 'every product above ran in gemv.cu');
   });
+
+  /** fn's outputs (and the tensors it updates in place) on one backend, from seeded inputs */
+  const onBackend = (
+    be: Backend,
+    seed: number,
+    shapes: number[][],
+    fn: (ts: T.Tensor[]) => T.Tensor[],
+    dt: 'bf16' | null = null,
+  ): Float64Array[] => {
+    T.setBackend(be);
+    T.setAutocast(dt);
+    const r = new Random(seed);
+    const inputs = shapes.map((shape) =>
+      T.keep(
+        T.tensor(
+          r.normals(
+            shape.reduce((a, b) => a * b, 1),
+            0,
+            1,
+          ),
+          shape,
+        ),
+      ),
+    );
+    try {
+      return T.noGrad(() =>
+        T.scope(() =>
+          fn(inputs).map((t) =>
+            Float64Array.from(t.dtype === 'bf16' ? T.cast(t, 'f32').toArray() : t.toArray()),
+          ),
+        ),
+      );
+    } finally {
+      for (const t of inputs) t.dispose();
+      T.setAutocast(null);
+      T.setBackend(cpu);
+    }
+  };
+
+  it('layerNormTo: LayerNorm stored in bf16 in one kernel against the CPU (LayerNorm, then the cast)', () => {
+    assert.equal((cpu as Backend).layerNormTo16, undefined, 'the CPU composes it');
+    for (const [rows, cols, bias] of [
+      [3, 2048, true],
+      [1, 37, false],
+      [5, 1000, true],
+    ] as const) {
+      const shapes = [[rows, cols], [cols], [cols]];
+      const fn = ([x, w, b]: T.Tensor[]) => [T.layerNormTo(x, w, bias ? b : null, 1e-5, 'bf16')];
+      const ref = onBackend(cpu, 5, shapes, fn)[0];
+      const got = onBackend(gpu, 5, shapes, fn)[0];
+      // the same f32 values up to the sums' order, rounded to bf16 (2^-8) on both sides
+      assertClose(got, ref, 8e-3 * maxAbs(ref), `layerNormTo (${rows}, ${cols}) bias ${bias}`);
+    }
+  });
+
+  it('ssmStepGated: the mixer step with its output gate read from in_proj output columns, two steps, against the CPU', () => {
+    assert.equal((cpu as Backend).ssmStepGate, undefined, 'the CPU composes it');
+    for (const [batch, H, G, P, N, K, silu, bias, dt] of [
+      [2, 4, 2, 16, 8, 4, true, true, null],
+      [2, 4, 2, 16, 8, 4, true, true, 'bf16'],
+      [1, 32, 32, 64, 64, 4, false, true, 'bf16'], // the 1.5B student's shapes (rows split over blocks)
+      [3, 3, 1, 40, 24, 3, true, false, null],
+      [1, 1, 1, 7, 5, 1, false, true, null],
+    ] as const) {
+      const hp = H * P;
+      const cc = hp + 2 * G * N;
+      // columns in another order than in_proj's, with gaps: [pad 3 | z | pad 2 | a | xbc | pad 1]
+      const rowLen = 3 + hp + 2 + H + cc + 1;
+      const layout = { rowLen, zOff: 3, aOff: 3 + hp + 2, xOff: 3 + hp + 2 + H };
+      const shapes = [
+        [batch, rowLen],
+        [batch, rowLen],
+        [batch, K - 1, cc],
+        [cc, K],
+        [cc],
+        [H],
+        [hp],
+        [batch, H, P, N],
+      ];
+      const fn = ([zx1, zx2, conv0, w, cb, D, zb, ssm0]: T.Tensor[]) => {
+        const conv = T.add(conv0, T.zeros(conv0.shape)); // fresh state buffers, updated in place
+        const ssm = T.add(ssm0, T.zeros(ssm0.shape));
+        const opts = { groups: G, silu, dtype: dt };
+        const y1 = T.ssmStepGated(zx1, layout, conv, w, bias ? cb : null, D, zb, ssm, opts);
+        const y2 = T.ssmStepGated(zx2, layout, conv, w, bias ? cb : null, D, zb, ssm, opts);
+        return [y1, y2, ssm, conv];
+      };
+      const what = JSON.stringify({ batch, H, G, P, N, K, silu, bias, dt });
+      const ref = onBackend(cpu, 9, shapes, fn);
+      const got = onBackend(gpu, 9, shapes, fn);
+      const tol = dt ? 8e-3 : 1e-5;
+      assertClose(got[0], ref[0], tol * maxAbs(ref[0]) + 1e-6, `ssmStepGated ${what}: step 1 output`);
+      assertClose(got[1], ref[1], tol * maxAbs(ref[1]) + 1e-6, `ssmStepGated ${what}: step 2 output`);
+      assertClose(got[2], ref[2], 1e-5 * maxAbs(ref[2]) + 1e-6, `ssmStepGated ${what}: SSM state`);
+      assert.deepEqual(Array.from(got[3]), Array.from(ref[3]), `ssmStepGated ${what}: conv state`);
+    }
+  });
+
+  it('linearAct: the product, bias and tanh GELU into bf16 (gemv.cu epilogue for few rows, composed otherwise) against the CPU', () => {
+    assert.equal((cpu as Backend).matmulAct, undefined, 'the CPU composes it');
+    const launches = () => gpu.kernels.launchCounts().gemv_bf16_f32 ?? 0;
+    for (const [m, k, n, xLow] of [
+      [1, 2048, 300, true],
+      [5, 64, 33, false],
+      [20, 64, 33, false], // above gemv's rows: the cuBLASLt product, then the activation
+    ] as const) {
+      const shapes = [[m, k], [n, k], [n]];
+      const fn = ([x, w, b]: T.Tensor[]) => [
+        T.linearAct(xLow ? T.cast(x, 'bf16') : x, w, b, 'geluNew', 'bf16'),
+      ];
+      const ref = onBackend(cpu, 13, shapes, fn, 'bf16')[0];
+      const before = launches();
+      const got = onBackend(gpu, 13, shapes, fn, 'bf16')[0];
+      assert.equal(
+        launches() - before,
+        m <= 8 ? 1 : 0,
+        `linearAct (${m}, ${k}) x (${n}, ${k}): gemv.cu launches`,
+      );
+      // the same bf16 operands; f32 sums in another order, rounded to bf16 on both sides
+      assertClose(got, ref, 1e-2 * maxAbs(ref) + 1e-6, `linearAct (${m}, ${k}) x (${n}, ${k})`);
+    }
+  });
+
+  it('graph decode in bf16 with the fused step kernels: fewer graph nodes, logits near the unfused step (MOHAWK_DECODE_FUSED=0)', () => {
+    const saved = process.env.MOHAWK_DECODE_FUSED;
+    try {
+      T.setBackend(gpu);
+      const model = tinyStudent();
+      const run = (fused: boolean) => {
+        process.env.MOHAWK_DECODE_FUSED = fused ? '1' : '0';
+        return T.autocast('bf16', () => {
+          const casts = T.castParameters(model.parameters(), 'bf16');
+          try {
+            return T.withCastParameters(casts, () => decodeGreedy(model, 2, 6, true));
+          } finally {
+            casts.dispose();
+          }
+        });
+      };
+      const off = run(false);
+      const on = run(true);
+      console.log(`# bf16 decode step graph: ${on.nodes} nodes fused, ${off.nodes} unfused`);
+      assert.equal(on.mode, 'graph', `not captured: ${on.reason}`);
+      assert.ok(on.nodes < off.nodes, `fused step ${on.nodes} nodes, unfused ${off.nodes}`);
+      // the first step reads the same token: bf16 roundings of the same values on both paths
+      assertClose(
+        on.logits[0],
+        off.logits[0],
+        2e-2 * maxAbs(off.logits[0]),
+        'first step logits, fused vs unfused',
+      );
+      model.dispose();
+    } finally {
+      if (saved === undefined) delete process.env.MOHAWK_DECODE_FUSED;
+      else process.env.MOHAWK_DECODE_FUSED = saved;
+      T.setBackend(cpu);
+    }
+  });
 });

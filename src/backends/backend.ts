@@ -364,6 +364,52 @@ export interface Backend {
 
   /** Optional: out = (a + b) + c, dense f32 buffers of one length (two residual adds in one pass) */
   add3?(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, out: DeviceBuffer): void;
+  // ---- optional: the fused kernels of the recurrent decoding step (no backward) ---------------
+  /**
+   * LayerNorm of x (rows, cols) f32 with weight, bias (cols) f32 | null, stored in out's dtype
+   * (bf16 or f16): the values of layerNorm rounded once (the next products' input), nothing saved.
+   */
+  layerNormTo16?(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    eps: number,
+  ): void;
+  /**
+   * ssmStep with the mixer's output gate, reading its inputs from in_proj's output zx (B, rowLen)
+   * f32: xbc (Cc channels) at column xOff, z (H P) at zOff, a (H) at aOff of each row. The caches
+   * are updated as ssmStep does; out (B, H P) = (h C + D x) * silu(z + zBias), zBias (H P), in
+   * out's dtype (f32, bf16 or f16): the values of ssmStep then siluGate, rounded once.
+   */
+  ssmStepGate?(
+    zx: DeviceBuffer,
+    layout: { rowLen: number; xOff: number; zOff: number; aOff: number },
+    convState: DeviceBuffer,
+    convWeight: DeviceBuffer,
+    convBias: DeviceBuffer | null,
+    D: DeviceBuffer,
+    zBias: DeviceBuffer,
+    ssm: DeviceBuffer,
+    out: DeviceBuffer,
+    p: SsmStepParams,
+  ): void;
+  /**
+   * c (m, n) = act(a (m, k) b^T + bias) with a, b 16-bit (one dtype), b (n, k) a Linear weight,
+   * bias (n) f32 | null, c in a 16-bit dtype: the f32 product, bias and activation, rounded once.
+   */
+  matmulAct?(
+    act: 'geluNew',
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    bias: DeviceBuffer | null,
+  ): void;
   /**
    * Optional: causalConv1d that also writes xKeep, a bf16 copy of x (B, T, C), in the same pass;
    * a backend with this method accepts that bf16 x in causalConv1dBackward (its weight gradient
@@ -755,6 +801,9 @@ export const KERNEL_NAMES = [
   'causalConv1dKeep16',
   'matmulGelu',
   'add3',
+  'layerNormTo16',
+  'ssmStepGate',
+  'matmulAct',
 ] as const satisfies readonly KernelName[];
 
 /** compile-time check that KERNEL_NAMES lists every kernel: names the missing ones in the error */

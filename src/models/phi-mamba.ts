@@ -4,9 +4,26 @@
 // sections, parameters backbone.* and lm_head.*); docs/student-format.md documents the
 // extensions for the other block styles and for hybrids.
 
-import { add, add3, matmul, scale, slice, tanh, tensor, type Tensor } from '../tensor/index.js';
+import {
+  add,
+  add3,
+  getAutocast,
+  isGradEnabled,
+  layerNormTo,
+  matmul,
+  scale,
+  slice,
+  tanh,
+  tensor,
+  type Tensor,
+} from '../tensor/index.js';
 import { Attention, type AttentionConfig } from '../nn/attention.js';
-import { checkMixerConfig, DiscreteMamba2, type DiscreteMamba2Config } from '../nn/discrete-mamba2.js';
+import {
+  checkMixerConfig,
+  DiscreteMamba2,
+  SsmCache,
+  type DiscreteMamba2Config,
+} from '../nn/discrete-mamba2.js';
 import { Embedding, LayerNorm, Linear, RMSNorm, type InitOptions } from '../nn/layers.js';
 import { LinearAttentionMixer } from '../nn/linear-attention-mixer.js';
 import { ToeplitzMixer } from '../nn/toeplitz-mixer.js';
@@ -200,8 +217,29 @@ export class StudentBlock extends Module implements Block {
     return this.mixer ? this.mixer.forward(x, opts) : this.self_attn!.forward(x, opts);
   }
 
+  /**
+   * The norm's output in 16 bits for a decoding step of a parallel SSM block under autocast: only
+   * in_proj and fc1 read it, and both would round it to 16 bits anyway (decode-ops.ts)
+   */
+  private norm16(x: Tensor, opts: BlockOptions): Tensor | null {
+    const dt = getAutocast();
+    const ln = this.input_layernorm;
+    if (
+      !dt ||
+      isGradEnabled() ||
+      this.c.style !== 'phi' ||
+      !(ln instanceof LayerNorm) ||
+      !(this.mixer instanceof DiscreteMamba2) ||
+      !(opts.cache instanceof SsmCache) ||
+      opts.cache.length === 0 ||
+      x.shape[1] !== 1
+    )
+      return null;
+    return layerNormTo(x, ln.weight, ln.bias, ln.eps, dt);
+  }
+
   forward(x: Tensor, opts: BlockOptions = {}): BlockOutput {
-    const n = this.input_layernorm.forward(x);
+    const n = this.norm16(x, opts) ?? this.input_layernorm.forward(x);
     const m = this.mix(n, opts);
     if (this.c.style === 'phi') {
       return { out: add3(x, m.out, this.mlp.forward(n)), mixerOut: m.out, matrix: m.matrix };

@@ -33,6 +33,7 @@ import {
   getAutocast,
   slice,
   ssmStep,
+  ssmStepGated,
   softplus,
   split,
   ssdScan,
@@ -368,6 +369,25 @@ export class DiscreteMamba2 extends Module {
     const [b, t] = u.shape;
     const { nVHeads: H, nQkHeads: G, dConv: K } = this.cfg;
     const P = this.headDim;
+    if (t === 1) {
+      // one token: the step and its output gate read in_proj's output in place (ssmStepGated,
+      // one kernel where the backend fuses it), the gate's output in 16 bits under autocast
+      const zx = this.in_proj.forward(u); // (B, 1, convDim + dInner + H): project()'s columns
+      const rowLen = this.convDim + this.dInner + H;
+      const gated = ssmStepGated(
+        reshape(zx, [b, rowLen]),
+        { rowLen, xOff: 0, zOff: this.convDim, aOff: this.convDim + this.dInner },
+        cache.conv!,
+        reshape(this.convWeight, [this.convDim, K]),
+        this.convBias,
+        this.D,
+        this.z_bias,
+        cache.ssm!,
+        { groups: G, silu: this.cfg.activation === 'silu', dtype: getAutocast() },
+      );
+      cache.length += 1;
+      return this.out_proj.forward(reshape(gated, [b, 1, this.dInner]));
+    }
     const { xBC, z, a } = this.project(u);
     const w = reshape(this.convWeight, [this.convDim, K]);
     const at = (x: Tensor, i: number) => (t === 1 ? x : slice(x, 1, i, i + 1));

@@ -6,6 +6,8 @@ import {
   geluNew,
   gelu,
   getAutocast,
+  isGradEnabled,
+  linearAct,
   relu,
   silu,
   unaryTo,
@@ -89,9 +91,13 @@ export class MLP extends Module {
       const fused = geluMlp(x, this.fc1.weight, this.fc1.bias!, this.fc2.weight, this.fc2.bias!);
       if (fused) return fused;
     }
-    const h = this.fc1.forward(x);
     // under autocast fc2 reads a 16-bit copy anyway: the activation writes it directly
     const dt = getAutocast();
+    if (dt && !isGradEnabled() && ACTIVATION_OP[this.act] === 'geluNew')
+      // no gradients (decoding, evaluation): the product, bias and GELU in one kernel where the
+      // backend has it (decode-ops.ts; MOHAWK_DECODE_FUSED=0: the two kernels below)
+      return this.fc2.forward(linearAct(x, this.fc1.weight, this.fc1.bias, 'geluNew', dt));
+    const h = this.fc1.forward(x);
     return this.fc2.forward(
       dt && h.dtype === 'f32' ? unaryTo(ACTIVATION_OP[this.act], h, dt) : activate(h, this.act),
     );

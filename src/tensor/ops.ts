@@ -649,7 +649,8 @@ export function withCastParameters<T>(casts: ParameterCasts | null, fn: () => T)
   }
 }
 
-function autocastOperand(x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
+/** x in the autocast dtype: a parameter's cached copy, an op output's memoized cast, or a new cast */
+export function autocastOperand(x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
   if (castParams && castParams.dtype === dtype && !(isGradEnabled() && x.requiresGrad)) {
     const c = castParams.get(x);
     if (c) return c;

@@ -8,7 +8,7 @@ import type { CudaBuffer } from './host.js';
 
 /** Kernel signatures of kernels/gemv.cu (argument kinds, see kernels.ts). */
 export const GEMV_SIGNATURES = {
-  gemv_bf16_f32: 'ppppillffi',
+  gemv_bf16_f32: 'ppppillffiii',
 } as const;
 
 const { k } = moduleKernels('gemv', GEMV_SIGNATURES);
@@ -55,13 +55,16 @@ export function gemvSplits(n: number, k: number, sms = 132, t = gemvTuning): num
  */
 export const gemvSwitch = { enabled: process.env.MOHAWK_GEMV !== '0', maxWeight: Infinity };
 
-/** Whether gemv.cu takes this product: bf16 x (m, k) times a bf16 weight (n, k) transposed into f32. */
+/**
+ * Whether gemv.cu takes this product: bf16 x (m, k) times a bf16 weight (n, k) transposed into f32
+ * (or into bf16 / f16 with beta 0).
+ */
 export function gemvTakes(a: CudaBuffer, b: CudaBuffer, c: CudaBuffer, p: MatmulParams): boolean {
   return (
     gemvSwitch.enabled &&
     a.dtype === 'bf16' &&
     b.dtype === 'bf16' &&
-    c.dtype === 'f32' &&
+    (c.dtype === 'f32' || ((c.dtype === 'bf16' || c.dtype === 'f16') && p.beta === 0)) &&
     p.batch === 1 &&
     p.m >= 1 &&
     p.m <= GEMV_MAX_M &&
@@ -75,7 +78,13 @@ export function gemvTakes(a: CudaBuffer, b: CudaBuffer, c: CudaBuffer, p: Matmul
   );
 }
 
-/** out (m, n) = alpha x (m, k) W^T + beta out + bias (n), W (n, k); see gemvTakes for the cases. */
+/** storage codes of common.cuh for c */
+const OUT_CODE: Record<string, number> = { f32: 0, bf16: 3, f16: 4 };
+
+/**
+ * out (m, n) = act(alpha x (m, k) W^T + beta out + bias (n)), W (n, k); act 0 (none) or 1 (the
+ * tanh GELU, gemv.cu's GEMV_ACT_GELU_NEW); see gemvTakes for the cases.
+ */
 export function gemv(
   h: Host,
   a: CudaBuffer,
@@ -83,6 +92,7 @@ export function gemv(
   c: CudaBuffer,
   bias: CudaBuffer | null,
   p: MatmulParams,
+  act = 0,
 ): void {
   const t = gemvTuning;
   const splits = gemvSplits(p.n, p.k, h.sms, t);
@@ -100,5 +110,7 @@ export function gemv(
     p.alpha,
     p.beta,
     splits,
+    act,
+    OUT_CODE[c.dtype],
   ]);
 }

@@ -33,6 +33,7 @@ import { Cublas, type GemmDType } from './cublas.js';
 import { CudaError, Driver } from './driver.js';
 import * as elementwise from './elementwise.js';
 import { GEMV_SIGNATURES, gemv, gemvTakes } from './gemv.js';
+import * as decode from './decode.js';
 import { CaptureState, CudaGraph } from './graph.js';
 import { ELEMENTWISE_SIGNATURES } from './elementwise.js';
 import { CudaBuffer, type Host } from './host.js';
@@ -63,6 +64,7 @@ export const KERNEL_SIGNATURES = {
   ssd: SSD_SIGNATURES,
   ssd_fast: SSD_FAST_SIGNATURES,
   gemv: GEMV_SIGNATURES,
+  decode: decode.DECODE_SIGNATURES,
 } as const;
 
 export interface CudaBackendOptions {
@@ -594,7 +596,7 @@ export class CudaBackend implements Backend {
       if (BIAS) addBias();
       return;
     }
-    if (gemvTakes(A, B, C, p) && (!BIAS || BIAS.dtype === 'f32')) {
+    if (C.dtype === 'f32' && gemvTakes(A, B, C, p) && (!BIAS || BIAS.dtype === 'f32')) {
       // decoding's few-row products with a bf16 weight: one pass over the weight (gemv.cu)
       gemv(this.host, A, B, C, BIAS, p);
       return;
@@ -631,6 +633,83 @@ export class CudaBackend implements Backend {
 
   add3(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, out: DeviceBuffer): void {
     elementwise.add3(this.host, a, b, c, out);
+  }
+
+  // ---- the fused kernels of the recurrent decoding step (decode.ts) ----
+
+  layerNormTo16(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    eps: number,
+  ): void {
+    decode.layerNormTo16(this.host, x, weight, bias, out, rows, cols, eps);
+  }
+
+  ssmStepGate(
+    zx: DeviceBuffer,
+    layout: { rowLen: number; xOff: number; zOff: number; aOff: number },
+    convState: DeviceBuffer,
+    convWeight: DeviceBuffer,
+    convBias: DeviceBuffer | null,
+    D: DeviceBuffer,
+    zBias: DeviceBuffer,
+    ssm: DeviceBuffer,
+    out: DeviceBuffer,
+    p: SsmStepParams,
+  ): void {
+    decode.ssmStepGate(this.host, zx, layout, convState, convWeight, convBias, D, zBias, ssm, out, p);
+  }
+
+  matmulAct(
+    act: 'geluNew',
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    bias: DeviceBuffer | null,
+  ): void {
+    const A = this.buf(a, 'matmulAct A');
+    const B = this.buf(b, 'matmulAct B');
+    const C = this.buf(c, 'matmulAct C');
+    const BIAS = bias ? this.buf(bias, 'matmulAct bias') : null;
+    if (
+      (A.dtype !== 'bf16' && A.dtype !== 'f16') ||
+      B.dtype !== A.dtype ||
+      (C.dtype !== 'bf16' && C.dtype !== 'f16')
+    )
+      throw new Error(
+        `cuda backend: matmulAct needs 16-bit A, B (one dtype) and C, got ${A.dtype}, ${B.dtype}, ${C.dtype}`,
+      );
+    if (BIAS && (BIAS.dtype !== 'f32' || BIAS.length !== n))
+      throw new Error(
+        `cuda backend: matmulAct bias must be ${n} values of f32, got ${BIAS.length} ${BIAS.dtype}`,
+      );
+    decode.matmulAct(this.host, act, A, B, C, m, n, k, BIAS, () => {
+      // the product into f32 (bias in cuBLASLt's epilogue), then the activation rounded to 16 bits
+      const f = this.scratch(m * n, 'f32');
+      const p = {
+        batch: 1,
+        m,
+        n,
+        k,
+        transA: false,
+        transB: true,
+        strideA: m * k,
+        strideB: n * k,
+        strideC: m * n,
+        alpha: 1,
+        beta: 0,
+      };
+      this.matmul(a, b, f, p, bias);
+      this.unary(act, f, c, 1, 0);
+      this.free(f);
+    });
   }
 
   matmulGelu(

@@ -1,0 +1,124 @@
+// Fused kernels of the recurrent student's decoding step (one token per sequence, no gradients):
+// the same arithmetic as the kernels they replace, fewer launches and graph nodes per layer.
+//
+//   layernorm_to16    LayerNorm (as rows.cu's layernorm_f32) stored in 16 bits: the input of the
+//                     next products, without the separate autocast cast
+//   ssm_step_gate     the mixer's step (as sequence.cu's ssm_step_f32) reading x, B, C, z and a
+//                     straight from the in_proj output row (no split copies), with the output
+//                     gate (y + D x) * silu(z + z_bias) applied and stored in out's dtype
+//   conv_push_rows    the conv state push of that step, reading the new inputs from the in_proj
+//                     output row
+
+#include "common.cuh"
+
+__device__ __forceinline__ float sigmoid_d(float x) {
+  if (x >= 0.f) return 1.f / (1.f + expf(-x));
+  const float e = expf(x);
+  return e / (1.f + e);
+}
+
+/** out[i] = v in dtype `ot` (DT_F32, DT_BF16 or DT_F16) */
+__device__ __forceinline__ void store_as(void* out, int ot, i64 i, float v) {
+  if (ot == DT_BF16)
+    ((u16*)out)[i] = f32_to_bf16(v);
+  else if (ot == DT_F16)
+    ((u16*)out)[i] = f32_to_f16(v);
+  else
+    ((float*)out)[i] = v;
+}
+
+/**
+ * x (rows, cols) f32, w, b (cols) f32 | null -> out (rows, cols) in dtype ot: the values of
+ * layernorm_f32 (same sums, same expression), rounded once. grid = rows, blockDim as rowThreads.
+ */
+extern "C" __global__ void layernorm_to16(const float* x, const float* w, const float* b, void* out, int ot, int cols,
+                                          float eps) {
+  __shared__ float sh[32];
+  const i64 base = (i64)blockIdx.x * cols;
+  float acc = 0.f;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) acc += x[base + j];
+  const float m = block_sum(acc, sh) / cols;
+  acc = 0.f;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float d = x[base + j] - m;
+    acc += d * d;
+  }
+  const float rs = 1.f / sqrtf(block_sum(acc, sh) / cols + eps);
+  for (int j = threadIdx.x; j < cols; j += blockDim.x)
+    store_as(out, ot, base + j, (x[base + j] - m) * rs * w[j] + (b ? b[j] : 0.f));
+}
+
+/**
+ * One decoding step of the discrete Mamba-2 mixer with its output gate, for sequence b and rows
+ * [p0, p0 + pn) of head h (block (h, b, z), gridDim.z splitting each head's P rows as ssm_step_f32).
+ * zx (B, rowLen) is in_proj's output: the conv inputs xbc (C = heads P + 2 groups N channels) at
+ * column xOff, z (heads P) at zOff, a (heads) at aOff. convState (B, K - 1, C) is read here (and
+ * pushed by conv_push_rows afterwards), ssm (B, heads, P, N) updated in place, and
+ *   out (B, heads P) = (h C + D x) * silu(z + zBias)   in dtype ot
+ * with the products and sums of ssm_step_f32 and silu_gate_f32.
+ */
+extern "C" __global__ void ssm_step_gate(const float* zx, i64 rowLen, int xOff, int zOff, int aOff,
+                                         const float* convState, const float* convW, const float* convBias,
+                                         const float* D, const float* zBias, float* ssm, void* out, int ot, int heads,
+                                         int groups, int P, int N, int K, int act) {
+  extern __shared__ float sh[];  // x (pn), B (N), C (N)
+  const int h = blockIdx.x;
+  const i64 b = blockIdx.y;
+  const int rowsPer = (P + gridDim.z - 1) / gridDim.z;
+  const int p0 = blockIdx.z * rowsPer;
+  const int pn = min(rowsPer, P - p0);
+  if (pn <= 0) return;
+  const int C = heads * P + 2 * groups * N;
+  const int g = h / (heads / groups);
+  const float* row = zx + b * rowLen;
+  const float* xbc = row + xOff;
+  const float* st = convState + b * (K - 1) * C;
+  for (int i = threadIdx.x; i < pn + 2 * N; i += blockDim.x) {
+    const int ch = i < pn       ? h * P + p0 + i
+                   : i < pn + N ? heads * P + g * N + (i - pn)
+                                : heads * P + groups * N + g * N + (i - pn - N);
+    float acc = convBias ? convBias[ch] : 0.f;
+    for (int j = 0; j < K - 1; j++) acc += convW[ch * K + j] * st[(i64)j * C + ch];
+    acc += convW[ch * K + K - 1] * xbc[ch];
+    if (act) acc = acc / (1.f + expf(-acc));
+    sh[i] = acc;
+  }
+  __syncthreads();
+  const float av = row[aOff + h];
+  // log alpha = -softplus(a)
+  const float alpha = expf(-(fmaxf(av, 0.f) + log1pf(expf(-fabsf(av)))));
+  const float d = D[h];
+  float* hs = ssm + ((b * heads + h) * (i64)P + p0) * N;
+  const float* bs = sh + pn;
+  const float* cs = sh + pn + N;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int p = warp; p < pn; p += warps) {
+    const float xp = sh[p];
+    float acc = 0.f;
+    for (int n = lane; n < N; n += 32) {
+      const float v = alpha * hs[(i64)p * N + n] + xp * bs[n];
+      hs[(i64)p * N + n] = v;
+      acc += v * cs[n];
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) {
+      const int col = h * P + p0 + p;
+      const float y = acc + d * xp;
+      const float u = row[zOff + col] + zBias[col];
+      store_as(out, ot, b * (i64)(heads * P) + col, y * u * sigmoid_d(u));
+    }
+  }
+}
+
+/** convState (B, K - 1, C): drop the oldest input of every channel, append zx[b, xOff + ch] */
+extern "C" __global__ void conv_push_rows(float* convState, const float* zx, i64 rowLen, int xOff, i64 batch, int K,
+                                          int C) {
+  const i64 n = batch * C;
+  FOR_EACH(i, n) {
+    const i64 b = i / C;
+    const int ch = (int)(i - b * C);
+    float* s = convState + b * (K - 1) * C + ch;
+    for (int j = 0; j + 1 < K - 1; j++) s[(i64)j * C] = s[(i64)(j + 1) * C];
+    if (K > 1) s[(i64)(K - 2) * C] = zx[b * rowLen + xOff + ch];
+  }
+}

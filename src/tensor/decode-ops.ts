@@ -1,0 +1,191 @@
+// Ops of the recurrent student's decoding step (one token per sequence, no gradients), each one
+// fused kernel where the backend has it (the CUDA backend: decode.cu, gemv.cu) and the composed
+// ops otherwise, with the same values: LayerNorm stored in 16 bits for the products after it, the
+// mixer's step with its output gate read straight from in_proj's output, and a Linear with its
+// activation stored in 16 bits. MOHAWK_DECODE_FUSED=0 turns the fused kernels off (A/B runs).
+// With gradients recorded they compose (the composed ops have their backward passes).
+
+import type { Tensor } from './tensor.js';
+import { empty, isGradEnabled, shapeStr, sizeOf } from './tensor.js';
+import {
+  autocastOperand,
+  cast,
+  layerNorm,
+  linear,
+  reshape,
+  siluGate,
+  slice,
+  ssmStep,
+  unaryTo,
+  type SsmStepOptions,
+} from './ops.js';
+
+/** whether the decode step's fused kernels may be used (the backend must also have them) */
+export function decodeFusion(): boolean {
+  return process.env.MOHAWK_DECODE_FUSED !== '0';
+}
+
+function recording(...ts: (Tensor | null)[]): boolean {
+  return isGradEnabled() && ts.some((t) => t?.requiresGrad);
+}
+
+/** LayerNorm of x (..., C) f32 stored in `dtype` (the input of the products that follow). */
+export function layerNormTo(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  eps: number,
+  dtype: 'bf16' | 'f16',
+): Tensor {
+  const be = x.backend;
+  const fused =
+    be.layerNormTo16 &&
+    decodeFusion() &&
+    !recording(x, weight, bias) &&
+    [x, weight, ...(bias ? [bias] : [])].every((t) => t.dtype === 'f32' && t.backend === be);
+  if (!fused) return cast(layerNorm(x, weight, bias, eps), dtype);
+  const cols = x.shape[x.ndim - 1];
+  if (weight.ndim !== 1 || weight.shape[0] !== cols || (bias && (bias.ndim !== 1 || bias.shape[0] !== cols)))
+    throw new Error(`layerNormTo: weight/bias must be (${cols}) for x ${shapeStr(x.shape)}`);
+  const out = empty(x.shape, dtype, be);
+  be.layerNormTo16!(
+    x.buffer,
+    weight.buffer,
+    bias?.buffer ?? null,
+    out.buffer,
+    x.size / Math.max(cols, 1),
+    cols,
+    eps,
+  );
+  return out;
+}
+
+/** where ssmStepGated finds its inputs in a row of in_proj's output */
+export interface InProjLayout {
+  /** values per row (in_proj's output features) */
+  rowLen: number;
+  /** first column of the conv inputs x, B, C */
+  xOff: number;
+  /** first column of z (H P) */
+  zOff: number;
+  /** first column of a (H) */
+  aOff: number;
+}
+
+/**
+ * One decoding step of the discrete Mamba-2 mixer with its output gate: zx (B, rowLen) is
+ * in_proj's output (xbc, z and a at the columns of `layout`), the caches convState (B, K - 1, Cc)
+ * and ssm (B, H, P, N) are updated in place as by ssmStep; the result (B, H P) is
+ * (h C + D x) * silu(z + zBias), in `dtype` (null: f32). No backward (decoding).
+ */
+export function ssmStepGated(
+  zx: Tensor,
+  layout: InProjLayout,
+  convState: Tensor,
+  convWeight: Tensor,
+  convBias: Tensor | null,
+  D: Tensor,
+  zBias: Tensor,
+  ssm: Tensor,
+  opts: SsmStepOptions & { dtype: 'bf16' | 'f16' | null },
+): Tensor {
+  const [batch, heads, headDim, dState] = ssm.shape;
+  const hp = heads * headDim;
+  const cc = hp + 2 * opts.groups * dState;
+  if (zx.ndim !== 2 || zx.shape[0] !== batch || zx.shape[1] !== layout.rowLen)
+    throw new Error(
+      `ssmStepGated: in_proj output ${shapeStr(zx.shape)}, expected [${batch}, ${layout.rowLen}]`,
+    );
+  const within = (off: number, n: number) => off >= 0 && off + n <= layout.rowLen;
+  if (!within(layout.xOff, cc) || !within(layout.zOff, hp) || !within(layout.aOff, heads))
+    throw new Error(
+      `ssmStepGated: layout ${JSON.stringify(layout)} does not fit ${cc} + ${hp} + ${heads} columns`,
+    );
+  const be = zx.backend;
+  const all = [zx, convState, convWeight, D, zBias, ssm, ...(convBias ? [convBias] : [])];
+  const fused =
+    be.ssmStepGate &&
+    decodeFusion() &&
+    !recording(...all) &&
+    all.every((t) => t.dtype === 'f32' && t.backend === be) &&
+    convWeight.ndim === 2 &&
+    convWeight.shape[0] === cc &&
+    convState.ndim === 3 &&
+    sizeOf(convState.shape) === batch * (convWeight.shape[1] - 1) * cc &&
+    zBias.size === hp &&
+    D.size === heads;
+  if (!fused) {
+    const part = (off: number, n: number) => slice(zx, 1, off, off + n);
+    const y = ssmStep(
+      part(layout.xOff, cc),
+      convState,
+      convWeight,
+      convBias,
+      part(layout.aOff, heads),
+      D,
+      ssm,
+      opts,
+    );
+    const gated = siluGate(reshape(y, [batch, hp]), part(layout.zOff, hp), zBias);
+    return opts.dtype ? cast(gated, opts.dtype) : gated;
+  }
+  const out = empty([batch, hp], opts.dtype ?? 'f32', be);
+  be.ssmStepGate!(
+    zx.buffer,
+    layout,
+    convState.buffer,
+    convWeight.buffer,
+    convBias?.buffer ?? null,
+    D.buffer,
+    zBias.buffer,
+    ssm.buffer,
+    out.buffer,
+    {
+      batch,
+      heads,
+      groups: opts.groups,
+      headDim,
+      dState,
+      kernel: convWeight.shape[1],
+      silu: opts.silu,
+    },
+  );
+  return out;
+}
+
+/**
+ * act(x W^T + bias) stored in `dtype` (a Linear, then its activation into the 16-bit input of the
+ * next product): one kernel where the backend has matmulAct, else linear (under autocast: f32
+ * out) and unaryTo. x (..., in) f32 or in `dtype`, weight (out, in), bias (out) f32 | null.
+ */
+export function linearAct(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  act: 'geluNew',
+  dtype: 'bf16' | 'f16',
+): Tensor {
+  const be = x.backend;
+  const k = x.shape[x.ndim - 1];
+  const fused =
+    be.matmulAct &&
+    decodeFusion() &&
+    !recording(x, weight, bias) &&
+    weight.ndim === 2 &&
+    weight.shape[1] === k &&
+    (x.dtype === 'f32' || x.dtype === dtype) &&
+    (weight.dtype === 'f32' || weight.dtype === dtype) &&
+    (!bias || (bias.dtype === 'f32' && bias.size === weight.shape[0])) &&
+    [x, weight, ...(bias ? [bias] : [])].every((t) => t.backend === be);
+  if (!fused) {
+    const h = linear(x, weight, bias);
+    return unaryTo(act, h.dtype === 'f32' ? h : cast(h, 'f32'), dtype);
+  }
+  const n = weight.shape[0];
+  const rows = x.size / Math.max(k, 1);
+  const x16 = x.dtype === dtype ? x : autocastOperand(x, dtype);
+  const w16 = weight.dtype === dtype ? weight : autocastOperand(weight, dtype);
+  const out = empty([...x.shape.slice(0, -1), n], dtype, be);
+  be.matmulAct!(act, x16.buffer, w16.buffer, out.buffer, rows, n, k, bias?.buffer ?? null);
+  return out;
+}
