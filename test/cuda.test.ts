@@ -2385,6 +2385,36 @@ describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)',
     }
   });
 
+  it('linearResidual: (r1 + r2) + the product with bias, f32 (gemv.cu epilogue for few rows, add3 otherwise) against the CPU', () => {
+    assert.equal((cpu as Backend).matmulResidual, undefined, 'the CPU composes it');
+    const launches = () => gpu.kernels.launchCounts().gemv_bf16_f32 ?? 0;
+    for (const [m, k, n, xLow] of [
+      [1, 8192, 2048, true], // fc2 of the 1.5B student
+      [3, 64, 33, false],
+      [20, 64, 33, false], // above gemv's rows: the product, then add3
+    ] as const) {
+      const shapes = [[m, k], [n, k], [n], [m, n], [m, n]];
+      const fn = ([x, w, b, r1, r2]: T.Tensor[]) => [
+        T.linearResidual(xLow ? T.cast(x, 'bf16') : x, w, b, r1, r2, 'bf16'),
+      ];
+      const ref = onBackend(cpu, 17, shapes, fn, 'bf16')[0];
+      const before = launches();
+      const got = onBackend(gpu, 17, shapes, fn, 'bf16')[0];
+      assert.equal(
+        launches() - before,
+        m <= 8 ? 1 : 0,
+        `linearResidual (${m}, ${k}) x (${n}, ${k}): gemv.cu launches`,
+      );
+      // the same bf16 operands, f32 sums in another order
+      assertClose(
+        got,
+        ref,
+        2e-6 * Math.sqrt(k) * maxAbs(ref) + 1e-5,
+        `linearResidual (${m}, ${k}) x (${n}, ${k})`,
+      );
+    }
+  });
+
   it('graph decode in bf16 with the fused step kernels: fewer graph nodes, logits near the unfused step (MOHAWK_DECODE_FUSED=0)', () => {
     const saved = process.env.MOHAWK_DECODE_FUSED;
     try {

@@ -411,6 +411,22 @@ export interface Backend {
     bias: DeviceBuffer | null,
   ): void;
   /**
+   * c (m, n) f32 = (r1 + r2) + (a (m, k) b^T + bias), a, b 16-bit (one dtype), b (n, k) a Linear
+   * weight, bias (n) f32 | null, r1, r2 (m, n) f32: the block's residual sum (add3's order) in
+   * the product's pass.
+   */
+  matmulResidual?(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    bias: DeviceBuffer | null,
+    r1: DeviceBuffer,
+    r2: DeviceBuffer,
+  ): void;
+  /**
    * Optional: causalConv1d that also writes xKeep, a bf16 copy of x (B, T, C), in the same pass;
    * a backend with this method accepts that bf16 x in causalConv1dBackward (its weight gradient
    * then reads the copy, and the f32 input need not be kept).
@@ -804,6 +820,7 @@ export const KERNEL_NAMES = [
   'layerNormTo16',
   'ssmStepGate',
   'matmulAct',
+  'matmulResidual',
 ] as const satisfies readonly KernelName[];
 
 /** compile-time check that KERNEL_NAMES lists every kernel: names the missing ones in the error */

@@ -242,7 +242,12 @@ export class StudentBlock extends Module implements Block {
     const n = this.norm16(x, opts) ?? this.input_layernorm.forward(x);
     const m = this.mix(n, opts);
     if (this.c.style === 'phi') {
-      return { out: add3(x, m.out, this.mlp.forward(n)), mixerOut: m.out, matrix: m.matrix };
+      // without gradients (decoding), the Phi MLP's fc2 adds x + mixer output in its own pass
+      const out =
+        this.mlp instanceof MLP && !isGradEnabled()
+          ? this.mlp.forwardResidual(n, x, m.out)
+          : add3(x, m.out, this.mlp.forward(n));
+      return { out, mixerOut: m.out, matrix: m.matrix };
     }
     if (this.pre_feedforward_layernorm && this.post_feedforward_layernorm) {
       // Gemma 2: h = x + norm(mixer(norm(x))); out = h + norm(mlp(norm(h)))
@@ -342,7 +347,13 @@ export class StudentLM extends Module implements CausalLM {
 
   /** final norm + lm_head; logits of the padding rows of the vocabulary are cut off */
   head(h: Tensor): Tensor {
-    const n = this.finalNorm.forward(h);
+    // a decoding step's last norm in 16 bits: the head's product reads it so anyway (decode-ops.ts)
+    const dt = getAutocast();
+    const fn = this.finalNorm;
+    const n =
+      dt && !isGradEnabled() && fn instanceof LayerNorm && h.ndim === 3 && h.shape[1] === 1
+        ? layerNormTo(h, fn.weight, fn.bias, fn.eps, dt)
+        : fn.forward(h);
     const raw = this.lmHead ? this.lmHead.forward(n) : matmul(n, this.embedding.weight, { transB: true });
     const cap = this.config.finalSoftcap;
     const logits = cap ? scale(tanh(scale(raw, 1 / cap)), cap) : raw;

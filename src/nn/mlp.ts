@@ -1,6 +1,7 @@
 // The two MLPs of the supported families, with their checkpoint names.
 
 import {
+  add3,
   gatedActivation,
   geluMlp,
   geluNew,
@@ -8,6 +9,7 @@ import {
   getAutocast,
   isGradEnabled,
   linearAct,
+  linearResidual,
   relu,
   silu,
   unaryTo,
@@ -83,6 +85,18 @@ export class MLP extends Module {
     super();
     this.fc1 = this.child('fc1', new Linear(dModel, hidden, { ...opts, bias: true }));
     this.fc2 = this.child('fc2', new Linear(hidden, dModel, { ...opts, bias: true }));
+  }
+
+  /**
+   * (r1 + r2) + forward(x), the parallel block's residual sum (add3's order): without gradients
+   * under autocast, fc2's product adds it in its own pass where the backend fuses it
+   * (decode-ops.ts linearResidual), else add3.
+   */
+  forwardResidual(x: Tensor, r1: Tensor, r2: Tensor): Tensor {
+    const dt = getAutocast();
+    if (!dt || isGradEnabled() || ACTIVATION_OP[this.act] !== 'geluNew') return add3(r1, r2, this.forward(x));
+    const h = linearAct(x, this.fc1.weight, this.fc1.bias, 'geluNew', dt);
+    return linearResidual(h, this.fc2.weight, this.fc2.bias, r1, r2, dt);
   }
 
   forward(x: Tensor): Tensor {

@@ -8,6 +8,7 @@
 import type { Tensor } from './tensor.js';
 import { empty, isGradEnabled, shapeStr, sizeOf } from './tensor.js';
 import {
+  add3,
   autocastOperand,
   cast,
   layerNorm,
@@ -187,5 +188,57 @@ export function linearAct(
   const w16 = weight.dtype === dtype ? weight : autocastOperand(weight, dtype);
   const out = empty([...x.shape.slice(0, -1), n], dtype, be);
   be.matmulAct!(act, x16.buffer, w16.buffer, out.buffer, rows, n, k, bias?.buffer ?? null);
+  return out;
+}
+
+/**
+ * (r1 + r2) + (x W^T + bias), f32 (a parallel block's last Linear with the residual sum of add3 in
+ * its pass): one kernel where the backend has matmulResidual, else add3(r1, r2, linear(...)).
+ * x (..., in) f32 or in `dtype`, weight (out, in), bias (out) f32 | null, r1, r2 (..., out) f32.
+ */
+export function linearResidual(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  r1: Tensor,
+  r2: Tensor,
+  dtype: 'bf16' | 'f16',
+): Tensor {
+  const be = x.backend;
+  const k = x.shape[x.ndim - 1];
+  const outShape = [...x.shape.slice(0, -1), weight.shape[0]];
+  const fits = (t: Tensor) =>
+    t.dtype === 'f32' &&
+    t.backend === be &&
+    t.ndim === outShape.length &&
+    t.shape.every((d, i) => d === outShape[i]);
+  const fused =
+    be.matmulResidual &&
+    decodeFusion() &&
+    !recording(x, weight, bias, r1, r2) &&
+    weight.ndim === 2 &&
+    weight.shape[1] === k &&
+    (x.dtype === 'f32' || x.dtype === dtype) &&
+    (weight.dtype === 'f32' || weight.dtype === dtype) &&
+    (!bias || (bias.dtype === 'f32' && bias.size === weight.shape[0])) &&
+    fits(r1) &&
+    fits(r2) &&
+    [x, weight, ...(bias ? [bias] : [])].every((t) => t.backend === be);
+  if (!fused) return add3(r1, r2, linear(x, weight, bias));
+  const n = weight.shape[0];
+  const x16 = x.dtype === dtype ? x : autocastOperand(x, dtype);
+  const w16 = weight.dtype === dtype ? weight : autocastOperand(weight, dtype);
+  const out = empty(outShape, 'f32', be);
+  be.matmulResidual!(
+    x16.buffer,
+    w16.buffer,
+    out.buffer,
+    x.size / Math.max(k, 1),
+    n,
+    k,
+    bias?.buffer ?? null,
+    r1.buffer,
+    r2.buffer,
+  );
   return out;
 }

@@ -135,3 +135,40 @@ export function matmulAct(
   }
   composed();
 }
+
+/**
+ * c (f32) = (r1 + r2) + (a b^T + bias): gemv.cu with the residual addends in its epilogue for a
+ * few rows, else `composed` (the product, then add3).
+ */
+export function matmulResidual(
+  h: Host,
+  a: CudaBuffer,
+  b: CudaBuffer,
+  c: CudaBuffer,
+  m: number,
+  n: number,
+  kk: number,
+  bias: CudaBuffer | null,
+  r1: CudaBuffer,
+  r2: CudaBuffer,
+  composed: () => void,
+): void {
+  const p = {
+    batch: 1,
+    m,
+    n,
+    k: kk,
+    transA: false,
+    transB: true,
+    strideA: m * kk,
+    strideB: n * kk,
+    strideC: m * n,
+    alpha: 1,
+    beta: 0,
+  };
+  if (a.dtype === 'bf16' && (!bias || bias.dtype === 'f32') && gemvTakes(a, b, c, p)) {
+    gemv(h, a, b, c, bias, p, 0, r1, r2);
+    return;
+  }
+  composed();
+}

@@ -8,7 +8,7 @@ import type { CudaBuffer } from './host.js';
 
 /** Kernel signatures of kernels/gemv.cu (argument kinds, see kernels.ts). */
 export const GEMV_SIGNATURES = {
-  gemv_bf16_f32: 'ppppillffiii',
+  gemv_bf16_f32: 'ppppillffiiipp',
 } as const;
 
 const { k } = moduleKernels('gemv', GEMV_SIGNATURES);
@@ -83,7 +83,8 @@ const OUT_CODE: Record<string, number> = { f32: 0, bf16: 3, f16: 4 };
 
 /**
  * out (m, n) = act(alpha x (m, k) W^T + beta out + bias (n)), W (n, k); act 0 (none) or 1 (the
- * tanh GELU, gemv.cu's GEMV_ACT_GELU_NEW); see gemvTakes for the cases.
+ * tanh GELU, gemv.cu's GEMV_ACT_GELU_NEW); then (r1 + r2) + out with the residual addends r1, r2
+ * (m, n) f32 (r2 only with r1); see gemvTakes for the cases.
  */
 export function gemv(
   h: Host,
@@ -93,6 +94,8 @@ export function gemv(
   bias: CudaBuffer | null,
   p: MatmulParams,
   act = 0,
+  r1: CudaBuffer | null = null,
+  r2: CudaBuffer | null = null,
 ): void {
   const t = gemvTuning;
   const splits = gemvSplits(p.n, p.k, h.sms, t);
@@ -112,5 +115,7 @@ export function gemv(
     splits,
     act,
     OUT_CODE[c.dtype],
+    r1 ? r1.ptr : 0,
+    r2 ? r2.ptr : 0,
   ]);
 }

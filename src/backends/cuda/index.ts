@@ -711,6 +711,57 @@ export class CudaBackend implements Backend {
       this.free(f);
     });
   }
+  matmulResidual(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    bias: DeviceBuffer | null,
+    r1: DeviceBuffer,
+    r2: DeviceBuffer,
+  ): void {
+    const A = this.buf(a, 'matmulResidual A');
+    const B = this.buf(b, 'matmulResidual B');
+    const C = this.buf(c, 'matmulResidual C');
+    const R1 = this.buf(r1, 'matmulResidual r1');
+    const R2 = this.buf(r2, 'matmulResidual r2');
+    const BIAS = bias ? this.buf(bias, 'matmulResidual bias') : null;
+    if ((A.dtype !== 'bf16' && A.dtype !== 'f16') || B.dtype !== A.dtype || C.dtype !== 'f32')
+      throw new Error(
+        `cuda backend: matmulResidual needs 16-bit A, B (one dtype) and an f32 C, got ${A.dtype}, ${B.dtype}, ${C.dtype}`,
+      );
+    for (const [what, r] of [
+      ['r1', R1],
+      ['r2', R2],
+    ] as const)
+      if (r.dtype !== 'f32' || r.length !== m * n)
+        throw new Error(
+          `cuda backend: matmulResidual ${what} must be ${m * n} values of f32, got ${r.length} ${r.dtype}`,
+        );
+    if (BIAS && (BIAS.dtype !== 'f32' || BIAS.length !== n))
+      throw new Error(
+        `cuda backend: matmulResidual bias must be ${n} values of f32, got ${BIAS.length} ${BIAS.dtype}`,
+      );
+    decode.matmulResidual(this.host, A, B, C, m, n, k, BIAS, R1, R2, () => {
+      const p = {
+        batch: 1,
+        m,
+        n,
+        k,
+        transA: false,
+        transB: true,
+        strideA: m * k,
+        strideB: n * k,
+        strideC: m * n,
+        alpha: 1,
+        beta: 0,
+      };
+      this.matmul(a, b, c, p, bias);
+      this.add3(r1, r2, c, c);
+    });
+  }
 
   matmulGelu(
     a: DeviceBuffer,

@@ -5,12 +5,14 @@
 // in flight (the next batch is issued before the current one is used), so that enough bytes are in
 // flight per multiprocessor to approach the memory bandwidth.
 //
-//   out (M, N) = act(alpha * x (M, K) W^T + beta * out + bias (N))
+//   out (M, N) = act(alpha * x (M, K) W^T + beta * out + bias (N)), then (r1 + r2) + out when r1
 //
 // x is (M, K) bf16, W (N, K) bf16 row-major (a Linear weight, used transposed), out (M, N) f32, or
 // bf16 / f16 when beta = 0 (ot: DT_F32, DT_BF16, DT_F16); bias (N) f32 or null; act 0 (none) or
 // GEMV_ACT_GELU_NEW (the tanh GELU of elementwise.cu, in f32 before the rounding: the MLP's fc1
-// writing fc2's 16-bit input); M <= GEMV_M, K % 8 == 0, x and W 16-byte aligned.
+// writing fc2's 16-bit input); r1, r2 (M, N) f32 or null (r2 only with r1): the residual stream
+// and the mixer's output added to fc2's in add3's order; M <= GEMV_M, K % 8 == 0, x and W 16-byte
+// aligned.
 //
 // Compile-time shape (-D defines, chosen by gemv.ts; bench/gpu-gemv.ts sweeps them):
 //   GEMV_M       largest M this build takes (1, 2, 4 or 8): accumulators per row
@@ -101,7 +103,8 @@ __device__ __forceinline__ void use_batch(const uint4 (&buf)[GEMV_ROWS][GEMV_UNR
 
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv_bf16_f32(const u16* __restrict__ x, const u16* __restrict__ w, void* out, const float* bias, int m,
-                  i64 n, i64 k, float alpha, float beta, int splits, int act, int ot) {
+                  i64 n, i64 k, float alpha, float beta, int splits, int act, int ot, const float* r1,
+                  const float* r2) {
   __shared__ float partial[GEMV_WARPS][GEMV_M * GEMV_ROWS];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -178,6 +181,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
       if (beta != 0.f) y += beta * ((const float*)out)[at];
       if (bias) y += bias[col];
       if (act == GEMV_ACT_GELU_NEW) y = 0.5f * y * (1.f + tanhf(0.7978845608028654f * (y + 0.044715f * y * y * y)));
+      if (r1) y = (r2 ? r1[at] + r2[at] : r1[at]) + y;
       if (ot == DT_BF16)
         ((u16*)out)[at] = f32_to_bf16(y);
       else if (ot == DT_F16)
