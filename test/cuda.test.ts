@@ -2415,6 +2415,28 @@ describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)',
     }
   });
 
+  it('linearPair: two Linears of one input in one gemv.cu launch (f32, and the GELU into bf16) against the CPU', () => {
+    assert.equal((cpu as Backend).matmulPair, undefined, 'the CPU composes it');
+    const launches = () => gpu.kernels.launchCounts().gemv_bf16_f32 ?? 0;
+    for (const [m, k, n1, n2, xLow] of [
+      [1, 2048, 8224, 8192, true], // in_proj and fc1 of the 1.5B student
+      [3, 64, 33, 70, false],
+      [1, 16392, 5, 3, true], // split-K over both products
+      [20, 64, 33, 70, false], // above gemv's rows: composed
+    ] as const) {
+      const shapes = [[m, k], [n1, k], [n1], [n2, k], [n2]];
+      const fn = ([x, w1, b1, w2, b2]: T.Tensor[]) =>
+        T.linearPair(xLow ? T.cast(x, 'bf16') : x, w1, b1, w2, b2, 'geluNew', 'bf16');
+      const ref = onBackend(cpu, 19, shapes, fn, 'bf16');
+      const before = launches();
+      const got = onBackend(gpu, 19, shapes, fn, 'bf16');
+      const what = `linearPair (${m}, ${k}) x (${n1} + ${n2}, ${k})`;
+      assert.equal(launches() - before, m <= 8 ? 1 : 0, `${what}: gemv.cu launches`);
+      assertClose(got[0], ref[0], 2e-6 * Math.sqrt(k) * maxAbs(ref[0]) + 1e-5, `${what}: the f32 product`);
+      assertClose(got[1], ref[1], 1e-2 * maxAbs(ref[1]) + 1e-6, `${what}: the GELU in bf16`);
+    }
+  });
+
   it('graph decode in bf16 with the fused step kernels: fewer graph nodes, logits near the unfused step (MOHAWK_DECODE_FUSED=0)', () => {
     const saved = process.env.MOHAWK_DECODE_FUSED;
     try {

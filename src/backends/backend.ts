@@ -415,6 +415,25 @@ export interface Backend {
    * weight, bias (n) f32 | null, r1, r2 (m, n) f32: the block's residual sum (add3's order) in
    * the product's pass.
    */
+  /**
+   * Two Linears of one 16-bit input a (m, k) in one pass (a parallel block's in_proj and fc1):
+   * c1 (m, n1) f32 = a w1^T + bias1 and c2 (m, n2) 16-bit = act(a w2^T + bias2); w1, w2 (n, k) in
+   * a's dtype, biases f32 | null.
+   */
+  matmulPair?(
+    a: DeviceBuffer,
+    m: number,
+    k: number,
+    w1: DeviceBuffer,
+    bias1: DeviceBuffer | null,
+    c1: DeviceBuffer,
+    n1: number,
+    w2: DeviceBuffer,
+    bias2: DeviceBuffer | null,
+    c2: DeviceBuffer,
+    n2: number,
+    act2: 'geluNew',
+  ): void;
   matmulResidual?(
     a: DeviceBuffer,
     b: DeviceBuffer,
@@ -821,6 +840,7 @@ export const KERNEL_NAMES = [
   'ssmStepGate',
   'matmulAct',
   'matmulResidual',
+  'matmulPair',
 ] as const satisfies readonly KernelName[];
 
 /** compile-time check that KERNEL_NAMES lists every kernel: names the missing ones in the error */

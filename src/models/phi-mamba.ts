@@ -10,6 +10,8 @@ import {
   getAutocast,
   isGradEnabled,
   layerNormTo,
+  linearPair,
+  linearResidual,
   matmul,
   scale,
   slice,
@@ -135,6 +137,9 @@ export function paddedVocab(c: Pick<StudentConfig, 'vocabSize' | 'padVocabSizeMu
 
 // ---- blocks -----------------------------------------------------------------------------------
 
+/** the MLP activations that are the tanh GELU (linearPair's 'geluNew') */
+const GELU_NEW: ReadonlySet<Activation> = new Set(['gelu_new', 'gelu_pytorch_tanh']);
+
 export class StudentBlock extends Module implements Block {
   readonly mixerKind: 'attention' | 'ssm';
   readonly input_layernorm: LayerNorm | RMSNorm;
@@ -239,7 +244,27 @@ export class StudentBlock extends Module implements Block {
   }
 
   forward(x: Tensor, opts: BlockOptions = {}): BlockOutput {
-    const n = this.norm16(x, opts) ?? this.input_layernorm.forward(x);
+    const n16 = this.norm16(x, opts);
+    const mlp = this.mlp;
+    if (n16 && mlp instanceof MLP && GELU_NEW.has(mlp.act) && this.mixer instanceof DiscreteMamba2) {
+      // a decoding step of a parallel block (norm16's cases): in_proj and fc1 read the norm in one
+      // pass, the mixer steps from in_proj's output, fc2 adds the residual sum (decode-ops.ts)
+      const dt = n16.dtype as 'bf16' | 'f16';
+      const inProj = this.mixer.in_proj;
+      const [zx, h] = linearPair(
+        n16,
+        inProj.weight,
+        inProj.bias,
+        mlp.fc1.weight,
+        mlp.fc1.bias,
+        'geluNew',
+        dt,
+      );
+      const mixerOut = this.mixer.stepFromInProj(zx, opts.cache as SsmCache);
+      const out = linearResidual(h, mlp.fc2.weight, mlp.fc2.bias, x, mixerOut, dt);
+      return { out, mixerOut, matrix: null };
+    }
+    const n = n16 ?? this.input_layernorm.forward(x);
     const m = this.mix(n, opts);
     if (this.c.style === 'phi') {
       // without gradients (decoding), the Phi MLP's fc2 adds x + mixer output in its own pass

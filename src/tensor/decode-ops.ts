@@ -242,3 +242,55 @@ export function linearResidual(
   );
   return out;
 }
+
+/**
+ * Two Linears of one input (the parallel block's in_proj and fc1): [x W1^T + b1 (f32),
+ * act(x W2^T + b2) in `dtype`], one kernel where the backend has matmulPair, else linear and
+ * linearAct. x (..., in) f32 or in `dtype`; weights (out, in) f32 or in `dtype`; biases f32 | null.
+ */
+export function linearPair(
+  x: Tensor,
+  w1: Tensor,
+  b1: Tensor | null,
+  w2: Tensor,
+  b2: Tensor | null,
+  act: 'geluNew',
+  dtype: 'bf16' | 'f16',
+): [Tensor, Tensor] {
+  const be = x.backend;
+  const k = x.shape[x.ndim - 1];
+  const lead = x.shape.slice(0, -1);
+  const okW = (w: Tensor, b: Tensor | null) =>
+    w.ndim === 2 &&
+    w.shape[1] === k &&
+    (w.dtype === 'f32' || w.dtype === dtype) &&
+    w.backend === be &&
+    (!b || (b.dtype === 'f32' && b.size === w.shape[0] && b.backend === be));
+  const fused =
+    be.matmulPair &&
+    decodeFusion() &&
+    !recording(x, w1, b1, w2, b2) &&
+    (x.dtype === 'f32' || x.dtype === dtype) &&
+    okW(w1, b1) &&
+    okW(w2, b2);
+  if (!fused) return [linear(x, w1, b1), linearAct(x, w2, b2, act, dtype)];
+  const as16 = (t: Tensor) => (t.dtype === dtype ? t : autocastOperand(t, dtype));
+  const [n1, n2] = [w1.shape[0], w2.shape[0]];
+  const y1 = empty([...lead, n1], 'f32', be);
+  const y2 = empty([...lead, n2], dtype, be);
+  be.matmulPair!(
+    as16(x).buffer,
+    x.size / Math.max(k, 1),
+    k,
+    as16(w1).buffer,
+    b1?.buffer ?? null,
+    y1.buffer,
+    n1,
+    as16(w2).buffer,
+    b2?.buffer ?? null,
+    y2.buffer,
+    n2,
+    act,
+  );
+  return [y1, y2];
+}

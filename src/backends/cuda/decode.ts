@@ -172,3 +172,51 @@ export function matmulResidual(
   }
   composed();
 }
+
+/**
+ * c1 (f32) = a w1^T + bias1 and c2 (16-bit) = act(a w2^T + bias2) in one gemv.cu launch for a few
+ * rows, else `composed`.
+ */
+export function matmulPair(
+  h: Host,
+  a: CudaBuffer,
+  m: number,
+  kk: number,
+  w1: CudaBuffer,
+  bias1: CudaBuffer | null,
+  c1: CudaBuffer,
+  n1: number,
+  w2: CudaBuffer,
+  bias2: CudaBuffer | null,
+  c2: CudaBuffer,
+  n2: number,
+  act2: 'geluNew',
+  composed: () => void,
+): void {
+  const params = (n: number) => ({
+    batch: 1,
+    m,
+    n,
+    k: kk,
+    transA: false,
+    transB: true,
+    strideA: m * kk,
+    strideB: n * kk,
+    strideC: m * n,
+    alpha: 1,
+    beta: 0,
+  });
+  const p1 = params(n1);
+  if (
+    act2 === 'geluNew' &&
+    a.dtype === 'bf16' &&
+    c1.dtype === 'f32' &&
+    [bias1, bias2].every((b) => !b || b.dtype === 'f32') &&
+    gemvTakes(a, w1, c1, p1) &&
+    gemvTakes(a, w2, c2, params(n2))
+  ) {
+    gemv(h, a, w1, c1, bias1, p1, 0, null, null, { w: w2, c: c2, bias: bias2, n: n2, act: 1 });
+    return;
+  }
+  composed();
+}

@@ -8,7 +8,7 @@ import type { CudaBuffer } from './host.js';
 
 /** Kernel signatures of kernels/gemv.cu (argument kinds, see kernels.ts). */
 export const GEMV_SIGNATURES = {
-  gemv_bf16_f32: 'ppppillffiiipp',
+  gemv_bf16_f32: 'ppppillffiiippppplii',
 } as const;
 
 const { k } = moduleKernels('gemv', GEMV_SIGNATURES);
@@ -78,6 +78,18 @@ export function gemvTakes(a: CudaBuffer, b: CudaBuffer, c: CudaBuffer, p: Matmul
   );
 }
 
+/**
+ * A second product of the same x in the same launch: c2 (m, n) = act(x w^T + bias), w (n, k) bf16,
+ * c2 f32 or 16-bit, bias (n) f32 | null.
+ */
+export interface GemvSecond {
+  w: CudaBuffer;
+  c: CudaBuffer;
+  bias: CudaBuffer | null;
+  n: number;
+  act: number;
+}
+
 /** storage codes of common.cuh for c */
 const OUT_CODE: Record<string, number> = { f32: 0, bf16: 3, f16: 4 };
 
@@ -96,11 +108,14 @@ export function gemv(
   act = 0,
   r1: CudaBuffer | null = null,
   r2: CudaBuffer | null = null,
+  second: GemvSecond | null = null,
 ): void {
   const t = gemvTuning;
-  const splits = gemvSplits(p.n, p.k, h.sms, t);
-  const groupsPerBlock = t.warps / splits;
-  const blocks = Math.ceil(p.n / (t.rows * groupsPerBlock));
+  const n2 = second ? second.n : 0;
+  const splits = gemvSplits(p.n + n2, p.k, h.sms, t);
+  const cols = t.rows * (t.warps / splits);
+  const blocks1 = Math.ceil(p.n / cols);
+  const blocks = blocks1 + Math.ceil(n2 / cols);
   const defines = { GEMV_M: gemvBuildM(p.m), GEMV_WARPS: t.warps, GEMV_ROWS: t.rows, GEMV_UNROLL: t.unroll };
   k(h, 'gemv_bf16_f32', defines).launch([blocks, 1, 1], t.warps * 32, 0, [
     a.ptr,
@@ -117,5 +132,12 @@ export function gemv(
     OUT_CODE[c.dtype],
     r1 ? r1.ptr : 0,
     r2 ? r2.ptr : 0,
+    second ? second.w.ptr : 0,
+    second ? second.c.ptr : 0,
+    second?.bias ? second.bias.ptr : 0,
+    n2,
+    second ? second.act : 0,
+    second ? OUT_CODE[second.c.dtype] : 0,
+    blocks1,
   ]);
 }

@@ -711,6 +711,58 @@ export class CudaBackend implements Backend {
       this.free(f);
     });
   }
+  matmulPair(
+    a: DeviceBuffer,
+    m: number,
+    k: number,
+    w1: DeviceBuffer,
+    bias1: DeviceBuffer | null,
+    c1: DeviceBuffer,
+    n1: number,
+    w2: DeviceBuffer,
+    bias2: DeviceBuffer | null,
+    c2: DeviceBuffer,
+    n2: number,
+    act2: 'geluNew',
+  ): void {
+    const A = this.buf(a, 'matmulPair A');
+    const W1 = this.buf(w1, 'matmulPair w1');
+    const W2 = this.buf(w2, 'matmulPair w2');
+    const C1 = this.buf(c1, 'matmulPair c1');
+    const C2 = this.buf(c2, 'matmulPair c2');
+    const B1 = bias1 ? this.buf(bias1, 'matmulPair bias1') : null;
+    const B2 = bias2 ? this.buf(bias2, 'matmulPair bias2') : null;
+    if (C1.dtype !== 'f32' || C1.length !== m * n1)
+      throw new Error(
+        `cuda backend: matmulPair c1 must be ${m * n1} values of f32, got ${C1.length} ${C1.dtype}`,
+      );
+    if (B1 && (B1.dtype !== 'f32' || B1.length !== n1))
+      throw new Error(
+        `cuda backend: matmulPair bias1 must be ${n1} values of f32, got ${B1.length} ${B1.dtype}`,
+      );
+    if ((A.dtype !== 'bf16' && A.dtype !== 'f16') || W1.dtype !== A.dtype)
+      throw new Error(
+        `cuda backend: matmulPair needs 16-bit A and w1 of one dtype, got ${A.dtype}, ${W1.dtype}`,
+      );
+    decode.matmulPair(this.host, A, m, k, W1, B1, C1, n1, W2, B2, C2, n2, act2, () => {
+      const p = {
+        batch: 1,
+        m,
+        n: n1,
+        k,
+        transA: false,
+        transB: true,
+        strideA: m * k,
+        strideB: n1 * k,
+        strideC: m * n1,
+        alpha: 1,
+        beta: 0,
+      };
+      this.matmul(a, w1, c1, p, bias1);
+      this.matmulAct(act2, a, w2, c2, m, n2, k, bias2);
+    });
+  }
+
   matmulResidual(
     a: DeviceBuffer,
     b: DeviceBuffer,

@@ -101,16 +101,34 @@ __device__ __forceinline__ void use_batch(const uint4 (&buf)[GEMV_ROWS][GEMV_UNR
   }
 }
 
+// A second product of the same x may share the launch (two Linears reading one input: the
+// parallel block's in_proj and fc1): blocks from `blocks1` on compute out2 = act2(x W2^T + bias2)
+// (n2 rows of W2, in dtype ot2, alpha 1, no beta, no residual); blocks1 = gridDim.x without one.
 extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv_bf16_f32(const u16* __restrict__ x, const u16* __restrict__ w, void* out, const float* bias, int m,
                   i64 n, i64 k, float alpha, float beta, int splits, int act, int ot, const float* r1,
-                  const float* r2) {
+                  const float* r2, const u16* __restrict__ w2, void* out2, const float* bias2, i64 n2, int act2,
+                  int ot2, int blocks1) {
   __shared__ float partial[GEMV_WARPS][GEMV_M * GEMV_ROWS];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int s = warp % splits;
+  i64 bx = blockIdx.x;
+  if (bx >= blocks1) {
+    bx -= blocks1;
+    w = w2;
+    out = out2;
+    bias = bias2;
+    n = n2;
+    act = act2;
+    ot = ot2;
+    alpha = 1.f;
+    beta = 0.f;
+    r1 = nullptr;
+    r2 = nullptr;
+  }
   // the first of this warp's GEMV_ROWS output columns
-  const i64 col0 = ((i64)blockIdx.x * (GEMV_WARPS / splits) + warp / splits) * GEMV_ROWS;
+  const i64 col0 = (bx * (GEMV_WARPS / splits) + warp / splits) * GEMV_ROWS;
   const i64 chunks = k >> 3;
   const i64 start = (i64)s * 32 + lane;
   const i64 stride = (i64)splits * 32;
