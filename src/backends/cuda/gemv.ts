@@ -8,7 +8,7 @@ import type { CudaBuffer } from './host.js';
 
 /** Kernel signatures of kernels/gemv.cu (argument kinds, see kernels.ts). */
 export const GEMV_SIGNATURES = {
-  gemv_bf16_f32: 'ppppillffiiippppplii',
+  gemv_bf16_f32: 'ppppillffiiipppppliii',
 } as const;
 
 const { k } = moduleKernels('gemv', GEMV_SIGNATURES);
