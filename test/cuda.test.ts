@@ -2325,6 +2325,7 @@ describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)',
       [1, 32, 32, 64, 64, 4, false, true, 'bf16'], // the 1.5B student's shapes (rows split over blocks)
       [3, 3, 1, 40, 24, 3, true, false, null],
       [1, 1, 1, 7, 5, 1, false, true, null],
+      [1, 2, 1, 8, 80, 4, true, true, 'bf16'], // N > 64: the state rows in a loop
     ] as const) {
       const hp = H * P;
       const cc = hp + 2 * G * N;

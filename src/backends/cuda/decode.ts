@@ -76,7 +76,7 @@ export function ssmStepGate(
       ? 1
       : Math.max(1, Math.min(Math.ceil((2 * h.sms) / (H * batch)), Math.ceil(P / 8), 65535));
   const rowsPer = Math.ceil(P / splits);
-  k(h, 'ssm_step_gate').launch([H, batch, Math.ceil(P / rowsPer)], 256, (rowsPer + 2 * N) * 4, [
+  k(h, 'ssm_step_gate').launch([H, batch, Math.ceil(P / rowsPer)], 256, (2 * rowsPer + 2 * N) * 4, [
     zp,
     layout.rowLen,
     layout.xOff,

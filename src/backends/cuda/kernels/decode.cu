@@ -55,13 +55,14 @@ extern "C" __global__ void layernorm_to16(const float* x, const float* w, const 
  * column xOff, z (heads P) at zOff, a (heads) at aOff. convState (B, K - 1, C) is read here (and
  * pushed by conv_push_rows afterwards), ssm (B, heads, P, N) updated in place, and
  *   out (B, heads P) = (h C + D x) * silu(z + zBias)   in dtype ot
- * with the products and sums of ssm_step_f32 and silu_gate_f32.
+ * with the products and sums of ssm_step_f32 and silu_gate_f32. Dynamic shared memory:
+ (2 rowsPer + 2 N) floats.
  */
 extern "C" __global__ void ssm_step_gate(const float* zx, i64 rowLen, int xOff, int zOff, int aOff,
                                          const float* convState, const float* convW, const float* convBias,
                                          const float* D, const float* zBias, float* ssm, void* out, int ot, int heads,
                                          int groups, int P, int N, int K, int act) {
-  extern __shared__ float sh[];  // x (pn), B (N), C (N)
+  extern __shared__ float sh[];  // x (pn), B (N), C (N), u = z + zBias (pn)
   const int h = blockIdx.x;
   const i64 b = blockIdx.y;
   const int rowsPer = (P + gridDim.z - 1) / gridDim.z;
@@ -73,7 +74,24 @@ extern "C" __global__ void ssm_step_gate(const float* zx, i64 rowLen, int xOff, 
   const float* row = zx + b * rowLen;
   const float* xbc = row + xOff;
   const float* st = convState + b * (K - 1) * C;
-  for (int i = threadIdx.x; i < pn + 2 * N; i += blockDim.x) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  float* hs = ssm + ((b * heads + h) * (i64)P + p0) * N;
+  // loads that need nothing computed are issued first, so their latencies overlap the conv's:
+  // a, D, and (N <= 64) this warp's first state row
+  const float av = row[aOff + h];
+  const float d = D[h];
+  const bool two = N <= 64;
+  float h0 = 0.f, h1 = 0.f;
+  if (two && warp < pn) {
+    if (lane < N) h0 = hs[(i64)warp * N + lane];
+    if (lane + 32 < N) h1 = hs[(i64)warp * N + lane + 32];
+  }
+  for (int i = threadIdx.x; i < 2 * pn + 2 * N; i += blockDim.x) {
+    if (i >= pn + 2 * N) {
+      const int col = h * P + p0 + (i - pn - 2 * N);
+      sh[i] = row[zOff + col] + zBias[col];
+      continue;
+    }
     const int ch = i < pn       ? h * P + p0 + i
                    : i < pn + N ? heads * P + g * N + (i - pn)
                                 : heads * P + groups * N + g * N + (i - pn - N);
@@ -84,28 +102,38 @@ extern "C" __global__ void ssm_step_gate(const float* zx, i64 rowLen, int xOff, 
     sh[i] = acc;
   }
   __syncthreads();
-  const float av = row[aOff + h];
   // log alpha = -softplus(a)
   const float alpha = expf(-(fmaxf(av, 0.f) + log1pf(expf(-fabsf(av)))));
-  const float d = D[h];
-  float* hs = ssm + ((b * heads + h) * (i64)P + p0) * N;
   const float* bs = sh + pn;
   const float* cs = sh + pn + N;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const float* us = sh + pn + 2 * N;
   for (int p = warp; p < pn; p += warps) {
     const float xp = sh[p];
     float acc = 0.f;
-    for (int n = lane; n < N; n += 32) {
-      const float v = alpha * hs[(i64)p * N + n] + xp * bs[n];
-      hs[(i64)p * N + n] = v;
-      acc += v * cs[n];
+    if (two) {
+      // the sums of ssm_step_f32 (n = lane, then lane + 32), the first row from registers
+      if (lane < N) {
+        const float v = alpha * (p == warp ? h0 : hs[(i64)p * N + lane]) + xp * bs[lane];
+        hs[(i64)p * N + lane] = v;
+        acc += v * cs[lane];
+      }
+      if (lane + 32 < N) {
+        const float v = alpha * (p == warp ? h1 : hs[(i64)p * N + lane + 32]) + xp * bs[lane + 32];
+        hs[(i64)p * N + lane + 32] = v;
+        acc += v * cs[lane + 32];
+      }
+    } else {
+      for (int n = lane; n < N; n += 32) {
+        const float v = alpha * hs[(i64)p * N + n] + xp * bs[n];
+        hs[(i64)p * N + n] = v;
+        acc += v * cs[n];
+      }
     }
     acc = warp_sum(acc);
     if (lane == 0) {
-      const int col = h * P + p0 + p;
       const float y = acc + d * xp;
-      const float u = row[zOff + col] + zBias[col];
-      store_as(out, ot, b * (i64)(heads * P) + col, y * u * sigmoid_d(u));
+      const float u = us[p];
+      store_as(out, ot, b * (i64)(heads * P) + h * P + p0 + p, y * u * sigmoid_d(u));
     }
   }
 }
