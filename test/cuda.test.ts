@@ -2322,7 +2322,8 @@ describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)',
     for (const [batch, H, G, P, N, K, silu, bias, dt] of [
       [2, 4, 2, 16, 8, 4, true, true, null],
       [2, 4, 2, 16, 8, 4, true, true, 'bf16'],
-      [1, 32, 32, 64, 64, 4, false, true, 'bf16'], // the 1.5B student's shapes (rows split over blocks)
+      [1, 32, 32, 64, 64, 4, false, true, 'bf16'], // the 1.5B student's shapes (a group per head: conv pushed inline)
+      [3, 4, 4, 16, 8, 3, true, true, null], // a group per head, batch 3
       [3, 3, 1, 40, 24, 3, true, false, null],
       [1, 1, 1, 7, 5, 1, false, true, null],
       [1, 2, 1, 8, 80, 4, true, true, 'bf16'], // N > 64: the state rows in a loop

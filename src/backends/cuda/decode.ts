@@ -11,7 +11,7 @@ import { moduleKernels, rowThreads, type CudaBuffer, type Host } from './host.js
 /** Kernel signatures of kernels/decode.cu (argument kinds, see kernels.ts). */
 export const DECODE_SIGNATURES = {
   layernorm_to16: 'ppppiif',
-  ssm_step_gate: 'pliiipppppppiiiiiii',
+  ssm_step_gate: 'pliiippppppppiiiiiii',
   conv_push_rows: 'pplilii',
 } as const;
 
@@ -70,13 +70,17 @@ export function ssmStepGate(
   if (H > 65535 || batch > 65535)
     throw new Error('cuda backend: ssmStepGate with more than 65535 heads or sequences');
   const C = H * P + 2 * G * N;
-  // rows of each head's state split over blocks as ssm_step_f32's (sequence.ts)
+  // with a group per head (the 1.5B student: G = H = 32), one block of up to 1024 threads per
+  // (head, sequence) reads each conv channel once and pushes it too (no conv_push_rows launch);
+  // otherwise the rows of each head's state are split over blocks as ssm_step_f32's (sequence.ts)
+  const inlinePush = G === H && K > 1 && process.env.MOHAWK_DECODE_PUSH !== '0';
   const splits =
-    process.env.MOHAWK_SSM_SPLIT === '0'
+    inlinePush || process.env.MOHAWK_SSM_SPLIT === '0'
       ? 1
       : Math.max(1, Math.min(Math.ceil((2 * h.sms) / (H * batch)), Math.ceil(P / 8), 65535));
   const rowsPer = Math.ceil(P / splits);
-  k(h, 'ssm_step_gate').launch([H, batch, Math.ceil(P / rowsPer)], 256, (2 * rowsPer + 2 * N) * 4, [
+  const threads = inlinePush && H * batch < 2 * h.sms ? 1024 : 256;
+  k(h, 'ssm_step_gate').launch([H, batch, Math.ceil(P / rowsPer)], threads, (2 * rowsPer + 2 * N) * 4, [
     zp,
     layout.rowLen,
     layout.xOff,
@@ -88,6 +92,7 @@ export function ssmStepGate(
     h.f(D, 'ssmStepGate D'),
     h.f(zBias, 'ssmStepGate z bias'),
     h.f(ssm, 'ssmStepGate state'),
+    inlinePush ? sp : 0,
     o.ptr,
     ot,
     H,
@@ -97,7 +102,8 @@ export function ssmStepGate(
     K,
     p.silu ? 1 : 0,
   ]);
-  if (K > 1) run1(h, 'conv_push_rows', batch * C, [sp, zp, layout.rowLen, layout.xOff, batch, K, C]);
+  if (K > 1 && !inlinePush)
+    run1(h, 'conv_push_rows', batch * C, [sp, zp, layout.rowLen, layout.xOff, batch, K, C]);
 }
 
 /**

@@ -52,16 +52,19 @@ extern "C" __global__ void layernorm_to16(const float* x, const float* w, const 
  * One decoding step of the discrete Mamba-2 mixer with its output gate, for sequence b and rows
  * [p0, p0 + pn) of head h (block (h, b, z), gridDim.z splitting each head's P rows as ssm_step_f32).
  * zx (B, rowLen) is in_proj's output: the conv inputs xbc (C = heads P + 2 groups N channels) at
- * column xOff, z (heads P) at zOff, a (heads) at aOff. convState (B, K - 1, C) is read here (and
- * pushed by conv_push_rows afterwards), ssm (B, heads, P, N) updated in place, and
+ * column xOff, z (heads P) at zOff, a (heads) at aOff. convState (B, K - 1, C) is read here and
+ * pushed by conv_push_rows afterwards, or here when convPush (= convState) is given: allowed when
+ * every channel has one reader, i.e. one block per head (gridDim.z = 1) and a group per head
+ * (groups = heads), so each thread of the conv loop pushes the channel it read. ssm (B, heads, P,
+ * N) is updated in place, and
  *   out (B, heads P) = (h C + D x) * silu(z + zBias)   in dtype ot
  * with the products and sums of ssm_step_f32 and silu_gate_f32. Dynamic shared memory:
  (2 rowsPer + 2 N) floats.
  */
-extern "C" __global__ void ssm_step_gate(const float* zx, i64 rowLen, int xOff, int zOff, int aOff,
+extern "C" __global__ void __launch_bounds__(1024) ssm_step_gate(const float* zx, i64 rowLen, int xOff, int zOff, int aOff,
                                          const float* convState, const float* convW, const float* convBias,
-                                         const float* D, const float* zBias, float* ssm, void* out, int ot, int heads,
-                                         int groups, int P, int N, int K, int act) {
+                                         const float* D, const float* zBias, float* ssm, float* convPush, void* out,
+                                         int ot, int heads, int groups, int P, int N, int K, int act) {
   extern __shared__ float sh[];  // x (pn), B (N), C (N), u = z + zBias (pn)
   const int h = blockIdx.x;
   const i64 b = blockIdx.y;
@@ -97,9 +100,16 @@ extern "C" __global__ void ssm_step_gate(const float* zx, i64 rowLen, int xOff, 
                                 : heads * P + groups * N + g * N + (i - pn - N);
     float acc = convBias ? convBias[ch] : 0.f;
     for (int j = 0; j < K - 1; j++) acc += convW[ch * K + j] * st[(i64)j * C + ch];
-    acc += convW[ch * K + K - 1] * xbc[ch];
+    const float xin = xbc[ch];
+    acc += convW[ch * K + K - 1] * xin;
     if (act) acc = acc / (1.f + expf(-acc));
     sh[i] = acc;
+    if (convPush) {
+      // this thread is the channel's only reader (see above): push it now
+      float* sp = convPush + b * (K - 1) * C + ch;
+      for (int j = 0; j + 1 < K - 1; j++) sp[(i64)j * C] = sp[(i64)(j + 1) * C];
+      if (K > 1) sp[(i64)(K - 2) * C] = xin;
+    }
   }
   __syncthreads();
   // log alpha = -softplus(a)
