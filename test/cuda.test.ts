@@ -2439,6 +2439,38 @@ describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)',
     }
   });
 
+  it('parallelBlockOut: out_proj and fc2 in one gemv.cu launch with the residual sum (add3 order) against the CPU', () => {
+    assert.equal((cpu as Backend).blockOut, undefined, 'the CPU composes it');
+    const launches = () => gpu.kernels.launchCounts().gemv_block_out ?? 0;
+    for (const [m, k1, k2, n, bias] of [
+      [1, 2048, 8192, 2048, false], // the 1.5B student (out_proj without a bias)
+      [3, 64, 2056, 45, true],
+      [20, 64, 128, 45, true], // above gemv's rows: composed
+    ] as const) {
+      const shapes = [[m, k1], [n, k1], [n], [m, k2], [n, k2], [n], [m, n]];
+      const fn = ([g, wo, bo, h, wf, bf, x]: T.Tensor[]) => {
+        const r = T.parallelBlockOut(
+          T.cast(g, 'bf16'),
+          wo,
+          bias ? bo : null,
+          T.cast(h, 'bf16'),
+          wf,
+          bf,
+          x,
+          'bf16',
+        );
+        return [r.mixerOut, r.out];
+      };
+      const ref = onBackend(cpu, 23, shapes, fn, 'bf16');
+      const before = launches();
+      const got = onBackend(gpu, 23, shapes, fn, 'bf16');
+      const what = `parallelBlockOut m ${m}, (${n}, ${k1}) and (${n}, ${k2})`;
+      assert.equal(launches() - before, m <= 8 ? 1 : 0, `${what}: gemv_block_out launches`);
+      assertClose(got[0], ref[0], 2e-6 * Math.sqrt(k1) * maxAbs(ref[0]) + 1e-5, `${what}: out_proj`);
+      assertClose(got[1], ref[1], 2e-6 * Math.sqrt(k2) * maxAbs(ref[1]) + 1e-5, `${what}: the block output`);
+    }
+  });
+
   it('graph decode in bf16 with the fused step kernels: fewer graph nodes, logits near the unfused step (MOHAWK_DECODE_FUSED=0)', () => {
     const saved = process.env.MOHAWK_DECODE_FUSED;
     try {

@@ -434,6 +434,26 @@ export interface Backend {
     n2: number,
     act2: 'geluNew',
   ): void;
+  /**
+   * A parallel block's last two products (a decoding step): mix (m, n) f32 = g (m, k1) wo^T + bo
+   * (out_proj) and out (m, n) f32 = (r + mix) + (h (m, k2) wf^T + bf) (fc2 and the residual sum, in
+   * add3's order); g, h, wo, wf 16-bit (one dtype), biases f32 | null, r f32.
+   */
+  blockOut?(
+    g: DeviceBuffer,
+    wo: DeviceBuffer,
+    bo: DeviceBuffer | null,
+    h: DeviceBuffer,
+    wf: DeviceBuffer,
+    bf: DeviceBuffer | null,
+    r: DeviceBuffer,
+    mix: DeviceBuffer,
+    out: DeviceBuffer,
+    m: number,
+    n: number,
+    k1: number,
+    k2: number,
+  ): void;
   matmulResidual?(
     a: DeviceBuffer,
     b: DeviceBuffer,
@@ -841,6 +861,7 @@ export const KERNEL_NAMES = [
   'matmulAct',
   'matmulResidual',
   'matmulPair',
+  'blockOut',
 ] as const satisfies readonly KernelName[];
 
 /** compile-time check that KERNEL_NAMES lists every kernel: names the missing ones in the error */

@@ -11,8 +11,8 @@ import {
   isGradEnabled,
   layerNormTo,
   linearPair,
-  linearResidual,
   matmul,
+  parallelBlockOut,
   scale,
   slice,
   tanh,
@@ -248,7 +248,8 @@ export class StudentBlock extends Module implements Block {
     const mlp = this.mlp;
     if (n16 && mlp instanceof MLP && GELU_NEW.has(mlp.act) && this.mixer instanceof DiscreteMamba2) {
       // a decoding step of a parallel block (norm16's cases): in_proj and fc1 read the norm in one
-      // pass, the mixer steps from in_proj's output, fc2 adds the residual sum (decode-ops.ts)
+      // pass, the mixer steps from in_proj's output, out_proj and fc2 run in one pass that also adds
+      // the residual sum (decode-ops.ts)
       const dt = n16.dtype as 'bf16' | 'f16';
       const inProj = this.mixer.in_proj;
       const [zx, h] = linearPair(
@@ -260,8 +261,18 @@ export class StudentBlock extends Module implements Block {
         'geluNew',
         dt,
       );
-      const mixerOut = this.mixer.stepFromInProj(zx, opts.cache as SsmCache);
-      const out = linearResidual(h, mlp.fc2.weight, mlp.fc2.bias, x, mixerOut, dt);
+      const gated = this.mixer.stepGated(zx, opts.cache as SsmCache);
+      const outProj = this.mixer.out_proj;
+      const { out, mixerOut } = parallelBlockOut(
+        gated,
+        outProj.weight,
+        outProj.bias,
+        h,
+        mlp.fc2.weight,
+        mlp.fc2.bias,
+        x,
+        dt,
+      );
       return { out, mixerOut, matrix: null };
     }
     const n = n16 ?? this.input_layernorm.forward(x);

@@ -368,6 +368,11 @@ export class DiscreteMamba2 extends Module {
    * bits under autocast (out_proj's input). No gradients.
    */
   stepFromInProj(zx: Tensor, cache: SsmCache): Tensor {
+    return this.out_proj.forward(this.stepGated(zx, cache));
+  }
+
+  /** stepFromInProj without out_proj: the gated output (B, 1, dInner), out_proj's input */
+  stepGated(zx: Tensor, cache: SsmCache): Tensor {
     const b = zx.shape[0];
     const { nVHeads: H, nQkHeads: G, dConv: K } = this.cfg;
     const rowLen = this.convDim + this.dInner + H;
@@ -383,7 +388,7 @@ export class DiscreteMamba2 extends Module {
       { groups: G, silu: this.cfg.activation === 'silu', dtype: getAutocast() },
     );
     cache.length += 1;
-    return this.out_proj.forward(reshape(gated, [b, 1, this.dInner]));
+    return reshape(gated, [b, 1, this.dInner]);
   }
 
   /**

@@ -294,3 +294,68 @@ export function linearPair(
   );
   return [y1, y2];
 }
+
+/**
+ * A parallel block's last two products and its residual sum (a decoding step): mixerOut =
+ * g Wo^T + bo (out_proj) and out = (x + mixerOut) + (h Wf^T + bf) (fc2, add3's order), one kernel
+ * where the backend has blockOut, else linear and linearResidual. g (..., k1), h (..., k2) f32 or
+ * in `dtype`; weights (n, k) f32 or in `dtype`; biases f32 | null; x (..., n) f32.
+ */
+export function parallelBlockOut(
+  g: Tensor,
+  wo: Tensor,
+  bo: Tensor | null,
+  h: Tensor,
+  wf: Tensor,
+  bf: Tensor | null,
+  x: Tensor,
+  dtype: 'bf16' | 'f16',
+): { out: Tensor; mixerOut: Tensor } {
+  const be = g.backend;
+  const [k1, k2] = [g.shape[g.ndim - 1], h.shape[h.ndim - 1]];
+  const n = wo.shape[0];
+  const lead = g.shape.slice(0, -1);
+  const rows = g.size / Math.max(k1, 1);
+  const okW = (w: Tensor, b: Tensor | null, k: number) =>
+    w.ndim === 2 &&
+    w.shape[0] === n &&
+    w.shape[1] === k &&
+    (w.dtype === 'f32' || w.dtype === dtype) &&
+    w.backend === be &&
+    (!b || (b.dtype === 'f32' && b.size === n && b.backend === be));
+  const fused =
+    be.blockOut &&
+    decodeFusion() &&
+    !recording(g, wo, bo, h, wf, bf, x) &&
+    [g, h].every((t) => (t.dtype === 'f32' || t.dtype === dtype) && t.backend === be) &&
+    h.size / Math.max(k2, 1) === rows &&
+    okW(wo, bo, k1) &&
+    okW(wf, bf, k2) &&
+    x.dtype === 'f32' &&
+    x.backend === be &&
+    x.size === rows * n &&
+    x.shape[x.ndim - 1] === n;
+  if (!fused) {
+    const mixerOut = linear(g, wo, bo);
+    return { out: linearResidual(h, wf, bf, x, mixerOut, dtype), mixerOut };
+  }
+  const as16 = (t: Tensor) => (t.dtype === dtype ? t : autocastOperand(t, dtype));
+  const mixerOut = empty([...lead, n], 'f32', be);
+  const out = empty(x.shape, 'f32', be);
+  be.blockOut!(
+    as16(g).buffer,
+    as16(wo).buffer,
+    bo?.buffer ?? null,
+    as16(h).buffer,
+    as16(wf).buffer,
+    bf?.buffer ?? null,
+    x.buffer,
+    mixerOut.buffer,
+    out.buffer,
+    rows,
+    n,
+    k1,
+    k2,
+  );
+  return { out, mixerOut };
+}

@@ -9,6 +9,7 @@ import type { CudaBuffer } from './host.js';
 /** Kernel signatures of kernels/gemv.cu (argument kinds, see kernels.ts). */
 export const GEMV_SIGNATURES = {
   gemv_bf16_f32: 'ppppillffiiipppppliii',
+  gemv_block_out: 'ppplppplpppili',
 } as const;
 
 const { k } = moduleKernels('gemv', GEMV_SIGNATURES);
@@ -140,4 +141,67 @@ export function gemv(
     second ? OUT_CODE[second.c.dtype] : 0,
     blocks1,
   ]);
+}
+
+/**
+ * The parallel block's out_proj and fc2 in one launch (gemv.cu gemv_block_out): mix (m, n) =
+ * g Wo^T + bo and out = (r + mix) + (h Wf^T + bf), all f32 out; g (m, k1), h (m, k2), Wo (n, k1),
+ * Wf (n, k2) bf16. False (nothing launched) where gemv.cu does not take both products.
+ */
+export function gemvBlockOut(
+  h: Host,
+  g: CudaBuffer,
+  wo: CudaBuffer,
+  bo: CudaBuffer | null,
+  hx: CudaBuffer,
+  wf: CudaBuffer,
+  bf: CudaBuffer | null,
+  r: CudaBuffer,
+  mix: CudaBuffer,
+  out: CudaBuffer,
+  m: number,
+  n: number,
+  k1: number,
+  k2: number,
+): boolean {
+  const params = (k: number): MatmulParams => ({
+    batch: 1,
+    m,
+    n,
+    k,
+    transA: false,
+    transB: true,
+    strideA: m * k,
+    strideB: n * k,
+    strideC: m * n,
+    alpha: 1,
+    beta: 0,
+  });
+  if (
+    !gemvTakes(g, wo, mix, params(k1)) ||
+    !gemvTakes(hx, wf, out, params(k2)) ||
+    [bo, bf, r, mix, out].some((b) => b !== null && b.dtype !== 'f32')
+  )
+    return false;
+  const t = gemvTuning;
+  const splits = gemvSplits(n, k1 + k2, h.sms, t);
+  const blocks = Math.ceil(n / (t.rows * (t.warps / splits)));
+  const defines = { GEMV_M: gemvBuildM(m), GEMV_WARPS: t.warps, GEMV_ROWS: t.rows, GEMV_UNROLL: t.unroll };
+  k(h, 'gemv_block_out', defines).launch([blocks, 1, 1], t.warps * 32, 0, [
+    g.ptr,
+    wo.ptr,
+    bo ? bo.ptr : 0,
+    k1,
+    hx.ptr,
+    wf.ptr,
+    bf ? bf.ptr : 0,
+    k2,
+    r.ptr,
+    mix.ptr,
+    out.ptr,
+    m,
+    n,
+    splits,
+  ]);
+  return true;
 }

@@ -32,7 +32,7 @@ import { ATTENTION_TC_SIGNATURES, attentionTcHeadDim } from './attention-tc.js';
 import { Cublas, type GemmDType } from './cublas.js';
 import { CudaError, Driver } from './driver.js';
 import * as elementwise from './elementwise.js';
-import { GEMV_SIGNATURES, gemv, gemvTakes } from './gemv.js';
+import { GEMV_SIGNATURES, gemv, gemvBlockOut, gemvTakes } from './gemv.js';
 import * as decode from './decode.js';
 import { CaptureState, CudaGraph } from './graph.js';
 import { ELEMENTWISE_SIGNATURES } from './elementwise.js';
@@ -761,6 +761,63 @@ export class CudaBackend implements Backend {
       this.matmul(a, w1, c1, p, bias1);
       this.matmulAct(act2, a, w2, c2, m, n2, k, bias2);
     });
+  }
+
+  blockOut(
+    g: DeviceBuffer,
+    wo: DeviceBuffer,
+    bo: DeviceBuffer | null,
+    h: DeviceBuffer,
+    wf: DeviceBuffer,
+    bf: DeviceBuffer | null,
+    r: DeviceBuffer,
+    mix: DeviceBuffer,
+    out: DeviceBuffer,
+    m: number,
+    n: number,
+    k1: number,
+    k2: number,
+  ): void {
+    const G = this.buf(g, 'blockOut g');
+    const H = this.buf(h, 'blockOut h');
+    const WO = this.buf(wo, 'blockOut wo');
+    const WF = this.buf(wf, 'blockOut wf');
+    const BO = bo ? this.buf(bo, 'blockOut bo') : null;
+    const BF = bf ? this.buf(bf, 'blockOut bf') : null;
+    const R = this.buf(r, 'blockOut r');
+    const MIX = this.buf(mix, 'blockOut mix');
+    const OUT = this.buf(out, 'blockOut out');
+    for (const [what, t, len] of [
+      ['r', R, m * n],
+      ['mix', MIX, m * n],
+      ['out', OUT, m * n],
+      ['bo', BO, n],
+      ['bf', BF, n],
+    ] as const)
+      if (t && (t.dtype !== 'f32' || t.length !== len))
+        throw new Error(
+          `cuda backend: blockOut ${what} must be ${len} values of f32, got ${t.length} ${t.dtype}`,
+        );
+    if (![G, H, WO, WF].every((t) => t.dtype === G.dtype) || (G.dtype !== 'bf16' && G.dtype !== 'f16'))
+      throw new Error(
+        `cuda backend: blockOut needs 16-bit g, h, wo, wf of one dtype, got ${G.dtype}, ${H.dtype}, ${WO.dtype}, ${WF.dtype}`,
+      );
+    if (gemvBlockOut(this.host, G, WO, BO, H, WF, BF, R, MIX, OUT, m, n, k1, k2)) return;
+    const p = (k: number) => ({
+      batch: 1,
+      m,
+      n,
+      k,
+      transA: false,
+      transB: true,
+      strideA: m * k,
+      strideB: n * k,
+      strideC: m * n,
+      alpha: 1,
+      beta: 0,
+    });
+    this.matmul(g, wo, mix, p(k1), bo);
+    this.matmulResidual(h, wf, out, m, n, k2, bf, r, mix);
   }
 
   matmulResidual(

@@ -101,6 +101,27 @@ __device__ __forceinline__ void use_batch(const uint4 (&buf)[GEMV_ROWS][GEMV_UNR
   }
 }
 
+/**
+ * acc[i][r] += W_r . x_i over this lane's chunks c = start + j * stride (< chunks): batches of
+ * GEMV_UNROLL chunks per lane and row, the same count for every lane of the warp; two buffers, so
+ * batch b + 1 is in flight while batch b is used
+ */
+__device__ __forceinline__ void stream_rows(const uint4* (&wrow)[GEMV_ROWS], const uint4* __restrict__ xrows, int m,
+                                            i64 chunks, i64 start, i64 stride, float (&acc)[GEMV_M][GEMV_ROWS]) {
+  const i64 perBatch = stride * GEMV_UNROLL;
+  const i64 batches = (chunks + perBatch - 1) / perBatch;
+  uint4 a[GEMV_ROWS][GEMV_UNROLL], bb[GEMV_ROWS][GEMV_UNROLL];
+  load_batch(a, wrow, chunks, start, stride, 0);
+  for (i64 b = 0; b < batches; b += 2) {
+    if (b + 1 < batches) load_batch(bb, wrow, chunks, start, stride, b + 1);
+    use_batch(a, xrows, m, chunks, start, stride, b, acc);
+    if (b + 1 < batches) {
+      if (b + 2 < batches) load_batch(a, wrow, chunks, start, stride, b + 2);
+      use_batch(bb, xrows, m, chunks, start, stride, b + 1, acc);
+    }
+  }
+}
+
 // A second product of the same x may share the launch (two Linears reading one input: the
 // parallel block's in_proj and fc1): blocks from `blocks1` on compute out2 = act2(x W2^T + bias2)
 // (n2 rows of W2, in dtype ot2, alpha 1, no beta, no residual); blocks1 = gridDim.x without one.
@@ -146,22 +167,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll
     for (int r = 0; r < GEMV_ROWS; r++) acc[i][r] = 0.f;
 
-  if (col0 < n) {
-    // batches of GEMV_UNROLL chunks per lane and row, the same count for every lane of the warp;
-    // two buffers: batch b + 1 is in flight while batch b is used
-    const i64 perBatch = stride * GEMV_UNROLL;
-    const i64 batches = (chunks + perBatch - 1) / perBatch;
-    uint4 a[GEMV_ROWS][GEMV_UNROLL], bb[GEMV_ROWS][GEMV_UNROLL];
-    load_batch(a, wrow, chunks, start, stride, 0);
-    for (i64 b = 0; b < batches; b += 2) {
-      if (b + 1 < batches) load_batch(bb, wrow, chunks, start, stride, b + 1);
-      use_batch(a, xrows, m, chunks, start, stride, b, acc);
-      if (b + 1 < batches) {
-        if (b + 2 < batches) load_batch(a, wrow, chunks, start, stride, b + 2);
-        use_batch(bb, xrows, m, chunks, start, stride, b + 1, acc);
-      }
-    }
-  }
+  if (col0 < n) stream_rows(wrow, xrows, m, chunks, start, stride, acc);
   // warp sums; with split-K through shared memory, added in the order of the splits
 #pragma unroll
   for (int i = 0; i < GEMV_M; i++)
@@ -206,6 +212,96 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
         ((u16*)out)[at] = f32_to_f16(y);
       else
         ((float*)out)[at] = y;
+    }
+  }
+}
+
+/**
+ * The parallel block's last two products in one pass (decoding): for output column j < n and row
+ * i < m of the inputs,
+ *   mix[i, j] = g_i . Wo_j + bo_j                       (out_proj: g (m, k1), Wo (n, k1))
+ *   out[i, j] = (r[i, j] + mix[i, j]) + (h_i . Wf_j + bf_j)   (fc2: h (m, k2), Wf (n, k2))
+ * the residual sum in add3's order; g, h, Wo, Wf bf16 (16-byte aligned, k1, k2 multiples of 8),
+ * bo, bf f32 | null, r, mix, out f32. Warps, rows per warp and splits as gemv_bf16_f32 (each split
+ * takes its share of both rows' chunks).
+ */
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+    gemv_block_out(const u16* __restrict__ g, const u16* __restrict__ wo, const float* bo, i64 k1,
+                   const u16* __restrict__ h, const u16* __restrict__ wf, const float* bf, i64 k2, const float* r,
+                   float* mix, float* out, int m, i64 n, int splits) {
+  __shared__ float partial[2][GEMV_WARPS][GEMV_M * GEMV_ROWS];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int s = warp % splits;
+  const i64 col0 = ((i64)blockIdx.x * (GEMV_WARPS / splits) + warp / splits) * GEMV_ROWS;
+  const i64 start = (i64)s * 32 + lane;
+  const i64 stride = (i64)splits * 32;
+  const uint4* orow[GEMV_ROWS];
+  const uint4* frow[GEMV_ROWS];
+#pragma unroll
+  for (int rr = 0; rr < GEMV_ROWS; rr++) {
+    const i64 col = col0 + rr < n ? col0 + rr : n - 1;
+    orow[rr] = reinterpret_cast<const uint4*>(wo + col * k1);
+    frow[rr] = reinterpret_cast<const uint4*>(wf + col * k2);
+  }
+  float acc1[GEMV_M][GEMV_ROWS], acc2[GEMV_M][GEMV_ROWS];
+#pragma unroll
+  for (int i = 0; i < GEMV_M; i++)
+#pragma unroll
+    for (int rr = 0; rr < GEMV_ROWS; rr++) acc1[i][rr] = acc2[i][rr] = 0.f;
+  if (col0 < n) {
+    stream_rows(orow, reinterpret_cast<const uint4*>(g), m, k1 >> 3, start, stride, acc1);
+    stream_rows(frow, reinterpret_cast<const uint4*>(h), m, k2 >> 3, start, stride, acc2);
+  }
+#pragma unroll
+  for (int i = 0; i < GEMV_M; i++)
+#pragma unroll
+    for (int rr = 0; rr < GEMV_ROWS; rr++)
+      if (i < m) {
+        acc1[i][rr] = warp_sum(acc1[i][rr]);
+        acc2[i][rr] = warp_sum(acc2[i][rr]);
+      }
+  if (splits > 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int i = 0; i < GEMV_M; i++)
+#pragma unroll
+        for (int rr = 0; rr < GEMV_ROWS; rr++) {
+          partial[0][warp][i * GEMV_ROWS + rr] = acc1[i][rr];
+          partial[1][warp][i * GEMV_ROWS + rr] = acc2[i][rr];
+        }
+    }
+    __syncthreads();
+  }
+  if (s == 0 && lane < GEMV_M * GEMV_ROWS) {
+    const int i = lane / GEMV_ROWS;
+    const int rr = lane % GEMV_ROWS;
+    const i64 col = col0 + rr;
+    if (i < m && col < n) {
+      float v1 = 0.f, v2 = 0.f;
+      if (splits > 1) {
+        for (int j = 0; j < splits; j++) {
+          v1 += partial[0][warp + j][lane];
+          v2 += partial[1][warp + j][lane];
+        }
+      } else {
+#pragma unroll
+        for (int ii = 0; ii < GEMV_M; ii++)
+#pragma unroll
+          for (int q = 0; q < GEMV_ROWS; q++)
+            if (ii == i && q == rr) {
+              v1 = acc1[ii][q];
+              v2 = acc2[ii][q];
+            }
+      }
+      const i64 at = (i64)i * n + col;
+      // the values of out_proj and fc2 through gemv_bf16_f32 (alpha 1), then add3's order
+      float mv = 1.f * v1;
+      if (bo) mv += bo[col];
+      float fv = 1.f * v2;
+      if (bf) fv += bf[col];
+      mix[at] = mv;
+      out[at] = (r[at] + mv) + fv;
     }
   }
 }
