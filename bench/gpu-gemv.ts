@@ -6,7 +6,7 @@
 // of the weight (512 MiB in all), so the 50 MB L2 cannot hold it between products, as in decoding.
 // The products are captured as one CUDA graph and replayed (as the decode step runs them), so the
 // host's launch cost (about 5 us) does not hide the small products' device time.
-// Then gemv.cu's compile-time shapes (gemvTuning: warps, rows, unroll, split-K target) are swept
+// Then gemv.cu's compile-time shapes (gemvTuning: warps, rows, unroll, split-K target, L2 prefetch hint) are swept
 // at m = 1, and the one with the least time for a whole decode step's products is printed.
 // Run: node --import tsx bench/gpu-gemv.ts [--sweep on|off]  (BENCH_OUT=dir also writes gpu-gemv.json)
 
@@ -96,7 +96,8 @@ if (values.sweep === 'on')
   for (const warps of [4, 8])
     for (const r of [1, 2, 4])
       for (const unroll of [2, 4, 8])
-        for (const wavesWarps of [8, 16, 32]) configs.push({ warps, rows: r, unroll, wavesWarps });
+        for (const wavesWarps of [8, 16, 32])
+          for (const l2pf of [0, 1]) configs.push({ warps, rows: r, unroll, wavesWarps, l2pf });
 /** per config: the m = 1 products' time of one decode step (ms) */
 const stepMs = new Map<string, number>();
 const perShape: Row[] = [];

@@ -23,12 +23,25 @@ export const GEMV_MAX_M = 8;
  * - warps: warps per block; rows: weight rows per warp (streamed together); unroll: 16-byte
  *   loads per row and lane in one batch (two batches in flight)
  * - wavesWarps: split K while the grid has fewer warps than this many per multiprocessor
+ * - l2pf: 1 puts the L2's 256-byte prefetch hint on the weight loads
  */
-export const gemvTuning = { warps: 4, rows: 2, unroll: 4, wavesWarps: 16 };
+export const gemvTuning = { warps: 4, rows: 2, unroll: 4, wavesWarps: 16, l2pf: 0 };
 
 /** the build of gemv.cu for m rows: accumulators for 1, 2, 4 or 8 rows */
 export function gemvBuildM(m: number): number {
   return m <= 1 ? 1 : m <= 2 ? 2 : m <= 4 ? 4 : 8;
+}
+
+/** the -D defines of gemv.cu's build for m rows at the current gemvTuning */
+function gemvDefines(m: number): Record<string, number> {
+  const t = gemvTuning;
+  return {
+    GEMV_M: gemvBuildM(m),
+    GEMV_WARPS: t.warps,
+    GEMV_ROWS: t.rows,
+    GEMV_UNROLL: t.unroll,
+    GEMV_L2PF: t.l2pf,
+  };
 }
 
 /**
@@ -36,7 +49,12 @@ export function gemvBuildM(m: number): number {
  * doubled while the grid has fewer warps than `sms` x wavesWarps and each split keeps at least
  * one full batch of loads (32 lanes x unroll chunks of 8 elements) per row.
  */
-export function gemvSplits(n: number, k: number, sms = 132, t = gemvTuning): number {
+export function gemvSplits(
+  n: number,
+  k: number,
+  sms = 132,
+  t: Pick<typeof gemvTuning, 'warps' | 'rows' | 'unroll' | 'wavesWarps'> = gemvTuning,
+): number {
   const chunks = Math.floor(k / 8);
   const groups = Math.ceil(n / t.rows);
   let splits = 1;
@@ -117,7 +135,7 @@ export function gemv(
   const cols = t.rows * (t.warps / splits);
   const blocks1 = Math.ceil(p.n / cols);
   const blocks = blocks1 + Math.ceil(n2 / cols);
-  const defines = { GEMV_M: gemvBuildM(p.m), GEMV_WARPS: t.warps, GEMV_ROWS: t.rows, GEMV_UNROLL: t.unroll };
+  const defines = gemvDefines(p.m);
   k(h, 'gemv_bf16_f32', defines).launch([blocks, 1, 1], t.warps * 32, 0, [
     a.ptr,
     b.ptr,
@@ -186,7 +204,7 @@ export function gemvBlockOut(
   const t = gemvTuning;
   const splits = gemvSplits(n, k1 + k2, h.sms, t);
   const blocks = Math.ceil(n / (t.rows * (t.warps / splits)));
-  const defines = { GEMV_M: gemvBuildM(m), GEMV_WARPS: t.warps, GEMV_ROWS: t.rows, GEMV_UNROLL: t.unroll };
+  const defines = gemvDefines(m);
   k(h, 'gemv_block_out', defines).launch([blocks, 1, 1], t.warps * 32, 0, [
     g.ptr,
     wo.ptr,

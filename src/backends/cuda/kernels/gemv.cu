@@ -19,6 +19,7 @@
 //   GEMV_WARPS   warps per block
 //   GEMV_ROWS    weight rows (output columns) per warp, streamed together
 //   GEMV_UNROLL  16-byte chunks per row and lane in one batch of loads
+//   GEMV_L2PF    1: the weight loads carry the L2::256B prefetch hint
 //
 // A group of `splits` consecutive warps (1, 2, 4 or 8, dividing GEMV_WARPS) shares GEMV_ROWS
 // output columns and splits their K (split-K, for small N where one warp per row group leaves
@@ -42,6 +43,9 @@
 #ifndef GEMV_UNROLL
 #define GEMV_UNROLL 4
 #endif
+#ifndef GEMV_L2PF
+#define GEMV_L2PF 0
+#endif
 #define GEMV_ACT_GELU_NEW 1
 static_assert(GEMV_M * GEMV_ROWS <= 32, "gemv.cu: one lane writes each of a warp's GEMV_M x GEMV_ROWS outputs");
 
@@ -55,12 +59,18 @@ __device__ __forceinline__ void unpack8(const uint4 v, float* f) {
   }
 }
 
-/** a 16-byte load of read-once data: read-only path, no L1 allocation */
+/** a 16-byte load of read-once data: read-only path, no L1 allocation (GEMV_L2PF: with the L2's 256-byte prefetch hint) */
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   uint4 v;
+#if GEMV_L2PF
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+#else
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                : "l"(p));
+#endif
   return v;
 }
 
