@@ -2246,16 +2246,31 @@ describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)',
         const ref = hold(cpu, cpu.alloc('f32', c.m * c.n));
         cpu.write(ref, init);
         cpu.matmul(ac, wc, ref, p, bias.c);
-        for (const warps of [4, 8])
-          for (const rows of [1, 2, 4])
-            for (const unroll of [2, 4, 8]) {
-              Object.assign(gemvTuning, { warps, rows, unroll, wavesWarps: 16 });
-              const o = { c: ref, g: hold(gpu, gpu.alloc('f32', c.m * c.n)) };
-              gpu.write(o.g, init);
-              gpu.matmul(ag, wg, o.g, p, bias.g);
-              runs++;
-              check(o, 2e-6 * Math.sqrt(c.k), `gemv ${JSON.stringify({ ...c, warps, rows, unroll })}`, 1e-6);
-            }
+        // every swept shape at m = 1 (decoding at batch 1), three of them for the other builds
+        const shapes =
+          c.m === 1
+            ? [4, 8].flatMap((warps) =>
+                [1, 2, 4].flatMap((rows) => [2, 4, 8].map((unroll) => ({ warps, rows, unroll }))),
+              )
+            : [
+                { warps: 4, rows: 2, unroll: 4 },
+                { warps: 8, rows: 4, unroll: 2 },
+                { warps: 4, rows: 1, unroll: 8 },
+              ];
+        for (const { warps, rows, unroll } of shapes)
+          for (const l2pf of c.m === 1 && c.n > 1000 ? [0, 1] : [0]) {
+            Object.assign(gemvTuning, { warps, rows, unroll, wavesWarps: 16, l2pf });
+            const o = { c: ref, g: hold(gpu, gpu.alloc('f32', c.m * c.n)) };
+            gpu.write(o.g, init);
+            gpu.matmul(ag, wg, o.g, p, bias.g);
+            runs++;
+            check(
+              o,
+              2e-6 * Math.sqrt(c.k),
+              `gemv ${JSON.stringify({ ...c, warps, rows, unroll, l2pf })}`,
+              1e-6,
+            );
+          }
       }
     } finally {
       Object.assign(gemvTuning, saved);
