@@ -29,6 +29,7 @@ const shapes: [number, number, number, string][] = [
 const on = gemvSwitch.enabled;
 // every shape through gemv.cu here, also any above a size where the backend prefers cuBLASLt
 gemvSwitch.maxWeight = Infinity;
+gemvSwitch.maxRows = 8;
 
 interface Shape {
   n: number;

@@ -28,7 +28,7 @@ import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/backends/dtype.
 import { CachingAllocator, GraphPool, sizeClass } from '../src/backends/cuda/allocator.js';
 import { CudaBackend, KERNEL_SIGNATURES, collapseAxes } from '../src/backends/cuda/index.js';
 import { kernelsDir } from '../src/backends/cuda/kernels.js';
-import { gemvSplits, gemvTuning } from '../src/backends/cuda/gemv.js';
+import { gemvSplits, gemvSwitch, gemvTuning } from '../src/backends/cuda/gemv.js';
 import * as T from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { BatchEngine } from '../src/generate/batch.js';
@@ -749,6 +749,8 @@ describe('cuda backend vs cpu backend', { skip }, () => {
   it('gemv: decoding products (m <= 8 rows, bf16 weight transposed, f32 out) with bias, alpha and beta', () => {
     const launches = () => gpu.kernels.launchCounts().gemv_bf16_f32 ?? 0;
     const before = launches();
+    const maxRows = gemvSwitch.maxRows;
+    gemvSwitch.maxRows = 8; // every build (the backend sends only m = 1 to gemv.cu by default)
     for (const c of [
       { m: 1, n: 37, k: 8 },
       { m: 1, n: 300, k: 2056 },
@@ -794,6 +796,7 @@ describe('cuda backend vs cpu backend', { skip }, () => {
         }
       }
     }
+    gemvSwitch.maxRows = maxRows;
     assert.equal(launches() - before, 28, 'every product above ran in gemv.cu (MOHAWK_GEMV=0 turns it off)');
     assert.deepEqual(
       [
@@ -2202,6 +2205,14 @@ function counterBatches(batch: number, seqLen: number, vocab: number): BatchSour
 // ==== helper "decode" (issue 18, batch-1 decoding): gemv.cu's shapes and the fused decode-step kernels ====
 
 describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)', { skip }, () => {
+  // every gemv.cu build (the backend sends only m = 1 to it by default)
+  const maxRows = gemvSwitch.maxRows;
+  before(() => {
+    gemvSwitch.maxRows = 8;
+  });
+  after(() => {
+    gemvSwitch.maxRows = maxRows;
+  });
   afterEach(() => {
     for (const [be, b] of held.splice(0)) be.free(b);
   });

@@ -19,13 +19,15 @@ export const GEMV_MAX_M = 8;
 
 /**
  * The compile-time shape of gemv.cu (its -D defines) and the split-K target. bench/gpu-gemv.ts
- * sweeps them; the defaults are its pick for the H200.
+ * sweeps them; the defaults are its pick for the H200 (2026-12-02: one decode step's products at
+ * m = 1 in 0.957 ms, against 1.183 with rows 2, unroll 4, wavesWarps 16 and 1.052 through cuBLASLt;
+ * in_proj, fc1, fc2 at 3.0-3.1 TB/s, lm_head 4.0).
  * - warps: warps per block; rows: weight rows per warp (streamed together); unroll: 16-byte
  *   loads per row and lane in one batch (two batches in flight)
  * - wavesWarps: split K while the grid has fewer warps than this many per multiprocessor
  * - l2pf: 1 puts the L2's 256-byte prefetch hint on the weight loads
  */
-export const gemvTuning = { warps: 4, rows: 2, unroll: 4, wavesWarps: 16, l2pf: 0 };
+export const gemvTuning = { warps: 4, rows: 4, unroll: 2, wavesWarps: 8, l2pf: 0 };
 
 /** the build of gemv.cu for m rows: accumulators for 1, 2, 4 or 8 rows */
 export function gemvBuildM(m: number): number {
@@ -69,10 +71,12 @@ export function gemvSplits(
 
 /**
  * MOHAWK_GEMV=0 turns gemv.cu off; benchmarks flip `enabled` to time cuBLASLt on the same shapes.
- * `maxWeight` (elements of W): above it cuBLASLt would take the product (no limit now: the
- * batched, double-buffered gemv.cu is meant to beat cuBLASLt at every decode shape; bench/gpu-gemv.ts).
+ * `maxWeight` (elements of W): above it cuBLASLt would take the product (no limit: at m = 1
+ * gemv.cu beats cuBLASLt at every decode shape). `maxRows`: products of more rows go to cuBLASLt
+ * (bench/gpu-gemv.ts, H200: gemv.cu 0.3-0.8x of cuBLASLt at m = 4 and 8, where its x loads and
+ * FMAs per weight load grow with m). Tests and the benchmark raise it to GEMV_MAX_M.
  */
-export const gemvSwitch = { enabled: process.env.MOHAWK_GEMV !== '0', maxWeight: Infinity };
+export const gemvSwitch = { enabled: process.env.MOHAWK_GEMV !== '0', maxWeight: Infinity, maxRows: 1 };
 
 /**
  * Whether gemv.cu takes this product: bf16 x (m, k) times a bf16 weight (n, k) transposed into f32
@@ -86,7 +90,7 @@ export function gemvTakes(a: CudaBuffer, b: CudaBuffer, c: CudaBuffer, p: Matmul
     (c.dtype === 'f32' || ((c.dtype === 'bf16' || c.dtype === 'f16') && p.beta === 0)) &&
     p.batch === 1 &&
     p.m >= 1 &&
-    p.m <= GEMV_MAX_M &&
+    p.m <= Math.min(GEMV_MAX_M, gemvSwitch.maxRows) &&
     !p.transA &&
     p.transB &&
     p.k % 8 === 0 &&
