@@ -79,7 +79,8 @@ export function ssmStepGate(
       ? 1
       : Math.max(1, Math.min(Math.ceil((2 * h.sms) / (H * batch)), Math.ceil(P / 8), 65535));
   const rowsPer = Math.ceil(P / splits);
-  const threads = inlinePush && H * batch < 2 * h.sms ? 1024 : 256;
+  // 1024 threads: each warp holds at most two of a head's 64 state rows, both loaded up front
+  const threads = inlinePush ? 1024 : 256;
   k(h, 'ssm_step_gate').launch([H, batch, Math.ceil(P / rowsPer)], threads, (2 * rowsPer + 2 * N) * 4, [
     zp,
     layout.rowLen,

@@ -80,14 +80,18 @@ extern "C" __global__ void __launch_bounds__(1024) ssm_step_gate(const float* zx
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   float* hs = ssm + ((b * heads + h) * (i64)P + p0) * N;
   // loads that need nothing computed are issued first, so their latencies overlap the conv's:
-  // a, D, and (N <= 64) this warp's first state row
+  // a, D, and (N <= 64) this warp's first two state rows
   const float av = row[aOff + h];
   const float d = D[h];
   const bool two = N <= 64;
-  float h0 = 0.f, h1 = 0.f;
+  float h0 = 0.f, h1 = 0.f, h2 = 0.f, h3 = 0.f;
   if (two && warp < pn) {
     if (lane < N) h0 = hs[(i64)warp * N + lane];
     if (lane + 32 < N) h1 = hs[(i64)warp * N + lane + 32];
+  }
+  if (two && warp + warps < pn) {
+    if (lane < N) h2 = hs[(i64)(warp + warps) * N + lane];
+    if (lane + 32 < N) h3 = hs[(i64)(warp + warps) * N + lane + 32];
   }
   for (int i = threadIdx.x; i < 2 * pn + 2 * N; i += blockDim.x) {
     if (i >= pn + 2 * N) {
@@ -121,14 +125,16 @@ extern "C" __global__ void __launch_bounds__(1024) ssm_step_gate(const float* zx
     const float xp = sh[p];
     float acc = 0.f;
     if (two) {
-      // the sums of ssm_step_f32 (n = lane, then lane + 32), the first row from registers
+      // the sums of ssm_step_f32 (n = lane, then lane + 32), the first two rows from registers
       if (lane < N) {
-        const float v = alpha * (p == warp ? h0 : hs[(i64)p * N + lane]) + xp * bs[lane];
+        const float old = p == warp ? h0 : p == warp + warps ? h2 : hs[(i64)p * N + lane];
+        const float v = alpha * old + xp * bs[lane];
         hs[(i64)p * N + lane] = v;
         acc += v * cs[lane];
       }
       if (lane + 32 < N) {
-        const float v = alpha * (p == warp ? h1 : hs[(i64)p * N + lane + 32]) + xp * bs[lane + 32];
+        const float old = p == warp ? h1 : p == warp + warps ? h3 : hs[(i64)p * N + lane + 32];
+        const float v = alpha * old + xp * bs[lane + 32];
         hs[(i64)p * N + lane + 32] = v;
         acc += v * cs[lane + 32];
       }
