@@ -227,6 +227,71 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
 }
 
 /**
+ * gemv_block_out's stream: chunk c of the virtual row [Wo_r (c1 chunks) | Wf_r (c2 chunks)] against
+ * [g_i | h_i], into acc1 (c < c1) or acc2, double-buffered as stream_rows across the seam, so the
+ * two products cost one pipeline
+ */
+__device__ __forceinline__ void stream_rows_cat(const uint4* (&orow)[GEMV_ROWS], const uint4* (&frow)[GEMV_ROWS],
+                                                const uint4* __restrict__ g, const uint4* __restrict__ h, int m,
+                                                i64 c1, i64 c2, i64 start, i64 stride,
+                                                float (&acc1)[GEMV_M][GEMV_ROWS],
+                                                float (&acc2)[GEMV_M][GEMV_ROWS]) {
+  const i64 chunks = c1 + c2;
+  const i64 perBatch = stride * GEMV_UNROLL;
+  const i64 batches = (chunks + perBatch - 1) / perBatch;
+  uint4 a[GEMV_ROWS][GEMV_UNROLL], bb[GEMV_ROWS][GEMV_UNROLL];
+  auto load = [&](uint4 (&buf)[GEMV_ROWS][GEMV_UNROLL], i64 b) {
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+      const i64 c = start + (b * GEMV_UNROLL + u) * stride;
+#pragma unroll
+      for (int r = 0; r < GEMV_ROWS; r++)
+        buf[r][u] = c < c1       ? load_stream(orow[r] + c)
+                    : c < chunks ? load_stream(frow[r] + (c - c1))
+                                 : make_uint4(0u, 0u, 0u, 0u);
+    }
+  };
+  auto use = [&](const uint4 (&buf)[GEMV_ROWS][GEMV_UNROLL], i64 b) {
+#pragma unroll
+    for (int u = 0; u < GEMV_UNROLL; u++) {
+      const i64 c = start + (b * GEMV_UNROLL + u) * stride;
+      if (c < chunks) {
+        float wf[GEMV_ROWS][8];
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) unpack8(buf[r][u], wf[r]);
+        const bool first = c < c1;
+#pragma unroll
+        for (int i = 0; i < GEMV_M; i++) {
+          if (i < m) {
+            float xf[8];
+            unpack8(first ? __ldg(g + i * c1 + c) : __ldg(h + i * c2 + (c - c1)), xf);
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) {
+              float t = first ? acc1[i][r] : acc2[i][r];
+#pragma unroll
+              for (int e = 0; e < 8; e++) t = fmaf(wf[r][e], xf[e], t);
+              if (first)
+                acc1[i][r] = t;
+              else
+                acc2[i][r] = t;
+            }
+          }
+        }
+      }
+    }
+  };
+  load(a, 0);
+  for (i64 b = 0; b < batches; b += 2) {
+    if (b + 1 < batches) load(bb, b + 1);
+    use(a, b);
+    if (b + 1 < batches) {
+      if (b + 2 < batches) load(a, b + 2);
+      use(bb, b + 1);
+    }
+  }
+}
+
+/**
  * The parallel block's last two products in one pass (decoding): for output column j < n and row
  * i < m of the inputs,
  *   mix[i, j] = g_i . Wo_j + bo_j                       (out_proj: g (m, k1), Wo (n, k1))
@@ -259,10 +324,9 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
   for (int i = 0; i < GEMV_M; i++)
 #pragma unroll
     for (int rr = 0; rr < GEMV_ROWS; rr++) acc1[i][rr] = acc2[i][rr] = 0.f;
-  if (col0 < n) {
-    stream_rows(orow, reinterpret_cast<const uint4*>(g), m, k1 >> 3, start, stride, acc1);
-    stream_rows(frow, reinterpret_cast<const uint4*>(h), m, k2 >> 3, start, stride, acc2);
-  }
+  if (col0 < n)
+    stream_rows_cat(orow, frow, reinterpret_cast<const uint4*>(g), reinterpret_cast<const uint4*>(h), m, k1 >> 3,
+                    k2 >> 3, start, stride, acc1, acc2);
 #pragma unroll
   for (int i = 0; i < GEMV_M; i++)
 #pragma unroll
