@@ -150,6 +150,68 @@ for (const [n, k, uses, name] of shapes) {
   release(s);
 }
 
+// the decode step's fused launches at m = 1 (default shape): in_proj + fc1 (its GELU into bf16) in
+// one launch, out_proj + fc2 with the residual sum in one launch, each over fresh weight copies
+const single: Record<string, number> = {};
+for (const r of rows) {
+  const hit = /^gemv\.cu: (\w+), m 1,/.exec(r.what);
+  if (hit) single[hit[1]] = r.ms;
+}
+if (on) {
+  const bf16 = (n: number) => randomBuffer(gpu, n, 'bf16', 0.02);
+  const timeFused = (bytes: number, what: string, parts: string[], make: () => () => void): void => {
+    const copies = Math.max(2, Math.ceil((512 << 20) / bytes));
+    const runs = Array.from({ length: copies }, make);
+    const all = () => runs.forEach((f) => f());
+    all();
+    gpu.synchronize();
+    const g = gpu.capture(all);
+    const ms = timeMs(gpu, () => g.replay(), 7, 2) / copies;
+    g.destroy();
+    const apart = parts.reduce((a, p) => a + (single[p] ?? NaN), 0);
+    rows.push({
+      what,
+      ms,
+      rate: `${(bytes / (ms / 1000) / 1e12).toFixed(2)} TB/s`,
+      note: `${parts.join(' + ')} apart: ${apart.toFixed(4)} ms`,
+    });
+  };
+  const held: ReturnType<typeof bf16>[] = [];
+  const keepB = <T extends ReturnType<typeof bf16>>(b: T) => (held.push(b), b);
+  const x = keepB(bf16(2048));
+  const zx = keepB(gpu.alloc('f32', 8224));
+  const act = keepB(gpu.alloc('bf16', 8192));
+  const b1 = keepB(randomBuffer(gpu, 8224));
+  const b2 = keepB(randomBuffer(gpu, 8192));
+  timeFused(
+    2 * 2048 * (8224 + 8192),
+    'gemv.cu launch: in_proj + fc1 (GELU into bf16), m 1',
+    ['in_proj', 'fc1'],
+    () => {
+      const w1 = keepB(bf16(8224 * 2048));
+      const w2 = keepB(bf16(8192 * 2048));
+      return () => gpu.matmulPair(x, 1, 2048, w1, b1, zx, 8224, w2, b2, act, 8192, 'geluNew');
+    },
+  );
+  const g16 = keepB(bf16(2048));
+  const h16 = keepB(bf16(8192));
+  const r = keepB(randomBuffer(gpu, 2048));
+  const mix = keepB(gpu.alloc('f32', 2048));
+  const out = keepB(gpu.alloc('f32', 2048));
+  const bf = keepB(randomBuffer(gpu, 2048));
+  timeFused(
+    2 * 2048 * (2048 + 8192),
+    'gemv.cu launch: out_proj + fc2 + the residual sum, m 1',
+    ['out_proj', 'fc2'],
+    () => {
+      const wo = keepB(bf16(2048 * 2048));
+      const wf = keepB(bf16(2048 * 8192));
+      return () => gpu.blockOut(g16, wo, null, h16, wf, bf, r, mix, out, 1, 2048, 2048, 8192);
+    },
+  );
+  for (const b of held) gpu.free(b);
+}
+
 rows.push({
   what: `one decode step's products at m 1 (24 layers + lm_head): gemv.cu ${JSON.stringify(defaults)}`,
   ms: stepGemv,
