@@ -35,17 +35,50 @@ extern "C" __global__ void layernorm_to16(const float* x, const float* w, const 
                                           float eps) {
   __shared__ float sh[32];
   const i64 base = (i64)blockIdx.x * cols;
+  // up to LN_HELD values per thread stay in registers (read once: a decoding step's row of 2048
+  // with 512 threads); the sums run in layernorm_f32's order either way
+  constexpr int LN_HELD = 8;
+  const bool held = cols <= LN_HELD * (int)blockDim.x;
+  float v[LN_HELD];
   float acc = 0.f;
-  for (int j = threadIdx.x; j < cols; j += blockDim.x) acc += x[base + j];
+  if (held) {
+#pragma unroll
+    for (int q = 0; q < LN_HELD; q++) {
+      const int j = threadIdx.x + q * blockDim.x;
+      v[q] = j < cols ? x[base + j] : 0.f;
+    }
+#pragma unroll
+    for (int q = 0; q < LN_HELD; q++)
+      if (threadIdx.x + q * blockDim.x < cols) acc += v[q];
+  } else {
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) acc += x[base + j];
+  }
   const float m = block_sum(acc, sh) / cols;
   acc = 0.f;
-  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-    const float d = x[base + j] - m;
-    acc += d * d;
+  if (held) {
+#pragma unroll
+    for (int q = 0; q < LN_HELD; q++)
+      if (threadIdx.x + q * blockDim.x < cols) {
+        const float d = v[q] - m;
+        acc += d * d;
+      }
+  } else {
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+      const float d = x[base + j] - m;
+      acc += d * d;
+    }
   }
   const float rs = 1.f / sqrtf(block_sum(acc, sh) / cols + eps);
-  for (int j = threadIdx.x; j < cols; j += blockDim.x)
-    store_as(out, ot, base + j, (x[base + j] - m) * rs * w[j] + (b ? b[j] : 0.f));
+  if (held) {
+#pragma unroll
+    for (int q = 0; q < LN_HELD; q++) {
+      const int j = threadIdx.x + q * blockDim.x;
+      if (j < cols) store_as(out, ot, base + j, (v[q] - m) * rs * w[j] + (b ? b[j] : 0.f));
+    }
+  } else {
+    for (int j = threadIdx.x; j < cols; j += blockDim.x)
+      store_as(out, ot, base + j, (x[base + j] - m) * rs * w[j] + (b ? b[j] : 0.f));
+  }
 }
 
 /**
