@@ -28,7 +28,7 @@ import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/backends/dtype.
 import { CachingAllocator, GraphPool, sizeClass } from '../src/backends/cuda/allocator.js';
 import { CudaBackend, KERNEL_SIGNATURES, collapseAxes } from '../src/backends/cuda/index.js';
 import { kernelsDir } from '../src/backends/cuda/kernels.js';
-import { gemvSplits } from '../src/backends/cuda/gemv.js';
+import { gemvSplits, gemvSwitch, gemvTuning } from '../src/backends/cuda/gemv.js';
 import * as T from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { BatchEngine } from '../src/generate/batch.js';
@@ -750,6 +750,8 @@ describe('cuda backend vs cpu backend', { skip }, () => {
   it('gemv: decoding products (m <= 8 rows, bf16 weight transposed, f32 out) with bias, alpha and beta', () => {
     const launches = () => gpu.kernels.launchCounts().gemv_bf16_f32 ?? 0;
     const before = launches();
+    const maxRows = gemvSwitch.maxRows;
+    gemvSwitch.maxRows = 8; // every build (the backend sends only m = 1 to gemv.cu by default)
     for (const c of [
       { m: 1, n: 37, k: 8 },
       { m: 1, n: 300, k: 2056 },
@@ -795,6 +797,7 @@ describe('cuda backend vs cpu backend', { skip }, () => {
         }
       }
     }
+    gemvSwitch.maxRows = maxRows;
     assert.equal(launches() - before, 28, 'every product above ran in gemv.cu (MOHAWK_GEMV=0 turns it off)');
     assert.deepEqual(
       [
@@ -804,9 +807,9 @@ describe('cuda backend vs cpu backend', { skip }, () => {
         [5, 32776],
         [2048, 8192],
         [8192, 2048],
-      ].map(([n, k]) => gemvSplits(n, k)),
-      [1, 2, 4, 8, 2, 1],
-      'warps per column (split-K) of the cases above and of the 1.5B decode shapes',
+      ].map(([n, k]) => gemvSplits(n, k, 132, { warps: 4, rows: 2, unroll: 4, wavesWarps: 16 })),
+      [2, 4, 4, 4, 4, 1],
+      'warps per column group (split-K) of the cases above and of the 1.5B decode shapes (H200, default shape)',
     );
   });
 
@@ -2672,3 +2675,334 @@ function withEnv<R>(name: string, value: string | undefined, fn: () => R): R {
     else process.env[name] = prev;
   }
 }
+// ==== helper "decode" (issue 18, batch-1 decoding): gemv.cu's shapes and the fused decode-step kernels ====
+
+describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)', { skip }, () => {
+  // every gemv.cu build (the backend sends only m = 1 to it by default)
+  const maxRows = gemvSwitch.maxRows;
+  before(() => {
+    gemvSwitch.maxRows = 8;
+  });
+  after(() => {
+    gemvSwitch.maxRows = maxRows;
+  });
+  afterEach(() => {
+    for (const [be, b] of held.splice(0)) be.free(b);
+  });
+
+  it('gemv: every compile-time shape the benchmark sweeps, at the 1.5B decode shapes, against the CPU', () => {
+    const saved = { ...gemvTuning };
+    const launches = () => gpu.kernels.launchCounts().gemv_bf16_f32 ?? 0;
+    const before = launches();
+    let runs = 0;
+    try {
+      for (const c of [
+        { m: 1, n: 8224, k: 2048 }, // in_proj
+        { m: 1, n: 2048, k: 8192 }, // fc2 (split-K)
+        { m: 4, n: 515, k: 2048 },
+        { m: 8, n: 33, k: 8200 },
+        { m: 2, n: 1, k: 8 },
+      ]) {
+        const bits = (n: number) => Uint16Array.from(randn(n), f32ToBf16);
+        const ab = bits(c.m * c.k);
+        const wb = bits(c.n * c.k);
+        const ag = hold(gpu, gpu.alloc('bf16', ab.length));
+        const wg = hold(gpu, gpu.alloc('bf16', wb.length));
+        gpu.write(ag, ab);
+        gpu.write(wg, wb);
+        const ac = hold(cpu, cpu.alloc('f32', ab.length));
+        const wc = hold(cpu, cpu.alloc('f32', wb.length));
+        cpu.write(ac, Float32Array.from(ab, bf16ToF32));
+        cpu.write(wc, Float32Array.from(wb, bf16ToF32));
+        const bias = pair(randn(c.n));
+        const p = {
+          batch: 1,
+          ...c,
+          transA: false,
+          transB: true,
+          strideA: c.m * c.k,
+          strideB: c.n * c.k,
+          strideC: c.m * c.n,
+          alpha: 0.5,
+          beta: 1,
+        };
+        const init = randn(c.m * c.n);
+        const ref = hold(cpu, cpu.alloc('f32', c.m * c.n));
+        cpu.write(ref, init);
+        cpu.matmul(ac, wc, ref, p, bias.c);
+        // every swept shape at m = 1 (decoding at batch 1), three of them for the other builds
+        const shapes =
+          c.m === 1
+            ? [4, 8].flatMap((warps) =>
+                [1, 2, 4].flatMap((rows) => [2, 4, 8].map((unroll) => ({ warps, rows, unroll }))),
+              )
+            : [
+                { warps: 4, rows: 2, unroll: 4 },
+                { warps: 8, rows: 4, unroll: 2 },
+                { warps: 4, rows: 1, unroll: 8 },
+              ];
+        for (const { warps, rows, unroll } of shapes)
+          for (const l2pf of c.m === 1 && c.n > 1000 ? [0, 1] : [0]) {
+            Object.assign(gemvTuning, { warps, rows, unroll, wavesWarps: 16, l2pf });
+            const o = { c: ref, g: hold(gpu, gpu.alloc('f32', c.m * c.n)) };
+            gpu.write(o.g, init);
+            gpu.matmul(ag, wg, o.g, p, bias.g);
+            runs++;
+            check(
+              o,
+              2e-6 * Math.sqrt(c.k),
+              `gemv ${JSON.stringify({ ...c, warps, rows, unroll, l2pf })}`,
+              1e-6,
+            );
+          }
+      }
+    } finally {
+      Object.assign(gemvTuning, saved);
+    }
+    assert.equal(launches() - before, runs, 'every product above ran in gemv.cu');
+  });
+
+  /** fn's outputs (and the tensors it updates in place) on one backend, from seeded inputs */
+  const onBackend = (
+    be: Backend,
+    seed: number,
+    shapes: number[][],
+    fn: (ts: T.Tensor[]) => T.Tensor[],
+    dt: 'bf16' | null = null,
+  ): Float64Array[] => {
+    T.setBackend(be);
+    T.setAutocast(dt);
+    const r = new Random(seed);
+    const inputs = shapes.map((shape) =>
+      T.keep(
+        T.tensor(
+          r.normals(
+            shape.reduce((a, b) => a * b, 1),
+            0,
+            1,
+          ),
+          shape,
+        ),
+      ),
+    );
+    try {
+      return T.noGrad(() =>
+        T.scope(() =>
+          fn(inputs).map((t) =>
+            Float64Array.from(t.dtype === 'bf16' ? T.cast(t, 'f32').toArray() : t.toArray()),
+          ),
+        ),
+      );
+    } finally {
+      for (const t of inputs) t.dispose();
+      T.setAutocast(null);
+      T.setBackend(cpu);
+    }
+  };
+
+  it('layerNormTo: LayerNorm stored in bf16 in one kernel against the CPU (LayerNorm, then the cast)', () => {
+    assert.equal((cpu as Backend).layerNormTo16, undefined, 'the CPU composes it');
+    for (const [rows, cols, bias] of [
+      [3, 2048, true],
+      [1, 37, false],
+      [5, 1000, true],
+    ] as const) {
+      const shapes = [[rows, cols], [cols], [cols]];
+      const fn = ([x, w, b]: T.Tensor[]) => [T.layerNormTo(x, w, bias ? b : null, 1e-5, 'bf16')];
+      const ref = onBackend(cpu, 5, shapes, fn)[0];
+      const got = onBackend(gpu, 5, shapes, fn)[0];
+      // the same f32 values up to the sums' order, rounded to bf16 (2^-8) on both sides
+      assertClose(got, ref, 8e-3 * maxAbs(ref), `layerNormTo (${rows}, ${cols}) bias ${bias}`);
+    }
+  });
+
+  it('ssmStepGated: the mixer step with its output gate read from in_proj output columns, two steps, against the CPU', () => {
+    assert.equal((cpu as Backend).ssmStepGate, undefined, 'the CPU composes it');
+    for (const [batch, H, G, P, N, K, silu, bias, dt] of [
+      [2, 4, 2, 16, 8, 4, true, true, null],
+      [2, 4, 2, 16, 8, 4, true, true, 'bf16'],
+      [1, 32, 32, 64, 64, 4, false, true, 'bf16'], // the 1.5B student's shapes (a group per head: conv pushed inline)
+      [3, 4, 4, 16, 8, 3, true, true, null], // a group per head, batch 3
+      [3, 3, 1, 40, 24, 3, true, false, null],
+      [1, 1, 1, 7, 5, 1, false, true, null],
+      [1, 2, 1, 8, 80, 4, true, true, 'bf16'], // N > 64: the state rows in a loop
+    ] as const) {
+      const hp = H * P;
+      const cc = hp + 2 * G * N;
+      // columns in another order than in_proj's, with gaps: [pad 3 | z | pad 2 | a | xbc | pad 1]
+      const rowLen = 3 + hp + 2 + H + cc + 1;
+      const layout = { rowLen, zOff: 3, aOff: 3 + hp + 2, xOff: 3 + hp + 2 + H };
+      const shapes = [
+        [batch, rowLen],
+        [batch, rowLen],
+        [batch, K - 1, cc],
+        [cc, K],
+        [cc],
+        [H],
+        [hp],
+        [batch, H, P, N],
+      ];
+      const fn = ([zx1, zx2, conv0, w, cb, D, zb, ssm0]: T.Tensor[]) => {
+        const conv = T.add(conv0, T.zeros(conv0.shape)); // fresh state buffers, updated in place
+        const ssm = T.add(ssm0, T.zeros(ssm0.shape));
+        const opts = { groups: G, silu, dtype: dt };
+        const y1 = T.ssmStepGated(zx1, layout, conv, w, bias ? cb : null, D, zb, ssm, opts);
+        const y2 = T.ssmStepGated(zx2, layout, conv, w, bias ? cb : null, D, zb, ssm, opts);
+        return [y1, y2, ssm, conv];
+      };
+      const what = JSON.stringify({ batch, H, G, P, N, K, silu, bias, dt });
+      const ref = onBackend(cpu, 9, shapes, fn);
+      const got = onBackend(gpu, 9, shapes, fn);
+      const tol = dt ? 8e-3 : 1e-5;
+      assertClose(got[0], ref[0], tol * maxAbs(ref[0]) + 1e-6, `ssmStepGated ${what}: step 1 output`);
+      assertClose(got[1], ref[1], tol * maxAbs(ref[1]) + 1e-6, `ssmStepGated ${what}: step 2 output`);
+      assertClose(got[2], ref[2], 1e-5 * maxAbs(ref[2]) + 1e-6, `ssmStepGated ${what}: SSM state`);
+      assert.deepEqual(Array.from(got[3]), Array.from(ref[3]), `ssmStepGated ${what}: conv state`);
+    }
+  });
+
+  it('linearAct: the product, bias and tanh GELU into bf16 (gemv.cu epilogue for few rows, composed otherwise) against the CPU', () => {
+    assert.equal((cpu as Backend).matmulAct, undefined, 'the CPU composes it');
+    const launches = () => gpu.kernels.launchCounts().gemv_bf16_f32 ?? 0;
+    for (const [m, k, n, xLow] of [
+      [1, 2048, 300, true],
+      [5, 64, 33, false],
+      [20, 64, 33, false], // above gemv's rows: the cuBLASLt product, then the activation
+    ] as const) {
+      const shapes = [[m, k], [n, k], [n]];
+      const fn = ([x, w, b]: T.Tensor[]) => [
+        T.linearAct(xLow ? T.cast(x, 'bf16') : x, w, b, 'geluNew', 'bf16'),
+      ];
+      const ref = onBackend(cpu, 13, shapes, fn, 'bf16')[0];
+      const before = launches();
+      const got = onBackend(gpu, 13, shapes, fn, 'bf16')[0];
+      assert.equal(
+        launches() - before,
+        m <= 8 ? 1 : 0,
+        `linearAct (${m}, ${k}) x (${n}, ${k}): gemv.cu launches`,
+      );
+      // the same bf16 operands; f32 sums in another order, rounded to bf16 on both sides
+      assertClose(got, ref, 1e-2 * maxAbs(ref) + 1e-6, `linearAct (${m}, ${k}) x (${n}, ${k})`);
+    }
+  });
+
+  it('linearResidual: (r1 + r2) + the product with bias, f32 (gemv.cu epilogue for few rows, add3 otherwise) against the CPU', () => {
+    assert.equal((cpu as Backend).matmulResidual, undefined, 'the CPU composes it');
+    const launches = () => gpu.kernels.launchCounts().gemv_bf16_f32 ?? 0;
+    for (const [m, k, n, xLow] of [
+      [1, 8192, 2048, true], // fc2 of the 1.5B student
+      [3, 64, 33, false],
+      [20, 64, 33, false], // above gemv's rows: the product, then add3
+    ] as const) {
+      const shapes = [[m, k], [n, k], [n], [m, n], [m, n]];
+      const fn = ([x, w, b, r1, r2]: T.Tensor[]) => [
+        T.linearResidual(xLow ? T.cast(x, 'bf16') : x, w, b, r1, r2, 'bf16'),
+      ];
+      const ref = onBackend(cpu, 17, shapes, fn, 'bf16')[0];
+      const before = launches();
+      const got = onBackend(gpu, 17, shapes, fn, 'bf16')[0];
+      assert.equal(
+        launches() - before,
+        m <= 8 ? 1 : 0,
+        `linearResidual (${m}, ${k}) x (${n}, ${k}): gemv.cu launches`,
+      );
+      // the same bf16 operands, f32 sums in another order
+      assertClose(
+        got,
+        ref,
+        2e-6 * Math.sqrt(k) * maxAbs(ref) + 1e-5,
+        `linearResidual (${m}, ${k}) x (${n}, ${k})`,
+      );
+    }
+  });
+
+  it('linearPair: two Linears of one input in one gemv.cu launch (f32, and the GELU into bf16) against the CPU', () => {
+    assert.equal((cpu as Backend).matmulPair, undefined, 'the CPU composes it');
+    const launches = () => gpu.kernels.launchCounts().gemv_bf16_f32 ?? 0;
+    for (const [m, k, n1, n2, xLow] of [
+      [1, 2048, 8224, 8192, true], // in_proj and fc1 of the 1.5B student
+      [3, 64, 33, 70, false],
+      [1, 16392, 5, 3, true], // split-K over both products
+      [20, 64, 33, 70, false], // above gemv's rows: composed
+    ] as const) {
+      const shapes = [[m, k], [n1, k], [n1], [n2, k], [n2]];
+      const fn = ([x, w1, b1, w2, b2]: T.Tensor[]) =>
+        T.linearPair(xLow ? T.cast(x, 'bf16') : x, w1, b1, w2, b2, 'geluNew', 'bf16');
+      const ref = onBackend(cpu, 19, shapes, fn, 'bf16');
+      const before = launches();
+      const got = onBackend(gpu, 19, shapes, fn, 'bf16');
+      const what = `linearPair (${m}, ${k}) x (${n1} + ${n2}, ${k})`;
+      assert.equal(launches() - before, m <= 8 ? 1 : 0, `${what}: gemv.cu launches`);
+      assertClose(got[0], ref[0], 2e-6 * Math.sqrt(k) * maxAbs(ref[0]) + 1e-5, `${what}: the f32 product`);
+      assertClose(got[1], ref[1], 1e-2 * maxAbs(ref[1]) + 1e-6, `${what}: the GELU in bf16`);
+    }
+  });
+
+  it('parallelBlockOut: out_proj and fc2 in one gemv.cu launch with the residual sum (add3 order) against the CPU', () => {
+    assert.equal((cpu as Backend).blockOut, undefined, 'the CPU composes it');
+    const launches = () => gpu.kernels.launchCounts().gemv_block_out ?? 0;
+    for (const [m, k1, k2, n, bias] of [
+      [1, 2048, 8192, 2048, false], // the 1.5B student (out_proj without a bias)
+      [3, 64, 2056, 45, true],
+      [20, 64, 128, 45, true], // above gemv's rows: composed
+    ] as const) {
+      const shapes = [[m, k1], [n, k1], [n], [m, k2], [n, k2], [n], [m, n]];
+      const fn = ([g, wo, bo, h, wf, bf, x]: T.Tensor[]) => {
+        const r = T.parallelBlockOut(
+          T.cast(g, 'bf16'),
+          wo,
+          bias ? bo : null,
+          T.cast(h, 'bf16'),
+          wf,
+          bf,
+          x,
+          'bf16',
+        );
+        return [r.mixerOut, r.out];
+      };
+      const ref = onBackend(cpu, 23, shapes, fn, 'bf16');
+      const before = launches();
+      const got = onBackend(gpu, 23, shapes, fn, 'bf16');
+      const what = `parallelBlockOut m ${m}, (${n}, ${k1}) and (${n}, ${k2})`;
+      assert.equal(launches() - before, m <= 8 ? 1 : 0, `${what}: gemv_block_out launches`);
+      assertClose(got[0], ref[0], 2e-6 * Math.sqrt(k1) * maxAbs(ref[0]) + 1e-5, `${what}: out_proj`);
+      assertClose(got[1], ref[1], 2e-6 * Math.sqrt(k2) * maxAbs(ref[1]) + 1e-5, `${what}: the block output`);
+    }
+  });
+
+  it('graph decode in bf16 with the fused step kernels: fewer graph nodes, logits near the unfused step (MOHAWK_DECODE_FUSED=0)', () => {
+    const saved = process.env.MOHAWK_DECODE_FUSED;
+    try {
+      T.setBackend(gpu);
+      const model = tinyStudent();
+      const run = (fused: boolean) => {
+        process.env.MOHAWK_DECODE_FUSED = fused ? '1' : '0';
+        return T.autocast('bf16', () => {
+          const casts = T.castParameters(model.parameters(), 'bf16');
+          try {
+            return T.withCastParameters(casts, () => decodeGreedy(model, 2, 6, true));
+          } finally {
+            casts.dispose();
+          }
+        });
+      };
+      const off = run(false);
+      const on = run(true);
+      console.log(`# bf16 decode step graph: ${on.nodes} nodes fused, ${off.nodes} unfused`);
+      assert.equal(on.mode, 'graph', `not captured: ${on.reason}`);
+      assert.ok(on.nodes < off.nodes, `fused step ${on.nodes} nodes, unfused ${off.nodes}`);
+      // the first step reads the same token: bf16 roundings of the same values on both paths
+      assertClose(
+        on.logits[0],
+        off.logits[0],
+        2e-2 * maxAbs(off.logits[0]),
+        'first step logits, fused vs unfused',
+      );
+      model.dispose();
+    } finally {
+      if (saved === undefined) delete process.env.MOHAWK_DECODE_FUSED;
+      else process.env.MOHAWK_DECODE_FUSED = saved;
+      T.setBackend(cpu);
+    }
+  });
+});

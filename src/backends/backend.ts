@@ -370,6 +370,107 @@ export interface Backend {
 
   /** Optional: out = (a + b) + c, dense f32 buffers of one length (two residual adds in one pass) */
   add3?(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, out: DeviceBuffer): void;
+  // ---- optional: the fused kernels of the recurrent decoding step (no backward) ---------------
+  /**
+   * LayerNorm of x (rows, cols) f32 with weight, bias (cols) f32 | null, stored in out's dtype
+   * (bf16 or f16): the values of layerNorm rounded once (the next products' input), nothing saved.
+   */
+  layerNormTo16?(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    eps: number,
+  ): void;
+  /**
+   * ssmStep with the mixer's output gate, reading its inputs from in_proj's output zx (B, rowLen)
+   * f32: xbc (Cc channels) at column xOff, z (H P) at zOff, a (H) at aOff of each row. The caches
+   * are updated as ssmStep does; out (B, H P) = (h C + D x) * silu(z + zBias), zBias (H P), in
+   * out's dtype (f32, bf16 or f16): the values of ssmStep then siluGate, rounded once.
+   */
+  ssmStepGate?(
+    zx: DeviceBuffer,
+    layout: { rowLen: number; xOff: number; zOff: number; aOff: number },
+    convState: DeviceBuffer,
+    convWeight: DeviceBuffer,
+    convBias: DeviceBuffer | null,
+    D: DeviceBuffer,
+    zBias: DeviceBuffer,
+    ssm: DeviceBuffer,
+    out: DeviceBuffer,
+    p: SsmStepParams,
+  ): void;
+  /**
+   * c (m, n) = act(a (m, k) b^T + bias) with a, b 16-bit (one dtype), b (n, k) a Linear weight,
+   * bias (n) f32 | null, c in a 16-bit dtype: the f32 product, bias and activation, rounded once.
+   */
+  matmulAct?(
+    act: 'geluNew',
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    bias: DeviceBuffer | null,
+  ): void;
+  /**
+   * c (m, n) f32 = (r1 + r2) + (a (m, k) b^T + bias), a, b 16-bit (one dtype), b (n, k) a Linear
+   * weight, bias (n) f32 | null, r1, r2 (m, n) f32: the block's residual sum (add3's order) in
+   * the product's pass.
+   */
+  /**
+   * Two Linears of one 16-bit input a (m, k) in one pass (a parallel block's in_proj and fc1):
+   * c1 (m, n1) f32 = a w1^T + bias1 and c2 (m, n2) 16-bit = act(a w2^T + bias2); w1, w2 (n, k) in
+   * a's dtype, biases f32 | null.
+   */
+  matmulPair?(
+    a: DeviceBuffer,
+    m: number,
+    k: number,
+    w1: DeviceBuffer,
+    bias1: DeviceBuffer | null,
+    c1: DeviceBuffer,
+    n1: number,
+    w2: DeviceBuffer,
+    bias2: DeviceBuffer | null,
+    c2: DeviceBuffer,
+    n2: number,
+    act2: 'geluNew',
+  ): void;
+  /**
+   * A parallel block's last two products (a decoding step): mix (m, n) f32 = g (m, k1) wo^T + bo
+   * (out_proj) and out (m, n) f32 = (r + mix) + (h (m, k2) wf^T + bf) (fc2 and the residual sum, in
+   * add3's order); g, h, wo, wf 16-bit (one dtype), biases f32 | null, r f32.
+   */
+  blockOut?(
+    g: DeviceBuffer,
+    wo: DeviceBuffer,
+    bo: DeviceBuffer | null,
+    h: DeviceBuffer,
+    wf: DeviceBuffer,
+    bf: DeviceBuffer | null,
+    r: DeviceBuffer,
+    mix: DeviceBuffer,
+    out: DeviceBuffer,
+    m: number,
+    n: number,
+    k1: number,
+    k2: number,
+  ): void;
+  matmulResidual?(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    bias: DeviceBuffer | null,
+    r1: DeviceBuffer,
+    r2: DeviceBuffer,
+  ): void;
   /**
    * Optional: causalConv1d that also writes xKeep, a bf16 copy of x (B, T, C), in the same pass;
    * a backend with this method accepts that bf16 x in causalConv1dBackward (its weight gradient
@@ -821,6 +922,12 @@ export const KERNEL_NAMES = [
   'causalConv1dKeep16',
   'matmulGelu',
   'add3',
+  'layerNormTo16',
+  'ssmStepGate',
+  'matmulAct',
+  'matmulResidual',
+  'matmulPair',
+  'blockOut',
 ] as const satisfies readonly KernelName[];
 
 /** compile-time check that KERNEL_NAMES lists every kernel: names the missing ones in the error */

@@ -4,9 +4,28 @@
 // sections, parameters backbone.* and lm_head.*); docs/student-format.md documents the
 // extensions for the other block styles and for hybrids.
 
-import { add, add3, matmul, scale, slice, tanh, tensor, type Tensor } from '../tensor/index.js';
+import {
+  add,
+  add3,
+  getAutocast,
+  isGradEnabled,
+  layerNormTo,
+  linearPair,
+  matmul,
+  parallelBlockOut,
+  scale,
+  slice,
+  tanh,
+  tensor,
+  type Tensor,
+} from '../tensor/index.js';
 import { Attention, type AttentionConfig } from '../nn/attention.js';
-import { checkMixerConfig, DiscreteMamba2, type DiscreteMamba2Config } from '../nn/discrete-mamba2.js';
+import {
+  checkMixerConfig,
+  DiscreteMamba2,
+  SsmCache,
+  type DiscreteMamba2Config,
+} from '../nn/discrete-mamba2.js';
 import { Embedding, LayerNorm, Linear, RMSNorm, type InitOptions } from '../nn/layers.js';
 import { LinearAttentionMixer } from '../nn/linear-attention-mixer.js';
 import { ToeplitzMixer } from '../nn/toeplitz-mixer.js';
@@ -118,6 +137,9 @@ export function paddedVocab(c: Pick<StudentConfig, 'vocabSize' | 'padVocabSizeMu
 
 // ---- blocks -----------------------------------------------------------------------------------
 
+/** the MLP activations that are the tanh GELU (linearPair's 'geluNew') */
+const GELU_NEW: ReadonlySet<Activation> = new Set(['gelu_new', 'gelu_pytorch_tanh']);
+
 export class StudentBlock extends Module implements Block {
   readonly mixerKind: 'attention' | 'ssm';
   readonly input_layernorm: LayerNorm | RMSNorm;
@@ -200,11 +222,68 @@ export class StudentBlock extends Module implements Block {
     return this.mixer ? this.mixer.forward(x, opts) : this.self_attn!.forward(x, opts);
   }
 
+  /**
+   * The norm's output in 16 bits for a decoding step of a parallel SSM block under autocast: only
+   * in_proj and fc1 read it, and both would round it to 16 bits anyway (decode-ops.ts)
+   */
+  private norm16(x: Tensor, opts: BlockOptions): Tensor | null {
+    const dt = getAutocast();
+    const ln = this.input_layernorm;
+    if (
+      !dt ||
+      isGradEnabled() ||
+      this.c.style !== 'phi' ||
+      !(ln instanceof LayerNorm) ||
+      !(this.mixer instanceof DiscreteMamba2) ||
+      !(opts.cache instanceof SsmCache) ||
+      opts.cache.length === 0 ||
+      x.shape[1] !== 1
+    )
+      return null;
+    return layerNormTo(x, ln.weight, ln.bias, ln.eps, dt);
+  }
+
   forward(x: Tensor, opts: BlockOptions = {}): BlockOutput {
-    const n = this.input_layernorm.forward(x);
+    const n16 = this.norm16(x, opts);
+    const mlp = this.mlp;
+    if (n16 && mlp instanceof MLP && GELU_NEW.has(mlp.act) && this.mixer instanceof DiscreteMamba2) {
+      // a decoding step of a parallel block (norm16's cases): in_proj and fc1 read the norm in one
+      // pass, the mixer steps from in_proj's output, out_proj and fc2 run in one pass that also adds
+      // the residual sum (decode-ops.ts)
+      const dt = n16.dtype as 'bf16' | 'f16';
+      const inProj = this.mixer.in_proj;
+      const [zx, h] = linearPair(
+        n16,
+        inProj.weight,
+        inProj.bias,
+        mlp.fc1.weight,
+        mlp.fc1.bias,
+        'geluNew',
+        dt,
+      );
+      const gated = this.mixer.stepGated(zx, opts.cache as SsmCache);
+      const outProj = this.mixer.out_proj;
+      const { out, mixerOut } = parallelBlockOut(
+        gated,
+        outProj.weight,
+        outProj.bias,
+        h,
+        mlp.fc2.weight,
+        mlp.fc2.bias,
+        x,
+        dt,
+      );
+      return { out, mixerOut, matrix: null };
+    }
+    const n = n16 ?? this.input_layernorm.forward(x);
     const m = this.mix(n, opts);
     if (this.c.style === 'phi') {
-      return { out: add3(x, m.out, this.mlp.forward(n)), mixerOut: m.out, matrix: m.matrix };
+      // without gradients (decoding), the Phi MLP's fc2 adds x + mixer output in its own pass
+      const out =
+        this.mlp instanceof MLP && !isGradEnabled()
+          ? this.mlp.forwardResidual(n, x, m.out)
+          : add3(x, m.out, this.mlp.forward(n));
+      return { out, mixerOut: m.out, matrix: m.matrix };
     }
     if (this.pre_feedforward_layernorm && this.post_feedforward_layernorm) {
       // Gemma 2: h = x + norm(mixer(norm(x))); out = h + norm(mlp(norm(h)))
@@ -304,7 +383,13 @@ export class StudentLM extends Module implements CausalLM {
 
   /** final norm + lm_head; logits of the padding rows of the vocabulary are cut off */
   head(h: Tensor): Tensor {
-    const n = this.finalNorm.forward(h);
+    // a decoding step's last norm in 16 bits: the head's product reads it so anyway (decode-ops.ts)
+    const dt = getAutocast();
+    const fn = this.finalNorm;
+    const n =
+      dt && !isGradEnabled() && fn instanceof LayerNorm && h.ndim === 3 && h.shape[1] === 1
+        ? layerNormTo(h, fn.weight, fn.bias, fn.eps, dt)
+        : fn.forward(h);
     const raw = this.lmHead ? this.lmHead.forward(n) : matmul(n, this.embedding.weight, { transB: true });
     const cap = this.config.finalSoftcap;
     const logits = cap ? scale(tanh(scale(raw, 1 / cap)), cap) : raw;

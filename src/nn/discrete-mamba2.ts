@@ -33,6 +33,7 @@ import {
   getAutocast,
   slice,
   ssmStep,
+  ssmStepGated,
   softplus,
   split,
   ssdScan,
@@ -361,6 +362,36 @@ export class DiscreteMamba2 extends Module {
   }
 
   /**
+   * One decoding step from in_proj's output zx (B, 1, convDim + dInner + H, project()'s columns)
+   * to the mixer's output (B, 1, d_model), the cache updated in place: the step and its output gate
+   * read zx in place (ssmStepGated, one kernel where the backend fuses it), the gate's output in 16
+   * bits under autocast (out_proj's input). No gradients.
+   */
+  stepFromInProj(zx: Tensor, cache: SsmCache): Tensor {
+    return this.out_proj.forward(this.stepGated(zx, cache));
+  }
+
+  /** stepFromInProj without out_proj: the gated output (B, 1, dInner), out_proj's input */
+  stepGated(zx: Tensor, cache: SsmCache): Tensor {
+    const b = zx.shape[0];
+    const { nVHeads: H, nQkHeads: G, dConv: K } = this.cfg;
+    const rowLen = this.convDim + this.dInner + H;
+    const gated = ssmStepGated(
+      reshape(zx, [b, rowLen]),
+      { rowLen, xOff: 0, zOff: this.convDim, aOff: this.convDim + this.dInner },
+      cache.conv!,
+      reshape(this.convWeight, [this.convDim, K]),
+      this.convBias,
+      this.D,
+      this.z_bias,
+      cache.ssm!,
+      { groups: G, silu: this.cfg.activation === 'silu', dtype: getAutocast() },
+    );
+    cache.length += 1;
+    return reshape(gated, [b, 1, this.dInner]);
+  }
+
+  /**
    * Decoding: tokens one at a time, each through one fused step (`ssmStep`: conv, state update
    * and output for every head in one kernel) that updates the cache in place.
    */
@@ -368,6 +399,7 @@ export class DiscreteMamba2 extends Module {
     const [b, t] = u.shape;
     const { nVHeads: H, nQkHeads: G, dConv: K } = this.cfg;
     const P = this.headDim;
+    if (t === 1) return this.stepFromInProj(this.in_proj.forward(u), cache);
     const { xBC, z, a } = this.project(u);
     const w = reshape(this.convWeight, [this.convDim, K]);
     const at = (x: Tensor, i: number) => (t === 1 ? x : slice(x, 1, i, i + 1));

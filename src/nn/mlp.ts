@@ -1,11 +1,15 @@
 // The two MLPs of the supported families, with their checkpoint names.
 
 import {
+  add3,
   gatedActivation,
   geluMlp,
   geluNew,
   gelu,
   getAutocast,
+  isGradEnabled,
+  linearAct,
+  linearResidual,
   relu,
   silu,
   unaryTo,
@@ -84,6 +88,18 @@ export class MLP extends Module {
     this.fc2 = this.child('fc2', new Linear(hidden, dModel, { ...opts, bias: true }));
   }
 
+  /**
+   * (r1 + r2) + forward(x), the parallel block's residual sum (add3's order): without gradients
+   * under autocast, fc2's product adds it in its own pass where the backend fuses it
+   * (decode-ops.ts linearResidual), else add3.
+   */
+  forwardResidual(x: Tensor, r1: Tensor, r2: Tensor): Tensor {
+    const dt = getAutocast();
+    if (!dt || isGradEnabled() || ACTIVATION_OP[this.act] !== 'geluNew') return add3(r1, r2, this.forward(x));
+    const h = linearAct(x, this.fc1.weight, this.fc1.bias, 'geluNew', dt);
+    return linearResidual(h, this.fc2.weight, this.fc2.bias, r1, r2, dt);
+  }
+
   forward(x: Tensor): Tensor {
     // training under autocast: fc1 and its activation as one op whose backward reads the
     // activation's gradient once (null where that does not apply)
@@ -94,9 +110,13 @@ export class MLP extends Module {
       const fused = geluMlp(x, this.fc1.weight, this.fc1.bias!, this.fc2.weight, this.fc2.bias!);
       if (fused) return fused;
     }
-    const h = this.fc1.forward(x);
     // under autocast fc2 reads a 16-bit copy anyway: the activation writes it directly
     const dt = getAutocast();
+    if (dt && !isGradEnabled() && ACTIVATION_OP[this.act] === 'geluNew')
+      // no gradients (decoding, evaluation): the product, bias and GELU in one kernel where the
+      // backend has it (decode-ops.ts; MOHAWK_DECODE_FUSED=0: the two kernels below)
+      return this.fc2.forward(linearAct(x, this.fc1.weight, this.fc1.bias, 'geluNew', dt));
+    const h = this.fc1.forward(x);
     return this.fc2.forward(
       dt && h.dtype === 'f32' ? unaryTo(ACTIVATION_OP[this.act], h, dt) : activate(h, this.act),
     );

@@ -742,7 +742,8 @@ export function weightCopy(x: Tensor, dtype: 'bf16' | 'f16'): Tensor | null {
   return record(c.view(c.shape), 'cast', [x], [], (g) => [cast(g, x.dtype)]);
 }
 
-function autocastOperand(x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
+/** x in the autocast dtype: a parameter's cached copy, an op output's memoized cast, or a new cast */
+export function autocastOperand(x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
   const copy = weightCopy(x, dtype);
   if (copy) return copy;
   if (castParams && castParams.dtype === dtype && !(isGradEnabled() && x.requiresGrad)) {

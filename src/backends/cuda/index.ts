@@ -33,7 +33,8 @@ import { ATTENTION_TC_SIGNATURES, attentionTcHeadDim } from './attention-tc.js';
 import { Cublas, type GemmDType } from './cublas.js';
 import { CudaError, Driver } from './driver.js';
 import * as elementwise from './elementwise.js';
-import { GEMV_SIGNATURES, gemv, gemvTakes } from './gemv.js';
+import { GEMV_SIGNATURES, gemv, gemvBlockOut, gemvTakes } from './gemv.js';
+import * as decode from './decode.js';
 import { CaptureState, CudaGraph } from './graph.js';
 import { ELEMENTWISE_SIGNATURES } from './elementwise.js';
 import { CudaBuffer, type Host } from './host.js';
@@ -67,6 +68,7 @@ export const KERNEL_SIGNATURES = {
   ssd_fast: SSD_FAST_SIGNATURES,
   gemv: GEMV_SIGNATURES,
   optim: OPTIM_SIGNATURES,
+  decode: decode.DECODE_SIGNATURES,
 } as const;
 
 export interface CudaBackendOptions {
@@ -610,7 +612,7 @@ export class CudaBackend implements Backend {
       if (BIAS) addBias();
       return;
     }
-    if (gemvTakes(A, B, C, p) && (!BIAS || BIAS.dtype === 'f32')) {
+    if (C.dtype === 'f32' && gemvTakes(A, B, C, p) && (!BIAS || BIAS.dtype === 'f32')) {
       // decoding's few-row products with a bf16 weight: one pass over the weight (gemv.cu)
       gemv(this.host, A, B, C, BIAS, p);
       return;
@@ -647,6 +649,243 @@ export class CudaBackend implements Backend {
 
   add3(a: DeviceBuffer, b: DeviceBuffer, c: DeviceBuffer, out: DeviceBuffer): void {
     elementwise.add3(this.host, a, b, c, out);
+  }
+
+  // ---- the fused kernels of the recurrent decoding step (decode.ts) ----
+
+  layerNormTo16(
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    eps: number,
+  ): void {
+    decode.layerNormTo16(this.host, x, weight, bias, out, rows, cols, eps);
+  }
+
+  ssmStepGate(
+    zx: DeviceBuffer,
+    layout: { rowLen: number; xOff: number; zOff: number; aOff: number },
+    convState: DeviceBuffer,
+    convWeight: DeviceBuffer,
+    convBias: DeviceBuffer | null,
+    D: DeviceBuffer,
+    zBias: DeviceBuffer,
+    ssm: DeviceBuffer,
+    out: DeviceBuffer,
+    p: SsmStepParams,
+  ): void {
+    decode.ssmStepGate(this.host, zx, layout, convState, convWeight, convBias, D, zBias, ssm, out, p);
+  }
+
+  matmulAct(
+    act: 'geluNew',
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    bias: DeviceBuffer | null,
+  ): void {
+    const A = this.buf(a, 'matmulAct A');
+    const B = this.buf(b, 'matmulAct B');
+    const C = this.buf(c, 'matmulAct C');
+    const BIAS = bias ? this.buf(bias, 'matmulAct bias') : null;
+    if (
+      (A.dtype !== 'bf16' && A.dtype !== 'f16') ||
+      B.dtype !== A.dtype ||
+      (C.dtype !== 'bf16' && C.dtype !== 'f16')
+    )
+      throw new Error(
+        `cuda backend: matmulAct needs 16-bit A, B (one dtype) and C, got ${A.dtype}, ${B.dtype}, ${C.dtype}`,
+      );
+    if (BIAS && (BIAS.dtype !== 'f32' || BIAS.length !== n))
+      throw new Error(
+        `cuda backend: matmulAct bias must be ${n} values of f32, got ${BIAS.length} ${BIAS.dtype}`,
+      );
+    decode.matmulAct(this.host, act, A, B, C, m, n, k, BIAS, () => {
+      // the product into f32 (bias in cuBLASLt's epilogue), then the activation rounded to 16 bits
+      const f = this.scratch(m * n, 'f32');
+      const p = {
+        batch: 1,
+        m,
+        n,
+        k,
+        transA: false,
+        transB: true,
+        strideA: m * k,
+        strideB: n * k,
+        strideC: m * n,
+        alpha: 1,
+        beta: 0,
+      };
+      this.matmul(a, b, f, p, bias);
+      this.unary(act, f, c, 1, 0);
+      this.free(f);
+    });
+  }
+  matmulPair(
+    a: DeviceBuffer,
+    m: number,
+    k: number,
+    w1: DeviceBuffer,
+    bias1: DeviceBuffer | null,
+    c1: DeviceBuffer,
+    n1: number,
+    w2: DeviceBuffer,
+    bias2: DeviceBuffer | null,
+    c2: DeviceBuffer,
+    n2: number,
+    act2: 'geluNew',
+  ): void {
+    const A = this.buf(a, 'matmulPair A');
+    const W1 = this.buf(w1, 'matmulPair w1');
+    const W2 = this.buf(w2, 'matmulPair w2');
+    const C1 = this.buf(c1, 'matmulPair c1');
+    const C2 = this.buf(c2, 'matmulPair c2');
+    const B1 = bias1 ? this.buf(bias1, 'matmulPair bias1') : null;
+    const B2 = bias2 ? this.buf(bias2, 'matmulPair bias2') : null;
+    if (C1.dtype !== 'f32' || C1.length !== m * n1)
+      throw new Error(
+        `cuda backend: matmulPair c1 must be ${m * n1} values of f32, got ${C1.length} ${C1.dtype}`,
+      );
+    if (B1 && (B1.dtype !== 'f32' || B1.length !== n1))
+      throw new Error(
+        `cuda backend: matmulPair bias1 must be ${n1} values of f32, got ${B1.length} ${B1.dtype}`,
+      );
+    if ((A.dtype !== 'bf16' && A.dtype !== 'f16') || W1.dtype !== A.dtype)
+      throw new Error(
+        `cuda backend: matmulPair needs 16-bit A and w1 of one dtype, got ${A.dtype}, ${W1.dtype}`,
+      );
+    decode.matmulPair(this.host, A, m, k, W1, B1, C1, n1, W2, B2, C2, n2, act2, () => {
+      const p = {
+        batch: 1,
+        m,
+        n: n1,
+        k,
+        transA: false,
+        transB: true,
+        strideA: m * k,
+        strideB: n1 * k,
+        strideC: m * n1,
+        alpha: 1,
+        beta: 0,
+      };
+      this.matmul(a, w1, c1, p, bias1);
+      this.matmulAct(act2, a, w2, c2, m, n2, k, bias2);
+    });
+  }
+
+  blockOut(
+    g: DeviceBuffer,
+    wo: DeviceBuffer,
+    bo: DeviceBuffer | null,
+    h: DeviceBuffer,
+    wf: DeviceBuffer,
+    bf: DeviceBuffer | null,
+    r: DeviceBuffer,
+    mix: DeviceBuffer,
+    out: DeviceBuffer,
+    m: number,
+    n: number,
+    k1: number,
+    k2: number,
+  ): void {
+    const G = this.buf(g, 'blockOut g');
+    const H = this.buf(h, 'blockOut h');
+    const WO = this.buf(wo, 'blockOut wo');
+    const WF = this.buf(wf, 'blockOut wf');
+    const BO = bo ? this.buf(bo, 'blockOut bo') : null;
+    const BF = bf ? this.buf(bf, 'blockOut bf') : null;
+    const R = this.buf(r, 'blockOut r');
+    const MIX = this.buf(mix, 'blockOut mix');
+    const OUT = this.buf(out, 'blockOut out');
+    for (const [what, t, len] of [
+      ['r', R, m * n],
+      ['mix', MIX, m * n],
+      ['out', OUT, m * n],
+      ['bo', BO, n],
+      ['bf', BF, n],
+    ] as const)
+      if (t && (t.dtype !== 'f32' || t.length !== len))
+        throw new Error(
+          `cuda backend: blockOut ${what} must be ${len} values of f32, got ${t.length} ${t.dtype}`,
+        );
+    if (![G, H, WO, WF].every((t) => t.dtype === G.dtype) || (G.dtype !== 'bf16' && G.dtype !== 'f16'))
+      throw new Error(
+        `cuda backend: blockOut needs 16-bit g, h, wo, wf of one dtype, got ${G.dtype}, ${H.dtype}, ${WO.dtype}, ${WF.dtype}`,
+      );
+    if (gemvBlockOut(this.host, G, WO, BO, H, WF, BF, R, MIX, OUT, m, n, k1, k2)) return;
+    const p = (k: number) => ({
+      batch: 1,
+      m,
+      n,
+      k,
+      transA: false,
+      transB: true,
+      strideA: m * k,
+      strideB: n * k,
+      strideC: m * n,
+      alpha: 1,
+      beta: 0,
+    });
+    this.matmul(g, wo, mix, p(k1), bo);
+    this.matmulResidual(h, wf, out, m, n, k2, bf, r, mix);
+  }
+
+  matmulResidual(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    bias: DeviceBuffer | null,
+    r1: DeviceBuffer,
+    r2: DeviceBuffer,
+  ): void {
+    const A = this.buf(a, 'matmulResidual A');
+    const B = this.buf(b, 'matmulResidual B');
+    const C = this.buf(c, 'matmulResidual C');
+    const R1 = this.buf(r1, 'matmulResidual r1');
+    const R2 = this.buf(r2, 'matmulResidual r2');
+    const BIAS = bias ? this.buf(bias, 'matmulResidual bias') : null;
+    if ((A.dtype !== 'bf16' && A.dtype !== 'f16') || B.dtype !== A.dtype || C.dtype !== 'f32')
+      throw new Error(
+        `cuda backend: matmulResidual needs 16-bit A, B (one dtype) and an f32 C, got ${A.dtype}, ${B.dtype}, ${C.dtype}`,
+      );
+    for (const [what, r] of [
+      ['r1', R1],
+      ['r2', R2],
+    ] as const)
+      if (r.dtype !== 'f32' || r.length !== m * n)
+        throw new Error(
+          `cuda backend: matmulResidual ${what} must be ${m * n} values of f32, got ${r.length} ${r.dtype}`,
+        );
+    if (BIAS && (BIAS.dtype !== 'f32' || BIAS.length !== n))
+      throw new Error(
+        `cuda backend: matmulResidual bias must be ${n} values of f32, got ${BIAS.length} ${BIAS.dtype}`,
+      );
+    decode.matmulResidual(this.host, A, B, C, m, n, k, BIAS, R1, R2, () => {
+      const p = {
+        batch: 1,
+        m,
+        n,
+        k,
+        transA: false,
+        transB: true,
+        strideA: m * k,
+        strideB: n * k,
+        strideC: m * n,
+        alpha: 1,
+        beta: 0,
+      };
+      this.matmul(a, b, c, p, bias);
+      this.add3(r1, r2, c, c);
+    });
   }
 
   matmulGelu(
