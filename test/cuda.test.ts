@@ -42,6 +42,7 @@ import { train } from '../src/train/index.js';
 import { studentConfigFor } from '../src/distill/transfer.js';
 import { PhiForCausalLM } from '../src/models/phi.js';
 import { StudentLM } from '../src/models/phi-mamba.js';
+import { DiscreteMamba2 } from '../src/nn/discrete-mamba2.js';
 import type { CausalLM } from '../src/models/types.js';
 import { assertClose, tinyLlama } from './helpers.js';
 
@@ -2198,3 +2199,117 @@ function counterBatches(batch: number, seqLen: number, vocab: number): BatchSour
     },
   };
 }
+
+// ==== mixer (helper "mixer"): the in_proj output read in place, no split copies ===============
+
+describe('cuda: the mixer reads in_proj in place', { skip }, () => {
+  afterEach(() => {
+    for (const [be, b] of held.splice(0)) be.free(b);
+  });
+
+  it('causalConv1dWindow forward (and its bf16 copy) and backward into a window, written or added', () => {
+    // (batch, T, width of the wide matrix, window start, channels, kernel)
+    for (const [batch, t, width, start, ch, k] of [
+      [2, 37, 50, 7, 19, 4],
+      [1, 2, 9, 4, 5, 4],
+      [3, 9, 301, 1, 300, 1],
+      [1, 1000, 24, 8, 8, 3],
+      [2, 300, 100, 40, 40, 4],
+    ]) {
+      const what = `conv1d window (${batch}, ${t}, ${width}) [${start}, ${start + ch}) kernel ${k}`;
+      const win = { offset: start, stride: width };
+      const x = pair(randn(batch * t * width));
+      const w = pair(randn(ch * k));
+      const b = pair(randn(ch));
+      const y = out(batch * t * ch);
+      const xk = out(batch * t * ch, 'bf16');
+      both((be, s) => be.causalConv1dWindow!(x[s], win, w[s], b[s], y[s], xk[s], batch, t, ch, k));
+      check(y, 1e-6, what);
+      checkExact(xk, `${what}: bf16 copy`);
+      const y2 = out(batch * t * ch);
+      both((be, s) => be.causalConv1dWindow!(x[s], win, w[s], null, y2[s], null, batch, t, ch, k));
+      check(y2, 1e-6, `${what}, no bias`);
+      const gy = pair(randn(batch * t * ch));
+      for (const kept of [false, true])
+        for (const accumulate of [false, true]) {
+          // gx starts from other values: outside the window they must stay as they are
+          const gx = pair(randn(batch * t * width));
+          const gw = out(ch * k);
+          const gb = out(ch);
+          both((be, s) =>
+            be.causalConv1dWindowBackward!(
+              kept ? xk[s] : x[s],
+              kept ? null : win,
+              w[s],
+              gy[s],
+              gx[s],
+              win,
+              accumulate,
+              gw[s],
+              gb[s],
+              batch,
+              t,
+              ch,
+              k,
+            ),
+          );
+          const how = `${what} backward (${kept ? 'bf16 copy' : 'f32 window'}, ${accumulate ? 'added' : 'written'})`;
+          check(gx, 1e-6, `${how}: x`);
+          check(gw, 2e-6 * Math.sqrt(batch * t), `${how}: weight`, 1e-6);
+          check(gb, 2e-6 * Math.sqrt(batch * t), `${how}: bias`, 1e-6);
+        }
+    }
+  });
+
+  it('the Phi-Mamba mixer under bf16 autocast: the same outputs and gradients as with split copies', () => {
+    const run = (inplace: boolean) => {
+      const prev = process.env.MOHAWK_MIXER_INPLACE;
+      process.env.MOHAWK_MIXER_INPLACE = inplace ? '1' : '0';
+      T.setBackend(gpu);
+      try {
+        const m = new DiscreteMamba2(
+          {
+            dModel: 64,
+            dState: 16,
+            nQkHeads: 2,
+            nVHeads: 4,
+            dConv: 4,
+            convBias: true,
+            expand: 1,
+            chunkSize: 16,
+            activation: 'identity',
+            bias: false,
+          },
+          { rng: new Random(9) },
+        );
+        const r = new Random(10);
+        const u = T.keep(T.tensor(r.normals(2 * 45 * 64, 0, 1), [2, 45, 64]));
+        u.requiresGrad = true;
+        const wts = T.keep(T.tensor(r.normals(2 * 45 * 64, 0, 1), [2, 45, 64]));
+        const y = T.scope(() =>
+          T.autocast('bf16', () => {
+            const o = m.forward(u).out;
+            T.sum(T.mul(o, wts)).backward();
+            return Float64Array.from(o.toArray());
+          }),
+        );
+        const grads = [u, ...m.parameters()].map((p) => Float64Array.from(p.grad!.toArray()));
+        for (const p of [u, wts, ...m.parameters()]) {
+          p.grad?.dispose();
+          p.dispose();
+        }
+        return { y, grads };
+      } finally {
+        T.setBackend(cpu);
+        if (prev === undefined) delete process.env.MOHAWK_MIXER_INPLACE;
+        else process.env.MOHAWK_MIXER_INPLACE = prev;
+      }
+    };
+    const split = run(false);
+    const inplace = run(true);
+    assertClose(inplace.y, split.y, 1e-6 * maxAbs(split.y), 'mixer output');
+    split.grads.forEach((ref, i) =>
+      assertClose(inplace.grads[i], ref, 1e-5 * maxAbs(ref) + 1e-7, `gradient ${i} (0: the input)`),
+    );
+  });
+});

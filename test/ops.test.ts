@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { UNARY_OPS } from '../src/backends/backend.js';
+import { bf16ToF32, f32ToBf16 } from '../src/backends/dtype.js';
 import * as T from '../src/tensor/index.js';
 import { scope, tensor, type Tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
@@ -388,6 +389,51 @@ describe('sequence ops', () => {
       assertClose(arr(T.causalConv1d(x, w, b)), ref.refConv(arr(x), arr(w), arr(b), 2, 7, 5, K), 1e-12);
       assertClose(arr(T.causalConv1d(x, w, null)), ref.refConv(arr(x), arr(w), null, 2, 7, 5, K), 1e-12);
       gradcheck((p, q, r) => T.causalConv1d(p, q, r), [x, w, b]);
+    }
+  });
+  it('causalConv1d on column windows read in place: values, gradients written into their part of x', () => {
+    const be = T.getBackend();
+    // x rounded to bf16 values: under bf16 autocast the weight gradient reads a bf16 copy of the
+    // window, which then equals x, so finite differences in f64 still apply
+    const bf = (t: Tensor) =>
+      tensor(
+        Array.from(t.toArray(), (v) => bf16ToF32(f32ToBf16(v))),
+        [...t.shape],
+        'f64',
+      );
+    const x = bf(randn(rng, [2, 9, 11]));
+    for (const K of [4, 3]) {
+      const w = randn(rng, [5, K]);
+      const b = randn(rng, [5]);
+      const cols = { start: 3, end: 8 };
+      const sliced = () => arr(T.causalConv1d(T.slice(x, 2, 3, 8), w, b));
+      const win = arr(T.noGrad(() => T.causalConv1d(x, w, b, cols)));
+      assertClose(win, sliced(), 0);
+      assertClose(win, ref.refConv(arr(T.slice(x, 2, 3, 8)), arr(w), arr(b), 2, 9, 5, K), 1e-12);
+      // two overlapping windows and a use of all of x: the second write into x's gradient adds
+      const w2 = randn(rng, [5, K]);
+      const f = (p: Tensor, q: Tensor, r: Tensor, q2: Tensor) =>
+        T.add(
+          T.add(T.causalConv1d(p, q, r, cols), T.causalConv1d(p, q2, null, { start: 6, end: 11 })),
+          T.slice(T.mul(p, p), 2, 2, 7),
+        );
+      let calls = 0;
+      const plain = be.causalConv1dWindowBackward!.bind(be);
+      be.causalConv1dWindowBackward = (...args: Parameters<typeof plain>) => {
+        calls++;
+        plain(...args);
+      };
+      try {
+        T.autocast('bf16', () => gradcheck(f, [x, w, b, w2]));
+      } finally {
+        be.causalConv1dWindowBackward = plain;
+      }
+      assert.ok(calls >= 2, `the windowed backward ran ${calls} times`);
+      for (const t of [x, w, b]) {
+        t.grad?.dispose();
+        t.grad = null;
+        t.requiresGrad = false;
+      }
     }
   });
   it('rope in both layouts, partial rotary, with a position offset', () => {

@@ -35,6 +35,15 @@ export interface DeviceBuffer {
   readonly length: number;
 }
 
+/**
+ * A (rows, width) operand read or written in place inside a wider row-major matrix: its element
+ * (r, c) is at offset + r * stride + c (a column block of a projection's output).
+ */
+export interface ColumnWindow {
+  offset: number;
+  stride: number;
+}
+
 export type HostArray = Float32Array | Float64Array | Int32Array | Uint16Array;
 
 /** The elementwise unary kernels (each with its derivative), enumerated once. */
@@ -375,6 +384,44 @@ export interface Backend {
     bias: DeviceBuffer | null,
     out: DeviceBuffer,
     xKeep: DeviceBuffer,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void;
+  /**
+   * Optional: causalConv1d over a column window of a wider row-major matrix, read in place (the
+   * mixer's in_proj output without split copies): x's element (b, s, ch) is at
+   * xWin.offset + (b T + s) xWin.stride + ch; out (B, T, C) dense; xKeep (B, T, C) bf16 | null,
+   * when given a dense bf16 copy of the window written in the same pass (as causalConv1dKeep16).
+   */
+  causalConv1dWindow?(
+    x: DeviceBuffer,
+    xWin: ColumnWindow,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    xKeep: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void;
+  /**
+   * Its backward: gx written into the window gxWin of a buffer laid out as x (added to what is
+   * there when `accumulate`, else only the window is overwritten); gWeight, gBias overwritten.
+   * x is the window xWin, or, with xWin null, the dense (B, T, C) bf16 copy the forward kept.
+   */
+  causalConv1dWindowBackward?(
+    x: DeviceBuffer,
+    xWin: ColumnWindow | null,
+    weight: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gxWin: ColumnWindow,
+    accumulate: boolean,
+    gWeight: DeviceBuffer,
+    gBias: DeviceBuffer | null,
     batch: number,
     t: number,
     channels: number,
@@ -753,6 +800,8 @@ export const KERNEL_NAMES = [
   'siluGateD',
   'siluGateDBackward',
   'causalConv1dKeep16',
+  'causalConv1dWindow',
+  'causalConv1dWindowBackward',
   'matmulGelu',
   'add3',
 ] as const satisfies readonly KernelName[];

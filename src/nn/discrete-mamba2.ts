@@ -173,19 +173,26 @@ export class DiscreteMamba2 extends Module {
   /**
    * in_proj, then the depthwise conv on x, B and C separately (the same as convolving [x, B, C]
    * and splitting, since each channel convolves alone): the conv outputs need no further copy.
+   * Each conv reads its columns of in_proj's output in place where the backend can (and writes
+   * its gradient there), so only z and a are split off (MOHAWK_MIXER_INPLACE=0: all five).
    */
   private projectConvolved(u: Tensor): { x: Tensor; bm: Tensor; cm: Tensor; z: Tensor; a: Tensor } {
     const [b, t] = u.shape;
     const { nQkHeads: G, nVHeads: H, dState: N, dConv: K } = this.cfg;
     const widths = [this.dInner, G * N, G * N];
-    const [xPre, bPre, cPre, z, a] = split(this.in_proj.forward(u), [...widths, this.dInner, H], -1);
+    const proj = this.in_proj.forward(u);
+    const zEnd = this.convDim + this.dInner;
+    const z = slice(proj, -1, this.convDim, zEnd);
+    const a = slice(proj, -1, zEnd, zEnd + H);
     const w = split(reshape(this.convWeight, [this.convDim, K]), widths, 0);
     const bias = this.convBias ? split(this.convBias, widths, 0) : [null, null, null];
-    const conv = (v: Tensor, i: number) => this.activate(causalConv1d(v, w[i], bias[i]));
+    const starts = [0, this.dInner, this.dInner + G * N];
+    const conv = (i: number) =>
+      this.activate(causalConv1d(proj, w[i], bias[i], { start: starts[i], end: starts[i] + widths[i] }));
     return {
-      x: reshape(conv(xPre, 0), [b, t, H, this.headDim]),
-      bm: reshape(conv(bPre, 1), [b, t, G, N]),
-      cm: reshape(conv(cPre, 2), [b, t, G, N]),
+      x: reshape(conv(0), [b, t, H, this.headDim]),
+      bm: reshape(conv(1), [b, t, G, N]),
+      cm: reshape(conv(2), [b, t, G, N]),
       z,
       a,
     };

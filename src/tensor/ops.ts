@@ -235,7 +235,12 @@ export function unaryTo(op: UnaryOp, x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
  * so one run can measure before and after.
  */
 export function fusedGlue(
-  name: 'MOHAWK_FUSED_GATE' | 'MOHAWK_FUSED_MLP' | 'MOHAWK_FUSED_CONV' | 'MOHAWK_FUSED_ADD',
+  name:
+    | 'MOHAWK_FUSED_GATE'
+    | 'MOHAWK_FUSED_MLP'
+    | 'MOHAWK_FUSED_CONV'
+    | 'MOHAWK_FUSED_ADD'
+    | 'MOHAWK_MIXER_INPLACE',
 ): boolean {
   return process.env.MOHAWK_FUSED_GLUE !== '0' && process.env[name] !== '0';
 }
@@ -1056,8 +1061,34 @@ export function segsum(x: Tensor): Tensor {
   });
 }
 
-/** x (B, T, C), weight (C, K), bias (C) | null -> (B, T, C), causal depthwise. */
-export function causalConv1d(x: Tensor, weight: Tensor, bias: Tensor | null): Tensor {
+/**
+ * x (B, T, C), weight (C, K), bias (C) | null -> (B, T, C), causal depthwise. With `cols`, x is
+ * (B, T, W) and the conv runs over its columns [start, end) only (C = end - start): read in place
+ * where the backend can (the mixer's in_proj output without split copies; its gradient written
+ * into that part of x's gradient buffer), else through a slice. MOHAWK_MIXER_INPLACE=0: the slice.
+ */
+export function causalConv1d(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  cols?: { start: number; end: number },
+): Tensor {
+  if (cols && !(cols.start === 0 && cols.end === x.shape[x.ndim - 1])) {
+    // in place when backward needs no f32 x: without gradients, or under bf16 autocast, where the
+    // weight gradient reads a dense bf16 copy of the window that the forward writes
+    const keep16 =
+      autocastDtype === 'bf16' &&
+      (weight.requiresGrad || bias?.requiresGrad === true) &&
+      fusedGlue('MOHAWK_FUSED_CONV');
+    if (
+      x.ndim === 3 &&
+      x.backend.causalConv1dWindow &&
+      (!isGradEnabled() || keep16) &&
+      fusedGlue('MOHAWK_MIXER_INPLACE')
+    )
+      return causalConv1dWindow(x, weight, bias, cols, isGradEnabled());
+    return causalConv1d(slice(x, -1, cols.start, cols.end), weight, bias);
+  }
   checkFloat('causalConv1d', x, weight);
   if (x.ndim !== 3) fail('causalConv1d', `x must be (B, T, C), got ${shapeStr(x.shape)}`);
   const [batch, t, c] = x.shape;
@@ -1109,6 +1140,91 @@ export function causalConv1d(x: Tensor, weight: Tensor, bias: Tensor | null): Te
     );
     return bias ? [gx, gw, gb] : [gx, gw];
   });
+}
+
+/** causalConv1d on the columns [start, end) of x (B, T, W), read in place */
+function causalConv1dWindow(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  cols: { start: number; end: number },
+  keep16: boolean,
+): Tensor {
+  checkFloat('causalConv1d', x, weight);
+  const [batch, t, width] = x.shape;
+  const { start, end } = cols;
+  if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start <= end && end <= width))
+    fail('causalConv1d', `columns [${start}, ${end}) outside ${shapeStr(x.shape)}`);
+  const c = end - start;
+  if (weight.ndim !== 2 || weight.shape[0] !== c)
+    fail('causalConv1d', `weight ${shapeStr(weight.shape)} for ${c} channels, expected [${c}, K]`);
+  if (bias) checkVector('causalConv1d', bias, c, 'bias');
+  const k = weight.shape[1];
+  const be = x.backend;
+  const out = empty([batch, t, c], x.dtype, be);
+  const win = { offset: start, stride: width };
+  // with gradients, the weight gradient reads a dense bf16 copy of the window written by the
+  // forward pass (as causalConv1d's under autocast), so the wide x need not be kept for it
+  const xk = keep16 ? empty([batch, t, c], 'bf16', be) : null;
+  be.causalConv1dWindow!(
+    x.buffer,
+    win,
+    weight.buffer,
+    bias?.buffer ?? null,
+    out.buffer,
+    xk?.buffer ?? null,
+    batch,
+    t,
+    c,
+    k,
+  );
+  const xs = xk ?? x;
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  // x's gradient goes into its window of x's gradient buffer (accumulateInto, which autograd runs
+  // before backward), computed together with the weight's: backward then hands those over
+  let pending: { gw: Tensor; gb: Tensor | null } | null = null;
+  const run = (g: Tensor, gx: Tensor, gxWin: { offset: number; stride: number }, accumulate: boolean) => {
+    const gw = like(weight);
+    const gb = bias ? like(bias) : null;
+    be.causalConv1dWindowBackward!(
+      xs.buffer,
+      xk ? null : win,
+      weight.buffer,
+      g.buffer,
+      gx.buffer,
+      gxWin,
+      accumulate,
+      gw.buffer,
+      gb?.buffer ?? null,
+      batch,
+      t,
+      c,
+      k,
+    );
+    return { gw, gb };
+  };
+  return record(
+    out,
+    'causalConv1d',
+    inputs,
+    [xs, weight],
+    (g) => {
+      // without x's gradient, a scratch buffer takes it
+      const r = pending ?? run(g, like(out), { offset: 0, stride: c }, false);
+      pending = null;
+      return bias ? [null, r.gw, r.gb] : [null, r.gw];
+    },
+    {
+      accumulateInto: (g, into, accumulate) => {
+        const r = run(g, into, win, accumulate);
+        // out of every scope until backward returns them, right after
+        keep(r.gw);
+        if (r.gb) keep(r.gb);
+        pending = r;
+      },
+      region: { axis: 2, start, end },
+    },
+  );
 }
 
 export interface RopeOptions {

@@ -7,6 +7,7 @@ import type {
   AttentionParams,
   Backend,
   BinaryOp,
+  ColumnWindow,
   GraphCapture,
   DeviceBuffer,
   DType,
@@ -946,6 +947,78 @@ export class CpuBackend implements Backend {
       fl(weight, 'conv1d weight'),
       fl(gy, 'conv1d gradient'),
       fl(gx, 'conv1d input gradient'),
+      fl(gWeight, 'conv1d weight gradient'),
+      gBias ? fl(gBias, 'conv1d bias gradient') : null,
+      batch,
+      t,
+      channels,
+      kernel,
+    );
+  }
+
+  causalConv1dWindow(
+    x: DeviceBuffer,
+    xWin: ColumnWindow,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    xKeep: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void {
+    const xs = fl(x, 'conv1d input');
+    seq.causalConv1dWindow(
+      xs,
+      xWin,
+      fl(weight, 'conv1d weight'),
+      bias ? fl(bias, 'conv1d bias') : null,
+      fl(out, 'conv1d output'),
+      batch,
+      t,
+      channels,
+      kernel,
+    );
+    if (xKeep) {
+      // the bf16 copy of the window, as a GPU backend keeps it for the weight gradient
+      const keep = xKeep as CpuBuffer;
+      if (keep.dtype !== 'bf16')
+        throw new Error(`cpu backend: conv1d kept input must be bf16, got ${keep.dtype}`);
+      const dense = seq.gatherWindow(xs, xWin, batch * t, channels);
+      const k16 = keep.data as Uint16Array;
+      for (let i = 0; i < dense.length; i++) k16[i] = f32ToBf16(dense[i]);
+    }
+  }
+
+  causalConv1dWindowBackward(
+    x: DeviceBuffer,
+    xWin: ColumnWindow | null,
+    weight: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gxWin: ColumnWindow,
+    accumulate: boolean,
+    gWeight: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void {
+    const xb = x as CpuBuffer;
+    const xs =
+      xb.dtype === 'bf16'
+        ? Float32Array.from(xb.data as Uint16Array, (v) => bf16ToF32(v))
+        : fl(x, 'conv1d input');
+    seq.causalConv1dWindowBackward(
+      xs,
+      xWin,
+      fl(weight, 'conv1d weight'),
+      fl(gy, 'conv1d gradient'),
+      fl(gx, 'conv1d input gradient'),
+      gxWin,
+      accumulate,
       fl(gWeight, 'conv1d weight gradient'),
       gBias ? fl(gBias, 'conv1d bias gradient') : null,
       batch,

@@ -11,6 +11,7 @@ import type {
   AttentionParams,
   Backend,
   BinaryOp,
+  ColumnWindow,
   GraphCapture,
   DeviceBuffer,
   DType,
@@ -879,6 +880,54 @@ export class CudaBackend implements Backend {
     kernel: number,
   ): void {
     sequence.causalConv1dBackward(this.host, x, weight, gy, gx, gWeight, gBias, batch, t, channels, kernel);
+  }
+
+  causalConv1dWindow(
+    x: DeviceBuffer,
+    xWin: ColumnWindow,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    xKeep: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void {
+    sequence.causalConv1dWindow(this.host, x, xWin, weight, bias, out, xKeep, batch, t, channels, kernel);
+  }
+
+  causalConv1dWindowBackward(
+    x: DeviceBuffer,
+    xWin: ColumnWindow | null,
+    weight: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gxWin: ColumnWindow,
+    accumulate: boolean,
+    gWeight: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void {
+    sequence.causalConv1dWindowBackward(
+      this.host,
+      x,
+      xWin,
+      weight,
+      gy,
+      gx,
+      gxWin,
+      accumulate,
+      gWeight,
+      gBias,
+      batch,
+      t,
+      channels,
+      kernel,
+    );
   }
 
   rope(x: DeviceBuffer, out: DeviceBuffer, p: RopeParams): void {

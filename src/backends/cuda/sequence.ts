@@ -1,7 +1,7 @@
 // Launchers of kernels/sequence.cu: the causal depthwise conv1d (forward, backward), rotary
 // position embeddings, and the one-token recurrent step of the mixer for decoding.
 
-import type { DeviceBuffer, RopeParams, SsmStepParams } from '../backend.js';
+import type { ColumnWindow, DeviceBuffer, RopeParams, SsmStepParams } from '../backend.js';
 import { moduleKernels, roundUp, THREADS, type Host } from './host.js';
 
 /** Kernel signatures of kernels/sequence.cu (argument kinds, see kernels.ts). */
@@ -20,6 +20,12 @@ export const SEQUENCE_SIGNATURES = {
   conv1d_k4_keep_f32: 'pppppliii',
   conv1d_backward_w_bf16x: 'ppppliiil',
   conv1d_backward_w_k4_bf16x: 'ppppliiil',
+  conv1d_win_f32: 'plppppliii',
+  conv1d_k4_win_f32: 'plppppliii',
+  conv1d_backward_x_win_f32: 'pppliliii',
+  conv1d_backward_x_k4_win_f32: 'pppliliii',
+  conv1d_backward_w_win_f32: 'plpppliiil',
+  conv1d_backward_w_k4_win_f32: 'plpppliiil',
 } as const;
 
 const { k, run1 } = moduleKernels('sequence', SEQUENCE_SIGNATURES);
@@ -131,6 +137,134 @@ export function causalConv1dBackward(
     kernel,
     perBlock,
   ]);
+  h.sumInto(pw.ptr, gw, 1, nb, channels * kernel);
+  if (pb) h.sumInto(pb.ptr, gb, 1, nb, channels);
+  h.free(pw);
+  if (pb) h.free(pb);
+}
+
+/** 4-byte elements: the byte address of a window's first element */
+const at = (ptr: number, win: ColumnWindow): number => ptr + win.offset * 4;
+
+function checkWindow(what: string, len: number, win: ColumnWindow, rows: number, channels: number): void {
+  if (!(
+    win.stride >= channels &&
+    win.offset >= 0 &&
+    (rows === 0 || win.offset + (rows - 1) * win.stride + channels <= len)
+  ))
+    throw new Error(
+      `cuda backend: ${what} window (offset ${win.offset}, stride ${win.stride}) of ${rows} x ${channels} outside its ${len} elements`,
+    );
+}
+
+/** causalConv1d over a column window of x read in place (Backend.causalConv1dWindow) */
+export function causalConv1dWindow(
+  h: Host,
+  x: DeviceBuffer,
+  xWin: ColumnWindow,
+  weight: DeviceBuffer,
+  bias: DeviceBuffer | null,
+  out: DeviceBuffer,
+  xKeep: DeviceBuffer | null,
+  batch: number,
+  t: number,
+  channels: number,
+  kernel: number,
+): void {
+  if (kernel > MAX_CONV_K)
+    throw new Error(`cuda backend: conv1d kernel size ${kernel} (at most ${MAX_CONV_K})`);
+  const xb = h.buf(x, 'conv1d input');
+  if (xb.dtype !== 'f32') throw new Error(`cuda backend: conv1d window input must be f32, got ${xb.dtype}`);
+  checkWindow('conv1d input', xb.length, xWin, batch * t, channels);
+  let kp = 0;
+  if (xKeep) {
+    const kb = h.buf(xKeep, 'conv1d kept input');
+    if (kb.dtype !== 'bf16' || kb.length !== batch * t * channels)
+      throw new Error(
+        `cuda backend: conv1d kept input must be ${batch * t * channels} bf16, got ${kb.length} ${kb.dtype}`,
+      );
+    kp = kb.ptr;
+  }
+  run1(h, kernel === 4 ? 'conv1d_k4_win_f32' : 'conv1d_win_f32', batch * convRuns(t) * channels, [
+    at(xb.ptr, xWin),
+    xWin.stride,
+    h.f(weight, 'conv1d weight'),
+    bias ? h.f(bias, 'conv1d bias') : 0,
+    h.f(out, 'conv1d output'),
+    kp,
+    batch,
+    t,
+    channels,
+    kernel,
+  ]);
+}
+
+/** Backend.causalConv1dWindowBackward: gx into a window of its buffer, weight and bias gradients */
+export function causalConv1dWindowBackward(
+  h: Host,
+  x: DeviceBuffer,
+  xWin: ColumnWindow | null,
+  weight: DeviceBuffer,
+  gy: DeviceBuffer,
+  gx: DeviceBuffer,
+  gxWin: ColumnWindow,
+  accumulate: boolean,
+  gWeight: DeviceBuffer,
+  gBias: DeviceBuffer | null,
+  batch: number,
+  t: number,
+  channels: number,
+  kernel: number,
+): void {
+  if (kernel > MAX_CONV_K)
+    throw new Error(`cuda backend: conv1d kernel size ${kernel} (at most ${MAX_CONV_K})`);
+  const xb = h.buf(x, 'conv1d input');
+  // x is the f32 window, or the dense bf16 copy the forward kept
+  if (xWin ? xb.dtype !== 'f32' : xb.dtype !== 'bf16' || xb.length !== batch * t * channels)
+    throw new Error(`cuda backend: conv1d window backward input ${xb.length} ${xb.dtype} does not fit`);
+  if (xWin) checkWindow('conv1d input', xb.length, xWin, batch * t, channels);
+  const gxb = h.buf(gx, 'conv1d input gradient');
+  if (gxb.dtype !== 'f32')
+    throw new Error(`cuda backend: conv1d input gradient must be f32, got ${gxb.dtype}`);
+  checkWindow('conv1d input gradient', gxb.length, gxWin, batch * t, channels);
+  const wp = h.f(weight, 'conv1d weight');
+  const gyp = h.f(gy, 'conv1d gradient');
+  const gw = h.f(gWeight, 'conv1d weight gradient');
+  const gb = gBias ? h.f(gBias, 'conv1d bias gradient') : 0;
+  run1(
+    h,
+    kernel === 4 ? 'conv1d_backward_x_k4_win_f32' : 'conv1d_backward_x_win_f32',
+    batch * convRuns(t) * channels,
+    [wp, gyp, at(gxb.ptr, gxWin), gxWin.stride, accumulate ? 1 : 0, batch, t, channels, kernel],
+  );
+  if (channels * kernel === 0) return;
+  const rows = batch * t;
+  if (rows === 0) {
+    h.fill(gWeight, 0);
+    if (gBias) h.fill(gBias, 0);
+    return;
+  }
+  const blocks = Math.max(1, Math.min(Math.ceil(rows / 16), h.sms * 4));
+  const perBlock = Math.ceil(rows / blocks);
+  const nb = Math.ceil(rows / perBlock);
+  const pw = h.scratch(nb * channels * kernel);
+  const pb = gBias ? h.scratch(nb * channels) : null;
+  const threads = Math.min(THREADS, roundUp(channels, 32));
+  const tail = [pw.ptr, pb ? pb.ptr : 0, batch, t, channels, kernel, perBlock];
+  if (xWin)
+    k(h, kernel === 4 ? 'conv1d_backward_w_k4_win_f32' : 'conv1d_backward_w_win_f32').launch(
+      [nb, 1, 1],
+      threads,
+      0,
+      [at(xb.ptr, xWin), xWin.stride, gyp, ...tail],
+    );
+  else
+    k(h, kernel === 4 ? 'conv1d_backward_w_k4_bf16x' : 'conv1d_backward_w_bf16x').launch(
+      [nb, 1, 1],
+      threads,
+      0,
+      [xb.ptr, gyp, ...tail],
+    );
   h.sumInto(pw.ptr, gw, 1, nb, channels * kernel);
   if (pb) h.sumInto(pb.ptr, gb, 1, nb, channels);
   h.free(pw);

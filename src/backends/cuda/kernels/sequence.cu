@@ -10,10 +10,14 @@
 // Mamba default) is fully unrolled in registers, KC = MAX_CONV_K takes any k <= 16 at run time.
 #define CONV_RUN 32
 
-/** x, out (B, T, C), weight (C, K), bias (C) | null: out[t] = bias + sum_j w[j] x[t - (K-1) + j] */
+/**
+ * x (B, T, ldx) read on its first C columns (ldx = C: dense; more: a column window of a wider
+ * matrix, the pointer already at the window), out (B, T, C), weight (C, K), bias (C) | null:
+ * out[t] = bias + sum_j w[j] x[t - (K-1) + j]
+ */
 template <int KC>
-__device__ void conv1d_fwd(const float* x, const float* w, const float* bias, float* out, i64 batch, int t, int c,
-                           int kRun, u16* xk = nullptr) {
+__device__ void conv1d_fwd(const float* x, i64 ldx, const float* w, const float* bias, float* out, i64 batch,
+                           int t, int c, int kRun, u16* xk = nullptr) {
   const int k = KC == MAX_CONV_K ? kRun : KC;
   const int runs = (t + CONV_RUN - 1) / CONV_RUN;
   const i64 n = batch * runs * c;
@@ -22,17 +26,18 @@ __device__ void conv1d_fwd(const float* x, const float* w, const float* bias, fl
     const i64 br = i / c;
     const int s0 = (int)(br % runs) * CONV_RUN;
     const i64 base = (br / runs) * t * c + ch;  // (b, 0, ch)
+    const i64 xbase = (br / runs) * t * ldx + ch;
     float wr[KC], win[KC];
 #pragma unroll
     for (int j = 0; j < KC; j++) {
       wr[j] = j < k ? w[ch * k + j] : 0.f;
       const int src = s0 - (k - 1) + j;
-      win[j] = j < k - 1 && src >= 0 ? x[base + (i64)src * c] : 0.f;
+      win[j] = j < k - 1 && src >= 0 ? x[xbase + (i64)src * ldx] : 0.f;
     }
     const float b0 = bias ? bias[ch] : 0.f;
     const int s1 = s0 + CONV_RUN < t ? s0 + CONV_RUN : t;
     for (int s = s0; s < s1; s++) {
-      const float xs = x[base + (i64)s * c];
+      const float xs = x[xbase + (i64)s * ldx];
       if (xk) xk[base + (i64)s * c] = f32_to_bf16(xs);  // the bf16 copy the backward reads
       float acc = b0;
 #pragma unroll
@@ -48,9 +53,14 @@ __device__ void conv1d_fwd(const float* x, const float* w, const float* bias, fl
   }
 }
 
-/** gx (B, T, C): gx[s] = sum_j gy[s + (K-1) - j] w[j] over the outputs that read x[s] */
+/**
+ * gx (B, T, ldg) on its first C columns (ldg = C: dense), gy (B, T, C): gx[s] = sum_j
+ * gy[s + (K-1) - j] w[j] over the outputs that read x[s], added to gx when accumulate
+ */
 template <int KC>
-__device__ void conv1d_bwd_x(const float* w, const float* gy, float* gx, i64 batch, int t, int c, int kRun) {
+__device__ void conv1d_bwd_x(const float* w, const float* gy, float* gx, i64 batch, int t, int c, int kRun,
+                             i64 ldg = -1, int accumulate = 0) {
+  if (ldg < 0) ldg = c;
   const int k = KC == MAX_CONV_K ? kRun : KC;
   const int runs = (t + CONV_RUN - 1) / CONV_RUN;
   const i64 n = batch * runs * c;
@@ -59,6 +69,7 @@ __device__ void conv1d_bwd_x(const float* w, const float* gy, float* gx, i64 bat
     const i64 br = i / c;
     const int s0 = (int)(br % runs) * CONV_RUN;
     const i64 base = (br / runs) * t * c + ch;
+    const i64 gbase = (br / runs) * t * ldg + ch;
     // ahead[j] = gy[s + j]; output s + j reads x[s] through weight k - 1 - j, kept as wrev[j]
     float wrev[KC], ahead[KC];
 #pragma unroll
@@ -77,7 +88,8 @@ __device__ void conv1d_bwd_x(const float* w, const float* gy, float* gx, i64 bat
         if (j == k - 1) ahead[j] = g;
         if (j < k) acc += ahead[j] * wrev[j];
       }
-      gx[base + (i64)s * c] = acc;
+      float* o = gx + gbase + (i64)s * ldg;
+      *o = accumulate ? *o + acc : acc;
 #pragma unroll
       for (int j = 0; j + 1 < KC; j++)
         if (j < k - 1) ahead[j] = ahead[j + 1];
@@ -95,7 +107,8 @@ __device__ __forceinline__ float conv_x(const u16* x, i64 i) { return bf16_to_f3
 
 template <int KC, typename TX>
 __device__ void conv1d_bwd_w(const TX* x, const float* gy, float* pw, float* pb, i64 batch, int t, int c,
-                             int kRun, i64 rowsPerBlock) {
+                             int kRun, i64 rowsPerBlock, i64 ldx = -1) {
+  if (ldx < 0) ldx = c;  // x (B, T, ldx) on its first C columns
   const int k = KC == MAX_CONV_K ? kRun : KC;
   const i64 rows = batch * t;
   const i64 r0 = (i64)blockIdx.x * rowsPerBlock;
@@ -108,7 +121,7 @@ __device__ void conv1d_bwd_w(const TX* x, const float* gy, float* pw, float* pb,
       accW[j] = 0.f;
       // the inputs before the first row, within its sequence
       const int back = (k - 1) - j;
-      win[j] = j < k - 1 && sStart - back >= 0 ? conv_x(x, (r0 - back) * c + ch) : 0.f;
+      win[j] = j < k - 1 && sStart - back >= 0 ? conv_x(x, (r0 - back) * ldx + ch) : 0.f;
     }
     float accB = 0.f;
     int s = sStart;
@@ -119,7 +132,7 @@ __device__ void conv1d_bwd_w(const TX* x, const float* gy, float* pw, float* pb,
         for (int j = 0; j < KC; j++) win[j] = 0.f;
       }
       const float g = gy[r * c + ch];
-      const float xr = conv_x(x, r * c + ch);
+      const float xr = conv_x(x, r * ldx + ch);
       accB += g;
 #pragma unroll
       for (int j = 0; j < KC; j++) {
@@ -140,7 +153,7 @@ __device__ void conv1d_bwd_w(const TX* x, const float* gy, float* pw, float* pb,
 // any kernel size up to MAX_CONV_K, and the unrolled kernel size 4
 extern "C" __global__ void conv1d_f32(const float* x, const float* w, const float* bias, float* out, i64 batch,
                                       int t, int c, int k) {
-  conv1d_fwd<MAX_CONV_K>(x, w, bias, out, batch, t, c, k);
+  conv1d_fwd<MAX_CONV_K>(x, c, w, bias, out, batch, t, c, k);
 }
 extern "C" __global__ void conv1d_backward_x_f32(const float* w, const float* gy, float* gx, i64 batch, int t,
                                                  int c, int k) {
@@ -152,7 +165,7 @@ extern "C" __global__ void conv1d_backward_w_f32(const float* x, const float* gy
 }
 extern "C" __global__ void conv1d_k4_f32(const float* x, const float* w, const float* bias, float* out, i64 batch,
                                       int t, int c, int k) {
-  conv1d_fwd<4>(x, w, bias, out, batch, t, c, k);
+  conv1d_fwd<4>(x, c, w, bias, out, batch, t, c, k);
 }
 extern "C" __global__ void conv1d_backward_x_k4_f32(const float* w, const float* gy, float* gx, i64 batch, int t,
                                                  int c, int k) {
@@ -167,11 +180,11 @@ extern "C" __global__ void conv1d_backward_w_k4_f32(const float* x, const float*
 // reads instead of the f32 input (half the bytes kept for backward)
 extern "C" __global__ void conv1d_keep_f32(const float* x, const float* w, const float* bias, float* out, u16* xk,
                                            i64 batch, int t, int c, int k) {
-  conv1d_fwd<MAX_CONV_K>(x, w, bias, out, batch, t, c, k, xk);
+  conv1d_fwd<MAX_CONV_K>(x, c, w, bias, out, batch, t, c, k, xk);
 }
 extern "C" __global__ void conv1d_k4_keep_f32(const float* x, const float* w, const float* bias, float* out, u16* xk,
                                               i64 batch, int t, int c, int k) {
-  conv1d_fwd<4>(x, w, bias, out, batch, t, c, k, xk);
+  conv1d_fwd<4>(x, c, w, bias, out, batch, t, c, k, xk);
 }
 extern "C" __global__ void conv1d_backward_w_bf16x(const u16* x, const float* gy, float* pw, float* pb, i64 batch,
                                                    int t, int c, int k, i64 rowsPerBlock) {
@@ -180,6 +193,36 @@ extern "C" __global__ void conv1d_backward_w_bf16x(const u16* x, const float* gy
 extern "C" __global__ void conv1d_backward_w_k4_bf16x(const u16* x, const float* gy, float* pw, float* pb, i64 batch,
                                                       int t, int c, int k, i64 rowsPerBlock) {
   conv1d_bwd_w<4>(x, gy, pw, pb, batch, t, c, k, rowsPerBlock);
+}
+
+// a column window of a wider matrix read in place (x at the window, rows ldx apart; xk null or the
+// dense bf16 copy), and its backward (gx into the same window of a gradient buffer, rows ldg
+// apart, added when acc; the weight gradient reading the window, or the bf16 copy through the
+// kernels above)
+extern "C" __global__ void conv1d_win_f32(const float* x, i64 ldx, const float* w, const float* bias, float* out,
+                                          u16* xk, i64 batch, int t, int c, int k) {
+  conv1d_fwd<MAX_CONV_K>(x, ldx, w, bias, out, batch, t, c, k, xk);
+}
+extern "C" __global__ void conv1d_k4_win_f32(const float* x, i64 ldx, const float* w, const float* bias,
+                                             float* out, u16* xk, i64 batch, int t, int c, int k) {
+  conv1d_fwd<4>(x, ldx, w, bias, out, batch, t, c, k, xk);
+}
+extern "C" __global__ void conv1d_backward_x_win_f32(const float* w, const float* gy, float* gx, i64 ldg, int acc,
+                                                     i64 batch, int t, int c, int k) {
+  conv1d_bwd_x<MAX_CONV_K>(w, gy, gx, batch, t, c, k, ldg, acc);
+}
+extern "C" __global__ void conv1d_backward_x_k4_win_f32(const float* w, const float* gy, float* gx, i64 ldg,
+                                                        int acc, i64 batch, int t, int c, int k) {
+  conv1d_bwd_x<4>(w, gy, gx, batch, t, c, k, ldg, acc);
+}
+extern "C" __global__ void conv1d_backward_w_win_f32(const float* x, i64 ldx, const float* gy, float* pw, float* pb,
+                                                     i64 batch, int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_w<MAX_CONV_K>(x, gy, pw, pb, batch, t, c, k, rowsPerBlock, ldx);
+}
+extern "C" __global__ void conv1d_backward_w_k4_win_f32(const float* x, i64 ldx, const float* gy, float* pw,
+                                                        float* pb, i64 batch, int t, int c, int k,
+                                                        i64 rowsPerBlock) {
+  conv1d_bwd_w<4>(x, gy, pw, pb, batch, t, c, k, rowsPerBlock, ldx);
 }
 
 /**
