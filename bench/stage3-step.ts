@@ -13,7 +13,7 @@
 // memory breakdown of one more step: the bytes live at each phase and, at the end of the forward
 // pass, the tensors the student's graph keeps for backward, grouped by the op that made them.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
-//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--split-mixer] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -53,8 +53,11 @@ const { values } = parseArgs({
     unfused: { type: 'boolean', default: false },
     // the Phi MLP's tanh GELU in cuBLASLt's epilogues (MOHAWK_GELU_EPILOGUE=1; off by default)
     'gelu-epilogue': { type: 'boolean', default: false },
+    // the mixer's in_proj output split by copies, as before (MOHAWK_MIXER_INPLACE=0)
+    'split-mixer': { type: 'boolean', default: false },
   },
 });
+if (values['split-mixer']) process.env.MOHAWK_MIXER_INPLACE = '0';
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';
 if (values['gelu-epilogue']) process.env.MOHAWK_GELU_EPILOGUE = '1';
 const llama = values.model === 'llama3';
