@@ -2261,6 +2261,84 @@ describe('cuda: the mixer reads in_proj in place', { skip }, () => {
     }
   });
 
+  it('siluGateDWindow (z read in place) forward and backward (z gradient written or added, bias gradient)', () => {
+    // (rows, cols, headDim, width of z's matrix, window start): 16-byte and scalar paths
+    for (const [rows, cols, headDim, width, start] of [
+      [37, 64, 16, 200, 128],
+      [5, 6, 3, 13, 4],
+      [300, 256, 64, 1028, 768],
+    ]) {
+      const what = `siluGateD window (${rows}, ${cols}) of width ${width} at ${start}`;
+      const win = { offset: start, stride: width };
+      const y = pair(randn(rows * cols));
+      const x = pair(randn(rows * cols));
+      const D = pair(randn(cols / headDim));
+      const z = pair(randn(rows * width));
+      const bias = pair(randn(cols));
+      for (const dtype of ['f32', 'bf16'] as DType[]) {
+        const o = out(rows * cols, dtype);
+        const yk = dtype === 'f32' ? null : out(rows * cols, dtype);
+        const zk = dtype === 'f32' ? null : out(rows * cols, dtype);
+        both((be, s) =>
+          be.siluGateDWindow!(
+            y[s],
+            x[s],
+            D[s],
+            z[s],
+            win,
+            bias[s],
+            o[s],
+            rows,
+            cols,
+            headDim,
+            yk?.[s] ?? null,
+            zk?.[s] ?? null,
+          ),
+        );
+        if (dtype === 'f32') check(o, 1e-6, `${what}: out`);
+        else check(o, 2 ** -8, `${what}: out (bf16)`);
+        if (yk && zk) {
+          checkExact(yk, `${what}: kept y`);
+          checkExact(zk, `${what}: kept z`);
+        }
+        const g = pair(randn(rows * cols));
+        for (const accumulate of [false, true]) {
+          const gy = out(rows * cols);
+          const gx = out(rows * cols);
+          const gz = pair(randn(rows * width));
+          const gD = out(cols / headDim);
+          const gb = out(cols);
+          both((be, s) =>
+            be.siluGateDWindowBackward!(
+              (yk ?? y)[s],
+              x[s],
+              D[s],
+              (zk ?? z)[s],
+              bias[s],
+              g[s],
+              gy[s],
+              gx[s],
+              gz[s],
+              win,
+              accumulate,
+              gD[s],
+              gb[s],
+              rows,
+              cols,
+              headDim,
+            ),
+          );
+          const how = `${what} backward from ${dtype} (${accumulate ? 'added' : 'written'})`;
+          check(gy, 1e-6, `${how}: y`);
+          check(gx, 1e-6, `${how}: x`);
+          check(gz, 1e-6, `${how}: z`);
+          check(gD, 1e-5, `${how}: D`, 1e-6);
+          check(gb, 1e-5, `${how}: bias`, 1e-6);
+        }
+      }
+    }
+  });
+
   it('the Phi-Mamba mixer under bf16 autocast: the same outputs and gradients as with split copies', () => {
     const run = (inplace: boolean) => {
       const prev = process.env.MOHAWK_MIXER_INPLACE;

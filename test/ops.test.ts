@@ -618,6 +618,71 @@ describe('losses', () => {
   });
 });
 
+describe('the mixer gate with z read in place', () => {
+  it('siluGateD with z a column window of a wider matrix, under bf16 autocast: the composed values and gradients', () => {
+    const be = T.getBackend();
+    // bf16 values where the fused backward reads 16-bit copies (y, z) or gets a 16-bit gradient
+    const bf = (t: Tensor) =>
+      T.keep(
+        tensor(
+          Array.from(t.toArray(), (v) => bf16ToF32(f32ToBf16(v))),
+          [...t.shape],
+          'f32',
+        ),
+      );
+    const y = bf(randn(rng, [2, 3, 8]));
+    const x = T.keep(randn(rng, [2, 3, 8], 'f32'));
+    const zw = bf(randn(rng, [2, 3, 13]));
+    const D = T.keep(randn(rng, [2], 'f32'));
+    const b = T.keep(randn(rng, [8], 'f32'));
+    const wts = bf(randn(rng, [2, 3, 8]));
+    const inputs = [zw, y, x, D, b];
+    let calls = 0;
+    const plain = be.siluGateDWindowBackward!.bind(be);
+    const run = (inplace: boolean) => {
+      process.env.MOHAWK_MIXER_INPLACE = inplace ? '1' : '0';
+      for (const t of inputs) {
+        t.requiresGrad = true;
+        t.grad?.dispose();
+        t.grad = null;
+      }
+      const out = T.scope(() =>
+        T.autocast('bf16', () => {
+          const gated = T.siluGateD(y, x, D, zw, b, 'bf16', { start: 4, end: 12 });
+          // (cast to the same dtype returns a view without gradient)
+          const o = gated.dtype === 'f32' ? gated : T.cast(gated, 'f32');
+          // all of z's matrix used elsewhere too: the in-place gradient adds to it
+          T.add(T.sum(T.mul(o, wts)), T.sum(T.square(zw))).backward();
+          return Float64Array.from(o.toArray());
+        }),
+      );
+      return { out, grads: inputs.map((t) => Float64Array.from(t.grad!.toArray())) };
+    };
+    be.siluGateDWindowBackward = (...args: Parameters<typeof plain>) => {
+      calls++;
+      plain(...args);
+    };
+    try {
+      const composed = run(false);
+      assert.equal(calls, 0);
+      const inplace = run(true);
+      assert.equal(calls, 1, 'the in-place backward ran');
+      // the in-place result is stored in bf16
+      assertClose(inplace.out, composed.out, 2 ** -8 * Math.max(...composed.out.map(Math.abs)));
+      composed.grads.forEach((g, i) =>
+        assertClose(inplace.grads[i], g, 1e-5 * Math.max(...g.map(Math.abs)), `gradient ${i}`),
+      );
+    } finally {
+      be.siluGateDWindowBackward = plain;
+      delete process.env.MOHAWK_MIXER_INPLACE;
+      for (const t of [...inputs, wts]) {
+        t.grad?.dispose();
+        t.dispose();
+      }
+    }
+  });
+});
+
 describe('cast and 16-bit storage', () => {
   it('bf16 and f16 round to nearest even', async () => {
     const { f32ToBf16, bf16ToF32, f32ToF16, f16ToF32 } = await import('../src/backends/dtype.js');

@@ -428,6 +428,49 @@ export interface Backend {
     kernel: number,
   ): void;
   /**
+   * Optional: siluGateD with z read in place, a column window of a wider matrix (the mixer's
+   * in_proj output): z's element (r, c) at zWin.offset + r zWin.stride + c; y, x, out, yKeep and
+   * zKeep dense (rows, cols) as in siluGateD.
+   */
+  siluGateDWindow?(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    zWin: ColumnWindow,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+    yKeep: DeviceBuffer | null,
+    zKeep: DeviceBuffer | null,
+  ): void;
+  /**
+   * Its backward, siluGateDBackward's with gz written into the window gzWin of a buffer laid out
+   * as in_proj's output (added to what is there when `accumulate`), and gBias (cols) | null, when
+   * given, the sums of gz over rows (the gradient of z's bias). y and z dense (f32, or the
+   * 16-bit copies the forward kept).
+   */
+  siluGateDWindowBackward?(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gz: DeviceBuffer,
+    gzWin: ColumnWindow,
+    accumulate: boolean,
+    gD: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+    headDim: number,
+  ): void;
+  /**
    * Optional: a product (batch 1, 16-bit A, B and C) with a GELU (tanh approximation) epilogue.
    * 'gelu': C = gelu(op(A) op(B) + bias), and aux (C's dtype and shape) = the GELU input when
    * given; 'dgelu': C = (op(A) op(B)) * gelu'(aux), and bias = the sums of C over its rows when
@@ -802,6 +845,8 @@ export const KERNEL_NAMES = [
   'causalConv1dKeep16',
   'causalConv1dWindow',
   'causalConv1dWindowBackward',
+  'siluGateDWindow',
+  'siluGateDWindowBackward',
   'matmulGelu',
   'add3',
 ] as const satisfies readonly KernelName[];

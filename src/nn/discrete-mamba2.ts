@@ -174,16 +174,23 @@ export class DiscreteMamba2 extends Module {
    * in_proj, then the depthwise conv on x, B and C separately (the same as convolving [x, B, C]
    * and splitting, since each channel convolves alone): the conv outputs need no further copy.
    * Each conv reads its columns of in_proj's output in place where the backend can (and writes
-   * its gradient there), so only z and a are split off (MOHAWK_MIXER_INPLACE=0: all five).
+   * its gradient there); so does the output gate for z (`zCols` of `proj`): only a is split off
+   * (MOHAWK_MIXER_INPLACE=0: all five).
    */
-  private projectConvolved(u: Tensor): { x: Tensor; bm: Tensor; cm: Tensor; z: Tensor; a: Tensor } {
+  private projectConvolved(u: Tensor): {
+    x: Tensor;
+    bm: Tensor;
+    cm: Tensor;
+    proj: Tensor;
+    zCols: { start: number; end: number };
+    a: Tensor;
+  } {
     const [b, t] = u.shape;
     const { nQkHeads: G, nVHeads: H, dState: N, dConv: K } = this.cfg;
     const widths = [this.dInner, G * N, G * N];
     const proj = this.in_proj.forward(u);
-    const zEnd = this.convDim + this.dInner;
-    const z = slice(proj, -1, this.convDim, zEnd);
-    const a = slice(proj, -1, zEnd, zEnd + H);
+    const zCols = { start: this.convDim, end: this.convDim + this.dInner };
+    const a = slice(proj, -1, zCols.end, zCols.end + H);
     const w = split(reshape(this.convWeight, [this.convDim, K]), widths, 0);
     const bias = this.convBias ? split(this.convBias, widths, 0) : [null, null, null];
     const starts = [0, this.dInner, this.dInner + G * N];
@@ -193,7 +200,8 @@ export class DiscreteMamba2 extends Module {
       x: reshape(conv(0), [b, t, H, this.headDim]),
       bm: reshape(conv(1), [b, t, G, N]),
       cm: reshape(conv(2), [b, t, G, N]),
-      z,
+      proj,
+      zCols,
       a,
     };
   }
@@ -254,14 +262,14 @@ export class DiscreteMamba2 extends Module {
         matrix: null,
       };
     }
-    const { x, bm, cm, z, a } = this.projectConvolved(u);
+    const { x, bm, cm, proj, zCols, a } = this.projectConvolved(u);
     const logA = this.logA(a);
     const { y } = ssdScan(x, logA, bm, cm, { chunkSize: this.cfg.chunkSize });
     // (y + D x) * silu(z + z_bias) in one kernel each way where the backend has it, stored in 16
-    // bits under autocast (out_proj reads it so)
-    const [b, t] = z.shape;
+    // bits under autocast (out_proj reads it so), z read from in_proj's output
+    const [b, t] = u.shape;
     const flat = (v: Tensor) => reshape(v, [b, t, this.dInner]);
-    const gated = siluGateD(flat(y), flat(x), this.D, z, this.z_bias, getAutocast());
+    const gated = siluGateD(flat(y), flat(x), this.D, proj, this.z_bias, getAutocast(), zCols);
     const out = this.out_proj.forward(gated);
     return { out, matrix: opts.returnMatrix ? this.matrixOf(logA, bm, cm) : null };
   }

@@ -1638,7 +1638,25 @@ export function siluGateD(
   z: Tensor,
   bias: Tensor,
   dtype: 'bf16' | 'f16' | null = null,
+  zCols?: { start: number; end: number },
 ): Tensor {
+  if (zCols) {
+    // z is the columns [start, end) of a wider (..., W): read in place where the backend can
+    // (the mixer's in_proj output; z's gradient written into that part of its gradient), when
+    // backward needs no f32 z (under autocast it reads the 16-bit copy); else through a slice
+    const be = y.backend;
+    const needGrad = isGradEnabled() && [y, x, D, z, bias].some((t) => t.requiresGrad);
+    if (
+      be.siluGateDWindow &&
+      be.siluGateDWindowBackward &&
+      [y, x, D, z, bias].every((t) => t.dtype === 'f32') &&
+      (dtype !== null || (!needGrad && be.siluGateD !== undefined)) &&
+      fusedGlue('MOHAWK_FUSED_GATE') &&
+      fusedGlue('MOHAWK_MIXER_INPLACE')
+    )
+      return siluGateDWindow(y, x, D, z, bias, dtype, zCols);
+    return siluGateD(y, x, D, slice(z, -1, zCols.start, zCols.end), bias, dtype);
+  }
   checkFloat('siluGateD', y, x, D, z, bias);
   sameBackend('siluGateD', y, x, D, z, bias);
   for (const [what, t] of [
@@ -1718,6 +1736,120 @@ export function siluGateD(
       bias.requiresGrad ? sumToShape(gz, bias.shape) : null,
     ];
   });
+}
+
+/** siluGateD with z the columns [start, end) of a wider (..., W), read and differentiated in place */
+function siluGateDWindow(
+  y: Tensor,
+  x: Tensor,
+  D: Tensor,
+  z: Tensor,
+  bias: Tensor,
+  dtype: 'bf16' | 'f16' | null,
+  zCols: { start: number; end: number },
+): Tensor {
+  sameBackend('siluGateD', y, x, D, z, bias);
+  const cols = y.shape[y.ndim - 1] ?? 1;
+  const { start, end } = zCols;
+  const width = z.shape[z.ndim - 1] ?? 1;
+  if (x.ndim !== y.ndim || x.shape.some((d, i) => d !== y.shape[i]))
+    fail('siluGateD', `x ${shapeStr(x.shape)} and y ${shapeStr(y.shape)} differ`);
+  if (
+    z.ndim !== y.ndim ||
+    z.shape.some((d, i) => i < z.ndim - 1 && d !== y.shape[i]) ||
+    !(Number.isInteger(start) && 0 <= start && end - start === cols && end <= width)
+  )
+    fail('siluGateD', `columns [${start}, ${end}) of z ${shapeStr(z.shape)} for y ${shapeStr(y.shape)}`);
+  checkVector('siluGateD', bias, cols, 'bias');
+  if (D.ndim !== 1 || D.shape[0] < 1 || cols % D.shape[0] !== 0)
+    fail('siluGateD', `D ${shapeStr(D.shape)} must have one value per head of ${cols} columns`);
+  const headDim = cols / D.shape[0];
+  const be = y.backend;
+  const rows = y.size / Math.max(cols, 1);
+  const win = { offset: start, stride: width };
+  const out = empty(y.shape, dtype ?? 'f32', be);
+  const all = [y, x, D, z, bias];
+  const keep16 = dtype !== null && isGradEnabled() && all.some((t) => t.requiresGrad);
+  const yk = keep16 ? empty(y.shape, dtype, be) : null;
+  const zk = keep16 ? empty(y.shape, dtype, be) : null;
+  be.siluGateDWindow!(
+    y.buffer,
+    x.buffer,
+    D.buffer,
+    z.buffer,
+    win,
+    bias.buffer,
+    out.buffer,
+    rows,
+    cols,
+    headDim,
+    yk?.buffer ?? null,
+    zk?.buffer ?? null,
+  );
+  // recorded only with keep16 (siluGateD takes this path then): backward reads the 16-bit copies
+  const ys = yk ?? y;
+  const zs = zk ?? z;
+  type Grads = { gy: Tensor; gx: Tensor; gD: Tensor; gb: Tensor | null };
+  let pending: Grads | null = null;
+  const run = (
+    g: Tensor,
+    gz: Tensor,
+    gzWin: { offset: number; stride: number },
+    accumulate: boolean,
+  ): Grads => {
+    const gf = g.dtype === 'f32' ? g : cast(g, 'f32');
+    const r = { gy: like(y), gx: like(x), gD: like(D), gb: bias.requiresGrad ? like(bias) : null };
+    be.siluGateDWindowBackward!(
+      ys.buffer,
+      x.buffer,
+      D.buffer,
+      zs.buffer,
+      bias.buffer,
+      gf.buffer,
+      r.gy.buffer,
+      r.gx.buffer,
+      gz.buffer,
+      gzWin,
+      accumulate,
+      r.gD.buffer,
+      r.gb?.buffer ?? null,
+      rows,
+      cols,
+      headDim,
+    );
+    if (gf !== g) gf.dispose();
+    return r;
+  };
+  // inputs with z first: its gradient goes into its columns of z's gradient buffer
+  // (accumulateInto, which autograd runs before backward), with the others computed in the same
+  // pass and handed over by backward
+  return record(
+    out,
+    'siluGateD',
+    [z, y, x, D, bias],
+    [ys, x, D, zs, bias],
+    (g) => {
+      // without z's gradient, a scratch buffer takes it
+      const r = pending ?? run(g, like(y), { offset: 0, stride: cols }, false);
+      pending = null;
+      return [
+        null,
+        y.requiresGrad ? r.gy : null,
+        x.requiresGrad ? r.gx : null,
+        D.requiresGrad ? r.gD : null,
+        r.gb,
+      ];
+    },
+    {
+      accumulateInto: (g, into, accumulate) => {
+        const r = run(g, into, win, accumulate);
+        // out of every scope until backward returns them, right after
+        for (const t of [r.gy, r.gx, r.gD, r.gb]) if (t) keep(t);
+        pending = r;
+      },
+      region: { axis: z.ndim - 1, start, end },
+    },
+  );
 }
 
 /** Inverted dropout with a mask drawn from (seed, element index); identity when p = 0. */

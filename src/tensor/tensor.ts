@@ -465,7 +465,9 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
   };
   /** write a slice's gradient: a plain copy into a part not written yet, else an addition */
   const intoRegion = (node: GradNode, g: Tensor): void => {
-    const acc = ownedGrad(node.inputs[0], g, node.region);
+    // a slice's gradient has its input's dtype; an op reading a window of its first input may
+    // have an output of another dtype (16 bits), while that input's gradient keeps the input's
+    const acc = ownedGrad(node.inputs[0], node.inputs.length > 1 ? node.inputs[0] : g, node.region);
     const p = partial.get(acc);
     const r = node.region;
     if (p && r && r.axis === p.axis && p.done.every(([s, e]) => r.end <= s || r.start >= e)) {

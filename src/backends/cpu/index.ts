@@ -1028,6 +1028,105 @@ export class CpuBackend implements Backend {
     );
   }
 
+  siluGateDWindow(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    zWin: ColumnWindow,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+    yKeep: DeviceBuffer | null,
+    zKeep: DeviceBuffer | null,
+  ): void {
+    const ys = fl(y, 'siluGateD y');
+    const xs = fl(x, 'siluGateD x');
+    const ds = fl(D, 'siluGateD D');
+    const zs = fl(z, 'siluGateD z');
+    const bs = fl(bias, 'siluGateD bias');
+    const store = (buf: DeviceBuffer) => {
+      const b = buf as CpuBuffer;
+      const conv = b.dtype === 'bf16' ? f32ToBf16 : b.dtype === 'f16' ? f32ToF16 : (v: number) => v;
+      return (i: number, v: number) => (b.data[i] = conv(v));
+    };
+    const o = store(out);
+    const yk = yKeep ? store(yKeep) : null;
+    const zk = zKeep ? store(zKeep) : null;
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols; c++) {
+        const i = r * cols + c;
+        const zi = zs[zWin.offset + r * zWin.stride + c];
+        const u = zi + bs[c];
+        const v = ys[i] + ds[Math.floor(c / headDim)] * xs[i];
+        o(i, v * u * sigmoid(u));
+        yk?.(i, ys[i]);
+        zk?.(i, zi);
+      }
+  }
+
+  siluGateDWindowBackward(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gz: DeviceBuffer,
+    gzWin: ColumnWindow,
+    accumulate: boolean,
+    gD: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+    headDim: number,
+  ): void {
+    // y and z f32/f64, or the 16-bit copies the forward kept
+    const load = (buf: DeviceBuffer, what: string): ((i: number) => number) => {
+      const b = buf as CpuBuffer;
+      if (b.dtype === 'bf16' || b.dtype === 'f16') {
+        const d = b.data as Uint16Array;
+        const conv = b.dtype === 'bf16' ? bf16ToF32 : f16ToF32;
+        return (i) => conv(d[i]);
+      }
+      const d = fl(buf, what);
+      return (i) => d[i];
+    };
+    const ys = load(y, 'siluGateD y');
+    const zs = load(z, 'siluGateD z');
+    const xs = fl(x, 'siluGateD x');
+    const ds = fl(D, 'siluGateD D');
+    const bs = fl(bias, 'siluGateD bias');
+    const gs = fl(g, 'siluGateD gradient');
+    const gyo = fl(gy, 'siluGateD y gradient');
+    const gxo = fl(gx, 'siluGateD x gradient');
+    const gzo = fl(gz, 'siluGateD z gradient');
+    const accD = new Float64Array(ds.length);
+    const accB = new Float64Array(cols);
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols; c++) {
+        const i = r * cols + c;
+        const h = Math.floor(c / headDim);
+        const u = zs(i) + bs[c];
+        const sg = sigmoid(u);
+        const v = ys(i) + ds[h] * xs[i];
+        const gyi = gs[i] * u * sg;
+        gyo[i] = gyi;
+        gxo[i] = gyi * ds[h];
+        const gzi = gs[i] * v * sg * (1 + u * (1 - sg));
+        const o = gzWin.offset + r * gzWin.stride + c;
+        gzo[o] = accumulate ? gzo[o] + gzi : gzi;
+        accD[h] += gyi * xs[i];
+        accB[c] += gzi;
+      }
+    fl(gD, 'siluGateD D gradient').set(accD);
+    if (gBias) fl(gBias, 'siluGateD bias gradient').set(accB);
+  }
+
   rope(x: DeviceBuffer, out: DeviceBuffer, p: RopeParams): void {
     seq.rope(fl(x, 'rope input'), fl(out, 'rope output'), p);
   }

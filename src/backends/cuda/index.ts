@@ -930,6 +930,62 @@ export class CudaBackend implements Backend {
     );
   }
 
+  siluGateDWindow(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    zWin: ColumnWindow,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+    yKeep: DeviceBuffer | null,
+    zKeep: DeviceBuffer | null,
+  ): void {
+    sequence.siluGateDWindow(this.host, y, x, D, z, zWin, bias, out, rows, cols, headDim, yKeep, zKeep);
+  }
+
+  siluGateDWindowBackward(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gz: DeviceBuffer,
+    gzWin: ColumnWindow,
+    accumulate: boolean,
+    gD: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+    headDim: number,
+  ): void {
+    sequence.siluGateDWindowBackward(
+      this.host,
+      y,
+      x,
+      D,
+      z,
+      bias,
+      g,
+      gy,
+      gx,
+      gz,
+      gzWin,
+      accumulate,
+      gD,
+      gBias,
+      rows,
+      cols,
+      headDim,
+    );
+  }
+
   rope(x: DeviceBuffer, out: DeviceBuffer, p: RopeParams): void {
     sequence.rope(this.host, x, out, p);
   }

@@ -26,6 +26,9 @@ export const SEQUENCE_SIGNATURES = {
   conv1d_backward_x_k4_win_f32: 'pppliliii',
   conv1d_backward_w_win_f32: 'plpppliiil',
   conv1d_backward_w_k4_win_f32: 'plpppliiil',
+  silu_gate_d_win_f32: 'pppplppippilii',
+  silu_gate_d_win_x4: 'pppplppippilii',
+  silu_gate_d_backward_win_f32: 'ppppippppplippliii',
 } as const;
 
 const { k, run1 } = moduleKernels('sequence', SEQUENCE_SIGNATURES);
@@ -269,6 +272,134 @@ export function causalConv1dWindowBackward(
   if (pb) h.sumInto(pb.ptr, gb, 1, nb, channels);
   h.free(pw);
   if (pb) h.free(pb);
+}
+
+/** storage code of the gate kernels: f32 0, bf16 1, f16 2 */
+function gateStorage(dtype: string, what: string): number {
+  if (dtype === 'f32') return 0;
+  if (dtype === 'bf16') return 1;
+  if (dtype === 'f16') return 2;
+  throw new Error(`cuda backend: ${what} must be f32, bf16 or f16, got ${dtype}`);
+}
+
+/** Backend.siluGateDWindow: the mixer's gate with its D term, z read in place from in_proj's output */
+export function siluGateDWindow(
+  h: Host,
+  y: DeviceBuffer,
+  x: DeviceBuffer,
+  D: DeviceBuffer,
+  z: DeviceBuffer,
+  zWin: ColumnWindow,
+  bias: DeviceBuffer,
+  out: DeviceBuffer,
+  rows: number,
+  cols: number,
+  headDim: number,
+  yKeep: DeviceBuffer | null,
+  zKeep: DeviceBuffer | null,
+): void {
+  const o = h.buf(out, 'siluGateD output');
+  const ot = gateStorage(o.dtype, 'siluGateD output');
+  const keep = yKeep !== null && zKeep !== null;
+  if (
+    keep &&
+    (ot === 0 || h.buf(yKeep, 'kept y').dtype !== o.dtype || h.buf(zKeep, 'kept z').dtype !== o.dtype)
+  )
+    throw new Error('cuda backend: siluGateD keeps y and z in the 16-bit dtype of its output');
+  const zb = h.buf(z, 'siluGateD z');
+  if (zb.dtype !== 'f32') throw new Error(`cuda backend: siluGateD z window must be f32, got ${zb.dtype}`);
+  checkWindow('siluGateD z', zb.length, zWin, rows, cols);
+  const x4 = cols % 4 === 0 && zWin.stride % 4 === 0 && zWin.offset % 4 === 0;
+  run1(h, x4 ? 'silu_gate_d_win_x4' : 'silu_gate_d_win_f32', x4 ? (rows * cols) / 4 : rows * cols, [
+    h.f(y, 'siluGateD y'),
+    h.f(x, 'siluGateD x'),
+    h.f(D, 'siluGateD D'),
+    at(zb.ptr, zWin),
+    zWin.stride,
+    h.f(bias, 'siluGateD bias'),
+    o.ptr,
+    ot,
+    keep ? h.buf(yKeep, 'kept y').ptr : 0,
+    keep ? h.buf(zKeep, 'kept z').ptr : 0,
+    keep ? 1 : 0,
+    rows,
+    cols,
+    headDim,
+  ]);
+}
+
+/**
+ * Backend.siluGateDWindowBackward: as siluGateDBackward (column sums per band of rows, then over
+ * bands and each head's columns: no atomics), z's gradient into its window of in_proj's output
+ * gradient and the bias gradient from the same pass.
+ */
+export function siluGateDWindowBackward(
+  h: Host,
+  y: DeviceBuffer,
+  x: DeviceBuffer,
+  D: DeviceBuffer,
+  z: DeviceBuffer,
+  bias: DeviceBuffer,
+  g: DeviceBuffer,
+  gy: DeviceBuffer,
+  gx: DeviceBuffer,
+  gz: DeviceBuffer,
+  gzWin: ColumnWindow,
+  accumulate: boolean,
+  gD: DeviceBuffer,
+  gBias: DeviceBuffer | null,
+  rows: number,
+  cols: number,
+  headDim: number,
+): void {
+  if (rows === 0 || cols === 0) {
+    h.fill(gD, 0);
+    if (gBias) h.fill(gBias, 0);
+    return;
+  }
+  const threads = 256;
+  const colBlocks = Math.ceil(cols / threads);
+  // enough bands for about 8 blocks per multiprocessor
+  const bands0 = Math.max(1, Math.min(rows, Math.ceil((h.sms * 8) / colBlocks), 65535));
+  const rowsPerBlock = Math.ceil(rows / bands0);
+  const bands = Math.ceil(rows / rowsPerBlock);
+  const yb = h.buf(y, 'siluGateD y');
+  const zb = h.buf(z, 'siluGateD z');
+  if (yb.dtype !== zb.dtype)
+    throw new Error(`cuda backend: siluGateD y ${yb.dtype} and z ${zb.dtype} differ`);
+  const gzb = h.buf(gz, 'siluGateD z gradient');
+  if (gzb.dtype !== 'f32')
+    throw new Error(`cuda backend: siluGateD z gradient must be f32, got ${gzb.dtype}`);
+  checkWindow('siluGateD z gradient', gzb.length, gzWin, rows, cols);
+  const partialD = h.scratch(bands * cols);
+  const partialB = gBias ? h.scratch(bands * cols) : null;
+  k(h, 'silu_gate_d_backward_win_f32').launch([colBlocks, bands, 1], threads, 0, [
+    yb.ptr,
+    h.f(x, 'siluGateD x'),
+    h.f(D, 'siluGateD D'),
+    zb.ptr,
+    gateStorage(yb.dtype, 'siluGateD y'),
+    h.f(bias, 'siluGateD bias'),
+    h.f(g, 'siluGateD gradient'),
+    h.f(gy, 'siluGateD y gradient'),
+    h.f(gx, 'siluGateD x gradient'),
+    at(gzb.ptr, gzWin),
+    gzWin.stride,
+    accumulate ? 1 : 0,
+    partialD.ptr,
+    partialB ? partialB.ptr : 0,
+    rows,
+    cols,
+    headDim,
+    rowsPerBlock,
+  ]);
+  const colSums = h.scratch(cols);
+  h.sumInto(partialD.ptr, colSums.ptr, 1, bands, cols);
+  h.sumInto(colSums.ptr, h.f(gD, 'siluGateD D gradient'), cols / headDim, headDim, 1);
+  if (partialB) h.sumInto(partialB.ptr, h.f(gBias!, 'siluGateD bias gradient'), 1, bands, cols);
+  h.free(partialD);
+  if (partialB) h.free(partialB);
+  h.free(colSums);
 }
 
 export function rope(h: Host, x: DeviceBuffer, out: DeviceBuffer, p: RopeParams): void {

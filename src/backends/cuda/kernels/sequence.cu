@@ -341,3 +341,122 @@ extern "C" __global__ void rope_f32(const float* x, float* out, const float* tab
     }
   }
 }
+
+// ---- the mixer's output gate with z read in place (a column window of in_proj's output) ----------
+// The arithmetic of silu_gate_d_f32 / silu_gate_d_backward_f32 (elementwise.cu), with z's rows ldz
+// apart and z's gradient written into its window of in_proj's output gradient.
+
+__device__ __forceinline__ float gate_sigmoid(float x) {
+  if (x >= 0.f) return 1.f / (1.f + expf(-x));
+  const float e = expf(x);
+  return e / (1.f + e);
+}
+
+/** v in storage t (0 f32, 1 bf16, 2 f16) at element i */
+__device__ __forceinline__ void gate_store(void* p, int t, i64 i, float v) {
+  if (t == 0)
+    ((float*)p)[i] = v;
+  else
+    ((u16*)p)[i] = t == 1 ? f32_to_bf16(v) : f32_to_f16(v);
+}
+
+__device__ __forceinline__ float gate_load(const void* p, int t, i64 i) {
+  if (t == 0) return ((const float*)p)[i];
+  const u16 h = ((const u16*)p)[i];
+  return t == 1 ? bf16_to_f32(h) : f16_to_f32(h);
+}
+
+/**
+ * y, x, out (rows, cols) dense, z (rows, ldz) on its first cols columns (the pointer at the
+ * window), D (cols / headDim), bias (cols): v = y + D[col / headDim] x, out = v silu(z + bias) in
+ * storage ot; with keep also y and z rounded to ot (dense yk, zk) for the backward. V = 4: four
+ * columns per thread (cols, ldz and the window's offset multiples of 4: 16-byte loads).
+ */
+template <int V>
+__device__ void gate_win(const float* y, const float* x, const float* D, const float* z, i64 ldz, const float* bias,
+                         void* out, int ot, u16* yk, u16* zk, int keep, i64 rows, int cols, int headDim) {
+  const int cv = cols / V;
+  const i64 n = rows * cv;
+  FOR_EACH(q, n) {
+    const i64 r = q / cv;
+    const int c0 = (int)(q - r * cv) * V;
+    const i64 i0 = r * cols + c0;
+    float zv[V], yv[V], xv[V];
+    if (V == 4) {
+      const float4 z4 = *(const float4*)(z + r * ldz + c0);
+      const float4 y4 = *(const float4*)(y + i0);
+      const float4 x4 = *(const float4*)(x + i0);
+      zv[0] = z4.x, zv[1] = z4.y, zv[2] = z4.z, zv[3] = z4.w;
+      yv[0] = y4.x, yv[1] = y4.y, yv[2] = y4.z, yv[3] = y4.w;
+      xv[0] = x4.x, xv[1] = x4.y, xv[2] = x4.z, xv[3] = x4.w;
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; k++) {
+        zv[k] = z[r * ldz + c0 + k];
+        yv[k] = y[i0 + k];
+        xv[k] = x[i0 + k];
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+      const int c = c0 + k;
+      const float u = zv[k] + bias[c];
+      const float v = yv[k] + D[c / headDim] * xv[k];
+      gate_store(out, ot, i0 + k, v * u * gate_sigmoid(u));
+      if (keep) {
+        gate_store(yk, ot, i0 + k, yv[k]);
+        gate_store(zk, ot, i0 + k, zv[k]);
+      }
+    }
+  }
+}
+
+extern "C" __global__ void silu_gate_d_win_f32(const float* y, const float* x, const float* D, const float* z, i64 ldz,
+                                               const float* bias, void* out, int ot, u16* yk, u16* zk, int keep,
+                                               i64 rows, int cols, int headDim) {
+  gate_win<1>(y, x, D, z, ldz, bias, out, ot, yk, zk, keep, rows, cols, headDim);
+}
+extern "C" __global__ void silu_gate_d_win_x4(const float* y, const float* x, const float* D, const float* z, i64 ldz,
+                                              const float* bias, void* out, int ot, u16* yk, u16* zk, int keep,
+                                              i64 rows, int cols, int headDim) {
+  gate_win<4>(y, x, D, z, ldz, bias, out, ot, yk, zk, keep, rows, cols, headDim);
+}
+
+/**
+ * Its backward, one thread per column over a band of rowsPerBlock rows (blockIdx.y), as
+ * silu_gate_d_backward_f32: gy = g silu(u), gx = gy D, gz = g v silu'(u) into gz's window (rows
+ * ldgz apart; added to what is there when acc), partialD[band, col] = sum of gy x and, when
+ * partialB is given, partialB[band, col] = sum of gz (z's bias gradient). y and z dense, in
+ * storage st (f32, or the 16-bit copies the forward kept).
+ */
+extern "C" __global__ void silu_gate_d_backward_win_f32(const void* y, const float* x, const float* D, const void* z,
+                                                        int st, const float* bias, const float* g, float* gy,
+                                                        float* gx, float* gz, i64 ldgz, int acc, float* partialD,
+                                                        float* partialB, i64 rows, int cols, int headDim,
+                                                        int rowsPerBlock) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  const float b = bias[c];
+  const float d = D[c / headDim];
+  const i64 r0 = (i64)blockIdx.y * rowsPerBlock;
+  const i64 r1 = min(rows, r0 + rowsPerBlock);
+  float accD = 0.f, accB = 0.f;
+  for (i64 r = r0; r < r1; r++) {
+    const i64 i = r * cols + c;
+    const float u = gate_load(z, st, i) + b;
+    const float s = gate_sigmoid(u);
+    const float xi = x[i];
+    const float v = gate_load(y, st, i) + d * xi;
+    const float gi = g[i];
+    const float gyi = gi * u * s;
+    gy[i] = gyi;
+    gx[i] = gyi * d;
+    const float gzi = gi * v * s * (1.f + u * (1.f - s));
+    float* o = gz + r * ldgz + c;
+    *o = acc ? *o + gzi : gzi;
+    accD += gyi * xi;
+    accB += gzi;
+  }
+  partialD[(i64)blockIdx.y * cols + c] = accD;
+  if (partialB) partialB[(i64)blockIdx.y * cols + c] = accB;
+}
