@@ -13,7 +13,7 @@
 // memory breakdown of one more step: the bytes live at each phase and, at the end of the forward
 // pass, the tensors the student's graph keeps for backward, grouped by the op that made them.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
-//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--split-mixer] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--split-mixer] [--unfused-norm-grad] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -55,9 +55,12 @@ const { values } = parseArgs({
     'gelu-epilogue': { type: 'boolean', default: false },
     // the mixer's in_proj output split by copies, as before (MOHAWK_MIXER_INPLACE=0)
     'split-mixer': { type: 'boolean', default: false },
+    // norms' input gradients added by a separate pass, as before (MOHAWK_NORM_INPLACE=0)
+    'unfused-norm-grad': { type: 'boolean', default: false },
   },
 });
 if (values['split-mixer']) process.env.MOHAWK_MIXER_INPLACE = '0';
+if (values['unfused-norm-grad']) process.env.MOHAWK_NORM_INPLACE = '0';
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';
 if (values['gelu-epilogue']) process.env.MOHAWK_GELU_EPILOGUE = '1';
 const llama = values.model === 'llama3';

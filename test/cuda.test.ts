@@ -2339,6 +2339,40 @@ describe('cuda: the mixer reads in_proj in place', { skip }, () => {
     }
   });
 
+  it('LayerNorm and RMSNorm backward adding into the input gradient (the residual stream)', () => {
+    for (const [rows, cols] of [
+      [37, 33],
+      [700, 384],
+      [3, 2048],
+    ]) {
+      const x = pair(randn(rows * cols, 2).map((v) => v + 0.5));
+      const w = pair(randn(cols));
+      const b = pair(randn(cols));
+      const gy = pair(randn(rows * cols));
+      const y = out(rows * cols);
+      const mean = out(rows);
+      const rstd = out(rows);
+      both((be, s) => be.layerNorm(x[s], w[s], b[s], y[s], mean[s], rstd[s], rows, cols, 1e-5));
+      const gx = pair(randn(rows * cols));
+      const gw = out(cols);
+      const gb = out(cols);
+      both((be, s) =>
+        be.layerNormBackward(x[s], w[s], mean[s], rstd[s], gy[s], gx[s], gw[s], gb[s], rows, cols, true),
+      );
+      // (the norm's part to the tolerance of the test above, against the larger sum)
+      check(gx, 1e-4, `layerNorm backward added (${rows}, ${cols})`, 1e-5);
+      check(gw, 1e-5 * Math.sqrt(rows), 'layerNorm weight gradient', 1e-6);
+      check(gb, 1e-5 * Math.sqrt(rows), 'layerNorm bias gradient', 1e-6);
+      const rs = out(rows);
+      both((be, s) => be.rmsNorm(x[s], w[s], y[s], rs[s], rows, cols, 1e-6));
+      const gx2 = pair(randn(rows * cols));
+      const gw2 = out(cols);
+      both((be, s) => be.rmsNormBackward(x[s], w[s], rs[s], gy[s], gx2[s], gw2[s], rows, cols, true));
+      check(gx2, 1e-4, `rmsNorm backward added (${rows}, ${cols})`, 1e-5);
+      check(gw2, 1e-5 * Math.sqrt(rows), 'rmsNorm weight gradient', 1e-6);
+    }
+  });
+
   it('the Phi-Mamba mixer under bf16 autocast: the same outputs and gradients as with split copies', () => {
     const run = (inplace: boolean) => {
       const prev = process.env.MOHAWK_MIXER_INPLACE;

@@ -272,6 +272,57 @@ describe('rows: softmax, norms', () => {
     assertClose(arr(T.rmsNorm(x, w, 1e-6)), ref.refRmsNorm(arr(x), arr(w), 4, 5, 1e-6), 1e-10);
     gradcheck((p, q) => T.rmsNorm(p, q, 1e-6), [x, w]);
   });
+  it('norms on a residual stream: the input gradient added in place, as a separate add gives it', () => {
+    const be = T.getBackend();
+    const x = randn(rng, [2, 3, 6]);
+    const w = randn(rng, [6]);
+    const b = randn(rng, [6]);
+    const c = randn(rng, [2, 3, 6]);
+    // h = x + norm(x) * c: x's gradient comes from the add and from the norm's backward
+    const blocks = [
+      (p: Tensor, q: Tensor, r: Tensor) => T.add(p, T.mul(T.layerNorm(p, q, r, 1e-5), c)),
+      (p: Tensor, q: Tensor) => T.add(T.mul(T.rmsNorm(p, q, 1e-6), c), p),
+    ];
+    const grads = (f: (...t: Tensor[]) => Tensor, inputs: Tensor[]) => {
+      for (const t of inputs) {
+        t.requiresGrad = true;
+        t.grad?.dispose();
+        t.grad = null;
+      }
+      T.scope(() => T.sum(T.square(f(...inputs))).backward());
+      return inputs.map((t) => arr(t.grad!));
+    };
+    let added = 0;
+    const ln = be.layerNormBackward.bind(be);
+    const rms = be.rmsNormBackward.bind(be);
+    be.layerNormBackward = (...a: Parameters<typeof ln>) => {
+      if (a[10]) added++;
+      ln(...a);
+    };
+    be.rmsNormBackward = (...a: Parameters<typeof rms>) => {
+      if (a[8]) added++;
+      rms(...a);
+    };
+    try {
+      for (const [i, f] of blocks.entries()) {
+        const inputs = i === 0 ? [x, w, b] : [x, w];
+        gradcheck(f, inputs);
+        const before = added;
+        const inplace = grads(f, inputs);
+        assert.equal(added, before + 1, 'the norm added into the residual gradient');
+        process.env.MOHAWK_NORM_INPLACE = '0';
+        try {
+          assert.deepEqual(grads(f, inputs), inplace);
+        } finally {
+          delete process.env.MOHAWK_NORM_INPLACE;
+        }
+        assert.equal(added, before + 1);
+      }
+    } finally {
+      be.layerNormBackward = ln;
+      be.rmsNormBackward = rms;
+    }
+  });
   it('norm shape errors name the op and shapes', () => {
     assert.throws(
       () => T.layerNorm(randn(rng, [2, 4]), randn(rng, [5]), null, 1e-5),

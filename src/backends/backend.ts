@@ -525,6 +525,7 @@ export interface Backend {
     eps: number,
   ): void;
   /** gWeight, gBias are overwritten (cols); gx (rows, cols) */
+  /** gx overwritten, or added to when `accumulate` (a residual stream's other gradient); gWeight, gBias overwritten */
   layerNormBackward(
     x: DeviceBuffer,
     weight: DeviceBuffer,
@@ -536,6 +537,7 @@ export interface Backend {
     gBias: DeviceBuffer | null,
     rows: number,
     cols: number,
+    accumulate?: boolean,
   ): void;
   rmsNorm(
     x: DeviceBuffer,
@@ -546,6 +548,7 @@ export interface Backend {
     cols: number,
     eps: number,
   ): void;
+  /** gx overwritten, or added to when `accumulate`; gWeight overwritten */
   rmsNormBackward(
     x: DeviceBuffer,
     weight: DeviceBuffer,
@@ -555,6 +558,7 @@ export interface Backend {
     gWeight: DeviceBuffer,
     rows: number,
     cols: number,
+    accumulate?: boolean,
   ): void;
   /** table is (vocab, dim), ids (n) i32 -> out (n, dim); ids out of range throw or write zeros */
   embedding(table: DeviceBuffer, ids: DeviceBuffer, out: DeviceBuffer, n: number, dim: number): void;

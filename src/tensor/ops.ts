@@ -240,7 +240,8 @@ export function fusedGlue(
     | 'MOHAWK_FUSED_MLP'
     | 'MOHAWK_FUSED_CONV'
     | 'MOHAWK_FUSED_ADD'
-    | 'MOHAWK_MIXER_INPLACE',
+    | 'MOHAWK_MIXER_INPLACE'
+    | 'MOHAWK_NORM_INPLACE',
 ): boolean {
   return process.env.MOHAWK_FUSED_GLUE !== '0' && process.env[name] !== '0';
 }
@@ -957,8 +958,7 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps: n
     eps,
   );
   const inputs = bias ? [x, weight, bias] : [x, weight];
-  return record(out, 'layerNorm', inputs, [x, weight, meanT, rstd], (g) => {
-    const gx = like(x);
+  const run = (g: Tensor, gx: Tensor, accumulate: boolean) => {
     const gw = like(weight);
     const gb = bias ? like(bias) : null;
     x.backend.layerNormBackward(
@@ -972,9 +972,50 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps: n
       gb?.buffer ?? null,
       rows,
       cols,
+      accumulate,
     );
     return bias ? [gx, gw, gb] : [gx, gw];
-  });
+  };
+  return recordNorm(out, 'layerNorm', inputs, [x, weight, meanT, rstd], run);
+}
+
+/**
+ * Record a norm whose backward adds its input's gradient to the one autograd already holds (the
+ * residual stream's other branch) in the same pass, instead of a separate add: accumulateInto over
+ * all of x, which autograd runs before backward (MOHAWK_NORM_INPLACE=0: a fresh gradient, added
+ * by autograd). `run(g, gx, accumulate)` returns [gx, the parameters' gradients...].
+ */
+function recordNorm(
+  out: Tensor,
+  op: string,
+  inputs: Tensor[],
+  saves: Tensor[],
+  run: (g: Tensor, gx: Tensor, accumulate: boolean) => (Tensor | null)[],
+): Tensor {
+  const x = inputs[0];
+  const plain = (g: Tensor) => run(g, like(x), false);
+  if (!fusedGlue('MOHAWK_NORM_INPLACE') || x.ndim === 0) return record(out, op, inputs, saves, plain);
+  let pending: (Tensor | null)[] | null = null;
+  return record(
+    out,
+    op,
+    inputs,
+    saves,
+    (g) => {
+      const r = pending ?? plain(g);
+      pending = null;
+      return [null, ...r.slice(1)];
+    },
+    {
+      accumulateInto: (g, into, accumulate) => {
+        const r = run(g, into, accumulate);
+        // out of every scope until backward returns them, right after
+        for (const t of r.slice(1)) if (t) keep(t);
+        pending = r;
+      },
+      region: { axis: 0, start: 0, end: x.shape[0] },
+    },
+  );
 }
 
 export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
@@ -985,8 +1026,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   const out = like(x);
   const rstd = empty([rows], x.dtype, x.backend);
   x.backend.rmsNorm(x.buffer, weight.buffer, out.buffer, rstd.buffer, rows, cols, eps);
-  return record(out, 'rmsNorm', [x, weight], [x, weight, rstd], (g) => {
-    const gx = like(x);
+  return recordNorm(out, 'rmsNorm', [x, weight], [x, weight, rstd], (g, gx, accumulate) => {
     const gw = like(weight);
     x.backend.rmsNormBackward(
       x.buffer,
@@ -997,6 +1037,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
       gw.buffer,
       rows,
       cols,
+      accumulate,
     );
     return [gx, gw];
   });

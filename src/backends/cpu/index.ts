@@ -76,6 +76,11 @@ function fl(buf: DeviceBuffer, what: string): FloatArray {
   return b.data as FloatArray;
 }
 
+/** a zeroed array of a's type and length (a gradient computed apart, then added) */
+function scratchLike(a: FloatArray): FloatArray {
+  return a instanceof Float64Array ? new Float64Array(a.length) : new Float32Array(a.length);
+}
+
 function ints(buf: DeviceBuffer, what: string): Int32Array {
   const b = buf as CpuBuffer;
   if (b.dtype !== 'i32') throw new Error(`cpu backend: ${what} must be i32, got ${b.dtype}`);
@@ -820,19 +825,23 @@ export class CpuBackend implements Backend {
     gBias: DeviceBuffer | null,
     nRows: number,
     cols: number,
+    accumulate = false,
   ): void {
+    const out = fl(gx, 'layerNorm input gradient');
+    const gxs = accumulate ? scratchLike(out) : out;
     rows.layerNormBackward(
       fl(x, 'layerNorm input'),
       fl(weight, 'layerNorm weight'),
       fl(mean, 'layerNorm mean'),
       fl(rstd, 'layerNorm rstd'),
       fl(gy, 'layerNorm gradient'),
-      fl(gx, 'layerNorm input gradient'),
+      gxs,
       fl(gWeight, 'layerNorm weight gradient'),
       gBias ? fl(gBias, 'layerNorm bias gradient') : null,
       nRows,
       cols,
     );
+    if (accumulate) for (let i = 0; i < out.length; i++) out[i] += gxs[i];
   }
 
   rmsNorm(
@@ -864,17 +873,21 @@ export class CpuBackend implements Backend {
     gWeight: DeviceBuffer,
     nRows: number,
     cols: number,
+    accumulate = false,
   ): void {
+    const out = fl(gx, 'rmsNorm input gradient');
+    const gxs = accumulate ? scratchLike(out) : out;
     rows.rmsNormBackward(
       fl(x, 'rmsNorm input'),
       fl(weight, 'rmsNorm weight'),
       fl(rstd, 'rmsNorm rstd'),
       fl(gy, 'rmsNorm gradient'),
-      fl(gx, 'rmsNorm input gradient'),
+      gxs,
       fl(gWeight, 'rmsNorm weight gradient'),
       nRows,
       cols,
     );
+    if (accumulate) for (let i = 0; i < out.length; i++) out[i] += gxs[i];
   }
 
   embedding(table: DeviceBuffer, ids: DeviceBuffer, out: DeviceBuffer, n: number, dim: number): void {

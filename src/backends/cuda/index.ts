@@ -795,8 +795,22 @@ export class CudaBackend implements Backend {
     gBias: DeviceBuffer | null,
     rows: number,
     cols: number,
+    accumulate = false,
   ): void {
-    rowKernels.layerNormBackward(this.host, x, weight, mean, rstd, gy, gx, gWeight, gBias, rows, cols);
+    rowKernels.layerNormBackward(
+      this.host,
+      x,
+      weight,
+      mean,
+      rstd,
+      gy,
+      gx,
+      gWeight,
+      gBias,
+      rows,
+      cols,
+      accumulate,
+    );
   }
 
   rmsNorm(
@@ -820,8 +834,9 @@ export class CudaBackend implements Backend {
     gWeight: DeviceBuffer,
     rows: number,
     cols: number,
+    accumulate = false,
   ): void {
-    rowKernels.rmsNormBackward(this.host, x, weight, rstd, gy, gx, gWeight, rows, cols);
+    rowKernels.rmsNormBackward(this.host, x, weight, rstd, gy, gx, gWeight, rows, cols, accumulate);
   }
 
   embedding(table: DeviceBuffer, ids: DeviceBuffer, out: DeviceBuffer, n: number, dim: number): void {

@@ -10,8 +10,10 @@ export const ROWS_SIGNATURES = {
   softmax_backward_f32: 'pppii',
   layernorm_f32: 'ppppppif',
   layernorm_backward_f32: 'ppppppppli',
+  layernorm_backward_acc_f32: 'ppppppppli',
   rmsnorm_f32: 'ppppif',
   rmsnorm_backward_f32: 'ppppppli',
+  rmsnorm_backward_acc_f32: 'ppppppli',
   cross_entropy_f32: 'ppppii',
   cross_entropy_backward_f32: 'pppppii',
   kl_div_f32: 'pppif',
@@ -86,6 +88,7 @@ export function layerNormBackward(
   gBias: DeviceBuffer | null,
   rows: number,
   cols: number,
+  accumulate = false,
 ): void {
   const gw = h.f(gWeight, 'layerNorm weight gradient');
   const gb = gBias ? h.f(gBias, 'layerNorm bias gradient') : 0;
@@ -106,13 +109,12 @@ export function layerNormBackward(
   const blocks = partialBlocks(h, rows);
   const pw = h.scratch(blocks * cols);
   const pb = gBias ? h.scratch(blocks * cols) : null;
-  k(h, 'layernorm_backward_f32').launch([blocks, 1, 1], rowThreads(cols), 0, [
-    ...args,
-    pw.ptr,
-    pb ? pb.ptr : 0,
-    rows,
-    cols,
-  ]);
+  k(h, accumulate ? 'layernorm_backward_acc_f32' : 'layernorm_backward_f32').launch(
+    [blocks, 1, 1],
+    rowThreads(cols),
+    0,
+    [...args, pw.ptr, pb ? pb.ptr : 0, rows, cols],
+  );
   h.sumInto(pw.ptr, gw, 1, blocks, cols);
   if (pb) h.sumInto(pb.ptr, gb, 1, blocks, cols);
   h.free(pw);
@@ -149,6 +151,7 @@ export function rmsNormBackward(
   gWeight: DeviceBuffer,
   rows: number,
   cols: number,
+  accumulate = false,
 ): void {
   const gw = h.f(gWeight, 'rmsNorm weight gradient');
   const args = [
@@ -165,7 +168,12 @@ export function rmsNormBackward(
   }
   const blocks = partialBlocks(h, rows);
   const pw = h.scratch(blocks * cols);
-  k(h, 'rmsnorm_backward_f32').launch([blocks, 1, 1], rowThreads(cols), 0, [...args, pw.ptr, rows, cols]);
+  k(h, accumulate ? 'rmsnorm_backward_acc_f32' : 'rmsnorm_backward_f32').launch(
+    [blocks, 1, 1],
+    rowThreads(cols),
+    0,
+    [...args, pw.ptr, rows, cols],
+  );
   h.sumInto(pw.ptr, gw, 1, blocks, cols);
   h.free(pw);
 }

@@ -56,9 +56,9 @@ extern "C" __global__ void layernorm_f32(const float* x, const float* w, const f
  * gy * xhat and gy (reduced over blocks on the host side). Each block takes rows
  * blockIdx.x, blockIdx.x + gridDim.x, ...; pb may be null.
  */
-extern "C" __global__ void layernorm_backward_f32(const float* x, const float* w, const float* mean,
-                                                  const float* rstd, const float* gy, float* gx, float* pw,
-                                                  float* pb, i64 rows, int cols) {
+template <bool ACC>
+__device__ void layernorm_bwd(const float* x, const float* w, const float* mean, const float* rstd, const float* gy,
+                              float* gx, float* pw, float* pb, i64 rows, int cols) {
   __shared__ float sh[32];
   float* pwr = pw + (i64)blockIdx.x * cols;
   float* pbr = pb ? pb + (i64)blockIdx.x * cols : 0;
@@ -83,11 +83,24 @@ extern "C" __global__ void layernorm_backward_f32(const float* x, const float* w
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float xh = (x[base + j] - m) * rs;
       const float gyj = gy[base + j];
-      gx[base + j] = rs * (__fmul_rn(gyj, w[j]) - sg - xh * sgx);
+      const float v = rs * (__fmul_rn(gyj, w[j]) - sg - xh * sgx);
+      gx[base + j] = ACC ? gx[base + j] + v : v;
       pwr[j] += gyj * xh;
       if (pbr) pbr[j] += gyj;
     }
   }
+}
+
+extern "C" __global__ void layernorm_backward_f32(const float* x, const float* w, const float* mean,
+                                                  const float* rstd, const float* gy, float* gx, float* pw,
+                                                  float* pb, i64 rows, int cols) {
+  layernorm_bwd<false>(x, w, mean, rstd, gy, gx, pw, pb, rows, cols);
+}
+// gx += the input gradient: the residual stream's other gradient is already there (no separate add)
+extern "C" __global__ void layernorm_backward_acc_f32(const float* x, const float* w, const float* mean,
+                                                      const float* rstd, const float* gy, float* gx, float* pw,
+                                                      float* pb, i64 rows, int cols) {
+  layernorm_bwd<true>(x, w, mean, rstd, gy, gx, pw, pb, rows, cols);
 }
 
 /** x, out (rows, cols), weight (cols); rstd (rows) saved. grid = rows */
@@ -103,8 +116,9 @@ extern "C" __global__ void rmsnorm_f32(const float* x, const float* w, float* ou
 }
 
 /** RMSNorm backward: gx (rows, cols), partial sums pw (gridDim.x, cols) of gy * xhat. */
-extern "C" __global__ void rmsnorm_backward_f32(const float* x, const float* w, const float* rstd,
-                                                const float* gy, float* gx, float* pw, i64 rows, int cols) {
+template <bool ACC>
+__device__ void rmsnorm_bwd(const float* x, const float* w, const float* rstd, const float* gy, float* gx, float* pw,
+                            i64 rows, int cols) {
   __shared__ float sh[32];
   float* pwr = pw + (i64)blockIdx.x * cols;
   for (int j = threadIdx.x; j < cols; j += blockDim.x) pwr[j] = 0.f;
@@ -117,10 +131,20 @@ extern "C" __global__ void rmsnorm_backward_f32(const float* x, const float* w, 
     // gx = rs * (g - xhat * mean(g * xhat)), g = gy * w
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float xh = x[base + j] * rs, g = gy[base + j];
-      gx[base + j] = rs * (__fmul_rn(g, w[j]) - xh * sgx);
+      const float v = rs * (__fmul_rn(g, w[j]) - xh * sgx);
+      gx[base + j] = ACC ? gx[base + j] + v : v;
       pwr[j] += g * xh;
     }
   }
+}
+
+extern "C" __global__ void rmsnorm_backward_f32(const float* x, const float* w, const float* rstd,
+                                                const float* gy, float* gx, float* pw, i64 rows, int cols) {
+  rmsnorm_bwd<false>(x, w, rstd, gy, gx, pw, rows, cols);
+}
+extern "C" __global__ void rmsnorm_backward_acc_f32(const float* x, const float* w, const float* rstd,
+                                                    const float* gy, float* gx, float* pw, i64 rows, int cols) {
+  rmsnorm_bwd<true>(x, w, rstd, gy, gx, pw, rows, cols);
 }
 
 /**
