@@ -22,10 +22,10 @@ export const SEQUENCE_SIGNATURES = {
   conv1d_backward_w_k4_bf16x: 'ppppliiil',
   conv1d_win_f32: 'plppppliii',
   conv1d_k4_win_f32: 'plppppliii',
-  conv1d_backward_x_win_f32: 'pppliliii',
-  conv1d_backward_x_k4_win_f32: 'pppliliii',
-  conv1d_backward_w_win_f32: 'plpppliiil',
-  conv1d_backward_w_k4_win_f32: 'plpppliiil',
+  conv1d_backward_win_f32: 'plppplippliiil',
+  conv1d_backward_k4_win_f32: 'plppplippliiil',
+  conv1d_backward_win_bf16x: 'plppplippliiil',
+  conv1d_backward_k4_win_bf16x: 'plppplippliiil',
   silu_gate_d_win_f32: 'pppplppippilii',
   silu_gate_d_win_x4: 'pppplppippilii',
   silu_gate_d_backward_win_f32: 'ppppippppplippliii',
@@ -129,7 +129,8 @@ export function causalConv1dBackward(
     : kernel === 4
       ? 'conv1d_backward_w_k4_f32'
       : 'conv1d_backward_w_f32';
-  k(h, name).launch([nb, 1, 1], Math.min(THREADS, roundUp(channels, 32)), 0, [
+  const threads = Math.min(THREADS, roundUp(channels, 32));
+  k(h, name).launch([nb, Math.min(Math.ceil(channels / threads), 65535), 1], threads, 0, [
     xp,
     gyp,
     pw.ptr,
@@ -230,16 +231,8 @@ export function causalConv1dWindowBackward(
   if (gxb.dtype !== 'f32')
     throw new Error(`cuda backend: conv1d input gradient must be f32, got ${gxb.dtype}`);
   checkWindow('conv1d input gradient', gxb.length, gxWin, batch * t, channels);
-  const wp = h.f(weight, 'conv1d weight');
-  const gyp = h.f(gy, 'conv1d gradient');
   const gw = h.f(gWeight, 'conv1d weight gradient');
   const gb = gBias ? h.f(gBias, 'conv1d bias gradient') : 0;
-  run1(
-    h,
-    kernel === 4 ? 'conv1d_backward_x_k4_win_f32' : 'conv1d_backward_x_win_f32',
-    batch * convRuns(t) * channels,
-    [wp, gyp, at(gxb.ptr, gxWin), gxWin.stride, accumulate ? 1 : 0, batch, t, channels, kernel],
-  );
   if (channels * kernel === 0) return;
   const rows = batch * t;
   if (rows === 0) {
@@ -247,27 +240,36 @@ export function causalConv1dWindowBackward(
     if (gBias) h.fill(gBias, 0);
     return;
   }
+  // one pass over gy for x's gradient and the partial weight and bias gradients (bands of rows)
   const blocks = Math.max(1, Math.min(Math.ceil(rows / 16), h.sms * 4));
   const perBlock = Math.ceil(rows / blocks);
   const nb = Math.ceil(rows / perBlock);
   const pw = h.scratch(nb * channels * kernel);
   const pb = gBias ? h.scratch(nb * channels) : null;
+  const name = xWin
+    ? kernel === 4
+      ? 'conv1d_backward_k4_win_f32'
+      : 'conv1d_backward_win_f32'
+    : kernel === 4
+      ? 'conv1d_backward_k4_win_bf16x'
+      : 'conv1d_backward_win_bf16x';
   const threads = Math.min(THREADS, roundUp(channels, 32));
-  const tail = [pw.ptr, pb ? pb.ptr : 0, batch, t, channels, kernel, perBlock];
-  if (xWin)
-    k(h, kernel === 4 ? 'conv1d_backward_w_k4_win_f32' : 'conv1d_backward_w_win_f32').launch(
-      [nb, 1, 1],
-      threads,
-      0,
-      [at(xb.ptr, xWin), xWin.stride, gyp, ...tail],
-    );
-  else
-    k(h, kernel === 4 ? 'conv1d_backward_w_k4_bf16x' : 'conv1d_backward_w_bf16x').launch(
-      [nb, 1, 1],
-      threads,
-      0,
-      [xb.ptr, gyp, ...tail],
-    );
+  k(h, name).launch([nb, Math.min(Math.ceil(channels / threads), 65535), 1], threads, 0, [
+    xWin ? at(xb.ptr, xWin) : xb.ptr,
+    xWin ? xWin.stride : channels,
+    h.f(weight, 'conv1d weight'),
+    h.f(gy, 'conv1d gradient'),
+    at(gxb.ptr, gxWin),
+    gxWin.stride,
+    accumulate ? 1 : 0,
+    pw.ptr,
+    pb ? pb.ptr : 0,
+    batch,
+    t,
+    channels,
+    kernel,
+    perBlock,
+  ]);
   h.sumInto(pw.ptr, gw, 1, nb, channels * kernel);
   if (pb) h.sumInto(pb.ptr, gb, 1, nb, channels);
   h.free(pw);

@@ -53,14 +53,9 @@ __device__ void conv1d_fwd(const float* x, i64 ldx, const float* w, const float*
   }
 }
 
-/**
- * gx (B, T, ldg) on its first C columns (ldg = C: dense), gy (B, T, C): gx[s] = sum_j
- * gy[s + (K-1) - j] w[j] over the outputs that read x[s], added to gx when accumulate
- */
+/** gx (B, T, C): gx[s] = sum_j gy[s + (K-1) - j] w[j] over the outputs that read x[s] */
 template <int KC>
-__device__ void conv1d_bwd_x(const float* w, const float* gy, float* gx, i64 batch, int t, int c, int kRun,
-                             i64 ldg = -1, int accumulate = 0) {
-  if (ldg < 0) ldg = c;
+__device__ void conv1d_bwd_x(const float* w, const float* gy, float* gx, i64 batch, int t, int c, int kRun) {
   const int k = KC == MAX_CONV_K ? kRun : KC;
   const int runs = (t + CONV_RUN - 1) / CONV_RUN;
   const i64 n = batch * runs * c;
@@ -69,7 +64,6 @@ __device__ void conv1d_bwd_x(const float* w, const float* gy, float* gx, i64 bat
     const i64 br = i / c;
     const int s0 = (int)(br % runs) * CONV_RUN;
     const i64 base = (br / runs) * t * c + ch;
-    const i64 gbase = (br / runs) * t * ldg + ch;
     // ahead[j] = gy[s + j]; output s + j reads x[s] through weight k - 1 - j, kept as wrev[j]
     float wrev[KC], ahead[KC];
 #pragma unroll
@@ -88,8 +82,7 @@ __device__ void conv1d_bwd_x(const float* w, const float* gy, float* gx, i64 bat
         if (j == k - 1) ahead[j] = g;
         if (j < k) acc += ahead[j] * wrev[j];
       }
-      float* o = gx + gbase + (i64)s * ldg;
-      *o = accumulate ? *o + acc : acc;
+      gx[base + (i64)s * c] = acc;
 #pragma unroll
       for (int j = 0; j + 1 < KC; j++)
         if (j < k - 1) ahead[j] = ahead[j + 1];
@@ -107,8 +100,7 @@ __device__ __forceinline__ float conv_x(const u16* x, i64 i) { return bf16_to_f3
 
 template <int KC, typename TX>
 __device__ void conv1d_bwd_w(const TX* x, const float* gy, float* pw, float* pb, i64 batch, int t, int c,
-                             int kRun, i64 rowsPerBlock, i64 ldx = -1) {
-  if (ldx < 0) ldx = c;  // x (B, T, ldx) on its first C columns
+                             int kRun, i64 rowsPerBlock) {
   const int k = KC == MAX_CONV_K ? kRun : KC;
   const i64 rows = batch * t;
   const i64 r0 = (i64)blockIdx.x * rowsPerBlock;
@@ -121,7 +113,7 @@ __device__ void conv1d_bwd_w(const TX* x, const float* gy, float* pw, float* pb,
       accW[j] = 0.f;
       // the inputs before the first row, within its sequence
       const int back = (k - 1) - j;
-      win[j] = j < k - 1 && sStart - back >= 0 ? conv_x(x, (r0 - back) * ldx + ch) : 0.f;
+      win[j] = j < k - 1 && sStart - back >= 0 ? conv_x(x, (r0 - back) * c + ch) : 0.f;
     }
     float accB = 0.f;
     int s = sStart;
@@ -132,7 +124,7 @@ __device__ void conv1d_bwd_w(const TX* x, const float* gy, float* pw, float* pb,
         for (int j = 0; j < KC; j++) win[j] = 0.f;
       }
       const float g = gy[r * c + ch];
-      const float xr = conv_x(x, r * ldx + ch);
+      const float xr = conv_x(x, r * c + ch);
       accB += g;
 #pragma unroll
       for (int j = 0; j < KC; j++) {
@@ -207,22 +199,96 @@ extern "C" __global__ void conv1d_k4_win_f32(const float* x, i64 ldx, const floa
                                              float* out, u16* xk, i64 batch, int t, int c, int k) {
   conv1d_fwd<4>(x, ldx, w, bias, out, batch, t, c, k, xk);
 }
-extern "C" __global__ void conv1d_backward_x_win_f32(const float* w, const float* gy, float* gx, i64 ldg, int acc,
-                                                     i64 batch, int t, int c, int k) {
-  conv1d_bwd_x<MAX_CONV_K>(w, gy, gx, batch, t, c, k, ldg, acc);
+/**
+ * The windowed conv's backward in one pass over gy (B, T, C): block (b, y) takes the rows
+ * [b * rowsPerBlock, ...) of its share of the channels (one per thread where the grid allows) and
+ * walks them in order with the last K inputs x and the next K gradients gy in registers, writing
+ * gx (rows ldg apart, added when acc; the sum in conv1d_bwd_x's order) and the partial weight and
+ * bias gradients pw (gridDim.x, C, K), pb (gridDim.x, C) | null (conv1d_bwd_w's). x is the window
+ * (rows ldx apart) or the dense bf16 copy (ldx = C).
+ */
+template <int KC, typename TX>
+__device__ void conv1d_bwd_xw(const TX* x, i64 ldx, const float* w, const float* gy, float* gx, i64 ldg, int acc,
+                              float* pw, float* pb, i64 batch, int t, int c, int kRun, i64 rowsPerBlock) {
+  const int k = KC == MAX_CONV_K ? kRun : KC;
+  const i64 rows = batch * t;
+  const i64 r0 = (i64)blockIdx.x * rowsPerBlock;
+  const i64 r1 = r0 + rowsPerBlock < rows ? r0 + rowsPerBlock : rows;
+  const int sStart = (int)(r0 % t);
+  // gridDim.y splits the channels: one channel per thread where the grid allows
+  for (int ch = blockIdx.y * blockDim.x + threadIdx.x; ch < c; ch += blockDim.x * gridDim.y) {
+    // wrev[j]: the weight through which output s + j reads x[s]; ahead[j] = gy[s + j]
+    float wrev[KC], accW[KC], win[KC], ahead[KC];
+#pragma unroll
+    for (int j = 0; j < KC; j++) {
+      wrev[j] = j < k ? w[ch * k + (k - 1 - j)] : 0.f;
+      accW[j] = 0.f;
+      const int back = (k - 1) - j;
+      win[j] = j < k - 1 && sStart - back >= 0 ? conv_x(x, (r0 - back) * ldx + ch) : 0.f;
+      ahead[j] = j < k - 1 && sStart + j < t ? gy[(r0 + j) * c + ch] : 0.f;
+    }
+    float accB = 0.f;
+    int s = sStart;
+    for (i64 r = r0; r < r1; r++, s++) {
+      if (s == t) {  // a new sequence: nothing before it, its own gradients ahead
+        s = 0;
+#pragma unroll
+        for (int j = 0; j < KC; j++) {
+          win[j] = 0.f;
+          ahead[j] = j < k - 1 && j < t ? gy[(r + j) * c + ch] : 0.f;
+        }
+      }
+      const float far = s + k - 1 < t ? gy[(r + k - 1) * c + ch] : 0.f;
+      const float xr = conv_x(x, r * ldx + ch);
+      float v = 0.f;
+#pragma unroll
+      for (int j = 0; j < KC; j++) {
+        if (j == k - 1) {
+          ahead[j] = far;
+          win[j] = xr;
+        }
+        if (j < k) v += ahead[j] * wrev[j];
+      }
+      const float g = ahead[0];
+      accB += g;
+#pragma unroll
+      for (int j = 0; j < KC; j++)
+        if (j < k) accW[j] += g * win[j];
+      float* o = gx + r * ldg + ch;
+      *o = acc ? *o + v : v;
+#pragma unroll
+      for (int j = 0; j + 1 < KC; j++)
+        if (j < k - 1) {
+          win[j] = win[j + 1];
+          ahead[j] = ahead[j + 1];
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < KC; j++)
+      if (j < k) pw[((i64)blockIdx.x * c + ch) * k + j] = accW[j];
+    if (pb) pb[(i64)blockIdx.x * c + ch] = accB;
+  }
 }
-extern "C" __global__ void conv1d_backward_x_k4_win_f32(const float* w, const float* gy, float* gx, i64 ldg,
-                                                        int acc, i64 batch, int t, int c, int k) {
-  conv1d_bwd_x<4>(w, gy, gx, batch, t, c, k, ldg, acc);
+
+extern "C" __global__ void conv1d_backward_win_f32(const float* x, i64 ldx, const float* w, const float* gy,
+                                                   float* gx, i64 ldg, int acc, float* pw, float* pb, i64 batch,
+                                                   int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_xw<MAX_CONV_K>(x, ldx, w, gy, gx, ldg, acc, pw, pb, batch, t, c, k, rowsPerBlock);
 }
-extern "C" __global__ void conv1d_backward_w_win_f32(const float* x, i64 ldx, const float* gy, float* pw, float* pb,
-                                                     i64 batch, int t, int c, int k, i64 rowsPerBlock) {
-  conv1d_bwd_w<MAX_CONV_K>(x, gy, pw, pb, batch, t, c, k, rowsPerBlock, ldx);
+extern "C" __global__ void conv1d_backward_k4_win_f32(const float* x, i64 ldx, const float* w, const float* gy,
+                                                      float* gx, i64 ldg, int acc, float* pw, float* pb, i64 batch,
+                                                      int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_xw<4>(x, ldx, w, gy, gx, ldg, acc, pw, pb, batch, t, c, k, rowsPerBlock);
 }
-extern "C" __global__ void conv1d_backward_w_k4_win_f32(const float* x, i64 ldx, const float* gy, float* pw,
-                                                        float* pb, i64 batch, int t, int c, int k,
-                                                        i64 rowsPerBlock) {
-  conv1d_bwd_w<4>(x, gy, pw, pb, batch, t, c, k, rowsPerBlock, ldx);
+extern "C" __global__ void conv1d_backward_win_bf16x(const u16* x, i64 ldx, const float* w, const float* gy,
+                                                     float* gx, i64 ldg, int acc, float* pw, float* pb, i64 batch,
+                                                     int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_xw<MAX_CONV_K>(x, ldx, w, gy, gx, ldg, acc, pw, pb, batch, t, c, k, rowsPerBlock);
+}
+extern "C" __global__ void conv1d_backward_k4_win_bf16x(const u16* x, i64 ldx, const float* w, const float* gy,
+                                                        float* gx, i64 ldg, int acc, float* pw, float* pb, i64 batch,
+                                                        int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_xw<4>(x, ldx, w, gy, gx, ldg, acc, pw, pb, batch, t, c, k, rowsPerBlock);
 }
 
 /**
