@@ -13,7 +13,7 @@
 // memory breakdown of one more step: the bytes live at each phase and, at the end of the forward
 // pass, the tensors the student's graph keeps for backward, grouped by the op that made them.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
-//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--split-mixer] [--unfused-norm-grad] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--split-mixer] [--unfused-norm-grad] [--unfused-norm-cast] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -57,8 +57,11 @@ const { values } = parseArgs({
     'split-mixer': { type: 'boolean', default: false },
     // norms' input gradients added by a separate pass, as before (MOHAWK_NORM_INPLACE=0)
     'unfused-norm-grad': { type: 'boolean', default: false },
+    // norms' outputs cast to bf16 by the products, as before (MOHAWK_NORM_CAST16=0)
+    'unfused-norm-cast': { type: 'boolean', default: false },
   },
 });
+if (values['unfused-norm-cast']) process.env.MOHAWK_NORM_CAST16 = '0';
 if (values['split-mixer']) process.env.MOHAWK_MIXER_INPLACE = '0';
 if (values['unfused-norm-grad']) process.env.MOHAWK_NORM_INPLACE = '0';
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';

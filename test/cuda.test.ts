@@ -2373,6 +2373,38 @@ describe('cuda: the mixer reads in_proj in place', { skip }, () => {
     }
   });
 
+  it('LayerNorm and RMSNorm with the 16-bit copy of their output (bf16, f16)', () => {
+    for (const [rows, cols] of [
+      [37, 33],
+      [3, 2048],
+    ]) {
+      const x = pair(randn(rows * cols, 2));
+      const w = pair(randn(cols));
+      const b = pair(randn(cols));
+      for (const dtype of ['bf16', 'f16'] as DType[]) {
+        const y = out(rows * cols);
+        const y16 = out(rows * cols, dtype);
+        const mean = out(rows);
+        const rstd = out(rows);
+        both((be, s) => be.layerNorm(x[s], w[s], b[s], y[s], mean[s], rstd[s], rows, cols, 1e-5, y16[s]));
+        check(y, 1e-5, `layerNorm (${rows}, ${cols}) with a ${dtype} copy`);
+        // the copy is the GPU's own output rounded
+        const cast16 = hold(gpu, gpu.alloc(dtype, rows * cols));
+        gpu.cast(y.g, cast16);
+        assert.deepEqual(
+          Array.from(gpu.read(y16.g)),
+          Array.from(gpu.read(cast16)),
+          `layerNorm ${dtype} copy`,
+        );
+        check(y16, 2 ** -7, `layerNorm ${dtype} copy vs the CPU's`);
+        both((be, s) => be.rmsNorm(x[s], w[s], y[s], rstd[s], rows, cols, 1e-6, y16[s]));
+        check(y, 1e-5, `rmsNorm (${rows}, ${cols}) with a ${dtype} copy`);
+        gpu.cast(y.g, cast16);
+        assert.deepEqual(Array.from(gpu.read(y16.g)), Array.from(gpu.read(cast16)), `rmsNorm ${dtype} copy`);
+      }
+    }
+  });
+
   it('the Phi-Mamba mixer under bf16 autocast: the same outputs and gradients as with split copies', () => {
     const run = (inplace: boolean) => {
       const prev = process.env.MOHAWK_MIXER_INPLACE;

@@ -323,6 +323,52 @@ describe('rows: softmax, norms', () => {
       be.rmsNormBackward = rms;
     }
   });
+  it('norms under autocast write the 16-bit copy their products read: the same results, fewer casts', () => {
+    const be = T.getBackend();
+    const x = randn(rng, [2, 3, 8], 'f32');
+    const w = randn(rng, [8], 'f32');
+    const b = randn(rng, [8], 'f32');
+    const p = randn(rng, [8, 5], 'f32');
+    const q = randn(rng, [8, 4], 'f32');
+    const run = (on: boolean) => {
+      process.env.MOHAWK_NORM_CAST16 = on ? '1' : '0';
+      let casts = 0;
+      const plain = be.cast.bind(be);
+      be.cast = (...a: Parameters<typeof plain>) => {
+        casts++;
+        plain(...a);
+      };
+      try {
+        for (const t of [x, w, b, p, q]) {
+          t.requiresGrad = true;
+          t.grad?.dispose();
+          t.grad = null;
+        }
+        const loss = T.scope(() =>
+          T.autocast('bf16', () => {
+            // each norm's output read by two products: one copy (memoized) for both
+            const n1 = T.layerNorm(x, w, b, 1e-5);
+            const n2 = T.rmsNorm(x, w, 1e-6);
+            const l = T.add(
+              T.add(T.sum(T.square(T.matmul(n1, p))), T.sum(T.matmul(n1, q))),
+              T.add(T.sum(T.square(T.matmul(n2, p))), T.sum(T.matmul(n2, q))),
+            );
+            l.backward();
+            return l.item();
+          }),
+        );
+        return { loss, casts, grads: [x, w, b, p, q].map((t) => arr(t.grad!)) };
+      } finally {
+        be.cast = plain;
+        delete process.env.MOHAWK_NORM_CAST16;
+      }
+    };
+    const off = run(false);
+    const on = run(true);
+    assert.equal(on.loss, off.loss);
+    assert.deepEqual(on.grads, off.grads);
+    assert.equal(on.casts, off.casts - 2, 'the two norm outputs are not cast');
+  });
   it('norm shape errors name the op and shapes', () => {
     assert.throws(
       () => T.layerNorm(randn(rng, [2, 4]), randn(rng, [5]), null, 1e-5),

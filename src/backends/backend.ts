@@ -512,7 +512,11 @@ export interface Backend {
     cols: number,
     log: boolean,
   ): void;
-  /** x is (rows, cols); weight, bias (cols); mean, rstd (rows) saved for backward */
+  /**
+   * x is (rows, cols); weight, bias (cols); mean, rstd (rows) saved for backward; out16 (rows,
+   * cols) bf16 or f16 | null, when given also out rounded to it in the same pass (the copy an
+   * autocast product reads)
+   */
   layerNorm(
     x: DeviceBuffer,
     weight: DeviceBuffer,
@@ -523,9 +527,12 @@ export interface Backend {
     rows: number,
     cols: number,
     eps: number,
+    out16?: DeviceBuffer | null,
   ): void;
-  /** gWeight, gBias are overwritten (cols); gx (rows, cols) */
-  /** gx overwritten, or added to when `accumulate` (a residual stream's other gradient); gWeight, gBias overwritten */
+  /**
+   * gWeight, gBias are overwritten (cols); gx (rows, cols) overwritten, or added to when
+   * `accumulate` (the residual stream's other gradient)
+   */
   layerNormBackward(
     x: DeviceBuffer,
     weight: DeviceBuffer,
@@ -539,6 +546,7 @@ export interface Backend {
     cols: number,
     accumulate?: boolean,
   ): void;
+  /** as layerNorm (out16: also out rounded to 16 bits, when given) */
   rmsNorm(
     x: DeviceBuffer,
     weight: DeviceBuffer,
@@ -547,6 +555,7 @@ export interface Backend {
     rows: number,
     cols: number,
     eps: number,
+    out16?: DeviceBuffer | null,
   ): void;
   /** gx overwritten, or added to when `accumulate`; gWeight overwritten */
   rmsNormBackward(

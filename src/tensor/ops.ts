@@ -241,7 +241,8 @@ export function fusedGlue(
     | 'MOHAWK_FUSED_CONV'
     | 'MOHAWK_FUSED_ADD'
     | 'MOHAWK_MIXER_INPLACE'
-    | 'MOHAWK_NORM_INPLACE',
+    | 'MOHAWK_NORM_INPLACE'
+    | 'MOHAWK_NORM_CAST16',
 ): boolean {
   return process.env.MOHAWK_FUSED_GLUE !== '0' && process.env[name] !== '0';
 }
@@ -946,6 +947,7 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps: n
   const out = like(x);
   const meanT = empty([rows], x.dtype, x.backend);
   const rstd = empty([rows], x.dtype, x.backend);
+  const out16 = normCopy16(x);
   x.backend.layerNorm(
     x.buffer,
     weight.buffer,
@@ -956,6 +958,7 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps: n
     rows,
     cols,
     eps,
+    out16?.buffer ?? null,
   );
   const inputs = bias ? [x, weight, bias] : [x, weight];
   const run = (g: Tensor, gx: Tensor, accumulate: boolean) => {
@@ -976,7 +979,29 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps: n
     );
     return bias ? [gx, gw, gb] : [gx, gw];
   };
-  return recordNorm(out, 'layerNorm', inputs, [x, weight, meanT, rstd], run);
+  return memoCopy16(recordNorm(out, 'layerNorm', inputs, [x, weight, meanT, rstd], run), out16);
+}
+
+/**
+ * Under autocast, a norm also writes its output rounded to the 16-bit dtype in the same pass:
+ * the products that read the output (q, k, v, in_proj, the MLP) take that copy instead of
+ * casting it (MOHAWK_NORM_CAST16=0: they cast it).
+ */
+function normCopy16(x: Tensor): Tensor | null {
+  return autocastDtype && x.dtype === 'f32' && fusedGlue('MOHAWK_NORM_CAST16')
+    ? empty(x.shape, autocastDtype, x.backend)
+    : null;
+}
+
+/** out16 recorded as cast(out) and left where autocastOperand finds it; returns out */
+function memoCopy16(out: Tensor, out16: Tensor | null): Tensor {
+  if (!out16) return out;
+  const dtype = out.dtype;
+  castMemo.set(
+    out,
+    record(out16, 'cast', [out], [], (g) => [cast(g, dtype)]),
+  );
+  return out;
 }
 
 /**
@@ -1025,8 +1050,9 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   checkVector('rmsNorm', weight, cols, 'weight');
   const out = like(x);
   const rstd = empty([rows], x.dtype, x.backend);
-  x.backend.rmsNorm(x.buffer, weight.buffer, out.buffer, rstd.buffer, rows, cols, eps);
-  return recordNorm(out, 'rmsNorm', [x, weight], [x, weight, rstd], (g, gx, accumulate) => {
+  const out16 = normCopy16(x);
+  x.backend.rmsNorm(x.buffer, weight.buffer, out.buffer, rstd.buffer, rows, cols, eps, out16?.buffer ?? null);
+  const recorded = recordNorm(out, 'rmsNorm', [x, weight], [x, weight, rstd], (g, gx, accumulate) => {
     const gw = like(weight);
     x.backend.rmsNormBackward(
       x.buffer,
@@ -1041,6 +1067,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
     );
     return [gx, gw];
   });
+  return memoCopy16(recorded, out16);
 }
 
 /** table (V, D), ids i32 of any shape -> (...ids.shape, D); backward scatter-adds into the table */

@@ -76,6 +76,18 @@ function fl(buf: DeviceBuffer, what: string): FloatArray {
   return b.data as FloatArray;
 }
 
+/** out16 (bf16 or f16) = src rounded to nearest even: a norm's copy for autocast products */
+function round16(src: FloatArray, out16: DeviceBuffer): void {
+  const b = out16 as CpuBuffer;
+  if ((b.dtype !== 'bf16' && b.dtype !== 'f16') || b.length !== src.length)
+    throw new Error(
+      `cpu backend: a norm's 16-bit output must be ${src.length} bf16 or f16, got ${b.length} ${b.dtype}`,
+    );
+  const d = b.data as Uint16Array;
+  const conv = b.dtype === 'bf16' ? f32ToBf16 : f32ToF16;
+  for (let i = 0; i < src.length; i++) d[i] = conv(src[i]);
+}
+
 /** a zeroed array of a's type and length (a gradient computed apart, then added) */
 function scratchLike(a: FloatArray): FloatArray {
   return a instanceof Float64Array ? new Float64Array(a.length) : new Float32Array(a.length);
@@ -800,6 +812,7 @@ export class CpuBackend implements Backend {
     nRows: number,
     cols: number,
     eps: number,
+    out16: DeviceBuffer | null = null,
   ): void {
     rows.layerNorm(
       fl(x, 'layerNorm input'),
@@ -812,6 +825,7 @@ export class CpuBackend implements Backend {
       cols,
       eps,
     );
+    if (out16) round16(fl(out, 'norm output'), out16);
   }
 
   layerNormBackward(
@@ -852,6 +866,7 @@ export class CpuBackend implements Backend {
     nRows: number,
     cols: number,
     eps: number,
+    out16: DeviceBuffer | null = null,
   ): void {
     rows.rmsNorm(
       fl(x, 'rmsNorm input'),
@@ -862,6 +877,7 @@ export class CpuBackend implements Backend {
       cols,
       eps,
     );
+    if (out16) round16(fl(out, 'norm output'), out16);
   }
 
   rmsNormBackward(

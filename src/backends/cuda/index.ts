@@ -780,8 +780,9 @@ export class CudaBackend implements Backend {
     rows: number,
     cols: number,
     eps: number,
+    out16: DeviceBuffer | null = null,
   ): void {
-    rowKernels.layerNorm(this.host, x, weight, bias, out, mean, rstd, rows, cols, eps);
+    rowKernels.layerNorm(this.host, x, weight, bias, out, mean, rstd, rows, cols, eps, out16);
   }
 
   layerNormBackward(
@@ -821,8 +822,9 @@ export class CudaBackend implements Backend {
     rows: number,
     cols: number,
     eps: number,
+    out16: DeviceBuffer | null = null,
   ): void {
-    rowKernels.rmsNorm(this.host, x, weight, out, rstd, rows, cols, eps);
+    rowKernels.rmsNorm(this.host, x, weight, out, rstd, rows, cols, eps, out16);
   }
 
   rmsNormBackward(

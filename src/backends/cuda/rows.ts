@@ -8,10 +8,10 @@ import { moduleKernels, partialBlocks, rowThreads, type Host } from './host.js';
 export const ROWS_SIGNATURES = {
   softmax_f32: 'ppii',
   softmax_backward_f32: 'pppii',
-  layernorm_f32: 'ppppppif',
+  layernorm_f32: 'ppppppifpi',
   layernorm_backward_f32: 'ppppppppli',
   layernorm_backward_acc_f32: 'ppppppppli',
-  rmsnorm_f32: 'ppppif',
+  rmsnorm_f32: 'ppppifpi',
   rmsnorm_backward_f32: 'ppppppli',
   rmsnorm_backward_acc_f32: 'ppppppli',
   cross_entropy_f32: 'ppppii',
@@ -52,6 +52,17 @@ export function softmaxBackward(
   k(h, 'softmax_backward_f32').launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, log ? 1 : 0]);
 }
 
+/** the kernel arguments (pointer, 16-bit type) of a norm's optional 16-bit copy of its output */
+function copy16(h: Host, out16: DeviceBuffer | null, n: number): [number, number] {
+  if (!out16) return [0, 0];
+  const b = h.buf(out16, 'norm 16-bit output');
+  if ((b.dtype !== 'bf16' && b.dtype !== 'f16') || b.length !== n)
+    throw new Error(
+      `cuda backend: a norm's 16-bit output must be ${n} bf16 or f16, got ${b.length} ${b.dtype}`,
+    );
+  return [b.ptr, b.dtype === 'bf16' ? 1 : 2];
+}
+
 export function layerNorm(
   h: Host,
   x: DeviceBuffer,
@@ -63,6 +74,7 @@ export function layerNorm(
   rows: number,
   cols: number,
   eps: number,
+  out16: DeviceBuffer | null = null,
 ): void {
   const args = [
     h.f(x, 'layerNorm input'),
@@ -73,7 +85,12 @@ export function layerNorm(
     h.f(rstd, 'layerNorm rstd'),
   ];
   if (rows === 0) return;
-  k(h, 'layernorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, eps]);
+  k(h, 'layernorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
+    ...args,
+    cols,
+    eps,
+    ...copy16(h, out16, rows * cols),
+  ]);
 }
 
 export function layerNormBackward(
@@ -130,6 +147,7 @@ export function rmsNorm(
   rows: number,
   cols: number,
   eps: number,
+  out16: DeviceBuffer | null = null,
 ): void {
   const args = [
     h.f(x, 'rmsNorm input'),
@@ -138,7 +156,12 @@ export function rmsNorm(
     h.f(rstd, 'rmsNorm rstd'),
   ];
   if (rows === 0) return;
-  k(h, 'rmsnorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, eps]);
+  k(h, 'rmsnorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
+    ...args,
+    cols,
+    eps,
+    ...copy16(h, out16, rows * cols),
+  ]);
 }
 
 export function rmsNormBackward(

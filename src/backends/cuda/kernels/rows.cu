@@ -29,9 +29,17 @@ extern "C" __global__ void softmax_backward_f32(const float* y, const float* gy,
     for (int j = threadIdx.x; j < cols; j += blockDim.x) gx[base + j] = y[base + j] * (gy[base + j] - s);
 }
 
-/** x, out (rows, cols), weight, bias (cols) | null; mean, rstd (rows) saved. grid = rows */
+/** v rounded to 16 bits (t16: 1 bf16, 2 f16) at o16[i] */
+__device__ __forceinline__ void store16(u16* o16, int t16, i64 i, float v) {
+  o16[i] = t16 == 1 ? f32_to_bf16(v) : f32_to_f16(v);
+}
+
+/**
+ * x, out (rows, cols), weight, bias (cols) | null; mean, rstd (rows) saved; o16 | null: out
+ * rounded to 16 bits too (the copy autocast products read). grid = rows
+ */
 extern "C" __global__ void layernorm_f32(const float* x, const float* w, const float* b, float* out, float* mean,
-                                         float* rstd, int cols, float eps) {
+                                         float* rstd, int cols, float eps, u16* o16, int t16) {
   __shared__ float sh[32];
   const i64 base = (i64)blockIdx.x * cols;
   float acc = 0.f;
@@ -47,8 +55,11 @@ extern "C" __global__ void layernorm_f32(const float* x, const float* w, const f
     mean[blockIdx.x] = m;
     rstd[blockIdx.x] = rs;
   }
-  for (int j = threadIdx.x; j < cols; j += blockDim.x)
-    out[base + j] = (x[base + j] - m) * rs * w[j] + (b ? b[j] : 0.f);
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float v = (x[base + j] - m) * rs * w[j] + (b ? b[j] : 0.f);
+    out[base + j] = v;
+    if (o16) store16(o16, t16, base + j, v);
+  }
 }
 
 /**
@@ -103,16 +114,20 @@ extern "C" __global__ void layernorm_backward_acc_f32(const float* x, const floa
   layernorm_bwd<true>(x, w, mean, rstd, gy, gx, pw, pb, rows, cols);
 }
 
-/** x, out (rows, cols), weight (cols); rstd (rows) saved. grid = rows */
-extern "C" __global__ void rmsnorm_f32(const float* x, const float* w, float* out, float* rstd, int cols,
-                                       float eps) {
+/** x, out (rows, cols), weight (cols); rstd (rows) saved; o16 as layernorm_f32's. grid = rows */
+extern "C" __global__ void rmsnorm_f32(const float* x, const float* w, float* out, float* rstd, int cols, float eps,
+                                       u16* o16, int t16) {
   __shared__ float sh[32];
   const i64 base = (i64)blockIdx.x * cols;
   float acc = 0.f;
   for (int j = threadIdx.x; j < cols; j += blockDim.x) acc += x[base + j] * x[base + j];
   const float rs = 1.f / sqrtf(block_sum(acc, sh) / cols + eps);
   if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
-  for (int j = threadIdx.x; j < cols; j += blockDim.x) out[base + j] = x[base + j] * rs * w[j];
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float v = x[base + j] * rs * w[j];
+    out[base + j] = v;
+    if (o16) store16(o16, t16, base + j, v);
+  }
 }
 
 /** RMSNorm backward: gx (rows, cols), partial sums pw (gridDim.x, cols) of gy * xhat. */
