@@ -57,11 +57,15 @@ const { values } = parseArgs({
     'split-mixer': { type: 'boolean', default: false },
     // norms' input gradients added by a separate pass, as before (MOHAWK_NORM_INPLACE=0)
     'unfused-norm-grad': { type: 'boolean', default: false },
-    // norms' outputs cast to bf16 by the products, as before (MOHAWK_NORM_CAST16=0)
+    // norms' outputs cast to bf16 by the products, and residual add + RMSNorm as two kernels, as
+    // before (MOHAWK_NORM_CAST16=0, MOHAWK_FUSED_ADD_NORM=0)
     'unfused-norm-cast': { type: 'boolean', default: false },
   },
 });
-if (values['unfused-norm-cast']) process.env.MOHAWK_NORM_CAST16 = '0';
+if (values['unfused-norm-cast']) {
+  process.env.MOHAWK_NORM_CAST16 = '0';
+  process.env.MOHAWK_FUSED_ADD_NORM = '0';
+}
 if (values['split-mixer']) process.env.MOHAWK_MIXER_INPLACE = '0';
 if (values['unfused-norm-grad']) process.env.MOHAWK_NORM_INPLACE = '0';
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';

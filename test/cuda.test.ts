@@ -2405,6 +2405,38 @@ describe('cuda: the mixer reads in_proj in place', { skip }, () => {
     }
   });
 
+  it('addRmsNorm: the residual add and the RMSNorm of the sum in one pass', () => {
+    for (const [rows, cols] of [
+      [37, 33],
+      [3, 2048],
+      [700, 384],
+    ]) {
+      const a = pair(randn(rows * cols));
+      const b = pair(randn(rows * cols));
+      const w = pair(randn(cols));
+      const sum = out(rows * cols);
+      const y = out(rows * cols);
+      const rstd = out(rows);
+      const y16 = out(rows * cols, 'bf16');
+      both((be, s) => be.addRmsNorm!(a[s], b[s], w[s], sum[s], y[s], rstd[s], rows, cols, 1e-6, y16[s]));
+      checkExact(sum, `addRmsNorm (${rows}, ${cols}) sum`);
+      check(y, 1e-5, `addRmsNorm (${rows}, ${cols}) out`);
+      check(rstd, 1e-5, `addRmsNorm (${rows}, ${cols}) rstd`);
+      // the same values as rmsNorm of the sum on the GPU
+      const y2 = out(rows * cols);
+      const rstd2 = out(rows);
+      gpu.rmsNorm(sum.g, w.g, y2.g, rstd2.g, rows, cols, 1e-6);
+      assert.deepEqual(
+        Array.from(gpu.read(y.g)),
+        Array.from(gpu.read(y2.g)),
+        'addRmsNorm vs rmsNorm of the sum',
+      );
+      const cast16 = hold(gpu, gpu.alloc('bf16', rows * cols));
+      gpu.cast(y.g, cast16);
+      assert.deepEqual(Array.from(gpu.read(y16.g)), Array.from(gpu.read(cast16)), 'addRmsNorm bf16 copy');
+    }
+  });
+
   it('the Phi-Mamba mixer under bf16 autocast: the same outputs and gradients as with split copies', () => {
     const run = (inplace: boolean) => {
       const prev = process.env.MOHAWK_MIXER_INPLACE;

@@ -369,6 +369,46 @@ describe('rows: softmax, norms', () => {
     assert.deepEqual(on.grads, off.grads);
     assert.equal(on.casts, off.casts - 2, 'the two norm outputs are not cast');
   });
+  it('addRmsNorm (residual add, then the norm of the sum, in one pass) equals add then rmsNorm', () => {
+    const be = T.getBackend();
+    const x = randn(rng, [2, 3, 8], 'f32');
+    const r = randn(rng, [2, 3, 8], 'f32');
+    const w = randn(rng, [8], 'f32');
+    const c = randn(rng, [2, 3, 8], 'f32');
+    const run = (fused: boolean) => {
+      process.env.MOHAWK_FUSED_ADD_NORM = fused ? '1' : '0';
+      let calls = 0;
+      const plain = be.addRmsNorm!.bind(be);
+      be.addRmsNorm = (...a: Parameters<typeof plain>) => {
+        calls++;
+        plain(...a);
+      };
+      try {
+        for (const t of [x, r, w]) {
+          t.requiresGrad = true;
+          t.grad?.dispose();
+          t.grad = null;
+        }
+        const vals = T.scope(() => {
+          // as in a block: out = h + f(norm(h)), h = x + r
+          const { sum, normed } = T.addRmsNorm(x, r, w, 1e-6);
+          const out = T.add(sum, T.mul(T.square(normed), c));
+          T.sum(T.square(out)).backward();
+          return [arr(sum), arr(normed)];
+        });
+        return { calls, vals, grads: [x, r, w].map((t) => arr(t.grad!)) };
+      } finally {
+        be.addRmsNorm = plain;
+        delete process.env.MOHAWK_FUSED_ADD_NORM;
+      }
+    };
+    const composed = run(false);
+    const fused = run(true);
+    assert.equal(composed.calls, 0);
+    assert.equal(fused.calls, 1);
+    assert.deepEqual(fused.vals, composed.vals);
+    assert.deepEqual(fused.grads, composed.grads);
+  });
   it('norm shape errors name the op and shapes', () => {
     assert.throws(
       () => T.layerNorm(randn(rng, [2, 4]), randn(rng, [5]), null, 1e-5),

@@ -390,6 +390,22 @@ export interface Backend {
     kernel: number,
   ): void;
   /**
+   * Optional: a pre-norm block's residual add and the RMSNorm of its result in one pass: sum = a +
+   * b, then rmsNorm(sum) into out, rstd and out16 as `rmsNorm` (a, b, sum, out (rows, cols) f32).
+   */
+  addRmsNorm?(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    weight: DeviceBuffer,
+    sum: DeviceBuffer,
+    out: DeviceBuffer,
+    rstd: DeviceBuffer,
+    rows: number,
+    cols: number,
+    eps: number,
+    out16: DeviceBuffer | null,
+  ): void;
+  /**
    * Optional: causalConv1d over a column window of a wider row-major matrix, read in place (the
    * mixer's in_proj output without split copies): x's element (b, s, ch) is at
    * xWin.offset + (b T + s) xWin.stride + ch; out (B, T, C) dense; xKeep (B, T, C) bf16 | null,
@@ -856,6 +872,7 @@ export const KERNEL_NAMES = [
   'siluGateD',
   'siluGateDBackward',
   'causalConv1dKeep16',
+  'addRmsNorm',
   'causalConv1dWindow',
   'causalConv1dWindowBackward',
   'siluGateDWindow',

@@ -242,7 +242,8 @@ export function fusedGlue(
     | 'MOHAWK_FUSED_ADD'
     | 'MOHAWK_MIXER_INPLACE'
     | 'MOHAWK_NORM_INPLACE'
-    | 'MOHAWK_NORM_CAST16',
+    | 'MOHAWK_NORM_CAST16'
+    | 'MOHAWK_FUSED_ADD_NORM',
 ): boolean {
   return process.env.MOHAWK_FUSED_GLUE !== '0' && process.env[name] !== '0';
 }
@@ -1068,6 +1069,72 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
     return [gx, gw];
   });
   return memoCopy16(recorded, out16);
+}
+
+/**
+ * A pre-norm block's residual add and the RMSNorm of its result: sum = x + r, normed =
+ * rmsNorm(sum, weight); one pass where the backend has it (the same values), recorded as the two
+ * ops. MOHAWK_FUSED_ADD_NORM=0: add, then rmsNorm.
+ */
+export function addRmsNorm(
+  x: Tensor,
+  r: Tensor,
+  weight: Tensor,
+  eps: number,
+): { sum: Tensor; normed: Tensor } {
+  const be = x.backend;
+  if (
+    !be.addRmsNorm ||
+    x.dtype !== 'f32' ||
+    r.dtype !== 'f32' ||
+    x.ndim !== r.ndim ||
+    x.shape.some((d, i) => d !== r.shape[i]) ||
+    !fusedGlue('MOHAWK_FUSED_ADD_NORM')
+  ) {
+    const sum = add(x, r);
+    return { sum, normed: rmsNorm(sum, weight, eps) };
+  }
+  checkFloat('rmsNorm', x, r, weight);
+  sameBackend('addRmsNorm', x, r, weight);
+  const cols = x.shape[x.ndim - 1];
+  const rows = x.size / cols;
+  checkVector('rmsNorm', weight, cols, 'weight');
+  const sum = like(x);
+  const out = like(x);
+  const rstd = empty([rows], x.dtype, be);
+  const out16 = normCopy16(x);
+  be.addRmsNorm(
+    x.buffer,
+    r.buffer,
+    weight.buffer,
+    sum.buffer,
+    out.buffer,
+    rstd.buffer,
+    rows,
+    cols,
+    eps,
+    out16?.buffer ?? null,
+  );
+  record(sum, 'add', [x, r], [], (g) => [
+    x.requiresGrad ? sumToShape(g, x.shape) : null,
+    r.requiresGrad ? sumToShape(g, r.shape) : null,
+  ]);
+  const normed = recordNorm(out, 'rmsNorm', [sum, weight], [sum, weight, rstd], (g, gx, accumulate) => {
+    const gw = like(weight);
+    be.rmsNormBackward(
+      sum.buffer,
+      weight.buffer,
+      rstd.buffer,
+      g.buffer,
+      gx.buffer,
+      gw.buffer,
+      rows,
+      cols,
+      accumulate,
+    );
+    return [gx, gw];
+  });
+  return { sum, normed: memoCopy16(normed, out16) };
 }
 
 /** table (V, D), ids i32 of any shape -> (...ids.shape, D); backward scatter-adds into the table */

@@ -880,6 +880,34 @@ export class CpuBackend implements Backend {
     if (out16) round16(fl(out, 'norm output'), out16);
   }
 
+  addRmsNorm(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    weight: DeviceBuffer,
+    sum: DeviceBuffer,
+    out: DeviceBuffer,
+    rstd: DeviceBuffer,
+    nRows: number,
+    cols: number,
+    eps: number,
+    out16: DeviceBuffer | null,
+  ): void {
+    const as = fl(a, 'addRmsNorm a');
+    const bs = fl(b, 'addRmsNorm b');
+    const ss = fl(sum, 'addRmsNorm sum');
+    for (let i = 0; i < ss.length; i++) ss[i] = as[i] + bs[i];
+    rows.rmsNorm(
+      ss,
+      fl(weight, 'rmsNorm weight'),
+      fl(out, 'rmsNorm output'),
+      fl(rstd, 'rmsNorm rstd'),
+      nRows,
+      cols,
+      eps,
+    );
+    if (out16) round16(fl(out, 'rmsNorm output'), out16);
+  }
+
   rmsNormBackward(
     x: DeviceBuffer,
     weight: DeviceBuffer,

@@ -827,6 +827,21 @@ export class CudaBackend implements Backend {
     rowKernels.rmsNorm(this.host, x, weight, out, rstd, rows, cols, eps, out16);
   }
 
+  addRmsNorm(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    weight: DeviceBuffer,
+    sum: DeviceBuffer,
+    out: DeviceBuffer,
+    rstd: DeviceBuffer,
+    rows: number,
+    cols: number,
+    eps: number,
+    out16: DeviceBuffer | null,
+  ): void {
+    rowKernels.addRmsNorm(this.host, a, b, weight, sum, out, rstd, rows, cols, eps, out16);
+  }
+
   rmsNormBackward(
     x: DeviceBuffer,
     weight: DeviceBuffer,

@@ -12,6 +12,7 @@ export const ROWS_SIGNATURES = {
   layernorm_backward_f32: 'ppppppppli',
   layernorm_backward_acc_f32: 'ppppppppli',
   rmsnorm_f32: 'ppppifpi',
+  add_rmsnorm_f32: 'ppppppifpi',
   rmsnorm_backward_f32: 'ppppppli',
   rmsnorm_backward_acc_f32: 'ppppppli',
   cross_entropy_f32: 'ppppii',
@@ -157,6 +158,37 @@ export function rmsNorm(
   ];
   if (rows === 0) return;
   k(h, 'rmsnorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
+    ...args,
+    cols,
+    eps,
+    ...copy16(h, out16, rows * cols),
+  ]);
+}
+
+/** sum = a + b, out = rmsNorm(sum) (and out16) in one pass (Backend.addRmsNorm) */
+export function addRmsNorm(
+  h: Host,
+  a: DeviceBuffer,
+  b: DeviceBuffer,
+  weight: DeviceBuffer,
+  sum: DeviceBuffer,
+  out: DeviceBuffer,
+  rstd: DeviceBuffer,
+  rows: number,
+  cols: number,
+  eps: number,
+  out16: DeviceBuffer | null,
+): void {
+  const args = [
+    h.f(a, 'addRmsNorm a'),
+    h.f(b, 'addRmsNorm b'),
+    h.f(weight, 'rmsNorm weight'),
+    h.f(sum, 'addRmsNorm sum'),
+    h.f(out, 'rmsNorm output'),
+    h.f(rstd, 'rmsNorm rstd'),
+  ];
+  if (rows === 0) return;
+  k(h, 'add_rmsnorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
     ...args,
     cols,
     eps,

@@ -130,6 +130,30 @@ extern "C" __global__ void rmsnorm_f32(const float* x, const float* w, float* ou
   }
 }
 
+/**
+ * A pre-norm block's residual add and the RMSNorm of its result: sum = a + b (rows, cols), then
+ * rmsnorm_f32's arithmetic on sum (the same values as the two kernels). grid = rows
+ */
+extern "C" __global__ void add_rmsnorm_f32(const float* a, const float* b, const float* w, float* sum, float* out,
+                                           float* rstd, int cols, float eps, u16* o16, int t16) {
+  __shared__ float sh[32];
+  const i64 base = (i64)blockIdx.x * cols;
+  float acc = 0.f;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float v = a[base + j] + b[base + j];
+    sum[base + j] = v;
+    acc += v * v;
+  }
+  const float rs = 1.f / sqrtf(block_sum(acc, sh) / cols + eps);
+  if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
+  // each thread reads back the sums it wrote
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float v = sum[base + j] * rs * w[j];
+    out[base + j] = v;
+    if (o16) store16(o16, t16, base + j, v);
+  }
+}
+
 /** RMSNorm backward: gx (rows, cols), partial sums pw (gridDim.x, cols) of gy * xhat. */
 template <bool ACC>
 __device__ void rmsnorm_bwd(const float* x, const float* w, const float* rstd, const float* gy, float* gx, float* pw,
