@@ -2437,6 +2437,27 @@ describe('cuda: the mixer reads in_proj in place', { skip }, () => {
     }
   });
 
+  it('logDecayWindow (-softplus of a window read in place) and its backward, written or added', () => {
+    for (const [rows, cols, width, start] of [
+      [37, 3, 20, 17],
+      [8192, 32, 8224, 8192],
+    ]) {
+      const win = { offset: start, stride: width };
+      const a = pair(randn(rows * width, 3));
+      const y = out(rows * cols);
+      const ak = out(rows * cols);
+      both((be, s) => be.logDecayWindow!(a[s], win, y[s], ak[s], rows, cols));
+      check(y, 1e-6, `logDecay (${rows}, ${cols}) of width ${width}`);
+      checkExact(ak, 'logDecay kept a');
+      const g = pair(randn(rows * cols));
+      for (const accumulate of [false, true]) {
+        const ga = pair(randn(rows * width));
+        both((be, s) => be.logDecayWindowBackward!(ak[s], g[s], ga[s], win, accumulate, rows, cols));
+        check(ga, 1e-6, `logDecay backward (${accumulate ? 'added' : 'written'})`);
+      }
+    }
+  });
+
   it('the Phi-Mamba mixer under bf16 autocast: the same outputs and gradients as with split copies', () => {
     const run = (inplace: boolean) => {
       const prev = process.env.MOHAWK_MIXER_INPLACE;

@@ -820,6 +820,43 @@ describe('the mixer gate with z read in place', () => {
   });
 });
 
+describe('the mixer log decay read in place', () => {
+  it('logDecay on a column window: -softplus(a), its gradient written into its part of a', () => {
+    const be = T.getBackend();
+    const a = randn(rng, [2, 5, 9], 'f32');
+    const cols = { start: 6, end: 9 };
+    const ref = arr(T.neg(T.softplus(T.slice(a, 2, 6, 9))));
+    assertClose(arr(T.noGrad(() => T.logDecay(a, cols))), ref, 1e-7);
+    let calls = 0;
+    const plain = be.logDecayWindowBackward!.bind(be);
+    be.logDecayWindowBackward = (...x: Parameters<typeof plain>) => {
+      calls++;
+      plain(...x);
+    };
+    const grad = (inplace: boolean) => {
+      process.env.MOHAWK_MIXER_INPLACE = inplace ? '1' : '0';
+      a.requiresGrad = true;
+      a.grad?.dispose();
+      a.grad = null;
+      // all of a used elsewhere too: the in-place gradient adds to it
+      T.scope(() => T.add(T.sum(T.square(T.logDecay(a, cols))), T.sum(T.square(a))).backward());
+      return arr(a.grad!);
+    };
+    try {
+      const split = grad(false);
+      assert.equal(calls, 0);
+      const inplace = grad(true);
+      assert.equal(calls, 1);
+      assertClose(inplace, split, 1e-6);
+      // f64 on the CPU: against finite differences
+      gradcheck((p) => T.logDecay(p, { start: 1, end: 4 }), [randn(rng, [2, 3, 5])]);
+    } finally {
+      be.logDecayWindowBackward = plain;
+      delete process.env.MOHAWK_MIXER_INPLACE;
+    }
+  });
+});
+
 describe('cast and 16-bit storage', () => {
   it('bf16 and f16 round to nearest even', async () => {
     const { f32ToBf16, bf16ToF32, f32ToF16, f16ToF32 } = await import('../src/backends/dtype.js');

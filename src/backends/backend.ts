@@ -487,6 +487,29 @@ export interface Backend {
     headDim: number,
   ): void;
   /**
+   * Optional: the discrete Mamba-2 mixer's log decay read in place, out (rows, cols) = -softplus(a)
+   * with a the window aWin of in_proj's output; aKeep (rows, cols) | null, when given a's dense
+   * copy for the backward.
+   */
+  logDecayWindow?(
+    a: DeviceBuffer,
+    aWin: ColumnWindow,
+    out: DeviceBuffer,
+    aKeep: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+  ): void;
+  /** its backward: ga = -g sigmoid(a) into the window gaWin (added when `accumulate`); a, g dense */
+  logDecayWindowBackward?(
+    a: DeviceBuffer,
+    g: DeviceBuffer,
+    ga: DeviceBuffer,
+    gaWin: ColumnWindow,
+    accumulate: boolean,
+    rows: number,
+    cols: number,
+  ): void;
+  /**
    * Optional: a product (batch 1, 16-bit A, B and C) with a GELU (tanh approximation) epilogue.
    * 'gelu': C = gelu(op(A) op(B) + bias), and aux (C's dtype and shape) = the GELU input when
    * given; 'dgelu': C = (op(A) op(B)) * gelu'(aux), and bias = the sums of C over its rows when
@@ -877,6 +900,8 @@ export const KERNEL_NAMES = [
   'causalConv1dWindowBackward',
   'siluGateDWindow',
   'siluGateDWindowBackward',
+  'logDecayWindow',
+  'logDecayWindowBackward',
   'matmulGelu',
   'add3',
 ] as const satisfies readonly KernelName[];

@@ -19,10 +19,10 @@ import {
   eye,
   full,
   keep,
+  logDecay,
   materializeMixer,
   matmul,
   mul,
-  neg,
   noGrad,
   permute,
   reshape,
@@ -33,7 +33,6 @@ import {
   getAutocast,
   slice,
   ssmStep,
-  softplus,
   split,
   ssdScan,
   sum,
@@ -174,8 +173,8 @@ export class DiscreteMamba2 extends Module {
    * in_proj, then the depthwise conv on x, B and C separately (the same as convolving [x, B, C]
    * and splitting, since each channel convolves alone): the conv outputs need no further copy.
    * Each conv reads its columns of in_proj's output in place where the backend can (and writes
-   * its gradient there); so does the output gate for z (`zCols` of `proj`): only a is split off
-   * (MOHAWK_MIXER_INPLACE=0: all five).
+   * its gradient there); so do the output gate for z (`zCols` of `proj`) and the log decay for a
+   * (`aCols`): no split copies (MOHAWK_MIXER_INPLACE=0: all five).
    */
   private projectConvolved(u: Tensor): {
     x: Tensor;
@@ -183,14 +182,14 @@ export class DiscreteMamba2 extends Module {
     cm: Tensor;
     proj: Tensor;
     zCols: { start: number; end: number };
-    a: Tensor;
+    aCols: { start: number; end: number };
   } {
     const [b, t] = u.shape;
     const { nQkHeads: G, nVHeads: H, dState: N, dConv: K } = this.cfg;
     const widths = [this.dInner, G * N, G * N];
     const proj = this.in_proj.forward(u);
     const zCols = { start: this.convDim, end: this.convDim + this.dInner };
-    const a = slice(proj, -1, zCols.end, zCols.end + H);
+    const aCols = { start: zCols.end, end: zCols.end + H };
     const w = split(reshape(this.convWeight, [this.convDim, K]), widths, 0);
     const bias = this.convBias ? split(this.convBias, widths, 0) : [null, null, null];
     const starts = [0, this.dInner, this.dInner + G * N];
@@ -202,7 +201,7 @@ export class DiscreteMamba2 extends Module {
       cm: reshape(conv(2), [b, t, G, N]),
       proj,
       zCols,
-      a,
+      aCols,
     };
   }
 
@@ -234,7 +233,7 @@ export class DiscreteMamba2 extends Module {
   }
 
   private logA(a: Tensor): Tensor {
-    return neg(softplus(a));
+    return logDecay(a);
   }
 
   /** D per head as (1, 1, H, 1), for D * x */
@@ -262,8 +261,8 @@ export class DiscreteMamba2 extends Module {
         matrix: null,
       };
     }
-    const { x, bm, cm, proj, zCols, a } = this.projectConvolved(u);
-    const logA = this.logA(a);
+    const { x, bm, cm, proj, zCols, aCols } = this.projectConvolved(u);
+    const logA = logDecay(proj, aCols);
     const { y } = ssdScan(x, logA, bm, cm, { chunkSize: this.cfg.chunkSize });
     // (y + D x) * silu(z + z_bias) in one kernel each way where the backend has it, stored in 16
     // bits under autocast (out_proj reads it so), z read from in_proj's output

@@ -1987,6 +1987,59 @@ function siluGateDWindow(
   );
 }
 
+/**
+ * The discrete Mamba-2 mixer's log decay, log alpha = -softplus(a). With `cols`, a is (..., W)
+ * and its columns [start, end) are read in place where the backend can (in_proj's output, a's
+ * gradient written into that part of its gradient; a dense copy of those columns kept for the
+ * backward), else through a slice (MOHAWK_MIXER_INPLACE=0).
+ */
+export function logDecay(a: Tensor, cols?: { start: number; end: number }): Tensor {
+  const width = a.shape[a.ndim - 1] ?? 1;
+  if (cols && !(cols.start === 0 && cols.end === width)) {
+    const be = a.backend;
+    if (
+      be.logDecayWindow &&
+      be.logDecayWindowBackward &&
+      (a.dtype === 'f32' || a.dtype === 'f64') &&
+      a.ndim >= 1 &&
+      fusedGlue('MOHAWK_MIXER_INPLACE')
+    )
+      return logDecayWindow(a, cols);
+    return neg(softplus(slice(a, -1, cols.start, cols.end)));
+  }
+  return neg(softplus(a));
+}
+
+function logDecayWindow(a: Tensor, cols: { start: number; end: number }): Tensor {
+  const { start, end } = cols;
+  const width = a.shape[a.ndim - 1];
+  if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start <= end && end <= width))
+    fail('logDecay', `columns [${start}, ${end}) outside ${shapeStr(a.shape)}`);
+  const c = end - start;
+  const shape = [...a.shape.slice(0, -1), c];
+  const rows = sizeOf(shape) / Math.max(c, 1);
+  const be = a.backend;
+  const win = { offset: start, stride: width };
+  const out = empty(shape, a.dtype, be);
+  const ak = isGradEnabled() && a.requiresGrad ? empty(shape, a.dtype, be) : null;
+  be.logDecayWindow!(a.buffer, win, out.buffer, ak?.buffer ?? null, rows, c);
+  const into = (g: Tensor, ga: Tensor, accumulate: boolean) =>
+    be.logDecayWindowBackward!(ak!.buffer, g.buffer, ga.buffer, win, accumulate, rows, c);
+  return record(
+    out,
+    'logDecay',
+    [a],
+    ak ? [ak] : [],
+    (g) => {
+      // (autograd writes the window through accumulateInto; this is the plain form)
+      const ga = zeros(a.shape, a.dtype, be);
+      into(g, ga, true);
+      return [ga];
+    },
+    { accumulateInto: into, region: { axis: a.ndim - 1, start, end } },
+  );
+}
+
 /** Inverted dropout with a mask drawn from (seed, element index); identity when p = 0. */
 export function dropout(x: Tensor, p: number, seed: number): Tensor {
   checkFloat('dropout', x);

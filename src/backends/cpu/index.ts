@@ -1184,6 +1184,36 @@ export class CpuBackend implements Backend {
     if (gBias) fl(gBias, 'siluGateD bias gradient').set(accB);
   }
 
+  logDecayWindow(
+    a: DeviceBuffer,
+    aWin: ColumnWindow,
+    out: DeviceBuffer,
+    aKeep: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+  ): void {
+    const as = seq.gatherWindow(fl(a, 'logDecay a'), aWin, rows, cols);
+    const o = fl(out, 'logDecay output');
+    for (let i = 0; i < as.length; i++) o[i] = -softplus(as[i]);
+    if (aKeep) fl(aKeep, 'logDecay kept a').set(as);
+  }
+
+  logDecayWindowBackward(
+    a: DeviceBuffer,
+    g: DeviceBuffer,
+    ga: DeviceBuffer,
+    gaWin: ColumnWindow,
+    accumulate: boolean,
+    rows: number,
+    cols: number,
+  ): void {
+    const as = fl(a, 'logDecay a');
+    const gs = fl(g, 'logDecay gradient');
+    const d = as instanceof Float64Array ? new Float64Array(rows * cols) : new Float32Array(rows * cols);
+    for (let i = 0; i < d.length; i++) d[i] = -gs[i] * sigmoid(as[i]);
+    seq.scatterWindow(d, fl(ga, 'logDecay a gradient'), gaWin, rows, cols, accumulate);
+  }
+
   rope(x: DeviceBuffer, out: DeviceBuffer, p: RopeParams): void {
     seq.rope(fl(x, 'rope input'), fl(out, 'rope output'), p);
   }

@@ -1018,6 +1018,29 @@ export class CudaBackend implements Backend {
     );
   }
 
+  logDecayWindow(
+    a: DeviceBuffer,
+    aWin: ColumnWindow,
+    out: DeviceBuffer,
+    aKeep: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+  ): void {
+    sequence.logDecayWindow(this.host, a, aWin, out, aKeep, rows, cols);
+  }
+
+  logDecayWindowBackward(
+    a: DeviceBuffer,
+    g: DeviceBuffer,
+    ga: DeviceBuffer,
+    gaWin: ColumnWindow,
+    accumulate: boolean,
+    rows: number,
+    cols: number,
+  ): void {
+    sequence.logDecayWindowBackward(this.host, a, g, ga, gaWin, accumulate, rows, cols);
+  }
+
   rope(x: DeviceBuffer, out: DeviceBuffer, p: RopeParams): void {
     sequence.rope(this.host, x, out, p);
   }

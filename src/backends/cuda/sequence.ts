@@ -29,6 +29,8 @@ export const SEQUENCE_SIGNATURES = {
   silu_gate_d_win_f32: 'pppplppippilii',
   silu_gate_d_win_x4: 'pppplppippilii',
   silu_gate_d_backward_win_f32: 'ppppippppplippliii',
+  log_decay_win_f32: 'plppli',
+  log_decay_backward_win_f32: 'ppplili',
 } as const;
 
 const { k, run1 } = moduleKernels('sequence', SEQUENCE_SIGNATURES);
@@ -402,6 +404,54 @@ export function siluGateDWindowBackward(
   h.free(partialD);
   if (partialB) h.free(partialB);
   h.free(colSums);
+}
+
+/** Backend.logDecayWindow: -softplus(a) of a window of in_proj's output, and a's dense copy */
+export function logDecayWindow(
+  h: Host,
+  a: DeviceBuffer,
+  aWin: ColumnWindow,
+  out: DeviceBuffer,
+  aKeep: DeviceBuffer | null,
+  rows: number,
+  cols: number,
+): void {
+  const ab = h.buf(a, 'logDecay a');
+  if (ab.dtype !== 'f32') throw new Error(`cuda backend: logDecay a must be f32, got ${ab.dtype}`);
+  checkWindow('logDecay a', ab.length, aWin, rows, cols);
+  run1(h, 'log_decay_win_f32', rows * cols, [
+    at(ab.ptr, aWin),
+    aWin.stride,
+    h.f(out, 'logDecay output'),
+    aKeep ? h.f(aKeep, 'logDecay kept a') : 0,
+    rows,
+    cols,
+  ]);
+}
+
+/** Backend.logDecayWindowBackward: a's gradient into its window of in_proj's output gradient */
+export function logDecayWindowBackward(
+  h: Host,
+  a: DeviceBuffer,
+  g: DeviceBuffer,
+  ga: DeviceBuffer,
+  gaWin: ColumnWindow,
+  accumulate: boolean,
+  rows: number,
+  cols: number,
+): void {
+  const gb = h.buf(ga, 'logDecay a gradient');
+  if (gb.dtype !== 'f32') throw new Error(`cuda backend: logDecay a gradient must be f32, got ${gb.dtype}`);
+  checkWindow('logDecay a gradient', gb.length, gaWin, rows, cols);
+  run1(h, 'log_decay_backward_win_f32', rows * cols, [
+    h.f(a, 'logDecay a'),
+    h.f(g, 'logDecay gradient'),
+    at(gb.ptr, gaWin),
+    gaWin.stride,
+    accumulate ? 1 : 0,
+    rows,
+    cols,
+  ]);
 }
 
 export function rope(h: Host, x: DeviceBuffer, out: DeviceBuffer, p: RopeParams): void {

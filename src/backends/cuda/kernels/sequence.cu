@@ -526,3 +526,31 @@ extern "C" __global__ void silu_gate_d_backward_win_f32(const void* y, const flo
   partialD[(i64)blockIdx.y * cols + c] = accD;
   if (partialB) partialB[(i64)blockIdx.y * cols + c] = accB;
 }
+
+// ---- the mixer's log decay read in place: log alpha = -softplus(a), a a column window of in_proj's output ----
+
+/**
+ * out (rows, cols) = -softplus(a) and, when aKeep is given, aKeep (rows, cols) = a (the dense copy
+ * the backward reads); a the window, rows lda apart. The arithmetic of unary softplus, then neg.
+ */
+extern "C" __global__ void log_decay_win_f32(const float* a, i64 lda, float* out, float* aKeep, i64 rows, int cols) {
+  const i64 n = rows * cols;
+  FOR_EACH(i, n) {
+    const i64 r = i / cols;
+    const float x = a[r * lda + (i - r * cols)];
+    out[i] = -(fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))));
+    if (aKeep) aKeep[i] = x;
+  }
+}
+
+/** ga (the window, rows lga apart; added to when acc) = (-g) sigmoid(a), a and g dense (rows, cols) */
+extern "C" __global__ void log_decay_backward_win_f32(const float* a, const float* g, float* ga, i64 lga, int acc,
+                                                      i64 rows, int cols) {
+  const i64 n = rows * cols;
+  FOR_EACH(i, n) {
+    const i64 r = i / cols;
+    const float v = -g[i] * gate_sigmoid(a[i]);
+    float* o = ga + r * lga + (i - r * cols);
+    *o = acc ? *o + v : v;
+  }
+}
