@@ -55,7 +55,8 @@ const { values } = parseArgs({
     'gelu-epilogue': { type: 'boolean', default: false },
     // the mixer's in_proj output split by copies, as before (MOHAWK_MIXER_INPLACE=0)
     'split-mixer': { type: 'boolean', default: false },
-    // norms' input gradients added by a separate pass, as before (MOHAWK_NORM_INPLACE=0)
+    // norms' and the SSD scan's input gradients added by a separate pass, as before
+    // (MOHAWK_NORM_INPLACE=0, MOHAWK_SSD_ADD_GX=0)
     'unfused-norm-grad': { type: 'boolean', default: false },
     // norms' outputs cast to bf16 by the products, and residual add + RMSNorm as two kernels, as
     // before (MOHAWK_NORM_CAST16=0, MOHAWK_FUSED_ADD_NORM=0)
@@ -67,7 +68,10 @@ if (values['unfused-norm-cast']) {
   process.env.MOHAWK_FUSED_ADD_NORM = '0';
 }
 if (values['split-mixer']) process.env.MOHAWK_MIXER_INPLACE = '0';
-if (values['unfused-norm-grad']) process.env.MOHAWK_NORM_INPLACE = '0';
+if (values['unfused-norm-grad']) {
+  process.env.MOHAWK_NORM_INPLACE = '0';
+  process.env.MOHAWK_SSD_ADD_GX = '0';
+}
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';
 if (values['gelu-epilogue']) process.env.MOHAWK_GELU_EPILOGUE = '1';
 const llama = values.model === 'llama3';

@@ -2458,6 +2458,60 @@ describe('cuda: the mixer reads in_proj in place', { skip }, () => {
     }
   });
 
+  it('SSD scan backward adding x gradient onto what gx holds (fast f32 and bf16, oracle)', () => {
+    const cases: SsdParams[] = [
+      { batch: 2, seqLen: 300, heads: 4, groups: 4, headDim: 64, dState: 64, chunkSize: 128 },
+      { batch: 1, seqLen: 77, heads: 3, groups: 1, headDim: 64, dState: 16, chunkSize: 21 },
+      { batch: 2, seqLen: 500, heads: 10, groups: 5, headDim: 7, dState: 5, chunkSize: 16 },
+    ];
+    const prev = gpu.ssdImpl;
+    try {
+      for (const p of cases) {
+        const { batch: B, seqLen: L, heads: H, groups: G, headDim: P, dState: N, chunkSize: Q } = p;
+        const nC = Math.ceil(L / Q);
+        const n = B * L * H * P;
+        const x = pair(randn(n));
+        const logA = pair(uniform(B * L * H, -1.5, -0.01));
+        const bm = pair(randn(B * L * G * N, 0.5));
+        const cm = pair(randn(B * L * G * N, 0.5));
+        const gy = pair(randn(n));
+        const y = out(n);
+        const states = out(B * nC * H * P * N);
+        for (const [impl, lp] of [
+          ['fast', false],
+          ['fast', true],
+          ['oracle', false],
+        ] as const) {
+          gpu.ssdImpl = impl;
+          const q = { ...p, lowPrecision: lp };
+          both((be, s) => be.ssdScan(x[s], logA[s], bm[s], cm[s], y[s], states[s], null, q));
+          // the plain gradient on the GPU, then the same added onto other values
+          const plain = out(n);
+          const gl = out(B * L * H);
+          const gb = out(B * L * G * N);
+          const gc = out(B * L * G * N);
+          gpu.ssdScanBackward(x.g, logA.g, bm.g, cm.g, states.g, gy.g, plain.g, gl.g, gb.g, gc.g, q);
+          const base = randn(n);
+          const gx = pair(base);
+          gpu.ssdScanBackward(x.g, logA.g, bm.g, cm.g, states.g, gy.g, gx.g, gl.g, gb.g, gc.g, q, true);
+          const got = gpu.read(gx.g);
+          const want = Float64Array.from(gpu.read(plain.g), (v, i) => Math.fround(v + base[i]));
+          assertClose(
+            got,
+            want,
+            1e-6 * maxAbs(want),
+            `ssd gx added (${impl} ${lp ? 'bf16' : 'f32'}) ${JSON.stringify(p)}`,
+          );
+          // and the CPU's
+          cpu.ssdScanBackward(x.c, logA.c, bm.c, cm.c, states.c, gy.c, gx.c, gl.c, gb.c, gc.c, q, true);
+          if (!lp) check(gx, 2e-4, `ssd gx added vs the CPU (${impl})`, 1e-6);
+        }
+      }
+    } finally {
+      gpu.ssdImpl = prev;
+    }
+  });
+
   it('the Phi-Mamba mixer under bf16 autocast: the same outputs and gradients as with split copies', () => {
     const run = (inplace: boolean) => {
       const prev = process.env.MOHAWK_MIXER_INPLACE;

@@ -820,6 +820,47 @@ describe('the mixer gate with z read in place', () => {
   });
 });
 
+describe('the SSD scan adding x gradient in place', () => {
+  it('x also read elsewhere (the gate D x): the same gradients as a fresh one and a separate add', () => {
+    const be = T.getBackend();
+    const [B, L, H, P, G, N] = [2, 9, 2, 3, 1, 4];
+    const x = randn(rng, [B, L, H, P]);
+    const logA = T.neg(T.softplus(randn(rng, [B, L, H])));
+    const bm = randn(rng, [B, L, G, N]);
+    const cm = randn(rng, [B, L, G, N]);
+    const d = randn(rng, [B, L, H, P]);
+    const f = (p: Tensor, q: Tensor, r: Tensor) =>
+      T.add(T.mul(T.ssdScan(p, logA, q, r, { chunkSize: 4 }).y, d), T.mul(p, d));
+    let added = 0;
+    const plain = be.ssdScanBackward.bind(be);
+    be.ssdScanBackward = (...a: Parameters<typeof plain>) => {
+      if (a[11]) added++;
+      plain(...a);
+    };
+    const grads = (on: boolean) => {
+      process.env.MOHAWK_SSD_ADD_GX = on ? '1' : '0';
+      for (const t of [x, bm, cm]) {
+        t.requiresGrad = true;
+        t.grad?.dispose();
+        t.grad = null;
+      }
+      T.scope(() => T.sum(T.square(f(x, bm, cm))).backward());
+      return [x, bm, cm].map((t) => arr(t.grad!));
+    };
+    try {
+      const off = grads(false);
+      assert.equal(added, 0);
+      const on = grads(true);
+      assert.equal(added, 1, 'the scan added its x gradient');
+      assert.deepEqual(on, off);
+      gradcheck(f, [x, bm, cm]);
+    } finally {
+      be.ssdScanBackward = plain;
+      delete process.env.MOHAWK_SSD_ADD_GX;
+    }
+  });
+});
+
 describe('the mixer log decay read in place', () => {
   it('logDecay on a column window: -softplus(a), its gradient written into its part of a', () => {
     const be = T.getBackend();

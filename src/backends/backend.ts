@@ -689,7 +689,10 @@ export interface Backend {
     finalState: DeviceBuffer | null,
     p: SsdParams,
   ): void;
-  /** gradients overwritten */
+  /**
+   * gradients overwritten, except gx with `accumulateGx`: x's gradient added to what gx holds
+   * (the mixer's x also feeds the gate's D term, whose gradient is there already)
+   */
   ssdScanBackward(
     x: DeviceBuffer,
     logA: DeviceBuffer,
@@ -702,6 +705,7 @@ export interface Backend {
     gB: DeviceBuffer,
     gC: DeviceBuffer,
     p: SsdParams,
+    accumulateGx?: boolean,
   ): void;
   /**
    * One decoding step (one token) of the discrete Mamba-2 mixer, its caches updated in place.

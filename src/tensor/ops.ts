@@ -243,7 +243,8 @@ export function fusedGlue(
     | 'MOHAWK_MIXER_INPLACE'
     | 'MOHAWK_NORM_INPLACE'
     | 'MOHAWK_NORM_CAST16'
-    | 'MOHAWK_FUSED_ADD_NORM',
+    | 'MOHAWK_FUSED_ADD_NORM'
+    | 'MOHAWK_SSD_ADD_GX',
 ): boolean {
   return process.env.MOHAWK_FUSED_GLUE !== '0' && process.env[name] !== '0';
 }
@@ -1007,9 +1008,8 @@ function memoCopy16(out: Tensor, out16: Tensor | null): Tensor {
 
 /**
  * Record a norm whose backward adds its input's gradient to the one autograd already holds (the
- * residual stream's other branch) in the same pass, instead of a separate add: accumulateInto over
- * all of x, which autograd runs before backward (MOHAWK_NORM_INPLACE=0: a fresh gradient, added
- * by autograd). `run(g, gx, accumulate)` returns [gx, the parameters' gradients...].
+ * residual stream's other branch) in the same pass, instead of a separate add
+ * (MOHAWK_NORM_INPLACE=0: a fresh gradient, added by autograd).
  */
 function recordNorm(
   out: Tensor,
@@ -1018,9 +1018,27 @@ function recordNorm(
   saves: Tensor[],
   run: (g: Tensor, gx: Tensor, accumulate: boolean) => (Tensor | null)[],
 ): Tensor {
+  return recordIntoFirst(out, op, inputs, saves, run, fusedGlue('MOHAWK_NORM_INPLACE'));
+}
+
+/**
+ * Record an op whose backward writes its first input's gradient into the buffer autograd holds
+ * for it, added to what is there when another consumer's part came first (`accumulate`):
+ * accumulateInto over all of that input, which autograd runs before backward. With `enabled`
+ * false, a plain record (a fresh gradient that autograd adds). `run(g, gx, accumulate)` returns
+ * [gx, the other inputs' gradients...].
+ */
+function recordIntoFirst(
+  out: Tensor,
+  op: string,
+  inputs: Tensor[],
+  saves: Tensor[],
+  run: (g: Tensor, gx: Tensor, accumulate: boolean) => (Tensor | null)[],
+  enabled: boolean,
+): Tensor {
   const x = inputs[0];
   const plain = (g: Tensor) => run(g, like(x), false);
-  if (!fusedGlue('MOHAWK_NORM_INPLACE') || x.ndim === 0) return record(out, op, inputs, saves, plain);
+  if (!enabled || x.ndim === 0) return record(out, op, inputs, saves, plain);
   let pending: (Tensor | null)[] | null = null;
   return record(
     out,
@@ -1532,26 +1550,35 @@ export function ssdScan(
     finalState?.buffer ?? null,
     p,
   );
-  record(y, 'ssdScan', [x, logA, bm, cm], [x, logA, bm, cm, states], (g) => {
-    const gx = like(x);
-    const gl = like(logA);
-    const gb = like(bm);
-    const gc = like(cm);
-    x.backend.ssdScanBackward(
-      x.buffer,
-      logA.buffer,
-      bm.buffer,
-      cm.buffer,
-      states.buffer,
-      g.buffer,
-      gx.buffer,
-      gl.buffer,
-      gb.buffer,
-      gc.buffer,
-      p,
-    );
-    return [gx, gl, gb, gc];
-  });
+  // x's gradient added in the same pass to the one autograd holds (the mixer's gate, D x, reads x
+  // too), as a norm's (MOHAWK_SSD_ADD_GX=0: a fresh gradient and a separate add)
+  recordIntoFirst(
+    y,
+    'ssdScan',
+    [x, logA, bm, cm],
+    [x, logA, bm, cm, states],
+    (g, gx, accumulate) => {
+      const gl = like(logA);
+      const gb = like(bm);
+      const gc = like(cm);
+      x.backend.ssdScanBackward(
+        x.buffer,
+        logA.buffer,
+        bm.buffer,
+        cm.buffer,
+        states.buffer,
+        g.buffer,
+        gx.buffer,
+        gl.buffer,
+        gb.buffer,
+        gc.buffer,
+        p,
+        accumulate,
+      );
+      return [gx, gl, gb, gc];
+    },
+    fusedGlue('MOHAWK_SSD_ADD_GX'),
+  );
   return { y, finalState };
 }
 

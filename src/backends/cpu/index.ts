@@ -1301,7 +1301,10 @@ export class CpuBackend implements Backend {
     gB: DeviceBuffer,
     gC: DeviceBuffer,
     p: SsdParams,
+    accumulateGx = false,
   ): void {
+    const out = fl(gx, 'ssd x gradient');
+    const gxs = accumulateGx ? scratchLike(out) : out;
     ssd.ssdScanBackward(
       fl(x, 'ssd x'),
       fl(logA, 'ssd logA'),
@@ -1309,13 +1312,14 @@ export class CpuBackend implements Backend {
       fl(cm, 'ssd C'),
       fl(states, 'ssd states'),
       fl(gy, 'ssd gradient'),
-      fl(gx, 'ssd x gradient'),
+      gxs,
       fl(gLogA, 'ssd logA gradient'),
       fl(gB, 'ssd B gradient'),
       fl(gC, 'ssd C gradient'),
       ssdParams(p),
       this.useBlas,
     );
+    if (accumulateGx) for (let i = 0; i < out.length; i++) out[i] += gxs[i];
   }
 
   materializeMixer(

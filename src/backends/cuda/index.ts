@@ -1111,8 +1111,24 @@ export class CudaBackend implements Backend {
     gB: DeviceBuffer,
     gC: DeviceBuffer,
     p: SsdParams,
+    accumulateGx = false,
   ): void {
-    ssd.ssdScanBackward(this.host, this.ssdImpl, x, logA, bm, cm, states, gy, gx, gLogA, gB, gC, p);
+    ssd.ssdScanBackward(
+      this.host,
+      this.ssdImpl,
+      x,
+      logA,
+      bm,
+      cm,
+      states,
+      gy,
+      gx,
+      gLogA,
+      gB,
+      gC,
+      p,
+      accumulateGx,
+    );
   }
 
   materializeMixer(

@@ -13,8 +13,8 @@ export const SSD_FAST_SIGNATURES = {
   ssdf_pass: 'pppSi',
   ssdf_out_bf16: 'ppppppS',
   ssdf_out_f32: 'ppppppS',
-  ssdf_bwd_bf16: 'pppppppppppS',
-  ssdf_bwd_f32: 'pppppppppppS',
+  ssdf_bwd_bf16: 'pppppppppppiS',
+  ssdf_bwd_f32: 'pppppppppppiS',
 } as const;
 
 export type SsdFastKernel = keyof typeof SSD_FAST_SIGNATURES;
@@ -129,7 +129,7 @@ export function ssdFastForward<Buf extends { ptr: number }>(
   host.release(cl);
 }
 
-/** gx, gLogA, gB, gC (overwritten) from the forward inputs, its states and gy. */
+/** gx (or added to it with accumulateGx), gLogA, gB, gC (overwritten) from the forward inputs, its states and gy. */
 export function ssdFastBackward<Buf extends { ptr: number }>(
   host: SsdFastHost<Buf>,
   plan: SsdFastPlan,
@@ -144,6 +144,7 @@ export function ssdFastBackward<Buf extends { ptr: number }>(
   gLogA: number,
   gB: number,
   gC: number,
+  accumulateGx = false,
 ): void {
   const lp = p.lowPrecision === true;
   const { batch: B, seqLen: T, heads: H, groups: G, headDim: P, dState: N } = p;
@@ -170,6 +171,7 @@ export function ssdFastBackward<Buf extends { ptr: number }>(
     gBh ? gBh.ptr : gB,
     gCh ? gCh.ptr : gC,
     gLogA,
+    accumulateGx ? 1 : 0,
     d,
   ]);
   if (gBh && gCh) {

@@ -451,6 +451,15 @@ __device__ __forceinline__ void store2(float* row, int p, int P, float v0, float
   }
 }
 
+/** store2, added to what is there when acc (x's gradient onto the other part the caller holds) */
+__device__ __forceinline__ void store2acc(float* row, int p, int P, float v0, float v1, int acc) {
+  if (acc) {
+    if (p < P) v0 += row[p];
+    if (p + 1 < P) v1 += row[p + 1];
+  }
+  store2(row, p, P, v0, v1);
+}
+
 __host__ __device__ constexpr int round16(int v) { return (v + 15) & ~15; }
 
 // ---- chunk state (P x N per chunk) -------------------------------------------------------------
@@ -690,7 +699,7 @@ __device__ void chunk_bwd(const float* __restrict__ x, const float* __restrict__
                           const float* __restrict__ logA, const float* __restrict__ st,
                           const float* __restrict__ gS, const float* __restrict__ gy, float* __restrict__ gx,
                           float* __restrict__ gBh, float* __restrict__ gCh, float* __restrict__ gLogA,
-                          const SsdDims& d) {
+                          int accGx, const SsdDims& d) {
   extern __shared__ float4 smem4[];
   float* sm = (float*)smem4;
   const int H = d.heads, h = blockIdx.x % H, c = blockIdx.x / H, b = blockIdx.y;
@@ -856,8 +865,8 @@ __device__ void chunk_bwd(const float* __restrict__ x, const float* __restrict__
 #pragma unroll
     for (int pt = 0; pt < PP / 8; pt++) {
       const int p = 8 * pt + 2 * t;
-      if (j0 < L) store2(gx + XI(d, b, t0 + j0, h), p, P, ax[pt][0], ax[pt][1]);
-      if (j1 < L) store2(gx + XI(d, b, t0 + j1, h), p, P, ax[pt][2], ax[pt][3]);
+      if (j0 < L) store2acc(gx + XI(d, b, t0 + j0, h), p, P, ax[pt][0], ax[pt][1], accGx);
+      if (j1 < L) store2acc(gx + XI(d, b, t0 + j1, h), p, P, ax[pt][2], ax[pt][3], accGx);
     }
 #pragma unroll
     for (int nt = 0; nt < NP / 8; nt++) {
@@ -913,13 +922,13 @@ __device__ void chunk_bwd(const float* __restrict__ x, const float* __restrict__
 extern "C" __global__ void __launch_bounds__(256, 1) ssdf_bwd_bf16(const float* x, const float* bm, const float* cm,
                                                                    const float* logA, const float* st, const float* gS,
                                                                    const float* gy, float* gx, float* gBh, float* gCh,
-                                                                   float* gLogA, SsdDims d) {
-  chunk_bwd<true>(x, bm, cm, logA, st, gS, gy, gx, gBh, gCh, gLogA, d);
+                                                                   float* gLogA, int accGx, SsdDims d) {
+  chunk_bwd<true>(x, bm, cm, logA, st, gS, gy, gx, gBh, gCh, gLogA, accGx, d);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1) ssdf_bwd_f32(const float* x, const float* bm, const float* cm,
                                                                   const float* logA, const float* st, const float* gS,
                                                                   const float* gy, float* gx, float* gBh, float* gCh,
-                                                                  float* gLogA, SsdDims d) {
-  chunk_bwd<false>(x, bm, cm, logA, st, gS, gy, gx, gBh, gCh, gLogA, d);
+                                                                  float* gLogA, int accGx, SsdDims d) {
+  chunk_bwd<false>(x, bm, cm, logA, st, gS, gy, gx, gBh, gCh, gLogA, accGx, d);
 }
