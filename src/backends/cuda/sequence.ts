@@ -131,8 +131,7 @@ export function causalConv1dBackward(
     : kernel === 4
       ? 'conv1d_backward_w_k4_f32'
       : 'conv1d_backward_w_f32';
-  const threads = Math.min(THREADS, roundUp(channels, 32));
-  k(h, name).launch([nb, Math.min(Math.ceil(channels / threads), 65535), 1], threads, 0, [
+  k(h, name).launch([nb, 1, 1], Math.min(THREADS, roundUp(channels, 32)), 0, [
     xp,
     gyp,
     pw.ptr,
