@@ -13,8 +13,10 @@ export const SSD_FAST_SIGNATURES = {
   ssdf_pass: 'pppSi',
   ssdf_out_bf16: 'ppppppS',
   ssdf_out_f32: 'ppppppS',
-  ssdf_bwd_bf16: 'pppppppppppiS',
-  ssdf_bwd_f32: 'pppppppppppiS',
+  ssdf_bwd_bf16: 'pppppppppppS',
+  ssdf_bwd_f32: 'pppppppppppS',
+  ssdf_bwd_acc_bf16: 'pppppppppppS',
+  ssdf_bwd_acc_f32: 'pppppppppppS',
 } as const;
 
 export type SsdFastKernel = keyof typeof SSD_FAST_SIGNATURES;
@@ -159,7 +161,14 @@ export function ssdFastBackward<Buf extends { ptr: number }>(
   const perHead = G !== H;
   const gBh = perHead ? host.scratch(B * T * H * N) : null;
   const gCh = perHead ? host.scratch(B * T * H * N) : null;
-  launch(host, plan, lp ? 'ssdf_bwd_bf16' : 'ssdf_bwd_f32', grid, plan.shared.bwd, [
+  const name = accumulateGx
+    ? lp
+      ? 'ssdf_bwd_acc_bf16'
+      : 'ssdf_bwd_acc_f32'
+    : lp
+      ? 'ssdf_bwd_bf16'
+      : 'ssdf_bwd_f32';
+  launch(host, plan, name, grid, plan.shared.bwd, [
     x,
     bm,
     cm,
@@ -171,7 +180,6 @@ export function ssdFastBackward<Buf extends { ptr: number }>(
     gBh ? gBh.ptr : gB,
     gCh ? gCh.ptr : gC,
     gLogA,
-    accumulateGx ? 1 : 0,
     d,
   ]);
   if (gBh && gCh) {
