@@ -13,6 +13,9 @@ export const ROWS_SIGNATURES = {
   layernorm_backward_acc_f32: 'ppppppppli',
   rmsnorm_f32: 'ppppifpi',
   add_rmsnorm_f32: 'ppppppifpi',
+  layernorm_warp_f32: 'pppppplifpi',
+  rmsnorm_warp_f32: 'pppplifpi',
+  add_rmsnorm_warp_f32: 'pppppplifpi',
   rmsnorm_backward_f32: 'ppppppli',
   rmsnorm_backward_acc_f32: 'ppppppli',
   cross_entropy_f32: 'ppppii',
@@ -53,6 +56,21 @@ export function softmaxBackward(
   k(h, 'softmax_backward_f32').launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, log ? 1 : 0]);
 }
 
+/** rows per block of the one-warp-per-row norm kernels */
+const WARP_ROWS = 8;
+
+/**
+ * Whether a norm's rows take the one-warp-per-row kernels (values in registers): widths that are
+ * multiples of 128 up to 2048 (NORM_WARP_MAXV in rows.cu); MOHAWK_NORM_WARP=0: never.
+ */
+function warpRows(cols: number): boolean {
+  return cols > 0 && cols % 128 === 0 && cols <= 2048 && process.env.MOHAWK_NORM_WARP !== '0';
+}
+
+function warpGrid(rows: number): [number, number, number] {
+  return [Math.ceil(rows / WARP_ROWS), 1, 1];
+}
+
 /** the kernel arguments (pointer, 16-bit type) of a norm's optional 16-bit copy of its output */
 function copy16(h: Host, out16: DeviceBuffer | null, n: number): [number, number] {
   if (!out16) return [0, 0];
@@ -86,6 +104,16 @@ export function layerNorm(
     h.f(rstd, 'layerNorm rstd'),
   ];
   if (rows === 0) return;
+  if (warpRows(cols)) {
+    k(h, 'layernorm_warp_f32').launch(warpGrid(rows), 32 * WARP_ROWS, 0, [
+      ...args,
+      rows,
+      cols,
+      eps,
+      ...copy16(h, out16, rows * cols),
+    ]);
+    return;
+  }
   k(h, 'layernorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
     ...args,
     cols,
@@ -157,6 +185,16 @@ export function rmsNorm(
     h.f(rstd, 'rmsNorm rstd'),
   ];
   if (rows === 0) return;
+  if (warpRows(cols)) {
+    k(h, 'rmsnorm_warp_f32').launch(warpGrid(rows), 32 * WARP_ROWS, 0, [
+      ...args,
+      rows,
+      cols,
+      eps,
+      ...copy16(h, out16, rows * cols),
+    ]);
+    return;
+  }
   k(h, 'rmsnorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
     ...args,
     cols,
@@ -188,6 +226,16 @@ export function addRmsNorm(
     h.f(rstd, 'rmsNorm rstd'),
   ];
   if (rows === 0) return;
+  if (warpRows(cols)) {
+    k(h, 'add_rmsnorm_warp_f32').launch(warpGrid(rows), 32 * WARP_ROWS, 0, [
+      ...args,
+      rows,
+      cols,
+      eps,
+      ...copy16(h, out16, rows * cols),
+    ]);
+    return;
+  }
   k(h, 'add_rmsnorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
     ...args,
     cols,
