@@ -18,8 +18,8 @@
 // is the eager loop below (item() after the forward, AdamW.step), as in the earlier figures. The
 // profile and the memory breakdown always come from the eager loop.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
-//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--trainer]
-//      (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--trainer] [--split-mixer]
+//      [--unfused-norm-grad] [--unfused-norm-cast] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -64,8 +64,25 @@ const { values } = parseArgs({
     'gelu-epilogue': { type: 'boolean', default: false },
     // the timed steps through the trainer's device step with CUDA graphs
     trainer: { type: 'boolean', default: false },
+    // the mixer's in_proj output split by copies, as before (MOHAWK_MIXER_INPLACE=0)
+    'split-mixer': { type: 'boolean', default: false },
+    // norms' and the SSD scan's input gradients added by a separate pass, as before
+    // (MOHAWK_NORM_INPLACE=0, MOHAWK_SSD_ADD_GX=0)
+    'unfused-norm-grad': { type: 'boolean', default: false },
+    // norms' outputs cast to bf16 by the products, and residual add + RMSNorm as two kernels, as
+    // before (MOHAWK_NORM_CAST16=0, MOHAWK_FUSED_ADD_NORM=0)
+    'unfused-norm-cast': { type: 'boolean', default: false },
   },
 });
+if (values['unfused-norm-cast']) {
+  process.env.MOHAWK_NORM_CAST16 = '0';
+  process.env.MOHAWK_FUSED_ADD_NORM = '0';
+}
+if (values['split-mixer']) process.env.MOHAWK_MIXER_INPLACE = '0';
+if (values['unfused-norm-grad']) {
+  process.env.MOHAWK_NORM_INPLACE = '0';
+  process.env.MOHAWK_SSD_ADD_GX = '0';
+}
 if (values.unfused) process.env.MOHAWK_FUSED_GLUE = '0';
 if (values['gelu-epilogue']) process.env.MOHAWK_GELU_EPILOGUE = '1';
 const llama = values.model === 'llama3';

@@ -45,6 +45,7 @@ import { StudentLM } from '../src/models/phi-mamba.js';
 import type { CausalLM } from '../src/models/types.js';
 import { assertClose, tinyLlama } from './helpers.js';
 import { MLP } from '../src/nn/mlp.js';
+import { DiscreteMamba2 } from '../src/nn/discrete-mamba2.js';
 
 // ---- checks that need no GPU ------------------------------------------------------------------
 
@@ -3004,5 +3005,370 @@ describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)',
       else process.env.MOHAWK_DECODE_FUSED = saved;
       T.setBackend(cpu);
     }
+  });
+});
+
+// ==== mixer (helper "mixer"): the in_proj output read in place, no split copies ===============
+
+describe('cuda: the mixer reads in_proj in place', { skip }, () => {
+  afterEach(() => {
+    for (const [be, b] of held.splice(0)) be.free(b);
+  });
+
+  it('causalConv1dWindow forward (and its bf16 copy) and backward into a window, written or added', () => {
+    // (batch, T, width of the wide matrix, window start, channels, kernel)
+    for (const [batch, t, width, start, ch, k] of [
+      [2, 37, 50, 7, 19, 4],
+      [1, 2, 9, 4, 5, 4],
+      [3, 9, 301, 1, 300, 1],
+      [1, 1000, 24, 8, 8, 3],
+      [2, 300, 100, 40, 40, 4],
+    ]) {
+      const what = `conv1d window (${batch}, ${t}, ${width}) [${start}, ${start + ch}) kernel ${k}`;
+      const win = { offset: start, stride: width };
+      const x = pair(randn(batch * t * width));
+      const w = pair(randn(ch * k));
+      const b = pair(randn(ch));
+      const y = out(batch * t * ch);
+      const xk = out(batch * t * ch, 'bf16');
+      both((be, s) => be.causalConv1dWindow!(x[s], win, w[s], b[s], y[s], xk[s], batch, t, ch, k));
+      check(y, 1e-6, what);
+      checkExact(xk, `${what}: bf16 copy`);
+      const y2 = out(batch * t * ch);
+      both((be, s) => be.causalConv1dWindow!(x[s], win, w[s], null, y2[s], null, batch, t, ch, k));
+      check(y2, 1e-6, `${what}, no bias`);
+      const gy = pair(randn(batch * t * ch));
+      for (const kept of [false, true])
+        for (const accumulate of [false, true]) {
+          // gx starts from other values: outside the window they must stay as they are
+          const gx = pair(randn(batch * t * width));
+          const gw = out(ch * k);
+          const gb = out(ch);
+          both((be, s) =>
+            be.causalConv1dWindowBackward!(
+              kept ? xk[s] : x[s],
+              kept ? null : win,
+              w[s],
+              gy[s],
+              gx[s],
+              win,
+              accumulate,
+              gw[s],
+              gb[s],
+              batch,
+              t,
+              ch,
+              k,
+            ),
+          );
+          const how = `${what} backward (${kept ? 'bf16 copy' : 'f32 window'}, ${accumulate ? 'added' : 'written'})`;
+          check(gx, 1e-6, `${how}: x`);
+          check(gw, 2e-6 * Math.sqrt(batch * t), `${how}: weight`, 1e-6);
+          check(gb, 2e-6 * Math.sqrt(batch * t), `${how}: bias`, 1e-6);
+        }
+    }
+  });
+
+  it('siluGateDWindow (z read in place) forward and backward (z gradient written or added, bias gradient)', () => {
+    // (rows, cols, headDim, width of z's matrix, window start): 16-byte and scalar paths
+    for (const [rows, cols, headDim, width, start] of [
+      [37, 64, 16, 200, 128],
+      [5, 6, 3, 13, 4],
+      [300, 256, 64, 1028, 768],
+    ]) {
+      const what = `siluGateD window (${rows}, ${cols}) of width ${width} at ${start}`;
+      const win = { offset: start, stride: width };
+      const y = pair(randn(rows * cols));
+      const x = pair(randn(rows * cols));
+      const D = pair(randn(cols / headDim));
+      const z = pair(randn(rows * width));
+      const bias = pair(randn(cols));
+      for (const dtype of ['f32', 'bf16'] as DType[]) {
+        const o = out(rows * cols, dtype);
+        const yk = dtype === 'f32' ? null : out(rows * cols, dtype);
+        const zk = dtype === 'f32' ? null : out(rows * cols, dtype);
+        both((be, s) =>
+          be.siluGateDWindow!(
+            y[s],
+            x[s],
+            D[s],
+            z[s],
+            win,
+            bias[s],
+            o[s],
+            rows,
+            cols,
+            headDim,
+            yk?.[s] ?? null,
+            zk?.[s] ?? null,
+          ),
+        );
+        if (dtype === 'f32') check(o, 1e-6, `${what}: out`);
+        else check(o, 2 ** -8, `${what}: out (bf16)`);
+        if (yk && zk) {
+          checkExact(yk, `${what}: kept y`);
+          checkExact(zk, `${what}: kept z`);
+        }
+        const g = pair(randn(rows * cols));
+        for (const accumulate of [false, true]) {
+          const gy = out(rows * cols);
+          const gx = out(rows * cols);
+          const gz = pair(randn(rows * width));
+          const gD = out(cols / headDim);
+          const gb = out(cols);
+          both((be, s) =>
+            be.siluGateDWindowBackward!(
+              (yk ?? y)[s],
+              x[s],
+              D[s],
+              (zk ?? z)[s],
+              bias[s],
+              g[s],
+              gy[s],
+              gx[s],
+              gz[s],
+              win,
+              accumulate,
+              gD[s],
+              gb[s],
+              rows,
+              cols,
+              headDim,
+            ),
+          );
+          const how = `${what} backward from ${dtype} (${accumulate ? 'added' : 'written'})`;
+          check(gy, 1e-6, `${how}: y`);
+          check(gx, 1e-6, `${how}: x`);
+          check(gz, 1e-6, `${how}: z`);
+          check(gD, 1e-5, `${how}: D`, 1e-6);
+          check(gb, 1e-5, `${how}: bias`, 1e-6);
+        }
+      }
+    }
+  });
+
+  it('LayerNorm and RMSNorm backward adding into the input gradient (the residual stream)', () => {
+    for (const [rows, cols] of [
+      [37, 33],
+      [700, 384],
+      [3, 2048],
+    ]) {
+      const x = pair(randn(rows * cols, 2).map((v) => v + 0.5));
+      const w = pair(randn(cols));
+      const b = pair(randn(cols));
+      const gy = pair(randn(rows * cols));
+      const y = out(rows * cols);
+      const mean = out(rows);
+      const rstd = out(rows);
+      both((be, s) => be.layerNorm(x[s], w[s], b[s], y[s], mean[s], rstd[s], rows, cols, 1e-5));
+      const gx = pair(randn(rows * cols));
+      const gw = out(cols);
+      const gb = out(cols);
+      both((be, s) =>
+        be.layerNormBackward(x[s], w[s], mean[s], rstd[s], gy[s], gx[s], gw[s], gb[s], rows, cols, true),
+      );
+      // (the norm's part to the tolerance of the test above, against the larger sum)
+      check(gx, 1e-4, `layerNorm backward added (${rows}, ${cols})`, 1e-5);
+      check(gw, 1e-5 * Math.sqrt(rows), 'layerNorm weight gradient', 1e-6);
+      check(gb, 1e-5 * Math.sqrt(rows), 'layerNorm bias gradient', 1e-6);
+      const rs = out(rows);
+      both((be, s) => be.rmsNorm(x[s], w[s], y[s], rs[s], rows, cols, 1e-6));
+      const gx2 = pair(randn(rows * cols));
+      const gw2 = out(cols);
+      both((be, s) => be.rmsNormBackward(x[s], w[s], rs[s], gy[s], gx2[s], gw2[s], rows, cols, true));
+      check(gx2, 1e-4, `rmsNorm backward added (${rows}, ${cols})`, 1e-5);
+      check(gw2, 1e-5 * Math.sqrt(rows), 'rmsNorm weight gradient', 1e-6);
+    }
+  });
+
+  it('LayerNorm and RMSNorm with the 16-bit copy of their output (bf16, f16)', () => {
+    for (const [rows, cols] of [
+      [37, 33],
+      [3, 2048],
+    ]) {
+      const x = pair(randn(rows * cols, 2));
+      const w = pair(randn(cols));
+      const b = pair(randn(cols));
+      for (const dtype of ['bf16', 'f16'] as DType[]) {
+        const y = out(rows * cols);
+        const y16 = out(rows * cols, dtype);
+        const mean = out(rows);
+        const rstd = out(rows);
+        both((be, s) => be.layerNorm(x[s], w[s], b[s], y[s], mean[s], rstd[s], rows, cols, 1e-5, y16[s]));
+        check(y, 1e-5, `layerNorm (${rows}, ${cols}) with a ${dtype} copy`);
+        // the copy is the GPU's own output rounded
+        const cast16 = hold(gpu, gpu.alloc(dtype, rows * cols));
+        gpu.cast(y.g, cast16);
+        assert.deepEqual(
+          Array.from(gpu.read(y16.g)),
+          Array.from(gpu.read(cast16)),
+          `layerNorm ${dtype} copy`,
+        );
+        check(y16, 2 ** -7, `layerNorm ${dtype} copy vs the CPU's`);
+        both((be, s) => be.rmsNorm(x[s], w[s], y[s], rstd[s], rows, cols, 1e-6, y16[s]));
+        check(y, 1e-5, `rmsNorm (${rows}, ${cols}) with a ${dtype} copy`);
+        gpu.cast(y.g, cast16);
+        assert.deepEqual(Array.from(gpu.read(y16.g)), Array.from(gpu.read(cast16)), `rmsNorm ${dtype} copy`);
+      }
+    }
+  });
+
+  it('addRmsNorm: the residual add and the RMSNorm of the sum in one pass', () => {
+    for (const [rows, cols] of [
+      [37, 33],
+      [3, 2048],
+      [700, 384],
+    ]) {
+      const a = pair(randn(rows * cols));
+      const b = pair(randn(rows * cols));
+      const w = pair(randn(cols));
+      const sum = out(rows * cols);
+      const y = out(rows * cols);
+      const rstd = out(rows);
+      const y16 = out(rows * cols, 'bf16');
+      both((be, s) => be.addRmsNorm!(a[s], b[s], w[s], sum[s], y[s], rstd[s], rows, cols, 1e-6, y16[s]));
+      checkExact(sum, `addRmsNorm (${rows}, ${cols}) sum`);
+      check(y, 1e-5, `addRmsNorm (${rows}, ${cols}) out`);
+      check(rstd, 1e-5, `addRmsNorm (${rows}, ${cols}) rstd`);
+      // the same values as rmsNorm of the sum on the GPU
+      const y2 = out(rows * cols);
+      const rstd2 = out(rows);
+      gpu.rmsNorm(sum.g, w.g, y2.g, rstd2.g, rows, cols, 1e-6);
+      assert.deepEqual(
+        Array.from(gpu.read(y.g)),
+        Array.from(gpu.read(y2.g)),
+        'addRmsNorm vs rmsNorm of the sum',
+      );
+      const cast16 = hold(gpu, gpu.alloc('bf16', rows * cols));
+      gpu.cast(y.g, cast16);
+      assert.deepEqual(Array.from(gpu.read(y16.g)), Array.from(gpu.read(cast16)), 'addRmsNorm bf16 copy');
+    }
+  });
+
+  it('logDecayWindow (-softplus of a window read in place) and its backward, written or added', () => {
+    for (const [rows, cols, width, start] of [
+      [37, 3, 20, 17],
+      [1000, 32, 1056, 1024],
+    ]) {
+      const win = { offset: start, stride: width };
+      const a = pair(randn(rows * width, 3));
+      const y = out(rows * cols);
+      const ak = out(rows * cols);
+      both((be, s) => be.logDecayWindow!(a[s], win, y[s], ak[s], rows, cols));
+      check(y, 1e-6, `logDecay (${rows}, ${cols}) of width ${width}`);
+      checkExact(ak, 'logDecay kept a');
+      const g = pair(randn(rows * cols));
+      for (const accumulate of [false, true]) {
+        const ga = pair(randn(rows * width));
+        both((be, s) => be.logDecayWindowBackward!(ak[s], g[s], ga[s], win, accumulate, rows, cols));
+        check(ga, 1e-6, `logDecay backward (${accumulate ? 'added' : 'written'})`);
+      }
+    }
+  });
+
+  it('SSD scan backward adding x gradient onto what gx holds (fast f32 and bf16, oracle)', () => {
+    const cases: SsdParams[] = [
+      { batch: 2, seqLen: 300, heads: 4, groups: 4, headDim: 64, dState: 64, chunkSize: 128 },
+      { batch: 1, seqLen: 77, heads: 3, groups: 1, headDim: 64, dState: 16, chunkSize: 21 },
+      { batch: 2, seqLen: 500, heads: 10, groups: 5, headDim: 7, dState: 5, chunkSize: 16 },
+    ];
+    const prev = gpu.ssdImpl;
+    try {
+      for (const p of cases) {
+        const { batch: B, seqLen: L, heads: H, groups: G, headDim: P, dState: N, chunkSize: Q } = p;
+        const nC = Math.ceil(L / Q);
+        const n = B * L * H * P;
+        const x = pair(randn(n));
+        const logA = pair(uniform(B * L * H, -1.5, -0.01));
+        const bm = pair(randn(B * L * G * N, 0.5));
+        const cm = pair(randn(B * L * G * N, 0.5));
+        const gy = pair(randn(n));
+        const y = out(n);
+        const states = out(B * nC * H * P * N);
+        for (const [impl, lp] of [
+          ['fast', false],
+          ['fast', true],
+          ['oracle', false],
+        ] as const) {
+          gpu.ssdImpl = impl;
+          const q = { ...p, lowPrecision: lp };
+          both((be, s) => be.ssdScan(x[s], logA[s], bm[s], cm[s], y[s], states[s], null, q));
+          // the plain gradient on the GPU, then the same added onto other values
+          const plain = out(n);
+          const gl = out(B * L * H);
+          const gb = out(B * L * G * N);
+          const gc = out(B * L * G * N);
+          gpu.ssdScanBackward(x.g, logA.g, bm.g, cm.g, states.g, gy.g, plain.g, gl.g, gb.g, gc.g, q);
+          const base = randn(n);
+          const gx = pair(base);
+          gpu.ssdScanBackward(x.g, logA.g, bm.g, cm.g, states.g, gy.g, gx.g, gl.g, gb.g, gc.g, q, true);
+          const got = gpu.read(gx.g);
+          const want = Float64Array.from(gpu.read(plain.g), (v, i) => Math.fround(v + base[i]));
+          assertClose(
+            got,
+            want,
+            1e-6 * maxAbs(want),
+            `ssd gx added (${impl} ${lp ? 'bf16' : 'f32'}) ${JSON.stringify(p)}`,
+          );
+          // and the CPU's
+          cpu.ssdScanBackward(x.c, logA.c, bm.c, cm.c, states.c, gy.c, gx.c, gl.c, gb.c, gc.c, q, true);
+          if (!lp) check(gx, 2e-4, `ssd gx added vs the CPU (${impl})`, 1e-6);
+        }
+      }
+    } finally {
+      gpu.ssdImpl = prev;
+    }
+  });
+
+  it('the Phi-Mamba mixer under bf16 autocast: the same outputs and gradients as with split copies', () => {
+    const run = (inplace: boolean) => {
+      const prev = process.env.MOHAWK_MIXER_INPLACE;
+      process.env.MOHAWK_MIXER_INPLACE = inplace ? '1' : '0';
+      T.setBackend(gpu);
+      try {
+        const m = new DiscreteMamba2(
+          {
+            dModel: 64,
+            dState: 16,
+            nQkHeads: 2,
+            nVHeads: 4,
+            dConv: 4,
+            convBias: true,
+            expand: 1,
+            chunkSize: 16,
+            activation: 'identity',
+            bias: false,
+          },
+          { rng: new Random(9) },
+        );
+        const r = new Random(10);
+        const u = T.keep(T.tensor(r.normals(2 * 45 * 64, 0, 1), [2, 45, 64]));
+        u.requiresGrad = true;
+        const wts = T.keep(T.tensor(r.normals(2 * 45 * 64, 0, 1), [2, 45, 64]));
+        const y = T.scope(() =>
+          T.autocast('bf16', () => {
+            const o = m.forward(u).out;
+            T.sum(T.mul(o, wts)).backward();
+            return Float64Array.from(o.toArray());
+          }),
+        );
+        const grads = [u, ...m.parameters()].map((p) => Float64Array.from(p.grad!.toArray()));
+        for (const p of [u, wts, ...m.parameters()]) {
+          p.grad?.dispose();
+          p.dispose();
+        }
+        return { y, grads };
+      } finally {
+        T.setBackend(cpu);
+        if (prev === undefined) delete process.env.MOHAWK_MIXER_INPLACE;
+        else process.env.MOHAWK_MIXER_INPLACE = prev;
+      }
+    };
+    const split = run(false);
+    const inplace = run(true);
+    assertClose(inplace.y, split.y, 1e-6 * maxAbs(split.y), 'mixer output');
+    split.grads.forEach((ref, i) =>
+      assertClose(inplace.grads[i], ref, 1e-5 * maxAbs(ref) + 1e-7, `gradient ${i} (0: the input)`),
+    );
   });
 });

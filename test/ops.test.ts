@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { UNARY_OPS } from '../src/backends/backend.js';
+import { bf16ToF32, f32ToBf16 } from '../src/backends/dtype.js';
 import * as T from '../src/tensor/index.js';
 import { scope, tensor, type Tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
@@ -271,6 +272,143 @@ describe('rows: softmax, norms', () => {
     assertClose(arr(T.rmsNorm(x, w, 1e-6)), ref.refRmsNorm(arr(x), arr(w), 4, 5, 1e-6), 1e-10);
     gradcheck((p, q) => T.rmsNorm(p, q, 1e-6), [x, w]);
   });
+  it('norms on a residual stream: the input gradient added in place, as a separate add gives it', () => {
+    const be = T.getBackend();
+    const x = randn(rng, [2, 3, 6]);
+    const w = randn(rng, [6]);
+    const b = randn(rng, [6]);
+    const c = randn(rng, [2, 3, 6]);
+    // h = x + norm(x) * c: x's gradient comes from the add and from the norm's backward
+    const blocks = [
+      (p: Tensor, q: Tensor, r: Tensor) => T.add(p, T.mul(T.layerNorm(p, q, r, 1e-5), c)),
+      (p: Tensor, q: Tensor) => T.add(T.mul(T.rmsNorm(p, q, 1e-6), c), p),
+    ];
+    const grads = (f: (...t: Tensor[]) => Tensor, inputs: Tensor[]) => {
+      for (const t of inputs) {
+        t.requiresGrad = true;
+        t.grad?.dispose();
+        t.grad = null;
+      }
+      T.scope(() => T.sum(T.square(f(...inputs))).backward());
+      return inputs.map((t) => arr(t.grad!));
+    };
+    let added = 0;
+    const ln = be.layerNormBackward.bind(be);
+    const rms = be.rmsNormBackward.bind(be);
+    be.layerNormBackward = (...a: Parameters<typeof ln>) => {
+      if (a[10]) added++;
+      ln(...a);
+    };
+    be.rmsNormBackward = (...a: Parameters<typeof rms>) => {
+      if (a[8]) added++;
+      rms(...a);
+    };
+    try {
+      for (const [i, f] of blocks.entries()) {
+        const inputs = i === 0 ? [x, w, b] : [x, w];
+        gradcheck(f, inputs);
+        const before = added;
+        const inplace = grads(f, inputs);
+        assert.equal(added, before + 1, 'the norm added into the residual gradient');
+        process.env.MOHAWK_NORM_INPLACE = '0';
+        try {
+          assert.deepEqual(grads(f, inputs), inplace);
+        } finally {
+          delete process.env.MOHAWK_NORM_INPLACE;
+        }
+        assert.equal(added, before + 1);
+      }
+    } finally {
+      be.layerNormBackward = ln;
+      be.rmsNormBackward = rms;
+    }
+  });
+  it('norms under autocast write the 16-bit copy their products read: the same results, fewer casts', () => {
+    const be = T.getBackend();
+    const x = randn(rng, [2, 3, 8], 'f32');
+    const w = randn(rng, [8], 'f32');
+    const b = randn(rng, [8], 'f32');
+    const p = randn(rng, [8, 5], 'f32');
+    const q = randn(rng, [8, 4], 'f32');
+    const run = (on: boolean) => {
+      process.env.MOHAWK_NORM_CAST16 = on ? '1' : '0';
+      let casts = 0;
+      const plain = be.cast.bind(be);
+      be.cast = (...a: Parameters<typeof plain>) => {
+        casts++;
+        plain(...a);
+      };
+      try {
+        for (const t of [x, w, b, p, q]) {
+          t.requiresGrad = true;
+          t.grad?.dispose();
+          t.grad = null;
+        }
+        const loss = T.scope(() =>
+          T.autocast('bf16', () => {
+            // each norm's output read by two products: one copy (memoized) for both
+            const n1 = T.layerNorm(x, w, b, 1e-5);
+            const n2 = T.rmsNorm(x, w, 1e-6);
+            const l = T.add(
+              T.add(T.sum(T.square(T.matmul(n1, p))), T.sum(T.matmul(n1, q))),
+              T.add(T.sum(T.square(T.matmul(n2, p))), T.sum(T.matmul(n2, q))),
+            );
+            l.backward();
+            return l.item();
+          }),
+        );
+        return { loss, casts, grads: [x, w, b, p, q].map((t) => arr(t.grad!)) };
+      } finally {
+        be.cast = plain;
+        delete process.env.MOHAWK_NORM_CAST16;
+      }
+    };
+    const off = run(false);
+    const on = run(true);
+    assert.equal(on.loss, off.loss);
+    assert.deepEqual(on.grads, off.grads);
+    assert.equal(on.casts, off.casts - 2, 'the two norm outputs are not cast');
+  });
+  it('addRmsNorm (residual add, then the norm of the sum, in one pass) equals add then rmsNorm', () => {
+    const be = T.getBackend();
+    const x = randn(rng, [2, 3, 8], 'f32');
+    const r = randn(rng, [2, 3, 8], 'f32');
+    const w = randn(rng, [8], 'f32');
+    const c = randn(rng, [2, 3, 8], 'f32');
+    const run = (fused: boolean) => {
+      process.env.MOHAWK_FUSED_ADD_NORM = fused ? '1' : '0';
+      let calls = 0;
+      const plain = be.addRmsNorm!.bind(be);
+      be.addRmsNorm = (...a: Parameters<typeof plain>) => {
+        calls++;
+        plain(...a);
+      };
+      try {
+        for (const t of [x, r, w]) {
+          t.requiresGrad = true;
+          t.grad?.dispose();
+          t.grad = null;
+        }
+        const vals = T.scope(() => {
+          // as in a block: out = h + f(norm(h)), h = x + r
+          const { sum, normed } = T.addRmsNorm(x, r, w, 1e-6);
+          const out = T.add(sum, T.mul(T.square(normed), c));
+          T.sum(T.square(out)).backward();
+          return [arr(sum), arr(normed)];
+        });
+        return { calls, vals, grads: [x, r, w].map((t) => arr(t.grad!)) };
+      } finally {
+        be.addRmsNorm = plain;
+        delete process.env.MOHAWK_FUSED_ADD_NORM;
+      }
+    };
+    const composed = run(false);
+    const fused = run(true);
+    assert.equal(composed.calls, 0);
+    assert.equal(fused.calls, 1);
+    assert.deepEqual(fused.vals, composed.vals);
+    assert.deepEqual(fused.grads, composed.grads);
+  });
   it('norm shape errors name the op and shapes', () => {
     assert.throws(
       () => T.layerNorm(randn(rng, [2, 4]), randn(rng, [5]), null, 1e-5),
@@ -388,6 +526,51 @@ describe('sequence ops', () => {
       assertClose(arr(T.causalConv1d(x, w, b)), ref.refConv(arr(x), arr(w), arr(b), 2, 7, 5, K), 1e-12);
       assertClose(arr(T.causalConv1d(x, w, null)), ref.refConv(arr(x), arr(w), null, 2, 7, 5, K), 1e-12);
       gradcheck((p, q, r) => T.causalConv1d(p, q, r), [x, w, b]);
+    }
+  });
+  it('causalConv1d on column windows read in place: values, gradients written into their part of x', () => {
+    const be = T.getBackend();
+    // x rounded to bf16 values: under bf16 autocast the weight gradient reads a bf16 copy of the
+    // window, which then equals x, so finite differences in f64 still apply
+    const bf = (t: Tensor) =>
+      tensor(
+        Array.from(t.toArray(), (v) => bf16ToF32(f32ToBf16(v))),
+        [...t.shape],
+        'f64',
+      );
+    const x = bf(randn(rng, [2, 9, 11]));
+    for (const K of [4, 3]) {
+      const w = randn(rng, [5, K]);
+      const b = randn(rng, [5]);
+      const cols = { start: 3, end: 8 };
+      const sliced = () => arr(T.causalConv1d(T.slice(x, 2, 3, 8), w, b));
+      const win = arr(T.noGrad(() => T.causalConv1d(x, w, b, cols)));
+      assertClose(win, sliced(), 0);
+      assertClose(win, ref.refConv(arr(T.slice(x, 2, 3, 8)), arr(w), arr(b), 2, 9, 5, K), 1e-12);
+      // two overlapping windows and a use of all of x: the second write into x's gradient adds
+      const w2 = randn(rng, [5, K]);
+      const f = (p: Tensor, q: Tensor, r: Tensor, q2: Tensor) =>
+        T.add(
+          T.add(T.causalConv1d(p, q, r, cols), T.causalConv1d(p, q2, null, { start: 6, end: 11 })),
+          T.slice(T.mul(p, p), 2, 2, 7),
+        );
+      let calls = 0;
+      const plain = be.causalConv1dWindowBackward!.bind(be);
+      be.causalConv1dWindowBackward = (...args: Parameters<typeof plain>) => {
+        calls++;
+        plain(...args);
+      };
+      try {
+        T.autocast('bf16', () => gradcheck(f, [x, w, b, w2]));
+      } finally {
+        be.causalConv1dWindowBackward = plain;
+      }
+      assert.ok(calls >= 2, `the windowed backward ran ${calls} times`);
+      for (const t of [x, w, b]) {
+        t.grad?.dispose();
+        t.grad = null;
+        t.requiresGrad = false;
+      }
     }
   });
   it('rope in both layouts, partial rotary, with a position offset', () => {
@@ -569,6 +752,149 @@ describe('losses', () => {
       () => T.siluGate(y, randn(rng, [2, 5]), b),
       /siluGate: y \[2, 3, 5\] and z \[2, 5\] differ/,
     );
+  });
+});
+
+describe('the mixer gate with z read in place', () => {
+  it('siluGateD with z a column window of a wider matrix, under bf16 autocast: the composed values and gradients', () => {
+    const be = T.getBackend();
+    // bf16 values where the fused backward reads 16-bit copies (y, z) or gets a 16-bit gradient
+    const bf = (t: Tensor) =>
+      T.keep(
+        tensor(
+          Array.from(t.toArray(), (v) => bf16ToF32(f32ToBf16(v))),
+          [...t.shape],
+          'f32',
+        ),
+      );
+    const y = bf(randn(rng, [2, 3, 8]));
+    const x = T.keep(randn(rng, [2, 3, 8], 'f32'));
+    const zw = bf(randn(rng, [2, 3, 13]));
+    const D = T.keep(randn(rng, [2], 'f32'));
+    const b = T.keep(randn(rng, [8], 'f32'));
+    const wts = bf(randn(rng, [2, 3, 8]));
+    const inputs = [zw, y, x, D, b];
+    let calls = 0;
+    const plain = be.siluGateDWindowBackward!.bind(be);
+    const run = (inplace: boolean) => {
+      process.env.MOHAWK_MIXER_INPLACE = inplace ? '1' : '0';
+      for (const t of inputs) {
+        t.requiresGrad = true;
+        t.grad?.dispose();
+        t.grad = null;
+      }
+      const out = T.scope(() =>
+        T.autocast('bf16', () => {
+          const gated = T.siluGateD(y, x, D, zw, b, 'bf16', { start: 4, end: 12 });
+          // (cast to the same dtype returns a view without gradient)
+          const o = gated.dtype === 'f32' ? gated : T.cast(gated, 'f32');
+          // all of z's matrix used elsewhere too: the in-place gradient adds to it
+          T.add(T.sum(T.mul(o, wts)), T.sum(T.square(zw))).backward();
+          return Float64Array.from(o.toArray());
+        }),
+      );
+      return { out, grads: inputs.map((t) => Float64Array.from(t.grad!.toArray())) };
+    };
+    be.siluGateDWindowBackward = (...args: Parameters<typeof plain>) => {
+      calls++;
+      plain(...args);
+    };
+    try {
+      const composed = run(false);
+      assert.equal(calls, 0);
+      const inplace = run(true);
+      assert.equal(calls, 1, 'the in-place backward ran');
+      // the in-place result is stored in bf16
+      assertClose(inplace.out, composed.out, 2 ** -8 * Math.max(...composed.out.map(Math.abs)));
+      composed.grads.forEach((g, i) =>
+        assertClose(inplace.grads[i], g, 1e-5 * Math.max(...g.map(Math.abs)), `gradient ${i}`),
+      );
+    } finally {
+      be.siluGateDWindowBackward = plain;
+      delete process.env.MOHAWK_MIXER_INPLACE;
+      for (const t of [...inputs, wts]) {
+        t.grad?.dispose();
+        t.dispose();
+      }
+    }
+  });
+});
+
+describe('the SSD scan adding x gradient in place', () => {
+  it('x also read elsewhere (the gate D x): the same gradients as a fresh one and a separate add', () => {
+    const be = T.getBackend();
+    const [B, L, H, P, G, N] = [2, 9, 2, 3, 1, 4];
+    const x = randn(rng, [B, L, H, P]);
+    const logA = T.neg(T.softplus(randn(rng, [B, L, H])));
+    const bm = randn(rng, [B, L, G, N]);
+    const cm = randn(rng, [B, L, G, N]);
+    const d = randn(rng, [B, L, H, P]);
+    const f = (p: Tensor, q: Tensor, r: Tensor) =>
+      T.add(T.mul(T.ssdScan(p, logA, q, r, { chunkSize: 4 }).y, d), T.mul(p, d));
+    let added = 0;
+    const plain = be.ssdScanBackward.bind(be);
+    be.ssdScanBackward = (...a: Parameters<typeof plain>) => {
+      if (a[11]) added++;
+      plain(...a);
+    };
+    const grads = (on: boolean) => {
+      process.env.MOHAWK_SSD_ADD_GX = on ? '1' : '0';
+      for (const t of [x, bm, cm]) {
+        t.requiresGrad = true;
+        t.grad?.dispose();
+        t.grad = null;
+      }
+      T.scope(() => T.sum(T.square(f(x, bm, cm))).backward());
+      return [x, bm, cm].map((t) => arr(t.grad!));
+    };
+    try {
+      const off = grads(false);
+      assert.equal(added, 0);
+      const on = grads(true);
+      assert.equal(added, 1, 'the scan added its x gradient');
+      assert.deepEqual(on, off);
+      gradcheck(f, [x, bm, cm]);
+    } finally {
+      be.ssdScanBackward = plain;
+      delete process.env.MOHAWK_SSD_ADD_GX;
+    }
+  });
+});
+
+describe('the mixer log decay read in place', () => {
+  it('logDecay on a column window: -softplus(a), its gradient written into its part of a', () => {
+    const be = T.getBackend();
+    const a = randn(rng, [2, 5, 9], 'f32');
+    const cols = { start: 6, end: 9 };
+    const ref = arr(T.neg(T.softplus(T.slice(a, 2, 6, 9))));
+    assertClose(arr(T.noGrad(() => T.logDecay(a, cols))), ref, 1e-7);
+    let calls = 0;
+    const plain = be.logDecayWindowBackward!.bind(be);
+    be.logDecayWindowBackward = (...x: Parameters<typeof plain>) => {
+      calls++;
+      plain(...x);
+    };
+    const grad = (inplace: boolean) => {
+      process.env.MOHAWK_MIXER_INPLACE = inplace ? '1' : '0';
+      a.requiresGrad = true;
+      a.grad?.dispose();
+      a.grad = null;
+      // all of a used elsewhere too: the in-place gradient adds to it
+      T.scope(() => T.add(T.sum(T.square(T.logDecay(a, cols))), T.sum(T.square(a))).backward());
+      return arr(a.grad!);
+    };
+    try {
+      const split = grad(false);
+      assert.equal(calls, 0);
+      const inplace = grad(true);
+      assert.equal(calls, 1);
+      assertClose(inplace, split, 1e-6);
+      // f64 on the CPU: against finite differences
+      gradcheck((p) => T.logDecay(p, { start: 1, end: 4 }), [randn(rng, [2, 3, 5])]);
+    } finally {
+      be.logDecayWindowBackward = plain;
+      delete process.env.MOHAWK_MIXER_INPLACE;
+    }
   });
 });
 

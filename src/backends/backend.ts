@@ -35,6 +35,15 @@ export interface DeviceBuffer {
   readonly length: number;
 }
 
+/**
+ * A (rows, width) operand read or written in place inside a wider row-major matrix: its element
+ * (r, c) is at offset + r * stride + c (a column block of a projection's output).
+ */
+export interface ColumnWindow {
+  offset: number;
+  stride: number;
+}
+
 export type HostArray = Float32Array | Float64Array | Int32Array | Uint16Array;
 
 /** The elementwise unary kernels (each with its derivative), enumerated once. */
@@ -488,6 +497,126 @@ export interface Backend {
     kernel: number,
   ): void;
   /**
+   * Optional: a pre-norm block's residual add and the RMSNorm of its result in one pass: sum = a +
+   * b, then rmsNorm(sum) into out, rstd and out16 as `rmsNorm` (a, b, sum, out (rows, cols) f32).
+   */
+  addRmsNorm?(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    weight: DeviceBuffer,
+    sum: DeviceBuffer,
+    out: DeviceBuffer,
+    rstd: DeviceBuffer,
+    rows: number,
+    cols: number,
+    eps: number,
+    out16: DeviceBuffer | null,
+  ): void;
+  /**
+   * Optional: causalConv1d over a column window of a wider row-major matrix, read in place (the
+   * mixer's in_proj output without split copies): x's element (b, s, ch) is at
+   * xWin.offset + (b T + s) xWin.stride + ch; out (B, T, C) dense; xKeep (B, T, C) bf16 | null,
+   * when given a dense bf16 copy of the window written in the same pass (as causalConv1dKeep16).
+   */
+  causalConv1dWindow?(
+    x: DeviceBuffer,
+    xWin: ColumnWindow,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    xKeep: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void;
+  /**
+   * Its backward: gx written into the window gxWin of a buffer laid out as x (added to what is
+   * there when `accumulate`, else only the window is overwritten); gWeight, gBias overwritten.
+   * x is the window xWin, or, with xWin null, the dense (B, T, C) bf16 copy the forward kept.
+   */
+  causalConv1dWindowBackward?(
+    x: DeviceBuffer,
+    xWin: ColumnWindow | null,
+    weight: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gxWin: ColumnWindow,
+    accumulate: boolean,
+    gWeight: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void;
+  /**
+   * Optional: siluGateD with z read in place, a column window of a wider matrix (the mixer's
+   * in_proj output): z's element (r, c) at zWin.offset + r zWin.stride + c; y, x, out, yKeep and
+   * zKeep dense (rows, cols) as in siluGateD.
+   */
+  siluGateDWindow?(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    zWin: ColumnWindow,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+    yKeep: DeviceBuffer | null,
+    zKeep: DeviceBuffer | null,
+  ): void;
+  /**
+   * Its backward, siluGateDBackward's with gz written into the window gzWin of a buffer laid out
+   * as in_proj's output (added to what is there when `accumulate`), and gBias (cols) | null, when
+   * given, the sums of gz over rows (the gradient of z's bias). y and z dense (f32, or the
+   * 16-bit copies the forward kept).
+   */
+  siluGateDWindowBackward?(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gz: DeviceBuffer,
+    gzWin: ColumnWindow,
+    accumulate: boolean,
+    gD: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+    headDim: number,
+  ): void;
+  /**
+   * Optional: the discrete Mamba-2 mixer's log decay read in place, out (rows, cols) = -softplus(a)
+   * with a the window aWin of in_proj's output; aKeep (rows, cols) | null, when given a's dense
+   * copy for the backward.
+   */
+  logDecayWindow?(
+    a: DeviceBuffer,
+    aWin: ColumnWindow,
+    out: DeviceBuffer,
+    aKeep: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+  ): void;
+  /** its backward: ga = -g sigmoid(a) into the window gaWin (added when `accumulate`); a, g dense */
+  logDecayWindowBackward?(
+    a: DeviceBuffer,
+    g: DeviceBuffer,
+    ga: DeviceBuffer,
+    gaWin: ColumnWindow,
+    accumulate: boolean,
+    rows: number,
+    cols: number,
+  ): void;
+  /**
    * Optional: a product (batch 1, 16-bit A, B and C) with a GELU (tanh approximation) epilogue.
    * 'gelu': C = gelu(op(A) op(B) + bias), and aux (C's dtype and shape) = the GELU input when
    * given; 'dgelu': C = (op(A) op(B)) * gelu'(aux), and bias = the sums of C over its rows when
@@ -545,7 +674,11 @@ export interface Backend {
     cols: number,
     log: boolean,
   ): void;
-  /** x is (rows, cols); weight, bias (cols); mean, rstd (rows) saved for backward */
+  /**
+   * x is (rows, cols); weight, bias (cols); mean, rstd (rows) saved for backward; out16 (rows,
+   * cols) bf16 or f16 | null, when given also out rounded to it in the same pass (the copy an
+   * autocast product reads)
+   */
   layerNorm(
     x: DeviceBuffer,
     weight: DeviceBuffer,
@@ -556,8 +689,12 @@ export interface Backend {
     rows: number,
     cols: number,
     eps: number,
+    out16?: DeviceBuffer | null,
   ): void;
-  /** gWeight, gBias are overwritten (cols); gx (rows, cols) */
+  /**
+   * gWeight, gBias are overwritten (cols); gx (rows, cols) overwritten, or added to when
+   * `accumulate` (the residual stream's other gradient)
+   */
   layerNormBackward(
     x: DeviceBuffer,
     weight: DeviceBuffer,
@@ -569,7 +706,9 @@ export interface Backend {
     gBias: DeviceBuffer | null,
     rows: number,
     cols: number,
+    accumulate?: boolean,
   ): void;
+  /** as layerNorm (out16: also out rounded to 16 bits, when given) */
   rmsNorm(
     x: DeviceBuffer,
     weight: DeviceBuffer,
@@ -578,7 +717,9 @@ export interface Backend {
     rows: number,
     cols: number,
     eps: number,
+    out16?: DeviceBuffer | null,
   ): void;
+  /** gx overwritten, or added to when `accumulate`; gWeight overwritten */
   rmsNormBackward(
     x: DeviceBuffer,
     weight: DeviceBuffer,
@@ -588,6 +729,7 @@ export interface Backend {
     gWeight: DeviceBuffer,
     rows: number,
     cols: number,
+    accumulate?: boolean,
   ): void;
   /** table is (vocab, dim), ids (n) i32 -> out (n, dim); ids out of range throw or write zeros */
   embedding(table: DeviceBuffer, ids: DeviceBuffer, out: DeviceBuffer, n: number, dim: number): void;
@@ -670,7 +812,10 @@ export interface Backend {
     finalState: DeviceBuffer | null,
     p: SsdParams,
   ): void;
-  /** gradients overwritten */
+  /**
+   * gradients overwritten, except gx with `accumulateGx`: x's gradient added to what gx holds
+   * (the mixer's x also feeds the gate's D term, whose gradient is there already)
+   */
   ssdScanBackward(
     x: DeviceBuffer,
     logA: DeviceBuffer,
@@ -683,6 +828,7 @@ export interface Backend {
     gB: DeviceBuffer,
     gC: DeviceBuffer,
     p: SsdParams,
+    accumulateGx?: boolean,
   ): void;
   /**
    * One decoding step (one token) of the discrete Mamba-2 mixer, its caches updated in place.
@@ -920,6 +1066,13 @@ export const KERNEL_NAMES = [
   'siluGateD',
   'siluGateDBackward',
   'causalConv1dKeep16',
+  'addRmsNorm',
+  'causalConv1dWindow',
+  'causalConv1dWindowBackward',
+  'siluGateDWindow',
+  'siluGateDWindowBackward',
+  'logDecayWindow',
+  'logDecayWindowBackward',
   'matmulGelu',
   'add3',
   'layerNormTo16',

@@ -333,8 +333,9 @@ export class LlamaBlock extends Module implements Block {
       const m = this.mlp.forward(this.pre_feedforward_layernorm.forward(h));
       return { out: add(h, this.post_feedforward_layernorm.forward(m)), mixerOut: a.out, matrix: a.matrix };
     }
-    const h = add(x, a.out);
-    const out = add(h, this.mlp.forward(this.post_attention_layernorm.forward(h)));
+    // h = x + attn and norm(h) in one pass
+    const { sum: h, normed } = this.post_attention_layernorm.forwardAdd(x, a.out);
+    const out = add(h, this.mlp.forward(normed));
     return { out, mixerOut: a.out, matrix: a.matrix };
   }
 

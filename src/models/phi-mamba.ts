@@ -291,9 +291,12 @@ export class StudentBlock extends Module implements Block {
       const f = this.mlp.forward(this.pre_feedforward_layernorm.forward(h));
       return { out: add(h, this.post_feedforward_layernorm.forward(f)), mixerOut: m.out, matrix: m.matrix };
     }
-    const h = add(x, m.out);
+    const post = this.post_attention_layernorm!;
+    // h = x + mixer and norm(h) in one pass where the norm is an RMSNorm
+    const { sum: h, normed } =
+      post instanceof RMSNorm ? post.forwardAdd(x, m.out) : { sum: add(x, m.out), normed: null };
     return {
-      out: add(h, this.mlp.forward(this.post_attention_layernorm!.forward(h))),
+      out: add(h, this.mlp.forward(normed ?? post.forward(h))),
       mixerOut: m.out,
       matrix: m.matrix,
     };

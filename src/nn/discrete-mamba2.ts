@@ -19,10 +19,10 @@ import {
   eye,
   full,
   keep,
+  logDecay,
   materializeMixer,
   matmul,
   mul,
-  neg,
   noGrad,
   permute,
   reshape,
@@ -34,7 +34,6 @@ import {
   slice,
   ssmStep,
   ssmStepGated,
-  softplus,
   split,
   ssdScan,
   sum,
@@ -174,21 +173,36 @@ export class DiscreteMamba2 extends Module {
   /**
    * in_proj, then the depthwise conv on x, B and C separately (the same as convolving [x, B, C]
    * and splitting, since each channel convolves alone): the conv outputs need no further copy.
+   * Each conv reads its columns of in_proj's output in place where the backend can (and writes
+   * its gradient there); so do the output gate for z (`zCols` of `proj`) and the log decay for a
+   * (`aCols`): no split copies (MOHAWK_MIXER_INPLACE=0: all five).
    */
-  private projectConvolved(u: Tensor): { x: Tensor; bm: Tensor; cm: Tensor; z: Tensor; a: Tensor } {
+  private projectConvolved(u: Tensor): {
+    x: Tensor;
+    bm: Tensor;
+    cm: Tensor;
+    proj: Tensor;
+    zCols: { start: number; end: number };
+    aCols: { start: number; end: number };
+  } {
     const [b, t] = u.shape;
     const { nQkHeads: G, nVHeads: H, dState: N, dConv: K } = this.cfg;
     const widths = [this.dInner, G * N, G * N];
-    const [xPre, bPre, cPre, z, a] = split(this.in_proj.forward(u), [...widths, this.dInner, H], -1);
+    const proj = this.in_proj.forward(u);
+    const zCols = { start: this.convDim, end: this.convDim + this.dInner };
+    const aCols = { start: zCols.end, end: zCols.end + H };
     const w = split(reshape(this.convWeight, [this.convDim, K]), widths, 0);
     const bias = this.convBias ? split(this.convBias, widths, 0) : [null, null, null];
-    const conv = (v: Tensor, i: number) => this.activate(causalConv1d(v, w[i], bias[i]));
+    const starts = [0, this.dInner, this.dInner + G * N];
+    const conv = (i: number) =>
+      this.activate(causalConv1d(proj, w[i], bias[i], { start: starts[i], end: starts[i] + widths[i] }));
     return {
-      x: reshape(conv(xPre, 0), [b, t, H, this.headDim]),
-      bm: reshape(conv(bPre, 1), [b, t, G, N]),
-      cm: reshape(conv(cPre, 2), [b, t, G, N]),
-      z,
-      a,
+      x: reshape(conv(0), [b, t, H, this.headDim]),
+      bm: reshape(conv(1), [b, t, G, N]),
+      cm: reshape(conv(2), [b, t, G, N]),
+      proj,
+      zCols,
+      aCols,
     };
   }
 
@@ -220,7 +234,7 @@ export class DiscreteMamba2 extends Module {
   }
 
   private logA(a: Tensor): Tensor {
-    return neg(softplus(a));
+    return logDecay(a);
   }
 
   /** D per head as (1, 1, H, 1), for D * x */
@@ -248,14 +262,14 @@ export class DiscreteMamba2 extends Module {
         matrix: null,
       };
     }
-    const { x, bm, cm, z, a } = this.projectConvolved(u);
-    const logA = this.logA(a);
+    const { x, bm, cm, proj, zCols, aCols } = this.projectConvolved(u);
+    const logA = logDecay(proj, aCols);
     const { y } = ssdScan(x, logA, bm, cm, { chunkSize: this.cfg.chunkSize });
     // (y + D x) * silu(z + z_bias) in one kernel each way where the backend has it, stored in 16
-    // bits under autocast (out_proj reads it so)
-    const [b, t] = z.shape;
+    // bits under autocast (out_proj reads it so), z read from in_proj's output
+    const [b, t] = u.shape;
     const flat = (v: Tensor) => reshape(v, [b, t, this.dInner]);
-    const gated = siluGateD(flat(y), flat(x), this.D, z, this.z_bias, getAutocast());
+    const gated = siluGateD(flat(y), flat(x), this.D, proj, this.z_bias, getAutocast(), zCols);
     const out = this.out_proj.forward(gated);
     return { out, matrix: opts.returnMatrix ? this.matrixOf(logA, bm, cm) : null };
   }

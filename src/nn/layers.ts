@@ -1,6 +1,16 @@
 // Basic layers with PyTorch's parameter layouts and names (weight (out, in) for Linear).
 
-import { affine, embedding, full, layerNorm, linear, rmsNorm, tensor, type Tensor } from '../tensor/index.js';
+import {
+  addRmsNorm,
+  affine,
+  embedding,
+  full,
+  layerNorm,
+  linear,
+  rmsNorm,
+  tensor,
+  type Tensor,
+} from '../tensor/index.js';
 import type { DType } from '../backends/backend.js';
 import { Random } from '../util/random.js';
 import { Module } from './module.js';
@@ -101,6 +111,15 @@ export class RMSNorm extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return rmsNorm(x, this.offset ? affine(this.weight, 1, this.offset) : this.weight, this.eps);
+    return rmsNorm(x, this.scale(), this.eps);
+  }
+
+  /** A pre-norm block's residual add and this norm of its result: { sum: x + r, normed } in one pass */
+  forwardAdd(x: Tensor, r: Tensor): { sum: Tensor; normed: Tensor } {
+    return addRmsNorm(x, r, this.scale(), this.eps);
+  }
+
+  private scale(): Tensor {
+    return this.offset ? affine(this.weight, 1, this.offset) : this.weight;
   }
 }

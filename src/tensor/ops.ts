@@ -243,7 +243,16 @@ export function unaryTo(op: UnaryOp, x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
  * so one run can measure before and after.
  */
 export function fusedGlue(
-  name: 'MOHAWK_FUSED_GATE' | 'MOHAWK_FUSED_MLP' | 'MOHAWK_FUSED_CONV' | 'MOHAWK_FUSED_ADD',
+  name:
+    | 'MOHAWK_FUSED_GATE'
+    | 'MOHAWK_FUSED_MLP'
+    | 'MOHAWK_FUSED_CONV'
+    | 'MOHAWK_FUSED_ADD'
+    | 'MOHAWK_MIXER_INPLACE'
+    | 'MOHAWK_NORM_INPLACE'
+    | 'MOHAWK_NORM_CAST16'
+    | 'MOHAWK_FUSED_ADD_NORM'
+    | 'MOHAWK_SSD_ADD_GX',
 ): boolean {
   return process.env.MOHAWK_FUSED_GLUE !== '0' && process.env[name] !== '0';
 }
@@ -1173,6 +1182,7 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps: n
   const out = like(x);
   const meanT = empty([rows], x.dtype, x.backend);
   const rstd = empty([rows], x.dtype, x.backend);
+  const out16 = normCopy16(x);
   x.backend.layerNorm(
     x.buffer,
     weight.buffer,
@@ -1183,10 +1193,10 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps: n
     rows,
     cols,
     eps,
+    out16?.buffer ?? null,
   );
   const inputs = bias ? [x, weight, bias] : [x, weight];
-  return record(out, 'layerNorm', inputs, [x, weight, meanT, rstd], (g) => {
-    const gx = like(x);
+  const run = (g: Tensor, gx: Tensor, accumulate: boolean) => {
     const gw = like(weight);
     const gb = bias ? like(bias) : null;
     x.backend.layerNormBackward(
@@ -1200,9 +1210,89 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | null, eps: n
       gb?.buffer ?? null,
       rows,
       cols,
+      accumulate,
     );
     return bias ? [gx, gw, gb] : [gx, gw];
-  });
+  };
+  return memoCopy16(recordNorm(out, 'layerNorm', inputs, [x, weight, meanT, rstd], run), out16);
+}
+
+/**
+ * Under autocast, a norm also writes its output rounded to the 16-bit dtype in the same pass:
+ * the products that read the output (q, k, v, in_proj, the MLP) take that copy instead of
+ * casting it (MOHAWK_NORM_CAST16=0: they cast it).
+ */
+function normCopy16(x: Tensor): Tensor | null {
+  return autocastDtype && x.dtype === 'f32' && fusedGlue('MOHAWK_NORM_CAST16')
+    ? empty(x.shape, autocastDtype, x.backend)
+    : null;
+}
+
+/** out16 recorded as cast(out) and left where autocastOperand finds it; returns out */
+function memoCopy16(out: Tensor, out16: Tensor | null): Tensor {
+  if (!out16) return out;
+  const dtype = out.dtype;
+  castMemo.set(
+    out,
+    record(out16, 'cast', [out], [], (g) => [cast(g, dtype)]),
+  );
+  return out;
+}
+
+/**
+ * Record a norm whose backward adds its input's gradient to the one autograd already holds (the
+ * residual stream's other branch) in the same pass, instead of a separate add
+ * (MOHAWK_NORM_INPLACE=0: a fresh gradient, added by autograd).
+ */
+function recordNorm(
+  out: Tensor,
+  op: string,
+  inputs: Tensor[],
+  saves: Tensor[],
+  run: (g: Tensor, gx: Tensor, accumulate: boolean) => (Tensor | null)[],
+): Tensor {
+  return recordIntoFirst(out, op, inputs, saves, run, fusedGlue('MOHAWK_NORM_INPLACE'));
+}
+
+/**
+ * Record an op whose backward writes its first input's gradient into the buffer autograd holds
+ * for it, added to what is there when another consumer's part came first (`accumulate`):
+ * accumulateInto over all of that input, which autograd runs before backward. With `enabled`
+ * false, a plain record (a fresh gradient that autograd adds). `run(g, gx, accumulate)` returns
+ * [gx, the other inputs' gradients...].
+ */
+function recordIntoFirst(
+  out: Tensor,
+  op: string,
+  inputs: Tensor[],
+  saves: Tensor[],
+  run: (g: Tensor, gx: Tensor, accumulate: boolean) => (Tensor | null)[],
+  enabled: boolean,
+): Tensor {
+  const x = inputs[0];
+  const plain = (g: Tensor) => run(g, like(x), false);
+  if (!enabled || x.ndim === 0) return record(out, op, inputs, saves, plain);
+  let pending: (Tensor | null)[] | null = null;
+  return record(
+    out,
+    op,
+    inputs,
+    saves,
+    (g) => {
+      const r = pending ?? plain(g);
+      pending = null;
+      return [null, ...r.slice(1)];
+    },
+    {
+      accumulateInto: (g, into, accumulate) => {
+        const r = run(g, into, accumulate);
+        // out of every scope until backward returns them, right after
+        for (const t of r.slice(1)) if (t) keep(t);
+        pending = r;
+      },
+      region: { axis: 0, start: 0, end: x.shape[0] },
+    },
+  );
 }
 
 export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
@@ -1212,9 +1302,9 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   checkVector('rmsNorm', weight, cols, 'weight');
   const out = like(x);
   const rstd = empty([rows], x.dtype, x.backend);
-  x.backend.rmsNorm(x.buffer, weight.buffer, out.buffer, rstd.buffer, rows, cols, eps);
-  return record(out, 'rmsNorm', [x, weight], [x, weight, rstd], (g) => {
-    const gx = like(x);
+  const out16 = normCopy16(x);
+  x.backend.rmsNorm(x.buffer, weight.buffer, out.buffer, rstd.buffer, rows, cols, eps, out16?.buffer ?? null);
+  const recorded = recordNorm(out, 'rmsNorm', [x, weight], [x, weight, rstd], (g, gx, accumulate) => {
     const gw = like(weight);
     x.backend.rmsNormBackward(
       x.buffer,
@@ -1225,9 +1315,77 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
       gw.buffer,
       rows,
       cols,
+      accumulate,
     );
     return [gx, gw];
   });
+  return memoCopy16(recorded, out16);
+}
+
+/**
+ * A pre-norm block's residual add and the RMSNorm of its result: sum = x + r, normed =
+ * rmsNorm(sum, weight); one pass where the backend has it (the same values), recorded as the two
+ * ops. MOHAWK_FUSED_ADD_NORM=0: add, then rmsNorm.
+ */
+export function addRmsNorm(
+  x: Tensor,
+  r: Tensor,
+  weight: Tensor,
+  eps: number,
+): { sum: Tensor; normed: Tensor } {
+  const be = x.backend;
+  if (
+    !be.addRmsNorm ||
+    x.dtype !== 'f32' ||
+    r.dtype !== 'f32' ||
+    x.ndim !== r.ndim ||
+    x.shape.some((d, i) => d !== r.shape[i]) ||
+    !fusedGlue('MOHAWK_FUSED_ADD_NORM')
+  ) {
+    const sum = add(x, r);
+    return { sum, normed: rmsNorm(sum, weight, eps) };
+  }
+  checkFloat('rmsNorm', x, r, weight);
+  sameBackend('addRmsNorm', x, r, weight);
+  const cols = x.shape[x.ndim - 1];
+  const rows = x.size / cols;
+  checkVector('rmsNorm', weight, cols, 'weight');
+  const sum = like(x);
+  const out = like(x);
+  const rstd = empty([rows], x.dtype, be);
+  const out16 = normCopy16(x);
+  be.addRmsNorm(
+    x.buffer,
+    r.buffer,
+    weight.buffer,
+    sum.buffer,
+    out.buffer,
+    rstd.buffer,
+    rows,
+    cols,
+    eps,
+    out16?.buffer ?? null,
+  );
+  record(sum, 'add', [x, r], [], (g) => [
+    x.requiresGrad ? sumToShape(g, x.shape) : null,
+    r.requiresGrad ? sumToShape(g, r.shape) : null,
+  ]);
+  const normed = recordNorm(out, 'rmsNorm', [sum, weight], [sum, weight, rstd], (g, gx, accumulate) => {
+    const gw = like(weight);
+    be.rmsNormBackward(
+      sum.buffer,
+      weight.buffer,
+      rstd.buffer,
+      g.buffer,
+      gx.buffer,
+      gw.buffer,
+      rows,
+      cols,
+      accumulate,
+    );
+    return [gx, gw];
+  });
+  return { sum, normed: memoCopy16(normed, out16) };
 }
 
 /** table (V, D), ids i32 of any shape -> (...ids.shape, D); backward scatter-adds into the table */
@@ -1289,8 +1447,34 @@ export function segsum(x: Tensor): Tensor {
   });
 }
 
-/** x (B, T, C), weight (C, K), bias (C) | null -> (B, T, C), causal depthwise. */
-export function causalConv1d(x: Tensor, weight: Tensor, bias: Tensor | null): Tensor {
+/**
+ * x (B, T, C), weight (C, K), bias (C) | null -> (B, T, C), causal depthwise. With `cols`, x is
+ * (B, T, W) and the conv runs over its columns [start, end) only (C = end - start): read in place
+ * where the backend can (the mixer's in_proj output without split copies; its gradient written
+ * into that part of x's gradient buffer), else through a slice. MOHAWK_MIXER_INPLACE=0: the slice.
+ */
+export function causalConv1d(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  cols?: { start: number; end: number },
+): Tensor {
+  if (cols && !(cols.start === 0 && cols.end === x.shape[x.ndim - 1])) {
+    // in place when backward needs no f32 x: without gradients, or under bf16 autocast, where the
+    // weight gradient reads a dense bf16 copy of the window that the forward writes
+    const keep16 =
+      autocastDtype === 'bf16' &&
+      (weight.requiresGrad || bias?.requiresGrad === true) &&
+      fusedGlue('MOHAWK_FUSED_CONV');
+    if (
+      x.ndim === 3 &&
+      x.backend.causalConv1dWindow &&
+      (!isGradEnabled() || keep16) &&
+      fusedGlue('MOHAWK_MIXER_INPLACE')
+    )
+      return causalConv1dWindow(x, weight, bias, cols, isGradEnabled());
+    return causalConv1d(slice(x, -1, cols.start, cols.end), weight, bias);
+  }
   checkFloat('causalConv1d', x, weight);
   if (x.ndim !== 3) fail('causalConv1d', `x must be (B, T, C), got ${shapeStr(x.shape)}`);
   const [batch, t, c] = x.shape;
@@ -1342,6 +1526,91 @@ export function causalConv1d(x: Tensor, weight: Tensor, bias: Tensor | null): Te
     );
     return bias ? [gx, gw, gb] : [gx, gw];
   });
+}
+
+/** causalConv1d on the columns [start, end) of x (B, T, W), read in place */
+function causalConv1dWindow(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null,
+  cols: { start: number; end: number },
+  keep16: boolean,
+): Tensor {
+  checkFloat('causalConv1d', x, weight);
+  const [batch, t, width] = x.shape;
+  const { start, end } = cols;
+  if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start <= end && end <= width))
+    fail('causalConv1d', `columns [${start}, ${end}) outside ${shapeStr(x.shape)}`);
+  const c = end - start;
+  if (weight.ndim !== 2 || weight.shape[0] !== c)
+    fail('causalConv1d', `weight ${shapeStr(weight.shape)} for ${c} channels, expected [${c}, K]`);
+  if (bias) checkVector('causalConv1d', bias, c, 'bias');
+  const k = weight.shape[1];
+  const be = x.backend;
+  const out = empty([batch, t, c], x.dtype, be);
+  const win = { offset: start, stride: width };
+  // with gradients, the weight gradient reads a dense bf16 copy of the window written by the
+  // forward pass (as causalConv1d's under autocast), so the wide x need not be kept for it
+  const xk = keep16 ? empty([batch, t, c], 'bf16', be) : null;
+  be.causalConv1dWindow!(
+    x.buffer,
+    win,
+    weight.buffer,
+    bias?.buffer ?? null,
+    out.buffer,
+    xk?.buffer ?? null,
+    batch,
+    t,
+    c,
+    k,
+  );
+  const xs = xk ?? x;
+  const inputs = bias ? [x, weight, bias] : [x, weight];
+  // x's gradient goes into its window of x's gradient buffer (accumulateInto, which autograd runs
+  // before backward), computed together with the weight's: backward then hands those over
+  let pending: { gw: Tensor; gb: Tensor | null } | null = null;
+  const run = (g: Tensor, gx: Tensor, gxWin: { offset: number; stride: number }, accumulate: boolean) => {
+    const gw = like(weight);
+    const gb = bias ? like(bias) : null;
+    be.causalConv1dWindowBackward!(
+      xs.buffer,
+      xk ? null : win,
+      weight.buffer,
+      g.buffer,
+      gx.buffer,
+      gxWin,
+      accumulate,
+      gw.buffer,
+      gb?.buffer ?? null,
+      batch,
+      t,
+      c,
+      k,
+    );
+    return { gw, gb };
+  };
+  return record(
+    out,
+    'causalConv1d',
+    inputs,
+    [xs, weight],
+    (g) => {
+      // without x's gradient, a scratch buffer takes it
+      const r = pending ?? run(g, like(out), { offset: 0, stride: c }, false);
+      pending = null;
+      return bias ? [null, r.gw, r.gb] : [null, r.gw];
+    },
+    {
+      accumulateInto: (g, into, accumulate) => {
+        const r = run(g, into, win, accumulate);
+        // out of every scope until backward returns them, right after
+        keep(r.gw);
+        if (r.gb) keep(r.gb);
+        pending = r;
+      },
+      region: { axis: 2, start, end },
+    },
+  );
 }
 
 export interface RopeOptions {
@@ -1514,26 +1783,35 @@ export function ssdScan(
     finalState?.buffer ?? null,
     p,
   );
-  record(y, 'ssdScan', [x, logA, bm, cm], [x, logA, bm, cm, states], (g) => {
-    const gx = like(x);
-    const gl = like(logA);
-    const gb = like(bm);
-    const gc = like(cm);
-    x.backend.ssdScanBackward(
-      x.buffer,
-      logA.buffer,
-      bm.buffer,
-      cm.buffer,
-      states.buffer,
-      g.buffer,
-      gx.buffer,
-      gl.buffer,
-      gb.buffer,
-      gc.buffer,
-      p,
-    );
-    return [gx, gl, gb, gc];
-  });
+  // x's gradient added in the same pass to the one autograd holds (the mixer's gate, D x, reads x
+  // too), as a norm's (MOHAWK_SSD_ADD_GX=0: a fresh gradient and a separate add)
+  recordIntoFirst(
+    y,
+    'ssdScan',
+    [x, logA, bm, cm],
+    [x, logA, bm, cm, states],
+    (g, gx, accumulate) => {
+      const gl = like(logA);
+      const gb = like(bm);
+      const gc = like(cm);
+      x.backend.ssdScanBackward(
+        x.buffer,
+        logA.buffer,
+        bm.buffer,
+        cm.buffer,
+        states.buffer,
+        g.buffer,
+        gx.buffer,
+        gl.buffer,
+        gb.buffer,
+        gc.buffer,
+        p,
+        accumulate,
+      );
+      return [gx, gl, gb, gc];
+    },
+    fusedGlue('MOHAWK_SSD_ADD_GX'),
+  );
   return { y, finalState };
 }
 
@@ -1758,7 +2036,25 @@ export function siluGateD(
   z: Tensor,
   bias: Tensor,
   dtype: 'bf16' | 'f16' | null = null,
+  zCols?: { start: number; end: number },
 ): Tensor {
+  if (zCols) {
+    // z is the columns [start, end) of a wider (..., W): read in place where the backend can
+    // (the mixer's in_proj output; z's gradient written into that part of its gradient), when
+    // backward needs no f32 z (under autocast it reads the 16-bit copy); else through a slice
+    const be = y.backend;
+    const needGrad = isGradEnabled() && [y, x, D, z, bias].some((t) => t.requiresGrad);
+    if (
+      be.siluGateDWindow &&
+      be.siluGateDWindowBackward &&
+      [y, x, D, z, bias].every((t) => t.dtype === 'f32') &&
+      (dtype !== null || (!needGrad && be.siluGateD !== undefined)) &&
+      fusedGlue('MOHAWK_FUSED_GATE') &&
+      fusedGlue('MOHAWK_MIXER_INPLACE')
+    )
+      return siluGateDWindow(y, x, D, z, bias, dtype, zCols);
+    return siluGateD(y, x, D, slice(z, -1, zCols.start, zCols.end), bias, dtype);
+  }
   checkFloat('siluGateD', y, x, D, z, bias);
   sameBackend('siluGateD', y, x, D, z, bias);
   for (const [what, t] of [
@@ -1838,6 +2134,173 @@ export function siluGateD(
       bias.requiresGrad ? sumToShape(gz, bias.shape) : null,
     ];
   });
+}
+
+/** siluGateD with z the columns [start, end) of a wider (..., W), read and differentiated in place */
+function siluGateDWindow(
+  y: Tensor,
+  x: Tensor,
+  D: Tensor,
+  z: Tensor,
+  bias: Tensor,
+  dtype: 'bf16' | 'f16' | null,
+  zCols: { start: number; end: number },
+): Tensor {
+  sameBackend('siluGateD', y, x, D, z, bias);
+  const cols = y.shape[y.ndim - 1] ?? 1;
+  const { start, end } = zCols;
+  const width = z.shape[z.ndim - 1] ?? 1;
+  if (x.ndim !== y.ndim || x.shape.some((d, i) => d !== y.shape[i]))
+    fail('siluGateD', `x ${shapeStr(x.shape)} and y ${shapeStr(y.shape)} differ`);
+  if (
+    z.ndim !== y.ndim ||
+    z.shape.some((d, i) => i < z.ndim - 1 && d !== y.shape[i]) ||
+    !(Number.isInteger(start) && 0 <= start && end - start === cols && end <= width)
+  )
+    fail('siluGateD', `columns [${start}, ${end}) of z ${shapeStr(z.shape)} for y ${shapeStr(y.shape)}`);
+  checkVector('siluGateD', bias, cols, 'bias');
+  if (D.ndim !== 1 || D.shape[0] < 1 || cols % D.shape[0] !== 0)
+    fail('siluGateD', `D ${shapeStr(D.shape)} must have one value per head of ${cols} columns`);
+  const headDim = cols / D.shape[0];
+  const be = y.backend;
+  const rows = y.size / Math.max(cols, 1);
+  const win = { offset: start, stride: width };
+  const out = empty(y.shape, dtype ?? 'f32', be);
+  const all = [y, x, D, z, bias];
+  const keep16 = dtype !== null && isGradEnabled() && all.some((t) => t.requiresGrad);
+  const yk = keep16 ? empty(y.shape, dtype, be) : null;
+  const zk = keep16 ? empty(y.shape, dtype, be) : null;
+  be.siluGateDWindow!(
+    y.buffer,
+    x.buffer,
+    D.buffer,
+    z.buffer,
+    win,
+    bias.buffer,
+    out.buffer,
+    rows,
+    cols,
+    headDim,
+    yk?.buffer ?? null,
+    zk?.buffer ?? null,
+  );
+  // recorded only with keep16 (siluGateD takes this path then): backward reads the 16-bit copies
+  const ys = yk ?? y;
+  const zs = zk ?? z;
+  type Grads = { gy: Tensor; gx: Tensor; gD: Tensor; gb: Tensor | null };
+  let pending: Grads | null = null;
+  const run = (
+    g: Tensor,
+    gz: Tensor,
+    gzWin: { offset: number; stride: number },
+    accumulate: boolean,
+  ): Grads => {
+    const gf = g.dtype === 'f32' ? g : cast(g, 'f32');
+    const r = { gy: like(y), gx: like(x), gD: like(D), gb: bias.requiresGrad ? like(bias) : null };
+    be.siluGateDWindowBackward!(
+      ys.buffer,
+      x.buffer,
+      D.buffer,
+      zs.buffer,
+      bias.buffer,
+      gf.buffer,
+      r.gy.buffer,
+      r.gx.buffer,
+      gz.buffer,
+      gzWin,
+      accumulate,
+      r.gD.buffer,
+      r.gb?.buffer ?? null,
+      rows,
+      cols,
+      headDim,
+    );
+    if (gf !== g) gf.dispose();
+    return r;
+  };
+  // inputs with z first: its gradient goes into its columns of z's gradient buffer
+  // (accumulateInto, which autograd runs before backward), with the others computed in the same
+  // pass and handed over by backward
+  return record(
+    out,
+    'siluGateD',
+    [z, y, x, D, bias],
+    [ys, x, D, zs, bias],
+    (g) => {
+      // without z's gradient, a scratch buffer takes it
+      const r = pending ?? run(g, like(y), { offset: 0, stride: cols }, false);
+      pending = null;
+      return [
+        null,
+        y.requiresGrad ? r.gy : null,
+        x.requiresGrad ? r.gx : null,
+        D.requiresGrad ? r.gD : null,
+        r.gb,
+      ];
+    },
+    {
+      accumulateInto: (g, into, accumulate) => {
+        const r = run(g, into, win, accumulate);
+        // out of every scope until backward returns them, right after
+        for (const t of [r.gy, r.gx, r.gD, r.gb]) if (t) keep(t);
+        pending = r;
+      },
+      region: { axis: z.ndim - 1, start, end },
+    },
+  );
+}
+
+/**
+ * The discrete Mamba-2 mixer's log decay, log alpha = -softplus(a). With `cols`, a is (..., W)
+ * and its columns [start, end) are read in place where the backend can (in_proj's output, a's
+ * gradient written into that part of its gradient; a dense copy of those columns kept for the
+ * backward), else through a slice (MOHAWK_MIXER_INPLACE=0).
+ */
+export function logDecay(a: Tensor, cols?: { start: number; end: number }): Tensor {
+  const width = a.shape[a.ndim - 1] ?? 1;
+  if (cols && !(cols.start === 0 && cols.end === width)) {
+    const be = a.backend;
+    if (
+      be.logDecayWindow &&
+      be.logDecayWindowBackward &&
+      (a.dtype === 'f32' || a.dtype === 'f64') &&
+      a.ndim >= 1 &&
+      fusedGlue('MOHAWK_MIXER_INPLACE')
+    )
+      return logDecayWindow(a, cols);
+    return neg(softplus(slice(a, -1, cols.start, cols.end)));
+  }
+  return neg(softplus(a));
+}
+
+function logDecayWindow(a: Tensor, cols: { start: number; end: number }): Tensor {
+  const { start, end } = cols;
+  const width = a.shape[a.ndim - 1];
+  if (!(Number.isInteger(start) && Number.isInteger(end) && 0 <= start && start <= end && end <= width))
+    fail('logDecay', `columns [${start}, ${end}) outside ${shapeStr(a.shape)}`);
+  const c = end - start;
+  const shape = [...a.shape.slice(0, -1), c];
+  const rows = sizeOf(shape) / Math.max(c, 1);
+  const be = a.backend;
+  const win = { offset: start, stride: width };
+  const out = empty(shape, a.dtype, be);
+  const ak = isGradEnabled() && a.requiresGrad ? empty(shape, a.dtype, be) : null;
+  be.logDecayWindow!(a.buffer, win, out.buffer, ak?.buffer ?? null, rows, c);
+  const into = (g: Tensor, ga: Tensor, accumulate: boolean) =>
+    be.logDecayWindowBackward!(ak!.buffer, g.buffer, ga.buffer, win, accumulate, rows, c);
+  return record(
+    out,
+    'logDecay',
+    [a],
+    ak ? [ak] : [],
+    (g) => {
+      // (autograd writes the window through accumulateInto; this is the plain form)
+      const ga = zeros(a.shape, a.dtype, be);
+      into(g, ga, true);
+      return [ga];
+    },
+    { accumulateInto: into, region: { axis: a.ndim - 1, start, end } },
+  );
 }
 
 /** Inverted dropout with a mask drawn from (seed, element index); identity when p = 0. */

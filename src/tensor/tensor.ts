@@ -27,10 +27,12 @@ export interface GradNode {
   /** given the gradient of the output, the gradients of the inputs (null where none) */
   backward: (g: Tensor) => (Tensor | null)[];
   /**
-   * Optional, for single-input nodes that cover part of their input (slices): write the input's
-   * gradient into that part of `into`, a full-size gradient buffer owned by autograd, adding to
-   * what is there when `accumulate`. Several slices of one tensor then fill one buffer instead
-   * of each allocating a full-size gradient.
+   * Optional, for nodes that read part of their first input (slices, or ops that read a column
+   * window of it in place): write that input's gradient into that part of `into`, a full-size
+   * gradient buffer owned by autograd, adding to what is there when `accumulate`. Several such
+   * nodes of one tensor then fill one buffer instead of each allocating a full-size gradient.
+   * It runs before `backward`, which then returns null for the first input (and the gradients of
+   * the others, when there are more).
    */
   accumulateInto?: (g: Tensor, into: Tensor, accumulate: boolean) => void;
   /** the part accumulateInto covers, [start, end) on one axis: a first write there needs no zeros */
@@ -475,7 +477,9 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
   };
   /** write a slice's gradient: a plain copy into a part not written yet, else an addition */
   const intoRegion = (node: GradNode, g: Tensor): void => {
-    const acc = ownedGrad(node.inputs[0], g, node.region);
+    // a slice's gradient has its input's dtype; an op reading a window of its first input may
+    // have an output of another dtype (16 bits), while that input's gradient keeps the input's
+    const acc = ownedGrad(node.inputs[0], node.inputs.length > 1 ? node.inputs[0] : g, node.region);
     const p = partial.get(acc);
     const r = node.region;
     if (p && r && r.axis === p.axis && p.done.every(([s, e]) => r.end <= s || r.start >= e)) {
@@ -502,6 +506,8 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
         if (freeGraph && t !== root) t.dispose();
       } else if (node) {
         const watermark = nextId;
+        // a windowed op writes its first input's gradient in place, then the others as usual
+        if (node.accumulateInto && node.inputs[0].requiresGrad) intoRegion(node, g);
         // temporaries of the backward are freed with it; the returned gradients move out
         const inGrads = scope(() => node.backward(g));
         const fresh = new Set<Tensor>();

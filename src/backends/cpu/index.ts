@@ -8,6 +8,7 @@ import type {
   AttentionParams,
   Backend,
   BinaryOp,
+  ColumnWindow,
   GraphCapture,
   DeviceBuffer,
   DType,
@@ -74,6 +75,23 @@ function fl(buf: DeviceBuffer, what: string): FloatArray {
     throw new Error(`cpu backend: ${what} must be f32 or f64, got ${b.dtype}`);
   }
   return b.data as FloatArray;
+}
+
+/** out16 (bf16 or f16) = src rounded to nearest even: a norm's copy for autocast products */
+function round16(src: FloatArray, out16: DeviceBuffer): void {
+  const b = out16 as CpuBuffer;
+  if ((b.dtype !== 'bf16' && b.dtype !== 'f16') || b.length !== src.length)
+    throw new Error(
+      `cpu backend: a norm's 16-bit output must be ${src.length} bf16 or f16, got ${b.length} ${b.dtype}`,
+    );
+  const d = b.data as Uint16Array;
+  const conv = b.dtype === 'bf16' ? f32ToBf16 : f32ToF16;
+  for (let i = 0; i < src.length; i++) d[i] = conv(src[i]);
+}
+
+/** a zeroed array of a's type and length (a gradient computed apart, then added) */
+function scratchLike(a: FloatArray): FloatArray {
+  return a instanceof Float64Array ? new Float64Array(a.length) : new Float32Array(a.length);
 }
 
 function ints(buf: DeviceBuffer, what: string): Int32Array {
@@ -838,6 +856,7 @@ export class CpuBackend implements Backend {
     nRows: number,
     cols: number,
     eps: number,
+    out16: DeviceBuffer | null = null,
   ): void {
     rows.layerNorm(
       fl(x, 'layerNorm input'),
@@ -850,6 +869,7 @@ export class CpuBackend implements Backend {
       cols,
       eps,
     );
+    if (out16) round16(fl(out, 'norm output'), out16);
   }
 
   layerNormBackward(
@@ -863,19 +883,23 @@ export class CpuBackend implements Backend {
     gBias: DeviceBuffer | null,
     nRows: number,
     cols: number,
+    accumulate = false,
   ): void {
+    const out = fl(gx, 'layerNorm input gradient');
+    const gxs = accumulate ? scratchLike(out) : out;
     rows.layerNormBackward(
       fl(x, 'layerNorm input'),
       fl(weight, 'layerNorm weight'),
       fl(mean, 'layerNorm mean'),
       fl(rstd, 'layerNorm rstd'),
       fl(gy, 'layerNorm gradient'),
-      fl(gx, 'layerNorm input gradient'),
+      gxs,
       fl(gWeight, 'layerNorm weight gradient'),
       gBias ? fl(gBias, 'layerNorm bias gradient') : null,
       nRows,
       cols,
     );
+    if (accumulate) for (let i = 0; i < out.length; i++) out[i] += gxs[i];
   }
 
   rmsNorm(
@@ -886,6 +910,7 @@ export class CpuBackend implements Backend {
     nRows: number,
     cols: number,
     eps: number,
+    out16: DeviceBuffer | null = null,
   ): void {
     rows.rmsNorm(
       fl(x, 'rmsNorm input'),
@@ -896,6 +921,35 @@ export class CpuBackend implements Backend {
       cols,
       eps,
     );
+    if (out16) round16(fl(out, 'norm output'), out16);
+  }
+
+  addRmsNorm(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    weight: DeviceBuffer,
+    sum: DeviceBuffer,
+    out: DeviceBuffer,
+    rstd: DeviceBuffer,
+    nRows: number,
+    cols: number,
+    eps: number,
+    out16: DeviceBuffer | null,
+  ): void {
+    const as = fl(a, 'addRmsNorm a');
+    const bs = fl(b, 'addRmsNorm b');
+    const ss = fl(sum, 'addRmsNorm sum');
+    for (let i = 0; i < ss.length; i++) ss[i] = as[i] + bs[i];
+    rows.rmsNorm(
+      ss,
+      fl(weight, 'rmsNorm weight'),
+      fl(out, 'rmsNorm output'),
+      fl(rstd, 'rmsNorm rstd'),
+      nRows,
+      cols,
+      eps,
+    );
+    if (out16) round16(fl(out, 'rmsNorm output'), out16);
   }
 
   rmsNormBackward(
@@ -907,17 +961,21 @@ export class CpuBackend implements Backend {
     gWeight: DeviceBuffer,
     nRows: number,
     cols: number,
+    accumulate = false,
   ): void {
+    const out = fl(gx, 'rmsNorm input gradient');
+    const gxs = accumulate ? scratchLike(out) : out;
     rows.rmsNormBackward(
       fl(x, 'rmsNorm input'),
       fl(weight, 'rmsNorm weight'),
       fl(rstd, 'rmsNorm rstd'),
       fl(gy, 'rmsNorm gradient'),
-      fl(gx, 'rmsNorm input gradient'),
+      gxs,
       fl(gWeight, 'rmsNorm weight gradient'),
       nRows,
       cols,
     );
+    if (accumulate) for (let i = 0; i < out.length; i++) out[i] += gxs[i];
   }
 
   embedding(table: DeviceBuffer, ids: DeviceBuffer, out: DeviceBuffer, n: number, dim: number): void {
@@ -997,6 +1055,207 @@ export class CpuBackend implements Backend {
       channels,
       kernel,
     );
+  }
+
+  causalConv1dWindow(
+    x: DeviceBuffer,
+    xWin: ColumnWindow,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    xKeep: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void {
+    const xs = fl(x, 'conv1d input');
+    seq.causalConv1dWindow(
+      xs,
+      xWin,
+      fl(weight, 'conv1d weight'),
+      bias ? fl(bias, 'conv1d bias') : null,
+      fl(out, 'conv1d output'),
+      batch,
+      t,
+      channels,
+      kernel,
+    );
+    if (xKeep) {
+      // the bf16 copy of the window, as a GPU backend keeps it for the weight gradient
+      const keep = xKeep as CpuBuffer;
+      if (keep.dtype !== 'bf16')
+        throw new Error(`cpu backend: conv1d kept input must be bf16, got ${keep.dtype}`);
+      const dense = seq.gatherWindow(xs, xWin, batch * t, channels);
+      const k16 = keep.data as Uint16Array;
+      for (let i = 0; i < dense.length; i++) k16[i] = f32ToBf16(dense[i]);
+    }
+  }
+
+  causalConv1dWindowBackward(
+    x: DeviceBuffer,
+    xWin: ColumnWindow | null,
+    weight: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gxWin: ColumnWindow,
+    accumulate: boolean,
+    gWeight: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void {
+    const xb = x as CpuBuffer;
+    const xs =
+      xb.dtype === 'bf16'
+        ? Float32Array.from(xb.data as Uint16Array, (v) => bf16ToF32(v))
+        : fl(x, 'conv1d input');
+    seq.causalConv1dWindowBackward(
+      xs,
+      xWin,
+      fl(weight, 'conv1d weight'),
+      fl(gy, 'conv1d gradient'),
+      fl(gx, 'conv1d input gradient'),
+      gxWin,
+      accumulate,
+      fl(gWeight, 'conv1d weight gradient'),
+      gBias ? fl(gBias, 'conv1d bias gradient') : null,
+      batch,
+      t,
+      channels,
+      kernel,
+    );
+  }
+
+  siluGateDWindow(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    zWin: ColumnWindow,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+    yKeep: DeviceBuffer | null,
+    zKeep: DeviceBuffer | null,
+  ): void {
+    const ys = fl(y, 'siluGateD y');
+    const xs = fl(x, 'siluGateD x');
+    const ds = fl(D, 'siluGateD D');
+    const zs = fl(z, 'siluGateD z');
+    const bs = fl(bias, 'siluGateD bias');
+    const store = (buf: DeviceBuffer) => {
+      const b = buf as CpuBuffer;
+      const conv = b.dtype === 'bf16' ? f32ToBf16 : b.dtype === 'f16' ? f32ToF16 : (v: number) => v;
+      return (i: number, v: number) => (b.data[i] = conv(v));
+    };
+    const o = store(out);
+    const yk = yKeep ? store(yKeep) : null;
+    const zk = zKeep ? store(zKeep) : null;
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols; c++) {
+        const i = r * cols + c;
+        const zi = zs[zWin.offset + r * zWin.stride + c];
+        const u = zi + bs[c];
+        const v = ys[i] + ds[Math.floor(c / headDim)] * xs[i];
+        o(i, v * u * sigmoid(u));
+        yk?.(i, ys[i]);
+        zk?.(i, zi);
+      }
+  }
+
+  siluGateDWindowBackward(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gz: DeviceBuffer,
+    gzWin: ColumnWindow,
+    accumulate: boolean,
+    gD: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+    headDim: number,
+  ): void {
+    // y and z f32/f64, or the 16-bit copies the forward kept
+    const load = (buf: DeviceBuffer, what: string): ((i: number) => number) => {
+      const b = buf as CpuBuffer;
+      if (b.dtype === 'bf16' || b.dtype === 'f16') {
+        const d = b.data as Uint16Array;
+        const conv = b.dtype === 'bf16' ? bf16ToF32 : f16ToF32;
+        return (i) => conv(d[i]);
+      }
+      const d = fl(buf, what);
+      return (i) => d[i];
+    };
+    const ys = load(y, 'siluGateD y');
+    const zs = load(z, 'siluGateD z');
+    const xs = fl(x, 'siluGateD x');
+    const ds = fl(D, 'siluGateD D');
+    const bs = fl(bias, 'siluGateD bias');
+    const gs = fl(g, 'siluGateD gradient');
+    const gyo = fl(gy, 'siluGateD y gradient');
+    const gxo = fl(gx, 'siluGateD x gradient');
+    const gzo = fl(gz, 'siluGateD z gradient');
+    const accD = new Float64Array(ds.length);
+    const accB = new Float64Array(cols);
+    for (let r = 0; r < rows; r++)
+      for (let c = 0; c < cols; c++) {
+        const i = r * cols + c;
+        const h = Math.floor(c / headDim);
+        const u = zs(i) + bs[c];
+        const sg = sigmoid(u);
+        const v = ys(i) + ds[h] * xs[i];
+        const gyi = gs[i] * u * sg;
+        gyo[i] = gyi;
+        gxo[i] = gyi * ds[h];
+        const gzi = gs[i] * v * sg * (1 + u * (1 - sg));
+        const o = gzWin.offset + r * gzWin.stride + c;
+        gzo[o] = accumulate ? gzo[o] + gzi : gzi;
+        accD[h] += gyi * xs[i];
+        accB[c] += gzi;
+      }
+    fl(gD, 'siluGateD D gradient').set(accD);
+    if (gBias) fl(gBias, 'siluGateD bias gradient').set(accB);
+  }
+
+  logDecayWindow(
+    a: DeviceBuffer,
+    aWin: ColumnWindow,
+    out: DeviceBuffer,
+    aKeep: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+  ): void {
+    const as = seq.gatherWindow(fl(a, 'logDecay a'), aWin, rows, cols);
+    const o = fl(out, 'logDecay output');
+    for (let i = 0; i < as.length; i++) o[i] = -softplus(as[i]);
+    if (aKeep) fl(aKeep, 'logDecay kept a').set(as);
+  }
+
+  logDecayWindowBackward(
+    a: DeviceBuffer,
+    g: DeviceBuffer,
+    ga: DeviceBuffer,
+    gaWin: ColumnWindow,
+    accumulate: boolean,
+    rows: number,
+    cols: number,
+  ): void {
+    const as = fl(a, 'logDecay a');
+    const gs = fl(g, 'logDecay gradient');
+    const d = as instanceof Float64Array ? new Float64Array(rows * cols) : new Float32Array(rows * cols);
+    for (let i = 0; i < d.length; i++) d[i] = -gs[i] * sigmoid(as[i]);
+    seq.scatterWindow(d, fl(ga, 'logDecay a gradient'), gaWin, rows, cols, accumulate);
   }
 
   rope(x: DeviceBuffer, out: DeviceBuffer, p: RopeParams): void {
@@ -1086,7 +1345,10 @@ export class CpuBackend implements Backend {
     gB: DeviceBuffer,
     gC: DeviceBuffer,
     p: SsdParams,
+    accumulateGx = false,
   ): void {
+    const out = fl(gx, 'ssd x gradient');
+    const gxs = accumulateGx ? scratchLike(out) : out;
     ssd.ssdScanBackward(
       fl(x, 'ssd x'),
       fl(logA, 'ssd logA'),
@@ -1094,13 +1356,14 @@ export class CpuBackend implements Backend {
       fl(cm, 'ssd C'),
       fl(states, 'ssd states'),
       fl(gy, 'ssd gradient'),
-      fl(gx, 'ssd x gradient'),
+      gxs,
       fl(gLogA, 'ssd logA gradient'),
       fl(gB, 'ssd B gradient'),
       fl(gC, 'ssd C gradient'),
       ssdParams(p),
       this.useBlas,
     );
+    if (accumulateGx) for (let i = 0; i < out.length; i++) out[i] += gxs[i];
   }
 
   materializeMixer(

@@ -1,6 +1,6 @@
 // Sequence kernels of the CPU backend: causal depthwise conv1d, rotary embedding, attention.
 
-import type { AttentionParams, RopeParams } from '../backend.js';
+import type { AttentionParams, ColumnWindow, RopeParams } from '../backend.js';
 import { gemm, type FloatArray } from './blas.js';
 import { wasmMath, type WasmMath } from './wasm-math.js';
 import { causalConv1dF32, causalConv1dGradF32, MAX_STAGED } from './wasm-ops.js';
@@ -82,6 +82,71 @@ export function causalConv1dBackward(
   }
   for (let i = 0; i < c * k; i++) gw[i] = accW[i];
   if (gb) for (let i = 0; i < c; i++) gb[i] = accB[i];
+}
+
+/** A dense (rows, c) copy of the window of x (rows `win.stride` apart from `win.offset`). */
+export function gatherWindow(x: FloatArray, win: ColumnWindow, rows: number, c: number): FloatArray {
+  const out = x instanceof Float64Array ? new Float64Array(rows * c) : new Float32Array(rows * c);
+  for (let r = 0; r < rows; r++)
+    out.set(x.subarray(win.offset + r * win.stride, win.offset + r * win.stride + c), r * c);
+  return out;
+}
+
+/** dense (rows, c) src into the window of dst, added to what is there when accumulate */
+export function scatterWindow(
+  src: FloatArray,
+  dst: FloatArray,
+  win: ColumnWindow,
+  rows: number,
+  c: number,
+  accumulate: boolean,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const o = win.offset + r * win.stride;
+    if (!accumulate) dst.set(src.subarray(r * c, r * c + c), o);
+    else for (let j = 0; j < c; j++) dst[o + j] += src[r * c + j];
+  }
+}
+
+/**
+ * causalConv1d on a column window of x (B, T, W) read in place: the window gathered, then the
+ * dense conv (the CPU has no bandwidth to save; this keeps one implementation of the arithmetic)
+ */
+export function causalConv1dWindow(
+  x: FloatArray,
+  xWin: ColumnWindow,
+  w: FloatArray,
+  bias: FloatArray | null,
+  out: FloatArray,
+  batch: number,
+  t: number,
+  c: number,
+  k: number,
+): void {
+  causalConv1d(gatherWindow(x, xWin, batch * t, c), w, bias, out, batch, t, c, k);
+}
+
+/** its backward: x the window (dense when xWin is null), gx written into the window gxWin */
+export function causalConv1dWindowBackward(
+  x: FloatArray,
+  xWin: ColumnWindow | null,
+  w: FloatArray,
+  gy: FloatArray,
+  gx: FloatArray,
+  gxWin: ColumnWindow,
+  accumulate: boolean,
+  gw: FloatArray,
+  gb: FloatArray | null,
+  batch: number,
+  t: number,
+  c: number,
+  k: number,
+): void {
+  const rows = batch * t;
+  const xd = xWin ? gatherWindow(x, xWin, rows, c) : x;
+  const gxd = gx instanceof Float64Array ? new Float64Array(rows * c) : new Float32Array(rows * c);
+  causalConv1dBackward(xd, w, gy, gxd, gw, gb, batch, t, c, k);
+  scatterWindow(gxd, gx, gxWin, rows, c, accumulate);
 }
 
 /**

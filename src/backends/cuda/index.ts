@@ -12,6 +12,7 @@ import type {
   AttentionParams,
   Backend,
   BinaryOp,
+  ColumnWindow,
   GraphCapture,
   DeviceBuffer,
   DType,
@@ -1034,8 +1035,9 @@ export class CudaBackend implements Backend {
     rows: number,
     cols: number,
     eps: number,
+    out16: DeviceBuffer | null = null,
   ): void {
-    rowKernels.layerNorm(this.host, x, weight, bias, out, mean, rstd, rows, cols, eps);
+    rowKernels.layerNorm(this.host, x, weight, bias, out, mean, rstd, rows, cols, eps, out16);
   }
 
   layerNormBackward(
@@ -1049,8 +1051,22 @@ export class CudaBackend implements Backend {
     gBias: DeviceBuffer | null,
     rows: number,
     cols: number,
+    accumulate = false,
   ): void {
-    rowKernels.layerNormBackward(this.host, x, weight, mean, rstd, gy, gx, gWeight, gBias, rows, cols);
+    rowKernels.layerNormBackward(
+      this.host,
+      x,
+      weight,
+      mean,
+      rstd,
+      gy,
+      gx,
+      gWeight,
+      gBias,
+      rows,
+      cols,
+      accumulate,
+    );
   }
 
   rmsNorm(
@@ -1061,8 +1077,24 @@ export class CudaBackend implements Backend {
     rows: number,
     cols: number,
     eps: number,
+    out16: DeviceBuffer | null = null,
   ): void {
-    rowKernels.rmsNorm(this.host, x, weight, out, rstd, rows, cols, eps);
+    rowKernels.rmsNorm(this.host, x, weight, out, rstd, rows, cols, eps, out16);
+  }
+
+  addRmsNorm(
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    weight: DeviceBuffer,
+    sum: DeviceBuffer,
+    out: DeviceBuffer,
+    rstd: DeviceBuffer,
+    rows: number,
+    cols: number,
+    eps: number,
+    out16: DeviceBuffer | null,
+  ): void {
+    rowKernels.addRmsNorm(this.host, a, b, weight, sum, out, rstd, rows, cols, eps, out16);
   }
 
   rmsNormBackward(
@@ -1074,8 +1106,9 @@ export class CudaBackend implements Backend {
     gWeight: DeviceBuffer,
     rows: number,
     cols: number,
+    accumulate = false,
   ): void {
-    rowKernels.rmsNormBackward(this.host, x, weight, rstd, gy, gx, gWeight, rows, cols);
+    rowKernels.rmsNormBackward(this.host, x, weight, rstd, gy, gx, gWeight, rows, cols, accumulate);
   }
 
   embedding(table: DeviceBuffer, ids: DeviceBuffer, out: DeviceBuffer, n: number, dim: number): void {
@@ -1134,6 +1167,133 @@ export class CudaBackend implements Backend {
     kernel: number,
   ): void {
     sequence.causalConv1dBackward(this.host, x, weight, gy, gx, gWeight, gBias, batch, t, channels, kernel);
+  }
+
+  causalConv1dWindow(
+    x: DeviceBuffer,
+    xWin: ColumnWindow,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    out: DeviceBuffer,
+    xKeep: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void {
+    sequence.causalConv1dWindow(this.host, x, xWin, weight, bias, out, xKeep, batch, t, channels, kernel);
+  }
+
+  causalConv1dWindowBackward(
+    x: DeviceBuffer,
+    xWin: ColumnWindow | null,
+    weight: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gxWin: ColumnWindow,
+    accumulate: boolean,
+    gWeight: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    batch: number,
+    t: number,
+    channels: number,
+    kernel: number,
+  ): void {
+    sequence.causalConv1dWindowBackward(
+      this.host,
+      x,
+      xWin,
+      weight,
+      gy,
+      gx,
+      gxWin,
+      accumulate,
+      gWeight,
+      gBias,
+      batch,
+      t,
+      channels,
+      kernel,
+    );
+  }
+
+  siluGateDWindow(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    zWin: ColumnWindow,
+    bias: DeviceBuffer,
+    out: DeviceBuffer,
+    rows: number,
+    cols: number,
+    headDim: number,
+    yKeep: DeviceBuffer | null,
+    zKeep: DeviceBuffer | null,
+  ): void {
+    sequence.siluGateDWindow(this.host, y, x, D, z, zWin, bias, out, rows, cols, headDim, yKeep, zKeep);
+  }
+
+  siluGateDWindowBackward(
+    y: DeviceBuffer,
+    x: DeviceBuffer,
+    D: DeviceBuffer,
+    z: DeviceBuffer,
+    bias: DeviceBuffer,
+    g: DeviceBuffer,
+    gy: DeviceBuffer,
+    gx: DeviceBuffer,
+    gz: DeviceBuffer,
+    gzWin: ColumnWindow,
+    accumulate: boolean,
+    gD: DeviceBuffer,
+    gBias: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+    headDim: number,
+  ): void {
+    sequence.siluGateDWindowBackward(
+      this.host,
+      y,
+      x,
+      D,
+      z,
+      bias,
+      g,
+      gy,
+      gx,
+      gz,
+      gzWin,
+      accumulate,
+      gD,
+      gBias,
+      rows,
+      cols,
+      headDim,
+    );
+  }
+
+  logDecayWindow(
+    a: DeviceBuffer,
+    aWin: ColumnWindow,
+    out: DeviceBuffer,
+    aKeep: DeviceBuffer | null,
+    rows: number,
+    cols: number,
+  ): void {
+    sequence.logDecayWindow(this.host, a, aWin, out, aKeep, rows, cols);
+  }
+
+  logDecayWindowBackward(
+    a: DeviceBuffer,
+    g: DeviceBuffer,
+    ga: DeviceBuffer,
+    gaWin: ColumnWindow,
+    accumulate: boolean,
+    rows: number,
+    cols: number,
+  ): void {
+    sequence.logDecayWindowBackward(this.host, a, g, ga, gaWin, accumulate, rows, cols);
   }
 
   rope(x: DeviceBuffer, out: DeviceBuffer, p: RopeParams): void {
@@ -1206,8 +1366,24 @@ export class CudaBackend implements Backend {
     gB: DeviceBuffer,
     gC: DeviceBuffer,
     p: SsdParams,
+    accumulateGx = false,
   ): void {
-    ssd.ssdScanBackward(this.host, this.ssdImpl, x, logA, bm, cm, states, gy, gx, gLogA, gB, gC, p);
+    ssd.ssdScanBackward(
+      this.host,
+      this.ssdImpl,
+      x,
+      logA,
+      bm,
+      cm,
+      states,
+      gy,
+      gx,
+      gLogA,
+      gB,
+      gC,
+      p,
+      accumulateGx,
+    );
   }
 
   materializeMixer(

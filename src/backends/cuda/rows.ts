@@ -8,10 +8,16 @@ import { moduleKernels, partialBlocks, rowThreads, type Host } from './host.js';
 export const ROWS_SIGNATURES = {
   softmax_f32: 'ppii',
   softmax_backward_f32: 'pppii',
-  layernorm_f32: 'ppppppif',
+  layernorm_f32: 'ppppppifpi',
   layernorm_backward_f32: 'ppppppppli',
-  rmsnorm_f32: 'ppppif',
+  layernorm_backward_acc_f32: 'ppppppppli',
+  rmsnorm_f32: 'ppppifpi',
+  add_rmsnorm_f32: 'ppppppifpi',
+  layernorm_warp_f32: 'pppppplifpi',
+  rmsnorm_warp_f32: 'pppplifpi',
+  add_rmsnorm_warp_f32: 'pppppplifpi',
   rmsnorm_backward_f32: 'ppppppli',
+  rmsnorm_backward_acc_f32: 'ppppppli',
   cross_entropy_f32: 'ppppii',
   cross_entropy_backward_f32: 'pppppii',
   kl_div_f32: 'ppppif',
@@ -50,6 +56,32 @@ export function softmaxBackward(
   k(h, 'softmax_backward_f32').launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, log ? 1 : 0]);
 }
 
+/** rows per block of the one-warp-per-row norm kernels */
+const WARP_ROWS = 8;
+
+/**
+ * Whether a norm's rows take the one-warp-per-row kernels (values in registers): widths that are
+ * multiples of 128 up to 2048 (NORM_WARP_MAXV in rows.cu); MOHAWK_NORM_WARP=0: never.
+ */
+function warpRows(cols: number): boolean {
+  return cols > 0 && cols % 128 === 0 && cols <= 2048 && process.env.MOHAWK_NORM_WARP !== '0';
+}
+
+function warpGrid(rows: number): [number, number, number] {
+  return [Math.ceil(rows / WARP_ROWS), 1, 1];
+}
+
+/** the kernel arguments (pointer, 16-bit type) of a norm's optional 16-bit copy of its output */
+function copy16(h: Host, out16: DeviceBuffer | null, n: number): [number, number] {
+  if (!out16) return [0, 0];
+  const b = h.buf(out16, 'norm 16-bit output');
+  if ((b.dtype !== 'bf16' && b.dtype !== 'f16') || b.length !== n)
+    throw new Error(
+      `cuda backend: a norm's 16-bit output must be ${n} bf16 or f16, got ${b.length} ${b.dtype}`,
+    );
+  return [b.ptr, b.dtype === 'bf16' ? 1 : 2];
+}
+
 export function layerNorm(
   h: Host,
   x: DeviceBuffer,
@@ -61,6 +93,7 @@ export function layerNorm(
   rows: number,
   cols: number,
   eps: number,
+  out16: DeviceBuffer | null = null,
 ): void {
   const args = [
     h.f(x, 'layerNorm input'),
@@ -71,7 +104,22 @@ export function layerNorm(
     h.f(rstd, 'layerNorm rstd'),
   ];
   if (rows === 0) return;
-  k(h, 'layernorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, eps]);
+  if (warpRows(cols)) {
+    k(h, 'layernorm_warp_f32').launch(warpGrid(rows), 32 * WARP_ROWS, 0, [
+      ...args,
+      rows,
+      cols,
+      eps,
+      ...copy16(h, out16, rows * cols),
+    ]);
+    return;
+  }
+  k(h, 'layernorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
+    ...args,
+    cols,
+    eps,
+    ...copy16(h, out16, rows * cols),
+  ]);
 }
 
 export function layerNormBackward(
@@ -86,6 +134,7 @@ export function layerNormBackward(
   gBias: DeviceBuffer | null,
   rows: number,
   cols: number,
+  accumulate = false,
 ): void {
   const gw = h.f(gWeight, 'layerNorm weight gradient');
   const gb = gBias ? h.f(gBias, 'layerNorm bias gradient') : 0;
@@ -106,13 +155,12 @@ export function layerNormBackward(
   const blocks = partialBlocks(h, rows);
   const pw = h.scratch(blocks * cols);
   const pb = gBias ? h.scratch(blocks * cols) : null;
-  k(h, 'layernorm_backward_f32').launch([blocks, 1, 1], rowThreads(cols), 0, [
-    ...args,
-    pw.ptr,
-    pb ? pb.ptr : 0,
-    rows,
-    cols,
-  ]);
+  k(h, accumulate ? 'layernorm_backward_acc_f32' : 'layernorm_backward_f32').launch(
+    [blocks, 1, 1],
+    rowThreads(cols),
+    0,
+    [...args, pw.ptr, pb ? pb.ptr : 0, rows, cols],
+  );
   h.sumInto(pw.ptr, gw, 1, blocks, cols);
   if (pb) h.sumInto(pb.ptr, gb, 1, blocks, cols);
   h.free(pw);
@@ -128,6 +176,7 @@ export function rmsNorm(
   rows: number,
   cols: number,
   eps: number,
+  out16: DeviceBuffer | null = null,
 ): void {
   const args = [
     h.f(x, 'rmsNorm input'),
@@ -136,7 +185,63 @@ export function rmsNorm(
     h.f(rstd, 'rmsNorm rstd'),
   ];
   if (rows === 0) return;
-  k(h, 'rmsnorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, eps]);
+  if (warpRows(cols)) {
+    k(h, 'rmsnorm_warp_f32').launch(warpGrid(rows), 32 * WARP_ROWS, 0, [
+      ...args,
+      rows,
+      cols,
+      eps,
+      ...copy16(h, out16, rows * cols),
+    ]);
+    return;
+  }
+  k(h, 'rmsnorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
+    ...args,
+    cols,
+    eps,
+    ...copy16(h, out16, rows * cols),
+  ]);
+}
+
+/** sum = a + b, out = rmsNorm(sum) (and out16) in one pass (Backend.addRmsNorm) */
+export function addRmsNorm(
+  h: Host,
+  a: DeviceBuffer,
+  b: DeviceBuffer,
+  weight: DeviceBuffer,
+  sum: DeviceBuffer,
+  out: DeviceBuffer,
+  rstd: DeviceBuffer,
+  rows: number,
+  cols: number,
+  eps: number,
+  out16: DeviceBuffer | null,
+): void {
+  const args = [
+    h.f(a, 'addRmsNorm a'),
+    h.f(b, 'addRmsNorm b'),
+    h.f(weight, 'rmsNorm weight'),
+    h.f(sum, 'addRmsNorm sum'),
+    h.f(out, 'rmsNorm output'),
+    h.f(rstd, 'rmsNorm rstd'),
+  ];
+  if (rows === 0) return;
+  if (warpRows(cols)) {
+    k(h, 'add_rmsnorm_warp_f32').launch(warpGrid(rows), 32 * WARP_ROWS, 0, [
+      ...args,
+      rows,
+      cols,
+      eps,
+      ...copy16(h, out16, rows * cols),
+    ]);
+    return;
+  }
+  k(h, 'add_rmsnorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
+    ...args,
+    cols,
+    eps,
+    ...copy16(h, out16, rows * cols),
+  ]);
 }
 
 export function rmsNormBackward(
@@ -149,6 +254,7 @@ export function rmsNormBackward(
   gWeight: DeviceBuffer,
   rows: number,
   cols: number,
+  accumulate = false,
 ): void {
   const gw = h.f(gWeight, 'rmsNorm weight gradient');
   const args = [
@@ -165,7 +271,12 @@ export function rmsNormBackward(
   }
   const blocks = partialBlocks(h, rows);
   const pw = h.scratch(blocks * cols);
-  k(h, 'rmsnorm_backward_f32').launch([blocks, 1, 1], rowThreads(cols), 0, [...args, pw.ptr, rows, cols]);
+  k(h, accumulate ? 'rmsnorm_backward_acc_f32' : 'rmsnorm_backward_f32').launch(
+    [blocks, 1, 1],
+    rowThreads(cols),
+    0,
+    [...args, pw.ptr, rows, cols],
+  );
   h.sumInto(pw.ptr, gw, 1, blocks, cols);
   h.free(pw);
 }

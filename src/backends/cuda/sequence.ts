@@ -1,7 +1,7 @@
 // Launchers of kernels/sequence.cu: the causal depthwise conv1d (forward, backward), rotary
 // position embeddings, and the one-token recurrent step of the mixer for decoding.
 
-import type { DeviceBuffer, RopeParams, SsmStepParams } from '../backend.js';
+import type { ColumnWindow, DeviceBuffer, RopeParams, SsmStepParams } from '../backend.js';
 import { moduleKernels, roundUp, THREADS, type Host } from './host.js';
 
 /** Kernel signatures of kernels/sequence.cu (argument kinds, see kernels.ts). */
@@ -20,6 +20,17 @@ export const SEQUENCE_SIGNATURES = {
   conv1d_k4_keep_f32: 'pppppliii',
   conv1d_backward_w_bf16x: 'ppppliiil',
   conv1d_backward_w_k4_bf16x: 'ppppliiil',
+  conv1d_win_f32: 'plppppliii',
+  conv1d_k4_win_f32: 'plppppliii',
+  conv1d_backward_win_f32: 'plppplippliiil',
+  conv1d_backward_k4_win_f32: 'plppplippliiil',
+  conv1d_backward_win_bf16x: 'plppplippliiil',
+  conv1d_backward_k4_win_bf16x: 'plppplippliiil',
+  silu_gate_d_win_f32: 'pppplppippilii',
+  silu_gate_d_win_x4: 'pppplppippilii',
+  silu_gate_d_backward_win_f32: 'ppppippppplippliii',
+  log_decay_win_f32: 'plppli',
+  log_decay_backward_win_f32: 'ppplili',
 } as const;
 
 const { k, run1 } = moduleKernels('sequence', SEQUENCE_SIGNATURES);
@@ -135,6 +146,311 @@ export function causalConv1dBackward(
   if (pb) h.sumInto(pb.ptr, gb, 1, nb, channels);
   h.free(pw);
   if (pb) h.free(pb);
+}
+
+/** 4-byte elements: the byte address of a window's first element */
+const at = (ptr: number, win: ColumnWindow): number => ptr + win.offset * 4;
+
+function checkWindow(what: string, len: number, win: ColumnWindow, rows: number, channels: number): void {
+  if (!(
+    win.stride >= channels &&
+    win.offset >= 0 &&
+    (rows === 0 || win.offset + (rows - 1) * win.stride + channels <= len)
+  ))
+    throw new Error(
+      `cuda backend: ${what} window (offset ${win.offset}, stride ${win.stride}) of ${rows} x ${channels} outside its ${len} elements`,
+    );
+}
+
+/** causalConv1d over a column window of x read in place (Backend.causalConv1dWindow) */
+export function causalConv1dWindow(
+  h: Host,
+  x: DeviceBuffer,
+  xWin: ColumnWindow,
+  weight: DeviceBuffer,
+  bias: DeviceBuffer | null,
+  out: DeviceBuffer,
+  xKeep: DeviceBuffer | null,
+  batch: number,
+  t: number,
+  channels: number,
+  kernel: number,
+): void {
+  if (kernel > MAX_CONV_K)
+    throw new Error(`cuda backend: conv1d kernel size ${kernel} (at most ${MAX_CONV_K})`);
+  const xb = h.buf(x, 'conv1d input');
+  if (xb.dtype !== 'f32') throw new Error(`cuda backend: conv1d window input must be f32, got ${xb.dtype}`);
+  checkWindow('conv1d input', xb.length, xWin, batch * t, channels);
+  let kp = 0;
+  if (xKeep) {
+    const kb = h.buf(xKeep, 'conv1d kept input');
+    if (kb.dtype !== 'bf16' || kb.length !== batch * t * channels)
+      throw new Error(
+        `cuda backend: conv1d kept input must be ${batch * t * channels} bf16, got ${kb.length} ${kb.dtype}`,
+      );
+    kp = kb.ptr;
+  }
+  run1(h, kernel === 4 ? 'conv1d_k4_win_f32' : 'conv1d_win_f32', batch * convRuns(t) * channels, [
+    at(xb.ptr, xWin),
+    xWin.stride,
+    h.f(weight, 'conv1d weight'),
+    bias ? h.f(bias, 'conv1d bias') : 0,
+    h.f(out, 'conv1d output'),
+    kp,
+    batch,
+    t,
+    channels,
+    kernel,
+  ]);
+}
+
+/** Backend.causalConv1dWindowBackward: gx into a window of its buffer, weight and bias gradients */
+export function causalConv1dWindowBackward(
+  h: Host,
+  x: DeviceBuffer,
+  xWin: ColumnWindow | null,
+  weight: DeviceBuffer,
+  gy: DeviceBuffer,
+  gx: DeviceBuffer,
+  gxWin: ColumnWindow,
+  accumulate: boolean,
+  gWeight: DeviceBuffer,
+  gBias: DeviceBuffer | null,
+  batch: number,
+  t: number,
+  channels: number,
+  kernel: number,
+): void {
+  if (kernel > MAX_CONV_K)
+    throw new Error(`cuda backend: conv1d kernel size ${kernel} (at most ${MAX_CONV_K})`);
+  const xb = h.buf(x, 'conv1d input');
+  // x is the f32 window, or the dense bf16 copy the forward kept
+  if (xWin ? xb.dtype !== 'f32' : xb.dtype !== 'bf16' || xb.length !== batch * t * channels)
+    throw new Error(`cuda backend: conv1d window backward input ${xb.length} ${xb.dtype} does not fit`);
+  if (xWin) checkWindow('conv1d input', xb.length, xWin, batch * t, channels);
+  const gxb = h.buf(gx, 'conv1d input gradient');
+  if (gxb.dtype !== 'f32')
+    throw new Error(`cuda backend: conv1d input gradient must be f32, got ${gxb.dtype}`);
+  checkWindow('conv1d input gradient', gxb.length, gxWin, batch * t, channels);
+  const gw = h.f(gWeight, 'conv1d weight gradient');
+  const gb = gBias ? h.f(gBias, 'conv1d bias gradient') : 0;
+  if (channels * kernel === 0) return;
+  const rows = batch * t;
+  if (rows === 0) {
+    h.fill(gWeight, 0);
+    if (gBias) h.fill(gBias, 0);
+    return;
+  }
+  // one pass over gy for x's gradient and the partial weight and bias gradients (bands of rows)
+  const blocks = Math.max(1, Math.min(Math.ceil(rows / 16), h.sms * 4));
+  const perBlock = Math.ceil(rows / blocks);
+  const nb = Math.ceil(rows / perBlock);
+  const pw = h.scratch(nb * channels * kernel);
+  const pb = gBias ? h.scratch(nb * channels) : null;
+  const name = xWin
+    ? kernel === 4
+      ? 'conv1d_backward_k4_win_f32'
+      : 'conv1d_backward_win_f32'
+    : kernel === 4
+      ? 'conv1d_backward_k4_win_bf16x'
+      : 'conv1d_backward_win_bf16x';
+  const threads = Math.min(THREADS, roundUp(channels, 32));
+  k(h, name).launch([nb, Math.min(Math.ceil(channels / threads), 65535), 1], threads, 0, [
+    xWin ? at(xb.ptr, xWin) : xb.ptr,
+    xWin ? xWin.stride : channels,
+    h.f(weight, 'conv1d weight'),
+    h.f(gy, 'conv1d gradient'),
+    at(gxb.ptr, gxWin),
+    gxWin.stride,
+    accumulate ? 1 : 0,
+    pw.ptr,
+    pb ? pb.ptr : 0,
+    batch,
+    t,
+    channels,
+    kernel,
+    perBlock,
+  ]);
+  h.sumInto(pw.ptr, gw, 1, nb, channels * kernel);
+  if (pb) h.sumInto(pb.ptr, gb, 1, nb, channels);
+  h.free(pw);
+  if (pb) h.free(pb);
+}
+
+/** storage code of the gate kernels: f32 0, bf16 1, f16 2 */
+function gateStorage(dtype: string, what: string): number {
+  if (dtype === 'f32') return 0;
+  if (dtype === 'bf16') return 1;
+  if (dtype === 'f16') return 2;
+  throw new Error(`cuda backend: ${what} must be f32, bf16 or f16, got ${dtype}`);
+}
+
+/** Backend.siluGateDWindow: the mixer's gate with its D term, z read in place from in_proj's output */
+export function siluGateDWindow(
+  h: Host,
+  y: DeviceBuffer,
+  x: DeviceBuffer,
+  D: DeviceBuffer,
+  z: DeviceBuffer,
+  zWin: ColumnWindow,
+  bias: DeviceBuffer,
+  out: DeviceBuffer,
+  rows: number,
+  cols: number,
+  headDim: number,
+  yKeep: DeviceBuffer | null,
+  zKeep: DeviceBuffer | null,
+): void {
+  const o = h.buf(out, 'siluGateD output');
+  const ot = gateStorage(o.dtype, 'siluGateD output');
+  const keep = yKeep !== null && zKeep !== null;
+  if (
+    keep &&
+    (ot === 0 || h.buf(yKeep, 'kept y').dtype !== o.dtype || h.buf(zKeep, 'kept z').dtype !== o.dtype)
+  )
+    throw new Error('cuda backend: siluGateD keeps y and z in the 16-bit dtype of its output');
+  const zb = h.buf(z, 'siluGateD z');
+  if (zb.dtype !== 'f32') throw new Error(`cuda backend: siluGateD z window must be f32, got ${zb.dtype}`);
+  checkWindow('siluGateD z', zb.length, zWin, rows, cols);
+  const x4 = cols % 4 === 0 && zWin.stride % 4 === 0 && zWin.offset % 4 === 0;
+  run1(h, x4 ? 'silu_gate_d_win_x4' : 'silu_gate_d_win_f32', x4 ? (rows * cols) / 4 : rows * cols, [
+    h.f(y, 'siluGateD y'),
+    h.f(x, 'siluGateD x'),
+    h.f(D, 'siluGateD D'),
+    at(zb.ptr, zWin),
+    zWin.stride,
+    h.f(bias, 'siluGateD bias'),
+    o.ptr,
+    ot,
+    keep ? h.buf(yKeep, 'kept y').ptr : 0,
+    keep ? h.buf(zKeep, 'kept z').ptr : 0,
+    keep ? 1 : 0,
+    rows,
+    cols,
+    headDim,
+  ]);
+}
+
+/**
+ * Backend.siluGateDWindowBackward: as siluGateDBackward (column sums per band of rows, then over
+ * bands and each head's columns: no atomics), z's gradient into its window of in_proj's output
+ * gradient and the bias gradient from the same pass.
+ */
+export function siluGateDWindowBackward(
+  h: Host,
+  y: DeviceBuffer,
+  x: DeviceBuffer,
+  D: DeviceBuffer,
+  z: DeviceBuffer,
+  bias: DeviceBuffer,
+  g: DeviceBuffer,
+  gy: DeviceBuffer,
+  gx: DeviceBuffer,
+  gz: DeviceBuffer,
+  gzWin: ColumnWindow,
+  accumulate: boolean,
+  gD: DeviceBuffer,
+  gBias: DeviceBuffer | null,
+  rows: number,
+  cols: number,
+  headDim: number,
+): void {
+  if (rows === 0 || cols === 0) {
+    h.fill(gD, 0);
+    if (gBias) h.fill(gBias, 0);
+    return;
+  }
+  const threads = 256;
+  const colBlocks = Math.ceil(cols / threads);
+  // enough bands for about 8 blocks per multiprocessor
+  const bands0 = Math.max(1, Math.min(rows, Math.ceil((h.sms * 8) / colBlocks), 65535));
+  const rowsPerBlock = Math.ceil(rows / bands0);
+  const bands = Math.ceil(rows / rowsPerBlock);
+  const yb = h.buf(y, 'siluGateD y');
+  const zb = h.buf(z, 'siluGateD z');
+  if (yb.dtype !== zb.dtype)
+    throw new Error(`cuda backend: siluGateD y ${yb.dtype} and z ${zb.dtype} differ`);
+  const gzb = h.buf(gz, 'siluGateD z gradient');
+  if (gzb.dtype !== 'f32')
+    throw new Error(`cuda backend: siluGateD z gradient must be f32, got ${gzb.dtype}`);
+  checkWindow('siluGateD z gradient', gzb.length, gzWin, rows, cols);
+  const partialD = h.scratch(bands * cols);
+  const partialB = gBias ? h.scratch(bands * cols) : null;
+  k(h, 'silu_gate_d_backward_win_f32').launch([colBlocks, bands, 1], threads, 0, [
+    yb.ptr,
+    h.f(x, 'siluGateD x'),
+    h.f(D, 'siluGateD D'),
+    zb.ptr,
+    gateStorage(yb.dtype, 'siluGateD y'),
+    h.f(bias, 'siluGateD bias'),
+    h.f(g, 'siluGateD gradient'),
+    h.f(gy, 'siluGateD y gradient'),
+    h.f(gx, 'siluGateD x gradient'),
+    at(gzb.ptr, gzWin),
+    gzWin.stride,
+    accumulate ? 1 : 0,
+    partialD.ptr,
+    partialB ? partialB.ptr : 0,
+    rows,
+    cols,
+    headDim,
+    rowsPerBlock,
+  ]);
+  const colSums = h.scratch(cols);
+  h.sumInto(partialD.ptr, colSums.ptr, 1, bands, cols);
+  h.sumInto(colSums.ptr, h.f(gD, 'siluGateD D gradient'), cols / headDim, headDim, 1);
+  if (partialB) h.sumInto(partialB.ptr, h.f(gBias!, 'siluGateD bias gradient'), 1, bands, cols);
+  h.free(partialD);
+  if (partialB) h.free(partialB);
+  h.free(colSums);
+}
+
+/** Backend.logDecayWindow: -softplus(a) of a window of in_proj's output, and a's dense copy */
+export function logDecayWindow(
+  h: Host,
+  a: DeviceBuffer,
+  aWin: ColumnWindow,
+  out: DeviceBuffer,
+  aKeep: DeviceBuffer | null,
+  rows: number,
+  cols: number,
+): void {
+  const ab = h.buf(a, 'logDecay a');
+  if (ab.dtype !== 'f32') throw new Error(`cuda backend: logDecay a must be f32, got ${ab.dtype}`);
+  checkWindow('logDecay a', ab.length, aWin, rows, cols);
+  run1(h, 'log_decay_win_f32', rows * cols, [
+    at(ab.ptr, aWin),
+    aWin.stride,
+    h.f(out, 'logDecay output'),
+    aKeep ? h.f(aKeep, 'logDecay kept a') : 0,
+    rows,
+    cols,
+  ]);
+}
+
+/** Backend.logDecayWindowBackward: a's gradient into its window of in_proj's output gradient */
+export function logDecayWindowBackward(
+  h: Host,
+  a: DeviceBuffer,
+  g: DeviceBuffer,
+  ga: DeviceBuffer,
+  gaWin: ColumnWindow,
+  accumulate: boolean,
+  rows: number,
+  cols: number,
+): void {
+  const gb = h.buf(ga, 'logDecay a gradient');
+  if (gb.dtype !== 'f32') throw new Error(`cuda backend: logDecay a gradient must be f32, got ${gb.dtype}`);
+  checkWindow('logDecay a gradient', gb.length, gaWin, rows, cols);
+  run1(h, 'log_decay_backward_win_f32', rows * cols, [
+    h.f(a, 'logDecay a'),
+    h.f(g, 'logDecay gradient'),
+    at(gb.ptr, gaWin),
+    gaWin.stride,
+    accumulate ? 1 : 0,
+    rows,
+    cols,
+  ]);
 }
 
 export function rope(h: Host, x: DeviceBuffer, out: DeviceBuffer, p: RopeParams): void {

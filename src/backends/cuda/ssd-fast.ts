@@ -15,6 +15,8 @@ export const SSD_FAST_SIGNATURES = {
   ssdf_out_f32: 'ppppppS',
   ssdf_bwd_bf16: 'pppppppppppS',
   ssdf_bwd_f32: 'pppppppppppS',
+  ssdf_bwd_acc_bf16: 'pppppppppppS',
+  ssdf_bwd_acc_f32: 'pppppppppppS',
 } as const;
 
 export type SsdFastKernel = keyof typeof SSD_FAST_SIGNATURES;
@@ -129,7 +131,7 @@ export function ssdFastForward<Buf extends { ptr: number }>(
   host.release(cl);
 }
 
-/** gx, gLogA, gB, gC (overwritten) from the forward inputs, its states and gy. */
+/** gx (or added to it with accumulateGx), gLogA, gB, gC (overwritten) from the forward inputs, its states and gy. */
 export function ssdFastBackward<Buf extends { ptr: number }>(
   host: SsdFastHost<Buf>,
   plan: SsdFastPlan,
@@ -144,6 +146,7 @@ export function ssdFastBackward<Buf extends { ptr: number }>(
   gLogA: number,
   gB: number,
   gC: number,
+  accumulateGx = false,
 ): void {
   const lp = p.lowPrecision === true;
   const { batch: B, seqLen: T, heads: H, groups: G, headDim: P, dState: N } = p;
@@ -158,7 +161,14 @@ export function ssdFastBackward<Buf extends { ptr: number }>(
   const perHead = G !== H;
   const gBh = perHead ? host.scratch(B * T * H * N) : null;
   const gCh = perHead ? host.scratch(B * T * H * N) : null;
-  launch(host, plan, lp ? 'ssdf_bwd_bf16' : 'ssdf_bwd_f32', grid, plan.shared.bwd, [
+  const name = accumulateGx
+    ? lp
+      ? 'ssdf_bwd_acc_bf16'
+      : 'ssdf_bwd_acc_f32'
+    : lp
+      ? 'ssdf_bwd_bf16'
+      : 'ssdf_bwd_f32';
+  launch(host, plan, name, grid, plan.shared.bwd, [
     x,
     bm,
     cm,

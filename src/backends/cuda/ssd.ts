@@ -23,7 +23,7 @@ export const SSD_SIGNATURES = {
   ssd_chunk_output: 'ppppppS',
   ssd_bwd_chunk_gstate: 'ppppS',
   ssd_bwd_state_pass: 'ppS',
-  ssd_bwd_dx: 'ppppppS',
+  ssd_bwd_dx: 'ppppppiS',
   ssd_bwd_dbc: 'ppppppppppS',
   ssd_bwd_dlogA: 'pppppppppS',
   mixer_fwd: 'ppppS',
@@ -120,6 +120,7 @@ export function ssdScanBackward(
   gB: DeviceBuffer,
   gC: DeviceBuffer,
   p: SsdParams,
+  accumulateGx = false,
 ): void {
   const d = ssdDims(p, 'ssd');
   const xp = h.f(x, 'ssd x');
@@ -141,7 +142,8 @@ export function ssdScanBackward(
     return;
   }
   const plan = impl === 'fast' ? ssdFastPlan(p, h.driver.info.maxSharedPerBlockOptin) : null;
-  if (plan) return ssdFastBackward(fastHost(h), plan, p, xp, la, bp, cp, sp, gyp, gxp, glp, gbp, gcp);
+  if (plan)
+    return ssdFastBackward(fastHost(h), plan, p, xp, la, bp, cp, sp, gyp, gxp, glp, gbp, gcp, accumulateGx);
   const cum = h.scratch(B * H * T);
   const mat = B * H * nC * Q * Q;
   const M = h.scratch(mat);
@@ -152,7 +154,7 @@ export function ssdScanBackward(
   run1(h, 'ssd_chunk_matrices', mat, [cp, bp, cum.ptr, xp, gyp, M.ptr, Dw.ptr, R.ptr, d]);
   run1(h, 'ssd_bwd_chunk_gstate', B * nC * H * P * N, [gyp, cp, cum.ptr, gS.ptr, d]);
   run1(h, 'ssd_bwd_state_pass', B * H * P * N, [gS.ptr, cum.ptr, d]);
-  run1(h, 'ssd_bwd_dx', B * T * H * P, [gyp, bp, cum.ptr, M.ptr, gS.ptr, gxp, d]);
+  run1(h, 'ssd_bwd_dx', B * T * H * P, [gyp, bp, cum.ptr, M.ptr, gS.ptr, gxp, accumulateGx ? 1 : 0, d]);
   const perHead = G !== H;
   const gBh = perHead ? h.scratch(B * T * H * N) : null;
   const gCh = perHead ? h.scratch(B * T * H * N) : null;

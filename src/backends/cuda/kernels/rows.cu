@@ -29,9 +29,17 @@ extern "C" __global__ void softmax_backward_f32(const float* y, const float* gy,
     for (int j = threadIdx.x; j < cols; j += blockDim.x) gx[base + j] = y[base + j] * (gy[base + j] - s);
 }
 
-/** x, out (rows, cols), weight, bias (cols) | null; mean, rstd (rows) saved. grid = rows */
+/** v rounded to 16 bits (t16: 1 bf16, 2 f16) at o16[i] */
+__device__ __forceinline__ void store16(u16* o16, int t16, i64 i, float v) {
+  o16[i] = t16 == 1 ? f32_to_bf16(v) : f32_to_f16(v);
+}
+
+/**
+ * x, out (rows, cols), weight, bias (cols) | null; mean, rstd (rows) saved; o16 | null: out
+ * rounded to 16 bits too (the copy autocast products read). grid = rows
+ */
 extern "C" __global__ void layernorm_f32(const float* x, const float* w, const float* b, float* out, float* mean,
-                                         float* rstd, int cols, float eps) {
+                                         float* rstd, int cols, float eps, u16* o16, int t16) {
   __shared__ float sh[32];
   const i64 base = (i64)blockIdx.x * cols;
   float acc = 0.f;
@@ -47,8 +55,11 @@ extern "C" __global__ void layernorm_f32(const float* x, const float* w, const f
     mean[blockIdx.x] = m;
     rstd[blockIdx.x] = rs;
   }
-  for (int j = threadIdx.x; j < cols; j += blockDim.x)
-    out[base + j] = (x[base + j] - m) * rs * w[j] + (b ? b[j] : 0.f);
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float v = (x[base + j] - m) * rs * w[j] + (b ? b[j] : 0.f);
+    out[base + j] = v;
+    if (o16) store16(o16, t16, base + j, v);
+  }
 }
 
 /**
@@ -56,9 +67,9 @@ extern "C" __global__ void layernorm_f32(const float* x, const float* w, const f
  * gy * xhat and gy (reduced over blocks on the host side). Each block takes rows
  * blockIdx.x, blockIdx.x + gridDim.x, ...; pb may be null.
  */
-extern "C" __global__ void layernorm_backward_f32(const float* x, const float* w, const float* mean,
-                                                  const float* rstd, const float* gy, float* gx, float* pw,
-                                                  float* pb, i64 rows, int cols) {
+template <bool ACC>
+__device__ void layernorm_bwd(const float* x, const float* w, const float* mean, const float* rstd, const float* gy,
+                              float* gx, float* pw, float* pb, i64 rows, int cols) {
   __shared__ float sh[32];
   float* pwr = pw + (i64)blockIdx.x * cols;
   float* pbr = pb ? pb + (i64)blockIdx.x * cols : 0;
@@ -83,28 +94,160 @@ extern "C" __global__ void layernorm_backward_f32(const float* x, const float* w
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float xh = (x[base + j] - m) * rs;
       const float gyj = gy[base + j];
-      gx[base + j] = rs * (__fmul_rn(gyj, w[j]) - sg - xh * sgx);
+      const float v = rs * (__fmul_rn(gyj, w[j]) - sg - xh * sgx);
+      gx[base + j] = ACC ? gx[base + j] + v : v;
       pwr[j] += gyj * xh;
       if (pbr) pbr[j] += gyj;
     }
   }
 }
 
-/** x, out (rows, cols), weight (cols); rstd (rows) saved. grid = rows */
-extern "C" __global__ void rmsnorm_f32(const float* x, const float* w, float* out, float* rstd, int cols,
-                                       float eps) {
+extern "C" __global__ void layernorm_backward_f32(const float* x, const float* w, const float* mean,
+                                                  const float* rstd, const float* gy, float* gx, float* pw,
+                                                  float* pb, i64 rows, int cols) {
+  layernorm_bwd<false>(x, w, mean, rstd, gy, gx, pw, pb, rows, cols);
+}
+// gx += the input gradient: the residual stream's other gradient is already there (no separate add)
+extern "C" __global__ void layernorm_backward_acc_f32(const float* x, const float* w, const float* mean,
+                                                      const float* rstd, const float* gy, float* gx, float* pw,
+                                                      float* pb, i64 rows, int cols) {
+  layernorm_bwd<true>(x, w, mean, rstd, gy, gx, pw, pb, rows, cols);
+}
+
+/** x, out (rows, cols), weight (cols); rstd (rows) saved; o16 as layernorm_f32's. grid = rows */
+extern "C" __global__ void rmsnorm_f32(const float* x, const float* w, float* out, float* rstd, int cols, float eps,
+                                       u16* o16, int t16) {
   __shared__ float sh[32];
   const i64 base = (i64)blockIdx.x * cols;
   float acc = 0.f;
   for (int j = threadIdx.x; j < cols; j += blockDim.x) acc += x[base + j] * x[base + j];
   const float rs = 1.f / sqrtf(block_sum(acc, sh) / cols + eps);
   if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
-  for (int j = threadIdx.x; j < cols; j += blockDim.x) out[base + j] = x[base + j] * rs * w[j];
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float v = x[base + j] * rs * w[j];
+    out[base + j] = v;
+    if (o16) store16(o16, t16, base + j, v);
+  }
+}
+
+/**
+ * A pre-norm block's residual add and the RMSNorm of its result: sum = a + b (rows, cols), then
+ * rmsnorm_f32's arithmetic on sum (the same values as the two kernels). grid = rows
+ */
+extern "C" __global__ void add_rmsnorm_f32(const float* a, const float* b, const float* w, float* sum, float* out,
+                                           float* rstd, int cols, float eps, u16* o16, int t16) {
+  __shared__ float sh[32];
+  const i64 base = (i64)blockIdx.x * cols;
+  float acc = 0.f;
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float v = a[base + j] + b[base + j];
+    sum[base + j] = v;
+    acc += v * v;
+  }
+  const float rs = 1.f / sqrtf(block_sum(acc, sh) / cols + eps);
+  if (threadIdx.x == 0) rstd[blockIdx.x] = rs;
+  // each thread reads back the sums it wrote
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const float v = sum[base + j] * rs * w[j];
+    out[base + j] = v;
+    if (o16) store16(o16, t16, base + j, v);
+  }
+}
+
+// ---- one warp per row: the row's values stay in registers (cols a multiple of 128, at most
+// 128 * NORM_WARP_MAXV); a pass over memory instead of three, and no block-wide barriers ----------
+
+#define NORM_WARP_MAXV 16
+
+/** the 4 values v at out16 + 4 q (t16: 1 bf16, 2 f16) in one 8-byte store */
+__device__ __forceinline__ void store16x4(u16* o16, int t16, i64 q, float4 v) {
+  const u32 a = t16 == 1 ? f32_to_bf16(v.x) : f32_to_f16(v.x), b = t16 == 1 ? f32_to_bf16(v.y) : f32_to_f16(v.y);
+  const u32 c = t16 == 1 ? f32_to_bf16(v.z) : f32_to_f16(v.z), d = t16 == 1 ? f32_to_bf16(v.w) : f32_to_f16(v.w);
+  ((uint2*)o16)[q] = make_uint2(a | (b << 16), c | (d << 16));
+}
+
+/**
+ * LayerNorm (kind 0), RMSNorm (1) or the residual add and RMSNorm (2: x = a + a2, written to sum)
+ * of rows of `cols` = 128 nv, one warp per row: out = norm(x) w (+ b), mean (LayerNorm), rstd,
+ * and o16 | null, out rounded to 16 bits. Lane l holds float4s l, l + 32, ...
+ */
+__device__ void norm_warp(int kind, const float* a, const float* a2, const float* w, const float* b, float* sum,
+                          float* out, float* mean, float* rstd, i64 rows, int cols, float eps, u16* o16, int t16) {
+  const int lane = threadIdx.x & 31;
+  const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int nv = cols >> 7;
+  const i64 q0 = row * (cols >> 2);
+  float4 v[NORM_WARP_MAXV];
+  float s = 0.f, ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < NORM_WARP_MAXV; k++) {
+    if (k < nv) {
+      const i64 q = q0 + lane + 32 * k;
+      v[k] = ((const float4*)a)[q];
+      if (kind == 2) {
+        const float4 u = ((const float4*)a2)[q];
+        v[k] = make_float4(v[k].x + u.x, v[k].y + u.y, v[k].z + u.z, v[k].w + u.w);
+        ((float4*)sum)[q] = v[k];
+      }
+      s += (v[k].x + v[k].y) + (v[k].z + v[k].w);
+      ss += (v[k].x * v[k].x + v[k].y * v[k].y) + (v[k].z * v[k].z + v[k].w * v[k].w);
+    }
+  }
+  float m = 0.f, rs;
+  if (kind == 0) {
+    m = warp_sum(s) / cols;
+    float dd = 0.f;  // the variance from the deviations, as layernorm_f32
+#pragma unroll
+    for (int k = 0; k < NORM_WARP_MAXV; k++)
+      if (k < nv) {
+        const float dx = v[k].x - m, dy = v[k].y - m, dz = v[k].z - m, dw = v[k].w - m;
+        dd += (dx * dx + dy * dy) + (dz * dz + dw * dw);
+      }
+    rs = 1.f / sqrtf(warp_sum(dd) / cols + eps);
+    if (lane == 0) mean[row] = m;
+  } else {
+    rs = 1.f / sqrtf(warp_sum(ss) / cols + eps);
+  }
+  if (lane == 0) rstd[row] = rs;
+#pragma unroll
+  for (int k = 0; k < NORM_WARP_MAXV; k++) {
+    if (k < nv) {
+      const int c4 = lane + 32 * k;
+      const float4 wv = ((const float4*)w)[c4];
+      float4 o;
+      if (kind == 0) {
+        const float4 bv = b ? ((const float4*)b)[c4] : make_float4(0.f, 0.f, 0.f, 0.f);
+        o = make_float4((v[k].x - m) * rs * wv.x + bv.x, (v[k].y - m) * rs * wv.y + bv.y,
+                        (v[k].z - m) * rs * wv.z + bv.z, (v[k].w - m) * rs * wv.w + bv.w);
+      } else {
+        o = make_float4(v[k].x * rs * wv.x, v[k].y * rs * wv.y, v[k].z * rs * wv.z, v[k].w * rs * wv.w);
+      }
+      ((float4*)out)[q0 + c4] = o;
+      if (o16) store16x4(o16, t16, q0 + c4, o);
+    }
+  }
+}
+
+extern "C" __global__ void layernorm_warp_f32(const float* x, const float* w, const float* b, float* out,
+                                              float* mean, float* rstd, i64 rows, int cols, float eps, u16* o16,
+                                              int t16) {
+  norm_warp(0, x, nullptr, w, b, nullptr, out, mean, rstd, rows, cols, eps, o16, t16);
+}
+extern "C" __global__ void rmsnorm_warp_f32(const float* x, const float* w, float* out, float* rstd, i64 rows,
+                                            int cols, float eps, u16* o16, int t16) {
+  norm_warp(1, x, nullptr, w, nullptr, nullptr, out, nullptr, rstd, rows, cols, eps, o16, t16);
+}
+extern "C" __global__ void add_rmsnorm_warp_f32(const float* a, const float* a2, const float* w, float* sum,
+                                                float* out, float* rstd, i64 rows, int cols, float eps, u16* o16,
+                                                int t16) {
+  norm_warp(2, a, a2, w, nullptr, sum, out, nullptr, rstd, rows, cols, eps, o16, t16);
 }
 
 /** RMSNorm backward: gx (rows, cols), partial sums pw (gridDim.x, cols) of gy * xhat. */
-extern "C" __global__ void rmsnorm_backward_f32(const float* x, const float* w, const float* rstd,
-                                                const float* gy, float* gx, float* pw, i64 rows, int cols) {
+template <bool ACC>
+__device__ void rmsnorm_bwd(const float* x, const float* w, const float* rstd, const float* gy, float* gx, float* pw,
+                            i64 rows, int cols) {
   __shared__ float sh[32];
   float* pwr = pw + (i64)blockIdx.x * cols;
   for (int j = threadIdx.x; j < cols; j += blockDim.x) pwr[j] = 0.f;
@@ -117,10 +260,20 @@ extern "C" __global__ void rmsnorm_backward_f32(const float* x, const float* w, 
     // gx = rs * (g - xhat * mean(g * xhat)), g = gy * w
     for (int j = threadIdx.x; j < cols; j += blockDim.x) {
       const float xh = x[base + j] * rs, g = gy[base + j];
-      gx[base + j] = rs * (__fmul_rn(g, w[j]) - xh * sgx);
+      const float v = rs * (__fmul_rn(g, w[j]) - xh * sgx);
+      gx[base + j] = ACC ? gx[base + j] + v : v;
       pwr[j] += g * xh;
     }
   }
+}
+
+extern "C" __global__ void rmsnorm_backward_f32(const float* x, const float* w, const float* rstd,
+                                                const float* gy, float* gx, float* pw, i64 rows, int cols) {
+  rmsnorm_bwd<false>(x, w, rstd, gy, gx, pw, rows, cols);
+}
+extern "C" __global__ void rmsnorm_backward_acc_f32(const float* x, const float* w, const float* rstd,
+                                                    const float* gy, float* gx, float* pw, i64 rows, int cols) {
+  rmsnorm_bwd<true>(x, w, rstd, gy, gx, pw, rows, cols);
 }
 
 /**

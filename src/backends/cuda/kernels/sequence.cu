@@ -10,10 +10,14 @@
 // Mamba default) is fully unrolled in registers, KC = MAX_CONV_K takes any k <= 16 at run time.
 #define CONV_RUN 32
 
-/** x, out (B, T, C), weight (C, K), bias (C) | null: out[t] = bias + sum_j w[j] x[t - (K-1) + j] */
+/**
+ * x (B, T, ldx) read on its first C columns (ldx = C: dense; more: a column window of a wider
+ * matrix, the pointer already at the window), out (B, T, C), weight (C, K), bias (C) | null:
+ * out[t] = bias + sum_j w[j] x[t - (K-1) + j]
+ */
 template <int KC>
-__device__ void conv1d_fwd(const float* x, const float* w, const float* bias, float* out, i64 batch, int t, int c,
-                           int kRun, u16* xk = nullptr) {
+__device__ void conv1d_fwd(const float* x, i64 ldx, const float* w, const float* bias, float* out, i64 batch,
+                           int t, int c, int kRun, u16* xk = nullptr) {
   const int k = KC == MAX_CONV_K ? kRun : KC;
   const int runs = (t + CONV_RUN - 1) / CONV_RUN;
   const i64 n = batch * runs * c;
@@ -22,17 +26,18 @@ __device__ void conv1d_fwd(const float* x, const float* w, const float* bias, fl
     const i64 br = i / c;
     const int s0 = (int)(br % runs) * CONV_RUN;
     const i64 base = (br / runs) * t * c + ch;  // (b, 0, ch)
+    const i64 xbase = (br / runs) * t * ldx + ch;
     float wr[KC], win[KC];
 #pragma unroll
     for (int j = 0; j < KC; j++) {
       wr[j] = j < k ? w[ch * k + j] : 0.f;
       const int src = s0 - (k - 1) + j;
-      win[j] = j < k - 1 && src >= 0 ? x[base + (i64)src * c] : 0.f;
+      win[j] = j < k - 1 && src >= 0 ? x[xbase + (i64)src * ldx] : 0.f;
     }
     const float b0 = bias ? bias[ch] : 0.f;
     const int s1 = s0 + CONV_RUN < t ? s0 + CONV_RUN : t;
     for (int s = s0; s < s1; s++) {
-      const float xs = x[base + (i64)s * c];
+      const float xs = x[xbase + (i64)s * ldx];
       if (xk) xk[base + (i64)s * c] = f32_to_bf16(xs);  // the bf16 copy the backward reads
       float acc = b0;
 #pragma unroll
@@ -140,7 +145,7 @@ __device__ void conv1d_bwd_w(const TX* x, const float* gy, float* pw, float* pb,
 // any kernel size up to MAX_CONV_K, and the unrolled kernel size 4
 extern "C" __global__ void conv1d_f32(const float* x, const float* w, const float* bias, float* out, i64 batch,
                                       int t, int c, int k) {
-  conv1d_fwd<MAX_CONV_K>(x, w, bias, out, batch, t, c, k);
+  conv1d_fwd<MAX_CONV_K>(x, c, w, bias, out, batch, t, c, k);
 }
 extern "C" __global__ void conv1d_backward_x_f32(const float* w, const float* gy, float* gx, i64 batch, int t,
                                                  int c, int k) {
@@ -152,7 +157,7 @@ extern "C" __global__ void conv1d_backward_w_f32(const float* x, const float* gy
 }
 extern "C" __global__ void conv1d_k4_f32(const float* x, const float* w, const float* bias, float* out, i64 batch,
                                       int t, int c, int k) {
-  conv1d_fwd<4>(x, w, bias, out, batch, t, c, k);
+  conv1d_fwd<4>(x, c, w, bias, out, batch, t, c, k);
 }
 extern "C" __global__ void conv1d_backward_x_k4_f32(const float* w, const float* gy, float* gx, i64 batch, int t,
                                                  int c, int k) {
@@ -167,11 +172,11 @@ extern "C" __global__ void conv1d_backward_w_k4_f32(const float* x, const float*
 // reads instead of the f32 input (half the bytes kept for backward)
 extern "C" __global__ void conv1d_keep_f32(const float* x, const float* w, const float* bias, float* out, u16* xk,
                                            i64 batch, int t, int c, int k) {
-  conv1d_fwd<MAX_CONV_K>(x, w, bias, out, batch, t, c, k, xk);
+  conv1d_fwd<MAX_CONV_K>(x, c, w, bias, out, batch, t, c, k, xk);
 }
 extern "C" __global__ void conv1d_k4_keep_f32(const float* x, const float* w, const float* bias, float* out, u16* xk,
                                               i64 batch, int t, int c, int k) {
-  conv1d_fwd<4>(x, w, bias, out, batch, t, c, k, xk);
+  conv1d_fwd<4>(x, c, w, bias, out, batch, t, c, k, xk);
 }
 extern "C" __global__ void conv1d_backward_w_bf16x(const u16* x, const float* gy, float* pw, float* pb, i64 batch,
                                                    int t, int c, int k, i64 rowsPerBlock) {
@@ -180,6 +185,110 @@ extern "C" __global__ void conv1d_backward_w_bf16x(const u16* x, const float* gy
 extern "C" __global__ void conv1d_backward_w_k4_bf16x(const u16* x, const float* gy, float* pw, float* pb, i64 batch,
                                                       int t, int c, int k, i64 rowsPerBlock) {
   conv1d_bwd_w<4>(x, gy, pw, pb, batch, t, c, k, rowsPerBlock);
+}
+
+// a column window of a wider matrix read in place (x at the window, rows ldx apart; xk null or the
+// dense bf16 copy), and its backward (gx into the same window of a gradient buffer, rows ldg
+// apart, added when acc; the weight gradient reading the window, or the bf16 copy through the
+// kernels above)
+extern "C" __global__ void conv1d_win_f32(const float* x, i64 ldx, const float* w, const float* bias, float* out,
+                                          u16* xk, i64 batch, int t, int c, int k) {
+  conv1d_fwd<MAX_CONV_K>(x, ldx, w, bias, out, batch, t, c, k, xk);
+}
+extern "C" __global__ void conv1d_k4_win_f32(const float* x, i64 ldx, const float* w, const float* bias,
+                                             float* out, u16* xk, i64 batch, int t, int c, int k) {
+  conv1d_fwd<4>(x, ldx, w, bias, out, batch, t, c, k, xk);
+}
+/**
+ * The windowed conv's backward in one pass over gy (B, T, C): block (b, y) takes the rows
+ * [b * rowsPerBlock, ...) of its share of the channels (one per thread where the grid allows) and
+ * walks them in order with the last K inputs x and the next K gradients gy in registers, writing
+ * gx (rows ldg apart, added when acc; the sum in conv1d_bwd_x's order) and the partial weight and
+ * bias gradients pw (gridDim.x, C, K), pb (gridDim.x, C) | null (conv1d_bwd_w's). x is the window
+ * (rows ldx apart) or the dense bf16 copy (ldx = C).
+ */
+template <int KC, typename TX>
+__device__ void conv1d_bwd_xw(const TX* x, i64 ldx, const float* w, const float* gy, float* gx, i64 ldg, int acc,
+                              float* pw, float* pb, i64 batch, int t, int c, int kRun, i64 rowsPerBlock) {
+  const int k = KC == MAX_CONV_K ? kRun : KC;
+  const i64 rows = batch * t;
+  const i64 r0 = (i64)blockIdx.x * rowsPerBlock;
+  const i64 r1 = r0 + rowsPerBlock < rows ? r0 + rowsPerBlock : rows;
+  const int sStart = (int)(r0 % t);
+  // gridDim.y splits the channels: one channel per thread where the grid allows
+  for (int ch = blockIdx.y * blockDim.x + threadIdx.x; ch < c; ch += blockDim.x * gridDim.y) {
+    // wrev[j]: the weight through which output s + j reads x[s]; ahead[j] = gy[s + j]
+    float wrev[KC], accW[KC], win[KC], ahead[KC];
+#pragma unroll
+    for (int j = 0; j < KC; j++) {
+      wrev[j] = j < k ? w[ch * k + (k - 1 - j)] : 0.f;
+      accW[j] = 0.f;
+      const int back = (k - 1) - j;
+      win[j] = j < k - 1 && sStart - back >= 0 ? conv_x(x, (r0 - back) * ldx + ch) : 0.f;
+      ahead[j] = j < k - 1 && sStart + j < t ? gy[(r0 + j) * c + ch] : 0.f;
+    }
+    float accB = 0.f;
+    int s = sStart;
+    for (i64 r = r0; r < r1; r++, s++) {
+      if (s == t) {  // a new sequence: nothing before it, its own gradients ahead
+        s = 0;
+#pragma unroll
+        for (int j = 0; j < KC; j++) {
+          win[j] = 0.f;
+          ahead[j] = j < k - 1 && j < t ? gy[(r + j) * c + ch] : 0.f;
+        }
+      }
+      const float far = s + k - 1 < t ? gy[(r + k - 1) * c + ch] : 0.f;
+      const float xr = conv_x(x, r * ldx + ch);
+      float v = 0.f;
+#pragma unroll
+      for (int j = 0; j < KC; j++) {
+        if (j == k - 1) {
+          ahead[j] = far;
+          win[j] = xr;
+        }
+        if (j < k) v += ahead[j] * wrev[j];
+      }
+      const float g = ahead[0];
+      accB += g;
+#pragma unroll
+      for (int j = 0; j < KC; j++)
+        if (j < k) accW[j] += g * win[j];
+      float* o = gx + r * ldg + ch;
+      *o = acc ? *o + v : v;
+#pragma unroll
+      for (int j = 0; j + 1 < KC; j++)
+        if (j < k - 1) {
+          win[j] = win[j + 1];
+          ahead[j] = ahead[j + 1];
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < KC; j++)
+      if (j < k) pw[((i64)blockIdx.x * c + ch) * k + j] = accW[j];
+    if (pb) pb[(i64)blockIdx.x * c + ch] = accB;
+  }
+}
+
+extern "C" __global__ void conv1d_backward_win_f32(const float* x, i64 ldx, const float* w, const float* gy,
+                                                   float* gx, i64 ldg, int acc, float* pw, float* pb, i64 batch,
+                                                   int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_xw<MAX_CONV_K>(x, ldx, w, gy, gx, ldg, acc, pw, pb, batch, t, c, k, rowsPerBlock);
+}
+extern "C" __global__ void conv1d_backward_k4_win_f32(const float* x, i64 ldx, const float* w, const float* gy,
+                                                      float* gx, i64 ldg, int acc, float* pw, float* pb, i64 batch,
+                                                      int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_xw<4>(x, ldx, w, gy, gx, ldg, acc, pw, pb, batch, t, c, k, rowsPerBlock);
+}
+extern "C" __global__ void conv1d_backward_win_bf16x(const u16* x, i64 ldx, const float* w, const float* gy,
+                                                     float* gx, i64 ldg, int acc, float* pw, float* pb, i64 batch,
+                                                     int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_xw<MAX_CONV_K>(x, ldx, w, gy, gx, ldg, acc, pw, pb, batch, t, c, k, rowsPerBlock);
+}
+extern "C" __global__ void conv1d_backward_k4_win_bf16x(const u16* x, i64 ldx, const float* w, const float* gy,
+                                                        float* gx, i64 ldg, int acc, float* pw, float* pb, i64 batch,
+                                                        int t, int c, int k, i64 rowsPerBlock) {
+  conv1d_bwd_xw<4>(x, ldx, w, gy, gx, ldg, acc, pw, pb, batch, t, c, k, rowsPerBlock);
 }
 
 /**
@@ -296,5 +405,152 @@ extern "C" __global__ void rope_f32(const float* x, float* out, const float* tab
       const i64 d = base + rotaryDim + (kk - half);
       out[d] = x[d];
     }
+  }
+}
+
+// ---- the mixer's output gate with z read in place (a column window of in_proj's output) ----------
+// The arithmetic of silu_gate_d_f32 / silu_gate_d_backward_f32 (elementwise.cu), with z's rows ldz
+// apart and z's gradient written into its window of in_proj's output gradient.
+
+__device__ __forceinline__ float gate_sigmoid(float x) {
+  if (x >= 0.f) return 1.f / (1.f + expf(-x));
+  const float e = expf(x);
+  return e / (1.f + e);
+}
+
+/** v in storage t (0 f32, 1 bf16, 2 f16) at element i */
+__device__ __forceinline__ void gate_store(void* p, int t, i64 i, float v) {
+  if (t == 0)
+    ((float*)p)[i] = v;
+  else
+    ((u16*)p)[i] = t == 1 ? f32_to_bf16(v) : f32_to_f16(v);
+}
+
+__device__ __forceinline__ float gate_load(const void* p, int t, i64 i) {
+  if (t == 0) return ((const float*)p)[i];
+  const u16 h = ((const u16*)p)[i];
+  return t == 1 ? bf16_to_f32(h) : f16_to_f32(h);
+}
+
+/**
+ * y, x, out (rows, cols) dense, z (rows, ldz) on its first cols columns (the pointer at the
+ * window), D (cols / headDim), bias (cols): v = y + D[col / headDim] x, out = v silu(z + bias) in
+ * storage ot; with keep also y and z rounded to ot (dense yk, zk) for the backward. V = 4: four
+ * columns per thread (cols, ldz and the window's offset multiples of 4: 16-byte loads).
+ */
+template <int V>
+__device__ void gate_win(const float* y, const float* x, const float* D, const float* z, i64 ldz, const float* bias,
+                         void* out, int ot, u16* yk, u16* zk, int keep, i64 rows, int cols, int headDim) {
+  const int cv = cols / V;
+  const i64 n = rows * cv;
+  FOR_EACH(q, n) {
+    const i64 r = q / cv;
+    const int c0 = (int)(q - r * cv) * V;
+    const i64 i0 = r * cols + c0;
+    float zv[V], yv[V], xv[V];
+    if (V == 4) {
+      const float4 z4 = *(const float4*)(z + r * ldz + c0);
+      const float4 y4 = *(const float4*)(y + i0);
+      const float4 x4 = *(const float4*)(x + i0);
+      zv[0] = z4.x, zv[1] = z4.y, zv[2] = z4.z, zv[3] = z4.w;
+      yv[0] = y4.x, yv[1] = y4.y, yv[2] = y4.z, yv[3] = y4.w;
+      xv[0] = x4.x, xv[1] = x4.y, xv[2] = x4.z, xv[3] = x4.w;
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; k++) {
+        zv[k] = z[r * ldz + c0 + k];
+        yv[k] = y[i0 + k];
+        xv[k] = x[i0 + k];
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < V; k++) {
+      const int c = c0 + k;
+      const float u = zv[k] + bias[c];
+      const float v = yv[k] + D[c / headDim] * xv[k];
+      gate_store(out, ot, i0 + k, v * u * gate_sigmoid(u));
+      if (keep) {
+        gate_store(yk, ot, i0 + k, yv[k]);
+        gate_store(zk, ot, i0 + k, zv[k]);
+      }
+    }
+  }
+}
+
+extern "C" __global__ void silu_gate_d_win_f32(const float* y, const float* x, const float* D, const float* z, i64 ldz,
+                                               const float* bias, void* out, int ot, u16* yk, u16* zk, int keep,
+                                               i64 rows, int cols, int headDim) {
+  gate_win<1>(y, x, D, z, ldz, bias, out, ot, yk, zk, keep, rows, cols, headDim);
+}
+extern "C" __global__ void silu_gate_d_win_x4(const float* y, const float* x, const float* D, const float* z, i64 ldz,
+                                              const float* bias, void* out, int ot, u16* yk, u16* zk, int keep,
+                                              i64 rows, int cols, int headDim) {
+  gate_win<4>(y, x, D, z, ldz, bias, out, ot, yk, zk, keep, rows, cols, headDim);
+}
+
+/**
+ * Its backward, one thread per column over a band of rowsPerBlock rows (blockIdx.y), as
+ * silu_gate_d_backward_f32: gy = g silu(u), gx = gy D, gz = g v silu'(u) into gz's window (rows
+ * ldgz apart; added to what is there when acc), partialD[band, col] = sum of gy x and, when
+ * partialB is given, partialB[band, col] = sum of gz (z's bias gradient). y and z dense, in
+ * storage st (f32, or the 16-bit copies the forward kept).
+ */
+extern "C" __global__ void silu_gate_d_backward_win_f32(const void* y, const float* x, const float* D, const void* z,
+                                                        int st, const float* bias, const float* g, float* gy,
+                                                        float* gx, float* gz, i64 ldgz, int acc, float* partialD,
+                                                        float* partialB, i64 rows, int cols, int headDim,
+                                                        int rowsPerBlock) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  const float b = bias[c];
+  const float d = D[c / headDim];
+  const i64 r0 = (i64)blockIdx.y * rowsPerBlock;
+  const i64 r1 = min(rows, r0 + rowsPerBlock);
+  float accD = 0.f, accB = 0.f;
+  for (i64 r = r0; r < r1; r++) {
+    const i64 i = r * cols + c;
+    const float u = gate_load(z, st, i) + b;
+    const float s = gate_sigmoid(u);
+    const float xi = x[i];
+    const float v = gate_load(y, st, i) + d * xi;
+    const float gi = g[i];
+    const float gyi = gi * u * s;
+    gy[i] = gyi;
+    gx[i] = gyi * d;
+    const float gzi = gi * v * s * (1.f + u * (1.f - s));
+    float* o = gz + r * ldgz + c;
+    *o = acc ? *o + gzi : gzi;
+    accD += gyi * xi;
+    accB += gzi;
+  }
+  partialD[(i64)blockIdx.y * cols + c] = accD;
+  if (partialB) partialB[(i64)blockIdx.y * cols + c] = accB;
+}
+
+// ---- the mixer's log decay read in place: log alpha = -softplus(a), a a column window of in_proj's output ----
+
+/**
+ * out (rows, cols) = -softplus(a) and, when aKeep is given, aKeep (rows, cols) = a (the dense copy
+ * the backward reads); a the window, rows lda apart. The arithmetic of unary softplus, then neg.
+ */
+extern "C" __global__ void log_decay_win_f32(const float* a, i64 lda, float* out, float* aKeep, i64 rows, int cols) {
+  const i64 n = rows * cols;
+  FOR_EACH(i, n) {
+    const i64 r = i / cols;
+    const float x = a[r * lda + (i - r * cols)];
+    out[i] = -(fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))));
+    if (aKeep) aKeep[i] = x;
+  }
+}
+
+/** ga (the window, rows lga apart; added to when acc) = (-g) sigmoid(a), a and g dense (rows, cols) */
+extern "C" __global__ void log_decay_backward_win_f32(const float* a, const float* g, float* ga, i64 lga, int acc,
+                                                      i64 rows, int cols) {
+  const i64 n = rows * cols;
+  FOR_EACH(i, n) {
+    const i64 r = i / cols;
+    const float v = -g[i] * gate_sigmoid(a[i]);
+    float* o = ga + r * lga + (i - r * cols);
+    *o = acc ? *o + v : v;
   }
 }

@@ -204,7 +204,7 @@ extern "C" __global__ void ssd_bwd_state_pass(float* gS, const float* cum, SsdDi
 
 /** gx (B, T, H, P): sum_{i>=j} M[i][j] gy_i + exp(cum_{L-1} - cum_j) (G B_j), G leaving the chunk */
 extern "C" __global__ void ssd_bwd_dx(const float* gy, const float* bm, const float* cum, const float* M,
-                                      const float* gS, float* gx, SsdDims d) {
+                                      const float* gS, float* gx, int accGx, SsdDims d) {
   const int P = d.headDim, N = d.dState, Q = d.chunk, hpg = d.heads / d.groups;
   const i64 n = (i64)d.batch * d.seqLen * d.heads * P;
   FOR_EACH(idx, n) {
@@ -221,7 +221,8 @@ extern "C" __global__ void ssd_bwd_dx(const float* gy, const float* bm, const fl
     const float* bj = bm + BI(d, b, t, g);
     float s = 0.f;
     for (int k = 0; k < N; k++) s += G[k] * bj[k];
-    gx[idx] = acc + expf(cum[CUMI(d, b, h, t0 + L - 1)] - cum[CUMI(d, b, h, t)]) * s;
+    const float v = acc + expf(cum[CUMI(d, b, h, t0 + L - 1)] - cum[CUMI(d, b, h, t)]) * s;
+    gx[idx] = accGx ? gx[idx] + v : v;  // accGx: added to x's other gradient
   }
 }
 

@@ -451,6 +451,17 @@ __device__ __forceinline__ void store2(float* row, int p, int P, float v0, float
   }
 }
 
+/** the two values store2 would write at row + p (0 past P) */
+__device__ __forceinline__ void load2(const float* row, int p, int P, float& v0, float& v1) {
+  if ((P & 1) == 0 && p < P) {
+    const float2 v = *(const float2*)(row + p);
+    v0 = v.x, v1 = v.y;
+  } else {
+    v0 = p < P ? row[p] : 0.f;
+    v1 = p + 1 < P ? row[p + 1] : 0.f;
+  }
+}
+
 __host__ __device__ constexpr int round16(int v) { return (v + 15) & ~15; }
 
 // ---- chunk state (P x N per chunk) -------------------------------------------------------------
@@ -685,7 +696,7 @@ extern "C" __global__ void __launch_bounds__(256, OUT_MIN_BLOCKS) ssdf_out_f32(c
  * dcum_i = rowsum_i(R) - colsum_i(R) + C_i . dC_inter_i - B_i . dB_inter_i
  *          + [i = L-1] (exp(cum_{L-1}) <G, S0> + sum_j B_j . dB_inter_j),   R = M o (gY X^T)
  */
-template <bool LP>
+template <bool LP, bool ACC>
 __device__ void chunk_bwd(const float* __restrict__ x, const float* __restrict__ bm, const float* __restrict__ cm,
                           const float* __restrict__ logA, const float* __restrict__ st,
                           const float* __restrict__ gS, const float* __restrict__ gy, float* __restrict__ gx,
@@ -784,6 +795,20 @@ __device__ void chunk_bwd(const float* __restrict__ x, const float* __restrict__
     const RowFrags<LP, NP> bfrag(Bs, LDN, r0);
     const RowFrags<LP, PP> xfrag(Xs, LDP, r0);
     float ax[PP / 8][4] = {}, ab[NP / 8][4] = {};
+    // ACC: x's gradient is added to what gx holds (the gate's D-term part): loaded here, so the
+    // loads are in flight during the products below rather than in front of the stores (up to
+    // P = 64; larger heads would spill the registers, and load at the stores)
+    constexpr bool PRE = ACC && PP <= 64;
+    float old[PRE ? PP / 8 : 1][4];
+    if (PRE) {
+#pragma unroll
+      for (int pt = 0; pt < (PRE ? PP / 8 : 0); pt++) {
+        const int p = 8 * pt + 2 * t;
+        old[pt][0] = old[pt][1] = old[pt][2] = old[pt][3] = 0.f;
+        if (j0 < L) load2(gx + XI(d, b, t0 + j0, h), p, P, old[pt][0], old[pt][1]);
+        if (j1 < L) load2(gx + XI(d, b, t0 + j1, h), p, P, old[pt][2], old[pt][3]);
+      }
+    }
     // dX inter: w_j B_j G^T; dB inter: w_j X_j G
 #pragma unroll
     for (int k = 0; k < NP / 16; k++) {
@@ -856,6 +881,18 @@ __device__ void chunk_bwd(const float* __restrict__ x, const float* __restrict__
 #pragma unroll
     for (int pt = 0; pt < PP / 8; pt++) {
       const int p = 8 * pt + 2 * t;
+      if (ACC) {
+        float o[4] = {0.f, 0.f, 0.f, 0.f};
+        if (PRE) {
+#pragma unroll
+          for (int e = 0; e < 4; e++) o[e] = old[PRE ? pt : 0][e];
+        } else {
+          if (j0 < L) load2(gx + XI(d, b, t0 + j0, h), p, P, o[0], o[1]);
+          if (j1 < L) load2(gx + XI(d, b, t0 + j1, h), p, P, o[2], o[3]);
+        }
+        ax[pt][0] += o[0], ax[pt][1] += o[1];
+        ax[pt][2] += o[2], ax[pt][3] += o[3];
+      }
       if (j0 < L) store2(gx + XI(d, b, t0 + j0, h), p, P, ax[pt][0], ax[pt][1]);
       if (j1 < L) store2(gx + XI(d, b, t0 + j1, h), p, P, ax[pt][2], ax[pt][3]);
     }
@@ -914,12 +951,25 @@ extern "C" __global__ void __launch_bounds__(256, 1) ssdf_bwd_bf16(const float* 
                                                                    const float* logA, const float* st, const float* gS,
                                                                    const float* gy, float* gx, float* gBh, float* gCh,
                                                                    float* gLogA, SsdDims d) {
-  chunk_bwd<true>(x, bm, cm, logA, st, gS, gy, gx, gBh, gCh, gLogA, d);
+  chunk_bwd<true, false>(x, bm, cm, logA, st, gS, gy, gx, gBh, gCh, gLogA, d);
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1) ssdf_bwd_f32(const float* x, const float* bm, const float* cm,
                                                                   const float* logA, const float* st, const float* gS,
                                                                   const float* gy, float* gx, float* gBh, float* gCh,
                                                                   float* gLogA, SsdDims d) {
-  chunk_bwd<false>(x, bm, cm, logA, st, gS, gy, gx, gBh, gCh, gLogA, d);
+  chunk_bwd<false, false>(x, bm, cm, logA, st, gS, gy, gx, gBh, gCh, gLogA, d);
+}
+
+// the same, x's gradient added to what gx holds (ssdScanBackward with accumulateGx)
+extern "C" __global__ void __launch_bounds__(256, 1)
+    ssdf_bwd_acc_bf16(const float* x, const float* bm, const float* cm, const float* logA, const float* st,
+                      const float* gS, const float* gy, float* gx, float* gBh, float* gCh, float* gLogA, SsdDims d) {
+  chunk_bwd<true, true>(x, bm, cm, logA, st, gS, gy, gx, gBh, gCh, gLogA, d);
+}
+
+extern "C" __global__ void __launch_bounds__(256, 1)
+    ssdf_bwd_acc_f32(const float* x, const float* bm, const float* cm, const float* logA, const float* st,
+                     const float* gS, const float* gy, float* gx, float* gBh, float* gCh, float* gLogA, SsdDims d) {
+  chunk_bwd<false, true>(x, bm, cm, logA, st, gS, gy, gx, gBh, gCh, gLogA, d);
 }
