@@ -10,6 +10,8 @@ import { launchShared, type Arg, type KernelHost } from './kernels.js';
 /** Kernel signatures of kernels/attention_tc.cu (argument kinds, see kernels.ts). */
 export const ATTENTION_TC_SIGNATURES = {
   attn_tc_fwd: 'pppppiiiifi',
+  attn_tc_kv16: 'ppppl',
+  attn_tc_fwd2: 'pppppiiiifi',
   attn_tc_bwd_dq: 'ppppppppiiiifi',
   attn_tc_bwd_dkdv: 'ppppppppiiiifi',
 } as const;
@@ -32,9 +34,25 @@ export function attentionTcHeadDim(headDim: number): boolean {
 export interface AttentionTcPlan {
   defines: Record<string, number>;
   /** dynamic shared memory in bytes per kernel */
-  shared: { fwd: number; dq: number; dkdv: number };
+  shared: { fwd: number; fwd2: number; dq: number; dkdv: number };
   /** forward: warps per block (16 query rows each) */
   fwdWarps: number;
+  /**
+   * the forward of version 2 (attn_tc_kv16 + attn_tc_fwd2: bf16 k/v streamed by cp.async, q in
+   * registers), or null for attn_tc_fwd: its warps per block and query rows per block
+   */
+  fwd2: { warps: number; rows: number } | null;
+}
+
+/**
+ * Whether the forward runs version 2: MOHAWK_ATTN_V2=0 never (attn_tc_fwd, as before), =all at
+ * every length, default from 64 query rows on (below that, e.g. decoding, rounding all of k and v
+ * to bf16 first costs more than it saves). Needs scale > 0 (the scale is folded into the max).
+ */
+function useFwd2(p: AttentionParams): boolean {
+  const v = process.env.MOHAWK_ATTN_V2;
+  if (v === '0' || !(p.scale > 0)) return false;
+  return v === 'all' || p.tq >= 64;
 }
 
 /**
@@ -60,13 +78,24 @@ export function attentionTcPlan(
   const bqt = tuning.BQT ?? (bwdPrefetch || D > 64 ? 32 : 64); // query rows per tile (dk, dv)
   const bkt = tuning.BKT ?? (bwdPrefetch || D > 64 ? 32 : 64); // key rows per tile (dq)
   const row = 2 * (D + 8); // bytes per shared bf16 row
+  // version 2 of the forward (defaults of attention_tc.cu): warps, 16-row tiles per warp, key
+  // rows per tile, shared stages
+  const f2 = {
+    warps: tuning.F2_WARPS ?? 4,
+    mt: tuning.F2_MT ?? (D <= 64 ? 2 : 1),
+    bk: tuning.F2_BK ?? 64,
+    stages: tuning.F2_STAGES ?? 3,
+  };
   const shared = {
     fwd: (16 * fwdWarps + 2 * bkf) * row,
+    fwd2: f2.stages * 2 * f2.bk * row,
     dq: (2 * BQ + 2 * bkt) * row,
     dkdv: (2 * BKV + 2 * bqt) * row + 2 * bqt * 4,
   };
   if (Math.max(shared.fwd, shared.dq, shared.dkdv) > maxShared) return null;
-  return { defines: { HEAD_DIM: D, ...tuning }, shared, fwdWarps };
+  const fwd2 =
+    useFwd2(p) && shared.fwd2 <= maxShared ? { warps: f2.warps, rows: 16 * f2.warps * f2.mt } : null;
+  return { defines: { HEAD_DIM: D, ...tuning }, shared, fwdWarps, fwd2 };
 }
 
 const TUNABLE = [
@@ -79,13 +108,20 @@ const TUNABLE = [
   'BKT',
   'DQ_MINB',
   'DKDV_MINB',
+  'F2_WARPS',
+  'F2_MT',
+  'F2_BK',
+  'F2_STAGES',
+  'F2_MINB',
 ];
 
 /**
  * Extra -D defines for tuning runs, e.g. MOHAWK_ATTENTION_TC_DEFINES="FWD_WARPS=4,BKF=32":
  * forward warps per block, key rows per forward tile, prefetch (0/1) in the forward and in the
  * backward kernels, rows per streamed tile in dk/dv (BQT) and dq (BKT), and the minimum blocks
- * per SM of each kernel (register caps). Defaults as in attention_tc.cu.
+ * per SM of each kernel (register caps); for the version-2 forward its warps (F2_WARPS), 16-row
+ * query tiles per warp (F2_MT), key rows per tile (F2_BK), shared stages (F2_STAGES) and register
+ * cap (F2_MINB). Defaults as in attention_tc.cu.
  */
 function tuningDefines(): Record<string, number> {
   const spec = process.env.MOHAWK_ATTENTION_TC_DEFINES;
@@ -130,6 +166,28 @@ export function attentionTcForward<Buf extends { ptr: number }>(
   lse: number,
 ): void {
   if (p.batch * p.heads * p.tq === 0) return;
+  if (plan.fwd2 && p.tk > 0) {
+    // k and v rounded to bf16 once (one scratch holds both: n bf16 each = n floats)
+    const n = p.batch * p.tk * p.kvHeads * p.headDim;
+    const kv16 = host.scratch(n);
+    const k16 = kv16.ptr;
+    const v16 = kv16.ptr + 2 * n;
+    const n4 = n / 4;
+    launch(
+      host,
+      plan,
+      'attn_tc_kv16',
+      [Math.min(Math.ceil(n4 / 256), 65535), 1, 1],
+      0,
+      [k, v, k16, v16, n4],
+      256,
+    );
+    const grid: [number, number, number] = [Math.ceil(p.tq / plan.fwd2.rows), p.heads, p.batch];
+    const args = [q, k16, v16, out, lse, ...flags(p)];
+    launch(host, plan, 'attn_tc_fwd2', grid, plan.shared.fwd2, args, 32 * plan.fwd2.warps);
+    host.release(kv16);
+    return;
+  }
   const grid: [number, number, number] = [Math.ceil(p.tq / (16 * plan.fwdWarps)), p.heads, p.batch];
   const args = [q, k, v, out, lse, ...flags(p)];
   launch(host, plan, 'attn_tc_fwd', grid, plan.shared.fwd, args, 32 * plan.fwdWarps);

@@ -371,6 +371,256 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
   }
 }
 
+// ---- forward, version 2 ------------------------------------------------------------------------
+//
+// The same result as attn_tc_fwd, restructured the way flash-attention-2's forward is: k and v
+// are first rounded to bf16 once per call (attn_tc_kv16, into scratch; every query block of a
+// head reads them again, so the rounding is not repeated per block), then streamed by cp.async
+// into F2_STAGES shared buffers (one barrier per tile, the next tiles in flight while the tensor
+// cores work on this one). A warp owns F2_MT tiles of 16 query rows (so each k/v fragment read
+// from shared memory feeds F2_MT products), keeps its q fragments in registers for the whole
+// block (read from the f32 q once, no shared copy), and folds the softmax scale into one FMA per
+// score: p = 2^(s sl2 - m sl2) with m the row max of the raw scores (needs scale > 0).
+
+#ifndef F2_WARPS
+#define F2_WARPS 4
+#endif
+#ifndef F2_MT
+#define F2_MT (HD <= 64 ? 2 : 1)
+#endif
+#ifndef F2_BK
+#define F2_BK 64
+#endif
+#ifndef F2_STAGES
+#define F2_STAGES 3
+#endif
+#ifndef F2_MINB
+#define F2_MINB 2
+#endif
+#define F2_THREADS (F2_WARPS * 32)
+#define BQ2 (16 * F2_WARPS * F2_MT)
+#if F2_BK % 16 != 0 || F2_STAGES < 2 || F2_MT < 1 || F2_WARPS * 32 > 1024
+#error "attention_tc: F2_BK a multiple of 16, F2_STAGES >= 2, F2_MT >= 1, at most 32 warps"
+#endif
+
+__device__ __forceinline__ void cp_async16(u16* dst, const u16* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait_group() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+/**
+ * k16, v16 = bf16(k), bf16(v) (round to nearest even): n4 groups of 4 elements each (the whole
+ * (B, tk, Hkv, D) tensors; D is a multiple of 16). grid-stride, any grid.
+ */
+extern "C" __global__ void attn_tc_kv16(const float* k, const float* v, u16* k16, u16* v16, i64 n4) {
+  FOR_EACH(i, n4) {
+    const float4 a = reinterpret_cast<const float4*>(k)[i];
+    const float4 c = reinterpret_cast<const float4*>(v)[i];
+    reinterpret_cast<uint2*>(k16)[i] = make_uint2(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w));
+    reinterpret_cast<uint2*>(v16)[i] = make_uint2(pack_bf16(c.x, c.y), pack_bf16(c.z, c.w));
+  }
+}
+
+/**
+ * out, lse from q (f32) and k16, v16 (bf16, as attn_tc_kv16 writes them), layouts as attn_tc_fwd.
+ * grid = (ceil(tq / BQ2), H, B), block = F2_THREADS, dynamic shared memory
+ * F2_STAGES * 2 * F2_BK * DP * 2 bytes. scale > 0.
+ */
+extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
+    attn_tc_fwd2(const float* q, const u16* k16, const u16* v16, float* out, float* lse, int tq, int tk,
+                 int heads, int kvHeads, float scale, int causal) {
+  extern __shared__ __align__(16) u16 smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c2 = (lane & 3) * 2;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ2;  // the longest rows first
+  const int b = blockIdx.z, h = blockIdx.y, kh = h / (heads / kvHeads);
+  const int shift = tk - tq;
+  const int kStride = kvHeads * HD, qStride = heads * HD;
+  const float* qb = q + ((i64)b * tq * heads + h) * HD;
+  const u16* kb = k16 + ((i64)b * tk * kvHeads + kh) * HD;
+  const u16* vb = v16 + ((i64)b * tk * kvHeads + kh) * HD;
+  const int kEnd = key_end(q0, BQ2, tq, tk, causal);
+  const int nTiles = (kEnd + F2_BK - 1) / F2_BK;
+  const int w0 = q0 + warp * 16 * F2_MT;  // first row of this warp; its rows are w0 .. w0 + 16 F2_MT - 1
+  const float sl2 = scale * LOG2E;
+
+  // key rows [tile F2_BK, + F2_BK) of k16 and v16 into the tile's stage (zeros past tk)
+  auto load_kv = [&](int tile) {
+    u16* Ks = smem + (tile % F2_STAGES) * (2 * F2_BK * DP);
+    u16* Vs = Ks + F2_BK * DP;
+    const int k0 = tile * F2_BK;
+    constexpr int CH = HD / 8;  // 16-byte chunks per row
+    constexpr int TOTAL = F2_BK * CH;
+#pragma unroll
+    for (int u = 0; u < (TOTAL + F2_THREADS - 1) / F2_THREADS; u++) {
+      const int idx = u * F2_THREADS + threadIdx.x;
+      if (TOTAL % F2_THREADS == 0 || idx < TOTAL) {
+        const int r = idx / CH, c = (idx - r * CH) * 8;
+        const bool ok = k0 + r < tk;
+        const i64 off = ok ? (i64)(k0 + r) * kStride + c : 0;
+        cp_async16(Ks + r * DP + c, kb + off, ok);
+        cp_async16(Vs + r * DP + c, vb + off, ok);
+      }
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < F2_STAGES - 1; s++) {
+    if (s < nTiles) load_kv(s);
+    cp_commit();
+  }
+
+  // this warp's q rows as A fragments (bf16), straight from device memory; zeros past tq
+  u32 qf[F2_MT][KT][4];
+#pragma unroll
+  for (int m = 0; m < F2_MT; m++) {
+    const int r0 = w0 + m * 16 + g, r1 = r0 + 8;
+    const float* p0 = qb + (i64)r0 * qStride + c2;
+    const float* p1 = qb + (i64)r1 * qStride + c2;
+#pragma unroll
+    for (int kt = 0; kt < KT; kt++) {
+      const float2 z = make_float2(0.f, 0.f);
+      const float2 x00 = r0 < tq ? *reinterpret_cast<const float2*>(p0 + kt * 16) : z;
+      const float2 x10 = r1 < tq ? *reinterpret_cast<const float2*>(p1 + kt * 16) : z;
+      const float2 x01 = r0 < tq ? *reinterpret_cast<const float2*>(p0 + kt * 16 + 8) : z;
+      const float2 x11 = r1 < tq ? *reinterpret_cast<const float2*>(p1 + kt * 16 + 8) : z;
+      qf[m][kt][0] = pack_bf16(x00.x, x00.y);
+      qf[m][kt][1] = pack_bf16(x10.x, x10.y);
+      qf[m][kt][2] = pack_bf16(x01.x, x01.y);
+      qf[m][kt][3] = pack_bf16(x11.x, x11.y);
+    }
+  }
+
+  float o[F2_MT][NT][4];
+  float mr[F2_MT][2], lr[F2_MT][2];  // running max (raw scores) and partial sums of rows g, g + 8
+#pragma unroll
+  for (int m = 0; m < F2_MT; m++) {
+#pragma unroll
+    for (int n = 0; n < NT; n++) o[m][n][0] = o[m][n][1] = o[m][n][2] = o[m][n][3] = 0.f;
+    mr[m][0] = mr[m][1] = NEG_INF;
+    lr[m][0] = lr[m][1] = 0.f;
+  }
+
+  for (int it = 0; it < nTiles; it++) {
+    cp_wait_group<F2_STAGES - 2>();  // this thread's copies of tile it landed
+    __syncthreads();                 // everyone's, and every warp is done with tile it - 1
+    {
+      const int next = it + F2_STAGES - 1;  // into the stage tile it - 1 used
+      if (next < nTiles) load_kv(next);
+      cp_commit();
+    }
+    const u16* Ks = smem + (it % F2_STAGES) * (2 * F2_BK * DP);
+    const u16* Vs = Ks + F2_BK * DP;
+    const int k0 = it * F2_BK;
+    if (w0 >= tq || (causal && k0 > w0 + 16 * F2_MT - 1 + shift)) continue;  // no row of this warp sees it
+
+    float s[F2_MT][F2_BK / 8][4];
+#pragma unroll
+    for (int m = 0; m < F2_MT; m++)
+#pragma unroll
+      for (int n = 0; n < F2_BK / 8; n++) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.f;
+#pragma unroll
+    for (int kt = 0; kt < KT; kt++) {
+#pragma unroll
+      for (int np = 0; np < F2_BK / 16; np++) {
+        u32 bf[4];
+        ldsm4(bf, bn_addr(Ks, np * 16, kt * 16, lane));
+#pragma unroll
+        for (int m = 0; m < F2_MT; m++) {
+          mma(s[m][2 * np], qf[m][kt], bf[0], bf[1]);
+          mma(s[m][2 * np + 1], qf[m][kt], bf[2], bf[3]);
+        }
+      }
+    }
+    if (k0 + F2_BK > tk || (causal && k0 + F2_BK - 1 > w0 + shift)) {
+#pragma unroll
+      for (int m = 0; m < F2_MT; m++)
+#pragma unroll
+        for (int n = 0; n < F2_BK / 8; n++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int j = k0 + n * 8 + c2 + (e & 1);
+            const int r = w0 + m * 16 + g + (e < 2 ? 0 : 8);
+            if (j >= tk || (causal && j > r + shift)) s[m][n][e] = NEG_INF;
+          }
+    }
+    // online softmax per row (entries 0, 1: row g; 2, 3: row g + 8 of each 16-row tile)
+#pragma unroll
+    for (int m = 0; m < F2_MT; m++) {
+      float mx0 = mr[m][0], mx1 = mr[m][1];
+#pragma unroll
+      for (int n = 0; n < F2_BK / 8; n++) {
+        mx0 = fmaxf(mx0, fmaxf(s[m][n][0], s[m][n][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[m][n][2], s[m][n][3]));
+      }
+      mx0 = quad_max(mx0);
+      mx1 = quad_max(mx1);
+      const float base0 = mx0 == NEG_INF ? 0.f : mx0 * sl2;
+      const float base1 = mx1 == NEG_INF ? 0.f : mx1 * sl2;
+      const float corr0 = ex2(mr[m][0] * sl2 - base0), corr1 = ex2(mr[m][1] * sl2 - base1);
+      mr[m][0] = mx0;
+      mr[m][1] = mx1;
+      float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+      for (int n = 0; n < F2_BK / 8; n++) {
+        s[m][n][0] = ex2(fmaf(s[m][n][0], sl2, -base0));
+        s[m][n][1] = ex2(fmaf(s[m][n][1], sl2, -base0));
+        s[m][n][2] = ex2(fmaf(s[m][n][2], sl2, -base1));
+        s[m][n][3] = ex2(fmaf(s[m][n][3], sl2, -base1));
+        sum0 += s[m][n][0] + s[m][n][1];
+        sum1 += s[m][n][2] + s[m][n][3];
+      }
+      lr[m][0] = lr[m][0] * corr0 + sum0;
+      lr[m][1] = lr[m][1] * corr1 + sum1;
+#pragma unroll
+      for (int n = 0; n < NT; n++) {
+        o[m][n][0] *= corr0;
+        o[m][n][1] *= corr0;
+        o[m][n][2] *= corr1;
+        o[m][n][3] *= corr1;
+      }
+    }
+    // o += p v, each v fragment feeding the F2_MT row tiles
+#pragma unroll
+    for (int kk = 0; kk < F2_BK / 16; kk++) {
+      u32 a[F2_MT][4];
+#pragma unroll
+      for (int m = 0; m < F2_MT; m++) acc_to_a(a[m], s[m][2 * kk], s[m][2 * kk + 1]);
+#pragma unroll
+      for (int np = 0; np < NT / 2; np++) {
+        u32 bf[4];
+        ldsm4t(bf, bk_addr(Vs, kk * 16, np * 16, lane));
+#pragma unroll
+        for (int m = 0; m < F2_MT; m++) {
+          mma(o[m][2 * np], a[m], bf[0], bf[1]);
+          mma(o[m][2 * np + 1], a[m], bf[2], bf[3]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int m = 0; m < F2_MT; m++) {
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+      const int row = w0 + m * 16 + g + 8 * half;
+      const float l = quad_sum(lr[m][half]);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      if (row < tq) {
+        float* orow = out + (((i64)b * tq + row) * heads + h) * HD + c2;
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+          *reinterpret_cast<float2*>(orow + n * 8) = make_float2(o[m][n][2 * half] * inv, o[m][n][2 * half + 1] * inv);
+        if ((lane & 3) == 0)
+          lse[((i64)b * heads + h) * tq + row] = l > 0.f ? (mr[m][half] * sl2 + log2f(l)) * LN2 : NEG_INF;
+      }
+    }
+  }
+}
+
 // ---- backward ----------------------------------------------------------------------------------
 
 /**
