@@ -2206,7 +2206,7 @@ describe('cuda: attention forward version 2 vs cpu', { skip }, () => {
     for (const [be, b] of held.splice(0)) be.free(b);
   });
 
-  it('attn_tc_fwd2 (MOHAWK_ATTN_V2): causal, GQA, tq < tk, odd lengths, rows without keys, head dims 16-128, tilings', () => {
+  it('attention forward version 2 (attn_tc_fwd2, MOHAWK_ATTN_V2): causal, GQA, tq < tk, odd lengths, rows without keys, head dims 16-128, tilings', () => {
     // out, lse and the probabilities fed with its lse, against the CPU in f64 on bf16-rounded
     // inputs (what differs: the bf16 rounding of the probabilities before p v), as for the first
     // version; MOHAWK_ATTN_V2=all takes version 2 at every length, =0 the first version
