@@ -2206,8 +2206,8 @@ describe('cuda: attention forward version 2 vs cpu', { skip }, () => {
     for (const [be, b] of held.splice(0)) be.free(b);
   });
 
-  it('attention forward version 2 (attn_tc_fwd2, MOHAWK_ATTN_V2): causal, GQA, tq < tk, odd lengths, rows without keys, head dims 16-128, tilings', () => {
-    // out, lse and the probabilities fed with its lse, against the CPU in f64 on bf16-rounded
+  it('attention forward version 2 (attn_tc_fwd2, MOHAWK_ATTN_V2): causal, GQA, tq < tk, odd lengths, rows without keys, head dims 16-128, tilings, bf16 out', () => {
+    // out (f32 and bf16), lse and the probabilities fed with its lse, against the CPU in f64 on bf16-rounded
     // inputs (what differs: the bf16 rounding of the probabilities before p v), as for the first
     // version; MOHAWK_ATTN_V2=all takes version 2 at every length, =0 the first version
     const configs = [
@@ -2229,8 +2229,9 @@ describe('cuda: attention forward version 2 vs cpu', { skip }, () => {
       { batch: 1, tq: 48, tk: 33, heads: 2, kvHeads: 2, headDim: 32, causal: false },
       { batch: 1, tq: 257, tk: 257, heads: 2, kvHeads: 1, headDim: 16, causal: true },
       { batch: 1, tq: 40, tk: 20, heads: 2, kvHeads: 1, headDim: 64, causal: true }, // rows with no keys
+      { batch: 1, tq: 70, tk: 70, heads: 2, kvHeads: 1, headDim: 24, causal: true }, // f32 kernels (D 24)
     ];
-    const tol = { o: 1e-2, lse: 2e-3, probs: 1e-2 };
+    const tol = { o: 1e-2, lse: 2e-3, probs: 1e-2, o16: 1e-2 };
     const bf = (x: Float32Array) => x.map((v) => bf16ToF32(f32ToBf16(v)));
     const failures: string[] = [];
     try {
@@ -2248,13 +2249,19 @@ describe('cuda: attention forward version 2 vs cpu', { skip }, () => {
           const o = out(nq);
           const lse = out(c.batch * c.heads * c.tq);
           const probs = out(c.batch * c.heads * c.tq * c.tk);
-          both((be, s) =>
-            be.attention(q[s], k[s], v[s], o[s], lse[s], probs[s], { ...p, lowPrecision: s === 'g' }),
-          );
+          // and a bf16 out (the CPU rounds its result; the kernels round theirs as they write)
+          const o16 = out(nq, 'bf16');
+          const lse2 = out(c.batch * c.heads * c.tq);
+          both((be, s) => {
+            const ps = { ...p, lowPrecision: s === 'g' };
+            be.attention(q[s], k[s], v[s], o[s], lse[s], probs[s], ps);
+            be.attention(q[s], k[s], v[s], o16[s], lse2[s], null, ps);
+          });
           const errs: string[] = [];
-          for (const [name, x] of Object.entries({ o, lse, probs })) {
-            const ref = cpu.read(x.c);
-            const got = gpu.read(x.g);
+          for (const [name, x] of Object.entries({ o, lse, probs, o16 })) {
+            const dt = name === 'o16' ? 'bf16' : 'f32';
+            const ref = numbers(cpu.read(x.c), dt);
+            const got = numbers(gpu.read(x.g), dt);
             const scale = maxAbs(ref) || 1;
             let worst = 0;
             for (let i = 0; i < ref.length; i++) {

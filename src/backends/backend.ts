@@ -507,6 +507,8 @@ export interface Backend {
   /**
    * q (B, tq, H, D), k and v (B, tk, Hkv, D) -> out (B, tq, H, D), lse (B, H, tq) (the row
    * log-sum-exp of the scaled scores, saved for backward), probs (B, H, tq, tk) when given.
+   * out is f32, or bf16 (the f32 result rounded to nearest even, as cast would) when
+   * p.lowPrecision: for a consumer that is a 16-bit product anyway.
    */
   attention(
     q: DeviceBuffer,

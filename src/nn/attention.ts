@@ -188,7 +188,8 @@ export function attendHeads(
   const window = opts.window ?? null;
   if (!opts.softcap && (window === null || tk <= window)) {
     // every key up to each query is inside its window: the fused causal op
-    const r = attention(q, k, v, { causal: true, scale, returnProbs: opts.returnMatrix });
+    // out feeds the output projection (a product): in bf16 under autocast without gradients
+    const r = attention(q, k, v, { causal: true, scale, returnProbs: opts.returnMatrix, out16: true });
     return { out: reshape(r.out, [b, t, h * dh]), matrix: r.probs };
   }
   const r = maskedAttention(q, k, v, {

@@ -1154,6 +1154,12 @@ export interface AttentionOptions {
   scale?: number;
   /** also return the (B, H, tq, tk) probability matrix (no gradient flows through it) */
   returnProbs?: boolean;
+  /**
+   * out in bf16 under bf16 autocast when no gradient is recorded (the kernel rounds as it writes,
+   * so no f32 output and no cast pass): for a consumer that is a product, which would round it to
+   * bf16 anyway, so the result is the same. MOHAWK_ATTN_OUT16=0 keeps f32.
+   */
+  out16?: boolean;
 }
 
 /**
@@ -1194,7 +1200,13 @@ export function attention(
     causal: opts.causal ?? true,
     lowPrecision: autocastDtype !== null,
   };
-  const out = like(q);
+  const out16 =
+    opts.out16 === true &&
+    autocastDtype === 'bf16' &&
+    q.dtype === 'f32' &&
+    !(isGradEnabled() && (q.requiresGrad || k.requiresGrad || v.requiresGrad)) &&
+    process.env.MOHAWK_ATTN_OUT16 !== '0';
+  const out = out16 ? empty(q.shape, 'bf16', q.backend) : like(q);
   const lse = empty([batch, heads, tq], q.dtype, q.backend);
   const probs = opts.returnProbs ? empty([batch, heads, tq, tk], q.dtype, q.backend) : null;
   q.backend.attention(q.buffer, k.buffer, v.buffer, out.buffer, lse.buffer, probs?.buffer ?? null, p);

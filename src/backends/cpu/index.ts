@@ -968,6 +968,14 @@ export class CpuBackend implements Backend {
     probs: DeviceBuffer | null,
     p: AttentionParams,
   ): void {
+    if ((out as CpuBuffer).dtype === 'bf16') {
+      // a 16-bit output (lowPrecision): through an f32 buffer, rounded like cast
+      const tmp = this.alloc('f32', out.length);
+      this.attention(q, k, v, tmp, lse, probs, p);
+      this.cast(tmp, out);
+      this.free(tmp);
+      return;
+    }
     seq.attention(
       this.useBlas,
       fl(q, 'attention q'),

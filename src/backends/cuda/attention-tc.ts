@@ -9,9 +9,9 @@ import { launchShared, type Arg, type KernelHost } from './kernels.js';
 
 /** Kernel signatures of kernels/attention_tc.cu (argument kinds, see kernels.ts). */
 export const ATTENTION_TC_SIGNATURES = {
-  attn_tc_fwd: 'pppppiiiifi',
+  attn_tc_fwd: 'pppppiiiifii',
   attn_tc_kv16: 'ppppl',
-  attn_tc_fwd2: 'pppppiiiifi',
+  attn_tc_fwd2: 'pppppiiiifii',
   attn_tc_bwd_dq: 'ppppppppiiiifi',
   attn_tc_bwd_dkdv: 'ppppppppiiiifi',
 } as const;
@@ -154,7 +154,10 @@ function flags(p: AttentionParams): number[] {
   return [p.tq, p.tk, p.heads, p.kvHeads, p.scale, p.causal ? 1 : 0];
 }
 
-/** out (B, tq, H, D) and lse (B, H, tq) from q, k, v (device addresses of f32 buffers). */
+/**
+ * out (B, tq, H, D) and lse (B, H, tq) from q, k, v (device addresses of f32 buffers); out is
+ * f32, or bf16 with out16.
+ */
 export function attentionTcForward<Buf extends { ptr: number }>(
   host: AttentionTcHost<Buf>,
   plan: AttentionTcPlan,
@@ -164,6 +167,7 @@ export function attentionTcForward<Buf extends { ptr: number }>(
   v: number,
   out: number,
   lse: number,
+  out16 = false,
 ): void {
   if (p.batch * p.heads * p.tq === 0) return;
   if (plan.fwd2 && p.tk > 0) {
@@ -183,13 +187,13 @@ export function attentionTcForward<Buf extends { ptr: number }>(
       256,
     );
     const grid: [number, number, number] = [Math.ceil(p.tq / plan.fwd2.rows), p.heads, p.batch];
-    const args = [q, k16, v16, out, lse, ...flags(p)];
+    const args = [q, k16, v16, out, lse, ...flags(p), out16 ? 1 : 0];
     launch(host, plan, 'attn_tc_fwd2', grid, plan.shared.fwd2, args, 32 * plan.fwd2.warps);
     host.release(kv16);
     return;
   }
   const grid: [number, number, number] = [Math.ceil(p.tq / (16 * plan.fwdWarps)), p.heads, p.batch];
-  const args = [q, k, v, out, lse, ...flags(p)];
+  const args = [q, k, v, out, lse, ...flags(p), out16 ? 1 : 0];
   launch(host, plan, 'attn_tc_fwd', grid, plan.shared.fwd, args, 32 * plan.fwdWarps);
 }
 

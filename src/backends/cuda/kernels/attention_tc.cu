@@ -221,6 +221,12 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+/** out[i], out[i + 1] = a, b: f32, or with out16 bf16 (out then holds u16 elements) */
+__device__ __forceinline__ void store_out2(float* out, i64 i, float a, float b, int out16) {
+  if (out16) *reinterpret_cast<u32*>(reinterpret_cast<u16*>(out) + i) = pack_bf16(a, b);
+  else *reinterpret_cast<float2*>(out + i) = make_float2(a, b);
+}
+
 /** the last key (exclusive) that some query of [q0, q0 + rows) sees */
 __device__ __forceinline__ int key_end(int q0, int rows, int tq, int tk, int causal) {
   if (!causal) return tk;
@@ -232,11 +238,12 @@ __device__ __forceinline__ int key_end(int q0, int rows, int tq, int tk, int cau
 /**
  * out, lse from q, k, v. grid = (ceil(tq / BQF), H, B), block = FWD_WARPS * 32, dynamic shared
  * memory (BQF + 2 BKF) * DP * 2 bytes. With FWD_PREFETCH the next key/value tile is read from
- * device memory into registers while the tensor cores work on the current one.
+ * device memory into registers while the tensor cores work on the current one. out is f32, or
+ * bf16 with out16.
  */
 extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
     attn_tc_fwd(const float* q, const float* k, const float* v, float* out, float* lse, int tq, int tk,
-                int heads, int kvHeads, float scale, int causal) {
+                int heads, int kvHeads, float scale, int causal, int out16) {
   extern __shared__ __align__(16) u16 smem[];
   u16* Qs = smem;
   u16* Ks = Qs + BQF * DP;
@@ -358,15 +365,15 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
   l1 = quad_sum(l1);
   const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
   if (row0 < tq) {
-    float* orow = out + (((i64)b * tq + row0) * heads + h) * HD + c2;
+    const i64 orow = (((i64)b * tq + row0) * heads + h) * HD + c2;
 #pragma unroll
-    for (int n = 0; n < NT; n++) *reinterpret_cast<float2*>(orow + n * 8) = make_float2(o[n][0] * inv0, o[n][1] * inv0);
+    for (int n = 0; n < NT; n++) store_out2(out, orow + n * 8, o[n][0] * inv0, o[n][1] * inv0, out16);
     if ((lane & 3) == 0) lse[((i64)b * heads + h) * tq + row0] = l0 > 0.f ? (m0 + log2f(l0)) * LN2 : NEG_INF;
   }
   if (row1 < tq) {
-    float* orow = out + (((i64)b * tq + row1) * heads + h) * HD + c2;
+    const i64 orow = (((i64)b * tq + row1) * heads + h) * HD + c2;
 #pragma unroll
-    for (int n = 0; n < NT; n++) *reinterpret_cast<float2*>(orow + n * 8) = make_float2(o[n][2] * inv1, o[n][3] * inv1);
+    for (int n = 0; n < NT; n++) store_out2(out, orow + n * 8, o[n][2] * inv1, o[n][3] * inv1, out16);
     if ((lane & 3) == 0) lse[((i64)b * heads + h) * tq + row1] = l1 > 0.f ? (m1 + log2f(l1)) * LN2 : NEG_INF;
   }
 }
@@ -429,11 +436,11 @@ extern "C" __global__ void attn_tc_kv16(const float* k, const float* v, u16* k16
 /**
  * out, lse from q (f32) and k16, v16 (bf16, as attn_tc_kv16 writes them), layouts as attn_tc_fwd.
  * grid = (ceil(tq / BQ2), H, B), block = F2_THREADS, dynamic shared memory
- * F2_STAGES * 2 * F2_BK * DP * 2 bytes. scale > 0.
+ * F2_STAGES * 2 * F2_BK * DP * 2 bytes. scale > 0. out is f32, or bf16 with out16.
  */
 extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
     attn_tc_fwd2(const float* q, const u16* k16, const u16* v16, float* out, float* lse, int tq, int tk,
-                 int heads, int kvHeads, float scale, int causal) {
+                 int heads, int kvHeads, float scale, int causal, int out16) {
   extern __shared__ __align__(16) u16 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c2 = (lane & 3) * 2;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ2;  // the longest rows first
@@ -610,10 +617,10 @@ extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
       const float l = quad_sum(lr[m][half]);
       const float inv = l > 0.f ? 1.f / l : 0.f;
       if (row < tq) {
-        float* orow = out + (((i64)b * tq + row) * heads + h) * HD + c2;
+        const i64 orow = (((i64)b * tq + row) * heads + h) * HD + c2;
 #pragma unroll
         for (int n = 0; n < NT; n++)
-          *reinterpret_cast<float2*>(orow + n * 8) = make_float2(o[m][n][2 * half] * inv, o[m][n][2 * half + 1] * inv);
+          store_out2(out, orow + n * 8, o[m][n][2 * half] * inv, o[m][n][2 * half + 1] * inv, out16);
         if ((lane & 3) == 0)
           lse[((i64)b * heads + h) * tq + row] = l > 0.f ? (mr[m][half] * sl2 + log2f(l)) * LN2 : NEG_INF;
       }
