@@ -41,7 +41,7 @@ export interface AttentionTcPlan {
    * the forward of version 2 (attn_tc_kv16 + attn_tc_fwd2: bf16 k/v streamed by cp.async, q in
    * registers), or null for attn_tc_fwd: its warps per block and query rows per block
    */
-  fwd2: { warps: number; rows: number } | null;
+  fwd2: { warps: number; rows: number; kv32: boolean } | null;
 }
 
 /**
@@ -84,7 +84,8 @@ export function attentionTcPlan(
     warps: tuning.F2_WARPS ?? 4,
     mt: tuning.F2_MT ?? (D <= 64 ? 2 : 1),
     bk: tuning.F2_BK ?? 64,
-    stages: tuning.F2_STAGES ?? 3,
+    kv32: (tuning.F2_KV32 ?? 0) !== 0,
+    stages: tuning.F2_KV32 ? 2 : (tuning.F2_STAGES ?? 3),
   };
   const shared = {
     fwd: (16 * fwdWarps + 2 * bkf) * row,
@@ -94,7 +95,9 @@ export function attentionTcPlan(
   };
   if (Math.max(shared.fwd, shared.dq, shared.dkdv) > maxShared) return null;
   const fwd2 =
-    useFwd2(p) && shared.fwd2 <= maxShared ? { warps: f2.warps, rows: 16 * f2.warps * f2.mt } : null;
+    useFwd2(p) && shared.fwd2 <= maxShared
+      ? { warps: f2.warps, rows: 16 * f2.warps * f2.mt, kv32: f2.kv32 }
+      : null;
   return { defines: { HEAD_DIM: D, ...tuning }, shared, fwdWarps, fwd2 };
 }
 
@@ -113,6 +116,7 @@ const TUNABLE = [
   'F2_BK',
   'F2_STAGES',
   'F2_MINB',
+  'F2_KV32',
 ];
 
 /**
@@ -121,7 +125,7 @@ const TUNABLE = [
  * backward kernels, rows per streamed tile in dk/dv (BQT) and dq (BKT), and the minimum blocks
  * per SM of each kernel (register caps); for the version-2 forward its warps (F2_WARPS), 16-row
  * query tiles per warp (F2_MT), key rows per tile (F2_BK), shared stages (F2_STAGES) and register
- * cap (F2_MINB). Defaults as in attention_tc.cu.
+ * cap (F2_MINB), and F2_KV32=1 for f32 k/v tiles rounded by each block (no attn_tc_kv16 pass). Defaults as in attention_tc.cu.
  */
 function tuningDefines(): Record<string, number> {
   const spec = process.env.MOHAWK_ATTENTION_TC_DEFINES;
@@ -171,24 +175,23 @@ export function attentionTcForward<Buf extends { ptr: number }>(
 ): void {
   if (p.batch * p.heads * p.tq === 0) return;
   if (plan.fwd2 && p.tk > 0) {
+    const grid: [number, number, number] = [Math.ceil(p.tq / plan.fwd2.rows), p.heads, p.batch];
+    const threads = 32 * plan.fwd2.warps;
+    const tail = [out, lse, ...flags(p), out16 ? 1 : 0];
+    if (plan.fwd2.kv32) {
+      // F2_KV32: each block rounds the f32 k and v tiles it reads
+      launch(host, plan, 'attn_tc_fwd2', grid, plan.shared.fwd2, [q, k, v, ...tail], threads);
+      return;
+    }
     // k and v rounded to bf16 once (one scratch holds both: n bf16 each = n floats)
     const n = p.batch * p.tk * p.kvHeads * p.headDim;
     const kv16 = host.scratch(n);
     const k16 = kv16.ptr;
     const v16 = kv16.ptr + 2 * n;
     const n4 = n / 4;
-    launch(
-      host,
-      plan,
-      'attn_tc_kv16',
-      [Math.min(Math.ceil(n4 / 256), 65535), 1, 1],
-      0,
-      [k, v, k16, v16, n4],
-      256,
-    );
-    const grid: [number, number, number] = [Math.ceil(p.tq / plan.fwd2.rows), p.heads, p.batch];
-    const args = [q, k16, v16, out, lse, ...flags(p), out16 ? 1 : 0];
-    launch(host, plan, 'attn_tc_fwd2', grid, plan.shared.fwd2, args, 32 * plan.fwd2.warps);
+    const blocks = Math.min(Math.ceil(n4 / 256), 65535);
+    launch(host, plan, 'attn_tc_kv16', [blocks, 1, 1], 0, [k, v, k16, v16, n4], 256);
+    launch(host, plan, 'attn_tc_fwd2', grid, plan.shared.fwd2, [q, k16, v16, ...tail], threads);
     host.release(kv16);
     return;
   }

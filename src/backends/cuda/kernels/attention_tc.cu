@@ -404,6 +404,15 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
 #ifndef F2_MINB
 #define F2_MINB 2
 #endif
+// F2_KV32: no attn_tc_kv16 pass; k16, v16 are then the f32 k, v, each block rounding its tiles as
+// it stores them from registers (two stages, the next tile in registers while this one computes)
+#ifndef F2_KV32
+#define F2_KV32 0
+#endif
+#if F2_KV32
+#undef F2_STAGES
+#define F2_STAGES 2
+#endif
 #define F2_THREADS (F2_WARPS * 32)
 #define BQ2 (16 * F2_WARPS * F2_MT)
 #if F2_BK % 16 != 0 || F2_STAGES < 2 || F2_MT < 1 || F2_WARPS * 32 > 1024
@@ -448,13 +457,14 @@ extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
   const int shift = tk - tq;
   const int kStride = kvHeads * HD, qStride = heads * HD;
   const float* qb = q + ((i64)b * tq * heads + h) * HD;
-  const u16* kb = k16 + ((i64)b * tk * kvHeads + kh) * HD;
-  const u16* vb = v16 + ((i64)b * tk * kvHeads + kh) * HD;
   const int kEnd = key_end(q0, BQ2, tq, tk, causal);
   const int nTiles = (kEnd + F2_BK - 1) / F2_BK;
   const int w0 = q0 + warp * 16 * F2_MT;  // first row of this warp; its rows are w0 .. w0 + 16 F2_MT - 1
   const float sl2 = scale * LOG2E;
 
+#if !F2_KV32
+  const u16* kb = k16 + ((i64)b * tk * kvHeads + kh) * HD;
+  const u16* vb = v16 + ((i64)b * tk * kvHeads + kh) * HD;
   // key rows [tile F2_BK, + F2_BK) of k16 and v16 into the tile's stage (zeros past tk)
   auto load_kv = [&](int tile) {
     u16* Ks = smem + (tile % F2_STAGES) * (2 * F2_BK * DP);
@@ -474,11 +484,25 @@ extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
       }
     }
   };
+#endif
+#if F2_KV32
+  // f32 k and v (F2_KV32): the first tile rounded into stage 0 now, the next ones through registers
+  const float* kb32 = reinterpret_cast<const float*>(k16) + ((i64)b * tk * kvHeads + kh) * HD;
+  const float* vb32 = reinterpret_cast<const float*>(v16) + ((i64)b * tk * kvHeads + kh) * HD;
+  float4 pk[TileRegs<F2_BK, F2_THREADS>::N], pv[TileRegs<F2_BK, F2_THREADS>::N];
+  if (nTiles > 0) {
+    tile_fetch<F2_BK, F2_THREADS>(pk, kb32, 0, tk, kStride);
+    tile_fetch<F2_BK, F2_THREADS>(pv, vb32, 0, tk, kStride);
+    tile_store<F2_BK, F2_THREADS>(smem, pk);
+    tile_store<F2_BK, F2_THREADS>(smem + F2_BK * DP, pv);
+  }
+#else
 #pragma unroll
   for (int s = 0; s < F2_STAGES - 1; s++) {
     if (s < nTiles) load_kv(s);
     cp_commit();
   }
+#endif
 
   // this warp's q rows as A fragments (bf16), straight from device memory; zeros past tq
   u32 qf[F2_MT][KT][4];
@@ -512,6 +536,14 @@ extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
   }
 
   for (int it = 0; it < nTiles; it++) {
+#if F2_KV32
+    __syncthreads();  // tile it stored by everyone, and every warp is done with tile it - 1
+    const bool more = it + 1 < nTiles;
+    if (more) {  // the next tile into registers while the tensor cores work on this one
+      tile_fetch<F2_BK, F2_THREADS>(pk, kb32, (it + 1) * F2_BK, tk, kStride);
+      tile_fetch<F2_BK, F2_THREADS>(pv, vb32, (it + 1) * F2_BK, tk, kStride);
+    }
+#else
     cp_wait_group<F2_STAGES - 2>();  // this thread's copies of tile it landed
     __syncthreads();                 // everyone's, and every warp is done with tile it - 1
     {
@@ -519,94 +551,103 @@ extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
       if (next < nTiles) load_kv(next);
       cp_commit();
     }
+#endif
     const u16* Ks = smem + (it % F2_STAGES) * (2 * F2_BK * DP);
     const u16* Vs = Ks + F2_BK * DP;
     const int k0 = it * F2_BK;
-    if (w0 >= tq || (causal && k0 > w0 + 16 * F2_MT - 1 + shift)) continue;  // no row of this warp sees it
+    if (w0 < tq && !(causal && k0 > w0 + 16 * F2_MT - 1 + shift)) {  // else no row of this warp sees it
 
-    float s[F2_MT][F2_BK / 8][4];
-#pragma unroll
-    for (int m = 0; m < F2_MT; m++)
-#pragma unroll
-      for (int n = 0; n < F2_BK / 8; n++) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.f;
-#pragma unroll
-    for (int kt = 0; kt < KT; kt++) {
-#pragma unroll
-      for (int np = 0; np < F2_BK / 16; np++) {
-        u32 bf[4];
-        ldsm4(bf, bn_addr(Ks, np * 16, kt * 16, lane));
-#pragma unroll
-        for (int m = 0; m < F2_MT; m++) {
-          mma(s[m][2 * np], qf[m][kt], bf[0], bf[1]);
-          mma(s[m][2 * np + 1], qf[m][kt], bf[2], bf[3]);
-        }
-      }
-    }
-    if (k0 + F2_BK > tk || (causal && k0 + F2_BK - 1 > w0 + shift)) {
+      float s[F2_MT][F2_BK / 8][4];
 #pragma unroll
       for (int m = 0; m < F2_MT; m++)
 #pragma unroll
-        for (int n = 0; n < F2_BK / 8; n++)
+        for (int n = 0; n < F2_BK / 8; n++) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.f;
 #pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int j = k0 + n * 8 + c2 + (e & 1);
-            const int r = w0 + m * 16 + g + (e < 2 ? 0 : 8);
-            if (j >= tk || (causal && j > r + shift)) s[m][n][e] = NEG_INF;
+      for (int kt = 0; kt < KT; kt++) {
+#pragma unroll
+        for (int np = 0; np < F2_BK / 16; np++) {
+          u32 bf[4];
+          ldsm4(bf, bn_addr(Ks, np * 16, kt * 16, lane));
+#pragma unroll
+          for (int m = 0; m < F2_MT; m++) {
+            mma(s[m][2 * np], qf[m][kt], bf[0], bf[1]);
+            mma(s[m][2 * np + 1], qf[m][kt], bf[2], bf[3]);
           }
-    }
-    // online softmax per row (entries 0, 1: row g; 2, 3: row g + 8 of each 16-row tile)
-#pragma unroll
-    for (int m = 0; m < F2_MT; m++) {
-      float mx0 = mr[m][0], mx1 = mr[m][1];
-#pragma unroll
-      for (int n = 0; n < F2_BK / 8; n++) {
-        mx0 = fmaxf(mx0, fmaxf(s[m][n][0], s[m][n][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[m][n][2], s[m][n][3]));
+        }
       }
-      mx0 = quad_max(mx0);
-      mx1 = quad_max(mx1);
-      const float base0 = mx0 == NEG_INF ? 0.f : mx0 * sl2;
-      const float base1 = mx1 == NEG_INF ? 0.f : mx1 * sl2;
-      const float corr0 = ex2(mr[m][0] * sl2 - base0), corr1 = ex2(mr[m][1] * sl2 - base1);
-      mr[m][0] = mx0;
-      mr[m][1] = mx1;
-      float sum0 = 0.f, sum1 = 0.f;
+      if (k0 + F2_BK > tk || (causal && k0 + F2_BK - 1 > w0 + shift)) {
 #pragma unroll
-      for (int n = 0; n < F2_BK / 8; n++) {
-        s[m][n][0] = ex2(fmaf(s[m][n][0], sl2, -base0));
-        s[m][n][1] = ex2(fmaf(s[m][n][1], sl2, -base0));
-        s[m][n][2] = ex2(fmaf(s[m][n][2], sl2, -base1));
-        s[m][n][3] = ex2(fmaf(s[m][n][3], sl2, -base1));
-        sum0 += s[m][n][0] + s[m][n][1];
-        sum1 += s[m][n][2] + s[m][n][3];
+        for (int m = 0; m < F2_MT; m++)
+#pragma unroll
+          for (int n = 0; n < F2_BK / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+              const int j = k0 + n * 8 + c2 + (e & 1);
+              const int r = w0 + m * 16 + g + (e < 2 ? 0 : 8);
+              if (j >= tk || (causal && j > r + shift)) s[m][n][e] = NEG_INF;
+            }
       }
-      lr[m][0] = lr[m][0] * corr0 + sum0;
-      lr[m][1] = lr[m][1] * corr1 + sum1;
+      // online softmax per row (entries 0, 1: row g; 2, 3: row g + 8 of each 16-row tile)
 #pragma unroll
-      for (int n = 0; n < NT; n++) {
-        o[m][n][0] *= corr0;
-        o[m][n][1] *= corr0;
-        o[m][n][2] *= corr1;
-        o[m][n][3] *= corr1;
+      for (int m = 0; m < F2_MT; m++) {
+        float mx0 = mr[m][0], mx1 = mr[m][1];
+#pragma unroll
+        for (int n = 0; n < F2_BK / 8; n++) {
+          mx0 = fmaxf(mx0, fmaxf(s[m][n][0], s[m][n][1]));
+          mx1 = fmaxf(mx1, fmaxf(s[m][n][2], s[m][n][3]));
+        }
+        mx0 = quad_max(mx0);
+        mx1 = quad_max(mx1);
+        const float base0 = mx0 == NEG_INF ? 0.f : mx0 * sl2;
+        const float base1 = mx1 == NEG_INF ? 0.f : mx1 * sl2;
+        const float corr0 = ex2(mr[m][0] * sl2 - base0), corr1 = ex2(mr[m][1] * sl2 - base1);
+        mr[m][0] = mx0;
+        mr[m][1] = mx1;
+        float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+        for (int n = 0; n < F2_BK / 8; n++) {
+          s[m][n][0] = ex2(fmaf(s[m][n][0], sl2, -base0));
+          s[m][n][1] = ex2(fmaf(s[m][n][1], sl2, -base0));
+          s[m][n][2] = ex2(fmaf(s[m][n][2], sl2, -base1));
+          s[m][n][3] = ex2(fmaf(s[m][n][3], sl2, -base1));
+          sum0 += s[m][n][0] + s[m][n][1];
+          sum1 += s[m][n][2] + s[m][n][3];
+        }
+        lr[m][0] = lr[m][0] * corr0 + sum0;
+        lr[m][1] = lr[m][1] * corr1 + sum1;
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+          o[m][n][0] *= corr0;
+          o[m][n][1] *= corr0;
+          o[m][n][2] *= corr1;
+          o[m][n][3] *= corr1;
+        }
       }
-    }
-    // o += p v, each v fragment feeding the F2_MT row tiles
+      // o += p v, each v fragment feeding the F2_MT row tiles
 #pragma unroll
-    for (int kk = 0; kk < F2_BK / 16; kk++) {
-      u32 a[F2_MT][4];
+      for (int kk = 0; kk < F2_BK / 16; kk++) {
+        u32 a[F2_MT][4];
 #pragma unroll
-      for (int m = 0; m < F2_MT; m++) acc_to_a(a[m], s[m][2 * kk], s[m][2 * kk + 1]);
+        for (int m = 0; m < F2_MT; m++) acc_to_a(a[m], s[m][2 * kk], s[m][2 * kk + 1]);
 #pragma unroll
-      for (int np = 0; np < NT / 2; np++) {
-        u32 bf[4];
-        ldsm4t(bf, bk_addr(Vs, kk * 16, np * 16, lane));
+        for (int np = 0; np < NT / 2; np++) {
+          u32 bf[4];
+          ldsm4t(bf, bk_addr(Vs, kk * 16, np * 16, lane));
 #pragma unroll
-        for (int m = 0; m < F2_MT; m++) {
-          mma(o[m][2 * np], a[m], bf[0], bf[1]);
-          mma(o[m][2 * np + 1], a[m], bf[2], bf[3]);
+          for (int m = 0; m < F2_MT; m++) {
+            mma(o[m][2 * np], a[m], bf[0], bf[1]);
+            mma(o[m][2 * np + 1], a[m], bf[2], bf[3]);
+          }
         }
       }
     }
+#if F2_KV32
+    if (more) {  // the next tile into the other stage (every warp finished the tile it held)
+      u16* Kn = smem + ((it + 1) & 1) * (2 * F2_BK * DP);
+      tile_store<F2_BK, F2_THREADS>(Kn, pk);
+      tile_store<F2_BK, F2_THREADS>(Kn + F2_BK * DP, pv);
+    }
+#endif
   }
 
 #pragma unroll
