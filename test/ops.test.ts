@@ -452,6 +452,19 @@ describe('sequence ops', () => {
       delete process.env.MOHAWK_ATTN_OUT16;
     }
   });
+  it('attention rope: equals rope then attention, inside the backend without gradients and composed with', () => {
+    for (const ro of [
+      { rotaryDim: 4, theta: 10000, interleaved: false, positionOffset: 3 },
+      { rotaryDim: 6, theta: 500, interleaved: true, positionOffset: 0 },
+    ]) {
+      const q = randn(rng, [2, 5, 4, 8]);
+      const k = randn(rng, [2, 5, 2, 8]);
+      const v = randn(rng, [2, 5, 2, 8]);
+      const ref = arr(T.attention(T.rope(q, ro), T.rope(k, ro), v).out);
+      assert.deepEqual(arr(T.noGrad(() => T.attention(q, k, v, { rope: ro }).out)), ref);
+      gradcheck((p, s, u) => T.attention(p, s, u, { rope: ro }).out, [q, k, v]);
+    }
+  });
   it('attention equals its composition from generic ops', () => {
     const q = randn(rng, [1, 6, 2, 4]);
     const k = randn(rng, [1, 6, 2, 4]);

@@ -98,6 +98,12 @@ export interface AttentionParams {
    * (fp32 accumulation; inputs and outputs stay f32). Backends may ignore it (the CPU does).
    */
   lowPrecision?: boolean;
+  /**
+   * the rotary embedding of `rope` (RopeParams) on q and k before the products, q row t and k
+   * row s at positions positionOffset + t and positionOffset + s (forward only: attentionBackward
+   * takes already rotated q and k)
+   */
+  rope?: { rotaryDim: number; theta: number; interleaved: boolean; positionOffset: number };
 }
 
 export interface SsdParams {

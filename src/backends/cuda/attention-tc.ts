@@ -11,7 +11,8 @@ import { launchShared, type Arg, type KernelHost } from './kernels.js';
 export const ATTENTION_TC_SIGNATURES = {
   attn_tc_fwd: 'pppppiiiifii',
   attn_tc_kv16: 'ppppl',
-  attn_tc_fwd2: 'pppppiiiifii',
+  attn_tc_kv16_rope: 'pppppliiii',
+  attn_tc_fwd2: 'pppppiiiifiipii',
   attn_tc_bwd_dq: 'ppppppppiiiifi',
   attn_tc_bwd_dkdv: 'ppppppppiiiifi',
 } as const;
@@ -158,9 +159,27 @@ function flags(p: AttentionParams): number[] {
   return [p.tq, p.tk, p.heads, p.kvHeads, p.scale, p.causal ? 1 : 0];
 }
 
+/** The rotary embedding inside the version-2 forward: the (cos, sin) table of rope_table_f32. */
+export interface AttentionTcRope {
+  table: number;
+  rotaryDim: number;
+  interleaved: boolean;
+}
+
+/**
+ * Whether the kernels of `plan` rotate q and k themselves (p.rope): the version-2 forward with the
+ * kv16 pass (not F2_KV32), and halves whose partners sit in the same thread (rotaryDim a multiple
+ * of 16) or adjacent pairs.
+ */
+export function attentionTcRopeInKernel(plan: AttentionTcPlan, p: AttentionParams): boolean {
+  const r = p.rope;
+  if (!r || !plan.fwd2 || plan.fwd2.kv32 || p.tk === 0) return false;
+  return r.rotaryDim > 0 && r.rotaryDim <= p.headDim && r.rotaryDim % (r.interleaved ? 2 : 16) === 0;
+}
+
 /**
  * out (B, tq, H, D) and lse (B, H, tq) from q, k, v (device addresses of f32 buffers); out is
- * f32, or bf16 with out16.
+ * f32, or bf16 with out16; with rope (attentionTcRopeInKernel) q and k rotated first.
  */
 export function attentionTcForward<Buf extends { ptr: number }>(
   host: AttentionTcHost<Buf>,
@@ -172,12 +191,16 @@ export function attentionTcForward<Buf extends { ptr: number }>(
   out: number,
   lse: number,
   out16 = false,
+  rope: AttentionTcRope | null = null,
 ): void {
   if (p.batch * p.heads * p.tq === 0) return;
+  if (rope && !(plan.fwd2 && p.tk > 0 && attentionTcRopeInKernel(plan, p)))
+    throw new Error('attention_tc: the rotary embedding in the kernels needs the version-2 forward');
   if (plan.fwd2 && p.tk > 0) {
     const grid: [number, number, number] = [Math.ceil(p.tq / plan.fwd2.rows), p.heads, p.batch];
     const threads = 32 * plan.fwd2.warps;
-    const tail = [out, lse, ...flags(p), out16 ? 1 : 0];
+    const ropeArgs = rope ? [rope.table, rope.rotaryDim, rope.interleaved ? 1 : 0] : [0, 0, 0];
+    const tail = [out, lse, ...flags(p), out16 ? 1 : 0, ...ropeArgs];
     if (plan.fwd2.kv32) {
       // F2_KV32: each block rounds the f32 k and v tiles it reads
       launch(host, plan, 'attn_tc_fwd2', grid, plan.shared.fwd2, [q, k, v, ...tail], threads);
@@ -190,7 +213,24 @@ export function attentionTcForward<Buf extends { ptr: number }>(
     const v16 = kv16.ptr + 2 * n;
     const n4 = n / 4;
     const blocks = Math.min(Math.ceil(n4 / 256), 65535);
-    launch(host, plan, 'attn_tc_kv16', [blocks, 1, 1], 0, [k, v, k16, v16, n4], 256);
+    if (rope) {
+      // k rotated as it is rounded
+      const rows = p.batch * p.tk * p.kvHeads;
+      const rb = Math.min(Math.ceil((rows * p.headDim) / 2 / 256), 65535);
+      const args = [
+        k,
+        v,
+        k16,
+        v16,
+        rope.table,
+        rows,
+        p.tk,
+        p.kvHeads,
+        rope.rotaryDim,
+        rope.interleaved ? 1 : 0,
+      ];
+      launch(host, plan, 'attn_tc_kv16_rope', [rb, 1, 1], 0, args, 256);
+    } else launch(host, plan, 'attn_tc_kv16', [blocks, 1, 1], 0, [k, v, k16, v16, n4], 256);
     launch(host, plan, 'attn_tc_fwd2', grid, plan.shared.fwd2, [q, k16, v16, ...tail], threads);
     host.release(kv16);
     return;

@@ -8,9 +8,11 @@ import {
   attentionTcBackward,
   attentionTcForward,
   attentionTcPlan,
+  attentionTcRopeInKernel,
   type AttentionTcHost,
 } from './attention-tc.js';
 import { grid1, moduleKernels, THREADS, type CudaBuffer, type Host } from './host.js';
+import { rope, ropeTable } from './sequence.js';
 
 /** Kernel signatures of kernels/attention.cu (argument kinds, see kernels.ts). */
 export const ATTENTION_SIGNATURES = {
@@ -81,6 +83,27 @@ export function attention(
   if (p.batch * p.heads * p.tq === 0) return;
   const hd = { HEAD_DIM: p.headDim };
   const tc = attentionPlan(h, p, args);
+  if (p.rope) {
+    const r = p.rope;
+    if (tc && !probs && attentionTcRopeInKernel(tc, p)) {
+      // q rotated as the kernel reads it, k as attn_tc_kv16_rope rounds it
+      const table = ropeTable(h, Math.max(p.tq, p.tk), r.rotaryDim, r.theta, r.positionOffset);
+      const tr = { table: table.ptr, rotaryDim: r.rotaryDim, interleaved: r.interleaved };
+      attentionTcForward(tcHost(h), tc, p, args[0], args[1], args[2], args[3], args[4], out16, tr);
+      h.free(table);
+    } else {
+      // rotated copies of q and k, then the attention without rope
+      const rp = { ...r, batch: p.batch, headDim: p.headDim, inverse: false };
+      const qr = h.scratch(p.batch * p.tq * p.heads * p.headDim);
+      const kr = h.scratch(p.batch * p.tk * p.kvHeads * p.headDim);
+      rope(h, q, qr, { ...rp, seqLen: p.tq, heads: p.heads });
+      rope(h, k, kr, { ...rp, seqLen: p.tk, heads: p.kvHeads });
+      attention(h, qr, kr, v, out, lse, probs, { ...p, rope: undefined });
+      h.free(qr);
+      h.free(kr);
+    }
+    return;
+  }
   if (tc) attentionTcForward(tcHost(h), tc, p, args[0], args[1], args[2], args[3], args[4], out16);
   else {
     const n = p.batch * p.tq * p.heads * p.headDim;

@@ -442,14 +442,86 @@ extern "C" __global__ void attn_tc_kv16(const float* k, const float* v, u16* k16
   }
 }
 
+/** the rotation of rope_f32 (in double, rounded to f32): a' = a c - b s, b' = b c + a s */
+__device__ __forceinline__ void rope_pair(float& a, float& b, float2 cs) {
+  const double c = (double)cs.x, sn = (double)cs.y;
+  const double x = a, y = b;
+  a = (float)(x * c - y * sn);
+  b = (float)(y * c + x * sn);
+}
+
+/**
+ * The rotary embedding of one head row held as 2 HD / 8 slots (slot u: columns 8u + c2 and
+ * 8u + c2 + 1, c2 even): adjacent pairs (interleaved), or halves (column d < rotaryDim / 2 with
+ * d + rotaryDim / 2, so rotaryDim a multiple of 16: the partner sits in the same thread).
+ * table (positions, rotaryDim / 2) of (cos, sin) as rope_table_f32 writes it; pos the row's.
+ */
+__device__ __noinline__ void rope_slots(float2* x, const float* table, int pos, int rotaryDim, int interleaved,
+                                           int c2) {
+  const int half = rotaryDim / 2;
+  const float2* cs = reinterpret_cast<const float2*>(table) + (i64)pos * half;
+  if (interleaved) {
+#pragma unroll
+    for (int u = 0; u < 2 * KT; u++) {
+      const int d = 8 * u + c2;
+      if (d < rotaryDim) rope_pair(x[u].x, x[u].y, cs[d / 2]);
+    }
+    return;
+  }
+#pragma unroll
+  for (int u = 0; u < 2 * KT; u++) {
+#pragma unroll
+    for (int u2 = u + 1; u2 < 2 * KT; u2++) {
+      if (8 * u < half && 8 * (u2 - u) == half) {
+        const int d = 8 * u + c2;
+        rope_pair(x[u].x, x[u2].x, cs[d]);
+        rope_pair(x[u].y, x[u2].y, cs[d + 1]);
+      }
+    }
+  }
+}
+
+/**
+ * k16 = bf16(rope(k)), v16 = bf16(v): attn_tc_kv16 with the rotary embedding of rope_f32 on k
+ * (rows (B, tk, Hkv) of HD; key s at table row s). One thread per pair of columns; grid-stride.
+ */
+extern "C" __global__ void attn_tc_kv16_rope(const float* k, const float* v, u16* k16, u16* v16, const float* table,
+                                             i64 rows, int tk, int kvHeads, int rotaryDim, int interleaved) {
+  const int half = rotaryDim / 2;
+  FOR_EACH(i, rows * (HD / 2)) {
+    const i64 row = i / (HD / 2);
+    const int j = (int)(i - row * (HD / 2));
+    const i64 base = row * HD;
+    const float2 y = *reinterpret_cast<const float2*>(v + base + 2 * j);
+    *reinterpret_cast<u32*>(v16 + base + 2 * j) = pack_bf16(y.x, y.y);
+    if (j < half) {
+      const int s = (int)((row / kvHeads) % tk);
+      const i64 ia = interleaved ? base + 2 * j : base + j;
+      const i64 ib = interleaved ? base + 2 * j + 1 : base + j + half;
+      float a = k[ia], b = k[ib];
+      rope_pair(a, b, reinterpret_cast<const float2*>(table)[(i64)s * half + j]);
+      const u32 ab = pack_bf16(a, b);
+      k16[ia] = (u16)(ab & 0xffffu);
+      k16[ib] = (u16)(ab >> 16);
+    } else {
+      const i64 d = base + rotaryDim + 2 * (j - half);
+      const float2 x = *reinterpret_cast<const float2*>(k + d);
+      *reinterpret_cast<u32*>(k16 + d) = pack_bf16(x.x, x.y);
+    }
+  }
+}
+
 /**
  * out, lse from q (f32) and k16, v16 (bf16, as attn_tc_kv16 writes them), layouts as attn_tc_fwd.
  * grid = (ceil(tq / BQ2), H, B), block = F2_THREADS, dynamic shared memory
- * F2_STAGES * 2 * F2_BK * DP * 2 bytes. scale > 0. out is f32, or bf16 with out16.
+ * F2_STAGES * 2 * F2_BK * DP * 2 bytes. scale > 0. out is f32, or bf16 with out16. With
+ * rotaryDim > 0 q is rotated first (rope_slots; k16 then holds the rotated keys, from
+ * attn_tc_kv16_rope): ropeTable as rope_table_f32 writes it, q row t at its row t.
  */
 extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
     attn_tc_fwd2(const float* q, const u16* k16, const u16* v16, float* out, float* lse, int tq, int tk,
-                 int heads, int kvHeads, float scale, int causal, int out16) {
+                 int heads, int kvHeads, float scale, int causal, int out16, const float* ropeTable,
+                 int rotaryDim, int interleaved) {
   extern __shared__ __align__(16) u16 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c2 = (lane & 3) * 2;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ2;  // the longest rows first
@@ -504,24 +576,26 @@ extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
   }
 #endif
 
-  // this warp's q rows as A fragments (bf16), straight from device memory; zeros past tq
+  // this warp's q rows as A fragments (bf16), straight from device memory (zeros past tq), with
+  // the rotary embedding first where rotaryDim > 0 (as rope_f32 computes it, then rounded)
   u32 qf[F2_MT][KT][4];
 #pragma unroll
   for (int m = 0; m < F2_MT; m++) {
-    const int r0 = w0 + m * 16 + g, r1 = r0 + 8;
-    const float* p0 = qb + (i64)r0 * qStride + c2;
-    const float* p1 = qb + (i64)r1 * qStride + c2;
 #pragma unroll
-    for (int kt = 0; kt < KT; kt++) {
-      const float2 z = make_float2(0.f, 0.f);
-      const float2 x00 = r0 < tq ? *reinterpret_cast<const float2*>(p0 + kt * 16) : z;
-      const float2 x10 = r1 < tq ? *reinterpret_cast<const float2*>(p1 + kt * 16) : z;
-      const float2 x01 = r0 < tq ? *reinterpret_cast<const float2*>(p0 + kt * 16 + 8) : z;
-      const float2 x11 = r1 < tq ? *reinterpret_cast<const float2*>(p1 + kt * 16 + 8) : z;
-      qf[m][kt][0] = pack_bf16(x00.x, x00.y);
-      qf[m][kt][1] = pack_bf16(x10.x, x10.y);
-      qf[m][kt][2] = pack_bf16(x01.x, x01.y);
-      qf[m][kt][3] = pack_bf16(x11.x, x11.y);
+    for (int rr = 0; rr < 2; rr++) {
+      const int r = w0 + m * 16 + g + 8 * rr;
+      const float* p = qb + (i64)r * qStride + c2;
+      // slot u holds columns 8u + c2, 8u + c2 + 1 of the row
+      float2 x[2 * KT];
+#pragma unroll
+      for (int u = 0; u < 2 * KT; u++)
+        x[u] = r < tq ? *reinterpret_cast<const float2*>(p + 8 * u) : make_float2(0.f, 0.f);
+      if (rotaryDim > 0 && r < tq) rope_slots(x, ropeTable, r, rotaryDim, interleaved, c2);
+#pragma unroll
+      for (int kt = 0; kt < KT; kt++) {
+        qf[m][kt][rr] = pack_bf16(x[2 * kt].x, x[2 * kt].y);
+        qf[m][kt][2 + rr] = pack_bf16(x[2 * kt + 1].x, x[2 * kt + 1].y);
+      }
     }
   }
 
