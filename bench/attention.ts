@@ -106,6 +106,47 @@ const base: AttentionParams = { ...TEACHER_ATTENTION, lowPrecision: true };
   release();
 }
 
+// the Phi teacher's layer as the stage-3 step runs it: rotary embedding on 32 of 64 dimensions,
+// output in bf16; inside the attention (the default) against two rope passes before it
+{
+  const p: AttentionParams = { ...base };
+  const ro = { rotaryDim: 32, theta: 10000, interleaved: false, positionOffset: 0 };
+  const nq = p.batch * p.tq * p.heads * p.headDim;
+  const nk = p.batch * p.tk * p.kvHeads * p.headDim;
+  const t = {
+    q: rnd(nq),
+    k: rnd(nk),
+    v: rnd(nk),
+    qr: buf(nq),
+    kr: buf(nk),
+    lse: buf(p.batch * p.heads * p.tq),
+  };
+  const o16 = gpu.alloc('bf16', nq);
+  const rp = { ...ro, batch: p.batch, headDim: p.headDim, inverse: false };
+  const separate = () => {
+    gpu.rope(t.q, t.qr, { ...rp, seqLen: p.tq, heads: p.heads });
+    gpu.rope(t.k, t.kr, { ...rp, seqLen: p.tk, heads: p.kvHeads });
+    gpu.attention(t.qr, t.kr, t.v, o16, t.lse, null, p);
+  };
+  const inside = () => gpu.attention(t.q, t.k, t.v, o16, t.lse, null, { ...p, rope: ro });
+  const f = fwdFlops(p);
+  for (const [label, fn] of [
+    ['rope 32/64 inside, bf16 out', inside],
+    ['rope 32/64 by two rope passes, bf16 out', separate],
+  ] as const) {
+    const ms = timeMs(gpu, fn, 10, 2);
+    rows.push({
+      what: `bf16 tc, ${label}, B 4, T 2048, H 32, D 64, causal forward`,
+      ms,
+      rate: `${(f / ms / 1e9).toFixed(1)} TFLOP/s`,
+    });
+    const { kernels } = gpu.profile(fn);
+    for (const k of kernels) rows.push({ what: `&nbsp;&nbsp;${label}: ${k.name}`, ms: k.ms });
+  }
+  gpu.free(o16);
+  release();
+}
+
 // the first version of the forward beside the default at the Llama-3 teacher's shape (GQA 4:1)
 process.env.MOHAWK_ATTN_V2 = '0';
 measure('bf16 tc [V2=0], B 4, T 2048, H 32, kv 8, D 64, causal', { ...base, kvHeads: 8 }, false);
