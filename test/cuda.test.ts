@@ -2286,8 +2286,8 @@ describe('cuda: attention forward version 2 vs cpu', { skip }, () => {
   });
 
   it('attention with the rotary embedding inside (p.rope): halves and pairs, partial, GQA, offsets, fallbacks', () => {
-    // q and k rotated by the kernels (attn_tc_kv16_rope, q as it is read) or, where they cannot
-    // (rotaryDim not a multiple of 16 for halves, short tq, F2_KV32, V2=0), by rope into scratch;
+    // q and k rotated as they are rounded (attn_tc_qkv16_rope) or, where the kernels cannot
+    // (rotaryDim not a multiple of 8 for halves, short tq, F2_KV32, V2=0), by rope into scratch;
     // against the CPU, which rotates and then attends
     const configs = [
       { v2: '', defines: '' },
@@ -2299,6 +2299,8 @@ describe('cuda: attention forward version 2 vs cpu', { skip }, () => {
       { batch: 1, t: 130, heads: 4, kvHeads: 2, headDim: 64, rotaryDim: 64, interleaved: false, offset: 7 },
       { batch: 1, t: 150, heads: 2, kvHeads: 1, headDim: 64, rotaryDim: 64, interleaved: true, offset: 0 },
       { batch: 1, t: 100, heads: 2, kvHeads: 2, headDim: 64, rotaryDim: 24, interleaved: false, offset: 3 },
+      { batch: 1, t: 100, heads: 2, kvHeads: 2, headDim: 64, rotaryDim: 20, interleaved: false, offset: 0 },
+      { batch: 1, t: 70, heads: 2, kvHeads: 1, headDim: 32, rotaryDim: 6, interleaved: true, offset: 1 },
       { batch: 1, t: 140, heads: 2, kvHeads: 1, headDim: 128, rotaryDim: 128, interleaved: false, offset: 0 },
       { batch: 1, t: 90, heads: 2, kvHeads: 2, headDim: 80, rotaryDim: 40, interleaved: true, offset: 0 },
       { batch: 1, t: 33, heads: 2, kvHeads: 1, headDim: 64, rotaryDim: 32, interleaved: false, offset: 2 },

@@ -11,8 +11,8 @@ import { launchShared, type Arg, type KernelHost } from './kernels.js';
 export const ATTENTION_TC_SIGNATURES = {
   attn_tc_fwd: 'pppppiiiifii',
   attn_tc_kv16: 'ppppl',
-  attn_tc_kv16_rope: 'pppppliiii',
-  attn_tc_fwd2: 'pppppiiiifiipii',
+  attn_tc_qkv16_rope: 'ppppppplliiiiii',
+  attn_tc_fwd2: 'pppppiiiifiii',
   attn_tc_bwd_dq: 'ppppppppiiiifi',
   attn_tc_bwd_dkdv: 'ppppppppiiiifi',
 } as const;
@@ -167,14 +167,14 @@ export interface AttentionTcRope {
 }
 
 /**
- * Whether the kernels of `plan` rotate q and k themselves (p.rope): the version-2 forward with the
- * kv16 pass (not F2_KV32), and halves whose partners sit in the same thread (rotaryDim a multiple
- * of 16) or adjacent pairs.
+ * Whether the kernels of `plan` rotate q and k themselves (p.rope, in attn_tc_qkv16_rope): the
+ * version-2 forward with its rounding pass (not F2_KV32), halves of a multiple of 4 columns
+ * (rotaryDim a multiple of 8) or adjacent pairs.
  */
 export function attentionTcRopeInKernel(plan: AttentionTcPlan, p: AttentionParams): boolean {
   const r = p.rope;
   if (!r || !plan.fwd2 || plan.fwd2.kv32 || p.tk === 0) return false;
-  return r.rotaryDim > 0 && r.rotaryDim <= p.headDim && r.rotaryDim % (r.interleaved ? 2 : 16) === 0;
+  return r.rotaryDim > 0 && r.rotaryDim <= p.headDim && r.rotaryDim % (r.interleaved ? 2 : 8) === 0;
 }
 
 /**
@@ -199,39 +199,54 @@ export function attentionTcForward<Buf extends { ptr: number }>(
   if (plan.fwd2 && p.tk > 0) {
     const grid: [number, number, number] = [Math.ceil(p.tq / plan.fwd2.rows), p.heads, p.batch];
     const threads = 32 * plan.fwd2.warps;
-    const ropeArgs = rope ? [rope.table, rope.rotaryDim, rope.interleaved ? 1 : 0] : [0, 0, 0];
-    const tail = [out, lse, ...flags(p), out16 ? 1 : 0, ...ropeArgs];
+    const tail = [out, lse, ...flags(p), out16 ? 1 : 0];
     if (plan.fwd2.kv32) {
       // F2_KV32: each block rounds the f32 k and v tiles it reads
-      launch(host, plan, 'attn_tc_fwd2', grid, plan.shared.fwd2, [q, k, v, ...tail], threads);
+      launch(host, plan, 'attn_tc_fwd2', grid, plan.shared.fwd2, [q, k, v, ...tail, 0], threads);
+      return;
+    }
+    const nq = p.batch * p.tq * p.heads * p.headDim;
+    const n = p.batch * p.tk * p.kvHeads * p.headDim;
+    if (rope) {
+      // q, k rotated and rounded, v rounded, in one pass (one scratch: nq + 2 n bf16)
+      const s16 = host.scratch(nq / 2 + n);
+      const q16 = s16.ptr;
+      const k16 = q16 + 2 * nq;
+      const v16 = k16 + 2 * n;
+      const groups = (nq + 2 * n) / 4;
+      const args = [
+        ...[q, k, v, q16, k16, v16, rope.table],
+        ...[p.batch * p.tq * p.heads, p.batch * p.tk * p.kvHeads, p.tq, p.tk, p.heads, p.kvHeads],
+        ...[rope.rotaryDim, rope.interleaved ? 1 : 0],
+      ];
+      launch(
+        host,
+        plan,
+        'attn_tc_qkv16_rope',
+        [Math.min(Math.ceil(groups / 256), 65535), 1, 1],
+        0,
+        args,
+        256,
+      );
+      launch(host, plan, 'attn_tc_fwd2', grid, plan.shared.fwd2, [q16, k16, v16, ...tail, 1], threads);
+      host.release(s16);
       return;
     }
     // k and v rounded to bf16 once (one scratch holds both: n bf16 each = n floats)
-    const n = p.batch * p.tk * p.kvHeads * p.headDim;
     const kv16 = host.scratch(n);
     const k16 = kv16.ptr;
     const v16 = kv16.ptr + 2 * n;
     const n4 = n / 4;
-    const blocks = Math.min(Math.ceil(n4 / 256), 65535);
-    if (rope) {
-      // k rotated as it is rounded
-      const rows = p.batch * p.tk * p.kvHeads;
-      const rb = Math.min(Math.ceil((rows * p.headDim) / 2 / 256), 65535);
-      const args = [
-        k,
-        v,
-        k16,
-        v16,
-        rope.table,
-        rows,
-        p.tk,
-        p.kvHeads,
-        rope.rotaryDim,
-        rope.interleaved ? 1 : 0,
-      ];
-      launch(host, plan, 'attn_tc_kv16_rope', [rb, 1, 1], 0, args, 256);
-    } else launch(host, plan, 'attn_tc_kv16', [blocks, 1, 1], 0, [k, v, k16, v16, n4], 256);
-    launch(host, plan, 'attn_tc_fwd2', grid, plan.shared.fwd2, [q, k16, v16, ...tail], threads);
+    launch(
+      host,
+      plan,
+      'attn_tc_kv16',
+      [Math.min(Math.ceil(n4 / 256), 65535), 1, 1],
+      0,
+      [k, v, k16, v16, n4],
+      256,
+    );
+    launch(host, plan, 'attn_tc_fwd2', grid, plan.shared.fwd2, [q, k16, v16, ...tail, 0], threads);
     host.release(kv16);
     return;
   }

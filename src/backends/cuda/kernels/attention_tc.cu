@@ -451,62 +451,56 @@ __device__ __forceinline__ void rope_pair(float& a, float& b, float2 cs) {
 }
 
 /**
- * The rotary embedding of one head row held as 2 HD / 8 slots (slot u: columns 8u + c2 and
- * 8u + c2 + 1, c2 even): adjacent pairs (interleaved), or halves (column d < rotaryDim / 2 with
- * d + rotaryDim / 2, so rotaryDim a multiple of 16: the partner sits in the same thread).
- * table (positions, rotaryDim / 2) of (cos, sin) as rope_table_f32 writes it; pos the row's.
+ * Four columns c0 .. c0 + 3 of a row at `base` of x, rotated where rope_f32 would rotate them
+ * (halves: c0 < rotaryDim / 2 pairs with c0 + rotaryDim / 2, both groups written here, and
+ * rotaryDim / 2 a multiple of 4; pairs: adjacent, rotaryDim even), rounded to bf16 into y. The
+ * group at c0 + rotaryDim / 2 of a rotated half is written by its partner (nothing to do).
+ * table row pos of (cos, sin) pairs as rope_table_f32 writes it.
  */
-__device__ __noinline__ void rope_slots(float2* x, const float* table, int pos, int rotaryDim, int interleaved,
-                                           int c2) {
+__device__ __forceinline__ void rope_group16(const float* x, u16* y, i64 base, int c0, const float* table, int pos,
+                                             int rotaryDim, int interleaved) {
   const int half = rotaryDim / 2;
   const float2* cs = reinterpret_cast<const float2*>(table) + (i64)pos * half;
-  if (interleaved) {
-#pragma unroll
-    for (int u = 0; u < 2 * KT; u++) {
-      const int d = 8 * u + c2;
-      if (d < rotaryDim) rope_pair(x[u].x, x[u].y, cs[d / 2]);
-    }
+  float4 a = *reinterpret_cast<const float4*>(x + base + c0);
+  if (!interleaved && c0 < half) {
+    float4 b = *reinterpret_cast<const float4*>(x + base + c0 + half);
+    rope_pair(a.x, b.x, cs[c0]);
+    rope_pair(a.y, b.y, cs[c0 + 1]);
+    rope_pair(a.z, b.z, cs[c0 + 2]);
+    rope_pair(a.w, b.w, cs[c0 + 3]);
+    *reinterpret_cast<uint2*>(y + base + c0 + half) = make_uint2(pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
+  } else if (!interleaved && c0 < rotaryDim) {
     return;
+  } else if (interleaved) {
+    if (c0 < rotaryDim) rope_pair(a.x, a.y, cs[c0 / 2]);
+    if (c0 + 2 < rotaryDim) rope_pair(a.z, a.w, cs[c0 / 2 + 1]);
   }
-#pragma unroll
-  for (int u = 0; u < 2 * KT; u++) {
-#pragma unroll
-    for (int u2 = u + 1; u2 < 2 * KT; u2++) {
-      if (8 * u < half && 8 * (u2 - u) == half) {
-        const int d = 8 * u + c2;
-        rope_pair(x[u].x, x[u2].x, cs[d]);
-        rope_pair(x[u].y, x[u2].y, cs[d + 1]);
-      }
-    }
-  }
+  *reinterpret_cast<uint2*>(y + base + c0) = make_uint2(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w));
 }
 
 /**
- * k16 = bf16(rope(k)), v16 = bf16(v): attn_tc_kv16 with the rotary embedding of rope_f32 on k
- * (rows (B, tk, Hkv) of HD; key s at table row s). One thread per pair of columns; grid-stride.
+ * q16 = bf16(rope(q)), k16 = bf16(rope(k)), v16 = bf16(v) with the rotary embedding of rope_f32
+ * (the same f32 values, then rounded): q (B, tq, H, HD) row t and k (B, tk, Hkv, HD) row s at
+ * table rows t and s. One thread per group of four columns of q, then k, then v; grid-stride.
  */
-extern "C" __global__ void attn_tc_kv16_rope(const float* k, const float* v, u16* k16, u16* v16, const float* table,
-                                             i64 rows, int tk, int kvHeads, int rotaryDim, int interleaved) {
-  const int half = rotaryDim / 2;
-  FOR_EACH(i, rows * (HD / 2)) {
-    const i64 row = i / (HD / 2);
-    const int j = (int)(i - row * (HD / 2));
-    const i64 base = row * HD;
-    const float2 y = *reinterpret_cast<const float2*>(v + base + 2 * j);
-    *reinterpret_cast<u32*>(v16 + base + 2 * j) = pack_bf16(y.x, y.y);
-    if (j < half) {
-      const int s = (int)((row / kvHeads) % tk);
-      const i64 ia = interleaved ? base + 2 * j : base + j;
-      const i64 ib = interleaved ? base + 2 * j + 1 : base + j + half;
-      float a = k[ia], b = k[ib];
-      rope_pair(a, b, reinterpret_cast<const float2*>(table)[(i64)s * half + j]);
-      const u32 ab = pack_bf16(a, b);
-      k16[ia] = (u16)(ab & 0xffffu);
-      k16[ib] = (u16)(ab >> 16);
+extern "C" __global__ void attn_tc_qkv16_rope(const float* q, const float* k, const float* v, u16* q16, u16* k16,
+                                              u16* v16, const float* table, i64 qRows, i64 kRows, int tq, int tk,
+                                              int heads, int kvHeads, int rotaryDim, int interleaved) {
+  constexpr int G = HD / 4;  // groups per row
+  const i64 nq = qRows * G, nk = kRows * G;
+  FOR_EACH(i, nq + 2 * nk) {
+    if (i < nq) {
+      const i64 row = i / G;
+      rope_group16(q, q16, row * HD, (int)(i - row * G) * 4, table, (int)((row / heads) % tq), rotaryDim,
+                   interleaved);
+    } else if (i < nq + nk) {
+      const i64 j = i - nq, row = j / G;
+      rope_group16(k, k16, row * HD, (int)(j - row * G) * 4, table, (int)((row / kvHeads) % tk), rotaryDim,
+                   interleaved);
     } else {
-      const i64 d = base + rotaryDim + 2 * (j - half);
-      const float2 x = *reinterpret_cast<const float2*>(k + d);
-      *reinterpret_cast<u32*>(k16 + d) = pack_bf16(x.x, x.y);
+      const i64 j = i - nq - nk;
+      const float4 a = reinterpret_cast<const float4*>(v)[j];
+      reinterpret_cast<uint2*>(v16)[j] = make_uint2(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w));
     }
   }
 }
@@ -514,21 +508,18 @@ extern "C" __global__ void attn_tc_kv16_rope(const float* k, const float* v, u16
 /**
  * out, lse from q (f32) and k16, v16 (bf16, as attn_tc_kv16 writes them), layouts as attn_tc_fwd.
  * grid = (ceil(tq / BQ2), H, B), block = F2_THREADS, dynamic shared memory
- * F2_STAGES * 2 * F2_BK * DP * 2 bytes. scale > 0. out is f32, or bf16 with out16. With
- * rotaryDim > 0 q is rotated first (rope_slots; k16 then holds the rotated keys, from
- * attn_tc_kv16_rope): ropeTable as rope_table_f32 writes it, q row t at its row t.
+ * F2_STAGES * 2 * F2_BK * DP * 2 bytes. scale > 0. out is f32, or bf16 with out16; q is f32,
+ * or bf16 with q16 (attn_tc_qkv16_rope's rotated q, with its rotated k16).
  */
 extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
     attn_tc_fwd2(const float* q, const u16* k16, const u16* v16, float* out, float* lse, int tq, int tk,
-                 int heads, int kvHeads, float scale, int causal, int out16, const float* ropeTable,
-                 int rotaryDim, int interleaved) {
+                 int heads, int kvHeads, float scale, int causal, int out16, int q16) {
   extern __shared__ __align__(16) u16 smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c2 = (lane & 3) * 2;
   const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ2;  // the longest rows first
   const int b = blockIdx.z, h = blockIdx.y, kh = h / (heads / kvHeads);
   const int shift = tk - tq;
   const int kStride = kvHeads * HD, qStride = heads * HD;
-  const float* qb = q + ((i64)b * tq * heads + h) * HD;
   const int kEnd = key_end(q0, BQ2, tq, tk, causal);
   const int nTiles = (kEnd + F2_BK - 1) / F2_BK;
   const int w0 = q0 + warp * 16 * F2_MT;  // first row of this warp; its rows are w0 .. w0 + 16 F2_MT - 1
@@ -576,25 +567,27 @@ extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
   }
 #endif
 
-  // this warp's q rows as A fragments (bf16), straight from device memory (zeros past tq), with
-  // the rotary embedding first where rotaryDim > 0 (as rope_f32 computes it, then rounded)
+  // this warp's q rows as A fragments (bf16), straight from device memory (zeros past tq): the
+  // f32 q rounded here, or with q16 the bf16 q of attn_tc_qkv16_rope (q then holds u16 elements)
   u32 qf[F2_MT][KT][4];
 #pragma unroll
   for (int m = 0; m < F2_MT; m++) {
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
       const int r = w0 + m * 16 + g + 8 * rr;
-      const float* p = qb + (i64)r * qStride + c2;
-      // slot u holds columns 8u + c2, 8u + c2 + 1 of the row
-      float2 x[2 * KT];
+      const i64 off = ((i64)b * tq * heads + h) * HD + (i64)r * qStride + c2;
 #pragma unroll
-      for (int u = 0; u < 2 * KT; u++)
-        x[u] = r < tq ? *reinterpret_cast<const float2*>(p + 8 * u) : make_float2(0.f, 0.f);
-      if (rotaryDim > 0 && r < tq) rope_slots(x, ropeTable, r, rotaryDim, interleaved, c2);
-#pragma unroll
-      for (int kt = 0; kt < KT; kt++) {
-        qf[m][kt][rr] = pack_bf16(x[2 * kt].x, x[2 * kt].y);
-        qf[m][kt][2 + rr] = pack_bf16(x[2 * kt + 1].x, x[2 * kt + 1].y);
+      for (int u = 0; u < 2 * KT; u++) {
+        u32 x = 0u;
+        if (r < tq) {
+          if (q16) {
+            x = *reinterpret_cast<const u32*>(reinterpret_cast<const u16*>(q) + off + 8 * u);
+          } else {
+            const float2 y = *reinterpret_cast<const float2*>(q + off + 8 * u);
+            x = pack_bf16(y.x, y.y);
+          }
+        }
+        qf[m][u >> 1][(u & 1) * 2 + rr] = x;
       }
     }
   }
