@@ -415,8 +415,8 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
 #endif
 #define F2_THREADS (F2_WARPS * 32)
 #define BQ2 (16 * F2_WARPS * F2_MT)
-#if F2_BK % 16 != 0 || F2_STAGES < 2 || F2_MT < 1 || F2_WARPS * 32 > 1024
-#error "attention_tc: F2_BK a multiple of 16, F2_STAGES >= 2, F2_MT >= 1, at most 32 warps"
+#if F2_BK < 16 || (F2_BK & (F2_BK - 1)) != 0 || F2_STAGES < 2 || F2_MT < 1 || F2_WARPS * 32 > 1024
+#error "attention_tc: F2_BK a power of two >= 16, F2_STAGES >= 2, F2_MT >= 1, at most 32 warps"
 #endif
 
 __device__ __forceinline__ void cp_async16(u16* dst, const u16* src, bool ok) {
@@ -654,20 +654,34 @@ extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
               if (j >= tk || (causal && j > r + shift)) s[m][n][e] = NEG_INF;
             }
       }
-      // online softmax per row (entries 0, 1: row g; 2, 3: row g + 8 of each 16-row tile)
+      // online softmax per row (entries 0, 1: row g; 2, 3: row g + 8 of each 16-row tile); the
+      // accumulators are rescaled only when some row of the warp got a new max (corr != 1; with
+      // corr == 1 the product would change nothing)
+      float cr[F2_MT][2];
+      bool grew = false;
 #pragma unroll
       for (int m = 0; m < F2_MT; m++) {
-        float mx0 = mr[m][0], mx1 = mr[m][1];
+        float t0[F2_BK / 8], t1[F2_BK / 8];
 #pragma unroll
         for (int n = 0; n < F2_BK / 8; n++) {
-          mx0 = fmaxf(mx0, fmaxf(s[m][n][0], s[m][n][1]));
-          mx1 = fmaxf(mx1, fmaxf(s[m][n][2], s[m][n][3]));
+          t0[n] = fmaxf(s[m][n][0], s[m][n][1]);
+          t1[n] = fmaxf(s[m][n][2], s[m][n][3]);
         }
-        mx0 = quad_max(mx0);
-        mx1 = quad_max(mx1);
+#pragma unroll
+        for (int w = F2_BK / 16; w >= 1; w >>= 1)  // a tree over the n-blocks
+#pragma unroll
+          for (int n = 0; n < w; n++) {
+            t0[n] = fmaxf(t0[n], t0[n + w]);
+            t1[n] = fmaxf(t1[n], t1[n + w]);
+          }
+        const float mx0 = quad_max(fmaxf(mr[m][0], t0[0]));
+        const float mx1 = quad_max(fmaxf(mr[m][1], t1[0]));
         const float base0 = mx0 == NEG_INF ? 0.f : mx0 * sl2;
         const float base1 = mx1 == NEG_INF ? 0.f : mx1 * sl2;
         const float corr0 = ex2(mr[m][0] * sl2 - base0), corr1 = ex2(mr[m][1] * sl2 - base1);
+        cr[m][0] = corr0;
+        cr[m][1] = corr1;
+        grew |= corr0 != 1.f || corr1 != 1.f;
         mr[m][0] = mx0;
         mr[m][1] = mx1;
         float sum0 = 0.f, sum1 = 0.f;
@@ -682,13 +696,17 @@ extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
         }
         lr[m][0] = lr[m][0] * corr0 + sum0;
         lr[m][1] = lr[m][1] * corr1 + sum1;
+      }
+      if (__any_sync(0xffffffffu, grew)) {
 #pragma unroll
-        for (int n = 0; n < NT; n++) {
-          o[m][n][0] *= corr0;
-          o[m][n][1] *= corr0;
-          o[m][n][2] *= corr1;
-          o[m][n][3] *= corr1;
-        }
+        for (int m = 0; m < F2_MT; m++)
+#pragma unroll
+          for (int n = 0; n < NT; n++) {
+            o[m][n][0] *= cr[m][0];
+            o[m][n][1] *= cr[m][0];
+            o[m][n][2] *= cr[m][1];
+            o[m][n][3] *= cr[m][1];
+          }
       }
       // o += p v, each v fragment feeding the F2_MT row tiles
 #pragma unroll
