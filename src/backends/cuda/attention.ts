@@ -86,7 +86,7 @@ export function attention(
   if (p.rope) {
     const r = p.rope;
     if (tc && !probs && attentionTcRopeInKernel(tc, p)) {
-      // q rotated as the kernel reads it, k as attn_tc_kv16_rope rounds it
+      // q and k rotated as attn_tc_qkv16_rope rounds them (with v) for the version-2 forward
       const table = ropeTable(h, Math.max(p.tq, p.tk), r.rotaryDim, r.theta, r.positionOffset);
       const tr = { table: table.ptr, rotaryDim: r.rotaryDim, interleaved: r.interleaved };
       attentionTcForward(tcHost(h), tc, p, args[0], args[1], args[2], args[3], args[4], out16, tr);

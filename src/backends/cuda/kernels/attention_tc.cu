@@ -387,7 +387,9 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
 // cores work on this one). A warp owns F2_MT tiles of 16 query rows (so each k/v fragment read
 // from shared memory feeds F2_MT products), keeps its q fragments in registers for the whole
 // block (read from the f32 q once, no shared copy), and folds the softmax scale into one FMA per
-// score: p = 2^(s sl2 - m sl2) with m the row max of the raw scores (needs scale > 0).
+// score: p = 2^(s sl2 - m sl2) with m the row max of the raw scores (needs scale > 0). With a
+// rotary embedding (AttentionParams.rope) attn_tc_qkv16_rope rotates q and k and rounds q, k, v
+// in one pass instead, and the forward reads the bf16 q.
 
 #ifndef F2_WARPS
 #define F2_WARPS 4
