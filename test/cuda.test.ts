@@ -3372,3 +3372,179 @@ describe('cuda: the mixer reads in_proj in place', { skip }, () => {
     );
   });
 });
+
+// ---- attn: the tensor-core attention forward, version 2 (attn_tc_kv16 + attn_tc_fwd2) ----------
+
+describe('cuda: attention forward version 2 vs cpu', { skip }, () => {
+  afterEach(() => {
+    for (const [be, b] of held.splice(0)) be.free(b);
+  });
+
+  it('attention forward version 2 (attn_tc_fwd2, MOHAWK_ATTN_V2): causal, GQA, tq < tk, odd lengths, rows without keys, head dims 16-128, tilings, bf16 out', () => {
+    // out (f32 and bf16), lse and the probabilities fed with its lse, against the CPU in f64 on bf16-rounded
+    // inputs (what differs: the bf16 rounding of the probabilities before p v), as for the first
+    // version; MOHAWK_ATTN_V2=all takes version 2 at every length, =0 the first version
+    const configs = [
+      { v2: 'all', defines: '' },
+      { v2: 'all', defines: 'F2_WARPS=8,F2_MT=1' },
+      { v2: 'all', defines: 'F2_STAGES=2,F2_BK=32,F2_MT=3' },
+      { v2: 'all', defines: 'F2_WARPS=2,F2_BK=16,F2_STAGES=4,F2_MINB=1' },
+      { v2: 'all', defines: 'F2_KV32=1,F2_BK=32' },
+      { v2: 'all', defines: 'F2_PIPE=1,F2_BK=32' },
+      { v2: 'all', defines: 'F2_PIPE=1,F2_BK=16,F2_STAGES=4,F2_MT=3' },
+      { v2: '0', defines: '' },
+    ];
+    const cases = [
+      { batch: 2, tq: 300, tk: 300, heads: 4, kvHeads: 1, headDim: 64, causal: true },
+      { batch: 1, tq: 200, tk: 521, heads: 2, kvHeads: 2, headDim: 64, causal: true },
+      { batch: 2, tq: 100, tk: 100, heads: 4, kvHeads: 2, headDim: 64, causal: true },
+      { batch: 1, tq: 37, tk: 165, heads: 3, kvHeads: 1, headDim: 64, causal: true },
+      { batch: 1, tq: 1, tk: 77, heads: 4, kvHeads: 2, headDim: 128, causal: true },
+      { batch: 2, tq: 70, tk: 130, heads: 2, kvHeads: 2, headDim: 80, causal: false },
+      { batch: 1, tq: 130, tk: 333, heads: 2, kvHeads: 1, headDim: 128, causal: false },
+      { batch: 1, tq: 200, tk: 200, heads: 2, kvHeads: 2, headDim: 80, causal: true },
+      { batch: 1, tq: 48, tk: 33, heads: 2, kvHeads: 2, headDim: 32, causal: false },
+      { batch: 1, tq: 257, tk: 257, heads: 2, kvHeads: 1, headDim: 16, causal: true },
+      { batch: 1, tq: 40, tk: 20, heads: 2, kvHeads: 1, headDim: 64, causal: true }, // rows with no keys
+      { batch: 1, tq: 70, tk: 70, heads: 2, kvHeads: 1, headDim: 24, causal: true }, // f32 kernels (D 24)
+    ];
+    const tol = { o: 1e-2, lse: 2e-3, probs: 1e-2, o16: 1e-2 };
+    const bf = (x: Float32Array) => x.map((v) => bf16ToF32(f32ToBf16(v)));
+    const failures: string[] = [];
+    try {
+      for (const cfg of configs) {
+        process.env.MOHAWK_ATTN_V2 = cfg.v2;
+        if (cfg.defines) process.env.MOHAWK_ATTENTION_TC_DEFINES = cfg.defines;
+        else delete process.env.MOHAWK_ATTENTION_TC_DEFINES;
+        for (const c of cases) {
+          const p = { ...c, scale: 1 / Math.sqrt(c.headDim) };
+          const nq = c.batch * c.tq * c.heads * c.headDim;
+          const nk = c.batch * c.tk * c.kvHeads * c.headDim;
+          const q = pair(bf(randn(nq, 1.5)));
+          const k = pair(bf(randn(nk)));
+          const v = pair(bf(randn(nk)));
+          const o = out(nq);
+          const lse = out(c.batch * c.heads * c.tq);
+          const probs = out(c.batch * c.heads * c.tq * c.tk);
+          // and a bf16 out (the CPU rounds its result; the kernels round theirs as they write)
+          const o16 = out(nq, 'bf16');
+          const lse2 = out(c.batch * c.heads * c.tq);
+          both((be, s) => {
+            const ps = { ...p, lowPrecision: s === 'g' };
+            be.attention(q[s], k[s], v[s], o[s], lse[s], probs[s], ps);
+            be.attention(q[s], k[s], v[s], o16[s], lse2[s], null, ps);
+          });
+          const errs: string[] = [];
+          for (const [name, x] of Object.entries({ o, lse, probs, o16 })) {
+            const dt = name === 'o16' ? 'bf16' : 'f32';
+            const ref = numbers(cpu.read(x.c), dt);
+            const got = numbers(gpu.read(x.g), dt);
+            const scale = maxAbs(ref) || 1;
+            let worst = 0;
+            for (let i = 0; i < ref.length; i++) {
+              const e = ref[i] === got[i] ? 0 : Math.abs(got[i] - ref[i]) / scale; // -inf lse on both
+              if (!(e <= worst)) worst = e; // NaN sticks
+            }
+            errs.push(`${name} ${worst.toExponential(1)}`);
+            const t = tol[name as keyof typeof tol];
+            if (!(worst <= t))
+              failures.push(`[${cfg.v2} ${cfg.defines}] ${name} ${worst} > ${t} ${JSON.stringify(c)}`);
+          }
+          console.log(`# attention v2 [${cfg.v2} ${cfg.defines}] ${JSON.stringify(c)}: ${errs.join(', ')}`);
+          for (const [be, b] of held.splice(0)) be.free(b);
+        }
+      }
+    } finally {
+      delete process.env.MOHAWK_ATTN_V2;
+      delete process.env.MOHAWK_ATTENTION_TC_DEFINES;
+    }
+    assert.deepEqual(failures, []);
+  });
+
+  it('attention with the rotary embedding inside (p.rope): halves and pairs, partial, GQA, offsets, fallbacks', () => {
+    // q and k rotated as they are rounded (attn_tc_qkv16_rope) or, where the kernels cannot
+    // (rotaryDim not a multiple of 8 for halves, short tq, F2_KV32, V2=0), by rope into scratch;
+    // against the CPU, which rotates and then attends
+    const configs = [
+      { v2: '', defines: '' },
+      { v2: '0', defines: '' },
+      { v2: '', defines: 'F2_KV32=1,F2_BK=32' },
+    ];
+    const cases = [
+      { batch: 2, t: 200, heads: 4, kvHeads: 4, headDim: 64, rotaryDim: 32, interleaved: false, offset: 0 },
+      { batch: 1, t: 130, heads: 4, kvHeads: 2, headDim: 64, rotaryDim: 64, interleaved: false, offset: 7 },
+      { batch: 1, t: 150, heads: 2, kvHeads: 1, headDim: 64, rotaryDim: 64, interleaved: true, offset: 0 },
+      { batch: 1, t: 100, heads: 2, kvHeads: 2, headDim: 64, rotaryDim: 24, interleaved: false, offset: 3 },
+      { batch: 1, t: 100, heads: 2, kvHeads: 2, headDim: 64, rotaryDim: 20, interleaved: false, offset: 0 },
+      { batch: 1, t: 70, heads: 2, kvHeads: 1, headDim: 32, rotaryDim: 6, interleaved: true, offset: 1 },
+      { batch: 1, t: 140, heads: 2, kvHeads: 1, headDim: 128, rotaryDim: 128, interleaved: false, offset: 0 },
+      { batch: 1, t: 90, heads: 2, kvHeads: 2, headDim: 80, rotaryDim: 40, interleaved: true, offset: 0 },
+      { batch: 1, t: 33, heads: 2, kvHeads: 1, headDim: 64, rotaryDim: 32, interleaved: false, offset: 2 },
+    ];
+    const tol = { o: 1e-2, lse: 2e-3, o16: 1e-2 };
+    const bf = (x: Float32Array) => x.map((v) => bf16ToF32(f32ToBf16(v)));
+    const failures: string[] = [];
+    try {
+      for (const cfg of configs) {
+        if (cfg.v2) process.env.MOHAWK_ATTN_V2 = cfg.v2;
+        else delete process.env.MOHAWK_ATTN_V2;
+        if (cfg.defines) process.env.MOHAWK_ATTENTION_TC_DEFINES = cfg.defines;
+        else delete process.env.MOHAWK_ATTENTION_TC_DEFINES;
+        for (const c of cases) {
+          const p = {
+            batch: c.batch,
+            tq: c.t,
+            tk: c.t,
+            heads: c.heads,
+            kvHeads: c.kvHeads,
+            headDim: c.headDim,
+            scale: 1 / Math.sqrt(c.headDim),
+            causal: true,
+            rope: {
+              rotaryDim: c.rotaryDim,
+              theta: 10000,
+              interleaved: c.interleaved,
+              positionOffset: c.offset,
+            },
+          };
+          const nq = c.batch * c.t * c.heads * c.headDim;
+          const nk = c.batch * c.t * c.kvHeads * c.headDim;
+          const q = pair(bf(randn(nq, 1.5)));
+          const k = pair(bf(randn(nk)));
+          const v = pair(bf(randn(nk)));
+          const o = out(nq);
+          const lse = out(c.batch * c.heads * c.t);
+          const o16 = out(nq, 'bf16');
+          const lse2 = out(c.batch * c.heads * c.t);
+          both((be, s) => {
+            const ps = { ...p, lowPrecision: s === 'g' };
+            be.attention(q[s], k[s], v[s], o[s], lse[s], null, ps);
+            be.attention(q[s], k[s], v[s], o16[s], lse2[s], null, ps);
+          });
+          const errs: string[] = [];
+          for (const [name, x] of Object.entries({ o, lse, o16 })) {
+            const dt = name === 'o16' ? 'bf16' : 'f32';
+            const ref = numbers(cpu.read(x.c), dt);
+            const got = numbers(gpu.read(x.g), dt);
+            const scale = maxAbs(ref) || 1;
+            let worst = 0;
+            for (let i = 0; i < ref.length; i++) {
+              const e = ref[i] === got[i] ? 0 : Math.abs(got[i] - ref[i]) / scale;
+              if (!(e <= worst)) worst = e; // NaN sticks
+            }
+            errs.push(`${name} ${worst.toExponential(1)}`);
+            const t = tol[name as keyof typeof tol];
+            if (!(worst <= t))
+              failures.push(`[${cfg.v2} ${cfg.defines}] ${name} ${worst} > ${t} ${JSON.stringify(c)}`);
+          }
+          console.log(`# attention rope [${cfg.v2} ${cfg.defines}] ${JSON.stringify(c)}: ${errs.join(', ')}`);
+          for (const [be, b] of held.splice(0)) be.free(b);
+        }
+      }
+    } finally {
+      delete process.env.MOHAWK_ATTN_V2;
+      delete process.env.MOHAWK_ATTENTION_TC_DEFINES;
+    }
+    assert.deepEqual(failures, []);
+  });
+});

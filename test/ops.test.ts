@@ -599,6 +599,55 @@ describe('sequence ops', () => {
       gradcheck((p, s, u) => T.attention(p, s, u, { causal: c.causal }).out, [q, k, v]);
     }
   });
+  it('attention out16: bf16 out under bf16 autocast without gradients, equal to the rounded f32 out', () => {
+    const q = randn(rng, [2, 9, 4, 8], 'f32');
+    const k = randn(rng, [2, 9, 2, 8], 'f32');
+    const v = randn(rng, [2, 9, 2, 8], 'f32');
+    const w = randn(rng, [6, 32], 'f32');
+    const run = (out16: boolean) =>
+      T.autocast('bf16', () => {
+        const o = T.attention(q, k, v, { out16 }).out;
+        // the consumer: a product (the output projection), which rounds an f32 input to bf16 itself
+        const y = T.matmul(T.reshape(o, [18, 32]), w, { transB: true });
+        return { dtype: o.dtype, out: arr(o), y: arr(y) };
+      });
+    const plain = run(false);
+    const fused = run(true);
+    assert.equal(plain.dtype, 'f32');
+    assert.equal(fused.dtype, 'bf16');
+    assert.deepEqual(fused.out, arr(T.cast(tensor(plain.out, [2, 9, 4, 8], 'f32'), 'bf16')));
+    assert.deepEqual(fused.y, plain.y);
+    // f32 where a gradient is recorded, without autocast, and with MOHAWK_ATTN_OUT16=0
+    const qg = q.detach();
+    qg.requiresGrad = true;
+    assert.equal(
+      T.autocast('bf16', () => T.attention(qg, k, v, { out16: true }).out.dtype),
+      'f32',
+    );
+    assert.equal(T.attention(q, k, v, { out16: true }).out.dtype, 'f32');
+    process.env.MOHAWK_ATTN_OUT16 = '0';
+    try {
+      assert.equal(
+        T.autocast('bf16', () => T.attention(q, k, v, { out16: true }).out.dtype),
+        'f32',
+      );
+    } finally {
+      delete process.env.MOHAWK_ATTN_OUT16;
+    }
+  });
+  it('attention rope: equals rope then attention, inside the backend without gradients and composed with', () => {
+    for (const ro of [
+      { rotaryDim: 4, theta: 10000, interleaved: false, positionOffset: 3 },
+      { rotaryDim: 6, theta: 500, interleaved: true, positionOffset: 0 },
+    ]) {
+      const q = randn(rng, [2, 5, 4, 8]);
+      const k = randn(rng, [2, 5, 2, 8]);
+      const v = randn(rng, [2, 5, 2, 8]);
+      const ref = arr(T.attention(T.rope(q, ro), T.rope(k, ro), v).out);
+      assert.deepEqual(arr(T.noGrad(() => T.attention(q, k, v, { rope: ro }).out)), ref);
+      gradcheck((p, s, u) => T.attention(p, s, u, { rope: ro }).out, [q, k, v]);
+    }
+  });
   it('attention equals its composition from generic ops', () => {
     const q = randn(rng, [1, 6, 2, 4]);
     const k = randn(rng, [1, 6, 2, 4]);

@@ -107,6 +107,12 @@ export interface AttentionParams {
    * (fp32 accumulation; inputs and outputs stay f32). Backends may ignore it (the CPU does).
    */
   lowPrecision?: boolean;
+  /**
+   * the rotary embedding of `rope` (RopeParams) on q and k before the products, q row t and k
+   * row s at positions positionOffset + t and positionOffset + s (forward only: attentionBackward
+   * takes already rotated q and k)
+   */
+  rope?: { rotaryDim: number; theta: number; interleaved: boolean; positionOffset: number };
 }
 
 export interface SsdParams {
@@ -772,6 +778,8 @@ export interface Backend {
   /**
    * q (B, tq, H, D), k and v (B, tk, Hkv, D) -> out (B, tq, H, D), lse (B, H, tq) (the row
    * log-sum-exp of the scaled scores, saved for backward), probs (B, H, tq, tk) when given.
+   * out is f32, or bf16 (the f32 result rounded to nearest even, as cast would) when
+   * p.lowPrecision: for a consumer that is a 16-bit product anyway.
    */
   attention(
     q: DeviceBuffer,

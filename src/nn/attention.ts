@@ -157,17 +157,22 @@ export function attendHeads(
 ): { out: Tensor; matrix: Tensor | null } {
   const [b, t, h, dh] = q.shape;
   const position = opts.position ?? 0;
+  const window = opts.window ?? null;
+  const ro = {
+    rotaryDim: opts.rotaryDim,
+    theta: opts.ropeTheta,
+    interleaved: opts.ropeInterleaved,
+    positionOffset: position,
+  };
+  const plainRope = !(opts.rope && isScaledRope(opts.rope)) && opts.rotaryDim > 0;
+  // without a cache the fused causal op below gets q and k before the rotary embedding and
+  // applies it itself (in its kernels where it can; it composes the ops where gradients flow)
+  const ropeInOp = plainRope && !opts.cache && !opts.softcap && (window === null || t <= window);
   if (opts.rope && isScaledRope(opts.rope)) {
     const { cos, sin } = ropeTables(opts.rope, position, t, q.backend);
     q = applyRopeTables(q, cos, sin, opts.rope.rotaryDim);
     k = applyRopeTables(k, cos, sin, opts.rope.rotaryDim);
-  } else if (opts.rotaryDim > 0) {
-    const ro = {
-      rotaryDim: opts.rotaryDim,
-      theta: opts.ropeTheta,
-      interleaved: opts.ropeInterleaved,
-      positionOffset: position,
-    };
+  } else if (plainRope && !ropeInOp) {
     q = ropeOp(q, ro);
     k = ropeOp(k, ro);
   }
@@ -185,10 +190,16 @@ export function attendHeads(
   }
   const tk = k.shape[1];
   const scale = opts.scale ?? 1 / Math.sqrt(dh);
-  const window = opts.window ?? null;
   if (!opts.softcap && (window === null || tk <= window)) {
     // every key up to each query is inside its window: the fused causal op
-    const r = attention(q, k, v, { causal: true, scale, returnProbs: opts.returnMatrix });
+    // out feeds the output projection (a product): in bf16 under autocast without gradients
+    const r = attention(q, k, v, {
+      causal: true,
+      scale,
+      returnProbs: opts.returnMatrix,
+      out16: true,
+      rope: ropeInOp ? ro : undefined,
+    });
     return { out: reshape(r.out, [b, t, h * dh]), matrix: r.probs };
   }
   const r = maskedAttention(q, k, v, {

@@ -1656,6 +1656,18 @@ export interface AttentionOptions {
   scale?: number;
   /** also return the (B, H, tq, tk) probability matrix (no gradient flows through it) */
   returnProbs?: boolean;
+  /**
+   * out in bf16 under bf16 autocast when no gradient is recorded (the kernel rounds as it writes,
+   * so no f32 output and no cast pass): for a consumer that is a product, which would round it to
+   * bf16 anyway, so the result is the same. MOHAWK_ATTN_OUT16=0 keeps f32.
+   */
+  out16?: boolean;
+  /**
+   * rotate q and k first, as rope(q, rope) and rope(k, rope) would (each row t of both at
+   * position positionOffset + t); without gradients the backend does it inside the attention
+   * (MOHAWK_ATTN_ROPE=0: always the separate rope ops)
+   */
+  rope?: RopeOptions;
 }
 
 /**
@@ -1685,6 +1697,25 @@ export function attention(
     );
   }
   if ((opts.causal ?? true) && tk < tq) fail('attention', `causal attention needs tk (${tk}) >= tq (${tq})`);
+  const recording = isGradEnabled() && (q.requiresGrad || k.requiresGrad || v.requiresGrad);
+  let ropeParams:
+    { rotaryDim: number; theta: number; interleaved: boolean; positionOffset: number } | undefined;
+  if (opts.rope) {
+    if (recording || opts.returnProbs || process.env.MOHAWK_ATTN_ROPE === '0') {
+      q = rope(q, opts.rope);
+      k = rope(k, opts.rope);
+    } else {
+      const rotaryDim = opts.rope.rotaryDim ?? headDim;
+      if (rotaryDim % 2 !== 0 || rotaryDim > headDim)
+        fail('attention', `rotaryDim ${rotaryDim} must be even and at most ${headDim}`);
+      ropeParams = {
+        rotaryDim,
+        theta: opts.rope.theta ?? 10000,
+        interleaved: opts.rope.interleaved ?? false,
+        positionOffset: opts.rope.positionOffset ?? 0,
+      };
+    }
+  }
   const p = {
     batch,
     tq,
@@ -1695,8 +1726,15 @@ export function attention(
     scale: opts.scale ?? 1 / Math.sqrt(headDim),
     causal: opts.causal ?? true,
     lowPrecision: autocastDtype !== null,
+    rope: ropeParams,
   };
-  const out = like(q);
+  const out16 =
+    opts.out16 === true &&
+    autocastDtype === 'bf16' &&
+    q.dtype === 'f32' &&
+    !recording &&
+    process.env.MOHAWK_ATTN_OUT16 !== '0';
+  const out = out16 ? empty(q.shape, 'bf16', q.backend) : like(q);
   const lse = empty([batch, heads, tq], q.dtype, q.backend);
   const probs = opts.returnProbs ? empty([batch, heads, tq, tk], q.dtype, q.backend) : null;
   q.backend.attention(q.buffer, k.buffer, v.buffer, out.buffer, lse.buffer, probs?.buffer ?? null, p);

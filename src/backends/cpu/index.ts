@@ -1271,6 +1271,26 @@ export class CpuBackend implements Backend {
     probs: DeviceBuffer | null,
     p: AttentionParams,
   ): void {
+    if (p.rope) {
+      // q and k rotated as rope does, then attention
+      const rp = { ...p.rope, batch: p.batch, headDim: p.headDim, inverse: false };
+      const qr = this.alloc((q as CpuBuffer).dtype, q.length);
+      const kr = this.alloc((k as CpuBuffer).dtype, k.length);
+      this.rope(q, qr, { ...rp, seqLen: p.tq, heads: p.heads });
+      this.rope(k, kr, { ...rp, seqLen: p.tk, heads: p.kvHeads });
+      this.attention(qr, kr, v, out, lse, probs, { ...p, rope: undefined });
+      this.free(qr);
+      this.free(kr);
+      return;
+    }
+    if ((out as CpuBuffer).dtype === 'bf16') {
+      // a 16-bit output (lowPrecision): through an f32 buffer, rounded like cast
+      const tmp = this.alloc('f32', out.length);
+      this.attention(q, k, v, tmp, lse, probs, p);
+      this.cast(tmp, out);
+      this.free(tmp);
+      return;
+    }
     seq.attention(
       this.useBlas,
       fl(q, 'attention q'),

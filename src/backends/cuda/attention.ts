@@ -8,9 +8,11 @@ import {
   attentionTcBackward,
   attentionTcForward,
   attentionTcPlan,
+  attentionTcRopeInKernel,
   type AttentionTcHost,
 } from './attention-tc.js';
 import { grid1, moduleKernels, THREADS, type CudaBuffer, type Host } from './host.js';
+import { rope, ropeTable } from './sequence.js';
 
 /** Kernel signatures of kernels/attention.cu (argument kinds, see kernels.ts). */
 export const ATTENTION_SIGNATURES = {
@@ -19,6 +21,7 @@ export const ATTENTION_SIGNATURES = {
   attention_bwd_delta: 'ppplii',
   attention_bwd_dq: 'pppppppiiiifi',
   attention_bwd_dkdv: 'ppppppppiiiifi',
+  attention_round_bf16: 'ppl',
 } as const;
 
 const { k: kernel } = moduleKernels('attention', ATTENTION_SIGNATURES);
@@ -71,18 +74,63 @@ export function attention(
   const qp = h.f(q, 'attention q');
   const kp = h.f(k, 'attention k');
   const lp = h.f(lse, 'attention lse');
-  const args = [qp, kp, h.f(v, 'attention v'), h.f(out, 'attention output'), lp];
+  // a bf16 output under lowPrecision: written by the tensor-core kernels as they round, else
+  // computed into f32 scratch and rounded
+  const ob = h.buf(out, 'attention output');
+  const out16 = ob.dtype === 'bf16';
+  if (out16 && !p.lowPrecision) throw new Error('cuda backend: a bf16 attention output needs lowPrecision');
+  const args = [qp, kp, h.f(v, 'attention v'), out16 ? ob.ptr : h.f(out, 'attention output'), lp];
   if (p.batch * p.heads * p.tq === 0) return;
   const hd = { HEAD_DIM: p.headDim };
   const tc = attentionPlan(h, p, args);
-  if (tc) attentionTcForward(tcHost(h), tc, p, args[0], args[1], args[2], args[3], args[4]);
-  else
+  if (p.rope) {
+    const r = p.rope;
+    if (tc && !probs && attentionTcRopeInKernel(tc, p)) {
+      // q and k rotated as attn_tc_qkv16_rope rounds them (with v) for the version-2 forward
+      const table = ropeTable(h, Math.max(p.tq, p.tk), r.rotaryDim, r.theta, r.positionOffset);
+      const tr = { table: table.ptr, rotaryDim: r.rotaryDim, interleaved: r.interleaved };
+      attentionTcForward(tcHost(h), tc, p, args[0], args[1], args[2], args[3], args[4], out16, tr);
+      h.free(table);
+    } else {
+      // rotated copies of q and k, then the attention without rope
+      const rp = { ...r, batch: p.batch, headDim: p.headDim, inverse: false };
+      const qr = h.scratch(p.batch * p.tq * p.heads * p.headDim);
+      const kr = h.scratch(p.batch * p.tk * p.kvHeads * p.headDim);
+      rope(h, q, qr, { ...rp, seqLen: p.tq, heads: p.heads });
+      rope(h, k, kr, { ...rp, seqLen: p.tk, heads: p.kvHeads });
+      attention(h, qr, kr, v, out, lse, probs, { ...p, rope: undefined });
+      h.free(qr);
+      h.free(kr);
+    }
+    return;
+  }
+  if (tc) attentionTcForward(tcHost(h), tc, p, args[0], args[1], args[2], args[3], args[4], out16);
+  else {
+    const n = p.batch * p.tq * p.heads * p.headDim;
+    const o32 = out16 ? h.scratch(n) : null;
     kernel(h, 'attention_fwd', hd).launch(
       [Math.ceil(p.tq / ATTN_ROWS), p.heads, p.batch],
       ATTN_ROWS * threadsPerRow(p.headDim),
       0,
-      [...args, p.tq, p.tk, p.heads, p.kvHeads, p.scale, p.causal ? 1 : 0],
+      [
+        args[0],
+        args[1],
+        args[2],
+        o32?.ptr ?? args[3],
+        lp,
+        p.tq,
+        p.tk,
+        p.heads,
+        p.kvHeads,
+        p.scale,
+        p.causal ? 1 : 0,
+      ],
     );
+    if (o32) {
+      kernel(h, 'attention_round_bf16', hd).launch(grid1(h, n), THREADS, 0, [o32.ptr, ob.ptr, n]);
+      h.free(o32);
+    }
+  }
   if (probs) {
     const n = p.batch * p.heads * p.tq * p.tk;
     if (n === 0) return;

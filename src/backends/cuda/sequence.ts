@@ -2,7 +2,7 @@
 // position embeddings, and the one-token recurrent step of the mixer for decoding.
 
 import type { ColumnWindow, DeviceBuffer, RopeParams, SsmStepParams } from '../backend.js';
-import { moduleKernels, roundUp, THREADS, type Host } from './host.js';
+import { moduleKernels, roundUp, THREADS, type CudaBuffer, type Host } from './host.js';
 
 /** Kernel signatures of kernels/sequence.cu (argument kinds, see kernels.ts). */
 export const SEQUENCE_SIGNATURES = {
@@ -475,6 +475,24 @@ export function rope(h: Host, x: DeviceBuffer, out: DeviceBuffer, p: RopeParams)
     p.inverse ? 1 : 0,
   ]);
   h.free(table);
+}
+
+/**
+ * The (cos, sin) table of rope_table_f32 for positions positionOffset .. + seqLen - 1, pairs of
+ * rotaryDim / 2 per position (scratch of the caller, which frees it): the attention's own rope.
+ */
+export function ropeTable(
+  h: Host,
+  seqLen: number,
+  rotaryDim: number,
+  theta: number,
+  positionOffset: number,
+): CudaBuffer {
+  const half = rotaryDim / 2;
+  const table = h.scratch(Math.max(1, seqLen * half * 2));
+  if (half > 0)
+    run1(h, 'rope_table_f32', seqLen * half, [table.ptr, seqLen, rotaryDim, theta, positionOffset]);
+  return table;
 }
 
 export function ssmStep(

@@ -221,6 +221,12 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+/** out[i], out[i + 1] = a, b: f32, or with out16 bf16 (out then holds u16 elements) */
+__device__ __forceinline__ void store_out2(float* out, i64 i, float a, float b, int out16) {
+  if (out16) *reinterpret_cast<u32*>(reinterpret_cast<u16*>(out) + i) = pack_bf16(a, b);
+  else *reinterpret_cast<float2*>(out + i) = make_float2(a, b);
+}
+
 /** the last key (exclusive) that some query of [q0, q0 + rows) sees */
 __device__ __forceinline__ int key_end(int q0, int rows, int tq, int tk, int causal) {
   if (!causal) return tk;
@@ -232,11 +238,12 @@ __device__ __forceinline__ int key_end(int q0, int rows, int tq, int tk, int cau
 /**
  * out, lse from q, k, v. grid = (ceil(tq / BQF), H, B), block = FWD_WARPS * 32, dynamic shared
  * memory (BQF + 2 BKF) * DP * 2 bytes. With FWD_PREFETCH the next key/value tile is read from
- * device memory into registers while the tensor cores work on the current one.
+ * device memory into registers while the tensor cores work on the current one. out is f32, or
+ * bf16 with out16.
  */
 extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
     attn_tc_fwd(const float* q, const float* k, const float* v, float* out, float* lse, int tq, int tk,
-                int heads, int kvHeads, float scale, int causal) {
+                int heads, int kvHeads, float scale, int causal, int out16) {
   extern __shared__ __align__(16) u16 smem[];
   u16* Qs = smem;
   u16* Ks = Qs + BQF * DP;
@@ -358,16 +365,547 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
   l1 = quad_sum(l1);
   const float inv0 = l0 > 0.f ? 1.f / l0 : 0.f, inv1 = l1 > 0.f ? 1.f / l1 : 0.f;
   if (row0 < tq) {
-    float* orow = out + (((i64)b * tq + row0) * heads + h) * HD + c2;
+    const i64 orow = (((i64)b * tq + row0) * heads + h) * HD + c2;
 #pragma unroll
-    for (int n = 0; n < NT; n++) *reinterpret_cast<float2*>(orow + n * 8) = make_float2(o[n][0] * inv0, o[n][1] * inv0);
+    for (int n = 0; n < NT; n++) store_out2(out, orow + n * 8, o[n][0] * inv0, o[n][1] * inv0, out16);
     if ((lane & 3) == 0) lse[((i64)b * heads + h) * tq + row0] = l0 > 0.f ? (m0 + log2f(l0)) * LN2 : NEG_INF;
   }
   if (row1 < tq) {
-    float* orow = out + (((i64)b * tq + row1) * heads + h) * HD + c2;
+    const i64 orow = (((i64)b * tq + row1) * heads + h) * HD + c2;
 #pragma unroll
-    for (int n = 0; n < NT; n++) *reinterpret_cast<float2*>(orow + n * 8) = make_float2(o[n][2] * inv1, o[n][3] * inv1);
+    for (int n = 0; n < NT; n++) store_out2(out, orow + n * 8, o[n][2] * inv1, o[n][3] * inv1, out16);
     if ((lane & 3) == 0) lse[((i64)b * heads + h) * tq + row1] = l1 > 0.f ? (m1 + log2f(l1)) * LN2 : NEG_INF;
+  }
+}
+
+// ---- forward, version 2 ------------------------------------------------------------------------
+//
+// The same result as attn_tc_fwd, restructured the way flash-attention-2's forward is: k and v
+// are first rounded to bf16 once per call (attn_tc_kv16, into scratch; every query block of a
+// head reads them again, so the rounding is not repeated per block), then streamed by cp.async
+// into F2_STAGES shared buffers (one barrier per tile, the next tiles in flight while the tensor
+// cores work on this one). A warp owns F2_MT tiles of 16 query rows (so each k/v fragment read
+// from shared memory feeds F2_MT products), keeps its q fragments in registers for the whole
+// block (read from the f32 q once, no shared copy), and folds the softmax scale into one FMA per
+// score: p = 2^(s sl2 - m sl2) with m the row max of the raw scores (needs scale > 0). With a
+// rotary embedding (AttentionParams.rope) attn_tc_qkv16_rope rotates q and k and rounds q, k, v
+// in one pass instead, and the forward reads the bf16 q.
+
+#ifndef F2_WARPS
+#define F2_WARPS 4
+#endif
+#ifndef F2_MT
+#define F2_MT (HD <= 64 ? 2 : 1)
+#endif
+#ifndef F2_BK
+#define F2_BK 64
+#endif
+#ifndef F2_STAGES
+#define F2_STAGES 3
+#endif
+#ifndef F2_MINB
+#define F2_MINB 2
+#endif
+// F2_KV32: no attn_tc_kv16 pass; k16, v16 are then the f32 k, v, each block rounding its tiles as
+// it stores them from registers (two stages, the next tile in registers while this one computes)
+#ifndef F2_KV32
+#define F2_KV32 0
+#endif
+// F2_PIPE: the software-pipelined main loop (needs F2_STAGES >= 3, not F2_KV32)
+#ifndef F2_PIPE
+#define F2_PIPE 0
+#endif
+#if F2_PIPE && (F2_KV32 || F2_STAGES < 3)
+#error "attention_tc: F2_PIPE needs F2_STAGES >= 3 and the kv16 pass (not F2_KV32)"
+#endif
+#if F2_KV32
+#undef F2_STAGES
+#define F2_STAGES 2
+#endif
+#define F2_THREADS (F2_WARPS * 32)
+#define BQ2 (16 * F2_WARPS * F2_MT)
+#if F2_BK < 16 || (F2_BK & (F2_BK - 1)) != 0 || F2_STAGES < 2 || F2_MT < 1 || F2_WARPS * 32 > 1024
+#error "attention_tc: F2_BK a power of two >= 16, F2_STAGES >= 2, F2_MT >= 1, at most 32 warps"
+#endif
+
+__device__ __forceinline__ void cp_async16(u16* dst, const u16* src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(ok ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait_group() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+/**
+ * k16, v16 = bf16(k), bf16(v) (round to nearest even): n4 groups of 4 elements each (the whole
+ * (B, tk, Hkv, D) tensors; D is a multiple of 16). grid-stride, any grid.
+ */
+extern "C" __global__ void attn_tc_kv16(const float* k, const float* v, u16* k16, u16* v16, i64 n4) {
+  FOR_EACH(i, n4) {
+    const float4 a = reinterpret_cast<const float4*>(k)[i];
+    const float4 c = reinterpret_cast<const float4*>(v)[i];
+    reinterpret_cast<uint2*>(k16)[i] = make_uint2(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w));
+    reinterpret_cast<uint2*>(v16)[i] = make_uint2(pack_bf16(c.x, c.y), pack_bf16(c.z, c.w));
+  }
+}
+
+/** the rotation of rope_f32 (in double, rounded to f32): a' = a c - b s, b' = b c + a s */
+__device__ __forceinline__ void rope_pair(float& a, float& b, float2 cs) {
+  const double c = (double)cs.x, sn = (double)cs.y;
+  const double x = a, y = b;
+  a = (float)(x * c - y * sn);
+  b = (float)(y * c + x * sn);
+}
+
+/**
+ * Four columns c0 .. c0 + 3 of a row at `base` of x, rotated where rope_f32 would rotate them
+ * (halves: c0 < rotaryDim / 2 pairs with c0 + rotaryDim / 2, both groups written here, and
+ * rotaryDim / 2 a multiple of 4; pairs: adjacent, rotaryDim even), rounded to bf16 into y. The
+ * group at c0 + rotaryDim / 2 of a rotated half is written by its partner (nothing to do).
+ * table row pos of (cos, sin) pairs as rope_table_f32 writes it.
+ */
+__device__ __forceinline__ void rope_group16(const float* x, u16* y, i64 base, int c0, const float* table, int pos,
+                                             int rotaryDim, int interleaved) {
+  const int half = rotaryDim / 2;
+  const float2* cs = reinterpret_cast<const float2*>(table) + (i64)pos * half;
+  float4 a = *reinterpret_cast<const float4*>(x + base + c0);
+  if (!interleaved && c0 < half) {
+    float4 b = *reinterpret_cast<const float4*>(x + base + c0 + half);
+    rope_pair(a.x, b.x, cs[c0]);
+    rope_pair(a.y, b.y, cs[c0 + 1]);
+    rope_pair(a.z, b.z, cs[c0 + 2]);
+    rope_pair(a.w, b.w, cs[c0 + 3]);
+    *reinterpret_cast<uint2*>(y + base + c0 + half) = make_uint2(pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
+  } else if (!interleaved && c0 < rotaryDim) {
+    return;
+  } else if (interleaved) {
+    if (c0 < rotaryDim) rope_pair(a.x, a.y, cs[c0 / 2]);
+    if (c0 + 2 < rotaryDim) rope_pair(a.z, a.w, cs[c0 / 2 + 1]);
+  }
+  *reinterpret_cast<uint2*>(y + base + c0) = make_uint2(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w));
+}
+
+/**
+ * q16 = bf16(rope(q)), k16 = bf16(rope(k)), v16 = bf16(v) with the rotary embedding of rope_f32
+ * (the same f32 values, then rounded): q (B, tq, H, HD) row t and k (B, tk, Hkv, HD) row s at
+ * table rows t and s. One thread per group of four columns of q, then k, then v; grid-stride.
+ */
+extern "C" __global__ void attn_tc_qkv16_rope(const float* q, const float* k, const float* v, u16* q16, u16* k16,
+                                              u16* v16, const float* table, i64 qRows, i64 kRows, int tq, int tk,
+                                              int heads, int kvHeads, int rotaryDim, int interleaved) {
+  constexpr int G = HD / 4;  // groups per row
+  const i64 nq = qRows * G, nk = kRows * G;
+  FOR_EACH(i, nq + 2 * nk) {
+    if (i < nq) {
+      const i64 row = i / G;
+      rope_group16(q, q16, row * HD, (int)(i - row * G) * 4, table, (int)((row / heads) % tq), rotaryDim,
+                   interleaved);
+    } else if (i < nq + nk) {
+      const i64 j = i - nq, row = j / G;
+      rope_group16(k, k16, row * HD, (int)(j - row * G) * 4, table, (int)((row / kvHeads) % tk), rotaryDim,
+                   interleaved);
+    } else {
+      const i64 j = i - nq - nk;
+      const float4 a = reinterpret_cast<const float4*>(v)[j];
+      reinterpret_cast<uint2*>(v16)[j] = make_uint2(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w));
+    }
+  }
+}
+
+/**
+ * out, lse from q (f32) and k16, v16 (bf16, as attn_tc_kv16 writes them), layouts as attn_tc_fwd.
+ * grid = (ceil(tq / BQ2), H, B), block = F2_THREADS, dynamic shared memory
+ * F2_STAGES * 2 * F2_BK * DP * 2 bytes. scale > 0. out is f32, or bf16 with out16; q is f32,
+ * or bf16 with q16 (attn_tc_qkv16_rope's rotated q, with its rotated k16).
+ */
+extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
+    attn_tc_fwd2(const float* q, const u16* k16, const u16* v16, float* out, float* lse, int tq, int tk,
+                 int heads, int kvHeads, float scale, int causal, int out16, int q16) {
+  extern __shared__ __align__(16) u16 smem[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c2 = (lane & 3) * 2;
+  const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ2;  // the longest rows first
+  const int b = blockIdx.z, h = blockIdx.y, kh = h / (heads / kvHeads);
+  const int shift = tk - tq;
+  const int kStride = kvHeads * HD, qStride = heads * HD;
+  const int kEnd = key_end(q0, BQ2, tq, tk, causal);
+  const int nTiles = (kEnd + F2_BK - 1) / F2_BK;
+  const int w0 = q0 + warp * 16 * F2_MT;  // first row of this warp; its rows are w0 .. w0 + 16 F2_MT - 1
+  const float sl2 = scale * LOG2E;
+
+#if !F2_KV32
+  const u16* kb = k16 + ((i64)b * tk * kvHeads + kh) * HD;
+  const u16* vb = v16 + ((i64)b * tk * kvHeads + kh) * HD;
+  // key rows [tile F2_BK, + F2_BK) of k16 and v16 into the tile's stage (zeros past tk)
+  auto load_kv = [&](int tile) {
+    u16* Ks = smem + (tile % F2_STAGES) * (2 * F2_BK * DP);
+    u16* Vs = Ks + F2_BK * DP;
+    const int k0 = tile * F2_BK;
+    constexpr int CH = HD / 8;  // 16-byte chunks per row
+    constexpr int TOTAL = F2_BK * CH;
+#pragma unroll
+    for (int u = 0; u < (TOTAL + F2_THREADS - 1) / F2_THREADS; u++) {
+      const int idx = u * F2_THREADS + threadIdx.x;
+      if (TOTAL % F2_THREADS == 0 || idx < TOTAL) {
+        const int r = idx / CH, c = (idx - r * CH) * 8;
+        const bool ok = k0 + r < tk;
+        const i64 off = ok ? (i64)(k0 + r) * kStride + c : 0;
+        cp_async16(Ks + r * DP + c, kb + off, ok);
+        cp_async16(Vs + r * DP + c, vb + off, ok);
+      }
+    }
+  };
+#endif
+#if F2_KV32
+  // f32 k and v (F2_KV32): the first tile rounded into stage 0 now, the next ones through registers
+  const float* kb32 = reinterpret_cast<const float*>(k16) + ((i64)b * tk * kvHeads + kh) * HD;
+  const float* vb32 = reinterpret_cast<const float*>(v16) + ((i64)b * tk * kvHeads + kh) * HD;
+  float4 pk[TileRegs<F2_BK, F2_THREADS>::N], pv[TileRegs<F2_BK, F2_THREADS>::N];
+  if (nTiles > 0) {
+    tile_fetch<F2_BK, F2_THREADS>(pk, kb32, 0, tk, kStride);
+    tile_fetch<F2_BK, F2_THREADS>(pv, vb32, 0, tk, kStride);
+    tile_store<F2_BK, F2_THREADS>(smem, pk);
+    tile_store<F2_BK, F2_THREADS>(smem + F2_BK * DP, pv);
+  }
+#else
+#pragma unroll
+  for (int s = 0; s < F2_STAGES - 1; s++) {
+    if (s < nTiles) load_kv(s);
+    cp_commit();
+  }
+#endif
+
+  // this warp's q rows as A fragments (bf16), straight from device memory (zeros past tq): the
+  // f32 q rounded here, or with q16 the bf16 q of attn_tc_qkv16_rope (q then holds u16 elements)
+  u32 qf[F2_MT][KT][4];
+#pragma unroll
+  for (int m = 0; m < F2_MT; m++) {
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+      const int r = w0 + m * 16 + g + 8 * rr;
+      const i64 off = ((i64)b * tq * heads + h) * HD + (i64)r * qStride + c2;
+#pragma unroll
+      for (int u = 0; u < 2 * KT; u++) {
+        u32 x = 0u;
+        if (r < tq) {
+          if (q16) {
+            x = *reinterpret_cast<const u32*>(reinterpret_cast<const u16*>(q) + off + 8 * u);
+          } else {
+            const float2 y = *reinterpret_cast<const float2*>(q + off + 8 * u);
+            x = pack_bf16(y.x, y.y);
+          }
+        }
+        qf[m][u >> 1][(u & 1) * 2 + rr] = x;
+      }
+    }
+  }
+
+  float o[F2_MT][NT][4];
+  float mr[F2_MT][2], lr[F2_MT][2];  // running max (raw scores) and partial sums of rows g, g + 8
+#pragma unroll
+  for (int m = 0; m < F2_MT; m++) {
+#pragma unroll
+    for (int n = 0; n < NT; n++) o[m][n][0] = o[m][n][1] = o[m][n][2] = o[m][n][3] = 0.f;
+    mr[m][0] = mr[m][1] = NEG_INF;
+    lr[m][0] = lr[m][1] = 0.f;
+  }
+
+#if F2_PIPE
+  // software-pipelined: the next tile's q k^T products are issued before this tile's softmax, so
+  // the tensor cores work while the exponentials run (scores of two tiles live)
+  auto scores = [&](float (&sx)[F2_MT][F2_BK / 8][4], const u16* Ks) {
+#pragma unroll
+    for (int m = 0; m < F2_MT; m++)
+#pragma unroll
+      for (int n = 0; n < F2_BK / 8; n++) sx[m][n][0] = sx[m][n][1] = sx[m][n][2] = sx[m][n][3] = 0.f;
+#pragma unroll
+      for (int kt = 0; kt < KT; kt++) {
+#pragma unroll
+        for (int np = 0; np < F2_BK / 16; np++) {
+          u32 bf[4];
+          ldsm4(bf, bn_addr(Ks, np * 16, kt * 16, lane));
+#pragma unroll
+          for (int m = 0; m < F2_MT; m++) {
+            mma(sx[m][2 * np], qf[m][kt], bf[0], bf[1]);
+            mma(sx[m][2 * np + 1], qf[m][kt], bf[2], bf[3]);
+          }
+        }
+      }
+  };
+  auto mask_tile = [&](float (&sx)[F2_MT][F2_BK / 8][4], int k0) {
+      if (k0 + F2_BK > tk || (causal && k0 + F2_BK - 1 > w0 + shift)) {
+#pragma unroll
+        for (int m = 0; m < F2_MT; m++)
+#pragma unroll
+          for (int n = 0; n < F2_BK / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+              const int j = k0 + n * 8 + c2 + (e & 1);
+              const int r = w0 + m * 16 + g + (e < 2 ? 0 : 8);
+              if (j >= tk || (causal && j > r + shift)) sx[m][n][e] = NEG_INF;
+            }
+      }
+  };
+  auto softmax_pv = [&](float (&sx)[F2_MT][F2_BK / 8][4], const u16* Vs) {
+      // online softmax per row (entries 0, 1: row g; 2, 3: row g + 8 of each 16-row tile); the
+      // accumulators are rescaled only when some row of the warp got a new max (corr != 1; with
+      // corr == 1 the product would change nothing)
+      float cr[F2_MT][2];
+      bool grew = false;
+#pragma unroll
+      for (int m = 0; m < F2_MT; m++) {
+        float t0[F2_BK / 8], t1[F2_BK / 8];
+#pragma unroll
+        for (int n = 0; n < F2_BK / 8; n++) {
+          t0[n] = fmaxf(sx[m][n][0], sx[m][n][1]);
+          t1[n] = fmaxf(sx[m][n][2], sx[m][n][3]);
+        }
+#pragma unroll
+        for (int w = F2_BK / 16; w >= 1; w >>= 1)  // a tree over the n-blocks
+#pragma unroll
+          for (int n = 0; n < w; n++) {
+            t0[n] = fmaxf(t0[n], t0[n + w]);
+            t1[n] = fmaxf(t1[n], t1[n + w]);
+          }
+        const float mx0 = quad_max(fmaxf(mr[m][0], t0[0]));
+        const float mx1 = quad_max(fmaxf(mr[m][1], t1[0]));
+        const float base0 = mx0 == NEG_INF ? 0.f : mx0 * sl2;
+        const float base1 = mx1 == NEG_INF ? 0.f : mx1 * sl2;
+        const float corr0 = ex2(mr[m][0] * sl2 - base0), corr1 = ex2(mr[m][1] * sl2 - base1);
+        cr[m][0] = corr0;
+        cr[m][1] = corr1;
+        grew |= corr0 != 1.f || corr1 != 1.f;
+        mr[m][0] = mx0;
+        mr[m][1] = mx1;
+        float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+        for (int n = 0; n < F2_BK / 8; n++) {
+          sx[m][n][0] = ex2(fmaf(sx[m][n][0], sl2, -base0));
+          sx[m][n][1] = ex2(fmaf(sx[m][n][1], sl2, -base0));
+          sx[m][n][2] = ex2(fmaf(sx[m][n][2], sl2, -base1));
+          sx[m][n][3] = ex2(fmaf(sx[m][n][3], sl2, -base1));
+          sum0 += sx[m][n][0] + sx[m][n][1];
+          sum1 += sx[m][n][2] + sx[m][n][3];
+        }
+        lr[m][0] = lr[m][0] * corr0 + sum0;
+        lr[m][1] = lr[m][1] * corr1 + sum1;
+      }
+      if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+        for (int m = 0; m < F2_MT; m++)
+#pragma unroll
+          for (int n = 0; n < NT; n++) {
+            o[m][n][0] *= cr[m][0];
+            o[m][n][1] *= cr[m][0];
+            o[m][n][2] *= cr[m][1];
+            o[m][n][3] *= cr[m][1];
+          }
+      }
+      // o += p v, each v fragment feeding the F2_MT row tiles
+#pragma unroll
+      for (int kk = 0; kk < F2_BK / 16; kk++) {
+        u32 a[F2_MT][4];
+#pragma unroll
+        for (int m = 0; m < F2_MT; m++) acc_to_a(a[m], sx[m][2 * kk], sx[m][2 * kk + 1]);
+#pragma unroll
+        for (int np = 0; np < NT / 2; np++) {
+          u32 bf[4];
+          ldsm4t(bf, bk_addr(Vs, kk * 16, np * 16, lane));
+#pragma unroll
+          for (int m = 0; m < F2_MT; m++) {
+            mma(o[m][2 * np], a[m], bf[0], bf[1]);
+            mma(o[m][2 * np + 1], a[m], bf[2], bf[3]);
+          }
+        }
+      }
+  };
+  // the last row of this warp sees tile t
+  auto seen = [&](int t) { return w0 < tq && !(causal && t * F2_BK > w0 + 16 * F2_MT - 1 + shift); };
+  float sc[F2_MT][F2_BK / 8][4];  // scores of tile it, computed one iteration ahead
+  if (nTiles > 0) {
+    cp_wait_group<F2_STAGES - 2>();  // tile 0
+    __syncthreads();
+    if (seen(0)) scores(sc, smem);
+  }
+  for (int it = 0; it < nTiles; it++) {
+    const bool more = it + 1 < nTiles;
+    cp_wait_group<F2_STAGES - 3>();  // this thread's copies of tile it + 1 landed
+    __syncthreads();                 // everyone's, and every warp is done with tile it - 1
+    {
+      const int next = it + F2_STAGES - 1;  // into the stage tile it - 1 used
+      if (next < nTiles) load_kv(next);
+      cp_commit();
+    }
+    const u16* Vs = smem + (it % F2_STAGES) * (2 * F2_BK * DP) + F2_BK * DP;
+    if (seen(it)) {
+      mask_tile(sc, it * F2_BK);
+      if (more && seen(it + 1)) {
+        float sn[F2_MT][F2_BK / 8][4];
+        scores(sn, smem + ((it + 1) % F2_STAGES) * (2 * F2_BK * DP));
+        softmax_pv(sc, Vs);
+#pragma unroll
+        for (int m = 0; m < F2_MT; m++)
+#pragma unroll
+          for (int n = 0; n < F2_BK / 8; n++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) sc[m][n][x] = sn[m][n][x];
+      } else {
+        softmax_pv(sc, Vs);
+      }
+    }
+  }
+#else
+  for (int it = 0; it < nTiles; it++) {
+#if F2_KV32
+    __syncthreads();  // tile it stored by everyone, and every warp is done with tile it - 1
+    const bool more = it + 1 < nTiles;
+    if (more) {  // the next tile into registers while the tensor cores work on this one
+      tile_fetch<F2_BK, F2_THREADS>(pk, kb32, (it + 1) * F2_BK, tk, kStride);
+      tile_fetch<F2_BK, F2_THREADS>(pv, vb32, (it + 1) * F2_BK, tk, kStride);
+    }
+#else
+    cp_wait_group<F2_STAGES - 2>();  // this thread's copies of tile it landed
+    __syncthreads();                 // everyone's, and every warp is done with tile it - 1
+    {
+      const int next = it + F2_STAGES - 1;  // into the stage tile it - 1 used
+      if (next < nTiles) load_kv(next);
+      cp_commit();
+    }
+#endif
+    const u16* Ks = smem + (it % F2_STAGES) * (2 * F2_BK * DP);
+    const u16* Vs = Ks + F2_BK * DP;
+    const int k0 = it * F2_BK;
+    if (w0 < tq && !(causal && k0 > w0 + 16 * F2_MT - 1 + shift)) {  // else no row of this warp sees it
+
+      float s[F2_MT][F2_BK / 8][4];
+#pragma unroll
+      for (int m = 0; m < F2_MT; m++)
+#pragma unroll
+        for (int n = 0; n < F2_BK / 8; n++) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.f;
+#pragma unroll
+      for (int kt = 0; kt < KT; kt++) {
+#pragma unroll
+        for (int np = 0; np < F2_BK / 16; np++) {
+          u32 bf[4];
+          ldsm4(bf, bn_addr(Ks, np * 16, kt * 16, lane));
+#pragma unroll
+          for (int m = 0; m < F2_MT; m++) {
+            mma(s[m][2 * np], qf[m][kt], bf[0], bf[1]);
+            mma(s[m][2 * np + 1], qf[m][kt], bf[2], bf[3]);
+          }
+        }
+      }
+      if (k0 + F2_BK > tk || (causal && k0 + F2_BK - 1 > w0 + shift)) {
+#pragma unroll
+        for (int m = 0; m < F2_MT; m++)
+#pragma unroll
+          for (int n = 0; n < F2_BK / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+              const int j = k0 + n * 8 + c2 + (e & 1);
+              const int r = w0 + m * 16 + g + (e < 2 ? 0 : 8);
+              if (j >= tk || (causal && j > r + shift)) s[m][n][e] = NEG_INF;
+            }
+      }
+      // online softmax per row (entries 0, 1: row g; 2, 3: row g + 8 of each 16-row tile); the
+      // accumulators are rescaled only when some row of the warp got a new max (corr != 1; with
+      // corr == 1 the product would change nothing)
+      float cr[F2_MT][2];
+      bool grew = false;
+#pragma unroll
+      for (int m = 0; m < F2_MT; m++) {
+        float t0[F2_BK / 8], t1[F2_BK / 8];
+#pragma unroll
+        for (int n = 0; n < F2_BK / 8; n++) {
+          t0[n] = fmaxf(s[m][n][0], s[m][n][1]);
+          t1[n] = fmaxf(s[m][n][2], s[m][n][3]);
+        }
+#pragma unroll
+        for (int w = F2_BK / 16; w >= 1; w >>= 1)  // a tree over the n-blocks
+#pragma unroll
+          for (int n = 0; n < w; n++) {
+            t0[n] = fmaxf(t0[n], t0[n + w]);
+            t1[n] = fmaxf(t1[n], t1[n + w]);
+          }
+        const float mx0 = quad_max(fmaxf(mr[m][0], t0[0]));
+        const float mx1 = quad_max(fmaxf(mr[m][1], t1[0]));
+        const float base0 = mx0 == NEG_INF ? 0.f : mx0 * sl2;
+        const float base1 = mx1 == NEG_INF ? 0.f : mx1 * sl2;
+        const float corr0 = ex2(mr[m][0] * sl2 - base0), corr1 = ex2(mr[m][1] * sl2 - base1);
+        cr[m][0] = corr0;
+        cr[m][1] = corr1;
+        grew |= corr0 != 1.f || corr1 != 1.f;
+        mr[m][0] = mx0;
+        mr[m][1] = mx1;
+        float sum0 = 0.f, sum1 = 0.f;
+#pragma unroll
+        for (int n = 0; n < F2_BK / 8; n++) {
+          s[m][n][0] = ex2(fmaf(s[m][n][0], sl2, -base0));
+          s[m][n][1] = ex2(fmaf(s[m][n][1], sl2, -base0));
+          s[m][n][2] = ex2(fmaf(s[m][n][2], sl2, -base1));
+          s[m][n][3] = ex2(fmaf(s[m][n][3], sl2, -base1));
+          sum0 += s[m][n][0] + s[m][n][1];
+          sum1 += s[m][n][2] + s[m][n][3];
+        }
+        lr[m][0] = lr[m][0] * corr0 + sum0;
+        lr[m][1] = lr[m][1] * corr1 + sum1;
+      }
+      if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+        for (int m = 0; m < F2_MT; m++)
+#pragma unroll
+          for (int n = 0; n < NT; n++) {
+            o[m][n][0] *= cr[m][0];
+            o[m][n][1] *= cr[m][0];
+            o[m][n][2] *= cr[m][1];
+            o[m][n][3] *= cr[m][1];
+          }
+      }
+      // o += p v, each v fragment feeding the F2_MT row tiles
+#pragma unroll
+      for (int kk = 0; kk < F2_BK / 16; kk++) {
+        u32 a[F2_MT][4];
+#pragma unroll
+        for (int m = 0; m < F2_MT; m++) acc_to_a(a[m], s[m][2 * kk], s[m][2 * kk + 1]);
+#pragma unroll
+        for (int np = 0; np < NT / 2; np++) {
+          u32 bf[4];
+          ldsm4t(bf, bk_addr(Vs, kk * 16, np * 16, lane));
+#pragma unroll
+          for (int m = 0; m < F2_MT; m++) {
+            mma(o[m][2 * np], a[m], bf[0], bf[1]);
+            mma(o[m][2 * np + 1], a[m], bf[2], bf[3]);
+          }
+        }
+      }
+    }
+#if F2_KV32
+    if (more) {  // the next tile into the other stage (every warp finished the tile it held)
+      u16* Kn = smem + ((it + 1) & 1) * (2 * F2_BK * DP);
+      tile_store<F2_BK, F2_THREADS>(Kn, pk);
+      tile_store<F2_BK, F2_THREADS>(Kn + F2_BK * DP, pv);
+    }
+#endif
+  }
+#endif
+
+#pragma unroll
+  for (int m = 0; m < F2_MT; m++) {
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+      const int row = w0 + m * 16 + g + 8 * half;
+      const float l = quad_sum(lr[m][half]);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      if (row < tq) {
+        const i64 orow = (((i64)b * tq + row) * heads + h) * HD + c2;
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+          store_out2(out, orow + n * 8, o[m][n][2 * half] * inv, o[m][n][2 * half + 1] * inv, out16);
+        if ((lane & 3) == 0)
+          lse[((i64)b * heads + h) * tq + row] = l > 0.f ? (mr[m][half] * sl2 + log2f(l)) * LN2 : NEG_INF;
+      }
+    }
   }
 }
 
