@@ -3390,8 +3390,6 @@ describe('cuda: attention forward version 2 vs cpu', { skip }, () => {
       { v2: 'all', defines: 'F2_STAGES=2,F2_BK=32,F2_MT=3' },
       { v2: 'all', defines: 'F2_WARPS=2,F2_BK=16,F2_STAGES=4,F2_MINB=1' },
       { v2: 'all', defines: 'F2_KV32=1,F2_BK=32' },
-      { v2: 'all', defines: 'F2_PIPE=1,F2_BK=32' },
-      { v2: 'all', defines: 'F2_PIPE=1,F2_BK=16,F2_STAGES=4,F2_MT=3' },
       { v2: '0', defines: '' },
     ];
     const cases = [

@@ -118,7 +118,6 @@ const TUNABLE = [
   'F2_STAGES',
   'F2_MINB',
   'F2_KV32',
-  'F2_PIPE',
 ];
 
 /**
@@ -127,8 +126,8 @@ const TUNABLE = [
  * backward kernels, rows per streamed tile in dk/dv (BQT) and dq (BKT), and the minimum blocks
  * per SM of each kernel (register caps); for the version-2 forward its warps (F2_WARPS), 16-row
  * query tiles per warp (F2_MT), key rows per tile (F2_BK), shared stages (F2_STAGES) and register
- * cap (F2_MINB), F2_KV32=1 for f32 k/v tiles rounded by each block (no attn_tc_kv16 pass), and
- * F2_PIPE=1 for the software-pipelined main loop (needs F2_STAGES >= 3). Defaults as in attention_tc.cu.
+ * cap (F2_MINB), and F2_KV32=1 for f32 k/v tiles rounded by each block (no attn_tc_kv16 pass).
+ * Defaults as in attention_tc.cu.
  */
 function tuningDefines(): Record<string, number> {
   const spec = process.env.MOHAWK_ATTENTION_TC_DEFINES;

@@ -82,6 +82,25 @@ function copy16(h: Host, out16: DeviceBuffer | null, n: number): [number, number
   return [b.ptr, b.dtype === 'bf16' ? 1 : 2];
 }
 
+/**
+ * A norm's forward (layernorm, rmsnorm, add_rmsnorm): one warp per row where the width allows
+ * (warpRows), else one block per row; both take the same arguments but the row count.
+ */
+function launchNorm(
+  h: Host,
+  base: 'layernorm' | 'rmsnorm' | 'add_rmsnorm',
+  args: number[],
+  rows: number,
+  cols: number,
+  eps: number,
+  out16: DeviceBuffer | null,
+): void {
+  const tail = [eps, ...copy16(h, out16, rows * cols)];
+  if (warpRows(cols))
+    k(h, `${base}_warp_f32`).launch(warpGrid(rows), 32 * WARP_ROWS, 0, [...args, rows, cols, ...tail]);
+  else k(h, `${base}_f32`).launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, ...tail]);
+}
+
 export function layerNorm(
   h: Host,
   x: DeviceBuffer,
@@ -104,22 +123,7 @@ export function layerNorm(
     h.f(rstd, 'layerNorm rstd'),
   ];
   if (rows === 0) return;
-  if (warpRows(cols)) {
-    k(h, 'layernorm_warp_f32').launch(warpGrid(rows), 32 * WARP_ROWS, 0, [
-      ...args,
-      rows,
-      cols,
-      eps,
-      ...copy16(h, out16, rows * cols),
-    ]);
-    return;
-  }
-  k(h, 'layernorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
-    ...args,
-    cols,
-    eps,
-    ...copy16(h, out16, rows * cols),
-  ]);
+  launchNorm(h, 'layernorm', args, rows, cols, eps, out16);
 }
 
 export function layerNormBackward(
@@ -185,22 +189,7 @@ export function rmsNorm(
     h.f(rstd, 'rmsNorm rstd'),
   ];
   if (rows === 0) return;
-  if (warpRows(cols)) {
-    k(h, 'rmsnorm_warp_f32').launch(warpGrid(rows), 32 * WARP_ROWS, 0, [
-      ...args,
-      rows,
-      cols,
-      eps,
-      ...copy16(h, out16, rows * cols),
-    ]);
-    return;
-  }
-  k(h, 'rmsnorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
-    ...args,
-    cols,
-    eps,
-    ...copy16(h, out16, rows * cols),
-  ]);
+  launchNorm(h, 'rmsnorm', args, rows, cols, eps, out16);
 }
 
 /** sum = a + b, out = rmsNorm(sum) (and out16) in one pass (Backend.addRmsNorm) */
@@ -226,22 +215,7 @@ export function addRmsNorm(
     h.f(rstd, 'rmsNorm rstd'),
   ];
   if (rows === 0) return;
-  if (warpRows(cols)) {
-    k(h, 'add_rmsnorm_warp_f32').launch(warpGrid(rows), 32 * WARP_ROWS, 0, [
-      ...args,
-      rows,
-      cols,
-      eps,
-      ...copy16(h, out16, rows * cols),
-    ]);
-    return;
-  }
-  k(h, 'add_rmsnorm_f32').launch([rows, 1, 1], rowThreads(cols), 0, [
-    ...args,
-    cols,
-    eps,
-    ...copy16(h, out16, rows * cols),
-  ]);
+  launchNorm(h, 'add_rmsnorm', args, rows, cols, eps, out16);
 }
 
 export function rmsNormBackward(

@@ -411,13 +411,6 @@ extern "C" __global__ void __launch_bounds__(FWD_THREADS, FWD_MINB)
 #ifndef F2_KV32
 #define F2_KV32 0
 #endif
-// F2_PIPE: the software-pipelined main loop (needs F2_STAGES >= 3, not F2_KV32)
-#ifndef F2_PIPE
-#define F2_PIPE 0
-#endif
-#if F2_PIPE && (F2_KV32 || F2_STAGES < 3)
-#error "attention_tc: F2_PIPE needs F2_STAGES >= 3 and the kv16 pass (not F2_KV32)"
-#endif
 #if F2_KV32
 #undef F2_STAGES
 #define F2_STAGES 2
@@ -611,151 +604,6 @@ extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
     lr[m][0] = lr[m][1] = 0.f;
   }
 
-#if F2_PIPE
-  // software-pipelined: the next tile's q k^T products are issued before this tile's softmax, so
-  // the tensor cores work while the exponentials run (scores of two tiles live)
-  auto scores = [&](float (&sx)[F2_MT][F2_BK / 8][4], const u16* Ks) {
-#pragma unroll
-    for (int m = 0; m < F2_MT; m++)
-#pragma unroll
-      for (int n = 0; n < F2_BK / 8; n++) sx[m][n][0] = sx[m][n][1] = sx[m][n][2] = sx[m][n][3] = 0.f;
-#pragma unroll
-      for (int kt = 0; kt < KT; kt++) {
-#pragma unroll
-        for (int np = 0; np < F2_BK / 16; np++) {
-          u32 bf[4];
-          ldsm4(bf, bn_addr(Ks, np * 16, kt * 16, lane));
-#pragma unroll
-          for (int m = 0; m < F2_MT; m++) {
-            mma(sx[m][2 * np], qf[m][kt], bf[0], bf[1]);
-            mma(sx[m][2 * np + 1], qf[m][kt], bf[2], bf[3]);
-          }
-        }
-      }
-  };
-  auto mask_tile = [&](float (&sx)[F2_MT][F2_BK / 8][4], int k0) {
-      if (k0 + F2_BK > tk || (causal && k0 + F2_BK - 1 > w0 + shift)) {
-#pragma unroll
-        for (int m = 0; m < F2_MT; m++)
-#pragma unroll
-          for (int n = 0; n < F2_BK / 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-              const int j = k0 + n * 8 + c2 + (e & 1);
-              const int r = w0 + m * 16 + g + (e < 2 ? 0 : 8);
-              if (j >= tk || (causal && j > r + shift)) sx[m][n][e] = NEG_INF;
-            }
-      }
-  };
-  auto softmax_pv = [&](float (&sx)[F2_MT][F2_BK / 8][4], const u16* Vs) {
-      // online softmax per row (entries 0, 1: row g; 2, 3: row g + 8 of each 16-row tile); the
-      // accumulators are rescaled only when some row of the warp got a new max (corr != 1; with
-      // corr == 1 the product would change nothing)
-      float cr[F2_MT][2];
-      bool grew = false;
-#pragma unroll
-      for (int m = 0; m < F2_MT; m++) {
-        float t0[F2_BK / 8], t1[F2_BK / 8];
-#pragma unroll
-        for (int n = 0; n < F2_BK / 8; n++) {
-          t0[n] = fmaxf(sx[m][n][0], sx[m][n][1]);
-          t1[n] = fmaxf(sx[m][n][2], sx[m][n][3]);
-        }
-#pragma unroll
-        for (int w = F2_BK / 16; w >= 1; w >>= 1)  // a tree over the n-blocks
-#pragma unroll
-          for (int n = 0; n < w; n++) {
-            t0[n] = fmaxf(t0[n], t0[n + w]);
-            t1[n] = fmaxf(t1[n], t1[n + w]);
-          }
-        const float mx0 = quad_max(fmaxf(mr[m][0], t0[0]));
-        const float mx1 = quad_max(fmaxf(mr[m][1], t1[0]));
-        const float base0 = mx0 == NEG_INF ? 0.f : mx0 * sl2;
-        const float base1 = mx1 == NEG_INF ? 0.f : mx1 * sl2;
-        const float corr0 = ex2(mr[m][0] * sl2 - base0), corr1 = ex2(mr[m][1] * sl2 - base1);
-        cr[m][0] = corr0;
-        cr[m][1] = corr1;
-        grew |= corr0 != 1.f || corr1 != 1.f;
-        mr[m][0] = mx0;
-        mr[m][1] = mx1;
-        float sum0 = 0.f, sum1 = 0.f;
-#pragma unroll
-        for (int n = 0; n < F2_BK / 8; n++) {
-          sx[m][n][0] = ex2(fmaf(sx[m][n][0], sl2, -base0));
-          sx[m][n][1] = ex2(fmaf(sx[m][n][1], sl2, -base0));
-          sx[m][n][2] = ex2(fmaf(sx[m][n][2], sl2, -base1));
-          sx[m][n][3] = ex2(fmaf(sx[m][n][3], sl2, -base1));
-          sum0 += sx[m][n][0] + sx[m][n][1];
-          sum1 += sx[m][n][2] + sx[m][n][3];
-        }
-        lr[m][0] = lr[m][0] * corr0 + sum0;
-        lr[m][1] = lr[m][1] * corr1 + sum1;
-      }
-      if (__any_sync(0xffffffffu, grew)) {
-#pragma unroll
-        for (int m = 0; m < F2_MT; m++)
-#pragma unroll
-          for (int n = 0; n < NT; n++) {
-            o[m][n][0] *= cr[m][0];
-            o[m][n][1] *= cr[m][0];
-            o[m][n][2] *= cr[m][1];
-            o[m][n][3] *= cr[m][1];
-          }
-      }
-      // o += p v, each v fragment feeding the F2_MT row tiles
-#pragma unroll
-      for (int kk = 0; kk < F2_BK / 16; kk++) {
-        u32 a[F2_MT][4];
-#pragma unroll
-        for (int m = 0; m < F2_MT; m++) acc_to_a(a[m], sx[m][2 * kk], sx[m][2 * kk + 1]);
-#pragma unroll
-        for (int np = 0; np < NT / 2; np++) {
-          u32 bf[4];
-          ldsm4t(bf, bk_addr(Vs, kk * 16, np * 16, lane));
-#pragma unroll
-          for (int m = 0; m < F2_MT; m++) {
-            mma(o[m][2 * np], a[m], bf[0], bf[1]);
-            mma(o[m][2 * np + 1], a[m], bf[2], bf[3]);
-          }
-        }
-      }
-  };
-  // the last row of this warp sees tile t
-  auto seen = [&](int t) { return w0 < tq && !(causal && t * F2_BK > w0 + 16 * F2_MT - 1 + shift); };
-  float sc[F2_MT][F2_BK / 8][4];  // scores of tile it, computed one iteration ahead
-  if (nTiles > 0) {
-    cp_wait_group<F2_STAGES - 2>();  // tile 0
-    __syncthreads();
-    if (seen(0)) scores(sc, smem);
-  }
-  for (int it = 0; it < nTiles; it++) {
-    const bool more = it + 1 < nTiles;
-    cp_wait_group<F2_STAGES - 3>();  // this thread's copies of tile it + 1 landed
-    __syncthreads();                 // everyone's, and every warp is done with tile it - 1
-    {
-      const int next = it + F2_STAGES - 1;  // into the stage tile it - 1 used
-      if (next < nTiles) load_kv(next);
-      cp_commit();
-    }
-    const u16* Vs = smem + (it % F2_STAGES) * (2 * F2_BK * DP) + F2_BK * DP;
-    if (seen(it)) {
-      mask_tile(sc, it * F2_BK);
-      if (more && seen(it + 1)) {
-        float sn[F2_MT][F2_BK / 8][4];
-        scores(sn, smem + ((it + 1) % F2_STAGES) * (2 * F2_BK * DP));
-        softmax_pv(sc, Vs);
-#pragma unroll
-        for (int m = 0; m < F2_MT; m++)
-#pragma unroll
-          for (int n = 0; n < F2_BK / 8; n++)
-#pragma unroll
-            for (int x = 0; x < 4; x++) sc[m][n][x] = sn[m][n][x];
-      } else {
-        softmax_pv(sc, Vs);
-      }
-    }
-  }
-#else
   for (int it = 0; it < nTiles; it++) {
 #if F2_KV32
     __syncthreads();  // tile it stored by everyone, and every warp is done with tile it - 1
@@ -888,7 +736,6 @@ extern "C" __global__ void __launch_bounds__(F2_THREADS, F2_MINB)
     }
 #endif
   }
-#endif
 
 #pragma unroll
   for (int m = 0; m < F2_MT; m++) {
