@@ -3375,6 +3375,34 @@ describe('cuda: the mixer reads in_proj in place', { skip }, () => {
 
 // ---- attn: the tensor-core attention forward, version 2 (attn_tc_kv16 + attn_tc_fwd2) ----------
 
+/**
+ * Each named output's largest difference to the CPU's, relative to the largest |CPU value| (o16
+ * read as bf16; equal values, -inf lse on both, count 0; NaN fails): a line of them to the log, and
+ * a failure per output over its tolerance.
+ */
+function compareOutputs(
+  outputs: Record<string, Pair>,
+  tol: Record<string, number>,
+  label: string,
+  failures: string[],
+): void {
+  const errs: string[] = [];
+  for (const [name, x] of Object.entries(outputs)) {
+    const dt = name === 'o16' ? 'bf16' : 'f32';
+    const ref = numbers(cpu.read(x.c), dt);
+    const got = numbers(gpu.read(x.g), dt);
+    const scale = maxAbs(ref) || 1;
+    let worst = 0;
+    for (let i = 0; i < ref.length; i++) {
+      const e = ref[i] === got[i] ? 0 : Math.abs(got[i] - ref[i]) / scale;
+      if (!(e <= worst)) worst = e; // NaN sticks
+    }
+    errs.push(`${name} ${worst.toExponential(1)}`);
+    if (!(worst <= tol[name])) failures.push(`${label}: ${name} ${worst} > ${tol[name]}`);
+  }
+  console.log(`# ${label}: ${errs.join(', ')}`);
+}
+
 describe('cuda: attention forward version 2 vs cpu', { skip }, () => {
   afterEach(() => {
     for (const [be, b] of held.splice(0)) be.free(b);
@@ -3432,23 +3460,12 @@ describe('cuda: attention forward version 2 vs cpu', { skip }, () => {
             be.attention(q[s], k[s], v[s], o[s], lse[s], probs[s], ps);
             be.attention(q[s], k[s], v[s], o16[s], lse2[s], null, ps);
           });
-          const errs: string[] = [];
-          for (const [name, x] of Object.entries({ o, lse, probs, o16 })) {
-            const dt = name === 'o16' ? 'bf16' : 'f32';
-            const ref = numbers(cpu.read(x.c), dt);
-            const got = numbers(gpu.read(x.g), dt);
-            const scale = maxAbs(ref) || 1;
-            let worst = 0;
-            for (let i = 0; i < ref.length; i++) {
-              const e = ref[i] === got[i] ? 0 : Math.abs(got[i] - ref[i]) / scale; // -inf lse on both
-              if (!(e <= worst)) worst = e; // NaN sticks
-            }
-            errs.push(`${name} ${worst.toExponential(1)}`);
-            const t = tol[name as keyof typeof tol];
-            if (!(worst <= t))
-              failures.push(`[${cfg.v2} ${cfg.defines}] ${name} ${worst} > ${t} ${JSON.stringify(c)}`);
-          }
-          console.log(`# attention v2 [${cfg.v2} ${cfg.defines}] ${JSON.stringify(c)}: ${errs.join(', ')}`);
+          compareOutputs(
+            { o, lse, probs, o16 },
+            tol,
+            `attention v2 [${cfg.v2} ${cfg.defines}] ${JSON.stringify(c)}`,
+            failures,
+          );
           for (const [be, b] of held.splice(0)) be.free(b);
         }
       }
@@ -3519,23 +3536,12 @@ describe('cuda: attention forward version 2 vs cpu', { skip }, () => {
             be.attention(q[s], k[s], v[s], o[s], lse[s], null, ps);
             be.attention(q[s], k[s], v[s], o16[s], lse2[s], null, ps);
           });
-          const errs: string[] = [];
-          for (const [name, x] of Object.entries({ o, lse, o16 })) {
-            const dt = name === 'o16' ? 'bf16' : 'f32';
-            const ref = numbers(cpu.read(x.c), dt);
-            const got = numbers(gpu.read(x.g), dt);
-            const scale = maxAbs(ref) || 1;
-            let worst = 0;
-            for (let i = 0; i < ref.length; i++) {
-              const e = ref[i] === got[i] ? 0 : Math.abs(got[i] - ref[i]) / scale;
-              if (!(e <= worst)) worst = e; // NaN sticks
-            }
-            errs.push(`${name} ${worst.toExponential(1)}`);
-            const t = tol[name as keyof typeof tol];
-            if (!(worst <= t))
-              failures.push(`[${cfg.v2} ${cfg.defines}] ${name} ${worst} > ${t} ${JSON.stringify(c)}`);
-          }
-          console.log(`# attention rope [${cfg.v2} ${cfg.defines}] ${JSON.stringify(c)}: ${errs.join(', ')}`);
+          compareOutputs(
+            { o, lse, o16 },
+            tol,
+            `attention rope [${cfg.v2} ${cfg.defines}] ${JSON.stringify(c)}`,
+            failures,
+          );
           for (const [be, b] of held.splice(0)) be.free(b);
         }
       }
