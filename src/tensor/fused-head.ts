@@ -15,6 +15,7 @@ import {
   add,
   cast,
   castWithBiasGrad,
+  fusedGlue,
   getAutocast,
   linear,
   matmul,
@@ -126,6 +127,8 @@ export function linearKLDivergence(
       const hs = head(student);
       const ht = head(teacher);
       // d(mean loss)/d(row loss): 1/N per row (scaled for the KL term)
+      // MOHAWK_FUSED_KL=0: the loss its own launch, the gradient in f32 and cast (A/B runs)
+      const fusedKL = fusedGlue('MOHAWK_FUSED_KL');
       const rowGradKL = full([chunk], klScale / N, dt, backend);
       const rowGradCE = ceWeight > 0 ? full([chunk], ceWeight / N, dt, backend) : null;
       for (let r0 = 0; r0 < N; r0 += chunk) {
@@ -142,7 +145,7 @@ export function linearKLDivergence(
           if (wantGrad) {
             // gZ = d loss / d student logits for these rows: rounded to the autocast dtype by the
             // kernel when only the two products read it (no cross-entropy term, no bias)
-            const direct16 = low && !rowGradCE && !gb && dt === 'f32' && process.env.MOHAWK_FUSED_KL !== '0';
+            const direct16 = fusedKL && low && !rowGradCE && !gb && dt === 'f32';
             gz = empty([rows, vocab], direct16 ? low : dt, backend);
             const g1 = rows === chunk ? rowGradKL : slice(rowGradKL, 0, 0, rows);
             backend.klDivergenceBackward(
@@ -154,11 +157,10 @@ export function linearKLDivergence(
               vocab,
               tau,
               null,
-              kl.buffer,
+              fusedKL ? kl.buffer : null,
             );
-          } else {
-            backend.klDivergence(zt.buffer, zs.buffer, kl.buffer, rows, vocab, tau);
           }
+          if (!gz || !fusedKL) backend.klDivergence(zt.buffer, zs.buffer, kl.buffer, rows, vocab, tau);
           backend.copyStrided(sum(kl).buffer, 0, [], klSum.buffer, 0, [], [], true);
           let tc: Tensor | null = null;
           let lse: Tensor | null = null;

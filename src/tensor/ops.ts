@@ -238,9 +238,8 @@ export function unaryTo(op: UnaryOp, x: Tensor, dtype: 'bf16' | 'f16'): Tensor {
 
 /**
  * Whether a fused glue kernel may be used (the backend must also have it): on unless
- * MOHAWK_FUSED_GLUE=0 (all of them) or its own switch (MOHAWK_FUSED_GATE, MOHAWK_FUSED_MLP,
- * MOHAWK_FUSED_CONV, MOHAWK_FUSED_ADD) is 0,
- * so one run can measure before and after.
+ * MOHAWK_FUSED_GLUE=0 (all of them) or its own switch (one of `name`'s, listed in docs/cuda.md)
+ * is 0, so one run can measure before and after.
  */
 export function fusedGlue(
   name:
@@ -252,7 +251,8 @@ export function fusedGlue(
     | 'MOHAWK_NORM_INPLACE'
     | 'MOHAWK_NORM_CAST16'
     | 'MOHAWK_FUSED_ADD_NORM'
-    | 'MOHAWK_SSD_ADD_GX',
+    | 'MOHAWK_SSD_ADD_GX'
+    | 'MOHAWK_FUSED_KL',
 ): boolean {
   return process.env.MOHAWK_FUSED_GLUE !== '0' && process.env[name] !== '0';
 }
@@ -2021,7 +2021,10 @@ export function klDivergence(teacher: Tensor, student: Tensor, opts: KlOptions =
   const rows = student.size / vocab;
   const losses = empty(student.shape.slice(0, -1), student.dtype, student.backend);
   // the backward's cache (both rows' log-sum-exps on CUDA), only when a backward can come
-  const lse = student.requiresGrad && isGradEnabled() ? empty([rows, 2], 'f32', student.backend) : null;
+  const lse =
+    student.requiresGrad && isGradEnabled() && fusedGlue('MOHAWK_FUSED_KL')
+      ? empty([rows, 2], 'f32', student.backend)
+      : null;
   student.backend.klDivergence(teacher.buffer, student.buffer, losses.buffer, rows, vocab, tau, lse?.buffer);
   record(losses, 'klDivergence', [student], [teacher, student, ...(lse ? [lse] : [])], (g) => {
     const gs = like(student);

@@ -362,14 +362,11 @@ export function klDivergence(
     h.f(teacher, 'KL teacher logits'),
     h.f(student, 'KL student logits'),
     h.f(losses, 'KL losses'),
-    lse && klLseOn() ? h.f(lse, 'KL log-sum-exps') : 0,
+    lse ? h.f(lse, 'KL log-sum-exps') : 0,
   ];
   if (rows === 0) return;
   k(h, 'kl_div_f32').launch([rows, 1, 1], rowThreads(vocab), 0, [...args, vocab, 1 / temperature]);
 }
-
-/** MOHAWK_FUSED_KL=0: the KL backward recomputes the log-sum-exps and the loss is its own pass (A/B runs) */
-const klLseOn = () => process.env.MOHAWK_FUSED_KL !== '0';
 
 export function klDivergenceBackward(
   h: Host,
@@ -383,16 +380,12 @@ export function klDivergenceBackward(
   lse: DeviceBuffer | null = null,
   losses: DeviceBuffer | null = null,
 ): void {
-  if (losses && !klLseOn()) {
-    klDivergence(h, teacher, student, losses, rows, vocab, temperature);
-    losses = null;
-  }
   const args = [
     h.f(teacher, 'KL teacher logits'),
     h.f(student, 'KL student logits'),
     h.f(gLoss, 'KL gradient'),
     h.buf(gStudent, 'KL student gradient').ptr,
-    lse && klLseOn() ? h.f(lse, 'KL log-sum-exps') : 0,
+    lse ? h.f(lse, 'KL log-sum-exps') : 0,
     losses ? h.f(losses, 'KL losses') : 0,
   ];
   const out16 = { f32: 0, bf16: 1, f16: 2 }[gStudent.dtype as 'f32' | 'bf16' | 'f16'];

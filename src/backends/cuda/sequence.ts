@@ -457,11 +457,8 @@ export function rope(h: Host, x: DeviceBuffer, out: DeviceBuffer, p: RopeParams)
   if (p.rotaryDim % 2 !== 0 || p.rotaryDim > p.headDim) {
     throw new Error(`rope: rotaryDim (${p.rotaryDim}) must be even and at most headDim (${p.headDim})`);
   }
-  const half = p.rotaryDim / 2;
-  const per = half + p.headDim - p.rotaryDim;
-  const table = h.scratch(Math.max(1, p.seqLen * half * 2));
-  if (half > 0)
-    run1(h, 'rope_table_f32', p.seqLen * half, [table.ptr, p.seqLen, p.rotaryDim, p.theta, p.positionOffset]);
+  const per = p.rotaryDim / 2 + p.headDim - p.rotaryDim;
+  const table = ropeTable(h, p.seqLen, p.rotaryDim, p.theta, p.positionOffset);
   run1(h, 'rope_f32', p.batch * p.seqLen * p.heads * per, [
     h.f(x, 'rope input'),
     h.f(out, 'rope output'),
@@ -479,7 +476,8 @@ export function rope(h: Host, x: DeviceBuffer, out: DeviceBuffer, p: RopeParams)
 
 /**
  * The (cos, sin) table of rope_table_f32 for positions positionOffset .. + seqLen - 1, pairs of
- * rotaryDim / 2 per position (scratch of the caller, which frees it): the attention's own rope.
+ * rotaryDim / 2 per position (scratch of the caller, which frees it): for rope_f32 and the
+ * attention's own rope.
  */
 export function ropeTable(
   h: Host,
