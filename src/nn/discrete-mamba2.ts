@@ -233,10 +233,6 @@ export class DiscreteMamba2 extends Module {
     return this.out_proj.forward(siluGate(reshape(y, [b, t, this.dInner]), z, this.z_bias));
   }
 
-  private logA(a: Tensor): Tensor {
-    return logDecay(a);
-  }
-
   /** D per head as (1, 1, H, 1), for D * x */
   private dPerHead(): Tensor {
     return reshape(this.D, [1, 1, this.cfg.nVHeads, 1]);
@@ -278,7 +274,7 @@ export class DiscreteMamba2 extends Module {
   materialize(u: Tensor): Tensor {
     const { xBC, a } = this.project(u);
     const { bm, cm } = this.heads(this.conv(xBC));
-    return this.matrixOf(this.logA(a), bm, cm);
+    return this.matrixOf(logDecay(a), bm, cm);
   }
 
   private matrixOf(logA: Tensor, bm: Tensor, cm: Tensor): Tensor {
@@ -292,7 +288,7 @@ export class DiscreteMamba2 extends Module {
   forwardMatrix(u: Tensor): Tensor {
     const { xBC, z, a } = this.project(u);
     const { x, bm, cm } = this.heads(this.conv(xBC));
-    const m = this.matrixOf(this.logA(a), bm, cm); // (B, H, T, T)
+    const m = this.matrixOf(logDecay(a), bm, cm); // (B, H, T, T)
     const y = permute(matmul(m, permute(x, [0, 2, 1, 3])), [0, 2, 1, 3]); // (B, T, H, P)
     return this.output(y, z);
   }
@@ -315,7 +311,7 @@ export class DiscreteMamba2 extends Module {
     const [b, t] = u.shape;
     const { xBC, z, a } = this.project(u);
     const { x, bm, cm } = this.heads(this.conv(xBC));
-    const { y, finalState } = ssdScan(x, this.logA(a), bm, cm, {
+    const { y, finalState } = ssdScan(x, logDecay(a), bm, cm, {
       chunkSize: this.cfg.chunkSize,
       returnFinalState: true,
     });
@@ -353,7 +349,7 @@ export class DiscreteMamba2 extends Module {
     const { xBC, z, a } = this.project(u);
     const window = concat([cache.conv!, xBC], 1); // (B, k + t, C)
     const { x, bm, cm } = this.heads(slice(this.conv(window), 1, k, k + t));
-    const logA = this.logA(a); // (B, t, H)
+    const logA = logDecay(a); // (B, t, H)
     const { y, finalState } = ssdScan(x, logA, bm, cm, {
       chunkSize: this.cfg.chunkSize,
       returnFinalState: true,
@@ -416,7 +412,7 @@ export class DiscreteMamba2 extends Module {
     if (t === 1) return this.stepFromInProj(this.in_proj.forward(u), cache);
     const { xBC, z, a } = this.project(u);
     const w = reshape(this.convWeight, [this.convDim, K]);
-    const at = (x: Tensor, i: number) => (t === 1 ? x : slice(x, 1, i, i + 1));
+    const at = (x: Tensor, i: number) => slice(x, 1, i, i + 1);
     const outs: Tensor[] = [];
     for (let i = 0; i < t; i++) {
       const y = ssmStep(
@@ -432,7 +428,7 @@ export class DiscreteMamba2 extends Module {
       outs.push(this.output(reshape(y, [b, 1, H, P]), at(z, i)));
     }
     cache.length += t;
-    return t === 1 ? outs[0] : concat(outs, 1);
+    return concat(outs, 1);
   }
 
   /**
@@ -456,7 +452,7 @@ export class DiscreteMamba2 extends Module {
       if (this.convBias) conv = add(conv, this.convBias);
       conv = this.activate(conv);
       const { x, bm, cm } = this.heads(conv); // x (B,1,H,P), B C (B,1,G,N)
-      const alpha = exp(this.logA(slice(a, 1, i, i + 1))); // (B, 1, H)
+      const alpha = exp(logDecay(slice(a, 1, i, i + 1))); // (B, 1, H)
       const bH = this.perValueHead(bm);
       const cH = this.perValueHead(cm);
       const xH = reshape(x, [b, H, P, 1]);

@@ -31,8 +31,9 @@ export interface GradNode {
    * window of it in place): write that input's gradient into that part of `into`, a full-size
    * gradient buffer owned by autograd, adding to what is there when `accumulate`. Several such
    * nodes of one tensor then fill one buffer instead of each allocating a full-size gradient.
-   * It runs before `backward`, which then returns null for the first input (and the gradients of
-   * the others, when there are more).
+   * A node with one input: autograd calls only this, never `backward` (which may still compute
+   * the gradient, for other callers). With more inputs: this runs first, then `backward`, which
+   * returns null for the first input and the gradients of the others.
    */
   accumulateInto?: (g: Tensor, into: Tensor, accumulate: boolean) => void;
   /** the part accumulateInto covers, [start, end) on one axis: a first write there needs no zeros */

@@ -78,12 +78,10 @@ function fl(buf: DeviceBuffer, what: string): FloatArray {
 }
 
 /** out16 (bf16 or f16) = src rounded to nearest even: a norm's copy for autocast products */
-function round16(src: FloatArray, out16: DeviceBuffer): void {
+function round16(src: FloatArray, out16: DeviceBuffer, what: string): void {
   const b = out16 as CpuBuffer;
   if ((b.dtype !== 'bf16' && b.dtype !== 'f16') || b.length !== src.length)
-    throw new Error(
-      `cpu backend: a norm's 16-bit output must be ${src.length} bf16 or f16, got ${b.length} ${b.dtype}`,
-    );
+    throw new Error(`cpu backend: ${what} must be ${src.length} bf16 or f16, got ${b.length} ${b.dtype}`);
   const d = b.data as Uint16Array;
   const conv = b.dtype === 'bf16' ? f32ToBf16 : f32ToF16;
   for (let i = 0; i < src.length; i++) d[i] = conv(src[i]);
@@ -869,7 +867,7 @@ export class CpuBackend implements Backend {
       cols,
       eps,
     );
-    if (out16) round16(fl(out, 'norm output'), out16);
+    if (out16) round16(fl(out, 'norm output'), out16, "a norm's 16-bit output");
   }
 
   layerNormBackward(
@@ -921,7 +919,7 @@ export class CpuBackend implements Backend {
       cols,
       eps,
     );
-    if (out16) round16(fl(out, 'norm output'), out16);
+    if (out16) round16(fl(out, 'norm output'), out16, "a norm's 16-bit output");
   }
 
   addRmsNorm(
@@ -949,7 +947,7 @@ export class CpuBackend implements Backend {
       cols,
       eps,
     );
-    if (out16) round16(fl(out, 'rmsNorm output'), out16);
+    if (out16) round16(fl(out, 'rmsNorm output'), out16, "a norm's 16-bit output");
   }
 
   rmsNormBackward(
@@ -1609,14 +1607,7 @@ export class CpuBackend implements Backend {
           break;
         }
     }
-    if (param16) {
-      const b = param16 as CpuBuffer;
-      if ((b.dtype !== 'bf16' && b.dtype !== 'f16') || b.length !== w.length)
-        throw new Error(`cpu backend: adamwFused param16 must be bf16 or f16 of ${w.length} elements`);
-      const d = b.data as Uint16Array;
-      const round = b.dtype === 'bf16' ? f32ToBf16 : f32ToF16;
-      for (let i = 0; i < w.length; i++) d[i] = round(w[i]);
-    }
+    if (param16) round16(w, param16, 'adamwFused param16');
   }
 }
 
