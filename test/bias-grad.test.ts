@@ -208,3 +208,54 @@ describe('linearActivation: fc1 and its activation as one op under bf16 autocast
       );
     });
 });
+
+describe('linearActivation: its weight gradient written straight into an unwritten .grad', () => {
+  it('equals the usual path (a fresh product copied in), with no copy into the buffer', () => {
+    const be = new CpuKeep16();
+    const run = (direct: boolean) =>
+      withEnv('MOHAWK_GRAD_INTO', direct ? undefined : '0', () => {
+        const prev = T.getBackend();
+        T.setBackend(be);
+        const realCopy = be.copyStrided.bind(be);
+        let copiesIntoGrad = 0;
+        try {
+          const r = new Random(5);
+          const x = T.keep(T.tensor(r.normals(2 * 6 * 8, 0, 1), [2, 6, 8]));
+          const w = T.keep(T.tensor(r.normals(10 * 8, 0, 0.3), [10, 8]));
+          const b = T.keep(T.tensor(r.normals(10, 0, 0.1), [10]));
+          w.requiresGrad = true;
+          b.requiresGrad = true;
+          w.grad = T.keep(T.tensor(new Float32Array(80).fill(NaN), [10, 8])); // garbage: never read
+          w.gradUnwritten = true;
+          be.copyStrided = (...a: Parameters<CpuBackend['copyStrided']>) => {
+            if (a[3] === w.grad!.buffer) copiesIntoGrad++;
+            realCopy(...a);
+          };
+          T.scope(() =>
+            T.autocast('bf16', () => {
+              const y = T.linearActivation(x, w, b, 'geluNew');
+              assert.ok(y, 'linearActivation applies on this backend');
+              const yf = T.cast(y!, 'f32');
+              T.sum(T.mul(yf, yf)).backward();
+            }),
+          );
+          const out = { g: Array.from(w.grad.toArray()), flag: w.gradUnwritten, copiesIntoGrad };
+          for (const t of [x, w, b]) {
+            t.grad?.dispose();
+            t.dispose();
+          }
+          return out;
+        } finally {
+          be.copyStrided = realCopy;
+          T.setBackend(prev);
+        }
+      });
+    const direct = run(true);
+    const usual = run(false);
+    assert.deepEqual(direct.g, usual.g);
+    assert.ok(direct.g.every(Number.isFinite), 'no garbage read');
+    assert.equal(direct.flag, false);
+    assert.equal(direct.copiesIntoGrad, 0, 'the product wrote the gradient itself');
+    assert.equal(usual.copiesIntoGrad, 1, 'the usual path copies the fresh gradient in');
+  });
+});

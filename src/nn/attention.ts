@@ -164,14 +164,18 @@ export function attendHeads(
     interleaved: opts.ropeInterleaved,
     positionOffset: position,
   };
-  const plainRope = !(opts.rope && isScaledRope(opts.rope)) && opts.rotaryDim > 0;
-  // without a cache the fused causal op below gets q and k before the rotary embedding and
-  // applies it itself (in its kernels where it can; it composes the ops where gradients flow)
-  const ropeInOp = plainRope && !opts.cache && !opts.softcap && (window === null || t <= window);
-  if (opts.rope && isScaledRope(opts.rope)) {
-    const { cos, sin } = ropeTables(opts.rope, position, t, q.backend);
-    q = applyRopeTables(q, cos, sin, opts.rope.rotaryDim);
-    k = applyRopeTables(k, cos, sin, opts.rope.rotaryDim);
+  const scaled = opts.rope && isScaledRope(opts.rope);
+  const plainRope = !scaled && opts.rotaryDim > 0;
+  // the fused causal op serves when every key up to each query is inside its window (without a
+  // cache the keys are the queries' tokens: tk = t); without a cache it gets q and k before the
+  // rotary embedding and applies it itself (in its kernels where it can; it composes the ops
+  // where gradients flow)
+  const fusedOp = (tk: number) => !opts.softcap && (window === null || tk <= window);
+  const ropeInOp = plainRope && !opts.cache && fusedOp(t);
+  if (scaled) {
+    const { cos, sin } = ropeTables(opts.rope!, position, t, q.backend);
+    q = applyRopeTables(q, cos, sin, opts.rope!.rotaryDim);
+    k = applyRopeTables(k, cos, sin, opts.rope!.rotaryDim);
   } else if (plainRope && !ropeInOp) {
     q = ropeOp(q, ro);
     k = ropeOp(k, ro);
@@ -190,8 +194,7 @@ export function attendHeads(
   }
   const tk = k.shape[1];
   const scale = opts.scale ?? 1 / Math.sqrt(dh);
-  if (!opts.softcap && (window === null || tk <= window)) {
-    // every key up to each query is inside its window: the fused causal op
+  if (fusedOp(tk)) {
     // out feeds the output projection (a product): in bf16 under autocast without gradients
     const r = attention(q, k, v, {
       causal: true,

@@ -998,9 +998,11 @@ export function linearActivation(x: Tensor, weight: Tensor, bias: Tensor | null,
     // the pre-activation's gradient g f'(pre), in 16 bits, and the bias's (its f32 column sums)
     const [gPre16, gBias] = castWithColumnSums(gf, dtype, op, preKeep);
     const gx = x16.requiresGrad ? matmul(gPre16, w16).view(x16.shape) : null;
-    const gw = w16.requiresGrad
-      ? matmul(gPre16.view([rows, n]), x16.view([rows, k]), { transA: true })
-      : null;
+    const g2 = gPre16.view([rows, n]);
+    const x2 = x16.view([rows, k]);
+    // straight into the parameter's gradient buffer where the training step left it unwritten
+    const gw =
+      w16.requiresGrad && !weightGradInto(w16, g2, x2, false, true) ? matmul(g2, x2, { transA: true }) : null;
     return [gx, gw, bias.requiresGrad ? gBias : null];
   });
 }

@@ -195,7 +195,7 @@ export function attentionTcForward<Buf extends { ptr: number }>(
   rope: AttentionTcRope | null = null,
 ): void {
   if (p.batch * p.heads * p.tq === 0) return;
-  if (rope && !(plan.fwd2 && p.tk > 0 && attentionTcRopeInKernel(plan, p)))
+  if (rope && !attentionTcRopeInKernel(plan, p))
     throw new Error('attention_tc: the rotary embedding in the kernels needs the version-2 forward');
   if (plan.fwd2 && p.tk > 0) {
     const grid: [number, number, number] = [Math.ceil(p.tq / plan.fwd2.rows), p.heads, p.batch];
