@@ -93,7 +93,11 @@ describe('fused optimizer: the kernels on the CPU', () => {
     assert.equal(got[0], 5);
     assert.ok(Number.isNaN(got[1]));
     assert.equal(got[2], Infinity);
+    const total = keep(zeros([1], 'f32'));
+    sumF64Into(out, 3, total, 0);
+    assert.ok(Number.isNaN(values(total)[0]), 'the total of a NaN row is NaN');
     out.dispose();
+    total.dispose();
   });
 
   it('adamwStepFused: the flags, the non-finite probe and the bf16 copy', () => {
@@ -200,7 +204,7 @@ describe('fused optimizer: AdamW against the separate passes (CPU)', () => {
         else
           for (const [, t] of params) if (t.grad) for (const x of t.grad.toArray()) sq += Math.fround(x * x);
         norms.push(Math.sqrt(sq));
-        opt.prepareDeviceStep(lr, path === 'deviceStep' ? 0.7 : 1);
+        opt.prepareDeviceStep(lr, 0.7); // a clipping scale
         opt.deviceStep({ squaresReady: fused });
       }
     }
@@ -241,8 +245,10 @@ describe('fused optimizer: AdamW against the separate passes (CPU)', () => {
       const { params, grads } = makeParams(6);
       const opt = withFused(true, () => new AdamW(params, cfg));
       for (let s = 0; s < 3; s++) {
+        // the pass that computes its own: a stale pass over the previous step's gradients
+        // first, which must not leak into it; the ready run: a pass over this step's
+        if (!ready) opt.gradSquaresHost();
         grads(s);
-        // a stale pass from other gradients must not leak into a step that computes its own
         if (ready) opt.gradSquaresHost();
         opt.prepareDeviceStep(cfg.lr, 1);
         opt.deviceStep({ squaresReady: ready });
