@@ -882,11 +882,12 @@ function matmulImpl(
     // With 16-bit operands the f32 gradient is rounded once for both products; a bias's gradient
     // (the f32 sums of g over its rows) then comes from the same pass where the backend fuses it.
     const low = a.dtype !== g.dtype && (a.dtype === 'bf16' || a.dtype === 'f16');
-    let g16 = g;
-    let gBias: Tensor | null = null;
-    if (low && bias?.requiresGrad && (a.requiresGrad || b.requiresGrad) && fusedBiasGrad(g)) {
-      [g16, gBias] = castWithColumnSums(g, a.dtype as 'bf16' | 'f16');
-    } else if (low) g16 = cast(g, a.dtype);
+    const fused =
+      low && bias?.requiresGrad && (a.requiresGrad || b.requiresGrad)
+        ? castWithBiasGrad(g, a.dtype as 'bf16' | 'f16')
+        : null;
+    const g16 = fused ? fused[0] : low ? cast(g, a.dtype) : g;
+    const gBias = fused ? fused[1] : null;
     let ga: Tensor | null = null;
     let gb: Tensor | null = null;
     if (a.requiresGrad) {
@@ -1105,10 +1106,9 @@ export function geluMlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tenso
   }
   const inputs = [x16, w116, b1, w216, b2];
   return record(out, 'geluMlp', inputs, [x16, w116, w216, act, pre!], (g) => {
-    let g16: Tensor;
-    let gb2: Tensor | null = null;
-    if (b2.requiresGrad && fusedBiasGrad(g)) [g16, gb2] = castWithColumnSums(g, dt);
-    else g16 = cast(g, dt);
+    const fused = b2.requiresGrad ? castWithBiasGrad(g, dt) : null;
+    const g16 = fused ? fused[0] : cast(g, dt);
+    const gb2 = fused ? fused[1] : null;
     const flat = (t: Tensor, cols: number) => t.view([rows, cols]);
     // fc2: its weight's gradient from the 16-bit activation, its bias's from the f32 gradient
     const gw2 = w216.requiresGrad ? matmul(flat(g16, d2), flat(act, h), { transA: true }) : null;
