@@ -1106,13 +1106,12 @@ export function geluMlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tenso
   }
   const inputs = [x16, w116, b1, w216, b2];
   return record(out, 'geluMlp', inputs, [x16, w116, w216, act, pre!], (g) => {
-    const fused = b2.requiresGrad ? castWithBiasGrad(g, dt) : null;
-    const g16 = fused ? fused[0] : cast(g, dt);
-    const gb2 = fused ? fused[1] : null;
+    const castSums = b2.requiresGrad ? castWithBiasGrad(g, dt) : null;
+    const g16 = castSums ? castSums[0] : cast(g, dt);
     const flat = (t: Tensor, cols: number) => t.view([rows, cols]);
     // fc2: its weight's gradient from the 16-bit activation, its bias's from the f32 gradient
     const gw2 = w216.requiresGrad ? matmul(flat(g16, d2), flat(act, h), { transA: true }) : null;
-    if (b2.requiresGrad) gb2 ??= sumToShape(g, b2.shape);
+    const gb2 = castSums ? castSums[1] : b2.requiresGrad ? sumToShape(g, b2.shape) : null;
     // fc2's input gradient times gelu'(pre), in 16 bits, with fc1's bias gradient
     const gPre = empty([rows, h], dt, be);
     const gb1 = b1.requiresGrad ? empty([h], 'f32', be) : null;
