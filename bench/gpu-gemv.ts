@@ -27,8 +27,7 @@ const shapes: [number, number, number, string][] = [
   [51200, 2048, 1, 'lm_head'],
 ];
 const on = gemvSwitch.enabled;
-// every shape through gemv.cu here, also any above a size where the backend prefers cuBLASLt
-gemvSwitch.maxWeight = Infinity;
+// every row count through gemv.cu here, also those the backend sends to cuBLASLt
 gemvSwitch.maxRows = 8;
 
 interface Shape {

@@ -12,6 +12,7 @@ import {
   type AttentionTcHost,
 } from './attention-tc.js';
 import { grid1, moduleKernels, THREADS, type CudaBuffer, type Host } from './host.js';
+import { cast } from './elementwise.js';
 import { rope, ropeTable } from './sequence.js';
 
 /** Kernel signatures of kernels/attention.cu (argument kinds, see kernels.ts). */
@@ -21,7 +22,6 @@ export const ATTENTION_SIGNATURES = {
   attention_bwd_delta: 'ppplii',
   attention_bwd_dq: 'pppppppiiiifi',
   attention_bwd_dkdv: 'ppppppppiiiifi',
-  attention_round_bf16: 'ppl',
 } as const;
 
 const { k: kernel } = moduleKernels('attention', ATTENTION_SIGNATURES);
@@ -127,7 +127,7 @@ export function attention(
       ],
     );
     if (o32) {
-      kernel(h, 'attention_round_bf16', hd).launch(grid1(h, n), THREADS, 0, [o32.ptr, ob.ptr, n]);
+      cast(h, o32, ob); // rounded as every cast to bf16 is
       h.free(o32);
     }
   }

@@ -71,12 +71,12 @@ export function gemvSplits(
 
 /**
  * MOHAWK_GEMV=0 turns gemv.cu off; benchmarks flip `enabled` to time cuBLASLt on the same shapes.
- * `maxWeight` (elements of W): above it cuBLASLt would take the product (no limit: at m = 1
- * gemv.cu beats cuBLASLt at every decode shape). `maxRows`: products of more rows go to cuBLASLt
+ * Any weight size (at m = 1 gemv.cu beats cuBLASLt at every decode shape). `maxRows`: products of
+ * more rows go to cuBLASLt
  * (bench/gpu-gemv.ts, H200: gemv.cu 0.3-0.8x of cuBLASLt at m = 4 and 8, where its x loads and
  * FMAs per weight load grow with m). Tests and the benchmark raise it to GEMV_MAX_M.
  */
-export const gemvSwitch = { enabled: process.env.MOHAWK_GEMV !== '0', maxWeight: Infinity, maxRows: 1 };
+export const gemvSwitch = { enabled: process.env.MOHAWK_GEMV !== '0', maxRows: 1 };
 
 /**
  * Whether gemv.cu takes this product: bf16 x (m, k) times a bf16 weight (n, k) transposed into f32
@@ -95,7 +95,6 @@ export function gemvTakes(a: CudaBuffer, b: CudaBuffer, c: CudaBuffer, p: Matmul
     p.transB &&
     p.k % 8 === 0 &&
     p.n > 0 &&
-    p.n * p.k <= gemvSwitch.maxWeight &&
     a.ptr % 16 === 0 &&
     b.ptr % 16 === 0
   );

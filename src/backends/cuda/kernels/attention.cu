@@ -293,11 +293,3 @@ extern "C" __global__ void __launch_bounds__(BKV* TPR)
   }
 }
 
-/** y = bf16(x) (round to nearest even), n elements: a 16-bit attention output under lowPrecision */
-extern "C" __global__ void attention_round_bf16(const float* x, u16* y, i64 n) {
-  FOR_EACH(i, n) {
-    u16 r;
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x[i]));
-    y[i] = r;
-  }
-}

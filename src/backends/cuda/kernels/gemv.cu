@@ -38,10 +38,10 @@
 #define GEMV_WARPS 4
 #endif
 #ifndef GEMV_ROWS
-#define GEMV_ROWS 2
+#define GEMV_ROWS 4
 #endif
 #ifndef GEMV_UNROLL
-#define GEMV_UNROLL 4
+#define GEMV_UNROLL 2
 #endif
 #ifndef GEMV_L2PF
 #define GEMV_L2PF 0
