@@ -142,34 +142,31 @@ const teacherCasts = values.fp32 ? null : castParameters(teacher.parameters(), '
 // scalars, the non-finite probe read; the memory breakdown is then skipped.
 const studentCopies = values.fp32 ? null : opt.weightCopies('bf16');
 setWeightCopies(studentCopies);
-const deviceStep =
-  process.env.BENCH_DEVICE_STEP === '1'
-    ? new DeviceStep<Batch>({
-        lossFn: (b) => {
-          const { input, target } = toTensors(b);
-          return withCastParameters(
-            teacherCasts,
-            () =>
-              stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
-                fusedHead: values.fused,
-              }).loss,
-          );
-        },
-        trained: student.namedParameters(),
-        optimizer: opt,
-        accum: 1,
-        backend: gpu,
-        mode: 'off',
-        note: (l) => console.error(l),
-        label: 'stage3-step',
-      })
-    : null;
+/** the trainer's step at these shapes (src/train/step.ts): eager ('off') or as CUDA graphs ('on') */
+const makeDeviceStep = (mode: 'on' | 'off') =>
+  new DeviceStep<Batch>({
+    lossFn: (b) => {
+      const { input, target } = toTensors(b);
+      return withCastParameters(teacherCasts, () =>
+        stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
+          fusedHead: values.fused,
+        }),
+      ).loss;
+    },
+    trained: student.namedParameters(),
+    optimizer: opt,
+    accum: 1,
+    backend: gpu,
+    mode,
+    note: (l) => console.error(l),
+    label: 'stage3-step',
+  });
+const deviceStep = process.env.BENCH_DEVICE_STEP === '1' ? makeDeviceStep('off') : null;
 let deviceSteps = 0;
 
-/** the trainer's step: gradients, the norm read, clipping at 1, the update and its probe read */
+/** the trainer's step: gradients, the norm read, clipping at 1 (as train() clips), the update and its probe read */
 function trainerStep(ds: DeviceStep<Batch>): number {
-  const tokens = () => Int32Array.from({ length: B * T }, () => rng.int(0, V));
-  const st = ds.gradients([{ batch: B, seqLen: T, input: tokens(), target: tokens() }], deviceSteps++);
+  const st = ds.gradients([{ batch: B, seqLen: T, input: hostIds(), target: hostIds() }], deviceSteps++);
   const norm = Math.sqrt(st.sumSquares);
   if (ds.update(1e-4, norm > 1 ? 1 / (norm + 1e-6) : 1))
     throw new Error('stage3-step: a weight is not finite');
@@ -206,39 +203,7 @@ function step(probe?: Probe): number {
 }
 
 /** --trainer: the trainer's step, captured as graphs on its second call, replayed after */
-const graphStep = values.trainer
-  ? new DeviceStep<Batch>({
-      lossFn: (b) => {
-        const { input, target } = toTensors(b);
-        return withCastParameters(teacherCasts, () =>
-          stage3Loss(teacher, student, input, target, { temperature: 1, ceWeight: 0 }, null, {
-            fusedHead: values.fused,
-          }),
-        ).loss;
-      },
-      trained: student.namedParameters(),
-      optimizer: opt,
-      accum: 1,
-      backend: gpu,
-      mode: 'on',
-      note: (l) => console.error(l),
-      label: 'stage3-step',
-    })
-  : null;
-let trainerStepIndex = 0;
-
-function graphTrainerStep(): number {
-  const batch: Batch = {
-    batch: B,
-    seqLen: T,
-    input: hostIds(),
-    target: hostIds(),
-  };
-  const stats = graphStep!.gradients([batch], trainerStepIndex++);
-  const norm = Math.sqrt(stats.sumSquares);
-  graphStep!.update(1e-4, norm > 1 ? 1 / norm : 1);
-  return stats.losses[0];
-}
+const graphStep = values.trainer ? makeDeviceStep('on') : null;
 
 const GiB = 2 ** 30;
 const bytesOf = (ts: Iterable<Tensor>) => {
@@ -327,7 +292,7 @@ function memoryBreakdown(): string[] {
 }
 
 const rows: { what: string; value: string }[] = [];
-const timed = graphStep ? graphTrainerStep : () => step();
+const timed = graphStep ? () => trainerStep(graphStep) : () => step();
 timed(); // warm-up: kernels, allocator
 if (graphStep) {
   timed(); // the capture
