@@ -4,9 +4,9 @@
 // The ops that use them (src/tensor/decode-ops.ts) compose the unfused kernels when
 // MOHAWK_DECODE_FUSED=0 or the backend lacks them.
 
-import type { DeviceBuffer, DType, SsmStepParams } from '../backend.js';
+import type { DeviceBuffer, SsmStepParams } from '../backend.js';
 import { gemv, gemvTakes } from './gemv.js';
-import { moduleKernels, rowThreads, type CudaBuffer, type Host } from './host.js';
+import { moduleKernels, outCode, rowThreads, type CudaBuffer, type Host } from './host.js';
 
 /** Kernel signatures of kernels/decode.cu (argument kinds, see kernels.ts). */
 export const DECODE_SIGNATURES = {
@@ -16,15 +16,6 @@ export const DECODE_SIGNATURES = {
 } as const;
 
 const { k, run1 } = moduleKernels('decode', DECODE_SIGNATURES);
-
-/** storage codes of common.cuh (DT_F32, DT_BF16, DT_F16) */
-const OUT_CODE: Partial<Record<DType, number>> = { f32: 0, bf16: 3, f16: 4 };
-
-function outCode(buf: CudaBuffer, what: string): number {
-  const c = OUT_CODE[buf.dtype];
-  if (c === undefined) throw new Error(`cuda backend: ${what} must be f32, bf16 or f16, got ${buf.dtype}`);
-  return c;
-}
 
 export function layerNormTo16(
   h: Host,
@@ -42,7 +33,7 @@ export function layerNormTo16(
     h.f(weight, 'layerNormTo16 weight'),
     bias ? h.f(bias, 'layerNormTo16 bias') : 0,
     o.ptr,
-    outCode(o, 'layerNormTo16 output'),
+    outCode(o.dtype, 'layerNormTo16 output'),
   ];
   if (rows * cols === 0) return;
   k(h, 'layernorm_to16').launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, eps]);
@@ -63,7 +54,7 @@ export function ssmStepGate(
 ): void {
   const { batch, heads: H, groups: G, headDim: P, dState: N, kernel: K } = p;
   const o = h.buf(out, 'ssmStepGate output');
-  const ot = outCode(o, 'ssmStepGate output');
+  const ot = outCode(o.dtype, 'ssmStepGate output');
   const zp = h.f(zx, 'ssmStepGate in_proj output');
   const sp = h.f(convState, 'ssmStepGate conv state');
   if (batch === 0 || H === 0) return;

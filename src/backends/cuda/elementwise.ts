@@ -9,10 +9,9 @@ import {
   type AdamWParams,
   type BinaryOp,
   type DeviceBuffer,
-  type DType,
   type UnaryOp,
 } from '../backend.js';
-import { moduleKernels, type Host } from './host.js';
+import { DTYPE_CODE, moduleKernels, storage, type Host } from './host.js';
 import type { Arg } from './kernels.js';
 
 /** Kernel signatures of kernels/elementwise.cu (argument kinds, see kernels.ts). */
@@ -64,14 +63,6 @@ export const ELEMENTWISE_SIGNATURES = {
 
 const { k, run1 } = moduleKernels('elementwise', ELEMENTWISE_SIGNATURES);
 
-/** storage codes of the fused glue kernels: 0 f32, 1 bf16, 2 f16 */
-function storage(dtype: DType, what: string): number {
-  if (dtype === 'f32') return 0;
-  if (dtype === 'bf16') return 1;
-  if (dtype === 'f16') return 2;
-  throw new Error(`cuda backend: ${what} must be f32, bf16 or f16, got ${dtype}`);
-}
-
 /** the 16-bit storage code of a buffer (bf16 1, f16 2) */
 function storage16(h: Host, buf: DeviceBuffer, what: string): number {
   const b = h.buf(buf, what);
@@ -79,9 +70,6 @@ function storage16(h: Host, buf: DeviceBuffer, what: string): number {
     throw new Error(`cuda backend: ${what} must be bf16 or f16, got ${b.dtype}`);
   return storage(b.dtype, what);
 }
-
-/** dtype codes of cast_any (elementwise.cu) */
-const DTYPE_CODE: Record<DType, number> = { f32: 0, f64: 1, i32: 2, bf16: 3, f16: 4 };
 
 /** unary op codes: the position in UNARY_OPS, the order of the switch in elementwise.cu */
 export const UNARY_CODE = Object.fromEntries(UNARY_OPS.map((op, i) => [op, i])) as Record<UnaryOp, number>;

@@ -3,7 +3,7 @@
 // bandwidth. MOHAWK_GEMV=0 turns them off (cuBLAS for every product).
 
 import type { MatmulParams } from '../backend.js';
-import { moduleKernels, type Host } from './host.js';
+import { moduleKernels, outCode, type Host } from './host.js';
 import type { CudaBuffer } from './host.js';
 
 /** Kernel signatures of kernels/gemv.cu (argument kinds, see kernels.ts). */
@@ -112,9 +112,6 @@ export interface GemvSecond {
   act: number;
 }
 
-/** storage codes of common.cuh for c */
-const OUT_CODE: Record<string, number> = { f32: 0, bf16: 3, f16: 4 };
-
 /**
  * out (m, n) = act(alpha x (m, k) W^T + beta out + bias (n)), W (n, k); act 0 (none) or 1 (the
  * tanh GELU, gemv.cu's GEMV_ACT_GELU_NEW); then (r1 + r2) + out with the residual addends r1, r2
@@ -151,7 +148,7 @@ export function gemv(
     p.beta,
     splits,
     act,
-    OUT_CODE[c.dtype],
+    outCode(c.dtype, 'gemv output'),
     r1 ? r1.ptr : 0,
     r2 ? r2.ptr : 0,
     second ? second.w.ptr : 0,
@@ -159,7 +156,7 @@ export function gemv(
     second?.bias ? second.bias.ptr : 0,
     n2,
     second ? second.act : 0,
-    second ? OUT_CODE[second.c.dtype] : 0,
+    second ? outCode(second.c.dtype, 'gemv second output') : 0,
     blocks1,
   ]);
 }

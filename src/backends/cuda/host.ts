@@ -80,3 +80,20 @@ export function partialBlocks(h: Host, rows: number): number {
 export function roundUp(n: number, m: number): number {
   return Math.ceil(n / m) * m;
 }
+
+/** storage codes of the glue kernels (0 f32, 1 bf16, 2 f16); `what` names the buffer in errors */
+export function storage(dtype: DType, what: string): number {
+  if (dtype === 'f32') return 0;
+  if (dtype === 'bf16') return 1;
+  if (dtype === 'f16') return 2;
+  throw new Error(`cuda backend: ${what} must be f32, bf16 or f16, got ${dtype}`);
+}
+
+/** dtype codes of common.cuh (DT_F32 0, DT_F64 1, DT_I32 2, DT_BF16 3, DT_F16 4): cast_any, decode, gemv */
+export const DTYPE_CODE: Record<DType, number> = { f32: 0, f64: 1, i32: 2, bf16: 3, f16: 4 };
+
+/** the DTYPE_CODE of an output that must be f32, bf16 or f16 */
+export function outCode(dtype: DType, what: string): number {
+  storage(dtype, what);
+  return DTYPE_CODE[dtype];
+}

@@ -2,7 +2,7 @@
 // and KL divergence (forward and backward), and the embedding gather/scatter.
 
 import type { DeviceBuffer } from '../backend.js';
-import { moduleKernels, partialBlocks, rowThreads, type Host } from './host.js';
+import { moduleKernels, partialBlocks, rowThreads, storage, type Host } from './host.js';
 
 /** Kernel signatures of kernels/rows.cu (argument kinds, see kernels.ts). */
 export const ROWS_SIGNATURES = {
@@ -388,11 +388,7 @@ export function klDivergenceBackward(
     lse ? h.f(lse, 'KL log-sum-exps') : 0,
     losses ? h.f(losses, 'KL losses') : 0,
   ];
-  const out16 = { f32: 0, bf16: 1, f16: 2 }[gStudent.dtype as 'f32' | 'bf16' | 'f16'];
-  if (out16 === undefined)
-    throw new Error(
-      `cuda klDivergenceBackward: the student gradient is ${gStudent.dtype}, expected f32, bf16 or f16`,
-    );
+  const out16 = storage(gStudent.dtype, 'KL student gradient');
   if (rows * vocab === 0) return;
   k(h, 'kl_div_backward_f32').launch([rows, 1, 1], rowThreads(vocab), 0, [
     ...args,

@@ -2,7 +2,7 @@
 // position embeddings, and the one-token recurrent step of the mixer for decoding.
 
 import type { ColumnWindow, DeviceBuffer, RopeParams, SsmStepParams } from '../backend.js';
-import { moduleKernels, roundUp, THREADS, type CudaBuffer, type Host } from './host.js';
+import { moduleKernels, roundUp, storage, THREADS, type CudaBuffer, type Host } from './host.js';
 
 /** Kernel signatures of kernels/sequence.cu (argument kinds, see kernels.ts). */
 export const SEQUENCE_SIGNATURES = {
@@ -277,14 +277,6 @@ export function causalConv1dWindowBackward(
   if (pb) h.free(pb);
 }
 
-/** storage code of the gate kernels: f32 0, bf16 1, f16 2 */
-function gateStorage(dtype: string, what: string): number {
-  if (dtype === 'f32') return 0;
-  if (dtype === 'bf16') return 1;
-  if (dtype === 'f16') return 2;
-  throw new Error(`cuda backend: ${what} must be f32, bf16 or f16, got ${dtype}`);
-}
-
 /** Backend.siluGateDWindow: the mixer's gate with its D term, z read in place from in_proj's output */
 export function siluGateDWindow(
   h: Host,
@@ -302,7 +294,7 @@ export function siluGateDWindow(
   zKeep: DeviceBuffer | null,
 ): void {
   const o = h.buf(out, 'siluGateD output');
-  const ot = gateStorage(o.dtype, 'siluGateD output');
+  const ot = storage(o.dtype, 'siluGateD output');
   const keep = yKeep !== null && zKeep !== null;
   if (
     keep &&
@@ -381,7 +373,7 @@ export function siluGateDWindowBackward(
     h.f(x, 'siluGateD x'),
     h.f(D, 'siluGateD D'),
     zb.ptr,
-    gateStorage(yb.dtype, 'siluGateD y'),
+    storage(yb.dtype, 'siluGateD y'),
     h.f(bias, 'siluGateD bias'),
     h.f(g, 'siluGateD gradient'),
     h.f(gy, 'siluGateD y gradient'),
