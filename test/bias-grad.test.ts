@@ -10,26 +10,13 @@ import { bf16ToF32, f16ToF32, f32ToBf16 } from '../src/backends/dtype.js';
 import { MLP } from '../src/nn/mlp.js';
 import * as T from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
-import { assertClose } from './helpers.js';
+import { assertClose, withEnv } from './helpers.js';
 
 /** the tanh GELU's derivative in f64 */
 function geluNewGrad(x: number): number {
   const c = Math.sqrt(2 / Math.PI);
   const t = Math.tanh(c * (x + 0.044715 * x ** 3));
   return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x * x);
-}
-
-/** run fn with env `name` set to `value` (undefined: unset), restored afterwards */
-function withEnv<R>(name: string, value: string | undefined, fn: () => R): R {
-  const prev = process.env[name];
-  if (value === undefined) delete process.env[name];
-  else process.env[name] = value;
-  try {
-    return fn();
-  } finally {
-    if (prev === undefined) delete process.env[name];
-    else process.env[name] = prev;
-  }
 }
 
 describe('castColumnSums (cpu)', () => {

@@ -43,7 +43,7 @@ import { studentConfigFor } from '../src/distill/transfer.js';
 import { PhiForCausalLM } from '../src/models/phi.js';
 import { StudentLM } from '../src/models/phi-mamba.js';
 import type { CausalLM } from '../src/models/types.js';
-import { assertClose, tinyLlama } from './helpers.js';
+import { assertClose, tinyLlama, withEnv } from './helpers.js';
 import { MLP } from '../src/nn/mlp.js';
 import { DiscreteMamba2 } from '../src/nn/discrete-mamba2.js';
 
@@ -2664,18 +2664,6 @@ describe(
   },
 );
 
-/** run fn with env `name` set to `value` (undefined: unset), restored afterwards */
-function withEnv<R>(name: string, value: string | undefined, fn: () => R): R {
-  const prev = process.env[name];
-  if (value === undefined) delete process.env[name];
-  else process.env[name] = value;
-  try {
-    return fn();
-  } finally {
-    if (prev === undefined) delete process.env[name];
-    else process.env[name] = prev;
-  }
-}
 // ==== helper "decode" (issue 18, batch-1 decoding): gemv.cu's shapes and the fused decode-step kernels ====
 
 describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)', { skip }, () => {

@@ -158,3 +158,16 @@ export function writePatternedSplits(dir: string, tokens: number, trainTokens: n
     { vocabSize: TINY_LLAMA.vocabSize, eosTokenId: 256 },
   );
 }
+
+/** fn() with the environment variable `name` set to value (unset for undefined), restored after */
+export function withEnv<R>(name: string, value: string | undefined, fn: () => R): R {
+  const prev = process.env[name];
+  if (value === undefined) delete process.env[name];
+  else process.env[name] = value;
+  try {
+    return fn();
+  } finally {
+    if (prev === undefined) delete process.env[name];
+    else process.env[name] = prev;
+  }
+}
