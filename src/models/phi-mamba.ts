@@ -137,9 +137,6 @@ export function paddedVocab(c: Pick<StudentConfig, 'vocabSize' | 'padVocabSizeMu
 
 // ---- blocks -----------------------------------------------------------------------------------
 
-/** the MLP activations that are the tanh GELU (linearPair's 'geluNew') */
-const GELU_NEW: ReadonlySet<Activation> = new Set(['gelu_new', 'gelu_pytorch_tanh']);
-
 export class StudentBlock extends Module implements Block {
   readonly mixerKind: 'attention' | 'ssm';
   readonly input_layernorm: LayerNorm | RMSNorm;
@@ -246,7 +243,7 @@ export class StudentBlock extends Module implements Block {
   forward(x: Tensor, opts: BlockOptions = {}): BlockOutput {
     const n16 = this.norm16(x, opts);
     const mlp = this.mlp;
-    if (n16 && mlp instanceof MLP && GELU_NEW.has(mlp.act) && this.mixer instanceof DiscreteMamba2) {
+    if (n16 && mlp instanceof MLP && mlp.geluNew && this.mixer instanceof DiscreteMamba2) {
       // a decoding step of a parallel block (norm16's cases): in_proj and fc1 read the norm in one
       // pass, the mixer steps from in_proj's output, out_proj and fc2 run in one pass that also adds
       // the residual sum (decode-ops.ts)
@@ -280,9 +277,7 @@ export class StudentBlock extends Module implements Block {
     if (this.c.style === 'phi') {
       // without gradients (decoding), the Phi MLP's fc2 adds x + mixer output in its own pass
       const out =
-        this.mlp instanceof MLP && !isGradEnabled()
-          ? this.mlp.forwardResidual(n, x, m.out)
-          : add3(x, m.out, this.mlp.forward(n));
+        this.mlp instanceof MLP ? this.mlp.forwardResidual(n, x, m.out) : add3(x, m.out, this.mlp.forward(n));
       return { out, mixerOut: m.out, matrix: m.matrix };
     }
     if (this.pre_feedforward_layernorm && this.post_feedforward_layernorm) {

@@ -93,9 +93,14 @@ export class MLP extends Module {
    * under autocast, fc2's product adds it in its own pass where the backend fuses it
    * (decode-ops.ts linearResidual), else add3.
    */
+  /** whether the activation is the tanh GELU (the op the fused GELU kernels apply) */
+  get geluNew(): boolean {
+    return ACTIVATION_OP[this.act] === 'geluNew';
+  }
+
   forwardResidual(x: Tensor, r1: Tensor, r2: Tensor): Tensor {
     const dt = getAutocast();
-    if (!dt || isGradEnabled() || ACTIVATION_OP[this.act] !== 'geluNew') return add3(r1, r2, this.forward(x));
+    if (!dt || isGradEnabled() || !this.geluNew) return add3(r1, r2, this.forward(x));
     const h = linearAct(x, this.fc1.weight, this.fc1.bias, 'geluNew', dt);
     return linearResidual(h, this.fc2.weight, this.fc2.bias, r1, r2, dt);
   }
@@ -105,14 +110,14 @@ export class MLP extends Module {
     // activation's gradient once (null where that does not apply)
     const act = linearActivation(x, this.fc1.weight, this.fc1.bias, ACTIVATION_OP[this.act]);
     if (act) return this.fc2.forward(act);
-    if (this.act === 'gelu_new' || this.act === 'gelu_pytorch_tanh') {
+    if (this.geluNew) {
       // the tanh GELU in the products' epilogues where the backend has them (MOHAWK_GELU_EPILOGUE=1)
       const fused = geluMlp(x, this.fc1.weight, this.fc1.bias!, this.fc2.weight, this.fc2.bias!);
       if (fused) return fused;
     }
     // under autocast fc2 reads a 16-bit copy anyway: the activation writes it directly
     const dt = getAutocast();
-    if (dt && !isGradEnabled() && ACTIVATION_OP[this.act] === 'geluNew')
+    if (dt && !isGradEnabled() && this.geluNew)
       // no gradients (decoding, evaluation): the product, bias and GELU in one kernel where the
       // backend has it (decode-ops.ts; MOHAWK_DECODE_FUSED=0: the two kernels below)
       return this.fc2.forward(linearAct(x, this.fc1.weight, this.fc1.bias, 'geluNew', dt));
