@@ -19,7 +19,11 @@
 // profile and the memory breakdown always come from the eager loop.
 // Run: node --import tsx bench/stage3-step.ts [--model phi|llama3] [--fused] [--layers N] [--batch B]
 //      [--seq T] [--steps S] [--teacher-f32] [--unfused] [--gelu-epilogue] [--trainer] [--split-mixer]
-//      [--unfused-norm-grad] [--unfused-norm-cast] (BENCH_OUT=dir also writes stage3-step[-NAME].{md,json})
+//      [--unfused-norm-grad] [--unfused-norm-cast] [--gemm-shapes] (BENCH_OUT=dir also writes
+//      stage3-step[-NAME].{md,json})
+// --gemm-shapes: the profile names each GEMM shape apart, and a table gives each shape's TFLOP/s.
+// MOHAWK_GEMM_TUNE=N (the backend's autotuning) adds the tuned products: the candidate picked and
+// its time against the heuristic's first choice.
 
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -49,6 +53,7 @@ const { values } = parseArgs({
   options: {
     model: { type: 'string', default: 'phi' },
     fused: { type: 'boolean', default: false },
+    'gemm-shapes': { type: 'boolean', default: false },
     name: { type: 'string', default: '' },
     layers: { type: 'string' },
     batch: { type: 'string', default: '4' },
@@ -380,7 +385,7 @@ for (const [name, fn] of originals)
   };
 let kernels: { name: string; calls: number; ms: number }[];
 try {
-  kernels = gpu.profile(() => step()).kernels;
+  kernels = gpu.profile(() => step(), { gemmShapes: values['gemm-shapes'] }).kernels;
 } finally {
   for (const [name, fn] of originals) be[name] = fn;
 }
@@ -394,6 +399,16 @@ for (const k of kernels) {
   fam.set(f, e);
 }
 const total = [...fam.values()].reduce((a, b) => a + b.ms, 0);
+// each GEMM shape's rate (names end in ' (m n k, NT[, batch B][, beta])' under --gemm-shapes)
+const gemmRows = kernels
+  .map((k) => {
+    const m = / \((\d+) (\d+) (\d+), ([NT]{2})(?:, batch (\d+))?/.exec(k.name);
+    if (!m) return null;
+    const flops = 2 * Number(m[1]) * Number(m[2]) * Number(m[3]) * Number(m[5] ?? 1) * k.calls;
+    return { name: k.name, calls: k.calls, ms: k.ms, tflops: flops / (k.ms * 1e-3) / 1e12 };
+  })
+  .filter((r) => r !== null);
+const tuned = gpu.tunedProducts();
 const prof = [...fam.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 28);
 // a failure here must not lose the figures above
 let memory: string[];
@@ -415,6 +430,24 @@ const lines = [
     ([n, e]) => `| ${n} | ${e.calls} | ${e.ms.toFixed(1)} | ${((e.ms / total) * 100).toFixed(0)}% |`,
   ),
   '',
+  ...(gemmRows.length
+    ? [
+        'GEMMs by shape (m n k of the row-major product C (m, n) = op(A) op(B)):',
+        '| GEMM | calls | ms | TFLOP/s |',
+        '| --- | ---: | ---: | ---: |',
+        ...gemmRows.map((r) => `| ${r.name} | ${r.calls} | ${r.ms.toFixed(2)} | ${r.tflops.toFixed(0)} |`),
+        '',
+      ]
+    : []),
+  ...(tuned.length
+    ? [
+        `tuned products (MOHAWK_GEMM_TUNE=${process.env.MOHAWK_GEMM_TUNE}): the pick's rank in the heuristic's order, ms of the pick / of the first:`,
+        '| plan | rank | ms | first ms |',
+        '| --- | ---: | ---: | ---: |',
+        ...tuned.map((t) => `| ${t.plan} | ${t.rank} | ${t.ms.toFixed(3)} | ${t.firstMs.toFixed(3)} |`),
+        '',
+      ]
+    : []),
   'elementwise, cast, copy and reduction calls of that step (host side; largest by elements moved):',
   '| call | calls | M elements |',
   '| --- | ---: | ---: |',
@@ -430,6 +463,21 @@ if (process.env.BENCH_OUT) {
   writeFileSync(join(process.env.BENCH_OUT, `${file}.md`), lines.join('\n') + '\n');
   writeFileSync(
     join(process.env.BENCH_OUT, `${file}.json`),
-    JSON.stringify({ ms, times, tokS, mfu, peakGiB: peak, flopsPerToken, profile: prof, memory }, null, 2),
+    JSON.stringify(
+      {
+        ms,
+        times,
+        tokS,
+        mfu,
+        peakGiB: peak,
+        flopsPerToken,
+        profile: [...fam.entries()],
+        gemms: gemmRows,
+        tuned,
+        memory,
+      },
+      null,
+      2,
+    ),
   );
 }

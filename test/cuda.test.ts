@@ -27,6 +27,7 @@ import { CpuBackend } from '../src/backends/cpu/index.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../src/backends/dtype.js';
 import { CachingAllocator, GraphPool, sizeClass } from '../src/backends/cuda/allocator.js';
 import { CudaBackend, KERNEL_SIGNATURES, collapseAxes } from '../src/backends/cuda/index.js';
+import { gemmTuneCandidates } from '../src/backends/cuda/cublas.js';
 import { kernelsDir } from '../src/backends/cuda/kernels.js';
 import { gemvSplits, gemvSwitch, gemvTuning } from '../src/backends/cuda/gemv.js';
 import * as T from '../src/tensor/index.js';
@@ -3540,5 +3541,75 @@ describe('cuda: attention forward version 2 vs cpu', { skip }, () => {
       delete process.env.MOHAWK_ATTENTION_TC_DEFINES;
     }
     assert.deepEqual(failures, []);
+  });
+});
+
+describe('cuda: GEMM autotuning (MOHAWK_GEMM_TUNE)', { skip }, () => {
+  it('tuned products (plain, accumulating, with a bias, bf16 out) equal the CPU product; C survives the timing', () => {
+    assert.equal(gemmTuneCandidates(undefined), 0);
+    assert.equal(gemmTuneCandidates('1'), 0);
+    assert.equal(gemmTuneCandidates('8'), 8);
+    assert.throws(() => gemmTuneCandidates('many'), /MOHAWK_GEMM_TUNE: expected 0 \(off\) or a count/);
+    const tg = new CudaBackend({ gemmTune: 8 });
+    const bufs: DeviceBuffer[] = [];
+    const put = (dtype: DType, h: HostArray) => {
+      const b = tg.alloc(dtype, h.length);
+      tg.write(b, h);
+      bufs.push(b);
+      return b;
+    };
+    try {
+      for (const c of [
+        { m: 256, n: 192, k: 320, transA: false, transB: false, beta: 0, bias: false, out: 'f32' },
+        { m: 128, n: 256, k: 192, transA: true, transB: false, beta: 1, bias: false, out: 'f32' },
+        { m: 192, n: 128, k: 256, transA: false, transB: true, beta: 0, bias: true, out: 'f32' },
+        { m: 136, n: 264, k: 72, transA: false, transB: true, beta: 0, bias: false, out: 'bf16' },
+      ] as const) {
+        const bits = (n: number) => Uint16Array.from(randn(n), f32ToBf16);
+        const ab = bits(c.m * c.k);
+        const bb = bits(c.k * c.n);
+        const c0 = Float32Array.from(randn(c.m * c.n));
+        const biasH = Float32Array.from(randn(c.n));
+        const p = {
+          batch: 1,
+          m: c.m,
+          n: c.n,
+          k: c.k,
+          transA: c.transA,
+          transB: c.transB,
+          strideA: c.m * c.k,
+          strideB: c.k * c.n,
+          strideC: c.m * c.n,
+          alpha: 0.5,
+          beta: c.beta,
+        };
+        const ac = hold(cpu, cpu.alloc('f32', ab.length));
+        const bc = hold(cpu, cpu.alloc('f32', bb.length));
+        cpu.write(ac, Float32Array.from(ab, bf16ToF32));
+        cpu.write(bc, Float32Array.from(bb, bf16ToF32));
+        const cc = hold(cpu, cpu.alloc('f32', c0.length));
+        cpu.write(cc, c0);
+        const biasC = hold(cpu, cpu.alloc('f32', c.n));
+        cpu.write(biasC, biasH);
+        cpu.matmul(ac, bc, cc, p, c.bias ? biasC : null);
+        const ref = Float64Array.from(cpu.read(cc) as Float32Array);
+        const cg = put(c.out, c.out === 'f32' ? c0 : Uint16Array.from(c0, f32ToBf16));
+        const biasG = c.bias ? put('f32', biasH) : null;
+        tg.matmul(put('bf16', ab), put('bf16', bb), cg, p, biasG);
+        const got = numbers(tg.read(cg), c.out);
+        const tol = (c.out === 'f32' ? 2e-6 * Math.sqrt(c.k) : 8e-3) * maxAbs(ref) + 1e-6;
+        let worst = 0;
+        for (let i = 0; i < ref.length; i++) worst = Math.max(worst, Math.abs(got[i] - ref[i]));
+        assert.ok(worst <= tol, `tuned matmul ${JSON.stringify(c)}: error ${worst} > ${tol}`);
+      }
+      // every product shape above was timed once and kept a candidate
+      const tuned = tg.tunedProducts();
+      assert.ok(tuned.length >= 1, 'no product was tuned');
+      for (const t of tuned)
+        assert.ok(t.rank >= 0 && t.ms > 0 && t.ms <= t.firstMs + 1e-9, JSON.stringify(t));
+    } finally {
+      for (const b of bufs) tg.free(b);
+      for (const [be, b] of held.splice(0)) be.free(b);
+    }
   });
 });

@@ -47,10 +47,12 @@ const LT_PREF_MIN_ALIGNMENT_A_BYTES = 5; // uint32_t, default 256; B, C, D follo
 // Layouts keep their default order, CUBLASLT_ORDER_COL (0): column-major, ld = column stride.
 // cublasLtMatmulHeuristicResult_t = { cublasLtMatmulAlgo_t algo (uint64_t data[8]) @0;
 // size_t workspaceSize @64; cublasStatus_t state @72; float wavesCount @76; int reserved[4] @80 }
-// = 96 bytes; the block is larger in case a later library writes a longer struct.
-const LT_RESULT_BYTES = 256;
+// = 96 bytes; arrays of them (several candidates) are 96 bytes apart. The block has room to
+// spare in case a later library writes a longer struct.
+const LT_RESULT_STRIDE = 96;
 const LT_RESULT_WORKSPACE = 64;
 const LT_RESULT_STATE = 72;
+const LT_EPILOGUE_DEFAULT = 1; // no epilogue: D = alpha AB + beta C
 
 export type GemmDType = 'f32' | 'bf16' | 'f16';
 
@@ -108,7 +110,8 @@ export class Cublas {
   /** cuBLASLt for products with a bias epilogue, null where it did not load */
   private readonly lt: CublasLt | null;
 
-  constructor(driver: Driver, workspace: number, workspaceBytes: number) {
+  /** tuneCandidates >= 2: GEMM autotuning over that many candidates (GemmTuning) */
+  constructor(driver: Driver, workspace: number, workspaceBytes: number, tuneCandidates = 0) {
     const { lib, path } = loadCudaLibrary(['libcublas.so.13', 'libcublas.so.12', 'libcublas.so'], 'cuBLAS');
     this.path = path;
     const f = (decl: string): Fn => lib.func(decl) as Fn;
@@ -132,7 +135,27 @@ export class Cublas {
     this.scalars = koffi.alloc('float', 2);
     this.scalarView = new Float32Array(koffi.view(this.scalars, 8));
     this.alphaPtr = Number(koffi.address(this.scalars));
-    this.lt = CublasLt.open(driver.stream, workspace, workspaceBytes, this.statusName);
+    const candidates = tuneCandidates >= 2 ? Math.min(64, Math.floor(tuneCandidates)) : 0;
+    this.lt = CublasLt.open(
+      driver.stream,
+      workspace,
+      workspaceBytes,
+      this.statusName,
+      candidates ? { candidates, driver } : null,
+    );
+  }
+
+  /** whether products are autotuned (MOHAWK_GEMM_TUNE) */
+  get tuning(): boolean {
+    return !!this.lt?.tuning;
+  }
+
+  /**
+   * The tuned products so far: the plan (types, transposes, m n k, ...), the rank of the picked
+   * candidate in the heuristic's order (0: its first choice) and the ms of the pick and of the first.
+   */
+  tunedProducts(): { plan: string; rank: number; ms: number; firstMs: number }[] {
+    return [...(this.lt?.tuned ?? [])].map(([plan, [rank, ms, firstMs]]) => ({ plan, rank, ms, firstMs }));
   }
 
   /** where cuBLASLt was loaded from, null when it is not available (gemmBias then returns false) */
@@ -151,6 +174,14 @@ export class Cublas {
    */
   gemm(g: Gemm): void {
     const { m, n, k } = g;
+    if (this.lt?.tuning && g.batch === 1 && g.typeAB !== 'f32' && m > 0 && n > 0 && k > 0) {
+      // tuned products go through cuBLASLt, which can list its candidates
+      this.scalarView[0] = g.alpha;
+      this.scalarView[1] = g.beta;
+      const e = { epilogue: LT_EPILOGUE_DEFAULT, bias: 0, biasType: g.typeC, aux: 0, auxLd: 0 };
+      if ((g.typeC === g.typeAB || g.typeC === 'f32') && this.lt.matmul(g, e, this.tf32, this.alphaPtr))
+        return;
+    }
     const lda = g.transA ? m : k;
     const ldb = g.transB ? k : n;
     this.scalarView[0] = g.alpha;
@@ -233,6 +264,28 @@ export class Cublas {
   }
 }
 
+/**
+ * GEMM autotuning (MOHAWK_GEMM_TUNE=N, N >= 2): the first time a product shape runs outside a
+ * graph capture, cuBLASLt's first N heuristic candidates are each timed on it (into a scratch
+ * output, so C is untouched) and the fastest is kept for the process, as PyTorch's TunableOp does
+ * for its products. With it on, the products without an epilogue also go through cuBLASLt. The
+ * pick depends on timings, so two processes may pick differently (and differ in the last bits).
+ */
+export interface GemmTuning {
+  candidates: number;
+  /** event timing and a scratch output on the product's stream */
+  driver: Driver;
+}
+
+/** MOHAWK_GEMM_TUNE: the number of heuristic candidates to time (0 or 1: no tuning) */
+export function gemmTuneCandidates(env: string | undefined): number {
+  if (env === undefined || env === '' || env === '0') return 0;
+  const n = Number(env);
+  if (!Number.isInteger(n) || n < 0 || n > 64)
+    throw new Error(`MOHAWK_GEMM_TUNE: expected 0 (off) or a count of candidates up to 64, got '${env}'`);
+  return n >= 2 ? n : 0;
+}
+
 /** A cached cuBLASLt product: descriptor, layouts and the heuristic's algorithm. */
 interface LtPlan {
   desc: number;
@@ -245,6 +298,8 @@ interface LtPlan {
   algo: number;
   /** whether cublasLtMatmul has accepted this plan once */
   ran: boolean;
+  /** usable candidates (addresses of their results) left to time; empty once tuned */
+  candidates: number[];
 }
 
 /**
@@ -271,6 +326,8 @@ class CublasLt {
   private readonly scratchView: DataView;
   private readonly scratchPtr: number;
   private readonly plans = new Map<string, LtPlan | false>();
+  /** what tuning picked: plan key -> [candidate rank, its ms, the first candidate's ms] */
+  readonly tuned = new Map<string, [number, number, number]>();
 
   private constructor(
     readonly path: string,
@@ -279,6 +336,7 @@ class CublasLt {
     private readonly workspace: number,
     private readonly workspaceBytes: number,
     private readonly statusName: (s: number) => string,
+    readonly tuning: GemmTuning | null,
   ) {
     const f = (decl: string): Fn => lib.func(decl) as Fn;
     // handles and descriptors are opaque pointers, passed as uint64_t like device pointers
@@ -327,13 +385,14 @@ class CublasLt {
     workspace: number,
     workspaceBytes: number,
     statusName: (s: number) => string,
+    tuning: GemmTuning | null,
   ): CublasLt | null {
     try {
       const { lib, path } = loadCudaLibrary(
         ['libcublasLt.so.13', 'libcublasLt.so.12', 'libcublasLt.so'],
         'cuBLASLt',
       );
-      return new CublasLt(path, lib, stream, workspace, workspaceBytes, statusName);
+      return new CublasLt(path, lib, stream, workspace, workspaceBytes, statusName, tuning);
     } catch {
       return null; // products with a bias fall back to gemm + a bias kernel
     }
@@ -379,6 +438,7 @@ class CublasLt {
    */
   private plan(g: Gemm, e: Epilogue, compute: number): LtPlan | false {
     const { m, n, k } = g;
+    const want = this.tuning ? this.tuning.candidates : 1;
     const out = [0];
     this.check('cublasLtMatmulDescCreate', this.fn.descCreate(out, compute, CUDA_R_32F));
     const plan: LtPlan = {
@@ -388,9 +448,10 @@ class CublasLt {
       // B' stored as our A: (m, k) row-major = k x m column-major, or (k, m) = m x k when transposed
       layoutB: g.transA ? this.layout(g.typeAB, m, k, m) : this.layout(g.typeAB, k, m, k),
       layoutC: this.layout(g.typeC, n, m, n),
-      result: koffi.alloc('uint64_t', LT_RESULT_BYTES / 8),
+      result: koffi.alloc('uint64_t', ((want + 2) * LT_RESULT_STRIDE) / 8),
       algo: 0,
       ran: false,
+      candidates: [],
     };
     plan.algo = Number(koffi.address(plan.result));
     this.setDesc(plan.desc, LT_DESC_TRANSA, g.transB ? CUBLAS_OP_T : CUBLAS_OP_N, 4);
@@ -408,7 +469,8 @@ class CublasLt {
     // alignments of A' (our B), B' (our A), C and D (one pointer)
     const aligns = [alignment(g.b), alignment(g.a), alignment(g.c), alignment(g.c)];
     aligns.forEach((a, i) => this.setPref(LT_PREF_MIN_ALIGNMENT_A_BYTES + i, a));
-    const results = new Uint8Array(koffi.view(plan.result, LT_RESULT_BYTES));
+    const bytes = (want + 2) * LT_RESULT_STRIDE;
+    const results = new Uint8Array(koffi.view(plan.result, bytes));
     results.fill(0);
     const count = [0];
     const status = this.fn.heuristic(
@@ -419,18 +481,25 @@ class CublasLt {
       plan.layoutC,
       plan.layoutC,
       this.pref,
-      1,
+      want,
       plan.algo,
       count,
     );
-    const view = new DataView(results.buffer, results.byteOffset, LT_RESULT_BYTES);
-    const needs = Number(view.getBigUint64(LT_RESULT_WORKSPACE, true));
-    const state = view.getInt32(LT_RESULT_STATE, true);
-    const usable = status === 0 && Number(count[0]) >= 1 && state === 0;
-    if (!usable || needs > (this.workspace ? this.workspaceBytes : 0)) {
+    const view = new DataView(results.buffer, results.byteOffset, bytes);
+    const room = this.workspace ? this.workspaceBytes : 0;
+    const usable: number[] = [];
+    for (let i = 0; status === 0 && i < Math.min(Number(count[0]), want); i++) {
+      const needs = Number(view.getBigUint64(i * LT_RESULT_STRIDE + LT_RESULT_WORKSPACE, true));
+      const state = view.getInt32(i * LT_RESULT_STRIDE + LT_RESULT_STATE, true);
+      if (state === 0 && needs <= room) usable.push(plan.algo + i * LT_RESULT_STRIDE);
+    }
+    if (usable.length === 0) {
       this.destroy(plan);
       return false;
     }
+    // the heuristic's first choice until (unless) tuning picks another
+    plan.algo = usable[0];
+    plan.candidates = usable.length > 1 ? usable : [];
     return plan;
   }
 
@@ -460,6 +529,8 @@ class CublasLt {
     if (!plan) return false;
     if (e.bias) this.setDesc(plan.desc, LT_DESC_BIAS_POINTER, e.bias, 8);
     if (e.aux) this.setDesc(plan.desc, LT_DESC_EPILOGUE_AUX_POINTER, e.aux, 8);
+    if (plan.candidates.length > 1 && this.tuning && !this.tuning.driver.isCapturing())
+      this.tune(key, plan, g, alphaPtr);
     const status = this.fn.matmul(
       this.handle,
       plan.desc,
@@ -492,5 +563,68 @@ class CublasLt {
     }
     plan.ran = true;
     return true;
+  }
+
+  /**
+   * Time each candidate of the plan on this product (one warm-up, then REPS runs between two
+   * events) with D in a scratch buffer, so C (read when beta != 0) is left as it was; outputs an
+   * epilogue writes (aux, bias gradient) are written again by the real call that follows. Keeps the
+   * fastest; a candidate the library refuses is skipped; no scratch memory: no tuning.
+   */
+  private tune(key: string, plan: LtPlan, g: Gemm, alphaPtr: number): void {
+    const cands = plan.candidates;
+    plan.candidates = [];
+    const drv = this.tuning!.driver;
+    const bytes = g.m * g.n * (g.typeC === 'f32' ? 4 : 2);
+    const d = drv.tryAlloc(bytes);
+    if (!d) return;
+    const start = drv.createEvent();
+    const end = drv.createEvent();
+    const REPS = 3;
+    const run = (algo: number) =>
+      this.fn.matmul(
+        this.handle,
+        plan.desc,
+        alphaPtr,
+        g.b,
+        plan.layoutA,
+        g.a,
+        plan.layoutB,
+        alphaPtr + 4,
+        g.c,
+        plan.layoutC,
+        d,
+        plan.layoutC,
+        algo,
+        this.workspace,
+        this.workspace ? this.workspaceBytes : 0,
+        this.stream,
+      );
+    try {
+      let best = -1;
+      let bestMs = Infinity;
+      let firstMs = NaN;
+      cands.forEach((algo, i) => {
+        if (run(algo) !== 0) return;
+        drv.record(start);
+        let ok = true;
+        for (let r = 0; r < REPS && ok; r++) ok = run(algo) === 0;
+        drv.record(end);
+        const ms = drv.elapsed(start, end) / REPS;
+        if (i === 0) firstMs = ms;
+        if (ok && ms < bestMs) {
+          bestMs = ms;
+          best = i;
+        }
+      });
+      if (best >= 0) {
+        plan.algo = cands[best];
+        this.tuned.set(key, [best, bestMs, firstMs]);
+      }
+    } finally {
+      drv.destroyEvent(start);
+      drv.destroyEvent(end);
+      drv.free(d);
+    }
   }
 }

@@ -31,7 +31,7 @@ import { CachingAllocator, formatBytes, sizeClass, type AllocatorStats } from '.
 import * as attention from './attention.js';
 import { ATTENTION_SIGNATURES } from './attention.js';
 import { ATTENTION_TC_SIGNATURES, attentionTcHeadDim } from './attention-tc.js';
-import { Cublas, type GemmDType } from './cublas.js';
+import { Cublas, gemmTuneCandidates, type GemmDType } from './cublas.js';
 import { CudaError, Driver } from './driver.js';
 import * as elementwise from './elementwise.js';
 import { GEMV_SIGNATURES, gemv, gemvBlockOut, gemvTakes } from './gemv.js';
@@ -77,6 +77,11 @@ export interface CudaBackendOptions {
   device?: number;
   /** TF32 tensor cores for f32 matmuls (default off, or $MOHAWK_TF32=1) */
   tf32?: boolean;
+  /**
+   * GEMM autotuning: time this many of cuBLASLt's candidates on each product shape's first run and
+   * keep the fastest (default $MOHAWK_GEMM_TUNE, else 0: the heuristic's first choice)
+   */
+  gemmTune?: number;
 }
 
 export class CudaBackend implements Backend {
@@ -111,7 +116,12 @@ export class CudaBackend implements Backend {
     );
     const workspace = drv.tryAlloc(this.workspaceBytes);
     if (!workspace) throw new CudaError('cuda backend: no device memory for the cuBLAS workspace');
-    this.cublas = new Cublas(drv, workspace, this.workspaceBytes);
+    this.cublas = new Cublas(
+      drv,
+      workspace,
+      this.workspaceBytes,
+      options.gemmTune ?? gemmTuneCandidates(process.env.MOHAWK_GEMM_TUNE),
+    );
     this.cublas.tf32 = options.tf32 ?? process.env.MOHAWK_TF32 === '1';
     this.kernels = new KernelRegistry(drv, this.nvrtc);
     this.sms = drv.info.multiprocessors;
@@ -343,10 +353,18 @@ export class CudaBackend implements Backend {
    * Run fn with every kernel launch and GEMM timed by events; returns fn's result and the device
    * time per kernel (largest first). For profiles, not for production runs.
    */
-  profile<R>(fn: () => R): { result: R; kernels: { name: string; calls: number; ms: number }[] } {
+  /** what GEMM autotuning (MOHAWK_GEMM_TUNE) picked so far (empty when it is off) */
+  tunedProducts(): { plan: string; rank: number; ms: number; firstMs: number }[] {
+    return this.cublas.tunedProducts();
+  }
+
+  profile<R>(
+    fn: () => R,
+    opts: { gemmShapes?: boolean } = {},
+  ): { result: R; kernels: { name: string; calls: number; ms: number }[] } {
     if (this.capturing) throw refuseInCapture('profile');
     const prev = this.kernels.profiler;
-    const prof = new Profiler(this.driver);
+    const prof = new Profiler(this.driver, opts.gemmShapes ?? false);
     this.kernels.profiler = prof;
     try {
       const result = fn();
@@ -640,10 +658,11 @@ export class CudaBackend implements Backend {
     if (BIAS && p.batch === 1 && this.fusedBias) {
       // cuBLASLt's bias epilogue: no extra pass over C (false: no algorithm for this case)
       const fused = () => this.cublas.gemmBias(gemmArgs(), BIAS.ptr);
-      if (prof ? prof.around(`cuBLASLt GEMM+bias ${ab} -> ${cd}`, fused) : fused()) return;
+      if (prof ? prof.around(`cuBLASLt GEMM+bias ${ab} -> ${cd}${gemmShape(prof, p)}`, fused) : fused())
+        return;
     }
     const gemm = () => this.cublas.gemm(gemmArgs());
-    if (prof) prof.around(`cuBLAS GEMM ${ab} -> ${cd}`, gemm);
+    if (prof) prof.around(`cuBLAS GEMM ${ab} -> ${cd}${gemmShape(prof, p)}`, gemm);
     else gemm();
     if (BIAS) addBias();
   }
@@ -939,7 +958,7 @@ export class CudaBackend implements Backend {
     const prof = this.kernels.profiler;
     const attempt = (bias: number, biasType: GemmDType) => {
       const run = () => this.cublas.gemmGelu(g, mode, bias, AUX?.ptr ?? 0, biasType);
-      return prof ? prof.around(`cuBLASLt GEMM+${mode} ${ab}`, run) : run();
+      return prof ? prof.around(`cuBLASLt GEMM+${mode} ${ab}${gemmShape(prof, p)}`, run) : run();
     };
     if (attempt(BIAS?.ptr ?? 0, 'f32')) return true;
     if (!BIAS) return false;
@@ -1577,4 +1596,11 @@ let shared: CudaBackend | null = null;
 export function createCudaBackend(options: CudaBackendOptions = {}): Backend {
   if (!shared) shared = new CudaBackend(options);
   return shared;
+}
+
+/** A GEMM's shape for the profile's name, where the profile asks for shapes: ' (m n k, NT, batch)' */
+function gemmShape(prof: Profiler, p: MatmulParams): string {
+  if (!prof.gemmShapes) return '';
+  const t = `${p.transA ? 'T' : 'N'}${p.transB ? 'T' : 'N'}`;
+  return ` (${p.m} ${p.n} ${p.k}, ${t}${p.batch > 1 ? `, batch ${p.batch}` : ''}${p.beta ? ', beta' : ''})`;
 }

@@ -74,7 +74,11 @@ export class Profiler {
   private readonly pool: number[] = [];
   private marks: { name: string; start: number; end: number }[] = [];
 
-  constructor(private readonly driver: Driver) {}
+  /** gemmShapes: GEMMs are named with their shapes (m n k, transposes), one entry per shape */
+  constructor(
+    private readonly driver: Driver,
+    readonly gemmShapes = false,
+  ) {}
 
   around<T>(name: string, fn: () => T): T {
     const start = this.pool.pop() ?? this.driver.createEvent();
