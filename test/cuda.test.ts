@@ -2857,22 +2857,32 @@ describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)',
     for (const [m, k, n, xLow] of [
       [1, 2048, 300, true],
       [5, 64, 33, false],
-      [20, 64, 33, false], // above gemv's rows: the cuBLASLt product, then the activation
+      [20, 64, 33, false], // above gemv's rows: cuBLASLt's GELU epilogue where it has one
+      [96, 256, 384, true], // aligned: the GELU epilogue, bf16 out, no activation pass
     ] as const) {
-      const shapes = [[m, k], [n, k], [n]];
-      const fn = ([x, w, b]: T.Tensor[]) => [
-        T.linearAct(xLow ? T.cast(x, 'bf16') : x, w, b, 'geluNew', 'bf16'),
-      ];
-      const ref = onBackend(cpu, 13, shapes, fn, 'bf16')[0];
-      const before = launches();
-      const got = onBackend(gpu, 13, shapes, fn, 'bf16')[0];
-      assert.equal(
-        launches() - before,
-        m <= 8 ? 1 : 0,
-        `linearAct (${m}, ${k}) x (${n}, ${k}): gemv.cu launches`,
-      );
-      // the same bf16 operands; f32 sums in another order, rounded to bf16 on both sides
-      assertClose(got, ref, 1e-2 * maxAbs(ref) + 1e-6, `linearAct (${m}, ${k}) x (${n}, ${k})`);
+      for (const epilogue of [true, false]) {
+        gpu.actEpilogue = epilogue;
+        const shapes = [[m, k], [n, k], [n]];
+        const fn = ([x, w, b]: T.Tensor[]) => [
+          T.linearAct(xLow ? T.cast(x, 'bf16') : x, w, b, 'geluNew', 'bf16'),
+        ];
+        const ref = onBackend(cpu, 13, shapes, fn, 'bf16')[0];
+        const before = launches();
+        const unary = () => gpu.kernels.launchCounts().unary_f32_to16_x4 ?? 0;
+        const unaryBefore = unary();
+        let got: Float64Array;
+        try {
+          got = onBackend(gpu, 13, shapes, fn, 'bf16')[0];
+        } finally {
+          gpu.actEpilogue = true;
+        }
+        const what = `linearAct (${m}, ${k}) x (${n}, ${k}), epilogue ${epilogue}`;
+        assert.equal(launches() - before, m <= 8 ? 1 : 0, `${what}: gemv.cu launches`);
+        if (m === 96)
+          assert.equal(unary() - unaryBefore, epilogue ? 0 : 1, `${what}: activation passes`);
+        // the same bf16 operands; f32 sums in another order (and cuBLASLt's tanh), rounded to bf16
+        assertClose(got, ref, 1e-2 * maxAbs(ref) + 1e-6, what);
+      }
     }
   });
 

@@ -98,6 +98,8 @@ export class CudaBackend implements Backend {
   private peakBytes = 0;
   private readonly sms: number;
   private readonly workspaceBytes = 32 << 20;
+  /** linearAct's product with the GELU in cuBLASLt's epilogue (MOHAWK_ACT_EPILOGUE=0: product, then a pass) */
+  actEpilogue = process.env.MOHAWK_ACT_EPILOGUE !== '0';
   /** the SSD scan: 'fast' (kernels/ssd_fast.cu, the default) or 'oracle' (ssd.cu; MOHAWK_SSD=oracle) */
   ssdImpl: 'fast' | 'oracle' = process.env.MOHAWK_SSD === 'oracle' ? 'oracle' : 'fast';
   /** what the kernel modules' launchers use (host.ts) */
@@ -727,8 +729,6 @@ export class CudaBackend implements Backend {
         `cuda backend: matmulAct bias must be ${n} values of f32, got ${BIAS.length} ${BIAS.dtype}`,
       );
     decode.matmulAct(this.host, act, A, B, C, m, n, k, BIAS, () => {
-      // the product into f32 (bias in cuBLASLt's epilogue), then the activation rounded to 16 bits
-      const f = this.scratch(m * n, 'f32');
       const p = {
         batch: 1,
         m,
@@ -742,6 +742,11 @@ export class CudaBackend implements Backend {
         alpha: 1,
         beta: 0,
       };
+      // the bias and the tanh GELU in cuBLASLt's epilogue, written in 16 bits: no f32 product, no
+      // second pass (the frozen teacher's MLPs; MOHAWK_ACT_EPILOGUE=0: the two passes below)
+      if (this.actEpilogue && this.matmulGelu(a, b, c, p, 'gelu', bias, null)) return;
+      // the product into f32 (bias in cuBLASLt's epilogue), then the activation rounded to 16 bits
+      const f = this.scratch(m * n, 'f32');
       this.matmul(a, b, f, p, bias);
       this.unary(act, f, c, 1, 0);
       this.free(f);

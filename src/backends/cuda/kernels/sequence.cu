@@ -9,6 +9,8 @@
 // neighbouring channels (coalesced). Each comes as a template over the kernel size: KC = 4 (the
 // Mamba default) is fully unrolled in registers, KC = MAX_CONV_K takes any k <= 16 at run time.
 #define CONV_RUN 32
+// The walks load CONV_PF steps ahead (a register array) before using any of them
+#define CONV_PF 8
 
 /**
  * x (B, T, ldx) read on its first C columns (ldx = C: dense; more: a column window of a wider
@@ -36,19 +38,28 @@ __device__ void conv1d_fwd(const float* x, i64 ldx, const float* w, const float*
     }
     const float b0 = bias ? bias[ch] : 0.f;
     const int s1 = s0 + CONV_RUN < t ? s0 + CONV_RUN : t;
-    for (int s = s0; s < s1; s++) {
-      const float xs = x[xbase + (i64)s * ldx];
-      if (xk) xk[base + (i64)s * c] = f32_to_bf16(xs);  // the bf16 copy the backward reads
-      float acc = b0;
+    for (int sb = s0; sb < s1; sb += CONV_PF) {
+      // CONV_PF loads in flight per thread before any is used (the walk is latency-bound otherwise)
+      float xv[CONV_PF];
 #pragma unroll
-      for (int j = 0; j < KC; j++) {
-        if (j == k - 1) win[j] = xs;
-        if (j < k) acc += wr[j] * win[j];
+      for (int u = 0; u < CONV_PF; u++) xv[u] = sb + u < s1 ? x[xbase + (i64)(sb + u) * ldx] : 0.f;
+#pragma unroll
+      for (int u = 0; u < CONV_PF; u++) {
+        const int s = sb + u;
+        if (s >= s1) break;
+        const float xs = xv[u];
+        if (xk) xk[base + (i64)s * c] = f32_to_bf16(xs);  // the bf16 copy the backward reads
+        float acc = b0;
+#pragma unroll
+        for (int j = 0; j < KC; j++) {
+          if (j == k - 1) win[j] = xs;
+          if (j < k) acc += wr[j] * win[j];
+        }
+        out[base + (i64)s * c] = acc;
+#pragma unroll
+        for (int j = 0; j + 1 < KC; j++)
+          if (j < k - 1) win[j] = win[j + 1];
       }
-      out[base + (i64)s * c] = acc;
-#pragma unroll
-      for (int j = 0; j + 1 < KC; j++)
-        if (j < k - 1) win[j] = win[j + 1];
     }
   }
 }
@@ -229,39 +240,57 @@ __device__ void conv1d_bwd_xw(const TX* x, i64 ldx, const float* w, const float*
     }
     float accB = 0.f;
     int s = sStart;
-    for (i64 r = r0; r < r1; r++, s++) {
-      if (s == t) {  // a new sequence: nothing before it, its own gradients ahead
-        s = 0;
+    for (i64 rb = r0; rb < r1; rb += CONV_PF) {
+      // CONV_PF rows' loads in flight before any is used: gy k - 1 rows ahead (0 past the
+      // sequence's end), x, and gx where it is added to
+      float farv[CONV_PF], xv[CONV_PF], gxv[CONV_PF];
+      int su = s;
+#pragma unroll
+      for (int u = 0; u < CONV_PF; u++) {
+        const i64 r = rb + u;
+        if (su == t) su = 0;
+        const bool in = r < r1;
+        farv[u] = in && su + k - 1 < t ? gy[(r + k - 1) * c + ch] : 0.f;
+        xv[u] = in ? conv_x(x, r * ldx + ch) : 0.f;
+        gxv[u] = in && acc ? gx[r * ldg + ch] : 0.f;
+        su++;
+      }
+#pragma unroll
+      for (int u = 0; u < CONV_PF; u++, s++) {
+        const i64 r = rb + u;
+        if (r >= r1) break;
+        if (s == t) {  // a new sequence: nothing before it, its own gradients ahead
+          s = 0;
+#pragma unroll
+          for (int j = 0; j < KC; j++) {
+            win[j] = 0.f;
+            ahead[j] = j < k - 1 && j < t ? gy[(r + j) * c + ch] : 0.f;
+          }
+        }
+        const float far = farv[u];
+        const float xr = xv[u];
+        float v = 0.f;
 #pragma unroll
         for (int j = 0; j < KC; j++) {
-          win[j] = 0.f;
-          ahead[j] = j < k - 1 && j < t ? gy[(r + j) * c + ch] : 0.f;
+          if (j == k - 1) {
+            ahead[j] = far;
+            win[j] = xr;
+          }
+          if (j < k) v += ahead[j] * wrev[j];
         }
+        const float g = ahead[0];
+        accB += g;
+#pragma unroll
+        for (int j = 0; j < KC; j++)
+          if (j < k) accW[j] += g * win[j];
+        gx[r * ldg + ch] = acc ? gxv[u] + v : v;
+#pragma unroll
+        for (int j = 0; j + 1 < KC; j++)
+          if (j < k - 1) {
+            win[j] = win[j + 1];
+            ahead[j] = ahead[j + 1];
+          }
       }
-      const float far = s + k - 1 < t ? gy[(r + k - 1) * c + ch] : 0.f;
-      const float xr = conv_x(x, r * ldx + ch);
-      float v = 0.f;
-#pragma unroll
-      for (int j = 0; j < KC; j++) {
-        if (j == k - 1) {
-          ahead[j] = far;
-          win[j] = xr;
-        }
-        if (j < k) v += ahead[j] * wrev[j];
-      }
-      const float g = ahead[0];
-      accB += g;
-#pragma unroll
-      for (int j = 0; j < KC; j++)
-        if (j < k) accW[j] += g * win[j];
-      float* o = gx + r * ldg + ch;
-      *o = acc ? *o + v : v;
-#pragma unroll
-      for (int j = 0; j + 1 < KC; j++)
-        if (j < k - 1) {
-          win[j] = win[j + 1];
-          ahead[j] = ahead[j + 1];
-        }
     }
 #pragma unroll
     for (int j = 0; j < KC; j++)
