@@ -455,6 +455,18 @@ __device__ __forceinline__ void gate_store(void* p, int t, i64 i, float v) {
     ((u16*)p)[i] = t == 1 ? f32_to_bf16(v) : f32_to_f16(v);
 }
 
+/** v[0..3] at elements i..i+3 (i a multiple of 4) in storage t, in one 16- or 8-byte store */
+__device__ __forceinline__ void gate_store4(void* p, int t, i64 i, const float* v) {
+  if (t == 0) {
+    *(float4*)((float*)p + i) = make_float4(v[0], v[1], v[2], v[3]);
+    return;
+  }
+  u32 h[4];
+#pragma unroll
+  for (int k = 0; k < 4; k++) h[k] = t == 1 ? f32_to_bf16(v[k]) : f32_to_f16(v[k]);
+  *(uint2*)((u16*)p + i) = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
+}
+
 __device__ __forceinline__ float gate_load(const void* p, int t, i64 i) {
   if (t == 0) return ((const float*)p)[i];
   const u16 h = ((const u16*)p)[i];
@@ -492,15 +504,29 @@ __device__ void gate_win(const float* y, const float* x, const float* D, const f
         xv[k] = x[i0 + k];
       }
     }
+    float ov[V];
 #pragma unroll
     for (int k = 0; k < V; k++) {
       const int c = c0 + k;
       const float u = zv[k] + bias[c];
       const float v = yv[k] + D[c / headDim] * xv[k];
-      gate_store(out, ot, i0 + k, v * u * gate_sigmoid(u));
+      ov[k] = v * u * gate_sigmoid(u);
+    }
+    if (V == 4) {
+      // one store per output (four scattered 2-byte stores per thread cost as much as the loads)
+      gate_store4(out, ot, i0, ov);
       if (keep) {
-        gate_store(yk, ot, i0 + k, yv[k]);
-        gate_store(zk, ot, i0 + k, zv[k]);
+        gate_store4(yk, ot, i0, yv);
+        gate_store4(zk, ot, i0, zv);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; k++) {
+        gate_store(out, ot, i0 + k, ov[k]);
+        if (keep) {
+          gate_store(yk, ot, i0 + k, yv[k]);
+          gate_store(zk, ot, i0 + k, zv[k]);
+        }
       }
     }
   }
