@@ -116,6 +116,25 @@ __device__ float block_lse(float m, float s, float* sh) {
   return m + logf(s);
 }
 
+// ---- activations that several modules apply ----------------------------------------------------
+
+#define SQRT_2_OVER_PI 0.7978845608028654f
+
+/** 1 / (1 + e^-x), taking exp of -|x| only (no overflow, no inf / inf) */
+__device__ __forceinline__ float sigmoid(float x) {
+  if (x >= 0.f) return 1.f / (1.f + expf(-x));
+  const float e = expf(x);
+  return e / (1.f + e);
+}
+
+/** log(1 + e^x) = max(x, 0) + log1p(e^-|x|) */
+__device__ __forceinline__ float softplus(float x) { return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }
+
+/** the tanh approximation of GELU (Hugging Face's gelu_new) */
+__device__ __forceinline__ float gelu_tanh(float x) {
+  return 0.5f * x * (1.f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x)));
+}
+
 // ---- 16-bit storage: the same bit-exact rounding as src/backends/dtype.ts ---------------------
 
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }

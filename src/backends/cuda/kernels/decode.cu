@@ -11,12 +11,6 @@
 
 #include "common.cuh"
 
-__device__ __forceinline__ float sigmoid_d(float x) {
-  if (x >= 0.f) return 1.f / (1.f + expf(-x));
-  const float e = expf(x);
-  return e / (1.f + e);
-}
-
 /** out[i] = v in dtype `ot` (DT_F32, DT_BF16 or DT_F16) */
 __device__ __forceinline__ void store_as(void* out, int ot, i64 i, float v) {
   if (ot == DT_BF16)
@@ -149,8 +143,7 @@ extern "C" __global__ void __launch_bounds__(1024) ssm_step_gate(const float* zx
     }
   }
   __syncthreads();
-  // log alpha = -softplus(a)
-  const float alpha = expf(-(fmaxf(av, 0.f) + log1pf(expf(-fabsf(av)))));
+  const float alpha = expf(-softplus(av));
   const float* bs = sh + pn;
   const float* cs = sh + pn + N;
   const float* us = sh + pn + 2 * N;
@@ -182,7 +175,7 @@ extern "C" __global__ void __launch_bounds__(1024) ssm_step_gate(const float* zx
     if (lane == 0) {
       const float y = acc + d * xp;
       const float u = us[p];
-      store_as(out, ot, b * (i64)(heads * P) + h * P + p0 + p, y * u * sigmoid_d(u));
+      store_as(out, ot, b * (i64)(heads * P) + h * P + p0 + p, y * u * sigmoid(u));
     }
   }
 }

@@ -20,15 +20,8 @@
 #define U_ABS 14
 #define U_RECIPROCAL 15
 
-#define SQRT_2_OVER_PI 0.7978845608028654f
 #define INV_SQRT_2 0.7071067811865476f
 #define INV_SQRT_2PI 0.3989422804014327f
-
-__device__ __forceinline__ float sigmoidf_(float x) {
-  if (x >= 0.f) return 1.f / (1.f + expf(-x));
-  const float e = expf(x);
-  return e / (1.f + e);
-}
 
 __device__ __forceinline__ float unary_f(int op, float x) {
   switch (op) {
@@ -39,12 +32,12 @@ __device__ __forceinline__ float unary_f(int op, float x) {
     case U_SQRT: return sqrtf(x);
     case U_RSQRT: return 1.f / sqrtf(x);
     case U_TANH: return tanhf(x);
-    case U_SIGMOID: return sigmoidf_(x);
-    case U_SOFTPLUS: return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x)));
-    case U_SILU: return x * sigmoidf_(x);
+    case U_SIGMOID: return sigmoid(x);
+    case U_SOFTPLUS: return softplus(x);
+    case U_SILU: return x * sigmoid(x);
     case U_RELU: return x > 0.f ? x : 0.f;
     case U_GELU: return 0.5f * x * (1.f + erff(x * INV_SQRT_2));
-    case U_GELU_NEW: return 0.5f * x * (1.f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x)));
+    case U_GELU_NEW: return gelu_tanh(x);
     case U_SQUARE: return x * x;
     case U_ABS: return fabsf(x);
     case U_RECIPROCAL: return 1.f / x;
@@ -66,12 +59,12 @@ __device__ __forceinline__ float unary_df(int op, float x) {
       return 1.f - t * t;
     }
     case U_SIGMOID: {
-      const float s = sigmoidf_(x);
+      const float s = sigmoid(x);
       return s * (1.f - s);
     }
-    case U_SOFTPLUS: return sigmoidf_(x);
+    case U_SOFTPLUS: return sigmoid(x);
     case U_SILU: {
-      const float s = sigmoidf_(x);
+      const float s = sigmoid(x);
       return s * (1.f + x * (1.f - s));
     }
     case U_RELU: return x > 0.f ? 1.f : 0.f;
@@ -367,7 +360,7 @@ extern "C" __global__ void silu_gate_f32(const float* y, const float* z, const f
   const i64 n = rows * cols;
   FOR_EACH(i, n) {
     const float u = z[i] + bias[i % cols];
-    out[i] = y[i] * u * sigmoidf_(u);
+    out[i] = y[i] * u * sigmoid(u);
   }
 }
 
@@ -377,7 +370,7 @@ extern "C" __global__ void silu_gate_backward_f32(const float* y, const float* z
   const i64 n = rows * cols;
   FOR_EACH(i, n) {
     const float u = z[i] + bias[i % cols];
-    const float s = sigmoidf_(u);
+    const float s = sigmoid(u);
     const float gi = g[i];
     gy[i] = gi * u * s;
     gz[i] = gi * y[i] * s * (1.f + u * (1.f - s));
@@ -490,7 +483,7 @@ extern "C" __global__ void silu_gate_d_f32(const float* y, const float* x, const
     const float yi = y[i];
     const float u = zi + bias[c];
     const float v = yi + D[c / headDim] * x[i];
-    store_any(out, ot, i, v * u * sigmoidf_(u));
+    store_any(out, ot, i, v * u * sigmoid(u));
     if (keep) {
       store_any(yk, ot, i, yi);
       store_any(zk, ot, i, zi);
@@ -518,7 +511,7 @@ extern "C" __global__ void silu_gate_d_backward_f32(const void* y, const float* 
   for (i64 r = r0; r < r1; r++) {
     const i64 i = r * cols + c;
     const float u = load_any(z, st, i) + b;
-    const float s = sigmoidf_(u);
+    const float s = sigmoid(u);
     const float xi = x[i];
     const float v = load_any(y, st, i) + d * xi;
     const float gi = g[i];
@@ -761,7 +754,7 @@ extern "C" __global__ void silu_gate_d_x4(const float* y, const float* x, const 
       const int c = (int)((q * 4 + k) % cols);
       const float u = za[k] + bias[c];
       const float v = ya[k] + D[c / headDim] * xa[k];
-      oa[k] = v * u * sigmoidf_(u);
+      oa[k] = v * u * sigmoid(u);
     }
     store4(out, ot, q, o);
     if (keep) {

@@ -325,8 +325,7 @@ extern "C" __global__ void ssm_step_f32(const float* xbc, const float* convState
   }
   __syncthreads();
   const float av = a[b * heads + h];
-  // log alpha = -softplus(a)
-  const float alpha = expf(-(fmaxf(av, 0.f) + log1pf(expf(-fabsf(av)))));
+  const float alpha = expf(-softplus(av));
   const float d = D[h];
   float* hs = ssm + ((b * heads + h) * (i64)P + p0) * N;
   const float* bs = sh + pn;
@@ -412,12 +411,6 @@ extern "C" __global__ void rope_f32(const float* x, float* out, const float* tab
 // The arithmetic of silu_gate_d_f32 / silu_gate_d_backward_f32 (elementwise.cu), with z's rows ldz
 // apart and z's gradient written into its window of in_proj's output gradient.
 
-__device__ __forceinline__ float gate_sigmoid(float x) {
-  if (x >= 0.f) return 1.f / (1.f + expf(-x));
-  const float e = expf(x);
-  return e / (1.f + e);
-}
-
 /** v in storage t (0 f32, 1 bf16, 2 f16) at element i */
 __device__ __forceinline__ void gate_store(void* p, int t, i64 i, float v) {
   if (t == 0)
@@ -468,7 +461,7 @@ __device__ void gate_win(const float* y, const float* x, const float* D, const f
       const int c = c0 + k;
       const float u = zv[k] + bias[c];
       const float v = yv[k] + D[c / headDim] * xv[k];
-      gate_store(out, ot, i0 + k, v * u * gate_sigmoid(u));
+      gate_store(out, ot, i0 + k, v * u * sigmoid(u));
       if (keep) {
         gate_store(yk, ot, i0 + k, yv[k]);
         gate_store(zk, ot, i0 + k, zv[k]);
@@ -510,7 +503,7 @@ extern "C" __global__ void silu_gate_d_backward_win_f32(const void* y, const flo
   for (i64 r = r0; r < r1; r++) {
     const i64 i = r * cols + c;
     const float u = gate_load(z, st, i) + b;
-    const float s = gate_sigmoid(u);
+    const float s = sigmoid(u);
     const float xi = x[i];
     const float v = gate_load(y, st, i) + d * xi;
     const float gi = g[i];
@@ -538,7 +531,7 @@ extern "C" __global__ void log_decay_win_f32(const float* a, i64 lda, float* out
   FOR_EACH(i, n) {
     const i64 r = i / cols;
     const float x = a[r * lda + (i - r * cols)];
-    out[i] = -(fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))));
+    out[i] = -softplus(x);
     if (aKeep) aKeep[i] = x;
   }
 }
@@ -549,7 +542,7 @@ extern "C" __global__ void log_decay_backward_win_f32(const float* a, const floa
   const i64 n = rows * cols;
   FOR_EACH(i, n) {
     const i64 r = i / cols;
-    const float v = -g[i] * gate_sigmoid(a[i]);
+    const float v = -g[i] * sigmoid(a[i]);
     float* o = ga + r * lga + (i - r * cols);
     *o = acc ? *o + v : v;
   }
