@@ -182,3 +182,37 @@ __device__ __forceinline__ u16 f32_to_f16(float x) {
   if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) r++;
   return (u16)(sign | r);
 }
+
+// ---- a float in storage chosen at run time ---------------------------------------------------
+// Two code sets reach the kernels: the storage codes of the glue kernels (host.ts storage(): 0 f32,
+// 1 bf16, 2 f16) and the dtype codes above (host.ts DTYPE_CODE, decode.cu and gemv.cu's outputs).
+
+/** x rounded to 16 bits: bf16 when t == 1, else f16 */
+__device__ __forceinline__ u16 to16(float x, int t) { return t == 1 ? f32_to_bf16(x) : f32_to_f16(x); }
+
+/** h widened from 16 bits: bf16 when t == 1, else f16 */
+__device__ __forceinline__ float from16(u16 h, int t) { return t == 1 ? bf16_to_f32(h) : f16_to_f32(h); }
+
+/** p[i] as f32, p in storage t (1 bf16, 2 f16, else f32) */
+__device__ __forceinline__ float load_any(const void* p, int t, i64 i) {
+  if (t == 1) return bf16_to_f32(((const u16*)p)[i]);
+  if (t == 2) return f16_to_f32(((const u16*)p)[i]);
+  return ((const float*)p)[i];
+}
+
+/** p[i] = v, p in storage t (1 bf16, 2 f16, else f32) */
+__device__ __forceinline__ void store_any(void* p, int t, i64 i, float v) {
+  if (t == 1) ((u16*)p)[i] = f32_to_bf16(v);
+  else if (t == 2) ((u16*)p)[i] = f32_to_f16(v);
+  else ((float*)p)[i] = v;
+}
+
+/** out[i] = v, out in dtype dt (DT_BF16, DT_F16, else f32) */
+__device__ __forceinline__ void store_dtype(void* out, int dt, i64 i, float v) {
+  if (dt == DT_BF16)
+    ((u16*)out)[i] = f32_to_bf16(v);
+  else if (dt == DT_F16)
+    ((u16*)out)[i] = f32_to_f16(v);
+  else
+    ((float*)out)[i] = v;
+}

@@ -405,19 +405,7 @@ extern "C" __global__ void cast_bf16_f32(const u16* x, float* out, i64 n) {
 }
 
 // ---- fused glue of the training step (issue 18) --------------------------------------------------
-// 16-bit storage codes of these kernels: 0 = f32, 1 = bf16, 2 = f16.
-
-__device__ __forceinline__ float load_any(const void* p, int t, i64 i) {
-  if (t == 1) return bf16_to_f32(((const u16*)p)[i]);
-  if (t == 2) return f16_to_f32(((const u16*)p)[i]);
-  return ((const float*)p)[i];
-}
-
-__device__ __forceinline__ void store_any(void* p, int t, i64 i, float v) {
-  if (t == 1) ((u16*)p)[i] = f32_to_bf16(v);
-  else if (t == 2) ((u16*)p)[i] = f32_to_f16(v);
-  else ((float*)p)[i] = v;
-}
+// Storage codes of these kernels: 0 = f32, 1 = bf16, 2 = f16 (load_any, store_any in common.cuh).
 
 /**
  * x (n) f32 -> out = f(x) and xk = x, both in 16 bits (bf16 when bf16 != 0, else f16): an
@@ -555,7 +543,7 @@ __device__ __forceinline__ float4 load4(const void* p, int t, i64 q) {
   const u16 h[4] = {(u16)(v.x & 0xffffu), (u16)(v.x >> 16), (u16)(v.y & 0xffffu), (u16)(v.y >> 16)};
   float f[4];
 #pragma unroll
-  for (int k = 0; k < 4; k++) f[k] = t == 1 ? bf16_to_f32(h[k]) : f16_to_f32(h[k]);
+  for (int k = 0; k < 4; k++) f[k] = from16(h[k], t);
   return make_float4(f[0], f[1], f[2], f[3]);
 }
 
@@ -567,7 +555,7 @@ __device__ __forceinline__ void store4(void* p, int t, i64 q, float4 v) {
   const float f[4] = {v.x, v.y, v.z, v.w};
   u32 h[4];
 #pragma unroll
-  for (int k = 0; k < 4; k++) h[k] = t == 1 ? f32_to_bf16(f[k]) : f32_to_f16(f[k]);
+  for (int k = 0; k < 4; k++) h[k] = to16(f[k], t);
   ((uint2*)p)[q] = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
 }
 

@@ -216,12 +216,7 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
       if (bias) y += bias[col];
       if (act == GEMV_ACT_GELU_NEW) y = gelu_tanh(y);
       if (r1) y = (r2 ? r1[at] + r2[at] : r1[at]) + y;
-      if (ot == DT_BF16)
-        ((u16*)out)[at] = f32_to_bf16(y);
-      else if (ot == DT_F16)
-        ((u16*)out)[at] = f32_to_f16(y);
-      else
-        ((float*)out)[at] = y;
+      store_dtype(out, ot, at, y);
     }
   }
 }

@@ -66,8 +66,6 @@ __device__ __forceinline__ void adamw_fused_one(float& p, float g, float& m, flo
 /** neither NaN nor infinite (the exponent bits not all set) */
 __device__ __forceinline__ bool finite_(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
 
-__device__ __forceinline__ u16 to16(float x, int kind) { return kind == 1 ? f32_to_bf16(x) : f32_to_f16(x); }
-
 /**
  * adamw_device_f32 (same scalars, same arithmetic) with three more outputs from the same pass:
  * the decay applies to the rows whose row_sq (f64, from grad_row_squares_f32) is non-zero (every

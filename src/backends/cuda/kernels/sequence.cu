@@ -411,6 +411,10 @@ extern "C" __global__ void rope_f32(const float* x, float* out, const float* tab
 // The arithmetic of silu_gate_d_f32 / silu_gate_d_backward_f32 (elementwise.cu), with z's rows ldz
 // apart and z's gradient written into its window of in_proj's output gradient.
 
+// gate_store and gate_load test t == 0 first where common.cuh's store_any and load_any test the
+// 16-bit codes first: the same values for the codes 0, 1, 2 that the host passes, but compiled to
+// different code (checked against the PTX), so they stay apart while these kernels are unchanged.
+
 /** v in storage t (0 f32, 1 bf16, 2 f16) at element i */
 __device__ __forceinline__ void gate_store(void* p, int t, i64 i, float v) {
   if (t == 0)
@@ -421,8 +425,7 @@ __device__ __forceinline__ void gate_store(void* p, int t, i64 i, float v) {
 
 __device__ __forceinline__ float gate_load(const void* p, int t, i64 i) {
   if (t == 0) return ((const float*)p)[i];
-  const u16 h = ((const u16*)p)[i];
-  return t == 1 ? bf16_to_f32(h) : f16_to_f32(h);
+  return from16(((const u16*)p)[i], t);
 }
 
 /**
