@@ -216,3 +216,17 @@ __device__ __forceinline__ void store_dtype(void* out, int dt, i64 i, float v) {
   else
     ((float*)out)[i] = v;
 }
+
+// ---- the optimizer ---------------------------------------------------------------------------
+
+/**
+ * One decoupled-weight-decay Adam step on one element (elementwise.cu's adamw kernels and
+ * optim.cu's fused one). bc1 = 1 - beta1^step and bc2 = 1 - beta2^step come from the host (in
+ * double, then rounded); decay = 1 - lr weight_decay, or 1 where no decay applies.
+ */
+__device__ __forceinline__ void adamw_one(float& p, float g, float& m, float& v, float lr, float beta1, float beta2,
+                                          float eps, float decay, float bc1, float bc2) {
+  m = beta1 * m + (1.f - beta1) * g;
+  v = beta2 * v + (1.f - beta2) * g * g;
+  p = p * decay - (lr * (m / bc1)) / (sqrtf(v / bc2) + eps);
+}

@@ -294,17 +294,9 @@ extern "C" __global__ void dropout_f32(const float* x, float* out, double p, u32
 }
 
 /**
- * One decoupled-weight-decay Adam step; param, grad, m, v (n) f32. bc1 = 1 - beta1^step and
- * bc2 = 1 - beta2^step come from the host (in double, then rounded).
+ * One AdamW step (common.cuh's adamw_one) in place on param, grad, m, v (n) f32; four elements per
+ * thread per iteration (128-bit accesses), then the tail.
  */
-__device__ __forceinline__ void adamw_one(float& p, float g, float& m, float& v, float lr, float beta1, float beta2,
-                                          float eps, float decay, float bc1, float bc2) {
-  m = beta1 * m + (1.f - beta1) * g;
-  v = beta2 * v + (1.f - beta2) * g * g;
-  p = p * decay - (lr * (m / bc1)) / (sqrtf(v / bc2) + eps);
-}
-
-/** One AdamW step in place; four elements per thread per iteration (128-bit accesses), then the tail. */
 extern "C" __global__ void adamw_f32(float* param, const float* grad, float* m, float* v, float lr, float beta1,
                                      float beta2, float eps, float decay, float bc1, float bc2, i64 n) {
   const i64 quads = n / 4;
