@@ -34,7 +34,7 @@ import { ATTENTION_TC_SIGNATURES, attentionTcHeadDim } from './attention-tc.js';
 import { Cublas, type GemmDType } from './cublas.js';
 import { CudaError, Driver } from './driver.js';
 import * as elementwise from './elementwise.js';
-import { GEMV_SIGNATURES, gemv, gemvBlockOut, gemvTakes } from './gemv.js';
+import { GEMV_SIGNATURES, gemv, gemvBlockOut, gemvTakes, linearParams } from './gemv.js';
 import * as decode from './decode.js';
 import { CaptureState, CudaGraph } from './graph.js';
 import { ELEMENTWISE_SIGNATURES } from './elementwise.js';
@@ -710,19 +710,7 @@ export class CudaBackend implements Backend {
     decode.matmulAct(this.host, act, A, B, C, m, n, k, BIAS, () => {
       // the product into f32 (bias in cuBLASLt's epilogue), then the activation rounded to 16 bits
       const f = this.scratch(m * n, 'f32');
-      const p = {
-        batch: 1,
-        m,
-        n,
-        k,
-        transA: false,
-        transB: true,
-        strideA: m * k,
-        strideB: n * k,
-        strideC: m * n,
-        alpha: 1,
-        beta: 0,
-      };
+      const p = linearParams(m, n, k);
       this.matmul(a, b, f, p, bias);
       this.unary(act, f, c, 1, 0);
       this.free(f);
@@ -762,20 +750,7 @@ export class CudaBackend implements Backend {
         `cuda backend: matmulPair needs 16-bit A and w1 of one dtype, got ${A.dtype}, ${W1.dtype}`,
       );
     decode.matmulPair(this.host, A, m, k, W1, B1, C1, n1, W2, B2, C2, n2, act2, () => {
-      const p = {
-        batch: 1,
-        m,
-        n: n1,
-        k,
-        transA: false,
-        transB: true,
-        strideA: m * k,
-        strideB: n1 * k,
-        strideC: m * n1,
-        alpha: 1,
-        beta: 0,
-      };
-      this.matmul(a, w1, c1, p, bias1);
+      this.matmul(a, w1, c1, linearParams(m, n1, k), bias1);
       this.matmulAct(act2, a, w2, c2, m, n2, k, bias2);
     });
   }
@@ -820,20 +795,7 @@ export class CudaBackend implements Backend {
         `cuda backend: blockOut needs 16-bit g, h, wo, wf of one dtype, got ${G.dtype}, ${H.dtype}, ${WO.dtype}, ${WF.dtype}`,
       );
     if (gemvBlockOut(this.host, G, WO, BO, H, WF, BF, R, MIX, OUT, m, n, k1, k2)) return;
-    const p = (k: number) => ({
-      batch: 1,
-      m,
-      n,
-      k,
-      transA: false,
-      transB: true,
-      strideA: m * k,
-      strideB: n * k,
-      strideC: m * n,
-      alpha: 1,
-      beta: 0,
-    });
-    this.matmul(g, wo, mix, p(k1), bo);
+    this.matmul(g, wo, mix, linearParams(m, n, k1), bo);
     this.matmulResidual(h, wf, out, m, n, k2, bf, r, mix);
   }
 
@@ -871,19 +833,7 @@ export class CudaBackend implements Backend {
         `cuda backend: matmulResidual bias must be ${n} values of f32, got ${BIAS.length} ${BIAS.dtype}`,
       );
     decode.matmulResidual(this.host, A, B, C, m, n, k, BIAS, R1, R2, () => {
-      const p = {
-        batch: 1,
-        m,
-        n,
-        k,
-        transA: false,
-        transB: true,
-        strideA: m * k,
-        strideB: n * k,
-        strideC: m * n,
-        alpha: 1,
-        beta: 0,
-      };
+      const p = linearParams(m, n, k);
       this.matmul(a, b, c, p, bias);
       this.add3(r1, r2, c, c);
     });
