@@ -17,6 +17,12 @@ export const DECODE_SIGNATURES = {
 
 const { k, run1 } = moduleKernels('decode', DECODE_SIGNATURES);
 
+/** throws unless `t` (when given) holds `len` values of f32; `what` names it ("matmulAct bias") */
+export function checkF32(t: CudaBuffer | null, len: number, what: string): void {
+  if (t && (t.dtype !== 'f32' || t.length !== len))
+    throw new Error(`cuda backend: ${what} must be ${len} values of f32, got ${t.length} ${t.dtype}`);
+}
+
 export function layerNormTo16(
   h: Host,
   x: DeviceBuffer,

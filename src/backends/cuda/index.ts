@@ -703,10 +703,7 @@ export class CudaBackend implements Backend {
       throw new Error(
         `cuda backend: matmulAct needs 16-bit A, B (one dtype) and C, got ${A.dtype}, ${B.dtype}, ${C.dtype}`,
       );
-    if (BIAS && (BIAS.dtype !== 'f32' || BIAS.length !== n))
-      throw new Error(
-        `cuda backend: matmulAct bias must be ${n} values of f32, got ${BIAS.length} ${BIAS.dtype}`,
-      );
+    decode.checkF32(BIAS, n, 'matmulAct bias');
     decode.matmulAct(this.host, act, A, B, C, m, n, k, BIAS, () => {
       // the product into f32 (bias in cuBLASLt's epilogue), then the activation rounded to 16 bits
       const f = this.scratch(m * n, 'f32');
@@ -737,14 +734,8 @@ export class CudaBackend implements Backend {
     const C2 = this.buf(c2, 'matmulPair c2');
     const B1 = bias1 ? this.buf(bias1, 'matmulPair bias1') : null;
     const B2 = bias2 ? this.buf(bias2, 'matmulPair bias2') : null;
-    if (C1.dtype !== 'f32' || C1.length !== m * n1)
-      throw new Error(
-        `cuda backend: matmulPair c1 must be ${m * n1} values of f32, got ${C1.length} ${C1.dtype}`,
-      );
-    if (B1 && (B1.dtype !== 'f32' || B1.length !== n1))
-      throw new Error(
-        `cuda backend: matmulPair bias1 must be ${n1} values of f32, got ${B1.length} ${B1.dtype}`,
-      );
+    decode.checkF32(C1, m * n1, 'matmulPair c1');
+    decode.checkF32(B1, n1, 'matmulPair bias1');
     if ((A.dtype !== 'bf16' && A.dtype !== 'f16') || W1.dtype !== A.dtype)
       throw new Error(
         `cuda backend: matmulPair needs 16-bit A and w1 of one dtype, got ${A.dtype}, ${W1.dtype}`,
@@ -786,10 +777,7 @@ export class CudaBackend implements Backend {
       ['bo', BO, n],
       ['bf', BF, n],
     ] as const)
-      if (t && (t.dtype !== 'f32' || t.length !== len))
-        throw new Error(
-          `cuda backend: blockOut ${what} must be ${len} values of f32, got ${t.length} ${t.dtype}`,
-        );
+      decode.checkF32(t, len, `blockOut ${what}`);
     if (![G, H, WO, WF].every((t) => t.dtype === G.dtype) || (G.dtype !== 'bf16' && G.dtype !== 'f16'))
       throw new Error(
         `cuda backend: blockOut needs 16-bit g, h, wo, wf of one dtype, got ${G.dtype}, ${H.dtype}, ${WO.dtype}, ${WF.dtype}`,
@@ -820,18 +808,9 @@ export class CudaBackend implements Backend {
       throw new Error(
         `cuda backend: matmulResidual needs 16-bit A, B (one dtype) and an f32 C, got ${A.dtype}, ${B.dtype}, ${C.dtype}`,
       );
-    for (const [what, r] of [
-      ['r1', R1],
-      ['r2', R2],
-    ] as const)
-      if (r.dtype !== 'f32' || r.length !== m * n)
-        throw new Error(
-          `cuda backend: matmulResidual ${what} must be ${m * n} values of f32, got ${r.length} ${r.dtype}`,
-        );
-    if (BIAS && (BIAS.dtype !== 'f32' || BIAS.length !== n))
-      throw new Error(
-        `cuda backend: matmulResidual bias must be ${n} values of f32, got ${BIAS.length} ${BIAS.dtype}`,
-      );
+    decode.checkF32(R1, m * n, 'matmulResidual r1');
+    decode.checkF32(R2, m * n, 'matmulResidual r2');
+    decode.checkF32(BIAS, n, 'matmulResidual bias');
     decode.matmulResidual(this.host, A, B, C, m, n, k, BIAS, R1, R2, () => {
       const p = linearParams(m, n, k);
       this.matmul(a, b, c, p, bias);
