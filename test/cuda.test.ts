@@ -2878,8 +2878,7 @@ describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)',
         }
         const what = `linearAct (${m}, ${k}) x (${n}, ${k}), epilogue ${epilogue}`;
         assert.equal(launches() - before, m <= 8 ? 1 : 0, `${what}: gemv.cu launches`);
-        if (m === 96)
-          assert.equal(unary() - unaryBefore, epilogue ? 0 : 1, `${what}: activation passes`);
+        if (m === 96) assert.equal(unary() - unaryBefore, epilogue ? 0 : 1, `${what}: activation passes`);
         // the same bf16 operands; f32 sums in another order (and cuBLASLt's tanh), rounded to bf16
         assertClose(got, ref, 1e-2 * maxAbs(ref) + 1e-6, what);
       }

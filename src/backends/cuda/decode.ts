@@ -5,7 +5,7 @@
 // MOHAWK_DECODE_FUSED=0 or the backend lacks them.
 
 import type { DeviceBuffer, SsmStepParams } from '../backend.js';
-import { gemv, gemvTakes } from './gemv.js';
+import { gemv, gemvTakes, linearParams } from './gemv.js';
 import { moduleKernels, outCode, rowThreads, type CudaBuffer, type Host } from './host.js';
 
 /** Kernel signatures of kernels/decode.cu (argument kinds, see kernels.ts). */
@@ -16,6 +16,12 @@ export const DECODE_SIGNATURES = {
 } as const;
 
 const { k, run1 } = moduleKernels('decode', DECODE_SIGNATURES);
+
+/** throws unless `t` (when given) holds `len` values of f32; `what` names it ("matmulAct bias") */
+export function checkF32(t: CudaBuffer | null, len: number, what: string): void {
+  if (t && (t.dtype !== 'f32' || t.length !== len))
+    throw new Error(`cuda backend: ${what} must be ${len} values of f32, got ${t.length} ${t.dtype}`);
+}
 
 export function layerNormTo16(
   h: Host,
@@ -114,19 +120,7 @@ export function matmulAct(
   bias: CudaBuffer | null,
   composed: () => void,
 ): void {
-  const p = {
-    batch: 1,
-    m,
-    n,
-    k: kk,
-    transA: false,
-    transB: true,
-    strideA: m * kk,
-    strideB: n * kk,
-    strideC: m * n,
-    alpha: 1,
-    beta: 0,
-  };
+  const p = linearParams(m, n, kk);
   if (act === 'geluNew' && a.dtype === 'bf16' && (!bias || bias.dtype === 'f32') && gemvTakes(a, b, c, p)) {
     gemv(h, a, b, c, bias, p, 1);
     return;
@@ -151,19 +145,7 @@ export function matmulResidual(
   r2: CudaBuffer,
   composed: () => void,
 ): void {
-  const p = {
-    batch: 1,
-    m,
-    n,
-    k: kk,
-    transA: false,
-    transB: true,
-    strideA: m * kk,
-    strideB: n * kk,
-    strideC: m * n,
-    alpha: 1,
-    beta: 0,
-  };
+  const p = linearParams(m, n, kk);
   if (a.dtype === 'bf16' && (!bias || bias.dtype === 'f32') && gemvTakes(a, b, c, p)) {
     gemv(h, a, b, c, bias, p, 0, r1, r2);
     return;
@@ -191,27 +173,14 @@ export function matmulPair(
   act2: 'geluNew',
   composed: () => void,
 ): void {
-  const params = (n: number) => ({
-    batch: 1,
-    m,
-    n,
-    k: kk,
-    transA: false,
-    transB: true,
-    strideA: m * kk,
-    strideB: n * kk,
-    strideC: m * n,
-    alpha: 1,
-    beta: 0,
-  });
-  const p1 = params(n1);
+  const p1 = linearParams(m, n1, kk);
   if (
     act2 === 'geluNew' &&
     a.dtype === 'bf16' &&
     c1.dtype === 'f32' &&
     [bias1, bias2].every((b) => !b || b.dtype === 'f32') &&
     gemvTakes(a, w1, c1, p1) &&
-    gemvTakes(a, w2, c2, params(n2))
+    gemvTakes(a, w2, c2, linearParams(m, n2, kk))
   ) {
     gemv(h, a, w1, c1, bias1, p1, 0, null, null, { w: w2, c: c2, bias: bias2, n: n2, act: 1 });
     return;

@@ -69,6 +69,23 @@ export function gemvSplits(
   return splits;
 }
 
+/** c (m, n) = a (m, k) b^T with b (n, k): a Linear layer's product, one batch, as decoding runs it */
+export function linearParams(m: number, n: number, k: number): MatmulParams {
+  return {
+    batch: 1,
+    m,
+    n,
+    k,
+    transA: false,
+    transB: true,
+    strideA: m * k,
+    strideB: n * k,
+    strideC: m * n,
+    alpha: 1,
+    beta: 0,
+  };
+}
+
 /**
  * MOHAWK_GEMV=0 turns gemv.cu off; benchmarks flip `enabled` to time cuBLASLt on the same shapes.
  * Any weight size (at m = 1 gemv.cu beats cuBLASLt at every decode shape). `maxRows`: products of
@@ -182,22 +199,9 @@ export function gemvBlockOut(
   k1: number,
   k2: number,
 ): boolean {
-  const params = (k: number): MatmulParams => ({
-    batch: 1,
-    m,
-    n,
-    k,
-    transA: false,
-    transB: true,
-    strideA: m * k,
-    strideB: n * k,
-    strideC: m * n,
-    alpha: 1,
-    beta: 0,
-  });
   if (
-    !gemvTakes(g, wo, mix, params(k1)) ||
-    !gemvTakes(hx, wf, out, params(k2)) ||
+    !gemvTakes(g, wo, mix, linearParams(m, n, k1)) ||
+    !gemvTakes(hx, wf, out, linearParams(m, n, k2)) ||
     [bo, bf, r, mix, out].some((b) => b !== null && b.dtype !== 'f32')
   )
     return false;

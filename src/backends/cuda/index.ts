@@ -34,7 +34,7 @@ import { ATTENTION_TC_SIGNATURES, attentionTcHeadDim } from './attention-tc.js';
 import { Cublas, gemmTuneCandidates, type GemmDType } from './cublas.js';
 import { CudaError, Driver } from './driver.js';
 import * as elementwise from './elementwise.js';
-import { GEMV_SIGNATURES, gemv, gemvBlockOut, gemvTakes } from './gemv.js';
+import { GEMV_SIGNATURES, gemv, gemvBlockOut, gemvTakes, linearParams } from './gemv.js';
 import * as decode from './decode.js';
 import { CaptureState, CudaGraph } from './graph.js';
 import { ELEMENTWISE_SIGNATURES } from './elementwise.js';
@@ -724,24 +724,9 @@ export class CudaBackend implements Backend {
       throw new Error(
         `cuda backend: matmulAct needs 16-bit A, B (one dtype) and C, got ${A.dtype}, ${B.dtype}, ${C.dtype}`,
       );
-    if (BIAS && (BIAS.dtype !== 'f32' || BIAS.length !== n))
-      throw new Error(
-        `cuda backend: matmulAct bias must be ${n} values of f32, got ${BIAS.length} ${BIAS.dtype}`,
-      );
+    decode.checkF32(BIAS, n, 'matmulAct bias');
     decode.matmulAct(this.host, act, A, B, C, m, n, k, BIAS, () => {
-      const p = {
-        batch: 1,
-        m,
-        n,
-        k,
-        transA: false,
-        transB: true,
-        strideA: m * k,
-        strideB: n * k,
-        strideC: m * n,
-        alpha: 1,
-        beta: 0,
-      };
+      const p = linearParams(m, n, k);
       // the bias and the tanh GELU in cuBLASLt's epilogue, written in 16 bits: no f32 product, no
       // second pass (the frozen teacher's MLPs; MOHAWK_ACT_EPILOGUE=0: the two passes below)
       if (this.actEpilogue && this.matmulGelu(a, b, c, p, 'gelu', bias, null)) return;
@@ -773,33 +758,14 @@ export class CudaBackend implements Backend {
     const C2 = this.buf(c2, 'matmulPair c2');
     const B1 = bias1 ? this.buf(bias1, 'matmulPair bias1') : null;
     const B2 = bias2 ? this.buf(bias2, 'matmulPair bias2') : null;
-    if (C1.dtype !== 'f32' || C1.length !== m * n1)
-      throw new Error(
-        `cuda backend: matmulPair c1 must be ${m * n1} values of f32, got ${C1.length} ${C1.dtype}`,
-      );
-    if (B1 && (B1.dtype !== 'f32' || B1.length !== n1))
-      throw new Error(
-        `cuda backend: matmulPair bias1 must be ${n1} values of f32, got ${B1.length} ${B1.dtype}`,
-      );
+    decode.checkF32(C1, m * n1, 'matmulPair c1');
+    decode.checkF32(B1, n1, 'matmulPair bias1');
     if ((A.dtype !== 'bf16' && A.dtype !== 'f16') || W1.dtype !== A.dtype)
       throw new Error(
         `cuda backend: matmulPair needs 16-bit A and w1 of one dtype, got ${A.dtype}, ${W1.dtype}`,
       );
     decode.matmulPair(this.host, A, m, k, W1, B1, C1, n1, W2, B2, C2, n2, act2, () => {
-      const p = {
-        batch: 1,
-        m,
-        n: n1,
-        k,
-        transA: false,
-        transB: true,
-        strideA: m * k,
-        strideB: n1 * k,
-        strideC: m * n1,
-        alpha: 1,
-        beta: 0,
-      };
-      this.matmul(a, w1, c1, p, bias1);
+      this.matmul(a, w1, c1, linearParams(m, n1, k), bias1);
       this.matmulAct(act2, a, w2, c2, m, n2, k, bias2);
     });
   }
@@ -835,29 +801,13 @@ export class CudaBackend implements Backend {
       ['bo', BO, n],
       ['bf', BF, n],
     ] as const)
-      if (t && (t.dtype !== 'f32' || t.length !== len))
-        throw new Error(
-          `cuda backend: blockOut ${what} must be ${len} values of f32, got ${t.length} ${t.dtype}`,
-        );
+      decode.checkF32(t, len, `blockOut ${what}`);
     if (![G, H, WO, WF].every((t) => t.dtype === G.dtype) || (G.dtype !== 'bf16' && G.dtype !== 'f16'))
       throw new Error(
         `cuda backend: blockOut needs 16-bit g, h, wo, wf of one dtype, got ${G.dtype}, ${H.dtype}, ${WO.dtype}, ${WF.dtype}`,
       );
     if (gemvBlockOut(this.host, G, WO, BO, H, WF, BF, R, MIX, OUT, m, n, k1, k2)) return;
-    const p = (k: number) => ({
-      batch: 1,
-      m,
-      n,
-      k,
-      transA: false,
-      transB: true,
-      strideA: m * k,
-      strideB: n * k,
-      strideC: m * n,
-      alpha: 1,
-      beta: 0,
-    });
-    this.matmul(g, wo, mix, p(k1), bo);
+    this.matmul(g, wo, mix, linearParams(m, n, k1), bo);
     this.matmulResidual(h, wf, out, m, n, k2, bf, r, mix);
   }
 
@@ -882,32 +832,11 @@ export class CudaBackend implements Backend {
       throw new Error(
         `cuda backend: matmulResidual needs 16-bit A, B (one dtype) and an f32 C, got ${A.dtype}, ${B.dtype}, ${C.dtype}`,
       );
-    for (const [what, r] of [
-      ['r1', R1],
-      ['r2', R2],
-    ] as const)
-      if (r.dtype !== 'f32' || r.length !== m * n)
-        throw new Error(
-          `cuda backend: matmulResidual ${what} must be ${m * n} values of f32, got ${r.length} ${r.dtype}`,
-        );
-    if (BIAS && (BIAS.dtype !== 'f32' || BIAS.length !== n))
-      throw new Error(
-        `cuda backend: matmulResidual bias must be ${n} values of f32, got ${BIAS.length} ${BIAS.dtype}`,
-      );
+    decode.checkF32(R1, m * n, 'matmulResidual r1');
+    decode.checkF32(R2, m * n, 'matmulResidual r2');
+    decode.checkF32(BIAS, n, 'matmulResidual bias');
     decode.matmulResidual(this.host, A, B, C, m, n, k, BIAS, R1, R2, () => {
-      const p = {
-        batch: 1,
-        m,
-        n,
-        k,
-        transA: false,
-        transB: true,
-        strideA: m * k,
-        strideB: n * k,
-        strideC: m * n,
-        alpha: 1,
-        beta: 0,
-      };
+      const p = linearParams(m, n, k);
       this.matmul(a, b, c, p, bias);
       this.add3(r1, r2, c, c);
     });

@@ -116,6 +116,25 @@ __device__ float block_lse(float m, float s, float* sh) {
   return m + logf(s);
 }
 
+// ---- activations that several modules apply ----------------------------------------------------
+
+#define SQRT_2_OVER_PI 0.7978845608028654f
+
+/** 1 / (1 + e^-x), taking exp of -|x| only (no overflow, no inf / inf) */
+__device__ __forceinline__ float sigmoid(float x) {
+  if (x >= 0.f) return 1.f / (1.f + expf(-x));
+  const float e = expf(x);
+  return e / (1.f + e);
+}
+
+/** log(1 + e^x) = max(x, 0) + log1p(e^-|x|) */
+__device__ __forceinline__ float softplus(float x) { return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }
+
+/** the tanh approximation of GELU (Hugging Face's gelu_new) */
+__device__ __forceinline__ float gelu_tanh(float x) {
+  return 0.5f * x * (1.f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x)));
+}
+
 // ---- 16-bit storage: the same bit-exact rounding as src/backends/dtype.ts ---------------------
 
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
@@ -162,4 +181,52 @@ __device__ __forceinline__ u16 f32_to_f16(float x) {
   u32 r = ((u32)e << 10) | (mant >> 13);
   if (rem > 0x1000u || (rem == 0x1000u && (r & 1u))) r++;
   return (u16)(sign | r);
+}
+
+// ---- a float in storage chosen at run time ---------------------------------------------------
+// Two code sets reach the kernels: the storage codes of the glue kernels (host.ts storage(): 0 f32,
+// 1 bf16, 2 f16) and the dtype codes above (host.ts DTYPE_CODE, decode.cu and gemv.cu's outputs).
+
+/** x rounded to 16 bits: bf16 when t == 1, else f16 */
+__device__ __forceinline__ u16 to16(float x, int t) { return t == 1 ? f32_to_bf16(x) : f32_to_f16(x); }
+
+/** h widened from 16 bits: bf16 when t == 1, else f16 */
+__device__ __forceinline__ float from16(u16 h, int t) { return t == 1 ? bf16_to_f32(h) : f16_to_f32(h); }
+
+/** p[i] as f32, p in storage t (1 bf16, 2 f16, else f32) */
+__device__ __forceinline__ float load_any(const void* p, int t, i64 i) {
+  if (t == 1) return bf16_to_f32(((const u16*)p)[i]);
+  if (t == 2) return f16_to_f32(((const u16*)p)[i]);
+  return ((const float*)p)[i];
+}
+
+/** p[i] = v, p in storage t (1 bf16, 2 f16, else f32) */
+__device__ __forceinline__ void store_any(void* p, int t, i64 i, float v) {
+  if (t == 1) ((u16*)p)[i] = f32_to_bf16(v);
+  else if (t == 2) ((u16*)p)[i] = f32_to_f16(v);
+  else ((float*)p)[i] = v;
+}
+
+/** out[i] = v, out in dtype dt (DT_BF16, DT_F16, else f32) */
+__device__ __forceinline__ void store_dtype(void* out, int dt, i64 i, float v) {
+  if (dt == DT_BF16)
+    ((u16*)out)[i] = f32_to_bf16(v);
+  else if (dt == DT_F16)
+    ((u16*)out)[i] = f32_to_f16(v);
+  else
+    ((float*)out)[i] = v;
+}
+
+// ---- the optimizer ---------------------------------------------------------------------------
+
+/**
+ * One decoupled-weight-decay Adam step on one element (elementwise.cu's adamw kernels and
+ * optim.cu's fused one). bc1 = 1 - beta1^step and bc2 = 1 - beta2^step come from the host (in
+ * double, then rounded); decay = 1 - lr weight_decay, or 1 where no decay applies.
+ */
+__device__ __forceinline__ void adamw_one(float& p, float g, float& m, float& v, float lr, float beta1, float beta2,
+                                          float eps, float decay, float bc1, float bc2) {
+  m = beta1 * m + (1.f - beta1) * g;
+  v = beta2 * v + (1.f - beta2) * g * g;
+  p = p * decay - (lr * (m / bc1)) / (sqrtf(v / bc2) + eps);
 }

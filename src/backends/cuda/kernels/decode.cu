@@ -11,22 +11,6 @@
 
 #include "common.cuh"
 
-__device__ __forceinline__ float sigmoid_d(float x) {
-  if (x >= 0.f) return 1.f / (1.f + expf(-x));
-  const float e = expf(x);
-  return e / (1.f + e);
-}
-
-/** out[i] = v in dtype `ot` (DT_F32, DT_BF16 or DT_F16) */
-__device__ __forceinline__ void store_as(void* out, int ot, i64 i, float v) {
-  if (ot == DT_BF16)
-    ((u16*)out)[i] = f32_to_bf16(v);
-  else if (ot == DT_F16)
-    ((u16*)out)[i] = f32_to_f16(v);
-  else
-    ((float*)out)[i] = v;
-}
-
 /**
  * x (rows, cols) f32, w, b (cols) f32 | null -> out (rows, cols) in dtype ot: the values of
  * layernorm_f32 (same sums, same expression), rounded once. grid = rows, blockDim as rowThreads.
@@ -73,11 +57,11 @@ extern "C" __global__ void layernorm_to16(const float* x, const float* w, const 
 #pragma unroll
     for (int q = 0; q < LN_HELD; q++) {
       const int j = threadIdx.x + q * blockDim.x;
-      if (j < cols) store_as(out, ot, base + j, (v[q] - m) * rs * w[j] + (b ? b[j] : 0.f));
+      if (j < cols) store_dtype(out, ot, base + j, (v[q] - m) * rs * w[j] + (b ? b[j] : 0.f));
     }
   } else {
     for (int j = threadIdx.x; j < cols; j += blockDim.x)
-      store_as(out, ot, base + j, (x[base + j] - m) * rs * w[j] + (b ? b[j] : 0.f));
+      store_dtype(out, ot, base + j, (x[base + j] - m) * rs * w[j] + (b ? b[j] : 0.f));
   }
 }
 
@@ -149,8 +133,7 @@ extern "C" __global__ void __launch_bounds__(1024) ssm_step_gate(const float* zx
     }
   }
   __syncthreads();
-  // log alpha = -softplus(a)
-  const float alpha = expf(-(fmaxf(av, 0.f) + log1pf(expf(-fabsf(av)))));
+  const float alpha = expf(-softplus(av));
   const float* bs = sh + pn;
   const float* cs = sh + pn + N;
   const float* us = sh + pn + 2 * N;
@@ -182,7 +165,7 @@ extern "C" __global__ void __launch_bounds__(1024) ssm_step_gate(const float* zx
     if (lane == 0) {
       const float y = acc + d * xp;
       const float u = us[p];
-      store_as(out, ot, b * (i64)(heads * P) + h * P + p0 + p, y * u * sigmoid_d(u));
+      store_dtype(out, ot, b * (i64)(heads * P) + h * P + p0 + p, y * u * sigmoid(u));
     }
   }
 }

@@ -20,15 +20,8 @@
 #define U_ABS 14
 #define U_RECIPROCAL 15
 
-#define SQRT_2_OVER_PI 0.7978845608028654f
 #define INV_SQRT_2 0.7071067811865476f
 #define INV_SQRT_2PI 0.3989422804014327f
-
-__device__ __forceinline__ float sigmoidf_(float x) {
-  if (x >= 0.f) return 1.f / (1.f + expf(-x));
-  const float e = expf(x);
-  return e / (1.f + e);
-}
 
 __device__ __forceinline__ float unary_f(int op, float x) {
   switch (op) {
@@ -39,12 +32,12 @@ __device__ __forceinline__ float unary_f(int op, float x) {
     case U_SQRT: return sqrtf(x);
     case U_RSQRT: return 1.f / sqrtf(x);
     case U_TANH: return tanhf(x);
-    case U_SIGMOID: return sigmoidf_(x);
-    case U_SOFTPLUS: return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x)));
-    case U_SILU: return x * sigmoidf_(x);
+    case U_SIGMOID: return sigmoid(x);
+    case U_SOFTPLUS: return softplus(x);
+    case U_SILU: return x * sigmoid(x);
     case U_RELU: return x > 0.f ? x : 0.f;
     case U_GELU: return 0.5f * x * (1.f + erff(x * INV_SQRT_2));
-    case U_GELU_NEW: return 0.5f * x * (1.f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x)));
+    case U_GELU_NEW: return gelu_tanh(x);
     case U_SQUARE: return x * x;
     case U_ABS: return fabsf(x);
     case U_RECIPROCAL: return 1.f / x;
@@ -66,12 +59,12 @@ __device__ __forceinline__ float unary_df(int op, float x) {
       return 1.f - t * t;
     }
     case U_SIGMOID: {
-      const float s = sigmoidf_(x);
+      const float s = sigmoid(x);
       return s * (1.f - s);
     }
-    case U_SOFTPLUS: return sigmoidf_(x);
+    case U_SOFTPLUS: return sigmoid(x);
     case U_SILU: {
-      const float s = sigmoidf_(x);
+      const float s = sigmoid(x);
       return s * (1.f + x * (1.f - s));
     }
     case U_RELU: return x > 0.f ? 1.f : 0.f;
@@ -301,17 +294,9 @@ extern "C" __global__ void dropout_f32(const float* x, float* out, double p, u32
 }
 
 /**
- * One decoupled-weight-decay Adam step; param, grad, m, v (n) f32. bc1 = 1 - beta1^step and
- * bc2 = 1 - beta2^step come from the host (in double, then rounded).
+ * One AdamW step (common.cuh's adamw_one) in place on param, grad, m, v (n) f32; four elements per
+ * thread per iteration (128-bit accesses), then the tail.
  */
-__device__ __forceinline__ void adamw_one(float& p, float g, float& m, float& v, float lr, float beta1, float beta2,
-                                          float eps, float decay, float bc1, float bc2) {
-  m = beta1 * m + (1.f - beta1) * g;
-  v = beta2 * v + (1.f - beta2) * g * g;
-  p = p * decay - (lr * (m / bc1)) / (sqrtf(v / bc2) + eps);
-}
-
-/** One AdamW step in place; four elements per thread per iteration (128-bit accesses), then the tail. */
 extern "C" __global__ void adamw_f32(float* param, const float* grad, float* m, float* v, float lr, float beta1,
                                      float beta2, float eps, float decay, float bc1, float bc2, i64 n) {
   const i64 quads = n / 4;
@@ -367,7 +352,7 @@ extern "C" __global__ void silu_gate_f32(const float* y, const float* z, const f
   const i64 n = rows * cols;
   FOR_EACH(i, n) {
     const float u = z[i] + bias[i % cols];
-    out[i] = y[i] * u * sigmoidf_(u);
+    out[i] = y[i] * u * sigmoid(u);
   }
 }
 
@@ -377,7 +362,7 @@ extern "C" __global__ void silu_gate_backward_f32(const float* y, const float* z
   const i64 n = rows * cols;
   FOR_EACH(i, n) {
     const float u = z[i] + bias[i % cols];
-    const float s = sigmoidf_(u);
+    const float s = sigmoid(u);
     const float gi = g[i];
     gy[i] = gi * u * s;
     gz[i] = gi * y[i] * s * (1.f + u * (1.f - s));
@@ -412,19 +397,7 @@ extern "C" __global__ void cast_bf16_f32(const u16* x, float* out, i64 n) {
 }
 
 // ---- fused glue of the training step (issue 18) --------------------------------------------------
-// 16-bit storage codes of these kernels: 0 = f32, 1 = bf16, 2 = f16.
-
-__device__ __forceinline__ float load_any(const void* p, int t, i64 i) {
-  if (t == 1) return bf16_to_f32(((const u16*)p)[i]);
-  if (t == 2) return f16_to_f32(((const u16*)p)[i]);
-  return ((const float*)p)[i];
-}
-
-__device__ __forceinline__ void store_any(void* p, int t, i64 i, float v) {
-  if (t == 1) ((u16*)p)[i] = f32_to_bf16(v);
-  else if (t == 2) ((u16*)p)[i] = f32_to_f16(v);
-  else ((float*)p)[i] = v;
-}
+// Storage codes of these kernels: 0 = f32, 1 = bf16, 2 = f16 (load_any, store_any in common.cuh).
 
 /**
  * x (n) f32 -> out = f(x) and xk = x, both in 16 bits (bf16 when bf16 != 0, else f16): an
@@ -490,7 +463,7 @@ extern "C" __global__ void silu_gate_d_f32(const float* y, const float* x, const
     const float yi = y[i];
     const float u = zi + bias[c];
     const float v = yi + D[c / headDim] * x[i];
-    store_any(out, ot, i, v * u * sigmoidf_(u));
+    store_any(out, ot, i, v * u * sigmoid(u));
     if (keep) {
       store_any(yk, ot, i, yi);
       store_any(zk, ot, i, zi);
@@ -518,7 +491,7 @@ extern "C" __global__ void silu_gate_d_backward_f32(const void* y, const float* 
   for (i64 r = r0; r < r1; r++) {
     const i64 i = r * cols + c;
     const float u = load_any(z, st, i) + b;
-    const float s = sigmoidf_(u);
+    const float s = sigmoid(u);
     const float xi = x[i];
     const float v = load_any(y, st, i) + d * xi;
     const float gi = g[i];
@@ -562,7 +535,7 @@ __device__ __forceinline__ float4 load4(const void* p, int t, i64 q) {
   const u16 h[4] = {(u16)(v.x & 0xffffu), (u16)(v.x >> 16), (u16)(v.y & 0xffffu), (u16)(v.y >> 16)};
   float f[4];
 #pragma unroll
-  for (int k = 0; k < 4; k++) f[k] = t == 1 ? bf16_to_f32(h[k]) : f16_to_f32(h[k]);
+  for (int k = 0; k < 4; k++) f[k] = from16(h[k], t);
   return make_float4(f[0], f[1], f[2], f[3]);
 }
 
@@ -574,7 +547,7 @@ __device__ __forceinline__ void store4(void* p, int t, i64 q, float4 v) {
   const float f[4] = {v.x, v.y, v.z, v.w};
   u32 h[4];
 #pragma unroll
-  for (int k = 0; k < 4; k++) h[k] = t == 1 ? f32_to_bf16(f[k]) : f32_to_f16(f[k]);
+  for (int k = 0; k < 4; k++) h[k] = to16(f[k], t);
   ((uint2*)p)[q] = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
 }
 
@@ -761,7 +734,7 @@ extern "C" __global__ void silu_gate_d_x4(const float* y, const float* x, const 
       const int c = (int)((q * 4 + k) % cols);
       const float u = za[k] + bias[c];
       const float v = ya[k] + D[c / headDim] * xa[k];
-      oa[k] = v * u * sigmoidf_(u);
+      oa[k] = v * u * sigmoid(u);
     }
     store4(out, ot, q, o);
     if (keep) {

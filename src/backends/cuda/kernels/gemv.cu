@@ -214,14 +214,9 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
       float y = alpha * v;
       if (beta != 0.f) y += beta * ((const float*)out)[at];
       if (bias) y += bias[col];
-      if (act == GEMV_ACT_GELU_NEW) y = 0.5f * y * (1.f + tanhf(0.7978845608028654f * (y + 0.044715f * y * y * y)));
+      if (act == GEMV_ACT_GELU_NEW) y = gelu_tanh(y);
       if (r1) y = (r2 ? r1[at] + r2[at] : r1[at]) + y;
-      if (ot == DT_BF16)
-        ((u16*)out)[at] = f32_to_bf16(y);
-      else if (ot == DT_F16)
-        ((u16*)out)[at] = f32_to_f16(y);
-      else
-        ((float*)out)[at] = y;
+      store_dtype(out, ot, at, y);
     }
   }
 }

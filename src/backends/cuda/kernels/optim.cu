@@ -55,18 +55,8 @@ extern "C" __global__ void sum_f64_to_f32(const double* x, i64 n, float* out, i6
   }
 }
 
-/** elementwise.cu's adamw_one: the same float arithmetic */
-__device__ __forceinline__ void adamw_fused_one(float& p, float g, float& m, float& v, float lr, float beta1,
-                                                float beta2, float eps, float decay, float bc1, float bc2) {
-  m = beta1 * m + (1.f - beta1) * g;
-  v = beta2 * v + (1.f - beta2) * g * g;
-  p = p * decay - (lr * (m / bc1)) / (sqrtf(v / bc2) + eps);
-}
-
 /** neither NaN nor infinite (the exponent bits not all set) */
 __device__ __forceinline__ bool finite_(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
-
-__device__ __forceinline__ u16 to16(float x, int kind) { return kind == 1 ? f32_to_bf16(x) : f32_to_f16(x); }
 
 /**
  * adamw_device_f32 (same scalars, same arithmetic) with three more outputs from the same pass:
@@ -96,10 +86,10 @@ extern "C" __global__ void adamw_fused_f32(float* param, const float* grad, floa
       const float decay = row_sq == nullptr || row_sq[row] != 0.0 ? decay_all : 1.f;
       float4 p = p4[i], mm = m4[i], vv = v4[i];
       const float4 g = g4[i];
-      adamw_fused_one(p.x, g.x * scale, mm.x, vv.x, lr, beta1, beta2, eps, decay, bc1, bc2);
-      adamw_fused_one(p.y, g.y * scale, mm.y, vv.y, lr, beta1, beta2, eps, decay, bc1, bc2);
-      adamw_fused_one(p.z, g.z * scale, mm.z, vv.z, lr, beta1, beta2, eps, decay, bc1, bc2);
-      adamw_fused_one(p.w, g.w * scale, mm.w, vv.w, lr, beta1, beta2, eps, decay, bc1, bc2);
+      adamw_one(p.x, g.x * scale, mm.x, vv.x, lr, beta1, beta2, eps, decay, bc1, bc2);
+      adamw_one(p.y, g.y * scale, mm.y, vv.y, lr, beta1, beta2, eps, decay, bc1, bc2);
+      adamw_one(p.z, g.z * scale, mm.z, vv.z, lr, beta1, beta2, eps, decay, bc1, bc2);
+      adamw_one(p.w, g.w * scale, mm.w, vv.w, lr, beta1, beta2, eps, decay, bc1, bc2);
       p4[i] = p;
       m4[i] = mm;
       v4[i] = vv;
@@ -116,7 +106,7 @@ extern "C" __global__ void adamw_fused_f32(float* param, const float* grad, floa
   FOR_EACH(i, n) {
     const float decay = row_sq == nullptr || row_sq[i / row_len] != 0.0 ? decay_all : 1.f;
     float p = param[i], mm = m[i], vv = v[i];
-    adamw_fused_one(p, grad[i] * scale, mm, vv, lr, beta1, beta2, eps, decay, bc1, bc2);
+    adamw_one(p, grad[i] * scale, mm, vv, lr, beta1, beta2, eps, decay, bc1, bc2);
     param[i] = p;
     m[i] = mm;
     v[i] = vv;

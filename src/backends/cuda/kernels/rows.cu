@@ -29,11 +29,6 @@ extern "C" __global__ void softmax_backward_f32(const float* y, const float* gy,
     for (int j = threadIdx.x; j < cols; j += blockDim.x) gx[base + j] = y[base + j] * (gy[base + j] - s);
 }
 
-/** v rounded to 16 bits (t16: 1 bf16, 2 f16) at o16[i] */
-__device__ __forceinline__ void store16(u16* o16, int t16, i64 i, float v) {
-  o16[i] = t16 == 1 ? f32_to_bf16(v) : f32_to_f16(v);
-}
-
 /**
  * x, out (rows, cols), weight, bias (cols) | null; mean, rstd (rows) saved; o16 | null: out
  * rounded to 16 bits too (the copy autocast products read). grid = rows
@@ -58,7 +53,7 @@ extern "C" __global__ void layernorm_f32(const float* x, const float* w, const f
   for (int j = threadIdx.x; j < cols; j += blockDim.x) {
     const float v = (x[base + j] - m) * rs * w[j] + (b ? b[j] : 0.f);
     out[base + j] = v;
-    if (o16) store16(o16, t16, base + j, v);
+    if (o16) o16[base + j] = to16(v, t16);
   }
 }
 
@@ -126,7 +121,7 @@ extern "C" __global__ void rmsnorm_f32(const float* x, const float* w, float* ou
   for (int j = threadIdx.x; j < cols; j += blockDim.x) {
     const float v = x[base + j] * rs * w[j];
     out[base + j] = v;
-    if (o16) store16(o16, t16, base + j, v);
+    if (o16) o16[base + j] = to16(v, t16);
   }
 }
 
@@ -150,7 +145,7 @@ extern "C" __global__ void add_rmsnorm_f32(const float* a, const float* b, const
   for (int j = threadIdx.x; j < cols; j += blockDim.x) {
     const float v = sum[base + j] * rs * w[j];
     out[base + j] = v;
-    if (o16) store16(o16, t16, base + j, v);
+    if (o16) o16[base + j] = to16(v, t16);
   }
 }
 
@@ -159,10 +154,9 @@ extern "C" __global__ void add_rmsnorm_f32(const float* a, const float* b, const
 
 #define NORM_WARP_MAXV 16
 
-/** the 4 values v at out16 + 4 q (t16: 1 bf16, 2 f16) in one 8-byte store */
+/** the 4 values v rounded to 16 bits (t16 as to16) at o16 + 4 q, in one 8-byte store */
 __device__ __forceinline__ void store16x4(u16* o16, int t16, i64 q, float4 v) {
-  const u32 a = t16 == 1 ? f32_to_bf16(v.x) : f32_to_f16(v.x), b = t16 == 1 ? f32_to_bf16(v.y) : f32_to_f16(v.y);
-  const u32 c = t16 == 1 ? f32_to_bf16(v.z) : f32_to_f16(v.z), d = t16 == 1 ? f32_to_bf16(v.w) : f32_to_f16(v.w);
+  const u32 a = to16(v.x, t16), b = to16(v.y, t16), c = to16(v.z, t16), d = to16(v.w, t16);
   ((uint2*)o16)[q] = make_uint2(a | (b << 16), c | (d << 16));
 }
 

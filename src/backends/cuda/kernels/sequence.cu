@@ -354,8 +354,7 @@ extern "C" __global__ void ssm_step_f32(const float* xbc, const float* convState
   }
   __syncthreads();
   const float av = a[b * heads + h];
-  // log alpha = -softplus(a)
-  const float alpha = expf(-(fmaxf(av, 0.f) + log1pf(expf(-fabsf(av)))));
+  const float alpha = expf(-softplus(av));
   const float d = D[h];
   float* hs = ssm + ((b * heads + h) * (i64)P + p0) * N;
   const float* bs = sh + pn;
@@ -441,11 +440,9 @@ extern "C" __global__ void rope_f32(const float* x, float* out, const float* tab
 // The arithmetic of silu_gate_d_f32 / silu_gate_d_backward_f32 (elementwise.cu), with z's rows ldz
 // apart and z's gradient written into its window of in_proj's output gradient.
 
-__device__ __forceinline__ float gate_sigmoid(float x) {
-  if (x >= 0.f) return 1.f / (1.f + expf(-x));
-  const float e = expf(x);
-  return e / (1.f + e);
-}
+// gate_store and gate_load test t == 0 first where common.cuh's store_any and load_any test the
+// 16-bit codes first: the same values for the codes 0, 1, 2 that the host passes, but compiled to
+// different code (checked against the PTX), so they stay apart while these kernels are unchanged.
 
 /** v in storage t (0 f32, 1 bf16, 2 f16) at element i */
 __device__ __forceinline__ void gate_store(void* p, int t, i64 i, float v) {
@@ -463,14 +460,13 @@ __device__ __forceinline__ void gate_store4(void* p, int t, i64 i, const float* 
   }
   u32 h[4];
 #pragma unroll
-  for (int k = 0; k < 4; k++) h[k] = t == 1 ? f32_to_bf16(v[k]) : f32_to_f16(v[k]);
+  for (int k = 0; k < 4; k++) h[k] = to16(v[k], t);
   *(uint2*)((u16*)p + i) = make_uint2(h[0] | (h[1] << 16), h[2] | (h[3] << 16));
 }
 
 __device__ __forceinline__ float gate_load(const void* p, int t, i64 i) {
   if (t == 0) return ((const float*)p)[i];
-  const u16 h = ((const u16*)p)[i];
-  return t == 1 ? bf16_to_f32(h) : f16_to_f32(h);
+  return from16(((const u16*)p)[i], t);
 }
 
 /**
@@ -510,7 +506,7 @@ __device__ void gate_win(const float* y, const float* x, const float* D, const f
       const int c = c0 + k;
       const float u = zv[k] + bias[c];
       const float v = yv[k] + D[c / headDim] * xv[k];
-      ov[k] = v * u * gate_sigmoid(u);
+      ov[k] = v * u * sigmoid(u);
     }
     if (V == 4) {
       // one store per output (four scattered 2-byte stores per thread cost as much as the loads)
@@ -565,7 +561,7 @@ extern "C" __global__ void silu_gate_d_backward_win_f32(const void* y, const flo
   for (i64 r = r0; r < r1; r++) {
     const i64 i = r * cols + c;
     const float u = gate_load(z, st, i) + b;
-    const float s = gate_sigmoid(u);
+    const float s = sigmoid(u);
     const float xi = x[i];
     const float v = gate_load(y, st, i) + d * xi;
     const float gi = g[i];
@@ -593,7 +589,7 @@ extern "C" __global__ void log_decay_win_f32(const float* a, i64 lda, float* out
   FOR_EACH(i, n) {
     const i64 r = i / cols;
     const float x = a[r * lda + (i - r * cols)];
-    out[i] = -(fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))));
+    out[i] = -softplus(x);
     if (aKeep) aKeep[i] = x;
   }
 }
@@ -604,7 +600,7 @@ extern "C" __global__ void log_decay_backward_win_f32(const float* a, const floa
   const i64 n = rows * cols;
   FOR_EACH(i, n) {
     const i64 r = i / cols;
-    const float v = -g[i] * gate_sigmoid(a[i]);
+    const float v = -g[i] * sigmoid(a[i]);
     float* o = ga + r * lga + (i - r * cols);
     *o = acc ? *o + v : v;
   }
