@@ -2635,9 +2635,32 @@ describe(
           return { loss, grads, op };
         });
       try {
-        const fused = run(gpu, true);
+        // the activation pass first (the same kernels' arithmetic as composed), then cuBLASLt's
+        // GELU epilogue writing the activation and the kept pre-activation
+        const fused = withEnv('MOHAWK_LINEAR_ACT_EPILOGUE', '0', () => run(gpu, true));
+        const epilogue = withEnv('MOHAWK_LINEAR_ACT_EPILOGUE', undefined, () => {
+          const unary = () => gpu.kernels.launchCounts().unary_f32_to16_keep_x4 ?? 0;
+          const before = unary();
+          const r = run(gpu, true);
+          assert.equal(unary() - before, 0, 'the epilogue run made no activation pass');
+          return r;
+        });
         const composed = run(gpu, false);
         const ref = run(cpu, true);
+        assert.equal(epilogue.op, 'linearActivation');
+        // cuBLASLt's tanh against ours, both rounded to bf16: bf16 apart at most
+        assert.ok(
+          Math.abs(epilogue.loss - composed.loss) <= 1e-2 * Math.abs(composed.loss) + 1e-3,
+          `epilogue loss ${epilogue.loss} vs ${composed.loss}`,
+        );
+        epilogue.grads.forEach((g, i) =>
+          assertClose(
+            g,
+            composed.grads[i],
+            2e-2 * maxAbs(composed.grads[i]) + 1e-6,
+            `epilogue gradient ${i}`,
+          ),
+        );
         assert.equal(fused.op, 'linearActivation');
         assert.notEqual(composed.op, 'linearActivation');
         // the same kernels' arithmetic on the GPU: the bias sums in another order only

@@ -986,14 +986,46 @@ export function linearActivation(x: Tensor, weight: Tensor, bias: Tensor | null,
   if (bias.dtype !== 'f32' || ![x, weight].every((t) => t.dtype === 'f32' || t.dtype === dtype)) return null;
   const x16 = x.dtype === dtype ? x : autocastOperand(x, dtype);
   const w16 = weight.dtype === dtype ? weight : autocastOperand(weight, dtype);
-  // the f32 pre-activation, not recorded: only its 16-bit copy is kept for the backward
-  const pre = noGrad(() => matmulImpl(x16, w16, { transB: true }, 'f32', bias));
-  const out = empty(pre.shape, dtype, be);
-  const preKeep = empty(pre.shape, dtype, be);
-  be.unaryKeep16(op, pre.buffer, out.buffer, preKeep.buffer);
-  pre.dispose();
   const [n, k] = w16.shape;
-  const rows = out.size / n;
+  const rows = x16.size / Math.max(k, 1);
+  const outShape = [...x16.shape.slice(0, -1), n];
+  const out = empty(outShape, dtype, be);
+  const preKeep = empty(outShape, dtype, be);
+  // the tanh GELU in the product's epilogue: the activation and the 16-bit pre-activation written
+  // by the GEMM itself, no f32 pre-activation and no pass over it (MOHAWK_LINEAR_ACT_EPILOGUE=0:
+  // the product into f32, then one pass for both)
+  const epilogue =
+    op === 'geluNew' &&
+    be.matmulGelu &&
+    process.env.MOHAWK_LINEAR_ACT_EPILOGUE !== '0' &&
+    rows > 0 &&
+    be.matmulGelu(
+      x16.buffer,
+      w16.buffer,
+      out.buffer,
+      {
+        batch: 1,
+        m: rows,
+        n,
+        k,
+        transA: false,
+        transB: true,
+        strideA: rows * k,
+        strideB: k * n,
+        strideC: rows * n,
+        alpha: 1,
+        beta: 0,
+      },
+      'gelu',
+      bias.buffer,
+      preKeep.buffer,
+    );
+  if (!epilogue) {
+    // the f32 pre-activation, not recorded: only its 16-bit copy is kept for the backward
+    const pre = noGrad(() => matmulImpl(x16, w16, { transB: true }, 'f32', bias));
+    be.unaryKeep16(op, pre.buffer, out.buffer, preKeep.buffer);
+    pre.dispose();
+  }
   return record(out, 'linearActivation', [x16, w16, bias], [...crossSaves(x16, w16), preKeep], (g) => {
     const gf = g.dtype === 'f32' ? g : cast(g, 'f32');
     // the pre-activation's gradient g f'(pre), in 16 bits, and the bias's (its f32 column sums)
