@@ -6,7 +6,7 @@
 #                                  and the production node_modules in .device (git-ignored)
 #   scripts/gpu-check.sh [PART...] on the GPU machine (carry .device): unpack node, then the parts
 #                                  (tests:PATTERN: only the CUDA unit tests whose names match, in
-#                                  cuda.test and cuda-nccl.test; tests:nccl runs the NCCL suite)
+#                                  cuda.test, cuda-models, cuda-distill and cuda-nccl)
 #                                  (default: tests gpu-gemm gpu-ops stage3-step; any subset, in order;
 #                                  a benchmark with arguments: NAME@ARG,ARG,... e.g.
 #                                  stage3-step@--model,llama3,--fused,--name,llama3-fused)
@@ -92,7 +92,8 @@ for part in "${parts[@]}"; do
     # tests:PATTERN runs only the CUDA unit tests whose names match PATTERN (a regular expression)
     echo "== CUDA tests matching ${part#tests:}"
     MOHAWK_REQUIRE_CUDA=1 MOHAWK_CUDA_SYNC=1 node --test --test-reporter=spec --test-concurrency=1 \
-      --test-name-pattern="${part#tests:}" $D/build/test/cuda.test.js $D/build/test/cuda-nccl.test.js \
+      --test-name-pattern="${part#tests:}" $D/build/test/cuda.test.js $D/build/test/cuda-models.test.js \
+      $D/build/test/cuda-distill.test.js $D/build/test/cuda-nccl.test.js \
       >"$OUT/tests-pattern.log" 2>&1 || status=1
     tail -n 60 "$OUT/tests-pattern.log"
   else

@@ -1,7 +1,7 @@
 // Phi (HF PhiForCausalLM, Phi-1/1.5/2): attention and MLP in parallel on one shared LayerNorm,
 // partial rotary embeddings, gelu_new, biases everywhere, final LayerNorm, lm_head with bias.
 
-import { add3, type Tensor } from '../tensor/index.js';
+import { add3, getAutocast, isGradEnabled, layerNormTo, type Tensor } from '../tensor/index.js';
 import { Attention } from '../nn/attention.js';
 import { Embedding, LayerNorm, Linear, type InitOptions } from '../nn/layers.js';
 import { ACTIVATIONS, MLP, type Activation } from '../nn/mlp.js';
@@ -140,9 +140,14 @@ export class PhiBlock extends Module implements Block {
 
   /** n = ln(x); out = x + attn(n) + mlp(n) */
   forward(x: Tensor, opts: BlockOptions = {}): BlockOutput {
-    const n = this.input_layernorm.forward(x);
+    // without gradients under autocast (the frozen teacher, evaluation, decoding) the products
+    // read only the norm's 16-bit output: it is written alone, and fc2 adds the residual sum
+    const dt = getAutocast();
+    const ln = this.input_layernorm;
+    const low = !!dt && !isGradEnabled();
+    const n = low ? layerNormTo(x, ln.weight, ln.bias, ln.eps, dt) : ln.forward(x);
     const a = this.self_attn.forward(n, opts);
-    const out = add3(x, a.out, this.mlp.forward(n));
+    const out = low ? this.mlp.forwardResidual(n, x, a.out) : add3(x, a.out, this.mlp.forward(n));
     return { out, mixerOut: a.out, matrix: a.matrix };
   }
 

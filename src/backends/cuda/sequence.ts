@@ -38,6 +38,11 @@ const { k, run1 } = moduleKernels('sequence', SEQUENCE_SIGNATURES);
 const MAX_CONV_K = 16;
 /** time steps each conv thread walks (CONV_RUN in sequence.cu) */
 const CONV_RUN = 32;
+/**
+ * the fewest rows a block of the windowed conv backward walks (more: fewer, longer walks and
+ * smaller partial weight gradients to sum; MOHAWK_CONV_BAND_ROWS, read once, for measurements)
+ */
+const CONV_BAND_ROWS = Math.max(1, Number(process.env.MOHAWK_CONV_BAND_ROWS ?? 16) || 16);
 const convRuns = (t: number): number => Math.ceil(t / CONV_RUN);
 
 export function causalConv1d(
@@ -242,7 +247,7 @@ export function causalConv1dWindowBackward(
     return;
   }
   // one pass over gy for x's gradient and the partial weight and bias gradients (bands of rows)
-  const blocks = Math.max(1, Math.min(Math.ceil(rows / 16), h.sms * 4));
+  const blocks = Math.max(1, Math.min(Math.ceil(rows / CONV_BAND_ROWS), h.sms * 4));
   const perBlock = Math.ceil(rows / blocks);
   const nb = Math.ceil(rows / perBlock);
   const pw = h.scratch(nb * channels * kernel);

@@ -316,29 +316,106 @@ __device__ void kl_lses(const float* tr, const float* sr, int vocab, float inv, 
 }
 
 /**
+ * The teacher's running (max m, sum s = sum e^(a - m), w = sum e^(a - m) (a - b)) with a = t / tau,
+ * b = s / tau: KL = w / s - lse_t + lse_s, so one pass gives the KL and both log-sum-exps. An a
+ * of -inf (p = 0) adds nothing to w, as the two-pass form skipped p = 0.
+ */
+__device__ __forceinline__ void klw_add(float& m, float& s, float& w, float a, float b) {
+  if (a == NEG_INF) return;
+  if (a > m) {
+    const float r = expf(m - a);  // 0 while m is -inf
+    s = s * r + 1.f;
+    w = w * r + (a - b);
+    m = a;
+  } else {
+    const float e = expf(a - m);  // NaN a (or m) makes s NaN, as lse_add
+    s += e;
+    if (e > 0.f) w += e * (a - b);
+  }
+}
+
+__device__ __forceinline__ void klw_merge(float& m, float& s, float& w, float m2, float s2, float w2) {
+  if (m2 == NEG_INF && !is_nan(s2)) return;
+  if (m == NEG_INF && !is_nan(s)) {
+    m = m2, s = s2, w = w2;
+    return;
+  }
+  const float mm = fmaxf(m, m2);
+  const float r1 = expf(m - mm), r2 = expf(m2 - mm);
+  s = s * r1 + s2 * r2;
+  w = w * r1 + w2 * r2;
+  m = mm;
+  if (is_nan(m2) || is_nan(s2)) s = QNAN;
+}
+
+/**
  * KL(p || q) per row, p = softmax(teacher / tau), q = softmax(student / tau); (rows, V) -> losses
  * (rows). lse (rows, 2), when not null, receives both log-sum-exps of the row (teacher, student)
- * for kl_div_backward_f32 to skip its first pass. grid = rows
+ * for kl_div_backward_f32 to skip its first pass. One pass over both rows (klw_add), 16-byte loads
+ * where V and the rows allow. grid = rows, blockDim.x a multiple of 32, at most 1024.
  */
 extern "C" __global__ void kl_div_f32(const float* teacher, const float* student, float* losses, float* lse,
                                       int vocab, float inv) {
-  __shared__ float sh[64];
+  __shared__ float sh[4 * 32];
   const i64 base = (i64)blockIdx.x * vocab;
-  float lt, ls;
-  kl_lses(teacher + base, student + base, vocab, inv, sh, lt, ls);
-  float acc = 0.f;
-  for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const float logp = teacher[base + j] * inv - lt;
-    const float logq = student[base + j] * inv - ls;
-    const float p = expf(logp);
-    if (p > 0.f) acc += p * (logp - logq);
+  const float* tr = teacher + base;
+  const float* sr = student + base;
+  float mt = NEG_INF, st = 0.f, wt = 0.f, ms = NEG_INF, ss = 0.f;
+  if ((vocab & 3) == 0 && ((size_t)tr & 15) == 0 && ((size_t)sr & 15) == 0) {
+    const float4* t4 = (const float4*)tr;
+    const float4* s4 = (const float4*)sr;
+    for (int j = threadIdx.x; j < vocab / 4; j += blockDim.x) {
+      const float4 a = t4[j], b = s4[j];
+      klw_add(mt, st, wt, a.x * inv, b.x * inv);
+      klw_add(mt, st, wt, a.y * inv, b.y * inv);
+      klw_add(mt, st, wt, a.z * inv, b.z * inv);
+      klw_add(mt, st, wt, a.w * inv, b.w * inv);
+      lse_add(ms, ss, b.x * inv);
+      lse_add(ms, ss, b.y * inv);
+      lse_add(ms, ss, b.z * inv);
+      lse_add(ms, ss, b.w * inv);
+    }
+  } else {
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+      klw_add(mt, st, wt, tr[j] * inv, sr[j] * inv);
+      lse_add(ms, ss, sr[j] * inv);
+    }
   }
-  acc = block_sum(acc, sh);
-  if (threadIdx.x == 0) {
-    losses[blockIdx.x] = acc;
-    if (lse) {
-      lse[2 * blockIdx.x] = lt;
-      lse[2 * blockIdx.x + 1] = ls;
+  // warps, then the block (lanes hold the warps' triples and pairs)
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    klw_merge(mt, st, wt, __shfl_xor_sync(0xffffffffu, mt, o), __shfl_xor_sync(0xffffffffu, st, o),
+              __shfl_xor_sync(0xffffffffu, wt, o));
+    lse_merge(ms, ss, __shfl_xor_sync(0xffffffffu, ms, o), __shfl_xor_sync(0xffffffffu, ss, o));
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  if (lane == 0) {
+    sh[warp] = mt, sh[32 + warp] = st, sh[64 + warp] = wt;
+    sh[96 + warp] = ms;
+  }
+  __shared__ float shs[32];
+  if (lane == 0) shs[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    mt = lane < nw ? sh[lane] : NEG_INF;
+    st = lane < nw ? sh[32 + lane] : 0.f;
+    wt = lane < nw ? sh[64 + lane] : 0.f;
+    ms = lane < nw ? sh[96 + lane] : NEG_INF;
+    ss = lane < nw ? shs[lane] : 0.f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      klw_merge(mt, st, wt, __shfl_xor_sync(0xffffffffu, mt, o), __shfl_xor_sync(0xffffffffu, st, o),
+                __shfl_xor_sync(0xffffffffu, wt, o));
+      lse_merge(ms, ss, __shfl_xor_sync(0xffffffffu, ms, o), __shfl_xor_sync(0xffffffffu, ss, o));
+    }
+    if (lane == 0) {
+      const float lt = mt + logf(st), ls = ms + logf(ss);
+      // an empty teacher row (every p = 0) has nothing to sum: 0, as the two-pass form
+      losses[blockIdx.x] = st > 0.f ? wt / st - lt + ls : (is_nan(st) ? QNAN : 0.f);
+      if (lse) {
+        lse[2 * blockIdx.x] = lt;
+        lse[2 * blockIdx.x + 1] = ls;
+      }
     }
   }
 }
