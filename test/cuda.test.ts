@@ -2813,12 +2813,14 @@ describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)',
     }
   };
 
-  it('layerNormTo: LayerNorm stored in bf16 in one kernel against the CPU (LayerNorm, then the cast)', () => {
+  it('layerNormTo: LayerNorm stored in bf16 in one kernel (few rows: one block per row; many: one warp per row) against the CPU (LayerNorm, then the cast)', () => {
     assert.equal((cpu as Backend).layerNormTo16, undefined, 'the CPU composes it');
     for (const [rows, cols, bias] of [
       [3, 2048, true],
       [1, 37, false],
       [5, 1000, true],
+      [300, 256, true], // many rows: one warp per row, the 16 bits written alone
+      [260, 384, false],
     ] as const) {
       const shapes = [[rows, cols], [cols], [cols]];
       const fn = ([x, w, b]: T.Tensor[]) => [T.layerNormTo(x, w, bias ? b : null, 1e-5, 'bf16')];

@@ -14,6 +14,7 @@ import {
   empty,
   full,
   gradHooksActive,
+  pendingGrad,
   isGradEnabled,
   keep,
   noGrad,
@@ -798,6 +799,8 @@ function matmulImpl(
   outDtype: DType,
   bias: Tensor | null = null,
   into: Tensor | null = null,
+  /** with `into`: add the product to what it holds (beta = 1) */
+  accumulate = false,
 ): Tensor {
   const transA = opts.transA ?? false;
   const transB = opts.transB ?? false;
@@ -871,11 +874,11 @@ function matmulImpl(
       strideB,
       strideC: mm * n,
       alpha: 1,
-      beta: 0,
+      beta: into && accumulate ? 1 : 0,
     },
     bias?.buffer ?? null,
   );
-  if (into) return into; // a gradient written in place (weightGradInto): no graph
+  if (into) return into; // a gradient written in place (weightGradInto, pendingGrad): no graph
   const inputs = bias ? [a, b, bias] : [a, b];
   return record(out, bias ? 'linear' : 'matmul', inputs, crossSaves(a, b), (g) => {
     // C = op(A) op(B): dA from g op(B)^T, dB from op(A)^T g, then summed over broadcast batches.
@@ -890,7 +893,19 @@ function matmulImpl(
     const gBias = fused ? fused[1] : null;
     let ga: Tensor | null = null;
     let gb: Tensor | null = null;
-    if (a.requiresGrad) {
+    // where another consumer's gradient of a came first (two products reading one norm output),
+    // the product adds into it (beta = 1) instead of autograd adding a fresh one in a pass
+    const pending =
+      a.requiresGrad &&
+      !transA &&
+      b.ndim === 2 &&
+      g16.dtype !== 'f32' &&
+      process.env.MOHAWK_GRAD_ACCUMULATE !== '0'
+        ? pendingGrad(a)
+        : null;
+    if (pending) {
+      matmulImpl(g16, b, { transB: !transB }, 'f32', null, pending, true);
+    } else if (a.requiresGrad) {
       const full = transA
         ? matmul(b, g16, { transA: transB, transB: true })
         : matmul(g16, b, { transB: !transB });

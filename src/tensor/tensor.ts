@@ -394,7 +394,30 @@ function accumulateInto(target: Tensor, g: Tensor): void {
   target.backend.copyStrided(g.buffer, 0, [1], target.buffer, 0, [1], [g.size], true);
 }
 
+/** the running backward pass's pendingGrad, null outside one */
+let pendingGradOf: ((t: Tensor) => Tensor | null) | null = null;
+
+/**
+ * Inside a backward closure: the f32 gradient that autograd already holds for `t` (another
+ * consumer's part came first), made this pass's own so the closure may add its part into it in
+ * place (and then return null for t); null when there is none yet, or it is not f32 of t's size.
+ * Lets a product write an input gradient with beta = 1 instead of a fresh buffer that autograd
+ * then adds with a pass of its own.
+ */
+export function pendingGrad(t: Tensor): Tensor | null {
+  return pendingGradOf ? pendingGradOf(t) : null;
+}
+
 function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean): void {
+  const outer = pendingGradOf;
+  try {
+    runBackwardInner(root, seed, freeGraph);
+  } finally {
+    pendingGradOf = outer;
+  }
+}
+
+function runBackwardInner(root: Tensor, seed: Tensor | undefined, freeGraph: boolean): void {
   if (!seed && root.size !== 1) {
     throw new Error(
       `backward: output has shape ${shapeStr(root.shape)}; give a gradient or reduce to a scalar`,
@@ -490,6 +513,13 @@ function runBackward(root: Tensor, seed: Tensor | undefined, freeGraph: boolean)
     }
     complete(acc);
     node.accumulateInto!(g, acc, true);
+  };
+  pendingGradOf = (t: Tensor): Tensor | null => {
+    const prev = grads.get(t);
+    if (!prev || prev.dtype !== 'f32' || prev.size !== t.size || prev.backend !== t.backend) return null;
+    const acc = ownedGrad(t, prev);
+    complete(acc);
+    return acc;
   };
   noGrad(() => {
     const start = seed ? seed.view(root.shape) : full(root.shape, 1, root.dtype, root.backend);

@@ -6,6 +6,7 @@
 
 import type { DeviceBuffer, SsmStepParams } from '../backend.js';
 import { gemv, gemvTakes, linearParams } from './gemv.js';
+import { layerNormWarpTo16 } from './rows.js';
 import { moduleKernels, outCode, rowThreads, type CudaBuffer, type Host } from './host.js';
 
 /** Kernel signatures of kernels/decode.cu (argument kinds, see kernels.ts). */
@@ -42,6 +43,8 @@ export function layerNormTo16(
     outCode(o.dtype, 'layerNormTo16 output'),
   ];
   if (rows * cols === 0) return;
+  // many rows (a teacher's forward): rows.cu's one warp per row, writing the 16 bits alone
+  if (rows >= 256 && layerNormWarpTo16(h, args[0], args[1], args[2], o.ptr, o.dtype, rows, cols, eps)) return;
   k(h, 'layernorm_to16').launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, eps]);
 }
 

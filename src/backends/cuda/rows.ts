@@ -101,6 +101,38 @@ function launchNorm(
   else k(h, `${base}_f32`).launch([rows, 1, 1], rowThreads(cols), 0, [...args, cols, ...tail]);
 }
 
+/**
+ * LayerNorm of many rows written only in 16 bits (o16 of dtype; no f32 output, mean or rstd), one
+ * warp per row; false (nothing launched) where the width does not take the warp kernel.
+ */
+export function layerNormWarpTo16(
+  h: Host,
+  x: number,
+  w: number,
+  b: number,
+  o16: number,
+  dtype: string,
+  rows: number,
+  cols: number,
+  eps: number,
+): boolean {
+  if (!warpRows(cols) || (dtype !== 'bf16' && dtype !== 'f16')) return false;
+  k(h, 'layernorm_warp_f32').launch(warpGrid(rows), 32 * WARP_ROWS, 0, [
+    x,
+    w,
+    b,
+    0,
+    0,
+    0,
+    rows,
+    cols,
+    eps,
+    o16,
+    dtype === 'bf16' ? 1 : 2,
+  ]);
+  return true;
+}
+
 export function layerNorm(
   h: Host,
   x: DeviceBuffer,

@@ -42,7 +42,7 @@ const CONV_RUN = 32;
  * the fewest rows a block of the windowed conv backward walks (more: fewer, longer walks and
  * smaller partial weight gradients to sum; MOHAWK_CONV_BAND_ROWS, read once, for measurements)
  */
-const CONV_BAND_ROWS = Math.max(1, Number(process.env.MOHAWK_CONV_BAND_ROWS ?? 16) || 16);
+const CONV_BAND_ROWS = Math.max(1, Number(process.env.MOHAWK_CONV_BAND_ROWS ?? 64) || 64);
 const convRuns = (t: number): number => Math.ceil(t / CONV_RUN);
 
 export function causalConv1d(

@@ -163,7 +163,8 @@ __device__ __forceinline__ void store16x4(u16* o16, int t16, i64 q, float4 v) {
 /**
  * LayerNorm (kind 0), RMSNorm (1) or the residual add and RMSNorm (2: x = a + a2, written to sum)
  * of rows of `cols` = 128 nv, one warp per row: out = norm(x) w (+ b), mean (LayerNorm), rstd,
- * and o16 | null, out rounded to 16 bits. Lane l holds float4s l, l + 32, ...
+ * and o16 | null, out rounded to 16 bits. out, mean and rstd may be null (not written: a norm
+ * whose only reader takes the 16-bit copy). Lane l holds float4s l, l + 32, ...
  */
 __device__ void norm_warp(int kind, const float* a, const float* a2, const float* w, const float* b, float* sum,
                           float* out, float* mean, float* rstd, i64 rows, int cols, float eps, u16* o16, int t16) {
@@ -199,11 +200,11 @@ __device__ void norm_warp(int kind, const float* a, const float* a2, const float
         dd += (dx * dx + dy * dy) + (dz * dz + dw * dw);
       }
     rs = 1.f / sqrtf(warp_sum(dd) / cols + eps);
-    if (lane == 0) mean[row] = m;
+    if (lane == 0 && mean) mean[row] = m;
   } else {
     rs = 1.f / sqrtf(warp_sum(ss) / cols + eps);
   }
-  if (lane == 0) rstd[row] = rs;
+  if (lane == 0 && rstd) rstd[row] = rs;
 #pragma unroll
   for (int k = 0; k < NORM_WARP_MAXV; k++) {
     if (k < nv) {
@@ -217,7 +218,7 @@ __device__ void norm_warp(int kind, const float* a, const float* a2, const float
       } else {
         o = make_float4(v[k].x * rs * wv.x, v[k].y * rs * wv.y, v[k].z * rs * wv.z, v[k].w * rs * wv.w);
       }
-      ((float4*)out)[q0 + c4] = o;
+      if (out) ((float4*)out)[q0 + c4] = o;
       if (o16) store16x4(o16, t16, q0 + c4, o);
     }
   }
