@@ -10,7 +10,7 @@ import { bf16ToF32, f16ToF32, f32ToBf16 } from '../src/backends/dtype.js';
 import { MLP } from '../src/nn/mlp.js';
 import * as T from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
-import { assertClose, withEnv } from './helpers.js';
+import { assertClose, twoConsumers, withEnv } from './helpers.js';
 
 /** the tanh GELU's derivative in f64 */
 function geluNewGrad(x: number): number {
@@ -248,48 +248,9 @@ describe('linearActivation: its weight gradient written straight into an unwritt
 });
 
 describe('an input read by two products under autocast (pendingGrad, MOHAWK_GRAD_ACCUMULATE)', () => {
-  it('the second product adds its input gradient into the first one (beta 1): no add pass, the same gradients', () => {
-    const cpu = new CpuBackend();
-    const run = (accumulate: boolean) =>
-      withEnv('MOHAWK_GRAD_ACCUMULATE', accumulate ? undefined : '0', () => {
-        T.setBackend(cpu);
-        const r = new Random(11);
-        const x = T.keep(T.tensor(r.normals(6 * 40, 0, 1), [2, 3, 40]));
-        x.requiresGrad = true;
-        const w1 = T.keep(T.tensor(r.normals(24 * 40, 0, 0.3), [24, 40]));
-        const w2 = T.keep(T.tensor(r.normals(56 * 40, 0, 0.3), [56, 40]));
-        const b1 = T.keep(T.tensor(r.normals(24, 0, 0.1), [24]));
-        for (const p of [w1, w2, b1]) p.requiresGrad = true;
-        const c1 = T.keep(T.tensor(r.normals(6 * 24, 0, 1), [2, 3, 24]));
-        const c2 = T.keep(T.tensor(r.normals(6 * 56, 0, 1), [2, 3, 56]));
-        // count the adds of an x-sized gradient (autograd summing the two products' parts)
-        let adds = 0;
-        const binary = cpu.binary.bind(cpu);
-        cpu.binary = (op, a, as, b, bs, out, shape) => {
-          if (op === 'add' && shape.reduce((p, q) => p * q, 1) === x.size) adds++;
-          return binary(op, a, as, b, bs, out, shape);
-        };
-        try {
-          T.scope(() =>
-            T.autocast('bf16', () => {
-              const n = T.scale(x, 1.5); // one f32 tensor, read by two products as one bf16 copy
-              const y1 = T.linear(n, w1, b1);
-              const y2 = T.linear(n, w2, null);
-              T.add(T.sum(T.mul(y1, c1)), T.sum(T.mul(y2, c2))).backward();
-            }),
-          );
-        } finally {
-          cpu.binary = binary;
-        }
-        const grads = [x, w1, w2, b1].map((t) => Array.from(t.grad!.toArray()));
-        for (const t of [x, w1, w2, b1, c1, c2]) {
-          t.grad?.dispose();
-          t.dispose();
-        }
-        return { grads, adds };
-      });
-    const on = run(true);
-    const off = run(false);
+  it("the second product adds its input gradient into the first one's (beta 1): no add pass, the same gradients", () => {
+    const on = twoConsumers(new CpuBackend(), 'linear', true);
+    const off = twoConsumers(new CpuBackend(), 'linear', false);
     assert.equal(off.adds, 1, 'autograd adds the two parts once without the accumulation');
     assert.equal(on.adds, 0, 'no add pass with it');
     // f32 sums of the same bf16 products, added in the product's epilogue instead of a pass

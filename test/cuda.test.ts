@@ -44,7 +44,7 @@ import { studentConfigFor } from '../src/distill/transfer.js';
 import { PhiForCausalLM } from '../src/models/phi.js';
 import { StudentLM } from '../src/models/phi-mamba.js';
 import type { CausalLM } from '../src/models/types.js';
-import { assertClose, tinyLlama, withEnv } from './helpers.js';
+import { assertClose, tinyLlama, twoConsumers, withEnv } from './helpers.js';
 import { MLP } from '../src/nn/mlp.js';
 import { DiscreteMamba2 } from '../src/nn/discrete-mamba2.js';
 
@@ -3644,6 +3644,34 @@ describe('cuda: GEMM autotuning (MOHAWK_GEMM_TUNE)', { skip }, () => {
     } finally {
       for (const b of bufs) tg.free(b);
       for (const [be, b] of held.splice(0)) be.free(b);
+    }
+  });
+});
+
+describe('cuda: an input read by two products adds its gradient in the second GEMM', { skip }, () => {
+  it('linear then linear / linearActivation: no add pass with MOHAWK_GRAD_ACCUMULATE, the same gradients as without, the CPU close', () => {
+    try {
+      const cpuRef = twoConsumers(cpu, 'linear', false);
+      for (const second of ['linear', 'linearActivation'] as const) {
+        const on = twoConsumers(gpu, second, true);
+        const off = twoConsumers(gpu, second, false);
+        assert.equal(off.adds, 1, `${second}: autograd adds the two parts without the accumulation`);
+        assert.equal(on.adds, 0, `${second}: no add pass with it`);
+        on.grads.forEach((g, i) =>
+          assertClose(g, off.grads[i], 1e-5 * maxAbs(off.grads[i]) + 1e-7, `${second}: gradient ${i}`),
+        );
+        if (second === 'linear')
+          on.grads.forEach((g, i) =>
+            assertClose(
+              g,
+              cpuRef.grads[i],
+              1e-4 * maxAbs(cpuRef.grads[i]) + 1e-6,
+              `linear: gradient ${i} vs cpu`,
+            ),
+          );
+      }
+    } finally {
+      T.setBackend(cpu);
     }
   });
 });

@@ -2,7 +2,8 @@
 
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import type { DType } from '../src/backends/backend.js';
+import type { Backend, DType } from '../src/backends/backend.js';
+import * as T from '../src/tensor/index.js';
 import { noGrad, scope, sum, mul, tensor, Tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { LlamaForCausalLM, type LlamaConfig } from '../src/models/llama.js';
@@ -170,4 +171,58 @@ export function withEnv<R>(name: string, value: string | undefined, fn: () => R)
     if (prev === undefined) delete process.env[name];
     else process.env[name] = prev;
   }
+}
+
+/**
+ * x (leaf) -> n = 1.5 x, read under bf16 autocast by a linear layer and then by `second` (a linear
+ * layer, or fc1 + GELU as one op); the loss weights both outputs. Returns the gradients of x, w1,
+ * w2, b1 and how many adds of an x-sized gradient the backend ran (autograd summing the two
+ * consumers' parts), with MOHAWK_GRAD_ACCUMULATE on or off (test/bias-grad, test/cuda).
+ */
+export function twoConsumers(
+  be: Backend,
+  second: 'linear' | 'linearActivation',
+  accumulate: boolean,
+): { grads: number[][]; adds: number } {
+  return withEnv('MOHAWK_GRAD_ACCUMULATE', accumulate ? undefined : '0', () => {
+    const prevBackend = T.getBackend();
+    T.setBackend(be);
+    const r = new Random(11);
+    const x = T.keep(T.tensor(r.normals(6 * 40, 0, 1), [2, 3, 40]));
+    x.requiresGrad = true;
+    const w1 = T.keep(T.tensor(r.normals(24 * 40, 0, 0.3), [24, 40]));
+    const w2 = T.keep(T.tensor(r.normals(56 * 40, 0, 0.3), [56, 40]));
+    const b1 = T.keep(T.tensor(r.normals(24, 0, 0.1), [24]));
+    const b2 = T.keep(T.tensor(r.normals(56, 0, 0.1), [56]));
+    for (const p of [w1, w2, b1, b2]) p.requiresGrad = true;
+    const c1 = T.keep(T.tensor(r.normals(6 * 24, 0, 1), [2, 3, 24]));
+    const c2 = T.keep(T.tensor(r.normals(6 * 56, 0, 1), [2, 3, 56]));
+    let adds = 0;
+    const binary = be.binary.bind(be);
+    be.binary = (op, a, as, b, bs, out, shape) => {
+      if (op === 'add' && shape.reduce((p, q) => p * q, 1) === x.size) adds++;
+      return binary(op, a, as, b, bs, out, shape);
+    };
+    try {
+      T.scope(() =>
+        T.autocast('bf16', () => {
+          const n = T.scale(x, 1.5);
+          const y1 = T.linear(n, w1, b1);
+          // backward runs the consumers in reverse: the second one finds the first's gradient
+          const y2 = second === 'linear' ? T.linear(n, w2, null) : T.linearActivation(n, w2, b2, 'geluNew');
+          if (!y2) throw new Error(`twoConsumers: ${second} does not apply on ${be.name}`);
+          T.add(T.sum(T.mul(y1, c1)), T.sum(T.mul(y2, c2))).backward();
+        }),
+      );
+      const grads = [x, w1, w2, b1].map((t) => Array.from(t.grad!.toArray()));
+      return { grads, adds };
+    } finally {
+      be.binary = binary;
+      for (const t of [x, w1, w2, b1, b2, c1, c2]) {
+        t.grad?.dispose();
+        t.dispose();
+      }
+      T.setBackend(prevBackend);
+    }
+  });
 }

@@ -896,11 +896,7 @@ function matmulImpl(
     // where another consumer's gradient of a came first (two products reading one norm output),
     // the product adds into it (beta = 1) instead of autograd adding a fresh one in a pass
     const pending =
-      a.requiresGrad &&
-      !transA &&
-      b.ndim === 2 &&
-      g16.dtype !== 'f32' &&
-      process.env.MOHAWK_GRAD_ACCUMULATE !== '0'
+      a.requiresGrad && !transA && b.ndim === 2 && g16.dtype !== 'f32' && gradAccumulate()
         ? pendingGrad(a)
         : null;
     if (pending) {
@@ -926,6 +922,11 @@ function matmulImpl(
     // the bias's gradient sums the f32 gradient over every row
     return bias ? [ga, gb, bias.requiresGrad ? (gBias ?? sumToShape(g, bias.shape)) : null] : [ga, gb];
   });
+}
+
+/** whether products may add an input's gradient into one another consumer wrote (MOHAWK_GRAD_ACCUMULATE) */
+function gradAccumulate(): boolean {
+  return process.env.MOHAWK_GRAD_ACCUMULATE !== '0';
 }
 
 /**
@@ -1045,7 +1046,10 @@ export function linearActivation(x: Tensor, weight: Tensor, bias: Tensor | null,
     const gf = g.dtype === 'f32' ? g : cast(g, 'f32');
     // the pre-activation's gradient g f'(pre), in 16 bits, and the bias's (its f32 column sums)
     const [gPre16, gBias] = castWithColumnSums(gf, dtype, op, preKeep);
-    const gx = x16.requiresGrad ? matmul(gPre16, w16).view(x16.shape) : null;
+    // added into the gradient another consumer of x wrote first, where there is one (pendingGrad)
+    const pending = x16.requiresGrad && gradAccumulate() ? pendingGrad(x16) : null;
+    if (pending) matmulImpl(gPre16, w16, {}, 'f32', null, pending, true);
+    const gx = x16.requiresGrad && !pending ? matmul(gPre16, w16).view(x16.shape) : null;
     const g2 = gPre16.view([rows, n]);
     const x2 = x16.view([rows, k]);
     // straight into the parameter's gradient buffer where the training step left it unwritten
