@@ -249,13 +249,15 @@ describe('linearActivation: its weight gradient written straight into an unwritt
 
 describe('an input read by two products under autocast (pendingGrad, MOHAWK_GRAD_ACCUMULATE)', () => {
   it("the second product adds its input gradient into the first one's (beta 1): no add pass, the same gradients", () => {
-    const on = twoConsumers(new CpuBackend(), 'linear', true);
-    const off = twoConsumers(new CpuBackend(), 'linear', false);
-    assert.equal(off.adds, 1, 'autograd adds the two parts once without the accumulation');
-    assert.equal(on.adds, 0, 'no add pass with it');
-    // f32 sums of the same bf16 products, added in the product's epilogue instead of a pass
-    on.grads.forEach((g, i) =>
-      assertClose(g, off.grads[i], 1e-6 * Math.max(1, ...off.grads[i].map(Math.abs)), `gradient ${i}`),
-    );
+    for (const last of ['first', 'second'] as const) {
+      const on = twoConsumers(new CpuBackend(), 'linear', true, last);
+      const off = twoConsumers(new CpuBackend(), 'linear', false, last);
+      assert.equal(off.adds, 1, 'autograd adds the two parts once without the accumulation');
+      assert.equal(on.adds, 0, 'no add pass with it');
+      // f32 sums of the same bf16 products, added in the product's epilogue instead of a pass
+      on.grads.forEach((g, i) =>
+        assertClose(g, off.grads[i], 1e-6 * Math.max(1, ...off.grads[i].map(Math.abs)), `gradient ${i}`),
+      );
+    }
   });
 });

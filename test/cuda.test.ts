@@ -3652,24 +3652,26 @@ describe('cuda: an input read by two products adds its gradient in the second GE
   it('linear then linear / linearActivation: no add pass with MOHAWK_GRAD_ACCUMULATE, the same gradients as without, the CPU close', () => {
     try {
       const cpuRef = twoConsumers(cpu, 'linear', false);
-      for (const second of ['linear', 'linearActivation'] as const) {
-        const on = twoConsumers(gpu, second, true);
-        const off = twoConsumers(gpu, second, false);
-        assert.equal(off.adds, 1, `${second}: autograd adds the two parts without the accumulation`);
-        assert.equal(on.adds, 0, `${second}: no add pass with it`);
-        on.grads.forEach((g, i) =>
-          assertClose(g, off.grads[i], 1e-5 * maxAbs(off.grads[i]) + 1e-7, `${second}: gradient ${i}`),
-        );
-        if (second === 'linear')
+      for (const second of ['linear', 'linearActivation'] as const)
+        for (const last of ['first', 'second'] as const) {
+          const on = twoConsumers(gpu, second, true, last);
+          const off = twoConsumers(gpu, second, false, last);
+          const what = `${second}, the ${last} consumer last`;
+          assert.equal(off.adds, 1, `${what}: autograd adds the two parts without the accumulation`);
+          assert.equal(on.adds, 0, `${what}: no add pass with it`);
           on.grads.forEach((g, i) =>
-            assertClose(
-              g,
-              cpuRef.grads[i],
-              1e-4 * maxAbs(cpuRef.grads[i]) + 1e-6,
-              `linear: gradient ${i} vs cpu`,
-            ),
+            assertClose(g, off.grads[i], 1e-5 * maxAbs(off.grads[i]) + 1e-7, `${what}: gradient ${i}`),
           );
-      }
+          if (second === 'linear')
+            on.grads.forEach((g, i) =>
+              assertClose(
+                g,
+                cpuRef.grads[i],
+                1e-4 * maxAbs(cpuRef.grads[i]) + 1e-6,
+                `linear: gradient ${i} vs cpu`,
+              ),
+            );
+        }
     } finally {
       T.setBackend(cpu);
     }

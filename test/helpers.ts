@@ -183,6 +183,8 @@ export function twoConsumers(
   be: Backend,
   second: 'linear' | 'linearActivation',
   accumulate: boolean,
+  /** which consumer's backward runs last (finding the other's gradient): the order of the loss's terms */
+  last: 'first' | 'second' = 'first',
 ): { grads: number[][]; adds: number } {
   return withEnv('MOHAWK_GRAD_ACCUMULATE', accumulate ? undefined : '0', () => {
     const prevBackend = T.getBackend();
@@ -208,10 +210,12 @@ export function twoConsumers(
         T.autocast('bf16', () => {
           const n = T.scale(x, 1.5);
           const y1 = T.linear(n, w1, b1);
-          // backward runs the consumers in reverse: the second one finds the first's gradient
           const y2 = second === 'linear' ? T.linear(n, w2, null) : T.linearActivation(n, w2, b2, 'geluNew');
           if (!y2) throw new Error(`twoConsumers: ${second} does not apply on ${be.name}`);
-          T.add(T.sum(T.mul(y1, c1)), T.sum(T.mul(y2, c2))).backward();
+          const t1 = T.sum(T.mul(y1, c1));
+          const t2 = T.sum(T.mul(y2, c2));
+          // backward takes the loss's last term first: the other consumer then finds its gradient
+          (last === 'first' ? T.add(t1, t2) : T.add(t2, t1)).backward();
         }),
       );
       const grads = [x, w1, w2, b1].map((t) => Array.from(t.grad!.toArray()));
