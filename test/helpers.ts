@@ -213,7 +213,8 @@ export function twoConsumers(
           const y2 = second === 'linear' ? T.linear(n, w2, null) : T.linearActivation(n, w2, b2, 'geluNew');
           if (!y2) throw new Error(`twoConsumers: ${second} does not apply on ${be.name}`);
           const t1 = T.sum(T.mul(y1, c1));
-          const t2 = T.sum(T.mul(y2, c2));
+          // fc1 + GELU as one op stores its output in bf16
+          const t2 = T.sum(T.mul(y2.dtype === 'f32' ? y2 : T.cast(y2, 'f32'), c2));
           // backward takes the loss's last term first: the other consumer then finds its gradient
           (last === 'first' ? T.add(t1, t2) : T.add(t2, t1)).backward();
         }),
