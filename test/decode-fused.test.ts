@@ -6,24 +6,13 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { DeviceBuffer, DType, MatmulParams, SsmStepParams } from '../src/backends/backend.js';
+import type { DeviceBuffer, DType, SsmStepParams } from '../src/backends/backend.js';
 import { CpuBackend } from '../src/backends/cpu/index.js';
+import { linearParams } from '../src/backends/cuda/gemv.js';
 import * as T from '../src/tensor/index.js';
 import { decodeGreedy, tinyStudent } from './decode-helpers.js';
 
-const dense = (m: number, n: number, k: number): MatmulParams => ({
-  batch: 1,
-  m,
-  n,
-  k,
-  transA: false,
-  transB: true,
-  strideA: m * k,
-  strideB: n * k,
-  strideC: m * n,
-  alpha: 1,
-  beta: 0,
-});
+const dense = linearParams;
 
 /** the CPU backend with the fused decode methods, composed from its plain kernels */
 class FusedCpu extends CpuBackend {

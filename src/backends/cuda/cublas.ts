@@ -531,24 +531,7 @@ class CublasLt {
     if (e.aux) this.setDesc(plan.desc, LT_DESC_EPILOGUE_AUX_POINTER, e.aux, 8);
     if (plan.candidates.length > 1 && this.tuning && !this.tuning.driver.isCapturing())
       this.tune(key, plan, g, alphaPtr);
-    const status = this.fn.matmul(
-      this.handle,
-      plan.desc,
-      alphaPtr,
-      g.b,
-      plan.layoutA,
-      g.a,
-      plan.layoutB,
-      alphaPtr + 4,
-      g.c,
-      plan.layoutC,
-      g.c,
-      plan.layoutC,
-      plan.algo,
-      this.workspace,
-      this.workspace ? this.workspaceBytes : 0,
-      this.stream,
-    );
+    const status = this.launch(plan, g, alphaPtr, g.c, plan.algo);
     if (status === CUBLAS_STATUS_NOT_SUPPORTED && !plan.ran) {
       // refused before launching anything: treat as a case without an algorithm
       this.destroy(plan);
@@ -563,6 +546,28 @@ class CublasLt {
     }
     plan.ran = true;
     return true;
+  }
+
+  /** cublasLtMatmul of the plan with `algo`, C = g.c read (beta) and D written at `d`; its status */
+  private launch(plan: LtPlan, g: Gemm, alphaPtr: number, d: number, algo: number): number {
+    return this.fn.matmul(
+      this.handle,
+      plan.desc,
+      alphaPtr,
+      g.b,
+      plan.layoutA,
+      g.a,
+      plan.layoutB,
+      alphaPtr + 4,
+      g.c,
+      plan.layoutC,
+      d,
+      plan.layoutC,
+      algo,
+      this.workspace,
+      this.workspace ? this.workspaceBytes : 0,
+      this.stream,
+    );
   }
 
   /**
@@ -581,25 +586,7 @@ class CublasLt {
     const start = drv.createEvent();
     const end = drv.createEvent();
     const REPS = 3;
-    const run = (algo: number) =>
-      this.fn.matmul(
-        this.handle,
-        plan.desc,
-        alphaPtr,
-        g.b,
-        plan.layoutA,
-        g.a,
-        plan.layoutB,
-        alphaPtr + 4,
-        g.c,
-        plan.layoutC,
-        d,
-        plan.layoutC,
-        algo,
-        this.workspace,
-        this.workspace ? this.workspaceBytes : 0,
-        this.stream,
-      );
+    const run = (algo: number) => this.launch(plan, g, alphaPtr, d, algo);
     try {
       let best = -1;
       let bestMs = Infinity;
