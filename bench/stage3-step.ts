@@ -318,6 +318,9 @@ const ms = times[Math.floor(times.length / 2)];
 const tokS = (B * T) / (ms / 1000);
 const mfu = (flopsPerToken * tokS) / 790e12;
 const peak = gpu.memoryStats().peakBytes / 2 ** 30;
+// what the caching allocator held from the driver at most (live, cached free blocks, and the
+// trainer's graph pools, whose blocks stay out of the live count between replays)
+const reserved = gpu.allocatorStats().peakReservedBytes / 2 ** 30;
 rows.push(
   {
     what: 'shape',
@@ -342,6 +345,10 @@ rows.push(
   { what: 'tokens/s', value: tokS.toFixed(0) },
   { what: 'MFU (linear-layer matmul FLOPs / 790 TFLOP/s)', value: `${(mfu * 100).toFixed(1)}%` },
   { what: 'peak memory', value: `${peak.toFixed(1)} GiB` },
+  {
+    what: 'peak reserved (the allocator: live + cached + graph pools)',
+    value: `${reserved.toFixed(1)} GiB`,
+  },
   { what: 'loss (random weights)', value: loss.toFixed(3) },
   { what: 'build time', value: `${buildS.toFixed(1)} s` },
 );
@@ -470,6 +477,7 @@ if (process.env.BENCH_OUT) {
         tokS,
         mfu,
         peakGiB: peak,
+        peakReservedGiB: reserved,
         flopsPerToken,
         profile: [...fam.entries()],
         gemms: gemmRows,
