@@ -479,7 +479,7 @@ if (process.env.BENCH_OUT) {
         peakGiB: peak,
         peakReservedGiB: reserved,
         flopsPerToken,
-        profile: [...fam.entries()],
+        profile: [...fam.entries()].sort((a, b) => b[1].ms - a[1].ms),
         gemms: gemmRows,
         tuned,
         memory,

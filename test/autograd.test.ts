@@ -493,3 +493,34 @@ describe('gradient accumulation', () => {
     assertClose(Array.from(x.grad!.toArray()), Array.from(expected.toArray()), 2e-2, 'grad x', 1e-2);
   });
 });
+
+describe('pendingGrad', () => {
+  it('hands a backward the gradient another consumer wrote, and refuses a second part for that input', () => {
+    setBackend(new CpuBackend());
+    const x = keep(tensor([1, 2, 3], [3]));
+    x.requiresGrad = true;
+    // a consumer that adds its part (3 g) into the pending gradient, then (wrongly) returns it too
+    const triple = (t: T.Tensor, cheat: boolean) => {
+      const out = T.scale(
+        noGrad(() => T.scale(t, 1)),
+        3,
+      );
+      return T.record(out, 'triple', [t], [], (g) => {
+        const p = T.pendingGrad(t);
+        if (!p) return [T.scale(g, 3)];
+        T.getBackend().binary('add', p.buffer, [1], T.scale(g, 3).buffer, [1], p.buffer, [3]);
+        return [cheat ? T.scale(g, 3) : null];
+      });
+    };
+    // backward runs the loss's last term first: scale(x, 2)'s part is pending when triple runs
+    scope(() => T.sum(T.add(triple(x, false), T.scale(x, 2))).backward());
+    assert.deepEqual(Array.from(x.grad!.toArray()), [5, 5, 5]);
+    x.grad!.dispose();
+    x.grad = null;
+    assert.throws(
+      () => scope(() => T.sum(T.add(triple(x, true), T.scale(x, 2))).backward()),
+      /backward of triple: a gradient for input 0, whose part it already added through pendingGrad/,
+    );
+    x.dispose();
+  });
+});

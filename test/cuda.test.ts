@@ -1012,6 +1012,17 @@ describe('cuda backend vs cpu backend', { skip }, () => {
         );
         check(kl3, 1e-5, `KL from the backward's launch (${rows}, ${vocab}) tau ${tau}`, 1e-6);
         check(gs3, 1e-5, `KL backward with the loss (${rows}, ${vocab}) tau ${tau}`, 1e-7);
+        // a masked vocabulary: -inf in both models at the same entries (p = q = 0 there), every
+        // third row from the second, each keeping its last entry
+        const tm = randn(rows * vocab, 3);
+        const sm = randn(rows * vocab, 3);
+        for (let r = 1; r < rows; r += 3)
+          for (let j = r % 4; j < vocab - 1; j += 4) tm[r * vocab + j] = sm[r * vocab + j] = -Infinity;
+        const teacherM = pair(tm);
+        const studentM = pair(sm);
+        const klm = out(rows);
+        both((be, s) => be.klDivergence(teacherM[s], studentM[s], klm[s], rows, vocab, tau));
+        check(klm, 1e-5, `KL with masked entries (${rows}, ${vocab}) tau ${tau}`, 1e-6);
       }
     }
   });
@@ -2825,7 +2836,15 @@ describe('cuda: decoding at the memory floor (gemv shapes, fused step kernels)',
       const shapes = [[rows, cols], [cols], [cols]];
       const fn = ([x, w, b]: T.Tensor[]) => [T.layerNormTo(x, w, bias ? b : null, 1e-5, 'bf16')];
       const ref = onBackend(cpu, 5, shapes, fn)[0];
+      const warp = () => gpu.kernels.launchCounts().layernorm_warp_f32 ?? 0;
+      const before = warp();
       const got = onBackend(gpu, 5, shapes, fn)[0];
+      // many rows of a width the warp kernel takes: it writes the 16 bits alone
+      assert.equal(
+        warp() - before,
+        rows >= 256 ? 1 : 0,
+        `layerNormTo (${rows}, ${cols}): warp kernel launches`,
+      );
       // the same f32 values up to the sums' order, rounded to bf16 (2^-8) on both sides
       assertClose(got, ref, 8e-3 * maxAbs(ref), `layerNormTo (${rows}, ${cols}) bias ${bias}`);
     }

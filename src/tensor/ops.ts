@@ -896,7 +896,11 @@ function matmulImpl(
     // where another consumer's gradient of a came first (two products reading one norm output),
     // the product adds into it (beta = 1) instead of autograd adding a fresh one in a pass
     const pending =
-      a.requiresGrad && !transA && b.ndim === 2 && g16.dtype !== 'f32' && gradAccumulate()
+      a.requiresGrad &&
+      !transA &&
+      b.ndim === 2 &&
+      (g16.dtype === 'bf16' || g16.dtype === 'f16') &&
+      gradAccumulate()
         ? pendingGrad(a)
         : null;
     if (pending) {
@@ -976,9 +980,11 @@ function castWithColumnSums(
  * while training under autocast, feeding the second product) as one op, so its backward makes the pre-activation's
  * gradient in one pass over the activation's f32 gradient: times f' at the kept 16-bit input,
  * rounded to 16 bits for the two products, and summed over the rows for the bias
- * (`castColumnSums`); the f32 pre-activation gradient never exists. The same numbers as
- * `unaryTo(op, linear(x, weight, bias), dtype)` with the fused glue, up to the order of the bias
- * sums. Returns null where it does not apply (no autocast, nothing to differentiate, no bias, a
+ * (`castColumnSums`); the f32 pre-activation gradient never exists. With the product, bias and
+ * activation in one pass, the same numbers as `unaryTo(op, linear(x, weight, bias), dtype)` with
+ * the fused glue, up to the order of the bias sums; with the tanh GELU in cuBLASLt's epilogue (the
+ * default where the backend has one) its own tanh, and on the H200 the bias rounded to bf16 in the
+ * product (its gradient still against the f32 bias): one bf16 rounding apart. Returns null where it does not apply (no autocast, nothing to differentiate, no bias, a
  * backend without unaryKeep16 or castColumnSums, MOHAWK_FUSED_MLP=0 or MOHAWK_FUSED_LINEAR_ACT=0,
  * the tanh GELU under MOHAWK_GELU_EPILOGUE=1, which geluMlp runs): the caller composes the ops then.
  */
@@ -1003,6 +1009,9 @@ export function linearActivation(x: Tensor, weight: Tensor, bias: Tensor | null,
   const x16 = x.dtype === dtype ? x : autocastOperand(x, dtype);
   const w16 = weight.dtype === dtype ? weight : autocastOperand(weight, dtype);
   const [n, k] = w16.shape;
+  // the checks matmul would make (the epilogue's product below does not go through it)
+  if (x16.ndim < 2 || x16.shape[x16.ndim - 1] !== k)
+    fail('matmul', `inner dimensions differ: ${shapeStr(x16.shape)} @ ${shapeStr(w16.shape)}ᵀ`);
   const rows = x16.size / Math.max(k, 1);
   const outShape = [...x16.shape.slice(0, -1), n];
   const out = empty(outShape, dtype, be);

@@ -514,11 +514,15 @@ function runBackwardInner(root: Tensor, seed: Tensor | undefined, freeGraph: boo
     complete(acc);
     node.accumulateInto!(g, acc, true);
   };
+  // the tensors whose gradient the running node's backward took through pendingGrad: it must
+  // return null for them (its part is already added)
+  const handedOut = new Set<Tensor>();
   pendingGradOf = (t: Tensor): Tensor | null => {
     const prev = grads.get(t);
     if (!prev || prev.dtype !== 'f32' || prev.size !== t.size || prev.backend !== t.backend) return null;
     const acc = ownedGrad(t, prev);
     complete(acc);
+    handedOut.add(t);
     return acc;
   };
   noGrad(() => {
@@ -540,7 +544,13 @@ function runBackwardInner(root: Tensor, seed: Tensor | undefined, freeGraph: boo
         // a windowed op writes its first input's gradient in place, then the others as usual
         if (node.accumulateInto && node.inputs[0].requiresGrad) intoRegion(node, g);
         // temporaries of the backward are freed with it; the returned gradients move out
+        handedOut.clear();
         const inGrads = scope(() => node.backward(g));
+        for (const [k, inp] of node.inputs.entries())
+          if (inGrads[k] && handedOut.has(inp))
+            throw new Error(
+              `backward of ${node.op}: a gradient for input ${k}, whose part it already added through pendingGrad`,
+            );
         const fresh = new Set<Tensor>();
         node.inputs.forEach((inp, k) => {
           const gi = inGrads[k];

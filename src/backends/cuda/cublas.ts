@@ -110,8 +110,17 @@ export class Cublas {
   /** cuBLASLt for products with a bias epilogue, null where it did not load */
   private readonly lt: CublasLt | null;
 
-  /** tuneCandidates >= 2: GEMM autotuning over that many candidates (GemmTuning) */
-  constructor(driver: Driver, workspace: number, workspaceBytes: number, tuneCandidates = 0) {
+  /**
+   * tuneCandidates >= 2: GEMM autotuning over that many candidates (GemmTuning), timed only while
+   * `capturing` says the stream is not being captured
+   */
+  constructor(
+    driver: Driver,
+    workspace: number,
+    workspaceBytes: number,
+    tuneCandidates = 0,
+    capturing: () => boolean = () => false,
+  ) {
     const { lib, path } = loadCudaLibrary(['libcublas.so.13', 'libcublas.so.12', 'libcublas.so'], 'cuBLAS');
     this.path = path;
     const f = (decl: string): Fn => lib.func(decl) as Fn;
@@ -141,13 +150,8 @@ export class Cublas {
       workspace,
       workspaceBytes,
       this.statusName,
-      candidates ? { candidates, driver } : null,
+      candidates ? { candidates, driver, capturing } : null,
     );
-  }
-
-  /** whether products are autotuned (MOHAWK_GEMM_TUNE) */
-  get tuning(): boolean {
-    return !!this.lt?.tuning;
   }
 
   /**
@@ -275,6 +279,8 @@ export interface GemmTuning {
   candidates: number;
   /** event timing and a scratch output on the product's stream */
   driver: Driver;
+  /** whether the stream is being captured into a graph (no timing then) */
+  capturing: () => boolean;
 }
 
 /** MOHAWK_GEMM_TUNE: the number of heuristic candidates to time (0 or 1: no tuning) */
@@ -298,8 +304,8 @@ interface LtPlan {
   algo: number;
   /** whether cublasLtMatmul has accepted this plan once */
   ran: boolean;
-  /** usable candidates (addresses of their results) left to time; empty once tuned */
-  candidates: number[];
+  /** usable candidates left to time: the address of each result and its rank in the heuristic's order; empty once tuned */
+  candidates: { algo: number; rank: number }[];
 }
 
 /**
@@ -487,18 +493,18 @@ class CublasLt {
     );
     const view = new DataView(results.buffer, results.byteOffset, bytes);
     const room = this.workspace ? this.workspaceBytes : 0;
-    const usable: number[] = [];
+    const usable: { algo: number; rank: number }[] = [];
     for (let i = 0; status === 0 && i < Math.min(Number(count[0]), want); i++) {
       const needs = Number(view.getBigUint64(i * LT_RESULT_STRIDE + LT_RESULT_WORKSPACE, true));
       const state = view.getInt32(i * LT_RESULT_STRIDE + LT_RESULT_STATE, true);
-      if (state === 0 && needs <= room) usable.push(plan.algo + i * LT_RESULT_STRIDE);
+      if (state === 0 && needs <= room) usable.push({ algo: plan.algo + i * LT_RESULT_STRIDE, rank: i });
     }
     if (usable.length === 0) {
       this.destroy(plan);
       return false;
     }
-    // the heuristic's first choice until (unless) tuning picks another
-    plan.algo = usable[0];
+    // the heuristic's first usable choice until (unless) tuning picks another
+    plan.algo = usable[0].algo;
     plan.candidates = usable.length > 1 ? usable : [];
     return plan;
   }
@@ -529,7 +535,7 @@ class CublasLt {
     if (!plan) return false;
     if (e.bias) this.setDesc(plan.desc, LT_DESC_BIAS_POINTER, e.bias, 8);
     if (e.aux) this.setDesc(plan.desc, LT_DESC_EPILOGUE_AUX_POINTER, e.aux, 8);
-    if (plan.candidates.length > 1 && this.tuning && !this.tuning.driver.isCapturing())
+    if (plan.candidates.length > 1 && this.tuning && !this.tuning.capturing())
       this.tune(key, plan, g, alphaPtr);
     const status = this.launch(plan, g, alphaPtr, g.c, plan.algo);
     if (status === CUBLAS_STATUS_NOT_SUPPORTED && !plan.ran) {
@@ -581,36 +587,40 @@ class CublasLt {
     plan.candidates = [];
     const drv = this.tuning!.driver;
     const bytes = g.m * g.n * (g.typeC === 'f32' ? 4 : 2);
+    // (outside the caching allocator: where it holds most of the memory this fails, and the
+    // shape keeps the heuristic's choice)
     const d = drv.tryAlloc(bytes);
     if (!d) return;
-    const start = drv.createEvent();
-    const end = drv.createEvent();
+    let start = 0;
+    let end = 0;
     const REPS = 3;
     const run = (algo: number) => this.launch(plan, g, alphaPtr, d, algo);
     try {
-      let best = -1;
+      start = drv.createEvent();
+      end = drv.createEvent();
+      let best: { algo: number; rank: number } | null = null;
       let bestMs = Infinity;
       let firstMs = NaN;
-      cands.forEach((algo, i) => {
-        if (run(algo) !== 0) return;
+      for (const [i, c] of cands.entries()) {
+        if (run(c.algo) !== 0) continue;
         drv.record(start);
         let ok = true;
-        for (let r = 0; r < REPS && ok; r++) ok = run(algo) === 0;
+        for (let r = 0; r < REPS && ok; r++) ok = run(c.algo) === 0;
         drv.record(end);
         const ms = drv.elapsed(start, end) / REPS;
         if (i === 0) firstMs = ms;
         if (ok && ms < bestMs) {
           bestMs = ms;
-          best = i;
+          best = c;
         }
-      });
-      if (best >= 0) {
-        plan.algo = cands[best];
-        this.tuned.set(key, [best, bestMs, firstMs]);
+      }
+      if (best) {
+        plan.algo = best.algo;
+        this.tuned.set(key, [best.rank, bestMs, firstMs]);
       }
     } finally {
-      drv.destroyEvent(start);
-      drv.destroyEvent(end);
+      if (start) drv.destroyEvent(start);
+      if (end) drv.destroyEvent(end);
       drv.free(d);
     }
   }

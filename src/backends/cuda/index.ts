@@ -123,6 +123,7 @@ export class CudaBackend implements Backend {
       workspace,
       this.workspaceBytes,
       options.gemmTune ?? gemmTuneCandidates(process.env.MOHAWK_GEMM_TUNE),
+      () => this.capturing !== null,
     );
     this.cublas.tf32 = options.tf32 ?? process.env.MOHAWK_TF32 === '1';
     this.kernels = new KernelRegistry(drv, this.nvrtc);
@@ -660,7 +661,7 @@ export class CudaBackend implements Backend {
     if (BIAS && p.batch === 1 && this.fusedBias) {
       // cuBLASLt's bias epilogue: no extra pass over C (false: no algorithm for this case)
       const fused = () => this.cublas.gemmBias(gemmArgs(), BIAS.ptr);
-      if (prof ? prof.around(`cuBLASLt GEMM+bias ${ab} -> ${cd}${gemmShape(prof, p)}`, fused) : fused())
+      if (prof ? prof.attempt(`cuBLASLt GEMM+bias ${ab} -> ${cd}${gemmShape(prof, p)}`, fused) : fused())
         return;
     }
     const gemm = () => this.cublas.gemm(gemmArgs());
@@ -729,7 +730,7 @@ export class CudaBackend implements Backend {
       const p = linearParams(m, n, k);
       // the bias and the tanh GELU in cuBLASLt's epilogue, written in 16 bits: no f32 product, no
       // second pass (the frozen teacher's MLPs; MOHAWK_ACT_EPILOGUE=0: the two passes below)
-      if (this.actEpilogue && this.matmulGelu(a, b, c, p, 'gelu', bias, null)) return;
+      if (this.actEpilogue && C.dtype === A.dtype && this.matmulGelu(a, b, c, p, 'gelu', bias, null)) return;
       // the product into f32 (bias in cuBLASLt's epilogue), then the activation rounded to 16 bits
       const f = this.scratch(m * n, 'f32');
       this.matmul(a, b, f, p, bias);
@@ -892,7 +893,7 @@ export class CudaBackend implements Backend {
     const prof = this.kernels.profiler;
     const attempt = (bias: number, biasType: GemmDType) => {
       const run = () => this.cublas.gemmGelu(g, mode, bias, AUX?.ptr ?? 0, biasType);
-      return prof ? prof.around(`cuBLASLt GEMM+${mode} ${ab}${gemmShape(prof, p)}`, run) : run();
+      return prof ? prof.attempt(`cuBLASLt GEMM+${mode} ${ab}${gemmShape(prof, p)}`, run) : run();
     };
     if (attempt(BIAS?.ptr ?? 0, 'f32')) return true;
     if (!BIAS) return false;

@@ -90,6 +90,18 @@ export class Profiler {
     return r;
   }
 
+  /** As around, for an attempt that may launch nothing (false): only a true one is counted. */
+  attempt(name: string, fn: () => boolean): boolean {
+    const start = this.pool.pop() ?? this.driver.createEvent();
+    const end = this.pool.pop() ?? this.driver.createEvent();
+    this.driver.record(start);
+    const ok = fn();
+    this.driver.record(end);
+    if (ok) this.marks.push({ name, start, end });
+    else this.pool.push(start, end);
+    return ok;
+  }
+
   /** Wait for the device; milliseconds and calls per name, largest first. */
   collect(): { name: string; calls: number; ms: number }[] {
     const acc = new Map<string, { calls: number; ms: number }>();

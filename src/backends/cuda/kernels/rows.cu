@@ -326,7 +326,8 @@ __device__ __forceinline__ void klw_add(float& m, float& s, float& w, float a, f
   if (a > m) {
     const float r = expf(m - a);  // 0 while m is -inf
     s = s * r + 1.f;
-    w = w * r + (a - b);
+    // an underflowed weight drops w (which may be +inf from a -inf student logit: no inf * 0)
+    w = (r > 0.f ? w * r : 0.f) + (a - b);
     m = a;
   } else {
     const float e = expf(a - m);  // NaN a (or m) makes s NaN, as lse_add
@@ -344,7 +345,7 @@ __device__ __forceinline__ void klw_merge(float& m, float& s, float& w, float m2
   const float mm = fmaxf(m, m2);
   const float r1 = expf(m - mm), r2 = expf(m2 - mm);
   s = s * r1 + s2 * r2;
-  w = w * r1 + w2 * r2;
+  w = (r1 > 0.f ? w * r1 : 0.f) + (r2 > 0.f ? w2 * r2 : 0.f);
   m = mm;
   if (is_nan(m2) || is_nan(s2)) s = QNAN;
 }
