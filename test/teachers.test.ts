@@ -14,7 +14,10 @@ import { buildModel, loadModel, saveModel } from '../src/models/load.js';
 import type { CausalLM } from '../src/models/types.js';
 import { tokenLogprobs } from '../src/eval/score.js';
 import { readSafetensors } from '../src/io/safetensors.js';
-import { noGrad, scope, tensor } from '../src/tensor/index.js';
+import { add3, autocast, noGrad, scope, setBackend, tensor } from '../src/tensor/index.js';
+import { CpuBackend } from '../src/backends/cpu/index.js';
+import { PhiForCausalLM } from '../src/models/phi.js';
+import { Random } from '../src/util/random.js';
 import { assertClose, SHARED } from './helpers.js';
 
 const skip = fs.existsSync(SHARED) ? false : `${SHARED} not found`;
@@ -586,5 +589,48 @@ describe('buildModel', () => {
     }
     const g = buildModel(cfgs[2]);
     assert.throws(() => logitsOf(g, Array(17).fill(1)), /gpt2: positions up to 17 exceed n_positions \(16\)/);
+  });
+});
+
+describe('the Phi block without gradients under autocast', () => {
+  it('(16-bit norm, fc2 adding the residual sum) equals the composed block on the CPU bit for bit', () => {
+    setBackend(new CpuBackend());
+    const model = new PhiForCausalLM(
+      {
+        vocabSize: 97,
+        hiddenSize: 32,
+        intermediateSize: 128,
+        numLayers: 1,
+        numHeads: 4,
+        numKvHeads: 4,
+        headDim: 8,
+        rotaryDim: 4,
+        partialRotaryFactor: 0.5,
+        ropeTheta: 10000,
+        layerNormEps: 1e-5,
+        hiddenAct: 'gelu_new',
+        maxPositionEmbeddings: 64,
+        tieWordEmbeddings: false,
+        bosTokenId: 0,
+        eosTokenId: 0,
+      },
+      { rng: new Random(1) },
+    );
+    const block = model.blocks[0];
+    const x = tensor(new Random(2).normals(2 * 6 * 32, 0, 1), [2, 6, 32]);
+    const [got, ref] = scope(() =>
+      autocast('bf16', () =>
+        noGrad(() => {
+          const out = block.forward(x).out;
+          // the block as it was composed before: the f32 norm, then the MLP and add3
+          const n = block.input_layernorm.forward(x);
+          const a = block.self_attn.forward(n, {});
+          const composed = add3(x, a.out, block.mlp.forward(n));
+          return [Array.from(out.toArray()), Array.from(composed.toArray())];
+        }),
+      ),
+    );
+    assert.deepEqual(got, ref);
+    x.dispose();
   });
 });
