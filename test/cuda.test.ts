@@ -41,10 +41,9 @@ import { hiddenStateAlignmentStep, matrixOrientationStep, stage3Loss } from '../
 import { transferStudent } from '../src/distill/transfer.js';
 import { train } from '../src/train/index.js';
 import { studentConfigFor } from '../src/distill/transfer.js';
-import { PhiForCausalLM } from '../src/models/phi.js';
 import { StudentLM } from '../src/models/phi-mamba.js';
 import type { CausalLM } from '../src/models/types.js';
-import { assertClose, tinyLlama, twoConsumers, withEnv } from './helpers.js';
+import { assertClose, tinyLlama, tinyPhi, twoConsumers, withEnv } from './helpers.js';
 import { MLP } from '../src/nn/mlp.js';
 import { DiscreteMamba2 } from '../src/nn/discrete-mamba2.js';
 
@@ -1926,31 +1925,7 @@ describe('cuda backend vs cpu backend', { skip }, () => {
 
   it('students (Phi-Mamba, Llamba) with the fused glue: loss and every gradient against the CPU, f32 and bf16 autocast', () => {
     const teachers: [string, () => CausalLM][] = [
-      [
-        'phi',
-        () =>
-          new PhiForCausalLM(
-            {
-              vocabSize: 97,
-              hiddenSize: 32,
-              intermediateSize: 128,
-              numLayers: 2,
-              numHeads: 4,
-              numKvHeads: 4,
-              headDim: 8,
-              rotaryDim: 4,
-              partialRotaryFactor: 0.5,
-              ropeTheta: 10000,
-              layerNormEps: 1e-5,
-              hiddenAct: 'gelu_new',
-              maxPositionEmbeddings: 64,
-              tieWordEmbeddings: false,
-              bosTokenId: 0,
-              eosTokenId: 0,
-            },
-            { rng: new Random(1) },
-          ),
-      ],
+      ['phi', () => tinyPhi()],
       ['llama', () => tinyLlama()],
     ];
     const run = (be: Backend, make: () => CausalLM, dt: 'bf16' | null) => {

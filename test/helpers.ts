@@ -7,6 +7,7 @@ import * as T from '../src/tensor/index.js';
 import { noGrad, scope, sum, mul, tensor, Tensor } from '../src/tensor/index.js';
 import { Random } from '../src/util/random.js';
 import { LlamaForCausalLM, type LlamaConfig } from '../src/models/llama.js';
+import { PhiForCausalLM } from '../src/models/phi.js';
 import { writeTokenSplits } from '../src/data/shards.js';
 
 export function randn(rng: Random, shape: number[], dtype: DType = 'f64', std = 1): Tensor {
@@ -234,4 +235,29 @@ export function twoConsumers(
       T.setBackend(prevBackend);
     }
   });
+}
+
+/** a tiny Phi teacher (vocab 97, d 32, 4 heads of 8, partial rotary 0.5, gelu_new), seeded */
+export function tinyPhi(numLayers = 2): PhiForCausalLM {
+  return new PhiForCausalLM(
+    {
+      vocabSize: 97,
+      hiddenSize: 32,
+      intermediateSize: 128,
+      numLayers,
+      numHeads: 4,
+      numKvHeads: 4,
+      headDim: 8,
+      rotaryDim: 4,
+      partialRotaryFactor: 0.5,
+      ropeTheta: 10000,
+      layerNormEps: 1e-5,
+      hiddenAct: 'gelu_new',
+      maxPositionEmbeddings: 64,
+      tieWordEmbeddings: false,
+      bosTokenId: 0,
+      eosTokenId: 0,
+    },
+    { rng: new Random(1) },
+  );
 }

@@ -16,9 +16,8 @@ import { tokenLogprobs } from '../src/eval/score.js';
 import { readSafetensors } from '../src/io/safetensors.js';
 import { add3, autocast, noGrad, scope, setBackend, tensor } from '../src/tensor/index.js';
 import { CpuBackend } from '../src/backends/cpu/index.js';
-import { PhiForCausalLM } from '../src/models/phi.js';
 import { Random } from '../src/util/random.js';
-import { assertClose, SHARED } from './helpers.js';
+import { assertClose, SHARED, tinyPhi } from './helpers.js';
 
 const skip = fs.existsSync(SHARED) ? false : `${SHARED} not found`;
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'mohawk-teach-'));
@@ -595,27 +594,7 @@ describe('buildModel', () => {
 describe('the Phi block without gradients under autocast', () => {
   it('(16-bit norm, fc2 adding the residual sum) equals the composed block on the CPU bit for bit', () => {
     setBackend(new CpuBackend());
-    const model = new PhiForCausalLM(
-      {
-        vocabSize: 97,
-        hiddenSize: 32,
-        intermediateSize: 128,
-        numLayers: 1,
-        numHeads: 4,
-        numKvHeads: 4,
-        headDim: 8,
-        rotaryDim: 4,
-        partialRotaryFactor: 0.5,
-        ropeTheta: 10000,
-        layerNormEps: 1e-5,
-        hiddenAct: 'gelu_new',
-        maxPositionEmbeddings: 64,
-        tieWordEmbeddings: false,
-        bosTokenId: 0,
-        eosTokenId: 0,
-      },
-      { rng: new Random(1) },
-    );
+    const model = tinyPhi(1);
     const block = model.blocks[0];
     const x = tensor(new Random(2).normals(2 * 6 * 32, 0, 1), [2, 6, 32]);
     const [got, ref] = scope(() =>
