@@ -117,18 +117,6 @@ export function causalConv1dBackward(
     batch * convRuns(t) * channels,
     [wp, gyp, h.f(gx, 'conv1d input gradient'), batch, t, channels, kernel],
   );
-  if (channels * kernel === 0) return;
-  const rows = batch * t;
-  if (rows === 0) {
-    h.fill(gWeight, 0);
-    if (gBias) h.fill(gBias, 0);
-    return;
-  }
-  const blocks = Math.max(1, Math.min(Math.ceil(rows / 16), h.sms * 4));
-  const perBlock = Math.ceil(rows / blocks);
-  const nb = Math.ceil(rows / perBlock);
-  const pw = h.scratch(nb * channels * kernel);
-  const pb = gBias ? h.scratch(nb * channels) : null;
   const name = x16
     ? kernel === 4
       ? 'conv1d_backward_w_k4_bf16x'
@@ -136,17 +124,51 @@ export function causalConv1dBackward(
     : kernel === 4
       ? 'conv1d_backward_w_k4_f32'
       : 'conv1d_backward_w_f32';
-  k(h, name).launch([nb, 1, 1], Math.min(THREADS, roundUp(channels, 32)), 0, [
-    xp,
-    gyp,
-    pw.ptr,
-    pb ? pb.ptr : 0,
-    batch,
-    t,
-    channels,
-    kernel,
-    perBlock,
-  ]);
+  convWeightGrads(h, gWeight, gBias, gw, gb, batch * t, channels, kernel, 16, (nb, perBlock, pw, pb) =>
+    k(h, name).launch([nb, 1, 1], Math.min(THREADS, roundUp(channels, 32)), 0, [
+      xp,
+      gyp,
+      pw,
+      pb,
+      batch,
+      t,
+      channels,
+      kernel,
+      perBlock,
+    ]),
+  );
+}
+
+/**
+ * The conv's weight and bias gradients from per-band partial sums: bands of at least `bandRows`
+ * of the (batch * T) rows (at most 4 per multiprocessor), `launch(bands, rowsPerBand, pw, pb)`
+ * writes the partials pw (bands, C, K) and pb (bands, C) | 0, then they are summed over the bands.
+ */
+function convWeightGrads(
+  h: Host,
+  gWeight: DeviceBuffer,
+  gBias: DeviceBuffer | null,
+  /** their pointers, checked by the caller before any launch (gb 0: no bias) */
+  gw: number,
+  gb: number,
+  rows: number,
+  channels: number,
+  kernel: number,
+  bandRows: number,
+  launch: (bands: number, perBlock: number, pw: number, pb: number) => void,
+): void {
+  if (channels * kernel === 0) return;
+  if (rows === 0) {
+    h.fill(gWeight, 0);
+    if (gBias) h.fill(gBias, 0);
+    return;
+  }
+  const blocks = Math.max(1, Math.min(Math.ceil(rows / bandRows), h.sms * 4));
+  const perBlock = Math.ceil(rows / blocks);
+  const nb = Math.ceil(rows / perBlock);
+  const pw = h.scratch(nb * channels * kernel);
+  const pb = gBias ? h.scratch(nb * channels) : null;
+  launch(nb, perBlock, pw.ptr, pb ? pb.ptr : 0);
   h.sumInto(pw.ptr, gw, 1, nb, channels * kernel);
   if (pb) h.sumInto(pb.ptr, gb, 1, nb, channels);
   h.free(pw);
@@ -239,19 +261,6 @@ export function causalConv1dWindowBackward(
   checkWindow('conv1d input gradient', gxb.length, gxWin, batch * t, channels);
   const gw = h.f(gWeight, 'conv1d weight gradient');
   const gb = gBias ? h.f(gBias, 'conv1d bias gradient') : 0;
-  if (channels * kernel === 0) return;
-  const rows = batch * t;
-  if (rows === 0) {
-    h.fill(gWeight, 0);
-    if (gBias) h.fill(gBias, 0);
-    return;
-  }
-  // one pass over gy for x's gradient and the partial weight and bias gradients (bands of rows)
-  const blocks = Math.max(1, Math.min(Math.ceil(rows / CONV_BAND_ROWS), h.sms * 4));
-  const perBlock = Math.ceil(rows / blocks);
-  const nb = Math.ceil(rows / perBlock);
-  const pw = h.scratch(nb * channels * kernel);
-  const pb = gBias ? h.scratch(nb * channels) : null;
   const name = xWin
     ? kernel === 4
       ? 'conv1d_backward_k4_win_f32'
@@ -260,26 +269,35 @@ export function causalConv1dWindowBackward(
       ? 'conv1d_backward_k4_win_bf16x'
       : 'conv1d_backward_win_bf16x';
   const threads = Math.min(THREADS, roundUp(channels, 32));
-  k(h, name).launch([nb, Math.min(Math.ceil(channels / threads), 65535), 1], threads, 0, [
-    xWin ? at(xb.ptr, xWin) : xb.ptr,
-    xWin ? xWin.stride : channels,
-    h.f(weight, 'conv1d weight'),
-    h.f(gy, 'conv1d gradient'),
-    at(gxb.ptr, gxWin),
-    gxWin.stride,
-    accumulate ? 1 : 0,
-    pw.ptr,
-    pb ? pb.ptr : 0,
-    batch,
-    t,
+  // one pass over gy for x's gradient and the partial weight and bias gradients (bands of rows)
+  convWeightGrads(
+    h,
+    gWeight,
+    gBias,
+    gw,
+    gb,
+    batch * t,
     channels,
     kernel,
-    perBlock,
-  ]);
-  h.sumInto(pw.ptr, gw, 1, nb, channels * kernel);
-  if (pb) h.sumInto(pb.ptr, gb, 1, nb, channels);
-  h.free(pw);
-  if (pb) h.free(pb);
+    CONV_BAND_ROWS,
+    (nb, perBlock, pw, pb) =>
+      k(h, name).launch([nb, Math.min(Math.ceil(channels / threads), 65535), 1], threads, 0, [
+        xWin ? at(xb.ptr, xWin) : xb.ptr,
+        xWin ? xWin.stride : channels,
+        h.f(weight, 'conv1d weight'),
+        h.f(gy, 'conv1d gradient'),
+        at(gxb.ptr, gxWin),
+        gxWin.stride,
+        accumulate ? 1 : 0,
+        pw,
+        pb,
+        batch,
+        t,
+        channels,
+        kernel,
+        perBlock,
+      ]),
+  );
 }
 
 /** Backend.siluGateDWindow: the mixer's gate with its D term, z read in place from in_proj's output */
