@@ -11,7 +11,7 @@ import {
   type DeviceBuffer,
   type UnaryOp,
 } from '../backend.js';
-import { DTYPE_CODE, moduleKernels, storage, type Host } from './host.js';
+import { DTYPE_CODE, moduleKernels, storage, type CudaBuffer, type Host } from './host.js';
 import type { Arg } from './kernels.js';
 
 /** Kernel signatures of kernels/elementwise.cu (argument kinds, see kernels.ts). */
@@ -660,12 +660,7 @@ export function siluGateDBackward(
     h.fill(gD, 0);
     return;
   }
-  const threads = 256;
-  const colBlocks = Math.ceil(cols / threads);
-  // enough bands for about 8 blocks per multiprocessor
-  const bands0 = Math.max(1, Math.min(rows, Math.ceil((h.sms * 8) / colBlocks), 65535));
-  const rowsPerBlock = Math.ceil(rows / bands0);
-  const bands = Math.ceil(rows / rowsPerBlock);
+  const { threads, colBlocks, rowsPerBlock, bands } = gateBands(h, rows, cols);
   const yb = h.buf(y, 'siluGateD y');
   const zb = h.buf(z, 'siluGateD z');
   if (yb.dtype !== zb.dtype)
@@ -688,10 +683,38 @@ export function siluGateDBackward(
     headDim,
     rowsPerBlock,
   ]);
+  sumGateD(h, partial, gD, bands, cols, headDim);
+  h.free(partial);
+}
+
+/**
+ * The gate backward's grid: one thread per column (blocks of 256), bands of rows for about 8
+ * blocks per multiprocessor (each band's column sums apart: no atomics).
+ */
+export function gateBands(
+  h: Host,
+  rows: number,
+  cols: number,
+): { threads: number; colBlocks: number; rowsPerBlock: number; bands: number } {
+  const threads = 256;
+  const colBlocks = Math.ceil(cols / threads);
+  const bands0 = Math.max(1, Math.min(rows, Math.ceil((h.sms * 8) / colBlocks), 65535));
+  const rowsPerBlock = Math.ceil(rows / bands0);
+  return { threads, colBlocks, rowsPerBlock, bands: Math.ceil(rows / rowsPerBlock) };
+}
+
+/** gD (cols / headDim) = the band partials (bands, cols) summed over the bands, then each head's columns */
+export function sumGateD(
+  h: Host,
+  partial: CudaBuffer,
+  gD: DeviceBuffer,
+  bands: number,
+  cols: number,
+  headDim: number,
+): void {
   const colSums = h.scratch(cols);
   h.sumInto(partial.ptr, colSums.ptr, 1, bands, cols);
   h.sumInto(colSums.ptr, h.f(gD, 'siluGateD D gradient'), cols / headDim, headDim, 1);
-  h.free(partial);
   h.free(colSums);
 }
 

@@ -3,6 +3,7 @@
 
 import type { ColumnWindow, DeviceBuffer, RopeParams, SsmStepParams } from '../backend.js';
 import { moduleKernels, roundUp, storage, THREADS, type CudaBuffer, type Host } from './host.js';
+import { gateBands, sumGateD } from './elementwise.js';
 
 /** Kernel signatures of kernels/sequence.cu (argument kinds, see kernels.ts). */
 export const SEQUENCE_SIGNATURES = {
@@ -375,12 +376,7 @@ export function siluGateDWindowBackward(
     if (gBias) h.fill(gBias, 0);
     return;
   }
-  const threads = 256;
-  const colBlocks = Math.ceil(cols / threads);
-  // enough bands for about 8 blocks per multiprocessor
-  const bands0 = Math.max(1, Math.min(rows, Math.ceil((h.sms * 8) / colBlocks), 65535));
-  const rowsPerBlock = Math.ceil(rows / bands0);
-  const bands = Math.ceil(rows / rowsPerBlock);
+  const { threads, colBlocks, rowsPerBlock, bands } = gateBands(h, rows, cols);
   const yb = h.buf(y, 'siluGateD y');
   const zb = h.buf(z, 'siluGateD z');
   if (yb.dtype !== zb.dtype)
@@ -411,13 +407,10 @@ export function siluGateDWindowBackward(
     headDim,
     rowsPerBlock,
   ]);
-  const colSums = h.scratch(cols);
-  h.sumInto(partialD.ptr, colSums.ptr, 1, bands, cols);
-  h.sumInto(colSums.ptr, h.f(gD, 'siluGateD D gradient'), cols / headDim, headDim, 1);
+  sumGateD(h, partialD, gD, bands, cols, headDim);
   if (partialB) h.sumInto(partialB.ptr, h.f(gBias!, 'siluGateD bias gradient'), 1, bands, cols);
   h.free(partialD);
   if (partialB) h.free(partialB);
-  h.free(colSums);
 }
 
 /** Backend.logDecayWindow: -softplus(a) of a window of in_proj's output, and a's dense copy */
