@@ -1365,7 +1365,19 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
   const rstd = empty([rows], x.dtype, x.backend);
   const out16 = normCopy16(x);
   x.backend.rmsNorm(x.buffer, weight.buffer, out.buffer, rstd.buffer, rows, cols, eps, out16?.buffer ?? null);
-  const recorded = recordNorm(out, 'rmsNorm', [x, weight], [x, weight, rstd], (g, gx, accumulate) => {
+  return memoCopy16(recordRmsNorm(out, x, weight, rstd, rows, cols), out16);
+}
+
+/** Record out = rmsNorm(x) w (rstd from its forward): the backward adds into x's gradient (recordNorm). */
+function recordRmsNorm(
+  out: Tensor,
+  x: Tensor,
+  weight: Tensor,
+  rstd: Tensor,
+  rows: number,
+  cols: number,
+): Tensor {
+  return recordNorm(out, 'rmsNorm', [x, weight], [x, weight, rstd], (g, gx, accumulate) => {
     const gw = like(weight);
     x.backend.rmsNormBackward(
       x.buffer,
@@ -1380,7 +1392,6 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): Tensor {
     );
     return [gx, gw];
   });
-  return memoCopy16(recorded, out16);
 }
 
 /**
@@ -1431,21 +1442,7 @@ export function addRmsNorm(
     x.requiresGrad ? sumToShape(g, x.shape) : null,
     r.requiresGrad ? sumToShape(g, r.shape) : null,
   ]);
-  const normed = recordNorm(out, 'rmsNorm', [sum, weight], [sum, weight, rstd], (g, gx, accumulate) => {
-    const gw = like(weight);
-    be.rmsNormBackward(
-      sum.buffer,
-      weight.buffer,
-      rstd.buffer,
-      g.buffer,
-      gx.buffer,
-      gw.buffer,
-      rows,
-      cols,
-      accumulate,
-    );
-    return [gx, gw];
-  });
+  const normed = recordRmsNorm(out, sum, weight, rstd, rows, cols);
   return { sum, normed: memoCopy16(normed, out16) };
 }
 
