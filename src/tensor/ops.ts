@@ -8,6 +8,7 @@ import type {
   AdamWParams,
   BinaryOp,
   DType,
+  MatmulParams,
   UnaryOp,
 } from '../backends/backend.js';
 import {
@@ -975,6 +976,23 @@ function castWithColumnSums(
   return [g16, sums];
 }
 
+/** one dense product C (m, n) = op(A) op(B), no batch, beta 0: the backend's MatmulParams */
+function denseParams(m: number, n: number, k: number, transA: boolean, transB: boolean): MatmulParams {
+  return {
+    batch: 1,
+    m,
+    n,
+    k,
+    transA,
+    transB,
+    strideA: m * k,
+    strideB: k * n,
+    strideC: m * n,
+    alpha: 1,
+    beta: 0,
+  };
+}
+
 /**
  * f(linear(x, weight, bias)) stored in the autocast dtype (an MLP's first product and activation
  * while training under autocast, feeding the second product) as one op, so its backward makes the pre-activation's
@@ -1028,19 +1046,7 @@ export function linearActivation(x: Tensor, weight: Tensor, bias: Tensor | null,
       x16.buffer,
       w16.buffer,
       out.buffer,
-      {
-        batch: 1,
-        m: rows,
-        n,
-        k,
-        transA: false,
-        transB: true,
-        strideA: rows * k,
-        strideB: k * n,
-        strideC: rows * n,
-        alpha: 1,
-        beta: 0,
-      },
+      denseParams(rows, n, k, false, true),
       'gelu',
       bias.buffer,
       preKeep.buffer,
@@ -1128,26 +1134,14 @@ export function geluMlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tenso
   const w116 = as16(w1);
   const act = empty([...lead, h], dt, be);
   const pre = recording ? empty([...lead, h], dt, be) : null;
-  const dense = (m: number, n: number, k: number, transA: boolean, transB: boolean) => ({
-    batch: 1,
-    m,
-    n,
-    k,
-    transA,
-    transB,
-    strideA: m * k,
-    strideB: k * n,
-    strideC: m * n,
-    alpha: 1,
-    beta: 0,
-  });
+
   // act = gelu(x16 w1^T + b1), pre = x16 w1^T + b1, both 16-bit
   if (
     !be.matmulGelu(
       x16.buffer,
       w116.buffer,
       act.buffer,
-      dense(rows, h, d, false, true),
+      denseParams(rows, h, d, false, true),
       'gelu',
       b1.buffer,
       pre?.buffer ?? null,
@@ -1159,7 +1153,7 @@ export function geluMlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tenso
   }
   const w216 = as16(w2);
   const out = empty([...lead, d2], 'f32', be);
-  be.matmul(act.buffer, w216.buffer, out.buffer, dense(rows, d2, h, false, true), b2.buffer);
+  be.matmul(act.buffer, w216.buffer, out.buffer, denseParams(rows, d2, h, false, true), b2.buffer);
   if (!recording) {
     act.dispose();
     return out;
@@ -1179,7 +1173,7 @@ export function geluMlp(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tenso
       g16.buffer,
       w216.buffer,
       gPre.buffer,
-      dense(rows, h, d2, false, false),
+      denseParams(rows, h, d2, false, false),
       'dgelu',
       gb1?.buffer ?? null,
       pre!.buffer,
