@@ -81,25 +81,23 @@ export class Profiler {
   ) {}
 
   around<T>(name: string, fn: () => T): T {
+    return this.timed(name, fn, () => true);
+  }
+
+  /** As around, for an attempt that may launch nothing (false): only a true one is counted. */
+  attempt(name: string, fn: () => boolean): boolean {
+    return this.timed(name, fn, (ok) => ok);
+  }
+
+  private timed<T>(name: string, fn: () => T, counts: (r: T) => boolean): T {
     const start = this.pool.pop() ?? this.driver.createEvent();
     const end = this.pool.pop() ?? this.driver.createEvent();
     this.driver.record(start);
     const r = fn();
     this.driver.record(end);
-    this.marks.push({ name, start, end });
-    return r;
-  }
-
-  /** As around, for an attempt that may launch nothing (false): only a true one is counted. */
-  attempt(name: string, fn: () => boolean): boolean {
-    const start = this.pool.pop() ?? this.driver.createEvent();
-    const end = this.pool.pop() ?? this.driver.createEvent();
-    this.driver.record(start);
-    const ok = fn();
-    this.driver.record(end);
-    if (ok) this.marks.push({ name, start, end });
+    if (counts(r)) this.marks.push({ name, start, end });
     else this.pool.push(start, end);
-    return ok;
+    return r;
   }
 
   /** Wait for the device; milliseconds and calls per name, largest first. */
